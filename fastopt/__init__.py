@@ -1,0 +1,13 @@
+"""fastopt: fast, exact neural-network update kernels for NumPy on the CPU.
+
+Three backends with one meaning: Cython (compiled, OpenMP), Numba, and the NumPy reference
+that defines the correct answer. See README.md and the public contract in API.md.
+"""
+from . import ops, schedules  # noqa: F401
+from ._backend import (backends, get_backend, get_num_threads, set_backend,  # noqa: F401
+                       set_num_threads, use_backend)
+from .data import minibatches  # noqa: F401
+from .ewa import EWA, ewa_series  # noqa: F401
+from .optim import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop  # noqa: F401
+
+__version__ = "0.1.0"

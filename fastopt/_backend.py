@@ -1,0 +1,102 @@
+"""Backend registry: which kernel namespaces exist, which one is active, and thread counts.
+
+A backend is a module exposing every kernel under one signature (see ``fastopt.reference``),
+plus ``set_num_threads``/``get_num_threads``. Backends are imported lazily, so a process that only
+uses the default never pays for importing numba.
+"""
+import contextlib
+import importlib
+import os
+
+NAMES = ("cython", "numba", "numpy")
+_MODULES = {"cython": "fastopt._kernels", "numba": "fastopt._numba", "numpy": "fastopt.reference"}
+
+_loaded = {}     # name -> module
+_failed = {}     # name -> reason it cannot be used
+active = None    # the module of the backend in use; fastopt.ops dispatches through it
+_active_name = None
+_num_threads = os.cpu_count() or 1
+
+
+def _load(name):
+    if name not in NAMES:
+        raise RuntimeError(f"unknown backend {name!r}; choose from {list(NAMES)}")
+    if name in _loaded:
+        return _loaded[name]
+    if name in _failed:
+        raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}")
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except ImportError as exc:
+        reason = {"cython": "the compiled extension is not built or does not import",
+                  "numba": "numba is not installed or does not import"}.get(name, "")
+        _failed[name] = f"{reason} ({exc})"
+        raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}") from None
+    module.set_num_threads(_num_threads)
+    _loaded[name] = module
+    return module
+
+
+def backends():
+    """Names of the backends available here, fastest first."""
+    available = []
+    for name in NAMES:
+        try:
+            _load(name)
+        except RuntimeError:
+            continue
+        available.append(name)
+    return available
+
+
+def get_backend():
+    """Name of the backend in use."""
+    return _active_name
+
+
+def set_backend(name):
+    """Use backend ``name`` from now on; RuntimeError saying why if it is not available."""
+    global active, _active_name
+    module = _load(name)
+    active, _active_name = module, name
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """``with use_backend("numba"): ...`` runs the block on that backend, then restores."""
+    previous = _active_name
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def set_num_threads(n):
+    """Threads used by the compiled backends (results are bit-identical for any count)."""
+    global _num_threads
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"number of threads must be a positive int, got {n!r}")
+    _num_threads = n
+    for module in _loaded.values():
+        module.set_num_threads(n)
+
+
+def get_num_threads():
+    return _num_threads
+
+
+def _choose_default():
+    wanted = os.environ.get("FASTOPT_BACKEND", "").strip().lower()
+    if wanted:
+        set_backend(wanted)   # an explicit choice that fails must say so, not fall back
+        return
+    for name in NAMES:
+        try:
+            set_backend(name)
+            return
+        except RuntimeError:
+            continue
+
+
+_choose_default()

@@ -1,0 +1,42 @@
+"""Layout handling shared by the compiled backends.
+
+Element-wise kernels walk their arrays as one flat run, which is right when every array is
+contiguous in the same order. Anything else (a strided slice, a transpose next to a C-ordered
+grad, a byte-swapped or unaligned array) is run on contiguous copies whose results are then
+written back into the caller's arrays, so views the caller holds still see the update.
+"""
+import numpy as np
+
+
+def _native(a):
+    if a is None:
+        return None
+    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+
+
+def via_contiguous(kernel, arrays, *scalars):
+    """Call ``kernel(*arrays, *scalars)`` on contiguous copies and copy the updated arrays back.
+
+    By the kernels' convention ``arrays[1]`` (the grad, or the new sample) is the only input that
+    is not updated. If the kernel raises, the caller's arrays are untouched.
+    """
+    copies = [_native(a) for a in arrays]
+    kernel(*copies, *scalars)
+    for i, (a, c) in enumerate(zip(arrays, copies)):
+        if i != 1 and a is not None and c is not a:
+            np.copyto(a, c)
+
+
+def flat_views(arrays):
+    """1-D views of arrays that are all C- or all F-contiguous (None kept), else None."""
+    order = "C" if arrays[0].flags.c_contiguous else "F"
+    flag = "C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"
+    views = []
+    for a in arrays:
+        if a is None:
+            views.append(None)
+        elif a.flags[flag] and a.flags.aligned and a.dtype.isnative:
+            views.append(a.reshape(-1, order=order))
+        else:
+            return None
+    return views

@@ -1,0 +1,63 @@
+"""Exponentially weighted averages, with the course's bias correction."""
+import numpy as np
+
+from . import ops
+from ._validate import FLOAT_DTYPES
+
+
+def _check_beta(beta):
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"Invalid beta: {beta!r} (must be in [0, 1))")
+
+
+def ewa_series(x, beta, bias_correction=False):
+    """Running average of a 1-D series: ``v_t = beta * v_{t-1} + (1 - beta) * x_t``, ``v_0 = 0``,
+    divided by ``1 - beta**t`` when ``bias_correction``. Returns float64 (float32 for float32
+    input) of the same length."""
+    _check_beta(beta)
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"x must be 1-D, got shape {x.shape}")
+    dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float64)
+    out = np.empty(x.shape, dtype)
+    v = dtype.type(0.0)
+    for t, xt in enumerate(x.astype(dtype, copy=False), start=1):
+        v = beta * v + (1.0 - beta) * xt
+        out[t - 1] = v / (1.0 - beta ** t) if bias_correction else v
+    return out
+
+
+class EWA:
+    """Running exponentially weighted average of arrays of a fixed shape.
+
+    >>> avg = EWA(beta=0.9); avg.update(x1); avg.update(x2)   # returns the corrected average
+    """
+
+    def __init__(self, beta, bias_correction=True):
+        _check_beta(beta)
+        self.beta = beta
+        self.bias_correction = bias_correction
+        self.t = 0
+        self._avg = None
+
+    def update(self, x):
+        """Fold in ``x`` (shape fixed by the first call) and return the current average."""
+        x = np.asarray(x)
+        if self._avg is None:
+            dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float64)
+            self._avg = np.zeros(x.shape, dtype)
+        elif x.shape != self._avg.shape:
+            raise ValueError(f"x has shape {x.shape}, expected {self._avg.shape} "
+                             "(fixed by the first update)")
+        ops.ewa_(self._avg, x.astype(self._avg.dtype, copy=False), self.beta)
+        self.t += 1
+        return self.value
+
+    @property
+    def value(self):
+        """The current average, bias-corrected if asked (None before the first update)."""
+        if self._avg is None:
+            return None
+        if self.bias_correction:
+            return self._avg / (1.0 - self.beta ** self.t)
+        return self._avg.copy()

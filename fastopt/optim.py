@@ -1,0 +1,422 @@
+"""Optimizers over the functional kernels, shaped like torch.optim.
+
+``params`` is a dict ``name -> ndarray`` (the course's ``parameters``), a list of ndarrays, or a
+list of param-group dicts. ``step(grads)`` takes the grads in the same structure: a dict keyed by
+the parameter names or by the course's ``"d" + name``, or a sequence in parameter order. Every
+grad is checked before any array is written, so a step that raises changes nothing.
+"""
+import numbers
+
+import numpy as np
+
+from . import ops
+from ._validate import FLOAT_DTYPES
+
+_NOT_HYPER = ("params", "param_names")
+
+
+def _check_range(name, value, lo=0.0, hi=None, hi_open=True):
+    """Raise ValueError naming ``name`` unless lo <= value (< or <=) hi."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        bound = f"in [{lo}, {hi}{')' if hi_open else ']'}" if hi is not None else f">= {lo}"
+        raise ValueError(f"Invalid {name}: {value!r} (must be {bound})")
+
+
+class Optimizer:
+    """Base class: parameter groups, grad matching and validation, state dicts.
+
+    Subclasses define ``_check(group)`` (hyper-parameters), ``_init_state(param, group)``
+    (state arrays, torch's key names) and ``_update(param, grad, state, group)`` (one kernel).
+    """
+
+    def __init__(self, params, defaults):
+        self._check(defaults)
+        self.defaults = dict(defaults)
+        self.param_groups = []
+        self.state = {}          # flat parameter index -> {"step": ..., state arrays}
+        self._named = None       # True: params came as a dict; grads may be keyed by name
+        if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
+            raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
+                            f"param-group dicts, got {type(params).__name__}")
+        if isinstance(params, dict):
+            groups = [{"params": params}]
+        else:
+            params = list(params)
+            if not params:
+                raise ValueError("params is an empty parameter list")
+            groups = params if isinstance(params[0], dict) else [{"params": params}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------ parameter groups
+    def add_param_group(self, group):
+        """Add a dict ``{"params": arrays or dict, <hyper-parameter overrides>}``."""
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError("a param group must be a dict with a 'params' entry")
+        group = dict(group)
+        params = group["params"]
+        named = isinstance(params, dict)
+        if named:
+            group["param_names"] = list(params.keys())
+            params = list(params.values())
+        elif isinstance(params, np.ndarray):
+            params = [params]
+        else:
+            params = list(params)
+        if self._named is not None and self._named != named:
+            raise ValueError("params: either every group is a dict of named arrays or none is")
+        self._named = named
+        known = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(params):
+            label = group["param_names"][i] if named else f"params[{i}]"
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"parameter {label} must be a numpy.ndarray, "
+                                f"got {type(p).__name__}")
+            if p.dtype not in FLOAT_DTYPES:
+                raise TypeError(f"parameter {label} must have dtype float32 or float64, "
+                                f"got {p.dtype}")
+            if not p.flags.writeable:
+                raise ValueError(f"parameter {label} is read-only; parameters are updated "
+                                 "in place")
+            if id(p) in known:
+                raise ValueError(f"parameter {label} appears in more than one param group")
+            known.add(id(p))
+        group["params"] = params
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self._check(group)
+        self.param_groups.append(group)
+
+    @property
+    def lr(self):
+        """The learning rate (a list if the groups differ); setting it sets every group's."""
+        lrs = [g["lr"] for g in self.param_groups]
+        return lrs[0] if all(lr == lrs[0] for lr in lrs) else lrs
+
+    @lr.setter
+    def lr(self, value):
+        _check_range("lr", value)
+        for g in self.param_groups:
+            g["lr"] = value
+
+    def _flat(self):
+        """(index, label, name, group, param) for every parameter, in flat order."""
+        out, i = [], 0
+        for group in self.param_groups:
+            names = group.get("param_names")
+            for j, p in enumerate(group["params"]):
+                name = names[j] if names else None
+                out.append((i, repr(name) if name else f"{i}", name, group, p))
+                i += 1
+        return out
+
+    # ------------------------------------------------------------------------------ step
+    def _match(self, grads):
+        """Pair each parameter with its grad (None: no grad, skipped); validate them all."""
+        flat = self._flat()
+        if isinstance(grads, dict):
+            if not self._named:
+                raise ValueError("grads is a dict but params were not given by name; pass a "
+                                 "sequence of grads in parameter order")
+            matched = []
+            for i, label, name, group, p in flat:
+                if name in grads:
+                    matched.append(grads[name])
+                elif "d" + name in grads:
+                    matched.append(grads["d" + name])
+                else:
+                    raise ValueError(f"grads has no entry for parameter {label} "
+                                     f"(expected key {name!r} or {'d' + name!r})")
+        elif isinstance(grads, (list, tuple)):
+            if len(grads) != len(flat):
+                raise ValueError(f"grads has {len(grads)} entries, expected {len(flat)} "
+                                 "(one per parameter, in order)")
+            matched = list(grads)
+        else:
+            raise TypeError(f"grads must be a dict or a sequence of arrays, "
+                            f"got {type(grads).__name__}")
+        for (i, label, name, group, p), g in zip(flat, matched):
+            if g is None:
+                continue
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
+                                f"got {type(g).__name__}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"grad for parameter {label} has dtype {g.dtype}, "
+                                f"expected {p.dtype}")
+            if g.shape != p.shape:
+                raise ValueError(f"grad for parameter {label} has shape {g.shape}, "
+                                 f"expected {p.shape}")
+            if not p.flags.writeable:
+                raise ValueError(f"parameter {label} is read-only")
+        return [(i, group, p, g) for (i, _, _, group, p), g in zip(flat, matched)]
+
+    def step(self, grads):
+        """Update every parameter in place from ``grads`` (see the module docstring)."""
+        for i, group, p, g in self._match(grads):
+            if g is None:
+                continue
+            state = self.state.get(i)
+            if state is None:
+                state = self.state[i] = self._init_state(p, group)
+            self._update(p, g, state, group)
+
+    def zero_grad(self):
+        """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops."""
+
+    # ------------------------------------------------------------------------ state dicts
+    def state_dict(self):
+        """torch.optim's layout, holding copies of the NumPy state arrays."""
+        groups, start = [], 0
+        for group in self.param_groups:
+            g = {k: v for k, v in group.items() if k != "params"}
+            g["params"] = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            groups.append(g)
+        state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                 for i, s in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    _RENAMED = {}   # torch's hyper-parameter name -> ours, where they differ
+
+    def load_state_dict(self, state_dict):
+        """Load a state dict from ``state_dict()`` or from torch (tensors turned into arrays).
+
+        Everything is checked before anything changes."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, "
+                             f"expected {len(self.param_groups)}")
+        flat = self._flat()
+        index = {}
+        for mine, saved in zip(self.param_groups, groups):
+            if len(saved["params"]) != len(mine["params"]):
+                raise ValueError(f"a param group in state_dict has {len(saved['params'])} "
+                                 f"params, expected {len(mine['params'])}")
+            start = len(index)
+            for k, pid in enumerate(saved["params"]):
+                index[pid] = start + k
+        new_state = {}
+        for pid, saved in state_dict["state"].items():
+            if pid not in index:
+                raise ValueError(f"state_dict has state for unknown parameter {pid!r}")
+            i = index[pid]
+            p = flat[i][4]
+            entry = {}
+            for key, value in saved.items():
+                if key == "step":
+                    entry[key] = int(round(float(np.asarray(value))))
+                elif value is None:
+                    continue
+                else:
+                    a = np.array(value, dtype=p.dtype, copy=True, order="C")
+                    if a.shape != p.shape:
+                        raise ValueError(f"state_dict['state'][{pid!r}][{key!r}] has shape "
+                                         f"{a.shape}, expected {p.shape}")
+                    entry[key] = a
+            new_state[i] = entry
+        new_hyper = []
+        for mine, saved in zip(self.param_groups, groups):
+            hyper = {}
+            for key, value in saved.items():
+                key = self._RENAMED.get(key, key)
+                if key in self.defaults:
+                    hyper[key] = tuple(value) if isinstance(value, list) else value
+            self._check({**mine, **hyper})
+            new_hyper.append(hyper)
+        for mine, hyper in zip(self.param_groups, new_hyper):
+            mine.update(hyper)
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for k, group in enumerate(self.param_groups):
+            hyper = ", ".join(f"{key}={v!r}" for key, v in group.items() if key not in _NOT_HYPER)
+            lines.append(f"  group {k}: {len(group['params'])} params, {hyper}")
+        return "\n".join(lines + [")"])
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD: ``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` on the
+    first step), ``param -= lr * (g + momentum * buf if nesterov else buf)``, with
+    ``g = ±grad + weight_decay * param``."""
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                 weight_decay=0.0, maximize=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      nesterov=nesterov, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("momentum", group["momentum"])
+        _check_range("dampening", group["dampening"])
+        _check_range("weight_decay", group["weight_decay"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Invalid nesterov=True: Nesterov momentum requires a momentum > 0 "
+                             f"and zero dampening (momentum={group['momentum']!r}, "
+                             f"dampening={group['dampening']!r})")
+
+    def _init_state(self, param, group):
+        return {}
+
+    def _update(self, param, grad, state, group):
+        buf = state.get("momentum_buffer")
+        first = buf is None and group["momentum"] != 0
+        if first:
+            buf = state["momentum_buffer"] = np.empty(param.shape, param.dtype)
+        ops.sgd_step_(param, grad, buf if group["momentum"] != 0 else None, lr=group["lr"],
+                      momentum=group["momentum"], dampening=group["dampening"],
+                      nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                      maximize=group["maximize"], first_step=first)
+
+
+class Momentum(Optimizer):
+    """The course's gradient descent with momentum: ``v = beta * v + (1 - beta) * g``
+    (v starts at zero), ``param -= lr * v``. State key: ``momentum_buffer``."""
+
+    def __init__(self, params, lr, beta=0.9):
+        super().__init__(params, dict(lr=lr, beta=beta))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("beta", group["beta"], 0.0, 1.0)
+
+    def _init_state(self, param, group):
+        return {"momentum_buffer": np.zeros(param.shape, param.dtype)}
+
+    def _update(self, param, grad, state, group):
+        ops.momentum_step_(param, grad, state["momentum_buffer"], lr=group["lr"],
+                           beta=group["beta"])
+
+
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop with ``alpha`` named ``beta`` (torch's ``alpha=`` is accepted too);
+    ``eps_inside_sqrt=True`` divides by ``sqrt(s + eps)``, the course's form."""
+
+    _RENAMED = {"alpha": "beta"}
+
+    def __init__(self, params, lr=0.01, beta=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, eps_inside_sqrt=False, maximize=False, *, alpha=None):
+        beta = beta if alpha is None else alpha
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered,
+                                      eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("beta", group["beta"], 0.0, 1.0)
+        _check_range("eps", group["eps"])
+        _check_range("weight_decay", group["weight_decay"])
+        _check_range("momentum", group["momentum"])
+
+    def _init_state(self, param, group):
+        return {"step": 0, "square_avg": np.zeros(param.shape, param.dtype)}
+
+    def _update(self, param, grad, state, group):
+        state["step"] += 1
+        buf = grad_avg = None
+        if group["momentum"] > 0:
+            buf = state.setdefault("momentum_buffer", np.zeros(param.shape, param.dtype))
+        if group["centered"]:
+            grad_avg = state.setdefault("grad_avg", np.zeros(param.shape, param.dtype))
+        ops.rmsprop_step_(param, grad, state["square_avg"], lr=group["lr"], beta=group["beta"],
+                          eps=group["eps"], weight_decay=group["weight_decay"],
+                          momentum_buffer=buf, momentum=group["momentum"], grad_avg=grad_avg,
+                          maximize=group["maximize"], eps_inside_sqrt=group["eps_inside_sqrt"])
+
+
+class Adagrad(Optimizer):
+    """torch.optim.Adagrad: ``sum += g**2``,
+    ``param -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``."""
+
+    def __init__(self, params, lr=0.01, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize))
+        # as torch: the accumulator exists (and is in the state dict) before the first step
+        for i, _, _, group, p in self._flat():
+            self.state[i] = self._init_state(p, group)
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("lr_decay", group["lr_decay"])
+        _check_range("weight_decay", group["weight_decay"])
+        _check_range("initial_accumulator_value", group["initial_accumulator_value"])
+        _check_range("eps", group["eps"])
+
+    def _init_state(self, param, group):
+        return {"step": 0,
+                "sum": np.full(param.shape, group["initial_accumulator_value"], param.dtype)}
+
+    def _update(self, param, grad, state, group):
+        state["step"] += 1
+        ops.adagrad_step_(param, grad, state["sum"], state["step"], lr=group["lr"],
+                          lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
+                          eps=group["eps"], maximize=group["maximize"])
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (bias correction always on); ``eps_inside_sqrt=True`` gives the
+    course's ``param -= lr * m_hat / sqrt(v_hat + eps)``."""
+
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, maximize=False, eps_inside_sqrt=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, eps_inside_sqrt=eps_inside_sqrt))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("eps", group["eps"])
+        _check_range("weight_decay", group["weight_decay"])
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"Invalid betas: {betas!r} (must be a pair)")
+        _check_range("beta1 (betas[0])", betas[0], 0.0, 1.0)
+        _check_range("beta2 (betas[1])", betas[1], 0.0, 1.0)
+
+    def _init_state(self, param, group):
+        state = {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
+                 "exp_avg_sq": np.zeros(param.shape, param.dtype)}
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = np.zeros(param.shape, param.dtype)
+        return state
+
+    def _update(self, param, grad, state, group):
+        state["step"] += 1
+        vmax = None
+        if group["amsgrad"]:
+            vmax = state.setdefault("max_exp_avg_sq", np.zeros(param.shape, param.dtype))
+        ops.adam_step_(param, grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
+                       lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                       weight_decay=group["weight_decay"], max_exp_avg_sq=vmax,
+                       maximize=group["maximize"], decoupled_weight_decay=self._decoupled,
+                       eps_inside_sqrt=group.get("eps_inside_sqrt", False))
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay, ``param *= 1 - lr * weight_decay``
+    before the Adam update."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, maximize=False):
+        Optimizer.__init__(self, params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                              weight_decay=weight_decay, amsgrad=amsgrad,
+                                              maximize=maximize))
+
+
+__all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW"]

@@ -1,0 +1,126 @@
+"""NumPy reference for the optimizer kernels: the definition of every update formula.
+
+Written for clarity, not speed (as bottleneck's ``slow/``). Each function has the exact
+signature of its Cython and Numba twins: arrays first (updated ones, then read-only ones), then
+the hyper-parameters with the per-step scalars already folded by ``fastopt.ops`` in float64.
+Optional state that is not in use is passed as ``None``. Arithmetic happens in the arrays' dtype
+(Python floats are cast to it, NumPy's NEP 50 rule), in the same order as in the compiled
+kernels, so every backend gives the same bits for these element-wise updates.
+"""
+import math
+
+import numpy as np
+
+from .._validate import check_step_arrays
+
+
+def ewa(avg, x, beta):
+    """avg = beta * avg + (1 - beta) * x"""
+    check_step_arrays([("avg", avg)], [("x", x)])
+    avg[...] = beta * avg + (1.0 - beta) * x
+
+
+def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nesterov,
+        maximize, first_step):
+    """torch.optim.SGD for one array.
+
+    g = -grad if maximize else grad;  g += weight_decay * param
+    buf = g on the first step, else momentum * buf + (1 - dampening) * g  (only with a buffer)
+    g = g + momentum * buf if nesterov else buf;  param -= lr * g
+    """
+    check_step_arrays([("param", param), ("momentum_buffer", momentum_buffer)], [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    if momentum_buffer is not None:
+        if first_step:
+            momentum_buffer[...] = g
+        else:
+            momentum_buffer[...] = momentum * momentum_buffer + (1.0 - dampening) * g
+        g = g + momentum * momentum_buffer if nesterov else momentum_buffer
+    param[...] = param - lr * g
+
+
+def momentum(param, grad, velocity, lr, beta):
+    """The course's momentum: velocity = beta * velocity + (1 - beta) * grad; param -= lr * velocity"""
+    check_step_arrays([("param", param), ("velocity", velocity)], [("grad", grad)])
+    velocity[...] = beta * velocity + (1.0 - beta) * grad
+    param[...] = param - lr * velocity
+
+
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
+            momentum, maximize, eps_inside_sqrt):
+    """torch.optim.RMSprop for one array (``grad_avg`` given: centered; ``momentum_buffer``
+    given: momentum).
+
+    g = -grad if maximize else grad;  g += weight_decay * param
+    square_avg = alpha * square_avg + (1 - alpha) * g * g
+    grad_avg += (1 - alpha) * (g - grad_avg);  s = square_avg - grad_avg * grad_avg  (centered)
+    avg = sqrt(s + eps) if eps_inside_sqrt else sqrt(s) + eps
+    buf = momentum * buf + g / avg; param -= lr * buf   (momentum)   else   param -= lr * (g / avg)
+    """
+    check_step_arrays([("param", param), ("square_avg", square_avg), ("grad_avg", grad_avg),
+                       ("momentum_buffer", momentum_buffer)], [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    square_avg[...] = alpha * square_avg + (1.0 - alpha) * (g * g)
+    s = square_avg
+    if grad_avg is not None:
+        grad_avg[...] = grad_avg + (1.0 - alpha) * (g - grad_avg)
+        s = square_avg - grad_avg * grad_avg
+    avg = np.sqrt(s + eps) if eps_inside_sqrt else np.sqrt(s) + eps
+    if momentum_buffer is not None:
+        momentum_buffer[...] = momentum * momentum_buffer + g / avg
+        param[...] = param - lr * momentum_buffer
+    else:
+        param[...] = param - lr * (g / avg)
+
+
+def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
+    """torch.optim.Adagrad for one array; ``clr = lr / (1 + (step - 1) * lr_decay)``.
+
+    g = -grad if maximize else grad;  g += weight_decay * param
+    state_sum += g * g;  param -= clr * (g / (sqrt(state_sum) + eps))
+    """
+    check_step_arrays([("param", param), ("state_sum", state_sum)], [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    state_sum[...] = state_sum + g * g
+    param[...] = param - clr * (g / (np.sqrt(state_sum) + eps))
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+         step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
+    """torch.optim.Adam / AdamW for one array (``max_exp_avg_sq`` given: amsgrad).
+
+    ``step_size = lr / (1 - beta1**t)``, ``bias_correction2 = 1 - beta2**t``.
+
+    g = -grad if maximize else grad
+    param *= 1 - lr * weight_decay  (decoupled, AdamW)   or   g += weight_decay * param  (Adam)
+    exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)  (amsgrad)   else   v = exp_avg_sq
+    denom = sqrt(v / bias_correction2 + eps) if eps_inside_sqrt
+            else sqrt(v) / sqrt(bias_correction2) + eps
+    param -= step_size * (exp_avg / denom)
+    """
+    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
+                       ("max_exp_avg_sq", max_exp_avg_sq)], [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * param
+    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
+    v = exp_avg_sq
+    if max_exp_avg_sq is not None:
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        v = max_exp_avg_sq
+    if eps_inside_sqrt:
+        denom = np.sqrt(v / bias_correction2 + eps)
+    else:
+        denom = np.sqrt(v) / math.sqrt(bias_correction2) + eps
+    param[...] = param - step_size * (exp_avg / denom)

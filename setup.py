@@ -1,0 +1,91 @@
+"""Build the Cython kernels; fall back to a pure-Python install if they cannot be built.
+
+Flags: -O3 plus -fno-math-errno (lets sqrt inline and vectorize; nothing reads errno) and
+-ffp-contract=off (no fused multiply-add: every backend rounds the same element-wise formula the
+same way, so cython, numba and the NumPy reference agree bit for bit). Never -ffast-math.
+The ISA is x86-64-v3 (AVX2/FMA) by default, portable to any recent x86; FASTOPT_MARCH=native
+(or any -march value) overrides it. FASTOPT_NO_OPENMP=1 builds without OpenMP.
+"""
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+FAMILIES = ["optim"]
+BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math"]
+
+
+def _compiles(compiler_cmd, flags):
+    """True if the C compiler accepts ``flags`` for a small OpenMP-using program."""
+    src = "#include <math.h>\nint main(void){double x=2.0; return (int)sqrt(x) - 1;}\n"
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "probe.c")
+        with open(path, "w") as f:
+            f.write(src)
+        cmd = [*compiler_cmd, *flags, path, "-o", os.path.join(d, "probe"), "-lm"]
+        try:
+            return subprocess.run(cmd, capture_output=True).returncode == 0
+        except OSError:
+            return False
+
+
+def _isa_flags(cc):
+    march = os.environ.get("FASTOPT_MARCH")
+    if march:
+        return [f"-march={march}"] if _compiles(cc, [f"-march={march}"]) else []
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        # v3 = AVX2 + FMA; prefer 256-bit vectors on AVX-512 machines too (no clock penalty)
+        return ["-march=x86-64-v3"] if _compiles(cc, ["-march=x86-64-v3"]) else []
+    return []
+
+
+class BuildExt(build_ext):
+    """Probe the compiler once, apply flags to every extension, and never fail the install."""
+
+    def build_extensions(self):
+        cc = self.compiler.compiler_so[:1] if hasattr(self.compiler, "compiler_so") else ["cc"]
+        flags = [f for f in BASE_FLAGS if _compiles(cc, [f])] + _isa_flags(cc)
+        openmp = (os.environ.get("FASTOPT_NO_OPENMP", "0") in ("", "0")
+                  and _compiles(cc, ["-fopenmp"]))
+        if not openmp:
+            warnings.warn("fastopt: building without OpenMP; compiled kernels run on one thread")
+        compile_args = flags + (["-fopenmp"] if openmp else [])
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args
+            ext.extra_link_args = ["-fopenmp"] if openmp else []
+            # the extension reports its own flags (python -m fastopt prints them)
+            ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(compile_args)))
+        try:
+            super().build_extensions()
+        except Exception as exc:  # no compiler, missing headers, ...: numba/numpy still serve
+            warnings.warn(f"fastopt: Cython kernels not built ({exc}); "
+                          "the numba and numpy backends will be used")
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:
+            warnings.warn(f"fastopt: Cython kernels not built ({exc})")
+
+
+def extensions():
+    try:
+        import numpy
+        from Cython.Build import cythonize
+    except ImportError as exc:
+        print(f"fastopt: cannot cythonize ({exc}); installing without compiled kernels",
+              file=sys.stderr)
+        return []
+    exts = [Extension(f"fastopt._kernels.{name}", [f"fastopt/_kernels/{name}.pyx"],
+                      include_dirs=[numpy.get_include()],
+                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+            for name in FAMILIES]
+    return cythonize(exts, compiler_directives={"language_level": 3}, quiet=True)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

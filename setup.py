@@ -81,7 +81,7 @@ def extensions():
         print(f"fastopt: cannot cythonize ({exc}); installing without compiled kernels",
               file=sys.stderr)
         return []
-    exts = [Extension(f"fastopt._kernels.{name}", [f"fastopt/_kernels/{name}.pyx"],
+    exts = [Extension(f"fastopt._kernels.{name}", [f"src/fastopt/_kernels/{name}.pyx"],
                       include_dirs=[numpy.get_include()],
                       define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
             for name in FAMILIES]

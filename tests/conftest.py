@@ -1,0 +1,58 @@
+import os
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+
+AVAILABLE = fo.backends()
+# CI runs the suite once per backend with FASTOPT_BACKEND set: each run then holds that backend
+# to the reference. Without it, every available backend is checked in one run.
+GRID_BACKENDS = [os.environ["FASTOPT_BACKEND"]] if os.environ.get("FASTOPT_BACKEND") else AVAILABLE
+COMPILED = [b for b in GRID_BACKENDS if b in ("cython", "numba")]
+DTYPES = [np.float32, np.float64]
+
+
+def tolerance(dtype):
+    """float64 to 1e-12 relative, float32 to a few ulps (DESIGN.md, Tests)."""
+    return dict(rtol=1e-12, atol=0) if np.dtype(dtype) == np.float64 else dict(rtol=5e-7, atol=0)
+
+
+def assert_close(actual, expected, dtype, err_msg=""):
+    np.testing.assert_allclose(actual, expected, err_msg=err_msg, equal_nan=True,
+                               **tolerance(dtype))
+
+
+def layout_like(a, layout):
+    """A copy of ``a`` in the given memory layout: contiguous; strided (every other element of
+    a wider buffer); transposed (Fortran order, or reversed for 1-D)."""
+    if layout == "contiguous" or a.ndim == 0:
+        return a.copy()
+    if layout == "strided":
+        out = np.zeros(a.shape + (2,), a.dtype)[..., 0]
+    elif a.ndim == 1:
+        out = np.zeros(a.shape, a.dtype)[::-1]
+    else:
+        out = np.zeros(a.shape[::-1], a.dtype).T
+    out[...] = a
+    return out
+
+
+@pytest.fixture(params=GRID_BACKENDS)
+def backend(request):
+    with fo.use_backend(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=DTYPES, ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+torch = None
+try:  # an optional peer: parity tests skip cleanly without it
+    import torch  # noqa: F811
+except ImportError:
+    pass
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")

@@ -4,9 +4,10 @@ Importing this package fails (ImportError) when the extension was not built; the
 reports the reason and serves the next backend.
 """
 from . import optim as _optim
+from . import stream as _stream
 from .optim import adagrad, adam, ewa, momentum, rmsprop, sgd  # noqa: F401
 
-_FAMILIES = (_optim,)
+_FAMILIES = (_optim, _stream)
 
 BUILD_FLAGS = _optim.BUILD_FLAGS
 

@@ -17,6 +17,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 FAMILIES = ["optim", "stream"]
+# families also built for x86-64-v4 (AVX-512) from a stub <family>_avx512.pyx that includes
+# <family>.pyx; fastopt._kernels picks that build at import when the CPU has AVX-512
+WIDE_FAMILIES = ["optim"]
+WIDE_MARCH = "-march=x86-64-v4"
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math"]
 
 
@@ -44,6 +48,10 @@ def _isa_flags(cc):
     return []
 
 
+def _is_wide(ext):
+    return ext.name.endswith("_avx512")
+
+
 class BuildExt(build_ext):
     """Probe the compiler once, apply flags to every extension, and never fail the install."""
 
@@ -55,16 +63,30 @@ class BuildExt(build_ext):
         if not openmp:
             warnings.warn("fastopt: building without OpenMP; compiled kernels run on one thread")
         compile_args = flags + (["-fopenmp"] if openmp else [])
+        wide_ok = not os.environ.get("FASTOPT_MARCH") and _compiles(cc, [WIDE_MARCH])
+        self.extensions = [e for e in self.extensions if wide_ok or not _is_wide(e)]
         for ext in self.extensions:
-            ext.extra_compile_args = compile_args
+            args = compile_args
+            if _is_wide(ext):
+                args = [f for f in compile_args if not f.startswith("-march")] + [WIDE_MARCH]
+            ext.extra_compile_args = args
             ext.extra_link_args = ["-fopenmp"] if openmp else []
             # the extension reports its own flags (python -m fastopt prints them)
-            ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(compile_args)))
+            ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(args)))
         try:
             super().build_extensions()
         except Exception as exc:  # no compiler, missing headers, ...: numba/numpy still serve
             warnings.warn(f"fastopt: Cython kernels not built ({exc}); "
                           "the numba and numpy backends will be used")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            if not _is_wide(ext):
+                raise
+            # the AVX-512 build is optional: the portable one serves
+            warnings.warn(f"fastopt: {ext.name} not built ({exc})")
 
     def run(self):
         try:
@@ -84,7 +106,7 @@ def extensions():
     exts = [Extension(f"fastopt._kernels.{name}", [f"src/fastopt/_kernels/{name}.pyx"],
                       include_dirs=[numpy.get_include()],
                       define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
-            for name in FAMILIES]
+            for name in FAMILIES + [f"{f}_avx512" for f in WIDE_FAMILIES]]
     return cythonize(exts, compiler_directives={"language_level": 3}, quiet=True)
 
 

@@ -167,3 +167,32 @@ def test_bad_arrays_raise_naming_the_argument_and_change_nothing(backend, dtype,
 def test_non_float_param_is_a_type_error(backend):
     with fo.use_backend(backend), pytest.raises(TypeError, match="param"):
         ops.sgd_step_(np.arange(4), np.arange(4), lr=0.1)
+
+
+def _builds(family):
+    """Every build of a Cython kernel family present here (portable and AVX-512)."""
+    import importlib
+    mods = []
+    for name in (family, family + "_avx512"):
+        try:
+            mods.append(importlib.import_module(f"fastopt._kernels.{name}"))
+        except ImportError:
+            pass
+    return mods
+
+
+@pytest.mark.skipif(len(_builds("optim")) < 2 or "cython" not in GRID_BACKENDS,
+                    reason="needs both the portable and the AVX-512 build of the kernels")
+@pytest.mark.parametrize("case", ["sgd_momentum_dampening", "rmsprop_centered_momentum_wd",
+                                  "adagrad", "adam_amsgrad_wd_maximize", "adam_eps_inside",
+                                  "momentum", "ewa"])
+def test_avx512_build_is_bit_identical_to_the_portable_build(case, dtype, monkeypatch):
+    import fastopt._kernels as cy
+    p0, grads = inputs((100003,), dtype, steps=3)
+    results = []
+    for module in _builds("optim"):
+        for name in ("adagrad", "adam", "ewa", "momentum", "rmsprop", "sgd"):
+            monkeypatch.setattr(cy, name, getattr(module, name))
+        p, state = run(case, "cython", p0, grads, "contiguous")
+        results.append((p.tobytes(), {k: s.tobytes() for k, s in state.items()}))
+    assert results[0] == results[1]

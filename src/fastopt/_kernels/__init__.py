@@ -1,14 +1,33 @@
 """The Cython backend: compiled kernels, OpenMP-parallel, GIL released.
 
 Importing this package fails (ImportError) when the extension was not built; the registry then
-reports the reason and serves the next backend.
+reports the reason and serves the next backend. Compute-bound families are also built for
+AVX-512 (``<family>_avx512``); that build is used when the CPU has it, unless
+``FASTOPT_NO_AVX512=1``.
 """
-from . import optim as _optim
+import importlib
+import os
+
 from . import stream as _stream
-from .optim import adagrad, adam, ewa, momentum, rmsprop, sgd  # noqa: F401
+
+
+def _load(family):
+    """The AVX-512 build of a kernel family when it exists and this CPU runs it, else the
+    portable (x86-64-v3) build."""
+    base = importlib.import_module(f".{family}", __name__)
+    if os.environ.get("FASTOPT_NO_AVX512", "0") in ("", "0") and base.cpu_has_avx512():
+        try:
+            return importlib.import_module(f".{family}_avx512", __name__)
+        except ImportError:
+            pass
+    return base
+
+
+_optim = _load("optim")
+adagrad, adam, ewa = _optim.adagrad, _optim.adam, _optim.ewa
+momentum, rmsprop, sgd = _optim.momentum, _optim.rmsprop, _optim.sgd
 
 _FAMILIES = (_optim, _stream)
-
 BUILD_FLAGS = _optim.BUILD_FLAGS
 
 

@@ -30,6 +30,26 @@ cdef extern from *:
 
 BUILD_FLAGS = FASTOPT_BUILD_FLAGS.decode()
 
+cdef extern from *:
+    """
+    static int fo_cpu_has_avx512(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512cd");
+    #else
+        return 0;
+    #endif
+    }
+    """
+    int fo_cpu_has_avx512()
+
+
+def cpu_has_avx512():
+    """True if this CPU (and OS) run x86-64-v4 code: the *_avx512 variants may be used."""
+    return bool(fo_cpu_has_avx512())
+
 from .. import _validate
 
 # Below this many elements a step runs on one thread: waking the team costs more than it saves

@@ -7,6 +7,7 @@ signature that validates, folds the scalars in float64 and casts them to the dat
 import math
 
 import numba
+import numpy as np
 from numba import prange
 
 from .._layout import flat_views, via_contiguous
@@ -16,15 +17,16 @@ from ._common import JIT, launch, max_nan
 
 # ----------------------------------------------------------------------------------- ewa
 @numba.njit(**JIT)
-def _ewa_span(lo, hi, avg, x, b, c):
-    for i in range(lo, hi):
+def _ewa_span(avg, x, b, c):
+    for i in range(avg.size):
         avg[i] = b * avg[i] + c * x[i]
 
 
 @numba.njit(parallel=True, **JIT)
 def _ewa_parallel(nchunks, chunk, avg, x, *s):
     for k in prange(nchunks):
-        _ewa_span(k * chunk, min((k + 1) * chunk, avg.size), avg, x, *s)
+        lo, hi = k * chunk, min((k + 1) * chunk, avg.size)
+        _ewa_span(avg[lo:hi], x[lo:hi], *s)
 
 
 def ewa(avg, x, beta):
@@ -38,9 +40,9 @@ def ewa(avg, x, beta):
 
 # ----------------------------------------------------------------------------------- sgd
 @numba.njit(**JIT)
-def _sgd_span(lo, hi, p, g, buf, lr, wd, mom, keep, has_wd, nesterov, maximize, first_step):
+def _sgd_span(p, g, buf, lr, wd, mom, keep, has_wd, nesterov, maximize, first_step):
     has_buf = buf.size > 0
-    for i in range(lo, hi):
+    for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if has_wd:
             gi = gi + wd * p[i]
@@ -53,7 +55,8 @@ def _sgd_span(lo, hi, p, g, buf, lr, wd, mom, keep, has_wd, nesterov, maximize, 
 @numba.njit(parallel=True, **JIT)
 def _sgd_parallel(nchunks, chunk, p, g, buf, *s):
     for k in prange(nchunks):
-        _sgd_span(k * chunk, min((k + 1) * chunk, p.size), p, g, buf, *s)
+        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
+        _sgd_span(p[lo:hi], g[lo:hi], buf[lo:hi], *s)
 
 
 def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nesterov,
@@ -72,8 +75,8 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nes
 
 # ------------------------------------------------------------------------------ momentum
 @numba.njit(**JIT)
-def _momentum_span(lo, hi, p, g, vel, lr, b, c):
-    for i in range(lo, hi):
+def _momentum_span(p, g, vel, lr, b, c):
+    for i in range(p.size):
         vel[i] = b * vel[i] + c * g[i]
         p[i] = p[i] - lr * vel[i]
 
@@ -81,7 +84,8 @@ def _momentum_span(lo, hi, p, g, vel, lr, b, c):
 @numba.njit(parallel=True, **JIT)
 def _momentum_parallel(nchunks, chunk, p, g, vel, *s):
     for k in prange(nchunks):
-        _momentum_span(k * chunk, min((k + 1) * chunk, p.size), p, g, vel, *s)
+        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
+        _momentum_span(p[lo:hi], g[lo:hi], vel[lo:hi], *s)
 
 
 def momentum(param, grad, velocity, lr, beta):
@@ -98,11 +102,11 @@ def momentum(param, grad, velocity, lr, beta):
 
 # ------------------------------------------------------------------------------- rmsprop
 @numba.njit(**JIT)
-def _rmsprop_span(lo, hi, p, g, sq, gavg, buf, lr, a, c, eps, wd, mom, has_wd, maximize,
+def _rmsprop_span(p, g, sq, gavg, buf, lr, a, c, eps, wd, mom, has_wd, maximize,
                   eps_inside_sqrt):
     centered = gavg.size > 0
     has_buf = buf.size > 0
-    for i in range(lo, hi):
+    for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if has_wd:
             gi = gi + wd * p[i]
@@ -111,7 +115,7 @@ def _rmsprop_span(lo, hi, p, g, sq, gavg, buf, lr, a, c, eps, wd, mom, has_wd, m
         if centered:
             gavg[i] = gavg[i] + c * (gi - gavg[i])
             s = sq[i] - gavg[i] * gavg[i]
-        avg = math.sqrt(s + eps) if eps_inside_sqrt else math.sqrt(s) + eps
+        avg = np.sqrt(s + eps) if eps_inside_sqrt else np.sqrt(s) + eps
         if has_buf:
             buf[i] = mom * buf[i] + gi / avg
             p[i] = p[i] - lr * buf[i]
@@ -122,7 +126,8 @@ def _rmsprop_span(lo, hi, p, g, sq, gavg, buf, lr, a, c, eps, wd, mom, has_wd, m
 @numba.njit(parallel=True, **JIT)
 def _rmsprop_parallel(nchunks, chunk, p, g, sq, gavg, buf, *s):
     for k in prange(nchunks):
-        _rmsprop_span(k * chunk, min((k + 1) * chunk, p.size), p, g, sq, gavg, buf, *s)
+        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
+        _rmsprop_span(p[lo:hi], g[lo:hi], sq[lo:hi], gavg[lo:hi], buf[lo:hi], *s)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
@@ -144,19 +149,20 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, 
 
 # ------------------------------------------------------------------------------- adagrad
 @numba.njit(**JIT)
-def _adagrad_span(lo, hi, p, g, ssum, clr, eps, wd, has_wd, maximize):
-    for i in range(lo, hi):
+def _adagrad_span(p, g, ssum, clr, eps, wd, has_wd, maximize):
+    for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if has_wd:
             gi = gi + wd * p[i]
         ssum[i] = ssum[i] + gi * gi
-        p[i] = p[i] - clr * (gi / (math.sqrt(ssum[i]) + eps))
+        p[i] = p[i] - clr * (gi / (np.sqrt(ssum[i]) + eps))
 
 
 @numba.njit(parallel=True, **JIT)
 def _adagrad_parallel(nchunks, chunk, p, g, ssum, *s):
     for k in prange(nchunks):
-        _adagrad_span(k * chunk, min((k + 1) * chunk, p.size), p, g, ssum, *s)
+        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
+        _adagrad_span(p[lo:hi], g[lo:hi], ssum[lo:hi], *s)
 
 
 def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
@@ -174,10 +180,10 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
 
 # ---------------------------------------------------------------------------------- adam
 @numba.njit(**JIT)
-def _adam_span(lo, hi, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
+def _adam_span(p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
                coupled, shrink, maximize, eps_inside_sqrt):
     amsgrad = vmax.size > 0
-    for i in range(lo, hi):
+    for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if shrink:
             p[i] = p[i] * decay
@@ -190,16 +196,17 @@ def _adam_span(lo, hi, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, w
             vmax[i] = max_nan(vmax[i], vi)
             vi = vmax[i]
         if eps_inside_sqrt:
-            denom = math.sqrt(vi / bc2 + eps)
+            denom = np.sqrt(vi / bc2 + eps)
         else:
-            denom = math.sqrt(vi) / bc2_sqrt + eps
+            denom = np.sqrt(vi) / bc2_sqrt + eps
         p[i] = p[i] - step * (m[i] / denom)
 
 
 @numba.njit(parallel=True, **JIT)
 def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, *s):
     for k in prange(nchunks):
-        _adam_span(k * chunk, min((k + 1) * chunk, p.size), p, g, m, v, vmax, *s)
+        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
+        _adam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], *s)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
@@ -216,6 +223,6 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
     t = param.dtype.type
     has_wd = weight_decay != 0
     launch(_adam_span, _adam_parallel, views, t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(eps),
-           t(step_size), t(bias_correction2), t(math.sqrt(bias_correction2)), t(weight_decay),
+           t(step_size), t(bias_correction2), t(np.sqrt(bias_correction2)), t(weight_decay),
            t(1.0 - lr * weight_decay), has_wd and not decoupled, has_wd and bool(decoupled),
            bool(maximize), bool(eps_inside_sqrt))

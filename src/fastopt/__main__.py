@@ -1,0 +1,177 @@
+"""``python -m fastopt``: check every kernel against the NumPy reference, then time them.
+
+Each row times every contender (each backend, the roofline stream, torch peers where installed)
+in interleaved rounds and prints the median, the spread, the speed-up over the NumPy reference,
+the effective bandwidth and the ratio to the roofline: the time a streaming kernel moving the
+same bytes takes, measured in the same run. Exit status 1 if any equivalence check fails.
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from . import _backend, _bench, _coexist
+
+DEFAULT_SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
+QUICK_SIZES = [1_000, 100_000]
+QUICK_KERNELS = ["sgd_momentum", "adam"]
+
+
+def _parse_sizes(text):
+    return [int(float(s)) for s in text.split(",") if s]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m fastopt", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernels", help="comma-separated, from: " + ", ".join(_bench.CASES))
+    ap.add_argument("--sizes", type=_parse_sizes, help="element counts, e.g. 1e3,1e5,1e6")
+    ap.add_argument("--dtypes", default="float32,float64", help="float32 and/or float64")
+    ap.add_argument("--backends", help="backends to time (default: all available)")
+    ap.add_argument("--threads", type=int, help="threads for the compiled backends and torch")
+    ap.add_argument("--quick", action="store_true", help="a few kernels and sizes (seconds)")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per row")
+    ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
+    ap.add_argument("--no-coexistence", action="store_true",
+                    help="skip measuring fastopt and torch in one process (skipped by --quick)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--plot", metavar="PATH", help="plot time vs size per backend (matplotlib)")
+    args = ap.parse_args(argv)
+    available = _backend.backends()
+    args.backends = args.backends.split(",") if args.backends else available
+    for b in args.backends:
+        if b not in available:
+            ap.error(f"backend {b!r} is not available here (available: {available})")
+    names = args.kernels.split(",") if args.kernels else (
+        QUICK_KERNELS if args.quick else list(_bench.CASES))
+    for k in names:
+        if k not in _bench.CASES:
+            ap.error(f"unknown kernel {k!r}; choose from {list(_bench.CASES)}")
+    args.kernels = names
+    args.sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    args.dtypes = [np.dtype(d) for d in args.dtypes.split(",")]
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
+    return args
+
+
+def progress(msg):
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + msg)
+        sys.stderr.flush()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        _backend.set_num_threads(args.threads)
+    info = _bench.machine()
+    print("fastopt report")
+    print(f"  machine : {info['cpu']}, {info['cores']} cores, {info['threads']} threads used")
+    print("  versions: " + ", ".join(f"{k} {info[k]}" for k in
+                                     ("python", "numpy", "numba", "cython", "torch", "deepspeed")
+                                     if k in info))
+    print(f"  cython  : {info['cython_build']}")
+    print(f"  backends: {', '.join(args.backends)} (active: {_backend.get_backend()})")
+
+    # 1. equivalence with the reference, every kernel on every backend
+    print("\nequivalence with the NumPy reference (7 steps, strided param, max relative error)")
+    failures, checks = 0, []
+    for name in args.kernels:
+        case = _bench.CASES[name]
+        cells = []
+        for dtype in args.dtypes:
+            for backend in args.backends:
+                if backend == "numpy":
+                    continue
+                progress(f"checking {name} {dtype} {backend}")
+                err, ok = _bench.check_equivalence(case, backend, dtype)
+                failures += not ok
+                checks.append(dict(kernel=name, dtype=str(dtype), backend=backend, max_rel_err=err,
+                                   ok=ok))
+                cells.append(f"{backend}/{dtype.name[5:]}: {err:.1e}{'' if ok else ' FAIL'}")
+        print(f"  {name:<13} " + "  ".join(cells))
+    progress("")
+
+    # 2. timing
+    print("\nspeed (median of interleaved rounds; x ref = speed-up over the NumPy reference; "
+          "x roof = time / roofline stream time)")
+    header = (f"  {'kernel':<13}{'dtype':<8}{'size':>10}  {'contender':<14}{'time':>11}"
+              f"{'spread':>8}{'x ref':>8}{'GB/s':>8}{'x roof':>8}")
+    print(header)
+    rows = []
+    for name in args.kernels:
+        case = _bench.CASES[name]
+        reads, writes = case.n_streams()
+        for dtype in args.dtypes:
+            for n in args.sizes:
+                progress(f"timing {name} {dtype} {n:.0e}")
+                fns = _bench.contenders(case, n, dtype, args.backends, peers=not args.no_peers)
+                timed = _bench.time_row(fns, rounds=args.rounds)
+                ref = timed.get("numpy", (None,))[0]
+                roof = timed.get("roofline", (None,))[0]
+                nbytes = n * dtype.itemsize * (reads + writes)
+                for label, (t, spread) in timed.items():
+                    row = dict(kernel=name, dtype=dtype.name, size=n, contender=label, time=t,
+                               spread=spread, x_ref=ref / t if ref else None,
+                               gbps=nbytes / t / 1e9, x_roofline=t / roof if roof else None)
+                    rows.append(row)
+                    print(f"  {name:<13}{dtype.name:<8}{n:>10.0e}  {label:<14}{_fmt_t(t):>11}"
+                          f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7}{row['gbps']:>8.1f}"
+                          f"{_fmt_x(row['x_roofline']):>8}")
+                progress("")
+    coexistence = []
+    if not (args.quick or args.no_coexistence or args.no_peers):
+        print("\nliving beside torch (fresh processes; Adam 1e5 float32; ratio > 1: slowed)")
+        progress("measuring import orders")
+        coexistence = [dict(what=w, alone=a, beside=b, ratio=r)
+                       for w, a, b, r in _coexist.report(args.backends)]
+        progress("")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=info, equivalence=checks, timings=rows,
+                           coexistence=coexistence), f, indent=1)
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        _plot(rows, args.plot)
+    if failures:
+        print(f"\n{failures} equivalence check(s) FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fmt_t(t):
+    return f"{t * 1e6:.2f} us" if t < 1e-3 else f"{t * 1e3:.2f} ms"
+
+
+def _fmt_x(x):
+    return "" if x is None else f"{x:.2f}"
+
+
+def _plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("\n--plot needs matplotlib (pip install 'fastopt[bench]'); no plot written")
+        return
+    groups = sorted({(r["kernel"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 3.2 * len(groups)), squeeze=False)
+    for ax, (kernel, dtype) in zip(axes[:, 0], groups):
+        sel = [r for r in rows if r["kernel"] == kernel and r["dtype"] == dtype]
+        for label in dict.fromkeys(r["contender"] for r in sel):
+            pts = sorted((r["size"], r["time"]) for r in sel if r["contender"] == label)
+            ax.loglog(*zip(*pts), "o-" if label != "roofline" else "k--", label=label)
+        ax.set_title(f"{kernel} {dtype}")
+        ax.set_xlabel("elements")
+        ax.set_ylabel("seconds per step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Benchmark cases shared by ``python -m fastopt`` and the ``bench/`` pytest-benchmark suites.
+
+A case is one fo.ops kernel with fixed hyper-parameters: the state arrays it keeps, a step
+function, the torch.optim peer that computes the same update (where torch has one), and the
+arrays it streams (for the bytes moved and the roofline). Timing is interleaved: each round times
+every contender of a row once, and the median over rounds is kept, so the machine's drift hits
+all contenders alike.
+"""
+import dataclasses
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from . import _backend, ops
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    state: tuple            # names of the state arrays, initialised to zero
+    step: object            # step(param, grad, state_dict, t) using fo.ops
+    torch_peer: tuple = ()  # (torch.optim class name, kwargs) computing the same update
+
+    def arrays(self, n, dtype, seed=0):
+        """Fresh param, grad and state arrays of ``n`` elements."""
+        rng = np.random.default_rng(seed)
+        p = rng.standard_normal(n).astype(dtype)
+        g = rng.standard_normal(n).astype(dtype)
+        return p, g, {k: np.zeros(n, dtype) for k in self.state}
+
+    def n_streams(self):
+        """Arrays read (param, grad, state) and written (all but the grad) per element."""
+        k = 2 + len(self.state)
+        return k, k - 1
+
+
+CASES = {c.name: c for c in [
+    Case("sgd", (), lambda p, g, s, t: ops.sgd_step_(p, g, lr=0.01),
+         ("SGD", dict(lr=0.01))),
+    Case("sgd_momentum", ("buf",),
+         lambda p, g, s, t: ops.sgd_step_(p, g, s["buf"], lr=0.01, momentum=0.9,
+                                          first_step=t == 1),
+         ("SGD", dict(lr=0.01, momentum=0.9))),
+    Case("momentum", ("v",), lambda p, g, s, t: ops.momentum_step_(p, g, s["v"], lr=0.01,
+                                                                    beta=0.9)),
+    Case("rmsprop", ("square_avg",),
+         lambda p, g, s, t: ops.rmsprop_step_(p, g, s["square_avg"], lr=0.01),
+         ("RMSprop", dict(lr=0.01))),
+    Case("adagrad", ("sum",), lambda p, g, s, t: ops.adagrad_step_(p, g, s["sum"], t, lr=0.01),
+         ("Adagrad", dict(lr=0.01))),
+    Case("adam", ("exp_avg", "exp_avg_sq"),
+         lambda p, g, s, t: ops.adam_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t, lr=1e-3),
+         ("Adam", dict(lr=1e-3))),
+    Case("adamw", ("exp_avg", "exp_avg_sq"),
+         lambda p, g, s, t: ops.adamw_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t, lr=1e-3),
+         ("AdamW", dict(lr=1e-3))),
+    Case("ewa", (), lambda p, g, s, t: ops.ewa_(p, g, 0.9)),
+]}
+
+
+# ------------------------------------------------------------------------------ equivalence
+def check_equivalence(case, backend, dtype, n=1031, steps=7):
+    """Max relative error of ``backend`` vs the NumPy reference after ``steps`` steps of
+    ``case`` on a strided (non-contiguous) param, and whether it is within tolerance."""
+    results = []
+    for name in ("numpy", backend):
+        p, g, state = case.arrays(2 * n, dtype)
+        p = p[::2]                          # exercise the non-contiguous path too
+        g = g[:n]
+        state = {k: v[:n] for k, v in state.items()}
+        rng = np.random.default_rng(1)
+        with _backend.use_backend(name):
+            for t in range(1, steps + 1):
+                case.step(p, (g * rng.standard_normal(n)).astype(dtype), state, t)
+        results.append([p] + [state[k] for k in case.state])
+    err = max((_rel_err(a, b) for a, b in zip(*results)), default=0.0)
+    tol = 1e-12 if np.dtype(dtype) == np.float64 else 5e-7
+    return err, err <= tol
+
+
+def _rel_err(a, b):
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(both_nan, 0.0, np.abs(a - b))
+    return float(np.max(diff / np.maximum(np.abs(b), np.finfo(np.float64).tiny), initial=0.0))
+
+
+# ----------------------------------------------------------------------------------- timing
+def stream_kernel():
+    """The compiled streaming kernel that defines the roofline, or None without the extension."""
+    try:
+        from ._kernels.stream import stream
+    except ImportError:
+        return None
+    return stream
+
+
+def contenders(case, n, dtype, backends, peers=True):
+    """``{label: zero-argument callable}`` for one row: every backend, the roofline stream,
+    and the torch peers (foreach=False, foreach=True, fused=True where torch has them)."""
+    out = {}
+    for name in backends:
+        p, g, state = case.arrays(n, dtype)
+        counter = [0]
+
+        def run(p=p, g=g, state=state, counter=counter, name=name):
+            counter[0] += 1
+            case.step(p, g, state, counter[0])
+        out[name] = _on_backend(name, run)
+    stream = stream_kernel()
+    if stream is not None:
+        p, g, state = case.arrays(n, dtype)
+        arrays = [p, g] + list(state.values())
+        if len(arrays) < 2:
+            arrays.append(np.zeros_like(p))
+        out["roofline"] = lambda: stream(*arrays)
+    if peers and case.torch_peer:
+        out.update(_torch_peers(case, n, dtype))
+    return out
+
+
+def _on_backend(name, fn):
+    def call():
+        with _backend.use_backend(name):
+            fn()
+    # the with-statement costs ~1 us; time the kernel itself when the backend is already active
+    return fn if name == _backend.get_backend() else call
+
+
+def _torch_peers(case, n, dtype):
+    try:
+        import torch
+    except ImportError:
+        return {}
+    torch.set_num_threads(_backend.get_num_threads())
+    cls_name, kwargs = case.torch_peer
+    cls = getattr(torch.optim, cls_name)
+    out = {}
+    for label, extra in (("torch", dict(foreach=False)), ("torch-foreach", dict(foreach=True)),
+                         ("torch-fused", dict(fused=True))):
+        p, g, _ = case.arrays(n, dtype)
+        pt = torch.from_numpy(p).requires_grad_()
+        pt.grad = torch.from_numpy(g)
+        try:
+            opt = cls([pt], **kwargs, **extra)
+            opt.step()
+        except (RuntimeError, TypeError, ValueError):
+            continue            # this torch has no such implementation for this optimizer
+        out[label] = opt.step
+    if case.name == "adam":
+        out.update(_deepspeed_peer(case, n, dtype))
+    return out
+
+
+def _deepspeed_peer(case, n, dtype):
+    """DeepSpeedCPUAdam, when deepspeed is installed (it compiles its CPU op on first use)."""
+    if np.dtype(dtype) != np.float32 or os.environ.get("FASTOPT_NO_DEEPSPEED"):
+        return {}
+    try:
+        import torch
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        p, g, _ = case.arrays(n, dtype)
+        pt = torch.from_numpy(p).requires_grad_()
+        pt.grad = torch.from_numpy(g)
+        opt = DeepSpeedCPUAdam([pt], lr=1e-3, adamw_mode=False)
+        opt.step()
+    except Exception:   # absent, or its op failed to build: simply not a contender here
+        return {}
+    return {"deepspeed": opt.step}
+
+
+def time_row(fns, rounds=7, target=2e-3):
+    """Interleaved timing: each round times every contender once (a batch of calls lasting
+    about ``target`` seconds). Returns ``{label: (median, spread)}`` in seconds per call,
+    spread being the interquartile range over rounds relative to the median."""
+    reps = {}
+    for label, fn in fns.items():
+        fn()                                   # warm-up (numba compiles, pages fault in)
+        t0 = time.perf_counter()
+        fn()
+        single = max(time.perf_counter() - t0, 1e-7)
+        reps[label] = max(1, min(int(target / single), 100_000))
+    samples = {label: [] for label in fns}
+    for _ in range(rounds):
+        for label, fn in fns.items():
+            r = reps[label]
+            t0 = time.perf_counter()
+            for _ in range(r):
+                fn()
+            samples[label].append((time.perf_counter() - t0) / r)
+    out = {}
+    for label, xs in samples.items():
+        med = statistics.median(xs)
+        q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [med, med, med]
+        out[label] = (med, (q[2] - q[0]) / med if med else 0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------- machine
+def machine():
+    """What the header prints: CPU, cores, threads, library versions, build flags."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": _backend.get_num_threads(),
+            "python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("numba", "Cython", "torch", "deepspeed"):
+        try:
+            info[mod.lower()] = __import__(mod).__version__
+        except Exception:
+            pass
+    try:
+        from . import _kernels
+        info["cython_build"] = f"{_kernels._optim.__name__.rsplit('.', 1)[1]}: " \
+                               f"{_kernels.BUILD_FLAGS}"
+    except ImportError as exc:
+        info["cython_build"] = f"not built ({exc})"
+    return info

@@ -1,0 +1,86 @@
+"""Living beside torch: does either library slow the other down in one process?
+
+Both use OpenMP. Each measurement runs in a fresh interpreter, so the import order is real:
+- torch's speed (torch.optim.Adam, foreach=False, 1e5 float32) alone, and after fastopt has
+  imported and run a parallel kernel on a backend;
+- fastopt's speed (fo.ops.adam_step_, 1e5 float32, the parallel path) alone, and after torch has
+  imported and run a parallel step.
+``python -m fastopt._coexist`` prints the table; the report includes it.
+"""
+import subprocess
+import sys
+
+N = 100_000
+SNIPPETS = {
+    "run_fastopt": (
+        "import numpy as np, fastopt as fo\n"
+        "fo.set_backend({backend!r})\n"
+        "x = np.ones(300_000, np.float32); g = np.ones_like(x)\n"
+        "m = np.zeros_like(x); v = np.zeros_like(x)\n"
+        "for t in range(1, 5): fo.ops.adam_step_(x, g, m, v, t)\n"),
+    "run_torch": (
+        "import torch\n"
+        "pt = torch.randn(300_000, requires_grad=True); pt.grad = torch.randn(300_000)\n"
+        "torch.optim.Adam([pt], foreach=False).step()\n"),
+    "time_torch": (
+        "import torch, time\n"
+        "torch.set_num_threads(torch.get_num_threads())  # as users (and our report) do\n"
+        f"p = torch.randn({N}, requires_grad=True); p.grad = torch.randn({N})\n"
+        "opt = torch.optim.Adam([p], foreach=False)\n"
+        "step = opt.step\n"),
+    "time_fastopt": (
+        "import numpy as np, fastopt as fo, time\n"
+        "fo.set_backend({backend!r})\n"
+        f"p = np.ones({N}, np.float32); g = np.ones_like(p)\n"
+        "m = np.zeros_like(p); v = np.zeros_like(p)\n"
+        "step = lambda: fo.ops.adam_step_(p, g, m, v, 10)\n"),
+}
+TIMER = (
+    "for _ in range(20): step()\n"
+    "ts = []\n"
+    "for _ in range(9):\n"
+    "    t0 = time.perf_counter()\n"
+    "    for _ in range(50): step()\n"
+    "    ts.append((time.perf_counter() - t0) / 50)\n"
+    "print(sorted(ts)[4])\n")
+
+
+def _run(*parts, backend=None):
+    code = "".join(SNIPPETS[p].format(backend=backend) for p in parts) + TIMER
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def measure(backends):
+    """Rows ``(what, alone, beside, ratio)``; ratio > 1 means slowed down."""
+    rows = []
+    torch_alone = _run("time_torch")
+    for b in backends:
+        beside = _run("run_fastopt", "time_torch", backend=b)
+        rows.append((f"torch Adam after fastopt[{b}] ran", torch_alone, beside,
+                     beside / torch_alone))
+        alone = _run("time_fastopt", backend=b)
+        beside = _run("run_torch", "time_fastopt", backend=b)
+        rows.append((f"fastopt[{b}] adam after torch ran", alone, beside, beside / alone))
+    return rows
+
+
+def report(backends):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("  (torch is not installed: nothing to measure)")
+        return []
+    rows = measure(backends)
+    for what, alone, beside, ratio in rows:
+        print(f"  {what:<38}{alone * 1e6:>9.1f} us alone{beside * 1e6:>9.1f} us beside"
+              f"{ratio:>7.2f}x")
+    return rows
+
+
+if __name__ == "__main__":
+    from . import _backend
+    report(_backend.backends())

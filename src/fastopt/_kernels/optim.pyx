@@ -4,6 +4,9 @@
 once), scalars folded once per call in double and cast to the data's precision, OpenMP over
 contiguous chunks above PARALLEL_MIN. Each element is computed independently, so the result is
 bit-identical for any thread count. Formulas and signatures: fastopt/reference/optim.py.
+
+The options (maximize, weight decay, optional state) are loop-invariant branches: setup.py lets
+GCC unswitch them all, so every combination gets its own vectorized loop.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
@@ -265,30 +268,6 @@ def adagrad(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray state_sum, double c
 
 
 # ---------------------------------------------------------------------------------- adam
-cdef inline void adam_elem(floating* p, const floating* g, floating* m, floating* v,
-                           floating* vmax, Py_ssize_t i, floating c1, floating b2, floating c2,
-                           floating eps, floating step, floating bc2, floating bc2_sqrt,
-                           floating wd, floating decay, bint coupled, bint shrink,
-                           bint maximize, bint amsgrad, bint eps_inside_sqrt) noexcept nogil:
-    cdef floating gi = -g[i] if maximize else g[i]
-    cdef floating vi, denom
-    if shrink:
-        p[i] = p[i] * decay
-    if coupled:
-        gi = gi + wd * p[i]
-    m[i] = m[i] + c1 * (gi - m[i])
-    v[i] = b2 * v[i] + c2 * (gi * gi)
-    vi = v[i]
-    if amsgrad:
-        vmax[i] = max_nan(vmax[i], vi)
-        vi = vmax[i]
-    if eps_inside_sqrt:
-        denom = root(vi / bc2 + eps)
-    else:
-        denom = root(vi) / bc2_sqrt + eps
-    p[i] = p[i] - step * (m[i] / denom)
-
-
 cdef void adam_span(floating* p, const floating* g, floating* m, floating* v, floating* vmax,
                     Py_ssize_t n, double lr, double beta1, double beta2, double eps,
                     double weight_decay, double step_size, double bias_correction2,
@@ -300,25 +279,25 @@ cdef void adam_span(floating* p, const floating* g, floating* m, floating* v, fl
     cdef floating wd = <floating>weight_decay, decay = <floating>(1.0 - lr * weight_decay)
     cdef bint coupled = weight_decay != 0 and not decoupled
     cdef bint shrink = weight_decay != 0 and decoupled
+    cdef floating gi, vi, denom
     cdef Py_ssize_t i
-    # amsgrad and the eps form are spelled out as constants so that each loop inlines to
-    # straight-line code the compiler vectorizes (a branch on them inside one loop does not)
-    if vmax == NULL and not eps_inside_sqrt:
-        for i in range(n):
-            adam_elem(p, g, m, v, vmax, i, c1, b2, c2, eps_, step, bc2, bc2_sqrt, wd, decay,
-                      coupled, shrink, maximize, False, False)
-    elif vmax == NULL:
-        for i in range(n):
-            adam_elem(p, g, m, v, vmax, i, c1, b2, c2, eps_, step, bc2, bc2_sqrt, wd, decay,
-                      coupled, shrink, maximize, False, True)
-    elif not eps_inside_sqrt:
-        for i in range(n):
-            adam_elem(p, g, m, v, vmax, i, c1, b2, c2, eps_, step, bc2, bc2_sqrt, wd, decay,
-                      coupled, shrink, maximize, True, False)
-    else:
-        for i in range(n):
-            adam_elem(p, g, m, v, vmax, i, c1, b2, c2, eps_, step, bc2, bc2_sqrt, wd, decay,
-                      coupled, shrink, maximize, True, True)
+    for i in range(n):
+        gi = -g[i] if maximize else g[i]
+        if shrink:
+            p[i] = p[i] * decay
+        if coupled:
+            gi = gi + wd * p[i]
+        m[i] = m[i] + c1 * (gi - m[i])
+        v[i] = b2 * v[i] + c2 * (gi * gi)
+        vi = v[i]
+        if vmax != NULL:
+            vmax[i] = max_nan(vmax[i], vi)
+            vi = vmax[i]
+        if eps_inside_sqrt:
+            denom = root(vi / bc2 + eps_)
+        else:
+            denom = root(vi) / bc2_sqrt + eps_
+        p[i] = p[i] - step * (m[i] / denom)
 
 
 cdef void adam_run(floating* p, const floating* g, floating* m, floating* v, floating* vmax,

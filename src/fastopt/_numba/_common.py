@@ -5,6 +5,8 @@ import os
 import numba
 import numpy as np
 
+from .._validate import FLOAT_DTYPES, check_step_arrays
+
 # error_model="numpy": division by zero gives inf/nan instead of raising, and lets LLVM
 # vectorize divisions. fastmath stays off: IEEE semantics, no reassociation, no FMA contraction.
 JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=False)
@@ -46,21 +48,57 @@ def get_num_threads():
     return _num_threads[0]
 
 
-def launch(serial, parallel, views, *scalars):
-    """Run a kernel over flat 1-D ``views`` (``None``, optional state not in use, becomes an
-    empty array), serially or as one contiguous chunk per thread. ``scalars`` are already
-    cast to the arrays' dtype, so arithmetic stays in that precision as in the reference."""
-    empty = _EMPTY[views[0].dtype]
-    views = [empty if v is None else v for v in views]
+def step_views(arrays, names):
+    """Validate the arrays of one element-wise step and return flat 1-D views of them.
+
+    ``arrays[1]`` is the read-only input (the grad), the others are updated; ``None`` (optional
+    state not in use) becomes an empty array, which the kernels read as "absent". Returns None
+    when the layouts differ (a strided slice, a transpose next to a C-ordered grad): the caller
+    then runs on contiguous copies. Bad input raises as ``_validate.check_step_arrays``.
+    """
+    p = arrays[0]
+    if type(p) is np.ndarray and p.dtype in FLOAT_DTYPES:
+        shape, dtype = p.shape, p.dtype
+        for i, a in enumerate(arrays):
+            if a is not None and (type(a) is not np.ndarray or a.shape != shape
+                                  or a.dtype != dtype or (i != 1 and not a.flags.writeable)):
+                break
+        else:
+            return _flat(arrays, _EMPTY[dtype])
+    written = [(n, a) for i, (n, a) in enumerate(zip(names, arrays)) if i != 1]
+    check_step_arrays(written, [(names[1], arrays[1])])   # raises with the standard message
+    return _flat(arrays, _EMPTY[p.dtype])                  # (ndarray subclasses land here)
+
+
+def _flat(arrays, empty):
+    order = "C" if arrays[0].flags.c_contiguous else "F"
+    views = []
+    for a in arrays:
+        if a is None:
+            views.append(empty)
+        elif (a.flags.c_contiguous if order == "C" else a.flags.f_contiguous) \
+                and a.flags.aligned and a.dtype.isnative:
+            views.append(a.reshape(-1, order=order))
+        else:
+            return None
+    return views
+
+
+def launch(serial, parallel, views, consts, *flags):
+    """Run a kernel over flat ``views``, serially or as one contiguous chunk per thread.
+
+    ``consts`` is an array of the per-call scalars in the arrays' dtype (one argument is
+    cheaper to dispatch than a dozen, and arithmetic stays in that precision as in the
+    reference); ``flags`` are bools."""
     n = views[0].size
     nthreads = _num_threads[0] if n >= PARALLEL_MIN else 1
     if nthreads > 1:
         if not _pool_started[0]:
             _start_pool()
         numba.set_num_threads(nthreads)
-        parallel(nthreads, -(-n // nthreads), *views, *scalars)
+        parallel(nthreads, -(-n // nthreads), *views, consts, *flags)
     else:
-        serial(*views, *scalars)
+        serial(*views, consts, *flags)
 
 
 @numba.njit(inline="always", **JIT)

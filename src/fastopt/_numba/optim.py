@@ -1,8 +1,12 @@
 """Numba optimizer kernels, mirroring fastopt/_kernels/optim.pyx.
 
-Each kernel is a serial ``*_span(lo, hi, arrays..., scalars...)`` loop, a ``*_parallel`` driver
-running one contiguous chunk per thread, and the backend-level function with the reference's
-signature that validates, folds the scalars in float64 and casts them to the data's dtype.
+Each kernel has three parts:
+- ``_<name>_span(arrays..., k, flags...)``: the serial loop over whole 1-D arrays; ``k`` holds the
+  per-call scalars already cast to the arrays' dtype, so arithmetic stays in that precision;
+- ``_<name>_parallel(nchunks, chunk, arrays..., k, flags...)``: one contiguous chunk per thread;
+- ``<name>(...)``: the backend-level function with the reference's signature, which validates,
+  folds the scalars in float64 (as the Cython kernels do in C) and launches.
+Optional state not in use arrives as an empty array.
 """
 import math
 
@@ -10,37 +14,37 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._layout import flat_views, via_contiguous
-from .._validate import check_step_arrays
-from ._common import JIT, launch, max_nan
+from .._layout import via_contiguous
+from ._common import JIT, launch, max_nan, step_views
 
 
 # ----------------------------------------------------------------------------------- ewa
 @numba.njit(**JIT)
-def _ewa_span(avg, x, b, c):
+def _ewa_span(avg, x, k):
+    b, c = k[0], k[1]
     for i in range(avg.size):
         avg[i] = b * avg[i] + c * x[i]
 
 
 @numba.njit(parallel=True, **JIT)
-def _ewa_parallel(nchunks, chunk, avg, x, *s):
-    for k in prange(nchunks):
-        lo, hi = k * chunk, min((k + 1) * chunk, avg.size)
-        _ewa_span(avg[lo:hi], x[lo:hi], *s)
+def _ewa_parallel(nchunks, chunk, avg, x, k):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, avg.size)
+        _ewa_span(avg[lo:hi], x[lo:hi], k)
 
 
 def ewa(avg, x, beta):
-    check_step_arrays([("avg", avg)], [("x", x)])
-    views = flat_views((avg, x))
+    arrays = (avg, x)
+    views = step_views(arrays, ("avg", "x"))
     if views is None:
-        return via_contiguous(ewa, (avg, x), beta)
-    t = avg.dtype.type
-    launch(_ewa_span, _ewa_parallel, views, t(beta), t(1.0 - beta))
+        return via_contiguous(ewa, arrays, beta)
+    launch(_ewa_span, _ewa_parallel, views, np.array((beta, 1.0 - beta), avg.dtype))
 
 
 # ----------------------------------------------------------------------------------- sgd
 @numba.njit(**JIT)
-def _sgd_span(p, g, buf, lr, wd, mom, keep, has_wd, nesterov, maximize, first_step):
+def _sgd_span(p, g, buf, k, has_wd, nesterov, maximize, first_step):
+    lr, wd, mom, keep = k[0], k[1], k[2], k[3]
     has_buf = buf.size > 0
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
@@ -53,57 +57,55 @@ def _sgd_span(p, g, buf, lr, wd, mom, keep, has_wd, nesterov, maximize, first_st
 
 
 @numba.njit(parallel=True, **JIT)
-def _sgd_parallel(nchunks, chunk, p, g, buf, *s):
-    for k in prange(nchunks):
-        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
-        _sgd_span(p[lo:hi], g[lo:hi], buf[lo:hi], *s)
+def _sgd_parallel(nchunks, chunk, p, g, buf, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _sgd_span(p[lo:hi], g[lo:hi], buf[lo:hi], k, *flags)
 
 
 def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nesterov,
         maximize, first_step):
-    check_step_arrays([("param", param), ("momentum_buffer", momentum_buffer)], [("grad", grad)])
     arrays = (param, grad, momentum_buffer)
-    views = flat_views(arrays)
+    views = step_views(arrays, ("param", "grad", "momentum_buffer"))
     if views is None:
         return via_contiguous(sgd, arrays, lr, weight_decay, momentum, dampening, nesterov,
                               maximize, first_step)
-    t = param.dtype.type
-    launch(_sgd_span, _sgd_parallel, views, t(lr), t(weight_decay), t(momentum),
-           t(1.0 - dampening), weight_decay != 0, bool(nesterov), bool(maximize),
-           bool(first_step))
+    k = np.array((lr, weight_decay, momentum, 1.0 - dampening), param.dtype)
+    launch(_sgd_span, _sgd_parallel, views, k, weight_decay != 0, bool(nesterov),
+           bool(maximize), bool(first_step))
 
 
 # ------------------------------------------------------------------------------ momentum
 @numba.njit(**JIT)
-def _momentum_span(p, g, vel, lr, b, c):
+def _momentum_span(p, g, vel, k):
+    lr, b, c = k[0], k[1], k[2]
     for i in range(p.size):
         vel[i] = b * vel[i] + c * g[i]
         p[i] = p[i] - lr * vel[i]
 
 
 @numba.njit(parallel=True, **JIT)
-def _momentum_parallel(nchunks, chunk, p, g, vel, *s):
-    for k in prange(nchunks):
-        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
-        _momentum_span(p[lo:hi], g[lo:hi], vel[lo:hi], *s)
+def _momentum_parallel(nchunks, chunk, p, g, vel, k):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _momentum_span(p[lo:hi], g[lo:hi], vel[lo:hi], k)
 
 
 def momentum(param, grad, velocity, lr, beta):
-    check_step_arrays([("param", param), ("velocity", velocity)], [("grad", grad)])
     if velocity is None:
         raise TypeError("velocity must be a numpy.ndarray, got NoneType")
     arrays = (param, grad, velocity)
-    views = flat_views(arrays)
+    views = step_views(arrays, ("param", "grad", "velocity"))
     if views is None:
         return via_contiguous(momentum, arrays, lr, beta)
-    t = param.dtype.type
-    launch(_momentum_span, _momentum_parallel, views, t(lr), t(beta), t(1.0 - beta))
+    launch(_momentum_span, _momentum_parallel, views,
+           np.array((lr, beta, 1.0 - beta), param.dtype))
 
 
 # ------------------------------------------------------------------------------- rmsprop
 @numba.njit(**JIT)
-def _rmsprop_span(p, g, sq, gavg, buf, lr, a, c, eps, wd, mom, has_wd, maximize,
-                  eps_inside_sqrt):
+def _rmsprop_span(p, g, sq, gavg, buf, k, has_wd, maximize, eps_inside_sqrt):
+    lr, a, c, eps, wd, mom = k[0], k[1], k[2], k[3], k[4], k[5]
     centered = gavg.size > 0
     has_buf = buf.size > 0
     for i in range(p.size):
@@ -124,32 +126,30 @@ def _rmsprop_span(p, g, sq, gavg, buf, lr, a, c, eps, wd, mom, has_wd, maximize,
 
 
 @numba.njit(parallel=True, **JIT)
-def _rmsprop_parallel(nchunks, chunk, p, g, sq, gavg, buf, *s):
-    for k in prange(nchunks):
-        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
-        _rmsprop_span(p[lo:hi], g[lo:hi], sq[lo:hi], gavg[lo:hi], buf[lo:hi], *s)
+def _rmsprop_parallel(nchunks, chunk, p, g, sq, gavg, buf, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _rmsprop_span(p[lo:hi], g[lo:hi], sq[lo:hi], gavg[lo:hi], buf[lo:hi], k, *flags)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
             momentum, maximize, eps_inside_sqrt):
-    check_step_arrays([("param", param), ("square_avg", square_avg), ("grad_avg", grad_avg),
-                       ("momentum_buffer", momentum_buffer)], [("grad", grad)])
     if square_avg is None:
         raise TypeError("square_avg must be a numpy.ndarray, got NoneType")
     arrays = (param, grad, square_avg, grad_avg, momentum_buffer)
-    views = flat_views(arrays)
+    views = step_views(arrays, ("param", "grad", "square_avg", "grad_avg", "momentum_buffer"))
     if views is None:
         return via_contiguous(rmsprop, arrays, lr, alpha, eps, weight_decay, momentum, maximize,
                               eps_inside_sqrt)
-    t = param.dtype.type
-    launch(_rmsprop_span, _rmsprop_parallel, views, t(lr), t(alpha), t(1.0 - alpha), t(eps),
-           t(weight_decay), t(momentum), weight_decay != 0, bool(maximize),
+    k = np.array((lr, alpha, 1.0 - alpha, eps, weight_decay, momentum), param.dtype)
+    launch(_rmsprop_span, _rmsprop_parallel, views, k, weight_decay != 0, bool(maximize),
            bool(eps_inside_sqrt))
 
 
 # ------------------------------------------------------------------------------- adagrad
 @numba.njit(**JIT)
-def _adagrad_span(p, g, ssum, clr, eps, wd, has_wd, maximize):
+def _adagrad_span(p, g, ssum, k, has_wd, maximize):
+    clr, eps, wd = k[0], k[1], k[2]
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if has_wd:
@@ -159,70 +159,88 @@ def _adagrad_span(p, g, ssum, clr, eps, wd, has_wd, maximize):
 
 
 @numba.njit(parallel=True, **JIT)
-def _adagrad_parallel(nchunks, chunk, p, g, ssum, *s):
-    for k in prange(nchunks):
-        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
-        _adagrad_span(p[lo:hi], g[lo:hi], ssum[lo:hi], *s)
+def _adagrad_parallel(nchunks, chunk, p, g, ssum, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _adagrad_span(p[lo:hi], g[lo:hi], ssum[lo:hi], k, *flags)
 
 
 def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
-    check_step_arrays([("param", param), ("state_sum", state_sum)], [("grad", grad)])
     if state_sum is None:
         raise TypeError("state_sum must be a numpy.ndarray, got NoneType")
     arrays = (param, grad, state_sum)
-    views = flat_views(arrays)
+    views = step_views(arrays, ("param", "grad", "state_sum"))
     if views is None:
         return via_contiguous(adagrad, arrays, clr, eps, weight_decay, maximize)
-    t = param.dtype.type
-    launch(_adagrad_span, _adagrad_parallel, views, t(clr), t(eps), t(weight_decay),
-           weight_decay != 0, bool(maximize))
+    launch(_adagrad_span, _adagrad_parallel, views,
+           np.array((clr, eps, weight_decay), param.dtype), weight_decay != 0, bool(maximize))
 
 
 # ---------------------------------------------------------------------------------- adam
+@numba.njit(inline="always", **JIT)
+def _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay, coupled,
+               maximize, amsgrad, eps_inside_sqrt):
+    gi = -g[i] if maximize else g[i]
+    pi = p[i] * decay               # decay is exactly 1 unless AdamW-style decay is on
+    if coupled:
+        gi = gi + wd * pi
+    m[i] = m[i] + c1 * (gi - m[i])
+    v[i] = b2 * v[i] + c2 * (gi * gi)
+    vi = v[i]
+    if amsgrad:
+        vmax[i] = max_nan(vmax[i], vi)
+        vi = vmax[i]
+    if eps_inside_sqrt:
+        denom = np.sqrt(vi / bc2 + eps)
+    else:
+        denom = np.sqrt(vi) / bc2_sqrt + eps
+    p[i] = pi - step * (m[i] / denom)
+
+
 @numba.njit(**JIT)
-def _adam_span(p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
-               coupled, shrink, maximize, eps_inside_sqrt):
-    amsgrad = vmax.size > 0
-    for i in range(p.size):
-        gi = -g[i] if maximize else g[i]
-        if shrink:
-            p[i] = p[i] * decay
-        if coupled:
-            gi = gi + wd * p[i]
-        m[i] = m[i] + c1 * (gi - m[i])
-        v[i] = b2 * v[i] + c2 * (gi * gi)
-        vi = v[i]
-        if amsgrad:
-            vmax[i] = max_nan(vmax[i], vi)
-            vi = vmax[i]
-        if eps_inside_sqrt:
-            denom = np.sqrt(vi / bc2 + eps)
-        else:
-            denom = np.sqrt(vi) / bc2_sqrt + eps
-        p[i] = p[i] - step * (m[i] / denom)
+def _adam_span(p, g, m, v, vmax, k, coupled, maximize, eps_inside_sqrt):
+    # Scalars are read once (as far as LLVM knows, k may alias the state). Every branch left
+    # in the loop is a select without side effects, which LLVM vectorizes; amsgrad and the eps
+    # form are literal constants per loop, or LLVM would compute both square roots.
+    c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay = k[0], k[1], k[2], k[3], k[4], k[5], \
+        k[6], k[7], k[8]
+    if vmax.size == 0 and not eps_inside_sqrt:
+        for i in range(p.size):
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
+                       coupled, maximize, False, False)
+    elif vmax.size == 0:
+        for i in range(p.size):
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
+                       coupled, maximize, False, True)
+    elif not eps_inside_sqrt:
+        for i in range(p.size):
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
+                       coupled, maximize, True, False)
+    else:
+        for i in range(p.size):
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
+                       coupled, maximize, True, True)
 
 
 @numba.njit(parallel=True, **JIT)
-def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, *s):
-    for k in prange(nchunks):
-        lo, hi = k * chunk, min((k + 1) * chunk, p.size)
-        _adam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], *s)
+def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _adam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], k, *flags)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
          step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
-    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
-                       ("max_exp_avg_sq", max_exp_avg_sq)], [("grad", grad)])
     if exp_avg is None or exp_avg_sq is None:
         raise TypeError("exp_avg and exp_avg_sq must be numpy.ndarray, got NoneType")
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    views = flat_views(arrays)
+    views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
     if views is None:
         return via_contiguous(adam, arrays, lr, beta1, beta2, eps, weight_decay, step_size,
                               bias_correction2, decoupled, maximize, eps_inside_sqrt)
-    t = param.dtype.type
-    has_wd = weight_decay != 0
-    launch(_adam_span, _adam_parallel, views, t(1.0 - beta1), t(beta2), t(1.0 - beta2), t(eps),
-           t(step_size), t(bias_correction2), t(np.sqrt(bias_correction2)), t(weight_decay),
-           t(1.0 - lr * weight_decay), has_wd and not decoupled, has_wd and bool(decoupled),
+    shrink = weight_decay != 0 and decoupled
+    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, step_size, bias_correction2,
+                  math.sqrt(bias_correction2), weight_decay,
+                  1.0 - lr * weight_decay if shrink else 1.0), param.dtype)
+    launch(_adam_span, _adam_parallel, views, k, weight_decay != 0 and not decoupled,
            bool(maximize), bool(eps_inside_sqrt))

@@ -99,10 +99,17 @@ def stream_kernel():
     return stream
 
 
-def contenders(case, n, dtype, backends, peers=True):
+PEERS = ("torch", "torch-foreach", "torch-fused", "deepspeed")
+
+
+def contenders(case, n, dtype, backends, peers=True, only=None):
     """``{label: zero-argument callable}`` for one row: every backend, the roofline stream,
-    and the torch peers (foreach=False, foreach=True, fused=True where torch has them)."""
+    and the torch peers (foreach=False, foreach=True, fused=True where torch has them).
+    ``only`` restricts it to one label (the pytest-benchmark suites time one per test)."""
     out = {}
+    if only is not None:
+        backends = [b for b in backends if b == only]
+        peers = peers and only in PEERS
     for name in backends:
         p, g, state = case.arrays(n, dtype)
         counter = [0]
@@ -110,8 +117,9 @@ def contenders(case, n, dtype, backends, peers=True):
         def run(p=p, g=g, state=state, counter=counter, name=name):
             counter[0] += 1
             case.step(p, g, state, counter[0])
-        out[name] = _on_backend(name, run)
-    stream = stream_kernel()
+        run.backend = name                   # time_row switches to it around each batch
+        out[name] = run
+    stream = stream_kernel() if only in (None, "roofline") else None
     if stream is not None:
         p, g, state = case.arrays(n, dtype)
         arrays = [p, g] + list(state.values())
@@ -120,15 +128,7 @@ def contenders(case, n, dtype, backends, peers=True):
         out["roofline"] = lambda: stream(*arrays)
     if peers and case.torch_peer:
         out.update(_torch_peers(case, n, dtype))
-    return out
-
-
-def _on_backend(name, fn):
-    def call():
-        with _backend.use_backend(name):
-            fn()
-    # the with-statement costs ~1 us; time the kernel itself when the backend is already active
-    return fn if name == _backend.get_backend() else call
+    return out if only is None else {k: v for k, v in out.items() if k == only}
 
 
 def _torch_peers(case, n, dtype):
@@ -175,23 +175,30 @@ def _deepspeed_peer(case, n, dtype):
 
 def time_row(fns, rounds=7, target=2e-3):
     """Interleaved timing: each round times every contender once (a batch of calls lasting
-    about ``target`` seconds). Returns ``{label: (median, spread)}`` in seconds per call,
-    spread being the interquartile range over rounds relative to the median."""
-    reps = {}
+    about ``target`` seconds; rows where one call takes longer than that get at most 3 rounds).
+    A contender with a ``backend`` attribute runs its batches on that backend. Returns
+    ``{label: (median, spread)}`` in seconds per call, spread being the interquartile range over
+    rounds relative to the median."""
+    reps, slowest = {}, 0.0
     for label, fn in fns.items():
-        fn()                                   # warm-up (numba compiles, pages fault in)
-        t0 = time.perf_counter()
-        fn()
-        single = max(time.perf_counter() - t0, 1e-7)
+        with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):
+            fn()                                   # warm-up (numba compiles, pages fault in)
+            t0 = time.perf_counter()
+            fn()
+            single = max(time.perf_counter() - t0, 1e-7)
         reps[label] = max(1, min(int(target / single), 100_000))
+        slowest = max(slowest, single)
+    if slowest > target:
+        rounds = min(rounds, 3)
     samples = {label: [] for label in fns}
     for _ in range(rounds):
         for label, fn in fns.items():
             r = reps[label]
-            t0 = time.perf_counter()
-            for _ in range(r):
-                fn()
-            samples[label].append((time.perf_counter() - t0) / r)
+            with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):
+                t0 = time.perf_counter()
+                for _ in range(r):
+                    fn()
+                samples[label].append((time.perf_counter() - t0) / r)
     out = {}
     for label, xs in samples.items():
         med = statistics.median(xs)

@@ -2,18 +2,19 @@
 # cython: initializedcheck=False
 """Cython optimizer kernels: one fused sweep per step (read p, g and the state once, write them
 once), scalars folded once per call in double and cast to the data's precision, OpenMP over
-contiguous chunks above PARALLEL_MIN. Each element is computed independently, so the result is
-bit-identical for any thread count. Formulas and signatures: fastopt/reference/optim.py.
+chunks of the total element count (_elementwise.pxi). Formulas and signatures:
+fastopt/reference/optim.py; ``<name>_multi`` takes lists of arrays (one call for a whole
+parameter group) with the same scalars.
 
-The options (maximize, weight decay, optional state) are loop-invariant branches: setup.py lets
-GCC unswitch them all, so every combination gets its own vectorized loop.
+Each kernel is a span function over ``a = (param, grad, state...)`` and a ``<name>_consts``
+function folding its arguments into ``k``/flags, shared by the single and multi entry points.
+The options are loop-invariant branches: setup.py lets GCC unswitch them all, so every
+combination gets its own vectorized loop.
 """
-from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 
-from .._layout import via_contiguous
-
 include "_common.pxi"
+include "_elementwise.pxi"
 
 
 cdef inline floating root(floating x) noexcept nogil:
@@ -29,259 +30,268 @@ cdef inline floating max_nan(floating a, floating b) noexcept nogil:
     return a if (a >= b) | (a != a) else b   # no short-circuit: keeps the loop branch-free
 
 
+cdef enum:
+    MAXIMIZE = 1
+    WEIGHT_DECAY = 2      # coupled: g += weight_decay * param
+    DECOUPLED = 4         # AdamW: param *= 1 - lr * weight_decay
+    NESTEROV = 8
+    FIRST_STEP = 16
+    EPS_INSIDE_SQRT = 32
+
+
+cdef inline int option(bint on, int flag) noexcept:
+    return flag if on else 0
+
+
 # ----------------------------------------------------------------------------------- ewa
-cdef void ewa_span(floating* avg, const floating* x, Py_ssize_t n, double beta) noexcept nogil:
-    cdef floating b = <floating>beta, c = <floating>(1.0 - beta)
+cdef void ewa_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                   int flags) noexcept nogil:
+    cdef floating* avg = a[0]
+    cdef const floating* x = a[1]
+    cdef floating b = <floating>k[0], c = <floating>(1.0 - k[0])
     cdef Py_ssize_t i
-    for i in range(n):
+    for i in range(lo, hi):
         avg[i] = b * avg[i] + c * x[i]
 
 
-cdef void ewa_run(floating* avg, const floating* x, Py_ssize_t n, double beta) noexcept nogil:
-    cdef int nt = threads_for(n)
-    cdef Py_ssize_t c, lo, chunk = chunk_for(n, nt)
-    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
-        ewa_span(avg, x, n, beta)
-        return
-    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
-        lo = c * chunk
-        if lo < n:
-            ewa_span(avg + lo, x + lo, min(chunk, n - lo), beta)
+cdef Kernel EWA = Kernel(2, 2, ewa_span[float], ewa_span[double])
+EWA_NAMES = ("avg", "x")
+EWA_LISTS = ("avgs", "xs")
 
 
-def ewa(cnp.ndarray avg, cnp.ndarray x, double beta):
-    check_param("avg", avg)
-    check_like("x", x, "avg", avg, False)
-    if not all_flat(avg, x):
-        return via_contiguous(ewa, (avg, x), beta)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(avg)
-    if cnp.PyArray_TYPE(avg) == cnp.NPY_FLOAT:
-        ewa_run(<float*>data(avg), <float*>data(x), n, beta)
-    else:
-        ewa_run(<double*>data(avg), <double*>data(x), n, beta)
+def ewa(avg, x, double beta):
+    cdef double k[MAX_CONSTS]
+    k[0] = beta
+    if step1(&EWA, EWA_NAMES, (avg, x), k, 0):
+        via_contiguous(ewa, (avg, x), beta)
+
+
+def ewa_multi(avgs, xs, double beta):
+    cdef double k[MAX_CONSTS]
+    k[0] = beta
+    lists = (avgs, xs)
+    _fallback(ewa, lists, step_many(&EWA, EWA_LISTS, lists, k, 0), beta)
 
 
 # ----------------------------------------------------------------------------------- sgd
-cdef void sgd_span(floating* p, const floating* g, floating* buf, Py_ssize_t n, double lr,
-                   double weight_decay, double momentum, double dampening, bint nesterov,
-                   bint maximize, bint first_step) noexcept nogil:
-    cdef floating lr_ = <floating>lr, wd = <floating>weight_decay, mom = <floating>momentum
-    cdef floating keep = <floating>(1.0 - dampening), gi
+cdef void sgd_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                   int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* buf = a[2]
+    cdef floating lr = <floating>k[0], wd = <floating>k[1], mom = <floating>k[2]
+    cdef floating keep = <floating>(1.0 - k[3]), gi
+    cdef bint maximize = flags & MAXIMIZE, has_wd = flags & WEIGHT_DECAY
+    cdef bint nesterov = flags & NESTEROV, first_step = flags & FIRST_STEP
     cdef Py_ssize_t i
-    for i in range(n):
+    for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
-        if weight_decay != 0:
+        if has_wd:
             gi = gi + wd * p[i]
         if buf != NULL:
             buf[i] = gi if first_step else mom * buf[i] + keep * gi
             gi = gi + mom * buf[i] if nesterov else buf[i]
-        p[i] = p[i] - lr_ * gi
+        p[i] = p[i] - lr * gi
 
 
-cdef void sgd_run(floating* p, const floating* g, floating* buf, Py_ssize_t n, double lr,
-                  double weight_decay, double momentum, double dampening, bint nesterov,
-                  bint maximize, bint first_step) noexcept nogil:
-    cdef int nt = threads_for(n)
-    cdef Py_ssize_t c, lo, chunk = chunk_for(n, nt)
-    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
-        sgd_span(p, g, buf, n, lr, weight_decay, momentum, dampening, nesterov, maximize,
-                 first_step)
-        return
-    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
-        lo = c * chunk
-        if lo < n:
-            sgd_span(p + lo, g + lo, NULL if buf == NULL else buf + lo, min(chunk, n - lo),
-                     lr, weight_decay, momentum, dampening, nesterov, maximize, first_step)
+cdef Kernel SGD = Kernel(3, 2, sgd_span[float], sgd_span[double])
+SGD_NAMES = ("param", "grad", "momentum_buffer")
+SGD_LISTS = ("params", "grads", "momentum_buffers")
 
 
-def sgd(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray momentum_buffer, double lr,
-        double weight_decay, double momentum, double dampening, bint nesterov, bint maximize,
-        bint first_step):
-    check_param("param", param)
-    check_like("momentum_buffer", momentum_buffer, "param", param, True)
-    check_like("grad", grad, "param", param, False)
-    if not all_flat(param, grad, momentum_buffer):
-        return via_contiguous(sgd, (param, grad, momentum_buffer), lr, weight_decay,
-                              momentum, dampening, nesterov, maximize, first_step)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
-    if cnp.PyArray_TYPE(param) == cnp.NPY_FLOAT:
-        sgd_run(<float*>data(param), <float*>data(grad), <float*>data(momentum_buffer), n, lr,
-                weight_decay, momentum, dampening, nesterov, maximize, first_step)
-    else:
-        sgd_run(<double*>data(param), <double*>data(grad), <double*>data(momentum_buffer), n,
-                lr, weight_decay, momentum, dampening, nesterov, maximize, first_step)
+cdef int sgd_consts(double* k, double lr, double weight_decay, double momentum,
+                    double dampening, bint nesterov, bint maximize, bint first_step) noexcept:
+    k[0], k[1], k[2], k[3] = lr, weight_decay, momentum, dampening
+    return (option(maximize, MAXIMIZE) | option(weight_decay != 0, WEIGHT_DECAY)
+            | option(nesterov, NESTEROV) | option(first_step, FIRST_STEP))
+
+
+def sgd(param, grad, momentum_buffer, double lr, double weight_decay, double momentum,
+        double dampening, bint nesterov, bint maximize, bint first_step):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = sgd_consts(k, lr, weight_decay, momentum, dampening, nesterov, maximize,
+                                first_step)
+    arrays = (param, grad, momentum_buffer)
+    if step1(&SGD, SGD_NAMES, arrays, k, flags):
+        via_contiguous(sgd, arrays, lr, weight_decay, momentum, dampening, nesterov, maximize,
+                       first_step)
+
+
+def sgd_multi(params, grads, momentum_buffers, double lr, double weight_decay,
+              double momentum, double dampening, bint nesterov, bint maximize,
+              bint first_step):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = sgd_consts(k, lr, weight_decay, momentum, dampening, nesterov, maximize,
+                                first_step)
+    lists = (params, grads, momentum_buffers)
+    _fallback(sgd, lists, step_many(&SGD, SGD_LISTS, lists, k, flags), lr, weight_decay,
+              momentum, dampening, nesterov, maximize, first_step)
 
 
 # ------------------------------------------------------------------------------ momentum
-cdef void momentum_span(floating* p, const floating* g, floating* vel, Py_ssize_t n, double lr,
-                        double beta) noexcept nogil:
-    cdef floating lr_ = <floating>lr, b = <floating>beta, c = <floating>(1.0 - beta)
+cdef void momentum_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                        int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* vel = a[2]
+    cdef floating lr = <floating>k[0], b = <floating>k[1], c = <floating>(1.0 - k[1])
     cdef Py_ssize_t i
-    for i in range(n):
+    for i in range(lo, hi):
         vel[i] = b * vel[i] + c * g[i]
-        p[i] = p[i] - lr_ * vel[i]
+        p[i] = p[i] - lr * vel[i]
 
 
-cdef void momentum_run(floating* p, const floating* g, floating* vel, Py_ssize_t n, double lr,
-                       double beta) noexcept nogil:
-    cdef int nt = threads_for(n)
-    cdef Py_ssize_t c, lo, chunk = chunk_for(n, nt)
-    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
-        momentum_span(p, g, vel, n, lr, beta)
-        return
-    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
-        lo = c * chunk
-        if lo < n:
-            momentum_span(p + lo, g + lo, vel + lo, min(chunk, n - lo), lr, beta)
+cdef Kernel MOMENTUM = Kernel(3, 3, momentum_span[float], momentum_span[double])
+MOMENTUM_NAMES = ("param", "grad", "velocity")
+MOMENTUM_LISTS = ("params", "grads", "velocities")
 
 
-def momentum(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray velocity, double lr,
-             double beta):
-    check_param("param", param)
-    check_like("velocity", velocity, "param", param, True)
-    check_like("grad", grad, "param", param, False)
-    if velocity is None:
-        raise TypeError("velocity must be a numpy.ndarray, got NoneType")
-    if not all_flat(param, grad, velocity):
-        return via_contiguous(momentum, (param, grad, velocity), lr, beta)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
-    if cnp.PyArray_TYPE(param) == cnp.NPY_FLOAT:
-        momentum_run(<float*>data(param), <float*>data(grad), <float*>data(velocity), n, lr,
-                     beta)
-    else:
-        momentum_run(<double*>data(param), <double*>data(grad), <double*>data(velocity), n, lr,
-                     beta)
+def momentum(param, grad, velocity, double lr, double beta):
+    cdef double k[MAX_CONSTS]
+    k[0], k[1] = lr, beta
+    arrays = (param, grad, velocity)
+    if step1(&MOMENTUM, MOMENTUM_NAMES, arrays, k, 0):
+        via_contiguous(momentum, arrays, lr, beta)
+
+
+def momentum_multi(params, grads, velocities, double lr, double beta):
+    cdef double k[MAX_CONSTS]
+    k[0], k[1] = lr, beta
+    lists = (params, grads, velocities)
+    _fallback(momentum, lists, step_many(&MOMENTUM, MOMENTUM_LISTS, lists, k, 0), lr, beta)
 
 
 # ------------------------------------------------------------------------------- rmsprop
-cdef void rmsprop_span(floating* p, const floating* g, floating* sq, floating* gavg,
-                       floating* buf, Py_ssize_t n, double lr, double alpha, double eps,
-                       double weight_decay, double momentum, bint maximize,
-                       bint eps_inside_sqrt) noexcept nogil:
-    cdef floating lr_ = <floating>lr, a = <floating>alpha, c = <floating>(1.0 - alpha)
-    cdef floating eps_ = <floating>eps, wd = <floating>weight_decay, mom = <floating>momentum
+cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                       int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* sq = a[2]
+    cdef floating* gavg = a[3]
+    cdef floating* buf = a[4]
+    cdef floating lr = <floating>k[0], al = <floating>k[1], c = <floating>(1.0 - k[1])
+    cdef floating eps = <floating>k[2], wd = <floating>k[3], mom = <floating>k[4]
+    cdef bint maximize = flags & MAXIMIZE, has_wd = flags & WEIGHT_DECAY
+    cdef bint eps_inside_sqrt = flags & EPS_INSIDE_SQRT
     cdef floating gi, s, avg
     cdef Py_ssize_t i
-    for i in range(n):
+    for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
-        if weight_decay != 0:
+        if has_wd:
             gi = gi + wd * p[i]
-        sq[i] = a * sq[i] + c * (gi * gi)
+        sq[i] = al * sq[i] + c * (gi * gi)
         s = sq[i]
         if gavg != NULL:
             gavg[i] = gavg[i] + c * (gi - gavg[i])
             s = sq[i] - gavg[i] * gavg[i]
-        avg = root(s + eps_) if eps_inside_sqrt else root(s) + eps_
+        avg = root(s + eps) if eps_inside_sqrt else root(s) + eps
         if buf != NULL:
             buf[i] = mom * buf[i] + gi / avg
-            p[i] = p[i] - lr_ * buf[i]
+            p[i] = p[i] - lr * buf[i]
         else:
-            p[i] = p[i] - lr_ * (gi / avg)
+            p[i] = p[i] - lr * (gi / avg)
 
 
-cdef void rmsprop_run(floating* p, const floating* g, floating* sq, floating* gavg,
-                      floating* buf, Py_ssize_t n, double lr, double alpha, double eps,
-                      double weight_decay, double momentum, bint maximize,
-                      bint eps_inside_sqrt) noexcept nogil:
-    cdef int nt = threads_for(n)
-    cdef Py_ssize_t c, lo, chunk = chunk_for(n, nt)
-    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
-        rmsprop_span(p, g, sq, gavg, buf, n, lr, alpha, eps, weight_decay, momentum, maximize,
-                     eps_inside_sqrt)
-        return
-    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
-        lo = c * chunk
-        if lo < n:
-            rmsprop_span(p + lo, g + lo, sq + lo, NULL if gavg == NULL else gavg + lo,
-                         NULL if buf == NULL else buf + lo, min(chunk, n - lo), lr, alpha, eps,
-                         weight_decay, momentum, maximize, eps_inside_sqrt)
+cdef Kernel RMSPROP = Kernel(5, 3, rmsprop_span[float], rmsprop_span[double])
+RMSPROP_NAMES = ("param", "grad", "square_avg", "grad_avg", "momentum_buffer")
+RMSPROP_LISTS = ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers")
 
 
-def rmsprop(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray square_avg, cnp.ndarray grad_avg,
-            cnp.ndarray momentum_buffer, double lr, double alpha, double eps,
-            double weight_decay, double momentum, bint maximize, bint eps_inside_sqrt):
-    check_param("param", param)
-    check_like("square_avg", square_avg, "param", param, True)
-    check_like("grad_avg", grad_avg, "param", param, True)
-    check_like("momentum_buffer", momentum_buffer, "param", param, True)
-    check_like("grad", grad, "param", param, False)
-    if square_avg is None:
-        raise TypeError("square_avg must be a numpy.ndarray, got NoneType")
-    if not all_flat(param, grad, square_avg, grad_avg, momentum_buffer):
-        return via_contiguous(rmsprop, (param, grad, square_avg, grad_avg, momentum_buffer), lr,
-                              alpha, eps, weight_decay, momentum, maximize, eps_inside_sqrt)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
-    if cnp.PyArray_TYPE(param) == cnp.NPY_FLOAT:
-        rmsprop_run(<float*>data(param), <float*>data(grad), <float*>data(square_avg),
-                    <float*>data(grad_avg), <float*>data(momentum_buffer), n, lr, alpha, eps,
-                    weight_decay, momentum, maximize, eps_inside_sqrt)
-    else:
-        rmsprop_run(<double*>data(param), <double*>data(grad), <double*>data(square_avg),
-                    <double*>data(grad_avg), <double*>data(momentum_buffer), n, lr, alpha, eps,
-                    weight_decay, momentum, maximize, eps_inside_sqrt)
+cdef int rmsprop_consts(double* k, double lr, double alpha, double eps, double weight_decay,
+                        double momentum, bint maximize, bint eps_inside_sqrt) noexcept:
+    k[0], k[1], k[2], k[3], k[4] = lr, alpha, eps, weight_decay, momentum
+    return (option(maximize, MAXIMIZE) | option(weight_decay != 0, WEIGHT_DECAY)
+            | option(eps_inside_sqrt, EPS_INSIDE_SQRT))
+
+
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, double lr, double alpha,
+            double eps, double weight_decay, double momentum, bint maximize,
+            bint eps_inside_sqrt):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = rmsprop_consts(k, lr, alpha, eps, weight_decay, momentum, maximize,
+                                    eps_inside_sqrt)
+    arrays = (param, grad, square_avg, grad_avg, momentum_buffer)
+    if step1(&RMSPROP, RMSPROP_NAMES, arrays, k, flags):
+        via_contiguous(rmsprop, arrays, lr, alpha, eps, weight_decay, momentum, maximize,
+                       eps_inside_sqrt)
+
+
+def rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers, double lr,
+                  double alpha, double eps, double weight_decay, double momentum,
+                  bint maximize, bint eps_inside_sqrt):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = rmsprop_consts(k, lr, alpha, eps, weight_decay, momentum, maximize,
+                                    eps_inside_sqrt)
+    lists = (params, grads, square_avgs, grad_avgs, momentum_buffers)
+    _fallback(rmsprop, lists, step_many(&RMSPROP, RMSPROP_LISTS, lists, k, flags), lr, alpha,
+              eps, weight_decay, momentum, maximize, eps_inside_sqrt)
 
 
 # ------------------------------------------------------------------------------- adagrad
-cdef void adagrad_span(floating* p, const floating* g, floating* ssum, Py_ssize_t n, double clr,
-                       double eps, double weight_decay, bint maximize) noexcept nogil:
-    cdef floating clr_ = <floating>clr, eps_ = <floating>eps, wd = <floating>weight_decay, gi
+cdef void adagrad_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                       int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* ssum = a[2]
+    cdef floating clr = <floating>k[0], eps = <floating>k[1], wd = <floating>k[2], gi
+    cdef bint maximize = flags & MAXIMIZE, has_wd = flags & WEIGHT_DECAY
     cdef Py_ssize_t i
-    for i in range(n):
+    for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
-        if weight_decay != 0:
+        if has_wd:
             gi = gi + wd * p[i]
         ssum[i] = ssum[i] + gi * gi
-        p[i] = p[i] - clr_ * (gi / (root(ssum[i]) + eps_))
+        p[i] = p[i] - clr * (gi / (root(ssum[i]) + eps))
 
 
-cdef void adagrad_run(floating* p, const floating* g, floating* ssum, Py_ssize_t n, double clr,
-                      double eps, double weight_decay, bint maximize) noexcept nogil:
-    cdef int nt = threads_for(n)
-    cdef Py_ssize_t c, lo, chunk = chunk_for(n, nt)
-    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
-        adagrad_span(p, g, ssum, n, clr, eps, weight_decay, maximize)
-        return
-    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
-        lo = c * chunk
-        if lo < n:
-            adagrad_span(p + lo, g + lo, ssum + lo, min(chunk, n - lo), clr, eps, weight_decay,
-                         maximize)
+cdef Kernel ADAGRAD = Kernel(3, 3, adagrad_span[float], adagrad_span[double])
+ADAGRAD_NAMES = ("param", "grad", "state_sum")
+ADAGRAD_LISTS = ("params", "grads", "state_sums")
 
 
-def adagrad(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray state_sum, double clr, double eps,
-            double weight_decay, bint maximize):
-    check_param("param", param)
-    check_like("state_sum", state_sum, "param", param, True)
-    check_like("grad", grad, "param", param, False)
-    if state_sum is None:
-        raise TypeError("state_sum must be a numpy.ndarray, got NoneType")
-    if not all_flat(param, grad, state_sum):
-        return via_contiguous(adagrad, (param, grad, state_sum), clr, eps, weight_decay,
-                              maximize)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
-    if cnp.PyArray_TYPE(param) == cnp.NPY_FLOAT:
-        adagrad_run(<float*>data(param), <float*>data(grad), <float*>data(state_sum), n, clr,
-                    eps, weight_decay, maximize)
-    else:
-        adagrad_run(<double*>data(param), <double*>data(grad), <double*>data(state_sum), n, clr,
-                    eps, weight_decay, maximize)
+cdef int adagrad_consts(double* k, double clr, double eps, double weight_decay,
+                        bint maximize) noexcept:
+    k[0], k[1], k[2] = clr, eps, weight_decay
+    return option(maximize, MAXIMIZE) | option(weight_decay != 0, WEIGHT_DECAY)
+
+
+def adagrad(param, grad, state_sum, double clr, double eps, double weight_decay,
+            bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adagrad_consts(k, clr, eps, weight_decay, maximize)
+    arrays = (param, grad, state_sum)
+    if step1(&ADAGRAD, ADAGRAD_NAMES, arrays, k, flags):
+        via_contiguous(adagrad, arrays, clr, eps, weight_decay, maximize)
+
+
+def adagrad_multi(params, grads, state_sums, double clr, double eps, double weight_decay,
+                  bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adagrad_consts(k, clr, eps, weight_decay, maximize)
+    lists = (params, grads, state_sums)
+    _fallback(adagrad, lists, step_many(&ADAGRAD, ADAGRAD_LISTS, lists, k, flags), clr, eps,
+              weight_decay, maximize)
 
 
 # ---------------------------------------------------------------------------------- adam
-cdef void adam_span(floating* p, const floating* g, floating* m, floating* v, floating* vmax,
-                    Py_ssize_t n, double lr, double beta1, double beta2, double eps,
-                    double weight_decay, double step_size, double bias_correction2,
-                    bint decoupled, bint maximize, bint eps_inside_sqrt) noexcept nogil:
-    cdef floating c1 = <floating>(1.0 - beta1), b2 = <floating>beta2
-    cdef floating c2 = <floating>(1.0 - beta2), eps_ = <floating>eps
-    cdef floating step = <floating>step_size, bc2 = <floating>bias_correction2
-    cdef floating bc2_sqrt = <floating>sqrt(bias_correction2)
-    cdef floating wd = <floating>weight_decay, decay = <floating>(1.0 - lr * weight_decay)
-    cdef bint coupled = weight_decay != 0 and not decoupled
-    cdef bint shrink = weight_decay != 0 and decoupled
+cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                    int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* m = a[2]
+    cdef floating* v = a[3]
+    cdef floating* vmax = a[4]
+    # k: lr, beta1, beta2, eps, weight_decay, step_size, bias_correction2
+    cdef floating c1 = <floating>(1.0 - k[1]), b2 = <floating>k[2]
+    cdef floating c2 = <floating>(1.0 - k[2]), eps = <floating>k[3], wd = <floating>k[4]
+    cdef floating step = <floating>k[5], bc2 = <floating>k[6]
+    cdef floating bc2_sqrt = <floating>sqrt(k[6])
+    cdef floating decay = <floating>(1.0 - k[0] * k[4])
+    cdef bint maximize = flags & MAXIMIZE, coupled = flags & WEIGHT_DECAY
+    cdef bint shrink = flags & DECOUPLED, eps_inside_sqrt = flags & EPS_INSIDE_SQRT
     cdef floating gi, vi, denom
     cdef Py_ssize_t i
-    for i in range(n):
+    for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
         if shrink:
             p[i] = p[i] * decay
@@ -294,53 +304,46 @@ cdef void adam_span(floating* p, const floating* g, floating* m, floating* v, fl
             vmax[i] = max_nan(vmax[i], vi)
             vi = vmax[i]
         if eps_inside_sqrt:
-            denom = root(vi / bc2 + eps_)
+            denom = root(vi / bc2 + eps)
         else:
-            denom = root(vi) / bc2_sqrt + eps_
+            denom = root(vi) / bc2_sqrt + eps
         p[i] = p[i] - step * (m[i] / denom)
 
 
-cdef void adam_run(floating* p, const floating* g, floating* m, floating* v, floating* vmax,
-                   Py_ssize_t n, double lr, double beta1, double beta2, double eps,
-                   double weight_decay, double step_size, double bias_correction2,
-                   bint decoupled, bint maximize, bint eps_inside_sqrt) noexcept nogil:
-    cdef int nt = threads_for(n)
-    cdef Py_ssize_t c, lo, chunk = chunk_for(n, nt)
-    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
-        adam_span(p, g, m, v, vmax, n, lr, beta1, beta2, eps, weight_decay, step_size,
-                  bias_correction2, decoupled, maximize, eps_inside_sqrt)
-        return
-    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
-        lo = c * chunk
-        if lo < n:
-            adam_span(p + lo, g + lo, m + lo, v + lo, NULL if vmax == NULL else vmax + lo,
-                      min(chunk, n - lo), lr, beta1, beta2, eps, weight_decay, step_size,
-                      bias_correction2, decoupled, maximize, eps_inside_sqrt)
+cdef Kernel ADAM = Kernel(5, 4, adam_span[float], adam_span[double])
+ADAM_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+ADAM_LISTS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
 
 
-def adam(cnp.ndarray param, cnp.ndarray grad, cnp.ndarray exp_avg, cnp.ndarray exp_avg_sq,
-         cnp.ndarray max_exp_avg_sq, double lr, double beta1, double beta2, double eps,
-         double weight_decay, double step_size, double bias_correction2, bint decoupled,
-         bint maximize, bint eps_inside_sqrt):
-    check_param("param", param)
-    check_like("exp_avg", exp_avg, "param", param, True)
-    check_like("exp_avg_sq", exp_avg_sq, "param", param, True)
-    check_like("max_exp_avg_sq", max_exp_avg_sq, "param", param, True)
-    check_like("grad", grad, "param", param, False)
-    if exp_avg is None or exp_avg_sq is None:
-        raise TypeError("exp_avg and exp_avg_sq must be numpy.ndarray, got NoneType")
-    if not all_flat(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq):
-        return via_contiguous(adam, (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq), lr,
-                              beta1, beta2, eps, weight_decay, step_size, bias_correction2,
-                              decoupled, maximize, eps_inside_sqrt)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(param)
-    if cnp.PyArray_TYPE(param) == cnp.NPY_FLOAT:
-        adam_run(<float*>data(param), <float*>data(grad), <float*>data(exp_avg),
-                 <float*>data(exp_avg_sq), <float*>data(max_exp_avg_sq), n, lr, beta1, beta2,
-                 eps, weight_decay, step_size, bias_correction2, decoupled, maximize,
-                 eps_inside_sqrt)
-    else:
-        adam_run(<double*>data(param), <double*>data(grad), <double*>data(exp_avg),
-                 <double*>data(exp_avg_sq), <double*>data(max_exp_avg_sq), n, lr, beta1, beta2,
-                 eps, weight_decay, step_size, bias_correction2, decoupled, maximize,
-                 eps_inside_sqrt)
+cdef int adam_consts(double* k, double lr, double beta1, double beta2, double eps,
+                     double weight_decay, double step_size, double bias_correction2,
+                     bint decoupled, bint maximize, bint eps_inside_sqrt) noexcept:
+    k[0], k[1], k[2], k[3], k[4] = lr, beta1, beta2, eps, weight_decay
+    k[5], k[6] = step_size, bias_correction2
+    return (option(maximize, MAXIMIZE) | option(eps_inside_sqrt, EPS_INSIDE_SQRT)
+            | option(weight_decay != 0 and not decoupled, WEIGHT_DECAY)
+            | option(weight_decay != 0 and decoupled, DECOUPLED))
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, double lr, double beta1,
+         double beta2, double eps, double weight_decay, double step_size,
+         double bias_correction2, bint decoupled, bint maximize, bint eps_inside_sqrt):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adam_consts(k, lr, beta1, beta2, eps, weight_decay, step_size,
+                                 bias_correction2, decoupled, maximize, eps_inside_sqrt)
+    arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+    if step1(&ADAM, ADAM_NAMES, arrays, k, flags):
+        via_contiguous(adam, arrays, lr, beta1, beta2, eps, weight_decay, step_size,
+                       bias_correction2, decoupled, maximize, eps_inside_sqrt)
+
+
+def adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, double lr,
+               double beta1, double beta2, double eps, double weight_decay, double step_size,
+               double bias_correction2, bint decoupled, bint maximize, bint eps_inside_sqrt):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adam_consts(k, lr, beta1, beta2, eps, weight_decay, step_size,
+                                 bias_correction2, decoupled, maximize, eps_inside_sqrt)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+    _fallback(adam, lists, step_many(&ADAM, ADAM_LISTS, lists, k, flags), lr, beta1, beta2,
+              eps, weight_decay, step_size, bias_correction2, decoupled, maximize,
+              eps_inside_sqrt)

@@ -1,0 +1,198 @@
+# The driver shared by every element-wise kernel (textually included after _common.pxi).
+#
+# A kernel is one span function per dtype with a uniform signature,
+#     span(arrays, lo, hi, k, flags): update elements [lo, hi) of every array,
+# where ``arrays`` holds the data pointers (param, grad, state...; NULL for optional state not in
+# use), ``k`` the per-call scalars folded in double and ``flags`` the options. Because the
+# signature is uniform, one driver runs a single array or a whole list of them ("multi-tensor"):
+# the work is split across threads by total element count, not by array, and each thread walks
+# the pieces of its range. Every element is computed on its own, so the result is bit-identical
+# for any thread count and for any grouping of arrays into calls.
+from cpython.list cimport PyList_GET_ITEM
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+from cython.parallel cimport prange
+
+from .._layout import via_contiguous
+
+cdef enum:
+    MAX_ARRAYS = 6
+    MAX_CONSTS = 16
+
+ctypedef void (*span32)(float** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                        int flags) noexcept nogil
+ctypedef void (*span64)(double** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                        int flags) noexcept nogil
+
+ctypedef struct Kernel:
+    int narrays          # arrays per tensor; arrays[1] (the grad) is the only one not written
+    int nrequired        # the first nrequired may not be None
+    span32 f32
+    span64 f64
+
+ctypedef struct Tensor:
+    void* ptr[MAX_ARRAYS]
+    Py_ssize_t n
+
+
+cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
+                           Py_ssize_t start, Py_ssize_t stop, const double* k,
+                           int flags) noexcept nogil:
+    """Elements [start, stop) of the concatenation of ``ts``."""
+    cdef Py_ssize_t j, lo, hi, offset = 0
+    for j in range(count):
+        if offset >= stop:
+            break
+        lo = max(start - offset, 0)
+        hi = min(stop - offset, ts[j].n)
+        if lo < hi:
+            if is32:
+                kern.f32(<float**>ts[j].ptr, lo, hi, k, flags)
+            else:
+                kern.f64(<double**>ts[j].ptr, lo, hi, k, flags)
+        offset += ts[j].n
+
+
+cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count, const double* k,
+              int flags) noexcept nogil:
+    cdef Py_ssize_t j, c, chunk, total = 0
+    for j in range(count):
+        total += ts[j].n
+    cdef int nt = threads_for(total)
+    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
+        run_range(kern, is32, ts, count, 0, total, k, flags)
+        return
+    chunk = chunk_for(total, nt)
+    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
+        run_range(kern, is32, ts, count, c * chunk, min((c + 1) * chunk, total), k, flags)
+
+
+cdef int load(Tensor* t, const Kernel* kern, tuple names, PyObject** arrays,
+              Py_ssize_t index) except -1:
+    """Validate one tensor's arrays and fill ``t``; ``index`` >= 0 names them as list items
+    (``exp_avgs[3]``). Returns 1 if they are valid but not laid out as one flat run (the caller
+    falls back to contiguous copies)."""
+    cdef int i
+    cdef int ok = isinstance(<object>arrays[0], cnp.ndarray)
+    for i in range(1, kern.narrays):
+        if arrays[i] == NULL:
+            ok = ok and i >= kern.nrequired
+        else:
+            ok = ok and isinstance(<object>arrays[i], cnp.ndarray)
+    if ok:
+        ok = check_fast(kern, arrays)
+    if not ok:
+        check_slow(kern, names, arrays, index)   # raises with the standard message
+    cdef cnp.ndarray ref = <cnp.ndarray>arrays[0]
+    cdef bint want_f = not cnp.PyArray_IS_C_CONTIGUOUS(ref)
+    for i in range(kern.narrays):
+        if arrays[i] == NULL:
+            t.ptr[i] = NULL
+        elif flat_ok(<cnp.ndarray>arrays[i], want_f):
+            t.ptr[i] = cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+        else:
+            return 1
+    t.n = cnp.PyArray_SIZE(ref)
+    return 0
+
+
+cdef bint check_fast(const Kernel* kern, PyObject** arrays) noexcept:
+    """The common case in C: a float param, every array of its dtype and shape, the updated
+    ones writeable."""
+    cdef cnp.ndarray ref = <cnp.ndarray>arrays[0], a
+    cdef int i, nd = cnp.PyArray_NDIM(ref), t = cnp.PyArray_TYPE(ref)
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        return False
+    for i in range(kern.narrays):
+        if arrays[i] == NULL:
+            continue
+        a = <cnp.ndarray>arrays[i]
+        if (cnp.PyArray_TYPE(a) != t or cnp.PyArray_NDIM(a) != nd
+                or memcmp(cnp.PyArray_DIMS(a), cnp.PyArray_DIMS(ref),
+                          nd * sizeof(cnp.npy_intp))
+                or (i != 1 and not cnp.PyArray_ISWRITEABLE(a))):
+            return False
+    return True
+
+
+cdef int check_slow(const Kernel* kern, tuple names, PyObject** arrays,
+                    Py_ssize_t index) except -1:
+    """Find what is wrong and raise, naming the array."""
+    labels = [name if index < 0 else f"{name}[{index}]" for name in names]
+    objs = [None if arrays[i] == NULL else <object>arrays[i] for i in range(kern.narrays)]
+    for i in range(kern.narrays):
+        if objs[i] is None and i < kern.nrequired:
+            raise TypeError(f"{labels[i]} must be a numpy.ndarray, got NoneType")
+    written = [(labels[i], objs[i]) for i in range(kern.narrays) if i != 1]
+    _validate.check_step_arrays(written, [(labels[1], objs[1])])
+    return 0
+
+
+cdef inline void fill(PyObject** out, tuple arrays, int count) noexcept:
+    cdef int i
+    for i in range(count):
+        out[i] = NULL if arrays[i] is None else <PyObject*>arrays[i]
+
+
+cdef int step1(const Kernel* kern, tuple names, tuple arrays, const double* k,
+               int flags) except -1:
+    """One tensor: validate and run. Returns 1 (nothing written) if the caller must run it on
+    contiguous copies instead."""
+    cdef Tensor t
+    cdef PyObject* objs[MAX_ARRAYS]
+    fill(objs, arrays, kern.narrays)
+    if load(&t, kern, names, objs, -1):
+        return 1
+    cdef bint is32 = cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT
+    with nogil:
+        run(kern, is32, &t, 1, k, flags)
+    return 0
+
+
+cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* k, int flags):
+    """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
+    Validates every tensor before writing any, runs all flat ones in one parallel sweep per
+    dtype, and returns the indices of the valid but non-flat ones for the caller to run."""
+    cdef Py_ssize_t j, count = len(lists[0]), n32 = 0, n64 = 0
+    cdef int i
+    seqs = [None if lst is None else list(lst) for lst in lists]
+    for i in range(1, kern.narrays):
+        if seqs[i] is not None and len(seqs[i]) != count:
+            raise ValueError(f"{names[i]} has {len(seqs[i])} arrays, expected {count} "
+                             f"like {names[0]}")
+    cdef Tensor* ts = <Tensor*>PyMem_Malloc(max(count, 1) * sizeof(Tensor))
+    if ts == NULL:
+        raise MemoryError()
+    cdef list slow = []
+    cdef Tensor t
+    cdef PyObject* objs[MAX_ARRAYS]
+    try:
+        for j in range(count):
+            for i in range(kern.narrays):
+                objs[i] = NULL if seqs[i] is None else PyList_GET_ITEM(seqs[i], j)
+                if objs[i] != NULL and <object>objs[i] is None:
+                    objs[i] = NULL
+            if load(&t, kern, names, objs, j):
+                slow.append(j)
+            # float32 tensors fill the front of ts, float64 ones the back
+            elif cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT:
+                ts[n32] = t
+                n32 += 1
+            else:
+                n64 += 1
+                ts[count - n64] = t
+        with nogil:
+            if n32:
+                run(kern, True, ts, n32, k, flags)
+            if n64:
+                run(kern, False, ts + count - n64, n64, k, flags)
+    finally:
+        PyMem_Free(ts)
+    return slow
+
+
+def _fallback(kernel, tuple lists, list slow, *scalars):
+    """Run the non-flat tensors of a multi-tensor step one by one on contiguous copies."""
+    for j in slow:
+        via_contiguous(kernel, tuple([None if lst is None else lst[j] for lst in lists]),
+                       *scalars)

@@ -26,6 +26,9 @@ def _load(family):
 _optim = _load("optim")
 adagrad, adam, ewa = _optim.adagrad, _optim.adam, _optim.ewa
 momentum, rmsprop, sgd = _optim.momentum, _optim.rmsprop, _optim.sgd
+adagrad_multi, adam_multi, ewa_multi = _optim.adagrad_multi, _optim.adam_multi, _optim.ewa_multi
+momentum_multi, rmsprop_multi = _optim.momentum_multi, _optim.rmsprop_multi
+sgd_multi = _optim.sgd_multi
 
 _FAMILIES = (_optim, _stream)
 BUILD_FLAGS = _optim.BUILD_FLAGS

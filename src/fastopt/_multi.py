@@ -1,0 +1,36 @@
+"""Multi-tensor entry points for the Python-level backends (numba, NumPy reference).
+
+The Cython backend has compiled ``<kernel>_multi`` functions that run a whole list in one
+call; here the same signature is met by validating every tensor first (so a bad array anywhere
+changes nothing) and then calling the single-array kernel on each.
+"""
+from ._validate import check_step_arrays
+
+
+def foreach(single, names, nrequired):
+    """``single(*arrays, *scalars)`` -> ``multi(*lists, *scalars)``; ``names`` are the list
+    names (``params``, ``grads``, state...), the first ``nrequired`` lists may not be None."""
+    nlists = len(names)
+
+    def multi(*args):
+        lists, scalars = args[:nlists], args[nlists:]
+        count = len(lists[0])
+        for name, lst in zip(names[1:], lists[1:]):
+            if lst is not None and len(lst) != count:
+                raise ValueError(f"{name} has {len(lst)} arrays, expected {count} "
+                                 f"like {names[0]}")
+        tensors = [tuple(None if lst is None else lst[j] for lst in lists)
+                   for j in range(count)]
+        for j, arrays in enumerate(tensors):
+            labels = [f"{name}[{j}]" for name in names]
+            for i in range(nrequired):
+                if arrays[i] is None:
+                    raise TypeError(f"{labels[i]} must be a numpy.ndarray, got NoneType")
+            check_step_arrays([(labels[i], a) for i, a in enumerate(arrays) if i != 1],
+                              [(labels[1], arrays[1])])
+        for arrays in tensors:
+            single(*arrays, *scalars)
+
+    multi.__name__ = multi.__qualname__ = single.__name__ + "_multi"
+    multi.__doc__ = f"{single.__name__} over lists of arrays ({', '.join(names)})."
+    return multi

@@ -13,6 +13,7 @@ from . import ops
 from ._validate import FLOAT_DTYPES
 
 _NOT_HYPER = ("params", "param_names")
+_MISSING = object()
 
 
 def _check_range(name, value, lo=0.0, hi=None, hi_open=True):
@@ -29,7 +30,9 @@ class Optimizer:
     """Base class: parameter groups, grad matching and validation, state dicts.
 
     Subclasses define ``_check(group)`` (hyper-parameters), ``_init_state(param, group)``
-    (state arrays, torch's key names) and ``_update(param, grad, state, group)`` (one kernel).
+    (state arrays, torch's key names) and ``_update(group, params, grads, states, step)``: one
+    multi-tensor kernel call for parameters sharing a step count (``step`` is the new count,
+    or None for optimizers without one; the base class stores it after the call succeeds).
     """
 
     def __init__(self, params, defaults):
@@ -37,6 +40,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = {}          # flat parameter index -> {"step": ..., state arrays}
+        self._cache = {}         # group index -> its states as a list (see _step_group)
         self._named = None       # True: params came as a dict; grads may be keyed by name
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
@@ -115,30 +119,35 @@ class Optimizer:
 
     # ------------------------------------------------------------------------------ step
     def _match(self, grads):
-        """Pair each parameter with its grad (None: no grad, skipped); validate them all."""
-        flat = self._flat()
+        """The grads as one flat list in parameter order (None: that parameter has no grad).
+        Checks the structure; the arrays are checked by :meth:`_check_grads` or the kernels."""
         if isinstance(grads, dict):
             if not self._named:
                 raise ValueError("grads is a dict but params were not given by name; pass a "
                                  "sequence of grads in parameter order")
             matched = []
-            for i, label, name, group, p in flat:
-                if name in grads:
-                    matched.append(grads[name])
-                elif "d" + name in grads:
-                    matched.append(grads["d" + name])
-                else:
-                    raise ValueError(f"grads has no entry for parameter {label} "
-                                     f"(expected key {name!r} or {'d' + name!r})")
-        elif isinstance(grads, (list, tuple)):
-            if len(grads) != len(flat):
-                raise ValueError(f"grads has {len(grads)} entries, expected {len(flat)} "
+            for group in self.param_groups:
+                for name in group["param_names"]:
+                    g = grads.get(name, _MISSING)
+                    if g is _MISSING:
+                        g = grads.get("d" + name, _MISSING)
+                        if g is _MISSING:
+                            raise ValueError(f"grads has no entry for parameter {name!r} "
+                                             f"(expected key {name!r} or {'d' + name!r})")
+                    matched.append(g)
+            return matched
+        if isinstance(grads, (list, tuple)):
+            count = sum(len(g["params"]) for g in self.param_groups)
+            if len(grads) != count:
+                raise ValueError(f"grads has {len(grads)} entries, expected {count} "
                                  "(one per parameter, in order)")
-            matched = list(grads)
-        else:
-            raise TypeError(f"grads must be a dict or a sequence of arrays, "
-                            f"got {type(grads).__name__}")
-        for (i, label, name, group, p), g in zip(flat, matched):
+            return list(grads)
+        raise TypeError(f"grads must be a dict or a sequence of arrays, "
+                        f"got {type(grads).__name__}")
+
+    def _check_grads(self, grads):
+        """Check every grad against its parameter, raising with the parameter's name."""
+        for (i, label, _, _, p), g in zip(self._flat(), grads):
             if g is None:
                 continue
             if not isinstance(g, np.ndarray):
@@ -152,17 +161,60 @@ class Optimizer:
                                  f"expected {p.shape}")
             if not p.flags.writeable:
                 raise ValueError(f"parameter {label} is read-only")
-        return [(i, group, p, g) for (i, _, _, group, p), g in zip(flat, matched)]
 
     def step(self, grads):
-        """Update every parameter in place from ``grads`` (see the module docstring)."""
-        for i, group, p, g in self._match(grads):
-            if g is None:
-                continue
-            state = self.state.get(i)
-            if state is None:
-                state = self.state[i] = self._init_state(p, group)
-            self._update(p, g, state, group)
+        """Update every parameter in place from ``grads`` (see the module docstring).
+
+        One multi-tensor kernel call per parameter group. With one group whose parameters all
+        step together, that call's own validation (every array before any write) is the only
+        check on the hot path; if it refuses, the grads are checked here for an error naming
+        the parameter, or (a None grad) the general path takes over."""
+        grads = self._match(grads)
+        groups = self.param_groups
+        if len(groups) == 1 and 0 in self._cache:
+            try:
+                self._advance(groups[0], groups[0]["params"], grads, self._cache[0])
+                return
+            except (TypeError, ValueError):
+                pass
+        self._check_grads(grads)
+        start = 0
+        for gi, group in enumerate(groups):
+            n = len(group["params"])
+            self._step_group(gi, group, grads[start:start + n], start)
+            start += n
+
+    def _step_group(self, gi, group, grads, start):
+        """Step one group (grads already checked): state is created on first use, parameters
+        without a grad sit the step out, and one kernel call runs per distinct step count.
+        While every parameter steps together the group's states are cached as a list."""
+        index = range(start, start + len(grads))
+        live = [k for k, g in enumerate(grads) if g is not None]
+        for k in live:
+            if index[k] not in self.state:
+                self.state[index[k]] = self._init_state(group["params"][k], group)
+        params = [group["params"][k] for k in live]
+        grads = [grads[k] for k in live]
+        states = [self.state[index[k]] for k in live]
+        steps = {s.get("step") for s in states}
+        if len(live) == len(index) and len(steps) == 1:
+            self._cache[gi] = states
+        else:
+            self._cache.pop(gi, None)
+        for step in steps:
+            part = [k for k, s in enumerate(states) if s.get("step") == step]
+            self._advance(group, [params[k] for k in part], [grads[k] for k in part],
+                          [states[k] for k in part])
+
+    def _advance(self, group, params, grads, states):
+        """One kernel call for parameters whose states share one step count."""
+        if "step" in states[0]:
+            step = states[0]["step"] + 1
+            self._update(group, params, grads, states, step)
+            for s in states:          # only after the kernel succeeded: a refused call
+                s["step"] = step      # changes nothing
+        else:
+            self._update(group, params, grads, states, None)
 
     def zero_grad(self):
         """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops."""
@@ -230,6 +282,7 @@ class Optimizer:
         for mine, hyper in zip(self.param_groups, new_hyper):
             mine.update(hyper)
         self.state = new_state
+        self._cache = {}
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -264,15 +317,20 @@ class SGD(Optimizer):
     def _init_state(self, param, group):
         return {}
 
-    def _update(self, param, grad, state, group):
-        buf = state.get("momentum_buffer")
-        first = buf is None and group["momentum"] != 0
-        if first:
-            buf = state["momentum_buffer"] = np.empty(param.shape, param.dtype)
-        ops.sgd_step_(param, grad, buf if group["momentum"] != 0 else None, lr=group["lr"],
-                      momentum=group["momentum"], dampening=group["dampening"],
-                      nesterov=group["nesterov"], weight_decay=group["weight_decay"],
-                      maximize=group["maximize"], first_step=first)
+    def _update(self, group, params, grads, states, step):
+        bufs = None
+        first = False
+        if group["momentum"] != 0:
+            # torch's first step: the buffer starts as the grad (states of one call agree)
+            first = "momentum_buffer" not in states[0]
+            if first:
+                for p, s in zip(params, states):
+                    s["momentum_buffer"] = np.empty(p.shape, p.dtype)
+            bufs = [s["momentum_buffer"] for s in states]
+        ops.foreach_sgd_step_(params, grads, bufs, lr=group["lr"],
+                              momentum=group["momentum"], dampening=group["dampening"],
+                              nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                              maximize=group["maximize"], first_step=first)
 
 
 class Momentum(Optimizer):
@@ -290,9 +348,9 @@ class Momentum(Optimizer):
     def _init_state(self, param, group):
         return {"momentum_buffer": np.zeros(param.shape, param.dtype)}
 
-    def _update(self, param, grad, state, group):
-        ops.momentum_step_(param, grad, state["momentum_buffer"], lr=group["lr"],
-                           beta=group["beta"])
+    def _update(self, group, params, grads, states, step):
+        ops.foreach_momentum_step_(params, grads, [s["momentum_buffer"] for s in states],
+                                   lr=group["lr"], beta=group["beta"])
 
 
 class RMSprop(Optimizer):
@@ -319,17 +377,20 @@ class RMSprop(Optimizer):
     def _init_state(self, param, group):
         return {"step": 0, "square_avg": np.zeros(param.shape, param.dtype)}
 
-    def _update(self, param, grad, state, group):
-        state["step"] += 1
-        buf = grad_avg = None
+    def _update(self, group, params, grads, states, step):
+        bufs = grad_avgs = None
         if group["momentum"] > 0:
-            buf = state.setdefault("momentum_buffer", np.zeros(param.shape, param.dtype))
+            bufs = [s.setdefault("momentum_buffer", np.zeros(p.shape, p.dtype))
+                    for p, s in zip(params, states)]
         if group["centered"]:
-            grad_avg = state.setdefault("grad_avg", np.zeros(param.shape, param.dtype))
-        ops.rmsprop_step_(param, grad, state["square_avg"], lr=group["lr"], beta=group["beta"],
-                          eps=group["eps"], weight_decay=group["weight_decay"],
-                          momentum_buffer=buf, momentum=group["momentum"], grad_avg=grad_avg,
-                          maximize=group["maximize"], eps_inside_sqrt=group["eps_inside_sqrt"])
+            grad_avgs = [s.setdefault("grad_avg", np.zeros(p.shape, p.dtype))
+                         for p, s in zip(params, states)]
+        ops.foreach_rmsprop_step_(params, grads, [s["square_avg"] for s in states],
+                                  lr=group["lr"], beta=group["beta"], eps=group["eps"],
+                                  weight_decay=group["weight_decay"], momentum_buffers=bufs,
+                                  momentum=group["momentum"], grad_avgs=grad_avgs,
+                                  maximize=group["maximize"],
+                                  eps_inside_sqrt=group["eps_inside_sqrt"])
 
 
 class Adagrad(Optimizer):
@@ -357,11 +418,11 @@ class Adagrad(Optimizer):
         return {"step": 0,
                 "sum": np.full(param.shape, group["initial_accumulator_value"], param.dtype)}
 
-    def _update(self, param, grad, state, group):
-        state["step"] += 1
-        ops.adagrad_step_(param, grad, state["sum"], state["step"], lr=group["lr"],
-                          lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
-                          eps=group["eps"], maximize=group["maximize"])
+    def _update(self, group, params, grads, states, step):
+        ops.foreach_adagrad_step_(params, grads, [s["sum"] for s in states], step,
+                                  lr=group["lr"], lr_decay=group["lr_decay"],
+                                  weight_decay=group["weight_decay"], eps=group["eps"],
+                                  maximize=group["maximize"])
 
 
 class Adam(Optimizer):
@@ -394,16 +455,18 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = np.zeros(param.shape, param.dtype)
         return state
 
-    def _update(self, param, grad, state, group):
-        state["step"] += 1
-        vmax = None
+    def _update(self, group, params, grads, states, step):
+        vmaxes = None
         if group["amsgrad"]:
-            vmax = state.setdefault("max_exp_avg_sq", np.zeros(param.shape, param.dtype))
-        ops.adam_step_(param, grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
-                       lr=group["lr"], betas=group["betas"], eps=group["eps"],
-                       weight_decay=group["weight_decay"], max_exp_avg_sq=vmax,
-                       maximize=group["maximize"], decoupled_weight_decay=self._decoupled,
-                       eps_inside_sqrt=group.get("eps_inside_sqrt", False))
+            vmaxes = [s.setdefault("max_exp_avg_sq", np.zeros(p.shape, p.dtype))
+                      for p, s in zip(params, states)]
+        ops.foreach_adam_step_(params, grads, [s["exp_avg"] for s in states],
+                               [s["exp_avg_sq"] for s in states], step, lr=group["lr"],
+                               betas=group["betas"], eps=group["eps"],
+                               weight_decay=group["weight_decay"], max_exp_avg_sqs=vmaxes,
+                               maximize=group["maximize"],
+                               decoupled_weight_decay=self._decoupled,
+                               eps_inside_sqrt=group.get("eps_inside_sqrt", False))
 
 
 class AdamW(Adam):

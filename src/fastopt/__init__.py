@@ -6,6 +6,7 @@ that defines the correct answer. See README.md and the public contract in API.md
 from . import ops, schedules  # noqa: F401
 from ._backend import (backends, get_backend, get_num_threads, set_backend,  # noqa: F401
                        set_num_threads, use_backend)
+from .arena import ParameterArena  # noqa: F401
 from .data import minibatches  # noqa: F401
 from .ewa import EWA, ewa_series  # noqa: F401
 from .optim import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop  # noqa: F401

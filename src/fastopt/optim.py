@@ -6,11 +6,14 @@ the parameter names or by the course's ``"d" + name``, or a sequence in paramete
 grad is checked before any array is written, so a step that raises changes nothing.
 """
 import numbers
+import operator
 
 import numpy as np
 
 from . import ops
 from ._validate import FLOAT_DTYPES
+from .arena import run_of as arena_run
+from .arena import stretch as arena_stretch
 
 _NOT_HYPER = ("params", "param_names")
 _MISSING = object()
@@ -41,6 +44,8 @@ class Optimizer:
         self.param_groups = []
         self.state = {}          # flat parameter index -> {"step": ..., state arrays}
         self._cache = {}         # group index -> its states as a list (see _step_group)
+        self._arena_runs = {}    # group index -> (arena, first, stop) when it tiles an arena
+        self._arena_state = {}   # group index -> flat state buffers (see _step_arena)
         self._named = None       # True: params came as a dict; grads may be keyed by name
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
@@ -92,6 +97,9 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._check(group)
+        run = arena_run(params)
+        if run is not None:
+            self._arena_runs[len(self.param_groups)] = run
         self.param_groups.append(group)
 
     @property
@@ -169,25 +177,33 @@ class Optimizer:
         step together, that call's own validation (every array before any write) is the only
         check on the hot path; if it refuses, the grads are checked here for an error naming
         the parameter, or (a None grad) the general path takes over."""
-        grads = self._match(grads)
         groups = self.param_groups
-        if len(groups) == 1 and 0 in self._cache:
-            try:
-                self._advance(groups[0], groups[0]["params"], grads, self._cache[0])
+        if len(groups) == 1 and self._step_arena(0, groups[0], grads, 0):
+            return
+        grads = self._match(grads)
+        if len(groups) == 1:
+            if self._step_arena(0, groups[0], grads, 0):
                 return
-            except (TypeError, ValueError):
-                pass
+            if 0 in self._cache:
+                try:
+                    self._advance(groups[0], groups[0]["params"], grads, self._cache[0])
+                    self._arena_state.pop(0, None)
+                    return
+                except (TypeError, ValueError):
+                    pass
         self._check_grads(grads)
         start = 0
         for gi, group in enumerate(groups):
             n = len(group["params"])
-            self._step_group(gi, group, grads[start:start + n], start)
+            if not self._step_arena(gi, group, grads[start:start + n], start):
+                self._step_group(gi, group, grads[start:start + n], start)
             start += n
 
     def _step_group(self, gi, group, grads, start):
         """Step one group (grads already checked): state is created on first use, parameters
         without a grad sit the step out, and one kernel call runs per distinct step count.
         While every parameter steps together the group's states are cached as a list."""
+        self._arena_state.pop(gi, None)   # its flat state is rebuilt when the arena path resumes
         index = range(start, start + len(grads))
         live = [k for k, g in enumerate(grads) if g is not None]
         for k in live:
@@ -205,6 +221,65 @@ class Optimizer:
             part = [k for k, s in enumerate(states) if s.get("step") == step]
             self._advance(group, [params[k] for k in part], [grads[k] for k in part],
                           [states[k] for k in part])
+
+    def _step_arena(self, gi, group, grads, start):
+        """The arena path: one kernel call over the group's stretch of a ParameterArena, when
+        the group's parameters tile it and ``grads`` is the arena's grad dict or a list of its
+        grad views (so they need no check). The state lives in flat buffers too; each
+        parameter's state entries are views of them, so state dicts stay per parameter.
+        Returns False if it does not apply (the multi-tensor path gives the same result)."""
+        run = self._arena_runs.get(gi)
+        if run is None:
+            return False
+        arena, first, stop = run
+        views = arena._views[first:stop]
+        if grads is not arena.grads and not (
+                isinstance(grads, list) and len(grads) == len(views)
+                and all(map(operator.is_, grads, [v[1] for v in views]))):
+            return False
+        flat = self._arena_state.get(gi)
+        if flat is None:
+            flat = self._arena_state[gi] = self._flatten_state(group, start, run)
+            if flat is None:
+                return False
+        lo, hi = arena_stretch(arena, first, stop)
+        self._advance(group, [arena._param_buf[lo:hi]], [arena._grad_buf[lo:hi]], [flat])
+        states = [self.state[i] for i in range(start, start + len(views))]
+        for key, buf in flat.items():      # state the step created (e.g. a momentum buffer)
+            if key != "step" and key not in states[0]:
+                for s, (p, _, off) in zip(states, views):
+                    s[key] = buf[off - lo:off - lo + p.size].reshape(p.shape)
+        if "step" in flat:
+            for s in states:
+                s["step"] = flat["step"]
+        return True
+
+    def _flatten_state(self, group, start, run):
+        """Move the group's per-parameter state into flat buffers (per-parameter entries
+        become views of them); None if the parameters' states differ in keys or step."""
+        arena, first, stop = run
+        views = arena._views[first:stop]
+        lo, hi = arena_stretch(arena, first, stop)
+        index = range(start, start + len(views))
+        for i, (p, _, _) in zip(index, views):
+            if i not in self.state:
+                self.state[i] = self._init_state(p, group)
+        states = [self.state[i] for i in index]
+        keys = set(states[0])
+        if any(set(s) != keys for s in states) or len({s.get("step") for s in states}) > 1:
+            return None
+        flat = {}
+        for key in keys:
+            if key == "step":
+                flat[key] = states[0][key]
+                continue
+            buf = np.empty(hi - lo, arena.dtype)
+            for s, (p, _, off) in zip(states, views):
+                part = buf[off - lo:off - lo + p.size]
+                part[...] = s[key].ravel()
+                s[key] = part.reshape(p.shape)
+            flat[key] = buf
+        return flat
 
     def _advance(self, group, params, grads, states):
         """One kernel call for parameters whose states share one step count."""
@@ -283,6 +358,7 @@ class Optimizer:
             mine.update(hyper)
         self.state = new_state
         self._cache = {}
+        self._arena_state = {}
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

@@ -1,0 +1,149 @@
+"""Parameters, grads and optimizer state as views of one contiguous buffer each.
+
+A network with hundreds of small arrays makes an optimizer step a loop over arrays. With a
+``ParameterArena`` the arrays are views of one buffer, so an optimizer built on them steps the
+whole buffer with one kernel call (one sweep over memory, split across threads):
+
+>>> arena = fo.ParameterArena(np.float32)
+>>> W1 = arena.add("W1", (64, 32), init=np.random.randn(64, 32) * 0.1)
+>>> b1 = arena.add("b1", (64, 1))
+>>> opt = fo.Adam(arena.params, lr=1e-3)        # or a list of the views, or param groups
+>>> arena.grads["dW1"][...] = ...               # fill the grads in place (keys: name or d+name)
+>>> opt.step(arena.grads)
+
+The flat path applies to any optimizer group whose parameters are consecutive views of one
+arena, when ``step`` receives the arena's own grad views (``arena.grads``, or a list or dict of
+those views); otherwise the optimizer uses its multi-tensor path, with the same results bit
+for bit.
+"""
+import math
+import weakref
+
+import numpy as np
+
+from ._validate import FLOAT_DTYPES
+
+_OWNERS = weakref.WeakValueDictionary()   # id(param buffer) -> arena
+
+
+class ParameterArena:
+    """Allocate parameters and their grads as views into two flat buffers of one dtype.
+
+    Parameters
+    ----------
+    dtype : float32 or float64
+    capacity : int
+        Elements reserved. The buffers are allocated zeroed up front; the operating system only
+        backs the pages that are used, so a generous capacity costs address space, not memory.
+    """
+
+    def __init__(self, dtype=np.float32, capacity=1 << 24):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        if not isinstance(capacity, (int, np.integer)) or capacity < 0:
+            raise ValueError(f"Invalid capacity: {capacity!r} (must be a non-negative int)")
+        self._param_buf = np.zeros(capacity, self.dtype)
+        self._grad_buf = np.zeros(capacity, self.dtype)
+        self.size = 0                 # elements in use
+        self.params = {}              # name -> parameter view
+        self.grads = _GradDict()      # name -> grad view (also reachable as "d" + name)
+        self._views = []              # (param view, grad view, offset) in allocation order
+        self._index = {}              # id(param view) -> position in _views
+        _OWNERS[id(self._param_buf)] = self
+
+    def add(self, name, shape, init=None):
+        """A new parameter ``name`` of ``shape``: a view into the arena, zero or ``init``."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if name in self.params:
+            raise ValueError(f"parameter {name!r} is already in the arena")
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        n = math.prod(shape)
+        if self.size + n > self._param_buf.size:
+            raise ValueError(f"the arena is full: {name!r} needs {n} elements, "
+                             f"{self._param_buf.size - self.size} of {self._param_buf.size} "
+                             "are free (pass a larger capacity)")
+        lo = self.size
+        param = self._param_buf[lo:lo + n].reshape(shape)
+        grad = self._grad_buf[lo:lo + n].reshape(shape)
+        if init is not None:
+            param[...] = init
+        self.size += n
+        self.params[name] = param
+        dict.__setitem__(self.grads, name, grad)
+        self._index[id(param)] = len(self._views)
+        self._views.append((param, grad, lo))
+        return param
+
+    @property
+    def flat_params(self):
+        """Every parameter, as one 1-D view."""
+        return self._param_buf[:self.size]
+
+    @property
+    def flat_grads(self):
+        """Every grad, as one 1-D view."""
+        return self._grad_buf[:self.size]
+
+    def zero_grad(self):
+        """Set every grad to zero (one memset)."""
+        self.flat_grads[...] = 0
+
+    def __repr__(self):
+        return (f"ParameterArena({self.dtype}, {len(self.params)} params, {self.size} of "
+                f"{self._param_buf.size} elements)")
+
+
+class _GradDict(dict):
+    """The arena's grads by parameter name; ``grads["dW1"]`` also finds ``"W1"`` (the course's
+    naming). Its entries are always the arena's views: assigning ``grads["dW1"] = dW1`` copies
+    into the view, so an optimizer handed this dict can step the flat buffer directly."""
+
+    def _view(self, key):
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        if isinstance(key, str) and key.startswith("d") and dict.__contains__(self, key[1:]):
+            return dict.__getitem__(self, key[1:])
+        raise KeyError(key)
+
+    def __missing__(self, key):
+        return self._view(key)
+
+    def __setitem__(self, key, value):
+        self._view(key)[...] = value
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the arena's grads cannot be removed; assign to fill them in place")
+
+    __delitem__ = pop = popitem = clear = setdefault = _refuse
+
+
+def run_of(params):
+    """``(arena, first, stop)`` when ``params`` are the arena's views ``first..stop-1`` in
+    allocation order (so they tile one stretch of its buffer), else None."""
+    if not params or not isinstance(params[0], np.ndarray):
+        return None
+    base = params[0].base
+    arena = _OWNERS.get(id(base)) if base is not None else None
+    if arena is None or arena._param_buf is not base:
+        return None
+    first = arena._index.get(id(params[0]))
+    if first is None or arena._views[first][0] is not params[0]:
+        return None
+    stop = first + len(params)
+    views = arena._views[first:stop]
+    if len(views) != len(params) or any(v[0] is not p for v, p in zip(views, params)):
+        return None
+    return arena, first, stop
+
+
+def stretch(arena, first, stop):
+    """Element range ``(lo, hi)`` of the arena's views ``first..stop-1``."""
+    lo = arena._views[first][2]
+    last = arena._views[stop - 1]
+    return lo, last[2] + last[0].size

@@ -29,6 +29,37 @@ def _check_range(name, value, lo=0.0, hi=None, hi_open=True):
         raise ValueError(f"Invalid {name}: {value!r} (must be {bound})")
 
 
+class _StateList(list):
+    """A group's per-parameter state dicts, with their arrays gathered by key on first use
+    (rebuilding 1000-item lists every step would cost more than the kernel)."""
+
+    def __init__(self, states):
+        super().__init__(states)
+        self.columns = {}
+
+
+def _column(states, key):
+    """``[s[key] for s in states]``, cached when ``states`` is a group's cached list."""
+    columns = getattr(states, "columns", None)
+    if columns is None:
+        return [s[key] for s in states]
+    col = columns.get(key)
+    if col is None:
+        col = columns[key] = [s[key] for s in states]
+    return col
+
+
+def _column_or_zeros(states, params, key):
+    """:func:`_column`, first giving zeros to parameters whose state lacks ``key`` (state that
+    an option switched on later needs, as torch creates it)."""
+    columns = getattr(states, "columns", None)
+    if columns is None or key not in columns:
+        for p, s in zip(params, states):
+            if key not in s:
+                s[key] = np.zeros(p.shape, p.dtype)
+    return _column(states, key)
+
+
 class Optimizer:
     """Base class: parameter groups, grad matching and validation, state dicts.
 
@@ -214,7 +245,7 @@ class Optimizer:
         states = [self.state[index[k]] for k in live]
         steps = {s.get("step") for s in states}
         if len(live) == len(index) and len(steps) == 1:
-            self._cache[gi] = states
+            self._cache[gi] = states = _StateList(states)
         else:
             self._cache.pop(gi, None)
         for step in steps:
@@ -240,6 +271,7 @@ class Optimizer:
         flat = self._arena_state.get(gi)
         if flat is None:
             flat = self._arena_state[gi] = self._flatten_state(group, start, run)
+            self._cache.pop(gi, None)      # its cached columns hold the replaced arrays
             if flat is None:
                 return False
         lo, hi = arena_stretch(arena, first, stop)
@@ -402,7 +434,7 @@ class SGD(Optimizer):
             if first:
                 for p, s in zip(params, states):
                     s["momentum_buffer"] = np.empty(p.shape, p.dtype)
-            bufs = [s["momentum_buffer"] for s in states]
+            bufs = _column(states, "momentum_buffer")
         ops.foreach_sgd_step_(params, grads, bufs, lr=group["lr"],
                               momentum=group["momentum"], dampening=group["dampening"],
                               nesterov=group["nesterov"], weight_decay=group["weight_decay"],
@@ -425,7 +457,7 @@ class Momentum(Optimizer):
         return {"momentum_buffer": np.zeros(param.shape, param.dtype)}
 
     def _update(self, group, params, grads, states, step):
-        ops.foreach_momentum_step_(params, grads, [s["momentum_buffer"] for s in states],
+        ops.foreach_momentum_step_(params, grads, _column(states, "momentum_buffer"),
                                    lr=group["lr"], beta=group["beta"])
 
 
@@ -456,12 +488,10 @@ class RMSprop(Optimizer):
     def _update(self, group, params, grads, states, step):
         bufs = grad_avgs = None
         if group["momentum"] > 0:
-            bufs = [s.setdefault("momentum_buffer", np.zeros(p.shape, p.dtype))
-                    for p, s in zip(params, states)]
+            bufs = _column_or_zeros(states, params, "momentum_buffer")
         if group["centered"]:
-            grad_avgs = [s.setdefault("grad_avg", np.zeros(p.shape, p.dtype))
-                         for p, s in zip(params, states)]
-        ops.foreach_rmsprop_step_(params, grads, [s["square_avg"] for s in states],
+            grad_avgs = _column_or_zeros(states, params, "grad_avg")
+        ops.foreach_rmsprop_step_(params, grads, _column(states, "square_avg"),
                                   lr=group["lr"], beta=group["beta"], eps=group["eps"],
                                   weight_decay=group["weight_decay"], momentum_buffers=bufs,
                                   momentum=group["momentum"], grad_avgs=grad_avgs,
@@ -495,7 +525,7 @@ class Adagrad(Optimizer):
                 "sum": np.full(param.shape, group["initial_accumulator_value"], param.dtype)}
 
     def _update(self, group, params, grads, states, step):
-        ops.foreach_adagrad_step_(params, grads, [s["sum"] for s in states], step,
+        ops.foreach_adagrad_step_(params, grads, _column(states, "sum"), step,
                                   lr=group["lr"], lr_decay=group["lr_decay"],
                                   weight_decay=group["weight_decay"], eps=group["eps"],
                                   maximize=group["maximize"])
@@ -534,10 +564,9 @@ class Adam(Optimizer):
     def _update(self, group, params, grads, states, step):
         vmaxes = None
         if group["amsgrad"]:
-            vmaxes = [s.setdefault("max_exp_avg_sq", np.zeros(p.shape, p.dtype))
-                      for p, s in zip(params, states)]
-        ops.foreach_adam_step_(params, grads, [s["exp_avg"] for s in states],
-                               [s["exp_avg_sq"] for s in states], step, lr=group["lr"],
+            vmaxes = _column_or_zeros(states, params, "max_exp_avg_sq")
+        ops.foreach_adam_step_(params, grads, _column(states, "exp_avg"),
+                               _column(states, "exp_avg_sq"), step, lr=group["lr"],
                                betas=group["betas"], eps=group["eps"],
                                weight_decay=group["weight_decay"], max_exp_avg_sqs=vmaxes,
                                maximize=group["maximize"],

@@ -248,8 +248,8 @@ class Optimizer:
             self._cache[gi] = states = _StateList(states)
         else:
             self._cache.pop(gi, None)
-        for step in steps:
-            part = [k for k, s in enumerate(states) if s.get("step") == step]
+        parts = [[k for k, s in enumerate(states) if s.get("step") == step] for step in steps]
+        for part in parts:          # partitioned first: advancing one changes its steps
             self._advance(group, [params[k] for k in part], [grads[k] for k in part],
                           [states[k] for k in part])
 

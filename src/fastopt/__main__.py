@@ -16,6 +16,7 @@ from . import _backend, _bench, _coexist
 DEFAULT_SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
 QUICK_SIZES = [1_000, 100_000]
 QUICK_KERNELS = ["sgd_momentum", "adam"]
+QUICK_GROUPS = ["1000x64"]
 
 
 def _parse_sizes(text):
@@ -33,6 +34,8 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="a few kernels and sizes (seconds)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per row")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
+    ap.add_argument("--no-groups", action="store_true",
+                    help="skip the many-small-parameters rows (arena, multi-tensor list)")
     ap.add_argument("--no-coexistence", action="store_true",
                     help="skip measuring fastopt and torch in one process (skipped by --quick)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -121,6 +124,33 @@ def main(argv=None):
                           f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7}{row['gbps']:>8.1f}"
                           f"{_fmt_x(row['x_roofline']):>8}")
                 progress("")
+    group_rows = []
+    if not args.no_groups:
+        print("\nparameter groups: one Adam step over many arrays (x roof: vs one stream over "
+              "the same bytes)")
+        print(f"  {'group':<10}{'dtype':<8}{'arrays':>7}{'elements':>10}  {'contender':<14}"
+              f"{'time':>11}{'spread':>8}{'x roof':>8}{'x fused':>9}")
+        for gname in (QUICK_GROUPS if args.quick else list(_bench.GROUPS)):
+            shapes = _bench.GROUPS[gname]
+            total = sum(int(np.prod(s)) for s in shapes)
+            for dtype in args.dtypes[:1]:
+                progress(f"timing group {gname}")
+                timed = _bench.time_row(_bench.group_contenders(shapes, dtype,
+                                                                peers=not args.no_peers),
+                                        rounds=args.rounds)
+                roof = timed.get("roofline", (None,))[0]
+                fused = timed.get("torch-fused", (None,))[0]
+                for label, (t, spread) in timed.items():
+                    row = dict(group=gname, dtype=dtype.name, arrays=len(shapes), size=total,
+                               contender=label, time=t, spread=spread,
+                               x_roofline=t / roof if roof else None,
+                               x_fused=fused / t if fused else None)
+                    group_rows.append(row)
+                    print(f"  {gname:<10}{dtype.name:<8}{len(shapes):>7}{total:>10}  "
+                          f"{label:<14}{_fmt_t(t):>11}{spread:>7.0%} "
+                          f"{_fmt_x(row['x_roofline']):>7}{_fmt_x(row['x_fused']):>9}")
+                progress("")
+
     coexistence = []
     if not (args.quick or args.no_coexistence or args.no_peers):
         print("\nliving beside torch (fresh processes; Adam 1e5 float32; ratio > 1: slowed)")
@@ -130,7 +160,7 @@ def main(argv=None):
         progress("")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=info, equivalence=checks, timings=rows,
+            json.dump(dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
                            coexistence=coexistence), f, indent=1)
         print(f"\nwrote {args.json}")
     if args.plot:

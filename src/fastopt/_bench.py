@@ -233,3 +233,75 @@ def machine():
     except ImportError as exc:
         info["cython_build"] = f"not built ({exc})"
     return info
+
+
+# ----------------------------------------------------------------------- parameter groups
+GROUPS = {
+    "200x4096": [(4096,)] * 200,
+    "1000x64": [(64,)] * 1000,
+    # a 3-layer MLP on MNIST-sized input, and a small CNN (convs, batch-norm scales, linear)
+    "mlp": [(256, 784), (256,), (128, 256), (128,), (10, 128), (10,)],
+    "cnn": [(32, 3, 3, 3), (32,), (32,), (32,), (64, 32, 3, 3), (64,), (64,), (64,),
+            (128, 64, 3, 3), (128,), (128,), (128,), (256, 128 * 4 * 4), (256,), (10, 256),
+            (10,)],
+}
+
+
+def group_contenders(shapes, dtype, peers=True):
+    """One Adam step over a group of parameters with these shapes, done every way: fastopt
+    on a ParameterArena, on a list (multi-tensor), one fo.ops call per array, the NumPy
+    reference, torch (foreach, fused), and the roofline (a stream over the same bytes)."""
+    from .arena import ParameterArena
+    from .optim import Adam
+    rng = np.random.default_rng(0)
+    total = sum(int(np.prod(s)) for s in shapes)
+    out = {}
+
+    arena = ParameterArena(dtype, capacity=total)
+    for k, s in enumerate(shapes):
+        arena.add(f"w{k}", s, init=rng.standard_normal(s))
+    arena.flat_grads[...] = rng.standard_normal(total)
+    opt_arena = Adam(arena.params)
+    out["arena"] = lambda: opt_arena.step(arena.grads)
+
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    opt_list = Adam(params)
+    out["list"] = lambda: opt_list.step(grads)
+
+    state = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    counter = [0]
+
+    def per_array():
+        counter[0] += 1
+        for p, g, (m, v) in zip(params, grads, state):
+            ops.adam_step_(p, g, m, v, counter[0])
+    out["per-array"] = per_array
+
+    def reference():
+        with _backend.use_backend("numpy"):
+            per_array()
+    out["numpy"] = reference
+
+    stream = stream_kernel()
+    if stream is not None:
+        flat = [rng.standard_normal(total).astype(dtype) for _ in range(4)]
+        out["roofline"] = lambda: stream(*flat)
+    if peers:
+        try:
+            import torch
+        except ImportError:
+            return out
+        torch.set_num_threads(_backend.get_num_threads())
+        for label, extra in (("torch-foreach", dict(foreach=True)),
+                             ("torch-fused", dict(fused=True))):
+            tparams = [torch.from_numpy(p.copy()).requires_grad_() for p in params]
+            for tp, g in zip(tparams, grads):
+                tp.grad = torch.from_numpy(g)
+            try:
+                topt = torch.optim.Adam(tparams, **extra)
+                topt.step()
+            except (RuntimeError, TypeError, ValueError):
+                continue
+            out[label] = topt.step
+    return out

@@ -284,8 +284,8 @@ cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
     # k: lr, beta1, beta2, eps, weight_decay, step_size, bias_correction2
     cdef floating c1 = <floating>(1.0 - k[1]), b2 = <floating>k[2]
     cdef floating c2 = <floating>(1.0 - k[2]), eps = <floating>k[3], wd = <floating>k[4]
-    cdef floating step = <floating>k[5], bc2 = <floating>k[6]
-    cdef floating bc2_sqrt = <floating>sqrt(k[6])
+    cdef floating step = <floating>k[5], inv_bc2 = <floating>(1.0 / k[6])
+    cdef floating inv_bc2_sqrt = <floating>(1.0 / sqrt(k[6]))
     cdef floating decay = <floating>(1.0 - k[0] * k[4])
     cdef bint maximize = flags & MAXIMIZE, coupled = flags & WEIGHT_DECAY
     cdef bint shrink = flags & DECOUPLED, eps_inside_sqrt = flags & EPS_INSIDE_SQRT
@@ -304,9 +304,9 @@ cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
             vmax[i] = max_nan(vmax[i], vi)
             vi = vmax[i]
         if eps_inside_sqrt:
-            denom = root(vi / bc2 + eps)
+            denom = root(vi * inv_bc2 + eps)
         else:
-            denom = root(vi) / bc2_sqrt + eps
+            denom = root(vi) * inv_bc2_sqrt + eps
         p[i] = p[i] - step * (m[i] / denom)
 
 

@@ -179,8 +179,8 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
 
 # ---------------------------------------------------------------------------------- adam
 @numba.njit(inline="always", **JIT)
-def _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay, coupled,
-               maximize, amsgrad, eps_inside_sqrt):
+def _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd, decay,
+               coupled, maximize, amsgrad, eps_inside_sqrt):
     gi = -g[i] if maximize else g[i]
     pi = p[i] * decay               # decay is exactly 1 unless AdamW-style decay is on
     if coupled:
@@ -192,9 +192,9 @@ def _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, de
         vmax[i] = max_nan(vmax[i], vi)
         vi = vmax[i]
     if eps_inside_sqrt:
-        denom = np.sqrt(vi / bc2 + eps)
+        denom = np.sqrt(vi * inv_bc2 + eps)
     else:
-        denom = np.sqrt(vi) / bc2_sqrt + eps
+        denom = np.sqrt(vi) * inv_bc2_sqrt + eps
     p[i] = pi - step * (m[i] / denom)
 
 
@@ -203,24 +203,24 @@ def _adam_span(p, g, m, v, vmax, k, coupled, maximize, eps_inside_sqrt):
     # Scalars are read once (as far as LLVM knows, k may alias the state). Every branch left
     # in the loop is a select without side effects, which LLVM vectorizes; amsgrad and the eps
     # form are literal constants per loop, or LLVM would compute both square roots.
-    c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay = k[0], k[1], k[2], k[3], k[4], k[5], \
-        k[6], k[7], k[8]
+    c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd, decay = (k[0], k[1], k[2], k[3], k[4],
+                                                              k[5], k[6], k[7], k[8])
     if vmax.size == 0 and not eps_inside_sqrt:
         for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
-                       coupled, maximize, False, False)
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
+                       decay, coupled, maximize, False, False)
     elif vmax.size == 0:
         for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
-                       coupled, maximize, False, True)
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
+                       decay, coupled, maximize, False, True)
     elif not eps_inside_sqrt:
         for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
-                       coupled, maximize, True, False)
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
+                       decay, coupled, maximize, True, False)
     else:
         for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, bc2, bc2_sqrt, wd, decay,
-                       coupled, maximize, True, True)
+            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
+                       decay, coupled, maximize, True, True)
 
 
 @numba.njit(parallel=True, **JIT)
@@ -240,8 +240,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
         return via_contiguous(adam, arrays, lr, beta1, beta2, eps, weight_decay, step_size,
                               bias_correction2, decoupled, maximize, eps_inside_sqrt)
     shrink = weight_decay != 0 and decoupled
-    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, step_size, bias_correction2,
-                  math.sqrt(bias_correction2), weight_decay,
+    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, step_size, 1.0 / bias_correction2,
+                  1.0 / math.sqrt(bias_correction2), weight_decay,
                   1.0 - lr * weight_decay if shrink else 1.0), param.dtype)
     launch(_adam_span, _adam_parallel, views, k, weight_decay != 0 and not decoupled,
            bool(maximize), bool(eps_inside_sqrt))

@@ -43,7 +43,8 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nes
 
 
 def momentum(param, grad, velocity, lr, beta):
-    """The course's momentum: velocity = beta * velocity + (1 - beta) * grad; param -= lr * velocity"""
+    """The course's momentum: ``velocity = beta * velocity + (1 - beta) * grad``;
+    ``param -= lr * velocity``."""
     check_step_arrays([("param", param), ("velocity", velocity)], [("grad", grad)])
     velocity[...] = beta * velocity + (1.0 - beta) * grad
     param[...] = param - lr * velocity
@@ -102,8 +103,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
     param *= 1 - lr * weight_decay  (decoupled, AdamW)   or   g += weight_decay * param  (Adam)
     exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)  (amsgrad)   else   v = exp_avg_sq
-    denom = sqrt(v / bias_correction2 + eps) if eps_inside_sqrt
-            else sqrt(v) / sqrt(bias_correction2) + eps
+    denom = sqrt(v * (1 / bias_correction2) + eps) if eps_inside_sqrt
+            else sqrt(v) * (1 / sqrt(bias_correction2)) + eps
     param -= step_size * (exp_avg / denom)
     """
     check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
@@ -120,10 +121,13 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
     if max_exp_avg_sq is not None:
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         v = max_exp_avg_sq
+    # the bias correction multiplies by its reciprocal (folded in float64): one division per
+    # element instead of two, which is what keeps the kernels memory-bound (DeepSpeed does the
+    # same); it differs from torch's `sqrt(v) / sqrt(bc2)` by at most an ulp of the denominator
     if eps_inside_sqrt:
-        denom = np.sqrt(v / bias_correction2 + eps)
+        denom = np.sqrt(v * (1.0 / bias_correction2) + eps)
     else:
-        denom = np.sqrt(v) / math.sqrt(bias_correction2) + eps
+        denom = np.sqrt(v) * (1.0 / math.sqrt(bias_correction2)) + eps
     param[...] = param - step_size * (exp_avg / denom)
 
 

@@ -32,7 +32,7 @@ def parse_args(argv):
     ap.add_argument("--backends", help="backends to time (default: all available)")
     ap.add_argument("--threads", type=int, help="threads for the compiled backends and torch")
     ap.add_argument("--quick", action="store_true", help="a few kernels and sizes (seconds)")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per row")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per row")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-groups", action="store_true",
                     help="skip the many-small-parameters rows (arena, multi-tensor list)")

@@ -173,7 +173,7 @@ def _deepspeed_peer(case, n, dtype):
     return {"deepspeed": opt.step}
 
 
-def time_row(fns, rounds=7, target=2e-3):
+def time_row(fns, rounds=5, target=1e-3):
     """Interleaved timing: each round times every contender once (a batch of calls lasting
     about ``target`` seconds; rows where one call takes longer than that get at most 3 rounds).
     A contender with a ``backend`` attribute runs its batches on that backend. Returns

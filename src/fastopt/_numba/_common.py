@@ -95,7 +95,8 @@ def launch(serial, parallel, views, consts, *flags):
     if nthreads > 1:
         if not _pool_started[0]:
             _start_pool()
-        numba.set_num_threads(nthreads)
+        if numba.get_num_threads() != nthreads:
+            numba.set_num_threads(nthreads)
         parallel(nthreads, -(-n // nthreads), *views, consts, *flags)
     else:
         serial(*views, consts, *flags)

@@ -6,6 +6,23 @@ changes nothing) and then calling the single-array kernel on each.
 """
 from ._validate import check_step_arrays
 
+# kernel -> (names of its array lists, how many of them may not be None); the Cython kernels
+# use the same names in their messages
+LISTS = {
+    "ewa": (("avgs", "xs"), 2),
+    "sgd": (("params", "grads", "momentum_buffers"), 2),
+    "momentum": (("params", "grads", "velocities"), 3),
+    "rmsprop": (("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"), 3),
+    "adagrad": (("params", "grads", "state_sums"), 3),
+    "adam": (("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), 4),
+}
+
+
+def multi_forms(namespace):
+    """``{"<kernel>_multi": ...}`` for every kernel of :data:`LISTS` in ``namespace``."""
+    return {f"{name}_multi": foreach(namespace[name], names, nrequired)
+            for name, (names, nrequired) in LISTS.items() if name in namespace}
+
 
 def foreach(single, names, nrequired):
     """``single(*arrays, *scalars)`` -> ``multi(*lists, *scalars)``; ``names`` are the list

@@ -13,6 +13,8 @@ combination gets its own vectorized loop.
 """
 from libc.math cimport sqrt, sqrtf
 
+from .._multi import LISTS
+
 include "_common.pxi"
 include "_elementwise.pxi"
 
@@ -56,7 +58,7 @@ cdef void ewa_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
 
 cdef Kernel EWA = Kernel(2, 2, ewa_span[float], ewa_span[double])
 EWA_NAMES = ("avg", "x")
-EWA_LISTS = ("avgs", "xs")
+EWA_LISTS = LISTS["ewa"][0]
 
 
 def ewa(avg, x, double beta):
@@ -96,7 +98,7 @@ cdef void sgd_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
 
 cdef Kernel SGD = Kernel(3, 2, sgd_span[float], sgd_span[double])
 SGD_NAMES = ("param", "grad", "momentum_buffer")
-SGD_LISTS = ("params", "grads", "momentum_buffers")
+SGD_LISTS = LISTS["sgd"][0]
 
 
 cdef int sgd_consts(double* k, double lr, double weight_decay, double momentum,
@@ -143,7 +145,7 @@ cdef void momentum_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double
 
 cdef Kernel MOMENTUM = Kernel(3, 3, momentum_span[float], momentum_span[double])
 MOMENTUM_NAMES = ("param", "grad", "velocity")
-MOMENTUM_LISTS = ("params", "grads", "velocities")
+MOMENTUM_LISTS = LISTS["momentum"][0]
 
 
 def momentum(param, grad, velocity, double lr, double beta):
@@ -194,7 +196,7 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double*
 
 cdef Kernel RMSPROP = Kernel(5, 3, rmsprop_span[float], rmsprop_span[double])
 RMSPROP_NAMES = ("param", "grad", "square_avg", "grad_avg", "momentum_buffer")
-RMSPROP_LISTS = ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers")
+RMSPROP_LISTS = LISTS["rmsprop"][0]
 
 
 cdef int rmsprop_consts(double* k, double lr, double alpha, double eps, double weight_decay,
@@ -246,7 +248,7 @@ cdef void adagrad_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double*
 
 cdef Kernel ADAGRAD = Kernel(3, 3, adagrad_span[float], adagrad_span[double])
 ADAGRAD_NAMES = ("param", "grad", "state_sum")
-ADAGRAD_LISTS = ("params", "grads", "state_sums")
+ADAGRAD_LISTS = LISTS["adagrad"][0]
 
 
 cdef int adagrad_consts(double* k, double clr, double eps, double weight_decay,
@@ -312,7 +314,7 @@ cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
 
 cdef Kernel ADAM = Kernel(5, 4, adam_span[float], adam_span[double])
 ADAM_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-ADAM_LISTS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs")
+ADAM_LISTS = LISTS["adam"][0]
 
 
 cdef int adam_consts(double* k, double lr, double beta1, double beta2, double eps,

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .._multi import foreach
+from .._multi import multi_forms
 from .._validate import check_step_arrays
 
 
@@ -132,10 +132,4 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
 
 
 # multi-tensor forms (same scalars, lists of arrays): validate all, then one call per tensor
-ewa_multi = foreach(ewa, ("avgs", "xs"), 2)
-sgd_multi = foreach(sgd, ("params", "grads", "momentum_buffers"), 2)
-momentum_multi = foreach(momentum, ("params", "grads", "velocities"), 3)
-rmsprop_multi = foreach(rmsprop, ("params", "grads", "square_avgs", "grad_avgs",
-                                  "momentum_buffers"), 3)
-adagrad_multi = foreach(adagrad, ("params", "grads", "state_sums"), 3)
-adam_multi = foreach(adam, ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), 4)
+globals().update(multi_forms(globals()))

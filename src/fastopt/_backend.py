@@ -6,6 +6,7 @@ uses the default never pays for importing numba.
 """
 import contextlib
 import importlib
+import numbers
 import os
 
 NAMES = ("cython", "numba", "numpy")
@@ -75,9 +76,9 @@ def use_backend(name):
 def set_num_threads(n):
     """Threads used by the compiled backends (results are bit-identical for any count)."""
     global _num_threads
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
         raise ValueError(f"number of threads must be a positive int, got {n!r}")
-    _num_threads = n
+    _num_threads = int(n)
     for module in _loaded.values():
         module.set_num_threads(n)
 

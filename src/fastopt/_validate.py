@@ -1,6 +1,6 @@
 """Argument checks shared by the Python-level backends (numba, numpy reference).
 
-The Cython kernels do the same checks in C (``_kernels/_checks.pxi``) with the same messages,
+The Cython kernels do the same checks in C (``_kernels/_common.pxi``) with the same messages,
 because at 1e3 elements these checks would otherwise cost more than the arithmetic.
 """
 import numpy as np

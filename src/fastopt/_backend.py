@@ -16,7 +16,21 @@ _loaded = {}     # name -> module
 _failed = {}     # name -> reason it cannot be used
 active = None    # the module of the backend in use; fastopt.ops dispatches through it
 _active_name = None
-_num_threads = os.cpu_count() or 1
+
+
+def _default_threads():
+    """OMP_NUM_THREADS if set, else the CPUs this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        return os.cpu_count() or 1
+
+
+_num_threads = _default_threads()
 
 
 def _load(name):

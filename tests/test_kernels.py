@@ -43,6 +43,15 @@ CASES = {
         p, g, s["m"], s["v"], t, lr=0.01, eps=1e-6, eps_inside_sqrt=True)),
     "adamw": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.adamw_step_(
         p, g, s["m"], s["v"], t, lr=0.01, weight_decay=0.1)),
+    "adadelta": ({"sq": 0.0, "acc": 0.0}, lambda p, g, s, t: ops.adadelta_step_(
+        p, g, s["sq"], s["acc"], lr=0.5, rho=0.8, weight_decay=0.1, maximize=True)),
+    "adamax": ({"m": 0.0, "u": 0.0}, lambda p, g, s, t: ops.adamax_step_(
+        p, g, s["m"], s["u"], t, lr=0.01, weight_decay=0.1)),
+    "nadam_decoupled": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.nadam_step_(
+        p, g, s["m"], s["v"], t, 0.9 ** (t - 1), lr=0.01, weight_decay=0.1,
+        decoupled_weight_decay=True)),
+    "radam": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.radam_step_(
+        p, g, s["m"], s["v"], t, lr=0.01, weight_decay=0.1, maximize=True)),
 }
 SHAPES = [(), (0,), (1,), (7,), (1031,), (70001,), (33, 31)]
 LAYOUTS = ["contiguous", "strided", "transposed", "mixed"]
@@ -185,13 +194,15 @@ def _builds(family):
                     reason="needs both the portable and the AVX-512 build of the kernels")
 @pytest.mark.parametrize("case", ["sgd_momentum_dampening", "rmsprop_centered_momentum_wd",
                                   "adagrad", "adam_amsgrad_wd_maximize", "adam_eps_inside",
-                                  "momentum", "ewa"])
+                                  "momentum", "ewa", "adadelta", "adamax", "nadam_decoupled",
+                                  "radam"])
 def test_avx512_build_is_bit_identical_to_the_portable_build(case, dtype, monkeypatch):
     import fastopt._kernels as cy
     p0, grads = inputs((100003,), dtype, steps=3)
     results = []
     for module in _builds("optim"):
-        for name in ("adagrad", "adam", "ewa", "momentum", "rmsprop", "sgd"):
+        for name in ("adagrad", "adam", "ewa", "momentum", "rmsprop", "sgd", "adadelta",
+                     "adamax", "nadam", "radam"):
             monkeypatch.setattr(cy, name, getattr(module, name))
         p, state = run(case, "cython", p0, grads, "contiguous")
         results.append((p.tobytes(), {k: s.tobytes() for k, s in state.items()}))

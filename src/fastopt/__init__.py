@@ -9,6 +9,7 @@ from ._backend import (backends, get_backend, get_num_threads, set_backend,  # n
 from .arena import ParameterArena  # noqa: F401
 from .data import minibatches  # noqa: F401
 from .ewa import EWA, ewa_series  # noqa: F401
-from .optim import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop  # noqa: F401
+from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam,  # noqa: F401
+                    Optimizer, RAdam, RMSprop)
 
 __version__ = "0.1.0"

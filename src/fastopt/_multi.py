@@ -15,6 +15,10 @@ LISTS = {
     "rmsprop": (("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"), 3),
     "adagrad": (("params", "grads", "state_sums"), 3),
     "adam": (("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), 4),
+    "adadelta": (("params", "grads", "square_avgs", "acc_deltas"), 4),
+    "adamax": (("params", "grads", "exp_avgs", "exp_infs"), 4),
+    "nadam": (("params", "grads", "exp_avgs", "exp_avg_sqs"), 4),
+    "radam": (("params", "grads", "exp_avgs", "exp_avg_sqs"), 4),
 }
 
 

@@ -11,6 +11,8 @@ single-array function on each array. They return None.
 
 These are what the optimizer classes call, so each formula exists once per backend.
 """
+import numpy as np
+
 from . import _backend
 
 
@@ -139,7 +141,137 @@ def adamw_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 
                decoupled_weight_decay=True)
 
 
+def adadelta_step_(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
+                   weight_decay=0.0, maximize=False):
+    """One step of torch.optim.Adadelta.
+
+    ``square_avg = rho * square_avg + (1 - rho) * g**2``;
+    ``delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``;
+    ``acc_delta = rho * acc_delta + (1 - rho) * delta**2``; ``param -= lr * delta``.
+    """
+    _backend.active.adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay,
+                             maximize)
+
+
+def foreach_adadelta_step_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9,
+                           eps=1e-6, weight_decay=0.0, maximize=False):
+    """:func:`adadelta_step_` on every array of ``params``."""
+    _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr, rho, eps,
+                                   weight_decay, maximize)
+
+
+def _adamax_scalars(step, lr, betas, eps, weight_decay, maximize):
+    beta1, beta2 = betas
+    return beta1, beta2, eps, weight_decay, lr / (1.0 - beta1 ** step), maximize
+
+
+def adamax_step_(param, grad, exp_avg, exp_inf, step, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0, maximize=False):
+    """One step of torch.optim.Adamax; ``step`` counts from 1.
+
+    ``m += (1 - beta1) * (g - m)``; ``u = max(beta2 * u, |g| + eps)``;
+    ``param -= lr / (1 - beta1**t) * m / u``.
+    """
+    _backend.active.adamax(param, grad, exp_avg, exp_inf,
+                           *_adamax_scalars(step, lr, betas, eps, weight_decay, maximize))
+
+
+def foreach_adamax_step_(params, grads, exp_avgs, exp_infs, step, *, lr=2e-3,
+                         betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False):
+    """:func:`adamax_step_` on every array of ``params`` (one shared ``step``)."""
+    _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs,
+                                 *_adamax_scalars(step, lr, betas, eps, weight_decay, maximize))
+
+
+def nadam_momentum(step, beta1, momentum_decay):
+    """NAdam's momentum schedule ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+
+
+def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
+                   decoupled_weight_decay, maximize):
+    beta1, beta2 = betas
+    mu = nadam_momentum(step, beta1, momentum_decay)
+    mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
+    # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and
+    # multiplies in float32; doing the same keeps float64 trajectories equal to torch's
+    mu_product = float(np.float32(mu_product) * np.float32(mu))
+    grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
+    avg_coef = -lr * mu_next / (1.0 - mu_product * mu_next)
+    return mu_product, (lr, beta1, beta2, eps, weight_decay, 1.0 - beta2 ** step, grad_coef,
+                        avg_coef, decoupled_weight_decay, maximize)
+
+
+def nadam_step_(param, grad, exp_avg, exp_avg_sq, step, mu_product, *, lr=2e-3,
+                betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                decoupled_weight_decay=False, maximize=False):
+    """One step of torch.optim.NAdam; ``step`` counts from 1 and ``mu_product`` is the product
+    of the momentum schedule up to the previous step (1.0 before the first). Returns the new
+    product, which the caller keeps (torch's ``mu_product`` state).
+
+    ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``, ``P = mu_product * mu_t``;
+    ``m += (1 - beta1) * (g - m)``; ``v = beta2 * v + (1 - beta2) * g**2``;
+    ``d = sqrt(v / (1 - beta2**t)) + eps``;
+    ``param -= lr * (1 - mu_t) / (1 - P) * g / d + lr * mu_{t+1} / (1 - P * mu_{t+1}) * m / d``.
+    """
+    mu_product, scalars = _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay,
+                                         momentum_decay, decoupled_weight_decay, maximize)
+    _backend.active.nadam(param, grad, exp_avg, exp_avg_sq, *scalars)
+    return mu_product
+
+
+def foreach_nadam_step_(params, grads, exp_avgs, exp_avg_sqs, step, mu_product, *, lr=2e-3,
+                        betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                        decoupled_weight_decay=False, maximize=False):
+    """:func:`nadam_step_` on every array of ``params`` (one shared ``step`` and product)."""
+    mu_product, scalars = _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay,
+                                         momentum_decay, decoupled_weight_decay, maximize)
+    _backend.active.nadam_multi(params, grads, exp_avgs, exp_avg_sqs, *scalars)
+    return mu_product
+
+
+def _radam_scalars(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+    beta1, beta2 = betas
+    bias_correction1 = 1.0 - beta1 ** step
+    bias_correction2 = 1.0 - beta2 ** step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / bias_correction2
+    rectified = rho_t > 5.0
+    step_size = lr / bias_correction1
+    if rectified:
+        rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
+        step_size = step_size * bias_correction2 ** 0.5 * rect
+    return (lr, beta1, beta2, eps, weight_decay, step_size, rectified, decoupled_weight_decay,
+            maximize)
+
+
+def radam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
+                eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+    """One step of torch.optim.RAdam; ``step`` counts from 1.
+
+    ``rho_inf = 2 / (1 - beta2) - 1``, ``rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)``;
+    while ``rho_t <= 5`` the step is SGD with momentum, ``param -= lr / (1 - beta1**t) * m``;
+    after it ``param -= lr / (1 - beta1**t) * rect_t * sqrt(1 - beta2**t) * m / (sqrt(v) + eps)``
+    with ``rect_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``.
+    """
+    _backend.active.radam(param, grad, exp_avg, exp_avg_sq,
+                          *_radam_scalars(step, lr, betas, eps, weight_decay,
+                                          decoupled_weight_decay, maximize))
+
+
+def foreach_radam_step_(params, grads, exp_avgs, exp_avg_sqs, step, *, lr=1e-3,
+                        betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                        decoupled_weight_decay=False, maximize=False):
+    """:func:`radam_step_` on every array of ``params`` (one shared ``step``)."""
+    _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs,
+                                *_radam_scalars(step, lr, betas, eps, weight_decay,
+                                                decoupled_weight_decay, maximize))
+
+
 __all__ = ["ewa_", "sgd_step_", "momentum_step_", "rmsprop_step_", "adagrad_step_",
            "adam_step_", "adamw_step_", "foreach_ewa_", "foreach_sgd_step_",
            "foreach_momentum_step_", "foreach_rmsprop_step_", "foreach_adagrad_step_",
-           "foreach_adam_step_"]
+           "foreach_adam_step_", "adadelta_step_", "adamax_step_", "nadam_step_",
+           "radam_step_", "foreach_adadelta_step_", "foreach_adamax_step_",
+           "foreach_nadam_step_", "foreach_radam_step_"]

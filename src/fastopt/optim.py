@@ -277,13 +277,13 @@ class Optimizer:
         lo, hi = arena_stretch(arena, first, stop)
         self._advance(group, [arena._param_buf[lo:hi]], [arena._grad_buf[lo:hi]], [flat])
         states = [self.state[i] for i in range(start, start + len(views))]
-        for key, buf in flat.items():      # state the step created (e.g. a momentum buffer)
-            if key != "step" and key not in states[0]:
+        for key, value in flat.items():
+            if not isinstance(value, np.ndarray):          # the step, NAdam's mu_product
+                for s in states:
+                    s[key] = value
+            elif key not in states[0]:     # state the step created (e.g. a momentum buffer)
                 for s, (p, _, off) in zip(states, views):
-                    s[key] = buf[off - lo:off - lo + p.size].reshape(p.shape)
-        if "step" in flat:
-            for s in states:
-                s["step"] = flat["step"]
+                    s[key] = value[off - lo:off - lo + p.size].reshape(p.shape)
         return True
 
     def _flatten_state(self, group, start, run):
@@ -298,11 +298,13 @@ class Optimizer:
                 self.state[i] = self._init_state(p, group)
         states = [self.state[i] for i in index]
         keys = set(states[0])
-        if any(set(s) != keys for s in states) or len({s.get("step") for s in states}) > 1:
+        if any(set(s) != keys for s in states):
             return None
         flat = {}
         for key in keys:
-            if key == "step":
+            if not isinstance(states[0][key], np.ndarray):    # the step, NAdam's mu_product
+                if len({s[key] for s in states}) > 1:
+                    return None
                 flat[key] = states[0][key]
                 continue
             buf = np.empty(hi - lo, arena.dtype)
@@ -340,6 +342,7 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     _RENAMED = {}   # torch's hyper-parameter name -> ours, where they differ
+    _scalar_state = ()   # state entries that are numbers, not arrays (besides "step")
 
     def load_state_dict(self, state_dict):
         """Load a state dict from ``state_dict()`` or from torch (tensors turned into arrays).
@@ -368,6 +371,8 @@ class Optimizer:
             for key, value in saved.items():
                 if key == "step":
                     entry[key] = int(round(float(np.asarray(value))))
+                elif key in self._scalar_state:
+                    entry[key] = float(np.asarray(value))
                 elif value is None:
                     continue
                 else:
@@ -548,11 +553,7 @@ class Adam(Optimizer):
         _check_range("lr", group["lr"])
         _check_range("eps", group["eps"])
         _check_range("weight_decay", group["weight_decay"])
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"Invalid betas: {betas!r} (must be a pair)")
-        _check_range("beta1 (betas[0])", betas[0], 0.0, 1.0)
-        _check_range("beta2 (betas[1])", betas[1], 0.0, 1.0)
+        _check_betas(group["betas"])
 
     def _init_state(self, param, group):
         state = {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
@@ -587,4 +588,136 @@ class AdamW(Adam):
                                               maximize=maximize))
 
 
-__all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW"]
+
+
+def _check_betas(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r} (must be a pair)")
+    _check_range("beta1 (betas[0])", betas[0], 0.0, 1.0)
+    _check_range("beta2 (betas[1])", betas[1], 0.0, 1.0)
+
+
+class Adadelta(Optimizer):
+    """torch.optim.Adadelta: ``delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``,
+    ``param -= lr * delta``, both averages with factor ``rho``."""
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("rho", group["rho"], 0.0, 1.0, hi_open=False)
+        _check_range("eps", group["eps"])
+        _check_range("weight_decay", group["weight_decay"])
+
+    def _init_state(self, param, group):
+        return {"step": 0, "square_avg": np.zeros(param.shape, param.dtype),
+                "acc_delta": np.zeros(param.shape, param.dtype)}
+
+    def _update(self, group, params, grads, states, step):
+        ops.foreach_adadelta_step_(params, grads, _column(states, "square_avg"),
+                                   _column(states, "acc_delta"), lr=group["lr"],
+                                   rho=group["rho"], eps=group["eps"],
+                                   weight_decay=group["weight_decay"],
+                                   maximize=group["maximize"])
+
+
+class Adamax(Optimizer):
+    """torch.optim.Adamax: ``exp_inf = max(beta2 * exp_inf, |g| + eps)``,
+    ``param -= lr / (1 - beta1**t) * exp_avg / exp_inf``."""
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 maximize=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, maximize=maximize))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("eps", group["eps"])
+        _check_range("weight_decay", group["weight_decay"])
+        _check_betas(group["betas"])
+
+    def _init_state(self, param, group):
+        return {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
+                "exp_inf": np.zeros(param.shape, param.dtype)}
+
+    def _update(self, group, params, grads, states, step):
+        ops.foreach_adamax_step_(params, grads, _column(states, "exp_avg"),
+                                 _column(states, "exp_inf"), step, lr=group["lr"],
+                                 betas=group["betas"], eps=group["eps"],
+                                 weight_decay=group["weight_decay"], maximize=group["maximize"])
+
+
+class NAdam(Optimizer):
+    """torch.optim.NAdam: Adam with Nesterov momentum on the schedule
+    ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``; the running product of the
+    ``mu_t`` is kept in the state as ``mu_product``."""
+
+    _scalar_state = ("mu_product",)
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("eps", group["eps"])
+        _check_range("weight_decay", group["weight_decay"])
+        _check_range("momentum_decay", group["momentum_decay"])
+        _check_betas(group["betas"])
+
+    def _init_state(self, param, group):
+        return {"step": 0, "mu_product": 1.0, "exp_avg": np.zeros(param.shape, param.dtype),
+                "exp_avg_sq": np.zeros(param.shape, param.dtype)}
+
+    def _update(self, group, params, grads, states, step):
+        # parameters stepped together share their step count, so their mu products agree
+        mu_product = ops.foreach_nadam_step_(
+            params, grads, _column(states, "exp_avg"), _column(states, "exp_avg_sq"), step,
+            states[0]["mu_product"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
+            weight_decay=group["weight_decay"], momentum_decay=group["momentum_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"])
+        for s in states:
+            s["mu_product"] = mu_product
+
+
+class RAdam(Optimizer):
+    """torch.optim.RAdam: SGD with momentum while the variance estimate is unreliable
+    (``rho_t <= 5``), the rectified Adam step after."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 decoupled_weight_decay=False, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize))
+
+    @staticmethod
+    def _check(group):
+        _check_range("lr", group["lr"])
+        _check_range("eps", group["eps"])
+        _check_range("weight_decay", group["weight_decay"])
+        _check_betas(group["betas"])
+
+    def _init_state(self, param, group):
+        return {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
+                "exp_avg_sq": np.zeros(param.shape, param.dtype)}
+
+    def _update(self, group, params, grads, states, step):
+        ops.foreach_radam_step_(params, grads, _column(states, "exp_avg"),
+                                _column(states, "exp_avg_sq"), step, lr=group["lr"],
+                                betas=group["betas"], eps=group["eps"],
+                                weight_decay=group["weight_decay"],
+                                decoupled_weight_decay=group["decoupled_weight_decay"],
+                                maximize=group["maximize"])
+
+
+__all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta",
+           "Adamax", "NAdam", "RAdam"]

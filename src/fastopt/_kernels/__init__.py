@@ -29,6 +29,9 @@ momentum, rmsprop, sgd = _optim.momentum, _optim.rmsprop, _optim.sgd
 adagrad_multi, adam_multi, ewa_multi = _optim.adagrad_multi, _optim.adam_multi, _optim.ewa_multi
 momentum_multi, rmsprop_multi = _optim.momentum_multi, _optim.rmsprop_multi
 sgd_multi = _optim.sgd_multi
+adadelta, adamax, nadam, radam = _optim.adadelta, _optim.adamax, _optim.nadam, _optim.radam
+adadelta_multi, adamax_multi = _optim.adadelta_multi, _optim.adamax_multi
+nadam_multi, radam_multi = _optim.nadam_multi, _optim.radam_multi
 
 _FAMILIES = (_optim, _stream)
 BUILD_FLAGS = _optim.BUILD_FLAGS

@@ -11,7 +11,7 @@ function folding its arguments into ``k``/flags, shared by the single and multi 
 The options are loop-invariant branches: setup.py lets GCC unswitch them all, so every
 combination gets its own vectorized loop.
 """
-from libc.math cimport sqrt, sqrtf
+from libc.math cimport fabs, fabsf, sqrt, sqrtf
 
 from .._multi import LISTS
 
@@ -39,6 +39,7 @@ cdef enum:
     NESTEROV = 8
     FIRST_STEP = 16
     EPS_INSIDE_SQRT = 32
+    RECTIFIED = 64        # RAdam: rho_t > 5
 
 
 cdef inline int option(bint on, int flag) noexcept:
@@ -349,3 +350,240 @@ def adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, double lr,
     _fallback(adam, lists, step_many(&ADAM, ADAM_LISTS, lists, k, flags), lr, beta1, beta2,
               eps, weight_decay, step_size, bias_correction2, decoupled, maximize,
               eps_inside_sqrt)
+
+
+# ------------------------------------------------------------------------------ adadelta
+cdef void adadelta_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                        int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* sq = a[2]
+    cdef floating* acc = a[3]
+    cdef floating lr = <floating>k[0], rho = <floating>k[1], c = <floating>(1.0 - k[1])
+    cdef floating eps = <floating>k[2], wd = <floating>k[3], gi, delta
+    cdef bint maximize = flags & MAXIMIZE, has_wd = flags & WEIGHT_DECAY
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        gi = -g[i] if maximize else g[i]
+        if has_wd:
+            gi = gi + wd * p[i]
+        sq[i] = rho * sq[i] + c * (gi * gi)
+        delta = root(acc[i] + eps) / root(sq[i] + eps) * gi
+        acc[i] = rho * acc[i] + c * (delta * delta)
+        p[i] = p[i] - lr * delta
+
+
+cdef Kernel ADADELTA = Kernel(4, 4, adadelta_span[float], adadelta_span[double])
+ADADELTA_NAMES = ("param", "grad", "square_avg", "acc_delta")
+ADADELTA_LISTS = LISTS["adadelta"][0]
+
+
+cdef int adadelta_consts(double* k, double lr, double rho, double eps, double weight_decay,
+                         bint maximize) noexcept:
+    k[0], k[1], k[2], k[3] = lr, rho, eps, weight_decay
+    return option(maximize, MAXIMIZE) | option(weight_decay != 0, WEIGHT_DECAY)
+
+
+def adadelta(param, grad, square_avg, acc_delta, double lr, double rho, double eps,
+             double weight_decay, bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adadelta_consts(k, lr, rho, eps, weight_decay, maximize)
+    arrays = (param, grad, square_avg, acc_delta)
+    if step1(&ADADELTA, ADADELTA_NAMES, arrays, k, flags):
+        via_contiguous(adadelta, arrays, lr, rho, eps, weight_decay, maximize)
+
+
+def adadelta_multi(params, grads, square_avgs, acc_deltas, double lr, double rho, double eps,
+                   double weight_decay, bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adadelta_consts(k, lr, rho, eps, weight_decay, maximize)
+    lists = (params, grads, square_avgs, acc_deltas)
+    _fallback(adadelta, lists, step_many(&ADADELTA, ADADELTA_LISTS, lists, k, flags), lr, rho,
+              eps, weight_decay, maximize)
+
+
+# -------------------------------------------------------------------------------- adamax
+cdef inline floating absolute(floating x) noexcept nogil:
+    if floating is float:
+        return fabsf(x)
+    else:
+        return fabs(x)
+
+
+cdef void adamax_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                      int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* m = a[2]
+    cdef floating* u = a[3]
+    cdef floating c1 = <floating>(1.0 - k[0]), b2 = <floating>k[1], eps = <floating>k[2]
+    cdef floating wd = <floating>k[3], clr = <floating>k[4], gi
+    cdef bint maximize = flags & MAXIMIZE, has_wd = flags & WEIGHT_DECAY
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        gi = -g[i] if maximize else g[i]
+        if has_wd:
+            gi = gi + wd * p[i]
+        m[i] = m[i] + c1 * (gi - m[i])
+        u[i] = max_nan(b2 * u[i], absolute(gi) + eps)
+        p[i] = p[i] - clr * (m[i] / u[i])
+
+
+cdef Kernel ADAMAX = Kernel(4, 4, adamax_span[float], adamax_span[double])
+ADAMAX_NAMES = ("param", "grad", "exp_avg", "exp_inf")
+ADAMAX_LISTS = LISTS["adamax"][0]
+
+
+cdef int adamax_consts(double* k, double beta1, double beta2, double eps, double weight_decay,
+                       double clr, bint maximize) noexcept:
+    k[0], k[1], k[2], k[3], k[4] = beta1, beta2, eps, weight_decay, clr
+    return option(maximize, MAXIMIZE) | option(weight_decay != 0, WEIGHT_DECAY)
+
+
+def adamax(param, grad, exp_avg, exp_inf, double beta1, double beta2, double eps,
+           double weight_decay, double clr, bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adamax_consts(k, beta1, beta2, eps, weight_decay, clr, maximize)
+    arrays = (param, grad, exp_avg, exp_inf)
+    if step1(&ADAMAX, ADAMAX_NAMES, arrays, k, flags):
+        via_contiguous(adamax, arrays, beta1, beta2, eps, weight_decay, clr, maximize)
+
+
+def adamax_multi(params, grads, exp_avgs, exp_infs, double beta1, double beta2, double eps,
+                 double weight_decay, double clr, bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = adamax_consts(k, beta1, beta2, eps, weight_decay, clr, maximize)
+    lists = (params, grads, exp_avgs, exp_infs)
+    _fallback(adamax, lists, step_many(&ADAMAX, ADAMAX_LISTS, lists, k, flags), beta1, beta2,
+              eps, weight_decay, clr, maximize)
+
+
+# --------------------------------------------------------------------------------- nadam
+cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                     int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* m = a[2]
+    cdef floating* v = a[3]
+    # k: lr, beta1, beta2, eps, weight_decay, bias_correction2, grad_coef, avg_coef
+    cdef floating c1 = <floating>(1.0 - k[1]), b2 = <floating>k[2]
+    cdef floating c2 = <floating>(1.0 - k[2]), eps = <floating>k[3], wd = <floating>k[4]
+    cdef floating inv_bc2 = <floating>(1.0 / k[5]), cg = <floating>k[6], cm = <floating>k[7]
+    cdef floating decay = <floating>(1.0 - k[0] * k[4]), one = 1, gi, r
+    cdef bint maximize = flags & MAXIMIZE, coupled = flags & WEIGHT_DECAY
+    cdef bint shrink = flags & DECOUPLED
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        gi = -g[i] if maximize else g[i]
+        if shrink:
+            p[i] = p[i] * decay
+        if coupled:
+            gi = gi + wd * p[i]
+        m[i] = m[i] + c1 * (gi - m[i])
+        v[i] = b2 * v[i] + c2 * (gi * gi)
+        r = one / (root(v[i] * inv_bc2) + eps)
+        p[i] = p[i] + cg * (gi * r)
+        p[i] = p[i] + cm * (m[i] * r)
+
+
+cdef Kernel NADAM = Kernel(4, 4, nadam_span[float], nadam_span[double])
+NADAM_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq")
+NADAM_LISTS = LISTS["nadam"][0]
+
+
+cdef int nadam_consts(double* k, double lr, double beta1, double beta2, double eps,
+                      double weight_decay, double bias_correction2, double grad_coef,
+                      double avg_coef, bint decoupled, bint maximize) noexcept:
+    k[0], k[1], k[2], k[3], k[4] = lr, beta1, beta2, eps, weight_decay
+    k[5], k[6], k[7] = bias_correction2, grad_coef, avg_coef
+    return (option(maximize, MAXIMIZE)
+            | option(weight_decay != 0 and not decoupled, WEIGHT_DECAY)
+            | option(weight_decay != 0 and decoupled, DECOUPLED))
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, double lr, double beta1, double beta2, double eps,
+          double weight_decay, double bias_correction2, double grad_coef, double avg_coef,
+          bint decoupled, bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = nadam_consts(k, lr, beta1, beta2, eps, weight_decay, bias_correction2,
+                                  grad_coef, avg_coef, decoupled, maximize)
+    arrays = (param, grad, exp_avg, exp_avg_sq)
+    if step1(&NADAM, NADAM_NAMES, arrays, k, flags):
+        via_contiguous(nadam, arrays, lr, beta1, beta2, eps, weight_decay, bias_correction2,
+                       grad_coef, avg_coef, decoupled, maximize)
+
+
+def nadam_multi(params, grads, exp_avgs, exp_avg_sqs, double lr, double beta1, double beta2,
+                double eps, double weight_decay, double bias_correction2, double grad_coef,
+                double avg_coef, bint decoupled, bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = nadam_consts(k, lr, beta1, beta2, eps, weight_decay, bias_correction2,
+                                  grad_coef, avg_coef, decoupled, maximize)
+    lists = (params, grads, exp_avgs, exp_avg_sqs)
+    _fallback(nadam, lists, step_many(&NADAM, NADAM_LISTS, lists, k, flags), lr, beta1, beta2,
+              eps, weight_decay, bias_correction2, grad_coef, avg_coef, decoupled, maximize)
+
+
+# --------------------------------------------------------------------------------- radam
+cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
+                     int flags) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* m = a[2]
+    cdef floating* v = a[3]
+    # k: lr, beta1, beta2, eps, weight_decay, step_size
+    cdef floating c1 = <floating>(1.0 - k[1]), b2 = <floating>k[2]
+    cdef floating c2 = <floating>(1.0 - k[2]), eps = <floating>k[3], wd = <floating>k[4]
+    cdef floating step = <floating>k[5], decay = <floating>(1.0 - k[0] * k[4]), gi
+    cdef bint maximize = flags & MAXIMIZE, coupled = flags & WEIGHT_DECAY
+    cdef bint shrink = flags & DECOUPLED, rectified = flags & RECTIFIED
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        gi = -g[i] if maximize else g[i]
+        if shrink:
+            p[i] = p[i] * decay
+        if coupled:
+            gi = gi + wd * p[i]
+        m[i] = m[i] + c1 * (gi - m[i])
+        v[i] = b2 * v[i] + c2 * (gi * gi)
+        if rectified:
+            p[i] = p[i] - step * (m[i] / (root(v[i]) + eps))
+        else:
+            p[i] = p[i] - step * m[i]
+
+
+cdef Kernel RADAM = Kernel(4, 4, radam_span[float], radam_span[double])
+RADAM_NAMES = ("param", "grad", "exp_avg", "exp_avg_sq")
+RADAM_LISTS = LISTS["radam"][0]
+
+
+cdef int radam_consts(double* k, double lr, double beta1, double beta2, double eps,
+                      double weight_decay, double step_size, bint rectified, bint decoupled,
+                      bint maximize) noexcept:
+    k[0], k[1], k[2], k[3], k[4], k[5] = lr, beta1, beta2, eps, weight_decay, step_size
+    return (option(maximize, MAXIMIZE) | option(rectified, RECTIFIED)
+            | option(weight_decay != 0 and not decoupled, WEIGHT_DECAY)
+            | option(weight_decay != 0 and decoupled, DECOUPLED))
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, double lr, double beta1, double beta2, double eps,
+          double weight_decay, double step_size, bint rectified, bint decoupled,
+          bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = radam_consts(k, lr, beta1, beta2, eps, weight_decay, step_size, rectified,
+                                  decoupled, maximize)
+    arrays = (param, grad, exp_avg, exp_avg_sq)
+    if step1(&RADAM, RADAM_NAMES, arrays, k, flags):
+        via_contiguous(radam, arrays, lr, beta1, beta2, eps, weight_decay, step_size, rectified,
+                       decoupled, maximize)
+
+
+def radam_multi(params, grads, exp_avgs, exp_avg_sqs, double lr, double beta1, double beta2,
+                double eps, double weight_decay, double step_size, bint rectified,
+                bint decoupled, bint maximize):
+    cdef double k[MAX_CONSTS]
+    cdef int flags = radam_consts(k, lr, beta1, beta2, eps, weight_decay, step_size, rectified,
+                                  decoupled, maximize)
+    lists = (params, grads, exp_avgs, exp_avg_sqs)
+    _fallback(radam, lists, step_many(&RADAM, RADAM_LISTS, lists, k, flags), lr, beta1, beta2,
+              eps, weight_decay, step_size, rectified, decoupled, maximize)

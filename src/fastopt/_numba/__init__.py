@@ -3,5 +3,7 @@
 Kernels mirror the Cython ones (same signatures, same element formulas, same chunking).
 """
 from ._common import get_num_threads, set_num_threads  # noqa: F401
-from .optim import (adagrad, adagrad_multi, adam, adam_multi, ewa, ewa_multi,  # noqa: F401
-                    momentum, momentum_multi, rmsprop, rmsprop_multi, sgd, sgd_multi)
+from .optim import (adadelta, adadelta_multi, adagrad, adagrad_multi, adam,  # noqa: F401
+                    adam_multi, adamax, adamax_multi, ewa, ewa_multi, momentum, momentum_multi,
+                    nadam, nadam_multi, radam, radam_multi, rmsprop, rmsprop_multi, sgd,
+                    sgd_multi)

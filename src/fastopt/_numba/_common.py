@@ -48,14 +48,18 @@ def get_num_threads():
     return _num_threads[0]
 
 
-def step_views(arrays, names):
+def step_views(arrays, names, nrequired):
     """Validate the arrays of one element-wise step and return flat 1-D views of them.
 
-    ``arrays[1]`` is the read-only input (the grad), the others are updated; ``None`` (optional
-    state not in use) becomes an empty array, which the kernels read as "absent". Returns None
-    when the layouts differ (a strided slice, a transpose next to a C-ordered grad): the caller
-    then runs on contiguous copies. Bad input raises as ``_validate.check_step_arrays``.
+    ``arrays[1]`` is the read-only input (the grad), the others are updated; the first
+    ``nrequired`` may not be None, the rest are optional state: None (not in use) becomes an
+    empty array, which the kernels read as "absent". Returns None when the layouts differ (a
+    strided slice, a transpose next to a C-ordered grad): the caller then runs on contiguous
+    copies. Bad input raises as ``_validate.check_step_arrays``.
     """
+    for i in range(nrequired):
+        if arrays[i] is None:
+            raise TypeError(f"{names[i]} must be a numpy.ndarray, got NoneType")
     p = arrays[0]
     if type(p) is np.ndarray and p.dtype in FLOAT_DTYPES:
         shape, dtype = p.shape, p.dtype

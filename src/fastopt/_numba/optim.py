@@ -36,7 +36,7 @@ def _ewa_parallel(nchunks, chunk, avg, x, k):
 
 def ewa(avg, x, beta):
     arrays = (avg, x)
-    views = step_views(arrays, ("avg", "x"))
+    views = step_views(arrays, ("avg", "x"), 2)
     if views is None:
         return via_contiguous(ewa, arrays, beta)
     launch(_ewa_span, _ewa_parallel, views, np.array((beta, 1.0 - beta), avg.dtype))
@@ -67,7 +67,7 @@ def _sgd_parallel(nchunks, chunk, p, g, buf, k, *flags):
 def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nesterov,
         maximize, first_step):
     arrays = (param, grad, momentum_buffer)
-    views = step_views(arrays, ("param", "grad", "momentum_buffer"))
+    views = step_views(arrays, ("param", "grad", "momentum_buffer"), 2)
     if views is None:
         return via_contiguous(sgd, arrays, lr, weight_decay, momentum, dampening, nesterov,
                               maximize, first_step)
@@ -93,10 +93,8 @@ def _momentum_parallel(nchunks, chunk, p, g, vel, k):
 
 
 def momentum(param, grad, velocity, lr, beta):
-    if velocity is None:
-        raise TypeError("velocity must be a numpy.ndarray, got NoneType")
     arrays = (param, grad, velocity)
-    views = step_views(arrays, ("param", "grad", "velocity"))
+    views = step_views(arrays, ("param", "grad", "velocity"), 3)
     if views is None:
         return via_contiguous(momentum, arrays, lr, beta)
     launch(_momentum_span, _momentum_parallel, views,
@@ -135,10 +133,8 @@ def _rmsprop_parallel(nchunks, chunk, p, g, sq, gavg, buf, k, *flags):
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
             momentum, maximize, eps_inside_sqrt):
-    if square_avg is None:
-        raise TypeError("square_avg must be a numpy.ndarray, got NoneType")
     arrays = (param, grad, square_avg, grad_avg, momentum_buffer)
-    views = step_views(arrays, ("param", "grad", "square_avg", "grad_avg", "momentum_buffer"))
+    views = step_views(arrays, ("param", "grad", "square_avg", "grad_avg", "momentum_buffer"), 3)
     if views is None:
         return via_contiguous(rmsprop, arrays, lr, alpha, eps, weight_decay, momentum, maximize,
                               eps_inside_sqrt)
@@ -167,10 +163,8 @@ def _adagrad_parallel(nchunks, chunk, p, g, ssum, k, *flags):
 
 
 def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
-    if state_sum is None:
-        raise TypeError("state_sum must be a numpy.ndarray, got NoneType")
     arrays = (param, grad, state_sum)
-    views = step_views(arrays, ("param", "grad", "state_sum"))
+    views = step_views(arrays, ("param", "grad", "state_sum"), 3)
     if views is None:
         return via_contiguous(adagrad, arrays, clr, eps, weight_decay, maximize)
     launch(_adagrad_span, _adagrad_parallel, views,
@@ -232,10 +226,8 @@ def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, k, *flags):
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
          step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
-    if exp_avg is None or exp_avg_sq is None:
-        raise TypeError("exp_avg and exp_avg_sq must be numpy.ndarray, got NoneType")
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
+    views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 4)
     if views is None:
         return via_contiguous(adam, arrays, lr, beta1, beta2, eps, weight_decay, step_size,
                               bias_correction2, decoupled, maximize, eps_inside_sqrt)
@@ -245,6 +237,143 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
                   1.0 - lr * weight_decay if shrink else 1.0), param.dtype)
     launch(_adam_span, _adam_parallel, views, k, weight_decay != 0 and not decoupled,
            bool(maximize), bool(eps_inside_sqrt))
+
+
+# ------------------------------------------------------------------------------ adadelta
+@numba.njit(**JIT)
+def _adadelta_span(p, g, sq, acc, k, has_wd, maximize):
+    lr, rho, c, eps, wd = k[0], k[1], k[2], k[3], k[4]
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        if has_wd:
+            gi = gi + wd * p[i]
+        sq[i] = rho * sq[i] + c * (gi * gi)
+        delta = np.sqrt(acc[i] + eps) / np.sqrt(sq[i] + eps) * gi
+        acc[i] = rho * acc[i] + c * (delta * delta)
+        p[i] = p[i] - lr * delta
+
+
+@numba.njit(parallel=True, **JIT)
+def _adadelta_parallel(nchunks, chunk, p, g, sq, acc, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _adadelta_span(p[lo:hi], g[lo:hi], sq[lo:hi], acc[lo:hi], k, *flags)
+
+
+def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize):
+    arrays = (param, grad, square_avg, acc_delta)
+    views = step_views(arrays, ("param", "grad", "square_avg", "acc_delta"), 4)
+    if views is None:
+        return via_contiguous(adadelta, arrays, lr, rho, eps, weight_decay, maximize)
+    k = np.array((lr, rho, 1.0 - rho, eps, weight_decay), param.dtype)
+    launch(_adadelta_span, _adadelta_parallel, views, k, weight_decay != 0, bool(maximize))
+
+
+# -------------------------------------------------------------------------------- adamax
+@numba.njit(**JIT)
+def _adamax_span(p, g, m, u, k, has_wd, maximize):
+    c1, b2, eps, wd, clr = k[0], k[1], k[2], k[3], k[4]
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        if has_wd:
+            gi = gi + wd * p[i]
+        m[i] = m[i] + c1 * (gi - m[i])
+        u[i] = max_nan(b2 * u[i], np.abs(gi) + eps)
+        p[i] = p[i] - clr * (m[i] / u[i])
+
+
+@numba.njit(parallel=True, **JIT)
+def _adamax_parallel(nchunks, chunk, p, g, m, u, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _adamax_span(p[lo:hi], g[lo:hi], m[lo:hi], u[lo:hi], k, *flags)
+
+
+def adamax(param, grad, exp_avg, exp_inf, beta1, beta2, eps, weight_decay, clr, maximize):
+    arrays = (param, grad, exp_avg, exp_inf)
+    views = step_views(arrays, ("param", "grad", "exp_avg", "exp_inf"), 4)
+    if views is None:
+        return via_contiguous(adamax, arrays, beta1, beta2, eps, weight_decay, clr, maximize)
+    k = np.array((1.0 - beta1, beta2, eps, weight_decay, clr), param.dtype)
+    launch(_adamax_span, _adamax_parallel, views, k, weight_decay != 0, bool(maximize))
+
+
+# --------------------------------------------------------------------------------- nadam
+@numba.njit(**JIT)
+def _nadam_span(p, g, m, v, k, coupled, maximize):
+    c1, b2, c2, eps, wd, inv_bc2, cg, cm, decay = (k[0], k[1], k[2], k[3], k[4], k[5], k[6],
+                                                   k[7], k[8])
+    one = k[9]
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        pi = p[i] * decay           # decay is exactly 1 unless decoupled decay is on
+        if coupled:
+            gi = gi + wd * pi
+        m[i] = m[i] + c1 * (gi - m[i])
+        v[i] = b2 * v[i] + c2 * (gi * gi)
+        r = one / (np.sqrt(v[i] * inv_bc2) + eps)
+        pi = pi + cg * (gi * r)
+        p[i] = pi + cm * (m[i] * r)
+
+
+@numba.njit(parallel=True, **JIT)
+def _nadam_parallel(nchunks, chunk, p, g, m, v, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _nadam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], k, *flags)
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+          bias_correction2, grad_coef, avg_coef, decoupled, maximize):
+    arrays = (param, grad, exp_avg, exp_avg_sq)
+    views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
+    if views is None:
+        return via_contiguous(nadam, arrays, lr, beta1, beta2, eps, weight_decay,
+                              bias_correction2, grad_coef, avg_coef, decoupled, maximize)
+    shrink = weight_decay != 0 and decoupled
+    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, 1.0 / bias_correction2,
+                  grad_coef, avg_coef, 1.0 - lr * weight_decay if shrink else 1.0, 1.0),
+                 param.dtype)
+    launch(_nadam_span, _nadam_parallel, views, k, weight_decay != 0 and not decoupled,
+           bool(maximize))
+
+
+# --------------------------------------------------------------------------------- radam
+@numba.njit(**JIT)
+def _radam_span(p, g, m, v, k, coupled, rectified, maximize):
+    c1, b2, c2, eps, wd, step, decay = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        pi = p[i] * decay           # decay is exactly 1 unless decoupled decay is on
+        if coupled:
+            gi = gi + wd * pi
+        m[i] = m[i] + c1 * (gi - m[i])
+        v[i] = b2 * v[i] + c2 * (gi * gi)
+        if rectified:
+            p[i] = pi - step * (m[i] / (np.sqrt(v[i]) + eps))
+        else:
+            p[i] = pi - step * m[i]
+
+
+@numba.njit(parallel=True, **JIT)
+def _radam_parallel(nchunks, chunk, p, g, m, v, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _radam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], k, *flags)
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step_size,
+          rectified, decoupled, maximize):
+    arrays = (param, grad, exp_avg, exp_avg_sq)
+    views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
+    if views is None:
+        return via_contiguous(radam, arrays, lr, beta1, beta2, eps, weight_decay, step_size,
+                              rectified, decoupled, maximize)
+    shrink = weight_decay != 0 and decoupled
+    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, step_size,
+                  1.0 - lr * weight_decay if shrink else 1.0), param.dtype)
+    launch(_radam_span, _radam_parallel, views, k, weight_decay != 0 and not decoupled,
+           bool(rectified), bool(maximize))
 
 
 # multi-tensor forms (same scalars, lists of arrays): validate all, then one call per tensor

@@ -1,6 +1,8 @@
 """The NumPy reference backend: the definition of every kernel (slow, obvious, exact)."""
-from .optim import (adagrad, adagrad_multi, adam, adam_multi, ewa, ewa_multi,  # noqa: F401
-                    momentum, momentum_multi, rmsprop, rmsprop_multi, sgd, sgd_multi)
+from .optim import (adadelta, adadelta_multi, adagrad, adagrad_multi, adam,  # noqa: F401
+                    adam_multi, adamax, adamax_multi, ewa, ewa_multi, momentum, momentum_multi,
+                    nadam, nadam_multi, radam, radam_multi, rmsprop, rmsprop_multi, sgd,
+                    sgd_multi)
 
 
 def set_num_threads(n):

@@ -131,5 +131,100 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
     param[...] = param - step_size * (exp_avg / denom)
 
 
+
+def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize):
+    """torch.optim.Adadelta for one array.
+
+    g = -grad if maximize else grad;  g += weight_decay * param
+    square_avg = rho * square_avg + (1 - rho) * g * g
+    delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+    acc_delta = rho * acc_delta + (1 - rho) * delta * delta;  param -= lr * delta
+    """
+    check_step_arrays([("param", param), ("square_avg", square_avg), ("acc_delta", acc_delta)],
+                      [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    square_avg[...] = rho * square_avg + (1.0 - rho) * (g * g)
+    delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
+    acc_delta[...] = rho * acc_delta + (1.0 - rho) * (delta * delta)
+    param[...] = param - lr * delta
+
+
+def adamax(param, grad, exp_avg, exp_inf, beta1, beta2, eps, weight_decay, clr, maximize):
+    """torch.optim.Adamax for one array; ``clr = lr / (1 - beta1**t)``.
+
+    g = -grad if maximize else grad;  g += weight_decay * param
+    exp_avg += (1 - beta1) * (g - exp_avg)
+    exp_inf = max(beta2 * exp_inf, |g| + eps)   (NaN in either gives NaN, as torch.maximum)
+    param -= clr * (exp_avg / exp_inf)
+    """
+    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_inf", exp_inf)],
+                      [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    np.maximum(beta2 * exp_inf, np.abs(g) + eps, out=exp_inf)
+    param[...] = param - clr * (exp_avg / exp_inf)
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+          bias_correction2, grad_coef, avg_coef, decoupled, maximize):
+    """torch.optim.NAdam for one array. With ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * psi))``
+    and the running product ``P_t = mu_1 ... mu_t``, ``fastopt.ops.nadam_step_`` folds
+    ``grad_coef = -lr * (1 - mu_t) / (1 - P_t)``, ``avg_coef = -lr * mu_{t+1} / (1 - P_t
+    mu_{t+1})`` and ``bias_correction2 = 1 - beta2**t``.
+
+    g = -grad if maximize else grad
+    param *= 1 - lr * weight_decay  (decoupled)   or   g += weight_decay * param
+    exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) g g
+    r = 1 / (sqrt(exp_avg_sq * (1 / bias_correction2)) + eps)
+    param += grad_coef * (g * r);  param += avg_coef * (exp_avg * r)
+    """
+    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
+                      [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * param
+    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
+    # one division per element: the reciprocal of the denominator serves both terms
+    r = 1.0 / (np.sqrt(exp_avg_sq * (1.0 / bias_correction2)) + eps)
+    param[...] = param + grad_coef * (g * r)
+    param[...] = param + avg_coef * (exp_avg * r)
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step_size,
+          rectified, decoupled, maximize):
+    """torch.optim.RAdam for one array. ``fastopt.ops.radam_step_`` folds ``step_size``:
+    ``lr / (1 - beta1**t) * rect * sqrt(1 - beta2**t)`` when ``rho_t > 5`` (``rectified``),
+    else ``lr / (1 - beta1**t)``.
+
+    g = -grad if maximize else grad
+    param *= 1 - lr * weight_decay  (decoupled)   or   g += weight_decay * param
+    exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) g g
+    param -= step_size * (exp_avg / (sqrt(exp_avg_sq) + eps))   (rectified)
+    param -= step_size * exp_avg                                 (otherwise)
+    """
+    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
+                      [("grad", grad)])
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        if decoupled:
+            param[...] = param * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * param
+    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
+    if rectified:
+        param[...] = param - step_size * (exp_avg / (np.sqrt(exp_avg_sq) + eps))
+    else:
+        param[...] = param - step_size * exp_avg
+
+
 # multi-tensor forms (same scalars, lists of arrays): validate all, then one call per tensor
 globals().update(multi_forms(globals()))

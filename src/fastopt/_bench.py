@@ -58,6 +58,18 @@ CASES = {c.name: c for c in [
          lambda p, g, s, t: ops.adamw_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t, lr=1e-3),
          ("AdamW", dict(lr=1e-3))),
     Case("ewa", (), lambda p, g, s, t: ops.ewa_(p, g, 0.9)),
+    Case("adadelta", ("square_avg", "acc_delta"),
+         lambda p, g, s, t: ops.adadelta_step_(p, g, s["square_avg"], s["acc_delta"]),
+         ("Adadelta", {})),
+    Case("adamax", ("exp_avg", "exp_inf"),
+         lambda p, g, s, t: ops.adamax_step_(p, g, s["exp_avg"], s["exp_inf"], t),
+         ("Adamax", {})),
+    Case("nadam", ("exp_avg", "exp_avg_sq"),
+         lambda p, g, s, t: ops.nadam_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t, 0.5),
+         ("NAdam", {})),
+    Case("radam", ("exp_avg", "exp_avg_sq"),
+         lambda p, g, s, t: ops.radam_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t),
+         ("RAdam", {})),
 ]}
 
 

@@ -17,10 +17,10 @@ import warnings
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-FAMILIES = ["optim", "stream"]
+FAMILIES = ["optim", "layers", "stream"]
 # families also built for x86-64-v4 (AVX-512) from a stub <family>_avx512.pyx that includes
 # <family>.pyx; fastopt._kernels picks that build at import when the CPU has AVX-512
-WIDE_FAMILIES = ["optim"]
+WIDE_FAMILIES = ["optim", "layers"]
 WIDE_MARCH = "-march=x86-64-v4"
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math",
               # unswitch every loop-invariant option branch of a kernel (GCC stops at 3 levels
@@ -72,13 +72,15 @@ class BuildExt(build_ext):
             warnings.warn("fastopt: building without OpenMP; compiled kernels run on one thread")
         compile_args = flags + (["-fopenmp"] if openmp else [])
         wide_ok = not os.environ.get("FASTOPT_MARCH") and _compiles(cc, [WIDE_MARCH])
+        # glibc's vector math library: the SIMD exp/log the layer kernels declare
+        mvec = ["-lmvec"] if _compiles(cc, ["-lmvec"]) else []
         self.extensions = [e for e in self.extensions if wide_ok or not _is_wide(e)]
         for ext in self.extensions:
             args = compile_args
             if _is_wide(ext):
                 args = [f for f in compile_args if not f.startswith("-march")] + [WIDE_MARCH]
             ext.extra_compile_args = args
-            ext.extra_link_args = ["-fopenmp"] if openmp else []
+            ext.extra_link_args = (["-fopenmp"] if openmp else []) + mvec
             # the extension reports its own flags (python -m fastopt prints them)
             ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(args)))
         try:

@@ -9,6 +9,8 @@ from ._backend import (backends, get_backend, get_num_threads, set_backend,  # n
 from .arena import ParameterArena  # noqa: F401
 from .data import minibatches  # noqa: F401
 from .ewa import EWA, ewa_series  # noqa: F401
+from .layers import (BatchNorm, batchnorm_backward, batchnorm_forward,  # noqa: F401
+                     batchnorm_inference, log_softmax, softmax, softmax_cross_entropy)
 from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam,  # noqa: F401
                     Optimizer, RAdam, RMSprop)
 

@@ -33,7 +33,12 @@ adadelta, adamax, nadam, radam = _optim.adadelta, _optim.adamax, _optim.nadam, _
 adadelta_multi, adamax_multi = _optim.adadelta_multi, _optim.adamax_multi
 nadam_multi, radam_multi = _optim.nadam_multi, _optim.radam_multi
 
-_FAMILIES = (_optim, _stream)
+_layers = _load("layers")
+batchnorm_stats, batchnorm_apply = _layers.batchnorm_stats, _layers.batchnorm_apply
+batchnorm_backward, softmax = _layers.batchnorm_backward, _layers.softmax
+softmax_cross_entropy = _layers.softmax_cross_entropy
+
+_FAMILIES = (_optim, _layers, _stream)
 BUILD_FLAGS = _optim.BUILD_FLAGS
 
 

@@ -88,6 +88,16 @@ def _flat(arrays, empty):
     return views
 
 
+def use_threads(n):
+    """Set Numba's thread count for a parallel kernel over ``n`` elements (one thread below
+    PARALLEL_MIN), starting the pool through :func:`_start_pool` first."""
+    if not _pool_started[0]:
+        _start_pool()
+    nthreads = _num_threads[0] if n >= PARALLEL_MIN else 1
+    if numba.get_num_threads() != nthreads:
+        numba.set_num_threads(nthreads)
+
+
 def launch(serial, parallel, views, consts, *flags):
     """Run a kernel over flat ``views``, serially or as one contiguous chunk per thread.
 

@@ -3,6 +3,8 @@ from .optim import (adadelta, adadelta_multi, adagrad, adagrad_multi, adam,  # n
                     adam_multi, adamax, adamax_multi, ewa, ewa_multi, momentum, momentum_multi,
                     nadam, nadam_multi, radam, radam_multi, rmsprop, rmsprop_multi, sgd,
                     sgd_multi)
+from .layers import (batchnorm_apply, batchnorm_backward, batchnorm_stats,  # noqa: F401
+                     softmax, softmax_cross_entropy)
 
 
 def set_num_threads(n):

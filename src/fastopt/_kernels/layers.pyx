@@ -1,0 +1,338 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Cython layer kernels: batch normalization and the softmax family. Signatures and formulas:
+fastopt/reference/layers.py.
+
+Work is split over features (batch norm) or rows (softmax), never inside a reduction, and every
+sum is taken in one fixed order per feature or row (eight interleaved float64 partial sums,
+then a fixed pairwise combine), so results are bit-identical for any thread count. exp and log
+are glibc's vector variants (libmvec, ~1 ulp) where the loop vectorizes.
+"""
+from cython.parallel cimport prange
+from libc.math cimport log, sqrt
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+include "_common.pxi"
+
+cdef extern from *:
+    """
+    /* glibc ships SIMD variants of exp/log (libmvec); declaring them lets GCC call them from
+       vectorized loops without -ffast-math. Elsewhere the scalar libm functions serve. */
+    #include <math.h>
+    #if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+    #define FO_SIMD __attribute__((simd("notinbranch")))
+    #else
+    #define FO_SIMD
+    #endif
+    FO_SIMD double exp(double);
+    FO_SIMD float expf(float);
+    static inline double fo_exp(double x) { return exp(x); }
+    static inline float fo_expf(float x) { return expf(x); }
+    """
+    double fo_exp(double) nogil
+    float fo_expf(float) nogil
+
+
+cdef inline floating expo(floating x) noexcept nogil:
+    if floating is float:
+        return fo_expf(x)
+    else:
+        return fo_exp(x)
+
+
+cdef inline floating logarithm(double x, floating like) noexcept nogil:
+    """log(x) taken in float64 and rounded to the type of ``like`` (as the reference)."""
+    return <floating>log(x)
+
+
+cdef inline floating max_nan(floating a, floating b) noexcept nogil:
+    return a if (a >= b) | (a != a) else b
+
+
+cdef inline double sum8(double* acc) noexcept nogil:
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+cdef inline double row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum(x) in float64, eight interleaved partial sums (vectorizable, fixed order)."""
+    cdef double acc[8]
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    for j in range(8):
+        acc[j] = 0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            acc[j] += x[i + j]
+    for i in range(n8, n):
+        acc[i - n8] += x[i]
+    return sum8(acc)
+
+
+cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
+    cdef double acc[8]
+    cdef double d
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    for j in range(8):
+        acc[j] = 0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            d = x[i + j] - mean
+            acc[j] += d * d
+    for i in range(n8, n):
+        d = x[i] - mean
+        acc[i - n8] += d * d
+    return sum8(acc)
+
+
+# ------------------------------------------------------------------------------ batch norm
+cdef enum:
+    FEATURE_BLOCK = 64   # features per task when each feature is a column (axis 0)
+
+
+def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
+                    double[::1] inv_std):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, c1, nb
+    cdef double d
+    cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
+    if axis == 1:                      # each feature a contiguous row of length C
+        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
+            mean[f] = row_sum(&x[f, 0], C) / C
+            inv_std[f] = 1.0 / sqrt(row_centred_sq(&x[f, 0], C, mean[f]) / C + eps)
+        return
+    nb = (C + FEATURE_BLOCK - 1) // FEATURE_BLOCK
+    for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
+        c0 = blk * FEATURE_BLOCK
+        c1 = min(c0 + FEATURE_BLOCK, C)
+        for c in range(c0, c1):
+            mean[c] = 0
+            inv_std[c] = 0
+        for n in range(N):             # rows in order: each feature summed sequentially
+            for c in range(c0, c1):
+                mean[c] += x[n, c]
+        for c in range(c0, c1):
+            mean[c] = mean[c] / N
+        for n in range(N):
+            for c in range(c0, c1):
+                d = x[n, c] - mean[c]
+                inv_std[c] += d * d
+        for c in range(c0, c1):
+            inv_std[c] = 1.0 / sqrt(inv_std[c] / N + eps)
+
+
+def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[::1] beta,
+                    double[::1] mean, double[::1] inv_std, floating[:, ::1] y):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f
+    cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
+    cdef floating m, scale, b
+    cdef Py_ssize_t F = N if axis == 1 else C
+    cdef floating* ms = <floating*>malloc(F * sizeof(floating))
+    cdef floating* ss = <floating*>malloc(F * sizeof(floating))
+    if ms == NULL or ss == NULL:
+        free(ms)
+        free(ss)
+        raise MemoryError()
+    for f in range(F):                 # per-feature shift and scale, in the data's dtype
+        ms[f] = <floating>mean[f]
+        ss[f] = gamma[f] * <floating>inv_std[f]
+    try:
+        if axis == 1:
+            for f in prange(N, schedule="static", num_threads=nt, nogil=True):
+                for c in range(C):
+                    y[f, c] = (x[f, c] - ms[f]) * ss[f] + beta[f]
+        else:
+            for n in prange(N, schedule="static", num_threads=nt, nogil=True):
+                for c in range(C):
+                    y[n, c] = (x[n, c] - ms[c]) * ss[c] + beta[c]
+    finally:
+        free(ms)
+        free(ss)
+
+
+def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floating[::1] gamma,
+                       double[::1] mean, double[::1] inv_std, floating[:, ::1] dx,
+                       double[::1] dgamma, double[::1] dbeta):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, c1, nb, i, j, n8
+    cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
+    cdef double xh, coef, db, dg, cnt
+    cdef double acc_b[8]
+    cdef double acc_g[8]
+    if axis == 1:                      # features are rows: reduce along each row
+        cnt = C
+        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
+            n8 = C - C % 8
+            for j in range(8):
+                acc_b[j] = 0
+                acc_g[j] = 0
+            for i in range(0, n8, 8):
+                for j in range(8):
+                    acc_b[j] += dy[f, i + j]
+                    acc_g[j] += dy[f, i + j] * ((x[f, i + j] - mean[f]) * inv_std[f])
+            for i in range(n8, C):
+                acc_b[i - n8] += dy[f, i]
+                acc_g[i - n8] += dy[f, i] * ((x[f, i] - mean[f]) * inv_std[f])
+            db = sum8(acc_b)
+            dg = sum8(acc_g)
+            dbeta[f] = db
+            dgamma[f] = dg
+            coef = gamma[f] * inv_std[f] / cnt
+            for i in range(C):
+                xh = (x[f, i] - mean[f]) * inv_std[f]
+                dx[f, i] = <floating>(coef * (cnt * dy[f, i] - db - xh * dg))
+        return
+    cnt = N
+    nb = (C + FEATURE_BLOCK - 1) // FEATURE_BLOCK
+    for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
+        c0 = blk * FEATURE_BLOCK
+        c1 = min(c0 + FEATURE_BLOCK, C)
+        for c in range(c0, c1):
+            dbeta[c] = 0
+            dgamma[c] = 0
+        for n in range(N):
+            for c in range(c0, c1):
+                dbeta[c] += dy[n, c]
+                dgamma[c] += dy[n, c] * ((x[n, c] - mean[c]) * inv_std[c])
+    for n in prange(N, schedule="static", num_threads=nt, nogil=True):
+        for c in range(C):
+            xh = (x[n, c] - mean[c]) * inv_std[c]
+            dx[n, c] = <floating>(gamma[c] * inv_std[c] / cnt
+                                  * (cnt * dy[n, c] - dbeta[c] - xh * dgamma[c]))
+
+
+# --------------------------------------------------------------------------------- softmax
+# A "row" is one example's k logits, contiguous (the normalized axis is last). In the strided
+# layout (outer, k, inner) each example is a column of a (k, inner) block; those are handled a
+# block of columns at a time so that the inner loops run along memory and vectorize.
+cdef void row_stats(const floating* z, floating* e, Py_ssize_t k, floating* mx,
+                    double* s) noexcept nogil:
+    """mx = max(z) (NaN wins), e = exp(z - mx), s = sum(e) in float64."""
+    cdef Py_ssize_t i
+    cdef floating m = z[0]
+    for i in range(1, k):
+        m = max_nan(m, z[i])
+    for i in range(k):
+        e[i] = expo(z[i] - m)
+    mx[0] = m
+    s[0] = row_sum(e, k)
+
+
+cdef void column_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t inner,
+                       Py_ssize_t i0, Py_ssize_t i1, floating* mx, double* s) noexcept nogil:
+    """row_stats for columns i0..i1-1 of a (k, inner) block (sums run down each column)."""
+    cdef Py_ssize_t r, i
+    for i in range(i0, i1):
+        mx[i - i0] = z[i]
+        s[i - i0] = 0
+    for r in range(1, k):
+        for i in range(i0, i1):
+            mx[i - i0] = max_nan(mx[i - i0], z[r * inner + i])
+    for r in range(k):
+        for i in range(i0, i1):
+            e[r * inner + i] = expo(z[r * inner + i] - mx[i - i0])
+            s[i - i0] += e[r * inner + i]
+
+
+cdef inline floating finish(floating z, floating e, floating mx, double s,
+                            bint log_) noexcept nogil:
+    """softmax = e / s, or log-softmax = z - mx - log(s), in the data's dtype."""
+    if log_:
+        return (z - mx) - logarithm(s, z)
+    return e / <floating>s
+
+
+cdef inline double xent(floating z, floating* d, floating mx, double s, floating t,
+                        floating inv_m) noexcept nogil:
+    """Turn d (holding exp(z - mx)) into the gradient (p - t) / m; return t * log_softmax."""
+    d[0] = (d[0] / <floating>s - t) * inv_m
+    if t != 0:
+        return t * ((z - mx) - logarithm(s, z))
+    return 0.0
+
+
+cdef enum:
+    COLUMN_BLOCK = 256   # columns per task in the strided layout
+
+
+def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
+    cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
+    cdef Py_ssize_t o, r, i, t, i0, i1, nblk
+    cdef int nt = _num_threads if outer * k * inner >= PARALLEL_MIN else 1
+    cdef floating mx1
+    cdef double s1
+    cdef floating* mx
+    cdef double* s
+    if k == 0 or outer * inner == 0:
+        return
+    if inner == 1:
+        for o in prange(outer, schedule="static", num_threads=nt, nogil=True):
+            row_stats(&z[o, 0, 0], &out[o, 0, 0], k, &mx1, &s1)
+            for r in range(k):
+                out[o, r, 0] = finish(z[o, r, 0], out[o, r, 0], mx1, s1, log)
+        return
+    nblk = (inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+    for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):
+        mx = <floating*>malloc(COLUMN_BLOCK * sizeof(floating))
+        s = <double*>malloc(COLUMN_BLOCK * sizeof(double))
+        if mx != NULL and s != NULL:
+            o = t // nblk
+            i0 = (t % nblk) * COLUMN_BLOCK
+            i1 = min(i0 + COLUMN_BLOCK, inner)
+            column_stats(&z[o, 0, 0], &out[o, 0, 0], k, inner, i0, i1, mx, s)
+            for r in range(k):
+                for i in range(i0, i1):
+                    out[o, r, i] = finish(z[o, r, i], out[o, r, i], mx[i - i0], s[i - i0],
+                                          log)
+        free(mx)
+        free(s)
+
+
+def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :, ::1] dz):
+    """Fused: per example one pass for the max, one that writes exp(z - max) into dz and sums
+    it, and one that turns dz into the gradient while collecting the loss term. Loss terms are
+    kept per example and summed in example order, so the loss does not depend on threads."""
+    cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
+    cdef Py_ssize_t m = outer * inner, o, r, i, t, i0, i1, nblk
+    cdef int nt = _num_threads if outer * k * inner >= PARALLEL_MIN else 1
+    cdef floating inv_m
+    cdef floating mx1, tv
+    cdef double s1, acc
+    cdef floating* mx
+    cdef double* s
+    cdef bint by_index = labels is not None
+    cdef long long[:, ::1] lab
+    cdef floating[:, :, ::1] tgt
+    if m == 0 or k == 0:
+        return 0.0
+    inv_m = <floating>(1.0 / m)
+    terms_arr = np.zeros(m)
+    cdef double[::1] terms = terms_arr
+    if by_index:
+        lab = labels
+    else:
+        tgt = targets
+    if inner == 1:
+        for o in prange(outer, schedule="static", num_threads=nt, nogil=True):
+            row_stats(&z[o, 0, 0], &dz[o, 0, 0], k, &mx1, &s1)
+            acc = 0
+            for r in range(k):
+                tv = (1 if lab[o, 0] == r else 0) if by_index else tgt[o, r, 0]
+                acc = acc + xent(z[o, r, 0], &dz[o, r, 0], mx1, s1, tv, inv_m)
+            terms[o] = acc
+    else:
+        nblk = (inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):
+            mx = <floating*>malloc(COLUMN_BLOCK * sizeof(floating))
+            s = <double*>malloc(COLUMN_BLOCK * sizeof(double))
+            if mx != NULL and s != NULL:
+                o = t // nblk
+                i0 = (t % nblk) * COLUMN_BLOCK
+                i1 = min(i0 + COLUMN_BLOCK, inner)
+                column_stats(&z[o, 0, 0], &dz[o, 0, 0], k, inner, i0, i1, mx, s)
+                for r in range(k):
+                    for i in range(i0, i1):
+                        tv = (1 if lab[o, i] == r else 0) if by_index else tgt[o, r, i]
+                        terms[o * inner + i] += xent(z[o, r, i], &dz[o, r, i], mx[i - i0],
+                                                     s[i - i0], tv, inv_m)
+            free(mx)
+            free(s)
+    return -row_sum(&terms[0], m) / m

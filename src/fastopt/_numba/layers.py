@@ -1,0 +1,281 @@
+"""Numba layer kernels, mirroring fastopt/_kernels/layers.pyx: the same signatures, the same
+split of work (over features or rows, never inside a reduction) and the same fixed summation
+orders (eight interleaved float64 partial sums per contiguous row; rows in order otherwise)."""
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._common import JIT, max_nan, use_threads
+
+_PAR = dict(JIT, parallel=True)
+
+
+@numba.njit(inline="always", **JIT)
+def _sum8(acc):
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+@numba.njit(**JIT)
+def _row_sum(x):
+    acc = np.zeros(8)
+    n8 = x.size - x.size % 8
+    for i in range(0, n8, 8):
+        for j in range(8):
+            acc[j] += x[i + j]
+    for i in range(n8, x.size):
+        acc[i - n8] += x[i]
+    return _sum8(acc)
+
+
+@numba.njit(**JIT)
+def _row_centred_sq(x, mean):
+    acc = np.zeros(8)
+    n8 = x.size - x.size % 8
+    for i in range(0, n8, 8):
+        for j in range(8):
+            d = x[i + j] - mean
+            acc[j] += d * d
+    for i in range(n8, x.size):
+        d = x[i] - mean
+        acc[i - n8] += d * d
+    return _sum8(acc)
+
+
+# ------------------------------------------------------------------------------ batch norm
+@numba.njit(**_PAR)
+def _stats_rows(x, eps, mean, inv_std):          # each feature a contiguous row
+    for f in prange(x.shape[0]):
+        mean[f] = _row_sum(x[f]) / x.shape[1]
+        inv_std[f] = 1.0 / math.sqrt(_row_centred_sq(x[f], mean[f]) / x.shape[1] + eps)
+
+
+@numba.njit(**_PAR)
+def _stats_cols(x, eps, mean, inv_std):          # each feature a column: rows in order
+    N, C = x.shape
+    nb = (C + 63) // 64
+    for blk in prange(nb):
+        c0, c1 = blk * 64, min(blk * 64 + 64, C)
+        for c in range(c0, c1):
+            mean[c] = 0.0
+            inv_std[c] = 0.0
+        for n in range(N):
+            for c in range(c0, c1):
+                mean[c] += x[n, c]
+        for c in range(c0, c1):
+            mean[c] = mean[c] / N
+        for n in range(N):
+            for c in range(c0, c1):
+                d = x[n, c] - mean[c]
+                inv_std[c] += d * d
+        for c in range(c0, c1):
+            inv_std[c] = 1.0 / math.sqrt(inv_std[c] / N + eps)
+
+
+def batchnorm_stats(x, axis, eps, mean, inv_std):
+    use_threads(x.size)
+    (_stats_rows if axis == 1 else _stats_cols)(x, eps, mean, inv_std)
+
+
+@numba.njit(**_PAR)
+def _apply(x, axis, gamma, beta, ms, ss, y):
+    N, C = x.shape
+    if axis == 1:
+        for f in prange(N):
+            for c in range(C):
+                y[f, c] = (x[f, c] - ms[f]) * ss[f] + beta[f]
+    else:
+        for n in prange(N):
+            for c in range(C):
+                y[n, c] = (x[n, c] - ms[c]) * ss[c] + beta[c]
+
+
+def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
+    use_threads(x.size)
+    ms = mean.astype(x.dtype)
+    ss = gamma * inv_std.astype(x.dtype)
+    _apply(x, axis, gamma, beta, ms, ss, y)
+
+
+@numba.njit(**_PAR)
+def _backward_rows(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+    F, C = x.shape
+    cnt = float(C)
+    for f in prange(F):
+        acc_b = np.zeros(8)
+        acc_g = np.zeros(8)
+        n8 = C - C % 8
+        for i in range(0, n8, 8):
+            for j in range(8):
+                acc_b[j] += dy[f, i + j]
+                acc_g[j] += dy[f, i + j] * ((x[f, i + j] - mean[f]) * inv_std[f])
+        for i in range(n8, C):
+            acc_b[i - n8] += dy[f, i]
+            acc_g[i - n8] += dy[f, i] * ((x[f, i] - mean[f]) * inv_std[f])
+        db = _sum8(acc_b)
+        dg = _sum8(acc_g)
+        dbeta[f] = db
+        dgamma[f] = dg
+        coef = gamma[f] * inv_std[f] / cnt
+        for i in range(C):
+            xh = (x[f, i] - mean[f]) * inv_std[f]
+            dx[f, i] = coef * (cnt * dy[f, i] - db - xh * dg)
+
+
+@numba.njit(**_PAR)
+def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+    N, C = x.shape
+    cnt = float(N)
+    nb = (C + 63) // 64
+    for blk in prange(nb):
+        c0, c1 = blk * 64, min(blk * 64 + 64, C)
+        for c in range(c0, c1):
+            dbeta[c] = 0.0
+            dgamma[c] = 0.0
+        for n in range(N):
+            for c in range(c0, c1):
+                dbeta[c] += dy[n, c]
+                dgamma[c] += dy[n, c] * ((x[n, c] - mean[c]) * inv_std[c])
+    for n in prange(N):
+        for c in range(C):
+            xh = (x[n, c] - mean[c]) * inv_std[c]
+            dx[n, c] = (gamma[c] * inv_std[c] / cnt
+                        * (cnt * dy[n, c] - dbeta[c] - xh * dgamma[c]))
+
+
+def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
+    use_threads(x.size)
+    (_backward_rows if axis == 1 else _backward_cols)(dy, x, gamma, mean, inv_std, dx, dgamma,
+                                                      dbeta)
+
+
+# --------------------------------------------------------------------------------- softmax
+@numba.njit(**JIT)
+def _row_stats(z, e):
+    m = z[0]
+    for i in range(1, z.size):
+        m = max_nan(m, z[i])
+    for i in range(z.size):
+        e[i] = np.exp(z[i] - m)
+    return m, _row_sum(e)
+
+
+@numba.njit(**JIT)
+def _column_stats(z, e, i0, i1, mx, s):
+    k = z.shape[0]
+    for i in range(i0, i1):
+        mx[i - i0] = z[0, i]
+        s[i - i0] = 0.0
+    for r in range(1, k):
+        for i in range(i0, i1):
+            mx[i - i0] = max_nan(mx[i - i0], z[r, i])
+    for r in range(k):
+        for i in range(i0, i1):
+            e[r, i] = np.exp(z[r, i] - mx[i - i0])
+            s[i - i0] += e[r, i]
+
+
+@numba.njit(inline="always", **JIT)
+def _finish(z, e, mx, s, log_, cast):
+    """softmax = e / s, or log-softmax = z - mx - log(s); ``cast`` is a 1-element scratch
+    array of the data's dtype (storing into it rounds a float64 as a C cast does)."""
+    if log_:
+        cast[0] = math.log(s)
+        return (z - mx) - cast[0]
+    cast[0] = s
+    return e / cast[0]
+
+
+@numba.njit(**_PAR)
+def _softmax(z, out, log_):
+    outer, k, inner = z.shape
+    if inner == 1:
+        for o in prange(outer):
+            cast = np.empty(1, z.dtype)
+            mx, s = _row_stats(z[o, :, 0], out[o, :, 0])
+            for r in range(k):
+                out[o, r, 0] = _finish(z[o, r, 0], out[o, r, 0], mx, s, log_, cast)
+        return
+    nblk = (inner + 255) // 256
+    for t in prange(outer * nblk):
+        cast = np.empty(1, z.dtype)
+        mx = np.empty(256, z.dtype)
+        s = np.empty(256)
+        o = t // nblk
+        i0 = (t % nblk) * 256
+        i1 = min(i0 + 256, inner)
+        _column_stats(z[o], out[o], i0, i1, mx, s)
+        for r in range(k):
+            for i in range(i0, i1):
+                out[o, r, i] = _finish(z[o, r, i], out[o, r, i], mx[i - i0], s[i - i0], log_,
+                                       cast)
+
+
+def softmax(z, out, log):
+    if z.shape[1] == 0 or z.shape[0] * z.shape[2] == 0:
+        return
+    use_threads(z.size)
+    _softmax(z, out, bool(log))
+
+
+@numba.njit(inline="always", **JIT)
+def _xent(z, d, mx, s, t, inv_m, cast):
+    """d holds exp(z - mx): make it the gradient (p - t) / m; return t * log_softmax."""
+    cast[0] = s
+    p = d / cast[0]
+    g = (p - t) * inv_m
+    if t != 0:
+        cast[0] = math.log(s)
+        return g, t * ((z - mx) - cast[0])
+    return g, 0.0
+
+
+@numba.njit(**_PAR)
+def _xent_kernel(z, labels, targets, by_index, dz, inv_m, terms):
+    outer, k, inner = z.shape
+    zero = inv_m - inv_m
+    one = zero + 1
+    if inner == 1:
+        for o in prange(outer):
+            cast = np.empty(1, z.dtype)
+            mx, s = _row_stats(z[o, :, 0], dz[o, :, 0])
+            acc = 0.0
+            for r in range(k):
+                t = (one if labels[o, 0] == r else zero) if by_index else targets[o, r, 0]
+                g, term = _xent(z[o, r, 0], dz[o, r, 0], mx, s, t, inv_m, cast)
+                dz[o, r, 0] = g
+                acc += term
+            terms[o] = acc
+        return
+    nblk = (inner + 255) // 256
+    for tk in prange(outer * nblk):
+        cast = np.empty(1, z.dtype)
+        mx = np.empty(256, z.dtype)
+        s = np.empty(256)
+        o = tk // nblk
+        i0 = (tk % nblk) * 256
+        i1 = min(i0 + 256, inner)
+        _column_stats(z[o], dz[o], i0, i1, mx, s)
+        for r in range(k):
+            for i in range(i0, i1):
+                t = (one if labels[o, i] == r else zero) if by_index else targets[o, r, i]
+                g, term = _xent(z[o, r, i], dz[o, r, i], mx[i - i0], s[i - i0], t, inv_m, cast)
+                dz[o, r, i] = g
+                terms[o * inner + i] += term
+
+
+_NO_LABELS = np.zeros((1, 1), np.int64)
+
+
+def softmax_cross_entropy(z, labels, targets, dz):
+    m = z.shape[0] * z.shape[2]
+    if m == 0 or z.shape[1] == 0:
+        return 0.0
+    use_threads(z.size)
+    terms = np.zeros(m)
+    by_index = labels is not None
+    _xent_kernel(z, labels if by_index else _NO_LABELS, z if by_index else targets, by_index,
+                 dz, z.dtype.type(1.0 / m), terms)
+    return -_row_sum(terms) / m
+

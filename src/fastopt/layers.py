@@ -1,0 +1,275 @@
+"""Batch normalization and the softmax family, on the active backend.
+
+The functions validate their inputs, bring them to a canonical layout without copying C- or
+Fortran-ordered arrays (other layouts are copied once), allocate the outputs (or write into
+``out=``) and call the backend kernels (``fastopt.reference.layers`` defines them).
+"""
+import numpy as np
+
+from . import _backend
+from ._validate import FLOAT_DTYPES, check_float_array
+
+
+# ------------------------------------------------------------------------------ batch norm
+def _bn_layout(x, axis):
+    """(C-contiguous 2-D array, its batch axis) for ``x`` with batch axis ``axis``."""
+    check_float_array("x", x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (batch axis plus features), got shape {x.shape}; "
+                         "reshape other ranks so that one axis holds the features")
+    if axis not in (0, 1, -1, -2):
+        raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
+    axis %= 2
+    if x.flags.c_contiguous:
+        return x, axis
+    if x.flags.f_contiguous:
+        return x.T, 1 - axis
+    return np.ascontiguousarray(x), axis
+
+
+def _features(name, a, x, axis):
+    n_features = x.shape[1 - axis]
+    check_float_array(name, a)
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype}, expected {x.dtype} like x")
+    if a.size != n_features or a.ndim > 2 or (a.ndim == 2 and 1 not in a.shape):
+        raise ValueError(f"{name} has shape {a.shape}, expected ({n_features},) "
+                         f"(one value per feature of x with batch axis {axis})")
+    return np.ascontiguousarray(a.reshape(-1))
+
+
+def _out(out, like, name="out"):
+    if out is None:
+        return np.empty_like(like)
+    if not isinstance(out, np.ndarray) or out.shape != like.shape or out.dtype != like.dtype:
+        raise ValueError(f"{name} must be an array of shape {like.shape} and dtype "
+                         f"{like.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+class BatchNormCache:
+    """What :func:`batchnorm_backward` needs: x (not x-hat: backward re-reads x, which costs
+    the same memory traffic as reading a cached x-hat and saves writing one), gamma, and the
+    per-feature mean and inverse standard deviation (float64)."""
+    __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "var", "transposed", "shape")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
+    """Training-mode batch normalization of a 2-D ``x``; returns ``(y, cache)``.
+
+    ``axis`` is the batch axis reduced over: 0 for ``(N, C)`` rows-are-examples, 1 for the
+    course's ``(n_features, m)``. ``gamma`` and ``beta`` hold one value per feature (shape
+    ``(C,)``, or ``(C, 1)``/``(1, C)``). With the biased batch variance,
+    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; statistics accumulate in float64 in
+    two passes (mean, then centred squares), so data with a large mean stays accurate.
+    A batch of 1 raises ValueError. ``out`` (same shape and dtype as x) avoids allocating y.
+    """
+    xc, ax = _bn_layout(x, axis)
+    if xc.shape[ax] < 2:
+        raise ValueError(f"batch norm in training needs more than 1 example per feature, "
+                         f"got a batch of {xc.shape[ax]}")
+    g = _features("gamma", gamma, xc, ax)
+    b = _features("beta", beta, xc, ax)
+    _check_eps(eps)
+    transposed = xc is not x and xc.base is x
+    y = _out(out, x)
+    yc = y.T if transposed else y
+    if not yc.flags.c_contiguous:
+        yc = np.empty_like(xc)
+    n_features = xc.shape[1 - ax]
+    mean, inv_std = np.empty(n_features), np.empty(n_features)
+    kern = _backend.active
+    kern.batchnorm_stats(xc, ax, eps, mean, inv_std)
+    kern.batchnorm_apply(xc, ax, g, b, mean, inv_std, yc)
+    if (yc.T if transposed else yc) is not y:
+        y[...] = yc.T if transposed else yc
+    cache = BatchNormCache(x=xc, axis=ax, gamma=g, mean=mean, inv_std=inv_std,
+                           var=1.0 / inv_std ** 2 - eps, transposed=transposed, shape=x.shape)
+    return y, cache
+
+
+def batchnorm_backward(dy, cache):
+    """Gradients of :func:`batchnorm_forward`: ``(dx, dgamma, dbeta)``.
+
+    ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)``,
+    ``dx = gamma * inv_std / N * (N * dy - dbeta - xhat * dgamma)`` (N the batch size);
+    dgamma and dbeta have gamma's flat shape ``(C,)``.
+    """
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError("cache must be the second value returned by batchnorm_forward")
+    check_float_array("dy", dy)
+    if dy.shape != cache.shape or dy.dtype != cache.x.dtype:
+        raise ValueError(f"dy has shape {dy.shape} and dtype {dy.dtype}, expected "
+                         f"{cache.shape} and {cache.x.dtype} like x")
+    xc, ax = cache.x, cache.axis
+    dyc = dy.T if cache.transposed else dy
+    dyc = dyc if dyc.flags.c_contiguous else np.ascontiguousarray(dyc)
+    dxc = np.empty_like(xc)
+    n_features = xc.shape[1 - ax]
+    dgamma, dbeta = np.empty(n_features), np.empty(n_features)
+    _backend.active.batchnorm_backward(dyc, xc, ax, cache.gamma, cache.mean, cache.inv_std,
+                                       dxc, dgamma, dbeta)
+    dx = dxc.T if cache.transposed else dxc
+    return dx, dgamma.astype(xc.dtype), dbeta.astype(xc.dtype)
+
+
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, axis=0, eps=1e-5,
+                        out=None):
+    """Inference-mode batch normalization with running statistics:
+    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``."""
+    xc, ax = _bn_layout(x, axis)
+    g = _features("gamma", gamma, xc, ax)
+    b = _features("beta", beta, xc, ax)
+    rm = _features("running_mean", running_mean, xc, ax).astype(np.float64)
+    rv = _features("running_var", running_var, xc, ax).astype(np.float64)
+    _check_eps(eps)
+    transposed = xc is not x and xc.base is x
+    y = _out(out, x)
+    yc = y.T if transposed else y
+    if not yc.flags.c_contiguous:
+        yc = np.empty_like(xc)
+    _backend.active.batchnorm_apply(xc, ax, g, b, rm, 1.0 / np.sqrt(rv + eps), yc)
+    if (yc.T if transposed else yc) is not y:
+        y[...] = yc.T if transposed else yc
+    return y
+
+
+def _check_eps(eps):
+    if not eps >= 0:
+        raise ValueError(f"Invalid eps: {eps!r} (must be >= 0)")
+
+
+class BatchNorm:
+    """A batch-norm layer with learnable ``gamma``/``beta`` and running statistics updated
+    as torch.nn.BatchNorm1d: ``r = (1 - momentum) * r + momentum * batch_stat``, the unbiased
+    batch variance going into ``running_var`` (the biased one normalizes).
+
+    ``forward(x, training=True)`` returns y; ``backward(dy)`` returns dx and sets ``dgamma``
+    and ``dbeta`` (shaped like gamma), ready for an optimizer over ``[gamma, beta]``.
+    """
+
+    def __init__(self, num_features, axis=0, momentum=0.1, eps=1e-5, dtype=np.float32):
+        dtype = np.dtype(dtype)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
+            raise ValueError(f"Invalid num_features: {num_features!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1])")
+        _check_eps(eps)
+        self.axis, self.momentum, self.eps = axis, momentum, eps
+        self.gamma = np.ones(num_features, dtype)
+        self.beta = np.zeros(num_features, dtype)
+        self.running_mean = np.zeros(num_features, dtype)
+        self.running_var = np.ones(num_features, dtype)
+        self.dgamma = np.zeros(num_features, dtype)
+        self.dbeta = np.zeros(num_features, dtype)
+        self._cache = None
+
+    def forward(self, x, training=True):
+        if not training:
+            return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
+                                       self.running_var, self.axis, self.eps)
+        y, cache = batchnorm_forward(x, self.gamma, self.beta, self.axis, self.eps)
+        n = cache.x.shape[cache.axis]
+        m = self.momentum
+        self.running_mean[...] = (1 - m) * self.running_mean + m * cache.mean
+        self.running_var[...] = (1 - m) * self.running_var + m * (cache.var * n / (n - 1))
+        self._cache = cache
+        return y
+
+    __call__ = forward
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError("backward needs a forward in training mode first")
+        dx, self.dgamma[...], self.dbeta[...] = batchnorm_backward(dy, self._cache)
+        return dx
+
+    @property
+    def params(self):
+        return {"gamma": self.gamma, "beta": self.beta}
+
+    @property
+    def grads(self):
+        return {"dgamma": self.dgamma, "dbeta": self.dbeta}
+
+
+# --------------------------------------------------------------------------------- softmax
+def _softmax_layout(z, axis, name="z"):
+    """(3-D C-contiguous view (outer, k, inner), normalized axis) of ``z``."""
+    check_float_array(name, z)
+    if z.ndim == 0:
+        raise ValueError(f"{name} must have at least 1 dimension")
+    if not -z.ndim <= axis < z.ndim:
+        raise ValueError(f"Invalid axis: {axis!r} for {name} of shape {z.shape}")
+    axis %= z.ndim
+    zc = z if z.flags.c_contiguous else np.ascontiguousarray(z)
+    outer = int(np.prod(zc.shape[:axis]))
+    inner = int(np.prod(zc.shape[axis + 1:]))
+    return zc.reshape(outer, zc.shape[axis], inner), zc, axis
+
+
+def _softmax(z, axis, out, log):
+    z3, zc, _ = _softmax_layout(z, axis)
+    y = _out(out, z)
+    yc = y if y.flags.c_contiguous else np.empty_like(zc)
+    _backend.active.softmax(z3, yc.reshape(z3.shape), log)
+    if yc is not y:
+        y[...] = yc
+    return y
+
+
+def softmax(z, axis=-1, out=None):
+    """Numerically stable softmax along ``axis``: ``exp(z - max) / sum(exp(z - max))``.
+    ``axis=0`` serves the course's ``(classes, m)`` layout. NaN in a row stays in that row."""
+    return _softmax(z, axis, out, False)
+
+
+def log_softmax(z, axis=-1, out=None):
+    """``z - max - log(sum(exp(z - max)))`` along ``axis``."""
+    return _softmax(z, axis, out, True)
+
+
+def softmax_cross_entropy(logits, labels, axis=-1, out=None):
+    """Mean cross-entropy of ``softmax(logits)`` against ``labels`` and its gradient:
+    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - onehot) / m``, m the number of
+    examples (every position but ``axis``).
+
+    ``labels`` is either integer class indices shaped like ``logits`` without ``axis``, or a
+    one-hot/probability array shaped like ``logits``. Out-of-range labels raise ValueError.
+    ``out`` receives dlogits.
+    """
+    z3, zc, axis = _softmax_layout(logits, axis, "logits")
+    k = z3.shape[1]
+    labels = np.asarray(labels)
+    ints = targets = None
+    if labels.shape == logits.shape and labels.dtype.kind == "f":
+        targets = np.ascontiguousarray(labels, dtype=logits.dtype).reshape(z3.shape)
+    else:
+        expected = logits.shape[:axis] + logits.shape[axis + 1:]
+        if labels.shape != expected:
+            raise ValueError(f"labels has shape {labels.shape}, expected {expected} (class "
+                             f"indices) or {logits.shape} (one-hot/probabilities)")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"integer labels must have an integer dtype, got {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise ValueError(f"labels out of range: classes are 0..{k - 1}, got values in "
+                             f"[{labels.min()}, {labels.max()}]")
+        ints = np.ascontiguousarray(labels, dtype=np.int64).reshape(z3.shape[0], z3.shape[2])
+    d = _out(out, logits)
+    dc = d if d.flags.c_contiguous else np.empty_like(zc)
+    loss = _backend.active.softmax_cross_entropy(z3, ints, targets, dc.reshape(z3.shape))
+    if dc is not d:
+        d[...] = dc
+    return loss, d
+
+
+__all__ = ["batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "BatchNorm",
+           "softmax", "log_softmax", "softmax_cross_entropy"]

@@ -1,0 +1,87 @@
+"""NumPy reference for the layer kernels: batch normalization and the softmax family.
+
+Kernel-level signatures, shared with the Cython and Numba twins. ``fastopt.layers`` brings the
+input to a canonical C-contiguous layout (no copy for C- or Fortran-ordered arrays) and
+allocates the outputs:
+
+- batch norm works on a 2-D ``x`` with ``axis`` the batch axis (0: rows are examples, each
+  feature a column; 1: each feature a row, the course's ``(n_features, m)``); statistics are
+  float64 arrays with one entry per feature;
+- softmax works on a 3-D view ``(outer, k, inner)`` and normalizes over ``k``.
+Statistics and sums are accumulated in float64 (two passes: mean, then centered squares), the
+element-wise parts run in the data's dtype from them.
+"""
+import numpy as np
+
+
+# ------------------------------------------------------------------------------ batch norm
+def batchnorm_stats(x, axis, eps, mean, inv_std):
+    """``mean = x.mean(axis)``; ``inv_std = 1 / sqrt(var + eps)`` with the biased variance
+    ``mean((x - mean)**2)``, both accumulated in float64 (written into the float64 outputs)."""
+    x64 = x.astype(np.float64)
+    mean[...] = x64.mean(axis=axis)
+    centred = x64 - np.expand_dims(mean, axis)
+    inv_std[...] = 1.0 / np.sqrt((centred * centred).mean(axis=axis) + eps)
+
+
+def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
+    """``y = (x - mean) * (gamma * inv_std) + beta`` per feature, in x's dtype (the statistics
+    are cast to it first). Training forward and inference both end here."""
+    m = np.expand_dims(mean.astype(x.dtype), axis)
+    scale = np.expand_dims(gamma * inv_std.astype(x.dtype), axis)
+    y[...] = (x - m) * scale + np.expand_dims(beta, axis)
+
+
+def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
+    """Gradients of :func:`batchnorm_apply` after :func:`batchnorm_stats`, ``n`` the batch size:
+
+    dbeta = sum(dy);  dgamma = sum(dy * xhat) with xhat = (x - mean) * inv_std  (float64 sums)
+    dx = (gamma * inv_std / n) * (n * dy - dbeta - xhat * dgamma)
+    """
+    n = x.shape[axis]
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    xhat = (x64 - np.expand_dims(mean, axis)) * np.expand_dims(inv_std, axis)
+    db = dy64.sum(axis=axis)
+    dg = (dy64 * xhat).sum(axis=axis)
+    dbeta[...] = db
+    dgamma[...] = dg
+    coef = np.expand_dims(gamma.astype(np.float64) * inv_std / n, axis)
+    dx[...] = coef * (n * dy64 - np.expand_dims(db, axis) - xhat * np.expand_dims(dg, axis))
+
+
+# --------------------------------------------------------------------------------- softmax
+def softmax(z, out, log):
+    """Softmax (or log-softmax when ``log``) of the 3-D ``z`` over its middle axis:
+    ``e = exp(z - max)``; ``out = e / sum(e)`` or ``z - max - log(sum(e))``. A row whose max
+    is -inf (all -inf) gives NaN, as exp(-inf - -inf) does."""
+    zmax = z.max(axis=1, keepdims=True)
+    shifted = z - zmax
+    e = np.exp(shifted)
+    s = e.sum(axis=1, keepdims=True, dtype=np.float64)
+    if log:
+        out[...] = shifted - np.log(s).astype(z.dtype)
+    else:
+        out[...] = e / s.astype(z.dtype)
+
+
+def softmax_cross_entropy(z, labels, targets, dz):
+    """Fused softmax cross-entropy on the 3-D ``z`` (classes on the middle axis) with either
+    integer ``labels`` (shape ``(outer, inner)``) or probability ``targets`` (shape of z); the
+    other is None. Writes ``dz = (softmax(z) - target) * (1 / m)`` (``m = outer * inner``
+    examples) and returns the mean loss ``-sum(target * log_softmax(z)) / m`` (float64 sum;
+    zero targets contribute nothing, even where log_softmax is -inf)."""
+    m = z.shape[0] * z.shape[2]
+    p = np.empty_like(z)
+    logp = np.empty_like(z)
+    softmax(z, p, log=False)
+    softmax(z, logp, log=True)
+    if labels is not None:
+        target = np.zeros_like(z)
+        np.put_along_axis(target, labels[:, None, :], 1, axis=1)
+        terms = np.take_along_axis(logp, labels[:, None, :], axis=1)
+    else:
+        target = targets
+        with np.errstate(invalid="ignore"):
+            terms = np.where(target != 0, target * logp, 0)
+    dz[...] = (p - target) * (1.0 / m)
+    return float(-terms.astype(np.float64).sum() / m) if m else 0.0

@@ -85,6 +85,27 @@ cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) 
     return sum8(acc)
 
 
+cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
+                        double inv_std, double* db, double* dg) noexcept nogil:
+    """db = sum(dy), dg = sum(dy * xhat) over one row, eight interleaved float64 sums each
+    (a function of its own: its accumulators are private to the calling thread)."""
+    cdef double acc_b[8]
+    cdef double acc_g[8]
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    for j in range(8):
+        acc_b[j] = 0
+        acc_g[j] = 0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            acc_b[j] += dy[i + j]
+            acc_g[j] += dy[i + j] * ((x[i + j] - mean) * inv_std)
+    for i in range(n8, n):
+        acc_b[i - n8] += dy[i]
+        acc_g[i - n8] += dy[i] * ((x[i] - mean) * inv_std)
+    db[0] = sum8(acc_b)
+    dg[0] = sum8(acc_g)
+
+
 # ------------------------------------------------------------------------------ batch norm
 cdef enum:
     FEATURE_BLOCK = 64   # features per task when each feature is a column (axis 0)
@@ -124,61 +145,36 @@ def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[
                     double[::1] mean, double[::1] inv_std, floating[:, ::1] y):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f
     cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
-    cdef floating m, scale, b
     cdef Py_ssize_t F = N if axis == 1 else C
-    cdef floating* ms = <floating*>malloc(F * sizeof(floating))
-    cdef floating* ss = <floating*>malloc(F * sizeof(floating))
-    if ms == NULL or ss == NULL:
-        free(ms)
-        free(ss)
-        raise MemoryError()
-    for f in range(F):                 # per-feature shift and scale, in the data's dtype
-        ms[f] = <floating>mean[f]
-        ss[f] = gamma[f] * <floating>inv_std[f]
-    try:
-        if axis == 1:
-            for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-                for c in range(C):
-                    y[f, c] = (x[f, c] - ms[f]) * ss[f] + beta[f]
-        else:
-            for n in prange(N, schedule="static", num_threads=nt, nogil=True):
-                for c in range(C):
-                    y[n, c] = (x[n, c] - ms[c]) * ss[c] + beta[c]
-    finally:
-        free(ms)
-        free(ss)
+    scale_arr = np.empty(F)
+    cdef double[::1] scale = scale_arr
+    for f in range(F):
+        scale[f] = gamma[f] * inv_std[f]
+    # in float64, rounded once: a float32 mean of data around 1e4 would cost 4 digits
+    if axis == 1:
+        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
+            for c in range(C):
+                y[f, c] = <floating>((x[f, c] - mean[f]) * scale[f] + beta[f])
+    else:
+        for n in prange(N, schedule="static", num_threads=nt, nogil=True):
+            for c in range(C):
+                y[n, c] = <floating>((x[n, c] - mean[c]) * scale[c] + beta[c])
 
 
 def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floating[::1] gamma,
                        double[::1] mean, double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, c1, nb, i, j, n8
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, c1, nb, i
     cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
-    cdef double xh, coef, db, dg, cnt
-    cdef double acc_b[8]
-    cdef double acc_g[8]
+    cdef double xh, coef, cnt
     if axis == 1:                      # features are rows: reduce along each row
         cnt = C
         for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            n8 = C - C % 8
-            for j in range(8):
-                acc_b[j] = 0
-                acc_g[j] = 0
-            for i in range(0, n8, 8):
-                for j in range(8):
-                    acc_b[j] += dy[f, i + j]
-                    acc_g[j] += dy[f, i + j] * ((x[f, i + j] - mean[f]) * inv_std[f])
-            for i in range(n8, C):
-                acc_b[i - n8] += dy[f, i]
-                acc_g[i - n8] += dy[f, i] * ((x[f, i] - mean[f]) * inv_std[f])
-            db = sum8(acc_b)
-            dg = sum8(acc_g)
-            dbeta[f] = db
-            dgamma[f] = dg
+            row_grad_sums(&dy[f, 0], &x[f, 0], C, mean[f], inv_std[f], &dbeta[f], &dgamma[f])
             coef = gamma[f] * inv_std[f] / cnt
             for i in range(C):
                 xh = (x[f, i] - mean[f]) * inv_std[f]
-                dx[f, i] = <floating>(coef * (cnt * dy[f, i] - db - xh * dg))
+                dx[f, i] = <floating>(coef * (cnt * dy[f, i] - dbeta[f] - xh * dgamma[f]))
         return
     cnt = N
     nb = (C + FEATURE_BLOCK - 1) // FEATURE_BLOCK
@@ -249,6 +245,32 @@ cdef inline double xent(floating z, floating* d, floating mx, double s, floating
     return 0.0
 
 
+cdef void softmax_row(const floating* z, floating* out, Py_ssize_t k, bint log_) noexcept nogil:
+    cdef floating mx
+    cdef double s
+    cdef Py_ssize_t r
+    row_stats(z, out, k, &mx, &s)
+    for r in range(k):
+        out[r] = finish(z[r], out[r], mx, s, log_)
+
+
+cdef double xent_row(const floating* z, floating* d, Py_ssize_t k, long long label,
+                     const floating* target, floating inv_m) noexcept nogil:
+    """One example: d = (softmax(z) - target) / m; returns sum(target * log_softmax(z)).
+    ``target`` NULL means the one-hot of ``label``."""
+    cdef floating mx, t
+    cdef double s, acc = 0
+    cdef Py_ssize_t r
+    row_stats(z, d, k, &mx, &s)
+    for r in range(k):
+        if target == NULL:
+            t = 1 if label == r else 0
+        else:
+            t = target[r]
+        acc += xent(z[r], &d[r], mx, s, t, inv_m)
+    return acc
+
+
 cdef enum:
     COLUMN_BLOCK = 256   # columns per task in the strided layout
 
@@ -257,17 +279,13 @@ def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
     cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
     cdef Py_ssize_t o, r, i, t, i0, i1, nblk
     cdef int nt = _num_threads if outer * k * inner >= PARALLEL_MIN else 1
-    cdef floating mx1
-    cdef double s1
     cdef floating* mx
     cdef double* s
     if k == 0 or outer * inner == 0:
         return
     if inner == 1:
         for o in prange(outer, schedule="static", num_threads=nt, nogil=True):
-            row_stats(&z[o, 0, 0], &out[o, 0, 0], k, &mx1, &s1)
-            for r in range(k):
-                out[o, r, 0] = finish(z[o, r, 0], out[o, r, 0], mx1, s1, log)
+            softmax_row(&z[o, 0, 0], &out[o, 0, 0], k, log)
         return
     nblk = (inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
     for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):
@@ -294,8 +312,7 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
     cdef Py_ssize_t m = outer * inner, o, r, i, t, i0, i1, nblk
     cdef int nt = _num_threads if outer * k * inner >= PARALLEL_MIN else 1
     cdef floating inv_m
-    cdef floating mx1, tv
-    cdef double s1, acc
+    cdef floating tv
     cdef floating* mx
     cdef double* s
     cdef bint by_index = labels is not None
@@ -312,12 +329,8 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
         tgt = targets
     if inner == 1:
         for o in prange(outer, schedule="static", num_threads=nt, nogil=True):
-            row_stats(&z[o, 0, 0], &dz[o, 0, 0], k, &mx1, &s1)
-            acc = 0
-            for r in range(k):
-                tv = (1 if lab[o, 0] == r else 0) if by_index else tgt[o, r, 0]
-                acc = acc + xent(z[o, r, 0], &dz[o, r, 0], mx1, s1, tv, inv_m)
-            terms[o] = acc
+            terms[o] = xent_row(&z[o, 0, 0], &dz[o, 0, 0], k, lab[o, 0] if by_index else -1,
+                                NULL if by_index else &tgt[o, 0, 0], inv_m)
     else:
         nblk = (inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
         for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):

@@ -79,23 +79,22 @@ def batchnorm_stats(x, axis, eps, mean, inv_std):
 
 
 @numba.njit(**_PAR)
-def _apply(x, axis, gamma, beta, ms, ss, y):
+def _apply(x, axis, beta, mean, scale, y):
     N, C = x.shape
     if axis == 1:
         for f in prange(N):
             for c in range(C):
-                y[f, c] = (x[f, c] - ms[f]) * ss[f] + beta[f]
+                y[f, c] = (x[f, c] - mean[f]) * scale[f] + beta[f]
     else:
         for n in prange(N):
             for c in range(C):
-                y[n, c] = (x[n, c] - ms[c]) * ss[c] + beta[c]
+                y[n, c] = (x[n, c] - mean[c]) * scale[c] + beta[c]
 
 
 def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
+    # in float64 (mean, scale and beta are float64), rounded once when stored into y
     use_threads(x.size)
-    ms = mean.astype(x.dtype)
-    ss = gamma * inv_std.astype(x.dtype)
-    _apply(x, axis, gamma, beta, ms, ss, y)
+    _apply(x, axis, beta.astype(np.float64), mean, gamma.astype(np.float64) * inv_std, y)
 
 
 @numba.njit(**_PAR)

@@ -25,11 +25,12 @@ def batchnorm_stats(x, axis, eps, mean, inv_std):
 
 
 def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
-    """``y = (x - mean) * (gamma * inv_std) + beta`` per feature, in x's dtype (the statistics
-    are cast to it first). Training forward and inference both end here."""
-    m = np.expand_dims(mean.astype(x.dtype), axis)
-    scale = np.expand_dims(gamma * inv_std.astype(x.dtype), axis)
-    y[...] = (x - m) * scale + np.expand_dims(beta, axis)
+    """``y = (x - mean) * (gamma * inv_std) + beta`` per feature, computed in float64 and
+    rounded once to x's dtype (so a large mean costs no precision in float32). Training
+    forward and inference both end here."""
+    scale = gamma.astype(np.float64) * inv_std
+    y[...] = ((x.astype(np.float64) - np.expand_dims(mean, axis)) * np.expand_dims(scale, axis)
+              + np.expand_dims(beta.astype(np.float64), axis))
 
 
 def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):

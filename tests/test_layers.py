@@ -1,0 +1,307 @@
+"""Batch normalization and the softmax family: every backend against the NumPy reference over
+dtypes, shapes, axes and memory layouts; the reference's gradients against finite differences;
+torch parity where installed; edge cases and errors."""
+import numpy as np
+import pytest
+
+import fastopt as fo
+from conftest import COMPILED, GRID_BACKENDS, needs_torch, torch
+
+
+def close(a, b, dtype, scale=1.0):
+    """float64 to 1e-12 of the data's scale; float32 to a few ulps of it. Reductions are summed
+    in float64 in a different order than NumPy's pairwise sums, hence the scale-relative atol."""
+    if np.dtype(dtype) == np.float64:
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * scale)
+    else:
+        np.testing.assert_allclose(a, b, rtol=4e-6, atol=4e-6 * scale)
+
+
+def layout(a, how):
+    if how == "C":
+        return np.ascontiguousarray(a)
+    if how == "F":
+        return np.asfortranarray(a)
+    out = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)[..., ::2]     # strided
+    out[...] = a
+    return out
+
+
+BN_SHAPES = [(2, 2), (2, 7), (33, 5), (256, 300), (1031, 3)]
+
+
+@pytest.mark.parametrize("how", ["C", "F", "strided"])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_matches_reference(backend, shape, axis, how, dtype):
+    rng = np.random.default_rng(0)
+    x = layout((rng.standard_normal(shape) * 2 + 3).astype(dtype), how)
+    nf = shape[1 - axis]
+    gamma = rng.standard_normal(nf).astype(dtype)
+    beta = rng.standard_normal(nf).astype(dtype)
+    dy = layout(rng.standard_normal(shape).astype(dtype), how)
+    with fo.use_backend("numpy"):
+        y_ref, c_ref = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+        grads_ref = fo.batchnorm_backward(dy, c_ref)
+        inf_ref = fo.batchnorm_inference(x, gamma, beta, gamma * 0 + 0.5, gamma * 0 + 2.0, axis)
+    with fo.use_backend(backend):
+        y, cache = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+        grads = fo.batchnorm_backward(dy, cache)
+        inf = fo.batchnorm_inference(x, gamma, beta, gamma * 0 + 0.5, gamma * 0 + 2.0, axis)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    close(y, y_ref, dtype, 10)
+    close(inf, inf_ref, dtype, 10)
+    for a, b in zip(grads, grads_ref):
+        assert a.dtype == x.dtype
+        close(a, b, dtype, 10 * shape[axis])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_is_stable_for_data_with_a_large_mean(backend, dtype):
+    rng = np.random.default_rng(1)
+    x64 = 1e4 + rng.standard_normal((500, 4))
+    x = x64.astype(dtype)
+    exact = (x.astype(np.float64) - x.astype(np.float64).mean(0)) / x.astype(np.float64).std(0)
+    with fo.use_backend(backend):
+        y, _ = fo.batchnorm_forward(x, np.ones(4, dtype), np.zeros(4, dtype), eps=0.0)
+    np.testing.assert_allclose(y, exact, atol=1e-5 if dtype == np.float32 else 1e-11)
+
+
+def _bn_loss(x, gamma, beta, w, axis):
+    with fo.use_backend("numpy"):
+        y, _ = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+    return float((y * w).sum())
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_reference_batchnorm_gradients_match_finite_differences(axis):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 4))
+    nf = x.shape[1 - axis]
+    gamma, beta = rng.standard_normal(nf), rng.standard_normal(nf)
+    w = rng.standard_normal(x.shape)          # dL/dy for L = sum(y * w)
+    with fo.use_backend("numpy"):
+        _, cache = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+        dx, dgamma, dbeta = fo.batchnorm_backward(w, cache)
+    h = 1e-6
+    for arr, grad in ((x, dx), (gamma, dgamma), (beta, dbeta)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            up = _bn_loss(x, gamma, beta, w, axis)
+            arr[idx] = old - h
+            down = _bn_loss(x, gamma, beta, w, axis)
+            arr[idx] = old
+            num[idx] = (up - down) / (2 * h)
+        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-8)
+
+
+@needs_torch
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_matches_torch_autograd_and_running_stats(backend):
+    rng = np.random.default_rng(3)
+    layer_t = torch.nn.BatchNorm1d(5, momentum=0.1, eps=1e-5).double()
+    with fo.use_backend(backend):
+        layer = fo.BatchNorm(5, axis=0, momentum=0.1, eps=1e-5, dtype=np.float64)
+        for _ in range(4):
+            x = rng.standard_normal((16, 5)) * 3 + 1
+            dy = rng.standard_normal((16, 5))
+            xt = torch.tensor(x, requires_grad=True)
+            yt = layer_t(xt)
+            yt.backward(torch.tensor(dy))
+            y = layer.forward(x)
+            dx = layer.backward(dy)
+            np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(layer.dgamma, layer_t.weight.grad.numpy(), rtol=1e-10)
+            np.testing.assert_allclose(layer.dbeta, layer_t.bias.grad.numpy(), rtol=1e-10)
+            layer_t.weight.grad = layer_t.bias.grad = None
+        np.testing.assert_allclose(layer.running_mean, layer_t.running_mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(layer.running_var, layer_t.running_var.numpy(), rtol=1e-12)
+        layer_t.eval()
+        x = rng.standard_normal((3, 5))
+        np.testing.assert_allclose(layer.forward(x, training=False),
+                                   layer_t(torch.tensor(x)).detach().numpy(), rtol=1e-12)
+
+
+def test_batchnorm_course_layout_is_the_transpose():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((9, 4))
+    g, b = rng.standard_normal(4), rng.standard_normal(4)
+    y0, _ = fo.batchnorm_forward(x, g, b, axis=0)
+    y1, _ = fo.batchnorm_forward(np.ascontiguousarray(x.T), g.reshape(4, 1), b.reshape(4, 1),
+                                 axis=1)
+    np.testing.assert_allclose(y1, y0.T, rtol=1e-13, atol=1e-14)
+
+
+def test_batchnorm_errors_name_the_argument():
+    x = np.ones((4, 3))
+    g = np.ones(3)
+    with pytest.raises(ValueError, match="batch of 1"):
+        fo.batchnorm_forward(np.ones((1, 3)), g, g)
+    with pytest.raises(ValueError, match="gamma"):
+        fo.batchnorm_forward(x, np.ones(4), g)
+    with pytest.raises(TypeError, match="beta"):
+        fo.batchnorm_forward(x, g, g.astype(np.float32))
+    with pytest.raises(TypeError, match="x"):
+        fo.batchnorm_forward(np.ones((4, 3), int), g, g)
+    with pytest.raises(ValueError, match="2-D"):
+        fo.batchnorm_forward(np.ones((4, 3, 2)), g, g)
+    with pytest.raises(ValueError, match="running_var"):
+        fo.batchnorm_inference(x, g, g, g, np.ones(2))
+    _, cache = fo.batchnorm_forward(x + np.arange(4)[:, None], g, g)
+    with pytest.raises(ValueError, match="dy"):
+        fo.batchnorm_backward(np.ones((3, 4)), cache)
+
+
+def test_batchnorm_out_argument_is_written():
+    x = np.random.default_rng(5).standard_normal((8, 3))
+    out = np.empty_like(x)
+    y, _ = fo.batchnorm_forward(x, np.ones(3), np.zeros(3), out=out)
+    assert y is out
+
+
+# --------------------------------------------------------------------------------- softmax
+SM_CASES = [((7,), -1), ((1,), 0), ((5, 1000), -1), ((5, 1000), 0), ((3, 4, 5), 1),
+            ((3, 4, 300), 0), ((2, 3, 4), -1), ((10, 0), 0)]
+
+
+@pytest.mark.parametrize("how", ["C", "F", "strided"])
+@pytest.mark.parametrize("shape,axis", SM_CASES, ids=str)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_softmax_family_matches_reference(backend, shape, axis, how, dtype):
+    rng = np.random.default_rng(6)
+    z = layout((rng.standard_normal(shape) * 4).astype(dtype), how) if shape[-1] else \
+        np.zeros(shape, dtype)
+    with fo.use_backend("numpy"):
+        ref = (fo.softmax(z, axis), fo.log_softmax(z, axis))
+    with fo.use_backend(backend):
+        got = (fo.softmax(z, axis), fo.log_softmax(z, axis))
+    for a, b in zip(got, ref):
+        assert a.shape == z.shape and a.dtype == z.dtype
+        close(a, b, dtype, 10)
+    if z.size:
+        np.testing.assert_allclose(got[0].sum(axis=axis), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,axis", [((6, 10), -1), ((10, 6), 0), ((2, 5, 3), 1)], ids=str)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_softmax_cross_entropy_matches_reference(backend, shape, axis, dtype):
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal(shape) * 3).astype(dtype)
+    k = shape[axis]
+    labels = rng.integers(0, k, size=tuple(np.delete(shape, axis)))
+    probs = rng.random(shape).astype(dtype)
+    probs /= probs.sum(axis=axis, keepdims=True)
+    onehot = (np.arange(k).reshape([-1 if a == axis % len(shape) else 1
+                                    for a in range(len(shape))])
+              == np.expand_dims(labels, axis)).astype(dtype)
+    for lab in (labels, probs, onehot):
+        with fo.use_backend("numpy"):
+            loss_ref, d_ref = fo.softmax_cross_entropy(z, lab, axis)
+        with fo.use_backend(backend):
+            loss, d = fo.softmax_cross_entropy(z, lab, axis)
+        close(d, d_ref, dtype, 1.0 / np.prod(shape))
+        assert loss == pytest.approx(loss_ref, rel=1e-12 if dtype == np.float64 else 1e-6)
+    loss_int, _ = fo.softmax_cross_entropy(z, labels, axis)
+    loss_hot, _ = fo.softmax_cross_entropy(z, onehot, axis)
+    assert loss_int == pytest.approx(loss_hot, rel=1e-6)
+
+
+def test_softmax_matches_the_course_example():
+    np.testing.assert_allclose(fo.softmax(np.array([5.0, 2.0, -1.0, 3.0])),
+                               [0.842, 0.042, 0.002, 0.114], atol=5e-4)
+
+
+def test_reference_cross_entropy_gradient_matches_finite_differences():
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((4, 6))
+    labels = rng.integers(0, 6, size=4)
+    with fo.use_backend("numpy"):
+        _, d = fo.softmax_cross_entropy(z, labels)
+        h = 1e-6
+        num = np.zeros_like(z)
+        for idx in np.ndindex(z.shape):
+            zp, zm = z.copy(), z.copy()
+            zp[idx] += h
+            zm[idx] -= h
+            num[idx] = (fo.softmax_cross_entropy(zp, labels)[0]
+                        - fo.softmax_cross_entropy(zm, labels)[0]) / (2 * h)
+    np.testing.assert_allclose(d, num, rtol=1e-6, atol=1e-9)
+
+
+@needs_torch
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_cross_entropy_matches_torch_autograd(backend):
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((8, 5)) * 2
+    labels = rng.integers(0, 5, size=8)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(zt, torch.tensor(labels))
+    lt.backward()
+    with fo.use_backend(backend):
+        loss, d = fo.softmax_cross_entropy(z, labels)
+        logp = fo.log_softmax(z)
+    assert loss == pytest.approx(lt.item(), rel=1e-12)
+    np.testing.assert_allclose(d, zt.grad.numpy(), rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(logp, torch.log_softmax(torch.tensor(z), -1).numpy(),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_softmax_edge_cases(backend, dtype):
+    z = np.array([[1e4, -1e4, 0.0],
+                  [-np.inf, -np.inf, 2.0],
+                  [np.nan, 1.0, 2.0],
+                  [-1e4, -1e4, -1e4]], dtype)
+    with fo.use_backend(backend):
+        p = fo.softmax(z)
+        lp = fo.log_softmax(z)
+        loss, d = fo.softmax_cross_entropy(z[[0, 1, 3]], np.array([0, 2, 1]))
+    np.testing.assert_allclose(p[0], [1, 0, 0])
+    np.testing.assert_allclose(p[1], [0, 0, 1])
+    assert np.isnan(p[2]).all() and np.isfinite(p[[0, 1, 3]]).all()     # NaN stays in its row
+    np.testing.assert_allclose(p[3], 1 / 3, rtol=1e-6)
+    assert lp[1, 0] == -np.inf and lp[1, 2] == 0 and np.isfinite(lp[0]).all()
+    assert np.isfinite(loss) and np.isfinite(d).all()
+
+
+def test_cross_entropy_errors():
+    z = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="out of range"):
+        fo.softmax_cross_entropy(z, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match="out of range"):
+        fo.softmax_cross_entropy(z, np.array([0, -1, 1]))
+    with pytest.raises(ValueError, match="labels has shape"):
+        fo.softmax_cross_entropy(z, np.array([0, 1]))
+    with pytest.raises(TypeError, match="logits"):
+        fo.softmax_cross_entropy(np.zeros((3, 4), int), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="axis"):
+        fo.softmax(z, axis=2)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_layers_are_bit_identical_for_any_thread_count(backend):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((300, 257)).astype(np.float32)
+    z = rng.standard_normal((257, 300)).astype(np.float32)
+    labels = rng.integers(0, 257, 300)
+    results = []
+    for threads in (1, 2):
+        fo.set_num_threads(threads)
+        try:
+            with fo.use_backend(backend):
+                y0, c0 = fo.batchnorm_forward(x, np.ones(257, np.float32),
+                                              np.zeros(257, np.float32))
+                y1, c1 = fo.batchnorm_forward(x, np.ones(300, np.float32),
+                                              np.zeros(300, np.float32), axis=1)
+                g0 = fo.batchnorm_backward(x, c0)
+                g1 = fo.batchnorm_backward(x, c1)
+                s = fo.softmax(z, axis=0)
+                loss, d = fo.softmax_cross_entropy(z, labels, axis=0)
+        finally:
+            fo.set_num_threads(2)
+        results.append([a.tobytes() for a in (y0, y1, *g0, *g1, s, d)] + [loss])
+    assert results[0] == results[1]

@@ -34,6 +34,8 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="a few kernels and sizes (seconds)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per row")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
+    ap.add_argument("--no-layers", action="store_true",
+                    help="skip the batch-norm and softmax rows")
     ap.add_argument("--no-groups", action="store_true",
                     help="skip the many-small-parameters rows (arena, multi-tensor list)")
     ap.add_argument("--no-coexistence", action="store_true",
@@ -151,6 +153,32 @@ def main(argv=None):
                           f"{_fmt_x(row['x_roofline']):>7}{_fmt_x(row['x_fused']):>9}")
                 progress("")
 
+    layer_rows = []
+    if not args.no_layers:
+        print("\nlayers (rows are examples; x roof: vs a stream moving the same bytes)")
+        print(f"  {'kernel':<12}{'dtype':<8}{'shape':>14}  {'contender':<10}{'time':>11}"
+              f"{'spread':>8}{'x ref':>8}{'x roof':>8}")
+        for name, (shapes, _) in _bench.LAYER_CASES.items():
+            if args.quick and name not in ("bn_fwd_bwd", "xent"):
+                continue
+            for shape in shapes[:1] if args.quick else shapes:
+                for dtype in args.dtypes[:1]:
+                    progress(f"timing {name} {shape}")
+                    timed = _bench.time_row(_bench.layer_contenders(
+                        name, shape, dtype, args.backends, peers=not args.no_peers),
+                        rounds=args.rounds)
+                    ref = timed.get("numpy", (None,))[0]
+                    roof = timed.get("roofline", (None,))[0]
+                    for label, (t, spread) in timed.items():
+                        row = dict(kernel=name, dtype=dtype.name, shape=shape, contender=label,
+                                   time=t, spread=spread, x_ref=ref / t if ref else None,
+                                   x_roofline=t / roof if roof else None)
+                        layer_rows.append(row)
+                        print(f"  {name:<12}{dtype.name:<8}{str(shape):>14}  {label:<10}"
+                              f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7}"
+                              f"{_fmt_x(row['x_roofline']):>8}")
+                    progress("")
+
     coexistence = []
     if not (args.quick or args.no_coexistence or args.no_peers):
         print("\nliving beside torch (fresh processes; Adam 1e5 float32; ratio > 1: slowed)")
@@ -161,6 +189,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
+                           layers=layer_rows,
                            coexistence=coexistence), f, indent=1)
         print(f"\nwrote {args.json}")
     if args.plot:

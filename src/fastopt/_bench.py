@@ -317,3 +317,76 @@ def group_contenders(shapes, dtype, peers=True):
                 continue
             out[label] = topt.step
     return out
+
+
+# ---------------------------------------------------------------------------------- layers
+LAYER_CASES = {   # name -> (shapes, elements moved per element of x: reads + writes)
+    "bn_fwd": ([(256, 4096), (4096, 1024)], 2),
+    "bn_bwd": ([(256, 4096), (4096, 1024)], 3),
+    "bn_fwd_bwd": ([(256, 4096), (4096, 1024)], 4),
+    "softmax": ([(4096, 1000), (256, 32000)], 2),
+    "xent": ([(4096, 1000), (256, 32000)], 2),
+}
+
+
+def layer_contenders(name, shape, dtype, backends, peers=True):
+    """One layer call (rows are examples, features/classes last) done every way, plus the
+    roofline: a stream moving the same bytes."""
+    from . import layers
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    gamma, beta = np.ones(c, dtype), np.zeros(c, dtype)
+    labels = rng.integers(0, c, shape[0])
+    out = np.empty_like(x)
+    _, cache = layers.batchnorm_forward(x, gamma, beta)
+    calls = {
+        "bn_fwd": lambda: layers.batchnorm_forward(x, gamma, beta, out=out),
+        "bn_bwd": lambda: layers.batchnorm_backward(dy, cache),
+        "bn_fwd_bwd": lambda: layers.batchnorm_backward(
+            dy, layers.batchnorm_forward(x, gamma, beta, out=out)[1]),
+        "softmax": lambda: layers.softmax(x, out=out),
+        "xent": lambda: layers.softmax_cross_entropy(x, labels, out=out),
+    }
+    fns = {}
+    for b in backends:
+        fn = (lambda f: lambda: f())(calls[name])
+        fn.backend = b
+        fns[b] = fn
+    stream = stream_kernel()
+    if stream is not None:
+        moved = x.nbytes * LAYER_CASES[name][1]
+        half = [np.zeros(moved // 3 // 4, np.float32) for _ in range(2)]   # reads 2, writes 1
+        fns["roofline"] = lambda: stream(*half)
+    if peers:
+        fns.update(_torch_layer(name, x, dy, labels))
+    return fns
+
+
+def _torch_layer(name, x, dy, labels):
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return {}
+    torch.set_num_threads(_backend.get_num_threads())
+    xt = torch.from_numpy(x)
+    dyt = torch.from_numpy(dy)
+    lt = torch.from_numpy(labels)
+    w = torch.ones(x.shape[1], dtype=xt.dtype)
+    b = torch.zeros(x.shape[1], dtype=xt.dtype)
+
+    def bn(backward):
+        xg = xt.detach().requires_grad_(backward)
+        y = F.batch_norm(xg, None, None, w, b, training=True)
+        if backward:
+            y.backward(dyt)
+
+    def xent():
+        zg = xt.detach().requires_grad_()
+        F.cross_entropy(zg, lt).backward()
+
+    calls = {"bn_fwd": lambda: bn(False), "bn_fwd_bwd": lambda: bn(True),
+             "softmax": lambda: torch.softmax(xt, -1), "xent": xent}
+    return {"torch": calls[name]} if name in calls else {}

@@ -85,6 +85,72 @@ cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) 
     return sum8(acc)
 
 
+# ------------------------------------------------------------------------------ batch norm
+# The loops over elements live in small functions over raw pointers (GCC vectorizes those
+# reliably; it did not vectorize the same loops written on memoryviews inside prange bodies).
+cdef enum:
+    FEATURE_BLOCK = 256  # features per task when each feature is a column (axis 0)
+
+
+cdef void add_row(const floating* x, double* acc, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(n):
+        acc[c] += x[c]
+
+
+cdef void add_centred_sq(const floating* x, const double* mean, double* acc,
+                         Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef double d
+    for c in range(n):
+        d = x[c] - mean[c]
+        acc[c] += d * d
+
+
+cdef void add_grads(const floating* dy, const floating* x, const double* mean,
+                    const double* inv_std, double* db, double* dg, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(n):
+        db[c] += dy[c]
+        dg[c] += dy[c] * ((x[c] - mean[c]) * inv_std[c])
+
+
+cdef void apply_row(const floating* x, floating* y, const double* mean, const double* scale,
+                    const double* beta, Py_ssize_t n) noexcept nogil:
+    """One example (axis 0): per-feature shift and scale, in float64, rounded once."""
+    cdef Py_ssize_t c
+    for c in range(n):
+        y[c] = <floating>((x[c] - mean[c]) * scale[c] + beta[c])
+
+
+cdef void apply_feature(const floating* x, floating* y, double mean, double scale, double beta,
+                        Py_ssize_t n) noexcept nogil:
+    """One feature (axis 1): the same with scalars."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = <floating>((x[i] - mean) * scale + beta)
+
+
+cdef void dx_row(const floating* dy, const floating* x, floating* dx, const double* mean,
+                 const double* inv_std, const double* coef, const double* db, const double* dg,
+                 double cnt, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef double xh
+    for c in range(n):
+        xh = (x[c] - mean[c]) * inv_std[c]
+        dx[c] = <floating>(coef[c] * (cnt * dy[c] - db[c] - xh * dg[c]))
+
+
+cdef void dx_feature(const floating* dy, const floating* x, floating* dx, double mean,
+                     double inv_std, double coef, double db, double dg, double cnt,
+                     Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef double xh
+    for i in range(n):
+        xh = (x[i] - mean) * inv_std
+        dx[i] = <floating>(coef * (cnt * dy[i] - db - xh * dg))
+
+
 cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
                         double inv_std, double* db, double* dg) noexcept nogil:
     """db = sum(dy), dg = sum(dy * xhat) over one row, eight interleaved float64 sums each
@@ -106,108 +172,136 @@ cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
     dg[0] = sum8(acc_g)
 
 
-# ------------------------------------------------------------------------------ batch norm
-cdef enum:
-    FEATURE_BLOCK = 64   # features per task when each feature is a column (axis 0)
+cdef inline int threads_for2(Py_ssize_t n) noexcept nogil:
+    return _num_threads if n >= PARALLEL_MIN else 1
 
 
 def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
                     double[::1] inv_std):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, c1, nb
-    cdef double d
-    cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb
+    cdef int nt = threads_for2(N * C)
+    cdef const floating* xp = &x[0, 0] if N * C else NULL
+    cdef double* mp = &mean[0]
+    cdef double* sp = &inv_std[0]
     if axis == 1:                      # each feature a contiguous row of length C
         for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            mean[f] = row_sum(&x[f, 0], C) / C
-            inv_std[f] = 1.0 / sqrt(row_centred_sq(&x[f, 0], C, mean[f]) / C + eps)
+            mp[f] = row_sum(xp + f * C, C) / C
+            sp[f] = 1.0 / sqrt(row_centred_sq(xp + f * C, C, mp[f]) / C + eps)
         return
     nb = (C + FEATURE_BLOCK - 1) // FEATURE_BLOCK
     for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
         c0 = blk * FEATURE_BLOCK
-        c1 = min(c0 + FEATURE_BLOCK, C)
-        for c in range(c0, c1):
-            mean[c] = 0
-            inv_std[c] = 0
+        w = min(FEATURE_BLOCK, C - c0)
+        for c in range(c0, c0 + w):
+            mp[c] = 0
+            sp[c] = 0
         for n in range(N):             # rows in order: each feature summed sequentially
-            for c in range(c0, c1):
-                mean[c] += x[n, c]
-        for c in range(c0, c1):
-            mean[c] = mean[c] / N
+            add_row(xp + n * C + c0, mp + c0, w)
+        for c in range(c0, c0 + w):
+            mp[c] = mp[c] / N
         for n in range(N):
-            for c in range(c0, c1):
-                d = x[n, c] - mean[c]
-                inv_std[c] += d * d
-        for c in range(c0, c1):
-            inv_std[c] = 1.0 / sqrt(inv_std[c] / N + eps)
+            add_centred_sq(xp + n * C + c0, mp + c0, sp + c0, w)
+        for c in range(c0, c0 + w):
+            sp[c] = 1.0 / sqrt(sp[c] / N + eps)
 
 
 def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[::1] beta,
                     double[::1] mean, double[::1] inv_std, floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f
-    cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f
     cdef Py_ssize_t F = N if axis == 1 else C
-    scale_arr = np.empty(F)
+    cdef int nt = threads_for2(N * C)
+    if N * C == 0:
+        return
+    scale_arr, beta_arr = np.empty(F), np.asarray(beta, dtype=np.float64)
     cdef double[::1] scale = scale_arr
+    cdef double[::1] b64 = beta_arr
     for f in range(F):
         scale[f] = gamma[f] * inv_std[f]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    cdef double* mp = &mean[0]
+    cdef double* cp = &scale[0]
+    cdef double* bp = &b64[0]
     # in float64, rounded once: a float32 mean of data around 1e4 would cost 4 digits
     if axis == 1:
         for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            for c in range(C):
-                y[f, c] = <floating>((x[f, c] - mean[f]) * scale[f] + beta[f])
+            apply_feature(xp + f * C, yp + f * C, mp[f], cp[f], bp[f], C)
     else:
         for n in prange(N, schedule="static", num_threads=nt, nogil=True):
-            for c in range(C):
-                y[n, c] = <floating>((x[n, c] - mean[c]) * scale[c] + beta[c])
+            apply_row(xp + n * C, yp + n * C, mp, cp, bp, C)
 
 
 def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floating[::1] gamma,
                        double[::1] mean, double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, c1, nb, i
-    cdef int nt = _num_threads if x.shape[0] * x.shape[1] >= PARALLEL_MIN else 1
-    cdef double xh, coef, cnt
-    if axis == 1:                      # features are rows: reduce along each row
-        cnt = C
-        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            row_grad_sums(&dy[f, 0], &x[f, 0], C, mean[f], inv_std[f], &dbeta[f], &dgamma[f])
-            coef = gamma[f] * inv_std[f] / cnt
-            for i in range(C):
-                xh = (x[f, i] - mean[f]) * inv_std[f]
-                dx[f, i] = <floating>(coef * (cnt * dy[f, i] - dbeta[f] - xh * dgamma[f]))
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb
+    cdef int nt = threads_for2(N * C)
+    if N * C == 0:
         return
-    cnt = N
+    cdef const floating* dyp = &dy[0, 0]
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* dxp = &dx[0, 0]
+    cdef double* mp = &mean[0]
+    cdef double* sp = &inv_std[0]
+    cdef double* gp = &dgamma[0]
+    cdef double* bp = &dbeta[0]
+    cdef double cnt = C if axis == 1 else N
+    if axis == 1:                      # features are rows: reduce along each row
+        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
+            row_grad_sums(dyp + f * C, xp + f * C, C, mp[f], sp[f], bp + f, gp + f)
+            dx_feature(dyp + f * C, xp + f * C, dxp + f * C, mp[f], sp[f],
+                       gamma[f] * sp[f] / cnt, bp[f], gp[f], cnt, C)
+        return
     nb = (C + FEATURE_BLOCK - 1) // FEATURE_BLOCK
     for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
         c0 = blk * FEATURE_BLOCK
-        c1 = min(c0 + FEATURE_BLOCK, C)
-        for c in range(c0, c1):
-            dbeta[c] = 0
-            dgamma[c] = 0
+        w = min(FEATURE_BLOCK, C - c0)
+        for c in range(c0, c0 + w):
+            bp[c] = 0
+            gp[c] = 0
         for n in range(N):
-            for c in range(c0, c1):
-                dbeta[c] += dy[n, c]
-                dgamma[c] += dy[n, c] * ((x[n, c] - mean[c]) * inv_std[c])
+            add_grads(dyp + n * C + c0, xp + n * C + c0, mp + c0, sp + c0, bp + c0, gp + c0, w)
+    coef_arr = np.empty(C)
+    cdef double[::1] coef = coef_arr
+    for c in range(C):
+        coef[c] = gamma[c] * sp[c] / cnt
+    cdef double* cp = &coef[0]
     for n in prange(N, schedule="static", num_threads=nt, nogil=True):
-        for c in range(C):
-            xh = (x[n, c] - mean[c]) * inv_std[c]
-            dx[n, c] = <floating>(gamma[c] * inv_std[c] / cnt
-                                  * (cnt * dy[n, c] - dbeta[c] - xh * dgamma[c]))
+        dx_row(dyp + n * C, xp + n * C, dxp + n * C, mp, sp, cp, bp, gp, cnt, C)
 
 
 # --------------------------------------------------------------------------------- softmax
 # A "row" is one example's k logits, contiguous (the normalized axis is last). In the strided
 # layout (outer, k, inner) each example is a column of a (k, inner) block; those are handled a
 # block of columns at a time so that the inner loops run along memory and vectorize.
+cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
+    """max(z), NaN winning; sixteen interleaved partial maxima so the loop vectorizes (max is
+    exact in any order, so the result does not depend on it)."""
+    cdef floating acc[16]
+    cdef Py_ssize_t i, j, k16 = k - k % 16
+    for j in range(16):
+        acc[j] = z[0]
+    for i in range(0, k16, 16):
+        for j in range(16):
+            acc[j] = max_nan(acc[j], z[i + j])
+    for i in range(k16, k):
+        acc[0] = max_nan(acc[0], z[i])
+    for j in range(1, 16):
+        acc[0] = max_nan(acc[0], acc[j])
+    return acc[0]
+
+
+cdef void exp_shifted(const floating* z, floating* e, floating m, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(k):
+        e[i] = expo(z[i] - m)
+
+
 cdef void row_stats(const floating* z, floating* e, Py_ssize_t k, floating* mx,
                     double* s) noexcept nogil:
     """mx = max(z) (NaN wins), e = exp(z - mx), s = sum(e) in float64."""
-    cdef Py_ssize_t i
-    cdef floating m = z[0]
-    for i in range(1, k):
-        m = max_nan(m, z[i])
-    for i in range(k):
-        e[i] = expo(z[i] - m)
+    cdef floating m = row_max(z, k)
+    exp_shifted(z, e, m, k)
     mx[0] = m
     s[0] = row_sum(e, k)
 
@@ -246,12 +340,18 @@ cdef inline double xent(floating z, floating* d, floating mx, double s, floating
 
 
 cdef void softmax_row(const floating* z, floating* out, Py_ssize_t k, bint log_) noexcept nogil:
-    cdef floating mx
+    cdef floating mx, d
     cdef double s
     cdef Py_ssize_t r
     row_stats(z, out, k, &mx, &s)
-    for r in range(k):
-        out[r] = finish(z[r], out[r], mx, s, log_)
+    if log_:
+        d = logarithm(s, mx)
+        for r in range(k):
+            out[r] = (z[r] - mx) - d
+    else:
+        d = <floating>s
+        for r in range(k):
+            out[r] = out[r] / d
 
 
 cdef double xent_row(const floating* z, floating* d, Py_ssize_t k, long long label,

@@ -1,0 +1,110 @@
+"""The deep-learning course's optimizer functions, on fastopt's kernels.
+
+Same names, arguments and return values as the course notebook ("Optimization Methods"), so a
+notebook switches with one import::
+
+    from fastopt.course import (update_parameters_with_gd, random_mini_batches,
+                                initialize_velocity, update_parameters_with_momentum,
+                                initialize_adam, update_parameters_with_adam,
+                                update_lr, schedule_lr_decay)
+
+Parameters are a dict ``W1, b1, ..., WL, bL``, grads ``dW1, db1, ...``, the velocity and
+squared-gradient averages ``v``/``s`` are keyed ``dW1, db1, ...``; examples are columns. The
+arrays are updated in place (one fused kernel call each) and also returned, as the callers
+expect.
+"""
+import math
+
+import numpy as np
+
+from . import ops
+
+
+def _names(parameters):
+    """W1, b1, W2, b2, ... in layer order."""
+    layers = len(parameters) // 2
+    return [f"{kind}{l}" for l in range(1, layers + 1) for kind in ("W", "b")]
+
+
+def _float(a, name):
+    """The array the kernels update: float arrays as they are, anything else as float64."""
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
+    return a
+
+
+def update_parameters_with_gd(parameters, grads, learning_rate):
+    """One step of gradient descent: ``W = W - learning_rate * dW`` for every layer.
+    Returns ``parameters`` (updated in place)."""
+    for name in _names(parameters):
+        ops.sgd_step_(_float(parameters[name], name), grads["d" + name], lr=learning_rate)
+    return parameters
+
+
+def random_mini_batches(X, Y, mini_batch_size=64, seed=0):
+    """The course's shuffled mini-batches: examples are columns, shuffled with
+    ``np.random.seed(seed)`` and ``np.random.permutation(m)`` (so a seed gives the course's
+    batches), the last batch smaller when ``mini_batch_size`` does not divide ``m``.
+    Returns a list of ``(mini_batch_X, mini_batch_Y)``."""
+    np.random.seed(seed)
+    m = X.shape[1]
+    permutation = list(np.random.permutation(m))
+    shuffled_X = X[:, permutation]
+    shuffled_Y = Y[:, permutation].reshape((Y.shape[0], m))
+    batches = []
+    complete = math.floor(m / mini_batch_size)
+    for k in range(complete):
+        sl = slice(k * mini_batch_size, (k + 1) * mini_batch_size)
+        batches.append((shuffled_X[:, sl], shuffled_Y[:, sl]))
+    if m % mini_batch_size != 0:
+        sl = slice(complete * mini_batch_size, m)
+        batches.append((shuffled_X[:, sl], shuffled_Y[:, sl]))
+    return batches
+
+
+def initialize_velocity(parameters):
+    """``v["dW1"], v["db1"], ...`` as zeros shaped like the parameters."""
+    return {"d" + name: np.zeros_like(parameters[name]) for name in _names(parameters)}
+
+
+def update_parameters_with_momentum(parameters, grads, v, beta, learning_rate):
+    """Momentum: ``v = beta * v + (1 - beta) * dW``; ``W = W - learning_rate * v``.
+    Returns ``(parameters, v)``, both updated in place."""
+    for name in _names(parameters):
+        ops.momentum_step_(_float(parameters[name], name), grads["d" + name], v["d" + name],
+                           lr=learning_rate, beta=beta)
+    return parameters, v
+
+
+def initialize_adam(parameters):
+    """``(v, s)``: zeros keyed ``"dW1"``, ``"db1"``, ... for Adam's two moving averages."""
+    return initialize_velocity(parameters), initialize_velocity(parameters)
+
+
+def update_parameters_with_adam(parameters, grads, v, s, t, learning_rate=0.01, beta1=0.9,
+                                beta2=0.999, epsilon=1e-8):
+    """Adam with bias correction, ``t`` the step count (from 1):
+    ``v = beta1 v + (1 - beta1) dW``, ``s = beta2 s + (1 - beta2) dW**2``,
+    ``W = W - learning_rate * (v / (1 - beta1**t)) / (sqrt(s / (1 - beta2**t)) + epsilon)``.
+    Returns ``(parameters, v, s)``, updated in place."""
+    for name in _names(parameters):
+        ops.adam_step_(_float(parameters[name], name), grads["d" + name], v["d" + name],
+                       s["d" + name], t, lr=learning_rate, betas=(beta1, beta2), eps=epsilon)
+    return parameters, v, s
+
+
+def update_lr(learning_rate0, epoch_num, decay_rate):
+    """``learning_rate0 / (1 + decay_rate * epoch_num)``."""
+    return learning_rate0 / (1 + decay_rate * epoch_num)
+
+
+def schedule_lr_decay(learning_rate0, epoch_num, decay_rate, time_interval=1000):
+    """``learning_rate0 / (1 + decay_rate * floor(epoch_num / time_interval))``: the decay
+    applied in steps, every ``time_interval`` epochs."""
+    return learning_rate0 / (1 + decay_rate * np.floor(epoch_num / time_interval))
+
+
+__all__ = ["update_parameters_with_gd", "random_mini_batches", "initialize_velocity",
+           "update_parameters_with_momentum", "initialize_adam", "update_parameters_with_adam",
+           "update_lr", "schedule_lr_decay"]

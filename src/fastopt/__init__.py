@@ -3,7 +3,7 @@
 Three backends with one meaning: Cython (compiled, OpenMP), Numba, and the NumPy reference
 that defines the correct answer. See README.md and the public contract in API.md.
 """
-from . import ops, schedules  # noqa: F401
+from . import course, ops, schedules  # noqa: F401
 from ._backend import (backends, get_backend, get_num_threads, set_backend,  # noqa: F401
                        set_num_threads, use_backend)
 from .arena import ParameterArena  # noqa: F401

@@ -1,7 +1,6 @@
-# Shared by every kernel family (textually included): argument checks in C, thread control and
-# the contiguous-or-fallback decision. The messages match fastopt/_validate.py word for word.
+# Shared by every kernel family (textually included): thread control, build facts and the
+# layout test of the element-wise driver (_elementwise.pxi, which holds the argument checks).
 cimport numpy as cnp
-from libc.string cimport memcmp
 
 cnp.import_array()
 
@@ -79,29 +78,6 @@ cdef inline Py_ssize_t chunk_for(Py_ssize_t n, int nthreads) noexcept nogil:
     return ((n + nthreads - 1) // nthreads + 7) & ~(<Py_ssize_t>7)
 
 
-cdef inline int check_param(str name, cnp.ndarray a) except -1:
-    cdef int t = cnp.PyArray_TYPE(a)
-    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
-        _validate.check_float_array(name, a)   # raises with the standard message
-    if not cnp.PyArray_ISWRITEABLE(a):
-        _validate.check_writeable(name, a)
-    return 0
-
-
-cdef inline int check_like(str name, cnp.ndarray a, str ref_name, cnp.ndarray ref,
-                           bint written) except -1:
-    """Same dtype and shape as ``ref`` (and writeable if ``written``); ``None`` passes."""
-    if a is None:
-        return 0
-    cdef int nd = cnp.PyArray_NDIM(ref)
-    if (cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(ref) or cnp.PyArray_NDIM(a) != nd
-            or memcmp(cnp.PyArray_DIMS(a), cnp.PyArray_DIMS(ref), nd * sizeof(cnp.npy_intp))):
-        _validate.check_like(name, a, ref_name, ref)
-    if written and not cnp.PyArray_ISWRITEABLE(a):
-        _validate.check_writeable(name, a)
-    return 0
-
-
 cdef inline bint flat_ok(cnp.ndarray a, bint want_f) noexcept:
     """True if ``a`` can be walked as one flat run in the common memory order of the step."""
     if a is None:
@@ -109,15 +85,3 @@ cdef inline bint flat_ok(cnp.ndarray a, bint want_f) noexcept:
     if not cnp.PyArray_ISBEHAVED_RO(a):
         return False
     return cnp.PyArray_IS_F_CONTIGUOUS(a) if want_f else cnp.PyArray_IS_C_CONTIGUOUS(a)
-
-
-cdef inline bint all_flat(cnp.ndarray a0, cnp.ndarray a1, cnp.ndarray a2=None,
-                          cnp.ndarray a3=None, cnp.ndarray a4=None) noexcept:
-    """All arrays contiguous in the same order (element i of each is at offset i)."""
-    cdef bint want_f = not cnp.PyArray_IS_C_CONTIGUOUS(a0)
-    return (flat_ok(a0, want_f) and flat_ok(a1, want_f) and flat_ok(a2, want_f)
-            and flat_ok(a3, want_f) and flat_ok(a4, want_f))
-
-
-cdef inline void* data(cnp.ndarray a) noexcept:
-    return NULL if a is None else cnp.PyArray_DATA(a)

@@ -11,6 +11,7 @@
 from cpython.list cimport PyList_GET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from libc.string cimport memcmp
 from cython.parallel cimport prange
 
 from .._layout import via_contiguous

@@ -172,14 +172,10 @@ cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
     dg[0] = sum8(acc_g)
 
 
-cdef inline int threads_for2(Py_ssize_t n) noexcept nogil:
-    return _num_threads if n >= PARALLEL_MIN else 1
-
-
 def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
                     double[::1] inv_std):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb
-    cdef int nt = threads_for2(N * C)
+    cdef int nt = threads_for(N * C)
     cdef const floating* xp = &x[0, 0] if N * C else NULL
     cdef double* mp = &mean[0]
     cdef double* sp = &inv_std[0]
@@ -209,7 +205,7 @@ def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[
                     double[::1] mean, double[::1] inv_std, floating[:, ::1] y):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f
     cdef Py_ssize_t F = N if axis == 1 else C
-    cdef int nt = threads_for2(N * C)
+    cdef int nt = threads_for(N * C)
     if N * C == 0:
         return
     scale_arr, beta_arr = np.empty(F), np.asarray(beta, dtype=np.float64)
@@ -235,7 +231,7 @@ def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floati
                        double[::1] mean, double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb
-    cdef int nt = threads_for2(N * C)
+    cdef int nt = threads_for(N * C)
     if N * C == 0:
         return
     cdef const floating* dyp = &dy[0, 0]
@@ -378,7 +374,7 @@ cdef enum:
 def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
     cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
     cdef Py_ssize_t o, r, i, t, i0, i1, nblk
-    cdef int nt = _num_threads if outer * k * inner >= PARALLEL_MIN else 1
+    cdef int nt = threads_for(outer * k * inner)
     cdef floating* mx
     cdef double* s
     if k == 0 or outer * inner == 0:
@@ -410,7 +406,7 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
     kept per example and summed in example order, so the loss does not depend on threads."""
     cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
     cdef Py_ssize_t m = outer * inner, o, r, i, t, i0, i1, nblk
-    cdef int nt = _num_threads if outer * k * inner >= PARALLEL_MIN else 1
+    cdef int nt = threads_for(outer * k * inner)
     cdef floating inv_m
     cdef floating tv
     cdef floating* mx

@@ -9,7 +9,7 @@ then a fixed pairwise combine), so results are bit-identical for any thread coun
 are glibc's vector variants (libmvec, ~1 ulp) where the loop vectorizes.
 """
 from cython.parallel cimport prange
-from libc.math cimport log, sqrt
+from libc.math cimport NAN, log, sqrt
 from libc.stdlib cimport free, malloc
 
 import numpy as np
@@ -90,6 +90,7 @@ cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) 
 # reliably; it did not vectorize the same loops written on memoryviews inside prange bodies).
 cdef enum:
     FEATURE_BLOCK = 256  # features per task when each feature is a column (axis 0)
+    APPLY_BLOCK = 512    # features per sweep in the element-wise passes (axis 0)
 
 
 cdef void add_row(const floating* x, double* acc, Py_ssize_t n) noexcept nogil:
@@ -203,7 +204,7 @@ def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
 
 def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[::1] beta,
                     double[::1] mean, double[::1] inv_std, floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f, t, n0, n1, c0, w, b
     cdef Py_ssize_t F = N if axis == 1 else C
     cdef int nt = threads_for(N * C)
     if N * C == 0:
@@ -223,14 +224,21 @@ def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[
         for f in prange(N, schedule="static", num_threads=nt, nogil=True):
             apply_feature(xp + f * C, yp + f * C, mp[f], cp[f], bp[f], C)
     else:
-        for n in prange(N, schedule="static", num_threads=nt, nogil=True):
-            apply_row(xp + n * C, yp + n * C, mp, cp, bp, C)
+        # feature blocks outside, rows inside: the block's mean/scale/beta stay in L1
+        for t in prange(nt, schedule="static", num_threads=nt, nogil=True):
+            n0 = t * ((N + nt - 1) // nt)
+            n1 = min(n0 + (N + nt - 1) // nt, N)
+            for b in range((C + APPLY_BLOCK - 1) // APPLY_BLOCK):
+                c0 = b * APPLY_BLOCK
+                w = min(APPLY_BLOCK, C - c0)
+                for n in range(n0, n1):
+                    apply_row(xp + n * C + c0, yp + n * C + c0, mp + c0, cp + c0, bp + c0, w)
 
 
 def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floating[::1] gamma,
                        double[::1] mean, double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb, t, n0, n1, b
     cdef int nt = threads_for(N * C)
     if N * C == 0:
         return
@@ -262,29 +270,44 @@ def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floati
     for c in range(C):
         coef[c] = gamma[c] * sp[c] / cnt
     cdef double* cp = &coef[0]
-    for n in prange(N, schedule="static", num_threads=nt, nogil=True):
-        dx_row(dyp + n * C, xp + n * C, dxp + n * C, mp, sp, cp, bp, gp, cnt, C)
+    for t in prange(nt, schedule="static", num_threads=nt, nogil=True):
+        n0 = t * ((N + nt - 1) // nt)
+        n1 = min(n0 + (N + nt - 1) // nt, N)
+        for b in range((C + APPLY_BLOCK - 1) // APPLY_BLOCK):
+            c0 = b * APPLY_BLOCK
+            w = min(APPLY_BLOCK, C - c0)
+            for n in range(n0, n1):
+                dx_row(dyp + n * C + c0, xp + n * C + c0, dxp + n * C + c0, mp + c0, sp + c0,
+                       cp + c0, bp + c0, gp + c0, cnt, w)
 
 
 # --------------------------------------------------------------------------------- softmax
 # A "row" is one example's k logits, contiguous (the normalized axis is last). In the strided
 # layout (outer, k, inner) each example is a column of a (k, inner) block; those are handled a
 # block of columns at a time so that the inner loops run along memory and vectorize.
-cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
-    """max(z), NaN winning; sixteen interleaved partial maxima so the loop vectorizes (max is
-    exact in any order, so the result does not depend on it)."""
+cdef floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
+    """max(z), NaN if z holds one. Sixteen partial maxima and a separate NaN flag keep the
+    loop to plain compares and selects, which vectorize (max is exact in any order)."""
     cdef floating acc[16]
+    cdef int nan[16]
     cdef Py_ssize_t i, j, k16 = k - k % 16
+    cdef floating v
     for j in range(16):
         acc[j] = z[0]
+        nan[j] = 0
     for i in range(0, k16, 16):
         for j in range(16):
-            acc[j] = max_nan(acc[j], z[i + j])
+            v = z[i + j]
+            acc[j] = v if v > acc[j] else acc[j]
+            nan[j] = nan[j] | (v != v)
     for i in range(k16, k):
-        acc[0] = max_nan(acc[0], z[i])
+        v = z[i]
+        acc[0] = v if v > acc[0] else acc[0]
+        nan[0] = nan[0] | (v != v)
     for j in range(1, 16):
-        acc[0] = max_nan(acc[0], acc[j])
-    return acc[0]
+        acc[0] = acc[j] if acc[j] > acc[0] else acc[0]
+        nan[0] = nan[0] | nan[j]
+    return <floating>NAN if nan[0] else acc[0]
 
 
 cdef void exp_shifted(const floating* z, floating* e, floating m, Py_ssize_t k) noexcept nogil:

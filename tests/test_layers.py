@@ -305,3 +305,17 @@ def test_layers_are_bit_identical_for_any_thread_count(backend):
             fo.set_num_threads(2)
         results.append([a.tobytes() for a in (y0, y1, *g0, *g1, s, d)] + [loss])
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("how", ["C", "F"])
+def test_batchnorm_backward_out_argument(how):
+    rng = np.random.default_rng(11)
+    x = layout(rng.standard_normal((8, 3)), how)
+    dy = layout(rng.standard_normal((8, 3)), how)
+    _, cache = fo.batchnorm_forward(x, np.ones(3), np.zeros(3))
+    expected = fo.batchnorm_backward(dy, cache)
+    out = layout(np.empty((8, 3)), how)
+    dx, dg, db = fo.batchnorm_backward(dy, cache, out=out)
+    assert dx is out
+    np.testing.assert_array_equal(dx, expected[0])
+    np.testing.assert_array_equal(dg, expected[1])

@@ -94,12 +94,13 @@ def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
     return y, cache
 
 
-def batchnorm_backward(dy, cache):
+def batchnorm_backward(dy, cache, out=None):
     """Gradients of :func:`batchnorm_forward`: ``(dx, dgamma, dbeta)``.
 
     ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)``,
     ``dx = gamma * inv_std / N * (N * dy - dbeta - xhat * dgamma)`` (N the batch size);
-    dgamma and dbeta have gamma's flat shape ``(C,)``.
+    dgamma and dbeta have gamma's flat shape ``(C,)``. ``out`` (shaped like x) receives dx,
+    sparing a fresh allocation (whose pages fault in on first write) every step.
     """
     if not isinstance(cache, BatchNormCache):
         raise TypeError("cache must be the second value returned by batchnorm_forward")
@@ -110,12 +111,16 @@ def batchnorm_backward(dy, cache):
     xc, ax = cache.x, cache.axis
     dyc = dy.T if cache.transposed else dy
     dyc = dyc if dyc.flags.c_contiguous else np.ascontiguousarray(dyc)
-    dxc = np.empty_like(xc)
+    dx = _out(out, dy)
+    dxc = dx.T if cache.transposed else dx
+    if not dxc.flags.c_contiguous:
+        dxc = np.empty_like(xc)
     n_features = xc.shape[1 - ax]
     dgamma, dbeta = np.empty(n_features), np.empty(n_features)
     _backend.active.batchnorm_backward(dyc, xc, ax, cache.gamma, cache.mean, cache.inv_std,
                                        dxc, dgamma, dbeta)
-    dx = dxc.T if cache.transposed else dxc
+    if (dxc.T if cache.transposed else dxc) is not dx:
+        dx[...] = dxc.T if cache.transposed else dxc
     return dx, dgamma.astype(xc.dtype), dbeta.astype(xc.dtype)
 
 

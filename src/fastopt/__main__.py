@@ -13,10 +13,14 @@ import numpy as np
 
 from . import _backend, _bench, _coexist
 
-DEFAULT_SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
+# the default run stays under a minute here; --full adds 1e7 elements, the MLP/CNN groups and
+# the second layer shapes
+DEFAULT_SIZES = [1_000, 100_000, 1_000_000]
+FULL_SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
 QUICK_SIZES = [1_000, 100_000]
 QUICK_KERNELS = ["sgd_momentum", "adam"]
 QUICK_GROUPS = ["1000x64"]
+DEFAULT_GROUPS = ["200x4096", "1000x64"]
 
 
 def _parse_sizes(text):
@@ -32,6 +36,8 @@ def parse_args(argv):
     ap.add_argument("--backends", help="backends to time (default: all available)")
     ap.add_argument("--threads", type=int, help="threads for the compiled backends and torch")
     ap.add_argument("--quick", action="store_true", help="a few kernels and sizes (seconds)")
+    ap.add_argument("--full", action="store_true",
+                    help="also 1e7 elements, the MLP/CNN groups and every layer shape (minutes)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per row")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-layers", action="store_true",
@@ -54,7 +60,8 @@ def parse_args(argv):
         if k not in _bench.CASES:
             ap.error(f"unknown kernel {k!r}; choose from {list(_bench.CASES)}")
     args.kernels = names
-    args.sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    args.sizes = args.sizes or (QUICK_SIZES if args.quick else
+                                FULL_SIZES if args.full else DEFAULT_SIZES)
     args.dtypes = [np.dtype(d) for d in args.dtypes.split(",")]
     if args.quick:
         args.rounds = min(args.rounds, 3)
@@ -132,7 +139,8 @@ def main(argv=None):
               "the same bytes)")
         print(f"  {'group':<10}{'dtype':<8}{'arrays':>7}{'elements':>10}  {'contender':<14}"
               f"{'time':>11}{'spread':>8}{'x roof':>8}{'x fused':>9}")
-        for gname in (QUICK_GROUPS if args.quick else list(_bench.GROUPS)):
+        for gname in (QUICK_GROUPS if args.quick else
+                      list(_bench.GROUPS) if args.full else DEFAULT_GROUPS):
             shapes = _bench.GROUPS[gname]
             total = sum(int(np.prod(s)) for s in shapes)
             for dtype in args.dtypes[:1]:
@@ -161,7 +169,7 @@ def main(argv=None):
         for name, (shapes, _) in _bench.LAYER_CASES.items():
             if args.quick and name not in ("bn_fwd_bwd", "xent"):
                 continue
-            for shape in shapes[:1] if args.quick else shapes:
+            for shape in shapes if args.full else shapes[:1]:
                 for dtype in args.dtypes[:1]:
                     progress(f"timing {name} {shape}")
                     timed = _bench.time_row(_bench.layer_contenders(

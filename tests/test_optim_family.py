@@ -1,13 +1,15 @@
-"""Adadelta, Adamax, NAdam and RAdam against torch.optim: trajectories, state dicts (ours and
-torch's), and the hyper-parameter checks. The kernels themselves are in the equivalence grid
-(tests/test_kernels.py)."""
+"""Adadelta, Adamax, NAdam and RAdam: their kernels on every backend against the NumPy
+reference (25 steps, so RAdam runs both sides of its rho_t switch), multi-tensor calls and the
+arena, NaN/Inf and thread counts; the optimizers against torch.optim (trajectories, NaN/Inf,
+state dicts, ours and torch's), and the hyper-parameter checks."""
+import functools
 import pickle
 
 import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import GRID_BACKENDS, needs_torch, torch
+from conftest import COMPILED, GRID_BACKENDS, assert_close, layout_like, needs_torch, torch
 
 SHAPES = [(3, 4), (5,), (), (0,), (17,)]
 VARIANTS = [
@@ -135,3 +137,245 @@ def test_radam_takes_the_unrectified_step_first():
     p = np.array([1.0, -2.0])
     fo.RAdam([p], lr=0.1).step([np.array([0.5, 0.25])])
     np.testing.assert_allclose(p, [1.0 - 0.05, -2.0 - 0.025], rtol=1e-15)
+
+
+# =========================================================================== the kernels
+# The equivalence grid: each kernel, on every backend, against the NumPy reference run on
+# contiguous arrays, over dtypes, sizes (0-d, empty, odd, above the parallel threshold) and
+# layouts, for 25 steps with fresh grads each step.
+ops = fo.ops
+
+STATE_KEYS = {"adadelta": ("square_avg", "acc_delta"), "adamax": ("exp_avg", "exp_inf"),
+              "nadam": ("exp_avg", "exp_avg_sq"), "radam": ("exp_avg", "exp_avg_sq")}
+# case -> (kernel, keyword arguments of fo.ops.<kernel>_step_)
+KERNEL_CASES = {
+    "adadelta": ("adadelta", {}),
+    "adadelta_wd_maximize": ("adadelta", dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1,
+                                              maximize=True)),
+    "adamax": ("adamax", dict(lr=0.01)),
+    "adamax_wd_maximize": ("adamax", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                                          weight_decay=0.1, maximize=True)),
+    "nadam_wd": ("nadam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01)),
+    "nadam_decoupled_maximize": ("nadam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1,
+                                               decoupled_weight_decay=True, maximize=True)),
+    "radam_wd": ("radam", dict(lr=0.01, weight_decay=0.1)),
+    "radam_decoupled_maximize": ("radam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1,
+                                               decoupled_weight_decay=True, maximize=True)),
+}
+KERNEL_SHAPES = [(), (0,), (7,), (1031,), (70001,), (33, 31)]
+LAYOUTS = ["contiguous", "strided", "transposed", "mixed"]
+KERNEL_STEPS = 25
+
+
+def call_kernel(case, p, g, state, t, multi=False):
+    """One step of the case's fo.ops kernel (``foreach_`` form with lists when ``multi``);
+    ``state`` holds the state arrays (lists) by torch's key and NAdam's ``mu_product``."""
+    kernel, kwargs = KERNEL_CASES[case]
+    fn = getattr(ops, f"{'foreach_' if multi else ''}{kernel}_step_")
+    arrays = [state[k] for k in STATE_KEYS[kernel]]
+    if kernel == "adadelta":
+        fn(p, g, *arrays, **kwargs)
+    elif kernel == "nadam":
+        state["mu_product"] = fn(p, g, *arrays, t, state["mu_product"], **kwargs)
+    else:
+        fn(p, g, *arrays, t, **kwargs)
+
+
+def kernel_inputs(shape, dtype, seed=0, steps=KERNEL_STEPS):
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(steps)]
+    return p0, grads
+
+
+def run_kernel(case, backend, p0, grads, layout, threads=None):
+    """Apply the case ``len(grads)`` times on ``backend`` to a copy of ``p0`` laid out as
+    ``layout`` ("mixed": a transposed param, contiguous grads, strided state); returns the
+    param and the state arrays."""
+    param_layout, grad_layout, state_layout = {
+        "mixed": ("transposed", "contiguous", "strided")}.get(layout, (layout,) * 3)
+    kernel = KERNEL_CASES[case][0]
+    p = layout_like(p0, param_layout)
+    state = {k: layout_like(np.zeros(p0.shape, p0.dtype), state_layout)
+             for k in STATE_KEYS[kernel]}
+    state["mu_product"] = 1.0
+    with fo.use_backend(backend):
+        if threads:
+            fo.set_num_threads(threads)
+        try:
+            for t, g in enumerate(grads, start=1):
+                call_kernel(case, p, layout_like(g, grad_layout), state, t)
+        finally:
+            if threads:
+                fo.set_num_threads(2)
+    return p, {k: state[k] for k in STATE_KEYS[kernel]}
+
+
+@functools.lru_cache(maxsize=None)
+def expected_run(case, shape, dtype):
+    """The reference's result on contiguous arrays (computed once per case, shape, dtype)."""
+    p0, grads = kernel_inputs(shape, dtype)
+    return run_kernel(case, "numpy", p0, grads, "contiguous")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=str)
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_kernel_matches_the_reference_over_25_steps(backend, case, shape, layout, dtype):
+    if backend == "numpy" and layout == "contiguous":
+        pytest.skip("the reference on contiguous arrays is the expected value itself")
+    p0, grads = kernel_inputs(shape, dtype)
+    expected_p, expected_state = expected_run(case, shape, dtype)
+    p, state = run_kernel(case, backend, p0, grads, layout)
+    assert p.dtype == dtype and p.shape == p0.shape
+    assert_close(p, expected_p, dtype, f"param of {case}")
+    for k in state:
+        assert state[k].dtype == dtype
+        assert_close(state[k], expected_state[k], dtype, f"state {k} of {case}")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "mixed"])
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_kernel_gives_the_reference_bits(backend, case, layout, dtype):
+    """Element-wise kernels do the reference's operations in its order and precision (no
+    FMA contraction, no fast-math, scalars folded in float64 then cast), so they agree to
+    the bit, serially (1031) and in parallel (70001)."""
+    for shape in [(1031,), (70001,)]:
+        p0, grads = kernel_inputs(shape, dtype)
+        expected_p, expected_state = expected_run(case, shape, dtype)
+        p, state = run_kernel(case, backend, p0, grads, layout)
+        assert p.tobytes() == expected_p.tobytes()
+        for k in state:
+            assert state[k].tobytes() == expected_state[k].tobytes(), k
+
+
+@pytest.mark.parametrize("case", [c for c, (k, _) in KERNEL_CASES.items() if k == "radam"])
+def test_the_radam_cases_run_both_sides_of_the_switch(case):
+    """rho_t (torch's formula) is <= 5 on the first step and > 5 on the last one, so the grid
+    holds both the un-rectified and the rectified update to the reference."""
+    beta2 = KERNEL_CASES[case][1].get("betas", (0.9, 0.999))[1]
+    rho_inf = 2 / (1 - beta2) - 1
+    rho = [rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t) for t in (1, KERNEL_STEPS)]
+    assert rho[0] <= 5 < rho[1]
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_kernel_nan_and_inf_propagate_as_in_the_reference(backend, case, dtype):
+    p0, grads = kernel_inputs((64,), dtype)
+    p0[3], p0[5] = np.nan, np.inf
+    grads[0][7], grads[9][9], grads[19][11], grads[12][13] = np.nan, np.inf, -np.inf, np.nan
+    expected_p, expected_state = run_kernel(case, "numpy", p0, grads, "contiguous")
+    p, state = run_kernel(case, backend, p0, grads, "contiguous")
+    np.testing.assert_array_equal(p, expected_p)   # NaN positions must match too
+    for k in state:
+        np.testing.assert_array_equal(state[k], expected_state[k], err_msg=k)
+    # a NaN grad poisons its element from then on, and only its element
+    assert np.isnan(p[3]) and np.isnan(p[7]) and np.isnan(p[13])
+    assert np.isfinite(p[0]) and np.isfinite(p[8])
+
+
+def test_adamax_infinity_norm_keeps_nan():
+    """exp_inf = max(beta2 * exp_inf, |g| + eps) with torch.maximum's NaN rule: a NaN on
+    either side gives NaN (a plain max would drop it on one side)."""
+    for backend in GRID_BACKENDS:
+        with fo.use_backend(backend):
+            p = np.zeros(3)
+            m, u = np.zeros(3), np.array([np.nan, 1.0, 1.0])
+            ops.adamax_step_(p, np.array([0.5, np.nan, 0.5]), m, u, 1, lr=0.1, betas=(0.9, 0.5))
+            assert np.isnan(u[0]) and np.isnan(u[1]), backend
+            assert u[2] == 0.5 + 1e-8, backend      # max(0.5 * 1.0, 0.5 + eps)
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", COMPILED)
+def test_kernel_is_bit_identical_for_any_thread_count(backend, case, dtype):
+    p0, grads = kernel_inputs((100003,), dtype)
+    p1, s1 = run_kernel(case, backend, p0, grads, "contiguous", threads=1)
+    p2, s2 = run_kernel(case, backend, p0, grads, "contiguous", threads=2)
+    assert p1.tobytes() == p2.tobytes()
+    assert all(s1[k].tobytes() == s2[k].tobytes() for k in s1)
+
+
+# ------------------------------------------------------------------- multi-tensor calls
+# (shape, dtype, layout) of each tensor of a mixed group
+GROUP = [((), np.float32, "contiguous"), ((0,), np.float64, "contiguous"),
+         ((7,), np.float64, "contiguous"), ((1031,), np.float32, "strided"),
+         ((33, 31), np.float64, "transposed"), ((70001,), np.float32, "contiguous"),
+         ((4, 5), np.float32, "contiguous")]
+
+
+def make_group(case, seed=3, steps=KERNEL_STEPS):
+    rng = np.random.default_rng(seed)
+    params = [layout_like(rng.standard_normal(shape).astype(dt), layout)
+              for shape, dt, layout in GROUP]
+    state = {k: [layout_like(np.zeros(shape, dt), layout) for shape, dt, layout in GROUP]
+             for k in STATE_KEYS[KERNEL_CASES[case][0]]}
+    grads = [[rng.standard_normal(shape).astype(dt) for shape, dt, _ in GROUP]
+             for _ in range(steps)]
+    return params, state, grads
+
+
+def run_group(case, backend, params, state, grads, multi):
+    """Step the group with one foreach call per step (``multi``) or one call per array."""
+    mus = [1.0] * len(params)
+    with fo.use_backend(backend):
+        for t, gs in enumerate(grads, start=1):
+            if multi:
+                s = dict(state, mu_product=mus[0])
+                call_kernel(case, params, gs, s, t, multi=True)
+                mus = [s["mu_product"]] * len(params)
+                continue
+            for j, (p, g) in enumerate(zip(params, gs)):
+                s = {k: v[j] for k, v in state.items()}
+                s["mu_product"] = mus[j]
+                call_kernel(case, p, g, s, t)
+                mus[j] = s["mu_product"]
+    return params + sum(state.values(), [])
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_one_call_per_group_gives_the_bits_of_one_call_per_array(backend, case):
+    single = run_group(case, backend, *make_group(case), multi=False)
+    multi = run_group(case, backend, *make_group(case), multi=True)
+    for a, b in zip(single, multi):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", [b for b in GRID_BACKENDS if b != "numpy"])
+def test_one_call_per_group_matches_the_reference(backend, case):
+    expected = run_group(case, "numpy", *make_group(case), multi=False)
+    actual = run_group(case, backend, *make_group(case), multi=True)
+    for a, b in zip(actual, expected):
+        assert_close(a, b, b.dtype)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_one_call_per_group_is_bit_identical_for_any_thread_count(backend):
+    results = []
+    for threads in (1, 2):
+        fo.set_num_threads(threads)
+        try:
+            arrays = run_group("radam_wd", backend, *make_group("radam_wd"), multi=True)
+        finally:
+            fo.set_num_threads(2)
+        results.append([a.tobytes() for a in arrays])
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("kernel", STATE_KEYS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_array_anywhere_in_a_group_changes_nothing(backend, kernel):
+    case = next(c for c, (k, _) in KERNEL_CASES.items() if k == kernel)
+    params, state, grads = make_group(case, steps=1)
+    key = STATE_KEYS[kernel][1]
+    state[key][4] = np.zeros((2, 2))                 # wrong shape, late in the list
+    before = [a.copy() for a in params + sum(state.values(), [])]
+    with fo.use_backend(backend), pytest.raises(ValueError, match=rf"{key}s\[4\]"):
+        call_kernel(case, params, grads[0], dict(state, mu_product=1.0), 1, multi=True)
+    for a, b in zip(params + sum(state.values(), []), before):
+        np.testing.assert_array_equal(a, b)

@@ -25,18 +25,3 @@ def via_contiguous(kernel, arrays, *scalars):
     for i, (a, c) in enumerate(zip(arrays, copies)):
         if i != 1 and a is not None and c is not a:
             np.copyto(a, c)
-
-
-def flat_views(arrays):
-    """1-D views of arrays that are all C- or all F-contiguous (None kept), else None."""
-    order = "C" if arrays[0].flags.c_contiguous else "F"
-    flag = "C_CONTIGUOUS" if order == "C" else "F_CONTIGUOUS"
-    views = []
-    for a in arrays:
-        if a is None:
-            views.append(None)
-        elif a.flags[flag] and a.flags.aligned and a.dtype.isnative:
-            views.append(a.reshape(-1, order=order))
-        else:
-            return None
-    return views

@@ -379,3 +379,312 @@ def test_a_bad_array_anywhere_in_a_group_changes_nothing(backend, kernel):
         call_kernel(case, params, grads[0], dict(state, mu_product=1.0), 1, multi=True)
     for a, b in zip(params + sum(state.values(), []), before):
         np.testing.assert_array_equal(a, b)
+
+
+# ======================================================================= the optimizers
+def _lerp(a, b, w):
+    """torch.lerp's two-branch formula (exact at both ends)."""
+    return a + w * (b - a) if w < 0.5 else b - (b - a) * (1 - w)
+
+
+def torch_formula(name, kwargs, params, grad_steps):
+    """torch.optim's single-tensor code (torch 2.x: adadelta.py, adamax.py, nadam.py,
+    radam.py), transcribed line by line in NumPy float64 so that the optimizers are held to
+    torch's formulas even where torch is not installed. NAdam's ``mu_product`` is a float32
+    scalar tensor in torch, multiplied in float32."""
+    kw = dict(dict(Adadelta=dict(lr=1.0, rho=0.9, eps=1e-6), Adamax=dict(lr=2e-3, eps=1e-8),
+                   NAdam=dict(lr=2e-3, eps=1e-8, momentum_decay=4e-3),
+                   RAdam=dict(lr=1e-3, eps=1e-8))[name], **kwargs)
+    lr, eps, wd = kw["lr"], kw["eps"], kw.get("weight_decay", 0.0)
+    beta1, beta2 = kw.get("betas", (0.9, 0.999))
+    params = [p.copy() for p in params]
+    st = [[np.zeros_like(p), np.zeros_like(p), np.float32(1.0)] for p in params]
+    for t, grads in enumerate(grad_steps, start=1):
+        for i, (p, grad) in enumerate(zip(params, grads)):
+            a, b, mu_product = st[i]
+            g = -grad if kw.get("maximize") else grad
+            if name == "Adadelta":
+                rho = kw["rho"]
+                if wd != 0:
+                    g = g + wd * p
+                a = a * rho + (1 - rho) * g * g
+                delta = np.sqrt(b + eps) / np.sqrt(a + eps) * g
+                b = b * rho + (1 - rho) * delta * delta
+                p += -lr * delta
+            elif name == "Adamax":
+                if wd != 0:
+                    g = g + wd * p
+                a = _lerp(a, g, 1 - beta1)
+                b = np.maximum(b * beta2, np.abs(g) + eps)
+                p += -(lr / (1 - beta1 ** t)) * (a / b)
+            else:
+                if wd != 0 and kw.get("decoupled_weight_decay"):
+                    p *= 1 - lr * wd
+                elif wd != 0:
+                    g = g + wd * p
+                a = _lerp(a, g, 1 - beta1)
+                b = b * beta2 + (1 - beta2) * g * g
+                bc2 = 1 - beta2 ** t
+                if name == "NAdam":
+                    md = kw["momentum_decay"]
+                    mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * md))
+                    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * md))
+                    mu_product = np.float32(mu_product * np.float32(mu))
+                    denom = np.sqrt(b / bc2) + eps
+                    p += (-lr * (1.0 - mu) / (1.0 - float(mu_product))) * (g / denom)
+                    p += (-lr * mu_next / (1.0 - float(mu_product) * mu_next)) * (a / denom)
+                else:
+                    rho_inf = 2 / (1 - beta2) - 1
+                    rho_t = rho_inf - 2 * t * beta2 ** t / bc2
+                    corrected = a / (1 - beta1 ** t)
+                    if rho_t > 5.0:
+                        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+                                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+                        p -= corrected * lr * (bc2 ** 0.5 / (np.sqrt(b) + eps)) * rect
+                    else:
+                        p -= corrected * lr
+            st[i] = [a, b, mu_product]
+    return params
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_trajectory_follows_torchs_formulas(backend, name, kwargs):
+    rng = np.random.default_rng(7)
+    start = _grads(rng)
+    grad_steps = [_grads(rng) for _ in range(STEPS)]
+    ours = [p.copy() for p in start]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(ours, **kwargs)
+        for grads in grad_steps:
+            opt.step(grads)
+    for a, b in zip(ours, torch_formula(name, kwargs, start, grad_steps)):
+        # float64; the kernels fold the step sizes into fewer roundings than torch: ulps
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+def test_the_transcription_of_torchs_formulas_is_torch(name, kwargs):
+    rng = np.random.default_rng(8)
+    start = _grads(rng)
+    grad_steps = [_grads(rng) for _ in range(STEPS)]
+    theirs = [torch.tensor(p.copy(), requires_grad=True) for p in start]
+    ref = getattr(torch.optim, name)(theirs, **kwargs)
+    for grads in grad_steps:
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g.copy())
+        ref.step()
+    for a, b in zip(torch_formula(name, kwargs, start, grad_steps), theirs):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-14, atol=1e-16)
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_nan_and_inf_grads_go_where_torchs_go(backend, name, kwargs):
+    rng = np.random.default_rng(9)
+    start = [rng.standard_normal(40)]
+    grad_steps = [[rng.standard_normal(40)] for _ in range(STEPS)]
+    grad_steps[0][0][3], grad_steps[4][0][5] = np.nan, np.inf
+    grad_steps[9][0][7], grad_steps[15][0][9] = -np.inf, np.nan
+    ours = [start[0].copy()]
+    theirs = [torch.tensor(start[0].copy(), requires_grad=True)]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(ours, **kwargs)
+        ref = getattr(torch.optim, name)(theirs, **kwargs)
+        for grads in grad_steps:
+            opt.step(grads)
+            theirs[0].grad = torch.from_numpy(grads[0].copy())
+            ref.step()
+    expected = theirs[0].detach().numpy()
+    np.testing.assert_array_equal(np.isnan(ours[0]), np.isnan(expected))
+    np.testing.assert_allclose(ours[0], expected, rtol=1e-12, atol=1e-14, equal_nan=True)
+    for key, value in ref.state[theirs[0]].items():
+        if key not in ("step", "mu_product"):
+            np.testing.assert_array_equal(np.isnan(opt.state[0][key]), np.isnan(value.numpy()),
+                                          err_msg=key)
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+def test_our_state_dict_loads_into_torch_and_continues_in_step(name, kwargs):
+    rng = np.random.default_rng(10)
+    ours = _grads(rng)
+    opt = getattr(fo, name)(ours, **kwargs)
+    for _ in range(8):
+        opt.step(_grads(rng))
+    sd = opt.state_dict()
+    theirs = [torch.tensor(p.copy(), requires_grad=True) for p in ours]
+    ref = getattr(torch.optim, name)(theirs, **kwargs)
+    ref.load_state_dict({"state": {i: {k: torch.from_numpy(v) if isinstance(v, np.ndarray)
+                                       else v for k, v in s.items()}
+                                   for i, s in sd["state"].items()},
+                         "param_groups": sd["param_groups"]})
+    for _ in range(8):
+        grads = _grads(rng)
+        opt.step(grads)
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g.copy())
+        ref.step()
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+def test_state_dict_survives_npz_and_resumes_exactly(name, kwargs, tmp_path):
+    rng = np.random.default_rng(11)
+    start = _grads(rng, np.float32)
+    grad_steps = [_grads(rng, np.float32) for _ in range(12)]
+    straight = [p.copy() for p in start]
+    opt = getattr(fo, name)(straight, **kwargs)
+    for g in grad_steps:
+        opt.step(g)
+    first = [p.copy() for p in start]
+    opt1 = getattr(fo, name)(first, **kwargs)
+    for g in grad_steps[:7]:
+        opt1.step(g)
+    sd = opt1.state_dict()
+    assert sorted(sd["state"][0]) == sorted(
+        {"Adadelta": ["square_avg", "acc_delta"], "Adamax": ["exp_avg", "exp_inf"],
+         "NAdam": ["exp_avg", "exp_avg_sq", "mu_product"],
+         "RAdam": ["exp_avg", "exp_avg_sq"]}[name] + ["step"])
+    # a checkpoint as a user would write it: every entry (steps, mu_product too) an array
+    flat = {f"{i}/{k}": np.asarray(v) for i, s in sd["state"].items() for k, v in s.items()}
+    np.savez(tmp_path / "ckpt.npz", **flat)
+    state = {}
+    with np.load(tmp_path / "ckpt.npz") as loaded:
+        for key in loaded.files:
+            i, k = key.split("/")
+            state.setdefault(int(i), {})[k] = loaded[key]
+    opt2 = getattr(fo, name)(first, **kwargs)
+    opt2.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    for g in grad_steps[7:]:
+        opt2.step(g)
+    for a, b in zip(first, straight):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_an_arena_steps_in_one_call_with_the_bits_of_separate_arrays(backend, name, kwargs,
+                                                                      dtype):
+    rng = np.random.default_rng(12)
+    inits = _grads(rng, dtype)
+    arena = fo.ParameterArena(dtype, capacity=1000)
+    views = [arena.add(f"p{k}", s, init=x) for k, (s, x) in enumerate(zip(SHAPES, inits))]
+    separate = [x.copy() for x in inits]
+    with fo.use_backend(backend):
+        o_arena = getattr(fo, name)(arena.params, **kwargs)
+        o_sep = getattr(fo, name)(separate, **kwargs)
+        for _ in range(STEPS):
+            gs = _grads(rng, dtype)
+            for k, g in enumerate(gs):
+                arena.grads[f"dp{k}"] = g
+            o_arena.step(arena.grads)
+            o_sep.step(gs)
+    for a, b in zip(views, separate):
+        assert a.tobytes() == b.tobytes()
+    sd_a, sd_s = o_arena.state_dict(), o_sep.state_dict()
+    for i in sd_s["state"]:
+        assert sd_a["state"][i].keys() == sd_s["state"][i].keys()
+        for key, value in sd_s["state"][i].items():
+            np.testing.assert_array_equal(sd_a["state"][i][key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_parameter_without_a_grad_sits_the_step_out(backend, name, kwargs):
+    """As torch: its state (step, NAdam's mu_product) does not advance, so it later steps
+    as an optimizer of its own would."""
+    rng = np.random.default_rng(13)
+    a0, b0 = rng.standard_normal((3, 2)), rng.standard_normal(4)
+    ga = [rng.standard_normal((3, 2)) for _ in range(9)]
+    gb = [rng.standard_normal(4) for _ in range(9)]
+    a, b = a0.copy(), b0.copy()
+    a_alone, b_alone = a0.copy(), b0.copy()
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)([a, b], **kwargs)
+        opt_a = getattr(fo, name)([a_alone], **kwargs)
+        opt_b = getattr(fo, name)([b_alone], **kwargs)
+        for t in range(9):
+            skip_b = t in (0, 1, 4)
+            opt.step([ga[t], None if skip_b else gb[t]])
+            opt_a.step([ga[t]])
+            if not skip_b:
+                opt_b.step([gb[t]])
+    assert a.tobytes() == a_alone.tobytes() and b.tobytes() == b_alone.tobytes()
+    assert opt.state[1]["step"] == 6
+
+
+@pytest.mark.parametrize("name", ["Adadelta", "Adamax", "NAdam", "RAdam"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_course_dicts_and_param_groups(backend, name):
+    rng = np.random.default_rng(14)
+    params = {"W1": rng.standard_normal((4, 3)), "b1": np.zeros((4, 1)),
+              "W2": rng.standard_normal((1, 4)), "b2": np.zeros((1, 1))}
+    as_list = [v.copy() for v in params.values()]
+    grouped = [v.copy() for v in params.values()]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(params, lr=0.05)
+        opt_list = getattr(fo, name)(as_list, lr=0.05)
+        opt_groups = getattr(fo, name)([{"params": grouped[:2]},
+                                        {"params": grouped[2:], "lr": 0.01}], lr=0.05)
+        for _ in range(7):
+            grads = {"d" + k: rng.standard_normal(v.shape) for k, v in params.items()}
+            opt.step(grads)
+            opt_list.step(list(grads.values()))
+            opt_groups.step(list(grads.values()))
+        assert opt.lr == 0.05 and opt_groups.lr == [0.05, 0.01]
+    for (k, v), w in zip(params.items(), as_list):
+        assert v.tobytes() == w.tobytes(), k
+    assert grouped[0].tobytes() == as_list[0].tobytes()      # same lr: same trajectory
+    assert not np.array_equal(grouped[2], as_list[2])        # smaller lr: elsewhere
+
+
+@pytest.mark.parametrize("name", ["Adadelta", "Adamax", "NAdam", "RAdam"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_grad_changes_nothing(backend, name):
+    rng = np.random.default_rng(15)
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5), rng.standard_normal(2)]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(params)
+        for _ in range(3):
+            opt.step([rng.standard_normal(p.shape) for p in params])
+        before = [p.copy() for p in params]
+        state_before = pickle.dumps(opt.state_dict())
+        for bad, exc in [(np.zeros(3), ValueError), (np.zeros(2, np.float32), TypeError)]:
+            with pytest.raises(exc, match="parameter 2"):
+                opt.step([np.ones((3, 4)), np.ones(5), bad])
+    for p, b in zip(params, before):
+        assert p.tobytes() == b.tobytes()
+    assert pickle.dumps(opt.state_dict()) == state_before
+
+
+MORE_BAD = [
+    ("Adadelta", dict(rho=-0.1), "rho"), ("Adadelta", dict(rho=float("nan")), "rho"),
+    ("Adadelta", dict(lr=float("nan")), "lr"),
+    ("Adamax", dict(lr=-2e-3), "lr"), ("Adamax", dict(eps=-1.0), "eps"),
+    ("Adamax", dict(weight_decay=-0.5), "weight_decay"), ("Adamax", dict(betas=(0.9,)), "betas"),
+    ("NAdam", dict(eps=-1e-8), "eps"), ("NAdam", dict(weight_decay=-1.0), "weight_decay"),
+    ("NAdam", dict(betas=(-0.1, 0.9)), "beta1"), ("NAdam", dict(betas=(0.9, 1.5)), "beta2"),
+    ("RAdam", dict(lr=-1e-3), "lr"), ("RAdam", dict(weight_decay=-1e-2), "weight_decay"),
+    ("RAdam", dict(betas=(1.0, 0.999)), "beta1"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,word", MORE_BAD,
+                         ids=[f"{n}-{w}-{i}" for i, (n, _, w) in enumerate(MORE_BAD)])
+def test_more_bad_hyper_parameters_raise_naming_them(name, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        getattr(fo, name)([np.zeros(3)], **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("Adadelta", dict(rho=0.0)), ("Adadelta", dict(rho=1.0, lr=0.0)),
+    ("Adamax", dict(betas=(0.0, 0.0), eps=0.0)), ("NAdam", dict(momentum_decay=0.0)),
+    ("RAdam", dict(betas=(0.0, 0.0)))])
+def test_the_edges_torch_accepts_are_accepted(name, kwargs):
+    p = np.ones(3)
+    getattr(fo, name)([p], **kwargs).step([np.full(3, 0.5)])
+    assert not np.isnan(p).any()

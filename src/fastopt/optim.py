@@ -598,8 +598,26 @@ def _check_betas(betas):
 
 
 class Adadelta(Optimizer):
-    """torch.optim.Adadelta: ``delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``,
-    ``param -= lr * delta``, both averages with factor ``rho``."""
+    """torch.optim.Adadelta. One step, with ``g = ±grad + weight_decay * param``::
+
+        square_avg = rho * square_avg + (1 - rho) * g**2
+        delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta = rho * acc_delta + (1 - rho) * delta**2
+        param -= lr * delta
+
+    Parameters
+    ----------
+    params : dict of arrays, list of arrays, or list of param-group dicts
+    lr : float, default 1.0
+    rho : float in [0, 1], default 0.9
+        Decay of both running averages.
+    eps : float, default 1e-6
+    weight_decay : float, default 0.0
+    maximize : bool, default False
+        Ascend: ``g = -grad``.
+
+    State per parameter (torch's keys): ``step``, ``square_avg``, ``acc_delta``.
+    """
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
@@ -625,8 +643,24 @@ class Adadelta(Optimizer):
 
 
 class Adamax(Optimizer):
-    """torch.optim.Adamax: ``exp_inf = max(beta2 * exp_inf, |g| + eps)``,
-    ``param -= lr / (1 - beta1**t) * exp_avg / exp_inf``."""
+    """torch.optim.Adamax (Adam with the infinity norm). Step ``t``, with
+    ``g = ±grad + weight_decay * param``::
+
+        exp_avg += (1 - beta1) * (g - exp_avg)
+        exp_inf = max(beta2 * exp_inf, |g| + eps)      # eps inside the max; NaN propagates
+        param -= lr / (1 - beta1**t) * exp_avg / exp_inf
+
+    Parameters
+    ----------
+    params : dict of arrays, list of arrays, or list of param-group dicts
+    lr : float, default 2e-3
+    betas : (float, float) in [0, 1), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0.0
+    maximize : bool, default False
+
+    State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_inf``.
+    """
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  maximize=False):
@@ -652,9 +686,33 @@ class Adamax(Optimizer):
 
 
 class NAdam(Optimizer):
-    """torch.optim.NAdam: Adam with Nesterov momentum on the schedule
-    ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``; the running product of the
-    ``mu_t`` is kept in the state as ``mu_product``."""
+    """torch.optim.NAdam: Adam with Nesterov momentum on a schedule. Step ``t``::
+
+        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay));   P_t = mu_1 * ... * mu_t
+        param *= 1 - lr * weight_decay     (decoupled_weight_decay)
+        g = ±grad (+ weight_decay * param  otherwise)
+        exp_avg += (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+        d = sqrt(exp_avg_sq / (1 - beta2**t)) + eps
+        param -= lr * (1 - mu_t) / (1 - P_t) * g / d
+                 + lr * mu_{t+1} / (1 - P_t * mu_{t+1}) * exp_avg / d
+
+    Parameters
+    ----------
+    params : dict of arrays, list of arrays, or list of param-group dicts
+    lr : float, default 2e-3
+    betas : (float, float) in [0, 1), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0.0
+    momentum_decay : float, default 4e-3
+    decoupled_weight_decay : bool, default False
+        AdamW-style decay (NAdamW) instead of adding it to the grad.
+    maximize : bool, default False
+
+    State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq`` and
+    ``mu_product`` (``P_t``, a float; as in torch it is multiplied in float32, so
+    trajectories match torch's; a torch state dict's 0-d array loads as well).
+    """
 
     _scalar_state = ("mu_product",)
 
@@ -689,8 +747,31 @@ class NAdam(Optimizer):
 
 
 class RAdam(Optimizer):
-    """torch.optim.RAdam: SGD with momentum while the variance estimate is unreliable
-    (``rho_t <= 5``), the rectified Adam step after."""
+    """torch.optim.RAdam: SGD with bias-corrected momentum while the variance estimate is
+    unreliable, the rectified Adam step after. Step ``t``::
+
+        param *= 1 - lr * weight_decay     (decoupled_weight_decay)
+        g = ±grad (+ weight_decay * param  otherwise)
+        exp_avg += (1 - beta1) * (g - exp_avg)
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g**2
+        rho_inf = 2 / (1 - beta2) - 1;   rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        rho_t > 5:   rect = sqrt((rho_t-4) (rho_t-2) rho_inf / ((rho_inf-4) (rho_inf-2) rho_t))
+                     param -= lr / (1 - beta1**t) * rect * sqrt(1 - beta2**t)
+                              * exp_avg / (sqrt(exp_avg_sq) + eps)
+        otherwise:   param -= lr / (1 - beta1**t) * exp_avg
+
+    Parameters
+    ----------
+    params : dict of arrays, list of arrays, or list of param-group dicts
+    lr : float, default 1e-3
+    betas : (float, float) in [0, 1), default (0.9, 0.999)
+    eps : float, default 1e-8
+    weight_decay : float, default 0.0
+    decoupled_weight_decay : bool, default False
+    maximize : bool, default False
+
+    State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq``.
+    """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, maximize=False):

@@ -9,7 +9,7 @@ then a fixed pairwise combine), so results are bit-identical for any thread coun
 are glibc's vector variants (libmvec, ~1 ulp) where the loop vectorizes.
 """
 from cython.parallel cimport prange
-from libc.math cimport NAN, log, sqrt
+from libc.math cimport log, sqrt
 from libc.stdlib cimport free, malloc
 
 import numpy as np
@@ -285,29 +285,49 @@ def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floati
 # A "row" is one example's k logits, contiguous (the normalized axis is last). In the strided
 # layout (outer, k, inner) each example is a column of a (k, inner) block; those are handled a
 # block of columns at a time so that the inner loops run along memory and vectorize.
-cdef floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
-    """max(z), NaN if z holds one. Sixteen partial maxima and a separate NaN flag keep the
-    loop to plain compares and selects, which vectorize (max is exact in any order)."""
-    cdef floating acc[16]
-    cdef int nan[16]
-    cdef Py_ssize_t i, j, k16 = k - k % 16
-    cdef floating v
-    for j in range(16):
-        acc[j] = z[0]
-        nan[j] = 0
-    for i in range(0, k16, 16):
-        for j in range(16):
-            v = z[i + j]
-            acc[j] = v if v > acc[j] else acc[j]
-            nan[j] = nan[j] | (v != v)
-    for i in range(k16, k):
-        v = z[i]
-        acc[0] = v if v > acc[0] else acc[0]
-        nan[0] = nan[0] | (v != v)
-    for j in range(1, 16):
-        acc[0] = acc[j] if acc[j] > acc[0] else acc[0]
-        nan[0] = nan[0] | nan[j]
-    return <floating>NAN if nan[0] else acc[0]
+cdef extern from *:
+    """
+    /* max of a row with NaN propagation, written with GCC vector extensions: plain compares
+       and bitwise selects on whole vectors (GCC does not vectorize a NaN-aware max loop by
+       itself). Max is exact, so the lane order does not change the result. */
+    #include <string.h>
+    #define FO_ROW_MAX(NAME, T, IT, LANES)                                               \
+    static T NAME(const T* z, Py_ssize_t k) {                                           \
+        typedef T vt __attribute__((vector_size(LANES * sizeof(T))));                    \
+        typedef IT vi __attribute__((vector_size(LANES * sizeof(T))));                   \
+        vt acc, v; vi nan = {0}, m;                                                      \
+        T best = z[0]; int any_nan = z[0] != z[0];                                       \
+        Py_ssize_t i = 0, j;                                                             \
+        for (j = 0; j < LANES; j++) acc[j] = z[0];                                       \
+        for (; i + LANES <= k; i += LANES) {                                             \
+            memcpy(&v, z + i, sizeof v);                                                 \
+            m = v > acc;                                                                 \
+            acc = (vt)(((vi)v & m) | ((vi)acc & ~m));                                    \
+            nan |= v != v;                                                               \
+        }                                                                                \
+        for (j = 0; j < LANES; j++) {                                                    \
+            if (acc[j] > best) best = acc[j];                                            \
+            any_nan |= nan[j] != 0;                                                      \
+        }                                                                                \
+        for (; i < k; i++) {                                                             \
+            if (z[i] > best) best = z[i];                                                \
+            any_nan |= z[i] != z[i];                                                     \
+        }                                                                                \
+        return any_nan ? (T)NAN : best;                                                  \
+    }
+    FO_ROW_MAX(fo_row_max_f, float, int, 16)
+    FO_ROW_MAX(fo_row_max_d, double, long long, 8)
+    """
+    float fo_row_max_f(const float* z, Py_ssize_t k) nogil
+    double fo_row_max_d(const double* z, Py_ssize_t k) nogil
+
+
+cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
+    """max(z), NaN if z holds one."""
+    if floating is float:
+        return fo_row_max_f(z, k)
+    else:
+        return fo_row_max_d(z, k)
 
 
 cdef void exp_shifted(const floating* z, floating* e, floating m, Py_ssize_t k) noexcept nogil:

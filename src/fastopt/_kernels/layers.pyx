@@ -89,8 +89,8 @@ cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) 
 # The loops over elements live in small functions over raw pointers (GCC vectorizes those
 # reliably; it did not vectorize the same loops written on memoryviews inside prange bodies).
 cdef enum:
-    FEATURE_BLOCK = 256  # features per task when each feature is a column (axis 0)
-    APPLY_BLOCK = 512    # features per sweep in the element-wise passes (axis 0)
+    ROW_BLOCK = 64       # rows per partial sum when each feature is a column (axis 0)
+    APPLY_BLOCK = 1024   # features per sweep in the element-wise passes (axis 0)
 
 
 cdef void add_row(const floating* x, double* acc, Py_ssize_t n) noexcept nogil:
@@ -175,7 +175,7 @@ cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
 
 def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
                     double[::1] inv_std):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, nb
     cdef int nt = threads_for(N * C)
     cdef const floating* xp = &x[0, 0] if N * C else NULL
     cdef double* mp = &mean[0]
@@ -185,21 +185,37 @@ def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
             mp[f] = row_sum(xp + f * C, C) / C
             sp[f] = 1.0 / sqrt(row_centred_sq(xp + f * C, C, mp[f]) / C + eps)
         return
-    nb = (C + FEATURE_BLOCK - 1) // FEATURE_BLOCK
+    # rows streamed whole (contiguous, prefetch-friendly) into per-block partial sums; the
+    # blocks are a fixed partition of the rows, combined in block order, so the result does
+    # not depend on the thread count
+    nb = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    part_arr = np.zeros((nb, C))
+    cdef double[:, ::1] part = part_arr
+    cdef double* pp = &part[0, 0]
     for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
-        c0 = blk * FEATURE_BLOCK
-        w = min(FEATURE_BLOCK, C - c0)
-        for c in range(c0, c0 + w):
-            mp[c] = 0
-            sp[c] = 0
-        for n in range(N):             # rows in order: each feature summed sequentially
-            add_row(xp + n * C + c0, mp + c0, w)
-        for c in range(c0, c0 + w):
-            mp[c] = mp[c] / N
-        for n in range(N):
-            add_centred_sq(xp + n * C + c0, mp + c0, sp + c0, w)
-        for c in range(c0, c0 + w):
-            sp[c] = 1.0 / sqrt(sp[c] / N + eps)
+        for n in range(blk * ROW_BLOCK, min(blk * ROW_BLOCK + ROW_BLOCK, N)):
+            add_row(xp + n * C, pp + blk * C, C)
+    combine_blocks(pp, nb, C, mp, N)
+    part_arr[...] = 0
+    for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
+        for n in range(blk * ROW_BLOCK, min(blk * ROW_BLOCK + ROW_BLOCK, N)):
+            add_centred_sq(xp + n * C, mp, pp + blk * C, C)
+    combine_blocks(pp, nb, C, sp, N)
+    for c in range(C):
+        sp[c] = 1.0 / sqrt(sp[c] + eps)
+
+
+cdef void combine_blocks(const double* part, Py_ssize_t nb, Py_ssize_t C, double* out,
+                         Py_ssize_t N) noexcept nogil:
+    """out[c] = (sum over the blocks, in block order, of part[b, c]) / N."""
+    cdef Py_ssize_t b, c
+    for c in range(C):
+        out[c] = part[c]
+    for b in range(1, nb):
+        for c in range(C):
+            out[c] += part[b * C + c]
+    for c in range(C):
+        out[c] = out[c] / N
 
 
 def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[::1] beta,
@@ -256,15 +272,16 @@ def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floati
             dx_feature(dyp + f * C, xp + f * C, dxp + f * C, mp[f], sp[f],
                        gamma[f] * sp[f] / cnt, bp[f], gp[f], cnt, C)
         return
-    nb = (C + FEATURE_BLOCK - 1) // FEATURE_BLOCK
+    nb = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    part_arr = np.zeros((2, nb, C))
+    cdef double[:, :, ::1] part = part_arr
+    cdef double* pb = &part[0, 0, 0]
+    cdef double* pg = &part[1, 0, 0]
     for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
-        c0 = blk * FEATURE_BLOCK
-        w = min(FEATURE_BLOCK, C - c0)
-        for c in range(c0, c0 + w):
-            bp[c] = 0
-            gp[c] = 0
-        for n in range(N):
-            add_grads(dyp + n * C + c0, xp + n * C + c0, mp + c0, sp + c0, bp + c0, gp + c0, w)
+        for n in range(blk * ROW_BLOCK, min(blk * ROW_BLOCK + ROW_BLOCK, N)):
+            add_grads(dyp + n * C, xp + n * C, mp, sp, pb + blk * C, pg + blk * C, C)
+    combine_blocks(pb, nb, C, bp, 1)
+    combine_blocks(pg, nb, C, gp, 1)
     coef_arr = np.empty(C)
     cdef double[::1] coef = coef_arr
     for c in range(C):

@@ -3,10 +3,11 @@
 """Cython layer kernels: batch normalization and the softmax family. Signatures and formulas:
 fastopt/reference/layers.py.
 
-Work is split over features (batch norm) or rows (softmax), never inside a reduction, and every
-sum is taken in one fixed order per feature or row (eight interleaved float64 partial sums,
-then a fixed pairwise combine), so results are bit-identical for any thread count. exp and log
-are glibc's vector variants (libmvec, ~1 ulp) where the loop vectorizes.
+Work is split over features, fixed blocks of rows (batch norm with features as columns) or
+examples (softmax), and every sum is taken in one fixed order (eight interleaved float64
+partial sums then a fixed pairwise combine along a row; per-block partial sums combined in
+block order across rows), so results are bit-identical for any thread count. exp is glibc's
+vector variant (libmvec, ~1 ulp) where the loop vectorizes.
 """
 from cython.parallel cimport prange
 from libc.math cimport log, sqrt

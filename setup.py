@@ -3,7 +3,8 @@
 Flags: -O3 plus -fno-math-errno (lets sqrt inline and vectorize; nothing reads errno),
 unswitching limits raised (each option combination gets its own vectorized loop) and
 -ffp-contract=off (no fused multiply-add: every backend rounds the same element-wise formula the
-same way, so cython, numba and the NumPy reference agree bit for bit). Never -ffast-math.
+same way, so cython, numba and the NumPy reference agree bit for bit). No fast-math flags, ever:
+results keep IEEE semantics.
 The ISA is x86-64-v3 (AVX2/FMA) by default, portable to any recent x86; FASTOPT_MARCH=native
 (or any -march value) overrides it. FASTOPT_NO_OPENMP=1 builds without OpenMP.
 """

@@ -20,7 +20,7 @@ include "_common.pxi"
 cdef extern from *:
     """
     /* glibc ships SIMD variants of exp/log (libmvec); declaring them lets GCC call them from
-       vectorized loops without -ffast-math. Elsewhere the scalar libm functions serve. */
+       vectorized loops without any fast-math flag. Elsewhere the scalar libm functions serve. */
     #include <math.h>
     #if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
     #define FO_SIMD __attribute__((simd("notinbranch")))

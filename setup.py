@@ -5,8 +5,10 @@ unswitching limits raised (each option combination gets its own vectorized loop)
 -ffp-contract=off (no fused multiply-add: every backend rounds the same element-wise formula the
 same way, so cython, numba and the NumPy reference agree bit for bit). No fast-math flags, ever:
 results keep IEEE semantics.
-The ISA is x86-64-v3 (AVX2/FMA) by default, portable to any recent x86; FASTOPT_MARCH=native
-(or any -march value) overrides it. FASTOPT_NO_OPENMP=1 builds without OpenMP.
+The ISA is x86-64-v3 (AVX2/FMA) by default, portable to any recent x86; the compute-heavy
+families are also built for x86-64-v4 (AVX-512), which fastopt._kernels picks at import when the
+CPU has it. FASTOPT_MARCH=native (or any -march value) builds one variant for that ISA instead.
+FASTOPT_NO_OPENMP=1 builds without OpenMP.
 """
 import os
 import platform

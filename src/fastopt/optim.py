@@ -60,6 +60,28 @@ def _column_or_zeros(states, params, key):
     return _column(states, key)
 
 
+def _nonneg(name, value):
+    _check_range(name, value)
+
+
+def _beta(name, value):
+    _check_range(name, value, 0.0, 1.0)
+
+
+def _beta_closed(name, value):
+    _check_range(name, value, 0.0, 1.0, hi_open=False)
+
+
+def _betas(name, value):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"Invalid {name}: {value!r} (must be a pair)")
+    _check_range("beta1 (betas[0])", value[0], 0.0, 1.0)
+    _check_range("beta2 (betas[1])", value[1], 0.0, 1.0)
+
+
+_ADAM_BOUNDS = dict(lr=_nonneg, eps=_nonneg, weight_decay=_nonneg, betas=_betas)
+
+
 class Optimizer:
     """Base class: parameter groups, grad matching and validation, state dicts.
 
@@ -183,6 +205,11 @@ class Optimizer:
             return list(grads)
         raise TypeError(f"grads must be a dict or a sequence of arrays, "
                         f"got {type(grads).__name__}")
+
+    def _check(self, group):
+        """Hyper-parameter checks (ValueError naming the value), from ``_BOUNDS``."""
+        for name, check in self._BOUNDS.items():
+            check(name, group[name])
 
     def _check_grads(self, grads):
         """Check every grad against its parameter, raising with the parameter's name."""
@@ -341,6 +368,7 @@ class Optimizer:
                  for i, s in self.state.items()}
         return {"state": state, "param_groups": groups}
 
+    _BOUNDS = {}    # hyper-parameter -> its check (_nonneg, _beta, _betas, ...)
     _RENAMED = {}   # torch's hyper-parameter name -> ours, where they differ
     _scalar_state = ()   # state entries that are numbers, not arrays (besides "step")
 
@@ -410,18 +438,16 @@ class SGD(Optimizer):
     first step), ``param -= lr * (g + momentum * buf if nesterov else buf)``, with
     ``g = ±grad + weight_decay * param``."""
 
+    _BOUNDS = dict(lr=_nonneg, momentum=_nonneg, dampening=_nonneg, weight_decay=_nonneg)
+
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, maximize=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       nesterov=nesterov, weight_decay=weight_decay,
                                       maximize=maximize))
 
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("momentum", group["momentum"])
-        _check_range("dampening", group["dampening"])
-        _check_range("weight_decay", group["weight_decay"])
+    def _check(self, group):
+        super()._check(group)
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Invalid nesterov=True: Nesterov momentum requires a momentum > 0 "
                              f"and zero dampening (momentum={group['momentum']!r}, "
@@ -450,13 +476,10 @@ class Momentum(Optimizer):
     """The course's gradient descent with momentum: ``v = beta * v + (1 - beta) * g``
     (v starts at zero), ``param -= lr * v``. State key: ``momentum_buffer``."""
 
+    _BOUNDS = dict(lr=_nonneg, beta=_beta)
+
     def __init__(self, params, lr, beta=0.9):
         super().__init__(params, dict(lr=lr, beta=beta))
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("beta", group["beta"], 0.0, 1.0)
 
     def _init_state(self, param, group):
         return {"momentum_buffer": np.zeros(param.shape, param.dtype)}
@@ -472,20 +495,14 @@ class RMSprop(Optimizer):
 
     _RENAMED = {"alpha": "beta"}
 
+    _BOUNDS = dict(lr=_nonneg, beta=_beta, eps=_nonneg, weight_decay=_nonneg, momentum=_nonneg)
+
     def __init__(self, params, lr=0.01, beta=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, eps_inside_sqrt=False, maximize=False, *, alpha=None):
         beta = beta if alpha is None else alpha
         super().__init__(params, dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
                                       eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("beta", group["beta"], 0.0, 1.0)
-        _check_range("eps", group["eps"])
-        _check_range("weight_decay", group["weight_decay"])
-        _check_range("momentum", group["momentum"])
 
     def _init_state(self, param, group):
         return {"step": 0, "square_avg": np.zeros(param.shape, param.dtype)}
@@ -508,6 +525,9 @@ class Adagrad(Optimizer):
     """torch.optim.Adagrad: ``sum += g**2``,
     ``param -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``."""
 
+    _BOUNDS = dict(lr=_nonneg, lr_decay=_nonneg, weight_decay=_nonneg,
+                   initial_accumulator_value=_nonneg, eps=_nonneg)
+
     def __init__(self, params, lr=0.01, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, maximize=False):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
@@ -516,14 +536,6 @@ class Adagrad(Optimizer):
         # as torch: the accumulator exists (and is in the state dict) before the first step
         for i, _, _, group, p in self._flat():
             self.state[i] = self._init_state(p, group)
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("lr_decay", group["lr_decay"])
-        _check_range("weight_decay", group["weight_decay"])
-        _check_range("initial_accumulator_value", group["initial_accumulator_value"])
-        _check_range("eps", group["eps"])
 
     def _init_state(self, param, group):
         return {"step": 0,
@@ -542,18 +554,13 @@ class Adam(Optimizer):
 
     _decoupled = False
 
+    _BOUNDS = _ADAM_BOUNDS
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, maximize=False, eps_inside_sqrt=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, eps_inside_sqrt=eps_inside_sqrt))
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("eps", group["eps"])
-        _check_range("weight_decay", group["weight_decay"])
-        _check_betas(group["betas"])
 
     def _init_state(self, param, group):
         state = {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
@@ -588,15 +595,6 @@ class AdamW(Adam):
                                               maximize=maximize))
 
 
-
-
-def _check_betas(betas):
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Invalid betas: {betas!r} (must be a pair)")
-    _check_range("beta1 (betas[0])", betas[0], 0.0, 1.0)
-    _check_range("beta2 (betas[1])", betas[1], 0.0, 1.0)
-
-
 class Adadelta(Optimizer):
     """torch.optim.Adadelta. One step, with ``g = ±grad + weight_decay * param``::
 
@@ -619,16 +617,11 @@ class Adadelta(Optimizer):
     State per parameter (torch's keys): ``step``, ``square_avg``, ``acc_delta``.
     """
 
+    _BOUNDS = dict(lr=_nonneg, rho=_beta_closed, eps=_nonneg, weight_decay=_nonneg)
+
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize))
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("rho", group["rho"], 0.0, 1.0, hi_open=False)
-        _check_range("eps", group["eps"])
-        _check_range("weight_decay", group["weight_decay"])
 
     def _init_state(self, param, group):
         return {"step": 0, "square_avg": np.zeros(param.shape, param.dtype),
@@ -662,17 +655,12 @@ class Adamax(Optimizer):
     State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_inf``.
     """
 
+    _BOUNDS = _ADAM_BOUNDS
+
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  maximize=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, maximize=maximize))
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("eps", group["eps"])
-        _check_range("weight_decay", group["weight_decay"])
-        _check_betas(group["betas"])
 
     def _init_state(self, param, group):
         return {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
@@ -716,20 +704,14 @@ class NAdam(Optimizer):
 
     _scalar_state = ("mu_product",)
 
+    _BOUNDS = dict(_ADAM_BOUNDS, momentum_decay=_nonneg)
+
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize))
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("eps", group["eps"])
-        _check_range("weight_decay", group["weight_decay"])
-        _check_range("momentum_decay", group["momentum_decay"])
-        _check_betas(group["betas"])
 
     def _init_state(self, param, group):
         return {"step": 0, "mu_product": 1.0, "exp_avg": np.zeros(param.shape, param.dtype),
@@ -773,19 +755,14 @@ class RAdam(Optimizer):
     State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
 
+    _BOUNDS = _ADAM_BOUNDS
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, maximize=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize))
-
-    @staticmethod
-    def _check(group):
-        _check_range("lr", group["lr"])
-        _check_range("eps", group["eps"])
-        _check_range("weight_decay", group["weight_decay"])
-        _check_betas(group["betas"])
 
     def _init_state(self, param, group):
         return {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),

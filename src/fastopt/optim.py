@@ -85,10 +85,9 @@ _ADAM_BOUNDS = dict(lr=_nonneg, eps=_nonneg, weight_decay=_nonneg, betas=_betas)
 class Optimizer:
     """Base class: parameter groups, grad matching and validation, state dicts.
 
-    Subclasses define ``_BOUNDS`` (the check of each hyper-parameter), ``_init_state(param,
-    group)``
-    (state arrays, torch's key names) and ``_update(group, params, grads, states, step)``: one
-    multi-tensor kernel call for parameters sharing a step count (``step`` is the new count,
+    Subclasses define ``_BOUNDS`` (the check of each hyper-parameter),
+    ``_init_state(param, group)`` (state arrays, torch's key names) and
+    ``_update(group, params, grads, states, step)``: one multi-tensor kernel call for parameters sharing a step count (``step`` is the new count,
     or None for optimizers without one; the base class stores it after the call succeeds).
     """
 

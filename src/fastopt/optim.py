@@ -87,8 +87,9 @@ class Optimizer:
 
     Subclasses define ``_BOUNDS`` (the check of each hyper-parameter),
     ``_init_state(param, group)`` (state arrays, torch's key names) and
-    ``_update(group, params, grads, states, step)``: one multi-tensor kernel call for parameters sharing a step count (``step`` is the new count,
-    or None for optimizers without one; the base class stores it after the call succeeds).
+    ``_update(group, params, grads, states, step)``: one multi-tensor kernel call for the
+    parameters sharing a step count (``step`` is the new count, or None for optimizers without
+    one; the base class stores it after the call succeeds).
     """
 
     def __init__(self, params, defaults):

@@ -11,9 +11,16 @@ single-array function on each array. They return None.
 
 These are what the optimizer classes call, so each formula exists once per backend.
 """
-import numpy as np
+import struct
 
 from . import _backend
+
+_F32 = struct.Struct("f")
+
+
+def _to_f32(x):
+    """x rounded to the nearest float32 (as a Python float); cheaper than a NumPy scalar."""
+    return _F32.unpack(_F32.pack(x))[0]
 
 
 def ewa_(avg, x, beta):
@@ -194,8 +201,9 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     mu = nadam_momentum(step, beta1, momentum_decay)
     mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
     # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and
-    # multiplies in float32; doing the same keeps float64 trajectories equal to torch's
-    mu_product = float(np.float32(mu_product) * np.float32(mu))
+    # multiplies in float32; doing the same keeps float64 trajectories equal to torch's (the
+    # product of two float32 values is exact in float64, so rounding it once is float32's *)
+    mu_product = _to_f32(_to_f32(mu_product) * _to_f32(mu))
     grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = -lr * mu_next / (1.0 - mu_product * mu_next)
     return mu_product, (lr, beta1, beta2, eps, weight_decay, 1.0 - beta2 ** step, grad_coef,

@@ -390,3 +390,33 @@ def _torch_layer(name, x, dy, labels):
     calls = {"bn_fwd": lambda: bn(False), "bn_fwd_bwd": lambda: bn(True),
              "softmax": lambda: torch.softmax(xt, -1), "xent": xent}
     return {"torch": calls[name]} if name in calls else {}
+
+
+def check_layer_equivalence(name, backend, dtype, shape=(37, 29)):
+    """Max relative error of a layer kernel on ``backend`` vs the reference, and whether it is
+    within tolerance (reductions are summed in a different order: a few ulps of float32, 1e-11
+    relative in float64)."""
+    from . import layers
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(dtype) * 3 + 1
+    dy = rng.standard_normal(shape).astype(dtype)
+    labels = rng.integers(0, shape[1], shape[0])
+    gamma, beta = np.ones(shape[1], dtype), np.zeros(shape[1], dtype)
+
+    def outputs():
+        if name.startswith("bn"):
+            y, cache = layers.batchnorm_forward(x, gamma, beta)
+            return [y, *layers.batchnorm_backward(dy, cache)]
+        if name == "softmax":
+            return [layers.softmax(x), layers.log_softmax(x, axis=0)]
+        loss, d = layers.softmax_cross_entropy(x, labels)
+        return [np.array([loss]), d]
+
+    with _backend.use_backend("numpy"):
+        expected = outputs()
+    with _backend.use_backend(backend):
+        got = outputs()
+    err = max(float(np.max(np.abs(a - b) / (np.abs(b) + 1.0), initial=0.0))
+              for a, b in zip(got, expected))
+    tol = 1e-11 if np.dtype(dtype) == np.float64 else 1e-5
+    return err, err <= tol

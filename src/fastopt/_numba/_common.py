@@ -57,21 +57,31 @@ def step_views(arrays, names, nrequired):
     strided slice, a transpose next to a C-ordered grad): the caller then runs on contiguous
     copies. Bad input raises as ``_validate.check_step_arrays``.
     """
+    p = arrays[0]
+    if type(p) is np.ndarray and p.dtype in FLOAT_DTYPES:
+        # the common case, in one pass: C-contiguous arrays of the param's dtype and shape
+        dtype, shape = p.dtype, p.shape
+        views = []
+        for i, a in enumerate(arrays):
+            if a is None:
+                if i < nrequired:
+                    break
+                views.append(_EMPTY[dtype])
+                continue
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                break
+            flags = a.flags
+            if not (flags.c_contiguous and flags.aligned) or (i != 1 and not flags.writeable):
+                break
+            views.append(a.reshape(-1))
+        else:
+            return views
     for i in range(nrequired):
         if arrays[i] is None:
             raise TypeError(f"{names[i]} must be a numpy.ndarray, got NoneType")
-    p = arrays[0]
-    if type(p) is np.ndarray and p.dtype in FLOAT_DTYPES:
-        shape, dtype = p.shape, p.dtype
-        for i, a in enumerate(arrays):
-            if a is not None and (type(a) is not np.ndarray or a.shape != shape
-                                  or a.dtype != dtype or (i != 1 and not a.flags.writeable)):
-                break
-        else:
-            return _flat(arrays, _EMPTY[dtype])
     written = [(n, a) for i, (n, a) in enumerate(zip(names, arrays)) if i != 1]
     check_step_arrays(written, [(names[1], arrays[1])])   # raises with the standard message
-    return _flat(arrays, _EMPTY[p.dtype])                  # (ndarray subclasses land here)
+    return _flat(arrays, _EMPTY[p.dtype])                  # (other layouts, subclasses)
 
 
 def _flat(arrays, empty):

@@ -333,3 +333,18 @@ def test_minibatches_rows_same_seed_same_batches_and_no_shuffle():
         list(fo.minibatches(X, Y, batch_size=0))
     with pytest.raises(ValueError):
         list(fo.minibatches(X, Y[:5]))
+
+
+@pytest.mark.parametrize("call", [
+    lambda a: fo.ops.adam_step_(a, a.copy(), a * 0, a * 0, 0),
+    lambda a: fo.ops.adamax_step_(a, a.copy(), a * 0, a * 0, 0),
+    lambda a: fo.ops.radam_step_(a, a.copy(), a * 0, a * 0, -1),
+    lambda a: fo.ops.nadam_step_(a, a.copy(), a * 0, a * 0, 0, 1.0),
+    lambda a: fo.ops.adagrad_step_(a, a.copy(), a * 0, 0),
+    lambda a: fo.ops.foreach_adam_step_([a], [a.copy()], [a * 0], [a * 0], 0),
+])
+def test_step_counts_start_at_one(call):
+    a = np.ones(3)
+    with pytest.raises(ValueError, match="step"):
+        call(a)
+    np.testing.assert_array_equal(a, 1.0)

@@ -23,6 +23,12 @@ def _to_f32(x):
     return _F32.unpack(_F32.pack(x))[0]
 
 
+def _check_step(step):
+    """Bias corrections divide by 1 - beta**step: the count starts at 1."""
+    if not step >= 1:
+        raise ValueError(f"Invalid step: {step!r} (the step count starts at 1)")
+
+
 def ewa_(avg, x, beta):
     """Fold ``x`` into the running average in place: ``avg = beta * avg + (1 - beta) * x``."""
     _backend.active.ewa(avg, x, beta)
@@ -94,6 +100,7 @@ def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight
     ``clr = lr / (1 + (step - 1) * lr_decay)``; ``state_sum += g**2``;
     ``param -= clr * g / (sqrt(state_sum) + eps)``.
     """
+    _check_step(step)
     _backend.active.adagrad(param, grad, state_sum, lr / (1.0 + (step - 1) * lr_decay), eps,
                             weight_decay, maximize)
 
@@ -101,6 +108,7 @@ def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight
 def foreach_adagrad_step_(params, grads, state_sums, step, *, lr=0.01, lr_decay=0.0,
                           weight_decay=0.0, eps=1e-10, maximize=False):
     """:func:`adagrad_step_` on every array of ``params`` (one shared ``step``)."""
+    _check_step(step)
     _backend.active.adagrad_multi(params, grads, state_sums,
                                   lr / (1.0 + (step - 1) * lr_decay), eps, weight_decay,
                                   maximize)
@@ -108,6 +116,7 @@ def foreach_adagrad_step_(params, grads, state_sums, step, *, lr=0.01, lr_decay=
 
 def _adam_scalars(step, lr, betas, eps, weight_decay, decoupled, maximize, eps_inside_sqrt):
     """The backend kernel's scalars: bias corrections folded in float64."""
+    _check_step(step)
     beta1, beta2 = betas
     return (lr, beta1, beta2, eps, weight_decay, lr / (1.0 - beta1 ** step),
             1.0 - beta2 ** step, decoupled, maximize, eps_inside_sqrt)
@@ -168,6 +177,7 @@ def foreach_adadelta_step_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rh
 
 
 def _adamax_scalars(step, lr, betas, eps, weight_decay, maximize):
+    _check_step(step)
     beta1, beta2 = betas
     return beta1, beta2, eps, weight_decay, lr / (1.0 - beta1 ** step), maximize
 
@@ -197,6 +207,7 @@ def nadam_momentum(step, beta1, momentum_decay):
 
 def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
                    decoupled_weight_decay, maximize):
+    _check_step(step)
     beta1, beta2 = betas
     mu = nadam_momentum(step, beta1, momentum_decay)
     mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
@@ -239,6 +250,7 @@ def foreach_nadam_step_(params, grads, exp_avgs, exp_avg_sqs, step, mu_product, 
 
 
 def _radam_scalars(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+    _check_step(step)
     beta1, beta2 = betas
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step

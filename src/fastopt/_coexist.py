@@ -54,16 +54,21 @@ def _run(*parts, backend=None):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(backends):
-    """Rows ``(what, alone, beside, ratio)``; ratio > 1 means slowed down."""
+def measure(backends, repeats=2):
+    """Rows ``(what, alone, beside, ratio)``; ratio > 1 means slowed down. Each time is the
+    best of ``repeats`` fresh processes, so that one process landing on a busy moment of the
+    machine does not read as a slowdown."""
+    def best(*parts, backend=None):
+        return min(_run(*parts, backend=backend) for _ in range(repeats))
+
     rows = []
-    torch_alone = _run("time_torch")
+    torch_alone = best("time_torch")
     for b in backends:
-        beside = _run("run_fastopt", "time_torch", backend=b)
+        beside = best("run_fastopt", "time_torch", backend=b)
         rows.append((f"torch Adam after fastopt[{b}] ran", torch_alone, beside,
                      beside / torch_alone))
-        alone = _run("time_fastopt", backend=b)
-        beside = _run("run_torch", "time_fastopt", backend=b)
+        alone = best("time_fastopt", backend=b)
+        beside = best("run_torch", "time_fastopt", backend=b)
         rows.append((f"fastopt[{b}] adam after torch ran", alone, beside, beside / alone))
     return rows
 

@@ -5,9 +5,9 @@ unswitching limits raised (each option combination gets its own vectorized loop)
 -ffp-contract=off (no fused multiply-add: every backend rounds the same element-wise formula the
 same way, so cython, numba and the NumPy reference agree bit for bit). No fast-math flags, ever:
 results keep IEEE semantics.
-The ISA is x86-64-v3 (AVX2/FMA) by default, portable to any recent x86; the compute-heavy
-families are also built for x86-64-v4 (AVX-512), which fastopt._kernels picks at import when the
-CPU has it. FASTOPT_MARCH=native (or any -march value) builds one variant for that ISA instead.
+The ISA is x86-64-v3 (AVX2/FMA) by default when the building CPU runs it (else the compiler's
+baseline); the compute-heavy families are also built for x86-64-v4 (AVX-512), which
+fastopt._kernels picks at import only when the CPU has it. FASTOPT_MARCH=native (or any -march value) builds one variant for that ISA instead.
 FASTOPT_NO_OPENMP=1 builds without OpenMP.
 """
 import os
@@ -35,16 +35,27 @@ BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math
               "-fno-inline-functions"]
 
 
-def _compiles(compiler_cmd, flags):
-    """True if the C compiler accepts ``flags`` for a small OpenMP-using program."""
-    src = "#include <math.h>\nint main(void){double x=2.0; return (int)sqrt(x) - 1;}\n"
+PROBE = "#include <math.h>\nint main(void){double x=2.0; return (int)sqrt(x) - 1;}\n"
+# exit status 0 only on a CPU that runs x86-64-v3 code (AVX2, FMA, BMI2, ...)
+HOST_V3_PROBE = """int main(void) {
+    __builtin_cpu_init();
+    return !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+             && __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("movbe"));
+}
+"""
+
+
+def _compiles(compiler_cmd, flags, src=PROBE, run=False):
+    """True if the C compiler accepts ``flags`` for a small program (and, with ``run``, the
+    program exits with status 0 here)."""
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "probe.c")
+        path, exe = os.path.join(d, "probe.c"), os.path.join(d, "probe")
         with open(path, "w") as f:
             f.write(src)
-        cmd = [*compiler_cmd, *flags, path, "-o", os.path.join(d, "probe"), "-lm"]
+        cmd = [*compiler_cmd, *flags, path, "-o", exe, "-lm"]
         try:
-            return subprocess.run(cmd, capture_output=True).returncode == 0
+            ok = subprocess.run(cmd, capture_output=True).returncode == 0
+            return ok and (not run or subprocess.run([exe], capture_output=True).returncode == 0)
         except OSError:
             return False
 
@@ -54,8 +65,10 @@ def _isa_flags(cc):
     if march:
         return [f"-march={march}"] if _compiles(cc, [f"-march={march}"]) else []
     if platform.machine().lower() in ("x86_64", "amd64"):
-        # v3 = AVX2 + FMA; prefer 256-bit vectors on AVX-512 machines too (no clock penalty)
-        return ["-march=x86-64-v3"] if _compiles(cc, ["-march=x86-64-v3"]) else []
+        # v3 = AVX2 + FMA; prefer 256-bit vectors on AVX-512 machines too (no clock penalty).
+        # Only where this CPU runs it: the portable build is imported unconditionally.
+        v3 = ["-march=x86-64-v3"]
+        return v3 if _compiles(cc, v3) and _compiles(cc, [], HOST_V3_PROBE, run=True) else []
     return []
 
 

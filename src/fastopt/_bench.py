@@ -321,9 +321,9 @@ def group_contenders(shapes, dtype, peers=True):
 
 # ---------------------------------------------------------------------------------- layers
 LAYER_CASES = {   # name -> (shapes, elements moved per element of x: reads + writes)
-    "bn_fwd": ([(256, 4096), (4096, 1024)], 2),
-    "bn_bwd": ([(256, 4096), (4096, 1024)], 3),
-    "bn_fwd_bwd": ([(256, 4096), (4096, 1024)], 4),
+    "bn_fwd": ([(256, 4096), (4096, 1024)], 2),             # read x, write y
+    "bn_bwd": ([(256, 4096), (4096, 1024)], 3),             # read x and dy, write dx
+    "bn_fwd_bwd": ([(256, 4096), (4096, 1024)], 5),         # both
     "softmax": ([(4096, 1000), (256, 32000)], 2),
     "xent": ([(4096, 1000), (256, 32000)], 2),
 }

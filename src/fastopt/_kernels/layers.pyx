@@ -309,32 +309,45 @@ cdef extern from *:
        and bitwise selects on whole vectors (GCC does not vectorize a NaN-aware max loop by
        itself). Max is exact, so the lane order does not change the result. */
     #include <string.h>
-    #define FO_ROW_MAX(NAME, T, IT, LANES)                                               \
+    /* one native vector: a wider one is split by GCC into scalar code with spills */
+    #if defined(__AVX512F__)
+    #define FO_VBYTES 64
+    #elif defined(__AVX__)
+    #define FO_VBYTES 32
+    #else
+    #define FO_VBYTES 16
+    #endif
+    #define FO_ROW_MAX(NAME, T, IT)                                                      \
     static T NAME(const T* z, Py_ssize_t k) {                                           \
-        typedef T vt __attribute__((vector_size(LANES * sizeof(T))));                    \
-        typedef IT vi __attribute__((vector_size(LANES * sizeof(T))));                   \
-        vt acc, v; vi nan = {0}, m;                                                      \
+        enum { LANES = FO_VBYTES / sizeof(T), ACC = 4 };  /* 4 chains hide the latency */ \
+        typedef T vt __attribute__((vector_size(FO_VBYTES)));                            \
+        typedef IT vi __attribute__((vector_size(FO_VBYTES)));                           \
+        vt acc[ACC], v; vi nan = {0}, m;                                                 \
         T best = z[0]; int any_nan = z[0] != z[0];                                       \
-        Py_ssize_t i = 0, j;                                                             \
-        for (j = 0; j < LANES; j++) acc[j] = z[0];                                       \
-        for (; i + LANES <= k; i += LANES) {                                             \
-            memcpy(&v, z + i, sizeof v);                                                 \
-            m = v > acc;                                                                 \
-            acc = (vt)(((vi)v & m) | ((vi)acc & ~m));                                    \
-            nan |= v != v;                                                               \
+        Py_ssize_t i = 0, j, a;                                                          \
+        for (a = 0; a < ACC; a++)                                                        \
+            for (j = 0; j < LANES; j++) acc[a][j] = z[0];                                \
+        for (; i + ACC * LANES <= k; i += ACC * LANES) {                                 \
+            for (a = 0; a < ACC; a++) {                                                  \
+                memcpy(&v, z + i + a * LANES, sizeof v);                                 \
+                m = v > acc[a];                                                          \
+                acc[a] = (vt)(((vi)v & m) | ((vi)acc[a] & ~m));                          \
+                nan |= v != v;                                                           \
+            }                                                                            \
         }                                                                                \
-        for (j = 0; j < LANES; j++) {                                                    \
-            if (acc[j] > best) best = acc[j];                                            \
-            any_nan |= nan[j] != 0;                                                      \
-        }                                                                                \
+        for (a = 0; a < ACC; a++)                                                        \
+            for (j = 0; j < LANES; j++) {                                                \
+                if (acc[a][j] > best) best = acc[a][j];                                  \
+                any_nan |= nan[j] != 0;                                                  \
+            }                                                                            \
         for (; i < k; i++) {                                                             \
             if (z[i] > best) best = z[i];                                                \
             any_nan |= z[i] != z[i];                                                     \
         }                                                                                \
         return any_nan ? (T)NAN : best;                                                  \
     }
-    FO_ROW_MAX(fo_row_max_f, float, int, 16)
-    FO_ROW_MAX(fo_row_max_d, double, long long, 8)
+    FO_ROW_MAX(fo_row_max_f, float, int)
+    FO_ROW_MAX(fo_row_max_d, double, long long)
     """
     float fo_row_max_f(const float* z, Py_ssize_t k) nogil
     double fo_row_max_d(const double* z, Py_ssize_t k) nogil

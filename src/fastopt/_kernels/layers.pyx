@@ -91,7 +91,7 @@ cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) 
 # reliably; it did not vectorize the same loops written on memoryviews inside prange bodies).
 cdef enum:
     ROW_BLOCK = 64       # rows per partial sum when each feature is a column (axis 0)
-    APPLY_BLOCK = 1024   # features per sweep in the element-wise passes (axis 0)
+    CHUNK = 1024         # features per sweep in the element-wise passes (axis 0)
 
 
 cdef void add_row(const floating* x, double* acc, Py_ssize_t n) noexcept nogil:
@@ -109,12 +109,13 @@ cdef void add_centred_sq(const floating* x, const double* mean, double* acc,
         acc[c] += d * d
 
 
-cdef void add_grads(const floating* dy, const floating* x, const double* mean,
-                    const double* inv_std, double* db, double* dg, Py_ssize_t n) noexcept nogil:
+cdef void add_grads(const floating* dy, const floating* x, const double* mean, double* db,
+                    double* dgc, Py_ssize_t n) noexcept nogil:
+    """db += dy, dgc += dy * (x - mean): dgamma = inv_std * sum(dy * (x - mean))."""
     cdef Py_ssize_t c
     for c in range(n):
         db[c] += dy[c]
-        dg[c] += dy[c] * ((x[c] - mean[c]) * inv_std[c])
+        dgc[c] += dy[c] * (x[c] - mean[c])
 
 
 cdef void apply_row(const floating* x, floating* y, const double* mean, const double* scale,
@@ -134,29 +135,40 @@ cdef void apply_feature(const floating* x, floating* y, double mean, double scal
 
 
 cdef void dx_row(const floating* dy, const floating* x, floating* dx, const double* mean,
-                 const double* inv_std, const double* coef, const double* db, const double* dg,
-                 double cnt, Py_ssize_t n) noexcept nogil:
+                 const double* k_dy, const double* k_x, const double* k_0,
+                 Py_ssize_t n) noexcept nogil:
+    """dx = k_dy * dy - k_x * (x - mean) - k_0 (coefficients from dx_coefficients)."""
     cdef Py_ssize_t c
-    cdef double xh
     for c in range(n):
-        xh = (x[c] - mean[c]) * inv_std[c]
-        dx[c] = <floating>(coef[c] * (cnt * dy[c] - db[c] - xh * dg[c]))
+        dx[c] = <floating>(k_dy[c] * dy[c] - k_x[c] * (x[c] - mean[c]) - k_0[c])
 
 
 cdef void dx_feature(const floating* dy, const floating* x, floating* dx, double mean,
-                     double inv_std, double coef, double db, double dg, double cnt,
+                     double gamma, double inv_std, double db, double dg,
                      Py_ssize_t n) noexcept nogil:
+    """One feature (axis 1): dx_row with scalars (its coefficients are locals of the calling
+    thread here)."""
     cdef Py_ssize_t i
-    cdef double xh
+    cdef double k_dy, k_x, k_0
+    dx_coefficients(gamma, inv_std, db, dg, n, &k_dy, &k_x, &k_0)
     for i in range(n):
-        xh = (x[i] - mean) * inv_std
-        dx[i] = <floating>(coef * (cnt * dy[i] - db - xh * dg))
+        dx[i] = <floating>(k_dy * dy[i] - k_x * (x[i] - mean) - k_0)
+
+
+cdef inline void dx_coefficients(double gamma, double inv_std, double db, double dg, double cnt,
+                                 double* k_dy, double* k_x, double* k_0) noexcept nogil:
+    """(gamma * inv_std / N) * (N * dy - db - xhat * dg) with xhat = (x - mean) * inv_std,
+    distributed over its three terms."""
+    cdef double coef = gamma * inv_std / cnt
+    k_dy[0] = gamma * inv_std
+    k_x[0] = coef * inv_std * dg
+    k_0[0] = coef * db
 
 
 cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, double mean,
-                        double inv_std, double* db, double* dg) noexcept nogil:
-    """db = sum(dy), dg = sum(dy * xhat) over one row, eight interleaved float64 sums each
-    (a function of its own: its accumulators are private to the calling thread)."""
+                        double* db, double* dgc) noexcept nogil:
+    """db = sum(dy), dgc = sum(dy * (x - mean)) over one row, eight interleaved float64 sums
+    each (a function of its own: its accumulators are private to the calling thread)."""
     cdef double acc_b[8]
     cdef double acc_g[8]
     cdef Py_ssize_t i, j, n8 = n - n % 8
@@ -166,12 +178,12 @@ cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
     for i in range(0, n8, 8):
         for j in range(8):
             acc_b[j] += dy[i + j]
-            acc_g[j] += dy[i + j] * ((x[i + j] - mean) * inv_std)
+            acc_g[j] += dy[i + j] * (x[i + j] - mean)
     for i in range(n8, n):
         acc_b[i - n8] += dy[i]
-        acc_g[i - n8] += dy[i] * ((x[i] - mean) * inv_std)
+        acc_g[i - n8] += dy[i] * (x[i] - mean)
     db[0] = sum8(acc_b)
-    dg[0] = sum8(acc_g)
+    dgc[0] = sum8(acc_g)
 
 
 def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
@@ -221,7 +233,7 @@ cdef void combine_blocks(const double* part, Py_ssize_t nb, Py_ssize_t C, double
 
 def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[::1] beta,
                     double[::1] mean, double[::1] inv_std, floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f, t, n0, n1, c0, w, b
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f, t, n0, n1, ch, c0, w
     cdef Py_ssize_t F = N if axis == 1 else C
     cdef int nt = threads_for(N * C)
     if N * C == 0:
@@ -240,22 +252,22 @@ def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[
     if axis == 1:
         for f in prange(N, schedule="static", num_threads=nt, nogil=True):
             apply_feature(xp + f * C, yp + f * C, mp[f], cp[f], bp[f], C)
-    else:
-        # feature blocks outside, rows inside: the block's mean/scale/beta stay in L1
-        for t in prange(nt, schedule="static", num_threads=nt, nogil=True):
-            n0 = t * ((N + nt - 1) // nt)
-            n1 = min(n0 + (N + nt - 1) // nt, N)
-            for b in range((C + APPLY_BLOCK - 1) // APPLY_BLOCK):
-                c0 = b * APPLY_BLOCK
-                w = min(APPLY_BLOCK, C - c0)
-                for n in range(n0, n1):
-                    apply_row(xp + n * C + c0, yp + n * C + c0, mp + c0, cp + c0, bp + c0, w)
+        return
+    # feature chunks outside, rows inside: the chunk's mean/scale/beta stay in L1
+    for t in prange(nt, schedule="static", num_threads=nt, nogil=True):
+        n0 = t * ((N + nt - 1) // nt)
+        n1 = min(n0 + (N + nt - 1) // nt, N)
+        for ch in range((C + CHUNK - 1) // CHUNK):
+            c0 = ch * CHUNK
+            w = min(CHUNK, C - c0)
+            for n in range(n0, n1):
+                apply_row(xp + n * C + c0, yp + n * C + c0, mp + c0, cp + c0, bp + c0, w)
 
 
 def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floating[::1] gamma,
                        double[::1] mean, double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, c0, w, nb, t, n0, n1, b
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, ch, c0, w, nb, t, n0, n1
     cdef int nt = threads_for(N * C)
     if N * C == 0:
         return
@@ -266,12 +278,12 @@ def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floati
     cdef double* sp = &inv_std[0]
     cdef double* gp = &dgamma[0]
     cdef double* bp = &dbeta[0]
-    cdef double cnt = C if axis == 1 else N
     if axis == 1:                      # features are rows: reduce along each row
         for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            row_grad_sums(dyp + f * C, xp + f * C, C, mp[f], sp[f], bp + f, gp + f)
-            dx_feature(dyp + f * C, xp + f * C, dxp + f * C, mp[f], sp[f],
-                       gamma[f] * sp[f] / cnt, bp[f], gp[f], cnt, C)
+            row_grad_sums(dyp + f * C, xp + f * C, C, mp[f], bp + f, gp + f)
+            gp[f] = gp[f] * sp[f]
+            dx_feature(dyp + f * C, xp + f * C, dxp + f * C, mp[f], gamma[f], sp[f], bp[f],
+                       gp[f], C)
         return
     nb = (N + ROW_BLOCK - 1) // ROW_BLOCK
     part_arr = np.zeros((2, nb, C))
@@ -280,23 +292,27 @@ def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floati
     cdef double* pg = &part[1, 0, 0]
     for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
         for n in range(blk * ROW_BLOCK, min(blk * ROW_BLOCK + ROW_BLOCK, N)):
-            add_grads(dyp + n * C, xp + n * C, mp, sp, pb + blk * C, pg + blk * C, C)
+            add_grads(dyp + n * C, xp + n * C, mp, pb + blk * C, pg + blk * C, C)
     combine_blocks(pb, nb, C, bp, 1)
     combine_blocks(pg, nb, C, gp, 1)
-    coef_arr = np.empty(C)
-    cdef double[::1] coef = coef_arr
+    coef_arr = np.empty((3, C))
+    cdef double[:, ::1] coef = coef_arr
     for c in range(C):
-        coef[c] = gamma[c] * sp[c] / cnt
-    cdef double* cp = &coef[0]
+        gp[c] = gp[c] * sp[c]
+        dx_coefficients(gamma[c], sp[c], bp[c], gp[c], N, &coef[0, c], &coef[1, c],
+                        &coef[2, c])
+    cdef double* kd = &coef[0, 0]
+    cdef double* kx = &coef[1, 0]
+    cdef double* k0 = &coef[2, 0]
     for t in prange(nt, schedule="static", num_threads=nt, nogil=True):
         n0 = t * ((N + nt - 1) // nt)
         n1 = min(n0 + (N + nt - 1) // nt, N)
-        for b in range((C + APPLY_BLOCK - 1) // APPLY_BLOCK):
-            c0 = b * APPLY_BLOCK
-            w = min(APPLY_BLOCK, C - c0)
+        for ch in range((C + CHUNK - 1) // CHUNK):
+            c0 = ch * CHUNK
+            w = min(CHUNK, C - c0)
             for n in range(n0, n1):
-                dx_row(dyp + n * C + c0, xp + n * C + c0, dxp + n * C + c0, mp + c0, sp + c0,
-                       cp + c0, bp + c0, gp + c0, cnt, w)
+                dx_row(dyp + n * C + c0, xp + n * C + c0, dxp + n * C + c0, mp + c0, kd + c0,
+                       kx + c0, k0 + c0, w)
 
 
 # --------------------------------------------------------------------------------- softmax

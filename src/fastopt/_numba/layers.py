@@ -97,10 +97,16 @@ def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
     _apply(x, axis, beta.astype(np.float64), mean, gamma.astype(np.float64) * inv_std, y)
 
 
+@numba.njit(inline="always", **JIT)
+def _dx_coefficients(gamma, inv_std, db, dg, cnt):
+    """(k_dy, k_x, k_0) of dx = k_dy * dy - k_x * (x - mean) - k_0."""
+    coef = gamma * inv_std / cnt
+    return gamma * inv_std, coef * inv_std * dg, coef * db
+
+
 @numba.njit(**_PAR)
 def _backward_rows(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
     F, C = x.shape
-    cnt = float(C)
     for f in prange(F):
         acc_b = np.zeros(8)
         acc_g = np.zeros(8)
@@ -108,24 +114,22 @@ def _backward_rows(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
         for i in range(0, n8, 8):
             for j in range(8):
                 acc_b[j] += dy[f, i + j]
-                acc_g[j] += dy[f, i + j] * ((x[f, i + j] - mean[f]) * inv_std[f])
+                acc_g[j] += dy[f, i + j] * (x[f, i + j] - mean[f])
         for i in range(n8, C):
             acc_b[i - n8] += dy[f, i]
-            acc_g[i - n8] += dy[f, i] * ((x[f, i] - mean[f]) * inv_std[f])
+            acc_g[i - n8] += dy[f, i] * (x[f, i] - mean[f])
         db = _sum8(acc_b)
-        dg = _sum8(acc_g)
+        dg = _sum8(acc_g) * inv_std[f]
         dbeta[f] = db
         dgamma[f] = dg
-        coef = gamma[f] * inv_std[f] / cnt
+        k_dy, k_x, k_0 = _dx_coefficients(gamma[f], inv_std[f], db, dg, float(C))
         for i in range(C):
-            xh = (x[f, i] - mean[f]) * inv_std[f]
-            dx[f, i] = coef * (cnt * dy[f, i] - db - xh * dg)
+            dx[f, i] = k_dy * dy[f, i] - k_x * (x[f, i] - mean[f]) - k_0
 
 
 @numba.njit(**_PAR)
 def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
     N, C = x.shape
-    cnt = float(N)
     nb = (C + 63) // 64
     for blk in prange(nb):
         c0, c1 = blk * 64, min(blk * 64 + 64, C)
@@ -135,12 +139,15 @@ def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
         for n in range(N):
             for c in range(c0, c1):
                 dbeta[c] += dy[n, c]
-                dgamma[c] += dy[n, c] * ((x[n, c] - mean[c]) * inv_std[c])
+                dgamma[c] += dy[n, c] * (x[n, c] - mean[c])
+    k_dy, k_x, k_0 = np.empty(C), np.empty(C), np.empty(C)
+    for c in range(C):
+        dgamma[c] *= inv_std[c]
+        k_dy[c], k_x[c], k_0[c] = _dx_coefficients(gamma[c], inv_std[c], dbeta[c], dgamma[c],
+                                                   float(N))
     for n in prange(N):
         for c in range(C):
-            xh = (x[n, c] - mean[c]) * inv_std[c]
-            dx[n, c] = (gamma[c] * inv_std[c] / cnt
-                        * (cnt * dy[n, c] - dbeta[c] - xh * dgamma[c]))
+            dx[n, c] = k_dy[c] * dy[n, c] - k_x[c] * (x[n, c] - mean[c]) - k_0[c]
 
 
 def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):

@@ -36,18 +36,24 @@ def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
 def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
     """Gradients of :func:`batchnorm_apply` after :func:`batchnorm_stats`, ``n`` the batch size:
 
-    dbeta = sum(dy);  dgamma = sum(dy * xhat) with xhat = (x - mean) * inv_std  (float64 sums)
-    dx = (gamma * inv_std / n) * (n * dy - dbeta - xhat * dgamma)
+    dbeta = sum(dy);  dgamma = inv_std * sum(dy * (x - mean))  (float64 sums)
+    dx = (gamma * inv_std / n) * (n * dy - dbeta - xhat * dgamma), xhat = (x - mean) * inv_std,
+    computed as ``k_dy * dy - k_x * (x - mean) - k_0`` with the per-feature coefficients
+    ``k_dy = gamma * inv_std``, ``k_x = gamma * inv_std / n * inv_std * dgamma`` and
+    ``k_0 = gamma * inv_std / n * dbeta``.
     """
     n = x.shape[axis]
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
-    xhat = (x64 - np.expand_dims(mean, axis)) * np.expand_dims(inv_std, axis)
+    centred = x64 - np.expand_dims(mean, axis)
     db = dy64.sum(axis=axis)
-    dg = (dy64 * xhat).sum(axis=axis)
+    dg = (dy64 * centred).sum(axis=axis) * inv_std
     dbeta[...] = db
     dgamma[...] = dg
-    coef = np.expand_dims(gamma.astype(np.float64) * inv_std / n, axis)
-    dx[...] = coef * (n * dy64 - np.expand_dims(db, axis) - xhat * np.expand_dims(dg, axis))
+    g64 = gamma.astype(np.float64)
+    coef = g64 * inv_std / n
+    k_dy, k_x, k_0 = (np.expand_dims(k, axis) for k in (g64 * inv_std, coef * inv_std * dg,
+                                                          coef * db))
+    dx[...] = k_dy * dy64 - k_x * centred - k_0
 
 
 # --------------------------------------------------------------------------------- softmax

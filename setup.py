@@ -88,15 +88,13 @@ class BuildExt(build_ext):
             warnings.warn("fastopt: building without OpenMP; compiled kernels run on one thread")
         compile_args = flags + (["-fopenmp"] if openmp else [])
         wide_ok = not os.environ.get("FASTOPT_MARCH") and _compiles(cc, [WIDE_MARCH])
-        # glibc's vector math library: the SIMD exp/log the layer kernels declare
-        mvec = ["-lmvec"] if _compiles(cc, ["-lmvec"]) else []
         self.extensions = [e for e in self.extensions if wide_ok or not _is_wide(e)]
         for ext in self.extensions:
             args = compile_args
             if _is_wide(ext):
                 args = [f for f in compile_args if not f.startswith("-march")] + [WIDE_MARCH]
             ext.extra_compile_args = args
-            ext.extra_link_args = (["-fopenmp"] if openmp else []) + mvec
+            ext.extra_link_args = ["-fopenmp"] if openmp else []
             # the extension reports its own flags (python -m fastopt prints them)
             ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(args)))
         try:

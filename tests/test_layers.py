@@ -268,6 +268,30 @@ def test_softmax_edge_cases(backend, dtype):
     assert np.isfinite(loss) and np.isfinite(d).all()
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_exp_over_its_whole_range(backend, dtype, axis):
+    """Rows [0, t] with t from beyond underflow to 0: probabilities exp(t) / (1 + exp(t)) down
+    through the subnormals to exactly 0, against the reference (and against the exact value
+    where it is a normal number), in vector bodies and tails alike."""
+    lo = -110 if np.dtype(dtype) == np.float32 else -760
+    t = np.concatenate([np.linspace(lo, 0, 997), [-np.inf, -0.0, 1e-30]]).astype(dtype)
+    z = np.stack([np.zeros_like(t), t], axis=1)
+    zz = z if axis == -1 else np.ascontiguousarray(z.T)
+    with fo.use_backend(backend):
+        p = fo.softmax(zz, axis=axis)
+    with fo.use_backend("numpy"):
+        want = fo.softmax(zz, axis=axis)
+    tiny = np.finfo(dtype).tiny
+    np.testing.assert_allclose(p, want, rtol=4e-7 if dtype == np.float32 else 1e-15, atol=tiny)
+    p1 = p[:, 1] if axis == -1 else p[1]
+    exact = np.exp(t.astype(np.longdouble)) / (1 + np.exp(t.astype(np.longdouble)))
+    normal = exact > tiny
+    np.testing.assert_allclose(p1[normal], exact[normal].astype(dtype),
+                               rtol=4e-7 if dtype == np.float32 else 1e-15)
+    assert p1[t == -np.inf] == 0 and (p1[~normal] <= 2 * tiny).all()
+
+
 def test_cross_entropy_errors():
     z = np.zeros((3, 4))
     with pytest.raises(ValueError, match="out of range"):

@@ -6,8 +6,8 @@ fastopt/reference/layers.py.
 Work is split over features, fixed blocks of rows (batch norm with features as columns) or
 examples (softmax), and every sum is taken in one fixed order (eight interleaved float64
 partial sums then a fixed pairwise combine along a row; per-block partial sums combined in
-block order across rows), so results are bit-identical for any thread count. exp is glibc's
-vector variant (libmvec, ~1 ulp) where the loop vectorizes.
+block order across rows), so results are bit-identical for any thread count. exp is computed on
+whole vectors by fo_vexpf/fo_vexp below (< 1 ulp, branch-free).
 """
 from cython.parallel cimport prange
 from libc.math cimport log, sqrt
@@ -19,28 +19,125 @@ include "_common.pxi"
 
 cdef extern from *:
     """
-    /* glibc ships SIMD variants of exp/log (libmvec); declaring them lets GCC call them from
-       vectorized loops without any fast-math flag. Elsewhere the scalar libm functions serve. */
     #include <math.h>
-    #if defined(__GLIBC__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-    #define FO_SIMD __attribute__((simd("notinbranch")))
+    #include <string.h>
+    /* one native vector: a wider one is split by GCC into scalar code with spills */
+    #if defined(__AVX512F__)
+    #define FO_VBYTES 64
+    #elif defined(__AVX__)
+    #define FO_VBYTES 32
     #else
-    #define FO_SIMD
+    #define FO_VBYTES 16
     #endif
-    FO_SIMD double exp(double);
-    FO_SIMD float expf(float);
-    static inline double fo_exp(double x) { return exp(x); }
-    static inline float fo_expf(float x) { return expf(x); }
+    typedef float fo_vf __attribute__((vector_size(FO_VBYTES)));
+    typedef int fo_vfi __attribute__((vector_size(FO_VBYTES)));
+    typedef double fo_vd __attribute__((vector_size(FO_VBYTES)));
+    typedef long long fo_vdi __attribute__((vector_size(FO_VBYTES)));
+    /* explicit fused multiply-adds inside exp's own polynomial (the kernels' formulas are
+       built with -ffp-contract=off; this is a function of its own, not a formula) */
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #define FO_FMAF(a, b, c) ((fo_vf)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+    #define FO_FMAD(a, b, c) ((fo_vd)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
+    #elif defined(__FMA__)
+    #include <immintrin.h>
+    #define FO_FMAF(a, b, c) ((fo_vf)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+    #define FO_FMAD(a, b, c) ((fo_vd)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+    #else
+    #define FO_FMAF(a, b, c) ((a) * (b) + (c))
+    #define FO_FMAD(a, b, c) ((a) * (b) + (c))
+    #endif
+
+    /* exp on whole vectors, branch-free: clamp (NaN passes), x = n*ln2 + r by Cody-Waite,
+       exp(r) by a polynomial on |r| <= ln2/2 (Sleef's coefficients), then 2^n applied in
+       two exact halves so that subnormal results round once. Max error < 1 ulp (checked
+       against long double expl over the whole range). glibc's vector exp falls back to a
+       scalar call per lane when any lane underflows: softmax of confident logits (spread
+       beyond 88) ran 10x slower. */
+    static inline fo_vf fo_vexpf(fo_vf x) {
+        fo_vf lo = (fo_vf){0} - 104.0f, hi = (fo_vf){0} + 89.0f;  /* beyond: 0 and inf */
+        fo_vfi m = x < lo;
+        x = (fo_vf)(((fo_vfi)lo & m) | ((fo_vfi)x & ~m));
+        m = x > hi;
+        x = (fo_vf)(((fo_vfi)hi & m) | ((fo_vfi)x & ~m));
+        fo_vf n = (x * 1.44269504088896341f + 0x1.8p23f) - 0x1.8p23f;  /* round(x/ln2) */
+        const fo_vf o = {0};
+        fo_vf r = FO_FMAF(n, o - 0.693145751953125f, x);
+        r = FO_FMAF(n, o - 1.428606765330187045e-06f, r);
+        fo_vf u = FO_FMAF(o + 0.000198527617612853646278381f, r,
+                          o + 0.00139304355252534151077271f);
+        u = FO_FMAF(u, r, o + 0.00833336077630519866943359f);
+        u = FO_FMAF(u, r, o + 0.0416664853692054748535156f);
+        u = FO_FMAF(u, r, o + 0.166666671633720397949219f);
+        u = FO_FMAF(u, r, o + 0.5f);
+        u = 1.0f + FO_FMAF(r * r, u, r);
+        fo_vfi ni = __builtin_convertvector(n, fo_vfi), h = ni >> 1;
+        fo_vf s1 = (fo_vf)((h + 127) << 23), s2 = (fo_vf)((ni - h + 127) << 23);
+        return (u * s1) * s2;
+    }
+    static inline fo_vd fo_vexp(fo_vd x) {
+        fo_vd lo = (fo_vd){0} - 746.0, hi = (fo_vd){0} + 710.0;
+        fo_vdi m = x < lo;
+        x = (fo_vd)(((fo_vdi)lo & m) | ((fo_vdi)x & ~m));
+        m = x > hi;
+        x = (fo_vd)(((fo_vdi)hi & m) | ((fo_vdi)x & ~m));
+        fo_vd n = (x * 1.442695040888963407359924681001892137 + 0x1.8p52) - 0x1.8p52;
+        const fo_vd o = {0};
+        fo_vd r = FO_FMAD(n, o - .69314718055966295651160180568695068359375, x);
+        r = FO_FMAD(n, o - .28235290563031577122588448175013436025525412068e-12, r);
+        fo_vd u = FO_FMAD(o + 2.08860621107283687536341e-09, r,
+                          o + 2.51112930892876518610661e-08);
+        u = FO_FMAD(u, r, o + 2.75573911234900471893338e-07);
+        u = FO_FMAD(u, r, o + 2.75572362911928827629423e-06);
+        u = FO_FMAD(u, r, o + 2.4801587159235472998791e-05);
+        u = FO_FMAD(u, r, o + 0.000198412698960509205564975);
+        u = FO_FMAD(u, r, o + 0.00138888888889774492207962);
+        u = FO_FMAD(u, r, o + 0.00833333333331652721664984);
+        u = FO_FMAD(u, r, o + 0.0416666666666665047591422);
+        u = FO_FMAD(u, r, o + 0.166666666666666851703837);
+        u = FO_FMAD(u, r, o + 0.5);
+        u = 1.0 + FO_FMAD(r * r, u, r);
+        fo_vdi ni = __builtin_convertvector(n, fo_vdi), h = ni >> 1;
+        fo_vd s1 = (fo_vd)((h + 1023) << 52), s2 = (fo_vd)((ni - h + 1023) << 52);
+        return (u * s1) * s2;
+    }
+
+    /* e[i] = exp(z[i] - m[i * m_step]) for i < n (m_step 0: one shift for all) */
+    #define FO_EXP_SHIFTED(NAME, T, VT, VEXP)                                             \
+    static void NAME(const T* z, const T* m, int m_step, T* e, Py_ssize_t n) {          \
+        enum { LANES = FO_VBYTES / sizeof(T) };                                          \
+        VT v, s;                                                                         \
+        Py_ssize_t i = 0, j;                                                             \
+        for (j = 0; j < LANES; j++) s[j] = m[0];                                         \
+        for (; i + LANES <= n; i += LANES) {                                             \
+            memcpy(&v, z + i, sizeof v);                                                 \
+            if (m_step) memcpy(&s, m + i, sizeof s);                                     \
+            v = VEXP(v - s);                                                             \
+            memcpy(e + i, &v, sizeof v);                                                 \
+        }                                                                                \
+        if (i < n) {                                                                     \
+            for (j = 0; j < LANES; j++)                                                  \
+                v[j] = i + j < n ? z[i + j] - m[(i + j) * m_step] : 0;                   \
+            v = VEXP(v);                                                                 \
+            for (j = 0; i + j < n; j++) e[i + j] = v[j];                                 \
+        }                                                                                \
+    }
+    FO_EXP_SHIFTED(fo_exp_shifted_f, float, fo_vf, fo_vexpf)
+    FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp)
     """
-    double fo_exp(double) nogil
-    float fo_expf(float) nogil
+    void fo_exp_shifted_f(const float* z, const float* m, int m_step, float* e,
+                          Py_ssize_t n) nogil
+    void fo_exp_shifted_d(const double* z, const double* m, int m_step, double* e,
+                          Py_ssize_t n) nogil
 
 
-cdef inline floating expo(floating x) noexcept nogil:
+cdef inline void exp_shifted(const floating* z, const floating* m, int m_step, floating* e,
+                             Py_ssize_t n) noexcept nogil:
+    """e[i] = exp(z[i] - m[i * m_step]) for i < n, whole vectors at a time."""
     if floating is float:
-        return fo_expf(x)
+        fo_exp_shifted_f(z, m, m_step, e, n)
     else:
-        return fo_exp(x)
+        fo_exp_shifted_d(z, m, m_step, e, n)
 
 
 cdef inline floating logarithm(double x, floating like) noexcept nogil:
@@ -311,15 +408,6 @@ cdef extern from *:
     /* max of a row with NaN propagation, written with GCC vector extensions: plain compares
        and bitwise selects on whole vectors (GCC does not vectorize a NaN-aware max loop by
        itself). Max is exact, so the lane order does not change the result. */
-    #include <string.h>
-    /* one native vector: a wider one is split by GCC into scalar code with spills */
-    #if defined(__AVX512F__)
-    #define FO_VBYTES 64
-    #elif defined(__AVX__)
-    #define FO_VBYTES 32
-    #else
-    #define FO_VBYTES 16
-    #endif
     #define FO_ROW_MAX(NAME, T, IT)                                                      \
     static T NAME(const T* z, Py_ssize_t k) {                                           \
         enum { LANES = FO_VBYTES / sizeof(T), ACC = 4 };  /* 4 chains hide the latency */ \
@@ -364,17 +452,11 @@ cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
         return fo_row_max_d(z, k)
 
 
-cdef void exp_shifted(const floating* z, floating* e, floating m, Py_ssize_t k) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(k):
-        e[i] = expo(z[i] - m)
-
-
 cdef void row_stats(const floating* z, floating* e, Py_ssize_t k, floating* mx,
                     double* s) noexcept nogil:
     """mx = max(z) (NaN wins), e = exp(z - mx), s = sum(e) in float64."""
     cdef floating m = row_max(z, k)
-    exp_shifted(z, e, m, k)
+    exp_shifted(z, &m, 0, e, k)
     mx[0] = m
     s[0] = row_sum(e, k)
 
@@ -390,8 +472,8 @@ cdef void column_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t 
         for i in range(i0, i1):
             mx[i - i0] = max_nan(mx[i - i0], z[r * inner + i])
     for r in range(k):
+        exp_shifted(z + r * inner + i0, mx, 1, e + r * inner + i0, i1 - i0)
         for i in range(i0, i1):
-            e[r * inner + i] = expo(z[r * inner + i] - mx[i - i0])
             s[i - i0] += e[r * inner + i]
 
 
@@ -482,6 +564,7 @@ def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
     cdef int nt = threads_for(outer * k * inner)
     cdef floating* mx
     cdef double* s
+    cdef int failed = 0
     if k == 0 or outer * inner == 0:
         return
     if inner == 1:
@@ -501,8 +584,12 @@ def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
                 for i in range(i0, i1):
                     out[o, r, i] = finish(z[o, r, i], out[o, r, i], mx[i - i0], s[i - i0],
                                           log)
+        else:
+            failed += 1
         free(mx)
         free(s)
+    if failed:
+        raise MemoryError("softmax: no memory for the per-block column statistics")
 
 
 def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :, ::1] dz):
@@ -516,6 +603,7 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
     cdef floating tv
     cdef floating* mx
     cdef double* s
+    cdef int failed = 0
     cdef bint by_index = labels is not None
     cdef long long[:, ::1] lab
     cdef floating[:, :, ::1] tgt
@@ -547,6 +635,10 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
                         tv = (1 if lab[o, i] == r else 0) if by_index else tgt[o, r, i]
                         terms[o * inner + i] += xent(z[o, r, i], &dz[o, r, i], mx[i - i0],
                                                      s[i - i0], tv, inv_m)
+            else:
+                failed += 1
             free(mx)
             free(s)
+        if failed:
+            raise MemoryError("softmax_cross_entropy: no memory for the column statistics")
     return -row_sum(&terms[0], m) / m

@@ -56,3 +56,19 @@ except ImportError:
     pass
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+def kernel_builds(family):
+    """Every build of a Cython kernel family present here that this CPU runs (the portable
+    one, and the AVX-512 one on a CPU with AVX-512: importing it elsewhere is SIGILL)."""
+    import importlib
+    try:
+        base = importlib.import_module(f"fastopt._kernels.{family}")
+    except ImportError:
+        return []
+    if not base.cpu_has_avx512():
+        return [base]
+    try:
+        return [base, importlib.import_module(f"fastopt._kernels.{family}_avx512")]
+    except ImportError:
+        return [base]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, assert_close, layout_like
+from conftest import COMPILED, GRID_BACKENDS, assert_close, kernel_builds, layout_like
 
 ops = fo.ops
 
@@ -178,23 +178,7 @@ def test_non_float_param_is_a_type_error(backend):
         ops.sgd_step_(np.arange(4), np.arange(4), lr=0.1)
 
 
-def _builds(family):
-    """Every build of a Cython kernel family present here that this CPU runs (the portable
-    one, and the AVX-512 one on a CPU with AVX-512: importing it elsewhere is SIGILL)."""
-    import importlib
-    try:
-        base = importlib.import_module(f"fastopt._kernels.{family}")
-    except ImportError:
-        return []
-    if not base.cpu_has_avx512():
-        return [base]
-    try:
-        return [base, importlib.import_module(f"fastopt._kernels.{family}_avx512")]
-    except ImportError:
-        return [base]
-
-
-@pytest.mark.skipif(len(_builds("optim")) < 2 or "cython" not in GRID_BACKENDS,
+@pytest.mark.skipif(len(kernel_builds("optim")) < 2 or "cython" not in GRID_BACKENDS,
                     reason="needs both the portable and the AVX-512 build of the kernels")
 @pytest.mark.parametrize("case", ["sgd_momentum_dampening", "rmsprop_centered_momentum_wd",
                                   "adagrad", "adam_amsgrad_wd_maximize", "adam_eps_inside",
@@ -204,7 +188,7 @@ def test_avx512_build_is_bit_identical_to_the_portable_build(case, dtype, monkey
     import fastopt._kernels as cy
     p0, grads = inputs((100003,), dtype, steps=3)
     results = []
-    for module in _builds("optim"):
+    for module in kernel_builds("optim"):
         for name in ("adagrad", "adam", "ewa", "momentum", "rmsprop", "sgd", "adadelta",
                      "adamax", "nadam", "radam"):
             monkeypatch.setattr(cy, name, getattr(module, name))

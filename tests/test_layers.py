@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, needs_torch, torch
+from conftest import COMPILED, GRID_BACKENDS, kernel_builds, needs_torch, torch
 
 
 def close(a, b, dtype, scale=1.0):
@@ -343,3 +343,33 @@ def test_batchnorm_backward_out_argument(how):
     assert dx is out
     np.testing.assert_array_equal(dx, expected[0])
     np.testing.assert_array_equal(dg, expected[1])
+
+
+@pytest.mark.skipif(len(kernel_builds("layers")) < 2 or "cython" not in GRID_BACKENDS,
+                    reason="needs both the portable and the AVX-512 build of the kernels")
+@pytest.mark.parametrize("shape", [(37, 1000), (1000, 37)])
+def test_avx512_layer_build_is_bit_identical_to_the_portable_build(shape, dtype, monkeypatch):
+    import fastopt._kernels as cy
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 30).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    labels = rng.integers(0, shape[1], shape[0])           # classes on the last axis
+    labels_t = rng.integers(0, shape[0], shape[1])         # classes on axis 0
+    results = []
+    for module in kernel_builds("layers"):
+        for name in ("batchnorm_stats", "batchnorm_apply", "batchnorm_backward", "softmax",
+                     "softmax_cross_entropy"):
+            monkeypatch.setattr(cy, name, getattr(module, name))
+        with fo.use_backend("cython"):
+            out = []
+            for axis in (0, 1):
+                gamma, beta = (np.linspace(0.5, 2, shape[1 - axis], dtype=dtype),
+                               np.linspace(-1, 1, shape[1 - axis], dtype=dtype))
+                y, cache = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+                out += [y, *fo.batchnorm_backward(dy, cache)]
+            for axis in (-1, 0):
+                out += [fo.softmax(x, axis=axis), fo.log_softmax(x, axis=axis),
+                        *fo.softmax_cross_entropy(x, labels if axis == -1 else labels_t,
+                                                  axis=axis)]
+        results.append([np.asarray(a).tobytes() for a in out])
+    assert results[0] == results[1]

@@ -301,9 +301,40 @@ def test_cross_entropy_errors():
     with pytest.raises(ValueError, match="labels has shape"):
         fo.softmax_cross_entropy(z, np.array([0, 1]))
     with pytest.raises(TypeError, match="logits"):
-        fo.softmax_cross_entropy(np.zeros((3, 4), int), np.array([0, 1, 2]))
+        fo.softmax_cross_entropy(np.zeros((3, 4), np.complex128), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="z"):
+        fo.softmax(np.zeros(4, np.float16))
     with pytest.raises(ValueError, match="axis"):
         fo.softmax(z, axis=2)
+    with pytest.raises(ValueError, match="axis"):
+        fo.softmax(np.array(1.0), axis=1)
+    with pytest.raises(ValueError, match="logits"):
+        fo.softmax_cross_entropy(np.array(1.0), 0)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_softmax_takes_what_numpy_ufuncs_take(backend):
+    """Lists and integer arrays are float64 (as np.exp makes them); a 0-d z is one class of
+    one example (probability 1, log-probability 0, as torch); empty arrays give empty
+    results and a zero loss."""
+    with fo.use_backend(backend):
+        np.testing.assert_allclose(fo.softmax([5, 2, -1, 3]),
+                                   fo.softmax(np.array([5.0, 2.0, -1.0, 3.0])))
+        assert fo.softmax(np.array([[5], [2]]), axis=0).dtype == np.float64
+        loss, d = fo.softmax_cross_entropy([[1, 2, 3]], [2])
+        assert d.dtype == np.float64
+        assert np.isclose(loss, -np.log(np.exp(3) / np.exp([1, 2, 3]).sum()))
+        for axis in (-1, 0):
+            p, lp = fo.softmax(np.array(3.5), axis=axis), fo.log_softmax(np.float32(-2), axis=axis)
+            assert p.shape == () and p == 1 and lp.shape == () and lp == 0 and lp.dtype == np.float32
+        assert np.isnan(fo.softmax(np.array(np.nan)))
+        for shape in [(0, 3), (3, 0), (0,)]:
+            assert fo.softmax(np.zeros(shape)).shape == shape
+            assert fo.log_softmax(np.zeros(shape), axis=0).shape == shape
+        loss, d = fo.softmax_cross_entropy(np.zeros((0, 4)), np.zeros(0, int))
+        assert loss == 0 and d.shape == (0, 4)
+        loss, d = fo.softmax_cross_entropy(np.zeros((3, 0)), np.zeros((3, 0)))
+        assert loss == 0 and d.shape == (3, 0)
 
 
 @pytest.mark.parametrize("backend", COMPILED)

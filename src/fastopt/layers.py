@@ -207,13 +207,24 @@ class BatchNorm:
 
 
 # --------------------------------------------------------------------------------- softmax
-def _softmax_layout(z, axis, name="z"):
-    """(3-D C-contiguous view (outer, k, inner), normalized axis) of ``z``."""
+def _as_float_array(name, z):
+    """``z`` as a float32/float64 ndarray: array-likes and integer or boolean arrays become
+    float64, as NumPy's ufuncs do; other dtypes raise TypeError naming ``name``."""
+    if not isinstance(z, np.ndarray) or z.dtype.kind in "iub":
+        z = np.asarray(z)
+        if z.dtype.kind in "iub":
+            z = z.astype(np.float64)
     check_float_array(name, z)
-    if z.ndim == 0:
-        raise ValueError(f"{name} must have at least 1 dimension")
-    if not -z.ndim <= axis < z.ndim:
+    return z
+
+
+def _softmax_layout(z, axis, name="z"):
+    """(3-D C-contiguous view (outer, k, inner), C-contiguous z, normalized axis) of the
+    float array ``z``. A 0-d z is one class of one example (axis -1 or 0), as in torch."""
+    if not -max(z.ndim, 1) <= axis < max(z.ndim, 1):
         raise ValueError(f"Invalid axis: {axis!r} for {name} of shape {z.shape}")
+    if z.ndim == 0:
+        return z.reshape(1, 1, 1), z, 0
     axis %= z.ndim
     zc = z if z.flags.c_contiguous else np.ascontiguousarray(z)
     outer = int(np.prod(zc.shape[:axis]))
@@ -222,6 +233,7 @@ def _softmax_layout(z, axis, name="z"):
 
 
 def _softmax(z, axis, out, log):
+    z = _as_float_array("z", z)
     z3, zc, _ = _softmax_layout(z, axis)
     y = _out(out, z)
     yc = y if y.flags.c_contiguous else np.empty_like(zc)
@@ -233,7 +245,9 @@ def _softmax(z, axis, out, log):
 
 def softmax(z, axis=-1, out=None):
     """Numerically stable softmax along ``axis``: ``exp(z - max) / sum(exp(z - max))``.
-    ``axis=0`` serves the course's ``(classes, m)`` layout. NaN in a row stays in that row."""
+    ``axis=0`` serves the course's ``(classes, m)`` layout. NaN in a row stays in that row.
+    ``z`` is a float32/float64 array (lists and integer arrays are taken as float64);
+    ``out`` (shaped like z, same dtype) receives the result."""
     return _softmax(z, axis, out, False)
 
 
@@ -251,6 +265,9 @@ def softmax_cross_entropy(logits, labels, axis=-1, out=None):
     one-hot/probability array shaped like ``logits``. Out-of-range labels raise ValueError.
     ``out`` receives dlogits.
     """
+    logits = _as_float_array("logits", logits)
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension (the classes)")
     z3, zc, axis = _softmax_layout(logits, axis, "logits")
     k = z3.shape[1]
     labels = np.asarray(labels)

@@ -61,6 +61,8 @@ def softmax(z, out, log):
     """Softmax (or log-softmax when ``log``) of the 3-D ``z`` over its middle axis:
     ``e = exp(z - max)``; ``out = e / sum(e)`` or ``z - max - log(sum(e))``. A row whose max
     is -inf (all -inf) gives NaN, as exp(-inf - -inf) does."""
+    if z.size == 0:
+        return
     zmax = z.max(axis=1, keepdims=True)
     shifted = z - zmax
     e = np.exp(shifted)
@@ -78,6 +80,8 @@ def softmax_cross_entropy(z, labels, targets, dz):
     examples) and returns the mean loss ``-sum(target * log_softmax(z)) / m`` (float64 sum;
     zero targets contribute nothing, even where log_softmax is -inf)."""
     m = z.shape[0] * z.shape[2]
+    if z.size == 0:
+        return 0.0
     p = np.empty_like(z)
     logp = np.empty_like(z)
     softmax(z, p, log=False)
@@ -91,4 +95,4 @@ def softmax_cross_entropy(z, labels, targets, dz):
         with np.errstate(invalid="ignore"):
             terms = np.where(target != 0, target * logp, 0)
     dz[...] = (p - target) * (1.0 / m)
-    return float(-terms.astype(np.float64).sum() / m) if m else 0.0
+    return float(-terms.astype(np.float64).sum() / m)

@@ -47,6 +47,32 @@ cdef extern from *:
     #define FO_FMAF(a, b, c) ((a) * (b) + (c))
     #define FO_FMAD(a, b, c) ((a) * (b) + (c))
     #endif
+    /* FO_MAX*(a, b) = a > b ? a : b and FO_MIN*(a, b) = a < b ? a : b, so a NaN in b comes
+       through (what x86's max/min instructions do with their second operand) */
+    #if defined(__AVX512F__)
+    #define FO_MAXF(a, b) ((fo_vf)_mm512_max_ps((__m512)(a), (__m512)(b)))
+    #define FO_MINF(a, b) ((fo_vf)_mm512_min_ps((__m512)(a), (__m512)(b)))
+    #define FO_MAXD(a, b) ((fo_vd)_mm512_max_pd((__m512d)(a), (__m512d)(b)))
+    #define FO_MIND(a, b) ((fo_vd)_mm512_min_pd((__m512d)(a), (__m512d)(b)))
+    #elif defined(__AVX__)
+    #include <immintrin.h>
+    #define FO_MAXF(a, b) ((fo_vf)_mm256_max_ps((__m256)(a), (__m256)(b)))
+    #define FO_MINF(a, b) ((fo_vf)_mm256_min_ps((__m256)(a), (__m256)(b)))
+    #define FO_MAXD(a, b) ((fo_vd)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
+    #define FO_MIND(a, b) ((fo_vd)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
+    #elif defined(__SSE2__)
+    #include <emmintrin.h>
+    #define FO_MAXF(a, b) ((fo_vf)_mm_max_ps((__m128)(a), (__m128)(b)))
+    #define FO_MINF(a, b) ((fo_vf)_mm_min_ps((__m128)(a), (__m128)(b)))
+    #define FO_MAXD(a, b) ((fo_vd)_mm_max_pd((__m128d)(a), (__m128d)(b)))
+    #define FO_MIND(a, b) ((fo_vd)_mm_min_pd((__m128d)(a), (__m128d)(b)))
+    #else
+    #define FO_SELECT(T, IT, m, a, b) ((T)(((IT)(a) & (m)) | ((IT)(b) & ~(m))))
+    #define FO_MAXF(a, b) FO_SELECT(fo_vf, fo_vfi, (a) > (b), a, b)
+    #define FO_MINF(a, b) FO_SELECT(fo_vf, fo_vfi, (a) < (b), a, b)
+    #define FO_MAXD(a, b) FO_SELECT(fo_vd, fo_vdi, (a) > (b), a, b)
+    #define FO_MIND(a, b) FO_SELECT(fo_vd, fo_vdi, (a) < (b), a, b)
+    #endif
 
     /* exp on whole vectors, branch-free: clamp (NaN passes), x = n*ln2 + r by Cody-Waite,
        exp(r) by a polynomial on |r| <= ln2/2 (Sleef's coefficients), then 2^n applied in
@@ -55,13 +81,9 @@ cdef extern from *:
        scalar call per lane when any lane underflows: softmax of confident logits (spread
        beyond 88) ran 10x slower. */
     static inline fo_vf fo_vexpf(fo_vf x) {
-        fo_vf lo = (fo_vf){0} - 104.0f, hi = (fo_vf){0} + 89.0f;  /* beyond: 0 and inf */
-        fo_vfi m = x < lo;
-        x = (fo_vf)(((fo_vfi)lo & m) | ((fo_vfi)x & ~m));
-        m = x > hi;
-        x = (fo_vf)(((fo_vfi)hi & m) | ((fo_vfi)x & ~m));
-        fo_vf n = (x * 1.44269504088896341f + 0x1.8p23f) - 0x1.8p23f;  /* round(x/ln2) */
         const fo_vf o = {0};
+        x = FO_MINF(o + 89.0f, FO_MAXF(o - 104.0f, x));   /* beyond: inf and 0; NaN kept */
+        fo_vf n = (x * 1.44269504088896341f + 0x1.8p23f) - 0x1.8p23f;  /* round(x/ln2) */
         fo_vf r = FO_FMAF(n, o - 0.693145751953125f, x);
         r = FO_FMAF(n, o - 1.428606765330187045e-06f, r);
         fo_vf u = FO_FMAF(o + 0.000198527617612853646278381f, r,
@@ -76,13 +98,9 @@ cdef extern from *:
         return (u * s1) * s2;
     }
     static inline fo_vd fo_vexp(fo_vd x) {
-        fo_vd lo = (fo_vd){0} - 746.0, hi = (fo_vd){0} + 710.0;
-        fo_vdi m = x < lo;
-        x = (fo_vd)(((fo_vdi)lo & m) | ((fo_vdi)x & ~m));
-        m = x > hi;
-        x = (fo_vd)(((fo_vdi)hi & m) | ((fo_vdi)x & ~m));
-        fo_vd n = (x * 1.442695040888963407359924681001892137 + 0x1.8p52) - 0x1.8p52;
         const fo_vd o = {0};
+        x = FO_MIND(o + 710.0, FO_MAXD(o - 746.0, x));
+        fo_vd n = (x * 1.442695040888963407359924681001892137 + 0x1.8p52) - 0x1.8p52;
         fo_vd r = FO_FMAD(n, o - .69314718055966295651160180568695068359375, x);
         r = FO_FMAD(n, o - .28235290563031577122588448175013436025525412068e-12, r);
         fo_vd u = FO_FMAD(o + 2.08860621107283687536341e-09, r,
@@ -477,20 +495,27 @@ cdef void column_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t 
             s[i - i0] += e[r * inner + i]
 
 
-cdef inline floating finish(floating z, floating e, floating mx, double s,
+cdef inline double normalizer(double s, bint log_) noexcept nogil:
+    """What finish needs of a row's sum s = sum(exp(z - mx)): log(s), or 1 / s (softmax
+    multiplies by the reciprocal, as torch does: one division per row, not per element)."""
+    return log(s) if log_ else 1.0 / s
+
+
+cdef inline floating finish(floating z, floating e, floating mx, double c,
                             bint log_) noexcept nogil:
-    """softmax = e / s, or log-softmax = z - mx - log(s), in the data's dtype."""
+    """softmax = e * (1 / s), or log-softmax = z - mx - log(s), in the data's dtype
+    (c from normalizer)."""
     if log_:
-        return (z - mx) - logarithm(s, z)
-    return e / <floating>s
+        return (z - mx) - <floating>c
+    return e * <floating>c
 
 
-cdef inline double xent(floating z, floating* d, floating mx, double s, floating t,
-                        floating inv_m) noexcept nogil:
+cdef inline double xent(floating z, floating* d, floating mx, double inv_s, double log_s,
+                        floating t, floating inv_m) noexcept nogil:
     """Turn d (holding exp(z - mx)) into the gradient (p - t) / m; return t * log_softmax."""
-    d[0] = (d[0] / <floating>s - t) * inv_m
+    d[0] = (d[0] * <floating>inv_s - t) * inv_m
     if t != 0:
-        return t * ((z - mx) - logarithm(s, z))
+        return t * ((z - mx) - <floating>log_s)
     return 0.0
 
 
@@ -504,23 +529,23 @@ cdef void softmax_row(const floating* z, floating* out, Py_ssize_t k, bint log_)
         for r in range(k):
             out[r] = (z[r] - mx) - d
     else:
-        d = <floating>s
+        d = <floating>(1.0 / s)
         for r in range(k):
-            out[r] = out[r] / d
+            out[r] = out[r] * d
 
 
-cdef void scale_row(floating* d, floating sf, floating inv_m, Py_ssize_t k) noexcept nogil:
-    """d = (d / sf) * inv_m: the gradient (p - 0) / m of every class but the label's."""
+cdef void scale_row(floating* d, floating rs, floating inv_m, Py_ssize_t k) noexcept nogil:
+    """d = (d * rs) * inv_m: the gradient (p - 0) / m of every class but the label's."""
     cdef Py_ssize_t r
     for r in range(k):
-        d[r] = (d[r] / sf) * inv_m
+        d[r] = (d[r] * rs) * inv_m
 
 
-cdef void target_row(floating* d, const floating* t, floating sf, floating inv_m,
+cdef void target_row(floating* d, const floating* t, floating rs, floating inv_m,
                      Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t r
     for r in range(k):
-        d[r] = (d[r] / sf - t[r]) * inv_m
+        d[r] = (d[r] * rs - t[r]) * inv_m
 
 
 cdef double target_loss(const floating* z, const floating* t, floating mx, floating ls,
@@ -540,16 +565,16 @@ cdef double xent_row(const floating* z, floating* d, Py_ssize_t k, long long lab
     """One example: d = (softmax(z) - target) / m; returns sum(target * log_softmax(z)).
     ``target`` NULL means the one-hot of ``label``: then only the label's entry differs from
     p / m, and the loss term is that entry's log-probability."""
-    cdef floating mx, sf, ls, p_label
+    cdef floating mx, rs, ls, p_label
     cdef double s
     row_stats(z, d, k, &mx, &s)
-    sf = <floating>s
+    rs = <floating>(1.0 / s)
     ls = logarithm(s, mx)
     if target != NULL:
-        target_row(d, target, sf, inv_m, k)
+        target_row(d, target, rs, inv_m, k)
         return target_loss(z, target, mx, ls, k)
-    p_label = d[label] / sf
-    scale_row(d, sf, inv_m, k)
+    p_label = d[label] * rs
+    scale_row(d, rs, inv_m, k)
     d[label] = (p_label - 1) * inv_m
     return (z[label] - mx) - ls
 
@@ -580,6 +605,8 @@ def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
             i0 = (t % nblk) * COLUMN_BLOCK
             i1 = min(i0 + COLUMN_BLOCK, inner)
             column_stats(&z[o, 0, 0], &out[o, 0, 0], k, inner, i0, i1, mx, s)
+            for i in range(i1 - i0):
+                s[i] = normalizer(s[i], log)
             for r in range(k):
                 for i in range(i0, i1):
                     out[o, r, i] = finish(z[o, r, i], out[o, r, i], mx[i - i0], s[i - i0],
@@ -603,6 +630,7 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
     cdef floating tv
     cdef floating* mx
     cdef double* s
+    cdef double* ls
     cdef int failed = 0
     cdef bint by_index = labels is not None
     cdef long long[:, ::1] lab
@@ -625,20 +653,25 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
         for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):
             mx = <floating*>malloc(COLUMN_BLOCK * sizeof(floating))
             s = <double*>malloc(COLUMN_BLOCK * sizeof(double))
-            if mx != NULL and s != NULL:
+            ls = <double*>malloc(COLUMN_BLOCK * sizeof(double))
+            if mx != NULL and s != NULL and ls != NULL:
                 o = t // nblk
                 i0 = (t % nblk) * COLUMN_BLOCK
                 i1 = min(i0 + COLUMN_BLOCK, inner)
                 column_stats(&z[o, 0, 0], &dz[o, 0, 0], k, inner, i0, i1, mx, s)
+                for i in range(i1 - i0):
+                    ls[i] = normalizer(s[i], True)
+                    s[i] = normalizer(s[i], False)
                 for r in range(k):
                     for i in range(i0, i1):
                         tv = (1 if lab[o, i] == r else 0) if by_index else tgt[o, r, i]
                         terms[o * inner + i] += xent(z[o, r, i], &dz[o, r, i], mx[i - i0],
-                                                     s[i - i0], tv, inv_m)
+                                                     s[i - i0], ls[i - i0], tv, inv_m)
             else:
                 failed += 1
             free(mx)
             free(s)
+            free(ls)
         if failed:
             raise MemoryError("softmax_cross_entropy: no memory for the column statistics")
     return -row_sum(&terms[0], m) / m

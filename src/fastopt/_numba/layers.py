@@ -183,14 +183,19 @@ def _column_stats(z, e, i0, i1, mx, s):
 
 
 @numba.njit(inline="always", **JIT)
-def _finish(z, e, mx, s, log_, cast):
-    """softmax = e / s, or log-softmax = z - mx - log(s); ``cast`` is a 1-element scratch
-    array of the data's dtype (storing into it rounds a float64 as a C cast does)."""
+def _normalizer(s, log_, cast):
+    """log(s) or 1 / s of a row's sum, rounded to the data's dtype: ``cast`` is a 1-element
+    scratch array of that dtype (storing into it rounds a float64 as a C cast does)."""
+    cast[0] = math.log(s) if log_ else 1.0 / s
+    return cast[0]
+
+
+@numba.njit(inline="always", **JIT)
+def _finish(z, e, mx, c, log_):
+    """softmax = e * (1 / s), or log-softmax = z - mx - log(s) (c from _normalizer)."""
     if log_:
-        cast[0] = math.log(s)
-        return (z - mx) - cast[0]
-    cast[0] = s
-    return e / cast[0]
+        return (z - mx) - c
+    return e * c
 
 
 @numba.njit(**_PAR)
@@ -200,8 +205,9 @@ def _softmax(z, out, log_):
         for o in prange(outer):
             cast = np.empty(1, z.dtype)
             mx, s = _row_stats(z[o, :, 0], out[o, :, 0])
+            c = _normalizer(s, log_, cast)
             for r in range(k):
-                out[o, r, 0] = _finish(z[o, r, 0], out[o, r, 0], mx, s, log_, cast)
+                out[o, r, 0] = _finish(z[o, r, 0], out[o, r, 0], mx, c, log_)
         return
     nblk = (inner + 255) // 256
     for t in prange(outer * nblk):
@@ -212,10 +218,12 @@ def _softmax(z, out, log_):
         i0 = (t % nblk) * 256
         i1 = min(i0 + 256, inner)
         _column_stats(z[o], out[o], i0, i1, mx, s)
+        c = np.empty(256, z.dtype)
+        for i in range(i1 - i0):
+            c[i] = _normalizer(s[i], log_, cast)
         for r in range(k):
             for i in range(i0, i1):
-                out[o, r, i] = _finish(z[o, r, i], out[o, r, i], mx[i - i0], s[i - i0], log_,
-                                       cast)
+                out[o, r, i] = _finish(z[o, r, i], out[o, r, i], mx[i - i0], c[i - i0], log_)
 
 
 def softmax(z, out, log):
@@ -226,14 +234,12 @@ def softmax(z, out, log):
 
 
 @numba.njit(inline="always", **JIT)
-def _xent(z, d, mx, s, t, inv_m, cast):
-    """d holds exp(z - mx): make it the gradient (p - t) / m; return t * log_softmax."""
-    cast[0] = s
-    p = d / cast[0]
-    g = (p - t) * inv_m
+def _xent(z, d, mx, inv_s, log_s, t, inv_m):
+    """d holds exp(z - mx): make it the gradient (p - t) / m; return t * log_softmax
+    (inv_s, log_s: the row's 1 / s and log(s) in the data's dtype)."""
+    g = (d * inv_s - t) * inv_m
     if t != 0:
-        cast[0] = math.log(s)
-        return g, t * ((z - mx) - cast[0])
+        return g, t * ((z - mx) - log_s)
     return g, 0.0
 
 
@@ -246,10 +252,11 @@ def _xent_kernel(z, labels, targets, by_index, dz, inv_m, terms):
         for o in prange(outer):
             cast = np.empty(1, z.dtype)
             mx, s = _row_stats(z[o, :, 0], dz[o, :, 0])
+            inv_s, log_s = _normalizer(s, False, cast), _normalizer(s, True, cast)
             acc = 0.0
             for r in range(k):
                 t = (one if labels[o, 0] == r else zero) if by_index else targets[o, r, 0]
-                g, term = _xent(z[o, r, 0], dz[o, r, 0], mx, s, t, inv_m, cast)
+                g, term = _xent(z[o, r, 0], dz[o, r, 0], mx, inv_s, log_s, t, inv_m)
                 dz[o, r, 0] = g
                 acc += term
             terms[o] = acc
@@ -263,10 +270,14 @@ def _xent_kernel(z, labels, targets, by_index, dz, inv_m, terms):
         i0 = (tk % nblk) * 256
         i1 = min(i0 + 256, inner)
         _column_stats(z[o], dz[o], i0, i1, mx, s)
+        inv_s, log_s = np.empty(256, z.dtype), np.empty(256, z.dtype)
+        for i in range(i1 - i0):
+            inv_s[i], log_s[i] = _normalizer(s[i], False, cast), _normalizer(s[i], True, cast)
         for r in range(k):
             for i in range(i0, i1):
                 t = (one if labels[o, i] == r else zero) if by_index else targets[o, r, i]
-                g, term = _xent(z[o, r, i], dz[o, r, i], mx[i - i0], s[i - i0], t, inv_m, cast)
+                g, term = _xent(z[o, r, i], dz[o, r, i], mx[i - i0], inv_s[i - i0],
+                                log_s[i - i0], t, inv_m)
                 dz[o, r, i] = g
                 terms[o * inner + i] += term
 

@@ -59,7 +59,9 @@ def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
 # --------------------------------------------------------------------------------- softmax
 def softmax(z, out, log):
     """Softmax (or log-softmax when ``log``) of the 3-D ``z`` over its middle axis:
-    ``e = exp(z - max)``; ``out = e / sum(e)`` or ``z - max - log(sum(e))``. A row whose max
+    ``e = exp(z - max)``; ``out = e * (1 / sum(e))`` (one division per row, as torch) or
+    ``z - max - log(sum(e))``, the sum in float64, ``1 / sum`` and ``log(sum)`` rounded once to
+    the data's dtype. A row whose max
     is -inf (all -inf) gives NaN, as exp(-inf - -inf) does."""
     if z.size == 0:
         return
@@ -70,7 +72,7 @@ def softmax(z, out, log):
     if log:
         out[...] = shifted - np.log(s).astype(z.dtype)
     else:
-        out[...] = e / s.astype(z.dtype)
+        out[...] = e * (1.0 / s).astype(z.dtype)
 
 
 def softmax_cross_entropy(z, labels, targets, dz):

@@ -1,6 +1,7 @@
 """Numba layer kernels, mirroring fastopt/_kernels/layers.pyx: the same signatures, the same
 split of work (over features or rows, never inside a reduction) and the same fixed summation
-orders (eight interleaved float64 partial sums per contiguous row; rows in order otherwise)."""
+orders (eight interleaved float64 partial sums per contiguous row; per-block partial sums over
+fixed blocks of 64 rows, combined in block order, when features are columns)."""
 import math
 
 import numba
@@ -51,26 +52,45 @@ def _stats_rows(x, eps, mean, inv_std):          # each feature a contiguous row
         inv_std[f] = 1.0 / math.sqrt(_row_centred_sq(x[f], mean[f]) / x.shape[1] + eps)
 
 
+_ROW_BLOCK = 64     # rows per partial sum when each feature is a column (as the Cython kernels)
+
+
+@numba.njit(**JIT)
+def _combine_blocks(part, out, n):
+    """out[c] = (sum over the blocks, in block order, of part[b, c]) / n."""
+    out[:] = part[0]
+    for b in range(1, part.shape[0]):
+        for c in range(part.shape[1]):
+            out[c] += part[b, c]
+    for c in range(part.shape[1]):
+        out[c] = out[c] / n
+
+
 @numba.njit(**_PAR)
-def _stats_cols(x, eps, mean, inv_std):          # each feature a column: rows in order
+def _block_sums(x, mean, part):
+    """part[b] = sum over block b's rows of x (mean None) or of (x - mean)^2: whole rows
+    streamed in order, blocks split over threads."""
     N, C = x.shape
-    nb = (C + 63) // 64
-    for blk in prange(nb):
-        c0, c1 = blk * 64, min(blk * 64 + 64, C)
-        for c in range(c0, c1):
-            mean[c] = 0.0
-            inv_std[c] = 0.0
-        for n in range(N):
-            for c in range(c0, c1):
-                mean[c] += x[n, c]
-        for c in range(c0, c1):
-            mean[c] = mean[c] / N
-        for n in range(N):
-            for c in range(c0, c1):
-                d = x[n, c] - mean[c]
-                inv_std[c] += d * d
-        for c in range(c0, c1):
-            inv_std[c] = 1.0 / math.sqrt(inv_std[c] / N + eps)
+    for blk in prange(part.shape[0]):
+        for n in range(blk * _ROW_BLOCK, min(blk * _ROW_BLOCK + _ROW_BLOCK, N)):
+            if mean is None:
+                for c in range(C):
+                    part[blk, c] += x[n, c]
+            else:
+                for c in range(C):
+                    d = x[n, c] - mean[c]
+                    part[blk, c] += d * d
+
+
+def _stats_cols(x, eps, mean, inv_std):          # each feature a column
+    N, C = x.shape
+    part = np.zeros(((N + _ROW_BLOCK - 1) // _ROW_BLOCK, C))
+    _block_sums(x, None, part)
+    _combine_blocks(part, mean, N)
+    part[...] = 0
+    _block_sums(x, mean, part)
+    _combine_blocks(part, inv_std, N)
+    inv_std[...] = 1.0 / np.sqrt(inv_std + eps)
 
 
 def batchnorm_stats(x, axis, eps, mean, inv_std):
@@ -128,18 +148,18 @@ def _backward_rows(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
 
 
 @numba.njit(**_PAR)
-def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+def _block_grad_sums(dy, x, mean, part_b, part_g):
     N, C = x.shape
-    nb = (C + 63) // 64
-    for blk in prange(nb):
-        c0, c1 = blk * 64, min(blk * 64 + 64, C)
-        for c in range(c0, c1):
-            dbeta[c] = 0.0
-            dgamma[c] = 0.0
-        for n in range(N):
-            for c in range(c0, c1):
-                dbeta[c] += dy[n, c]
-                dgamma[c] += dy[n, c] * (x[n, c] - mean[c])
+    for blk in prange(part_b.shape[0]):
+        for n in range(blk * _ROW_BLOCK, min(blk * _ROW_BLOCK + _ROW_BLOCK, N)):
+            for c in range(C):
+                part_b[blk, c] += dy[n, c]
+                part_g[blk, c] += dy[n, c] * (x[n, c] - mean[c])
+
+
+@numba.njit(**_PAR)
+def _dx_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+    N, C = x.shape
     k_dy, k_x, k_0 = np.empty(C), np.empty(C), np.empty(C)
     for c in range(C):
         dgamma[c] *= inv_std[c]
@@ -148,6 +168,15 @@ def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
     for n in prange(N):
         for c in range(C):
             dx[n, c] = k_dy[c] * dy[n, c] - k_x[c] * (x[n, c] - mean[c]) - k_0[c]
+
+
+def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+    N, C = x.shape
+    part = np.zeros((2, (N + _ROW_BLOCK - 1) // _ROW_BLOCK, C))
+    _block_grad_sums(dy, x, mean, part[0], part[1])
+    _combine_blocks(part[0], dbeta, 1)
+    _combine_blocks(part[1], dgamma, 1)
+    _dx_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta)
 
 
 def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):

@@ -7,8 +7,8 @@ same way, so cython, numba and the NumPy reference agree bit for bit). No fast-m
 results keep IEEE semantics.
 The ISA is x86-64-v3 (AVX2/FMA) by default when the building CPU runs it (else the compiler's
 baseline); the compute-heavy families are also built for x86-64-v4 (AVX-512), which
-fastopt._kernels picks at import only when the CPU has it. FASTOPT_MARCH=native (or any -march value) builds one variant for that ISA instead.
-FASTOPT_NO_OPENMP=1 builds without OpenMP.
+fastopt._kernels picks at import only when the CPU has it. FASTOPT_MARCH=native (or any -march
+value) builds one variant for that ISA instead. FASTOPT_NO_OPENMP=1 builds without OpenMP.
 """
 import os
 import platform

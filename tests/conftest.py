@@ -38,6 +38,31 @@ def layout_like(a, layout):
     return out
 
 
+LAYOUTS = ["C", "F", "T", "strided", "reversed"]
+
+
+def relayout(a, how):
+    """A copy of ``a`` (any rank) in the memory layout ``how``: "C"; "F" (Fortran order);
+    "T" (the transpose of a C-ordered array: Fortran order as the course's column-major
+    examples arrive, a view whose ``.base`` is not itself); "strided" (every other element
+    of a wider buffer along each axis); "reversed" (negative strides on every axis)."""
+    a = np.asarray(a)
+    if how == "C":
+        return np.array(a, order="C")
+    if how == "F":
+        return np.array(a, order="F")
+    if how == "T":
+        return np.ascontiguousarray(a.T).T
+    if how == "strided":
+        out = np.zeros(tuple(2 * n for n in a.shape), a.dtype)[(slice(None, None, 2),) * a.ndim]
+    elif how == "reversed":
+        out = np.zeros(a.shape, a.dtype)[(slice(None, None, -1),) * a.ndim]
+    else:
+        raise ValueError(f"unknown layout {how!r}")
+    out[...] = a
+    return out
+
+
 @pytest.fixture(params=GRID_BACKENDS)
 def backend(request):
     with fo.use_backend(request.param):

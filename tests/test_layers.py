@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, kernel_builds, needs_torch, torch
+from conftest import (COMPILED, GRID_BACKENDS, LAYOUTS, kernel_builds, needs_torch, relayout,
+                      torch)
 
 
 def close(a, b, dtype, scale=1.0):
@@ -55,6 +56,45 @@ def test_batchnorm_matches_reference(backend, shape, axis, how, dtype):
     for a, b in zip(grads, grads_ref):
         assert a.dtype == x.dtype
         close(a, b, dtype, 10 * shape[axis])
+
+
+@pytest.mark.parametrize("how", LAYOUTS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(4, 4), (5, 3), (3, 17)], ids=str)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_gives_the_reference_result_in_every_layout(backend, shape, axis, how, dtype):
+    """Every input (x, gamma, beta, running stats, dy, out) in every layout gives the result
+    of the reference on C-ordered copies. Regression: x = A.T (the course's column layout)
+    was taken for C-ordered, giving wrong y, dx, dgamma, dbeta and inference, and a
+    broadcast error when not square."""
+    rng = np.random.default_rng(12)
+    nf = shape[1 - axis]
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta, rmean = (rng.standard_normal((nf, 1)).astype(dtype) for _ in range(3))
+    rvar = (rng.random((nf, 1)) + 0.5).astype(dtype)
+    with fo.use_backend("numpy"):
+        y_ref, cache = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+        grads_ref = fo.batchnorm_backward(dy, cache)
+        inf_ref = fo.batchnorm_inference(x, gamma, beta, rmean, rvar, axis=axis)
+    other = LAYOUTS[(LAYOUTS.index(how) + 1) % len(LAYOUTS)]
+    for lay_x, lay_dy in ((how, how), (how, other), (other, how)):
+        x_l, dy_l = relayout(x, lay_x), relayout(dy, lay_dy)
+        params = [relayout(a, how) for a in (gamma, beta, rmean, rvar)]
+        with fo.use_backend(backend):
+            y, cache = fo.batchnorm_forward(x_l, *params[:2], axis=axis)
+            grads = fo.batchnorm_backward(dy_l, cache)
+            inf = fo.batchnorm_inference(x_l, *params, axis=axis)
+            out = relayout(np.zeros(shape, dtype), lay_dy)
+            assert fo.batchnorm_forward(x_l, *params[:2], axis=axis, out=out)[0] is out
+            np.testing.assert_array_equal(out, y)
+            out = relayout(np.zeros(shape, dtype), lay_x)
+            assert fo.batchnorm_backward(dy_l, cache, out=out)[0] is out
+            np.testing.assert_array_equal(out, grads[0])
+        close(y, y_ref, dtype, 10)
+        close(inf, inf_ref, dtype, 10)
+        for a, b in zip(grads, grads_ref):
+            close(a, b, dtype, 10 * shape[axis])
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

@@ -12,7 +12,9 @@ from ._validate import FLOAT_DTYPES, check_float_array
 
 # ------------------------------------------------------------------------------ batch norm
 def _bn_layout(x, axis):
-    """(C-contiguous 2-D array, its batch axis) for ``x`` with batch axis ``axis``."""
+    """(C-contiguous 2-D array, its batch axis, whether it is ``x.T``) for ``x`` with batch
+    axis ``axis``. A Fortran-ordered x (e.g. the transpose of a C array) is used as its
+    transpose, without a copy."""
     check_float_array("x", x)
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (batch axis plus features), got shape {x.shape}; "
@@ -21,10 +23,10 @@ def _bn_layout(x, axis):
         raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
     axis %= 2
     if x.flags.c_contiguous:
-        return x, axis
+        return x, axis, False
     if x.flags.f_contiguous:
-        return x.T, 1 - axis
-    return np.ascontiguousarray(x), axis
+        return x.T, 1 - axis, True
+    return np.ascontiguousarray(x), axis, False
 
 
 def _features(name, a, x, axis):
@@ -70,14 +72,13 @@ def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
     two passes (mean, then centred squares), so data with a large mean stays accurate.
     A batch of 1 raises ValueError. ``out`` (same shape and dtype as x) avoids allocating y.
     """
-    xc, ax = _bn_layout(x, axis)
+    xc, ax, transposed = _bn_layout(x, axis)
     if xc.shape[ax] < 2:
         raise ValueError(f"batch norm in training needs more than 1 example per feature, "
                          f"got a batch of {xc.shape[ax]}")
     g = _features("gamma", gamma, xc, ax)
     b = _features("beta", beta, xc, ax)
     _check_eps(eps)
-    transposed = xc is not x and xc.base is x
     y = _out(out, x)
     yc = y.T if transposed else y
     if not yc.flags.c_contiguous:
@@ -128,13 +129,12 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, axis=0, eps=1
                         out=None):
     """Inference-mode batch normalization with running statistics:
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``."""
-    xc, ax = _bn_layout(x, axis)
+    xc, ax, transposed = _bn_layout(x, axis)
     g = _features("gamma", gamma, xc, ax)
     b = _features("beta", beta, xc, ax)
     rm = _features("running_mean", running_mean, xc, ax).astype(np.float64)
     rv = _features("running_var", running_var, xc, ax).astype(np.float64)
     _check_eps(eps)
-    transposed = xc is not x and xc.base is x
     y = _out(out, x)
     yc = y.T if transposed else y
     if not yc.flags.c_contiguous:

@@ -1,0 +1,429 @@
+"""Data-parallel training over MPI with the optimizer state sharded across ranks (ZeRO stage 1).
+
+Every rank holds the whole model on a :class:`fastopt.ParameterArena` and computes grads on its
+part of the global batch. ``ShardedOptimizer.step`` then
+
+1. agrees on the grads' validity with one one-integer ``Allreduce`` (a bad grad on any rank
+   raises on every rank, before anything is written);
+2. sends each rank the slice of the grad buffer it owns (one ``Alltoallv`` on the flat buffer)
+   and sums the N slices on their owner in rank order, then divides by N: the averaged grad is
+   ``((g_0 + g_1) + ... + g_{N-1}) / N``, each operation rounded in the parameter dtype;
+3. runs the optimizer's fused kernel on the owned slice only, so each rank holds 1/N of the
+   optimizer state;
+4. all-gathers the updated parameters (one ``Allgatherv``, in place in the arena).
+
+The parameters after each step are bit for bit those of one process stepping the same
+optimizer on the averaged grad above, whatever N (tests/test_distributed.py). MPI's own
+``Reduce_scatter`` would move the same bytes, but with more than two ranks its summation order
+is the library's choice (it differs between algorithms, message sizes and ranks), so the sum is
+done here, in a fixed order. Shards split the elements evenly in whole 64-byte cache lines,
+counted from the start of the parameters' stretch of the arena.
+
+Needs ``mpi4py`` (``pip install 'fastopt[mpi]'`` adds it and the ``mpich`` wheel, which brings
+``mpiexec``); ``import fastopt`` does not import it. Run with ``mpiexec -n 4 python train.py``.
+"""
+import numpy as np
+
+try:
+    from mpi4py import MPI
+except ImportError as exc:       # pragma: no cover - depends on the environment
+    raise ImportError("fastopt.distributed needs mpi4py: pip install 'fastopt[mpi]' "
+                      "(mpi4py and the mpich wheel)") from exc
+
+from .arena import ParameterArena, run_of, stretch
+from .optim import Optimizer
+
+CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
+_MISSING = object()
+_MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
+
+
+def shard_bounds(n, size, itemsize):
+    """Boundaries ``[0, b_1, ..., n]`` of ``size`` shards of ``n`` elements: the ``ceil(n /
+    line)`` cache lines dealt out evenly (shards differ by at most one line), so every shard
+    but the last starts and ends on a line boundary."""
+    line = max(1, CACHE_LINE // itemsize)
+    lines = -(-n // line)
+    return [min(n, (k * lines // size) * line) for k in range(size + 1)]
+
+
+class ShardedOptimizer:
+    """A fastopt optimizer whose state and update are split across the ranks of ``comm``.
+
+    Parameters
+    ----------
+    optimizer_class : a fastopt optimizer class
+        ``fo.Adam``, ``fo.AdamW``, ``fo.SGD``, ``fo.RMSprop``, ... (every one of fastopt's
+        optimizers is element-wise, so a slice of the parameters steps independently).
+    params : ParameterArena, dict or list of arrays, or list of param-group dicts
+        The parameters, which must be consecutive parameters of one ``ParameterArena`` in the
+        order they were added (so the parameters and grads are two contiguous buffers and each
+        collective is one call). A ``ParameterArena`` means all its parameters, by name.
+    comm : mpi4py communicator, default ``MPI.COMM_WORLD``
+    **hyper
+        The optimizer's hyper-parameters (``lr=...``, ``betas=...``), as for
+        ``optimizer_class``.
+
+    Every rank must construct it with the same parameter shapes, dtype and hyper-parameters
+    (checked: a mismatch raises ``ValueError`` on every rank); rank 0's parameter values are
+    then broadcast, so all ranks start from the same point.
+
+    Attributes
+    ----------
+    shard_optimizer : Optimizer
+        The ``optimizer_class`` instance over this rank's slice (one array per param group).
+    shard : (int, int)
+        This rank's element range, relative to the start of the parameters' stretch.
+    """
+
+    def __init__(self, optimizer_class, params, comm=None, **hyper):
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        error = None
+        try:        # local checks first; then every rank learns whether any failed
+            self._setup(optimizer_class, params, hyper)
+        except Exception as exc:     # noqa: BLE001 - any error must reach every rank
+            error = exc
+        self._raise_if_any(error)
+        hypers = [{k: v for k, v in g.items() if k != "params"}
+                  for g in self.shard_optimizer.param_groups]
+        signature = (self.dtype.str, [p.shape for p in self._views], self._names,
+                     optimizer_class.__name__, repr(hypers))
+        for r, other in enumerate(self.comm.allgather(signature)):
+            if other != signature:
+                raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on the "
+                                 f"parameters or hyper-parameters: {signature!r} != {other!r}")
+        self.comm.Bcast([self._params, _MPI_TYPES[self.dtype]], root=0)
+
+    def _setup(self, optimizer_class, params, hyper):
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
+            raise TypeError("optimizer_class must be a fastopt optimizer class such as "
+                            f"fastopt.Adam, got {optimizer_class!r}")
+        self.optimizer_class = optimizer_class
+        self._hyper = dict(hyper)
+        groups, self._named = _groups_of(params)
+        self._full_groups = groups
+        views = self._views = [p for g in groups for p in g["params"]]
+        run = run_of(views)
+        if run is None:
+            raise ValueError("params must be consecutive parameters of one ParameterArena, in "
+                             "the order they were added (the collectives run on its flat "
+                             "buffers); put the model's parameters on a fastopt.ParameterArena")
+        self.arena = arena = run[0]
+        self.dtype = arena.dtype
+        self._names = [n for g in groups for n in g.get("param_names", ())] or None
+        # element offsets of every parameter, relative to the start of the stretch
+        offsets = self._offsets = np.cumsum([0] + [p.size for p in views]).tolist()
+        lo, hi = stretch(*run)
+        self._params = arena.flat_params[lo:hi]
+        self._grads = arena.flat_grads[lo:hi]
+        self._grad_views = [self._grads[a:b].reshape(p.shape)
+                            for p, a, b in zip(views, offsets, offsets[1:])]
+        self._group_bounds, k = [], 0      # per group: (first element, stop, first param)
+        for g in groups:
+            self._group_bounds.append((offsets[k], offsets[k + len(g["params"])], k))
+            k += len(g["params"])
+
+        size, rank = self.comm.Get_size(), self.comm.Get_rank()
+        self.bounds = shard_bounds(hi - lo, size, self.dtype.itemsize)
+        self.shard = s0, s1 = self.bounds[rank], self.bounds[rank + 1]
+        self.shard_optimizer = optimizer_class(
+            [dict({k: v for k, v in g.items() if k not in ("params", "param_names")},
+                  params=[self._params[self._clip(a, b)]])
+             for g, (a, b, _) in zip(groups, self._group_bounds)], **hyper)
+
+        # the grad exchange: this rank's slice of every other rank's grad buffer, one row each
+        mine, mpi_type = s1 - s0, _MPI_TYPES[self.dtype]
+        counts = [b - a for a, b in zip(self.bounds, self.bounds[1:])]
+        self._recv = np.empty((size - 1, mine), self.dtype)
+        self._send_spec = [self._grads, [0 if r == rank else counts[r] for r in range(size)],
+                           self.bounds[:-1], mpi_type]
+        self._recv_spec = [self._recv, [0 if r == rank else mine for r in range(size)],
+                           [mine * (r - (r > rank)) for r in range(size)], mpi_type]
+        self._gather_spec = [self._params, counts, self.bounds[:-1], mpi_type]
+        # the averaged grad of the shard; with one rank, the grad buffer itself
+        self._avg = self._grads[s0:s1] if size == 1 else np.empty(mine, self.dtype)
+        self._shard_grads = [self._avg[self._clip(a, b, s0)] for a, b, _ in self._group_bounds]
+
+    def _clip(self, a, b, base=0):
+        """The slice of this rank's shard inside element range [a, b), shifted by -base."""
+        s0, s1 = self.shard
+        lo = min(max(a, s0), s1)
+        return slice(lo - base, max(lo, min(b, s1)) - base)
+
+    # ----------------------------------------------------------------------------- step
+    @property
+    def param_groups(self):
+        """This rank's optimizer's param groups: the hyper-parameters (editable between
+        steps, identically on every rank) and, under ``"params"``, this rank's slice."""
+        return self.shard_optimizer.param_groups
+
+    @property
+    def lr(self):
+        return self.shard_optimizer.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.shard_optimizer.lr = value
+
+    def zero_grad(self):
+        """Zero the parameters' grads in the arena."""
+        self._grads[...] = 0
+
+    def step(self, grads=None):
+        """One data-parallel step: average the grads of all ranks, update this rank's shard,
+        share the updated parameters. Every rank must call it.
+
+        ``grads`` is this rank's local grads: None or the arena's ``grads`` (already in the
+        grad buffer: nothing is copied), or a dict (names or ``"d" + name``) or sequence of
+        arrays as for the optimizer, which are checked and then copied into the arena's grad
+        buffer. A grad of the wrong type, dtype or shape on any rank raises ``TypeError`` or
+        ``ValueError`` on every rank, naming the rank, and nothing changes.
+        """
+        error = local = None
+        try:
+            local = self._match(grads)
+        except Exception as exc:     # noqa: BLE001 - any error must reach every rank
+            error = exc
+        self._raise_if_any(error)
+        if local is not None:
+            for view, g in zip(self._grad_views, local):
+                np.copyto(view, g)
+        self._reduce_scatter()
+        self.shard_optimizer.step(self._shard_grads)
+        self._allgather()
+
+    def _reduce_scatter(self):
+        """Average the grad buffers of all ranks over this rank's shard, into ``_avg``."""
+        size, rank = self.comm.Get_size(), self.comm.Get_rank()
+        if size == 1:
+            return
+        self.comm.Alltoallv(self._send_spec, self._recv_spec)
+        s0, s1 = self.shard
+        rows = list(self._recv)
+        rows.insert(rank, self._grads[s0:s1])
+        np.add(rows[0], rows[1], out=self._avg)
+        for row in rows[2:]:
+            np.add(self._avg, row, out=self._avg)
+        np.divide(self._avg, size, out=self._avg)
+
+    def _allgather(self):
+        if self.comm.Get_size() > 1:
+            self.comm.Allgatherv(MPI.IN_PLACE, self._gather_spec)
+
+    def _match(self, grads):
+        """This rank's grads as a list in parameter order (None: already in the arena),
+        checked against the parameters."""
+        if grads is None or grads is self.arena.grads:
+            return None
+        if isinstance(grads, dict):
+            if self._names is None:
+                raise ValueError("grads is a dict but params were not given by name; pass a "
+                                 "sequence of grads in parameter order")
+            matched = []
+            for name in self._names:
+                g = grads.get(name, _MISSING)
+                if g is _MISSING:
+                    g = grads.get("d" + name, _MISSING)
+                if g is _MISSING:
+                    raise ValueError(f"grads has no entry for parameter {name!r} "
+                                     f"(expected key {name!r} or {'d' + name!r})")
+                matched.append(g)
+        elif isinstance(grads, (list, tuple)):
+            if len(grads) != len(self._views):
+                raise ValueError(f"grads has {len(grads)} entries, expected "
+                                 f"{len(self._views)} (one per parameter, in order)")
+            matched = list(grads)
+        else:
+            raise TypeError(f"grads must be a dict or a sequence of arrays, "
+                            f"got {type(grads).__name__}")
+        for i, (p, g) in enumerate(zip(self._views, matched)):
+            label = repr(self._names[i]) if self._names else str(i)
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
+                                f"got {type(g).__name__}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"grad for parameter {label} has dtype {g.dtype}, "
+                                f"expected {p.dtype}")
+            if g.shape != p.shape:
+                raise ValueError(f"grad for parameter {label} has shape {g.shape}, "
+                                 f"expected {p.shape}")
+        return matched
+
+    def _raise_if_any(self, error):
+        """Collective: raise on every rank if ``error`` is set on any (a one-integer allreduce
+        when all is well; the errors themselves are gathered only when one occurred). The
+        first failing rank's TypeError or ValueError is raised everywhere as that type,
+        anything else as RuntimeError."""
+        flag = np.array([error is not None], np.int32)
+        self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
+        if not flag[0]:
+            return
+        kind = next((k for k in (TypeError, ValueError) if isinstance(error, k)), RuntimeError)
+        errors = self.comm.allgather(None if error is None else (kind.__name__, str(error)))
+        rank, (name, msg) = next((r, e) for r, e in enumerate(errors) if e is not None)
+        kind = {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
+        raise kind(f"rank {rank} of {len(errors)}: {msg}") from error
+
+    # ---------------------------------------------------------------------- state dicts
+    def state_dict(self, root=0):
+        """The state of the whole optimizer, gathered to rank ``root``: on ``root`` the dict a
+        single-process ``optimizer_class`` over the same parameters would return (torch.optim's
+        per-parameter layout, so that optimizer and ``load_state_dict`` on any number of ranks
+        load it); None on the other ranks. Every rank must call it."""
+        local = self.shard_optimizer.state_dict()
+        is_root = self.comm.Get_rank() == root
+        state, groups = {}, []
+        for gi, (a, b, first) in enumerate(self._group_bounds):
+            group = {k: v for k, v in local["param_groups"][gi].items() if k != "params"}
+            stop = first + len(self._full_groups[gi]["params"])
+            group["params"] = list(range(first, stop))
+            if self._named:
+                group["param_names"] = list(self._full_groups[gi]["param_names"])
+            groups.append(group)
+            entry = local["state"].get(gi)
+            if entry is None:          # not stepped yet: the same on every rank
+                continue
+            counts = [self._clip_len(a, b, r) for r in range(len(self.bounds) - 1)]
+            displs = np.cumsum([0] + counts[:-1]).tolist()
+            for i in range(first, stop):
+                state[i] = {}
+            for key in sorted(entry):
+                value = entry[key]
+                if not isinstance(value, np.ndarray):
+                    for i in range(first, stop):
+                        state[i][key] = value
+                    continue
+                full = np.empty(b - a, self.dtype) if is_root else None
+                self.comm.Gatherv(value, [full, counts, displs, _MPI_TYPES[self.dtype]],
+                                  root=root)
+                if is_root:
+                    for i in range(first, stop):
+                        p = self._views[i]
+                        o = self._offsets[i] - a
+                        state[i][key] = full[o:o + p.size].reshape(p.shape)
+        return {"state": state, "param_groups": groups} if is_root else None
+
+    def _clip_len(self, a, b, rank):
+        s0, s1 = self.bounds[rank], self.bounds[rank + 1]
+        return max(0, min(b, s1) - max(a, s0))
+
+    def load_state_dict(self, state_dict, root=0):
+        """Load a state dict (from :meth:`state_dict` on any number of ranks, a single-process
+        fastopt optimizer, or torch.optim with its tensors as arrays), read on rank ``root``
+        only (the other ranks may pass None); every rank must call it. It is checked in full
+        before anything changes; an invalid one raises ``ValueError`` on every rank. Every
+        parameter of a group must have state at the same step (as a sharded run saves)."""
+        plan = error = full = None
+        if self.comm.Get_rank() == root:
+            try:
+                full, plan = self._check_state_dict(state_dict)
+            except KeyError as exc:
+                error = ValueError(f"state_dict is missing the entry {exc}")
+            except Exception as exc:     # noqa: BLE001 - any error must reach every rank
+                error = exc
+        self._raise_if_any(error)
+        plan = self.comm.bcast(plan, root=root)
+        local = {"state": {}, "param_groups": []}
+        for gi, ((a, b, first), (hyper, keys, scalars)) in enumerate(
+                zip(self._group_bounds, plan)):
+            local["param_groups"].append(dict(hyper, params=[gi]))
+            if keys is None:
+                continue
+            counts = [self._clip_len(a, b, r) for r in range(len(self.bounds) - 1)]
+            displs = np.cumsum([0] + counts[:-1]).tolist()
+            entry = dict(scalars)
+            stop = first + len(self._full_groups[gi]["params"])
+            for key in keys:
+                flat = None
+                if full is not None:
+                    flat = np.concatenate([np.ravel(full.state[i][key])
+                                           for i in range(first, stop)])
+                part = np.empty(self._clip_len(a, b, self.comm.Get_rank()), self.dtype)
+                self.comm.Scatterv([flat, counts, displs, _MPI_TYPES[self.dtype]], part,
+                                   root=root)
+                entry[key] = part
+            local["state"][gi] = entry
+        self.shard_optimizer.load_state_dict(local)
+
+    def _check_state_dict(self, state_dict):
+        """On the root: load ``state_dict`` into a single-process optimizer over the full
+        parameters (its checks, its conversions), then check that every group's parameters
+        share their state keys and scalars. Returns (that optimizer, per group: (hyper, array
+        keys or None, scalar entries))."""
+        hypers = [{k: v for k, v in g.items() if k != "params"}
+                  for g in self.shard_optimizer.param_groups]
+        groups = [dict(g, **h) for g, h in zip(self._full_groups, hypers)]
+        for g in groups:
+            g.pop("param_names", None)
+        full = self.optimizer_class(groups, **self._hyper)
+        full.load_state_dict(state_dict)
+        plan = []
+        for gi, (_, _, first) in enumerate(self._group_bounds):
+            hyper = {k: v for k, v in full.param_groups[gi].items()
+                     if k not in ("params", "param_names")}
+            stop = first + len(self._full_groups[gi]["params"])
+            states = [full.state.get(i) for i in range(first, stop)]
+            if all(s is None for s in states):
+                plan.append((hyper, None, {}))
+                continue
+            if any(s is None for s in states):
+                raise ValueError(f"state_dict has state for some parameters of param group "
+                                 f"{gi} but not all; a sharded optimizer steps them together")
+            keys = sorted(k for k, v in states[0].items() if isinstance(v, np.ndarray))
+            scalars = {k: v for k, v in states[0].items() if not isinstance(v, np.ndarray)}
+            for i, s in zip(range(first, stop), states):
+                s_keys = sorted(k for k, v in s.items() if isinstance(v, np.ndarray))
+                s_scalars = {k: v for k, v in s.items() if not isinstance(v, np.ndarray)}
+                if s_keys != keys or s_scalars != scalars:
+                    raise ValueError(f"state_dict['state'][{i}] differs from parameter {first}"
+                                     f" of its group in keys or step ({s_keys} {s_scalars} vs "
+                                     f"{keys} {scalars}); a sharded optimizer steps a group's "
+                                     "parameters together")
+            plan.append((hyper, keys, scalars))
+        return full, plan
+
+    def __repr__(self):
+        return (f"ShardedOptimizer({self.optimizer_class.__name__}, rank "
+                f"{self.comm.Get_rank()} of {self.comm.Get_size()}, elements "
+                f"{self.shard[0]}:{self.shard[1]} of {self._offsets[-1]} {self.dtype})")
+
+
+def _groups_of(params):
+    """The param groups as dicts with a list under "params" (and "param_names" when named)."""
+    if isinstance(params, ParameterArena):
+        if not params.params:
+            raise ValueError("params is an empty ParameterArena")
+        params = params.params
+    if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
+        raise TypeError("params must be a ParameterArena, a dict or list of its arrays, or a "
+                        f"list of param-group dicts, got {type(params).__name__}")
+    if isinstance(params, dict):
+        groups = [{"params": params}]
+    else:
+        groups = list(params)
+        if not groups:
+            raise ValueError("params is an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+    out, named = [], None
+    for g in groups:
+        if not isinstance(g, dict) or "params" not in g:
+            raise TypeError("a param group must be a dict with a 'params' entry")
+        g = dict(g)
+        ps = g["params"]
+        if named is not None and named != isinstance(ps, dict):
+            raise ValueError("params: either every group is a dict of named arrays or none is")
+        named = isinstance(ps, dict)
+        if named:
+            g["param_names"] = list(ps)
+            ps = list(ps.values())
+        else:
+            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+        if not all(isinstance(p, np.ndarray) for p in ps):
+            raise TypeError("every parameter must be a numpy.ndarray (a ParameterArena view)")
+        g["params"] = ps
+        out.append(g)
+    return out, named
+
+
+__all__ = ["ShardedOptimizer", "shard_bounds"]

@@ -1,0 +1,138 @@
+"""fastopt.distributed.ShardedOptimizer under ``mpiexec -n 3`` and ``-n 2``.
+
+Two launches of tests/mpi_workers/sharded.py (~5-8 s each here, most of it process start-up):
+every rank reports each check as a JSON line; the tests below read them. The 3-rank launch
+writes checkpoints that the 2-rank launch resumes (and on one rank). A hang in a collective is
+caught by the subprocess timeout. Skipped without mpi4py or mpiexec, and on every backend but
+the first available: CI runs the suite once per backend and the launches are slow to start.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import fastopt as fo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "mpi_workers", "sharded.py")
+TIMEOUT = 120      # seconds per launch; a run takes under 10 s here
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None,
+                       reason="mpi4py is not installed (pip install 'fastopt[mpi]')"),
+    pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec on PATH"),
+    pytest.mark.skipif(fo.get_backend() != fo.backends()[0],
+                       reason="MPI tests run on the first available backend only"),
+]
+
+
+def launch(n, out, *args):
+    """Run the worker on n ranks; return every rank's reports."""
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(fo.__file__)),
+                                           os.environ.get("PYTHONPATH", "")]),
+               FASTOPT_BACKEND=fo.get_backend(),
+               OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",   # n ranks share the cores
+               HYDRA_LAUNCHER="fork",                          # local processes, no ssh
+               MPIEXEC_TIMEOUT=str(TIMEOUT - 10))              # mpiexec kills a hung job
+    os.makedirs(out)
+    try:
+        proc = subprocess.run(["mpiexec", "-n", str(n), sys.executable, WORKER, "--out", out,
+                               *args], env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"mpiexec -n {n} hung (killed after {TIMEOUT} s): {exc.stderr}")
+    reports = []
+    for name in sorted(os.listdir(out)):
+        with open(os.path.join(out, name)) as f:
+            reports += [json.loads(line) for line in f]
+    return dict(returncode=proc.returncode, stderr=proc.stderr, reports=reports, n=n)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mpi")
+    ckpt = str(base / "checkpoints")
+    os.makedirs(ckpt)
+    three = launch(3, str(base / "three"), "--save", ckpt)
+    two = launch(2, str(base / "two"), "--load", ckpt)
+    return [three, two]
+
+
+def reports(runs, prefix, n=None):
+    """The reports whose check starts with ``prefix``; fails on any that is not ok."""
+    found = []
+    for run in runs:
+        if n is not None and run["n"] != n:
+            continue
+        mine = [r for r in run["reports"] if r["check"].startswith(prefix)]
+        bad = [r for r in mine if not r["ok"]]
+        assert not bad, "\n".join(f"rank {r['rank']}/{r['size']} {r['check']}: {r['detail']}"
+                                  for r in bad)
+        found += mine
+    return found
+
+
+def test_every_launch_finished_cleanly(runs):
+    for run in runs:
+        failed = [r for r in run["reports"] if not r["ok"]]
+        assert run["returncode"] == 0 and not failed, (run["stderr"][-3000:], failed[:3])
+
+
+OPTIMIZERS = ["Adam", "AdamW", "SGD-momentum", "RMSprop", "Momentum", "Adagrad", "Adadelta",
+              "Adamax", "NAdam", "RAdam"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_bit_identical_to_one_process_after_20_steps(runs, name, dtype):
+    found = reports(runs, f"equivalence {name} {dtype}")
+    assert len(found) == 3 + 2        # every rank of both launches
+
+
+def test_fixed_summation_order_where_mpich_reorders(runs):
+    assert len(reports(runs, "equivalence large")) == 5
+
+
+def test_param_groups_and_lr_changes(runs):
+    assert len(reports(runs, "param groups")) == 5 + 2    # + the state dicts, on rank 0
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_gathered_state_dict_is_the_single_process_one(runs, name):
+    # rank 0: equal to the single-process state dict; the others: None
+    assert len(reports(runs, f"state_dict {name} ")) == 2 * 5
+
+
+def test_state_memory_per_rank_is_one_nth(runs):
+    assert len(reports(runs, "memory")) == 2 * 5
+
+
+def test_bad_grad_on_one_rank_raises_on_every_rank_and_changes_nothing(runs):
+    assert len(reports(runs, "bad grad")) == 3 * 5
+    assert len(reports(runs, "good step after bad grads")) == 5
+
+
+def test_construction_errors_raise_on_every_rank(runs):
+    assert len(reports(runs, "construction")) == 2 * 5
+
+
+def test_bad_state_dict_raises_on_every_rank(runs):
+    assert len(reports(runs, "bad state_dict")) == 5
+
+
+def test_checkpoint_saved_on_3_resumes_on_2_and_1_bit_identically(runs):
+    assert len(reports(runs, "checkpoint run", n=3)) == 6 * 3
+    assert len(reports(runs, "resume on 2", n=2)) == 6 * 2
+    assert len(reports(runs, "resume on 1", n=2)) == 6
+    assert len(reports(runs, "resume single-process", n=2)) == 6
+
+
+def test_importing_fastopt_does_not_import_mpi4py():
+    code = "import sys, fastopt; assert 'mpi4py' not in sys.modules, 'imported'"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fo.__file__)))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

@@ -19,6 +19,7 @@ DEFAULT_SIZES = [1_000, 100_000, 1_000_000]
 FULL_SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
 QUICK_SIZES = [1_000, 100_000]
 QUICK_KERNELS = ["sgd_momentum", "adam"]
+MPI_SIZES = [1_000_000, 10_000_000]
 QUICK_GROUPS = ["1000x64"]
 DEFAULT_GROUPS = ["200x4096", "1000x64"]
 
@@ -46,6 +47,9 @@ def parse_args(argv):
                     help="skip the many-small-parameters rows (arena, multi-tensor list)")
     ap.add_argument("--no-coexistence", action="store_true",
                     help="skip measuring fastopt and torch in one process (skipped by --quick)")
+    ap.add_argument("--mpi", action="store_true",
+                    help="only the ZeRO-1 sharded step, under mpiexec (default sizes 1e6,1e7; "
+                    "needs fastopt[mpi]): mpiexec -n 2 python -m fastopt --mpi")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--plot", metavar="PATH", help="plot time vs size per backend (matplotlib)")
     args = ap.parse_args(argv)
@@ -60,6 +64,8 @@ def parse_args(argv):
         if k not in _bench.CASES:
             ap.error(f"unknown kernel {k!r}; choose from {list(_bench.CASES)}")
     args.kernels = names
+    if args.mpi and not args.sizes:
+        args.sizes = MPI_SIZES
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else
                                 FULL_SIZES if args.full else DEFAULT_SIZES)
     args.dtypes = [np.dtype(d) for d in args.dtypes.split(",")]
@@ -78,6 +84,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         _backend.set_num_threads(args.threads)
+    if args.mpi:
+        from . import _bench_mpi     # imports mpi4py, which nothing else here does
+        _bench_mpi.report(args.sizes, args.dtypes, args.json)
+        return 0
     info = _bench.machine()
     print("fastopt report")
     print(f"  machine : {info['cpu']}, {info['cores']} cores, {info['threads']} threads used")

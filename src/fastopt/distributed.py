@@ -179,6 +179,15 @@ class ShardedOptimizer:
         buffer. A grad of the wrong type, dtype or shape on any rank raises ``TypeError`` or
         ``ValueError`` on every rank, naming the rank, and nothing changes.
         """
+        self._take_grads(grads)
+        self._exchange()
+        self._average()
+        self.shard_optimizer.step(self._shard_grads)
+        self._allgather()
+
+    # the phases of a step, separate so that the benchmark can time them
+    def _take_grads(self, grads):
+        """Check ``grads`` on every rank (one collective), then copy them into the arena."""
         error = local = None
         try:
             local = self._match(grads)
@@ -188,16 +197,17 @@ class ShardedOptimizer:
         if local is not None:
             for view, g in zip(self._grad_views, local):
                 np.copyto(view, g)
-        self._reduce_scatter()
-        self.shard_optimizer.step(self._shard_grads)
-        self._allgather()
 
-    def _reduce_scatter(self):
-        """Average the grad buffers of all ranks over this rank's shard, into ``_avg``."""
+    def _exchange(self):
+        """Receive this rank's shard of every other rank's grads, one row per rank."""
+        if self.comm.Get_size() > 1:
+            self.comm.Alltoallv(self._send_spec, self._recv_spec)
+
+    def _average(self):
+        """``((g_0 + g_1) + ... + g_{N-1}) / N`` over this rank's shard, into ``_avg``."""
         size, rank = self.comm.Get_size(), self.comm.Get_rank()
-        if size == 1:
+        if size == 1:            # _avg is the grad buffer itself
             return
-        self.comm.Alltoallv(self._send_spec, self._recv_spec)
         s0, s1 = self.shard
         rows = list(self._recv)
         rows.insert(rank, self._grads[s0:s1])
@@ -207,6 +217,7 @@ class ShardedOptimizer:
         np.divide(self._avg, size, out=self._avg)
 
     def _allgather(self):
+        """Every rank's updated shard into every rank's parameters, in place."""
         if self.comm.Get_size() > 1:
             self.comm.Allgatherv(MPI.IN_PLACE, self._gather_spec)
 

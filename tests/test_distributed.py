@@ -3,8 +3,9 @@
 Two launches of tests/mpi_workers/sharded.py (~5-8 s each here, most of it process start-up):
 every rank reports each check as a JSON line; the tests below read them. The 3-rank launch
 writes checkpoints that the 2-rank launch resumes (and on one rank). A hang in a collective is
-caught by the subprocess timeout. Skipped without mpi4py or mpiexec, and on every backend but
-the first available: CI runs the suite once per backend and the launches are slow to start.
+caught by the subprocess timeout. Skipped without mpi4py or mpiexec; the launches run on the
+first available backend only (CI runs the suite once per backend and they are slow to start),
+the one-rank tests at the end on every backend.
 """
 import importlib.util
 import json
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastopt as fo
@@ -25,9 +27,10 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None,
                        reason="mpi4py is not installed (pip install 'fastopt[mpi]')"),
     pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec on PATH"),
-    pytest.mark.skipif(fo.get_backend() != fo.backends()[0],
-                       reason="MPI tests run on the first available backend only"),
 ]
+# the mpiexec launches (slow to start) run on the first available backend only
+first_backend_only = pytest.mark.skipif(fo.get_backend() != fo.backends()[0],
+                                        reason="mpiexec tests run on the first backend only")
 
 
 def mpi_env():
@@ -59,6 +62,8 @@ def launch(n, out, *args):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    if fo.get_backend() != fo.backends()[0]:
+        pytest.skip("mpiexec tests run on the first available backend only")
     base = tmp_path_factory.mktemp("mpi")
     ckpt = str(base / "checkpoints")
     os.makedirs(ckpt)
@@ -142,6 +147,7 @@ def test_importing_fastopt_does_not_import_mpi4py():
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
 
 
+@first_backend_only
 def test_digits_example_on_two_ranks_learns_as_one_process():
     pytest.importorskip("sklearn")
     script = os.path.join(HERE, "..", "examples", "digits_mpi.py")
@@ -153,3 +159,51 @@ def test_digits_example_on_two_ranks_learns_as_one_process():
     # one process: 98.6% after 8 epochs (test_examples.py holds it to >= 90%); two ranks
     # normalize over half batches each, so close to, not equal to it: 98.3% here
     assert acc >= 0.95, acc
+
+
+# ------------------------------------------------------ in this process, on MPI.COMM_SELF
+def _one_rank():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from fastopt.distributed import ShardedOptimizer
+    return MPI.COMM_SELF, ShardedOptimizer
+
+
+def _arena(dtype=np.float32):
+    arena = fo.ParameterArena(dtype, capacity=100)
+    arena.add("W", (3, 4), init=np.arange(12).reshape(3, 4))
+    arena.add("b", 3, init=1.0)
+    return arena
+
+
+def test_construction_errors_name_the_problem():
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena()
+    with pytest.raises(TypeError, match="optimizer class"):
+        ShardedOptimizer(np.zeros, arena, comm=comm)
+    with pytest.raises(ValueError, match="ParameterArena"):
+        ShardedOptimizer(fo.Adam, [np.zeros(3, np.float32)], comm=comm)
+    with pytest.raises(ValueError, match="ParameterArena"):   # not in the order added
+        ShardedOptimizer(fo.Adam, [arena.params["b"], arena.params["W"]], comm=comm)
+    with pytest.raises(ValueError, match="lr"):
+        ShardedOptimizer(fo.Adam, arena, comm=comm, lr=-1.0)
+
+
+def test_one_rank_matches_the_plain_optimizer_and_checks_grads():
+    comm, ShardedOptimizer = _one_rank()
+    arena, ref = _arena(np.float64), _arena(np.float64)
+    opt = ShardedOptimizer(fo.RMSprop, arena, comm=comm, lr=0.1, momentum=0.9)
+    ref_opt = fo.RMSprop(ref.params, lr=0.1, momentum=0.9)
+    for t in range(5):
+        g = np.random.default_rng(t).standard_normal(arena.size)
+        opt.step({"dW": g[:12].reshape(3, 4), "db": g[12:]})
+        ref.flat_grads[...] = g
+        ref_opt.step(ref.grads)
+    np.testing.assert_array_equal(arena.flat_params, ref.flat_params)
+    before = arena.flat_params.copy()
+    with pytest.raises(ValueError, match="rank 0 of 1: grad for parameter 'b' has shape"):
+        opt.step({"W": np.zeros((3, 4)), "b": np.zeros(4)})
+    with pytest.raises(TypeError, match="'W' has dtype float32"):
+        opt.step([np.zeros((3, 4), np.float32), np.zeros(3)])
+    with pytest.raises(ValueError, match="no entry for parameter 'b'"):
+        opt.step({"W": np.zeros((3, 4))})
+    np.testing.assert_array_equal(arena.flat_params, before)

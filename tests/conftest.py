@@ -38,14 +38,16 @@ def layout_like(a, layout):
     return out
 
 
-LAYOUTS = ["C", "F", "T", "strided", "reversed"]
+LAYOUTS = ["C", "F", "T", "strided", "reversed", "unaligned", "swapped"]
 
 
 def relayout(a, how):
     """A copy of ``a`` (any rank) in the memory layout ``how``: "C"; "F" (Fortran order);
     "T" (the transpose of a C-ordered array: Fortran order as the course's column-major
     examples arrive, a view whose ``.base`` is not itself); "strided" (every other element
-    of a wider buffer along each axis); "reversed" (negative strides on every axis)."""
+    of a wider buffer along each axis); "reversed" (negative strides on every axis);
+    "unaligned" (C order, the data one byte off its dtype's alignment); "swapped" (C order,
+    non-native byte order)."""
     a = np.asarray(a)
     if how == "C":
         return np.array(a, order="C")
@@ -57,6 +59,10 @@ def relayout(a, how):
         out = np.zeros(tuple(2 * n for n in a.shape), a.dtype)[(slice(None, None, 2),) * a.ndim]
     elif how == "reversed":
         out = np.zeros(a.shape, a.dtype)[(slice(None, None, -1),) * a.ndim]
+    elif how == "unaligned":
+        out = np.zeros(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
+    elif how == "swapped":
+        out = np.zeros(a.shape, a.dtype.newbyteorder())
     else:
         raise ValueError(f"unknown layout {how!r}")
     out[...] = a

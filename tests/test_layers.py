@@ -445,3 +445,193 @@ def test_avx512_layer_build_is_bit_identical_to_the_portable_build(shape, dtype,
                                                   axis=axis)]
         results.append([np.asarray(a).tobytes() for a in out])
     assert results[0] == results[1]
+
+
+# ------------------------------------------------------------------- layouts, errors, aliasing
+def _class_axis_shapes():
+    """(shape, axis) for the softmax family: classes last, first, in the middle; wide, tall."""
+    return [((5, 7), -1), ((5, 7), 0), ((3, 4, 5), 1), ((2, 17), 0), ((17, 2), -1)]
+
+
+@pytest.mark.parametrize("how", LAYOUTS)
+@pytest.mark.parametrize("shape,axis", _class_axis_shapes(), ids=str)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_softmax_family_gives_the_reference_result_in_every_layout(backend, shape, axis, how,
+                                                                   dtype):
+    """z, logits, integer labels, probability labels and out in every layout (byte-swapped
+    and unaligned included) give the reference's result on C-ordered copies."""
+    rng = np.random.default_rng(13)
+    z = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[axis], size=tuple(np.delete(shape, axis)))
+    probs = rng.random(shape).astype(dtype)
+    with fo.use_backend("numpy"):
+        ref = [fo.softmax(z, axis), fo.log_softmax(z, axis),
+               *fo.softmax_cross_entropy(z, labels, axis),
+               *fo.softmax_cross_entropy(z, probs, axis)]
+    with fo.use_backend(backend):
+        zl = relayout(z, how)
+        got = [fo.softmax(zl, axis), fo.log_softmax(zl, axis),
+               *fo.softmax_cross_entropy(zl, relayout(labels, how), axis),
+               *fo.softmax_cross_entropy(zl, relayout(probs, how), axis)]
+        out = relayout(np.zeros(shape, dtype), how)
+        assert fo.softmax(z, axis, out=out) is out
+        np.testing.assert_array_equal(out, fo.softmax(z, axis))
+    m = z.size // shape[axis]
+    for a, b, scale in zip(got, ref, (1, 10, None, 1 / m, None, 1 / m)):
+        if scale is None:                                   # the losses
+            assert a == pytest.approx(b, rel=1e-12 if dtype == np.float64 else 1e-6)
+        else:
+            assert a.dtype == np.dtype(dtype) and a.dtype.isnative
+            close(a, b, dtype, scale)
+
+
+def _read_only(a):
+    a = np.array(a)
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_layers_take_read_only_inputs(backend, axis, dtype):
+    """Regression: the Cython kernels refused read-only inputs ("buffer source array is
+    read-only"); inputs are only read, so they give the same result as writeable ones."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((6, 9)).astype(dtype)
+    dy = rng.standard_normal((6, 9)).astype(dtype)
+    nf = x.shape[1 - axis]
+    gamma, beta, rmean = (rng.standard_normal(nf).astype(dtype) for _ in range(3))
+    rvar = (rng.random(nf) + 0.5).astype(dtype)
+    labels = rng.integers(0, x.shape[axis], x.shape[1 - axis])
+    probs = rng.random(x.shape).astype(dtype)
+
+    def run(a):
+        y, cache = fo.batchnorm_forward(a(x), a(gamma), a(beta), axis=axis)
+        return [y, *fo.batchnorm_backward(a(dy), cache),
+                fo.batchnorm_inference(a(x), a(gamma), a(beta), a(rmean), a(rvar), axis=axis),
+                fo.softmax(a(x), axis), fo.log_softmax(a(x), axis),
+                *fo.softmax_cross_entropy(a(x), a(labels), axis),
+                *fo.softmax_cross_entropy(a(x), a(probs), axis)]
+
+    with fo.use_backend(backend):
+        expected, got = run(np.array), run(_read_only)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_out_may_be_an_input(backend, dtype):
+    """An input that shares memory with out is read before out is written: log_softmax(z,
+    out=z) and the fused cross-entropy in place, and a forward in place whose cache still
+    holds the original x for backward. (Compiled backends wrote exp(z - max) into out, then
+    read z from it.)"""
+    rng = np.random.default_rng(15)
+    z = (rng.standard_normal((4, 9)) * 3).astype(dtype)
+    labels = rng.integers(0, 9, 4)
+    x, dy = (rng.standard_normal((7, 3)).astype(dtype) for _ in range(2))
+    g, b = np.ones(3, dtype), np.zeros(3, dtype)
+    with fo.use_backend(backend):
+        for log in (False, True):
+            f = fo.log_softmax if log else fo.softmax
+            expected, inplace = f(z), z.copy()
+            assert f(inplace, out=inplace) is inplace
+            np.testing.assert_array_equal(inplace, expected)
+            inplace = z.copy()
+            assert f(inplace[::-1], out=inplace) is inplace
+            np.testing.assert_array_equal(inplace, expected[::-1])
+        loss, expected = fo.softmax_cross_entropy(z, labels)
+        inplace = z.copy()
+        loss2, d2 = fo.softmax_cross_entropy(inplace, labels, out=inplace)
+        assert d2 is inplace and loss2 == loss
+        np.testing.assert_array_equal(inplace, expected)
+        y, cache = fo.batchnorm_forward(x, g, b)
+        grads = fo.batchnorm_backward(dy, cache)
+        inplace = x.copy()
+        y2, cache2 = fo.batchnorm_forward(inplace, g, b, out=inplace)
+        assert y2 is inplace
+        np.testing.assert_array_equal(y2, y)
+        dy2 = dy.copy()
+        got = fo.batchnorm_backward(dy2, cache2, out=dy2)
+        assert got[0] is dy2
+        for a, e in zip(got, grads):
+            np.testing.assert_array_equal(a, e)
+
+
+def _bad_arguments():
+    """(call, argument name, exception) for every array argument of the layer functions: not
+    an array, a np.matrix, a wrong dtype, a wrong shape."""
+    x, g = np.ones((4, 3)), np.ones(3)
+    x[0] = 2
+    _, cache = fo.batchnorm_forward(x, g, g)
+    z, lab = np.zeros((3, 4)), np.array([0, 1, 2])
+    fwd = fo.batchnorm_forward
+    inf = fo.batchnorm_inference
+    cases = []
+    for bad, exc in ((None, TypeError), ("1", TypeError), (np.matrix(x), TypeError),
+                     (x.astype(np.float32), TypeError), (x.astype(int), TypeError),
+                     (np.ones((4, 4)), ValueError), (np.ones(12), ValueError)):
+        cases += [(lambda bad=bad: fwd(bad, g, g), "x", exc),
+                  (lambda bad=bad: inf(bad, g, g, g, g), "x", exc),
+                  (lambda bad=bad: fo.batchnorm_backward(bad, cache), "dy", exc)]
+        if bad is not None and not isinstance(bad, np.matrix):     # out=None: the default
+            cases += [(lambda bad=bad: fo.batchnorm_backward(x, cache, out=bad), "out", exc),
+                      (lambda bad=bad: fwd(x, g, g, out=bad), "out", exc)]
+    for bad, exc in ((None, TypeError), ([1.0, 1, 1], TypeError), (np.matrix(g), TypeError),
+                     (g.astype(np.float32), TypeError), (np.ones(4), ValueError),
+                     (np.ones((3, 3)), ValueError), (np.ones((1, 3, 1)), ValueError)):
+        cases += [(lambda bad=bad: fwd(x, bad, g), "gamma", exc),
+                  (lambda bad=bad: fwd(x, g, bad), "beta", exc),
+                  (lambda bad=bad: inf(x, g, g, bad, g), "running_mean", exc),
+                  (lambda bad=bad: inf(x, g, g, g, bad), "running_var", exc)]
+    for bad, exc in ((None, TypeError), ("1", TypeError), (np.matrix(z), TypeError),
+                     ([None, 1.0], TypeError), (z.astype(np.float16), TypeError)):
+        cases += [(lambda bad=bad: fo.softmax(bad), "z", exc),
+                  (lambda bad=bad: fo.log_softmax(bad), "z", exc),
+                  (lambda bad=bad: fo.softmax_cross_entropy(bad, lab), "logits", exc)]
+    for bad, exc in ((None, TypeError), ("1", TypeError), (np.array([0, 1, None]), TypeError),
+                     (np.array([True, False, True]), TypeError), (np.zeros(3), TypeError),
+                     (np.array([0, 1]), ValueError), (np.zeros((3, 5)), ValueError)):
+        cases.append((lambda bad=bad: fo.softmax_cross_entropy(z, bad), "labels", exc))
+    for bad, exc in ((None, TypeError), (1.5, TypeError), (2, ValueError)):
+        cases += [(lambda bad=bad: fwd(x, g, g, axis=bad), "axis", exc),
+                  (lambda bad=bad: fo.softmax(z, axis=bad), "axis", exc),
+                  (lambda bad=bad: fo.softmax_cross_entropy(z, lab, axis=bad), "axis", exc)]
+    for bad, exc in ((None, TypeError), ("1e-5", TypeError), (-1.0, ValueError),
+                     (np.nan, ValueError)):
+        cases += [(lambda bad=bad: fwd(x, g, g, eps=bad), "eps", exc),
+                  (lambda bad=bad: inf(x, g, g, g, g, eps=bad), "eps", exc)]
+    for bad, exc in ((np.zeros((3, 4), np.float32), TypeError), (np.zeros(12), ValueError),
+                     (z.copy().T, ValueError), ([0.0] * 12, TypeError)):
+        cases += [(lambda bad=bad: fo.softmax(z, out=bad), "out", exc),
+                  (lambda bad=bad: fo.softmax_cross_entropy(z, lab, out=bad), "out", exc)]
+    return cases
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")       # np.matrix
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
+    """Not an array (None, a string, a list where an ndarray is needed), a matrix or a wrong
+    dtype is a TypeError, a wrong shape or value a ValueError, each naming the argument, on
+    every backend; a refused call leaves out and the layer's state as they were."""
+    with fo.use_backend(backend):
+        for call, name, exc in _bad_arguments():
+            with pytest.raises(exc, match=name):
+                call()
+        out = np.full((3, 4), 7.0)
+        with pytest.raises(ValueError, match="out of range"):
+            fo.softmax_cross_entropy(np.zeros((3, 4)), np.array([0, 1, 4]), out=out)
+        assert (out == 7).all()
+        layer = fo.BatchNorm(3, dtype=np.float64)
+        layer.forward(np.arange(12.0).reshape(4, 3))
+        state = [a.copy() for a in (layer.running_mean, layer.running_var, layer.gamma)]
+        for bad in (np.ones((1, 3)), np.ones((4, 3), np.float32), None):
+            with pytest.raises((TypeError, ValueError)):
+                layer.forward(bad)
+        for a, b in zip((layer.running_mean, layer.running_var, layer.gamma), state):
+            np.testing.assert_array_equal(a, b)
+        for kw, exc in (({"axis": 2}, ValueError), ({"axis": None}, TypeError),
+                        ({"momentum": None}, TypeError), ({"momentum": 2}, ValueError),
+                        ({"eps": "0"}, TypeError), ({"num_features": 2.0}, TypeError)):
+            args = {"num_features": 3, **kw}
+            with pytest.raises(exc, match=list(kw)[0]):
+                fo.BatchNorm(**args)

@@ -1,54 +1,116 @@
 """Batch normalization and the softmax family, on the active backend.
 
-The functions validate their inputs, bring them to a canonical layout without copying C- or
-Fortran-ordered arrays (other layouts are copied once), allocate the outputs (or write into
-``out=``) and call the backend kernels (``fastopt.reference.layers`` defines them).
+The functions validate their inputs, bring them to the layout the kernels read (C-contiguous,
+aligned, native byte order: C- and Fortran-ordered arrays are used without a copy, other
+layouts are copied once), allocate the outputs (or write into ``out=``) and call the backend
+kernels (``fastopt.reference.layers`` defines them). Inputs are only read, so read-only arrays
+are fine; an input that shares memory with ``out`` is copied first.
 """
+import numbers
+
 import numpy as np
 
 from . import _backend
-from ._validate import FLOAT_DTYPES, check_float_array
+from ._validate import FLOAT_DTYPES
+
+
+def _float_array(name, a):
+    """``a`` checked to be a float32/float64 ndarray (TypeError naming ``name`` otherwise; an
+    ``np.matrix``, whose ``*`` is a matrix product, or a masked array, whose mask the kernels
+    would ignore, too), in native byte order (a byte-swapped array is converted)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if isinstance(a, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(a).__name__}")
+    if a.dtype.newbyteorder("=") not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
+def _kernel_input(a, dtype=None):
+    """``a`` as the kernels read it: C-contiguous and aligned (``a`` itself when it is)."""
+    return np.require(a, dtype, ["C", "A"])
+
+
+def _out(out, shape, dtype):
+    """``out`` checked to be a writeable ndarray of ``shape`` and ``dtype`` (any layout or byte
+    order), or a new array when it is None."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype.newbyteorder("=") != dtype:
+        raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    return out
+
+
+def _kernel_output(y, transposed=False):
+    """(array a kernel writes, whether it is scratch) for the output ``y`` (seen transposed
+    when ``transposed``): that view of y itself when it is C-contiguous, aligned and native,
+    else a scratch array for :func:`_write_back` to copy into y."""
+    yc = y.T if transposed else y
+    if yc.flags.c_contiguous and yc.flags.aligned and yc.dtype.isnative:
+        return yc, False
+    return np.empty(yc.shape, yc.dtype.newbyteorder("=")), True
+
+
+def _write_back(y, yc, scratch, transposed=False):
+    if scratch:
+        y[...] = yc.T if transposed else yc
+
+
+def _unshared(out, a):
+    """``a``, or a copy of it when it may share memory with ``out`` (the kernels read their
+    inputs while writing the output)."""
+    if out is not None and a is not None and np.may_share_memory(out, a):
+        return a.copy()
+    return a
+
+
+def _check_axis(axis):
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    return int(axis)
+
+
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if not eps >= 0:
+        raise ValueError(f"Invalid eps: {eps!r} (must be >= 0)")
 
 
 # ------------------------------------------------------------------------------ batch norm
-def _bn_layout(x, axis):
+def _bn_layout(x, axis, out):
     """(C-contiguous 2-D array, its batch axis, whether it is ``x.T``) for ``x`` with batch
     axis ``axis``. A Fortran-ordered x (e.g. the transpose of a C array) is used as its
-    transpose, without a copy."""
-    check_float_array("x", x)
+    transpose, without a copy; x is copied when it may share memory with ``out``."""
+    x = _unshared(out, _float_array("x", x))
     if x.ndim != 2:
         raise ValueError(f"x must be 2-D (batch axis plus features), got shape {x.shape}; "
                          "reshape other ranks so that one axis holds the features")
+    axis = _check_axis(axis)
     if axis not in (0, 1, -1, -2):
         raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
     axis %= 2
-    if x.flags.c_contiguous:
-        return x, axis, False
-    if x.flags.f_contiguous:
-        return x.T, 1 - axis, True
-    return np.ascontiguousarray(x), axis, False
+    if x.flags.f_contiguous and not x.flags.c_contiguous:
+        return _kernel_input(x.T), 1 - axis, True
+    return _kernel_input(x), axis, False
 
 
-def _features(name, a, x, axis):
+def _features(name, a, x, axis, out=None):
     n_features = x.shape[1 - axis]
-    check_float_array(name, a)
+    a = _unshared(out, _float_array(name, a))
     if a.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {a.dtype}, expected {x.dtype} like x")
     if a.size != n_features or a.ndim > 2 or (a.ndim == 2 and 1 not in a.shape):
         raise ValueError(f"{name} has shape {a.shape}, expected ({n_features},) "
                          f"(one value per feature of x with batch axis {axis})")
-    return np.ascontiguousarray(a.reshape(-1))
-
-
-def _out(out, like, name="out"):
-    if out is None:
-        return np.empty_like(like)
-    if not isinstance(out, np.ndarray) or out.shape != like.shape or out.dtype != like.dtype:
-        raise ValueError(f"{name} must be an array of shape {like.shape} and dtype "
-                         f"{like.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    return out
+    return _kernel_input(a.reshape(-1))
 
 
 class BatchNormCache:
@@ -72,26 +134,24 @@ def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
     two passes (mean, then centred squares), so data with a large mean stays accurate.
     A batch of 1 raises ValueError. ``out`` (same shape and dtype as x) avoids allocating y.
     """
-    xc, ax, transposed = _bn_layout(x, axis)
+    xc, ax, transposed = _bn_layout(x, axis, out)
     if xc.shape[ax] < 2:
         raise ValueError(f"batch norm in training needs more than 1 example per feature, "
                          f"got a batch of {xc.shape[ax]}")
-    g = _features("gamma", gamma, xc, ax)
-    b = _features("beta", beta, xc, ax)
+    g = _features("gamma", gamma, xc, ax, out)
+    b = _features("beta", beta, xc, ax, out)
     _check_eps(eps)
-    y = _out(out, x)
-    yc = y.T if transposed else y
-    if not yc.flags.c_contiguous:
-        yc = np.empty_like(xc)
+    shape = xc.T.shape if transposed else xc.shape
+    y = _out(out, shape, xc.dtype)
+    yc, scratch = _kernel_output(y, transposed)
     n_features = xc.shape[1 - ax]
     mean, inv_std = np.empty(n_features), np.empty(n_features)
     kern = _backend.active
     kern.batchnorm_stats(xc, ax, eps, mean, inv_std)
     kern.batchnorm_apply(xc, ax, g, b, mean, inv_std, yc)
-    if (yc.T if transposed else yc) is not y:
-        y[...] = yc.T if transposed else yc
+    _write_back(y, yc, scratch, transposed)
     cache = BatchNormCache(x=xc, axis=ax, gamma=g, mean=mean, inv_std=inv_std,
-                           var=1.0 / inv_std ** 2 - eps, transposed=transposed, shape=x.shape)
+                           var=1.0 / inv_std ** 2 - eps, transposed=transposed, shape=shape)
     return y, cache
 
 
@@ -105,23 +165,20 @@ def batchnorm_backward(dy, cache, out=None):
     """
     if not isinstance(cache, BatchNormCache):
         raise TypeError("cache must be the second value returned by batchnorm_forward")
-    check_float_array("dy", dy)
-    if dy.shape != cache.shape or dy.dtype != cache.x.dtype:
-        raise ValueError(f"dy has shape {dy.shape} and dtype {dy.dtype}, expected "
-                         f"{cache.shape} and {cache.x.dtype} like x")
-    xc, ax = cache.x, cache.axis
-    dyc = dy.T if cache.transposed else dy
-    dyc = dyc if dyc.flags.c_contiguous else np.ascontiguousarray(dyc)
-    dx = _out(out, dy)
-    dxc = dx.T if cache.transposed else dx
-    if not dxc.flags.c_contiguous:
-        dxc = np.empty_like(xc)
+    dy = _unshared(out, _float_array("dy", dy))
+    if dy.dtype != cache.x.dtype:
+        raise TypeError(f"dy has dtype {dy.dtype}, expected {cache.x.dtype} like x")
+    if dy.shape != cache.shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected {cache.shape} like x")
+    xc, ax, gamma = _unshared(out, cache.x), cache.axis, _unshared(out, cache.gamma)
+    dyc = _kernel_input(dy.T if cache.transposed else dy)
+    dx = _out(out, cache.shape, xc.dtype)
+    dxc, scratch = _kernel_output(dx, cache.transposed)
     n_features = xc.shape[1 - ax]
     dgamma, dbeta = np.empty(n_features), np.empty(n_features)
-    _backend.active.batchnorm_backward(dyc, xc, ax, cache.gamma, cache.mean, cache.inv_std,
+    _backend.active.batchnorm_backward(dyc, xc, ax, gamma, cache.mean, cache.inv_std,
                                        dxc, dgamma, dbeta)
-    if (dxc.T if cache.transposed else dxc) is not dx:
-        dx[...] = dxc.T if cache.transposed else dxc
+    _write_back(dx, dxc, scratch, cache.transposed)
     return dx, dgamma.astype(xc.dtype), dbeta.astype(xc.dtype)
 
 
@@ -129,25 +186,17 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, axis=0, eps=1
                         out=None):
     """Inference-mode batch normalization with running statistics:
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``."""
-    xc, ax, transposed = _bn_layout(x, axis)
-    g = _features("gamma", gamma, xc, ax)
-    b = _features("beta", beta, xc, ax)
+    xc, ax, transposed = _bn_layout(x, axis, out)
+    g = _features("gamma", gamma, xc, ax, out)
+    b = _features("beta", beta, xc, ax, out)
     rm = _features("running_mean", running_mean, xc, ax).astype(np.float64)
     rv = _features("running_var", running_var, xc, ax).astype(np.float64)
     _check_eps(eps)
-    y = _out(out, x)
-    yc = y.T if transposed else y
-    if not yc.flags.c_contiguous:
-        yc = np.empty_like(xc)
+    y = _out(out, xc.T.shape if transposed else xc.shape, xc.dtype)
+    yc, scratch = _kernel_output(y, transposed)
     _backend.active.batchnorm_apply(xc, ax, g, b, rm, 1.0 / np.sqrt(rv + eps), yc)
-    if (yc.T if transposed else yc) is not y:
-        y[...] = yc.T if transposed else yc
+    _write_back(y, yc, scratch, transposed)
     return y
-
-
-def _check_eps(eps):
-    if not eps >= 0:
-        raise ValueError(f"Invalid eps: {eps!r} (must be >= 0)")
 
 
 class BatchNorm:
@@ -163,8 +212,14 @@ class BatchNorm:
         dtype = np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+            raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
+        if num_features < 1:
             raise ValueError(f"Invalid num_features: {num_features!r}")
+        if _check_axis(axis) not in (0, 1, -1, -2):
+            raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1])")
         _check_eps(eps)
@@ -208,38 +263,39 @@ class BatchNorm:
 
 # --------------------------------------------------------------------------------- softmax
 def _as_float_array(name, z):
-    """``z`` as a float32/float64 ndarray: array-likes and integer or boolean arrays become
-    float64, as NumPy's ufuncs do; other dtypes raise TypeError naming ``name``."""
-    if not isinstance(z, np.ndarray) or z.dtype.kind in "iub":
-        z = np.asarray(z)
-        if z.dtype.kind in "iub":
-            z = z.astype(np.float64)
-    check_float_array(name, z)
-    return z
+    """``z`` as a native float32/float64 ndarray: array-likes and integer or boolean arrays
+    become float64, as NumPy's ufuncs do; other dtypes raise TypeError naming ``name``."""
+    if not isinstance(z, np.ndarray):
+        given, z = z, np.asarray(z)
+        if z.dtype.kind not in "iubf":
+            raise TypeError(f"{name} must be an array of numbers, got {type(given).__name__}")
+    if z.dtype.kind in "iub" and not isinstance(z, (np.matrix, np.ma.MaskedArray)):
+        z = z.astype(np.float64)
+    return _float_array(name, z)
 
 
 def _softmax_layout(z, axis, name="z"):
-    """(3-D C-contiguous view (outer, k, inner), C-contiguous z, normalized axis) of the
-    float array ``z``. A 0-d z is one class of one example (axis -1 or 0), as in torch."""
+    """(3-D view (outer, k, inner) of z in the kernels' layout, normalized axis) of the float
+    array ``z``. A 0-d z is one class of one example (axis -1 or 0), as in torch."""
+    axis = _check_axis(axis)
     if not -max(z.ndim, 1) <= axis < max(z.ndim, 1):
         raise ValueError(f"Invalid axis: {axis!r} for {name} of shape {z.shape}")
+    zc = _kernel_input(z)
     if z.ndim == 0:
-        return z.reshape(1, 1, 1), z, 0
+        return zc.reshape(1, 1, 1), 0
     axis %= z.ndim
-    zc = z if z.flags.c_contiguous else np.ascontiguousarray(z)
     outer = int(np.prod(zc.shape[:axis]))
     inner = int(np.prod(zc.shape[axis + 1:]))
-    return zc.reshape(outer, zc.shape[axis], inner), zc, axis
+    return zc.reshape(outer, zc.shape[axis], inner), axis
 
 
 def _softmax(z, axis, out, log):
-    z = _as_float_array("z", z)
-    z3, zc, _ = _softmax_layout(z, axis)
-    y = _out(out, z)
-    yc = y if y.flags.c_contiguous else np.empty_like(zc)
+    z = _unshared(out, _as_float_array("z", z))
+    z3, _ = _softmax_layout(z, axis)
+    y = _out(out, z.shape, z.dtype)
+    yc, scratch = _kernel_output(y)
     _backend.active.softmax(z3, yc.reshape(z3.shape), log)
-    if yc is not y:
-        y[...] = yc
+    _write_back(y, yc, scratch)
     return y
 
 
@@ -265,15 +321,21 @@ def softmax_cross_entropy(logits, labels, axis=-1, out=None):
     one-hot/probability array shaped like ``logits``. Out-of-range labels raise ValueError.
     ``out`` receives dlogits.
     """
-    logits = _as_float_array("logits", logits)
+    logits = _unshared(out, _as_float_array("logits", logits))
     if logits.ndim == 0:
         raise ValueError("logits must have at least 1 dimension (the classes)")
-    z3, zc, axis = _softmax_layout(logits, axis, "logits")
+    z3, axis = _softmax_layout(logits, axis, "logits")
     k = z3.shape[1]
-    labels = np.asarray(labels)
+    if labels is None or isinstance(labels, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(f"labels must be an array of class indices or probabilities, got "
+                        f"{type(labels).__name__}")
+    labels = _unshared(out, np.asarray(labels))
+    if labels.dtype.kind not in "iuf":
+        raise TypeError(f"labels must have an integer (class indices) or float "
+                        f"(probabilities) dtype, got {labels.dtype}")
     ints = targets = None
     if labels.shape == logits.shape and labels.dtype.kind == "f":
-        targets = np.ascontiguousarray(labels, dtype=logits.dtype).reshape(z3.shape)
+        targets = _kernel_input(labels, logits.dtype).reshape(z3.shape)
     else:
         expected = logits.shape[:axis] + logits.shape[axis + 1:]
         if labels.shape != expected:
@@ -284,12 +346,11 @@ def softmax_cross_entropy(logits, labels, axis=-1, out=None):
         if labels.size and (labels.min() < 0 or labels.max() >= k):
             raise ValueError(f"labels out of range: classes are 0..{k - 1}, got values in "
                              f"[{labels.min()}, {labels.max()}]")
-        ints = np.ascontiguousarray(labels, dtype=np.int64).reshape(z3.shape[0], z3.shape[2])
-    d = _out(out, logits)
-    dc = d if d.flags.c_contiguous else np.empty_like(zc)
+        ints = _kernel_input(labels, np.int64).reshape(z3.shape[0], z3.shape[2])
+    d = _out(out, logits.shape, logits.dtype)
+    dc, scratch = _kernel_output(d)
     loss = _backend.active.softmax_cross_entropy(z3, ints, targets, dc.reshape(z3.shape))
-    if dc is not d:
-        d[...] = dc
+    _write_back(d, dc, scratch)
     return loss, d
 
 

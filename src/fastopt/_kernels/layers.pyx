@@ -331,7 +331,7 @@ cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
     dgc[0] = sum8(acc_g)
 
 
-def batchnorm_stats(floating[:, ::1] x, int axis, double eps, double[::1] mean,
+def batchnorm_stats(const floating[:, ::1] x, int axis, double eps, double[::1] mean,
                     double[::1] inv_std):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, nb, end
     cdef int nt = threads_for(N * C)
@@ -388,8 +388,9 @@ cdef void combine_blocks(const double* part, Py_ssize_t nb, Py_ssize_t C, double
         out[c] = out[c] / N
 
 
-def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[::1] beta,
-                    double[::1] mean, double[::1] inv_std, floating[:, ::1] y):
+def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamma,
+                    const floating[::1] beta, const double[::1] mean,
+                    const double[::1] inv_std, floating[:, ::1] y):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f
     cdef Py_ssize_t F = N if axis == 1 else C
     cdef int nt = threads_for(N * C)
@@ -397,14 +398,14 @@ def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[
         return
     scale_arr, beta_arr = np.empty(F), np.asarray(beta, dtype=np.float64)
     cdef double[::1] scale = scale_arr
-    cdef double[::1] b64 = beta_arr
+    cdef const double[::1] b64 = beta_arr
     for f in range(F):
         scale[f] = gamma[f] * inv_std[f]
     cdef const floating* xp = &x[0, 0]
     cdef floating* yp = &y[0, 0]
-    cdef double* mp = &mean[0]
+    cdef const double* mp = &mean[0]
     cdef double* cp = &scale[0]
-    cdef double* bp = &b64[0]
+    cdef const double* bp = &b64[0]
     # in float64, rounded once: a float32 mean of data around 1e4 would cost 4 digits
     if axis == 1:
         for f in prange(N, schedule="static", num_threads=nt, nogil=True):
@@ -416,8 +417,9 @@ def batchnorm_apply(floating[:, ::1] x, int axis, floating[::1] gamma, floating[
         apply_row(xp + n * C, yp + n * C, mp, cp, bp, C)
 
 
-def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floating[::1] gamma,
-                       double[::1] mean, double[::1] inv_std, floating[:, ::1] dx,
+def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int axis,
+                       const floating[::1] gamma, const double[::1] mean,
+                       const double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, nb, end
     cdef int nt = threads_for(N * C)
@@ -426,8 +428,8 @@ def batchnorm_backward(floating[:, ::1] dy, floating[:, ::1] x, int axis, floati
     cdef const floating* dyp = &dy[0, 0]
     cdef const floating* xp = &x[0, 0]
     cdef floating* dxp = &dx[0, 0]
-    cdef double* mp = &mean[0]
-    cdef double* sp = &inv_std[0]
+    cdef const double* mp = &mean[0]
+    cdef const double* sp = &inv_std[0]
     cdef double* gp = &dgamma[0]
     cdef double* bp = &dbeta[0]
     if axis == 1:                      # features are rows: reduce along each row
@@ -632,7 +634,7 @@ cdef enum:
     COLUMN_BLOCK = 256   # columns per task in the strided layout
 
 
-def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
+def softmax(const floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
     cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
     cdef Py_ssize_t o, r, i, t, i0, i1, nblk
     cdef int nt = threads_for(outer * k * inner)
@@ -668,7 +670,8 @@ def softmax(floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
         raise MemoryError("softmax: no memory for the per-block column statistics")
 
 
-def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :, ::1] dz):
+def softmax_cross_entropy(const floating[:, :, ::1] z, labels, targets,
+                          floating[:, :, ::1] dz):
     """Fused: per example one pass for the max, one that writes exp(z - max) into dz and sums
     it, and one that turns dz into the gradient while collecting the loss term. Loss terms are
     kept per example and summed in example order, so the loss does not depend on threads."""
@@ -682,8 +685,8 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
     cdef double* ls
     cdef int failed = 0
     cdef bint by_index = labels is not None
-    cdef long long[:, ::1] lab
-    cdef floating[:, :, ::1] tgt
+    cdef const long long[:, ::1] lab
+    cdef const floating[:, :, ::1] tgt
     if m == 0 or k == 0:
         return 0.0
     inv_m = <floating>(1.0 / m)
@@ -696,7 +699,8 @@ def softmax_cross_entropy(floating[:, :, ::1] z, labels, targets, floating[:, :,
     if inner == 1:
         for o in prange(outer, schedule="static", num_threads=nt, nogil=True):
             terms[o] = xent_row(&z[o, 0, 0], &dz[o, 0, 0], k, lab[o, 0] if by_index else -1,
-                                NULL if by_index else &tgt[o, 0, 0], inv_m)
+                                <const floating*>NULL if by_index else &tgt[o, 0, 0],
+                                inv_m)
     else:
         nblk = (inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
         for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):

@@ -9,9 +9,12 @@ import numpy as np
 
 
 def _native(a):
-    if a is None:
-        return None
-    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    """``a`` if it is one flat C-ordered run the kernels can walk, else a C-contiguous copy in
+    native byte order. The copy is a new allocation, hence aligned: ``np.ascontiguousarray``
+    would hand back an unaligned array unchanged (and the kernel would fall back forever)."""
+    if a is None or (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
+        return a
+    return np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
 
 
 def via_contiguous(kernel, arrays, *scalars):

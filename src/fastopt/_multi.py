@@ -28,6 +28,20 @@ def multi_forms(namespace):
             for name, (names, nrequired) in LISTS.items() if name in namespace}
 
 
+def check_lists(names, lists, nrequired):
+    """Raise unless each of ``lists`` is a list or tuple (the optional ones after the first
+    ``nrequired`` may be None) as long as the first; return that length."""
+    for i, (name, lst) in enumerate(zip(names, lists)):
+        if not (isinstance(lst, (list, tuple)) or (lst is None and i >= nrequired)):
+            raise TypeError(f"{name} must be a list or tuple of arrays, "
+                            f"got {type(lst).__name__}")
+    count = len(lists[0])
+    for name, lst in zip(names[1:], lists[1:]):
+        if lst is not None and len(lst) != count:
+            raise ValueError(f"{name} has {len(lst)} arrays, expected {count} like {names[0]}")
+    return count
+
+
 def foreach(single, names, nrequired):
     """``single(*arrays, *scalars)`` -> ``multi(*lists, *scalars)``; ``names`` are the list
     names (``params``, ``grads``, state...), the first ``nrequired`` lists may not be None."""
@@ -35,20 +49,11 @@ def foreach(single, names, nrequired):
 
     def multi(*args):
         lists, scalars = args[:nlists], args[nlists:]
-        count = len(lists[0])
-        for name, lst in zip(names[1:], lists[1:]):
-            if lst is not None and len(lst) != count:
-                raise ValueError(f"{name} has {len(lst)} arrays, expected {count} "
-                                 f"like {names[0]}")
+        count = check_lists(names, lists, nrequired)
         tensors = [tuple(None if lst is None else lst[j] for lst in lists)
                    for j in range(count)]
         for j, arrays in enumerate(tensors):
-            labels = [f"{name}[{j}]" for name in names]
-            for i in range(nrequired):
-                if arrays[i] is None:
-                    raise TypeError(f"{labels[i]} must be a numpy.ndarray, got NoneType")
-            check_step_arrays([(labels[i], a) for i, a in enumerate(arrays) if i != 1],
-                              [(labels[1], arrays[1])])
+            check_step_arrays(arrays, [f"{name}[{j}]" for name in names], nrequired)
         for arrays in tensors:
             single(*arrays, *scalars)
 

@@ -15,6 +15,7 @@ from libc.string cimport memcmp
 from cython.parallel cimport prange
 
 from .._layout import via_contiguous
+from .._multi import check_lists
 
 cdef enum:
     MAX_ARRAYS = 6
@@ -74,12 +75,14 @@ cdef int load(Tensor* t, const Kernel* kern, tuple names, PyObject** arrays,
     (``exp_avgs[3]``). Returns 1 if they are valid but not laid out as one flat run (the caller
     falls back to contiguous copies)."""
     cdef int i
-    cdef int ok = isinstance(<object>arrays[0], cnp.ndarray)
+    # exact ndarrays only: None (NULL here), other objects and subclasses (np.matrix is refused,
+    # a memmap is fine) take the slow path, which raises or accepts as the other backends do
+    cdef int ok = arrays[0] != NULL and cnp.PyArray_CheckExact(<object>arrays[0])
     for i in range(1, kern.narrays):
         if arrays[i] == NULL:
             ok = ok and i >= kern.nrequired
         else:
-            ok = ok and isinstance(<object>arrays[i], cnp.ndarray)
+            ok = ok and cnp.PyArray_CheckExact(<object>arrays[i])
     if ok:
         ok = check_fast(kern, arrays)
     if not ok:
@@ -121,11 +124,7 @@ cdef int check_slow(const Kernel* kern, tuple names, PyObject** arrays,
     """Find what is wrong and raise, naming the array."""
     labels = [name if index < 0 else f"{name}[{index}]" for name in names]
     objs = [None if arrays[i] == NULL else <object>arrays[i] for i in range(kern.narrays)]
-    for i in range(kern.narrays):
-        if objs[i] is None and i < kern.nrequired:
-            raise TypeError(f"{labels[i]} must be a numpy.ndarray, got NoneType")
-    written = [(labels[i], objs[i]) for i in range(kern.narrays) if i != 1]
-    _validate.check_step_arrays(written, [(labels[1], objs[1])])
+    _validate.check_step_arrays(objs, labels, kern.nrequired)
     return 0
 
 
@@ -150,17 +149,28 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const double* k,
     return 0
 
 
+cdef Py_ssize_t list_length(const Kernel* kern, tuple names, tuple lists) except -1:
+    """The common length of the lists (each a list or tuple; optional ones may be None);
+    anything else goes to _multi.check_lists, which raises naming the list."""
+    cdef Py_ssize_t count = -1
+    cdef int i
+    for i in range(kern.narrays):
+        lst = lists[i]
+        if lst is None and i >= kern.nrequired:
+            continue
+        if not (type(lst) is list or type(lst) is tuple) or (count >= 0 and len(lst) != count):
+            return check_lists(names, lists, kern.nrequired)
+        count = len(lst)
+    return count
+
+
 cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* k, int flags):
     """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
     Validates every tensor before writing any, runs all flat ones in one parallel sweep per
     dtype, and returns the indices of the valid but non-flat ones for the caller to run."""
-    cdef Py_ssize_t j, count = len(lists[0]), n32 = 0, n64 = 0
+    cdef Py_ssize_t j, count = list_length(kern, names, lists), n32 = 0, n64 = 0
     cdef int i
     seqs = [None if lst is None else list(lst) for lst in lists]
-    for i in range(1, kern.narrays):
-        if seqs[i] is not None and len(seqs[i]) != count:
-            raise ValueError(f"{names[i]} has {len(seqs[i])} arrays, expected {count} "
-                             f"like {names[0]}")
     cdef Tensor* ts = <Tensor*>PyMem_Malloc(max(count, 1) * sizeof(Tensor))
     if ts == NULL:
         raise MemoryError()

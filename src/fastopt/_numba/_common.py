@@ -76,12 +76,8 @@ def step_views(arrays, names, nrequired):
             views.append(a.reshape(-1))
         else:
             return views
-    for i in range(nrequired):
-        if arrays[i] is None:
-            raise TypeError(f"{names[i]} must be a numpy.ndarray, got NoneType")
-    written = [(n, a) for i, (n, a) in enumerate(zip(names, arrays)) if i != 1]
-    check_step_arrays(written, [(names[1], arrays[1])])   # raises with the standard message
-    return _flat(arrays, _EMPTY[p.dtype])                  # (other layouts, subclasses)
+    check_step_arrays(arrays, names, nrequired)            # raises with the standard message
+    return _flat(arrays, _EMPTY[np.dtype(p.dtype.type)])   # (other layouts, subclasses)
 
 
 def _flat(arrays, empty):

@@ -15,9 +15,15 @@ from .._multi import multi_forms
 from .._validate import check_step_arrays
 
 
+def _check(nrequired, **arrays):
+    """Validate a step's arrays, given by name in the kernels' order (param, grad, state);
+    the first ``nrequired`` may not be None."""
+    check_step_arrays(tuple(arrays.values()), tuple(arrays), nrequired)
+
+
 def ewa(avg, x, beta):
     """avg = beta * avg + (1 - beta) * x"""
-    check_step_arrays([("avg", avg)], [("x", x)])
+    _check(2, avg=avg, x=x)
     avg[...] = beta * avg + (1.0 - beta) * x
 
 
@@ -29,7 +35,7 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nes
     buf = g on the first step, else momentum * buf + (1 - dampening) * g  (only with a buffer)
     g = g + momentum * buf if nesterov else buf;  param -= lr * g
     """
-    check_step_arrays([("param", param), ("momentum_buffer", momentum_buffer)], [("grad", grad)])
+    _check(2, param=param, grad=grad, momentum_buffer=momentum_buffer)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
@@ -45,7 +51,7 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nes
 def momentum(param, grad, velocity, lr, beta):
     """The course's momentum: ``velocity = beta * velocity + (1 - beta) * grad``;
     ``param -= lr * velocity``."""
-    check_step_arrays([("param", param), ("velocity", velocity)], [("grad", grad)])
+    _check(3, param=param, grad=grad, velocity=velocity)
     velocity[...] = beta * velocity + (1.0 - beta) * grad
     param[...] = param - lr * velocity
 
@@ -61,8 +67,8 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, 
     avg = sqrt(s + eps) if eps_inside_sqrt else sqrt(s) + eps
     buf = momentum * buf + g / avg; param -= lr * buf   (momentum)   else   param -= lr * (g / avg)
     """
-    check_step_arrays([("param", param), ("square_avg", square_avg), ("grad_avg", grad_avg),
-                       ("momentum_buffer", momentum_buffer)], [("grad", grad)])
+    _check(3, param=param, grad=grad, square_avg=square_avg, grad_avg=grad_avg,
+           momentum_buffer=momentum_buffer)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
@@ -85,7 +91,7 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
     g = -grad if maximize else grad;  g += weight_decay * param
     state_sum += g * g;  param -= clr * (g / (sqrt(state_sum) + eps))
     """
-    check_step_arrays([("param", param), ("state_sum", state_sum)], [("grad", grad)])
+    _check(3, param=param, grad=grad, state_sum=state_sum)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
@@ -107,8 +113,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
             else sqrt(v) * (1 / sqrt(bias_correction2)) + eps
     param -= step_size * (exp_avg / denom)
     """
-    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq),
-                       ("max_exp_avg_sq", max_exp_avg_sq)], [("grad", grad)])
+    _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
+           max_exp_avg_sq=max_exp_avg_sq)
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled:
@@ -140,8 +146,7 @@ def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, max
     delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
     acc_delta = rho * acc_delta + (1 - rho) * delta * delta;  param -= lr * delta
     """
-    check_step_arrays([("param", param), ("square_avg", square_avg), ("acc_delta", acc_delta)],
-                      [("grad", grad)])
+    _check(4, param=param, grad=grad, square_avg=square_avg, acc_delta=acc_delta)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
@@ -159,8 +164,7 @@ def adamax(param, grad, exp_avg, exp_inf, beta1, beta2, eps, weight_decay, clr, 
     exp_inf = max(beta2 * exp_inf, |g| + eps)   (NaN in either gives NaN, as torch.maximum)
     param -= clr * (exp_avg / exp_inf)
     """
-    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_inf", exp_inf)],
-                      [("grad", grad)])
+    _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_inf=exp_inf)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
@@ -182,8 +186,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
     r = 1 / (sqrt(exp_avg_sq * (1 / bias_correction2)) + eps)
     param += grad_coef * (g * r);  param += avg_coef * (exp_avg * r)
     """
-    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
-                      [("grad", grad)])
+    _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled:
@@ -210,8 +213,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
     param -= step_size * (exp_avg / (sqrt(exp_avg_sq) + eps))   (rectified)
     param -= step_size * exp_avg                                 (otherwise)
     """
-    check_step_arrays([("param", param), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)],
-                      [("grad", grad)])
+    _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     g = -grad if maximize else grad
     if weight_decay != 0:
         if decoupled:

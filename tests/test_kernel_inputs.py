@@ -1,0 +1,127 @@
+"""The input contract of every element-wise kernel, single and foreach, on every backend: what is
+not an array is a TypeError naming it; unaligned and byte-swapped arrays give the reference's
+bits; a refused call changes nothing (issue 12, items 1, 3, 12)."""
+import re
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from conftest import GRID_BACKENDS, torch
+from kernel_specs import SPECS, same_bits, snapshot, valid_arrays
+
+NOT_ARRAYS = {"None": None, "list": [1.0, 2.0, 3.0], "float": 1.5, "tuple": (1.0, 2.0, 3.0)}
+if torch is not None:
+    NOT_ARRAYS["torch"] = torch.ones(3, dtype=torch.float64)
+POSITIONS = [(k, i) for k, spec in SPECS.items() for i in range(len(spec.arrays))]
+
+
+def call(spec, arrays, foreach):
+    if foreach:
+        spec.multi([None if a is None and i >= spec.nrequired else [a]
+                    for i, a in enumerate(arrays)], **spec.hyper)
+    else:
+        spec.single(arrays, **spec.hyper)
+
+
+def assert_unchanged(arrays, before):
+    for a, b in zip(arrays, before):
+        if isinstance(a, np.ndarray):
+            assert same_bits(a, b)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("bad", NOT_ARRAYS)
+@pytest.mark.parametrize("kernel,position", POSITIONS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_not_an_array_is_a_type_error_naming_it(backend, kernel, position, bad, foreach):
+    # cython segfaulted on None for a required array (sgd_step_(None, ...), ewa_(None, ...))
+    spec = SPECS[kernel]
+    if bad == "None" and position >= spec.nrequired:
+        pytest.skip("None is how optional state that is not in use is passed")
+    arrays = valid_arrays(spec, (3,), np.float64, np.random.default_rng(0))
+    arrays[position] = NOT_ARRAYS[bad]
+    before = snapshot(arrays)
+    name = spec.names(0 if foreach else None)[position]
+    with fo.use_backend(backend), pytest.raises(TypeError, match=f"^{re.escape(name)} "):
+        call(spec, arrays, foreach)
+    assert_unchanged(arrays, before)
+
+
+@pytest.mark.parametrize("kernel", SPECS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_list_argument_that_is_not_a_list_is_a_type_error_naming_it(backend, kernel):
+    spec = SPECS[kernel]
+    arrays = valid_arrays(spec, (3,), np.float64, np.random.default_rng(0))
+    lists = [[a] for a in arrays]
+    for i, name in enumerate(spec.lists):
+        # a bare array is not a list of them (it would be iterated row by row)
+        for bad in ([None] if i < spec.nrequired else []) + [arrays[i], 3.0]:
+            args = list(lists)
+            args[i] = bad
+            before = snapshot(arrays)
+            with fo.use_backend(backend), pytest.raises(TypeError, match=f"^{name} "):
+                spec.multi(args, **spec.hyper)
+            assert_unchanged(arrays, before)
+
+
+def unaligned(a):
+    """A copy of ``a`` whose data sits one byte off any natural alignment."""
+    raw = np.zeros(a.nbytes + a.itemsize + 1, np.uint8)
+    out = raw[1:1 + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def byteswapped(a):
+    out = a.astype(a.dtype.newbyteorder("S"))
+    assert not out.dtype.isnative and np.array_equal(out, a)
+    return out
+
+
+def expected(spec, arrays, foreach):
+    """The reference on plain, aligned, native copies."""
+    plain = [np.array(a, dtype=a.dtype.newbyteorder("="), copy=True) for a in arrays]
+    with fo.use_backend("numpy"):
+        call(spec, plain, foreach)
+    return plain
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("odd", [unaligned, byteswapped])
+@pytest.mark.parametrize("kernel,position", POSITIONS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_unaligned_and_byteswapped_arrays_give_the_reference_bits(backend, kernel, position,
+                                                                  odd, dtype, foreach):
+    # cython and numba recursed forever on unaligned arrays; numba and numpy refused
+    # byte-swapped ones that cython accepted
+    spec = SPECS[kernel]
+    for shape in [(), (5,), (3, 4)]:
+        arrays = valid_arrays(spec, shape, dtype, np.random.default_rng(1))
+        want = expected(spec, arrays, foreach)
+        arrays[position] = odd(arrays[position])
+        with fo.use_backend(backend):
+            call(spec, arrays, foreach)
+        for name, a, w in zip(spec.arrays, arrays, want):
+            assert same_bits(a, w), (name, shape)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix's own
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("kernel,position", POSITIONS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_matrices_and_masked_arrays_are_type_errors_naming_them(backend, kernel, position,
+                                                                foreach):
+    # the reference computed g * g of a np.matrix as a matrix product
+    spec = SPECS[kernel]
+    for wrap in (np.asmatrix, np.ma.masked_array):
+        arrays = valid_arrays(spec, (2, 2), np.float64, np.random.default_rng(2))
+        arrays[position] = wrap(arrays[position])
+        before = snapshot(arrays)
+        name = spec.names(0 if foreach else None)[position]
+        with fo.use_backend(backend), pytest.raises(TypeError, match=f"^{re.escape(name)} "):
+            call(spec, arrays, foreach)
+        assert_unchanged(arrays, before)
+

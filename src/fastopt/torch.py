@@ -1,0 +1,501 @@
+"""Drop-in CPU optimizers for torch models, stepped by fastopt's kernels.
+
+``fastopt.torch.Adam`` is ``torch.optim.Adam`` (same constructor, param groups, state,
+state dicts, hooks, ``zero_grad``, ``add_param_group``, learning-rate schedulers) whose
+``step`` runs fastopt's kernels on zero-copy NumPy views of the CPU tensors: one multi-tensor
+call per param group (per distinct step count within it)::
+
+    from fastopt.torch import AdamW        # instead of: from torch.optim import AdamW
+    opt = AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+
+Each class subclasses its ``torch.optim`` namesake, so the constructor arguments, defaults and
+checks are torch's own, the state holds torch's keys and tensor types (``step`` is a float32
+scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters must be
+float32 or float64 CPU tensors with dense grads; grads that are None are skipped, as torch does.
+
+torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
+call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
+``differentiable=True`` ask for things these kernels do not do and raise ``ValueError``.
+
+This module imports torch; ``import fastopt`` does not import it.
+"""
+import operator
+
+import torch
+import torch.optim.optimizer as _torch_optimizer
+
+from . import ops
+
+__all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
+           "RAdam"]
+
+_VIEWABLE = (torch.float32, torch.float64)    # dtypes NumPy views directly
+
+# Option -> why a true value cannot be honoured (fastopt's kernels run on CPU NumPy views).
+_REFUSED = {
+    "fused": "it selects torch's own fused kernel and its GradScaler protocol "
+             "(grad_scale/found_inf); fastopt's step is fused already, leave fused unset",
+    "capturable": "CUDA/XPU graph capture needs device tensors; fastopt.torch steps CPU "
+                  "tensors",
+    "differentiable": "fastopt's kernels do not record autograd history through the step",
+}
+# torch options that choose an implementation, not a formula: any value is fine
+_IMPLEMENTATION = ("foreach",)
+
+_GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+_GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+_profiler_enabled = getattr(torch.autograd, "_profiler_enabled", lambda: True)
+
+
+def _increment_versions(tensors):
+    """Tell autograd the tensors changed in place (NumPy writes bypass its version counters),
+    so a step between forward and backward raises in backward as with torch.optim."""
+    torch.autograd.graph.increment_version(tensors)
+
+
+try:  # torch < 2.3 takes one tensor at a time
+    torch.autograd.graph.increment_version([])
+except TypeError:
+    def _increment_versions(tensors):  # noqa: F811
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
+
+
+def _scalar_dtype():
+    """torch's dtype for ``step`` and ``mu_product``: float32 unless the default is float64."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _number(value):
+    """A hyper-parameter as a Python number (torch accepts 1-element tensors for some)."""
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def _check_tensor(kind, index, t):
+    """Raise unless ``t`` is a dense float32/float64 CPU tensor NumPy can view."""
+    if t.layout != torch.strided:
+        raise RuntimeError(f"fastopt.torch: {kind} {index} is {t.layout}; sparse tensors are "
+                           "not supported")
+    if not t.is_cpu:
+        raise RuntimeError(f"fastopt.torch: {kind} {index} is on {t.device}; fastopt steps "
+                           "CPU tensors (move the optimizer's parameters to the CPU)")
+    if t.dtype not in _VIEWABLE:
+        raise TypeError(f"fastopt.torch: {kind} {index} has dtype {t.dtype}; expected "
+                        "torch.float32 or torch.float64")
+
+
+def _array(t):
+    """A NumPy view of ``t``'s storage (no copy)."""
+    return (t.detach() if t.requires_grad else t).numpy()
+
+
+class _Plan:
+    """What a group's step needs that does not change between steps: its parameters with
+    grads, their states and the NumPy views of both. Rebuilt whenever any of these changed
+    (a parameter's storage, a state tensor replaced, an option that needs more state,
+    ``load_state_dict``)."""
+
+    __slots__ = ("params", "ptrs", "pviews", "keys", "stored", "states", "fresh", "tensors",
+                 "views")
+
+
+class _FastOptimizer:
+    """The fastopt step for a ``torch.optim`` optimizer class (a mixin placed before it).
+
+    Subclasses give ``_KEYS`` (the hyper-parameters the kernels honour), ``_state_keys(group)``
+    (the tensor state the step needs, besides ``step``), ``_init_state(p, group)`` (torch's
+    lazy state) and ``_update(group, params, grads, cols, step, fresh)``: the multi-tensor
+    kernel call for parameters sharing a step count (``cols``: state key -> NumPy views;
+    ``fresh``: per parameter, whether its state was created for this step).
+    """
+
+    _STEPPED = True         # the state has torch's ``step`` count
+    _SCALAR_STATE = ()      # 0-d state tensors besides ``step`` (NAdam's ``mu_product``)
+
+    # ------------------------------------------------------------ options and checks
+    def _refuse(self, group):
+        """ValueError for the options the kernels cannot honour."""
+        for key, why in _REFUSED.items():
+            if group.get(key):
+                raise ValueError(f"fastopt.torch.{type(self).__name__}: {key}={group[key]!r} "
+                                 f"is not supported: {why}")
+
+    def _check_options(self, group):
+        """:meth:`_refuse`, and ValueError for a true value of an option of a newer torch
+        that these kernels do not know."""
+        self._refuse(group)
+        for key, value in group.items():
+            if (key in self.defaults and key not in self._KEYS and key not in _REFUSED
+                    and key not in _IMPLEMENTATION and value not in (None, False, 0)):
+                raise ValueError(f"fastopt.torch.{type(self).__name__}: option "
+                                 f"{key}={value!r} is not supported")
+
+    def add_param_group(self, param_group):
+        """torch's ``add_param_group``, refusing options the kernels cannot honour first."""
+        if isinstance(param_group, dict):
+            self._check_options({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict):
+        """torch's ``load_state_dict``. The saved optimizer's ``foreach``/``fused`` choices
+        (torch's implementations) are replaced by this one's; ``capturable`` or
+        ``differentiable`` state raises ``ValueError`` before anything changes."""
+        saved = state_dict["param_groups"]
+        for group in saved:
+            self._check_options({k: v for k, v in group.items() if k != "fused"})
+        if len(saved) == len(self.param_groups):
+            state_dict = dict(state_dict)
+            state_dict["param_groups"] = [
+                dict(g, **{k: mine[k] for k in ("foreach", "fused") if k in mine})
+                for g, mine in zip(saved, self.param_groups)]
+        super().load_state_dict(state_dict)
+        self._plans = {}
+
+    # ---------------------------------------------------------------------------- step
+    def step(self, closure=None):
+        """One optimization step (``closure`` re-evaluates the model and returns the loss).
+
+        torch's step hooks and profiler record run when any are registered or a profiler
+        is on; otherwise they are skipped (``record_function`` alone costs ~9 us)."""
+        if (_GLOBAL_PRE_HOOKS is None or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS
+                or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    step.hooked = True      # torch's Optimizer.__init__ must not wrap it again
+
+    def _step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # every group is checked and viewed before any is stepped
+        work = [self._prepare(gi, group) for gi, group in enumerate(self.param_groups)]
+        for item in work:
+            if item is not None:
+                self._run(*item)
+        return loss
+
+    _hooked_step = _torch_optimizer.Optimizer.profile_hook_step(_step)
+
+    def _prepare(self, gi, group):
+        """Check the group and gather the NumPy views of its parameters with grads, their
+        grads and their state. Stores no state: :meth:`_run` does once the kernels ran."""
+        self._refuse(group)
+        params = group["params"]
+        grads = [p.grad for p in params]
+        live = [p for p, g in zip(params, grads) if g is not None]
+        if not live:
+            return None
+        if len(live) < len(params):
+            grads = [g for g in grads if g is not None]
+        gviews = []
+        for i, (p, g) in enumerate(zip(live, grads)):
+            _check_tensor("grad of parameter", i, g)
+            if g.dtype != p.dtype:
+                raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype {g.dtype}, "
+                                f"expected {p.dtype} like the parameter")
+            gviews.append(_array(g))
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = plans.get(gi)
+        if plan is None or not self._plan_holds(plan, group, live):
+            plan = plans[gi] = self._make_plan(group, live)
+        return group, plan, gviews
+
+    def _plan_holds(self, plan, group, live):
+        """Whether ``plan`` still describes these parameters and their state."""
+        if len(plan.params) != len(live) or not all(map(operator.is_, plan.params, live)):
+            return False
+        if [p.data_ptr() for p in live] != plan.ptrs or plan.keys != self._state_keys(group):
+            return False
+        get = self.state.get
+        states = [get(p) for p in live]
+        if not all(map(operator.is_, states, plan.stored)):
+            return False
+        if any(plan.fresh):
+            return True     # its new state is not stored yet (the last step raised)
+        for key, tensors in plan.tensors.items():
+            if not all(map(operator.is_, [s.get(key) for s in states], tensors)):
+                return False
+        return True
+
+    def _make_plan(self, group, live):
+        plan = _Plan()
+        for i, p in enumerate(live):
+            _check_tensor("parameter", i, p)
+        plan.params = live
+        plan.ptrs = [p.data_ptr() for p in live]
+        plan.pviews = [_array(p) for p in live]
+        plan.keys = self._state_keys(group)
+        plan.stored = [self.state.get(p) for p in live]
+        # new state goes into new dicts, stored by _run once the kernels ran
+        plan.states, plan.fresh = [], []
+        for p, old in zip(live, plan.stored):
+            state = old if old else self._init_state(p, group)
+            missing = [key for key in plan.keys if key not in state]
+            if missing:     # state that an option switched on later needs (as torch would)
+                state = dict(state)
+                for key in missing:
+                    state[key] = _zeros(p)
+            plan.states.append(state)
+            plan.fresh.append(state is not old)
+        plan.tensors, plan.views = {}, {}
+        scalars = (("step",) if self._STEPPED else ()) + self._SCALAR_STATE
+        for key in plan.keys + scalars:
+            tensors = [s[key] for s in plan.states]
+            for i, t in enumerate(tensors):
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {i} is a "
+                                    f"{type(t).__name__}, expected a tensor")
+                if t.requires_grad:
+                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {i} "
+                                       "requires grad; fastopt steps plain tensors")
+                if not t.is_cpu or t.layout != torch.strided:
+                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {i} is "
+                                       "not a dense CPU tensor")
+            plan.tensors[key] = tensors
+            plan.views[key] = [t.numpy() for t in tensors]
+        return plan
+
+    def _run(self, group, plan, gviews):
+        """The kernel calls for one group, one per distinct step count (torch counts steps
+        per parameter); then the new counts and any new state are stored."""
+        if not self._STEPPED:
+            self._update(group, plan.pviews, gviews, plan.views, None, plan.fresh)
+        else:
+            counts = plan.views["step"]
+            steps = [float(c) for c in counts]
+            if all(s == steps[0] for s in steps):
+                self._update(group, plan.pviews, gviews, plan.views, steps[0] + 1, plan.fresh)
+            else:
+                for step in sorted(set(steps)):
+                    part = [k for k, s in enumerate(steps) if s == step]
+                    self._update(group, [plan.pviews[k] for k in part],
+                                 [gviews[k] for k in part],
+                                 {key: [v[k] for k in part] for key, v in plan.views.items()},
+                                 step + 1, [plan.fresh[k] for k in part])
+            for c, s in zip(counts, steps):
+                c[()] = s + 1
+        _increment_versions(plan.params)
+        if any(plan.fresh):
+            for k, (p, state) in enumerate(zip(plan.params, plan.states)):
+                if plan.fresh[k] and state:     # torch's SGD keeps no state without momentum
+                    self.state[p] = state
+                    plan.stored[k] = state
+            plan.fresh = [False] * len(plan.params)
+
+    def _new_step(self):
+        return torch.tensor(0.0, dtype=_scalar_dtype())
+
+
+def _zeros(p):
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+class SGD(_FastOptimizer, torch.optim.SGD):
+    """``torch.optim.SGD`` stepped by :func:`fastopt.ops.foreach_sgd_step_`. State (torch's):
+    ``momentum_buffer`` when momentum is used, which starts as the first step's grad."""
+
+    _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _STEPPED = False
+
+    def _state_keys(self, group):
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _init_state(self, p, group):
+        return {}       # the buffer is made by _make_plan; the kernel's first step fills it
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        kwargs = dict(lr=_number(group["lr"]), momentum=group["momentum"],
+                      dampening=group["dampening"], nesterov=group["nesterov"],
+                      weight_decay=_number(group["weight_decay"]), maximize=group["maximize"])
+        bufs = cols.get("momentum_buffer")
+        if bufs is None or not any(fresh):
+            ops.foreach_sgd_step_(params, grads, bufs, **kwargs)
+            return
+        # a new buffer starts as the grad (torch's first step), decided per parameter
+        for first in (True, False):
+            part = [k for k, f in enumerate(fresh) if f == first]
+            if part:
+                ops.foreach_sgd_step_([params[k] for k in part], [grads[k] for k in part],
+                                      [bufs[k] for k in part], first_step=first, **kwargs)
+
+
+class RMSprop(_FastOptimizer, torch.optim.RMSprop):
+    """``torch.optim.RMSprop`` stepped by :func:`fastopt.ops.foreach_rmsprop_step_`. State
+    (torch's): ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
+    (centered)."""
+
+    _KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
+
+    def _state_keys(self, group):
+        return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
+                + (("grad_avg",) if group["centered"] else ()))
+
+    def _init_state(self, p, group):
+        state = {"step": self._new_step()}
+        for key in self._state_keys(group):
+            state[key] = _zeros(p)
+        return state
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        ops.foreach_rmsprop_step_(params, grads, cols["square_avg"], lr=_number(group["lr"]),
+                                  beta=group["alpha"], eps=group["eps"],
+                                  weight_decay=group["weight_decay"],
+                                  momentum_buffers=cols.get("momentum_buffer"),
+                                  momentum=group["momentum"], grad_avgs=cols.get("grad_avg"),
+                                  maximize=group["maximize"])
+
+
+class Adagrad(_FastOptimizer, torch.optim.Adagrad):
+    """``torch.optim.Adagrad`` stepped by :func:`fastopt.ops.foreach_adagrad_step_`. State
+    (torch's, created at construction as torch does): ``step``, ``sum``."""
+
+    _KEYS = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value",
+             "maximize")
+
+    def _state_keys(self, group):
+        return ("sum",)
+
+    def _init_state(self, p, group):
+        # torch fills a parameter added later from the constructor's value, not its group's
+        value = self.defaults["initial_accumulator_value"]
+        return {"step": self._new_step(),
+                "sum": torch.full_like(p, value, memory_format=torch.preserve_format)}
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        ops.foreach_adagrad_step_(params, grads, cols["sum"], step, lr=_number(group["lr"]),
+                                  lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
+                                  eps=group["eps"], maximize=group["maximize"])
+
+
+class Adam(_FastOptimizer, torch.optim.Adam):
+    """``torch.optim.Adam`` stepped by :func:`fastopt.ops.foreach_adam_step_`. State
+    (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
+
+    _KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+             "decoupled_weight_decay")
+    _decoupled = False
+
+    def _state_keys(self, group):
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+
+    def _init_state(self, p, group):
+        state = {"step": self._new_step()}
+        for key in self._state_keys(group):
+            state[key] = _zeros(p)
+        return state
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        beta1, beta2 = group["betas"]
+        ops.foreach_adam_step_(params, grads, cols["exp_avg"], cols["exp_avg_sq"], step,
+                               lr=_number(group["lr"]), betas=(_number(beta1), _number(beta2)),
+                               eps=group["eps"], weight_decay=group["weight_decay"],
+                               max_exp_avg_sqs=cols.get("max_exp_avg_sq"),
+                               maximize=group["maximize"],
+                               decoupled_weight_decay=(self._decoupled or group.get(
+                                   "decoupled_weight_decay", False)))
+
+
+class AdamW(Adam, torch.optim.AdamW):
+    """``torch.optim.AdamW`` (decoupled weight decay) stepped by
+    :func:`fastopt.ops.foreach_adam_step_`; state as :class:`Adam`."""
+
+    _decoupled = True
+
+
+class Adadelta(_FastOptimizer, torch.optim.Adadelta):
+    """``torch.optim.Adadelta`` stepped by :func:`fastopt.ops.foreach_adadelta_step_`. State
+    (torch's): ``step``, ``square_avg``, ``acc_delta``."""
+
+    _KEYS = ("lr", "rho", "eps", "weight_decay", "maximize")
+
+    def _state_keys(self, group):
+        return ("square_avg", "acc_delta")
+
+    def _init_state(self, p, group):
+        return {"step": self._new_step(), "square_avg": _zeros(p), "acc_delta": _zeros(p)}
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        ops.foreach_adadelta_step_(params, grads, cols["square_avg"], cols["acc_delta"],
+                                   lr=_number(group["lr"]), rho=group["rho"], eps=group["eps"],
+                                   weight_decay=group["weight_decay"],
+                                   maximize=group["maximize"])
+
+
+class Adamax(_FastOptimizer, torch.optim.Adamax):
+    """``torch.optim.Adamax`` stepped by :func:`fastopt.ops.foreach_adamax_step_`. State
+    (torch's): ``step``, ``exp_avg``, ``exp_inf``."""
+
+    _KEYS = ("lr", "betas", "eps", "weight_decay", "maximize")
+
+    def _state_keys(self, group):
+        return ("exp_avg", "exp_inf")
+
+    def _init_state(self, p, group):
+        return {"step": self._new_step(), "exp_avg": _zeros(p), "exp_inf": _zeros(p)}
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        ops.foreach_adamax_step_(params, grads, cols["exp_avg"], cols["exp_inf"], step,
+                                 lr=_number(group["lr"]), betas=tuple(group["betas"]),
+                                 eps=group["eps"], weight_decay=group["weight_decay"],
+                                 maximize=group["maximize"])
+
+
+class NAdam(_FastOptimizer, torch.optim.NAdam):
+    """``torch.optim.NAdam`` stepped by :func:`fastopt.ops.foreach_nadam_step_`. State
+    (torch's): ``step``, ``mu_product`` (a float32 scalar tensor, multiplied in float32 as
+    torch does), ``exp_avg``, ``exp_avg_sq``. torch's ``load_state_dict`` casts ``mu_product``
+    to the parameters' dtype, after which torch multiplies it in float64 for float64
+    parameters; fastopt keeps multiplying in float32, so a resumed run follows the
+    uninterrupted trajectory."""
+
+    _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
+             "decoupled_weight_decay", "maximize")
+    _SCALAR_STATE = ("mu_product",)
+
+    def _state_keys(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, p, group):
+        return {"step": self._new_step(), "mu_product": torch.tensor(1.0, dtype=_scalar_dtype()),
+                "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        # the kernel takes one product: parameters whose products differ (momentum_decay
+        # changed between their first steps) go in separate calls
+        products = [float(m) for m in cols["mu_product"]]
+        for product in dict.fromkeys(products):
+            part = [k for k, m in enumerate(products) if m == product]
+            new = ops.foreach_nadam_step_(
+                [params[k] for k in part], [grads[k] for k in part],
+                [cols["exp_avg"][k] for k in part], [cols["exp_avg_sq"][k] for k in part],
+                step, product, lr=_number(group["lr"]), betas=tuple(group["betas"]),
+                eps=group["eps"], weight_decay=group["weight_decay"],
+                momentum_decay=group["momentum_decay"],
+                decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+                maximize=group["maximize"])
+            for k in part:
+                cols["mu_product"][k][()] = new
+
+
+class RAdam(_FastOptimizer, torch.optim.RAdam):
+    """``torch.optim.RAdam`` stepped by :func:`fastopt.ops.foreach_radam_step_`. State
+    (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``."""
+
+    _KEYS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
+
+    def _state_keys(self, group):
+        return ("exp_avg", "exp_avg_sq")
+
+    def _init_state(self, p, group):
+        return {"step": self._new_step(), "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
+
+    def _update(self, group, params, grads, cols, step, fresh):
+        ops.foreach_radam_step_(params, grads, cols["exp_avg"], cols["exp_avg_sq"], step,
+                                lr=_number(group["lr"]), betas=tuple(group["betas"]),
+                                eps=group["eps"], weight_decay=group["weight_decay"],
+                                decoupled_weight_decay=group.get("decoupled_weight_decay",
+                                                                 False),
+                                maximize=group["maximize"])

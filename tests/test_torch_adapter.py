@@ -1,0 +1,447 @@
+"""fastopt.torch: the torch.optim subclasses stepped by fastopt's kernels.
+
+torch's own optimizer test inputs (``optim_db``, every CPU input of the nine optimizers) on the
+active backend: 25-step trajectories and state dicts against torch.optim (``foreach=False``) in
+float32 and float64. Then the torch.optim behaviour a training loop relies on: schedulers,
+closures, zero_grad, add_param_group, state-dict exchange with torch.optim both ways,
+checkpoint/resume, frozen parameters and None grads, hooks, autograd's version counter, and
+the errors. The whole file skips without torch; the optim_db grid also needs ``expecttest``
+(torch's test-suite dependency, in the ``test`` extra).
+"""
+import copy
+import io
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastopt.torch as ft  # noqa: E402
+
+NAMES = ft.__all__
+STEPS = 25      # RAdam switches to its rectified step at t = 6 with the default betas
+SHAPES = [(3, 4), (5,), (), (0,), (17,), (2, 3, 2)]
+DTYPES = [torch.float32, torch.float64]
+
+# optim_db inputs fastopt.torch cannot honour, by option: none of torch 2.13's CPU inputs sets
+# them, but a newer torch's might
+UNHONOURED = {
+    "fused": "torch's own fused kernel (and its GradScaler protocol)",
+    "capturable": "CUDA/XPU graph capture",
+    "differentiable": "autograd through the step",
+}
+
+
+def _optim_db_cases():
+    try:
+        from torch.testing._internal.common_optimizers import optim_db
+    except Exception as exc:    # expecttest missing, or torch moved its private test module
+        reason = f"torch's optim_db is not importable: {exc!r}"
+        return [pytest.param(None, None, marks=pytest.mark.skip(reason=reason))]
+    cases = []
+    for info in optim_db:
+        name = info.optim_cls.__name__
+        if name not in NAMES or info.optim_cls is not getattr(torch.optim, name):
+            continue
+        for inp in info.optim_inputs_func(device="cpu"):
+            refused = [k for k in UNHONOURED if inp.kwargs.get(k)]
+            marks = [pytest.mark.skip(reason=f"{k}=True: {UNHONOURED[k]}") for k in refused]
+            cases.append(pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}", marks=marks))
+    return cases
+
+
+def _params(dtype, seed=0):
+    """Shapes with a 0-d, an empty and a transposed (non-contiguous) parameter."""
+    gen = torch.Generator().manual_seed(seed)
+    ps = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
+    ps.append(torch.randn(4, 3, generator=gen, dtype=dtype).t())
+    return ps
+
+
+def _pair(name, kwargs, dtype=torch.float64, seed=0):
+    """The same parameters under fastopt.torch and under torch.optim (single-tensor)."""
+    init = _params(dtype, seed)
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    return (ours, getattr(ft, name)(ours, **copy.deepcopy(kwargs)),
+            theirs, getattr(torch.optim, name)(theirs, foreach=False, **copy.deepcopy(kwargs)))
+
+
+def _set_grads(gen, *param_lists):
+    """The same random grads on each list (a None entry in the first list: no grad)."""
+    for ps in zip(*param_lists):
+        g = torch.randn(ps[0].shape, generator=gen, dtype=ps[0].dtype)
+        for p in ps:
+            p.grad = g.clone()
+
+
+def _ulps(actual, expected):
+    """max |actual - expected| in units of the spacing of max |expected| (norm-wise ulps)."""
+    a = torch.cat([t.detach().reshape(-1).double() for t in actual])
+    b = torch.cat([t.detach().reshape(-1).double() for t in expected])
+    if b.numel() == 0:
+        return 0.0
+    dtype = expected[0].dtype
+    scale = np.spacing(np.array(b.abs().max().item(), dtype=str(dtype).split(".")[1]))
+    return (a - b).abs().max().item() / float(scale)
+
+
+def assert_trajectories_close(ours, theirs, opt, ref, param_ulps=4, state_ulps=8):
+    """Parameters within ``param_ulps`` and each state key (over all parameters) within
+    ``state_ulps`` of the largest value; the same state keys, tensor dtypes and groups."""
+    assert _ulps(ours, theirs) <= param_ulps
+    sd, rsd = opt.state_dict(), ref.state_dict()
+    assert sd["state"].keys() == rsd["state"].keys()
+    for i, entry in rsd["state"].items():
+        assert sd["state"][i].keys() == entry.keys()
+        for key, value in entry.items():
+            assert sd["state"][i][key].dtype == value.dtype, key
+            assert sd["state"][i][key].shape == value.shape, key
+    for key in next(iter(rsd["state"].values()), ()):
+        worst = _ulps([s[key] for s in sd["state"].values()],
+                      [s[key] for s in rsd["state"].values()])
+        assert worst <= state_ulps, (key, worst)
+    strip = lambda g: {k: v for k, v in g.items() if k != "foreach"}  # noqa: E731
+    assert [strip(g) for g in sd["param_groups"]] == [strip(g) for g in rsd["param_groups"]]
+
+
+# ----------------------------------------------------------------------- torch's optim_db
+@pytest.mark.parametrize("name,kwargs", _optim_db_cases())
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_optim_db_trajectories_match_torch(name, kwargs, dtype):
+    # the active backend only: CI runs the suite once per backend (about 2 s per backend)
+    ours, opt, theirs, ref = _pair(name, kwargs, dtype)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(STEPS):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+# ------------------------------------------------------------------ the training loop
+VARIANTS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)), ("RMSprop", dict(centered=True)),
+            ("Adagrad", dict(lr_decay=0.1)), ("Adam", dict(amsgrad=True)), ("AdamW", {}),
+            ("Adadelta", {}), ("Adamax", {}), ("NAdam", dict(momentum_decay=0.01)),
+            ("RAdam", dict(weight_decay=0.1))]
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_backends_agree_with_torch(name, kwargs, backend):
+    """Every backend (the grid above runs on the active one)."""
+    ours, opt, theirs, ref = _pair(name, kwargs, torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(8):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_scheduler_sets_the_lr_each_step(name, kwargs):
+    ours, opt, theirs, ref = _pair(name, kwargs)
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.3) for o in (opt, ref)]
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(7):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+        for s in scheds:
+            s.step()
+    assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"] != opt.defaults["lr"]
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+def test_a_tensor_lr_and_a_lambda_scheduler():
+    # float32: torch divides a tensor lr by the bias correction in the lr's dtype, float32,
+    # which in float64 trajectories is a float32-sized difference
+    ours, opt, theirs, ref = _pair("Adam", dict(lr=torch.tensor(0.01)), torch.float32)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda epoch: 0.5 ** epoch)
+              for o in (opt, ref)]
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+        for s in scheds:
+            s.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+def test_closure_is_called_with_grad_enabled_and_its_loss_returned():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2).double()
+    twin = copy.deepcopy(model)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    opt, ref = ft.Adam(model.parameters(), lr=0.1), torch.optim.Adam(twin.parameters(), lr=0.1)
+    for _ in range(5):
+        losses = []
+        for m, o in ((model, opt), (twin, ref)):
+            def closure(m=m, o=o):
+                assert torch.is_grad_enabled()
+                o.zero_grad()
+                loss = m(x).pow(2).mean()
+                loss.backward()
+                return loss
+            with torch.no_grad():
+                losses.append(o.step(closure))
+        np.testing.assert_allclose(losses[0].item(), losses[1].item(), rtol=1e-12)
+    assert_trajectories_close(list(model.parameters()), list(twin.parameters()), opt, ref)
+
+
+def test_zero_grad_and_none_grads():
+    ours, opt, theirs, ref = _pair("Adam", dict(weight_decay=0.1))
+    gen = torch.Generator().manual_seed(4)
+    _set_grads(gen, ours, theirs)
+    opt.step()
+    ref.step()
+    opt.zero_grad()                         # torch's default: set_to_none
+    assert all(p.grad is None for p in ours)
+    before = [p.detach().clone() for p in ours]
+    opt.step()                              # no grads: nothing steps, no count advances
+    assert all(torch.equal(a, b) for a, b in zip(ours, before))
+    assert opt.state[ours[0]]["step"].item() == 1
+    _set_grads(gen, ours, theirs)
+    opt.zero_grad(set_to_none=False)
+    ref.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in ours)
+    opt.step()                              # zero grads step (weight decay moves them)
+    ref.step()
+    assert opt.state[ours[0]]["step"].item() == 2
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_frozen_parameters_and_grads_that_come_and_go(name, kwargs):
+    """Some parameters never get a grad (frozen), some skip steps: per-parameter step
+    counts then differ within a group, as in torch."""
+    ours, opt, theirs, ref = _pair(name, kwargs)
+    for p in (ours[0], theirs[0]):
+        p.requires_grad_(False)
+    gen = torch.Generator().manual_seed(5)
+    for k in range(9):
+        _set_grads(gen, ours, theirs)
+        for ps in (ours, theirs):
+            ps[0].grad = None
+            if k % 3 == 1:
+                ps[1].grad = None
+            if k < 2:
+                ps[4].grad = None
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_add_param_group(name, kwargs):
+    ours, opt, theirs, ref = _pair(name, kwargs)
+    extra = _params(torch.float64, seed=9)[:2]
+    mine = [torch.nn.Parameter(t.clone()) for t in extra]
+    yours = [torch.nn.Parameter(t.clone()) for t in extra]
+    gen = torch.Generator().manual_seed(6)
+    for k in range(8):
+        if k == 3:
+            opt.add_param_group({"params": mine, "lr": 0.05})
+            ref.add_param_group({"params": yours, "lr": 0.05})
+        _set_grads(gen, ours + (mine if k >= 3 else []), theirs + (yours if k >= 3 else []))
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours + mine, theirs + yours, opt, ref)
+
+
+def _save_load(state_dict):
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_state_dicts_move_between_torch_and_fastopt(name, kwargs):
+    """torch.optim steps 4 times, fastopt.torch takes over from its state dict for 4, then a
+    new torch.optim from fastopt's state dict for 4 more (through torch.save each time): the
+    trajectory is torch's uninterrupted one. (float32: torch's load_state_dict casts NAdam's
+    mu_product to the parameters' dtype, so torch itself leaves its float64 trajectory after
+    a reload; fastopt keeps multiplying it in float32.)"""
+    params = [torch.nn.Parameter(t) for t in _params(torch.float32)]
+    gen = torch.Generator().manual_seed(7)
+    opt = getattr(torch.optim, name)(params, foreach=False, **kwargs)
+    for cls in (ft, torch.optim, None):
+        for _ in range(4):
+            _set_grads(gen, params)
+            opt.step()
+        if cls is not None:
+            params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+            state = _save_load(opt.state_dict())
+            opt = getattr(cls, name)(params, **kwargs)
+            opt.load_state_dict(state)
+    straight = [torch.nn.Parameter(t) for t in _params(torch.float32)]
+    ref = getattr(torch.optim, name)(straight, foreach=False, **kwargs)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(12):
+        _set_grads(gen, straight)
+        ref.step()
+    assert_trajectories_close(params, straight, opt, ref)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_checkpoint_and_resume_is_bit_identical(name, kwargs, dtype):
+    dtype = torch.float32 if dtype == np.float32 else torch.float64
+    init = _params(dtype)
+    straight = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = getattr(ft, name)(straight, **kwargs)
+    gen = torch.Generator().manual_seed(8)
+    grads = [[torch.randn(t.shape, generator=gen, dtype=dtype) for t in init]
+             for _ in range(10)]
+    for gs in grads:
+        for p, g in zip(straight, gs):
+            p.grad = g.clone()
+        opt.step()
+    first = [torch.nn.Parameter(t.clone()) for t in init]
+    opt1 = getattr(ft, name)(first, **kwargs)
+    for gs in grads[:5]:
+        for p, g in zip(first, gs):
+            p.grad = g.clone()
+        opt1.step()
+    saved_params, saved_state = _save_load(([p.detach() for p in first], opt1.state_dict()))
+    resumed = [torch.nn.Parameter(t) for t in saved_params]
+    opt2 = getattr(ft, name)(resumed, **kwargs)
+    opt2.load_state_dict(saved_state)
+    for gs in grads[5:]:
+        for p, g in zip(resumed, gs):
+            p.grad = g.clone()
+        opt2.step()
+    for a, b in zip(resumed, straight):
+        assert a.detach().numpy().tobytes() == b.detach().numpy().tobytes()
+
+
+# ---------------------------------------------------------------- torch.optim mechanics
+def test_updates_in_place_and_keeps_torch_state_types():
+    p = torch.nn.Parameter(torch.randn(10))
+    p.grad = torch.randn(10)
+    opt = ft.NAdam([p])
+    ptr = p.data_ptr()
+    opt.step()
+    exp_avg = opt.state[p]["exp_avg"]
+    opt.step()
+    assert p.data_ptr() == ptr and opt.state[p]["exp_avg"] is exp_avg
+    assert isinstance(opt, torch.optim.NAdam) and isinstance(opt, torch.optim.Optimizer)
+    state = opt.state[p]
+    assert state["step"].dtype == torch.float32 and state["step"].item() == 2
+    assert state["mu_product"].dtype == torch.float32 and state["step"].dim() == 0
+
+
+def test_replaced_storage_and_state_are_picked_up():
+    """A parameter whose ``.data`` was swapped, a state tensor replaced: the next step uses
+    the new ones (the cached views are rebuilt)."""
+    ours, opt, theirs, ref = _pair("Adam", {})
+    gen = torch.Generator().manual_seed(10)
+    for k in range(4):
+        _set_grads(gen, ours, theirs)
+        if k == 2:
+            for ps, o in ((ours, opt), (theirs, ref)):
+                ps[0].data = ps[0].data * 0.5
+                o.state[ps[1]]["exp_avg"] = torch.ones_like(ps[1])
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+def test_step_between_forward_and_backward_raises_as_in_torch():
+    p = torch.nn.Parameter(torch.randn(5))
+    opt = ft.SGD([p], lr=0.1)
+    p.grad = torch.ones(5)
+    loss = (p * p).sum()
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_step_hooks_and_the_profiler_run():
+    p = torch.nn.Parameter(torch.randn(5))
+    p.grad = torch.ones(5)
+    opt = ft.Adam([p])
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    opt.step()
+    assert calls == ["pre", "post"] and opt.state[p]["step"].item() == 1
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert any("Optimizer.step#Adam.step" in e.name for e in prof.events())
+
+
+def test_pickle_and_deepcopy():
+    ours, opt, _, _ = _pair("AdamW", {})
+    gen = torch.Generator().manual_seed(11)
+    _set_grads(gen, ours)
+    opt.step()
+    before = [p.detach().clone() for p in ours]
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        _set_grads(gen, clone.param_groups[0]["params"])
+        clone.step()            # steps its own copies of the parameters
+        assert clone.state_dict()["state"][0]["step"].item() == 2
+    assert opt.state_dict()["state"][0]["step"].item() == 1
+    assert all(torch.equal(a, b) for a, b in zip(ours, before))
+
+
+def test_importing_fastopt_does_not_import_torch():
+    code = "import sys, fastopt; assert 'torch' not in sys.modules, 'torch imported'"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("option", ["fused", "capturable", "differentiable"])
+def test_options_that_cannot_be_honoured_raise(option):
+    p = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match=option):
+        ft.Adam([p], **{option: True})
+    opt = ft.Adam([p])
+    q = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match=option):
+        opt.add_param_group({"params": [q], option: True})
+    assert len(opt.param_groups) == 1
+    ft.Adam([p], fused=False, foreach=True)     # implementation choices torch allows
+
+
+def test_loading_torch_state_with_refused_options():
+    """A fused torch optimizer's state dict loads (fused picks torch's kernel, not a formula);
+    differentiable state is refused and nothing changes."""
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.ones(3)
+    ref = torch.optim.Adam([p], fused=True)
+    ref.step()
+    opt = ft.Adam([torch.nn.Parameter(p.detach().clone())])
+    opt.load_state_dict(ref.state_dict())
+    assert opt.param_groups[0]["fused"] is None
+    sd = ref.state_dict()
+    sd["param_groups"][0]["differentiable"] = True
+    other = ft.Adam([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="differentiable"):
+        other.load_state_dict(sd)
+    assert not other.state and other.param_groups[0]["differentiable"] is False
+
+
+def test_unsupported_tensors_raise_and_change_nothing():
+    good = torch.nn.Parameter(torch.randn(4))
+    sparse = torch.nn.Parameter(torch.randn(4))
+    opt = ft.Adam([{"params": [good]}, {"params": [sparse], "lr": 0.1}])
+    good.grad = torch.ones(4)
+    sparse.grad = torch.ones(4).to_sparse()
+    before = good.detach().clone()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(good, before) and not opt.state      # the first group did not step
+    meta = torch.nn.Parameter(torch.empty(3, device="meta"))
+    meta.grad = torch.empty(3, device="meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        ft.SGD([meta], lr=0.1).step()
+    cplx = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    cplx.grad = torch.ones(3, dtype=torch.complex64)
+    with pytest.raises(TypeError, match="complex64"):
+        ft.Adam([cplx]).step()

@@ -163,7 +163,7 @@ def test_read_only_parameters_are_refused_at_construction():
     (lambda p: fo.Adam(p, eps=-1e-8), "eps"),
     (lambda p: fo.Adam(p, betas=(1.0, 0.999)), "beta1"),
     (lambda p: fo.AdamW(p, weight_decay=-0.01), "weight_decay"),
-    (lambda p: fo.RMSprop(p, beta=1.2), "beta"),
+    (lambda p: fo.RMSprop(p, beta=1.2), "alpha"),
     (lambda p: fo.Momentum(p, lr=0.1, beta=-0.1), "beta"),
     (lambda p: fo.Adagrad(p, lr_decay=-1.0), "lr_decay"),
 ])

@@ -10,10 +10,14 @@ empty; a list may mix them. The results of ``foreach_*`` are bit-identical to ca
 single-array function on each array. They return None.
 
 These are what the optimizer classes call, so each formula exists once per backend.
+
+Every scalar is checked before the backend runs (a real number in torch.optim's range, else a
+``TypeError``/``ValueError`` naming it), so a refused call writes nothing.
 """
 import struct
 
 from . import _backend
+from ._hyper import BETAS, NONNEG, STEP, UNIT, UNIT_OPEN, check_reals
 
 _F32 = struct.Struct("f")
 
@@ -23,19 +27,76 @@ def _to_f32(x):
     return _F32.unpack(_F32.pack(x))[0]
 
 
-def _check_step(step):
-    """Bias corrections divide by 1 - beta**step: the count starts at 1."""
-    if not step >= 1:
-        raise ValueError(f"Invalid step: {step!r} (the step count starts at 1)")
+# Scalar checks: the chained comparisons are the whole cost of a good call (a failing
+# comparison, including NaN's and None's, hands over to check_reals for the named error).
+_NOT_REAL = (TypeError, ValueError)    # None or a str (TypeError), an array (ValueError)
+
+
+def _check_ewa(beta):
+    try:
+        if 0.0 <= beta <= 1.0:
+            return
+    except _NOT_REAL:
+        pass
+    check_reals(beta=(beta, UNIT))
+
+
+def _check_sgd(lr, weight_decay, momentum, dampening):
+    try:
+        if lr >= 0.0 and weight_decay >= 0.0 and momentum >= 0.0 and dampening >= 0.0:
+            return
+    except _NOT_REAL:
+        pass
+    check_reals(lr=(lr, NONNEG), momentum=(momentum, NONNEG), dampening=(dampening, NONNEG),
+                weight_decay=(weight_decay, NONNEG))
+
+
+def _check_lr_beta(lr, beta, beta_bounds, eps=0.0, weight_decay=0.0, momentum=0.0,
+                   beta_name="beta"):
+    """Momentum, RMSprop, Adadelta (``beta_bounds``: [0, 1) or [0, 1])."""
+    try:
+        if (lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0 and momentum >= 0.0
+                and 0.0 <= beta and (beta < 1.0 or beta_bounds is UNIT and beta == 1.0)):
+            return
+    except _NOT_REAL:
+        pass
+    check_reals(lr=(lr, NONNEG), **{beta_name: (beta, beta_bounds)}, eps=(eps, NONNEG),
+                weight_decay=(weight_decay, NONNEG), momentum=(momentum, NONNEG))
+
+
+def _check_adagrad(step, lr, lr_decay, weight_decay, eps):
+    try:
+        if step >= 1 and lr >= 0.0 and lr_decay >= 0.0 and weight_decay >= 0.0 and eps >= 0.0:
+            return
+    except _NOT_REAL:
+        pass
+    check_reals(step=(step, STEP), lr=(lr, NONNEG), lr_decay=(lr_decay, NONNEG),
+                weight_decay=(weight_decay, NONNEG), eps=(eps, NONNEG))
+
+
+def _check_adam_family(step, lr, betas, eps, weight_decay):
+    """Check the scalars shared by the Adam family; return ``(beta1, beta2)``."""
+    try:
+        beta1, beta2 = betas
+        if (step >= 1 and lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0
+                and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            return beta1, beta2
+    except _NOT_REAL:
+        pass
+    check_reals(step=(step, STEP), lr=(lr, NONNEG), betas=(betas, BETAS), eps=(eps, NONNEG),
+                weight_decay=(weight_decay, NONNEG))
+    return betas[0], betas[1]
 
 
 def ewa_(avg, x, beta):
     """Fold ``x`` into the running average in place: ``avg = beta * avg + (1 - beta) * x``."""
+    _check_ewa(beta)
     _backend.active.ewa(avg, x, beta)
 
 
 def foreach_ewa_(avgs, xs, beta):
     """:func:`ewa_` on every pair of ``avgs`` and ``xs``."""
+    _check_ewa(beta)
     _backend.active.ewa_multi(avgs, xs, beta)
 
 
@@ -47,6 +108,7 @@ def sgd_step_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=
     ``momentum * buf + (1 - dampening) * g``, then ``g = g + momentum * buf`` (Nesterov) or
     ``g = buf``; finally ``param -= lr * g``. Pass ``momentum_buffer=None`` for plain SGD.
     """
+    _check_sgd(lr, weight_decay, momentum, dampening)
     _backend.active.sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening,
                         nesterov, maximize, first_step)
 
@@ -55,6 +117,7 @@ def foreach_sgd_step_(params, grads, momentum_buffers=None, *, lr, momentum=0.0,
                       dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
                       first_step=False):
     """:func:`sgd_step_` on every array of ``params`` (``momentum_buffers``: a list or None)."""
+    _check_sgd(lr, weight_decay, momentum, dampening)
     _backend.active.sgd_multi(params, grads, momentum_buffers, lr, weight_decay, momentum,
                               dampening, nesterov, maximize, first_step)
 
@@ -62,11 +125,13 @@ def foreach_sgd_step_(params, grads, momentum_buffers=None, *, lr, momentum=0.0,
 def momentum_step_(param, grad, velocity, *, lr, beta=0.9):
     """The course's momentum: ``velocity = beta * velocity + (1 - beta) * grad``;
     ``param -= lr * velocity`` (velocity starts at zero)."""
+    _check_lr_beta(lr, beta, UNIT_OPEN)
     _backend.active.momentum(param, grad, velocity, lr, beta)
 
 
 def foreach_momentum_step_(params, grads, velocities, *, lr, beta=0.9):
     """:func:`momentum_step_` on every array of ``params``."""
+    _check_lr_beta(lr, beta, UNIT_OPEN)
     _backend.active.momentum_multi(params, grads, velocities, lr, beta)
 
 
@@ -81,6 +146,7 @@ def rmsprop_step_(param, grad, square_avg, *, lr=0.01, beta=0.99, eps=1e-8, weig
     ``buf = momentum * buf + g / avg; param -= lr * buf`` when ``momentum_buffer`` is given,
     else ``param -= lr * g / avg``.
     """
+    _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
     _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, beta, eps,
                             weight_decay, momentum, maximize, eps_inside_sqrt)
 
@@ -89,6 +155,7 @@ def foreach_rmsprop_step_(params, grads, square_avgs, *, lr=0.01, beta=0.99, eps
                           weight_decay=0.0, momentum_buffers=None, momentum=0.0,
                           grad_avgs=None, maximize=False, eps_inside_sqrt=False):
     """:func:`rmsprop_step_` on every array of ``params``."""
+    _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
     _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers, lr,
                                   beta, eps, weight_decay, momentum, maximize, eps_inside_sqrt)
 
@@ -100,7 +167,7 @@ def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight
     ``clr = lr / (1 + (step - 1) * lr_decay)``; ``state_sum += g**2``;
     ``param -= clr * g / (sqrt(state_sum) + eps)``.
     """
-    _check_step(step)
+    _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad(param, grad, state_sum, lr / (1.0 + (step - 1) * lr_decay), eps,
                             weight_decay, maximize)
 
@@ -108,7 +175,7 @@ def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight
 def foreach_adagrad_step_(params, grads, state_sums, step, *, lr=0.01, lr_decay=0.0,
                           weight_decay=0.0, eps=1e-10, maximize=False):
     """:func:`adagrad_step_` on every array of ``params`` (one shared ``step``)."""
-    _check_step(step)
+    _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad_multi(params, grads, state_sums,
                                   lr / (1.0 + (step - 1) * lr_decay), eps, weight_decay,
                                   maximize)
@@ -116,8 +183,7 @@ def foreach_adagrad_step_(params, grads, state_sums, step, *, lr=0.01, lr_decay=
 
 def _adam_scalars(step, lr, betas, eps, weight_decay, decoupled, maximize, eps_inside_sqrt):
     """The backend kernel's scalars: bias corrections folded in float64."""
-    _check_step(step)
-    beta1, beta2 = betas
+    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
     return (lr, beta1, beta2, eps, weight_decay, lr / (1.0 - beta1 ** step),
             1.0 - beta2 ** step, decoupled, maximize, eps_inside_sqrt)
 
@@ -165,6 +231,7 @@ def adadelta_step_(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1
     ``delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``;
     ``acc_delta = rho * acc_delta + (1 - rho) * delta**2``; ``param -= lr * delta``.
     """
+    _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
     _backend.active.adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay,
                              maximize)
 
@@ -172,13 +239,13 @@ def adadelta_step_(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1
 def foreach_adadelta_step_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9,
                            eps=1e-6, weight_decay=0.0, maximize=False):
     """:func:`adadelta_step_` on every array of ``params``."""
+    _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
     _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr, rho, eps,
                                    weight_decay, maximize)
 
 
 def _adamax_scalars(step, lr, betas, eps, weight_decay, maximize):
-    _check_step(step)
-    beta1, beta2 = betas
+    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
     return beta1, beta2, eps, weight_decay, lr / (1.0 - beta1 ** step), maximize
 
 
@@ -207,8 +274,13 @@ def nadam_momentum(step, beta1, momentum_decay):
 
 def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
                    decoupled_weight_decay, maximize):
-    _check_step(step)
-    beta1, beta2 = betas
+    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
+    try:
+        ok = momentum_decay >= 0.0 and 0.0 <= mu_product <= 1.0
+    except _NOT_REAL:
+        ok = False
+    if not ok:
+        check_reals(momentum_decay=(momentum_decay, NONNEG), mu_product=(mu_product, UNIT))
     mu = nadam_momentum(step, beta1, momentum_decay)
     mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
     # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and
@@ -250,8 +322,7 @@ def foreach_nadam_step_(params, grads, exp_avgs, exp_avg_sqs, step, mu_product, 
 
 
 def _radam_scalars(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
-    _check_step(step)
-    beta1, beta2 = betas
+    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
     rho_inf = 2.0 / (1.0 - beta2) - 1.0

@@ -5,37 +5,144 @@ list of param-group dicts. ``step(grads)`` takes the grads in the same structure
 the parameter names or by the course's ``"d" + name``, or a sequence in parameter order. Every
 grad is checked before any array is written, so a step that raises changes nothing.
 """
-import numbers
 import operator
 
 import numpy as np
 
 from . import ops
+from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._validate import FLOAT_DTYPES
 from .arena import run_of as arena_run
 from .arena import stretch as arena_stretch
 
 _NOT_HYPER = ("params", "param_names")
 _MISSING = object()
+FLAG = "flag"      # a _BOUNDS entry: True or False
 
 
-def _check_range(name, value, lo=0.0, hi=None, hi_open=True):
-    """Raise ValueError naming ``name`` unless lo <= value (< or <=) hi."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        bound = f"in [{lo}, {hi}{')' if hi_open else ']'}" if hi is not None else f">= {lo}"
-        raise ValueError(f"Invalid {name}: {value!r} (must be {bound})")
+def _pair(betas):
+    """``betas`` as a tuple, as torch's groups hold it (anything else is left for the check to
+    refuse by name)."""
+    return tuple(betas) if isinstance(betas, (list, tuple, np.ndarray)) else betas
+
+
+def _check_hyper(name, value, bounds):
+    """One hyper-parameter: a flag, a betas pair or a real number in ``bounds``."""
+    if bounds is FLAG:
+        check_flag(name, value)
+    elif bounds is BETAS:
+        check_betas(name, value)
+    else:
+        check_real(name, value, bounds)
+
+
+# --------------------------------------------------------------------------- state containers
+_state_version = 0       # bumped when state is changed from outside an optimizer (see _State)
+_set = dict.__setitem__  # the optimizers' own writes into state: no cached view goes stale
+_WRITEABLE = operator.attrgetter("flags.writeable")
+
+
+def _state_changed():
+    global _state_version
+    _state_version += 1
+
+
+class _Watched(dict):
+    """A dict that is told (``_changed(value)``, value None for removals) of every change
+    made through its methods; the optimizers' own writes go through ``dict.__setitem__``."""
+
+    def __setitem__(self, key, value):
+        self._changed(value)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        self._changed(None)
+        dict.__delitem__(self, key)
+
+    def pop(self, *args):
+        self._changed(None)
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self._changed(None)
+        return dict.popitem(self)
+
+    def clear(self):
+        self._changed(None)
+        dict.clear(self)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __reduce__(self):     # rebuilt without _changed (pickle would call __setitem__)
+        return type(self), (dict(self),), dict(self.__dict__) or None
+
+
+class _Group(_Watched):
+    """A param group (a dict, as torch's). Changing it marks it for checking at the next step,
+    before anything is written."""
+
+    checked = False
+
+    def _changed(self, value):
+        self.checked = False
+
+
+class _State(_Watched):
+    """One parameter's state (torch's keys). Changing an entry makes the optimizer re-read its
+    state; an array assigned here is the state from then on and is updated in place (as a
+    tensor in torch's state), so the arena path leaves such a parameter group alone."""
+
+    adopted = False
+
+    def _changed(self, value):
+        _state_changed()
+        if isinstance(value, np.ndarray):
+            self.adopted = True
+
+
+class _StateDict(_Watched):
+    """``optimizer.state``: flat parameter index -> :class:`_State`. A dict assigned to an entry
+    is stored as a ``_State`` holding its items."""
+
+    def _changed(self, value):
+        _state_changed()
+
+    def __setitem__(self, key, value):
+        if not isinstance(value, _State):
+            value = _adopt(value)
+        _state_changed()
+        dict.__setitem__(self, key, value)
+
+
+def _adopt(entries):
+    """A ``_State`` of ``entries`` (a dict) given from outside."""
+    if not isinstance(entries, dict):
+        raise TypeError(f"a parameter's state must be a dict, got {type(entries).__name__}")
+    state = _State(entries)
+    state.adopted = any(isinstance(v, np.ndarray) for v in entries.values())
+    return state
 
 
 class _StateList(list):
-    """A group's per-parameter state dicts, with their arrays gathered by key on first use
-    (rebuilding 1000-item lists every step would cost more than the kernel)."""
+    """A group's per-parameter states, with their arrays gathered by key on first use
+    (rebuilding 1000-item lists every step would cost more than the kernel). Valid while
+    ``version`` is the current ``_state_version``."""
 
     def __init__(self, states):
         super().__init__(states)
         self.columns = {}
+        self.version = _state_version
 
 
 def _column(states, key):
@@ -49,58 +156,69 @@ def _column(states, key):
     return col
 
 
-def _column_or_zeros(states, params, key):
-    """:func:`_column`, first giving zeros to parameters whose state lacks ``key`` (state that
-    an option switched on later needs, as torch creates it)."""
+def _column_or_new(states, params, key, pending):
+    """:func:`_column`, with zeros for parameters whose state lacks ``key`` (state an option
+    switched on later needs, as torch creates it); those are added to ``pending`` as
+    ``(state, key, array)``, to be stored once the kernel call succeeded."""
     columns = getattr(states, "columns", None)
-    if columns is None or key not in columns:
-        for p, s in zip(params, states):
-            if key not in s:
-                s[key] = np.zeros(p.shape, p.dtype)
-    return _column(states, key)
+    if columns is not None and key in columns:
+        return columns[key]
+    col = []
+    for p, s in zip(params, states):
+        a = s.get(key)
+        if a is None:
+            a = np.zeros(p.shape, p.dtype)
+            pending.append((s, key, a))
+        col.append(a)
+    return col
 
 
-def _nonneg(name, value):
-    _check_range(name, value)
+class _ArenaView:
+    """A parameter that is view ``k`` of a ParameterArena, as an optimizer pickles it (the
+    arena pickles its buffers once; the views are rebuilt from it)."""
+
+    def __init__(self, arena, k):
+        self.arena, self.k = arena, k
+
+    def resolve(self):
+        return self.arena._views[self.k][0]
 
 
-def _beta(name, value):
-    _check_range(name, value, 0.0, 1.0)
-
-
-def _beta_closed(name, value):
-    _check_range(name, value, 0.0, 1.0, hi_open=False)
-
-
-def _betas(name, value):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"Invalid {name}: {value!r} (must be a pair)")
-    _check_range("beta1 (betas[0])", value[0], 0.0, 1.0)
-    _check_range("beta2 (betas[1])", value[1], 0.0, 1.0)
-
-
-_ADAM_BOUNDS = dict(lr=_nonneg, eps=_nonneg, weight_decay=_nonneg, betas=_betas)
+_ADAM_BOUNDS = dict(lr=NONNEG, betas=BETAS, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
 
 
 class Optimizer:
     """Base class: parameter groups, grad matching and validation, state dicts.
 
-    Subclasses define ``_BOUNDS`` (the check of each hyper-parameter),
-    ``_init_state(param, group)`` (state arrays, torch's key names) and
+    Subclasses define ``_BOUNDS`` (each hyper-parameter's range: NONNEG, UNIT, ..., or FLAG),
+    ``_STATE`` and ``_OPTIONAL_STATE`` (torch's state keys: always there once a parameter has
+    state; created when an option needs them), ``_init_state(param, group)`` and
     ``_update(group, params, grads, states, step)``: one multi-tensor kernel call for the
-    parameters sharing a step count (``step`` is the new count, or None for optimizers without
-    one; the base class stores it after the call succeeds).
+    parameters sharing a phase (``_phase``: the step count), where ``step`` is the new count
+    (None for optimizers without one; the base class stores it after the call succeeds). It
+    returns the state it created, ``[(state, key, array)]``, which the base class stores after
+    the call succeeded, so a refused call changes nothing.
+
+    ``state`` is the truth, as in torch: arrays assigned into ``opt.state[i]`` are what later
+    steps update in place.
     """
+
+    _BOUNDS = {}          # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
+    _RENAMED = {}         # a hyper-parameter name older state dicts used -> torch's
+    _STATE = ()           # state keys every parameter with state has
+    _OPTIONAL_STATE = ()  # state keys created when an option needs them
+    _scalar_state = ()    # state entries that are numbers, not arrays (besides "step")
+    _EAGER_STATE = False  # state exists before the first step (Adagrad): its step may be 0
 
     def __init__(self, params, defaults):
         self._check(defaults)
         self.defaults = dict(defaults)
         self.param_groups = []
-        self.state = {}          # flat parameter index -> {"step": ..., state arrays}
-        self._cache = {}         # group index -> its states as a list (see _step_group)
-        self._arena_runs = {}    # group index -> (arena, first, stop) when it tiles an arena
-        self._arena_state = {}   # group index -> flat state buffers (see _step_arena)
-        self._named = None       # True: params came as a dict; grads may be keyed by name
+        self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
+        self._cache = {}             # group index -> its states as a _StateList (_step_group)
+        self._arena_runs = {}        # group index -> (arena, first, stop) when it tiles one
+        self._arena_state = {}       # group index -> (version, flat state buffers or None)
+        self._named = None           # True: params came as a dict; grads may be keyed by name
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
                             f"param-group dicts, got {type(params).__name__}")
@@ -114,12 +232,24 @@ class Optimizer:
         for group in groups:
             self.add_param_group(group)
 
+    @property
+    def state(self):
+        """Flat parameter index -> that parameter's state dict (torch's keys)."""
+        return self._state
+
+    @state.setter
+    def state(self, value):
+        new = _StateDict()
+        for key, entries in dict(value).items():
+            new[key] = entries
+        self._state = new
+
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, group):
         """Add a dict ``{"params": arrays or dict, <hyper-parameter overrides>}``."""
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a param group must be a dict with a 'params' entry")
-        group = dict(group)
+        group = _Group(group)
         params = group["params"]
         named = isinstance(params, dict)
         if named:
@@ -151,6 +281,7 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._check(group)
+        group.checked = True
         run = arena_run(params)
         if run is not None:
             self._arena_runs[len(self.param_groups)] = run
@@ -164,7 +295,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        _check_range("lr", value)
+        check_real("lr", value)
         for g in self.param_groups:
             g["lr"] = value
 
@@ -208,9 +339,14 @@ class Optimizer:
                         f"got {type(grads).__name__}")
 
     def _check(self, group):
-        """Hyper-parameter checks (ValueError naming the value), from ``_BOUNDS``."""
-        for name, check in self._BOUNDS.items():
-            check(name, group[name])
+        """Check a group's hyper-parameters (type and range, from ``_BOUNDS``): TypeError or
+        ValueError naming the first bad one."""
+        for name, bounds in self._BOUNDS.items():
+            value = group.get(name, _MISSING)
+            if value is _MISSING:
+                raise ValueError(f"a param group has no {name!r} (it is a hyper-parameter of "
+                                 f"{type(self).__name__})")
+            _check_hyper(name, value, bounds)
 
     def _check_grads(self, grads):
         """Check every grad against its parameter, raising with the parameter's name."""
@@ -229,28 +365,76 @@ class Optimizer:
             if not p.flags.writeable:
                 raise ValueError(f"parameter {label} is read-only")
 
+    def _check_state_entry(self, where, key, value, p, min_step):
+        """One state entry of parameter ``p`` (``where`` names it in the message)."""
+        if key == "step":
+            check_real(f"{where}['step']", value, (min_step, None, False))
+            if not float(value).is_integer():
+                raise ValueError(f"Invalid {where}['step']: {value!r} (must be a whole number)")
+        elif key in self._scalar_state:
+            check_real(f"{where}[{key!r}]", value, UNIT)
+        elif key not in self._STATE and key not in self._OPTIONAL_STATE:
+            raise ValueError(f"{where} has the key {key!r}; {type(self).__name__}'s state "
+                             f"keys are {sorted(self._STATE + self._OPTIONAL_STATE)}")
+        elif not isinstance(value, np.ndarray):
+            raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, "
+                            f"got {type(value).__name__}")
+        elif value.dtype != p.dtype:
+            raise TypeError(f"{where}[{key!r}] has dtype {value.dtype}, expected {p.dtype} "
+                            "like its parameter")
+        elif value.shape != p.shape:
+            raise ValueError(f"{where}[{key!r}] has shape {value.shape}, expected {p.shape} "
+                             "like its parameter")
+        elif not value.flags.writeable:
+            raise ValueError(f"{where}[{key!r}] is read-only; it is updated in place")
+
+    def _check_states(self, grads):
+        """Check the state of every parameter that steps (keys, arrays like the parameter):
+        arrays assigned into ``state`` since the last step are checked before any write."""
+        for (i, _, _, _, p), g in zip(self._flat(), grads):
+            s = self._state.get(i)
+            if g is None or s is None:
+                continue
+            where = f"state[{i}]"
+            missing = [k for k in self._STATE if k not in s]
+            if missing:
+                raise ValueError(f"{where} has no {missing[0]!r}")
+            for key, value in s.items():
+                self._check_state_entry(where, key, value, p, 0)
+
     def step(self, grads):
         """Update every parameter in place from ``grads`` (see the module docstring).
 
         One multi-tensor kernel call per parameter group. With one group whose parameters all
-        step together, that call's own validation (every array before any write) is the only
-        check on the hot path; if it refuses, the grads are checked here for an error naming
-        the parameter, or (a None grad) the general path takes over."""
+        step together and nothing changed since the last step, that call's own validation
+        (scalars in ``ops``, then every array, before any write) is the only check on the hot
+        path; if it refuses, the general path takes over, which checks every group's
+        hyper-parameters, every grad and every state entry (errors naming them) before it
+        writes anything."""
         groups = self.param_groups
-        if len(groups) == 1 and self._step_arena(0, groups[0], grads, 0):
+        fast = len(groups) == 1 and getattr(groups[0], "checked", False)
+        if fast and self._step_arena(0, groups[0], grads, 0):
             return
         grads = self._match(grads)
-        if len(groups) == 1:
+        if fast:
             if self._step_arena(0, groups[0], grads, 0):
                 return
-            if 0 in self._cache:
+            cache = self._cache.get(0)
+            if cache is not None and cache.version == _state_version:
                 try:
-                    self._advance(groups[0], groups[0]["params"], grads, self._cache[0])
-                    self._arena_state.pop(0, None)
-                    return
+                    self._advance(groups[0], groups[0]["params"], grads, cache)
                 except (TypeError, ValueError):
-                    pass
+                    pass                  # the general path names what is wrong
+                else:
+                    self._arena_state.pop(0, None)   # its step count is now behind
+                    return
+        for group in groups:
+            self._check(group)
+        for group in groups:
+            if isinstance(group, _Group):
+                group.checked = True
         self._check_grads(grads)
+        self._check_states(grads)
         start = 0
         for gi, group in enumerate(groups):
             n = len(group["params"])
@@ -258,28 +442,39 @@ class Optimizer:
                 self._step_group(gi, group, grads[start:start + n], start)
             start += n
 
+    def _phase(self, state):
+        """Parameters step together (one kernel call) when their phases are equal."""
+        return state.get("step")
+
     def _step_group(self, gi, group, grads, start):
-        """Step one group (grads already checked): state is created on first use, parameters
-        without a grad sit the step out, and one kernel call runs per distinct step count.
-        While every parameter steps together the group's states are cached as a list."""
+        """Step one group (everything already checked): state is created on first use (and
+        stored once its kernel call succeeded), parameters without a grad sit the step out,
+        and one kernel call runs per phase. While every parameter steps together the group's
+        states are cached as a list."""
         self._arena_state.pop(gi, None)   # its flat state is rebuilt when the arena path resumes
         index = range(start, start + len(grads))
         live = [k for k, g in enumerate(grads) if g is not None]
+        states, created = [], []
         for k in live:
-            if index[k] not in self.state:
-                self.state[index[k]] = self._init_state(group["params"][k], group)
+            s = self._state.get(index[k])
+            if s is None:
+                s = _State(self._init_state(group["params"][k], group))
+                created.append((index[k], s))
+            states.append(s)
         params = [group["params"][k] for k in live]
         grads = [grads[k] for k in live]
-        states = [self.state[index[k]] for k in live]
-        steps = {s.get("step") for s in states}
-        if len(live) == len(index) and len(steps) == 1:
-            self._cache[gi] = states = _StateList(states)
-        else:
-            self._cache.pop(gi, None)
-        parts = [[k for k, s in enumerate(states) if s.get("step") == step] for step in steps]
-        for part in parts:          # partitioned first: advancing one changes its steps
+        phases = [self._phase(s) for s in states]
+        distinct = set(phases)
+        parts = [[k for k, ph in enumerate(phases) if ph == phase] for phase in distinct]
+        for part in parts:          # partitioned first: advancing one changes its phase
             self._advance(group, [params[k] for k in part], [grads[k] for k in part],
                           [states[k] for k in part])
+        for i, s in created:
+            _set(self._state, i, s)
+        if len(live) == len(index) and len(distinct) == 1:
+            self._cache[gi] = _StateList(states)
+        else:
+            self._cache.pop(gi, None)
 
     def _step_arena(self, gi, group, grads, start):
         """The arena path: one kernel call over the group's stretch of a ParameterArena, when
@@ -296,37 +491,45 @@ class Optimizer:
                 isinstance(grads, list) and len(grads) == len(views)
                 and all(map(operator.is_, grads, [v[1] for v in views]))):
             return False
-        flat = self._arena_state.get(gi)
+        if not all(map(_WRITEABLE, group["params"])):
+            return False              # a parameter made read-only: refused by name elsewhere
+        entry = self._arena_state.get(gi)
+        if entry is None or entry[0] != _state_version:
+            self._check(group)        # before _flatten_state creates any state
+            self._cache.pop(gi, None)      # its cached columns would hold replaced arrays
+            flat = self._flatten_state(group, start, run)
+            entry = self._arena_state[gi] = (_state_version, flat)
+        flat = entry[1]
         if flat is None:
-            flat = self._arena_state[gi] = self._flatten_state(group, start, run)
-            self._cache.pop(gi, None)      # its cached columns hold the replaced arrays
-            if flat is None:
-                return False
+            return False
         lo, hi = arena_stretch(arena, first, stop)
         self._advance(group, [arena._param_buf[lo:hi]], [arena._grad_buf[lo:hi]], [flat])
-        states = [self.state[i] for i in range(start, start + len(views))]
+        states = [self._state[i] for i in range(start, start + len(views))]
         for key, value in flat.items():
             if not isinstance(value, np.ndarray):          # the step, NAdam's mu_product
                 for s in states:
-                    s[key] = value
+                    _set(s, key, value)
             elif key not in states[0]:     # state the step created (e.g. a momentum buffer)
                 for s, (p, _, off) in zip(states, views):
-                    s[key] = value[off - lo:off - lo + p.size].reshape(p.shape)
+                    _set(s, key, value[off - lo:off - lo + p.size].reshape(p.shape))
         return True
 
     def _flatten_state(self, group, start, run):
         """Move the group's per-parameter state into flat buffers (per-parameter entries
-        become views of them); None if the parameters' states differ in keys or step."""
+        become views of them); None if the parameters' states differ in keys or phase, or
+        hold arrays assigned from outside (those are updated where they are)."""
         arena, first, stop = run
         views = arena._views[first:stop]
         lo, hi = arena_stretch(arena, first, stop)
         index = range(start, start + len(views))
+        if any(getattr(self._state.get(i), "adopted", False) for i in index):
+            return None
         for i, (p, _, _) in zip(index, views):
-            if i not in self.state:
-                self.state[i] = self._init_state(p, group)
-        states = [self.state[i] for i in index]
+            if i not in self._state:
+                _set(self._state, i, _State(self._init_state(p, group)))
+        states = [self._state[i] for i in index]
         keys = set(states[0])
-        if any(set(s) != keys for s in states):
+        if any(set(s) != keys for s in states) or len({self._phase(s) for s in states}) > 1:
             return None
         flat = {}
         for key in keys:
@@ -339,19 +542,23 @@ class Optimizer:
             for s, (p, _, off) in zip(states, views):
                 part = buf[off - lo:off - lo + p.size]
                 part[...] = s[key].ravel()
-                s[key] = part.reshape(p.shape)
+                _set(s, key, part.reshape(p.shape))
             flat[key] = buf
         return flat
 
     def _advance(self, group, params, grads, states):
-        """One kernel call for parameters whose states share one step count."""
+        """One kernel call for parameters in one phase; the step count and any state the
+        call created are stored only after it succeeded (a refused call changes nothing)."""
         if "step" in states[0]:
             step = states[0]["step"] + 1
-            self._update(group, params, grads, states, step)
-            for s in states:          # only after the kernel succeeded: a refused call
-                s["step"] = step      # changes nothing
+            pending = self._update(group, params, grads, states, step)
+            for s in states:
+                _set(s, "step", step)
         else:
-            self._update(group, params, grads, states, None)
+            pending = self._update(group, params, grads, states, None)
+        if pending:
+            for s, key, a in pending:
+                _set(s, key, a)
 
     def zero_grad(self):
         """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops."""
@@ -366,51 +573,63 @@ class Optimizer:
             start += len(group["params"])
             groups.append(g)
         state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
-                 for i, s in self.state.items()}
+                 for i, s in self._state.items()}
         return {"state": state, "param_groups": groups}
-
-    _BOUNDS = {}    # hyper-parameter -> its check (_nonneg, _beta, _betas, ...)
-    _RENAMED = {}   # torch's hyper-parameter name -> ours, where they differ
-    _scalar_state = ()   # state entries that are numbers, not arrays (besides "step")
 
     def load_state_dict(self, state_dict):
         """Load a state dict from ``state_dict()`` or from torch (tensors turned into arrays).
 
-        Everything is checked before anything changes."""
-        groups = state_dict["param_groups"]
+        Everything is checked first (structure, parameter counts, state keys, array shapes
+        and dtypes, step counts, hyper-parameters); a refused state dict changes nothing.
+        Arrays are copied (floating-point ones cast to their parameter's dtype, as torch)."""
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            raise ValueError("state_dict must be a dict with the keys 'state' and "
+                             "'param_groups' (as state_dict() returns)")
+        groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(groups, (list, tuple)) or not isinstance(saved_state, dict):
+            raise TypeError("state_dict['param_groups'] must be a list and "
+                            "state_dict['state'] a dict")
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, "
                              f"expected {len(self.param_groups)}")
         flat = self._flat()
         index = {}
         for mine, saved in zip(self.param_groups, groups):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError("each of state_dict['param_groups'] must be a dict with "
+                                 "'params'")
             if len(saved["params"]) != len(mine["params"]):
                 raise ValueError(f"a param group in state_dict has {len(saved['params'])} "
                                  f"params, expected {len(mine['params'])}")
             start = len(index)
             for k, pid in enumerate(saved["params"]):
+                if pid in index:
+                    raise ValueError(f"state_dict names parameter {pid!r} twice")
                 index[pid] = start + k
-        new_state = {}
-        for pid, saved in state_dict["state"].items():
+        new_state = _StateDict()
+        min_step = 0 if self._EAGER_STATE else 1
+        for pid, saved in saved_state.items():
             if pid not in index:
                 raise ValueError(f"state_dict has state for unknown parameter {pid!r}")
+            if not isinstance(saved, dict):
+                raise TypeError(f"state_dict['state'][{pid!r}] must be a dict")
             i = index[pid]
             p = flat[i][4]
-            entry = {}
+            where = f"state_dict['state'][{pid!r}]"
+            entry = _State()
             for key, value in saved.items():
-                if key == "step":
-                    entry[key] = int(round(float(np.asarray(value))))
-                elif key in self._scalar_state:
-                    entry[key] = float(np.asarray(value))
-                elif value is None:
-                    continue
-                else:
-                    a = np.array(value, dtype=p.dtype, copy=True, order="C")
-                    if a.shape != p.shape:
-                        raise ValueError(f"state_dict['state'][{pid!r}][{key!r}] has shape "
-                                         f"{a.shape}, expected {p.shape}")
-                    entry[key] = a
-            new_state[i] = entry
+                if value is None and key in self._OPTIONAL_STATE:
+                    continue                # torch's momentum_buffer before its first use
+                if key == "step" or key in self._scalar_state:
+                    value = _scalar(where, key, value)
+                elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    value = np.array(value, dtype=p.dtype, copy=True, order="C")
+                self._check_state_entry(where, key, value, p, min_step)
+                _set(entry, key, value)
+            missing = [k for k in self._STATE if k not in entry]
+            if missing:
+                raise ValueError(f"{where} has no {missing[0]!r}")
+            _set(new_state, i, entry)
         new_hyper = []
         for mine, saved in zip(self.param_groups, groups):
             hyper = {}
@@ -422,9 +641,37 @@ class Optimizer:
             new_hyper.append(hyper)
         for mine, hyper in zip(self.param_groups, new_hyper):
             mine.update(hyper)
-        self.state = new_state
+            mine.update(self._FORCED)
+        self._state = new_state
+        _state_changed()
         self._cache = {}
         self._arena_state = {}
+
+    _FORCED = {}    # group entries a state dict cannot change (AdamW's decoupled decay)
+
+    # --------------------------------------------------------------- pickle and deepcopy
+    def __getstate__(self):
+        """Parameters that are views of a ParameterArena are saved as (arena, position), so a
+        copy's parameters are views of the copied arena; caches are rebuilt."""
+        state = dict(self.__dict__)
+        state.update(_cache={}, _arena_state={}, _arena_runs={})
+        groups = []
+        for group in self.param_groups:
+            copy = _Group(group)
+            copy.__dict__.update(group.__dict__)
+            dict.__setitem__(copy, "params", [_arena_view(p) for p in group["params"]])
+            groups.append(copy)
+        state["param_groups"] = groups
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for gi, group in enumerate(self.param_groups):
+            params = [p.resolve() if isinstance(p, _ArenaView) else p for p in group["params"]]
+            dict.__setitem__(group, "params", params)
+            run = arena_run(params)
+            if run is not None:
+                self._arena_runs[gi] = run
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -434,14 +681,34 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
+def _scalar(where, key, value):
+    """A state dict's step or mu_product as a Python number (torch saves 0-d tensors, which
+    arrive as 0-d arrays)."""
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "fiu":
+        value = value.item()
+    if key == "step" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        raise TypeError(f"{where}[{key!r}] must be a number, got {type(value).__name__}")
+    return value
+
+
+def _arena_view(p):
+    """``p``, or an :class:`_ArenaView` when it is a view of a ParameterArena."""
+    run = arena_run([p])
+    return _ArenaView(run[0], run[1]) if run is not None else p
+
+
 class SGD(Optimizer):
     """torch.optim.SGD: ``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` on the
     first step), ``param -= lr * (g + momentum * buf if nesterov else buf)``, with
     ``g = ±grad + weight_decay * param``."""
 
-    _BOUNDS = dict(lr=_nonneg, momentum=_nonneg, dampening=_nonneg, weight_decay=_nonneg)
+    _BOUNDS = dict(lr=NONNEG, momentum=NONNEG, dampening=NONNEG, weight_decay=NONNEG,
+                   nesterov=FLAG, maximize=FLAG)
+    _OPTIONAL_STATE = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False,
                  weight_decay=0.0, maximize=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       nesterov=nesterov, weight_decay=weight_decay,
@@ -457,27 +724,33 @@ class SGD(Optimizer):
     def _init_state(self, param, group):
         return {}
 
+    def _phase(self, state):
+        # torch's first step, decided per parameter: a parameter without a buffer yet steps
+        # in its own kernel call (first_step=True), apart from those with one
+        return "momentum_buffer" in state
+
     def _update(self, group, params, grads, states, step):
-        bufs = None
-        first = False
+        bufs, first, pending = None, False, []
         if group["momentum"] != 0:
-            # torch's first step: the buffer starts as the grad (states of one call agree)
             first = "momentum_buffer" not in states[0]
-            if first:
-                for p, s in zip(params, states):
-                    s["momentum_buffer"] = np.empty(p.shape, p.dtype)
-            bufs = _column(states, "momentum_buffer")
+            if first:          # the kernel sets them to the grad; stored once it succeeded
+                bufs = [np.empty(p.shape, p.dtype) for p in params]
+                pending = [(s, "momentum_buffer", b) for s, b in zip(states, bufs)]
+            else:
+                bufs = _column(states, "momentum_buffer")
         ops.foreach_sgd_step_(params, grads, bufs, lr=group["lr"],
                               momentum=group["momentum"], dampening=group["dampening"],
                               nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                               maximize=group["maximize"], first_step=first)
+        return pending
 
 
 class Momentum(Optimizer):
     """The course's gradient descent with momentum: ``v = beta * v + (1 - beta) * g``
     (v starts at zero), ``param -= lr * v``. State key: ``momentum_buffer``."""
 
-    _BOUNDS = dict(lr=_nonneg, beta=_beta)
+    _BOUNDS = dict(lr=NONNEG, beta=UNIT_OPEN)
+    _STATE = ("momentum_buffer",)
 
     def __init__(self, params, lr, beta=0.9):
         super().__init__(params, dict(lr=lr, beta=beta))
@@ -491,17 +764,24 @@ class Momentum(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """torch.optim.RMSprop with ``alpha`` named ``beta`` (torch's ``alpha=`` is accepted too);
-    ``eps_inside_sqrt=True`` divides by ``sqrt(s + eps)``, the course's form."""
+    """torch.optim.RMSprop; ``eps_inside_sqrt=True`` divides by ``sqrt(s + eps)``, the
+    course's form. ``beta=`` is accepted as the course's name for ``alpha``; param groups and
+    state dicts say ``alpha``, as torch's."""
 
-    _RENAMED = {"alpha": "beta"}
+    _RENAMED = {"beta": "alpha"}
 
-    _BOUNDS = dict(lr=_nonneg, beta=_beta, eps=_nonneg, weight_decay=_nonneg, momentum=_nonneg)
+    _BOUNDS = dict(lr=NONNEG, alpha=UNIT_OPEN, eps=NONNEG, weight_decay=NONNEG,
+                   momentum=NONNEG, centered=FLAG, eps_inside_sqrt=FLAG, maximize=FLAG)
+    _STATE = ("step", "square_avg")
+    _OPTIONAL_STATE = ("momentum_buffer", "grad_avg")
 
-    def __init__(self, params, lr=0.01, beta=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, eps_inside_sqrt=False, maximize=False, *, alpha=None):
-        beta = beta if alpha is None else alpha
-        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, weight_decay=weight_decay,
+    def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, eps_inside_sqrt=False, *, maximize=False, beta=None):
+        if beta is not None:
+            if alpha != 0.99:
+                raise TypeError("RMSprop takes alpha or its alias beta, not both")
+            alpha = beta
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
                                       eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
 
@@ -510,33 +790,37 @@ class RMSprop(Optimizer):
 
     def _update(self, group, params, grads, states, step):
         bufs = grad_avgs = None
+        pending = []
         if group["momentum"] > 0:
-            bufs = _column_or_zeros(states, params, "momentum_buffer")
+            bufs = _column_or_new(states, params, "momentum_buffer", pending)
         if group["centered"]:
-            grad_avgs = _column_or_zeros(states, params, "grad_avg")
+            grad_avgs = _column_or_new(states, params, "grad_avg", pending)
         ops.foreach_rmsprop_step_(params, grads, _column(states, "square_avg"),
-                                  lr=group["lr"], beta=group["beta"], eps=group["eps"],
+                                  lr=group["lr"], beta=group["alpha"], eps=group["eps"],
                                   weight_decay=group["weight_decay"], momentum_buffers=bufs,
                                   momentum=group["momentum"], grad_avgs=grad_avgs,
                                   maximize=group["maximize"],
                                   eps_inside_sqrt=group["eps_inside_sqrt"])
+        return pending
 
 
 class Adagrad(Optimizer):
     """torch.optim.Adagrad: ``sum += g**2``,
     ``param -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``."""
 
-    _BOUNDS = dict(lr=_nonneg, lr_decay=_nonneg, weight_decay=_nonneg,
-                   initial_accumulator_value=_nonneg, eps=_nonneg)
+    _BOUNDS = dict(lr=NONNEG, lr_decay=NONNEG, weight_decay=NONNEG,
+                   initial_accumulator_value=NONNEG, eps=NONNEG, maximize=FLAG)
+    _STATE = ("step", "sum")
+    _EAGER_STATE = True
 
     def __init__(self, params, lr=0.01, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, maximize=False):
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize))
         # as torch: the accumulator exists (and is in the state dict) before the first step
         for i, _, _, group, p in self._flat():
-            self.state[i] = self._init_state(p, group)
+            _set(self._state, i, _State(self._init_state(p, group)))
 
     def _init_state(self, param, group):
         return {"step": 0,
@@ -550,18 +834,22 @@ class Adagrad(Optimizer):
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam (bias correction always on); ``eps_inside_sqrt=True`` gives the
-    course's ``param -= lr * m_hat / sqrt(v_hat + eps)``."""
+    """torch.optim.Adam (bias correction always on); ``decoupled_weight_decay=True`` is
+    AdamW; ``eps_inside_sqrt=True`` gives the course's
+    ``param -= lr * m_hat / sqrt(v_hat + eps)``."""
 
-    _decoupled = False
-
-    _BOUNDS = _ADAM_BOUNDS
+    _BOUNDS = dict(_ADAM_BOUNDS, amsgrad=FLAG, decoupled_weight_decay=FLAG, eps_inside_sqrt=FLAG)
+    _STATE = ("step", "exp_avg", "exp_avg_sq")
+    _OPTIONAL_STATE = ("max_exp_avg_sq",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, eps_inside_sqrt=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                 amsgrad=False, maximize=False, decoupled_weight_decay=False,
+                 eps_inside_sqrt=False):
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, eps_inside_sqrt=eps_inside_sqrt))
+                                      maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      eps_inside_sqrt=eps_inside_sqrt))
 
     def _init_state(self, param, group):
         state = {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
@@ -572,28 +860,31 @@ class Adam(Optimizer):
 
     def _update(self, group, params, grads, states, step):
         vmaxes = None
+        pending = []
         if group["amsgrad"]:
-            vmaxes = _column_or_zeros(states, params, "max_exp_avg_sq")
+            vmaxes = _column_or_new(states, params, "max_exp_avg_sq", pending)
         ops.foreach_adam_step_(params, grads, _column(states, "exp_avg"),
                                _column(states, "exp_avg_sq"), step, lr=group["lr"],
                                betas=group["betas"], eps=group["eps"],
                                weight_decay=group["weight_decay"], max_exp_avg_sqs=vmaxes,
                                maximize=group["maximize"],
-                               decoupled_weight_decay=self._decoupled,
+                               decoupled_weight_decay=group["decoupled_weight_decay"],
                                eps_inside_sqrt=group.get("eps_inside_sqrt", False))
+        return pending
 
 
 class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay, ``param *= 1 - lr * weight_decay``
-    before the Adam update."""
+    before the Adam update (its groups say ``decoupled_weight_decay=True``, as torch's)."""
 
-    _decoupled = True
+    _BOUNDS = dict(_ADAM_BOUNDS, amsgrad=FLAG, decoupled_weight_decay=FLAG)
+    _FORCED = {"decoupled_weight_decay": True}     # as torch's AdamW.__setstate__
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, maximize=False):
-        Optimizer.__init__(self, params, dict(lr=lr, betas=tuple(betas), eps=eps,
+        Optimizer.__init__(self, params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                               weight_decay=weight_decay, amsgrad=amsgrad,
-                                              maximize=maximize))
+                                              maximize=maximize, decoupled_weight_decay=True))
 
 
 class Adadelta(Optimizer):
@@ -618,7 +909,8 @@ class Adadelta(Optimizer):
     State per parameter (torch's keys): ``step``, ``square_avg``, ``acc_delta``.
     """
 
-    _BOUNDS = dict(lr=_nonneg, rho=_beta_closed, eps=_nonneg, weight_decay=_nonneg)
+    _BOUNDS = dict(lr=NONNEG, rho=UNIT, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
+    _STATE = ("step", "square_avg", "acc_delta")
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
@@ -657,10 +949,11 @@ class Adamax(Optimizer):
     """
 
     _BOUNDS = _ADAM_BOUNDS
+    _STATE = ("step", "exp_avg", "exp_inf")
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  maximize=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, maximize=maximize))
 
     def _init_state(self, param, group):
@@ -705,11 +998,12 @@ class NAdam(Optimizer):
 
     _scalar_state = ("mu_product",)
 
-    _BOUNDS = dict(_ADAM_BOUNDS, momentum_decay=_nonneg)
+    _BOUNDS = dict(_ADAM_BOUNDS, momentum_decay=NONNEG, decoupled_weight_decay=FLAG)
+    _STATE = ("step", "mu_product", "exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize))
@@ -726,7 +1020,7 @@ class NAdam(Optimizer):
             weight_decay=group["weight_decay"], momentum_decay=group["momentum_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"])
         for s in states:
-            s["mu_product"] = mu_product
+            _set(s, "mu_product", mu_product)
 
 
 class RAdam(Optimizer):
@@ -756,11 +1050,12 @@ class RAdam(Optimizer):
     State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq``.
     """
 
-    _BOUNDS = _ADAM_BOUNDS
+    _BOUNDS = dict(_ADAM_BOUNDS, decoupled_weight_decay=FLAG)
+    _STATE = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, maximize=False):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize))

@@ -1,0 +1,64 @@
+"""Hyper-parameter checks shared by :mod:`fastopt.ops` and the optimizer classes.
+
+A hyper-parameter is a real number (Python or NumPy; not None, a str or an array): anything else
+is a ``TypeError`` naming it. Out of its range (NaN is out of every range) it is a
+``ValueError`` naming it and showing the value. Options (``maximize``, ``nesterov``, ...) are
+``True``/``False``. The ranges are torch.optim's.
+
+``fastopt.ops`` tests the common case with a few chained comparisons and calls these only when
+they fail, to raise the error with the argument's name (so its calls stay cheap).
+"""
+import numbers
+
+import numpy as np
+
+NONNEG = (0.0, None, False)     # [0, inf]
+UNIT_OPEN = (0.0, 1.0, True)    # [0, 1)
+UNIT = (0.0, 1.0, False)        # [0, 1]
+STEP = (1.0, None, False)       # step counts start at 1
+BETAS = None                    # a pair in [0, 1), see check_betas
+
+
+def check_real(name, value, bounds=NONNEG):
+    """Raise unless ``value`` is a real number in ``bounds`` = (lo, hi or None, hi open)."""
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {name}: {value!r} (must be a real number, "
+                        f"got {type(value).__name__})")
+    lo, hi, hi_open = bounds
+    ok = value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        if hi is None:
+            bound = f">= {lo:g}"
+        else:
+            bound = f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        if name == "step":
+            bound += ", the step count starts at 1"
+        raise ValueError(f"Invalid {name}: {value!r} (must be {bound})")
+
+
+def check_betas(name, value):
+    """Raise unless ``value`` is a pair of real numbers in [0, 1)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")
+    if len(value) != 2:
+        raise ValueError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")
+    check_real(f"beta1 ({name}[0])", value[0], UNIT_OPEN)
+    check_real(f"beta2 ({name}[1])", value[1], UNIT_OPEN)
+
+
+def check_flag(name, value):
+    """Raise TypeError unless ``value`` is True or False (Python or NumPy)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Invalid {name}: {value!r} (must be True or False)")
+
+
+def check_reals(**checks):
+    """``check_reals(lr=(lr, NONNEG), ...)``: :func:`check_real` on each, in order; a
+    ``(betas, BETAS)`` entry is checked by :func:`check_betas`."""
+    for name, (value, bounds) in checks.items():
+        if bounds is BETAS:
+            check_betas(name, value)
+        else:
+            check_real(name, value, bounds)

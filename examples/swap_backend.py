@@ -8,6 +8,7 @@ the same mini-batches on each backend; the element-wise kernels are bit-identica
 backends, so the final losses print the same to every digit.
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -33,6 +34,9 @@ def train(backend, steps, size, seed=0):
 
 def run(steps=200, size=100_000):
     print(f"Adam, {steps} steps on {size} parameters (float32); backends: {fo.backends()}")
+    # times on a busy machine mostly measure the others: say how busy it is
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"  {fo.get_num_threads()} threads on {os.cpu_count()} CPUs, load average {load:.2f}")
     results = {}
     for backend in fo.backends():
         train(backend, 2, 1000)                      # warm-up (numba compiles)

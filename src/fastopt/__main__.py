@@ -6,8 +6,12 @@ the effective bandwidth and the ratio to the roofline: the time a streaming kern
 same bytes takes, measured in the same run. Exit status 1 if any equivalence check fails.
 """
 import argparse
+import contextlib
+import io
 import json
+import os
 import sys
+import time
 
 import numpy as np
 
@@ -50,7 +54,9 @@ def parse_args(argv):
     ap.add_argument("--mpi", action="store_true",
                     help="only the ZeRO-1 sharded step, under mpiexec (default sizes 1e6,1e7; "
                     "needs fastopt[mpi]): mpiexec -n 2 python -m fastopt --mpi")
-    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--json", metavar="PATH", nargs="?", const="-",
+                    help="also write the results as JSON to PATH; to stdout when PATH is - or "
+                         "omitted (the report then goes to stderr, so the JSON pipes)")
     ap.add_argument("--plot", metavar="PATH", help="plot time vs size per backend (matplotlib)")
     args = ap.parse_args(argv)
     available = _backend.backends()
@@ -74,23 +80,83 @@ def parse_args(argv):
     return args
 
 
-def progress(msg):
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K" + msg)
-        sys.stderr.flush()
+class Progress:
+    """One status line on stderr while a section runs, when stderr is a terminal (nothing when
+    it is piped): the section, rows done of its total, the current row and the time left,
+    estimated from the rows done so far (rows cost about the same: each times a fixed batch)."""
+
+    def __init__(self, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.live = self.stream.isatty()
+        self.section, self.total, self.done, self.t0 = "", 0, 0, 0.0
+
+    def start(self, section, total):
+        self.section, self.total, self.done, self.t0 = section, total, 0, time.perf_counter()
+
+    def __call__(self, msg):
+        """Show ``msg`` as the row now running (counted as done at the next call)."""
+        if self.done and self.total:
+            left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
+            eta = f", ~{left:.0f} s left" if left < 90 else f", ~{left / 60:.0f} min left"
+        else:
+            eta = ""
+        self.done += 1
+        self._write(f"{self.section} {min(self.done, self.total)}/{self.total}: {msg}{eta}")
+
+    def clear(self):
+        """Erase the status line (before the report prints to the same terminal)."""
+        self._write("")
+
+    def _write(self, text):
+        if self.live:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages, or None where the OS does not say."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.json != "-":
+        return report(args, None)
+    # the JSON alone on stdout, so it pipes; the human report on stderr
+    json_out = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return report(args, json_out)
+    except BrokenPipeError:   # the reader stopped early (`| head`): quiet, as other CLIs
+        os.dup2(os.open(os.devnull, os.O_WRONLY), json_out.fileno())
+        return 1
+
+
+def report(args, json_out):
+    """Print the report; write the JSON to ``json_out`` (a stream) or ``args.json`` (a path)."""
     if args.threads:
         _backend.set_num_threads(args.threads)
     if args.mpi:
         from . import _bench_mpi     # imports mpi4py, which nothing else here does
-        _bench_mpi.report(args.sizes, args.dtypes, args.json)
+        rows = _bench_mpi.report(args.sizes, args.dtypes, None if json_out else args.json)
+        if json_out is not None and _bench_mpi.MPI.COMM_WORLD.Get_rank() == 0:
+            json.dump(rows, json_out, indent=1)
+            json_out.write("\n")
         return 0
-    info = _bench.machine()
+    info = _bench.machine(peers=not args.no_peers)
+    info["load_average"] = load_average()
+    progress = Progress()
     print("fastopt report")
     print(f"  machine : {info['cpu']}, {info['cores']} cores, {info['threads']} threads used")
+    if info["load_average"] is not None:
+        load = info["load_average"]
+        busy = load[0] + info["threads"] > (info["cores"] or 1) + 0.5
+        print(f"  load    : {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)"
+              + ("; other processes compete for the cores: times are slower and noisier"
+                 if busy else ""))
     print("  versions: " + ", ".join(f"{k} {info[k]}" for k in
                                      ("python", "numpy", "numba", "cython", "torch", "deepspeed")
                                      if k in info))
@@ -101,6 +167,10 @@ def main(argv=None):
     print("\nequivalence with the NumPy reference (max relative error; optimizers: 7 steps on a "
           "strided param; layers: one call, reductions summed in another order)")
     failures, checks = 0, []
+    compiled = [b for b in args.backends if b != "numpy"]
+    layer_checks = [] if args.no_layers else ["bn_fwd_bwd", "softmax", "xent"]
+    progress.start("checking", (len(args.kernels) + len(layer_checks)) * len(args.dtypes)
+                   * len(compiled))
     for name in args.kernels:
         case = _bench.CASES[name]
         cells = []
@@ -108,28 +178,28 @@ def main(argv=None):
             for backend in args.backends:
                 if backend == "numpy":
                     continue
-                progress(f"checking {name} {dtype} {backend}")
+                progress(f"{name} {dtype} {backend}")
                 err, ok = _bench.check_equivalence(case, backend, dtype)
                 failures += not ok
                 checks.append(dict(kernel=name, dtype=str(dtype), backend=backend, max_rel_err=err,
                                    ok=ok))
                 cells.append(f"{backend}/{dtype.name[5:]}: {err:.1e}{'' if ok else ' FAIL'}")
+        progress.clear()
         print(f"  {name:<13} " + "  ".join(cells))
-    if not args.no_layers:
-        for name in ("bn_fwd_bwd", "softmax", "xent"):
-            cells = []
-            for dtype in args.dtypes:
-                for backend in args.backends:
-                    if backend == "numpy":
-                        continue
-                    progress(f"checking {name} {dtype} {backend}")
-                    err, ok = _bench.check_layer_equivalence(name, backend, dtype)
-                    failures += not ok
-                    checks.append(dict(kernel=name, dtype=str(dtype), backend=backend,
-                                       max_rel_err=err, ok=ok))
-                    cells.append(f"{backend}/{dtype.name[5:]}: {err:.1e}{'' if ok else ' FAIL'}")
-            print(f"  {name:<13} " + "  ".join(cells))
-    progress("")
+    for name in layer_checks:
+        cells = []
+        for dtype in args.dtypes:
+            for backend in args.backends:
+                if backend == "numpy":
+                    continue
+                progress(f"{name} {dtype} {backend}")
+                err, ok = _bench.check_layer_equivalence(name, backend, dtype)
+                failures += not ok
+                checks.append(dict(kernel=name, dtype=str(dtype), backend=backend,
+                                   max_rel_err=err, ok=ok))
+                cells.append(f"{backend}/{dtype.name[5:]}: {err:.1e}{'' if ok else ' FAIL'}")
+        progress.clear()
+        print(f"  {name:<13} " + "  ".join(cells))
 
     # 2. timing
     print("\nspeed (median of interleaved rounds; x ref = speed-up over the NumPy reference; "
@@ -138,17 +208,19 @@ def main(argv=None):
               f"{'spread':>8}{'x ref':>8}{'GB/s':>8}{'x roof':>8}")
     print(header)
     rows = []
+    progress.start("timing", len(args.kernels) * len(args.dtypes) * len(args.sizes))
     for name in args.kernels:
         case = _bench.CASES[name]
         reads, writes = case.n_streams()
         for dtype in args.dtypes:
             for n in args.sizes:
-                progress(f"timing {name} {dtype} {n:.0e}")
+                progress(f"{name} {dtype} {n:.0e}")
                 fns = _bench.contenders(case, n, dtype, args.backends, peers=not args.no_peers)
                 timed = _bench.time_row(fns, rounds=args.rounds)
                 ref = timed.get("numpy", (None,))[0]
                 roof = timed.get("roofline", (None,))[0]
                 nbytes = n * dtype.itemsize * (reads + writes)
+                progress.clear()
                 for label, (t, spread) in timed.items():
                     row = dict(kernel=name, dtype=dtype.name, size=n, contender=label, time=t,
                                spread=spread, x_ref=ref / t if ref else None,
@@ -157,24 +229,26 @@ def main(argv=None):
                     print(f"  {name:<13}{dtype.name:<8}{n:>10.0e}  {label:<14}{_fmt_t(t):>11}"
                           f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7}{row['gbps']:>8.1f}"
                           f"{_fmt_x(row['x_roofline']):>8}")
-                progress("")
     group_rows = []
     if not args.no_groups:
         print("\nparameter groups: one Adam step over many arrays (x roof: vs one stream over "
               "the same bytes)")
         print(f"  {'group':<10}{'dtype':<8}{'arrays':>7}{'elements':>10}  {'contender':<14}"
               f"{'time':>11}{'spread':>8}{'x roof':>8}{'x fused':>9}")
-        for gname in (QUICK_GROUPS if args.quick else
-                      list(_bench.GROUPS) if args.full else DEFAULT_GROUPS):
+        gnames = (QUICK_GROUPS if args.quick else
+                  list(_bench.GROUPS) if args.full else DEFAULT_GROUPS)
+        progress.start("timing groups", len(gnames) * len(args.dtypes[:1]))
+        for gname in gnames:
             shapes = _bench.GROUPS[gname]
             total = sum(int(np.prod(s)) for s in shapes)
             for dtype in args.dtypes[:1]:
-                progress(f"timing group {gname}")
+                progress(gname)
                 timed = _bench.time_row(_bench.group_contenders(shapes, dtype,
                                                                 peers=not args.no_peers),
                                         rounds=args.rounds)
                 roof = timed.get("roofline", (None,))[0]
                 fused = timed.get("torch-fused", (None,))[0]
+                progress.clear()
                 for label, (t, spread) in timed.items():
                     row = dict(group=gname, dtype=dtype.name, arrays=len(shapes), size=total,
                                contender=label, time=t, spread=spread,
@@ -184,46 +258,52 @@ def main(argv=None):
                     print(f"  {gname:<10}{dtype.name:<8}{len(shapes):>7}{total:>10}  "
                           f"{label:<14}{_fmt_t(t):>11}{spread:>7.0%} "
                           f"{_fmt_x(row['x_roofline']):>7}{_fmt_x(row['x_fused']):>9}")
-                progress("")
 
     layer_rows = []
     if not args.no_layers:
         print("\nlayers (rows are examples; x roof: vs a stream moving the same bytes)")
         print(f"  {'kernel':<12}{'dtype':<8}{'shape':>14}  {'contender':<10}{'time':>11}"
               f"{'spread':>8}{'x ref':>8}{'x roof':>8}")
-        for name, (shapes, _) in _bench.LAYER_CASES.items():
-            if args.quick and name not in ("bn_fwd_bwd", "xent"):
-                continue
-            for shape in shapes if args.full else shapes[:1]:
-                for dtype in args.dtypes[:1]:
-                    progress(f"timing {name} {shape}")
-                    timed = _bench.time_row(_bench.layer_contenders(
-                        name, shape, dtype, args.backends, peers=not args.no_peers),
-                        rounds=args.rounds)
-                    ref = timed.get("numpy", (None,))[0]
-                    roof = timed.get("roofline", (None,))[0]
-                    for label, (t, spread) in timed.items():
-                        row = dict(kernel=name, dtype=dtype.name, shape=shape, contender=label,
-                                   time=t, spread=spread, x_ref=ref / t if ref else None,
-                                   x_roofline=t / roof if roof else None)
-                        layer_rows.append(row)
-                        print(f"  {name:<12}{dtype.name:<8}{str(shape):>14}  {label:<10}"
-                              f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7}"
-                              f"{_fmt_x(row['x_roofline']):>8}")
-                    progress("")
+        layer_rows_todo = [(name, shape) for name, (shapes, _) in _bench.LAYER_CASES.items()
+                           if not (args.quick and name not in ("bn_fwd_bwd", "xent"))
+                           for shape in (shapes if args.full else shapes[:1])]
+        progress.start("timing layers", len(layer_rows_todo) * len(args.dtypes[:1]))
+        for name, shape in layer_rows_todo:
+            for dtype in args.dtypes[:1]:
+                progress(f"{name} {shape}")
+                timed = _bench.time_row(_bench.layer_contenders(
+                    name, shape, dtype, args.backends, peers=not args.no_peers),
+                    rounds=args.rounds)
+                ref = timed.get("numpy", (None,))[0]
+                roof = timed.get("roofline", (None,))[0]
+                progress.clear()
+                for label, (t, spread) in timed.items():
+                    row = dict(kernel=name, dtype=dtype.name, shape=shape, contender=label,
+                               time=t, spread=spread, x_ref=ref / t if ref else None,
+                               x_roofline=t / roof if roof else None)
+                    layer_rows.append(row)
+                    print(f"  {name:<12}{dtype.name:<8}{str(shape):>14}  {label:<10}"
+                          f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7}"
+                          f"{_fmt_x(row['x_roofline']):>8}")
 
     coexistence = []
     if not (args.quick or args.no_coexistence or args.no_peers):
         print("\nliving beside torch (fresh processes; Adam 1e5 float32; ratio > 1: slowed)")
+        progress.start("beside torch", 1)
         progress("measuring import orders")
-        coexistence = [dict(what=w, alone=a, beside=b, ratio=r)
-                       for w, a, b, r in _coexist.report(args.backends)]
-        progress("")
-    if args.json:
+        with contextlib.redirect_stdout(io.StringIO()) as text:  # printed after the status line
+            measured = _coexist.report(args.backends)
+        progress.clear()
+        print(text.getvalue(), end="")
+        coexistence = [dict(what=w, alone=a, beside=b, ratio=r) for w, a, b, r in measured]
+    results = dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
+                   layers=layer_rows, coexistence=coexistence)
+    if json_out is not None:
+        json.dump(results, json_out, indent=1)
+        json_out.write("\n")
+    elif args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
-                           layers=layer_rows,
-                           coexistence=coexistence), f, indent=1)
+            json.dump(results, f, indent=1)
         print(f"\nwrote {args.json}")
     if args.plot:
         _plot(rows, args.plot)

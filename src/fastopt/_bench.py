@@ -220,8 +220,9 @@ def time_row(fns, rounds=5, target=1e-3):
 
 
 # ---------------------------------------------------------------------------------- machine
-def machine():
-    """What the header prints: CPU, cores, threads, library versions, build flags."""
+def machine(peers=True):
+    """What the header prints: CPU, cores, threads, library versions (torch and deepspeed only
+    with ``peers``: importing them takes seconds), build flags."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -233,7 +234,7 @@ def machine():
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "threads": _backend.get_num_threads(),
             "python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("numba", "Cython", "torch", "deepspeed"):
+    for mod in ("numba", "Cython") + (("torch", "deepspeed") if peers else ()):
         try:
             info[mod.lower()] = __import__(mod).__version__
         except Exception:

@@ -1,0 +1,108 @@
+"""``python -m fastopt`` as a user drives it: in a subprocess, with tiny options (seconds).
+
+The report's plumbing (where the JSON, the table and the progress line go) does not depend on
+the backend, so these runs time the NumPy reference only.
+"""
+import errno
+import json
+import os
+import pty
+import subprocess
+import sys
+
+import fastopt
+
+TINY = ["--kernels", "sgd", "--sizes", "1e3,2e3", "--dtypes", "float32", "--backends", "numpy",
+        "--rounds", "1", "--no-peers", "--no-groups", "--no-layers"]
+
+
+def cli_env():
+    """This process's environment, importing the fastopt under test (the checkout's src/ or
+    the installed one) from any directory."""
+    path = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
+    return dict(os.environ, FASTOPT_BACKEND="numpy",
+                PYTHONPATH=os.pathsep.join([path, os.environ.get("PYTHONPATH", "")]))
+
+
+def run_cli(*args, cwd=None, stderr_tty=False):
+    """Run ``python -m fastopt TINY args``; returns (status, stdout, stderr) as text. With
+    ``stderr_tty`` stderr is a pseudo-terminal, as when a user runs it in a shell."""
+    cmd = [sys.executable, "-m", "fastopt", *TINY, *args]
+    env = cli_env()
+    if not stderr_tty:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env,
+                              timeout=300)
+        return done.returncode, done.stdout, done.stderr
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, cwd=cwd, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError as exc:          # EIO: the child closed the terminal
+            if exc.errno != errno.EIO:
+                raise
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    out = proc.stdout.read()
+    proc.stdout.close()
+    status = proc.wait(timeout=300)
+    return status, out.decode(), b"".join(chunks).decode()
+
+
+def test_json_dash_pipes_the_json_alone_and_reports_on_the_terminal():
+    status, out, err = run_cli("--json", "-", stderr_tty=True)
+    assert status == 0, err
+    results = json.loads(out)                         # stdout holds the JSON and nothing else
+    assert {r["contender"] for r in results["timings"]} >= {"numpy", "roofline"}
+    assert results["machine"]["threads"] >= 1
+    assert "fastopt report" in err and "speed (median" in err
+    # progress on a terminal: a status line per section, with the time left after a row
+    assert "\033[K" in err and "timing 2/2: sgd" in err and "s left" in err
+
+
+def test_json_without_a_path_means_stdout():
+    status, out, err = run_cli("--json")
+    assert status == 0, err
+    assert json.loads(out)["equivalence"] == []       # numpy alone: nothing to hold to itself
+    assert "fastopt report" in err
+
+
+def test_json_to_a_file_keeps_the_report_on_stdout_and_no_progress_when_piped(tmp_path):
+    status, out, err = run_cli("--json", "results.json", cwd=tmp_path)
+    assert status == 0, err
+    assert "fastopt report" in out and "wrote results.json" in out
+    assert json.loads((tmp_path / "results.json").read_text())["timings"]
+    assert "\033" not in err and "\r" not in err and "left" not in err
+
+
+def test_header_says_threads_and_load_average():
+    status, out, err = run_cli("--threads", "1")
+    assert status == 0, err
+    header = out.split("\n\n")[0]
+    assert "1 threads used" in header
+    if hasattr(os, "getloadavg"):
+        load = [line for line in header.splitlines() if line.strip().startswith("load")]
+        assert len(load) == 1 and "(1, 5, 15 min)" in load[0]
+        assert len(load[0].split(":")[1].split("(")[0].split()) == 3
+
+
+def test_a_closed_pipe_ends_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "fastopt", *TINY, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env())
+    proc.stdout.read(1)                               # as `| head -c 1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=300) in (0, 1)
+    assert "Traceback" not in err
+
+
+def test_an_unavailable_backend_is_a_usage_error_naming_it():
+    status, out, err = run_cli("--backends", "nope")
+    assert status == 2 and "'nope'" in err

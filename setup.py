@@ -9,9 +9,14 @@ The ISA is x86-64-v3 (AVX2/FMA) by default when the building CPU runs it (else t
 baseline); the compute-heavy families are also built for x86-64-v4 (AVX-512), which
 fastopt._kernels picks at import only when the CPU has it. FASTOPT_MARCH=native (or any -march
 value) builds one variant for that ISA instead. FASTOPT_NO_OPENMP=1 builds without OpenMP.
+A wheel built here and installed on a CPU without the ISA is refused at import (fastopt._cpu),
+and the numba backend serves. CC may hold several words (CC="ccache gcc").
 """
+import hashlib
+import itertools
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,11 +81,45 @@ def _is_wide(ext):
     return ext.name.endswith("_avx512")
 
 
+def _compiler_command(compiler):
+    """The words that run the C compiler, without its flags: ``CC="ccache gcc"`` gives
+    ``["ccache", "gcc"]`` (probing with only the first word would drop every flag)."""
+    words = list(getattr(compiler, "compiler_so", None) or ["cc"])
+    return list(itertools.takewhile(lambda w: not w.startswith("-"), words)) or ["cc"]
+
+
+def _digest(*parts):
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else repr(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+BUILD_INFO = '''"""Written by setup.py when building the Cython kernels: how, or why not."""
+ERROR = {error!r}
+MARCH = {march!r}
+FLAGS = {flags!r}
+'''
+
+
 class BuildExt(build_ext):
-    """Probe the compiler once, apply flags to every extension, and never fail the install."""
+    """Probe the compiler once, apply flags to every extension, and never fail the install.
+
+    Objects are reused only when made with the same compiler, flags and generated C sources
+    (a key stored in the build directory; otherwise everything is rebuilt), and a build that
+    fails removes its outputs: the install then has no compiled kernels rather than stale ones.
+    ``_build_info.py`` next to the extension records the flags (fastopt._kernels checks the
+    CPU runs that ISA before importing them) or why the build failed (the backend says so).
+    """
 
     def build_extensions(self):
-        cc = self.compiler.compiler_so[:1] if hasattr(self.compiler, "compiler_so") else ["cc"]
+        cc = _compiler_command(self.compiler)
+        if not _compiles(cc, []):
+            self._fail(f"no working C compiler when fastopt was installed ({' '.join(cc)} "
+                       "cannot build a C program); reinstall with a C compiler for the fast "
+                       "backend")
+            return
         flags = [f for f in BASE_FLAGS if _compiles(cc, [f])] + _isa_flags(cc)
         openmp = (os.environ.get("FASTOPT_NO_OPENMP", "0") in ("", "0")
                   and _compiles(cc, ["-fopenmp"]))
@@ -88,6 +127,7 @@ class BuildExt(build_ext):
             warnings.warn("fastopt: building without OpenMP; compiled kernels run on one thread")
         compile_args = flags + (["-fopenmp"] if openmp else [])
         wide_ok = not os.environ.get("FASTOPT_MARCH") and _compiles(cc, [WIDE_MARCH])
+        self._remove_outputs([e for e in self.extensions if not wide_ok and _is_wide(e)])
         self.extensions = [e for e in self.extensions if wide_ok or not _is_wide(e)]
         for ext in self.extensions:
             args = compile_args
@@ -97,26 +137,83 @@ class BuildExt(build_ext):
             ext.extra_link_args = ["-fopenmp"] if openmp else []
             # the extension reports its own flags (python -m fastopt prints them)
             ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(args)))
+        stamp, key = self._stamp()
+        try:
+            with open(stamp) as f:
+                self.force = self.force or f.read() != key
+        except OSError:
+            self.force = True
+        self.compiler.force = self.force
+        if os.path.exists(stamp):
+            os.remove(stamp)    # until this build succeeds
         try:
             super().build_extensions()
-        except Exception as exc:  # no compiler, missing headers, ...: numba/numpy still serve
-            warnings.warn(f"fastopt: Cython kernels not built ({exc}); "
-                          "the numba and numpy backends will be used")
+        except Exception as exc:  # missing headers, a compiler error, ...: numba/numpy serve
+            self._fail(f"the C build failed when fastopt was installed ({exc}); reinstall "
+                       "with a working C compiler for the fast backend")
+            return
+        with open(stamp, "w") as f:
+            f.write(key)
+        march = [f.split("=", 1)[1] for f in compile_args if f.startswith("-march=")]
+        self._write_info(error=None, march=march[-1] if march else None,
+                         flags=" ".join(compile_args))
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
+            self._remove_outputs([ext])
             if not _is_wide(ext):
                 raise
             # the AVX-512 build is optional: the portable one serves
             warnings.warn(f"fastopt: {ext.name} not built ({exc})")
 
+    def _stamp(self):
+        """Where the key of the objects in the build directory is kept, and this build's key:
+        compiler, every extension's flags and macros, the generated C sources."""
+        parts = [self.compiler.compiler_so, self.compiler.linker_so]
+        for ext in sorted(self.extensions, key=lambda e: e.name):
+            parts += [ext.name, ext.extra_compile_args, ext.extra_link_args, ext.define_macros,
+                      ext.include_dirs]
+            for source in ext.sources:
+                with open(source, "rb") as f:
+                    parts.append(f.read())
+        where = os.path.dirname(self.get_ext_fullpath(self.extensions[0].name))
+        name = f"fastopt-{_digest(os.path.abspath(where))[:12]}.key"
+        os.makedirs(self.build_temp, exist_ok=True)
+        return os.path.join(self.build_temp, name), _digest(*parts)
+
+    def _remove_outputs(self, exts):
+        for ext in exts:
+            path = self.get_ext_fullpath(ext.name)
+            if os.path.exists(path):
+                os.remove(path)
+
+    def _fail(self, reason):
+        self._failed = True
+        self._remove_outputs(self.extensions)
+        self._write_info(error=reason, march=None, flags=None)
+        warnings.warn(f"fastopt: Cython kernels not built: {reason}; "
+                      "the numba and numpy backends will be used")
+
+    def _write_info(self, **info):
+        self._info = os.path.join(
+            os.path.dirname(self.get_ext_fullpath("fastopt._kernels.stream")), "_build_info.py")
+        os.makedirs(os.path.dirname(self._info), exist_ok=True)
+        with open(self._info, "w") as f:
+            f.write(BUILD_INFO.format(**info))
+
     def run(self):
+        inplace, self._failed = self.inplace, False
         try:
             super().run()
         except Exception as exc:
-            warnings.warn(f"fastopt: Cython kernels not built ({exc})")
+            if not self._failed:    # else: the failure was reported, the copy to src/ failed
+                self._fail(f"the C build failed when fastopt was installed ({exc}); reinstall "
+                           "with a working C compiler for the fast backend")
+        if inplace:   # setuptools builds in build_lib, then copies only the extensions to src/
+            package = self.get_finalized_command("build_py").get_package_dir("fastopt._kernels")
+            shutil.copyfile(self._info, os.path.join(package, "_build_info.py"))
 
 
 def extensions():

@@ -8,6 +8,9 @@ import contextlib
 import importlib
 import numbers
 import os
+import warnings
+
+from . import _cpu
 
 NAMES = ("cython", "numba", "numpy")
 _MODULES = {"cython": "fastopt._kernels", "numba": "fastopt._numba", "numpy": "fastopt.reference"}
@@ -43,9 +46,12 @@ def _load(name):
     try:
         module = importlib.import_module(_MODULES[name])
     except ImportError as exc:
-        reason = {"cython": "the compiled extension is not built or does not import",
-                  "numba": "numba is not installed or does not import"}.get(name, "")
-        _failed[name] = f"{reason} ({exc})"
+        if isinstance(exc, _cpu.UnusableBuild):    # fastopt._kernels says why and what to do
+            _failed[name] = str(exc)
+        else:
+            reason = {"cython": "the compiled extension does not import",
+                      "numba": "numba is not installed or does not import"}.get(name, "")
+            _failed[name] = f"{reason} ({exc})"
         raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}") from None
     module.set_num_threads(_num_threads)
     _loaded[name] = module
@@ -62,6 +68,15 @@ def backends():
             continue
         available.append(name)
     return available
+
+
+def unavailable_reason(name):
+    """Why backend ``name`` cannot be used here, or None when it can."""
+    try:
+        _load(name)
+    except RuntimeError:
+        return _failed.get(name, f"unknown backend {name!r}")
+    return None
 
 
 def get_backend():
@@ -109,9 +124,13 @@ def _choose_default():
     for name in NAMES:
         try:
             set_backend(name)
-            return
         except RuntimeError:
             continue
+        if name != NAMES[0]:   # a fallback is several times slower: say so, once
+            warnings.warn(f"fastopt: the compiled backend is not available: {_failed[NAMES[0]]}."
+                          f" Using {name!r} (slower). Set FASTOPT_BACKEND={name} to choose it "
+                          "and silence this warning.", stacklevel=2)
+        return
 
 
 _choose_default()

@@ -243,8 +243,8 @@ def machine(peers=True):
         from . import _kernels
         info["cython_build"] = f"{_kernels._optim.__name__.rsplit('.', 1)[1]}: " \
                                f"{_kernels.BUILD_FLAGS}"
-    except ImportError as exc:
-        info["cython_build"] = f"not built ({exc})"
+    except ImportError:
+        info["cython_build"] = _backend.unavailable_reason("cython")
     return info
 
 

@@ -1,14 +1,42 @@
 """The Cython backend: compiled kernels, OpenMP-parallel, GIL released.
 
-Importing this package fails (ImportError) when the extension was not built; the registry then
-reports the reason and serves the next backend. Compute-bound families are also built for
-AVX-512 (``<family>_avx512``); that build is used when the CPU has it, unless
-``FASTOPT_NO_AVX512=1``.
+Importing this package fails (ImportError saying why) when the extension was not built or was
+built for an ISA this CPU lacks; the registry then reports the reason and serves the next
+backend. Compute-bound families are also built for AVX-512 (``<family>_avx512``); that build is
+used when the CPU has it, unless ``FASTOPT_NO_AVX512=1``.
 """
 import importlib
+import importlib.util
 import os
 
-from . import stream as _stream
+from .. import _cpu
+
+try:  # written by setup.py next to the extension: its flags, or why it was not built
+    from . import _build_info
+except ImportError:
+    _build_info = None
+
+
+def _refuse_unusable_build():
+    """UnusableBuild (an ImportError) saying why the compiled kernels cannot be used here,
+    raised before importing any of them (on a CPU without their ISA, that import is SIGILL)."""
+    error = getattr(_build_info, "ERROR", None)
+    if error:
+        raise _cpu.UnusableBuild(f"not built: {error}")
+    if importlib.util.find_spec(f"{__name__}.stream") is None:
+        raise _cpu.UnusableBuild("not built: the compiled extension is not in this install (built "
+                          "without Cython, or removed); reinstall fastopt with Cython and a C "
+                          "compiler for the fast backend")
+    march = getattr(_build_info, "MARCH", None)
+    missing = _cpu.missing_features(march)
+    if missing:
+        raise _cpu.UnusableBuild(f"built for {march}, which this CPU does not run (it lacks "
+                          f"{', '.join(missing)}); reinstall fastopt from source on this "
+                          "machine for a build it runs")
+
+
+_refuse_unusable_build()
+from . import stream as _stream  # noqa: E402  (only once the build is known to run here)
 
 
 def _load(family):

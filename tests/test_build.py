@@ -1,0 +1,139 @@
+"""What an install without usable compiled kernels does: says why, once, and serves the next
+backend. Runs a copy of the installed package in a subprocess, with its compiled kernels
+removed (as an install without a C compiler leaves it) or refused for this CPU.
+
+Building the package itself takes minutes: those tests are in test_packaging.py.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import fastopt as fo
+from fastopt import _cpu
+
+NO_COMPILER = ("no working C compiler when fastopt was installed (cc cannot build a C program); "
+               "reinstall with a C compiler for the fast backend")
+PROBE = """
+import json, sys, fastopt as fo
+try:
+    fo.set_backend("cython")
+    refused = None
+except RuntimeError as exc:
+    refused = str(exc)
+print(json.dumps(dict(backends=fo.backends(), refused=refused)))
+"""
+
+
+def package_copy(tmp_path, build_info=None):
+    """A copy of the fastopt under test in ``tmp_path`` without its compiled kernels, and
+    ``_build_info.py`` holding ``build_info`` (None: no such file, as an older build)."""
+    src = os.path.dirname(os.path.abspath(fo.__file__))
+    dest = tmp_path / "fastopt"
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns(
+        "__pycache__", "*.so", "*.pyd", "*.c", "_build_info.py"))
+    if build_info is not None:
+        (dest / "_kernels" / "_build_info.py").write_text(build_info)
+    return tmp_path
+
+
+def run_python(path, code, *args, backend=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTOPT_BACKEND", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(path)
+    if backend:
+        env["FASTOPT_BACKEND"] = backend
+    cmd = [sys.executable, *(["-c", code] if code else []), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr
+
+
+def fallbacks():
+    return [b for b in fo.backends() if b != "cython"]
+
+
+def test_an_install_without_a_compiler_says_so_and_warns_once(tmp_path):
+    path = package_copy(tmp_path, f"ERROR = {NO_COMPILER!r}\nMARCH = None\nFLAGS = None\n")
+    out, err = run_python(path, PROBE + "import fastopt\n")
+    result = json.loads(out)
+    assert result["backends"] == fallbacks()
+    assert f"not built: {NO_COMPILER}" in result["refused"]
+    assert err.count("the compiled backend is not available") == 1
+    assert f"not built: {NO_COMPILER}" in err and "FASTOPT_BACKEND=" in err
+    # choosing a backend explicitly silences the warning
+    out, err = run_python(path, PROBE, backend="numpy")
+    assert "not available" not in err and json.loads(out)["refused"] is not None
+    # the report's header says it the same way
+    out, err = run_python(path, None, "-m", "fastopt", "--kernels", "sgd", "--sizes", "1e3",
+                          "--dtypes", "float32", "--backends", "numpy", "--rounds", "1",
+                          "--no-peers", "--no-groups", "--no-layers", backend="numpy")
+    assert f"  cython  : not built: {NO_COMPILER}\n" in out
+
+
+def test_missing_extension_files_are_reported_as_not_built_not_as_a_circular_import(tmp_path):
+    # no _build_info.py, no extension: Python's own message blamed a circular import
+    path = package_copy(tmp_path)
+    out, err = run_python(path, PROBE, backend="numpy")
+    refused = json.loads(out)["refused"]
+    assert "not built: the compiled extension is not in this install" in refused
+    assert "circular" not in refused
+
+
+def build_march():
+    """The ISA the compiled kernels here were built for, or None."""
+    try:
+        from fastopt._kernels import _build_info
+    except ImportError:
+        return None
+    return _build_info.MARCH if _build_info.MARCH in _cpu.LEVELS else None
+
+
+@pytest.mark.skipif("cython" not in fo.backends() or not build_march(),
+                    reason="needs the compiled kernels built for an x86-64 level")
+def test_a_build_for_an_isa_this_cpu_lacks_is_refused_before_import(tmp_path):
+    # the check runs before any compiled code: patch what the CPU reports, then load
+    code = ("import fastopt as fo, fastopt._cpu as cpu\n"
+            "cpu.host_features = lambda: {'sse2'}\n" + PROBE)
+    out, err = run_python(os.path.dirname(os.path.dirname(os.path.abspath(fo.__file__))),
+                          code, backend="numpy")
+    result = json.loads(out)
+    assert "cython" not in result["backends"] and "numpy" in result["backends"]
+    assert f"built for {build_march()}, which this CPU does not run" in result["refused"]
+    assert "avx2" in result["refused"] or build_march() != "x86-64-v3"
+
+
+def test_cpu_levels(monkeypatch):
+    v3_host = _cpu.LEVELS["x86-64-v3"] | {"sse2", "aes"}
+    monkeypatch.setattr(_cpu, "host_features", lambda: v3_host)
+    assert _cpu.missing_features("x86-64-v3") == []
+    assert _cpu.missing_features("x86-64-v4") == sorted(_cpu.LEVELS["x86-64-v4"] - v3_host)
+    assert "avx512f" in _cpu.missing_features("x86-64-v4")
+    monkeypatch.setattr(_cpu, "host_features", lambda: v3_host - {"fma"})
+    assert _cpu.missing_features("x86-64-v3") == ["fma"]
+    assert _cpu.missing_features("native") == [] and _cpu.missing_features(None) == []
+    monkeypatch.setattr(_cpu, "host_features", lambda: None)        # cannot tell: no refusal
+    assert _cpu.missing_features("x86-64-v3") == []
+
+
+def pyproject():
+    path = os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")
+    if not os.path.exists(path):
+        pytest.skip("no pyproject.toml next to the tests")
+    try:
+        import tomllib
+    except ImportError:                                   # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def test_release_wheels_are_configured_for_linux_and_macos_and_tested():
+    cibw = pyproject()["tool"]["cibuildwheel"]
+    assert set(cibw["linux"]["archs"]) == {"x86_64", "aarch64"}
+    assert cibw["macos"]["archs"] == ["arm64"]
+    assert cibw["macos"]["environment"]["FASTOPT_NO_OPENMP"] == "1"     # Apple clang
+    assert "pytest" in cibw["test-command"] and cibw["test-extras"] == ["test"]

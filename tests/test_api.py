@@ -115,13 +115,13 @@ ERRORS = [
     (lambda p: {"dW1": p["W1"], "db1": p["b1"], "dW2": p["W2"]}, ValueError, "'b2'"),
     (lambda p: {"dW1": p["W1"], "db1": [0.0] * 5, "dW2": p["W2"], "db2": p["b2"]},
      TypeError, "'b1'"),
-    (lambda p: [p["W1"], p["b1"]], ValueError, "2 entries"),
+    (lambda p: [p["W1"], p["b1"], p["W2"], p["b2"]], ValueError, "by name"),  # dict: by name
     (lambda p: 3.0, TypeError, "grads"),
 ]
 
 
 @pytest.mark.parametrize("make,exc,word", ERRORS,
-                         ids=["shape", "dtype", "missing", "not-array", "count", "type"])
+                         ids=["shape", "dtype", "missing", "not-array", "sequence", "type"])
 @pytest.mark.parametrize("cls", [fo.SGD, fo.Adam, fo.RMSprop, fo.Adagrad, fo.NAdam])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_bad_grad_raises_naming_the_parameter_and_changes_nothing(backend, cls, make, exc,

@@ -105,13 +105,21 @@ class _GradDict(dict):
             return dict.__getitem__(self, key)
         if isinstance(key, str) and key.startswith("d") and dict.__contains__(self, key[1:]):
             return dict.__getitem__(self, key[1:])
-        raise KeyError(key)
+        raise KeyError(f"{key!r}: the arena has no such parameter (grads are keyed by its "
+                       "name or 'd' + name)")
 
     def __missing__(self, key):
         return self._view(key)
 
     def __setitem__(self, key, value):
-        self._view(key)[...] = value
+        view = self._view(key)
+        if np.shape(value) != view.shape:
+            raise ValueError(f"grads[{key!r}] has shape {np.shape(value)}, expected "
+                             f"{view.shape} (its parameter's)")
+        try:
+            view[...] = value
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"grads[{key!r}]: {exc}") from None
 
     def update(self, *args, **kwargs):
         for key, value in dict(*args, **kwargs).items():

@@ -12,12 +12,14 @@ import numpy as np
 from . import ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._validate import FLOAT_DTYPES
+from .arena import _GradDict
 from .arena import run_of as arena_run
 from .arena import stretch as arena_stretch
 
 _NOT_HYPER = ("params", "param_names")
 _MISSING = object()
 FLAG = "flag"      # a _BOUNDS entry: True or False
+_DIGITS = "0123456789"
 
 
 def _pair(betas):
@@ -328,7 +330,18 @@ class Optimizer:
                             raise ValueError(f"grads has no entry for parameter {name!r} "
                                              f"(expected key {name!r} or {'d' + name!r})")
                     matched.append(g)
+            # more keys than parameters: the course's caches (dA1, dZ1) ride along, but a
+            # parameter's grad under a name no parameter has is a mistake (the arena's grads
+            # hold every arena parameter's, for optimizers over a part of them)
+            if len(grads) > len(matched) and not isinstance(grads, _GradDict):
+                strays = self._strays(grads)
+                if strays:
+                    raise ValueError(f"grads has {', '.join(strays)} but there is no such "
+                                     "parameter (keys are a parameter's name or 'd' + name)")
             return matched
+        if isinstance(grads, (list, tuple)) and self._named:
+            raise ValueError("params were given by name (a dict): pass grads as a dict keyed "
+                             "by name or 'd' + name, not a sequence")
         if isinstance(grads, (list, tuple)):
             count = sum(len(g["params"]) for g in self.param_groups)
             if len(grads) != count:
@@ -337,6 +350,20 @@ class Optimizer:
             return list(grads)
         raise TypeError(f"grads must be a dict or a sequence of arrays, "
                         f"got {type(grads).__name__}")
+
+    def _strays(self, grads):
+        """Keys of ``grads`` naming no parameter but shaped like one's key: the same stem (the
+        name without its digits) as a parameter, e.g. ``dW3`` or ``W3`` beside ``W1``, ``W2``."""
+        names = {n for g in self.param_groups for n in g["param_names"]}
+        stems = {n.rstrip(_DIGITS) for n in names}
+        strays = []
+        for key in grads:
+            if not isinstance(key, str) or key in names or key[:1] == "d" and key[1:] in names:
+                continue
+            bare = key[1:] if key[:1] == "d" else key
+            if key.rstrip(_DIGITS) in stems or bare.rstrip(_DIGITS) in stems:
+                strays.append(repr(key))
+        return strays
 
     def _check(self, group):
         """Check a group's hyper-parameters (type and range, from ``_BOUNDS``): TypeError or

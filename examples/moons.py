@@ -1,13 +1,14 @@
 """The course's "Optimization Methods" experiment on fastopt: a 3-layer network on two moons,
 trained with mini-batch gradient descent, momentum and Adam, then Adam with learning-rate decay.
 
-    python examples/moons.py [--epochs 5000] [--plot moons.png]
+    python examples/moons.py [--epochs 5000] [--plot plots/moons.png]
 
 The model is the course's: layer sizes [2, 5, 2, 1], ReLU, ReLU, sigmoid, He initialization,
 cross-entropy cost, batches of 64 reshuffled every epoch, lr 0.0007. Only the optimizer
 functions come from fastopt (``fastopt.course``: the course's names, fastopt's kernels).
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -150,6 +151,7 @@ def plot_boundaries(X, Y, fitted, path):
         ax.scatter(X[0], X[1], c=Y[0], cmap=plt.cm.Spectral, s=8)
         ax.set_title(name)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path)
     print(f"wrote {path}")
 

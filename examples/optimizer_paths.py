@@ -1,11 +1,12 @@
 """Why momentum, RMSprop and Adam help, made real: every fastopt optimizer started from the
 same point on a saddle, the Rosenbrock valley and the Beale function.
 
-    python examples/optimizer_paths.py [--steps 2000] [--plot DIR]
+    python examples/optimizer_paths.py [--steps 2000] [--plot [DIR]]
 
 Prints each optimizer's final loss and the steps it took to get within 1e-3 of the minimum
 (the saddle has none: there, how many steps it took to escape, starting almost on the ridge);
-with --plot, one figure per surface with every path over the contours.
+with --plot, one figure per surface with every path over the contours, in DIR (default
+plots/, which git ignores).
 """
 import argparse
 import os
@@ -46,6 +47,13 @@ OPTIMIZERS = {
     "NAdam": lambda p: fo.NAdam(p, lr=2e-2),
     "RAdam": lambda p: fo.RAdam(p, lr=2e-3),   # its first 5 steps are plain momentum SGD
 }
+
+# one colour per optimizer (matplotlib's 10 distinct ones, then black), and the line style
+# cycling too, so paths that overlap stay apart
+_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+           "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black"]
+STYLES = {name: dict(color=_COLORS[k], linestyle=["-", "--", "-.", ":"][k % 4])
+          for k, name in enumerate(OPTIMIZERS)}
 
 
 def descend(surface, make_opt, steps):
@@ -95,28 +103,35 @@ def plot_paths(results, outdir):
         print("--plot needs matplotlib (pip install 'fastopt[examples]'); no plot written")
         return
     os.makedirs(outdir, exist_ok=True)
-    for surface, (f, _, _, _, (x0, x1, y0, y1)) in SURFACES.items():
-        xx, yy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
+    for surface in SURFACES:
         fig, ax = plt.subplots(figsize=(7, 6))
-        zz = f(xx, yy)
-        levels = np.quantile(zz, np.linspace(0, 1, 30)) if surface != "saddle" else 30
-        ax.contour(xx, yy, zz, levels=levels, cmap="gray", linewidths=0.5)
-        for name in OPTIMIZERS:
-            path = results[surface, name][2]
-            ax.plot(path[:, 0], path[:, 1], label=name, linewidth=1)
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y0, y1)
-        ax.set_title(surface)
-        ax.legend(fontsize=7)
+        draw(ax, surface, results)
         path = os.path.join(outdir, f"{surface}.png")
         fig.savefig(path)
         plt.close(fig)
         print(f"wrote {path}")
 
 
+def draw(ax, surface, results):
+    """The surface's contours and every optimizer's path, each in its own style."""
+    f, _, _, _, (x0, x1, y0, y1) = SURFACES[surface]
+    xx, yy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
+    zz = f(xx, yy)
+    levels = np.quantile(zz, np.linspace(0, 1, 30)) if surface != "saddle" else 30
+    ax.contour(xx, yy, zz, levels=levels, cmap="gray", linewidths=0.5)
+    for name in OPTIMIZERS:
+        path = results[surface, name][2]
+        ax.plot(path[:, 0], path[:, 1], label=name, linewidth=1.2, **STYLES[name])
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_title(surface)
+    ax.legend(fontsize=7)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--plot", metavar="DIR", help="save one figure per surface (matplotlib)")
+    ap.add_argument("--plot", metavar="DIR", nargs="?", const="plots",
+                    help="save one figure per surface (matplotlib) in DIR (default: plots)")
     args = ap.parse_args()
     run(args.steps, args.plot)

@@ -42,3 +42,38 @@ def test_optimizer_paths_reach_the_minima():
         assert results[surface, "SGD+Nesterov"][0] < 1e-3
     assert results["saddle", "Adam"][0] < -10             # escaped the saddle
     assert np.isfinite(results["beale", "RAdam"][0])
+
+
+def test_optimizer_paths_draws_each_optimizer_in_its_own_style(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optimizer_paths
+    results = optimizer_paths.run(steps=20)
+    fig, ax = plt.subplots()
+    optimizer_paths.draw(ax, "beale", results)
+    paths = {line.get_label(): line for line in ax.get_lines()}
+    assert set(paths) == set(optimizer_paths.OPTIMIZERS)
+    colors = {matplotlib.colors.to_hex(line.get_color()) for line in paths.values()}
+    assert len(colors) == len(paths)                      # SGD and RAdam were both blue
+    plt.close(fig)
+    optimizer_paths.plot_paths(results, str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["beale.png", "rosenbrock.png", "saddle.png"]
+
+
+def test_optimizer_paths_plots_by_default_where_git_ignores_them(tmp_path):
+    pytest.importorskip("matplotlib")
+    import subprocess
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fo.__file__)), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, os.path.join(examples, "optimizer_paths.py"), "--steps", "5",
+                    "--plot"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert sorted(os.listdir(tmp_path / "plots")) == ["beale.png", "rosenbrock.png",
+                                                      "saddle.png"]
+    root = os.path.join(examples, "..")
+    if os.path.exists(os.path.join(root, ".git")):          # run in the checkout, not ignored
+        ignored = subprocess.run(["git", "check-ignore", "plots/saddle.png", "plots/moons.png"],
+                                 cwd=root, capture_output=True, text=True)
+        assert ignored.stdout.split() == ["plots/saddle.png", "plots/moons.png"]

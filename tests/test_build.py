@@ -6,6 +6,7 @@ Building the package itself takes minutes: those tests are in test_packaging.py.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,3 +138,22 @@ def test_release_wheels_are_configured_for_linux_and_macos_and_tested():
     assert cibw["macos"]["archs"] == ["arm64"]
     assert cibw["macos"]["environment"]["FASTOPT_NO_OPENMP"] == "1"     # Apple clang
     assert "pytest" in cibw["test-command"] and cibw["test-extras"] == ["test"]
+
+
+def test_the_quick_start_adds_the_extras_without_a_second_build():
+    path = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    if not os.path.exists(path):
+        pytest.skip("no README.md next to the tests")
+    with open(path) as f:
+        text = f.read()
+    extras = {name: sorted(re.split(r"[<>=!~;\[ ]", d)[0] for d in deps)
+              for name, deps in pyproject()["project"]["optional-dependencies"].items()}
+    quick = text.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    first, second = [line.split("#")[0].strip() for line in quick.strip().splitlines()]
+    assert first == "pip install . && python -m fastopt"
+    install, run = second.split(" && ")
+    assert sorted(install.split()[2:]) == extras["test"] and run == "pytest tests"
+    # every extra spelled out, to install later by name instead of rebuilding with .[extra]
+    for name, deps in extras.items():
+        said = re.search(rf"`{name}` is ([^;(]*)", " ".join(text.split())).group(1)
+        assert sorted(said.replace(",", " ").replace(" and ", " ").split()) == deps, name

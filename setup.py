@@ -106,8 +106,8 @@ FLAGS = {flags!r}
 class BuildExt(build_ext):
     """Probe the compiler once, apply flags to every extension, and never fail the install.
 
-    Objects are reused only when made with the same compiler, flags and generated C sources
-    (a key stored in the build directory; otherwise everything is rebuilt), and a build that
+    An extension is reused only when made with the same compiler, flags and generated C source
+    (a key stored in the build directory; otherwise it is rebuilt), and a build that
     fails removes its outputs: the install then has no compiled kernels rather than stale ones.
     ``_build_info.py`` next to the extension records the flags (fastopt._kernels checks the
     CPU runs that ISA before importing them) or why the build failed (the backend says so).
@@ -137,28 +137,28 @@ class BuildExt(build_ext):
             ext.extra_link_args = ["-fopenmp"] if openmp else []
             # the extension reports its own flags (python -m fastopt prints them)
             ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(args)))
-        stamp, key = self._stamp()
-        try:
-            with open(stamp) as f:
-                self.force = self.force or f.read() != key
-        except OSError:
-            self.force = True
-        self.compiler.force = self.force
-        if os.path.exists(stamp):
-            os.remove(stamp)    # until this build succeeds
         try:
             super().build_extensions()
         except Exception as exc:  # missing headers, a compiler error, ...: numba/numpy serve
             self._fail(f"the C build failed when fastopt was installed ({exc}); reinstall "
                        "with a working C compiler for the fast backend")
             return
-        with open(stamp, "w") as f:
-            f.write(key)
         march = [f.split("=", 1)[1] for f in compile_args if f.startswith("-march=")]
         self._write_info(error=None, march=march[-1] if march else None,
                          flags=" ".join(compile_args))
 
     def build_extension(self, ext):
+        """Build ``ext``, from scratch unless its outputs were made under the same key."""
+        stamp, key = self._stamp(ext)
+        try:
+            with open(stamp) as f:
+                same = f.read() == key
+        except OSError:
+            same = False
+        if os.path.exists(stamp):
+            os.remove(stamp)    # until this build succeeds
+        force = self.force
+        self.force = self.compiler.force = force or not same
         try:
             super().build_extension(ext)
         except Exception as exc:
@@ -167,21 +167,23 @@ class BuildExt(build_ext):
                 raise
             # the AVX-512 build is optional: the portable one serves
             warnings.warn(f"fastopt: {ext.name} not built ({exc})")
+            return
+        finally:
+            self.force = self.compiler.force = force
+        with open(stamp, "w") as f:
+            f.write(key)
 
-    def _stamp(self):
-        """Where the key of the objects in the build directory is kept, and this build's key:
-        compiler, every extension's flags and macros, the generated C sources."""
-        parts = [self.compiler.compiler_so, self.compiler.linker_so]
-        for ext in sorted(self.extensions, key=lambda e: e.name):
-            parts += [ext.name, ext.extra_compile_args, ext.extra_link_args, ext.define_macros,
-                      ext.include_dirs]
-            for source in ext.sources:
-                with open(source, "rb") as f:
-                    parts.append(f.read())
-        where = os.path.dirname(self.get_ext_fullpath(self.extensions[0].name))
-        name = f"fastopt-{_digest(os.path.abspath(where))[:12]}.key"
+    def _stamp(self, ext):
+        """Where the key of ``ext``'s outputs is kept, and this build's key: the compiler, the
+        extension's flags and macros, its generated C source."""
+        parts = [self.compiler.compiler_so, self.compiler.linker_so, ext.name,
+                 ext.extra_compile_args, ext.extra_link_args, ext.define_macros, ext.include_dirs]
+        for source in ext.sources:
+            with open(source, "rb") as f:
+                parts.append(f.read())
+        output = os.path.abspath(self.get_ext_fullpath(ext.name))
         os.makedirs(self.build_temp, exist_ok=True)
-        return os.path.join(self.build_temp, name), _digest(*parts)
+        return os.path.join(self.build_temp, f"{_digest(output)[:16]}.key"), _digest(*parts)
 
     def _remove_outputs(self, exts):
         for ext in exts:

@@ -264,11 +264,11 @@ def report(args, json_out):
         print("\nlayers (rows are examples; x roof: vs a stream moving the same bytes)")
         print(f"  {'kernel':<12}{'dtype':<8}{'shape':>14}  {'contender':<10}{'time':>11}"
               f"{'spread':>8}{'x ref':>8}{'x roof':>8}")
-        layer_rows_todo = [(name, shape) for name, (shapes, _) in _bench.LAYER_CASES.items()
-                           if not (args.quick and name not in ("bn_fwd_bwd", "xent"))
-                           for shape in (shapes if args.full else shapes[:1])]
-        progress.start("timing layers", len(layer_rows_todo) * len(args.dtypes[:1]))
-        for name, shape in layer_rows_todo:
+        layer_shapes = [(name, shape) for name, (shapes, _) in _bench.LAYER_CASES.items()
+                        if not (args.quick and name not in ("bn_fwd_bwd", "xent"))
+                        for shape in (shapes if args.full else shapes[:1])]
+        progress.start("timing layers", len(layer_shapes) * len(args.dtypes[:1]))
+        for name, shape in layer_shapes:
             for dtype in args.dtypes[:1]:
                 progress(f"{name} {shape}")
                 timed = _bench.time_row(_bench.layer_contenders(

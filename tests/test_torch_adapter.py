@@ -5,8 +5,10 @@ active backend: 25-step trajectories and state dicts against torch.optim (``fore
 float32 and float64. Then the torch.optim behaviour a training loop relies on: schedulers,
 closures, zero_grad, add_param_group, state-dict exchange with torch.optim both ways,
 checkpoint/resume, frozen parameters and None grads, hooks, autograd's version counter, and
-the errors. The whole file skips without torch; the optim_db grid also needs ``expecttest``
-(torch's test-suite dependency, in the ``test`` extra).
+the errors. bfloat16/float16 parameters: their float32 master copy against torch.optim on
+float32 copies, the parameter bits against torch's rounding of the master. The whole file
+skips without torch; the optim_db grid also needs ``expecttest`` (torch's test-suite
+dependency, in the ``test`` extra).
 """
 import copy
 import io
@@ -20,11 +22,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
+from fastopt.reference import lowp  # noqa: E402
 
 NAMES = ft.__all__
 STEPS = 25      # RAdam switches to its rectified step at t = 6 with the default betas
 SHAPES = [(3, 4), (5,), (), (0,), (17,), (2, 3, 2)]
 DTYPES = [torch.float32, torch.float64]
+HALVES = [torch.bfloat16, torch.float16]
 
 # optim_db inputs fastopt.torch cannot honour, by option: none of torch 2.13's CPU inputs sets
 # them, but a newer torch's might
@@ -56,8 +60,9 @@ def _optim_db_cases():
 def _params(dtype, seed=0):
     """Shapes with a 0-d, an empty and a transposed (non-contiguous) parameter."""
     gen = torch.Generator().manual_seed(seed)
-    ps = [torch.randn(s, generator=gen, dtype=dtype) for s in SHAPES]
-    ps.append(torch.randn(4, 3, generator=gen, dtype=dtype).t())
+    wide = dtype if dtype in DTYPES else torch.float32
+    ps = [torch.randn(s, generator=gen, dtype=wide).to(dtype) for s in SHAPES]
+    ps.append(torch.randn(4, 3, generator=gen, dtype=wide).to(dtype).t())
     return ps
 
 
@@ -289,14 +294,13 @@ def test_state_dicts_move_between_torch_and_fastopt(name, kwargs):
 
 
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+@pytest.mark.parametrize("dtype", DTYPES + HALVES, ids=["f32", "f64", "bf16", "f16"])
 def test_checkpoint_and_resume_is_bit_identical(name, kwargs, dtype):
-    dtype = torch.float32 if dtype == np.float32 else torch.float64
     init = _params(dtype)
     straight = [torch.nn.Parameter(t.clone()) for t in init]
     opt = getattr(ft, name)(straight, **kwargs)
     gen = torch.Generator().manual_seed(8)
-    grads = [[torch.randn(t.shape, generator=gen, dtype=dtype) for t in init]
-             for _ in range(10)]
+    grads = [[torch.randn(t.shape, generator=gen).to(dtype) for t in init] for _ in range(10)]
     for gs in grads:
         for p, g in zip(straight, gs):
             p.grad = g.clone()
@@ -316,7 +320,98 @@ def test_checkpoint_and_resume_is_bit_identical(name, kwargs, dtype):
             p.grad = g.clone()
         opt2.step()
     for a, b in zip(resumed, straight):
-        assert a.detach().numpy().tobytes() == b.detach().numpy().tobytes()
+        assert torch.equal(a.detach().reshape(-1).view(torch.uint8),
+                           b.detach().reshape(-1).view(torch.uint8))
+    for a, b in zip(opt2.state_dict()["state"].values(), opt.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in b)
+
+
+# ---------------------------------------------------- bfloat16 and float16 parameters
+def test_16bit_rounding_is_torchs():
+    """The reference rounding (fastopt.reference.lowp) gives torch's bits: ties, overflow,
+    subnormals, infinities and NaN among random values."""
+    gen = np.random.default_rng(12)
+    u = gen.integers(0, 1 << 32, 20000, dtype=np.uint64).astype(np.uint32)
+    u[:4000] = (u[:4000] & 0xFFFF0000) | 0x8000                # bfloat16 ties
+    u[4000:6000] = (u[4000:6000] & 0xFFFFE000) | 0x1000        # float16 ties
+    x = u.view(np.float32)
+    x[6000:6010] = [np.inf, -np.inf, np.nan, -0.0, 65520.0, 65519.0, 3.4e38, 1e-40, -1e-45, 0]
+    t = torch.from_numpy(x)
+    ok = ~np.isnan(x)
+    # NaN: the reference writes torch's scalar 0x7FC0; torch's vectorized path keeps other
+    # NaN bits, so NaN is only required to stay NaN
+    bf16 = t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    ours = lowp.float32_to_bfloat16(x)
+    np.testing.assert_array_equal(ours[ok], bf16[ok])
+    assert (ours[~ok] == 0x7FC0).all() and np.isnan(lowp.bfloat16_to_float32(bf16[~ok])).all()
+    f16 = t.to(torch.float16).numpy()
+    np.testing.assert_array_equal(lowp.float32_to_float16(x)[ok].view(np.uint16),
+                                  f16[ok].view(np.uint16))
+    assert np.isnan(lowp.float32_to_float16(x)[~ok]).all()
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=["bf16", "f16"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_16bit_params_step_a_float32_master(name, kwargs, dtype):
+    """A 16-bit parameter (beside a float32 and a float64 one in its group) steps a float32
+    master copy with float32 state: the master follows torch.optim on float32 copies fed the
+    same (widened) grads, and the parameter holds the master rounded to nearest even."""
+    init = _params(torch.float32)
+    mixed = [t.to(dtype) for t in init[:-2]] + [init[-2], init[-1].double()]
+    ours = [torch.nn.Parameter(t.clone()) for t in mixed]
+    ref = [torch.nn.Parameter(t.float() if t.dtype == dtype else t.clone()) for t in mixed]
+    opt = getattr(ft, name)(ours, **kwargs)
+    theirs = getattr(torch.optim, name)(ref, foreach=False, **kwargs)
+    gen = torch.Generator().manual_seed(13)
+    for _ in range(STEPS):
+        for a, b in zip(ours, ref):
+            a.grad = torch.randn(a.shape, generator=gen).to(a.dtype)
+            b.grad = a.grad.to(b.dtype)
+        opt.step()
+        theirs.step()
+    half = [p for p in ours if p.dtype == dtype]
+    masters = [opt.state[p]["master_param"] for p in half]
+    assert all(m.dtype == torch.float32 for m in masters)
+    assert _ulps(masters, ref[:len(half)]) <= 4
+    assert _ulps(ours[len(half):], ref[len(half):]) <= 4
+    for p, m in zip(half, masters):
+        assert torch.equal(p.detach().view(torch.int16), m.to(dtype).view(torch.int16))
+    sd, rsd = opt.state_dict()["state"], theirs.state_dict()["state"]
+    for i, entry in rsd.items():
+        assert set(sd[i]) == set(entry) | ({"master_param"} if i < len(half) else set())
+        for key, value in entry.items():
+            assert sd[i][key].dtype == value.dtype, key
+    for key in next(iter(rsd.values()), ()):
+        assert _ulps([sd[i][key] for i in range(len(half))],
+                     [rsd[i][key] for i in range(len(half))]) <= 8, key
+
+
+def test_16bit_state_dicts_move_between_torch_and_fastopt():
+    """torch.optim keeps 16-bit state for 16-bit parameters: it widens on loading here (the
+    master copy starting from the parameter); fastopt's float32 state, master included,
+    loads into torch.optim (which narrows it) and into fastopt again unchanged."""
+    p = torch.nn.Parameter(torch.randn(6).to(torch.bfloat16))
+    ref = torch.optim.Adam([p], foreach=False)
+    p.grad = torch.randn(6).to(torch.bfloat16)
+    ref.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = ft.Adam([q])
+    opt.load_state_dict(ref.state_dict())
+    assert opt.state[q]["exp_avg"].dtype == torch.float32
+    torch.testing.assert_close(opt.state[q]["exp_avg"], ref.state[p]["exp_avg"].float(),
+                               rtol=0, atol=0)
+    q.grad = p.grad.clone()
+    opt.step()
+    assert torch.equal(opt.state[q]["master_param"].to(torch.bfloat16), q.detach())
+    sd = opt.state_dict()
+    again = ft.Adam([torch.nn.Parameter(q.detach().clone())])
+    again.load_state_dict(sd)
+    state = next(iter(again.state.values()))
+    assert all(torch.equal(state[k], sd["state"][0][k]) and state[k].dtype == torch.float32
+               for k in sd["state"][0])
+    back = torch.optim.Adam([torch.nn.Parameter(q.detach().clone())], foreach=False)
+    back.load_state_dict(sd)
+    assert next(iter(back.state.values()))["exp_avg"].dtype == torch.bfloat16
 
 
 # ---------------------------------------------------------------- torch.optim mechanics

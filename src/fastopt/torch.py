@@ -10,8 +10,15 @@ call per param group (per distinct step count within it)::
 
 Each class subclasses its ``torch.optim`` namesake, so the constructor arguments, defaults and
 checks are torch's own, the state holds torch's keys and tensor types (``step`` is a float32
-scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters must be
-float32 or float64 CPU tensors with dense grads; grads that are None are skipped, as torch does.
+scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters are
+CPU tensors with dense grads; grads that are None are skipped, as torch does.
+
+float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
+float32 master copy kept in their state (``master_param``, created from the parameter) with
+float32 state: their grads are widened to float32, the float32 kernel runs on the master, and
+the parameter receives the master rounded to nearest even (``fastopt.reference.lowp`` defines
+the rounding; the bits are those of ``master.to(torch.bfloat16)``). torch.optim keeps 16-bit
+state for 16-bit parameters: its state dicts load here widened, and ours load there narrowed.
 
 torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
 call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
@@ -25,11 +32,16 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 
 from . import ops
+from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
            "RAdam"]
 
 _VIEWABLE = (torch.float32, torch.float64)    # dtypes NumPy views directly
+# 16-bit parameters (-> whether bfloat16) step a float32 master copy kept in their state
+_HALF = {torch.bfloat16: True, torch.float16: False}
+_SUPPORTED = _VIEWABLE + tuple(_HALF)
+MASTER = "master_param"     # the state key of a 16-bit parameter's float32 master copy
 
 # Option -> why a true value cannot be honoured (fastopt's kernels run on CPU NumPy views).
 _REFUSED = {
@@ -72,21 +84,31 @@ def _number(value):
 
 
 def _check_tensor(kind, index, t):
-    """Raise unless ``t`` is a dense float32/float64 CPU tensor NumPy can view."""
+    """Raise unless ``t`` is a dense CPU tensor of a supported dtype."""
     if t.layout != torch.strided:
         raise RuntimeError(f"fastopt.torch: {kind} {index} is {t.layout}; sparse tensors are "
                            "not supported")
     if not t.is_cpu:
         raise RuntimeError(f"fastopt.torch: {kind} {index} is on {t.device}; fastopt steps "
                            "CPU tensors (move the optimizer's parameters to the CPU)")
-    if t.dtype not in _VIEWABLE:
+    if t.dtype not in _SUPPORTED:
         raise TypeError(f"fastopt.torch: {kind} {index} has dtype {t.dtype}; expected "
-                        "torch.float32 or torch.float64")
+                        "torch.float32, float64, bfloat16 or float16")
 
 
 def _array(t):
-    """A NumPy view of ``t``'s storage (no copy)."""
-    return (t.detach() if t.requires_grad else t).numpy()
+    """A NumPy view of ``t``'s storage (no copy); bfloat16 as its int16 bit patterns."""
+    t = t.detach() if t.requires_grad else t
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _state_dtype(p):
+    """The dtype of ``p``'s state tensors: float32 for 16-bit parameters."""
+    return torch.float32 if p.dtype in _HALF else p.dtype
+
+
+def _zeros(p):
+    return torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
 
 
 class _Plan:
@@ -96,7 +118,7 @@ class _Plan:
     ``load_state_dict``)."""
 
     __slots__ = ("params", "ptrs", "pviews", "keys", "stored", "states", "fresh", "tensors",
-                 "views")
+                 "views", "half")
 
 
 class _FastOptimizer:
@@ -137,9 +159,11 @@ class _FastOptimizer:
         super().add_param_group(param_group)
 
     def load_state_dict(self, state_dict):
-        """torch's ``load_state_dict``. The saved optimizer's ``foreach``/``fused`` choices
-        (torch's implementations) are replaced by this one's; ``capturable`` or
-        ``differentiable`` state raises ``ValueError`` before anything changes."""
+        """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
+        16-bit parameters, NAdam's float32 ``mu_product``). The saved optimizer's
+        ``foreach``/``fused`` choices (torch's implementations) are replaced by this one's;
+        ``capturable`` or ``differentiable`` state raises ``ValueError`` before anything
+        changes."""
         saved = state_dict["param_groups"]
         for group in saved:
             self._check_options({k: v for k, v in group.items() if k != "fused"})
@@ -150,6 +174,20 @@ class _FastOptimizer:
                 for g, mine in zip(saved, self.param_groups)]
         super().load_state_dict(state_dict)
         self._plans = {}
+        # torch cast every state tensor but ``step`` to its parameter's dtype: undo that where
+        # the step needs another (16-bit parameters' float32 state, NAdam's mu_product)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for sid, p in zip(saved_ids, params):
+            state = self.state.get(p)
+            if not state:
+                continue
+            for key, value in state_dict["state"][sid].items():
+                if key in self._SCALAR_STATE and isinstance(value, torch.Tensor):
+                    state[key] = value.to(_scalar_dtype())
+                elif (p.dtype in _HALF and key != "step" and isinstance(value, torch.Tensor)
+                        and value.is_floating_point()):
+                    state[key] = value.to(device=p.device, dtype=torch.float32)
 
     # ---------------------------------------------------------------------------- step
     def step(self, closure=None):
@@ -196,7 +234,8 @@ class _FastOptimizer:
             if g.dtype != p.dtype:
                 raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype {g.dtype}, "
                                 f"expected {p.dtype} like the parameter")
-            gviews.append(_array(g))
+            view = _array(g)
+            gviews.append(lowp.widen(view, _HALF[g.dtype]) if g.dtype in _HALF else view)
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(gi)
         if plan is None or not self._plan_holds(plan, group, live):
@@ -226,21 +265,38 @@ class _FastOptimizer:
             _check_tensor("parameter", i, p)
         plan.params = live
         plan.ptrs = [p.data_ptr() for p in live]
-        plan.pviews = [_array(p) for p in live]
         plan.keys = self._state_keys(group)
         plan.stored = [self.state.get(p) for p in live]
         # new state goes into new dicts, stored by _run once the kernels ran
         plan.states, plan.fresh = [], []
         for p, old in zip(live, plan.stored):
             state = old if old else self._init_state(p, group)
+            # state that an option switched on later needs (as torch would create it)
             missing = [key for key in plan.keys if key not in state]
-            if missing:     # state that an option switched on later needs (as torch would)
+            narrow = []
+            if p.dtype in _HALF:
+                # torch.optim's state of a 16-bit parameter is 16-bit: widen it; the master
+                # copy starts as the parameter
+                narrow = [key for key in plan.keys + self._SCALAR_STATE
+                          if key in state and state[key].dtype != torch.float32]
+                if MASTER not in state:
+                    missing.append(MASTER)
+            if missing or narrow:
                 state = dict(state)
                 for key in missing:
-                    state[key] = _zeros(p)
+                    state[key] = (p.detach().to(torch.float32, memory_format=torch.preserve_format)
+                                  if key == MASTER else _zeros(p))
+                for key in narrow:
+                    state[key] = state[key].to(torch.float32)
             plan.states.append(state)
             plan.fresh.append(state is not old)
-        plan.tensors, plan.views = {}, {}
+        # 16-bit parameters: the kernels step the master copy, then it is rounded back
+        plan.half = [(k, _array(p), _HALF[p.dtype])
+                     for k, p in enumerate(live) if p.dtype in _HALF]
+        plan.pviews = [_array(s[MASTER] if p.dtype in _HALF else p)
+                       for p, s in zip(live, plan.states)]
+        plan.tensors = {MASTER: [s.get(MASTER) for s in plan.states]} if plan.half else {}
+        plan.views = {}
         scalars = (("step",) if self._STEPPED else ()) + self._SCALAR_STATE
         for key in plan.keys + scalars:
             tensors = [s[key] for s in plan.states]
@@ -277,6 +333,8 @@ class _FastOptimizer:
                                  step + 1, [plan.fresh[k] for k in part])
             for c, s in zip(counts, steps):
                 c[()] = s + 1
+        for k, dst, bfloat16 in plan.half:
+            lowp.store_rounded_(dst, plan.pviews[k], bfloat16)
         _increment_versions(plan.params)
         if any(plan.fresh):
             for k, (p, state) in enumerate(zip(plan.params, plan.states)):
@@ -287,10 +345,6 @@ class _FastOptimizer:
 
     def _new_step(self):
         return torch.tensor(0.0, dtype=_scalar_dtype())
-
-
-def _zeros(p):
-    return torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 class SGD(_FastOptimizer, torch.optim.SGD):
@@ -362,7 +416,8 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
         # torch fills a parameter added later from the constructor's value, not its group's
         value = self.defaults["initial_accumulator_value"]
         return {"step": self._new_step(),
-                "sum": torch.full_like(p, value, memory_format=torch.preserve_format)}
+                "sum": torch.full_like(p, value, dtype=_state_dtype(p),
+                                      memory_format=torch.preserve_format)}
 
     def _update(self, group, params, grads, cols, step, fresh):
         ops.foreach_adagrad_step_(params, grads, cols["sum"], step, lr=_number(group["lr"]),
@@ -448,8 +503,8 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
     (torch's): ``step``, ``mu_product`` (a float32 scalar tensor, multiplied in float32 as
     torch does), ``exp_avg``, ``exp_avg_sq``. torch's ``load_state_dict`` casts ``mu_product``
     to the parameters' dtype, after which torch multiplies it in float64 for float64
-    parameters; fastopt keeps multiplying in float32, so a resumed run follows the
-    uninterrupted trajectory."""
+    parameters; here it stays a float32 tensor, so a resumed run follows the uninterrupted
+    trajectory."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
              "decoupled_weight_decay", "maximize")

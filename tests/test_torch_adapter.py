@@ -109,7 +109,8 @@ def assert_trajectories_close(ours, theirs, opt, ref, param_ulps=4, state_ulps=8
         worst = _ulps([s[key] for s in sd["state"].values()],
                       [s[key] for s in rsd["state"].values()])
         assert worst <= state_ulps, (key, worst)
-    strip = lambda g: {k: v for k, v in g.items() if k != "foreach"}  # noqa: E731
+    strip = lambda g: {k: v for k, v in g.items()  # noqa: E731
+                       if k not in ("foreach", "max_grad_norm")}
     assert [strip(g) for g in sd["param_groups"]] == [strip(g) for g in rsd["param_groups"]]
 
 
@@ -324,6 +325,56 @@ def test_checkpoint_and_resume_is_bit_identical(name, kwargs, dtype):
                            b.detach().reshape(-1).view(torch.uint8))
     for a, b in zip(opt2.state_dict()["state"].values(), opt.state_dict()["state"].values()):
         assert all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in b)
+
+
+# ------------------------------------------------------------------ fused gradient clip
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_max_grad_norm_is_clip_grad_norm_then_step(name, kwargs, dtype):
+    """``max_grad_norm`` per group: the same grads, norms and trajectory as
+    ``torch.nn.utils.clip_grad_norm_(group_params, max_norm)`` before torch's step; a group
+    without it is not clipped. The grads' scale varies so some steps clip and some not."""
+    init = _params(dtype)
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = getattr(ft, name)([{"params": ours[:4]}, {"params": ours[4:], "max_grad_norm": None}],
+                            max_grad_norm=2.0, **kwargs)
+    ref = getattr(torch.optim, name)([{"params": theirs[:4]}, {"params": theirs[4:]}],
+                                     foreach=False, **kwargs)
+    gen = torch.Generator().manual_seed(14)
+    clipped = 0
+    for k in range(10):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn(a.shape, generator=gen, dtype=dtype) * (0.1 + k % 3)
+            b.grad = a.grad.clone()
+        norm = torch.nn.utils.clip_grad_norm_(theirs[:4], 2.0, foreach=False)
+        clipped += norm.item() > 2.0
+        opt.step()
+        ref.step()
+        assert opt.grad_norms[1] is None
+        np.testing.assert_allclose(opt.grad_norms[0], norm.item(),
+                                   rtol=4 * torch.finfo(dtype).eps)
+        assert _ulps([a.grad for a in ours], [b.grad for b in theirs]) <= 2
+    assert 0 < clipped < 10
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+def test_max_grad_norm_checks_and_survives_torch_state_dicts():
+    p = torch.nn.Parameter(torch.randn(3))
+    for bad in (0.0, -1.0, True, "1"):
+        with pytest.raises(ValueError, match="max_grad_norm"):
+            ft.Adam([p], max_grad_norm=bad)
+    opt = ft.Adam([p], max_grad_norm=1.0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))],
+                             "max_grad_norm": -2.0})
+    opt.load_state_dict(torch.optim.Adam([p]).state_dict())    # torch's: no clip setting
+    assert opt.param_groups[0]["max_grad_norm"] == 1.0
+    torch.optim.Adam([p]).load_state_dict(opt.state_dict())    # torch ignores the key
+    p.grad = torch.full((3,), 10.0)
+    opt.step()
+    np.testing.assert_allclose(opt.grad_norms[0], 300 ** 0.5, rtol=1e-6)
+    np.testing.assert_allclose(p.grad.norm().item(), 1.0, rtol=1e-5)
 
 
 # ---------------------------------------------------- bfloat16 and float16 parameters

@@ -20,14 +20,24 @@ the parameter receives the master rounded to nearest even (``fastopt.reference.l
 the rounding; the bits are those of ``master.to(torch.bfloat16)``). torch.optim keeps 16-bit
 state for 16-bit parameters: its state dicts load here widened, and ours load there narrowed.
 
+A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
+param group) scales each group's grads as ``torch.nn.utils.clip_grad_norm_(group_params,
+1.0)`` would before the step (float32/float64 grads in place, as it does; 16-bit parameters'
+widened copies): one pass computes the global norm, a second scales the grads when it clips
+(the kernels take no grad scale yet), then the update. ``opt.grad_norms`` holds each group's
+norm before clipping (None where it does not clip).
+
 torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
 call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
 ``differentiable=True`` ask for things these kernels do not do and raise ``ValueError``.
 
 This module imports torch; ``import fastopt`` does not import it.
 """
+import math
+import numbers
 import operator
 
+import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
@@ -53,6 +63,7 @@ _REFUSED = {
 }
 # torch options that choose an implementation, not a formula: any value is fine
 _IMPLEMENTATION = ("foreach",)
+CLIP = "max_grad_norm"      # fastopt's own group option: the fused gradient clip
 
 _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
 _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
@@ -102,6 +113,30 @@ def _array(t):
     return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
 
 
+def _check_clip(max_grad_norm):
+    if max_grad_norm is not None and not (
+            isinstance(max_grad_norm, numbers.Real) and not isinstance(max_grad_norm, bool)
+            and max_grad_norm > 0):
+        raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (must be None or > 0)")
+
+
+def _clip_(grads, max_norm):
+    """Scale the grads (NumPy views, in place, as clip_grad_norm_ scales ``p.grad``) so
+    their global L2 norm is at most ``max_norm``: ``g *= max_norm / (norm + 1e-6)`` when that
+    factor is below 1 (or NaN, as torch's clamp keeps it). Returns the norm before clipping.
+    The sum of squares is accumulated in float64 across the grads."""
+    total = 0.0
+    for g in grads:
+        flat = g.reshape(-1)
+        total += float(np.dot(flat, flat))
+    norm = math.sqrt(total)
+    coef = max_norm / (norm + 1e-6)
+    if not coef >= 1.0:
+        for g in grads:
+            np.multiply(g, g.dtype.type(coef), out=g)
+    return norm
+
+
 def _state_dtype(p):
     """The dtype of ``p``'s state tensors: float32 for 16-bit parameters."""
     return torch.float32 if p.dtype in _HALF else p.dtype
@@ -134,6 +169,17 @@ class _FastOptimizer:
     _STEPPED = True         # the state has torch's ``step`` count
     _SCALAR_STATE = ()      # 0-d state tensors besides ``step`` (NAdam's ``mu_product``)
 
+    def __init__(self, params, *args, max_grad_norm=None, **kwargs):
+        """torch's arguments, plus ``max_grad_norm``: clip each group's grads to this global
+        L2 norm in the step, as ``torch.nn.utils.clip_grad_norm_(group_params, max_norm)``
+        before it would (None: no clipping; a group may set its own)."""
+        _check_clip(max_grad_norm)
+        super().__init__(params, *args, **kwargs)
+        self.defaults[CLIP] = max_grad_norm
+        for group in self.param_groups:
+            group.setdefault(CLIP, max_grad_norm)
+        self.grad_norms = [None] * len(self.param_groups)
+
     # ------------------------------------------------------------ options and checks
     def _refuse(self, group):
         """ValueError for the options the kernels cannot honour."""
@@ -148,7 +194,8 @@ class _FastOptimizer:
         self._refuse(group)
         for key, value in group.items():
             if (key in self.defaults and key not in self._KEYS and key not in _REFUSED
-                    and key not in _IMPLEMENTATION and value not in (None, False, 0)):
+                    and key not in _IMPLEMENTATION and key != CLIP
+                    and value not in (None, False, 0)):
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: option "
                                  f"{key}={value!r} is not supported")
 
@@ -156,6 +203,7 @@ class _FastOptimizer:
         """torch's ``add_param_group``, refusing options the kernels cannot honour first."""
         if isinstance(param_group, dict):
             self._check_options({**self.defaults, **param_group})
+            _check_clip(param_group.get(CLIP))
         super().add_param_group(param_group)
 
     def load_state_dict(self, state_dict):
@@ -169,9 +217,13 @@ class _FastOptimizer:
             self._check_options({k: v for k, v in group.items() if k != "fused"})
         if len(saved) == len(self.param_groups):
             state_dict = dict(state_dict)
+            # a torch.optim state dict has no clip setting: this optimizer's stays
             state_dict["param_groups"] = [
-                dict(g, **{k: mine[k] for k in ("foreach", "fused") if k in mine})
+                dict(g, **{k: mine[k] for k in ("foreach", "fused") if k in mine},
+                     **({CLIP: mine.get(CLIP)} if CLIP not in g else {}))
                 for g, mine in zip(saved, self.param_groups)]
+        for group in state_dict["param_groups"]:
+            _check_clip(group.get(CLIP))
         super().load_state_dict(state_dict)
         self._plans = {}
         # torch cast every state tensor but ``step`` to its parameter's dtype: undo that where
@@ -210,8 +262,12 @@ class _FastOptimizer:
                 loss = closure()
         # every group is checked and viewed before any is stepped
         work = [self._prepare(gi, group) for gi, group in enumerate(self.param_groups)]
-        for item in work:
+        norms = self.__dict__.setdefault("grad_norms", [])
+        norms[:] = [None] * len(work)
+        for gi, item in enumerate(work):
             if item is not None:
+                if item[0].get(CLIP) is not None:
+                    norms[gi] = _clip_(item[2], item[0][CLIP])
                 self._run(*item)
         return loss
 

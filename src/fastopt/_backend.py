@@ -12,6 +12,8 @@ import warnings
 
 from . import _cpu
 
+from . import _threads
+
 NAMES = ("cython", "numba", "numpy")
 _MODULES = {"cython": "fastopt._kernels", "numba": "fastopt._numba", "numpy": "fastopt.reference"}
 
@@ -21,19 +23,7 @@ active = None    # the module of the backend in use; fastopt.ops dispatches thro
 _active_name = None
 
 
-def _default_threads():
-    """OMP_NUM_THREADS if set, else the CPUs this process may run on."""
-    try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
-    except (KeyError, ValueError):
-        pass
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:          # not on Linux
-        return os.cpu_count() or 1
-
-
-_num_threads = _default_threads()
+_num_threads = _threads.default_threads()
 
 
 def _load(name):
@@ -113,6 +103,9 @@ def set_num_threads(n):
 
 
 def get_num_threads():
+    """Threads the compiled kernels use now (a ``threadpoolctl`` limit included)."""
+    if "cython" in _loaded:
+        return _loaded["cython"].get_num_threads()
     return _num_threads
 
 

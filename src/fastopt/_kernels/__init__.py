@@ -1,4 +1,4 @@
-"""The Cython backend: compiled kernels, OpenMP-parallel, GIL released.
+"""The Cython backend: compiled kernels, multi-threaded, GIL released.
 
 Importing this package fails (ImportError saying why) when the extension was not built or was
 built for an ISA this CPU lacks; the registry then reports the reason and serves the next
@@ -9,7 +9,7 @@ import importlib
 import importlib.util
 import os
 
-from .. import _cpu
+from .. import _cpu, _threads
 
 try:  # written by setup.py next to the extension: its flags, or why it was not built
     from . import _build_info
@@ -67,6 +67,7 @@ batchnorm_backward, softmax = _layers.batchnorm_backward, _layers.softmax
 softmax_cross_entropy = _layers.softmax_cross_entropy
 
 _FAMILIES = (_optim, _layers, _stream)
+_threads.register_threadpoolctl()
 BUILD_FLAGS = _optim.BUILD_FLAGS
 
 

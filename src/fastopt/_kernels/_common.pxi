@@ -51,31 +51,37 @@ def cpu_has_avx512():
 
 from .. import _validate
 
-# Below this many elements a step runs on one thread: waking the team costs more than it saves
-# (measured with `python -m fastopt`; see bench/README.md).
+# Below this many elements a step runs on one thread: handing chunks to a helper costs more than
+# it saves (measured with `python -m fastopt`; see bench/README.md).
 cdef Py_ssize_t PARALLEL_MIN = 1 << 15
-cdef int _num_threads = fo_max_threads()
+
+cdef extern from *:
+    """
+    /* The thread count of this family's kernels, exported (not static) so that threadpoolctl
+     * can read and limit it through the controller fastopt registers (fastopt._threads). */
+    static int fo_num_threads = 1;
+    int fastopt_get_num_threads(void) { return fo_num_threads; }
+    void fastopt_set_num_threads(int n) { fo_num_threads = n < 1 ? 1 : n; }
+    """
+    int fastopt_get_num_threads() nogil
+    void fastopt_set_num_threads(int n) nogil
+
+fastopt_set_num_threads(fo_max_threads())
 
 
 def set_num_threads(int n):
     """Threads used by this backend's kernels (results do not depend on it)."""
-    global _num_threads
     if n < 1:
         raise ValueError(f"number of threads must be >= 1, got {n}")
-    _num_threads = n
+    fastopt_set_num_threads(n)
 
 
 def get_num_threads():
-    return _num_threads
+    return fastopt_get_num_threads()
 
 
 cdef inline int threads_for(Py_ssize_t n) noexcept nogil:
-    return _num_threads if n >= PARALLEL_MIN else 1
-
-
-cdef inline Py_ssize_t chunk_for(Py_ssize_t n, int nthreads) noexcept nogil:
-    """Elements per thread, rounded up to a whole 64-byte line of doubles."""
-    return ((n + nthreads - 1) // nthreads + 7) & ~(<Py_ssize_t>7)
+    return fastopt_get_num_threads() if n >= PARALLEL_MIN else 1
 
 
 cdef inline bint flat_ok(cnp.ndarray a, bint want_f) noexcept:

@@ -5,14 +5,14 @@
 # where ``arrays`` holds the data pointers (param, grad, state...; NULL for optional state not in
 # use), ``k`` the per-call scalars folded in double and ``flags`` the options. Because the
 # signature is uniform, one driver runs a single array or a whole list of them ("multi-tensor"):
-# the work is split across threads by total element count, not by array, and each thread walks
-# the pieces of its range. Every element is computed on its own, so the result is bit-identical
+# the work is split into chunks of the total element count, not by array, which the calling
+# thread and the pool's helpers (fo_pool.h) claim as they run; each walks the pieces of its
+# chunk. Every element is computed on its own, so the result is bit-identical
 # for any thread count and for any grouping of arrays into calls.
 from cpython.list cimport PyList_GET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.string cimport memcmp
-from cython.parallel cimport prange
 
 from .._layout import via_contiguous
 from .._multi import check_lists
@@ -36,6 +36,18 @@ ctypedef struct Tensor:
     void* ptr[MAX_ARRAYS]
     Py_ssize_t n
 
+cdef extern from "fo_pool.h":
+    ctypedef void (*fo_chunk_fn)(void* ctx, Py_ssize_t chunk) noexcept nogil
+    void fo_pool_run(fo_chunk_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
+
+ctypedef struct Job:    # one call's work, split into chunks of the concatenated tensors
+    const Kernel* kern
+    bint is32
+    Tensor* ts
+    Py_ssize_t count, chunk, total
+    const double* k
+    int flags
+
 
 cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
                            Py_ssize_t start, Py_ssize_t stop, const double* k,
@@ -55,18 +67,30 @@ cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t
         offset += ts[j].n
 
 
+# Chunks: several per thread so that a helper that starts late still takes a share, and small
+# enough that a helper preempted mid-chunk (by another process) holds up the call only briefly;
+# whole 64-byte lines of floats and doubles (multiples of 16 elements).
+cdef Py_ssize_t CHUNK_MIN = 1 << 13, CHUNK_MAX = 1 << 16
+
+
+cdef void run_chunk(void* ctx, Py_ssize_t c) noexcept nogil:
+    cdef Job* job = <Job*>ctx
+    run_range(job.kern, job.is32, job.ts, job.count, c * job.chunk,
+              min((c + 1) * job.chunk, job.total), job.k, job.flags)
+
+
 cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count, const double* k,
               int flags) noexcept nogil:
-    cdef Py_ssize_t j, c, chunk, total = 0
+    cdef Py_ssize_t j, total = 0
     for j in range(count):
         total += ts[j].n
     cdef int nt = threads_for(total)
-    if nt == 1:  # entering an OpenMP region costs ~0.6 us even with one thread
+    if nt == 1:
         run_range(kern, is32, ts, count, 0, total, k, flags)
         return
-    chunk = chunk_for(total, nt)
-    for c in prange(nt, schedule="static", num_threads=nt, nogil=True):
-        run_range(kern, is32, ts, count, c * chunk, min((c + 1) * chunk, total), k, flags)
+    cdef Job job = Job(kern, is32, ts, count, 0, total, k, flags)
+    job.chunk = (min(max(total // (4 * nt), CHUNK_MIN), CHUNK_MAX) + 15) & ~(<Py_ssize_t>15)
+    fo_pool_run(run_chunk, &job, (total + job.chunk - 1) // job.chunk, nt)
 
 
 cdef int load(Tensor* t, const Kernel* kern, tuple names, PyObject** arrays,

@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
 """Cython optimizer kernels: one fused sweep per step (read p, g and the state once, write them
-once), scalars folded once per call in double and cast to the data's precision, OpenMP over
-chunks of the total element count (_elementwise.pxi). Formulas and signatures:
+once), scalars folded once per call in double and cast to the data's precision, threads over
+chunks of the total element count (_elementwise.pxi, fo_pool.h). Formulas and signatures:
 fastopt/reference/optim.py; ``<name>_multi`` takes lists of arrays (one call for a whole
 parameter group) with the same scalars.
 

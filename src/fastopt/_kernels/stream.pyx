@@ -6,12 +6,13 @@ trivial arithmetic, chunked and threaded exactly like the real kernels. Used onl
 (the kernels' convention: ``a1`` is the grad), so its time on the arrays of a step is the time
 that step would take if memory traffic were all it cost.
 """
-from cython.parallel cimport prange
-
 include "_common.pxi"
+include "_elementwise.pxi"
 
 
-cdef void stream_span(float** arrays, int k, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+cdef void stream_span(float** arrays, Py_ssize_t lo, Py_ssize_t hi, const double* unused,
+                      int k) noexcept nogil:
+    """The element-wise driver's span signature; ``k`` (the flags) is the number of arrays."""
     cdef Py_ssize_t i
     cdef float* a0 = arrays[0]
     cdef float* a1 = arrays[1]
@@ -38,30 +39,24 @@ cdef void stream_span(float** arrays, int k, Py_ssize_t lo, Py_ssize_t hi) noexc
             a4[i] = a4[i] + a1[i]
 
 
+cdef Kernel STREAM = Kernel(5, 2, stream_span, NULL)
+
+
 def stream(*arrays):
     """Stream 2 to 5 contiguous arrays of one dtype (float32 or float64, same byte count)."""
-    cdef float* ptrs[5]
-    cdef int k = len(arrays), j, nt, c
-    cdef Py_ssize_t n, lo, chunk
+    cdef Tensor t
+    cdef int k = len(arrays), j
     if not 2 <= k <= 5:
         raise ValueError(f"stream takes 2 to 5 arrays, got {k}")
     cdef cnp.ndarray a
-    for j in range(5):
-        ptrs[j] = NULL
+    for j in range(MAX_ARRAYS):
+        t.ptr[j] = NULL
     for j in range(k):
         a = arrays[j]
         if not cnp.PyArray_IS_C_CONTIGUOUS(a) or a.nbytes != arrays[0].nbytes:
             raise ValueError("stream needs C-contiguous arrays of equal byte size")
-        ptrs[j] = <float*>cnp.PyArray_DATA(a)
+        t.ptr[j] = cnp.PyArray_DATA(a)
     # float32 lanes over the bytes: the traffic, not the element type, is what is measured
-    n = arrays[0].nbytes // sizeof(float)
-    nt = threads_for(cnp.PyArray_SIZE(<cnp.ndarray>arrays[0]))
-    chunk = chunk_for(n, nt)
-    if nt == 1:   # as the kernels: no OpenMP region for one thread
-        stream_span(ptrs, k, 0, n)
-        return
+    t.n = arrays[0].nbytes // sizeof(float)
     with nogil:
-        for c in prange(nt, schedule="static", num_threads=nt):
-            lo = c * chunk
-            if lo < n:
-                stream_span(ptrs, k, lo, min(lo + chunk, n))
+        run(&STREAM, True, &t, 1, NULL, k)

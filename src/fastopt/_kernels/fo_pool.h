@@ -1,0 +1,182 @@
+/* fastopt's thread pool for the element-wise kernels.
+ *
+ * Why not an OpenMP parallel region: it ends in a barrier that waits for every thread of the
+ * team, running or not. With the other cores busy (a notebook beside another job, a process
+ * whose own threads are busy) a 30 us call then waits out a scheduler time slice, milliseconds.
+ * Here the calling thread works through the chunks of a job itself, and helper threads take
+ * chunks only while they are actually running: the caller waits for the chunks a helper has
+ * already started, never for a helper to wake up. (oneTBB's task arenas work the same way; from
+ * C they would need a C++ build and a shared library outside the loader's path.)
+ *
+ * Chunks are claimed by compare-and-swap on one 64-bit word holding (job number, next chunk):
+ * a helper that wakes late can never run a chunk of a newer job with an older job's function.
+ * One job at a time: a second caller (another Python thread) that finds the pool busy runs its
+ * job on its own thread. A helper polls for a new job for a few tens of microseconds after
+ * each one (back-to-back calls of an optimizer step find it awake), then sleeps on a condition
+ * variable, so it never spins against other work for long. After fork() the child starts with
+ * no helpers and makes new ones on first use.
+ *
+ * Every element is computed the same way whoever runs its chunk, so results do not depend on
+ * the thread count or on which thread ran what.
+ */
+#ifndef FO_POOL_H
+#define FO_POOL_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FO_CPU_RELAX() _mm_pause()
+#else
+#define FO_CPU_RELAX() ((void)0)
+#endif
+
+typedef void (*fo_chunk_fn)(void *ctx, Py_ssize_t chunk);
+
+enum { FO_MAX_HELPERS = 255 };
+static const double FO_POLL_SECONDS = 50e-6;   /* helper polls this long before sleeping */
+
+static struct {
+    pthread_mutex_t call_lock;      /* held by the caller running a job */
+    pthread_mutex_t sleep_lock;
+    pthread_cond_t wake;
+    _Atomic uint64_t claim;         /* job << 32 | next unclaimed chunk */
+    _Atomic Py_ssize_t done;        /* chunks of the current job finished */
+    _Atomic int sleepers;
+    /* the current job: written only between jobs, read by helpers after they load `claim` */
+    _Atomic(fo_chunk_fn) fn;
+    _Atomic(void *) ctx;
+    _Atomic Py_ssize_t nchunks;
+    _Atomic int helpers_wanted;     /* helpers with a smaller index take part in this job */
+    int helpers;                    /* helper threads started */
+    int atfork_registered;
+} fo_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static double fo_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* Claim and run chunks of `job` until none is left (or the job is over). */
+static void fo_pool_work(uint32_t job) {
+    for (;;) {
+        uint64_t word = atomic_load_explicit(&fo_pool.claim, memory_order_acquire);
+        if ((uint32_t)(word >> 32) != job)
+            return;
+        Py_ssize_t chunk = (Py_ssize_t)(uint32_t)word;
+        /* if these belong to a newer job already, `word` is stale and the CAS below fails */
+        fo_chunk_fn fn = atomic_load_explicit(&fo_pool.fn, memory_order_relaxed);
+        void *ctx = atomic_load_explicit(&fo_pool.ctx, memory_order_relaxed);
+        if (chunk >= atomic_load_explicit(&fo_pool.nchunks, memory_order_relaxed))
+            return;
+        if (atomic_compare_exchange_weak_explicit(&fo_pool.claim, &word, word + 1,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            fn(ctx, chunk);
+            atomic_fetch_add_explicit(&fo_pool.done, 1, memory_order_release);
+        }
+    }
+}
+
+static void *fo_helper_main(void *arg) {
+    int index = (int)(intptr_t)arg;
+    uint32_t seen = (uint32_t)(atomic_load(&fo_pool.claim) >> 32);
+    for (;;) {
+        uint32_t job;
+        double deadline = fo_now() + FO_POLL_SECONDS;
+        for (int polls = 1;; polls++) {
+            job = (uint32_t)(atomic_load_explicit(&fo_pool.claim, memory_order_acquire) >> 32);
+            if (job != seen)
+                break;
+            if (polls % 64 || fo_now() < deadline) {
+                FO_CPU_RELAX();
+                continue;
+            }
+            pthread_mutex_lock(&fo_pool.sleep_lock);
+            atomic_fetch_add(&fo_pool.sleepers, 1);
+            while ((uint32_t)(atomic_load(&fo_pool.claim) >> 32) == seen)
+                pthread_cond_wait(&fo_pool.wake, &fo_pool.sleep_lock);
+            atomic_fetch_sub(&fo_pool.sleepers, 1);
+            pthread_mutex_unlock(&fo_pool.sleep_lock);
+            deadline = fo_now() + FO_POLL_SECONDS;
+        }
+        seen = job;
+        if (index < atomic_load_explicit(&fo_pool.helpers_wanted, memory_order_relaxed))
+            fo_pool_work(job);
+    }
+    return NULL;
+}
+
+/* In a forked child only the forking thread exists: forget the parent's helpers. */
+static void fo_pool_after_fork_child(void) {
+    pthread_mutex_t unlocked = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t fresh = PTHREAD_COND_INITIALIZER;
+    fo_pool.call_lock = unlocked;
+    fo_pool.sleep_lock = unlocked;
+    fo_pool.wake = fresh;
+    atomic_store(&fo_pool.sleepers, 0);
+    fo_pool.helpers = 0;
+}
+
+static void fo_pool_start_helpers(int wanted) {
+    if (!fo_pool.atfork_registered) {
+        pthread_atfork(NULL, NULL, fo_pool_after_fork_child);
+        fo_pool.atfork_registered = 1;
+    }
+    if (wanted > FO_MAX_HELPERS)
+        wanted = FO_MAX_HELPERS;
+    while (fo_pool.helpers < wanted) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attr, fo_helper_main,
+                                    (void *)(intptr_t)fo_pool.helpers);
+        pthread_attr_destroy(&attr);
+        if (failed)
+            return;   /* run with the helpers we have; the caller does the rest */
+        fo_pool.helpers++;
+    }
+}
+
+/* Run fn(ctx, c) for every c in [0, nchunks) on up to `nthreads` threads, the caller being
+ * one of them. Returns when every chunk has run. */
+static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
+    if (nthreads <= 1 || nchunks <= 1 || nchunks >= ((Py_ssize_t)1 << 32)
+            || pthread_mutex_trylock(&fo_pool.call_lock) != 0) {
+        for (Py_ssize_t c = 0; c < nchunks; c++)
+            fn(ctx, c);
+        return;
+    }
+    fo_pool_start_helpers(nthreads - 1);
+    uint32_t job = (uint32_t)(atomic_load(&fo_pool.claim) >> 32) + 1;
+    atomic_store_explicit(&fo_pool.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.nchunks, nchunks, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.helpers_wanted, nthreads - 1, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.done, 0, memory_order_relaxed);
+    atomic_store(&fo_pool.claim, (uint64_t)job << 32);   /* publishes the job */
+    if (atomic_load(&fo_pool.sleepers) > 0) {
+        pthread_mutex_lock(&fo_pool.sleep_lock);
+        pthread_cond_broadcast(&fo_pool.wake);
+        pthread_mutex_unlock(&fo_pool.sleep_lock);
+    }
+    fo_pool_work(job);
+    /* every chunk is claimed; wait for the ones helpers are still running */
+    for (unsigned polls = 1;
+         atomic_load_explicit(&fo_pool.done, memory_order_acquire) < nchunks; polls++) {
+        if (polls % 1024)
+            FO_CPU_RELAX();
+        else
+            sched_yield();   /* a helper holding a chunk was preempted: let it run */
+    }
+    pthread_mutex_unlock(&fo_pool.call_lock);
+}
+
+#endif

@@ -1,0 +1,78 @@
+"""Thread counts: the default from the CPUs this process may use, and threadpoolctl support.
+
+The compiled kernels run on fastopt's own pool (``_kernels/fo_pool.h``), so threadpoolctl,
+which scikit-learn users use to limit OpenMP and BLAS threads, would not see them on its own:
+:func:`register_threadpoolctl` teaches it to (``user_api="fastopt"``), and
+``threadpoolctl.threadpool_limits(1)`` then limits fastopt too.
+"""
+import math
+import os
+
+# cgroup v2, then v1: a container's CPU quota (docker --cpus=1.5 gives "150000 100000")
+_CGROUP_QUOTA_FILES = (("/sys/fs/cgroup/cpu.max", None),
+                       ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                        "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+
+
+def cgroup_cpu_limit(files=_CGROUP_QUOTA_FILES):
+    """CPUs allowed by this process's cgroup CPU quota, rounded up; None when unlimited."""
+    for quota_file, period_file in files:
+        try:
+            with open(quota_file) as f:
+                fields = f.read().split()
+            if period_file is not None:
+                with open(period_file) as f:
+                    fields += f.read().split()
+            quota, period = fields[0], fields[1]
+            if quota in ("max", "-1"):
+                return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def default_threads():
+    """``OMP_NUM_THREADS`` if set, else the CPUs this process may run on (its affinity mask,
+    capped by a cgroup CPU quota): more threads than that only wait for each other."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:          # not on Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return min(cpus, quota) if quota else cpus
+
+
+def register_threadpoolctl():
+    """Make the compiled kernel families visible to (and limitable by) threadpoolctl, if it is
+    installed. Each family's extension exports ``fastopt_get_num_threads`` and
+    ``fastopt_set_num_threads``."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return False
+    if not hasattr(threadpoolctl, "register"):    # threadpoolctl < 3.3
+        return False
+
+    class FastoptController(threadpoolctl.LibController):
+        user_api = "fastopt"
+        internal_api = "fastopt"
+        filename_prefixes = ("optim", "layers", "stream")
+        check_symbols = ("fastopt_get_num_threads", "fastopt_set_num_threads")
+
+        def get_num_threads(self):
+            return self.dynlib.fastopt_get_num_threads()
+
+        def set_num_threads(self, num_threads):
+            self.dynlib.fastopt_set_num_threads(num_threads)
+
+        def get_version(self):
+            from . import __version__
+            return __version__
+
+    threadpoolctl.register(FastoptController)
+    return True

@@ -1,0 +1,135 @@
+"""The compiled backends' threads: bit-identical results for any thread count, calls from
+several Python threads at once, a call after fork, the default count and threadpoolctl."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from fastopt import _threads
+
+from conftest import COMPILED
+
+# above the size where the kernels go parallel, odd so the last chunk is a partial one
+N = 3 * 65536 + 7
+
+
+def adam_steps(n, dtype, steps=3, seed=0, pieces=None):
+    """Params after ``steps`` Adam steps on fresh arrays (``pieces``: split into that many
+    arrays and step them with one foreach call)."""
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t in range(1, steps + 1):
+        if pieces:
+            cuts = np.linspace(0, n, pieces + 1).astype(int)[1:-1]
+            fo.ops.foreach_adam_step_(*(np.split(a, cuts) for a in (p, g, m, v)), t, lr=0.1,
+                                      weight_decay=0.01)
+        else:
+            fo.ops.adam_step_(p, g, m, v, t, lr=0.1, weight_decay=0.01)
+    return p, m, v
+
+
+@pytest.fixture(params=COMPILED)
+def compiled(request):
+    threads = fo.get_num_threads()
+    with fo.use_backend(request.param):
+        yield request.param
+    fo.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("pieces", [None, 37])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_bit_identical_for_1_to_5_threads(compiled, dtype, pieces):
+    results = []
+    for threads in (1, 2, 3, 5):
+        fo.set_num_threads(threads)
+        results.append(adam_steps(N, dtype, pieces=pieces))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_calls_from_several_python_threads_at_once(compiled):
+    fo.set_num_threads(2)
+    expected = [adam_steps(N, np.float32, seed=s) for s in range(4)]
+    results = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def work(s):
+        barrier.wait()
+        results[s] = adam_steps(N, np.float32, steps=3, seed=s)
+
+    workers = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for got, want in zip(results, expected):
+        for a, b in zip(got, want):
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_call_after_fork(compiled):
+    fo.set_num_threads(2)
+    expected = adam_steps(N, np.float32)       # starts the pool's helpers in the parent
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                               # child: only this thread exists
+        ok = False
+        try:
+            ok = all(a.tobytes() == b.tobytes()
+                     for a, b in zip(adam_steps(N, np.float32), expected))
+        finally:
+            os.write(write, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"1", "the forked child computed wrong results"
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(adam_steps(N, np.float32), expected))
+
+
+def test_cgroup_quota_caps_the_default(tmp_path):
+    v2 = tmp_path / "cpu.max"
+    v2.write_text("150000 100000\n")
+    assert _threads.cgroup_cpu_limit(((str(v2), None),)) == 2
+    v2.write_text("max 100000\n")
+    assert _threads.cgroup_cpu_limit(((str(v2), None),)) is None
+    quota, period = tmp_path / "quota", tmp_path / "period"
+    quota.write_text("50000\n")
+    period.write_text("100000\n")
+    assert _threads.cgroup_cpu_limit(((str(tmp_path / "absent"), None),
+                                      (str(quota), str(period)))) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_default_threads_follow_the_affinity_mask():
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "import fastopt as fo; print(fo.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True)
+    assert out.stdout.strip() == "1"
+
+
+def test_threadpoolctl_sees_and_limits_the_kernels():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if "cython" not in fo.backends():
+        pytest.skip("the compiled extension is not built")
+    threads = fo.get_num_threads()
+    fo.set_num_threads(2)
+    try:
+        ours = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "fastopt"]
+        assert ours and all(i["num_threads"] == 2 for i in ours)
+        with threadpoolctl.threadpool_limits(1):
+            assert fo.get_num_threads() == 1
+        assert fo.get_num_threads() == 2
+    finally:
+        fo.set_num_threads(threads)

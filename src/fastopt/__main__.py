@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import _backend, _bench, _coexist
+from . import _backend, _bench, _coexist, _contended
 
 # the default run stays under a minute here; --full adds 1e7 elements, the MLP/CNN groups and
 # the second layer shapes
@@ -54,6 +54,10 @@ def parse_args(argv):
     ap.add_argument("--mpi", action="store_true",
                     help="only the ZeRO-1 sharded step, under mpiexec (default sizes 1e6,1e7; "
                     "needs fastopt[mpi]): mpiexec -n 2 python -m fastopt --mpi")
+    ap.add_argument("--no-single-thread", action="store_true",
+                    help="skip the single-thread ns/element rows")
+    ap.add_argument("--contended", action="store_true",
+                    help="also time calls while a busy process holds one core (seconds)")
     ap.add_argument("--json", metavar="PATH", nargs="?", const="-",
                     help="also write the results as JSON to PATH; to stdout when PATH is - or "
                          "omitted (the report then goes to stderr, so the JSON pipes)")
@@ -229,6 +233,21 @@ def report(args, json_out):
                     print(f"  {name:<13}{dtype.name:<8}{n:>10.0e}  {label:<14}{_fmt_t(t):>11}"
                           f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7}{row['gbps']:>8.1f}"
                           f"{_fmt_x(row['x_roofline']):>8}")
+    single_rows = []
+    if not args.no_single_thread:
+        sizes = [n for n in args.sizes if n >= 100_000] or args.sizes[-1:]
+        print("\nsingle thread, float32 (ns per element; torch and DeepSpeed on one thread too)")
+        progress.start("timing on one thread", 1)
+        progress(", ".join(args.kernels))
+        single_rows = _bench.single_thread_rows(args.kernels, args.backends, sizes=sizes,
+                                                rounds=args.rounds, peers=not args.no_peers)
+        progress.clear()
+        for name in args.kernels:
+            for n in sizes:
+                cells = [f"{r['contender']} {r['ns_per_element']:.3f}" for r in single_rows
+                         if r["kernel"] == name and r["size"] == n]
+                print(f"  {name:<13}{n:>8.0e}  " + "  ".join(cells))
+
     group_rows = []
     if not args.no_groups:
         print("\nparameter groups: one Adam step over many arrays (x roof: vs one stream over "
@@ -296,8 +315,20 @@ def report(args, json_out):
         progress.clear()
         print(text.getvalue(), end="")
         coexistence = [dict(what=w, alone=a, beside=b, ratio=r) for w, a, b, r in measured]
+    contended = []
+    if args.contended:
+        compiled = [b for b in args.backends if b != "numpy"]
+        print(f"\ncontended: Adam float32 per call while a busy process holds one core "
+              f"(x own 1T: median over {compiled[0] if compiled else 'numpy'} on one thread "
+              f"in the same conditions; x numpy: over the reference's median)")
+        progress.start("timing beside a busy core", 1)
+        progress("adam float32")
+        contended = _contended.rows(compiled[0] if compiled else "numpy")
+        progress.clear()
+        _contended.print_rows(contended, _fmt_t)
     results = dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
-                   layers=layer_rows, coexistence=coexistence)
+                   layers=layer_rows, single_thread=single_rows, contended=contended,
+                   coexistence=coexistence)
     if json_out is not None:
         json.dump(results, json_out, indent=1)
         json_out.write("\n")

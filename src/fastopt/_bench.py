@@ -219,6 +219,32 @@ def time_row(fns, rounds=5, target=1e-3):
     return out
 
 
+SINGLE_THREAD_SIZES = (100_000, 1_000_000)
+SINGLE_THREAD_PEERS = ("torch-fused", "deepspeed")
+
+
+def single_thread_rows(kernels, backends, sizes=SINGLE_THREAD_SIZES, rounds=5, peers=True):
+    """Nanoseconds per element on one thread, float32: the compiled backends, torch
+    ``fused=True`` and DeepSpeedCPUAdam (torch and its OpenMP on one thread too), and the
+    roofline stream. What a kernel costs per element, apart from how threads share it out."""
+    compiled = [b for b in backends if b != "numpy"]
+    previous = _backend.get_num_threads()
+    _backend.set_num_threads(1)          # the torch peers take their thread count from this
+    out = []
+    try:
+        for name in kernels:
+            for n in sizes:
+                fns = contenders(CASES[name], n, np.float32, compiled, peers=peers)
+                fns = {k: f for k, f in fns.items()
+                       if k in compiled or k == "roofline" or k in SINGLE_THREAD_PEERS}
+                for label, (t, spread) in time_row(fns, rounds=rounds).items():
+                    out.append(dict(kernel=name, size=n, contender=label, time=t,
+                                    spread=spread, ns_per_element=t / n * 1e9))
+    finally:
+        _backend.set_num_threads(previous)
+    return out
+
+
 # ---------------------------------------------------------------------------------- machine
 def machine(peers=True):
     """What the header prints: CPU, cores, threads, library versions (torch and deepspeed only

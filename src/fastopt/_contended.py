@@ -1,0 +1,108 @@
+"""``python -m fastopt --contended``: kernel calls while another process keeps one core busy.
+
+A user on a shared machine, in a notebook beside another job, or in a process whose other
+threads are busy, must never see fastopt slower than NumPy. This times Adam (float32) per call,
+with a busy loop pinned to one of this process's CPUs, for the NumPy reference, fastopt on one
+thread and fastopt on every thread, and reports medians and the slowest 5% of calls: a thread
+pool that waits for a helper the scheduler is not running shows in the tail, not the median.
+"""
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from . import _backend, ops
+
+SIZES = (1_000, 100_000, 1_000_000)
+CALLS = {1_000: 2000, 100_000: 300, 1_000_000: 60}   # per contender, a few seconds in all
+
+
+@contextlib.contextmanager
+def busy_core():
+    """A process spinning on the last CPU this process may use (None if there is only one)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = list(range(os.cpu_count() or 1))
+    if len(cpus) < 2:
+        yield None
+        return
+    code = f"import os\nos.sched_setaffinity(0, {{{cpus[-1]}}})\nwhile True:\n    pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.2)                       # let it start spinning
+        yield cpus[-1]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _adam_call(n, backend):
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    step = [0]
+
+    def call():
+        step[0] += 1
+        with _backend.use_backend(backend):
+            ops.adam_step_(p, g, m, v, step[0], lr=1e-3)
+    return call
+
+
+def per_call_times(call, calls, threads):
+    """Seconds of each of ``calls`` calls, after warm-up, on ``threads`` threads."""
+    previous = _backend.get_num_threads()
+    _backend.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            call()
+        out = np.empty(calls)
+        for i in range(calls):
+            t0 = time.perf_counter()
+            call()
+            out[i] = time.perf_counter() - t0
+        return out
+    finally:
+        _backend.set_num_threads(previous)
+
+
+def rows(backend=None, threads=None, sizes=SIZES, rounds=3):
+    """One row per size and contender (``numpy``, ``<backend> 1T``, ``<backend> NT``): median
+    and 95th-percentile seconds per call, measured in interleaved rounds beside a busy core."""
+    backend = backend or _backend.backends()[0]
+    threads = threads or _backend.get_num_threads()
+    out = []
+    with busy_core() as cpu:
+        for n in sizes:
+            contenders = {"numpy": ("numpy", 1), f"{backend} 1T": (backend, 1),
+                          f"{backend} {threads}T": (backend, threads)}
+            calls = {label: _adam_call(n, b) for label, (b, _) in contenders.items()}
+            samples = {label: [] for label in contenders}
+            for _ in range(rounds):
+                for label, (b, t) in contenders.items():
+                    samples[label].append(per_call_times(calls[label], CALLS.get(n, 100)
+                                                         // rounds, t))
+            stats = {label: (float(np.median(np.concatenate(xs))),
+                             float(np.percentile(np.concatenate(xs), 95)))
+                     for label, xs in samples.items()}
+            numpy_median = stats["numpy"][0]
+            own_1t = stats[f"{backend} 1T"][0]
+            for label, (median, p95) in stats.items():
+                out.append(dict(size=n, contender=label, median=median, p95=p95,
+                                x_own_1t=median / own_1t, x_numpy=median / numpy_median,
+                                p95_x_numpy=p95 / numpy_median, busy_cpu=cpu))
+    return out
+
+
+def print_rows(table, fmt_t):
+    print(f"  {'size':>10}  {'contender':<12}{'median':>11}{'p95':>11}{'x own 1T':>10}"
+          f"{'x numpy':>9}{'p95 x numpy':>13}")
+    for r in table:
+        print(f"  {r['size']:>10.0e}  {r['contender']:<12}{fmt_t(r['median']):>11}"
+              f"{fmt_t(r['p95']):>11}{r['x_own_1t']:>10.2f}{r['x_numpy']:>9.2f}"
+              f"{r['p95_x_numpy']:>13.2f}")

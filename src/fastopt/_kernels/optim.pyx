@@ -277,6 +277,11 @@ def adagrad_multi(params, grads, state_sums, double clr, double eps, double weig
 
 
 # ---------------------------------------------------------------------------------- adam
+# The loop's shape, per 8 floats (AVX2): 4 loads, 3 stores, one vsqrtps and one vdivps and a
+# few multiplies and adds, as DeepSpeed's AVX2 path. Its floor in cache is the divider: a loop of
+# sqrt + div alone runs 0.36 ns/element on one Zen 3 core, this one ~0.6 at 1e5 elements
+# (streaming from L3); beyond cache, memory bandwidth. A reciprocal estimate instead of the
+# division would round differently from the reference, and results must be bit-identical.
 cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
                     int flags) noexcept nogil:
     cdef floating* p = a[0]

@@ -1,12 +1,13 @@
 """Living beside torch: does either library slow the other down in one process?
 
-Both use OpenMP. Each measurement runs in a fresh interpreter, so the import order is real:
+Both run thread pools. Each measurement runs in a fresh interpreter, so the import order is real:
 - torch's speed (torch.optim.Adam, foreach=False, 1e5 float32) alone, and after fastopt has
   imported and run a parallel kernel on a backend;
 - fastopt's speed (fo.ops.adam_step_, 1e5 float32, the parallel path) alone, and after torch has
   imported and run a parallel step.
 ``python -m fastopt._coexist`` prints the table; the report includes it.
 """
+import statistics
 import subprocess
 import sys
 
@@ -54,21 +55,23 @@ def _run(*parts, backend=None):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(backends, repeats=2):
+def measure(backends, repeats=3):
     """Rows ``(what, alone, beside, ratio)``; ratio > 1 means slowed down. Each time is the
-    best of ``repeats`` fresh processes, so that one process landing on a busy moment of the
-    machine does not read as a slowdown."""
-    def best(*parts, backend=None):
-        return min(_run(*parts, backend=backend) for _ in range(repeats))
+    median of ``repeats`` fresh processes, alone and beside run in turn so that the machine's
+    drift hits both alike (the best of a few would hide a slowdown that happens only
+    sometimes)."""
+    def median_pair(alone_parts, beside_parts, backend=None):
+        alone, beside = [], []
+        for _ in range(repeats):
+            alone.append(_run(*alone_parts, backend=backend))
+            beside.append(_run(*beside_parts, backend=backend))
+        return statistics.median(alone), statistics.median(beside)
 
     rows = []
-    torch_alone = best("time_torch")
     for b in backends:
-        beside = best("run_fastopt", "time_torch", backend=b)
-        rows.append((f"torch Adam after fastopt[{b}] ran", torch_alone, beside,
-                     beside / torch_alone))
-        alone = best("time_fastopt", backend=b)
-        beside = best("run_torch", "time_fastopt", backend=b)
+        alone, beside = median_pair(("time_torch",), ("run_fastopt", "time_torch"), backend=b)
+        rows.append((f"torch Adam after fastopt[{b}] ran", alone, beside, beside / alone))
+        alone, beside = median_pair(("time_fastopt",), ("run_torch", "time_fastopt"), backend=b)
         rows.append((f"fastopt[{b}] adam after torch ran", alone, beside, beside / alone))
     return rows
 

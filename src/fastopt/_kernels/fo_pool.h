@@ -16,6 +16,12 @@
  * variable, so it never spins against other work for long. After fork() the child starts with
  * no helpers and makes new ones on first use.
  *
+ * What no pool can avoid: a helper preempted in the middle of a chunk holds the call up until
+ * the scheduler runs it again, since an in-place update cannot be redone by someone else. On a
+ * machine with more runnable threads than cores that happens often. So when the caller waited
+ * for helpers longer than it worked itself, the next calls run on the caller alone (1, 2, 4,
+ * ... up to 1024 calls, halving again after each call where the helpers kept up).
+ *
  * Every element is computed the same way whoever runs its chunk, so results do not depend on
  * the thread count or on which thread ran what.
  */
@@ -54,6 +60,8 @@ static struct {
     _Atomic Py_ssize_t nchunks;
     _Atomic int helpers_wanted;     /* helpers with a smaller index take part in this job */
     int helpers;                    /* helper threads started */
+    int serial_calls;               /* calls left to run on the caller alone (back-off) */
+    int backoff;                    /* length of the next back-off */
     int atfork_registered;
 } fo_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
@@ -154,7 +162,15 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
             fn(ctx, c);
         return;
     }
+    if (fo_pool.serial_calls > 0) {
+        fo_pool.serial_calls--;
+        pthread_mutex_unlock(&fo_pool.call_lock);
+        for (Py_ssize_t c = 0; c < nchunks; c++)
+            fn(ctx, c);
+        return;
+    }
     fo_pool_start_helpers(nthreads - 1);
+    double started = fo_now();
     uint32_t job = (uint32_t)(atomic_load(&fo_pool.claim) >> 32) + 1;
     atomic_store_explicit(&fo_pool.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.ctx, ctx, memory_order_relaxed);
@@ -168,6 +184,7 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
         pthread_mutex_unlock(&fo_pool.sleep_lock);
     }
     fo_pool_work(job);
+    double worked = fo_now();
     /* every chunk is claimed; wait for the ones helpers are still running */
     for (unsigned polls = 1;
          atomic_load_explicit(&fo_pool.done, memory_order_acquire) < nchunks; polls++) {
@@ -175,6 +192,13 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
             FO_CPU_RELAX();
         else
             sched_yield();   /* a helper holding a chunk was preempted: let it run */
+    }
+    double waited = fo_now() - worked;
+    if (waited > worked - started) {
+        fo_pool.serial_calls = fo_pool.backoff > 0 ? fo_pool.backoff : 1;
+        fo_pool.backoff = fo_pool.serial_calls < 1024 ? 2 * fo_pool.serial_calls : 1024;
+    } else {
+        fo_pool.backoff /= 2;
     }
     pthread_mutex_unlock(&fo_pool.call_lock);
 }

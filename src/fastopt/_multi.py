@@ -4,7 +4,7 @@ The Cython backend has compiled ``<kernel>_multi`` functions that run a whole li
 call; here the same signature is met by validating every tensor first (so a bad array anywhere
 changes nothing) and then calling the single-array kernel on each.
 """
-from ._validate import check_step_arrays
+from ._validate import check_disjoint, check_step_arrays
 
 # kernel -> (names of its array lists, how many of them may not be None); the Cython kernels
 # use the same names in their messages
@@ -54,6 +54,7 @@ def foreach(single, names, nrequired):
                    for j in range(count)]
         for j, arrays in enumerate(tensors):
             check_step_arrays(arrays, [f"{name}[{j}]" for name in names], nrequired)
+        check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
         for arrays in tensors:
             single(*arrays, *scalars)
 

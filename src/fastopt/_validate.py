@@ -63,3 +63,92 @@ def check_step_arrays(arrays, names, nrequired):
             check_like(names[i], arrays[i], names[0], ref)
             if i != 1:
                 check_writeable(names[i], arrays[i])
+    check_disjoint([arrays], lambda i, j: names[i])
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def _owner(a):
+    """The ndarray whose own allocation holds the elements of ``a``, or None when that is not
+    known (memory numpy did not allocate: a buffer, a torch tensor, ``as_strided``)."""
+    base = a if a.base is None else a.base     # numpy collapses a view's base to the owner
+    return base if isinstance(base, np.ndarray) and base.flags.owndata else None
+
+
+def extent(a):
+    """The bytes ``[lo, hi)`` spanned by the elements of ``a`` (its memory bounds), or None
+    when it has none."""
+    if a.size == 0:
+        return None
+    lo = hi = _address(a)
+    for n, stride in zip(a.shape, a.strides):
+        if stride < 0:
+            lo += stride * (n - 1)
+        else:
+            hi += stride * (n - 1)
+    return lo, hi + a.itemsize
+
+
+def same_memory(a, b):
+    """True if ``a`` and ``b`` are the very same elements: one address, shape, strides (of the
+    axes longer than 1) and byte order."""
+    if a is b:
+        return True
+    if a.dtype != b.dtype or a.shape != b.shape or any(
+            n > 1 and s != t for n, s, t in zip(a.shape, a.strides, b.strides)):
+        return False
+    owner_a, owner_b = _owner(a), _owner(b)
+    if owner_a is not None and owner_b is not None and owner_a is not owner_b:
+        return False
+    return _address(a) == _address(b)
+
+
+def overlap_error(first, second):
+    return ValueError(f"{first} and {second} overlap in memory; only a param and its own grad "
+                      f"may be one and the same array")
+
+
+def check_disjoint(tensors, label):
+    """Raise ValueError naming two arrays of one call whose memory bounds overlap, unless both
+    are only read (grads) or they are a param and its own grad as the very same array
+    (:func:`same_memory`: each element then reads its grad before writing it, as if the grad
+    were a copy). Bounds, not exact element sets (cheap, and what the Cython kernels compare
+    in C): interleaved views of one buffer count as overlapping.
+
+    ``tensors`` holds each tensor's arrays in the kernels' order (param, grad, state...);
+    ``label(i, j)`` names array ``i`` of tensor ``j``.
+    """
+    # Arrays held by different numpy allocations cannot overlap: only the arrays of one owner
+    # need their bounds compared (reading an address costs ~1 us here), unless some memory is
+    # of unknown origin, which is compared with everything.
+    by_owner = {}
+    for j, arrays in enumerate(tensors):
+        own_grad = arrays[1] is not None and same_memory(arrays[0], arrays[1])
+        for i, a in enumerate(arrays):
+            if a is not None and a.size and not (i == 1 and own_grad):
+                owner = _owner(a)
+                by_owner.setdefault(None if owner is None else id(owner), []).append((a, i, j))
+    if None in by_owner:
+        groups = [[m for members in by_owner.values() for m in members]]
+    else:
+        groups = [members for members in by_owner.values() if len(members) > 1]
+    for members in groups:
+        _sweep(members, label)
+
+
+def _sweep(members, label):
+    spans = sorted((*extent(a), i, j) for a, i, j in members)
+    # in address order, each span against the furthest-reaching one before it: of any kind if
+    # it is written, of the written ones if it is only read
+    reach_any = reach_written = (-1, None)
+    for lo, hi, i, j in spans:
+        end, other = reach_written if i == 1 else reach_any
+        if lo < end:
+            first, second = sorted([other, (i, j)])
+            raise overlap_error(label(*first), label(*second))
+        if hi > reach_any[0]:
+            reach_any = (hi, (i, j))
+        if i != 1 and hi > reach_written[0]:
+            reach_written = (hi, (i, j))

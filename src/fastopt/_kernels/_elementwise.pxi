@@ -12,6 +12,7 @@
 from cpython.list cimport PyList_GET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from libc.stdlib cimport qsort
 from libc.string cimport memcmp
 
 from .._layout import via_contiguous
@@ -47,6 +48,12 @@ ctypedef struct Job:    # one call's work, split into chunks of the concatenated
     Py_ssize_t count, chunk, total
     const double* k
     int flags
+
+ctypedef struct Extent:  # the memory bounds of one array, for the overlap check
+    size_t lo            # the bytes [lo, hi) its elements span; lo 0: none (empty, or absent)
+    size_t hi
+    Py_ssize_t tensor    # its index in the lists (-1 in a single call)
+    int arg              # its position among the kernel's arrays (1: the grad, only read)
 
 
 cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
@@ -93,11 +100,11 @@ cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count, const
     fo_pool_run(run_chunk, &job, (total + job.chunk - 1) // job.chunk, nt)
 
 
-cdef int load(Tensor* t, const Kernel* kern, tuple names, PyObject** arrays,
+cdef int load(Tensor* t, Extent* ext, const Kernel* kern, tuple names, PyObject** arrays,
               Py_ssize_t index) except -1:
-    """Validate one tensor's arrays and fill ``t``; ``index`` >= 0 names them as list items
-    (``exp_avgs[3]``). Returns 1 if they are valid but not laid out as one flat run (the caller
-    falls back to contiguous copies)."""
+    """Validate one tensor's arrays and fill ``t`` and their memory bounds ``ext``;
+    ``index`` >= 0 names them as list items (``exp_avgs[3]``). Returns 1 if they are valid but
+    not laid out as one flat run (the caller falls back to contiguous copies)."""
     cdef int i
     # exact ndarrays only: None (NULL here), other objects and subclasses (np.matrix is refused,
     # a memmap is fine) take the slow path, which raises or accepts as the other backends do
@@ -111,6 +118,11 @@ cdef int load(Tensor* t, const Kernel* kern, tuple names, PyObject** arrays,
         ok = check_fast(kern, arrays)
     if not ok:
         check_slow(kern, names, arrays, index)   # raises with the standard message
+    for i in range(kern.narrays):
+        ext[i].tensor, ext[i].arg = index, i
+        extent_of(<cnp.ndarray>arrays[i] if arrays[i] != NULL else None, &ext[i])
+    if same_memory(<cnp.ndarray>arrays[0], <cnp.ndarray>arrays[1]):
+        ext[1].lo = 0    # a param as its own grad: each element is read before it is written
     cdef cnp.ndarray ref = <cnp.ndarray>arrays[0]
     cdef bint want_f = not cnp.PyArray_IS_C_CONTIGUOUS(ref)
     for i in range(kern.narrays):
@@ -121,6 +133,76 @@ cdef int load(Tensor* t, const Kernel* kern, tuple names, PyObject** arrays,
         else:
             return 1
     t.n = cnp.PyArray_SIZE(ref)
+    return 0
+
+
+cdef inline void extent_of(cnp.ndarray a, Extent* e) noexcept:
+    e.lo = e.hi = 0
+    if a is None or cnp.PyArray_SIZE(a) == 0:
+        return
+    cdef int d
+    cdef Py_ssize_t reach
+    cdef size_t lo = <size_t>cnp.PyArray_BYTES(a), hi = lo
+    for d in range(cnp.PyArray_NDIM(a)):
+        reach = cnp.PyArray_STRIDES(a)[d] * (cnp.PyArray_DIMS(a)[d] - 1)
+        if reach < 0:
+            lo -= <size_t>(-reach)
+        else:
+            hi += <size_t>reach
+    e.lo, e.hi = lo, hi + <size_t>cnp.PyArray_ITEMSIZE(a)
+
+
+cdef inline bint same_memory(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """As _validate.same_memory, for two arrays of one shape and dtype type."""
+    if (cnp.PyArray_BYTES(a) != cnp.PyArray_BYTES(b)
+            or cnp.PyArray_ISNOTSWAPPED(a) != cnp.PyArray_ISNOTSWAPPED(b)):
+        return False
+    cdef int d
+    for d in range(cnp.PyArray_NDIM(a)):
+        if cnp.PyArray_DIMS(a)[d] > 1 and cnp.PyArray_STRIDES(a)[d] != cnp.PyArray_STRIDES(b)[d]:
+            return False
+    return True
+
+
+cdef int overlap_error(tuple names, const Extent* a, const Extent* b) except -1:
+    """Raise _validate.overlap_error naming ``a`` and ``b`` in argument order."""
+    if (b.arg, b.tensor) < (a.arg, a.tensor):
+        a, b = b, a
+    if a.tensor < 0:
+        raise _validate.overlap_error(names[a.arg], names[b.arg])
+    raise _validate.overlap_error(f"{names[a.arg]}[{a.tensor}]", f"{names[b.arg]}[{b.tensor}]")
+
+
+cdef int check_pairs(const Extent* e, int n, tuple names) except -1:
+    """_validate.check_disjoint for one tensor (only its grad is not written)."""
+    cdef int i, j
+    for i in range(n):
+        if e[i].lo:
+            for j in range(i + 1, n):
+                if e[j].lo and e[j].lo < e[i].hi and e[i].lo < e[j].hi:
+                    overlap_error(names, &e[i], &e[j])
+    return 0
+
+
+cdef int by_lo(const void* a, const void* b) noexcept nogil:
+    cdef size_t x = (<const Extent*>a).lo, y = (<const Extent*>b).lo
+    return (x > y) - (x < y)
+
+
+cdef int check_sorted(Extent* e, Py_ssize_t n, tuple names) except -1:
+    """_validate.check_disjoint for many tensors: sorts ``e`` by address, then sweeps."""
+    qsort(e, n, sizeof(Extent), by_lo)
+    cdef Py_ssize_t k, other, reach_any = -1, reach_written = -1
+    for k in range(n):
+        if not e[k].lo:
+            continue
+        other = reach_written if e[k].arg == 1 else reach_any
+        if other >= 0 and e[k].lo < e[other].hi:
+            overlap_error(names, &e[other], &e[k])
+        if reach_any < 0 or e[k].hi > e[reach_any].hi:
+            reach_any = k
+        if e[k].arg != 1 and (reach_written < 0 or e[k].hi > e[reach_written].hi):
+            reach_written = k
     return 0
 
 
@@ -163,9 +245,12 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const double* k,
     """One tensor: validate and run. Returns 1 (nothing written) if the caller must run it on
     contiguous copies instead."""
     cdef Tensor t
+    cdef Extent ext[MAX_ARRAYS]
     cdef PyObject* objs[MAX_ARRAYS]
     fill(objs, arrays, kern.narrays)
-    if load(&t, kern, names, objs, -1):
+    cdef int slow = load(&t, ext, kern, names, objs, -1)
+    check_pairs(ext, kern.narrays, names)
+    if slow:
         return 1
     cdef bint is32 = cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT
     with nogil:
@@ -190,13 +275,17 @@ cdef Py_ssize_t list_length(const Kernel* kern, tuple names, tuple lists) except
 
 cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* k, int flags):
     """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
-    Validates every tensor before writing any, runs all flat ones in one parallel sweep per
-    dtype, and returns the indices of the valid but non-flat ones for the caller to run."""
+    Validates every tensor, and that no two of their arrays overlap, before writing any; runs
+    all flat ones in one parallel sweep per dtype, and returns the indices of the valid but
+    non-flat ones for the caller to run."""
     cdef Py_ssize_t j, count = list_length(kern, names, lists), n32 = 0, n64 = 0
     cdef int i
     seqs = [None if lst is None else list(lst) for lst in lists]
     cdef Tensor* ts = <Tensor*>PyMem_Malloc(max(count, 1) * sizeof(Tensor))
-    if ts == NULL:
+    cdef Extent* ext = <Extent*>PyMem_Malloc(max(count, 1) * kern.narrays * sizeof(Extent))
+    if ts == NULL or ext == NULL:
+        PyMem_Free(ts)
+        PyMem_Free(ext)
         raise MemoryError()
     cdef list slow = []
     cdef Tensor t
@@ -207,7 +296,7 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* 
                 objs[i] = NULL if seqs[i] is None else PyList_GET_ITEM(seqs[i], j)
                 if objs[i] != NULL and <object>objs[i] is None:
                     objs[i] = NULL
-            if load(&t, kern, names, objs, j):
+            if load(&t, ext + j * kern.narrays, kern, names, objs, j):
                 slow.append(j)
             # float32 tensors fill the front of ts, float64 ones the back
             elif cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT:
@@ -216,6 +305,7 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* 
             else:
                 n64 += 1
                 ts[count - n64] = t
+        check_sorted(ext, count * kern.narrays, names)
         with nogil:
             if n32:
                 run(kern, True, ts, n32, k, flags)
@@ -223,6 +313,7 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* 
                 run(kern, False, ts + count - n64, n64, k, flags)
     finally:
         PyMem_Free(ts)
+        PyMem_Free(ext)
     return slow
 
 

@@ -116,9 +116,10 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
            max_exp_avg_sq=max_exp_avg_sq)
     g = -grad if maximize else grad
+    p = param      # written back once at the end: grad may be param itself (check_disjoint)
     if weight_decay != 0:
         if decoupled:
-            param[...] = param * (1.0 - lr * weight_decay)
+            p = param * (1.0 - lr * weight_decay)
         else:
             g = g + weight_decay * param
     exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
@@ -134,7 +135,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
         denom = np.sqrt(v * (1.0 / bias_correction2) + eps)
     else:
         denom = np.sqrt(v) * (1.0 / math.sqrt(bias_correction2)) + eps
-    param[...] = param - step_size * (exp_avg / denom)
+    param[...] = p - step_size * (exp_avg / denom)
 
 
 
@@ -188,17 +189,18 @@ def nadam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     g = -grad if maximize else grad
+    p = param      # written back once at the end: grad may be param itself (check_disjoint)
     if weight_decay != 0:
         if decoupled:
-            param[...] = param * (1.0 - lr * weight_decay)
+            p = param * (1.0 - lr * weight_decay)
         else:
             g = g + weight_decay * param
     exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
     exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
     # one division per element: the reciprocal of the denominator serves both terms
     r = 1.0 / (np.sqrt(exp_avg_sq * (1.0 / bias_correction2)) + eps)
-    param[...] = param + grad_coef * (g * r)
-    param[...] = param + avg_coef * (exp_avg * r)
+    p = p + grad_coef * (g * r)
+    param[...] = p + avg_coef * (exp_avg * r)
 
 
 def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step_size,
@@ -215,17 +217,18 @@ def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     g = -grad if maximize else grad
+    p = param      # written back once at the end: grad may be param itself (check_disjoint)
     if weight_decay != 0:
         if decoupled:
-            param[...] = param * (1.0 - lr * weight_decay)
+            p = param * (1.0 - lr * weight_decay)
         else:
             g = g + weight_decay * param
     exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
     exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
     if rectified:
-        param[...] = param - step_size * (exp_avg / (np.sqrt(exp_avg_sq) + eps))
+        param[...] = p - step_size * (exp_avg / (np.sqrt(exp_avg_sq) + eps))
     else:
-        param[...] = param - step_size * exp_avg
+        param[...] = p - step_size * exp_avg
 
 
 # multi-tensor forms (same scalars, lists of arrays): validate all, then one call per tensor

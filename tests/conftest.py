@@ -12,6 +12,14 @@ GRID_BACKENDS = [os.environ["FASTOPT_BACKEND"]] if os.environ.get("FASTOPT_BACKE
 COMPILED = [b for b in GRID_BACKENDS if b in ("cython", "numba")]
 DTYPES = [np.float32, np.float64]
 
+try:  # the property tests' settings: the same examples on every run (CI cannot be flaky)
+    from hypothesis import settings
+except ImportError:
+    pass
+else:
+    settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 def tolerance(dtype):
     """float64 to 1e-12 relative, float32 to a few ulps (DESIGN.md, Tests)."""

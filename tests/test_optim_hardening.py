@@ -429,3 +429,137 @@ def test_load_state_dict_takes_torchs_scalars_and_casts_float_arrays():
     s = opt.state[0]
     assert s["step"] == 3 and type(s["step"]) is int and s["mu_product"] == 0.5
     assert s["exp_avg"].dtype == np.float32
+
+
+# ------------------------------------------------------------- arena: copies, read-only (10)
+def _arena_setup(name, kwargs, dtype=np.float32):
+    ar = fo.ParameterArena(dtype, 64)
+    ar.add("W", (3, 2), init=_params()[0])
+    ar.add("b", (4,), init=np.arange(4))
+    return ar, getattr(fo, name)(ar.params, **kwargs)
+
+
+def _arena_steps(ar, opt, seeds):
+    for seed in seeds:
+        for key, g in zip(("dW", "db"), _grads(seed)):
+            ar.grads[key] = g
+        opt.step(ar.grads)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=CONFIG_IDS)
+def test_an_arena_and_its_optimizer_survive_pickle_and_deepcopy(backend, name, kwargs):
+    """Was KeyError: 'W' (the grad dict's __setitem__ ran before the views existed). The copy's
+    parameters are views of the copy's arena (one kernel call still), and it resumes on the
+    uninterrupted trajectory bit for bit."""
+    import copy
+    with fo.use_backend(backend):
+        ar, opt = _arena_setup(name, kwargs)
+        _arena_steps(ar, opt, range(3))
+        copies = [pickle.loads(pickle.dumps((ar, opt))), copy.deepcopy((ar, opt))]
+        _arena_steps(ar, opt, range(3, 6))
+        for ar2, opt2 in copies:
+            assert opt2.param_groups[0]["params"][0] is ar2.params["W"]
+            assert np.shares_memory(ar2.params["W"], ar2.flat_params)
+            _arena_steps(ar2, opt2, range(3, 6))
+            assert ar2.flat_params.tobytes() == ar.flat_params.tobytes()
+            assert pickle.dumps(opt2.state_dict()) == pickle.dumps(opt.state_dict())
+
+
+def test_an_optimizer_over_plain_arrays_survives_pickle():
+    params = _params()
+    opt = fo.NAdam(params)
+    opt.step(_grads())
+    params2, opt2 = pickle.loads(pickle.dumps((params, opt)))
+    assert opt2.param_groups[0]["params"][1] is params2[1]
+    for seed in (1, 2):
+        opt.step(_grads(seed))
+        opt2.step(_grads(seed))
+    assert [p.tobytes() for p in params] == [p.tobytes() for p in params2]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("by_name", [True, False], ids=["dict", "list"])
+def test_the_arena_path_refuses_a_parameter_made_read_only(backend, by_name):
+    """It stepped the flat buffer, writing through the read-only view."""
+    with fo.use_backend(backend):
+        ar = fo.ParameterArena(np.float32, 64)
+        ar.add("W", (3, 2), init=1.0)
+        ar.add("b", (4,), init=1.0)
+        opt = fo.Adam(ar.params if by_name else list(ar.params.values()), lr=0.1)
+        _arena_steps(ar, opt, [0])
+        ar.params["b"].flags.writeable = False
+        before = _snapshot(opt, [ar.flat_params])
+        with pytest.raises(ValueError, match="read-only"):
+            _arena_steps(ar, opt, [1])
+        assert _snapshot(opt, [ar.flat_params]) == before
+
+
+# ------------------------------------------------------- state dicts through torch and back
+TORCH_CONFIGS = [(n, k) for n, k in CONFIGS if n != "Momentum"] + [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.1, weight_decay=0.1)),
+    ("NAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs", TORCH_CONFIGS,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(TORCH_CONFIGS)])
+def test_state_dict_round_trip_through_torch(backend, name, kwargs):
+    """fastopt -> torch.optim -> fastopt: each side loads the other's state dict (arrays <->
+    tensors) and both step on to the same values."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    shapes = [(4, 3), (3,), ()]
+
+    def grads():
+        return [rng.standard_normal(s) for s in shapes]
+
+    def to_torch(sd):
+        state = {}
+        for i, s in sd["state"].items():
+            state[i] = {k: torch.tensor(float(v)) if k == "step"
+                        else torch.tensor(v, dtype=torch.float32) if k == "mu_product"
+                        else torch.from_numpy(v.copy()) for k, v in s.items()}
+        return {"state": state, "param_groups": [dict(g) for g in sd["param_groups"]]}
+
+    def to_numpy(sd):
+        state = {i: {k: v.numpy().copy() for k, v in s.items()} for i, s in sd["state"].items()}
+        return {"state": state, "param_groups": [dict(g) for g in sd["param_groups"]]}
+
+    def close(ours, theirs):
+        for a, t in zip(ours, theirs):
+            # float64; the kernels fold a few scalars differently (1/sqrt(bc2), ...): ulps
+            np.testing.assert_allclose(a, t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+    with fo.use_backend(backend):
+        ours = [rng.standard_normal(s) for s in shapes]
+        opt = getattr(fo, name)(ours, **kwargs)
+        for _ in range(3):
+            opt.step(grads())
+        theirs = [torch.tensor(p.copy(), requires_grad=True) for p in ours]
+        ref = getattr(torch.optim, name)(theirs, **kwargs)
+        ref.load_state_dict(to_torch(opt.state_dict()))
+        for s in ref.state.values():
+            if "mu_product" in s:   # load_state_dict casts it to the parameter's dtype; a
+                s["mu_product"] = s["mu_product"].float()   # torch run keeps it in float32
+
+        def both(opt, ours):
+            for _ in range(3):
+                g = grads()
+                opt.step(g)
+                for t, gi in zip(theirs, g):
+                    t.grad = torch.from_numpy(gi.copy())
+                ref.step()
+            close(ours, theirs)
+
+        both(opt, ours)
+        back = [t.detach().numpy().copy() for t in theirs]
+        opt2 = getattr(fo, name)(back, **kwargs)
+        opt2.load_state_dict(to_numpy(ref.state_dict()))
+        assert sorted(opt2.state[0]) == sorted(opt.state[0])
+        both(opt2, back)

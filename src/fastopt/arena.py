@@ -90,6 +90,20 @@ class ParameterArena:
         """Set every grad to zero (one memset)."""
         self.flat_grads[...] = 0
 
+    def __getstate__(self):
+        """Pickle and deepcopy: the used part of both buffers and the layout (the views and
+        the grad dict are rebuilt from them, so a copy's views share its buffers)."""
+        return {"dtype": self.dtype, "capacity": self._param_buf.size,
+                "layout": [(name, p.shape) for name, p in self.params.items()],
+                "params": self.flat_params.copy(), "grads": self.flat_grads.copy()}
+
+    def __setstate__(self, state):
+        self.__init__(state["dtype"], state["capacity"])
+        for name, shape in state["layout"]:
+            self.add(name, shape)
+        self.flat_params[...] = state["params"]
+        self.flat_grads[...] = state["grads"]
+
     def __repr__(self):
         return (f"ParameterArena({self.dtype}, {len(self.params)} params, {self.size} of "
                 f"{self._param_buf.size} elements)")

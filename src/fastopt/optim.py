@@ -518,8 +518,11 @@ class Optimizer:
                 isinstance(grads, list) and len(grads) == len(views)
                 and all(map(operator.is_, grads, [v[1] for v in views]))):
             return False
-        if not all(map(_WRITEABLE, group["params"])):
-            return False              # a parameter made read-only: refused by name elsewhere
+        if not all(map(_WRITEABLE, group["params"])):     # made read-only since construction
+            k = [p.flags.writeable for p in group["params"]].index(False)
+            names = group.get("param_names")
+            label = repr(names[k]) if names else start + k
+            raise ValueError(f"parameter {label} is read-only")
         entry = self._arena_state.get(gi)
         if entry is None or entry[0] != _state_version:
             self._check(group)        # before _flatten_state creates any state
@@ -685,7 +688,7 @@ class Optimizer:
         groups = []
         for group in self.param_groups:
             copy = _Group(group)
-            copy.__dict__.update(group.__dict__)
+            copy.__dict__.update(getattr(group, "__dict__", {}))
             dict.__setitem__(copy, "params", [_arena_view(p) for p in group["params"]])
             groups.append(copy)
         state["param_groups"] = groups

@@ -77,3 +77,18 @@ def test_optimizer_paths_plots_by_default_where_git_ignores_them(tmp_path):
         ignored = subprocess.run(["git", "check-ignore", "plots/saddle.png", "plots/moons.png"],
                                  cwd=root, capture_output=True, text=True)
         assert ignored.stdout.split() == ["plots/saddle.png", "plots/moons.png"]
+
+
+def test_torch_mlp_trains_alike_with_fastopt_and_torch():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("torch")
+    import torch
+    import torch_mlp
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = torch_mlp.run(epochs=4, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    accs = [acc for acc, _, _ in results.values()]
+    assert min(accs) >= 0.9 and max(accs) - min(accs) <= 0.01

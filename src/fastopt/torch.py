@@ -78,6 +78,8 @@ def _increment_versions(tensors):
 
 try:  # torch < 2.3 takes one tensor at a time
     torch.autograd.graph.increment_version([])
+    # what increment_version calls for a list (its Python wrapper is a third of the cost)
+    _increment_versions = getattr(torch._C, "_increment_version", _increment_versions)
 except TypeError:
     def _increment_versions(tensors):  # noqa: F811
         for t in tensors:
@@ -153,7 +155,7 @@ class _Plan:
     ``load_state_dict``)."""
 
     __slots__ = ("params", "ptrs", "pviews", "keys", "stored", "states", "fresh", "tensors",
-                 "views", "half")
+                 "views", "half", "flat")
 
 
 class _FastOptimizer:
@@ -183,6 +185,8 @@ class _FastOptimizer:
     # ------------------------------------------------------------ options and checks
     def _refuse(self, group):
         """ValueError for the options the kernels cannot honour."""
+        if not (group.get("fused") or group.get("capturable") or group.get("differentiable")):
+            return      # the per-step check: one line, not a loop
         for key, why in _REFUSED.items():
             if group.get(key):
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: {key}={group[key]!r} "
@@ -262,13 +266,13 @@ class _FastOptimizer:
                 loss = closure()
         # every group is checked and viewed before any is stepped
         work = [self._prepare(gi, group) for gi, group in enumerate(self.param_groups)]
-        norms = self.__dict__.setdefault("grad_norms", [])
-        norms[:] = [None] * len(work)
+        norms = [None] * len(work)
         for gi, item in enumerate(work):
             if item is not None:
                 if item[0].get(CLIP) is not None:
                     norms[gi] = _clip_(item[2], item[0][CLIP])
                 self._run(*item)
+        self.grad_norms = norms
         return loss
 
     _hooked_step = _torch_optimizer.Optimizer.profile_hook_step(_step)
@@ -310,10 +314,8 @@ class _FastOptimizer:
             return False
         if any(plan.fresh):
             return True     # its new state is not stored yet (the last step raised)
-        for key, tensors in plan.tensors.items():
-            if not all(map(operator.is_, [s.get(key) for s in states], tensors)):
-                return False
-        return True
+        tensors = [s.get(key) for s in states for key in plan.tensors]
+        return all(map(operator.is_, tensors, plan.flat))
 
     def _make_plan(self, group, live):
         plan = _Plan()
@@ -368,6 +370,8 @@ class _FastOptimizer:
                                        "not a dense CPU tensor")
             plan.tensors[key] = tensors
             plan.views[key] = [t.numpy() for t in tensors]
+        # the state tensors in _plan_holds' order (parameter-major), for one identity check
+        plan.flat = [plan.tensors[key][k] for k in range(len(live)) for key in plan.tensors]
         return plan
 
     def _run(self, group, plan, gviews):

@@ -5,6 +5,15 @@ import pytest
 
 import fastopt as fo
 
+try:  # the fuzz suites' settings: reproducible (derandomized), no per-example deadline on a
+    # loaded CI machine, no example database written into the checkout
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:
+    pass
+else:
+    _hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, database=None)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 AVAILABLE = fo.backends()
 # CI runs the suite once per backend with FASTOPT_BACKEND set: each run then holds that backend
 # to the reference. Without it, every available backend is checked in one run.
@@ -62,11 +71,12 @@ def relayout(a, how):
     if how == "F":
         return np.array(a, order="F")
     if how == "T":
-        return np.ascontiguousarray(a.T).T
+        return np.array(a.T, order="C").T
     if how == "strided":
-        out = np.zeros(tuple(2 * n for n in a.shape), a.dtype)[(slice(None, None, 2),) * a.ndim]
+        out = np.zeros(tuple(2 * n for n in a.shape), a.dtype)[(slice(None, None, 2),) * a.ndim
+                                                                  + (Ellipsis,)]
     elif how == "reversed":
-        out = np.zeros(a.shape, a.dtype)[(slice(None, None, -1),) * a.ndim]
+        out = np.zeros(a.shape, a.dtype)[(slice(None, None, -1),) * a.ndim + (Ellipsis,)]
     elif how == "unaligned":
         out = np.zeros(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
     elif how == "swapped":

@@ -11,19 +11,14 @@ import numbers
 import numpy as np
 
 from . import _backend
-from ._validate import FLOAT_DTYPES
+from ._validate import FLOAT_DTYPES, check_kernel_array
 
 
 def _float_array(name, a):
-    """``a`` checked to be a float32/float64 ndarray (TypeError naming ``name`` otherwise; an
-    ``np.matrix``, whose ``*`` is a matrix product, or a masked array, whose mask the kernels
-    would ignore, too), in native byte order (a byte-swapped array is converted)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if isinstance(a, (np.matrix, np.ma.MaskedArray)):
-        raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(a).__name__}")
-    if a.dtype.newbyteorder("=") not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    """``a`` checked as the element-wise kernels check their arrays (a float32/float64
+    ndarray, not a matrix nor a masked array: TypeError naming ``name``), in native byte
+    order (a byte-swapped array is converted)."""
+    check_kernel_array(name, a)
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 

@@ -5,13 +5,15 @@ import pytest
 
 import fastopt as fo
 
-try:  # the fuzz suites' settings: reproducible (derandomized), no per-example deadline on a
-    # loaded CI machine, no example database written into the checkout
+try:  # the property tests' settings: the same examples on every run (CI cannot be flaky), no
+    # per-example deadline on a loaded CI machine, no example database written into the
+    # checkout, a failure's reproduction blob printed
     from hypothesis import settings as _hypothesis_settings
 except ImportError:
     pass
 else:
-    _hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, database=None)
+    _hypothesis_settings.register_profile("ci", derandomize=True, deadline=None, database=None,
+                                          print_blob=True)
     _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 AVAILABLE = fo.backends()
@@ -20,14 +22,6 @@ AVAILABLE = fo.backends()
 GRID_BACKENDS = [os.environ["FASTOPT_BACKEND"]] if os.environ.get("FASTOPT_BACKEND") else AVAILABLE
 COMPILED = [b for b in GRID_BACKENDS if b in ("cython", "numba")]
 DTYPES = [np.float32, np.float64]
-
-try:  # the property tests' settings: the same examples on every run (CI cannot be flaky)
-    from hypothesis import settings
-except ImportError:
-    pass
-else:
-    settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def tolerance(dtype):

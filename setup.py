@@ -218,6 +218,24 @@ class BuildExt(build_ext):
             shutil.copyfile(self._info, os.path.join(package, "_build_info.py"))
 
 
+def generate_glue():
+    """Render the Cython entry points of every registry kernel (_kernels/_glue.pxi.tp with
+    fastopt/_registry.py, loaded by path: it imports nothing); rewrite only on change, so
+    cythonize sees an unchanged include as up to date."""
+    import importlib.util
+    from Cython import Tempita
+    spec = importlib.util.spec_from_file_location("_registry", "src/fastopt/_registry.py")
+    registry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(registry)
+    template = "src/fastopt/_kernels/_glue.pxi.tp"
+    with open(template) as f:
+        text = Tempita.sub(f.read(), kernels=registry.KERNELS)
+    target = template[:-len(".tp")]
+    if not os.path.exists(target) or open(target).read() != text:
+        with open(target, "w") as f:
+            f.write(text)
+
+
 def extensions():
     try:
         import numpy
@@ -226,6 +244,7 @@ def extensions():
         print(f"fastopt: cannot cythonize ({exc}); installing without compiled kernels",
               file=sys.stderr)
         return []
+    generate_glue()
     exts = [Extension(f"fastopt._kernels.{name}", [f"src/fastopt/_kernels/{name}.pyx"],
                       include_dirs=[numpy.get_include()],
                       define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])

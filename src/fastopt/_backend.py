@@ -1,8 +1,10 @@
 """Backend registry: which kernel namespaces exist, which one is active, and thread counts.
 
-A backend is a module exposing every kernel under one signature (see ``fastopt.reference``),
-plus ``set_num_threads``/``get_num_threads``. Backends are imported lazily, so a process that only
-uses the default never pays for importing numba.
+A backend is a package whose ``KERNEL_MODULES`` define every kernel of the registry
+(``fastopt._registry``) under the registry's signature, plus ``set_num_threads``/
+``get_num_threads``; what ``fastopt.ops`` calls is the namespace the registry builds from it
+(:func:`fastopt._registry.backend_namespace`). Backends are imported lazily, so a process that
+only uses the default never pays for importing numba.
 """
 import contextlib
 import importlib
@@ -14,16 +16,47 @@ from . import _cpu
 
 from . import _threads
 
+from . import _registry
+from ._multi import foreach
+
 NAMES = ("cython", "numba", "numpy")
 _MODULES = {"cython": "fastopt._kernels", "numba": "fastopt._numba", "numpy": "fastopt.reference"}
 
-_loaded = {}     # name -> module
+_loaded = {}     # name -> its kernel namespace
 _failed = {}     # name -> reason it cannot be used
-active = None    # the module of the backend in use; fastopt.ops dispatches through it
+active = None    # the namespace of the backend in use; fastopt.ops dispatches through it
 _active_name = None
 
 
 _num_threads = _threads.default_threads()
+
+
+class Namespace:
+    """One backend's kernels as :mod:`fastopt.ops` and :mod:`fastopt.layers` call them: every
+    kernel of the registry and its list form (the package's own ``<name>_multi`` if it has
+    one, else :func:`fastopt._multi.foreach` of the single form), the layer kernels, and the
+    thread controls. ImportError naming any kernel the package lacks."""
+
+    def __init__(self, name, package):
+        self.name, self.package = name, package
+        found = {}
+        for module in package.KERNEL_MODULES:
+            found.update((k, v) for k, v in vars(module).items() if not k.startswith("_"))
+        missing = [k.name for k in _registry.KERNELS if k.name not in found]
+        missing += [layer for layer in _registry.LAYERS if layer not in found]
+        if missing:
+            raise ImportError(f"it lacks the kernels {', '.join(missing)}")
+        for kernel in _registry.KERNELS:
+            single = found[kernel.name]
+            setattr(self, kernel.name, single)
+            setattr(self, kernel.multi, found.get(kernel.multi) or foreach(single, kernel))
+        for layer in _registry.LAYERS:
+            setattr(self, layer, found[layer])
+        self.set_num_threads = package.set_num_threads
+        self.get_num_threads = package.get_num_threads
+
+    def __repr__(self):
+        return f"<fastopt backend {self.name!r} ({self.package.__name__})>"
 
 
 def _load(name):
@@ -34,7 +67,7 @@ def _load(name):
     if name in _failed:
         raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}")
     try:
-        module = importlib.import_module(_MODULES[name])
+        module = Namespace(name, importlib.import_module(_MODULES[name]))
     except ImportError as exc:
         if isinstance(exc, _cpu.UnusableBuild):    # fastopt._kernels says why and what to do
             _failed[name] = str(exc)

@@ -17,14 +17,14 @@ def _native(a):
     return np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
 
 
-def via_contiguous(kernel, arrays, *scalars):
-    """Call ``kernel(*arrays, *scalars)`` on contiguous copies and copy the updated arrays back.
+def via_contiguous(kernel, arrays, **scalars):
+    """Call ``kernel(*arrays, **scalars)`` on contiguous copies and copy the updated arrays back.
 
     By the kernels' convention ``arrays[1]`` (the grad, or the new sample) is the only input that
     is not updated. If the kernel raises, the caller's arrays are untouched.
     """
     copies = [_native(a) for a in arrays]
-    kernel(*copies, *scalars)
+    kernel(*copies, **scalars)
     for i, (a, c) in enumerate(zip(arrays, copies)):
         if i != 1 and a is not None and c is not a:
             np.copyto(a, c)

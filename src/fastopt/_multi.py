@@ -1,31 +1,14 @@
-"""Multi-tensor entry points for the Python-level backends (numba, NumPy reference).
+"""List forms of the element-wise kernels for the Python-level backends (numba, NumPy
+reference).
 
 The Cython backend has compiled ``<kernel>_multi`` functions that run a whole list in one
-call; here the same signature is met by validating every tensor first (so a bad array anywhere
-changes nothing) and then calling the single-array kernel on each.
+call; for the others ``fastopt._backend`` makes each ``<kernel>_multi`` with :func:`foreach`
+from the kernel's registry entry: it validates every tensor first (so a bad array anywhere
+changes nothing) and then calls the single-array kernel on each.
 """
+import inspect
+
 from ._validate import check_disjoint, check_step_arrays
-
-# kernel -> (names of its array lists, how many of them may not be None); the Cython kernels
-# use the same names in their messages
-LISTS = {
-    "ewa": (("avgs", "xs"), 2),
-    "sgd": (("params", "grads", "momentum_buffers"), 2),
-    "momentum": (("params", "grads", "velocities"), 3),
-    "rmsprop": (("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"), 3),
-    "adagrad": (("params", "grads", "state_sums"), 3),
-    "adam": (("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), 4),
-    "adadelta": (("params", "grads", "square_avgs", "acc_deltas"), 4),
-    "adamax": (("params", "grads", "exp_avgs", "exp_infs"), 4),
-    "nadam": (("params", "grads", "exp_avgs", "exp_avg_sqs"), 4),
-    "radam": (("params", "grads", "exp_avgs", "exp_avg_sqs"), 4),
-}
-
-
-def multi_forms(namespace):
-    """``{"<kernel>_multi": ...}`` for every kernel of :data:`LISTS` in ``namespace``."""
-    return {f"{name}_multi": foreach(namespace[name], names, nrequired)
-            for name, (names, nrequired) in LISTS.items() if name in namespace}
 
 
 def check_lists(names, lists, nrequired):
@@ -42,13 +25,16 @@ def check_lists(names, lists, nrequired):
     return count
 
 
-def foreach(single, names, nrequired):
-    """``single(*arrays, *scalars)`` -> ``multi(*lists, *scalars)``; ``names`` are the list
-    names (``params``, ``grads``, state...), the first ``nrequired`` lists may not be None."""
-    nlists = len(names)
+def foreach(single, kernel):
+    """The list form of ``single``, a backend's single-array function of ``kernel`` (a
+    :class:`fastopt._registry.Kernel`): ``multi(*lists, **scalars)`` with the registry's
+    signature, bit-identical to ``single`` on each tensor."""
+    names, nrequired, keywords = kernel.lists, kernel.nrequired, frozenset(kernel.keywords)
 
-    def multi(*args):
-        lists, scalars = args[:nlists], args[nlists:]
+    def multi(*lists, **scalars):
+        if len(lists) != len(names) or scalars.keys() != keywords:
+            raise TypeError(f"{kernel.multi}() takes the lists {', '.join(names)} and the "
+                            f"keyword arguments {', '.join(kernel.keywords)}")
         count = check_lists(names, lists, nrequired)
         tensors = [tuple(None if lst is None else lst[j] for lst in lists)
                    for j in range(count)]
@@ -56,8 +42,13 @@ def foreach(single, names, nrequired):
             check_step_arrays(arrays, [f"{name}[{j}]" for name in names], nrequired)
         check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
         for arrays in tensors:
-            single(*arrays, *scalars)
+            single(*arrays, **scalars)
 
-    multi.__name__ = multi.__qualname__ = single.__name__ + "_multi"
-    multi.__doc__ = f"{single.__name__} over lists of arrays ({', '.join(names)})."
+    P = inspect.Parameter
+    multi.__signature__ = inspect.Signature(
+        [P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
+        + [P(n, P.KEYWORD_ONLY) for n in kernel.keywords])
+    multi.__name__ = multi.__qualname__ = kernel.multi
+    multi.__module__ = single.__module__
+    multi.__doc__ = f"{kernel.name} over lists of arrays ({', '.join(names)})."
     return multi

@@ -91,13 +91,13 @@ def _check_adam_family(step, lr, betas, eps, weight_decay):
 def ewa_(avg, x, beta):
     """Fold ``x`` into the running average in place: ``avg = beta * avg + (1 - beta) * x``."""
     _check_ewa(beta)
-    _backend.active.ewa(avg, x, beta)
+    _backend.active.ewa(avg, x, beta=beta)
 
 
 def foreach_ewa_(avgs, xs, beta):
     """:func:`ewa_` on every pair of ``avgs`` and ``xs``."""
     _check_ewa(beta)
-    _backend.active.ewa_multi(avgs, xs, beta)
+    _backend.active.ewa_multi(avgs, xs, beta=beta)
 
 
 def sgd_step_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0,
@@ -109,8 +109,9 @@ def sgd_step_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=
     ``g = buf``; finally ``param -= lr * g``. Pass ``momentum_buffer=None`` for plain SGD.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
-    _backend.active.sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening,
-                        nesterov, maximize, first_step)
+    _backend.active.sgd(param, grad, momentum_buffer, lr=lr, weight_decay=weight_decay,
+                        momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        maximize=maximize, first_step=first_step)
 
 
 def foreach_sgd_step_(params, grads, momentum_buffers=None, *, lr, momentum=0.0,
@@ -118,21 +119,22 @@ def foreach_sgd_step_(params, grads, momentum_buffers=None, *, lr, momentum=0.0,
                       first_step=False):
     """:func:`sgd_step_` on every array of ``params`` (``momentum_buffers``: a list or None)."""
     _check_sgd(lr, weight_decay, momentum, dampening)
-    _backend.active.sgd_multi(params, grads, momentum_buffers, lr, weight_decay, momentum,
-                              dampening, nesterov, maximize, first_step)
+    _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
+                              momentum=momentum, dampening=dampening, nesterov=nesterov,
+                              maximize=maximize, first_step=first_step)
 
 
 def momentum_step_(param, grad, velocity, *, lr, beta=0.9):
     """The course's momentum: ``velocity = beta * velocity + (1 - beta) * grad``;
     ``param -= lr * velocity`` (velocity starts at zero)."""
     _check_lr_beta(lr, beta, UNIT_OPEN)
-    _backend.active.momentum(param, grad, velocity, lr, beta)
+    _backend.active.momentum(param, grad, velocity, lr=lr, beta=beta)
 
 
 def foreach_momentum_step_(params, grads, velocities, *, lr, beta=0.9):
     """:func:`momentum_step_` on every array of ``params``."""
     _check_lr_beta(lr, beta, UNIT_OPEN)
-    _backend.active.momentum_multi(params, grads, velocities, lr, beta)
+    _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
 
 
 def rmsprop_step_(param, grad, square_avg, *, lr=0.01, beta=0.99, eps=1e-8, weight_decay=0.0,
@@ -147,8 +149,9 @@ def rmsprop_step_(param, grad, square_avg, *, lr=0.01, beta=0.99, eps=1e-8, weig
     else ``param -= lr * g / avg``.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
-    _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, beta, eps,
-                            weight_decay, momentum, maximize, eps_inside_sqrt)
+    _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
+                            alpha=beta, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                            maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
 
 
 def foreach_rmsprop_step_(params, grads, square_avgs, *, lr=0.01, beta=0.99, eps=1e-8,
@@ -156,8 +159,10 @@ def foreach_rmsprop_step_(params, grads, square_avgs, *, lr=0.01, beta=0.99, eps
                           grad_avgs=None, maximize=False, eps_inside_sqrt=False):
     """:func:`rmsprop_step_` on every array of ``params``."""
     _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
-    _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers, lr,
-                                  beta, eps, weight_decay, momentum, maximize, eps_inside_sqrt)
+    _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
+                                  lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,
+                                  momentum=momentum, maximize=maximize,
+                                  eps_inside_sqrt=eps_inside_sqrt)
 
 
 def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight_decay=0.0,
@@ -168,8 +173,8 @@ def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight
     ``param -= clr * g / (sqrt(state_sum) + eps)``.
     """
     _check_adagrad(step, lr, lr_decay, weight_decay, eps)
-    _backend.active.adagrad(param, grad, state_sum, lr / (1.0 + (step - 1) * lr_decay), eps,
-                            weight_decay, maximize)
+    _backend.active.adagrad(param, grad, state_sum, clr=lr / (1.0 + (step - 1) * lr_decay),
+                            eps=eps, weight_decay=weight_decay, maximize=maximize)
 
 
 def foreach_adagrad_step_(params, grads, state_sums, step, *, lr=0.01, lr_decay=0.0,
@@ -177,15 +182,15 @@ def foreach_adagrad_step_(params, grads, state_sums, step, *, lr=0.01, lr_decay=
     """:func:`adagrad_step_` on every array of ``params`` (one shared ``step``)."""
     _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad_multi(params, grads, state_sums,
-                                  lr / (1.0 + (step - 1) * lr_decay), eps, weight_decay,
-                                  maximize)
+                                  clr=lr / (1.0 + (step - 1) * lr_decay), eps=eps,
+                                  weight_decay=weight_decay, maximize=maximize)
 
 
-def _adam_scalars(step, lr, betas, eps, weight_decay, decoupled, maximize, eps_inside_sqrt):
-    """The backend kernel's scalars: bias corrections folded in float64."""
+def _adam_scalars(step, lr, betas, eps, weight_decay):
+    """beta1, beta2 and the bias corrections folded in float64: ``step_size`` and
+    ``bias_correction2``."""
     beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
-    return (lr, beta1, beta2, eps, weight_decay, lr / (1.0 - beta1 ** step),
-            1.0 - beta2 ** step, decoupled, maximize, eps_inside_sqrt)
+    return beta1, beta2, lr / (1.0 - beta1 ** step), 1.0 - beta2 ** step
 
 
 def adam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
@@ -200,19 +205,25 @@ def adam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0
     Decoupled decay first shrinks ``param *= 1 - lr * weight_decay``; otherwise
     ``g = grad + weight_decay * param``.
     """
-    _backend.active.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                         *_adam_scalars(step, lr, betas, eps, weight_decay,
-                                        decoupled_weight_decay, maximize, eps_inside_sqrt))
+    beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
+                                                              weight_decay)
+    _backend.active.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr, beta1=beta1,
+                         beta2=beta2, eps=eps, weight_decay=weight_decay, step_size=step_size,
+                         bias_correction2=bias_correction2, decoupled=decoupled_weight_decay,
+                         maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
 
 
 def foreach_adam_step_(params, grads, exp_avgs, exp_avg_sqs, step, *, lr=1e-3,
                        betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_exp_avg_sqs=None,
                        maximize=False, decoupled_weight_decay=False, eps_inside_sqrt=False):
     """:func:`adam_step_` on every array of ``params`` (one shared ``step``)."""
-    _backend.active.adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
-                               *_adam_scalars(step, lr, betas, eps, weight_decay,
-                                              decoupled_weight_decay, maximize,
-                                              eps_inside_sqrt))
+    beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
+                                                              weight_decay)
+    _backend.active.adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr,
+                               beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                               step_size=step_size, bias_correction2=bias_correction2,
+                               decoupled=decoupled_weight_decay, maximize=maximize,
+                               eps_inside_sqrt=eps_inside_sqrt)
 
 
 def adamw_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
@@ -232,21 +243,22 @@ def adadelta_step_(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1
     ``acc_delta = rho * acc_delta + (1 - rho) * delta**2``; ``param -= lr * delta``.
     """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
-    _backend.active.adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay,
-                             maximize)
+    _backend.active.adadelta(param, grad, square_avg, acc_delta, lr=lr, rho=rho, eps=eps,
+                             weight_decay=weight_decay, maximize=maximize)
 
 
 def foreach_adadelta_step_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9,
                            eps=1e-6, weight_decay=0.0, maximize=False):
     """:func:`adadelta_step_` on every array of ``params``."""
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
-    _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr, rho, eps,
-                                   weight_decay, maximize)
+    _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
+                                   eps=eps, weight_decay=weight_decay, maximize=maximize)
 
 
-def _adamax_scalars(step, lr, betas, eps, weight_decay, maximize):
+def _adamax_scalars(step, lr, betas, eps, weight_decay):
+    """beta1, beta2 and the bias-corrected learning rate ``clr``, folded in float64."""
     beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
-    return beta1, beta2, eps, weight_decay, lr / (1.0 - beta1 ** step), maximize
+    return beta1, beta2, lr / (1.0 - beta1 ** step)
 
 
 def adamax_step_(param, grad, exp_avg, exp_inf, step, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
@@ -256,15 +268,17 @@ def adamax_step_(param, grad, exp_avg, exp_inf, step, *, lr=2e-3, betas=(0.9, 0.
     ``m += (1 - beta1) * (g - m)``; ``u = max(beta2 * u, |g| + eps)``;
     ``param -= lr / (1 - beta1**t) * m / u``.
     """
-    _backend.active.adamax(param, grad, exp_avg, exp_inf,
-                           *_adamax_scalars(step, lr, betas, eps, weight_decay, maximize))
+    beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
+    _backend.active.adamax(param, grad, exp_avg, exp_inf, beta1=beta1, beta2=beta2, eps=eps,
+                           weight_decay=weight_decay, clr=clr, maximize=maximize)
 
 
 def foreach_adamax_step_(params, grads, exp_avgs, exp_infs, step, *, lr=2e-3,
                          betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False):
     """:func:`adamax_step_` on every array of ``params`` (one shared ``step``)."""
-    _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs,
-                                 *_adamax_scalars(step, lr, betas, eps, weight_decay, maximize))
+    beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
+    _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1, beta2=beta2,
+                                 eps=eps, weight_decay=weight_decay, clr=clr, maximize=maximize)
 
 
 def nadam_momentum(step, beta1, momentum_decay):
@@ -272,8 +286,9 @@ def nadam_momentum(step, beta1, momentum_decay):
     return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
 
 
-def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
-                   decoupled_weight_decay, maximize):
+def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay):
+    """The new ``mu_product`` and the kernel's scalars (beta1, beta2, bias_correction2,
+    grad_coef, avg_coef), folded in float64."""
     beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
     try:
         ok = momentum_decay >= 0.0 and 0.0 <= mu_product <= 1.0
@@ -289,8 +304,7 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     mu_product = _to_f32(_to_f32(mu_product) * _to_f32(mu))
     grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = -lr * mu_next / (1.0 - mu_product * mu_next)
-    return mu_product, (lr, beta1, beta2, eps, weight_decay, 1.0 - beta2 ** step, grad_coef,
-                        avg_coef, decoupled_weight_decay, maximize)
+    return mu_product, beta1, beta2, 1.0 - beta2 ** step, grad_coef, avg_coef
 
 
 def nadam_step_(param, grad, exp_avg, exp_avg_sq, step, mu_product, *, lr=2e-3,
@@ -305,9 +319,12 @@ def nadam_step_(param, grad, exp_avg, exp_avg_sq, step, mu_product, *, lr=2e-3,
     ``d = sqrt(v / (1 - beta2**t)) + eps``;
     ``param -= lr * (1 - mu_t) / (1 - P) * g / d + lr * mu_{t+1} / (1 - P * mu_{t+1}) * m / d``.
     """
-    mu_product, scalars = _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay,
-                                         momentum_decay, decoupled_weight_decay, maximize)
-    _backend.active.nadam(param, grad, exp_avg, exp_avg_sq, *scalars)
+    mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
+        step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
+    _backend.active.nadam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                          eps=eps, weight_decay=weight_decay, bias_correction2=bias_correction2,
+                          grad_coef=grad_coef, avg_coef=avg_coef,
+                          decoupled=decoupled_weight_decay, maximize=maximize)
     return mu_product
 
 
@@ -315,13 +332,18 @@ def foreach_nadam_step_(params, grads, exp_avgs, exp_avg_sqs, step, mu_product, 
                         betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                         decoupled_weight_decay=False, maximize=False):
     """:func:`nadam_step_` on every array of ``params`` (one shared ``step`` and product)."""
-    mu_product, scalars = _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay,
-                                         momentum_decay, decoupled_weight_decay, maximize)
-    _backend.active.nadam_multi(params, grads, exp_avgs, exp_avg_sqs, *scalars)
+    mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
+        step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
+    _backend.active.nadam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
+                                beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                bias_correction2=bias_correction2, grad_coef=grad_coef,
+                                avg_coef=avg_coef, decoupled=decoupled_weight_decay,
+                                maximize=maximize)
     return mu_product
 
 
-def _radam_scalars(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+def _radam_scalars(step, lr, betas, eps, weight_decay):
+    """beta1, beta2, the folded ``step_size`` and whether the step is ``rectified``."""
     beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2 = 1.0 - beta2 ** step
@@ -333,8 +355,7 @@ def _radam_scalars(step, lr, betas, eps, weight_decay, decoupled_weight_decay, m
         rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
         step_size = step_size * bias_correction2 ** 0.5 * rect
-    return (lr, beta1, beta2, eps, weight_decay, step_size, rectified, decoupled_weight_decay,
-            maximize)
+    return beta1, beta2, step_size, rectified
 
 
 def radam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
@@ -346,18 +367,22 @@ def radam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 
     after it ``param -= lr / (1 - beta1**t) * rect_t * sqrt(1 - beta2**t) * m / (sqrt(v) + eps)``
     with ``rect_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``.
     """
-    _backend.active.radam(param, grad, exp_avg, exp_avg_sq,
-                          *_radam_scalars(step, lr, betas, eps, weight_decay,
-                                          decoupled_weight_decay, maximize))
+    beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
+    _backend.active.radam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                          eps=eps, weight_decay=weight_decay, step_size=step_size,
+                          rectified=rectified, decoupled=decoupled_weight_decay,
+                          maximize=maximize)
 
 
 def foreach_radam_step_(params, grads, exp_avgs, exp_avg_sqs, step, *, lr=1e-3,
                         betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                         decoupled_weight_decay=False, maximize=False):
     """:func:`radam_step_` on every array of ``params`` (one shared ``step``)."""
-    _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs,
-                                *_radam_scalars(step, lr, betas, eps, weight_decay,
-                                                decoupled_weight_decay, maximize))
+    beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
+    _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
+                                beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                step_size=step_size, rectified=rectified,
+                                decoupled=decoupled_weight_decay, maximize=maximize)
 
 
 __all__ = ["ewa_", "sgd_step_", "momentum_step_", "rmsprop_step_", "adagrad_step_",

@@ -52,19 +52,9 @@ def _load(family):
 
 
 _optim = _load("optim")
-adagrad, adam, ewa = _optim.adagrad, _optim.adam, _optim.ewa
-momentum, rmsprop, sgd = _optim.momentum, _optim.rmsprop, _optim.sgd
-adagrad_multi, adam_multi, ewa_multi = _optim.adagrad_multi, _optim.adam_multi, _optim.ewa_multi
-momentum_multi, rmsprop_multi = _optim.momentum_multi, _optim.rmsprop_multi
-sgd_multi = _optim.sgd_multi
-adadelta, adamax, nadam, radam = _optim.adadelta, _optim.adamax, _optim.nadam, _optim.radam
-adadelta_multi, adamax_multi = _optim.adadelta_multi, _optim.adamax_multi
-nadam_multi, radam_multi = _optim.nadam_multi, _optim.radam_multi
-
 _layers = _load("layers")
-batchnorm_stats, batchnorm_apply = _layers.batchnorm_stats, _layers.batchnorm_apply
-batchnorm_backward, softmax = _layers.batchnorm_backward, _layers.softmax
-softmax_cross_entropy = _layers.softmax_cross_entropy
+# the kernels fastopt._backend serves, checked against the registry (fastopt/_registry.py)
+KERNEL_MODULES = (_optim, _layers)
 
 _FAMILIES = (_optim, _layers, _stream)
 _threads.register_threadpoolctl()

@@ -1,9 +1,10 @@
 # The driver shared by every element-wise kernel (textually included after _common.pxi).
 #
 # A kernel is one span function per dtype with a uniform signature,
-#     span(arrays, lo, hi, k, flags): update elements [lo, hi) of every array,
+#     span(arrays, lo, hi, s): update elements [lo, hi) of every array,
 # where ``arrays`` holds the data pointers (param, grad, state...; NULL for optional state not in
-# use), ``k`` the per-call scalars folded in double and ``flags`` the options. Because the
+# use) and ``s`` points to the kernel's struct of named scalars and options (``<name>_scalars``,
+# generated from the registry into _glue.pxi; the driver only passes it on). Because the
 # signature is uniform, one driver runs a single array or a whole list of them ("multi-tensor"):
 # the work is split into chunks of the total element count, not by array, which the calling
 # thread and the pool's helpers (fo_pool.h) claim as they run; each walks the pieces of its
@@ -20,12 +21,9 @@ from .._multi import check_lists
 
 cdef enum:
     MAX_ARRAYS = 6
-    MAX_CONSTS = 16
 
-ctypedef void (*span32)(float** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
-                        int flags) noexcept nogil
-ctypedef void (*span64)(double** a, Py_ssize_t lo, Py_ssize_t hi, const double* k,
-                        int flags) noexcept nogil
+ctypedef void (*span32)(float** a, Py_ssize_t lo, Py_ssize_t hi, const void* s) noexcept nogil
+ctypedef void (*span64)(double** a, Py_ssize_t lo, Py_ssize_t hi, const void* s) noexcept nogil
 
 ctypedef struct Kernel:
     int narrays          # arrays per tensor; arrays[1] (the grad) is the only one not written
@@ -46,8 +44,7 @@ ctypedef struct Job:    # one call's work, split into chunks of the concatenated
     bint is32
     Tensor* ts
     Py_ssize_t count, chunk, total
-    const double* k
-    int flags
+    const void* scalars
 
 ctypedef struct Extent:  # the memory bounds of one array, for the overlap check
     size_t lo            # the bytes [lo, hi) its elements span; lo 0: none (empty, or absent)
@@ -57,8 +54,7 @@ ctypedef struct Extent:  # the memory bounds of one array, for the overlap check
 
 
 cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
-                           Py_ssize_t start, Py_ssize_t stop, const double* k,
-                           int flags) noexcept nogil:
+                           Py_ssize_t start, Py_ssize_t stop, const void* s) noexcept nogil:
     """Elements [start, stop) of the concatenation of ``ts``."""
     cdef Py_ssize_t j, lo, hi, offset = 0
     for j in range(count):
@@ -68,9 +64,9 @@ cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t
         hi = min(stop - offset, ts[j].n)
         if lo < hi:
             if is32:
-                kern.f32(<float**>ts[j].ptr, lo, hi, k, flags)
+                kern.f32(<float**>ts[j].ptr, lo, hi, s)
             else:
-                kern.f64(<double**>ts[j].ptr, lo, hi, k, flags)
+                kern.f64(<double**>ts[j].ptr, lo, hi, s)
         offset += ts[j].n
 
 
@@ -83,19 +79,19 @@ cdef Py_ssize_t CHUNK_MIN = 1 << 13, CHUNK_MAX = 1 << 16
 cdef void run_chunk(void* ctx, Py_ssize_t c) noexcept nogil:
     cdef Job* job = <Job*>ctx
     run_range(job.kern, job.is32, job.ts, job.count, c * job.chunk,
-              min((c + 1) * job.chunk, job.total), job.k, job.flags)
+              min((c + 1) * job.chunk, job.total), job.scalars)
 
 
-cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count, const double* k,
-              int flags) noexcept nogil:
+cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
+              const void* s) noexcept nogil:
     cdef Py_ssize_t j, total = 0
     for j in range(count):
         total += ts[j].n
     cdef int nt = threads_for(total)
     if nt == 1:
-        run_range(kern, is32, ts, count, 0, total, k, flags)
+        run_range(kern, is32, ts, count, 0, total, s)
         return
-    cdef Job job = Job(kern, is32, ts, count, 0, total, k, flags)
+    cdef Job job = Job(kern, is32, ts, count, 0, total, s)
     job.chunk = (min(max(total // (4 * nt), CHUNK_MIN), CHUNK_MAX) + 15) & ~(<Py_ssize_t>15)
     fo_pool_run(run_chunk, &job, (total + job.chunk - 1) // job.chunk, nt)
 
@@ -240,8 +236,7 @@ cdef inline void fill(PyObject** out, tuple arrays, int count) noexcept:
         out[i] = NULL if arrays[i] is None else <PyObject*>arrays[i]
 
 
-cdef int step1(const Kernel* kern, tuple names, tuple arrays, const double* k,
-               int flags) except -1:
+cdef int step1(const Kernel* kern, tuple names, tuple arrays, const void* s) except -1:
     """One tensor: validate and run. Returns 1 (nothing written) if the caller must run it on
     contiguous copies instead."""
     cdef Tensor t
@@ -254,7 +249,7 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const double* k,
         return 1
     cdef bint is32 = cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT
     with nogil:
-        run(kern, is32, &t, 1, k, flags)
+        run(kern, is32, &t, 1, s)
     return 0
 
 
@@ -273,7 +268,7 @@ cdef Py_ssize_t list_length(const Kernel* kern, tuple names, tuple lists) except
     return count
 
 
-cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* k, int flags):
+cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s):
     """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
     Validates every tensor, and that no two of their arrays overlap, before writing any; runs
     all flat ones in one parallel sweep per dtype, and returns the indices of the valid but
@@ -308,17 +303,17 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const double* 
         check_sorted(ext, count * kern.narrays, names)
         with nogil:
             if n32:
-                run(kern, True, ts, n32, k, flags)
+                run(kern, True, ts, n32, s)
             if n64:
-                run(kern, False, ts + count - n64, n64, k, flags)
+                run(kern, False, ts + count - n64, n64, s)
     finally:
         PyMem_Free(ts)
         PyMem_Free(ext)
     return slow
 
 
-def _fallback(kernel, tuple lists, list slow, *scalars):
+def _fallback(kernel, tuple lists, list slow, **scalars):
     """Run the non-flat tensors of a multi-tensor step one by one on contiguous copies."""
     for j in slow:
         via_contiguous(kernel, tuple([None if lst is None else lst[j] for lst in lists]),
-                       *scalars)
+                       **scalars)

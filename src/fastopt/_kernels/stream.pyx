@@ -10,10 +10,15 @@ include "_common.pxi"
 include "_elementwise.pxi"
 
 
-cdef void stream_span(float** arrays, Py_ssize_t lo, Py_ssize_t hi, const double* unused,
-                      int k) noexcept nogil:
-    """The element-wise driver's span signature; ``k`` (the flags) is the number of arrays."""
+ctypedef struct stream_scalars:
+    int k       # the number of arrays
+
+
+cdef void stream_span(float** arrays, Py_ssize_t lo, Py_ssize_t hi,
+                      const stream_scalars* s) noexcept nogil:
+    """The element-wise driver's span signature."""
     cdef Py_ssize_t i
+    cdef int k = s.k
     cdef float* a0 = arrays[0]
     cdef float* a1 = arrays[1]
     cdef float* a2 = arrays[2]
@@ -39,12 +44,13 @@ cdef void stream_span(float** arrays, Py_ssize_t lo, Py_ssize_t hi, const double
             a4[i] = a4[i] + a1[i]
 
 
-cdef Kernel STREAM = Kernel(5, 2, stream_span, NULL)
+cdef Kernel STREAM = Kernel(5, 2, <span32>stream_span, NULL)
 
 
 def stream(*arrays):
     """Stream 2 to 5 contiguous arrays of one dtype (float32 or float64, same byte count)."""
     cdef Tensor t
+    cdef stream_scalars s
     cdef int k = len(arrays), j
     if not 2 <= k <= 5:
         raise ValueError(f"stream takes 2 to 5 arrays, got {k}")
@@ -58,5 +64,6 @@ def stream(*arrays):
         t.ptr[j] = cnp.PyArray_DATA(a)
     # float32 lanes over the bytes: the traffic, not the element type, is what is measured
     t.n = arrays[0].nbytes // sizeof(float)
+    s.k = k
     with nogil:
-        run(&STREAM, True, &t, 1, NULL, k)
+        run(&STREAM, True, &t, 1, &s)

@@ -15,7 +15,6 @@ import numpy as np
 from numba import prange
 
 from .._layout import via_contiguous
-from .._multi import multi_forms
 from ._common import JIT, launch, max_nan, step_views
 
 
@@ -34,11 +33,11 @@ def _ewa_parallel(nchunks, chunk, avg, x, k):
         _ewa_span(avg[lo:hi], x[lo:hi], k)
 
 
-def ewa(avg, x, beta):
+def ewa(avg, x, *, beta):
     arrays = (avg, x)
     views = step_views(arrays, ("avg", "x"), 2)
     if views is None:
-        return via_contiguous(ewa, arrays, beta)
+        return via_contiguous(ewa, arrays, beta=beta)
     launch(_ewa_span, _ewa_parallel, views, np.array((beta, 1.0 - beta), avg.dtype))
 
 
@@ -64,13 +63,14 @@ def _sgd_parallel(nchunks, chunk, p, g, buf, k, *flags):
         _sgd_span(p[lo:hi], g[lo:hi], buf[lo:hi], k, *flags)
 
 
-def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nesterov,
-        maximize, first_step):
+def sgd(param, grad, momentum_buffer, *, lr, weight_decay, momentum, dampening, nesterov, maximize,
+        first_step):
     arrays = (param, grad, momentum_buffer)
     views = step_views(arrays, ("param", "grad", "momentum_buffer"), 2)
     if views is None:
-        return via_contiguous(sgd, arrays, lr, weight_decay, momentum, dampening, nesterov,
-                              maximize, first_step)
+        return via_contiguous(sgd, arrays, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                              dampening=dampening, nesterov=nesterov, maximize=maximize,
+                              first_step=first_step)
     k = np.array((lr, weight_decay, momentum, 1.0 - dampening), param.dtype)
     launch(_sgd_span, _sgd_parallel, views, k, weight_decay != 0, bool(nesterov),
            bool(maximize), bool(first_step))
@@ -92,11 +92,11 @@ def _momentum_parallel(nchunks, chunk, p, g, vel, k):
         _momentum_span(p[lo:hi], g[lo:hi], vel[lo:hi], k)
 
 
-def momentum(param, grad, velocity, lr, beta):
+def momentum(param, grad, velocity, *, lr, beta):
     arrays = (param, grad, velocity)
     views = step_views(arrays, ("param", "grad", "velocity"), 3)
     if views is None:
-        return via_contiguous(momentum, arrays, lr, beta)
+        return via_contiguous(momentum, arrays, lr=lr, beta=beta)
     launch(_momentum_span, _momentum_parallel, views,
            np.array((lr, beta, 1.0 - beta), param.dtype))
 
@@ -131,13 +131,14 @@ def _rmsprop_parallel(nchunks, chunk, p, g, sq, gavg, buf, k, *flags):
         _rmsprop_span(p[lo:hi], g[lo:hi], sq[lo:hi], gavg[lo:hi], buf[lo:hi], k, *flags)
 
 
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps, weight_decay,
             momentum, maximize, eps_inside_sqrt):
     arrays = (param, grad, square_avg, grad_avg, momentum_buffer)
     views = step_views(arrays, ("param", "grad", "square_avg", "grad_avg", "momentum_buffer"), 3)
     if views is None:
-        return via_contiguous(rmsprop, arrays, lr, alpha, eps, weight_decay, momentum, maximize,
-                              eps_inside_sqrt)
+        return via_contiguous(rmsprop, arrays, lr=lr, alpha=alpha, eps=eps,
+                              weight_decay=weight_decay, momentum=momentum, maximize=maximize,
+                              eps_inside_sqrt=eps_inside_sqrt)
     k = np.array((lr, alpha, 1.0 - alpha, eps, weight_decay, momentum), param.dtype)
     launch(_rmsprop_span, _rmsprop_parallel, views, k, weight_decay != 0, bool(maximize),
            bool(eps_inside_sqrt))
@@ -162,11 +163,12 @@ def _adagrad_parallel(nchunks, chunk, p, g, ssum, k, *flags):
         _adagrad_span(p[lo:hi], g[lo:hi], ssum[lo:hi], k, *flags)
 
 
-def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
+def adagrad(param, grad, state_sum, *, clr, eps, weight_decay, maximize):
     arrays = (param, grad, state_sum)
     views = step_views(arrays, ("param", "grad", "state_sum"), 3)
     if views is None:
-        return via_contiguous(adagrad, arrays, clr, eps, weight_decay, maximize)
+        return via_contiguous(adagrad, arrays, clr=clr, eps=eps, weight_decay=weight_decay,
+                              maximize=maximize)
     launch(_adagrad_span, _adagrad_parallel, views,
            np.array((clr, eps, weight_decay), param.dtype), weight_decay != 0, bool(maximize))
 
@@ -224,13 +226,15 @@ def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, k, *flags):
         _adam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], k, *flags)
 
 
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
          step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 4)
     if views is None:
-        return via_contiguous(adam, arrays, lr, beta1, beta2, eps, weight_decay, step_size,
-                              bias_correction2, decoupled, maximize, eps_inside_sqrt)
+        return via_contiguous(adam, arrays, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                              weight_decay=weight_decay, step_size=step_size,
+                              bias_correction2=bias_correction2, decoupled=decoupled,
+                              maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
     shrink = weight_decay != 0 and decoupled
     k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, step_size, 1.0 / bias_correction2,
                   1.0 / math.sqrt(bias_correction2), weight_decay,
@@ -260,11 +264,12 @@ def _adadelta_parallel(nchunks, chunk, p, g, sq, acc, k, *flags):
         _adadelta_span(p[lo:hi], g[lo:hi], sq[lo:hi], acc[lo:hi], k, *flags)
 
 
-def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize):
+def adadelta(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, maximize):
     arrays = (param, grad, square_avg, acc_delta)
     views = step_views(arrays, ("param", "grad", "square_avg", "acc_delta"), 4)
     if views is None:
-        return via_contiguous(adadelta, arrays, lr, rho, eps, weight_decay, maximize)
+        return via_contiguous(adadelta, arrays, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                              maximize=maximize)
     k = np.array((lr, rho, 1.0 - rho, eps, weight_decay), param.dtype)
     launch(_adadelta_span, _adadelta_parallel, views, k, weight_decay != 0, bool(maximize))
 
@@ -289,11 +294,12 @@ def _adamax_parallel(nchunks, chunk, p, g, m, u, k, *flags):
         _adamax_span(p[lo:hi], g[lo:hi], m[lo:hi], u[lo:hi], k, *flags)
 
 
-def adamax(param, grad, exp_avg, exp_inf, beta1, beta2, eps, weight_decay, clr, maximize):
+def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, clr, maximize):
     arrays = (param, grad, exp_avg, exp_inf)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_inf"), 4)
     if views is None:
-        return via_contiguous(adamax, arrays, beta1, beta2, eps, weight_decay, clr, maximize)
+        return via_contiguous(adamax, arrays, beta1=beta1, beta2=beta2, eps=eps,
+                              weight_decay=weight_decay, clr=clr, maximize=maximize)
     k = np.array((1.0 - beta1, beta2, eps, weight_decay, clr), param.dtype)
     launch(_adamax_span, _adamax_parallel, views, k, weight_decay != 0, bool(maximize))
 
@@ -323,13 +329,15 @@ def _nadam_parallel(nchunks, chunk, p, g, m, v, k, *flags):
         _nadam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], k, *flags)
 
 
-def nadam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
           bias_correction2, grad_coef, avg_coef, decoupled, maximize):
     arrays = (param, grad, exp_avg, exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
     if views is None:
-        return via_contiguous(nadam, arrays, lr, beta1, beta2, eps, weight_decay,
-                              bias_correction2, grad_coef, avg_coef, decoupled, maximize)
+        return via_contiguous(nadam, arrays, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                              weight_decay=weight_decay, bias_correction2=bias_correction2,
+                              grad_coef=grad_coef, avg_coef=avg_coef, decoupled=decoupled,
+                              maximize=maximize)
     shrink = weight_decay != 0 and decoupled
     k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, 1.0 / bias_correction2,
                   grad_coef, avg_coef, 1.0 - lr * weight_decay if shrink else 1.0, 1.0),
@@ -362,19 +370,17 @@ def _radam_parallel(nchunks, chunk, p, g, m, v, k, *flags):
         _radam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], k, *flags)
 
 
-def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step_size,
+def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step_size,
           rectified, decoupled, maximize):
     arrays = (param, grad, exp_avg, exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
     if views is None:
-        return via_contiguous(radam, arrays, lr, beta1, beta2, eps, weight_decay, step_size,
-                              rectified, decoupled, maximize)
+        return via_contiguous(radam, arrays, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                              weight_decay=weight_decay, step_size=step_size, rectified=rectified,
+                              decoupled=decoupled, maximize=maximize)
     shrink = weight_decay != 0 and decoupled
     k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, step_size,
                   1.0 - lr * weight_decay if shrink else 1.0), param.dtype)
     launch(_radam_span, _radam_parallel, views, k, weight_decay != 0 and not decoupled,
            bool(rectified), bool(maximize))
 
-
-# multi-tensor forms (same scalars, lists of arrays): validate all, then one call per tensor
-globals().update(multi_forms(globals()))

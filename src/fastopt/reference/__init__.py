@@ -1,10 +1,11 @@
-"""The NumPy reference backend: the definition of every kernel (slow, obvious, exact)."""
-from .optim import (adadelta, adadelta_multi, adagrad, adagrad_multi, adam,  # noqa: F401
-                    adam_multi, adamax, adamax_multi, ewa, ewa_multi, momentum, momentum_multi,
-                    nadam, nadam_multi, radam, radam_multi, rmsprop, rmsprop_multi, sgd,
-                    sgd_multi)
-from .layers import (batchnorm_apply, batchnorm_backward, batchnorm_stats,  # noqa: F401
-                     softmax, softmax_cross_entropy)
+"""The NumPy reference backend: the definition of every kernel (slow, obvious, exact).
+
+``optim`` defines the element-wise kernels of the registry (``fastopt._registry``) and
+``layers`` the layer kernels; ``fastopt._backend`` serves them (with each kernel's list form).
+"""
+from . import layers, optim
+
+KERNEL_MODULES = (optim, layers)
 
 
 def set_num_threads(n):

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 
-from .._multi import multi_forms
 from .._validate import check_step_arrays
 
 
@@ -21,14 +20,14 @@ def _check(nrequired, **arrays):
     check_step_arrays(tuple(arrays.values()), tuple(arrays), nrequired)
 
 
-def ewa(avg, x, beta):
+def ewa(avg, x, *, beta):
     """avg = beta * avg + (1 - beta) * x"""
     _check(2, avg=avg, x=x)
     avg[...] = beta * avg + (1.0 - beta) * x
 
 
-def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nesterov,
-        maximize, first_step):
+def sgd(param, grad, momentum_buffer, *, lr, weight_decay, momentum, dampening, nesterov, maximize,
+        first_step):
     """torch.optim.SGD for one array.
 
     g = -grad if maximize else grad;  g += weight_decay * param
@@ -48,7 +47,7 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, momentum, dampening, nes
     param[...] = param - lr * g
 
 
-def momentum(param, grad, velocity, lr, beta):
+def momentum(param, grad, velocity, *, lr, beta):
     """The course's momentum: ``velocity = beta * velocity + (1 - beta) * grad``;
     ``param -= lr * velocity``."""
     _check(3, param=param, grad=grad, velocity=velocity)
@@ -56,7 +55,7 @@ def momentum(param, grad, velocity, lr, beta):
     param[...] = param - lr * velocity
 
 
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps, weight_decay,
             momentum, maximize, eps_inside_sqrt):
     """torch.optim.RMSprop for one array (``grad_avg`` given: centered; ``momentum_buffer``
     given: momentum).
@@ -85,7 +84,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, 
         param[...] = param - lr * (g / avg)
 
 
-def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
+def adagrad(param, grad, state_sum, *, clr, eps, weight_decay, maximize):
     """torch.optim.Adagrad for one array; ``clr = lr / (1 + (step - 1) * lr_decay)``.
 
     g = -grad if maximize else grad;  g += weight_decay * param
@@ -99,7 +98,7 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, maximize):
     param[...] = param - clr * (g / (np.sqrt(state_sum) + eps))
 
 
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
          step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
     """torch.optim.Adam / AdamW for one array (``max_exp_avg_sq`` given: amsgrad).
 
@@ -139,7 +138,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps
 
 
 
-def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize):
+def adadelta(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, maximize):
     """torch.optim.Adadelta for one array.
 
     g = -grad if maximize else grad;  g += weight_decay * param
@@ -157,7 +156,7 @@ def adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, max
     param[...] = param - lr * delta
 
 
-def adamax(param, grad, exp_avg, exp_inf, beta1, beta2, eps, weight_decay, clr, maximize):
+def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, clr, maximize):
     """torch.optim.Adamax for one array; ``clr = lr / (1 - beta1**t)``.
 
     g = -grad if maximize else grad;  g += weight_decay * param
@@ -174,7 +173,7 @@ def adamax(param, grad, exp_avg, exp_inf, beta1, beta2, eps, weight_decay, clr, 
     param[...] = param - clr * (exp_avg / exp_inf)
 
 
-def nadam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
           bias_correction2, grad_coef, avg_coef, decoupled, maximize):
     """torch.optim.NAdam for one array. With ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * psi))``
     and the running product ``P_t = mu_1 ... mu_t``, ``fastopt.ops.nadam_step_`` folds
@@ -203,7 +202,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
     param[...] = p + avg_coef * (exp_avg * r)
 
 
-def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, step_size,
+def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step_size,
           rectified, decoupled, maximize):
     """torch.optim.RAdam for one array. ``fastopt.ops.radam_step_`` folds ``step_size``:
     ``lr / (1 - beta1**t) * rect * sqrt(1 - beta2**t)`` when ``rho_t > 5`` (``rectified``),
@@ -230,6 +229,3 @@ def radam(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
     else:
         param[...] = p - step_size * exp_avg
 
-
-# multi-tensor forms (same scalars, lists of arrays): validate all, then one call per tensor
-globals().update(multi_forms(globals()))

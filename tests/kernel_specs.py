@@ -1,25 +1,63 @@
-"""Every element-wise fo.ops kernel described once for the input-contract and fuzz tests: the
-names of its arrays (as the error messages spell them), which may be None, and how to call the
-single and the foreach form with arrays given in the backends' order (param, grad, state...)."""
+"""Every element-wise fo.ops kernel of the registry (fastopt/_registry.py) for the input-contract
+and fuzz tests: the names of its arrays (as the error messages spell them), which may be None,
+and how to call the single and the foreach form with arrays given in the backends' order
+(param, grad, state...)."""
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 import fastopt as fo
+from fastopt import _registry
 
 ops = fo.ops
 
 
+# each kernel's fastopt.ops hyper-parameters for these tests (valid, not the defaults); every
+# kernel of the registry needs an entry
+HYPER = {
+    "ewa": dict(beta=0.9),
+    "sgd": dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
+    "momentum": dict(lr=0.1, beta=0.9),
+    "rmsprop": dict(lr=0.01, momentum=0.5, weight_decay=0.1),
+    "adagrad": dict(step=3, lr=0.1, lr_decay=0.01, weight_decay=0.1),
+    "adam": dict(step=3, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+    "adadelta": dict(lr=0.5, rho=0.8, weight_decay=0.1),
+    "adamax": dict(step=2, lr=0.01, weight_decay=0.1),
+    "nadam": dict(step=2, mu_product=0.9, lr=0.01, weight_decay=0.1,
+                  decoupled_weight_decay=True),
+    "radam": dict(step=9, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+}
+assert set(HYPER) == {k.name for k in _registry.KERNELS}, "a registry kernel has no HYPER"
+
+
 @dataclass(frozen=True)
 class Spec:
-    name: str
-    arrays: tuple        # single-form names, in order: the updated one, the read one, state
-    lists: tuple         # foreach-form names
-    nrequired: int       # the first nrequired may not be None
-    single: Callable     # single(arrays, **hyper)
-    multi: Callable      # multi(lists, **hyper)
+    """A registry kernel as these tests call it, through fastopt.ops with every array passed
+    by its registry name (the ops functions use the same names)."""
+    kernel: _registry.Kernel
     hyper: dict          # valid hyper-parameters (the regression tests' defaults)
+
+    @property
+    def name(self):
+        return self.kernel.name
+
+    @property
+    def arrays(self):    # single-form names, in order: the updated one, the read one, state
+        return self.kernel.arrays
+
+    @property
+    def lists(self):     # foreach-form names
+        return self.kernel.lists
+
+    @property
+    def nrequired(self):  # the first nrequired may not be None
+        return self.kernel.nrequired
+
+    def single(self, arrays, **hyper):
+        getattr(ops, self.kernel.ops)(**dict(zip(self.arrays, arrays)), **hyper)
+
+    def multi(self, lists, **hyper):
+        getattr(ops, self.kernel.foreach_ops)(**dict(zip(self.lists, lists)), **hyper)
 
     def names(self, index=None):
         """The names errors use: single form (index None) or item ``index`` of the lists."""
@@ -28,57 +66,7 @@ class Spec:
         return tuple(f"{n}[{index}]" for n in self.lists)
 
 
-SPECS = {s.name: s for s in [
-    Spec("ewa", ("avg", "x"), ("avgs", "xs"), 2,
-         lambda a, beta: ops.ewa_(a[0], a[1], beta),
-         lambda a, beta: ops.foreach_ewa_(a[0], a[1], beta),
-         dict(beta=0.9)),
-    Spec("sgd", ("param", "grad", "momentum_buffer"), ("params", "grads", "momentum_buffers"), 2,
-         lambda a, **h: ops.sgd_step_(a[0], a[1], a[2], **h),
-         lambda a, **h: ops.foreach_sgd_step_(a[0], a[1], a[2], **h),
-         dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
-    Spec("momentum", ("param", "grad", "velocity"), ("params", "grads", "velocities"), 3,
-         lambda a, **h: ops.momentum_step_(a[0], a[1], a[2], **h),
-         lambda a, **h: ops.foreach_momentum_step_(a[0], a[1], a[2], **h),
-         dict(lr=0.1, beta=0.9)),
-    Spec("rmsprop", ("param", "grad", "square_avg", "grad_avg", "momentum_buffer"),
-         ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"), 3,
-         lambda a, **h: ops.rmsprop_step_(a[0], a[1], a[2], grad_avg=a[3],
-                                          momentum_buffer=a[4], **h),
-         lambda a, **h: ops.foreach_rmsprop_step_(a[0], a[1], a[2], grad_avgs=a[3],
-                                                  momentum_buffers=a[4], **h),
-         dict(lr=0.01, momentum=0.5, weight_decay=0.1)),
-    Spec("adagrad", ("param", "grad", "state_sum"), ("params", "grads", "state_sums"), 3,
-         lambda a, **h: ops.adagrad_step_(a[0], a[1], a[2], **h),
-         lambda a, **h: ops.foreach_adagrad_step_(a[0], a[1], a[2], **h),
-         dict(step=3, lr=0.1, lr_decay=0.01, weight_decay=0.1)),
-    Spec("adam", ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-         ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"), 4,
-         lambda a, **h: ops.adam_step_(a[0], a[1], a[2], a[3], max_exp_avg_sq=a[4], **h),
-         lambda a, **h: ops.foreach_adam_step_(a[0], a[1], a[2], a[3], max_exp_avg_sqs=a[4],
-                                               **h),
-         dict(step=3, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-    Spec("adadelta", ("param", "grad", "square_avg", "acc_delta"),
-         ("params", "grads", "square_avgs", "acc_deltas"), 4,
-         lambda a, **h: ops.adadelta_step_(a[0], a[1], a[2], a[3], **h),
-         lambda a, **h: ops.foreach_adadelta_step_(a[0], a[1], a[2], a[3], **h),
-         dict(lr=0.5, rho=0.8, weight_decay=0.1)),
-    Spec("adamax", ("param", "grad", "exp_avg", "exp_inf"),
-         ("params", "grads", "exp_avgs", "exp_infs"), 4,
-         lambda a, **h: ops.adamax_step_(a[0], a[1], a[2], a[3], **h),
-         lambda a, **h: ops.foreach_adamax_step_(a[0], a[1], a[2], a[3], **h),
-         dict(step=2, lr=0.01, weight_decay=0.1)),
-    Spec("nadam", ("param", "grad", "exp_avg", "exp_avg_sq"),
-         ("params", "grads", "exp_avgs", "exp_avg_sqs"), 4,
-         lambda a, **h: ops.nadam_step_(a[0], a[1], a[2], a[3], **h),
-         lambda a, **h: ops.foreach_nadam_step_(a[0], a[1], a[2], a[3], **h),
-         dict(step=2, mu_product=0.9, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-    Spec("radam", ("param", "grad", "exp_avg", "exp_avg_sq"),
-         ("params", "grads", "exp_avgs", "exp_avg_sqs"), 4,
-         lambda a, **h: ops.radam_step_(a[0], a[1], a[2], a[3], **h),
-         lambda a, **h: ops.foreach_radam_step_(a[0], a[1], a[2], a[3], **h),
-         dict(step=9, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-]}
+SPECS = {k.name: Spec(k, HYPER[k.name]) for k in _registry.KERNELS}
 
 
 def valid_arrays(spec, shape, dtype, rng):

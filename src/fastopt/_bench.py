@@ -14,15 +14,20 @@ import time
 
 import numpy as np
 
-from . import _backend, ops
+from . import _backend, _registry, ops
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    state: tuple            # names of the state arrays, initialised to zero
+    state: tuple            # the state arrays (the registry's names), initialised to zero
     step: object            # step(param, grad, state_dict, t) using fo.ops
     torch_peer: tuple = ()  # (torch.optim class name, kwargs) computing the same update
+    kernel: str = None      # the registry kernel it runs, if not ``name``
+
+    @property
+    def registry_kernel(self):
+        return _registry.get(self.kernel or self.name)
 
     def arrays(self, n, dtype, seed=0):
         """Fresh param, grad and state arrays of ``n`` elements."""
@@ -40,24 +45,25 @@ class Case:
 CASES = {c.name: c for c in [
     Case("sgd", (), lambda p, g, s, t: ops.sgd_step_(p, g, lr=0.01),
          ("SGD", dict(lr=0.01))),
-    Case("sgd_momentum", ("buf",),
-         lambda p, g, s, t: ops.sgd_step_(p, g, s["buf"], lr=0.01, momentum=0.9,
+    Case("sgd_momentum", ("momentum_buffer",),
+         lambda p, g, s, t: ops.sgd_step_(p, g, s["momentum_buffer"], lr=0.01, momentum=0.9,
                                           first_step=t == 1),
-         ("SGD", dict(lr=0.01, momentum=0.9))),
-    Case("momentum", ("v",), lambda p, g, s, t: ops.momentum_step_(p, g, s["v"], lr=0.01,
-                                                                    beta=0.9)),
+         ("SGD", dict(lr=0.01, momentum=0.9)), kernel="sgd"),
+    Case("momentum", ("velocity",),
+         lambda p, g, s, t: ops.momentum_step_(p, g, s["velocity"], lr=0.01, beta=0.9)),
     Case("rmsprop", ("square_avg",),
          lambda p, g, s, t: ops.rmsprop_step_(p, g, s["square_avg"], lr=0.01),
          ("RMSprop", dict(lr=0.01))),
-    Case("adagrad", ("sum",), lambda p, g, s, t: ops.adagrad_step_(p, g, s["sum"], t, lr=0.01),
+    Case("adagrad", ("state_sum",),
+         lambda p, g, s, t: ops.adagrad_step_(p, g, s["state_sum"], t, lr=0.01),
          ("Adagrad", dict(lr=0.01))),
     Case("adam", ("exp_avg", "exp_avg_sq"),
          lambda p, g, s, t: ops.adam_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t, lr=1e-3),
          ("Adam", dict(lr=1e-3))),
     Case("adamw", ("exp_avg", "exp_avg_sq"),
          lambda p, g, s, t: ops.adamw_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t, lr=1e-3),
-         ("AdamW", dict(lr=1e-3))),
-    Case("ewa", (), lambda p, g, s, t: ops.ewa_(p, g, 0.9)),
+         ("AdamW", dict(lr=1e-3)), kernel="adam"),
+    Case("ewa", (), lambda p, g, s, t: ops.ewa_(p, g, 0.9)),   # avg, x: the param, the grad
     Case("adadelta", ("square_avg", "acc_delta"),
          lambda p, g, s, t: ops.adadelta_step_(p, g, s["square_avg"], s["acc_delta"]),
          ("Adadelta", {})),

@@ -195,3 +195,17 @@ def test_avx512_build_is_bit_identical_to_the_portable_build(case, dtype, monkey
         p, state = run(case, "cython", p0, grads, "contiguous")
         results.append((p.tobytes(), {k: s.tobytes() for k, s in state.items()}))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_running_max_keeps_its_zero_on_a_tie(backend, dtype):
+    """amsgrad's max_exp_avg_sq and Adamax's exp_inf keep the running value when the new one
+    equals it: max(-0.0, +0.0) is -0.0 on every backend (np.maximum gave +0.0 in the reference,
+    the compiled kernels -0.0)."""
+    z = np.zeros(3, dtype)
+    vmax = np.full(3, -0.0, dtype)
+    u = np.full(3, -0.0, dtype)
+    with fo.use_backend(backend):
+        ops.adam_step_(z.copy(), z, z.copy(), z.copy(), 1, max_exp_avg_sq=vmax)
+        ops.adamax_step_(z.copy(), z, z.copy(), u, 1, betas=(0.9, 1e-300), eps=0.0)
+    assert np.signbit(vmax).all() and np.signbit(u).all()

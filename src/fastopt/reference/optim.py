@@ -20,6 +20,12 @@ def _check(nrequired, **arrays):
     check_step_arrays(tuple(arrays.values()), tuple(arrays), nrequired)
 
 
+def _max_nan(a, b):
+    """np.maximum (NaN in either gives NaN), except that a tie keeps ``a``, as the compiled
+    kernels do: of -0.0 and +0.0, np.maximum returns its second operand."""
+    return np.where((a >= b) | (a != a), a, b)
+
+
 def ewa(avg, x, *, beta):
     """avg = beta * avg + (1 - beta) * x"""
     _check(2, avg=avg, x=x)
@@ -125,7 +131,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
     exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
     v = exp_avg_sq
     if max_exp_avg_sq is not None:
-        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        max_exp_avg_sq[...] = _max_nan(max_exp_avg_sq, exp_avg_sq)
         v = max_exp_avg_sq
     # the bias correction multiplies by its reciprocal (folded in float64): one division per
     # element instead of two, which is what keeps the kernels memory-bound (DeepSpeed does the
@@ -169,7 +175,7 @@ def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, cl
     if weight_decay != 0:
         g = g + weight_decay * param
     exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
-    np.maximum(beta2 * exp_inf, np.abs(g) + eps, out=exp_inf)
+    exp_inf[...] = _max_nan(beta2 * exp_inf, np.abs(g) + eps)
     param[...] = param - clr * (exp_avg / exp_inf)
 
 

@@ -26,6 +26,7 @@ HYPER = {
     "nadam": dict(step=2, mu_product=0.9, lr=0.01, weight_decay=0.1,
                   decoupled_weight_decay=True),
     "radam": dict(step=9, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+    "lion": dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
 }
 assert set(HYPER) == {k.name for k in _registry.KERNELS}, "a registry kernel has no HYPER"
 

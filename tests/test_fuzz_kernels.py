@@ -74,6 +74,8 @@ def hyper(draw, kernel):
                     betas=betas, eps=draw(EPS), weight_decay=draw(DECAY),
                     momentum_decay=draw(st.floats(0, 0.1)), decoupled_weight_decay=draw(FLAG),
                     maximize=draw(FLAG)), set()
+    if kernel == "lion":
+        return dict(lr=draw(LR), betas=betas, weight_decay=draw(DECAY), maximize=draw(FLAG)), set()
     assert kernel == "radam"
     return dict(step=draw(STEP), lr=draw(LR), betas=betas, eps=draw(EPS),
                 weight_decay=draw(DECAY), decoupled_weight_decay=draw(FLAG),

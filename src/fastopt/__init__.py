@@ -11,7 +11,7 @@ from .data import minibatches  # noqa: F401
 from .ewa import EWA, ewa_series  # noqa: F401
 from .layers import (BatchNorm, batchnorm_backward, batchnorm_forward,  # noqa: F401
                      batchnorm_inference, log_softmax, softmax, softmax_cross_entropy)
-from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Momentum, NAdam,  # noqa: F401
-                    Optimizer, RAdam, RMSprop)
+from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Momentum,  # noqa: F401
+                    NAdam, Optimizer, RAdam, RMSprop)
 
 __version__ = "0.1.0"

@@ -76,6 +76,7 @@ CASES = {c.name: c for c in [
     Case("radam", ("exp_avg", "exp_avg_sq"),
          lambda p, g, s, t: ops.radam_step_(p, g, s["exp_avg"], s["exp_avg_sq"], t),
          ("RAdam", {})),
+    Case("lion", ("exp_avg",), lambda p, g, s, t: ops.lion_step_(p, g, s["exp_avg"], lr=1e-4)),
 ]}
 
 

@@ -141,6 +141,10 @@ KERNELS = (
            options=("rectified", "decoupled", "maximize"), ops="radam_step_",
            examples=dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1,
                          step_size=0.02)),
+    Kernel("lion", ("param", "grad", "exp_avg"), 3, ("params", "grads", "exp_avgs"),
+           scalars=("lr", "beta1", "beta2", "weight_decay"), options=("maximize",),
+           ops="lion_step_",
+           examples=dict(lr=0.01, beta1=0.8, beta2=0.95, weight_decay=0.1)),
 )
 
 _BY_NAME = {k.name: k for k in KERNELS}

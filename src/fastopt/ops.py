@@ -385,9 +385,43 @@ def foreach_radam_step_(params, grads, exp_avgs, exp_avg_sqs, step, *, lr=1e-3,
                                 decoupled=decoupled_weight_decay, maximize=maximize)
 
 
+def _check_lion(lr, betas, weight_decay):
+    """Check Lion's scalars; return ``(beta1, beta2)``."""
+    try:
+        beta1, beta2 = betas
+        if lr >= 0.0 and weight_decay >= 0.0 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0:
+            return beta1, beta2
+    except _NOT_REAL:
+        pass
+    check_reals(lr=(lr, NONNEG), betas=(betas, BETAS), weight_decay=(weight_decay, NONNEG))
+    return betas[0], betas[1]
+
+
+def lion_step_(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3,
+               maximize=False):
+    """One step of Lion (Chen et al. 2023), as ``optax.lion`` (its defaults too).
+
+    ``update = sign((1 - beta1) * g + beta1 * exp_avg) + weight_decay * param``;
+    ``exp_avg = (1 - beta2) * g + beta2 * exp_avg``; ``param -= lr * update``, with
+    ``g = -grad`` if ``maximize``. ``sign`` is 0 at zero and NaN at NaN; the decay term is
+    always added (an infinite param becomes NaN, as in optax).
+    """
+    beta1, beta2 = _check_lion(lr, betas, weight_decay)
+    _backend.active.lion(param, grad, exp_avg, lr=lr, beta1=beta1, beta2=beta2,
+                         weight_decay=weight_decay, maximize=maximize)
+
+
+def foreach_lion_step_(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99),
+                       weight_decay=1e-3, maximize=False):
+    """:func:`lion_step_` on every array of ``params``."""
+    beta1, beta2 = _check_lion(lr, betas, weight_decay)
+    _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
+                               weight_decay=weight_decay, maximize=maximize)
+
+
 __all__ = ["ewa_", "sgd_step_", "momentum_step_", "rmsprop_step_", "adagrad_step_",
            "adam_step_", "adamw_step_", "foreach_ewa_", "foreach_sgd_step_",
            "foreach_momentum_step_", "foreach_rmsprop_step_", "foreach_adagrad_step_",
            "foreach_adam_step_", "adadelta_step_", "adamax_step_", "nadam_step_",
            "radam_step_", "foreach_adadelta_step_", "foreach_adamax_step_",
-           "foreach_nadam_step_", "foreach_radam_step_"]
+           "foreach_nadam_step_", "foreach_radam_step_", "lion_step_", "foreach_lion_step_"]

@@ -1103,5 +1103,47 @@ class RAdam(Optimizer):
                                 maximize=group["maximize"])
 
 
+class Lion(Optimizer):
+    """Lion, "EvoLved Sign Momentum" (Chen et al. 2023, "Symbolic Discovery of Optimization
+    Algorithms"), as ``optax.lion``: every coordinate moves by ``lr`` times the sign of an
+    interpolated momentum, plus decoupled weight decay. One step, with ``g = ±grad``::
+
+        update = sign((1 - beta1) * g + beta1 * exp_avg) + weight_decay * param
+        exp_avg = (1 - beta2) * g + beta2 * exp_avg
+        param -= lr * update
+
+    Its steps are larger than Adam's (every coordinate moves by ``lr``): the paper takes a
+    learning rate 3-10x smaller than AdamW's and a weight decay 3-10x larger.
+
+    Parameters
+    ----------
+    params : dict of arrays, list of arrays, or list of param-group dicts
+    lr : float, default 1e-4
+    betas : (float, float) in [0, 1), default (0.9, 0.99)
+        ``beta1`` interpolates the sign's argument, ``beta2`` decays the momentum.
+    weight_decay : float, default 1e-3
+        optax's default. It is added to the update before the learning rate scales it.
+    maximize : bool, default False
+        Ascend: ``g = -grad``.
+
+    State per parameter: ``exp_avg`` (optax's ``mu``). ``sign`` is 0 at zero and NaN at NaN.
+    """
+
+    _BOUNDS = dict(lr=NONNEG, betas=BETAS, weight_decay=NONNEG, maximize=FLAG)
+    _STATE = ("exp_avg",)
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=_pair(betas), weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def _init_state(self, param, group):
+        return {"exp_avg": np.zeros(param.shape, param.dtype)}
+
+    def _update(self, group, params, grads, states, step):
+        ops.foreach_lion_step_(params, grads, _column(states, "exp_avg"), lr=group["lr"],
+                               betas=group["betas"], weight_decay=group["weight_decay"],
+                               maximize=group["maximize"])
+
+
 __all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta",
-           "Adamax", "NAdam", "RAdam"]
+           "Adamax", "NAdam", "RAdam", "Lion"]

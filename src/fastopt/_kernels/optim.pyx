@@ -278,3 +278,26 @@ cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
             p[i] = p[i] - step * (m[i] / (root(v[i]) + eps))
         else:
             p[i] = p[i] - step * m[i]
+
+
+# ---------------------------------------------------------------------------------- lion
+cdef void lion_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
+                    const lion_scalars* s) noexcept nogil:
+    cdef floating* p = a[0]
+    cdef const floating* g = a[1]
+    cdef floating* m = a[2]
+    cdef floating lr = <floating>s.lr, wd = <floating>s.weight_decay
+    cdef floating c1 = <floating>(1.0 - s.beta1), b1 = <floating>s.beta1
+    cdef floating c2 = <floating>(1.0 - s.beta2), b2 = <floating>s.beta2
+    cdef floating one = 1, zero = 0, gi, c, sign
+    cdef bint maximize = s.maximize
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        gi = -g[i] if maximize else g[i]
+        c = c1 * gi + b1 * m[i]
+        # np.sign as selects (branch-free): +-1, 0 for either zero, NaN for NaN
+        sign = one if c > zero else (-one if c < zero else zero)
+        sign = c if c != c else sign
+        m[i] = c2 * gi + b2 * m[i]
+        p[i] = p[i] - lr * (sign + wd * p[i])
+

@@ -384,3 +384,36 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     launch(_radam_span, _radam_parallel, views, k, weight_decay != 0 and not decoupled,
            bool(rectified), bool(maximize))
 
+
+# ---------------------------------------------------------------------------------- lion
+@numba.njit(**JIT)
+def _lion_span(p, g, m, k, maximize):
+    lr, c1, b1, c2, b2, wd = k[0], k[1], k[2], k[3], k[4], k[5]
+    one, zero = k[6], k[7]
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        c = c1 * gi + b1 * m[i]
+        sign = one if c > 0 else (-one if c < 0 else zero)
+        if c != c:
+            sign = c                # NaN stays NaN, as np.sign
+        m[i] = c2 * gi + b2 * m[i]
+        p[i] = p[i] - lr * (sign + wd * p[i])
+
+
+@numba.njit(parallel=True, **JIT)
+def _lion_parallel(nchunks, chunk, p, g, m, k, *flags):
+    for c in prange(nchunks):
+        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
+        _lion_span(p[lo:hi], g[lo:hi], m[lo:hi], k, *flags)
+
+
+def lion(param, grad, exp_avg, *, lr, beta1, beta2, weight_decay, maximize):
+    arrays = (param, grad, exp_avg)
+    views = step_views(arrays, ("param", "grad", "exp_avg"), 3)
+    if views is None:
+        return via_contiguous(lion, arrays, lr=lr, beta1=beta1, beta2=beta2,
+                              weight_decay=weight_decay, maximize=maximize)
+    k = np.array((lr, 1.0 - beta1, beta1, 1.0 - beta2, beta2, weight_decay, 1.0, 0.0),
+                 param.dtype)
+    launch(_lion_span, _lion_parallel, views, k, bool(maximize))
+

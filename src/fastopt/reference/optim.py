@@ -235,3 +235,21 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     else:
         param[...] = p - step_size * exp_avg
 
+
+def lion(param, grad, exp_avg, *, lr, beta1, beta2, weight_decay, maximize):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms") for one array,
+    as ``optax.lion``: the sign of an interpolated momentum, decoupled weight decay.
+
+    g = -grad if maximize else grad
+    update = sign((1 - beta1) * g + beta1 * exp_avg) + weight_decay * param
+    exp_avg = (1 - beta2) * g + beta2 * exp_avg
+    param -= lr * update
+
+    ``sign`` is NumPy's: 0 for a zero of either sign, NaN for NaN. As in optax the decay term is
+    always added, so an infinite param becomes NaN even with ``weight_decay=0``.
+    """
+    _check(3, param=param, grad=grad, exp_avg=exp_avg)
+    g = -grad if maximize else grad
+    update = np.sign((1.0 - beta1) * g + beta1 * exp_avg) + weight_decay * param
+    exp_avg[...] = (1.0 - beta2) * g + beta2 * exp_avg
+    param[...] = param - lr * update

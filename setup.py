@@ -12,6 +12,7 @@ value) builds one variant for that ISA instead. FASTOPT_NO_OPENMP=1 builds witho
 A wheel built here and installed on a CPU without the ISA is refused at import (fastopt._cpu),
 and the numba backend serves. CC may hold several words (CC="ccache gcc").
 """
+import glob
 import hashlib
 import itertools
 import os
@@ -178,7 +179,7 @@ class BuildExt(build_ext):
         extension's flags and macros, its generated C source."""
         parts = [self.compiler.compiler_so, self.compiler.linker_so, ext.name,
                  ext.extra_compile_args, ext.extra_link_args, ext.define_macros, ext.include_dirs]
-        for source in ext.sources:
+        for source in ext.sources + ext.depends:      # the C, and the headers it includes
             with open(source, "rb") as f:
                 parts.append(f.read())
         output = os.path.abspath(self.get_ext_fullpath(ext.name))
@@ -245,8 +246,9 @@ def extensions():
               file=sys.stderr)
         return []
     generate_glue()
+    headers = sorted(glob.glob("src/fastopt/_kernels/*.h"))
     exts = [Extension(f"fastopt._kernels.{name}", [f"src/fastopt/_kernels/{name}.pyx"],
-                      include_dirs=[numpy.get_include()],
+                      include_dirs=[numpy.get_include()], depends=headers,
                       define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
             for name in FAMILIES + [f"{f}_avx512" for f in WIDE_FAMILIES]]
     return cythonize(exts, compiler_directives={"language_level": 3}, quiet=True)

@@ -8,41 +8,14 @@ ctypedef fused floating:
     float
     double
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int fo_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int fo_max_threads(void) { return 1; }
-    #endif
-    """
+cdef extern from "fo_common.h":
     int fo_max_threads() nogil
-
-cdef extern from *:
-    """
-    #ifndef FASTOPT_BUILD_FLAGS
-    #define FASTOPT_BUILD_FLAGS "unknown"
-    #endif
-    """
     const char* FASTOPT_BUILD_FLAGS
+    int fo_cpu_has_avx512()
+    int fastopt_get_num_threads() nogil
+    void fastopt_set_num_threads(int n) nogil
 
 BUILD_FLAGS = FASTOPT_BUILD_FLAGS.decode()
-
-cdef extern from *:
-    """
-    static int fo_cpu_has_avx512(void) {
-    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-            && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
-            && __builtin_cpu_supports("avx512cd");
-    #else
-        return 0;
-    #endif
-    }
-    """
-    int fo_cpu_has_avx512()
 
 
 def cpu_has_avx512():
@@ -54,17 +27,6 @@ from .. import _validate
 # Below this many elements a step runs on one thread: handing chunks to a helper costs more than
 # it saves (measured with `python -m fastopt`; see bench/README.md).
 cdef Py_ssize_t PARALLEL_MIN = 1 << 15
-
-cdef extern from *:
-    """
-    /* The thread count of this family's kernels, exported (not static) so that threadpoolctl
-     * can read and limit it through the controller fastopt registers (fastopt._threads). */
-    static int fo_num_threads = 1;
-    int fastopt_get_num_threads(void) { return fo_num_threads; }
-    void fastopt_set_num_threads(int n) { fo_num_threads = n < 1 ? 1 : n; }
-    """
-    int fastopt_get_num_threads() nogil
-    void fastopt_set_num_threads(int n) nogil
 
 fastopt_set_num_threads(fo_max_threads())
 

@@ -217,7 +217,11 @@ API = {
 
 @pytest.mark.parametrize("name", sorted(API))
 def test_signatures_are_the_api_contract(name):
-    assert str(inspect.signature(getattr(fo, name))) == API[name]
+    # names, kinds and defaults; the type hints are not part of this string
+    sig = inspect.signature(getattr(fo, name))
+    bare = sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                       return_annotation=sig.empty)
+    assert str(bare) == API[name]
 
 
 def test_sgd_default_lr_is_torchs():

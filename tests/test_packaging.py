@@ -86,7 +86,8 @@ def test_the_sdist_holds_what_builds_and_tests_the_package(dist):
 
 def test_the_wheel_holds_what_runs(dist):
     names, info = wheel_files(dist[1])
-    for module in ("fastopt/__init__.py", "fastopt/_cpu.py", "fastopt/_kernels/__init__.py",
+    for module in ("fastopt/__init__.py", "fastopt/py.typed", "fastopt/_cpu.py",
+                   "fastopt/_kernels/__init__.py",
                    "fastopt/_numba/optim.py", "fastopt/reference/optim.py"):
         assert module in names
     assert info is not None and info["ERROR"] is None, info

@@ -15,9 +15,15 @@ Every scalar is checked before the backend runs (a real number in torch.optim's 
 ``TypeError``/``ValueError`` naming it), so a refused call writes nothing.
 """
 import struct
+from collections.abc import Sequence
+
+import numpy as np
 
 from . import _backend
 from ._hyper import BETAS, NONNEG, STEP, UNIT, UNIT_OPEN, check_reals
+
+Array = np.ndarray               # float32 or float64, any shape and layout
+Arrays = Sequence[np.ndarray]    # a list or tuple of them
 
 _F32 = struct.Struct("f")
 
@@ -88,20 +94,21 @@ def _check_adam_family(step, lr, betas, eps, weight_decay):
     return betas[0], betas[1]
 
 
-def ewa_(avg, x, beta):
+def ewa_(avg: Array, x: Array, beta: float) -> None:
     """Fold ``x`` into the running average in place: ``avg = beta * avg + (1 - beta) * x``."""
     _check_ewa(beta)
     _backend.active.ewa(avg, x, beta=beta)
 
 
-def foreach_ewa_(avgs, xs, beta):
+def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
     """:func:`ewa_` on every pair of ``avgs`` and ``xs``."""
     _check_ewa(beta)
     _backend.active.ewa_multi(avgs, xs, beta=beta)
 
 
-def sgd_step_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=0.0,
-              nesterov=False, weight_decay=0.0, maximize=False, first_step=False):
+def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *, lr: float,
+              momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+              weight_decay: float = 0.0, maximize: bool = False, first_step: bool = False) -> None:
     """One step of torch.optim.SGD on ``param`` (and ``momentum_buffer`` when momentum is used).
 
     ``g = ±grad + weight_decay * param``; with a buffer: ``buf = g`` if ``first_step`` else
@@ -114,9 +121,10 @@ def sgd_step_(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening=
                         maximize=maximize, first_step=first_step)
 
 
-def foreach_sgd_step_(params, grads, momentum_buffers=None, *, lr, momentum=0.0,
-                      dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
-                      first_step=False):
+def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | None = None, *,
+                      lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                      nesterov: bool = False, weight_decay: float = 0.0, maximize: bool = False,
+                      first_step: bool = False) -> None:
     """:func:`sgd_step_` on every array of ``params`` (``momentum_buffers``: a list or None)."""
     _check_sgd(lr, weight_decay, momentum, dampening)
     _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
@@ -124,22 +132,26 @@ def foreach_sgd_step_(params, grads, momentum_buffers=None, *, lr, momentum=0.0,
                               maximize=maximize, first_step=first_step)
 
 
-def momentum_step_(param, grad, velocity, *, lr, beta=0.9):
+def momentum_step_(param: Array, grad: Array, velocity: Array, *, lr: float,
+                   beta: float = 0.9) -> None:
     """The course's momentum: ``velocity = beta * velocity + (1 - beta) * grad``;
     ``param -= lr * velocity`` (velocity starts at zero)."""
     _check_lr_beta(lr, beta, UNIT_OPEN)
     _backend.active.momentum(param, grad, velocity, lr=lr, beta=beta)
 
 
-def foreach_momentum_step_(params, grads, velocities, *, lr, beta=0.9):
+def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *, lr: float,
+                           beta: float = 0.9) -> None:
     """:func:`momentum_step_` on every array of ``params``."""
     _check_lr_beta(lr, beta, UNIT_OPEN)
     _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
 
 
-def rmsprop_step_(param, grad, square_avg, *, lr=0.01, beta=0.99, eps=1e-8, weight_decay=0.0,
-                  momentum_buffer=None, momentum=0.0, grad_avg=None, maximize=False,
-                  eps_inside_sqrt=False):
+def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0.01,
+                  beta: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                  momentum_buffer: Array | None = None, momentum: float = 0.0,
+                  grad_avg: Array | None = None, maximize: bool = False,
+                  eps_inside_sqrt: bool = False) -> None:
     """One step of torch.optim.RMSprop (``alpha = beta``).
 
     ``s = beta * s + (1 - beta) * g**2``; centered (``grad_avg`` given):
@@ -154,9 +166,11 @@ def rmsprop_step_(param, grad, square_avg, *, lr=0.01, beta=0.99, eps=1e-8, weig
                             maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
 
 
-def foreach_rmsprop_step_(params, grads, square_avgs, *, lr=0.01, beta=0.99, eps=1e-8,
-                          weight_decay=0.0, momentum_buffers=None, momentum=0.0,
-                          grad_avgs=None, maximize=False, eps_inside_sqrt=False):
+def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *, lr: float = 0.01,
+                          beta: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                          momentum_buffers: Arrays | None = None, momentum: float = 0.0,
+                          grad_avgs: Arrays | None = None, maximize: bool = False,
+                          eps_inside_sqrt: bool = False) -> None:
     """:func:`rmsprop_step_` on every array of ``params``."""
     _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
     _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
@@ -165,8 +179,9 @@ def foreach_rmsprop_step_(params, grads, square_avgs, *, lr=0.01, beta=0.99, eps
                                   eps_inside_sqrt=eps_inside_sqrt)
 
 
-def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight_decay=0.0,
-                  eps=1e-10, maximize=False):
+def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr: float = 0.01,
+                  lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
+                  maximize: bool = False) -> None:
     """One step of torch.optim.Adagrad; ``step`` counts from 1.
 
     ``clr = lr / (1 + (step - 1) * lr_decay)``; ``state_sum += g**2``;
@@ -177,8 +192,9 @@ def adagrad_step_(param, grad, state_sum, step, *, lr=0.01, lr_decay=0.0, weight
                             eps=eps, weight_decay=weight_decay, maximize=maximize)
 
 
-def foreach_adagrad_step_(params, grads, state_sums, step, *, lr=0.01, lr_decay=0.0,
-                          weight_decay=0.0, eps=1e-10, maximize=False):
+def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, step: int, *,
+                          lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                          eps: float = 1e-10, maximize: bool = False) -> None:
     """:func:`adagrad_step_` on every array of ``params`` (one shared ``step``)."""
     _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad_multi(params, grads, state_sums,
@@ -193,9 +209,11 @@ def _adam_scalars(step, lr, betas, eps, weight_decay):
     return beta1, beta2, lr / (1.0 - beta1 ** step), 1.0 - beta2 ** step
 
 
-def adam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
-               eps=1e-8, weight_decay=0.0, max_exp_avg_sq=None, maximize=False,
-               decoupled_weight_decay=False, eps_inside_sqrt=False):
+def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,
+               lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+               weight_decay: float = 0.0, max_exp_avg_sq: Array | None = None,
+               maximize: bool = False, decoupled_weight_decay: bool = False,
+               eps_inside_sqrt: bool = False) -> None:
     """One step of torch.optim.Adam (AdamW with ``decoupled_weight_decay``); ``step`` counts
     from 1; bias correction always on; amsgrad when ``max_exp_avg_sq`` is given.
 
@@ -213,9 +231,12 @@ def adam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0
                          maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
 
 
-def foreach_adam_step_(params, grads, exp_avgs, exp_avg_sqs, step, *, lr=1e-3,
-                       betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_exp_avg_sqs=None,
-                       maximize=False, decoupled_weight_decay=False, eps_inside_sqrt=False):
+def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+                       step: int, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                       eps: float = 1e-8, weight_decay: float = 0.0,
+                       max_exp_avg_sqs: Arrays | None = None, maximize: bool = False,
+                       decoupled_weight_decay: bool = False,
+                       eps_inside_sqrt: bool = False) -> None:
     """:func:`adam_step_` on every array of ``params`` (one shared ``step``)."""
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
@@ -226,16 +247,19 @@ def foreach_adam_step_(params, grads, exp_avgs, exp_avg_sqs, step, *, lr=1e-3,
                                eps_inside_sqrt=eps_inside_sqrt)
 
 
-def adamw_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
-                eps=1e-8, weight_decay=1e-2, max_exp_avg_sq=None, maximize=False):
+def adamw_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,
+                lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                weight_decay: float = 1e-2, max_exp_avg_sq: Array | None = None,
+                maximize: bool = False) -> None:
     """One step of torch.optim.AdamW: :func:`adam_step_` with decoupled weight decay."""
     adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr=lr, betas=betas, eps=eps,
                weight_decay=weight_decay, max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
                decoupled_weight_decay=True)
 
 
-def adadelta_step_(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6,
-                   weight_decay=0.0, maximize=False):
+def adadelta_step_(param: Array, grad: Array, square_avg: Array, acc_delta: Array, *,
+                   lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
+                   maximize: bool = False) -> None:
     """One step of torch.optim.Adadelta.
 
     ``square_avg = rho * square_avg + (1 - rho) * g**2``;
@@ -247,8 +271,9 @@ def adadelta_step_(param, grad, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1
                              weight_decay=weight_decay, maximize=maximize)
 
 
-def foreach_adadelta_step_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9,
-                           eps=1e-6, weight_decay=0.0, maximize=False):
+def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, acc_deltas: Arrays,
+                           *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                           weight_decay: float = 0.0, maximize: bool = False) -> None:
     """:func:`adadelta_step_` on every array of ``params``."""
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
     _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
@@ -261,8 +286,9 @@ def _adamax_scalars(step, lr, betas, eps, weight_decay):
     return beta1, beta2, lr / (1.0 - beta1 ** step)
 
 
-def adamax_step_(param, grad, exp_avg, exp_inf, step, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, maximize=False):
+def adamax_step_(param: Array, grad: Array, exp_avg: Array, exp_inf: Array, step: int, *,
+                 lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, maximize: bool = False) -> None:
     """One step of torch.optim.Adamax; ``step`` counts from 1.
 
     ``m += (1 - beta1) * (g - m)``; ``u = max(beta2 * u, |g| + eps)``;
@@ -273,15 +299,17 @@ def adamax_step_(param, grad, exp_avg, exp_inf, step, *, lr=2e-3, betas=(0.9, 0.
                            weight_decay=weight_decay, clr=clr, maximize=maximize)
 
 
-def foreach_adamax_step_(params, grads, exp_avgs, exp_infs, step, *, lr=2e-3,
-                         betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False):
+def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_infs: Arrays,
+                         step: int, *, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                         eps: float = 1e-8, weight_decay: float = 0.0,
+                         maximize: bool = False) -> None:
     """:func:`adamax_step_` on every array of ``params`` (one shared ``step``)."""
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1, beta2=beta2,
                                  eps=eps, weight_decay=weight_decay, clr=clr, maximize=maximize)
 
 
-def nadam_momentum(step, beta1, momentum_decay):
+def nadam_momentum(step: int, beta1: float, momentum_decay: float) -> float:
     """NAdam's momentum schedule ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``."""
     return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
 
@@ -307,9 +335,10 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     return mu_product, beta1, beta2, 1.0 - beta2 ** step, grad_coef, avg_coef
 
 
-def nadam_step_(param, grad, exp_avg, exp_avg_sq, step, mu_product, *, lr=2e-3,
-                betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                decoupled_weight_decay=False, maximize=False):
+def nadam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int,
+                mu_product: float, *, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                decoupled_weight_decay: bool = False, maximize: bool = False) -> float:
     """One step of torch.optim.NAdam; ``step`` counts from 1 and ``mu_product`` is the product
     of the momentum schedule up to the previous step (1.0 before the first). Returns the new
     product, which the caller keeps (torch's ``mu_product`` state).
@@ -328,9 +357,11 @@ def nadam_step_(param, grad, exp_avg, exp_avg_sq, step, mu_product, *, lr=2e-3,
     return mu_product
 
 
-def foreach_nadam_step_(params, grads, exp_avgs, exp_avg_sqs, step, mu_product, *, lr=2e-3,
-                        betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                        decoupled_weight_decay=False, maximize=False):
+def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+                        step: int, mu_product: float, *, lr: float = 2e-3,
+                        betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                        weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                        decoupled_weight_decay: bool = False, maximize: bool = False) -> float:
     """:func:`nadam_step_` on every array of ``params`` (one shared ``step`` and product)."""
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
@@ -358,8 +389,10 @@ def _radam_scalars(step, lr, betas, eps, weight_decay):
     return beta1, beta2, step_size, rectified
 
 
-def radam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 0.999),
-                eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, maximize=False):
+def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,
+                lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                maximize: bool = False) -> None:
     """One step of torch.optim.RAdam; ``step`` counts from 1.
 
     ``rho_inf = 2 / (1 - beta2) - 1``, ``rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)``;
@@ -374,9 +407,10 @@ def radam_step_(param, grad, exp_avg, exp_avg_sq, step, *, lr=1e-3, betas=(0.9, 
                           maximize=maximize)
 
 
-def foreach_radam_step_(params, grads, exp_avgs, exp_avg_sqs, step, *, lr=1e-3,
-                        betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                        decoupled_weight_decay=False, maximize=False):
+def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
+                        step: int, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                        eps: float = 1e-8, weight_decay: float = 0.0,
+                        decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
     """:func:`radam_step_` on every array of ``params`` (one shared ``step``)."""
     beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
@@ -397,8 +431,9 @@ def _check_lion(lr, betas, weight_decay):
     return betas[0], betas[1]
 
 
-def lion_step_(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3,
-               maximize=False):
+def lion_step_(param: Array, grad: Array, exp_avg: Array, *, lr: float = 1e-4,
+               betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 1e-3,
+               maximize: bool = False) -> None:
     """One step of Lion (Chen et al. 2023), as ``optax.lion`` (its defaults too).
 
     ``update = sign((1 - beta1) * g + beta1 * exp_avg) + weight_decay * param``;
@@ -411,8 +446,9 @@ def lion_step_(param, grad, exp_avg, *, lr=1e-4, betas=(0.9, 0.99), weight_decay
                          weight_decay=weight_decay, maximize=maximize)
 
 
-def foreach_lion_step_(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99),
-                       weight_decay=1e-3, maximize=False):
+def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: float = 1e-4,
+                       betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 1e-3,
+                       maximize: bool = False) -> None:
     """:func:`lion_step_` on every array of ``params``."""
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
     _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,

@@ -6,6 +6,7 @@ the parameter names or by the course's ``"d" + name``, or a sequence in paramete
 grad is checked before any array is written, so a step that raises changes nothing.
 """
 import operator
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -15,6 +16,12 @@ from ._validate import FLOAT_DTYPES
 from .arena import _GradDict
 from .arena import run_of as arena_run
 from .arena import stretch as arena_stretch
+
+# what the optimizers take (see above): parameters by name, in a list, or as param groups
+# ({"params": ..., <hyper-parameter overrides>}); grads by name or in parameter order
+Params = Mapping[str, np.ndarray] | Sequence[np.ndarray] | Sequence[dict]
+ParamGroup = dict
+Grads = Mapping[str, np.ndarray] | Sequence[np.ndarray | None]
 
 _NOT_HYPER = ("params", "param_names")
 _MISSING = object()
@@ -212,7 +219,7 @@ class Optimizer:
     _scalar_state = ()    # state entries that are numbers, not arrays (besides "step")
     _EAGER_STATE = False  # state exists before the first step (Adagrad): its step may be 0
 
-    def __init__(self, params, defaults):
+    def __init__(self, params: Params, defaults: dict) -> None:
         self._check(defaults)
         self.defaults = dict(defaults)
         self.param_groups = []
@@ -247,7 +254,7 @@ class Optimizer:
         self._state = new
 
     # ------------------------------------------------------------------ parameter groups
-    def add_param_group(self, group):
+    def add_param_group(self, group: ParamGroup) -> None:
         """Add a dict ``{"params": arrays or dict, <hyper-parameter overrides>}``."""
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a param group must be a dict with a 'params' entry")
@@ -429,7 +436,7 @@ class Optimizer:
             for key, value in s.items():
                 self._check_state_entry(where, key, value, p, 0)
 
-    def step(self, grads):
+    def step(self, grads: Grads) -> None:
         """Update every parameter in place from ``grads`` (see the module docstring).
 
         One multi-tensor kernel call per parameter group. With one group whose parameters all
@@ -590,11 +597,11 @@ class Optimizer:
             for s, key, a in pending:
                 _set(s, key, a)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops."""
 
     # ------------------------------------------------------------------------ state dicts
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """torch.optim's layout, holding copies of the NumPy state arrays."""
         groups, start = [], 0
         for group in self.param_groups:
@@ -606,7 +613,7 @@ class Optimizer:
                  for i, s in self._state.items()}
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         """Load a state dict from ``state_dict()`` or from torch (tensors turned into arrays).
 
         Everything is checked first (structure, parameter counts, state keys, array shapes
@@ -738,8 +745,9 @@ class SGD(Optimizer):
                    nesterov=FLAG, maximize=FLAG)
     _OPTIONAL_STATE = ("momentum_buffer",)
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0, maximize=False):
+    def __init__(self, params: Params, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       nesterov=nesterov, weight_decay=weight_decay,
                                       maximize=maximize))
@@ -782,7 +790,7 @@ class Momentum(Optimizer):
     _BOUNDS = dict(lr=NONNEG, beta=UNIT_OPEN)
     _STATE = ("momentum_buffer",)
 
-    def __init__(self, params, lr, beta=0.9):
+    def __init__(self, params: Params, lr: float, beta: float = 0.9) -> None:
         super().__init__(params, dict(lr=lr, beta=beta))
 
     def _init_state(self, param, group):
@@ -805,8 +813,10 @@ class RMSprop(Optimizer):
     _STATE = ("step", "square_avg")
     _OPTIONAL_STATE = ("momentum_buffer", "grad_avg")
 
-    def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, eps_inside_sqrt=False, *, maximize=False, beta=None):
+    def __init__(self, params: Params, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                 eps_inside_sqrt: bool = False, *, maximize: bool = False,
+                 beta: float | None = None) -> None:
         if beta is not None:
             if alpha != 0.99:
                 raise TypeError("RMSprop takes alpha or its alias beta, not both")
@@ -843,8 +853,9 @@ class Adagrad(Optimizer):
     _STATE = ("step", "sum")
     _EAGER_STATE = True
 
-    def __init__(self, params, lr=0.01, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False):
+    def __init__(self, params: Params, lr: float = 0.01, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10, *, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize))
@@ -872,9 +883,10 @@ class Adam(Optimizer):
     _STATE = ("step", "exp_avg", "exp_avg_sq")
     _OPTIONAL_STATE = ("max_exp_avg_sq",)
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, maximize=False, decoupled_weight_decay=False,
-                 eps_inside_sqrt=False):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
+                 maximize: bool = False, decoupled_weight_decay: bool = False,
+                 eps_inside_sqrt: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize,
@@ -910,8 +922,9 @@ class AdamW(Adam):
     _BOUNDS = dict(_ADAM_BOUNDS, amsgrad=FLAG, decoupled_weight_decay=FLAG)
     _FORCED = {"decoupled_weight_decay": True}     # as torch's AdamW.__setstate__
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, maximize=False):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
+                 maximize: bool = False) -> None:
         Optimizer.__init__(self, params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                               weight_decay=weight_decay, amsgrad=amsgrad,
                                               maximize=maximize, decoupled_weight_decay=True))
@@ -942,7 +955,8 @@ class Adadelta(Optimizer):
     _BOUNDS = dict(lr=NONNEG, rho=UNIT, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
     _STATE = ("step", "square_avg", "acc_delta")
 
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False):
+    def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0.0, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize))
 
@@ -981,8 +995,8 @@ class Adamax(Optimizer):
     _BOUNDS = _ADAM_BOUNDS
     _STATE = ("step", "exp_avg", "exp_inf")
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 maximize=False):
+    def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, maximize=maximize))
 
@@ -1031,8 +1045,9 @@ class NAdam(Optimizer):
     _BOUNDS = dict(_ADAM_BOUNDS, momentum_decay=NONNEG, decoupled_weight_decay=FLAG)
     _STATE = ("step", "mu_product", "exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False):
+    def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
@@ -1083,8 +1098,9 @@ class RAdam(Optimizer):
     _BOUNDS = dict(_ADAM_BOUNDS, decoupled_weight_decay=FLAG)
     _STATE = ("step", "exp_avg", "exp_avg_sq")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 decoupled_weight_decay=False, maximize=False):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
@@ -1132,7 +1148,8 @@ class Lion(Optimizer):
     _BOUNDS = dict(lr=NONNEG, betas=BETAS, weight_decay=NONNEG, maximize=FLAG)
     _STATE = ("exp_avg",)
 
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-3, maximize=False):
+    def __init__(self, params: Params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 1e-3, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), weight_decay=weight_decay,
                                       maximize=maximize))
 

@@ -201,7 +201,8 @@ class Optimizer:
 
     Subclasses define ``_BOUNDS`` (each hyper-parameter's range: NONNEG, UNIT, ..., or FLAG),
     ``_STATE`` and ``_OPTIONAL_STATE`` (torch's state keys: always there once a parameter has
-    state; created when an option needs them), ``_init_state(param, group)`` and
+    state; created when an option needs them), ``_init_state(param, group)`` (by default
+    ``step`` 0 and zeros for the other keys of ``_STATE``) and
     ``_update(group, params, grads, states, step)``: one multi-tensor kernel call for the
     parameters sharing a phase (``_phase``: the step count), where ``step`` is the new count
     (None for optimizers without one; the base class stores it after the call succeeds). It
@@ -435,6 +436,12 @@ class Optimizer:
                 raise ValueError(f"{where} has no {missing[0]!r}")
             for key, value in s.items():
                 self._check_state_entry(where, key, value, p, 0)
+
+    def _init_state(self, param, group):
+        """A parameter's first state: ``step`` 0 and zeros like ``param`` for the other keys
+        of ``_STATE`` (subclasses with other initial values override it)."""
+        return {key: 0 if key == "step" else np.zeros(param.shape, param.dtype)
+                for key in self._STATE}
 
     def step(self, grads: Grads) -> None:
         """Update every parameter in place from ``grads`` (see the module docstring).
@@ -793,9 +800,6 @@ class Momentum(Optimizer):
     def __init__(self, params: Params, lr: float, beta: float = 0.9) -> None:
         super().__init__(params, dict(lr=lr, beta=beta))
 
-    def _init_state(self, param, group):
-        return {"momentum_buffer": np.zeros(param.shape, param.dtype)}
-
     def _update(self, group, params, grads, states, step):
         ops.foreach_momentum_step_(params, grads, _column(states, "momentum_buffer"),
                                    lr=group["lr"], beta=group["beta"])
@@ -824,9 +828,6 @@ class RMSprop(Optimizer):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
                                       eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
-
-    def _init_state(self, param, group):
-        return {"step": 0, "square_avg": np.zeros(param.shape, param.dtype)}
 
     def _update(self, group, params, grads, states, step):
         bufs = grad_avgs = None
@@ -894,8 +895,7 @@ class Adam(Optimizer):
                                       eps_inside_sqrt=eps_inside_sqrt))
 
     def _init_state(self, param, group):
-        state = {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
-                 "exp_avg_sq": np.zeros(param.shape, param.dtype)}
+        state = super()._init_state(param, group)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = np.zeros(param.shape, param.dtype)
         return state
@@ -960,10 +960,6 @@ class Adadelta(Optimizer):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize))
 
-    def _init_state(self, param, group):
-        return {"step": 0, "square_avg": np.zeros(param.shape, param.dtype),
-                "acc_delta": np.zeros(param.shape, param.dtype)}
-
     def _update(self, group, params, grads, states, step):
         ops.foreach_adadelta_step_(params, grads, _column(states, "square_avg"),
                                    _column(states, "acc_delta"), lr=group["lr"],
@@ -999,10 +995,6 @@ class Adamax(Optimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, maximize=maximize))
-
-    def _init_state(self, param, group):
-        return {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
-                "exp_inf": np.zeros(param.shape, param.dtype)}
 
     def _update(self, group, params, grads, states, step):
         ops.foreach_adamax_step_(params, grads, _column(states, "exp_avg"),
@@ -1106,10 +1098,6 @@ class RAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize))
 
-    def _init_state(self, param, group):
-        return {"step": 0, "exp_avg": np.zeros(param.shape, param.dtype),
-                "exp_avg_sq": np.zeros(param.shape, param.dtype)}
-
     def _update(self, group, params, grads, states, step):
         ops.foreach_radam_step_(params, grads, _column(states, "exp_avg"),
                                 _column(states, "exp_avg_sq"), step, lr=group["lr"],
@@ -1152,9 +1140,6 @@ class Lion(Optimizer):
                  weight_decay: float = 1e-3, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), weight_decay=weight_decay,
                                       maximize=maximize))
-
-    def _init_state(self, param, group):
-        return {"exp_avg": np.zeros(param.shape, param.dtype)}
 
     def _update(self, group, params, grads, states, step):
         ops.foreach_lion_step_(params, grads, _column(states, "exp_avg"), lr=group["lr"],

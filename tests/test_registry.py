@@ -58,6 +58,24 @@ def test_scalars_are_keyword_only(backend, kernel):
     assert all(same_bits(a, b) for a, b in zip(arrays, before))
 
 
+
+@pytest.mark.skipif("numba" not in GRID_BACKENDS, reason="runs with the numba backend")
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_numba_loops_receive_the_scalars_by_the_registry_names(kernel):
+    # the loops read s.<name> of a namedtuple of the registry's names; pack, which fills it,
+    # takes them keyword-only and gives floats and bools whatever the caller passed (ints
+    # here), so the loops compile once per dtype
+    from fastopt._numba import _common, optim
+    k = KERNELS[kernel]
+    Scalars, pack = _common.scalars(kernel)
+    assert Scalars._fields == k.keywords == getattr(optim, "_" + kernel.upper())._fields
+    values = {n: i + 2 for i, n in enumerate(k.scalars)} | {n: 1 for n in k.options}
+    packed = pack(**values)
+    assert [type(x) for x in packed] == [float] * len(k.scalars) + [bool] * len(k.options)
+    assert Scalars(*packed)._asdict() == {n: values[n] for n in k.keywords}
+    with pytest.raises(TypeError):
+        pack(*values.values())
+
 def test_a_backend_that_lacks_a_kernel_is_refused_naming_it():
     reference = fo.reference
     partial = types.ModuleType("partial")

@@ -1,11 +1,13 @@
 """Numba optimizer kernels, mirroring fastopt/_kernels/optim.pyx.
 
 Each kernel has three parts:
-- ``_<name>_span(arrays..., k, flags...)``: the serial loop over whole 1-D arrays; ``k`` holds the
-  per-call scalars already cast to the arrays' dtype, so arithmetic stays in that precision;
-- ``_<name>_parallel(nchunks, chunk, arrays..., k, flags...)``: one contiguous chunk per thread;
-- ``<name>(...)``: the backend-level function with the reference's signature, which validates,
-  folds the scalars in float64 (as the Cython kernels do in C) and launches.
+- ``_<name>_span(arrays..., packed)``: the serial loop over whole 1-D arrays. ``packed`` holds
+  the kernel's scalars and options (``fastopt._registry``), which the loop names again
+  (``s = _NAME(*packed)``, then ``s.lr``, as the Cython kernels' struct) and casts to the
+  arrays' dtype after folding in float64, so arithmetic stays in that precision;
+- ``_<name>_parallel(nchunks, chunk, arrays..., packed)``: one contiguous chunk per thread;
+- ``<name>(...)``: the backend-level function with the reference's signature, which validates
+  and launches.
 Optional state not in use arrives as an empty array.
 """
 import math
@@ -15,36 +17,53 @@ import numpy as np
 from numba import prange
 
 from .._layout import via_contiguous
-from ._common import JIT, launch, max_nan, step_views
+from ._common import JIT, launch, max_nan, scalars, step_views
 
 
 # ----------------------------------------------------------------------------------- ewa
+_EWA, _pack_ewa = scalars("ewa")
+
+
 @numba.njit(**JIT)
-def _ewa_span(avg, x, k):
-    b, c = k[0], k[1]
+def _ewa_span(avg, x, packed):
+    s = _EWA(*packed)
+    f = avg.dtype.type
+    b = f(s.beta)
+    c = f(1.0 - s.beta)
     for i in range(avg.size):
         avg[i] = b * avg[i] + c * x[i]
 
 
 @numba.njit(parallel=True, **JIT)
-def _ewa_parallel(nchunks, chunk, avg, x, k):
+def _ewa_parallel(nchunks, chunk, avg, x, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, avg.size)
-        _ewa_span(avg[lo:hi], x[lo:hi], k)
+        _ewa_span(avg[lo:hi], x[lo:hi], packed)
 
 
 def ewa(avg, x, *, beta):
     arrays = (avg, x)
     views = step_views(arrays, ("avg", "x"), 2)
+    packed = _pack_ewa(beta=beta)
     if views is None:
-        return via_contiguous(ewa, arrays, beta=beta)
-    launch(_ewa_span, _ewa_parallel, views, np.array((beta, 1.0 - beta), avg.dtype))
+        return via_contiguous(ewa, arrays, **_EWA(*packed)._asdict())
+    launch(_ewa_span, _ewa_parallel, views, packed)
 
 
 # ----------------------------------------------------------------------------------- sgd
+_SGD, _pack_sgd = scalars("sgd")
+
+
 @numba.njit(**JIT)
-def _sgd_span(p, g, buf, k, has_wd, nesterov, maximize, first_step):
-    lr, wd, mom, keep = k[0], k[1], k[2], k[3]
+def _sgd_span(p, g, buf, packed):
+    s = _SGD(*packed)
+    f = p.dtype.type
+    lr = f(s.lr)
+    wd = f(s.weight_decay)
+    mom = f(s.momentum)
+    keep = f(1.0 - s.dampening)
+    has_wd = s.weight_decay != 0
+    nesterov, maximize, first_step = s.nesterov, s.maximize, s.first_step
     has_buf = buf.size > 0
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
@@ -57,54 +76,71 @@ def _sgd_span(p, g, buf, k, has_wd, nesterov, maximize, first_step):
 
 
 @numba.njit(parallel=True, **JIT)
-def _sgd_parallel(nchunks, chunk, p, g, buf, k, *flags):
+def _sgd_parallel(nchunks, chunk, p, g, buf, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _sgd_span(p[lo:hi], g[lo:hi], buf[lo:hi], k, *flags)
+        _sgd_span(p[lo:hi], g[lo:hi], buf[lo:hi], packed)
 
 
 def sgd(param, grad, momentum_buffer, *, lr, weight_decay, momentum, dampening, nesterov, maximize,
         first_step):
     arrays = (param, grad, momentum_buffer)
     views = step_views(arrays, ("param", "grad", "momentum_buffer"), 2)
+    packed = _pack_sgd(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
+                       nesterov=nesterov, maximize=maximize, first_step=first_step)
     if views is None:
-        return via_contiguous(sgd, arrays, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                              dampening=dampening, nesterov=nesterov, maximize=maximize,
-                              first_step=first_step)
-    k = np.array((lr, weight_decay, momentum, 1.0 - dampening), param.dtype)
-    launch(_sgd_span, _sgd_parallel, views, k, weight_decay != 0, bool(nesterov),
-           bool(maximize), bool(first_step))
+        return via_contiguous(sgd, arrays, **_SGD(*packed)._asdict())
+    launch(_sgd_span, _sgd_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------ momentum
+_MOMENTUM, _pack_momentum = scalars("momentum")
+
+
 @numba.njit(**JIT)
-def _momentum_span(p, g, vel, k):
-    lr, b, c = k[0], k[1], k[2]
+def _momentum_span(p, g, vel, packed):
+    s = _MOMENTUM(*packed)
+    f = p.dtype.type
+    lr = f(s.lr)
+    b = f(s.beta)
+    c = f(1.0 - s.beta)
     for i in range(p.size):
         vel[i] = b * vel[i] + c * g[i]
         p[i] = p[i] - lr * vel[i]
 
 
 @numba.njit(parallel=True, **JIT)
-def _momentum_parallel(nchunks, chunk, p, g, vel, k):
+def _momentum_parallel(nchunks, chunk, p, g, vel, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _momentum_span(p[lo:hi], g[lo:hi], vel[lo:hi], k)
+        _momentum_span(p[lo:hi], g[lo:hi], vel[lo:hi], packed)
 
 
 def momentum(param, grad, velocity, *, lr, beta):
     arrays = (param, grad, velocity)
     views = step_views(arrays, ("param", "grad", "velocity"), 3)
+    packed = _pack_momentum(lr=lr, beta=beta)
     if views is None:
-        return via_contiguous(momentum, arrays, lr=lr, beta=beta)
-    launch(_momentum_span, _momentum_parallel, views,
-           np.array((lr, beta, 1.0 - beta), param.dtype))
+        return via_contiguous(momentum, arrays, **_MOMENTUM(*packed)._asdict())
+    launch(_momentum_span, _momentum_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------- rmsprop
+_RMSPROP, _pack_rmsprop = scalars("rmsprop")
+
+
 @numba.njit(**JIT)
-def _rmsprop_span(p, g, sq, gavg, buf, k, has_wd, maximize, eps_inside_sqrt):
-    lr, a, c, eps, wd, mom = k[0], k[1], k[2], k[3], k[4], k[5]
+def _rmsprop_span(p, g, sq, gavg, buf, packed):
+    s = _RMSPROP(*packed)
+    f = p.dtype.type
+    lr = f(s.lr)
+    a = f(s.alpha)
+    c = f(1.0 - s.alpha)
+    eps = f(s.eps)
+    wd = f(s.weight_decay)
+    mom = f(s.momentum)
+    has_wd = s.weight_decay != 0
+    maximize, eps_inside_sqrt = s.maximize, s.eps_inside_sqrt
     centered = gavg.size > 0
     has_buf = buf.size > 0
     for i in range(p.size):
@@ -112,11 +148,11 @@ def _rmsprop_span(p, g, sq, gavg, buf, k, has_wd, maximize, eps_inside_sqrt):
         if has_wd:
             gi = gi + wd * p[i]
         sq[i] = a * sq[i] + c * (gi * gi)
-        s = sq[i]
+        sqi = sq[i]
         if centered:
             gavg[i] = gavg[i] + c * (gi - gavg[i])
-            s = sq[i] - gavg[i] * gavg[i]
-        avg = np.sqrt(s + eps) if eps_inside_sqrt else np.sqrt(s) + eps
+            sqi = sq[i] - gavg[i] * gavg[i]
+        avg = np.sqrt(sqi + eps) if eps_inside_sqrt else np.sqrt(sqi) + eps
         if has_buf:
             buf[i] = mom * buf[i] + gi / avg
             p[i] = p[i] - lr * buf[i]
@@ -125,29 +161,36 @@ def _rmsprop_span(p, g, sq, gavg, buf, k, has_wd, maximize, eps_inside_sqrt):
 
 
 @numba.njit(parallel=True, **JIT)
-def _rmsprop_parallel(nchunks, chunk, p, g, sq, gavg, buf, k, *flags):
+def _rmsprop_parallel(nchunks, chunk, p, g, sq, gavg, buf, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _rmsprop_span(p[lo:hi], g[lo:hi], sq[lo:hi], gavg[lo:hi], buf[lo:hi], k, *flags)
+        _rmsprop_span(p[lo:hi], g[lo:hi], sq[lo:hi], gavg[lo:hi], buf[lo:hi], packed)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps, weight_decay,
             momentum, maximize, eps_inside_sqrt):
     arrays = (param, grad, square_avg, grad_avg, momentum_buffer)
     views = step_views(arrays, ("param", "grad", "square_avg", "grad_avg", "momentum_buffer"), 3)
+    packed = _pack_rmsprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                           momentum=momentum, maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
     if views is None:
-        return via_contiguous(rmsprop, arrays, lr=lr, alpha=alpha, eps=eps,
-                              weight_decay=weight_decay, momentum=momentum, maximize=maximize,
-                              eps_inside_sqrt=eps_inside_sqrt)
-    k = np.array((lr, alpha, 1.0 - alpha, eps, weight_decay, momentum), param.dtype)
-    launch(_rmsprop_span, _rmsprop_parallel, views, k, weight_decay != 0, bool(maximize),
-           bool(eps_inside_sqrt))
+        return via_contiguous(rmsprop, arrays, **_RMSPROP(*packed)._asdict())
+    launch(_rmsprop_span, _rmsprop_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------- adagrad
+_ADAGRAD, _pack_adagrad = scalars("adagrad")
+
+
 @numba.njit(**JIT)
-def _adagrad_span(p, g, ssum, k, has_wd, maximize):
-    clr, eps, wd = k[0], k[1], k[2]
+def _adagrad_span(p, g, ssum, packed):
+    s = _ADAGRAD(*packed)
+    f = p.dtype.type
+    clr = f(s.clr)
+    eps = f(s.eps)
+    wd = f(s.weight_decay)
+    has_wd = s.weight_decay != 0
+    maximize = s.maximize
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if has_wd:
@@ -157,96 +200,108 @@ def _adagrad_span(p, g, ssum, k, has_wd, maximize):
 
 
 @numba.njit(parallel=True, **JIT)
-def _adagrad_parallel(nchunks, chunk, p, g, ssum, k, *flags):
+def _adagrad_parallel(nchunks, chunk, p, g, ssum, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _adagrad_span(p[lo:hi], g[lo:hi], ssum[lo:hi], k, *flags)
+        _adagrad_span(p[lo:hi], g[lo:hi], ssum[lo:hi], packed)
 
 
 def adagrad(param, grad, state_sum, *, clr, eps, weight_decay, maximize):
     arrays = (param, grad, state_sum)
     views = step_views(arrays, ("param", "grad", "state_sum"), 3)
+    packed = _pack_adagrad(clr=clr, eps=eps, weight_decay=weight_decay, maximize=maximize)
     if views is None:
-        return via_contiguous(adagrad, arrays, clr=clr, eps=eps, weight_decay=weight_decay,
-                              maximize=maximize)
-    launch(_adagrad_span, _adagrad_parallel, views,
-           np.array((clr, eps, weight_decay), param.dtype), weight_decay != 0, bool(maximize))
+        return via_contiguous(adagrad, arrays, **_ADAGRAD(*packed)._asdict())
+    launch(_adagrad_span, _adagrad_parallel, views, packed)
 
 
 # ---------------------------------------------------------------------------------- adam
+_ADAM, _pack_adam = scalars("adam")
+
+
 @numba.njit(inline="always", **JIT)
-def _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd, decay,
-               coupled, maximize, amsgrad, eps_inside_sqrt):
-    gi = -g[i] if maximize else g[i]
-    pi = p[i] * decay               # decay is exactly 1 unless AdamW-style decay is on
-    if coupled:
-        gi = gi + wd * pi
-    m[i] = m[i] + c1 * (gi - m[i])
-    v[i] = b2 * v[i] + c2 * (gi * gi)
-    vi = v[i]
-    if amsgrad:
-        vmax[i] = max_nan(vmax[i], vi)
-        vi = vmax[i]
-    if eps_inside_sqrt:
-        denom = np.sqrt(vi * inv_bc2 + eps)
-    else:
-        denom = np.sqrt(vi) * inv_bc2_sqrt + eps
-    p[i] = pi - step * (m[i] / denom)
+def _adam_loop(p, g, m, v, vmax, s, amsgrad, eps_inside_sqrt):
+    # The caller passes amsgrad and the eps form as literal constants (or LLVM would compute
+    # both square roots); every branch left in the loop is a select without side effects,
+    # which LLVM vectorizes.
+    f = p.dtype.type
+    c1 = f(1.0 - s.beta1)
+    b2 = f(s.beta2)
+    c2 = f(1.0 - s.beta2)
+    eps = f(s.eps)
+    step = f(s.step_size)
+    inv_bc2 = f(1.0 / s.bias_correction2)
+    inv_bc2_sqrt = f(1.0 / math.sqrt(s.bias_correction2))
+    wd = f(s.weight_decay)
+    # decay is exactly 1 unless AdamW-style decay is on
+    decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
+    coupled = s.weight_decay != 0 and not s.decoupled
+    maximize = s.maximize
+    for i in range(p.size):
+        gi = -g[i] if maximize else g[i]
+        pi = p[i] * decay
+        if coupled:
+            gi = gi + wd * pi
+        m[i] = m[i] + c1 * (gi - m[i])
+        v[i] = b2 * v[i] + c2 * (gi * gi)
+        vi = v[i]
+        if amsgrad:
+            vmax[i] = max_nan(vmax[i], vi)
+            vi = vmax[i]
+        if eps_inside_sqrt:
+            denom = np.sqrt(vi * inv_bc2 + eps)
+        else:
+            denom = np.sqrt(vi) * inv_bc2_sqrt + eps
+        p[i] = pi - step * (m[i] / denom)
 
 
 @numba.njit(**JIT)
-def _adam_span(p, g, m, v, vmax, k, coupled, maximize, eps_inside_sqrt):
-    # Scalars are read once (as far as LLVM knows, k may alias the state). Every branch left
-    # in the loop is a select without side effects, which LLVM vectorizes; amsgrad and the eps
-    # form are literal constants per loop, or LLVM would compute both square roots.
-    c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd, decay = (k[0], k[1], k[2], k[3], k[4],
-                                                              k[5], k[6], k[7], k[8])
-    if vmax.size == 0 and not eps_inside_sqrt:
-        for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
-                       decay, coupled, maximize, False, False)
+def _adam_span(p, g, m, v, vmax, packed):
+    s = _ADAM(*packed)
+    if vmax.size == 0 and not s.eps_inside_sqrt:
+        _adam_loop(p, g, m, v, vmax, s, amsgrad=False, eps_inside_sqrt=False)
     elif vmax.size == 0:
-        for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
-                       decay, coupled, maximize, False, True)
-    elif not eps_inside_sqrt:
-        for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
-                       decay, coupled, maximize, True, False)
+        _adam_loop(p, g, m, v, vmax, s, amsgrad=False, eps_inside_sqrt=True)
+    elif not s.eps_inside_sqrt:
+        _adam_loop(p, g, m, v, vmax, s, amsgrad=True, eps_inside_sqrt=False)
     else:
-        for i in range(p.size):
-            _adam_elem(i, p, g, m, v, vmax, c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd,
-                       decay, coupled, maximize, True, True)
+        _adam_loop(p, g, m, v, vmax, s, amsgrad=True, eps_inside_sqrt=True)
 
 
 @numba.njit(parallel=True, **JIT)
-def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, k, *flags):
+def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _adam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], k, *flags)
+        _adam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi], packed)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
          step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 4)
+    packed = _pack_adam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                        step_size=step_size, bias_correction2=bias_correction2,
+                        decoupled=decoupled, maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
     if views is None:
-        return via_contiguous(adam, arrays, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                              weight_decay=weight_decay, step_size=step_size,
-                              bias_correction2=bias_correction2, decoupled=decoupled,
-                              maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
-    shrink = weight_decay != 0 and decoupled
-    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, step_size, 1.0 / bias_correction2,
-                  1.0 / math.sqrt(bias_correction2), weight_decay,
-                  1.0 - lr * weight_decay if shrink else 1.0), param.dtype)
-    launch(_adam_span, _adam_parallel, views, k, weight_decay != 0 and not decoupled,
-           bool(maximize), bool(eps_inside_sqrt))
+        return via_contiguous(adam, arrays, **_ADAM(*packed)._asdict())
+    launch(_adam_span, _adam_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------ adadelta
+_ADADELTA, _pack_adadelta = scalars("adadelta")
+
+
 @numba.njit(**JIT)
-def _adadelta_span(p, g, sq, acc, k, has_wd, maximize):
-    lr, rho, c, eps, wd = k[0], k[1], k[2], k[3], k[4]
+def _adadelta_span(p, g, sq, acc, packed):
+    s = _ADADELTA(*packed)
+    f = p.dtype.type
+    lr = f(s.lr)
+    rho = f(s.rho)
+    c = f(1.0 - s.rho)
+    eps = f(s.eps)
+    wd = f(s.weight_decay)
+    has_wd = s.weight_decay != 0
+    maximize = s.maximize
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if has_wd:
@@ -258,26 +313,36 @@ def _adadelta_span(p, g, sq, acc, k, has_wd, maximize):
 
 
 @numba.njit(parallel=True, **JIT)
-def _adadelta_parallel(nchunks, chunk, p, g, sq, acc, k, *flags):
+def _adadelta_parallel(nchunks, chunk, p, g, sq, acc, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _adadelta_span(p[lo:hi], g[lo:hi], sq[lo:hi], acc[lo:hi], k, *flags)
+        _adadelta_span(p[lo:hi], g[lo:hi], sq[lo:hi], acc[lo:hi], packed)
 
 
 def adadelta(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, maximize):
     arrays = (param, grad, square_avg, acc_delta)
     views = step_views(arrays, ("param", "grad", "square_avg", "acc_delta"), 4)
+    packed = _pack_adadelta(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
     if views is None:
-        return via_contiguous(adadelta, arrays, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                              maximize=maximize)
-    k = np.array((lr, rho, 1.0 - rho, eps, weight_decay), param.dtype)
-    launch(_adadelta_span, _adadelta_parallel, views, k, weight_decay != 0, bool(maximize))
+        return via_contiguous(adadelta, arrays, **_ADADELTA(*packed)._asdict())
+    launch(_adadelta_span, _adadelta_parallel, views, packed)
 
 
 # -------------------------------------------------------------------------------- adamax
+_ADAMAX, _pack_adamax = scalars("adamax")
+
+
 @numba.njit(**JIT)
-def _adamax_span(p, g, m, u, k, has_wd, maximize):
-    c1, b2, eps, wd, clr = k[0], k[1], k[2], k[3], k[4]
+def _adamax_span(p, g, m, u, packed):
+    s = _ADAMAX(*packed)
+    f = p.dtype.type
+    c1 = f(1.0 - s.beta1)
+    b2 = f(s.beta2)
+    eps = f(s.eps)
+    wd = f(s.weight_decay)
+    clr = f(s.clr)
+    has_wd = s.weight_decay != 0
+    maximize = s.maximize
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if has_wd:
@@ -288,31 +353,46 @@ def _adamax_span(p, g, m, u, k, has_wd, maximize):
 
 
 @numba.njit(parallel=True, **JIT)
-def _adamax_parallel(nchunks, chunk, p, g, m, u, k, *flags):
+def _adamax_parallel(nchunks, chunk, p, g, m, u, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _adamax_span(p[lo:hi], g[lo:hi], m[lo:hi], u[lo:hi], k, *flags)
+        _adamax_span(p[lo:hi], g[lo:hi], m[lo:hi], u[lo:hi], packed)
 
 
 def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, clr, maximize):
     arrays = (param, grad, exp_avg, exp_inf)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_inf"), 4)
+    packed = _pack_adamax(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, clr=clr,
+                          maximize=maximize)
     if views is None:
-        return via_contiguous(adamax, arrays, beta1=beta1, beta2=beta2, eps=eps,
-                              weight_decay=weight_decay, clr=clr, maximize=maximize)
-    k = np.array((1.0 - beta1, beta2, eps, weight_decay, clr), param.dtype)
-    launch(_adamax_span, _adamax_parallel, views, k, weight_decay != 0, bool(maximize))
+        return via_contiguous(adamax, arrays, **_ADAMAX(*packed)._asdict())
+    launch(_adamax_span, _adamax_parallel, views, packed)
 
 
 # --------------------------------------------------------------------------------- nadam
+_NADAM, _pack_nadam = scalars("nadam")
+
+
 @numba.njit(**JIT)
-def _nadam_span(p, g, m, v, k, coupled, maximize):
-    c1, b2, c2, eps, wd, inv_bc2, cg, cm, decay = (k[0], k[1], k[2], k[3], k[4], k[5], k[6],
-                                                   k[7], k[8])
-    one = k[9]
+def _nadam_span(p, g, m, v, packed):
+    s = _NADAM(*packed)
+    f = p.dtype.type
+    c1 = f(1.0 - s.beta1)
+    b2 = f(s.beta2)
+    c2 = f(1.0 - s.beta2)
+    eps = f(s.eps)
+    wd = f(s.weight_decay)
+    inv_bc2 = f(1.0 / s.bias_correction2)
+    cg = f(s.grad_coef)
+    cm = f(s.avg_coef)
+    # decay is exactly 1 unless decoupled decay is on
+    decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
+    one = f(1.0)
+    coupled = s.weight_decay != 0 and not s.decoupled
+    maximize = s.maximize
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
-        pi = p[i] * decay           # decay is exactly 1 unless decoupled decay is on
+        pi = p[i] * decay
         if coupled:
             gi = gi + wd * pi
         m[i] = m[i] + c1 * (gi - m[i])
@@ -323,36 +403,45 @@ def _nadam_span(p, g, m, v, k, coupled, maximize):
 
 
 @numba.njit(parallel=True, **JIT)
-def _nadam_parallel(nchunks, chunk, p, g, m, v, k, *flags):
+def _nadam_parallel(nchunks, chunk, p, g, m, v, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _nadam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], k, *flags)
+        _nadam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], packed)
 
 
 def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
           bias_correction2, grad_coef, avg_coef, decoupled, maximize):
     arrays = (param, grad, exp_avg, exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
+    packed = _pack_nadam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                         bias_correction2=bias_correction2, grad_coef=grad_coef,
+                         avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
     if views is None:
-        return via_contiguous(nadam, arrays, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                              weight_decay=weight_decay, bias_correction2=bias_correction2,
-                              grad_coef=grad_coef, avg_coef=avg_coef, decoupled=decoupled,
-                              maximize=maximize)
-    shrink = weight_decay != 0 and decoupled
-    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, 1.0 / bias_correction2,
-                  grad_coef, avg_coef, 1.0 - lr * weight_decay if shrink else 1.0, 1.0),
-                 param.dtype)
-    launch(_nadam_span, _nadam_parallel, views, k, weight_decay != 0 and not decoupled,
-           bool(maximize))
+        return via_contiguous(nadam, arrays, **_NADAM(*packed)._asdict())
+    launch(_nadam_span, _nadam_parallel, views, packed)
 
 
 # --------------------------------------------------------------------------------- radam
+_RADAM, _pack_radam = scalars("radam")
+
+
 @numba.njit(**JIT)
-def _radam_span(p, g, m, v, k, coupled, rectified, maximize):
-    c1, b2, c2, eps, wd, step, decay = k[0], k[1], k[2], k[3], k[4], k[5], k[6]
+def _radam_span(p, g, m, v, packed):
+    s = _RADAM(*packed)
+    f = p.dtype.type
+    c1 = f(1.0 - s.beta1)
+    b2 = f(s.beta2)
+    c2 = f(1.0 - s.beta2)
+    eps = f(s.eps)
+    wd = f(s.weight_decay)
+    step = f(s.step_size)
+    # decay is exactly 1 unless decoupled decay is on
+    decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
+    coupled = s.weight_decay != 0 and not s.decoupled
+    rectified, maximize = s.rectified, s.maximize
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
-        pi = p[i] * decay           # decay is exactly 1 unless decoupled decay is on
+        pi = p[i] * decay
         if coupled:
             gi = gi + wd * pi
         m[i] = m[i] + c1 * (gi - m[i])
@@ -364,32 +453,41 @@ def _radam_span(p, g, m, v, k, coupled, rectified, maximize):
 
 
 @numba.njit(parallel=True, **JIT)
-def _radam_parallel(nchunks, chunk, p, g, m, v, k, *flags):
+def _radam_parallel(nchunks, chunk, p, g, m, v, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _radam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], k, *flags)
+        _radam_span(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], packed)
 
 
 def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step_size,
           rectified, decoupled, maximize):
     arrays = (param, grad, exp_avg, exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
+    packed = _pack_radam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                         step_size=step_size, rectified=rectified, decoupled=decoupled,
+                         maximize=maximize)
     if views is None:
-        return via_contiguous(radam, arrays, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                              weight_decay=weight_decay, step_size=step_size, rectified=rectified,
-                              decoupled=decoupled, maximize=maximize)
-    shrink = weight_decay != 0 and decoupled
-    k = np.array((1.0 - beta1, beta2, 1.0 - beta2, eps, weight_decay, step_size,
-                  1.0 - lr * weight_decay if shrink else 1.0), param.dtype)
-    launch(_radam_span, _radam_parallel, views, k, weight_decay != 0 and not decoupled,
-           bool(rectified), bool(maximize))
+        return via_contiguous(radam, arrays, **_RADAM(*packed)._asdict())
+    launch(_radam_span, _radam_parallel, views, packed)
 
 
 # ---------------------------------------------------------------------------------- lion
+_LION, _pack_lion = scalars("lion")
+
+
 @numba.njit(**JIT)
-def _lion_span(p, g, m, k, maximize):
-    lr, c1, b1, c2, b2, wd = k[0], k[1], k[2], k[3], k[4], k[5]
-    one, zero = k[6], k[7]
+def _lion_span(p, g, m, packed):
+    s = _LION(*packed)
+    f = p.dtype.type
+    lr = f(s.lr)
+    c1 = f(1.0 - s.beta1)
+    b1 = f(s.beta1)
+    c2 = f(1.0 - s.beta2)
+    b2 = f(s.beta2)
+    wd = f(s.weight_decay)
+    one = f(1.0)
+    zero = f(0.0)
+    maximize = s.maximize
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         c = c1 * gi + b1 * m[i]
@@ -401,19 +499,17 @@ def _lion_span(p, g, m, k, maximize):
 
 
 @numba.njit(parallel=True, **JIT)
-def _lion_parallel(nchunks, chunk, p, g, m, k, *flags):
+def _lion_parallel(nchunks, chunk, p, g, m, packed):
     for c in prange(nchunks):
         lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _lion_span(p[lo:hi], g[lo:hi], m[lo:hi], k, *flags)
+        _lion_span(p[lo:hi], g[lo:hi], m[lo:hi], packed)
 
 
 def lion(param, grad, exp_avg, *, lr, beta1, beta2, weight_decay, maximize):
     arrays = (param, grad, exp_avg)
     views = step_views(arrays, ("param", "grad", "exp_avg"), 3)
+    packed = _pack_lion(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+                        maximize=maximize)
     if views is None:
-        return via_contiguous(lion, arrays, lr=lr, beta1=beta1, beta2=beta2,
-                              weight_decay=weight_decay, maximize=maximize)
-    k = np.array((lr, 1.0 - beta1, beta1, 1.0 - beta2, beta2, weight_decay, 1.0, 0.0),
-                 param.dtype)
-    launch(_lion_span, _lion_parallel, views, k, bool(maximize))
-
+        return via_contiguous(lion, arrays, **_LION(*packed)._asdict())
+    launch(_lion_span, _lion_parallel, views, packed)

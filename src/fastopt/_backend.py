@@ -108,7 +108,18 @@ def get_backend():
 
 
 def set_backend(name):
-    """Use backend ``name`` from now on; RuntimeError saying why if it is not available."""
+    """Use backend ``name`` from now on.
+
+    Parameters
+    ----------
+    name : str
+        ``"cython"``, ``"numba"`` or ``"numpy"`` (see :func:`backends`).
+
+    Raises
+    ------
+    RuntimeError
+        An unknown backend, or one not available here (saying why).
+    """
     global active, _active_name
     module = _load(name)
     active, _active_name = module, name
@@ -116,7 +127,25 @@ def set_backend(name):
 
 @contextlib.contextmanager
 def use_backend(name):
-    """``with use_backend("numba"): ...`` runs the block on that backend, then restores."""
+    """Run a block on backend ``name``, then restore the previous one (even after an error).
+
+    Parameters
+    ----------
+    name : str
+        ``"cython"``, ``"numba"`` or ``"numpy"``.
+
+    Raises
+    ------
+    RuntimeError
+        As :func:`set_backend`.
+
+    Examples
+    --------
+    >>> import fastopt as fo
+    >>> with fo.use_backend("numpy"):
+    ...     fo.get_backend()
+    'numpy'
+    """
     previous = _active_name
     set_backend(name)
     try:
@@ -126,7 +155,20 @@ def use_backend(name):
 
 
 def set_num_threads(n):
-    """Threads used by the compiled backends (results are bit-identical for any count)."""
+    """Set the threads used by the compiled backends.
+
+    Results are bit-identical for any count.
+
+    Parameters
+    ----------
+    n : int
+        Threads, >= 1.
+
+    Raises
+    ------
+    ValueError
+        ``n`` not a positive int.
+    """
     global _num_threads
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
         raise ValueError(f"number of threads must be a positive int, got {n!r}")

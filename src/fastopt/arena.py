@@ -29,12 +29,33 @@ _OWNERS = weakref.WeakValueDictionary()   # id(param buffer) -> arena
 class ParameterArena:
     """Allocate parameters and their grads as views into two flat buffers of one dtype.
 
+    An optimizer over consecutive views of one arena steps their whole stretch with one kernel
+    call; ``arena.grads`` holds the grad views (keys: the name or ``"d" + name``).
+
     Parameters
     ----------
-    dtype : float32 or float64
-    capacity : int
+    dtype : float32 or float64, default float32
+        Dtype of every parameter and grad.
+    capacity : int, default 2**24
         Elements reserved. The buffers are allocated zeroed up front; the operating system only
         backs the pages that are used, so a generous capacity costs address space, not memory.
+
+    Attributes
+    ----------
+    params : dict
+        Name -> parameter view, in allocation order.
+    grads : dict
+        Name -> grad view (also reachable as ``"d" + name``); assigning
+        ``grads["dW1"] = dW1`` copies into the view.
+    size : int
+        Elements in use.
+
+    Raises
+    ------
+    TypeError
+        A ``dtype`` other than float32/float64.
+    ValueError
+        A negative or non-int ``capacity``.
     """
 
     def __init__(self, dtype=np.float32, capacity=1 << 24):
@@ -53,7 +74,31 @@ class ParameterArena:
         _OWNERS[id(self._param_buf)] = self
 
     def add(self, name, shape, init=None):
-        """A new parameter ``name`` of ``shape``: a view into the arena, zero or ``init``."""
+        """Add parameter ``name`` of ``shape``: a view into the arena, zeros or ``init``.
+
+        Its grad, a zeroed view of the grad buffer, is ``arena.grads[name]``.
+
+        Parameters
+        ----------
+        name : str
+            A new, non-empty name.
+        shape : int or tuple of int
+            The parameter's shape.
+        init : array_like, optional
+            Initial values (broadcast into the view); zeros by default.
+
+        Returns
+        -------
+        ndarray
+            The parameter, a view of the arena's buffer.
+
+        Raises
+        ------
+        TypeError
+            ``name`` not a non-empty str.
+        ValueError
+            ``name`` already in the arena, or not enough capacity left.
+        """
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         if name in self.params:

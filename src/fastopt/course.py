@@ -36,17 +36,55 @@ def _float(a, name):
 
 def update_parameters_with_gd(parameters, grads, learning_rate):
     """One step of gradient descent: ``W = W - learning_rate * dW`` for every layer.
-    Returns ``parameters`` (updated in place)."""
+
+    Parameters
+    ----------
+    parameters : dict of ndarray
+        ``W1, b1, ..., WL, bL``, float arrays updated in place.
+    grads : dict of ndarray
+        ``dW1, db1, ...``, shaped like the parameters.
+    learning_rate : float
+        Step size, >= 0.
+
+    Returns
+    -------
+    dict
+        ``parameters``, updated in place.
+
+    Raises
+    ------
+    TypeError
+        A parameter that is not a float array, or a grad or state array of another dtype.
+    ValueError
+        A grad or state array of another shape than its parameter.
+    """
     for name in _names(parameters):
         ops.sgd_step_(_float(parameters[name], name), grads["d" + name], lr=learning_rate)
     return parameters
 
 
 def random_mini_batches(X, Y, mini_batch_size=64, seed=0):
-    """The course's shuffled mini-batches: examples are columns, shuffled with
-    ``np.random.seed(seed)`` and ``np.random.permutation(m)`` (so a seed gives the course's
-    batches), the last batch smaller when ``mini_batch_size`` does not divide ``m``.
-    Returns a list of ``(mini_batch_X, mini_batch_Y)``."""
+    """The course's shuffled mini-batches (examples are columns).
+
+    Shuffled with ``np.random.seed(seed)`` and ``np.random.permutation(m)``, so a seed gives the
+    course's batches; the last batch is smaller when ``mini_batch_size`` does not divide ``m``.
+
+    Parameters
+    ----------
+    X : ndarray
+        Inputs, shape ``(n_x, m)``.
+    Y : ndarray
+        Labels, shape ``(n_y, m)``.
+    mini_batch_size : int, default 64
+        Examples per batch.
+    seed : int, default 0
+        Seed of NumPy's global generator (set, as the course does).
+
+    Returns
+    -------
+    list of tuple
+        ``[(mini_batch_X, mini_batch_Y), ...]``.
+    """
     np.random.seed(seed)
     m = X.shape[1]
     permutation = list(np.random.permutation(m))
@@ -64,13 +102,51 @@ def random_mini_batches(X, Y, mini_batch_size=64, seed=0):
 
 
 def initialize_velocity(parameters):
-    """``v["dW1"], v["db1"], ...`` as zeros shaped like the parameters."""
+    """Zero velocities for momentum: ``v["dW1"], v["db1"], ...`` shaped like the parameters.
+
+    Parameters
+    ----------
+    parameters : dict of ndarray
+        ``W1, b1, ..., WL, bL``, float arrays updated in place.
+
+    Returns
+    -------
+    dict of ndarray
+        ``v``, keyed ``"d" + name``.
+    """
     return {"d" + name: np.zeros_like(parameters[name]) for name in _names(parameters)}
 
 
 def update_parameters_with_momentum(parameters, grads, v, beta, learning_rate):
-    """Momentum: ``v = beta * v + (1 - beta) * dW``; ``W = W - learning_rate * v``.
-    Returns ``(parameters, v)``, both updated in place."""
+    """One step of momentum for every layer.
+
+    ``v = beta * v + (1 - beta) * dW``; ``W = W - learning_rate * v``.
+
+    Parameters
+    ----------
+    parameters : dict of ndarray
+        ``W1, b1, ..., WL, bL``, float arrays updated in place.
+    grads : dict of ndarray
+        ``dW1, db1, ...``, shaped like the parameters.
+    v : dict of ndarray
+        Velocities keyed ``dW1, db1, ...`` (updated in place).
+    beta : float
+        Momentum, in [0, 1).
+    learning_rate : float
+        Step size, >= 0.
+
+    Returns
+    -------
+    tuple
+        ``(parameters, v)``, both updated in place.
+
+    Raises
+    ------
+    TypeError
+        A parameter that is not a float array, or a grad or state array of another dtype.
+    ValueError
+        A grad or state array of another shape than its parameter.
+    """
     for name in _names(parameters):
         ops.momentum_step_(_float(parameters[name], name), grads["d" + name], v["d" + name],
                            lr=learning_rate, beta=beta)
@@ -78,16 +154,60 @@ def update_parameters_with_momentum(parameters, grads, v, beta, learning_rate):
 
 
 def initialize_adam(parameters):
-    """``(v, s)``: zeros keyed ``"dW1"``, ``"db1"``, ... for Adam's two moving averages."""
+    """Zero moving averages for Adam.
+
+    Parameters
+    ----------
+    parameters : dict of ndarray
+        ``W1, b1, ..., WL, bL``, float arrays updated in place.
+
+    Returns
+    -------
+    tuple of dict
+        ``(v, s)``, each keyed ``"dW1"``, ``"db1"``, ... with zeros shaped like the parameters.
+    """
     return initialize_velocity(parameters), initialize_velocity(parameters)
 
 
 def update_parameters_with_adam(parameters, grads, v, s, t, learning_rate=0.01, beta1=0.9,
                                 beta2=0.999, epsilon=1e-8):
-    """Adam with bias correction, ``t`` the step count (from 1):
-    ``v = beta1 v + (1 - beta1) dW``, ``s = beta2 s + (1 - beta2) dW**2``,
-    ``W = W - learning_rate * (v / (1 - beta1**t)) / (sqrt(s / (1 - beta2**t)) + epsilon)``.
-    Returns ``(parameters, v, s)``, updated in place."""
+    """One step of Adam with bias correction for every layer.
+
+    With ``t`` the step count (from 1)::
+
+        v = beta1 * v + (1 - beta1) * dW
+        s = beta2 * s + (1 - beta2) * dW**2
+        W = W - learning_rate * (v / (1 - beta1**t)) / (sqrt(s / (1 - beta2**t)) + epsilon)
+
+    Parameters
+    ----------
+    parameters : dict of ndarray
+        ``W1, b1, ..., WL, bL``, float arrays updated in place.
+    grads : dict of ndarray
+        ``dW1, db1, ...``, shaped like the parameters.
+    v, s : dict of ndarray
+        First and second moment averages keyed ``dW1, db1, ...`` (updated in place).
+    t : int
+        The step count, from 1.
+    learning_rate : float, default 0.01
+        Step size, >= 0.
+    beta1, beta2 : float, default 0.9, 0.999
+        Decay of ``v`` and ``s``, each in [0, 1).
+    epsilon : float, default 1e-8
+        Added to the denominator, >= 0.
+
+    Returns
+    -------
+    tuple
+        ``(parameters, v, s)``, updated in place.
+
+    Raises
+    ------
+    TypeError
+        A parameter that is not a float array, or a grad or state array of another dtype.
+    ValueError
+        A grad or state array of another shape than its parameter.
+    """
     for name in _names(parameters):
         ops.adam_step_(_float(parameters[name], name), grads["d" + name], v["d" + name],
                        s["d" + name], t, lr=learning_rate, betas=(beta1, beta2), eps=epsilon)
@@ -95,13 +215,46 @@ def update_parameters_with_adam(parameters, grads, v, s, t, learning_rate=0.01, 
 
 
 def update_lr(learning_rate0, epoch_num, decay_rate):
-    """``learning_rate0 / (1 + decay_rate * epoch_num)``."""
+    """Inverse-time decay: ``learning_rate0 / (1 + decay_rate * epoch_num)``.
+
+    Parameters
+    ----------
+    learning_rate0 : float
+        The learning rate at epoch 0.
+    epoch_num : int
+        The epoch.
+    decay_rate : float
+        Decay per epoch.
+
+    Returns
+    -------
+    float
+        The decayed learning rate.
+    """
     return learning_rate0 / (1 + decay_rate * epoch_num)
 
 
 def schedule_lr_decay(learning_rate0, epoch_num, decay_rate, time_interval=1000):
-    """``learning_rate0 / (1 + decay_rate * floor(epoch_num / time_interval))``: the decay
-    applied in steps, every ``time_interval`` epochs."""
+    """Inverse-time decay in steps, every ``time_interval`` epochs.
+
+    ``learning_rate0 / (1 + decay_rate * floor(epoch_num / time_interval))``.
+
+    Parameters
+    ----------
+    learning_rate0 : float
+        The learning rate at epoch 0.
+    epoch_num : int
+        The epoch.
+    decay_rate : float
+        Decay per interval.
+    time_interval : int, default 1000
+        Epochs per step of the decay.
+
+    Returns
+    -------
+    float
+        The decayed learning rate.
+    """
     return learning_rate0 / (1 + decay_rate * np.floor(epoch_num / time_interval))
 
 

@@ -3,9 +3,35 @@ import numpy as np
 
 
 def minibatches(X, Y, batch_size=64, axis=0, shuffle=True, seed=None):
-    """Yield ``(X_t, Y_t)`` for one epoch: examples along ``axis`` of both arrays (``axis=-1``
-    for the course's column layout), shuffled in sync (``seed`` makes it repeatable), the last
-    batch smaller when ``batch_size`` does not divide the number of examples."""
+    """Yield the mini-batches of one epoch over paired arrays.
+
+    Examples lie along ``axis`` of both arrays; they are shuffled in sync, and the last batch is
+    smaller when ``batch_size`` does not divide the number of examples.
+
+    Parameters
+    ----------
+    X, Y : array_like
+        Inputs and targets with the same number of examples along ``axis``.
+    batch_size : int, default 64
+        Examples per batch, >= 1.
+    axis : int, default 0
+        The examples' axis; ``axis=-1`` for the course's column layout.
+    shuffle : bool, default True
+        Shuffle the examples (the same permutation for ``X`` and ``Y``).
+    seed : int, optional
+        Seed of the shuffle (``numpy.random.default_rng``), for a repeatable order.
+
+    Yields
+    ------
+    X_t, Y_t : ndarray
+        One batch of each (copies).
+
+    Raises
+    ------
+    ValueError
+        A ``batch_size`` that is not a positive int, or ``X`` and ``Y`` with different numbers
+        of examples (raised at the first ``next``).
+    """
     X = np.asarray(X)
     Y = np.asarray(Y)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

@@ -39,9 +39,25 @@ _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
 
 
 def shard_bounds(n, size, itemsize):
-    """Boundaries ``[0, b_1, ..., n]`` of ``size`` shards of ``n`` elements: the ``ceil(n /
-    line)`` cache lines dealt out evenly (shards differ by at most one line), so every shard
-    but the last starts and ends on a line boundary."""
+    """Boundaries ``[0, b_1, ..., n]`` of ``size`` shards of ``n`` elements.
+
+    The ``ceil(n / line)`` cache lines are dealt out evenly (shards differ by at most one line),
+    so every shard but the last starts and ends on a line boundary.
+
+    Parameters
+    ----------
+    n : int
+        Elements to split.
+    size : int
+        Number of shards (ranks).
+    itemsize : int
+        Bytes per element (a cache line is 64 bytes).
+
+    Returns
+    -------
+    list of int
+        ``size + 1`` increasing boundaries from 0 to ``n``.
+    """
     line = max(1, CACHE_LINE // itemsize)
     lines = -(-n // line)
     return [min(n, (k * lines // size) * line) for k in range(size + 1)]
@@ -159,10 +175,16 @@ class ShardedOptimizer:
 
     @property
     def lr(self):
+        """The learning rate (a list if the groups differ); setting it sets every group's, on
+        this rank (set it identically on every rank).
+        """
         return self.shard_optimizer.lr
 
     @lr.setter
     def lr(self, value):
+        """The learning rate (a list if the groups differ); setting it sets every group's, on
+        this rank (set it identically on every rank).
+        """
         self.shard_optimizer.lr = value
 
     def zero_grad(self):
@@ -173,11 +195,19 @@ class ShardedOptimizer:
         """One data-parallel step: average the grads of all ranks, update this rank's shard,
         share the updated parameters. Every rank must call it.
 
-        ``grads`` is this rank's local grads: None or the arena's ``grads`` (already in the
-        grad buffer: nothing is copied), or a dict (names or ``"d" + name``) or sequence of
-        arrays as for the optimizer, which are checked and then copied into the arena's grad
-        buffer. A grad of the wrong type, dtype or shape on any rank raises ``TypeError`` or
-        ``ValueError`` on every rank, naming the rank, and nothing changes.
+        Parameters
+        ----------
+        grads : None, dict or sequence of ndarray, optional
+            This rank's local grads: None or the arena's ``grads`` (already in the grad
+            buffer: nothing is copied), or a dict (names or ``"d" + name``) or sequence of
+            arrays as for the optimizer, which are checked and then copied into the arena's
+            grad buffer.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A grad of the wrong type, dtype or shape on any rank, raised on every rank and naming
+            the rank; nothing changes.
         """
         self._take_grads(grads)
         self._exchange()
@@ -277,10 +307,20 @@ class ShardedOptimizer:
 
     # ---------------------------------------------------------------------- state dicts
     def state_dict(self, root=0):
-        """The state of the whole optimizer, gathered to rank ``root``: on ``root`` the dict a
-        single-process ``optimizer_class`` over the same parameters would return (torch.optim's
-        per-parameter layout, so that optimizer and ``load_state_dict`` on any number of ranks
-        load it); None on the other ranks. Every rank must call it."""
+        """The state of the whole optimizer, gathered to rank ``root``. Every rank must call it.
+
+        Parameters
+        ----------
+        root : int, default 0
+            The rank that receives it.
+
+        Returns
+        -------
+        dict or None
+            On ``root``, the dict a single-process ``optimizer_class`` over the same
+            parameters would return (torch.optim's per-parameter layout, so that optimizer
+            and ``load_state_dict`` on any number of ranks load it); None on the other ranks.
+        """
         local = self.shard_optimizer.state_dict()
         is_root = self.comm.Get_rank() == root
         state, groups = {}, []
@@ -319,11 +359,24 @@ class ShardedOptimizer:
         return max(0, min(b, s1) - max(a, s0))
 
     def load_state_dict(self, state_dict, root=0):
-        """Load a state dict (from :meth:`state_dict` on any number of ranks, a single-process
-        fastopt optimizer, or torch.optim with its tensors as arrays), read on rank ``root``
-        only (the other ranks may pass None); every rank must call it. It is checked in full
-        before anything changes; an invalid one raises ``ValueError`` on every rank. Every
-        parameter of a group must have state at the same step (as a sharded run saves)."""
+        """Load a state dict, read on rank ``root`` only. Every rank must call it.
+
+        It may come from :meth:`state_dict` on any number of ranks, a single-process fastopt
+        optimizer, or torch.optim with its tensors as arrays. Every parameter of a group must have
+        state at the same step (as a sharded run saves).
+
+        Parameters
+        ----------
+        state_dict : dict or None
+            The state dict on ``root``; the other ranks may pass None.
+        root : int, default 0
+            The rank that reads it.
+
+        Raises
+        ------
+        ValueError
+            An invalid state dict, raised on every rank after a full check; nothing changes.
+        """
         plan = error = full = None
         if self.comm.Get_rank() == root:
             try:

@@ -11,9 +11,30 @@ def _check_beta(beta):
 
 
 def ewa_series(x, beta, bias_correction=False):
-    """Running average of a 1-D series: ``v_t = beta * v_{t-1} + (1 - beta) * x_t``, ``v_0 = 0``,
-    divided by ``1 - beta**t`` when ``bias_correction``. Returns float64 (float32 for float32
-    input) of the same length."""
+    """Exponentially weighted running average of a 1-D series.
+
+    ``v_t = beta * v_{t-1} + (1 - beta) * x_t`` with ``v_0 = 0``, divided by ``1 - beta**t``
+    when ``bias_correction``.
+
+    Parameters
+    ----------
+    x : array_like
+        The 1-D series.
+    beta : float
+        Weight of the past, in [0, 1).
+    bias_correction : bool, default False
+        Divide by ``1 - beta**t`` (the course's correction of the start).
+
+    Returns
+    -------
+    ndarray
+        ``v_1 .. v_n``: float32 for float32 input, else float64.
+
+    Raises
+    ------
+    ValueError
+        ``beta`` outside [0, 1), or ``x`` not 1-D.
+    """
     _check_beta(beta)
     x = np.asarray(x)
     if x.ndim != 1:
@@ -30,7 +51,29 @@ def ewa_series(x, beta, bias_correction=False):
 class EWA:
     """Running exponentially weighted average of arrays of a fixed shape.
 
-    >>> avg = EWA(beta=0.9); avg.update(x1); avg.update(x2)   # returns the corrected average
+    Each :meth:`update` folds in ``x``: ``avg = beta * avg + (1 - beta) * x``
+    (:func:`fastopt.ops.ewa_`), starting from zero; :attr:`value` divides by ``1 - beta**t``
+    when ``bias_correction``.
+
+    Parameters
+    ----------
+    beta : float
+        Weight of the past, in [0, 1).
+    bias_correction : bool, default True
+        Correct the start's bias in :attr:`value`.
+
+    Raises
+    ------
+    ValueError
+        ``beta`` outside [0, 1).
+
+    Examples
+    --------
+    >>> avg = EWA(beta=0.5)
+    >>> avg.update([2.0, 4.0])
+    array([2., 4.])
+    >>> avg.update([4.0, 8.0])                      # (0.25 * 2 + 0.5 * 4) / 0.75
+    array([3.33333333, 6.66666667])
     """
 
     def __init__(self, beta, bias_correction=True):
@@ -41,7 +84,24 @@ class EWA:
         self._avg = None
 
     def update(self, x):
-        """Fold in ``x`` (shape fixed by the first call) and return the current average."""
+        """Fold in ``x`` and return the current average (:attr:`value`).
+
+        Parameters
+        ----------
+        x : array_like
+            The new sample; its shape is fixed by the first call (its dtype too: float32 stays
+            float32, anything else is float64).
+
+        Returns
+        -------
+        ndarray
+            The current average, bias-corrected if asked (a new array).
+
+        Raises
+        ------
+        ValueError
+            ``x`` of another shape than the first sample.
+        """
         x = np.asarray(x)
         if self._avg is None:
             dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float64)

@@ -109,9 +109,18 @@ def _features(name, a, x, axis, out=None):
 
 
 class BatchNormCache:
-    """What :func:`batchnorm_backward` needs: x (not x-hat: backward re-reads x, which costs
-    the same memory traffic as reading a cached x-hat and saves writing one), gamma, and the
-    per-feature mean and inverse standard deviation (float64)."""
+    """What :func:`batchnorm_backward` needs from a forward pass.
+
+    It holds x (not x-hat: backward re-reads x, which costs the same memory traffic as reading a
+    cached x-hat and saves writing one), gamma, and the per-feature mean, inverse standard
+    deviation and biased variance (float64). Made by :func:`batchnorm_forward` only.
+
+    Parameters
+    ----------
+    **kw
+        The attributes: ``x``, ``axis``, ``gamma``, ``mean``, ``inv_std``, ``var``,
+        ``transposed``, ``shape``.
+    """
     __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "var", "transposed", "shape")
 
     def __init__(self, **kw):
@@ -120,14 +129,44 @@ class BatchNormCache:
 
 
 def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
-    """Training-mode batch normalization of a 2-D ``x``; returns ``(y, cache)``.
+    """Training-mode batch normalization of a 2-D ``x``.
 
-    ``axis`` is the batch axis reduced over: 0 for ``(N, C)`` rows-are-examples, 1 for the
-    course's ``(n_features, m)``. ``gamma`` and ``beta`` hold one value per feature (shape
-    ``(C,)``, or ``(C, 1)``/``(1, C)``). With the biased batch variance,
-    ``y = (x - mean) / sqrt(var + eps) * gamma + beta``; statistics accumulate in float64 in
-    two passes (mean, then centred squares), so data with a large mean stays accurate.
-    A batch of 1 raises ValueError. ``out`` (same shape and dtype as x) avoids allocating y.
+    With the biased batch variance, per feature::
+
+        y = (x - mean) / sqrt(var + eps) * gamma + beta
+
+    Statistics accumulate in float64 in two passes (mean, then centred squares), so data with a
+    large mean stays accurate.
+
+    Parameters
+    ----------
+    x : ndarray
+        A 2-D float32 or float64 array.
+    gamma, beta : ndarray
+        Scale and shift, one value per feature: shape ``(C,)``, ``(C, 1)`` or ``(1, C)``, of
+        ``x``'s dtype.
+    axis : int, default 0
+        The batch axis reduced over: 0 for ``(N, C)`` rows-are-examples, 1 (or -1) for the
+        course's ``(n_features, m)``.
+    eps : float, default 1e-5
+        Added to the variance, >= 0.
+    out : ndarray, optional
+        Receives ``y`` (shaped like ``x``, same dtype), sparing an allocation.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized ``x``, of its shape and dtype.
+    cache : BatchNormCache
+        What :func:`batchnorm_backward` needs.
+
+    Raises
+    ------
+    TypeError
+        A non-float ``x``, or ``gamma``/``beta``/``out`` of another dtype (named).
+    ValueError
+        ``x`` not 2-D, a batch of 1, ``gamma``/``beta`` with the wrong number of features, a bad
+        ``axis`` or ``eps``, or ``out`` of the wrong shape or overlapping an input.
     """
     xc, ax, transposed = _bn_layout(x, axis, out)
     if xc.shape[ax] < 2:
@@ -151,12 +190,39 @@ def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
 
 
 def batchnorm_backward(dy, cache, out=None):
-    """Gradients of :func:`batchnorm_forward`: ``(dx, dgamma, dbeta)``.
+    """Gradients of :func:`batchnorm_forward`.
 
-    ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)``,
-    ``dx = gamma * inv_std / N * (N * dy - dbeta - xhat * dgamma)`` (N the batch size);
-    dgamma and dbeta have gamma's flat shape ``(C,)``. ``out`` (shaped like x) receives dx,
-    sparing a fresh allocation (whose pages fault in on first write) every step.
+    With ``xhat = (x - mean) * inv_std`` and ``N`` the batch size::
+
+        dbeta = sum(dy)
+        dgamma = sum(dy * xhat)
+        dx = gamma * inv_std / N * (N * dy - dbeta - xhat * dgamma)
+
+    (sums over the batch axis).
+
+    Parameters
+    ----------
+    dy : ndarray
+        Gradient of the loss with respect to ``y``, shaped like ``x``, of its dtype.
+    cache : BatchNormCache
+        The second value returned by :func:`batchnorm_forward`.
+    out : ndarray, optional
+        Receives ``dx`` (shaped like ``x``), sparing a fresh allocation (whose pages fault in on
+        first write) every step.
+
+    Returns
+    -------
+    dx : ndarray
+        Shaped like ``x``.
+    dgamma, dbeta : ndarray
+        Of gamma's flat shape ``(C,)``, in ``x``'s dtype.
+
+    Raises
+    ------
+    TypeError
+        ``cache`` not from :func:`batchnorm_forward`, or ``dy`` of another dtype than ``x``.
+    ValueError
+        ``dy`` of another shape than ``x``, or ``out`` of the wrong shape.
     """
     if not isinstance(cache, BatchNormCache):
         raise TypeError("cache must be the second value returned by batchnorm_forward")
@@ -179,8 +245,37 @@ def batchnorm_backward(dy, cache, out=None):
 
 def batchnorm_inference(x, gamma, beta, running_mean, running_var, axis=0, eps=1e-5,
                         out=None):
-    """Inference-mode batch normalization with running statistics:
-    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``."""
+    """Inference-mode batch normalization with running statistics.
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``, per feature.
+
+    Parameters
+    ----------
+    x : ndarray
+        A 2-D float32 or float64 array.
+    gamma, beta : ndarray
+        Scale and shift, one value per feature: shape ``(C,)``, ``(C, 1)`` or ``(1, C)``, of
+        ``x``'s dtype.
+    axis : int, default 0
+        The batch axis reduced over: 0 for ``(N, C)`` rows-are-examples, 1 (or -1) for the
+        course's ``(n_features, m)``.
+    running_mean, running_var : ndarray
+        The running statistics, one value per feature.
+    eps : float, default 1e-5
+        Added to the variance, >= 0.
+    out : ndarray, optional
+        Receives ``y`` (shaped like ``x``, same dtype).
+
+    Returns
+    -------
+    ndarray
+        ``y``, of ``x``'s shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`batchnorm_forward` (a batch of 1 is fine here).
+    """
     xc, ax, transposed = _bn_layout(x, axis, out)
     g = _features("gamma", gamma, xc, ax, out)
     b = _features("beta", beta, xc, ax, out)
@@ -195,12 +290,36 @@ def batchnorm_inference(x, gamma, beta, running_mean, running_var, axis=0, eps=1
 
 
 class BatchNorm:
-    """A batch-norm layer with learnable ``gamma``/``beta`` and running statistics updated
-    as torch.nn.BatchNorm1d: ``r = (1 - momentum) * r + momentum * batch_stat``, the unbiased
-    batch variance going into ``running_var`` (the biased one normalizes).
+    """A batch-norm layer with learnable ``gamma``/``beta`` and running statistics.
 
-    ``forward(x, training=True)`` returns y; ``backward(dy)`` returns dx and sets ``dgamma``
-    and ``dbeta`` (shaped like gamma), ready for an optimizer over ``[gamma, beta]``.
+    The running statistics update as torch.nn.BatchNorm1d's::
+
+        running_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        running_var = (1 - momentum) * running_var + momentum * batch_var * N / (N - 1)
+
+    (the unbiased batch variance goes into ``running_var``; the biased one normalizes).
+    ``forward(x)`` returns y; ``backward(dy)`` returns dx and sets ``dgamma`` and ``dbeta``
+    (shaped like gamma), ready for an optimizer over ``layer.params``.
+
+    Parameters
+    ----------
+    num_features : int
+        Number of features ``C``, >= 1.
+    axis : int, default 0
+        The batch axis of ``x``: 0 for ``(N, C)``, 1 for the course's ``(C, m)``.
+    momentum : float, default 0.1
+        Weight of the batch statistics in the running ones, in [0, 1].
+    eps : float, default 1e-5
+        Added to the variance, >= 0.
+    dtype : float32 or float64, default float32
+        Dtype of the parameters, statistics and grads.
+
+    Raises
+    ------
+    TypeError
+        A non-float ``dtype``, a non-int ``num_features`` or a non-real ``momentum``.
+    ValueError
+        ``num_features < 1``, a bad ``axis``, ``momentum`` outside [0, 1] or a bad ``eps``.
     """
 
     def __init__(self, num_features, axis=0, momentum=0.1, eps=1e-5, dtype=np.float32):
@@ -228,6 +347,20 @@ class BatchNorm:
         self._cache = None
 
     def forward(self, x, training=True):
+        """Normalize a batch; in training, also update the running statistics.
+
+        Parameters
+        ----------
+        x : ndarray
+            A 2-D float array with ``num_features`` features along the non-batch axis.
+        training : bool, default True
+            Batch statistics (and remember what :meth:`backward` needs); False: the running ones.
+
+        Returns
+        -------
+        ndarray
+            ``y``, shaped like ``x``.
+        """
         if not training:
             return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
                                        self.running_var, self.axis, self.eps)
@@ -242,6 +375,25 @@ class BatchNorm:
     __call__ = forward
 
     def backward(self, dy):
+        """Backpropagate through the last training-mode :meth:`forward`.
+
+        Sets ``dgamma`` and ``dbeta`` in place (so an optimizer over :attr:`params` sees them).
+
+        Parameters
+        ----------
+        dy : ndarray
+            Gradient of the loss with respect to the last ``y``.
+
+        Returns
+        -------
+        ndarray
+            ``dx``, shaped like ``x``.
+
+        Raises
+        ------
+        RuntimeError
+            No training-mode forward yet.
+        """
         if self._cache is None:
             raise RuntimeError("backward needs a forward in training mode first")
         dx, self.dgamma[...], self.dbeta[...] = batchnorm_backward(dy, self._cache)
@@ -249,10 +401,12 @@ class BatchNorm:
 
     @property
     def params(self):
+        """``{"gamma": gamma, "beta": beta}``, the arrays an optimizer updates."""
         return {"gamma": self.gamma, "beta": self.beta}
 
     @property
     def grads(self):
+        """``{"dgamma": dgamma, "dbeta": dbeta}``, updated by :meth:`backward`."""
         return {"dgamma": self.dgamma, "dbeta": self.dbeta}
 
 
@@ -295,26 +449,93 @@ def _softmax(z, axis, out, log):
 
 
 def softmax(z, axis=-1, out=None):
-    """Numerically stable softmax along ``axis``: ``exp(z - max) / sum(exp(z - max))``.
-    ``axis=0`` serves the course's ``(classes, m)`` layout. NaN in a row stays in that row.
-    ``z`` is a float32/float64 array (lists and integer arrays are taken as float64);
-    ``out`` (shaped like z, same dtype) receives the result."""
+    """Numerically stable softmax along ``axis``.
+
+    ``y = exp(z - max(z)) / sum(exp(z - max(z)))``. NaN in a row stays in that row.
+
+    Parameters
+    ----------
+    z : array_like
+        A float32/float64 array (lists and integer arrays are taken as float64); 0-d is one class.
+    axis : int, default -1
+        The classes' axis; ``axis=0`` serves the course's ``(classes, m)`` layout.
+    out : ndarray, optional
+        Receives the result (shaped like ``z``, same dtype).
+
+    Returns
+    -------
+    ndarray
+        Of ``z``'s shape and float dtype.
+
+    Raises
+    ------
+    TypeError
+        ``z`` not numeric, or ``out`` of another dtype.
+    ValueError
+        ``axis`` out of range, or ``out`` of the wrong shape.
+    """
     return _softmax(z, axis, out, False)
 
 
 def log_softmax(z, axis=-1, out=None):
-    """``z - max - log(sum(exp(z - max)))`` along ``axis``."""
+    """Log of :func:`softmax` along ``axis``, computed stably.
+
+    ``y = z - max(z) - log(sum(exp(z - max(z))))``.
+
+    Parameters
+    ----------
+    z : array_like
+        As in :func:`softmax`.
+    axis : int, default -1
+        The classes' axis.
+    out : ndarray, optional
+        Receives the result (shaped like ``z``, same dtype).
+
+    Returns
+    -------
+    ndarray
+        Of ``z``'s shape and float dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`softmax`.
+    """
     return _softmax(z, axis, out, True)
 
 
 def softmax_cross_entropy(logits, labels, axis=-1, out=None):
-    """Mean cross-entropy of ``softmax(logits)`` against ``labels`` and its gradient:
-    ``(loss, dlogits)`` with ``dlogits = (softmax(logits) - onehot) / m``, m the number of
-    examples (every position but ``axis``).
+    """Mean cross-entropy of ``softmax(logits)`` against ``labels``, and its gradient.
 
-    ``labels`` is either integer class indices shaped like ``logits`` without ``axis``, or a
-    one-hot/probability array shaped like ``logits``. Out-of-range labels raise ValueError.
-    ``out`` receives dlogits.
+    ``loss = -mean(sum(onehot * log_softmax(logits)))`` and
+    ``dlogits = (softmax(logits) - onehot) / m``, with ``m`` the number of examples (every
+    position but ``axis``).
+
+    Parameters
+    ----------
+    logits : array_like
+        Float scores, at least 1-D (lists and integer arrays are taken as float64).
+    labels : array_like
+        Integer class indices shaped like ``logits`` without ``axis``, or one-hot/probability
+        rows shaped like ``logits``.
+    axis : int, default -1
+        The classes' axis.
+    out : ndarray, optional
+        Receives ``dlogits`` (shaped like ``logits``, same dtype).
+
+    Returns
+    -------
+    loss : float
+        The mean cross-entropy.
+    dlogits : ndarray
+        Its gradient with respect to ``logits``.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric ``logits`` or ``labels`` of an unusable dtype.
+    ValueError
+        0-d ``logits``, ``labels`` of the wrong shape, or class indices out of range.
     """
     logits = _unshared(out, _as_float_array("logits", logits))
     if logits.ndim == 0:

@@ -95,13 +95,54 @@ def _check_adam_family(step, lr, betas, eps, weight_decay):
 
 
 def ewa_(avg: Array, x: Array, beta: float) -> None:
-    """Fold ``x`` into the running average in place: ``avg = beta * avg + (1 - beta) * x``."""
+    """Fold ``x`` into a running average in place.
+
+    ``avg = beta * avg + (1 - beta) * x``, in ``avg``'s dtype.
+
+    Parameters
+    ----------
+    avg : ndarray
+        The running average, float32 or float64, any shape and layout; updated in place.
+    x : ndarray
+        The new sample, of ``avg``'s shape and dtype; only read.
+    beta : float
+        Weight of the old average, in [0, 1].
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`sgd_step_`, naming ``avg``, ``x`` or ``beta``; nothing is written then.
+    """
     _check_ewa(beta)
     _backend.active.ewa(avg, x, beta=beta)
 
 
 def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
-    """:func:`ewa_` on every pair of ``avgs`` and ``xs``."""
+    """:func:`ewa_` on every pair of ``avgs`` and ``xs``, in one call into the backend.
+
+    Parameters
+    ----------
+    avgs, xs : list or tuple of ndarray
+        The running averages (updated in place) and the new samples, pairwise of one shape and
+        dtype.
+    beta : float
+        Weight of the old averages, in [0, 1].
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     _check_ewa(beta)
     _backend.active.ewa_multi(avgs, xs, beta=beta)
 
@@ -109,11 +150,52 @@ def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
 def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *, lr: float,
               momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
               weight_decay: float = 0.0, maximize: bool = False, first_step: bool = False) -> None:
-    """One step of torch.optim.SGD on ``param`` (and ``momentum_buffer`` when momentum is used).
+    """One step of torch.optim.SGD on ``param``, in place.
 
-    ``g = ±grad + weight_decay * param``; with a buffer: ``buf = g`` if ``first_step`` else
-    ``momentum * buf + (1 - dampening) * g``, then ``g = g + momentum * buf`` (Nesterov) or
-    ``g = buf``; finally ``param -= lr * g``. Pass ``momentum_buffer=None`` for plain SGD.
+    With ``g = -grad`` if ``maximize`` else ``grad``::
+
+        g = g + weight_decay * param
+        buf = g                                          (first step)
+        buf = momentum * buf + (1 - dampening) * g       (later steps)
+        g = g + momentum * buf if nesterov else buf      (only with a buffer)
+        param = param - lr * g
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    momentum_buffer : ndarray or None, optional
+        torch's ``momentum_buffer`` state (updated in place); None for plain SGD.
+    lr : float
+        Learning rate, >= 0.
+    momentum : float, default 0.0
+        Momentum factor, >= 0.
+    dampening : float, default 0.0
+        Dampening of the momentum, >= 0.
+    nesterov : bool, default False
+        Use Nesterov momentum.
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+    first_step : bool, default False
+        This is the buffer's first step: it starts as ``g`` (torch's rule).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
     _backend.active.sgd(param, grad, momentum_buffer, lr=lr, weight_decay=weight_decay,
@@ -125,7 +207,30 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
                       lr: float, momentum: float = 0.0, dampening: float = 0.0,
                       nesterov: bool = False, weight_decay: float = 0.0, maximize: bool = False,
                       first_step: bool = False) -> None:
-    """:func:`sgd_step_` on every array of ``params`` (``momentum_buffers``: a list or None)."""
+    """:func:`sgd_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`sgd_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    momentum_buffers : list or tuple of ndarray, or None, optional
+        One buffer per parameter, or None for plain SGD.
+    lr, momentum, dampening, nesterov, weight_decay, maximize, first_step
+        As in :func:`sgd_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     _check_sgd(lr, weight_decay, momentum, dampening)
     _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
                               momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -134,15 +239,68 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
 
 def momentum_step_(param: Array, grad: Array, velocity: Array, *, lr: float,
                    beta: float = 0.9) -> None:
-    """The course's momentum: ``velocity = beta * velocity + (1 - beta) * grad``;
-    ``param -= lr * velocity`` (velocity starts at zero)."""
+    """One step of the course's momentum on ``param``, in place.
+
+    ``velocity = beta * velocity + (1 - beta) * grad``; ``param = param - lr * velocity``
+    (the velocity starts at zero).
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    velocity : ndarray
+        The velocity (updated in place).
+    lr : float
+        Learning rate, >= 0.
+    beta : float, default 0.9
+        Momentum, in [0, 1).
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
+    """
     _check_lr_beta(lr, beta, UNIT_OPEN)
     _backend.active.momentum(param, grad, velocity, lr=lr, beta=beta)
 
 
 def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *, lr: float,
                            beta: float = 0.9) -> None:
-    """:func:`momentum_step_` on every array of ``params``."""
+    """:func:`momentum_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`momentum_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    velocities : list or tuple of ndarray
+        One velocity per parameter.
+    lr, beta
+        As in :func:`momentum_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     _check_lr_beta(lr, beta, UNIT_OPEN)
     _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
 
@@ -152,13 +310,57 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
                   momentum_buffer: Array | None = None, momentum: float = 0.0,
                   grad_avg: Array | None = None, maximize: bool = False,
                   eps_inside_sqrt: bool = False) -> None:
-    """One step of torch.optim.RMSprop (``alpha = beta``).
+    """One step of torch.optim.RMSprop on ``param``, in place (``alpha`` is ``beta``).
 
-    ``s = beta * s + (1 - beta) * g**2``; centered (``grad_avg`` given):
-    ``grad_avg += (1 - beta) * (g - grad_avg)``, ``s - grad_avg**2`` under the root;
-    ``avg = sqrt(s) + eps`` (or ``sqrt(s + eps)``, the course form, with ``eps_inside_sqrt``);
-    ``buf = momentum * buf + g / avg; param -= lr * buf`` when ``momentum_buffer`` is given,
-    else ``param -= lr * g / avg``.
+    With ``g = -grad`` if ``maximize`` else ``grad``, ``g = g + weight_decay * param``::
+
+        square_avg = beta * square_avg + (1 - beta) * g * g
+        grad_avg = grad_avg + (1 - beta) * (g - grad_avg)       (centered)
+        s = square_avg - grad_avg * grad_avg if centered else square_avg
+        avg = sqrt(s) + eps               (or sqrt(s + eps) with eps_inside_sqrt)
+        buf = momentum * buf + g / avg; param = param - lr * buf   (with a buffer)
+        param = param - lr * (g / avg)                             (without)
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    square_avg : ndarray
+        torch's ``square_avg`` state (updated in place).
+    lr : float, default 0.01
+        Learning rate, >= 0.
+    beta : float, default 0.99
+        Smoothing constant (torch's ``alpha``), in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    momentum_buffer : ndarray or None, optional
+        torch's ``momentum_buffer`` (updated in place), or None without momentum.
+    momentum : float, default 0.0
+        Momentum factor, >= 0 (used with ``momentum_buffer``).
+    grad_avg : ndarray or None, optional
+        torch's ``grad_avg`` for the centered variant (updated in place), or None.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+    eps_inside_sqrt : bool, default False
+        The course's form ``sqrt(s + eps)`` instead of torch's ``sqrt(s) + eps``.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
     _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
@@ -171,7 +373,32 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
                           momentum_buffers: Arrays | None = None, momentum: float = 0.0,
                           grad_avgs: Arrays | None = None, maximize: bool = False,
                           eps_inside_sqrt: bool = False) -> None:
-    """:func:`rmsprop_step_` on every array of ``params``."""
+    """:func:`rmsprop_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`rmsprop_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    square_avgs : list or tuple of ndarray
+        One ``square_avg`` per parameter.
+    momentum_buffers, grad_avgs : list or tuple of ndarray, or None, optional
+        One buffer (one average) per parameter, or None when not in use.
+    lr, beta, eps, weight_decay, momentum, maximize, eps_inside_sqrt
+        As in :func:`rmsprop_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
     _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
                                   lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,
@@ -182,10 +409,48 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
 def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr: float = 0.01,
                   lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
                   maximize: bool = False) -> None:
-    """One step of torch.optim.Adagrad; ``step`` counts from 1.
+    """One step of torch.optim.Adagrad on ``param``, in place.
 
-    ``clr = lr / (1 + (step - 1) * lr_decay)``; ``state_sum += g**2``;
-    ``param -= clr * g / (sqrt(state_sum) + eps)``.
+    With ``g = -grad`` if ``maximize`` else ``grad``, ``g = g + weight_decay * param``::
+
+        clr = lr / (1 + (step - 1) * lr_decay)
+        state_sum = state_sum + g * g
+        param = param - clr * g / (sqrt(state_sum) + eps)
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    state_sum : ndarray
+        torch's ``sum`` state (updated in place).
+    step : int
+        This step's number, counting from 1.
+    lr : float, default 0.01
+        Learning rate, >= 0.
+    lr_decay : float, default 0.0
+        Learning-rate decay, >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    eps : float, default 1e-10
+        Added to the denominator, >= 0.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad(param, grad, state_sum, clr=lr / (1.0 + (step - 1) * lr_decay),
@@ -195,7 +460,30 @@ def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr:
 def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, step: int, *,
                           lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
                           eps: float = 1e-10, maximize: bool = False) -> None:
-    """:func:`adagrad_step_` on every array of ``params`` (one shared ``step``)."""
+    """:func:`adagrad_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`adagrad_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    state_sums : list or tuple of ndarray
+        One ``state_sum`` per parameter.
+    step, lr, lr_decay, weight_decay, eps, maximize
+        As in :func:`adagrad_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad_multi(params, grads, state_sums,
                                   clr=lr / (1.0 + (step - 1) * lr_decay), eps=eps,
@@ -214,14 +502,60 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
                weight_decay: float = 0.0, max_exp_avg_sq: Array | None = None,
                maximize: bool = False, decoupled_weight_decay: bool = False,
                eps_inside_sqrt: bool = False) -> None:
-    """One step of torch.optim.Adam (AdamW with ``decoupled_weight_decay``); ``step`` counts
-    from 1; bias correction always on; amsgrad when ``max_exp_avg_sq`` is given.
+    """One step of torch.optim.Adam on ``param``, in place (AdamW with
+    ``decoupled_weight_decay``; amsgrad when ``max_exp_avg_sq`` is given).
 
-    ``m += (1 - beta1) * (g - m)``; ``v = beta2 * v + (1 - beta2) * g**2``;
-    ``param -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)``, or with
-    ``eps_inside_sqrt`` (the course form) ``... * m / sqrt(v / (1 - beta2**t) + eps)``.
-    Decoupled decay first shrinks ``param *= 1 - lr * weight_decay``; otherwise
-    ``g = grad + weight_decay * param``.
+    With ``g = -grad`` if ``maximize`` else ``grad`` and bias correction always on::
+
+        param = param * (1 - lr * weight_decay)      (decoupled decay)
+        g = g + weight_decay * param                 (otherwise)
+        m = m + (1 - beta1) * (g - m)
+        v = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v); v = vmax                (amsgrad)
+        param = param - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    or, with ``eps_inside_sqrt`` (the course's form), ``... * m / sqrt(v / (1 - beta2**t) + eps)``.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    exp_avg, exp_avg_sq : ndarray
+        torch's ``exp_avg`` (m) and ``exp_avg_sq`` (v) states (updated in place).
+    step : int
+        This step's number ``t``, counting from 1.
+    lr : float, default 1e-3
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 0.0
+        Weight decay, >= 0: an L2 penalty, or decoupled (AdamW) with ``decoupled_weight_decay``.
+    max_exp_avg_sq : ndarray or None, optional
+        torch's ``max_exp_avg_sq`` (amsgrad; updated in place), or None.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+    decoupled_weight_decay : bool, default False
+        Decay the parameter directly (AdamW) instead of adding an L2 term to the gradient.
+    eps_inside_sqrt : bool, default False
+        The course's form ``sqrt(v_hat + eps)`` instead of torch's ``sqrt(v_hat) + eps``.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
@@ -237,7 +571,32 @@ def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_
                        max_exp_avg_sqs: Arrays | None = None, maximize: bool = False,
                        decoupled_weight_decay: bool = False,
                        eps_inside_sqrt: bool = False) -> None:
-    """:func:`adam_step_` on every array of ``params`` (one shared ``step``)."""
+    """:func:`adam_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`adam_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    exp_avgs, exp_avg_sqs : list or tuple of ndarray
+        One ``exp_avg`` and one ``exp_avg_sq`` per parameter.
+    max_exp_avg_sqs : list or tuple of ndarray, or None, optional
+        One ``max_exp_avg_sq`` per parameter (amsgrad), or None.
+    step, lr, betas, eps, weight_decay, maximize, decoupled_weight_decay, eps_inside_sqrt
+        As in :func:`adam_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
     _backend.active.adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr,
@@ -251,7 +610,47 @@ def adamw_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
                 lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                 weight_decay: float = 1e-2, max_exp_avg_sq: Array | None = None,
                 maximize: bool = False) -> None:
-    """One step of torch.optim.AdamW: :func:`adam_step_` with decoupled weight decay."""
+    """One step of torch.optim.AdamW: :func:`adam_step_` with decoupled weight decay.
+
+    ``param = param * (1 - lr * weight_decay)``, then the Adam step without an L2 term.
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    exp_avg, exp_avg_sq : ndarray
+        torch's ``exp_avg`` and ``exp_avg_sq`` states (updated in place).
+    step : int
+        This step's number ``t``, counting from 1.
+    lr : float, default 1e-3
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 1e-2
+        Decoupled weight decay, >= 0.
+    max_exp_avg_sq : ndarray or None, optional
+        torch's ``max_exp_avg_sq`` (amsgrad; updated in place), or None.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
+    """
     adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr=lr, betas=betas, eps=eps,
                weight_decay=weight_decay, max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
                decoupled_weight_decay=True)
@@ -260,11 +659,47 @@ def adamw_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
 def adadelta_step_(param: Array, grad: Array, square_avg: Array, acc_delta: Array, *,
                    lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
                    maximize: bool = False) -> None:
-    """One step of torch.optim.Adadelta.
+    """One step of torch.optim.Adadelta on ``param``, in place.
 
-    ``square_avg = rho * square_avg + (1 - rho) * g**2``;
-    ``delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``;
-    ``acc_delta = rho * acc_delta + (1 - rho) * delta**2``; ``param -= lr * delta``.
+    With ``g = -grad`` if ``maximize`` else ``grad``, ``g = g + weight_decay * param``::
+
+        square_avg = rho * square_avg + (1 - rho) * g * g
+        delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+        param = param - lr * delta
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    square_avg, acc_delta : ndarray
+        torch's ``square_avg`` and ``acc_delta`` states (updated in place).
+    lr : float, default 1.0
+        Learning rate, >= 0.
+    rho : float, default 0.9
+        Smoothing constant, in [0, 1].
+    eps : float, default 1e-6
+        Added inside both square roots, >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
     _backend.active.adadelta(param, grad, square_avg, acc_delta, lr=lr, rho=rho, eps=eps,
@@ -274,7 +709,30 @@ def adadelta_step_(param: Array, grad: Array, square_avg: Array, acc_delta: Arra
 def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, acc_deltas: Arrays,
                            *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
                            weight_decay: float = 0.0, maximize: bool = False) -> None:
-    """:func:`adadelta_step_` on every array of ``params``."""
+    """:func:`adadelta_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`adadelta_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    square_avgs, acc_deltas : list or tuple of ndarray
+        One ``square_avg`` and one ``acc_delta`` per parameter.
+    lr, rho, eps, weight_decay, maximize
+        As in :func:`adadelta_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
     _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
                                    eps=eps, weight_decay=weight_decay, maximize=maximize)
@@ -289,10 +747,48 @@ def _adamax_scalars(step, lr, betas, eps, weight_decay):
 def adamax_step_(param: Array, grad: Array, exp_avg: Array, exp_inf: Array, step: int, *,
                  lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, maximize: bool = False) -> None:
-    """One step of torch.optim.Adamax; ``step`` counts from 1.
+    """One step of torch.optim.Adamax on ``param``, in place.
 
-    ``m += (1 - beta1) * (g - m)``; ``u = max(beta2 * u, |g| + eps)``;
-    ``param -= lr / (1 - beta1**t) * m / u``.
+    With ``g = -grad`` if ``maximize`` else ``grad``, ``g = g + weight_decay * param``::
+
+        m = m + (1 - beta1) * (g - m)
+        u = max(beta2 * u, |g| + eps)
+        param = param - lr / (1 - beta1**t) * m / u
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    exp_avg, exp_inf : ndarray
+        torch's ``exp_avg`` (m) and ``exp_inf`` (u) states (updated in place).
+    step : int
+        This step's number ``t``, counting from 1.
+    lr : float, default 2e-3
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1).
+    eps : float, default 1e-8
+        Added to ``|g|``, >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.adamax(param, grad, exp_avg, exp_inf, beta1=beta1, beta2=beta2, eps=eps,
@@ -303,14 +799,52 @@ def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_in
                          step: int, *, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                          eps: float = 1e-8, weight_decay: float = 0.0,
                          maximize: bool = False) -> None:
-    """:func:`adamax_step_` on every array of ``params`` (one shared ``step``)."""
+    """:func:`adamax_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`adamax_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    exp_avgs, exp_infs : list or tuple of ndarray
+        One ``exp_avg`` and one ``exp_inf`` per parameter.
+    step, lr, betas, eps, weight_decay, maximize
+        As in :func:`adamax_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1, beta2=beta2,
                                  eps=eps, weight_decay=weight_decay, clr=clr, maximize=maximize)
 
 
 def nadam_momentum(step: int, beta1: float, momentum_decay: float) -> float:
-    """NAdam's momentum schedule ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``."""
+    """NAdam's momentum schedule at step ``t``: ``beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``.
+
+    Parameters
+    ----------
+    step : int
+        The step ``t``.
+    beta1 : float
+        NAdam's first beta.
+    momentum_decay : float
+        torch's ``momentum_decay``.
+
+    Returns
+    -------
+    float
+        ``mu_t``.
+    """
     return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
 
 
@@ -339,14 +873,60 @@ def nadam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
                 mu_product: float, *, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
                 eps: float = 1e-8, weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                 decoupled_weight_decay: bool = False, maximize: bool = False) -> float:
-    """One step of torch.optim.NAdam; ``step`` counts from 1 and ``mu_product`` is the product
-    of the momentum schedule up to the previous step (1.0 before the first). Returns the new
-    product, which the caller keeps (torch's ``mu_product`` state).
+    """One step of torch.optim.NAdam on ``param``, in place; returns the new ``mu_product``.
 
-    ``mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay))``, ``P = mu_product * mu_t``;
-    ``m += (1 - beta1) * (g - m)``; ``v = beta2 * v + (1 - beta2) * g**2``;
-    ``d = sqrt(v / (1 - beta2**t)) + eps``;
-    ``param -= lr * (1 - mu_t) / (1 - P) * g / d + lr * mu_{t+1} / (1 - P * mu_{t+1}) * m / d``.
+    With ``g = -grad`` if ``maximize`` else ``grad`` (decay as in :func:`adam_step_`)::
+
+        mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay));  P = mu_product * mu_t
+        m = m + (1 - beta1) * (g - m)
+        v = beta2 * v + (1 - beta2) * g * g
+        d = sqrt(v / (1 - beta2**t)) + eps
+        param = param - lr * (1 - mu_t) / (1 - P) * g / d
+                      - lr * mu_{t+1} / (1 - P * mu_{t+1}) * m / d
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    exp_avg, exp_avg_sq : ndarray
+        torch's ``exp_avg`` and ``exp_avg_sq`` states (updated in place).
+    step : int
+        This step's number ``t``, counting from 1.
+    mu_product : float
+        The product of the momentum schedule up to the previous step (1.0 before the first):
+        torch's ``mu_product`` state, which the caller keeps.
+    lr : float, default 2e-3
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 0.0
+        Weight decay, >= 0 (an L2 penalty, or decoupled with ``decoupled_weight_decay``).
+    momentum_decay : float, default 4e-3
+        torch's ``momentum_decay``, >= 0.
+    decoupled_weight_decay : bool, default False
+        Decay the parameter directly (as AdamW) instead of adding an L2 term.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+
+    Returns
+    -------
+    float
+        The new ``mu_product`` (``mu_product * mu_t``, rounded as torch's float32 state), for the
+        next call.
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
@@ -362,7 +942,34 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
                         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                         weight_decay: float = 0.0, momentum_decay: float = 4e-3,
                         decoupled_weight_decay: bool = False, maximize: bool = False) -> float:
-    """:func:`nadam_step_` on every array of ``params`` (one shared ``step`` and product)."""
+    """:func:`nadam_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`nadam_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    exp_avgs, exp_avg_sqs : list or tuple of ndarray
+        One ``exp_avg`` and one ``exp_avg_sq`` per parameter.
+    step, mu_product, lr, betas, eps, weight_decay, momentum_decay
+        As in :func:`nadam_step_`; shared by every array.
+    decoupled_weight_decay, maximize : bool
+        As in :func:`nadam_step_`.
+
+    Returns
+    -------
+    float
+        The new ``mu_product`` (``mu_product * mu_t``, rounded as torch's float32 state), for the
+        next call.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
     _backend.active.nadam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
@@ -393,12 +1000,53 @@ def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
                 lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
                 maximize: bool = False) -> None:
-    """One step of torch.optim.RAdam; ``step`` counts from 1.
+    """One step of torch.optim.RAdam on ``param``, in place.
 
-    ``rho_inf = 2 / (1 - beta2) - 1``, ``rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)``;
-    while ``rho_t <= 5`` the step is SGD with momentum, ``param -= lr / (1 - beta1**t) * m``;
-    after it ``param -= lr / (1 - beta1**t) * rect_t * sqrt(1 - beta2**t) * m / (sqrt(v) + eps)``
-    with ``rect_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``.
+    With ``g = -grad`` if ``maximize`` else ``grad`` (decay as in :func:`adam_step_`), ``m`` and
+    ``v`` updated as in Adam::
+
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)
+        param = param - lr / (1 - beta1**t) * m                          (rho_t <= 5)
+        param = param - lr / (1 - beta1**t) * r_t * sqrt(1 - beta2**t) * m / (sqrt(v) + eps)
+        r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    exp_avg, exp_avg_sq : ndarray
+        torch's ``exp_avg`` and ``exp_avg_sq`` states (updated in place).
+    step : int
+        This step's number ``t``, counting from 1.
+    lr : float, default 1e-3
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 0.0
+        Weight decay, >= 0 (an L2 penalty, or decoupled with ``decoupled_weight_decay``).
+    decoupled_weight_decay : bool, default False
+        Decay the parameter directly (as AdamW) instead of adding an L2 term.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.radam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
@@ -411,7 +1059,30 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
                         step: int, *, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                         eps: float = 1e-8, weight_decay: float = 0.0,
                         decoupled_weight_decay: bool = False, maximize: bool = False) -> None:
-    """:func:`radam_step_` on every array of ``params`` (one shared ``step``)."""
+    """:func:`radam_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`radam_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    exp_avgs, exp_avg_sqs : list or tuple of ndarray
+        One ``exp_avg`` and one ``exp_avg_sq`` per parameter.
+    step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize
+        As in :func:`radam_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
                                 beta2=beta2, eps=eps, weight_decay=weight_decay,
@@ -434,12 +1105,48 @@ def _check_lion(lr, betas, weight_decay):
 def lion_step_(param: Array, grad: Array, exp_avg: Array, *, lr: float = 1e-4,
                betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 1e-3,
                maximize: bool = False) -> None:
-    """One step of Lion (Chen et al. 2023), as ``optax.lion`` (its defaults too).
+    """One step of Lion (Chen et al. 2023) on ``param``, in place, as ``optax.lion``.
 
-    ``update = sign((1 - beta1) * g + beta1 * exp_avg) + weight_decay * param``;
-    ``exp_avg = (1 - beta2) * g + beta2 * exp_avg``; ``param -= lr * update``, with
-    ``g = -grad`` if ``maximize``. ``sign`` is 0 at zero and NaN at NaN; the decay term is
-    always added (an infinite param becomes NaN, as in optax).
+    With ``g = -grad`` if ``maximize`` else ``grad``::
+
+        update = sign((1 - beta1) * g + beta1 * exp_avg) + weight_decay * param
+        exp_avg = (1 - beta2) * g + beta2 * exp_avg
+        param = param - lr * update
+
+    ``sign`` is 0 at zero and NaN at NaN; the decay term is always added (an infinite parameter
+    becomes NaN, as in optax).
+
+    Parameters
+    ----------
+    param : ndarray
+        The parameter, float32 or float64, any shape and layout; updated in place.
+    grad : ndarray
+        Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
+    exp_avg : ndarray
+        The momentum (optax's ``mu``; updated in place).
+    lr : float, default 1e-4
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.99)
+        ``(beta1, beta2)``, each in [0, 1): the interpolation inside the sign, and the
+        momentum's decay.
+    weight_decay : float, default 1e-3
+        Decoupled weight decay, >= 0.
+    maximize : bool, default False
+        Ascend the objective instead of descending.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError
+        An array that is not a plain float32/float64 ``numpy.ndarray`` or not of ``param``'s
+        dtype, or a scalar that is not a real number (each named).
+    ValueError
+        An array not of ``param``'s shape, a read-only array that is updated, two arrays that
+        overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
+        named). A call that raises writes nothing.
     """
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
     _backend.active.lion(param, grad, exp_avg, lr=lr, beta1=beta1, beta2=beta2,
@@ -449,7 +1156,30 @@ def lion_step_(param: Array, grad: Array, exp_avg: Array, *, lr: float = 1e-4,
 def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: float = 1e-4,
                        betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 1e-3,
                        maximize: bool = False) -> None:
-    """:func:`lion_step_` on every array of ``params``."""
+    """:func:`lion_step_` on every array of ``params``: one call into the backend for a whole
+    list, bit-identical to calling :func:`lion_step_` on each array.
+
+    Parameters
+    ----------
+    params, grads : list or tuple of ndarray
+        The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
+        arrays of different shapes and dtypes may be mixed.
+    exp_avgs : list or tuple of ndarray
+        One ``exp_avg`` per parameter.
+    lr, betas, weight_decay, maximize
+        As in :func:`lion_step_`; shared by every array.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    TypeError, ValueError
+        As the single-array function, naming the list and index (``grads[3]``); also a list
+        argument that is not a list or tuple, or lists of different lengths. Overlap is checked
+        across the whole call. A call that raises writes nothing.
+    """
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
     _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
                                weight_decay=weight_decay, maximize=maximize)

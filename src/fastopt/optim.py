@@ -744,9 +744,48 @@ def _arena_view(p):
 
 
 class SGD(Optimizer):
-    """torch.optim.SGD: ``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` on the
-    first step), ``param -= lr * (g + momentum * buf if nesterov else buf)``, with
-    ``g = ±grad + weight_decay * param``."""
+    """torch.optim.SGD (momentum, dampening, Nesterov, weight decay, maximize).
+
+    One step, with ``g = ±grad + weight_decay * param``::
+
+        buf = g                                       (a parameter's first step)
+        buf = momentum * buf + (1 - dampening) * g    (later steps)
+        param -= lr * (g + momentum * buf if nesterov else buf)   (with momentum)
+        param -= lr * g                                            (without)
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
+    Parameters
+    ----------
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
+    lr : float, default 1e-3
+        Learning rate, >= 0 (torch 2.13's default).
+    momentum : float, default 0.0
+        Momentum factor, >= 0.
+    dampening : float, default 0.0
+        Dampening of the momentum, >= 0.
+    nesterov : bool, default False
+        Nesterov momentum (needs ``momentum > 0`` and zero dampening).
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
+
+    State per parameter (torch's keys): ``momentum_buffer`` (with momentum).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
+    """
 
     _BOUNDS = dict(lr=NONNEG, momentum=NONNEG, dampening=NONNEG, weight_decay=NONNEG,
                    nesterov=FLAG, maximize=FLAG)
@@ -791,8 +830,35 @@ class SGD(Optimizer):
 
 
 class Momentum(Optimizer):
-    """The course's gradient descent with momentum: ``v = beta * v + (1 - beta) * g``
-    (v starts at zero), ``param -= lr * v``. State key: ``momentum_buffer``."""
+    """The course's gradient descent with momentum.
+
+    One step: ``v = beta * v + (1 - beta) * grad``; ``param -= lr * v`` (``v`` starts at zero).
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
+    Parameters
+    ----------
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
+    lr : float
+        Learning rate, >= 0.
+    beta : float, default 0.9
+        Momentum, in [0, 1).
+
+    State per parameter: ``momentum_buffer`` (the velocity ``v``).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
+    """
 
     _BOUNDS = dict(lr=NONNEG, beta=UNIT_OPEN)
     _STATE = ("momentum_buffer",)
@@ -806,9 +872,58 @@ class Momentum(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """torch.optim.RMSprop; ``eps_inside_sqrt=True`` divides by ``sqrt(s + eps)``, the
-    course's form. ``beta=`` is accepted as the course's name for ``alpha``; param groups and
-    state dicts say ``alpha``, as torch's."""
+    """torch.optim.RMSprop (centered, momentum, weight decay), or the course's form.
+
+    One step, with ``g = ±grad + weight_decay * param``::
+
+        square_avg = alpha * square_avg + (1 - alpha) * g**2
+        grad_avg += (1 - alpha) * (g - grad_avg)                      (centered)
+        s = square_avg - grad_avg**2 if centered else square_avg
+        avg = sqrt(s) + eps                (sqrt(s + eps) with eps_inside_sqrt)
+        buf = momentum * buf + g / avg;  param -= lr * buf            (momentum > 0)
+        param -= lr * g / avg                                         (otherwise)
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
+    Parameters
+    ----------
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
+    lr : float, default 0.01
+        Learning rate, >= 0.
+    alpha : float, default 0.99
+        Smoothing constant, in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    momentum : float, default 0.0
+        Momentum factor, >= 0.
+    centered : bool, default False
+        Normalize by the estimated variance of the gradient.
+    eps_inside_sqrt : bool, default False
+        The course's denominator ``sqrt(s + eps)`` instead of ``sqrt(s) + eps``.
+    maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
+    beta : float, optional
+        The course's name for ``alpha`` (give one of them); groups and state dicts say
+        ``alpha``, as torch's.
+
+    State per parameter (torch's keys): ``step``, ``square_avg``, ``momentum_buffer`` (with
+    momentum), ``grad_avg`` (centered).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
+    """
 
     _RENAMED = {"beta": "alpha"}
 
@@ -846,8 +961,47 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """torch.optim.Adagrad: ``sum += g**2``,
-    ``param -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``."""
+    """torch.optim.Adagrad.
+
+    Step ``t``, with ``g = ±grad + weight_decay * param``::
+
+        sum += g**2
+        param -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
+    Parameters
+    ----------
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
+    lr : float, default 0.01
+        Learning rate, >= 0.
+    lr_decay : float, default 0.0
+        Learning-rate decay, >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty, >= 0.
+    initial_accumulator_value : float, default 0.0
+        Starting value of ``sum``, >= 0.
+    eps : float, default 1e-10
+        Added to the denominator, >= 0.
+    maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
+
+    State per parameter (torch's keys): ``step``, ``sum`` (both exist from construction, as in
+    torch).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
+    """
 
     _BOUNDS = dict(lr=NONNEG, lr_decay=NONNEG, weight_decay=NONNEG,
                    initial_accumulator_value=NONNEG, eps=NONNEG, maximize=FLAG)
@@ -876,9 +1030,66 @@ class Adagrad(Optimizer):
 
 
 class Adam(Optimizer):
-    """torch.optim.Adam (bias correction always on); ``decoupled_weight_decay=True`` is
-    AdamW; ``eps_inside_sqrt=True`` gives the course's
-    ``param -= lr * m_hat / sqrt(v_hat + eps)``."""
+    """torch.optim.Adam (AdamW with ``decoupled_weight_decay``), or the course's form.
+
+    Step ``t``, bias correction always on::
+
+        param *= 1 - lr * weight_decay          (decoupled_weight_decay)
+        g = ±grad (+ weight_decay * param       otherwise)
+        m += (1 - beta1) * (g - m)
+        v = beta2 * v + (1 - beta2) * g**2
+        v = vmax = max(vmax, v)                 (amsgrad)
+        param -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    With ``eps_inside_sqrt`` the course's ``param -= lr * m_hat / sqrt(v_hat + eps)``.
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
+    Parameters
+    ----------
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
+    lr : float, default 1e-3
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1): decay of the first and second moments.
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 0.0
+        Weight decay, >= 0: an L2 penalty, or decoupled with ``decoupled_weight_decay``.
+    amsgrad : bool, default False
+        Divide by the running maximum of ``v`` (AMSGrad).
+    maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
+    decoupled_weight_decay : bool, default False
+        Decay the parameter directly (AdamW) instead of adding an L2 term to the grad.
+    eps_inside_sqrt : bool, default False
+        The course's denominator ``sqrt(v_hat + eps)``.
+
+    State per parameter (torch's keys): ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v),
+    ``max_exp_avg_sq`` (amsgrad).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
+
+    Examples
+    --------
+    >>> import numpy as np, fastopt as fo
+    >>> params = {"W1": np.ones((2, 2)), "b1": np.zeros((2, 1))}
+    >>> opt = fo.Adam(params, lr=0.1)
+    >>> opt.step({"dW1": np.ones((2, 2)), "db1": np.ones((2, 1))})
+    >>> round(float(params["W1"][0, 0]), 6)     # 1 - lr * m_hat / (sqrt(v_hat) + eps)
+    0.9
+    """
 
     _BOUNDS = dict(_ADAM_BOUNDS, amsgrad=FLAG, decoupled_weight_decay=FLAG, eps_inside_sqrt=FLAG)
     _STATE = ("step", "exp_avg", "exp_avg_sq")
@@ -916,8 +1127,45 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """torch.optim.AdamW: Adam with decoupled weight decay, ``param *= 1 - lr * weight_decay``
-    before the Adam update (its groups say ``decoupled_weight_decay=True``, as torch's)."""
+    """torch.optim.AdamW: :class:`Adam` with decoupled weight decay.
+
+    Each step first shrinks ``param *= 1 - lr * weight_decay``, then takes the Adam step
+    without an L2 term; its groups say ``decoupled_weight_decay=True``, as torch's.
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
+    Parameters
+    ----------
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
+    lr : float, default 1e-3
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1): decay of the first and second moments.
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 1e-2
+        Decoupled weight decay, >= 0.
+    amsgrad : bool, default False
+        Divide by the running maximum of ``v`` (AMSGrad).
+    maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
+
+    State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq``,
+    ``max_exp_avg_sq`` (amsgrad).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
+    """
 
     _BOUNDS = dict(_ADAM_BOUNDS, amsgrad=FLAG, decoupled_weight_decay=FLAG)
     _FORCED = {"decoupled_weight_decay": True}     # as torch's AdamW.__setstate__
@@ -931,25 +1179,45 @@ class AdamW(Adam):
 
 
 class Adadelta(Optimizer):
-    """torch.optim.Adadelta. One step, with ``g = ±grad + weight_decay * param``::
+    """torch.optim.Adadelta.
+
+    One step, with ``g = ±grad + weight_decay * param``::
 
         square_avg = rho * square_avg + (1 - rho) * g**2
         delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
         acc_delta = rho * acc_delta + (1 - rho) * delta**2
         param -= lr * delta
 
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
     Parameters
     ----------
-    params : dict of arrays, list of arrays, or list of param-group dicts
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
     lr : float, default 1.0
-    rho : float in [0, 1], default 0.9
-        Decay of both running averages.
+        Learning rate (scales ``delta``), >= 0.
+    rho : float, default 0.9
+        Decay of both running averages, in [0, 1].
     eps : float, default 1e-6
+        Added inside both square roots, >= 0.
     weight_decay : float, default 0.0
+        L2 penalty, >= 0.
     maximize : bool, default False
-        Ascend: ``g = -grad``.
+        Ascend the objective: ``g = -grad``.
 
     State per parameter (torch's keys): ``step``, ``square_avg``, ``acc_delta``.
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
     """
 
     _BOUNDS = dict(lr=NONNEG, rho=UNIT, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
@@ -969,23 +1237,44 @@ class Adadelta(Optimizer):
 
 
 class Adamax(Optimizer):
-    """torch.optim.Adamax (Adam with the infinity norm). Step ``t``, with
-    ``g = ±grad + weight_decay * param``::
+    """torch.optim.Adamax (Adam with the infinity norm).
+
+    Step ``t``, with ``g = ±grad + weight_decay * param``::
 
         exp_avg += (1 - beta1) * (g - exp_avg)
-        exp_inf = max(beta2 * exp_inf, |g| + eps)      # eps inside the max; NaN propagates
+        exp_inf = max(beta2 * exp_inf, |g| + eps)      (eps inside the max; NaN propagates)
         param -= lr / (1 - beta1**t) * exp_avg / exp_inf
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
 
     Parameters
     ----------
-    params : dict of arrays, list of arrays, or list of param-group dicts
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
     lr : float, default 2e-3
-    betas : (float, float) in [0, 1), default (0.9, 0.999)
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1).
     eps : float, default 1e-8
+        Added to ``|g|``, >= 0.
     weight_decay : float, default 0.0
+        L2 penalty, >= 0.
     maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
 
     State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_inf``.
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
     """
 
     _BOUNDS = _ADAM_BOUNDS
@@ -1004,7 +1293,9 @@ class Adamax(Optimizer):
 
 
 class NAdam(Optimizer):
-    """torch.optim.NAdam: Adam with Nesterov momentum on a schedule. Step ``t``::
+    """torch.optim.NAdam: Adam with Nesterov momentum on a schedule.
+
+    Step ``t``::
 
         mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay));   P_t = mu_1 * ... * mu_t
         param *= 1 - lr * weight_decay     (decoupled_weight_decay)
@@ -1015,21 +1306,42 @@ class NAdam(Optimizer):
         param -= lr * (1 - mu_t) / (1 - P_t) * g / d
                  + lr * mu_{t+1} / (1 - P_t * mu_{t+1}) * exp_avg / d
 
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
     Parameters
     ----------
-    params : dict of arrays, list of arrays, or list of param-group dicts
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
     lr : float, default 2e-3
-    betas : (float, float) in [0, 1), default (0.9, 0.999)
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1): decay of the first and second moments.
     eps : float, default 1e-8
+        Added to the denominator, >= 0.
     weight_decay : float, default 0.0
+        Weight decay, >= 0: an L2 penalty, or decoupled with ``decoupled_weight_decay``.
     momentum_decay : float, default 4e-3
+        Speed of the momentum schedule, >= 0.
     decoupled_weight_decay : bool, default False
         AdamW-style decay (NAdamW) instead of adding it to the grad.
     maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
 
     State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq`` and
-    ``mu_product`` (``P_t``, a float; as in torch it is multiplied in float32, so
-    trajectories match torch's; a torch state dict's 0-d array loads as well).
+    ``mu_product`` (``P_t``, a float; as in torch it is multiplied in float32, so trajectories
+    match torch's; a torch state dict's 0-d array loads as well).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
     """
 
     _scalar_state = ("mu_product",)
@@ -1062,7 +1374,9 @@ class NAdam(Optimizer):
 
 class RAdam(Optimizer):
     """torch.optim.RAdam: SGD with bias-corrected momentum while the variance estimate is
-    unreliable, the rectified Adam step after. Step ``t``::
+    unreliable, the rectified Adam step after.
+
+    Step ``t``::
 
         param *= 1 - lr * weight_decay     (decoupled_weight_decay)
         g = ±grad (+ weight_decay * param  otherwise)
@@ -1074,17 +1388,38 @@ class RAdam(Optimizer):
                               * exp_avg / (sqrt(exp_avg_sq) + eps)
         otherwise:   param -= lr / (1 - beta1**t) * exp_avg
 
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
+
     Parameters
     ----------
-    params : dict of arrays, list of arrays, or list of param-group dicts
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
     lr : float, default 1e-3
-    betas : (float, float) in [0, 1), default (0.9, 0.999)
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.999)
+        ``(beta1, beta2)``, each in [0, 1): decay of the first and second moments.
     eps : float, default 1e-8
+        Added to the denominator, >= 0.
     weight_decay : float, default 0.0
+        Weight decay, >= 0: an L2 penalty, or decoupled with ``decoupled_weight_decay``.
     decoupled_weight_decay : bool, default False
+        AdamW-style decay instead of adding it to the grad.
     maximize : bool, default False
+        Ascend the objective: ``g = -grad``.
 
     State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq``.
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
     """
 
     _BOUNDS = dict(_ADAM_BOUNDS, decoupled_weight_decay=FLAG)
@@ -1109,28 +1444,47 @@ class RAdam(Optimizer):
 
 class Lion(Optimizer):
     """Lion, "EvoLved Sign Momentum" (Chen et al. 2023, "Symbolic Discovery of Optimization
-    Algorithms"), as ``optax.lion``: every coordinate moves by ``lr`` times the sign of an
-    interpolated momentum, plus decoupled weight decay. One step, with ``g = ±grad``::
+    Algorithms"), as ``optax.lion``.
+
+    Every coordinate moves by ``lr`` times the sign of an interpolated momentum, plus
+    decoupled weight decay. One step, with ``g = ±grad``::
 
         update = sign((1 - beta1) * g + beta1 * exp_avg) + weight_decay * param
         exp_avg = (1 - beta2) * g + beta2 * exp_avg
         param -= lr * update
 
-    Its steps are larger than Adam's (every coordinate moves by ``lr``): the paper takes a
+    ``sign`` is 0 at zero and NaN at NaN. Its steps are larger than Adam's: the paper takes a
     learning rate 3-10x smaller than AdamW's and a weight decay 3-10x larger.
+
+    ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
+    or the course's ``"d" + name``); a step that raises changes nothing.
 
     Parameters
     ----------
-    params : dict of arrays, list of arrays, or list of param-group dicts
+    params : dict of ndarray, sequence of ndarray, or list of dict
+        The parameters, float32 or float64 arrays updated in place by :meth:`step`: a dict
+        ``name -> array`` (the course's ``parameters``), a list or tuple of arrays, or
+        torch-style param groups ``{"params": ..., <hyper-parameter overrides>}``.
     lr : float, default 1e-4
-    betas : (float, float) in [0, 1), default (0.9, 0.99)
-        ``beta1`` interpolates the sign's argument, ``beta2`` decays the momentum.
+        Learning rate, >= 0.
+    betas : tuple of float, default (0.9, 0.99)
+        ``(beta1, beta2)``, each in [0, 1): ``beta1`` interpolates the sign's argument,
+        ``beta2`` decays the momentum.
     weight_decay : float, default 1e-3
-        optax's default. It is added to the update before the learning rate scales it.
+        optax's default, >= 0; added to the update before the learning rate scales it.
     maximize : bool, default False
-        Ascend: ``g = -grad``.
+        Ascend the objective: ``g = -grad``.
 
-    State per parameter: ``exp_avg`` (optax's ``mu``). ``sign`` is 0 at zero and NaN at NaN.
+    State per parameter: ``exp_avg`` (optax's ``mu``).
+
+    Raises
+    ------
+    ValueError
+        A hyper-parameter out of range (its value in the message), a read-only parameter, or
+        an empty parameter list.
+    TypeError
+        A hyper-parameter of the wrong type, or a parameter that is not a float32/float64
+        ``numpy.ndarray`` (named).
     """
 
     _BOUNDS = dict(lr=NONNEG, betas=BETAS, weight_decay=NONNEG, maximize=FLAG)

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 
 import numpy as np
 
@@ -175,29 +176,17 @@ def report(args, json_out):
     layer_checks = [] if args.no_layers else ["bn_fwd_bwd", "softmax", "xent"]
     progress.start("checking", (len(args.kernels) + len(layer_checks)) * len(args.dtypes)
                    * len(compiled))
-    for name in args.kernels:
-        case = _bench.CASES[name]
+    # each check is called as check(backend, dtype) -> (max relative error, ok)
+    equivalences = ([(name, partial(_bench.check_equivalence, _bench.CASES[name]))
+                     for name in args.kernels]
+                    + [(name, partial(_bench.check_layer_equivalence, name))
+                       for name in layer_checks])
+    for name, check in equivalences:
         cells = []
         for dtype in args.dtypes:
-            for backend in args.backends:
-                if backend == "numpy":
-                    continue
+            for backend in compiled:
                 progress(f"{name} {dtype} {backend}")
-                err, ok = _bench.check_equivalence(case, backend, dtype)
-                failures += not ok
-                checks.append(dict(kernel=name, dtype=str(dtype), backend=backend, max_rel_err=err,
-                                   ok=ok))
-                cells.append(f"{backend}/{dtype.name[5:]}: {err:.1e}{'' if ok else ' FAIL'}")
-        progress.clear()
-        print(f"  {name:<13} " + "  ".join(cells))
-    for name in layer_checks:
-        cells = []
-        for dtype in args.dtypes:
-            for backend in args.backends:
-                if backend == "numpy":
-                    continue
-                progress(f"{name} {dtype} {backend}")
-                err, ok = _bench.check_layer_equivalence(name, backend, dtype)
+                err, ok = check(backend, dtype)
                 failures += not ok
                 checks.append(dict(kernel=name, dtype=str(dtype), backend=backend,
                                    max_rel_err=err, ok=ok))

@@ -1,12 +1,14 @@
-"""Every element-wise fo.ops kernel of the registry (fastopt/_registry.py) for the input-contract
-and fuzz tests: the names of its arrays (as the error messages spell them), which may be None,
-and how to call the single and the foreach form with arrays given in the backends' order
-(param, grad, state...)."""
+"""Shared by the kernel tests: every element-wise fo.ops kernel of the registry
+(fastopt/_registry.py) for the input-contract and fuzz tests (the names of its arrays, as the
+error messages spell them, which may be None, and how to call the single and the foreach form
+with arrays given in the backends' order: param, grad, state...), and the runners of the
+equivalence grids (a kernel stepped over several steps, and over a mixed group of arrays)."""
 from dataclasses import dataclass
 
 import numpy as np
 
 import fastopt as fo
+from conftest import layout_like
 from fastopt import _registry
 
 ops = fo.ops
@@ -105,3 +107,71 @@ def same_bits(a, b):
         return False
     bits = np.uint32 if a.dtype.itemsize == 4 else np.uint64
     return np.array_equal(a.view(bits)[~nan], b.view(bits)[~nan])
+
+
+# ------------------------------------------------------------------- stepping kernels
+def random_run(shape, dtype, seed=0, steps=7):
+    """A random param of ``shape`` and ``dtype`` and ``steps`` random grads for it."""
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(shape).astype(dtype)
+    return p0, [rng.standard_normal(shape).astype(dtype) for _ in range(steps)]
+
+
+def run_steps(step, init, backend, p0, grads, layout, threads=None):
+    """Call ``step(param, grad, state, t)`` for t = 1..len(grads) on ``backend``, on a copy of
+    ``p0`` laid out as ``layout`` (one of ``layout_like``'s, or "mixed": a transposed param,
+    contiguous grads, strided state); ``state`` holds the arrays of ``init`` (name -> initial
+    value) in that layout, and whatever scalars the step keeps there (NAdam's mu_product).
+    ``threads``: run with that many threads. Returns the param and the state arrays."""
+    param_layout, grad_layout, state_layout = {
+        "mixed": ("transposed", "contiguous", "strided")}.get(layout, (layout,) * 3)
+    p = layout_like(p0, param_layout)
+    state = {k: layout_like(np.full(p0.shape, v, p0.dtype), state_layout)
+             for k, v in init.items()}
+    with fo.use_backend(backend):
+        previous = fo.get_num_threads()
+        if threads:
+            fo.set_num_threads(threads)
+        try:
+            for t, g in enumerate(grads, start=1):
+                step(p, layout_like(g, grad_layout), state, t)
+        finally:
+            fo.set_num_threads(previous)
+    return p, {k: state[k] for k in init}
+
+
+# (shape, dtype, layout) of each array of a mixed group: 0-d, empty, odd sizes, both dtypes,
+# three layouts, and one above the parallel threshold
+GROUP = [((), np.float32, "contiguous"), ((0,), np.float64, "contiguous"),
+         ((7,), np.float64, "contiguous"), ((1031,), np.float32, "strided"),
+         ((33, 31), np.float64, "transposed"), ((70001,), np.float32, "contiguous"),
+         ((4, 5), np.float32, "contiguous")]
+
+
+def make_group(init, seed=0, steps=4):
+    """A random group laid out as GROUP: ``(params, state, grads)``, ``state`` a list of arrays
+    per name of ``init`` (name -> initial value), ``grads`` one list per step."""
+    rng = np.random.default_rng(seed)
+    params = [layout_like(rng.standard_normal(shape).astype(dt), layout)
+              for shape, dt, layout in GROUP]
+    state = {k: [layout_like(np.full(shape, v, dt), layout) for shape, dt, layout in GROUP]
+             for k, v in init.items()}
+    grads = [[rng.standard_normal(shape).astype(dt) for shape, dt, _ in GROUP]
+             for _ in range(steps)]
+    return params, state, grads
+
+
+def run_group(step, backend, params, state, grads, multi):
+    """Step a group on ``backend``: ``multi``, one ``step(params, grads, state, t)`` per step
+    with lists; else ``step(param, grad, state, t)`` per array, each with its own ``state``
+    (arrays and any scalars the step keeps). Returns the params and the state arrays."""
+    shared = dict(state)
+    per_array = [{k: v[j] for k, v in state.items()} for j in range(len(params))]
+    with fo.use_backend(backend):
+        for t, gs in enumerate(grads, start=1):
+            if multi:
+                step(params, gs, shared, t)
+                continue
+            for p, g, s in zip(params, gs, per_array):
+                step(p, g, s, t)
+    return params + sum(state.values(), [])

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, assert_close, kernel_builds, layout_like
+from conftest import COMPILED, GRID_BACKENDS, assert_close, kernel_builds
+from kernel_specs import random_run, run_steps
 
 ops = fo.ops
 
@@ -59,30 +60,9 @@ STEPS = 7
 
 
 def run(case, backend, p0, grads, layout, threads=None):
-    """Apply the case's step ``len(grads)`` times on ``backend``; return param and state."""
+    """The case's step ``len(grads)`` times on ``backend``: :func:`kernel_specs.run_steps`."""
     init, step = CASES[case]
-    state_layout = "contiguous" if layout == "mixed" else layout
-    grad_layout = "contiguous" if layout == "mixed" else layout
-    param_layout = "transposed" if layout == "mixed" else layout
-    p = layout_like(p0, param_layout)
-    state = {k: layout_like(np.full(p0.shape, v, p0.dtype), state_layout)
-             for k, v in init.items()}
-    with fo.use_backend(backend):
-        if threads:
-            fo.set_num_threads(threads)
-        try:
-            for t, g in enumerate(grads, start=1):
-                step(p, layout_like(g, grad_layout), state, t)
-        finally:
-            fo.set_num_threads(2)
-    return p, state
-
-
-def inputs(shape, dtype, seed=0, steps=STEPS):
-    rng = np.random.default_rng(seed)
-    p0 = rng.standard_normal(shape).astype(dtype)
-    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(steps)]
-    return p0, grads
+    return run_steps(step, init, backend, p0, grads, layout, threads)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -92,7 +72,7 @@ def inputs(shape, dtype, seed=0, steps=STEPS):
 def test_matches_reference(backend, case, shape, layout, dtype):
     if backend == "numpy" and layout == "contiguous":
         pytest.skip("the reference on contiguous arrays is the expected value itself")
-    p0, grads = inputs(shape, dtype)
+    p0, grads = random_run(shape, dtype, steps=STEPS)
     expected_p, expected_state = run(case, "numpy", p0, grads, "contiguous")
     p, state = run(case, backend, p0, grads, layout)
     assert p.dtype == dtype and p.shape == p0.shape
@@ -104,7 +84,7 @@ def test_matches_reference(backend, case, shape, layout, dtype):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_nan_and_inf_propagate_as_in_reference(backend, case, dtype):
-    p0, grads = inputs((64,), dtype, steps=3)
+    p0, grads = random_run((64,), dtype, steps=3)
     p0[3], p0[5] = np.nan, np.inf
     grads[0][7], grads[1][9], grads[2][11] = np.nan, np.inf, -np.inf
     expected_p, expected_state = run(case, "numpy", p0, grads, "contiguous")
@@ -118,7 +98,7 @@ def test_nan_and_inf_propagate_as_in_reference(backend, case, dtype):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend", COMPILED)
 def test_bit_identical_for_any_thread_count(backend, case, dtype):
-    p0, grads = inputs((300007,), dtype, steps=3)
+    p0, grads = random_run((300007,), dtype, steps=3)
     p1, s1 = run(case, backend, p0, grads, "contiguous", threads=1)
     p2, s2 = run(case, backend, p0, grads, "contiguous", threads=2)
     assert p1.tobytes() == p2.tobytes()
@@ -186,7 +166,7 @@ def test_non_float_param_is_a_type_error(backend):
                                   "radam"])
 def test_avx512_build_is_bit_identical_to_the_portable_build(case, dtype, monkeypatch):
     import fastopt._kernels as cy
-    p0, grads = inputs((100003,), dtype, steps=3)
+    p0, grads = random_run((100003,), dtype, steps=3)
     results = []
     for module in kernel_builds("optim"):
         for name in ("adagrad", "adam", "ewa", "momentum", "rmsprop", "sgd", "adadelta",

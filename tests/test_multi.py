@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, assert_close, layout_like
+from conftest import COMPILED, GRID_BACKENDS, assert_close
+from kernel_specs import make_group, run_group
 
 ops = fo.ops
-
-# (shape, dtype, layout) of each tensor of a mixed group
-GROUP = [((), np.float32, "contiguous"), ((0,), np.float32, "contiguous"),
-         ((7,), np.float64, "contiguous"), ((1031,), np.float32, "strided"),
-         ((33, 31), np.float64, "transposed"), ((70001,), np.float32, "contiguous"),
-         ((4, 5), np.float32, "contiguous")]
 
 # name -> (state arrays with initial values, single step, multi step)
 CASES = {
@@ -60,38 +55,24 @@ CASES = {
 }
 
 
-def make_group(case, seed=0, steps=4):
-    rng = np.random.default_rng(seed)
-    init = CASES[case][0]
-    params = [layout_like(rng.standard_normal(shape).astype(dt), layout)
-              for shape, dt, layout in GROUP]
-    state = {k: [layout_like(np.full(shape, v, dt), layout) for shape, dt, layout in GROUP]
-             for k, v in init.items()}
-    grads = [[rng.standard_normal(shape).astype(dt) for shape, dt, _ in GROUP]
-             for _ in range(steps)]
-    return params, state, grads
+def group(case, steps=4):
+    """A random mixed group (kernel_specs.GROUP) with the case's state."""
+    return make_group(CASES[case][0], steps=steps)
 
 
 def run_single(case, backend, params, state, grads):
-    single = CASES[case][1]
-    with fo.use_backend(backend):
-        for t, gs in enumerate(grads, start=1):
-            for j, (p, g) in enumerate(zip(params, gs)):
-                single(p, g, {k: v[j] for k, v in state.items()}, t)
+    run_group(CASES[case][1], backend, params, state, grads, multi=False)
 
 
 def run_multi(case, backend, params, state, grads):
-    multi = CASES[case][2]
-    with fo.use_backend(backend):
-        for t, gs in enumerate(grads, start=1):
-            multi(params, gs, state, t)
+    run_group(CASES[case][2], backend, params, state, grads, multi=True)
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_one_call_per_group_is_bit_identical_to_one_call_per_array(backend, case):
-    p1, s1, grads = make_group(case)
-    p2, s2, _ = make_group(case)
+    p1, s1, grads = group(case)
+    p2, s2, _ = group(case)
     run_single(case, backend, p1, s1, grads)
     run_multi(case, backend, p2, s2, grads)
     for a, b in zip(p1 + sum(s1.values(), []), p2 + sum(s2.values(), [])):
@@ -103,8 +84,8 @@ def test_one_call_per_group_is_bit_identical_to_one_call_per_array(backend, case
 def test_multi_matches_the_reference(backend, case):
     if backend == "numpy":
         pytest.skip("the reference is the expected value")
-    p1, s1, grads = make_group(case)
-    p2, s2, _ = make_group(case)
+    p1, s1, grads = group(case)
+    p2, s2, _ = group(case)
     run_single(case, "numpy", p1, s1, grads)
     run_multi(case, backend, p2, s2, grads)
     for a, b in zip(p1 + sum(s1.values(), []), p2 + sum(s2.values(), [])):
@@ -115,7 +96,7 @@ def test_multi_matches_the_reference(backend, case):
 def test_multi_is_bit_identical_for_any_thread_count(backend):
     results = []
     for threads in (1, 2):
-        params, state, grads = make_group("adam_amsgrad_wd")
+        params, state, grads = group("adam_amsgrad_wd")
         fo.set_num_threads(threads)
         try:
             run_multi("adam_amsgrad_wd", backend, params, state, grads)
@@ -127,7 +108,7 @@ def test_multi_is_bit_identical_for_any_thread_count(backend):
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_bad_tensor_anywhere_changes_nothing(backend):
-    params, state, grads = make_group("adam_amsgrad_wd", steps=1)
+    params, state, grads = group("adam_amsgrad_wd", steps=1)
     state["v"][4] = np.zeros((2, 2))                 # wrong shape, late in the list
     before = [a.copy() for a in params + sum(state.values(), [])]
     with fo.use_backend(backend), pytest.raises(ValueError, match=r"exp_avg_sqs\[4\]"):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, assert_close, layout_like, needs_torch, torch
+from conftest import COMPILED, GRID_BACKENDS, assert_close, needs_torch, torch
+from kernel_specs import make_group, random_run, run_group, run_steps
 
 SHAPES = [(3, 4), (5,), (), (0,), (17,)]
 VARIANTS = [
@@ -169,46 +170,27 @@ KERNEL_STEPS = 25
 
 def call_kernel(case, p, g, state, t, multi=False):
     """One step of the case's fo.ops kernel (``foreach_`` form with lists when ``multi``);
-    ``state`` holds the state arrays (lists) by torch's key and NAdam's ``mu_product``."""
+    ``state`` holds the state arrays (lists) by torch's key and NAdam's ``mu_product`` (1.0
+    until the first step)."""
     kernel, kwargs = KERNEL_CASES[case]
     fn = getattr(ops, f"{'foreach_' if multi else ''}{kernel}_step_")
     arrays = [state[k] for k in STATE_KEYS[kernel]]
     if kernel == "adadelta":
         fn(p, g, *arrays, **kwargs)
     elif kernel == "nadam":
-        state["mu_product"] = fn(p, g, *arrays, t, state["mu_product"], **kwargs)
+        state["mu_product"] = fn(p, g, *arrays, t, state.get("mu_product", 1.0), **kwargs)
     else:
         fn(p, g, *arrays, t, **kwargs)
 
 
-def kernel_inputs(shape, dtype, seed=0, steps=KERNEL_STEPS):
-    rng = np.random.default_rng(seed)
-    p0 = rng.standard_normal(shape).astype(dtype)
-    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(steps)]
-    return p0, grads
+kernel_inputs = functools.partial(random_run, steps=KERNEL_STEPS)
 
 
 def run_kernel(case, backend, p0, grads, layout, threads=None):
-    """Apply the case ``len(grads)`` times on ``backend`` to a copy of ``p0`` laid out as
-    ``layout`` ("mixed": a transposed param, contiguous grads, strided state); returns the
-    param and the state arrays."""
-    param_layout, grad_layout, state_layout = {
-        "mixed": ("transposed", "contiguous", "strided")}.get(layout, (layout,) * 3)
-    kernel = KERNEL_CASES[case][0]
-    p = layout_like(p0, param_layout)
-    state = {k: layout_like(np.zeros(p0.shape, p0.dtype), state_layout)
-             for k in STATE_KEYS[kernel]}
-    state["mu_product"] = 1.0
-    with fo.use_backend(backend):
-        if threads:
-            fo.set_num_threads(threads)
-        try:
-            for t, g in enumerate(grads, start=1):
-                call_kernel(case, p, layout_like(g, grad_layout), state, t)
-        finally:
-            if threads:
-                fo.set_num_threads(2)
-    return p, {k: state[k] for k in STATE_KEYS[kernel]}
+    """The case ``len(grads)`` times on ``backend``: :func:`kernel_specs.run_steps`."""
+    init = dict.fromkeys(STATE_KEYS[KERNEL_CASES[case][0]], 0.0)
+    return run_steps(functools.partial(call_kernel, case), init, backend, p0, grads, layout,
+                     threads)
 
 
 @functools.lru_cache(maxsize=None)
@@ -300,47 +282,23 @@ def test_kernel_is_bit_identical_for_any_thread_count(backend, case, dtype):
 
 
 # ------------------------------------------------------------------- multi-tensor calls
-# (shape, dtype, layout) of each tensor of a mixed group
-GROUP = [((), np.float32, "contiguous"), ((0,), np.float64, "contiguous"),
-         ((7,), np.float64, "contiguous"), ((1031,), np.float32, "strided"),
-         ((33, 31), np.float64, "transposed"), ((70001,), np.float32, "contiguous"),
-         ((4, 5), np.float32, "contiguous")]
+def group(case, steps=KERNEL_STEPS):
+    """A random mixed group (kernel_specs.GROUP) with the case's state, zeros."""
+    return make_group(dict.fromkeys(STATE_KEYS[KERNEL_CASES[case][0]], 0.0), seed=3,
+                      steps=steps)
 
 
-def make_group(case, seed=3, steps=KERNEL_STEPS):
-    rng = np.random.default_rng(seed)
-    params = [layout_like(rng.standard_normal(shape).astype(dt), layout)
-              for shape, dt, layout in GROUP]
-    state = {k: [layout_like(np.zeros(shape, dt), layout) for shape, dt, layout in GROUP]
-             for k in STATE_KEYS[KERNEL_CASES[case][0]]}
-    grads = [[rng.standard_normal(shape).astype(dt) for shape, dt, _ in GROUP]
-             for _ in range(steps)]
-    return params, state, grads
-
-
-def run_group(case, backend, params, state, grads, multi):
+def run_in_group(case, backend, params, state, grads, multi):
     """Step the group with one foreach call per step (``multi``) or one call per array."""
-    mus = [1.0] * len(params)
-    with fo.use_backend(backend):
-        for t, gs in enumerate(grads, start=1):
-            if multi:
-                s = dict(state, mu_product=mus[0])
-                call_kernel(case, params, gs, s, t, multi=True)
-                mus = [s["mu_product"]] * len(params)
-                continue
-            for j, (p, g) in enumerate(zip(params, gs)):
-                s = {k: v[j] for k, v in state.items()}
-                s["mu_product"] = mus[j]
-                call_kernel(case, p, g, s, t)
-                mus[j] = s["mu_product"]
-    return params + sum(state.values(), [])
+    return run_group(functools.partial(call_kernel, case, multi=multi), backend, params, state,
+                     grads, multi)
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_one_call_per_group_gives_the_bits_of_one_call_per_array(backend, case):
-    single = run_group(case, backend, *make_group(case), multi=False)
-    multi = run_group(case, backend, *make_group(case), multi=True)
+    single = run_in_group(case, backend, *group(case), multi=False)
+    multi = run_in_group(case, backend, *group(case), multi=True)
     for a, b in zip(single, multi):
         assert a.tobytes() == b.tobytes()
 
@@ -348,8 +306,8 @@ def test_one_call_per_group_gives_the_bits_of_one_call_per_array(backend, case):
 @pytest.mark.parametrize("case", KERNEL_CASES)
 @pytest.mark.parametrize("backend", [b for b in GRID_BACKENDS if b != "numpy"])
 def test_one_call_per_group_matches_the_reference(backend, case):
-    expected = run_group(case, "numpy", *make_group(case), multi=False)
-    actual = run_group(case, backend, *make_group(case), multi=True)
+    expected = run_in_group(case, "numpy", *group(case), multi=False)
+    actual = run_in_group(case, backend, *group(case), multi=True)
     for a, b in zip(actual, expected):
         assert_close(a, b, b.dtype)
 
@@ -360,7 +318,7 @@ def test_one_call_per_group_is_bit_identical_for_any_thread_count(backend):
     for threads in (1, 2):
         fo.set_num_threads(threads)
         try:
-            arrays = run_group("radam_wd", backend, *make_group("radam_wd"), multi=True)
+            arrays = run_in_group("radam_wd", backend, *group("radam_wd"), multi=True)
         finally:
             fo.set_num_threads(2)
         results.append([a.tobytes() for a in arrays])
@@ -371,7 +329,7 @@ def test_one_call_per_group_is_bit_identical_for_any_thread_count(backend):
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_bad_array_anywhere_in_a_group_changes_nothing(backend, kernel):
     case = next(c for c, (k, _) in KERNEL_CASES.items() if k == kernel)
-    params, state, grads = make_group(case, steps=1)
+    params, state, grads = group(case, steps=1)
     key = STATE_KEYS[kernel][1]
     state[key][4] = np.zeros((2, 2))                 # wrong shape, late in the list
     before = [a.copy() for a in params + sum(state.values(), [])]

@@ -141,7 +141,8 @@ def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     _check_ewa(beta)
     _backend.active.ewa_multi(avgs, xs, beta=beta)
@@ -229,7 +230,8 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
     _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
@@ -299,7 +301,8 @@ def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *,
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN)
     _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
@@ -397,7 +400,8 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
     _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
@@ -482,7 +486,8 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad_multi(params, grads, state_sums,
@@ -595,7 +600,8 @@ def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
@@ -731,7 +737,8 @@ def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, a
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
     _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
@@ -821,7 +828,8 @@ def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_in
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1, beta2=beta2,
@@ -968,7 +976,8 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
@@ -1081,7 +1090,8 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
     _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
@@ -1178,7 +1188,8 @@ def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: f
     TypeError, ValueError
         As the single-array function, naming the list and index (``grads[3]``); also a list
         argument that is not a list or tuple, or lists of different lengths. Overlap is checked
-        across the whole call. A call that raises writes nothing.
+        across the whole call (grads may share memory with each other). A call that raises
+        writes nothing.
     """
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
     _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,

@@ -1,7 +1,7 @@
 """Every public function, class and method has a NumPy-style docstring: a Parameters section
 with an entry for each of its parameters (for a class, those of its constructor). The public
-API is what ``import fastopt`` exposes plus the ``__all__`` of the public modules, with the
-public methods and properties each class defines. Cost: well under a second."""
+API is ``fastopt.__all__`` plus the ``__all__`` of the public modules, with the public methods
+and properties each class defines. Cost: well under a second."""
 import importlib
 import inspect
 import re
@@ -30,9 +30,8 @@ def _public_objects():
                     if inspect.isfunction(member):
                         found.setdefault(f"{obj.__module__}.{member.__qualname__}", member)
 
-    for name in dir(fastopt):
-        if not name.startswith("_"):
-            add(getattr(fastopt, name))
+    for name in fastopt.__all__:
+        add(getattr(fastopt, name))
     for module_name in MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -79,6 +78,13 @@ def _documented(doc):
 def _case(name):
     marks = [pytest.mark.xfail(reason=PENDING[name], strict=False)] if name in PENDING else []
     return pytest.param(name, marks=marks, id=name)
+
+
+def test_all_lists_every_public_name_of_fastopt():
+    names = {n for n in dir(fastopt) if not n.startswith("_")}
+    objects = {n for n in names if not inspect.ismodule(getattr(fastopt, n))}
+    assert objects == {n for n in fastopt.__all__ if not inspect.ismodule(getattr(fastopt, n))}
+    assert set(fastopt.__all__) <= names
 
 
 def test_the_walk_finds_the_public_api():

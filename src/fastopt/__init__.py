@@ -15,3 +15,19 @@ from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Momentum,
                     NAdam, Optimizer, RAdam, RMSprop)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # backends
+    "backends", "get_backend", "set_backend", "use_backend", "get_num_threads",
+    "set_num_threads",
+    # optimizers, and the buffer they step in one call
+    "Optimizer", "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax",
+    "NAdam", "RAdam", "Lion", "ParameterArena",
+    # layers
+    "batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "BatchNorm", "softmax",
+    "log_softmax", "softmax_cross_entropy",
+    # averages and mini-batches
+    "EWA", "ewa_series", "minibatches",
+    # submodules: the functional kernels, learning-rate schedules, the course's functions
+    "ops", "schedules", "course",
+]

@@ -475,8 +475,12 @@ def test_our_state_dict_loads_into_torch_and_continues_in_step(name, kwargs):
     sd = opt.state_dict()
     theirs = [torch.tensor(p.copy(), requires_grad=True) for p in ours]
     ref = getattr(torch.optim, name)(theirs, **kwargs)
-    ref.load_state_dict({"state": {i: {k: torch.from_numpy(v) if isinstance(v, np.ndarray)
-                                       else v for k, v in s.items()}
+    # step and mu_product go as numbers: torch's load_state_dict casts a 0-d float tensor to
+    # the parameter's dtype (mu_product to float64 here, off torch's own float32 trajectory)
+    # but turns a number into its float32 scalar tensor
+    scalars = opt.scalar_keys()
+    ref.load_state_dict({"state": {i: {k: v.item() if k in scalars else torch.from_numpy(v)
+                                       for k, v in s.items()}
                                    for i, s in sd["state"].items()},
                          "param_groups": sd["param_groups"]})
     for _ in range(8):

@@ -336,7 +336,7 @@ def test_arrays_assigned_into_state_are_the_state_from_then_on(backend, name, kw
         new = {}
         for i, s in opt.state.items():
             for key, value in list(s.items()):
-                if isinstance(value, np.ndarray):
+                if isinstance(value, np.ndarray) and key not in ("step", "mu_product"):
                     new[i, key] = s[key] = value.copy()
         for seed in range(2, 5):
             step_both(seed)
@@ -366,6 +366,55 @@ def test_a_bad_array_assigned_into_state_is_refused_by_name_and_changes_nothing(
                         "exp_avg_sq": np.zeros(4, np.float32)}
         opt.step(_grads())              # a fresh state dict restarts that parameter
     assert opt.state[1]["step"] == 1 and opt.state[0]["step"] == 2
+
+
+@pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
+def test_step_is_a_read_only_0d_array_and_assigning_it_sets_the_count(backend, arena):
+    """``step`` is a 0-d int64 view of the group's counter (so one NumPy operation advances
+    every parameter's): an assigned number or array sets the count and the kernel uses it
+    (bias correction at step 4, against a twin stepped four times); writing into the view is
+    refused rather than silently desynchronising the group."""
+    with fo.use_backend(backend):
+        ar, opt = _arena_setup("Adam", dict(lr=0.1))
+        ar2, twin = _arena_setup("Adam", dict(lr=0.1))
+        views = list(ar.params.values())
+        if not arena:               # the same parameters as a list: the multi-tensor path
+            opt = fo.Adam(views, lr=0.1)
+
+        def step(seed):
+            if arena:
+                _arena_steps(ar, opt, [seed])
+            else:
+                opt.step([g.astype(np.float32) for g in _grads(seed)])
+        step(0)
+        _arena_steps(ar2, twin, [0, 1, 2])
+        s = opt.state[1]
+        assert s["step"].shape == () and s["step"].dtype == np.int64 and s["step"] == 1
+        with pytest.raises(ValueError, match="read-only"):
+            s["step"][()] = 7
+        ar.flat_params[...] = ar2.flat_params        # the twin's parameters and moments
+        for i in opt.state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                opt.state[i][key][...] = twin.state[i][key]
+            opt.state[i]["step"] = np.array(3.0, np.float32)     # as torch saves it
+        step(3)
+        _arena_steps(ar2, twin, [3])
+        assert ar.flat_params.tobytes() == ar2.flat_params.tobytes()
+        assert s["step"] == 4 and s["step"].dtype == np.int64
+
+
+def test_one_step_advances_every_count_of_an_arena_group_at_once(backend):
+    """The arena path writes no per-parameter step: the counts are views of one array."""
+    with fo.use_backend(backend):
+        ar = fo.ParameterArena(np.float64, 1000)
+        for k in range(50):
+            ar.add(f"W{k}", (2, 3), init=k)
+        opt = fo.NAdam(ar.params)
+        kept = opt.state
+        for _ in range(3):
+            opt.step(ar.grads)
+        assert {int(s["step"]) for s in kept.values()} == {3} and len(kept) == 50
+        assert len({float(s["mu_product"]) for s in kept.values()}) == 1
 
 
 # ------------------------------------------------------------------- load_state_dict (11)
@@ -431,7 +480,8 @@ def test_load_state_dict_takes_torchs_scalars_and_casts_float_arrays():
                                        "exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3)}},
                          "param_groups": [dict(opt.state_dict()["param_groups"][0])]})
     s = opt.state[0]
-    assert s["step"] == 3 and type(s["step"]) is int and s["mu_product"] == 0.5
+    assert s["step"] == 3 and s["step"].dtype == np.int64 and s["step"].shape == ()
+    assert s["mu_product"] == 0.5 and s["mu_product"].dtype == np.float32
     assert s["exp_avg"].dtype == np.float32
 
 

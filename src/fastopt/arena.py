@@ -18,6 +18,7 @@ for bit.
 """
 import math
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 
@@ -135,10 +136,33 @@ class ParameterArena:
         """Set every grad to zero (one memset)."""
         self.flat_grads[...] = 0
 
+    @staticmethod
+    def span_of(params) -> "ArenaSpan | None":
+        """The stretch of an arena that ``params`` tile: an :class:`ArenaSpan` when they are
+        views ``k, k+1, ...`` of one arena in the order they were added, else None. An
+        optimizer steps such parameters with one kernel call over the stretch."""
+        if not params or not isinstance(params[0], np.ndarray):
+            return None
+        base = params[0].base
+        arena = _OWNERS.get(id(base)) if base is not None else None
+        if arena is None or arena._param_buf is not base:
+            return None
+        first = arena._index.get(id(params[0]))
+        if first is None:
+            return None
+        views = arena._views[first:first + len(params)]
+        if len(views) != len(params) or any(v[0] is not p for v, p in zip(views, params)):
+            return None
+        lo = views[0][2]
+        hi = views[-1][2] + views[-1][0].size
+        offsets = [off - lo for _, _, off in views] + [hi - lo]
+        return ArenaSpan(arena, first, arena._param_buf[lo:hi], arena._grad_buf[lo:hi], offsets,
+                         [g for _, g, _ in views])
+
     def __getstate__(self):
         """Pickle and deepcopy: the used part of both buffers and the layout (the views and
         the grad dict are rebuilt from them, so a copy's views share its buffers)."""
-        return {"dtype": self.dtype, "capacity": self._param_buf.size,
+        return {"dtype": self.dtype.str, "capacity": self._param_buf.size,
                 "layout": [(name, p.shape) for name, p in self.params.items()],
                 "params": self.flat_params.copy(), "grads": self.flat_grads.copy()}
 
@@ -190,27 +214,12 @@ class _GradDict(dict):
     __delitem__ = pop = popitem = clear = setdefault = _refuse
 
 
-def run_of(params):
-    """``(arena, first, stop)`` when ``params`` are the arena's views ``first..stop-1`` in
-    allocation order (so they tile one stretch of its buffer), else None."""
-    if not params or not isinstance(params[0], np.ndarray):
-        return None
-    base = params[0].base
-    arena = _OWNERS.get(id(base)) if base is not None else None
-    if arena is None or arena._param_buf is not base:
-        return None
-    first = arena._index.get(id(params[0]))
-    if first is None or arena._views[first][0] is not params[0]:
-        return None
-    stop = first + len(params)
-    views = arena._views[first:stop]
-    if len(views) != len(params) or any(v[0] is not p for v, p in zip(views, params)):
-        return None
-    return arena, first, stop
+class ArenaSpan(NamedTuple):
+    """Consecutive parameters of one arena, as :meth:`ParameterArena.span_of` finds them."""
 
-
-def stretch(arena, first, stop):
-    """Element range ``(lo, hi)`` of the arena's views ``first..stop-1``."""
-    lo = arena._views[first][2]
-    last = arena._views[stop - 1]
-    return lo, last[2] + last[0].size
+    arena: ParameterArena
+    first: int                # the first parameter's position in the arena (order added)
+    params: np.ndarray        # the parameters' stretch of the parameter buffer (1-D view)
+    grads: np.ndarray         # the same stretch of the grad buffer
+    offsets: list             # each parameter's first element in the stretch, then its end
+    grad_views: list          # the arena's grad view of each parameter

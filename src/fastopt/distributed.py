@@ -30,7 +30,7 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
     raise ImportError("fastopt.distributed needs mpi4py: pip install 'fastopt[mpi]' "
                       "(mpi4py and the mpich wheel)") from exc
 
-from .arena import ParameterArena, run_of, stretch
+from .arena import ParameterArena
 from .optim import Optimizer
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
@@ -119,28 +119,26 @@ class ShardedOptimizer:
         groups, self._named = _groups_of(params)
         self._full_groups = groups
         views = self._views = [p for g in groups for p in g["params"]]
-        run = run_of(views)
-        if run is None:
+        span = ParameterArena.span_of(views)
+        if span is None:
             raise ValueError("params must be consecutive parameters of one ParameterArena, in "
                              "the order they were added (the collectives run on its flat "
                              "buffers); put the model's parameters on a fastopt.ParameterArena")
-        self.arena = arena = run[0]
-        self.dtype = arena.dtype
+        self.arena = span.arena
+        self.dtype = span.arena.dtype
         self._names = [n for g in groups for n in g.get("param_names", ())] or None
         # element offsets of every parameter, relative to the start of the stretch
-        offsets = self._offsets = np.cumsum([0] + [p.size for p in views]).tolist()
-        lo, hi = stretch(*run)
-        self._params = arena.flat_params[lo:hi]
-        self._grads = arena.flat_grads[lo:hi]
-        self._grad_views = [self._grads[a:b].reshape(p.shape)
-                            for p, a, b in zip(views, offsets, offsets[1:])]
+        offsets = self._offsets = span.offsets
+        self._params = span.params
+        self._grads = span.grads
+        self._grad_views = span.grad_views
         self._group_bounds, k = [], 0      # per group: (first element, stop, first param)
         for g in groups:
             self._group_bounds.append((offsets[k], offsets[k + len(g["params"])], k))
             k += len(g["params"])
 
         size, rank = self.comm.Get_size(), self.comm.Get_rank()
-        self.bounds = shard_bounds(hi - lo, size, self.dtype.itemsize)
+        self.bounds = shard_bounds(span.params.size, size, self.dtype.itemsize)
         self.shard = s0, s1 = self.bounds[rank], self.bounds[rank + 1]
         self.shard_optimizer = optimizer_class(
             [dict({k: v for k, v in g.items() if k not in ("params", "param_names")},
@@ -338,11 +336,12 @@ class ShardedOptimizer:
             displs = np.cumsum([0] + counts[:-1]).tolist()
             for i in range(first, stop):
                 state[i] = {}
+            scalar_keys = self.shard_optimizer.scalar_keys()
             for key in sorted(entry):
                 value = entry[key]
-                if not isinstance(value, np.ndarray):
+                if key in scalar_keys:        # a 0-d array, one per parameter (as torch's)
                     for i in range(first, stop):
-                        state[i][key] = value
+                        state[i][key] = value.copy()
                     continue
                 full = np.empty(b - a, self.dtype) if is_root else None
                 self.comm.Gatherv(value, [full, counts, displs, _MPI_TYPES[self.dtype]],
@@ -433,11 +432,12 @@ class ShardedOptimizer:
             if any(s is None for s in states):
                 raise ValueError(f"state_dict has state for some parameters of param group "
                                  f"{gi} but not all; a sharded optimizer steps them together")
-            keys = sorted(k for k, v in states[0].items() if isinstance(v, np.ndarray))
-            scalars = {k: v for k, v in states[0].items() if not isinstance(v, np.ndarray)}
+            scalar_keys = full.scalar_keys()
+            keys = sorted(k for k in states[0] if k not in scalar_keys)
+            scalars = {k: states[0][k].item() for k in scalar_keys if k in states[0]}
             for i, s in zip(range(first, stop), states):
-                s_keys = sorted(k for k, v in s.items() if isinstance(v, np.ndarray))
-                s_scalars = {k: v for k, v in s.items() if not isinstance(v, np.ndarray)}
+                s_keys = sorted(k for k in s if k not in scalar_keys)
+                s_scalars = {k: s[k].item() for k in scalar_keys if k in s}
                 if s_keys != keys or s_scalars != scalars:
                     raise ValueError(f"state_dict['state'][{i}] differs from parameter {first}"
                                      f" of its group in keys or step ({s_keys} {s_scalars} vs "

@@ -6,16 +6,16 @@ the parameter names or by the course's ``"d" + name``, or a sequence in paramete
 grad is checked before any array is written, so a step that raises changes nothing.
 """
 import operator
+import sys
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 
 import numpy as np
 
 from . import ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._validate import FLOAT_DTYPES
-from .arena import _GradDict
-from .arena import run_of as arena_run
-from .arena import stretch as arena_stretch
+from .arena import ParameterArena, _GradDict
 
 # what the optimizers take (see above): parameters by name, in a list, or as param groups
 # ({"params": ..., <hyper-parameter overrides>}); grads by name or in parameter order
@@ -27,6 +27,7 @@ _NOT_HYPER = ("params", "param_names")
 _MISSING = object()
 FLAG = "flag"      # a _BOUNDS entry: True or False
 _DIGITS = "0123456789"
+_FLAT = object()   # a group's grads are its arena stretch's own (Optimizer._split)
 
 
 def _pair(betas):
@@ -47,8 +48,19 @@ def _check_hyper(name, value, bounds):
 
 # --------------------------------------------------------------------------- state containers
 _state_version = 0       # bumped when state is changed from outside an optimizer (see _State)
-_set = dict.__setitem__  # the optimizers' own writes into state: no cached view goes stale
-_WRITEABLE = operator.attrgetter("flags.writeable")
+_set = dict.__setitem__  # the optimizers' own writes into state: no plan goes stale
+
+
+def _first_readonly(arrays):
+    """The index of the first array of ``arrays`` that is not writeable, or -1; in C when
+    the compiled kernels are loaded (never imported from here: fastopt._backend decides)."""
+    kernels = sys.modules.get("fastopt._kernels")
+    if kernels is not None and hasattr(kernels, "first_readonly"):
+        return kernels.first_readonly(arrays)
+    for k, a in enumerate(arrays):
+        if not a.flags.writeable:
+            return k
+    return -1
 
 
 def _state_changed():
@@ -143,54 +155,89 @@ def _adopt(entries):
     return state
 
 
-class _StateList(list):
-    """A group's per-parameter states, with their arrays gathered by key on first use
-    (rebuilding 1000-item lists every step would cost more than the kernel). Valid while
-    ``version`` is the current ``_state_version``."""
+class _Batch:
+    """The parameters of one kernel call, as ``_update`` sees them: their state arrays by key
+    (:meth:`column`, :meth:`new_column`) and their scalar state (:meth:`scalar`,
+    :meth:`set_scalar`). On the arena path ``states`` is one dict of flat buffers.
+    State the call creates is stored by :meth:`commit`, once the call succeeded."""
 
-    def __init__(self, states):
-        super().__init__(states)
-        self.columns = {}
+    def __init__(self, states, slots, index, columns=None, spread=None):
+        self.states = states      # the parameters' state dicts, or [flat buffers by key]
+        self.slots = slots        # scalar key -> the group's array of it, one slot per param
+        self.index = index        # these parameters' slots: slice(None) or a list
+        self.columns = {} if columns is None else columns   # key -> arrays (kept by a plan)
+        self.spread = spread      # arena path: (states, offsets, params) to view new state
+        self.pending = []         # (state, key, array) made by this call
+        self.first = 0 if isinstance(index, slice) else index[0]
+
+    def has(self, key):
+        return key in self.states[0]
+
+    def column(self, key):
+        """The parameters' ``key`` arrays, in order."""
+        col = self.columns.get(key)
+        if col is None:
+            col = self.columns[key] = [s[key] for s in self.states]
+        return col
+
+    def new_column(self, key, params, make=np.zeros):
+        """:meth:`column`, with a new array like the parameter (``make``) where a state lacks
+        ``key`` (state an option switched on later needs, as torch creates it)."""
+        col = self.columns.get(key)
+        if col is not None:
+            return col
+        col = []
+        for p, s in zip(params, self.states):
+            a = s.get(key)
+            if a is None:
+                a = make(p.shape, p.dtype)
+                self.pending.append((s, key, a))
+            col.append(a)
+        return col
+
+    def scalar(self, key):
+        """The parameters' (common) ``key`` scalar: step, NAdam's mu_product."""
+        return self.slots[key][self.first].item()
+
+    def set_scalar(self, key, value):
+        self.slots[key][self.index] = value
+
+    def commit(self):
+        """Store the state the call made (on the arena path: the flat buffer, and a view of
+        it in each parameter's state)."""
+        for s, key, a in self.pending:
+            _set(s, key, a)
+            if self.spread is not None:
+                states, offsets, params = self.spread
+                for ps, p, lo, hi in zip(states, params, offsets, offsets[1:]):
+                    _set(ps, key, a[lo:hi].reshape(p.shape))
+
+
+class _Plan:
+    """How one param group steps, made at its first step and again when its hyper-parameters
+    or any state changed (``version``): the parameters' states, whether they step together
+    (``uniform``: every one has state, all in one phase), the columns of their state arrays,
+    and on the arena path the span and the flat state buffers."""
+
+    def __init__(self, states, uniform, span, flat):
         self.version = _state_version
+        self.states = states
+        self.uniform = uniform
+        self.span = span          # an ArenaSpan when the group steps as one flat stretch
+        self.flat = flat          # key -> flat state buffer over the span
+        self.columns = {}         # key -> the parameters' arrays (the list path)
+        self.flat_columns = {}    # key -> [flat buffer] (the arena path)
 
 
-def _column(states, key):
-    """``[s[key] for s in states]``, cached when ``states`` is a group's cached list."""
-    columns = getattr(states, "columns", None)
-    if columns is None:
-        return [s[key] for s in states]
-    col = columns.get(key)
-    if col is None:
-        col = columns[key] = [s[key] for s in states]
-    return col
+class _ArenaParams:
+    """Parameters that are views ``first, first + 1, ...`` of a ParameterArena, as an
+    optimizer pickles them (the arena pickles its buffers once; the views are rebuilt)."""
 
-
-def _column_or_new(states, params, key, pending):
-    """:func:`_column`, with zeros for parameters whose state lacks ``key`` (state an option
-    switched on later needs, as torch creates it); those are added to ``pending`` as
-    ``(state, key, array)``, to be stored once the kernel call succeeded."""
-    columns = getattr(states, "columns", None)
-    if columns is not None and key in columns:
-        return columns[key]
-    col = []
-    for p, s in zip(params, states):
-        a = s.get(key)
-        if a is None:
-            a = np.zeros(p.shape, p.dtype)
-            pending.append((s, key, a))
-        col.append(a)
-    return col
-
-
-class _ArenaView:
-    """A parameter that is view ``k`` of a ParameterArena, as an optimizer pickles it (the
-    arena pickles its buffers once; the views are rebuilt from it)."""
-
-    def __init__(self, arena, k):
-        self.arena, self.k = arena, k
+    def __init__(self, arena, first, count):
+        self.arena, self.first, self.count = arena, first, count
 
     def resolve(self):
-        return self.arena._views[self.k][0]
+        return list(self.arena.params.values())[self.first:self.first + self.count]
 
 
 _ADAM_BOUNDS = dict(lr=NONNEG, betas=BETAS, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
@@ -203,14 +250,15 @@ class Optimizer:
     ``_STATE`` and ``_OPTIONAL_STATE`` (torch's state keys: always there once a parameter has
     state; created when an option needs them), ``_init_state(param, group)`` (by default
     ``step`` 0 and zeros for the other keys of ``_STATE``) and
-    ``_update(group, params, grads, states, step)``: one multi-tensor kernel call for the
+    ``_update(group, params, grads, batch, step)``: one multi-tensor kernel call for the
     parameters sharing a phase (``_phase``: the step count), where ``step`` is the new count
-    (None for optimizers without one; the base class stores it after the call succeeds). It
-    returns the state it created, ``[(state, key, array)]``, which the base class stores after
-    the call succeeded, so a refused call changes nothing.
+    (None for optimizers without one; the base class stores it after the call succeeds) and
+    ``batch`` (a :class:`_Batch`) gives their state arrays by key and holds the state the call
+    creates until it succeeded, so a refused call changes nothing.
 
     ``state`` is the truth, as in torch: arrays assigned into ``opt.state[i]`` are what later
-    steps update in place.
+    steps update in place. ``step`` (and NAdam's ``mu_product``) are 0-d arrays, as torch's
+    are 0-d tensors.
     """
 
     _BOUNDS = {}          # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
@@ -225,9 +273,9 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.param_groups = []
         self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
-        self._cache = {}             # group index -> its states as a _StateList (_step_group)
-        self._arena_runs = {}        # group index -> (arena, first, stop) when it tiles one
-        self._arena_state = {}       # group index -> (version, flat state buffers or None)
+        self._plans = {}             # group index -> its _Plan (how it steps)
+        self._slots = []             # per group: scalar state key -> one slot per parameter
+        self._starts = []            # per group: the flat index of its first parameter
         self._named = None           # True: params came as a dict; grads may be keyed by name
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
@@ -291,11 +339,22 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._check(group)
-        group.checked = True
-        run = arena_run(params)
-        if run is not None:
-            self._arena_runs[len(self.param_groups)] = run
+        self._starts.append(sum(len(g["params"]) for g in self.param_groups))
+        self._slots.append(self._new_slots(len(params)))
         self.param_groups.append(group)
+
+    def _new_slots(self, n):
+        """The arrays holding a group's scalar state, one slot per parameter (see _bind):
+        the step count as int64, the others float32 (torch's dtype for NAdam's mu_product,
+        which it also multiplies in float32)."""
+        return {key: np.zeros(n, np.int64 if key == "step" else np.float32)
+                for key in self.scalar_keys()}
+
+    @classmethod
+    def scalar_keys(cls) -> tuple:
+        """The state keys holding a number per parameter (0-d arrays), not an array like it:
+        ``step`` (where the optimizer counts steps) and e.g. NAdam's ``mu_product``."""
+        return (("step",) if "step" in cls._STATE else ()) + cls._scalar_state
 
     @property
     def lr(self):
@@ -383,11 +442,15 @@ class Optimizer:
                                  f"{type(self).__name__})")
             _check_hyper(name, value, bounds)
 
-    def _check_grads(self, grads):
-        """Check every grad against its parameter, raising with the parameter's name."""
-        for (i, label, _, _, p), g in zip(self._flat(), grads):
+    def _check_grads(self, gi, grads):
+        """Check group ``gi``'s grads against its parameters, raising with the parameter's
+        name."""
+        group = self.param_groups[gi]
+        names = group.get("param_names")
+        for k, (p, g) in enumerate(zip(group["params"], grads)):
             if g is None:
                 continue
+            label = repr(names[k]) if names else f"{self._starts[gi] + k}"
             if not isinstance(g, np.ndarray):
                 raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
                                 f"got {type(g).__name__}")
@@ -402,6 +465,8 @@ class Optimizer:
 
     def _check_state_entry(self, where, key, value, p, min_step):
         """One state entry of parameter ``p`` (``where`` names it in the message)."""
+        if key == "step" or key in self._scalar_state:
+            value = _scalar(where, key, value)
         if key == "step":
             check_real(f"{where}['step']", value, (min_step, None, False))
             if not float(value).is_integer():
@@ -423,186 +488,196 @@ class Optimizer:
         elif not value.flags.writeable:
             raise ValueError(f"{where}[{key!r}] is read-only; it is updated in place")
 
-    def _check_states(self, grads):
-        """Check the state of every parameter that steps (keys, arrays like the parameter):
-        arrays assigned into ``state`` since the last step are checked before any write."""
-        for (i, _, _, _, p), g in zip(self._flat(), grads):
-            s = self._state.get(i)
-            if g is None or s is None:
+    def _check_states(self, gi, states):
+        """Check the states of group ``gi``'s parameters (keys, arrays like the parameter,
+        scalars in range): arrays assigned into ``state`` are checked before any write."""
+        start, params = self._starts[gi], self.param_groups[gi]["params"]
+        for k, s in enumerate(states):
+            if s is None:
                 continue
-            where = f"state[{i}]"
-            missing = [k for k in self._STATE if k not in s]
+            where = f"state[{start + k}]"
+            missing = [key for key in self._STATE if key not in s]
             if missing:
                 raise ValueError(f"{where} has no {missing[0]!r}")
             for key, value in s.items():
-                self._check_state_entry(where, key, value, p, 0)
+                self._check_state_entry(where, key, value, params[k], 0)
 
+    # ------------------------------------------------------------------------------ step
+    def step(self, grads: Grads) -> None:
+        """Update every parameter in place from ``grads`` (see the module docstring).
+
+        First every group is checked (hyper-parameters, state; once, then again only after
+        they change), then each group steps with one kernel call: over its flat stretch of a
+        ParameterArena, or over its list of arrays. A step that raises changes nothing."""
+        plans = [self._plan(gi) for gi in range(len(self.param_groups))]
+        for gi, grads_of_group in enumerate(self._split(grads, plans)):
+            self._step_group(gi, plans[gi], grads_of_group)
+
+    def _plan(self, gi):
+        """Group ``gi``'s :class:`_Plan`, made again when the group or any state changed:
+        its hyper-parameters and its parameters' states are checked here."""
+        group = self.param_groups[gi]
+        plan = self._plans.get(gi)
+        if plan is not None and plan.version == _state_version and group.checked:
+            return plan
+        self._check(group)
+        start = self._starts[gi]
+        states = [self._state.get(start + k) for k in range(len(group["params"]))]
+        self._check_states(gi, states)
+        for k, s in enumerate(states):
+            if s is not None:
+                self._bind(gi, k, s)
+        span = ParameterArena.span_of(group["params"])
+        flat = None if span is None else self._flatten(gi, span, states, plan)
+        uniform = None not in states and len({self._phase(s) for s in states}) <= 1
+        if isinstance(group, _Group):
+            group.checked = True
+        plan = self._plans[gi] = _Plan(states, uniform, span if flat is not None else None,
+                                       flat)
+        return plan
+
+    def _split(self, grads, plans):
+        """``grads`` per group: a list in parameter order (None: no grad), or ``_FLAT`` for a
+        group on the arena path handed the arena's own grad views (no grad to check; its
+        parameters are checked for writeability, which a view can lose after the fact).
+        With several groups every grad is checked here, before any group steps."""
+        if isinstance(grads, _GradDict) and all(
+                p.span is not None and p.span.arena.grads is grads for p in plans):
+            out = [_FLAT] * len(plans)
+        else:
+            grads = self._match(grads)
+            out = []
+            for gi, plan in enumerate(plans):
+                start = self._starts[gi]
+                mine = grads[start:start + len(plan.states)]
+                if plan.span is not None and all(map(operator.is_, mine, plan.span.grad_views)):
+                    mine = _FLAT
+                elif len(plans) > 1:
+                    self._check_grads(gi, mine)
+                out.append(mine)
+        for gi, mine in enumerate(out):
+            if mine is _FLAT:
+                params = self.param_groups[gi]["params"]
+                k = _first_readonly(params)
+                if k >= 0:
+                    names = self.param_groups[gi].get("param_names")
+                    label = repr(names[k]) if names else self._starts[gi] + k
+                    raise ValueError(f"parameter {label} is read-only")
+        return out
+
+    def _step_group(self, gi, plan, grads):
+        """One group: the arena stretch in one kernel call, or the list in one kernel call
+        while every parameter has a grad and they share a phase, else :meth:`_step_parts`."""
+        group = self.param_groups[gi]
+        slots = self._slots[gi]
+        if grads is _FLAT:
+            span = plan.span
+            self._run(group, [span.params], [span.grads],
+                      _Batch([plan.flat], slots, slice(None), plan.flat_columns,
+                             (plan.states, span.offsets, group["params"])))
+        elif plan.uniform and all(map(operator.is_not, grads, repeat(None))):
+            try:
+                self._run(group, group["params"], grads,
+                          _Batch(plan.states, slots, slice(None), plan.columns))
+            except (TypeError, ValueError):     # the kernel checked every array, wrote none
+                self._check_grads(gi, grads)    # an error naming the parameter, if a grad's
+                raise
+        else:
+            self._check_grads(gi, grads)
+            self._step_parts(gi, plan, grads)
+
+    def _step_parts(self, gi, plan, grads):
+        """The general case: parameters without a grad sit the step out, state is made on
+        first use (stored once the kernel call succeeded), and one kernel call runs per
+        phase (parameters in different phases, e.g. steps, cannot share one)."""
+        group, start = self.param_groups[gi], self._starts[gi]
+        params, slots = group["params"], self._slots[gi]
+        parts, created = {}, []
+        for k, g in enumerate(grads):
+            if g is None:
+                continue
+            s = plan.states[k]
+            if s is None:
+                s = self._new_state(gi, k)
+                created.append((start + k, s))
+            parts.setdefault(self._phase(s), []).append((k, s))
+        batches = [_Batch([s for _, s in part], slots, [k for k, _ in part])
+                   for part in parts.values()]     # partitioned first: a step moves phases
+        for batch in batches:
+            self._run(group, [params[k] for k in batch.index], [grads[k] for k in batch.index],
+                      batch)
+        for i, s in created:
+            _set(self._state, i, s)
+        self._plans.pop(gi, None)       # made again with the state made here
+
+    def _run(self, group, params, grads, batch):
+        """One kernel call; the step count and the state it made are stored only after it
+        succeeded (a refused call changes nothing)."""
+        steps = batch.slots.get("step")
+        step = None if steps is None else int(steps[batch.first]) + 1
+        self._update(group, params, grads, batch, step)
+        if steps is not None:
+            steps[batch.index] = step
+        batch.commit()
+
+    def _phase(self, state):
+        """Parameters step together (one kernel call) when their phases are equal."""
+        step = state.get("step")
+        return None if step is None else int(step)
+
+    # ------------------------------------------------------------------------ state
     def _init_state(self, param, group):
         """A parameter's first state: ``step`` 0 and zeros like ``param`` for the other keys
         of ``_STATE`` (subclasses with other initial values override it)."""
         return {key: 0 if key == "step" else np.zeros(param.shape, param.dtype)
                 for key in self._STATE}
 
-    def step(self, grads: Grads) -> None:
-        """Update every parameter in place from ``grads`` (see the module docstring).
+    def _new_state(self, gi, k):
+        """A new state for parameter ``k`` of group ``gi`` (not stored yet)."""
+        group = self.param_groups[gi]
+        state = _State(self._init_state(group["params"][k], group))
+        self._bind(gi, k, state)
+        return state
 
-        One multi-tensor kernel call per parameter group. With one group whose parameters all
-        step together and nothing changed since the last step, that call's own validation
-        (scalars in ``ops``, then every array, before any write) is the only check on the hot
-        path; if it refuses, the general path takes over, which checks every group's
-        hyper-parameters, every grad and every state entry (errors naming them) before it
-        writes anything."""
-        groups = self.param_groups
-        fast = len(groups) == 1 and getattr(groups[0], "checked", False)
-        if fast and self._step_arena(0, groups[0], grads, 0):
-            return
-        grads = self._match(grads)
-        if fast:
-            if self._step_arena(0, groups[0], grads, 0):
-                return
-            cache = self._cache.get(0)
-            if cache is not None and cache.version == _state_version:
-                try:
-                    self._advance(groups[0], groups[0]["params"], grads, cache)
-                except (TypeError, ValueError):
-                    pass                  # the general path names what is wrong
-                else:
-                    self._arena_state.pop(0, None)   # its step count is now behind
-                    return
-        for group in groups:
-            self._check(group)
-        for group in groups:
-            if isinstance(group, _Group):
-                group.checked = True
-        self._check_grads(grads)
-        self._check_states(grads)
-        start = 0
-        for gi, group in enumerate(groups):
-            n = len(group["params"])
-            if not self._step_arena(gi, group, grads[start:start + n], start):
-                self._step_group(gi, group, grads[start:start + n], start)
-            start += n
+    def _bind(self, gi, k, state):
+        """Make ``state``'s scalar entries (step, mu_product) read-only 0-d views of parameter
+        ``k``'s slots in the group's arrays, holding their values (as torch's 0-d tensors):
+        a step over many parameters then advances every count with one NumPy operation.
+        A new value is assigned (``state["step"] = 5``), not written into the view."""
+        for key, slots in self._slots[gi].items():
+            value = state.get(key)
+            if value is not None:
+                slots[k] = value
+                view = slots[k, ...]
+                view.flags.writeable = False
+                _set(state, key, view)
 
-    def _phase(self, state):
-        """Parameters step together (one kernel call) when their phases are equal."""
-        return state.get("step")
-
-    def _step_group(self, gi, group, grads, start):
-        """Step one group (everything already checked): state is created on first use (and
-        stored once its kernel call succeeded), parameters without a grad sit the step out,
-        and one kernel call runs per phase. While every parameter steps together the group's
-        states are cached as a list."""
-        self._arena_state.pop(gi, None)   # its flat state is rebuilt when the arena path resumes
-        index = range(start, start + len(grads))
-        live = [k for k, g in enumerate(grads) if g is not None]
-        states, created = [], []
-        for k in live:
-            s = self._state.get(index[k])
-            if s is None:
-                s = _State(self._init_state(group["params"][k], group))
-                created.append((index[k], s))
-            states.append(s)
-        params = [group["params"][k] for k in live]
-        grads = [grads[k] for k in live]
-        phases = [self._phase(s) for s in states]
-        distinct = set(phases)
-        parts = [[k for k, ph in enumerate(phases) if ph == phase] for phase in distinct]
-        for part in parts:          # partitioned first: advancing one changes its phase
-            self._advance(group, [params[k] for k in part], [grads[k] for k in part],
-                          [states[k] for k in part])
-        for i, s in created:
-            _set(self._state, i, s)
-        if len(live) == len(index) and len(distinct) == 1:
-            self._cache[gi] = _StateList(states)
-        else:
-            self._cache.pop(gi, None)
-
-    def _step_arena(self, gi, group, grads, start):
-        """The arena path: one kernel call over the group's stretch of a ParameterArena, when
-        the group's parameters tile it and ``grads`` is the arena's grad dict or a list of its
-        grad views (so they need no check). The state lives in flat buffers too; each
-        parameter's state entries are views of them, so state dicts stay per parameter.
-        Returns False if it does not apply (the multi-tensor path gives the same result)."""
-        run = self._arena_runs.get(gi)
-        if run is None:
-            return False
-        arena, first, stop = run
-        views = arena._views[first:stop]
-        if grads is not arena.grads and not (
-                isinstance(grads, list) and len(grads) == len(views)
-                and all(map(operator.is_, grads, [v[1] for v in views]))):
-            return False
-        if not all(map(_WRITEABLE, group["params"])):     # made read-only since construction
-            k = [p.flags.writeable for p in group["params"]].index(False)
-            names = group.get("param_names")
-            label = repr(names[k]) if names else start + k
-            raise ValueError(f"parameter {label} is read-only")
-        entry = self._arena_state.get(gi)
-        if entry is None or entry[0] != _state_version:
-            self._check(group)        # before _flatten_state creates any state
-            self._cache.pop(gi, None)      # its cached columns would hold replaced arrays
-            flat = self._flatten_state(group, start, run)
-            entry = self._arena_state[gi] = (_state_version, flat)
-        flat = entry[1]
-        if flat is None:
-            return False
-        lo, hi = arena_stretch(arena, first, stop)
-        self._advance(group, [arena._param_buf[lo:hi]], [arena._grad_buf[lo:hi]], [flat])
-        states = [self._state[i] for i in range(start, start + len(views))]
-        for key, value in flat.items():
-            if not isinstance(value, np.ndarray):          # the step, NAdam's mu_product
-                for s in states:
-                    _set(s, key, value)
-            elif key not in states[0]:     # state the step created (e.g. a momentum buffer)
-                for s, (p, _, off) in zip(states, views):
-                    _set(s, key, value[off - lo:off - lo + p.size].reshape(p.shape))
-        return True
-
-    def _flatten_state(self, group, start, run):
-        """Move the group's per-parameter state into flat buffers (per-parameter entries
-        become views of them); None if the parameters' states differ in keys or phase, or
-        hold arrays assigned from outside (those are updated where they are)."""
-        arena, first, stop = run
-        views = arena._views[first:stop]
-        lo, hi = arena_stretch(arena, first, stop)
-        index = range(start, start + len(views))
-        if any(getattr(self._state.get(i), "adopted", False) for i in index):
+    def _flatten(self, gi, span, states, old):
+        """The arena path's flat state: one buffer per state key over the group's stretch,
+        each parameter's entry a view of it (made for every parameter without state). None
+        if the states differ in keys or phase, or hold arrays assigned from outside (those are
+        updated where they are)."""
+        if any(s is not None and s.adopted for s in states):
             return None
-        for i, (p, _, _) in zip(index, views):
-            if i not in self._state:
-                _set(self._state, i, _State(self._init_state(p, group)))
-        states = [self._state[i] for i in index]
+        start = self._starts[gi]
+        for k, s in enumerate(states):
+            if s is None:
+                s = states[k] = self._new_state(gi, k)
+                _set(self._state, start + k, s)
         keys = set(states[0])
         if any(set(s) != keys for s in states) or len({self._phase(s) for s in states}) > 1:
             return None
-        flat = {}
-        for key in keys:
-            if not isinstance(states[0][key], np.ndarray):    # the step, NAdam's mu_product
-                if len({s[key] for s in states}) > 1:
-                    return None
-                flat[key] = states[0][key]
+        flat, offsets = {}, span.offsets
+        for key in keys - self._slots[gi].keys():
+            buf = old.flat.get(key) if old is not None and old.flat is not None else None
+            if buf is not None and all(s[key].base is buf for s in states):
+                flat[key] = buf                 # already views of it: nothing to move
                 continue
-            buf = np.empty(hi - lo, arena.dtype)
-            for s, (p, _, off) in zip(states, views):
-                part = buf[off - lo:off - lo + p.size]
-                part[...] = s[key].ravel()
-                _set(s, key, part.reshape(p.shape))
-            flat[key] = buf
+            buf = flat[key] = np.empty(span.params.size, span.params.dtype)
+            for s, lo, hi in zip(states, offsets, offsets[1:]):
+                buf[lo:hi] = s[key].ravel()
+                _set(s, key, buf[lo:hi].reshape(s[key].shape))
         return flat
-
-    def _advance(self, group, params, grads, states):
-        """One kernel call for parameters in one phase; the step count and any state the
-        call created are stored only after it succeeded (a refused call changes nothing)."""
-        if "step" in states[0]:
-            step = states[0]["step"] + 1
-            pending = self._update(group, params, grads, states, step)
-            for s in states:
-                _set(s, "step", step)
-        else:
-            pending = self._update(group, params, grads, states, None)
-        if pending:
-            for s, key, a in pending:
-                _set(s, key, a)
 
     def zero_grad(self) -> None:
         """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops."""
@@ -687,35 +762,46 @@ class Optimizer:
             mine.update(hyper)
             mine.update(self._FORCED)
         self._state = new_state
+        self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
+        for i, entry in new_state.items():
+            self._bind(*self._position(i), entry)
         _state_changed()
-        self._cache = {}
-        self._arena_state = {}
+        self._plans = {}
+
+    def _position(self, i):
+        """(group index, index in the group) of flat parameter index ``i``."""
+        gi = next(gi for gi in reversed(range(len(self._starts))) if self._starts[gi] <= i)
+        return gi, i - self._starts[gi]
 
     _FORCED = {}    # group entries a state dict cannot change (AdamW's decoupled decay)
 
     # --------------------------------------------------------------- pickle and deepcopy
     def __getstate__(self):
         """Parameters that are views of a ParameterArena are saved as (arena, position), so a
-        copy's parameters are views of the copied arena; caches are rebuilt."""
+        copy's parameters are views of the copied arena; plans and scalar slots are made
+        again (from the states' values)."""
         state = dict(self.__dict__)
-        state.update(_cache={}, _arena_state={}, _arena_runs={})
+        state["_plans"] = {}
+        del state["_slots"]
         groups = []
         for group in self.param_groups:
             copy = _Group(group)
             copy.__dict__.update(getattr(group, "__dict__", {}))
-            dict.__setitem__(copy, "params", [_arena_view(p) for p in group["params"]])
+            dict.__setitem__(copy, "params", _arena_params(group["params"]))
             groups.append(copy)
         state["param_groups"] = groups
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        for gi, group in enumerate(self.param_groups):
-            params = [p.resolve() if isinstance(p, _ArenaView) else p for p in group["params"]]
+        for group in self.param_groups:
+            params = []
+            for p in group["params"]:
+                params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
             dict.__setitem__(group, "params", params)
-            run = arena_run(params)
-            if run is not None:
-                self._arena_runs[gi] = run
+        self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
+        for i, entry in self._state.items():
+            self._bind(*self._position(i), entry)
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -737,10 +823,15 @@ def _scalar(where, key, value):
     return value
 
 
-def _arena_view(p):
-    """``p``, or an :class:`_ArenaView` when it is a view of a ParameterArena."""
-    run = arena_run([p])
-    return _ArenaView(run[0], run[1]) if run is not None else p
+def _arena_params(params):
+    """``params`` as pickled: :class:`_ArenaParams` for views of a ParameterArena (one for
+    a group that tiles a stretch of one), the arrays themselves otherwise."""
+    span = ParameterArena.span_of(params)
+    if span is not None:
+        return [_ArenaParams(span.arena, span.first, len(params))]
+    spans = [ParameterArena.span_of([p]) for p in params]
+    return [p if sp is None else _ArenaParams(sp.arena, sp.first, 1)
+            for p, sp in zip(params, spans)]
 
 
 class SGD(Optimizer):
@@ -813,20 +904,15 @@ class SGD(Optimizer):
         # in its own kernel call (first_step=True), apart from those with one
         return "momentum_buffer" in state
 
-    def _update(self, group, params, grads, states, step):
-        bufs, first, pending = None, False, []
+    def _update(self, group, params, grads, batch, step):
+        bufs, first = None, False
         if group["momentum"] != 0:
-            first = "momentum_buffer" not in states[0]
-            if first:          # the kernel sets them to the grad; stored once it succeeded
-                bufs = [np.empty(p.shape, p.dtype) for p in params]
-                pending = [(s, "momentum_buffer", b) for s, b in zip(states, bufs)]
-            else:
-                bufs = _column(states, "momentum_buffer")
+            first = not batch.has("momentum_buffer")     # the kernel sets it to the grad
+            bufs = batch.new_column("momentum_buffer", params, np.empty)
         ops.foreach_sgd_step_(params, grads, bufs, lr=group["lr"],
                               momentum=group["momentum"], dampening=group["dampening"],
                               nesterov=group["nesterov"], weight_decay=group["weight_decay"],
                               maximize=group["maximize"], first_step=first)
-        return pending
 
 
 class Momentum(Optimizer):
@@ -866,8 +952,8 @@ class Momentum(Optimizer):
     def __init__(self, params: Params, lr: float, beta: float = 0.9) -> None:
         super().__init__(params, dict(lr=lr, beta=beta))
 
-    def _update(self, group, params, grads, states, step):
-        ops.foreach_momentum_step_(params, grads, _column(states, "momentum_buffer"),
+    def _update(self, group, params, grads, batch, step):
+        ops.foreach_momentum_step_(params, grads, batch.column("momentum_buffer"),
                                    lr=group["lr"], beta=group["beta"])
 
 
@@ -944,20 +1030,18 @@ class RMSprop(Optimizer):
                                       momentum=momentum, centered=centered,
                                       eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
 
-    def _update(self, group, params, grads, states, step):
+    def _update(self, group, params, grads, batch, step):
         bufs = grad_avgs = None
-        pending = []
         if group["momentum"] > 0:
-            bufs = _column_or_new(states, params, "momentum_buffer", pending)
+            bufs = batch.new_column("momentum_buffer", params)
         if group["centered"]:
-            grad_avgs = _column_or_new(states, params, "grad_avg", pending)
-        ops.foreach_rmsprop_step_(params, grads, _column(states, "square_avg"),
+            grad_avgs = batch.new_column("grad_avg", params)
+        ops.foreach_rmsprop_step_(params, grads, batch.column("square_avg"),
                                   lr=group["lr"], beta=group["alpha"], eps=group["eps"],
                                   weight_decay=group["weight_decay"], momentum_buffers=bufs,
                                   momentum=group["momentum"], grad_avgs=grad_avgs,
                                   maximize=group["maximize"],
                                   eps_inside_sqrt=group["eps_inside_sqrt"])
-        return pending
 
 
 class Adagrad(Optimizer):
@@ -1015,15 +1099,16 @@ class Adagrad(Optimizer):
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize))
         # as torch: the accumulator exists (and is in the state dict) before the first step
-        for i, _, _, group, p in self._flat():
-            _set(self._state, i, _State(self._init_state(p, group)))
+        for gi, group in enumerate(self.param_groups):
+            for k in range(len(group["params"])):
+                _set(self._state, self._starts[gi] + k, self._new_state(gi, k))
 
     def _init_state(self, param, group):
         return {"step": 0,
                 "sum": np.full(param.shape, group["initial_accumulator_value"], param.dtype)}
 
-    def _update(self, group, params, grads, states, step):
-        ops.foreach_adagrad_step_(params, grads, _column(states, "sum"), step,
+    def _update(self, group, params, grads, batch, step):
+        ops.foreach_adagrad_step_(params, grads, batch.column("sum"), step,
                                   lr=group["lr"], lr_decay=group["lr_decay"],
                                   weight_decay=group["weight_decay"], eps=group["eps"],
                                   maximize=group["maximize"])
@@ -1111,19 +1196,17 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = np.zeros(param.shape, param.dtype)
         return state
 
-    def _update(self, group, params, grads, states, step):
+    def _update(self, group, params, grads, batch, step):
         vmaxes = None
-        pending = []
         if group["amsgrad"]:
-            vmaxes = _column_or_new(states, params, "max_exp_avg_sq", pending)
-        ops.foreach_adam_step_(params, grads, _column(states, "exp_avg"),
-                               _column(states, "exp_avg_sq"), step, lr=group["lr"],
+            vmaxes = batch.new_column("max_exp_avg_sq", params)
+        ops.foreach_adam_step_(params, grads, batch.column("exp_avg"),
+                               batch.column("exp_avg_sq"), step, lr=group["lr"],
                                betas=group["betas"], eps=group["eps"],
                                weight_decay=group["weight_decay"], max_exp_avg_sqs=vmaxes,
                                maximize=group["maximize"],
                                decoupled_weight_decay=group["decoupled_weight_decay"],
                                eps_inside_sqrt=group.get("eps_inside_sqrt", False))
-        return pending
 
 
 class AdamW(Adam):
@@ -1228,9 +1311,9 @@ class Adadelta(Optimizer):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize))
 
-    def _update(self, group, params, grads, states, step):
-        ops.foreach_adadelta_step_(params, grads, _column(states, "square_avg"),
-                                   _column(states, "acc_delta"), lr=group["lr"],
+    def _update(self, group, params, grads, batch, step):
+        ops.foreach_adadelta_step_(params, grads, batch.column("square_avg"),
+                                   batch.column("acc_delta"), lr=group["lr"],
                                    rho=group["rho"], eps=group["eps"],
                                    weight_decay=group["weight_decay"],
                                    maximize=group["maximize"])
@@ -1285,9 +1368,9 @@ class Adamax(Optimizer):
         super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, maximize=maximize))
 
-    def _update(self, group, params, grads, states, step):
-        ops.foreach_adamax_step_(params, grads, _column(states, "exp_avg"),
-                                 _column(states, "exp_inf"), step, lr=group["lr"],
+    def _update(self, group, params, grads, batch, step):
+        ops.foreach_adamax_step_(params, grads, batch.column("exp_avg"),
+                                 batch.column("exp_inf"), step, lr=group["lr"],
                                  betas=group["betas"], eps=group["eps"],
                                  weight_decay=group["weight_decay"], maximize=group["maximize"])
 
@@ -1361,15 +1444,14 @@ class NAdam(Optimizer):
         return {"step": 0, "mu_product": 1.0, "exp_avg": np.zeros(param.shape, param.dtype),
                 "exp_avg_sq": np.zeros(param.shape, param.dtype)}
 
-    def _update(self, group, params, grads, states, step):
+    def _update(self, group, params, grads, batch, step):
         # parameters stepped together share their step count, so their mu products agree
         mu_product = ops.foreach_nadam_step_(
-            params, grads, _column(states, "exp_avg"), _column(states, "exp_avg_sq"), step,
-            states[0]["mu_product"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
+            params, grads, batch.column("exp_avg"), batch.column("exp_avg_sq"), step,
+            batch.scalar("mu_product"), lr=group["lr"], betas=group["betas"], eps=group["eps"],
             weight_decay=group["weight_decay"], momentum_decay=group["momentum_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"])
-        for s in states:
-            _set(s, "mu_product", mu_product)
+        batch.set_scalar("mu_product", mu_product)
 
 
 class RAdam(Optimizer):
@@ -1433,9 +1515,9 @@ class RAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize))
 
-    def _update(self, group, params, grads, states, step):
-        ops.foreach_radam_step_(params, grads, _column(states, "exp_avg"),
-                                _column(states, "exp_avg_sq"), step, lr=group["lr"],
+    def _update(self, group, params, grads, batch, step):
+        ops.foreach_radam_step_(params, grads, batch.column("exp_avg"),
+                                batch.column("exp_avg_sq"), step, lr=group["lr"],
                                 betas=group["betas"], eps=group["eps"],
                                 weight_decay=group["weight_decay"],
                                 decoupled_weight_decay=group["decoupled_weight_decay"],
@@ -1495,8 +1577,8 @@ class Lion(Optimizer):
         super().__init__(params, dict(lr=lr, betas=_pair(betas), weight_decay=weight_decay,
                                       maximize=maximize))
 
-    def _update(self, group, params, grads, states, step):
-        ops.foreach_lion_step_(params, grads, _column(states, "exp_avg"), lr=group["lr"],
+    def _update(self, group, params, grads, batch, step):
+        ops.foreach_lion_step_(params, grads, batch.column("exp_avg"), lr=group["lr"],
                                betas=group["betas"], weight_decay=group["weight_decay"],
                                maximize=group["maximize"])
 

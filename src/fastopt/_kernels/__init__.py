@@ -59,6 +59,7 @@ KERNEL_MODULES = (_optim, _layers)
 _FAMILIES = (_optim, _layers, _stream)
 _threads.register_threadpoolctl()
 BUILD_FLAGS = _optim.BUILD_FLAGS
+first_readonly = _optim.first_readonly
 
 
 def set_num_threads(n):

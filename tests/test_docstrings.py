@@ -46,12 +46,9 @@ PUBLIC = _public_objects()
 
 # Not documented yet, by their owners' pending work; non-strict, so documenting them is no
 # failure (then take them off this list).
-_BASE = "the base class is being restructured (issue 14, item 4)"
-PENDING = {"fastopt.optim.Optimizer": _BASE, "fastopt.optim.Optimizer.add_param_group": _BASE,
-           "fastopt.optim.Optimizer.load_state_dict": _BASE, "fastopt.optim.Optimizer.step": _BASE}
-PENDING.update((name, "torch.optim's subclasses (constructors are torch's), documented in "
-                      "their module's docstring")
-               for name in PUBLIC if name.startswith("fastopt.torch."))
+PENDING = {name: "torch.optim's subclasses (constructors are torch's), documented in their "
+                 "module's docstring"
+           for name in PUBLIC if name.startswith("fastopt.torch.")}
 
 
 def _params(obj):

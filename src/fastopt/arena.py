@@ -138,9 +138,22 @@ class ParameterArena:
 
     @staticmethod
     def span_of(params) -> "ArenaSpan | None":
-        """The stretch of an arena that ``params`` tile: an :class:`ArenaSpan` when they are
-        views ``k, k+1, ...`` of one arena in the order they were added, else None. An
-        optimizer steps such parameters with one kernel call over the stretch."""
+        """The stretch of an arena that ``params`` tile, if they do.
+
+        An optimizer steps parameters that tile a stretch with one kernel call over it.
+
+        Parameters
+        ----------
+        params : sequence of ndarray
+            Candidate parameters.
+
+        Returns
+        -------
+        ArenaSpan or None
+            When ``params`` are views ``k, k+1, ...`` of one arena in the order they were
+            added: that arena, ``k``, flat views of the stretch of both buffers, each
+            parameter's offset in it (and its end), and the arena's grad views. Else None.
+        """
         if not params or not isinstance(params[0], np.ndarray):
             return None
         base = params[0].base

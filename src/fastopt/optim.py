@@ -257,8 +257,18 @@ class Optimizer:
     creates until it succeeded, so a refused call changes nothing.
 
     ``state`` is the truth, as in torch: arrays assigned into ``opt.state[i]`` are what later
-    steps update in place. ``step`` (and NAdam's ``mu_product``) are 0-d arrays, as torch's
-    are 0-d tensors.
+    steps update in place. ``step`` (and NAdam's ``mu_product``) are read-only 0-d arrays, as
+    torch's are 0-d tensors: views of one array per group, so a step over a thousand
+    parameters advances every count with one NumPy operation. Assign a new value to change
+    one.
+
+    Parameters
+    ----------
+    params : dict, sequence of ndarray, or sequence of dict
+        Parameters by name (the course's ``parameters``), a list of arrays, or param groups
+        (``{"params": ..., <hyper-parameter overrides>}``).
+    defaults : dict
+        The subclass's hyper-parameters, the values groups take unless they override them.
     """
 
     _BOUNDS = {}          # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
@@ -304,7 +314,23 @@ class Optimizer:
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, group: ParamGroup) -> None:
-        """Add a dict ``{"params": arrays or dict, <hyper-parameter overrides>}``."""
+        """Add a param group, as torch.optim.Optimizer.add_param_group.
+
+        Parameters
+        ----------
+        group : dict
+            ``{"params": arrays or a dict of named arrays, <hyper-parameter overrides>}``;
+            hyper-parameters not given take the optimizer's defaults.
+
+        Raises
+        ------
+        TypeError
+            ``group`` is not a dict with ``"params"``, a parameter is not a float32/float64
+            ndarray, or a hyper-parameter has the wrong type.
+        ValueError
+            A parameter is read-only or already in a group, named and unnamed groups are
+            mixed, or a hyper-parameter is out of range.
+        """
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a param group must be a dict with a 'params' entry")
         group = _Group(group)
@@ -504,11 +530,29 @@ class Optimizer:
 
     # ------------------------------------------------------------------------------ step
     def step(self, grads: Grads) -> None:
-        """Update every parameter in place from ``grads`` (see the module docstring).
+        """Update every parameter in place from ``grads``.
 
-        First every group is checked (hyper-parameters, state; once, then again only after
-        they change), then each group steps with one kernel call: over its flat stretch of a
-        ParameterArena, or over its list of arrays. A step that raises changes nothing."""
+        First every group is checked (hyper-parameters and state, again only after they
+        changed), then each group steps with one kernel call: over its flat stretch of a
+        ParameterArena, or over its list of arrays. A step that raises changes nothing.
+
+        Parameters
+        ----------
+        grads : dict or sequence of ndarray
+            A dict keyed by parameter name or ``"d" + name`` (when the parameters were given
+            by name; other keys, e.g. the course's caches, are ignored), or a sequence in
+            parameter order; ``None`` for a parameter that sits this step out. An arena's
+            ``arena.grads`` steps its stretch directly.
+
+        Raises
+        ------
+        TypeError
+            A grad is not an ndarray of its parameter's dtype, or ``grads`` is neither a
+            dict nor a sequence.
+        ValueError
+            A grad is missing or has the wrong shape, a parameter is read-only, a
+            hyper-parameter or a state entry is invalid (each named in the message).
+        """
         plans = [self._plan(gi) for gi in range(len(self.param_groups))]
         for gi, grads_of_group in enumerate(self._split(grads, plans)):
             self._step_group(gi, plans[gi], grads_of_group)
@@ -518,7 +562,8 @@ class Optimizer:
         its hyper-parameters and its parameters' states are checked here."""
         group = self.param_groups[gi]
         plan = self._plans.get(gi)
-        if plan is not None and plan.version == _state_version and group.checked:
+        if (plan is not None and plan.version == _state_version
+                and getattr(group, "checked", False)):     # a plain dict is checked each step
             return plan
         self._check(group)
         start = self._starts[gi]
@@ -700,7 +745,21 @@ class Optimizer:
 
         Everything is checked first (structure, parameter counts, state keys, array shapes
         and dtypes, step counts, hyper-parameters); a refused state dict changes nothing.
-        Arrays are copied (floating-point ones cast to their parameter's dtype, as torch)."""
+        Arrays are copied (floating-point ones cast to their parameter's dtype, as torch).
+
+        Parameters
+        ----------
+        state_dict : dict
+            ``{"state": {index: {key: value}}, "param_groups": [...]}`` in torch.optim's
+            layout; ``step`` and ``mu_product`` may be numbers or 0-d arrays.
+
+        Raises
+        ------
+        TypeError
+            A state entry or the structure has the wrong type.
+        ValueError
+            The groups or parameters do not match this optimizer's, or an entry is invalid.
+        """
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with the keys 'state' and "
                              "'param_groups' (as state_dict() returns)")

@@ -429,7 +429,7 @@ def test_avx512_layer_build_is_bit_identical_to_the_portable_build(shape, dtype,
     labels_t = rng.integers(0, shape[0], shape[1])         # classes on axis 0
     results = []
     for module in kernel_builds("layers"):
-        for name in ("batchnorm_stats", "batchnorm_apply", "batchnorm_backward", "softmax",
+        for name in ("batchnorm_forward", "batchnorm_apply", "batchnorm_backward", "softmax",
                      "softmax_cross_entropy"):
             monkeypatch.setattr(cy, name, getattr(module, name))
         with fo.use_backend("cython"):
@@ -635,3 +635,143 @@ def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
             args = {"num_features": 3, **kw}
             with pytest.raises(exc, match=list(kw)[0]):
                 fo.BatchNorm(**args)
+
+
+# ------------------------------------------------- batch norm's cache blocks, threads, exp
+def _block_bytes_for(setting, shape, dtype):
+    """The Cython batch-norm block size for ``setting``: the default (half of L2), 8 rows of
+    the (N, C) x per block (many blocks and merges), or 1 byte (4 rows do not fit: the
+    two-sweep fallback)."""
+    return {"default": None, "8 rows": 8 * shape[1] * np.dtype(dtype).itemsize,
+            "fallback": 1}[setting]
+
+
+@pytest.fixture
+def cython_layers():
+    """The Cython layer builds here (each has its own block size), restored after."""
+    builds = kernel_builds("layers")
+    if not builds or "cython" not in GRID_BACKENDS:
+        pytest.skip("the Cython kernels are not built here")
+    saved = [m.get_block_bytes() for m in builds]
+    yield builds
+    for m, b in zip(builds, saved):
+        m.set_block_bytes(b)
+
+
+# (1100, 300): two pool chunks of 972 and 128 rows; (3000, 3): a tall panel; (5, 40000):
+# rows too wide for a block at the default size; odd feature counts around the vectors
+BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (257, 33), (9, 7)]
+
+
+@pytest.mark.parametrize("setting", ["default", "8 rows", "fallback"])
+@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=str)
+def test_batchnorm_cache_blocks_give_the_reference_result(cython_layers, shape, setting,
+                                                          dtype):
+    """Features as columns (axis 0): statistics merged over cache blocks and pool chunks, or
+    the two-sweep fallback, agree with the reference's two passes, also for data whose mean
+    is large against its spread, and whatever the layout of x."""
+    rng = np.random.default_rng(20)
+    x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(shape[1]).astype(dtype)
+    beta = rng.standard_normal(shape[1]).astype(dtype)
+    with fo.use_backend("numpy"):
+        y_ref, c_ref = fo.batchnorm_forward(x, gamma, beta)
+        g_ref = fo.batchnorm_backward(dy, c_ref)
+    bytes_ = _block_bytes_for(setting, shape, dtype)
+    for m in cython_layers:
+        if bytes_ is not None:
+            m.set_block_bytes(bytes_)
+    with fo.use_backend("cython"):
+        for how in ("C", "strided"):
+            y, cache = fo.batchnorm_forward(layout(x, how), gamma, beta)
+            grads = fo.batchnorm_backward(layout(dy, how), cache)
+            np.testing.assert_allclose(cache.mean, c_ref.mean, rtol=1e-13)
+            np.testing.assert_allclose(cache.inv_std, c_ref.inv_std, rtol=1e-10)
+            close(y, y_ref, dtype, 10)
+            for a, b in zip(grads, g_ref):
+                close(a, b, dtype, 10 * shape[0])
+        # the course's layout: the transpose, features as rows
+        y_t, cache_t = fo.batchnorm_forward(x.T, gamma, beta, axis=1)
+        np.testing.assert_array_equal(cache_t.mean, cache.mean)
+        np.testing.assert_array_equal(y_t, y.T)
+
+
+@pytest.mark.parametrize("setting", ["8 rows", "fallback"])
+def test_batchnorm_cache_blocks_keep_nan_and_inf_in_their_feature(cython_layers, setting,
+                                                                  dtype):
+    shape = (1100, 300)
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[700, 3], x[5, 10], x[1099, 299] = np.nan, np.inf, -np.inf
+    dy = rng.standard_normal(shape).astype(dtype)
+    g, b = np.ones(shape[1], dtype), np.zeros(shape[1], dtype)
+    with fo.use_backend("numpy"):
+        y_ref, c_ref = fo.batchnorm_forward(x, g, b)
+        g_ref = fo.batchnorm_backward(dy, c_ref)
+    for m in cython_layers:
+        m.set_block_bytes(_block_bytes_for(setting, shape, dtype))
+    with np.errstate(invalid="ignore"), fo.use_backend("cython"):
+        y, cache = fo.batchnorm_forward(x, g, b)
+        grads = fo.batchnorm_backward(dy, cache)
+    bad = [3, 10, 299]
+    assert np.isnan(y[:, bad]).all() and np.isfinite(np.delete(y, bad, axis=1)).all()
+    close(y, y_ref, dtype, 10)
+    for a, r in zip(grads, g_ref):
+        close(a, r, dtype, 10 * shape[0])
+
+
+@pytest.mark.parametrize("setting", ["default", "8 rows"])
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_layers_are_bit_identical_for_1_and_2_threads_over_several_chunks(backend, dt,
+                                                                          setting):
+    """Shapes split into several pool chunks (the axis-0 statistics merge two chunks; the
+    softmax rows make five chunks); with small cache blocks too on the Cython backend."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((1100, 300)).astype(dt) * 3 + 1
+    dy = rng.standard_normal((1100, 300)).astype(dt)
+    labels = rng.integers(0, 300, 1100)
+    builds = kernel_builds("layers") if backend == "cython" else []
+    if setting != "default" and not builds:
+        pytest.skip("cache blocks are a setting of the Cython kernels")
+    saved = [m.get_block_bytes() for m in builds]
+    results = []
+    try:
+        for m in builds:
+            m.set_block_bytes(_block_bytes_for(setting, x.shape, dt) or m.get_block_bytes())
+        for threads in (1, 2):
+            fo.set_num_threads(threads)
+            with fo.use_backend(backend):
+                out = []
+                for axis, xa, dya in ((0, x, dy), (1, x.T, dy.T)):
+                    f = xa.shape[1 - axis]
+                    y, cache = fo.batchnorm_forward(xa, np.ones(f, dt), np.zeros(f, dt),
+                                                    axis=axis)
+                    out += [y, *fo.batchnorm_backward(dya, cache)]
+                out += [fo.softmax(x), fo.log_softmax(x), fo.softmax(x, axis=0),
+                        *fo.softmax_cross_entropy(x, labels)]
+            results.append([np.asarray(a).tobytes() for a in out])
+    finally:
+        fo.set_num_threads(2)
+        for m, b in zip(builds, saved):
+            m.set_block_bytes(b)
+    assert results[0] == results[1]
+
+
+@pytest.mark.skipif(not {"cython", "numba"} <= set(GRID_BACKENDS),
+                    reason="needs the Cython and the Numba backend")
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_numba_softmax_has_the_same_exp_as_cython(axis, dtype):
+    """The Numba kernels compute fo_vexp.h's exp in the same operations (and sum a row in the
+    same order): the same bits over the exp's whole range, subnormal results included."""
+    lo, hi = (-104, 89) if dtype == np.float32 else (-746, 710)
+    z = np.stack([np.linspace(lo, hi, 2001), np.linspace(lo / 2, 0, 2001)]).astype(dtype)
+    z = z if axis == -1 else np.ascontiguousarray(z.T)
+    z[0, 0] = hi        # the row max: the others are exp of z - hi over the whole range
+    out = {}
+    for backend in ("cython", "numba"):
+        with fo.use_backend(backend):
+            out[backend] = [fo.softmax(z, axis=axis).tobytes(),
+                            fo.log_softmax(z, axis=axis).tobytes()]
+    assert out["cython"] == out["numba"]

@@ -180,9 +180,7 @@ def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
     yc, scratch = _kernel_output(y, transposed)
     n_features = xc.shape[1 - ax]
     mean, inv_std = np.empty(n_features), np.empty(n_features)
-    kern = _backend.active
-    kern.batchnorm_stats(xc, ax, eps, mean, inv_std)
-    kern.batchnorm_apply(xc, ax, g, b, mean, inv_std, yc)
+    _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, inv_std, yc)
     _write_back(y, yc, scratch, transposed)
     cache = BatchNormCache(x=xc, axis=ax, gamma=g, mean=mean, inv_std=inv_std,
                            var=1.0 / inv_std ** 2 - eps, transposed=transposed, shape=shape)

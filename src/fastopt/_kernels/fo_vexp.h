@@ -127,4 +127,64 @@ static void NAME(const T* z, const T* m, int m_step, T* e, Py_ssize_t n) {      
 FO_EXP_SHIFTED(fo_exp_shifted_f, float, fo_vf, fo_vexpf)
 FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp)
 
+/* e[i] = exp(z[i] - m) for i < n, returning sum(e) in float64 summed as layers.pyx's row_sum
+   sums a row (eight interleaved partial sums, the one of lane j taking the e[i] with
+   i % 8 == j in order, then a fixed pairwise combine): the same bits as a second pass over e,
+   for any vector width, without the pass. */
+typedef float fo_v4f __attribute__((vector_size(16)));
+typedef double fo_v4d __attribute__((vector_size(32)));
+/* four values of p (in a register or in memory) as float64 */
+static inline fo_v4d fo_load4d_f(const float* p) {
+#if defined(__AVX__)
+    return (fo_v4d)_mm256_cvtps_pd(_mm_loadu_ps(p));   /* GCC 12 converts the generic */
+#else                                                  /* vector two lanes at a time */
+    fo_v4f v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, fo_v4d);
+#endif
+}
+static inline fo_v4d fo_load4d_d(const double* p) {
+    fo_v4d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+/* the sums are taken from the exp's vectors in registers: reloading e just stored stalls on
+   store forwarding (the fused loop ran 30% slower than two passes) */
+#define FO_EXP_SUM(NAME, T, VT, VEXP, LOAD4D, REST)                                    \
+static double NAME(const T* z, T m, T* e, Py_ssize_t n) {                           \
+    enum { LANES = FO_VBYTES / sizeof(T), STEP = LANES > 8 ? LANES : 8 };            \
+    VT v[STEP / LANES], s;                                                           \
+    fo_v4d lo = {0}, hi = {0};                                                       \
+    double acc[8];                                                                   \
+    Py_ssize_t i = 0, j, n8 = n - n % 8;                                             \
+    for (j = 0; j < LANES; j++) s[j] = m;                                            \
+    for (; i + STEP <= n; i += STEP) {                                               \
+        for (j = 0; j < STEP / LANES; j++) {                                         \
+            memcpy(&v[j], z + i + j * LANES, sizeof v[j]);                           \
+            v[j] = VEXP(v[j] - s);                                                   \
+            memcpy(e + i + j * LANES, &v[j], sizeof v[j]);                           \
+        }                                                                            \
+        for (j = 0; j < STEP; j += 8) {                                              \
+            lo += LOAD4D((const T*)v + j);                                           \
+            hi += LOAD4D((const T*)v + j + 4);                                       \
+        }                                                                            \
+    }                                                                                \
+    if (i < n)                                                                       \
+        REST(z + i, &m, 0, e + i, n - i);                                            \
+    for (; i < n8; i += 8) {                                                         \
+        lo += LOAD4D(e + i);                                                         \
+        hi += LOAD4D(e + i + 4);                                                     \
+    }                                                                                \
+    for (j = 0; j < 4; j++) {                                                        \
+        acc[j] = lo[j];                                                              \
+        acc[j + 4] = hi[j];                                                          \
+    }                                                                                \
+    for (; i < n; i++)                                                               \
+        acc[i - n8] += e[i];                                                         \
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3]))                                    \
+           + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                                 \
+}
+FO_EXP_SUM(fo_exp_sum_f, float, fo_vf, fo_vexpf, fo_load4d_f, fo_exp_shifted_f)
+FO_EXP_SUM(fo_exp_sum_d, double, fo_vd, fo_vexp, fo_load4d_d, fo_exp_shifted_d)
+
 #endif /* FO_VEXP_H */

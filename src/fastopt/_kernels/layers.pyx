@@ -3,15 +3,15 @@
 """Cython layer kernels: batch normalization and the softmax family. Signatures and formulas:
 fastopt/reference/layers.py.
 
-Work is split over features, fixed blocks of rows (batch norm with features as columns) or
-examples (softmax), and every sum is taken in one fixed order (eight interleaved float64
-partial sums then a fixed pairwise combine along a row; per-block partial sums combined in
-block order across rows), so results are bit-identical for any thread count. exp is computed on
-whole vectors by fo_vexpf/fo_vexp below (< 1 ulp, branch-free).
+Work runs on fastopt's thread pool (fo_pool.h), split over features, fixed chunks of rows
+(batch norm with features as columns) or examples (softmax). Every sum is taken in one fixed
+order (eight interleaved float64 partial sums then a fixed pairwise combine along a row;
+per-block statistics merged in block order, then in chunk order, across rows), and chunks
+depend on the shape alone, so results are bit-identical for any thread count. exp is computed
+on whole vectors by fo_vexpf/fo_vexp (fo_vexp.h: < 1 ulp, branch-free).
 """
-from cython.parallel cimport prange
 from libc.math cimport log, sqrt
-from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 import numpy as np
 
@@ -22,6 +22,8 @@ cdef extern from "fo_vexp.h":
                           Py_ssize_t n) nogil
     void fo_exp_shifted_d(const double* z, const double* m, int m_step, double* e,
                           Py_ssize_t n) nogil
+    double fo_exp_sum_f(const float* z, float m, float* e, Py_ssize_t n) nogil
+    double fo_exp_sum_d(const double* z, double m, double* e, Py_ssize_t n) nogil
 
 
 cdef inline void exp_shifted(const floating* z, const floating* m, int m_step, floating* e,
@@ -78,7 +80,7 @@ cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) 
 
 # ------------------------------------------------------------------------------ batch norm
 # The loops over elements live in small functions over raw pointers (GCC vectorizes those
-# reliably; it did not vectorize the same loops written on memoryviews inside prange bodies).
+# reliably; it did not vectorize the same loops written on memoryviews inside parallel loops).
 cdef enum:
     ROW_BLOCK = 64       # rows per partial sum when each feature is a column (axis 0)
 
@@ -146,6 +148,19 @@ cdef void apply_row(const floating* x, floating* y, const double* mean, const do
         y[c] = <floating>((x[c] - mean[c]) * scale[c] + beta[c])
 
 
+cdef extern from "fo_bn.h":
+    void fo_apply_4rows_f(const float* x, float* y, Py_ssize_t C, const double* mean,
+                          const double* scale, const double* beta, Py_ssize_t n) nogil
+    void fo_apply_4rows_d(const double* x, double* y, Py_ssize_t C, const double* mean,
+                          const double* scale, const double* beta, Py_ssize_t n) nogil
+    void fo_dx_4rows_f(const float* dy, const float* x, float* dx, Py_ssize_t C,
+                       const double* mean, const double* k_dy, const double* k_x,
+                       const double* k_0, Py_ssize_t n) nogil
+    void fo_dx_4rows_d(const double* dy, const double* x, double* dx, Py_ssize_t C,
+                       const double* mean, const double* k_dy, const double* k_x,
+                       const double* k_0, Py_ssize_t n) nogil
+
+
 cdef void apply_feature(const floating* x, floating* y, double mean, double scale, double beta,
                         Py_ssize_t n) noexcept nogil:
     """One feature (axis 1): the same with scalars."""
@@ -206,48 +221,395 @@ cdef void row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n, dou
     dgc[0] = sum8(acc_g)
 
 
-def batchnorm_stats(const floating[:, ::1] x, int axis, double eps, double[::1] mean,
-                    double[::1] inv_std):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, nb, end
-    cdef int nt = threads_for(N * C)
-    cdef const floating* xp = &x[0, 0] if N * C else NULL
-    cdef double* mp = &mean[0]
-    cdef double* sp = &inv_std[0]
-    if axis == 1:                      # each feature a contiguous row of length C
-        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            mp[f] = row_sum(xp + f * C, C) / C
-            sp[f] = 1.0 / sqrt(row_centred_sq(xp + f * C, C, mp[f]) / C + eps)
-        return
-    # rows streamed whole (contiguous, prefetch-friendly) into per-block partial sums; the
-    # blocks are a fixed partition of the rows, combined in block order, so the result does
-    # not depend on the thread count
-    nb = (N + ROW_BLOCK - 1) // ROW_BLOCK
-    part_arr = np.zeros((nb, C))
-    cdef double[:, ::1] part = part_arr
-    cdef double* pp = &part[0, 0]
-    for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
-        n = blk * ROW_BLOCK
-        end = min(n + ROW_BLOCK, N)
-        while n + 4 <= end:
-            add_4rows(xp + n * C, C, pp + blk * C, C)
-            n = n + 4
-        while n < end:
-            add_row(xp + n * C, pp + blk * C, C)
-            n = n + 1
-    combine_blocks(pp, nb, C, mp, N)
-    part_arr[...] = 0
-    for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
-        n = blk * ROW_BLOCK
-        end = min(n + ROW_BLOCK, N)
-        while n + 4 <= end:
-            add_4centred_sq(xp + n * C, C, mp, pp + blk * C, C)
-            n = n + 4
-        while n < end:
-            add_centred_sq(xp + n * C, mp, pp + blk * C, C)
-            n = n + 1
-    combine_blocks(pp, nb, C, sp, N)
+cdef void chan_merge(double* mean_a, double* m2_a, double na, const double* mean_b,
+                     const double* m2_b, double nb, Py_ssize_t C) noexcept nogil:
+    """(mean_a, m2_a) of na rows, merged with (mean_b, m2_b) of the nb rows after them: the
+    mean and sum of squared deviations of all na + nb rows (Chan, Golub and LeVeque's pairwise
+    update; m2 stays a sum of non-negative terms, so it keeps the two-pass accuracy)."""
+    cdef Py_ssize_t c
+    cdef double d, w = nb / (na + nb), wm = na * nb / (na + nb)
     for c in range(C):
-        sp[c] = 1.0 / sqrt(sp[c] + eps)
+        d = mean_b[c] - mean_a[c]
+        mean_a[c] = mean_a[c] + d * w
+        m2_a[c] = (m2_a[c] + m2_b[c]) + d * d * wm
+
+
+cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t r0, Py_ssize_t r1,
+                        double* mean, double* m2) noexcept nogil:
+    """mean and sum of squared deviations of rows r0..r1-1 of x, per column, two-pass: the
+    second pass re-reads the block from cache."""
+    cdef Py_ssize_t n = r0, c
+    for c in range(C):
+        mean[c] = 0
+        m2[c] = 0
+    while n + 4 <= r1:
+        add_4rows(x + n * C, C, mean, C)
+        n = n + 4
+    while n < r1:
+        add_row(x + n * C, mean, C)
+        n = n + 1
+    for c in range(C):
+        mean[c] = mean[c] / (r1 - r0)
+    n = r0
+    while n + 4 <= r1:
+        add_4centred_sq(x + n * C, C, mean, m2, C)
+        n = n + 4
+    while n < r1:
+        add_centred_sq(x + n * C, mean, m2, C)
+        n = n + 1
+
+
+# Work runs on fastopt's thread pool (fo_pool.h): the calling thread takes part, and helpers
+# claim chunks only while they are running, so a call never waits for a descheduled thread.
+# Chunks are fixed by the shape alone and partial results are combined in chunk order, so the
+# results do not depend on the thread count.
+cdef extern from "fo_pool.h":
+    ctypedef void (*fo_chunk_fn)(void* ctx, Py_ssize_t chunk) noexcept nogil
+    void fo_pool_run(fo_chunk_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
+
+cdef extern from "fo_cache.h":
+    long fo_l2_bytes() nogil
+
+# Batch norm sweeps the data in blocks that stay in a core's L2 cache between the passes over
+# them: the statistics' two passes and the output (or the gradient sums and dx) then cost one
+# trip to memory. Half of L2 holds a block; the rest is left to the per-feature arrays and the
+# output lines in flight. Set from the cache size at import; tests shrink it to exercise
+# block boundaries (set_block_bytes).
+cdef Py_ssize_t block_bytes = fo_l2_bytes() // 2
+
+
+def set_block_bytes(Py_ssize_t n):
+    """Bytes of the batch-norm cache blocks (default: half of L2). Results depend on it (block
+    boundaries fix the summation order), not on the thread count."""
+    global block_bytes
+    if n < 1:
+        raise ValueError(f"block bytes must be >= 1, got {n}")
+    block_bytes = n
+
+
+def get_block_bytes():
+    return block_bytes
+
+
+cdef enum:
+    CHUNK_ELEMENTS = 1 << 18   # at least this many elements per pool chunk (axis 0 sweeps)
+    MAX_CHUNKS = 64            # and at most this many chunks per sweep
+
+
+ctypedef struct BNJob:
+    bint is32
+    const void* x
+    const void* dy
+    void* y                    # y (forward, apply) or dx (backward)
+    Py_ssize_t N, C            # x is (N, C), C-contiguous
+    Py_ssize_t per_chunk       # features (axis 1) or rows (axis 0) per chunk
+    Py_ssize_t block           # rows per cache block (axis 0 statistics)
+    double eps
+    const double* gamma        # per-feature parameters and coefficients, float64
+    const double* beta
+    double* mean
+    double* inv_std
+    double* part               # per-chunk partial results (axis 0)
+    double* dgamma
+    double* dbeta
+    const double* k_dy         # dx coefficients (axis 0 backward)
+    const double* k_x
+    const double* k_0
+
+
+cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
+                                 Py_ssize_t total) noexcept nogil:
+    return min((chunk + 1) * job.per_chunk, total)
+
+
+cdef void feature_forward(const floating* x, floating* y, Py_ssize_t C, double eps,
+                          double gamma, double beta, double* mean,
+                          double* inv_std) noexcept nogil:
+    """One feature (axis 1, a contiguous row of C values): statistics, then y, while the row is
+    in cache (a row longer than the cache is streamed three times: the old passes)."""
+    cdef double m = row_sum(x, C) / C
+    cdef double s = 1.0 / sqrt(row_centred_sq(x, C, m) / C + eps)
+    mean[0] = m
+    inv_std[0] = s
+    apply_feature(x, y, m, gamma * s, beta, C)
+
+
+cdef void bn_rows_forward(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t f
+    for f in range(chunk * j.per_chunk, chunk_end(j, chunk, j.N)):
+        if j.is32:
+            feature_forward(<const float*>j.x + f * j.C, <float*>j.y + f * j.C, j.C, j.eps,
+                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f)
+        else:
+            feature_forward(<const double*>j.x + f * j.C, <double*>j.y + f * j.C, j.C, j.eps,
+                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f)
+
+
+cdef void bn_rows_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t f
+    for f in range(chunk * j.per_chunk, chunk_end(j, chunk, j.N)):
+        if j.is32:
+            apply_feature(<const float*>j.x + f * j.C, <float*>j.y + f * j.C, j.mean[f],
+                          j.gamma[f] * j.inv_std[f], j.beta[f], j.C)
+        else:
+            apply_feature(<const double*>j.x + f * j.C, <double*>j.y + f * j.C, j.mean[f],
+                          j.gamma[f] * j.inv_std[f], j.beta[f], j.C)
+
+
+cdef void feature_backward(const floating* dy, const floating* x, floating* dx, Py_ssize_t C,
+                           double gamma, double mean, double inv_std, double* dgamma,
+                           double* dbeta) noexcept nogil:
+    """One feature (axis 1): both gradient sums, then dx, while the row is in cache."""
+    cdef double db, dgc
+    row_grad_sums(dy, x, C, mean, &db, &dgc)
+    dbeta[0] = db
+    dgamma[0] = dgc * inv_std
+    dx_feature(dy, x, dx, mean, gamma, inv_std, db, dgc * inv_std, C)
+
+
+cdef void bn_rows_backward(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t f, o
+    for f in range(chunk * j.per_chunk, chunk_end(j, chunk, j.N)):
+        o = f * j.C
+        if j.is32:
+            feature_backward(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o,
+                             j.C, j.gamma[f], j.mean[f], j.inv_std[f], j.dgamma + f,
+                             j.dbeta + f)
+        else:
+            feature_backward(<const double*>j.dy + o, <const double*>j.x + o,
+                             <double*>j.y + o, j.C, j.gamma[f], j.mean[f], j.inv_std[f],
+                             j.dgamma + f, j.dbeta + f)
+
+
+cdef void bn_cols_moments(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: the mean and squared deviations of this chunk's rows, a cache block at a time
+    (each block's two passes from cache), merged in block order into part[chunk]."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t C = j.C, r0 = chunk * j.per_chunk, r1 = chunk_end(j, chunk, j.N)
+    cdef double* mean = j.part + 4 * C * chunk
+    cdef double* m2 = mean + C
+    cdef double* bmean = m2 + C
+    cdef double* bm2 = bmean + C
+    cdef Py_ssize_t b = r0, e
+    while b < r1:
+        e = min(b + j.block, r1)
+        if j.is32:
+            block_moments(<const float*>j.x, C, b, e, mean if b == r0 else bmean,
+                          m2 if b == r0 else bm2)
+        else:
+            block_moments(<const double*>j.x, C, b, e, mean if b == r0 else bmean,
+                          m2 if b == r0 else bm2)
+        if b > r0:
+            chan_merge(mean, m2, b - r0, bmean, bm2, e - b, C)
+        b = e
+
+
+cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: y for this chunk's rows, four at a time; j.gamma holds gamma * inv_std."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N)
+    while n < end:
+        if j.is32:
+            if n + 4 <= end:
+                fo_apply_4rows_f(<const float*>j.x + n * C, <float*>j.y + n * C, C,
+                                 j.mean, j.gamma, j.beta, C)
+            else:
+                apply_row(<const float*>j.x + n * C, <float*>j.y + n * C, j.mean, j.gamma,
+                          j.beta, C)
+        else:
+            if n + 4 <= end:
+                fo_apply_4rows_d(<const double*>j.x + n * C, <double*>j.y + n * C, C,
+                                 j.mean, j.gamma, j.beta, C)
+            else:
+                apply_row(<const double*>j.x + n * C, <double*>j.y + n * C, j.mean, j.gamma,
+                          j.beta, C)
+        n = n + (4 if n + 4 <= end else 1)
+
+
+cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t r0,
+                         Py_ssize_t r1, const double* mean, double* db,
+                         double* dgc) noexcept nogil:
+    cdef Py_ssize_t n = r0
+    while n + 4 <= r1:
+        add_4grads(dy + n * C, x + n * C, C, mean, db, dgc, C)
+        n = n + 4
+    while n < r1:
+        add_grads(dy + n * C, x + n * C, mean, db, dgc, C)
+        n = n + 1
+
+
+cdef void bn_cols_grad_sums(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: sum(dy) and sum(dy * (x - mean)) over this chunk's rows into part[chunk]."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t C = j.C, r0 = chunk * j.per_chunk, r1 = chunk_end(j, chunk, j.N)
+    if j.is32:
+        grad_sums_rows(<const float*>j.dy, <const float*>j.x, C, r0, r1, j.mean,
+                       j.part + 2 * C * chunk, j.part + 2 * C * chunk + C)
+    else:
+        grad_sums_rows(<const double*>j.dy, <const double*>j.x, C, r0, r1, j.mean,
+                       j.part + 2 * C * chunk, j.part + 2 * C * chunk + C)
+
+
+cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: dx for this chunk's rows, four at a time."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
+    while n < end:
+        o = n * C
+        if j.is32:
+            if n + 4 <= end:
+                fo_dx_4rows_f(<const float*>j.dy + o, <const float*>j.x + o,
+                              <float*>j.y + o, C, j.mean, j.k_dy, j.k_x, j.k_0, C)
+            else:
+                dx_row(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j.mean,
+                       j.k_dy, j.k_x, j.k_0, C)
+        else:
+            if n + 4 <= end:
+                fo_dx_4rows_d(<const double*>j.dy + o, <const double*>j.x + o,
+                              <double*>j.y + o, C, j.mean, j.k_dy, j.k_x, j.k_0, C)
+            else:
+                dx_row(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o,
+                       j.mean, j.k_dy, j.k_x, j.k_0, C)
+        n = n + (4 if n + 4 <= end else 1)
+
+
+cdef void run_chunks(fo_chunk_fn fn, BNJob* job, Py_ssize_t total) noexcept nogil:
+    """fn over ceil(total / job.per_chunk) chunks, on the pool when the job is large."""
+    cdef Py_ssize_t n = (total + job.per_chunk - 1) // job.per_chunk
+    fo_pool_run(fn, <void*>job, n, threads_for(job.N * job.C))
+
+
+cdef Py_ssize_t features_per_chunk(Py_ssize_t F, Py_ssize_t length) noexcept nogil:
+    """Axis 1: whole features per chunk, about CHUNK_ELEMENTS / 4 elements (several chunks per
+    thread, so that a helper that starts late still takes a share)."""
+    return max(1, min(F, (CHUNK_ELEMENTS // 4) // max(length, 1)))
+
+
+cdef Py_ssize_t rows_per_chunk(Py_ssize_t N, Py_ssize_t C, Py_ssize_t block) noexcept nogil:
+    """Axis 0: whole cache blocks per chunk, at least CHUNK_ELEMENTS elements (each chunk
+    leaves 2-4 float64 arrays of C partial results to combine), at most MAX_CHUNKS chunks."""
+    cdef Py_ssize_t blocks = (N + block - 1) // block
+    cdef Py_ssize_t per = max((CHUNK_ELEMENTS // max(C, 1) + block - 1) // block,
+                              (blocks + MAX_CHUNKS - 1) // MAX_CHUNKS)
+    return max(per, 1) * block
+
+
+cdef Py_ssize_t rows_per_block(Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
+    """Rows of C values per cache block (a multiple of 4: the sums take 4 rows per sweep), or
+    0 when 4 rows do not fit (then the statistics stream the whole array twice instead)."""
+    cdef Py_ssize_t rows = block_bytes // max(C * itemsize, 1)
+    return rows - rows % 4
+
+
+def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] gamma,
+                      const floating[::1] beta, double eps, double[::1] mean,
+                      double[::1] inv_std, floating[:, ::1] y):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc
+    cdef double* pp
+    if N * C == 0:
+        return
+    g64 = np.asarray(gamma, dtype=np.float64)
+    b64 = np.asarray(beta, dtype=np.float64)
+    cdef const double[::1] gv = g64
+    cdef const double[::1] bv = b64
+    cdef BNJob job
+    memset(&job, 0, sizeof(job))
+    job.is32 = floating is float
+    job.x = &x[0, 0]
+    job.y = &y[0, 0]
+    job.N = N
+    job.C = C
+    job.eps = eps
+    job.gamma = &gv[0]
+    job.beta = &bv[0]
+    job.mean = &mean[0]
+    job.inv_std = &inv_std[0]
+    if axis == 1:                      # each feature a contiguous row: one visit per feature
+        job.per_chunk = features_per_chunk(N, C)
+        with nogil:
+            run_chunks(bn_rows_forward, &job, N)
+        return
+    job.block = rows_per_block(C, sizeof(floating))
+    if job.block == 0:                 # 4 rows do not fit in cache: two streaming passes
+        nc = (N + ROW_BLOCK - 1) // ROW_BLOCK
+        part_arr = np.zeros((nc, C))
+        pp = <double*>cnp.PyArray_DATA(part_arr)
+        with nogil:
+            stats_two_sweeps(&job, pp, nc, &mean[0], &inv_std[0])
+    else:
+        job.per_chunk = rows_per_chunk(N, C, job.block)
+        nc = (N + job.per_chunk - 1) // job.per_chunk
+        part_arr = np.empty((nc, 4, C))
+        job.part = <double*>cnp.PyArray_DATA(part_arr)
+        with nogil:
+            run_chunks(bn_cols_moments, &job, N)
+            for k in range(1, nc):     # chunks merged in order
+                chan_merge(job.part, job.part + C, k * job.per_chunk, job.part + 4 * C * k,
+                           job.part + 4 * C * k + C, min(job.per_chunk, N - k * job.per_chunk),
+                           C)
+            for c in range(C):
+                job.mean[c] = job.part[c]
+                job.inv_std[c] = 1.0 / sqrt(job.part[C + c] / N + eps)
+    scale_arr = g64 * np.asarray(inv_std)     # gamma * inv_std per feature, float64
+    job.gamma = <const double*>cnp.PyArray_DATA(scale_arr)
+    job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // C)
+    with nogil:
+        run_chunks(bn_cols_apply, &job, N)
+
+
+cdef void bn_cols_sum(void* ctx, Py_ssize_t blk) noexcept nogil:
+    """Axis 0, two-sweep statistics: rows of block blk summed into part[blk] (j.inv_std NULL),
+    or their squared deviations from j.mean."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t C = j.C, n = blk * ROW_BLOCK, end = min(n + ROW_BLOCK, j.N)
+    cdef double* acc = j.part + blk * C
+    while n + 4 <= end:
+        if j.is32:
+            if j.inv_std == NULL:
+                add_4rows(<const float*>j.x + n * C, C, acc, C)
+            else:
+                add_4centred_sq(<const float*>j.x + n * C, C, j.mean, acc, C)
+        else:
+            if j.inv_std == NULL:
+                add_4rows(<const double*>j.x + n * C, C, acc, C)
+            else:
+                add_4centred_sq(<const double*>j.x + n * C, C, j.mean, acc, C)
+        n = n + 4
+    while n < end:
+        if j.is32:
+            if j.inv_std == NULL:
+                add_row(<const float*>j.x + n * C, acc, C)
+            else:
+                add_centred_sq(<const float*>j.x + n * C, j.mean, acc, C)
+        else:
+            if j.inv_std == NULL:
+                add_row(<const double*>j.x + n * C, acc, C)
+            else:
+                add_centred_sq(<const double*>j.x + n * C, j.mean, acc, C)
+        n = n + 1
+
+
+cdef void stats_two_sweeps(BNJob* job, double* part, Py_ssize_t nb, double* mean,
+                           double* inv_std) noexcept nogil:
+    """Axis 0 statistics when 4 rows do not fit in a cache block: rows streamed whole into the
+    partial sums of fixed blocks of ROW_BLOCK rows (part: nb * C zeros), combined in block
+    order; once for the mean, once for the squared deviations."""
+    cdef Py_ssize_t c
+    job.part = part
+    job.per_chunk = ROW_BLOCK
+    job.mean = mean
+    job.inv_std = NULL
+    run_chunks(bn_cols_sum, job, job.N)
+    combine_blocks(part, nb, job.C, mean, job.N)
+    memset(part, 0, nb * job.C * sizeof(double))
+    job.inv_std = inv_std
+    run_chunks(bn_cols_sum, job, job.N)
+    combine_blocks(part, nb, job.C, inv_std, job.N)
+    for c in range(job.C):
+        inv_std[c] = 1.0 / sqrt(inv_std[c] + job.eps)
 
 
 cdef void combine_blocks(const double* part, Py_ssize_t nb, Py_ssize_t C, double* out,
@@ -266,81 +628,89 @@ cdef void combine_blocks(const double* part, Py_ssize_t nb, Py_ssize_t C, double
 def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamma,
                     const floating[::1] beta, const double[::1] mean,
                     const double[::1] inv_std, floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, f
-    cdef Py_ssize_t F = N if axis == 1 else C
-    cdef int nt = threads_for(N * C)
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     if N * C == 0:
         return
-    scale_arr, beta_arr = np.empty(F), np.asarray(beta, dtype=np.float64)
-    cdef double[::1] scale = scale_arr
-    cdef const double[::1] b64 = beta_arr
-    for f in range(F):
-        scale[f] = gamma[f] * inv_std[f]
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* yp = &y[0, 0]
-    cdef const double* mp = &mean[0]
-    cdef double* cp = &scale[0]
-    cdef const double* bp = &b64[0]
+    g64 = np.asarray(gamma, dtype=np.float64)
+    b64 = np.asarray(beta, dtype=np.float64)
+    scale_arr = g64 * np.asarray(inv_std)
+    cdef BNJob job
+    memset(&job, 0, sizeof(job))
+    job.is32 = floating is float
+    job.x = &x[0, 0]
+    job.y = &y[0, 0]
+    job.N = N
+    job.C = C
+    job.beta = <const double*>cnp.PyArray_DATA(b64)
+    job.mean = <double*>&mean[0]
     # in float64, rounded once: a float32 mean of data around 1e4 would cost 4 digits
     if axis == 1:
-        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            apply_feature(xp + f * C, yp + f * C, mp[f], cp[f], bp[f], C)
+        job.gamma = <const double*>cnp.PyArray_DATA(g64)
+        job.inv_std = <double*>&inv_std[0]
+        job.per_chunk = features_per_chunk(N, C)
+        with nogil:
+            run_chunks(bn_rows_apply, &job, N)
         return
     # whole rows, streamed in order (column blocks of a wide x start every row segment on
     # a cold page: 20% slower than keeping the per-feature arrays in L2)
-    for n in prange(N, schedule="static", num_threads=nt, nogil=True):
-        apply_row(xp + n * C, yp + n * C, mp, cp, bp, C)
+    job.gamma = <const double*>cnp.PyArray_DATA(scale_arr)
+    job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // C)
+    with nogil:
+        run_chunks(bn_cols_apply, &job, N)
 
 
 def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int axis,
                        const floating[::1] gamma, const double[::1] mean,
                        const double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], n, c, f, blk, nb, end
-    cdef int nt = threads_for(N * C)
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc
+    cdef double* pp
     if N * C == 0:
         return
-    cdef const floating* dyp = &dy[0, 0]
-    cdef const floating* xp = &x[0, 0]
-    cdef floating* dxp = &dx[0, 0]
-    cdef const double* mp = &mean[0]
-    cdef const double* sp = &inv_std[0]
-    cdef double* gp = &dgamma[0]
-    cdef double* bp = &dbeta[0]
-    if axis == 1:                      # features are rows: reduce along each row
-        for f in prange(N, schedule="static", num_threads=nt, nogil=True):
-            row_grad_sums(dyp + f * C, xp + f * C, C, mp[f], bp + f, gp + f)
-            gp[f] = gp[f] * sp[f]
-            dx_feature(dyp + f * C, xp + f * C, dxp + f * C, mp[f], gamma[f], sp[f], bp[f],
-                       gp[f], C)
+    g64 = np.asarray(gamma, dtype=np.float64)
+    cdef BNJob job
+    memset(&job, 0, sizeof(job))
+    job.is32 = floating is float
+    job.x = &x[0, 0]
+    job.dy = &dy[0, 0]
+    job.y = &dx[0, 0]
+    job.N = N
+    job.C = C
+    job.gamma = <const double*>cnp.PyArray_DATA(g64)
+    job.mean = <double*>&mean[0]
+    job.inv_std = <double*>&inv_std[0]
+    if axis == 1:                      # features are rows: sums and dx in one visit each
+        job.dgamma = &dgamma[0]
+        job.dbeta = &dbeta[0]
+        job.per_chunk = features_per_chunk(N, C)
+        with nogil:
+            run_chunks(bn_rows_backward, &job, N)
         return
-    nb = (N + ROW_BLOCK - 1) // ROW_BLOCK
-    part_arr = np.zeros((2, nb, C))
-    cdef double[:, :, ::1] part = part_arr
-    cdef double* pb = &part[0, 0, 0]
-    cdef double* pg = &part[1, 0, 0]
-    for blk in prange(nb, schedule="static", num_threads=nt, nogil=True):
-        n = blk * ROW_BLOCK
-        end = min(n + ROW_BLOCK, N)
-        while n + 4 <= end:
-            add_4grads(dyp + n * C, xp + n * C, C, mp, pb + blk * C, pg + blk * C, C)
-            n = n + 4
-        while n < end:
-            add_grads(dyp + n * C, xp + n * C, mp, pb + blk * C, pg + blk * C, C)
-            n = n + 1
-    combine_blocks(pb, nb, C, bp, 1)
-    combine_blocks(pg, nb, C, gp, 1)
+    # features are columns: the sums need every row before dx can start, so two sweeps (a
+    # column panel over all rows would fit in L2 only for a few dozen rows: with rows a power
+    # of two bytes apart its lines share a handful of cache sets)
+    job.per_chunk = rows_per_chunk(N, C, 4)
+    nc = (N + job.per_chunk - 1) // job.per_chunk
+    part_arr = np.zeros((nc, 2, C))
+    pp = job.part = <double*>cnp.PyArray_DATA(part_arr)
     coef_arr = np.empty((3, C))
     cdef double[:, ::1] coef = coef_arr
-    for c in range(C):
-        gp[c] = gp[c] * sp[c]
-        dx_coefficients(gamma[c], sp[c], bp[c], gp[c], N, &coef[0, c], &coef[1, c],
-                        &coef[2, c])
-    cdef double* kd = &coef[0, 0]
-    cdef double* kx = &coef[1, 0]
-    cdef double* k0 = &coef[2, 0]
-    for n in prange(N, schedule="static", num_threads=nt, nogil=True):
-        dx_row(dyp + n * C, xp + n * C, dxp + n * C, mp, kd, kx, k0, C)
+    with nogil:
+        run_chunks(bn_cols_grad_sums, &job, N)
+        for k in range(1, nc):         # chunks combined in order
+            for c in range(C):
+                pp[c] += pp[2 * C * k + c]
+                pp[C + c] += pp[2 * C * k + C + c]
+        for c in range(C):
+            dbeta[c] = pp[c]
+            dgamma[c] = pp[C + c] * inv_std[c]
+            dx_coefficients(job.gamma[c], inv_std[c], dbeta[c], dgamma[c], N, &coef[0, c],
+                            &coef[1, c], &coef[2, c])
+        job.k_dy = &coef[0, 0]
+        job.k_x = &coef[1, 0]
+        job.k_0 = &coef[2, 0]
+        job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // C)
+        run_chunks(bn_cols_dx, &job, N)
 
 
 # --------------------------------------------------------------------------------- softmax
@@ -362,11 +732,14 @@ cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
 
 cdef void row_stats(const floating* z, floating* e, Py_ssize_t k, floating* mx,
                     double* s) noexcept nogil:
-    """mx = max(z) (NaN wins), e = exp(z - mx), s = sum(e) in float64."""
+    """mx = max(z) (NaN wins), e = exp(z - mx), s = sum(e) in float64 (summed as row_sum
+    sums, while the exp's vectors are in registers)."""
     cdef floating m = row_max(z, k)
-    exp_shifted(z, &m, 0, e, k)
     mx[0] = m
-    s[0] = row_sum(e, k)
+    if floating is float:
+        s[0] = fo_exp_sum_f(z, m, e, k)
+    else:
+        s[0] = fo_exp_sum_d(z, m, e, k)
 
 
 cdef void column_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t inner,
@@ -470,43 +843,151 @@ cdef double xent_row(const floating* z, floating* d, Py_ssize_t k, long long lab
 
 
 cdef enum:
-    COLUMN_BLOCK = 256   # columns per task in the strided layout
+    COLUMN_BLOCK = 256   # columns per chunk in the strided layout
+
+
+cdef void softmax_columns(const floating* z, floating* out, Py_ssize_t k, Py_ssize_t inner,
+                          Py_ssize_t i0, Py_ssize_t i1, bint log_) noexcept nogil:
+    """Softmax of the examples i0..i1-1 (columns) of one (k, inner) block."""
+    cdef floating mx[COLUMN_BLOCK]
+    cdef double s[COLUMN_BLOCK]
+    cdef Py_ssize_t r, i
+    column_stats(z, out, k, inner, i0, i1, mx, s)
+    for i in range(i1 - i0):
+        s[i] = normalizer(s[i], log_)
+    for r in range(k):
+        for i in range(i0, i1):
+            out[r * inner + i] = finish(z[r * inner + i], out[r * inner + i], mx[i - i0],
+                                        s[i - i0], log_)
+
+
+cdef void xent_columns(const floating* z, floating* dz, Py_ssize_t k, Py_ssize_t inner,
+                       Py_ssize_t i0, Py_ssize_t i1, const long long* labels,
+                       const floating* targets, floating inv_m, double* terms) noexcept nogil:
+    """softmax_cross_entropy of the examples i0..i1-1 (columns) of one (k, inner) block:
+    class indices ``labels`` (one per column) or probabilities ``targets`` (shaped like z)."""
+    cdef floating mx[COLUMN_BLOCK]
+    cdef double s[COLUMN_BLOCK]
+    cdef double ls[COLUMN_BLOCK]
+    cdef Py_ssize_t r, i
+    cdef floating t
+    column_stats(z, dz, k, inner, i0, i1, mx, s)
+    for i in range(i1 - i0):
+        ls[i] = normalizer(s[i], True)
+        s[i] = normalizer(s[i], False)
+    for r in range(k):
+        for i in range(i0, i1):
+            t = (1 if labels[i] == r else 0) if labels != NULL else targets[r * inner + i]
+            terms[i] += xent(z[r * inner + i], &dz[r * inner + i], mx[i - i0], s[i - i0],
+                             ls[i - i0], t, inv_m)
+
+
+ctypedef struct SMJob:
+    bint is32
+    bint log_
+    const void* z
+    void* out
+    Py_ssize_t outer, k, inner, nblk
+    Py_ssize_t per_chunk       # rows per chunk (inner == 1)
+    const long long* labels    # softmax_cross_entropy: class indices (outer, inner) or NULL,
+    const void* targets        # then probabilities shaped like z
+    double inv_m
+    double* terms              # each example's loss term
+
+
+cdef void sm_rows(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    cdef SMJob* j = <SMJob*>ctx
+    cdef Py_ssize_t o
+    for o in range(chunk * j.per_chunk, min((chunk + 1) * j.per_chunk, j.outer)):
+        if j.is32:
+            softmax_row(<const float*>j.z + o * j.k, <float*>j.out + o * j.k, j.k, j.log_)
+        else:
+            softmax_row(<const double*>j.z + o * j.k, <double*>j.out + o * j.k, j.k, j.log_)
+
+
+cdef void sm_columns(void* ctx, Py_ssize_t t) noexcept nogil:
+    cdef SMJob* j = <SMJob*>ctx
+    cdef Py_ssize_t o = t // j.nblk, i0 = (t % j.nblk) * COLUMN_BLOCK
+    cdef Py_ssize_t i1 = min(i0 + COLUMN_BLOCK, j.inner), off = o * j.k * j.inner
+    if j.is32:
+        softmax_columns(<const float*>j.z + off, <float*>j.out + off, j.k, j.inner, i0, i1,
+                        j.log_)
+    else:
+        softmax_columns(<const double*>j.z + off, <double*>j.out + off, j.k, j.inner, i0, i1,
+                        j.log_)
+
+
+cdef void xent_rows(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    cdef SMJob* j = <SMJob*>ctx
+    cdef Py_ssize_t o, off
+    cdef long long label
+    for o in range(chunk * j.per_chunk, min((chunk + 1) * j.per_chunk, j.outer)):
+        off = o * j.k
+        label = j.labels[o] if j.labels != NULL else -1
+        if j.is32:
+            j.terms[o] = xent_row(<const float*>j.z + off, <float*>j.out + off, j.k, label,
+                                  targets_at(<const float*>j.targets, j.labels, off),
+                                  <float>j.inv_m)
+        else:
+            j.terms[o] = xent_row(<const double*>j.z + off, <double*>j.out + off, j.k, label,
+                                  targets_at(<const double*>j.targets, j.labels, off),
+                                  j.inv_m)
+
+
+cdef inline const floating* targets_at(const floating* targets, const long long* labels,
+                                       Py_ssize_t offset) noexcept nogil:
+    """The probabilities from ``offset`` on, or NULL when the labels are class indices."""
+    return targets + offset if labels == NULL else NULL
+
+
+cdef void xent_cols(void* ctx, Py_ssize_t t) noexcept nogil:
+    cdef SMJob* j = <SMJob*>ctx
+    cdef Py_ssize_t o = t // j.nblk, i0 = (t % j.nblk) * COLUMN_BLOCK
+    cdef Py_ssize_t i1 = min(i0 + COLUMN_BLOCK, j.inner), off = o * j.k * j.inner
+    cdef const long long* lab = j.labels + o * j.inner if j.labels != NULL else NULL
+    if j.is32:
+        xent_columns(<const float*>j.z + off, <float*>j.out + off, j.k, j.inner, i0, i1, lab,
+                     targets_at(<const float*>j.targets, j.labels, off), <float>j.inv_m,
+                     j.terms + o * j.inner)
+    else:
+        xent_columns(<const double*>j.z + off, <double*>j.out + off, j.k, j.inner, i0, i1,
+                     lab, targets_at(<const double*>j.targets, j.labels, off), j.inv_m,
+                     j.terms + o * j.inner)
+
+
+cdef void run_softmax(fo_chunk_fn rows, fo_chunk_fn columns, SMJob* job) noexcept nogil:
+    """rows over chunks of whole examples (inner == 1: about CHUNK_ELEMENTS / 4 elements
+    each), else columns over blocks of COLUMN_BLOCK examples."""
+    cdef int nt = threads_for(job.outer * job.k * job.inner)
+    if job.inner == 1:
+        job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // job.k)
+        fo_pool_run(rows, <void*>job, (job.outer + job.per_chunk - 1) // job.per_chunk, nt)
+    else:
+        job.nblk = (job.inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        fo_pool_run(columns, <void*>job, job.outer * job.nblk, nt)
+
+
+cdef SMJob softmax_job(const floating* z, floating* out, Py_ssize_t outer, Py_ssize_t k,
+                       Py_ssize_t inner) noexcept nogil:
+    cdef SMJob job
+    memset(&job, 0, sizeof(job))
+    job.is32 = floating is float
+    job.z = z
+    job.out = out
+    job.outer = outer
+    job.k = k
+    job.inner = inner
+    return job
 
 
 def softmax(const floating[:, :, ::1] z, floating[:, :, ::1] out, bint log):
     cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
-    cdef Py_ssize_t o, r, i, t, i0, i1, nblk
-    cdef int nt = threads_for(outer * k * inner)
-    cdef floating* mx
-    cdef double* s
-    cdef int failed = 0
     if k == 0 or outer * inner == 0:
         return
-    if inner == 1:
-        for o in prange(outer, schedule="static", num_threads=nt, nogil=True):
-            softmax_row(&z[o, 0, 0], &out[o, 0, 0], k, log)
-        return
-    nblk = (inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
-    for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):
-        mx = <floating*>malloc(COLUMN_BLOCK * sizeof(floating))
-        s = <double*>malloc(COLUMN_BLOCK * sizeof(double))
-        if mx != NULL and s != NULL:
-            o = t // nblk
-            i0 = (t % nblk) * COLUMN_BLOCK
-            i1 = min(i0 + COLUMN_BLOCK, inner)
-            column_stats(&z[o, 0, 0], &out[o, 0, 0], k, inner, i0, i1, mx, s)
-            for i in range(i1 - i0):
-                s[i] = normalizer(s[i], log)
-            for r in range(k):
-                for i in range(i0, i1):
-                    out[o, r, i] = finish(z[o, r, i], out[o, r, i], mx[i - i0], s[i - i0],
-                                          log)
-        else:
-            failed += 1
-        free(mx)
-        free(s)
-    if failed:
-        raise MemoryError("softmax: no memory for the per-block column statistics")
+    cdef SMJob job = softmax_job(&z[0, 0, 0], &out[0, 0, 0], outer, k, inner)
+    job.log_ = log
+    with nogil:
+        run_softmax(sm_rows, sm_columns, &job)
 
 
 def softmax_cross_entropy(const floating[:, :, ::1] z, labels, targets,
@@ -515,55 +996,22 @@ def softmax_cross_entropy(const floating[:, :, ::1] z, labels, targets,
     it, and one that turns dz into the gradient while collecting the loss term. Loss terms are
     kept per example and summed in example order, so the loss does not depend on threads."""
     cdef Py_ssize_t outer = z.shape[0], k = z.shape[1], inner = z.shape[2]
-    cdef Py_ssize_t m = outer * inner, o, r, i, t, i0, i1, nblk
-    cdef int nt = threads_for(outer * k * inner)
-    cdef floating inv_m
-    cdef floating tv
-    cdef floating* mx
-    cdef double* s
-    cdef double* ls
-    cdef int failed = 0
-    cdef bint by_index = labels is not None
+    cdef Py_ssize_t m = outer * inner
     cdef const long long[:, ::1] lab
     cdef const floating[:, :, ::1] tgt
     if m == 0 or k == 0:
         return 0.0
-    inv_m = <floating>(1.0 / m)
     terms_arr = np.zeros(m)
     cdef double[::1] terms = terms_arr
-    if by_index:
+    cdef SMJob job = softmax_job(&z[0, 0, 0], &dz[0, 0, 0], outer, k, inner)
+    job.inv_m = <floating>(1.0 / m)
+    job.terms = &terms[0]
+    if labels is not None:
         lab = labels
+        job.labels = &lab[0, 0]
     else:
         tgt = targets
-    if inner == 1:
-        for o in prange(outer, schedule="static", num_threads=nt, nogil=True):
-            terms[o] = xent_row(&z[o, 0, 0], &dz[o, 0, 0], k, lab[o, 0] if by_index else -1,
-                                <const floating*>NULL if by_index else &tgt[o, 0, 0],
-                                inv_m)
-    else:
-        nblk = (inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK
-        for t in prange(outer * nblk, schedule="static", num_threads=nt, nogil=True):
-            mx = <floating*>malloc(COLUMN_BLOCK * sizeof(floating))
-            s = <double*>malloc(COLUMN_BLOCK * sizeof(double))
-            ls = <double*>malloc(COLUMN_BLOCK * sizeof(double))
-            if mx != NULL and s != NULL and ls != NULL:
-                o = t // nblk
-                i0 = (t % nblk) * COLUMN_BLOCK
-                i1 = min(i0 + COLUMN_BLOCK, inner)
-                column_stats(&z[o, 0, 0], &dz[o, 0, 0], k, inner, i0, i1, mx, s)
-                for i in range(i1 - i0):
-                    ls[i] = normalizer(s[i], True)
-                    s[i] = normalizer(s[i], False)
-                for r in range(k):
-                    for i in range(i0, i1):
-                        tv = (1 if lab[o, i] == r else 0) if by_index else tgt[o, r, i]
-                        terms[o * inner + i] += xent(z[o, r, i], &dz[o, r, i], mx[i - i0],
-                                                     s[i - i0], ls[i - i0], tv, inv_m)
-            else:
-                failed += 1
-            free(mx)
-            free(s)
-            free(ls)
-        if failed:
-            raise MemoryError("softmax_cross_entropy: no memory for the column statistics")
+        job.targets = &tgt[0, 0, 0]
+    with nogil:
+        run_softmax(xent_rows, xent_cols, &job)
     return -row_sum(&terms[0], m) / m

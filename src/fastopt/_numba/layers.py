@@ -1,12 +1,15 @@
 """Numba layer kernels, mirroring fastopt/_kernels/layers.pyx: the same signatures, the same
-split of work (over features or rows, never inside a reduction) and the same fixed summation
-orders (eight interleaved float64 partial sums per contiguous row; per-block partial sums over
-fixed blocks of 64 rows, combined in block order, when features are columns)."""
+split of work (over features or rows, never inside a reduction), fixed summation orders (eight
+interleaved float64 partial sums per contiguous row; per-block partial sums over fixed blocks
+of 64 rows, combined in block order, when features are columns: the Cython kernels' fallback
+order, without their cache blocks) and the same exp."""
 import math
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
 from ._common import JIT, max_nan, use_threads
 
@@ -93,9 +96,19 @@ def _stats_cols(x, eps, mean, inv_std):          # each feature a column
     inv_std[...] = 1.0 / np.sqrt(inv_std + eps)
 
 
-def batchnorm_stats(x, axis, eps, mean, inv_std):
-    use_threads(x.size)
-    (_stats_rows if axis == 1 else _stats_cols)(x, eps, mean, inv_std)
+@numba.njit(**_PAR)
+def _forward_rows(x, eps, gamma, beta, mean, inv_std, y):
+    """Each feature a contiguous row: its statistics, then its y, in one visit (the row stays
+    in cache between the three passes)."""
+    F, C = x.shape
+    for f in prange(F):
+        m = _row_sum(x[f]) / C
+        s = 1.0 / math.sqrt(_row_centred_sq(x[f], m) / C + eps)
+        mean[f] = m
+        inv_std[f] = s
+        scale = gamma[f] * s
+        for c in range(C):
+            y[f, c] = (x[f, c] - m) * scale + beta[f]
 
 
 @numba.njit(**_PAR)
@@ -109,6 +122,16 @@ def _apply(x, axis, beta, mean, scale, y):
         for n in prange(N):
             for c in range(C):
                 y[n, c] = (x[n, c] - mean[c]) * scale[c] + beta[c]
+
+
+def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, y):
+    use_threads(x.size)
+    g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
+    if axis == 1:
+        _forward_rows(x, eps, g64, b64, mean, inv_std, y)
+    else:
+        _stats_cols(x, eps, mean, inv_std)
+        _apply(x, axis, b64, mean, g64 * inv_std, y)
 
 
 def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
@@ -186,13 +209,94 @@ def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
 
 
 # --------------------------------------------------------------------------------- softmax
+# exp as fo_vexp.h computes it, in arithmetic LLVM vectorizes (np.exp is a libm call per
+# element: the softmax family ran 7x slower than the Cython kernels): clamp (NaN passes),
+# x = n*ln2 + r by Cody-Waite, Sleef's polynomial on |r| <= ln2/2 with fused multiply-adds,
+# then 2^n applied in two exact halves so that subnormal results round once. The same
+# operations in the same order as the C version: the same bits, < 1 ulp.
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma: one instruction on CPUs with FMA)."""
+    def codegen(context, builder, sig, args):
+        t = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [t], ir.FunctionType(t, [t] * 3))
+        return builder.call(fn, args)
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def _from_bits(typingctx, i):
+    """The float32 (i an int32) or float64 (i an int64) whose bits are i."""
+    wide = i.bitwidth == 64
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType() if wide else ir.FloatType())
+    return (types.float64 if wide else types.float32)(i), codegen
+
+
+_F, _D = np.float32, np.float64
+_EXPF = (_F(-104.0), _F(89.0), _F(1.44269504088896341), _F(12582912.0),   # 0x1.8p23
+         _F(-0.693145751953125), _F(-1.428606765330187045e-06),
+         (_F(0.000198527617612853646278381), _F(0.00139304355252534151077271),
+          _F(0.00833336077630519866943359), _F(0.0416664853692054748535156),
+          _F(0.166666671633720397949219), _F(0.5)))
+_EXPD = (_D(-746.0), _D(710.0), _D(1.442695040888963407359924681001892137),
+         _D(6755399441055744.0),                                          # 0x1.8p52
+         _D(-.69314718055966295651160180568695068359375),
+         _D(-.28235290563031577122588448175013436025525412068e-12),
+         (_D(2.08860621107283687536341e-09), _D(2.51112930892876518610661e-08),
+          _D(2.75573911234900471893338e-07), _D(2.75572362911928827629423e-06),
+          _D(2.4801587159235472998791e-05), _D(0.000198412698960509205564975),
+          _D(0.00138888888889774492207962), _D(0.00833333333331652721664984),
+          _D(0.0416666666666665047591422), _D(0.166666666666666851703837), _D(0.5)))
+
+
+def _exp(x):
+    """exp(x) of a float32 or float64 scalar in jitted code (see above)."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+def _make_exp(consts, itype, bias, mant):
+    lo, hi, log2e, shift, ln2_hi, ln2_lo, poly = consts
+    one = poly[-1] * 2
+
+    def exp(x):
+        x = lo if x < lo else x
+        x = hi if x > hi else x
+        n = (x * log2e + shift) - shift           # round(x / ln2)
+        r = _fma(n, ln2_hi, x)
+        r = _fma(n, ln2_lo, r)
+        u = poly[0]
+        for c in numba.literal_unroll(poly[1:]):
+            u = _fma(u, r, c)
+        u = one + _fma(r * r, u, r)
+        ni = itype(n)
+        h = ni >> 1
+        s1 = _from_bits(itype((h + bias) << mant))   # numba widens int32 sums: narrow again
+        s2 = _from_bits(itype((ni - h + bias) << mant))
+        return (u * s1) * s2
+    return exp
+
+
+_expf = _make_exp(_EXPF, np.int32, 127, 23)
+_expd = _make_exp(_EXPD, np.int64, 1023, 52)
+
+
+@overload(_exp, inline="always")
+def _exp_overload(x):
+    if x == types.float32:
+        return _expf
+    if x == types.float64:
+        return _expd
+
+
 @numba.njit(**JIT)
 def _row_stats(z, e):
     m = z[0]
     for i in range(1, z.size):
         m = max_nan(m, z[i])
     for i in range(z.size):
-        e[i] = np.exp(z[i] - m)
+        e[i] = _exp(z[i] - m)
     return m, _row_sum(e)
 
 
@@ -207,7 +311,7 @@ def _column_stats(z, e, i0, i1, mx, s):
             mx[i - i0] = max_nan(mx[i - i0], z[r, i])
     for r in range(k):
         for i in range(i0, i1):
-            e[r, i] = np.exp(z[r, i] - mx[i - i0])
+            e[r, i] = _exp(z[r, i] - mx[i - i0])
             s[i - i0] += e[r, i]
 
 
@@ -228,16 +332,19 @@ def _finish(z, e, mx, c, log_):
 
 
 @numba.njit(**_PAR)
+def _softmax_rows(z, out, log_):
+    """Classes last: z is (outer, k), each example a contiguous row (so the loops vectorize)."""
+    for o in prange(z.shape[0]):
+        cast = np.empty(1, z.dtype)
+        mx, s = _row_stats(z[o], out[o])
+        c = _normalizer(s, log_, cast)
+        for r in range(z.shape[1]):
+            out[o, r] = _finish(z[o, r], out[o, r], mx, c, log_)
+
+
+@numba.njit(**_PAR)
 def _softmax(z, out, log_):
     outer, k, inner = z.shape
-    if inner == 1:
-        for o in prange(outer):
-            cast = np.empty(1, z.dtype)
-            mx, s = _row_stats(z[o, :, 0], out[o, :, 0])
-            c = _normalizer(s, log_, cast)
-            for r in range(k):
-                out[o, r, 0] = _finish(z[o, r, 0], out[o, r, 0], mx, c, log_)
-        return
     nblk = (inner + 255) // 256
     for t in prange(outer * nblk):
         cast = np.empty(1, z.dtype)
@@ -259,7 +366,10 @@ def softmax(z, out, log):
     if z.shape[1] == 0 or z.shape[0] * z.shape[2] == 0:
         return
     use_threads(z.size)
-    _softmax(z, out, bool(log))
+    if z.shape[2] == 1:
+        _softmax_rows(z[:, :, 0], out[:, :, 0], bool(log))
+    else:
+        _softmax(z, out, bool(log))
 
 
 @numba.njit(inline="always", **JIT)
@@ -273,23 +383,37 @@ def _xent(z, d, mx, inv_s, log_s, t, inv_m):
 
 
 @numba.njit(**_PAR)
+def _xent_rows(z, labels, targets, by_index, dz, inv_m, terms):
+    """Classes last: z is (outer, k), each example a contiguous row."""
+    outer, k = z.shape
+    zero = inv_m - inv_m
+    one = zero + 1
+    for o in prange(outer):
+        cast = np.empty(1, z.dtype)
+        mx, s = _row_stats(z[o], dz[o])
+        inv_s, log_s = _normalizer(s, False, cast), _normalizer(s, True, cast)
+        if by_index:    # only the label's entry differs from p / m (as the Cython kernel)
+            label = labels[o, 0]
+            p_label = dz[o, label] * inv_s
+            for r in range(k):
+                dz[o, r] = (dz[o, r] * inv_s) * inv_m
+            dz[o, label] = (p_label - one) * inv_m
+            terms[o] = (z[o, label] - mx) - log_s
+            continue
+        for r in range(k):
+            dz[o, r] = (dz[o, r] * inv_s - targets[o, r]) * inv_m
+        acc = 0.0
+        for r in range(k):
+            if targets[o, r] != 0:
+                acc += targets[o, r] * ((z[o, r] - mx) - log_s)
+        terms[o] = acc
+
+
+@numba.njit(**_PAR)
 def _xent_kernel(z, labels, targets, by_index, dz, inv_m, terms):
     outer, k, inner = z.shape
     zero = inv_m - inv_m
     one = zero + 1
-    if inner == 1:
-        for o in prange(outer):
-            cast = np.empty(1, z.dtype)
-            mx, s = _row_stats(z[o, :, 0], dz[o, :, 0])
-            inv_s, log_s = _normalizer(s, False, cast), _normalizer(s, True, cast)
-            acc = 0.0
-            for r in range(k):
-                t = (one if labels[o, 0] == r else zero) if by_index else targets[o, r, 0]
-                g, term = _xent(z[o, r, 0], dz[o, r, 0], mx, inv_s, log_s, t, inv_m)
-                dz[o, r, 0] = g
-                acc += term
-            terms[o] = acc
-        return
     nblk = (inner + 255) // 256
     for tk in prange(outer * nblk):
         cast = np.empty(1, z.dtype)
@@ -321,7 +445,11 @@ def softmax_cross_entropy(z, labels, targets, dz):
     use_threads(z.size)
     terms = np.zeros(m)
     by_index = labels is not None
-    _xent_kernel(z, labels if by_index else _NO_LABELS, z if by_index else targets, by_index,
-                 dz, z.dtype.type(1.0 / m), terms)
+    labels = labels if by_index else _NO_LABELS
+    targets = z if by_index else targets
+    inv_m = z.dtype.type(1.0 / m)
+    if z.shape[2] == 1:
+        _xent_rows(z[:, :, 0], labels, targets[:, :, 0], by_index, dz[:, :, 0], inv_m, terms)
+    else:
+        _xent_kernel(z, labels, targets, by_index, dz, inv_m, terms)
     return -_row_sum(terms) / m
-

@@ -33,6 +33,13 @@ def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
               + np.expand_dims(beta.astype(np.float64), axis))
 
 
+def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, y):
+    """Training forward: :func:`batchnorm_stats` into ``mean`` and ``inv_std``, then
+    :func:`batchnorm_apply` with them into ``y``."""
+    batchnorm_stats(x, axis, eps, mean, inv_std)
+    batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y)
+
+
 def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
     """Gradients of :func:`batchnorm_apply` after :func:`batchnorm_stats`, ``n`` the batch size:
 

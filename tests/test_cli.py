@@ -106,3 +106,25 @@ def test_a_closed_pipe_ends_quietly():
 def test_an_unavailable_backend_is_a_usage_error_naming_it():
     status, out, err = run_cli("--backends", "nope")
     assert status == 2 and "'nope'" in err
+
+
+def test_only_layers_times_the_layer_rows_alone_at_every_shape():
+    import pytest
+    from fastopt.__main__ import parse_args
+    args = parse_args(["--only-layers"])
+    assert args.kernels == [] and not args.no_layers
+    assert args.no_groups and args.no_coexistence and args.no_single_thread
+    with pytest.raises(SystemExit):
+        parse_args(["--only-layers", "--no-layers"])
+
+
+def test_every_layer_row_runs_on_every_backend():
+    """Each row's calls (the course's layout ``bn_fwd_bwd_t`` included) at a tiny shape."""
+    import numpy as np
+    from fastopt import _bench
+    for name in _bench.LAYER_CASES:
+        fns = _bench.layer_contenders(name, (6, 10), np.dtype(np.float32), fastopt.backends(),
+                                      peers=False)
+        for label, fn in fns.items():
+            with fastopt.use_backend(getattr(fn, "backend", fastopt.get_backend())):
+                fn()

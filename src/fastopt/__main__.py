@@ -48,6 +48,8 @@ def parse_args(argv):
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-layers", action="store_true",
                     help="skip the batch-norm and softmax rows")
+    ap.add_argument("--only-layers", action="store_true",
+                    help="only the batch-norm and softmax rows, at every shape")
     ap.add_argument("--no-groups", action="store_true",
                     help="skip the many-small-parameters rows (arena, multi-tensor list)")
     ap.add_argument("--no-coexistence", action="store_true",
@@ -75,6 +77,11 @@ def parse_args(argv):
         if k not in _bench.CASES:
             ap.error(f"unknown kernel {k!r}; choose from {list(_bench.CASES)}")
     args.kernels = names
+    if args.only_layers:
+        if args.no_layers:
+            ap.error("--only-layers and --no-layers exclude each other")
+        args.kernels = []
+        args.no_groups = args.no_coexistence = args.no_single_thread = True
     if args.mpi and not args.sizes:
         args.sizes = MPI_SIZES
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else
@@ -195,11 +202,11 @@ def report(args, json_out):
         print(f"  {name:<13} " + "  ".join(cells))
 
     # 2. timing
-    print("\nspeed (median of interleaved rounds; x ref = speed-up over the NumPy reference; "
-          "x roof = time / roofline stream time)")
-    header = (f"  {'kernel':<13}{'dtype':<8}{'size':>10}  {'contender':<14}{'time':>11}"
+    if args.kernels:
+        print("\nspeed (median of interleaved rounds; x ref = speed-up over the NumPy reference; "
+              "x roof = time / roofline stream time)")
+        print(f"  {'kernel':<13}{'dtype':<8}{'size':>10}  {'contender':<14}{'time':>11}"
               f"{'spread':>8}{'x ref':>8}{'GB/s':>8}{'x roof':>8}")
-    print(header)
     rows = []
     progress.start("timing", len(args.kernels) * len(args.dtypes) * len(args.sizes))
     for name in args.kernels:
@@ -274,7 +281,7 @@ def report(args, json_out):
               f"{'spread':>8}{'x ref':>8}{'x roof':>8}")
         layer_shapes = [(name, shape) for name, (shapes, _) in _bench.LAYER_CASES.items()
                         if not (args.quick and name not in ("bn_fwd_bwd", "xent"))
-                        for shape in (shapes if args.full else shapes[:1])]
+                        for shape in (shapes if args.full or args.only_layers else shapes[:1])]
         progress.start("timing layers", len(layer_shapes) * len(args.dtypes[:1]))
         for name, shape in layer_shapes:
             for dtype in args.dtypes[:1]:

@@ -358,28 +358,34 @@ LAYER_CASES = {   # name -> (shapes, elements moved per element of x: reads + wr
     "bn_fwd": ([(256, 4096), (4096, 1024)], 2),             # read x, write y
     "bn_bwd": ([(256, 4096), (4096, 1024)], 3),             # read x and dy, write dx
     "bn_fwd_bwd": ([(256, 4096), (4096, 1024)], 5),         # both
+    # the course's layout: x is (features, m), batch axis 1 (the same data, transposed)
+    "bn_fwd_bwd_t": ([(4096, 256), (1024, 4096)], 5),
     "softmax": ([(4096, 1000), (256, 32000)], 2),
     "xent": ([(4096, 1000), (256, 32000)], 2),
 }
 
 
 def layer_contenders(name, shape, dtype, backends, peers=True):
-    """One layer call (rows are examples, features/classes last) done every way, plus the
-    roofline: a stream moving the same bytes."""
+    """One layer call (rows are examples, features/classes last; ``bn_fwd_bwd_t``: features
+    are rows, batch axis 1) done every way, plus the roofline: a stream moving the same
+    bytes."""
     from . import layers
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    c = shape[1]
+    axis = 1 if name == "bn_fwd_bwd_t" else 0
+    c = shape[1 - axis]
     gamma, beta = np.ones(c, dtype), np.zeros(c, dtype)
-    labels = rng.integers(0, c, shape[0])
+    labels = rng.integers(0, shape[1], shape[0])
     out, dx = np.empty_like(x), np.empty_like(x)    # outputs reused: no page faults per call
-    _, cache = layers.batchnorm_forward(x, gamma, beta)
+    _, cache = layers.batchnorm_forward(x, gamma, beta, axis=axis)
     calls = {
         "bn_fwd": lambda: layers.batchnorm_forward(x, gamma, beta, out=out),
         "bn_bwd": lambda: layers.batchnorm_backward(dy, cache, out=dx),
         "bn_fwd_bwd": lambda: layers.batchnorm_backward(
             dy, layers.batchnorm_forward(x, gamma, beta, out=out)[1], out=dx),
+        "bn_fwd_bwd_t": lambda: layers.batchnorm_backward(
+            dy, layers.batchnorm_forward(x, gamma, beta, axis=1, out=out)[1], out=dx),
         "softmax": lambda: layers.softmax(x, out=out),
         "xent": lambda: layers.softmax_cross_entropy(x, labels, out=out),
     }
@@ -399,12 +405,15 @@ def layer_contenders(name, shape, dtype, backends, peers=True):
 
 
 def _torch_layer(name, x, dy, labels):
+    """torch's call for the row (``bn_fwd_bwd_t``: its batch norm of the transposed view)."""
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return {}
     torch.set_num_threads(_backend.get_num_threads())
+    if name == "bn_fwd_bwd_t":
+        name, x, dy = "bn_fwd_bwd", x.T, dy.T
     xt = torch.from_numpy(x)
     dyt = torch.from_numpy(dy)
     lt = torch.from_numpy(labels)

@@ -658,7 +658,7 @@ def cython_layers():
         m.set_block_bytes(b)
 
 
-# (1100, 300): two pool chunks of 972 and 128 rows; (3000, 3): a tall panel; (5, 40000):
+# (1100, 300): two pool chunks (at a 512 KiB L2); (3000, 3): a tall panel; (5, 40000):
 # rows too wide for a block at the default size; odd feature counts around the vectors
 BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (257, 33), (9, 7)]
 

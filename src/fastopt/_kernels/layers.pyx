@@ -293,6 +293,7 @@ def get_block_bytes():
 
 cdef enum:
     CHUNK_ELEMENTS = 1 << 18   # at least this many elements per pool chunk (axis 0 sweeps)
+    MIN_ROWS = 64              # and at least this many rows
     MAX_CHUNKS = 64            # and at most this many chunks per sweep
 
 
@@ -489,11 +490,12 @@ cdef Py_ssize_t features_per_chunk(Py_ssize_t F, Py_ssize_t length) noexcept nog
 
 
 cdef Py_ssize_t rows_per_chunk(Py_ssize_t N, Py_ssize_t C, Py_ssize_t block) noexcept nogil:
-    """Axis 0: whole cache blocks per chunk, at least CHUNK_ELEMENTS elements (each chunk
-    leaves 2-4 float64 arrays of C partial results to combine), at most MAX_CHUNKS chunks."""
+    """Axis 0: whole cache blocks per chunk, at least CHUNK_ELEMENTS elements and MIN_ROWS
+    rows (each chunk leaves 2-4 float64 arrays of C partial results: at most an eighth of
+    its own size), at most MAX_CHUNKS chunks."""
     cdef Py_ssize_t blocks = (N + block - 1) // block
-    cdef Py_ssize_t per = max((CHUNK_ELEMENTS // max(C, 1) + block - 1) // block,
-                              (blocks + MAX_CHUNKS - 1) // MAX_CHUNKS)
+    cdef Py_ssize_t rows = max(CHUNK_ELEMENTS // max(C, 1), MIN_ROWS)
+    cdef Py_ssize_t per = max((rows + block - 1) // block, (blocks + MAX_CHUNKS - 1) // MAX_CHUNKS)
     return max(per, 1) * block
 
 

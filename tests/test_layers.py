@@ -658,7 +658,7 @@ def cython_layers():
         m.set_block_bytes(b)
 
 
-# (1100, 300): two pool chunks (at a 512 KiB L2); (3000, 3): a tall panel; (5, 40000):
+# (1100, 300): several pool chunks of several blocks; (3000, 3): a tall panel; (5, 40000):
 # rows too wide for a block at the default size; odd feature counts around the vectors
 BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (257, 33), (9, 7)]
 
@@ -726,8 +726,8 @@ def test_batchnorm_cache_blocks_keep_nan_and_inf_in_their_feature(cython_layers,
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_layers_are_bit_identical_for_1_and_2_threads_over_several_chunks(backend, dt,
                                                                           setting):
-    """Shapes split into several pool chunks (the axis-0 statistics merge two chunks; the
-    softmax rows make five chunks); with small cache blocks too on the Cython backend."""
+    """Shapes split into several pool chunks (the axis-0 statistics merge 3-4 chunks; the
+    softmax rows make six chunks); with small cache blocks too on the Cython backend."""
     rng = np.random.default_rng(22)
     x = rng.standard_normal((1100, 300)).astype(dt) * 3 + 1
     dy = rng.standard_normal((1100, 300)).astype(dt)

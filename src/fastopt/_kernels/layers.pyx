@@ -291,10 +291,13 @@ def get_block_bytes():
     return block_bytes
 
 
+# Pool chunks of about CHUNK_ELEMENTS elements (0.1-0.3 ms of work here): several per thread,
+# so that a helper that starts late still takes a share, and short, so that a helper preempted
+# in the middle of one (other processes on the cores) holds the call up only briefly.
 cdef enum:
-    CHUNK_ELEMENTS = 1 << 18   # at least this many elements per pool chunk (axis 0 sweeps)
-    MIN_ROWS = 64              # and at least this many rows
-    MAX_CHUNKS = 64            # and at most this many chunks per sweep
+    CHUNK_ELEMENTS = 1 << 16
+    MIN_ROWS = 64              # rows per chunk of the axis-0 statistics, at least
+    MAX_CHUNKS = 64            # and chunks per sweep, at most
 
 
 ctypedef struct BNJob:
@@ -484,9 +487,8 @@ cdef void run_chunks(fo_chunk_fn fn, BNJob* job, Py_ssize_t total) noexcept nogi
 
 
 cdef Py_ssize_t features_per_chunk(Py_ssize_t F, Py_ssize_t length) noexcept nogil:
-    """Axis 1: whole features per chunk, about CHUNK_ELEMENTS / 4 elements (several chunks per
-    thread, so that a helper that starts late still takes a share)."""
-    return max(1, min(F, (CHUNK_ELEMENTS // 4) // max(length, 1)))
+    """Axis 1: whole features per chunk, about CHUNK_ELEMENTS elements."""
+    return max(1, min(F, CHUNK_ELEMENTS // max(length, 1)))
 
 
 cdef Py_ssize_t rows_per_chunk(Py_ssize_t N, Py_ssize_t C, Py_ssize_t block) noexcept nogil:
@@ -557,7 +559,7 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
                 job.inv_std[c] = 1.0 / sqrt(job.part[C + c] / N + eps)
     scale_arr = g64 * np.asarray(inv_std)     # gamma * inv_std per feature, float64
     job.gamma = <const double*>cnp.PyArray_DATA(scale_arr)
-    job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // C)
+    job.per_chunk = max(1, CHUNK_ELEMENTS // C)
     with nogil:
         run_chunks(bn_cols_apply, &job, N)
 
@@ -656,7 +658,7 @@ def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamm
     # whole rows, streamed in order (column blocks of a wide x start every row segment on
     # a cold page: 20% slower than keeping the per-feature arrays in L2)
     job.gamma = <const double*>cnp.PyArray_DATA(scale_arr)
-    job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // C)
+    job.per_chunk = max(1, CHUNK_ELEMENTS // C)
     with nogil:
         run_chunks(bn_cols_apply, &job, N)
 
@@ -711,7 +713,7 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
         job.k_dy = &coef[0, 0]
         job.k_x = &coef[1, 0]
         job.k_0 = &coef[2, 0]
-        job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // C)
+        job.per_chunk = max(1, CHUNK_ELEMENTS // C)
         run_chunks(bn_cols_dx, &job, N)
 
 
@@ -958,11 +960,11 @@ cdef void xent_cols(void* ctx, Py_ssize_t t) noexcept nogil:
 
 
 cdef void run_softmax(fo_chunk_fn rows, fo_chunk_fn columns, SMJob* job) noexcept nogil:
-    """rows over chunks of whole examples (inner == 1: about CHUNK_ELEMENTS / 4 elements
-    each), else columns over blocks of COLUMN_BLOCK examples."""
+    """rows over chunks of whole examples (inner == 1: about CHUNK_ELEMENTS elements each),
+    else columns over blocks of COLUMN_BLOCK examples."""
     cdef int nt = threads_for(job.outer * job.k * job.inner)
     if job.inner == 1:
-        job.per_chunk = max(1, CHUNK_ELEMENTS // 4 // job.k)
+        job.per_chunk = max(1, CHUNK_ELEMENTS // job.k)
         fo_pool_run(rows, <void*>job, (job.outer + job.per_chunk - 1) // job.per_chunk, nt)
     else:
         job.nblk = (job.inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK

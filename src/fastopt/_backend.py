@@ -18,6 +18,7 @@ from . import _threads
 
 from . import _registry
 from ._multi import foreach
+from .reference import lowp
 
 NAMES = ("cython", "numba", "numpy")
 _MODULES = {"cython": "fastopt._kernels", "numba": "fastopt._numba", "numpy": "fastopt.reference"}
@@ -42,14 +43,17 @@ class Namespace:
         found = {}
         for module in package.KERNEL_MODULES:
             found.update((k, v) for k, v in vars(module).items() if not k.startswith("_"))
-        missing = [k.name for k in _registry.KERNELS if k.name not in found]
+        kernels = _registry.KERNELS + _registry.HALF_KERNELS
+        missing = [k.name for k in kernels if k.name not in found]
         missing += [layer for layer in _registry.LAYERS if layer not in found]
         if missing:
             raise ImportError(f"it lacks the kernels {', '.join(missing)}")
-        for kernel in _registry.KERNELS:
+        for kernel in kernels:
             single = found[kernel.name]
             setattr(self, kernel.name, single)
-            setattr(self, kernel.multi, found.get(kernel.multi) or foreach(single, kernel))
+            check = {"check": lowp.check_half_arrays} if kernel in _registry.HALF_KERNELS else {}
+            setattr(self, kernel.multi,
+                    found.get(kernel.multi) or foreach(single, kernel, **check))
         for layer in _registry.LAYERS:
             setattr(self, layer, found[layer])
         self.set_num_threads = package.set_num_threads

@@ -25,10 +25,11 @@ def check_lists(names, lists, nrequired):
     return count
 
 
-def foreach(single, kernel):
+def foreach(single, kernel, check=check_step_arrays):
     """The list form of ``single``, a backend's single-array function of ``kernel`` (a
     :class:`fastopt._registry.Kernel`): ``multi(*lists, **scalars)`` with the registry's
-    signature, bit-identical to ``single`` on each tensor."""
+    signature, bit-identical to ``single`` on each tensor. ``check(arrays, names, nrequired)``
+    validates one tensor's arrays (the 16-bit kernels pass their own)."""
     names, nrequired, keywords = kernel.lists, kernel.nrequired, frozenset(kernel.keywords)
 
     def multi(*lists, **scalars):
@@ -39,7 +40,7 @@ def foreach(single, kernel):
         tensors = [tuple(None if lst is None else lst[j] for lst in lists)
                    for j in range(count)]
         for j, arrays in enumerate(tensors):
-            check_step_arrays(arrays, [f"{name}[{j}]" for name in names], nrequired)
+            check(arrays, [f"{name}[{j}]" for name in names], nrequired)
         check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
         for arrays in tensors:
             single(*arrays, **scalars)

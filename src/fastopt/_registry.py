@@ -20,7 +20,7 @@ Cython glue.
 from dataclasses import dataclass, field
 from itertools import product
 
-__all__ = ["Kernel", "KERNELS", "LAYERS", "get"]
+__all__ = ["Kernel", "KERNELS", "HALF_KERNELS", "LAYERS", "get"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ class Kernel:
         The per-call floats, keyword-only.
     options : tuple of str
         The per-call bools, keyword-only.
-    ops : str
-        The :mod:`fastopt.ops` function for one array; ``foreach_<ops>`` takes lists.
+    ops : str or None
+        The :mod:`fastopt.ops` function for one array; ``foreach_<ops>`` takes lists (None:
+        the kernel has none, as the 16-bit ones, which fastopt.torch calls).
     examples : dict
         A valid value of every scalar, distinct ones (test grids and benchmarks).
     """
@@ -91,6 +92,13 @@ class Kernel:
                        tuple(a for a, u in zip(self.optional, used) if u))
 
 
+# Adam's scalars: ``grad_scale`` multiplies the grad first (a fused gradient clip; 1: none)
+_ADAM_SCALARS = ("lr", "beta1", "beta2", "eps", "weight_decay", "step_size", "bias_correction2",
+                 "grad_scale")
+_ADAM_OPTIONS = ("decoupled", "maximize", "eps_inside_sqrt")
+_ADAM_EXAMPLES = dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1,
+                      step_size=0.02, bias_correction2=0.03, grad_scale=0.75)
+
 KERNELS = (
     Kernel("ewa", ("avg", "x"), 2, ("avgs", "xs"),
            scalars=("beta",), options=(), ops="ewa_",
@@ -113,11 +121,8 @@ KERNELS = (
            examples=dict(clr=0.1, eps=1e-6, weight_decay=0.05)),
     Kernel("adam", ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 4,
            ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
-           scalars=("lr", "beta1", "beta2", "eps", "weight_decay", "step_size",
-                    "bias_correction2"),
-           options=("decoupled", "maximize", "eps_inside_sqrt"), ops="adam_step_",
-           examples=dict(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1,
-                         step_size=0.02, bias_correction2=0.03)),
+           scalars=_ADAM_SCALARS, options=_ADAM_OPTIONS, ops="adam_step_",
+           examples=_ADAM_EXAMPLES),
     Kernel("adadelta", ("param", "grad", "square_avg", "acc_delta"), 4,
            ("params", "grads", "square_avgs", "acc_deltas"),
            scalars=("lr", "rho", "eps", "weight_decay"), options=("maximize",),
@@ -147,7 +152,20 @@ KERNELS = (
            examples=dict(lr=0.01, beta1=0.8, beta2=0.95, weight_decay=0.1)),
 )
 
-_BY_NAME = {k.name: k for k in KERNELS}
+# Kernels on 16-bit parameters (bfloat16 bit patterns or float16, both as ``uint16`` arrays)
+# with float32 master weights and state: they read the 16-bit param and grad, update the
+# master and the state and write the master rounded to nearest even back into the param, in
+# one sweep (fastopt.reference.lowp defines widening and rounding). Their option ``bfloat16``
+# picks the format. fastopt.torch calls them for bfloat16/float16 parameters.
+HALF_KERNELS = (
+    Kernel("adam_half",
+           ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 5,
+           ("params", "grads", "masters", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
+           scalars=_ADAM_SCALARS, options=_ADAM_OPTIONS + ("bfloat16",), ops=None,
+           examples=_ADAM_EXAMPLES),
+)
+
+_BY_NAME = {k.name: k for k in KERNELS + HALF_KERNELS}
 
 
 def get(name):

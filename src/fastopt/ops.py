@@ -566,8 +566,9 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
                                                               weight_decay)
     _backend.active.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr, beta1=beta1,
                          beta2=beta2, eps=eps, weight_decay=weight_decay, step_size=step_size,
-                         bias_correction2=bias_correction2, decoupled=decoupled_weight_decay,
-                         maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+                         bias_correction2=bias_correction2, grad_scale=1.0,
+                         decoupled=decoupled_weight_decay, maximize=maximize,
+                         eps_inside_sqrt=eps_inside_sqrt)
 
 
 def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
@@ -608,8 +609,8 @@ def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_
     _backend.active.adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr,
                                beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                                step_size=step_size, bias_correction2=bias_correction2,
-                               decoupled=decoupled_weight_decay, maximize=maximize,
-                               eps_inside_sqrt=eps_inside_sqrt)
+                               grad_scale=1.0, decoupled=decoupled_weight_decay,
+                               maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
 
 
 def adamw_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,

@@ -17,6 +17,7 @@ from libc.string cimport memcmp, memset
 
 from .._layout import via_contiguous
 from .._multi import check_lists
+from ..reference.lowp import check_half_arrays
 
 cdef enum:
     MAX_ARRAYS = 6
@@ -27,8 +28,8 @@ ctypedef void (*span64)(double** a, Py_ssize_t lo, Py_ssize_t hi, const void* s)
 ctypedef struct Kernel:
     int narrays          # arrays per tensor; arrays[1] (the grad) is the only one not written
     int nrequired        # the first nrequired may not be None
-    span32 f32
-    span64 f64
+    span32 f32           # a 16-bit kernel (_half.pxi): its one span, given the arrays as
+    span64 f64           # float** (param and grad are uint16); f64 NULL
 
 ctypedef struct Tensor:
     void* ptr[MAX_ARRAYS]
@@ -110,7 +111,7 @@ cdef int load(Tensor* t, Extent* ext, const Kernel* kern, tuple names, PyObject*
         else:
             ok = ok and cnp.PyArray_CheckExact(<object>arrays[i])
     if ok:
-        ok = check_fast(kern, arrays)
+        ok = check_fast(kern, arrays) if kern.f64 != NULL else check_half_fast(kern, arrays)
     if not ok:
         check_slow(kern, names, arrays, index)   # raises with the standard message
     for i in range(kern.narrays):
@@ -257,12 +258,38 @@ cdef bint check_fast(const Kernel* kern, PyObject** arrays) noexcept:
     return True
 
 
+cdef bint check_half_fast(const Kernel* kern, PyObject** arrays) noexcept:
+    """The common case in C: 16-bit param and grad, float32 state, one shape, the updated
+    arrays writeable."""
+    cdef cnp.ndarray ref = <cnp.ndarray>arrays[0], a
+    cdef int i, t, nd = cnp.PyArray_NDIM(ref)
+    for i in range(kern.narrays):
+        if arrays[i] == NULL:
+            continue
+        a = <cnp.ndarray>arrays[i]
+        t = cnp.PyArray_TYPE(a)
+        if i < 2:
+            if t != cnp.NPY_UINT16 and t != cnp.NPY_INT16:
+                return False
+        elif t != cnp.NPY_FLOAT:
+            return False
+        if (cnp.PyArray_NDIM(a) != nd
+                or memcmp(cnp.PyArray_DIMS(a), cnp.PyArray_DIMS(ref),
+                          nd * sizeof(cnp.npy_intp))
+                or (i != 1 and not cnp.PyArray_ISWRITEABLE(a))):
+            return False
+    return True
+
+
 cdef int check_slow(const Kernel* kern, tuple names, PyObject** arrays,
                     Py_ssize_t index) except -1:
     """Find what is wrong and raise, naming the array."""
     labels = [name if index < 0 else f"{name}[{index}]" for name in names]
     objs = [None if arrays[i] == NULL else <object>arrays[i] for i in range(kern.narrays)]
-    _validate.check_step_arrays(objs, labels, kern.nrequired)
+    if kern.f64 == NULL:
+        check_half_arrays(objs, labels, kern.nrequired)
+    else:
+        _validate.check_step_arrays(objs, labels, kern.nrequired)
     return 0
 
 
@@ -283,7 +310,8 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const void* s) exc
     check_pairs(ext, kern.narrays, names)
     if slow:
         return 1
-    cdef bint is32 = cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT
+    cdef bint is32 = (kern.f64 == NULL
+                      or cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT)
     with nogil:
         run(kern, is32, &t, 1, s)
     return 0
@@ -329,8 +357,9 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s)
                     objs[i] = NULL
             if load(&t, ext + j * kern.narrays, kern, names, objs, j):
                 slow.append(j)
-            # float32 tensors fill the front of ts, float64 ones the back
-            elif cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT:
+            # float32 (and 16-bit) tensors fill the front of ts, float64 ones the back
+            elif (kern.f64 == NULL
+                  or cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT):
                 ts[n32] = t
                 n32 += 1
             else:

@@ -1,10 +1,11 @@
 """The Numba backend: the fallback when the compiled extension is absent.
 
 Kernels mirror the Cython ones (same signatures, same element formulas, same chunking):
-``optim`` holds the element-wise kernels of the registry (``fastopt._registry``), ``layers``
-the layer kernels; ``fastopt._backend`` serves them (with each kernel's list form).
+``optim`` holds the element-wise kernels of the registry (``fastopt._registry``), ``lowp``
+the 16-bit ones, ``layers`` the layer kernels; ``fastopt._backend`` serves them (with each
+kernel's list form).
 """
-from . import layers, optim
+from . import layers, lowp, optim
 from ._common import get_num_threads, set_num_threads  # noqa: F401
 
-KERNEL_MODULES = (optim, layers)
+KERNEL_MODULES = (optim, layers, lowp)

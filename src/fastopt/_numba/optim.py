@@ -220,39 +220,51 @@ _ADAM, _pack_adam = scalars("adam")
 
 
 @numba.njit(inline="always", **JIT)
+def adam_consts(s, p):
+    """Adam's scalars ``s`` folded in float64 and cast to ``p``'s dtype, as adam_span does:
+    what :func:`adam_elem` takes."""
+    f = p.dtype.type
+    # decay is exactly 1 unless AdamW-style decay is on
+    decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
+    return (f(1.0 - s.beta1), f(s.beta2), f(1.0 - s.beta2), f(s.eps), f(s.step_size),
+            f(1.0 / s.bias_correction2), f(1.0 / math.sqrt(s.bias_correction2)),
+            f(s.weight_decay), decay, s.weight_decay != 0 and not s.decoupled)
+
+
+@numba.njit(inline="always", **JIT)
+def adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt):
+    """Element ``i`` of an Adam step with grad ``gi`` (scaled and negated already); also the
+    16-bit kernel's step of its float32 master copy (fastopt/_numba/lowp.py)."""
+    c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd, decay, coupled = k
+    pi = p[i] * decay
+    if coupled:
+        gi = gi + wd * pi
+    m[i] = m[i] + c1 * (gi - m[i])
+    v[i] = b2 * v[i] + c2 * (gi * gi)
+    vi = v[i]
+    if amsgrad:
+        vmax[i] = max_nan(vmax[i], vi)
+        vi = vmax[i]
+    if eps_inside_sqrt:
+        denom = np.sqrt(vi * inv_bc2 + eps)
+    else:
+        denom = np.sqrt(vi) * inv_bc2_sqrt + eps
+    p[i] = pi - step * (m[i] / denom)
+
+
+@numba.njit(inline="always", **JIT)
 def _adam_loop(p, g, m, v, vmax, s, amsgrad, eps_inside_sqrt):
     # The caller passes amsgrad and the eps form as literal constants (or LLVM would compute
     # both square roots); every branch left in the loop is a select without side effects,
     # which LLVM vectorizes.
-    f = p.dtype.type
-    c1 = f(1.0 - s.beta1)
-    b2 = f(s.beta2)
-    c2 = f(1.0 - s.beta2)
-    eps = f(s.eps)
-    step = f(s.step_size)
-    inv_bc2 = f(1.0 / s.bias_correction2)
-    inv_bc2_sqrt = f(1.0 / math.sqrt(s.bias_correction2))
-    wd = f(s.weight_decay)
-    # decay is exactly 1 unless AdamW-style decay is on
-    decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
-    coupled = s.weight_decay != 0 and not s.decoupled
+    k = adam_consts(s, p)
+    scale = p.dtype.type(s.grad_scale)
+    scaled = s.grad_scale != 1
     maximize = s.maximize
     for i in range(p.size):
-        gi = -g[i] if maximize else g[i]
-        pi = p[i] * decay
-        if coupled:
-            gi = gi + wd * pi
-        m[i] = m[i] + c1 * (gi - m[i])
-        v[i] = b2 * v[i] + c2 * (gi * gi)
-        vi = v[i]
-        if amsgrad:
-            vmax[i] = max_nan(vmax[i], vi)
-            vi = vmax[i]
-        if eps_inside_sqrt:
-            denom = np.sqrt(vi * inv_bc2 + eps)
-        else:
-            denom = np.sqrt(vi) * inv_bc2_sqrt + eps
-        p[i] = pi - step * (m[i] / denom)
+        gi = g[i] * scale if scaled else g[i]
+        gi = -gi if maximize else gi
+        adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt)
 
 
 @numba.njit(**JIT)
@@ -276,12 +288,13 @@ def _adam_parallel(nchunks, chunk, p, g, m, v, vmax, packed):
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
-         step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
+         step_size, bias_correction2, grad_scale, decoupled, maximize, eps_inside_sqrt):
     arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 4)
     packed = _pack_adam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                         step_size=step_size, bias_correction2=bias_correction2,
-                        decoupled=decoupled, maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+                        grad_scale=grad_scale, decoupled=decoupled, maximize=maximize,
+                        eps_inside_sqrt=eps_inside_sqrt)
     if views is None:
         return via_contiguous(adam, arrays, **_ADAM(*packed)._asdict())
     launch(_adam_span, _adam_parallel, views, packed)

@@ -1,11 +1,11 @@
 """The NumPy reference backend: the definition of every kernel (slow, obvious, exact).
 
-``optim`` defines the element-wise kernels of the registry (``fastopt._registry``) and
-``layers`` the layer kernels; ``fastopt._backend`` serves them (with each kernel's list form).
+``optim`` defines the element-wise kernels of the registry (``fastopt._registry``), ``lowp``
+the 16-bit ones and ``layers`` the layer kernels; ``fastopt._backend`` serves them (with each kernel's list form).
 """
-from . import layers, optim
+from . import layers, lowp, optim
 
-KERNEL_MODULES = (optim, layers)
+KERNEL_MODULES = (optim, layers, lowp)
 
 
 def set_num_threads(n):

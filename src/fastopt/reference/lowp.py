@@ -5,8 +5,15 @@ views are accepted), the top half of a float32. float16 is NumPy's own ``float16
 Widening to float32 is exact; narrowing rounds to nearest, ties to even, overflows to
 infinity and keeps subnormals, as torch's conversions do, so a parameter written back from its
 float32 master copy has the bits ``master.to(torch.bfloat16)`` (or ``float16``) would give.
+
+The 16-bit kernels (``fastopt._registry.HALF_KERNELS``, here :func:`adam_half`) step a float32
+master copy from the widened 16-bit grad and write it back rounded, in one sweep; the
+compiled backends give these bits with integer arithmetic.
 """
 import numpy as np
+
+from .._validate import check_disjoint, check_writeable
+from . import optim
 
 BFLOAT16_NAN = np.uint16(0x7FC0)    # every NaN becomes this quiet NaN (as torch's scalar path)
 
@@ -40,20 +47,85 @@ def float32_to_bfloat16(x):
 
 
 def float32_to_float16(x):
-    """float16 values of float32 values: IEEE round to nearest even (NumPy's conversion)."""
-    return np.asarray(x, dtype=np.float32).astype(np.float16)
+    """float16 values of float32 values: IEEE round to nearest even (NumPy's conversion, which
+    overflows to infinity and keeps subnormals); NaN becomes its sign with ``0x7E00``, as in
+    torch's conversion (NumPy's may keep other NaN bits)."""
+    x = np.asarray(x, dtype=np.float32)
+    out = x.astype(np.float16)
+    sign = (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
+    return np.where(np.isnan(x), (sign | np.uint16(0x7E00)).view(np.float16), out)
+
+
+def float16_to_float32(half):
+    """The float32 values of float16 values (exact; a NaN keeps its sign and payload, quiet or
+    not, as the compiled kernels' integer widening does)."""
+    bits = np.asarray(half).view(np.uint16).astype(np.uint32)
+    wide = np.asarray(half).astype(np.float32)
+    nan_bits = (((bits & np.uint32(0x8000)) << np.uint32(16)) | np.uint32(0x7F800000)
+                | ((bits & np.uint32(0x3FF)) << np.uint32(13)))
+    return np.where(np.isnan(wide), nan_bits.view(np.float32), wide)
 
 
 def store_rounded_(dst, x, bfloat16):
     """Write float32 ``x`` into the 16-bit array ``dst`` rounded to nearest even:
-    bfloat16 bit patterns (``dst`` uint16/int16) if ``bfloat16``, else float16."""
+    bfloat16 bit patterns (``dst`` uint16/int16) if ``bfloat16``, else float16 (``dst``
+    float16, or its bits as uint16/int16)."""
     if bfloat16:
         _bits(dst)[...] = float32_to_bfloat16(x)
-    else:
-        dst[...] = float32_to_float16(x)
+    else:       # the float16 bits: a NaN's too (assigning values could change them)
+        dst.view(np.uint16)[...] = float32_to_float16(x).view(np.uint16)
 
 
 def widen(src, bfloat16):
-    """float32 values of a 16-bit array (bfloat16 bit patterns if ``bfloat16``, else
-    float16): a new array."""
-    return bfloat16_to_float32(src) if bfloat16 else np.asarray(src, np.float32)
+    """float32 values of a 16-bit array (bfloat16 bit patterns if ``bfloat16``, else float16;
+    ``uint16``/``int16`` bits of either are accepted): a new array."""
+    if bfloat16:
+        return bfloat16_to_float32(src)
+    src = np.asarray(src)
+    return float16_to_float32(src.view(np.float16) if src.dtype != np.float16 else src)
+
+
+_HALF_DTYPES = (np.dtype(np.uint16), np.dtype(np.int16))
+
+
+def check_half_arrays(arrays, names, nrequired):
+    """Validate the arrays of one 16-bit step, in the kernels' order: the param and the grad
+    (``uint16``/``int16`` bit patterns), then the float32 master copy and state, one shape;
+    the first ``nrequired`` may not be None. Raises TypeError/ValueError naming the array."""
+    for i, (a, name) in enumerate(zip(arrays, names)):
+        if a is None:
+            if i < nrequired:
+                raise TypeError(f"{name} must be a numpy.ndarray, got NoneType")
+            continue
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+        want = _HALF_DTYPES if i < 2 else (np.dtype(np.float32),)
+        if a.dtype not in want:
+            raise TypeError(f"{name} must have dtype {' or '.join(map(str, want))} (16-bit "
+                            f"{'bit patterns' if i < 2 else 'parameters keep float32 state'})"
+                            f", got {a.dtype}")
+        if a.shape != arrays[0].shape:
+            raise ValueError(f"{name} has shape {a.shape}, expected {arrays[0].shape} like "
+                             f"{names[0]}")
+        if i != 1:
+            check_writeable(name, a)
+    check_disjoint([arrays], lambda i, j: names[i])
+
+
+def adam_half(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2,
+              eps, weight_decay, step_size, bias_correction2, grad_scale, decoupled, maximize,
+              eps_inside_sqrt, bfloat16):
+    """Adam on a 16-bit parameter (bfloat16 bits if ``bfloat16``, else float16, both as
+    ``uint16``) with a float32 master copy and float32 state:
+
+    g = widen(grad) (float32), then :func:`fastopt.reference.optim.adam` steps ``master``
+    with it (the grad scale applied there, in float32); param = round(master)
+    (:func:`store_rounded_`). ``param`` itself is only written.
+    """
+    check_half_arrays((param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq),
+                      ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 5)
+    optim.adam(master, widen(grad, bfloat16), exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr,
+               beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+               step_size=step_size, bias_correction2=bias_correction2, grad_scale=grad_scale,
+               decoupled=decoupled, maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+    store_rounded_(param, master, bfloat16)

@@ -105,12 +105,13 @@ def adagrad(param, grad, state_sum, *, clr, eps, weight_decay, maximize):
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
-         step_size, bias_correction2, decoupled, maximize, eps_inside_sqrt):
+         step_size, bias_correction2, grad_scale, decoupled, maximize, eps_inside_sqrt):
     """torch.optim.Adam / AdamW for one array (``max_exp_avg_sq`` given: amsgrad).
 
-    ``step_size = lr / (1 - beta1**t)``, ``bias_correction2 = 1 - beta2**t``.
+    ``step_size = lr / (1 - beta1**t)``, ``bias_correction2 = 1 - beta2**t``; ``grad_scale``
+    (a gradient clip's factor, in the data's precision) multiplies the grad unless it is 1.
 
-    g = -grad if maximize else grad
+    g = grad * grad_scale;  g = -g if maximize
     param *= 1 - lr * weight_decay  (decoupled, AdamW)   or   g += weight_decay * param  (Adam)
     exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
     v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)  (amsgrad)   else   v = exp_avg_sq
@@ -120,7 +121,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
            max_exp_avg_sq=max_exp_avg_sq)
-    g = -grad if maximize else grad
+    g = grad * grad_scale if grad_scale != 1 else grad
+    g = -g if maximize else g
     p = param      # written back once at the end: grad may be param itself (check_disjoint)
     if weight_decay != 0:
         if decoupled:

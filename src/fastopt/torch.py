@@ -15,17 +15,24 @@ CPU tensors with dense grads; grads that are None are skipped, as torch does.
 
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
-float32 state: their grads are widened to float32, the float32 kernel runs on the master, and
-the parameter receives the master rounded to nearest even (``fastopt.reference.lowp`` defines
-the rounding; the bits are those of ``master.to(torch.bfloat16)``). torch.optim keeps 16-bit
-state for 16-bit parameters: its state dicts load here widened, and ours load there narrowed.
+float32 state, and receive the master rounded to nearest even (``fastopt.reference.lowp``
+defines the rounding; the bits are those of ``master.to(torch.bfloat16)``). Adam and AdamW do
+it in one sweep: their kernel reads the 16-bit param and grad as ``uint16`` and writes the
+rounded param back; the other optimizers widen the grads to float32 copies, step the master
+with their float32 kernel, then round. torch.optim keeps 16-bit state for 16-bit parameters:
+its state dicts load here widened, and ours load there narrowed.
 
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
-param group) scales each group's grads as ``torch.nn.utils.clip_grad_norm_(group_params,
-1.0)`` would before the step (float32/float64 grads in place, as it does; 16-bit parameters'
-widened copies): one pass computes the global norm, a second scales the grads when it clips
-(the kernels take no grad scale yet), then the update. ``opt.grad_norms`` holds each group's
-norm before clipping (None where it does not clip).
+param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,
+1.0)`` before the step: one pass computes the global L2 norm of the group's grads (summing
+squares in float64, so within torch's rounding of its own sum), the factor is
+``min(max_norm / (norm + 1e-6), 1)``, and the grads are multiplied by it rounded to their
+dtype, as torch's in-place multiply does. Adam and AdamW apply it inside their update kernel
+(a grad scale: ``p.grad`` is left as it was); the other optimizers scale the float32/float64
+grads in place first, as clip_grad_norm_ does (16-bit parameters' float32 copies). 16-bit
+grads are scaled in float32, without the rounding to 16 bits of clip_grad_norm_'s in-place
+multiply. ``opt.grad_norms`` holds each group's norm before clipping (None where it does not
+clip).
 
 torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
 call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
@@ -41,7 +48,7 @@ import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
-from . import ops
+from . import _backend, ops
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -110,9 +117,10 @@ def _check_tensor(kind, index, t):
 
 
 def _array(t):
-    """A NumPy view of ``t``'s storage (no copy); bfloat16 as its int16 bit patterns."""
+    """A NumPy view of ``t``'s storage (no copy); bfloat16 and float16 as their ``uint16``
+    bit patterns."""
     t = t.detach() if t.requires_grad else t
-    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype in _HALF else t.numpy()
 
 
 def _check_clip(max_grad_norm):
@@ -122,21 +130,24 @@ def _check_clip(max_grad_norm):
         raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (must be None or > 0)")
 
 
-def _clip_(grads, max_norm):
-    """Scale the grads (NumPy views, in place, as clip_grad_norm_ scales ``p.grad``) so
-    their global L2 norm is at most ``max_norm``: ``g *= max_norm / (norm + 1e-6)`` when that
-    factor is below 1 (or NaN, as torch's clamp keeps it). Returns the norm before clipping.
-    The sum of squares is accumulated in float64 across the grads."""
+_NORM_BLOCK = 1 << 15     # elements widened to float64 at a time (256 KiB: stays in cache)
+
+
+def _clip_factor(grads, formats, max_norm):
+    """The global L2 norm of the grads (NumPy views; ``formats``: None, or whether 16-bit bits
+    are bfloat16) and clip_grad_norm_'s factor for it, ``min(max_norm / (norm + 1e-6), 1)``
+    (NaN stays NaN). The squares are summed in float64, a block at a time, the same on every
+    backend; torch sums in the grads' dtype, so the norms differ by its rounding."""
     total = 0.0
-    for g in grads:
+    for g, f in zip(grads, formats):
         flat = g.reshape(-1)
-        total += float(np.dot(flat, flat))
+        for lo in range(0, flat.size, _NORM_BLOCK):
+            block = flat[lo:lo + _NORM_BLOCK]
+            wide = np.asarray(block if f is None else lowp.widen(block, f), np.float64)
+            total += float(np.einsum("i,i->", wide, wide))    # einsum: no BLAS threads
     norm = math.sqrt(total)
-    coef = max_norm / (norm + 1e-6)
-    if not coef >= 1.0:
-        for g in grads:
-            np.multiply(g, g.dtype.type(coef), out=g)
-    return norm
+    factor = max_norm / (norm + 1e-6)
+    return norm, (factor if not factor >= 1.0 else 1.0)
 
 
 def _state_dtype(p):
@@ -150,12 +161,17 @@ def _zeros(p):
 
 class _Plan:
     """What a group's step needs that does not change between steps: its parameters with
-    grads, their states and the NumPy views of both. Rebuilt whenever any of these changed
-    (a parameter's storage, a state tensor replaced, an option that needs more state,
-    ``load_state_dict``)."""
+    grads, their states, the grads, and the NumPy views of all of them. Checked by identity
+    each step and rebuilt when anything changed (a parameter's storage, a state tensor
+    replaced, an option that needs more state, ``load_state_dict``); new grad tensors (a
+    backward after ``zero_grad(set_to_none=True)``) only renew the grads' views."""
 
-    __slots__ = ("params", "ptrs", "pviews", "keys", "stored", "states", "fresh", "tensors",
-                 "views", "half", "flat")
+    __slots__ = ("all_params", "grads", "params", "ptrs", "keys", "stored", "states", "fresh",
+                 "tensors", "flat", "views", "cols", "pviews", "half", "formats",
+                 "live_grads", "gptrs", "graw")
+
+
+_FORMAT = "_format"     # a column of a fused 16-bit step: None, or whether bfloat16
 
 
 class _FastOptimizer:
@@ -266,50 +282,45 @@ class _FastOptimizer:
                 loss = closure()
         # every group is checked and viewed before any is stepped
         work = [self._prepare(gi, group) for gi, group in enumerate(self.param_groups)]
-        norms = [None] * len(work)
-        for gi, item in enumerate(work):
-            if item is not None:
-                if item[0].get(CLIP) is not None:
-                    norms[gi] = _clip_(item[2], item[0][CLIP])
-                self._run(*item)
-        self.grad_norms = norms
+        self.grad_norms = [None if plan is None else self._run(group, plan)
+                           for group, plan in zip(self.param_groups, work)]
         return loss
 
     _hooked_step = _torch_optimizer.Optimizer.profile_hook_step(_step)
 
+    # Adam and AdamW: a kernel that steps 16-bit parameters itself and takes a grad scale
+    _FUSED = False
+
     def _prepare(self, gi, group):
-        """Check the group and gather the NumPy views of its parameters with grads, their
-        grads and their state. Stores no state: :meth:`_run` does once the kernels ran."""
+        """Check the group and return its plan (None if no parameter has a grad). Stores no
+        state: :meth:`_run` does once the kernels ran."""
         self._refuse(group)
         params = group["params"]
         grads = [p.grad for p in params]
-        live = [p for p, g in zip(params, grads) if g is not None]
-        if not live:
-            return None
-        if len(live) < len(params):
-            grads = [g for g in grads if g is not None]
-        gviews = []
-        for i, (p, g) in enumerate(zip(live, grads)):
-            _check_tensor("grad of parameter", i, g)
-            if g.dtype != p.dtype:
-                raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype {g.dtype}, "
-                                f"expected {p.dtype} like the parameter")
-            view = _array(g)
-            gviews.append(lowp.widen(view, _HALF[g.dtype]) if g.dtype in _HALF else view)
         plans = self.__dict__.setdefault("_plans", {})
         plan = plans.get(gi)
-        if plan is None or not self._plan_holds(plan, group, live):
-            plan = plans[gi] = self._make_plan(group, live)
-        return group, plan, gviews
+        if plan is None or not self._plan_holds(plan, group, params, grads):
+            plan = plans[gi] = self._make_plan(group, params, grads)
+        return plan if plan.params else None
 
-    def _plan_holds(self, plan, group, live):
-        """Whether ``plan`` still describes these parameters and their state."""
-        if len(plan.params) != len(live) or not all(map(operator.is_, plan.params, live)):
+    def _plan_holds(self, plan, group, params, grads):
+        """Whether ``plan`` still describes these parameters, their state and grads (renewing
+        its grad views when only the grad tensors changed)."""
+        if len(params) != len(plan.all_params) or not all(map(operator.is_, params,
+                                                              plan.all_params)):
             return False
-        if [p.data_ptr() for p in live] != plan.ptrs or plan.keys != self._state_keys(group):
+        if not all(map(operator.is_, grads, plan.grads)):
+            if [g is None for g in grads] != [g is None for g in plan.grads]:
+                return False
+            self._view_grads(plan, [g for g in grads if g is not None])
+            plan.grads = grads
+        elif [g.data_ptr() for g in plan.live_grads] != plan.gptrs:
+            self._view_grads(plan, plan.live_grads)
+        if [p.data_ptr() for p in plan.params] != plan.ptrs or plan.keys != self._state_keys(
+                group):
             return False
         get = self.state.get
-        states = [get(p) for p in live]
+        states = [get(p) for p in plan.params]
         if not all(map(operator.is_, states, plan.stored)):
             return False
         if any(plan.fresh):
@@ -317,11 +328,25 @@ class _FastOptimizer:
         tensors = [s.get(key) for s in states for key in plan.tensors]
         return all(map(operator.is_, tensors, plan.flat))
 
-    def _make_plan(self, group, live):
+    def _view_grads(self, plan, grads):
+        """Check the grads of the plan's parameters and keep them and their NumPy views."""
+        for i, (p, g) in enumerate(zip(plan.params, grads)):
+            _check_tensor("grad of parameter", i, g)
+            if g.dtype != p.dtype:
+                raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype {g.dtype}, "
+                                f"expected {p.dtype} like the parameter")
+        plan.graw = [_array(g) for g in grads]
+        plan.live_grads = grads
+        plan.gptrs = [g.data_ptr() for g in grads]
+
+    def _make_plan(self, group, params, grads):
         plan = _Plan()
+        plan.all_params, plan.grads = list(params), list(grads)
+        live = [p for p, g in zip(params, grads) if g is not None]
+        plan.params = live
         for i, p in enumerate(live):
             _check_tensor("parameter", i, p)
-        plan.params = live
+        self._view_grads(plan, [g for g in grads if g is not None])
         plan.ptrs = [p.data_ptr() for p in live]
         plan.keys = self._state_keys(group)
         plan.stored = [self.state.get(p) for p in live]
@@ -348,12 +373,17 @@ class _FastOptimizer:
                     state[key] = state[key].to(torch.float32)
             plan.states.append(state)
             plan.fresh.append(state is not old)
-        # 16-bit parameters: the kernels step the master copy, then it is rounded back
-        plan.half = [(k, _array(p), _HALF[p.dtype])
-                     for k, p in enumerate(live) if p.dtype in _HALF]
-        plan.pviews = [_array(s[MASTER] if p.dtype in _HALF else p)
-                       for p, s in zip(live, plan.states)]
-        plan.tensors = {MASTER: [s.get(MASTER) for s in plan.states]} if plan.half else {}
+        # 16-bit parameters: the kernel steps the master copy; the fused ones write the
+        # rounded param themselves, the others' is written from the master after the step
+        plan.formats = [_HALF.get(p.dtype) for p in live]
+        masters = [None if f is None else _array(s[MASTER])
+                   for f, s in zip(plan.formats, plan.states)]
+        plan.half = [] if self._FUSED else [(k, _array(p), f) for k, (p, f) in enumerate(
+            zip(live, plan.formats)) if f is not None]
+        plan.pviews = [_array(p) if m is None or self._FUSED else m
+                       for p, m in zip(live, masters)]
+        plan.tensors = ({MASTER: [s.get(MASTER) for s in plan.states]}
+                        if any(f is not None for f in plan.formats) else {})
         plan.views = {}
         scalars = (("step",) if self._STEPPED else ()) + self._SCALAR_STATE
         for key in plan.keys + scalars:
@@ -370,27 +400,45 @@ class _FastOptimizer:
                                        "not a dense CPU tensor")
             plan.tensors[key] = tensors
             plan.views[key] = [t.numpy() for t in tensors]
+        # what _update receives, a column per parameter
+        plan.cols = (dict(plan.views, **{MASTER: masters, _FORMAT: plan.formats})
+                     if self._FUSED and plan.tensors.get(MASTER) else plan.views)
         # the state tensors in _plan_holds' order (parameter-major), for one identity check
         plan.flat = [plan.tensors[key][k] for k in range(len(live)) for key in plan.tensors]
         return plan
 
-    def _run(self, group, plan, gviews):
+    def _run(self, group, plan):
         """The kernel calls for one group, one per distinct step count (torch counts steps
-        per parameter); then the new counts and any new state are stored."""
+        per parameter); then the new counts and any new state are stored. Returns the grads'
+        norm if the group clips them."""
+        gviews = plan.graw
+        if plan.half:       # the float32 copies of 16-bit grads
+            gviews = [g if f is None else lowp.widen(g, f)
+                      for g, f in zip(gviews, plan.formats)]
+        norm, extra = None, {}
+        if group.get(CLIP) is not None:
+            norm, factor = _clip_factor(plan.graw, plan.formats, group[CLIP])
+            if self._FUSED:
+                extra["grad_scale"] = factor
+            elif factor != 1.0:     # as clip_grad_norm_'s multiply (the factor's dtype's value)
+                for g in gviews:
+                    np.multiply(g, g.dtype.type(factor), out=g)
+        cols = plan.cols
         if not self._STEPPED:
-            self._update(group, plan.pviews, gviews, plan.views, None, plan.fresh)
+            self._update(group, plan.pviews, gviews, cols, None, plan.fresh, **extra)
         else:
             counts = plan.views["step"]
             steps = [float(c) for c in counts]
             if all(s == steps[0] for s in steps):
-                self._update(group, plan.pviews, gviews, plan.views, steps[0] + 1, plan.fresh)
+                self._update(group, plan.pviews, gviews, cols, steps[0] + 1, plan.fresh,
+                             **extra)
             else:
                 for step in sorted(set(steps)):
                     part = [k for k, s in enumerate(steps) if s == step]
                     self._update(group, [plan.pviews[k] for k in part],
                                  [gviews[k] for k in part],
-                                 {key: [v[k] for k in part] for key, v in plan.views.items()},
-                                 step + 1, [plan.fresh[k] for k in part])
+                                 {key: [v[k] for k in part] for key, v in cols.items()},
+                                 step + 1, [plan.fresh[k] for k in part], **extra)
             for c, s in zip(counts, steps):
                 c[()] = s + 1
         for k, dst, bfloat16 in plan.half:
@@ -402,9 +450,17 @@ class _FastOptimizer:
                     self.state[p] = state
                     plan.stored[k] = state
             plan.fresh = [False] * len(plan.params)
+        return norm
 
     def _new_step(self):
         return torch.tensor(0.0, dtype=_scalar_dtype())
+
+    def _init_state(self, p, group):
+        """torch's lazy state of ``p``: ``step`` and zeros for every state tensor."""
+        state = {"step": self._new_step()}
+        for key in self._state_keys(group):
+            state[key] = _zeros(p)
+        return state
 
 
 class SGD(_FastOptimizer, torch.optim.SGD):
@@ -447,12 +503,6 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
         return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
                 + (("grad_avg",) if group["centered"] else ()))
 
-    def _init_state(self, p, group):
-        state = {"step": self._new_step()}
-        for key in self._state_keys(group):
-            state[key] = _zeros(p)
-        return state
-
     def _update(self, group, params, grads, cols, step, fresh):
         ops.foreach_rmsprop_step_(params, grads, cols["square_avg"], lr=_number(group["lr"]),
                                   beta=group["alpha"], eps=group["eps"],
@@ -486,31 +536,48 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
 
 
 class Adam(_FastOptimizer, torch.optim.Adam):
-    """``torch.optim.Adam`` stepped by :func:`fastopt.ops.foreach_adam_step_`. State
-    (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
+    """``torch.optim.Adam`` stepped by fastopt's Adam kernel (:func:`fastopt.ops.
+    foreach_adam_step_`'s), and for bfloat16/float16 parameters by its 16-bit form, which
+    reads and writes them directly; the gradient clip is a grad scale in both. State
+    (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad), and
+    ``master_param`` for 16-bit parameters."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
              "decoupled_weight_decay")
     _decoupled = False
+    _FUSED = True
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
-    def _init_state(self, p, group):
-        state = {"step": self._new_step()}
-        for key in self._state_keys(group):
-            state[key] = _zeros(p)
-        return state
-
-    def _update(self, group, params, grads, cols, step, fresh):
-        beta1, beta2 = group["betas"]
-        ops.foreach_adam_step_(params, grads, cols["exp_avg"], cols["exp_avg_sq"], step,
-                               lr=_number(group["lr"]), betas=(_number(beta1), _number(beta2)),
-                               eps=group["eps"], weight_decay=group["weight_decay"],
-                               max_exp_avg_sqs=cols.get("max_exp_avg_sq"),
-                               maximize=group["maximize"],
-                               decoupled_weight_decay=(self._decoupled or group.get(
-                                   "decoupled_weight_decay", False)))
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale=1.0):
+        lr, (beta1, beta2) = _number(group["lr"]), group["betas"]
+        # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
+        beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
+            step, lr, (_number(beta1), _number(beta2)), group["eps"], group["weight_decay"])
+        kwargs = dict(lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
+                      weight_decay=group["weight_decay"], step_size=step_size,
+                      bias_correction2=bias_correction2, grad_scale=grad_scale,
+                      decoupled=self._decoupled or group.get("decoupled_weight_decay", False),
+                      maximize=group["maximize"], eps_inside_sqrt=False)
+        kernels = _backend.active
+        maxes = cols.get("max_exp_avg_sq")
+        formats = cols.get(_FORMAT)
+        if formats is None:
+            kernels.adam_multi(params, grads, cols["exp_avg"], cols["exp_avg_sq"], maxes,
+                               **kwargs)
+            return
+        # 16-bit parameters (a call per format) and the others, each in one call
+        for fmt in dict.fromkeys(formats):
+            part = [k for k, f in enumerate(formats) if f is fmt]
+            pick = lambda col: None if col is None else [col[k] for k in part]  # noqa: E731
+            if fmt is None:
+                kernels.adam_multi(pick(params), pick(grads), pick(cols["exp_avg"]),
+                                   pick(cols["exp_avg_sq"]), pick(maxes), **kwargs)
+            else:
+                kernels.adam_half_multi(pick(params), pick(grads), pick(cols[MASTER]),
+                                        pick(cols["exp_avg"]), pick(cols["exp_avg_sq"]),
+                                        pick(maxes), bfloat16=fmt, **kwargs)
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -529,9 +596,6 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
     def _state_keys(self, group):
         return ("square_avg", "acc_delta")
 
-    def _init_state(self, p, group):
-        return {"step": self._new_step(), "square_avg": _zeros(p), "acc_delta": _zeros(p)}
-
     def _update(self, group, params, grads, cols, step, fresh):
         ops.foreach_adadelta_step_(params, grads, cols["square_avg"], cols["acc_delta"],
                                    lr=_number(group["lr"]), rho=group["rho"], eps=group["eps"],
@@ -547,9 +611,6 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
-
-    def _init_state(self, p, group):
-        return {"step": self._new_step(), "exp_avg": _zeros(p), "exp_inf": _zeros(p)}
 
     def _update(self, group, params, grads, cols, step, fresh):
         ops.foreach_adamax_step_(params, grads, cols["exp_avg"], cols["exp_inf"], step,
@@ -575,7 +636,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
 
     def _init_state(self, p, group):
         return {"step": self._new_step(), "mu_product": torch.tensor(1.0, dtype=_scalar_dtype()),
-                "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
+                **super()._init_state(p, group)}
 
     def _update(self, group, params, grads, cols, step, fresh):
         # the kernel takes one product: parameters whose products differ (momentum_decay
@@ -603,9 +664,6 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
-
-    def _init_state(self, p, group):
-        return {"step": self._new_step(), "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
 
     def _update(self, group, params, grads, cols, step, fresh):
         ops.foreach_radam_step_(params, grads, cols["exp_avg"], cols["exp_avg_sq"], step,

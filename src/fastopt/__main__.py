@@ -57,6 +57,12 @@ def parse_args(argv):
     ap.add_argument("--mpi", action="store_true",
                     help="only the ZeRO-1 sharded step, under mpiexec (default sizes 1e6,1e7; "
                     "needs fastopt[mpi]): mpiexec -n 2 python -m fastopt --mpi")
+    ap.add_argument("--torch", action="store_true",
+                    help="only the race on torch tensors: fastopt.torch.Adam against torch "
+                    "fused=True and DeepSpeedCPUAdam, float32 and bfloat16, the sizes and the "
+                    "200x4096 / 1000x64 groups")
+    ap.add_argument("--no-torch", action="store_true",
+                    help="skip the race on torch tensors")
     ap.add_argument("--no-single-thread", action="store_true",
                     help="skip the single-thread ns/element rows")
     ap.add_argument("--contended", action="store_true",
@@ -174,6 +180,11 @@ def report(args, json_out):
                                      if k in info))
     print(f"  cython  : {info['cython_build']}")
     print(f"  backends: {', '.join(args.backends)} (active: {_backend.get_backend()})")
+
+    if args.torch:
+        results = dict(machine=info, torch=torch_race(args, progress))
+        _write_json(results, args, json_out)
+        return 0
 
     # 1. equivalence with the reference, every kernel on every backend
     print("\nequivalence with the NumPy reference (max relative error; optimizers: 7 steps on a "
@@ -301,6 +312,8 @@ def report(args, json_out):
                           f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7}"
                           f"{_fmt_x(row['x_roofline']):>8}")
 
+    torch_rows = [] if args.no_torch or args.no_peers else torch_race(args, progress)
+
     coexistence = []
     if not (args.quick or args.no_coexistence or args.no_peers):
         print("\nliving beside torch (median of 3 fresh processes each; Adam 1e5 float32; "
@@ -325,7 +338,17 @@ def report(args, json_out):
         _contended.print_rows(contended, _fmt_t)
     results = dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
                    layers=layer_rows, single_thread=single_rows, contended=contended,
-                   coexistence=coexistence)
+                   coexistence=coexistence, torch=torch_rows)
+    _write_json(results, args, json_out)
+    if args.plot:
+        _plot(rows, args.plot)
+    if failures:
+        print(f"\n{failures} equivalence check(s) FAILED", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_json(results, args, json_out):
     if json_out is not None:
         json.dump(results, json_out, indent=1)
         json_out.write("\n")
@@ -333,12 +356,44 @@ def report(args, json_out):
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
         print(f"\nwrote {args.json}")
-    if args.plot:
-        _plot(rows, args.plot)
-    if failures:
-        print(f"\n{failures} equivalence check(s) FAILED", file=sys.stderr)
-        return 1
-    return 0
+
+
+def torch_race(args, progress):
+    """Adam on torch tensors: fastopt.torch.Adam, torch fused=True and DeepSpeedCPUAdam (each
+    where installed), float32 and bfloat16, over the sizes and the parameter groups. Prints the
+    rows and returns them."""
+    specs = list(args.sizes) + (QUICK_GROUPS if args.quick else DEFAULT_GROUPS)
+    print("\ntorch tensors: one Adam step (x fused, x deepspeed: their time / fastopt.torch's; "
+          "> 1: fastopt.torch is faster)")
+    print(f"  {'params':<10}{'dtype':<10}{'elements':>10}  {'contender':<15}{'time':>11}"
+          f"{'spread':>8}{'x fused':>9}{'x deepspeed':>12}")
+    out = []
+    progress.start("timing on torch tensors", len(specs) * len(_bench.TORCH_DTYPES))
+    for spec in specs:
+        shapes = _bench.torch_shapes(spec)
+        total = sum(int(np.prod(s)) for s in shapes)
+        name = spec if isinstance(spec, str) else f"{spec:.0e}"
+        for dtype in _bench.TORCH_DTYPES:
+            progress(f"{name} {dtype}")
+            fns = _bench.torch_contenders(shapes, dtype)
+            if not fns:
+                progress.clear()
+                print("  (torch is not installed)")
+                return out
+            timed = _bench.time_row(fns, rounds=args.rounds)
+            ours = timed.get("fastopt.torch", (None,))[0]
+            progress.clear()
+            for label, (t, spread) in timed.items():
+                row = dict(params=name, dtype=dtype, size=total, contender=label, time=t,
+                           spread=spread)
+                out.append(row)
+                ratios = ["", ""]
+                if label == "fastopt.torch" and ours:
+                    ratios = [_fmt_x(timed[k][0] / ours) if k in timed else "-"
+                              for k in ("torch-fused", "deepspeed")]
+                print(f"  {name:<10}{dtype:<10}{total:>10}  {label:<15}{_fmt_t(t):>11}"
+                      f"{spread:>7.0%} {ratios[0]:>8}{ratios[1]:>12}")
+    return out
 
 
 def _fmt_t(t):

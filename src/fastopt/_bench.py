@@ -463,3 +463,60 @@ def check_layer_equivalence(name, backend, dtype, shape=(37, 29)):
               for a, b in zip(got, expected))
     tol = 1e-11 if np.dtype(dtype) == np.float64 else 1e-5
     return err, err <= tol
+
+
+# ----------------------------------------------------------------------- torch tensors race
+TORCH_DTYPES = ("float32", "bfloat16")
+TORCH_RACERS = ("fastopt.torch", "torch-fused", "deepspeed")
+
+
+def torch_shapes(spec):
+    """The parameter shapes of a race row: ``n`` elements in one tensor, or a GROUPS name."""
+    return GROUPS[spec] if isinstance(spec, str) else [(int(spec),)]
+
+
+def torch_contenders(shapes, dtype, only=None):
+    """One Adam step (lr 1e-3, torch's other defaults) over torch tensors of these shapes and
+    dtype (``"float32"`` or ``"bfloat16"``) with grads set once: ``fastopt.torch.Adam``,
+    ``torch.optim.Adam(fused=True)`` and DeepSpeedCPUAdam (``adamw_mode=False``, float32
+    state), each where installed; ``{}`` without torch. ``only`` builds just that one. 16-bit
+    parameters: fastopt keeps a float32 master copy, torch fused keeps bfloat16 state,
+    DeepSpeed float32 state without a master copy."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    torch.set_num_threads(_backend.get_num_threads())
+    tdtype = getattr(torch, dtype)
+
+    def tensors():
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=gen).to(tdtype).requires_grad_() for s in shapes]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(tdtype)
+        return params
+
+    def fastopt_adam():
+        from . import torch as fastopt_torch
+        return fastopt_torch.Adam(tensors(), lr=1e-3)
+
+    def deepspeed_adam():
+        if os.environ.get("FASTOPT_NO_DEEPSPEED"):
+            raise RuntimeError("FASTOPT_NO_DEEPSPEED is set")
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(tensors(), lr=1e-3, adamw_mode=False)
+
+    makers = {"fastopt.torch": fastopt_adam,
+              "torch-fused": lambda: torch.optim.Adam(tensors(), lr=1e-3, fused=True),
+              "deepspeed": deepspeed_adam}
+    out = {}
+    for label, make in makers.items():
+        if only is not None and label != only:
+            continue
+        try:
+            opt = make()
+            opt.step()
+        except Exception:   # absent, unsupported here, or DeepSpeed's op failed to build
+            continue
+        out[label] = opt.step
+    return out

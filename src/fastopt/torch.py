@@ -100,7 +100,8 @@ def _scalar_dtype():
 
 def _number(value):
     """A hyper-parameter as a Python number (torch accepts 1-element tensors for some)."""
-    return value.item() if isinstance(value, torch.Tensor) else value
+    return value if type(value) is float else (
+        value.item() if isinstance(value, torch.Tensor) else value)
 
 
 def _check_tensor(kind, index, t):
@@ -429,7 +430,7 @@ class _FastOptimizer:
         else:
             counts = plan.views["step"]
             steps = [float(c) for c in counts]
-            if all(s == steps[0] for s in steps):
+            if steps.count(steps[0]) == len(steps):
                 self._update(group, plan.pviews, gviews, cols, steps[0] + 1, plan.fresh,
                              **extra)
             else:
@@ -555,18 +556,21 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, (_number(beta1), _number(beta2)), group["eps"], group["weight_decay"])
+        decoupled = self._decoupled or group.get("decoupled_weight_decay", False)
+        maxes = cols.get("max_exp_avg_sq")
+        formats = cols.get(_FORMAT)
+        if formats is None:     # the common case, without building a dict of arguments
+            _backend.active.adam_multi(
+                params, grads, cols["exp_avg"], cols["exp_avg_sq"], maxes, lr=lr, beta1=beta1,
+                beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                step_size=step_size, bias_correction2=bias_correction2, grad_scale=grad_scale,
+                decoupled=decoupled, maximize=group["maximize"], eps_inside_sqrt=False)
+            return
+        kernels = _backend.active
         kwargs = dict(lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
                       weight_decay=group["weight_decay"], step_size=step_size,
                       bias_correction2=bias_correction2, grad_scale=grad_scale,
-                      decoupled=self._decoupled or group.get("decoupled_weight_decay", False),
-                      maximize=group["maximize"], eps_inside_sqrt=False)
-        kernels = _backend.active
-        maxes = cols.get("max_exp_avg_sq")
-        formats = cols.get(_FORMAT)
-        if formats is None:
-            kernels.adam_multi(params, grads, cols["exp_avg"], cols["exp_avg_sq"], maxes,
-                               **kwargs)
-            return
+                      decoupled=decoupled, maximize=group["maximize"], eps_inside_sqrt=False)
         # 16-bit parameters (a call per format) and the others, each in one call
         for fmt in dict.fromkeys(formats):
             part = [k for k, f in enumerate(formats) if f is fmt]

@@ -128,3 +128,17 @@ def test_every_layer_row_runs_on_every_backend():
         for label, fn in fns.items():
             with fastopt.use_backend(getattr(fn, "backend", fastopt.get_backend())):
                 fn()
+
+
+def test_torch_race_rows():
+    """``--torch``: only the race on torch tensors (fastopt.torch alone under --no-peers), a
+    row per size and group, float32 and bfloat16. Skips without torch."""
+    import pytest
+    pytest.importorskip("torch")
+    status, out, _ = run_cli("--torch", "--json", "-")
+    assert status == 0
+    rows = json.loads(out)["torch"]
+    assert {(r["params"], r["dtype"]) for r in rows} == {
+        (p, d) for p in ("1e+03", "2e+03", "200x4096", "1000x64") for d in ("float32", "bfloat16")}
+    assert {r["contender"] for r in rows} == {"fastopt.torch"}
+    assert all(r["time"] > 0 for r in rows)

@@ -59,8 +59,8 @@ def parse_args(argv):
                     "needs fastopt[mpi]): mpiexec -n 2 python -m fastopt --mpi")
     ap.add_argument("--torch", action="store_true",
                     help="only the race on torch tensors: fastopt.torch.Adam against torch "
-                    "fused=True and DeepSpeedCPUAdam, float32 and bfloat16, the sizes and the "
-                    "200x4096 / 1000x64 groups")
+                    "fused=True and DeepSpeedCPUAdam (not with --no-peers), float32 and "
+                    "bfloat16, the sizes and the 200x4096 / 1000x64 groups")
     ap.add_argument("--no-torch", action="store_true",
                     help="skip the race on torch tensors")
     ap.add_argument("--no-single-thread", action="store_true",
@@ -360,8 +360,8 @@ def _write_json(results, args, json_out):
 
 def torch_race(args, progress):
     """Adam on torch tensors: fastopt.torch.Adam, torch fused=True and DeepSpeedCPUAdam (each
-    where installed), float32 and bfloat16, over the sizes and the parameter groups. Prints the
-    rows and returns them."""
+    where installed; fastopt.torch alone with --no-peers), float32 and bfloat16, over the
+    sizes and the parameter groups. Prints the rows and returns them."""
     specs = list(args.sizes) + (QUICK_GROUPS if args.quick else DEFAULT_GROUPS)
     print("\ntorch tensors: one Adam step (x fused, x deepspeed: their time / fastopt.torch's; "
           "> 1: fastopt.torch is faster)")
@@ -375,7 +375,7 @@ def torch_race(args, progress):
         name = spec if isinstance(spec, str) else f"{spec:.0e}"
         for dtype in _bench.TORCH_DTYPES:
             progress(f"{name} {dtype}")
-            fns = _bench.torch_contenders(shapes, dtype)
+            fns = _bench.torch_contenders(shapes, dtype, peers=not args.no_peers)
             if not fns:
                 progress.clear()
                 print("  (torch is not installed)")

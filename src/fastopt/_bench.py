@@ -475,11 +475,12 @@ def torch_shapes(spec):
     return GROUPS[spec] if isinstance(spec, str) else [(int(spec),)]
 
 
-def torch_contenders(shapes, dtype, only=None):
+def torch_contenders(shapes, dtype, only=None, peers=True):
     """One Adam step (lr 1e-3, torch's other defaults) over torch tensors of these shapes and
     dtype (``"float32"`` or ``"bfloat16"``) with grads set once: ``fastopt.torch.Adam``,
     ``torch.optim.Adam(fused=True)`` and DeepSpeedCPUAdam (``adamw_mode=False``, float32
-    state), each where installed; ``{}`` without torch. ``only`` builds just that one. 16-bit
+    state), each where installed; ``{}`` without torch. ``only`` builds just that one;
+    without ``peers`` only fastopt.torch (DeepSpeed compiles its op on first use). 16-bit
     parameters: fastopt keeps a float32 master copy, torch fused keeps bfloat16 state,
     DeepSpeed float32 state without a master copy."""
     try:
@@ -511,7 +512,7 @@ def torch_contenders(shapes, dtype, only=None):
               "deepspeed": deepspeed_adam}
     out = {}
     for label, make in makers.items():
-        if only is not None and label != only:
+        if (only is not None and label != only) or not (peers or label == "fastopt.torch"):
             continue
         try:
             opt = make()

@@ -180,9 +180,12 @@ class _FastOptimizer:
 
     Subclasses give ``_KEYS`` (the hyper-parameters the kernels honour), ``_state_keys(group)``
     (the tensor state the step needs, besides ``step``), ``_init_state(p, group)`` (torch's
-    lazy state) and ``_update(group, params, grads, cols, step, fresh)``: the multi-tensor
-    kernel call for parameters sharing a step count (``cols``: state key -> NumPy views;
-    ``fresh``: per parameter, whether its state was created for this step).
+    lazy state, if not ``step`` and zeros) and ``_update(group, params, grads, cols, step,
+    fresh)``: the multi-tensor kernel call for parameters sharing a step count (``cols``: state
+    key -> NumPy views; ``fresh``: per parameter, whether its state was created for this step).
+    A ``_FUSED`` class's ``_update`` also takes ``grad_scale`` (the clip's factor) and is given
+    16-bit parameters and grads as ``uint16`` views, with the ``master_param`` views and each
+    parameter's format (``_FORMAT``: None, or whether bfloat16) among ``cols``.
     """
 
     _STEPPED = True         # the state has torch's ``step`` count

@@ -113,7 +113,7 @@ def test_only_layers_times_the_layer_rows_alone_at_every_shape():
     from fastopt.__main__ import parse_args
     args = parse_args(["--only-layers"])
     assert args.kernels == [] and not args.no_layers
-    assert args.no_groups and args.no_coexistence and args.no_single_thread
+    assert args.no_groups and args.no_coexistence and args.no_single_thread and args.no_torch
     with pytest.raises(SystemExit):
         parse_args(["--only-layers", "--no-layers"])
 

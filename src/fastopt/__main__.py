@@ -87,7 +87,7 @@ def parse_args(argv):
         if args.no_layers:
             ap.error("--only-layers and --no-layers exclude each other")
         args.kernels = []
-        args.no_groups = args.no_coexistence = args.no_single_thread = True
+        args.no_groups = args.no_coexistence = args.no_single_thread = args.no_torch = True
     if args.mpi and not args.sizes:
         args.sizes = MPI_SIZES
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else

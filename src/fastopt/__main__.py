@@ -26,7 +26,7 @@ QUICK_SIZES = [1_000, 100_000]
 QUICK_KERNELS = ["sgd_momentum", "adam"]
 MPI_SIZES = [1_000_000, 10_000_000]
 QUICK_GROUPS = ["1000x64"]
-DEFAULT_GROUPS = ["200x4096", "1000x64"]
+DEFAULT_GROUPS = ["1x1000", "200x4096", "1000x64"]
 
 
 def _parse_sizes(text):

@@ -283,6 +283,7 @@ def machine(peers=True):
 
 # ----------------------------------------------------------------------- parameter groups
 GROUPS = {
+    "1x1000": [(1000,)],        # one small array: the cost of a step call itself
     "200x4096": [(4096,)] * 200,
     "1000x64": [(64,)] * 1000,
     # a 3-layer MLP on MNIST-sized input, and a small CNN (convs, batch-norm scales, linear)

@@ -215,6 +215,32 @@ def test_overlap_across_the_tensors_of_one_foreach_call_is_a_value_error(backend
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_overlap_among_many_tensors_is_found_wherever_it_is(backend):
+    """Beyond a few dozen arrays the compiled check orders them with a radix sort of their
+    addresses (not an insertion sort): 150 Adam tensors cut from one shuffled buffer (600
+    arrays, addresses far apart and out of order) are fine; one param that overlaps another
+    tensor's exp_avg by one element, or repeats an earlier param, is refused by name."""
+    rng = np.random.default_rng(7)
+    n, k = 150, 5
+    buf = np.zeros(4 * n * k)
+    cuts = [buf[i * k:(i + 1) * k] for i in rng.permutation(4 * n)]
+    lists = [cuts[j * n:(j + 1) * n] for j in range(4)]      # params, grads, avgs, avg_sqs
+    with fo.use_backend(backend):
+        fo.ops.foreach_adam_step_(*lists, 1, lr=0.1)
+        avg = lists[2][40]
+        start = (avg.ctypes.data - buf.ctypes.data) // buf.itemsize
+        for bad, name in [(buf[start + k - 1:start + 2 * k - 1], "exp_avgs[40]"),
+                          (lists[0][3], "params[3]")]:
+            bad_lists = [list(lst) for lst in lists]
+            bad_lists[0][97] = bad
+            before = buf.copy()
+            with pytest.raises(ValueError, match=r"overlap in memory") as info:
+                fo.ops.foreach_adam_step_(*bad_lists, 2, lr=0.1)
+            assert name in str(info.value) and "params[97]" in str(info.value)
+            assert buf.tobytes() == before.tobytes()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_grads_may_share_memory_and_disjoint_views_of_one_buffer_are_fine(backend):
     # only reads: one grad for two params; an arena-like buffer cut into adjacent params
     buf = np.arange(12.0)

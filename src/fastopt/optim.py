@@ -28,6 +28,7 @@ _MISSING = object()
 FLAG = "flag"      # a _BOUNDS entry: True or False
 _DIGITS = "0123456789"
 _FLAT = object()   # a group's grads are its arena stretch's own (Optimizer._split)
+_ALL = slice(None)   # a _Batch of every parameter of its group
 
 
 def _pair(betas):
@@ -164,7 +165,7 @@ class _Batch:
     def __init__(self, states, slots, index, columns=None, spread=None):
         self.states = states      # the parameters' state dicts, or [flat buffers by key]
         self.slots = slots        # scalar key -> the group's array of it, one slot per param
-        self.index = index        # these parameters' slots: slice(None) or a list
+        self.index = index        # these parameters' slots: _ALL or a list
         self.columns = {} if columns is None else columns   # key -> arrays (kept by a plan)
         self.spread = spread      # arena path: (states, offsets, params) to view new state
         self.pending = []         # (state, key, array) made by this call
@@ -286,6 +287,7 @@ class Optimizer:
         self._plans = {}             # group index -> its _Plan (how it steps)
         self._slots = []             # per group: scalar state key -> one slot per parameter
         self._starts = []            # per group: the flat index of its first parameter
+        self._count = 0              # parameters in all groups
         self._named = None           # True: params came as a dict; grads may be keyed by name
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
@@ -365,9 +367,10 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._check(group)
-        self._starts.append(sum(len(g["params"]) for g in self.param_groups))
+        self._starts.append(self._count)
         self._slots.append(self._new_slots(len(params)))
         self.param_groups.append(group)
+        self._count += len(params)
 
     def _new_slots(self, n):
         """The arrays holding a group's scalar state, one slot per parameter (see _bind):
@@ -409,6 +412,8 @@ class Optimizer:
     def _match(self, grads):
         """The grads as one flat list in parameter order (None: that parameter has no grad).
         Checks the structure; the arrays are checked by :meth:`_check_grads` or the kernels."""
+        if type(grads) is list and not self._named and len(grads) == self._count:
+            return grads                # the common case, first (the list is not changed)
         if isinstance(grads, dict):
             if not self._named:
                 raise ValueError("grads is a dict but params were not given by name; pass a "
@@ -436,9 +441,8 @@ class Optimizer:
             raise ValueError("params were given by name (a dict): pass grads as a dict keyed "
                              "by name or 'd' + name, not a sequence")
         if isinstance(grads, (list, tuple)):
-            count = sum(len(g["params"]) for g in self.param_groups)
-            if len(grads) != count:
-                raise ValueError(f"grads has {len(grads)} entries, expected {count} "
+            if len(grads) != self._count:
+                raise ValueError(f"grads has {len(grads)} entries, expected {self._count} "
                                  "(one per parameter, in order)")
             return list(grads)
         raise TypeError(f"grads must be a dict or a sequence of arrays, "
@@ -589,6 +593,8 @@ class Optimizer:
         if isinstance(grads, _GradDict) and all(
                 p.span is not None and p.span.arena.grads is grads for p in plans):
             out = [_FLAT] * len(plans)
+        elif len(plans) == 1 and plans[0].span is None:
+            return [self._match(grads)]
         else:
             grads = self._match(grads)
             out = []
@@ -618,12 +624,12 @@ class Optimizer:
         if grads is _FLAT:
             span = plan.span
             self._run(group, [span.params], [span.grads],
-                      _Batch([plan.flat], slots, slice(None), plan.flat_columns,
+                      _Batch([plan.flat], slots, _ALL, plan.flat_columns,
                              (plan.states, span.offsets, group["params"])))
         elif plan.uniform and all(map(operator.is_not, grads, repeat(None))):
             try:
                 self._run(group, group["params"], grads,
-                          _Batch(plan.states, slots, slice(None), plan.columns))
+                          _Batch(plan.states, slots, _ALL, plan.columns))
             except (TypeError, ValueError):     # the kernel checked every array, wrote none
                 self._check_grads(gi, grads)    # an error naming the parameter, if a grad's
                 raise
@@ -661,7 +667,11 @@ class Optimizer:
         steps = batch.slots.get("step")
         step = None if steps is None else int(steps[batch.first]) + 1
         self._update(group, params, grads, batch, step)
-        if steps is not None:
+        if steps is None:
+            pass
+        elif batch.index == _ALL:
+            steps.fill(step)
+        else:
             steps[batch.index] = step
         batch.commit()
 

@@ -214,9 +214,16 @@ cdef Py_ssize_t* sort_by_lo(const Extent* e, Py_ssize_t* a, Py_ssize_t* b,
     a pass, so a few thousand arrays within a few MB sort in two linear passes (qsort's
     comparisons through a function pointer cost ~10x more; this check runs every call)."""
     cdef size_t low = <size_t>-1, high = 0, key
-    cdef Py_ssize_t i, count[2048]
+    cdef Py_ssize_t i, j, count[2048]
     cdef Py_ssize_t* t
     cdef int shift = 0, d
+    if m <= 32:     # a few arrays: insertion sort (a radix pass clears 16 KB of counts)
+        for i in range(1, m):
+            j = i
+            while j > 0 and e[a[j - 1]].lo > e[a[j]].lo:
+                a[j - 1], a[j] = a[j], a[j - 1]
+                j -= 1
+        return a
     for i in range(m):
         low = min(low, e[a[i]].lo)
         high = max(high, e[a[i]].lo)

@@ -639,10 +639,10 @@ def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
 
 # ------------------------------------------------- batch norm's cache blocks, threads, exp
 def _block_bytes_for(setting, shape, dtype):
-    """The Cython batch-norm block size for ``setting``: the default (half of L2), 8 rows of
-    the (N, C) x per block (many blocks and merges), or 1 byte (4 rows do not fit: the
-    two-sweep fallback)."""
-    return {"default": None, "8 rows": 8 * shape[1] * np.dtype(dtype).itemsize,
+    """The Cython batch-norm block size for ``setting``: the default (half of L2), 32 rows of
+    the (N, C) x per block (the fewest it takes: many blocks and merges), or 1 byte (too few
+    rows fit: the two-sweep fallback)."""
+    return {"default": None, "32 rows": 32 * shape[1] * np.dtype(dtype).itemsize,
             "fallback": 1}[setting]
 
 
@@ -663,7 +663,7 @@ def cython_layers():
 BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (257, 33), (9, 7)]
 
 
-@pytest.mark.parametrize("setting", ["default", "8 rows", "fallback"])
+@pytest.mark.parametrize("setting", ["default", "32 rows", "fallback"])
 @pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=str)
 def test_batchnorm_cache_blocks_give_the_reference_result(cython_layers, shape, setting,
                                                           dtype):
@@ -697,7 +697,7 @@ def test_batchnorm_cache_blocks_give_the_reference_result(cython_layers, shape, 
         np.testing.assert_array_equal(y_t, y.T)
 
 
-@pytest.mark.parametrize("setting", ["8 rows", "fallback"])
+@pytest.mark.parametrize("setting", ["32 rows", "fallback"])
 def test_batchnorm_cache_blocks_keep_nan_and_inf_in_their_feature(cython_layers, setting,
                                                                   dtype):
     shape = (1100, 300)
@@ -721,7 +721,7 @@ def test_batchnorm_cache_blocks_keep_nan_and_inf_in_their_feature(cython_layers,
         close(a, r, dtype, 10 * shape[0])
 
 
-@pytest.mark.parametrize("setting", ["default", "8 rows"])
+@pytest.mark.parametrize("setting", ["default", "32 rows"])
 @pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_layers_are_bit_identical_for_1_and_2_threads_over_several_chunks(backend, dt,

@@ -1,14 +1,22 @@
-"""The equivalence grid: every fo.ops kernel on every backend against the NumPy reference,
-over dtypes, sizes (0-d, empty, odd, above the parallel threshold) and memory layouts, for
-several steps with fresh grads each step."""
+"""The kernels (fastopt.ops) on every backend against the NumPy reference: the single and
+the foreach forms over dtypes, sizes (0-d, empty, odd, above the parallel threshold) and
+memory layouts for several steps with fresh grads each step; NaN/Inf; thread counts; the
+AVX-512 build; a list in one call against one call per array; Lion by hand. Expected
+values come from the reference (tests/test_registry.py holds every backend to it for
+every option) or from formulas written out here."""
+import functools
+
 import numpy as np
 import pytest
 
 import fastopt as fo
 from conftest import COMPILED, GRID_BACKENDS, assert_close, kernel_builds
-from kernel_specs import random_run, run_steps
+from kernel_specs import make_group, random_run, run_group, run_steps
 
 ops = fo.ops
+
+
+# ------------------------------------------------------------------------- single arrays
 
 # name -> (state arrays with their initial value, one step(param, grad, state, t))
 CASES = {
@@ -118,46 +126,6 @@ def test_updates_the_callers_array_and_its_views(backend, dtype):
     assert np.all(base[1::2] == 1)        # rows outside the view untouched
 
 
-def read_only(a):
-    a.flags.writeable = False
-    return a
-
-
-BAD = [
-    ("grad shape", lambda p: dict(grad=np.zeros(5, p.dtype)), ValueError, "grad"),
-    ("grad dtype", lambda p: dict(grad=np.zeros(p.shape, np.float16)), TypeError, "grad"),
-    ("grad not an array", lambda p: dict(grad=[0.0] * 4), TypeError, "grad"),
-    ("state shape", lambda p: dict(exp_avg_sq=np.zeros(3, p.dtype)), ValueError, "exp_avg_sq"),
-    ("state dtype", lambda p: dict(exp_avg=np.zeros(p.shape, np.float64 if p.dtype ==
-                                                     np.float32 else np.float32)),
-     TypeError, "exp_avg"),
-    ("read-only state", lambda p: dict(exp_avg=read_only(np.zeros(p.shape, p.dtype))),
-     ValueError, "exp_avg"),
-]
-
-
-@pytest.mark.parametrize("what,bad,exc,name", BAD, ids=[b[0] for b in BAD])
-@pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_bad_arrays_raise_naming_the_argument_and_change_nothing(backend, dtype, what, bad,
-                                                                 exc, name):
-    param = np.arange(4, dtype=dtype)
-    args = dict(grad=np.ones(4, dtype), exp_avg=np.zeros(4, dtype),
-                exp_avg_sq=np.zeros(4, dtype))
-    args.update(bad(param))
-    before = {k: np.array(v, copy=True) for k, v in args.items()}
-    with fo.use_backend(backend), pytest.raises(exc, match=name):
-        ops.adam_step_(param, args["grad"], args["exp_avg"], args["exp_avg_sq"], 1, lr=0.1)
-    np.testing.assert_array_equal(param, np.arange(4, dtype=dtype))
-    for k, v in args.items():
-        np.testing.assert_array_equal(np.asarray(v), before[k])
-
-
-@pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_non_float_param_is_a_type_error(backend):
-    with fo.use_backend(backend), pytest.raises(TypeError, match="param"):
-        ops.sgd_step_(np.arange(4), np.arange(4), lr=0.1)
-
-
 @pytest.mark.skipif(len(kernel_builds("optim")) < 2 or "cython" not in GRID_BACKENDS,
                     reason="needs both the portable and the AVX-512 build of the kernels")
 @pytest.mark.parametrize("case", ["sgd_momentum_dampening", "rmsprop_centered_momentum_wd",
@@ -189,3 +157,292 @@ def test_a_running_max_keeps_its_zero_on_a_tie(backend, dtype):
         ops.adam_step_(z.copy(), z, z.copy(), z.copy(), 1, max_exp_avg_sq=vmax)
         ops.adamax_step_(z.copy(), z, z.copy(), u, 1, betas=(0.9, 1e-300), eps=0.0)
     assert np.signbit(vmax).all() and np.signbit(u).all()
+
+
+# ------------------------------------------ Adadelta, Adamax, NAdam, RAdam over 25 steps
+STATE_KEYS = {"adadelta": ("square_avg", "acc_delta"), "adamax": ("exp_avg", "exp_inf"),
+              "nadam": ("exp_avg", "exp_avg_sq"), "radam": ("exp_avg", "exp_avg_sq")}
+# case -> (kernel, keyword arguments of fo.ops.<kernel>_step_)
+KERNEL_CASES = {
+    "adadelta": ("adadelta", {}),
+    "adadelta_wd_maximize": ("adadelta", dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1,
+                                              maximize=True)),
+    "adamax": ("adamax", dict(lr=0.01)),
+    "adamax_wd_maximize": ("adamax", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                                          weight_decay=0.1, maximize=True)),
+    "nadam_wd": ("nadam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01)),
+    "nadam_decoupled_maximize": ("nadam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1,
+                                               decoupled_weight_decay=True, maximize=True)),
+    "radam_wd": ("radam", dict(lr=0.01, weight_decay=0.1)),
+    "radam_decoupled_maximize": ("radam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1,
+                                               decoupled_weight_decay=True, maximize=True)),
+}
+KERNEL_SHAPES = [(), (0,), (7,), (1031,), (70001,), (33, 31)]
+
+KERNEL_STEPS = 25
+
+
+def call_kernel(case, p, g, state, t, multi=False):
+    """One step of the case's fo.ops kernel (``foreach_`` form with lists when ``multi``);
+    ``state`` holds the state arrays (lists) by torch's key and NAdam's ``mu_product`` (1.0
+    until the first step)."""
+    kernel, kwargs = KERNEL_CASES[case]
+    fn = getattr(ops, f"{'foreach_' if multi else ''}{kernel}_step_")
+    arrays = [state[k] for k in STATE_KEYS[kernel]]
+    if kernel == "adadelta":
+        fn(p, g, *arrays, **kwargs)
+    elif kernel == "nadam":
+        state["mu_product"] = fn(p, g, *arrays, t, state.get("mu_product", 1.0), **kwargs)
+    else:
+        fn(p, g, *arrays, t, **kwargs)
+
+
+kernel_inputs = functools.partial(random_run, steps=KERNEL_STEPS)
+
+
+def run_kernel(case, backend, p0, grads, layout, threads=None):
+    """The case ``len(grads)`` times on ``backend``: :func:`kernel_specs.run_steps`."""
+    init = dict.fromkeys(STATE_KEYS[KERNEL_CASES[case][0]], 0.0)
+    return run_steps(functools.partial(call_kernel, case), init, backend, p0, grads, layout,
+                     threads)
+
+
+@functools.lru_cache(maxsize=None)
+def expected_run(case, shape, dtype):
+    """The reference's result on contiguous arrays (computed once per case, shape, dtype)."""
+    p0, grads = kernel_inputs(shape, dtype)
+    return run_kernel(case, "numpy", p0, grads, "contiguous")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=str)
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_kernel_matches_the_reference_over_25_steps(backend, case, shape, layout, dtype):
+    if backend == "numpy" and layout == "contiguous":
+        pytest.skip("the reference on contiguous arrays is the expected value itself")
+    p0, grads = kernel_inputs(shape, dtype)
+    expected_p, expected_state = expected_run(case, shape, dtype)
+    p, state = run_kernel(case, backend, p0, grads, layout)
+    assert p.dtype == dtype and p.shape == p0.shape
+    assert_close(p, expected_p, dtype, f"param of {case}")
+    for k in state:
+        assert state[k].dtype == dtype
+        assert_close(state[k], expected_state[k], dtype, f"state {k} of {case}")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "mixed"])
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_kernel_gives_the_reference_bits(backend, case, layout, dtype):
+    """Element-wise kernels do the reference's operations in its order and precision (no
+    FMA contraction, no fast-math, scalars folded in float64 then cast), so they agree to
+    the bit, serially (1031) and in parallel (70001)."""
+    for shape in [(1031,), (70001,)]:
+        p0, grads = kernel_inputs(shape, dtype)
+        expected_p, expected_state = expected_run(case, shape, dtype)
+        p, state = run_kernel(case, backend, p0, grads, layout)
+        assert p.tobytes() == expected_p.tobytes()
+        for k in state:
+            assert state[k].tobytes() == expected_state[k].tobytes(), k
+
+
+@pytest.mark.parametrize("case", [c for c, (k, _) in KERNEL_CASES.items() if k == "radam"])
+def test_the_radam_cases_run_both_sides_of_the_switch(case):
+    """rho_t (torch's formula) is <= 5 on the first step and > 5 on the last one, so the grid
+    holds both the un-rectified and the rectified update to the reference."""
+    beta2 = KERNEL_CASES[case][1].get("betas", (0.9, 0.999))[1]
+    rho_inf = 2 / (1 - beta2) - 1
+    rho = [rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t) for t in (1, KERNEL_STEPS)]
+    assert rho[0] <= 5 < rho[1]
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_kernel_nan_and_inf_propagate_as_in_the_reference(backend, case, dtype):
+    p0, grads = kernel_inputs((64,), dtype)
+    p0[3], p0[5] = np.nan, np.inf
+    grads[0][7], grads[9][9], grads[19][11], grads[12][13] = np.nan, np.inf, -np.inf, np.nan
+    expected_p, expected_state = run_kernel(case, "numpy", p0, grads, "contiguous")
+    p, state = run_kernel(case, backend, p0, grads, "contiguous")
+    np.testing.assert_array_equal(p, expected_p)   # NaN positions must match too
+    for k in state:
+        np.testing.assert_array_equal(state[k], expected_state[k], err_msg=k)
+    # a NaN grad poisons its element from then on, and only its element
+    assert np.isnan(p[3]) and np.isnan(p[7]) and np.isnan(p[13])
+    assert np.isfinite(p[0]) and np.isfinite(p[8])
+
+
+def test_adamax_infinity_norm_keeps_nan():
+    """exp_inf = max(beta2 * exp_inf, |g| + eps) with torch.maximum's NaN rule: a NaN on
+    either side gives NaN (a plain max would drop it on one side)."""
+    for backend in GRID_BACKENDS:
+        with fo.use_backend(backend):
+            p = np.zeros(3)
+            m, u = np.zeros(3), np.array([np.nan, 1.0, 1.0])
+            ops.adamax_step_(p, np.array([0.5, np.nan, 0.5]), m, u, 1, lr=0.1, betas=(0.9, 0.5))
+            assert np.isnan(u[0]) and np.isnan(u[1]), backend
+            assert u[2] == 0.5 + 1e-8, backend      # max(0.5 * 1.0, 0.5 + eps)
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", COMPILED)
+def test_kernel_is_bit_identical_for_any_thread_count(backend, case, dtype):
+    p0, grads = kernel_inputs((100003,), dtype)
+    p1, s1 = run_kernel(case, backend, p0, grads, "contiguous", threads=1)
+    p2, s2 = run_kernel(case, backend, p0, grads, "contiguous", threads=2)
+    assert p1.tobytes() == p2.tobytes()
+    assert all(s1[k].tobytes() == s2[k].tobytes() for k in s1)
+
+
+# --------------------------------------------------------------------- lists in one call
+# name -> (state arrays with initial values, single step, multi step)
+FOREACH_CASES = {
+    "ewa": ({}, lambda p, g, s, t: ops.ewa_(p, g, 0.9),
+            lambda p, g, s, t: ops.foreach_ewa_(p, g, 0.9)),
+    "sgd_nesterov_wd": (
+        {"buf": 0.0},
+        lambda p, g, s, t: ops.sgd_step_(p, g, s["buf"], lr=0.1, momentum=0.9, nesterov=True,
+                                         weight_decay=0.01, first_step=t == 1),
+        lambda p, g, s, t: ops.foreach_sgd_step_(p, g, s["buf"], lr=0.1, momentum=0.9,
+                                                 nesterov=True, weight_decay=0.01,
+                                                 first_step=t == 1)),
+    "sgd_plain_maximize": (
+        {}, lambda p, g, s, t: ops.sgd_step_(p, g, lr=0.1, maximize=True),
+        lambda p, g, s, t: ops.foreach_sgd_step_(p, g, lr=0.1, maximize=True)),
+    "momentum": ({"v": 0.0}, lambda p, g, s, t: ops.momentum_step_(p, g, s["v"], lr=0.1),
+                 lambda p, g, s, t: ops.foreach_momentum_step_(p, g, s["v"], lr=0.1)),
+    "rmsprop_centered_momentum": (
+        {"sq": 0.0, "ga": 0.0, "buf": 0.0},
+        lambda p, g, s, t: ops.rmsprop_step_(p, g, s["sq"], lr=0.01, grad_avg=s["ga"],
+                                             momentum_buffer=s["buf"], momentum=0.5),
+        lambda p, g, s, t: ops.foreach_rmsprop_step_(p, g, s["sq"], lr=0.01,
+                                                     grad_avgs=s["ga"],
+                                                     momentum_buffers=s["buf"],
+                                                     momentum=0.5)),
+    "adagrad": ({"sum": 0.1}, lambda p, g, s, t: ops.adagrad_step_(p, g, s["sum"], t, lr=0.1,
+                                                                    lr_decay=0.01),
+                lambda p, g, s, t: ops.foreach_adagrad_step_(p, g, s["sum"], t, lr=0.1,
+                                                             lr_decay=0.01)),
+    "adam_amsgrad_wd": (
+        {"m": 0.0, "v": 0.0, "vmax": 0.0},
+        lambda p, g, s, t: ops.adam_step_(p, g, s["m"], s["v"], t, lr=0.01, weight_decay=0.1,
+                                          max_exp_avg_sq=s["vmax"]),
+        lambda p, g, s, t: ops.foreach_adam_step_(p, g, s["m"], s["v"], t, lr=0.01,
+                                                  weight_decay=0.1, max_exp_avg_sqs=s["vmax"])),
+    "adamw": (
+        {"m": 0.0, "v": 0.0},
+        lambda p, g, s, t: ops.adam_step_(p, g, s["m"], s["v"], t, lr=0.01, weight_decay=0.1,
+                                          decoupled_weight_decay=True),
+        lambda p, g, s, t: ops.foreach_adam_step_(p, g, s["m"], s["v"], t, lr=0.01,
+                                                  weight_decay=0.1,
+                                                  decoupled_weight_decay=True)),
+}
+
+
+def foreach_group(case, steps=4):
+    """A random mixed group (kernel_specs.GROUP) with the case's state."""
+    return make_group(FOREACH_CASES[case][0], steps=steps)
+
+
+def run_single(case, backend, params, state, grads):
+    run_group(FOREACH_CASES[case][1], backend, params, state, grads, multi=False)
+
+
+def run_multi(case, backend, params, state, grads):
+    run_group(FOREACH_CASES[case][2], backend, params, state, grads, multi=True)
+
+
+@pytest.mark.parametrize("case", FOREACH_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_one_call_per_group_is_bit_identical_to_one_call_per_array(backend, case):
+    p1, s1, grads = foreach_group(case)
+    p2, s2, _ = foreach_group(case)
+    run_single(case, backend, p1, s1, grads)
+    run_multi(case, backend, p2, s2, grads)
+    for a, b in zip(p1 + sum(s1.values(), []), p2 + sum(s2.values(), [])):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("case", FOREACH_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_multi_matches_the_reference(backend, case):
+    if backend == "numpy":
+        pytest.skip("the reference is the expected value")
+    p1, s1, grads = foreach_group(case)
+    p2, s2, _ = foreach_group(case)
+    run_single(case, "numpy", p1, s1, grads)
+    run_multi(case, backend, p2, s2, grads)
+    for a, b in zip(p1 + sum(s1.values(), []), p2 + sum(s2.values(), [])):
+        assert_close(b, a, a.dtype)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_multi_is_bit_identical_for_any_thread_count(backend):
+    results = []
+    for threads in (1, 2):
+        params, state, grads = foreach_group("adam_amsgrad_wd")
+        fo.set_num_threads(threads)
+        try:
+            run_multi("adam_amsgrad_wd", backend, params, state, grads)
+        finally:
+            fo.set_num_threads(2)
+        results.append([a.tobytes() for a in params + sum(state.values(), [])])
+    assert results[0] == results[1]
+
+
+def kernel_group(case, steps=KERNEL_STEPS):
+    """A random mixed group (kernel_specs.GROUP) with the case's state, zeros."""
+    return make_group(dict.fromkeys(STATE_KEYS[KERNEL_CASES[case][0]], 0.0), seed=3,
+                      steps=steps)
+
+
+def run_in_group(case, backend, params, state, grads, multi):
+    """Step the group with one foreach call per step (``multi``) or one call per array."""
+    return run_group(functools.partial(call_kernel, case, multi=multi), backend, params, state,
+                     grads, multi)
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_one_call_per_group_gives_the_bits_of_one_call_per_array(backend, case):
+    single = run_in_group(case, backend, *kernel_group(case), multi=False)
+    multi = run_in_group(case, backend, *kernel_group(case), multi=True)
+    for a, b in zip(single, multi):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+@pytest.mark.parametrize("backend", [b for b in GRID_BACKENDS if b != "numpy"])
+def test_one_call_per_group_matches_the_reference(backend, case):
+    expected = run_in_group(case, "numpy", *kernel_group(case), multi=False)
+    actual = run_in_group(case, backend, *kernel_group(case), multi=True)
+    for a, b in zip(actual, expected):
+        assert_close(a, b, b.dtype)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_one_call_per_group_is_bit_identical_for_any_thread_count(backend):
+    results = []
+    for threads in (1, 2):
+        fo.set_num_threads(threads)
+        try:
+            arrays = run_in_group("radam_wd", backend, *kernel_group("radam_wd"), multi=True)
+        finally:
+            fo.set_num_threads(2)
+        results.append([a.tobytes() for a in arrays])
+    assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------------------------- Lion
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_lion_step_by_hand(backend):
+    # c = 0.1 g + 0.9 m = [0.05, 0.065, -0.18, 0.3, 0]; sign = [1, 1, -1, 1, 0]
+    p = np.array([1.0, -2.0, 0.5, 0.0, 2.0])
+    g = np.array([0.5, -0.25, 0.0, 3.0, 0.0])
+    m = np.array([0.0, 0.1, -0.2, 0.0, 0.0])
+    with fo.use_backend(backend):
+        fo.ops.lion_step_(p, g, m, lr=0.1, betas=(0.9, 0.99), weight_decay=0.01)
+    # p - 0.1 * (sign + 0.01 p);  m = 0.01 g + 0.99 m
+    np.testing.assert_allclose(p, [0.899, -2.098, 0.5995, -0.1, 1.998], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(m, [0.005, 0.0965, -0.198, 0.03, 0.0], rtol=1e-15, atol=1e-18)

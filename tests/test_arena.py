@@ -1,0 +1,270 @@
+"""ParameterArena: parameters and grads as views of one buffer each; an optimizer over
+an arena steps it in one kernel call with the bits of separate arrays, resumes from state
+dicts, survives pickle and deepcopy, and refuses what the arena cannot hold."""
+import pickle
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from conftest import GRID_BACKENDS
+from optim_specs import (CONFIGS, CONFIG_IDS, PARAM_SHAPES, VARIANTS, VARIANT_IDS, VARIANT_STEPS,
+                         opt_snapshot, random_arrays, two_grads, two_params)
+
+
+OPTIMIZERS = [(fo.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+              (fo.SGD, dict(lr=0.1)),
+              (fo.Momentum, dict(lr=0.1, beta=0.8)),
+              (fo.RMSprop, dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.01)),
+              (fo.Adagrad, dict(lr=0.1, initial_accumulator_value=0.1)),
+              (fo.Adam, dict(lr=0.01, amsgrad=True)),
+              (fo.AdamW, dict(lr=0.01))]
+
+
+@pytest.mark.parametrize("opt_cls,kwargs", OPTIMIZERS,
+                         ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(OPTIMIZERS)])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_arena_optimizer_matches_separate_arrays_bit_for_bit(backend, opt_cls, kwargs, dtype):
+    rng = np.random.default_rng(0)
+    inits = random_arrays(rng, dtype)
+    arena = fo.ParameterArena(dtype, capacity=1000)
+    views = [arena.add(f"p{k}", s, init=x) for k, (s, x) in enumerate(zip(PARAM_SHAPES, inits))]
+    separate = [x.copy() for x in inits]
+    with fo.use_backend(backend):
+        o_arena = opt_cls(arena.params, **kwargs)
+        o_sep = opt_cls(separate, **kwargs)
+        for _ in range(5):
+            gs = random_arrays(rng, dtype)
+            for k, g in enumerate(gs):
+                arena.grads[f"dp{k}"] = g          # assignment fills the arena's view
+            o_arena.step(arena.grads)
+            o_sep.step(gs)
+    for a, b in zip(views, separate):
+        assert a.tobytes() == b.tobytes()
+    sd_a, sd_s = o_arena.state_dict(), o_sep.state_dict()
+    assert sd_a["state"].keys() == sd_s["state"].keys()
+    for i in sd_s["state"]:
+        assert sd_a["state"][i].keys() == sd_s["state"][i].keys()
+        for key, value in sd_s["state"][i].items():
+            np.testing.assert_array_equal(sd_a["state"][i][key], value)
+    # the flat path really ran: the state lives in one buffer per key
+    first = o_arena.state[0]
+    for key, value in first.items():
+        if isinstance(value, np.ndarray) and value.size:
+            assert value.base is not None and o_arena.state[1][key].base is value.base
+
+
+def test_arena_state_dict_resumes_exactly():
+    rng = np.random.default_rng(1)
+    arena = fo.ParameterArena(np.float64)
+    for k, s in enumerate(PARAM_SHAPES):
+        arena.add(f"w{k}", s, init=rng.standard_normal(s))
+    opt = fo.Adam(arena.params, lr=0.01)
+    grads = [random_arrays(rng, np.float64) for _ in range(6)]
+
+    def feed(gs):
+        for k, g in enumerate(gs):
+            arena.grads[f"w{k}"] = g
+
+    for gs in grads[:3]:
+        feed(gs)
+        opt.step(arena.grads)
+    saved_params = arena.flat_params.copy()
+    saved = pickle.loads(pickle.dumps(opt.state_dict()))
+    for gs in grads[3:]:
+        feed(gs)
+        opt.step(arena.grads)
+    uninterrupted = arena.flat_params.copy()
+
+    arena.flat_params[...] = saved_params
+    resumed = fo.Adam(arena.params, lr=0.01)
+    resumed.load_state_dict(saved)
+    for gs in grads[3:]:
+        feed(gs)
+        resumed.step(arena.grads)
+    assert arena.flat_params.tobytes() == uninterrupted.tobytes()
+
+
+def test_arena_params_work_in_groups_and_lists():
+    rng = np.random.default_rng(2)
+    arena = fo.ParameterArena(np.float32)
+    ws = [arena.add(f"w{k}", (8,), init=rng.standard_normal(8)) for k in range(4)]
+    copies = [w.copy() for w in ws]
+    opt = fo.SGD([{"params": ws[:2]}, {"params": ws[2:], "lr": 0.5}], lr=0.1, momentum=0.9)
+    ref = fo.SGD([{"params": copies[:2]}, {"params": copies[2:], "lr": 0.5}], lr=0.1,
+                 momentum=0.9)
+    for _ in range(3):
+        gs = [rng.standard_normal(8).astype(np.float32) for _ in ws]
+        arena.flat_grads[...] = np.concatenate(gs)
+        opt.step(list(arena.grads.values()))
+        ref.step(gs)
+    for a, b in zip(ws, copies):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_arena_refuses_what_it_cannot_hold():
+    arena = fo.ParameterArena(np.float32, capacity=10)
+    arena.add("a", (2, 3))
+    with pytest.raises(ValueError, match="'b'"):
+        arena.add("b", (5,))
+    with pytest.raises(ValueError, match="'a'"):
+        arena.add("a", (1,))
+    with pytest.raises(TypeError):
+        fo.ParameterArena(np.int32)
+    with pytest.raises(TypeError):
+        del arena.grads["a"]
+    with pytest.raises(KeyError):
+        arena.grads["nope"] = 1.0
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_an_arena_steps_in_one_call_with_the_bits_of_separate_arrays(backend, name, kwargs,
+                                                                      dtype):
+    rng = np.random.default_rng(12)
+    inits = random_arrays(rng, dtype)
+    arena = fo.ParameterArena(dtype, capacity=1000)
+    views = [arena.add(f"p{k}", s, init=x) for k, (s, x) in enumerate(zip(PARAM_SHAPES, inits))]
+    separate = [x.copy() for x in inits]
+    with fo.use_backend(backend):
+        o_arena = getattr(fo, name)(arena.params, **kwargs)
+        o_sep = getattr(fo, name)(separate, **kwargs)
+        for _ in range(VARIANT_STEPS):
+            gs = random_arrays(rng, dtype)
+            for k, g in enumerate(gs):
+                arena.grads[f"dp{k}"] = g
+            o_arena.step(arena.grads)
+            o_sep.step(gs)
+    for a, b in zip(views, separate):
+        assert a.tobytes() == b.tobytes()
+    sd_a, sd_s = o_arena.state_dict(), o_sep.state_dict()
+    for i in sd_s["state"]:
+        assert sd_a["state"][i].keys() == sd_s["state"][i].keys()
+        for key, value in sd_s["state"][i].items():
+            np.testing.assert_array_equal(sd_a["state"][i][key], value, err_msg=key)
+
+
+def _arena_setup(name, kwargs, dtype=np.float32):
+    ar = fo.ParameterArena(dtype, 64)
+    ar.add("W", (3, 2), init=two_params()[0])
+    ar.add("b", (4,), init=np.arange(4))
+    return ar, getattr(fo, name)(ar.params, **kwargs)
+
+
+def _arena_steps(ar, opt, seeds):
+    for seed in seeds:
+        for key, g in zip(("dW", "db"), two_grads(seed)):
+            ar.grads[key] = g
+        opt.step(ar.grads)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=CONFIG_IDS)
+def test_an_arena_and_its_optimizer_survive_pickle_and_deepcopy(backend, name, kwargs):
+    """Was KeyError: 'W' (the grad dict's __setitem__ ran before the views existed). The copy's
+    parameters are views of the copy's arena (one kernel call still), and it resumes on the
+    uninterrupted trajectory bit for bit."""
+    import copy
+    with fo.use_backend(backend):
+        ar, opt = _arena_setup(name, kwargs)
+        _arena_steps(ar, opt, range(3))
+        copies = [pickle.loads(pickle.dumps((ar, opt))), copy.deepcopy((ar, opt))]
+        _arena_steps(ar, opt, range(3, 6))
+        for ar2, opt2 in copies:
+            assert opt2.param_groups[0]["params"][0] is ar2.params["W"]
+            assert np.shares_memory(ar2.params["W"], ar2.flat_params)
+            _arena_steps(ar2, opt2, range(3, 6))
+            assert ar2.flat_params.tobytes() == ar.flat_params.tobytes()
+            assert pickle.dumps(opt2.state_dict()) == pickle.dumps(opt.state_dict())
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("by_name", [True, False], ids=["dict", "list"])
+def test_the_arena_path_refuses_a_parameter_made_read_only(backend, by_name):
+    """It stepped the flat buffer, writing through the read-only view."""
+    with fo.use_backend(backend):
+        ar = fo.ParameterArena(np.float32, 64)
+        ar.add("W", (3, 2), init=1.0)
+        ar.add("b", (4,), init=1.0)
+        opt = fo.Adam(ar.params if by_name else list(ar.params.values()), lr=0.1)
+        _arena_steps(ar, opt, [0])
+        ar.params["b"].flags.writeable = False
+        before = opt_snapshot(opt, [ar.flat_params])
+        with pytest.raises(ValueError, match="read-only"):
+            _arena_steps(ar, opt, [1])
+        assert opt_snapshot(opt, [ar.flat_params]) == before
+
+
+@pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
+def test_step_is_a_read_only_0d_array_and_assigning_it_sets_the_count(backend, arena):
+    """``step`` is a 0-d int64 view of the group's counter (so one NumPy operation advances
+    every parameter's): an assigned number or array sets the count and the kernel uses it
+    (bias correction at step 4, against a twin stepped four times); writing into the view is
+    refused rather than silently desynchronising the group."""
+    with fo.use_backend(backend):
+        ar, opt = _arena_setup("Adam", dict(lr=0.1))
+        ar2, twin = _arena_setup("Adam", dict(lr=0.1))
+        views = list(ar.params.values())
+        if not arena:               # the same parameters as a list: the multi-tensor path
+            opt = fo.Adam(views, lr=0.1)
+
+        def step(seed):
+            if arena:
+                _arena_steps(ar, opt, [seed])
+            else:
+                opt.step([g.astype(np.float32) for g in two_grads(seed)])
+        step(0)
+        _arena_steps(ar2, twin, [0, 1, 2])
+        s = opt.state[1]
+        assert s["step"].shape == () and s["step"].dtype == np.int64 and s["step"] == 1
+        with pytest.raises(ValueError, match="read-only"):
+            s["step"][()] = 7
+        ar.flat_params[...] = ar2.flat_params        # the twin's parameters and moments
+        for i in opt.state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                opt.state[i][key][...] = twin.state[i][key]
+            opt.state[i]["step"] = np.array(3.0, np.float32)     # as torch saves it
+        step(3)
+        _arena_steps(ar2, twin, [3])
+        assert ar.flat_params.tobytes() == ar2.flat_params.tobytes()
+        assert s["step"] == 4 and s["step"].dtype == np.int64
+
+
+def test_one_step_advances_every_count_of_an_arena_group_at_once(backend):
+    """The arena path writes no per-parameter step: the counts are views of one array."""
+    with fo.use_backend(backend):
+        ar = fo.ParameterArena(np.float64, 1000)
+        for k in range(50):
+            ar.add(f"W{k}", (2, 3), init=k)
+        opt = fo.NAdam(ar.params)
+        kept = opt.state
+        for _ in range(3):
+            opt.step(ar.grads)
+        assert {int(s["step"]) for s in kept.values()} == {3} and len(kept) == 50
+        assert len({float(s["mu_product"]) for s in kept.values()}) == 1
+
+
+def test_arena_grad_of_the_wrong_shape_names_the_key_and_writes_nothing():
+    arena = fo.ParameterArena(np.float64)
+    arena.add("W", (3, 2))
+    arena.grads["dW"] = np.ones((3, 2))
+    for bad in (np.zeros((2, 3)), np.zeros(6), np.zeros((3, 1)), 0.0):
+        with pytest.raises(ValueError, match=r"grads\['dW'\] has shape .* expected \(3, 2\)"):
+            arena.grads["dW"] = bad
+    with pytest.raises(ValueError, match=r"grads\['W'\]"):
+        arena.grads["W"] = np.full((3, 2), "x")
+    assert (arena.grads["W"] == 1).all()
+    with pytest.raises(KeyError, match="'dW2'.* no such parameter"):
+        arena.grads["dW2"] = np.ones((3, 2))
+
+
+def test_the_arenas_grads_may_hold_more_than_one_optimizer_steps():
+    arena = fo.ParameterArena(np.float32)
+    w = arena.add("w", (4,), init=np.ones(4))
+    b = arena.add("b", (2,), init=np.ones(2))
+    opt_w = fo.SGD({"w": w}, lr=0.5)
+    arena.grads["dw"] = np.ones(4, np.float32)
+    arena.grads["db"] = np.ones(2, np.float32)
+    opt_w.step(arena.grads)                              # "b" belongs to another optimizer
+    np.testing.assert_array_equal(w, 0.5)
+    np.testing.assert_array_equal(b, 1.0)

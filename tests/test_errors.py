@@ -1,0 +1,778 @@
+"""Errors: what the kernels and the optimizers refuse (arrays that are not arrays, of
+the wrong shape, dtype or layout, overlapping, read-only; hyper-parameters out of range
+or of the wrong type; grads that do not fit; state dicts that would break a step), each
+a TypeError or ValueError naming the argument, and a refused call changes nothing. Also
+what must be accepted: unaligned and byte-swapped arrays, a param that is its own grad,
+the edges of the ranges torch accepts."""
+import math
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from conftest import GRID_BACKENDS, torch
+from kernel_specs import GROUP, SPECS, same_bits, snapshot, valid_arrays
+from optim_specs import CONFIGS, CONFIG_IDS, course_params, opt_snapshot, two_grads, two_params
+
+ops = fo.ops
+
+
+# ------------------------------------------------------------------------- kernel inputs
+NOT_ARRAYS = {"None": None, "list": [1.0, 2.0, 3.0], "float": 1.5, "tuple": (1.0, 2.0, 3.0)}
+if torch is not None:
+    NOT_ARRAYS["torch"] = torch.ones(3, dtype=torch.float64)
+POSITIONS = [(k, i) for k, spec in SPECS.items() for i in range(len(spec.arrays))]
+
+
+def call(spec, arrays, foreach):
+    if foreach:
+        spec.multi([None if a is None and i >= spec.nrequired else [a]
+                    for i, a in enumerate(arrays)], **spec.hyper)
+    else:
+        spec.single(arrays, **spec.hyper)
+
+
+def assert_unchanged(arrays, before):
+    for a, b in zip(arrays, before):
+        if isinstance(a, np.ndarray):
+            assert same_bits(a, b)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("bad", NOT_ARRAYS)
+@pytest.mark.parametrize("kernel,position", POSITIONS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_not_an_array_is_a_type_error_naming_it(backend, kernel, position, bad, foreach):
+    # cython segfaulted on None for a required array (sgd_step_(None, ...), ewa_(None, ...))
+    spec = SPECS[kernel]
+    if bad == "None" and position >= spec.nrequired:
+        pytest.skip("None is how optional state that is not in use is passed")
+    arrays = valid_arrays(spec, (3,), np.float64, np.random.default_rng(0))
+    arrays[position] = NOT_ARRAYS[bad]
+    before = snapshot(arrays)
+    name = spec.names(0 if foreach else None)[position]
+    with fo.use_backend(backend), pytest.raises(TypeError, match=f"^{re.escape(name)} "):
+        call(spec, arrays, foreach)
+    assert_unchanged(arrays, before)
+
+
+@pytest.mark.parametrize("kernel", SPECS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_list_argument_that_is_not_a_list_is_a_type_error_naming_it(backend, kernel):
+    spec = SPECS[kernel]
+    arrays = valid_arrays(spec, (3,), np.float64, np.random.default_rng(0))
+    lists = [[a] for a in arrays]
+    for i, name in enumerate(spec.lists):
+        # a bare array is not a list of them (it would be iterated row by row)
+        for bad in ([None] if i < spec.nrequired else []) + [arrays[i], 3.0]:
+            args = list(lists)
+            args[i] = bad
+            before = snapshot(arrays)
+            with fo.use_backend(backend), pytest.raises(TypeError, match=f"^{name} "):
+                spec.multi(args, **spec.hyper)
+            assert_unchanged(arrays, before)
+
+
+def unaligned(a):
+    """A copy of ``a`` whose data sits one byte off any natural alignment."""
+    raw = np.zeros(a.nbytes + a.itemsize + 1, np.uint8)
+    out = raw[1:1 + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def byteswapped(a):
+    out = a.astype(a.dtype.newbyteorder("S"))
+    assert not out.dtype.isnative and np.array_equal(out, a)
+    return out
+
+
+def expected(spec, arrays, foreach):
+    """The reference on plain, aligned, native copies."""
+    plain = [np.array(a, dtype=a.dtype.newbyteorder("="), copy=True) for a in arrays]
+    with fo.use_backend("numpy"):
+        call(spec, plain, foreach)
+    return plain
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("odd", [unaligned, byteswapped])
+@pytest.mark.parametrize("kernel,position", POSITIONS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_unaligned_and_byteswapped_arrays_give_the_reference_bits(backend, kernel, position,
+                                                                  odd, dtype, foreach):
+    # cython and numba recursed forever on unaligned arrays; numba and numpy refused
+    # byte-swapped ones that cython accepted
+    spec = SPECS[kernel]
+    for shape in [(), (5,), (3, 4)]:
+        arrays = valid_arrays(spec, shape, dtype, np.random.default_rng(1))
+        want = expected(spec, arrays, foreach)
+        arrays[position] = odd(arrays[position])
+        with fo.use_backend(backend):
+            call(spec, arrays, foreach)
+        for name, a, w in zip(spec.arrays, arrays, want):
+            assert same_bits(a, w), (name, shape)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix's own
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("kernel,position", POSITIONS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_matrices_and_masked_arrays_are_type_errors_naming_them(backend, kernel, position,
+                                                                foreach):
+    # the reference computed g * g of a np.matrix as a matrix product
+    spec = SPECS[kernel]
+    for wrap in (np.asmatrix, np.ma.masked_array):
+        arrays = valid_arrays(spec, (2, 2), np.float64, np.random.default_rng(2))
+        arrays[position] = wrap(arrays[position])
+        before = snapshot(arrays)
+        name = spec.names(0 if foreach else None)[position]
+        with fo.use_backend(backend), pytest.raises(TypeError, match=f"^{re.escape(name)} "):
+            call(spec, arrays, foreach)
+        assert_unchanged(arrays, before)
+
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+BAD_ARRAYS = [
+    ("grad shape", lambda p: dict(grad=np.zeros(5, p.dtype)), ValueError, "grad"),
+    ("grad dtype", lambda p: dict(grad=np.zeros(p.shape, np.float16)), TypeError, "grad"),
+    ("grad not an array", lambda p: dict(grad=[0.0] * 4), TypeError, "grad"),
+    ("state shape", lambda p: dict(exp_avg_sq=np.zeros(3, p.dtype)), ValueError, "exp_avg_sq"),
+    ("state dtype", lambda p: dict(exp_avg=np.zeros(p.shape, np.float64 if p.dtype ==
+                                                     np.float32 else np.float32)),
+     TypeError, "exp_avg"),
+    ("read-only state", lambda p: dict(exp_avg=read_only(np.zeros(p.shape, p.dtype))),
+     ValueError, "exp_avg"),
+]
+
+
+@pytest.mark.parametrize("what,bad,exc,name", BAD_ARRAYS, ids=[b[0] for b in BAD_ARRAYS])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_bad_arrays_raise_naming_the_argument_and_change_nothing(backend, dtype, what, bad,
+                                                                 exc, name):
+    param = np.arange(4, dtype=dtype)
+    args = dict(grad=np.ones(4, dtype), exp_avg=np.zeros(4, dtype),
+                exp_avg_sq=np.zeros(4, dtype))
+    args.update(bad(param))
+    before = {k: np.array(v, copy=True) for k, v in args.items()}
+    with fo.use_backend(backend), pytest.raises(exc, match=name):
+        ops.adam_step_(param, args["grad"], args["exp_avg"], args["exp_avg_sq"], 1, lr=0.1)
+    np.testing.assert_array_equal(param, np.arange(4, dtype=dtype))
+    for k, v in args.items():
+        np.testing.assert_array_equal(np.asarray(v), before[k])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_non_float_param_is_a_type_error(backend):
+    with fo.use_backend(backend), pytest.raises(TypeError, match="param"):
+        ops.sgd_step_(np.arange(4), np.arange(4), lr=0.1)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_lists_of_different_lengths_are_refused(backend):
+    ps = [np.zeros(3), np.zeros(4)]
+    with fo.use_backend(backend), pytest.raises(ValueError, match="grads"):
+        ops.foreach_sgd_step_(ps, [np.zeros(3)], lr=0.1)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_grad_of_the_wrong_dtype_is_a_type_error_naming_it(backend):
+    ps = [np.zeros(3, np.float32), np.zeros(4, np.float32)]
+    gs = [np.zeros(3, np.float32), np.zeros(4, np.float64)]
+    with fo.use_backend(backend), pytest.raises(TypeError, match=r"grads\[1\]"):
+        ops.foreach_momentum_step_(ps, gs, [np.zeros(3, np.float32), np.zeros(4, np.float32)],
+                                   lr=0.1)
+
+
+@pytest.mark.parametrize("kernel", SPECS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_array_late_in_a_list_changes_nothing(backend, kernel):
+    """Every kernel's foreach form checks every array before it writes any: a wrong shape in
+    the last list, at index 4 of a mixed group (kernel_specs.GROUP), is a ValueError naming
+    it, and no array of the call changes."""
+    spec = SPECS[kernel]
+    rng = np.random.default_rng(0)
+    tensors = [valid_arrays(spec, shape, dt, rng) for shape, dt, _ in GROUP]
+    lists = [list(arrays) for arrays in zip(*tensors)]
+    lists[-1][4] = np.zeros((2, 2), GROUP[4][1])
+    before = snapshot(lists)
+    with fo.use_backend(backend), pytest.raises(ValueError, match=rf"{spec.lists[-1]}\[4\]"):
+        spec.multi(lists, **spec.hyper)
+    for got, was in zip(lists, before):
+        assert all(same_bits(a, b) for a, b in zip(got, was))
+
+
+# ------------------------------------------------------------------------------ aliasing
+def overlapping(spec, i, j, how, shape=(6,)):
+    """Valid arrays for ``spec`` where arrays ``i`` and ``j`` share memory as ``how`` says."""
+    arrays = valid_arrays(spec, shape, np.float64, np.random.default_rng(3))
+    n = int(np.prod(shape))
+    if how == "same":               # the very same array
+        arrays[j] = arrays[i]
+    elif how == "shifted":          # two slices of one buffer, one element apart
+        buf = np.abs(np.random.default_rng(4).standard_normal(n + 1))
+        arrays[i], arrays[j] = buf[1:].reshape(shape), buf[:-1].reshape(shape)
+    elif how == "reversed":         # the same elements in the opposite order
+        buf = np.abs(np.random.default_rng(4).standard_normal(n))
+        arrays[i], arrays[j] = buf.reshape(shape), buf[::-1].reshape(shape)
+    return arrays
+
+
+PAIRS = [(k, i, j) for k, spec in SPECS.items() for i in range(len(spec.arrays))
+         for j in range(i + 1, len(spec.arrays))]
+
+
+@pytest.mark.parametrize("how", ["same", "shifted", "reversed"])
+@pytest.mark.parametrize("kernel,i,j", PAIRS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_overlapping_arrays_are_a_value_error_naming_both(backend, kernel, i, j, how):
+    # buf[1:] as param and buf[:-1] as grad gave different results on every backend
+    if how == "same" and (i, j) == (0, 1):
+        pytest.skip("a param may be its own grad (next test)")
+    spec = SPECS[kernel]
+    for foreach in (False, True):
+        arrays = overlapping(spec, i, j, how)
+        before = snapshot(arrays)
+        names = spec.names(0 if foreach else None)
+        with fo.use_backend(backend), pytest.raises(ValueError) as info:
+            call(spec, arrays, foreach)
+        assert str(info.value).startswith(f"{names[i]} and {names[j]} overlap in memory")
+        assert_unchanged(arrays, before)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("kernel", SPECS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_param_that_is_its_own_grad_gives_the_reference_bits(backend, kernel, foreach):
+    # with decoupled weight decay the reference read the grad after shrinking the param
+    spec = SPECS[kernel]
+    for strided in (False, True):
+        for same_object in (True, False):   # or another view of exactly the same memory
+            arrays = valid_arrays(spec, (5, 3), np.float64, np.random.default_rng(5))
+            if strided:
+                param = np.zeros((5, 6))[:, ::2]
+                param[...] = arrays[0]
+                arrays[0] = param
+            # the grad's value is the param's before the step: as with a copy, on the reference
+            want = expected(spec, [arrays[0], arrays[0].copy()] + arrays[2:], foreach)
+            arrays[1] = arrays[0] if same_object else arrays[0][...]
+            with fo.use_backend(backend):
+                call(spec, arrays, foreach)
+            assert same_bits(arrays[0], want[0]), (strided, same_object)
+            for a, w in zip(arrays[2:], want[2:]):
+                assert same_bits(a, w), (strided, same_object)
+
+
+@pytest.mark.parametrize("kernel", SPECS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_overlap_across_the_tensors_of_one_foreach_call_is_a_value_error(backend, kernel):
+    # cython stepped a parameter listed twice twice (float64 lists in reverse order)
+    spec = SPECS[kernel]
+    rng = np.random.default_rng(6)
+    one, two = (valid_arrays(spec, (4,), np.float64, rng) for _ in range(2))
+    buf = np.abs(rng.standard_normal(8))
+    cases = {"the same param twice": (0, 0, one[0]),
+             "a grad of one the param of the other": (0, 1, one[0]),
+             "halves of one buffer overlapping": (0, 0, buf[2:6])}
+    if len(spec.arrays) > 2:
+        cases["a state array of one the param of the other"] = (2, 0, one[2])
+    for what, (i, j, shared) in cases.items():
+        lists = [[a, b] for a, b in zip(one, two)]
+        if what.startswith("halves"):
+            lists[0] = [buf[:4], buf[2:6]]
+        else:
+            lists[i][0] = shared
+            lists[j][1] = shared
+        before = snapshot(lists)
+        with fo.use_backend(backend), pytest.raises(ValueError, match="overlap in memory"):
+            spec.multi(lists, **spec.hyper)
+        for a, b in zip(lists, before):
+            assert all(same_bits(x, y) for x, y in zip(a, b)), what
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_overlap_among_many_tensors_is_found_wherever_it_is(backend):
+    """Beyond a few dozen arrays the compiled check orders them with a radix sort of their
+    addresses (not an insertion sort): 150 Adam tensors cut from one shuffled buffer (600
+    arrays, addresses far apart and out of order) are fine; one param that overlaps another
+    tensor's exp_avg by one element, or repeats an earlier param, is refused by name."""
+    rng = np.random.default_rng(7)
+    n, k = 150, 5
+    buf = np.zeros(4 * n * k)
+    cuts = [buf[i * k:(i + 1) * k] for i in rng.permutation(4 * n)]
+    lists = [cuts[j * n:(j + 1) * n] for j in range(4)]      # params, grads, avgs, avg_sqs
+    with fo.use_backend(backend):
+        fo.ops.foreach_adam_step_(*lists, 1, lr=0.1)
+        avg = lists[2][40]
+        start = (avg.ctypes.data - buf.ctypes.data) // buf.itemsize
+        for bad, name in [(buf[start + k - 1:start + 2 * k - 1], "exp_avgs[40]"),
+                          (lists[0][3], "params[3]")]:
+            bad_lists = [list(lst) for lst in lists]
+            bad_lists[0][97] = bad
+            before = buf.copy()
+            with pytest.raises(ValueError, match=r"overlap in memory") as info:
+                fo.ops.foreach_adam_step_(*bad_lists, 2, lr=0.1)
+            assert name in str(info.value) and "params[97]" in str(info.value)
+            assert buf.tobytes() == before.tobytes()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_grads_may_share_memory_and_disjoint_views_of_one_buffer_are_fine(backend):
+    # only reads: one grad for two params; an arena-like buffer cut into adjacent params
+    buf = np.arange(12.0)
+    grad = np.full(6, 0.5)
+    params, want = [buf[:6], buf[6:]], [buf[:6] - 0.05, buf[6:] - 0.05]
+    with fo.use_backend(backend):
+        fo.ops.foreach_sgd_step_(params, [grad, grad], lr=0.1)
+    assert same_bits(params[0], want[0]) and same_bits(params[1], want[1])
+
+
+# ---------------------------------------------------------------------- hyper-parameters
+# (value, exception) refused for a real hyper-parameter with a lower bound of 0
+BAD_REALS = [(None, TypeError), ("0.1", TypeError), ([0.1], TypeError), (math.nan, ValueError),
+             (-1.0, ValueError)]
+
+
+def _hyper_cases(opt):
+    """(key, value, exception) for each hyper-parameter of ``opt``'s group: bad types and
+    values out of range."""
+    cases = []
+    for key, value in opt.param_groups[0].items():
+        if key in ("params", "param_names"):
+            continue
+        if isinstance(value, bool):
+            cases += [(key, None, TypeError), (key, "yes", TypeError)]
+        elif isinstance(value, tuple):
+            cases += [(key, None, TypeError), (key, (1.0, 0.999), ValueError),
+                      (key, (0.9, 1.0), ValueError), (key, (0.9,), ValueError),
+                      (key, (0.9, "0.9"), TypeError)]
+        else:
+            cases += [(key,) + bad for bad in BAD_REALS]
+            if key in ("alpha", "beta", "rho"):
+                cases.append((key, 1.5, ValueError))
+    return cases
+
+
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=CONFIG_IDS)
+def test_bad_hyper_parameters_at_construction_are_named(name, kwargs):
+    opt = getattr(fo, name)(two_params(), **kwargs)
+    for key, value, exc in _hyper_cases(opt):
+        kw = dict(kwargs, **{key: value})
+        if name == "AdamW" and key == "decoupled_weight_decay":
+            continue                    # not an argument of AdamW (always True)
+        with pytest.raises(exc, match=key.split("_")[0] if key == "betas" else key):
+            getattr(fo, name)(two_params(), **kw)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=CONFIG_IDS)
+def test_a_hyper_parameter_set_later_is_checked_at_step_and_nothing_changes(backend, name,
+                                                                          kwargs):
+    """param_groups[0][key] = bad, before the first step and after a few: TypeError or
+    ValueError naming it, and no parameter or state array changes (numba turned lr=None into
+    NaN parameters; the numpy backend updated state before raising; betas=(1, .999) was a
+    ZeroDivisionError)."""
+    with fo.use_backend(backend):
+        for warm in (0, 2):
+            params = two_params()
+            opt = getattr(fo, name)(params, **kwargs)
+            for _ in range(warm):
+                opt.step(two_grads())
+            group = opt.param_groups[0]
+            for key, value, exc in _hyper_cases(opt):
+                good = group[key]
+                group[key] = value
+                before = opt_snapshot(opt, params)
+                with pytest.raises(exc, match="beta" if key == "betas" else key):
+                    opt.step(two_grads())
+                assert opt_snapshot(opt, params) == before, (key, value)
+                group[key] = good
+            opt.step(two_grads())          # and it steps again once fixed
+            assert all(np.isfinite(p).all() for p in params)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_later_group_leaves_earlier_groups_unstepped(backend):
+    a, b = np.ones(3), np.ones(2)
+    with fo.use_backend(backend):
+        opt = fo.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+        opt.step([np.ones(3), np.ones(2)])
+        opt.param_groups[1]["betas"] = (1.0, 0.999)
+        before = opt_snapshot(opt, [a, b])
+        with pytest.raises(ValueError, match="beta1"):
+            opt.step([np.ones(3), np.ones(2)])
+        assert opt_snapshot(opt, [a, b]) == before
+        opt.param_groups[1]["lr"] = None
+        with pytest.raises(TypeError, match="lr"):
+            opt.step([np.ones(3), np.ones(2)])
+        assert opt_snapshot(opt, [a, b]) == before
+
+
+def _ops_calls():
+    """(name, call(arrays, **overrides), [(argument, bad value, exception)])."""
+    def arrays_call(fn, n_state, *positional, **defaults):
+        def call(arrays, **over):
+            fn(arrays[0], arrays[1], *arrays[2:2 + n_state], *positional, **{**defaults, **over})
+        return call
+
+    def multi_call(fn, n_state, *positional, **defaults):
+        def call(arrays, **over):
+            fn([arrays[0]], [arrays[1]], *[[a] for a in arrays[2:2 + n_state]], *positional,
+               **{**defaults, **over})
+        return call
+
+    reals = lambda *names: [(n,) + bad for n in names for bad in BAD_REALS]  # noqa: E731
+    unit = lambda name, top: [(name, top, ValueError), (name, 1.5, ValueError)]  # noqa: E731
+    betas = [("betas", None, TypeError), ("betas", (1.0, 0.9), ValueError),
+             ("betas", (0.9, 1.0), ValueError), ("betas", (0.9,), ValueError),
+             ("betas", "ab", TypeError)]
+    steps = [("step", None, TypeError), ("step", 0, ValueError), ("step", "1", TypeError)]
+    adam_like = reals("lr", "eps", "weight_decay") + betas + steps
+    o = fo.ops
+    return [
+        ("ewa_", lambda a, **k: o.ewa_(a[0], a[1], **{"beta": 0.9, **k}),
+         [("beta", v, e) for v, e in BAD_REALS] + [("beta", 1.5, ValueError)]),
+        ("foreach_ewa_", lambda a, **k: o.foreach_ewa_([a[0]], [a[1]], **{"beta": 0.9, **k}),
+         [("beta", None, TypeError), ("beta", -0.5, ValueError)]),
+        ("sgd_step_", arrays_call(o.sgd_step_, 1, lr=0.1, momentum=0.9),
+         reals("lr", "momentum", "dampening", "weight_decay")),
+        ("foreach_sgd_step_", multi_call(o.foreach_sgd_step_, 1, lr=0.1, momentum=0.9),
+         reals("lr", "momentum")),
+        ("momentum_step_", arrays_call(o.momentum_step_, 1, lr=0.1),
+         reals("lr", "beta") + unit("beta", 1.0)),
+        ("rmsprop_step_", arrays_call(o.rmsprop_step_, 1, lr=0.1),
+         reals("lr", "beta", "eps", "weight_decay", "momentum") + unit("beta", 1.0)),
+        ("foreach_rmsprop_step_", multi_call(o.foreach_rmsprop_step_, 1, lr=0.1),
+         reals("lr", "beta")),
+        ("adagrad_step_", arrays_call(o.adagrad_step_, 1, step=2),
+         reals("lr", "lr_decay", "eps", "weight_decay") + steps),
+        ("adam_step_", arrays_call(o.adam_step_, 2, step=2), adam_like),
+        ("foreach_adam_step_", multi_call(o.foreach_adam_step_, 2, step=2), adam_like),
+        ("adamw_step_", arrays_call(o.adamw_step_, 2, step=2), adam_like),
+        ("adadelta_step_", arrays_call(o.adadelta_step_, 2),
+         reals("lr", "rho", "eps", "weight_decay") + [("rho", 1.5, ValueError)]),
+        ("adamax_step_", arrays_call(o.adamax_step_, 2, step=2), adam_like),
+        ("nadam_step_", arrays_call(o.nadam_step_, 2, step=2, mu_product=0.9),
+         adam_like + reals("momentum_decay", "mu_product") + [("mu_product", 1.5, ValueError)]),
+        ("radam_step_", arrays_call(o.radam_step_, 2, step=2), adam_like),
+        ("foreach_radam_step_", multi_call(o.foreach_radam_step_, 2, step=2), adam_like),
+    ]
+
+
+OPS = _ops_calls()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,call,bad", OPS, ids=[c[0] for c in OPS])
+def test_ops_refuse_bad_scalars_by_name_and_write_nothing(backend, name, call, bad):
+    """Checked before the backend runs: the numpy backend wrote the state arrays before
+    raising; numba took lr=None as NaN."""
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal(5) for _ in range(4)]
+    arrays[2:] = [np.abs(a) for a in arrays[2:]]
+    with fo.use_backend(backend):
+        call([a.copy() for a in arrays])        # the good call runs
+        for key, value, exc in bad:
+            work = [a.copy() for a in arrays]
+            with pytest.raises(exc, match="beta" if key == "betas" else key):
+                call(work, **{key: value})
+            for w, a in zip(work, arrays):
+                assert w.tobytes() == a.tobytes(), (name, key, value)
+
+
+@pytest.mark.parametrize("make,word", [
+    (lambda p: fo.SGD(p, lr=-0.1), "lr"),
+    (lambda p: fo.SGD(p, lr=0.1, momentum=-0.5), "momentum"),
+    (lambda p: fo.SGD(p, lr=0.1, nesterov=True), "nesterov"),
+    (lambda p: fo.Adam(p, eps=-1e-8), "eps"),
+    (lambda p: fo.Adam(p, betas=(1.0, 0.999)), "beta1"),
+    (lambda p: fo.AdamW(p, weight_decay=-0.01), "weight_decay"),
+    (lambda p: fo.RMSprop(p, beta=1.2), "alpha"),
+    (lambda p: fo.Momentum(p, lr=0.1, beta=-0.1), "beta"),
+    (lambda p: fo.Adagrad(p, lr_decay=-1.0), "lr_decay"),
+])
+def test_bad_hyper_parameters_are_value_errors_with_the_value(make, word):
+    with pytest.raises(ValueError, match=word):
+        make([np.zeros(2)])
+
+
+@pytest.mark.parametrize("call", [
+    lambda a: fo.ops.adam_step_(a, a.copy(), a * 0, a * 0, 0),
+    lambda a: fo.ops.adamax_step_(a, a.copy(), a * 0, a * 0, 0),
+    lambda a: fo.ops.radam_step_(a, a.copy(), a * 0, a * 0, -1),
+    lambda a: fo.ops.nadam_step_(a, a.copy(), a * 0, a * 0, 0, 1.0),
+    lambda a: fo.ops.adagrad_step_(a, a.copy(), a * 0, 0),
+    lambda a: fo.ops.foreach_adam_step_([a], [a.copy()], [a * 0], [a * 0], 0),
+])
+def test_step_counts_start_at_one(call):
+    a = np.ones(3)
+    with pytest.raises(ValueError, match="step"):
+        call(a)
+    np.testing.assert_array_equal(a, 1.0)
+
+
+BAD_HYPER = [
+    ("Adadelta", dict(lr=-1.0), "lr"), ("Adadelta", dict(rho=1.5), "rho"),
+    ("Adadelta", dict(eps=-1e-6), "eps"), ("Adadelta", dict(weight_decay=-0.1), "weight_decay"),
+    ("Adamax", dict(betas=(1.0, 0.9)), "beta1"), ("Adamax", dict(betas=(0.9, -0.1)), "beta2"),
+    ("NAdam", dict(momentum_decay=-1.0), "momentum_decay"), ("NAdam", dict(lr=-0.1), "lr"),
+    ("RAdam", dict(eps=-1.0), "eps"), ("RAdam", dict(betas=(0.9, 1.0)), "beta2"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,word", BAD_HYPER, ids=[f"{n}-{w}" for n, _, w in BAD_HYPER])
+def test_bad_hyper_parameters_raise_with_name_and_value(name, kwargs, word):
+    value = next(iter(kwargs.values()))
+    with pytest.raises(ValueError, match=word) as info:
+        getattr(fo, name)([np.zeros(3)], **kwargs)
+    shown = value if not isinstance(value, tuple) else value[0 if "1" in word else 1]
+    assert repr(shown) in str(info.value)
+
+
+MORE_BAD = [
+    ("Adadelta", dict(rho=-0.1), "rho"), ("Adadelta", dict(rho=float("nan")), "rho"),
+    ("Adadelta", dict(lr=float("nan")), "lr"),
+    ("Adamax", dict(lr=-2e-3), "lr"), ("Adamax", dict(eps=-1.0), "eps"),
+    ("Adamax", dict(weight_decay=-0.5), "weight_decay"), ("Adamax", dict(betas=(0.9,)), "betas"),
+    ("NAdam", dict(eps=-1e-8), "eps"), ("NAdam", dict(weight_decay=-1.0), "weight_decay"),
+    ("NAdam", dict(betas=(-0.1, 0.9)), "beta1"), ("NAdam", dict(betas=(0.9, 1.5)), "beta2"),
+    ("RAdam", dict(lr=-1e-3), "lr"), ("RAdam", dict(weight_decay=-1e-2), "weight_decay"),
+    ("RAdam", dict(betas=(1.0, 0.999)), "beta1"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,word", MORE_BAD,
+                         ids=[f"{n}-{w}-{i}" for i, (n, _, w) in enumerate(MORE_BAD)])
+def test_more_bad_hyper_parameters_raise_naming_them(name, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        getattr(fo, name)([np.zeros(3)], **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("Adadelta", dict(rho=0.0)), ("Adadelta", dict(rho=1.0, lr=0.0)),
+    ("Adamax", dict(betas=(0.0, 0.0), eps=0.0)), ("NAdam", dict(momentum_decay=0.0)),
+    ("RAdam", dict(betas=(0.0, 0.0)))])
+def test_the_edges_torch_accepts_are_accepted(name, kwargs):
+    p = np.ones(3)
+    getattr(fo, name)([p], **kwargs).step([np.full(3, 0.5)])
+    assert not np.isnan(p).any()
+
+
+@pytest.mark.parametrize("kwargs,word", [(dict(lr=-1.0), "lr"), (dict(betas=(1.0, 0.9)), "beta1"),
+                                         (dict(betas=(0.9, -0.1)), "beta2"),
+                                         (dict(weight_decay=-1e-3), "weight_decay")])
+def test_lion_bad_hyper_parameters_are_named(kwargs, word):
+    p, m = np.zeros(3), np.zeros(3)
+    with pytest.raises(ValueError, match=word):
+        fo.Lion([p], **kwargs)
+    with pytest.raises(ValueError, match=word):
+        fo.ops.lion_step_(p, np.ones(3), m, **kwargs)
+    assert not p.any() and not m.any()
+
+
+# ---------------------------------------------------------------------- optimizer inputs
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_array_assigned_into_state_is_refused_by_name_and_changes_nothing(backend):
+    params = two_params()
+    with fo.use_backend(backend):
+        opt = fo.Adam(params, lr=0.1)
+        opt.step(two_grads())
+        before = opt_snapshot(opt, params)
+        for bad, exc in [(np.zeros(5, np.float32), ValueError), (np.zeros(4), TypeError),
+                         ([0.0] * 4, TypeError)]:
+            opt.state[1]["exp_avg"] = bad
+            with pytest.raises(exc, match=r"state\[1\].*exp_avg"):
+                opt.step(two_grads())
+            assert [p.tobytes() for p in params] == before[0]
+        del opt.state[1]["exp_avg"]
+        with pytest.raises(ValueError, match="exp_avg"):
+            opt.step(two_grads())
+        opt.state[1] = {"step": 0, "exp_avg": np.zeros(4, np.float32),
+                        "exp_avg_sq": np.zeros(4, np.float32)}
+        opt.step(two_grads())              # a fresh state dict restarts that parameter
+    assert opt.state[1]["step"] == 1 and opt.state[0]["step"] == 2
+
+
+BAD_GRADS = [
+    (lambda p: {"dW1": np.zeros((2, 5)), "db1": p["b1"], "dW2": p["W2"], "db2": p["b2"]},
+     ValueError, "'W1'"),
+    (lambda p: {"dW1": p["W1"].astype(np.float32), "db1": p["b1"], "dW2": p["W2"],
+                "db2": p["b2"]}, TypeError, "'W1'"),
+    (lambda p: {"dW1": p["W1"], "db1": p["b1"], "dW2": p["W2"]}, ValueError, "'b2'"),
+    (lambda p: {"dW1": p["W1"], "db1": [0.0] * 5, "dW2": p["W2"], "db2": p["b2"]},
+     TypeError, "'b1'"),
+    (lambda p: [p["W1"], p["b1"], p["W2"], p["b2"]], ValueError, "by name"),  # dict: by name
+    (lambda p: 3.0, TypeError, "grads"),
+]
+
+
+@pytest.mark.parametrize("make,exc,word", BAD_GRADS,
+                         ids=["shape", "dtype", "missing", "not-array", "sequence", "type"])
+@pytest.mark.parametrize("cls", [fo.SGD, fo.Adam, fo.RMSprop, fo.Adagrad, fo.NAdam])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_grad_raises_naming_the_parameter_and_changes_nothing(backend, cls, make, exc,
+                                                                     word):
+    params = course_params()
+    with fo.use_backend(backend):
+        opt = cls(params, lr=0.1) if cls is not fo.SGD else cls(params, lr=0.1, momentum=0.9)
+        good = {"d" + k: np.ones_like(v) for k, v in params.items()}
+        opt.step(good)                               # state exists, cached path in use
+        before = {k: v.copy() for k, v in params.items()}
+        state_before = pickle.dumps(opt.state_dict())
+        with pytest.raises(exc, match=word):
+            opt.step(make(params))
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k])
+    assert pickle.dumps(opt.state_dict()) == state_before
+
+
+def test_a_failed_first_step_creates_no_state():
+    params = course_params()
+    opt = fo.Adam(params)
+    with pytest.raises(ValueError):
+        opt.step({"dW1": params["W1"], "db1": params["b1"], "dW2": params["W2"],
+                  "db2": np.zeros(7)})
+    assert opt.state == {}
+
+
+def test_read_only_parameters_are_refused_at_construction():
+    w = np.ones(3)
+    w.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fo.Adam([w])
+
+
+@pytest.mark.parametrize("bad", [np.arange(3), [np.ones(2), "x"], np.ones(3)])
+def test_bad_params_are_type_errors(bad):
+    with pytest.raises(TypeError):
+        fo.SGD(bad, lr=0.1)
+
+
+def test_empty_params_are_refused():
+    with pytest.raises(ValueError, match="empty"):
+        fo.SGD([], lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["Adadelta", "Adamax", "NAdam", "RAdam"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_grad_changes_nothing(backend, name):
+    rng = np.random.default_rng(15)
+    params = [rng.standard_normal((3, 4)), rng.standard_normal(5), rng.standard_normal(2)]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(params)
+        for _ in range(3):
+            opt.step([rng.standard_normal(p.shape) for p in params])
+        before = [p.copy() for p in params]
+        state_before = pickle.dumps(opt.state_dict())
+        for bad, exc in [(np.zeros(3), ValueError), (np.zeros(2, np.float32), TypeError)]:
+            with pytest.raises(exc, match="parameter 2"):
+                opt.step([np.ones((3, 4)), np.ones(5), bad])
+    for p, b in zip(params, before):
+        assert p.tobytes() == b.tobytes()
+    assert pickle.dumps(opt.state_dict()) == state_before
+
+
+@pytest.mark.parametrize("opt_cls", [fo.SGD, fo.Adam])
+def test_a_grad_key_for_a_parameter_that_does_not_exist_is_refused(opt_cls):
+    params = {"W1": np.ones((3, 2)), "b1": np.zeros(3)}
+    before = {k: v.copy() for k, v in params.items()}
+    opt = opt_cls(params, lr=0.1)
+    grads = {"dW1": np.ones((3, 2)), "db1": np.ones(3)}
+    for stray in ("dW2", "W2", "db", "dW"):
+        with pytest.raises(ValueError, match=f"'{stray}' but there is no such parameter"):
+            opt.step({**grads, stray: np.ones(2)})
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k])
+    # the course's caches ride along in its grads dict (dA1, dZ1): not a parameter's kind
+    opt.step({**grads, "dA1": np.ones(4), "dZ1": np.ones(4), "loss": 0.5})
+    opt.step({"W1": np.ones((3, 2)), "b1": np.ones(3)})   # the parameters' names
+    assert not np.array_equal(params["W1"], before["W1"])
+
+
+def test_a_sequence_of_grads_for_named_parameters_is_refused():
+    # the order of a dict is easy to get wrong and same-shaped arrays would swap silently
+    params = {"W1": np.ones(4), "W2": np.ones(4)}
+    opt = fo.SGD(params, lr=0.1)
+    for grads in ([np.ones(4), np.ones(4)], (np.ones(4), np.ones(4))):
+        with pytest.raises(ValueError, match="by name"):
+            opt.step(grads)
+    np.testing.assert_array_equal(params["W1"], 1.0)
+
+
+def test_a_sequence_of_the_wrong_length_says_how_many():
+    a, b = np.ones(3), np.ones(2)
+    with pytest.raises(ValueError, match="1 entries, expected 2"):
+        fo.SGD([a, b], lr=0.1).step([np.ones(3)])
+    np.testing.assert_array_equal(a, 1.0)
+
+
+# --------------------------------------------------------------------------- state dicts
+def _corruptions():
+    """(description, change to a state dict of Adam over two parameters, exception)."""
+    def drop(sd):
+        del sd["state"][0]["exp_avg"]
+
+    def rename(sd):
+        sd["state"][0]["exp_avg2"] = sd["state"][0].pop("exp_avg")
+
+    def step(value):
+        return lambda sd: sd["state"][0].__setitem__("step", value)
+
+    def array(value):
+        return lambda sd: sd["state"][1].__setitem__("exp_avg_sq", value)
+
+    return [
+        ("missing exp_avg", drop, ValueError), ("renamed exp_avg", rename, ValueError),
+        ("negative step", step(-1), ValueError), ("step 0", step(0), ValueError),
+        ("NaN step", step(math.nan), ValueError), ("fractional step", step(1.5), ValueError),
+        ("step None", step(None), TypeError), ("step str", step("2"), TypeError),
+        ("wrong shape", array(np.zeros(5)), ValueError),
+        ("integer array", array(np.zeros(4, np.int64)), TypeError),
+        ("list", array([0.0] * 4), TypeError),
+        ("unknown parameter", lambda sd: sd["state"].__setitem__(7, {}), ValueError),
+        ("state not a dict", lambda sd: sd["state"].__setitem__(1, [1]), TypeError),
+        ("extra group", lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
+         ValueError),
+        ("too many params", lambda sd: sd["param_groups"][0]["params"].append(2), ValueError),
+        ("a parameter twice", lambda sd: sd["param_groups"][0].__setitem__("params", [0, 0]),
+         ValueError),
+        ("bad betas", lambda sd: sd["param_groups"][0].__setitem__("betas", (1.0, 0.9)),
+         ValueError),
+        ("lr None", lambda sd: sd["param_groups"][0].__setitem__("lr", None), TypeError),
+        ("no state key", lambda sd: sd.pop("state"), ValueError),
+    ]
+
+
+@pytest.mark.parametrize("what,change,exc", _corruptions(), ids=[c[0] for c in _corruptions()])
+def test_load_state_dict_refuses_what_would_break_a_step_and_changes_nothing(what, change,
+                                                                           exc):
+    params = two_params()
+    opt = fo.Adam(params, lr=0.1)
+    opt.step(two_grads())
+    sd = opt.state_dict()
+    opt.step(two_grads(2))
+    before = opt_snapshot(opt, params)
+    change(sd)
+    with pytest.raises(exc):
+        opt.load_state_dict(sd)
+    assert opt_snapshot(opt, params) == before
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+
+
+def test_load_state_dict_refuses_a_mismatch_and_changes_nothing():
+    opt = fo.Adam([np.ones(3)])
+    opt.step([np.ones(3)])
+    bad = opt.state_dict()
+    bad["state"][0]["exp_avg"] = np.zeros(4)
+    before = pickle.dumps(opt.state_dict())
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.load_state_dict(bad)
+    assert pickle.dumps(opt.state_dict()) == before

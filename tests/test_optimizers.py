@@ -1,0 +1,814 @@
+"""The optimizer classes: their structure (params as dicts, lists, groups; grads by name
+or position), torch.optim's signatures, formulas and trajectories (against torch, or
+torch's code transcribed where torch is absent; Lion against optax), state as the truth,
+and state dicts (layout, pickle, npz, to torch and back). Expected values are computed
+by hand, by torch or optax, or by formulas written out here, never by fastopt."""
+import inspect
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+import fastopt as fo
+from conftest import GRID_BACKENDS, needs_torch, torch
+from optim_specs import (CONFIGS, CONFIG_IDS, VARIANTS, VARIANT_IDS, VARIANT_STEPS, course_params,
+                         random_arrays, two_grads, two_params)
+
+
+# ----------------------------------------------------------------------------- structure
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_course_dict_with_d_prefixed_grads_and_extra_keys(backend):
+    params = course_params()
+    before = {k: v.copy() for k, v in params.items()}
+    grads = {"d" + k: np.ones_like(v) for k, v in params.items()}
+    grads["dA1"] = np.zeros(3)                      # the course's caches ride along: ignored
+    with fo.use_backend(backend):
+        fo.SGD(params, lr=0.1).step(grads)
+    for k in params:
+        np.testing.assert_array_equal(params[k], before[k] - 0.1)
+
+
+def test_grads_by_name_and_by_position_give_the_same_result():
+    a, b = course_params(), course_params()
+    grads = {k: np.full_like(v, 0.5) for k, v in a.items()}
+    fo.Adam(a, lr=0.1).step(grads)
+    fo.Adam(list(b.values()), lr=0.1).step(list(grads.values()))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_param_groups_override_defaults_and_are_editable_between_steps():
+    w, b = np.ones(3), np.ones(2)
+    opt = fo.SGD([{"params": [w]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
+    assert opt.param_groups[0]["params"][0] is w
+    opt.step([np.ones(3), np.ones(2)])
+    np.testing.assert_allclose(w, 0.9)
+    np.testing.assert_allclose(b, 0.5)
+    opt.param_groups[1]["lr"] = 0.25
+    opt.step([np.ones(3), np.ones(2)])
+    np.testing.assert_allclose(b, 0.25)
+    assert opt.lr == [0.1, 0.25]
+    opt.lr = 0.01
+    assert opt.lr == 0.01 and all(g["lr"] == 0.01 for g in opt.param_groups)
+
+
+def test_in_place_update_reaches_views_and_non_contiguous_params():
+    base = np.ones((6, 4))
+    view = base[::2, 1:3]
+    opt = fo.Momentum([view], lr=1.0, beta=0.5)
+    opt.step([np.ones_like(view)])
+    np.testing.assert_allclose(base[::2, 1:3], 0.5)
+    np.testing.assert_allclose(base[1::2], 1.0)
+    assert np.shares_memory(opt.param_groups[0]["params"][0], base)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_grads_missing_for_some_params_skip_them_and_keep_the_rest_in_step(backend):
+    rng = np.random.default_rng(3)
+    ps = [rng.standard_normal(6) for _ in range(3)]
+    before = [p.copy() for p in ps]
+    singles = [p.copy() for p in ps]
+    with fo.use_backend(backend):
+        opt = fo.Adam(ps, lr=0.1)
+        ref = [fo.Adam([p], lr=0.1) for p in singles]
+        schedule = [[0, 1, 2], [0, 1, 2], [0, 2], [0, 1, 2]]   # param 1 sits out step 3
+        for live in schedule:
+            gs = [rng.standard_normal(6) for _ in ps]
+            opt.step([g if k in live else None for k, g in enumerate(gs)])
+            for k in live:
+                ref[k].step([gs[k]])
+    for a, b in zip(ps, singles):
+        assert a.tobytes() == b.tobytes()
+    assert opt.state[1]["step"] == 3 and opt.state[0]["step"] == 4
+    assert not np.array_equal(ps[1], before[1])
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_parameter_without_a_grad_sits_the_step_out(backend, name, kwargs):
+    """As torch: its state (step, NAdam's mu_product) does not advance, so it later steps
+    as an optimizer of its own would."""
+    rng = np.random.default_rng(13)
+    a0, b0 = rng.standard_normal((3, 2)), rng.standard_normal(4)
+    ga = [rng.standard_normal((3, 2)) for _ in range(9)]
+    gb = [rng.standard_normal(4) for _ in range(9)]
+    a, b = a0.copy(), b0.copy()
+    a_alone, b_alone = a0.copy(), b0.copy()
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)([a, b], **kwargs)
+        opt_a = getattr(fo, name)([a_alone], **kwargs)
+        opt_b = getattr(fo, name)([b_alone], **kwargs)
+        for t in range(9):
+            skip_b = t in (0, 1, 4)
+            opt.step([ga[t], None if skip_b else gb[t]])
+            opt_a.step([ga[t]])
+            if not skip_b:
+                opt_b.step([gb[t]])
+    assert a.tobytes() == a_alone.tobytes() and b.tobytes() == b_alone.tobytes()
+    assert opt.state[1]["step"] == 6
+
+
+@pytest.mark.parametrize("name", ["Adadelta", "Adamax", "NAdam", "RAdam"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_course_dicts_and_param_groups(backend, name):
+    rng = np.random.default_rng(14)
+    params = {"W1": rng.standard_normal((4, 3)), "b1": np.zeros((4, 1)),
+              "W2": rng.standard_normal((1, 4)), "b2": np.zeros((1, 1))}
+    as_list = [v.copy() for v in params.values()]
+    grouped = [v.copy() for v in params.values()]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(params, lr=0.05)
+        opt_list = getattr(fo, name)(as_list, lr=0.05)
+        opt_groups = getattr(fo, name)([{"params": grouped[:2]},
+                                        {"params": grouped[2:], "lr": 0.01}], lr=0.05)
+        for _ in range(7):
+            grads = {"d" + k: rng.standard_normal(v.shape) for k, v in params.items()}
+            opt.step(grads)
+            opt_list.step(list(grads.values()))
+            opt_groups.step(list(grads.values()))
+        assert opt.lr == 0.05 and opt_groups.lr == [0.05, 0.01]
+    for (k, v), w in zip(params.items(), as_list):
+        assert v.tobytes() == w.tobytes(), k
+    assert grouped[0].tobytes() == as_list[0].tobytes()      # same lr: same trajectory
+    assert not np.array_equal(grouped[2], as_list[2])        # smaller lr: elsewhere
+
+
+# ---------------------------------------------------------- torch's signatures and rules
+# the signatures of /work/shared/API.md (RMSprop and Adagrad also take torch's maximize, as a
+# keyword; RMSprop takes beta= as the course's name for alpha)
+API = {
+    "SGD": "(params, lr=0.001, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, "
+           "maximize=False)",
+    "Momentum": "(params, lr, beta=0.9)",
+    "RMSprop": "(params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0.0, momentum=0.0, "
+               "centered=False, eps_inside_sqrt=False, *, maximize=False, beta=None)",
+    "Adagrad": "(params, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, "
+               "eps=1e-10, *, maximize=False)",
+    "Adam": "(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False, "
+            "maximize=False, decoupled_weight_decay=False, eps_inside_sqrt=False)",
+    "AdamW": "(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, "
+             "amsgrad=False, maximize=False)",
+    "Adadelta": "(params, lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.0, maximize=False)",
+    "Adamax": "(params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, "
+              "maximize=False)",
+    "NAdam": "(params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, "
+             "momentum_decay=0.004, decoupled_weight_decay=False, maximize=False)",
+    "RAdam": "(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, "
+             "decoupled_weight_decay=False, maximize=False)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(API))
+def test_signatures_are_the_api_contract(name):
+    # names, kinds and defaults; the type hints are not part of this string
+    sig = inspect.signature(getattr(fo, name))
+    bare = sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                       return_annotation=sig.empty)
+    assert str(bare) == API[name]
+
+
+def test_sgd_default_lr_is_torchs():
+    p = np.ones(3)
+    opt = fo.SGD([p])
+    assert opt.param_groups[0]["lr"] == 1e-3
+    opt.step([np.ones(3)])
+    np.testing.assert_array_equal(p, np.ones(3) - 1e-3)
+
+
+def test_rmsprop_groups_and_state_dicts_say_alpha_and_beta_is_an_alias():
+    by_alpha = fo.RMSprop([np.ones(3)], alpha=0.9)
+    by_beta = fo.RMSprop([np.ones(3)], beta=0.9)
+    for opt in (by_alpha, by_beta):
+        assert opt.param_groups[0]["alpha"] == 0.9 and "beta" not in opt.param_groups[0]
+        assert opt.state_dict()["param_groups"][0]["alpha"] == 0.9
+    with pytest.raises(TypeError, match="alpha"):
+        fo.RMSprop([np.ones(3)], alpha=0.8, beta=0.9)
+    # a state dict saved before the rename (key "beta") still loads
+    sd = by_alpha.state_dict()
+    sd["param_groups"][0]["beta"] = sd["param_groups"][0].pop("alpha")
+    sd["param_groups"][0]["beta"] = 0.5
+    by_beta.load_state_dict(sd)
+    assert by_beta.param_groups[0]["alpha"] == 0.5
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_adam_decoupled_weight_decay_is_adamw(backend):
+    with fo.use_backend(backend):
+        a, b = two_params(), two_params()
+        opt_a = fo.Adam(a, lr=0.1, weight_decay=0.1, decoupled_weight_decay=True)
+        opt_b = fo.AdamW(b, lr=0.1, weight_decay=0.1)
+        assert opt_b.param_groups[0]["decoupled_weight_decay"] is True
+        for seed in range(3):
+            opt_a.step(two_grads(seed))
+            opt_b.step(two_grads(seed))
+    assert [p.tobytes() for p in a] == [p.tobytes() for p in b]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_sgd_a_refused_first_step_leaves_no_momentum_buffer(backend):
+    """The buffer was an np.empty left in the state (4.7e-310 ...), used by the next step."""
+    p = np.ones(4)
+    with fo.use_backend(backend):
+        opt = fo.SGD([p], lr=0.1, momentum=0.9)
+        opt.param_groups[0]["lr"] = None
+        with pytest.raises(TypeError, match="lr"):
+            opt.step([np.ones(4)])
+        assert dict(opt.state) in ({}, {0: {}})
+        opt.param_groups[0]["lr"] = 0.1
+        opt.step([np.full(4, 0.5)])
+    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], np.full(4, 0.5))
+    np.testing.assert_array_equal(p, np.full(4, 1.0 - 0.1 * 0.5))
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("order", ["first-missing", "second-missing"])
+def test_sgd_momentum_first_step_is_per_parameter(backend, order):
+    """torch: a parameter's buffer starts as its grad on *its* first step. Was a KeyError
+    (one order) or a reset of the other parameter's buffer (the other)."""
+    lr, mu = 0.1, 0.9
+    g = np.full(3, 0.5)
+    a, b = np.ones(3), np.ones(3)
+    with fo.use_backend(backend):
+        opt = fo.SGD([a, b], lr=lr, momentum=mu)
+        opt.step([None, g] if order == "first-missing" else [g, None])
+        opt.step([g, g])
+        opt.step([g, g])
+    # the parameter that stepped three times: buffers g, (1 + mu) g, (1 + mu + mu^2) g
+    three = 1.0 - lr * 0.5 * (1 + (1 + mu) + (1 + mu + mu * mu))
+    two = 1.0 - lr * 0.5 * (1 + (1 + mu))
+    full, late = (b, a) if order == "first-missing" else (a, b)
+    np.testing.assert_allclose(full, three, rtol=1e-15)
+    np.testing.assert_allclose(late, two, rtol=1e-15)
+
+
+def test_radam_takes_the_unrectified_step_first():
+    """While rho_t <= 5 (the first 5 steps with the default betas) RAdam is SGD with
+    bias-corrected momentum: with a constant grad g the first step moves by exactly lr * g."""
+    p = np.array([1.0, -2.0])
+    fo.RAdam([p], lr=0.1).step([np.array([0.5, 0.25])])
+    np.testing.assert_allclose(p, [1.0 - 0.05, -2.0 - 0.025], rtol=1e-15)
+
+
+# -------------------------------------------------------------------- state is the truth
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
+def test_arrays_assigned_into_state_are_the_state_from_then_on(backend, name, kwargs, arena):
+    """opt.state[i][key] = new: later steps update ``new`` in place (they kept updating the
+    old array through a cached list, or the arena's flat copy)."""
+    def make():
+        if not arena:
+            return two_params(), None
+        ar = fo.ParameterArena(np.float64, 64)
+        ar.add("W", (3, 2), init=two_params()[0])
+        ar.add("b", (4,), init=np.arange(4))
+        return ar.params, ar
+
+    with fo.use_backend(backend):
+        (ours, ar1), (twin, ar2) = make(), make()
+        opt, ref = getattr(fo, name)(ours, **kwargs), getattr(fo, name)(twin, **kwargs)
+        if arena:
+            ours, twin = list(ours.values()), list(twin.values())
+
+        def step_both(seed):
+            if arena:
+                for ar in (ar1, ar2):
+                    for k, g in zip(("W", "b"), two_grads(seed)):
+                        ar.grads[k] = g
+                opt.step(ar1.grads)
+                ref.step(ar2.grads)
+            else:
+                opt.step([g.astype(p.dtype) for g, p in zip(two_grads(seed), ours)])
+                ref.step([g.astype(p.dtype) for g, p in zip(two_grads(seed), twin)])
+
+        step_both(0)
+        step_both(1)
+        new = {}
+        for i, s in opt.state.items():
+            for key, value in list(s.items()):
+                if isinstance(value, np.ndarray) and key not in ("step", "mu_product"):
+                    new[i, key] = s[key] = value.copy()
+        for seed in range(2, 5):
+            step_both(seed)
+    for (i, key), a in new.items():
+        assert opt.state[i][key] is a
+        assert a.tobytes() == ref.state[i][key].tobytes(), (i, key)
+    assert [p.tobytes() for p in ours] == [p.tobytes() for p in twin]
+
+
+# --------------------------------------------------------------------------- state dicts
+def test_state_dict_has_torch_layout_and_survives_npz():
+    params = course_params()
+    opt = fo.Adam(params, lr=0.1, amsgrad=True)
+    for _ in range(3):
+        opt.step({k: np.ones_like(v) for k, v in params.items()})
+    sd = opt.state_dict()
+    assert sorted(sd) == ["param_groups", "state"]
+    assert sd["param_groups"][0]["params"] == [0, 1, 2, 3]
+    assert sorted(sd["state"][0]) == ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"]
+    assert sd["state"][0]["step"] == 3
+    # flatten into an npz and back, as a user saving a checkpoint would
+    flat = {f"{i}/{k}": np.asarray(v) for i, s in sd["state"].items() for k, v in s.items()}
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fo_sd_{os.getpid()}.npz")
+    np.savez(path, **flat)
+    loaded = np.load(path)
+    state = {}
+    for key in loaded.files:
+        i, name = key.split("/")
+        state.setdefault(int(i), {})[name] = loaded[key]
+    os.remove(path)
+    twin = {k: v.copy() for k, v in params.items()}
+    opt2 = fo.Adam(twin, lr=0.1, amsgrad=True)
+    opt2.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    grads = {k: np.full_like(v, 0.3) for k, v in params.items()}
+    opt.step(grads)
+    opt2.step(grads)
+    for k in params:
+        assert params[k].tobytes() == twin[k].tobytes()
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", [
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
+    ("AdamW", dict(lr=0.01, betas=(0.8, 0.95))),
+])
+def test_torch_state_dict_loads_and_trajectories_agree(name, kwargs):
+    rng = np.random.default_rng(5)
+    shapes = [(4, 3), (3,), ()]
+    theirs = [torch.tensor(rng.standard_normal(s), requires_grad=True) for s in shapes]
+    ref = getattr(torch.optim, name)(theirs, **kwargs)
+
+    def torch_step(grads):
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g.copy())
+        ref.step()
+
+    for _ in range(5):
+        torch_step([rng.standard_normal(s) for s in shapes])
+    ours = [t.detach().numpy().copy() for t in theirs]
+    sd = ref.state_dict()
+    state = {i: {k: (v.numpy().copy() if hasattr(v, "numpy") else v) for k, v in s.items()}
+             for i, s in sd["state"].items()}
+    opt = getattr(fo, name)(ours, **kwargs)
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    for _ in range(20):
+        grads = [rng.standard_normal(s) for s in shapes]
+        opt.step(grads)
+        torch_step(grads)
+    for a, t in zip(ours, theirs):
+        # float64; the kernels fold a few scalars differently (e.g. 1/sqrt(bc2)): ulps
+        np.testing.assert_allclose(a, t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_load_state_dict_takes_torchs_scalars_and_casts_float_arrays():
+    """torch saves step and mu_product as 0-d tensors (0-d arrays once converted), and state
+    in the tensor's dtype (cast to the parameter's, as torch does)."""
+    p = np.ones(3, np.float32)
+    opt = fo.NAdam([p])
+    opt.load_state_dict({"state": {0: {"step": np.array(3.0, np.float32),
+                                       "mu_product": np.array(0.5, np.float32),
+                                       "exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3)}},
+                         "param_groups": [dict(opt.state_dict()["param_groups"][0])]})
+    s = opt.state[0]
+    assert s["step"] == 3 and s["step"].dtype == np.int64 and s["step"].shape == ()
+    assert s["mu_product"] == 0.5 and s["mu_product"].dtype == np.float32
+    assert s["exp_avg"].dtype == np.float32
+
+
+def test_an_optimizer_over_plain_arrays_survives_pickle():
+    params = two_params()
+    opt = fo.NAdam(params)
+    opt.step(two_grads())
+    params2, opt2 = pickle.loads(pickle.dumps((params, opt)))
+    assert opt2.param_groups[0]["params"][1] is params2[1]
+    for seed in (1, 2):
+        opt.step(two_grads(seed))
+        opt2.step(two_grads(seed))
+    assert [p.tobytes() for p in params] == [p.tobytes() for p in params2]
+
+
+TORCH_CONFIGS = [(n, k) for n, k in CONFIGS if n != "Momentum"] + [
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("Adagrad", dict(lr=0.1, initial_accumulator_value=0.1, weight_decay=0.1)),
+    ("NAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs", TORCH_CONFIGS,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(TORCH_CONFIGS)])
+def test_state_dict_round_trip_through_torch(backend, name, kwargs):
+    """fastopt -> torch.optim -> fastopt: each side loads the other's state dict (arrays <->
+    tensors) and both step on to the same values."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    shapes = [(4, 3), (3,), ()]
+
+    def grads():
+        return [rng.standard_normal(s) for s in shapes]
+
+    def to_torch(sd):
+        state = {}
+        for i, s in sd["state"].items():
+            state[i] = {k: torch.tensor(float(v)) if k == "step"
+                        else torch.tensor(v, dtype=torch.float32) if k == "mu_product"
+                        else torch.from_numpy(v.copy()) for k, v in s.items()}
+        return {"state": state, "param_groups": [dict(g) for g in sd["param_groups"]]}
+
+    def to_numpy(sd):
+        state = {i: {k: v.numpy().copy() for k, v in s.items()} for i, s in sd["state"].items()}
+        return {"state": state, "param_groups": [dict(g) for g in sd["param_groups"]]}
+
+    def close(ours, theirs):
+        for a, t in zip(ours, theirs):
+            # float64; the kernels fold a few scalars differently (1/sqrt(bc2), ...): ulps
+            np.testing.assert_allclose(a, t.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+    with fo.use_backend(backend):
+        ours = [rng.standard_normal(s) for s in shapes]
+        opt = getattr(fo, name)(ours, **kwargs)
+        for _ in range(3):
+            opt.step(grads())
+        theirs = [torch.tensor(p.copy(), requires_grad=True) for p in ours]
+        ref = getattr(torch.optim, name)(theirs, **kwargs)
+        ref.load_state_dict(to_torch(opt.state_dict()))
+        for s in ref.state.values():
+            if "mu_product" in s:   # load_state_dict casts it to the parameter's dtype; a
+                s["mu_product"] = s["mu_product"].float()   # torch run keeps it in float32
+
+        def both(opt, ours):
+            for _ in range(3):
+                g = grads()
+                opt.step(g)
+                for t, gi in zip(theirs, g):
+                    t.grad = torch.from_numpy(gi.copy())
+                ref.step()
+            close(ours, theirs)
+
+        both(opt, ours)
+        back = [t.detach().numpy().copy() for t in theirs]
+        opt2 = getattr(fo, name)(back, **kwargs)
+        opt2.load_state_dict(to_numpy(ref.state_dict()))
+        assert sorted(opt2.state[0]) == sorted(opt.state[0])
+        both(opt2, back)
+
+
+def _to_numpy_state_dict(sd):
+    """A torch state dict with its tensors turned into NumPy arrays, as a user would save it."""
+    state = {i: {k: (v.detach().numpy().copy() if hasattr(v, "numpy") else v)
+                 for k, v in s.items()} for i, s in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_a_torch_state_dict_loads_and_continues_in_step(name, kwargs):
+    rng = np.random.default_rng(1)
+    params = random_arrays(rng)
+    theirs = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    ref = getattr(torch.optim, name)(theirs, **kwargs)
+    for _ in range(8):
+        for t, g in zip(theirs, random_arrays(rng)):
+            t.grad = torch.from_numpy(g)
+        ref.step()
+    ours = [t.detach().numpy().copy() for t in theirs]
+    opt = getattr(fo, name)(ours, **kwargs)
+    opt.load_state_dict(_to_numpy_state_dict(ref.state_dict()))
+    for _ in range(8):
+        grads = random_arrays(rng)
+        opt.step(grads)
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g.copy())
+        ref.step()
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_resuming_from_a_pickled_state_dict_is_exact(backend, name, kwargs, dtype):
+    rng = np.random.default_rng(2)
+    grads = [random_arrays(rng, dtype) for _ in range(12)]
+    start = random_arrays(rng, dtype)
+    with fo.use_backend(backend):
+        straight = [p.copy() for p in start]
+        opt = getattr(fo, name)(straight, **kwargs)
+        for g in grads:
+            opt.step(g)
+
+        first = [p.copy() for p in start]
+        opt1 = getattr(fo, name)(first, **kwargs)
+        for g in grads[:6]:
+            opt1.step(g)
+        saved = pickle.loads(pickle.dumps((opt1.state_dict(), first)))
+        resumed_params = saved[1]
+        opt2 = getattr(fo, name)(resumed_params, **kwargs)
+        opt2.load_state_dict(saved[0])
+        for g in grads[6:]:
+            opt2.step(g)
+    for a, b in zip(resumed_params, straight):
+        assert a.tobytes() == b.tobytes()
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_our_state_dict_loads_into_torch_and_continues_in_step(name, kwargs):
+    rng = np.random.default_rng(10)
+    ours = random_arrays(rng)
+    opt = getattr(fo, name)(ours, **kwargs)
+    for _ in range(8):
+        opt.step(random_arrays(rng))
+    sd = opt.state_dict()
+    theirs = [torch.tensor(p.copy(), requires_grad=True) for p in ours]
+    ref = getattr(torch.optim, name)(theirs, **kwargs)
+    # step and mu_product go as numbers: torch's load_state_dict casts a 0-d float tensor to
+    # the parameter's dtype (mu_product to float64 here, off torch's own float32 trajectory)
+    # but turns a number into its float32 scalar tensor
+    scalars = opt.scalar_keys()
+    ref.load_state_dict({"state": {i: {k: v.item() if k in scalars else torch.from_numpy(v)
+                                       for k, v in s.items()}
+                                   for i, s in sd["state"].items()},
+                         "param_groups": sd["param_groups"]})
+    for _ in range(8):
+        grads = random_arrays(rng)
+        opt.step(grads)
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g.copy())
+        ref.step()
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_state_dict_survives_npz_and_resumes_exactly(name, kwargs, tmp_path):
+    rng = np.random.default_rng(11)
+    start = random_arrays(rng, np.float32)
+    grad_steps = [random_arrays(rng, np.float32) for _ in range(12)]
+    straight = [p.copy() for p in start]
+    opt = getattr(fo, name)(straight, **kwargs)
+    for g in grad_steps:
+        opt.step(g)
+    first = [p.copy() for p in start]
+    opt1 = getattr(fo, name)(first, **kwargs)
+    for g in grad_steps[:7]:
+        opt1.step(g)
+    sd = opt1.state_dict()
+    assert sorted(sd["state"][0]) == sorted(
+        {"Adadelta": ["square_avg", "acc_delta"], "Adamax": ["exp_avg", "exp_inf"],
+         "NAdam": ["exp_avg", "exp_avg_sq", "mu_product"],
+         "RAdam": ["exp_avg", "exp_avg_sq"]}[name] + ["step"])
+    # a checkpoint as a user would write it: every entry (steps, mu_product too) an array
+    flat = {f"{i}/{k}": np.asarray(v) for i, s in sd["state"].items() for k, v in s.items()}
+    np.savez(tmp_path / "ckpt.npz", **flat)
+    state = {}
+    with np.load(tmp_path / "ckpt.npz") as loaded:
+        for key in loaded.files:
+            i, k = key.split("/")
+            state.setdefault(int(i), {})[k] = loaded[key]
+    opt2 = getattr(fo, name)(first, **kwargs)
+    opt2.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    for g in grad_steps[7:]:
+        opt2.step(g)
+    for a, b in zip(first, straight):
+        assert a.tobytes() == b.tobytes()
+
+
+# ------------------------------------------ Adadelta, Adamax, NAdam, RAdam against torch
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_trajectory_matches_torch(backend, name, kwargs):
+    rng = np.random.default_rng(0)
+    params = random_arrays(rng)
+    ours = [p.copy() for p in params]
+    theirs = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(ours, **kwargs)
+        ref = getattr(torch.optim, name)(theirs, **kwargs)
+        for _ in range(VARIANT_STEPS):
+            grads = random_arrays(rng)
+            opt.step(grads)
+            for t, g in zip(theirs, grads):
+                t.grad = torch.from_numpy(g.copy())
+            ref.step()
+    for a, b in zip(ours, theirs):
+        # float64 throughout: the only differences are the last-bit roundings of a few
+        # reordered scalar products (the folded step sizes), amplified by 25 steps
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-14)
+    assert sorted(opt.state[0]) == sorted(ref.state_dict()["state"][0])
+
+
+def _lerp(a, b, w):
+    """torch.lerp's two-branch formula (exact at both ends)."""
+    return a + w * (b - a) if w < 0.5 else b - (b - a) * (1 - w)
+
+
+def torch_formula(name, kwargs, params, grad_steps):
+    """torch.optim's single-tensor code (torch 2.x: adadelta.py, adamax.py, nadam.py,
+    radam.py), transcribed line by line in NumPy float64 so that the optimizers are held to
+    torch's formulas even where torch is not installed. NAdam's ``mu_product`` is a float32
+    scalar tensor in torch, multiplied in float32."""
+    kw = dict(dict(Adadelta=dict(lr=1.0, rho=0.9, eps=1e-6), Adamax=dict(lr=2e-3, eps=1e-8),
+                   NAdam=dict(lr=2e-3, eps=1e-8, momentum_decay=4e-3),
+                   RAdam=dict(lr=1e-3, eps=1e-8))[name], **kwargs)
+    lr, eps, wd = kw["lr"], kw["eps"], kw.get("weight_decay", 0.0)
+    beta1, beta2 = kw.get("betas", (0.9, 0.999))
+    params = [p.copy() for p in params]
+    st = [[np.zeros_like(p), np.zeros_like(p), np.float32(1.0)] for p in params]
+    for t, grads in enumerate(grad_steps, start=1):
+        for i, (p, grad) in enumerate(zip(params, grads)):
+            a, b, mu_product = st[i]
+            g = -grad if kw.get("maximize") else grad
+            if name == "Adadelta":
+                rho = kw["rho"]
+                if wd != 0:
+                    g = g + wd * p
+                a = a * rho + (1 - rho) * g * g
+                delta = np.sqrt(b + eps) / np.sqrt(a + eps) * g
+                b = b * rho + (1 - rho) * delta * delta
+                p += -lr * delta
+            elif name == "Adamax":
+                if wd != 0:
+                    g = g + wd * p
+                a = _lerp(a, g, 1 - beta1)
+                b = np.maximum(b * beta2, np.abs(g) + eps)
+                p += -(lr / (1 - beta1 ** t)) * (a / b)
+            else:
+                if wd != 0 and kw.get("decoupled_weight_decay"):
+                    p *= 1 - lr * wd
+                elif wd != 0:
+                    g = g + wd * p
+                a = _lerp(a, g, 1 - beta1)
+                b = b * beta2 + (1 - beta2) * g * g
+                bc2 = 1 - beta2 ** t
+                if name == "NAdam":
+                    md = kw["momentum_decay"]
+                    mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * md))
+                    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * md))
+                    mu_product = np.float32(mu_product * np.float32(mu))
+                    denom = np.sqrt(b / bc2) + eps
+                    p += (-lr * (1.0 - mu) / (1.0 - float(mu_product))) * (g / denom)
+                    p += (-lr * mu_next / (1.0 - float(mu_product) * mu_next)) * (a / denom)
+                else:
+                    rho_inf = 2 / (1 - beta2) - 1
+                    rho_t = rho_inf - 2 * t * beta2 ** t / bc2
+                    corrected = a / (1 - beta1 ** t)
+                    if rho_t > 5.0:
+                        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf
+                                / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+                        p -= corrected * lr * (bc2 ** 0.5 / (np.sqrt(b) + eps)) * rect
+                    else:
+                        p -= corrected * lr
+            st[i] = [a, b, mu_product]
+    return params
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_trajectory_follows_torchs_formulas(backend, name, kwargs):
+    rng = np.random.default_rng(7)
+    start = random_arrays(rng)
+    grad_steps = [random_arrays(rng) for _ in range(VARIANT_STEPS)]
+    ours = [p.copy() for p in start]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(ours, **kwargs)
+        for grads in grad_steps:
+            opt.step(grads)
+    for a, b in zip(ours, torch_formula(name, kwargs, start, grad_steps)):
+        # float64; the kernels fold the step sizes into fewer roundings than torch: ulps
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_the_transcription_of_torchs_formulas_is_torch(name, kwargs):
+    rng = np.random.default_rng(8)
+    start = random_arrays(rng)
+    grad_steps = [random_arrays(rng) for _ in range(VARIANT_STEPS)]
+    theirs = [torch.tensor(p.copy(), requires_grad=True) for p in start]
+    ref = getattr(torch.optim, name)(theirs, **kwargs)
+    for grads in grad_steps:
+        for t, g in zip(theirs, grads):
+            t.grad = torch.from_numpy(g.copy())
+        ref.step()
+    for a, b in zip(torch_formula(name, kwargs, start, grad_steps), theirs):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-14, atol=1e-16)
+
+
+@needs_torch
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_nan_and_inf_grads_go_where_torchs_go(backend, name, kwargs):
+    rng = np.random.default_rng(9)
+    start = [rng.standard_normal(40)]
+    grad_steps = [[rng.standard_normal(40)] for _ in range(VARIANT_STEPS)]
+    grad_steps[0][0][3], grad_steps[4][0][5] = np.nan, np.inf
+    grad_steps[9][0][7], grad_steps[15][0][9] = -np.inf, np.nan
+    ours = [start[0].copy()]
+    theirs = [torch.tensor(start[0].copy(), requires_grad=True)]
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)(ours, **kwargs)
+        ref = getattr(torch.optim, name)(theirs, **kwargs)
+        for grads in grad_steps:
+            opt.step(grads)
+            theirs[0].grad = torch.from_numpy(grads[0].copy())
+            ref.step()
+    expected = theirs[0].detach().numpy()
+    np.testing.assert_array_equal(np.isnan(ours[0]), np.isnan(expected))
+    np.testing.assert_allclose(ours[0], expected, rtol=1e-12, atol=1e-14, equal_nan=True)
+    for key, value in ref.state[theirs[0]].items():
+        if key not in ("step", "mu_product"):
+            np.testing.assert_array_equal(np.isnan(opt.state[0][key]), np.isnan(value.numpy()),
+                                          err_msg=key)
+
+
+# -------------------------------------------------------------------- Lion against optax
+def optax_lion_chain(params, grads_per_step, lr, b1, b2, weight_decay):
+    """optax.lion's update, transformation by transformation (optax/_src/transform.py and
+    alias.py): the sign of the interpolated momentum; then ``updates + weight_decay * params``;
+    then ``updates * -lr``; ``apply_updates`` adds them. Python floats meet the arrays' dtype
+    as JAX's weakly typed scalars do."""
+    params = [p.copy() for p in params]
+    mu = [np.zeros_like(p) for p in params]
+    for grads in grads_per_step:
+        updates = [np.sign((1.0 - b1) * g + b1 * m) for g, m in zip(grads, mu)]
+        mu = [(1 - b2) * g + b2 * m for g, m in zip(grads, mu)]            # update_moment
+        updates = [u + weight_decay * p for u, p in zip(updates, params)]  # decayed weights
+        updates = [u * -lr for u in updates]                               # learning rate
+        params = [p + u for p, u in zip(params, updates)]                  # apply_updates
+    return params, mu
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_lion_follows_optax_for_twenty_steps(backend, dtype):
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (7,), ()]
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(20)]
+    hyper = dict(lr=0.03, b1=0.8, b2=0.95, weight_decay=0.1)
+    expected, mu = optax_lion_chain(start, grads, **hyper)
+    params = [p.copy() for p in start]
+    with fo.use_backend(backend):
+        opt = fo.Lion(params, lr=0.03, betas=(0.8, 0.95), weight_decay=0.1)
+        for gs in grads:
+            opt.step(gs)
+    for p, e, i in zip(params, expected, range(3)):
+        assert p.dtype == dtype
+        np.testing.assert_array_equal(p, e)         # the same IEEE operations in order
+        np.testing.assert_array_equal(opt.state[i]["exp_avg"], mu[i])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_lion_defaults_are_optax_and_maximize_ascends(backend):
+    rng = np.random.default_rng(1)
+    p0, g = rng.standard_normal(9), rng.standard_normal(9)
+    expected, _ = optax_lion_chain([p0], [[-g]], lr=1e-4, b1=0.9, b2=0.99, weight_decay=1e-3)
+    p = p0.copy()
+    with fo.use_backend(backend):
+        fo.Lion([p], maximize=True).step([g])
+    np.testing.assert_array_equal(p, expected[0])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_lion_nan_and_inf_follow_optax(backend):
+    p = np.array([1.0, np.inf, 1.0, 1.0])
+    g = np.array([np.nan, 1.0, np.inf, 0.0])
+    expected, mu = optax_lion_chain([p], [[g]], lr=0.1, b1=0.9, b2=0.99, weight_decay=0.0)
+    m = np.zeros(4)
+    with fo.use_backend(backend):
+        fo.ops.lion_step_(p, g, m, lr=0.1, weight_decay=0.0)
+    np.testing.assert_array_equal(p, expected[0])    # NaN, NaN (inf * 0), 0.9, 1.0
+    np.testing.assert_array_equal(m, mu[0])
+    assert np.isnan(p[:2]).all() and p[3] == 1.0
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_lion_resumes_exactly_from_a_pickled_state_dict(backend, dtype):
+    rng = np.random.default_rng(2)
+    start = [rng.standard_normal(s).astype(dtype) for s in [(4, 3), (5,)]]
+    grads = [[rng.standard_normal(p.shape).astype(dtype) for p in start] for _ in range(8)]
+    with fo.use_backend(backend):
+        straight = [p.copy() for p in start]
+        opt = fo.Lion(straight, lr=0.01)
+        for gs in grads:
+            opt.step(gs)
+        first = [p.copy() for p in start]
+        opt1 = fo.Lion(first, lr=0.01)
+        for gs in grads[:4]:
+            opt1.step(gs)
+        state, params = pickle.loads(pickle.dumps((opt1.state_dict(), first)))
+        opt2 = fo.Lion(params, lr=0.01)
+        opt2.load_state_dict(state)
+        for gs in grads[4:]:
+            opt2.step(gs)
+    for a, b in zip(params, straight):
+        assert a.tobytes() == b.tobytes()

@@ -462,6 +462,17 @@ def test_state_dict_round_trip_through_torch(backend, name, kwargs):
         both(opt2, back)
 
 
+def step_torch(ref, tensors, grad_steps, opt=None):
+    """Step the torch optimizer ``ref`` over ``tensors`` on each list of ``grad_steps``, and
+    the fastopt optimizer ``opt`` (if given) on the same grads first."""
+    for grads in grad_steps:
+        if opt is not None:
+            opt.step(grads)
+        for t, g in zip(tensors, grads):
+            t.grad = torch.from_numpy(g.copy())
+        ref.step()
+
+
 def _to_numpy_state_dict(sd):
     """A torch state dict with its tensors turned into NumPy arrays, as a user would save it."""
     state = {i: {k: (v.detach().numpy().copy() if hasattr(v, "numpy") else v)
@@ -476,19 +487,11 @@ def test_a_torch_state_dict_loads_and_continues_in_step(name, kwargs):
     params = random_arrays(rng)
     theirs = [torch.tensor(p.copy(), requires_grad=True) for p in params]
     ref = getattr(torch.optim, name)(theirs, **kwargs)
-    for _ in range(8):
-        for t, g in zip(theirs, random_arrays(rng)):
-            t.grad = torch.from_numpy(g)
-        ref.step()
+    step_torch(ref, theirs, [random_arrays(rng) for _ in range(8)])
     ours = [t.detach().numpy().copy() for t in theirs]
     opt = getattr(fo, name)(ours, **kwargs)
     opt.load_state_dict(_to_numpy_state_dict(ref.state_dict()))
-    for _ in range(8):
-        grads = random_arrays(rng)
-        opt.step(grads)
-        for t, g in zip(theirs, grads):
-            t.grad = torch.from_numpy(g.copy())
-        ref.step()
+    step_torch(ref, theirs, [random_arrays(rng) for _ in range(8)], opt)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-14)
 
@@ -538,12 +541,7 @@ def test_our_state_dict_loads_into_torch_and_continues_in_step(name, kwargs):
                                        for k, v in s.items()}
                                    for i, s in sd["state"].items()},
                          "param_groups": sd["param_groups"]})
-    for _ in range(8):
-        grads = random_arrays(rng)
-        opt.step(grads)
-        for t, g in zip(theirs, grads):
-            t.grad = torch.from_numpy(g.copy())
-        ref.step()
+    step_torch(ref, theirs, [random_arrays(rng) for _ in range(8)], opt)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-12, atol=1e-14)
 
@@ -594,12 +592,7 @@ def test_trajectory_matches_torch(backend, name, kwargs):
     with fo.use_backend(backend):
         opt = getattr(fo, name)(ours, **kwargs)
         ref = getattr(torch.optim, name)(theirs, **kwargs)
-        for _ in range(VARIANT_STEPS):
-            grads = random_arrays(rng)
-            opt.step(grads)
-            for t, g in zip(theirs, grads):
-                t.grad = torch.from_numpy(g.copy())
-            ref.step()
+        step_torch(ref, theirs, [random_arrays(rng) for _ in range(VARIANT_STEPS)], opt)
     for a, b in zip(ours, theirs):
         # float64 throughout: the only differences are the last-bit roundings of a few
         # reordered scalar products (the folded step sizes), amplified by 25 steps
@@ -696,10 +689,7 @@ def test_the_transcription_of_torchs_formulas_is_torch(name, kwargs):
     grad_steps = [random_arrays(rng) for _ in range(VARIANT_STEPS)]
     theirs = [torch.tensor(p.copy(), requires_grad=True) for p in start]
     ref = getattr(torch.optim, name)(theirs, **kwargs)
-    for grads in grad_steps:
-        for t, g in zip(theirs, grads):
-            t.grad = torch.from_numpy(g.copy())
-        ref.step()
+    step_torch(ref, theirs, grad_steps)
     for a, b in zip(torch_formula(name, kwargs, start, grad_steps), theirs):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-14, atol=1e-16)
 
@@ -718,10 +708,7 @@ def test_nan_and_inf_grads_go_where_torchs_go(backend, name, kwargs):
     with fo.use_backend(backend):
         opt = getattr(fo, name)(ours, **kwargs)
         ref = getattr(torch.optim, name)(theirs, **kwargs)
-        for grads in grad_steps:
-            opt.step(grads)
-            theirs[0].grad = torch.from_numpy(grads[0].copy())
-            ref.step()
+        step_torch(ref, theirs, grad_steps, opt)
     expected = theirs[0].detach().numpy()
     np.testing.assert_array_equal(np.isnan(ours[0]), np.isnan(expected))
     np.testing.assert_allclose(ours[0], expected, rtol=1e-12, atol=1e-14, equal_nan=True)

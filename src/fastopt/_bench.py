@@ -10,6 +10,7 @@ import dataclasses
 import os
 import platform
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -192,9 +193,37 @@ def _deepspeed_peer(case, n, dtype):
     return {"deepspeed": opt.step}
 
 
+def settle(limit=0.05):
+    """Wait (at most ``limit`` seconds) until no other thread of this process is running, so
+    that every contender starts on a quiet machine. torch's and DeepSpeed's OpenMP workers spin
+    for about 10 ms after each parallel region (GNU OpenMP's default ``GOMP_SPINCOUNT``); the
+    contender timed next would share a core with them and run at one thread's speed."""
+    me = str(threading.get_native_id())
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        try:
+            running = [t for t in os.listdir("/proc/self/task") if t != me
+                       and _thread_state(t) == "R"]
+        except OSError:     # no procfs (not Linux): wait a spin's length instead
+            time.sleep(0.02)
+            return
+        if not running:
+            return
+        time.sleep(0.001)
+
+
+def _thread_state(tid):
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:   # the thread ended
+        return "X"
+
+
 def time_row(fns, rounds=5, target=1e-3):
     """Interleaved timing: each round times every contender once (a batch of calls lasting
-    about ``target`` seconds; rows where one call takes longer than that get at most 3 rounds).
+    about ``target`` seconds, started after :func:`settle`; rows where one call takes longer
+    than that get at most 3 rounds).
     A contender with a ``backend`` attribute runs its batches on that backend. Returns
     ``{label: (median, spread)}`` in seconds per call, spread being the interquartile range over
     rounds relative to the median."""
@@ -213,6 +242,7 @@ def time_row(fns, rounds=5, target=1e-3):
     for _ in range(rounds):
         for label, fn in fns.items():
             r = reps[label]
+            settle()
             with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):
                 t0 = time.perf_counter()
                 for _ in range(r):

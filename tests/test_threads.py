@@ -54,6 +54,23 @@ def test_bit_identical_for_1_to_5_threads(compiled, dtype, pieces):
             assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("pieces", [None, 37])
+def test_the_openmp_team_gives_the_pools_bits(compiled, pieces):
+    """fastopt.torch runs its steps on the OpenMP team (fo_pool.h): same chunks, same bits."""
+    from fastopt import _backend
+    fo.set_num_threads(2)
+    expected = adam_steps(N, np.float32, pieces=pieces)
+    for threads in (1, 2, 3):
+        fo.set_num_threads(threads)
+        was = _backend.active.use_openmp_team(True)
+        try:
+            got = adam_steps(N, np.float32, pieces=pieces)
+        finally:
+            assert _backend.active.use_openmp_team(was) is (compiled == "cython")
+        for a, b in zip(got, expected):
+            assert a.tobytes() == b.tobytes()
+
+
 def test_calls_from_several_python_threads_at_once(compiled):
     fo.set_num_threads(2)
     expected = [adam_steps(N, np.float32, seed=s) for s in range(4)]

@@ -199,6 +199,40 @@ def test_closure_is_called_with_grad_enabled_and_its_loss_returned():
     assert_trajectories_close(list(model.parameters()), list(twin.parameters()), opt, ref)
 
 
+def test_steps_run_on_the_openmp_team_and_restore_the_setting(monkeypatch):
+    """The kernels of a step run on torch's OpenMP team (fo_pool.h says why); the thread's
+    setting is put back after the step, also when a kernel raises."""
+    from fastopt import _backend
+    setting, calls, seen = [False], [], []
+
+    def team(on):
+        calls.append(on)
+        was, setting[0] = setting[0], on
+        return was
+
+    kernel = _backend.active.adam_multi
+
+    def recording_kernel(*args, **kwargs):
+        seen.append(setting[0])
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(_backend.active, "use_openmp_team", team)
+    monkeypatch.setattr(_backend.active, "adam_multi", recording_kernel)
+    p = torch.zeros(10, requires_grad=True)
+    p.grad = torch.ones(10)
+    opt = ft.Adam([p])
+    opt.step()
+    assert seen == [True] and calls == [True, False] and setting == [False]
+
+    def failing_kernel(*args, **kwargs):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(_backend.active, "adam_multi", failing_kernel)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        opt.step()
+    assert setting == [False]
+
+
 def test_zero_grad_and_none_grads():
     ours, opt, theirs, ref = _pair("Adam", dict(weight_decay=0.1))
     gen = torch.Generator().manual_seed(4)

@@ -2,7 +2,7 @@
 
 A backend is a package whose ``KERNEL_MODULES`` define every kernel of the registry
 (``fastopt._registry``) under the registry's signature, plus ``set_num_threads``/
-``get_num_threads``; what ``fastopt.ops`` calls is the namespace the registry builds from it
+``get_num_threads``/``use_openmp_team``; what ``fastopt.ops`` calls is the namespace the registry builds from it
 (:func:`fastopt._registry.backend_namespace`). Backends are imported lazily, so a process that
 only uses the default never pays for importing numba.
 """
@@ -58,6 +58,7 @@ class Namespace:
             setattr(self, layer, found[layer])
         self.set_num_threads = package.set_num_threads
         self.get_num_threads = package.get_num_threads
+        self.use_openmp_team = package.use_openmp_team
 
     def __repr__(self):
         return f"<fastopt backend {self.name!r} ({self.package.__name__})>"

@@ -286,8 +286,15 @@ class _FastOptimizer:
                 loss = closure()
         # every group is checked and viewed before any is stepped
         work = [self._prepare(gi, group) for gi, group in enumerate(self.param_groups)]
-        self.grad_norms = [None if plan is None else self._run(group, plan)
-                           for group, plan in zip(self.param_groups, work)]
+        # on torch's OpenMP team: after a backward pass its workers hold the other cores,
+        # spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
+        team = _backend.active.use_openmp_team
+        was = team(True)
+        try:
+            self.grad_norms = [None if plan is None else self._run(group, plan)
+                               for group, plan in zip(self.param_groups, work)]
+        finally:
+            team(was)
         return loss
 
     _hooked_step = _torch_optimizer.Optimizer.profile_hook_step(_step)

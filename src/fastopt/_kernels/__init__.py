@@ -69,3 +69,9 @@ def set_num_threads(n):
 
 def get_num_threads():
     return _optim.get_num_threads()
+
+
+def use_openmp_team(on):
+    """Run the calling thread's parallel calls on its OpenMP team (torch's, beside torch)
+    instead of fastopt's pool (``fo_pool.h`` says why); returns the previous setting."""
+    return [family.use_openmp_team(on) for family in _FAMILIES][0]

@@ -42,6 +42,19 @@ def get_num_threads():
     return fastopt_get_num_threads()
 
 
+cdef extern from "fo_pool.h":
+    int fo_pool_openmp      # thread-local
+
+
+def use_openmp_team(bint on):
+    """Run this thread's parallel calls on its OpenMP team (torch's, beside torch) instead of
+    fastopt's pool: see fo_pool.h. Returns the previous setting; results do not depend on it."""
+    global fo_pool_openmp
+    cdef bint was = fo_pool_openmp
+    fo_pool_openmp = on
+    return was
+
+
 cdef inline int threads_for(Py_ssize_t n) noexcept nogil:
     return fastopt_get_num_threads() if n >= PARALLEL_MIN else 1
 

@@ -22,6 +22,14 @@
  * for helpers longer than it worked itself, the next calls run on the caller alone (1, 2, 4,
  * ... up to 1024 calls, halving again after each call where the helpers kept up).
  *
+ * Beside torch the other cores are often not free: torch's OpenMP workers spin for ~10 ms after
+ * each of its parallel regions (GNU OpenMP's default spin count), so right after a backward
+ * pass a helper would share its core with a spinning thread and a step would run at about one
+ * thread's speed. A thread that sets fo_pool_openmp (fastopt.torch does, around its steps)
+ * runs its jobs on its OpenMP team instead, which is torch's: one libgomp per process, whose
+ * spinning workers take the job at once. Chunks are still claimed dynamically; the region's
+ * end waits for every team thread, as each of torch's own operations does.
+ *
  * Every element is computed the same way whoever runs its chunk, so results do not depend on
  * the thread count or on which thread ran what.
  */
@@ -153,9 +161,25 @@ static void fo_pool_start_helpers(int wanted) {
     }
 }
 
+static _Thread_local int fo_pool_openmp;   /* this thread's jobs run on its OpenMP team */
+
+static void fo_pool_run_openmp(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
+    _Atomic Py_ssize_t next = 0;
+    #pragma omp parallel num_threads(nthreads)
+    for (Py_ssize_t c; (c = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed))
+            < nchunks;)
+        fn(ctx, c);
+}
+
 /* Run fn(ctx, c) for every c in [0, nchunks) on up to `nthreads` threads, the caller being
  * one of them. Returns when every chunk has run. */
 static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
+#ifdef _OPENMP
+    if (fo_pool_openmp && nthreads > 1 && nchunks > 1) {
+        fo_pool_run_openmp(fn, ctx, nchunks, nthreads);
+        return;
+    }
+#endif
     if (nthreads <= 1 || nchunks <= 1 || nchunks >= ((Py_ssize_t)1 << 32)
             || pthread_mutex_trylock(&fo_pool.call_lock) != 0) {
         for (Py_ssize_t c = 0; c < nchunks; c++)

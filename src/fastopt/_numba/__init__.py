@@ -8,4 +8,9 @@ kernel's list form).
 from . import layers, lowp, optim
 from ._common import get_num_threads, set_num_threads  # noqa: F401
 
+
+def use_openmp_team(on):
+    """Numba's threads are its threading layer's (oneTBB): no OpenMP team to use."""
+    return False
+
 KERNEL_MODULES = (optim, layers, lowp)

@@ -14,3 +14,8 @@ def set_num_threads(n):
 
 def get_num_threads():
     return 1
+
+
+def use_openmp_team(on):
+    """The reference is single-threaded NumPy: no OpenMP team to use."""
+    return False

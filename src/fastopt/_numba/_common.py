@@ -180,8 +180,14 @@ def scalars(name):
     return Scalars, pack
 
 
+# A parallel step's chunks per thread, handed to the threads one at a time: a oneTBB worker
+# that wakes late (tens of microseconds on a VM) then takes fewer chunks instead of holding
+# the call up with a whole half (1e5-element Adam on 2 threads: 73 -> 52 us).
+CHUNKS_PER_THREAD = 8
+
+
 def launch(serial, parallel, views, scalars):
-    """Run a kernel over flat ``views``, serially or as one contiguous chunk per thread.
+    """Run a kernel over flat ``views``, serially or in chunks that the threads take in turn.
 
     ``scalars`` is the kernel's packed scalars and options (:func:`scalars`); the loop casts
     the floats to the arrays' dtype, so arithmetic stays in that precision as in the
@@ -193,7 +199,12 @@ def launch(serial, parallel, views, scalars):
             _start_pool()
         if numba.get_num_threads() != nthreads:
             numba.set_num_threads(nthreads)
-        parallel(nthreads, -(-n // nthreads), *views, scalars)
+        chunk = (-(-n // (CHUNKS_PER_THREAD * nthreads)) + 15) & ~15
+        previous = numba.set_parallel_chunksize(1)
+        try:
+            parallel(-(-n // chunk), chunk, *views, scalars)
+        finally:
+            numba.set_parallel_chunksize(previous)
     else:
         serial(*views, scalars)
 

@@ -5,7 +5,7 @@ Each kernel has three parts:
   the kernel's scalars and options (``fastopt._registry``), which the loop names again
   (``s = _NAME(*packed)``, then ``s.lr``, as the Cython kernels' struct) and casts to the
   arrays' dtype after folding in float64, so arithmetic stays in that precision;
-- ``_<name>_parallel(nchunks, chunk, arrays..., packed)``: one contiguous chunk per thread;
+- ``_<name>_parallel(nchunks, chunk, arrays..., packed)``: the arrays in ``nchunks`` chunks;
 - ``<name>(...)``: the backend-level function with the reference's signature, which validates
   and launches.
 Optional state not in use arrives as an empty array.

@@ -71,7 +71,7 @@ def get_num_threads():
     return _optim.get_num_threads()
 
 
-def use_openmp_team(on):
-    """Run the calling thread's parallel calls on its OpenMP team (torch's, beside torch)
-    instead of fastopt's pool (``fo_pool.h`` says why); returns the previous setting."""
-    return [family.use_openmp_team(on) for family in _FAMILIES][0]
+# Run the calling thread's optimizer kernels on its OpenMP team (torch's, beside torch) instead
+# of fastopt's pool (fo_pool.h says why); returns the previous setting. fastopt.torch calls it
+# twice a step, so it is the compiled function itself.
+use_openmp_team = _optim.use_openmp_team

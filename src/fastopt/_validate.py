@@ -42,6 +42,20 @@ def check_like(name, a, ref_name, ref):
         raise ValueError(f"{name} has shape {a.shape}, expected {ref.shape} like {ref_name}")
 
 
+def check_grad(label, param, grad):
+    """Raise unless ``grad`` is an ndarray of ``param``'s dtype and shape (``label`` names the
+    parameter: the optimizers' messages)."""
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
+                        f"got {type(grad).__name__}")
+    if grad.dtype != param.dtype:
+        raise TypeError(f"grad for parameter {label} has dtype {grad.dtype}, "
+                        f"expected {param.dtype}")
+    if grad.shape != param.shape:
+        raise ValueError(f"grad for parameter {label} has shape {grad.shape}, "
+                         f"expected {param.shape}")
+
+
 def check_writeable(name, a):
     if not a.flags.writeable:
         raise ValueError(f"{name} is read-only; it is updated in place")

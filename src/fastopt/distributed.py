@@ -30,6 +30,7 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
     raise ImportError("fastopt.distributed needs mpi4py: pip install 'fastopt[mpi]' "
                       "(mpi4py and the mpich wheel)") from exc
 
+from . import _validate
 from .arena import ParameterArena
 from .optim import Optimizer
 
@@ -276,16 +277,7 @@ class ShardedOptimizer:
             raise TypeError(f"grads must be a dict or a sequence of arrays, "
                             f"got {type(grads).__name__}")
         for i, (p, g) in enumerate(zip(self._views, matched)):
-            label = repr(self._names[i]) if self._names else str(i)
-            if not isinstance(g, np.ndarray):
-                raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
-                                f"got {type(g).__name__}")
-            if g.dtype != p.dtype:
-                raise TypeError(f"grad for parameter {label} has dtype {g.dtype}, "
-                                f"expected {p.dtype}")
-            if g.shape != p.shape:
-                raise ValueError(f"grad for parameter {label} has shape {g.shape}, "
-                                 f"expected {p.shape}")
+            _validate.check_grad(repr(self._names[i]) if self._names else str(i), p, g)
         return matched
 
     def _raise_if_any(self, error):

@@ -12,7 +12,7 @@ from itertools import repeat
 
 import numpy as np
 
-from . import ops
+from . import _validate, ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._validate import FLOAT_DTYPES
 from .arena import ParameterArena, _GradDict
@@ -481,15 +481,7 @@ class Optimizer:
             if g is None:
                 continue
             label = repr(names[k]) if names else f"{self._starts[gi] + k}"
-            if not isinstance(g, np.ndarray):
-                raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
-                                f"got {type(g).__name__}")
-            if g.dtype != p.dtype:
-                raise TypeError(f"grad for parameter {label} has dtype {g.dtype}, "
-                                f"expected {p.dtype}")
-            if g.shape != p.shape:
-                raise ValueError(f"grad for parameter {label} has shape {g.shape}, "
-                                 f"expected {p.shape}")
+            _validate.check_grad(label, p, g)
             if not p.flags.writeable:
                 raise ValueError(f"parameter {label} is read-only")
 

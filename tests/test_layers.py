@@ -309,6 +309,26 @@ def test_softmax_edge_cases(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_softmax_nan_and_inf_anywhere_in_a_long_row(backend, dtype):
+    """A NaN or +inf in the vector body or the tail of a row's max and sums: that row is NaN
+    (+inf - +inf), as in the reference; -inf entries are probabilities of 0."""
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((9, 203)).astype(dtype)
+    for row, col in enumerate([0, 5, 100, 200, 202]):
+        z[row, col] = np.nan if row % 2 == 0 else np.inf
+    z[5, 1::7] = -np.inf
+    labels = np.arange(9)
+    with fo.use_backend("numpy"), np.errstate(invalid="ignore"):
+        want = [fo.softmax(z), fo.log_softmax(z), *fo.softmax_cross_entropy(z[5:], labels[5:])]
+    with fo.use_backend(backend), np.errstate(invalid="ignore"):
+        got = [fo.softmax(z), fo.log_softmax(z), *fo.softmax_cross_entropy(z[5:], labels[5:])]
+    assert np.isnan(got[0][:5]).all() and np.isfinite(got[0][5:]).all()
+    assert (got[0][5, 1::7] == 0).all() and (got[1][5, 1::7] == -np.inf).all()
+    for a, b in zip(got, want):
+        close(a, b, dtype, 10)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_softmax_exp_over_its_whole_range(backend, dtype, axis):
     """Rows [0, t] with t from beyond underflow to 0: probabilities exp(t) / (1 + exp(t)) down
@@ -724,10 +744,11 @@ def test_batchnorm_cache_blocks_keep_nan_and_inf_in_their_feature(cython_layers,
 @pytest.mark.parametrize("setting", ["default", "32 rows"])
 @pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_layers_are_bit_identical_for_1_and_2_threads_over_several_chunks(backend, dt,
-                                                                          setting):
+def test_layers_are_bit_identical_for_1_to_3_threads_over_several_chunks(backend, dt,
+                                                                         setting):
     """Shapes split into several pool chunks (the axis-0 statistics merge 3-4 chunks; the
-    softmax rows make six chunks); with small cache blocks too on the Cython backend."""
+    softmax rows make six chunks; the Numba kernels chunk by the thread count); with small
+    cache blocks too on the Cython backend."""
     rng = np.random.default_rng(22)
     x = rng.standard_normal((1100, 300)).astype(dt) * 3 + 1
     dy = rng.standard_normal((1100, 300)).astype(dt)
@@ -740,7 +761,7 @@ def test_layers_are_bit_identical_for_1_and_2_threads_over_several_chunks(backen
     try:
         for m in builds:
             m.set_block_bytes(_block_bytes_for(setting, x.shape, dt) or m.get_block_bytes())
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             fo.set_num_threads(threads)
             with fo.use_backend(backend):
                 out = []
@@ -750,13 +771,14 @@ def test_layers_are_bit_identical_for_1_and_2_threads_over_several_chunks(backen
                                                     axis=axis)
                     out += [y, *fo.batchnorm_backward(dya, cache)]
                 out += [fo.softmax(x), fo.log_softmax(x), fo.softmax(x, axis=0),
-                        *fo.softmax_cross_entropy(x, labels)]
+                        *fo.softmax_cross_entropy(x, labels),
+                        *fo.softmax_cross_entropy(x.T, labels, axis=0)]
             results.append([np.asarray(a).tobytes() for a in out])
     finally:
         fo.set_num_threads(2)
         for m, b in zip(builds, saved):
             m.set_block_bytes(b)
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
 
 
 @pytest.mark.skipif(not {"cython", "numba"} <= set(GRID_BACKENDS),

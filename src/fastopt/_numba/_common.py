@@ -186,6 +186,20 @@ def scalars(name):
 CHUNKS_PER_THREAD = 8
 
 
+def chunked(kernel, iterations, *args):
+    """``kernel(*args)``, its ``prange`` of ``iterations`` handed to the threads in chunks of
+    about 1 / CHUNKS_PER_THREAD of a thread's share, one at a time (Numba's default splits a
+    prange into one static share per thread, so a late or preempted worker held the layer
+    kernels up with half the work). The kernels' sums never cross iterations: the chunking
+    does not change their results."""
+    size = -(-iterations // (CHUNKS_PER_THREAD * numba.get_num_threads()))
+    previous = numba.set_parallel_chunksize(max(1, size))
+    try:
+        return kernel(*args)
+    finally:
+        numba.set_parallel_chunksize(previous)
+
+
 def launch(serial, parallel, views, scalars):
     """Run a kernel over flat ``views``, serially or in chunks that the threads take in turn.
 

@@ -11,6 +11,8 @@ import importlib
 import numbers
 import os
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 from . import _cpu
 
@@ -23,10 +25,10 @@ from .reference import lowp
 NAMES = ("cython", "numba", "numpy")
 _MODULES = {"cython": "fastopt._kernels", "numba": "fastopt._numba", "numpy": "fastopt.reference"}
 
-_loaded = {}     # name -> its kernel namespace
-_failed = {}     # name -> reason it cannot be used
-active = None    # the namespace of the backend in use; fastopt.ops dispatches through it
-_active_name = None
+_loaded: dict[str, "Namespace"] = {}    # name -> its kernel namespace
+_failed: dict[str, str] = {}            # name -> reason it cannot be used
+active: Any = None    # the namespace of the backend in use; fastopt.ops dispatches through it
+_active_name = ""     # its name (both are set at import, by _choose_default)
 
 
 _num_threads = _threads.default_threads()
@@ -86,7 +88,7 @@ def _load(name):
     return module
 
 
-def backends():
+def backends() -> list[str]:
     """Names of the backends available here, fastest first."""
     available = []
     for name in NAMES:
@@ -98,7 +100,7 @@ def backends():
     return available
 
 
-def unavailable_reason(name):
+def unavailable_reason(name: str) -> str | None:
     """Why backend ``name`` cannot be used here, or None when it can."""
     try:
         _load(name)
@@ -107,12 +109,12 @@ def unavailable_reason(name):
     return None
 
 
-def get_backend():
+def get_backend() -> str:
     """Name of the backend in use."""
     return _active_name
 
 
-def set_backend(name):
+def set_backend(name: str) -> None:
     """Use backend ``name`` from now on.
 
     Parameters
@@ -131,7 +133,7 @@ def set_backend(name):
 
 
 @contextlib.contextmanager
-def use_backend(name):
+def use_backend(name: str) -> Iterator[None]:
     """Run a block on backend ``name``, then restore the previous one (even after an error).
 
     Parameters
@@ -159,7 +161,7 @@ def use_backend(name):
         set_backend(previous)
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Set the threads used by the compiled backends.
 
     Results are bit-identical for any count.
@@ -182,7 +184,7 @@ def set_num_threads(n):
         module.set_num_threads(n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads the compiled kernels use now (a ``threadpoolctl`` limit included)."""
     if "cython" in _loaded:
         return _loaded["cython"].get_num_threads()

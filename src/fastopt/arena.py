@@ -18,13 +18,16 @@ for bit.
 """
 import math
 import weakref
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._validate import FLOAT_DTYPES
 
-_OWNERS = weakref.WeakValueDictionary()   # id(param buffer) -> arena
+# id(param buffer) -> its arena
+_OWNERS: "weakref.WeakValueDictionary[int, ParameterArena]" = weakref.WeakValueDictionary()
 
 
 class ParameterArena:
@@ -59,7 +62,7 @@ class ParameterArena:
         A negative or non-int ``capacity``.
     """
 
-    def __init__(self, dtype=np.float32, capacity=1 << 24):
+    def __init__(self, dtype: DTypeLike = np.float32, capacity: int = 1 << 24) -> None:
         self.dtype = np.dtype(dtype)
         if self.dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -67,14 +70,16 @@ class ParameterArena:
             raise ValueError(f"Invalid capacity: {capacity!r} (must be a non-negative int)")
         self._param_buf = np.zeros(capacity, self.dtype)
         self._grad_buf = np.zeros(capacity, self.dtype)
-        self.size = 0                 # elements in use
-        self.params = {}              # name -> parameter view
-        self.grads = _GradDict()      # name -> grad view (also reachable as "d" + name)
-        self._views = []              # (param view, grad view, offset) in allocation order
-        self._index = {}              # id(param view) -> position in _views
+        self.size = 0                              # elements in use
+        self.params: dict[str, np.ndarray] = {}    # name -> parameter view
+        self.grads = _GradDict()                   # name -> grad view (also as "d" + name)
+        # (param view, grad view, offset) in allocation order
+        self._views: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self._index: dict[int, int] = {}           # id(param view) -> position in _views
         _OWNERS[id(self._param_buf)] = self
 
-    def add(self, name, shape, init=None):
+    def add(self, name: str, shape: int | Sequence[int],
+            init: ArrayLike | None = None) -> np.ndarray:
         """Add parameter ``name`` of ``shape``: a view into the arena, zeros or ``init``.
 
         Its grad, a zeroed view of the grad buffer, is ``arena.grads[name]``.
@@ -123,21 +128,21 @@ class ParameterArena:
         return param
 
     @property
-    def flat_params(self):
+    def flat_params(self) -> np.ndarray:
         """Every parameter, as one 1-D view."""
         return self._param_buf[:self.size]
 
     @property
-    def flat_grads(self):
+    def flat_grads(self) -> np.ndarray:
         """Every grad, as one 1-D view."""
         return self._grad_buf[:self.size]
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every grad to zero (one memset)."""
         self.flat_grads[...] = 0
 
     @staticmethod
-    def span_of(params) -> "ArenaSpan | None":
+    def span_of(params: Sequence[np.ndarray]) -> "ArenaSpan | None":
         """The stretch of an arena that ``params`` tile, if they do.
 
         An optimizer steps parameters that tile a stretch with one kernel call over it.
@@ -228,11 +233,28 @@ class _GradDict(dict):
 
 
 class ArenaSpan(NamedTuple):
-    """Consecutive parameters of one arena, as :meth:`ParameterArena.span_of` finds them."""
+    """Consecutive parameters of one arena, as :meth:`ParameterArena.span_of` finds them.
+
+    Parameters
+    ----------
+    arena : ParameterArena
+        The arena.
+    first : int
+        The first parameter's position in the arena (order added).
+    params, grads : ndarray
+        The parameters' stretch of the parameter buffer and of the grad buffer (1-D views).
+    offsets : list of int
+        Each parameter's first element in the stretch, then the stretch's end.
+    grad_views : list of ndarray
+        The arena's grad view of each parameter.
+    """
 
     arena: ParameterArena
-    first: int                # the first parameter's position in the arena (order added)
-    params: np.ndarray        # the parameters' stretch of the parameter buffer (1-D view)
-    grads: np.ndarray         # the same stretch of the grad buffer
-    offsets: list             # each parameter's first element in the stretch, then its end
-    grad_views: list          # the arena's grad view of each parameter
+    first: int
+    params: np.ndarray
+    grads: np.ndarray
+    offsets: list[int]
+    grad_views: list[np.ndarray]
+
+
+__all__ = ["ParameterArena", "ArenaSpan"]

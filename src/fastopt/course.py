@@ -19,6 +19,9 @@ import numpy as np
 
 from . import ops
 
+# the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
+ArrayDict = dict[str, np.ndarray]
+
 
 def _names(parameters):
     """W1, b1, W2, b2, ... in layer order."""
@@ -34,7 +37,8 @@ def _float(a, name):
     return a
 
 
-def update_parameters_with_gd(parameters, grads, learning_rate):
+def update_parameters_with_gd(parameters: ArrayDict, grads: ArrayDict,
+                              learning_rate: float) -> ArrayDict:
     """One step of gradient descent: ``W = W - learning_rate * dW`` for every layer.
 
     Parameters
@@ -63,7 +67,8 @@ def update_parameters_with_gd(parameters, grads, learning_rate):
     return parameters
 
 
-def random_mini_batches(X, Y, mini_batch_size=64, seed=0):
+def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
+                        seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """The course's shuffled mini-batches (examples are columns).
 
     Shuffled with ``np.random.seed(seed)`` and ``np.random.permutation(m)``, so a seed gives the
@@ -101,13 +106,13 @@ def random_mini_batches(X, Y, mini_batch_size=64, seed=0):
     return batches
 
 
-def initialize_velocity(parameters):
+def initialize_velocity(parameters: ArrayDict) -> ArrayDict:
     """Zero velocities for momentum: ``v["dW1"], v["db1"], ...`` shaped like the parameters.
 
     Parameters
     ----------
     parameters : dict of ndarray
-        ``W1, b1, ..., WL, bL``, float arrays updated in place.
+        ``W1, b1, ..., WL, bL``, the parameters (only their shapes and dtypes are read).
 
     Returns
     -------
@@ -117,7 +122,9 @@ def initialize_velocity(parameters):
     return {"d" + name: np.zeros_like(parameters[name]) for name in _names(parameters)}
 
 
-def update_parameters_with_momentum(parameters, grads, v, beta, learning_rate):
+def update_parameters_with_momentum(parameters: ArrayDict, grads: ArrayDict, v: ArrayDict,
+                                    beta: float, learning_rate: float
+                                    ) -> tuple[ArrayDict, ArrayDict]:
     """One step of momentum for every layer.
 
     ``v = beta * v + (1 - beta) * dW``; ``W = W - learning_rate * v``.
@@ -153,13 +160,13 @@ def update_parameters_with_momentum(parameters, grads, v, beta, learning_rate):
     return parameters, v
 
 
-def initialize_adam(parameters):
+def initialize_adam(parameters: ArrayDict) -> tuple[ArrayDict, ArrayDict]:
     """Zero moving averages for Adam.
 
     Parameters
     ----------
     parameters : dict of ndarray
-        ``W1, b1, ..., WL, bL``, float arrays updated in place.
+        ``W1, b1, ..., WL, bL``, the parameters (only their shapes and dtypes are read).
 
     Returns
     -------
@@ -169,8 +176,10 @@ def initialize_adam(parameters):
     return initialize_velocity(parameters), initialize_velocity(parameters)
 
 
-def update_parameters_with_adam(parameters, grads, v, s, t, learning_rate=0.01, beta1=0.9,
-                                beta2=0.999, epsilon=1e-8):
+def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: ArrayDict,
+                                s: ArrayDict, t: int, learning_rate: float = 0.01,
+                                beta1: float = 0.9, beta2: float = 0.999,
+                                epsilon: float = 1e-8) -> tuple[ArrayDict, ArrayDict, ArrayDict]:
     """One step of Adam with bias correction for every layer.
 
     With ``t`` the step count (from 1)::
@@ -214,7 +223,7 @@ def update_parameters_with_adam(parameters, grads, v, s, t, learning_rate=0.01, 
     return parameters, v, s
 
 
-def update_lr(learning_rate0, epoch_num, decay_rate):
+def update_lr(learning_rate0: float, epoch_num: int, decay_rate: float) -> float:
     """Inverse-time decay: ``learning_rate0 / (1 + decay_rate * epoch_num)``.
 
     Parameters
@@ -234,7 +243,8 @@ def update_lr(learning_rate0, epoch_num, decay_rate):
     return learning_rate0 / (1 + decay_rate * epoch_num)
 
 
-def schedule_lr_decay(learning_rate0, epoch_num, decay_rate, time_interval=1000):
+def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
+                      time_interval: int = 1000) -> float:
     """Inverse-time decay in steps, every ``time_interval`` epochs.
 
     ``learning_rate0 / (1 + decay_rate * floor(epoch_num / time_interval))``.

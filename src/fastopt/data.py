@@ -1,8 +1,13 @@
 """Mini-batch iteration over paired arrays."""
+from collections.abc import Iterator
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def minibatches(X, Y, batch_size=64, axis=0, shuffle=True, seed=None):
+def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
+                shuffle: bool = True, seed: int | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield the mini-batches of one epoch over paired arrays.
 
     Examples lie along ``axis`` of both arrays; they are shuffled in sync, and the last batch is
@@ -44,3 +49,6 @@ def minibatches(X, Y, batch_size=64, axis=0, shuffle=True, seed=None):
     for start in range(0, m, batch_size):
         idx = order[start:start + batch_size]
         yield np.take(X, idx, axis=axis), np.take(Y, idx, axis=y_axis)
+
+
+__all__ = ["minibatches"]

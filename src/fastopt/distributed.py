@@ -22,6 +22,8 @@ counted from the start of the parameters' stretch of the arena.
 Needs ``mpi4py`` (``pip install 'fastopt[mpi]'`` adds it and the ``mpich`` wheel, which brings
 ``mpiexec``); ``import fastopt`` does not import it. Run with ``mpiexec -n 4 python train.py``.
 """
+from typing import Any
+
 import numpy as np
 
 try:
@@ -32,14 +34,14 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
 
 from . import _validate
 from .arena import ParameterArena
-from .optim import Optimizer
+from .optim import Grads, Optimizer, Params
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
 _MISSING = object()
 _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
 
 
-def shard_bounds(n, size, itemsize):
+def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
     """Boundaries ``[0, b_1, ..., n]`` of ``size`` shards of ``n`` elements.
 
     The ``ceil(n / line)`` cache lines are dealt out evenly (shards differ by at most one line),
@@ -93,7 +95,8 @@ class ShardedOptimizer:
         This rank's element range, relative to the start of the parameters' stretch.
     """
 
-    def __init__(self, optimizer_class, params, comm=None, **hyper):
+    def __init__(self, optimizer_class: type[Optimizer], params: ParameterArena | Params,
+                 comm: MPI.Comm | None = None, **hyper: Any) -> None:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         error = None
         try:        # local checks first; then every rank learns whether any failed
@@ -167,30 +170,30 @@ class ShardedOptimizer:
 
     # ----------------------------------------------------------------------------- step
     @property
-    def param_groups(self):
+    def param_groups(self) -> list[dict[str, Any]]:
         """This rank's optimizer's param groups: the hyper-parameters (editable between
         steps, identically on every rank) and, under ``"params"``, this rank's slice."""
         return self.shard_optimizer.param_groups
 
     @property
-    def lr(self):
+    def lr(self) -> float | list[float]:
         """The learning rate (a list if the groups differ); setting it sets every group's, on
         this rank (set it identically on every rank).
         """
         return self.shard_optimizer.lr
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         """The learning rate (a list if the groups differ); setting it sets every group's, on
         this rank (set it identically on every rank).
         """
         self.shard_optimizer.lr = value
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Zero the parameters' grads in the arena."""
         self._grads[...] = 0
 
-    def step(self, grads=None):
+    def step(self, grads: Grads | None = None) -> None:
         """One data-parallel step: average the grads of all ranks, update this rank's shard,
         share the updated parameters. Every rank must call it.
 
@@ -296,7 +299,7 @@ class ShardedOptimizer:
         raise kind(f"rank {rank} of {len(errors)}: {msg}") from error
 
     # ---------------------------------------------------------------------- state dicts
-    def state_dict(self, root=0):
+    def state_dict(self, root: int = 0) -> dict[str, Any] | None:
         """The state of the whole optimizer, gathered to rank ``root``. Every rank must call it.
 
         Parameters
@@ -313,7 +316,8 @@ class ShardedOptimizer:
         """
         local = self.shard_optimizer.state_dict()
         is_root = self.comm.Get_rank() == root
-        state, groups = {}, []
+        state: dict[int, dict[str, np.ndarray]] = {}
+        groups: list[dict[str, Any]] = []
         for gi, (a, b, first) in enumerate(self._group_bounds):
             group = {k: v for k, v in local["param_groups"][gi].items() if k != "params"}
             stop = first + len(self._full_groups[gi]["params"])
@@ -349,7 +353,7 @@ class ShardedOptimizer:
         s0, s1 = self.bounds[rank], self.bounds[rank + 1]
         return max(0, min(b, s1) - max(a, s0))
 
-    def load_state_dict(self, state_dict, root=0):
+    def load_state_dict(self, state_dict: dict[str, Any] | None, root: int = 0) -> None:
         """Load a state dict, read on rank ``root`` only. Every rank must call it.
 
         It may come from :meth:`state_dict` on any number of ranks, a single-process fastopt
@@ -368,7 +372,8 @@ class ShardedOptimizer:
         ValueError
             An invalid state dict, raised on every rank after a full check; nothing changes.
         """
-        plan = error = full = None
+        plan = full = None
+        error: Exception | None = None
         if self.comm.Get_rank() == root:
             try:
                 full, plan = self._check_state_dict(state_dict)
@@ -378,7 +383,7 @@ class ShardedOptimizer:
                 error = exc
         self._raise_if_any(error)
         plan = self.comm.bcast(plan, root=root)
-        local = {"state": {}, "param_groups": []}
+        local: dict[str, Any] = {"state": {}, "param_groups": []}
         for gi, ((a, b, first), (hyper, keys, scalars)) in enumerate(
                 zip(self._group_bounds, plan)):
             local["param_groups"].append(dict(hyper, params=[gi]))

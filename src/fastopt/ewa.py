@@ -1,16 +1,17 @@
 """Exponentially weighted averages, with the course's bias correction."""
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import ops
 from ._validate import FLOAT_DTYPES
 
 
-def _check_beta(beta):
+def _check_beta(beta: float) -> None:
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"Invalid beta: {beta!r} (must be in [0, 1))")
 
 
-def ewa_series(x, beta, bias_correction=False):
+def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.ndarray:
     """Exponentially weighted running average of a 1-D series.
 
     ``v_t = beta * v_{t-1} + (1 - beta) * x_t`` with ``v_0 = 0``, divided by ``1 - beta**t``
@@ -76,14 +77,14 @@ class EWA:
     array([3.33333333, 6.66666667])
     """
 
-    def __init__(self, beta, bias_correction=True):
+    def __init__(self, beta: float, bias_correction: bool = True) -> None:
         _check_beta(beta)
         self.beta = beta
         self.bias_correction = bias_correction
         self.t = 0
-        self._avg = None
+        self._avg: np.ndarray | None = None
 
-    def update(self, x):
+    def update(self, x: ArrayLike) -> np.ndarray:
         """Fold in ``x`` and return the current average (:attr:`value`).
 
         Parameters
@@ -111,13 +112,17 @@ class EWA:
                              "(fixed by the first update)")
         ops.ewa_(self._avg, x.astype(self._avg.dtype, copy=False), self.beta)
         self.t += 1
-        return self.value
+        return self._current(self._avg)
 
     @property
-    def value(self):
+    def value(self) -> np.ndarray | None:
         """The current average, bias-corrected if asked (None before the first update)."""
-        if self._avg is None:
-            return None
+        return None if self._avg is None else self._current(self._avg)
+
+    def _current(self, avg: np.ndarray) -> np.ndarray:
         if self.bias_correction:
-            return self._avg / (1.0 - self.beta ** self.t)
-        return self._avg.copy()
+            return avg / (1.0 - self.beta ** self.t)
+        return avg.copy()
+
+
+__all__ = ["ewa_series", "EWA"]

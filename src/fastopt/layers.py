@@ -7,14 +7,18 @@ kernels (``fastopt.reference.layers`` defines them). Inputs are only read, so re
 are fine; an input that shares memory with ``out`` is copied first.
 """
 import numbers
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
 from ._validate import FLOAT_DTYPES, check_kernel_array
 
+_MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
 
-def _float_array(name, a):
+
+def _float_array(name: str, a: Any) -> np.ndarray:
     """``a`` checked as the element-wise kernels check their arrays (a float32/float64
     ndarray, not a matrix nor a masked array: TypeError naming ``name``), in native byte
     order (a byte-swapped array is converted)."""
@@ -22,12 +26,12 @@ def _float_array(name, a):
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
-def _kernel_input(a, dtype=None):
+def _kernel_input(a: np.ndarray, dtype: DTypeLike | None = None) -> np.ndarray:
     """``a`` as the kernels read it: C-contiguous and aligned (``a`` itself when it is)."""
     return np.require(a, dtype, ["C", "A"])
 
 
-def _out(out, shape, dtype):
+def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """``out`` checked to be a writeable ndarray of ``shape`` and ``dtype`` (any layout or byte
     order), or a new array when it is None."""
     if out is None:
@@ -58,7 +62,7 @@ def _write_back(y, yc, scratch, transposed=False):
         y[...] = yc.T if transposed else yc
 
 
-def _unshared(out, a):
+def _unshared(out: np.ndarray | None, a: _MaybeArray) -> _MaybeArray:
     """``a``, or a copy of it when it may share memory with ``out`` (the kernels read their
     inputs while writing the output)."""
     if out is not None and a is not None and np.may_share_memory(out, a):
@@ -122,13 +126,23 @@ class BatchNormCache:
         ``transposed``, ``shape``.
     """
     __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "var", "transposed", "shape")
+    x: np.ndarray
+    axis: int
+    gamma: np.ndarray
+    mean: np.ndarray
+    inv_std: np.ndarray
+    var: np.ndarray
+    transposed: bool
+    shape: tuple[int, ...]
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: object) -> None:
         for k, v in kw.items():
             setattr(self, k, v)
 
 
-def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
+def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: int = 0,
+                      eps: float = 1e-5, out: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, BatchNormCache]:
     """Training-mode batch normalization of a 2-D ``x``.
 
     With the biased batch variance, per feature::
@@ -187,7 +201,8 @@ def batchnorm_forward(x, gamma, beta, axis=0, eps=1e-5, out=None):
     return y, cache
 
 
-def batchnorm_backward(dy, cache, out=None):
+def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, out: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`batchnorm_forward`.
 
     With ``xhat = (x - mean) * inv_std`` and ``N`` the batch size::
@@ -241,8 +256,9 @@ def batchnorm_backward(dy, cache, out=None):
     return dx, dgamma.astype(xc.dtype), dbeta.astype(xc.dtype)
 
 
-def batchnorm_inference(x, gamma, beta, running_mean, running_var, axis=0, eps=1e-5,
-                        out=None):
+def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                        running_mean: np.ndarray, running_var: np.ndarray, axis: int = 0,
+                        eps: float = 1e-5, out: np.ndarray | None = None) -> np.ndarray:
     """Inference-mode batch normalization with running statistics.
 
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``, per feature.
@@ -320,7 +336,19 @@ class BatchNorm:
         ``num_features < 1``, a bad ``axis``, ``momentum`` outside [0, 1] or a bad ``eps``.
     """
 
-    def __init__(self, num_features, axis=0, momentum=0.1, eps=1e-5, dtype=np.float32):
+    # declared for type checkers, which take the numbers ABC checks below for unreachable
+    axis: int
+    momentum: float
+    eps: float
+    gamma: np.ndarray
+    beta: np.ndarray
+    running_mean: np.ndarray
+    running_var: np.ndarray
+    dgamma: np.ndarray
+    dbeta: np.ndarray
+
+    def __init__(self, num_features: int, axis: int = 0, momentum: float = 0.1,
+                 eps: float = 1e-5, dtype: DTypeLike = np.float32) -> None:
         dtype = np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
@@ -342,9 +370,9 @@ class BatchNorm:
         self.running_var = np.ones(num_features, dtype)
         self.dgamma = np.zeros(num_features, dtype)
         self.dbeta = np.zeros(num_features, dtype)
-        self._cache = None
+        self._cache: BatchNormCache | None = None
 
-    def forward(self, x, training=True):
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         """Normalize a batch; in training, also update the running statistics.
 
         Parameters
@@ -372,7 +400,7 @@ class BatchNorm:
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: np.ndarray) -> np.ndarray:
         """Backpropagate through the last training-mode :meth:`forward`.
 
         Sets ``dgamma`` and ``dbeta`` in place (so an optimizer over :attr:`params` sees them).
@@ -398,18 +426,18 @@ class BatchNorm:
         return dx
 
     @property
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         """``{"gamma": gamma, "beta": beta}``, the arrays an optimizer updates."""
         return {"gamma": self.gamma, "beta": self.beta}
 
     @property
-    def grads(self):
+    def grads(self) -> dict[str, np.ndarray]:
         """``{"dgamma": dgamma, "dbeta": dbeta}``, updated by :meth:`backward`."""
         return {"dgamma": self.dgamma, "dbeta": self.dbeta}
 
 
 # --------------------------------------------------------------------------------- softmax
-def _as_float_array(name, z):
+def _as_float_array(name: str, z: Any) -> np.ndarray:
     """``z`` as a native float32/float64 ndarray: array-likes and integer or boolean arrays
     become float64, as NumPy's ufuncs do; other dtypes raise TypeError naming ``name``."""
     if not isinstance(z, np.ndarray):
@@ -446,7 +474,7 @@ def _softmax(z, axis, out, log):
     return y
 
 
-def softmax(z, axis=-1, out=None):
+def softmax(z: ArrayLike, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
     """Numerically stable softmax along ``axis``.
 
     ``y = exp(z - max(z)) / sum(exp(z - max(z)))``. NaN in a row stays in that row.
@@ -475,7 +503,7 @@ def softmax(z, axis=-1, out=None):
     return _softmax(z, axis, out, False)
 
 
-def log_softmax(z, axis=-1, out=None):
+def log_softmax(z: ArrayLike, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
     """Log of :func:`softmax` along ``axis``, computed stably.
 
     ``y = z - max(z) - log(sum(exp(z - max(z))))``.
@@ -502,7 +530,8 @@ def log_softmax(z, axis=-1, out=None):
     return _softmax(z, axis, out, True)
 
 
-def softmax_cross_entropy(logits, labels, axis=-1, out=None):
+def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
+                          out: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of ``softmax(logits)`` against ``labels``, and its gradient.
 
     ``loss = -mean(sum(onehot * log_softmax(logits)))`` and

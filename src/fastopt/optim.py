@@ -7,8 +7,10 @@ grad is checked before any array is written, so a step that raises changes nothi
 """
 import operator
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from itertools import repeat
+
+from typing import Any
 
 import numpy as np
 
@@ -18,10 +20,13 @@ from ._validate import FLOAT_DTYPES
 from .arena import ParameterArena, _GradDict
 
 # what the optimizers take (see above): parameters by name, in a list, or as param groups
-# ({"params": ..., <hyper-parameter overrides>}); grads by name or in parameter order
-Params = Mapping[str, np.ndarray] | Sequence[np.ndarray] | Sequence[dict]
-ParamGroup = dict
-Grads = Mapping[str, np.ndarray] | Sequence[np.ndarray | None]
+# ({"params": ..., <hyper-parameter overrides>}); grads by name or in parameter order, None
+# for a parameter without a grad (dict and list are spelled with and without None: a
+# dict[str, ndarray] is no dict[str, ndarray | None] to a type checker)
+Params = dict[str, np.ndarray] | Iterable[np.ndarray] | Iterable[dict[str, Any]]
+ParamGroup = dict[str, Any]
+Grads = (dict[str, np.ndarray] | dict[str, np.ndarray | None] | list[np.ndarray]
+         | list[np.ndarray | None] | tuple[np.ndarray | None, ...])
 
 _NOT_HYPER = ("params", "param_names")
 _MISSING = object()
@@ -272,23 +277,27 @@ class Optimizer:
         The subclass's hyper-parameters, the values groups take unless they override them.
     """
 
-    _BOUNDS = {}          # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
-    _RENAMED = {}         # a hyper-parameter name older state dicts used -> torch's
-    _STATE = ()           # state keys every parameter with state has
-    _OPTIONAL_STATE = ()  # state keys created when an option needs them
-    _scalar_state = ()    # state entries that are numbers, not arrays (besides "step")
+    # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
+    _BOUNDS: dict[str, Any] = {}
+    # a hyper-parameter name older state dicts used -> torch's
+    _RENAMED: dict[str, str] = {}
+    _STATE: tuple[str, ...] = ()           # state keys every parameter with state has
+    _OPTIONAL_STATE: tuple[str, ...] = ()  # state keys created when an option needs them
+    # state entries that are numbers, not arrays (besides "step")
+    _scalar_state: tuple[str, ...] = ()
     _EAGER_STATE = False  # state exists before the first step (Adagrad): its step may be 0
 
-    def __init__(self, params: Params, defaults: dict) -> None:
+    def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         self._check(defaults)
         self.defaults = dict(defaults)
-        self.param_groups = []
+        self.param_groups: list[dict[str, Any]] = []
         self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
-        self._plans = {}             # group index -> its _Plan (how it steps)
-        self._slots = []             # per group: scalar state key -> one slot per parameter
-        self._starts = []            # per group: the flat index of its first parameter
-        self._count = 0              # parameters in all groups
-        self._named = None           # True: params came as a dict; grads may be keyed by name
+        self._plans: dict[int, _Plan] = {}    # group index -> its _Plan (how it steps)
+        # per group: scalar state key -> one slot per parameter
+        self._slots: list[dict[str, np.ndarray]] = []
+        self._starts: list[int] = []   # per group: the flat index of its first parameter
+        self._count = 0                # parameters in all groups
+        self._named: bool | None = None   # True: params came as a dict (grads may be by name)
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
                             f"param-group dicts, got {type(params).__name__}")
@@ -303,12 +312,12 @@ class Optimizer:
             self.add_param_group(group)
 
     @property
-    def state(self):
+    def state(self) -> dict[int, dict[str, Any]]:
         """Flat parameter index -> that parameter's state dict (torch's keys)."""
         return self._state
 
     @state.setter
-    def state(self, value):
+    def state(self, value: Mapping[int, dict[str, Any]]) -> None:
         new = _StateDict()
         for key, entries in dict(value).items():
             new[key] = entries
@@ -380,19 +389,19 @@ class Optimizer:
                 for key in self.scalar_keys()}
 
     @classmethod
-    def scalar_keys(cls) -> tuple:
+    def scalar_keys(cls) -> tuple[str, ...]:
         """The state keys holding a number per parameter (0-d arrays), not an array like it:
         ``step`` (where the optimizer counts steps) and e.g. NAdam's ``mu_product``."""
         return (("step",) if "step" in cls._STATE else ()) + cls._scalar_state
 
     @property
-    def lr(self):
+    def lr(self) -> float | list[float]:
         """The learning rate (a list if the groups differ); setting it sets every group's."""
         lrs = [g["lr"] for g in self.param_groups]
         return lrs[0] if all(lr == lrs[0] for lr in lrs) else lrs
 
     @lr.setter
-    def lr(self, value):
+    def lr(self, value: float) -> None:
         check_real("lr", value)
         for g in self.param_groups:
             g["lr"] = value
@@ -730,7 +739,7 @@ class Optimizer:
         """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops."""
 
     # ------------------------------------------------------------------------ state dicts
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """torch.optim's layout, holding copies of the NumPy state arrays."""
         groups, start = [], 0
         for group in self.param_groups:
@@ -742,7 +751,7 @@ class Optimizer:
                  for i, s in self._state.items()}
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from ``state_dict()`` or from torch (tensors turned into arrays).
 
         Everything is checked first (structure, parameter counts, state keys, array shapes
@@ -834,7 +843,7 @@ class Optimizer:
         gi = next(gi for gi in reversed(range(len(self._starts))) if self._starts[gi] <= i)
         return gi, i - self._starts[gi]
 
-    _FORCED = {}    # group entries a state dict cannot change (AdamW's decoupled decay)
+    _FORCED: dict[str, Any] = {}    # group entries a state dict cannot change (AdamW's)
 
     # --------------------------------------------------------------- pickle and deepcopy
     def __getstate__(self):

@@ -3,9 +3,24 @@
 Each factory returns ``fn(epoch) -> lr``; ``LRScheduler(opt, fn)`` applies one to an optimizer.
 """
 import math
+from collections.abc import Callable
+from typing import Protocol
+
+Schedule = Callable[[int], float]     # epoch -> learning rate
 
 
-def inverse_time_decay(lr0, decay_rate):
+class HasLR(Protocol):
+    """What :class:`LRScheduler` drives: an object whose ``lr`` can be set (every fastopt
+    optimizer, :class:`fastopt.distributed.ShardedOptimizer`)."""
+
+    @property
+    def lr(self) -> float | list[float]: ...
+
+    @lr.setter
+    def lr(self, value: float) -> None: ...
+
+
+def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
     """``lr0 / (1 + decay_rate * epoch)`` (the course's ``update_lr``).
 
     Parameters
@@ -23,7 +38,7 @@ def inverse_time_decay(lr0, decay_rate):
     return lambda epoch: lr0 / (1.0 + decay_rate * epoch)
 
 
-def exponential_decay(lr0, base=0.95):
+def exponential_decay(lr0: float, base: float = 0.95) -> Schedule:
     """``lr0 * base**epoch``.
 
     Parameters
@@ -41,7 +56,7 @@ def exponential_decay(lr0, base=0.95):
     return lambda epoch: lr0 * base ** epoch
 
 
-def inverse_sqrt_decay(lr0, k=1.0):
+def inverse_sqrt_decay(lr0: float, k: float = 1.0) -> Schedule:
     """``k * lr0 / sqrt(epoch)``, for ``epoch >= 1``.
 
     Parameters
@@ -58,14 +73,14 @@ def inverse_sqrt_decay(lr0, k=1.0):
 
     The returned function raises ``ValueError`` for ``epoch < 1``.
     """
-    def fn(epoch):
+    def fn(epoch: int) -> float:
         if epoch < 1:
             raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
         return k * lr0 / math.sqrt(epoch)
     return fn
 
 
-def staircase(lr0, factor, every):
+def staircase(lr0: float, factor: float, every: int) -> Schedule:
     """``lr0 * factor**(epoch // every)``: multiply by ``factor`` every ``every`` epochs.
 
     Parameters
@@ -115,12 +130,12 @@ class LRScheduler:
     (0.1, 0.05)
     """
 
-    def __init__(self, opt, fn):
+    def __init__(self, opt: HasLR, fn: Schedule) -> None:
         self.opt = opt
         self.fn = fn
         self.epoch = -1
 
-    def step(self, epoch=None):
+    def step(self, epoch: int | None = None) -> float:
         """Advance to the next epoch (or to ``epoch``) and set the optimizer's lr.
 
         Parameters
@@ -138,7 +153,7 @@ class LRScheduler:
         self.opt.lr = lr
         return lr
 
-    def get_last_lr(self):
+    def get_last_lr(self) -> float | list[float]:
         """The optimizer's current learning rate (a list if its groups differ)."""
         return self.opt.lr
 

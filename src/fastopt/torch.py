@@ -43,6 +43,8 @@ This module imports torch; ``import fastopt`` does not import it.
 import math
 import numbers
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -191,7 +193,8 @@ class _FastOptimizer:
     _STEPPED = True         # the state has torch's ``step`` count
     _SCALAR_STATE = ()      # 0-d state tensors besides ``step`` (NAdam's ``mu_product``)
 
-    def __init__(self, params, *args, max_grad_norm=None, **kwargs):
+    def __init__(self, params: _torch_optimizer.ParamsT, *args: Any,
+                 max_grad_norm: float | None = None, **kwargs: Any) -> None:
         """torch's arguments, plus ``max_grad_norm``: clip each group's grads to this global
         L2 norm in the step, as ``torch.nn.utils.clip_grad_norm_(group_params, max_norm)``
         before it would (None: no clipping; a group may set its own)."""
@@ -223,14 +226,14 @@ class _FastOptimizer:
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: option "
                                  f"{key}={value!r} is not supported")
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``, refusing options the kernels cannot honour first."""
         if isinstance(param_group, dict):
             self._check_options({**self.defaults, **param_group})
             _check_clip(param_group.get(CLIP))
         super().add_param_group(param_group)
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
         16-bit parameters, NAdam's float32 ``mu_product``). The saved optimizer's
         ``foreach``/``fused`` choices (torch's implementations) are replaced by this one's;
@@ -266,7 +269,7 @@ class _FastOptimizer:
                     state[key] = value.to(device=p.device, dtype=torch.float32)
 
     # ---------------------------------------------------------------------------- step
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One optimization step (``closure`` re-evaluates the model and returns the loss).
 
         torch's step hooks and profiler record run when any are registered or a profiler

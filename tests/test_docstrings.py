@@ -1,7 +1,9 @@
 """Every public function, class and method has a NumPy-style docstring: a Parameters section
-with an entry for each of its parameters (for a class, those of its constructor). The public
-API is ``fastopt.__all__`` plus the ``__all__`` of the public modules, with the public methods
-and properties each class defines. Cost: well under a second."""
+with an entry for each of its parameters (for a class, those of its constructor), and type
+hints on every parameter and its return value (``py.typed`` promises them). The public API is
+``fastopt.__all__`` plus the ``__all__`` of the public modules, with the public methods and
+properties (and property setters) each class defines or inherits from a fastopt class. Cost:
+well under a second."""
 import importlib
 import inspect
 import re
@@ -11,7 +13,9 @@ import pytest
 import fastopt
 
 MODULES = ["fastopt.ops", "fastopt.layers", "fastopt.optim", "fastopt.schedules",
-           "fastopt.course", "fastopt.distributed", "fastopt.torch"]
+           "fastopt.course", "fastopt.arena", "fastopt.ewa", "fastopt.data",
+           "fastopt.distributed", "fastopt.torch"]
+SETTERS = {}    # "<property's name>.setter" -> the setter function (checked for type hints)
 
 
 def _public_objects():
@@ -21,14 +25,25 @@ def _public_objects():
         if (inspect.isfunction(obj) or inspect.isclass(obj)) and \
                 obj.__module__.startswith("fastopt"):
             found.setdefault(f"{obj.__module__}.{obj.__qualname__}", obj)
-            if inspect.isclass(obj):
-                for name, member in vars(obj).items():
+            if not inspect.isclass(obj):
+                return
+            # the public members of the class and of its fastopt bases (fastopt.torch's
+            # classes take step and load_state_dict from a private mixin)
+            for base in obj.__mro__:
+                if not base.__module__.startswith("fastopt"):
+                    continue
+                for name, member in vars(base).items():
                     if name.startswith("_"):
                         continue
-                    member = member.fget if isinstance(member, property) else member
+                    if isinstance(member, property):
+                        if member.fset is not None:
+                            SETTERS.setdefault(
+                                f"{base.__module__}.{member.fset.__qualname__}.setter",
+                                member.fset)
+                        member = member.fget
                     member = getattr(member, "__func__", member)     # static, class methods
                     if inspect.isfunction(member):
-                        found.setdefault(f"{obj.__module__}.{member.__qualname__}", member)
+                        found.setdefault(f"{base.__module__}.{member.__qualname__}", member)
 
     for name in fastopt.__all__:
         add(getattr(fastopt, name))
@@ -88,8 +103,10 @@ def test_the_walk_finds_the_public_api():
     # a walk that found nothing would pass every check below
     for name in ("fastopt.optim.Adam", "fastopt.ops.adam_step_", "fastopt.layers.softmax",
                  "fastopt.arena.ParameterArena.add", "fastopt.schedules.LRScheduler.step",
-                 "fastopt._backend.set_backend", "fastopt.layers.BatchNorm.params"):
+                 "fastopt._backend.set_backend", "fastopt.layers.BatchNorm.params",
+                 "fastopt.ewa.EWA.update", "fastopt.data.minibatches"):
         assert name in PUBLIC
+    assert "fastopt.optim.Optimizer.lr.setter" in SETTERS
 
 
 @pytest.mark.parametrize("name", [_case(n) for n in sorted(PUBLIC)])
@@ -122,3 +139,49 @@ def test_the_docstring_check_can_fail():
         """
     assert _documented(inspect.getdoc(undocumented)) == {"x"}
     assert _documented("No sections.") is None
+
+
+def _unannotated(obj):
+    """The parameters of ``obj`` without a type hint (a class: its constructor's), and
+    ``"return"`` when it has no return hint (a class: when its fastopt ``__init__`` has none)."""
+    if inspect.isclass(obj):
+        init = obj.__init__
+        if not (inspect.isfunction(init) and init.__module__.startswith("fastopt")):
+            # a NamedTuple's (its fields' hints) or an outside class's constructor
+            return [n for n, p in inspect.signature(obj).parameters.items()
+                    if p.annotation is p.empty]
+        obj = init
+    signature = inspect.signature(obj)
+    missing = [n for n, p in signature.parameters.items()
+               if n not in ("self", "cls") and p.annotation is p.empty]
+    if signature.return_annotation is signature.empty:
+        missing.append("return")
+    return missing
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC) + sorted(SETTERS))
+def test_public_api_has_type_hints(name):
+    missing = _unannotated(PUBLIC.get(name) or SETTERS[name])
+    assert not missing, f"{name} has no type hint for {missing}"
+
+
+def test_the_type_hint_check_can_fail():
+    def half(x: int, y, *args: int, **kwargs) -> None:
+        """Partly annotated."""
+
+    def no_return(x: int):
+        """No return hint."""
+
+    class Unhinted:
+        def __init__(self, x: int):
+            """No return hint on the constructor."""
+
+    class Hinted:
+        def __init__(self, x: int) -> None:
+            """Fully annotated."""
+
+    Unhinted.__init__.__module__ = Hinted.__init__.__module__ = "fastopt.fake"
+    assert _unannotated(half) == ["y", "kwargs"]
+    assert _unannotated(no_return) == ["return"]
+    assert _unannotated(Unhinted) == ["return"]
+    assert _unannotated(Hinted) == []

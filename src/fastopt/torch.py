@@ -44,7 +44,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -177,7 +177,13 @@ class _Plan:
 _FORMAT = "_format"     # a column of a fused 16-bit step: None, or whether bfloat16
 
 
-class _FastOptimizer:
+if TYPE_CHECKING:    # what the mixin is placed before, for type checkers
+    _Mixin = _torch_optimizer.Optimizer
+else:
+    _Mixin = object
+
+
+class _FastOptimizer(_Mixin):
     """The fastopt step for a ``torch.optim`` optimizer class (a mixin placed before it).
 
     Subclasses give ``_KEYS`` (the hyper-parameters the kernels honour), ``_state_keys(group)``
@@ -191,7 +197,7 @@ class _FastOptimizer:
     """
 
     _STEPPED = True         # the state has torch's ``step`` count
-    _SCALAR_STATE = ()      # 0-d state tensors besides ``step`` (NAdam's ``mu_product``)
+    _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
 
     def __init__(self, params: _torch_optimizer.ParamsT, *args: Any,
                  max_grad_norm: float | None = None, **kwargs: Any) -> None:
@@ -252,7 +258,7 @@ class _FastOptimizer:
         for group in state_dict["param_groups"]:
             _check_clip(group.get(CLIP))
         super().load_state_dict(state_dict)
-        self._plans = {}
+        self._plans: dict[int, _Plan] = {}
         # torch cast every state tensor but ``step`` to its parameter's dtype: undo that where
         # the step needs another (16-bit parameters' float32 state, NAdam's mu_product)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -269,6 +275,12 @@ class _FastOptimizer:
                     state[key] = value.to(device=p.device, dtype=torch.float32)
 
     # ---------------------------------------------------------------------------- step
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One optimization step (``closure`` re-evaluates the model and returns the loss).
 

@@ -301,6 +301,7 @@ class Optimizer:
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
             raise TypeError("params must be a dict of arrays, a list of arrays or a list of "
                             f"param-group dicts, got {type(params).__name__}")
+        groups: list[Any]
         if isinstance(params, dict):
             groups = [{"params": params}]
         else:
@@ -782,7 +783,7 @@ class Optimizer:
             raise ValueError(f"state_dict has {len(groups)} param groups, "
                              f"expected {len(self.param_groups)}")
         flat = self._flat()
-        index = {}
+        index: dict[Any, int] = {}     # saved parameter id -> flat index
         for mine, saved in zip(self.param_groups, groups):
             if not isinstance(saved, dict) or "params" not in saved:
                 raise ValueError("each of state_dict['param_groups'] must be a dict with "
@@ -838,7 +839,7 @@ class Optimizer:
         _state_changed()
         self._plans = {}
 
-    def _position(self, i):
+    def _position(self, i: int) -> tuple[int, int]:
         """(group index, index in the group) of flat parameter index ``i``."""
         gi = next(gi for gi in reversed(range(len(self._starts))) if self._starts[gi] <= i)
         return gi, i - self._starts[gi]

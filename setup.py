@@ -220,9 +220,9 @@ class BuildExt(build_ext):
 
 
 def generate_glue():
-    """Render the Cython entry points of every registry kernel (_kernels/_glue.pxi.tp with
-    fastopt/_registry.py, loaded by path: it imports nothing); rewrite only on change, so
-    cythonize sees an unchanged include as up to date."""
+    """Render the Cython entry points of every registry kernel and 16-bit form
+    (_kernels/_glue.pxi.tp with fastopt/_registry.py, loaded by path: it imports nothing);
+    rewrite only on change, so cythonize sees an unchanged include as up to date."""
     import importlib.util
     from Cython import Tempita
     spec = importlib.util.spec_from_file_location("_registry", "src/fastopt/_registry.py")
@@ -230,7 +230,8 @@ def generate_glue():
     spec.loader.exec_module(registry)
     template = "src/fastopt/_kernels/_glue.pxi.tp"
     with open(template) as f:
-        text = Tempita.sub(f.read(), kernels=registry.KERNELS)
+        text = Tempita.sub(f.read(), kernels=registry.KERNELS, halves=registry.HALF_KERNELS,
+                           get=registry.get)
     target = template[:-len(".tp")]
     if not os.path.exists(target) or open(target).read() != text:
         with open(target, "w") as f:

@@ -1,11 +1,14 @@
-"""The 16-bit kernels (fastopt._registry.HALF_KERNELS: Adam on bfloat16/float16 parameters
-with float32 master weights and state) on every backend against the NumPy reference
-(fastopt.reference.lowp), bit for bit: every option and the optional state, odd sizes, empty,
-0-d, non-contiguous and int16 arrays, lists; the rounding of every kind of float32 and the
-widening of every 16-bit pattern; bad input refused by name, changing nothing.
+"""The 16-bit kernels (fastopt._registry.HALF_KERNELS: every fastopt.torch optimizer's kernel on
+bfloat16/float16 parameters with float32 master weights and state) on every backend, bit for
+bit against the unfused path that defines them (the grad widened into a float32 copy, the
+float32 kernel on the master and the state, the master rounded into the param): every kernel,
+option and optional state, odd sizes, empty, 0-d, non-contiguous and int16 arrays, lists,
+threads; the rounding of every kind of float32 and the widening of every 16-bit pattern; bad
+input refused by name, changing nothing.
 
-Cost: ~40 variants x 3 layouts of 37 elements per backend, and two 70,000-element steps per
-backend and format (well under a second after Numba's compile, cached on disk)."""
+Cost: ~80 variants x 4 shapes x 2 steps per format and backend, and one 70,000-element list
+step per kernel, format and backend (a few seconds after Numba's compile, cached on disk)."""
+
 import numpy as np
 import pytest
 
@@ -39,85 +42,114 @@ def to_bits(x, bfloat16):
             else lowp.float32_to_float16(x).view(np.uint16))
 
 
-def arrays_for(shape, bfloat16, rng, amsgrad=True):
-    """param (rounded master), grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq."""
+def arrays_for(kernel, shape, bfloat16, rng, used=None):
+    """param (the rounded master), grad, master, and the kernel's state: every optional
+    array, or those in ``used`` (the others None); running squares and maxima >= 0."""
     f32 = lambda x: np.array(x, np.float32)      # noqa: E731 (0-d stays an array)
     master = f32(rng.standard_normal(shape))
-    grad = to_bits(f32(rng.standard_normal(shape)), bfloat16)
-    m = f32(0.1 * rng.standard_normal(shape))
-    v = f32(0.1 * rng.random(shape))
-    vmax = f32(v + 0.05 * rng.random(shape)) if amsgrad else None
-    return [to_bits(master, bfloat16), grad, master, m, v, vmax]
+    arrays = [to_bits(master, bfloat16), to_bits(f32(rng.standard_normal(shape)), bfloat16),
+              master]
+    for name in kernel.arrays[3:]:
+        a = f32(0.1 * rng.standard_normal(shape))
+        if any(word in name for word in ("sq", "sum", "inf", "square", "acc")):
+            a = f32(np.abs(a))
+        arrays.append(None if used is not None and name in kernel.optional and name not in used
+                      else a)
+    return arrays
 
 
-def run(backend, arrays, bfloat16, multi=False, **options):
-    scalars = {**ADAM.examples, **{o: False for o in ADAM.options}, **options,
-               "bfloat16": bfloat16}
+def scalars_for(kernel, bfloat16, **options):
+    return {**kernel.examples, **{o: False for o in kernel.options}, **options,
+            "bfloat16": bfloat16}
+
+
+def unfused(kernel, arrays, scalars):
+    """The definition, written out: the grad widened into a float32 copy and multiplied by
+    grad_scale, the reference's float32 kernel on the master and the state (its own grad scale
+    1), the master rounded into the param."""
+    scalars = dict(scalars)
+    bfloat16, scale = scalars.pop("bfloat16"), scalars.pop("grad_scale")
+    grad = lowp.widen(arrays[1], bfloat16)
+    if scale != 1:
+        np.multiply(grad, np.float32(scale), out=grad)
+    if "grad_scale" in _registry.get(kernel.base).scalars:
+        scalars["grad_scale"] = 1.0
+    getattr(fo.reference.optim, kernel.base)(arrays[2], grad, *arrays[3:], **scalars)
+    lowp.store_rounded_(arrays[0], arrays[2], bfloat16)
+
+
+def run(backend, kernel, arrays, scalars, multi=False):
     ns = namespace(backend)
     if multi:
-        ns.adam_half_multi(*[None if a is None else [a] for a in arrays], **scalars)
+        getattr(ns, kernel.multi)(*[None if a is None else [a] for a in arrays], **scalars)
     else:
-        ns.adam_half(*arrays, **scalars)
+        getattr(ns, kernel.name)(*arrays, **scalars)
 
 
 def copies(arrays):
     return [None if a is None else a.copy() for a in arrays]
 
 
-# the format is a parameter of its own
-VARIANTS = [({o: on for o, on in opts.items() if o != "bfloat16"}, used)
-            for opts, used in ADAM.variants() if not opts["bfloat16"]]
+# every kernel's variants; the format is a parameter of its own
+VARIANTS = [(k.name, {o: on for o, on in opts.items() if o != "bfloat16"}, used)
+            for k in _registry.HALF_KERNELS for opts, used in k.variants()
+            if not opts["bfloat16"]]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("variant", VARIANTS,
-                         ids=["+".join([o for o, on in opts.items() if on] + list(used))
-                              or "plain" for opts, used in VARIANTS])
+@pytest.mark.parametrize("name,options,used", VARIANTS, ids=[
+    f"{name}-{'+'.join([o for o, on in opts.items() if on] + list(used)) or 'plain'}"
+    for name, opts, used in VARIANTS])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_every_variant_matches_the_reference(backend, variant, fmt):
-    options, used = variant
-    bfloat16 = FORMATS[fmt]
-    for shape, seed in (((37,), 0), ((), 1), ((0,), 2), ((3, 5), 3)):
-        arrays = arrays_for(shape, bfloat16, np.random.default_rng(seed),
-                            amsgrad="max_exp_avg_sq" in used)
+def test_every_variant_is_the_unfused_path(backend, name, options, used, fmt):
+    """Two steps (a new grad each), single and list form, with and without a grad scale."""
+    kernel, bfloat16 = HALF[name], FORMATS[fmt]
+    for shape, seed, scale in (((37,), 0, 0.75), ((), 1, 0.75), ((0,), 2, 1.0),
+                               ((3, 5), 3, 1.0)):
+        rng = np.random.default_rng(seed)
+        arrays = arrays_for(kernel, shape, bfloat16, rng, used)
+        grads = [arrays[1], to_bits(rng.standard_normal(shape).astype(np.float32), bfloat16)]
+        scalars = scalars_for(kernel, bfloat16, grad_scale=scale, **options)
         expected = copies(arrays)
-        run("numpy", expected, bfloat16, **options)
+        for g in grads:
+            expected[1] = g
+            unfused(kernel, expected, scalars)
         for multi in (False, True):
             got = copies(arrays)
-            run(backend, got, bfloat16, multi=multi, **options)
-            for name, a, b in zip(ADAM.arrays, got, expected):
+            for g in grads:
+                got[1] = g
+                run(backend, kernel, got, scalars, multi)
+            for array_name, a, b in zip(kernel.arrays, got, expected):
                 assert (a is None) == (b is None)
-                assert a is None or same_bits(a, b), (name, shape, multi)
+                assert a is None or same_bits(a, b), (array_name, shape, multi)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", HALF)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_layouts_lists_and_threads(backend, fmt):
+def test_layouts_lists_and_threads(backend, name, fmt):
     """Non-contiguous (run on copies, written back) and int16 views of the 16-bit arrays, a
-    list of mixed sizes in one call, and 70,000 elements (threaded on the compiled
-    backends): the reference's bits."""
-    bfloat16 = FORMATS[fmt]
+    list of mixed sizes in one call, and 70,000 elements (threaded on the compiled backends,
+    many blocks of the 16-bit driver, a partial last one): the unfused path's bits."""
+    kernel, bfloat16 = HALF[name], FORMATS[fmt]
+    scalars = scalars_for(kernel, bfloat16)
     rng = np.random.default_rng(5)
-    base = arrays_for((8, 10), bfloat16, rng)
+    base = arrays_for(kernel, (8, 10), bfloat16, rng)
     strided = [a[:, ::2] if i != 1 else a[:, 1::2] for i, a in enumerate(base)]
     strided[0] = strided[0].view(np.int16)
     expected = copies(strided)
-    run("numpy", expected, bfloat16)
-    run(backend, strided, bfloat16)
+    unfused(kernel, expected, scalars)
+    run(backend, kernel, strided, scalars)
     assert all(same_bits(a, b) for a, b in zip(strided, expected))
-    assert all(same_bits(a[:, 1::2], b[:, 1::2]) for a, b in zip(base[2:], arrays_for(
-        (8, 10), bfloat16, np.random.default_rng(5))[2:]))      # the rest left alone
-    tensors = [arrays_for(s, bfloat16, rng) for s in ((7,), (70000,), (), (0,), (3, 3))]
-    lists = [[t[i] for t in tensors] for i in range(6)]
-    expected = [[a.copy() for a in lst] for lst in lists]
-    ns = namespace(backend)
-    scalars = dict(ADAM.examples, decoupled=True, maximize=False, eps_inside_sqrt=False,
-                   bfloat16=bfloat16)
-    ns.adam_half_multi(*lists, **scalars)
-    with fo.use_backend("numpy"):
-        _backend.active.adam_half_multi(*expected, **scalars)
-    for lst, exp in zip(lists, expected):
-        assert all(same_bits(a, b) for a, b in zip(lst, exp))
+    untouched = arrays_for(kernel, (8, 10), bfloat16, np.random.default_rng(5))
+    assert all(same_bits(a[:, 1::2], b[:, 1::2]) for a, b in zip(base[2:], untouched[2:]))
+    tensors = [arrays_for(kernel, s, bfloat16, rng) for s in ((7,), (70001,), (), (0,), (3, 3))]
+    lists = [[t[i] for t in tensors] for i in range(len(kernel.arrays))]
+    expected = [copies(t) for t in tensors]
+    getattr(namespace(backend), kernel.multi)(*lists, **scalars)
+    for t, e in zip(tensors, expected):
+        unfused(kernel, e, scalars)
+        assert all(same_bits(a, b) for a, b in zip(t, e))
 
 
 # float32 bit patterns whose rounding is delicate: ties, carries, overflow, subnormals, NaN
@@ -132,9 +164,10 @@ EDGES = np.array([0x3F808000, 0x3F818000, 0x3FFF8000, 0x7F7F7FFF, 0x7F7FFFFF, 0x
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_rounding_of_any_float32(backend, fmt):
-    """With a zero grad and zero moments the master keeps its bits, so the parameter written
-    is the rounding of arbitrary float32 patterns: random ones, ties for both formats and the
-    edges, against the reference's rounding (lowp), and torch's where it is installed."""
+    """With a zero grad, zero moments and no weight decay the master keeps its bits, so the
+    parameter written is the rounding of arbitrary float32 patterns: random ones, ties for
+    both formats and the edges, against the reference's rounding (lowp), and torch's where it
+    is installed."""
     bfloat16 = FORMATS[fmt]
     rng = np.random.default_rng(7)
     u = rng.integers(0, 1 << 32, 60000, dtype=np.uint64).astype(np.uint32)
@@ -145,9 +178,9 @@ def test_rounding_of_any_float32(backend, fmt):
     master = u.view(np.float32).copy()
     n = master.size
     zeros = np.zeros(n, np.float32)
-    arrays = [np.zeros(n, np.uint16), np.zeros(n, np.uint16), master, zeros.copy(),
+    arrays = [np.zeros(n, np.uint16), np.zeros(n, np.uint16), master.copy(), zeros.copy(),
               zeros.copy(), None]
-    run(backend, arrays, bfloat16)
+    run(backend, ADAM, arrays, scalars_for(ADAM, bfloat16, weight_decay=0.0))
     assert same_bits(arrays[2], master)
     np.testing.assert_array_equal(arrays[0], to_bits(master, bfloat16))
     torch = pytest.importorskip("torch")
@@ -179,31 +212,44 @@ def test_widening_of_every_16bit_pattern(backend, fmt):
         np.testing.assert_array_equal(expected[ok], bits.view(np.float16)[ok].astype(np.float32))
 
 
+@pytest.mark.parametrize("name", HALF)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_bad_input_is_refused_by_name_and_changes_nothing(backend):
+def test_bad_input_is_refused_by_name_and_changes_nothing(backend, name):
+    kernel = HALF[name]
     rng = np.random.default_rng(9)
-    good = arrays_for((5,), True, rng)
-    scalars = dict(ADAM.examples, decoupled=False, maximize=False, eps_inside_sqrt=False,
-                   bfloat16=True)
+    good = arrays_for(kernel, (5,), True, rng)
+    scalars = scalars_for(kernel, True)
     ns = namespace(backend)
+    last = kernel.nrequired - 1
     cases = [
         (2, good[2].astype(np.float64), TypeError, "master"),
         (0, good[0].view(np.float16), TypeError, "param"),
         (1, good[1].astype(np.float32), TypeError, "grad"),
-        (3, good[3][:4], ValueError, "exp_avg"),
-        (4, None, TypeError, "exp_avg_sq"),
-        (5, "exp_avg", ValueError, "max_exp_avg_sq"),           # exp_avg itself
+        (3, good[3][:4], ValueError, kernel.arrays[3]),
+        (last, None, TypeError, kernel.arrays[last]),
+        (3, "master", ValueError, kernel.arrays[3]),          # the master itself
     ]
-    for index, bad, error, name in cases:
+    for index, bad, error, match in cases:
         arrays = copies(good)
-        arrays[index] = arrays[3] if isinstance(bad, str) else bad
+        arrays[index] = arrays[2] if isinstance(bad, str) else bad
         before = copies(arrays)
-        with pytest.raises(error, match=name):
-            ns.adam_half(*arrays, **scalars)
-        with pytest.raises(error, match=name):
-            ns.adam_half_multi(*[[a] for a in arrays], **scalars)
+        with pytest.raises(error, match=match):
+            getattr(ns, kernel.name)(*arrays, **scalars)
+        with pytest.raises(error, match=match):
+            getattr(ns, kernel.multi)(*[[a] for a in arrays], **scalars)
         assert all(a is None or same_bits(a, b) for a, b in zip(arrays, before))
     frozen = copies(good)
     frozen[2].flags.writeable = False
     with pytest.raises(ValueError, match="master"):
-        ns.adam_half(*frozen, **scalars)
+        getattr(ns, kernel.name)(*frozen, **scalars)
+    # scalars are keyword-only, and every one is required
+    values = [scalars[n] for n in kernel.keywords]
+    with pytest.raises(TypeError):
+        getattr(ns, kernel.name)(*good, *values)
+    with pytest.raises(TypeError):
+        getattr(ns, kernel.multi)(*[[a] for a in good], **dict(scalars, typo=1.0))
+    with pytest.raises(TypeError):
+        getattr(ns, kernel.name)(*good, **{n: v for n, v in scalars.items() if n != "lr"
+                                           and n != "clr"})
+    assert all(same_bits(a, b) for a, b in zip(good, arrays_for(
+        kernel, (5,), True, np.random.default_rng(9))))

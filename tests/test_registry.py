@@ -1,8 +1,8 @@
 """Every backend against the kernel registry (fastopt/_registry.py): each has every kernel and
-its list form with the registry's signature (arrays, then keyword-only named scalars and
-options), and every combination of a kernel's options and optional state gives the reference's
-bits, single and multi-tensor, over dtypes and layouts. A kernel added to the registry is
-covered here without editing this file; a backend that lacks it fails here.
+16-bit form and their list forms with the registry's signature (arrays, then keyword-only named
+scalars and options), and every combination of a kernel's options and optional state gives the
+reference's bits, single and multi-tensor, over dtypes and layouts. A kernel added to the
+registry is covered here without editing this file; a backend that lacks it fails here.
 
 Cost: ~70 variants x 2 dtypes per backend, each three 35-element steps in three layouts and
 three list steps (a few seconds)."""
@@ -18,6 +18,8 @@ from fastopt import _backend, _bench, _registry
 from kernel_specs import same_bits, valid_arrays
 
 KERNELS = {k.name: k for k in _registry.KERNELS}
+# with the 16-bit forms, whose behaviour tests/test_half_kernels.py checks
+EVERY = {k.name: k for k in _registry.KERNELS + _registry.HALF_KERNELS}
 VARIANTS = [(k.name, options, used) for k in _registry.KERNELS for options, used in k.variants()]
 VARIANT_IDS = [f"{name}-{'+'.join([o for o, on in opts.items() if on] + list(used)) or 'plain'}"
                for name, opts, used in VARIANTS]
@@ -30,10 +32,10 @@ def namespace(backend):
 
 
 @pytest.mark.parametrize("form", ["single", "multi"])
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", EVERY)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_every_backend_has_every_kernel_with_the_registry_signature(backend, kernel, form):
-    k = KERNELS[kernel]
+    k = EVERY[kernel]
     fn = getattr(namespace(backend), k.name if form == "single" else k.multi)
     params = list(inspect.signature(fn).parameters.values())
     names = k.arrays if form == "single" else k.lists
@@ -75,6 +77,21 @@ def test_numba_loops_receive_the_scalars_by_the_registry_names(kernel):
     assert Scalars(*packed)._asdict() == {n: values[n] for n in k.keywords}
     with pytest.raises(TypeError):
         pack(*values.values())
+
+def test_the_16bit_forms_are_their_kernels_halved():
+    """fastopt.torch's kernels, each with its 16-bit form: the master copy after the grad,
+    the format option, a grad scale (the kernel's own if it has one)."""
+    assert {k.base for k in _registry.HALF_KERNELS} == {
+        "sgd", "rmsprop", "adagrad", "adam", "adadelta", "adamax", "nadam", "radam"}
+    for h in _registry.HALF_KERNELS:
+        k = KERNELS[h.base]
+        assert h.name == k.name + "_half" and h.ops is None
+        assert h.arrays == k.arrays[:2] + ("master",) + k.arrays[2:]
+        assert h.lists == k.lists[:2] + ("masters",) + k.lists[2:]
+        assert h.nrequired == k.nrequired + 1 and h.options == k.options + ("bfloat16",)
+        assert h.scalars == k.scalars + (() if "grad_scale" in k.scalars else ("grad_scale",))
+    assert _registry.get("adam_half").scalars == _registry.get("adam").scalars
+
 
 def test_a_backend_that_lacks_a_kernel_is_refused_naming_it():
     reference = fo.reference

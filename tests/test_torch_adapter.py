@@ -516,6 +516,62 @@ def test_16bit_params_step_a_float32_master(name, kwargs, dtype):
                      [rsd[i][key] for i in range(len(half))]) <= 8, key
 
 
+def _bits(t):
+    """A 16-bit tensor's bit patterns as uint16 (no copy)."""
+    return t.detach().view(torch.int16).numpy().view(np.uint16)
+
+
+def _same_floats(a, b):
+    """Equal bits, NaN where the other has NaN (whose payload may follow operand order)."""
+    a, b = a.detach().numpy(), b.detach().numpy()
+    nan = np.isnan(a)
+    return (a.shape == b.shape and np.array_equal(nan, np.isnan(b))
+            and np.array_equal(a.view(np.uint32)[~nan], b.view(np.uint32)[~nan]))
+
+
+@pytest.mark.parametrize("clip", [None, 0.5], ids=["", "clip"])
+@pytest.mark.parametrize("dtype", HALVES, ids=["bf16", "f16"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_16bit_steps_are_the_float32_step_of_the_master(name, kwargs, dtype, clip):
+    """The one-sweep 16-bit step has the bits of the unfused path that defines it: the same
+    optimizer on float32 parameters (the 16-bit ones widened) fed the 16-bit grads widened
+    (fastopt.reference.lowp) gives the master and the state bit for bit, and the parameter
+    is the master rounded. 0-d, empty, odd-sized and transposed parameters; NaN and infinite
+    grads in one step; the clip (16-bit grads scaled as they are widened); the 16-bit
+    optimizer resumed from its state dict midway."""
+    bfloat16 = dtype == torch.bfloat16
+    init = [t.to(dtype) for t in _params(torch.float32)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    wide = [torch.nn.Parameter(t.float()) for t in init]
+    opt = getattr(ft, name)(ours, max_grad_norm=clip, **kwargs)
+    ref = getattr(ft, name)(wide, max_grad_norm=clip, **kwargs)
+    gen = torch.Generator().manual_seed(21)
+    for step in range(6):
+        for a, b in zip(ours, wide):
+            a.grad = torch.randn(a.shape, generator=gen).to(dtype)
+            if step == 4 and a.numel() > 2:
+                a.grad.view(-1)[:2] = torch.tensor([float("nan"), float("-inf")])
+            b.grad = torch.from_numpy(lowp.widen(_bits(a.grad), bfloat16))
+        opt.step()
+        ref.step()
+        for a, b in zip(ours, wide):
+            state, expected = opt.state[a], ref.state[b]
+            assert set(state) == set(expected) | {"master_param"}
+            master = state["master_param"]
+            assert master.dtype == torch.float32 and _same_floats(master, b), step
+            assert np.array_equal(_bits(a), lowp.float32_to_bfloat16(master.numpy())
+                                  if bfloat16 else lowp.float32_to_float16(
+                                      master.numpy()).view(np.uint16))
+            for key, value in expected.items():
+                assert state[key].dtype == value.dtype and _same_floats(state[key], value), key
+        np.testing.assert_array_equal(np.array(opt.grad_norms, float),
+                                      np.array(ref.grad_norms, float))
+        if step == 2:       # resume from the state dict, master copies included
+            saved = opt.state_dict()
+            opt = getattr(ft, name)(ours, max_grad_norm=clip, **kwargs)
+            opt.load_state_dict(saved)
+
+
 def test_16bit_state_dicts_move_between_torch_and_fastopt():
     """torch.optim keeps 16-bit state for 16-bit parameters: it widens on loading here (the
     master copy starting from the parameter); fastopt's float32 state, master included,

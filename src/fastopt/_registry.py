@@ -48,6 +48,8 @@ class Kernel:
         the kernel has none, as the 16-bit ones, which fastopt.torch calls).
     examples : dict
         A valid value of every scalar, distinct ones (test grids and benchmarks).
+    base : str or None
+        A 16-bit form's float32 kernel (:meth:`halved`); None for the others.
     """
 
     name: str
@@ -58,6 +60,7 @@ class Kernel:
     options: tuple
     ops: str
     examples: dict = field(default_factory=dict)
+    base: "str | None" = None
 
     def __post_init__(self):
         assert len(self.lists) == len(self.arrays), self.name
@@ -90,6 +93,19 @@ class Kernel:
             for used in product((False, True), repeat=len(self.optional)):
                 yield (dict(zip(self.options, flags)),
                        tuple(a for a, u in zip(self.optional, used) if u))
+
+    def halved(self):
+        """The 16-bit form of this kernel, ``<name>_half``: its param and grad are 16-bit
+        (bfloat16 bit patterns or float16, both as ``uint16``; the option ``bfloat16`` picks
+        the format), and it steps a float32 ``master`` copy (inserted after the grad) and
+        float32 state. The grad is widened, times ``grad_scale`` (added to the scalars unless
+        the kernel has it; then the kernel's own is the one applied), the float32 kernel steps
+        the master, and the master rounded to nearest even is written into the param."""
+        scalars = self.scalars + (() if "grad_scale" in self.scalars else ("grad_scale",))
+        return Kernel(self.name + "_half", ("param", "grad", "master") + self.arrays[2:],
+                      self.nrequired + 1, ("params", "grads", "masters") + self.lists[2:],
+                      scalars, self.options + ("bfloat16",), None,
+                      dict({"grad_scale": 0.75}, **self.examples), base=self.name)
 
 
 # Adam's scalars: ``grad_scale`` multiplies the grad first (a fused gradient clip; 1: none)
@@ -152,18 +168,12 @@ KERNELS = (
            examples=dict(lr=0.01, beta1=0.8, beta2=0.95, weight_decay=0.1)),
 )
 
-# Kernels on 16-bit parameters (bfloat16 bit patterns or float16, both as ``uint16`` arrays)
-# with float32 master weights and state: they read the 16-bit param and grad, update the
-# master and the state and write the master rounded to nearest even back into the param, in
-# one sweep (fastopt.reference.lowp defines widening and rounding). Their option ``bfloat16``
-# picks the format. fastopt.torch calls them for bfloat16/float16 parameters.
-HALF_KERNELS = (
-    Kernel("adam_half",
-           ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 5,
-           ("params", "grads", "masters", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"),
-           scalars=_ADAM_SCALARS, options=_ADAM_OPTIONS + ("bfloat16",), ops=None,
-           examples=_ADAM_EXAMPLES),
-)
+# The 16-bit forms (Kernel.halved) of the kernels of fastopt.torch's optimizers, which call them
+# for bfloat16/float16 parameters: one sweep reads the 16-bit param and grad, steps the float32
+# master copy and state and writes the param back rounded (fastopt.reference.lowp defines the
+# widening and the rounding). Each backend runs them through the float32 kernel itself.
+HALF_KERNELS = tuple(k.halved() for k in KERNELS if k.name in (
+    "sgd", "rmsprop", "adagrad", "adam", "adadelta", "adamax", "nadam", "radam"))
 
 _BY_NAME = {k.name: k for k in KERNELS + HALF_KERNELS}
 

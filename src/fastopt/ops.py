@@ -70,14 +70,16 @@ def _check_lr_beta(lr, beta, beta_bounds, eps=0.0, weight_decay=0.0, momentum=0.
                 weight_decay=(weight_decay, NONNEG), momentum=(momentum, NONNEG))
 
 
-def _check_adagrad(step, lr, lr_decay, weight_decay, eps):
+def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
+    """Check Adagrad's scalars; return the decayed learning rate ``clr``, folded in float64."""
     try:
         if step >= 1 and lr >= 0.0 and lr_decay >= 0.0 and weight_decay >= 0.0 and eps >= 0.0:
-            return
+            return lr / (1.0 + (step - 1) * lr_decay)
     except _NOT_REAL:
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), lr_decay=(lr_decay, NONNEG),
                 weight_decay=(weight_decay, NONNEG), eps=(eps, NONNEG))
+    return lr / (1.0 + (step - 1) * lr_decay)
 
 
 def _check_adam_family(step, lr, betas, eps, weight_decay):
@@ -456,9 +458,9 @@ def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr:
         overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
         named). A call that raises writes nothing.
     """
-    _check_adagrad(step, lr, lr_decay, weight_decay, eps)
-    _backend.active.adagrad(param, grad, state_sum, clr=lr / (1.0 + (step - 1) * lr_decay),
-                            eps=eps, weight_decay=weight_decay, maximize=maximize)
+    _backend.active.adagrad(param, grad, state_sum,
+                            clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps), eps=eps,
+                            weight_decay=weight_decay, maximize=maximize)
 
 
 def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, step: int, *,
@@ -489,10 +491,9 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
         across the whole call (grads may share memory with each other). A call that raises
         writes nothing.
     """
-    _check_adagrad(step, lr, lr_decay, weight_decay, eps)
     _backend.active.adagrad_multi(params, grads, state_sums,
-                                  clr=lr / (1.0 + (step - 1) * lr_decay), eps=eps,
-                                  weight_decay=weight_decay, maximize=maximize)
+                                  clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
+                                  eps=eps, weight_decay=weight_decay, maximize=maximize)
 
 
 def _adam_scalars(step, lr, betas, eps, weight_decay):

@@ -16,11 +16,11 @@ CPU tensors with dense grads; grads that are None are skipped, as torch does.
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
 float32 state, and receive the master rounded to nearest even (``fastopt.reference.lowp``
-defines the rounding; the bits are those of ``master.to(torch.bfloat16)``). Adam and AdamW do
-it in one sweep: their kernel reads the 16-bit param and grad as ``uint16`` and writes the
-rounded param back; the other optimizers widen the grads to float32 copies, step the master
-with their float32 kernel, then round. torch.optim keeps 16-bit state for 16-bit parameters:
-its state dicts load here widened, and ours load there narrowed.
+defines the rounding; the bits are those of ``master.to(torch.bfloat16)``), in one sweep:
+every optimizer's 16-bit kernel (``fastopt._registry.HALF_KERNELS``) reads the 16-bit param
+and grad as ``uint16``, runs the optimizer's float32 formula on the master and the state and
+writes the rounded param back, without full-size temporaries. torch.optim keeps 16-bit state
+for 16-bit parameters: its state dicts load here widened, and ours load there narrowed.
 
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
 param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,
@@ -29,10 +29,10 @@ squares in float64, so within torch's rounding of its own sum), the factor is
 ``min(max_norm / (norm + 1e-6), 1)``, and the grads are multiplied by it rounded to their
 dtype, as torch's in-place multiply does. Adam and AdamW apply it inside their update kernel
 (a grad scale: ``p.grad`` is left as it was); the other optimizers scale the float32/float64
-grads in place first, as clip_grad_norm_ does (16-bit parameters' float32 copies). 16-bit
-grads are scaled in float32, without the rounding to 16 bits of clip_grad_norm_'s in-place
-multiply. ``opt.grad_norms`` holds each group's norm before clipping (None where it does not
-clip).
+grads in place first, as clip_grad_norm_ does. 16-bit grads are scaled in float32 by every
+16-bit kernel as it widens them (``p.grad`` is left as it was), without the rounding to 16
+bits of clip_grad_norm_'s in-place multiply. ``opt.grad_norms`` holds each group's norm
+before clipping (None where it does not clip).
 
 torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
 call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
@@ -50,7 +50,8 @@ import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
-from . import _backend, ops
+from . import _backend, _registry, ops
+from ._hyper import UNIT, UNIT_OPEN
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -170,11 +171,11 @@ class _Plan:
     backward after ``zero_grad(set_to_none=True)``) only renew the grads' views."""
 
     __slots__ = ("all_params", "grads", "params", "ptrs", "keys", "stored", "states", "fresh",
-                 "tensors", "flat", "views", "cols", "pviews", "half", "formats",
-                 "live_grads", "gptrs", "graw")
+                 "tensors", "flat", "views", "cols", "pviews", "formats", "live_grads",
+                 "gptrs", "graw")
 
 
-_FORMAT = "_format"     # a column of a fused 16-bit step: None, or whether bfloat16
+_FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
 
 
 if TYPE_CHECKING:    # what the mixin is placed before, for type checkers
@@ -186,14 +187,16 @@ else:
 class _FastOptimizer(_Mixin):
     """The fastopt step for a ``torch.optim`` optimizer class (a mixin placed before it).
 
-    Subclasses give ``_KEYS`` (the hyper-parameters the kernels honour), ``_state_keys(group)``
-    (the tensor state the step needs, besides ``step``), ``_init_state(p, group)`` (torch's
-    lazy state, if not ``step`` and zeros) and ``_update(group, params, grads, cols, step,
-    fresh)``: the multi-tensor kernel call for parameters sharing a step count (``cols``: state
-    key -> NumPy views; ``fresh``: per parameter, whether its state was created for this step).
-    A ``_FUSED`` class's ``_update`` also takes ``grad_scale`` (the clip's factor) and is given
-    16-bit parameters and grads as ``uint16`` views, with the ``master_param`` views and each
-    parameter's format (``_FORMAT``: None, or whether bfloat16) among ``cols``.
+    Subclasses give ``_KEYS`` (the hyper-parameters the kernels honour), ``_KERNEL`` (the
+    registry kernel that steps them) and ``_COLUMNS`` (the state keys that are its state
+    arrays, in its order), ``_state_keys(group)`` (the tensor state the step needs, besides
+    ``step``), ``_init_state(p, group)`` (torch's lazy state, if not ``step`` and zeros) and
+    ``_update(group, params, grads, cols, step, fresh, grad_scale)``: the checks and scalars
+    of a step of parameters sharing a step count, handed to :meth:`_kernel` (``cols``: state
+    key -> NumPy views; ``fresh``: per parameter, whether its state was created for this step;
+    ``grad_scale``: the clip's factor). 16-bit parameters and grads come as ``uint16`` views,
+    with the ``master_param`` views and each parameter's format (``_FORMAT``: None, or whether
+    bfloat16) among ``cols``.
     """
 
     _STEPPED = True         # the state has torch's ``step`` count
@@ -314,9 +317,6 @@ class _FastOptimizer(_Mixin):
 
     _hooked_step = _torch_optimizer.Optimizer.profile_hook_step(_step)
 
-    # Adam and AdamW: a kernel that steps 16-bit parameters itself and takes a grad scale
-    _FUSED = False
-
     def _prepare(self, gi, group):
         """Check the group and return its plan (None if no parameter has a grad). Stores no
         state: :meth:`_run` does once the kernels ran."""
@@ -399,15 +399,11 @@ class _FastOptimizer(_Mixin):
                     state[key] = state[key].to(torch.float32)
             plan.states.append(state)
             plan.fresh.append(state is not old)
-        # 16-bit parameters: the kernel steps the master copy; the fused ones write the
-        # rounded param themselves, the others' is written from the master after the step
+        # 16-bit parameters: their kernel steps the master copy and writes the rounded param
         plan.formats = [_HALF.get(p.dtype) for p in live]
         masters = [None if f is None else _array(s[MASTER])
                    for f, s in zip(plan.formats, plan.states)]
-        plan.half = [] if self._FUSED else [(k, _array(p), f) for k, (p, f) in enumerate(
-            zip(live, plan.formats)) if f is not None]
-        plan.pviews = [_array(p) if m is None or self._FUSED else m
-                       for p, m in zip(live, masters)]
+        plan.pviews = [_array(p) for p in live]
         plan.tensors = ({MASTER: [s.get(MASTER) for s in plan.states]}
                         if any(f is not None for f in plan.formats) else {})
         plan.views = {}
@@ -428,7 +424,7 @@ class _FastOptimizer(_Mixin):
             plan.views[key] = [t.numpy() for t in tensors]
         # what _update receives, a column per parameter
         plan.cols = (dict(plan.views, **{MASTER: masters, _FORMAT: plan.formats})
-                     if self._FUSED and plan.tensors.get(MASTER) else plan.views)
+                     if plan.tensors.get(MASTER) else plan.views)
         # the state tensors in _plan_holds' order (parameter-major), for one identity check
         plan.flat = [plan.tensors[key][k] for k in range(len(live)) for key in plan.tensors]
         return plan
@@ -438,37 +434,32 @@ class _FastOptimizer(_Mixin):
         per parameter); then the new counts and any new state are stored. Returns the grads'
         norm if the group clips them."""
         gviews = plan.graw
-        if plan.half:       # the float32 copies of 16-bit grads
-            gviews = [g if f is None else lowp.widen(g, f)
-                      for g, f in zip(gviews, plan.formats)]
-        norm, extra = None, {}
+        norm, factor = None, 1.0
         if group.get(CLIP) is not None:
-            norm, factor = _clip_factor(plan.graw, plan.formats, group[CLIP])
-            if self._FUSED:
-                extra["grad_scale"] = factor
-            elif factor != 1.0:     # as clip_grad_norm_'s multiply (the factor's dtype's value)
-                for g in gviews:
-                    np.multiply(g, g.dtype.type(factor), out=g)
+            norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])
+            if factor != 1.0 and not self._SCALES:
+                # float32/float64 grads as clip_grad_norm_'s multiply (the factor's dtype's
+                # value); 16-bit ones are scaled by their kernel as it widens them
+                for g, f in zip(gviews, plan.formats):
+                    if f is None:
+                        np.multiply(g, g.dtype.type(factor), out=g)
         cols = plan.cols
         if not self._STEPPED:
-            self._update(group, plan.pviews, gviews, cols, None, plan.fresh, **extra)
+            self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
         else:
             counts = plan.views["step"]
             steps = [float(c) for c in counts]
             if steps.count(steps[0]) == len(steps):
                 self._update(group, plan.pviews, gviews, cols, steps[0] + 1, plan.fresh,
-                             **extra)
+                             factor)
             else:
                 for step in sorted(set(steps)):
                     part = [k for k, s in enumerate(steps) if s == step]
-                    self._update(group, [plan.pviews[k] for k in part],
-                                 [gviews[k] for k in part],
-                                 {key: [v[k] for k in part] for key, v in cols.items()},
-                                 step + 1, [plan.fresh[k] for k in part], **extra)
+                    pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
+                    self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
+                                 factor)
             for c, s in zip(counts, steps):
                 c[()] = s + 1
-        for k, dst, bfloat16 in plan.half:
-            lowp.store_rounded_(dst, plan.pviews[k], bfloat16)
         _increment_versions(plan.params)
         if any(plan.fresh):
             for k, (p, state) in enumerate(zip(plan.params, plan.states)):
@@ -481,6 +472,34 @@ class _FastOptimizer(_Mixin):
     def _new_step(self):
         return torch.tensor(0.0, dtype=_scalar_dtype())
 
+    def _kernel(self, params, grads, cols, grad_scale, **scalars):
+        """The class's kernel (``_KERNEL``, its list form) on these parameters, grads and
+        state columns with these scalars: one call, or one per format in a group with 16-bit
+        parameters (their kernel's 16-bit form, given the master copies and ``grad_scale``).
+        ``grad_scale`` reaches the float32/float64 call only if the kernel has one (the others'
+        grads are scaled by :meth:`_run`)."""
+        kernels = _backend.active
+        state = [cols.get(key) for key in self._COLUMNS]
+        own = {"grad_scale": grad_scale} if self._SCALES else {}
+        formats = cols.get(_FORMAT)
+        if formats is None:     # the common case
+            getattr(kernels, self._KERNEL + "_multi")(params, grads, *state, **scalars, **own)
+            return
+        for fmt in dict.fromkeys(formats):
+            part = [k for k, f in enumerate(formats) if f is fmt]
+            lists = _pick(part, params, grads, *state)
+            if fmt is None:
+                getattr(kernels, self._KERNEL + "_multi")(*lists, **scalars, **own)
+            else:
+                getattr(kernels, self._KERNEL + "_half_multi")(
+                    *lists[:2], *_pick(part, cols[MASTER]), *lists[2:], **scalars,
+                    grad_scale=grad_scale, bfloat16=fmt)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # whether the kernel takes the clip's factor as a grad scale (Adam's does)
+        cls._SCALES = "grad_scale" in _registry.get(cls._KERNEL).scalars
+
     def _init_state(self, p, group):
         """torch's lazy state of ``p``: ``step`` and zeros for every state tensor."""
         state = {"step": self._new_step()}
@@ -489,11 +508,22 @@ class _FastOptimizer(_Mixin):
         return state
 
 
+def _pick(part, *columns):
+    """Each column's entries at the indices ``part`` (a column that is None stays None)."""
+    return [None if col is None else [col[k] for k in part] for col in columns]
+
+
+def _pick_cols(cols, part):
+    return {key: [v[k] for k in part] for key, v in cols.items()}
+
+
 class SGD(_FastOptimizer, torch.optim.SGD):
-    """``torch.optim.SGD`` stepped by :func:`fastopt.ops.foreach_sgd_step_`. State (torch's):
-    ``momentum_buffer`` when momentum is used, which starts as the first step's grad."""
+    """``torch.optim.SGD`` stepped by fastopt's SGD kernel (:func:`fastopt.ops.
+    foreach_sgd_step_`'s). State (torch's): ``momentum_buffer`` when momentum is used, which
+    starts as the first step's grad."""
 
     _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _KERNEL, _COLUMNS = "sgd", ("momentum_buffer",)
     _STEPPED = False
 
     def _state_keys(self, group):
@@ -502,48 +532,51 @@ class SGD(_FastOptimizer, torch.optim.SGD):
     def _init_state(self, p, group):
         return {}       # the buffer is made by _make_plan; the kernel's first step fills it
 
-    def _update(self, group, params, grads, cols, step, fresh):
-        kwargs = dict(lr=_number(group["lr"]), momentum=group["momentum"],
-                      dampening=group["dampening"], nesterov=group["nesterov"],
-                      weight_decay=_number(group["weight_decay"]), maximize=group["maximize"])
-        bufs = cols.get("momentum_buffer")
-        if bufs is None or not any(fresh):
-            ops.foreach_sgd_step_(params, grads, bufs, **kwargs)
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
+        lr, wd = _number(group["lr"]), _number(group["weight_decay"])
+        ops._check_sgd(lr, wd, group["momentum"], group["dampening"])
+        kwargs = dict(lr=lr, momentum=group["momentum"], dampening=group["dampening"],
+                      nesterov=group["nesterov"], weight_decay=wd, maximize=group["maximize"])
+        if cols.get("momentum_buffer") is None or not any(fresh):
+            self._kernel(params, grads, cols, grad_scale, first_step=False, **kwargs)
             return
         # a new buffer starts as the grad (torch's first step), decided per parameter
         for first in (True, False):
             part = [k for k, f in enumerate(fresh) if f == first]
             if part:
-                ops.foreach_sgd_step_([params[k] for k in part], [grads[k] for k in part],
-                                      [bufs[k] for k in part], first_step=first, **kwargs)
+                self._kernel(*_pick(part, params, grads), _pick_cols(cols, part), grad_scale,
+                             first_step=first, **kwargs)
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
-    """``torch.optim.RMSprop`` stepped by :func:`fastopt.ops.foreach_rmsprop_step_`. State
-    (torch's): ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg``
-    (centered)."""
+    """``torch.optim.RMSprop`` stepped by fastopt's RMSprop kernel (:func:`fastopt.ops.
+    foreach_rmsprop_step_`'s). State (torch's): ``step``, ``square_avg``, ``momentum_buffer``
+    (momentum > 0), ``grad_avg`` (centered)."""
 
     _KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
+    _KERNEL, _COLUMNS = "rmsprop", ("square_avg", "grad_avg", "momentum_buffer")
 
     def _state_keys(self, group):
         return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
                 + (("grad_avg",) if group["centered"] else ()))
 
-    def _update(self, group, params, grads, cols, step, fresh):
-        ops.foreach_rmsprop_step_(params, grads, cols["square_avg"], lr=_number(group["lr"]),
-                                  beta=group["alpha"], eps=group["eps"],
-                                  weight_decay=group["weight_decay"],
-                                  momentum_buffers=cols.get("momentum_buffer"),
-                                  momentum=group["momentum"], grad_avgs=cols.get("grad_avg"),
-                                  maximize=group["maximize"])
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
+        lr, alpha, eps = _number(group["lr"]), group["alpha"], group["eps"]
+        wd, momentum = group["weight_decay"], group["momentum"]
+        ops._check_lr_beta(lr, alpha, UNIT_OPEN, eps, wd, momentum)
+        self._kernel(params, grads, cols, grad_scale, lr=lr, alpha=alpha, eps=eps,
+                     weight_decay=wd, momentum=momentum, maximize=group["maximize"],
+                     eps_inside_sqrt=False)
 
 
 class Adagrad(_FastOptimizer, torch.optim.Adagrad):
-    """``torch.optim.Adagrad`` stepped by :func:`fastopt.ops.foreach_adagrad_step_`. State
-    (torch's, created at construction as torch does): ``step``, ``sum``."""
+    """``torch.optim.Adagrad`` stepped by fastopt's Adagrad kernel (:func:`fastopt.ops.
+    foreach_adagrad_step_`'s). State (torch's, created at construction as torch does):
+    ``step``, ``sum``."""
 
     _KEYS = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value",
              "maximize")
+    _KERNEL, _COLUMNS = "adagrad", ("sum",)
 
     def _state_keys(self, group):
         return ("sum",)
@@ -555,109 +588,92 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
                 "sum": torch.full_like(p, value, dtype=_state_dtype(p),
                                       memory_format=torch.preserve_format)}
 
-    def _update(self, group, params, grads, cols, step, fresh):
-        ops.foreach_adagrad_step_(params, grads, cols["sum"], step, lr=_number(group["lr"]),
-                                  lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
-                                  eps=group["eps"], maximize=group["maximize"])
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
+        wd, eps = group["weight_decay"], group["eps"]
+        clr = ops._adagrad_clr(step, _number(group["lr"]), group["lr_decay"], wd, eps)
+        self._kernel(params, grads, cols, grad_scale, clr=clr, eps=eps, weight_decay=wd,
+                     maximize=group["maximize"])
 
 
 class Adam(_FastOptimizer, torch.optim.Adam):
     """``torch.optim.Adam`` stepped by fastopt's Adam kernel (:func:`fastopt.ops.
-    foreach_adam_step_`'s), and for bfloat16/float16 parameters by its 16-bit form, which
-    reads and writes them directly; the gradient clip is a grad scale in both. State
-    (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad), and
-    ``master_param`` for 16-bit parameters."""
+    foreach_adam_step_`'s); the gradient clip is its grad scale. State (torch's): ``step``,
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad), and ``master_param`` for
+    16-bit parameters."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
              "decoupled_weight_decay")
+    _KERNEL, _COLUMNS = "adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
-    _FUSED = True
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
-    def _update(self, group, params, grads, cols, step, fresh, grad_scale=1.0):
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, (beta1, beta2) = _number(group["lr"]), group["betas"]
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, (_number(beta1), _number(beta2)), group["eps"], group["weight_decay"])
         decoupled = self._decoupled or group.get("decoupled_weight_decay", False)
-        maxes = cols.get("max_exp_avg_sq")
-        formats = cols.get(_FORMAT)
-        if formats is None:     # the common case, without building a dict of arguments
-            _backend.active.adam_multi(
-                params, grads, cols["exp_avg"], cols["exp_avg_sq"], maxes, lr=lr, beta1=beta1,
-                beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                step_size=step_size, bias_correction2=bias_correction2, grad_scale=grad_scale,
-                decoupled=decoupled, maximize=group["maximize"], eps_inside_sqrt=False)
-            return
-        kernels = _backend.active
-        kwargs = dict(lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
-                      weight_decay=group["weight_decay"], step_size=step_size,
-                      bias_correction2=bias_correction2, grad_scale=grad_scale,
-                      decoupled=decoupled, maximize=group["maximize"], eps_inside_sqrt=False)
-        # 16-bit parameters (a call per format) and the others, each in one call
-        for fmt in dict.fromkeys(formats):
-            part = [k for k, f in enumerate(formats) if f is fmt]
-            pick = lambda col: None if col is None else [col[k] for k in part]  # noqa: E731
-            if fmt is None:
-                kernels.adam_multi(pick(params), pick(grads), pick(cols["exp_avg"]),
-                                   pick(cols["exp_avg_sq"]), pick(maxes), **kwargs)
-            else:
-                kernels.adam_half_multi(pick(params), pick(grads), pick(cols[MASTER]),
-                                        pick(cols["exp_avg"]), pick(cols["exp_avg_sq"]),
-                                        pick(maxes), bfloat16=fmt, **kwargs)
+        self._kernel(params, grads, cols, grad_scale, lr=lr, beta1=beta1, beta2=beta2,
+                     eps=group["eps"], weight_decay=group["weight_decay"],
+                     step_size=step_size, bias_correction2=bias_correction2,
+                     decoupled=decoupled, maximize=group["maximize"], eps_inside_sqrt=False)
 
 
 class AdamW(Adam, torch.optim.AdamW):
-    """``torch.optim.AdamW`` (decoupled weight decay) stepped by
-    :func:`fastopt.ops.foreach_adam_step_`; state as :class:`Adam`."""
+    """``torch.optim.AdamW`` (decoupled weight decay) stepped by fastopt's Adam kernel;
+    state as :class:`Adam`."""
 
     _decoupled = True
 
 
 class Adadelta(_FastOptimizer, torch.optim.Adadelta):
-    """``torch.optim.Adadelta`` stepped by :func:`fastopt.ops.foreach_adadelta_step_`. State
-    (torch's): ``step``, ``square_avg``, ``acc_delta``."""
+    """``torch.optim.Adadelta`` stepped by fastopt's Adadelta kernel (:func:`fastopt.ops.
+    foreach_adadelta_step_`'s). State (torch's): ``step``, ``square_avg``, ``acc_delta``."""
 
     _KEYS = ("lr", "rho", "eps", "weight_decay", "maximize")
+    _KERNEL, _COLUMNS = "adadelta", ("square_avg", "acc_delta")
 
     def _state_keys(self, group):
         return ("square_avg", "acc_delta")
 
-    def _update(self, group, params, grads, cols, step, fresh):
-        ops.foreach_adadelta_step_(params, grads, cols["square_avg"], cols["acc_delta"],
-                                   lr=_number(group["lr"]), rho=group["rho"], eps=group["eps"],
-                                   weight_decay=group["weight_decay"],
-                                   maximize=group["maximize"])
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
+        lr, rho, eps, wd = _number(group["lr"]), group["rho"], group["eps"], group["weight_decay"]
+        ops._check_lr_beta(lr, rho, UNIT, eps, wd, beta_name="rho")
+        self._kernel(params, grads, cols, grad_scale, lr=lr, rho=rho, eps=eps, weight_decay=wd,
+                     maximize=group["maximize"])
 
 
 class Adamax(_FastOptimizer, torch.optim.Adamax):
-    """``torch.optim.Adamax`` stepped by :func:`fastopt.ops.foreach_adamax_step_`. State
-    (torch's): ``step``, ``exp_avg``, ``exp_inf``."""
+    """``torch.optim.Adamax`` stepped by fastopt's Adamax kernel (:func:`fastopt.ops.
+    foreach_adamax_step_`'s). State (torch's): ``step``, ``exp_avg``, ``exp_inf``."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "maximize")
+    _KERNEL, _COLUMNS = "adamax", ("exp_avg", "exp_inf")
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
 
-    def _update(self, group, params, grads, cols, step, fresh):
-        ops.foreach_adamax_step_(params, grads, cols["exp_avg"], cols["exp_inf"], step,
-                                 lr=_number(group["lr"]), betas=tuple(group["betas"]),
-                                 eps=group["eps"], weight_decay=group["weight_decay"],
-                                 maximize=group["maximize"])
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
+        eps, wd = group["eps"], group["weight_decay"]
+        beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
+                                                tuple(group["betas"]), eps, wd)
+        self._kernel(params, grads, cols, grad_scale, beta1=beta1, beta2=beta2, eps=eps,
+                     weight_decay=wd, clr=clr, maximize=group["maximize"])
 
 
 class NAdam(_FastOptimizer, torch.optim.NAdam):
-    """``torch.optim.NAdam`` stepped by :func:`fastopt.ops.foreach_nadam_step_`. State
-    (torch's): ``step``, ``mu_product`` (a float32 scalar tensor, multiplied in float32 as
-    torch does), ``exp_avg``, ``exp_avg_sq``. torch's ``load_state_dict`` casts ``mu_product``
-    to the parameters' dtype, after which torch multiplies it in float64 for float64
-    parameters; here it stays a float32 tensor, so a resumed run follows the uninterrupted
-    trajectory."""
+    """``torch.optim.NAdam`` stepped by fastopt's NAdam kernel (:func:`fastopt.ops.
+    foreach_nadam_step_`'s). State (torch's): ``step``, ``mu_product`` (a float32 scalar
+    tensor, multiplied in float32 as torch does), ``exp_avg``, ``exp_avg_sq``. torch's
+    ``load_state_dict`` casts ``mu_product`` to the parameters' dtype, after which torch
+    multiplies it in float64 for float64 parameters; here it stays a float32 tensor, so a
+    resumed run follows the uninterrupted trajectory."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
              "decoupled_weight_decay", "maximize")
+    _KERNEL, _COLUMNS = "nadam", ("exp_avg", "exp_avg_sq")
     _SCALAR_STATE = ("mu_product",)
 
     def _state_keys(self, group):
@@ -667,37 +683,40 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         return {"step": self._new_step(), "mu_product": torch.tensor(1.0, dtype=_scalar_dtype()),
                 **super()._init_state(p, group)}
 
-    def _update(self, group, params, grads, cols, step, fresh):
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
+        lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
         # the kernel takes one product: parameters whose products differ (momentum_decay
         # changed between their first steps) go in separate calls
         products = [float(m) for m in cols["mu_product"]]
         for product in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == product]
-            new = ops.foreach_nadam_step_(
-                [params[k] for k in part], [grads[k] for k in part],
-                [cols["exp_avg"][k] for k in part], [cols["exp_avg_sq"][k] for k in part],
-                step, product, lr=_number(group["lr"]), betas=tuple(group["betas"]),
-                eps=group["eps"], weight_decay=group["weight_decay"],
-                momentum_decay=group["momentum_decay"],
-                decoupled_weight_decay=group.get("decoupled_weight_decay", False),
-                maximize=group["maximize"])
+            new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
+                step, product, lr, tuple(group["betas"]), eps, wd, group["momentum_decay"])
+            self._kernel(*_pick(part, params, grads), _pick_cols(cols, part), grad_scale,
+                         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+                         bias_correction2=bias_correction2, grad_coef=grad_coef,
+                         avg_coef=avg_coef,
+                         decoupled=group.get("decoupled_weight_decay", False),
+                         maximize=group["maximize"])
             for k in part:
                 cols["mu_product"][k][()] = new
 
 
 class RAdam(_FastOptimizer, torch.optim.RAdam):
-    """``torch.optim.RAdam`` stepped by :func:`fastopt.ops.foreach_radam_step_`. State
-    (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``."""
+    """``torch.optim.RAdam`` stepped by fastopt's RAdam kernel (:func:`fastopt.ops.
+    foreach_radam_step_`'s). State (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
+    _KERNEL, _COLUMNS = "radam", ("exp_avg", "exp_avg_sq")
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
 
-    def _update(self, group, params, grads, cols, step, fresh):
-        ops.foreach_radam_step_(params, grads, cols["exp_avg"], cols["exp_avg_sq"], step,
-                                lr=_number(group["lr"]), betas=tuple(group["betas"]),
-                                eps=group["eps"], weight_decay=group["weight_decay"],
-                                decoupled_weight_decay=group.get("decoupled_weight_decay",
-                                                                 False),
-                                maximize=group["maximize"])
+    def _update(self, group, params, grads, cols, step, fresh, grad_scale):
+        lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
+        beta1, beta2, step_size, rectified = ops._radam_scalars(
+            step, lr, tuple(group["betas"]), eps, wd)
+        self._kernel(params, grads, cols, grad_scale, lr=lr, beta1=beta1, beta2=beta2,
+                     eps=eps, weight_decay=wd, step_size=step_size, rectified=rectified,
+                     decoupled=group.get("decoupled_weight_decay", False),
+                     maximize=group["maximize"])

@@ -28,8 +28,10 @@ ctypedef void (*span64)(double** a, Py_ssize_t lo, Py_ssize_t hi, const void* s)
 ctypedef struct Kernel:
     int narrays          # arrays per tensor; arrays[1] (the grad) is the only one not written
     int nrequired        # the first nrequired may not be None
-    span32 f32           # a 16-bit kernel (_half.pxi): its one span, given the arrays as
-    span64 f64           # float** (param and grad are uint16); f64 NULL
+    span32 f32
+    span64 f64           # NULL for a 16-bit form
+    int half             # 0, or a 16-bit form's format (_half.pxi: it runs f32 a block at a
+                         # time on the float32 master and state); s is then a HalfScalars*
 
 ctypedef struct Tensor:
     void* ptr[MAX_ARRAYS]
@@ -63,7 +65,9 @@ cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t
         lo = max(start - offset, 0)
         hi = min(stop - offset, ts[j].n)
         if lo < hi:
-            if is32:
+            if kern.half:
+                half_range(kern, ts[j].ptr, lo, hi, s)
+            elif is32:
                 kern.f32(<float**>ts[j].ptr, lo, hi, s)
             else:
                 kern.f64(<double**>ts[j].ptr, lo, hi, s)
@@ -111,7 +115,7 @@ cdef int load(Tensor* t, Extent* ext, const Kernel* kern, tuple names, PyObject*
         else:
             ok = ok and cnp.PyArray_CheckExact(<object>arrays[i])
     if ok:
-        ok = check_fast(kern, arrays) if kern.f64 != NULL else check_half_fast(kern, arrays)
+        ok = check_half_fast(kern, arrays) if kern.half else check_fast(kern, arrays)
     if not ok:
         check_slow(kern, names, arrays, index)   # raises with the standard message
     for i in range(kern.narrays):
@@ -293,7 +297,7 @@ cdef int check_slow(const Kernel* kern, tuple names, PyObject** arrays,
     """Find what is wrong and raise, naming the array."""
     labels = [name if index < 0 else f"{name}[{index}]" for name in names]
     objs = [None if arrays[i] == NULL else <object>arrays[i] for i in range(kern.narrays)]
-    if kern.f64 == NULL:
+    if kern.half:
         check_half_arrays(objs, labels, kern.nrequired)
     else:
         _validate.check_step_arrays(objs, labels, kern.nrequired)
@@ -317,7 +321,7 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const void* s) exc
     check_pairs(ext, kern.narrays, names)
     if slow:
         return 1
-    cdef bint is32 = (kern.f64 == NULL
+    cdef bint is32 = (kern.half
                       or cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT)
     with nogil:
         run(kern, is32, &t, 1, s)
@@ -365,8 +369,7 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s)
             if load(&t, ext + j * kern.narrays, kern, names, objs, j):
                 slow.append(j)
             # float32 (and 16-bit) tensors fill the front of ts, float64 ones the back
-            elif (kern.f64 == NULL
-                  or cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT):
+            elif kern.half or cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT:
                 ts[n32] = t
                 n32 += 1
             else:
@@ -389,3 +392,7 @@ def _fallback(kernel, tuple lists, list slow, **scalars):
     for j in slow:
         via_contiguous(kernel, tuple([None if lst is None else lst[j] for lst in lists]),
                        **scalars)
+
+
+# the 16-bit forms' driver (half_range) and conversions
+include "_half.pxi"

@@ -10,18 +10,16 @@ Each kernel here is its loop: ``<name>_span(a, lo, hi, s)`` over ``a = (param, g
 state...)`` with ``s`` a struct holding the call's scalars and options by name. The rest is
 generated from the registry (fastopt/_registry.py) by setup.py into ``_glue.pxi`` (template
 ``_glue.pxi.tp``): that struct, ``<name>_scalars``, and the ``<name>`` and ``<name>_multi``
-entry points. The options are loop-invariant branches: setup.py lets GCC unswitch them all, so
-every combination gets its own vectorized loop. Every span reads its scalars into locals before
-the loop (as far as the compiler knows, the struct may alias the arrays).
+entry points, and those of the 16-bit forms (``<name>_half``), which run the float32 span
+through _half.pxi. The options are loop-invariant branches: setup.py lets GCC unswitch them
+all, so every combination gets its own vectorized loop. Every span reads its scalars into
+locals before the loop (as far as the compiler knows, the struct may alias the arrays).
 """
 from libc.math cimport fabs, fabsf, sqrt, sqrtf
-from libc.stdint cimport uint16_t, uint32_t
-from libc.string cimport memcpy
 
 include "_common.pxi"
 include "_elementwise.pxi"
 include "_glue.pxi"
-include "_half.pxi"
 
 
 cdef inline floating root(floating x) noexcept nogil:
@@ -150,8 +148,7 @@ cdef inline void adam_elem(floating* p, floating* m, floating* v, floating* vmax
                            floating eps, floating wd, floating step, floating inv_bc2,
                            floating inv_bc2_sqrt, floating decay, bint coupled, bint shrink,
                            bint eps_inside_sqrt) noexcept nogil:
-    """Element ``i`` of an Adam step with grad ``gi`` (scaled and negated already), shared by
-    adam_span and adam_half_span (which steps the float32 master copy)."""
+    """Element ``i`` of an Adam step with grad ``gi`` (scaled and negated already)."""
     cdef floating vi, denom
     if shrink:
         p[i] = p[i] * decay
@@ -195,98 +192,6 @@ cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         gi = -gi if maximize else gi
         adam_elem(p, m, v, vmax, i, gi, c1, b2, c2, eps, wd, step, inv_bc2, inv_bc2_sqrt,
                   decay, coupled, shrink, eps_inside_sqrt)
-
-
-# ----------------------------------------------------------------------- 16-bit formats
-# The conversions of fastopt/reference/lowp.py in integer arithmetic (memcpy moves the bits
-# between float and uint32; GCC turns it into a register move).
-cdef inline float bits_to_float(uint32_t u) noexcept nogil:
-    cdef float f
-    memcpy(&f, &u, 4)
-    return f
-
-
-cdef inline uint32_t float_to_bits(float f) noexcept nogil:
-    cdef uint32_t u
-    memcpy(&u, &f, 4)
-    return u
-
-
-cdef inline float half_to_float(uint16_t h, bint bfloat16) noexcept nogil:
-    """Exact widening: bfloat16 bits are the top half of the float32's; float16 rebiases the
-    exponent (subnormals: the 10-bit integer times 2**-24, exact in float32)."""
-    cdef uint32_t sign = (<uint32_t>(h & 0x8000)) << 16
-    cdef uint32_t e = (h >> 10) & 0x1F, mant = h & 0x3FF
-    cdef float sub
-    if bfloat16:
-        return bits_to_float((<uint32_t>h) << 16)
-    if e == 0x1F:
-        return bits_to_float(sign | 0x7F800000 | (mant << 13))
-    if e != 0:
-        return bits_to_float(sign | ((e + 112) << 23) | (mant << 13))
-    sub = <float>mant * <float>5.9604644775390625e-08
-    return bits_to_float(sign | float_to_bits(sub))
-
-
-cdef inline uint16_t float_to_half(float x, bint bfloat16) noexcept nogil:
-    """Round to nearest, ties to even (overflow to infinity, subnormals kept); NaN becomes
-    0x7FC0 (bfloat16) or its sign with 0x7E00 (float16)."""
-    cdef uint32_t u = float_to_bits(x), a = u & 0x7FFFFFFF, h, rem, half, shift, mant
-    cdef uint16_t sign = <uint16_t>((u >> 16) & 0x8000)
-    if bfloat16:
-        return 0x7FC0 if a > 0x7F800000 else <uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
-    if a > 0x7F800000:
-        return sign | 0x7E00
-    if a >= 0x477FF000:                 # from halfway above 65504 up: infinity
-        return sign | 0x7C00
-    if a >= 0x38800000:                 # a float16 normal: rebias, round off 13 bits
-        h = (a - 0x38000000) >> 13
-        rem = a & 0x1FFF
-        h += (rem > 0x1000) | ((rem == 0x1000) & (h & 1))
-        return sign | <uint16_t>h
-    if a <= 0x33000000:                 # at most half the smallest subnormal: zero
-        return sign
-    shift = 126 - (a >> 23)             # 14..24: the float16 subnormal's integer
-    mant = (a & 0x7FFFFF) | 0x800000
-    h = mant >> shift
-    rem = mant & ((<uint32_t>1 << shift) - 1)
-    half = <uint32_t>1 << (shift - 1)
-    h += (rem > half) | ((rem == half) & (h & 1))
-    return sign | <uint16_t>h
-
-
-# ----------------------------------------------------------------------------- adam_half
-# Adam on 16-bit parameters: a[0] and a[1] hold uint16 (param and grad, bfloat16 bits or
-# float16), the rest float32 (master copy, moments). One sweep: widen the grad, step the
-# master, store it rounded into the param.
-cdef void adam_half_span(float** a, Py_ssize_t lo, Py_ssize_t hi,
-                         const adam_half_scalars* s) noexcept nogil:
-    cdef uint16_t* p16 = <uint16_t*>a[0]
-    cdef const uint16_t* g16 = <const uint16_t*>a[1]
-    cdef float* p = a[2]
-    cdef float* m = a[3]
-    cdef float* v = a[4]
-    cdef float* vmax = a[5]
-    cdef float c1 = <float>(1.0 - s.beta1), b2 = <float>s.beta2
-    cdef float c2 = <float>(1.0 - s.beta2), eps = <float>s.eps
-    cdef float wd = <float>s.weight_decay, step = <float>s.step_size
-    cdef float inv_bc2 = <float>(1.0 / s.bias_correction2)
-    cdef float inv_bc2_sqrt = <float>(1.0 / sqrt(s.bias_correction2))
-    cdef float decay = <float>(1.0 - s.lr * s.weight_decay)
-    cdef float scale = <float>s.grad_scale
-    cdef bint maximize = s.maximize, eps_inside_sqrt = s.eps_inside_sqrt
-    cdef bint scaled = s.grad_scale != 1, bfloat16 = s.bfloat16
-    cdef bint coupled = s.weight_decay != 0 and not s.decoupled
-    cdef bint shrink = s.weight_decay != 0 and s.decoupled
-    cdef float gi
-    cdef Py_ssize_t i
-    for i in range(lo, hi):
-        gi = half_to_float(g16[i], bfloat16)
-        gi = gi * scale if scaled else gi
-        gi = -gi if maximize else gi
-        adam_elem(p, m, v, vmax, i, gi, c1, b2, c2, eps, wd, step, inv_bc2, inv_bc2_sqrt,
-                  decay, coupled, shrink, eps_inside_sqrt)
-        p16[i] = float_to_half(p[i], bfloat16)
 
 
 # ------------------------------------------------------------------------------ adadelta

@@ -1,18 +1,20 @@
-"""Numba 16-bit kernels (fastopt._registry.HALF_KERNELS), mirroring fastopt/_kernels/_half.pxi
-and optim.pyx's conversions: the widening and rounding of fastopt/reference/lowp.py in integer
-arithmetic, the float32 step of the master copy shared with the Adam kernel (``adam_elem``)."""
+"""Numba 16-bit kernels (fastopt._registry.HALF_KERNELS), mirroring fastopt/_kernels/_half.pxi:
+the widening and rounding of fastopt/reference/lowp.py in integer arithmetic, and the float32
+kernels' spans (fastopt/_numba/optim.py) stepping the master copy a block at a time."""
+import types as types_module
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
+from .. import _registry
 from .._layout import via_contiguous
-from ..reference.lowp import check_half_arrays
+from ..reference.lowp import check_half_arrays, with_signature
+from . import optim
 from ._common import JIT, launch, scalars
-from .optim import adam_consts, adam_elem
 
-_NAMES = ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 _EMPTY32 = np.empty(0, np.float32)
 
 
@@ -32,107 +34,164 @@ def _float_to_bits(typingctx, x):
     return types.uint32(types.float32), codegen
 
 
+# The conversions of fastopt/_kernels/_half.pxi, as selects so that the block loops vectorize.
 @numba.njit(inline="always", **JIT)
-def _half_to_float(h, bfloat16):
+def _float16_to_float(h):
+    """Exact widening: rebias the exponent; a subnormal is its 10-bit integer times 2**-24
+    (exact in float32); infinity and NaN keep sign and payload."""
     u = np.uint32(h)
-    if bfloat16:
-        return _bits_to_float(u << np.uint32(16))
     sign = (u & np.uint32(0x8000)) << np.uint32(16)
     e = (u >> np.uint32(10)) & np.uint32(0x1F)
     mant = u & np.uint32(0x3FF)
-    if e == np.uint32(0x1F):
-        return _bits_to_float(sign | np.uint32(0x7F800000) | (mant << np.uint32(13)))
-    if e != np.uint32(0):
-        return _bits_to_float(sign | ((e + np.uint32(112)) << np.uint32(23))
-                              | (mant << np.uint32(13)))
-    sub = np.float32(mant) * np.float32(5.9604644775390625e-08)     # mant * 2**-24, exact
-    return _bits_to_float(sign | _float_to_bits(sub))
+    normal = sign | ((e + np.uint32(112)) << np.uint32(23)) | (mant << np.uint32(13))
+    special = sign | np.uint32(0x7F800000) | (mant << np.uint32(13))
+    sub = sign | _float_to_bits(np.float32(np.int32(mant)) * np.float32(5.9604644775390625e-08))
+    bits = special if e == np.uint32(0x1F) else (normal if e != np.uint32(0) else sub)
+    return _bits_to_float(np.uint32(bits))
 
 
 @numba.njit(inline="always", **JIT)
-def _float_to_half(x, bfloat16):
+def _float_to_bfloat16(x):
+    """Round to nearest, ties to even; NaN becomes 0x7FC0."""
+    u = _float_to_bits(x)
+    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return np.uint16(0x7FC0 if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded)
+
+
+@numba.njit(inline="always", **JIT)
+def _float_to_float16(x):
+    """Round to nearest, ties to even (from halfway above 65504 up: infinity; subnormals kept);
+    NaN becomes its sign with 0x7E00. A subnormal is rounded by a float32 addition of 0.5
+    (whose spacing, 2**-24, is the float16 subnormals'), in the default rounding mode."""
     u = _float_to_bits(x)
     a = u & np.uint32(0x7FFFFFFF)
-    if bfloat16:
-        if a > np.uint32(0x7F800000):
-            return np.uint16(0x7FC0)
-        return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-                         >> np.uint32(16))
-    sign = np.uint32((u >> np.uint32(16)) & np.uint32(0x8000))
-    if a > np.uint32(0x7F800000):
-        return np.uint16(sign | np.uint32(0x7E00))
-    if a >= np.uint32(0x477FF000):          # from halfway above 65504 up: infinity
-        return np.uint16(sign | np.uint32(0x7C00))
-    if a >= np.uint32(0x38800000):          # a float16 normal: rebias, round off 13 bits
-        h = (a - np.uint32(0x38000000)) >> np.uint32(13)
-        rem = a & np.uint32(0x1FFF)
-        if rem > np.uint32(0x1000) or (rem == np.uint32(0x1000) and (h & np.uint32(1))):
-            h += np.uint32(1)
-        return np.uint16(sign | h)
-    if a <= np.uint32(0x33000000):          # at most half the smallest subnormal: zero
-        return np.uint16(sign)
-    shift = np.uint32(126) - (a >> np.uint32(23))
-    mant = (a & np.uint32(0x7FFFFF)) | np.uint32(0x800000)
-    h = mant >> shift
-    rem = mant & ((np.uint32(1) << shift) - np.uint32(1))
-    half = np.uint32(1) << (shift - np.uint32(1))
-    if rem > half or (rem == half and (h & np.uint32(1))):
-        h += np.uint32(1)
+    sign = (u >> np.uint32(16)) & np.uint32(0x8000)
+    normal = (a - np.uint32(0x37FFF001) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
+    sub = _float_to_bits(_bits_to_float(np.uint32(a)) + np.float32(0.5)) - np.uint32(0x3F000000)
+    h = sub if a < np.uint32(0x38800000) else normal
+    h = np.uint32(0x7C00) if a >= np.uint32(0x477FF000) else h
+    h = np.uint32(0x7E00) if a > np.uint32(0x7F800000) else h
     return np.uint16(sign | h)
 
 
-_ADAM_HALF, _pack_adam_half = scalars("adam_half")
+# ------------------------------------------------------------------ the 16-bit forms
+# Every 16-bit form runs its float32 kernel's span, a block at a time: widen the block's grad
+# into a float32 buffer (times the grad scale), step the master and state of the block with
+# the span, round the master into the param. The block stays in cache between the three
+# loops, so memory sees one sweep, and the formula stays the float32 kernel's.
+_BLOCK = 512
 
 
 @numba.njit(inline="always", **JIT)
-def _adam_half_loop(p16, g16, p, m, v, vmax, s, amsgrad, eps_inside_sqrt):
-    # amsgrad and the eps form are literal constants per loop, as in _adam_loop
-    k = adam_consts(s, p)
-    scale = np.float32(s.grad_scale)
-    scaled = s.grad_scale != 1
-    maximize, bfloat16 = s.maximize, s.bfloat16
-    for i in range(p.size):
-        gi = _half_to_float(g16[i], bfloat16)
-        gi = gi * scale if scaled else gi
-        gi = -gi if maximize else gi
-        adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt)
-        p16[i] = _float_to_half(p[i], bfloat16)
-
-
-@numba.njit(**JIT)
-def _adam_half_span(p16, g16, p, m, v, vmax, packed):
-    s = _ADAM_HALF(*packed)
-    if vmax.size == 0 and not s.eps_inside_sqrt:
-        _adam_half_loop(p16, g16, p, m, v, vmax, s, amsgrad=False, eps_inside_sqrt=False)
-    elif vmax.size == 0:
-        _adam_half_loop(p16, g16, p, m, v, vmax, s, amsgrad=False, eps_inside_sqrt=True)
-    elif not s.eps_inside_sqrt:
-        _adam_half_loop(p16, g16, p, m, v, vmax, s, amsgrad=True, eps_inside_sqrt=False)
+def _widen_block(g16, out, bfloat16, scale):
+    if bfloat16:
+        for i in range(g16.size):
+            out[i] = _bits_to_float(np.uint32(g16[i]) << np.uint32(16))
     else:
-        _adam_half_loop(p16, g16, p, m, v, vmax, s, amsgrad=True, eps_inside_sqrt=True)
+        for i in range(g16.size):
+            out[i] = _float16_to_float(g16[i])
+    if scale != 1:
+        f = np.float32(scale)
+        for i in range(g16.size):
+            out[i] = out[i] * f
 
 
-@numba.njit(parallel=True, **JIT)
-def _adam_half_parallel(nchunks, chunk, p16, g16, p, m, v, vmax, packed):
+@numba.njit(inline="always", **JIT)
+def _narrow_block(x, p16, bfloat16):
+    if bfloat16:
+        for i in range(x.size):
+            p16[i] = _float_to_bfloat16(x[i])
+    else:
+        for i in range(x.size):
+            p16[i] = _float_to_float16(x[i])
+
+
+def _span_args(master, g, state, lo, hi, packed):
+    """``(master, g, state[0][lo:hi], ..., packed)``: the float32 span's arguments for a
+    block (jitted code only)."""
+    raise NotImplementedError
+
+
+# by the number of state arrays
+_SLICERS = {
+    1: lambda master, g, state, lo, hi, packed: (master, g, state[0][lo:hi], packed),
+    2: lambda master, g, state, lo, hi, packed: (master, g, state[0][lo:hi], state[1][lo:hi],
+                                                 packed),
+    3: lambda master, g, state, lo, hi, packed: (master, g, state[0][lo:hi], state[1][lo:hi],
+                                                 state[2][lo:hi], packed),
+}
+
+
+@overload(_span_args)
+def _span_args_impl(master, g, state, lo, hi, packed):
+    return _SLICERS[len(state)]
+
+
+# Templates of a 16-bit form's loops: _specialize copies them per kernel with _base_span (the
+# float32 kernel's span) and _half_range bound. Globals, not closure variables or arguments:
+# Numba's on-disk cache keys a closure by a pickle of its cells, which for a jitted function
+# holds a per-process id (never a cache hit), and globals are frozen into the compiled code,
+# as every kernel's helpers are.
+def _half_range_template(p16, g16, master, state, lo, hi, scalars):
+    """Elements [lo, hi), a block at a time. ``scalars``: the float32 kernel's packed scalars,
+    then ``bfloat16`` and ``grad_scale`` (one flat tuple: a parallel loop passes it on)."""
+    packed, bfloat16, scale = scalars[:-2], scalars[-2], scalars[-1]
+    buf = np.empty(_BLOCK, np.float32)
+    for start in range(lo, hi, _BLOCK):
+        stop = min(start + _BLOCK, hi)
+        g = buf[:stop - start]
+        _widen_block(g16[start:stop], g, bfloat16, scale)
+        _base_span(*_span_args(master[start:stop], g, state, start, stop, packed))  # noqa: F821
+        _narrow_block(master[start:stop], p16[start:stop], bfloat16)
+
+
+def _half_span_template(p16, g16, master, state, scalars):
+    """The serial step (``_common.launch``'s)."""
+    _half_range(p16, g16, master, state, 0, master.size, scalars)  # noqa: F821
+
+
+def _half_parallel_template(nchunks, chunk, p16, g16, master, state, scalars):
     for c in prange(nchunks):
-        lo, hi = c * chunk, min((c + 1) * chunk, p.size)
-        _adam_half_span(p16[lo:hi], g16[lo:hi], p[lo:hi], m[lo:hi], v[lo:hi],
-                        vmax[lo:hi], packed)
+        _half_range(p16, g16, master, state, c * chunk,  # noqa: F821
+                    min((c + 1) * chunk, master.size), scalars)
 
 
-def adam_half(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2,
-              eps, weight_decay, step_size, bias_correction2, grad_scale, decoupled, maximize,
-              eps_inside_sqrt, bfloat16):
-    arrays = (param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq)
-    check_half_arrays(arrays, _NAMES, 5)
-    packed = _pack_adam_half(lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                             weight_decay=weight_decay, step_size=step_size,
-                             bias_correction2=bias_correction2, grad_scale=grad_scale,
-                             decoupled=decoupled, maximize=maximize,
-                             eps_inside_sqrt=eps_inside_sqrt, bfloat16=bfloat16)
-    if not all(a is None or (type(a) is np.ndarray and a.flags.c_contiguous and a.flags.aligned
-                             and a.dtype.isnative) for a in arrays):
-        return via_contiguous(adam_half, arrays, **_ADAM_HALF(*packed)._asdict())
-    views = [a.reshape(-1).view(np.uint16) if i < 2 else
-             (_EMPTY32 if a is None else a.reshape(-1)) for i, a in enumerate(arrays)]
-    launch(_adam_half_span, _adam_half_parallel, views, packed)
+def _specialize(template, name, parallel=False, **bound):
+    """A jitted copy of ``template`` named ``name`` whose globals also hold ``bound``."""
+    fn = types_module.FunctionType(template.__code__, dict(globals(), **bound), name)
+    fn.__qualname__ = name
+    return numba.njit(parallel=parallel, **JIT)(fn)
+
+
+def _half_form(kernel):
+    """This backend's function of the 16-bit form ``kernel``: as
+    fastopt.reference.lowp's, through fastopt._numba.optim's span of ``kernel.base``."""
+    base = _registry.get(kernel.base)
+    _, pack = scalars(kernel.base)
+    own_scale = {"grad_scale": 1.0} if "grad_scale" in base.scalars else {}
+    half_range = _specialize(_half_range_template, f"_{kernel.name}_range",
+                             _base_span=getattr(optim, f"_{base.name}_span"))
+    span = _specialize(_half_span_template, f"_{kernel.name}_span", _half_range=half_range)
+    parallel = _specialize(_half_parallel_template, f"_{kernel.name}_parallel", parallel=True,
+                           _half_range=half_range)
+
+    def half(arrays, *, bfloat16, grad_scale, **scalars_):
+        """As fastopt.reference.lowp's: see fastopt/_numba/lowp.py."""
+        check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
+        packed = pack(**scalars_, **own_scale)
+        if not all(a is None or (type(a) is np.ndarray and a.flags.c_contiguous
+                                 and a.flags.aligned and a.dtype.isnative) for a in arrays):
+            return via_contiguous(fn, arrays, bfloat16=bfloat16, grad_scale=grad_scale,
+                                  **scalars_)
+        views = [a.reshape(-1).view(np.uint16) for a in arrays[:2]] + [
+            arrays[2].reshape(-1),
+            tuple(_EMPTY32 if a is None else a.reshape(-1) for a in arrays[3:])]
+        launch(span, parallel, views, packed + (bool(bfloat16), float(grad_scale)))
+
+    fn = with_signature(kernel, half)      # (the name via_contiguous calls back)
+    return fn
+
+
+for _kernel in _registry.HALF_KERNELS:
+    globals()[_kernel.name] = _half_form(_kernel)
+del _kernel

@@ -233,8 +233,7 @@ def adam_consts(s, p):
 
 @numba.njit(inline="always", **JIT)
 def adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt):
-    """Element ``i`` of an Adam step with grad ``gi`` (scaled and negated already); also the
-    16-bit kernel's step of its float32 master copy (fastopt/_numba/lowp.py)."""
+    """Element ``i`` of an Adam step with grad ``gi`` (scaled and negated already)."""
     c1, b2, c2, eps, step, inv_bc2, inv_bc2_sqrt, wd, decay, coupled = k
     pi = p[i] * decay
     if coupled:

@@ -6,12 +6,14 @@ Widening to float32 is exact; narrowing rounds to nearest, ties to even, overflo
 infinity and keeps subnormals, as torch's conversions do, so a parameter written back from its
 float32 master copy has the bits ``master.to(torch.bfloat16)`` (or ``float16``) would give.
 
-The 16-bit kernels (``fastopt._registry.HALF_KERNELS``, here :func:`adam_half`) step a float32
-master copy from the widened 16-bit grad and write it back rounded, in one sweep; the
-compiled backends give these bits with integer arithmetic.
+The 16-bit kernels (``fastopt._registry.HALF_KERNELS``: ``adam_half``, ``sgd_half``, ... made
+here by :func:`_half_form` from the float32 kernels) step a float32 master copy from the
+widened 16-bit grad and write it back rounded, in one sweep; the compiled backends give these
+bits with integer arithmetic.
 """
 import numpy as np
 
+from .. import _registry
 from .._validate import check_disjoint, check_writeable
 from . import optim
 
@@ -112,20 +114,44 @@ def check_half_arrays(arrays, names, nrequired):
     check_disjoint([arrays], lambda i, j: names[i])
 
 
-def adam_half(param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2,
-              eps, weight_decay, step_size, bias_correction2, grad_scale, decoupled, maximize,
-              eps_inside_sqrt, bfloat16):
-    """Adam on a 16-bit parameter (bfloat16 bits if ``bfloat16``, else float16, both as
-    ``uint16``) with a float32 master copy and float32 state:
+def with_signature(kernel, impl):
+    """``impl(arrays, **keywords)`` as a function named and called as the registry's
+    ``kernel`` (its arrays positional or by name, its scalars and options keyword-only, all
+    required), so Python's own call checks refuse a wrong call as a written-out one's."""
+    arrays = ", ".join(kernel.arrays)
+    namespace = {"impl": impl}
+    exec(f"def {kernel.name}({arrays}, *, {', '.join(kernel.keywords)}):\n"      # noqa: S102
+         f"    return impl(({arrays},), {', '.join(f'{k}={k}' for k in kernel.keywords)})\n",
+         namespace)
+    fn = namespace[kernel.name]
+    fn.__module__, fn.__doc__ = impl.__module__, impl.__doc__
+    return fn
 
-    g = widen(grad) (float32), then :func:`fastopt.reference.optim.adam` steps ``master``
-    with it (the grad scale applied there, in float32); param = round(master)
-    (:func:`store_rounded_`). ``param`` itself is only written.
-    """
-    check_half_arrays((param, grad, master, exp_avg, exp_avg_sq, max_exp_avg_sq),
-                      ("param", "grad", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), 5)
-    optim.adam(master, widen(grad, bfloat16), exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr,
-               beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-               step_size=step_size, bias_correction2=bias_correction2, grad_scale=grad_scale,
-               decoupled=decoupled, maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
-    store_rounded_(param, master, bfloat16)
+
+def _half_form(kernel):
+    """The reference of the 16-bit form ``kernel`` (a :meth:`fastopt._registry.Kernel.halved`):
+    g = widen(grad) (float32), times ``grad_scale`` in float32 unless it is 1; the float32
+    kernel (:mod:`fastopt.reference.optim`, ``kernel.base``) steps ``master`` with g (its own
+    ``grad_scale``, if it has one, is then 1); param = round(master) (:func:`store_rounded_`).
+    ``param`` itself is only written."""
+    base = getattr(optim, kernel.base)
+    own_scale = {"grad_scale": 1.0} if "grad_scale" in _registry.get(kernel.base).scalars else {}
+
+    def half(arrays, *, bfloat16, grad_scale, **scalars):
+        check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
+        param, grad, master, *state = arrays
+        g = widen(grad, bfloat16)
+        if grad_scale != 1:
+            np.multiply(g, np.float32(grad_scale), out=g)    # (a new array: 0-d stays one)
+        base(master, g, *state, **scalars, **own_scale)
+        store_rounded_(param, master, bfloat16)
+
+    half.__doc__ = (f"``{kernel.base}`` on a 16-bit parameter (bfloat16 bits if ``bfloat16``, "
+                    "else float16, both as ``uint16``) with a float32 master copy and float32 "
+                    "state: see :func:`fastopt.reference.lowp._half_form`.")
+    return with_signature(kernel, half)
+
+
+for _kernel in _registry.HALF_KERNELS:
+    globals()[_kernel.name] = _half_form(_kernel)
+del _kernel

@@ -63,14 +63,17 @@ def _float_to_float16(x):
     """Round to nearest, ties to even (from halfway above 65504 up: infinity; subnormals kept);
     NaN becomes its sign with 0x7E00. A subnormal is rounded by a float32 addition of 0.5
     (whose spacing, 2**-24, is the float16 subnormals'), in the default rounding mode."""
+    # every intermediate cast back to uint32: Numba widens uint32 arithmetic to 64 bits, and
+    # the loop then ran 4x slower
+    U = np.uint32
     u = _float_to_bits(x)
-    a = u & np.uint32(0x7FFFFFFF)
-    sign = (u >> np.uint32(16)) & np.uint32(0x8000)
-    normal = (a - np.uint32(0x37FFF001) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)
-    sub = _float_to_bits(_bits_to_float(np.uint32(a)) + np.float32(0.5)) - np.uint32(0x3F000000)
-    h = sub if a < np.uint32(0x38800000) else normal
-    h = np.uint32(0x7C00) if a >= np.uint32(0x477FF000) else h
-    h = np.uint32(0x7E00) if a > np.uint32(0x7F800000) else h
+    a = U(u & U(0x7FFFFFFF))
+    sign = U(U(u >> U(16)) & U(0x8000))
+    normal = U(U(U(a - U(0x37FFF001)) + U(U(a >> U(13)) & U(1))) >> U(13))   # rebias, round
+    sub = U(_float_to_bits(_bits_to_float(a) + np.float32(0.5)) - U(0x3F000000))
+    h = sub if a < U(0x38800000) else normal
+    h = U(0x7C00) if a >= U(0x477FF000) else h
+    h = U(0x7E00) if a > U(0x7F800000) else h
     return np.uint16(sign | h)
 
 

@@ -227,6 +227,7 @@ def generate_glue():
     from Cython import Tempita
     spec = importlib.util.spec_from_file_location("_registry", "src/fastopt/_registry.py")
     registry = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = registry     # dataclasses resolve string annotations there
     spec.loader.exec_module(registry)
     template = "src/fastopt/_kernels/_glue.pxi.tp"
     with open(template) as f:

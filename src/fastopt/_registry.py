@@ -60,7 +60,7 @@ class Kernel:
     options: tuple
     ops: str
     examples: dict = field(default_factory=dict)
-    base: "str | None" = None
+    base: str | None = None
 
     def __post_init__(self):
         assert len(self.lists) == len(self.arrays), self.name

@@ -632,6 +632,150 @@ def test_replaced_storage_and_state_are_picked_up():
     assert_trajectories_close(ours, theirs, opt, ref)
 
 
+# ------------------------------------------------- the cached plan of a group's step
+def _grads_in_place(gen, *param_lists):
+    """The same random grads on each list, written into the grad tensors already there (so
+    nothing changes that the cached plan of a step depends on); new ones where None."""
+    for ps in zip(*param_lists):
+        g = torch.randn(ps[0].shape, generator=gen, dtype=ps[0].dtype)
+        for p in ps:
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+
+
+def _set_param(ps, opt):
+    with torch.no_grad():
+        ps[0].set_(ps[0].detach() * 0.5)
+
+
+def _replace_param(ps, opt):
+    q = torch.nn.Parameter(ps[1].detach() * 2)
+    q.grad = ps[1].grad.clone()
+    opt.param_groups[0]["params"][1] = ps[1] = q
+
+
+def _add_group(ps, opt):
+    q = torch.nn.Parameter(torch.linspace(-1, 1, 7, dtype=ps[0].dtype))
+    q.grad = torch.ones_like(q)
+    opt.add_param_group({"params": [q], "lr": 0.01})
+    ps.append(q)
+
+
+def _switch_on_amsgrad(ps, opt):
+    # torch.optim's Adam then needs the state it would have made at the first step
+    opt.param_groups[0]["amsgrad"] = True
+    for p in ps:
+        opt.state[p].setdefault("max_exp_avg_sq", torch.zeros_like(p))
+
+
+# Each is a change between two steps that a stale plan would miss (stepping old tensors, or
+# none): applied to fastopt.torch and torch.optim alike, the trajectories must still agree.
+CHANGES = {
+    "grad replaced": lambda ps, opt: setattr(ps[1], "grad", ps[1].grad * 3),
+    "grad storage swapped": lambda ps, opt: setattr(ps[1].grad, "data", ps[1].grad.data * 3),
+    "grad set_": lambda ps, opt: ps[1].grad.set_(ps[1].grad * 3),
+    "grad None": lambda ps, opt: setattr(ps[1], "grad", None),
+    "param .data reassigned": lambda ps, opt: setattr(ps[0], "data", ps[0].data * 0.5),
+    "param set_": _set_param,
+    "param replaced in its group": _replace_param,
+    "param group added": _add_group,
+    "state tensor replaced": lambda ps, opt: opt.state[ps[1]].__setitem__(
+        "exp_avg", torch.ones_like(ps[1])),
+    "state tensor storage swapped": lambda ps, opt: setattr(
+        opt.state[ps[1]]["exp_avg"], "data", torch.ones_like(ps[1])),
+    "step written in place": lambda ps, opt: opt.state[ps[1]]["step"].fill_(10),
+    "step replaced": lambda ps, opt: opt.state[ps[1]].__setitem__("step", torch.tensor(10.0)),
+    "state dict of a parameter replaced": lambda ps, opt: opt.state.__setitem__(ps[1], {}),
+    "opt.state cleared": lambda ps, opt: opt.state.clear(),
+    "opt.state replaced": lambda ps, opt: setattr(opt, "state", type(opt.state)(dict)),
+    "state dict loaded": lambda ps, opt: opt.load_state_dict(copy.deepcopy(opt.state_dict())),
+    "option needing more state": _switch_on_amsgrad,
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_the_cached_plan_sees_every_change(change):
+    """fastopt.torch checks its cached plan of a group's step (views, state, counts) against
+    the group each step: after each change the trajectory is still torch.optim's."""
+    ours, opt, theirs, ref = _pair("Adam", dict(weight_decay=0.1))
+    gen = torch.Generator().manual_seed(14)
+    for k in range(5):
+        _grads_in_place(gen, ours, theirs)
+        if k == 2:
+            for ps, o in ((ours, opt), (theirs, ref)):
+                CHANGES[change](ps, o)
+        opt.step()
+        ref.step()
+    assert _ulps(ours, theirs) <= 4
+    for key in ref.state[theirs[0]]:
+        assert _ulps([opt.state[p][key] for p in ours],
+                     [ref.state[p][key] for p in theirs]) <= 8, key
+
+
+def test_the_plan_is_kept_while_nothing_changes():
+    """The steady state reuses the plan: grads written in place, or new grad tensors after
+    zero_grad(); a group's step counts are views of one tensor."""
+    ours, opt, _, _ = _pair("AdamW", {})
+    gen = torch.Generator().manual_seed(15)
+    _set_grads(gen, ours)
+    opt.step()
+    plan = opt._plans[0]
+    for k in range(4):
+        if k % 2:
+            opt.zero_grad()
+            _set_grads(gen, ours)
+        else:
+            _grads_in_place(gen, ours)
+        opt.step()
+    assert opt._plans[0] is plan
+    steps = [opt.state[p]["step"] for p in ours]
+    assert all(s._base is steps[0]._base is not None and s.item() == 5 for s in steps)
+
+
+def test_a_changed_dtype_or_device_raises_and_changes_nothing():
+    """A grad or parameter turned into something the step cannot take, after the plan was
+    made: the step raises (a stale plan would step the old storage) and nothing changes."""
+    p, q = (torch.nn.Parameter(torch.randn(4, dtype=torch.float64)) for _ in range(2))
+    opt = ft.Adam([p, q])
+    p.grad, q.grad = torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    opt.step()
+    before = [t.detach().clone() for t in (p, q, opt.state[p]["exp_avg"])]
+
+    def grad_dtype():
+        q.grad.data = q.grad.data.float()
+
+    def param_dtype():
+        q.data, q.grad = q.data.float(), q.grad.float()
+
+    def sparse_grad():
+        q.grad = q.grad.to_sparse()
+
+    def param_device():     # (a .data of another device is refused: swap the tensors)
+        meta = torch.nn.Parameter(q.detach().to("meta"))
+        meta.grad = torch.zeros(4, dtype=torch.float64, device="meta")
+        torch.utils.swap_tensors(q, meta)
+        undo.append(lambda: torch.utils.swap_tensors(q, meta))
+
+    for change, error, match in ((grad_dtype, TypeError, "grad of parameter 1 has dtype"),
+                                 (param_dtype, TypeError, "float"),
+                                 (sparse_grad, RuntimeError, "sparse"),
+                                 (param_device, RuntimeError, "meta")):
+        data, grad, grad_data, undo = q.data, q.grad, q.grad.data, []
+        change()
+        with pytest.raises(error, match=match):
+            opt.step()
+        for restore in undo:
+            restore()
+        grad.data, q.data = grad_data, data
+        q.grad = grad
+        assert all(torch.equal(a, b) for a, b in zip((p, q, opt.state[p]["exp_avg"]), before))
+        assert opt.state[p]["step"].item() == opt.state[q]["step"].item() == 1
+    opt.step()
+    assert opt.state[p]["step"].item() == opt.state[q]["step"].item() == 2
+
+
 def test_step_between_forward_and_backward_raises_as_in_torch():
     p = torch.nn.Parameter(torch.randn(5))
     opt = ft.SGD([p], lr=0.1)

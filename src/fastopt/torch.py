@@ -13,6 +13,13 @@ checks are torch's own, the state holds torch's keys and tensor types (``step`` 
 scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters are
 CPU tensors with dense grads; grads that are None are skipped, as torch does.
 
+A group's NumPy views and state are kept between steps; each step checks them in a few C-level
+passes over the group (the parameters, ``p.grad`` objects and data pointers, the state dicts
+and tensors and their data pointers, the options that need more state), so a change made
+between steps (a ``.data`` reassigned, new grads, state assigned or loaded) is picked up by
+the next one. A group's ``step`` counts are 0-d views of one tensor, advanced with one
+operation; a ``step`` assigned from elsewhere is copied into it.
+
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
 float32 state, and receive the master rounded to nearest even (``fastopt.reference.lowp``
@@ -44,6 +51,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable
+from itertools import chain, compress, repeat
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
@@ -121,9 +129,9 @@ def _check_tensor(kind, index, t):
 
 
 def _array(t):
-    """A NumPy view of ``t``'s storage (no copy); bfloat16 and float16 as their ``uint16``
-    bit patterns."""
-    t = t.detach() if t.requires_grad else t
+    """A NumPy view of ``t``'s storage (no copy; it keeps that storage alive, whatever
+    becomes of ``t``); bfloat16 and float16 as their ``uint16`` bit patterns."""
+    t = t.detach()
     return t.view(torch.int16).numpy().view(np.uint16) if t.dtype in _HALF else t.numpy()
 
 
@@ -164,18 +172,33 @@ def _zeros(p):
 
 
 class _Plan:
-    """What a group's step needs that does not change between steps: its parameters with
-    grads, their states, the grads, and the NumPy views of all of them. Checked by identity
-    each step and rebuilt when anything changed (a parameter's storage, a state tensor
-    replaced, an option that needs more state, ``load_state_dict``); new grad tensors (a
-    backward after ``zero_grad(set_to_none=True)``) only renew the grads' views."""
+    """A group's step as it was last made: its parameters with grads (``params``), their
+    states, the grads, and the NumPy views the kernels take. Each step checks that it still
+    holds in a fixed number of C-level passes over the group (no Python bytecode per tensor):
+    the same parameters in the group and the same ``p.grad`` objects, the same data pointers
+    (a ``.data`` reassigned, ``set_``, a dtype or device change: the views keep the old
+    storage alive, so a new one never has the old address), the same ``opt.state`` dict,
+    state dict and state tensors per parameter, and the same state keys (an option that needs
+    more state). Anything else rebuilds it; new grad tensors (a backward after
+    ``zero_grad()``) or a grad's new storage only renew the grads' views.
 
-    __slots__ = ("all_params", "grads", "params", "ptrs", "keys", "stored", "states", "fresh",
-                 "tensors", "flat", "views", "cols", "pviews", "formats", "live_grads",
-                 "gptrs", "graw")
+    Step counts live in one tensor per group (``step_buf``, a slot per parameter of the
+    group): each state's ``step`` is a 0-d view of its slot, so one NumPy operation reads and
+    advances a group's counts. A ``step`` from elsewhere (a loaded state dict, an assigned
+    tensor) is copied into its slot and replaced by the slot's view when the step succeeds."""
+
+    __slots__ = ("all_params", "grads", "has_grad", "params", "keys", "state_map", "stored",
+                 "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
+                 "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
+                 "live_grads", "graw", "step_buf", "slots", "counts", "live_index")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
+_ALL = slice(None)      # every parameter of the group has a grad
+_grad_of = operator.attrgetter("grad")
+_dtype_of = operator.attrgetter("dtype")
+_data_ptr = torch.Tensor.data_ptr
+_numpy = torch.Tensor.numpy
 
 
 if TYPE_CHECKING:    # what the mixin is placed before, for type checkers
@@ -322,66 +345,81 @@ class _FastOptimizer(_Mixin):
         state: :meth:`_run` does once the kernels ran."""
         self._refuse(group)
         params = group["params"]
-        grads = [p.grad for p in params]
-        plans = self.__dict__.setdefault("_plans", {})
+        grads = list(map(_grad_of, params))
+        plans = self.__dict__.get("_plans")
+        if plans is None:
+            plans = self._plans = {}
         plan = plans.get(gi)
         if plan is None or not self._plan_holds(plan, group, params, grads):
-            plan = plans[gi] = self._make_plan(group, params, grads)
+            plan = plans[gi] = self._make_plan(group, params, grads, plan)
         return plan if plan.params else None
 
     def _plan_holds(self, plan, group, params, grads):
-        """Whether ``plan`` still describes these parameters, their state and grads (renewing
-        its grad views when only the grad tensors changed)."""
-        if len(params) != len(plan.all_params) or not all(map(operator.is_, params,
-                                                              plan.all_params)):
+        """Whether ``plan`` still describes the group's parameters, their state and grads
+        (renewing its grad views when only the grads changed). Each test is one C-level
+        pass over the group."""
+        is_ = operator.is_
+        if (plan.pending or self.state is not plan.state_map    # pending: the last step raised
+                or len(params) != len(plan.all_params)
+                or not all(map(is_, params, plan.all_params))
+                or plan.keys != self._state_keys(group)
+                or not all(map(is_, map(self.state.get, plan.params), plan.stored))):
             return False
-        if not all(map(operator.is_, grads, plan.grads)):
-            if [g is None for g in grads] != [g is None for g in plan.grads]:
+        values = list(chain.from_iterable(map(dict.values, plan.states)))
+        if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):
+            return False
+        if all(map(is_, grads, plan.grads)):
+            if list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all:
+                return True
+            if list(map(_data_ptr, plan.watched)) != plan.ptrs:
                 return False
-            self._view_grads(plan, [g for g in grads if g is not None])
-            plan.grads = grads
-        elif [g.data_ptr() for g in plan.live_grads] != plan.gptrs:
-            self._view_grads(plan, plan.live_grads)
-        if [p.data_ptr() for p in plan.params] != plan.ptrs or plan.keys != self._state_keys(
-                group):
+            self._view_grads(plan, plan.live_grads)      # a grad's storage was replaced
+            return True
+        if (list(map(operator.is_not, grads, repeat(None))) != plan.has_grad
+                or list(map(_data_ptr, plan.watched)) != plan.ptrs):
             return False
-        get = self.state.get
-        states = [get(p) for p in plan.params]
-        if not all(map(operator.is_, states, plan.stored)):
-            return False
-        if any(plan.fresh):
-            return True     # its new state is not stored yet (the last step raised)
-        tensors = [s.get(key) for s in states for key in plan.tensors]
-        return all(map(operator.is_, tensors, plan.flat))
+        self._view_grads(plan, list(compress(grads, plan.has_grad)))
+        plan.grads = grads
+        return True
 
     def _view_grads(self, plan, grads):
         """Check the grads of the plan's parameters and keep them and their NumPy views."""
-        for i, (p, g) in enumerate(zip(plan.params, grads)):
-            _check_tensor("grad of parameter", i, g)
-            if g.dtype != p.dtype:
-                raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype {g.dtype}, "
-                                f"expected {p.dtype} like the parameter")
-        plan.graw = [_array(g) for g in grads]
+        views = None
+        if plan.gdtypes is not None:    # float32/float64: torch's numpy() checks most
+            try:
+                views = list(map(_numpy, grads))
+            except (TypeError, RuntimeError):   # not a plain dense CPU tensor: see below
+                pass
+        if views is None or list(map(_dtype_of, views)) != plan.gdtypes:
+            for i, (p, g) in enumerate(zip(plan.params, grads)):
+                _check_tensor("grad of parameter", i, g)
+                if g.dtype != p.dtype:
+                    raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype "
+                                    f"{g.dtype}, expected {p.dtype} like the parameter")
+            views = [_array(g) for g in grads]
+        plan.graw = views
         plan.live_grads = grads
-        plan.gptrs = [g.data_ptr() for g in grads]
+        plan.watched_all = plan.watched + grads
+        plan.ptrs_all = plan.ptrs + list(map(_data_ptr, grads))
 
-    def _make_plan(self, group, params, grads):
+    def _make_plan(self, group, params, grads, old):
         plan = _Plan()
         plan.all_params, plan.grads = list(params), list(grads)
+        plan.has_grad = [g is not None for g in grads]
         live = [p for p, g in zip(params, grads) if g is not None]
         plan.params = live
         for i, p in enumerate(live):
             _check_tensor("parameter", i, p)
-        self._view_grads(plan, [g for g in grads if g is not None])
-        plan.ptrs = [p.data_ptr() for p in live]
         plan.keys = self._state_keys(group)
+        plan.state_map, plan.step_buf = self.state, None
         plan.stored = [self.state.get(p) for p in live]
         # new state goes into new dicts, stored by _run once the kernels ran
         plan.states, plan.fresh = [], []
-        for p, old in zip(live, plan.stored):
-            state = old if old else self._init_state(p, group)
+        for p, old_state in zip(live, plan.stored):
+            state = old_state if old_state else self._init_state(p, group)
             # state that an option switched on later needs (as torch would create it)
             missing = [key for key in plan.keys if key not in state]
+            plan.fresh.append(not old_state or bool(missing))
             narrow = []
             if p.dtype in _HALF:
                 # torch.optim's state of a 16-bit parameter is 16-bit: widen it; the master
@@ -398,17 +436,16 @@ class _FastOptimizer(_Mixin):
                 for key in narrow:
                     state[key] = state[key].to(torch.float32)
             plan.states.append(state)
-            plan.fresh.append(state is not old)
         # 16-bit parameters: their kernel steps the master copy and writes the rounded param
         plan.formats = [_HALF.get(p.dtype) for p in live]
         masters = [None if f is None else _array(s[MASTER])
                    for f, s in zip(plan.formats, plan.states)]
         plan.pviews = [_array(p) for p in live]
-        plan.tensors = ({MASTER: [s.get(MASTER) for s in plan.states]}
-                        if any(f is not None for f in plan.formats) else {})
+        half = any(f is not None for f in plan.formats)
+        plan.gdtypes = None if half else [v.dtype for v in plan.pviews]
+        plan.tensors = {MASTER: [s.get(MASTER) for s in plan.states]} if half else {}
         plan.views = {}
-        scalars = (("step",) if self._STEPPED else ()) + self._SCALAR_STATE
-        for key in plan.keys + scalars:
+        for key in (("step",) if self._STEPPED else ()) + plan.keys + self._SCALAR_STATE:
             tensors = [s[key] for s in plan.states]
             for i, t in enumerate(tensors):
                 if not isinstance(t, torch.Tensor):
@@ -421,13 +458,50 @@ class _FastOptimizer(_Mixin):
                     raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {i} is "
                                        "not a dense CPU tensor")
             plan.tensors[key] = tensors
-            plan.views[key] = [t.numpy() for t in tensors]
+            if key != "step":
+                plan.views[key] = [_array(t) for t in tensors]
+        if self._STEPPED:
+            self._count_steps(plan, old)
+        # what _plan_holds checks: the states' entries by identity, and the data pointers of
+        # the parameters, the state tensors the step uses and the grads
+        plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
+        plan.watched = live + [t for key in plan.tensors for t in plan.tensors[key]
+                               if t is not None]
+        plan.ptrs = list(map(_data_ptr, plan.watched))
+        self._view_grads(plan, [g for g in grads if g is not None])
         # what _update receives, a column per parameter
         plan.cols = (dict(plan.views, **{MASTER: masters, _FORMAT: plan.formats})
-                     if plan.tensors.get(MASTER) else plan.views)
-        # the state tensors in _plan_holds' order (parameter-major), for one identity check
-        plan.flat = [plan.tensors[key][k] for k in range(len(live)) for key in plan.tensors]
+                     if half else plan.views)
+        plan.pending = [k for k, (s, old_state) in enumerate(zip(plan.states, plan.stored))
+                        if s is not old_state and s]   # torch's SGD keeps no empty state
         return plan
+
+    def _count_steps(self, plan, old):
+        """The group's step counts as slots of one tensor (kept from the last plan while the
+        group has the same parameters): a ``step`` that is not its parameter's slot is
+        copied into it, and the state (copied) takes the slot once the step succeeds."""
+        params = plan.all_params
+        if (old is not None and old.step_buf is not None and len(old.all_params) == len(params)
+                and all(map(operator.is_, old.all_params, params))):
+            plan.step_buf, plan.slots = old.step_buf, old.slots
+        else:
+            plan.step_buf = torch.zeros(len(params), dtype=_scalar_dtype())
+            plan.slots = [None] * len(params)
+        plan.counts = plan.step_buf.numpy()
+        index = [j for j, has in enumerate(plan.has_grad) if has]
+        plan.live_index = _ALL if len(index) == len(params) else np.array(index, np.intp)
+        steps = plan.tensors["step"]
+        base, size = plan.step_buf.data_ptr(), plan.step_buf.element_size()
+        for k, j in enumerate(index):
+            if steps[k] is plan.slots[j] and steps[k].data_ptr() == base + j * size:
+                continue
+            plan.counts[j] = float(steps[k])
+            if plan.slots[j] is None or plan.slots[j] is steps[k]:    # (its .data was set)
+                plan.slots[j] = plan.step_buf[j]
+            state = plan.states[k]
+            if state is plan.stored[k]:
+                state = plan.states[k] = dict(state)
+            state["step"] = steps[k] = plan.slots[j]
 
     def _run(self, group, plan):
         """The kernel calls for one group, one per distinct step count (torch counts steps
@@ -447,26 +521,29 @@ class _FastOptimizer(_Mixin):
         if not self._STEPPED:
             self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
         else:
-            counts = plan.views["step"]
-            steps = [float(c) for c in counts]
-            if steps.count(steps[0]) == len(steps):
-                self._update(group, plan.pviews, gviews, cols, steps[0] + 1, plan.fresh,
-                             factor)
+            every = plan.live_index is _ALL
+            counts = plan.counts if every else plan.counts[plan.live_index]
+            first = float(counts[0])
+            if len(counts) == 1 or (counts == first).all():
+                self._update(group, plan.pviews, gviews, cols, first + 1, plan.fresh, factor)
+                if every:
+                    counts.fill(first + 1)      # (a ufunc on a small array costs ~1.5 us)
+                else:
+                    plan.counts[plan.live_index] = first + 1
             else:
+                steps = counts.tolist()
                 for step in sorted(set(steps)):
                     part = [k for k, s in enumerate(steps) if s == step]
                     pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
                     self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
                                  factor)
-            for c, s in zip(counts, steps):
-                c[()] = s + 1
+                plan.counts[plan.live_index] = counts + 1
         _increment_versions(plan.params)
-        if any(plan.fresh):
-            for k, (p, state) in enumerate(zip(plan.params, plan.states)):
-                if plan.fresh[k] and state:     # torch's SGD keeps no state without momentum
-                    self.state[p] = state
-                    plan.stored[k] = state
-            plan.fresh = [False] * len(plan.params)
+        if plan.pending:
+            for k in plan.pending:
+                self.state[plan.params[k]] = plan.stored[k] = plan.states[k]
+            plan.pending = []
+            plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
         return norm
 
     def _new_step(self):

@@ -600,6 +600,72 @@ def test_16bit_state_dicts_move_between_torch_and_fastopt():
     assert next(iter(back.state.values()))["exp_avg"].dtype == torch.bfloat16
 
 
+def _deepspeed_cpu_adam():
+    """DeepSpeedCPUAdam, or a skip (deepspeed absent, as in CI, or FASTOPT_NO_DEEPSPEED set,
+    or its CPU op not loadable here)."""
+    if os.environ.get("FASTOPT_NO_DEEPSPEED"):
+        pytest.skip("FASTOPT_NO_DEEPSPEED is set")
+    pytest.importorskip("deepspeed")
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+    try:
+        DeepSpeedCPUAdam([torch.nn.Parameter(torch.zeros(1))])
+    except RuntimeError as exc:     # its op failed to build or load
+        pytest.skip(f"DeepSpeedCPUAdam is not usable here: {exc}")
+    return DeepSpeedCPUAdam
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=["bf16", "f16"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_16bit_adam_follows_deepspeed(name, dtype):
+    """fastopt.torch's 16-bit Adam/AdamW against DeepSpeedCPUAdam's 16-bit mode as
+    ZeRO-Offload runs it (float32 masters of the 16-bit parameters stepped with the widened
+    16-bit grads, then rounded into the parameters), 25 steps with weight decay, odd sizes
+    (DeepSpeed's scalar tail after its vector loop).
+
+    Tolerances, from how the two compute: DeepSpeed keeps beta1**t and beta2**t as float32
+    products of float32 betas and uses FMAs; fastopt folds the bias corrections in float64
+    from the Python betas. Each step's update therefore differs by a few float32 ulps of
+    itself (< 1e-5 * lr), and the roundings of the weight decay and of the update's addition
+    by up to an ulp of the parameter each: the masters may drift apart by at most
+    ``STEPS * (2 ulps of max |master| + 1e-5 * lr)``. A 16-bit parameter is its master
+    rounded to nearest even on both sides (a monotonic rounding), so ours lies between
+    DeepSpeed's master moved down and up by that much, rounded. exp_avg agrees to
+    ``STEPS * 4`` float32 ulps of its largest value; exp_avg_sq also carries DeepSpeed's
+    ``1 - float32(0.999)``, 1.3e-5 below 1e-3 relatively, so it agrees to that relative
+    difference plus the same ulps."""
+    DeepSpeedCPUAdam = _deepspeed_cpu_adam()
+    lr, weight_decay = 1e-2, 0.05
+    gen = torch.Generator().manual_seed(16)
+    init = [torch.randn(s, generator=gen).to(dtype) for s in [(37,), (5, 13), (1,), (515,)]]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = getattr(ft, name)(ours, lr=lr, weight_decay=weight_decay)
+    masters = [t.float() for t in init]
+    ds = DeepSpeedCPUAdam(masters, lr=lr, weight_decay=weight_decay,
+                          adamw_mode=name == "AdamW")
+    for _ in range(STEPS):
+        for p, m in zip(ours, masters):
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            m.grad = p.grad.float()
+        opt.step()
+        ds.step()
+    eps32 = float(np.finfo(np.float32).eps)
+    flat = lambda ts: torch.cat([t.detach().reshape(-1).double() for t in ts])  # noqa: E731
+    ours_master = flat([opt.state[p]["master_param"] for p in ours])
+    ds_master = flat(masters)
+    tol = STEPS * (2 * float(np.spacing(np.float32(ds_master.abs().max()))) + 1e-5 * lr)
+    assert (ours_master - ds_master).abs().max() <= tol
+    # DeepSpeed's 16-bit parameters are its masters rounded; ours, our masters rounded
+    below, above = ((ds_master + d).float().to(dtype) for d in (-tol, tol))
+    mine = flat(ours).to(dtype)
+    assert ((below <= mine) & (mine <= above)).all()
+    beta2_gap = abs(1 - (1 - float(np.float32(0.999))) / (1 - 0.999))
+    for key, rtol in (("exp_avg", STEPS * 4 * eps32),
+                      ("exp_avg_sq", beta2_gap + STEPS * 4 * eps32)):
+        a = flat([opt.state[p][key] for p in ours])
+        b = flat([ds.state[m][key] for m in masters])
+        assert (a - b).abs().max() <= rtol * b.abs().max(), key
+
+
 # ---------------------------------------------------------------- torch.optim mechanics
 def test_updates_in_place_and_keeps_torch_state_types():
     p = torch.nn.Parameter(torch.randn(10))

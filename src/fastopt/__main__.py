@@ -364,7 +364,9 @@ def torch_race(args, progress):
     sizes and the parameter groups. Prints the rows and returns them."""
     specs = list(args.sizes) + (QUICK_GROUPS if args.quick else DEFAULT_GROUPS)
     print("\ntorch tensors: one Adam step (x fused, x deepspeed: their time / fastopt.torch's; "
-          "> 1: fastopt.torch is faster)")
+          "> 1: fastopt.torch is faster;\n  bfloat16: fastopt keeps float32 masters and state, "
+          "torch fused bfloat16 state, DeepSpeed steps float32 masters\n  and copies grads in "
+          "and parameters out, as ZeRO-Offload)")
     print(f"  {'params':<10}{'dtype':<10}{'elements':>10}  {'contender':<15}{'time':>11}"
           f"{'spread':>8}{'x fused':>9}{'x deepspeed':>12}")
     out = []

@@ -509,11 +509,16 @@ def torch_shapes(spec):
 def torch_contenders(shapes, dtype, only=None, peers=True):
     """One Adam step (lr 1e-3, torch's other defaults) over torch tensors of these shapes and
     dtype (``"float32"`` or ``"bfloat16"``) with grads set once: ``fastopt.torch.Adam``,
-    ``torch.optim.Adam(fused=True)`` and DeepSpeedCPUAdam (``adamw_mode=False``, float32
-    state), each where installed; ``{}`` without torch. ``only`` builds just that one;
-    without ``peers`` only fastopt.torch (DeepSpeed compiles its op on first use). 16-bit
-    parameters: fastopt keeps a float32 master copy, torch fused keeps bfloat16 state,
-    DeepSpeed float32 state without a master copy."""
+    ``torch.optim.Adam(fused=True)`` and DeepSpeedCPUAdam (``adamw_mode=False``), each where
+    installed; ``{}`` without torch. ``only`` builds just that one; without ``peers`` only
+    fastopt.torch (DeepSpeed compiles its op on first use; ``FASTOPT_NO_DEEPSPEED=1`` leaves
+    it out). 16-bit parameters: fastopt keeps a float32 master copy and float32 moments and
+    writes the rounded parameter in its one sweep; torch fused keeps bfloat16 state and no
+    master; DeepSpeed runs its 16-bit mode as ZeRO-Offload does, float32 master parameters
+    beside the 16-bit ones, so its step is three passes: the 16-bit grads copied into the
+    masters' float32 grads, DeepSpeedCPUAdam on the masters, the masters copied (rounded to
+    nearest even) into the 16-bit parameters. (ZeRO flattens each group into one tensor
+    first; the one-tensor rows are that case.)"""
     try:
         import torch
     except ImportError:
@@ -536,7 +541,10 @@ def torch_contenders(shapes, dtype, only=None, peers=True):
         if os.environ.get("FASTOPT_NO_DEEPSPEED"):
             raise RuntimeError("FASTOPT_NO_DEEPSPEED is set")
         from deepspeed.ops.adam import DeepSpeedCPUAdam
-        return DeepSpeedCPUAdam(tensors(), lr=1e-3, adamw_mode=False)
+        params = tensors()
+        if tdtype == torch.float32:
+            return DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False)
+        return _DeepSpeedMasters(DeepSpeedCPUAdam, params, lr=1e-3, adamw_mode=False)
 
     makers = {"fastopt.torch": fastopt_adam,
               "torch-fused": lambda: torch.optim.Adam(tensors(), lr=1e-3, fused=True),
@@ -552,3 +560,25 @@ def torch_contenders(shapes, dtype, only=None, peers=True):
             continue
         out[label] = opt.step
     return out
+
+
+class _DeepSpeedMasters:
+    """DeepSpeedCPUAdam in its 16-bit mode (ZeRO-Offload's): it steps float32 master copies
+    of the 16-bit parameters; ``step`` copies the 16-bit grads into the masters' float32 grads,
+    steps, and copies the masters back into the parameters (rounded to nearest even)."""
+
+    def __init__(self, cls, params, **kwargs):
+        import torch
+        self.params = [p.detach() for p in params]
+        self.grads = [p.grad for p in params]
+        masters = [p.float() for p in self.params]
+        for m in masters:
+            m.grad = torch.empty_like(m)
+        self.masters, self.master_grads = masters, [m.grad for m in masters]
+        self.opt = cls(masters, **kwargs)
+        self._copy = torch._foreach_copy_
+
+    def step(self):
+        self._copy(self.master_grads, self.grads)
+        self.opt.step()
+        self._copy(self.params, self.masters)

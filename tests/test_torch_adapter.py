@@ -842,6 +842,23 @@ def test_a_changed_dtype_or_device_raises_and_changes_nothing():
     assert opt.state[p]["step"].item() == opt.state[q]["step"].item() == 2
 
 
+def test_a_16bit_grad_of_the_other_format_raises():
+    """A bfloat16 parameter's grad turned float16 (the same size: its bits would view
+    alike) after the plan was made: the step raises and changes nothing."""
+    p = torch.nn.Parameter(torch.randn(5).to(torch.bfloat16))
+    p.grad = torch.ones(5, dtype=torch.bfloat16)
+    opt = ft.AdamW([p])
+    opt.step()
+    before = p.detach().clone()
+    p.grad.data = p.grad.data.to(torch.float16)
+    with pytest.raises(TypeError, match="grad of parameter 0 has dtype torch.float16"):
+        opt.step()
+    assert torch.equal(p, before) and opt.state[p]["step"].item() == 1
+    p.grad = torch.ones(5, dtype=torch.bfloat16)      # a new grad: viewed afresh
+    opt.step()
+    assert opt.state[p]["step"].item() == 2
+
+
 def test_step_between_forward_and_backward_raises_as_in_torch():
     p = torch.nn.Parameter(torch.randn(5))
     opt = ft.SGD([p], lr=0.1)

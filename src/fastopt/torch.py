@@ -190,7 +190,7 @@ class _Plan:
     __slots__ = ("all_params", "grads", "has_grad", "params", "keys", "state_map", "stored",
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
-                 "live_grads", "graw", "step_buf", "slots", "counts", "live_index")
+                 "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "live_index")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -385,12 +385,17 @@ class _FastOptimizer(_Mixin):
     def _view_grads(self, plan, grads):
         """Check the grads of the plan's parameters and keep them and their NumPy views."""
         views = None
-        if plan.gdtypes is not None:    # float32/float64: torch's numpy() checks most
-            try:
+        try:    # torch's numpy() refuses what is not a plain dense CPU tensor: see below
+            if plan.gdtypes is not None:        # float32/float64 parameters
                 views = list(map(_numpy, grads))
-            except (TypeError, RuntimeError):   # not a plain dense CPU tensor: see below
-                pass
-        if views is None or list(map(_dtype_of, views)) != plan.gdtypes:
+                if list(map(_dtype_of, views)) != plan.gdtypes:
+                    views = None
+            elif list(map(_dtype_of, grads)) == plan.tdtypes:     # 16-bit ones: their bits
+                views = list(map(np.ndarray.view, map(_numpy, map(
+                    torch.Tensor.view, grads, repeat(torch.int16))), repeat(np.uint16)))
+        except (TypeError, RuntimeError):
+            views = None
+        if views is None:
             for i, (p, g) in enumerate(zip(plan.params, grads)):
                 _check_tensor("grad of parameter", i, g)
                 if g.dtype != p.dtype:
@@ -442,7 +447,10 @@ class _FastOptimizer(_Mixin):
                    for f, s in zip(plan.formats, plan.states)]
         plan.pviews = [_array(p) for p in live]
         half = any(f is not None for f in plan.formats)
+        # the grads' dtypes _view_grads expects: their views' (float parameters), or the
+        # 16-bit parameters' own (if all are 16-bit; a mixed group checks each grad)
         plan.gdtypes = None if half else [v.dtype for v in plan.pviews]
+        plan.tdtypes = None if None in plan.formats else [p.dtype for p in live]
         plan.tensors = {MASTER: [s.get(MASTER) for s in plan.states]} if half else {}
         plan.views = {}
         for key in (("step",) if self._STEPPED else ()) + plan.keys + self._SCALAR_STATE:

@@ -600,6 +600,28 @@ def test_16bit_state_dicts_move_between_torch_and_fastopt():
     assert next(iter(back.state.values()))["exp_avg"].dtype == torch.bfloat16
 
 
+def test_16bit_sgd_resumes_torch_momentum():
+    """SGD's momentum buffer from a torch.optim state dict (16-bit, widened on loading) goes
+    on as torch's would: it is not taken for a new buffer (which starts as the grad) because
+    the master copy had to be made."""
+    p = torch.nn.Parameter(torch.randn(6).to(torch.bfloat16))
+    first = torch.optim.SGD([p], lr=0.1, momentum=0.9, foreach=False)
+    p.grad = torch.randn(6).to(torch.bfloat16)
+    first.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    opt = ft.SGD([q], lr=0.1, momentum=0.9)
+    opt.load_state_dict(first.state_dict())
+    r = torch.nn.Parameter(q.detach().float())     # torch.optim on the float32 master
+    ref = torch.optim.SGD([r], lr=0.1, momentum=0.9, foreach=False)
+    ref.state[r]["momentum_buffer"] = opt.state[q]["momentum_buffer"].clone()
+    q.grad = torch.randn(6).to(torch.bfloat16)
+    r.grad = q.grad.float()
+    opt.step()
+    ref.step()
+    assert _ulps([opt.state[q]["momentum_buffer"]], [ref.state[r]["momentum_buffer"]]) <= 1
+    assert _ulps([opt.state[q]["master_param"]], [r]) <= 1
+
+
 def _deepspeed_cpu_adam():
     """DeepSpeedCPUAdam, or a skip (deepspeed absent, as in CI, or FASTOPT_NO_DEEPSPEED set,
     or its CPU op not loadable here)."""

@@ -66,9 +66,12 @@ def _params(dtype, seed=0):
     return ps
 
 
-def _pair(name, kwargs, dtype=torch.float64, seed=0):
-    """The same parameters under fastopt.torch and under torch.optim (single-tensor)."""
+def _pair(name, kwargs, dtype=torch.float64, seed=0, extra=0):
+    """The same parameters under fastopt.torch and under torch.optim (single-tensor);
+    ``extra`` more of shape (3,) after _params'."""
     init = _params(dtype, seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    init += [torch.randn(3, generator=gen, dtype=dtype) for _ in range(extra)]
     ours = [torch.nn.Parameter(t.clone()) for t in init]
     theirs = [torch.nn.Parameter(t.clone()) for t in init]
     return (ours, getattr(ft, name)(ours, **copy.deepcopy(kwargs)),
@@ -783,11 +786,13 @@ CHANGES = {
 }
 
 
+@pytest.mark.parametrize("extra", [0, 20], ids=["7 params", "27 params"])
 @pytest.mark.parametrize("change", CHANGES)
-def test_the_cached_plan_sees_every_change(change):
+def test_the_cached_plan_sees_every_change(change, extra):
     """fastopt.torch checks its cached plan of a group's step (views, state, counts) against
-    the group each step: after each change the trajectory is still torch.optim's."""
-    ours, opt, theirs, ref = _pair("Adam", dict(weight_decay=0.1))
+    the group each step: after each change the trajectory is still torch.optim's. (Beyond
+    16 parameters, opt.state is compared with the last step's as a whole first.)"""
+    ours, opt, theirs, ref = _pair("Adam", dict(weight_decay=0.1), extra=extra)
     gen = torch.Generator().manual_seed(14)
     for k in range(5):
         _grads_in_place(gen, ours, theirs)

@@ -174,8 +174,9 @@ def _zeros(p):
 class _Plan:
     """A group's step as it was last made: its parameters with grads (``params``), their
     states, the grads, and the NumPy views the kernels take. Each step checks that it still
-    holds in a fixed number of C-level passes over the group (no Python bytecode per tensor):
-    the same parameters in the group and the same ``p.grad`` objects, the same data pointers
+    holds in a fixed number of C-level passes over the group (no Python bytecode per tensor,
+    but for Tensor.__hash__ where opt.state changed or holds at most 16 parameters): the
+    same parameters in the group and the same ``p.grad`` objects, the same data pointers
     (a ``.data`` reassigned, ``set_``, a dtype or device change: the views keep the old
     storage alive, so a new one never has the old address), the same ``opt.state`` dict,
     state dict and state tensors per parameter, and the same state keys (an option that needs
@@ -325,8 +326,14 @@ class _FastOptimizer(_Mixin):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # every group is checked and viewed before any is stepped
-        work = [self._prepare(gi, group) for gi, group in enumerate(self.param_groups)]
+        # every group is checked and viewed before any is stepped; each plan is checked
+        # against opt.state per parameter only if opt.state changed since the last step
+        # (a Tensor's hash, which looking it up calls, is Python code)
+        state, seen = self.state, self.__dict__.get("_seen")
+        same = (seen is not None and seen[0] is state and len(state) == len(seen[1])
+                and all(map(operator.is_, state, seen[1]))
+                and all(map(operator.is_, state.values(), seen[2])))
+        work = [self._prepare(gi, group, same) for gi, group in enumerate(self.param_groups)]
         # on torch's OpenMP team: after a backward pass its workers hold the other cores,
         # spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
         team = _backend.active.use_openmp_team
@@ -336,11 +343,14 @@ class _FastOptimizer(_Mixin):
                                for group, plan in zip(self.param_groups, work)]
         finally:
             team(was)
+        # every plan agrees with opt.state now (the runs stored their new state in both);
+        # for a few parameters, looking them up costs less than this
+        self._seen = (state, list(state), list(state.values())) if len(state) > 16 else None
         return loss
 
     _hooked_step = _torch_optimizer.Optimizer.profile_hook_step(_step)
 
-    def _prepare(self, gi, group):
+    def _prepare(self, gi, group, same=False):
         """Check the group and return its plan (None if no parameter has a grad). Stores no
         state: :meth:`_run` does once the kernels ran."""
         self._refuse(group)
@@ -350,20 +360,22 @@ class _FastOptimizer(_Mixin):
         if plans is None:
             plans = self._plans = {}
         plan = plans.get(gi)
-        if plan is None or not self._plan_holds(plan, group, params, grads):
+        if plan is None or not self._plan_holds(plan, group, params, grads, same):
             plan = plans[gi] = self._make_plan(group, params, grads, plan)
         return plan if plan.params else None
 
-    def _plan_holds(self, plan, group, params, grads):
+    def _plan_holds(self, plan, group, params, grads, same=False):
         """Whether ``plan`` still describes the group's parameters, their state and grads
         (renewing its grad views when only the grads changed). Each test is one C-level
-        pass over the group."""
+        pass over the group; ``same``: opt.state is as the last step left it, so its dicts
+        need not be looked up per parameter."""
         is_ = operator.is_
         if (plan.pending or self.state is not plan.state_map    # pending: the last step raised
                 or len(params) != len(plan.all_params)
                 or not all(map(is_, params, plan.all_params))
                 or plan.keys != self._state_keys(group)
-                or not all(map(is_, map(self.state.get, plan.params), plan.stored))):
+                or not (same or all(map(is_, map(self.state.get, plan.params),
+                                            plan.stored)))):
             return False
         values = list(chain.from_iterable(map(dict.values, plan.states)))
         if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):

@@ -10,7 +10,7 @@ per-block statistics merged in block order, then in chunk order, across rows), a
 depend on the shape alone, so results are bit-identical for any thread count. exp is computed
 on whole vectors by fo_vexpf/fo_vexp (fo_vexp.h: < 1 ulp, branch-free).
 """
-from libc.math cimport log, sqrt
+from libc.math cimport isfinite, log, sqrt
 from libc.string cimport memset
 
 import numpy as np
@@ -225,12 +225,17 @@ cdef void chan_merge(double* mean_a, double* m2_a, double na, const double* mean
                      const double* m2_b, double nb, Py_ssize_t C) noexcept nogil:
     """(mean_a, m2_a) of na rows, merged with (mean_b, m2_b) of the nb rows after them: the
     mean and sum of squared deviations of all na + nb rows (Chan, Golub and LeVeque's pairwise
-    update; m2 stays a sum of non-negative terms, so it keeps the two-pass accuracy)."""
+    update; m2 stays a sum of non-negative terms, so it keeps the two-pass accuracy). Where a
+    mean is infinite or NaN the means are combined as sums, so that the column's mean is the
+    reference's (sum / N: +inf stays +inf; the update's inf + (finite - inf) * w would be NaN)."""
     cdef Py_ssize_t c
     cdef double d, w = nb / (na + nb), wm = na * nb / (na + nb)
     for c in range(C):
         d = mean_b[c] - mean_a[c]
-        mean_a[c] = mean_a[c] + d * w
+        if isfinite(d):
+            mean_a[c] = mean_a[c] + d * w
+        else:
+            mean_a[c] = (mean_a[c] * na + mean_b[c] * nb) / (na + nb)
         m2_a[c] = (m2_a[c] + m2_b[c]) + d * d * wm
 
 

@@ -683,6 +683,29 @@ def cython_layers():
 BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (257, 33), (9, 7)]
 
 
+def _large_mean_case(shape, dtype, seed):
+    """x (mean 300, spread 2: large against its spread), dy, gamma, beta and the reference's
+    (y, cache, grads) for them."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.standard_normal(shape[1]).astype(dtype)
+    beta = rng.standard_normal(shape[1]).astype(dtype)
+    with fo.use_backend("numpy"):
+        y_ref, c_ref = fo.batchnorm_forward(x, gamma, beta)
+        return x, dy, gamma, beta, (y_ref, c_ref, fo.batchnorm_backward(dy, c_ref))
+
+
+def _assert_bn_like(ref, y, cache, grads):
+    """Batch norm's forward and backward agree with the reference's two passes."""
+    y_ref, c_ref, g_ref = ref
+    np.testing.assert_allclose(cache.mean, c_ref.mean, rtol=1e-13)
+    np.testing.assert_allclose(cache.inv_std, c_ref.inv_std, rtol=1e-10)
+    close(y, y_ref, y.dtype, 10)
+    for a, b in zip(grads, g_ref):
+        close(a, b, y.dtype, 10 * y.shape[0])
+
+
 @pytest.mark.parametrize("setting", ["default", "32 rows", "fallback"])
 @pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=str)
 def test_batchnorm_cache_blocks_give_the_reference_result(cython_layers, shape, setting,
@@ -690,14 +713,7 @@ def test_batchnorm_cache_blocks_give_the_reference_result(cython_layers, shape, 
     """Features as columns (axis 0): statistics merged over cache blocks and pool chunks, or
     the two-sweep fallback, agree with the reference's two passes, also for data whose mean
     is large against its spread, and whatever the layout of x."""
-    rng = np.random.default_rng(20)
-    x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    gamma = rng.standard_normal(shape[1]).astype(dtype)
-    beta = rng.standard_normal(shape[1]).astype(dtype)
-    with fo.use_backend("numpy"):
-        y_ref, c_ref = fo.batchnorm_forward(x, gamma, beta)
-        g_ref = fo.batchnorm_backward(dy, c_ref)
+    x, dy, gamma, beta, ref = _large_mean_case(shape, dtype, seed=20)
     bytes_ = _block_bytes_for(setting, shape, dtype)
     for m in cython_layers:
         if bytes_ is not None:
@@ -705,12 +721,7 @@ def test_batchnorm_cache_blocks_give_the_reference_result(cython_layers, shape, 
     with fo.use_backend("cython"):
         for how in ("C", "strided"):
             y, cache = fo.batchnorm_forward(layout(x, how), gamma, beta)
-            grads = fo.batchnorm_backward(layout(dy, how), cache)
-            np.testing.assert_allclose(cache.mean, c_ref.mean, rtol=1e-13)
-            np.testing.assert_allclose(cache.inv_std, c_ref.inv_std, rtol=1e-10)
-            close(y, y_ref, dtype, 10)
-            for a, b in zip(grads, g_ref):
-                close(a, b, dtype, 10 * shape[0])
+            _assert_bn_like(ref, y, cache, fo.batchnorm_backward(layout(dy, how), cache))
         # the course's layout: the transpose, features as rows
         y_t, cache_t = fo.batchnorm_forward(x.T, gamma, beta, axis=1)
         np.testing.assert_array_equal(cache_t.mean, cache.mean)
@@ -723,22 +734,10 @@ def test_batchnorm_blocks_of_rows_give_the_reference_statistics(backend, shape, 
     """Features as columns: per-block statistics merged over blocks (and four-row loops with
     their single-row tails) agree with the reference's two passes over all rows, for data
     whose mean is large against its spread."""
-    rng = np.random.default_rng(23)
-    x = (rng.standard_normal(shape) * 2 + 300).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    gamma = rng.standard_normal(shape[1]).astype(dtype)
-    beta = rng.standard_normal(shape[1]).astype(dtype)
-    with fo.use_backend("numpy"):
-        y_ref, c_ref = fo.batchnorm_forward(x, gamma, beta)
-        g_ref = fo.batchnorm_backward(dy, c_ref)
+    x, dy, gamma, beta, ref = _large_mean_case(shape, dtype, seed=23)
     with fo.use_backend(backend):
         y, cache = fo.batchnorm_forward(x, gamma, beta)
-        grads = fo.batchnorm_backward(dy, cache)
-    np.testing.assert_allclose(cache.mean, c_ref.mean, rtol=1e-13)
-    np.testing.assert_allclose(cache.inv_std, c_ref.inv_std, rtol=1e-10)
-    close(y, y_ref, dtype, 10)
-    for a, b in zip(grads, g_ref):
-        close(a, b, dtype, 10 * shape[0])
+        _assert_bn_like(ref, y, cache, fo.batchnorm_backward(dy, cache))
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

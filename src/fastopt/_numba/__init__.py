@@ -13,4 +13,5 @@ def use_openmp_team(on):
     """Numba's threads are its threading layer's (oneTBB): no OpenMP team to use."""
     return False
 
+
 KERNEL_MODULES = (optim, layers, lowp)

@@ -222,11 +222,8 @@ def launch(serial, parallel, views, scalars):
         if numba.get_num_threads() != nthreads:
             numba.set_num_threads(nthreads)
         chunk = (-(-n // (CHUNKS_PER_THREAD * nthreads)) + 15) & ~15
-        previous = numba.set_parallel_chunksize(1)
-        try:
-            parallel(-(-n // chunk), chunk, *views, scalars)
-        finally:
-            numba.set_parallel_chunksize(previous)
+        nchunks = -(-n // chunk)                # at most CHUNKS_PER_THREAD per thread
+        chunked(parallel, nchunks, nchunks, chunk, *views, scalars)
     else:
         serial(*views, scalars)
 

@@ -202,12 +202,11 @@ def settle(limit=0.05):
     deadline = time.perf_counter() + limit
     while time.perf_counter() < deadline:
         try:
-            running = [t for t in os.listdir("/proc/self/task") if t != me
-                       and _thread_state(t) == "R"]
+            tasks = os.listdir("/proc/self/task")
         except OSError:     # no procfs (not Linux): wait a spin's length instead
             time.sleep(0.02)
             return
-        if not running:
+        if not any(t != me and _thread_state(t) == "R" for t in tasks):
             return
         time.sleep(0.001)
 

@@ -71,7 +71,7 @@ typedef long long fo_vdi __attribute__((vector_size(FO_VBYTES)));
 #define FO_ANYI(m) (_mm_movemask_epi8((__m128i)(m)) != 0)
 #endif
 
-/* exp on whole vectors, branch-free: clamp (NaN passes), x = n*ln2 + r by Cody-Waite,
+/* exp on whole vectors, branch-free but for tiny results (below): clamp (NaN passes), x = n*ln2 + r by Cody-Waite,
    exp(r) by a polynomial on |r| <= ln2/2 (Sleef's coefficients), then 2^n applied in
    two exact halves so that subnormal results round once. Max error < 1 ulp (checked
    against long double expl over the whole range). glibc's vector exp falls back to a
@@ -94,8 +94,9 @@ static inline fo_vf fo_vexpf(fo_vf x) {
 #ifdef FO_CVTF_RNE
     fo_vfi tiny = n < -125.0f;      /* (false for NaN, which takes the multiply) */
     if (FO_ANYI(tiny)) {
-        /* results below 2^-125 (subnormal, or 0): a multiply that underflows costs ~100
-           cycles on Zen, so such lanes are made from bits instead. round(u * 2^(n + 149))
+        /* results below 2^-125 (subnormal, or 0): a multiply that underflows takes a slow
+           path in the CPU (a vector with such a lane ran 2.3x slower here), so these lanes
+           are made from bits instead. round(u * 2^(n + 149))
            (< 2^24) read as a float's bits is u * 2^n rounded to the subnormal grid, as the
            multiply rounds it; the other lanes take the multiply with n >= -125. */
         fo_vfi nt = (ni & tiny) | (-126 & ~tiny), nn = (ni & ~tiny) | (-125 & tiny);

@@ -11,13 +11,26 @@ ROWS = [(name, shape) for name, (shapes, _) in _bench.LAYER_CASES.items() for sh
 
 
 @pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name,shape", ROWS, ids=[f"{n}-{s[0]}x{s[1]}" for n, s in ROWS])
-def test_layer(benchmark, name, shape, contender):
-    fns = _bench.layer_contenders(name, shape, np.dtype(np.float32), fo.backends(),
-                                  peers=contender == "torch")
+def test_layer(benchmark, name, shape, dtype, contender):
+    _run(benchmark, name, shape, dtype, contender, 1.0)
+
+
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_softmax_of_spread_logits(benchmark, scale, contender):
+    """float32 logits with a standard deviation of 30: most exps underflow (subnormal or 0),
+    which the CPU computes on a slow path unless the exp avoids it."""
+    _run(benchmark, "softmax", (4096, 1000), "float32", contender, scale)
+
+
+def _run(benchmark, name, shape, dtype, contender, scale):
+    fns = _bench.layer_contenders(name, shape, np.dtype(dtype), fo.backends(),
+                                  peers=contender == "torch", scale=scale)
     if contender not in fns:
         pytest.skip(f"{contender} is not available for {name} here")
-    benchmark.group = f"{name} {shape[0]}x{shape[1]} float32"
+    benchmark.group = f"{name} {shape[0]}x{shape[1]} {dtype} x{scale:g}"
     fn = fns[contender]
     with fo.use_backend(getattr(fn, "backend", fo.get_backend())):
         fn()

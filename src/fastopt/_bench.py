@@ -395,13 +395,14 @@ LAYER_CASES = {   # name -> (shapes, elements moved per element of x: reads + wr
 }
 
 
-def layer_contenders(name, shape, dtype, backends, peers=True):
+def layer_contenders(name, shape, dtype, backends, peers=True, scale=1.0):
     """One layer call (rows are examples, features/classes last; ``bn_fwd_bwd_t``: features
     are rows, batch axis 1) done every way, plus the roofline: a stream moving the same
-    bytes."""
+    bytes. The input is standard normal times ``scale`` (logits of a confident classifier
+    spread wider: exp then underflows for many of them)."""
     from . import layers
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape).astype(dtype)
+    x = (rng.standard_normal(shape) * scale).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     axis = 1 if name == "bn_fwd_bwd_t" else 0
     c = shape[1 - axis]

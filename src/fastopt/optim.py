@@ -167,11 +167,12 @@ class _Batch:
     :meth:`set_scalar`). On the arena path ``states`` is one dict of flat buffers.
     State the call creates is stored by :meth:`commit`, once the call succeeded."""
 
-    def __init__(self, states, slots, index, columns=None, spread=None):
+    def __init__(self, states, slots, index, spread=None):
         self.states = states      # the parameters' state dicts, or [flat buffers by key]
         self.slots = slots        # scalar key -> the group's array of it, one slot per param
+        self.steps = slots.get("step")    # the step counts' slots (None: no step count)
         self.index = index        # these parameters' slots: _ALL or a list
-        self.columns = {} if columns is None else columns   # key -> arrays (kept by a plan)
+        self.columns = {}         # key -> the parameters' arrays (a plan's batch keeps them)
         self.spread = spread      # arena path: (states, offsets, params) to view new state
         self.pending = []         # (state, key, array) made by this call
         self.first = 0 if isinstance(index, slice) else index[0]
@@ -217,22 +218,24 @@ class _Batch:
                 states, offsets, params = self.spread
                 for ps, p, lo, hi in zip(states, params, offsets, offsets[1:]):
                     _set(ps, key, a[lo:hi].reshape(p.shape))
+        self.pending = []
 
 
 class _Plan:
     """How one param group steps, made at its first step and again when its hyper-parameters
     or any state changed (``version``): the parameters' states, whether they step together
-    (``uniform``: every one has state, all in one phase), the columns of their state arrays,
-    and on the arena path the span and the flat state buffers."""
+    (``uniform``: every one has state, all in one phase), on the arena path the span and the
+    flat state buffers, and the :class:`_Batch` of each path's one kernel call (kept from step
+    to step with the columns of state arrays it gathered)."""
 
-    def __init__(self, states, uniform, span, flat):
+    def __init__(self, states, uniform, span, flat, list_batch, flat_batch):
         self.version = _state_version
         self.states = states
         self.uniform = uniform
         self.span = span          # an ArenaSpan when the group steps as one flat stretch
         self.flat = flat          # key -> flat state buffer over the span
-        self.columns = {}         # key -> the parameters' arrays (the list path)
-        self.flat_columns = {}    # key -> [flat buffer] (the arena path)
+        self.list_batch = list_batch    # the list path's (None: not uniform, it steps in parts)
+        self.flat_batch = flat_batch    # the arena path's (None: no span)
 
 
 class _ArenaParams:
@@ -559,6 +562,14 @@ class Optimizer:
             A grad is missing or has the wrong shape, a parameter is read-only, a
             hyper-parameter or a state entry is invalid (each named in the message).
         """
+        plan = self._plans.get(0)
+        if (type(grads) is list and len(grads) == self._count and len(self.param_groups) == 1
+                and plan is not None and plan.version == _state_version and plan.span is None
+                and getattr(self.param_groups[0], "checked", False) and not self._named):
+            # the common case in a few comparisons: one group of arrays (not an arena's), a
+            # list of grads, and the group's plan current (what _plan and _split would find)
+            self._step_group(0, plan, grads)
+            return
         plans = [self._plan(gi) for gi in range(len(self.param_groups))]
         for gi, grads_of_group in enumerate(self._split(grads, plans)):
             self._step_group(gi, plans[gi], grads_of_group)
@@ -581,10 +592,16 @@ class Optimizer:
         span = ParameterArena.span_of(group["params"])
         flat = None if span is None else self._flatten(gi, span, states, plan)
         uniform = None not in states and len({self._phase(s) for s in states}) <= 1
+        slots = self._slots[gi]
+        list_batch = _Batch(states, slots, _ALL) if uniform else None
+        flat_batch = None
+        if flat is None:
+            span = None
+        else:
+            flat_batch = _Batch([flat], slots, _ALL, (states, span.offsets, group["params"]))
         if isinstance(group, _Group):
             group.checked = True
-        plan = self._plans[gi] = _Plan(states, uniform, span if flat is not None else None,
-                                       flat)
+        plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch)
         return plan
 
     def _split(self, grads, plans):
@@ -622,16 +639,12 @@ class Optimizer:
         """One group: the arena stretch in one kernel call, or the list in one kernel call
         while every parameter has a grad and they share a phase, else :meth:`_step_parts`."""
         group = self.param_groups[gi]
-        slots = self._slots[gi]
         if grads is _FLAT:
             span = plan.span
-            self._run(group, [span.params], [span.grads],
-                      _Batch([plan.flat], slots, _ALL, plan.flat_columns,
-                             (plan.states, span.offsets, group["params"])))
+            self._run(group, [span.params], [span.grads], plan.flat_batch)
         elif plan.uniform and all(map(operator.is_not, grads, repeat(None))):
             try:
-                self._run(group, group["params"], grads,
-                          _Batch(plan.states, slots, _ALL, plan.columns))
+                self._run(group, group["params"], grads, plan.list_batch)
             except (TypeError, ValueError):     # the kernel checked every array, wrote none
                 self._check_grads(gi, grads)    # an error naming the parameter, if a grad's
                 raise
@@ -666,7 +679,7 @@ class Optimizer:
     def _run(self, group, params, grads, batch):
         """One kernel call; the step count and the state it made are stored only after it
         succeeded (a refused call changes nothing)."""
-        steps = batch.slots.get("step")
+        steps = batch.steps
         step = None if steps is None else int(steps[batch.first]) + 1
         self._update(group, params, grads, batch, step)
         if steps is None:
@@ -675,7 +688,8 @@ class Optimizer:
             steps.fill(step)
         else:
             steps[batch.index] = step
-        batch.commit()
+        if batch.pending:
+            batch.commit()
 
     def _phase(self, state):
         """Parameters step together (one kernel call) when their phases are equal."""

@@ -62,7 +62,7 @@ typedef long long fo_vdi __attribute__((vector_size(FO_VBYTES)));
    of an integer mask is set */
 #if defined(__AVX512F__)
 #define FO_CVTF_RNE(v) ((fo_vfi)_mm512_cvtps_epi32((__m512)(v)))
-#define FO_ANYI(m) (_mm512_test_epi32_mask((__m512i)(m), (__m512i)(m)) != 0)
+#define FO_ANYI(m) (_mm512_test_epi64_mask((__m512i)(m), (__m512i)(m)) != 0)
 #elif defined(__AVX__)
 #define FO_CVTF_RNE(v) ((fo_vfi)_mm256_cvtps_epi32((__m256)(v)))
 #define FO_ANYI(m) (!_mm256_testz_si256((__m256i)(m), (__m256i)(m)))
@@ -113,7 +113,8 @@ static inline fo_vf fo_vexpf(fo_vf x) {
 static inline fo_vd fo_vexp(fo_vd x) {
     const fo_vd o = {0};
     x = FO_MIND(o + 710.0, FO_MAXD(o - 746.0, x));
-    fo_vd n = (x * 1.442695040888963407359924681001892137 + 0x1.8p52) - 0x1.8p52;
+    fo_vd t = x * 1.442695040888963407359924681001892137 + 0x1.8p52;
+    fo_vd n = t - 0x1.8p52;                                 /* round(x/ln2) */
     fo_vd r = FO_FMAD(n, o - .69314718055966295651160180568695068359375, x);
     r = FO_FMAD(n, o - .28235290563031577122588448175013436025525412068e-12, r);
     fo_vd u = FO_FMAD(o + 2.08860621107283687536341e-09, r,
@@ -128,7 +129,25 @@ static inline fo_vd fo_vexp(fo_vd x) {
     u = FO_FMAD(u, r, o + 0.166666666666666851703837);
     u = FO_FMAD(u, r, o + 0.5);
     u = 1.0 + FO_FMAD(r * r, u, r);
-    fo_vdi ni = __builtin_convertvector(n, fo_vdi), h = ni >> 1;
+    /* n as an integer: t's low bits (AVX2 has no vector float64 -> int64 conversion) */
+    fo_vdi ni = (fo_vdi)t - (fo_vdi)(o + 0x1.8p52);
+#ifdef FO_ANYI
+    fo_vdi maybe = n < -1021.0;
+    if (FO_ANYI(maybe)) {
+        /* as fo_vexpf: results below 2^-1022 (subnormal, or 0) from bits. With n <= -1022,
+           v = u * 2^(n + 1074) < 1.5 * 2^52 is exact; below 2^52 the result is subnormal and
+           its bits are v rounded to an integer (by adding 2^52); the other lanes multiply,
+           n >= -1022 (u * 2^-1022 >= 2^-1022 there) */
+        fo_vdi nt = (ni & maybe) | (-1022 & ~maybe);
+        fo_vd v = u * (fo_vd)((nt + 1074 + 1023) << 52);
+        fo_vdi tiny = maybe & (v < 0x1p52);
+        fo_vdi k = (fo_vdi)(v + 0x1p52) - (fo_vdi)(o + 0x1p52);
+        fo_vdi nn = (ni & ~tiny) | (-1021 & tiny), h = nn >> 1;
+        fo_vd big = (u * (fo_vd)((h + 1023) << 52)) * (fo_vd)((nn - h + 1023) << 52);
+        return (fo_vd)((k & tiny) | ((fo_vdi)big & ~tiny));
+    }
+#endif
+    fo_vdi h = ni >> 1;
     fo_vd s1 = (fo_vd)((h + 1023) << 52), s2 = (fo_vd)((ni - h + 1023) << 52);
     return (u * s1) * s2;
 }

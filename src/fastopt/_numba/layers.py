@@ -375,6 +375,16 @@ def _from_bits(typingctx, i):
     return (types.float64 if wide else types.float32)(i), codegen
 
 
+@intrinsic
+def _to_bits(typingctx, x):
+    """The bits of a float32 (as an int32) or float64 (as an int64)."""
+    wide = x.bitwidth == 64
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64 if wide else 32))
+    return (types.int64 if wide else types.int32)(x), codegen
+
+
 _F, _D = np.float32, np.float64
 _EXPF = (_F(-104.0), _F(89.0), _F(1.44269504088896341), _F(12582912.0),   # 0x1.8p23
          _F(-0.693145751953125), _F(-1.428606765330187045e-06),
@@ -400,18 +410,21 @@ def _exp(x):
 def _make_exp(consts, itype, bias, mant):
     lo, hi, log2e, shift, ln2_hi, ln2_lo, poly = consts
     one = poly[-1] * 2
+    shift_bits = itype(np.array(shift).view(itype))
 
     def exp(x):
         x = lo if x < lo else x
         x = hi if x > hi else x
-        n = (x * log2e + shift) - shift           # round(x / ln2)
+        t = x * log2e + shift
+        n = t - shift                             # round(x / ln2)
         r = _fma(n, ln2_hi, x)
         r = _fma(n, ln2_lo, r)
         u = poly[0]
         for c in numba.literal_unroll(poly[1:]):
             u = _fma(u, r, c)
         u = one + _fma(r * r, u, r)
-        ni = itype(n)
+        # n as an integer from t's low bits (AVX2 has no vector float64 -> int64 conversion)
+        ni = itype(_to_bits(t) - shift_bits)
         h = ni >> 1
         s1 = _from_bits(itype((h + bias) << mant))   # numba widens int32 sums: narrow again
         s2 = _from_bits(itype((ni - h + bias) << mant))

@@ -54,6 +54,40 @@ def test_param_groups_override_defaults_and_are_editable_between_steps():
     assert opt.lr == 0.01 and all(g["lr"] == 0.01 for g in opt.param_groups)
 
 
+@pytest.mark.parametrize("name,kwargs,edits", [
+    ("Adam", dict(lr=0.01), [("lr", 0.05), ("betas", (0.8, 0.99)), ("amsgrad", True)]),
+    ("SGD", dict(lr=0.1, momentum=0.9), [("lr", 0.3), ("nesterov", True), ("momentum", 0.5)]),
+    ("RMSprop", dict(lr=0.01), [("centered", True), ("alpha", 0.9), ("momentum", 0.5)]),
+])
+def test_one_group_sees_every_change_between_steps(name, kwargs, edits):
+    """One group stepped with a list of grads takes a short path once its plan is made; the
+    same optimizer stepped with a tuple takes the general one. Group edits, state arrays and
+    step counts assigned between steps must reach both alike (the same bits)."""
+    rng = np.random.default_rng(5)
+    shapes = [(3, 4), (5,), (2, 1)]
+    start = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(12)]
+    out = []
+    for as_list in (True, False):
+        params = [a.copy() for a in start]
+        opt = getattr(fo, name)(params, **kwargs)
+        edit = iter(edits)
+        for t, g in enumerate(grads):
+            opt.step(list(g) if as_list else tuple(g))
+            if t % 3 == 1:
+                key, value = next(edit, (None, None))
+                if key is not None:
+                    opt.param_groups[0][key] = value
+            if t == 6:      # a state array assigned, and a count (as torch stores it)
+                key = next(k for k, v in opt.state[0].items() if isinstance(v, np.ndarray)
+                           and v.ndim)
+                opt.state[0][key] = opt.state[0][key] * 0.5
+                if "step" in opt.state[1]:
+                    opt.state[1]["step"] = np.float32(opt.state[1]["step"] + 3)
+        out.append([p.tobytes() for p in params])
+    assert out[0] == out[1]
+
+
 def test_in_place_update_reaches_views_and_non_contiguous_params():
     base = np.ones((6, 4))
     view = base[::2, 1:3]

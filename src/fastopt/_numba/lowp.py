@@ -149,8 +149,9 @@ def _half_range_template(p16, g16, master, state, lo, hi, scalars):
 
 
 def _half_span_template(p16, g16, master, state, scalars):
-    """The serial step (``_common.launch``'s)."""
-    _half_range(p16, g16, master, state, 0, master.size, scalars)  # noqa: F821
+    """The serial step (``_common.launch``'s). ``lo`` is a typed 0, not the literal (a type of
+    its own): the parallel loop's compilation of ``_half_range`` serves this one too."""
+    _half_range(p16, g16, master, state, np.intp(0), master.size, scalars)  # noqa: F821
 
 
 def _half_parallel_template(nchunks, chunk, p16, g16, master, state, scalars):

@@ -18,14 +18,13 @@ _PAR = dict(JIT, parallel=True)
 
 
 def _read_only(a):
-    """``a`` as a read-only view (``a`` itself when it is one). The kernels only read their
-    inputs, and Numba compiles a kernel once per combination of writeable and read-only
-    arrays: typed read-only every time, an input costs one compilation per dtype (the machine
-    code is the same either way)."""
-    if a.flags.writeable:
-        a = a.view()
-        a.flags.writeable = False
-    return a
+    """A read-only view of ``a`` (~0.4 us). The kernels only read their inputs, and Numba
+    compiles a kernel once per combination of writeable and read-only arrays (up to 12 of
+    _dx_cols, ~2.5 s each): always read-only, an input costs one compilation per dtype. The
+    machine code is the same either way."""
+    view = a.view()
+    view.setflags(write=False)
+    return view
 
 
 @numba.njit(inline="always", **JIT)

@@ -135,7 +135,10 @@ def _quads(rows):
 @numba.njit(**JIT)
 def _combine_blocks(part, out, n):
     """out[c] = (sum over the blocks, in block order, of part[b, c]) / n."""
-    out[:] = part[0]
+    # element by element: an array assigned to a slice compiles Numba's shape-mismatch message
+    # (~2.7 s at every cold start)
+    for c in range(part.shape[1]):
+        out[c] = part[0, c]
     for b in range(1, part.shape[0]):
         for c in range(part.shape[1]):
             out[c] += part[b, c]
@@ -190,7 +193,8 @@ def _block_moments(x, part):
 @numba.njit(**JIT)
 def _merge_moments(part, N, eps, mean, inv_std):
     """The blocks' moments combined in block order: mean and 1 / sqrt(variance + eps)."""
-    mean[:] = part[0, 0]
+    for c in range(mean.size):      # (not mean[:] = part[0, 0]: see _combine_blocks)
+        mean[c] = part[0, 0, c]
     for b in range(1, part.shape[0]):
         for c in range(mean.size):
             mean[c] += part[b, 0, c]

@@ -71,12 +71,12 @@ typedef long long fo_vdi __attribute__((vector_size(FO_VBYTES)));
 #define FO_ANYI(m) (_mm_movemask_epi8((__m128i)(m)) != 0)
 #endif
 
-/* exp on whole vectors, branch-free but for tiny results (below): clamp (NaN passes), x = n*ln2 + r by Cody-Waite,
-   exp(r) by a polynomial on |r| <= ln2/2 (Sleef's coefficients), then 2^n applied in
-   two exact halves so that subnormal results round once. Max error < 1 ulp (checked
-   against long double expl over the whole range). glibc's vector exp falls back to a
-   scalar call per lane when any lane underflows: softmax of confident logits (spread
-   beyond 88) ran 10x slower. */
+/* exp on whole vectors, branch-free but for tiny results (below): clamp (NaN passes),
+   x = n*ln2 + r by Cody-Waite, exp(r) by a polynomial on |r| <= ln2/2 (Sleef's
+   coefficients), then 2^n applied in two exact halves so that subnormal results round
+   once. Max error < 1 ulp (checked against long double expl over the whole range).
+   glibc's vector exp falls back to a scalar call per lane when any lane underflows:
+   softmax of confident logits (spread beyond 88) ran 10x slower. */
 static inline fo_vf fo_vexpf(fo_vf x) {
     const fo_vf o = {0};
     x = FO_MINF(o + 89.0f, FO_MAXF(o - 104.0f, x));   /* beyond: inf and 0; NaN kept */
@@ -96,9 +96,9 @@ static inline fo_vf fo_vexpf(fo_vf x) {
     if (FO_ANYI(tiny)) {
         /* results below 2^-125 (subnormal, or 0): a multiply that underflows takes a slow
            path in the CPU (a vector with such a lane ran 2.3x slower here), so these lanes
-           are made from bits instead. round(u * 2^(n + 149))
-           (< 2^24) read as a float's bits is u * 2^n rounded to the subnormal grid, as the
-           multiply rounds it; the other lanes take the multiply with n >= -125. */
+           are made from bits instead. round(u * 2^(n + 149)) (< 2^24) read as a float's
+           bits is u * 2^n rounded to the subnormal grid, as the multiply rounds it; the
+           other lanes take the multiply with n >= -125. */
         fo_vfi nt = (ni & tiny) | (-126 & ~tiny), nn = (ni & ~tiny) | (-125 & tiny);
         fo_vfi k = FO_CVTF_RNE(u * (fo_vf)((nt + 149 + 127) << 23));
         fo_vfi h = nn >> 1;

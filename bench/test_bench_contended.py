@@ -13,7 +13,7 @@ import os
 import pytest
 
 import fastopt as fo
-from fastopt import _contended
+from fastopt import _backend, _contended
 
 SIZES = [int(float(s)) for s in
          os.environ.get("FASTOPT_BENCH_SIZES", "1e3,1e5,1e6").split(",")]
@@ -35,11 +35,7 @@ def test_adam_beside_a_busy_core(benchmark, busy, backend, threads, size):
     if backend == "numpy" and threads != 1:
         pytest.skip("the reference runs on one thread")
     call = _contended._adam_call(size, backend)
-    previous = fo.get_num_threads()
-    fo.set_num_threads(threads)
-    try:
+    with _backend.use_num_threads(threads):
         call()                                  # warm-up: numba compiles, pages fault in
         benchmark.group = f"adam float32 {size:.0e}, one core busy"
         benchmark(call)
-    finally:
-        fo.set_num_threads(previous)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import fastopt as fo
-from fastopt import _contended
+from fastopt import _backend, _contended
 
 SIZES = [int(float(s)) for s in
          os.environ.get("FASTOPT_BENCH_SIZES", "1e5,1e6").split(",")]
@@ -29,11 +29,7 @@ ROUNDS = int(os.environ.get("FASTOPT_BENCH_ROUNDS", "100"))
 @pytest.mark.parametrize("backend", [b for b in fo.backends() if b != "numpy"])
 def test_adam_after_other_work(benchmark, backend, threads, size):
     call = _contended._adam_call(size, backend)
-    previous = fo.get_num_threads()
-    fo.set_num_threads(threads)
-    try:
+    with _backend.use_num_threads(threads):
         call()                                  # warm-up: numba compiles, pages fault in
         benchmark.group = f"adam float32 {size:.0e}, {GAP * 1e3:g} ms of other work first"
         benchmark.pedantic(call, setup=lambda: time.sleep(GAP), rounds=ROUNDS, iterations=1)
-    finally:
-        fo.set_num_threads(previous)

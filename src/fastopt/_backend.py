@@ -191,6 +191,18 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+@contextlib.contextmanager
+def use_num_threads(n: int) -> Iterator[None]:
+    """Run a block on ``n`` threads, then restore the previous count (even after an error);
+    for the benchmarks."""
+    previous = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
+
+
 def _choose_default():
     wanted = os.environ.get("FASTOPT_BACKEND", "").strip().lower()
     if wanted:

@@ -264,10 +264,8 @@ def single_thread_rows(kernels, backends, sizes=SINGLE_THREAD_SIZES, rounds=5, p
     ``fused=True`` and DeepSpeedCPUAdam (torch and its OpenMP on one thread too), and the
     roofline stream. What a kernel costs per element, apart from how threads share it out."""
     compiled = [b for b in backends if b != "numpy"]
-    previous = _backend.get_num_threads()
-    _backend.set_num_threads(1)          # the torch peers take their thread count from this
     out = []
-    try:
+    with _backend.use_num_threads(1):    # the torch peers take their thread count from this
         for name in kernels:
             for n in sizes:
                 fns = contenders(CASES[name], n, np.float32, compiled, peers=peers)
@@ -276,8 +274,6 @@ def single_thread_rows(kernels, backends, sizes=SINGLE_THREAD_SIZES, rounds=5, p
                 for label, (t, spread) in time_row(fns, rounds=rounds).items():
                     out.append(dict(kernel=name, size=n, contender=label, time=t,
                                     spread=spread, ns_per_element=t / n * 1e9))
-    finally:
-        _backend.set_num_threads(previous)
     return out
 
 

@@ -56,9 +56,7 @@ def _adam_call(n, backend):
 
 def per_call_times(call, calls, threads):
     """Seconds of each of ``calls`` calls, after warm-up, on ``threads`` threads."""
-    previous = _backend.get_num_threads()
-    _backend.set_num_threads(threads)
-    try:
+    with _backend.use_num_threads(threads):
         for _ in range(3):
             call()
         out = np.empty(calls)
@@ -67,8 +65,6 @@ def per_call_times(call, calls, threads):
             call()
             out[i] = time.perf_counter() - t0
         return out
-    finally:
-        _backend.set_num_threads(previous)
 
 
 def rows(backend=None, threads=None, sizes=SIZES, rounds=3):

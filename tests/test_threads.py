@@ -113,6 +113,46 @@ def test_a_call_after_fork(compiled):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(adam_steps(N, np.float32), expected))
 
 
+HELPERS_AVOID_THE_CALLER = """
+import os, numpy as np, fastopt as fo
+fo.use_backend("cython")
+fo.set_num_threads(2)
+p, g, m, v = (np.ones(3 * 65536 + 7, np.float32) for _ in range(4))
+def current_cpu():
+    with open("/proc/thread-self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[36])   # field 39, processor
+def helpers():
+    tids = [t for t in os.listdir("/proc/self/task")
+            if open(f"/proc/self/task/{t}/comm").read().strip() == "fastopt-helper"]
+    return [os.sched_getaffinity(int(t)) for t in tids]
+everywhere = os.sched_getaffinity(0)
+for cpu in sorted(everywhere) * 2:
+    os.sched_setaffinity(0, {cpu})          # move the caller there,
+    os.sched_setaffinity(0, everywhere)     # then let it run anywhere again
+    for attempt in range(100):
+        before = current_cpu()
+        fo.ops.adam_step_(p, g, m, v, 1)
+        if current_cpu() == before:
+            break
+    else:
+        raise SystemExit("the caller kept moving during the call")
+    found = helpers()
+    assert found and all(a == everywhere - {before} for a in found), (before, found)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_helpers_run_off_the_callers_cpu():
+    # a sleeping helper woken onto the caller's CPU would preempt the caller (fo_pool.h)
+    if "cython" not in fo.backends():
+        pytest.skip("the compiled extension is not built")
+    out = subprocess.run([sys.executable, "-c", HELPERS_AVOID_THE_CALLER], capture_output=True,
+                         text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
 def test_cgroup_quota_caps_the_default(tmp_path):
     v2 = tmp_path / "cpu.max"
     v2.write_text("150000 100000\n")

@@ -115,7 +115,7 @@ def test_a_call_after_fork(compiled):
 
 HELPERS_AVOID_THE_CALLER = """
 import os, numpy as np, fastopt as fo
-fo.use_backend("cython")
+fo.set_backend("cython")
 fo.set_num_threads(2)
 p, g, m, v = (np.ones(3 * 65536 + 7, np.float32) for _ in range(4))
 def current_cpu():

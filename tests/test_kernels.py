@@ -59,6 +59,12 @@ CASES = {
     "nadam_decoupled": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.nadam_step_(
         p, g, s["m"], s["v"], t, 0.9 ** (t - 1), lr=0.01, weight_decay=0.1,
         decoupled_weight_decay=True)),
+    # no weight decay and no maximize: the compiled kernels' own loops for the defaults (and
+    # RAdam's steps 1-5 unrectified, 6-7 rectified)
+    "nadam": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.nadam_step_(
+        p, g, s["m"], s["v"], t, 0.9 ** (t - 1), lr=0.01)),
+    "radam_plain": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.radam_step_(
+        p, g, s["m"], s["v"], t, lr=0.01)),
     "radam": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.radam_step_(
         p, g, s["m"], s["v"], t, lr=0.01, weight_decay=0.1, maximize=True)),
 }

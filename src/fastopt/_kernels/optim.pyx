@@ -187,6 +187,20 @@ cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef bint shrink = s.weight_decay != 0 and s.decoupled
     cdef floating gi
     cdef Py_ssize_t i
+    # Adam and AdamW with no other option get loops of their own, the options constants there.
+    # In the general loop GCC makes the weight-decay tests selects, not separate loops (they
+    # are conditional stores and sums): two blends, two multiplies and a store of p per vector
+    # that plain Adam does not need (Adam 1e5 float32, one thread: 0.59 -> 0.45 ns/element).
+    if not (scaled or maximize or coupled or eps_inside_sqrt or vmax != NULL):
+        if shrink:
+            for i in range(lo, hi):
+                adam_elem(p, m, v, NULL, i, g[i], c1, b2, c2, eps, wd, step, inv_bc2,
+                          inv_bc2_sqrt, decay, False, True, False)
+        else:
+            for i in range(lo, hi):
+                adam_elem(p, m, v, NULL, i, g[i], c1, b2, c2, eps, wd, step, inv_bc2,
+                          inv_bc2_sqrt, decay, False, False, False)
+        return
     for i in range(lo, hi):
         gi = g[i] * scale if scaled else g[i]
         gi = -gi if maximize else gi
@@ -237,6 +251,23 @@ cdef void adamax_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
 
 
 # --------------------------------------------------------------------------------- nadam
+cdef inline void nadam_elem(floating* p, floating* m, floating* v, Py_ssize_t i, floating gi,
+                            floating c1, floating b2, floating c2, floating eps, floating wd,
+                            floating inv_bc2, floating cg, floating cm, floating decay,
+                            bint coupled, bint shrink) noexcept nogil:
+    """Element ``i`` of a NAdam step with grad ``gi`` (negated already)."""
+    cdef floating one = 1, r
+    if shrink:
+        p[i] = p[i] * decay
+    if coupled:
+        gi = gi + wd * p[i]
+    m[i] = m[i] + c1 * (gi - m[i])
+    v[i] = b2 * v[i] + c2 * (gi * gi)
+    r = one / (root(v[i] * inv_bc2) + eps)
+    p[i] = p[i] + cg * (gi * r)
+    p[i] = p[i] + cm * (m[i] * r)
+
+
 cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
                      const nadam_scalars* s) noexcept nogil:
     cdef floating* p = a[0]
@@ -248,25 +279,45 @@ cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating wd = <floating>s.weight_decay
     cdef floating inv_bc2 = <floating>(1.0 / s.bias_correction2)
     cdef floating cg = <floating>s.grad_coef, cm = <floating>s.avg_coef
-    cdef floating decay = <floating>(1.0 - s.lr * s.weight_decay), one = 1, gi, r
+    cdef floating decay = <floating>(1.0 - s.lr * s.weight_decay), gi
     cdef bint maximize = s.maximize
     cdef bint coupled = s.weight_decay != 0 and not s.decoupled
     cdef bint shrink = s.weight_decay != 0 and s.decoupled
     cdef Py_ssize_t i
+    if not (maximize or coupled):       # loops of their own, as in adam_span
+        if shrink:
+            for i in range(lo, hi):
+                nadam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, inv_bc2, cg, cm, decay,
+                           False, True)
+        else:
+            for i in range(lo, hi):
+                nadam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, inv_bc2, cg, cm, decay,
+                           False, False)
+        return
     for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
-        if shrink:
-            p[i] = p[i] * decay
-        if coupled:
-            gi = gi + wd * p[i]
-        m[i] = m[i] + c1 * (gi - m[i])
-        v[i] = b2 * v[i] + c2 * (gi * gi)
-        r = one / (root(v[i] * inv_bc2) + eps)
-        p[i] = p[i] + cg * (gi * r)
-        p[i] = p[i] + cm * (m[i] * r)
+        nadam_elem(p, m, v, i, gi, c1, b2, c2, eps, wd, inv_bc2, cg, cm, decay, coupled,
+                   shrink)
 
 
 # --------------------------------------------------------------------------------- radam
+cdef inline void radam_elem(floating* p, floating* m, floating* v, Py_ssize_t i, floating gi,
+                            floating c1, floating b2, floating c2, floating eps, floating wd,
+                            floating step, floating decay, bint coupled, bint shrink,
+                            bint rectified) noexcept nogil:
+    """Element ``i`` of a RAdam step with grad ``gi`` (negated already)."""
+    if shrink:
+        p[i] = p[i] * decay
+    if coupled:
+        gi = gi + wd * p[i]
+    m[i] = m[i] + c1 * (gi - m[i])
+    v[i] = b2 * v[i] + c2 * (gi * gi)
+    if rectified:
+        p[i] = p[i] - step * (m[i] / (root(v[i]) + eps))
+    else:
+        p[i] = p[i] - step * m[i]
+
+
 cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
                      const radam_scalars* s) noexcept nogil:
     cdef floating* p = a[0]
@@ -281,18 +332,20 @@ cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef bint coupled = s.weight_decay != 0 and not s.decoupled
     cdef bint shrink = s.weight_decay != 0 and s.decoupled
     cdef Py_ssize_t i
+    if not (maximize or coupled or shrink):     # loops of their own, as in adam_span
+        if rectified:
+            for i in range(lo, hi):
+                radam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, step, decay, False, False,
+                           True)
+        else:
+            for i in range(lo, hi):
+                radam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, step, decay, False, False,
+                           False)
+        return
     for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
-        if shrink:
-            p[i] = p[i] * decay
-        if coupled:
-            gi = gi + wd * p[i]
-        m[i] = m[i] + c1 * (gi - m[i])
-        v[i] = b2 * v[i] + c2 * (gi * gi)
-        if rectified:
-            p[i] = p[i] - step * (m[i] / (root(v[i]) + eps))
-        else:
-            p[i] = p[i] - step * m[i]
+        radam_elem(p, m, v, i, gi, c1, b2, c2, eps, wd, step, decay, coupled, shrink,
+                   rectified)
 
 
 # ---------------------------------------------------------------------------------- lion

@@ -576,17 +576,19 @@ class _FastOptimizer(_Mixin):
         ``grad_scale`` reaches the float32/float64 call only if the kernel has one (the others'
         grads are scaled by :meth:`_run`)."""
         kernels = _backend.active
-        state = [cols.get(key) for key in self._COLUMNS]
-        own = {"grad_scale": grad_scale} if self._SCALES else {}
+        state = list(map(cols.get, self._COLUMNS))
         formats = cols.get(_FORMAT)
-        if formats is None:     # the common case
-            getattr(kernels, self._KERNEL + "_multi")(params, grads, *state, **scalars, **own)
+        if formats is None:     # the common case, with no dict made but the call's own
+            if self._SCALES:
+                scalars["grad_scale"] = grad_scale
+            getattr(kernels, self._MULTI)(params, grads, *state, **scalars)
             return
+        own = {"grad_scale": grad_scale} if self._SCALES else {}
         for fmt in dict.fromkeys(formats):
             part = [k for k, f in enumerate(formats) if f is fmt]
             lists = _pick(part, params, grads, *state)
             if fmt is None:
-                getattr(kernels, self._KERNEL + "_multi")(*lists, **scalars, **own)
+                getattr(kernels, self._MULTI)(*lists, **scalars, **own)
             else:
                 getattr(kernels, self._KERNEL + "_half_multi")(
                     *lists[:2], *_pick(part, cols[MASTER]), *lists[2:], **scalars,
@@ -596,6 +598,7 @@ class _FastOptimizer(_Mixin):
         super().__init_subclass__(**kwargs)
         # whether the kernel takes the clip's factor as a grad scale (Adam's does)
         cls._SCALES = "grad_scale" in _registry.get(cls._KERNEL).scalars
+        cls._MULTI = cls._KERNEL + "_multi"     # its list form's name on a backend
 
     def _init_state(self, p, group):
         """torch's lazy state of ``p``: ``step`` and zeros for every state tensor."""

@@ -141,8 +141,9 @@ cdef void adagrad_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
 # The loop's shape, per 8 floats (AVX2): 4 loads, 3 stores, one vsqrtps and one vdivps and a
 # few multiplies and adds, as DeepSpeed's AVX2 path. Its floor in cache is the divider: a loop of
 # sqrt + div alone runs 0.33 ns/element on one core of the AVX2 EPYC VM it was tuned on, this one
-# 0.47-0.59 at 1e5 elements (streaming from L3); beyond cache, memory bandwidth. A reciprocal estimate instead of the
-# division would round differently from the reference, and results must be bit-identical.
+# 0.47-0.59 at 1e5 elements (streaming from L3); beyond cache, memory bandwidth. A reciprocal
+# estimate instead of the division would round differently from the reference, and results must
+# be bit-identical.
 cdef inline floating adam_moments(floating* p, floating* m, floating* v, Py_ssize_t i,
                                   floating gi, floating c1, floating b2, floating c2,
                                   floating wd, floating decay, bint coupled,

@@ -138,6 +138,10 @@ class BuildExt(build_ext):
             ext.extra_link_args = ["-fopenmp"] if openmp else []
             # the extension reports its own flags (python -m fastopt prints them)
             ext.define_macros.append(("FASTOPT_BUILD_FLAGS", '"%s"' % " ".join(args)))
+        # one compiler per extension at once, as many as there are CPUs (`-j N` sets another
+        # count): the two big ones, the optimizer kernels in two ISA variants, take most of it
+        if not self.parallel:
+            self.parallel = min(len(self.extensions), os.cpu_count() or 1)
         try:
             super().build_extensions()
         except Exception as exc:  # missing headers, a compiler error, ...: numba/numpy serve
@@ -149,7 +153,8 @@ class BuildExt(build_ext):
                          flags=" ".join(compile_args))
 
     def build_extension(self, ext):
-        """Build ``ext``, from scratch unless its outputs were made under the same key."""
+        """Build ``ext``, from scratch unless its outputs were made under the same key. (The
+        extensions build in parallel threads: nothing shared is changed here.)"""
         stamp, key = self._stamp(ext)
         try:
             with open(stamp) as f:
@@ -158,8 +163,8 @@ class BuildExt(build_ext):
             same = False
         if os.path.exists(stamp):
             os.remove(stamp)    # until this build succeeds
-        force = self.force
-        self.force = self.compiler.force = force or not same
+        if not same:            # a missing output is rebuilt: its sources are all compiled
+            self._remove_outputs([ext])
         try:
             super().build_extension(ext)
         except Exception as exc:
@@ -169,8 +174,6 @@ class BuildExt(build_ext):
             # the AVX-512 build is optional: the portable one serves
             warnings.warn(f"fastopt: {ext.name} not built ({exc})")
             return
-        finally:
-            self.force = self.compiler.force = force
         with open(stamp, "w") as f:
             f.write(key)
 

@@ -679,8 +679,10 @@ def cython_layers():
 
 
 # (1100, 300): several pool chunks of several blocks; (3000, 3): a tall panel; (5, 40000):
-# rows too wide for a block at the default size; odd feature counts around the vectors
-BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (257, 33), (9, 7)]
+# rows too wide for a block at the default size; (130, 1000): in the two-sweep fallback, three
+# row blocks (the last of two rows) whose columns are split into spans, the last one short;
+# odd feature counts around the vectors
+BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (130, 1000), (257, 33), (9, 7)]
 
 
 def _large_mean_case(shape, dtype, seed):
@@ -782,14 +784,14 @@ def test_batchnorm_cache_blocks_keep_nan_and_inf_in_their_feature(cython_layers,
         close(a, r, dtype, 10 * shape[0])
 
 
-@pytest.mark.parametrize("setting", ["default", "32 rows"])
+@pytest.mark.parametrize("setting", ["default", "32 rows", "fallback"])
 @pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_layers_are_bit_identical_for_1_to_3_threads_over_several_chunks(backend, dt,
                                                                          setting):
     """Shapes split into several pool chunks (the axis-0 statistics merge 3-4 chunks; the
     softmax rows make six chunks; the Numba kernels chunk by the thread count); with small
-    cache blocks too on the Cython backend."""
+    cache blocks and with the two-sweep fallback too on the Cython backend."""
     rng = np.random.default_rng(22)
     x = rng.standard_normal((1100, 300)).astype(dt) * 3 + 1
     dy = rng.standard_normal((1100, 300)).astype(dt)

@@ -680,8 +680,7 @@ def cython_layers():
 
 # (1100, 300): several pool chunks of several blocks; (3000, 3): a tall panel; (5, 40000):
 # rows too wide for a block at the default size; (130, 1000): in the two-sweep fallback, three
-# row blocks (the last of two rows) whose columns are split into spans, the last one short;
-# odd feature counts around the vectors
+# row blocks, the last of two rows; odd feature counts around the vectors
 BLOCK_SHAPES = [(1100, 300), (3000, 3), (5, 40000), (130, 1000), (257, 33), (9, 7)]
 
 

@@ -1,8 +1,8 @@
 """Numba layer kernels, mirroring fastopt/_kernels/layers.pyx: the same signatures, the same
 split of work (over features or rows, never inside a reduction), fixed summation orders (eight
 interleaved float64 partial sums per contiguous row; when features are columns, per-block
-results over fixed blocks of 64 rows taken four rows at a time, combined in block order: the
-Cython kernels' order with blocks of 64 rows, whatever the cache) and the same exp."""
+results over fixed blocks of 64 rows taken four rows at a time, combined in block order, as
+the Cython kernels' blocks) and the same exp."""
 import math
 
 import numba

@@ -797,14 +797,21 @@ def test_layers_are_bit_identical_for_1_to_3_threads_over_several_chunks(backend
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_numba_softmax_has_the_same_exp_as_cython(axis, dtype):
     """The Numba kernels compute fo_vexp.h's exp in the same operations (and sum a row in the
-    same order): the same bits over the exp's whole range, subnormal results included."""
+    same order): the same bits over the exp's whole range, subnormal results included, and
+    around every (k + 1/2) ln2, where n = round(x / ln2) depends on rounding x / ln2 once (an
+    FMA) or twice."""
     lo, hi = (-104, 89) if dtype == np.float32 else (-746, 710)
     z = np.stack([np.linspace(lo, hi, 2001), np.linspace(lo / 2, 0, 2001)]).astype(dtype)
     z = z if axis == -1 else np.ascontiguousarray(z.T)
     z[0, 0] = hi        # the row max: the others are exp of z - hi over the whole range
+    k = np.arange(-150 if dtype == np.float32 else -1075, 0)
+    mid = ((k + 0.5) * np.log(2)).astype(dtype)
+    near = np.concatenate([[0], mid, np.nextafter(mid, 0), np.nextafter(mid, -np.inf)])
+    near = near.astype(dtype)
+    near = near[None, :] if axis == -1 else near[:, None]    # max 0: exp of each x itself
     out = {}
     for backend in ("cython", "numba"):
         with fo.use_backend(backend):
-            out[backend] = [fo.softmax(z, axis=axis).tobytes(),
-                            fo.log_softmax(z, axis=axis).tobytes()]
+            out[backend] = [fo.softmax(a, axis=axis).tobytes() for a in (z, near)]
+            out[backend] += [fo.log_softmax(z, axis=axis).tobytes()]
     assert out["cython"] == out["numba"]

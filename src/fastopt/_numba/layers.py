@@ -368,9 +368,10 @@ def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
 # --------------------------------------------------------------------------------- softmax
 # exp as fo_vexp.h computes it, in arithmetic LLVM vectorizes (np.exp is a libm call per
 # element: the softmax family ran 7x slower than the Cython kernels): clamp (NaN passes),
-# x = n*ln2 + r by Cody-Waite, Sleef's polynomial on |r| <= ln2/2 with fused multiply-adds,
-# then 2^n applied in two exact halves so that subnormal results round once. The same
-# operations in the same order as the C version: the same bits, < 1 ulp.
+# n = round(x/ln2) by one FMA, x = n*ln2 + r by Cody-Waite, Sleef's polynomial on |r| <= ln2/2
+# with fused multiply-adds (Estrin's form, then Horner's), then 2^n in two exact halves so that
+# subnormal results round once. The same operations in the same order as the C version (whose
+# single multiply for normal results gives the same bits as the halves): the same bits, < 1 ulp.
 @intrinsic
 def _fma(typingctx, a, b, c):
     """a * b + c rounded once (llvm.fma: one instruction on CPUs with FMA)."""
@@ -423,22 +424,40 @@ def _exp(x):
     raise NotImplementedError("only callable from jitted code")
 
 
+@numba.njit(inline="always")
+def _poly6(r, r2, c):
+    """c[0] r^5 + ... + c[5] as fo_vexpf sums it: Estrin's form above r^2, then Horner's."""
+    u = _fma(_fma(c[0], r, c[1]), r2, _fma(c[2], r, c[3]))
+    return _fma(_fma(u, r, c[4]), r, c[5])
+
+
+@numba.njit(inline="always")
+def _poly11(r, r2, c):
+    """c[0] r^10 + ... + c[10] as fo_vexp sums it: Estrin's form above r^2, then Horner's."""
+    r4 = r2 * r2
+    a0 = _fma(c[7], r, c[8])
+    a1 = _fma(c[5], r, c[6])
+    a2 = _fma(c[3], r, c[4])
+    a3 = _fma(c[1], r, c[2])
+    u = _fma(c[0], r4 * r4, _fma(_fma(a3, r2, a2), r4, _fma(a1, r2, a0)))
+    return _fma(_fma(u, r, c[9]), r, c[10])
+
+
 def _make_exp(consts, itype, bias, mant):
     lo, hi, log2e, shift, ln2_hi, ln2_lo, poly = consts
     one = poly[-1] * 2
     shift_bits = itype(np.array(shift).view(itype))
+    poly_at = _poly6 if len(poly) == 6 else _poly11
 
     def exp(x):
         x = lo if x < lo else x
         x = hi if x > hi else x
-        t = x * log2e + shift
-        n = t - shift                             # round(x / ln2)
+        t = _fma(x, log2e, shift)
+        n = t - shift                             # round(x / ln2), rounded once
         r = _fma(n, ln2_hi, x)
         r = _fma(n, ln2_lo, r)
-        u = poly[0]
-        for c in numba.literal_unroll(poly[1:]):
-            u = _fma(u, r, c)
-        u = one + _fma(r * r, u, r)
+        r2 = r * r
+        u = one + _fma(r2, poly_at(r, r2, poly), r)
         # n as an integer from t's low bits (AVX2 has no vector float64 -> int64 conversion)
         ni = itype(_to_bits(t) - shift_bits)
         h = ni >> 1

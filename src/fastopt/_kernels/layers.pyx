@@ -102,27 +102,6 @@ cdef void add_4rows(const floating* x, Py_ssize_t C, double* acc, Py_ssize_t n) 
         acc[c] += (<double>x[c] + x[C + c]) + (<double>x[2 * C + c] + x[3 * C + c])
 
 
-cdef void add_centred_sq(const floating* x, const double* mean, double* acc,
-                         Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef double d
-    for c in range(n):
-        d = x[c] - mean[c]
-        acc[c] += d * d
-
-
-cdef void add_4centred_sq(const floating* x, Py_ssize_t C, const double* mean, double* acc,
-                          Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef double d0, d1, d2, d3
-    for c in range(n):
-        d0 = x[c] - mean[c]
-        d1 = x[C + c] - mean[c]
-        d2 = x[2 * C + c] - mean[c]
-        d3 = x[3 * C + c] - mean[c]
-        acc[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-
-
 cdef void add_shifted(const floating* x, const double* k, double* s1, double* s2,
                       Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t c
@@ -291,7 +270,7 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t r0, Py_ssize
     for c in range(C):
         finite = finite and isfinite(mean[c]) and isfinite(m2[c])
     if not finite:
-        block_moments_two_pass(x, C, r0, r1, mean, m2)
+        block_moments_two_pass(x, C, r0, r1, mean, m2, k)
         return
     for c in range(C):
         t = mean[c]
@@ -300,12 +279,13 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t r0, Py_ssize
 
 
 cdef void block_moments_two_pass(const floating* x, Py_ssize_t C, Py_ssize_t r0,
-                                 Py_ssize_t r1, double* mean, double* m2) noexcept nogil:
-    """block_moments by the definition: the mean, then the squared deviations from it."""
+                                 Py_ssize_t r1, double* mean, double* m2,
+                                 double* scratch) noexcept nogil:
+    """block_moments by the definition: the mean, then the squared deviations from it (the
+    shifted sums with the mean as the shift; their sums of deviations go to scratch)."""
     cdef Py_ssize_t n = r0, c
     for c in range(C):
         mean[c] = 0
-        m2[c] = 0
     while n + 4 <= r1:
         add_4rows(x + n * C, C, mean, C)
         n = n + 4
@@ -314,12 +294,14 @@ cdef void block_moments_two_pass(const floating* x, Py_ssize_t C, Py_ssize_t r0,
         n = n + 1
     for c in range(C):
         mean[c] = mean[c] / (r1 - r0)
+        m2[c] = 0
+        scratch[c] = 0
     n = r0
     while n + 4 <= r1:
-        add_4centred_sq(x + n * C, C, mean, m2, C)
+        add_4shifted(x + n * C, C, mean, scratch, m2, C)
         n = n + 4
     while n < r1:
-        add_centred_sq(x + n * C, mean, m2, C)
+        add_shifted(x + n * C, mean, scratch, m2, C)
         n = n + 1
 
 

@@ -657,7 +657,7 @@ def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
                 fo.BatchNorm(**args)
 
 
-# ------------------------------------------------- batch norm's cache blocks, threads, exp
+# ---------------------------------------------------- batch norm's blocks of rows, threads, exp
 # (1100, 300): several pool chunks of several blocks of rows; (3000, 3): a tall panel;
 # (5, 40000): one short block of wide rows; (130, 1000): three blocks, the last of two rows;
 # odd feature counts around the vectors

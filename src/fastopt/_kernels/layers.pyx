@@ -249,11 +249,11 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t r0, Py_ssize
     sums of d = x - k and d * d, k the block's first row, give mean = k + sum(d) / n and
     m2 = sum(d * d) - sum(d)^2 / n. A large mean cancels in x - k as in a second pass over
     x - mean, and since k is one of the n rows, (mean - k)^2 <= m2, so sum(d)^2 / n <= n m2:
-    the subtraction costs at most a factor n + 1 in m2's relative error (~n (n + 1) ulps: 5e-13 for 64 rows, against
-    ~n ulps for two passes). A block in which a column's sums are not finite (NaN, inf,
-    overflow) is taken again in two passes, which give the reference's NaN and inf. One pass
-    instead of two took 15-22% less time for the statistics of (4096, 1024) and (256, 4096)
-    float32 here (one thread, a C harness of both loops)."""
+    the subtraction costs at most a factor n + 1 in m2's relative error (~n (n + 1) ulps,
+    5e-13 for 64 rows, against ~n ulps for two passes). A block in which a column's sums are
+    not finite (NaN, inf, overflow) is taken again in two passes, which give the reference's
+    NaN and inf. One pass instead of two took 15-22% less time for the statistics of
+    (4096, 1024) and (256, 4096) float32 here (one thread, a C harness of both loops)."""
     cdef Py_ssize_t c
     cdef double t, inv = 1.0 / (r1 - r0)
     cdef bint finite = True

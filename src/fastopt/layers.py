@@ -165,7 +165,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     eps : float, default 1e-5
         Added to the variance, >= 0.
     out : ndarray, optional
-        Receives ``y`` (shaped like ``x``, same dtype), sparing an allocation.
+        Receives ``y`` (shaped like ``x``, same dtype), sparing an allocation. It may be ``x``
+        itself or overlap it: ``x`` is then copied first (the cache keeps the copy).
 
     Returns
     -------
@@ -180,7 +181,7 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
         A non-float ``x``, or ``gamma``/``beta``/``out`` of another dtype (named).
     ValueError
         ``x`` not 2-D, a batch of 1, ``gamma``/``beta`` with the wrong number of features, a bad
-        ``axis`` or ``eps``, or ``out`` of the wrong shape or overlapping an input.
+        ``axis`` or ``eps``, or ``out`` of the wrong shape or read-only.
     """
     xc, ax, transposed = _bn_layout(x, axis, out)
     if xc.shape[ax] < 2:

@@ -4,6 +4,7 @@ or of the wrong type; grads that do not fit; state dicts that would break a step
 a TypeError or ValueError naming the argument, and a refused call changes nothing. Also
 what must be accepted: unaligned and byte-swapped arrays, a param that is its own grad,
 the edges of the ranges torch accepts."""
+import gc
 import math
 import pickle
 import re
@@ -208,6 +209,44 @@ def test_a_bad_array_late_in_a_list_changes_nothing(backend, kernel):
         spec.multi(lists, **spec.hyper)
     for got, was in zip(lists, before):
         assert all(same_bits(a, b) for a, b in zip(got, was))
+
+
+class _Emptying(np.ndarray):
+    """An ndarray subclass whose ``shape`` empties the call's lists (``victims``) when a
+    check reads it, freeing every array only they held."""
+
+    victims = ()
+
+    @property
+    def shape(self):
+        for lst in self.victims:
+            lst.clear()
+        gc.collect()
+        return np.ndarray.shape.__get__(self)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_lists_emptied_while_a_call_checks_them_do_not_crash_it(backend):
+    """Checking an ndarray subclass runs Python code, which may change the caller's lists
+    while the kernel reads them (the Cython backend reads them in place). The call must
+    neither crash nor write freed memory: it runs on the arrays it had read, or raises a
+    RuntimeError naming the list and writes nothing."""
+    n = 1 << 12
+    param, grad, exp_avg = (np.zeros(n, np.float32), np.ones(n, np.float32),
+                            np.zeros(n, np.float32))
+    lists = ([np.zeros(n, np.float32).view(_Emptying), param], [np.ones(n, np.float32), grad],
+             [np.zeros(n, np.float32), exp_avg], [np.zeros(n, np.float32) for _ in range(2)])
+    _Emptying.victims = lists
+    try:
+        with fo.use_backend(backend):
+            ops.foreach_adam_step_(*lists, 1, lr=0.5)
+    except RuntimeError as e:
+        assert "params changed size" in str(e)
+        assert not param.any() and not exp_avg.any()
+    else:
+        assert (param < 0).all() and (exp_avg > 0).all()     # the second tensor stepped
+    finally:
+        _Emptying.victims = ()
 
 
 # ------------------------------------------------------------------------------ aliasing

@@ -10,7 +10,6 @@
 # thread and the pool's helpers (fo_pool.h) claim as they run; each walks the pieces of its
 # chunk. Every element is computed on its own, so the result is bit-identical
 # for any thread count and for any grouping of arrays into calls.
-from cpython.list cimport PyList_GET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.string cimport memcmp, memset
@@ -343,28 +342,57 @@ cdef Py_ssize_t list_length(const Kernel* kern, tuple names, tuple lists) except
     return count
 
 
+cdef extern from "Python.h":
+    PyObject** PySequence_Fast_ITEMS(object o)    # a list's or tuple's item array
+    void Py_INCREF(PyObject* o)
+    void Py_DECREF(PyObject* o)
+
+cdef enum:
+    FEW_TENSORS = 8     # calls with up to this many tensors keep their tables on the stack
+
+
 cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s):
     """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
     Validates every tensor, and that no two of their arrays overlap, before writing any; runs
     all flat ones in one parallel sweep per dtype, and returns the indices of the valid but
     non-flat ones for the caller to run."""
-    cdef Py_ssize_t j, count = list_length(kern, names, lists), n32 = 0, n64 = 0
+    cdef Py_ssize_t j, count = list_length(kern, names, lists), n32 = 0, n64 = 0, held = 0
     cdef int i
-    seqs = [None if lst is None else list(lst) for lst in lists]
-    cdef Tensor* ts = <Tensor*>PyMem_Malloc(max(count, 1) * sizeof(Tensor))
-    cdef Extent* ext = <Extent*>PyMem_Malloc(max(count, 1) * kern.narrays * sizeof(Extent))
-    if ts == NULL or ext == NULL:
-        PyMem_Free(ts)
-        PyMem_Free(ext)
-        raise MemoryError()
+    cdef Tensor few_ts[FEW_TENSORS]
+    cdef Extent few_ext[FEW_TENSORS * MAX_ARRAYS]
+    cdef PyObject* few_refs[FEW_TENSORS * MAX_ARRAYS]
+    cdef Tensor* ts = few_ts
+    cdef Extent* ext = few_ext
+    cdef PyObject** refs = few_refs
+    if count > FEW_TENSORS:
+        ts = <Tensor*>PyMem_Malloc(count * sizeof(Tensor))
+        ext = <Extent*>PyMem_Malloc(count * kern.narrays * sizeof(Extent))
+        refs = <PyObject**>PyMem_Malloc(count * kern.narrays * sizeof(PyObject*))
+        if ts == NULL or ext == NULL or refs == NULL:
+            PyMem_Free(ts)
+            PyMem_Free(ext)
+            PyMem_Free(refs)
+            raise MemoryError()
     cdef list slow = []
     cdef Tensor t
     cdef PyObject* objs[MAX_ARRAYS]
     try:
         for j in range(count):
             for i in range(kern.narrays):
-                objs[i] = NULL if seqs[i] is None else PyList_GET_ITEM(seqs[i], j)
-                if objs[i] != NULL and <object>objs[i] is None:
+                # read in place, not copied; each array is held (refs) until the call ends,
+                # and the list is read afresh per tensor: checking an ndarray subclass runs
+                # Python code, which could change a list
+                lst = lists[i]
+                if lst is None:
+                    objs[i] = NULL
+                    continue
+                if j >= len(lst):
+                    raise RuntimeError(f"{names[i]} changed size during the call")
+                objs[i] = PySequence_Fast_ITEMS(lst)[j]
+                Py_INCREF(objs[i])
+                refs[held] = objs[i]
+                held += 1
+                if <object>objs[i] is None:
                     objs[i] = NULL
             if load(&t, ext + j * kern.narrays, kern, names, objs, j):
                 slow.append(j)
@@ -382,8 +410,12 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s)
             if n64:
                 run(kern, False, ts + count - n64, n64, s)
     finally:
-        PyMem_Free(ts)
-        PyMem_Free(ext)
+        for j in range(held):
+            Py_DECREF(refs[j])
+        if ts != few_ts:
+            PyMem_Free(ts)
+            PyMem_Free(ext)
+            PyMem_Free(refs)
     return slow
 
 

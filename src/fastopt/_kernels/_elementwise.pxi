@@ -20,6 +20,7 @@ from ..reference.lowp import check_half_arrays
 
 cdef enum:
     MAX_ARRAYS = 6
+    FEW_TENSORS = 8     # calls with up to this many tensors keep their tables on the stack
 
 ctypedef void (*span32)(float** a, Py_ssize_t lo, Py_ssize_t hi, const void* s) noexcept nogil
 ctypedef void (*span64)(double** a, Py_ssize_t lo, Py_ssize_t hi, const void* s) noexcept nogil
@@ -78,6 +79,11 @@ cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t
 # whole 64-byte lines of floats and doubles (multiples of 16 elements).
 cdef Py_ssize_t CHUNK_MIN = 1 << 13, CHUNK_MAX = 1 << 16
 
+# Calls under this many elements keep the GIL: they last about a microsecond, less than
+# handing the GIL over and back costs, and another thread that took it meanwhile would hold
+# the call up for its whole switch interval (5 ms by default).
+cdef Py_ssize_t NOGIL_MIN = 1 << 12
+
 
 cdef void run_chunk(void* ctx, Py_ssize_t c) noexcept nogil:
     cdef Job* job = <Job*>ctx
@@ -97,6 +103,15 @@ cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
     cdef Job job = Job(kern, is32, ts, count, 0, total, s)
     job.chunk = (min(max(total // (4 * nt), CHUNK_MIN), CHUNK_MAX) + 15) & ~(<Py_ssize_t>15)
     fo_pool_run(run_chunk, &job, (total + job.chunk - 1) // job.chunk, nt)
+
+
+cdef inline void run_by_dtype(const Kernel* kern, Tensor* ts, Py_ssize_t count, Py_ssize_t n32,
+                              Py_ssize_t n64, const void* s) noexcept nogil:
+    """The float32 tensors ``ts[:n32]``, then the float64 ones ``ts[count - n64:]``."""
+    if n32:
+        run(kern, True, ts, n32, s)
+    if n64:
+        run(kern, False, ts + count - n64, n64, s)
 
 
 cdef int load(Tensor* t, Extent* ext, const Kernel* kern, tuple names, PyObject** arrays,
@@ -185,9 +200,12 @@ cdef int check_pairs(const Extent* e, int n, tuple names) except -1:
 
 cdef int check_sorted(Extent* e, Py_ssize_t n, tuple names) except -1:
     """_validate.check_disjoint for many tensors: orders ``e`` by address, then sweeps."""
-    cdef Py_ssize_t* buf = <Py_ssize_t*>PyMem_Malloc(max(n, 1) * 2 * sizeof(Py_ssize_t))
-    if buf == NULL:
-        raise MemoryError()
+    cdef Py_ssize_t few[2 * FEW_TENSORS * MAX_ARRAYS]
+    cdef Py_ssize_t* buf = few
+    if n > FEW_TENSORS * MAX_ARRAYS:
+        buf = <Py_ssize_t*>PyMem_Malloc(n * 2 * sizeof(Py_ssize_t))
+        if buf == NULL:
+            raise MemoryError()
     cdef Py_ssize_t* order = buf
     cdef Py_ssize_t i, k, m = 0, other, reach_any = -1, reach_written = -1
     try:
@@ -206,7 +224,8 @@ cdef int check_sorted(Extent* e, Py_ssize_t n, tuple names) except -1:
             if e[k].arg != 1 and (reach_written < 0 or e[k].hi > e[reach_written].hi):
                 reach_written = k
     finally:
-        PyMem_Free(buf)
+        if buf != few:
+            PyMem_Free(buf)
     return 0
 
 
@@ -322,8 +341,11 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const void* s) exc
         return 1
     cdef bint is32 = (kern.half
                       or cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT)
-    with nogil:
+    if t.n < NOGIL_MIN:
         run(kern, is32, &t, 1, s)
+    else:
+        with nogil:
+            run(kern, is32, &t, 1, s)
     return 0
 
 
@@ -347,16 +369,13 @@ cdef extern from "Python.h":
     void Py_INCREF(PyObject* o)
     void Py_DECREF(PyObject* o)
 
-cdef enum:
-    FEW_TENSORS = 8     # calls with up to this many tensors keep their tables on the stack
-
-
 cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s):
     """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
     Validates every tensor, and that no two of their arrays overlap, before writing any; runs
     all flat ones in one parallel sweep per dtype, and returns the indices of the valid but
-    non-flat ones for the caller to run."""
+    non-flat ones for the caller to run (None if there are none)."""
     cdef Py_ssize_t j, count = list_length(kern, names, lists), n32 = 0, n64 = 0, held = 0
+    cdef Py_ssize_t total = 0     # elements of the flat tensors
     cdef int i
     cdef Tensor few_ts[FEW_TENSORS]
     cdef Extent few_ext[FEW_TENSORS * MAX_ARRAYS]
@@ -373,7 +392,7 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s)
             PyMem_Free(ext)
             PyMem_Free(refs)
             raise MemoryError()
-    cdef list slow = []
+    cdef list slow = None
     cdef Tensor t
     cdef PyObject* objs[MAX_ARRAYS]
     try:
@@ -395,20 +414,24 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s)
                 if <object>objs[i] is None:
                     objs[i] = NULL
             if load(&t, ext + j * kern.narrays, kern, names, objs, j):
+                if slow is None:
+                    slow = []
                 slow.append(j)
+                continue
             # float32 (and 16-bit) tensors fill the front of ts, float64 ones the back
-            elif kern.half or cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT:
+            if kern.half or cnp.PyArray_TYPE(<cnp.ndarray>objs[0]) == cnp.NPY_FLOAT:
                 ts[n32] = t
                 n32 += 1
             else:
                 n64 += 1
                 ts[count - n64] = t
+            total += t.n
         check_sorted(ext, count * kern.narrays, names)
-        with nogil:
-            if n32:
-                run(kern, True, ts, n32, s)
-            if n64:
-                run(kern, False, ts + count - n64, n64, s)
+        if total < NOGIL_MIN:
+            run_by_dtype(kern, ts, count, n32, n64, s)
+        else:
+            with nogil:
+                run_by_dtype(kern, ts, count, n32, n64, s)
     finally:
         for j in range(held):
             Py_DECREF(refs[j])

@@ -565,11 +565,20 @@ class Optimizer:
         plan = self._plans.get(0)
         if (type(grads) is list and len(grads) == self._count and len(self.param_groups) == 1
                 and plan is not None and plan.version == _state_version and plan.span is None
-                and getattr(self.param_groups[0], "checked", False) and not self._named):
-            # the common case in a few comparisons: one group of arrays (not an arena's), a
-            # list of grads, and the group's plan current (what _plan and _split would find)
-            self._step_group(0, plan, grads)
-            return
+                and plan.list_batch is not None and not self._named
+                and getattr(self.param_groups[0], "checked", False)):
+            # the common case in a few comparisons: one group of arrays (not an arena's) in
+            # one phase, a list of grads, the group's plan current (what _plan and _split
+            # would find): one kernel call. A grad that is None makes the kernel refuse the
+            # call (writing nothing); the general path below then steps the others.
+            group = self.param_groups[0]
+            try:
+                self._run(group, group["params"], grads, plan.list_batch)
+                return
+            except (TypeError, ValueError):
+                if all(g is not None for g in grads):
+                    self._check_grads(0, grads)     # an error naming the parameter, if a grad's
+                    raise
         plans = [self._plan(gi) for gi in range(len(self.param_groups))]
         for gi, grads_of_group in enumerate(self._split(grads, plans)):
             self._step_group(gi, plans[gi], grads_of_group)
@@ -680,8 +689,12 @@ class Optimizer:
         """One kernel call; the step count and the state it made are stored only after it
         succeeded (a refused call changes nothing)."""
         steps = batch.steps
-        step = None if steps is None else int(steps[batch.first]) + 1
-        self._update(group, params, grads, batch, step)
+        step = None if steps is None else steps.item(batch.first) + 1
+        try:
+            self._update(group, params, grads, batch, step)
+        except BaseException:
+            batch.pending.clear()       # a plan's batch is used again
+            raise
         if steps is None:
             pass
         elif batch.index == _ALL:

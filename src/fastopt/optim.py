@@ -163,7 +163,7 @@ def _adopt(entries):
 
 class _Batch:
     """The parameters of one kernel call, as ``_update`` sees them: their state arrays by key
-    (:meth:`column`, :meth:`new_column`) and their scalar state (:meth:`scalar`,
+    (``columns``, :meth:`new_column`) and their scalar state (:meth:`scalar`,
     :meth:`set_scalar`). On the arena path ``states`` is one dict of flat buffers.
     State the call creates is stored by :meth:`commit`, once the call succeeded."""
 
@@ -172,7 +172,10 @@ class _Batch:
         self.slots = slots        # scalar key -> the group's array of it, one slot per param
         self.steps = slots.get("step")    # the step counts' slots (None: no step count)
         self.index = index        # these parameters' slots: _ALL or a list
-        self.columns = {}         # key -> the parameters' arrays (a plan's batch keeps them)
+        # key -> the parameters' arrays, in order, for every array key all states have (a
+        # plan's batch keeps them from step to step)
+        self.columns = {key: [s[key] for s in states] for key in states[0]
+                        if key not in slots and all(key in s for s in states)}
         self.spread = spread      # arena path: (states, offsets, params) to view new state
         self.pending = []         # (state, key, array) made by this call
         self.first = 0 if isinstance(index, slice) else index[0]
@@ -180,15 +183,8 @@ class _Batch:
     def has(self, key):
         return key in self.states[0]
 
-    def column(self, key):
-        """The parameters' ``key`` arrays, in order."""
-        col = self.columns.get(key)
-        if col is None:
-            col = self.columns[key] = [s[key] for s in self.states]
-        return col
-
     def new_column(self, key, params, make=np.zeros):
-        """:meth:`column`, with a new array like the parameter (``make``) where a state lacks
+        """``columns[key]``, with a new array like the parameter (``make``) where a state lacks
         ``key`` (state an option switched on later needs, as torch creates it)."""
         col = self.columns.get(key)
         if col is not None:
@@ -228,7 +224,7 @@ class _Plan:
     flat state buffers, and the :class:`_Batch` of each path's one kernel call (kept from step
     to step with the columns of state arrays it gathered)."""
 
-    def __init__(self, states, uniform, span, flat, list_batch, flat_batch):
+    def __init__(self, states, uniform, span, flat, list_batch, flat_batch, alone):
         self.version = _state_version
         self.states = states
         self.uniform = uniform
@@ -236,6 +232,8 @@ class _Plan:
         self.flat = flat          # key -> flat state buffer over the span
         self.list_batch = list_batch    # the list path's (None: not uniform, it steps in parts)
         self.flat_batch = flat_batch    # the arena path's (None: no span)
+        # the optimizer's only group, unnamed, stepped as a list: Optimizer.step's fast path
+        self.alone = alone
 
 
 class _ArenaParams:
@@ -384,6 +382,7 @@ class Optimizer:
         self._slots.append(self._new_slots(len(params)))
         self.param_groups.append(group)
         self._count += len(params)
+        self._plans.clear()             # made again (a plan knows if its group is alone)
 
     def _new_slots(self, n):
         """The arrays holding a group's scalar state, one slot per parameter (see _bind):
@@ -563,14 +562,13 @@ class Optimizer:
             hyper-parameter or a state entry is invalid (each named in the message).
         """
         plan = self._plans.get(0)
-        if (type(grads) is list and len(grads) == self._count and len(self.param_groups) == 1
-                and plan is not None and plan.version == _state_version and plan.span is None
-                and plan.list_batch is not None and not self._named
+        if (plan is not None and plan.alone and type(grads) is list
+                and len(grads) == self._count and plan.version == _state_version
                 and getattr(self.param_groups[0], "checked", False)):
-            # the common case in a few comparisons: one group of arrays (not an arena's) in
-            # one phase, a list of grads, the group's plan current (what _plan and _split
-            # would find): one kernel call. A grad that is None makes the kernel refuse the
-            # call (writing nothing); the general path below then steps the others.
+            # the common case in a few comparisons: a lone group of arrays in one phase, a
+            # list of grads, the group's plan current (what _plan and _split would find): one
+            # kernel call. A grad that is None makes the kernel refuse the call (writing
+            # nothing); the general path below then steps the others.
             group = self.param_groups[0]
             try:
                 self._run(group, group["params"], grads, plan.list_batch)
@@ -610,7 +608,10 @@ class Optimizer:
             flat_batch = _Batch([flat], slots, _ALL, (states, span.offsets, group["params"]))
         if isinstance(group, _Group):
             group.checked = True
-        plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch)
+        alone = (len(self.param_groups) == 1 and span is None and list_batch is not None
+                 and not self._named)
+        plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
+                                       alone)
         return plan
 
     def _split(self, grads, plans):
@@ -697,7 +698,7 @@ class Optimizer:
             raise
         if steps is None:
             pass
-        elif batch.index == _ALL:
+        elif batch.index is _ALL:
             steps.fill(step)
         else:
             steps[batch.index] = step
@@ -1051,7 +1052,7 @@ class Momentum(Optimizer):
         super().__init__(params, dict(lr=lr, beta=beta))
 
     def _update(self, group, params, grads, batch, step):
-        ops.foreach_momentum_step_(params, grads, batch.column("momentum_buffer"),
+        ops.foreach_momentum_step_(params, grads, batch.columns["momentum_buffer"],
                                    lr=group["lr"], beta=group["beta"])
 
 
@@ -1134,7 +1135,7 @@ class RMSprop(Optimizer):
             bufs = batch.new_column("momentum_buffer", params)
         if group["centered"]:
             grad_avgs = batch.new_column("grad_avg", params)
-        ops.foreach_rmsprop_step_(params, grads, batch.column("square_avg"),
+        ops.foreach_rmsprop_step_(params, grads, batch.columns["square_avg"],
                                   lr=group["lr"], beta=group["alpha"], eps=group["eps"],
                                   weight_decay=group["weight_decay"], momentum_buffers=bufs,
                                   momentum=group["momentum"], grad_avgs=grad_avgs,
@@ -1206,7 +1207,7 @@ class Adagrad(Optimizer):
                 "sum": np.full(param.shape, group["initial_accumulator_value"], param.dtype)}
 
     def _update(self, group, params, grads, batch, step):
-        ops.foreach_adagrad_step_(params, grads, batch.column("sum"), step,
+        ops.foreach_adagrad_step_(params, grads, batch.columns["sum"], step,
                                   lr=group["lr"], lr_decay=group["lr_decay"],
                                   weight_decay=group["weight_decay"], eps=group["eps"],
                                   maximize=group["maximize"])
@@ -1298,8 +1299,8 @@ class Adam(Optimizer):
         vmaxes = None
         if group["amsgrad"]:
             vmaxes = batch.new_column("max_exp_avg_sq", params)
-        ops.foreach_adam_step_(params, grads, batch.column("exp_avg"),
-                               batch.column("exp_avg_sq"), step, lr=group["lr"],
+        ops.foreach_adam_step_(params, grads, batch.columns["exp_avg"],
+                               batch.columns["exp_avg_sq"], step, lr=group["lr"],
                                betas=group["betas"], eps=group["eps"],
                                weight_decay=group["weight_decay"], max_exp_avg_sqs=vmaxes,
                                maximize=group["maximize"],
@@ -1410,8 +1411,8 @@ class Adadelta(Optimizer):
                                       maximize=maximize))
 
     def _update(self, group, params, grads, batch, step):
-        ops.foreach_adadelta_step_(params, grads, batch.column("square_avg"),
-                                   batch.column("acc_delta"), lr=group["lr"],
+        ops.foreach_adadelta_step_(params, grads, batch.columns["square_avg"],
+                                   batch.columns["acc_delta"], lr=group["lr"],
                                    rho=group["rho"], eps=group["eps"],
                                    weight_decay=group["weight_decay"],
                                    maximize=group["maximize"])
@@ -1467,8 +1468,8 @@ class Adamax(Optimizer):
                                       weight_decay=weight_decay, maximize=maximize))
 
     def _update(self, group, params, grads, batch, step):
-        ops.foreach_adamax_step_(params, grads, batch.column("exp_avg"),
-                                 batch.column("exp_inf"), step, lr=group["lr"],
+        ops.foreach_adamax_step_(params, grads, batch.columns["exp_avg"],
+                                 batch.columns["exp_inf"], step, lr=group["lr"],
                                  betas=group["betas"], eps=group["eps"],
                                  weight_decay=group["weight_decay"], maximize=group["maximize"])
 
@@ -1545,7 +1546,7 @@ class NAdam(Optimizer):
     def _update(self, group, params, grads, batch, step):
         # parameters stepped together share their step count, so their mu products agree
         mu_product = ops.foreach_nadam_step_(
-            params, grads, batch.column("exp_avg"), batch.column("exp_avg_sq"), step,
+            params, grads, batch.columns["exp_avg"], batch.columns["exp_avg_sq"], step,
             batch.scalar("mu_product"), lr=group["lr"], betas=group["betas"], eps=group["eps"],
             weight_decay=group["weight_decay"], momentum_decay=group["momentum_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"])
@@ -1614,8 +1615,8 @@ class RAdam(Optimizer):
                                       maximize=maximize))
 
     def _update(self, group, params, grads, batch, step):
-        ops.foreach_radam_step_(params, grads, batch.column("exp_avg"),
-                                batch.column("exp_avg_sq"), step, lr=group["lr"],
+        ops.foreach_radam_step_(params, grads, batch.columns["exp_avg"],
+                                batch.columns["exp_avg_sq"], step, lr=group["lr"],
                                 betas=group["betas"], eps=group["eps"],
                                 weight_decay=group["weight_decay"],
                                 decoupled_weight_decay=group["decoupled_weight_decay"],
@@ -1676,7 +1677,7 @@ class Lion(Optimizer):
                                       maximize=maximize))
 
     def _update(self, group, params, grads, batch, step):
-        ops.foreach_lion_step_(params, grads, batch.column("exp_avg"), lr=group["lr"],
+        ops.foreach_lion_step_(params, grads, batch.columns["exp_avg"], lr=group["lr"],
                                betas=group["betas"], weight_decay=group["weight_decay"],
                                maximize=group["maximize"])
 

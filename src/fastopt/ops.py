@@ -82,18 +82,21 @@ def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
     return lr / (1.0 + (step - 1) * lr_decay)
 
 
-def _check_adam_family(step, lr, betas, eps, weight_decay):
-    """Check the scalars shared by the Adam family; return ``(beta1, beta2)``."""
+def _adam_scalars(step, lr, betas, eps, weight_decay):
+    """Check the scalars the Adam family shares; return beta1, beta2 and the bias corrections
+    folded in float64: ``step_size = lr / (1 - beta1**step)`` and
+    ``bias_correction2 = 1 - beta2**step``."""
     try:
         beta1, beta2 = betas
         if (step >= 1 and lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0
                 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            return beta1, beta2
+            return beta1, beta2, lr / (1.0 - beta1 ** step), 1.0 - beta2 ** step
     except _NOT_REAL:
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), betas=(betas, BETAS), eps=(eps, NONNEG),
                 weight_decay=(weight_decay, NONNEG))
-    return betas[0], betas[1]
+    beta1, beta2 = betas
+    return beta1, beta2, lr / (1.0 - beta1 ** step), 1.0 - beta2 ** step
 
 
 def ewa_(avg: Array, x: Array, beta: float) -> None:
@@ -496,13 +499,6 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
                                   eps=eps, weight_decay=weight_decay, maximize=maximize)
 
 
-def _adam_scalars(step, lr, betas, eps, weight_decay):
-    """beta1, beta2 and the bias corrections folded in float64: ``step_size`` and
-    ``bias_correction2``."""
-    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
-    return beta1, beta2, lr / (1.0 - beta1 ** step), 1.0 - beta2 ** step
-
-
 def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,
                lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                weight_decay: float = 0.0, max_exp_avg_sq: Array | None = None,
@@ -748,9 +744,9 @@ def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, a
 
 
 def _adamax_scalars(step, lr, betas, eps, weight_decay):
-    """beta1, beta2 and the bias-corrected learning rate ``clr``, folded in float64."""
-    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
-    return beta1, beta2, lr / (1.0 - beta1 ** step)
+    """beta1, beta2 and the bias-corrected learning rate ``clr`` (Adam's step size), folded
+    in float64."""
+    return _adam_scalars(step, lr, betas, eps, weight_decay)[:3]
 
 
 def adamax_step_(param: Array, grad: Array, exp_avg: Array, exp_inf: Array, step: int, *,
@@ -861,7 +857,7 @@ def nadam_momentum(step: int, beta1: float, momentum_decay: float) -> float:
 def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay):
     """The new ``mu_product`` and the kernel's scalars (beta1, beta2, bias_correction2,
     grad_coef, avg_coef), folded in float64."""
-    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
+    beta1, beta2, _, bias_correction2 = _adam_scalars(step, lr, betas, eps, weight_decay)
     try:
         ok = momentum_decay >= 0.0 and 0.0 <= mu_product <= 1.0
     except _NOT_REAL:
@@ -876,7 +872,7 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     mu_product = _to_f32(_to_f32(mu_product) * _to_f32(mu))
     grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = -lr * mu_next / (1.0 - mu_product * mu_next)
-    return mu_product, beta1, beta2, 1.0 - beta2 ** step, grad_coef, avg_coef
+    return mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef
 
 
 def nadam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int,
@@ -993,13 +989,11 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
 
 def _radam_scalars(step, lr, betas, eps, weight_decay):
     """beta1, beta2, the folded ``step_size`` and whether the step is ``rectified``."""
-    beta1, beta2 = _check_adam_family(step, lr, betas, eps, weight_decay)
-    bias_correction1 = 1.0 - beta1 ** step
-    bias_correction2 = 1.0 - beta2 ** step
+    beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
+                                                              weight_decay)
     rho_inf = 2.0 / (1.0 - beta2) - 1.0
     rho_t = rho_inf - 2.0 * step * beta2 ** step / bias_correction2
     rectified = rho_t > 5.0
-    step_size = lr / bias_correction1
     if rectified:
         rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5

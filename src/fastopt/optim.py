@@ -171,6 +171,9 @@ class _Batch:
         self.states = states      # the parameters' state dicts, or [flat buffers by key]
         self.slots = slots        # scalar key -> the group's array of it, one slot per param
         self.steps = slots.get("step")    # the step counts' slots (None: no step count)
+        # the same through a memoryview, which reads (and writes one) ~0.3 us a step faster
+        # than NumPy's item() and fill()
+        self.counts = None if self.steps is None else memoryview(self.steps)
         self.index = index        # these parameters' slots: _ALL or a list
         # key -> the parameters' arrays, in order, for every array key all states have (a
         # plan's batch keeps them from step to step)
@@ -690,7 +693,7 @@ class Optimizer:
         """One kernel call; the step count and the state it made are stored only after it
         succeeded (a refused call changes nothing)."""
         steps = batch.steps
-        step = None if steps is None else steps.item(batch.first) + 1
+        step = None if steps is None else batch.counts[batch.first] + 1
         try:
             self._update(group, params, grads, batch, step)
         except BaseException:
@@ -698,10 +701,12 @@ class Optimizer:
             raise
         if steps is None:
             pass
-        elif batch.index is _ALL:
-            steps.fill(step)
-        else:
+        elif batch.index is not _ALL:
             steps[batch.index] = step
+        elif len(steps) == 1:
+            batch.counts[0] = step
+        else:
+            steps.fill(step)
         if batch.pending:
             batch.commit()
 

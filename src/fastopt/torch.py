@@ -51,6 +51,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable
+from functools import partial
 from itertools import chain, compress, repeat
 from typing import TYPE_CHECKING, Any, overload
 
@@ -212,13 +213,12 @@ class _FastOptimizer(_Mixin):
     """The fastopt step for a ``torch.optim`` optimizer class (a mixin placed before it).
 
     Subclasses give ``_KEYS`` (the hyper-parameters the kernels honour), ``_KERNEL`` (the
-    registry kernel that steps them) and ``_COLUMNS`` (the state keys that are its state
-    arrays, in its order), ``_state_keys(group)`` (the tensor state the step needs, besides
-    ``step``), ``_init_state(p, group)`` (torch's lazy state, if not ``step`` and zeros) and
-    ``_update(group, params, grads, cols, step, fresh, grad_scale)``: the checks and scalars
-    of a step of parameters sharing a step count, handed to :meth:`_kernel` (``cols``: state
-    key -> NumPy views; ``fresh``: per parameter, whether its state was created for this step;
-    ``grad_scale``: the clip's factor). 16-bit parameters and grads come as ``uint16`` views,
+    registry kernel that steps them), ``_state_keys(group)`` (the tensor state the step needs,
+    besides ``step``), ``_init_state(p, group)`` (torch's lazy state, if not ``step`` and
+    zeros) and ``_update(group, params, grads, cols, step, fresh, grad_scale)``: the checks
+    and scalars of a step of parameters sharing a step count, and the call of the kernel
+    :meth:`_kernel_for` gives (``cols``: state key -> NumPy views; ``fresh``: per parameter,
+    whether its state was created for this step; ``grad_scale``: the clip's factor). 16-bit parameters and grads come as ``uint16`` views,
     with the ``master_param`` views and each parameter's format (``_FORMAT``: None, or whether
     bfloat16) among ``cols``.
     """
@@ -569,21 +569,26 @@ class _FastOptimizer(_Mixin):
     def _new_step(self):
         return torch.tensor(0.0, dtype=_scalar_dtype())
 
-    def _kernel(self, params, grads, cols, grad_scale, **scalars):
-        """The class's kernel (``_KERNEL``, its list form) on these parameters, grads and
-        state columns with these scalars: one call, or one per format in a group with 16-bit
-        parameters (their kernel's 16-bit form, given the master copies and ``grad_scale``).
-        ``grad_scale`` reaches the float32/float64 call only if the kernel has one (the others'
-        grads are scaled by :meth:`_run`)."""
+    def _kernel_for(self, cols, grad_scale):
+        """The list kernel ``_update`` calls with these state columns: the kernel's arrays
+        (the registry's order; None for optional state not in use) and its scalars,
+        written out (through a dict of keywords the call costs ~2 us more). That is the
+        backend's own (``_KERNEL``'s list form), or, in a group with 16-bit parameters,
+        :meth:`_by_format` bound to the columns and ``grad_scale``, which takes the same
+        arguments. A kernel with a grad scale of its own (``_SCALES``) is passed
+        ``grad_scale``; the others' grads are scaled by :meth:`_run`."""
+        if _FORMAT not in cols:     # the common case
+            return getattr(_backend.active, self._MULTI)
+        return partial(self._by_format, cols, grad_scale)
+
+    def _by_format(self, cols, scale, params, grads, *state, **scalars):
+        """The kernel call of a group with 16-bit parameters: one call per format, the 16-bit
+        ones on the kernel's 16-bit form (given the master copies and the grad scale
+        ``scale``; a kernel's own ``grad_scale`` among ``scalars`` is that too)."""
         kernels = _backend.active
-        state = list(map(cols.get, self._COLUMNS))
-        formats = cols.get(_FORMAT)
-        if formats is None:     # the common case, with no dict made but the call's own
-            if self._SCALES:
-                scalars["grad_scale"] = grad_scale
-            getattr(kernels, self._MULTI)(params, grads, *state, **scalars)
-            return
-        own = {"grad_scale": grad_scale} if self._SCALES else {}
+        scalars.pop("grad_scale", None)
+        own = {"grad_scale": scale} if self._SCALES else {}
+        formats = cols[_FORMAT]
         for fmt in dict.fromkeys(formats):
             part = [k for k, f in enumerate(formats) if f is fmt]
             lists = _pick(part, params, grads, *state)
@@ -592,7 +597,7 @@ class _FastOptimizer(_Mixin):
             else:
                 getattr(kernels, self._KERNEL + "_half_multi")(
                     *lists[:2], *_pick(part, cols[MASTER]), *lists[2:], **scalars,
-                    grad_scale=grad_scale, bfloat16=fmt)
+                    grad_scale=scale, bfloat16=fmt)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -623,7 +628,7 @@ class SGD(_FastOptimizer, torch.optim.SGD):
     starts as the first step's grad."""
 
     _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-    _KERNEL, _COLUMNS = "sgd", ("momentum_buffer",)
+    _KERNEL = "sgd"
     _STEPPED = False
 
     def _state_keys(self, group):
@@ -635,17 +640,20 @@ class SGD(_FastOptimizer, torch.optim.SGD):
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, wd = _number(group["lr"]), _number(group["weight_decay"])
         ops._check_sgd(lr, wd, group["momentum"], group["dampening"])
-        kwargs = dict(lr=lr, momentum=group["momentum"], dampening=group["dampening"],
-                      nesterov=group["nesterov"], weight_decay=wd, maximize=group["maximize"])
+        momentum, dampening = group["momentum"], group["dampening"]
         if cols.get("momentum_buffer") is None or not any(fresh):
-            self._kernel(params, grads, cols, grad_scale, first_step=False, **kwargs)
-            return
-        # a new buffer starts as the grad (torch's first step), decided per parameter
-        for first in (True, False):
-            part = [k for k, f in enumerate(fresh) if f == first]
-            if part:
-                self._kernel(*_pick(part, params, grads), _pick_cols(cols, part), grad_scale,
-                             first_step=first, **kwargs)
+            parts = [(False, params, grads, cols)]
+        else:   # a new buffer starts as the grad (torch's first step), decided per parameter
+            parts = []
+            for first in (True, False):
+                part = [k for k, f in enumerate(fresh) if f == first]
+                if part:
+                    parts.append((first, *_pick(part, params, grads), _pick_cols(cols, part)))
+        for first, params, grads, cols in parts:
+            self._kernel_for(cols, grad_scale)(
+                params, grads, cols.get("momentum_buffer"), lr=lr, weight_decay=wd,
+                momentum=momentum, dampening=dampening, nesterov=group["nesterov"],
+                maximize=group["maximize"], first_step=first)
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -654,7 +662,7 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
     (momentum > 0), ``grad_avg`` (centered)."""
 
     _KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
-    _KERNEL, _COLUMNS = "rmsprop", ("square_avg", "grad_avg", "momentum_buffer")
+    _KERNEL = "rmsprop"
 
     def _state_keys(self, group):
         return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
@@ -664,9 +672,10 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
         lr, alpha, eps = _number(group["lr"]), group["alpha"], group["eps"]
         wd, momentum = group["weight_decay"], group["momentum"]
         ops._check_lr_beta(lr, alpha, UNIT_OPEN, eps, wd, momentum)
-        self._kernel(params, grads, cols, grad_scale, lr=lr, alpha=alpha, eps=eps,
-                     weight_decay=wd, momentum=momentum, maximize=group["maximize"],
-                     eps_inside_sqrt=False)
+        self._kernel_for(cols, grad_scale)(
+            params, grads, cols["square_avg"], cols.get("grad_avg"), cols.get("momentum_buffer"),
+            lr=lr, alpha=alpha, eps=eps, weight_decay=wd, momentum=momentum,
+            maximize=group["maximize"], eps_inside_sqrt=False)
 
 
 class Adagrad(_FastOptimizer, torch.optim.Adagrad):
@@ -676,7 +685,7 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
 
     _KEYS = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value",
              "maximize")
-    _KERNEL, _COLUMNS = "adagrad", ("sum",)
+    _KERNEL = "adagrad"
 
     def _state_keys(self, group):
         return ("sum",)
@@ -691,8 +700,8 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         wd, eps = group["weight_decay"], group["eps"]
         clr = ops._adagrad_clr(step, _number(group["lr"]), group["lr_decay"], wd, eps)
-        self._kernel(params, grads, cols, grad_scale, clr=clr, eps=eps, weight_decay=wd,
-                     maximize=group["maximize"])
+        self._kernel_for(cols, grad_scale)(params, grads, cols["sum"], clr=clr, eps=eps,
+                                           weight_decay=wd, maximize=group["maximize"])
 
 
 class Adam(_FastOptimizer, torch.optim.Adam):
@@ -703,7 +712,7 @@ class Adam(_FastOptimizer, torch.optim.Adam):
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
              "decoupled_weight_decay")
-    _KERNEL, _COLUMNS = "adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _KERNEL = "adam"
     _decoupled = False
 
     def _state_keys(self, group):
@@ -715,10 +724,12 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, (_number(beta1), _number(beta2)), group["eps"], group["weight_decay"])
         decoupled = self._decoupled or group.get("decoupled_weight_decay", False)
-        self._kernel(params, grads, cols, grad_scale, lr=lr, beta1=beta1, beta2=beta2,
-                     eps=group["eps"], weight_decay=group["weight_decay"],
-                     step_size=step_size, bias_correction2=bias_correction2,
-                     decoupled=decoupled, maximize=group["maximize"], eps_inside_sqrt=False)
+        self._kernel_for(cols, grad_scale)(
+            params, grads, cols["exp_avg"], cols["exp_avg_sq"], cols.get("max_exp_avg_sq"),
+            lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
+            weight_decay=group["weight_decay"], step_size=step_size,
+            bias_correction2=bias_correction2, grad_scale=grad_scale, decoupled=decoupled,
+            maximize=group["maximize"], eps_inside_sqrt=False)
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -733,7 +744,7 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
     foreach_adadelta_step_`'s). State (torch's): ``step``, ``square_avg``, ``acc_delta``."""
 
     _KEYS = ("lr", "rho", "eps", "weight_decay", "maximize")
-    _KERNEL, _COLUMNS = "adadelta", ("square_avg", "acc_delta")
+    _KERNEL = "adadelta"
 
     def _state_keys(self, group):
         return ("square_avg", "acc_delta")
@@ -741,8 +752,9 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, rho, eps, wd = _number(group["lr"]), group["rho"], group["eps"], group["weight_decay"]
         ops._check_lr_beta(lr, rho, UNIT, eps, wd, beta_name="rho")
-        self._kernel(params, grads, cols, grad_scale, lr=lr, rho=rho, eps=eps, weight_decay=wd,
-                     maximize=group["maximize"])
+        self._kernel_for(cols, grad_scale)(params, grads, cols["square_avg"], cols["acc_delta"],
+                                           lr=lr, rho=rho, eps=eps, weight_decay=wd,
+                                           maximize=group["maximize"])
 
 
 class Adamax(_FastOptimizer, torch.optim.Adamax):
@@ -750,7 +762,7 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
     foreach_adamax_step_`'s). State (torch's): ``step``, ``exp_avg``, ``exp_inf``."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "maximize")
-    _KERNEL, _COLUMNS = "adamax", ("exp_avg", "exp_inf")
+    _KERNEL = "adamax"
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
@@ -759,8 +771,9 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
         eps, wd = group["eps"], group["weight_decay"]
         beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
                                                 tuple(group["betas"]), eps, wd)
-        self._kernel(params, grads, cols, grad_scale, beta1=beta1, beta2=beta2, eps=eps,
-                     weight_decay=wd, clr=clr, maximize=group["maximize"])
+        self._kernel_for(cols, grad_scale)(params, grads, cols["exp_avg"], cols["exp_inf"],
+                                           beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+                                           clr=clr, maximize=group["maximize"])
 
 
 class NAdam(_FastOptimizer, torch.optim.NAdam):
@@ -773,7 +786,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
              "decoupled_weight_decay", "maximize")
-    _KERNEL, _COLUMNS = "nadam", ("exp_avg", "exp_avg_sq")
+    _KERNEL = "nadam"
     _SCALAR_STATE = ("mu_product",)
 
     def _state_keys(self, group):
@@ -792,12 +805,13 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             part = [k for k, m in enumerate(products) if m == product]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
                 step, product, lr, tuple(group["betas"]), eps, wd, group["momentum_decay"])
-            self._kernel(*_pick(part, params, grads), _pick_cols(cols, part), grad_scale,
-                         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
-                         bias_correction2=bias_correction2, grad_coef=grad_coef,
-                         avg_coef=avg_coef,
-                         decoupled=group.get("decoupled_weight_decay", False),
-                         maximize=group["maximize"])
+            part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
+            self._kernel_for(part_cols, grad_scale)(
+                *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
+                lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+                bias_correction2=bias_correction2, grad_coef=grad_coef, avg_coef=avg_coef,
+                decoupled=group.get("decoupled_weight_decay", False),
+                maximize=group["maximize"])
             for k in part:
                 cols["mu_product"][k][()] = new
 
@@ -807,7 +821,7 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
     foreach_radam_step_`'s). State (torch's): ``step``, ``exp_avg``, ``exp_avg_sq``."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
-    _KERNEL, _COLUMNS = "radam", ("exp_avg", "exp_avg_sq")
+    _KERNEL = "radam"
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
@@ -816,7 +830,7 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
         lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
         beta1, beta2, step_size, rectified = ops._radam_scalars(
             step, lr, tuple(group["betas"]), eps, wd)
-        self._kernel(params, grads, cols, grad_scale, lr=lr, beta1=beta1, beta2=beta2,
-                     eps=eps, weight_decay=wd, step_size=step_size, rectified=rectified,
-                     decoupled=group.get("decoupled_weight_decay", False),
-                     maximize=group["maximize"])
+        self._kernel_for(cols, grad_scale)(
+            params, grads, cols["exp_avg"], cols["exp_avg_sq"], lr=lr, beta1=beta1,
+            beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size, rectified=rectified,
+            decoupled=group.get("decoupled_weight_decay", False), maximize=group["maximize"])

@@ -192,7 +192,8 @@ class _Plan:
     __slots__ = ("all_params", "grads", "has_grad", "params", "keys", "state_map", "stored",
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
-                 "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "live_index")
+                 "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
+                 "live_index")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -508,6 +509,7 @@ class _FastOptimizer(_Mixin):
             plan.step_buf = torch.zeros(len(params), dtype=_scalar_dtype())
             plan.slots = [None] * len(params)
         plan.counts = plan.step_buf.numpy()
+        plan.tally = memoryview(plan.counts)    # the same (for one parameter: see _run)
         index = [j for j, has in enumerate(plan.has_grad) if has]
         plan.live_index = _ALL if len(index) == len(params) else np.array(index, np.intp)
         steps = plan.tensors["step"]
@@ -540,6 +542,12 @@ class _FastOptimizer(_Mixin):
         cols = plan.cols
         if not self._STEPPED:
             self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
+        elif len(plan.counts) == 1 and plan.live_index is _ALL:
+            # one parameter: its count read and written through a memoryview, which costs
+            # ~0.4 us less than NumPy's scalar access and fill()
+            step = plan.tally[0] + 1
+            self._update(group, plan.pviews, gviews, cols, step, plan.fresh, factor)
+            plan.tally[0] = step
         else:
             every = plan.live_index is _ALL
             counts = plan.counts if every else plan.counts[plan.live_index]

@@ -219,9 +219,9 @@ class _FastOptimizer(_Mixin):
     zeros) and ``_update(group, params, grads, cols, step, fresh, grad_scale)``: the checks
     and scalars of a step of parameters sharing a step count, and the call of the kernel
     :meth:`_kernel_for` gives (``cols``: state key -> NumPy views; ``fresh``: per parameter,
-    whether its state was created for this step; ``grad_scale``: the clip's factor). 16-bit parameters and grads come as ``uint16`` views,
-    with the ``master_param`` views and each parameter's format (``_FORMAT``: None, or whether
-    bfloat16) among ``cols``.
+    whether its state was created for this step; ``grad_scale``: the clip's factor). 16-bit
+    parameters and grads come as ``uint16`` views, with the ``master_param`` views and each
+    parameter's format (``_FORMAT``: None, or whether bfloat16) among ``cols``.
     """
 
     _STEPPED = True         # the state has torch's ``step`` count

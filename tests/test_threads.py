@@ -56,15 +56,17 @@ def test_bit_identical_for_1_to_5_threads(compiled, dtype, pieces):
 
 @pytest.mark.parametrize("pieces", [None, 37])
 def test_the_openmp_team_gives_the_pools_bits(compiled, pieces):
-    """fastopt.torch runs its steps on the OpenMP team (fo_pool.h): same chunks, same bits."""
+    """fastopt.torch runs its long steps on the OpenMP team (fo_pool.h; 64 chunks or more,
+    which this size makes): same chunks, same bits."""
     from fastopt import _backend
+    n = 66 * 65536 + 7
     fo.set_num_threads(2)
-    expected = adam_steps(N, np.float32, pieces=pieces)
+    expected = adam_steps(n, np.float32, pieces=pieces)
     for threads in (1, 2, 3):
         fo.set_num_threads(threads)
         was = _backend.active.use_openmp_team(True)
         try:
-            got = adam_steps(N, np.float32, pieces=pieces)
+            got = adam_steps(n, np.float32, pieces=pieces)
         finally:
             assert _backend.active.use_openmp_team(was) is (compiled == "cython")
         for a, b in zip(got, expected):

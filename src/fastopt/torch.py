@@ -335,8 +335,8 @@ class _FastOptimizer(_Mixin):
                 and all(map(operator.is_, state, seen[1]))
                 and all(map(operator.is_, state.values(), seen[2])))
         work = [self._prepare(gi, group, same) for gi, group in enumerate(self.param_groups)]
-        # on torch's OpenMP team: after a backward pass its workers hold the other cores,
-        # spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
+        # long kernels on torch's OpenMP team: after a backward pass its workers hold the
+        # other cores, spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
         team = _backend.active.use_openmp_team
         was = team(True)
         try:

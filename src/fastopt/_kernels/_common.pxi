@@ -47,8 +47,9 @@ cdef extern from "fo_pool.h":
 
 
 def use_openmp_team(bint on):
-    """Run this thread's parallel calls on its OpenMP team (torch's, beside torch) instead of
-    fastopt's pool: see fo_pool.h. Returns the previous setting; results do not depend on it."""
+    """Run this thread's long parallel calls (~4M elements and more) on its OpenMP team
+    (torch's, beside torch) instead of fastopt's pool: see fo_pool.h. Returns the previous
+    setting; results do not depend on it."""
     global fo_pool_openmp
     cdef bint was = fo_pool_openmp
     fo_pool_openmp = on

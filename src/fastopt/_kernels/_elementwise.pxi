@@ -114,6 +114,16 @@ cdef inline void run_by_dtype(const Kernel* kern, Tensor* ts, Py_ssize_t count, 
         run(kern, False, ts + count - n64, n64, s)
 
 
+cdef void run_tensors(const Kernel* kern, Tensor* ts, Py_ssize_t count, Py_ssize_t n32,
+                      Py_ssize_t n64, Py_ssize_t total, const void* s) noexcept:
+    """:func:`run_by_dtype` on ``total`` elements, without the GIL from NOGIL_MIN up."""
+    if total < NOGIL_MIN:
+        run_by_dtype(kern, ts, count, n32, n64, s)
+    else:
+        with nogil:
+            run_by_dtype(kern, ts, count, n32, n64, s)
+
+
 cdef int load(Tensor* t, Extent* ext, const Kernel* kern, tuple names, PyObject** arrays,
               Py_ssize_t index) except -1:
     """Validate one tensor's arrays and fill ``t`` and their memory bounds ``ext``;
@@ -347,11 +357,7 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const void* s) exc
         return 1
     cdef bint is32 = (kern.half
                       or cnp.PyArray_TYPE(<cnp.ndarray>arrays[0]) == cnp.NPY_FLOAT)
-    if t.n < NOGIL_MIN:
-        run(kern, is32, &t, 1, s)
-    else:
-        with nogil:
-            run(kern, is32, &t, 1, s)
+    run_tensors(kern, &t, 1, is32, not is32, t.n, s)
     return 0
 
 
@@ -433,11 +439,7 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s)
                 ts[count - n64] = t
             total += t.n
         check_sorted(ext, count * kern.narrays, names)
-        if total < NOGIL_MIN:
-            run_by_dtype(kern, ts, count, n32, n64, s)
-        else:
-            with nogil:
-                run_by_dtype(kern, ts, count, n32, n64, s)
+        run_tensors(kern, ts, count, n32, n64, total, s)
     finally:
         for j in range(held):
             Py_DECREF(refs[j])

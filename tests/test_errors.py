@@ -119,6 +119,26 @@ def test_unaligned_and_byteswapped_arrays_give_the_reference_bits(backend, kerne
             assert same_bits(a, w), (name, shape)
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("layout", ["C", "T"])
+@pytest.mark.parametrize("kernel", SPECS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_read_only_grad_gives_the_reference_bits(backend, kernel, layout, foreach):
+    # the grad is only read, so a read-only one is accepted (numba failed to compile its
+    # overlap check for a read-only grad beside writeable state)
+    spec = SPECS[kernel]
+    for shape in [(), (5,), (3, 4)]:
+        arrays = valid_arrays(spec, shape, np.float64, np.random.default_rng(2))
+        if layout == "T":
+            arrays = [np.asfortranarray(a).T for a in arrays]
+        want = expected(spec, arrays, foreach)
+        arrays[1].flags.writeable = False
+        with fo.use_backend(backend):
+            call(spec, arrays, foreach)
+        for name, a, w in zip(spec.arrays, arrays, want):
+            assert same_bits(a, w), (name, shape)
+
+
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix's own
 @pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 @pytest.mark.parametrize("kernel,position", POSITIONS)

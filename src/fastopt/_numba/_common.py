@@ -107,12 +107,22 @@ def step_views(arrays, names, nrequired):
                 break
             views.append(a.reshape(-1))
         else:
-            pair = _first_overlap(tuple(views))
+            # Numba types a read-only array apart from a writeable one, and a tuple of mixed
+            # types cannot be indexed at run time: beside a read-only grad, check read-only
+            # views of them all
+            checked = views if views[1].flags.writeable else list(map(_read_only, views))
+            pair = _first_overlap(tuple(checked))
             if pair >= 0:
                 raise overlap_error(names[pair // 8], names[pair % 8])
             return views
     check_step_arrays(arrays, names, nrequired)            # raises with the standard message
     return _flat(arrays, _EMPTY[np.dtype(p.dtype.type)])   # (other layouts, subclasses)
+
+
+def _read_only(a):
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 @numba.njit(**JIT)

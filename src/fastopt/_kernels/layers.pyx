@@ -22,8 +22,10 @@ cdef extern from "fo_vexp.h":
                           Py_ssize_t n) nogil
     void fo_exp_shifted_d(const double* z, const double* m, int m_step, double* e,
                           Py_ssize_t n) nogil
-    double fo_exp_sum_f(const float* z, float m, float* e, Py_ssize_t n) nogil
-    double fo_exp_sum_d(const double* z, double m, double* e, Py_ssize_t n) nogil
+    double fo_exp_sum_f(const float* z, float m, float* e, Py_ssize_t n,
+                        const float* next) nogil
+    double fo_exp_sum_d(const double* z, double m, double* e, Py_ssize_t n,
+                        const double* next) nogil
 
 
 cdef inline void exp_shifted(const floating* z, const floating* m, int m_step, floating* e,
@@ -678,13 +680,14 @@ cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
 cdef void row_stats(const floating* z, floating* e, Py_ssize_t k, floating* mx,
                     double* s) noexcept nogil:
     """mx = max(z) (NaN wins), e = exp(z - mx), s = sum(e) in float64 (summed as row_sum
-    sums, while the exp's vectors are in registers)."""
+    sums, while the exp's vectors are in registers). The row after z's (z + k: the callers'
+    rows are contiguous) is prefetched meanwhile."""
     cdef floating m = row_max(z, k)
     mx[0] = m
     if floating is float:
-        s[0] = fo_exp_sum_f(z, m, e, k)
+        s[0] = fo_exp_sum_f(z, m, e, k, z + k)
     else:
-        s[0] = fo_exp_sum_d(z, m, e, k)
+        s[0] = fo_exp_sum_d(z, m, e, k, z + k)
 
 
 cdef void column_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t inner,

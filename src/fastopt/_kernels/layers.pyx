@@ -690,6 +690,41 @@ cdef void row_stats(const floating* z, floating* e, Py_ssize_t k, floating* mx,
         s[0] = fo_exp_sum_d(z, m, e, k, z + k)
 
 
+# Rows shorter than SHORT_ROW take their exps a block of rows at a time, in one vector sweep
+# over the block with each element's row max beside it: row_stats pays a partial vector and
+# its set-up per row, which is most of the work of a row of a few values ((4096, 10) float32
+# softmax had taken 10 ns per element, NumPy's speed). The same bits: the exps are the same
+# vector exp of the same differences, and row_sum sums each row as the exp pass does. In-process
+# A/B, float32, one thread: softmax of (52428, 10) 3.5 -> 1.5 ms, cross-entropy 4.2 -> 2.2 ms;
+# (8192, 64) and (4128, 127) 22% less time; at 128-256 values the gain fell to 0-10%.
+cdef enum:
+    SHORT_ROW = 128
+    SHORT_BLOCK = 1024     # elements per block of short rows
+
+
+cdef inline Py_ssize_t rows_per_block(Py_ssize_t k, Py_ssize_t left) noexcept nogil:
+    """How many of the ``left`` rows of length k the next block of rows_stats takes."""
+    return min(left, SHORT_BLOCK // k) if k < SHORT_ROW else 1
+
+
+cdef void rows_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t nrows,
+                     floating* mx, double* s) noexcept nogil:
+    """row_stats of ``nrows`` contiguous rows (rows_per_block of them)."""
+    cdef floating shift[SHORT_BLOCK]
+    cdef Py_ssize_t r, i
+    if k >= SHORT_ROW:
+        for r in range(nrows):
+            row_stats(z + r * k, e + r * k, k, mx + r, s + r)
+        return
+    for r in range(nrows):
+        mx[r] = row_max(z + r * k, k)
+        for i in range(k):
+            shift[r * k + i] = mx[r]
+    exp_shifted(z, shift, 1, e, nrows * k)
+    for r in range(nrows):
+        s[r] = row_sum(e + r * k, k)
+
+
 cdef void column_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t inner,
                        Py_ssize_t i0, Py_ssize_t i1, floating* mx, double* s) noexcept nogil:
     """row_stats for columns i0..i1-1 of a (k, inner) block (sums run down each column)."""
@@ -730,11 +765,22 @@ cdef inline double xent(floating z, floating* d, floating mx, double inv_s, doub
     return 0.0
 
 
-cdef void softmax_row(const floating* z, floating* out, Py_ssize_t k, bint log_) noexcept nogil:
-    cdef floating mx, d
-    cdef double s
+cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t k, Py_ssize_t nrows,
+                       bint log_) noexcept nogil:
+    """Softmax of ``nrows`` contiguous rows (rows_per_block of them)."""
+    cdef floating mx[SHORT_BLOCK]
+    cdef double s[SHORT_BLOCK]
     cdef Py_ssize_t r
-    row_stats(z, out, k, &mx, &s)
+    rows_stats(z, out, k, nrows, mx, s)
+    for r in range(nrows):
+        softmax_finish(z + r * k, out + r * k, k, mx[r], s[r], log_)
+
+
+cdef void softmax_finish(const floating* z, floating* out, Py_ssize_t k, floating mx, double s,
+                         bint log_) noexcept nogil:
+    """One row from its stats: out holds exp(z - mx), s its sum."""
+    cdef floating d
+    cdef Py_ssize_t r
     if log_:
         d = logarithm(s, mx)
         for r in range(k):
@@ -771,14 +817,13 @@ cdef double target_loss(const floating* z, const floating* t, floating mx, float
     return sum8(acc)
 
 
-cdef double xent_row(const floating* z, floating* d, Py_ssize_t k, long long label,
-                     const floating* target, floating inv_m) noexcept nogil:
-    """One example: d = (softmax(z) - target) / m; returns sum(target * log_softmax(z)).
-    ``target`` NULL means the one-hot of ``label``: then only the label's entry differs from
-    p / m, and the loss term is that entry's log-probability."""
-    cdef floating mx, rs, ls, p_label
-    cdef double s
-    row_stats(z, d, k, &mx, &s)
+cdef double xent_finish(const floating* z, floating* d, Py_ssize_t k, floating mx, double s,
+                        long long label, const floating* target, floating inv_m) noexcept nogil:
+    """One example from its stats (d holds exp(z - mx), s its sum): d = (softmax(z) - target)
+    / m; returns sum(target * log_softmax(z)). ``target`` NULL means the one-hot of ``label``:
+    then only the label's entry differs from p / m, and the loss term is that entry's
+    log-probability."""
+    cdef floating rs, ls, p_label
     rs = <floating>(1.0 / s)
     ls = logarithm(s, mx)
     if target != NULL:
@@ -845,12 +890,15 @@ ctypedef struct SMJob:
 
 cdef void sm_rows(void* ctx, Py_ssize_t chunk) noexcept nogil:
     cdef SMJob* j = <SMJob*>ctx
-    cdef Py_ssize_t o
-    for o in range(chunk * j.per_chunk, min((chunk + 1) * j.per_chunk, j.outer)):
+    cdef Py_ssize_t o = chunk * j.per_chunk, end = min(o + j.per_chunk, j.outer), n
+    while o < end:
+        n = rows_per_block(j.k, end - o)
         if j.is32:
-            softmax_row(<const float*>j.z + o * j.k, <float*>j.out + o * j.k, j.k, j.log_)
+            softmax_rows(<const float*>j.z + o * j.k, <float*>j.out + o * j.k, j.k, n, j.log_)
         else:
-            softmax_row(<const double*>j.z + o * j.k, <double*>j.out + o * j.k, j.k, j.log_)
+            softmax_rows(<const double*>j.z + o * j.k, <double*>j.out + o * j.k, j.k, n,
+                         j.log_)
+        o += n
 
 
 cdef void sm_columns(void* ctx, Py_ssize_t t) noexcept nogil:
@@ -867,19 +915,31 @@ cdef void sm_columns(void* ctx, Py_ssize_t t) noexcept nogil:
 
 cdef void xent_rows(void* ctx, Py_ssize_t chunk) noexcept nogil:
     cdef SMJob* j = <SMJob*>ctx
-    cdef Py_ssize_t o, off
-    cdef long long label
-    for o in range(chunk * j.per_chunk, min((chunk + 1) * j.per_chunk, j.outer)):
-        off = o * j.k
-        label = j.labels[o] if j.labels != NULL else -1
+    cdef Py_ssize_t o = chunk * j.per_chunk, end = min(o + j.per_chunk, j.outer), n
+    while o < end:
+        n = rows_per_block(j.k, end - o)
         if j.is32:
-            j.terms[o] = xent_row(<const float*>j.z + off, <float*>j.out + off, j.k, label,
-                                  targets_at(<const float*>j.targets, j.labels, off),
-                                  <float>j.inv_m)
+            xent_block(j, <const float*>j.z, <float*>j.out, <const float*>j.targets, o, n,
+                       <float>j.inv_m)
         else:
-            j.terms[o] = xent_row(<const double*>j.z + off, <double*>j.out + off, j.k, label,
-                                  targets_at(<const double*>j.targets, j.labels, off),
-                                  j.inv_m)
+            xent_block(j, <const double*>j.z, <double*>j.out, <const double*>j.targets, o, n,
+                       j.inv_m)
+        o += n
+
+
+cdef void xent_block(SMJob* j, const floating* z, floating* out, const floating* targets,
+                     Py_ssize_t o0, Py_ssize_t nrows, floating inv_m) noexcept nogil:
+    """softmax_cross_entropy of the rows o0..o0+nrows-1 (rows_per_block of them)."""
+    cdef floating mx[SHORT_BLOCK]
+    cdef double s[SHORT_BLOCK]
+    cdef Py_ssize_t r, o, off
+    rows_stats(z + o0 * j.k, out + o0 * j.k, j.k, nrows, mx, s)
+    for r in range(nrows):
+        o = o0 + r
+        off = o * j.k
+        j.terms[o] = xent_finish(z + off, out + off, j.k, mx[r], s[r],
+                                 j.labels[o] if j.labels != NULL else -1,
+                                 targets_at(targets, j.labels, off), inv_m)
 
 
 cdef inline const floating* targets_at(const floating* targets, const long long* labels,

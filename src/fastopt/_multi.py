@@ -25,11 +25,29 @@ def check_lists(names, lists, nrequired):
     return count
 
 
-def foreach(single, kernel, check=check_step_arrays):
+class _Labels:
+    """The names of tensor ``j``'s arrays in a list call (``exp_avgs[3]``), each made only when
+    a message asks for it."""
+    __slots__ = ("names", "j")
+
+    def __init__(self, names, j):
+        self.names, self.j = names, j
+
+    def __getitem__(self, i):
+        return f"{self.names[i]}[{self.j}]"
+
+    def __len__(self):
+        return len(self.names)
+
+
+def foreach(single, kernel, check=check_step_arrays, run=None):
     """The list form of ``single``, a backend's single-array function of ``kernel`` (a
     :class:`fastopt._registry.Kernel`): ``multi(*lists, **scalars)`` with the registry's
     signature, bit-identical to ``single`` on each tensor. ``check(arrays, names, nrequired)``
-    validates one tensor's arrays (the 16-bit kernels pass their own)."""
+    validates one tensor's arrays, that one tensor's arrays are disjoint included (the 16-bit
+    kernels pass their own). With ``run``, each tensor then runs as ``run(checked, arrays,
+    scalars)``, ``checked`` being what ``check`` returned for it (a backend whose check also
+    prepares the arrays need not do it twice), instead of ``single(*arrays, **scalars)``."""
     names, nrequired, keywords = kernel.lists, kernel.nrequired, frozenset(kernel.keywords)
 
     def multi(*lists, **scalars):
@@ -39,11 +57,15 @@ def foreach(single, kernel, check=check_step_arrays):
         count = check_lists(names, lists, nrequired)
         tensors = [tuple(None if lst is None else lst[j] for lst in lists)
                    for j in range(count)]
-        for j, arrays in enumerate(tensors):
-            check(arrays, [f"{name}[{j}]" for name in names], nrequired)
-        check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
-        for arrays in tensors:
-            single(*arrays, **scalars)
+        checked = [check(arrays, _Labels(names, j), nrequired)
+                   for j, arrays in enumerate(tensors)]
+        if count > 1:
+            check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
+        for arrays, token in zip(tensors, checked):
+            if run is None:
+                single(*arrays, **scalars)
+            else:
+                run(token, arrays, scalars)
 
     P = inspect.Parameter
     multi.__signature__ = inspect.Signature(

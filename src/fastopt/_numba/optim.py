@@ -8,7 +8,8 @@ Each kernel has three parts:
 - ``_<name>_parallel(nchunks, chunk, arrays..., packed)``: the arrays in ``nchunks`` chunks;
 - ``<name>(...)``: the backend-level function with the reference's signature, which validates
   and launches.
-Optional state not in use arrives as an empty array.
+Optional state not in use arrives as an empty array. ``<name>_multi``, the list form, is made
+from these parts at the end of the module (``_common.list_form``).
 """
 import math
 
@@ -16,8 +17,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from .. import _registry
 from .._layout import via_contiguous
-from ._common import JIT, launch, max_nan, scalars, step_views
+from ._common import JIT, launch, list_form, max_nan, scalars, step_views
 
 
 # ----------------------------------------------------------------------------------- ewa
@@ -525,3 +527,11 @@ def lion(param, grad, exp_avg, *, lr, beta1, beta2, weight_decay, maximize):
     if views is None:
         return via_contiguous(lion, arrays, **_LION(*packed)._asdict())
     launch(_lion_span, _lion_parallel, views, packed)
+
+
+# ---------------------------------------------------------------------------- list forms
+# <name>_multi for every kernel above, from its parts as this module names them
+for _kernel in _registry.KERNELS:
+    globals()[_kernel.multi] = list_form(*(globals()[part.format(_kernel.name)] for part in (
+        "{}", "_{}_span", "_{}_parallel", "_pack_{}")))
+del _kernel

@@ -45,9 +45,10 @@ def foreach(single, kernel, check=check_step_arrays, run=None):
     :class:`fastopt._registry.Kernel`): ``multi(*lists, **scalars)`` with the registry's
     signature, bit-identical to ``single`` on each tensor. ``check(arrays, names, nrequired)``
     validates one tensor's arrays, that one tensor's arrays are disjoint included (the 16-bit
-    kernels pass their own). With ``run``, each tensor then runs as ``run(checked, arrays,
-    scalars)``, ``checked`` being what ``check`` returned for it (a backend whose check also
-    prepares the arrays need not do it twice), instead of ``single(*arrays, **scalars)``."""
+    kernels pass their own). With ``run``, the tensors then run as ``run(checked, tensors,
+    scalars)``, ``checked`` holding what ``check`` returned for each (a backend whose check also
+    prepares the arrays need not do it twice), instead of ``single(*arrays, **scalars)`` on
+    each."""
     names, nrequired, keywords = kernel.lists, kernel.nrequired, frozenset(kernel.keywords)
 
     def multi(*lists, **scalars):
@@ -61,11 +62,11 @@ def foreach(single, kernel, check=check_step_arrays, run=None):
                    for j, arrays in enumerate(tensors)]
         if count > 1:
             check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
-        for arrays, token in zip(tensors, checked):
-            if run is None:
-                single(*arrays, **scalars)
-            else:
-                run(token, arrays, scalars)
+        if run is not None:
+            run(checked, tensors, scalars)
+            return
+        for arrays in tensors:
+            single(*arrays, **scalars)
 
     P = inspect.Parameter
     multi.__signature__ = inspect.Signature(

@@ -110,10 +110,10 @@ static inline fo_vf fo_vexpf_shifted(fo_vf x) {
 static inline fo_vf fo_vexpf_edge(fo_vf x) {
     const fo_vf o = {0};
     x = FO_MINF(o + 89.0f, FO_MAXF(o - 104.0f, x));
-    fo_vf t = fo_vexpf_shifted(x), n = t - 0x1.8p23f, u = fo_vexpf_reduced(x, t);
+    fo_vf t = fo_vexpf_shifted(x), u = fo_vexpf_reduced(x, t);
     fo_vfi ni = (fo_vfi)t - (fo_vfi)(o + 0x1.8p23f);
 #ifdef FO_CVTF_RNE
-    fo_vfi tiny = n < -125.0f;      /* (false for NaN, which takes the multiply) */
+    fo_vfi tiny = t - 0x1.8p23f < -125.0f;     /* n < -125 (false for NaN: the multiply) */
     if (FO_ANYI(tiny)) {
         /* results below 2^-125 (subnormal, or 0): a multiply that underflows takes a slow
            path in the CPU (a vector with such a lane ran 2.3x slower here), so these lanes
@@ -127,7 +127,6 @@ static inline fo_vf fo_vexpf_edge(fo_vf x) {
         return (fo_vf)((k & tiny) | ((fo_vfi)big & ~tiny));
     }
 #endif
-    (void)n;
     fo_vfi h = ni >> 1;
     fo_vf s1 = (fo_vf)((h + 127) << 23), s2 = (fo_vf)((ni - h + 127) << 23);
     return (u * s1) * s2;
@@ -174,11 +173,11 @@ static inline fo_vd fo_vexp_shifted(fo_vd x) {
 static inline fo_vd fo_vexp_edge(fo_vd x) {
     const fo_vd o = {0};
     x = FO_MIND(o + 710.0, FO_MAXD(o - 746.0, x));
-    fo_vd t = fo_vexp_shifted(x), n = t - 0x1.8p52, u = fo_vexp_reduced(x, t);
+    fo_vd t = fo_vexp_shifted(x), u = fo_vexp_reduced(x, t);
     /* n as an integer: t's low bits (AVX2 has no vector float64 -> int64 conversion) */
     fo_vdi ni = (fo_vdi)t - (fo_vdi)(o + 0x1.8p52);
 #ifdef FO_ANYI
-    fo_vdi maybe = n < -1021.0;
+    fo_vdi maybe = t - 0x1.8p52 < -1021.0;       /* n < -1021 (false for NaN) */
     if (FO_ANYI(maybe)) {
         /* as fo_vexpf: results below 2^-1022 (subnormal, or 0) from bits. With n <= -1022,
            v = u * 2^(n + 1074) < 1.5 * 2^52 is exact; below 2^52 the result is subnormal and
@@ -193,7 +192,6 @@ static inline fo_vd fo_vexp_edge(fo_vd x) {
         return (fo_vd)((k & tiny) | ((fo_vdi)big & ~tiny));
     }
 #endif
-    (void)n;
     fo_vdi h = ni >> 1;
     fo_vd s1 = (fo_vd)((h + 1023) << 52), s2 = (fo_vd)((ni - h + 1023) << 52);
     return (u * s1) * s2;

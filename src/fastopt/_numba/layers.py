@@ -12,19 +12,9 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._common import JIT, chunked, max_nan, use_threads
+from ._common import JIT, chunked, max_nan, read_only, use_threads
 
 _PAR = dict(JIT, parallel=True)
-
-
-def _read_only(a):
-    """A read-only view of ``a`` (~0.4 us). The kernels only read their inputs, and Numba
-    compiles a kernel once per combination of writeable and read-only arrays (up to 12 of
-    _dx_cols, ~2.5 s each): always read-only, an input costs one compilation per dtype. The
-    machine code is the same either way."""
-    view = a.view()
-    view.setflags(write=False)
-    return view
 
 
 @numba.njit(inline="always", **JIT)
@@ -262,7 +252,7 @@ def _apply(x, axis, beta, mean, scale, y):
 
 def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, y):
     use_threads(x.size)
-    x = _read_only(x)
+    x = read_only(x)
     g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
     if axis == 1:
         chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, inv_std, y)
@@ -274,7 +264,7 @@ def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, y):
 def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
     # in float64 (mean, scale and beta are float64), rounded once when stored into y
     use_threads(x.size)
-    chunked(_apply, _quads(x.shape[0]), _read_only(x), axis, beta.astype(np.float64), mean,
+    chunked(_apply, _quads(x.shape[0]), read_only(x), axis, beta.astype(np.float64), mean,
             gamma.astype(np.float64) * inv_std, y)
 
 
@@ -357,7 +347,7 @@ def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
 
 def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
     use_threads(x.size)
-    dy, x, gamma = _read_only(dy), _read_only(x), _read_only(gamma)
+    dy, x, gamma = read_only(dy), read_only(x), read_only(gamma)
     if axis == 1:
         chunked(_backward_rows, _groups(x.shape[0]), dy, x, gamma, mean, inv_std, dx, dgamma,
                 dbeta)
@@ -584,7 +574,7 @@ def softmax(z, out, log):
     if z.shape[1] == 0 or z.shape[0] * z.shape[2] == 0:
         return
     use_threads(z.size)
-    z = _read_only(z)
+    z = read_only(z)
     if z.shape[2] == 1:
         chunked(_softmax_rows, _groups(z.shape[0]), z[:, :, 0], out[:, :, 0], bool(log))
     else:
@@ -662,7 +652,7 @@ def _xent_kernel(z, labels, targets, by_index, dz, inv_m, terms):
                 terms[o * inner + i] += term
 
 
-_NO_LABELS = _read_only(np.zeros((1, 1), np.int64))
+_NO_LABELS = read_only(np.zeros((1, 1), np.int64))
 
 
 def softmax_cross_entropy(z, labels, targets, dz):
@@ -672,9 +662,9 @@ def softmax_cross_entropy(z, labels, targets, dz):
     use_threads(z.size)
     terms = np.zeros(m)
     by_index = labels is not None
-    z = _read_only(z)
-    labels = _read_only(labels) if by_index else _NO_LABELS
-    targets = z if by_index else _read_only(targets)
+    z = read_only(z)
+    labels = read_only(labels) if by_index else _NO_LABELS
+    targets = z if by_index else read_only(targets)
     inv_m = z.dtype.type(1.0 / m)
     if z.shape[2] == 1:
         chunked(_xent_rows, _groups(z.shape[0]), z[:, :, 0], labels, targets[:, :, 0],

@@ -75,12 +75,16 @@ def _unshared(out: np.ndarray | None, a: _MaybeArray) -> _MaybeArray:
 
 
 def _check_axis(axis):
+    if type(axis) is int:          # the common case, without the ABC check (~1 us)
+        return axis
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
     return int(axis)
 
 
 def _check_eps(eps):
+    if type(eps) is float and eps >= 0:     # the common case, without the ABC check
+        return
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
     if not eps >= 0:
@@ -100,7 +104,8 @@ def _bn_layout(x, axis, out):
     if axis not in (0, 1, -1, -2):
         raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
     axis %= 2
-    if x.flags.f_contiguous and not x.flags.c_contiguous:
+    flags = x.flags
+    if flags.f_contiguous and not flags.c_contiguous:
         return _kernel_input(x.T), 1 - axis, True
     return _kernel_input(x), axis, False
 
@@ -120,28 +125,27 @@ class BatchNormCache:
     """What :func:`batchnorm_backward` needs from a forward pass.
 
     It holds x (not x-hat: backward re-reads x, which costs the same memory traffic as reading a
-    cached x-hat and saves writing one), gamma, and the per-feature mean, inverse standard
-    deviation and biased variance (float64). Made by :func:`batchnorm_forward` only.
+    cached x-hat and saves writing one), gamma, and the per-feature mean and inverse standard
+    deviation (float64); ``var``, the biased variance, is computed from them when read. Made
+    by :func:`batchnorm_forward` only.
 
     Parameters
     ----------
-    **kw
-        The attributes: ``x``, ``axis``, ``gamma``, ``mean``, ``inv_std``, ``var``,
-        ``transposed``, ``shape``.
+    x, axis, gamma, mean, inv_std, eps, transposed, shape
+        The attributes (``x`` as the kernels read it, ``shape`` the caller's).
     """
-    __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "var", "transposed", "shape")
-    x: np.ndarray
-    axis: int
-    gamma: np.ndarray
-    mean: np.ndarray
-    inv_std: np.ndarray
-    var: np.ndarray
-    transposed: bool
-    shape: tuple[int, ...]
+    __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "eps", "transposed", "shape")
 
-    def __init__(self, **kw: object) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def __init__(self, x: np.ndarray, axis: int, gamma: np.ndarray, mean: np.ndarray,
+                 inv_std: np.ndarray, eps: float, transposed: bool,
+                 shape: tuple[int, ...]) -> None:
+        self.x, self.axis, self.gamma, self.mean = x, axis, gamma, mean
+        self.inv_std, self.eps, self.transposed, self.shape = inv_std, eps, transposed, shape
+
+    @property
+    def var(self) -> np.ndarray:
+        """The biased batch variance per feature (float64), as the normalization used it."""
+        return 1.0 / self.inv_std ** 2 - self.eps
 
 
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: int = 0,
@@ -201,8 +205,7 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     mean, inv_std = np.empty(n_features), np.empty(n_features)
     _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, inv_std, yc)
     _write_back(y, yc, scratch, transposed)
-    cache = BatchNormCache(x=xc, axis=ax, gamma=g, mean=mean, inv_std=inv_std,
-                           var=1.0 / inv_std ** 2 - eps, transposed=transposed, shape=shape)
+    cache = BatchNormCache(xc, ax, g, mean, inv_std, eps, transposed, shape)
     return y, cache
 
 

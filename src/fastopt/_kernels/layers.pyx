@@ -526,16 +526,20 @@ cdef Py_ssize_t rows_per_chunk(Py_ssize_t N, Py_ssize_t C, Py_ssize_t block) noe
     return max(per, 1) * block
 
 
+cdef const double* widen(const floating* a, double* dst, Py_ssize_t n) noexcept:
+    """dst = a in float64 (the per-feature parameters the loops read); returns dst."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[i] = a[i]
+    return dst
+
+
 def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] gamma,
                       const floating[::1] beta, double eps, double[::1] mean,
                       double[::1] inv_std, floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc = 0
     if N * C == 0:
         return
-    g64 = np.asarray(gamma, dtype=np.float64)
-    b64 = np.asarray(beta, dtype=np.float64)
-    cdef const double[::1] gv = g64
-    cdef const double[::1] bv = b64
     cdef BNJob job
     memset(&job, 0, sizeof(job))
     job.is32 = floating is float
@@ -544,19 +548,22 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
     job.N = N
     job.C = C
     job.eps = eps
-    job.gamma = &gv[0]
-    job.beta = &bv[0]
     job.mean = &mean[0]
     job.inv_std = &inv_std[0]
+    if axis == 0:
+        job.per_chunk = rows_per_chunk(N, C, ROW_BLOCK)
+        nc = (N + job.per_chunk - 1) // job.per_chunk
+    cdef Py_ssize_t F = C if axis == 0 else N     # features
+    scratch = np.empty(F * (2 + 5 * nc))   # gamma, beta and axis 0's moments, float64
+    cdef double* w = <double*>cnp.PyArray_DATA(scratch)
+    job.gamma = widen(&gamma[0], w, F)
+    job.beta = widen(&beta[0], w + F, F)
     if axis == 1:                      # each feature a contiguous row: one visit per feature
         job.per_chunk = features_per_chunk(N, C)
         with nogil:
             run_chunks(bn_rows_forward, &job, N)
         return
-    job.per_chunk = rows_per_chunk(N, C, ROW_BLOCK)
-    nc = (N + job.per_chunk - 1) // job.per_chunk
-    part_arr = np.empty((nc, 5, C))
-    job.part = <double*>cnp.PyArray_DATA(part_arr)
+    job.part = w + 2 * C
     with nogil:
         run_chunks(bn_cols_moments, &job, N)
         for k in range(1, nc):     # chunks merged in order
@@ -565,22 +572,20 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
         for c in range(C):
             job.mean[c] = job.part[c]
             job.inv_std[c] = 1.0 / sqrt(job.part[C + c] / N + eps)
-    scale_arr = g64 * np.asarray(inv_std)     # gamma * inv_std per feature, float64
-    job.gamma = <const double*>cnp.PyArray_DATA(scale_arr)
-    job.per_chunk = max(1, CHUNK_ELEMENTS // C)
-    with nogil:
+            w[c] = w[c] * job.inv_std[c]    # job.gamma: gamma * inv_std per feature
+        job.per_chunk = max(1, CHUNK_ELEMENTS // C)
         run_chunks(bn_cols_apply, &job, N)
 
 
 def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamma,
                     const floating[::1] beta, const double[::1] mean,
                     const double[::1] inv_std, floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c
     if N * C == 0:
         return
-    g64 = np.asarray(gamma, dtype=np.float64)
-    b64 = np.asarray(beta, dtype=np.float64)
-    scale_arr = g64 * np.asarray(inv_std)
+    cdef Py_ssize_t F = C if axis == 0 else N     # features
+    scratch = np.empty(2 * F)          # gamma (axis 0: gamma * inv_std) and beta, float64
+    cdef double* w = <double*>cnp.PyArray_DATA(scratch)
     cdef BNJob job
     memset(&job, 0, sizeof(job))
     job.is32 = floating is float
@@ -588,19 +593,20 @@ def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamm
     job.y = &y[0, 0]
     job.N = N
     job.C = C
-    job.beta = <const double*>cnp.PyArray_DATA(b64)
+    job.gamma = widen(&gamma[0], w, F)
+    job.beta = widen(&beta[0], w + F, F)
     job.mean = <double*>&mean[0]
+    job.inv_std = <double*>&inv_std[0]
     # in float64, rounded once: a float32 mean of data around 1e4 would cost 4 digits
     if axis == 1:
-        job.gamma = <const double*>cnp.PyArray_DATA(g64)
-        job.inv_std = <double*>&inv_std[0]
         job.per_chunk = features_per_chunk(N, C)
         with nogil:
             run_chunks(bn_rows_apply, &job, N)
         return
     # whole rows, streamed in order (column blocks of a wide x start every row segment on
     # a cold page: 20% slower than keeping the per-feature arrays in L2)
-    job.gamma = <const double*>cnp.PyArray_DATA(scale_arr)
+    for c in range(C):
+        w[c] = w[c] * inv_std[c]
     job.per_chunk = max(1, CHUNK_ELEMENTS // C)
     with nogil:
         run_chunks(bn_cols_apply, &job, N)
@@ -610,11 +616,10 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
                        const floating[::1] gamma, const double[::1] mean,
                        const double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc = 0
     cdef double* pp
     if N * C == 0:
         return
-    g64 = np.asarray(gamma, dtype=np.float64)
     cdef BNJob job
     memset(&job, 0, sizeof(job))
     job.is32 = floating is float
@@ -623,7 +628,13 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
     job.y = &dx[0, 0]
     job.N = N
     job.C = C
-    job.gamma = <const double*>cnp.PyArray_DATA(g64)
+    if axis == 0:
+        job.per_chunk = rows_per_chunk(N, C, 4)
+        nc = (N + job.per_chunk - 1) // job.per_chunk
+    # float64 scratch: gamma, and axis 0's per-chunk sums and dx coefficients
+    scratch = np.zeros(C * (1 + 2 * nc + 3)) if axis == 0 else np.empty(N)
+    pp = <double*>cnp.PyArray_DATA(scratch)
+    job.gamma = widen(&gamma[0], pp, C if axis == 0 else N)
     job.mean = <double*>&mean[0]
     job.inv_std = <double*>&inv_std[0]
     if axis == 1:                      # features are rows: sums and dx in one visit each
@@ -636,12 +647,8 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
     # features are columns: the sums need every row before dx can start, so two sweeps (a
     # column panel over all rows would fit in L2 only for a few dozen rows: with rows a power
     # of two bytes apart its lines share a handful of cache sets)
-    job.per_chunk = rows_per_chunk(N, C, 4)
-    nc = (N + job.per_chunk - 1) // job.per_chunk
-    part_arr = np.zeros((nc, 2, C))
-    pp = job.part = <double*>cnp.PyArray_DATA(part_arr)
-    coef_arr = np.empty((3, C))
-    cdef double[:, ::1] coef = coef_arr
+    pp = job.part = pp + C
+    cdef double* coef = pp + 2 * C * nc        # k_dy, k_x, k_0 per feature
     with nogil:
         run_chunks(bn_cols_grad_sums, &job, N)
         for k in range(1, nc):         # chunks combined in order
@@ -651,11 +658,11 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
         for c in range(C):
             dbeta[c] = pp[c]
             dgamma[c] = pp[C + c] * inv_std[c]
-            dx_coefficients(job.gamma[c], inv_std[c], dbeta[c], dgamma[c], N, &coef[0, c],
-                            &coef[1, c], &coef[2, c])
-        job.k_dy = &coef[0, 0]
-        job.k_x = &coef[1, 0]
-        job.k_0 = &coef[2, 0]
+            dx_coefficients(job.gamma[c], inv_std[c], dbeta[c], dgamma[c], N, coef + c,
+                            coef + C + c, coef + 2 * C + c)
+        job.k_dy = coef
+        job.k_x = coef + C
+        job.k_0 = coef + 2 * C
         job.per_chunk = max(1, CHUNK_ELEMENTS // C)
         run_chunks(bn_cols_dx, &job, N)
 

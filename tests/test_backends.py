@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastopt as fo
@@ -46,3 +47,57 @@ def test_thread_count_round_trips():
     fo.set_num_threads(1)
     assert fo.get_num_threads() == 1
     fo.set_num_threads(n)
+
+
+def test_use_backend_in_another_thread_at_once_raises_and_the_default_comes_back():
+    import threading
+    before = fo.get_backend()
+    inside, done = threading.Event(), threading.Event()
+    seen = {}
+
+    def holder():
+        with fo.use_backend("numpy"):
+            inside.set()
+            done.wait(10)
+            seen["holder"] = fo.get_backend()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(RuntimeError, match="another thread"):
+            with fo.use_backend(before):
+                pass
+    finally:
+        done.set()
+        thread.join()
+    assert seen["holder"] == "numpy"
+    assert fo.get_backend() == before
+    with fo.use_backend("numpy"):           # nesting within one thread still works
+        with fo.use_backend(before):
+            assert fo.get_backend() == before
+        assert fo.get_backend() == "numpy"
+    assert fo.get_backend() == before
+
+
+@pytest.mark.parametrize("convert", [np.float64, np.float32, float])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_scalar_hyper_parameters_give_every_backend_the_same_bits(convert, dtype):
+    """A NumPy float64 lr (a NumPy schedule's) or step (np.arange's) made the reference compute
+    float32 arrays in float64 (NEP 50), unlike the compiled kernels."""
+    results = {}
+    for backend in AVAILABLE:
+        rng = np.random.default_rng(1)
+        p, g = (rng.standard_normal(1000).astype(dtype) for _ in range(2))
+        m, v, buf = (np.abs(rng.standard_normal(1000)).astype(dtype) for _ in range(3))
+        with fo.use_backend(backend):
+            for t in np.arange(1, 4):
+                fo.ops.adam_step_(p, g, m, v, t, lr=convert(0.01),
+                                  betas=(convert(0.9), convert(0.999)), eps=convert(1e-8),
+                                  weight_decay=convert(0.1))
+                fo.ops.sgd_step_(p, g, buf, lr=convert(0.1), momentum=convert(0.9),
+                                 weight_decay=convert(0.01))
+                fo.ops.ewa_(buf, g, convert(0.9))
+        results[backend] = (p.tobytes(), m.tobytes(), v.tobytes(), buf.tobytes())
+    for backend in AVAILABLE:
+        assert results[backend] == results["numpy"], backend

@@ -415,7 +415,7 @@ def _hyper_cases(opt):
                       (key, (0.9, "0.9"), TypeError)]
         else:
             cases += [(key,) + bad for bad in BAD_REALS]
-            if key in ("alpha", "beta", "rho"):
+            if key in ("beta", "rho"):      # (RMSprop's alpha: >= 0, as torch bounds it)
                 cases.append((key, 1.5, ValueError))
     return cases
 
@@ -507,8 +507,8 @@ def _ops_calls():
          reals("lr", "momentum")),
         ("momentum_step_", arrays_call(o.momentum_step_, 1, lr=0.1),
          reals("lr", "beta") + unit("beta", 1.0)),
-        ("rmsprop_step_", arrays_call(o.rmsprop_step_, 1, lr=0.1),
-         reals("lr", "beta", "eps", "weight_decay", "momentum") + unit("beta", 1.0)),
+        ("rmsprop_step_", arrays_call(o.rmsprop_step_, 1, lr=0.1),     # beta >= 0 (torch's)
+         reals("lr", "beta", "eps", "weight_decay", "momentum")),
         ("foreach_rmsprop_step_", multi_call(o.foreach_rmsprop_step_, 1, lr=0.1),
          reals("lr", "beta")),
         ("adagrad_step_", arrays_call(o.adagrad_step_, 1, step=2),
@@ -554,7 +554,7 @@ def test_ops_refuse_bad_scalars_by_name_and_write_nothing(backend, name, call, b
     (lambda p: fo.Adam(p, eps=-1e-8), "eps"),
     (lambda p: fo.Adam(p, betas=(1.0, 0.999)), "beta1"),
     (lambda p: fo.AdamW(p, weight_decay=-0.01), "weight_decay"),
-    (lambda p: fo.RMSprop(p, beta=1.2), "alpha"),
+    (lambda p: fo.RMSprop(p, beta=-0.2), "alpha"),
     (lambda p: fo.Momentum(p, lr=0.1, beta=-0.1), "beta"),
     (lambda p: fo.Adagrad(p, lr_decay=-1.0), "lr_decay"),
 ])
@@ -835,3 +835,19 @@ def test_load_state_dict_refuses_a_mismatch_and_changes_nothing():
     with pytest.raises(ValueError, match="exp_avg"):
         opt.load_state_dict(bad)
     assert pickle.dumps(opt.state_dict()) == before
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_rmsprop_takes_any_alpha_torch_takes(alpha):
+    """torch.optim.RMSprop bounds alpha only below (0 <= alpha)."""
+    torch = pytest.importorskip("torch")
+    p = np.array([1.0, -2.0, 3.0])
+    g = np.array([0.5, 0.25, -1.0])
+    opt = fo.RMSprop([p], lr=0.1, alpha=alpha)
+    tp = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    topt = torch.optim.RMSprop([tp], lr=0.1, alpha=alpha, foreach=False)
+    for _ in range(3):
+        opt.step([g])
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+    np.testing.assert_array_equal(p, tp.detach().numpy())

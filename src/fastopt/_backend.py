@@ -7,9 +7,11 @@ A backend is a package whose ``KERNEL_MODULES`` define every kernel of the regis
 only uses the default never pays for importing numba.
 """
 import contextlib
+import functools
 import importlib
 import numbers
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +54,8 @@ class Namespace:
             raise ImportError(f"it lacks the kernels {', '.join(missing)}")
         for kernel in kernels:
             single = found[kernel.name]
+            if name == "numpy":
+                single = _python_scalars(single, kernel.scalars)
             setattr(self, kernel.name, single)
             check = {"check": lowp.check_half_arrays} if kernel in _registry.HALF_KERNELS else {}
             setattr(self, kernel.multi,
@@ -64,6 +68,22 @@ class Namespace:
 
     def __repr__(self):
         return f"<fastopt backend {self.name!r} ({self.package.__name__})>"
+
+
+def _python_scalars(kernel, names):
+    """``kernel`` (a NumPy reference kernel) with its scalars ``names`` taken as Python floats.
+    The reference computes with a scalar as given, and NumPy (NEP 50) computes float32 arrays
+    times a NumPy float64 (an ``lr`` from a NumPy schedule, a bias correction folded from a
+    step count out of ``np.arange``) in float64; the compiled kernels take any scalar as a C
+    double and compute in the arrays' dtype, as NumPy does with a Python float."""
+    names = frozenset(names)
+
+    @functools.wraps(kernel)
+    def call(*arrays, **scalars):
+        for key in names.intersection(scalars):
+            scalars[key] = float(scalars[key])
+        return kernel(*arrays, **scalars)
+    return call
 
 
 def _load(name):
@@ -132,9 +152,17 @@ def set_backend(name: str) -> None:
     active, _active_name = module, name
 
 
+_block_lock = threading.Lock()
+_block_owner = [None, 0]    # the thread inside use_backend blocks, and how deep
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run a block on backend ``name``, then restore the previous one (even after an error).
+
+    The backend is process-wide (as :func:`set_backend`): blocks may nest within one thread,
+    but a block entered while another thread is inside one raises, since the two would
+    switch each other's backend (and the last to leave would restore a stale one).
 
     Parameters
     ----------
@@ -144,7 +172,7 @@ def use_backend(name: str) -> Iterator[None]:
     Raises
     ------
     RuntimeError
-        As :func:`set_backend`.
+        As :func:`set_backend`, or another thread is inside a ``use_backend`` block.
 
     Examples
     --------
@@ -153,12 +181,24 @@ def use_backend(name: str) -> Iterator[None]:
     ...     fo.get_backend()
     'numpy'
     """
+    me = threading.get_ident()
+    with _block_lock:
+        owner, depth = _block_owner
+        if depth and owner != me:
+            raise RuntimeError(
+                f"fastopt.use_backend({name!r}): another thread is inside a use_backend block; "
+                "the backend is process-wide, so blocks in several threads at once would "
+                "switch each other's backend (choose one with set_backend before starting "
+                "the threads)")
+        _block_owner[:] = [me, depth + 1]
     previous = _active_name
-    set_backend(name)
     try:
+        set_backend(name)
         yield
     finally:
         set_backend(previous)
+        with _block_lock:
+            _block_owner[1] -= 1
 
 
 def set_num_threads(n: int) -> None:

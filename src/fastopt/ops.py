@@ -59,10 +59,12 @@ def _check_sgd(lr, weight_decay, momentum, dampening):
 
 def _check_lr_beta(lr, beta, beta_bounds, eps=0.0, weight_decay=0.0, momentum=0.0,
                    beta_name="beta"):
-    """Momentum, RMSprop, Adadelta (``beta_bounds``: [0, 1) or [0, 1])."""
+    """Momentum, RMSprop, Adadelta (``beta_bounds``: [0, 1), [0, 1] or, RMSprop's alpha as
+    torch bounds it, [0, inf])."""
     try:
         if (lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0 and momentum >= 0.0
-                and 0.0 <= beta and (beta < 1.0 or beta_bounds is UNIT and beta == 1.0)):
+                and 0.0 <= beta and (beta < 1.0 or beta_bounds is NONNEG
+                                     or beta_bounds is UNIT and beta == 1.0)):
             return
     except _NOT_REAL:
         pass
@@ -340,7 +342,8 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
     lr : float, default 0.01
         Learning rate, >= 0.
     beta : float, default 0.99
-        Smoothing constant (torch's ``alpha``), in [0, 1).
+        Smoothing constant (torch's ``alpha``), >= 0 as torch bounds it (from 1 on, the
+        average stops following the grads).
     eps : float, default 1e-8
         Added to the denominator, >= 0.
     weight_decay : float, default 0.0
@@ -370,7 +373,7 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
         overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
         named). A call that raises writes nothing.
     """
-    _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
+    _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
     _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
                             alpha=beta, eps=eps, weight_decay=weight_decay, momentum=momentum,
                             maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
@@ -408,7 +411,7 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
         across the whole call (grads may share memory with each other). A call that raises
         writes nothing.
     """
-    _check_lr_beta(lr, beta, UNIT_OPEN, eps, weight_decay, momentum)
+    _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
     _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
                                   lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,
                                   momentum=momentum, maximize=maximize,
@@ -854,9 +857,12 @@ def nadam_momentum(step: int, beta1: float, momentum_decay: float) -> float:
     return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
 
 
-def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay):
+def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
+                   single=True):
     """The new ``mu_product`` and the kernel's scalars (beta1, beta2, bias_correction2,
-    grad_coef, avg_coef), folded in float64."""
+    grad_coef, avg_coef), folded in float64. ``single``: ``mu_product`` is a float32 value,
+    multiplied in float32 (torch's float32 tensor); False: a float64 one, multiplied in
+    float64 (torch's under ``torch.set_default_dtype(torch.float64)``)."""
     beta1, beta2, _, bias_correction2 = _adam_scalars(step, lr, betas, eps, weight_decay)
     try:
         ok = momentum_decay >= 0.0 and 0.0 <= mu_product <= 1.0
@@ -869,7 +875,8 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and
     # multiplies in float32; doing the same keeps float64 trajectories equal to torch's (the
     # product of two float32 values is exact in float64, so rounding it once is float32's *)
-    mu_product = _to_f32(_to_f32(mu_product) * _to_f32(mu))
+    mu_product = (_to_f32(_to_f32(mu_product) * _to_f32(mu)) if single
+                  else float(mu_product) * mu)
     grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = -lr * mu_next / (1.0 - mu_product * mu_next)
     return mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef

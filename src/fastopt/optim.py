@@ -1085,7 +1085,7 @@ class RMSprop(Optimizer):
     lr : float, default 0.01
         Learning rate, >= 0.
     alpha : float, default 0.99
-        Smoothing constant, in [0, 1).
+        Smoothing constant, >= 0 (torch's range).
     eps : float, default 1e-8
         Added to the denominator, >= 0.
     weight_decay : float, default 0.0
@@ -1117,7 +1117,7 @@ class RMSprop(Optimizer):
 
     _RENAMED = {"beta": "alpha"}
 
-    _BOUNDS = dict(lr=NONNEG, alpha=UNIT_OPEN, eps=NONNEG, weight_decay=NONNEG,
+    _BOUNDS = dict(lr=NONNEG, alpha=NONNEG, eps=NONNEG, weight_decay=NONNEG,
                    momentum=NONNEG, centered=FLAG, eps_inside_sqrt=FLAG, maximize=FLAG)
     _STATE = ("step", "square_avg")
     _OPTIONAL_STATE = ("momentum_buffer", "grad_avg")

@@ -240,3 +240,48 @@ def test_the_arenas_grads_may_hold_more_than_one_optimizer_steps():
     opt_w.step(arena.grads)                              # "b" belongs to another optimizer
     np.testing.assert_array_equal(w, 0.5)
     np.testing.assert_array_equal(b, 1.0)
+
+
+def _arena_layout(arena):
+    return (arena.size, [(k, v.shape) for k, v in arena.params.items()], dict(arena.grads),
+            arena.flat_params.copy(), arena._param_buf.copy(), arena._grad_buf.copy())
+
+
+def _same_layout(a, b):
+    assert a[0] == b[0] and a[1] == b[1] and a[2].keys() == b[2].keys()
+    for x, y in zip(a[3:], b[3:]):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_arena_add_refuses_a_bad_shape_naming_it_and_changes_nothing():
+    """Negative dimensions are a ValueError (as np.zeros((2, -1))), non-int ones a TypeError,
+    each naming the shape; the arena is left as it was, so later parameters do not overlap."""
+    arena = fo.ParameterArena(np.float32, 100)
+    a = arena.add("a", (4,), init=1.0)
+    before = _arena_layout(arena)
+    for bad in ((2, -1), -3, (-1,), (3, -2, 4), (-2, -2), np.int64(-1), [np.int8(-5), 2]):
+        with pytest.raises(ValueError, match=r"shape .*'x'.*negative"):
+            arena.add("x", bad)
+        _same_layout(_arena_layout(arena), before)
+    for bad in ((2, 1.5), (None,), "3", (True, 2), 2.0, None):
+        with pytest.raises(TypeError, match=r"shape .*'x'"):
+            arena.add("x", bad)
+        _same_layout(_arena_layout(arena), before)
+    assert "x" not in arena.params and arena.size == 4
+    w = arena.add("w", 3)
+    assert w.shape == (3,) and arena.size == 7 and not np.shares_memory(w, a)
+    assert arena.add("e", (2, 0)).shape == (2, 0) and arena.size == 7
+    assert arena.add("n", np.int64(2)).shape == (2,) and arena.add("t", [np.int32(2), 1]).shape == (2, 1)
+
+
+def test_arena_add_whose_init_fails_leaves_the_space_zero():
+    """A refused init (one that NumPy cannot convert, part way through) names the parameter and
+    leaves nothing behind: the next parameter in that space starts at zero."""
+    arena = fo.ParameterArena(np.float64, 10)
+    with pytest.raises(ValueError, match="'y'"):
+        arena.add("y", (3,), init=np.array([1.0, "x", 2.0], dtype=object))
+    with pytest.raises(ValueError, match="'y'"):
+        arena.add("y", (3,), init=np.ones(2))
+    assert arena.size == 0 and not arena.params
+    np.testing.assert_array_equal(arena.add("y", 3), 0.0)
+    assert not arena._param_buf.any()

@@ -95,3 +95,99 @@ def test_learning_rate_decay_matches_the_course():
     assert course.schedule_lr_decay(0.5, 100, 0.3, time_interval=100) == pytest.approx(0.5 / 1.3)
     assert course.schedule_lr_decay(0.5, 99, 0.3, time_interval=100) == 0.5
     assert course.schedule_lr_decay(0.5, 2500, 1) == pytest.approx(0.5 / (1 + math.floor(2.5)))
+
+
+def _bad_layer_cases():
+    """(update function, what to spoil, exception, message): every kind of bad array, each in
+    the last layer, so that an update applied layer by layer would have written the others."""
+    cases = []
+    for fn in ("gd", "momentum", "adam"):
+        cases += [
+            (fn, ("grads", "db2", np.ones((2, 1))), ValueError,
+             r"grads\['db2'\] has shape \(2, 1\), expected \(1, 1\) like parameters\['b2'\]"),
+            (fn, ("grads", "dW2", np.ones((1, 3), np.float32)), TypeError,
+             r"grads\['dW2'\] has dtype float32, expected float64 like parameters\['W2'\]"),
+            (fn, ("grads", "db2", [[1.0]]), TypeError, r"grads\['db2'\] must be a numpy.ndarray"),
+            (fn, ("grads", "db2", None), TypeError, r"grads\['db2'\] must be a numpy.ndarray"),
+            (fn, ("grads", "db2", KeyError), KeyError, r"grads has no 'db2'"),
+            (fn, ("parameters", "b2", np.zeros((1, 1), int)), TypeError,
+             r"parameters\['b2'\] must have dtype float32 or float64"),
+            (fn, ("parameters", "b2", "read-only"), ValueError, r"parameters\['b2'\] is read-only"),
+            (fn, ("parameters", "b2", KeyError), KeyError, r"parameters has no 'b2'"),
+        ]
+    for fn in ("momentum", "adam"):
+        cases += [
+            (fn, ("v", "db2", np.zeros((1, 2))), ValueError,
+             r"v\['db2'\] has shape \(1, 2\), expected \(1, 1\) like parameters\['b2'\]"),
+            (fn, ("v", "db2", "read-only"), ValueError, r"v\['db2'\] is read-only"),
+            (fn, ("v", "db2", KeyError), KeyError, r"v has no 'db2'"),
+            (fn, ("v", "db2", "is the param"), ValueError,
+             r"parameters\['b2'\] and v\['db2'\] overlap"),
+        ]
+    cases += [("adam", ("s", "dW2", np.zeros((1, 3), np.float32)), TypeError, r"s\['dW2'\] has dtype"),
+              ("adam", ("s", "db2", KeyError), KeyError, r"s has no 'db2'"),
+              ("adam", ("s", "db2", "is v"), ValueError, r"v\['db2'\] and s\['db2'\] overlap")]
+    return cases
+
+
+def _case_id(case):
+    fn, (where, key, bad), _, _ = case
+    what = (bad.__name__ if bad is KeyError else bad if isinstance(bad, str)
+            else type(bad).__name__ if not isinstance(bad, np.ndarray)
+            else f"{bad.dtype}{bad.shape}")
+    return f"{fn}-{where}[{key}]-{what}"
+
+
+@pytest.mark.parametrize("fn,spoil,exc,match", _bad_layer_cases(),
+                         ids=[_case_id(c) for c in _bad_layer_cases()])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_layer_is_refused_before_any_layer_is_updated(backend, fn, spoil, exc, match):
+    """The course's updates check every layer's arrays (presence, type, dtype, shape,
+    writeability, overlap) before updating any, and name the offending key."""
+    params, grads = params_and_grads(np.float64)
+    v, s = course.initialize_adam(params)
+    for st in (v, s):
+        for a in st.values():
+            a += 0.5
+    dicts = {"parameters": params, "grads": grads, "v": v, "s": s}
+    where, key, bad = spoil
+    if bad is KeyError:
+        del dicts[where][key]
+    elif isinstance(bad, str) and bad == "read-only":
+        dicts[where][key].flags.writeable = False
+    elif isinstance(bad, str) and bad == "is the param":
+        dicts[where][key] = params[key[1:]]
+    elif isinstance(bad, str) and bad == "is v":
+        dicts[where][key] = v[key]
+    else:
+        dicts[where][key] = bad
+    before = {name: {k: np.array(a, copy=True) for k, a in d.items() if isinstance(a, np.ndarray)}
+              for name, d in dicts.items()}
+    with fo.use_backend(backend), pytest.raises(exc, match=match):
+        if fn == "gd":
+            course.update_parameters_with_gd(params, grads, 0.01)
+        elif fn == "momentum":
+            course.update_parameters_with_momentum(params, grads, v, beta=0.9, learning_rate=0.01)
+        else:
+            course.update_parameters_with_adam(params, grads, v, s, t=2)
+    for name, d in dicts.items():
+        for k, a in before[name].items():
+            assert d[k].tobytes() == a.tobytes(), f"{name}[{k!r}] was changed"
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_course_updates_take_an_arenas_grads_and_name_a_bad_t(backend):
+    """Grads keyed 'd' + name as a ParameterArena's grad dict holds them (it finds 'dW1' under
+    'W1'), and Adam's step count t named when it is out of range, with nothing written."""
+    arena = fo.ParameterArena(np.float64, 64)
+    params = {k: arena.add(k, s) for k, s in (("W1", (3, 2)), ("b1", (3, 1)))}
+    arena.flat_grads[...] = 1.0
+    with fo.use_backend(backend):
+        course.update_parameters_with_gd(params, arena.grads, 0.5)
+        np.testing.assert_array_equal(arena.flat_params, -0.5)
+        v, s = course.initialize_adam(params)
+        for t, exc in ((0, ValueError), (-1, ValueError), ("1", TypeError), (None, TypeError)):
+            with pytest.raises(exc, match=r"\bt\b"):
+                course.update_parameters_with_adam(params, arena.grads, v, s, t)
+            assert not v["dW1"].any() and not s["db1"].any()
+            np.testing.assert_array_equal(arena.flat_params, -0.5)

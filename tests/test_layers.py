@@ -816,3 +816,45 @@ def test_numba_softmax_has_the_same_exp_as_cython(axis, dtype):
             out[backend] = [fo.softmax(a, axis=axis).tobytes() for a in (z, near)]
             out[backend] += [fo.log_softmax(z, axis=axis).tobytes()]
     assert out["cython"] == out["numba"]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_cross_entropy_takes_integer_and_bool_one_hot_labels_as_their_float_values(backend,
+                                                                                    dtype):
+    """Labels shaped like the logits are one-hot/probabilities whatever their dtype (an
+    integer or bool array as its float values in the logits' dtype: np.eye(k, dtype=int)[y],
+    sklearn's LabelBinarizer), bit for bit as the float labels; labels with one axis fewer are
+    class indices, integers only."""
+    rng = np.random.default_rng(11)
+    z = (rng.standard_normal((6, 4)) * 2).astype(dtype)
+    y = np.array([0, 3, 1, 2, 3, 0])
+    counts = rng.integers(0, 3, (6, 4))
+    with fo.use_backend(backend):
+        for axis, zz, yy, cc in ((-1, z, np.eye(4)[y], counts), (0, z.T, np.eye(4)[y].T, counts.T)):
+            loss_f, d_f = fo.softmax_cross_entropy(zz, yy.astype(dtype), axis)
+            loss_i, d_i = fo.softmax_cross_entropy(zz, y, axis)
+            assert loss_i == pytest.approx(loss_f, rel=1e-6)
+            for dt in (np.int64, np.int32, np.int8, np.uint8, np.uint64, bool):
+                loss, d = fo.softmax_cross_entropy(zz, yy.astype(dt), axis)
+                assert loss == loss_f and d.dtype == zz.dtype
+                assert d.tobytes() == d_f.tobytes()
+            loss_c, d_c = fo.softmax_cross_entropy(zz, cc, axis)          # not one-hot: counts
+            ref = fo.softmax_cross_entropy(zz, cc.astype(dtype), axis)
+            assert loss_c == ref[0] and d_c.tobytes() == ref[1].tobytes()
+        lab = np.eye(4, dtype=np.int64)[y]
+        before = lab.copy()
+        out = np.full(z.shape, 7, dtype)
+        fo.softmax_cross_entropy(z, lab, out=out)
+        np.testing.assert_array_equal(lab, before)                        # only read
+        assert out.tobytes() == fo.softmax_cross_entropy(z, lab.astype(dtype))[1].tobytes()
+        # one axis fewer: class indices, which must be integers
+        for bad in (y.astype(bool), y.astype(dtype)):
+            out = np.full(z.shape, 7, dtype)
+            with pytest.raises(TypeError, match=r"labels .*class indices.*integer dtype, got"):
+                fo.softmax_cross_entropy(z, bad, out=out)
+            assert (out == 7).all()
+        for bad in (np.zeros((6, 4), np.complex128), np.full((6, 4), "a")):
+            with pytest.raises(TypeError, match="labels"):
+                fo.softmax_cross_entropy(z, bad)
+        with pytest.raises(ValueError, match=r"labels has shape \(6, 3\)"):
+            fo.softmax_cross_entropy(z, np.eye(3, dtype=int)[y % 3])

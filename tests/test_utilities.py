@@ -1,5 +1,9 @@
 """Learning-rate schedules, exponentially weighted averages and mini-batches, against the
 course's numbers and formulas written out here."""
+import copy
+import math
+import pickle
+
 import numpy as np
 import pytest
 
@@ -17,7 +21,7 @@ def test_other_schedules():
     assert fo.schedules.exponential_decay(1.0, 0.5)(3) == 0.125
     assert fo.schedules.inverse_sqrt_decay(0.3, k=2.0)(4) == pytest.approx(0.3)
     assert fo.schedules.staircase(1.0, 0.1, every=10)(25) == pytest.approx(0.01)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="epoch"):
         fo.schedules.inverse_sqrt_decay(0.3)(0)
 
 
@@ -28,6 +32,81 @@ def test_lr_scheduler_counts_epochs_from_zero_and_sets_every_group():
     assert sched.step() == 0.5 and all(g["lr"] == 0.5 for g in opt.param_groups)
     sched.step(epoch=3)
     assert opt.lr == 0.25
+
+
+SCHEDULES = [("inverse_time_decay", (0.2, 1.0), lambda e: 0.2 / (1.0 + 1.0 * e)),
+             ("inverse_time_decay", (0.1, 0.37), lambda e: 0.1 / (1.0 + 0.37 * e)),
+             ("exponential_decay", (0.1, 0.5), lambda e: 0.1 * 0.5 ** e),
+             ("exponential_decay", (0.3,), lambda e: 0.3 * 0.95 ** e),
+             ("inverse_sqrt_decay", (0.3, 2.0), lambda e: 2.0 * 0.3 / math.sqrt(e)),
+             ("inverse_sqrt_decay", (0.07,), lambda e: 1.0 * 0.07 / math.sqrt(e)),
+             ("staircase", (1.0, 0.1, 10), lambda e: 1.0 * 0.1 ** (e // 10)),
+             ("staircase", (0.3, 0.7, 3), lambda e: 0.3 * 0.7 ** (e // 3))]
+
+
+@pytest.mark.parametrize("name,args,formula", SCHEDULES, ids=[s[0] for s in SCHEDULES])
+def test_schedules_pickle_and_copy_with_the_same_numbers(name, args, formula):
+    """The built-in schedules pickle and deepcopy (a checkpoint of an optimizer and its
+    scheduler), give the formula's numbers bit for bit, and show their arguments."""
+    fn = getattr(fo.schedules, name)(*args)
+    for other in (pickle.loads(pickle.dumps(fn)), copy.deepcopy(fn)):
+        for epoch in range(1, 40):
+            assert fn(epoch) == other(epoch) == formula(epoch)
+            assert type(fn(epoch)) is float
+    assert repr(fn).startswith(name + "(") and all(repr(a) in repr(fn) for a in args)
+
+
+def test_an_lr_scheduler_pickles_and_resumes_exactly():
+    opt = fo.SGD([np.zeros(3)], lr=0.1)
+    sched = fo.schedules.LRScheduler(opt, fo.schedules.exponential_decay(0.1, base=0.5))
+    sched.step(), sched.step()
+    opt2, sched2 = pickle.loads(pickle.dumps((opt, sched)))
+    assert sched2.opt is opt2 and sched2.epoch == 1 and opt2.lr == opt.lr == 0.05
+    assert [sched.step() for _ in range(3)] == [sched2.step() for _ in range(3)] == \
+        [0.025, 0.0125, 0.00625]
+    assert opt2.lr == opt.lr
+
+
+def test_lr_scheduler_step_that_raises_keeps_its_epoch_and_lr():
+    """A refused step (by the schedule or by the optimizer's lr setter) changes nothing: the
+    epoch is the last one set, and the next step() retries the same epoch."""
+    opt = fo.SGD([np.zeros(3)], lr=0.1)
+    calls = []
+
+    def fn(epoch):
+        calls.append(epoch)
+        if epoch == 3:
+            raise ValueError("no lr for epoch 3")
+        return [0.1, -1.0, 0.05][epoch]
+    sched = fo.schedules.LRScheduler(opt, fn)
+    assert sched.step() == 0.1 and sched.epoch == 0
+    for _ in range(2):
+        with pytest.raises(ValueError, match="lr"):
+            sched.step()                                 # fn(1) = -1: refused by opt.lr
+        assert sched.epoch == 0 and opt.lr == 0.1
+    assert calls == [0, 1, 1]
+    assert sched.step(2) == 0.05 and sched.epoch == 2 and opt.lr == 0.05
+    with pytest.raises(ValueError, match="epoch 3"):
+        sched.step()
+    assert sched.epoch == 2 and opt.lr == 0.05
+    with pytest.raises(IndexError):
+        sched.step(epoch=7)
+    assert sched.epoch == 2 and opt.lr == 0.05
+    assert sched.get_last_lr() == 0.05
+
+
+def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_nothing():
+    """The formula starts at epoch 1 (API.md), the scheduler's count at 0: its first step()
+    raises, leaving epoch and lr as they were; step(1) then works."""
+    fn = fo.schedules.inverse_sqrt_decay(0.3, k=2.0)
+    opt = fo.SGD([np.zeros(3)], lr=1.0)
+    sched = fo.schedules.LRScheduler(opt, fn)
+    epoch = sched.epoch
+    with pytest.raises(ValueError, match=r"epoch >= 1, got 0"):
+        sched.step()
+    assert sched.epoch == epoch and opt.lr == 1.0
+    assert sched.step(1) == 0.6 == opt.lr
+    assert sched.step() == 2.0 * 0.3 / math.sqrt(2) == opt.lr
 
 
 # ------------------------------------------------------- exponentially weighted averages
@@ -55,6 +134,31 @@ def test_ewa_object_tracks_the_corrected_average(backend):
             avg.update(np.zeros(3))
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_update_that_raises_changes_nothing(backend):
+    """A sample that is not an array of real numbers is refused (TypeError naming x) before
+    anything is allocated or folded in: a refused first update fixes no shape and leaves no
+    NaN value."""
+    with fo.use_backend(backend):
+        avg = fo.EWA(0.9)
+        for bad in (np.array(["a", "b"]), ["1.0", "2.0"], [1.0, None], np.array([1j, 2.0]),
+                    np.array([1.0, 2.0], dtype=object), None):
+            with pytest.raises(TypeError, match=r"x must be .*real numbers, got"):
+                avg.update(bad)
+            assert avg.t == 0 and avg.value is None and avg._avg is None
+        np.testing.assert_allclose(avg.update([1.0, 2.0, 3.0]), [1.0, 2.0, 3.0])
+        assert avg.update(np.array([1, 1, 0], np.uint8)).dtype == np.float64
+        value = avg.value
+        for bad in (np.array(["a", "b", "c"]), np.zeros(2)):
+            with pytest.raises((TypeError, ValueError), match="x"):
+                avg.update(bad)
+            assert avg.t == 2 and avg.value.tobytes() == value.tobytes()
+        f32 = fo.EWA(0.5)
+        with pytest.raises(TypeError, match="x"):
+            f32.update(np.array(["a"]))
+        assert f32.update(np.float32([2.0])).dtype == np.float32
+
+
 # -------------------------------------------------------------------------- mini-batches
 def test_minibatches_148_by_64_in_the_course_column_layout():
     X = np.arange(2 * 148).reshape(2, 148)
@@ -78,3 +182,41 @@ def test_minibatches_rows_same_seed_same_batches_and_no_shuffle():
         list(fo.minibatches(X, Y, batch_size=0))
     with pytest.raises(ValueError):
         list(fo.minibatches(X, Y[:5]))
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_minibatches_1d_labels_have_their_examples_along_their_only_axis(axis):
+    """A 1-D Y has one axis: its examples lie along it whatever X's axis is (the course's
+    (n_x, m) inputs with 1-D labels, spelled axis=1 or axis=-1)."""
+    X, y = np.arange(10).reshape(2, 5), np.arange(5)
+    batches = list(fo.minibatches(X, y, batch_size=2, axis=axis, seed=0))
+    assert [(xb.shape, yb.shape) for xb, yb in batches] == [((2, 2), (2,))] * 2 + [((2, 1), (1,))]
+    assert sorted(np.concatenate([yb for _, yb in batches])) == list(range(5))
+    for xb, yb in batches:                                   # shuffled in sync
+        np.testing.assert_array_equal(xb[0], yb)
+        np.testing.assert_array_equal(xb[1] - 5, yb)
+    X3 = np.arange(24).reshape(2, 3, 4)
+    for ax in (1, -2):
+        b = list(fo.minibatches(X3, np.arange(3), batch_size=2, axis=ax, shuffle=False))
+        assert [(xb.shape, yb.tolist()) for xb, yb in b] == [((2, 2, 4), [0, 1]),
+                                                               ((2, 1, 4), [2])]
+
+
+def test_minibatches_mismatched_inputs_raise_value_error_naming_them():
+    X = np.zeros((2, 5))
+    for Y, match in ((np.arange(4), "X has 5 examples along axis 1 but Y has 4"),
+                     (np.zeros((5, 2)), "X has 5 examples along axis 1 but Y has 2"),
+                     (np.array(3), "Y must have at least 1 dimension"),
+                     (np.zeros((2, 2, 5)), "X has 5 examples along axis 1 but Y has 2")):
+        with pytest.raises(ValueError, match=match):
+            list(fo.minibatches(X, Y, axis=1))
+    for axis in (2, -3):
+        with pytest.raises(ValueError, match=r"axis .* for X of shape \(2, 5\)"):
+            list(fo.minibatches(X, np.zeros(5), axis=axis))
+    with pytest.raises(ValueError, match=r"axis 2 for Y of shape \(1, 5\)"):
+        list(fo.minibatches(np.zeros((2, 2, 5)), np.zeros((1, 5)), axis=2))
+    with pytest.raises(ValueError, match="X must have at least 1 dimension"):
+        list(fo.minibatches(np.array(1.0), np.zeros(1)))
+    for axis in (1.0, None, True):
+        with pytest.raises(TypeError, match="axis must be an int"):
+            list(fo.minibatches(X, np.zeros(5), axis=axis))

@@ -101,15 +101,17 @@ class ParameterArena:
         Raises
         ------
         TypeError
-            ``name`` not a non-empty str.
+            ``name`` not a non-empty str, or ``shape`` not an int or a sequence of ints.
         ValueError
-            ``name`` already in the arena, or not enough capacity left.
+            ``name`` already in the arena, a negative dimension in ``shape`` (as NumPy), not
+            enough capacity left, or an ``init`` that does not broadcast to ``shape``. A call
+            that raises changes nothing.
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         if name in self.params:
             raise ValueError(f"parameter {name!r} is already in the arena")
-        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        shape = _check_shape(name, shape)
         n = math.prod(shape)
         if self.size + n > self._param_buf.size:
             raise ValueError(f"the arena is full: {name!r} needs {n} elements, "
@@ -119,7 +121,13 @@ class ParameterArena:
         param = self._param_buf[lo:lo + n].reshape(shape)
         grad = self._grad_buf[lo:lo + n].reshape(shape)
         if init is not None:
-            param[...] = init
+            try:
+                param[...] = init
+            except Exception as exc:
+                param[...] = 0          # a conversion may fail part way: the space stays free
+                if type(exc) in (TypeError, ValueError):
+                    raise type(exc)(f"init for {name!r}: {exc}") from None
+                raise
         self.size += n
         self.params[name] = param
         dict.__setitem__(self.grads, name, grad)
@@ -194,6 +202,23 @@ class ParameterArena:
     def __repr__(self):
         return (f"ParameterArena({self.dtype}, {len(self.params)} params, {self.size} of "
                 f"{self._param_buf.size} elements)")
+
+
+def _check_shape(name, shape):
+    """``shape`` as a tuple of non-negative ints, else TypeError/ValueError naming it."""
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    try:
+        dims = tuple(dims) if not isinstance(dims, (str, bytes)) else None
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                               for d in dims):
+        raise TypeError(f"Invalid shape {shape!r} for {name!r}: must be an int or a sequence "
+                        "of ints")
+    if any(d < 0 for d in dims):
+        raise ValueError(f"Invalid shape {shape!r} for {name!r}: negative dimensions are not "
+                         "allowed")
+    return tuple(int(d) for d in dims)
 
 
 class _GradDict(dict):

@@ -14,10 +14,13 @@ arrays are updated in place (one fused kernel call each) and also returned, as t
 expect.
 """
 import math
+import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
 from . import ops
+from ._validate import check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
 ArrayDict = dict[str, np.ndarray]
@@ -29,12 +32,51 @@ def _names(parameters):
     return [f"{kind}{l}" for l in range(1, layers + 1) for kind in ("W", "b")]
 
 
-def _float(a, name):
-    """The array the kernels update: float arrays as they are, anything else as float64."""
-    a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
-    return a
+def _layers(parameters, grads, **states):
+    """Every layer's arrays, checked before any is updated: ``[(param, grad, *state), ...]``
+    in layer order, for the dicts ``parameters``, ``grads`` and ``states`` (``v``, ``s``).
+
+    Each layer's arrays are checked as the kernels check them (present; plain float32/float64
+    ndarrays; the grad and state of the parameter's dtype and shape; parameter and state
+    writeable; not overlapping), so that a bad array in any layer raises before the first
+    layer is written, naming its key: ``grads['db2'] has shape (2, 1), expected (1, 1) like
+    parameters['b2']``.
+    """
+    dicts = {"parameters": parameters, "grads": grads, **states}
+    for dict_name, d in dicts.items():
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{dict_name} must be a dict of arrays, got {type(d).__name__}")
+    names = _names(parameters)
+    nlayers = len(names) // 2          # the course's L = len(parameters) // 2
+    for kind, other in (("W", "b"), ("b", "W")):
+        there, missing = f"{kind}{nlayers + 1}", f"{other}{nlayers + 1}"
+        if there in parameters:             # a layer with one of its two arrays
+            raise KeyError(f"parameters has no {missing!r} (parameters[{there!r}] is "
+                           "there, without its pair)")
+    layers = []
+    for name in names:
+        keys = [(dict_name, name if dict_name == "parameters" else "d" + name)
+                for dict_name in dicts]
+        arrays = []
+        for dict_name, key in keys:
+            try:
+                arrays.append(dicts[dict_name][key])
+            except KeyError:
+                whose = (f"{nlayers} layers: W1, b1, ..., W{nlayers}, b{nlayers}"
+                         if dict_name == "parameters" else f"for parameters[{name!r}]")
+                raise KeyError(f"{dict_name} has no {key!r} ({whose})") from None
+        check_step_arrays(arrays, [f"{dict_name}[{key!r}]" for dict_name, key in keys],
+                          len(arrays))
+        layers.append(arrays)
+    return layers
+
+
+def _check_t(t):
+    """Adam's step count ``t``, named as the course names it (the kernels call it step)."""
+    if not isinstance(t, numbers.Real):
+        raise TypeError(f"t must be a number (the step count, from 1), got {type(t).__name__}")
+    if not t >= 1:
+        raise ValueError(f"Invalid t: {t!r} (the step count, must be >= 1)")
 
 
 def update_parameters_with_gd(parameters: ArrayDict, grads: ArrayDict,
@@ -57,13 +99,21 @@ def update_parameters_with_gd(parameters: ArrayDict, grads: ArrayDict,
 
     Raises
     ------
+    KeyError
+        A parameter, grad or state array missing (named).
     TypeError
-        A parameter that is not a float array, or a grad or state array of another dtype.
+        A parameter that is not a float32/float64 ndarray, or a grad or state array that is
+        not an ndarray of its parameter's dtype (named).
     ValueError
-        A grad or state array of another shape than its parameter.
+        A grad or state array of another shape than its parameter, a read-only parameter or
+        state array, or two arrays of a layer that overlap (named), or a hyper-parameter out
+        of range.
+
+    Every layer's arrays are checked before any is updated: a call that raises changes
+    nothing.
     """
-    for name in _names(parameters):
-        ops.sgd_step_(_float(parameters[name], name), grads["d" + name], lr=learning_rate)
+    for param, grad in _layers(parameters, grads):
+        ops.sgd_step_(param, grad, lr=learning_rate)
     return parameters
 
 
@@ -149,14 +199,21 @@ def update_parameters_with_momentum(parameters: ArrayDict, grads: ArrayDict, v: 
 
     Raises
     ------
+    KeyError
+        A parameter, grad or state array missing (named).
     TypeError
-        A parameter that is not a float array, or a grad or state array of another dtype.
+        A parameter that is not a float32/float64 ndarray, or a grad or state array that is
+        not an ndarray of its parameter's dtype (named).
     ValueError
-        A grad or state array of another shape than its parameter.
+        A grad or state array of another shape than its parameter, a read-only parameter or
+        state array, or two arrays of a layer that overlap (named), or a hyper-parameter out
+        of range.
+
+    Every layer's arrays are checked before any is updated: a call that raises changes
+    nothing.
     """
-    for name in _names(parameters):
-        ops.momentum_step_(_float(parameters[name], name), grads["d" + name], v["d" + name],
-                           lr=learning_rate, beta=beta)
+    for param, grad, velocity in _layers(parameters, grads, v=v):
+        ops.momentum_step_(param, grad, velocity, lr=learning_rate, beta=beta)
     return parameters, v
 
 
@@ -212,14 +269,23 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
 
     Raises
     ------
+    KeyError
+        A parameter, grad or state array missing (named).
     TypeError
-        A parameter that is not a float array, or a grad or state array of another dtype.
+        A parameter that is not a float32/float64 ndarray, or a grad or state array that is
+        not an ndarray of its parameter's dtype (named).
     ValueError
-        A grad or state array of another shape than its parameter.
+        A grad or state array of another shape than its parameter, a read-only parameter or
+        state array, or two arrays of a layer that overlap (named), or a hyper-parameter (``t``
+        included) out of range.
+
+    Every layer's arrays are checked before any is updated: a call that raises changes
+    nothing.
     """
-    for name in _names(parameters):
-        ops.adam_step_(_float(parameters[name], name), grads["d" + name], v["d" + name],
-                       s["d" + name], t, lr=learning_rate, betas=(beta1, beta2), eps=epsilon)
+    _check_t(t)
+    for param, grad, v_l, s_l in _layers(parameters, grads, v=v, s=s):
+        ops.adam_step_(param, grad, v_l, s_l, t, lr=learning_rate, betas=(beta1, beta2),
+                       eps=epsilon)
     return parameters, v, s
 
 

@@ -16,7 +16,8 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     Parameters
     ----------
     X, Y : array_like
-        Inputs and targets with the same number of examples along ``axis``.
+        Inputs and targets with the same number of examples along ``axis`` (a 1-D ``Y``
+        has them along its only axis, whatever ``axis`` is for ``X``).
     batch_size : int, default 64
         Examples per batch, >= 1.
     axis : int, default 0
@@ -33,16 +34,35 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
 
     Raises
     ------
+    TypeError
+        An ``axis`` that is not an int (raised at the first ``next``).
     ValueError
-        A ``batch_size`` that is not a positive int, or ``X`` and ``Y`` with different numbers
-        of examples (raised at the first ``next``).
+        A ``batch_size`` that is not a positive int, a 0-d ``X`` or ``Y``, an ``axis`` that
+        ``X`` (or a ``Y`` of 2 or more dimensions) does not have, or ``X`` and ``Y`` with
+        different numbers of examples (raised at the first ``next``).
     """
     X = np.asarray(X)
     Y = np.asarray(Y)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"Invalid batch_size: {batch_size!r} (must be a positive int)")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    for name, a in (("X", X), ("Y", Y)):
+        if a.ndim == 0:
+            raise ValueError(f"{name} must have at least 1 dimension (the examples'), got a "
+                             "0-d array")
+    if not -X.ndim <= axis < X.ndim:
+        raise ValueError(f"Invalid axis {axis} for X of shape {X.shape}")
     m = X.shape[axis]
-    y_axis = axis if axis >= 0 else Y.ndim + axis
+    # a 1-D Y has one axis: its examples lie along it whatever X's axis is (the course's
+    # (n_x, m) inputs with 1-D labels, axis=1 or -1); otherwise Y's axis is X's
+    if Y.ndim == 1:
+        y_axis = 0
+    elif -Y.ndim <= axis < Y.ndim:
+        y_axis = axis % Y.ndim
+    else:
+        raise ValueError(f"Invalid axis {axis} for Y of shape {Y.shape} (the examples lie "
+                         "along the same axis of X and Y, or along a 1-D Y)")
     if Y.shape[y_axis] != m:
         raise ValueError(f"X has {m} examples along axis {axis} but Y has {Y.shape[y_axis]}")
     order = np.random.default_rng(seed).permutation(m) if shuffle else np.arange(m)

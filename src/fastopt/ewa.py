@@ -100,19 +100,29 @@ class EWA:
 
         Raises
         ------
+        TypeError
+            ``x`` not an array of real numbers (strings, objects, complex numbers).
         ValueError
             ``x`` of another shape than the first sample.
+
+        A call that raises changes nothing (a refused first sample fixes no shape).
         """
+        # everything is checked and converted before the average is allocated or touched: a
+        # refused update (even the first) changes nothing
         x = np.asarray(x)
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
         if self._avg is None:
-            dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float64)
-            self._avg = np.zeros(x.shape, dtype)
+            avg = np.zeros(x.shape, x.dtype if x.dtype in FLOAT_DTYPES else np.float64)
         elif x.shape != self._avg.shape:
             raise ValueError(f"x has shape {x.shape}, expected {self._avg.shape} "
                              "(fixed by the first update)")
-        ops.ewa_(self._avg, x.astype(self._avg.dtype, copy=False), self.beta)
+        else:
+            avg = self._avg
+        ops.ewa_(avg, x.astype(avg.dtype, copy=False), self.beta)
+        self._avg = avg
         self.t += 1
-        return self._current(self._avg)
+        return self._current(avg)
 
     @property
     def value(self) -> np.ndarray | None:

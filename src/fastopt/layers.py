@@ -552,7 +552,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
         Float scores, at least 1-D (lists and integer arrays are taken as float64).
     labels : array_like
         Integer class indices shaped like ``logits`` without ``axis``, or one-hot/probability
-        rows shaped like ``logits``.
+        rows shaped like ``logits`` (of any real dtype: integer or bool one-hot labels are
+        taken as their float values in the logits' dtype).
     axis : int, default -1
         The classes' axis.
     out : ndarray, optional
@@ -581,11 +582,13 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
         raise TypeError(f"labels must be an array of class indices or probabilities, got "
                         f"{type(labels).__name__}")
     labels = _unshared(out, np.asarray(labels))
-    if labels.dtype.kind not in "iuf":
-        raise TypeError(f"labels must have an integer (class indices) or float "
-                        f"(probabilities) dtype, got {labels.dtype}")
+    if labels.dtype.kind not in "biuf":
+        raise TypeError(f"labels must have an integer (class indices or one-hot), bool "
+                        f"(one-hot) or float (probabilities) dtype, got {labels.dtype}")
     ints = targets = None
-    if labels.shape == logits.shape and labels.dtype.kind == "f":
+    if labels.shape == logits.shape:
+        # one-hot/probabilities whatever the dtype: integers and bools as their float values
+        # in the logits' dtype (np.eye(k, dtype=int)[y], sklearn's LabelBinarizer)
         targets = _kernel_input(labels, logits.dtype).reshape(z3.shape)
     else:
         expected = logits.shape[:axis] + logits.shape[axis + 1:]
@@ -593,7 +596,9 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
             raise ValueError(f"labels has shape {labels.shape}, expected {expected} (class "
                              f"indices) or {logits.shape} (one-hot/probabilities)")
         if labels.dtype.kind not in "iu":
-            raise TypeError(f"integer labels must have an integer dtype, got {labels.dtype}")
+            raise TypeError(f"labels of shape {labels.shape} (logits' without axis) are class "
+                            f"indices and must have an integer dtype, got {labels.dtype} "
+                            f"(one-hot/probabilities have the logits' shape {logits.shape})")
         if labels.size and (labels.min() < 0 or labels.max() >= k):
             raise ValueError(f"labels out of range: classes are 0..{k - 1}, got values in "
                              f"[{labels.min()}, {labels.max()}]")

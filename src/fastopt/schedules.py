@@ -1,6 +1,8 @@
 """Learning-rate decay schedules: functions of the epoch number returning a float.
 
 Each factory returns ``fn(epoch) -> lr``; ``LRScheduler(opt, fn)`` applies one to an optimizer.
+The functions returned are small module-level objects (not closures), so they, and a scheduler
+using them, pickle and deepcopy with the optimizer (a checkpoint), and show their arguments.
 """
 import math
 from collections.abc import Callable
@@ -20,6 +22,68 @@ class HasLR(Protocol):
     def lr(self, value: float) -> None: ...
 
 
+class _Schedule:
+    """A schedule's arguments, kept as attributes: pickled and copied by value, compared and
+    shown by them (``exponential_decay(lr0=0.1, base=0.5)``)."""
+
+    _name = ""
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self, *args) -> None:
+        for field, value in zip(self._fields, args):
+            setattr(self, field, value)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
+        return f"{self._name}({args})"
+
+    def __eq__(self, other) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._fields)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(getattr(self, f) for f in self._fields)))
+
+
+class _InverseTimeDecay(_Schedule):
+    """``lr0 / (1 + decay_rate * epoch)``: what :func:`inverse_time_decay` returns."""
+
+    _name, _fields = "inverse_time_decay", ("lr0", "decay_rate")
+
+    def __call__(self, epoch: int) -> float:
+        return self.lr0 / (1.0 + self.decay_rate * epoch)
+
+
+class _ExponentialDecay(_Schedule):
+    """``lr0 * base**epoch``: what :func:`exponential_decay` returns."""
+
+    _name, _fields = "exponential_decay", ("lr0", "base")
+
+    def __call__(self, epoch: int) -> float:
+        return self.lr0 * self.base ** epoch
+
+
+class _InverseSqrtDecay(_Schedule):
+    """``k * lr0 / sqrt(epoch)`` for epoch >= 1: what :func:`inverse_sqrt_decay` returns."""
+
+    _name, _fields = "inverse_sqrt_decay", ("lr0", "k")
+
+    def __call__(self, epoch: int) -> float:
+        if not epoch >= 1:
+            raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
+        return self.k * self.lr0 / math.sqrt(epoch)
+
+
+class _Staircase(_Schedule):
+    """``lr0 * factor**(epoch // every)``: what :func:`staircase` returns."""
+
+    _name, _fields = "staircase", ("lr0", "factor", "every")
+
+    def __call__(self, epoch: int) -> float:
+        return self.lr0 * self.factor ** (epoch // self.every)
+
+
 def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
     """``lr0 / (1 + decay_rate * epoch)`` (the course's ``update_lr``).
 
@@ -33,9 +97,9 @@ def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
     Returns
     -------
     callable
-        ``fn(epoch) -> float``.
+        ``fn(epoch) -> float`` (picklable; its repr shows the arguments).
     """
-    return lambda epoch: lr0 / (1.0 + decay_rate * epoch)
+    return _InverseTimeDecay(lr0, decay_rate)
 
 
 def exponential_decay(lr0: float, base: float = 0.95) -> Schedule:
@@ -51,13 +115,16 @@ def exponential_decay(lr0: float, base: float = 0.95) -> Schedule:
     Returns
     -------
     callable
-        ``fn(epoch) -> float``.
+        ``fn(epoch) -> float`` (picklable; its repr shows the arguments).
     """
-    return lambda epoch: lr0 * base ** epoch
+    return _ExponentialDecay(lr0, base)
 
 
 def inverse_sqrt_decay(lr0: float, k: float = 1.0) -> Schedule:
     """``k * lr0 / sqrt(epoch)``, for ``epoch >= 1``.
+
+    The formula has no value at epoch 0, where :class:`LRScheduler`'s count starts: drive it
+    with ``step(epoch)`` from 1, or wrap it (``lambda e: fn(e + 1)``).
 
     Parameters
     ----------
@@ -69,15 +136,11 @@ def inverse_sqrt_decay(lr0: float, k: float = 1.0) -> Schedule:
     Returns
     -------
     callable
-        ``fn(epoch) -> float``.
+        ``fn(epoch) -> float`` (picklable; its repr shows the arguments).
 
     The returned function raises ``ValueError`` for ``epoch < 1``.
     """
-    def fn(epoch: int) -> float:
-        if epoch < 1:
-            raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
-        return k * lr0 / math.sqrt(epoch)
-    return fn
+    return _InverseSqrtDecay(lr0, k)
 
 
 def staircase(lr0: float, factor: float, every: int) -> Schedule:
@@ -95,7 +158,7 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
     Returns
     -------
     callable
-        ``fn(epoch) -> float``.
+        ``fn(epoch) -> float`` (picklable; its repr shows the arguments).
 
     Raises
     ------
@@ -104,14 +167,17 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
     """
     if every < 1:
         raise ValueError(f"Invalid every: {every!r} (must be >= 1)")
-    return lambda epoch: lr0 * factor ** (epoch // every)
+    return _Staircase(lr0, factor, every)
 
 
 class LRScheduler:
     """Set ``opt.lr = fn(epoch)`` on each :meth:`step`.
 
     ``step()`` without an argument advances the epoch counter, which starts at 0 (so the first
-    call sets ``fn(0)``); ``step(epoch)`` sets that epoch.
+    call sets ``fn(0)``, as ``torch.optim.lr_scheduler`` counts epochs from 0); ``step(epoch)``
+    sets that epoch. A step that raises (in ``fn`` or in the optimizer's ``lr`` setter) leaves
+    the epoch and the learning rate as they were. A scheduler whose ``fn`` is one of this
+    module's schedules pickles (with its optimizer).
 
     Parameters
     ----------
@@ -147,10 +213,14 @@ class LRScheduler:
         -------
         float
             The learning rate set.
+
+        A call that raises (in ``fn`` or in the optimizer's ``lr`` setter) changes nothing:
+        the epoch is set only once the learning rate is.
         """
-        self.epoch = self.epoch + 1 if epoch is None else epoch
-        lr = self.fn(self.epoch)
+        epoch = self.epoch + 1 if epoch is None else epoch
+        lr = self.fn(epoch)
         self.opt.lr = lr
+        self.epoch = epoch
         return lr
 
     def get_last_lr(self) -> float | list[float]:

@@ -851,3 +851,47 @@ def test_rmsprop_takes_any_alpha_torch_takes(alpha):
         tp.grad = torch.from_numpy(g.copy())
         topt.step()
     np.testing.assert_array_equal(p, tp.detach().numpy())
+
+
+def test_a_load_state_dict_with_a_step_past_2_53_is_refused_and_changes_nothing():
+    p = [np.ones(3), np.ones(2)]
+    opt = fo.Adam(p, lr=0.1)
+    opt.step([np.ones(3), np.ones(2)])
+    before = pickle.dumps(opt.state_dict())
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = 0.5
+    sd["state"][1]["step"] = 2 ** 63            # a whole number >= 1, but not an int64 count
+    with pytest.raises(ValueError, match=r"\['step'\]"):
+        opt.load_state_dict(sd)
+    assert pickle.dumps(opt.state_dict()) == before
+    opt.step([np.ones(3), np.ones(2)])
+    assert int(opt.state[1]["step"]) == 2
+
+
+@pytest.mark.parametrize("reset", ["assign an empty dict", "an empty entry"])
+def test_an_emptied_state_makes_the_next_step_a_first_step(reset):
+    """As torch: ``opt.state = {}`` / ``opt.state[i] = {}`` reset the parameters' state."""
+    fresh = np.full(3, 1.0)
+    fo.Adam([fresh], lr=0.2).step([np.full(3, 0.5)])
+    p = np.full(3, 1.0)
+    opt = fo.Adam([p], lr=0.2)
+    for _ in range(3):
+        opt.step([np.full(3, 0.5)])
+    p[...] = 1.0
+    if reset == "assign an empty dict":
+        opt.state = {}
+    else:
+        opt.state[0] = {}
+    opt.step([np.full(3, 0.5)])
+    np.testing.assert_array_equal(p, fresh)
+    assert int(opt.state[0]["step"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["matrix", "masked"])
+def test_a_matrix_or_masked_grad_in_a_later_group_changes_nothing(kind):
+    W, b = np.ones((2, 2)), np.ones((2, 1))
+    opt = fo.Adam([{"params": [W]}, {"params": [b], "lr": 0.01}], lr=0.1)
+    bad = np.asmatrix(np.ones((2, 1))) if kind == "matrix" else np.ma.masked_array(np.ones((2, 1)))
+    with pytest.raises(TypeError, match="parameter 1 must be a plain numpy.ndarray"):
+        opt.step([np.ones((2, 2)), bad])
+    assert (W == 1).all() and (b == 1).all() and len(opt.state) == 0

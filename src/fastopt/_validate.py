@@ -48,6 +48,9 @@ def check_grad(label, param, grad):
     if not isinstance(grad, np.ndarray):
         raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
                         f"got {type(grad).__name__}")
+    if type(grad) is not np.ndarray and isinstance(grad, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(f"grad for parameter {label} must be a plain numpy.ndarray, "
+                        f"got {type(grad).__name__}")
     if grad.dtype != param.dtype:
         raise TypeError(f"grad for parameter {label} has dtype {grad.dtype}, "
                         f"expected {param.dtype}")

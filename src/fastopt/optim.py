@@ -54,6 +54,7 @@ def _check_hyper(name, value, bounds):
 
 # --------------------------------------------------------------------------- state containers
 _state_version = 0       # bumped when state is changed from outside an optimizer (see _State)
+_MAX_STEP = 2.0 ** 53   # the largest step count a state may hold (exact as a float)
 _set = dict.__setitem__  # the optimizers' own writes into state: no plan goes stale
 
 
@@ -327,6 +328,7 @@ class Optimizer:
         for key, entries in dict(value).items():
             new[key] = entries
         self._state = new
+        _state_changed()        # (an empty mapping assigns no entry: the plans must see it)
 
     # ------------------------------------------------------------------ parameter groups
     def add_param_group(self, group: ParamGroup) -> None:
@@ -504,8 +506,8 @@ class Optimizer:
         """One state entry of parameter ``p`` (``where`` names it in the message)."""
         if key == "step" or key in self._scalar_state:
             value = _scalar(where, key, value)
-        if key == "step":
-            check_real(f"{where}['step']", value, (min_step, None, False))
+        if key == "step":        # (counted in int64: bounded where floats are still whole)
+            check_real(f"{where}['step']", value, (min_step, _MAX_STEP, False))
             if not float(value).is_integer():
                 raise ValueError(f"Invalid {where}['step']: {value!r} (must be a whole number)")
         elif key in self._scalar_state:
@@ -594,7 +596,9 @@ class Optimizer:
             return plan
         self._check(group)
         start = self._starts[gi]
-        states = [self._state.get(start + k) for k in range(len(group["params"]))]
+        # an empty state (``opt.state[i] = {}``, as torch's reset of a parameter) is none:
+        # made at the next step
+        states = [self._state.get(start + k) or None for k in range(len(group["params"]))]
         self._check_states(gi, states)
         for k, s in enumerate(states):
             if s is not None:

@@ -1,6 +1,8 @@
 """Batch normalization and the softmax family: every backend against the NumPy reference over
 dtypes, shapes, axes and memory layouts; the reference's gradients against finite differences;
 torch parity where installed; edge cases and errors."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -858,3 +860,15 @@ def test_cross_entropy_takes_integer_and_bool_one_hot_labels_as_their_float_valu
                 fo.softmax_cross_entropy(z, bad)
         with pytest.raises(ValueError, match=r"labels has shape \(6, 3\)"):
             fo.softmax_cross_entropy(z, np.eye(3, dtype=int)[y % 3])
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_batch_norm_cache_pickles_with_every_protocol(protocol):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    dy = rng.standard_normal((6, 3)).astype(np.float32)
+    _, cache = fo.batchnorm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32))
+    copy = pickle.loads(pickle.dumps(cache, protocol))
+    np.testing.assert_array_equal(copy.var, cache.var)
+    for a, b in zip(fo.batchnorm_backward(dy, copy), fo.batchnorm_backward(dy, cache)):
+        np.testing.assert_array_equal(a, b)

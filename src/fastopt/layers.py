@@ -142,6 +142,9 @@ class BatchNormCache:
         self.x, self.axis, self.gamma, self.mean = x, axis, gamma, mean
         self.inv_std, self.eps, self.transposed, self.shape = inv_std, eps, transposed, shape
 
+    def __reduce__(self):      # every pickle protocol (slots alone need protocol 2)
+        return BatchNormCache, tuple(getattr(self, k) for k in self.__slots__)
+
     @property
     def var(self) -> np.ndarray:
         """The biased batch variance per feature (float64), as the normalization used it."""

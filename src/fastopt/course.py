@@ -32,15 +32,29 @@ def _names(parameters):
     return [f"{kind}{l}" for l in range(1, layers + 1) for kind in ("W", "b")]
 
 
-def _layers(parameters, grads, **states):
-    """Every layer's arrays, checked before any is updated: ``[(param, grad, *state), ...]``
-    in layer order, for the dicts ``parameters``, ``grads`` and ``states`` (``v``, ``s``).
+def _update(kernel, parameters, grads, states, **scalars):
+    """``kernel`` (a ``fastopt.ops.foreach_*`` step) over every layer's arrays in one call,
+    which checks them all before it writes any: a call that raises changes nothing. Its
+    message names a list item (``params[3]``); a refused call is checked again layer by layer
+    (:func:`_layers`) to raise naming the dict key instead (``grads['db2'] has shape (2, 1),
+    expected (1, 1) like parameters['b2']``). One call, not one per layer: checking each
+    layer in Python first cost 4-5x the update (3 layers of Adam: 14-21 -> 79-88 us)."""
+    layers = _layers(parameters, grads, **states)
+    if not layers:
+        return
+    try:
+        kernel(*map(list, zip(*layers)), **scalars)
+    except (TypeError, ValueError):
+        _layers(parameters, grads, check=True, **states)
+        raise
 
-    Each layer's arrays are checked as the kernels check them (present; plain float32/float64
-    ndarrays; the grad and state of the parameter's dtype and shape; parameter and state
-    writeable; not overlapping), so that a bad array in any layer raises before the first
-    layer is written, naming its key: ``grads['db2'] has shape (2, 1), expected (1, 1) like
-    parameters['b2']``.
+
+def _layers(parameters, grads, check=False, **states):
+    """Every layer's arrays, ``[(param, grad, *state), ...]`` in layer order, for the dicts
+    ``parameters``, ``grads`` and ``states`` (``v``, ``s``); KeyError naming a missing one.
+    With ``check``, each layer's arrays are also checked as the kernels check them (plain
+    float32/float64 ndarrays; the grad and state of the parameter's dtype and shape;
+    parameter and state writeable; not overlapping), raising naming the key.
     """
     dicts = {"parameters": parameters, "grads": grads, **states}
     for dict_name, d in dicts.items():
@@ -65,8 +79,9 @@ def _layers(parameters, grads, **states):
                 whose = (f"{nlayers} layers: W1, b1, ..., W{nlayers}, b{nlayers}"
                          if dict_name == "parameters" else f"for parameters[{name!r}]")
                 raise KeyError(f"{dict_name} has no {key!r} ({whose})") from None
-        check_step_arrays(arrays, [f"{dict_name}[{key!r}]" for dict_name, key in keys],
-                          len(arrays))
+        if check:
+            check_step_arrays(arrays, [f"{dict_name}[{key!r}]" for dict_name, key in keys],
+                              len(arrays))
         layers.append(arrays)
     return layers
 
@@ -112,8 +127,7 @@ def update_parameters_with_gd(parameters: ArrayDict, grads: ArrayDict,
     Every layer's arrays are checked before any is updated: a call that raises changes
     nothing.
     """
-    for param, grad in _layers(parameters, grads):
-        ops.sgd_step_(param, grad, lr=learning_rate)
+    _update(ops.foreach_sgd_step_, parameters, grads, {}, lr=learning_rate)
     return parameters
 
 
@@ -212,8 +226,8 @@ def update_parameters_with_momentum(parameters: ArrayDict, grads: ArrayDict, v: 
     Every layer's arrays are checked before any is updated: a call that raises changes
     nothing.
     """
-    for param, grad, velocity in _layers(parameters, grads, v=v):
-        ops.momentum_step_(param, grad, velocity, lr=learning_rate, beta=beta)
+    _update(ops.foreach_momentum_step_, parameters, grads, {"v": v}, lr=learning_rate,
+            beta=beta)
     return parameters, v
 
 
@@ -283,9 +297,8 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     nothing.
     """
     _check_t(t)
-    for param, grad, v_l, s_l in _layers(parameters, grads, v=v, s=s):
-        ops.adam_step_(param, grad, v_l, s_l, t, lr=learning_rate, betas=(beta1, beta2),
-                       eps=epsilon)
+    _update(ops.foreach_adam_step_, parameters, grads, {"v": v, "s": s}, step=t,
+            lr=learning_rate, betas=(beta1, beta2), eps=epsilon)
     return parameters, v, s
 
 

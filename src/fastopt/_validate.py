@@ -51,7 +51,7 @@ def check_grad(label, param, grad):
     if type(grad) is not np.ndarray and isinstance(grad, (np.matrix, np.ma.MaskedArray)):
         raise TypeError(f"grad for parameter {label} must be a plain numpy.ndarray, "
                         f"got {type(grad).__name__}")
-    if grad.dtype != param.dtype:
+    if grad.dtype.type is not param.dtype.type:     # (either byte order, as the kernels)
         raise TypeError(f"grad for parameter {label} has dtype {grad.dtype}, "
                         f"expected {param.dtype}")
     if grad.shape != param.shape:

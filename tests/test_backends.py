@@ -36,10 +36,12 @@ def test_environment_variable_picks_the_default_backend():
     assert out.stdout.strip() == "numpy"
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
-def test_thread_count_must_be_a_positive_int(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, 257, 10 ** 6, 2 ** 31])
+def test_thread_count_must_be_an_int_from_1_to_256_and_a_refused_one_changes_nothing(bad):
+    before = fo.get_num_threads()
+    with pytest.raises(ValueError, match="1 to 256"):
         fo.set_num_threads(bad)
+    assert fo.get_num_threads() == before and fo._backend._num_threads == before
 
 
 def test_thread_count_round_trips():

@@ -195,3 +195,25 @@ def test_threadpoolctl_sees_and_limits_the_kernels():
         assert fo.get_num_threads() == 2
     finally:
         fo.set_num_threads(threads)
+
+
+def test_threadpoolctl_limits_the_numba_backend_too():
+    """threadpoolctl sees the compiled extension's library; the numba backend takes that
+    library's count as its limit (it had kept its own)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not {"cython", "numba"} <= set(fo.backends()):
+        pytest.skip("needs the compiled extension and numba")
+    from fastopt._numba import _common
+    threads = fo.get_num_threads()
+    fo.set_num_threads(2)
+    try:
+        with fo.use_backend("numba"):
+            assert _common.get_num_threads() == min(2, _common._num_threads[0])
+            with threadpoolctl.threadpool_limits(1):
+                assert _common.get_num_threads() == 1
+                import numba
+                numba.set_num_threads(2)
+                fo.softmax(np.ones((256, 1000), np.float32))   # a parallel numba kernel
+                assert numba.get_num_threads() == 1
+    finally:
+        fo.set_num_threads(threads)

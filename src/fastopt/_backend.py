@@ -209,16 +209,18 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        Threads, >= 1.
+        Threads, 1 to 256.
 
     Raises
     ------
     ValueError
-        ``n`` not a positive int.
+        ``n`` not an int from 1 to 256 (nothing changes).
     """
     global _num_threads
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"number of threads must be a positive int, got {n!r}")
+    if (not isinstance(n, numbers.Integral) or isinstance(n, bool)
+            or not 1 <= n <= _threads.MAX_THREADS):
+        raise ValueError(f"number of threads must be an int from 1 to {_threads.MAX_THREADS}, "
+                         f"got {n!r}")
     _num_threads = int(n)
     for module in _loaded.values():
         module.set_num_threads(n)

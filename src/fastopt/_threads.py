@@ -8,6 +8,10 @@ which scikit-learn users use to limit OpenMP and BLAS threads, would not see the
 import math
 import os
 
+# the most threads a kernel call may use: the compiled pool's 255 helpers and the caller
+# (fo_common.h's FO_MAX_THREADS)
+MAX_THREADS = 256
+
 # cgroup v2, then v1: a container's CPU quota (docker --cpus=1.5 gives "150000 100000")
 _CGROUP_QUOTA_FILES = (("/sys/fs/cgroup/cpu.max", None),
                        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us",

@@ -28,7 +28,12 @@ static int fo_cpu_has_avx512(void) {
 /* The thread count of this family's kernels, exported (not static) so that threadpoolctl
  * can read and limit it through the controller fastopt registers (fastopt._threads). */
 static int fo_num_threads = 1;
+/* at most the pool's 255 helpers and the caller (fastopt.set_num_threads refuses more; an
+   OpenMP team of a million threads had crashed a step) */
+enum { FO_MAX_THREADS = 256 };
 int fastopt_get_num_threads(void) { return fo_num_threads; }
-void fastopt_set_num_threads(int n) { fo_num_threads = n < 1 ? 1 : n; }
+void fastopt_set_num_threads(int n) {
+    fo_num_threads = n < 1 ? 1 : n > FO_MAX_THREADS ? FO_MAX_THREADS : n;
+}
 
 #endif /* FO_COMMON_H */

@@ -1,6 +1,7 @@
 """Shared by the Numba kernel families: jit options, threading, and the serial/parallel launch."""
 import ctypes
 import os
+import sys
 from collections import namedtuple
 
 import numba
@@ -78,7 +79,13 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    return _num_threads[0]
+    """This backend's thread count: fastopt.set_num_threads's, lowered by the compiled
+    backend's own count when that is loaded, which threadpoolctl limits
+    (``threadpool_limits(1)`` then limits this backend too; without the compiled extension
+    threadpoolctl has no library of fastopt's to see)."""
+    kernels = sys.modules.get("fastopt._kernels")
+    limit = getattr(kernels, "get_num_threads", None)
+    return _num_threads[0] if limit is None else max(1, min(_num_threads[0], limit()))
 
 
 def step_views(arrays, names, nrequired):
@@ -187,7 +194,7 @@ def use_threads(n):
     PARALLEL_MIN), starting the pool through :func:`_start_pool` first."""
     if not _pool_started[0]:
         _start_pool()
-    nthreads = _num_threads[0] if n >= PARALLEL_MIN else 1
+    nthreads = get_num_threads() if n >= PARALLEL_MIN else 1
     if numba.get_num_threads() != nthreads:
         numba.set_num_threads(nthreads)
 
@@ -252,7 +259,7 @@ def launch(serial, parallel, views, scalars):
     the floats to the arrays' dtype, so arithmetic stays in that precision as in the
     reference."""
     n = views[0].size
-    nthreads = _num_threads[0] if n >= STEP_PARALLEL_MIN else 1
+    nthreads = get_num_threads() if n >= STEP_PARALLEL_MIN else 1
     if nthreads > 1:
         if not _pool_started[0]:
             _start_pool()

@@ -16,12 +16,14 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
+from fastopt import ops  # noqa: E402
 from fastopt.reference import lowp  # noqa: E402
 
 NAMES = ft.__all__
@@ -460,6 +462,27 @@ def test_max_grad_norm_checks_and_survives_torch_state_dicts():
 
 
 # ---------------------------------------------------- bfloat16 and float16 parameters
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
+@pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam"])
+def test_max_grad_norm_of_non_finite_grads_warns_nothing(name, bad):
+    """An infinite or NaN grad: the clip's NaNs are torch's, without NumPy's RuntimeWarning
+    (an error under ``-W error``)."""
+    results = []
+    for lib in (ft, torch.optim):
+        p, q = torch.nn.Parameter(torch.arange(4.0)), torch.nn.Parameter(torch.ones(3))
+        extra = dict(max_grad_norm=1.0) if lib is ft else dict(foreach=False)
+        opt = getattr(lib, name)([p, q], lr=0.1, **extra)
+        p.grad, q.grad = torch.tensor([1.0, bad, 2.0, 3.0]), torch.ones(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if lib is torch.optim:
+                torch.nn.utils.clip_grad_norm_([p, q], 1.0)
+            opt.step()
+        results.append([t.detach().clone() for t in (p, q)])
+    assert all(torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+               for a, b in zip(*results))
+
+
 def test_16bit_rounding_is_torchs():
     """The reference rounding (fastopt.reference.lowp) gives torch's bits: ties, overflow,
     subnormals, infinities and NaN among random values."""
@@ -625,6 +648,108 @@ def test_16bit_sgd_resumes_torch_momentum():
     assert _ulps([opt.state[q]["master_param"]], [r]) <= 1
 
 
+def _no_grad(method, *args):
+    with torch.no_grad():
+        method(*args)
+
+
+def _load_into_module(p, new):
+    module = torch.nn.Module()
+    module.register_parameter("w", p)
+    module.load_state_dict({"w": new})
+
+
+# Writes to a parameter between steps (``new``: the values, in the parameter's dtype), which
+# a 16-bit parameter's master copy must follow (torch's version counter, or a new storage
+# or geometry, tells them apart from the step's own)
+WRITES = {
+    "copy_ under no_grad": lambda p, new: _no_grad(p.copy_, new),
+    "clamp_ under no_grad": lambda p, new: _no_grad(p.clamp_, -0.25, 0.25),
+    "module load_state_dict": _load_into_module,
+    ".data reassigned": lambda p, new: setattr(p, "data", new.clone()),
+    "set_": lambda p, new: _no_grad(p.set_, new.clone()),
+    ".data transposed (same storage)": lambda p, new: setattr(p, "data", p.data.t()),
+}
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["", "frozen"])
+@pytest.mark.parametrize("write", WRITES)
+@pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", {})],
+                         ids=["SGD", "Adam"])
+def test_16bit_masters_follow_writes_to_the_parameter(name, kwargs, write, frozen):
+    """A 16-bit parameter written between steps (a model's load_state_dict, a clamp, a new
+    ``.data``): its master copy is re-seeded from the parameter, so the next step starts
+    from the written value, bit for bit as the float32 step of it (not from the stale
+    master, which would undo the write). ``frozen``: the parameter has no grad around the
+    write (steps that leave it alone, plans rebuilt), and steps again after."""
+    gen = torch.Generator().manual_seed(30)
+    init = [torch.randn(3, 3, generator=gen), torch.randn(4, generator=gen)]
+    ours = [torch.nn.Parameter(t.to(torch.bfloat16)) for t in init]
+    wide = [torch.nn.Parameter(p.detach().float()) for p in ours]
+    opt = getattr(ft, name)(ours, **kwargs)
+    ref = getattr(ft, name)(wide, **kwargs)     # float32: steps in place, sees every write
+
+    def step(with_first=True):
+        for a, b in zip(ours, wide):
+            a.grad = (torch.randn(a.shape, generator=gen).to(torch.bfloat16)
+                      if with_first or a is not ours[0] else None)
+            b.grad = None if a.grad is None else a.grad.float()
+        opt.step()
+        ref.step()
+
+    for _ in range(3):
+        step()
+    if frozen:
+        step(with_first=False)
+    new = torch.randn(3, 3, generator=gen).to(torch.bfloat16)
+    WRITES[write](ours[0], new)
+    WRITES[write](wide[0], new.float())     # (for the same geometry) then the same values:
+    _no_grad(wide[0].copy_, ours[0].detach().float())   # the master is re-seeded whole
+    if frozen:
+        step(with_first=False)
+        step(with_first=False)
+    step()
+    for a, b in zip(ours, wide):
+        master = opt.state[a]["master_param"]
+        assert _same_floats(master, b.detach())
+        assert torch.equal(master.to(torch.bfloat16), a.detach())
+        for key, value in ref.state[b].items():
+            assert _same_floats(opt.state[a][key], value), key
+
+
+def test_16bit_masters_loaded_from_torch_state_dicts_follow_the_parameter():
+    """fastopt -> torch.optim (which keeps ``master_param`` in its state without stepping it)
+    -> fastopt: the stale master is re-seeded from the parameter on loading, so the next step
+    goes on from where torch.optim left the parameter. A master the parameter is the
+    rounding of (fastopt's own checkpoint) is kept, with its extra bits."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(8).to(torch.bfloat16))
+    first = ft.Adam([p], lr=0.1)
+    for _ in range(3):
+        p.grad = torch.randn(8).to(torch.bfloat16)
+        first.step()
+    checkpoint, at_checkpoint = copy.deepcopy(first.state_dict()), p.detach().clone()
+    kept = checkpoint["state"][0]["master_param"]
+    assert not torch.equal(kept, at_checkpoint.float())     # it holds more than the param
+    theirs = torch.optim.Adam([p], lr=0.1, foreach=False)
+    theirs.load_state_dict(first.state_dict())
+    for _ in range(20):
+        p.grad = torch.ones(8).to(torch.bfloat16)
+        theirs.step()
+    again = ft.Adam([p], lr=0.1)
+    again.load_state_dict(theirs.state_dict())
+    master = again.state[p]["master_param"]
+    assert master.dtype == torch.float32 and torch.equal(master, p.detach().float())
+    before = p.detach().float()
+    p.grad = torch.zeros(8).to(torch.bfloat16)      # a step from the momentum alone
+    again.step()
+    assert (p.detach().float() - before).abs().max().item() <= 0.1 * 1.01
+    _no_grad(p.copy_, at_checkpoint)
+    resumed = ft.Adam([p], lr=0.1)
+    resumed.load_state_dict(checkpoint)
+    assert torch.equal(resumed.state[p]["master_param"], kept)
+
+
 def _deepspeed_cpu_adam():
     """DeepSpeedCPUAdam, or a skip (deepspeed absent, as in CI, or FASTOPT_NO_DEEPSPEED set,
     or its CPU op not loadable here)."""
@@ -705,6 +830,31 @@ def test_updates_in_place_and_keeps_torch_state_types():
     state = opt.state[p]
     assert state["step"].dtype == torch.float32 and state["step"].item() == 2
     assert state["mu_product"].dtype == torch.float32 and state["step"].dim() == 0
+
+
+def test_nadam_under_a_float64_default_multiplies_mu_product_in_float64():
+    """Under ``torch.set_default_dtype(torch.float64)`` torch keeps ``mu_product`` as a
+    float64 tensor and multiplies it in float64: so does the step (the NumPy API's
+    ``_nadam_scalars`` rounds to float32 unless told otherwise)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ours, opt, theirs, ref = _pair("NAdam", dict(momentum_decay=0.01))
+        gen = torch.Generator().manual_seed(31)
+        for _ in range(STEPS):
+            _set_grads(gen, ours, theirs)
+            opt.step()
+            ref.step()
+    finally:
+        torch.set_default_dtype(default)
+    for p, q in zip(ours, theirs):
+        mine, torchs = opt.state[p]["mu_product"], ref.state[q]["mu_product"]
+        assert mine.dtype == torchs.dtype == torch.float64 and torch.equal(mine, torchs)
+    assert_trajectories_close(ours, theirs, opt, ref)
+    args = (1, 0.5, 1e-3, (0.9, 0.999), 1e-8, 0.0, 0.004)
+    mu = ops.nadam_momentum(1, 0.9, 0.004)
+    assert ops._nadam_scalars(*args)[0] == float(np.float32(np.float32(0.5) * np.float32(mu)))
+    assert ops._nadam_scalars(*args, single=False)[0] == 0.5 * mu
 
 
 def test_replaced_storage_and_state_are_picked_up():
@@ -825,6 +975,39 @@ def test_the_plan_is_kept_while_nothing_changes():
     assert opt._plans[0] is plan
     steps = [opt.state[p]["step"] for p in ours]
     assert all(s._base is steps[0]._base is not None and s.item() == 5 for s in steps)
+
+
+def _transpose(p):
+    p.data = p.data.t()
+    p.grad = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=p.dtype)
+
+
+def _transpose_grad_in_place(p):
+    p.data = p.data.t()
+    p.grad.copy_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+
+
+def _slice(p):
+    p.data = p.data[:1]
+    p.grad = torch.tensor([[0.0, 1.0]], dtype=p.dtype)
+
+
+@pytest.mark.parametrize("change", [_transpose, _transpose_grad_in_place, _slice],
+                         ids=["transposed", "transposed, grad in place", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=["f32", "f64", "bf16"])
+def test_a_data_of_the_same_storage_and_another_geometry_is_picked_up(change, dtype):
+    """``p.data = p.data.t()`` (a square parameter) or ``p.data[:1]``: the same data pointer,
+    other strides or shape; the next step views the parameter anew, as torch.optim."""
+    results = []
+    for lib in (ft, torch.optim):
+        p = torch.nn.Parameter(torch.arange(4.0).reshape(2, 2).to(dtype))
+        opt = lib.SGD([p], lr=1.0)
+        p.grad = torch.zeros(2, 2, dtype=dtype)
+        opt.step()
+        change(p)
+        opt.step()
+        results.append(p.detach().clone())
+    assert results[0].shape == results[1].shape and torch.equal(*results)
 
 
 def test_a_changed_dtype_or_device_raises_and_changes_nothing():
@@ -980,3 +1163,71 @@ def test_unsupported_tensors_raise_and_change_nothing():
     cplx.grad = torch.ones(3, dtype=torch.complex64)
     with pytest.raises(TypeError, match="complex64"):
         ft.Adam([cplx]).step()
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_step_that_raises_on_a_hyper_parameter_changes_nothing(name, kwargs):
+    """Every group's hyper-parameters are checked before any group is stepped: a bad value
+    in the second group leaves the first unstepped (parameters, state, step counts)."""
+    a, b = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [b]}], **kwargs)
+    gen = torch.Generator().manual_seed(32)
+    _set_grads(gen, [a, b])
+    opt.step()
+    before = copy.deepcopy(opt.state_dict()), a.detach().clone(), b.detach().clone()
+    _set_grads(gen, [a, b])
+    lr = opt.param_groups[1]["lr"]
+    opt.param_groups[1]["lr"] = -0.1
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    after = opt.state_dict()
+    assert torch.equal(a, before[1]) and torch.equal(b, before[2])
+    for i, entry in before[0]["state"].items():
+        assert all(torch.equal(after["state"][i][k], v) for k, v in entry.items())
+    opt.param_groups[1]["lr"] = lr
+    opt.step()
+    if name != "SGD":
+        assert opt.state[a]["step"].item() == opt.state[b]["step"].item() == 2
+
+
+def test_a_step_that_raises_leaves_the_grads_a_clip_would_scale():
+    """One group that clips (SGD scales its float grads in place first): a bad hyper-parameter
+    raises before the grads are scaled."""
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = ft.SGD([p], lr=0.1, max_grad_norm=0.5)
+    p.grad = torch.full((4,), 3.0)
+    opt.param_groups[0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    assert torch.equal(p.grad, torch.full((4,), 3.0)) and torch.equal(p, torch.zeros(4))
+
+
+def test_rmsprop_alpha_is_bounded_as_in_torch():
+    """torch takes any alpha >= 0 (alpha = 1 keeps square_avg at zero): so does the step; a
+    negative alpha set on a group raises, naming alpha."""
+    results = []
+    for lib in (ft, torch.optim):
+        a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+        opt = lib.RMSprop([{"params": [a]}, {"params": [b], "alpha": 1.0}], lr=0.1)
+        a.grad, b.grad = torch.ones(2), torch.ones(2)
+        opt.step()
+        results.append((a.detach().clone(), b.detach().clone()))
+    assert all(torch.equal(x, y) for x, y in zip(*results))
+    opt = ft.RMSprop([torch.nn.Parameter(torch.ones(2))])
+    opt.param_groups[0]["params"][0].grad = torch.ones(2)
+    opt.param_groups[0]["alpha"] = -0.5
+    with pytest.raises(ValueError, match="alpha"):
+        opt.step()
+
+
+def test_a_parameter_twice_in_a_group_raises_naming_it():
+    """torch.optim warns about a parameter listed twice in a group (an error in a future
+    torch) and steps it once per occurrence; fastopt.torch's step raises, naming it, and
+    changes nothing."""
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    with pytest.warns(UserWarning, match="duplicate parameters"):
+        opt = ft.Adam([q, p, p], lr=0.1)
+    p.grad, q.grad = torch.ones(3), torch.ones(2)
+    with pytest.raises(ValueError, match="parameter 2 of param group 0 is parameter 1"):
+        opt.step()
+    assert not opt.state and torch.equal(p, torch.ones(3)) and torch.equal(q, torch.ones(2))

@@ -17,8 +17,12 @@ A group's NumPy views and state are kept between steps; each step checks them in
 passes over the group (the parameters, ``p.grad`` objects and data pointers, the state dicts
 and tensors and their data pointers, the options that need more state), so a change made
 between steps (a ``.data`` reassigned, new grads, state assigned or loaded) is picked up by
-the next one. A group's ``step`` counts are 0-d views of one tensor, advanced with one
-operation; a ``step`` assigned from elsewhere is copied into it.
+the next one (a ``.data`` of the same storage with other strides or shape, ``p.data =
+p.data.t()``, included). A group's ``step`` counts are 0-d views of one tensor, advanced with
+one operation; a ``step`` assigned from elsewhere is copied into it. Every group's tensors
+and hyper-parameters are checked before any group is stepped, so a step that raises on them
+changes nothing. A parameter listed twice in a group (torch.optim warns, then steps it once per
+occurrence) raises ``ValueError`` at the step.
 
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
@@ -28,6 +32,19 @@ every optimizer's 16-bit kernel (``fastopt._registry.HALF_KERNELS``) reads the 1
 and grad as ``uint16``, runs the optimizer's float32 formula on the master and the state and
 writes the rounded param back, without full-size temporaries. torch.optim keeps 16-bit state
 for 16-bit parameters: its state dicts load here widened, and ours load there narrowed.
+
+A 16-bit parameter written between steps (a model's ``load_state_dict``, ``p.clamp_()`` or
+``p.copy_()`` under ``torch.no_grad()``, a ``.data`` reassigned, ``set_``) has its master copy
+re-seeded from it before the next step, which would otherwise undo the write: each step
+records the parameters' version counters after its own writes, and a counter that moved, or
+a new storage, shape or strides, tells of a write (the counters are read only in groups with
+16-bit parameters). An in-place write through ``p.data`` (``p.data.copy_(x)``,
+``p.data.clamp_()``) is not seen: torch does not count it in the version counter, so the next
+step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
+assign ``p.data``, instead). A state dict loaded whose master the parameter is not the
+rounding of (torch.optim keeps ``master_param`` in its state without stepping it) has it
+re-seeded from the parameter; one the parameter agrees with (a checkpoint of this optimizer)
+is kept, so a resumed run is bit-identical.
 
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
 param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,
@@ -60,7 +77,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
-from ._hyper import UNIT, UNIT_OPEN
+from ._hyper import NONNEG, UNIT
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -193,7 +210,7 @@ class _Plan:
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
-                 "live_index")
+                 "live_index", "strides", "shapes", "one", "versions", "marks")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -201,7 +218,33 @@ _ALL = slice(None)      # every parameter of the group has a grad
 _grad_of = operator.attrgetter("grad")
 _dtype_of = operator.attrgetter("dtype")
 _data_ptr = torch.Tensor.data_ptr
+_stride = torch.Tensor.stride
+_shape = operator.attrgetter("shape")
+_version_of = operator.attrgetter("_version")
 _numpy = torch.Tensor.numpy
+
+
+def _mark(p):
+    """Where and how a tensor's elements lie: its data pointer, strides and shape (None for
+    a tensor without them, such as a sparse one)."""
+    try:
+        return p.data_ptr(), p.stride(), p.shape
+    except (RuntimeError, TypeError):
+        return None
+
+
+def _rounds_to(master, p):
+    """Whether the 16-bit parameter ``p`` is ``master`` rounded to its dtype (NaN where
+    the master is NaN)."""
+    if master.shape != p.shape or not master.is_floating_point():
+        return False
+    rounded, p = master.to(p.dtype), p.detach()
+    return bool(((rounded == p) | (rounded.isnan() & p.isnan())).all())
+
+
+def _fresh_master(p):
+    """A 16-bit parameter's float32 master copy, seeded from the parameter."""
+    return p.detach().to(torch.float32, memory_format=torch.preserve_format)
 
 
 if TYPE_CHECKING:    # what the mixin is placed before, for type checkers
@@ -269,7 +312,9 @@ class _FastOptimizer(_Mixin):
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
-        16-bit parameters, NAdam's float32 ``mu_product``). The saved optimizer's
+        16-bit parameters, NAdam's ``mu_product`` in torch's scalar dtype), and re-seeding
+        from its parameter a 16-bit parameter's master copy that the parameter is not the
+        rounding of (a stale one from torch.optim's state). The saved optimizer's
         ``foreach``/``fused`` choices (torch's implementations) are replaced by this one's;
         ``capturable`` or ``differentiable`` state raises ``ValueError`` before anything
         changes."""
@@ -301,6 +346,13 @@ class _FastOptimizer(_Mixin):
                 elif (p.dtype in _HALF and key != "step" and isinstance(value, torch.Tensor)
                         and value.is_floating_point()):
                     state[key] = value.to(device=p.device, dtype=torch.float32)
+            # a master the parameter is not the rounding of is stale (torch.optim keeps it
+            # in its state without stepping it): the parameter's value wins; one that agrees
+            # is kept, so a checkpoint resumes bit-identically
+            master = state.get(MASTER)
+            if (p.dtype in _HALF and isinstance(master, torch.Tensor)
+                    and not _rounds_to(master, p)):
+                state[MASTER] = _fresh_master(p)
 
     # ---------------------------------------------------------------------------- step
     @overload
@@ -335,6 +387,13 @@ class _FastOptimizer(_Mixin):
                 and all(map(operator.is_, state, seen[1]))
                 and all(map(operator.is_, state.values(), seen[2])))
         work = [self._prepare(gi, group, same) for gi, group in enumerate(self.param_groups)]
+        # so are the hyper-parameters, so that a raising step changes nothing (each group's
+        # _update checks its own before its kernels run, which is in time for one group;
+        # _run checks a group that clips before it scales grads in place)
+        if len(work) > 1:
+            for group, plan in zip(self.param_groups, work):
+                if plan is not None:
+                    self._check_group(group)
         # long kernels on torch's OpenMP team: after a backward pass its workers hold the
         # other cores, spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
         team = _backend.active.use_openmp_team
@@ -354,7 +413,8 @@ class _FastOptimizer(_Mixin):
     def _prepare(self, gi, group, same=False):
         """Check the group and return its plan (None if no parameter has a grad). Stores no
         state: :meth:`_run` does once the kernels ran."""
-        self._refuse(group)
+        if group.get("fused") or group.get("capturable") or group.get("differentiable"):
+            self._refuse(group)     # (the test inlined: this is the hot path of a small step)
         params = group["params"]
         grads = list(map(_grad_of, params))
         plans = self.__dict__.get("_plans")
@@ -376,7 +436,16 @@ class _FastOptimizer(_Mixin):
                 or not all(map(is_, params, plan.all_params))
                 or plan.keys != self._state_keys(group)
                 or not (same or all(map(is_, map(self.state.get, plan.params),
-                                            plan.stored)))):
+                                            plan.stored)))
+                # a .data of the same storage with another shape or strides (p.data.t());
+                # one parameter (``one``): its own calls cost less than building the lists
+                or (plan.one.stride() != plan.strides[0] or plan.one.shape != plan.shapes[0]
+                    if plan.one is not None else
+                    [*map(_stride, plan.params)] != plan.strides
+                    or [*map(_shape, plan.params)] != plan.shapes)
+                # a 16-bit parameter written outside the step: its master is re-seeded
+                or (plan.versions is not None
+                    and list(map(_version_of, params)) != plan.versions)):
             return False
         values = list(chain.from_iterable(map(dict.values, plan.states)))
         if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):
@@ -428,6 +497,13 @@ class _FastOptimizer(_Mixin):
         plan.params = live
         for i, p in enumerate(live):
             _check_tensor("parameter", i, p)
+        if len(set(map(id, live))) != len(live):
+            self._refuse_duplicates(group, params)
+        plan.strides, plan.shapes = list(map(_stride, live)), list(map(_shape, live))
+        plan.one = live[0] if len(live) == 1 else None
+        plan.versions = plan.marks = None
+        if any(p.dtype in _HALF for p in params):
+            self._watch_masters(plan, params, old)
         plan.keys = self._state_keys(group)
         plan.state_map, plan.step_buf = self.state, None
         plan.stored = [self.state.get(p) for p in live]
@@ -442,17 +518,21 @@ class _FastOptimizer(_Mixin):
             if p.dtype in _HALF:
                 # torch.optim's state of a 16-bit parameter is 16-bit: widen it; the master
                 # copy starts as the parameter
-                narrow = [key for key in plan.keys + self._SCALAR_STATE
-                          if key in state and state[key].dtype != torch.float32]
+                # (scalar state keeps torch's scalar dtype: float32, or float64 under
+                # torch.set_default_dtype(torch.float64), as torch's own)
+                narrow = [key for key in plan.keys if key in state
+                          and state[key].dtype != torch.float32]
+                narrow += [key for key in self._SCALAR_STATE if key in state
+                           and state[key].dtype not in _VIEWABLE]
                 if MASTER not in state:
                     missing.append(MASTER)
             if missing or narrow:
                 state = dict(state)
                 for key in missing:
-                    state[key] = (p.detach().to(torch.float32, memory_format=torch.preserve_format)
-                                  if key == MASTER else _zeros(p))
+                    state[key] = _fresh_master(p) if key == MASTER else _zeros(p)
                 for key in narrow:
-                    state[key] = state[key].to(torch.float32)
+                    state[key] = state[key].to(torch.float32 if key in plan.keys
+                                               else _scalar_dtype())
             plan.states.append(state)
         # 16-bit parameters: their kernel steps the master copy and writes the rounded param
         plan.formats = [_HALF.get(p.dtype) for p in live]
@@ -497,6 +577,38 @@ class _FastOptimizer(_Mixin):
                         if s is not old_state and s]   # torch's SGD keeps no empty state
         return plan
 
+    def _refuse_duplicates(self, group, params):
+        """ValueError naming a parameter listed twice in the group (torch.optim warns, then
+        steps it once per occurrence; its kernels cannot step one tensor twice at once)."""
+        gi = next((k for k, g in enumerate(self.param_groups) if g is group), "?")
+        first: dict[int, int] = {}
+        for j, p in enumerate(params):
+            i = first.setdefault(id(p), j)
+            if i != j:
+                raise ValueError(
+                    f"fastopt.torch: parameter {j} of param group {gi} is parameter {i} "
+                    "again; torch.optim warns about duplicate parameters in a group (an error "
+                    "in a future torch) and steps them once per occurrence, fastopt.torch "
+                    "refuses them: list each parameter once")
+
+    def _watch_masters(self, plan, params, old):
+        """A group with 16-bit parameters: record their version counters and storage (data
+        pointer, strides, shape), and re-seed from the parameter the master copy of any that
+        changed since the last plan recorded them (written in place, ``.data`` reassigned,
+        ``set_``): its master would undo the change. The re-seed is stored at once (the
+        master then agrees with the parameter, whatever becomes of this step)."""
+        plan.versions = list(map(_version_of, params))
+        plan.marks = list(map(_mark, params))
+        if old is None or old.versions is None:
+            return
+        before = dict(zip(map(id, old.all_params), zip(old.versions, old.marks)))
+        for p, version, mark in zip(params, plan.versions, plan.marks):
+            seen = before.get(id(p))
+            if seen is not None and seen != (version, mark) and p.dtype in _HALF:
+                state = self.state.get(p)
+                if state and MASTER in state:
+                    state[MASTER] = _fresh_master(p)
+
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the
         group has the same parameters): a ``step`` that is not its parameter's slot is
@@ -532,13 +644,16 @@ class _FastOptimizer(_Mixin):
         gviews = plan.graw
         norm, factor = None, 1.0
         if group.get(CLIP) is not None:
-            norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])
-            if factor != 1.0 and not self._SCALES:
-                # float32/float64 grads as clip_grad_norm_'s multiply (the factor's dtype's
-                # value); 16-bit ones are scaled by their kernel as it widens them
-                for g, f in zip(gviews, plan.formats):
-                    if f is None:
-                        np.multiply(g, g.dtype.type(factor), out=g)
+            self._check_group(group)
+            # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning
+            with np.errstate(invalid="ignore", over="ignore"):
+                norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])
+                if factor != 1.0 and not self._SCALES:
+                    # float32/float64 grads as clip_grad_norm_'s multiply (the factor's
+                    # dtype's value); 16-bit ones are scaled by their kernel as it widens them
+                    for g, f in zip(gviews, plan.formats):
+                        if f is None:
+                            np.multiply(g, g.dtype.type(factor), out=g)
         cols = plan.cols
         if not self._STEPPED:
             self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
@@ -567,12 +682,20 @@ class _FastOptimizer(_Mixin):
                                  factor)
                 plan.counts[plan.live_index] = counts + 1
         _increment_versions(plan.params)
+        if plan.versions is not None:   # what the next step compares (16-bit parameters)
+            plan.versions = list(map(_version_of, plan.all_params))
         if plan.pending:
             for k in plan.pending:
                 self.state[plan.params[k]] = plan.stored[k] = plan.states[k]
             plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
         return norm
+
+    def _check_group(self, group):
+        """Raise for a hyper-parameter of the group the kernels cannot take (the checks of
+        ``_update``, by ops' helpers); :meth:`_step` runs it on every group that steps
+        before any is stepped (but for one group without a clip: see there)."""
+        raise NotImplementedError
 
     def _new_step(self):
         return torch.tensor(0.0, dtype=_scalar_dtype())
@@ -645,6 +768,10 @@ class SGD(_FastOptimizer, torch.optim.SGD):
     def _init_state(self, p, group):
         return {}       # the buffer is made by _make_plan; the kernel's first step fills it
 
+    def _check_group(self, group):
+        ops._check_sgd(_number(group["lr"]), _number(group["weight_decay"]), group["momentum"],
+                       group["dampening"])
+
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, wd = _number(group["lr"]), _number(group["weight_decay"])
         ops._check_sgd(lr, wd, group["momentum"], group["dampening"])
@@ -676,10 +803,15 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
         return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
                 + (("grad_avg",) if group["centered"] else ()))
 
+    def _check_group(self, group):
+        # torch bounds alpha by alpha >= 0 only (alpha = 1 keeps square_avg as it is)
+        ops._check_lr_beta(_number(group["lr"]), group["alpha"], NONNEG, group["eps"],
+                           group["weight_decay"], group["momentum"], beta_name="alpha")
+
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, alpha, eps = _number(group["lr"]), group["alpha"], group["eps"]
         wd, momentum = group["weight_decay"], group["momentum"]
-        ops._check_lr_beta(lr, alpha, UNIT_OPEN, eps, wd, momentum)
+        ops._check_lr_beta(lr, alpha, NONNEG, eps, wd, momentum, beta_name="alpha")
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["square_avg"], cols.get("grad_avg"), cols.get("momentum_buffer"),
             lr=lr, alpha=alpha, eps=eps, weight_decay=wd, momentum=momentum,
@@ -705,6 +837,10 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
                 "sum": torch.full_like(p, value, dtype=_state_dtype(p),
                                       memory_format=torch.preserve_format)}
 
+    def _check_group(self, group):
+        ops._adagrad_clr(1, _number(group["lr"]), group["lr_decay"], group["weight_decay"],
+                         group["eps"])
+
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         wd, eps = group["weight_decay"], group["eps"]
         clr = ops._adagrad_clr(step, _number(group["lr"]), group["lr_decay"], wd, eps)
@@ -726,16 +862,27 @@ class Adam(_FastOptimizer, torch.optim.Adam):
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
+    def _check_group(self, group):
+        beta1, beta2 = group["betas"]
+        ops._adam_scalars(1, _number(group["lr"]), (_number(beta1), _number(beta2)),
+                          group["eps"], group["weight_decay"])
+
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, (beta1, beta2) = _number(group["lr"]), group["betas"]
+        lr, (beta1, beta2) = group["lr"], group["betas"]
+        # (_number inlined: this is the hot path of a small step)
+        if type(lr) is not float:
+            lr = _number(lr)
+        if type(beta1) is not float or type(beta2) is not float:
+            beta1, beta2 = _number(beta1), _number(beta2)
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
+        eps, wd = group["eps"], group["weight_decay"]
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
-            step, lr, (_number(beta1), _number(beta2)), group["eps"], group["weight_decay"])
+            step, lr, (beta1, beta2), eps, wd)
         decoupled = self._decoupled or group.get("decoupled_weight_decay", False)
-        self._kernel_for(cols, grad_scale)(
+        (getattr(_backend.active, self._MULTI) if _FORMAT not in cols
+         else self._kernel_for(cols, grad_scale))(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], cols.get("max_exp_avg_sq"),
-            lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
-            weight_decay=group["weight_decay"], step_size=step_size,
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
             bias_correction2=bias_correction2, grad_scale=grad_scale, decoupled=decoupled,
             maximize=group["maximize"], eps_inside_sqrt=False)
 
@@ -757,6 +904,10 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
     def _state_keys(self, group):
         return ("square_avg", "acc_delta")
 
+    def _check_group(self, group):
+        ops._check_lr_beta(_number(group["lr"]), group["rho"], UNIT, group["eps"],
+                           group["weight_decay"], beta_name="rho")
+
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, rho, eps, wd = _number(group["lr"]), group["rho"], group["eps"], group["weight_decay"]
         ops._check_lr_beta(lr, rho, UNIT, eps, wd, beta_name="rho")
@@ -775,6 +926,10 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
 
+    def _check_group(self, group):
+        ops._adamax_scalars(1, _number(group["lr"]), tuple(group["betas"]), group["eps"],
+                            group["weight_decay"])
+
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         eps, wd = group["eps"], group["weight_decay"]
         beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
@@ -786,10 +941,11 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
 
 class NAdam(_FastOptimizer, torch.optim.NAdam):
     """``torch.optim.NAdam`` stepped by fastopt's NAdam kernel (:func:`fastopt.ops.
-    foreach_nadam_step_`'s). State (torch's): ``step``, ``mu_product`` (a float32 scalar
-    tensor, multiplied in float32 as torch does), ``exp_avg``, ``exp_avg_sq``. torch's
+    foreach_nadam_step_`'s). State (torch's): ``step``, ``mu_product`` (a scalar tensor of
+    torch's scalar dtype, float32, or float64 under ``torch.set_default_dtype(torch.float64)``,
+    multiplied in its dtype as torch does), ``exp_avg``, ``exp_avg_sq``. torch's
     ``load_state_dict`` casts ``mu_product`` to the parameters' dtype, after which torch
-    multiplies it in float64 for float64 parameters; here it stays a float32 tensor, so a
+    multiplies it in float64 for float64 parameters; here it keeps the scalar dtype, so a
     resumed run follows the uninterrupted trajectory."""
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
@@ -804,15 +960,22 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         return {"step": self._new_step(), "mu_product": torch.tensor(1.0, dtype=_scalar_dtype()),
                 **super()._init_state(p, group)}
 
+    def _check_group(self, group):
+        ops._nadam_scalars(1, 1.0, _number(group["lr"]), tuple(group["betas"]), group["eps"],
+                           group["weight_decay"], group["momentum_decay"])
+
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
         # the kernel takes one product: parameters whose products differ (momentum_decay
-        # changed between their first steps) go in separate calls
-        products = [float(m) for m in cols["mu_product"]]
-        for product in dict.fromkeys(products):
-            part = [k for k, m in enumerate(products) if m == product]
+        # changed between their first steps) or are multiplied in another dtype (torch's
+        # float32 tensor, or float64 under set_default_dtype(torch.float64)) go in separate
+        # calls
+        products = [(float(m), m.dtype != np.float64) for m in cols["mu_product"]]
+        for product, single in dict.fromkeys(products):
+            part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
-                step, product, lr, tuple(group["betas"]), eps, wd, group["momentum_decay"])
+                step, product, lr, tuple(group["betas"]), eps, wd, group["momentum_decay"],
+                single=single)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             self._kernel_for(part_cols, grad_scale)(
                 *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
@@ -833,6 +996,10 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
+
+    def _check_group(self, group):
+        ops._radam_scalars(1, _number(group["lr"]), tuple(group["betas"]), group["eps"],
+                           group["weight_decay"])
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]

@@ -10,6 +10,8 @@ import pty
 import subprocess
 import sys
 
+import pytest
+
 import fastopt
 
 TINY = ["--kernels", "sgd", "--sizes", "1e3,2e3", "--dtypes", "float32", "--backends", "numpy",
@@ -143,3 +145,30 @@ def test_torch_race_rows():
         (p, d) for p in ("1e+03", "2e+03", "1000x64") for d in ("float32", "bfloat16")}
     assert {r["contender"] for r in rows} == {"fastopt.torch"}
     assert all(r["time"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--sizes", "0"], "--sizes"), (["--sizes", "-5"], "--sizes"), (["--sizes", "inf"], "--sizes"),
+    (["--sizes", "1e30"], "--sizes"), (["--sizes", "1.5"], "--sizes"),
+    (["--sizes", "abc"], "--sizes"), (["--threads", "0"], "--threads"),
+    (["--threads", "-1"], "--threads"), (["--threads", "300"], "--threads"),
+    (["--rounds", "0"], "--rounds"), (["--dtypes", "float16"], "--dtypes"),
+    (["--dtypes", "bogus"], "--dtypes"), (["--kernels="], "kernel"),
+    (["--json", "/nonexistent/dir/x.json"], "--json"),
+])
+def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsys):
+    """Caught before anything is timed (they had failed with tracebacks, some after part of
+    the report had run)."""
+    from fastopt.__main__ import parse_args
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_good_option_values_parse():
+    from fastopt.__main__ import parse_args
+    args = parse_args(["--sizes", "1e3,100000", "--threads", "2", "--rounds", "1",
+                       "--dtypes", "float32"])
+    assert args.sizes == [1000, 100000] and args.threads == 2 and args.rounds == 1
+    assert [str(d) for d in args.dtypes] == ["float32"]

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -30,21 +31,54 @@ DEFAULT_GROUPS = ["1x1000", "200x4096", "1000x64"]
 
 
 def _parse_sizes(text):
-    return [int(float(s)) for s in text.split(",") if s]
+    """``1e3,1e5``: whole element counts from 1 to 2^40 (a usage error otherwise)."""
+    sizes = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (1 <= value <= 2 ** 40 and value == int(value)):
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not a whole element count from 1 to 2^40 (e.g. 1e3,1e5)")
+        sizes.append(int(value))
+    return sizes
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int >= 1")
+    return value
+
+
+def _parse_dtypes(text):
+    names = text.split(",")
+    for name in names:
+        if name not in ("float32", "float64"):
+            raise argparse.ArgumentTypeError(f"{name!r}: the kernels take float32 and float64")
+    return [np.dtype(name) for name in names]
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m fastopt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernels", help="comma-separated, from: " + ", ".join(_bench.CASES))
-    ap.add_argument("--sizes", type=_parse_sizes, help="element counts, e.g. 1e3,1e5,1e6")
-    ap.add_argument("--dtypes", default="float32,float64", help="float32 and/or float64")
+    ap.add_argument("--sizes", type=_parse_sizes,
+                    help="whole element counts >= 1, e.g. 1e3,1e5,1e6")
+    ap.add_argument("--dtypes", type=_parse_dtypes, default="float32,float64",
+                    help="float32 and/or float64")
     ap.add_argument("--backends", help="backends to time (default: all available)")
-    ap.add_argument("--threads", type=int, help="threads for the compiled backends and torch")
+    ap.add_argument("--threads", type=_positive_int,
+                    help="threads for the compiled backends and torch (1 to 256)")
     ap.add_argument("--quick", action="store_true", help="a few kernels and sizes (seconds)")
     ap.add_argument("--full", action="store_true",
                     help="also 1e7 elements, the MLP/CNN groups and every layer shape (minutes)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per row")
+    ap.add_argument("--rounds", type=_positive_int, default=5,
+                    help="interleaved timing rounds per row (>= 1)")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-layers", action="store_true",
                     help="skip the batch-norm and softmax rows")
@@ -77,7 +111,11 @@ def parse_args(argv):
     for b in args.backends:
         if b not in available:
             ap.error(f"backend {b!r} is not available here (available: {available})")
-    names = args.kernels.split(",") if args.kernels else (
+    if args.threads is not None and args.threads > 256:
+        ap.error(f"argument --threads: at most 256, got {args.threads}")
+    if args.json not in (None, "-") and not os.path.isdir(os.path.dirname(args.json) or "."):
+        ap.error(f"argument --json: no directory {os.path.dirname(args.json)!r} to write to")
+    names = args.kernels.split(",") if args.kernels is not None else (
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:
         if k not in _bench.CASES:
@@ -92,7 +130,6 @@ def parse_args(argv):
         args.sizes = MPI_SIZES
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else
                                 FULL_SIZES if args.full else DEFAULT_SIZES)
-    args.dtypes = [np.dtype(d) for d in args.dtypes.split(",")]
     if args.quick:
         args.rounds = min(args.rounds, 3)
     return args

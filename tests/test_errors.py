@@ -910,3 +910,20 @@ def test_an_optimizer_takes_byteswapped_grads_as_the_kernels_do(backend):
                 opt.step([g, np.ones(2)])
         results.append(p.tobytes() + q.tobytes())
     assert results[0] == results[1]
+
+
+def test_numpy_float32_hyper_parameters_are_folded_in_float64():
+    """The per-step scalars are folded in float64 whatever the scalars' type: np.float32
+    values fold as the Python floats they equal."""
+    runs = []
+    for convert in (lambda v: float(np.float32(v)), np.float32):    # the same values
+        p = np.ones(5)
+        opt = fo.NAdam([p], lr=convert(0.01), betas=(convert(0.9), convert(0.999)),
+                       momentum_decay=convert(0.004))
+        q = np.ones(5)
+        opt2 = fo.Adagrad([q], lr=convert(0.1), lr_decay=convert(0.01))
+        for _ in range(5):
+            opt.step([np.full(5, 0.3)])
+            opt2.step([np.full(5, 0.3)])
+        runs.append(p.tobytes() + q.tobytes())
+    assert runs[0] == runs[1]

@@ -76,29 +76,31 @@ def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
     """Check Adagrad's scalars; return the decayed learning rate ``clr``, folded in float64."""
     try:
         if step >= 1 and lr >= 0.0 and lr_decay >= 0.0 and weight_decay >= 0.0 and eps >= 0.0:
-            return lr / (1.0 + (step - 1) * lr_decay)
+            return float(lr) / (1.0 + (step - 1) * float(lr_decay))
     except _NOT_REAL:
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), lr_decay=(lr_decay, NONNEG),
                 weight_decay=(weight_decay, NONNEG), eps=(eps, NONNEG))
-    return lr / (1.0 + (step - 1) * lr_decay)
+    return float(lr) / (1.0 + (step - 1) * float(lr_decay))
 
 
 def _adam_scalars(step, lr, betas, eps, weight_decay):
     """Check the scalars the Adam family shares; return beta1, beta2 and the bias corrections
     folded in float64: ``step_size = lr / (1 - beta1**step)`` and
-    ``bias_correction2 = 1 - beta2**step``."""
+    ``bias_correction2 = 1 - beta2**step`` (as Python floats: NumPy float32 scalars would
+    fold in float32)."""
     try:
         beta1, beta2 = betas
         if (step >= 1 and lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0
                 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            return beta1, beta2, lr / (1.0 - beta1 ** step), 1.0 - beta2 ** step
+            beta1, beta2 = float(beta1), float(beta2)
+            return beta1, beta2, float(lr) / (1.0 - beta1 ** step), 1.0 - beta2 ** step
     except _NOT_REAL:
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), betas=(betas, BETAS), eps=(eps, NONNEG),
                 weight_decay=(weight_decay, NONNEG))
-    beta1, beta2 = betas
-    return beta1, beta2, lr / (1.0 - beta1 ** step), 1.0 - beta2 ** step
+    beta1, beta2 = float(betas[0]), float(betas[1])
+    return beta1, beta2, float(lr) / (1.0 - beta1 ** step), 1.0 - beta2 ** step
 
 
 def ewa_(avg: Array, x: Array, beta: float) -> None:
@@ -870,6 +872,7 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
         ok = False
     if not ok:
         check_reals(momentum_decay=(momentum_decay, NONNEG), mu_product=(mu_product, UNIT))
+    lr, momentum_decay = float(lr), float(momentum_decay)   # folded in float64
     mu = nadam_momentum(step, beta1, momentum_decay)
     mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
     # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and

@@ -927,3 +927,16 @@ def test_numpy_float32_hyper_parameters_are_folded_in_float64():
             opt2.step([np.full(5, 0.3)])
         runs.append(p.tobytes() + q.tobytes())
     assert runs[0] == runs[1]
+
+
+def test_an_empty_parameter_dict_is_refused_as_an_empty_list_is():
+    for empty in ({}, []):
+        with pytest.raises(ValueError, match="empty parameter"):
+            fo.SGD(empty, lr=0.1)
+
+
+def test_zero_grad_takes_torchs_set_to_none():
+    opt = fo.Adam([np.ones(2)])
+    opt.zero_grad()
+    opt.zero_grad(set_to_none=False)
+    opt.zero_grad(set_to_none=True)

@@ -308,6 +308,8 @@ class Optimizer:
                             f"param-group dicts, got {type(params).__name__}")
         groups: list[Any]
         if isinstance(params, dict):
+            if not params:
+                raise ValueError("params is an empty parameter dict")
             groups = [{"params": params}]
         else:
             params = list(params)
@@ -773,8 +775,9 @@ class Optimizer:
                 _set(s, key, buf[lo:hi].reshape(s[key].shape))
         return flat
 
-    def zero_grad(self) -> None:
-        """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops (with
+        torch's ``set_to_none`` argument, which changes nothing here either)."""
 
     # ------------------------------------------------------------------------ state dicts
     def state_dict(self) -> dict[str, Any]:

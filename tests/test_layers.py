@@ -141,12 +141,13 @@ def test_reference_batchnorm_gradients_match_finite_differences(axis):
 
 
 @needs_torch
+@pytest.mark.parametrize("momentum", [0.1, None])       # None: a cumulative average
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_batchnorm_matches_torch_autograd_and_running_stats(backend):
+def test_batchnorm_matches_torch_autograd_and_running_stats(backend, momentum):
     rng = np.random.default_rng(3)
-    layer_t = torch.nn.BatchNorm1d(5, momentum=0.1, eps=1e-5).double()
+    layer_t = torch.nn.BatchNorm1d(5, momentum=momentum, eps=1e-5).double()
     with fo.use_backend(backend):
-        layer = fo.BatchNorm(5, axis=0, momentum=0.1, eps=1e-5, dtype=np.float64)
+        layer = fo.BatchNorm(5, axis=0, momentum=momentum, eps=1e-5, dtype=np.float64)
         for _ in range(4):
             x = rng.standard_normal((16, 5)) * 3 + 1
             dy = rng.standard_normal((16, 5))
@@ -162,6 +163,7 @@ def test_batchnorm_matches_torch_autograd_and_running_stats(backend):
             layer_t.weight.grad = layer_t.bias.grad = None
         np.testing.assert_allclose(layer.running_mean, layer_t.running_mean.numpy(), rtol=1e-12)
         np.testing.assert_allclose(layer.running_var, layer_t.running_var.numpy(), rtol=1e-12)
+        assert layer.num_batches_tracked == int(layer_t.num_batches_tracked) == 4
         layer_t.eval()
         x = rng.standard_normal((3, 5))
         np.testing.assert_allclose(layer.forward(x, training=False),
@@ -652,7 +654,7 @@ def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
         for a, b in zip((layer.running_mean, layer.running_var, layer.gamma), state):
             np.testing.assert_array_equal(a, b)
         for kw, exc in (({"axis": 2}, ValueError), ({"axis": None}, TypeError),
-                        ({"momentum": None}, TypeError), ({"momentum": 2}, ValueError),
+                        ({"momentum": "0.1"}, TypeError), ({"momentum": 2}, ValueError),
                         ({"eps": "0"}, TypeError), ({"num_features": 2.0}, TypeError)):
             args = {"num_features": 3, **kw}
             with pytest.raises(exc, match=list(kw)[0]):

@@ -322,6 +322,9 @@ class BatchNorm:
         running_mean = (1 - momentum) * running_mean + momentum * batch_mean
         running_var = (1 - momentum) * running_var + momentum * batch_var * N / (N - 1)
 
+    with ``momentum=None`` taken as ``1 / num_batches_tracked`` (a cumulative average of the
+    batches' statistics, as torch's ``momentum=None``).
+
     (the unbiased batch variance goes into ``running_var``; the biased one normalizes).
     ``forward(x)`` returns y; ``backward(dy)`` returns dx and sets ``dgamma`` and ``dbeta``
     (shaped like gamma), ready for an optimizer over ``layer.params``.
@@ -332,8 +335,9 @@ class BatchNorm:
         Number of features ``C``, >= 1.
     axis : int, default 0
         The batch axis of ``x``: 0 for ``(N, C)``, 1 for the course's ``(C, m)``.
-    momentum : float, default 0.1
-        Weight of the batch statistics in the running ones, in [0, 1].
+    momentum : float or None, default 0.1
+        Weight of the batch statistics in the running ones, in [0, 1]; None: a cumulative
+        average (``1 / num_batches_tracked``), as torch.
     eps : float, default 1e-5
         Added to the variance, >= 0.
     dtype : float32 or float64, default float32
@@ -349,7 +353,8 @@ class BatchNorm:
 
     # declared for type checkers, which take the numbers ABC checks below for unreachable
     axis: int
-    momentum: float
+    momentum: float | None
+    num_batches_tracked: int
     eps: float
     gamma: np.ndarray
     beta: np.ndarray
@@ -369,9 +374,11 @@ class BatchNorm:
             raise ValueError(f"Invalid num_features: {num_features!r}")
         if _check_axis(axis) not in (0, 1, -1, -2):
             raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-            raise TypeError(f"momentum must be a real number, got {type(momentum).__name__}")
-        if not 0.0 <= momentum <= 1.0:
+        if momentum is not None and (isinstance(momentum, bool)
+                                     or not isinstance(momentum, numbers.Real)):
+            raise TypeError(f"momentum must be a real number or None, got "
+                            f"{type(momentum).__name__}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1])")
         _check_eps(eps)
         self.axis, self.momentum, self.eps = axis, momentum, eps
@@ -381,6 +388,7 @@ class BatchNorm:
         self.running_var = np.ones(num_features, dtype)
         self.dgamma = np.zeros(num_features, dtype)
         self.dbeta = np.zeros(num_features, dtype)
+        self.num_batches_tracked = 0     # training forwards so far (torch's counter)
         self._cache: BatchNormCache | None = None
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
@@ -403,7 +411,8 @@ class BatchNorm:
                                        self.running_var, self.axis, self.eps)
         y, cache = batchnorm_forward(x, self.gamma, self.beta, self.axis, self.eps)
         n = cache.x.shape[cache.axis]
-        m = self.momentum
+        self.num_batches_tracked += 1
+        m = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
         self.running_mean[...] = (1 - m) * self.running_mean + m * cache.mean
         self.running_var[...] = (1 - m) * self.running_var + m * (cache.var * n / (n - 1))
         self._cache = cache

@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from . import _cpu
 
 from . import _threads
@@ -55,13 +57,14 @@ class Namespace:
         for kernel in kernels:
             single = found[kernel.name]
             if name == "numpy":
-                single = _python_scalars(single, kernel.scalars)
+                single = _as_compiled(single, kernel.scalars)
             setattr(self, kernel.name, single)
             check = {"check": lowp.check_half_arrays} if kernel in _registry.HALF_KERNELS else {}
             setattr(self, kernel.multi,
                     found.get(kernel.multi) or foreach(single, kernel, **check))
         for layer in _registry.LAYERS:
-            setattr(self, layer, found[layer])
+            setattr(self, layer, _as_compiled(found[layer], ()) if name == "numpy"
+                    else found[layer])
         self.set_num_threads = package.set_num_threads
         self.get_num_threads = package.get_num_threads
         self.use_openmp_team = package.use_openmp_team
@@ -70,19 +73,23 @@ class Namespace:
         return f"<fastopt backend {self.name!r} ({self.package.__name__})>"
 
 
-def _python_scalars(kernel, names):
-    """``kernel`` (a NumPy reference kernel) with its scalars ``names`` taken as Python floats.
-    The reference computes with a scalar as given, and NumPy (NEP 50) computes float32 arrays
-    times a NumPy float64 (an ``lr`` from a NumPy schedule, a bias correction folded from a
-    step count out of ``np.arange``) in float64; the compiled kernels take any scalar as a C
-    double and compute in the arrays' dtype, as NumPy does with a Python float."""
+def _as_compiled(kernel, names):
+    """``kernel`` (a NumPy reference kernel) called as the compiled kernels are: its scalars
+    ``names`` taken as Python floats, and IEEE results without NumPy's floating-point warnings
+    (an inf grad times a clip's factor 0 is NaN on every backend; only NumPy would warn, an
+    error under ``-W error``). The reference computes with a scalar as given, and NumPy
+    (NEP 50) computes float32 arrays times a NumPy float64 (an ``lr`` from a NumPy schedule, a
+    bias correction folded from a step count out of ``np.arange``) in float64; the compiled
+    kernels take any scalar as a C double and compute in the arrays' dtype, as NumPy does
+    with a Python float."""
     names = frozenset(names)
 
     @functools.wraps(kernel)
     def call(*arrays, **scalars):
         for key in names.intersection(scalars):
             scalars[key] = float(scalars[key])
-        return kernel(*arrays, **scalars)
+        with np.errstate(all="ignore"):
+            return kernel(*arrays, **scalars)
     return call
 
 

@@ -940,3 +940,27 @@ def test_zero_grad_takes_torchs_set_to_none():
     opt.zero_grad()
     opt.zero_grad(set_to_none=False)
     opt.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_an_arena_optimizer_keeps_no_state_from_a_refused_step_or_for_a_param_that_sat_out(
+        backend):
+    """The arena path makes every parameter's state (views of flat buffers) when it plans;
+    it is stored only once a step used it, as on the list path."""
+    with fo.use_backend(backend):
+        arena = fo.ParameterArena(np.float64)
+        W, b = arena.add("W", (2, 3), init=1.0), arena.add("b", 3, init=1.0)
+        opt = fo.Adam([W, b], lr=0.1)
+        with pytest.raises(ValueError):
+            opt.step([np.ones((2, 3)), np.ones(4)])
+        assert len(opt.state) == 0 and (W == 1).all() and (b == 1).all()
+        opt.step([np.ones((2, 3)), None])
+        assert list(opt.state) == [0] and int(opt.state[0]["step"]) == 1
+        fo.Adam([W, b], lr=0.1).load_state_dict(opt.state_dict())
+        opt.step([np.ones((2, 3)), np.ones(3)])
+        assert int(opt.state[0]["step"]) == 2 and int(opt.state[1]["step"]) == 1
+        W2, b2 = np.ones((2, 3)), np.ones(3)
+        ref = fo.Adam([W2, b2], lr=0.1)
+        ref.step([np.ones((2, 3)), None])
+        ref.step([np.ones((2, 3)), np.ones(3)])
+        assert W.tobytes() == W2.tobytes() and b.tobytes() == b2.tobytes()

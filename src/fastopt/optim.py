@@ -238,6 +238,7 @@ class _Plan:
         self.flat_batch = flat_batch    # the arena path's (None: no span)
         # the optimizer's only group, unnamed, stepped as a list: Optimizer.step's fast path
         self.alone = alone
+        self.made = []            # states made for the arena path, not stored yet
 
 
 class _ArenaParams:
@@ -606,7 +607,8 @@ class Optimizer:
             if s is not None:
                 self._bind(gi, k, s)
         span = ParameterArena.span_of(group["params"])
-        flat = None if span is None else self._flatten(gi, span, states, plan)
+        made = []       # (index, state) that _flatten made: stored once a step used them
+        flat = None if span is None else self._flatten(gi, span, states, plan, made)
         uniform = None not in states and len({self._phase(s) for s in states}) <= 1
         slots = self._slots[gi]
         list_batch = _Batch(states, slots, _ALL) if uniform else None
@@ -621,6 +623,7 @@ class Optimizer:
                  and not self._named)
         plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
                                        alone)
+        plan.made = made
         return plan
 
     def _split(self, grads, plans):
@@ -670,6 +673,11 @@ class Optimizer:
         else:
             self._check_grads(gi, grads)
             self._step_parts(gi, plan, grads)
+            return
+        if plan.made:                   # every parameter stepped: its new state is stored
+            for i, state in plan.made:
+                _set(self._state, i, state)
+            plan.made = []
 
     def _step_parts(self, gi, plan, grads):
         """The general case: parameters without a grad sit the step out, state is made on
@@ -677,13 +685,15 @@ class Optimizer:
         phase (parameters in different phases, e.g. steps, cannot share one)."""
         group, start = self.param_groups[gi], self._starts[gi]
         params, slots = group["params"], self._slots[gi]
-        parts, created = {}, []
+        parts, created, made = {}, [], dict(plan.made)
         for k, g in enumerate(grads):
             if g is None:
                 continue
             s = plan.states[k]
             if s is None:
                 s = self._new_state(gi, k)
+                created.append((start + k, s))
+            elif start + k in made:     # made by the arena path's plan, not stored yet
                 created.append((start + k, s))
             parts.setdefault(self._phase(s), []).append((k, s))
         batches = [_Batch([s for _, s in part], slots, [k for k, _ in part])
@@ -748,18 +758,20 @@ class Optimizer:
                 view.flags.writeable = False
                 _set(state, key, view)
 
-    def _flatten(self, gi, span, states, old):
+    def _flatten(self, gi, span, states, old, made):
         """The arena path's flat state: one buffer per state key over the group's stretch,
-        each parameter's entry a view of it (made for every parameter without state). None
-        if the states differ in keys or phase, or hold arrays assigned from outside (those are
-        updated where they are)."""
+        each parameter's entry a view of it (made for every parameter without state, listed
+        in ``made`` as (index, state): stored in ``opt.state`` only once a step that used it
+        succeeded, so a step that raises, or a parameter that sits steps out, leaves no
+        state behind, as on the list path). None if the states differ in keys or phase, or
+        hold arrays assigned from outside (those are updated where they are)."""
         if any(s is not None and s.adopted for s in states):
             return None
         start = self._starts[gi]
         for k, s in enumerate(states):
             if s is None:
                 s = states[k] = self._new_state(gi, k)
-                _set(self._state, start + k, s)
+                made.append((start + k, s))
         keys = set(states[0])
         if any(set(s) != keys for s in states) or len({self._phase(s) for s in states}) > 1:
             return None

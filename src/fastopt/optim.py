@@ -788,8 +788,13 @@ class Optimizer:
         return flat
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops (with
-        torch's ``set_to_none`` argument, which changes nothing here either)."""
+        """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops.
+
+        Parameters
+        ----------
+        set_to_none : bool, default True
+            torch's argument, accepted; it changes nothing here either.
+        """
 
     # ------------------------------------------------------------------------ state dicts
     def state_dict(self) -> dict[str, Any]:

@@ -285,3 +285,134 @@ def test_arena_add_whose_init_fails_leaves_the_space_zero():
     assert arena.size == 0 and not arena.params
     np.testing.assert_array_equal(arena.add("y", 3), 0.0)
     assert not arena._param_buf.any()
+
+
+# ------------------------------------------------- the grad dict: every way in copies in
+def _two_param_arena():
+    ar = fo.ParameterArena(np.float64, 20)
+    w = ar.add("W", (2, 3), init=1.0)
+    ar.add("b", 2, init=1.0)
+    return ar, w
+
+
+def _stray_free(ar):
+    """Every entry of the grad dict is still the arena's own view, under the parameter's name."""
+    assert list(dict.keys(ar.grads)) == list(ar.params)
+    for name, g in dict.items(ar.grads):
+        assert np.shares_memory(g, ar.flat_grads) and g.shape == ar.params[name].shape
+
+
+@pytest.mark.parametrize("how", ["ior", "update", "update-kwargs", "update-pairs"])
+def test_grads_ior_and_update_copy_into_the_arena(how):
+    """Was: ``arena.grads |= {...}`` (dict's own merge) stored a stray non-view entry, so later
+    assignments went to it and the optimizer stepped stale arena grads."""
+    ar, w = _two_param_arena()
+    opt = fo.SGD(ar.params, lr=1.0)
+    new = {"dW": np.full((2, 3), 5.0), "b": np.full(2, 4.0)}
+    g = ar.grads
+    if how == "ior":
+        g |= new
+    elif how == "update":
+        g.update(new)
+    elif how == "update-kwargs":
+        g.update(dW=new["dW"], b=new["b"])
+    else:
+        g.update(list(new.items()))
+    assert g is ar.grads
+    _stray_free(ar)
+    np.testing.assert_array_equal(ar.flat_grads, [5.0] * 6 + [4.0] * 2)
+    ar.grads["dW"] = np.full((2, 3), 2.0)
+    opt.step(ar.grads)
+    np.testing.assert_array_equal(w, -1.0)
+    with pytest.raises(ValueError, match=r"grads\['dW'\] has shape"):
+        ar.grads |= {"dW": np.zeros(7)}
+    with pytest.raises(KeyError, match="'dX'"):
+        ar.grads |= {"dX": np.zeros(7)}
+    _stray_free(ar)
+
+
+def test_grads_setdefault_returns_the_view_and_adds_nothing():
+    ar, _ = _two_param_arena()
+    ar.grads["W"] = np.full((2, 3), 3.0)
+    assert ar.grads.setdefault("dW", np.zeros((2, 3))) is ar.grads["W"]
+    np.testing.assert_array_equal(ar.grads["W"], 3.0)
+    with pytest.raises(KeyError, match="'dX'"):
+        ar.grads.setdefault("dX", np.zeros(3))
+    for remove in (lambda g: g.pop("W"), lambda g: g.popitem(), lambda g: g.clear(),
+                   lambda g: g.__delitem__("W")):
+        with pytest.raises(TypeError, match="cannot be removed"):
+            remove(ar.grads)
+    _stray_free(ar)
+
+
+def test_a_refused_grad_assignment_or_update_writes_nothing():
+    """Was: a value whose conversion failed part way left the grad half written, and an update
+    wrote the keys before the bad one."""
+    ar, _ = _two_param_arena()
+    ar.grads["W"] = np.ones((2, 3))
+    ar.grads["b"] = np.ones(2)
+    before = ar.flat_grads.copy()
+    bad = np.array([[1.5, 2.5, 3.5], [4.5, "x", 6.5]], dtype=object)
+    with pytest.raises(ValueError, match=r"grads\['dW'\]"):
+        ar.grads["dW"] = bad
+    np.testing.assert_array_equal(ar.flat_grads, before)
+    for refused in ({"dW": np.full((2, 3), 7.0), "db": np.array([1.0, "x"], dtype=object)},
+                    {"dW": np.full((2, 3), 7.0), "db": np.zeros(3)},
+                    {"dW": np.full((2, 3), 7.0), "dX": np.zeros(2)}):
+        for merge in (ar.grads.update, ar.grads.__ior__):
+            with pytest.raises((ValueError, KeyError)):
+                merge(refused)
+            np.testing.assert_array_equal(ar.flat_grads, before)
+    _stray_free(ar)
+
+
+def test_grads_update_from_the_arenas_own_views_in_swapped_order():
+    ar = fo.ParameterArena(np.float64, 8)
+    ar.add("u", 4)
+    ar.add("v", 4)
+    ar.grads["u"] = np.full(4, 1.0)
+    ar.grads["v"] = np.full(4, 2.0)
+    ar.grads.update({"u": ar.grads["v"], "v": ar.grads["u"]})
+    np.testing.assert_array_equal(ar.flat_grads, [2.0] * 4 + [1.0] * 4)
+
+
+def test_grads_contains_and_get_know_the_d_name():
+    ar, _ = _two_param_arena()
+    for key in ("W", "dW", "b", "db"):
+        assert key in ar.grads
+        assert ar.grads.get(key) is ar.grads[key]
+    for key in ("X", "dX", "d", "", 3):
+        assert key not in ar.grads
+        assert ar.grads.get(key) is None and ar.grads.get(key, "no") == "no"
+
+
+def test_grads_copy_deepcopy_and_pickle():
+    """Was KeyError: 'W' (the copy was rebuilt through __setitem__ on an empty dict). A deep
+    copy or pickle of the grads is the copied arena's (views of its grad buffer, as a copied
+    arena's own grads); a shallow copy holds the same views."""
+    import copy
+    ar, _ = _two_param_arena()
+    ar.grads["W"] = np.arange(6.0).reshape(2, 3)
+    shallow = copy.copy(ar.grads)
+    assert type(shallow) is type(ar.grads) and shallow is not ar.grads
+    assert all(shallow[k] is v for k, v in ar.grads.items())
+    shallow["dW"] = np.full((2, 3), 9.0)                # the same views: writes the arena
+    np.testing.assert_array_equal(ar.grads["W"], 9.0)
+    ar.grads["W"] = np.arange(6.0).reshape(2, 3)
+    for g2 in (copy.deepcopy(ar.grads), pickle.loads(pickle.dumps(ar.grads))):
+        assert type(g2) is type(ar.grads) and list(g2) == ["W", "b"]
+        np.testing.assert_array_equal(g2["dW"], ar.grads["W"])
+        assert not np.shares_memory(g2["W"], ar.flat_grads)
+        g2["dW"] = np.zeros((2, 3))                     # still copies into its own views
+        assert g2["W"].base is g2["b"].base
+        np.testing.assert_array_equal(ar.grads["W"], np.arange(6.0).reshape(2, 3))
+    for ar2, g2 in (copy.deepcopy((ar, ar.grads)), pickle.loads(pickle.dumps((ar, ar.grads))),
+                    copy.deepcopy({"g": ar.grads, "a": ar}).values()):
+        if isinstance(ar2, dict):
+            ar2, g2 = g2, ar2
+        assert g2 is ar2.grads
+        assert np.shares_memory(g2["W"], ar2.flat_grads)
+        g2["dW"] = np.full((2, 3), 4.0)
+        opt = fo.SGD(ar2.params, lr=1.0)
+        opt.step(g2)
+        np.testing.assert_array_equal(ar2.params["W"], -3.0)

@@ -134,6 +134,22 @@ def test_bad_state_dict_raises_on_every_rank(runs):
     assert len(reports(runs, "bad state_dict")) == 5
 
 
+def test_read_only_parameter_refused_at_construction_and_step_on_every_rank(runs):
+    assert len(reports(runs, "read-only at construction")) == 5
+    assert len(reports(runs, "read-only at step")) == 5
+
+
+def test_refused_shard_step_raises_on_every_rank_without_hang_and_changes_nothing(runs):
+    # lr=-1 on every rank; betas=(0.9, 1.5) or a str lr on the last rank only (was a
+    # deadlock in Allgatherv); grads None or a dict: 3 x 2 per rank
+    assert len(reports(runs, "refused step")) == 6 * 5
+    assert len(reports(runs, "good step after refused steps")) == 5
+
+
+def test_grads_that_are_views_of_the_arenas_grad_buffer_step_as_one_process(runs):
+    assert len(reports(runs, "own grad views")) == 4 * 5
+
+
 def test_checkpoint_saved_on_3_resumes_on_2_and_1_bit_identically(runs):
     assert len(reports(runs, "checkpoint run", n=3)) == 6 * 3
     assert len(reports(runs, "resume on 2", n=2)) == 6 * 2
@@ -207,3 +223,56 @@ def test_one_rank_matches_the_plain_optimizer_and_checks_grads():
     with pytest.raises(ValueError, match="no entry for parameter 'b'"):
         opt.step({"W": np.zeros((3, 4))})
     np.testing.assert_array_equal(arena.flat_params, before)
+
+
+def test_one_rank_refuses_read_only_parameters():
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena(np.float64)
+    arena.params["b"].flags.writeable = False
+    with pytest.raises(ValueError, match="rank 0 of 1: parameter 'b' is read-only"):
+        ShardedOptimizer(fo.SGD, arena, comm=comm, lr=1.0)
+    with pytest.raises(ValueError, match="parameter 1 is read-only"):
+        ShardedOptimizer(fo.SGD, list(arena.params.values()), comm=comm, lr=1.0)
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(fo.SGD, arena, comm=comm, lr=1.0)
+    arena.params["b"].flags.writeable = False
+    arena.flat_grads[...] = 1.0
+    before = arena.flat_params.copy()
+    with pytest.raises(ValueError, match="rank 0 of 1: parameter 'b' is read-only"):
+        opt.step()
+    np.testing.assert_array_equal(arena.flat_params, before)
+
+
+@pytest.mark.parametrize("edit", [("lr", -1.0), ("betas", (0.9, 1.5)), ("eps", None)])
+def test_one_rank_refused_step_changes_nothing(edit):
+    import pickle
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(fo.Adam, arena, comm=comm, lr=0.1)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    arena.flat_grads[...] = 3.0
+    opt.param_groups[0][edit[0]] = edit[1]
+    before = (arena.flat_params.copy(), arena.flat_grads.copy(),
+              pickle.dumps(opt.shard_optimizer.state_dict()))
+    for grads in ({"W": np.zeros((3, 4)), "b": np.zeros(3)}, None):
+        with pytest.raises((ValueError, TypeError), match=f"rank 0 of 1: .*{edit[0]}"):
+            opt.step(grads)
+        assert (arena.flat_params.tobytes(), arena.flat_grads.tobytes()) == (
+            before[0].tobytes(), before[1].tobytes())
+        assert pickle.dumps(opt.shard_optimizer.state_dict()) == before[2]
+
+
+def test_one_rank_grads_that_are_the_arenas_own_views_swapped():
+    comm, ShardedOptimizer = _one_rank()
+    arena, ref = fo.ParameterArena(np.float64, 8), fo.ParameterArena(np.float64, 8)
+    for a in (arena, ref):
+        a.add("u", 4, init=1.0)
+        a.add("v", 4, init=1.0)
+        a.grads["u"] = np.full(4, 1.0)
+        a.grads["v"] = np.full(4, 2.0)
+    opt = ShardedOptimizer(fo.SGD, arena, comm=comm, lr=1.0)
+    fo.SGD(ref.params, lr=1.0).step({"u": ref.grads["v"], "v": ref.grads["u"]})
+    opt.step({"u": arena.grads["v"], "v": arena.grads["u"]})
+    np.testing.assert_array_equal(arena.flat_params, ref.flat_params)
+    np.testing.assert_array_equal(arena.flat_grads, [2.0] * 4 + [1.0] * 4)

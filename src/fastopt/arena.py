@@ -72,7 +72,7 @@ class ParameterArena:
         self._grad_buf = np.zeros(capacity, self.dtype)
         self.size = 0                              # elements in use
         self.params: dict[str, np.ndarray] = {}    # name -> parameter view
-        self.grads = _GradDict()                   # name -> grad view (also as "d" + name)
+        self.grads = _GradDict(self)               # name -> grad view (also as "d" + name)
         # (param view, grad view, offset) in allocation order
         self._views: list[tuple[np.ndarray, np.ndarray, int]] = []
         self._index: dict[int, int] = {}           # id(param view) -> position in _views
@@ -223,8 +223,15 @@ def _check_shape(name, shape):
 
 class _GradDict(dict):
     """The arena's grads by parameter name; ``grads["dW1"]`` also finds ``"W1"`` (the course's
-    naming). Its entries are always the arena's views: assigning ``grads["dW1"] = dW1`` copies
-    into the view, so an optimizer handed this dict can step the flat buffer directly."""
+    naming), as do ``in`` and ``get``. Its entries are always the arena's views: assigning
+    ``grads["dW1"] = dW1`` (or ``update``, ``|=``) copies into the view, so an optimizer handed
+    this dict can step the flat buffer directly. An assignment or update that raises writes
+    nothing; entries cannot be added or removed. A deep copy or pickle is the copied arena's
+    grads (views of its grad buffer); a shallow copy holds the same views."""
+
+    def __init__(self, arena: "ParameterArena | None" = None) -> None:
+        super().__init__()
+        self._arena = None if arena is None else weakref.ref(arena)
 
     def _view(self, key):
         if dict.__contains__(self, key):
@@ -237,24 +244,76 @@ class _GradDict(dict):
     def __missing__(self, key):
         return self._view(key)
 
-    def __setitem__(self, key, value):
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or (
+            isinstance(key, str) and key.startswith("d") and dict.__contains__(self, key[1:]))
+
+    def get(self, key, default=None):
+        return self._view(key) if key in self else default
+
+    def _converted(self, key, value):
+        """(view, value as an array of the view's dtype and shape): every check and
+        conversion, nothing written."""
         view = self._view(key)
-        if np.shape(value) != view.shape:
-            raise ValueError(f"grads[{key!r}] has shape {np.shape(value)}, expected "
-                             f"{view.shape} (its parameter's)")
         try:
-            view[...] = value
+            array = np.asarray(value, dtype=view.dtype)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"grads[{key!r}]: {exc}") from None
+        if array.shape != view.shape:
+            raise ValueError(f"grads[{key!r}] has shape {array.shape}, expected "
+                             f"{view.shape} (its parameter's)")
+        return view, array
+
+    def __setitem__(self, key, value):
+        view, array = self._converted(key, value)
+        if array is not view:
+            np.copyto(view, array)      # (same dtype and shape: cannot fail; overlap is safe)
 
     def update(self, *args, **kwargs):
-        for key, value in dict(*args, **kwargs).items():
-            self[key] = value
+        """Copy every value into its view, once all of them are checked and converted."""
+        pairs = [self._converted(k, v) for k, v in dict(*args, **kwargs).items()]
+        # a value that is (part of) another entry's view is read before any is written
+        pairs = [(view, array.copy() if array is not view and any(
+                     np.may_share_memory(array, other) for other, _ in pairs) else array)
+                 for view, array in pairs] if len(pairs) > 1 else pairs
+        for view, array in pairs:
+            if array is not view:
+                np.copyto(view, array)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def setdefault(self, key, default=None):
+        """The grad view of ``key`` (its name or ``"d" + name``); nothing is written or added."""
+        return self._view(key)
 
     def _refuse(self, *args, **kwargs):
         raise TypeError("the arena's grads cannot be removed; assign to fill them in place")
 
-    __delitem__ = pop = popitem = clear = setdefault = _refuse
+    __delitem__ = pop = popitem = clear = _refuse
+
+    def __copy__(self):
+        new = _GradDict()
+        dict.update(new, self)
+        new._arena = self._arena
+        return new
+
+    def __reduce__(self):
+        """Deepcopy and pickle: the (copied) arena's grads, so that copying an arena together
+        with its grads gives one arena whose grads are views of its own buffer."""
+        arena = None if self._arena is None else self._arena()
+        if arena is not None and arena.grads is self:
+            return getattr, (arena, "grads")
+        # the arena is gone (the views keep its buffer alive): a grad dict of copies
+        return _standalone_grads, ({k: np.array(v) for k, v in dict.items(self)},)
+
+
+def _standalone_grads(entries):
+    """A grad dict holding ``entries`` (a pickled grad dict whose arena was gone)."""
+    grads = _GradDict()
+    dict.update(grads, entries)
+    return grads
 
 
 class ArenaSpan(NamedTuple):

@@ -34,7 +34,7 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
 
 from . import _validate
 from .arena import ParameterArena
-from .optim import Grads, Optimizer, Params
+from .optim import Grads, Optimizer, Params, _first_readonly
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
 _MISSING = object()
@@ -131,6 +131,10 @@ class ShardedOptimizer:
         self.arena = span.arena
         self.dtype = span.arena.dtype
         self._names = [n for g in groups for n in g.get("param_names", ())] or None
+        k = _first_readonly(views)
+        if k >= 0:
+            raise ValueError(f"parameter {self._label(k)} is read-only; parameters are updated "
+                             "in place")
         # element offsets of every parameter, relative to the start of the stretch
         offsets = self._offsets = span.offsets
         self._params = span.params
@@ -161,6 +165,10 @@ class ShardedOptimizer:
         # the averaged grad of the shard; with one rank, the grad buffer itself
         self._avg = self._grads[s0:s1] if size == 1 else np.empty(mine, self.dtype)
         self._shard_grads = [self._avg[self._clip(a, b, s0)] for a, b, _ in self._group_bounds]
+
+    def _label(self, k):
+        """Parameter ``k`` as messages name it: its name, else its position."""
+        return repr(self._names[k]) if self._names else str(k)
 
     def _clip(self, a, b, base=0):
         """The slice of this rank's shard inside element range [a, b), shifted by -base."""
@@ -208,27 +216,62 @@ class ShardedOptimizer:
         Raises
         ------
         TypeError, ValueError
-            A grad of the wrong type, dtype or shape on any rank, raised on every rank and naming
-            the rank; nothing changes.
+            A grad of the wrong type, dtype or shape, a parameter made read-only, or a step
+            the shard optimizer refuses (an invalid hyper-parameter or state, e.g. after an
+            edit of ``param_groups``) on any rank: raised on every rank, naming the first
+            failing rank, before anything is written; nothing changes on any rank.
         """
         self._take_grads(grads)
         self._exchange()
         self._average()
-        self.shard_optimizer.step(self._shard_grads)
+        self._update()
         self._allgather()
 
     # the phases of a step, separate so that the benchmark can time them
     def _take_grads(self, grads):
-        """Check ``grads`` on every rank (one collective), then copy them into the arena."""
+        """Check ``grads`` and everything else that could refuse the step on every rank (one
+        collective), then copy the grads into the arena."""
         error = local = None
         try:
             local = self._match(grads)
+            self._check_step()
         except Exception as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
         self._raise_if_any(error)
-        if local is not None:
-            for view, g in zip(self._grad_views, local):
-                np.copyto(view, g)
+        if local is None:
+            return
+        # grads that are views of the grad buffer (another parameter's, in another order) are
+        # read before any is written; the arena's own view of a parameter is already in place
+        copies = [(view, g.copy() if np.may_share_memory(g, self._grads) else g)
+                  for view, g in zip(self._grad_views, local) if g is not view]
+        for view, g in copies:
+            np.copyto(view, g)
+
+    def _check_step(self):
+        """Raise what the step would refuse, before anything is written: a parameter made
+        read-only since construction, and what the shard optimizer's own step checks first
+        (hyper-parameters, e.g. after an edit of ``param_groups``, and its state)."""
+        k = _first_readonly(self._views)
+        if k >= 0:
+            raise ValueError(f"parameter {self._label(k)} is read-only; parameters are updated "
+                             "in place")
+        opt = self.shard_optimizer
+        for gi, group in enumerate(opt.param_groups):
+            if _first_readonly(group["params"]) >= 0:
+                raise ValueError(f"this rank's shard of param group {gi} is read-only")
+            opt._plan(gi)       # the checks step() runs first (cached while nothing changed)
+
+    def _update(self):
+        """The shard optimizer's step on this rank's shard of the averaged grads. Everything it
+        could refuse was checked on every rank by :meth:`_take_grads`; should it raise anyway,
+        this rank still takes part in the gather (so no rank waits for it) and raises."""
+        try:
+            self.shard_optimizer.step(self._shard_grads)
+        except Exception as exc:     # noqa: BLE001 - re-raised after the collective
+            self._allgather()        # this rank's shard unchanged (a refused step writes none)
+            raise RuntimeError(f"rank {self.comm.Get_rank()} of {self.comm.Get_size()}: the "
+                               f"shard step failed after every rank's checks passed ({exc}); "
+                               "the other ranks stepped their shards, this one did not") from exc
 
     def _exchange(self):
         """Receive this rank's shard of every other rank's grads, one row per rank."""

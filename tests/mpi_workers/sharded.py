@@ -247,6 +247,114 @@ def check_disagreeing_ranks():
         report("construction error on one rank", "rank 0" in str(exc), str(exc))
 
 
+def _snapshot(arena, opt):
+    return (arena.flat_params.copy(), arena.flat_grads.copy(),
+            pickle.dumps(opt.shard_optimizer.state_dict()))
+
+
+def _unchanged(arena, opt, before):
+    after = _snapshot(arena, opt)
+    return same(after[0], before[0]) and same(after[1], before[1]) and after[2] == before[2]
+
+
+def _small(dtype=np.float64):
+    arena = fo.ParameterArena(dtype, capacity=100)
+    arena.add("u", 20, init=1.0)
+    arena.add("v", 20, init=1.0)
+    return arena
+
+
+def check_read_only():
+    """A read-only parameter: refused at construction (every rank, naming it), and at step when
+    a view became read-only on one rank only (every rank raises naming that rank and the
+    parameter; nothing changes on any rank). Was: accepted and written through."""
+    arena = _small()
+    if RANK == SIZE - 1:
+        arena.params["v"].flags.writeable = False
+    try:
+        ShardedOptimizer(fo.SGD, arena, lr=1.0)
+        report("read-only at construction", False, "no exception")
+    except ValueError as exc:
+        report("read-only at construction", f"rank {SIZE - 1}" in str(exc)
+               and "'v' is read-only" in str(exc) and same(arena.flat_params, np.ones(40)),
+               str(exc))
+    arena = _small()
+    opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    if RANK == SIZE - 1:
+        arena.params["v"].flags.writeable = False
+    before = _snapshot(arena, opt)
+    try:
+        opt.step({"u": np.full(20, 5.0), "v": np.full(20, 5.0)})
+        report("read-only at step", False, "no exception")
+    except ValueError as exc:
+        report("read-only at step", f"rank {SIZE - 1}" in str(exc) and "'v' is read-only"
+               in str(exc) and _unchanged(arena, opt, before), str(exc))
+
+
+def check_refused_shard_step():
+    """A step the shard optimizer refuses (an invalid hyper-parameter, on every rank or on one
+    rank only) raises on every rank, naming the first failing rank, before anything is
+    written: parameters, grads and state are unchanged; fixing it, the next step matches the
+    single process. Was: the grads were overwritten first, and with the error on one rank
+    only the others deadlocked in Allgatherv."""
+    arena, ref = _small(), _small()
+    opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
+    ref_opt = fo.Adam(ref.params, lr=0.1)
+    gs = local_grads(0, np.float64, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    arena.flat_grads[...] = 3.0
+    for label, key, value, ranks in [("lr everywhere", "lr", -1.0, range(SIZE)),
+                                     ("betas on one rank", "betas", (0.9, 1.5), [SIZE - 1]),
+                                     ("lr type on one rank", "lr", "0.1", [SIZE - 1])]:
+        good = opt.param_groups[0][key]
+        if RANK in ranks:
+            opt.param_groups[0][key] = value
+        before = _snapshot(arena, opt)
+        kind = TypeError if isinstance(value, str) else ValueError
+        for grads in (None, {"u": np.zeros(20), "v": np.zeros(20)}):
+            try:
+                opt.step(grads)
+                report(f"refused step {label}", False, "no exception")
+            except kind as exc:
+                report(f"refused step {label}", f"rank {ranks[0]} of {SIZE}" in str(exc)
+                       and key in str(exc) and _unchanged(arena, opt, before), str(exc))
+        opt.param_groups[0][key] = good
+    gs = local_grads(1, np.float64, arena.size)
+    opt.step(list(gs[RANK].reshape(2, 20)))
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    report("good step after refused steps", same(arena.flat_params, ref.flat_params))
+
+
+def check_own_grad_views():
+    """Grads that are the arena's own grad views in another order (or other views of its grad
+    buffer) step as one process does. Was: copied one by one, a later copy read a view an
+    earlier one had overwritten."""
+    for label, make in [("swapped", lambda a: {"u": a.grads["v"], "v": a.grads["u"]}),
+                        ("shifted", lambda a: {"u": a.flat_grads[5:25],
+                                               "v": a.flat_grads[15:35]}),
+                        ("same views", lambda a: {"du": a.grads["u"][...], "v": a.grads["v"]}),
+                        ("list", lambda a: [a.grads["v"][::-1], a.grads["u"]])]:
+        arena, ref = _small(), _small()
+        opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
+        ref_opt = fo.SGD(list(ref.params.values()), lr=1.0)
+        for a in (arena, ref):
+            a.flat_grads[...] = np.arange(40.0)      # the same on every rank
+        ref_grads = make(ref)
+        ref_grads = list(ref_grads.values()) if isinstance(ref_grads, dict) else ref_grads
+        expected_grads = np.concatenate([g.copy() for g in ref_grads])
+        opt.step(make(arena))
+        ref_opt.step(ref_grads)
+        report(f"own grad views {label}", same(arena.flat_params, ref.flat_params)
+               and same(arena.flat_grads, expected_grads),
+               f"{arena.flat_params} vs {ref.flat_params}")
+
+
 # ------------------------------------------------------------------------- checkpoints
 CKPT_CASES = {"Adam": (fo.Adam, dict(lr=1e-2, amsgrad=True)),
               "SGD-momentum": (fo.SGD, dict(lr=1e-2, momentum=0.9)),
@@ -337,12 +445,16 @@ def main():
     ap.add_argument("--save")
     ap.add_argument("--load")
     ap.add_argument("--out", help="write rank r's lines to OUT/rank-r.jsonl (not stdout)")
+    ap.add_argument("--only", help="run only these checks (comma-separated function names)")
     args = ap.parse_args()
     global OUT
     if args.out:
         OUT = open(os.path.join(args.out, f"rank-{RANK}.jsonl"), "w")
     checks = [check_equivalence, check_large, check_groups, check_memory, check_bad_grads,
-              check_disagreeing_ranks, check_bad_state_dict]
+              check_disagreeing_ranks, check_bad_state_dict, check_read_only,
+              check_refused_shard_step, check_own_grad_views]
+    if args.only:
+        checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:
         checks.append(lambda: check_save(args.save))
     if args.load:

@@ -36,27 +36,42 @@ for 16-bit parameters: its state dicts load here widened, and ours load there na
 A 16-bit parameter written between steps (a model's ``load_state_dict``, ``p.clamp_()`` or
 ``p.copy_()`` under ``torch.no_grad()``, a ``.data`` reassigned, ``set_``) has its master copy
 re-seeded from it before the next step, which would otherwise undo the write: each step
-records the parameters' version counters after its own writes, and a counter that moved, or
-a new storage, shape or strides, tells of a write (the counters are read only in groups with
-16-bit parameters). An in-place write through ``p.data`` (``p.data.copy_(x)``,
+records the parameters' version counters once all its groups have stepped, and a counter that
+moved, or a new storage, shape or strides, tells of a possible write (the counters are read
+only in groups with 16-bit parameters). The next step then checks that parameter's master:
+one the parameter is the rounding of is kept (a write that left the parameter as it was,
+or another group's step moving the counter that views of one buffer share), any other is
+re-seeded from the parameter. An in-place write through ``p.data`` (``p.data.copy_(x)``,
 ``p.data.clamp_()``) is not seen: torch does not count it in the version counter, so the next
 step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
-assign ``p.data``, instead). A state dict loaded whose master the parameter is not the
-rounding of (torch.optim keeps ``master_param`` in its state without stepping it) has it
-re-seeded from the parameter; one the parameter agrees with (a checkpoint of this optimizer)
-is kept, so a resumed run is bit-identical.
+assign ``p.data``, instead). ``load_state_dict`` leaves the masters as loaded (the model may be
+loaded after its optimizer) and the next step checks every one of them the same way: a
+checkpoint of this optimizer, with its model loaded before or after it, keeps its masters,
+so a resumed run is bit-identical; a master the parameter is not the rounding of (torch.optim
+keeps ``master_param`` in its state without stepping it, or the parameter was written after
+the load) is re-seeded from the parameter.
 
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
 param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,
 1.0)`` before the step: one pass computes the global L2 norm of the group's grads (summing
 squares in float64, so within torch's rounding of its own sum), the factor is
-``min(max_norm / (norm + 1e-6), 1)``, and the grads are multiplied by it rounded to their
-dtype, as torch's in-place multiply does. Adam and AdamW apply it inside their update kernel
-(a grad scale: ``p.grad`` is left as it was); the other optimizers scale the float32/float64
-grads in place first, as clip_grad_norm_ does. 16-bit grads are scaled in float32 by every
-16-bit kernel as it widens them (``p.grad`` is left as it was), without the rounding to 16
-bits of clip_grad_norm_'s in-place multiply. ``opt.grad_norms`` holds each group's norm
-before clipping (None where it does not clip).
+``min(max_norm / (norm + 1e-6), 1)`` computed as torch computes it on its norm tensor, in the
+grads' dtype (float64 if any grad of the group is float64, else float32: the norm and
+``norm + 1e-6`` rounded to it, then ``reciprocal() * max_norm``, as ``Tensor.__rtruediv__``),
+so that where the norms agree the factor is torch's bit for bit, and the grads are multiplied
+by it rounded to their dtype, as torch's in-place multiply does. Adam and AdamW apply it
+inside their update kernel (a grad scale: ``p.grad`` is left as it was); the other optimizers
+scale the float32/float64 grads in place first, as clip_grad_norm_ does. 16-bit grads: the
+norm is summed in float64 as for the others, where torch's norms are 16-bit (each grad's
+norm is rounded to its 16-bit dtype, and their total norm is computed in it), so torch's
+may overflow where ours does not (a float16 norm beyond 65504 is inf, which makes torch's
+factor 0, where ours scales the grads to norm ``max_norm``); the factor is computed in
+float32 (torch's in the 16-bit dtype), and every 16-bit kernel scales the grads in float32 as
+it widens them (``p.grad`` is left as it was), without the rounding to 16 bits of
+clip_grad_norm_'s in-place multiply. ``opt.grad_norms`` has an entry per param group: its
+norm before clipping as a Python float (0.0 for a clipping group without grads, as
+clip_grad_norm_ returns for no grads), None where the group does not clip or has not
+stepped yet.
 
 torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
 call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
@@ -166,17 +181,25 @@ _NORM_BLOCK = 1 << 15     # elements widened to float64 at a time (256 KiB: stay
 def _clip_factor(grads, formats, max_norm):
     """The global L2 norm of the grads (NumPy views; ``formats``: None, or whether 16-bit bits
     are bfloat16) and clip_grad_norm_'s factor for it, ``min(max_norm / (norm + 1e-6), 1)``
-    (NaN stays NaN). The squares are summed in float64, a block at a time, the same on every
-    backend; torch sums in the grads' dtype, so the norms differ by its rounding."""
+    (NaN stays NaN) as a Python float. The squares are summed in float64, a block at a time,
+    the same on every backend; torch sums in the grads' dtype, so the norms differ by its
+    rounding. The factor is torch's arithmetic on its norm tensor, in the grads' dtype T
+    (float64 if any grad is float64, else float32): ``norm + 1e-6`` in T, then
+    ``Tensor.__rtruediv__``'s ``reciprocal() * max_norm``, each rounded to T, so that for the
+    same norm it is torch's factor bit for bit. 16-bit grads take T = float32 (torch would
+    compute in their 16-bit dtype)."""
     total = 0.0
+    wide64 = False
     for g, f in zip(grads, formats):
+        wide64 = wide64 or g.dtype == np.float64
         flat = g.reshape(-1)
         for lo in range(0, flat.size, _NORM_BLOCK):
             block = flat[lo:lo + _NORM_BLOCK]
             wide = np.asarray(block if f is None else lowp.widen(block, f), np.float64)
             total += float(np.einsum("i,i->", wide, wide))    # einsum: no BLAS threads
     norm = math.sqrt(total)
-    factor = max_norm / (norm + 1e-6)
+    T = np.float64 if wide64 else np.float32
+    factor = float(T(T(1) / T(T(norm) + T(1e-6))) * T(max_norm))
     return norm, (factor if not factor >= 1.0 else 1.0)
 
 
@@ -268,6 +291,7 @@ class _FastOptimizer(_Mixin):
     """
 
     _STEPPED = True         # the state has torch's ``step`` count
+    _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
 
     def __init__(self, params: _torch_optimizer.ParamsT, *args: Any,
@@ -304,20 +328,34 @@ class _FastOptimizer(_Mixin):
                                  f"{key}={value!r} is not supported")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's ``add_param_group``, refusing options the kernels cannot honour first."""
+        """torch's ``add_param_group``, refusing options the kernels cannot honour first;
+        ``grad_norms`` gets the new group's entry (None until it steps)."""
         if isinstance(param_group, dict):
             self._check_options({**self.defaults, **param_group})
             _check_clip(param_group.get(CLIP))
         super().add_param_group(param_group)
+        norms = self.__dict__.get("grad_norms")     # (not yet set while __init__ adds groups)
+        if norms is not None:
+            norms.extend([None] * (len(self.param_groups) - len(norms)))
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
-        16-bit parameters, NAdam's ``mu_product`` in torch's scalar dtype), and re-seeding
-        from its parameter a 16-bit parameter's master copy that the parameter is not the
-        rounding of (a stale one from torch.optim's state). The saved optimizer's
-        ``foreach``/``fused`` choices (torch's implementations) are replaced by this one's;
-        ``capturable`` or ``differentiable`` state raises ``ValueError`` before anything
-        changes."""
+        16-bit parameters, NAdam's ``mu_product`` in torch's scalar dtype). The load
+        state-dict hooks run as in torch: the pre-hooks on a shallow copy of ``state_dict``
+        first (what they return is what is loaded, re-cast included), the post-hooks last
+        (after the re-cast). The saved optimizer's ``foreach``/``fused`` choices (torch's
+        implementations) are replaced by this one's; ``capturable`` or ``differentiable``
+        state raises ``ValueError`` before anything changes.
+
+        The 16-bit parameters' master copies are not touched here, as the parameters may
+        not hold their values yet (a model loaded after its optimizer): the next step
+        checks each one against its parameter (see :meth:`_watch_masters`)."""
+        # torch's pre-hooks, as its load_state_dict runs them (which then runs none)
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            hook_result = pre_hook(self, state_dict)
+            if hook_result is not None:
+                state_dict = hook_result
         saved = state_dict["param_groups"]
         for group in saved:
             self._check_options({k: v for k, v in group.items() if k != "fused"})
@@ -330,7 +368,16 @@ class _FastOptimizer(_Mixin):
                 for g, mine in zip(saved, self.param_groups)]
         for group in state_dict["param_groups"]:
             _check_clip(group.get(CLIP))
-        super().load_state_dict(state_dict)
+        pre, post = (self._optimizer_load_state_dict_pre_hooks,
+                     self._optimizer_load_state_dict_post_hooks)
+        try:    # torch's load without its hooks: they run here, around the re-cast
+            self._optimizer_load_state_dict_pre_hooks = type(pre)()
+            self._optimizer_load_state_dict_post_hooks = type(post)()
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = pre
+            self._optimizer_load_state_dict_post_hooks = post
+        # no plan: the next step checks every 16-bit parameter's master (_watch_masters)
         self._plans: dict[int, _Plan] = {}
         # torch cast every state tensor but ``step`` to its parameter's dtype: undo that where
         # the step needs another (16-bit parameters' float32 state, NAdam's mu_product)
@@ -346,13 +393,8 @@ class _FastOptimizer(_Mixin):
                 elif (p.dtype in _HALF and key != "step" and isinstance(value, torch.Tensor)
                         and value.is_floating_point()):
                     state[key] = value.to(device=p.device, dtype=torch.float32)
-            # a master the parameter is not the rounding of is stale (torch.optim keeps it
-            # in its state without stepping it): the parameter's value wins; one that agrees
-            # is kept, so a checkpoint resumes bit-identically
-            master = state.get(MASTER)
-            if (p.dtype in _HALF and isinstance(master, torch.Tensor)
-                    and not _rounds_to(master, p)):
-                state[MASTER] = _fresh_master(p)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     # ---------------------------------------------------------------------------- step
     @overload
@@ -399,10 +441,19 @@ class _FastOptimizer(_Mixin):
         team = _backend.active.use_openmp_team
         was = team(True)
         try:
-            self.grad_norms = [None if plan is None else self._run(group, plan)
+            # a clipping group without grads: clip_grad_norm_'s norm of no grads, 0
+            self.grad_norms = [self._run(group, plan) if plan is not None
+                               else None if group.get(CLIP) is None else 0.0
                                for group, plan in zip(self.param_groups, work)]
         finally:
             team(was)
+        # the version counters the next step compares (groups with 16-bit parameters),
+        # once every group has stepped: views of one storage share a counter, which a later
+        # group's step moves
+        if self._watching:
+            for plan in self._plans.values():
+                if plan.versions is not None:
+                    plan.versions = list(map(_version_of, plan.all_params))
         # every plan agrees with opt.state now (the runs stored their new state in both);
         # for a few parameters, looking them up costs less than this
         self._seen = (state, list(state), list(state.values())) if len(state) > 16 else None
@@ -443,7 +494,7 @@ class _FastOptimizer(_Mixin):
                     if plan.one is not None else
                     [*map(_stride, plan.params)] != plan.strides
                     or [*map(_shape, plan.params)] != plan.shapes)
-                # a 16-bit parameter written outside the step: its master is re-seeded
+                # a 16-bit parameter written outside the step: its master is checked
                 or (plan.versions is not None
                     and list(map(_version_of, params)) != plan.versions)):
             return False
@@ -593,21 +644,30 @@ class _FastOptimizer(_Mixin):
 
     def _watch_masters(self, plan, params, old):
         """A group with 16-bit parameters: record their version counters and storage (data
-        pointer, strides, shape), and re-seed from the parameter the master copy of any that
-        changed since the last plan recorded them (written in place, ``.data`` reassigned,
-        ``set_``): its master would undo the change. The re-seed is stored at once (the
-        master then agrees with the parameter, whatever becomes of this step)."""
+        pointer, strides, shape), and verify the master copy of each 16-bit parameter that
+        may have been written since the last step (its counter or storage changed since
+        ``old`` recorded them: written in place, ``.data`` reassigned, ``set_``), or that
+        ``old`` did not record (no plan since a ``load_state_dict``, or ever): a master the
+        parameter is the rounding of is kept (a checkpoint of this optimizer, loaded before
+        or after the model's, resumes bit-identically); any other is re-seeded from the
+        parameter (it would undo the write; or a stale one of torch.optim, which keeps it in
+        its state without stepping it). The re-seed is stored at once (the master then
+        agrees with the parameter, whatever becomes of this step). A counter moved by
+        another writer of the same storage (views of one buffer in other groups) costs a
+        check, nothing more."""
         plan.versions = list(map(_version_of, params))
         plan.marks = list(map(_mark, params))
-        if old is None or old.versions is None:
-            return
-        before = dict(zip(map(id, old.all_params), zip(old.versions, old.marks)))
+        self._watching = True       # _step records the counters of such plans
+        before = ({} if old is None or old.versions is None else
+                  dict(zip(map(id, old.all_params), zip(old.versions, old.marks))))
         for p, version, mark in zip(params, plan.versions, plan.marks):
-            seen = before.get(id(p))
-            if seen is not None and seen != (version, mark) and p.dtype in _HALF:
-                state = self.state.get(p)
-                if state and MASTER in state:
-                    state[MASTER] = _fresh_master(p)
+            if p.dtype not in _HALF or before.get(id(p)) == (version, mark):
+                continue
+            state = self.state.get(p)
+            master = state.get(MASTER) if state else None
+            if master is not None and not (isinstance(master, torch.Tensor)
+                                           and _rounds_to(master, p)):
+                state[MASTER] = _fresh_master(p)
 
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the
@@ -682,8 +742,6 @@ class _FastOptimizer(_Mixin):
                                  factor)
                 plan.counts[plan.live_index] = counts + 1
         _increment_versions(plan.params)
-        if plan.versions is not None:   # what the next step compares (16-bit parameters)
-            plan.versions = list(map(_version_of, plan.all_params))
         if plan.pending:
             for k in plan.pending:
                 self.state[plan.params[k]] = plan.stored[k] = plan.states[k]
@@ -826,6 +884,18 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     _KEYS = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value",
              "maximize")
     _KERNEL = "adagrad"
+
+    def __init__(self, params: _torch_optimizer.ParamsT, *args: Any, **kwargs: Any) -> None:
+        super().__init__(params, *args, **kwargs)
+        # torch's __init__ made each ``sum`` in its parameter's dtype: a 16-bit parameter's
+        # float32 one is made from the value itself, as a parameter added later gets it
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if p.dtype in _HALF and state and "sum" in state:
+                    state["sum"] = torch.full_like(
+                        p, self.defaults["initial_accumulator_value"], dtype=torch.float32,
+                        memory_format=torch.preserve_format)
 
     def _state_keys(self, group):
         return ("sum",)

@@ -228,7 +228,7 @@ class _Plan:
     flat state buffers, and the :class:`_Batch` of each path's one kernel call (kept from step
     to step with the columns of state arrays it gathered)."""
 
-    def __init__(self, states, uniform, span, flat, list_batch, flat_batch, alone):
+    def __init__(self, states, uniform, span, flat, list_batch, flat_batch, alone, made):
         self.version = _state_version
         self.states = states
         self.uniform = uniform
@@ -238,7 +238,7 @@ class _Plan:
         self.flat_batch = flat_batch    # the arena path's (None: no span)
         # the optimizer's only group, unnamed, stepped as a list: Optimizer.step's fast path
         self.alone = alone
-        self.made = []            # states made for the arena path, not stored yet
+        self.made = made          # (index, state) made for the arena path, not stored yet
 
 
 class _ArenaParams:
@@ -622,8 +622,7 @@ class Optimizer:
         alone = (len(self.param_groups) == 1 and span is None and list_batch is not None
                  and not self._named)
         plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
-                                       alone)
-        plan.made = made
+                                       alone, made)
         return plan
 
     def _split(self, grads, plans):

@@ -864,18 +864,24 @@ def test_16bit_masters_follow_writes_to_the_parameter(name, kwargs, write, froze
             assert _same_floats(opt.state[a][key], value), key
 
 
+def _bf16_adam_after_3_steps(lr):
+    """A bfloat16 parameter and the fastopt.torch Adam that stepped it 3 times (seeded)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(8).to(torch.bfloat16))
+    opt = ft.Adam([p], lr=lr)
+    for _ in range(3):
+        p.grad = torch.randn(8).to(torch.bfloat16)
+        opt.step()
+    return p, opt
+
+
 def test_16bit_masters_loaded_from_torch_state_dicts_follow_the_parameter():
     """fastopt -> torch.optim (which keeps ``master_param`` in its state without stepping it)
     -> fastopt: the stale master is re-seeded from the parameter by the next step (not at
     the load, before which the parameter may not hold its value yet), so that step goes on
     from where torch.optim left the parameter. A master the parameter is the
     rounding of (fastopt's own checkpoint) is kept, with its extra bits."""
-    torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(8).to(torch.bfloat16))
-    first = ft.Adam([p], lr=0.1)
-    for _ in range(3):
-        p.grad = torch.randn(8).to(torch.bfloat16)
-        first.step()
+    p, first = _bf16_adam_after_3_steps(lr=0.1)
     checkpoint, at_checkpoint = copy.deepcopy(first.state_dict()), p.detach().clone()
     kept = checkpoint["state"][0]["master_param"]
     assert not torch.equal(kept, at_checkpoint.float())     # it holds more than the param
@@ -956,12 +962,7 @@ def test_16bit_writes_between_a_load_and_the_next_step_are_seen(order):
     (after the model's load, whichever came first): that step starts from the written
     value, its master re-seeded (a load left no record of the version counters to compare,
     so the write had gone unseen and the step had undone it)."""
-    torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(8).to(torch.bfloat16))
-    first = ft.Adam([p], lr=0.01)
-    for _ in range(3):
-        p.grad = torch.randn(8).to(torch.bfloat16)
-        first.step()
+    p, first = _bf16_adam_after_3_steps(lr=0.01)
     saved = (copy.deepcopy(first.state_dict()), {"w": p.detach().clone()})
     q = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
     again = ft.Adam([q], lr=0.01)

@@ -99,8 +99,8 @@ def model(X, Y, optimizer, learning_rate=0.0007, mini_batch_size=64, beta=0.9, b
                 params, v = update_parameters_with_momentum(params, grads, v, beta, lr)
             else:
                 t += 1
-                params, v, s = update_parameters_with_adam(params, grads, v, s, t, lr, beta1,
-                                                           beta2, epsilon)
+                params, v, s, _, _ = update_parameters_with_adam(params, grads, v, s, t, lr,
+                                                                 beta1, beta2, epsilon)
         if decay:
             lr = schedule_lr_decay(learning_rate, epoch, decay_rate)
         if epoch % 1000 == 0:

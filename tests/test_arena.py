@@ -271,7 +271,8 @@ def test_arena_add_refuses_a_bad_shape_naming_it_and_changes_nothing():
     w = arena.add("w", 3)
     assert w.shape == (3,) and arena.size == 7 and not np.shares_memory(w, a)
     assert arena.add("e", (2, 0)).shape == (2, 0) and arena.size == 7
-    assert arena.add("n", np.int64(2)).shape == (2,) and arena.add("t", [np.int32(2), 1]).shape == (2, 1)
+    assert arena.add("n", np.int64(2)).shape == (2,)
+    assert arena.add("t", [np.int32(2), 1]).shape == (2, 1)
 
 
 def test_arena_add_whose_init_fails_leaves_the_space_zero():

@@ -62,15 +62,17 @@ def test_adam_three_steps(backend, dtype):
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-8
     with fo.use_backend(backend):
         for t in range(1, 4):
-            params, v, s = course.update_parameters_with_adam(params, grads, v, s, t, lr, b1,
-                                                              b2, eps)
+            params, v, s, v_corr, s_corr = course.update_parameters_with_adam(
+                params, grads, v, s, t, lr, b1, b2, eps)
             for k in exp_p:
                 g = grads["d" + k].astype(np.float64)
                 exp_v[k] = b1 * exp_v[k] + (1 - b1) * g
                 exp_s[k] = b2 * exp_s[k] + (1 - b2) * np.power(g, 2)
-                v_corr = exp_v[k] / (1 - np.power(b1, t))
-                s_corr = exp_s[k] / (1 - np.power(b2, t))
-                exp_p[k] = exp_p[k] - lr * v_corr / (np.sqrt(s_corr) + eps)
+                exp_vc = exp_v[k] / (1 - np.power(b1, t))
+                exp_sc = exp_s[k] / (1 - np.power(b2, t))
+                exp_p[k] = exp_p[k] - lr * exp_vc / (np.sqrt(exp_sc) + eps)
+                close(v_corr["d" + k], exp_vc, dtype)     # the notebook's corrected moments
+                close(s_corr["d" + k], exp_sc, dtype)
     for k in params:
         close(params[k], exp_p[k], dtype)
         close(v["d" + k], exp_v[k], dtype)
@@ -112,7 +114,8 @@ def _bad_layer_cases():
             (fn, ("grads", "db2", KeyError), KeyError, r"grads has no 'db2'"),
             (fn, ("parameters", "b2", np.zeros((1, 1), int)), TypeError,
              r"parameters\['b2'\] must have dtype float32 or float64"),
-            (fn, ("parameters", "b2", "read-only"), ValueError, r"parameters\['b2'\] is read-only"),
+            (fn, ("parameters", "b2", "read-only"), ValueError,
+             r"parameters\['b2'\] is read-only"),
             (fn, ("parameters", "b2", KeyError), KeyError, r"parameters has no 'b2'"),
         ]
     for fn in ("momentum", "adam"):
@@ -124,7 +127,8 @@ def _bad_layer_cases():
             (fn, ("v", "db2", "is the param"), ValueError,
              r"parameters\['b2'\] and v\['db2'\] overlap"),
         ]
-    cases += [("adam", ("s", "dW2", np.zeros((1, 3), np.float32)), TypeError, r"s\['dW2'\] has dtype"),
+    cases += [("adam", ("s", "dW2", np.zeros((1, 3), np.float32)), TypeError,
+               r"s\['dW2'\] has dtype"),
               ("adam", ("s", "db2", KeyError), KeyError, r"s has no 'db2'"),
               ("adam", ("s", "db2", "is v"), ValueError, r"v\['db2'\] and s\['db2'\] overlap")]
     return cases
@@ -191,3 +195,33 @@ def test_course_updates_take_an_arenas_grads_and_name_a_bad_t(backend):
                 course.update_parameters_with_adam(params, arena.grads, v, s, t)
             assert not v["dW1"].any() and not s["db1"].any()
             np.testing.assert_array_equal(arena.flat_params, -0.5)
+
+
+def test_adam_matches_the_notebooks_public_test():
+    """The course notebook's update_parameters_with_adam test case (its test_cases.py inputs,
+    public_tests.py's expected first rows, quoted to its printed precision): five values
+    returned, the last two the bias-corrected moments."""
+    np.random.seed(1)
+    shapes = {"W1": (2, 3), "b1": (2, 1), "W2": (3, 2), "b2": (3, 1)}
+    v = {"d" + k: np.zeros(sh) for k, sh in shapes.items()}
+    s = {"d" + k: np.zeros(sh) for k, sh in shapes.items()}
+    params = {k: np.random.randn(*shapes[k]) for k in ("W1", "b1", "W2", "b2")}
+    grads = {"d" + k: np.random.randn(*shapes[k]) for k in ("W1", "b1", "W2", "b2")}
+    t, lr, b1, b2, eps = 2, 0.02, 0.8, 0.888, 1e-2
+    params, v, s, vc, sc = course.update_parameters_with_adam(params, grads, v, s, t, lr, b1,
+                                                              b2, eps)
+    expected_v = {"dW1": [-0.17557168, 0.00844275, 0.11656304],
+                  "dW2": [-0.13674557, -0.02457805], "db1": [0.10049887], "db2": [-0.07935071]}
+    expected_s = {"dW1": [0.08631117, 0.00019958, 0.03804344],
+                  "dW2": [0.05235818, 0.00169142], "db1": [0.02828006], "db2": [0.0176303]}
+    expected_p = {"W1": [1.63937725, -0.62327448, -0.54308727],
+                  "W2": [0.33400549, -0.23563857], "b1": [1.72995096], "b2": [1.14852557]}
+    c1, c2 = 1 / (1 - b1 ** t), 1 / (1 - b2 ** t)
+    for k in expected_v:
+        np.testing.assert_allclose(v[k][0], expected_v[k], rtol=0, atol=1e-8)
+        np.testing.assert_allclose(s[k][0], expected_s[k], rtol=0, atol=1e-8)
+        # (the quoted values' last digit, scaled by the correction)
+        np.testing.assert_allclose(vc[k][0], np.multiply(expected_v[k], c1), atol=1e-8 * c1)
+        np.testing.assert_allclose(sc[k][0], np.multiply(expected_s[k], c2), atol=1e-8 * c2)
+    for k in expected_p:
+        np.testing.assert_allclose(params[k][0], expected_p[k], rtol=0, atol=1e-8)

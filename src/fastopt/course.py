@@ -250,7 +250,8 @@ def initialize_adam(parameters: ArrayDict) -> tuple[ArrayDict, ArrayDict]:
 def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: ArrayDict,
                                 s: ArrayDict, t: int, learning_rate: float = 0.01,
                                 beta1: float = 0.9, beta2: float = 0.999,
-                                epsilon: float = 1e-8) -> tuple[ArrayDict, ArrayDict, ArrayDict]:
+                                epsilon: float = 1e-8
+                                ) -> tuple[ArrayDict, ArrayDict, ArrayDict, ArrayDict, ArrayDict]:
     """One step of Adam with bias correction for every layer.
 
     With ``t`` the step count (from 1)::
@@ -279,7 +280,9 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     Returns
     -------
     tuple
-        ``(parameters, v, s)``, updated in place.
+        ``(parameters, v, s, v_corrected, s_corrected)``, as the course's notebook returns
+        them: the first three updated in place, the bias-corrected moments
+        ``v / (1 - beta1**t)`` and ``s / (1 - beta2**t)`` new dicts keyed as ``v``.
 
     Raises
     ------
@@ -299,7 +302,10 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     _check_t(t)
     _update(ops.foreach_adam_step_, parameters, grads, {"v": v, "s": s}, step=t,
             lr=learning_rate, betas=(beta1, beta2), eps=epsilon)
-    return parameters, v, s
+    # the notebook's bias-corrected moments (its tests check them; its model() drops them)
+    v_corrected = {key: v[key] / (1 - beta1 ** t) for key in v}
+    s_corrected = {key: s[key] / (1 - beta2 ** t) for key in s}
+    return parameters, v, s, v_corrected, s_corrected
 
 
 def update_lr(learning_rate0: float, epoch_num: int, decay_rate: float) -> float:

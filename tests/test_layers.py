@@ -874,3 +874,21 @@ def test_a_batch_norm_cache_pickles_with_every_protocol(protocol):
     np.testing.assert_array_equal(copy.var, cache.var)
     for a, b in zip(fo.batchnorm_backward(dy, copy), fo.batchnorm_backward(dy, cache)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 1), (1, 4)])
+def test_batch_norm_grads_take_the_shape_of_gamma_and_beta(shape):
+    """The course keeps gamma as (C, 1): its dgamma must be (C, 1) too (a flat (C,) grad
+    broadcast gamma - lr * dgamma to (C, C) silently). The values are those of flat ones."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 6))          # the course's layout: features x examples
+    dy = rng.standard_normal((4, 6))
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+    _, cache = fo.batchnorm_forward(x, gamma.reshape(shape), beta.reshape(shape), axis=1)
+    dx, dgamma, dbeta = fo.batchnorm_backward(dy, cache)
+    _, flat_cache = fo.batchnorm_forward(x, gamma, beta, axis=1)
+    dx_flat, dgamma_flat, dbeta_flat = fo.batchnorm_backward(dy, flat_cache)
+    assert dgamma.shape == dbeta.shape == shape
+    assert dx.tobytes() == dx_flat.tobytes()
+    assert dgamma.ravel().tobytes() == dgamma_flat.tobytes()
+    assert dbeta.ravel().tobytes() == dbeta_flat.tobytes()

@@ -131,16 +131,19 @@ class BatchNormCache:
 
     Parameters
     ----------
-    x, axis, gamma, mean, inv_std, eps, transposed, shape
-        The attributes (``x`` as the kernels read it, ``shape`` the caller's).
+    x, axis, gamma, mean, inv_std, eps, transposed, shape, param_shapes
+        The attributes (``x`` as the kernels read it, ``shape`` the caller's,
+        ``param_shapes`` those of the caller's gamma and beta, which the grads take).
     """
-    __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "eps", "transposed", "shape")
+    __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "eps", "transposed", "shape",
+                 "param_shapes")
 
     def __init__(self, x: np.ndarray, axis: int, gamma: np.ndarray, mean: np.ndarray,
-                 inv_std: np.ndarray, eps: float, transposed: bool,
-                 shape: tuple[int, ...]) -> None:
+                 inv_std: np.ndarray, eps: float, transposed: bool, shape: tuple[int, ...],
+                 param_shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
         self.x, self.axis, self.gamma, self.mean = x, axis, gamma, mean
         self.inv_std, self.eps, self.transposed, self.shape = inv_std, eps, transposed, shape
+        self.param_shapes = param_shapes
 
     def __reduce__(self):      # every pickle protocol (slots alone need protocol 2)
         return BatchNormCache, tuple(getattr(self, k) for k in self.__slots__)
@@ -208,7 +211,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     mean, inv_std = np.empty(n_features), np.empty(n_features)
     _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, inv_std, yc)
     _write_back(y, yc, scratch, transposed)
-    cache = BatchNormCache(xc, ax, g, mean, inv_std, eps, transposed, shape)
+    cache = BatchNormCache(xc, ax, g, mean, inv_std, eps, transposed, shape,
+                           (np.shape(gamma), np.shape(beta)))
     return y, cache
 
 
@@ -239,7 +243,8 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, out: np.ndarray | 
     dx : ndarray
         Shaped like ``x``.
     dgamma, dbeta : ndarray
-        Of gamma's flat shape ``(C,)``, in ``x``'s dtype.
+        Shaped like the forward's gamma and beta (``(C,)``, or the course's ``(C, 1)``, as
+        given), in ``x``'s dtype.
 
     Raises
     ------
@@ -264,7 +269,9 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, out: np.ndarray | 
     _backend.active.batchnorm_backward(dyc, xc, ax, gamma, cache.mean, cache.inv_std,
                                        dxc, dgamma, dbeta)
     _write_back(dx, dxc, scratch, cache.transposed)
-    return dx, dgamma.astype(xc.dtype), dbeta.astype(xc.dtype)
+    gamma_shape, beta_shape = cache.param_shapes
+    return (dx, dgamma.astype(xc.dtype).reshape(gamma_shape),
+            dbeta.astype(xc.dtype).reshape(beta_shape))
 
 
 def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,

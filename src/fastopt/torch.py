@@ -464,8 +464,7 @@ class _FastOptimizer(_Mixin):
     def _prepare(self, gi, group, same=False):
         """Check the group and return its plan (None if no parameter has a grad). Stores no
         state: :meth:`_run` does once the kernels ran."""
-        if group.get("fused") or group.get("capturable") or group.get("differentiable"):
-            self._refuse(group)     # (the test inlined: this is the hot path of a small step)
+        self._refuse(group)
         params = group["params"]
         grads = list(map(_grad_of, params))
         plans = self.__dict__.get("_plans")
@@ -938,19 +937,14 @@ class Adam(_FastOptimizer, torch.optim.Adam):
                           group["eps"], group["weight_decay"])
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, (beta1, beta2) = group["lr"], group["betas"]
-        # (_number inlined: this is the hot path of a small step)
-        if type(lr) is not float:
-            lr = _number(lr)
-        if type(beta1) is not float or type(beta2) is not float:
-            beta1, beta2 = _number(beta1), _number(beta2)
+        lr, (beta1, beta2) = _number(group["lr"]), group["betas"]
+        beta1, beta2 = _number(beta1), _number(beta2)
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
         eps, wd = group["eps"], group["weight_decay"]
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, (beta1, beta2), eps, wd)
         decoupled = self._decoupled or group.get("decoupled_weight_decay", False)
-        (getattr(_backend.active, self._MULTI) if _FORMAT not in cols
-         else self._kernel_for(cols, grad_scale))(
+        self._kernel_for(cols, grad_scale)(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], cols.get("max_exp_avg_sq"),
             lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
             bias_correction2=bias_correction2, grad_scale=grad_scale, decoupled=decoupled,

@@ -720,6 +720,23 @@ def test_empty_params_are_refused():
         fo.SGD([], lr=0.1)
 
 
+def test_a_parameter_twice_in_one_group_is_refused_saying_so():
+    """The same array twice in one group (torch.optim warns of it) is refused as such; it
+    was refused as appearing "in more than one param group", of which there was one. Across
+    groups it is the other message, and nothing is added either way."""
+    a, b = np.ones(2), np.ones(3)
+    with pytest.raises(ValueError, match=r"params\[1\] appears twice in its param group"):
+        fo.SGD([a, a], lr=0.1)
+    with pytest.raises(ValueError, match="parameter y appears twice"):
+        fo.SGD({"x": a, "y": a}, lr=0.1)
+    opt = fo.SGD([a], lr=0.1)
+    with pytest.raises(ValueError, match=r"params\[1\] appears twice"):
+        opt.add_param_group({"params": [b, b]})
+    with pytest.raises(ValueError, match=r"params\[1\] appears in more than one param group"):
+        opt.add_param_group({"params": [b, a]})
+    assert len(opt.param_groups) == 1
+
+
 @pytest.mark.parametrize("name", ["Adadelta", "Adamax", "NAdam", "RAdam"])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_bad_grad_changes_nothing(backend, name):

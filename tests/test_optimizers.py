@@ -833,3 +833,55 @@ def test_lion_resumes_exactly_from_a_pickled_state_dict(backend, dtype):
             opt2.step(gs)
     for a, b in zip(params, straight):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Adagrad", "NAdam", "Momentum"])
+def test_a_param_group_without_parameters_steps_nothing(backend, name):
+    """torch.optim takes ``add_param_group({"params": []})`` (and an empty group among others)
+    and its step skips it; here it made the step raise IndexError (the group's plan took the
+    first state of none). The other groups step as usual: SGD's first step by hand, and for
+    the rest the first-step size Adam's bias correction gives (lr * g / (|g| + eps))."""
+    lr, g = 0.1, np.full(3, 2.0)
+    first = {"SGD": 1 - lr * 2.0, "Momentum": 1 - lr * 0.1 * 2.0, "NAdam": None,
+             "Adam": 1 - lr * 2.0 / (2.0 + 1e-8), "Adagrad": 1 - lr * 2.0 / (2.0 + 1e-10)}
+    with fo.use_backend(backend):
+        w = np.ones(3)
+        opt = getattr(fo, name)([w], lr=lr)
+        opt.add_param_group({"params": []})
+        opt.step([g])
+        if first[name] is not None:
+            np.testing.assert_allclose(w, first[name], rtol=1e-12)
+        opt.step([g])
+        v = np.ones(3)
+        opt = getattr(fo, name)([{"params": []}, {"params": [v]}], lr=lr)
+        opt.step([g])
+        assert opt.state_dict()["param_groups"][0]["params"] == []
+        named = getattr(fo, name)({"W1": np.ones(3)}, lr=lr)
+        named.add_param_group({"params": {}})
+        named.step({"dW1": g})
+    assert (w < 1).all() and (v < 1).all() and list(opt.state) == [0]
+
+
+def test_a_state_dict_is_a_snapshot_of_the_param_groups_too():
+    """state_dict() copies the state arrays, and the groups' entries too: a saved dict edited
+    (a checkpoint converter renaming ``param_names``) leaves the optimizer as it was, and a
+    group edited in place after the save (a ``betas`` list) leaves the saved dict; loading
+    copies the saved values in the same way. Before, the lists were shared: renaming a saved
+    name broke the optimizer's next step."""
+    w = np.ones(3)
+    opt = fo.Adam({"W1": w}, lr=0.1, betas=(0.9, 0.999))
+    opt.param_groups[0]["betas"] = [0.9, 0.999]        # a list put there by the user
+    sd = opt.state_dict()
+    sd["param_groups"][0]["param_names"][0] = "renamed"
+    opt.param_groups[0]["betas"][0] = 0.5
+    assert opt.param_groups[0]["param_names"] == ["W1"]
+    assert sd["param_groups"][0]["betas"] == [0.9, 0.999]
+    opt.step({"dW1": np.ones(3)})                      # still finds its parameter by name
+    np.testing.assert_allclose(w, 1 - 0.1 / (1 + 1e-8), rtol=1e-12)
+    other = fo.Adam([np.ones(2)], lr=0.1)
+    sd = other.state_dict()
+    sd["param_groups"][0]["betas"] = np.array([0.8, 0.9])
+    other.load_state_dict(sd)
+    sd["param_groups"][0]["betas"][0] = 0.1
+    assert other.param_groups[0]["betas"][0] == 0.8

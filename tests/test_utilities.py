@@ -159,6 +159,61 @@ def test_ewa_update_that_raises_changes_nothing(backend):
         assert f32.update(np.float32([2.0])).dtype == np.float32
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_beta_is_checked_by_name_and_folded_as_a_python_float(backend):
+    """beta is a real number in [0, 1) (TypeError/ValueError naming it, as every other
+    hyper-parameter; None and arrays gave NumPy's or Python's own comparison errors), and a
+    NumPy scalar beta computes as its value would as a Python float: a np.float64 beta had
+    float32 averages come back float64, and a np.float32 one bias-corrected float64 averages
+    in float32 (5e-6 off). A 0-d average comes back as an array, as every other shape."""
+    with fo.use_backend(backend):
+        for bad, exc in [(None, TypeError), ("0.9", TypeError), (np.array([0.5, 0.6]), TypeError),
+                         (float("nan"), ValueError), (1.0, ValueError)]:
+            with pytest.raises(exc, match="Invalid beta"):
+                fo.EWA(bad)
+            with pytest.raises(exc, match="Invalid beta"):
+                fo.ewa_series([1.0, 2.0], bad)
+        for bad in ("no", None, 1):
+            with pytest.raises(TypeError, match="bias_correction"):
+                fo.EWA(0.9, bias_correction=bad)
+            with pytest.raises(TypeError, match="bias_correction"):
+                fo.ewa_series([1.0], 0.9, bias_correction=bad)
+        f32 = fo.EWA(np.float64(0.5))
+        assert f32.update(np.float32([2.0])).dtype == np.float32
+        assert f32.value.dtype == np.float32
+        beta = np.float32(0.999)
+        x = np.array([1.0, 3.0, -2.0, 0.5, 7.0])
+        avg, b, v = fo.EWA(beta), float(beta), 0.0
+        for t, xt in enumerate(x, 1):
+            v = b * v + (1 - b) * xt
+            np.testing.assert_allclose(avg.update(np.array([xt])), [v / (1 - b ** t)], rtol=1e-12)
+        np.testing.assert_allclose(fo.ewa_series(x, beta, bias_correction=True)[-1],
+                                   v / (1 - b ** len(x)), rtol=1e-12)
+        scalar = fo.EWA(0.5)
+        out = scalar.update(3.0)
+        assert isinstance(out, np.ndarray) and out.shape == () and out == 3.0
+        assert isinstance(scalar.value, np.ndarray) and scalar.value.shape == ()
+
+
+def test_ewa_series_refuses_what_ewa_refuses():
+    """ewa_series took complex samples (dropping the imaginary part with a warning) and object
+    arrays (None became NaN) where EWA.update refuses them: a TypeError naming x."""
+    for bad in (np.array([1j, 2.0]), np.array([1.0, None], dtype=object), ["a", "b"]):
+        with pytest.raises(TypeError, match=r"x must be .*real numbers, got"):
+            fo.ewa_series(bad, 0.9)
+    np.testing.assert_allclose(fo.ewa_series([True, False], 0.5), [0.5, 0.25])
+
+
+def test_staircase_refuses_a_nan_or_missing_every():
+    """``every < 1`` was the check, which NaN passes (every lr after it was NaN) and None
+    failed with Python's own comparison error."""
+    with pytest.raises(ValueError, match="Invalid every: nan"):
+        fo.schedules.staircase(0.1, 0.5, float("nan"))
+    with pytest.raises(TypeError, match="Invalid every: None"):
+        fo.schedules.staircase(0.1, 0.5, None)
+    assert fo.schedules.staircase(0.1, 0.5, np.int64(2))(5) == pytest.approx(0.025)
+
+
 # -------------------------------------------------------------------------- mini-batches
 def test_minibatches_148_by_64_in_the_course_column_layout():
     X = np.arange(2 * 148).reshape(2, 148)

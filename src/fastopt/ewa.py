@@ -3,12 +3,21 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import ops
+from ._hyper import UNIT_OPEN, check_flag, check_real
 from ._validate import FLOAT_DTYPES
 
 
-def _check_beta(beta: float) -> None:
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"Invalid beta: {beta!r} (must be in [0, 1))")
+def _check_beta(beta: float) -> float:
+    """``beta`` as a Python float, once it is a real number in [0, 1) (else TypeError or
+    ValueError naming it): a NumPy float32 or float64 beta would otherwise set the precision
+    of the arithmetic (float32 bias corrections; float32 averages turned float64)."""
+    check_real("beta", beta, UNIT_OPEN)
+    return float(beta)
+
+
+def _check_real_dtype(x: np.ndarray) -> None:
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
 
 
 def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.ndarray:
@@ -33,11 +42,16 @@ def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.n
 
     Raises
     ------
+    TypeError
+        ``beta`` not a real number, ``bias_correction`` not True or False, or ``x`` not an
+        array of real numbers (strings, objects, complex numbers).
     ValueError
         ``beta`` outside [0, 1), or ``x`` not 1-D.
     """
-    _check_beta(beta)
+    beta = _check_beta(beta)
+    check_flag("bias_correction", bias_correction)
     x = np.asarray(x)
+    _check_real_dtype(x)
     if x.ndim != 1:
         raise ValueError(f"x must be 1-D, got shape {x.shape}")
     dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float64)
@@ -65,6 +79,8 @@ class EWA:
 
     Raises
     ------
+    TypeError
+        ``beta`` not a real number, or ``bias_correction`` not True or False.
     ValueError
         ``beta`` outside [0, 1).
 
@@ -78,8 +94,8 @@ class EWA:
     """
 
     def __init__(self, beta: float, bias_correction: bool = True) -> None:
-        _check_beta(beta)
-        self.beta = beta
+        self.beta = _check_beta(beta)
+        check_flag("bias_correction", bias_correction)
         self.bias_correction = bias_correction
         self.t = 0
         self._avg: np.ndarray | None = None
@@ -110,8 +126,7 @@ class EWA:
         # everything is checked and converted before the average is allocated or touched: a
         # refused update (even the first) changes nothing
         x = np.asarray(x)
-        if x.dtype.kind not in "biuf":
-            raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
+        _check_real_dtype(x)
         if self._avg is None:
             avg = np.zeros(x.shape, x.dtype if x.dtype in FLOAT_DTYPES else np.float64)
         elif x.shape != self._avg.shape:
@@ -130,8 +145,8 @@ class EWA:
         return None if self._avg is None else self._current(self._avg)
 
     def _current(self, avg: np.ndarray) -> np.ndarray:
-        if self.bias_correction:
-            return avg / (1.0 - self.beta ** self.t)
+        if self.bias_correction:    # (into a new array: a 0-d average stays an array)
+            return np.divide(avg, 1.0 - self.beta ** self.t, out=np.empty_like(avg))
         return avg.copy()
 
 

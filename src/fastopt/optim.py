@@ -5,6 +5,7 @@ list of param-group dicts. ``step(grads)`` takes the grads in the same structure
 the parameter names or by the course's ``"d" + name``, or a sequence in parameter order. Every
 grad is checked before any array is written, so a step that raises changes nothing.
 """
+import copy
 import operator
 import sys
 from collections.abc import Iterable, Mapping
@@ -368,6 +369,7 @@ class Optimizer:
             raise ValueError("params: either every group is a dict of named arrays or none is")
         self._named = named
         known = {id(p) for g in self.param_groups for p in g["params"]}
+        mine = set()
         for i, p in enumerate(params):
             label = group["param_names"][i] if named else f"params[{i}]"
             if not isinstance(p, np.ndarray):
@@ -381,7 +383,9 @@ class Optimizer:
                                  "in place")
             if id(p) in known:
                 raise ValueError(f"parameter {label} appears in more than one param group")
-            known.add(id(p))
+            if id(p) in mine:
+                raise ValueError(f"parameter {label} appears twice in its param group")
+            mine.add(id(p))
         group["params"] = params
         for key, value in self.defaults.items():
             group.setdefault(key, value)
@@ -609,7 +613,9 @@ class Optimizer:
         span = ParameterArena.span_of(group["params"])
         made = []       # (index, state) that _flatten made: stored once a step used them
         flat = None if span is None else self._flatten(gi, span, states, plan, made)
-        uniform = None not in states and len({self._phase(s) for s in states}) <= 1
+        # (a group without parameters, which torch allows, has no batch: it steps nothing)
+        uniform = (bool(states) and None not in states
+                   and len({self._phase(s) for s in states}) <= 1)
         slots = self._slots[gi]
         list_batch = _Batch(states, slots, _ALL) if uniform else None
         flat_batch = None
@@ -797,10 +803,12 @@ class Optimizer:
 
     # ------------------------------------------------------------------------ state dicts
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's layout, holding copies of the NumPy state arrays."""
+        """torch.optim's layout, holding copies of the NumPy state arrays and of the groups'
+        entries (``param_names``, a ``betas`` list): a snapshot, which later steps and edits
+        of either side leave apart."""
         groups, start = [], 0
         for group in self.param_groups:
-            g = {k: v for k, v in group.items() if k != "params"}
+            g = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
             g["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(g)
@@ -881,8 +889,9 @@ class Optimizer:
             hyper = {}
             for key, value in saved.items():
                 key = self._RENAMED.get(key, key)
-                if key in self.defaults:
-                    hyper[key] = tuple(value) if isinstance(value, list) else value
+                if key in self.defaults:     # (copied: the state dict stays the caller's)
+                    hyper[key] = (tuple(value) if isinstance(value, list)
+                                  else copy.deepcopy(value))
             self._check({**mine, **hyper})
             new_hyper.append(hyper)
         for mine, hyper in zip(self.param_groups, new_hyper):
@@ -912,10 +921,10 @@ class Optimizer:
         del state["_slots"]
         groups = []
         for group in self.param_groups:
-            copy = _Group(group)
-            copy.__dict__.update(getattr(group, "__dict__", {}))
-            dict.__setitem__(copy, "params", _arena_params(group["params"]))
-            groups.append(copy)
+            saved = _Group(group)
+            saved.__dict__.update(getattr(group, "__dict__", {}))
+            dict.__setitem__(saved, "params", _arena_params(group["params"]))
+            groups.append(saved)
         state["param_groups"] = groups
         return state
 

@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
+from ._hyper import check_real
+
 Schedule = Callable[[int], float]     # epoch -> learning rate
 
 
@@ -162,11 +164,12 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
 
     Raises
     ------
+    TypeError
+        ``every`` not a real number.
     ValueError
-        ``every < 1``.
+        ``every < 1`` (NaN included).
     """
-    if every < 1:
-        raise ValueError(f"Invalid every: {every!r} (must be >= 1)")
+    check_real("every", every, (1.0, None, False))
     return _Staircase(lr0, factor, every)
 
 

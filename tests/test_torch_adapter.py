@@ -12,6 +12,7 @@ dependency, in the ``test`` extra).
 """
 import copy
 import io
+import math
 import os
 import pickle
 import subprocess
@@ -1494,3 +1495,94 @@ def test_a_parameter_twice_in_a_group_raises_naming_it():
     with pytest.raises(ValueError, match="parameter 2 of param group 0 is parameter 1"):
         opt.step()
     assert not opt.state and torch.equal(p, torch.ones(3)) and torch.equal(q, torch.ones(2))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_state_of_another_dtype_or_shape_raises_before_any_group_steps(name):
+    """``model.double()`` after some steps leaves float32 state on float64 parameters (torch's
+    SGD steps in mixed dtypes, its Adam refuses), a state dict of other parameters state of
+    another shape: the step raises, naming the state and parameter, before any group has
+    stepped; ``load_state_dict(state_dict())`` casts the state, and the step goes on."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    kwargs = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [b]}], **kwargs)
+    key = "momentum_buffer" if name == "SGD" else "exp_avg"
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    opt.step()
+    before = a.detach().clone(), opt.state[a][key].clone()
+    for change, error, match in (
+            (lambda: setattr(b, "data", b.data.double()), TypeError,
+             rf"state\['{key}'\] of parameter 0 has dtype torch.float32, expected "
+             "torch.float64"),
+            (lambda: setattr(b, "data", torch.ones(5)), ValueError,
+             rf"state\['{key}'\] of parameter 0 has shape \(2,\), expected \(5,\)")):
+        data = b.data
+        change()
+        b.grad = torch.ones_like(b)
+        with pytest.raises(error, match=match):
+            opt.step()
+        assert torch.equal(a, before[0]) and torch.equal(opt.state[a][key], before[1])
+        b.data, b.grad = data, torch.ones(2)
+    b.data, b.grad = b.data.double(), torch.ones(2, dtype=torch.float64)
+    opt.load_state_dict(opt.state_dict())       # torch's load casts the state to b's dtype
+    opt.step()
+    assert opt.state[b][key].dtype == torch.float64 and not torch.equal(a, before[0])
+
+
+def test_an_expanded_parameter_raises_as_in_torch():
+    """A parameter with a stride 0 (``expand``): torch.optim's in-place update refuses it
+    (one memory location for several elements); so does the step, changing nothing, as it
+    does for expanded state."""
+    for lib in (torch.optim, ft):
+        base = torch.zeros(3, 1)
+        p = base.expand(3, 4)
+        p.grad = torch.ones(3, 4)
+        with pytest.raises(RuntimeError, match="more than one element"):
+            lib.SGD([p], lr=0.1).step()
+        assert torch.equal(base, torch.zeros(3, 1))
+    q = torch.nn.Parameter(torch.zeros(4))
+    q.grad = torch.ones(4)
+    opt = ft.Adam([q])
+    opt.state[q] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(1).expand(4),
+                    "exp_avg_sq": torch.zeros(4)}
+    with pytest.raises(RuntimeError, match=r"state\['exp_avg'\] of parameter 0 has more "):
+        opt.step()
+    assert torch.equal(q, torch.zeros(4)) and opt.state[q]["step"].item() == 1
+
+
+def test_overlapping_parameters_raise_before_any_group_steps():
+    """Views of one buffer whose memory overlaps in one group (the kernels refuse them):
+    the step raises naming them and their group before the first group has stepped."""
+    a = torch.nn.Parameter(torch.ones(3))
+    big = torch.zeros(10)
+    opt = ft.Adam([{"params": [a]}, {"params": [big[:6], big[4:]]}], lr=0.1)
+    for t in opt.param_groups[0]["params"] + opt.param_groups[1]["params"]:
+        t.grad = torch.ones_like(t)
+    with pytest.raises(ValueError, match="parameters 0 and 1 of param group 1 overlap"):
+        opt.step()
+    assert torch.equal(a, torch.ones(3)) and not opt.state and torch.equal(big, torch.zeros(10))
+    opt.param_groups[1]["params"][1] = big[6:]      # disjoint: steps
+    opt.param_groups[1]["params"][1].grad = torch.ones(4)
+    opt.step()
+    assert (big != 0).all()
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_max_grad_norm_of_float32_grads_beyond_float32s_range_is_inf_as_torchs(name):
+    """torch's norm of float32 grads is float32: beyond float32's range (a sum of squares
+    over 2**128) it is inf, its factor 0, and the clipped grads are 0 (NaN where inf); so
+    are ours (summed in float64, the norm was finite and the grads scaled to max_norm)."""
+    init = [torch.linspace(-1, 1, 4), torch.linspace(1, 2, 3)]
+    ours, theirs = ([torch.nn.Parameter(t.clone()) for t in init] for _ in range(2))
+    kwargs = {"lr": 0.1, **dict(VARIANTS)[name]}
+    opt = getattr(ft, name)(ours, max_grad_norm=1.0, **kwargs)
+    ref = getattr(torch.optim, name)(theirs, foreach=False, **kwargs)
+    for scale in (1.0, 1e19, 1.0):      # 1e19 * |(1, 2, 3, 4)|: over 2**64, the float32 norm
+        for a, b, k in zip(ours, theirs, (1, 5)):
+            a.grad = torch.arange(k, k + a.numel(), dtype=torch.float32) * scale
+            b.grad = a.grad.clone()
+        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(theirs, 1.0, foreach=False)
+        ref.step()
+        assert (opt.grad_norms[0] == math.inf) == (scale > 1) == (norm.item() == math.inf)
+        assert _ulps(ours, theirs) <= 4

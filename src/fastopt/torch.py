@@ -21,8 +21,13 @@ the next one (a ``.data`` of the same storage with other strides or shape, ``p.d
 p.data.t()``, included). A group's ``step`` counts are 0-d views of one tensor, advanced with
 one operation; a ``step`` assigned from elsewhere is copied into it. Every group's tensors
 and hyper-parameters are checked before any group is stepped, so a step that raises on them
-changes nothing. A parameter listed twice in a group (torch.optim warns, then steps it once per
-occurrence) raises ``ValueError`` at the step.
+changes nothing: that includes a state tensor whose dtype or shape is not its parameter's
+(``model.double()`` after some steps, which torch.optim's SGD and Adagrad step in mixed
+dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts the state) and
+an expanded parameter (stride 0), which torch.optim refuses too. A parameter listed twice in a
+group (torch.optim warns, then steps it once per occurrence), or parameters of a group whose
+memory overlaps (views of one buffer; the kernels compare memory bounds, so interleaved views
+count too), raise ``ValueError`` at the step (torch.optim steps them one after the other).
 
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
@@ -54,7 +59,9 @@ the load) is re-seeded from the parameter.
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
 param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,
 1.0)`` before the step: one pass computes the global L2 norm of the group's grads (summing
-squares in float64, so within torch's rounding of its own sum), the factor is
+squares in float64, so within torch's rounding of its own sum; where torch's float32 norm
+overflows, a float32 grad's or a float32 group's sum of squares beyond float32's range, the
+norm is inf as torch's, and the factor 0), the factor is
 ``min(max_norm / (norm + 1e-6), 1)`` computed as torch computes it on its norm tensor, in the
 grads' dtype (float64 if any grad of the group is float64, else float32: the norm and
 ``norm + 1e-6`` rounded to it, then ``reciprocal() * max_norm``, as ``Tensor.__rtruediv__``),
@@ -62,9 +69,10 @@ so that where the norms agree the factor is torch's bit for bit, and the grads a
 by it rounded to their dtype, as torch's in-place multiply does. Adam and AdamW apply it
 inside their update kernel (a grad scale: ``p.grad`` is left as it was); the other optimizers
 scale the float32/float64 grads in place first, as clip_grad_norm_ does. 16-bit grads: the
-norm is summed in float64 as for the others, where torch's norms are 16-bit (each grad's
-norm is rounded to its 16-bit dtype, and their total norm is computed in it), so torch's
-may overflow where ours does not (a float16 norm beyond 65504 is inf, which makes torch's
+norm is summed in float64 as for the others (a group's total beyond float32's range is
+inf), where torch's norms are 16-bit (each grad's norm is rounded to its 16-bit dtype, and
+their total norm is computed in it), so torch's may overflow where ours does not (a float16
+norm beyond 65504 is inf, which makes torch's
 factor 0, where ours scales the grads to norm ``max_norm``); the factor is computed in
 float32 (torch's in the 16-bit dtype), and every 16-bit kernel scales the grads in float32 as
 it widens them (``p.grad`` is left as it was), without the rounding to 16 bits of
@@ -161,6 +169,33 @@ def _check_tensor(kind, index, t):
                         "torch.float32, float64, bfloat16 or float16")
 
 
+def _check_not_expanded(kind, index, t):
+    """RuntimeError if elements of ``t`` share a memory location (a stride 0 on an axis longer
+    than 1: an expanded tensor), which the step would write once per element; torch's
+    in-place updates refuse it too."""
+    if any(stride == 0 and n > 1 for n, stride in zip(t.shape, t.stride())):
+        raise RuntimeError(f"fastopt.torch: {kind} {index} has more than one element at one "
+                           f"memory location (shape {tuple(t.shape)}, strides {t.stride()}: an "
+                           "expanded tensor) and is updated in place, which torch.optim "
+                           "refuses too; clone() it first")
+
+
+def _check_state_like(key, index, t, p, dtype):
+    """Raise unless the state tensor ``t`` of parameter ``p`` has ``dtype`` and ``p``'s
+    shape and is not expanded (the parameter's dtype or shape changed after its state was
+    made: ``model.double()``, a ``.data`` of another shape, a state dict of other
+    parameters)."""
+    if t.dtype != dtype:
+        raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {index} has dtype "
+                        f"{t.dtype}, expected {dtype} for a parameter of dtype {p.dtype} (the "
+                        "parameter's dtype changed after its state was made? "
+                        "opt.load_state_dict(opt.state_dict()) casts the state to it)")
+    if t.shape != p.shape:
+        raise ValueError(f"fastopt.torch: state[{key!r}] of parameter {index} has shape "
+                         f"{tuple(t.shape)}, expected {tuple(p.shape)} like the parameter")
+    _check_not_expanded(f"state[{key!r}] of parameter", index, t)
+
+
 def _array(t):
     """A NumPy view of ``t``'s storage (no copy; it keeps that storage alive, whatever
     becomes of ``t``); bfloat16 and float16 as their ``uint16`` bit patterns."""
@@ -176,6 +211,7 @@ def _check_clip(max_grad_norm):
 
 
 _NORM_BLOCK = 1 << 15     # elements widened to float64 at a time (256 KiB: stays in cache)
+_F32_OVERFLOW = 2.0 ** 128 - 2.0 ** 103     # the least float64 that rounds to float32 inf
 
 
 def _clip_factor(grads, formats, max_norm):
@@ -193,12 +229,16 @@ def _clip_factor(grads, formats, max_norm):
     for g, f in zip(grads, formats):
         wide64 = wide64 or g.dtype == np.float64
         flat = g.reshape(-1)
+        own = 0.0
         for lo in range(0, flat.size, _NORM_BLOCK):
             block = flat[lo:lo + _NORM_BLOCK]
             wide = np.asarray(block if f is None else lowp.widen(block, f), np.float64)
-            total += float(np.einsum("i,i->", wide, wide))    # einsum: no BLAS threads
-    norm = math.sqrt(total)
+            own += float(np.einsum("i,i->", wide, wide))    # einsum: no BLAS threads
+        # torch's norm of a float32 grad is float32: a sum of squares beyond its range is inf
+        total += math.inf if g.dtype == np.float32 and own >= _F32_OVERFLOW else own
     T = np.float64 if wide64 else np.float32
+    # and so is its total norm of float32 norms
+    norm = math.inf if T is np.float32 and total >= _F32_OVERFLOW else math.sqrt(total)
     factor = float(T(T(1) / T(T(norm) + T(1e-6))) * T(max_norm))
     return norm, (factor if not factor >= 1.0 else 1.0)
 
@@ -547,8 +587,11 @@ class _FastOptimizer(_Mixin):
         plan.params = live
         for i, p in enumerate(live):
             _check_tensor("parameter", i, p)
+            _check_not_expanded("parameter", i, p)
         if len(set(map(id, live))) != len(live):
             self._refuse_duplicates(group, params)
+        if len(live) > 1:
+            self._refuse_overlaps(group, params, grads)
         plan.strides, plan.shapes = list(map(_stride, live)), list(map(_shape, live))
         plan.one = live[0] if len(live) == 1 else None
         plan.versions = plan.marks = None
@@ -586,6 +629,9 @@ class _FastOptimizer(_Mixin):
             plan.states.append(state)
         # 16-bit parameters: their kernel steps the master copy and writes the rounded param
         plan.formats = [_HALF.get(p.dtype) for p in live]
+        for i, (f, s) in enumerate(zip(plan.formats, plan.states)):
+            if f is not None:
+                _check_state_like(MASTER, i, s[MASTER], live[i], torch.float32)
         masters = [None if f is None else _array(s[MASTER])
                    for f, s in zip(plan.formats, plan.states)]
         plan.pviews = [_array(p) for p in live]
@@ -608,6 +654,8 @@ class _FastOptimizer(_Mixin):
                 if not t.is_cpu or t.layout != torch.strided:
                     raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {i} is "
                                        "not a dense CPU tensor")
+                if key in plan.keys:
+                    _check_state_like(key, i, t, live[i], _state_dtype(live[i]))
             plan.tensors[key] = tensors
             if key != "step":
                 plan.views[key] = [_array(t) for t in tensors]
@@ -640,6 +688,43 @@ class _FastOptimizer(_Mixin):
                     "again; torch.optim warns about duplicate parameters in a group (an error "
                     "in a future torch) and steps them once per occurrence, fastopt.torch "
                     "refuses them: list each parameter once")
+
+    def _refuse_overlaps(self, group, params, grads):
+        """ValueError naming two parameters of the group (with grads) whose memory overlaps:
+        the kernels refuse them (a multi-tensor call updates its tensors at once; they compare
+        memory bounds, so interleaved views of one buffer count too), and would do so after
+        earlier groups had stepped. Only parameters sharing a storage are compared."""
+        by_storage: dict[int, list[int]] = {}
+        for j, (p, g) in enumerate(zip(params, grads)):
+            if g is not None and p.numel():
+                by_storage.setdefault(p.untyped_storage().data_ptr(), []).append(j)
+        for members in by_storage.values():
+            if len(members) < 2:
+                continue
+            spans = []
+            for j in members:
+                p = params[j]
+                lo = hi = p.data_ptr()
+                for n, stride in zip(p.shape, p.stride()):
+                    if stride < 0:
+                        lo += stride * (n - 1) * p.element_size()
+                    else:
+                        hi += stride * (n - 1) * p.element_size()
+                spans.append((lo, hi + p.element_size(), j))
+            spans.sort()
+            reach, other = spans[0][1], spans[0][2]
+            for lo, hi, j in spans[1:]:
+                if lo < reach:
+                    gi = next((k for k, g in enumerate(self.param_groups) if g is group), "?")
+                    first, second = sorted((other, j))
+                    raise ValueError(
+                        f"fastopt.torch: parameters {first} and {second} of param group {gi} "
+                        "overlap in memory (views of one buffer whose memory bounds overlap); "
+                        "fastopt's multi-tensor kernels update a group's parameters at once and "
+                        "refuse them (torch.optim steps them one after the other): give each "
+                        "its own storage, or put them in different param groups")
+                if hi > reach:
+                    reach, other = hi, j
 
     def _watch_masters(self, plan, params, old):
         """A group with 16-bit parameters: record their version counters and storage (data

@@ -240,17 +240,20 @@ def adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt):
     pi = p[i] * decay
     if coupled:
         gi = gi + wd * pi
-    m[i] = m[i] + c1 * (gi - m[i])
-    v[i] = b2 * v[i] + c2 * (gi * gi)
-    vi = v[i]
+    # the new moments stay in locals: read back after the stores (which LLVM must assume may
+    # alias), they cost a load and a store-to-load wait per element
+    mi = m[i] + c1 * (gi - m[i])
+    vi = b2 * v[i] + c2 * (gi * gi)
+    m[i] = mi
+    v[i] = vi
     if amsgrad:
-        vmax[i] = max_nan(vmax[i], vi)
-        vi = vmax[i]
+        vi = max_nan(vmax[i], vi)
+        vmax[i] = vi
     if eps_inside_sqrt:
         denom = np.sqrt(vi * inv_bc2 + eps)
     else:
         denom = np.sqrt(vi) * inv_bc2_sqrt + eps
-    p[i] = pi - step * (m[i] / denom)
+    p[i] = pi - step * (mi / denom)
 
 
 @numba.njit(inline="always", **JIT)
@@ -359,11 +362,14 @@ def _adamax_span(p, g, m, u, packed):
     maximize = s.maximize
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
+        pi = p[i]
         if has_wd:
-            gi = gi + wd * p[i]
-        m[i] = m[i] + c1 * (gi - m[i])
-        u[i] = max_nan(b2 * u[i], np.abs(gi) + eps)
-        p[i] = p[i] - clr * (m[i] / u[i])
+            gi = gi + wd * pi
+        mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
+        ui = max_nan(b2 * u[i], np.abs(gi) + eps)
+        m[i] = mi
+        u[i] = ui
+        p[i] = pi - clr * (mi / ui)
 
 
 @numba.njit(parallel=True, **JIT)
@@ -409,11 +415,13 @@ def _nadam_span(p, g, m, v, packed):
         pi = p[i] * decay
         if coupled:
             gi = gi + wd * pi
-        m[i] = m[i] + c1 * (gi - m[i])
-        v[i] = b2 * v[i] + c2 * (gi * gi)
-        r = one / (np.sqrt(v[i] * inv_bc2) + eps)
+        mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
+        vi = b2 * v[i] + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        r = one / (np.sqrt(vi * inv_bc2) + eps)
         pi = pi + cg * (gi * r)
-        p[i] = pi + cm * (m[i] * r)
+        p[i] = pi + cm * (mi * r)
 
 
 @numba.njit(parallel=True, **JIT)
@@ -458,12 +466,14 @@ def _radam_span(p, g, m, v, packed):
         pi = p[i] * decay
         if coupled:
             gi = gi + wd * pi
-        m[i] = m[i] + c1 * (gi - m[i])
-        v[i] = b2 * v[i] + c2 * (gi * gi)
+        mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
+        vi = b2 * v[i] + c2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
         if rectified:
-            p[i] = pi - step * (m[i] / (np.sqrt(v[i]) + eps))
+            p[i] = pi - step * (mi / (np.sqrt(vi) + eps))
         else:
-            p[i] = pi - step * m[i]
+            p[i] = pi - step * mi
 
 
 @numba.njit(parallel=True, **JIT)

@@ -115,3 +115,36 @@ def kernel_builds(family):
         return [base, importlib.import_module(f"fastopt._kernels.{family}_avx512")]
     except ImportError:
         return [base]
+
+
+def cython_builds():
+    """The cython backend once per build of its kernels present here that this CPU runs
+    (portable, then AVX-512): a backend namespace (fastopt._backend.Namespace) over that
+    build's optim and layers modules, its threads set on both. Install one with
+    :func:`use_cython_build`: fastopt.ops and fastopt.layers call the active namespace,
+    whose kernels were bound when it was built, so patching a name of fastopt._kernels (or
+    of a module) changes nothing they call."""
+    import types
+    from fastopt import _backend
+    optim, layers = kernel_builds("optim"), kernel_builds("layers")
+    if len(optim) != len(layers):       # one family's AVX-512 build missing: no pairs
+        return []
+    namespaces = []
+    for o, lay in zip(optim, layers):
+        def set_num_threads(n, modules=(o, lay)):
+            for module in modules:
+                module.set_num_threads(n)
+        package = types.SimpleNamespace(
+            __name__=o.__name__, KERNEL_MODULES=(o, lay), set_num_threads=set_num_threads,
+            get_num_threads=o.get_num_threads, use_openmp_team=o.use_openmp_team)
+        namespaces.append(_backend.Namespace("cython", package))
+    return namespaces
+
+
+def use_cython_build(monkeypatch, namespace):
+    """Make ``namespace`` (one of :func:`cython_builds`) the cython backend until the test
+    ends (fo.use_backend("cython") then selects it); the active backend is restored too."""
+    from fastopt import _backend
+    _backend._load("cython")            # the real one loaded (restored after the test)
+    monkeypatch.setattr(_backend, "active", _backend.active)
+    monkeypatch.setitem(_backend._loaded, "cython", namespace)

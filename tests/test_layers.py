@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import (COMPILED, GRID_BACKENDS, LAYOUTS, kernel_builds, needs_torch, relayout,
-                      torch)
+from conftest import (COMPILED, GRID_BACKENDS, LAYOUTS, cython_builds, needs_torch, relayout,
+                      torch, use_cython_build)
 
 
 def close(a, b, dtype, scale=1.0):
@@ -441,21 +441,20 @@ def test_batchnorm_backward_out_argument(how):
     np.testing.assert_array_equal(dg, expected[1])
 
 
-@pytest.mark.skipif(len(kernel_builds("layers")) < 2 or "cython" not in GRID_BACKENDS,
+@pytest.mark.skipif(len(cython_builds()) < 2 or "cython" not in GRID_BACKENDS,
                     reason="needs both the portable and the AVX-512 build of the kernels")
 @pytest.mark.parametrize("shape", [(37, 1000), (1000, 37)])
 def test_avx512_layer_build_is_bit_identical_to_the_portable_build(shape, dtype, monkeypatch):
-    import fastopt._kernels as cy
+    """Each build installed as the cython backend in turn (see
+    test_kernels.test_avx512_build_is_bit_identical_to_the_portable_build)."""
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(shape) * 30).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     labels = rng.integers(0, shape[1], shape[0])           # classes on the last axis
     labels_t = rng.integers(0, shape[0], shape[1])         # classes on axis 0
     results = []
-    for module in kernel_builds("layers"):
-        for name in ("batchnorm_forward", "batchnorm_apply", "batchnorm_backward", "softmax",
-                     "softmax_cross_entropy"):
-            monkeypatch.setattr(cy, name, getattr(module, name))
+    for namespace in cython_builds():
+        use_cython_build(monkeypatch, namespace)
         with fo.use_backend("cython"):
             out = []
             for axis in (0, 1):

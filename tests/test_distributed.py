@@ -126,6 +126,12 @@ def test_bad_grad_on_one_rank_raises_on_every_rank_and_changes_nothing(runs):
     assert len(reports(runs, "good step after bad grads")) == 5
 
 
+def test_an_interrupt_on_one_rank_raises_on_every_rank_without_mixing_steps(runs):
+    # a KeyboardInterrupt skipped its rank's collective: the other ranks' step paired with
+    # that rank's next one (two steps' grads mixed), then hung
+    assert len(reports(runs, "interrupted step on one rank")) == 5
+
+
 def test_construction_errors_raise_on_every_rank(runs):
     assert len(reports(runs, "construction")) == 2 * 5
 

@@ -427,6 +427,35 @@ def test_an_optimizer_over_plain_arrays_survives_pickle():
     assert [p.tobytes() for p in params] == [p.tobytes() for p in params2]
 
 
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_shallow_copy_shares_the_state_and_leaves_the_trajectory_alone(backend):
+    """copy.copy is torch.optim's: another handle on the same state. It was made through
+    __getstate__/__setstate__, whose rebinding of the shared states' step counts to the
+    copy's own made the original's ``state`` and ``state_dict()`` stop counting, and after any
+    state change (here another optimizer's load_state_dict) its bias correction restart
+    from the count at the copy."""
+    import copy
+    with fo.use_backend(backend):
+        runs = []
+        for shallow in (False, True):
+            params = two_params()
+            opt = fo.Adam(params, lr=0.1)
+            for seed in (1, 2):
+                opt.step(two_grads(seed))
+            twin = copy.copy(opt) if shallow else None
+            for seed in (3, 4):
+                opt.step(two_grads(seed))
+            assert opt.state[0]["step"] == 4 and opt.state_dict()["state"][1]["step"] == 4
+            fo.Adam(two_params()).load_state_dict(opt.state_dict())    # any state change
+            opt.step(two_grads(5))
+            runs.append([p.tobytes() for p in params])
+            if shallow:
+                assert twin.state is opt.state and twin.param_groups is opt.param_groups
+                twin.step(two_grads(6))          # the twin steps the same state
+                assert opt.state[1]["step"] == twin.state[1]["step"] == 6
+        assert runs[0] == runs[1]
+
 TORCH_CONFIGS = [(n, k) for n, k in CONFIGS if n != "Momentum"] + [
     ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
     ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1)),

@@ -1,6 +1,8 @@
 """The compiled backends' threads: bit-identical results for any thread count, calls from
 several Python threads at once, a call after fork, the default count and threadpoolctl."""
 import os
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -93,6 +95,40 @@ def test_calls_from_several_python_threads_at_once(compiled):
             assert a.tobytes() == b.tobytes()
 
 
+
+@pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
+def test_one_optimizer_stepped_from_two_threads(backend):
+    """Steps of one optimizer from two threads at once take turns: the kernels release the
+    GIL, and both threads read step count t, both stored t + 1 and updated the same state
+    arrays at the same time (20 steps counted 10, the values torn). With the same grads
+    every order of the 20 steps gives the serial result."""
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(N).astype(np.float32), rng.standard_normal(7)]
+    grads = [rng.standard_normal(N).astype(np.float32), rng.standard_normal(7)]
+    steps = 10
+    with fo.use_backend(backend):
+        serial = [p.copy() for p in start]
+        opt = fo.Adam(serial, lr=0.01)
+        for _ in range(2 * steps):
+            opt.step(grads)
+        for attempt in range(3):        # a race lost every attempt but one in five
+            params = [p.copy() for p in start]
+            opt = fo.Adam(params, lr=0.01)
+            barrier = threading.Barrier(2)
+
+            def work():
+                barrier.wait()
+                for _ in range(steps):
+                    opt.step(grads)
+
+            workers = [threading.Thread(target=work) for _ in range(2)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            assert opt.state[0]["step"] == opt.state[1]["step"] == 2 * steps
+            assert [p.tobytes() for p in params] == [p.tobytes() for p in serial]
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_call_after_fork(compiled):
     fo.set_num_threads(2)
@@ -113,6 +149,46 @@ def test_a_call_after_fork(compiled):
     os.waitpid(pid, 0)
     assert answer == b"1", "the forked child computed wrong results"
     assert all(a.tobytes() == b.tobytes() for a, b in zip(adam_steps(N, np.float32), expected))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_run_on_the_parents_openmp_team():
+    """fastopt.torch runs long steps on the OpenMP team (fo_pool.h). GNU OpenMP's pool does
+    not survive fork: a region in a child whose parent had a team (torch's, or one of our
+    steps) waited forever at its end, e.g. a fastopt.torch step in a DataLoader-style worker.
+    The child now runs such jobs on fastopt's pool: same bits."""
+    if "cython" not in COMPILED:
+        pytest.skip("the OpenMP team is the compiled backend's")
+    from fastopt import _backend
+    n = 66 * 65536 + 7           # 64 chunks or more: a job for the team
+    threads = fo.get_num_threads()
+    with fo.use_backend("cython"):
+        fo.set_num_threads(2)
+        was = _backend.active.use_openmp_team(True)
+        try:
+            expected = adam_steps(n, np.float32, steps=2)    # the parent's team starts
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                ok = False
+                try:
+                    ok = all(a.tobytes() == b.tobytes()
+                             for a, b in zip(adam_steps(n, np.float32, steps=2), expected))
+                finally:
+                    os.write(write, b"1" if ok else b"0")
+                    os._exit(0)
+            os.close(write)
+            ready, _, _ = select.select([read], [], [], 30)
+            answer = os.read(read, 1) if ready else b""
+            os.close(read)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        finally:
+            _backend.active.use_openmp_team(was)
+            fo.set_num_threads(threads)
+    assert answer, "the forked child hung in its OpenMP region"
+    assert answer == b"1", "the forked child computed wrong results"
 
 
 HELPERS_AVOID_THE_CALLER = """

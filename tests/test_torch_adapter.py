@@ -469,6 +469,19 @@ def test_max_grad_norm_checks_and_survives_torch_state_dicts():
     assert torch.equal(p.grad, torch.full((3,), 10.0))     # Adam scales inside its kernel
 
 
+def test_grad_norms_survive_pickle_and_copies():
+    """torch's __getstate__ keeps defaults, state and param groups only: a pickled or copied
+    optimizer had no ``grad_norms`` (AttributeError) until its next step."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ft.SGD([p], lr=0.1, max_grad_norm=1.0)
+    fresh = pickle.loads(pickle.dumps(opt))
+    assert fresh.grad_norms == [None]
+    p.grad = torch.full((3,), 10.0)
+    opt.step()
+    for other in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt), copy.copy(opt)):
+        assert other.grad_norms == opt.grad_norms and other.grad_norms is not opt.grad_norms
+
+
 # ---------------------------------------------------- bfloat16 and float16 parameters
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
 @pytest.mark.parametrize("name", ["SGD", "RMSprop", "Adam"])

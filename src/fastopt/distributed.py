@@ -101,7 +101,7 @@ class ShardedOptimizer:
         error = None
         try:        # local checks first; then every rank learns whether any failed
             self._setup(optimizer_class, params, hyper)
-        except Exception as exc:     # noqa: BLE001 - any error must reach every rank
+        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
         self._raise_if_any(error)
         hypers = [{k: v for k, v in g.items() if k != "params"}
@@ -235,7 +235,7 @@ class ShardedOptimizer:
         try:
             local = self._match(grads)
             self._check_step()
-        except Exception as exc:     # noqa: BLE001 - any error must reach every rank
+        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
         self._raise_if_any(error)
         if local is None:
@@ -267,8 +267,10 @@ class ShardedOptimizer:
         this rank still takes part in the gather (so no rank waits for it) and raises."""
         try:
             self.shard_optimizer.step(self._shard_grads)
-        except Exception as exc:     # noqa: BLE001 - re-raised after the collective
+        except BaseException as exc:     # noqa: BLE001 - re-raised after the collective
             self._allgather()        # this rank's shard unchanged (a refused step writes none)
+            if not isinstance(exc, Exception):     # KeyboardInterrupt, SystemExit: as they are
+                raise
             raise RuntimeError(f"rank {self.comm.Get_rank()} of {self.comm.Get_size()}: the "
                                f"shard step failed after every rank's checks passed ({exc}); "
                                "the other ranks stepped their shards, this one did not") from exc
@@ -330,13 +332,20 @@ class ShardedOptimizer:
         """Collective: raise on every rank if ``error`` is set on any (a one-integer allreduce
         when all is well; the errors themselves are gathered only when one occurred). The
         first failing rank's TypeError or ValueError is raised everywhere as that type,
-        anything else as RuntimeError."""
+        anything else as RuntimeError. A KeyboardInterrupt or SystemExit takes part too (it
+        had left its rank's collectives unmatched: the other ranks' next step paired with
+        this one's, silently mixing two steps' grads, then hung), and is raised as it is on
+        its own rank."""
         flag = np.array([error is not None], np.int32)
         self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
         if not flag[0]:
             return
         kind = next((k for k in (TypeError, ValueError) if isinstance(error, k)), RuntimeError)
-        errors = self.comm.allgather(None if error is None else (kind.__name__, str(error)))
+        message = (str(error) if isinstance(error, Exception)
+                   else f"{type(error).__name__} {error}".rstrip())
+        errors = self.comm.allgather(None if error is None else (kind.__name__, message))
+        if error is not None and not isinstance(error, Exception):
+            raise error
         rank, (name, msg) = next((r, e) for r, e in enumerate(errors) if e is not None)
         kind = {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
         raise kind(f"rank {rank} of {len(errors)}: {msg}") from error
@@ -416,13 +425,13 @@ class ShardedOptimizer:
             An invalid state dict, raised on every rank after a full check; nothing changes.
         """
         plan = full = None
-        error: Exception | None = None
+        error: BaseException | None = None
         if self.comm.Get_rank() == root:
             try:
                 full, plan = self._check_state_dict(state_dict)
             except KeyError as exc:
                 error = ValueError(f"state_dict is missing the entry {exc}")
-            except Exception as exc:     # noqa: BLE001 - any error must reach every rank
+            except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
                 error = exc
         self._raise_if_any(error)
         plan = self.comm.bcast(plan, root=root)

@@ -8,6 +8,7 @@ grad is checked before any array is written, so a step that raises changes nothi
 import copy
 import operator
 import sys
+import threading
 from collections.abc import Iterable, Mapping
 from itertools import repeat
 
@@ -296,6 +297,10 @@ class Optimizer:
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         self._check(defaults)
+        # held by step, state_dict and load_state_dict: the kernels release the GIL, and two
+        # threads stepping one optimizer at once would both read step count t, both write
+        # t + 1 and interleave their updates of the same state arrays
+        self._lock = threading.RLock()
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
@@ -573,25 +578,27 @@ class Optimizer:
             A grad is missing or has the wrong shape, a parameter is read-only, a
             hyper-parameter or a state entry is invalid (each named in the message).
         """
-        plan = self._plans.get(0)
-        if (plan is not None and plan.alone and type(grads) is list
-                and len(grads) == self._count and plan.version == _state_version
-                and getattr(self.param_groups[0], "checked", False)):
-            # the common case in a few comparisons: a lone group of arrays in one phase, a
-            # list of grads, the group's plan current (what _plan and _split would find): one
-            # kernel call. A grad that is None makes the kernel refuse the call (writing
-            # nothing); the general path below then steps the others.
-            group = self.param_groups[0]
-            try:
-                self._run(group, group["params"], grads, plan.list_batch)
-                return
-            except (TypeError, ValueError):
-                if all(g is not None for g in grads):
-                    self._check_grads(0, grads)     # an error naming the parameter, if a grad's
-                    raise
-        plans = [self._plan(gi) for gi in range(len(self.param_groups))]
-        for gi, grads_of_group in enumerate(self._split(grads, plans)):
-            self._step_group(gi, plans[gi], grads_of_group)
+        with self._lock:
+            plan = self._plans.get(0)
+            if (plan is not None and plan.alone and type(grads) is list
+                    and len(grads) == self._count and plan.version == _state_version
+                    and getattr(self.param_groups[0], "checked", False)):
+                # the common case in a few comparisons: a lone group of arrays in one phase,
+                # a list of grads, the group's plan current (what _plan and _split would
+                # find): one kernel call. A grad that is None makes the kernel refuse the call
+                # (writing nothing); the general path below then steps the others.
+                group = self.param_groups[0]
+                try:
+                    self._run(group, group["params"], grads, plan.list_batch)
+                    return
+                except (TypeError, ValueError):
+                    if all(g is not None for g in grads):
+                        # an error naming the parameter, if a grad's
+                        self._check_grads(0, grads)
+                        raise
+            plans = [self._plan(gi) for gi in range(len(self.param_groups))]
+            for gi, grads_of_group in enumerate(self._split(grads, plans)):
+                self._step_group(gi, plans[gi], grads_of_group)
 
     def _plan(self, gi):
         """Group ``gi``'s :class:`_Plan`, made again when the group or any state changed:
@@ -805,7 +812,11 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's layout, holding copies of the NumPy state arrays and of the groups'
         entries (``param_names``, a ``betas`` list): a snapshot, which later steps and edits
-        of either side leave apart."""
+        of either side leave apart (taken between steps, should another thread step)."""
+        with self._lock:
+            return self._state_dict()
+
+    def _state_dict(self):
         groups, start = [], 0
         for group in self.param_groups:
             g = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
@@ -836,6 +847,10 @@ class Optimizer:
         ValueError
             The groups or parameters do not match this optimizer's, or an entry is invalid.
         """
+        with self._lock:
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict):
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must be a dict with the keys 'state' and "
                              "'param_groups' (as state_dict() returns)")
@@ -919,6 +934,7 @@ class Optimizer:
         state = dict(self.__dict__)
         state["_plans"] = {}
         del state["_slots"]
+        state.pop("_lock", None)
         groups = []
         for group in self.param_groups:
             saved = _Group(group)
@@ -930,6 +946,7 @@ class Optimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._lock = threading.RLock()
         for group in self.param_groups:
             params = []
             for p in group["params"]:
@@ -938,6 +955,16 @@ class Optimizer:
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)
+
+    def __copy__(self):
+        """A shallow copy, as torch.optim's: another handle on the same parameters, param
+        groups and state (step counts included), which a step of either advances. (Made by
+        pickling's protocol, it rebound the shared state's step counts to its own, which the
+        original then no longer advanced: its state_dict() and, after any state change, its
+        bias corrections went back to the count at the copy.)"""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

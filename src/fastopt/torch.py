@@ -367,6 +367,18 @@ class _FastOptimizer(_Mixin):
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: option "
                                  f"{key}={value!r} is not supported")
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (defaults, state, param groups) and ``grad_norms``, which torch's leaves out:
+        a pickled, deep-copied or shallow-copied optimizer had none until its next step."""
+        state = super().__getstate__()
+        state["grad_norms"] = list(self.__dict__.get("grad_norms", ()))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "grad_norms" not in self.__dict__:     # pickled before grad_norms was saved
+            self.grad_norms = [None] * len(self.param_groups)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``, refusing options the kernels cannot honour first;
         ``grad_norms`` gets the new group's entry (None until it steps)."""

@@ -228,6 +228,24 @@ def check_bad_grads():
                          and pickle.dumps(opt.shard_optimizer.state) == state)
             report(f"bad grad {kind.__name__}", unchanged and f"rank {bad_rank}" in str(exc)
                    and "'W2'" in str(exc), str(exc))
+
+    class Interrupting(dict):      # Ctrl-C on one rank while its step reads the grads
+        def get(self, *args):
+            raise KeyboardInterrupt
+
+    params, grads = arena.flat_params.copy(), arena.flat_grads.copy()
+    state = pickle.dumps(opt.shard_optimizer.state)
+    local = {k: v.copy() for k, v in arena.grads.items()}
+    expected = KeyboardInterrupt if RANK == bad_rank else RuntimeError
+    try:        # (was: that rank left the step before its collective, the others waited)
+        opt.step(Interrupting(local) if RANK == bad_rank else local)
+        report("interrupted step on one rank", False, "no exception")
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        unchanged = (same(arena.flat_params, params) and same(arena.flat_grads, grads)
+                     and pickle.dumps(opt.shard_optimizer.state) == state)
+        report("interrupted step on one rank", unchanged and type(exc) is expected and (
+            RANK == bad_rank or f"rank {bad_rank}" in str(exc) and "KeyboardInterrupt"
+            in str(exc)), repr(exc))
     good_step(1)
     report("good step after bad grads", same(arena.flat_params, ref.flat_params))
 

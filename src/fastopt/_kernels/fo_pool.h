@@ -14,7 +14,10 @@
  * job on its own thread. A helper polls for a new job for a few tens of microseconds after
  * each one (back-to-back calls of an optimizer step find it awake), then sleeps on a condition
  * variable, so it never spins against other work for long. After fork() the child starts with
- * no helpers and makes new ones on first use.
+ * no helpers and makes new ones on first use; it never runs a job on an OpenMP team, since
+ * GNU OpenMP's thread pool does not survive fork (a region in the child waits forever at its
+ * end for the parent's workers) and torch's DataLoader-style workers fork after torch has
+ * started that pool.
  *
  * What no pool can avoid: a helper preempted in the middle of a chunk holds the call up until
  * the scheduler runs it again, since an in-place update cannot be redone by someone else. On a
@@ -148,8 +151,11 @@ static void *fo_helper_main(void *arg) {
     return NULL;
 }
 
+static int fo_pool_forked;   /* this process is a fork() child: no OpenMP team (see the top) */
+
 /* In a forked child only the forking thread exists: forget the parent's helpers. */
 static void fo_pool_after_fork_child(void) {
+    fo_pool_forked = 1;
     pthread_mutex_t unlocked = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t fresh = PTHREAD_COND_INITIALIZER;
     fo_pool.call_lock = unlocked;
@@ -160,11 +166,16 @@ static void fo_pool_after_fork_child(void) {
     fo_pool.avoided_cpu = -1;
 }
 
-static void fo_pool_start_helpers(int wanted) {
+/* Registered when the extension is loaded: a child must know it is one even when the parent
+ * never started a helper (its OpenMP team may have run every job, or torch's alone may exist). */
+__attribute__((constructor)) static void fo_pool_register_atfork(void) {
     if (!fo_pool.atfork_registered) {
         pthread_atfork(NULL, NULL, fo_pool_after_fork_child);
         fo_pool.atfork_registered = 1;
     }
+}
+
+static void fo_pool_start_helpers(int wanted) {
     if (wanted > FO_MAX_HELPERS)
         wanted = FO_MAX_HELPERS;
     while (fo_pool.helpers < wanted) {
@@ -220,7 +231,8 @@ static void fo_pool_run_openmp(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, in
  * one of them. Returns when every chunk has run. */
 static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
 #ifdef _OPENMP
-    if (fo_pool_openmp && nthreads > 1 && nchunks >= FO_POOL_OPENMP_MIN_CHUNKS) {
+    if (fo_pool_openmp && nthreads > 1 && nchunks >= FO_POOL_OPENMP_MIN_CHUNKS
+            && !fo_pool_forked) {
         fo_pool_run_openmp(fn, ctx, nchunks, nthreads);
         return;
     }

@@ -8,7 +8,7 @@ import pytest
 
 import fastopt as fo
 from conftest import (COMPILED, GRID_BACKENDS, LAYOUTS, cython_builds, needs_torch, relayout,
-                      torch, use_cython_build)
+                      tolerance, torch, use_cython_build)
 
 
 def close(a, b, dtype, scale=1.0):
@@ -891,3 +891,86 @@ def test_batch_norm_grads_take_the_shape_of_gamma_and_beta(shape):
     assert dx.tobytes() == dx_flat.tobytes()
     assert dgamma.ravel().tobytes() == dgamma_flat.tobytes()
     assert dbeta.ravel().tobytes() == dbeta_flat.tobytes()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_variance_far_below_eps_is_not_lost_to_cancellation(backend, dtype):
+    """The variance (cache.var, the running_var update) was taken back from inv_std as
+    1 / inv_std**2 - eps, which cancels where the variance is small next to eps: a constant
+    feature came out -2.5e-19 with eps=1e-3 (torch: 0), a variance of 2.3e-13 8e-7 relative
+    off (13 float32 ulps). Expected: NumPy's own variance of the data (8 rows of values a few
+    bits long: the sums are exact)."""
+    rng = np.random.default_rng(13)
+    x = np.empty((8, 4))
+    x[:, 0] = 0.75                                    # a constant (dead) feature
+    x[:, 1] = 2.0 + rng.integers(-3, 4, 8) * 2.0 ** -22     # variance 2.3e-13
+    x[:, 2] = rng.standard_normal(8) * 1e-4
+    x[:, 3] = rng.standard_normal(8)
+    x = x.astype(dtype)
+    biased = x.astype(np.float64).var(axis=0)
+    with fo.use_backend(backend):
+        for axis, xa in ((0, x), (1, np.ascontiguousarray(x.T))):
+            _, cache = fo.batchnorm_forward(xa, np.ones(4, dtype), np.zeros(4, dtype), axis,
+                                            eps=1e-3)
+            # to 2**-30 relative (float32's precision; float64's var is summed again from x
+            # only below eps * 2**-20: the layer reads var at every training step)
+            np.testing.assert_allclose(cache.var, biased, rtol=2.0 ** -30)
+            layer = fo.BatchNorm(4, axis=axis, momentum=None, eps=1e-3, dtype=dtype)
+            layer.forward(xa)
+            np.testing.assert_allclose(layer.running_var, (biased * 8 / 7).astype(dtype),
+                                       rtol=max(tolerance(dtype)["rtol"], 2.0 ** -30))
+            assert layer.running_var[0] == 0
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_layer_errors_name_x_and_a_failed_forward_changes_nothing(backend):
+    """A BatchNorm layer's x of the wrong dtype or feature count was reported as the layer's
+    gamma (which the caller never passed); a read-only running statistic failed after the
+    running mean and the batch count had changed, with NumPy's unnamed message."""
+    rng = np.random.default_rng(12)
+    with fo.use_backend(backend):
+        layer = fo.BatchNorm(3, momentum=None)           # float32
+        layer.forward(rng.standard_normal((5, 3)).astype(np.float32))
+        cache = layer._cache
+        for training in (True, False):
+            with pytest.raises(TypeError, match=r"^x has dtype float64, expected float32"):
+                layer.forward(rng.standard_normal((5, 3)), training)
+            with pytest.raises(ValueError, match=r"^x has shape \(5, 4\)"):
+                layer.forward(rng.standard_normal((5, 4)).astype(np.float32), training)
+        layer.running_var = layer.running_var.copy()
+        layer.running_var.flags.writeable = False
+        mean = layer.running_mean.copy()
+        with pytest.raises(ValueError, match="running_var"):
+            layer.forward(rng.standard_normal((5, 3)).astype(np.float32))
+        np.testing.assert_array_equal(layer.running_mean, mean)
+        assert layer.num_batches_tracked == 1 and layer._cache is cache
+
+
+def test_batch_norm_messages_name_the_callers_batch_axis():
+    """A Fortran-ordered x is normalized as its transpose: the message named that batch axis
+    (0) where the caller gave 1."""
+    x = np.asfortranarray(np.ones((3, 5)))
+    for call in (lambda: fo.batchnorm_forward(x, np.ones(5), np.ones(3), axis=1),
+                 lambda: fo.batchnorm_inference(x, np.ones(3), np.ones(3), np.ones(5),
+                                                np.ones(3), axis=1)):
+        with pytest.raises(ValueError, match=r"expected \(3,\) .*batch axis 1\)"):
+            call()
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")       # np.matrix
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_out_must_be_a_plain_ndarray_as_the_inputs(backend):
+    """out=np.matrix (which stays 2-D when the kernels' 3-D view is taken) or a masked array
+    (whose mask the kernels cannot honour) raised each backend's own unnamed error (Cython's
+    buffer dimensions, Numba's IndexError/NumbaTypeError) or was written around the mask."""
+    z = np.arange(6.0).reshape(2, 3)
+    calls = (lambda o: fo.softmax(z, out=o), lambda o: fo.log_softmax(z, out=o),
+             lambda o: fo.softmax_cross_entropy(z, np.array([0, 2]), out=o),
+             lambda o: fo.batchnorm_forward(z, np.ones(3), np.zeros(3), out=o))
+    with fo.use_backend(backend):
+        for call in calls:
+            for out in (np.matrix(np.full((2, 3), 7.0)),
+                        np.ma.array(np.full((2, 3), 7.0), mask=[[1, 0, 0], [0, 0, 0]])):
+                with pytest.raises(TypeError, match="^out must be a plain numpy.ndarray"):
+                    call(out)
+                assert (np.asarray(out) == 7).all()

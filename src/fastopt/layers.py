@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
-from ._validate import FLOAT_DTYPES, check_kernel_array
+from ._validate import FLOAT_DTYPES, FLOAT_TYPES, check_kernel_array
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
 
@@ -42,6 +42,8 @@ def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if isinstance(out, (np.matrix, np.ma.MaskedArray)):   # as inputs: a matrix stays 2-D
+        raise TypeError(f"out must be a plain numpy.ndarray, got {type(out).__name__}")
     if out.dtype.newbyteorder("=") != dtype:
         raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
     if out.shape != shape:
@@ -110,14 +112,18 @@ def _bn_layout(x, axis, out):
     return _kernel_input(x), axis, False
 
 
-def _features(name, a, x, axis, out=None):
+def _features(name, a, x, axis, transposed, out=None):
+    """``a`` (gamma, beta, a running statistic) as a 1-D array of one value per feature of the
+    kernels' ``x`` (batch axis ``axis``; ``transposed``: the caller's x is ``x.T``, whose
+    batch axis the messages name)."""
     n_features = x.shape[1 - axis]
     a = _unshared(out, _float_array(name, a))
     if a.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {a.dtype}, expected {x.dtype} like x")
     if a.size != n_features or a.ndim > 2 or (a.ndim == 2 and 1 not in a.shape):
         raise ValueError(f"{name} has shape {a.shape}, expected ({n_features},) "
-                         f"(one value per feature of x with batch axis {axis})")
+                         f"(one value per feature of x with batch axis "
+                         f"{1 - axis if transposed else axis})")
     return _kernel_input(a.reshape(-1))
 
 
@@ -150,8 +156,22 @@ class BatchNormCache:
 
     @property
     def var(self) -> np.ndarray:
-        """The biased batch variance per feature (float64), as the normalization used it."""
-        return 1.0 / self.inv_std ** 2 - self.eps
+        """The biased batch variance per feature (float64), as the normalization used it,
+        to about 2**-30 relative."""
+        with np.errstate(divide="ignore", invalid="ignore"):     # eps=inf: inv_std 0
+            var = 1.0 / self.inv_std ** 2 - self.eps
+        # inv_std rounded var + eps: taking eps back off cancels where var is small next to
+        # it (a constant feature came out -2.5e-19 with Keras' eps=1e-3, a variance of 1e-16
+        # with eps=1e-5 2e-5 relative off). Those features (few: dead, near-constant) are summed
+        # again from x, as the kernels did (two passes, float64); only below eps * 2**-20,
+        # where the cancellation costs more than 2**-30 (BatchNorm.forward reads var at every
+        # training step: features of small but live variance must not pay a pass over x).
+        low = np.flatnonzero(~(var >= self.eps * 2.0 ** -20))
+        if low.size:
+            x = np.take(self.x, low, axis=1 - self.axis).astype(np.float64)
+            centred = x - np.expand_dims(self.mean[low], self.axis)
+            var[low] = (centred * centred).mean(axis=self.axis)
+        return var
 
 
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: int = 0,
@@ -187,7 +207,9 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     y : ndarray
         The normalized ``x``, of its shape and dtype.
     cache : BatchNormCache
-        What :func:`batchnorm_backward` needs.
+        What :func:`batchnorm_backward` needs. It refers to ``x`` itself (no copy) when x is C-
+        or Fortran-ordered, aligned and native: writing into x before the backward changes
+        the gradients (torch's autograd raises for that; fastopt cannot tell).
 
     Raises
     ------
@@ -201,8 +223,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     if xc.shape[ax] < 2:
         raise ValueError(f"batch norm in training needs more than 1 example per feature, "
                          f"got a batch of {xc.shape[ax]}")
-    g = _features("gamma", gamma, xc, ax, out)
-    b = _features("beta", beta, xc, ax, out)
+    g = _features("gamma", gamma, xc, ax, transposed, out)
+    b = _features("beta", beta, xc, ax, transposed, out)
     _check_eps(eps)
     shape = xc.T.shape if transposed else xc.shape
     y = _out(out, shape, xc.dtype)
@@ -309,10 +331,10 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         As :func:`batchnorm_forward` (a batch of 1 is fine here).
     """
     xc, ax, transposed = _bn_layout(x, axis, out)
-    g = _features("gamma", gamma, xc, ax, out)
-    b = _features("beta", beta, xc, ax, out)
-    rm = _features("running_mean", running_mean, xc, ax).astype(np.float64)
-    rv = _features("running_var", running_var, xc, ax).astype(np.float64)
+    g = _features("gamma", gamma, xc, ax, transposed, out)
+    b = _features("beta", beta, xc, ax, transposed, out)
+    rm = _features("running_mean", running_mean, xc, ax, transposed).astype(np.float64)
+    rv = _features("running_var", running_var, xc, ax, transposed).astype(np.float64)
     _check_eps(eps)
     y = _out(out, xc.T.shape if transposed else xc.shape, xc.dtype)
     yc, scratch = _kernel_output(y, transposed)
@@ -412,18 +434,47 @@ class BatchNorm:
         -------
         ndarray
             ``y``, shaped like ``x``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :func:`batchnorm_forward` (:func:`batchnorm_inference` when not training), an
+            ``x`` of another dtype or number of features than the layer's named as such; in
+            training, a read-only ``running_mean`` or ``running_var``. A call that raises
+            changes nothing.
         """
-        if not training:
-            return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
-                                       self.running_var, self.axis, self.eps)
-        y, cache = batchnorm_forward(x, self.gamma, self.beta, self.axis, self.eps)
+        try:
+            if not training:
+                return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
+                                           self.running_var, self.axis, self.eps)
+            for name in ("running_mean", "running_var"):    # (before anything changes)
+                if not getattr(self, name).flags.writeable:
+                    raise ValueError(f"{name} is read-only; training updates it in place")
+            y, cache = batchnorm_forward(x, self.gamma, self.beta, self.axis, self.eps)
+        except (TypeError, ValueError):
+            self._check_x(x)
+            raise
         n = cache.x.shape[cache.axis]
-        self.num_batches_tracked += 1
-        m = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
+        m = 1.0 / (self.num_batches_tracked + 1) if self.momentum is None else self.momentum
         self.running_mean[...] = (1 - m) * self.running_mean + m * cache.mean
         self.running_var[...] = (1 - m) * self.running_var + m * (cache.var * n / (n - 1))
+        self.num_batches_tracked += 1
         self._cache = cache
         return y
+
+    def _check_x(self, x):
+        """Raise naming ``x`` when its dtype or feature count is not the layer's (the functions
+        would name the layer's gamma, which the caller never passed)."""
+        if not isinstance(x, np.ndarray) or x.dtype.type not in FLOAT_TYPES or x.ndim != 2:
+            return                      # the functions' own messages name x
+        if x.dtype.type is not self.gamma.dtype.type:       # (either byte order)
+            raise TypeError(f"x has dtype {x.dtype}, expected {self.gamma.dtype} (the "
+                            "layer's dtype)")
+        axis = _check_axis(self.axis) % 2
+        if x.shape[1 - axis] != self.gamma.size:
+            raise ValueError(f"x has shape {x.shape}: {x.shape[1 - axis]} features along axis "
+                             f"{1 - axis}, expected {self.gamma.size} (the layer's "
+                             f"num_features; batch axis {axis})")
 
     __call__ = forward
 

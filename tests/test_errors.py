@@ -929,6 +929,47 @@ def test_an_optimizer_takes_byteswapped_grads_as_the_kernels_do(backend):
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs", CONFIGS + [("Lion", {})], ids=CONFIG_IDS + ["Lion"])
+def test_an_optimizer_takes_byteswapped_params_and_state_as_the_kernels_do(backend, name, kwargs):
+    """README: every function takes float32/float64 arrays in either byte order and updates
+    them in place. A byte-swapped parameter (and state assigned in the other byte order)
+    steps to the bits of the native one, through a state dict too (they had been refused at
+    construction with "must have dtype float32 or float64, got >f8")."""
+    results = []
+    for swap in (False, True):
+        rng = np.random.default_rng(0)
+        ps = [rng.standard_normal(s) for s in ((3, 4), (5,), ())]
+        ps.append(rng.standard_normal(6).astype(np.float32))
+        ps = [byteswapped(p) if swap else p for p in ps]
+        grads = [[rng.standard_normal(p.shape).astype(p.dtype.type) for p in ps]
+                 for _ in range(3)]
+        with fo.use_backend(backend):
+            opt = getattr(fo, name)([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.01}],
+                                    **kwargs)
+            opt.step(grads[0])
+            for key, value in list(opt.state[1].items()):
+                if isinstance(value, np.ndarray) and value.ndim:
+                    flip = value.dtype.newbyteorder("S")        # (the other order than ps[1])
+                    opt.state[1][key] = value.astype(flip) if swap else value.copy()
+            opt.step(grads[1])
+            again = getattr(fo, name)([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.01}],
+                                      **kwargs)
+            again.load_state_dict(pickle.loads(pickle.dumps(opt.state_dict())))
+            again.step(grads[2])
+        results.append(b"".join(p.astype(p.dtype.newbyteorder("=")).tobytes() for p in ps))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("kind", ["matrix", "masked"])
+def test_a_matrix_or_masked_param_is_refused_at_construction(kind):
+    """A param that is not a plain ndarray is a TypeError when the optimizer is built, as a
+    read-only one is (it had been accepted, and refused only at the first step)."""
+    bad = np.asmatrix(np.ones((2, 1))) if kind == "matrix" else np.ma.masked_array(np.ones(2))
+    with pytest.raises(TypeError, match="parameter params\\[1\\] must be a plain numpy.ndarray"):
+        fo.Adam([np.ones(2), bad])
+
+
 def test_numpy_float32_hyper_parameters_are_folded_in_float64():
     """The per-step scalars are folded in float64 whatever the scalars' type: np.float32
     values fold as the Python floats they equal."""

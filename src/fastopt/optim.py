@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _validate, ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
-from ._validate import FLOAT_DTYPES
+from ._validate import FLOAT_TYPES
 from .arena import ParameterArena, _GradDict
 
 # what the optimizers take (see above): parameters by name, in a list, or as param groups
@@ -380,7 +380,10 @@ class Optimizer:
             if not isinstance(p, np.ndarray):
                 raise TypeError(f"parameter {label} must be a numpy.ndarray, "
                                 f"got {type(p).__name__}")
-            if p.dtype not in FLOAT_DTYPES:
+            if isinstance(p, (np.matrix, np.ma.MaskedArray)):
+                raise TypeError(f"parameter {label} must be a plain numpy.ndarray, "
+                                f"got {type(p).__name__}")
+            if p.dtype.type not in FLOAT_TYPES:     # (either byte order, as the kernels)
                 raise TypeError(f"parameter {label} must have dtype float32 or float64, "
                                 f"got {p.dtype}")
             if not p.flags.writeable:
@@ -530,7 +533,7 @@ class Optimizer:
         elif not isinstance(value, np.ndarray):
             raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, "
                             f"got {type(value).__name__}")
-        elif value.dtype != p.dtype:
+        elif value.dtype.type is not p.dtype.type:      # (either byte order, as the kernels)
             raise TypeError(f"{where}[{key!r}] has dtype {value.dtype}, expected {p.dtype} "
                             "like its parameter")
         elif value.shape != p.shape:

@@ -507,10 +507,15 @@ _SHORT_ROW = 128
 
 
 @numba.njit(**JIT)
-def _short_rows_stats(z, e, o0, o1, mx, s, acc, buf):
-    """_row_stats of rows o0..o1-1 of z (each shorter than _SHORT_ROW; buf: scratch of
-    (o1 - o0) * k values): mx[o - o0], s[o - o0] and e[o] = exp(z[o] - mx)."""
+def _group_stats(z, e, o0, o1, acc):
+    """Rows shorter than _SHORT_ROW: _row_stats of rows o0..o1-1 of z, as arrays mx and s
+    (row o's at o - o0), and e[o] = exp(z[o] - mx); longer rows: nothing (_stats_of takes
+    them a row at a time, each finished while it is in cache)."""
     k = z.shape[1]
+    mx, s = np.empty(_GROUP, z.dtype), np.empty(_GROUP)
+    if k >= _SHORT_ROW:
+        return mx, s
+    buf = np.empty((o1 - o0) * k, z.dtype)
     n = 0
     for o in range(o0, o1):
         m = _row_max(z[o])
@@ -526,6 +531,15 @@ def _short_rows_stats(z, e, o0, o1, mx, s, acc, buf):
             e[o, r] = buf[n + r]
         s[o - o0] = _row_sum(e[o], acc)
         n += k
+    return mx, s
+
+
+@numba.njit(inline="always", **JIT)
+def _stats_of(z, e, o, o0, mx, s, acc):
+    """Row o's max and exp sum: its group's (_group_stats), or for a long row computed now."""
+    if z.shape[1] < _SHORT_ROW:
+        return mx[o - o0], s[o - o0]
+    return _row_stats(z[o], e[o], acc)
 
 
 @numba.njit(**JIT)
@@ -567,14 +581,9 @@ def _softmax_rows(z, out, log_):
         cast = np.empty(1, z.dtype)
         acc = np.empty(8)
         o0, o1 = g * _GROUP, min(g * _GROUP + _GROUP, outer)
-        mxs, sums = np.empty(_GROUP, z.dtype), np.empty(_GROUP)
-        if k < _SHORT_ROW:
-            _short_rows_stats(z, out, o0, o1, mxs, sums, acc, np.empty(_GROUP * k, z.dtype))
+        mxs, sums = _group_stats(z, out, o0, o1, acc)
         for o in range(o0, o1):
-            if k < _SHORT_ROW:
-                mx, s = mxs[o - o0], sums[o - o0]
-            else:
-                mx, s = _row_stats(z[o], out[o], acc)
+            mx, s = _stats_of(z, out, o, o0, mxs, sums, acc)
             c = _normalizer(s, log_, cast)
             for r in range(k):
                 out[o, r] = _finish(z[o, r], out[o, r], mx, c, log_)
@@ -632,20 +641,15 @@ def _xent(z, d, mx, inv_s, log_s, t, inv_m):
 @numba.njit(**_PAR)
 def _xent_rows(z, labels, targets, by_index, dz, inv_m, terms):
     """Classes last: z is (outer, k), each example a contiguous row."""
-    outer, k = z.shape
+    outer = z.shape[0]
     one = inv_m - inv_m + 1
     for g in prange((outer + _GROUP - 1) // _GROUP):
         cast = np.empty(1, z.dtype)
         acc = np.empty(8)
         o0, o1 = g * _GROUP, min(g * _GROUP + _GROUP, outer)
-        mxs, sums = np.empty(_GROUP, z.dtype), np.empty(_GROUP)
-        if k < _SHORT_ROW:
-            _short_rows_stats(z, dz, o0, o1, mxs, sums, acc, np.empty(_GROUP * k, z.dtype))
+        mxs, sums = _group_stats(z, dz, o0, o1, acc)
         for o in range(o0, o1):
-            if k < _SHORT_ROW:
-                mx, s = mxs[o - o0], sums[o - o0]
-            else:
-                mx, s = _row_stats(z[o], dz[o], acc)
+            mx, s = _stats_of(z, dz, o, o0, mxs, sums, acc)
             _xent_row(z[o], labels[o, 0] if by_index else 0, targets[o], by_index, dz[o], inv_m,
                       one, cast, terms, o, mx, s)
 

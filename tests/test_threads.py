@@ -95,7 +95,6 @@ def test_calls_from_several_python_threads_at_once(compiled):
             assert a.tobytes() == b.tobytes()
 
 
-
 @pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
 def test_one_optimizer_stepped_from_two_threads(backend):
     """Steps of one optimizer from two threads at once take turns: the kernels release the
@@ -128,6 +127,7 @@ def test_one_optimizer_stepped_from_two_threads(backend):
                 w.join()
             assert opt.state[0]["step"] == opt.state[1]["step"] == 2 * steps
             assert [p.tobytes() for p in params] == [p.tobytes() for p in serial]
+
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_call_after_fork(compiled):

@@ -34,10 +34,10 @@ WIDE_MARCH = "-march=x86-64-v4"
 # ... with 256-bit vectors for the optimizer steps. Their 512-bit loops ran 1.2-2.7x slower
 # than the AVX2 build on Zen 4 (Adam 1e5 float32, one thread, NumPy's usual page+16 byte
 # alignment: 1.08 against 0.59 ns/element; Adamax 0.91 against 0.33; 64-byte aligned on 2
-# threads, still 0.36 against 0.29): every 64-byte load and store of an unaligned array splits a cache line,
-# and the divider is no wider. With 256-bit vectors the AVX-512 build matches AVX2 there and
-# beats it on 16-bit params (fp16 Adam 0.94 against 1.15). The layers keep 512-bit vectors:
-# batch norm's float64 sweeps gain 20-30% from them.
+# threads, still 0.36 against 0.29): every 64-byte load and store of an unaligned array
+# splits a cache line, and the divider is no wider. With 256-bit vectors the AVX-512 build
+# matches AVX2 there and beats it on 16-bit params (fp16 Adam 0.94 against 1.15). The layers
+# keep 512-bit vectors: batch norm's float64 sweeps gain 20-30% from them.
 WIDE_VECTOR_FLAGS = {"optim": ["-mprefer-vector-width=256"], "layers": []}
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math",
               # unswitch every loop-invariant option branch of a kernel (GCC stops at 3 levels

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import GRID_BACKENDS
+from conftest import GRID_BACKENDS, relayout
 from fastopt import _backend, _registry
 from fastopt.reference import lowp
 from kernel_specs import same_bits as same_float_bits
@@ -87,6 +87,11 @@ def run(backend, kernel, arrays, scalars, multi=False):
         getattr(ns, kernel.name)(*arrays, **scalars)
 
 
+def native(a):
+    """A C-ordered copy of ``a`` in native byte order."""
+    return np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+
+
 def copies(arrays):
     return [None if a is None else a.copy() for a in arrays]
 
@@ -129,7 +134,8 @@ def test_every_variant_is_the_unfused_path(backend, name, options, used, fmt):
 @pytest.mark.parametrize("name", HALF)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_layouts_lists_and_threads(backend, name, fmt):
-    """Non-contiguous (run on copies, written back) and int16 views of the 16-bit arrays, a
+    """Non-contiguous (run on copies, written back) and int16 views of the 16-bit arrays,
+    every array in each other layout of conftest.relayout (byte-swapped included), a
     list of mixed sizes in one call: several blocks of the 16-bit driver and a partial last
     one, and for two kernels 70,001 elements (threaded on the compiled backends; the parallel
     loop is the same for every kernel, and Numba compiles it per kernel): the unfused path's
@@ -146,6 +152,13 @@ def test_layouts_lists_and_threads(backend, name, fmt):
     assert all(same_bits(a, b) for a, b in zip(strided, expected))
     untouched = arrays_for(kernel, (8, 10), bfloat16, np.random.default_rng(5))
     assert all(same_bits(a[:, 1::2], b[:, 1::2]) for a, b in zip(base[2:], untouched[2:]))
+    for how in ("F", "T", "reversed", "unaligned", "swapped"):   # conftest.relayout's others
+        laid = [relayout(a, how) for a in arrays_for(kernel, (5, 7), bfloat16,
+                                                      np.random.default_rng(6))]
+        expected = [native(a) for a in laid]
+        unfused(kernel, expected, scalars)
+        run(backend, kernel, laid, scalars)
+        assert all(same_bits(native(a), b) for a, b in zip(laid, expected)), how
     big = 70001 if name in ("adam_half", "rmsprop_half") else 1537
     tensors = [arrays_for(kernel, s, bfloat16, rng) for s in ((7,), (big,), (), (0,), (3, 3))]
     lists = [[t[i] for t in tensors] for i in range(len(kernel.arrays))]

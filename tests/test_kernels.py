@@ -68,6 +68,8 @@ CASES = {
         p, g, s["m"], s["v"], t, lr=0.01)),
     "radam": ({"m": 0.0, "v": 0.0}, lambda p, g, s, t: ops.radam_step_(
         p, g, s["m"], s["v"], t, lr=0.01, weight_decay=0.1, maximize=True)),
+    "lion": ({"m": 0.0}, lambda p, g, s, t: ops.lion_step_(
+        p, g, s["m"], lr=0.01, betas=(0.8, 0.95), weight_decay=0.1, maximize=t % 2 == 0)),
 }
 SHAPES = [(), (0,), (1,), (7,), (1031,), (70001,), (33, 31)]
 LAYOUTS = ["contiguous", "strided", "transposed", "mixed"]

@@ -102,7 +102,7 @@ def check_half_arrays(arrays, names, nrequired):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
         want = _HALF_DTYPES if i < 2 else (np.dtype(np.float32),)
-        if a.dtype not in want:
+        if a.dtype.newbyteorder("=") not in want:      # either byte order, as float kernels
             raise TypeError(f"{name} must have dtype {' or '.join(map(str, want))} (16-bit "
                             f"{'bit patterns' if i < 2 else 'parameters keep float32 state'})"
                             f", got {a.dtype}")
@@ -128,6 +128,11 @@ def with_signature(kernel, impl):
     return fn
 
 
+def _native(a):
+    """``a``, or a copy of it in native byte order (16-bit bits are read through views)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
 def _half_form(kernel):
     """The reference of the 16-bit form ``kernel`` (a :meth:`fastopt._registry.Kernel.halved`):
     g = widen(grad) (float32), times ``grad_scale`` in float32 unless it is 1; the float32
@@ -140,11 +145,16 @@ def _half_form(kernel):
     def half(arrays, *, bfloat16, grad_scale, **scalars):
         check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
         param, grad, master, *state = arrays
-        g = widen(grad, bfloat16)
+        g = widen(_native(grad), bfloat16)
         if grad_scale != 1:
             np.multiply(g, np.float32(grad_scale), out=g)    # (a new array: 0-d stays one)
         base(master, g, *state, **scalars, **own_scale)
-        store_rounded_(param, master, bfloat16)
+        if param.dtype.isnative:
+            store_rounded_(param, master, bfloat16)
+        else:                       # the bits are written through a view: round natively
+            native = _native(param)
+            store_rounded_(native, master, bfloat16)
+            param[...] = native
 
     half.__doc__ = (f"``{kernel.base}`` on a 16-bit parameter (bfloat16 bits if ``bfloat16``, "
                     "else float16, both as ``uint16``) with a float32 master copy and float32 "

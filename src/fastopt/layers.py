@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
 from ._validate import FLOAT_DTYPES, FLOAT_TYPES, check_kernel_array
+from .reference.layers import batch_variance
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
 
@@ -168,9 +169,8 @@ class BatchNormCache:
         # training step: features of small but live variance must not pay a pass over x).
         low = np.flatnonzero(~(var >= self.eps * 2.0 ** -20))
         if low.size:
-            x = np.take(self.x, low, axis=1 - self.axis).astype(np.float64)
-            centred = x - np.expand_dims(self.mean[low], self.axis)
-            var[low] = (centred * centred).mean(axis=self.axis)
+            var[low] = batch_variance(np.take(self.x, low, axis=1 - self.axis), self.axis,
+                                      self.mean[low])
         return var
 
 

@@ -101,6 +101,7 @@ import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, UNIT
+from ._validate import extent
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -713,17 +714,7 @@ class _FastOptimizer(_Mixin):
         for members in by_storage.values():
             if len(members) < 2:
                 continue
-            spans = []
-            for j in members:
-                p = params[j]
-                lo = hi = p.data_ptr()
-                for n, stride in zip(p.shape, p.stride()):
-                    if stride < 0:
-                        lo += stride * (n - 1) * p.element_size()
-                    else:
-                        hi += stride * (n - 1) * p.element_size()
-                spans.append((lo, hi + p.element_size(), j))
-            spans.sort()
+            spans = sorted((*extent(_array(params[j])), j) for j in members)
             reach, other = spans[0][1], spans[0][2]
             for lo, hi, j in spans[1:]:
                 if lo < reach:

@@ -20,8 +20,14 @@ def batchnorm_stats(x, axis, eps, mean, inv_std):
     ``mean((x - mean)**2)``, both accumulated in float64 (written into the float64 outputs)."""
     x64 = x.astype(np.float64)
     mean[...] = x64.mean(axis=axis)
-    centred = x64 - np.expand_dims(mean, axis)
-    inv_std[...] = 1.0 / np.sqrt((centred * centred).mean(axis=axis) + eps)
+    inv_std[...] = 1.0 / np.sqrt(batch_variance(x64, axis, mean) + eps)
+
+
+def batch_variance(x, axis, mean):
+    """The biased variance ``mean((x - mean)**2)`` along ``axis`` in float64, by two passes
+    (``mean``: x's float64 mean along it)."""
+    centred = np.asarray(x, np.float64) - np.expand_dims(mean, axis)
+    return (centred * centred).mean(axis=axis)
 
 
 def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):

@@ -139,6 +139,18 @@ static inline fo_vf fo_vexpf_edge(fo_vf x) {
    logits (spread 3, one thread, in-process against the previous build) took 11-13% less
    time, its cross-entropy 15-20%; logits spread 30 (most exps underflow) as before. The edge
    is inlined: called, it cost those rows 24%. */
+#if defined(__AVX512F__)
+/* AVX-512: vscalefps multiplies by 2^n with one rounding, to inf above and to the subnormal
+   grid (or 0) below, so after the edge's clamp every vector takes one branch-free path: the
+   same bits as the two paths below (every float32 input; 2e8 float64 ones) in a quarter less
+   time (C loop, one Zen 4 core: 0.29 -> 0.21 ns/element, float64 0.84 -> 0.68) */
+static inline fo_vf fo_vexpf(fo_vf x) {
+    const fo_vf o = {0};
+    x = FO_MINF(o + 89.0f, FO_MAXF(o - 104.0f, x));
+    fo_vf t = fo_vexpf_shifted(x);
+    return (fo_vf)_mm512_scalef_ps((__m512)fo_vexpf_reduced(x, t), (__m512)(t - 0x1.8p23f));
+}
+#else
 static inline fo_vf fo_vexpf(fo_vf x) {
 #ifdef FO_ANYI
     const fo_vf o = {0};
@@ -149,6 +161,7 @@ static inline fo_vf fo_vexpf(fo_vf x) {
 #endif
     return fo_vexpf_edge(x);
 }
+#endif
 
 /* the same for float64: n in [-1021, 1023] on the fast path */
 static inline fo_vd fo_vexp_reduced(fo_vd x, fo_vd t) {
@@ -196,6 +209,14 @@ static inline fo_vd fo_vexp_edge(fo_vd x) {
     fo_vd s1 = (fo_vd)((h + 1023) << 52), s2 = (fo_vd)((ni - h + 1023) << 52);
     return (u * s1) * s2;
 }
+#if defined(__AVX512F__)
+static inline fo_vd fo_vexp(fo_vd x) {
+    const fo_vd o = {0};
+    x = FO_MIND(o + 710.0, FO_MAXD(o - 746.0, x));
+    fo_vd t = fo_vexp_shifted(x);
+    return (fo_vd)_mm512_scalef_pd((__m512d)fo_vexp_reduced(x, t), (__m512d)(t - 0x1.8p52));
+}
+#else
 static inline fo_vd fo_vexp(fo_vd x) {
 #ifdef FO_ANYI
     const fo_vd o = {0};
@@ -206,6 +227,7 @@ static inline fo_vd fo_vexp(fo_vd x) {
 #endif
     return fo_vexp_edge(x);
 }
+#endif
 
 /* e[i] = exp(z[i] - m[i * m_step]) for i < n (m_step 0: one shift for all) */
 #define FO_EXP_SHIFTED(NAME, T, VT, VEXP)                                             \
@@ -270,11 +292,38 @@ static inline fo_v4d fo_load4d_d(const double* p) {
 #define FO_LANE(v, k) ((double)(v)[(k) / LANES][(k) % LANES])
 #define FO_QUAD(v, k) ((fo_v4d){FO_LANE(v, k), FO_LANE(v, (k) + 1), FO_LANE(v, (k) + 2), \
                                 FO_LANE(v, (k) + 3)})
-#define FO_EXP_SUM(NAME, T, VT, VEXP, LOAD4D, REST)                                    \
+/* The eight partial sums: with AVX-512 one vector of eight float64 lanes, which takes eight
+   floats in one conversion (two 256-bit halves took four conversions and three shuffles per
+   16 floats: float32 exp-and-sum, C loop, 0.43 -> 0.33 ns/element); the same additions in
+   the same order either way. FO_SUMS_ADD adds the eight values from v[] at k, FO_SUMS_LOAD
+   eight from memory. */
+#if defined(__AVX512F__)
+typedef double fo_v8d __attribute__((vector_size(64)));
+static inline fo_v8d fo_eight_f(const fo_vf* v, Py_ssize_t k) {
+    __m512 w = (__m512)v[k / 16];
+    return (fo_v8d)_mm512_cvtps_pd(k % 16 ? _mm512_extractf32x8_ps(w, 1)
+                                          : _mm512_castps512_ps256(w));
+}
+static inline fo_v8d fo_eight_d(const fo_vd* v, Py_ssize_t k) { return (fo_v8d)v[k / 8]; }
+static inline fo_v8d fo_load8_f(const float* p) {
+    return (fo_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+}
+static inline fo_v8d fo_load8_d(const double* p) { return (fo_v8d)_mm512_loadu_pd(p); }
+#define FO_SUMS fo_v8d sums = {0}
+#define FO_SUMS_ADD(S, v, k) (sums += fo_eight_##S(v, k))
+#define FO_SUMS_LOAD(S, p) (sums += fo_load8_##S(p))
+#define FO_SUMS_LANE(j) sums[j]
+#else
+#define FO_SUMS fo_v4d lo = {0}, hi = {0}
+#define FO_SUMS_ADD(S, v, k) (lo += FO_QUAD(v, k), hi += FO_QUAD(v, (k) + 4))
+#define FO_SUMS_LOAD(S, p) (lo += fo_load4d_##S(p), hi += fo_load4d_##S((p) + 4))
+#define FO_SUMS_LANE(j) ((j) < 4 ? lo[j] : hi[(j) - 4])
+#endif
+#define FO_EXP_SUM(NAME, T, S, VT, VEXP, REST)                                         \
 static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {           \
     enum { LANES = FO_VBYTES / sizeof(T), STEP = LANES > 8 ? LANES : 8 };            \
     VT v[STEP / LANES], s;                                                           \
-    fo_v4d lo = {0}, hi = {0};                                                       \
+    FO_SUMS;                                                                         \
     double acc[8];                                                                   \
     Py_ssize_t i = 0, j, n8 = n - n % 8;                                             \
     for (j = 0; j < LANES; j++) s[j] = m;                                            \
@@ -288,27 +337,21 @@ static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {        
             memcpy(e + i + j * LANES, &v[j], sizeof v[j]);                           \
         }                                                                            \
         _Pragma("GCC unroll 8")                                                      \
-        for (j = 0; j < STEP; j += 8) {                                              \
-            lo += FO_QUAD(v, j);                                                     \
-            hi += FO_QUAD(v, j + 4);                                                 \
-        }                                                                            \
+        for (j = 0; j < STEP; j += 8)                                                \
+            FO_SUMS_ADD(S, v, j);                                                    \
     }                                                                                \
     if (i < n)                                                                       \
         REST(z + i, &m, 0, e + i, n - i);                                            \
-    for (; i < n8; i += 8) {                                                         \
-        lo += LOAD4D(e + i);                                                         \
-        hi += LOAD4D(e + i + 4);                                                     \
-    }                                                                                \
-    for (j = 0; j < 4; j++) {                                                        \
-        acc[j] = lo[j];                                                              \
-        acc[j + 4] = hi[j];                                                          \
-    }                                                                                \
+    for (; i < n8; i += 8)                                                           \
+        FO_SUMS_LOAD(S, e + i);                                                      \
+    for (j = 0; j < 8; j++)                                                          \
+        acc[j] = FO_SUMS_LANE(j);                                                    \
     for (; i < n; i++)                                                               \
         acc[i - n8] += e[i];                                                         \
     return ((acc[0] + acc[1]) + (acc[2] + acc[3]))                                    \
            + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                                 \
 }
-FO_EXP_SUM(fo_exp_sum_f, float, fo_vf, fo_vexpf, fo_load4d_f, fo_exp_shifted_f)
-FO_EXP_SUM(fo_exp_sum_d, double, fo_vd, fo_vexp, fo_load4d_d, fo_exp_shifted_d)
+FO_EXP_SUM(fo_exp_sum_f, float, f, fo_vf, fo_vexpf, fo_exp_shifted_f)
+FO_EXP_SUM(fo_exp_sum_d, double, d, fo_vd, fo_vexp, fo_exp_shifted_d)
 
 #endif /* FO_VEXP_H */

@@ -8,7 +8,8 @@ Work runs on fastopt's thread pool (fo_pool.h), split over features, fixed chunk
 order (eight interleaved float64 partial sums then a fixed pairwise combine along a row;
 per-block statistics merged in block order, then in chunk order, across rows), and chunks
 depend on the shape alone, so results are bit-identical for any thread count. exp is computed
-on whole vectors by fo_vexpf/fo_vexp (fo_vexp.h: < 1 ulp, one branch per vector).
+on whole vectors by fo_vexpf/fo_vexp (fo_vexp.h: < 1 ulp; branch-free with AVX-512, else one
+branch per vector).
 """
 from libc.math cimport isfinite, log, sqrt
 from libc.string cimport memset

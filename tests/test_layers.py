@@ -877,6 +877,26 @@ def test_a_batch_norm_cache_pickles_with_every_protocol(protocol):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("field, value", [
+    ("mean", np.zeros(2)), ("inv_std", np.ones(1)), ("gamma", np.ones(2, np.float32)),
+    ("x", np.zeros((2, 3), np.float32)), ("shape", (60, 3)), ("axis", 7),
+    ("mean", [0.0, 0.0, 0.0])])
+def test_a_batch_norm_cache_whose_arrays_do_not_fit_is_refused(field, value):
+    """A cache unpickled from elsewhere or built by hand reached the kernels unchecked: a short
+    mean was read past its end. The kernels index by x's shape and the feature count."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    dy = rng.standard_normal((6, 3)).astype(np.float32)
+    _, cache = fo.batchnorm_forward(x, np.ones(3, np.float32), np.zeros(3, np.float32))
+    fields = {k: getattr(cache, k) for k in cache.__slots__}
+    bad = fo.layers.BatchNormCache(**{**fields, field: value})
+    out = np.full_like(dy, 7)
+    with pytest.raises((ValueError, TypeError), match="cache is not as batchnorm_forward"):
+        fo.batchnorm_backward(dy, bad, out=out)
+    assert (out == 7).all()
+    fo.batchnorm_backward(dy, fo.layers.BatchNormCache(**fields))     # a faithful copy works
+
+
 @pytest.mark.parametrize("shape", [(4,), (4, 1), (1, 4)])
 def test_batch_norm_grads_take_the_shape_of_gamma_and_beta(shape):
     """The course keeps gamma as (C, 1): its dgamma must be (C, 1) too (a flat (C,) grad

@@ -155,6 +155,23 @@ class BatchNormCache:
     def __reduce__(self):      # every pickle protocol (slots alone need protocol 2)
         return BatchNormCache, tuple(getattr(self, k) for k in self.__slots__)
 
+    def _check(self) -> None:
+        """Raise unless the arrays fit together as batchnorm_forward made them: the kernels
+        read x by its shape and gamma, mean and inv_std by feature, without bounds checks (a
+        cache built by hand or unpickled from elsewhere with a short mean read past its end)."""
+        x, axis, gamma, mean, inv_std = self.x, self.axis, self.gamma, self.mean, self.inv_std
+        if not (type(x) is type(gamma) is type(mean) is type(inv_std) is np.ndarray):
+            raise TypeError("cache is not as batchnorm_forward made it: x, gamma, mean and "
+                            "inv_std must be ndarrays")
+        shape = x.shape
+        if (len(shape) != 2 or axis not in (0, 1)
+                or not gamma.shape == mean.shape == inv_std.shape == (shape[1 - axis],)
+                or tuple(self.shape) != (shape[::-1] if self.transposed else shape)):
+            raise ValueError(
+                f"cache is not as batchnorm_forward made it: x {x.shape} (axis {axis}, caller's "
+                f"shape {self.shape}), gamma {self.gamma.shape}, mean {self.mean.shape}, "
+                f"inv_std {self.inv_std.shape}")
+
     @property
     def var(self) -> np.ndarray:
         """The biased batch variance per feature (float64), as the normalization used it,
@@ -273,10 +290,12 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, out: np.ndarray | 
     TypeError
         ``cache`` not from :func:`batchnorm_forward`, or ``dy`` of another dtype than ``x``.
     ValueError
-        ``dy`` of another shape than ``x``, or ``out`` of the wrong shape.
+        ``dy`` of another shape than ``x``, ``out`` of the wrong shape, or a ``cache`` whose
+        arrays do not fit together (built by hand, or changed).
     """
     if not isinstance(cache, BatchNormCache):
         raise TypeError("cache must be the second value returned by batchnorm_forward")
+    cache._check()
     dy = _unshared(out, _float_array("dy", dy))
     if dy.dtype != cache.x.dtype:
         raise TypeError(f"dy has dtype {dy.dtype}, expected {cache.x.dtype} like x")

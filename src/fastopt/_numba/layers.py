@@ -22,42 +22,87 @@ def _sum8(acc):
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
+def _lanes8_loop(context, builder, acc_ty, acc, start, stop, term):
+    """IR of ``acc[j] += term(i)`` over i = start, start + 8, ... < stop: ``term(i)`` the
+    eight float64 terms from element i on, added on whole vectors in the order of i."""
+    lanes_ty = ir.VectorType(ir.DoubleType(), 8)
+    acc_vec = builder.bitcast(context.make_array(acc_ty)(context, builder, acc).data,
+                              lanes_ty.as_pointer())
+    lanes = cgutils.alloca_once_value(builder, builder.load(acc_vec, align=8))
+    with cgutils.for_range_slice(builder, start, stop, ir.Constant(start.type, 8)) as (i, _):
+        builder.store(builder.fadd(builder.load(lanes), term(i)), lanes)
+    builder.store(builder.load(lanes), acc_vec, align=8)
+
+
+def _load8(context, builder, ty, arr, i):
+    """Elements i..i+7 of a 1-D C-contiguous array as eight float64 lanes."""
+    data = context.make_array(ty)(context, builder, arr).data
+    v = builder.load(builder.bitcast(builder.gep(data, [i]),
+                                     ir.VectorType(context.get_data_type(ty.dtype), 8)
+                                     .as_pointer()), align=ty.dtype.bitwidth // 8)
+    return v if ty.dtype == types.float64 else builder.fpext(v, ir.VectorType(ir.DoubleType(), 8))
+
+
+def _splat8(builder, value):
+    vec = ir.Constant(ir.VectorType(ir.DoubleType(), 8), ir.Undefined)
+    for j in range(8):
+        vec = builder.insert_element(vec, value, ir.Constant(ir.IntType(32), j))
+    return vec
+
+
+def _is_row(t):
+    return (isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C"
+            and t.dtype in (types.float32, types.float64))
+
+
+def _is_acc(t):
+    return isinstance(t, types.Array) and t.dtype == types.float64
+
+
+# The sums of a contiguous row take eight float64 terms at a time on whole vectors, lane j
+# summing the terms of i % 8 == j in order (``stop - start`` a multiple of 8; acc: 8 float64).
+# Written as scalar code, the eight partial sums are eight chains of dependent adds that LLVM
+# does not vectorize without fast-math: 0.36 against 0.12 ns per float32 element of a row in
+# L1; and centred squares stored to scratch first and then added took 1 ns per element
+# against 0.13 ((4096, 256) float32, one thread).
 @intrinsic
 def _add_lanes8(typingctx, acc, x, start, stop):
-    """acc[j] += x[i] in float64 for start <= i < stop with i % 8 == j, in order of i
-    (``stop - start`` a multiple of 8; acc: 8 float64; x: 1-D, C-contiguous), on whole vectors.
-    Written as scalar code, the eight partial sums are eight chains of dependent adds that
-    LLVM does not vectorize without fast-math: 0.36 against 0.12 ns per float32 element of a
-    row in L1 cache."""
-    if not (isinstance(acc, types.Array) and acc.dtype == types.float64
-            and isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
-            and x.dtype in (types.float32, types.float64)):
+    """acc[j] += x[i] in float64 for start <= i < stop with i % 8 == j."""
+    if not (_is_acc(acc) and _is_row(x)):
         return None
 
     def codegen(context, builder, sig, args):
-        acc_ty, x_ty = sig.args[0], sig.args[1]
-        acc_data = context.make_array(acc_ty)(context, builder, args[0]).data
-        x_data = context.make_array(x_ty)(context, builder, args[1]).data
-        lanes_ty = ir.VectorType(ir.DoubleType(), 8)
-        x8_ty = ir.VectorType(context.get_data_type(x_ty.dtype), 8)
-        acc_vec = builder.bitcast(acc_data, lanes_ty.as_pointer())
-        lanes = cgutils.alloca_once_value(builder, builder.load(acc_vec, align=8))
-        step = ir.Constant(args[2].type, 8)
-        with cgutils.for_range_slice(builder, args[2], args[3], step) as (i, _):
-            v = builder.load(builder.bitcast(builder.gep(x_data, [i]), x8_ty.as_pointer()),
-                             align=x_ty.dtype.bitwidth // 8)
-            if x_ty.dtype != types.float64:
-                v = builder.fpext(v, lanes_ty)
-            builder.store(builder.fadd(builder.load(lanes), v), lanes)
-        builder.store(builder.load(lanes), acc_vec, align=8)
+        _lanes8_loop(context, builder, sig.args[0], args[0], args[2], args[3],
+                     lambda i: _load8(context, builder, sig.args[1], args[1], i))
         return context.get_dummy_value()
     return types.none(acc, x, types.intp, types.intp), codegen
+
+
+@intrinsic
+def _add_products8(typingctx, acc, a, a_shift, x, x_shift, start, stop):
+    """acc[j] += (a[i] - a_shift) * (x[i] - x_shift) in float64, as _add_lanes8 (a shift of
+    0.0 leaves every value, -0.0 and NaN included, as it is)."""
+    if not (_is_acc(acc) and _is_row(a) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        def shift(k):
+            return _splat8(builder, context.cast(builder, args[k], sig.args[k], types.float64))
+
+        a_sh, x_sh = shift(2), shift(4)
+
+        def term(i):
+            return builder.fmul(
+                builder.fsub(_load8(context, builder, sig.args[1], args[1], i), a_sh),
+                builder.fsub(_load8(context, builder, sig.args[3], args[3], i), x_sh))
+        _lanes8_loop(context, builder, sig.args[0], args[0], args[5], args[6], term)
+        return context.get_dummy_value()
+    return types.none(acc, a, a_shift, x, x_shift, types.intp, types.intp), codegen
 
 
 # Scratch arrays (the eight partial sums, a 1-element cast) are allocated once per group of
 # _GROUP rows, not per row: an allocation per row of 256 made batch norm 2x slower.
 _GROUP = 16
-_TERMS = 256        # float64 terms of a row sum computed per block of scratch (2 KB, in L1)
 
 
 def _groups(rows):
@@ -76,17 +121,11 @@ def _row_sum(x, acc):
 
 
 @numba.njit(**JIT)
-def _row_centred_sq(x, mean, acc, terms):
-    """sum((x - mean)^2) in float64, summed as _row_sum sums: the squares a block at a time
-    into ``terms`` (_TERMS float64 of scratch), then added on whole vectors."""
+def _row_centred_sq(x, mean, acc):
+    """sum((x - mean)^2) in float64, summed as _row_sum sums."""
     acc[:] = 0.0
     n8 = x.size - x.size % 8
-    for b in range(0, n8, _TERMS):
-        k = min(_TERMS, n8 - b)
-        for i in range(k):
-            d = x[b + i] - mean
-            terms[i] = d * d
-        _add_lanes8(acc, terms, 0, k)
+    _add_products8(acc, x, mean, x, mean, 0, n8)
     for i in range(n8, x.size):
         d = x[i] - mean
         acc[i - n8] += d * d
@@ -94,15 +133,11 @@ def _row_centred_sq(x, mean, acc, terms):
 
 
 @numba.njit(**JIT)
-def _row_products(dy, x, mean, acc, terms):
-    """sum(dy * (x - mean)) in float64, summed as _row_centred_sq sums."""
+def _row_products(dy, x, mean, acc):
+    """sum(dy * (x - mean)) in float64, summed as _row_sum sums."""
     acc[:] = 0.0
     n8 = x.size - x.size % 8
-    for b in range(0, n8, _TERMS):
-        k = min(_TERMS, n8 - b)
-        for i in range(k):
-            terms[i] = dy[b + i] * (x[b + i] - mean)
-        _add_lanes8(acc, terms, 0, k)
+    _add_products8(acc, dy, 0.0, x, mean, 0, n8)
     for i in range(n8, x.size):
         acc[i - n8] += dy[i] * (x[i] - mean)
     return _sum8(acc)
@@ -214,10 +249,9 @@ def _forward_rows(x, eps, gamma, beta, mean, inv_std, y):
     F, C = x.shape
     for g in prange((F + _GROUP - 1) // _GROUP):
         acc = np.empty(8)
-        terms = np.empty(_TERMS)
         for f in range(g * _GROUP, min(g * _GROUP + _GROUP, F)):
             m = _row_sum(x[f], acc) / C
-            s = 1.0 / math.sqrt(_row_centred_sq(x[f], m, acc, terms) / C + eps)
+            s = 1.0 / math.sqrt(_row_centred_sq(x[f], m, acc) / C + eps)
             mean[f] = m
             inv_std[f] = s
             scale = gamma[f] * s
@@ -280,10 +314,9 @@ def _backward_rows(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
     F, C = x.shape
     for g in prange((F + _GROUP - 1) // _GROUP):
         acc = np.empty(8)
-        terms = np.empty(_TERMS)
         for f in range(g * _GROUP, min(g * _GROUP + _GROUP, F)):
             db = _row_sum(dy[f], acc)
-            dg = _row_products(dy[f], x[f], mean[f], acc, terms) * inv_std[f]
+            dg = _row_products(dy[f], x[f], mean[f], acc) * inv_std[f]
             dbeta[f] = db
             dgamma[f] = dg
             k_dy, k_x, k_0 = _dx_coefficients(gamma[f], inv_std[f], db, dg, float(C))

@@ -166,6 +166,28 @@ def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsy
     assert named in capsys.readouterr().err
 
 
+def test_output_paths_that_cannot_be_written_are_usage_errors(tmp_path, capsys):
+    """--json or --plot naming a directory, an empty path, or a place nothing can be created
+    in: a usage error before anything is timed (the report had run for minutes, then failed
+    with a traceback writing the JSON, or wrote no JSON at all for an empty path). --plot's
+    directory was not checked either. Nothing is created, an existing file is not changed."""
+    from fastopt.__main__ import parse_args
+    unwritable = ["/proc/fastopt.json"] if os.path.isdir("/proc/self") else []
+    for option in ("--json", "--plot"):
+        for path in [str(tmp_path), str(tmp_path) + os.sep, "", str(tmp_path / "no" / "x"),
+                     *unwritable]:
+            with pytest.raises(SystemExit) as exc:
+                parse_args([option, path])
+            assert exc.value.code == 2
+            assert f"argument {option}: " in capsys.readouterr().err
+    kept = tmp_path / "kept.json"
+    kept.write_text("old")
+    args = parse_args(["--json", str(kept), "--plot", str(tmp_path / "new.png")])
+    assert args.json == str(kept) and args.plot == str(tmp_path / "new.png")
+    assert kept.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept.json"]
+
+
 def test_good_option_values_parse():
     from fastopt.__main__ import parse_args
     args = parse_args(["--sizes", "1e3,100000", "--threads", "2", "--rounds", "1",

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from functools import partial
 
@@ -61,6 +62,24 @@ def _parse_dtypes(text):
         if name not in ("float32", "float64"):
             raise argparse.ArgumentTypeError(f"{name!r}: the kernels take float32 and float64")
     return [np.dtype(name) for name in names]
+
+
+def _unwritable(path):
+    """Why ``path`` (in an existing directory) cannot be written, or None: nothing is
+    created, and an existing file is not changed."""
+    if not path:
+        return "an empty path"
+    if os.path.isdir(path):
+        return "it is a directory"
+    try:
+        if os.path.exists(path):
+            with open(path, "a"):
+                pass
+        else:
+            tempfile.TemporaryFile(dir=os.path.dirname(path) or ".").close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def parse_args(argv):
@@ -113,8 +132,14 @@ def parse_args(argv):
             ap.error(f"backend {b!r} is not available here (available: {available})")
     if args.threads is not None and args.threads > 256:
         ap.error(f"argument --threads: at most 256, got {args.threads}")
-    if args.json not in (None, "-") and not os.path.isdir(os.path.dirname(args.json) or "."):
-        ap.error(f"argument --json: no directory {os.path.dirname(args.json)!r} to write to")
+    # the output paths are checked before anything is timed, not after minutes of timing
+    for option, path in (("--json", None if args.json == "-" else args.json),
+                         ("--plot", args.plot)):
+        if path is not None and not os.path.isdir(os.path.dirname(path) or "."):
+            ap.error(f"argument {option}: no directory {os.path.dirname(path)!r} to write to")
+        problem = None if path is None else _unwritable(path)
+        if problem:
+            ap.error(f"argument {option}: cannot write {path!r}: {problem}")
     names = args.kernels.split(",") if args.kernels is not None else (
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:

@@ -166,6 +166,29 @@ def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsy
     assert named in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["--quick", "--full"], ["--torch", "--no-torch"], ["--torch", "--mpi"],
+    ["--only-layers", "--torch"], ["--only-layers", "--mpi"], ["--only-layers", "--kernels", "sgd"],
+])
+def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
+    """One of the two had been silently ignored (--quick won over --full for the sizes but
+    not for the layer shapes; --torch ran the torch race despite --no-torch or --only-layers;
+    --mpi ignored --torch; --only-layers dropped the --kernels asked for)."""
+    from fastopt.__main__ import parse_args
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    flags = [a for a in argv if a.startswith("--")]
+    assert f"{flags[0]} and {flags[1]} exclude each other" in capsys.readouterr().err
+
+
+def test_an_empty_backends_list_is_a_usage_error_not_every_backend(capsys):
+    from fastopt.__main__ import parse_args
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--backends", ""])
+    assert exc.value.code == 2 and "backend ''" in capsys.readouterr().err
+
+
 def test_output_paths_that_cannot_be_written_are_usage_errors(tmp_path, capsys):
     """--json or --plot naming a directory, an empty path, or a place nothing can be created
     in: a usage error before anything is timed (the report had run for minutes, then failed

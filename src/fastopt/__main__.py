@@ -126,7 +126,8 @@ def parse_args(argv):
     ap.add_argument("--plot", metavar="PATH", help="plot time vs size per backend (matplotlib)")
     args = ap.parse_args(argv)
     available = _backend.backends()
-    args.backends = args.backends.split(",") if args.backends else available
+    # (an empty --backends is no backend, not all of them)
+    args.backends = args.backends.split(",") if args.backends is not None else available
     for b in args.backends:
         if b not in available:
             ap.error(f"backend {b!r} is not available here (available: {available})")
@@ -140,6 +141,13 @@ def parse_args(argv):
         problem = None if path is None else _unwritable(path)
         if problem:
             ap.error(f"argument {option}: cannot write {path!r}: {problem}")
+    # options that contradict each other (one of the two had been silently ignored)
+    for first, second in (("quick", "full"), ("torch", "no_torch"), ("torch", "mpi"),
+                          ("only_layers", "no_layers"), ("only_layers", "torch"),
+                          ("only_layers", "mpi"), ("only_layers", "kernels")):
+        if getattr(args, first) and getattr(args, second) not in (None, False):
+            ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
+                     "each other")
     names = args.kernels.split(",") if args.kernels is not None else (
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:
@@ -147,8 +155,6 @@ def parse_args(argv):
             ap.error(f"unknown kernel {k!r}; choose from {list(_bench.CASES)}")
     args.kernels = names
     if args.only_layers:
-        if args.no_layers:
-            ap.error("--only-layers and --no-layers exclude each other")
         args.kernels = []
         args.no_groups = args.no_coexistence = args.no_single_thread = args.no_torch = True
     if args.mpi and not args.sizes:

@@ -239,6 +239,16 @@ def test_minibatches_rows_same_seed_same_batches_and_no_shuffle():
         list(fo.minibatches(X, Y[:5]))
 
 
+def test_minibatches_refuses_a_bool_batch_size():
+    """True is an int to Python: it had been taken as batches of one example (axis already
+    refused bools); a bool batch_size is a ValueError as any other non-int."""
+    X, Y = np.arange(6.0)[:, None], np.arange(6)
+    for bad in (True, False, np.bool_(True)):
+        with pytest.raises(ValueError, match="Invalid batch_size"):
+            list(fo.minibatches(X, Y, batch_size=bad))
+    assert [len(y) for _, y in fo.minibatches(X, Y, batch_size=np.int8(4))] == [4, 2]
+
+
 @pytest.mark.parametrize("axis", [1, -1])
 def test_minibatches_1d_labels_have_their_examples_along_their_only_axis(axis):
     """A 1-D Y has one axis: its examples lie along it whatever X's axis is (the course's

@@ -43,7 +43,8 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     """
     X = np.asarray(X)
     Y = np.asarray(Y)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
         raise ValueError(f"Invalid batch_size: {batch_size!r} (must be a positive int)")
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")

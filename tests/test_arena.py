@@ -116,6 +116,14 @@ def test_arena_refuses_what_it_cannot_hold():
         arena.grads["nope"] = 1.0
 
 
+def test_arena_capacity_refuses_a_bool_naming_it():
+    """True is an int to Python: it reached np.zeros, whose error did not name capacity."""
+    for bad in (True, False, 2.0, -1):
+        with pytest.raises(ValueError, match=r"Invalid capacity: "):
+            fo.ParameterArena(np.float32, capacity=bad)
+    assert fo.ParameterArena(np.float32, capacity=np.int16(3)).add("a", 3).shape == (3,)
+
+
 def _arena_setup(name, kwargs, dtype=np.float32):
     ar = fo.ParameterArena(dtype, 64)
     ar.add("W", (3, 2), init=two_params()[0])

@@ -66,7 +66,8 @@ class ParameterArena:
         self.dtype = np.dtype(dtype)
         if self.dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
-        if not isinstance(capacity, (int, np.integer)) or capacity < 0:
+        if (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))
+                or capacity < 0):
             raise ValueError(f"Invalid capacity: {capacity!r} (must be a non-negative int)")
         self._param_buf = np.zeros(capacity, self.dtype)
         self._grad_buf = np.zeros(capacity, self.dtype)

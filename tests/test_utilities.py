@@ -239,6 +239,18 @@ def test_minibatches_rows_same_seed_same_batches_and_no_shuffle():
         list(fo.minibatches(X, Y[:5]))
 
 
+def test_minibatches_bad_seed_errors_name_the_seed():
+    """numpy's own messages ('expected non-negative integer', 'SeedSequence expects int or
+    sequence of ints ...') did not say which argument was wrong."""
+    X, Y = np.arange(6.0)[:, None], np.arange(6)
+    for bad, error in ((-1, ValueError), (1.5, TypeError), ("a", TypeError)):
+        with pytest.raises(error, match=f"Invalid seed: {bad!r}"):
+            list(fo.minibatches(X, Y, seed=bad))
+    rng = np.random.default_rng(5)                  # a Generator is used as it is
+    first = [y.tolist() for _, y in fo.minibatches(X, Y, batch_size=6, seed=rng)]
+    assert first == [np.random.default_rng(5).permutation(6).tolist()]
+
+
 def test_minibatches_refuses_a_bool_batch_size():
     """True is an int to Python: it had been taken as batches of one example (axis already
     refused bools); a bool batch_size is a ValueError as any other non-int."""

@@ -35,11 +35,12 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     Raises
     ------
     TypeError
-        An ``axis`` that is not an int (raised at the first ``next``).
+        An ``axis`` that is not an int, or a ``seed`` numpy cannot seed from (raised at the
+        first ``next``).
     ValueError
         A ``batch_size`` that is not a positive int, a 0-d ``X`` or ``Y``, an ``axis`` that
-        ``X`` (or a ``Y`` of 2 or more dimensions) does not have, or ``X`` and ``Y`` with
-        different numbers of examples (raised at the first ``next``).
+        ``X`` (or a ``Y`` of 2 or more dimensions) does not have, ``X`` and ``Y`` with
+        different numbers of examples, or a negative ``seed`` (raised at the first ``next``).
     """
     X = np.asarray(X)
     Y = np.asarray(Y)
@@ -66,7 +67,14 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
                          "along the same axis of X and Y, or along a 1-D Y)")
     if Y.shape[y_axis] != m:
         raise ValueError(f"X has {m} examples along axis {axis} but Y has {Y.shape[y_axis]}")
-    order = np.random.default_rng(seed).permutation(m) if shuffle else np.arange(m)
+    if shuffle:
+        try:
+            rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"Invalid seed: {seed!r} ({exc})") from None
+        order = rng.permutation(m)
+    else:
+        order = np.arange(m)
     for start in range(0, m, batch_size):
         idx = order[start:start + batch_size]
         yield np.take(X, idx, axis=axis), np.take(Y, idx, axis=y_axis)

@@ -92,6 +92,29 @@ def test_random_mini_batches_reproduce_the_course_shuffle(m, size, sizes):
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches], axis=1), Y[:, perm])
 
 
+def test_random_mini_batches_refuses_bad_sizes_and_mismatched_inputs_before_seeding():
+    """mini_batch_size 0 was a ZeroDivisionError, -1 gave no batches, -3 one empty batch,
+    4.0 a slicing TypeError, True batches of one; a Y with more columns than X lost the
+    extra labels silently, one with fewer was an IndexError; and each of these calls had
+    already reseeded NumPy's global generator."""
+    X, Y = np.arange(20.0).reshape(2, 10), np.arange(10.0).reshape(1, 10)
+    bad = [((X, Y, 0), ValueError, "Invalid mini_batch_size: 0"),
+           ((X, Y, -3), ValueError, "Invalid mini_batch_size: -3"),
+           ((X, Y, 4.0), TypeError, "mini_batch_size must be an int, got float"),
+           ((X, Y, True), TypeError, "mini_batch_size must be an int, got bool"),
+           ((X, np.zeros((1, 12)), 4), ValueError, "X has 10 examples .* but Y has 12"),
+           ((X, np.zeros((1, 8)), 4), ValueError, "X has 10 examples .* but Y has 8"),
+           ((X, np.arange(10.0), 4), ValueError, r"Y must be 2-D .* got shape \(10,\)"),
+           ((X[0], Y, 4), ValueError, r"X must be 2-D .* got shape \(10,\)")]
+    for args, error, match in bad:
+        np.random.seed(123)
+        with pytest.raises(error, match=match):
+            course.random_mini_batches(*args, seed=7)
+        assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)
+    sizes = [b[0].shape[1] for b in course.random_mini_batches(X, Y, np.int64(4))]
+    assert sizes == [4, 4, 2]
+
+
 def test_learning_rate_decay_matches_the_course():
     assert course.update_lr(0.5, 2, 1) == pytest.approx(0.5 / 3)
     assert course.schedule_lr_decay(0.5, 100, 0.3, time_interval=100) == pytest.approx(0.5 / 1.3)

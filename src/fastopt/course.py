@@ -153,7 +153,26 @@ def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
     -------
     list of tuple
         ``[(mini_batch_X, mini_batch_Y), ...]``.
+
+    Raises
+    ------
+    TypeError
+        ``mini_batch_size`` not an int.
+    ValueError
+        ``mini_batch_size`` < 1, ``X`` or ``Y`` not 2-D, or ``Y`` with another number of
+        examples (columns) than ``X``. Checked before the global generator is seeded.
     """
+    X, Y = np.asarray(X), np.asarray(Y)
+    if (isinstance(mini_batch_size, bool)
+            or not isinstance(mini_batch_size, (int, np.integer))):
+        raise TypeError(f"mini_batch_size must be an int, got {type(mini_batch_size).__name__}")
+    if mini_batch_size < 1:
+        raise ValueError(f"Invalid mini_batch_size: {mini_batch_size!r} (must be >= 1)")
+    for name, a in (("X", X), ("Y", Y)):
+        if a.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (examples are columns), got shape {a.shape}")
+    if Y.shape[1] != X.shape[1]:
+        raise ValueError(f"X has {X.shape[1]} examples (columns) but Y has {Y.shape[1]}")
     np.random.seed(seed)
     m = X.shape[1]
     permutation = list(np.random.permutation(m))

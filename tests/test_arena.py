@@ -124,6 +124,19 @@ def test_arena_capacity_refuses_a_bool_naming_it():
     assert fo.ParameterArena(np.float32, capacity=np.int16(3)).add("a", 3).shape == (3,)
 
 
+def test_span_of_takes_any_sequence_or_the_params_dict():
+    """span_of(arena.params) raised KeyError: 0, span_of(an ndarray) numpy's 'truth value of
+    an array ... is ambiguous', dict values and iterators a TypeError ('not subscriptable')."""
+    arena = fo.ParameterArena(np.float32, capacity=10)
+    W, b = arena.add("W", (2, 3)), arena.add("b", 2)
+    for params in (arena.params, arena.params.values(), iter([W, b]), (W, b)):
+        span = fo.ParameterArena.span_of(params)
+        assert span is not None and span.offsets == [0, 6, 8] and span.first == 0
+    assert fo.ParameterArena.span_of(W) is None                 # its rows tile nothing
+    assert fo.ParameterArena.span_of(np.zeros((3, 2), np.float32)) is None
+    assert fo.ParameterArena.span_of({}) is None
+
+
 def _arena_setup(name, kwargs, dtype=np.float32):
     ar = fo.ParameterArena(dtype, 64)
     ar.add("W", (3, 2), init=two_params()[0])

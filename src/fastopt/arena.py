@@ -18,7 +18,7 @@ for bit.
 """
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -158,8 +158,8 @@ class ParameterArena:
 
         Parameters
         ----------
-        params : sequence of ndarray
-            Candidate parameters.
+        params : sequence of ndarray, or dict of them
+            Candidate parameters (of a dict, such as ``arena.params``, its values).
 
         Returns
         -------
@@ -168,6 +168,10 @@ class ParameterArena:
             added: that arena, ``k``, flat views of the stretch of both buffers, each
             parameter's offset in it (and its end), and the arena's grad views. Else None.
         """
+        if isinstance(params, Mapping):
+            params = list(params.values())
+        elif not isinstance(params, (list, tuple)):
+            params = list(params)       # an ndarray (its rows), dict values, an iterator
         if not params or not isinstance(params[0], np.ndarray):
             return None
         base = params[0].base

@@ -124,6 +124,25 @@ def test_arena_capacity_refuses_a_bool_naming_it():
     assert fo.ParameterArena(np.float32, capacity=np.int16(3)).add("a", 3).shape == (3,)
 
 
+def test_arena_refuses_a_name_whose_grad_key_another_parameter_has():
+    """grads are keyed by name or 'd' + name: adding 'dW' beside 'W' silently turned
+    grads['dW'] from W's grad into dW's (an assignment meant for W then filled dW, and W
+    stepped on a stale grad); 'W' after 'dW' hid W's 'd' key the same way."""
+    arena = fo.ParameterArena(np.float32, capacity=10)
+    arena.add("W", 2)
+    arena.add("dd", 1)
+    for name, key in (("dW", "dW"), ("d", "dd")):
+        with pytest.raises(ValueError, match=f"grads\\[{key!r}\\] would name both"):
+            arena.add(name, 2)
+    assert list(arena.params) == ["W", "dd"] and arena.size == 3
+    assert arena.grads["dW"] is arena.grads["W"]
+    arena.add("ddW", 1)                                  # no parameter 'dW': no clash
+    other = fo.ParameterArena(np.float32, capacity=10)
+    other.add("dW", 2)
+    with pytest.raises(ValueError, match="parameter 'W' beside 'dW'"):
+        other.add("W", 2)
+
+
 def test_span_of_takes_any_sequence_or_the_params_dict():
     """span_of(arena.params) raised KeyError: 0, span_of(an ndarray) numpy's 'truth value of
     an array ... is ambiguous', dict values and iterators a TypeError ('not subscriptable')."""

@@ -104,7 +104,8 @@ class ParameterArena:
         TypeError
             ``name`` not a non-empty str, or ``shape`` not an int or a sequence of ints.
         ValueError
-            ``name`` already in the arena, a negative dimension in ``shape`` (as NumPy), not
+            ``name`` already in the arena (or ``"d" + name``, or ``name`` without its
+            leading ``d``: the grads' keys), a negative dimension in ``shape`` (as NumPy), not
             enough capacity left, or an ``init`` that does not broadcast to ``shape``. A call
             that raises changes nothing.
         """
@@ -112,6 +113,11 @@ class ParameterArena:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         if name in self.params:
             raise ValueError(f"parameter {name!r} is already in the arena")
+        # grads are keyed by name or "d" + name: "W" and "dW" would share the key "dW"
+        for other, key in (("d" + name, "d" + name), (name[1:], name)):
+            if other and key[:1] == "d" and other in self.params:
+                raise ValueError(f"parameter {name!r} beside {other!r}: grads[{key!r}] would "
+                                 "name both (grads are keyed by name or 'd' + name)")
         shape = _check_shape(name, shape)
         n = math.prod(shape)
         if self.size + n > self._param_buf.size:

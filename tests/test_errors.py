@@ -475,6 +475,189 @@ def test_a_bad_later_group_leaves_earlier_groups_unstepped(backend):
         assert opt_snapshot(opt, [a, b]) == before
 
 
+
+def _overlaps_across_groups():
+    """(what, make() -> (opt, params, grads), message): two param groups whose arrays overlap
+    in a way no step may take; ``make`` has stepped once where it can."""
+    def plain(*groups):
+        return fo.Adam([{"params": list(g)} for g in groups], lr=0.1)
+
+    def later_params_overlap():
+        a, buf = np.ones(3), np.zeros(10)
+        return plain([a], [buf[:6], buf[4:]]), [a, buf], [np.ones(3), np.ones(6), np.ones(6)]
+
+    def param_overlaps_an_earlier_groups():
+        a = np.ones(4)
+        return plain([a], [a[2:]]), [a], [np.ones(4), np.ones(2)]
+
+    def grad_is_an_earlier_groups_param():
+        a, b = np.ones(3), np.ones(2)
+        opt = plain([a], [b])
+        opt.step([np.ones(3), np.ones(2)])
+        return opt, [a, b], [np.ones(3), a[:2]]
+
+    def grad_overlaps_its_own_param():
+        a, buf = np.ones(3), np.ones(5)
+        opt = plain([a], [buf[:4]])
+        opt.step([np.ones(3), np.ones(4)])
+        return opt, [a, buf], [np.ones(3), buf[1:]]
+
+    def grad_is_an_earlier_groups_state():
+        a, b = np.ones(3), np.ones(2)
+        opt = plain([a], [b])
+        opt.step([np.ones(3), np.ones(2)])
+        return opt, [a, b], [np.ones(3), opt.state[0]["exp_avg"][1:]]
+
+    def state_assigned_overlaps_an_earlier_groups_param():
+        a, b = np.ones(3), np.ones(2)
+        opt = plain([a], [b])
+        opt.step([np.ones(3), np.ones(2)])
+        opt.state[1]["exp_avg"] = a[1:]
+        return opt, [a, b], [np.ones(3), np.ones(2)]
+
+    def group_added_later_overlaps():
+        a = np.ones(4)
+        opt = plain([a])
+        opt.step([np.ones(4)])
+        opt.add_param_group({"params": [a[1:3]]})
+        return opt, [a], [np.ones(4), np.ones(2)]
+
+    def named_params_overlap():
+        W = np.ones((2, 3))
+        opt = fo.Adam([{"params": {"W": W}}, {"params": {"b": W[1]}, "lr": 0.01}], lr=0.1)
+        return opt, [W], {"dW": np.ones((2, 3)), "db": np.ones(3)}
+
+    def grad_of_memory_numpy_did_not_allocate():
+        raw = bytearray(np.ones(4).tobytes())
+        a = np.frombuffer(raw)       # (no numpy owner: compared with every array)
+        opt = plain([a], [np.ones(2)])
+        return opt, [a], [np.ones(4), np.frombuffer(raw, count=2, offset=8)]
+
+    first = "parameter 1 (param group 1) and "
+    return [
+        (grad_of_memory_numpy_did_not_allocate,
+         "parameter 0 (param group 0) and grad for parameter 1 (param group 1) overlap"),
+        (later_params_overlap, first + "parameter 2 (param group 1) overlap in memory"),
+        (param_overlaps_an_earlier_groups,
+         "parameter 0 (param group 0) and parameter 1 (param group 1) overlap in memory"),
+        (grad_is_an_earlier_groups_param,
+         "parameter 0 (param group 0) and grad for parameter 1 (param group 1) overlap"),
+        (grad_overlaps_its_own_param, first + "grad for parameter 1 (param group 1) overlap"),
+        (grad_is_an_earlier_groups_state,
+         r"grad for parameter 1 \(param group 1\) and state\[0\]\['exp_avg'\] \(param group 0\)"),
+        (state_assigned_overlaps_an_earlier_groups_param,
+         r"parameter 0 \(param group 0\) and state\[1\]\['exp_avg'\] \(param group 1\)"),
+        (group_added_later_overlaps,
+         "parameter 0 (param group 0) and parameter 1 (param group 1) overlap in memory"),
+        (named_params_overlap,
+         "parameter 'W' (param group 0) and parameter 'b' (param group 1) overlap in memory"),
+    ]
+
+
+OVERLAPS_ACROSS_GROUPS = _overlaps_across_groups()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("make,message", OVERLAPS_ACROSS_GROUPS,
+                         ids=[m.__name__ for m, _ in OVERLAPS_ACROSS_GROUPS])
+def test_arrays_overlapping_across_param_groups_are_refused_before_any_group_steps(
+        backend, make, message):
+    """A multi-tensor kernel call refuses overlapping arrays, but it sees one group's: a later
+    group's overlap (within it, or with an earlier group's params or state) was refused after
+    the earlier groups had stepped, or not at all (an element stepped twice, a grad read after
+    another group wrote it). Every group's arrays are checked before any group steps."""
+    with fo.use_backend(backend):
+        opt, params, grads = make()
+        before = opt_snapshot(opt, params)
+        pattern = message if "\\" in message else re.escape(message)
+        with pytest.raises(ValueError, match=pattern):
+            opt.step(grads)
+        assert opt_snapshot(opt, params) == before
+        with pytest.raises(ValueError, match=pattern):     # and again: nothing was cached
+            opt.step(grads)
+        assert opt_snapshot(opt, params) == before
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_arrays_that_may_share_memory_across_param_groups_step_as_apart(backend):
+    """Disjoint views of one buffer in different groups, one grad for parameters of two
+    groups, a grad that is its own parameter, grads of memory numpy did not allocate: each
+    group steps as if its arrays were apart."""
+    def run(shared):
+        buf = np.linspace(1, 2, 10)
+        raw = bytearray(np.full(3, 0.5).tobytes())
+        grad = np.full(4, 0.25)
+        if shared:
+            params = [buf[:4], buf[4:8], buf[8:]]
+            grads = [grad, grad, params[2], np.frombuffer(raw, count=2)]
+        else:
+            params = [buf[:4].copy(), buf[4:8].copy(), buf[8:].copy()]
+            grads = [grad.copy(), grad.copy(), params[2].copy(), np.full(2, 0.5)]
+        params.append(np.frombuffer(bytearray(np.ones(2).tobytes())))
+        opt = fo.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.01}], lr=0.1)
+        for _ in range(3):
+            if not shared:
+                grads[2] = params[2].copy()
+            opt.step(grads)
+        return [p.tobytes() for p in params], opt_snapshot(opt, [])
+    with fo.use_backend(backend):
+        assert run(True) == run(False)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_the_overlap_check_across_groups_is_made_again_when_the_arrays_change(backend):
+    """Params and state are checked across groups when a group's plan is made (not at every
+    step): again after a group's params are replaced, after load_state_dict (new state
+    arrays), and the step goes on once the overlap is gone."""
+    a, b = np.ones(4), np.ones(2)
+    with fo.use_backend(backend):
+        opt = fo.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+        opt.step([np.ones(4), np.ones(2)])
+        opt.param_groups[1]["params"] = [a[2:]]
+        before = opt_snapshot(opt, [a, b])
+        with pytest.raises(ValueError, match=re.escape(
+                "parameter 0 (param group 0) and parameter 1 (param group 1) overlap")):
+            opt.step([np.ones(4), np.ones(2)])
+        assert opt_snapshot(opt, [a, b]) == before
+        opt.param_groups[1]["params"] = [b]
+        opt.step([np.ones(4), np.ones(2)])
+        assert int(opt.state[1]["step"]) == 2
+        opt.load_state_dict(opt.state_dict())      # new state arrays, checked with the grads
+        before = opt_snapshot(opt, [a, b])
+        with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg_sq'\] \(param group 0\)"):
+            opt.step([np.ones(4), opt.state[0]["exp_avg_sq"][:2]])
+        assert opt_snapshot(opt, [a, b]) == before
+        opt.step([np.ones(4), np.ones(2)])
+        assert int(opt.state[0]["step"]) == int(opt.state[1]["step"]) == 3
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_one_group_stepping_in_parts_refuses_overlaps_before_either_part(backend):
+    """Parameters of one group in different phases (step counts) step in one kernel call per
+    phase; an overlap the second call refuses was refused after the first had stepped."""
+    with fo.use_backend(backend):
+        p0, buf = np.ones(3), np.ones(8)
+        opt = fo.Adam([p0, buf[:5], buf[3:]], lr=0.1)
+        raised = False
+        for grads in ([np.ones(3), None, None], [np.ones(3), np.ones(5), np.ones(5)]):
+            before = opt_snapshot(opt, [p0, buf])
+            try:
+                opt.step(grads)
+            except ValueError as e:
+                assert "overlap in memory" in str(e)
+                assert opt_snapshot(opt, [p0, buf]) == before
+                raised = True
+                break
+        assert raised
+        p0, buf = np.ones(3), np.ones(5)
+        opt = fo.Adam([p0, buf[:4]], lr=0.1)
+        opt.step([np.ones(3), None])
+        before = opt_snapshot(opt, [p0, buf])
+        with pytest.raises(ValueError, match=re.escape(
+                "parameter 1 (param group 0) and grad for parameter 1 (param group 0) overlap")):
+            opt.step([np.ones(3), buf[1:]])
+        assert opt_snapshot(opt, [p0, buf]) == before
+
 def _ops_calls():
     """(name, call(arrays, **overrides), [(argument, bad value, exception)])."""
     def arrays_call(fn, n_state, *positional, **defaults):

@@ -137,22 +137,60 @@ def check_disjoint(tensors, label):
     ``tensors`` holds each tensor's arrays in the kernels' order (param, grad, state...);
     ``label(i, j)`` names array ``i`` of tensor ``j``.
     """
+    check_owners(by_owner(tensors), label)
+
+
+def by_owner(tensors):
+    """The arrays of ``tensors`` (as :func:`check_disjoint`'s) as ``(array, i, j)`` by the id of
+    their owner (:func:`_owner`; None: memory of unknown origin), leaving out empty arrays and
+    a grad that is its param's very same array."""
     # Arrays held by different numpy allocations cannot overlap: only the arrays of one owner
     # need their bounds compared (reading an address costs ~1 us here), unless some memory is
     # of unknown origin, which is compared with everything.
-    by_owner = {}
+    owners = {}
     for j, arrays in enumerate(tensors):
         own_grad = arrays[1] is not None and same_memory(arrays[0], arrays[1])
         for i, a in enumerate(arrays):
             if a is not None and a.size and not (i == 1 and own_grad):
                 owner = _owner(a)
-                by_owner.setdefault(None if owner is None else id(owner), []).append((a, i, j))
-    if None in by_owner:
-        groups = [[m for members in by_owner.values() for m in members]]
+                owners.setdefault(None if owner is None else id(owner), []).append((a, i, j))
+    return owners
+
+
+def check_owners(owners, label):
+    """:func:`check_disjoint` of the arrays :func:`by_owner` sorted by owner."""
+    if None in owners:
+        groups = [[m for members in owners.values() for m in members]]
     else:
-        groups = [members for members in by_owner.values() if len(members) > 1]
+        groups = [members for members in owners.values() if len(members) > 1]
     for members in groups:
         _sweep(members, label)
+
+
+def check_reads(owners, reads, label):
+    """:func:`check_disjoint` of written arrays already checked and sorted by owner
+    (:func:`by_owner` of tensors without grads, kept while they do not change) with grads
+    added: ``reads`` holds ``(param, grad, j)``, the grad of tensor ``j`` and its param (which
+    it may be). A grad is compared only with the arrays of its owner (the usual grad, an array
+    of its own, costs a look-up), or with every array when its memory or some written array's
+    is of unknown origin."""
+    unknown = None in owners
+    hits = {}
+    for param, grad, j in reads:
+        if grad is None:
+            continue
+        owner = _owner(grad)
+        key = None if owner is None else id(owner)
+        if ((unknown or key is None or key in owners) and grad.size
+                and not (param is not None and same_memory(param, grad))):
+            hits.setdefault(key, []).append((grad, 1, j))
+    if unknown or None in hits:
+        if hits:
+            _sweep([m for members in (*owners.values(), *hits.values()) for m in members],
+                   label)
+    else:
+        for key, members in hits.items():
+            _sweep(owners[key] + members, label)
 
 
 def _sweep(members, label):

@@ -305,6 +305,9 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
         self._plans: dict[int, _Plan] = {}    # group index -> its _Plan (how it steps)
+        # (plans, flat params, their arrays by owner, label): what _check_overlaps found
+        # disjoint, kept for the grads' check while the plans are the same
+        self._disjoint: tuple | None = None
         # per group: scalar state key -> one slot per parameter
         self._slots: list[dict[str, np.ndarray]] = []
         self._starts: list[int] = []   # per group: the flat index of its first parameter
@@ -560,9 +563,11 @@ class Optimizer:
     def step(self, grads: Grads) -> None:
         """Update every parameter in place from ``grads``.
 
-        First every group is checked (hyper-parameters and state, again only after they
-        changed), then each group steps with one kernel call: over its flat stretch of a
-        ParameterArena, or over its list of arrays. A step that raises changes nothing.
+        First every group is checked (hyper-parameters and state, and that no parameter or
+        state array overlaps another in any group, again only after they changed; with
+        several groups every grad too), then each group steps with one kernel call: over its
+        flat stretch of a ParameterArena, or over its list of arrays. A step that raises
+        changes nothing.
 
         Parameters
         ----------
@@ -579,7 +584,9 @@ class Optimizer:
             dict nor a sequence.
         ValueError
             A grad is missing or has the wrong shape, a parameter is read-only, a
-            hyper-parameter or a state entry is invalid (each named in the message).
+            hyper-parameter or a state entry is invalid, or two arrays overlap in memory (a
+            parameter or state array with another, in any group, or a grad with one of them
+            other than its own parameter as the very same array; each named in the message).
         """
         with self._lock:
             plan = self._plans.get(0)
@@ -600,6 +607,11 @@ class Optimizer:
                         self._check_grads(0, grads)
                         raise
             plans = [self._plan(gi) for gi in range(len(self.param_groups))]
+            try:
+                self._check_overlaps(plans)
+            except ValueError:
+                self._plans.clear()     # (the fast path above would take the lone group's)
+                raise
             for gi, grads_of_group in enumerate(self._split(grads, plans)):
                 self._step_group(gi, plans[gi], grads_of_group)
 
@@ -641,14 +653,57 @@ class Optimizer:
                                        alone, made)
         return plan
 
+    def _check_overlaps(self, plans):
+        """Refuse params and state arrays that overlap (:func:`_validate.check_disjoint`), in
+        one group or across groups: a kernel call sees one group's arrays (or one phase's of
+        them), so it refused a later group's overlap after the earlier groups had stepped,
+        and stepped an element shared by two groups twice. Checked when a plan was made
+        again (the params and state are the plans'; state the kernel calls make, of memory
+        of its own, clears the record: ``_run``), not at every step; the arrays are kept by
+        owner, for the grads' check (:meth:`_check_grad_overlaps`)."""
+        known = self._disjoint
+        if (known is not None and len(known[0]) == len(plans)
+                and all(map(operator.is_, known[0], plans))):
+            return
+        self._disjoint = None
+        tensors, where = [], []
+        for gi, plan in enumerate(plans):
+            group = self.param_groups[gi]
+            names, slots = group.get("param_names"), self._slots[gi]
+            for k, (p, s) in enumerate(zip(group["params"], plan.states)):
+                keys = () if s is None else tuple(
+                    key for key, v in s.items() if key not in slots and isinstance(v, np.ndarray))
+                tensors.append([p, None, *(s[key] for key in keys)])
+                where.append((repr(names[k]) if names else f"{len(where)}", gi, keys))
+
+        def label(i, j):
+            name, gi, keys = where[j]
+            if i == 0:
+                return f"parameter {name} (param group {gi})"
+            if i == 1:
+                return f"grad for parameter {name} (param group {gi})"
+            return f"state[{j}][{keys[i - 2]!r}] (param group {gi})"
+
+        owners = _validate.by_owner(tensors)
+        _validate.check_owners(owners, label)
+        self._disjoint = (plans, [t[0] for t in tensors], owners, label)
+
+    def _check_grad_overlaps(self, reads):
+        """Refuse a grad that overlaps a param or state array (other than its own param as the
+        very same array) before any kernel call: ``reads`` holds (param, grad, flat index).
+        A grad of memory of its own (the usual) costs a look-up of its owner."""
+        _, _, owners, label = self._disjoint
+        _validate.check_reads(owners, reads, label)
+
     def _split(self, grads, plans):
         """``grads`` per group: a list in parameter order (None: no grad), or ``_FLAT`` for a
         group on the arena path handed the arena's own grad views (no grad to check; its
         parameters are checked for writeability, which a view can lose after the fact).
-        With several groups every grad is checked here, before any group steps."""
+        With several groups every grad is checked here, before any group steps (its type,
+        dtype and shape, and that it overlaps no param or state array of any group)."""
         if isinstance(grads, _GradDict) and all(
                 p.span is not None and p.span.arena.grads is grads for p in plans):
-            out = [_FLAT] * len(plans)
+            out = [_FLAT] * len(plans)    # (the arena's grad buffer is no param's or state's)
         elif len(plans) == 1 and plans[0].span is None:
             return [self._match(grads)]
         else:
@@ -662,6 +717,8 @@ class Optimizer:
                 elif len(plans) > 1:
                     self._check_grads(gi, mine)
                 out.append(mine)
+            if len(plans) > 1:
+                self._check_grad_overlaps(zip(self._disjoint[1], grads, range(len(grads))))
         for gi, mine in enumerate(out):
             if mine is _FLAT:
                 params = self.param_groups[gi]["params"]
@@ -687,6 +744,10 @@ class Optimizer:
                 raise
         else:
             self._check_grads(gi, grads)
+            if len(self.param_groups) == 1:   # (with several, _split checked every group's)
+                # one kernel call per phase: a later one's overlap must not find the earlier
+                # ones stepped
+                self._check_grad_overlaps(zip(group["params"], grads, range(len(grads))))
             self._step_parts(gi, plan, grads)
             return
         if plan.made:                   # every parameter stepped: its new state is stored
@@ -740,6 +801,7 @@ class Optimizer:
             steps.fill(step)
         if batch.pending:
             batch.commit()
+            self._disjoint = None       # new state arrays: _check_overlaps keeps them too
 
     def _phase(self, state):
         """Parameters step together (one kernel call) when their phases are equal."""
@@ -937,6 +999,7 @@ class Optimizer:
         state = dict(self.__dict__)
         state["_plans"] = {}
         del state["_slots"]
+        state.pop("_disjoint", None)
         state.pop("_lock", None)
         groups = []
         for group in self.param_groups:
@@ -950,6 +1013,7 @@ class Optimizer:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._disjoint = None
         for group in self.param_groups:
             params = []
             for p in group["params"]:

@@ -248,3 +248,32 @@ def test_adam_matches_the_notebooks_public_test():
         np.testing.assert_allclose(sc[k][0], np.multiply(expected_s[k], c2), atol=1e-8 * c2)
     for k in expected_p:
         np.testing.assert_allclose(params[k][0], expected_p[k], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("call,exc,name", [
+    (lambda p, g, v, s: course.update_parameters_with_gd(p, g, -0.1), ValueError,
+     "learning_rate"),
+    (lambda p, g, v, s: course.update_parameters_with_gd(p, g, None), TypeError,
+     "learning_rate"),
+    (lambda p, g, v, s: course.update_parameters_with_momentum(p, g, v, 1.0, 0.1), ValueError,
+     "beta"),
+    (lambda p, g, v, s: course.update_parameters_with_momentum(p, g, v, 0.9, -1), ValueError,
+     "learning_rate"),
+    (lambda p, g, v, s: course.update_parameters_with_adam(p, g, v, s, 1, learning_rate=-1),
+     ValueError, "learning_rate"),
+    (lambda p, g, v, s: course.update_parameters_with_adam(p, g, v, s, 1, beta1=1.0),
+     ValueError, "beta1"),
+    (lambda p, g, v, s: course.update_parameters_with_adam(p, g, v, s, 1, beta2="x"),
+     TypeError, "beta2"),
+    (lambda p, g, v, s: course.update_parameters_with_adam(p, g, v, s, 1, epsilon=-1e-8),
+     ValueError, "epsilon")])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_bad_hyper_parameter_is_named_as_the_course_names_it(backend, call, exc, name):
+    """learning_rate and epsilon, not the kernels' lr and eps; nothing is updated."""
+    params, grads = params_and_grads(np.float64)
+    before = {k: a.copy() for k, a in params.items()}
+    v, s = course.initialize_adam(params)
+    with fo.use_backend(backend), pytest.raises(exc, match=rf"^Invalid {name}: "):
+        call(params, grads, v, s)
+    assert all(np.array_equal(params[k], before[k]) for k in params)
+    assert not any(a.any() for a in (*v.values(), *s.values()))

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import ops
+from ._hyper import NONNEG, UNIT_OPEN, check_reals
 from ._validate import check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
@@ -38,7 +39,10 @@ def _update(kernel, parameters, grads, states, **scalars):
     message names a list item (``params[3]``); a refused call is checked again layer by layer
     (:func:`_layers`) to raise naming the dict key instead (``grads['db2'] has shape (2, 1),
     expected (1, 1) like parameters['b2']``). One call, not one per layer: checking each
-    layer in Python first cost 4-5x the update (3 layers of Adam: 14-21 -> 79-88 us)."""
+    layer in Python first cost 4-5x the update (3 layers of Adam: 14-21 -> 79-88 us). A
+    refused hyper-parameter is likewise checked again (:func:`_check_hyper`) to raise naming
+    the course's argument (``learning_rate``, ``epsilon``) rather than the kernel's (``lr``,
+    ``eps``)."""
     layers = _layers(parameters, grads, **states)
     if not layers:
         return
@@ -46,7 +50,27 @@ def _update(kernel, parameters, grads, states, **scalars):
         kernel(*map(list, zip(*layers)), **scalars)
     except (TypeError, ValueError):
         _layers(parameters, grads, check=True, **states)
+        _check_hyper(scalars)
         raise
+
+
+# the kernels' keywords -> the course's argument names (and the kernels' ranges)
+_COURSE_HYPER = {"lr": ("learning_rate", NONNEG), "beta": ("beta", UNIT_OPEN),
+                 "eps": ("epsilon", NONNEG)}
+
+
+def _check_hyper(scalars):
+    """The kernel's hyper-parameter checks on ``scalars`` (its keywords), raising under the
+    course's names: ``learning_rate``, ``beta``, ``beta1``, ``beta2``, ``epsilon`` (``t`` is
+    checked before the call, by :func:`_check_t`)."""
+    checks = {}
+    for key, value in scalars.items():
+        if key == "betas":
+            checks["beta1"], checks["beta2"] = (value[0], UNIT_OPEN), (value[1], UNIT_OPEN)
+        elif key in _COURSE_HYPER:
+            name, bounds = _COURSE_HYPER[key]
+            checks[name] = (value, bounds)
+    check_reals(**checks)
 
 
 def _layers(parameters, grads, check=False, **states):

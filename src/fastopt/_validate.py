@@ -147,13 +147,19 @@ def by_owner(tensors):
     # Arrays held by different numpy allocations cannot overlap: only the arrays of one owner
     # need their bounds compared (reading an address costs ~1 us here), unless some memory is
     # of unknown origin, which is compared with everything.
+    # A grad is its param's very same array only if both have one owner (or either has none):
+    # same_memory is asked only then (it cost most of this function for separate grads).
     owners = {}
     for j, arrays in enumerate(tensors):
-        own_grad = arrays[1] is not None and same_memory(arrays[0], arrays[1])
+        keys = []
+        for a in arrays:
+            owner = None if a is None or not a.size else _owner(a)
+            keys.append(None if owner is None else id(owner))
+        own_grad = (arrays[1] is not None and (keys[0] == keys[1] or None in keys[:2])
+                    and same_memory(arrays[0], arrays[1]))
         for i, a in enumerate(arrays):
             if a is not None and a.size and not (i == 1 and own_grad):
-                owner = _owner(a)
-                owners.setdefault(None if owner is None else id(owner), []).append((a, i, j))
+                owners.setdefault(keys[i], []).append((a, i, j))
     return owners
 
 

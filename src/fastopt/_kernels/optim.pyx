@@ -106,7 +106,7 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         gi = -g[i] if maximize else g[i]
         if has_wd:
             gi = gi + wd * p[i]
-        sq[i] = al * sq[i] + c * (gi * gi)
+        sq[i] = al * sq[i] + (c * gi) * gi
         sv = sq[i]
         if gavg != NULL:
             gavg[i] = gavg[i] + c * (gi - gavg[i])
@@ -160,7 +160,7 @@ cdef inline floating adam_moments(floating* pi, floating* mi, floating* vi,
     if coupled:
         gi = gi + wd * pi[0]
     mi[0] = m[i] + c1 * (gi - m[i])
-    vi[0] = b2 * v[i] + c2 * (gi * gi)
+    vi[0] = b2 * v[i] + (c2 * gi) * gi
     m[i] = mi[0]
     v[i] = vi[0]
     return gi
@@ -241,9 +241,9 @@ cdef void adadelta_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         gi = -g[i] if maximize else g[i]
         if has_wd:
             gi = gi + wd * p[i]
-        sq[i] = rho * sq[i] + c * (gi * gi)
+        sq[i] = rho * sq[i] + (c * gi) * gi
         delta = root(acc[i] + eps) / root(sq[i] + eps) * gi
-        acc[i] = rho * acc[i] + c * (delta * delta)
+        acc[i] = rho * acc[i] + (c * delta) * delta
         p[i] = p[i] - lr * delta
 
 

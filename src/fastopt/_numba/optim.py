@@ -149,7 +149,7 @@ def _rmsprop_span(p, g, sq, gavg, buf, packed):
         gi = -g[i] if maximize else g[i]
         if has_wd:
             gi = gi + wd * p[i]
-        sq[i] = a * sq[i] + c * (gi * gi)
+        sq[i] = a * sq[i] + (c * gi) * gi
         sqi = sq[i]
         if centered:
             gavg[i] = gavg[i] + c * (gi - gavg[i])
@@ -243,7 +243,7 @@ def adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt):
     # the new moments stay in locals: read back after the stores (which LLVM must assume may
     # alias), they cost a load and a store-to-load wait per element
     mi = m[i] + c1 * (gi - m[i])
-    vi = b2 * v[i] + c2 * (gi * gi)
+    vi = b2 * v[i] + (c2 * gi) * gi
     m[i] = mi
     v[i] = vi
     if amsgrad:
@@ -323,9 +323,9 @@ def _adadelta_span(p, g, sq, acc, packed):
         gi = -g[i] if maximize else g[i]
         if has_wd:
             gi = gi + wd * p[i]
-        sq[i] = rho * sq[i] + c * (gi * gi)
+        sq[i] = rho * sq[i] + (c * gi) * gi
         delta = np.sqrt(acc[i] + eps) / np.sqrt(sq[i] + eps) * gi
-        acc[i] = rho * acc[i] + c * (delta * delta)
+        acc[i] = rho * acc[i] + (c * delta) * delta
         p[i] = p[i] - lr * delta
 
 
@@ -416,7 +416,7 @@ def _nadam_span(p, g, m, v, packed):
         if coupled:
             gi = gi + wd * pi
         mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
-        vi = b2 * v[i] + c2 * (gi * gi)
+        vi = b2 * v[i] + (c2 * gi) * gi
         m[i] = mi
         v[i] = vi
         r = one / (np.sqrt(vi * inv_bc2) + eps)
@@ -467,7 +467,7 @@ def _radam_span(p, g, m, v, packed):
         if coupled:
             gi = gi + wd * pi
         mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
-        vi = b2 * v[i] + c2 * (gi * gi)
+        vi = b2 * v[i] + (c2 * gi) * gi
         m[i] = mi
         v[i] = vi
         if rectified:

@@ -6,6 +6,10 @@ the hyper-parameters with the per-step scalars already folded by ``fastopt.ops``
 Optional state that is not in use is passed as ``None``. Arithmetic happens in the arrays' dtype
 (Python floats are cast to it, NumPy's NEP 50 rule), in the same order as in the compiled
 kernels, so every backend gives the same bits for these element-wise updates.
+
+Second moments are ``decay * s + ((1 - decay) * g) * g``, grouped as torch's ``addcmul``
+(``value * t1 * t2``): ``(1 - decay) * (g * g)`` would overflow for grads past the square root of
+the dtype's largest number whose decayed square torch keeps finite.
 """
 import math
 
@@ -77,7 +81,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, ep
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
-    square_avg[...] = alpha * square_avg + (1.0 - alpha) * (g * g)
+    square_avg[...] = alpha * square_avg + ((1.0 - alpha) * g) * g
     s = square_avg
     if grad_avg is not None:
         grad_avg[...] = grad_avg + (1.0 - alpha) * (g - grad_avg)
@@ -130,7 +134,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
         else:
             g = g + weight_decay * param
     exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
-    exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     v = exp_avg_sq
     if max_exp_avg_sq is not None:
         max_exp_avg_sq[...] = _max_nan(max_exp_avg_sq, exp_avg_sq)
@@ -158,9 +162,9 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, 
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
-    square_avg[...] = rho * square_avg + (1.0 - rho) * (g * g)
+    square_avg[...] = rho * square_avg + ((1.0 - rho) * g) * g
     delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
-    acc_delta[...] = rho * acc_delta + (1.0 - rho) * (delta * delta)
+    acc_delta[...] = rho * acc_delta + ((1.0 - rho) * delta) * delta
     param[...] = param - lr * delta
 
 
@@ -203,7 +207,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
         else:
             g = g + weight_decay * param
     exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
-    exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     # one division per element: the reciprocal of the denominator serves both terms
     r = 1.0 / (np.sqrt(exp_avg_sq * (1.0 / bias_correction2)) + eps)
     p = p + grad_coef * (g * r)
@@ -231,7 +235,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
         else:
             g = g + weight_decay * param
     exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
-    exp_avg_sq[...] = beta2 * exp_avg_sq + (1.0 - beta2) * (g * g)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     if rectified:
         param[...] = p - step_size * (exp_avg / (np.sqrt(exp_avg_sq) + eps))
     else:

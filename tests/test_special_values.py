@@ -1,0 +1,95 @@
+"""Special values against torch.optim: huge numbers (whose squares overflow), infinities, NaN.
+
+torch.optim (``foreach=False``) is the expected value; fastopt runs both front ends
+(``fastopt.torch`` and the NumPy optimizers ``fo.<Name>``) on every backend. A value is
+matched as ``numpy.testing.assert_allclose`` matches it: the same NaN positions, the same
+infinities (signs included), finite values to a few ulps.
+
+Differences from torch.optim that are by design (README, "Special values"): torch's CPU
+kernels contract ``a + b * c`` into a fused multiply-add (``add(alpha=)``, ``addcmul``,
+``addcdiv``), fastopt's reference rounds the product first; so where the product overflows
+and the sum would not (``g + weight_decay * p`` with an infinite ``g`` and an overflowing
+``weight_decay * p``; centered RMSprop's ``square_avg - grad_avg**2`` with an infinite
+``square_avg`` and an overflowing ``grad_avg**2``) torch keeps an infinity where fastopt
+gets ``inf - inf = NaN``, and a cancellation leaves torch the product's rounding error where
+fastopt gets 0.
+"""
+import numpy as np
+import pytest
+
+import fastopt as fo
+
+torch = pytest.importorskip("torch")
+import fastopt.torch as ft  # noqa: E402
+
+TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
+
+
+def _state_arrays(state):
+    return {k: np.array(v.detach().cpu().numpy() if torch.is_tensor(v) else v, dtype=np.float64)
+            for k, v in state.items()}
+
+
+def run_torch(cls, kwargs, p0, grads):
+    """(param, state) after stepping a torch.optim-style class over ``grads``."""
+    p = torch.nn.Parameter(torch.tensor(p0))
+    opt = cls([p], foreach=False, **kwargs)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+    return p.detach().numpy().copy(), _state_arrays(opt.state[p])
+
+
+def run_numpy(name, kwargs, p0, grads):
+    """(param, state) after stepping ``fo.<name>`` over ``grads``."""
+    p = np.array(p0)
+    opt = getattr(fo, name)([p], **kwargs)
+    for g in grads:
+        opt.step([np.array(g)])
+    return p, {k: np.array(v, dtype=np.float64) for k, v in opt.state[0].items()}
+
+
+def assert_matches(ours, theirs, dtype, ulps=8):
+    """The same NaN and infinities, finite values within ``ulps`` relative ulps; every state
+    key of torch's (``step`` and NAdam's ``mu_product`` included)."""
+    rtol = ulps * np.finfo(dtype).eps
+    (p, state), (p_ref, state_ref) = ours, theirs
+    np.testing.assert_allclose(p, p_ref, rtol=rtol, atol=0, equal_nan=True, err_msg="param")
+    assert set(state_ref) <= set(state)
+    for key, ref in state_ref.items():
+        np.testing.assert_allclose(state[key], ref, rtol=rtol, atol=0, equal_nan=True,
+                                   err_msg=key)
+
+
+def check_both_front_ends(name, kwargs, p0, grads, dtype):
+    expected = run_torch(getattr(torch.optim, name), kwargs, p0, grads)
+    assert_matches(run_torch(getattr(ft, name), kwargs, p0, grads), expected, dtype)
+    assert_matches(run_numpy(name, kwargs, p0, grads), expected, dtype)
+    return expected
+
+
+# ------------------------------------------------------------ squares of huge grads
+# |g| past sqrt(max) (g * g overflows) but (1 - beta2) * g * g finite: torch's addcmul computes
+# ((1 - beta2) * g) * g, a finite second moment; (1 - beta2) * (g * g) would be inf, and the
+# parameter would never move again (g / sqrt(inf) = 0).
+HUGE = {np.float32: 3e19, np.float64: 3e154}
+SQUARES = [("RMSprop", {}), ("RMSprop", dict(centered=True, momentum=0.5, weight_decay=0.1)),
+           ("RMSprop", dict(alpha=0.9, eps=0.0)), ("Adam", {}), ("Adam", dict(amsgrad=True)),
+           ("AdamW", dict(maximize=True)), ("Adadelta", {}), ("Adadelta", dict(weight_decay=0.1, maximize=True)),
+           ("NAdam", {}), ("NAdam", dict(decoupled_weight_decay=True, weight_decay=0.1)),
+           ("RAdam", {}), ("RAdam", dict(betas=(0.9, 0.9)))]
+
+
+@pytest.mark.parametrize("name,kwargs", SQUARES,
+                         ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}"
+                              for n, k in SQUARES])
+def test_squares_of_huge_grads_are_scaled_before_they_overflow(name, kwargs, dtype, backend):
+    huge = HUGE[dtype]
+    assert np.isinf(dtype(huge) * dtype(huge))          # the square alone overflows
+    p0 = np.array([1.0, -2.0, 0.5, 3.0], dtype)
+    grads = [np.array([huge, -huge, 0.25, huge / 2], dtype),
+             np.array([huge / 3, -1.0, huge, 0.5], dtype),    # signs kept: no cancellation
+             np.array([0.5, -0.25, 2.0, 1.0], dtype)]
+    p, state = check_both_front_ends(name, kwargs, p0, grads, dtype)
+    second = "square_avg" if "square_avg" in state else "exp_avg_sq"
+    assert np.isfinite(state[second]).all() and np.isfinite(p).all()    # torch's: finite

@@ -93,3 +93,35 @@ def test_squares_of_huge_grads_are_scaled_before_they_overflow(name, kwargs, dty
     p, state = check_both_front_ends(name, kwargs, p0, grads, dtype)
     second = "square_avg" if "square_avg" in state else "exp_avg_sq"
     assert np.isfinite(state[second]).all() and np.isfinite(p).all()    # torch's: finite
+
+
+# ------------------------------------------------------------- first moments: torch.lerp
+# torch's exp_avg.lerp_(grad, 1 - beta1) (centered RMSprop: grad_avg.lerp_(grad, 1 - alpha))
+# starts from the grad when the weight is 0.5 or more: grad - (grad - exp_avg) * beta1. An
+# infinite grad then gives NaN (inf - inf * beta1; beta1 = 0: inf * 0), where
+# exp_avg + (1 - beta1) * (grad - exp_avg) gives the infinity; and a difference that overflows
+# gives the other infinity (exp_avg -7e37, grad 3e38: torch -inf, the other form +inf).
+LERPS = [("Adam", dict(betas=(0.0, 0.0))), ("Adam", dict(betas=(0.3, 0.999), amsgrad=True)),
+         ("AdamW", dict(betas=(0.5, 0.9))), ("Adamax", dict(betas=(0.0, 0.0))),
+         ("Adamax", dict(betas=(0.3, 0.9))), ("NAdam", dict(betas=(0.2, 0.9))),
+         ("NAdam", dict(betas=(0.0, 0.0), decoupled_weight_decay=True, weight_decay=0.1)),
+         ("RAdam", dict(betas=(0.3, 0.5))), ("RAdam", dict(betas=(0.0, 0.0), weight_decay=0.1)),
+         ("RMSprop", dict(alpha=0.5, centered=True)),
+         ("RMSprop", dict(alpha=0.0, centered=True, momentum=0.9)),
+         ("Adam", dict(betas=(0.9, 0.999))), ("RMSprop", dict(centered=True))]   # w < 0.5
+
+
+@pytest.mark.parametrize("name,kwargs", LERPS,
+                         ids=[f"{n}-{'-'.join(map(str, k.values()))}" for n, k in LERPS])
+def test_first_moments_are_torchs_lerp_for_infinite_and_overflowing_grads(name, kwargs, dtype,
+                                                                          backend):
+    big = np.finfo(dtype).max
+    p0 = np.array([1.0, -2.0, 0.5, 3.0, 0.25], dtype)
+    first = [np.array([np.inf, -np.inf, -big / 2, 0.5, 1.0], dtype)]
+    second = np.array([1.0, 2.0, big * 0.9, 0.75, 1.0], dtype)
+    if name == "RMSprop":   # a finite grad_avg**2 that overflows meets torch's fused
+        first[0][2], second[2] = -4.0, 8.0      # multiply-add (module docstring): not here
+    # state after one step (exp_avg NaN in torch where the weight is >= 0.5) ...
+    check_both_front_ends(name, kwargs, p0, first, dtype)
+    # ... and after a second, whose grad minus the first moment overflows
+    check_both_front_ends(name, kwargs, p0, first + [second], dtype)

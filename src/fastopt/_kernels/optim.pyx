@@ -35,6 +35,19 @@ cdef inline floating max_nan(floating a, floating b) noexcept nogil:
     return a if (a >= b) | (a != a) else b   # no short-circuit: keeps the loop branch-free
 
 
+cdef inline floating lerp_coef(floating w) noexcept nogil:
+    """torch.lerp's coefficient for a weight ``w`` in (0, 1]: ``w`` below 0.5 (the lerp starts
+    from its start), else ``w - 1`` (exact; <= 0: it starts from its end)."""
+    return w if w < <floating>0.5 else w - <floating>1
+
+
+cdef inline floating lerp(floating start, floating end, floating k) noexcept nogil:
+    """torch.lerp(start, end, w) with ``k = lerp_coef(w)``: ``start + w * (end - start)`` for
+    w < 0.5, else ``end - (end - start) * (1 - w)``, as torch's CPU kernel (so an infinite end
+    gives NaN when w >= 0.5, as torch's)."""
+    return (end if k <= 0 else start) + k * (end - start)
+
+
 cdef inline floating absolute(floating x) noexcept nogil:
     if floating is float:
         return fabsf(x)
@@ -97,7 +110,7 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating* buf = a[4]
     cdef floating lr = <floating>s.lr, al = <floating>s.alpha, c = <floating>(1.0 - s.alpha)
     cdef floating eps = <floating>s.eps, wd = <floating>s.weight_decay
-    cdef floating mom = <floating>s.momentum
+    cdef floating mom = <floating>s.momentum, kc = lerp_coef(c)
     cdef bint maximize = s.maximize, has_wd = s.weight_decay != 0
     cdef bint eps_inside_sqrt = s.eps_inside_sqrt
     cdef floating gi, sv, avg
@@ -109,7 +122,7 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         sq[i] = al * sq[i] + (c * gi) * gi
         sv = sq[i]
         if gavg != NULL:
-            gavg[i] = gavg[i] + c * (gi - gavg[i])
+            gavg[i] = lerp(gavg[i], gi, kc)
             sv = sq[i] - gavg[i] * gavg[i]
         avg = root(sv + eps) if eps_inside_sqrt else root(sv) + eps
         if buf != NULL:
@@ -159,7 +172,7 @@ cdef inline floating adam_moments(floating* pi, floating* mi, floating* vi,
         pi[0] = pi[0] * decay
     if coupled:
         gi = gi + wd * pi[0]
-    mi[0] = m[i] + c1 * (gi - m[i])
+    mi[0] = lerp(m[i], gi, c1)
     vi[0] = b2 * v[i] + (c2 * gi) * gi
     m[i] = mi[0]
     v[i] = vi[0]
@@ -191,7 +204,7 @@ cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating* m = a[2]
     cdef floating* v = a[3]
     cdef floating* vmax = a[4]
-    cdef floating c1 = <floating>(1.0 - s.beta1), b2 = <floating>s.beta2
+    cdef floating c1 = lerp_coef(<floating>(1.0 - s.beta1)), b2 = <floating>s.beta2
     cdef floating c2 = <floating>(1.0 - s.beta2), eps = <floating>s.eps
     cdef floating wd = <floating>s.weight_decay, step = <floating>s.step_size
     cdef floating inv_bc2 = <floating>(1.0 / s.bias_correction2)
@@ -254,7 +267,7 @@ cdef void adamax_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef const floating* g = a[1]
     cdef floating* m = a[2]
     cdef floating* u = a[3]
-    cdef floating c1 = <floating>(1.0 - s.beta1), b2 = <floating>s.beta2
+    cdef floating c1 = lerp_coef(<floating>(1.0 - s.beta1)), b2 = <floating>s.beta2
     cdef floating eps = <floating>s.eps, wd = <floating>s.weight_decay
     cdef floating clr = <floating>s.clr, gi, pi, mi, ui
     cdef bint maximize = s.maximize, has_wd = s.weight_decay != 0
@@ -264,7 +277,7 @@ cdef void adamax_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         pi = p[i]
         if has_wd:
             gi = gi + wd * pi
-        mi = m[i] + c1 * (gi - m[i])
+        mi = lerp(m[i], gi, c1)
         ui = max_nan(b2 * u[i], absolute(gi) + eps)
         m[i] = mi
         u[i] = ui
@@ -290,7 +303,7 @@ cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef const floating* g = a[1]
     cdef floating* m = a[2]
     cdef floating* v = a[3]
-    cdef floating c1 = <floating>(1.0 - s.beta1), b2 = <floating>s.beta2
+    cdef floating c1 = lerp_coef(<floating>(1.0 - s.beta1)), b2 = <floating>s.beta2
     cdef floating c2 = <floating>(1.0 - s.beta2), eps = <floating>s.eps
     cdef floating wd = <floating>s.weight_decay
     cdef floating inv_bc2 = <floating>(1.0 / s.bias_correction2)
@@ -336,7 +349,7 @@ cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef const floating* g = a[1]
     cdef floating* m = a[2]
     cdef floating* v = a[3]
-    cdef floating c1 = <floating>(1.0 - s.beta1), b2 = <floating>s.beta2
+    cdef floating c1 = lerp_coef(<floating>(1.0 - s.beta1)), b2 = <floating>s.beta2
     cdef floating c2 = <floating>(1.0 - s.beta2), eps = <floating>s.eps
     cdef floating wd = <floating>s.weight_decay, step = <floating>s.step_size
     cdef floating decay = <floating>(1.0 - s.lr * s.weight_decay), gi

@@ -276,3 +276,18 @@ def launch(serial, parallel, views, scalars):
 def max_nan(a, b):
     """np.maximum: NaN in either operand gives NaN."""
     return a if (a >= b or a != a) else b
+
+
+@numba.njit(inline="always", **JIT)
+def lerp_coef(w, one):
+    """torch.lerp's coefficient for a weight ``w`` in (0, 1] (``one``: 1 in ``w``'s dtype):
+    ``w`` below 0.5, else ``w - 1`` (exact; <= 0: the lerp starts from its end)."""
+    return w if w < 0.5 else w - one
+
+
+@numba.njit(inline="always", **JIT)
+def lerp(start, end, k):
+    """torch.lerp(start, end, w) with ``k = lerp_coef(w)``: ``start + w * (end - start)`` for
+    w < 0.5, else ``end - (end - start) * (1 - w)``, as torch's CPU kernel."""
+    return (end if k <= 0 else start) + k * (end - start)
+

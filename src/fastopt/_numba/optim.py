@@ -19,7 +19,7 @@ from numba import prange
 
 from .. import _registry
 from .._layout import via_contiguous
-from ._common import JIT, launch, list_form, max_nan, scalars, step_views
+from ._common import JIT, launch, lerp, lerp_coef, list_form, max_nan, scalars, step_views
 
 
 # ----------------------------------------------------------------------------------- ewa
@@ -138,6 +138,7 @@ def _rmsprop_span(p, g, sq, gavg, buf, packed):
     lr = f(s.lr)
     a = f(s.alpha)
     c = f(1.0 - s.alpha)
+    kc = lerp_coef(c, f(1.0))
     eps = f(s.eps)
     wd = f(s.weight_decay)
     mom = f(s.momentum)
@@ -152,7 +153,7 @@ def _rmsprop_span(p, g, sq, gavg, buf, packed):
         sq[i] = a * sq[i] + (c * gi) * gi
         sqi = sq[i]
         if centered:
-            gavg[i] = gavg[i] + c * (gi - gavg[i])
+            gavg[i] = lerp(gavg[i], gi, kc)
             sqi = sq[i] - gavg[i] * gavg[i]
         avg = np.sqrt(sqi + eps) if eps_inside_sqrt else np.sqrt(sqi) + eps
         if has_buf:
@@ -228,7 +229,8 @@ def adam_consts(s, p):
     f = p.dtype.type
     # decay is exactly 1 unless AdamW-style decay is on
     decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
-    return (f(1.0 - s.beta1), f(s.beta2), f(1.0 - s.beta2), f(s.eps), f(s.step_size),
+    return (lerp_coef(f(1.0 - s.beta1), f(1.0)), f(s.beta2), f(1.0 - s.beta2), f(s.eps),
+            f(s.step_size),
             f(1.0 / s.bias_correction2), f(1.0 / math.sqrt(s.bias_correction2)),
             f(s.weight_decay), decay, s.weight_decay != 0 and not s.decoupled)
 
@@ -242,7 +244,7 @@ def adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt):
         gi = gi + wd * pi
     # the new moments stay in locals: read back after the stores (which LLVM must assume may
     # alias), they cost a load and a store-to-load wait per element
-    mi = m[i] + c1 * (gi - m[i])
+    mi = lerp(m[i], gi, c1)
     vi = b2 * v[i] + (c2 * gi) * gi
     m[i] = mi
     v[i] = vi
@@ -353,7 +355,7 @@ _ADAMAX, _pack_adamax = scalars("adamax")
 def _adamax_span(p, g, m, u, packed):
     s = _ADAMAX(*packed)
     f = p.dtype.type
-    c1 = f(1.0 - s.beta1)
+    c1 = lerp_coef(f(1.0 - s.beta1), f(1.0))
     b2 = f(s.beta2)
     eps = f(s.eps)
     wd = f(s.weight_decay)
@@ -365,7 +367,7 @@ def _adamax_span(p, g, m, u, packed):
         pi = p[i]
         if has_wd:
             gi = gi + wd * pi
-        mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
+        mi = lerp(m[i], gi, c1)     # (in locals: see adam_elem)
         ui = max_nan(b2 * u[i], np.abs(gi) + eps)
         m[i] = mi
         u[i] = ui
@@ -397,7 +399,7 @@ _NADAM, _pack_nadam = scalars("nadam")
 def _nadam_span(p, g, m, v, packed):
     s = _NADAM(*packed)
     f = p.dtype.type
-    c1 = f(1.0 - s.beta1)
+    c1 = lerp_coef(f(1.0 - s.beta1), f(1.0))
     b2 = f(s.beta2)
     c2 = f(1.0 - s.beta2)
     eps = f(s.eps)
@@ -415,7 +417,7 @@ def _nadam_span(p, g, m, v, packed):
         pi = p[i] * decay
         if coupled:
             gi = gi + wd * pi
-        mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
+        mi = lerp(m[i], gi, c1)     # (in locals: see adam_elem)
         vi = b2 * v[i] + (c2 * gi) * gi
         m[i] = mi
         v[i] = vi
@@ -451,7 +453,7 @@ _RADAM, _pack_radam = scalars("radam")
 def _radam_span(p, g, m, v, packed):
     s = _RADAM(*packed)
     f = p.dtype.type
-    c1 = f(1.0 - s.beta1)
+    c1 = lerp_coef(f(1.0 - s.beta1), f(1.0))
     b2 = f(s.beta2)
     c2 = f(1.0 - s.beta2)
     eps = f(s.eps)
@@ -466,7 +468,7 @@ def _radam_span(p, g, m, v, packed):
         pi = p[i] * decay
         if coupled:
             gi = gi + wd * pi
-        mi = m[i] + c1 * (gi - m[i])     # (in locals: see adam_elem)
+        mi = lerp(m[i], gi, c1)     # (in locals: see adam_elem)
         vi = b2 * v[i] + (c2 * gi) * gi
         m[i] = mi
         v[i] = vi

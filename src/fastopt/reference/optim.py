@@ -9,7 +9,9 @@ kernels, so every backend gives the same bits for these element-wise updates.
 
 Second moments are ``decay * s + ((1 - decay) * g) * g``, grouped as torch's ``addcmul``
 (``value * t1 * t2``): ``(1 - decay) * (g * g)`` would overflow for grads past the square root of
-the dtype's largest number whose decayed square torch keeps finite.
+the dtype's largest number whose decayed square torch keeps finite. First moments (and
+centered RMSprop's ``grad_avg``), written ``m += (1 - beta1) * (g - m)`` below, are torch's
+``lerp_`` (:func:`_lerp`): for a weight ``1 - beta1`` of 0.5 or more it starts from the grad.
 """
 import math
 
@@ -28,6 +30,18 @@ def _max_nan(a, b):
     """np.maximum (NaN in either gives NaN), except that a tie keeps ``a``, as the compiled
     kernels do: of -0.0 and +0.0, np.maximum returns its second operand."""
     return np.where((a >= b) | (a != a), a, b)
+
+
+def _lerp(start, end, weight):
+    """torch.lerp(start, end, weight) as torch's CPU kernel computes it: ``start + w * (end -
+    start)`` for a weight below 0.5, else ``end - (end - start) * (1 - w)`` (so an infinite end
+    gives NaN there, as torch's), ``w`` the weight in the data's dtype. Written as
+    ``base + k * (end - start)`` with ``k = w - 1`` (exact) in the second case, as the kernels."""
+    one = start.dtype.type(1.0)
+    w = start.dtype.type(weight)
+    if w < 0.5:
+        return start + w * (end - start)
+    return end + (w - one) * (end - start)
 
 
 def ewa(avg, x, *, beta):
@@ -84,7 +98,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, ep
     square_avg[...] = alpha * square_avg + ((1.0 - alpha) * g) * g
     s = square_avg
     if grad_avg is not None:
-        grad_avg[...] = grad_avg + (1.0 - alpha) * (g - grad_avg)
+        grad_avg[...] = _lerp(grad_avg, g, 1.0 - alpha)
         s = square_avg - grad_avg * grad_avg
     avg = np.sqrt(s + eps) if eps_inside_sqrt else np.sqrt(s) + eps
     if momentum_buffer is not None:
@@ -133,7 +147,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
             p = param * (1.0 - lr * weight_decay)
         else:
             g = g + weight_decay * param
-    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    exp_avg[...] = _lerp(exp_avg, g, 1.0 - beta1)
     exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     v = exp_avg_sq
     if max_exp_avg_sq is not None:
@@ -180,7 +194,7 @@ def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, cl
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
-    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    exp_avg[...] = _lerp(exp_avg, g, 1.0 - beta1)
     exp_inf[...] = _max_nan(beta2 * exp_inf, np.abs(g) + eps)
     param[...] = param - clr * (exp_avg / exp_inf)
 
@@ -206,7 +220,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
             p = param * (1.0 - lr * weight_decay)
         else:
             g = g + weight_decay * param
-    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    exp_avg[...] = _lerp(exp_avg, g, 1.0 - beta1)
     exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     # one division per element: the reciprocal of the denominator serves both terms
     r = 1.0 / (np.sqrt(exp_avg_sq * (1.0 / bias_correction2)) + eps)
@@ -234,7 +248,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
             p = param * (1.0 - lr * weight_decay)
         else:
             g = g + weight_decay * param
-    exp_avg[...] = exp_avg + (1.0 - beta1) * (g - exp_avg)
+    exp_avg[...] = _lerp(exp_avg, g, 1.0 - beta1)
     exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     if rectified:
         param[...] = p - step_size * (exp_avg / (np.sqrt(exp_avg_sq) + eps))

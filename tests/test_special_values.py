@@ -125,3 +125,26 @@ def test_first_moments_are_torchs_lerp_for_infinite_and_overflowing_grads(name, 
     check_both_front_ends(name, kwargs, p0, first, dtype)
     # ... and after a second, whose grad minus the first moment overflows
     check_both_front_ends(name, kwargs, p0, first + [second], dtype)
+
+
+# ------------------------------------------------------- updates: torch's addcdiv order
+# param.addcdiv_(t1, t2, value=-lr) is param - (lr * t1) / t2: with lr > 1 and a huge t1 the
+# product overflows (torch: inf / inf = NaN, or an infinite step), and with a subnormal product
+# torch keeps its few bits, where lr * (t1 / t2) would give a finite, or more precise, update.
+UPDATES = [("Adam", dict(lr=10.0)), ("AdamW", dict(lr=10.0, amsgrad=True)),
+           ("Adam", dict(lr=1e-3)), ("Adagrad", dict(lr=10.0)),
+           ("Adagrad", dict(lr=0.01, lr_decay=0.5)), ("RMSprop", dict(lr=10.0)),
+           ("RMSprop", dict(lr=0.01, alpha=0.9)), ("Adamax", dict(lr=10.0)),
+           ("Adamax", dict(lr=2e-3, maximize=True))]
+
+
+@pytest.mark.parametrize("name,kwargs", UPDATES,
+                         ids=[f"{n}-{'-'.join(map(str, k.values()))}" for n, k in UPDATES])
+def test_updates_multiply_by_the_lr_before_they_divide(name, kwargs, dtype, backend):
+    info = np.finfo(dtype)
+    huge, tiny = info.max / 4, info.smallest_normal / 2 ** 10      # tiny: subnormal
+    p0 = np.array([1.0, -1.0, 0.0, 0.0, 0.5, 0.0], dtype)
+    grads = [np.array([huge, -huge, tiny, -tiny * 3, 1.0, tiny], dtype),
+             np.array([0.5, -0.5, tiny, -tiny, 2.0, tiny * 5], dtype)]
+    check_both_front_ends(name, kwargs, p0, grads[:1], dtype)
+    check_both_front_ends(name, kwargs, p0, grads, dtype)

@@ -331,7 +331,7 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
         s = square_avg - grad_avg * grad_avg if centered else square_avg
         avg = sqrt(s) + eps               (or sqrt(s + eps) with eps_inside_sqrt)
         buf = momentum * buf + g / avg; param = param - lr * buf   (with a buffer)
-        param = param - lr * (g / avg)                             (without)
+        param = param - (lr * g) / avg                             (without)
 
     Parameters
     ----------

@@ -129,7 +129,7 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
             buf[i] = mom * buf[i] + gi / avg
             p[i] = p[i] - lr * buf[i]
         else:
-            p[i] = p[i] - lr * (gi / avg)
+            p[i] = p[i] - (lr * gi) / avg
 
 
 # ------------------------------------------------------------------------------- adagrad
@@ -147,7 +147,7 @@ cdef void adagrad_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         if has_wd:
             gi = gi + wd * p[i]
         ssum[i] = ssum[i] + gi * gi
-        p[i] = p[i] - clr * (gi / (root(ssum[i]) + eps))
+        p[i] = p[i] - (clr * gi) / (root(ssum[i]) + eps)
 
 
 # ---------------------------------------------------------------------------------- adam
@@ -194,7 +194,7 @@ cdef inline void adam_elem(floating* p, floating* m, floating* v, floating* vmax
         denom = root(vi * inv_bc2 + eps)
     else:
         denom = root(vi) * inv_bc2_sqrt + eps
-    p[i] = pi - step * (mi / denom)
+    p[i] = pi - (step * mi) / denom
 
 
 cdef void adam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
@@ -281,7 +281,7 @@ cdef void adamax_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         ui = max_nan(b2 * u[i], absolute(gi) + eps)
         m[i] = mi
         u[i] = ui
-        p[i] = pi - clr * (mi / ui)
+        p[i] = pi - (clr * mi) / ui
 
 
 # --------------------------------------------------------------------------------- nadam

@@ -160,7 +160,7 @@ def _rmsprop_span(p, g, sq, gavg, buf, packed):
             buf[i] = mom * buf[i] + gi / avg
             p[i] = p[i] - lr * buf[i]
         else:
-            p[i] = p[i] - lr * (gi / avg)
+            p[i] = p[i] - (lr * gi) / avg
 
 
 @numba.njit(parallel=True, **JIT)
@@ -199,7 +199,7 @@ def _adagrad_span(p, g, ssum, packed):
         if has_wd:
             gi = gi + wd * p[i]
         ssum[i] = ssum[i] + gi * gi
-        p[i] = p[i] - clr * (gi / (np.sqrt(ssum[i]) + eps))
+        p[i] = p[i] - (clr * gi) / (np.sqrt(ssum[i]) + eps)
 
 
 @numba.njit(parallel=True, **JIT)
@@ -255,7 +255,7 @@ def adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt):
         denom = np.sqrt(vi * inv_bc2 + eps)
     else:
         denom = np.sqrt(vi) * inv_bc2_sqrt + eps
-    p[i] = pi - step * (mi / denom)
+    p[i] = pi - (step * mi) / denom
 
 
 @numba.njit(inline="always", **JIT)
@@ -371,7 +371,7 @@ def _adamax_span(p, g, m, u, packed):
         ui = max_nan(b2 * u[i], np.abs(gi) + eps)
         m[i] = mi
         u[i] = ui
-        p[i] = pi - clr * (mi / ui)
+        p[i] = pi - (clr * mi) / ui
 
 
 @numba.njit(parallel=True, **JIT)

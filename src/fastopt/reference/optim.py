@@ -12,6 +12,10 @@ Second moments are ``decay * s + ((1 - decay) * g) * g``, grouped as torch's ``a
 the dtype's largest number whose decayed square torch keeps finite. First moments (and
 centered RMSprop's ``grad_avg``), written ``m += (1 - beta1) * (g - m)`` below, are torch's
 ``lerp_`` (:func:`_lerp`): for a weight ``1 - beta1`` of 0.5 or more it starts from the grad.
+An update torch makes with ``param.addcdiv_(t1, t2, value=-lr)`` (Adagrad, RMSprop, Adam,
+Adamax) is ``param - (lr * t1) / t2``, in that order: ``lr * (t1 / t2)`` differs where
+``lr * t1`` overflows (torch: inf / inf = NaN) or underflows into the subnormals. NAdam's
+shared reciprocal and RAdam's folded step size are fastopt's own (one division per element).
 """
 import math
 
@@ -88,7 +92,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, ep
     square_avg = alpha * square_avg + (1 - alpha) * g * g
     grad_avg += (1 - alpha) * (g - grad_avg);  s = square_avg - grad_avg * grad_avg  (centered)
     avg = sqrt(s + eps) if eps_inside_sqrt else sqrt(s) + eps
-    buf = momentum * buf + g / avg; param -= lr * buf   (momentum)   else   param -= lr * (g / avg)
+    buf = momentum * buf + g / avg; param -= lr * buf   (momentum)   else   param -= (lr * g) / avg
     """
     _check(3, param=param, grad=grad, square_avg=square_avg, grad_avg=grad_avg,
            momentum_buffer=momentum_buffer)
@@ -105,21 +109,21 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, ep
         momentum_buffer[...] = momentum * momentum_buffer + g / avg
         param[...] = param - lr * momentum_buffer
     else:
-        param[...] = param - lr * (g / avg)
+        param[...] = param - (lr * g) / avg
 
 
 def adagrad(param, grad, state_sum, *, clr, eps, weight_decay, maximize):
     """torch.optim.Adagrad for one array; ``clr = lr / (1 + (step - 1) * lr_decay)``.
 
     g = -grad if maximize else grad;  g += weight_decay * param
-    state_sum += g * g;  param -= clr * (g / (sqrt(state_sum) + eps))
+    state_sum += g * g;  param -= (clr * g) / (sqrt(state_sum) + eps)
     """
     _check(3, param=param, grad=grad, state_sum=state_sum)
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = g + weight_decay * param
     state_sum[...] = state_sum + g * g
-    param[...] = param - clr * (g / (np.sqrt(state_sum) + eps))
+    param[...] = param - (clr * g) / (np.sqrt(state_sum) + eps)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,
@@ -135,7 +139,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
     v = max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq)  (amsgrad)   else   v = exp_avg_sq
     denom = sqrt(v * (1 / bias_correction2) + eps) if eps_inside_sqrt
             else sqrt(v) * (1 / sqrt(bias_correction2)) + eps
-    param -= step_size * (exp_avg / denom)
+    param -= (step_size * exp_avg) / denom
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
            max_exp_avg_sq=max_exp_avg_sq)
@@ -160,7 +164,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
         denom = np.sqrt(v * (1.0 / bias_correction2) + eps)
     else:
         denom = np.sqrt(v) * (1.0 / math.sqrt(bias_correction2)) + eps
-    param[...] = p - step_size * (exp_avg / denom)
+    param[...] = p - (step_size * exp_avg) / denom
 
 
 
@@ -188,7 +192,7 @@ def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, cl
     g = -grad if maximize else grad;  g += weight_decay * param
     exp_avg += (1 - beta1) * (g - exp_avg)
     exp_inf = max(beta2 * exp_inf, |g| + eps)   (NaN in either gives NaN, as torch.maximum)
-    param -= clr * (exp_avg / exp_inf)
+    param -= (clr * exp_avg) / exp_inf
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_inf=exp_inf)
     g = -grad if maximize else grad
@@ -196,7 +200,7 @@ def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, cl
         g = g + weight_decay * param
     exp_avg[...] = _lerp(exp_avg, g, 1.0 - beta1)
     exp_inf[...] = _max_nan(beta2 * exp_inf, np.abs(g) + eps)
-    param[...] = param - clr * (exp_avg / exp_inf)
+    param[...] = param - (clr * exp_avg) / exp_inf
 
 
 def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay,

@@ -131,11 +131,13 @@ def test_first_moments_are_torchs_lerp_for_infinite_and_overflowing_grads(name, 
 # param.addcdiv_(t1, t2, value=-lr) is param - (lr * t1) / t2: with lr > 1 and a huge t1 the
 # product overflows (torch: inf / inf = NaN, or an infinite step), and with a subnormal product
 # torch keeps its few bits, where lr * (t1 / t2) would give a finite, or more precise, update.
+# (NAdam: (coef * t1) * r, r the reciprocal of the denominator: the same overflows.)
 UPDATES = [("Adam", dict(lr=10.0)), ("AdamW", dict(lr=10.0, amsgrad=True)),
            ("Adam", dict(lr=1e-3)), ("Adagrad", dict(lr=10.0)),
            ("Adagrad", dict(lr=0.01, lr_decay=0.5)), ("RMSprop", dict(lr=10.0)),
            ("RMSprop", dict(lr=0.01, alpha=0.9)), ("Adamax", dict(lr=10.0)),
-           ("Adamax", dict(lr=2e-3, maximize=True))]
+           ("Adamax", dict(lr=2e-3, maximize=True)), ("NAdam", dict(lr=10.0)),
+           ("NAdam", dict(lr=2e-3, decoupled_weight_decay=True, weight_decay=0.1))]
 
 
 @pytest.mark.parametrize("name,kwargs", UPDATES,

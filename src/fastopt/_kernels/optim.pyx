@@ -293,8 +293,8 @@ cdef inline void nadam_elem(floating* p, floating* m, floating* v, Py_ssize_t i,
     cdef floating one = 1, r, pi = p[i], mi, vi
     gi = adam_moments(&pi, &mi, &vi, m, v, i, gi, c1, b2, c2, wd, decay, coupled, shrink)
     r = one / (root(vi * inv_bc2) + eps)
-    pi = pi + cg * (gi * r)
-    p[i] = pi + cm * (mi * r)
+    pi = pi + (cg * gi) * r
+    p[i] = pi + (cm * mi) * r
 
 
 cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,

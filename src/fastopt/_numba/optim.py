@@ -422,8 +422,8 @@ def _nadam_span(p, g, m, v, packed):
         m[i] = mi
         v[i] = vi
         r = one / (np.sqrt(vi * inv_bc2) + eps)
-        pi = pi + cg * (gi * r)
-        p[i] = pi + cm * (mi * r)
+        pi = pi + (cg * gi) * r
+        p[i] = pi + (cm * mi) * r
 
 
 @numba.njit(parallel=True, **JIT)

@@ -14,8 +14,10 @@ centered RMSprop's ``grad_avg``), written ``m += (1 - beta1) * (g - m)`` below, 
 ``lerp_`` (:func:`_lerp`): for a weight ``1 - beta1`` of 0.5 or more it starts from the grad.
 An update torch makes with ``param.addcdiv_(t1, t2, value=-lr)`` (Adagrad, RMSprop, Adam,
 Adamax) is ``param - (lr * t1) / t2``, in that order: ``lr * (t1 / t2)`` differs where
-``lr * t1`` overflows (torch: inf / inf = NaN) or underflows into the subnormals. NAdam's
-shared reciprocal and RAdam's folded step size are fastopt's own (one division per element).
+``lr * t1`` overflows (torch: inf / inf = NaN) or underflows into the subnormals. NAdam
+multiplies by a shared reciprocal of its denominator (one division per element), after its
+coefficient as torch's addcdiv: ``param + (coef * t1) * r``. RAdam's folded step size is
+fastopt's own.
 """
 import math
 
@@ -214,7 +216,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     param *= 1 - lr * weight_decay  (decoupled)   or   g += weight_decay * param
     exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) g g
     r = 1 / (sqrt(exp_avg_sq * (1 / bias_correction2)) + eps)
-    param += grad_coef * (g * r);  param += avg_coef * (exp_avg * r)
+    param += (grad_coef * g) * r;  param += (avg_coef * exp_avg) * r
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     g = -grad if maximize else grad
@@ -228,8 +230,8 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     # one division per element: the reciprocal of the denominator serves both terms
     r = 1.0 / (np.sqrt(exp_avg_sq * (1.0 / bias_correction2)) + eps)
-    p = p + grad_coef * (g * r)
-    param[...] = p + avg_coef * (exp_avg * r)
+    p = p + (grad_coef * g) * r
+    param[...] = p + (avg_coef * exp_avg) * r
 
 
 def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step_size,

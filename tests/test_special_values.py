@@ -150,3 +150,22 @@ def test_updates_multiply_by_the_lr_before_they_divide(name, kwargs, dtype, back
              np.array([0.5, -0.5, tiny, -tiny, 2.0, tiny * 5], dtype)]
     check_both_front_ends(name, kwargs, p0, grads[:1], dtype)
     check_both_front_ends(name, kwargs, p0, grads, dtype)
+
+
+# RAdam's rectified step is torch's ((exp_avg / bc1) * lr) * (sqrt(bc2) / (sqrt(v) + eps)) * rect:
+# step_size * exp_avg comes first, so it overflows (and times an adaptive factor of 0, NaN)
+# where torch's does.
+RADAM = [dict(lr=10.0), dict(lr=10.0, betas=(0.5, 0.99), decoupled_weight_decay=True,
+                            weight_decay=0.05), dict(lr=1e-3, eps=0.0)]
+
+
+@pytest.mark.parametrize("kwargs", RADAM, ids=["lr10", "decoupled", "eps0"])
+def test_radam_multiplies_by_the_step_size_first(kwargs, dtype, backend):
+    huge = np.finfo(dtype).max * 0.9    # (subnormal products: torch rounds twice, fastopt once)
+    p0 = np.array([1.0, -1.0, 0.0, 0.5, 0.25], dtype)
+    warm = [np.array([0.1, -0.1, 0.0, 0.2, 0.3], dtype)] * 6      # rectified from t = 6 on
+    last = np.array([huge, -huge, 0.0, 1.0, 2.0], dtype)
+    p, _ = check_both_front_ends("RAdam", kwargs, p0, warm + [last], dtype)
+    if kwargs["lr"] == 10.0:
+        assert np.isnan(p[:2]).all()                                # torch's
+

@@ -998,7 +998,8 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
 
 
 def _radam_scalars(step, lr, betas, eps, weight_decay):
-    """beta1, beta2, the folded ``step_size`` and whether the step is ``rectified``."""
+    """beta1, beta2, ``step_size = lr / (1 - beta1**t)``, ``adaptive_scale = r_t *
+    sqrt(1 - beta2**t)`` (1 when not rectified) and whether the step is ``rectified``."""
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
     rho_inf = 2.0 / (1.0 - beta2) - 1.0
@@ -1007,8 +1008,8 @@ def _radam_scalars(step, lr, betas, eps, weight_decay):
     if rectified:
         rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
                 / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
-        step_size = step_size * bias_correction2 ** 0.5 * rect
-    return beta1, beta2, step_size, rectified
+        return beta1, beta2, step_size, bias_correction2 ** 0.5 * rect, True
+    return beta1, beta2, step_size, 1.0, False
 
 
 def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,
@@ -1063,10 +1064,11 @@ def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
         overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
         named). A call that raises writes nothing.
     """
-    beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
+    beta1, beta2, step_size, adaptive_scale, rectified = _radam_scalars(step, lr, betas, eps,
+                                                                        weight_decay)
     _backend.active.radam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
                           eps=eps, weight_decay=weight_decay, step_size=step_size,
-                          rectified=rectified, decoupled=decoupled_weight_decay,
+                          adaptive_scale=adaptive_scale, rectified=rectified, decoupled=decoupled_weight_decay,
                           maximize=maximize)
 
 
@@ -1099,10 +1101,12 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
         across the whole call (grads may share memory with each other). A call that raises
         writes nothing.
     """
-    beta1, beta2, step_size, rectified = _radam_scalars(step, lr, betas, eps, weight_decay)
+    beta1, beta2, step_size, adaptive_scale, rectified = _radam_scalars(step, lr, betas, eps,
+                                                                        weight_decay)
     _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
                                 beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                step_size=step_size, rectified=rectified,
+                                step_size=step_size, adaptive_scale=adaptive_scale,
+                                rectified=rectified,
                                 decoupled=decoupled_weight_decay, maximize=maximize)
 
 

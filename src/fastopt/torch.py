@@ -1155,9 +1155,10 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
-        beta1, beta2, step_size, rectified = ops._radam_scalars(
+        beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
             step, lr, tuple(group["betas"]), eps, wd)
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], lr=lr, beta1=beta1,
-            beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size, rectified=rectified,
+            beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
+            adaptive_scale=adaptive_scale, rectified=rectified,
             decoupled=group.get("decoupled_weight_decay", False), maximize=group["maximize"])

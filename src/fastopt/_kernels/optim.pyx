@@ -332,13 +332,13 @@ cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
 # --------------------------------------------------------------------------------- radam
 cdef inline void radam_elem(floating* p, floating* m, floating* v, Py_ssize_t i, floating gi,
                             floating c1, floating b2, floating c2, floating eps, floating wd,
-                            floating step, floating decay, bint coupled, bint shrink,
-                            bint rectified) noexcept nogil:
+                            floating step, floating scale, floating decay, bint coupled,
+                            bint shrink, bint rectified) noexcept nogil:
     """Element ``i`` of a RAdam step with grad ``gi`` (negated already)."""
     cdef floating pi = p[i], mi, vi
     adam_moments(&pi, &mi, &vi, m, v, i, gi, c1, b2, c2, wd, decay, coupled, shrink)
     if rectified:
-        p[i] = pi - step * (mi / (root(vi) + eps))
+        p[i] = pi - (step * mi) * (scale / (root(vi) + eps))
     else:
         p[i] = pi - step * mi
 
@@ -352,6 +352,7 @@ cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating c1 = lerp_coef(<floating>(1.0 - s.beta1)), b2 = <floating>s.beta2
     cdef floating c2 = <floating>(1.0 - s.beta2), eps = <floating>s.eps
     cdef floating wd = <floating>s.weight_decay, step = <floating>s.step_size
+    cdef floating scale = <floating>s.adaptive_scale
     cdef floating decay = <floating>(1.0 - s.lr * s.weight_decay), gi
     cdef bint maximize = s.maximize, rectified = s.rectified
     cdef bint coupled = s.weight_decay != 0 and not s.decoupled
@@ -360,16 +361,16 @@ cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     if not (maximize or coupled or shrink):     # loops of their own, as in adam_span
         if rectified:
             for i in range(lo, hi):
-                radam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, step, decay, False, False,
-                           True)
+                radam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, step, scale, decay, False,
+                           False, True)
         else:
             for i in range(lo, hi):
-                radam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, step, decay, False, False,
-                           False)
+                radam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, step, scale, decay, False,
+                           False, False)
         return
     for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
-        radam_elem(p, m, v, i, gi, c1, b2, c2, eps, wd, step, decay, coupled, shrink,
+        radam_elem(p, m, v, i, gi, c1, b2, c2, eps, wd, step, scale, decay, coupled, shrink,
                    rectified)
 
 

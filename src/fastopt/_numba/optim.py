@@ -459,6 +459,7 @@ def _radam_span(p, g, m, v, packed):
     eps = f(s.eps)
     wd = f(s.weight_decay)
     step = f(s.step_size)
+    scale = f(s.adaptive_scale)
     # decay is exactly 1 unless decoupled decay is on
     decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
     coupled = s.weight_decay != 0 and not s.decoupled
@@ -473,7 +474,7 @@ def _radam_span(p, g, m, v, packed):
         m[i] = mi
         v[i] = vi
         if rectified:
-            p[i] = pi - step * (mi / (np.sqrt(vi) + eps))
+            p[i] = pi - (step * mi) * (scale / (np.sqrt(vi) + eps))
         else:
             p[i] = pi - step * mi
 
@@ -486,12 +487,12 @@ def _radam_parallel(nchunks, chunk, p, g, m, v, packed):
 
 
 def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step_size,
-          rectified, decoupled, maximize):
+          adaptive_scale, rectified, decoupled, maximize):
     arrays = (param, grad, exp_avg, exp_avg_sq)
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
     packed = _pack_radam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                         step_size=step_size, rectified=rectified, decoupled=decoupled,
-                         maximize=maximize)
+                         step_size=step_size, adaptive_scale=adaptive_scale,
+                         rectified=rectified, decoupled=decoupled, maximize=maximize)
     if views is None:
         return via_contiguous(radam, arrays, **_RADAM(*packed)._asdict())
     launch(_radam_span, _radam_parallel, views, packed)

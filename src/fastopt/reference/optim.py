@@ -235,15 +235,17 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
 
 
 def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step_size,
-          rectified, decoupled, maximize):
-    """torch.optim.RAdam for one array. ``fastopt.ops.radam_step_`` folds ``step_size``:
-    ``lr / (1 - beta1**t) * rect * sqrt(1 - beta2**t)`` when ``rho_t > 5`` (``rectified``),
-    else ``lr / (1 - beta1**t)``.
+          adaptive_scale, rectified, decoupled, maximize):
+    """torch.optim.RAdam for one array. ``fastopt.ops.radam_step_`` folds ``step_size =
+    lr / (1 - beta1**t)`` and, when ``rho_t > 5`` (``rectified``), ``adaptive_scale =
+    rect * sqrt(1 - beta2**t)``. As torch's ``(exp_avg / bc1 * lr) * (sqrt(bc2) / (sqrt(v) +
+    eps)) * rect``, the step size multiplies exp_avg before the adaptive factor does: an
+    overflowing product over an infinite ``v`` is inf * 0 = NaN, as torch's.
 
     g = -grad if maximize else grad
     param *= 1 - lr * weight_decay  (decoupled)   or   g += weight_decay * param
     exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) g g
-    param -= step_size * (exp_avg / (sqrt(exp_avg_sq) + eps))   (rectified)
+    param -= (step_size * exp_avg) * (adaptive_scale / (sqrt(exp_avg_sq) + eps))  (rectified)
     param -= step_size * exp_avg                                 (otherwise)
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
@@ -257,7 +259,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     exp_avg[...] = _lerp(exp_avg, g, 1.0 - beta1)
     exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
     if rectified:
-        param[...] = p - step_size * (exp_avg / (np.sqrt(exp_avg_sq) + eps))
+        param[...] = p - (step_size * exp_avg) * (adaptive_scale / (np.sqrt(exp_avg_sq) + eps))
     else:
         param[...] = p - step_size * exp_avg
 

@@ -651,7 +651,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     Returns
     -------
     loss : float
-        The mean cross-entropy.
+        The mean cross-entropy: NaN for no examples (a mean of nothing, as torch and
+        ``np.mean`` give), 0 for examples of no classes with probability targets.
     dlogits : ndarray
         Its gradient with respect to ``logits``.
 

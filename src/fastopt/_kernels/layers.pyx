@@ -1017,8 +1017,8 @@ def softmax_cross_entropy(const floating[:, :, ::1] z, labels, targets,
     cdef Py_ssize_t m = outer * inner
     cdef const long long[:, ::1] lab
     cdef const floating[:, :, ::1] tgt
-    if m == 0 or k == 0:
-        return 0.0
+    if m == 0 or k == 0:    # a mean over no examples is NaN (as torch's); no classes sum to 0
+        return float("nan") if m == 0 else 0.0
     terms_arr = np.zeros(m)
     cdef double[::1] terms = terms_arr
     cdef SMJob job = softmax_job(&z[0, 0, 0], &dz[0, 0, 0], outer, k, inner)

@@ -740,8 +740,8 @@ _NO_LABELS = read_only(np.zeros((1, 1), np.int64))
 
 def softmax_cross_entropy(z, labels, targets, dz):
     m = z.shape[0] * z.shape[2]
-    if m == 0 or z.shape[1] == 0:
-        return 0.0
+    if m == 0 or z.shape[1] == 0:   # a mean over no examples is NaN (as torch's); no classes: 0
+        return math.nan if m == 0 else 0.0
     use_threads(z.size)
     terms = np.zeros(m)
     by_index = labels is not None

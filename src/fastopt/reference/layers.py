@@ -11,6 +11,8 @@ allocates the outputs:
 Statistics and sums are accumulated in float64 (two passes: mean, then centered squares), the
 element-wise parts run in the data's dtype from them.
 """
+import math
+
 import numpy as np
 
 
@@ -95,8 +97,8 @@ def softmax_cross_entropy(z, labels, targets, dz):
     examples) and returns the mean loss ``-sum(target * log_softmax(z)) / m`` (float64 sum;
     zero targets contribute nothing, even where log_softmax is -inf)."""
     m = z.shape[0] * z.shape[2]
-    if z.size == 0:
-        return 0.0
+    if z.size == 0:         # a mean over no examples is NaN (as torch's); no classes sum to 0
+        return math.nan if m == 0 else 0.0
     p = np.empty_like(z)
     logp = np.empty_like(z)
     softmax(z, p, log=False)

@@ -75,7 +75,8 @@ def check_both_front_ends(name, kwargs, p0, grads, dtype):
 HUGE = {np.float32: 3e19, np.float64: 3e154}
 SQUARES = [("RMSprop", {}), ("RMSprop", dict(centered=True, momentum=0.5, weight_decay=0.1)),
            ("RMSprop", dict(alpha=0.9, eps=0.0)), ("Adam", {}), ("Adam", dict(amsgrad=True)),
-           ("AdamW", dict(maximize=True)), ("Adadelta", {}), ("Adadelta", dict(weight_decay=0.1, maximize=True)),
+           ("AdamW", dict(maximize=True)), ("Adadelta", {}),
+           ("Adadelta", dict(weight_decay=0.1, maximize=True)),
            ("NAdam", {}), ("NAdam", dict(decoupled_weight_decay=True, weight_decay=0.1)),
            ("RAdam", {}), ("RAdam", dict(betas=(0.9, 0.9)))]
 

@@ -1068,8 +1068,8 @@ def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
                                                                         weight_decay)
     _backend.active.radam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
                           eps=eps, weight_decay=weight_decay, step_size=step_size,
-                          adaptive_scale=adaptive_scale, rectified=rectified, decoupled=decoupled_weight_decay,
-                          maximize=maximize)
+                          adaptive_scale=adaptive_scale, rectified=rectified,
+                          decoupled=decoupled_weight_decay, maximize=maximize)
 
 
 def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,

@@ -230,8 +230,7 @@ def adam_consts(s, p):
     # decay is exactly 1 unless AdamW-style decay is on
     decay = f(1.0 - s.lr * s.weight_decay) if s.weight_decay != 0 and s.decoupled else f(1.0)
     return (lerp_coef(f(1.0 - s.beta1), f(1.0)), f(s.beta2), f(1.0 - s.beta2), f(s.eps),
-            f(s.step_size),
-            f(1.0 / s.bias_correction2), f(1.0 / math.sqrt(s.bias_correction2)),
+            f(s.step_size), f(1.0 / s.bias_correction2), f(1.0 / math.sqrt(s.bias_correction2)),
             f(s.weight_decay), decay, s.weight_decay != 0 and not s.decoupled)
 
 

@@ -27,18 +27,19 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 FAMILIES = ["optim", "layers", "stream"]
-# families also built for x86-64-v4 (AVX-512) from a stub <family>_avx512.pyx that includes
-# <family>.pyx; fastopt._kernels picks that build at import when the CPU has AVX-512
-WIDE_FAMILIES = ["optim", "layers"]
+# Families also built for x86-64-v4 (AVX-512), from stubs that include <family>.pyx, each with
+# its own vector width; fastopt._kernels picks one at import when the CPU has AVX-512.
+# The optimizer steps come in two widths, as the faster one depends on the core: on Zen 4
+# (512-bit operations split in two, and every 64-byte access of an unaligned array splits a
+# cache line) 512-bit loops ran 1.2-2.7x slower than the AVX2 build (Adam 1e5 float32, one
+# thread: 1.08 against 0.59 ns/element) and 256-bit ones match it; on Zen 5, whose divider is
+# 512 bits wide, 512-bit loops run 1.2-1.8x faster than 256-bit ones (Adam 0.25 against 0.32,
+# RMSprop 0.17 against 0.29, float64 Adam 0.48 against 0.86). The layers keep 512-bit vectors:
+# batch norm's float64 sweeps gain 20-30% from them on Zen 4 too.
 WIDE_MARCH = "-march=x86-64-v4"
-# ... with 256-bit vectors for the optimizer steps. Their 512-bit loops ran 1.2-2.7x slower
-# than the AVX2 build on Zen 4 (Adam 1e5 float32, one thread, NumPy's usual page+16 byte
-# alignment: 1.08 against 0.59 ns/element; Adamax 0.91 against 0.33; 64-byte aligned on 2
-# threads, still 0.36 against 0.29): every 64-byte load and store of an unaligned array
-# splits a cache line, and the divider is no wider. With 256-bit vectors the AVX-512 build
-# matches AVX2 there and beats it on 16-bit params (fp16 Adam 0.94 against 1.15). The layers
-# keep 512-bit vectors: batch norm's float64 sweeps gain 20-30% from them.
-WIDE_VECTOR_FLAGS = {"optim": ["-mprefer-vector-width=256"], "layers": []}
+WIDE_VARIANTS = {"optim_avx512": ["-mprefer-vector-width=256"],
+                 "optim_avx512_zmm": ["-mprefer-vector-width=512"],
+                 "layers_avx512": []}
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math",
               # unswitch every loop-invariant option branch of a kernel (GCC stops at 3 levels
               # and 50 insns by default, leaving e.g. plain RMSprop scalar and 10x slower)
@@ -87,7 +88,7 @@ def _isa_flags(cc):
 
 
 def _is_wide(ext):
-    return ext.name.endswith("_avx512")
+    return ext.name.rsplit(".", 1)[-1] in WIDE_VARIANTS
 
 
 def _compiler_command(compiler):
@@ -141,9 +142,8 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             args = compile_args
             if _is_wide(ext):
-                family = ext.name.rsplit(".", 1)[-1][:-len("_avx512")]
                 args = ([f for f in compile_args if not f.startswith("-march")] + [WIDE_MARCH]
-                        + WIDE_VECTOR_FLAGS[family])
+                        + WIDE_VARIANTS[ext.name.rsplit(".", 1)[-1]])
             ext.extra_compile_args = args
             ext.extra_link_args = ["-fopenmp"] if openmp else []
             # the extension reports its own flags (python -m fastopt prints them)
@@ -265,7 +265,7 @@ def extensions():
     exts = [Extension(f"fastopt._kernels.{name}", [f"src/fastopt/_kernels/{name}.pyx"],
                       include_dirs=[numpy.get_include()], depends=headers,
                       define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
-            for name in FAMILIES + [f"{f}_avx512" for f in WIDE_FAMILIES]]
+            for name in FAMILIES + list(WIDE_VARIANTS)]
     return cythonize(exts, compiler_directives={"language_level": 3}, quiet=True)
 
 

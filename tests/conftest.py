@@ -103,34 +103,38 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 def kernel_builds(family):
     """Every build of a Cython kernel family present here that this CPU runs (the portable
-    one, and the AVX-512 one on a CPU with AVX-512: importing it elsewhere is SIGILL)."""
+    one, and the AVX-512 ones on a CPU with AVX-512: importing them elsewhere is SIGILL)."""
     import importlib
     try:
         base = importlib.import_module(f"fastopt._kernels.{family}")
     except ImportError:
         return []
-    if not base.cpu_has_avx512():
-        return [base]
-    try:
-        return [base, importlib.import_module(f"fastopt._kernels.{family}_avx512")]
-    except ImportError:
-        return [base]
+    names = [f"{family}_avx512"] + (["optim_avx512_zmm"] if family == "optim" else [])
+    builds = [base]
+    for name in names if base.cpu_has_avx512() else []:
+        try:
+            builds.append(importlib.import_module(f"fastopt._kernels.{name}"))
+        except ImportError:
+            pass
+    return builds
 
 
 def cython_builds():
     """The cython backend once per build of its kernels present here that this CPU runs
-    (portable, then AVX-512): a backend namespace (fastopt._backend.Namespace) over that
-    build's optim and layers modules, its threads set on both. Install one with
+    (portable, then AVX-512; the optimizer steps' AVX-512 build with 256-bit vectors, then
+    with 512-bit ones): a backend namespace (fastopt._backend.Namespace) over that build's
+    optim and layers modules, its threads set on both. Install one with
     :func:`use_cython_build`: fastopt.ops and fastopt.layers call the active namespace,
     whose kernels were bound when it was built, so patching a name of fastopt._kernels (or
     of a module) changes nothing they call."""
     import types
     from fastopt import _backend
     optim, layers = kernel_builds("optim"), kernel_builds("layers")
-    if len(optim) != len(layers):       # one family's AVX-512 build missing: no pairs
+    if (len(optim) > 1) != (len(layers) > 1):     # one family's AVX-512 build missing
         return []
     namespaces = []
-    for o, lay in zip(optim, layers):
+    # the optimizer steps' AVX-512 builds (256- and 512-bit vectors) with the layers' one
+    for o, lay in zip(optim, layers[:1] + layers[1:] * (len(optim) - 1)):
         def set_num_threads(n, modules=(o, lay)):
             for module in modules:
                 module.set_num_threads(n)

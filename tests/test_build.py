@@ -4,6 +4,7 @@ removed (as an install without a C compiler leaves it) or refused for this CPU.
 
 Building the package itself takes minutes: those tests are in test_packaging.py.
 """
+import importlib
 import json
 import os
 import re
@@ -119,6 +120,35 @@ def test_cpu_levels(monkeypatch):
     monkeypatch.setattr(_cpu, "host_features", lambda: None)        # cannot tell: no refusal
     assert _cpu.missing_features("x86-64-v3") == []
 
+
+
+def cpuinfo_field(name):
+    """The first value of ``name`` in /proc/cpuinfo (Linux), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def test_the_optimizer_steps_use_the_vector_width_this_cpu_runs_fastest():
+    """512-bit vectors on AMD Zen 5 and later (CPU family 26 on), 256-bit ones on other CPUs
+    with AVX-512 (fo_common.h): the rule read back from /proc/cpuinfo, and the build that
+    fastopt._kernels loaded."""
+    kernels = pytest.importorskip("fastopt._kernels", exc_type=ImportError)
+    base = importlib.import_module("fastopt._kernels.optim")
+    family = cpuinfo_field("cpu family")
+    if family is None or not base.cpu_has_avx512():
+        pytest.skip("needs /proc/cpuinfo and a CPU with AVX-512")
+    zen5_on = cpuinfo_field("vendor_id") == "AuthenticAMD" and int(family) >= 26
+    assert base.cpu_prefers_512bit_steps() == zen5_on
+    expected = ("optim" if os.environ.get("FASTOPT_NO_AVX512", "0") not in ("", "0")
+                else "optim_avx512_zmm" if zen5_on else "optim_avx512")
+    assert kernels._optim.__name__ == f"fastopt._kernels.{expected}"
 
 def pyproject():
     path = os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")

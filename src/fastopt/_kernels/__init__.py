@@ -2,12 +2,14 @@
 
 Importing this package fails (ImportError saying why) when the extension was not built or was
 built for an ISA this CPU lacks; the registry then reports the reason and serves the next
-backend. Compute-bound families are also built for AVX-512 (``<family>_avx512``); that build is
-used when the CPU has it, unless ``FASTOPT_NO_AVX512=1``.
+backend. Compute-bound families are also built for AVX-512 (``<family>_avx512``, and the optimizer
+steps with 512-bit vectors as ``optim_avx512_zmm``); that build is used when the CPU has it,
+unless ``FASTOPT_NO_AVX512=1``.
 """
 import importlib
 import importlib.util
 import os
+import sys
 
 from .. import _cpu, _threads
 
@@ -40,14 +42,19 @@ from . import stream as _stream  # noqa: E402  (only once the build is known to 
 
 
 def _load(family):
-    """The AVX-512 build of a kernel family when it exists and this CPU runs it, else the
-    portable (x86-64-v3) build."""
+    """The AVX-512 build of a kernel family when it exists and this CPU runs it (for the
+    optimizer steps, the 512-bit one on CPUs where it is the faster), else the portable
+    (x86-64-v3) build."""
     base = importlib.import_module(f".{family}", __name__)
     if os.environ.get("FASTOPT_NO_AVX512", "0") in ("", "0") and base.cpu_has_avx512():
-        try:
-            return importlib.import_module(f".{family}_avx512", __name__)
-        except ImportError:
-            pass
+        names = [f"{family}_avx512"]
+        if family == "optim" and base.cpu_prefers_512bit_steps():
+            names.insert(0, "optim_avx512_zmm")
+        for name in names:
+            try:
+                return importlib.import_module(f".{name}", __name__)
+            except ImportError:
+                pass
     return base
 
 
@@ -56,15 +63,17 @@ _layers = _load("layers")
 # the kernels fastopt._backend serves, checked against the registry (fastopt/_registry.py)
 KERNEL_MODULES = (_optim, _layers)
 
-_FAMILIES = (_optim, _layers, _stream)
 _threads.register_threadpoolctl()
 BUILD_FLAGS = _optim.BUILD_FLAGS
 first_readonly = _optim.first_readonly
 
 
 def set_num_threads(n):
-    for family in _FAMILIES:
-        family.set_num_threads(n)
+    # every build imported in this process follows the count: threadpoolctl lists each (the
+    # portable ones that _load asked about the CPU too)
+    for name, module in list(sys.modules.items()):
+        if name.startswith(f"{__name__}.") and hasattr(module, "set_num_threads"):
+            module.set_num_threads(n)
 
 
 def get_num_threads():

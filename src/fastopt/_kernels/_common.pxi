@@ -12,6 +12,7 @@ cdef extern from "fo_common.h":
     int fo_max_threads() nogil
     const char* FASTOPT_BUILD_FLAGS
     int fo_cpu_has_avx512()
+    int fo_cpu_prefers_512bit_steps()
     int fastopt_get_num_threads() nogil
     void fastopt_set_num_threads(int n) nogil
 
@@ -21,6 +22,12 @@ BUILD_FLAGS = FASTOPT_BUILD_FLAGS.decode()
 def cpu_has_avx512():
     """True if this CPU (and OS) run x86-64-v4 code: the *_avx512 variants may be used."""
     return bool(fo_cpu_has_avx512())
+
+
+def cpu_prefers_512bit_steps():
+    """True if the optimizer steps' 512-bit build (optim_avx512_zmm) is the faster one here
+    (fo_common.h says on which CPUs)."""
+    return bool(fo_cpu_prefers_512bit_steps())
 
 from .. import _validate
 

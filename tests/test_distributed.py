@@ -282,3 +282,21 @@ def test_one_rank_grads_that_are_the_arenas_own_views_swapped():
     opt.step({"u": arena.grads["v"], "v": arena.grads["u"]})
     np.testing.assert_array_equal(arena.flat_params, ref.flat_params)
     np.testing.assert_array_equal(arena.flat_grads, [2.0] * 4 + [1.0] * 4)
+
+
+def test_one_rank_refuses_a_grad_for_no_parameter_as_the_plain_optimizer():
+    # {"W", "b", "W2"} for parameters W, b: the plain optimizer refuses 'W2' (a grad of a
+    # parameter it does not have); the sharded one ignored it. Other keys (the course's caches)
+    # still ride along
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(fo.SGD, arena, comm=comm, lr=1.0)
+    plain = fo.SGD(_arena(np.float64).params, lr=1.0)
+    grads = {"W": np.ones((3, 4)), "b": np.ones(3), "dW2": np.ones(5)}
+    before = arena.flat_params.copy()
+    for o, prefix in ((plain, ""), (opt, "rank 0 of 1: ")):
+        with pytest.raises(ValueError, match=f"^{prefix}grads has 'dW2' but there is no such"):
+            o.step(grads)
+    np.testing.assert_array_equal(arena.flat_params, before)
+    opt.step({"W": np.ones((3, 4)), "b": np.ones(3), "dA1": np.ones(5), "cache": 0})
+    np.testing.assert_array_equal(arena.flat_params, before - 1)

@@ -33,8 +33,8 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
                       "(mpi4py and the mpich wheel)") from exc
 
 from . import _validate
-from .arena import ParameterArena
-from .optim import Grads, Optimizer, Params, _first_readonly
+from .arena import ParameterArena, _GradDict
+from .optim import Grads, Optimizer, Params, _first_readonly, _stray_keys
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
 _MISSING = object()
@@ -316,6 +316,13 @@ class ShardedOptimizer:
                     raise ValueError(f"grads has no entry for parameter {name!r} "
                                      f"(expected key {name!r} or {'d' + name!r})")
                 matched.append(g)
+            # as the plain optimizer: a grad under a parameter-like name that no parameter has
+            # is a mistake (another arena's grads hold every one of its parameters)
+            if len(grads) > len(matched) and not isinstance(grads, _GradDict):
+                strays = _stray_keys(grads, self._names)
+                if strays:
+                    raise ValueError(f"grads has {', '.join(strays)} but there is no such "
+                                     "parameter (keys are a parameter's name or 'd' + name)")
         elif isinstance(grads, (list, tuple)):
             if len(grads) != len(self._views):
                 raise ValueError(f"grads has {len(grads)} entries, expected "

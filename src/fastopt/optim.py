@@ -38,6 +38,22 @@ _FLAT = object()   # a group's grads are its arena stretch's own (Optimizer._spl
 _ALL = slice(None)   # a _Batch of every parameter of its group
 
 
+def _stray_keys(grads, names):
+    """Keys of the dict ``grads`` naming no parameter of ``names`` but shaped like one's key:
+    the same stem (the name without its digits) as a parameter, e.g. ``dW3`` or ``W3`` beside
+    ``W1``, ``W2`` (a model's grad for a parameter the optimizer does not have)."""
+    names = set(names)
+    stems = {n.rstrip(_DIGITS) for n in names}
+    strays = []
+    for key in grads:
+        if not isinstance(key, str) or key in names or key[:1] == "d" and key[1:] in names:
+            continue
+        bare = key[1:] if key[:1] == "d" else key
+        if key.rstrip(_DIGITS) in stems or bare.rstrip(_DIGITS) in stems:
+            strays.append(repr(key))
+    return strays
+
+
 def _pair(betas):
     """``betas`` as a tuple, as torch's groups hold it (anything else is left for the check to
     refuse by name)."""
@@ -484,18 +500,8 @@ class Optimizer:
                         f"got {type(grads).__name__}")
 
     def _strays(self, grads):
-        """Keys of ``grads`` naming no parameter but shaped like one's key: the same stem (the
-        name without its digits) as a parameter, e.g. ``dW3`` or ``W3`` beside ``W1``, ``W2``."""
-        names = {n for g in self.param_groups for n in g["param_names"]}
-        stems = {n.rstrip(_DIGITS) for n in names}
-        strays = []
-        for key in grads:
-            if not isinstance(key, str) or key in names or key[:1] == "d" and key[1:] in names:
-                continue
-            bare = key[1:] if key[:1] == "d" else key
-            if key.rstrip(_DIGITS) in stems or bare.rstrip(_DIGITS) in stems:
-                strays.append(repr(key))
-        return strays
+        """:func:`_stray_keys` of ``grads`` for this optimizer's parameter names."""
+        return _stray_keys(grads, [n for g in self.param_groups for n in g["param_names"]])
 
     def _check(self, group):
         """Check a group's hyper-parameters (type and range, from ``_BOUNDS``): TypeError or

@@ -300,3 +300,20 @@ def test_one_rank_refuses_a_grad_for_no_parameter_as_the_plain_optimizer():
     np.testing.assert_array_equal(arena.flat_params, before)
     opt.step({"W": np.ones((3, 4)), "b": np.ones(3), "dA1": np.ones(5), "cache": 0})
     np.testing.assert_array_equal(arena.flat_params, before - 1)
+
+
+def test_one_rank_pickle_and_copy_are_refused_pointing_to_state_dict():
+    # was: a deepcopy or unpickled copy held copies of the arena's buffers apart from the
+    # copied arena, so its steps never reached the copy's parameters (silently no training)
+    import copy
+    import pickle
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(fo.SGD, arena, comm=comm, lr=1.0)
+    for make in (pickle.dumps, copy.deepcopy, copy.copy):
+        with pytest.raises(TypeError, match="cannot be pickled or copied.*state_dict"):
+            make(opt)
+    arena.flat_grads[...] = 1.0
+    before = arena.flat_params.copy()
+    opt.step()
+    np.testing.assert_array_equal(arena.flat_params, before - 1)

@@ -502,6 +502,14 @@ class ShardedOptimizer:
             plan.append((hyper, keys, scalars))
         return full, plan
 
+    def __reduce_ex__(self, protocol):
+        # a copy's parameters, grads and exchange buffers would be copies apart from the copied
+        # arena (its steps would never reach its parameters), and its communicator this job's
+        raise TypeError("a ShardedOptimizer cannot be pickled or copied (it holds views of its "
+                        "arena's buffers and an MPI communicator); save opt.state_dict() and "
+                        "arena.flat_params, and load_state_dict() into a new one, on any number "
+                        "of ranks")
+
     def __repr__(self):
         return (f"ShardedOptimizer({self.optimizer_class.__name__}, rank "
                 f"{self.comm.Get_rank()} of {self.comm.Get_size()}, elements "

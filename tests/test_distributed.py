@@ -208,6 +208,12 @@ def test_construction_errors_name_the_problem():
         ShardedOptimizer(fo.Adam, [arena.params["b"], arena.params["W"]], comm=comm)
     with pytest.raises(ValueError, match="lr"):
         ShardedOptimizer(fo.Adam, arena, comm=comm, lr=-1.0)
+    # was: AttributeError "'str' object has no attribute 'Allreduce'", or MPI's own
+    # "Invalid communicator" from inside the first collective
+    MPI = pytest.importorskip("mpi4py.MPI")
+    for bad in ("world", MPI.COMM_NULL):
+        with pytest.raises(TypeError, match="comm must be an mpi4py intracommunicator"):
+            ShardedOptimizer(fo.Adam, arena, comm=bad)
 
 
 def test_one_rank_matches_the_plain_optimizer_and_checks_grads():

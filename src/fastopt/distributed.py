@@ -78,7 +78,9 @@ class ShardedOptimizer:
         The parameters, which must be consecutive parameters of one ``ParameterArena`` in the
         order they were added (so the parameters and grads are two contiguous buffers and each
         collective is one call). A ``ParameterArena`` means all its parameters, by name.
-    comm : mpi4py communicator, default ``MPI.COMM_WORLD``
+    comm : mpi4py intracommunicator, default ``MPI.COMM_WORLD``
+        The ranks that train together (``MPI.COMM_SELF``: one process; a ``Split`` of the
+        world: several independent groups).
     **hyper
         The optimizer's hyper-parameters (``lr=...``, ``betas=...``), as for
         ``optimizer_class``.
@@ -97,7 +99,14 @@ class ShardedOptimizer:
 
     def __init__(self, optimizer_class: type[Optimizer], params: ParameterArena | Params,
                  comm: MPI.Comm | None = None, **hyper: Any) -> None:
-        self.comm = MPI.COMM_WORLD if comm is None else comm
+        comm = MPI.COMM_WORLD if comm is None else comm
+        # checked here, alone on each rank: every later check is a collective on it
+        if not isinstance(comm, MPI.Intracomm):
+            got = ("MPI.COMM_NULL" if isinstance(comm, MPI.Comm) and comm == MPI.COMM_NULL
+                   else type(comm).__name__)
+            raise TypeError("comm must be an mpi4py intracommunicator such as MPI.COMM_WORLD "
+                            f"or one made by its Split (its ranks train together), got {got}")
+        self.comm = comm
         error = None
         try:        # local checks first; then every rank learns whether any failed
             self._setup(optimizer_class, params, hyper)

@@ -152,6 +152,14 @@ def test_refused_shard_step_raises_on_every_rank_without_hang_and_changes_nothin
     assert len(reports(runs, "good step after refused steps")) == 5
 
 
+def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
+    # opt.lr or a group's betas set on the last rank only: 2 edits x 2 grads forms per rank,
+    # then the same edits everywhere step as one process (was: each rank stepped its shard
+    # with its own value, silently)
+    assert len(reports(runs, "hyper mismatch at step ")) == 4 * 5
+    assert len(reports(runs, "hyper mismatch at step, then")) == 5
+
+
 def test_grads_that_are_views_of_the_arenas_grad_buffer_step_as_one_process(runs):
     assert len(reports(runs, "own grad views")) == 4 * 5
 

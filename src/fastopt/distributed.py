@@ -3,8 +3,9 @@
 Every rank holds the whole model on a :class:`fastopt.ParameterArena` and computes grads on its
 part of the global batch. ``ShardedOptimizer.step`` then
 
-1. agrees on the grads' validity with one one-integer ``Allreduce`` (a bad grad on any rank
-   raises on every rank, before anything is written);
+1. agrees on the grads' validity and on the hyper-parameters (a digest of them) with one
+   three-integer ``Allreduce`` (a bad grad on any rank, or an edit of ``lr`` made on some
+   ranks only, raises on every rank, before anything is written);
 2. sends each rank the slice of the grad buffer it owns (one ``Alltoallv`` on the flat buffer)
    and sums the N slices on their owner in rank order, then divides by N: the averaged grad is
    ``((g_0 + g_1) + ... + g_{N-1}) / N``, each operation rounded in the parameter dtype;
@@ -22,6 +23,7 @@ counted from the start of the parameters' stretch of the arena.
 Needs ``mpi4py`` (``pip install 'fastopt[mpi]'`` adds it and the ``mpich`` wheel, which brings
 ``mpiexec``); ``import fastopt`` does not import it. Run with ``mpiexec -n 4 python train.py``.
 """
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -113,10 +115,8 @@ class ShardedOptimizer:
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
         self._raise_if_any(error)
-        hypers = [{k: v for k, v in g.items() if k != "params"}
-                  for g in self.shard_optimizer.param_groups]
         signature = (self.dtype.str, [p.shape for p in self._views], self._names,
-                     optimizer_class.__name__, repr(hypers))
+                     optimizer_class.__name__, repr(self._hyper_reprs()))
         for r, other in enumerate(self.comm.allgather(signature)):
             if other != signature:
                 raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on the "
@@ -228,7 +228,9 @@ class ShardedOptimizer:
             A grad of the wrong type, dtype or shape, a parameter made read-only, or a step
             the shard optimizer refuses (an invalid hyper-parameter or state, e.g. after an
             edit of ``param_groups``) on any rank: raised on every rank, naming the first
-            failing rank, before anything is written; nothing changes on any rank.
+            failing rank, before anything is written; nothing changes on any rank. Also
+            ValueError on every rank when the ranks' hyper-parameters differ (an edit of
+            ``lr`` or ``param_groups`` made on some ranks only).
         """
         self._take_grads(grads)
         self._exchange()
@@ -240,13 +242,15 @@ class ShardedOptimizer:
     def _take_grads(self, grads):
         """Check ``grads`` and everything else that could refuse the step on every rank (one
         collective), then copy the grads into the arena."""
-        error = local = None
+        error = local = hypers = None
         try:
             local = self._match(grads)
             self._check_step()
+            if self.comm.Get_size() > 1:     # (one rank agrees with itself)
+                hypers = self._hyper_reprs()
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
-        self._raise_if_any(error)
+        self._raise_if_any(error, hypers)
         if local is None:
             return
         # grads that are views of the grad buffer (another parameter's, in another order) are
@@ -344,17 +348,29 @@ class ShardedOptimizer:
             _validate.check_grad(repr(self._names[i]) if self._names else str(i), p, g)
         return matched
 
-    def _raise_if_any(self, error):
-        """Collective: raise on every rank if ``error`` is set on any (a one-integer allreduce
-        when all is well; the errors themselves are gathered only when one occurred). The
-        first failing rank's TypeError or ValueError is raised everywhere as that type,
-        anything else as RuntimeError. A KeyboardInterrupt or SystemExit takes part too (it
-        had left its rank's collectives unmatched: the other ranks' next step paired with
-        this one's, silently mixing two steps' grads, then hung), and is raised as it is on
-        its own rank."""
-        flag = np.array([error is not None], np.int32)
+    def _hyper_reprs(self):
+        """Every param group's hyper-parameters, as reprs (what the ranks must agree on)."""
+        return [{k: repr(v) for k, v in g.items() if k != "params"}
+                for g in self.shard_optimizer.param_groups]
+
+    def _raise_if_any(self, error, hypers=None):
+        """Collective: raise on every rank if ``error`` is set on any (a three-integer
+        allreduce when all is well; the errors themselves are gathered only when one
+        occurred). The first failing rank's TypeError or ValueError is raised everywhere as
+        that type, anything else as RuntimeError. A KeyboardInterrupt or SystemExit takes part
+        too (it had left its rank's collectives unmatched: the other ranks' next step paired
+        with this one's, silently mixing two steps' grads, then hung), and is raised as it is
+        on its own rank. With ``hypers`` (:meth:`_hyper_reprs`, every rank), ranks whose
+        hyper-parameters differ raise ValueError on every rank: an edit made on one rank only
+        would step that rank's shard with its own value, silently."""
+        # the digest's max and the max of its negation agree only if every rank's is the same
+        digest = 0 if hypers is None else int.from_bytes(
+            hashlib.blake2b(repr(hypers).encode(), digest_size=7).digest(), "little")
+        flag = np.array([error is not None, digest, -digest], np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
         if not flag[0]:
+            if hypers is not None and flag[1] != -flag[2]:
+                self._raise_disagreement(hypers)
             return
         kind = next((k for k in (TypeError, ValueError) if isinstance(error, k)), RuntimeError)
         message = (str(error) if isinstance(error, Exception)
@@ -365,6 +381,20 @@ class ShardedOptimizer:
         rank, (name, msg) = next((r, e) for r, e in enumerate(errors) if e is not None)
         kind = {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
         raise kind(f"rank {rank} of {len(errors)}: {msg}") from error
+
+    def _raise_disagreement(self, hypers):
+        """Collective: ValueError on every rank naming the ranks whose ``hypers`` differ from
+        rank 0's and the entries (reprs are gathered: they always pickle)."""
+        every = self.comm.allgather(hypers)
+        diffs = []
+        for r, other in enumerate(every[1:], 1):
+            for gi, (mine, theirs) in enumerate(zip(every[0], other)):
+                diffs += [f"rank {r} has param group {gi}'s {k!r} = {theirs.get(k)}, rank 0 "
+                          f"{mine.get(k)}" for k in sorted(mine.keys() | theirs.keys())
+                          if mine.get(k) != theirs.get(k)]
+        raise ValueError(f"the {len(every)} ranks disagree on the hyper-parameters of this step "
+                         f"({'; '.join(diffs)}): make the same edit of opt.lr or "
+                         "opt.param_groups on every rank; nothing changed")
 
     # ---------------------------------------------------------------------- state dicts
     def state_dict(self, root: int = 0) -> dict[str, Any] | None:

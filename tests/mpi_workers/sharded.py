@@ -349,6 +349,41 @@ def check_refused_shard_step():
     report("good step after refused steps", same(arena.flat_params, ref.flat_params))
 
 
+def check_hyper_mismatch_at_step():
+    """An edit of the hyper-parameters between steps made on one rank only (``opt.lr``, a
+    group's entry): every rank raises ValueError naming that rank and the entry, nothing
+    changes; made on every rank, the next step matches the single process. Was: each rank
+    stepped its shard with its own value, silently (the gathered parameters mixed them)."""
+    arena, ref = _small(), _small()
+    opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
+    ref_opt = fo.Adam(ref.params, lr=0.1)
+    last = SIZE - 1
+    for label, edit in [("lr", lambda: setattr(opt, "lr", 0.2)),
+                        ("betas", lambda: opt.param_groups[0].update(betas=(0.8, 0.999)))]:
+        if RANK == last:
+            edit()
+        arena.flat_grads[...] = 3.0
+        before = _snapshot(arena, opt)
+        for grads in (None, {"u": np.ones(20), "v": np.ones(20)}):
+            try:
+                opt.step(grads)
+                report(f"hyper mismatch at step {label}", SIZE == 1, "no exception")
+            except ValueError as exc:
+                report(f"hyper mismatch at step {label}", f"rank {last}" in str(exc)
+                       and label in str(exc) and _unchanged(arena, opt, before), str(exc))
+        if RANK != last:
+            edit()
+    gs = local_grads(2, np.float64, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    ref_opt.lr = 0.2
+    ref_opt.param_groups[0]["betas"] = (0.8, 0.999)
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    report("hyper mismatch at step, then the same edit everywhere",
+           same(arena.flat_params, ref.flat_params))
+
+
 def check_own_grad_views():
     """Grads that are the arena's own grad views in another order (or other views of its grad
     buffer) step as one process does. Was: copied one by one, a later copy read a view an
@@ -470,7 +505,7 @@ def main():
         OUT = open(os.path.join(args.out, f"rank-{RANK}.jsonl"), "w")
     checks = [check_equivalence, check_large, check_groups, check_memory, check_bad_grads,
               check_disagreeing_ranks, check_bad_state_dict, check_read_only,
-              check_refused_shard_step, check_own_grad_views]
+              check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

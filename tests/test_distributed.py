@@ -331,3 +331,23 @@ def test_one_rank_pickle_and_copy_are_refused_pointing_to_state_dict():
     before = arena.flat_params.copy()
     opt.step()
     np.testing.assert_array_equal(arena.flat_params, before - 1)
+
+
+@pytest.mark.parametrize("root", [1, -1, 0.0, True])
+def test_one_rank_state_dict_root_out_of_range_is_refused_by_name(root):
+    # was: MPI's own "Invalid root" error stack from inside Gatherv / Bcast (or, for -1,
+    # MPI_PROC_NULL's), or a float root accepted by mpi4py
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(fo.Adam, arena, comm=comm, lr=0.1)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    sd = opt.state_dict()
+    with pytest.raises((ValueError, TypeError), match="root"):
+        opt.state_dict(root=root)
+    sd["state"][0]["exp_avg"][...] = 5.0
+    with pytest.raises((ValueError, TypeError), match="root"):
+        opt.load_state_dict(sd, root=root)
+    assert not np.any(opt.shard_optimizer.state_dict()["state"][0]["exp_avg"] == 5.0)
+    opt.load_state_dict(sd, root=0)
+    assert np.all(opt.shard_optimizer.state_dict()["state"][0]["exp_avg"][:12] == 5.0)

@@ -412,6 +412,7 @@ class ShardedOptimizer:
             parameters would return (torch.optim's per-parameter layout, so that optimizer
             and ``load_state_dict`` on any number of ranks load it); None on the other ranks.
         """
+        self._check_root(root)
         local = self.shard_optimizer.state_dict()
         is_root = self.comm.Get_rank() == root
         state: dict[int, dict[str, np.ndarray]] = {}
@@ -447,6 +448,15 @@ class ShardedOptimizer:
                         state[i][key] = full[o:o + p.size].reshape(p.shape)
         return {"state": state, "param_groups": groups} if is_root else None
 
+    def _check_root(self, root):
+        """A rank of the communicator, else TypeError/ValueError naming ``root`` (before any
+        collective: MPI's own error is an error stack, and -1 is its MPI_PROC_NULL)."""
+        if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+            raise TypeError(f"root must be an int (a rank), got {type(root).__name__}")
+        if not 0 <= root < self.comm.Get_size():
+            raise ValueError(f"Invalid root: {root} (must be a rank of the communicator, 0 to "
+                             f"{self.comm.Get_size() - 1})")
+
     def _clip_len(self, a, b, rank):
         s0, s1 = self.bounds[rank], self.bounds[rank + 1]
         return max(0, min(b, s1) - max(a, s0))
@@ -470,6 +480,7 @@ class ShardedOptimizer:
         ValueError
             An invalid state dict, raised on every rank after a full check; nothing changes.
         """
+        self._check_root(root)
         plan = full = None
         error: BaseException | None = None
         if self.comm.Get_rank() == root:

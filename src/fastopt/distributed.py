@@ -466,7 +466,8 @@ class ShardedOptimizer:
 
         It may come from :meth:`state_dict` on any number of ranks, a single-process fastopt
         optimizer, or torch.optim with its tensors as arrays. Every parameter of a group must have
-        state at the same step (as a sharded run saves).
+        state at the same step (as a sharded run saves). It loads the optimizer's state only:
+        restore the parameters on every rank (each rank steps its shard from its own copy).
 
         Parameters
         ----------

@@ -152,6 +152,11 @@ def test_refused_shard_step_raises_on_every_rank_without_hang_and_changes_nothin
     assert len(reports(runs, "good step after refused steps")) == 5
 
 
+def test_a_state_overlap_on_one_rank_raises_on_every_rank_before_any_update(runs):
+    # was: the other ranks stepped their shards, that rank alone raised RuntimeError
+    assert len(reports(runs, "overlap on one rank")) == 2 * 5
+
+
 def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
     # opt.lr or a group's betas set on the last rank only: 2 edits x 2 grads forms per rank,
     # then the same edits everywhere step as one process (was: each rank stepped its shard

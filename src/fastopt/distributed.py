@@ -263,7 +263,8 @@ class ShardedOptimizer:
     def _check_step(self):
         """Raise what the step would refuse, before anything is written: a parameter made
         read-only since construction, and what the shard optimizer's own step checks first
-        (hyper-parameters, e.g. after an edit of ``param_groups``, and its state)."""
+        (hyper-parameters, e.g. after an edit of ``param_groups``, its state, and overlaps of
+        its params and state arrays: ``Optimizer._checked_plans``, the same code)."""
         k = _first_readonly(self._views)
         if k >= 0:
             raise ValueError(f"parameter {self._label(k)} is read-only; parameters are updated "
@@ -272,7 +273,7 @@ class ShardedOptimizer:
         for gi, group in enumerate(opt.param_groups):
             if _first_readonly(group["params"]) >= 0:
                 raise ValueError(f"this rank's shard of param group {gi} is read-only")
-            opt._plan(gi)       # the checks step() runs first (cached while nothing changed)
+        opt._checked_plans()    # the checks step() runs first (cached while nothing changed)
 
     def _update(self):
         """The shard optimizer's step on this rank's shard of the averaged grads. Everything it

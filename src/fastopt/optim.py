@@ -612,14 +612,21 @@ class Optimizer:
                         # an error naming the parameter, if a grad's
                         self._check_grads(0, grads)
                         raise
-            plans = [self._plan(gi) for gi in range(len(self.param_groups))]
-            try:
-                self._check_overlaps(plans)
-            except ValueError:
-                self._plans.clear()     # (the fast path above would take the lone group's)
-                raise
+            plans = self._checked_plans()
             for gi, grads_of_group in enumerate(self._split(grads, plans)):
                 self._step_group(gi, plans[gi], grads_of_group)
+
+    def _checked_plans(self):
+        """Every group's :class:`_Plan`, after the checks :meth:`step` makes before any write
+        whatever the grads: hyper-parameters, states, and no overlap of params and state
+        arrays. (ShardedOptimizer runs them on its shard's optimizer on every rank first.)"""
+        plans = [self._plan(gi) for gi in range(len(self.param_groups))]
+        try:
+            self._check_overlaps(plans)
+        except ValueError:
+            self._plans.clear()     # (the fast path in step would take the lone group's)
+            raise
+        return plans
 
     def _plan(self, gi):
         """Group ``gi``'s :class:`_Plan`, made again when the group or any state changed:

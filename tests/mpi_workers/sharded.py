@@ -349,6 +349,45 @@ def check_refused_shard_step():
     report("good step after refused steps", same(arena.flat_params, ref.flat_params))
 
 
+def check_overlap_on_one_rank():
+    """A shard state array assigned on one rank only that overlaps the shard's parameter (what
+    the shard optimizer's step refuses): every rank raises ValueError naming that rank before
+    anything is written; with the state put back, the next step matches the single process.
+    Was: the other ranks stepped their shards and returned, that rank raised RuntimeError."""
+    arena, ref = _small(), _small()
+    opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
+    ref_opt = fo.Adam(ref.params, lr=0.1)
+    gs = local_grads(3, np.float64, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    last, state = SIZE - 1, opt.shard_optimizer.state[0]
+    kept = state["exp_avg"].copy()
+    if RANK == last:
+        state["exp_avg"] = opt.shard_optimizer.param_groups[0]["params"][0]
+    arena.flat_grads[...] = 3.0
+    before = (arena.flat_params.copy(), arena.flat_grads.copy(),
+              pickle.dumps({k: v for k, v in state.items() if k != "exp_avg"}))
+    try:
+        opt.step()
+        report("overlap on one rank", False, "no exception")
+    except ValueError as exc:
+        report("overlap on one rank", f"rank {last} of {SIZE}" in str(exc) and "overlap" in
+               str(exc) and same(arena.flat_params, before[0]) and same(arena.flat_grads,
+               before[1]) and pickle.dumps({k: v for k, v in state.items() if k != "exp_avg"})
+               == before[2], str(exc))
+    except RuntimeError as exc:
+        report("overlap on one rank", False, repr(exc))
+    state["exp_avg"] = kept
+    gs = local_grads(4, np.float64, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    report("overlap on one rank, then put back", same(arena.flat_params, ref.flat_params))
+
+
 def check_hyper_mismatch_at_step():
     """An edit of the hyper-parameters between steps made on one rank only (``opt.lr``, a
     group's entry): every rank raises ValueError naming that rank and the entry, nothing
@@ -505,7 +544,8 @@ def main():
         OUT = open(os.path.join(args.out, f"rank-{RANK}.jsonl"), "w")
     checks = [check_equivalence, check_large, check_groups, check_memory, check_bad_grads,
               check_disagreeing_ranks, check_bad_state_dict, check_read_only,
-              check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step]
+              check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
+              check_overlap_on_one_rank]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

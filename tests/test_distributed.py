@@ -133,7 +133,8 @@ def test_an_interrupt_on_one_rank_raises_on_every_rank_without_mixing_steps(runs
 
 
 def test_construction_errors_raise_on_every_rank(runs):
-    assert len(reports(runs, "construction")) == 2 * 5
+    # hyper-parameters, groups (the same parameters split otherwise), not on an arena
+    assert len(reports(runs, "construction")) == 3 * 5
 
 
 def test_bad_state_dict_raises_on_every_rank(runs):

@@ -115,8 +115,10 @@ class ShardedOptimizer:
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
         self._raise_if_any(error)
-        signature = (self.dtype.str, [p.shape for p in self._views], self._names,
-                     optimizer_class.__name__, repr(self._hyper_reprs()))
+        # the shapes per param group: ranks that split the same parameters into groups
+        # otherwise would step alike but gather and scatter state dicts with other bounds
+        signature = (self.dtype.str, [[p.shape for p in g["params"]] for g in self._full_groups],
+                     self._names, optimizer_class.__name__, repr(self._hyper_reprs()))
         for r, other in enumerate(self.comm.allgather(signature)):
             if other != signature:
                 raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on the "

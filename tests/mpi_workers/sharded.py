@@ -258,6 +258,15 @@ def check_disagreeing_ranks():
         report("construction mismatch", SIZE == 1, "no exception")
     except ValueError as exc:
         report("construction mismatch", "disagree" in str(exc), str(exc))
+    v = list(arena.params.values())
+    try:       # the same parameters and hyper-parameters, split into groups otherwise on rank 0
+        # (was accepted: state_dict() then gathered each group with the root's bounds, and
+        # returned uninitialized memory for a parameter)
+        ShardedOptimizer(fo.Adam, [{"params": v[:1 if RANK else 2]},
+                                   {"params": v[1 if RANK else 2:]}])
+        report("construction group split mismatch", SIZE == 1, "no exception")
+    except ValueError as exc:
+        report("construction group split mismatch", "disagree" in str(exc), str(exc))
     try:       # one rank passes something that is not on an arena
         ShardedOptimizer(fo.Adam, arena if RANK else [np.zeros(3, np.float32)])
         report("construction error on one rank", False, "no exception")

@@ -137,6 +137,10 @@ def test_construction_errors_raise_on_every_rank(runs):
     assert len(reports(runs, "construction")) == 3 * 5
 
 
+def test_ranks_agree_on_groups_whose_entries_are_in_another_order(runs):
+    assert len(reports(runs, "group key order")) == 5
+
+
 def test_bad_state_dict_raises_on_every_rank(runs):
     assert len(reports(runs, "bad state_dict")) == 5
 

@@ -352,8 +352,9 @@ class ShardedOptimizer:
         return matched
 
     def _hyper_reprs(self):
-        """Every param group's hyper-parameters, as reprs (what the ranks must agree on)."""
-        return [{k: repr(v) for k, v in g.items() if k != "params"}
+        """Every param group's hyper-parameters, as reprs by sorted key (what the ranks must
+        agree on, whatever order a group's entries were written in)."""
+        return [{k: repr(g[k]) for k in sorted(g, key=repr) if k != "params"}
                 for g in self.shard_optimizer.param_groups]
 
     def _raise_if_any(self, error, hypers=None):

@@ -267,6 +267,19 @@ def check_disagreeing_ranks():
         report("construction group split mismatch", SIZE == 1, "no exception")
     except ValueError as exc:
         report("construction group split mismatch", "disagree" in str(exc), str(exc))
+    # the same groups, their entries written in another order on rank 0: they agree (was: a
+    # construction error; and a group re-keyed between steps on one rank failed every step)
+    group = dict(lr=0.1, weight_decay=0.0) if RANK else dict(weight_decay=0.0, lr=0.1)
+    try:
+        opt = ShardedOptimizer(fo.Adam, [dict(group, params=v)])
+        if RANK == 0:
+            lr = opt.param_groups[0].pop("lr")
+            opt.param_groups[0]["lr"] = lr
+        arena.flat_grads[...] = 1.0
+        opt.step()
+        report("group key order", True)
+    except ValueError as exc:
+        report("group key order", False, str(exc))
     try:       # one rank passes something that is not on an arena
         ShardedOptimizer(fo.Adam, arena if RANK else [np.zeros(3, np.float32)])
         report("construction error on one rank", False, "no exception")

@@ -93,7 +93,7 @@ def test_every_launch_finished_cleanly(runs):
 
 
 OPTIMIZERS = ["Adam", "AdamW", "SGD-momentum", "RMSprop", "Momentum", "Adagrad", "Adadelta",
-              "Adamax", "NAdam", "RAdam"]
+              "Adamax", "NAdam", "RAdam", "Lion"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

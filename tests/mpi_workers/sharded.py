@@ -40,6 +40,7 @@ CASES = {   # name -> (class, hyper-parameters)
     "Adamax": (fo.Adamax, dict(lr=2e-3)),
     "NAdam": (fo.NAdam, dict(lr=2e-3)),
     "RAdam": (fo.RAdam, dict(lr=1e-3, decoupled_weight_decay=True, weight_decay=0.1)),
+    "Lion": (fo.Lion, dict(lr=1e-3, weight_decay=0.1)),
 }
 
 

@@ -2,6 +2,7 @@
 dtypes, shapes, axes and memory layouts; the reference's gradients against finite differences;
 torch parity where installed; edge cases and errors."""
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -996,3 +997,41 @@ def test_out_must_be_a_plain_ndarray_as_the_inputs(backend):
                 with pytest.raises(TypeError, match="^out must be a plain numpy.ndarray"):
                     call(out)
                 assert (np.asarray(out) == 7).all()
+
+
+@needs_torch
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_layer_takes_nan_inf_and_overflow_without_warnings(backend):
+    """The layer's Python arithmetic warned where the kernels give IEEE results silently: an
+    inf feature ("invalid value in subtract", from cache.var), a float32 variance past
+    float32's range ("overflow in cast"), momentum 0 times an inf mean, a running_var of 0
+    with eps=0 in eval. Under -W error (or np.errstate(all="raise")) training raised after
+    running_mean had changed (running_var, num_batches_tracked not). Expected: torch's values
+    (NaN/inf where its statistics are), no warning."""
+    x = np.array([[np.nan, np.inf, 1e20, 1.0], [1.0, 2.0, -1e20, 2.0], [2.0, 3.0, 1e20, 4.0]])
+    with warnings.catch_warnings(), np.errstate(all="raise"), fo.use_backend(backend):
+        warnings.simplefilter("error")
+        for dtype, tdt in ((np.float64, torch.float64), (np.float32, torch.float32)):
+            for momentum in (0.1, 0.0, None):
+                xd = x.astype(dtype)
+                xd[:, 2] *= 1e185 if dtype == np.float64 else 1   # var past the dtype's max
+                layer = fo.BatchNorm(4, momentum=momentum, dtype=dtype)
+                layer.forward(xd)
+                layer_t = torch.nn.BatchNorm1d(4, momentum=momentum).to(tdt)
+                layer_t(torch.tensor(xd))
+                rtol = tolerance(dtype)["rtol"]
+                np.testing.assert_allclose(layer.running_mean, layer_t.running_mean.numpy(),
+                                           rtol=rtol)
+                # (torch's float32 variance of feature 2 is inf, fastopt's float64 one is not:
+                # times momentum 0 that is NaN in torch, nothing in fastopt)
+                cols = [0, 1, 3] if momentum == 0 else [0, 1, 2, 3]
+                np.testing.assert_allclose(layer.running_var[cols],
+                                           layer_t.running_var.numpy()[cols], rtol=rtol)
+                assert layer.num_batches_tracked == 1
+                layer.backward(np.full_like(xd, np.finfo(dtype).max))     # dbeta overflows
+                assert np.isinf(layer.dbeta[3])
+        layer = fo.BatchNorm(2, momentum=1.0, eps=0.0, dtype=np.float64)
+        layer.forward(np.array([[1.0, 2.0], [1.0, 3.0]]))                  # a constant feature
+        assert layer.running_var[0] == 0
+        y = layer.forward(np.array([[1.0, 2.0], [2.0, 3.0]]), training=False)
+        assert np.isnan(y[0, 0]) and y[1, 0] == np.inf                    # 0 * inf, 1 * inf

@@ -176,18 +176,21 @@ class BatchNormCache:
     def var(self) -> np.ndarray:
         """The biased batch variance per feature (float64), as the normalization used it,
         to about 2**-30 relative."""
-        with np.errstate(divide="ignore", invalid="ignore"):     # eps=inf: inv_std 0
+        # IEEE results without NumPy's warnings, as the kernels give them (eps=inf: inv_std 0;
+        # an inf feature's centred squares: inf - inf)
+        with np.errstate(all="ignore"):
             var = 1.0 / self.inv_std ** 2 - self.eps
-        # inv_std rounded var + eps: taking eps back off cancels where var is small next to
-        # it (a constant feature came out -2.5e-19 with Keras' eps=1e-3, a variance of 1e-16
-        # with eps=1e-5 2e-5 relative off). Those features (few: dead, near-constant) are summed
-        # again from x, as the kernels did (two passes, float64); only below eps * 2**-20,
-        # where the cancellation costs more than 2**-30 (BatchNorm.forward reads var at every
-        # training step: features of small but live variance must not pay a pass over x).
-        low = np.flatnonzero(~(var >= self.eps * 2.0 ** -20))
-        if low.size:
-            var[low] = batch_variance(np.take(self.x, low, axis=1 - self.axis), self.axis,
-                                      self.mean[low])
+            # inv_std rounded var + eps: taking eps back off cancels where var is small next
+            # to it (a constant feature came out -2.5e-19 with Keras' eps=1e-3, a variance of
+            # 1e-16 with eps=1e-5 2e-5 relative off). Those features (few: dead,
+            # near-constant) are summed again from x, as the kernels did (two passes,
+            # float64); only below eps * 2**-20, where the cancellation costs more than 2**-30
+            # (BatchNorm.forward reads var at every training step: features of small but live
+            # variance must not pay a pass over x).
+            low = np.flatnonzero(~(var >= self.eps * 2.0 ** -20))
+            if low.size:
+                var[low] = batch_variance(np.take(self.x, low, axis=1 - self.axis), self.axis,
+                                          self.mean[low])
         return var
 
 
@@ -311,8 +314,9 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, out: np.ndarray | 
                                        dxc, dgamma, dbeta)
     _write_back(dx, dxc, scratch, cache.transposed)
     gamma_shape, beta_shape = cache.param_shapes
-    return (dx, dgamma.astype(xc.dtype).reshape(gamma_shape),
-            dbeta.astype(xc.dtype).reshape(beta_shape))
+    with np.errstate(all="ignore"):     # float64 sums past float32's range: inf, no warning
+        return (dx, dgamma.astype(xc.dtype).reshape(gamma_shape),
+                dbeta.astype(xc.dtype).reshape(beta_shape))
 
 
 def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
@@ -357,7 +361,9 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     _check_eps(eps)
     y = _out(out, xc.T.shape if transposed else xc.shape, xc.dtype)
     yc, scratch = _kernel_output(y, transposed)
-    _backend.active.batchnorm_apply(xc, ax, g, b, rm, 1.0 / np.sqrt(rv + eps), yc)
+    with np.errstate(all="ignore"):     # running_var + eps of 0 (eps=0): inf, as the kernels
+        inv_std = 1.0 / np.sqrt(rv + eps)
+    _backend.active.batchnorm_apply(xc, ax, g, b, rm, inv_std, yc)
     _write_back(y, yc, scratch, transposed)
     return y
 
@@ -475,8 +481,15 @@ class BatchNorm:
             raise
         n = cache.x.shape[cache.axis]
         m = 1.0 / (self.num_batches_tracked + 1) if self.momentum is None else self.momentum
-        self.running_mean[...] = (1 - m) * self.running_mean + m * cache.mean
-        self.running_var[...] = (1 - m) * self.running_var + m * (cache.var * n / (n - 1))
+        # both computed before either is written, with IEEE results and no NumPy warnings (an
+        # inf mean times momentum 0, a variance past float32's range): under -W error a warning
+        # raised with running_mean already changed
+        with np.errstate(all="ignore"):
+            mean = ((1 - m) * self.running_mean + m * cache.mean).astype(self.running_mean.dtype)
+            var = ((1 - m) * self.running_var
+                   + m * (cache.var * n / (n - 1))).astype(self.running_var.dtype)
+        self.running_mean[...] = mean
+        self.running_var[...] = var
         self.num_batches_tracked += 1
         self._cache = cache
         return y

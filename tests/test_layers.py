@@ -1035,3 +1035,41 @@ def test_batch_norm_layer_takes_nan_inf_and_overflow_without_warnings(backend):
         assert layer.running_var[0] == 0
         y = layer.forward(np.array([[1.0, 2.0], [2.0, 3.0]]), training=False)
         assert np.isnan(y[0, 0]) and y[1, 0] == np.inf                    # 0 * inf, 1 * inf
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_training_checks_the_running_statistics_as_inference_does(backend):
+    """Training checked only that running_mean/running_var were writeable (None failed with an
+    AttributeError): a running_var of 4 values for 3 features raised NumPy's unnamed broadcast
+    error after running_mean had changed, an int64 or float64 one (a float32 layer) took the
+    update cast (int64: truncated to [1, 0, 0]), where inference raised naming it. Expected: the
+    same errors as inference, nothing changed; (C, 1) and byte-swapped statistics, which
+    inference takes, are updated in place."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    bad = [("running_var", np.ones(4, np.float32), ValueError),
+           ("running_mean", np.zeros(2, np.float32), ValueError),
+           ("running_var", np.ones(3, np.int64), TypeError),
+           ("running_var", np.ones(3, np.float64), TypeError),
+           ("running_var", None, TypeError), ("running_mean", [0.0, 0.0, 0.0], TypeError)]
+    with fo.use_backend(backend):
+        good = fo.BatchNorm(3)
+        good.forward(x)
+        for name, value, exc in bad:
+            layer = fo.BatchNorm(3)
+            setattr(layer, name, value)
+            saved = None if value is None else np.array(value, copy=True)
+            for training in (False, True):
+                with pytest.raises(exc, match=f"^{name} "):
+                    layer.forward(x, training)
+            assert layer.num_batches_tracked == 0 and layer._cache is None
+            other = layer.running_mean if name == "running_var" else layer.running_var
+            assert (other == (0 if name == "running_var" else 1)).all()
+            assert value is None or np.array_equal(value, saved)
+        for make in (lambda a: a.reshape(3, 1).copy(), lambda a: a.astype(">f4")):
+            layer = fo.BatchNorm(3)
+            layer.running_mean, layer.running_var = make(layer.running_mean), \
+                make(layer.running_var)
+            layer.forward(x)
+            np.testing.assert_array_equal(layer.running_mean.ravel(), good.running_mean)
+            np.testing.assert_array_equal(layer.running_var.ravel(), good.running_var)

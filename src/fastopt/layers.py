@@ -465,17 +465,22 @@ class BatchNorm:
         TypeError, ValueError
             As :func:`batchnorm_forward` (:func:`batchnorm_inference` when not training), an
             ``x`` of another dtype or number of features than the layer's named as such; in
-            training, a read-only ``running_mean`` or ``running_var``. A call that raises
-            changes nothing.
+            training too, a ``running_mean`` or ``running_var`` that is not one value per
+            feature of ``x``'s dtype, or is read-only. A call that raises changes nothing.
         """
         try:
             if not training:
                 return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
                                            self.running_var, self.axis, self.eps)
-            for name in ("running_mean", "running_var"):    # (before anything changes)
+            y, cache = batchnorm_forward(x, self.gamma, self.beta, self.axis, self.eps)
+            # the running statistics checked as inference checks them, before anything changes
+            # (one of the wrong size raised NumPy's unnamed broadcast error after running_mean
+            # had changed; an int64 one took the update truncated)
+            stats = [_features(name, getattr(self, name), cache.x, cache.axis, cache.transposed)
+                     for name in ("running_mean", "running_var")]
+            for name in ("running_mean", "running_var"):
                 if not getattr(self, name).flags.writeable:
                     raise ValueError(f"{name} is read-only; training updates it in place")
-            y, cache = batchnorm_forward(x, self.gamma, self.beta, self.axis, self.eps)
         except (TypeError, ValueError):
             self._check_x(x)
             raise
@@ -484,12 +489,13 @@ class BatchNorm:
         # both computed before either is written, with IEEE results and no NumPy warnings (an
         # inf mean times momentum 0, a variance past float32's range): under -W error a warning
         # raised with running_mean already changed
+        rm, rv = self.running_mean, self.running_var        # (C,), or (C, 1) / (1, C)
         with np.errstate(all="ignore"):
-            mean = ((1 - m) * self.running_mean + m * cache.mean).astype(self.running_mean.dtype)
-            var = ((1 - m) * self.running_var
-                   + m * (cache.var * n / (n - 1))).astype(self.running_var.dtype)
-        self.running_mean[...] = mean
-        self.running_var[...] = var
+            mean = ((1 - m) * stats[0] + m * cache.mean).astype(rm.dtype).reshape(rm.shape)
+            var = ((1 - m) * stats[1]
+                   + m * (cache.var * n / (n - 1))).astype(rv.dtype).reshape(rv.shape)
+        rm[...] = mean
+        rv[...] = var
         self.num_batches_tracked += 1
         self._cache = cache
         return y

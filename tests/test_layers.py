@@ -1073,3 +1073,38 @@ def test_batch_norm_training_checks_the_running_statistics_as_inference_does(bac
             layer.forward(x)
             np.testing.assert_array_equal(layer.running_mean.ravel(), good.running_mean)
             np.testing.assert_array_equal(layer.running_var.ravel(), good.running_var)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_backward_checks_dgamma_and_dbeta_before_writing_either(backend):
+    """backward wrote dgamma, then failed on a dbeta of 2 values for 3 features (NumPy's
+    unnamed broadcast error), on None ('does not support item assignment') or a read-only one;
+    an int64 dgamma took the grads truncated. Expected: TypeError/ValueError naming the
+    array, dgamma and dbeta as they were; (C, 1) grads, as the course's, are written."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    dy = rng.standard_normal((6, 3)).astype(np.float32)
+    read_only = np.zeros(3, np.float32)
+    read_only.flags.writeable = False
+    bad = [("dbeta", np.zeros(2, np.float32), ValueError), ("dbeta", None, TypeError),
+           ("dbeta", read_only, ValueError), ("dgamma", np.zeros(3, np.int64), TypeError),
+           ("dgamma", np.zeros(3, np.float64), TypeError)]
+    with fo.use_backend(backend):
+        good = fo.BatchNorm(3)
+        good.forward(x)
+        good.backward(dy)
+        for name, value, exc in bad:
+            layer = fo.BatchNorm(3)
+            layer.forward(x)
+            setattr(layer, name, value)
+            other = "dbeta" if name == "dgamma" else "dgamma"
+            with pytest.raises(exc, match=f"^{name} "):
+                layer.backward(dy)
+            assert (getattr(layer, other) == 0).all()
+            assert value is None or (value == 0).all()
+        layer = fo.BatchNorm(3)
+        layer.forward(x)
+        layer.dgamma, layer.dbeta = np.zeros((3, 1), np.float32), np.zeros((3, 1), np.float32)
+        layer.backward(dy)
+        np.testing.assert_array_equal(layer.dgamma.ravel(), good.dgamma)
+        np.testing.assert_array_equal(layer.dbeta.ravel(), good.dbeta)

@@ -535,10 +535,23 @@ class BatchNorm:
         ------
         RuntimeError
             No training-mode forward yet.
+        TypeError, ValueError
+            ``dy`` as :func:`batchnorm_backward`; a ``dgamma`` or ``dbeta`` that is not one
+            value per feature of ``x``'s dtype, or is read-only. A call that raises changes
+            nothing.
         """
-        if self._cache is None:
+        cache = self._cache
+        if cache is None:
             raise RuntimeError("backward needs a forward in training mode first")
-        dx, self.dgamma[...], self.dbeta[...] = batchnorm_backward(dy, self._cache)
+        dx, dgamma, dbeta = batchnorm_backward(dy, cache)
+        # both checked before either is written (a dbeta of the wrong size raised NumPy's
+        # unnamed broadcast error with dgamma already written; an int64 dgamma truncated)
+        for name in ("dgamma", "dbeta"):
+            _features(name, getattr(self, name), cache.x, cache.axis, cache.transposed)
+            if not getattr(self, name).flags.writeable:
+                raise ValueError(f"{name} is read-only; backward writes it in place")
+        self.dgamma[...] = dgamma.reshape(self.dgamma.shape)
+        self.dbeta[...] = dbeta.reshape(self.dbeta.shape)
         return dx
 
     @property

@@ -371,17 +371,20 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 class BatchNorm:
     """A batch-norm layer with learnable ``gamma``/``beta`` and running statistics.
 
-    The running statistics update as torch.nn.BatchNorm1d's::
+    ``forward(x)`` (training) normalizes with the batch's mean and biased variance, and updates
+    the running statistics as torch.nn.BatchNorm1d does, with the batch's unbiased variance
+    (``N`` examples)::
 
         running_mean = (1 - momentum) * running_mean + momentum * batch_mean
         running_var = (1 - momentum) * running_var + momentum * batch_var * N / (N - 1)
 
-    with ``momentum=None`` taken as ``1 / num_batches_tracked`` (a cumulative average of the
-    batches' statistics, as torch's ``momentum=None``).
-
-    (the unbiased batch variance goes into ``running_var``; the biased one normalizes).
-    ``forward(x)`` returns y; ``backward(dy)`` returns dx and sets ``dgamma`` and ``dbeta``
-    (shaped like gamma), ready for an optimizer over ``layer.params``.
+    With ``momentum=None`` the weight is ``1 / num_batches_tracked``, this batch counted: the
+    running statistics are then the plain average of all the batches', as with torch's
+    ``momentum=None``. ``forward(x, training=False)`` normalizes with the running statistics
+    and changes nothing. ``backward(dy)`` backpropagates through the last training-mode
+    forward, returns dx and sets ``dgamma`` and ``dbeta`` (shaped like gamma), ready for an
+    optimizer over ``layer.params``. The layer starts as torch's: gamma 1, beta 0,
+    running_mean 0, running_var 1.
 
     Parameters
     ----------

@@ -228,8 +228,10 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
         The normalized ``x``, of its shape and dtype.
     cache : BatchNormCache
         What :func:`batchnorm_backward` needs. It refers to ``x`` itself (no copy) when x is C-
-        or Fortran-ordered, aligned and native: writing into x before the backward changes
-        the gradients (torch's autograd raises for that; fastopt cannot tell).
+        or Fortran-ordered, aligned and native, and so to ``gamma``: writing into either
+        before the backward (an optimizer step on gamma between a layer's forward and
+        backward) changes the gradients (torch's autograd raises for that; fastopt cannot
+        tell).
 
     Raises
     ------

@@ -1108,3 +1108,17 @@ def test_batch_norm_backward_checks_dgamma_and_dbeta_before_writing_either(backe
         layer.backward(dy)
         np.testing.assert_array_equal(layer.dgamma.ravel(), good.dgamma)
         np.testing.assert_array_equal(layer.dbeta.ravel(), good.dbeta)
+
+
+def test_calling_a_batch_norm_layer_runs_its_subclass_forward():
+    """``BatchNorm.__call__ = forward`` bound the base class's forward: a subclass overriding
+    forward (as one overrides a torch module's) still ran BatchNorm.forward on layer(x)."""
+    class Scaled(fo.BatchNorm):
+        def forward(self, x, training=True):
+            return 2 * super().forward(x, training)
+
+    x = np.random.default_rng(16).standard_normal((5, 3))
+    layer, plain = Scaled(3, dtype=np.float64), fo.BatchNorm(3, dtype=np.float64)
+    np.testing.assert_array_equal(layer(x), 2 * plain(x))
+    np.testing.assert_array_equal(layer(x, False), 2 * plain(x, False))
+    np.testing.assert_array_equal(layer(x, training=False), 2 * plain(x, training=False))

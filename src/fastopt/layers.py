@@ -519,7 +519,10 @@ class BatchNorm:
                              f"{1 - axis}, expected {self.gamma.size} (the layer's "
                              f"num_features; batch axis {axis})")
 
-    __call__ = forward
+    def __call__(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        # through self.forward, so that a subclass's forward is what layer(x) runs (as torch's
+        # module(x)); ``__call__ = forward`` bound BatchNorm.forward itself
+        return self.forward(x, training)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         """Backpropagate through the last training-mode :meth:`forward`.

@@ -171,6 +171,18 @@ class BatchNormCache:
                 f"cache is not as batchnorm_forward made it: x {x.shape} (axis {axis}, caller's "
                 f"shape {self.shape}), gamma {self.gamma.shape}, mean {self.mean.shape}, "
                 f"inv_std {self.inv_std.shape}")
+        # the kernels' buffers too: x and gamma of one native float dtype, mean and inv_std
+        # float64, each C-contiguous and aligned (the Cython kernels raised their own unnamed
+        # 'Buffer dtype mismatch', the others computed with what they were given)
+        for name, a, dtypes in (("x", x, FLOAT_DTYPES), ("gamma", gamma, (x.dtype,)),
+                                ("mean", mean, FLOAT_DTYPES[1:]),
+                                ("inv_std", inv_std, FLOAT_DTYPES[1:])):
+            if a.dtype not in dtypes:
+                raise TypeError(f"cache is not as batchnorm_forward made it: {name} has dtype "
+                                f"{a.dtype}, expected {' or '.join(map(str, dtypes))}")
+            if not (a.flags.c_contiguous and a.flags.aligned):
+                raise ValueError(f"cache is not as batchnorm_forward made it: {name} is not "
+                                 "C-contiguous and aligned")
 
     @property
     def var(self) -> np.ndarray:

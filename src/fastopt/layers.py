@@ -15,7 +15,6 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
 from ._validate import FLOAT_DTYPES, FLOAT_TYPES, check_kernel_array
-from .reference.layers import batch_variance
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
 
@@ -132,25 +131,26 @@ class BatchNormCache:
     """What :func:`batchnorm_backward` needs from a forward pass.
 
     It holds x (not x-hat: backward re-reads x, which costs the same memory traffic as reading a
-    cached x-hat and saves writing one), gamma, and the per-feature mean and inverse standard
-    deviation (float64); ``var``, the biased variance, is computed from them when read. Made
-    by :func:`batchnorm_forward` only.
+    cached x-hat and saves writing one), gamma, and the per-feature mean, inverse standard
+    deviation and biased variance ``batch_var`` (float64; :attr:`var` gives a copy). Made by
+    :func:`batchnorm_forward` only.
 
     Parameters
     ----------
-    x, axis, gamma, mean, inv_std, eps, transposed, shape, param_shapes
+    x, axis, gamma, mean, inv_std, eps, transposed, shape, param_shapes, batch_var
         The attributes (``x`` as the kernels read it, ``shape`` the caller's,
         ``param_shapes`` those of the caller's gamma and beta, which the grads take).
     """
     __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "eps", "transposed", "shape",
-                 "param_shapes")
+                 "param_shapes", "batch_var")
 
     def __init__(self, x: np.ndarray, axis: int, gamma: np.ndarray, mean: np.ndarray,
                  inv_std: np.ndarray, eps: float, transposed: bool, shape: tuple[int, ...],
-                 param_shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+                 param_shapes: tuple[tuple[int, ...], tuple[int, ...]],
+                 batch_var: np.ndarray) -> None:
         self.x, self.axis, self.gamma, self.mean = x, axis, gamma, mean
         self.inv_std, self.eps, self.transposed, self.shape = inv_std, eps, transposed, shape
-        self.param_shapes = param_shapes
+        self.param_shapes, self.batch_var = param_shapes, batch_var
 
     def __reduce__(self):      # every pickle protocol (slots alone need protocol 2)
         return BatchNormCache, tuple(getattr(self, k) for k in self.__slots__)
@@ -186,24 +186,10 @@ class BatchNormCache:
 
     @property
     def var(self) -> np.ndarray:
-        """The biased batch variance per feature (float64), as the normalization used it,
-        to about 2**-30 relative."""
-        # IEEE results without NumPy's warnings, as the kernels give them (eps=inf: inv_std 0;
-        # an inf feature's centred squares: inf - inf)
-        with np.errstate(all="ignore"):
-            var = 1.0 / self.inv_std ** 2 - self.eps
-            # inv_std rounded var + eps: taking eps back off cancels where var is small next
-            # to it (a constant feature came out -2.5e-19 with Keras' eps=1e-3, a variance of
-            # 1e-16 with eps=1e-5 2e-5 relative off). Those features (few: dead,
-            # near-constant) are summed again from x, as the kernels did (two passes,
-            # float64); only below eps * 2**-20, where the cancellation costs more than 2**-30
-            # (BatchNorm.forward reads var at every training step: features of small but live
-            # variance must not pay a pass over x).
-            low = np.flatnonzero(~(var >= self.eps * 2.0 ** -20))
-            if low.size:
-                var[low] = batch_variance(np.take(self.x, low, axis=1 - self.axis), self.axis,
-                                          self.mean[low])
-        return var
+        """The biased batch variance per feature (float64), as the normalization used it (a
+        copy of :attr:`batch_var`, which the kernels summed: taken back from inv_std as
+        ``1 / inv_std**2 - eps`` it cancelled where it is small next to eps)."""
+        return self.batch_var.copy()
 
 
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: int = 0,
@@ -264,11 +250,11 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     y = _out(out, shape, xc.dtype)
     yc, scratch = _kernel_output(y, transposed)
     n_features = xc.shape[1 - ax]
-    mean, inv_std = np.empty(n_features), np.empty(n_features)
-    _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, inv_std, yc)
+    mean, inv_std, var = np.empty(n_features), np.empty(n_features), np.empty(n_features)
+    _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, inv_std, var, yc)
     _write_back(y, yc, scratch, transposed)
     cache = BatchNormCache(xc, ax, g, mean, inv_std, eps, transposed, shape,
-                           (np.shape(gamma), np.shape(beta)))
+                           (np.shape(gamma), np.shape(beta)), var)
     return y, cache
 
 
@@ -510,7 +496,7 @@ class BatchNorm:
         with np.errstate(all="ignore"):
             mean = ((1 - m) * stats[0] + m * cache.mean).astype(rm.dtype).reshape(rm.shape)
             var = ((1 - m) * stats[1]
-                   + m * (cache.var * n / (n - 1))).astype(rv.dtype).reshape(rv.shape)
+                   + m * (cache.batch_var * n / (n - 1))).astype(rv.dtype).reshape(rv.shape)
         rm[...] = mean
         rv[...] = var
         self.num_batches_tracked += 1

@@ -339,6 +339,7 @@ ctypedef struct BNJob:
     const double* beta
     double* mean
     double* inv_std
+    double* var                # the biased variance (training forward)
     double* part               # per-chunk partial results (axis 0)
     double* dgamma
     double* dbeta
@@ -354,13 +355,15 @@ cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
 
 cdef void feature_forward(const floating* x, floating* y, Py_ssize_t C, double eps,
                           double gamma, double beta, double* mean,
-                          double* inv_std) noexcept nogil:
+                          double* inv_std, double* var) noexcept nogil:
     """One feature (axis 1, a contiguous row of C values): statistics, then y, while the row is
     in cache (a row longer than the cache is streamed three times: the old passes)."""
     cdef double m = row_sum(x, C) / C
-    cdef double s = 1.0 / sqrt(row_centred_sq(x, C, m) / C + eps)
+    cdef double v = row_centred_sq(x, C, m) / C
+    cdef double s = 1.0 / sqrt(v + eps)
     mean[0] = m
     inv_std[0] = s
+    var[0] = v
     apply_feature(x, y, m, gamma * s, beta, C)
 
 
@@ -370,10 +373,10 @@ cdef void bn_rows_forward(void* ctx, Py_ssize_t chunk) noexcept nogil:
     for f in range(chunk * j.per_chunk, chunk_end(j, chunk, j.N)):
         if j.is32:
             feature_forward(<const float*>j.x + f * j.C, <float*>j.y + f * j.C, j.C, j.eps,
-                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f)
+                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f, j.var + f)
         else:
             feature_forward(<const double*>j.x + f * j.C, <double*>j.y + f * j.C, j.C, j.eps,
-                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f)
+                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f, j.var + f)
 
 
 cdef void bn_rows_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
@@ -539,7 +542,7 @@ cdef const double* widen(const floating* a, double* dst, Py_ssize_t n) noexcept:
 
 def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] gamma,
                       const floating[::1] beta, double eps, double[::1] mean,
-                      double[::1] inv_std, floating[:, ::1] y):
+                      double[::1] inv_std, double[::1] var, floating[:, ::1] y):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc = 0
     if N * C == 0:
         return
@@ -553,6 +556,7 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
     job.eps = eps
     job.mean = &mean[0]
     job.inv_std = &inv_std[0]
+    job.var = &var[0]
     if axis == 0:
         job.per_chunk = rows_per_chunk(N, C, ROW_BLOCK)
         nc = (N + job.per_chunk - 1) // job.per_chunk
@@ -574,7 +578,8 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
                        job.part + 5 * C * k + C, min(job.per_chunk, N - k * job.per_chunk), C)
         for c in range(C):
             job.mean[c] = job.part[c]
-            job.inv_std[c] = 1.0 / sqrt(job.part[C + c] / N + eps)
+            job.var[c] = job.part[C + c] / N
+            job.inv_std[c] = 1.0 / sqrt(job.var[c] + eps)
             w[c] = w[c] * job.inv_std[c]    # job.gamma: gamma * inv_std per feature
         job.per_chunk = max(1, CHUNK_ELEMENTS // C)
         run_chunks(bn_cols_apply, &job, N)

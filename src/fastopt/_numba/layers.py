@@ -216,8 +216,9 @@ def _block_moments(x, part):
 
 
 @numba.njit(**JIT)
-def _merge_moments(part, N, eps, mean, inv_std):
-    """The blocks' moments combined in block order: mean and 1 / sqrt(variance + eps)."""
+def _merge_moments(part, N, eps, mean, inv_std, var):
+    """The blocks' moments combined in block order: mean, the biased variance and
+    1 / sqrt(variance + eps)."""
     for c in range(mean.size):      # (not mean[:] = part[0, 0]: see _combine_blocks)
         mean[c] = part[0, 0, c]
     for b in range(1, part.shape[0]):
@@ -225,25 +226,26 @@ def _merge_moments(part, N, eps, mean, inv_std):
             mean[c] += part[b, 0, c]
     for c in range(mean.size):
         mean[c] = mean[c] / N
-    inv_std[:] = 0.0
+    var[:] = 0.0
     for b in range(part.shape[0]):
         nb = min(_ROW_BLOCK, N - b * _ROW_BLOCK)
         for c in range(mean.size):
             d = part[b, 2, c] - mean[c]
-            inv_std[c] += part[b, 1, c] + nb * (d * d)
+            var[c] += part[b, 1, c] + nb * (d * d)
     for c in range(mean.size):
-        inv_std[c] = 1.0 / math.sqrt(inv_std[c] / N + eps)
+        var[c] = var[c] / N
+        inv_std[c] = 1.0 / math.sqrt(var[c] + eps)
 
 
-def _stats_cols(x, eps, mean, inv_std):          # each feature a column
+def _stats_cols(x, eps, mean, inv_std, var):          # each feature a column
     N, C = x.shape
     part = np.empty(((N + _ROW_BLOCK - 1) // _ROW_BLOCK, 3, C))
     chunked(_block_moments, part.shape[0], x, part)
-    _merge_moments(part, N, eps, mean, inv_std)
+    _merge_moments(part, N, eps, mean, inv_std, var)
 
 
 @numba.njit(**_PAR)
-def _forward_rows(x, eps, gamma, beta, mean, inv_std, y):
+def _forward_rows(x, eps, gamma, beta, mean, inv_std, var, y):
     """Each feature a contiguous row: its statistics, then its y, in one visit (the row stays
     in cache between the three passes)."""
     F, C = x.shape
@@ -251,9 +253,11 @@ def _forward_rows(x, eps, gamma, beta, mean, inv_std, y):
         acc = np.empty(8)
         for f in range(g * _GROUP, min(g * _GROUP + _GROUP, F)):
             m = _row_sum(x[f], acc) / C
-            s = 1.0 / math.sqrt(_row_centred_sq(x[f], m, acc) / C + eps)
+            v = _row_centred_sq(x[f], m, acc) / C
+            s = 1.0 / math.sqrt(v + eps)
             mean[f] = m
             inv_std[f] = s
+            var[f] = v
             scale = gamma[f] * s
             for c in range(C):
                 y[f, c] = (x[f, c] - m) * scale + beta[f]
@@ -284,14 +288,14 @@ def _apply(x, axis, beta, mean, scale, y):
                         y[r, c] = (x[r, c] - mean[c]) * scale[c] + beta[c]
 
 
-def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, y):
+def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
     use_threads(x.size)
     x = read_only(x)
     g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
     if axis == 1:
-        chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, inv_std, y)
+        chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, inv_std, var, y)
     else:
-        _stats_cols(x, eps, mean, inv_std)
+        _stats_cols(x, eps, mean, inv_std, var)
         chunked(_apply, _quads(x.shape[0]), x, axis, b64, mean, g64 * inv_std, y)
 
 

@@ -17,12 +17,15 @@ import numpy as np
 
 
 # ------------------------------------------------------------------------------ batch norm
-def batchnorm_stats(x, axis, eps, mean, inv_std):
-    """``mean = x.mean(axis)``; ``inv_std = 1 / sqrt(var + eps)`` with the biased variance
-    ``mean((x - mean)**2)``, both accumulated in float64 (written into the float64 outputs)."""
+def batchnorm_stats(x, axis, eps, mean, inv_std, var):
+    """``mean = x.mean(axis)``, the biased variance ``var = mean((x - mean)**2)`` and
+    ``inv_std = 1 / sqrt(var + eps)``, accumulated in float64 (written into the float64
+    outputs; var for the running statistics, which cannot take it back from inv_std where it
+    is small next to eps)."""
     x64 = x.astype(np.float64)
     mean[...] = x64.mean(axis=axis)
-    inv_std[...] = 1.0 / np.sqrt(batch_variance(x64, axis, mean) + eps)
+    var[...] = batch_variance(x64, axis, mean)
+    inv_std[...] = 1.0 / np.sqrt(var + eps)
 
 
 def batch_variance(x, axis, mean):
@@ -41,10 +44,10 @@ def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
               + np.expand_dims(beta.astype(np.float64), axis))
 
 
-def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, y):
-    """Training forward: :func:`batchnorm_stats` into ``mean`` and ``inv_std``, then
+def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
+    """Training forward: :func:`batchnorm_stats` into ``mean``, ``inv_std`` and ``var``, then
     :func:`batchnorm_apply` with them into ``y``."""
-    batchnorm_stats(x, axis, eps, mean, inv_std)
+    batchnorm_stats(x, axis, eps, mean, inv_std, var)
     batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y)
 
 

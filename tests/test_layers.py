@@ -2,6 +2,7 @@
 dtypes, shapes, axes and memory layouts; the reference's gradients against finite differences;
 torch parity where installed; edge cases and errors."""
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -1157,3 +1158,21 @@ def test_batch_norm_float64_running_var_is_torchs_where_the_variance_is_small_ne
                                        **tolerance(np.float64))
             np.testing.assert_allclose(layer.running_mean, layer_t.running_mean.numpy(),
                                        **tolerance(np.float64))
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_training_batch_of_one_is_refused_naming_x_and_its_batch_axis(backend):
+    """'batch norm in training needs more than 1 example per feature, got a batch of 1' named
+    neither the argument nor the axis (a (1, 5) x with axis=0; a Fortran-ordered (5, 1) x with
+    axis=1, normalized as its transpose)."""
+    with fo.use_backend(backend):
+        for x, axis in ((np.ones((1, 5)), 0), (np.asfortranarray(np.ones((5, 1))), 1),
+                        (np.ones((5, 0)), 1)):
+            n, shape = x.shape[axis], re.escape(str(x.shape))
+            with pytest.raises(ValueError, match=rf"^x has shape {shape}, a batch of {n} "
+                                                 rf"along axis {axis}: "):
+                fo.batchnorm_forward(x, np.ones(5), np.zeros(5), axis)
+            layer = fo.BatchNorm(5, axis=axis, dtype=np.float64)
+            with pytest.raises(ValueError, match=rf"^x has shape {shape}, a batch of {n} "):
+                layer.forward(x)
+            assert layer.num_batches_tracked == 0 and (layer.running_var == 1).all()

@@ -236,13 +236,15 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     TypeError
         A non-float ``x``, or ``gamma``/``beta``/``out`` of another dtype (named).
     ValueError
-        ``x`` not 2-D, a batch of 1, ``gamma``/``beta`` with the wrong number of features, a bad
-        ``axis`` or ``eps``, or ``out`` of the wrong shape or read-only.
+        ``x`` not 2-D or with a batch of 0 or 1 (named), ``gamma``/``beta`` with the wrong
+        number of features, a bad ``axis`` or ``eps``, or ``out`` of the wrong shape or
+        read-only.
     """
     xc, ax, transposed = _bn_layout(x, axis, out)
     if xc.shape[ax] < 2:
-        raise ValueError(f"batch norm in training needs more than 1 example per feature, "
-                         f"got a batch of {xc.shape[ax]}")
+        raise ValueError(f"x has shape {np.shape(x)}, a batch of {xc.shape[ax]} along axis "
+                         f"{1 - ax if transposed else ax}: batch norm in training needs more "
+                         f"than 1 example per feature")
     g = _features("gamma", gamma, xc, ax, transposed, out)
     b = _features("beta", beta, xc, ax, transposed, out)
     _check_eps(eps)

@@ -7,13 +7,16 @@ infinities (signs included), finite values to a few ulps.
 
 Differences from torch.optim that are by design (README, "Special values"): torch's CPU
 kernels contract ``a + b * c`` into a fused multiply-add (``add(alpha=)``, ``addcmul``,
-``addcdiv``), fastopt's reference rounds the product first; so where the product overflows
+``lerp``; ``addcdiv`` rounds its quotient before the add, as fastopt), fastopt's reference
+rounds the product first; so where the product overflows
 and the sum would not (``g + weight_decay * p`` with an infinite ``g`` and an overflowing
 ``weight_decay * p``; centered RMSprop's ``square_avg - grad_avg**2`` with an infinite
 ``square_avg`` and an overflowing ``grad_avg**2``) torch keeps an infinity where fastopt
 gets ``inf - inf = NaN``, and a cancellation leaves torch the product's rounding error where
 fastopt gets 0.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -151,6 +154,27 @@ def test_updates_multiply_by_the_lr_before_they_divide(name, kwargs, dtype, back
              np.array([0.5, -0.5, tiny, -tiny, 2.0, tiny * 5], dtype)]
     check_both_front_ends(name, kwargs, p0, grads[:1], dtype)
     check_both_front_ends(name, kwargs, p0, grads, dtype)
+
+
+def test_torch_rounds_addcdiv_unfused_and_the_readme_does_not_call_it_fused():
+    """torch's CPU addcdiv ``a + (value * t1) / t2`` rounds the quotient before the add (a
+    division is no multiply-add; checked here on the vectorized loop and its scalar tail), so
+    it is not among the fused operations where fastopt differs by design; the README's list
+    of them named it."""
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        a, t1, t2 = (rng.standard_normal(4099).astype(dtype) for _ in range(3))
+        got = torch.from_numpy(a.copy()).addcdiv_(torch.from_numpy(t1), torch.from_numpy(t2),
+                                                  value=-0.37)
+        np.testing.assert_array_equal(got.numpy(), a + (dtype(-0.37) * t1) / t2)
+    path = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    if not os.path.exists(path):
+        pytest.skip("no README.md next to the tests")
+    with open(path) as f:
+        text = " ".join(f.read().split())
+    fused = text.split("torch's CPU kernels fuse", 1)[1].split("fastopt rounds the product", 1)[0]
+    named = fused.split(";")[0]                 # the list, before any "not ..." aside
+    assert "`add(alpha=)`" in named and "addcdiv" not in named
 
 
 # RAdam's rectified step is torch's ((exp_avg / bc1) * lr) * (sqrt(bc2) / (sqrt(v) + eps)) * rect:

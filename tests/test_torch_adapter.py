@@ -1467,6 +1467,24 @@ def test_a_step_that_raises_on_a_hyper_parameter_changes_nothing(name, kwargs):
         assert opt.state[a]["step"].item() == opt.state[b]["step"].item() == 2
 
 
+@pytest.mark.parametrize("kwargs,name", [(dict(lr=float("nan")), "lr"),
+                                         (dict(lr=0.1, momentum=float("nan")), "momentum"),
+                                         (dict(lr=0.1, weight_decay=float("nan")), "weight_decay"),
+                                         (dict(lr=0.1, momentum=0.5, dampening=-1.0), "dampening")],
+                         ids=["lr-nan", "momentum-nan", "weight_decay-nan", "dampening-neg"])
+def test_a_hyper_parameter_the_kernels_refuse_raises_at_construction(kwargs, name):
+    """torch.optim.SGD's own checks let NaN (``lr < 0`` is False) and a negative dampening
+    through; the kernels refuse them. fastopt.torch.SGD(...) was built and its first step()
+    raised; now the constructor (and add_param_group) raise, naming the argument, as for
+    the values torch refuses itself."""
+    with pytest.raises(ValueError, match=name):
+        ft.SGD([torch.nn.Parameter(torch.ones(3))], **kwargs)
+    opt = ft.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    with pytest.raises(ValueError, match=name):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], **kwargs})
+    assert len(opt.param_groups) == 1
+
+
 def test_a_step_that_raises_leaves_the_grads_a_clip_would_scale():
     """One group that clips (SGD scales its float grads in place first): a bad hyper-parameter
     raises before the grads are scaled."""

@@ -386,6 +386,10 @@ class _FastOptimizer(_Mixin):
         if isinstance(param_group, dict):
             self._check_options({**self.defaults, **param_group})
             _check_clip(param_group.get(CLIP))
+            # the step's checks too (torch's __init__ adds every group here): a value torch's
+            # own checks let through and the kernels refuse (SGD's lr=nan or dampening=-1)
+            # raises at construction, not at the first step()
+            self._check_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
         norms = self.__dict__.get("grad_norms")     # (not yet set while __init__ adds groups)
         if norms is not None:

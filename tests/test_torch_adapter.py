@@ -17,6 +17,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -1483,6 +1484,36 @@ def test_a_hyper_parameter_the_kernels_refuse_raises_at_construction(kwargs, nam
     with pytest.raises(ValueError, match=name):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], **kwargs})
     assert len(opt.param_groups) == 1
+
+
+def test_steps_from_several_threads_take_turns():
+    """One fastopt.torch optimizer stepped from 4 threads at once (50 steps each, the same
+    grads): its kernels release the GIL, and the steps interleaved on the plan's step
+    counts and state (200 steps counted 77, the parameters off the serial ones). Each step
+    now holds the optimizer's lock, as fastopt's NumPy optimizers do: the serial result."""
+    grad = torch.randn(100_000, generator=torch.Generator().manual_seed(33))
+    serial = torch.nn.Parameter(torch.zeros(100_000))
+    opt = ft.Adam([serial], lr=1e-3)
+    serial.grad = grad.clone()
+    for _ in range(200):
+        opt.step()
+    p = torch.nn.Parameter(torch.zeros(100_000))
+    p.grad = grad.clone()
+    opt = ft.Adam([p], lr=1e-3)
+    barrier = threading.Barrier(4)
+
+    def work():
+        barrier.wait()
+        for _ in range(50):
+            opt.step()
+
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert opt.state[p]["step"].item() == 200
+    assert torch.equal(p, serial)
 
 
 def test_a_step_that_raises_leaves_the_grads_a_clip_would_scale():

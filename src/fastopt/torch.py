@@ -90,6 +90,7 @@ This module imports torch; ``import fastopt`` does not import it.
 import math
 import numbers
 import operator
+import threading
 from collections.abc import Callable
 from functools import partial
 from itertools import chain, compress, repeat
@@ -341,6 +342,10 @@ class _FastOptimizer(_Mixin):
         L2 norm in the step, as ``torch.nn.utils.clip_grad_norm_(group_params, max_norm)``
         before it would (None: no clipping; a group may set its own)."""
         _check_clip(max_grad_norm)
+        # held by step (after the closure) and load_state_dict: the kernels release the GIL,
+        # and two threads stepping one optimizer at once would both read a step count t
+        # from the plan, both store t + 1 and interleave their updates of the same state
+        self._lock = threading.RLock()
         super().__init__(params, *args, **kwargs)
         self.defaults[CLIP] = max_grad_norm
         for group in self.param_groups:
@@ -377,6 +382,7 @@ class _FastOptimizer(_Mixin):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._lock = threading.RLock()
         if "grad_norms" not in self.__dict__:     # pickled before grad_norms was saved
             self.grad_norms = [None] * len(self.param_groups)
 
@@ -425,6 +431,14 @@ class _FastOptimizer(_Mixin):
                 for g, mine in zip(saved, self.param_groups)]
         for group in state_dict["param_groups"]:
             _check_clip(group.get(CLIP))
+        with self._lock:
+            self._load_checked(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_checked(self, state_dict):
+        """torch's load of ``state_dict`` (already through the pre-hooks and the checks)
+        and the re-cast of the state the step needs: under the step's lock."""
         pre, post = (self._optimizer_load_state_dict_pre_hooks,
                      self._optimizer_load_state_dict_post_hooks)
         try:    # torch's load without its hooks: they run here, around the re-cast
@@ -450,8 +464,6 @@ class _FastOptimizer(_Mixin):
                 elif (p.dtype in _HALF and key != "step" and isinstance(value, torch.Tensor)
                         and value.is_floating_point()):
                     state[key] = value.to(device=p.device, dtype=torch.float32)
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
 
     # ---------------------------------------------------------------------------- step
     @overload
@@ -478,6 +490,11 @@ class _FastOptimizer(_Mixin):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with self._lock:
+            self._locked_step()
+        return loss
+
+    def _locked_step(self):
         # every group is checked and viewed before any is stepped; each plan is checked
         # against opt.state per parameter only if opt.state changed since the last step
         # (a Tensor's hash, which looking it up calls, is Python code)
@@ -514,7 +531,6 @@ class _FastOptimizer(_Mixin):
         # every plan agrees with opt.state now (the runs stored their new state in both);
         # for a few parameters, looking them up costs less than this
         self._seen = (state, list(state), list(state.values())) if len(state) > 16 else None
-        return loss
 
     _hooked_step = _torch_optimizer.Optimizer.profile_hook_step(_step)
 

@@ -55,22 +55,48 @@ ctypedef struct Extent:  # the memory bounds of one array, for the overlap check
     int arg              # its position among the kernel's arrays (1: the grad, only read)
 
 
+# Spans of at least this many elements start their vector loop where the param starts a
+# 64-byte line (the elements before it are a span of their own): NumPy's arrays lie 16 bytes
+# past one, so every 512-bit load and store split two lines, and the other arrays, at the
+# same offset, then fall on lines too. Same results, element by element. Zen 5, one thread,
+# float32, 512-bit build, ns/element before -> after: Adam 1e5 0.245 -> 0.220, 1e6 0.260 ->
+# 0.238; Adamax 1e6 0.280 -> 0.215; RAdam 1e6 0.297 -> 0.248 (SGD, EWA, RMSprop unchanged).
+cdef Py_ssize_t ALIGN_MIN = 1 << 10
+
+
+cdef inline Py_ssize_t line_start(const void* p, Py_ssize_t lo, Py_ssize_t hi,
+                                  Py_ssize_t itemsize) noexcept nogil:
+    """The first index from lo (at most hi) whose element of p starts a 64-byte line."""
+    cdef size_t skip = (64 - (<size_t>p + lo * itemsize) % 64) % 64
+    return min(lo + <Py_ssize_t>(skip // itemsize), hi)
+
+
+cdef inline void run_span(const Kernel* kern, bint is32, void** ptr, Py_ssize_t lo,
+                          Py_ssize_t hi, const void* s) noexcept nogil:
+    if kern.half:
+        half_range(kern, ptr, lo, hi, s)
+    elif is32:
+        kern.f32(<float**>ptr, lo, hi, s)
+    else:
+        kern.f64(<double**>ptr, lo, hi, s)
+
+
 cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
                            Py_ssize_t start, Py_ssize_t stop, const void* s) noexcept nogil:
     """Elements [start, stop) of the concatenation of ``ts``."""
-    cdef Py_ssize_t j, lo, hi, offset = 0
+    cdef Py_ssize_t j, lo, hi, mid, offset = 0
     for j in range(count):
         if offset >= stop:
             break
         lo = max(start - offset, 0)
         hi = min(stop - offset, ts[j].n)
+        if hi - lo >= ALIGN_MIN and not kern.half:
+            mid = line_start(ts[j].ptr[0], lo, hi, 4 if is32 else 8)
+            if lo < mid:
+                run_span(kern, is32, ts[j].ptr, lo, mid, s)
+            lo = mid
         if lo < hi:
-            if kern.half:
-                half_range(kern, ts[j].ptr, lo, hi, s)
-            elif is32:
-                kern.f32(<float**>ts[j].ptr, lo, hi, s)
-            else:
-                kern.f64(<double**>ts[j].ptr, lo, hi, s)
+            run_span(kern, is32, ts[j].ptr, lo, hi, s)
         offset += ts[j].n
 
 

@@ -25,8 +25,8 @@ FORMATS = {"bf16": True, "f16": False}
 
 
 def same_bits(a, b):
-    """The 16-bit arrays' exact bits (NaN canonical: the kernels write one NaN pattern), the
-    float32 ones' as kernel_specs.same_bits."""
+    """The 16-bit arrays' exact bits (NaN canonical: the kernels write one NaN pattern per
+    sign), the float32 ones' as kernel_specs.same_bits."""
     if a.dtype.itemsize == 2:
         return (a.dtype == b.dtype and a.shape == b.shape
                 and np.array_equal(a.view(np.uint16), b.view(np.uint16)))

@@ -5,8 +5,9 @@ x86-64-v4 with 256-bit vectors; ``optim_avx512_zmm``: x86-64-v4 with 512-bit vec
 fastopt._kernels loads one of them by CPU. Each element is computed on its own, so the builds
 must agree bit for bit, signed zeros included, whatever the vector width and the scalar tail,
 but for the payload of a NaN made from two NaNs (IEEE 754 leaves which one wins to the
-operand order, which GCC picks per loop: a build's vector loop and its tail can differ). Hypothesis draws a kernel (every fo.ops step and ewa_, single or foreach, and
-every 16-bit form of fastopt._registry.HALF_KERNELS), its options and hyper-parameters, shapes
+operand order, which GCC picks per loop: a build's vector loop and its tail can differ).
+Hypothesis draws a kernel (every fo.ops step and ewa_, single or foreach, and every 16-bit form
+of fastopt._registry.HALF_KERNELS), its options and hyper-parameters, shapes
 (0-d, empty, 1..70 around every vector width, 2-D, rarely 1,000,003), a memory layout per array
 (tests/test_fuzz_kernels.py's: strided, reversed, transposed, unaligned, byte-swapped...),
 values with NaN, +-inf, -0.0, subnormals and huge numbers mixed in, and 1 or 2 threads; each

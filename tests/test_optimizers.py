@@ -3,6 +3,7 @@ or position), torch.optim's signatures, formulas and trajectories (against torch
 torch's code transcribed where torch is absent; Lion against optax), state as the truth,
 and state dicts (layout, pickle, npz, to torch and back). Expected values are computed
 by hand, by torch or optax, or by formulas written out here, never by fastopt."""
+import copy
 import inspect
 import os
 import pickle
@@ -914,3 +915,193 @@ def test_a_state_dict_is_a_snapshot_of_the_param_groups_too():
     other.load_state_dict(sd)
     sd["param_groups"][0]["betas"][0] = 0.1
     assert other.param_groups[0]["betas"][0] == 0.8
+
+
+# ------------------------------------------- torch's own optimizer test inputs (optim_db)
+OPTIM_DB_NAMES = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
+                  "RAdam"]
+# optim_db inputs the NumPy optimizers do not take, by option (none of torch 2.13's CPU inputs
+# sets the flags; its "tensor lr" inputs do): torch's GPU and autograd options, and a tensor lr
+NOT_TAKEN = {
+    "fused": "torch's own fused kernel", "capturable": "CUDA graph capture",
+    "differentiable": "autograd through the step", "foreach": "torch's multi-tensor path",
+}
+# a 0-d, an empty, a 3-d, an F-ordered and a strided (non-contiguous) parameter
+DB_SHAPES = [(3, 4), (5,), (), (0,), (17,), (2, 3, 2)]
+
+
+def _optim_db_inputs():
+    if torch is None:
+        return [pytest.param(None, None, marks=pytest.mark.skip(reason="torch is not installed"))]
+    try:
+        from torch.testing._internal.common_optimizers import optim_db
+    except Exception as exc:    # expecttest missing, or torch moved its private test module
+        reason = f"torch's optim_db is not importable: {exc!r}"
+        return [pytest.param(None, None, marks=pytest.mark.skip(reason=reason))]
+    cases = []
+    for info in optim_db:
+        name = info.optim_cls.__name__
+        if name not in OPTIM_DB_NAMES or info.optim_cls is not getattr(torch.optim, name):
+            continue
+        for inp in info.optim_inputs_func(device="cpu"):
+            why = [f"{k}=True: {v}" for k, v in NOT_TAKEN.items() if inp.kwargs.get(k)]
+            why += [f"{k} is a tensor" for k, v in inp.kwargs.items() if torch.is_tensor(v)]
+            marks = [pytest.mark.skip(reason="; ".join(why))] if why else []
+            cases.append(pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}", marks=marks))
+    return cases
+
+
+def _db_params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    ps = [np.asarray(rng.standard_normal(s)).astype(dtype) for s in DB_SHAPES]
+    ps.append(np.asfortranarray(rng.standard_normal((4, 3)).astype(dtype)))
+    ps.append(rng.standard_normal((4, 6)).astype(dtype)[:, ::2])
+    return ps
+
+
+def _norm_ulps(actual, expected):
+    """max |actual - expected| in units of the spacing of max |expected| (norm-wise ulps: an
+    element that crosses zero is held to the scale of the parameters, not to its own)."""
+    a = np.concatenate([np.asarray(x, np.float64).ravel() for x in actual])
+    b = np.concatenate([np.asarray(x).ravel() for x in expected])
+    if b.size == 0:
+        return 0.0
+    return float(np.abs(a - b.astype(np.float64)).max() / np.spacing(np.abs(b).max()))
+
+
+def _torch_step(ref, tensors, grads):
+    for t, g in zip(tensors, grads):
+        t.grad = torch.from_numpy(np.array(g, order="C"))
+    ref.step()
+
+
+def _db_state_to_torch(sd):
+    """fastopt's state dict as torch saves its own: tensors, step a float32 0-d tensor, NAdam's
+    mu_product a float32 0-d tensor (torch multiplies it in float32)."""
+    state = {i: {k: torch.tensor(float(v)) if k == "step"
+                 else torch.tensor(float(v), dtype=torch.float32) if k == "mu_product"
+                 else torch.from_numpy(np.array(v)) for k, v in s.items()}
+             for i, s in sd["state"].items()}
+    return {"state": state, "param_groups": copy.deepcopy(sd["param_groups"])}
+
+
+def _db_state_to_numpy(sd):
+    return {"state": {i: {k: v.detach().numpy().copy() for k, v in s.items()}
+                      for i, s in sd["state"].items()},
+            "param_groups": copy.deepcopy(sd["param_groups"])}
+
+
+@pytest.mark.parametrize("name,kwargs", _optim_db_inputs())
+def test_optim_db_trajectories_and_state_dicts_match_torch(backend, name, kwargs, dtype):
+    """Every CPU input of torch's optim_db for the nine torch optimizers: 25 steps (10 on the
+    numba and NumPy backends, whose element-wise steps are bit-identical to the Cython ones:
+    test_backends.py) of random grads over parameters of odd shapes and layouts, against
+    torch.optim(foreach=False) in the same dtype, then each side's state dict loaded into the
+    other and 5 more steps. Norm-wise within 4 ulps: the one by-design difference is torch's
+    fused a + b*c in its CPU kernels (README, Special values), a cancellation of which leaves an
+    element near zero its own rounding error; recomputed in float64 from the same state, a step
+    differs from torch's only by those roundings (and by torch's float32 sqrt, not always
+    correctly rounded: up to 1 ulp below)."""
+    steps = 25 if backend == "cython" else 10
+    rng = np.random.default_rng(1)
+    ours = _db_params(dtype)
+    theirs = [torch.tensor(np.array(p), requires_grad=True) for p in ours]
+    opt = getattr(fo, name)(ours, **copy.deepcopy(kwargs))
+    ref = getattr(torch.optim, name)(theirs, foreach=False, **copy.deepcopy(kwargs))
+
+    def both(opt, ours, ref, theirs, n):
+        for _ in range(n):
+            g = [rng.standard_normal(p.shape).astype(dtype) for p in ours]
+            opt.step(g)
+            _torch_step(ref, theirs, g)
+        return _norm_ulps(ours, [t.detach().numpy() for t in theirs])
+
+    assert both(opt, ours, ref, theirs, steps) <= 4
+    sd, rsd = opt.state_dict(), ref.state_dict()
+    for i, entry in rsd["state"].items():     # (SGD without momentum: torch keeps no entry)
+        assert sorted(sd["state"][i]) == sorted(entry)
+        for key in opt.scalar_keys():
+            assert float(sd["state"][i][key]) == pytest.approx(float(entry[key]), rel=1e-6)
+    for key in next(iter(rsd["state"].values()), ()):     # each state key over all parameters
+        if key not in opt.scalar_keys():
+            assert _norm_ulps([s[key] for s in sd["state"].values()],
+                              [s[key].numpy() for s in rsd["state"].values()]) <= 8, key
+    # torch -> fastopt: a fresh optimizer over torch's parameters continues torch's run
+    resumed = [t.detach().numpy().copy() for t in theirs]
+    opt2 = getattr(fo, name)(resumed, **copy.deepcopy(kwargs))
+    opt2.load_state_dict(_db_state_to_numpy(rsd))
+    # fastopt -> torch: a fresh torch optimizer over our parameters continues ours
+    theirs2 = [torch.tensor(np.array(p), requires_grad=True) for p in ours]
+    ref2 = getattr(torch.optim, name)(theirs2, foreach=False, **copy.deepcopy(kwargs))
+    ref2.load_state_dict(_db_state_to_torch(sd))
+    for s in ref2.state.values():        # load_state_dict casts it to the parameter's dtype;
+        if "mu_product" in s:            # torch's own runs keep it in float32
+            s["mu_product"] = s["mu_product"].float()
+    for _ in range(5):
+        g = [rng.standard_normal(p.shape).astype(dtype) for p in ours]
+        opt2.step(g)
+        _torch_step(ref, theirs, g)
+        opt.step(g)
+        _torch_step(ref2, theirs2, g)
+    assert _norm_ulps(resumed, [t.detach().numpy() for t in theirs]) <= 4
+    assert _norm_ulps(ours, [t.detach().numpy() for t in theirs2]) <= 4
+
+
+# per optimizer: two param groups with different options, and hyper-parameters at the edges of
+# their ranges (betas (0, 0), momentum 0, eps 0, lr 0). Adagrad's groups leave
+# initial_accumulator_value alone: torch fills every group's "sum" with the constructor's value
+# (it ignores a group's own), fastopt with the group's.
+EDGE_GROUPS = {
+    "SGD": ({"lr": 0.1}, [dict(momentum=0.9, nesterov=True),
+                          dict(lr=0.01, weight_decay=0.1, maximize=True)]),
+    "RMSprop": ({}, [dict(centered=True, momentum=0.5), dict(lr=0.1, alpha=0.9, weight_decay=0.1)]),
+    "Adagrad": ({}, [dict(lr_decay=0.1), dict(lr=0.1, eps=1e-3, weight_decay=0.1, maximize=True)]),
+    "Adam": ({}, [dict(amsgrad=True), dict(lr=0.01, betas=(0.5, 0.6), weight_decay=0.1,
+                                           maximize=True)]),
+    "AdamW": ({}, [dict(amsgrad=True, weight_decay=0.5), dict(lr=0.01, betas=(0.5, 0.6),
+                                                               maximize=True)]),
+    "Adadelta": ({}, [dict(rho=0.5), dict(lr=0.1, weight_decay=0.1, maximize=True)]),
+    "Adamax": ({}, [dict(betas=(0.5, 0.6)), dict(lr=0.1, weight_decay=0.1, maximize=True)]),
+    "NAdam": ({}, [dict(momentum_decay=0.01), dict(lr=0.01, weight_decay=0.1,
+                                                    decoupled_weight_decay=True, maximize=True)]),
+    "RAdam": ({}, [dict(betas=(0.5, 0.6)), dict(lr=0.01, weight_decay=0.1,
+                                                 decoupled_weight_decay=True, maximize=True)]),
+}
+EDGES = [("SGD", dict(lr=0.0, momentum=0.9)), ("SGD", dict(lr=0.1, momentum=0.9, dampening=1.0)),
+         ("RMSprop", dict(eps=0.0, alpha=0.0)), ("RMSprop", dict(lr=0.0, centered=True)),
+         ("Adagrad", dict(eps=0.0, lr_decay=1.0)), ("Adam", dict(betas=(0.0, 0.0), amsgrad=True)),
+         ("Adam", dict(eps=0.0, lr=0.0)), ("AdamW", dict(betas=(0.0, 0.0), eps=0.0)),
+         ("Adadelta", dict(rho=0.0, eps=0.0)), ("Adamax", dict(betas=(0.0, 0.0), eps=0.0)),
+         ("NAdam", dict(betas=(0.0, 0.0), momentum_decay=0.0)), ("NAdam", dict(eps=0.0, lr=0.0)),
+         ("RAdam", dict(betas=(0.0, 0.0), eps=0.0)), ("RAdam", dict(betas=(0.9, 0.0)))]
+
+
+@needs_torch
+@pytest.mark.parametrize("name,defaults,groups", [(n, *EDGE_GROUPS[n]) for n in EDGE_GROUPS]
+                         + [(n, kw, None) for n, kw in EDGES],
+                         ids=[f"{n}-groups" for n in EDGE_GROUPS]
+                         + [f"{n}-edge{i}" for i, (n, _) in enumerate(EDGES)])
+def test_groups_lr_schedules_and_range_edges_match_torch(backend, name, defaults, groups, dtype):
+    """Per-group options, the lr set on every group before each step (as a scheduler does:
+    0.05 * 0.7**t, times the group's number), and hyper-parameters at their range edges, for
+    12 steps against torch.optim(foreach=False), norm-wise within 4 ulps."""
+    rng = np.random.default_rng(2)
+    ours = _db_params(dtype)
+    theirs = [torch.tensor(np.array(p), requires_grad=True) for p in ours]
+    if groups is None:
+        mine, their_groups = ours, theirs
+    else:
+        mine = [dict(params=ours[:3], **groups[0]), dict(params=ours[3:], **groups[1])]
+        their_groups = [dict(params=theirs[:3], **groups[0]),
+                        dict(params=theirs[3:], **groups[1])]
+    opt = getattr(fo, name)(mine, **defaults)
+    ref = getattr(torch.optim, name)(their_groups, foreach=False, **defaults)
+    for t in range(12):
+        if groups is not None:
+            for o in (opt, ref):
+                for gi, group in enumerate(o.param_groups):
+                    group["lr"] = 0.05 * 0.7 ** t * (gi + 1)
+        g = [rng.standard_normal(p.shape).astype(dtype) for p in ours]
+        opt.step(g)
+        _torch_step(ref, theirs, g)
+    assert _norm_ulps(ours, [t.detach().numpy() for t in theirs]) <= 4

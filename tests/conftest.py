@@ -101,6 +101,28 @@ except ImportError:
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 
+def optim_db_params(names, skips):
+    """pytest params ``(name, kwargs)`` of every CPU input torch's own optimizer tests
+    (``optim_db``) give the torch.optim classes ``names``; ``skips(kwargs)`` lists the reasons
+    to skip one (none: it runs). A single skipped param where torch or optim_db is missing."""
+    if torch is None:
+        return [pytest.param(None, None, marks=pytest.mark.skip(reason="torch is not installed"))]
+    try:
+        from torch.testing._internal.common_optimizers import optim_db
+    except Exception as exc:    # expecttest missing, or torch moved its private test module
+        reason = f"torch's optim_db is not importable: {exc!r}"
+        return [pytest.param(None, None, marks=pytest.mark.skip(reason=reason))]
+    cases = []
+    for info in optim_db:
+        name = info.optim_cls.__name__
+        if name not in names or info.optim_cls is not getattr(torch.optim, name):
+            continue
+        for inp in info.optim_inputs_func(device="cpu"):
+            why = skips(inp.kwargs)
+            marks = [pytest.mark.skip(reason="; ".join(why))] if why else []
+            cases.append(pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}", marks=marks))
+    return cases
+
 def kernel_builds(family):
     """Every build of a Cython kernel family present here that this CPU runs (the portable
     one, and the AVX-512 ones on a CPU with AVX-512: importing them elsewhere is SIGILL)."""

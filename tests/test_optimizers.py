@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import GRID_BACKENDS, needs_torch, torch
+from conftest import GRID_BACKENDS, needs_torch, optim_db_params, torch
 from optim_specs import (CONFIGS, CONFIG_IDS, VARIANTS, VARIANT_IDS, VARIANT_STEPS, course_params,
                          random_arrays, two_grads, two_params)
 
@@ -930,25 +930,9 @@ NOT_TAKEN = {
 DB_SHAPES = [(3, 4), (5,), (), (0,), (17,), (2, 3, 2)]
 
 
-def _optim_db_inputs():
-    if torch is None:
-        return [pytest.param(None, None, marks=pytest.mark.skip(reason="torch is not installed"))]
-    try:
-        from torch.testing._internal.common_optimizers import optim_db
-    except Exception as exc:    # expecttest missing, or torch moved its private test module
-        reason = f"torch's optim_db is not importable: {exc!r}"
-        return [pytest.param(None, None, marks=pytest.mark.skip(reason=reason))]
-    cases = []
-    for info in optim_db:
-        name = info.optim_cls.__name__
-        if name not in OPTIM_DB_NAMES or info.optim_cls is not getattr(torch.optim, name):
-            continue
-        for inp in info.optim_inputs_func(device="cpu"):
-            why = [f"{k}=True: {v}" for k, v in NOT_TAKEN.items() if inp.kwargs.get(k)]
-            why += [f"{k} is a tensor" for k, v in inp.kwargs.items() if torch.is_tensor(v)]
-            marks = [pytest.mark.skip(reason="; ".join(why))] if why else []
-            cases.append(pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}", marks=marks))
-    return cases
+def _not_taken(kwargs):
+    return ([f"{k}=True: {v}" for k, v in NOT_TAKEN.items() if kwargs.get(k)]
+            + [f"{k} is a tensor" for k, v in kwargs.items() if torch.is_tensor(v)])
 
 
 def _db_params(dtype, seed=0):
@@ -991,7 +975,7 @@ def _db_state_to_numpy(sd):
             "param_groups": copy.deepcopy(sd["param_groups"])}
 
 
-@pytest.mark.parametrize("name,kwargs", _optim_db_inputs())
+@pytest.mark.parametrize("name,kwargs", optim_db_params(OPTIM_DB_NAMES, _not_taken))
 def test_optim_db_trajectories_and_state_dicts_match_torch(backend, name, kwargs, dtype):
     """Every CPU input of torch's optim_db for the nine torch optimizers: 25 steps (10 on the
     numba and NumPy backends, whose element-wise steps are bit-identical to the Cython ones:

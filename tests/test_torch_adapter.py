@@ -25,6 +25,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
+from conftest import optim_db_params  # noqa: E402
 from fastopt import ops  # noqa: E402
 from fastopt.reference import lowp  # noqa: E402
 
@@ -41,24 +42,6 @@ UNHONOURED = {
     "capturable": "CUDA/XPU graph capture",
     "differentiable": "autograd through the step",
 }
-
-
-def _optim_db_cases():
-    try:
-        from torch.testing._internal.common_optimizers import optim_db
-    except Exception as exc:    # expecttest missing, or torch moved its private test module
-        reason = f"torch's optim_db is not importable: {exc!r}"
-        return [pytest.param(None, None, marks=pytest.mark.skip(reason=reason))]
-    cases = []
-    for info in optim_db:
-        name = info.optim_cls.__name__
-        if name not in NAMES or info.optim_cls is not getattr(torch.optim, name):
-            continue
-        for inp in info.optim_inputs_func(device="cpu"):
-            refused = [k for k in UNHONOURED if inp.kwargs.get(k)]
-            marks = [pytest.mark.skip(reason=f"{k}=True: {UNHONOURED[k]}") for k in refused]
-            cases.append(pytest.param(name, inp.kwargs, id=f"{name}-{inp.desc}", marks=marks))
-    return cases
 
 
 def _params(dtype, seed=0):
@@ -122,7 +105,8 @@ def assert_trajectories_close(ours, theirs, opt, ref, param_ulps=4, state_ulps=8
 
 
 # ----------------------------------------------------------------------- torch's optim_db
-@pytest.mark.parametrize("name,kwargs", _optim_db_cases())
+@pytest.mark.parametrize("name,kwargs", optim_db_params(
+    NAMES, lambda kw: [f"{k}=True: {UNHONOURED[k]}" for k in UNHONOURED if kw.get(k)]))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_optim_db_trajectories_match_torch(name, kwargs, dtype):
     # the active backend only: CI runs the suite once per backend (about 2 s per backend)

@@ -281,6 +281,9 @@ def test_threadpoolctl_limits_the_numba_backend_too():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if not {"cython", "numba"} <= set(fo.backends()):
         pytest.skip("needs the compiled extension and numba")
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba may use one CPU here (taskset, a cgroup quota): nothing to limit")
     from fastopt._numba import _common
     threads = fo.get_num_threads()
     fo.set_num_threads(2)

@@ -1632,3 +1632,20 @@ def test_max_grad_norm_of_float32_grads_beyond_float32s_range_is_inf_as_torchs(n
         ref.step()
         assert (opt.grad_norms[0] == math.inf) == (scale > 1) == (norm.item() == math.inf)
         assert _ulps(ours, theirs) <= 4
+
+
+def test_a_state_dict_waits_for_a_step_in_another_thread():
+    """state_dict() takes the lock a step holds, as load_state_dict does (it had not: a
+    snapshot taken while another thread stepped could hold half a step)."""
+    p = torch.nn.Parameter(torch.zeros(10))
+    p.grad = torch.ones(10)
+    opt = ft.Adam([p], lr=1e-3)
+    opt.step()
+    got = []
+    with opt._lock:                 # as a step in progress on this thread
+        taker = threading.Thread(target=lambda: got.append(opt.state_dict()))
+        taker.start()
+        taker.join(0.3)
+        assert taker.is_alive() and not got
+    taker.join(10)
+    assert got and got[0]["state"][0]["step"].item() == 1

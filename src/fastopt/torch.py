@@ -401,6 +401,12 @@ class _FastOptimizer(_Mixin):
         if norms is not None:
             norms.extend([None] * (len(self.param_groups) - len(norms)))
 
+    def state_dict(self) -> _torch_optimizer.StateDict:
+        """torch.optim's ``state_dict``, taken between steps should another thread step
+        (under the lock :meth:`step` and :meth:`load_state_dict` hold)."""
+        with self._lock:
+            return super().state_dict()
+
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
         16-bit parameters, NAdam's ``mu_product`` in torch's scalar dtype). The load

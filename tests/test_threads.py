@@ -292,7 +292,6 @@ def test_threadpoolctl_limits_the_numba_backend_too():
             assert _common.get_num_threads() == min(2, _common._num_threads[0])
             with threadpoolctl.threadpool_limits(1):
                 assert _common.get_num_threads() == 1
-                import numba
                 numba.set_num_threads(2)
                 fo.softmax(np.ones((256, 1000), np.float32))   # a parallel numba kernel
                 assert numba.get_num_threads() == 1

@@ -215,6 +215,16 @@ def _arena(dtype=np.float32):
     return arena
 
 
+def _adam_after_a_step():
+    """A one-rank sharded Adam (lr 0.1) over a float64 ``_arena`` after one step of grads 1."""
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(fo.Adam, arena, comm=comm, lr=0.1)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    return arena, opt
+
+
 def test_construction_errors_name_the_problem():
     comm, ShardedOptimizer = _one_rank()
     arena = _arena()
@@ -276,11 +286,7 @@ def test_one_rank_refuses_read_only_parameters():
 @pytest.mark.parametrize("edit", [("lr", -1.0), ("betas", (0.9, 1.5)), ("eps", None)])
 def test_one_rank_refused_step_changes_nothing(edit):
     import pickle
-    comm, ShardedOptimizer = _one_rank()
-    arena = _arena(np.float64)
-    opt = ShardedOptimizer(fo.Adam, arena, comm=comm, lr=0.1)
-    arena.flat_grads[...] = 1.0
-    opt.step()
+    arena, opt = _adam_after_a_step()
     arena.flat_grads[...] = 3.0
     opt.param_groups[0][edit[0]] = edit[1]
     before = (arena.flat_params.copy(), arena.flat_grads.copy(),
@@ -347,11 +353,7 @@ def test_one_rank_pickle_and_copy_are_refused_pointing_to_state_dict():
 def test_one_rank_state_dict_root_out_of_range_is_refused_by_name(root):
     # was: MPI's own "Invalid root" error stack from inside Gatherv / Bcast (or, for -1,
     # MPI_PROC_NULL's), or a float root accepted by mpi4py
-    comm, ShardedOptimizer = _one_rank()
-    arena = _arena(np.float64)
-    opt = ShardedOptimizer(fo.Adam, arena, comm=comm, lr=0.1)
-    arena.flat_grads[...] = 1.0
-    opt.step()
+    arena, opt = _adam_after_a_step()
     sd = opt.state_dict()
     with pytest.raises((ValueError, TypeError), match="root"):
         opt.state_dict(root=root)

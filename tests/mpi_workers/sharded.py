@@ -84,6 +84,16 @@ def same(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
 
 
+def step_both(arena, opt, ref, ref_opt, seed, dtype=np.float64):
+    """One step of the sharded optimizer on this rank's grads of ``seed`` and one of the
+    single-process optimizer on their average."""
+    gs = local_grads(seed, dtype, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+
+
 def check_equivalence():
     """Every optimizer, float32 and float64: 20 steps, grads given in all three forms; then
     the gathered state dict equals the single-process one."""
@@ -206,11 +216,7 @@ def check_bad_grads():
     ref_opt = fo.Adam(ref.params, lr=1e-2)
 
     def good_step(t):
-        gs = local_grads(t, dtype, arena.size)
-        arena.flat_grads[...] = gs[RANK]
-        opt.step()
-        ref.flat_grads[...] = averaged(gs)
-        ref_opt.step(ref.grads)
+        step_both(arena, opt, ref, ref_opt, t, dtype)
 
     good_step(0)
     bad_rank = SIZE - 1
@@ -343,11 +349,7 @@ def check_refused_shard_step():
     arena, ref = _small(), _small()
     opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
     ref_opt = fo.Adam(ref.params, lr=0.1)
-    gs = local_grads(0, np.float64, arena.size)
-    arena.flat_grads[...] = gs[RANK]
-    opt.step()
-    ref.flat_grads[...] = averaged(gs)
-    ref_opt.step(ref.grads)
+    step_both(arena, opt, ref, ref_opt, 0)
     arena.flat_grads[...] = 3.0
     for label, key, value, ranks in [("lr everywhere", "lr", -1.0, range(SIZE)),
                                      ("betas on one rank", "betas", (0.9, 1.5), [SIZE - 1]),
@@ -380,11 +382,7 @@ def check_overlap_on_one_rank():
     arena, ref = _small(), _small()
     opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
     ref_opt = fo.Adam(ref.params, lr=0.1)
-    gs = local_grads(3, np.float64, arena.size)
-    arena.flat_grads[...] = gs[RANK]
-    opt.step()
-    ref.flat_grads[...] = averaged(gs)
-    ref_opt.step(ref.grads)
+    step_both(arena, opt, ref, ref_opt, 3)
     last, state = SIZE - 1, opt.shard_optimizer.state[0]
     kept = state["exp_avg"].copy()
     if RANK == last:
@@ -403,11 +401,7 @@ def check_overlap_on_one_rank():
     except RuntimeError as exc:
         report("overlap on one rank", False, repr(exc))
     state["exp_avg"] = kept
-    gs = local_grads(4, np.float64, arena.size)
-    arena.flat_grads[...] = gs[RANK]
-    opt.step()
-    ref.flat_grads[...] = averaged(gs)
-    ref_opt.step(ref.grads)
+    step_both(arena, opt, ref, ref_opt, 4)
     report("overlap on one rank, then put back", same(arena.flat_params, ref.flat_params))
 
 

@@ -37,6 +37,7 @@ FAMILIES = ["optim", "layers", "stream"]
 # RMSprop 0.17 against 0.29, float64 Adam 0.48 against 0.86). The layers keep 512-bit vectors:
 # batch norm's float64 sweeps gain 20-30% from them on Zen 4 too.
 WIDE_MARCH = "-march=x86-64-v4"
+# (fastopt._kernels.AVX512_BUILDS names them too, for choosing one at import)
 WIDE_VARIANTS = {"optim_avx512": ["-mprefer-vector-width=256"],
                  "optim_avx512_zmm": ["-mprefer-vector-width=512"],
                  "layers_avx512": []}

@@ -131,9 +131,9 @@ def kernel_builds(family):
         base = importlib.import_module(f"fastopt._kernels.{family}")
     except ImportError:
         return []
-    names = [f"{family}_avx512"] + (["optim_avx512_zmm"] if family == "optim" else [])
+    from fastopt._kernels import AVX512_BUILDS
     builds = [base]
-    for name in names if base.cpu_has_avx512() else []:
+    for name in AVX512_BUILDS[family] if base.cpu_has_avx512() else ():
         try:
             builds.append(importlib.import_module(f"fastopt._kernels.{name}"))
         except ImportError:

@@ -41,15 +41,20 @@ _refuse_unusable_build()
 from . import stream as _stream  # noqa: E402  (only once the build is known to run here)
 
 
+# each family's AVX-512 builds (setup.py's WIDE_VARIANTS): 256-bit vectors where the family
+# has a second build with 512-bit ones, which CPUs that prefer 512-bit steps load instead
+AVX512_BUILDS = {"optim": ("optim_avx512", "optim_avx512_zmm"), "layers": ("layers_avx512",)}
+
+
 def _load(family):
     """The AVX-512 build of a kernel family when it exists and this CPU runs it (for the
     optimizer steps, the 512-bit one on CPUs where it is the faster), else the portable
     (x86-64-v3) build."""
     base = importlib.import_module(f".{family}", __name__)
     if os.environ.get("FASTOPT_NO_AVX512", "0") in ("", "0") and base.cpu_has_avx512():
-        names = [f"{family}_avx512"]
-        if family == "optim" and base.cpu_prefers_512bit_steps():
-            names.insert(0, "optim_avx512_zmm")
+        names = AVX512_BUILDS[family]
+        if base.cpu_prefers_512bit_steps():
+            names = names[::-1]
         for name in names:
             try:
                 return importlib.import_module(f".{name}", __name__)

@@ -1,0 +1,162 @@
+/* Batch norm's floor: a (256, 4096) float32 batch (features as columns, 4 MB, cache-resident)
+ * on one core, best of 200, ns/element: a stream (read x, write y), the float64 normalization
+ * alone as fastopt's kernels do it, a float32 one, the float64 statistics pass, and a forward
+ * (statistics, then normalization) in two sweeps and per panel of 256 columns while it is in
+ * L2. Build and run (README, "Speed on this machine"):
+ *   gcc -O3 -march=x86-64-v4 -mprefer-vector-width=512 -ffp-contract=off -fno-trapping-math \
+ *       -o /tmp/bn_floor bench/bn_floor.c && taskset -c 0 /tmp/bn_floor
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <string.h>
+typedef long long ll;
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+#define N 256
+#define C 4096
+__attribute__((noinline)) void stream(const float *restrict x, float *restrict y, ll n) {
+    for (ll i = 0; i < n; i++)
+        y[i] = x[i] * 1.0001f;
+}
+__attribute__((noinline)) void apply64(const float *restrict x, float *restrict y,
+                                       const double *restrict m, const double *restrict s,
+                                       const double *restrict b) {
+    for (ll r = 0; r < N; r += 4)
+        for (ll c = 0; c < C; c++) {
+            double mm = m[c], ss = s[c], bb = b[c];
+            for (int k = 0; k < 4; k++)
+                y[(r + k) * C + c] = (float)(((double)x[(r + k) * C + c] - mm) * ss + bb);
+        }
+}
+__attribute__((noinline)) void apply32(const float *restrict x, float *restrict y,
+                                       const float *restrict m, const float *restrict s,
+                                       const float *restrict b) {
+    for (ll r = 0; r < N; r += 4)
+        for (ll c = 0; c < C; c++) {
+            float mm = m[c], ss = s[c], bb = b[c];
+            for (int k = 0; k < 4; k++)
+                y[(r + k) * C + c] = (x[(r + k) * C + c] - mm) * ss + bb;
+        }
+}
+__attribute__((noinline)) void moments64(const float *restrict x, double *restrict s1,
+                                         double *restrict s2, const double *restrict k) {
+    for (ll r = 0; r < N; r += 4)
+        for (ll c = 0; c < C; c++) {
+            double kk = k[c], a = s1[c], q = s2[c];
+            for (int j = 0; j < 4; j++) {
+                double d = (double)x[(r + j) * C + c] - kk;
+                a += d;
+                q += d * d;
+            }
+            s1[c] = a;
+            s2[c] = q;
+        }
+}
+__attribute__((noinline)) void readsum(const float *restrict x, float *restrict acc) {
+    for (ll r = 0; r < N; r++)
+        for (ll c = 0; c < C; c++)
+            acc[c] += x[r * C + c];
+}
+#define P 256
+__attribute__((noinline)) void panels64(const float *restrict x, float *restrict y,
+                                        double *restrict s1, double *restrict s2,
+                                        const double *restrict k, const double *restrict s,
+                                        const double *restrict b) {
+    for (ll c0 = 0; c0 < C; c0 += P) {
+        for (ll r = 0; r < N; r += 4)
+            for (ll c = c0; c < c0 + P; c++) {
+                double kk = k[c], a = s1[c], q = s2[c];
+                for (int j = 0; j < 4; j++) {
+                    double d = (double)x[(r + j) * C + c] - kk;
+                    a += d;
+                    q += d * d;
+                }
+                s1[c] = a;
+                s2[c] = q;
+            }
+        for (ll r = 0; r < N; r += 4)
+            for (ll c = c0; c < c0 + P; c++) {
+                double mm = s1[c] * (1.0 / N), ss = s[c], bb = b[c];
+                for (int j = 0; j < 4; j++)
+                    y[(r + j) * C + c] = (float)(((double)x[(r + j) * C + c] - mm) * ss + bb);
+            }
+    }
+}
+__attribute__((noinline)) void twopass64(const float *restrict x, float *restrict y,
+                                         double *restrict s1, double *restrict s2,
+                                         const double *restrict k, const double *restrict s,
+                                         const double *restrict b) {
+    moments64(x, s1, s2, k);
+    apply64(x, y, s1, s, b);
+}
+int main() {
+    float *x = aligned_alloc(64, 4 * N * C), *y = aligned_alloc(64, 4 * N * C),
+          *acc = aligned_alloc(64, 4 * C);
+    double *m = aligned_alloc(64, 8 * C), *s = aligned_alloc(64, 8 * C),
+           *b = aligned_alloc(64, 8 * C), *s1 = aligned_alloc(64, 8 * C),
+           *s2 = aligned_alloc(64, 8 * C);
+    float *m32 = aligned_alloc(64, 4 * C), *sc32 = aligned_alloc(64, 4 * C),
+          *b32 = aligned_alloc(64, 4 * C);
+    for (ll i = 0; i < N * C; i++) {
+        x[i] = (float)((i * 7919 % 1000) / 500.0 - 1);
+        y[i] = 0;
+    }
+    for (int c = 0; c < C; c++) {
+        m[c] = 0.01 * c;
+        s[c] = 1.1;
+        b[c] = 0.2;
+        m32[c] = m[c];
+        sc32[c] = s[c];
+        b32[c] = b[c];
+        s1[c] = s2[c] = 0;
+        acc[c] = 0;
+    }
+    const char *names[] = {"stream (read x, write y)",
+                           "apply float64 (as now)",
+                           "apply float32",
+                           "moments float64 (read x)",
+                           "read x, float32 column sums",
+                           "panels of 256 cols: moments+apply",
+                           "moments then apply (2 sweeps)"};
+    double best[7];
+    for (int k = 0; k < 7; k++)
+        best[k] = 1e9;
+    for (int rep = 0; rep < 200; rep++)
+        for (int k = 0; k < 7; k++) {
+            double t = now();
+            switch (k) {
+            case 0:
+                stream(x, y, (ll)N * C);
+                break;
+            case 1:
+                apply64(x, y, m, s, b);
+                break;
+            case 2:
+                apply32(x, y, m32, sc32, b32);
+                break;
+            case 3:
+                moments64(x, s1, s2, m);
+                break;
+            case 4:
+                readsum(x, acc);
+                break;
+            case 5:
+                panels64(x, y, s1, s2, m, s, b);
+                break;
+            case 6:
+                twopass64(x, y, s1, s2, m, s, b);
+                break;
+            }
+            t = now() - t;
+            if (t < best[k])
+                best[k] = t;
+        }
+    for (int k = 0; k < 7; k++)
+        printf("%-32s %7.1f us  %.3f ns/el  %.2fx stream\n", names[k], best[k] * 1e6,
+               best[k] * 1e9 / (N * C), best[k] / best[0]);
+    printf("%g %g %g\n", y[12345], s1[5], acc[7]);
+}

@@ -1008,8 +1008,14 @@ def test_optim_db_trajectories_and_state_dicts_match_torch(backend, name, kwargs
             assert float(sd["state"][i][key]) == pytest.approx(float(entry[key]), rel=1e-6)
     for key in next(iter(rsd["state"].values()), ()):     # each state key over all parameters
         if key not in opt.scalar_keys():
+            # each step may round once apart (torch's fused a + b*c), and a decaying average
+            # forgets that; Adadelta's acc_delta feeds its own increment (delta grows with
+            # sqrt(acc_delta)) and carries it at a rate near 1, a random walk: float64 on
+            # AVX-512 torch 4, 9, 10 ulps after 10, 25, 40 steps (on ATEN_CPU_CAPABILITY=default,
+            # no FMA, within 8)
+            bound = max(8, steps / 2) if key == "acc_delta" else 8
             assert _norm_ulps([s[key] for s in sd["state"].values()],
-                              [s[key].numpy() for s in rsd["state"].values()]) <= 8, key
+                              [s[key].numpy() for s in rsd["state"].values()]) <= bound, key
     # torch -> fastopt: a fresh optimizer over torch's parameters continues torch's run
     resumed = [t.detach().numpy().copy() for t in theirs]
     opt2 = getattr(fo, name)(resumed, **copy.deepcopy(kwargs))

@@ -151,6 +151,35 @@ def test_a_call_after_fork(compiled):
     assert all(a.tobytes() == b.tobytes() for a, b in zip(adam_steps(N, np.float32), expected))
 
 
+NUMBA_POOL_FROM_A_THREAD = """
+import os, threading
+import numpy as np
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+import fastopt as fo
+fo.set_backend("numba")
+thread = threading.Thread(target=fo.softmax, args=(np.ones((300, 300), np.float32),))
+thread.start()
+thread.join()
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_a_process_on_one_cpu_exits_after_a_numba_call_from_a_thread():
+    """Numba's thread pool started by a layer call from a non-main thread, where one CPU may
+    be used (a 1-CPU container, taskset): with oneTBB as the threading layer the interpreter
+    hung at exit (fastopt._numba._common._start_pool says why)."""
+    if "numba" not in fo.backends():
+        pytest.skip("needs numba")
+    try:
+        out = subprocess.run([sys.executable, "-c", NUMBA_POOL_FROM_A_THREAD],
+                             capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the process did not exit (printed {exc.stdout!r})")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "exiting"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_run_on_the_parents_openmp_team():
     """fastopt.torch runs long steps on the OpenMP team (fo_pool.h). GNU OpenMP's pool does

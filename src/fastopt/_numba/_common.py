@@ -58,6 +58,15 @@ def _start_pool():
     parallel._launch_threads()
     if numba.threading_layer() == "omp":
         ctypes.CDLL("libgomp.so.1").omp_set_max_active_levels(1)
+    elif numba.threading_layer() == "tbb":
+        # Numba's TBB layer starts with an empty task in a task group on the launching thread
+        # and waits for the group when the interpreter exits. Where TBB sees one CPU (an
+        # affinity mask or a cgroup quota) it has no workers, and a group started on another
+        # thread than the one that exits is never finished: the process hung at exit after a
+        # call from a non-main thread (numba#10556, oneTBB#2056). Wait for it here, on the
+        # launching thread, which runs it.
+        from numba.np.ufunc import tbbpool
+        ctypes.CFUNCTYPE(None)(tbbpool.synchronize)()
     _pool_started[0] = True
 
 

@@ -169,11 +169,18 @@ def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsy
 @pytest.mark.parametrize("argv", [
     ["--quick", "--full"], ["--torch", "--no-torch"], ["--torch", "--mpi"],
     ["--only-layers", "--torch"], ["--only-layers", "--mpi"], ["--only-layers", "--kernels", "sgd"],
+    ["--only-layers", "--plot", "p.png"], ["--torch", "--plot", "p.png"],
+    ["--mpi", "--plot", "p.png"],
+    ["--only-layers", "--sizes", "1e3"], ["--torch", "--contended"], ["--mpi", "--contended"],
+    ["--mpi", "--quick"], ["--mpi", "--full"],
 ])
 def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     """One of the two had been silently ignored (--quick won over --full for the sizes but
     not for the layer shapes; --torch ran the torch race despite --no-torch or --only-layers;
-    --mpi ignored --torch; --only-layers dropped the --kernels asked for)."""
+    --mpi ignored --torch; --only-layers dropped the --kernels asked for). --plot beside
+    --only-layers timed every layer shape, then failed with a traceback plotting no rows (beside
+    --torch or --mpi it wrote nothing); --torch and --mpi ignored --contended, --mpi --quick
+    and --full, and --only-layers the --sizes asked for."""
     from fastopt.__main__ import parse_args
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)

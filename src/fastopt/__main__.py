@@ -141,10 +141,14 @@ def parse_args(argv):
         problem = None if path is None else _unwritable(path)
         if problem:
             ap.error(f"argument {option}: cannot write {path!r}: {problem}")
-    # options that contradict each other (one of the two had been silently ignored)
+    # options that contradict each other (one of the two had been silently ignored; --plot
+    # beside --only-layers plotted no rows and failed after the whole run)
     for first, second in (("quick", "full"), ("torch", "no_torch"), ("torch", "mpi"),
                           ("only_layers", "no_layers"), ("only_layers", "torch"),
-                          ("only_layers", "mpi"), ("only_layers", "kernels")):
+                          ("only_layers", "mpi"), ("only_layers", "kernels"),
+                          ("only_layers", "plot"), ("torch", "plot"), ("mpi", "plot"),
+                          ("only_layers", "sizes"), ("torch", "contended"),
+                          ("mpi", "contended"), ("mpi", "quick"), ("mpi", "full")):
         if getattr(args, first) and getattr(args, second) not in (None, False):
             ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
                      "each other")

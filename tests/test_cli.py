@@ -189,6 +189,16 @@ def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     assert f"{flags[0]} and {flags[1]} exclude each other" in capsys.readouterr().err
 
 
+def test_mpi_without_mpi4py_is_a_usage_error(monkeypatch, capsys):
+    """--mpi where mpi4py is not installed ended in ModuleNotFoundError's traceback."""
+    from fastopt.__main__ import parse_args
+    monkeypatch.setitem(sys.modules, "mpi4py", None)     # as if not installed
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--mpi", "--sizes", "1e3"])
+    assert exc.value.code == 2
+    assert "argument --mpi: needs mpi4py" in capsys.readouterr().err
+
+
 def test_an_empty_backends_list_is_a_usage_error_not_every_backend(capsys):
     from fastopt.__main__ import parse_args
     with pytest.raises(SystemExit) as exc:

@@ -152,6 +152,11 @@ def parse_args(argv):
         if getattr(args, first) and getattr(args, second) not in (None, False):
             ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
                      "each other")
+    if args.mpi:
+        try:        # (the package alone: MPI starts when the report imports mpi4py.MPI)
+            import mpi4py  # noqa: F401
+        except ImportError:
+            ap.error("argument --mpi: needs mpi4py (pip install 'fastopt[mpi]')")
     names = args.kernels.split(",") if args.kernels is not None else (
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:

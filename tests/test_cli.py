@@ -199,6 +199,16 @@ def test_mpi_without_mpi4py_is_a_usage_error(monkeypatch, capsys):
     assert "argument --mpi: needs mpi4py" in capsys.readouterr().err
 
 
+def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    """It was found missing after the whole report had run (no plot written)."""
+    from fastopt.__main__ import parse_args
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--plot", str(tmp_path / "p.png")])
+    assert exc.value.code == 2
+    assert "argument --plot: needs matplotlib" in capsys.readouterr().err
+
+
 def test_an_empty_backends_list_is_a_usage_error_not_every_backend(capsys):
     from fastopt.__main__ import parse_args
     with pytest.raises(SystemExit) as exc:

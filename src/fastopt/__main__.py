@@ -157,6 +157,11 @@ def parse_args(argv):
             import mpi4py  # noqa: F401
         except ImportError:
             ap.error("argument --mpi: needs mpi4py (pip install 'fastopt[mpi]')")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error("argument --plot: needs matplotlib (pip install 'fastopt[bench]')")
     names = args.kernels.split(",") if args.kernels is not None else (
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:
@@ -484,13 +489,9 @@ def _fmt_x(x):
 
 
 def _plot(rows, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("\n--plot needs matplotlib (pip install 'fastopt[bench]'); no plot written")
-        return
+    import matplotlib           # (parse_args checked that it is installed)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     groups = sorted({(r["kernel"], r["dtype"]) for r in rows})
     fig, axes = plt.subplots(len(groups), 1, figsize=(7, 3.2 * len(groups)), squeeze=False)
     for ax, (kernel, dtype) in zip(axes[:, 0], groups):

@@ -457,3 +457,43 @@ def test_grads_copy_deepcopy_and_pickle():
         opt = fo.SGD(ar2.params, lr=1.0)
         opt.step(g2)
         np.testing.assert_array_equal(ar2.params["W"], -3.0)
+
+
+def test_assigning_a_parameter_copies_into_the_arena():
+    """Was: ``arena.params["W"] = x`` (the course's way to set initial values) replaced the view
+    with x, so the arena's buffer, ``flat_params``, the flat path and a pickle of the arena kept
+    the old values (and a new shape broke unpickling); ``del``/``pop`` left a layout that
+    pickling rebuilt wrong. Assignment copies into the view, as the grads' does."""
+    import copy
+    ar = fo.ParameterArena(np.float64, 20)
+    W = ar.add("W", (2, 3))
+    b = ar.add("b", 2)
+    ar.params["W"] = np.arange(6.0).reshape(2, 3)
+    ar.params |= {"b": [1.0, 2.0]}
+    assert ar.params["W"] is W and ar.params["b"] is b
+    np.testing.assert_array_equal(ar.flat_params, [0, 1, 2, 3, 4, 5, 1, 2])
+    before = ar.flat_params.copy()
+    for key, value, error, match in (
+            ("W", np.zeros((3, 2)), ValueError, r"params\['W'\] has shape"),
+            ("X", np.zeros(2), KeyError, "'X'.* no such parameter")):
+        with pytest.raises(error, match=match):
+            ar.params[key] = value
+        with pytest.raises(error, match=match):            # b is not written either
+            ar.params.update({"b": np.zeros(2), key: value})
+    for remove in (lambda d: d.pop("W"), lambda d: d.popitem(), lambda d: d.clear(),
+                   lambda d: d.__delitem__("W")):
+        with pytest.raises(TypeError, match="cannot be removed"):
+            remove(ar.params)
+    assert ar.params.setdefault("W", np.ones((2, 3))) is W
+    assert list(dict.items(ar.params)) == [("W", W), ("b", b)]
+    np.testing.assert_array_equal(ar.flat_params, before)
+    opt = fo.SGD(ar.params, lr=1.0)
+    ar.grads["W"] = np.ones((2, 3))
+    opt.step(ar.grads)
+    assert opt._plans[0].span is not None                # still the flat path
+    for ar2 in (pickle.loads(pickle.dumps(ar)), copy.deepcopy(ar)):
+        assert ar2.flat_params.tobytes() == ar.flat_params.tobytes()
+        assert ar2.params["W"].base is ar2.params["b"].base
+        ar2.params["b"] = np.zeros(2)
+        np.testing.assert_array_equal(ar2.flat_params[6:], 0)
+    np.testing.assert_array_equal(b, [1, 2])

@@ -47,7 +47,8 @@ class ParameterArena:
     Attributes
     ----------
     params : dict
-        Name -> parameter view, in allocation order.
+        Name -> parameter view, in allocation order; assigning ``params["W1"] = W1`` copies
+        into the view.
     grads : dict
         Name -> grad view (also reachable as ``"d" + name``); assigning
         ``grads["dW1"] = dW1`` copies into the view.
@@ -72,7 +73,7 @@ class ParameterArena:
         self._param_buf = np.zeros(capacity, self.dtype)
         self._grad_buf = np.zeros(capacity, self.dtype)
         self.size = 0                              # elements in use
-        self.params: dict[str, np.ndarray] = {}    # name -> parameter view
+        self.params = _Views(self)                 # name -> parameter view
         self.grads = _GradDict(self)               # name -> grad view (also as "d" + name)
         # (param view, grad view, offset) in allocation order
         self._views: list[tuple[np.ndarray, np.ndarray, int]] = []
@@ -136,7 +137,7 @@ class ParameterArena:
                     raise type(exc)(f"init for {name!r}: {exc}") from None
                 raise
         self.size += n
-        self.params[name] = param
+        dict.__setitem__(self.params, name, param)
         dict.__setitem__(self.grads, name, grad)
         self._index[id(param)] = len(self._views)
         self._views.append((param, grad, lo))
@@ -232,13 +233,15 @@ def _check_shape(name, shape):
     return tuple(int(d) for d in dims)
 
 
-class _GradDict(dict):
-    """The arena's grads by parameter name; ``grads["dW1"]`` also finds ``"W1"`` (the course's
-    naming), as do ``in`` and ``get``. Its entries are always the arena's views: assigning
-    ``grads["dW1"] = dW1`` (or ``update``, ``|=``) copies into the view, so an optimizer handed
-    this dict can step the flat buffer directly. An assignment or update that raises writes
-    nothing; entries cannot be added or removed. A deep copy or pickle is the copied arena's
-    grads (views of its grad buffer); a shallow copy holds the same views."""
+class _Views(dict):
+    """An arena's views by parameter name: ``arena.params`` (and, with the grads' keys,
+    ``arena.grads``). Its entries are always the arena's views: assigning ``params["W1"] = W1``
+    (or ``update``, ``|=``) copies into the view, so the arena's buffer, the optimizers stepping
+    it and its pickles see the values. An assignment or update that raises writes nothing;
+    entries cannot be added (``add`` adds) or removed. A deep copy or pickle is the copied
+    arena's (views of its buffer); a shallow copy holds the same views."""
+
+    _attr = "params"        # the arena's attribute holding this dict
 
     def __init__(self, arena: "ParameterArena | None" = None) -> None:
         super().__init__()
@@ -247,20 +250,10 @@ class _GradDict(dict):
     def _view(self, key):
         if dict.__contains__(self, key):
             return dict.__getitem__(self, key)
-        if isinstance(key, str) and key.startswith("d") and dict.__contains__(self, key[1:]):
-            return dict.__getitem__(self, key[1:])
-        raise KeyError(f"{key!r}: the arena has no such parameter (grads are keyed by its "
-                       "name or 'd' + name)")
+        raise KeyError(f"{key!r}: the arena has no such parameter (add it with add())")
 
     def __missing__(self, key):
         return self._view(key)
-
-    def __contains__(self, key):
-        return dict.__contains__(self, key) or (
-            isinstance(key, str) and key.startswith("d") and dict.__contains__(self, key[1:]))
-
-    def get(self, key, default=None):
-        return self._view(key) if key in self else default
 
     def _converted(self, key, value):
         """(view, value as an array of the view's dtype and shape): every check and
@@ -269,9 +262,9 @@ class _GradDict(dict):
         try:
             array = np.asarray(value, dtype=view.dtype)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"grads[{key!r}]: {exc}") from None
+            raise type(exc)(f"{self._attr}[{key!r}]: {exc}") from None
         if array.shape != view.shape:
-            raise ValueError(f"grads[{key!r}] has shape {array.shape}, expected "
+            raise ValueError(f"{self._attr}[{key!r}] has shape {array.shape}, expected "
                              f"{view.shape} (its parameter's)")
         return view, array
 
@@ -296,35 +289,60 @@ class _GradDict(dict):
         return self
 
     def setdefault(self, key, default=None):
-        """The grad view of ``key`` (its name or ``"d" + name``); nothing is written or added."""
+        """The view of ``key``; nothing is written or added."""
         return self._view(key)
 
     def _refuse(self, *args, **kwargs):
-        raise TypeError("the arena's grads cannot be removed; assign to fill them in place")
+        raise TypeError(f"the arena's {self._attr} cannot be removed; assign to fill them in "
+                        "place")
 
     __delitem__ = pop = popitem = clear = _refuse
 
     def __copy__(self):
-        new = _GradDict()
+        new = type(self)()
         dict.update(new, self)
         new._arena = self._arena
         return new
 
     def __reduce__(self):
-        """Deepcopy and pickle: the (copied) arena's grads, so that copying an arena together
-        with its grads gives one arena whose grads are views of its own buffer."""
+        """Deepcopy and pickle: the (copied) arena's dict, so that copying an arena together
+        with its params or grads gives one arena whose dicts hold views of its own buffers."""
         arena = None if self._arena is None else self._arena()
-        if arena is not None and arena.grads is self:
-            return getattr, (arena, "grads")
-        # the arena is gone (the views keep its buffer alive): a grad dict of copies
-        return _standalone_grads, ({k: np.array(v) for k, v in dict.items(self)},)
+        if arena is not None and getattr(arena, self._attr) is self:
+            return getattr, (arena, self._attr)
+        # the arena is gone (the views keep its buffer alive): a dict of copies
+        return _standalone_views, (type(self), {k: np.array(v) for k, v in dict.items(self)})
 
 
-def _standalone_grads(entries):
-    """A grad dict holding ``entries`` (a pickled grad dict whose arena was gone)."""
-    grads = _GradDict()
-    dict.update(grads, entries)
-    return grads
+class _GradDict(_Views):
+    """The arena's grads by parameter name; ``grads["dW1"]`` also finds ``"W1"`` (the course's
+    naming), as do ``in`` and ``get``. Assigning copies into the view (:class:`_Views`), so an
+    optimizer handed this dict can step the flat buffer directly."""
+
+    _attr = "grads"
+
+    def _view(self, key):
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        if isinstance(key, str) and key.startswith("d") and dict.__contains__(self, key[1:]):
+            return dict.__getitem__(self, key[1:])
+        raise KeyError(f"{key!r}: the arena has no such parameter (grads are keyed by its "
+                       "name or 'd' + name)")
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or (
+            isinstance(key, str) and key.startswith("d") and dict.__contains__(self, key[1:]))
+
+    def get(self, key, default=None):
+        return self._view(key) if key in self else default
+
+
+def _standalone_views(cls, entries):
+    """A ``cls`` dict holding ``entries`` (a pickled params or grads dict whose arena was
+    gone)."""
+    views = cls()
+    dict.update(views, entries)
+    return views
 
 
 class ArenaSpan(NamedTuple):

@@ -497,3 +497,21 @@ def test_assigning_a_parameter_copies_into_the_arena():
         ar2.params["b"] = np.zeros(2)
         np.testing.assert_array_equal(ar2.flat_params[6:], 0)
     np.testing.assert_array_equal(b, [1, 2])
+
+
+def test_a_grad_under_both_its_name_and_d_name_is_refused():
+    """``{**arena.grads, "dW": new}`` holds W's grad twice, under 'W' (the arena's view) and
+    'dW' (the new one): step used the first and silently ignored the new grad."""
+    ar, w = _two_param_arena()
+    opt = fo.SGD(ar.params, lr=1.0)
+    for grads in ({**ar.grads, "dW": np.full((2, 3), 5.0)},
+                  {"W": np.ones((2, 3)), "dW": np.full((2, 3), 5.0), "b": np.ones(2)}):
+        with pytest.raises(ValueError, match="grads has both 'W' and 'dW' for parameter 'W'"):
+            opt.step(grads)
+    np.testing.assert_array_equal(w, 1.0)
+    same = np.ones((2, 3))                  # the same array under both keys: no doubt
+    opt.step({"W": same, "dW": same, "b": np.ones(2)})
+    np.testing.assert_array_equal(w, 0.0)
+    both = fo.SGD({"W": np.zeros(2), "dW": np.zeros(2)}, lr=1.0)    # 'dW' is a parameter
+    both.step({"W": np.ones(2), "dW": np.full(2, 2.0)})
+    np.testing.assert_array_equal(both.param_groups[0]["params"][1], -2.0)

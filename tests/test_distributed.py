@@ -332,6 +332,20 @@ def test_one_rank_refuses_a_grad_for_no_parameter_as_the_plain_optimizer():
     np.testing.assert_array_equal(arena.flat_params, before - 1)
 
 
+def test_one_rank_refuses_a_grad_under_both_its_name_and_d_name_as_the_plain_optimizer():
+    # {**arena.grads, "dW": new}: W's grad under 'W' (the arena's view) and 'dW' (the new one);
+    # the first was used and the new one silently ignored
+    comm, ShardedOptimizer = _one_rank()
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(fo.SGD, arena, comm=comm, lr=1.0)
+    plain = fo.SGD(_arena(np.float64).params, lr=1.0)
+    before = arena.flat_params.copy()
+    for o, prefix in ((plain, ""), (opt, "rank 0 of 1: ")):
+        with pytest.raises(ValueError, match=f"^{prefix}grads has both 'W' and 'dW'"):
+            o.step({"W": np.zeros((3, 4)), "dW": np.ones((3, 4)), "b": np.ones(3)})
+    np.testing.assert_array_equal(arena.flat_params, before)
+
+
 def test_one_rank_pickle_and_copy_are_refused_pointing_to_state_dict():
     # was: a deepcopy or unpickled copy held copies of the arena's buffers apart from the
     # copied arena, so its steps never reached the copy's parameters (silently no training)

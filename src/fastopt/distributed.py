@@ -36,7 +36,7 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
 
 from . import _validate
 from .arena import ParameterArena, _GradDict
-from .optim import Grads, Optimizer, Params, _first_readonly, _stray_keys
+from .optim import Grads, Optimizer, Params, _doubled_key, _first_readonly, _stray_keys
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
 _MISSING = object()
@@ -335,6 +335,9 @@ class ShardedOptimizer:
             # as the plain optimizer: a grad under a parameter-like name that no parameter has
             # is a mistake (another arena's grads hold every one of its parameters)
             if len(grads) > len(matched) and not isinstance(grads, _GradDict):
+                doubled = _doubled_key(grads, self._names)
+                if doubled:
+                    raise ValueError(doubled)
                 strays = _stray_keys(grads, self._names)
                 if strays:
                     raise ValueError(f"grads has {', '.join(strays)} but there is no such "

@@ -54,6 +54,19 @@ def _stray_keys(grads, names):
     return strays
 
 
+def _doubled_key(grads, names):
+    """For the dict ``grads``, a message naming the first parameter of ``names`` whose grad it
+    holds under both the name and ``"d" + name`` as different arrays (which one to step with
+    is ambiguous: ``{**arena.grads, "dW": new}`` keeps the arena's under 'W'), else None."""
+    known = set(names)
+    for name in names:
+        key = "d" + name
+        if key in grads and key not in known and name in grads and grads[key] is not grads[name]:
+            return (f"grads has both {name!r} and {key!r} for parameter {name!r} (one key per "
+                    "parameter: its name or 'd' + name)")
+    return None
+
+
 def _pair(betas):
     """``betas`` as a tuple, as torch's groups hold it (anything else is left for the check to
     refuse by name)."""
@@ -483,7 +496,11 @@ class Optimizer:
             # parameter's grad under a name no parameter has is a mistake (the arena's grads
             # hold every arena parameter's, for optimizers over a part of them)
             if len(grads) > len(matched) and not isinstance(grads, _GradDict):
-                strays = self._strays(grads)
+                names = [n for g in self.param_groups for n in g["param_names"]]
+                doubled = _doubled_key(grads, names)
+                if doubled:
+                    raise ValueError(doubled)
+                strays = _stray_keys(grads, names)
                 if strays:
                     raise ValueError(f"grads has {', '.join(strays)} but there is no such "
                                      "parameter (keys are a parameter's name or 'd' + name)")
@@ -498,10 +515,6 @@ class Optimizer:
             return list(grads)
         raise TypeError(f"grads must be a dict or a sequence of arrays, "
                         f"got {type(grads).__name__}")
-
-    def _strays(self, grads):
-        """:func:`_stray_keys` of ``grads`` for this optimizer's parameter names."""
-        return _stray_keys(grads, [n for g in self.param_groups for n in g["param_names"]])
 
     def _check(self, group):
         """Check a group's hyper-parameters (type and range, from ``_BOUNDS``): TypeError or

@@ -515,3 +515,14 @@ def test_a_grad_under_both_its_name_and_d_name_is_refused():
     both = fo.SGD({"W": np.zeros(2), "dW": np.zeros(2)}, lr=1.0)    # 'dW' is a parameter
     both.step({"W": np.ones(2), "dW": np.full(2, 2.0)})
     np.testing.assert_array_equal(both.param_groups[0]["params"][1], -2.0)
+
+
+def test_size_is_read_only():
+    """``arena.size = 0`` was accepted, and the next ``add`` handed out the memory of the
+    parameters already there (two parameters sharing their elements)."""
+    ar = fo.ParameterArena(np.float32, 20)
+    w = ar.add("W", 4, init=1.0)
+    with pytest.raises(AttributeError):
+        ar.size = 0
+    assert ar.size == 4
+    assert not np.shares_memory(ar.add("V", 4), w)

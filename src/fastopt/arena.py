@@ -53,7 +53,7 @@ class ParameterArena:
         Name -> grad view (also reachable as ``"d" + name``); assigning
         ``grads["dW1"] = dW1`` copies into the view.
     size : int
-        Elements in use.
+        Elements in use (read-only).
 
     Raises
     ------
@@ -72,7 +72,7 @@ class ParameterArena:
             raise ValueError(f"Invalid capacity: {capacity!r} (must be a non-negative int)")
         self._param_buf = np.zeros(capacity, self.dtype)
         self._grad_buf = np.zeros(capacity, self.dtype)
-        self.size = 0                              # elements in use
+        self._size = 0                             # elements in use
         self.params = _Views(self)                 # name -> parameter view
         self.grads = _GradDict(self)               # name -> grad view (also as "d" + name)
         # (param view, grad view, offset) in allocation order
@@ -121,11 +121,11 @@ class ParameterArena:
                                  "name both (grads are keyed by name or 'd' + name)")
         shape = _check_shape(name, shape)
         n = math.prod(shape)
-        if self.size + n > self._param_buf.size:
+        if self._size + n > self._param_buf.size:
             raise ValueError(f"the arena is full: {name!r} needs {n} elements, "
-                             f"{self._param_buf.size - self.size} of {self._param_buf.size} "
+                             f"{self._param_buf.size - self._size} of {self._param_buf.size} "
                              "are free (pass a larger capacity)")
-        lo = self.size
+        lo = self._size
         param = self._param_buf[lo:lo + n].reshape(shape)
         grad = self._grad_buf[lo:lo + n].reshape(shape)
         if init is not None:
@@ -136,12 +136,17 @@ class ParameterArena:
                 if type(exc) in (TypeError, ValueError):
                     raise type(exc)(f"init for {name!r}: {exc}") from None
                 raise
-        self.size += n
+        self._size += n
         dict.__setitem__(self.params, name, param)
         dict.__setitem__(self.grads, name, grad)
         self._index[id(param)] = len(self._views)
         self._views.append((param, grad, lo))
         return param
+
+    @property
+    def size(self) -> int:
+        """Elements in use (read-only: the parameters live in them)."""
+        return self._size
 
     @property
     def flat_params(self) -> np.ndarray:

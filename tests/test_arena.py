@@ -307,6 +307,12 @@ def test_arena_add_refuses_a_bad_shape_naming_it_and_changes_nothing():
         with pytest.raises(TypeError, match=r"shape .*'x'"):
             arena.add("x", bad)
         _same_layout(_arena_layout(arena), before)
+    # empty, but with a dimension NumPy cannot hold: its error ("Maximum allowed dimension
+    # exceeded") did not name the parameter
+    for bad in ((2 ** 63, 0), (2 ** 62, 2 ** 62, 0)):
+        with pytest.raises(ValueError, match=r"shape .*'x'"):
+            arena.add("x", bad)
+        _same_layout(_arena_layout(arena), before)
     assert "x" not in arena.params and arena.size == 4
     w = arena.add("w", 3)
     assert w.shape == (3,) and arena.size == 7 and not np.shares_memory(w, a)

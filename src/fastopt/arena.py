@@ -126,7 +126,10 @@ class ParameterArena:
                              f"{self._param_buf.size - self._size} of {self._param_buf.size} "
                              "are free (pass a larger capacity)")
         lo = self._size
-        param = self._param_buf[lo:lo + n].reshape(shape)
+        try:
+            param = self._param_buf[lo:lo + n].reshape(shape)
+        except ValueError as exc:       # an empty shape with a dimension NumPy cannot index
+            raise ValueError(f"Invalid shape {shape!r} for {name!r}: {exc}") from None
         grad = self._grad_buf[lo:lo + n].reshape(shape)
         if init is not None:
             try:

@@ -122,6 +122,9 @@ def test_arena_capacity_refuses_a_bool_naming_it():
         with pytest.raises(ValueError, match=r"Invalid capacity: "):
             fo.ParameterArena(np.float32, capacity=bad)
     assert fo.ParameterArena(np.float32, capacity=np.int16(3)).add("a", 3).shape == (3,)
+    # more than NumPy can allocate: its "array is too big" did not name capacity
+    with pytest.raises(ValueError, match=r"capacity 4611686018427387904: .*too big"):
+        fo.ParameterArena(np.float32, capacity=2 ** 62)
 
 
 def test_arena_refuses_a_name_whose_grad_key_another_parameter_has():

@@ -60,7 +60,9 @@ class ParameterArena:
     TypeError
         A ``dtype`` other than float32/float64.
     ValueError
-        A negative or non-int ``capacity``.
+        A negative or non-int ``capacity``, or one beyond what NumPy can allocate.
+    MemoryError
+        A ``capacity`` the operating system cannot reserve.
     """
 
     def __init__(self, dtype: DTypeLike = np.float32, capacity: int = 1 << 24) -> None:
@@ -70,8 +72,11 @@ class ParameterArena:
         if (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))
                 or capacity < 0):
             raise ValueError(f"Invalid capacity: {capacity!r} (must be a non-negative int)")
-        self._param_buf = np.zeros(capacity, self.dtype)
-        self._grad_buf = np.zeros(capacity, self.dtype)
+        try:
+            self._param_buf = np.zeros(capacity, self.dtype)
+            self._grad_buf = np.zeros(capacity, self.dtype)
+        except (ValueError, MemoryError) as exc:    # (NumPy's messages do not say which)
+            raise type(exc)(f"capacity {capacity}: {exc}") from None
         self._size = 0                             # elements in use
         self.params = _Views(self)                 # name -> parameter view
         self.grads = _GradDict(self)               # name -> grad view (also as "d" + name)

@@ -297,3 +297,23 @@ def test_minibatches_mismatched_inputs_raise_value_error_naming_them():
     for axis in (1.0, None, True):
         with pytest.raises(TypeError, match="axis must be an int"):
             list(fo.minibatches(X, np.zeros(5), axis=axis))
+
+
+def test_minibatches_refuses_bad_arguments_when_called_not_at_the_first_next():
+    """minibatches was a generator function: none of its checks ran until the first next(),
+    so a bad batch_size, axis, shape or seed went unnoticed where the call was made (and
+    forever if the iterator was never used); shuffle=None or "no" was taken as a truth value."""
+    X, Y = np.zeros((6, 2)), np.zeros(6)
+    bad = [(dict(batch_size=0), ValueError, "Invalid batch_size"),
+           (dict(axis=2), ValueError, "Invalid axis 2"),
+           (dict(axis=1.0), TypeError, "axis must be an int"),
+           (dict(seed=-1), ValueError, "Invalid seed: -1"),
+           (dict(shuffle=None), TypeError, "Invalid shuffle: None"),
+           (dict(shuffle="no"), TypeError, "Invalid shuffle: 'no'")]
+    for kwargs, error, match in bad:
+        with pytest.raises(error, match=match):
+            fo.minibatches(X, Y, **kwargs)
+    with pytest.raises(ValueError, match="X has 6 examples along axis 0 but Y has 5"):
+        fo.minibatches(X, Y[:5])
+    batches = fo.minibatches(X, Y, batch_size=4, shuffle=np.bool_(False))
+    assert [len(y) for _, y in batches] == [4, 2]

@@ -4,6 +4,8 @@ from collections.abc import Iterator
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._hyper import check_flag
+
 
 def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
                 shuffle: bool = True, seed: int | None = None
@@ -24,23 +26,25 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
         The examples' axis; ``axis=-1`` for the course's column layout.
     shuffle : bool, default True
         Shuffle the examples (the same permutation for ``X`` and ``Y``).
-    seed : int, optional
+    seed : int or numpy.random.Generator, optional
         Seed of the shuffle (``numpy.random.default_rng``), for a repeatable order.
 
-    Yields
-    ------
-    X_t, Y_t : ndarray
-        One batch of each (copies).
+    Returns
+    -------
+    iterator of tuple
+        ``(X_t, Y_t)``, one batch of each (copies).
 
     Raises
     ------
     TypeError
-        An ``axis`` that is not an int, or a ``seed`` numpy cannot seed from (raised at the
-        first ``next``).
+        An ``axis`` that is not an int, a ``shuffle`` that is not True or False, or a
+        ``seed`` numpy cannot seed from.
     ValueError
         A ``batch_size`` that is not a positive int, a 0-d ``X`` or ``Y``, an ``axis`` that
         ``X`` (or a ``Y`` of 2 or more dimensions) does not have, ``X`` and ``Y`` with
-        different numbers of examples, or a negative ``seed`` (raised at the first ``next``).
+        different numbers of examples, or a negative ``seed``.
+
+    Everything is checked (and the order drawn) when it is called, not at the first ``next``.
     """
     X = np.asarray(X)
     Y = np.asarray(Y)
@@ -49,6 +53,7 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
         raise ValueError(f"Invalid batch_size: {batch_size!r} (must be a positive int)")
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    check_flag("shuffle", shuffle)
     for name, a in (("X", X), ("Y", Y)):
         if a.ndim == 0:
             raise ValueError(f"{name} must have at least 1 dimension (the examples'), got a "
@@ -75,7 +80,13 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
         order = rng.permutation(m)
     else:
         order = np.arange(m)
-    for start in range(0, m, batch_size):
+    return _batches(X, Y, order, batch_size, axis, y_axis)
+
+
+def _batches(X, Y, order, batch_size, axis, y_axis):
+    """:func:`minibatches`' batches, once it has checked its arguments (a generator's body
+    runs only at the first ``next``: the checks would have waited for it)."""
+    for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         yield np.take(X, idx, axis=axis), np.take(Y, idx, axis=y_axis)
 

@@ -109,6 +109,55 @@ def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_n
     assert sched.step() == 2.0 * 0.3 / math.sqrt(2) == opt.lr
 
 
+
+@pytest.mark.parametrize("name,args,formula", SCHEDULES, ids=[s[0] for s in SCHEDULES])
+def test_schedules_refuse_bad_arguments_and_epochs_by_name(name, args, formula):
+    """The schedules took any argument: None or a str failed only when called, with Python's
+    own operator errors, and a negative or NaN lr0 or decay gave negative or NaN learning
+    rates (inverse_time_decay(0.1, -1) divided by zero at epoch 1). Now each argument is a
+    real number >= 0 (every >= 1), checked when the schedule is made, and the epoch a real
+    number >= 0 (>= 1 for inverse_sqrt_decay), each error naming it."""
+    make = getattr(fo.schedules, name)
+    fields = ["lr0", {"inverse_time_decay": "decay_rate", "exponential_decay": "base",
+                      "inverse_sqrt_decay": "k", "staircase": "factor"}[name], "every"]
+    for i in range(len(args)):
+        if fields[i] == "every":
+            continue
+        for bad, error in ((None, TypeError), ("0.1", TypeError), (-0.5, ValueError),
+                           (float("nan"), ValueError)):
+            spoilt = args[:i] + (bad,) + args[i + 1:]
+            with pytest.raises(error, match=rf"Invalid {fields[i]}: "):
+                make(*spoilt)
+    fn = make(*args)
+    for bad, error in ((None, TypeError), ("3", TypeError), (-1, ValueError),
+                       (float("nan"), ValueError)):
+        with pytest.raises(error, match=r"epoch"):
+            fn(bad)
+
+
+# (name, the arguments after lr0, the formula of lr0 and the epoch)
+OF_LR0 = [("inverse_time_decay", (0.37,), lambda lr0, e: lr0 / (1.0 + 0.37 * e)),
+          ("exponential_decay", (0.5,), lambda lr0, e: lr0 * 0.5 ** e),
+          ("inverse_sqrt_decay", (2.0,), lambda lr0, e: 2.0 * lr0 / math.sqrt(e)),
+          ("staircase", (0.7, 3), lambda lr0, e: lr0 * 0.7 ** (e // 3))]
+
+
+@pytest.mark.parametrize("name,args,formula", OF_LR0, ids=[s[0] for s in OF_LR0])
+def test_schedules_compute_in_python_floats_whatever_the_argument_types(name, args, formula):
+    """A np.float32 lr0 made every learning rate a float32 computed in float32 (of lr0 = 0.1,
+    0.1 / 1.37 came back 3e-9 off), a np.int64 epoch or every a np.float64, and integer
+    arguments an int (exponential_decay(1, 2)(3) == 8): each now gives the formula's Python
+    float."""
+    lr0 = np.float32(0.1)
+    fn = getattr(fo.schedules, name)(lr0, *args)
+    for epoch in (1, 4, 11, np.int64(5), np.int32(12)):
+        assert type(fn(epoch)) is float and fn(epoch) == formula(float(lr0), int(epoch))
+    if name == "staircase":
+        every = fo.schedules.staircase(0.1, 0.7, np.int64(3))
+        assert type(every(7)) is float and every(7) == formula(0.1, 7)
+    assert type(fo.schedules.exponential_decay(1, 2)(3)) is float
+
+
 # ------------------------------------------------------- exponentially weighted averages
 def test_ewa_series_matches_the_course_beta_098_example():
     theta = np.array([10.0, 20.0, 30.0])

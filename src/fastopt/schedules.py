@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from ._hyper import check_real
+from ._hyper import NONNEG, check_real
 
 Schedule = Callable[[int], float]     # epoch -> learning rate
 
@@ -24,16 +24,29 @@ class HasLR(Protocol):
     def lr(self, value: float) -> None: ...
 
 
+_EVERY = (1.0, None, False)     # staircase's epochs per stair
+
+
+def _check_epoch(epoch) -> None:
+    """A schedule's epoch: a real number >= 0 (TypeError/ValueError naming it)."""
+    check_real("epoch", epoch, NONNEG)
+
+
 class _Schedule:
     """A schedule's arguments, kept as attributes: pickled and copied by value, compared and
-    shown by them (``exponential_decay(lr0=0.1, base=0.5)``)."""
+    shown by them (``exponential_decay(lr0=0.1, base=0.5)``). Each is checked (a real number
+    in its range, else TypeError/ValueError naming it) and kept as a Python float, except
+    ``every``, so that NumPy scalars do not set the precision of the arithmetic (a float32
+    ``lr0`` would compute in float32); ``__call__`` returns a Python float, whatever the
+    epoch's type."""
 
     _name = ""
     _fields: tuple[str, ...] = ()
 
     def __init__(self, *args) -> None:
         for field, value in zip(self._fields, args):
-            setattr(self, field, value)
+            check_real(field, value, _EVERY if field == "every" else NONNEG)
+            setattr(self, field, value if field == "every" else float(value))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
@@ -54,7 +67,8 @@ class _InverseTimeDecay(_Schedule):
     _name, _fields = "inverse_time_decay", ("lr0", "decay_rate")
 
     def __call__(self, epoch: int) -> float:
-        return self.lr0 / (1.0 + self.decay_rate * epoch)
+        _check_epoch(epoch)
+        return float(self.lr0 / (1.0 + self.decay_rate * epoch))
 
 
 class _ExponentialDecay(_Schedule):
@@ -63,7 +77,8 @@ class _ExponentialDecay(_Schedule):
     _name, _fields = "exponential_decay", ("lr0", "base")
 
     def __call__(self, epoch: int) -> float:
-        return self.lr0 * self.base ** epoch
+        _check_epoch(epoch)
+        return float(self.lr0 * self.base ** epoch)
 
 
 class _InverseSqrtDecay(_Schedule):
@@ -72,9 +87,10 @@ class _InverseSqrtDecay(_Schedule):
     _name, _fields = "inverse_sqrt_decay", ("lr0", "k")
 
     def __call__(self, epoch: int) -> float:
+        _check_epoch(epoch)
         if not epoch >= 1:
             raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
-        return self.k * self.lr0 / math.sqrt(epoch)
+        return float(self.k * self.lr0 / math.sqrt(epoch))
 
 
 class _Staircase(_Schedule):
@@ -83,7 +99,8 @@ class _Staircase(_Schedule):
     _name, _fields = "staircase", ("lr0", "factor", "every")
 
     def __call__(self, epoch: int) -> float:
-        return self.lr0 * self.factor ** (epoch // self.every)
+        _check_epoch(epoch)
+        return float(self.lr0 * self.factor ** (epoch // self.every))
 
 
 def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
@@ -92,14 +109,24 @@ def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
     Parameters
     ----------
     lr0 : float
-        The learning rate at epoch 0.
+        The learning rate at epoch 0, >= 0.
     decay_rate : float
-        Decay per epoch.
+        Decay per epoch, >= 0.
 
     Returns
     -------
     callable
         ``fn(epoch) -> float`` (picklable; its repr shows the arguments).
+
+    Raises
+    ------
+    TypeError
+        An argument that is not a real number (named).
+    ValueError
+        An argument < 0 (NaN included; named).
+
+    The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
+    number >= 0.
     """
     return _InverseTimeDecay(lr0, decay_rate)
 
@@ -110,14 +137,24 @@ def exponential_decay(lr0: float, base: float = 0.95) -> Schedule:
     Parameters
     ----------
     lr0 : float
-        The learning rate at epoch 0.
+        The learning rate at epoch 0, >= 0.
     base : float, default 0.95
-        Factor per epoch.
+        Factor per epoch, >= 0.
 
     Returns
     -------
     callable
         ``fn(epoch) -> float`` (picklable; its repr shows the arguments).
+
+    Raises
+    ------
+    TypeError
+        An argument that is not a real number (named).
+    ValueError
+        An argument < 0 (NaN included; named).
+
+    The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
+    number >= 0.
     """
     return _ExponentialDecay(lr0, base)
 
@@ -131,16 +168,24 @@ def inverse_sqrt_decay(lr0: float, k: float = 1.0) -> Schedule:
     Parameters
     ----------
     lr0 : float
-        The learning rate at epoch 1 (times ``k``).
+        The learning rate at epoch 1 (times ``k``), >= 0.
     k : float, default 1.0
-        Scale.
+        Scale, >= 0.
 
     Returns
     -------
     callable
         ``fn(epoch) -> float`` (picklable; its repr shows the arguments).
 
-    The returned function raises ``ValueError`` for ``epoch < 1``.
+    Raises
+    ------
+    TypeError
+        An argument that is not a real number (named).
+    ValueError
+        An argument < 0 (NaN included; named).
+
+    The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
+    number >= 1.
     """
     return _InverseSqrtDecay(lr0, k)
 
@@ -151,9 +196,9 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
     Parameters
     ----------
     lr0 : float
-        The learning rate at epoch 0.
+        The learning rate at epoch 0, >= 0.
     factor : float
-        Factor applied every ``every`` epochs.
+        Factor applied every ``every`` epochs, >= 0.
     every : int
         Epochs per stair, >= 1.
 
@@ -165,11 +210,13 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
     Raises
     ------
     TypeError
-        ``every`` not a real number.
+        An argument that is not a real number (named).
     ValueError
-        ``every < 1`` (NaN included).
+        An argument < 0 or ``every < 1`` (NaN included; named).
+
+    The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
+    number >= 0.
     """
-    check_real("every", every, (1.0, None, False))
     return _Staircase(lr0, factor, every)
 
 

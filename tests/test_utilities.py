@@ -95,6 +95,17 @@ def test_lr_scheduler_step_that_raises_keeps_its_epoch_and_lr():
     assert sched.get_last_lr() == 0.05
 
 
+def test_lr_scheduler_refuses_what_it_cannot_drive_when_made():
+    """LRScheduler(opt, 0.1) or LRScheduler(None, fn) were made, and failed at the first
+    step() with "'float' object is not callable" or an AttributeError on None."""
+    opt, fn = fo.SGD([np.zeros(3)], lr=0.1), fo.schedules.exponential_decay(0.1)
+    with pytest.raises(TypeError, match=r"fn must be callable .* got float"):
+        fo.schedules.LRScheduler(opt, 0.1)
+    for bad in (None, [opt], fn):
+        with pytest.raises(TypeError, match=rf"opt must have an lr .* got {type(bad).__name__}"):
+            fo.schedules.LRScheduler(bad, fn)
+
+
 def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_nothing():
     """The formula starts at epoch 1 (API.md), the scheduler's count at 0: its first step()
     raises, leaving epoch and lr as they were; step(1) then works."""

@@ -237,6 +237,11 @@ class LRScheduler:
     fn : callable
         ``fn(epoch) -> lr``, e.g. one of this module's schedules.
 
+    Raises
+    ------
+    TypeError
+        ``opt`` without an ``lr``, or ``fn`` not callable.
+
     Examples
     --------
     >>> import numpy as np, fastopt as fo
@@ -247,6 +252,10 @@ class LRScheduler:
     """
 
     def __init__(self, opt: HasLR, fn: Schedule) -> None:
+        if not hasattr(opt, "lr"):
+            raise TypeError(f"opt must have an lr to set (an optimizer), got {type(opt).__name__}")
+        if not callable(fn):
+            raise TypeError(f"fn must be callable (epoch -> lr), got {type(fn).__name__}")
         self.opt = opt
         self.fn = fn
         self.epoch = -1

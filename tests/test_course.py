@@ -129,6 +129,33 @@ def test_learning_rate_decay_matches_the_course():
     assert course.schedule_lr_decay(0.5, 2500, 1) == pytest.approx(0.5 / (1 + math.floor(2.5)))
 
 
+
+def test_learning_rate_decay_refuses_bad_arguments_by_name_and_returns_a_float():
+    """update_lr and schedule_lr_decay took anything: None failed with Python's operator
+    error, time_interval=0 was a ZeroDivisionError (with a np.int64 epoch a divide-by-zero
+    warning and an lr of 0 or NaN), a negative decay_rate divided by zero at 1 + decay_rate *
+    epoch_num = 0; a np.float32 learning_rate0 was decayed in float32 (update_lr) and
+    schedule_lr_decay returned a np.float64. Each argument is now a real number >= 0
+    (time_interval >= 1), named when it is not, and the rate a Python float."""
+    cases = [(course.update_lr, (0.5, 2, 1), ("learning_rate0", "epoch_num", "decay_rate")),
+             (course.schedule_lr_decay, (0.5, 2000, 1, 1000),
+              ("learning_rate0", "epoch_num", "decay_rate", "time_interval"))]
+    for fn, args, names in cases:
+        for i, name in enumerate(names):
+            for bad, error in ((None, TypeError), ("1", TypeError), (-1, ValueError),
+                               (float("nan"), ValueError)):
+                with pytest.raises(error, match=rf"^Invalid {name}: "):
+                    fn(*args[:i], bad, *args[i + 1:])
+    for bad in (0, np.int64(0), 0.5):
+        with pytest.raises(ValueError, match=r"^Invalid time_interval: "):
+            course.schedule_lr_decay(0.5, np.int64(5), 1, bad)
+    lr0 = np.float32(0.1)
+    rate = course.update_lr(lr0, np.int64(2), 0.37)
+    assert type(rate) is float and rate == float(lr0) / (1 + 0.37 * 2)
+    rate = course.schedule_lr_decay(lr0, np.int64(2500), 0.37)
+    assert type(rate) is float and rate == float(lr0) / (1 + 0.37 * 2)
+
+
 def _bad_layer_cases():
     """(update function, what to spoil, exception, message): every kind of bad array, each in
     the last layer, so that an update applied layer by layer would have written the others."""

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import ops
-from ._hyper import NONNEG, UNIT_OPEN, check_reals
+from ._hyper import NONNEG, STEP, UNIT_OPEN, check_reals
 from ._validate import check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
@@ -357,18 +357,28 @@ def update_lr(learning_rate0: float, epoch_num: int, decay_rate: float) -> float
     Parameters
     ----------
     learning_rate0 : float
-        The learning rate at epoch 0.
+        The learning rate at epoch 0, >= 0.
     epoch_num : int
-        The epoch.
+        The epoch, >= 0.
     decay_rate : float
-        Decay per epoch.
+        Decay per epoch, >= 0.
 
     Returns
     -------
     float
         The decayed learning rate.
+
+    Raises
+    ------
+    TypeError
+        An argument that is not a real number (named).
+    ValueError
+        An argument < 0 (NaN included; named).
     """
-    return learning_rate0 / (1 + decay_rate * epoch_num)
+    check_reals(learning_rate0=(learning_rate0, NONNEG), epoch_num=(epoch_num, NONNEG),
+                decay_rate=(decay_rate, NONNEG))
+    # as Python floats: a NumPy float32 would decay in float32
+    return float(learning_rate0) / (1 + float(decay_rate) * float(epoch_num))
 
 
 def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
@@ -380,20 +390,30 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
     Parameters
     ----------
     learning_rate0 : float
-        The learning rate at epoch 0.
+        The learning rate at epoch 0, >= 0.
     epoch_num : int
-        The epoch.
+        The epoch, >= 0.
     decay_rate : float
-        Decay per interval.
+        Decay per interval, >= 0.
     time_interval : int, default 1000
-        Epochs per step of the decay.
+        Epochs per step of the decay, >= 1.
 
     Returns
     -------
     float
         The decayed learning rate.
+
+    Raises
+    ------
+    TypeError
+        An argument that is not a real number (named).
+    ValueError
+        An argument < 0, or ``time_interval`` < 1 (NaN included; named).
     """
-    return learning_rate0 / (1 + decay_rate * np.floor(epoch_num / time_interval))
+    check_reals(learning_rate0=(learning_rate0, NONNEG), epoch_num=(epoch_num, NONNEG),
+                decay_rate=(decay_rate, NONNEG), time_interval=(time_interval, STEP))
+    intervals = float(np.floor(epoch_num / time_interval))
+    return float(learning_rate0) / (1 + float(decay_rate) * intervals)
 
 
 __all__ = ["update_parameters_with_gd", "random_mini_batches", "initialize_velocity",

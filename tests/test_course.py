@@ -284,6 +284,26 @@ def test_adam_matches_the_notebooks_public_test():
         np.testing.assert_allclose(params[k][0], expected_p[k], rtol=0, atol=1e-8)
 
 
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_adam_corrected_moments_keep_the_moments_dtype_whatever_the_scalar_types(backend):
+    """v_corrected and s_corrected of float32 moments came back float64 when t was a
+    np.int64 (a step count out of np.arange) or beta1 a np.float64: NumPy (NEP 50) divides
+    a float32 array by a NumPy float64 scalar in float64. The kernels fold those scalars as
+    Python floats; so do the corrections now, as the course's formula with Python numbers."""
+    params, grads = params_and_grads(np.float32)
+    v, s = course.initialize_adam(params)
+    with fo.use_backend(backend):
+        for t in (np.int64(1), np.int32(2), 3):
+            *_, vc, sc = course.update_parameters_with_adam(
+                params, grads, v, s, t, beta1=np.float64(0.9), beta2=np.float32(0.999))
+            for k in v:
+                assert vc[k].dtype == sc[k].dtype == np.float32, (t, k)
+                np.testing.assert_array_equal(vc[k], v[k] / (1 - 0.9 ** int(t)))
+                beta2 = float(np.float32(0.999))
+                np.testing.assert_array_equal(sc[k], s[k] / (1 - beta2 ** int(t)))
+
+
 @pytest.mark.parametrize("call,exc,name", [
     (lambda p, g, v, s: course.update_parameters_with_gd(p, g, -0.1), ValueError,
      "learning_rate"),

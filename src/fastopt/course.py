@@ -345,9 +345,13 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     _check_t(t)
     _update(ops.foreach_adam_step_, parameters, grads, {"v": v, "s": s}, step=t,
             lr=learning_rate, betas=(beta1, beta2), eps=epsilon)
-    # the notebook's bias-corrected moments (its tests check them; its model() drops them)
-    v_corrected = {key: v[key] / (1 - beta1 ** t) for key in v}
-    s_corrected = {key: s[key] / (1 - beta2 ** t) for key in s}
+    # the notebook's bias-corrected moments (its tests check them; its model() drops them),
+    # with the corrections folded in Python floats, as the kernels fold them: a NumPy float64
+    # (a t from np.arange, a NumPy beta) would turn float32 moments float64, and a float32
+    # beta would fold in float32
+    correction1, correction2 = (float(1.0 - float(beta) ** t) for beta in (beta1, beta2))
+    v_corrected = {key: v[key] / correction1 for key in v}
+    s_corrected = {key: s[key] / correction2 for key in s}
     return parameters, v, s, v_corrected, s_corrected
 
 

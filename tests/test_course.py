@@ -1,5 +1,6 @@
 """fastopt.course against the course notebook's formulas, written out here in plain NumPy."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -302,6 +303,26 @@ def test_adam_corrected_moments_keep_the_moments_dtype_whatever_the_scalar_types
                 np.testing.assert_array_equal(vc[k], v[k] / (1 - 0.9 ** int(t)))
                 beta2 = float(np.float32(0.999))
                 np.testing.assert_array_equal(sc[k], s[k] / (1 - beta2 ** int(t)))
+
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_adam_corrected_moments_cannot_fail_after_the_update(backend):
+    """The corrected moments were computed after the update over every key of v and s: an
+    entry that is not a layer's (v["note"] = None) raised a TypeError, and float32 moments
+    near the largest float32 an overflow warning (an error under -W error), once parameters,
+    v and s had been updated. Now they cover the layers only (as the course's loop over l),
+    and overflow to inf without a warning, as the kernels' arithmetic does."""
+    params, grads = params_and_grads(np.float32)
+    v, s = course.initialize_adam(params)
+    v["note"], s["note"] = None, "not a layer"
+    v["dW1"][0, 0] = 3e38
+    with fo.use_backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        *_, vc, sc = course.update_parameters_with_adam(params, grads, v, s, 1)
+    assert sorted(vc) == sorted(sc) == ["dW1", "dW2", "db1", "db2"]
+    assert vc["dW1"][0, 0] == np.inf
+    np.testing.assert_array_equal(vc["db1"], v["db1"] / (1 - 0.9))
 
 
 @pytest.mark.parametrize("call,exc,name", [

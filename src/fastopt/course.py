@@ -325,7 +325,7 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     tuple
         ``(parameters, v, s, v_corrected, s_corrected)``, as the course's notebook returns
         them: the first three updated in place, the bias-corrected moments
-        ``v / (1 - beta1**t)`` and ``s / (1 - beta2**t)`` new dicts keyed as ``v``.
+        ``v / (1 - beta1**t)`` and ``s / (1 - beta2**t)`` new dicts keyed ``dW1, db1, ...``.
 
     Raises
     ------
@@ -350,8 +350,12 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     # (a t from np.arange, a NumPy beta) would turn float32 moments float64, and a float32
     # beta would fold in float32
     correction1, correction2 = (float(1.0 - float(beta) ** t) for beta in (beta1, beta2))
-    v_corrected = {key: v[key] / correction1 for key in v}
-    s_corrected = {key: s[key] / correction2 for key in s}
+    # over the layers only, and overflowing to inf silently as the kernels do: the update is
+    # done, nothing may raise now
+    keys = ["d" + name for name in _names(parameters)]
+    with np.errstate(over="ignore"):
+        v_corrected = {key: v[key] / correction1 for key in keys}
+        s_corrected = {key: s[key] / correction2 for key in keys}
     return parameters, v, s, v_corrected, s_corrected
 
 

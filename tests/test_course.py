@@ -255,6 +255,25 @@ def test_course_updates_take_an_arenas_grads_and_name_a_bad_t(backend):
             np.testing.assert_array_equal(arena.flat_params, -0.5)
 
 
+
+def test_initialize_velocity_and_adam_refuse_what_the_updates_refuse():
+    """initialize_velocity([W]) returned {} and {W1, b1, W2} zeros for layer 1 only (the
+    updates then refused the dicts), None was "object of type 'NoneType' has no len()", and
+    {W1, W2} a bare KeyError 'b1': the same errors as the updates' now, naming parameters."""
+    one = np.ones((2, 2))
+    for init in (course.initialize_velocity, course.initialize_adam):
+        for bad in ([one, one], None, (one, one)):
+            with pytest.raises(TypeError, match=r"^parameters must be a dict of arrays, got "):
+                init(bad)
+        for bad, missing in (({"W1": one, "b1": one, "W2": one}, "b2"),
+                             ({"W1": one, "W2": one}, "b2"), ({"W1": one, "c": one}, "b1")):
+            with pytest.raises(KeyError, match=rf"^\"parameters has no '{missing}'"):
+                init(bad)
+            params, grads = {k: a.copy() for k, a in bad.items()}, {"d" + k: one for k in bad}
+            with pytest.raises(KeyError, match=rf"^\"parameters has no '{missing}'"):
+                course.update_parameters_with_gd(params, grads, 0.1)
+
+
 def test_adam_matches_the_notebooks_public_test():
     """The course notebook's update_parameters_with_adam test case (its test_cases.py inputs,
     public_tests.py's expected first rows, quoted to its printed precision): five values

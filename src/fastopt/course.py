@@ -28,9 +28,22 @@ ArrayDict = dict[str, np.ndarray]
 
 
 def _names(parameters):
-    """W1, b1, W2, b2, ... in layer order."""
-    layers = len(parameters) // 2
-    return [f"{kind}{l}" for l in range(1, layers + 1) for kind in ("W", "b")]
+    """W1, b1, ..., WL, bL in layer order, L = len(parameters) // 2 as the course counts them;
+    TypeError unless ``parameters`` is a dict, KeyError naming a layer's array it lacks."""
+    if not isinstance(parameters, Mapping):
+        raise TypeError(f"parameters must be a dict of arrays, got {type(parameters).__name__}")
+    nlayers = len(parameters) // 2
+    for kind, other in (("W", "b"), ("b", "W")):
+        there, missing = f"{kind}{nlayers + 1}", f"{other}{nlayers + 1}"
+        if there in parameters:             # a layer with one of its two arrays
+            raise KeyError(f"parameters has no {missing!r} (parameters[{there!r}] is "
+                           "there, without its pair)")
+    names = [f"{kind}{l}" for l in range(1, nlayers + 1) for kind in ("W", "b")]
+    for name in names:
+        if name not in parameters:
+            raise KeyError(f"parameters has no {name!r} ({nlayers} layers: W1, b1, ..., "
+                           f"W{nlayers}, b{nlayers})")
+    return names
 
 
 def _update(kernel, parameters, grads, states, **scalars):
@@ -85,12 +98,6 @@ def _layers(parameters, grads, check=False, **states):
         if not isinstance(d, Mapping):
             raise TypeError(f"{dict_name} must be a dict of arrays, got {type(d).__name__}")
     names = _names(parameters)
-    nlayers = len(names) // 2          # the course's L = len(parameters) // 2
-    for kind, other in (("W", "b"), ("b", "W")):
-        there, missing = f"{kind}{nlayers + 1}", f"{other}{nlayers + 1}"
-        if there in parameters:             # a layer with one of its two arrays
-            raise KeyError(f"parameters has no {missing!r} (parameters[{there!r}] is "
-                           "there, without its pair)")
     layers = []
     for name in names:
         keys = [(dict_name, name if dict_name == "parameters" else "d" + name)
@@ -100,9 +107,8 @@ def _layers(parameters, grads, check=False, **states):
             try:
                 arrays.append(dicts[dict_name][key])
             except KeyError:
-                whose = (f"{nlayers} layers: W1, b1, ..., W{nlayers}, b{nlayers}"
-                         if dict_name == "parameters" else f"for parameters[{name!r}]")
-                raise KeyError(f"{dict_name} has no {key!r} ({whose})") from None
+                raise KeyError(f"{dict_name} has no {key!r} "
+                               f"(for parameters[{name!r}])") from None
         if check:
             check_step_arrays(arrays, [f"{dict_name}[{key!r}]" for dict_name, key in keys],
                               len(arrays))
@@ -225,6 +231,13 @@ def initialize_velocity(parameters: ArrayDict) -> ArrayDict:
     -------
     dict of ndarray
         ``v``, keyed ``"d" + name``.
+
+    Raises
+    ------
+    TypeError
+        ``parameters`` not a dict.
+    KeyError
+        A layer's ``W`` or ``b`` missing (named).
     """
     return {"d" + name: np.zeros_like(parameters[name]) for name in _names(parameters)}
 
@@ -286,6 +299,13 @@ def initialize_adam(parameters: ArrayDict) -> tuple[ArrayDict, ArrayDict]:
     -------
     tuple of dict
         ``(v, s)``, each keyed ``"dW1"``, ``"db1"``, ... with zeros shaped like the parameters.
+
+    Raises
+    ------
+    TypeError
+        ``parameters`` not a dict.
+    KeyError
+        A layer's ``W`` or ``b`` missing (named).
     """
     return initialize_velocity(parameters), initialize_velocity(parameters)
 

@@ -1,5 +1,6 @@
 """fastopt.course against the course notebook's formulas, written out here in plain NumPy."""
 import math
+import re
 import warnings
 
 import numpy as np
@@ -121,6 +122,20 @@ def test_random_mini_batches_refuses_bad_sizes_and_mismatched_inputs_before_seed
         assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)
     sizes = [b[0].shape[1] for b in course.random_mini_batches(X, Y, np.int64(4))]
     assert sizes == [4, 4, 2]
+
+
+
+def test_random_mini_batches_bad_seed_errors_name_the_seed():
+    """NumPy's own messages ("Seed must be between 0 and 2**32 - 1", "Cannot cast scalar
+    from dtype('float64') to dtype('int64') according to the rule 'safe'") did not say which
+    argument was wrong; the global generator is left as it was."""
+    X, Y = np.arange(20.0).reshape(2, 10), np.arange(10.0).reshape(1, 10)
+    for bad, error in ((-1, ValueError), (2 ** 32, ValueError), (1.5, TypeError),
+                       ("a", TypeError), (np.random.default_rng(0), TypeError)):
+        np.random.seed(123)
+        with pytest.raises(error, match=rf"^Invalid seed: {re.escape(repr(bad))} "):
+            course.random_mini_batches(X, Y, 4, seed=bad)
+        assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)
 
 
 def test_learning_rate_decay_matches_the_course():

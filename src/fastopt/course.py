@@ -187,10 +187,11 @@ def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
     Raises
     ------
     TypeError
-        ``mini_batch_size`` not an int.
+        ``mini_batch_size`` not an int, or a ``seed`` NumPy cannot seed from.
     ValueError
-        ``mini_batch_size`` < 1, ``X`` or ``Y`` not 2-D, or ``Y`` with another number of
-        examples (columns) than ``X``. Checked before the global generator is seeded.
+        ``mini_batch_size`` < 1, ``X`` or ``Y`` not 2-D, ``Y`` with another number of
+        examples (columns) than ``X``, or a ``seed`` out of [0, 2**32). Checked before the
+        global generator is seeded.
     """
     X, Y = np.asarray(X), np.asarray(Y)
     if (isinstance(mini_batch_size, bool)
@@ -203,7 +204,10 @@ def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
             raise ValueError(f"{name} must be 2-D (examples are columns), got shape {a.shape}")
     if Y.shape[1] != X.shape[1]:
         raise ValueError(f"X has {X.shape[1]} examples (columns) but Y has {Y.shape[1]}")
-    np.random.seed(seed)
+    try:
+        np.random.seed(seed)
+    except (TypeError, ValueError) as exc:      # (NumPy's message does not name the seed)
+        raise type(exc)(f"Invalid seed: {seed!r} ({exc})") from None
     m = X.shape[1]
     permutation = list(np.random.permutation(m))
     shuffled_X = X[:, permutation]

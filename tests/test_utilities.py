@@ -255,6 +255,24 @@ def test_ewa_beta_is_checked_by_name_and_folded_as_a_python_float(backend):
         assert isinstance(scalar.value, np.ndarray) and scalar.value.shape == ()
 
 
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_of_float32_in_the_other_byte_order_stays_float32(backend):
+    """A big-endian float32 sample (read from a file, a network buffer) is float32 values,
+    but its dtype is not np.float32's: EWA and ewa_series averaged it in float64 and returned
+    float64, where the docstrings say float32 stays float32."""
+    x = np.array([1.5, -2.25, 3.0], dtype=np.dtype(np.float32).newbyteorder())
+    native = x.astype(np.float32)
+    with fo.use_backend(backend):
+        avg, ref = fo.EWA(0.9), fo.EWA(0.9)
+        for _ in range(3):
+            out, expected = avg.update(x), ref.update(native)
+            assert out.dtype == np.float32 and out.tobytes() == expected.tobytes()
+    series = fo.ewa_series(x, 0.9, bias_correction=True)
+    assert series.dtype == np.float32
+    assert series.tobytes() == fo.ewa_series(native, 0.9, bias_correction=True).tobytes()
+
+
 def test_ewa_series_refuses_what_ewa_refuses():
     """ewa_series took complex samples (dropping the imaginary part with a warning) and object
     arrays (None became NaN) where EWA.update refuses them: a TypeError naming x."""

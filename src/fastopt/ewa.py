@@ -4,7 +4,7 @@ from numpy.typing import ArrayLike
 
 from . import ops
 from ._hyper import UNIT_OPEN, check_flag, check_real
-from ._validate import FLOAT_DTYPES
+from ._validate import FLOAT_TYPES
 
 
 def _check_beta(beta: float) -> float:
@@ -18,6 +18,12 @@ def _check_beta(beta: float) -> float:
 def _check_real_dtype(x: np.ndarray) -> None:
     if x.dtype.kind not in "biuf":
         raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
+
+
+def _average_dtype(x: np.ndarray) -> np.dtype:
+    """float32 for float32 samples (in either byte order: the values are float32), else
+    float64."""
+    return np.dtype(x.dtype.type if x.dtype.type in FLOAT_TYPES else np.float64)
 
 
 def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.ndarray:
@@ -54,7 +60,7 @@ def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.n
     _check_real_dtype(x)
     if x.ndim != 1:
         raise ValueError(f"x must be 1-D, got shape {x.shape}")
-    dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float64)
+    dtype = _average_dtype(x)
     out = np.empty(x.shape, dtype)
     v = dtype.type(0.0)
     for t, xt in enumerate(x.astype(dtype, copy=False), start=1):
@@ -128,7 +134,7 @@ class EWA:
         x = np.asarray(x)
         _check_real_dtype(x)
         if self._avg is None:
-            avg = np.zeros(x.shape, x.dtype if x.dtype in FLOAT_DTYPES else np.float64)
+            avg = np.zeros(x.shape, _average_dtype(x))
         elif x.shape != self._avg.shape:
             raise ValueError(f"x has shape {x.shape}, expected {self._avg.shape} "
                              "(fixed by the first update)")

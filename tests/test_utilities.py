@@ -3,6 +3,7 @@ course's numbers and formulas written out here."""
 import copy
 import math
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -271,6 +272,32 @@ def test_ewa_of_float32_in_the_other_byte_order_stays_float32(backend):
     series = fo.ewa_series(x, 0.9, bias_correction=True)
     assert series.dtype == np.float32
     assert series.tobytes() == fo.ewa_series(native, 0.9, bias_correction=True).tobytes()
+
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_infinities_and_overflow_propagate_without_warnings(backend):
+    """ewa_series computed with NumPy scalars, which warn: an inf then a -inf (inf - inf)
+    and a bias-corrected float64 average past the largest float64 were RuntimeWarnings
+    (errors under -W error) where EWA's kernel, as every kernel, propagates inf and NaN
+    silently; EWA's own bias correction warned on that overflow after the average and t had
+    been updated, so an update raising under -W error had changed them."""
+    big = [np.finfo(np.float64).max] * 3
+    v, expected = 0.0, []             # the formula in Python floats (which overflow silently)
+    for t, x in enumerate(big, 1):
+        v = 0.9 * v + (1 - 0.9) * x
+        expected.append(v / (1 - 0.9 ** t))
+    assert math.isinf(expected[1])
+    with fo.use_backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(fo.ewa_series([np.inf, -np.inf, 1.0], 0.5),
+                                      [np.inf, np.nan, np.nan])
+        np.testing.assert_array_equal(fo.ewa_series(big, 0.9, bias_correction=True), expected)
+        avg = fo.EWA(0.9)
+        assert [avg.update([x])[0] for x in big] == expected and avg.t == 3
+        avg = fo.EWA(0.5)
+        avg.update([np.inf])
+        assert np.isnan(avg.update([-np.inf])[0]) and avg.t == 2
 
 
 def test_ewa_series_refuses_what_ewa_refuses():

@@ -63,9 +63,10 @@ def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.n
     dtype = _average_dtype(x)
     out = np.empty(x.shape, dtype)
     v = dtype.type(0.0)
-    for t, xt in enumerate(x.astype(dtype, copy=False), start=1):
-        v = beta * v + (1.0 - beta) * xt
-        out[t - 1] = v / (1.0 - beta ** t) if bias_correction else v
+    with np.errstate(all="ignore"):     # inf and NaN propagate silently, as in the kernels
+        for t, xt in enumerate(x.astype(dtype, copy=False), start=1):
+            v = beta * v + (1.0 - beta) * xt
+            out[t - 1] = v / (1.0 - beta ** t) if bias_correction else v
     return out
 
 
@@ -152,7 +153,9 @@ class EWA:
 
     def _current(self, avg: np.ndarray) -> np.ndarray:
         if self.bias_correction:    # (into a new array: a 0-d average stays an array)
-            return np.divide(avg, 1.0 - self.beta ** self.t, out=np.empty_like(avg))
+            # overflowing to inf silently, as the kernels: update() has already folded x in
+            with np.errstate(over="ignore"):
+                return np.divide(avg, 1.0 - self.beta ** self.t, out=np.empty_like(avg))
         return avg.copy()
 
 

@@ -252,6 +252,32 @@ def test_a_bad_layer_is_refused_before_any_layer_is_updated(backend, fn, spoil, 
             assert d[k].tobytes() == a.tobytes(), f"{name}[{k!r}] was changed"
 
 
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_arrays_of_two_layers_that_overlap_are_named_by_their_keys(backend):
+    """Overlap across layers (a grad that is another layer's parameter, one array as two
+    layers' parameters or velocities) was refused with the kernel's list labels, "params[0]
+    and grads[2] overlap", which the course's dicts do not have; it is named by the keys."""
+    cases = [("grads", "dW2", ("parameters", "W1"), r"parameters\['W1'\] and grads\['dW2'\]"),
+             ("parameters", "W2", ("parameters", "W1"),
+              r"parameters\['W1'\] and parameters\['W2'\]"),
+             ("v", "dW2", ("v", "dW1"), r"v\['dW1'\] and v\['dW2'\]"),
+             ("s", "db2", ("v", "db1"), r"v\['db1'\] and s\['db2'\]")]
+    for where, key, (other, other_key), match in cases:
+        shapes = {"W1": (2, 2), "b1": (2, 1), "W2": (2, 2), "b2": (2, 1)}
+        params = {k: np.full(sh, 1.0 + i) for i, (k, sh) in enumerate(shapes.items())}
+        grads = {"d" + k: np.full(sh, 0.5) for k, sh in shapes.items()}
+        v, s = course.initialize_adam(params)
+        dicts = {"parameters": params, "grads": grads, "v": v, "s": s}
+        dicts[where][key] = dicts[other][other_key]
+        before = {name: {k: a.copy() for k, a in d.items()} for name, d in dicts.items()}
+        with fo.use_backend(backend), pytest.raises(ValueError, match=match + " overlap"):
+            course.update_parameters_with_adam(params, grads, v, s, 1)
+        for name, d in dicts.items():
+            for k, a in before[name].items():
+                assert d[k].tobytes() == a.tobytes(), f"{name}[{k!r}] was changed"
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_course_updates_take_an_arenas_grads_and_name_a_bad_t(backend):
     """Grads keyed 'd' + name as a ParameterArena's grad dict holds them (it finds 'dW1' under

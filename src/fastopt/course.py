@@ -21,7 +21,7 @@ import numpy as np
 
 from . import ops
 from ._hyper import NONNEG, STEP, UNIT_OPEN, check_reals
-from ._validate import check_step_arrays
+from ._validate import check_disjoint, check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
 ArrayDict = dict[str, np.ndarray]
@@ -91,14 +91,15 @@ def _layers(parameters, grads, check=False, **states):
     ``parameters``, ``grads`` and ``states`` (``v``, ``s``); KeyError naming a missing one.
     With ``check``, each layer's arrays are also checked as the kernels check them (plain
     float32/float64 ndarrays; the grad and state of the parameter's dtype and shape;
-    parameter and state writeable; not overlapping), raising naming the key.
+    parameter and state writeable; not overlapping, within a layer or across layers),
+    raising naming the key.
     """
     dicts = {"parameters": parameters, "grads": grads, **states}
     for dict_name, d in dicts.items():
         if not isinstance(d, Mapping):
             raise TypeError(f"{dict_name} must be a dict of arrays, got {type(d).__name__}")
     names = _names(parameters)
-    layers = []
+    layers, labels = [], []
     for name in names:
         keys = [(dict_name, name if dict_name == "parameters" else "d" + name)
                 for dict_name in dicts]
@@ -110,9 +111,11 @@ def _layers(parameters, grads, check=False, **states):
                 raise KeyError(f"{dict_name} has no {key!r} "
                                f"(for parameters[{name!r}])") from None
         if check:
-            check_step_arrays(arrays, [f"{dict_name}[{key!r}]" for dict_name, key in keys],
-                              len(arrays))
+            labels.append([f"{dict_name}[{key!r}]" for dict_name, key in keys])
+            check_step_arrays(arrays, labels[-1], len(arrays))
         layers.append(arrays)
+    if check:       # across layers too (a grad that is another layer's parameter)
+        check_disjoint(layers, lambda i, j: labels[j][i])
     return layers
 
 

@@ -282,7 +282,7 @@ def test_ewa_infinities_and_overflow_propagate_without_warnings(backend):
     (errors under -W error) where EWA's kernel, as every kernel, propagates inf and NaN
     silently; EWA's own bias correction warned on that overflow after the average and t had
     been updated, so an update raising under -W error had changed them."""
-    big = [np.finfo(np.float64).max] * 3
+    big = [float(np.finfo(np.float64).max)] * 3
     v, expected = 0.0, []             # the formula in Python floats (which overflow silently)
     for t, x in enumerate(big, 1):
         v = 0.9 * v + (1 - 0.9) * x

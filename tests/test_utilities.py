@@ -309,6 +309,24 @@ def test_ewa_series_refuses_what_ewa_refuses():
     np.testing.assert_allclose(fo.ewa_series([True, False], 0.5), [0.5, 0.25])
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_refuses_masked_arrays(backend):
+    """np.asarray dropped a masked array's mask: EWA.update and ewa_series averaged the
+    masked values in (fo.ops.ewa_ refuses masked arrays for the same reason). A TypeError
+    naming x, and nothing changed."""
+    x = np.ma.masked_array([1.0, 100.0], mask=[False, True])
+    with fo.use_backend(backend):
+        avg = fo.EWA(0.5)
+        with pytest.raises(TypeError, match="x must not be a masked array"):
+            avg.update(x)                                 # a refused first sample
+        assert avg.t == 0 and avg.value is None
+        avg.update([1.0, 2.0])
+        with pytest.raises(TypeError, match="x must not be a masked array"):
+            avg.update(x)
+        assert avg.t == 1 and avg.value.tolist() == [1.0, 2.0]
+        with pytest.raises(TypeError, match="x must not be a masked array"):
+            fo.ewa_series(x, 0.5)
+
 def test_staircase_refuses_a_nan_or_missing_every():
     """``every < 1`` was the check, which NaN passes (every lr after it was NaN) and None
     failed with Python's own comparison error."""

@@ -15,9 +15,15 @@ def _check_beta(beta: float) -> float:
     return float(beta)
 
 
-def _check_real_dtype(x: np.ndarray) -> None:
+def _real_array(x: ArrayLike) -> np.ndarray:
+    """``x`` as an ndarray, once it is one of real numbers (else TypeError naming it)."""
+    if isinstance(x, np.ma.MaskedArray):   # np.asarray would drop the mask silently
+        raise TypeError("x must not be a masked array (its mask would be ignored); pass "
+                        "x.filled(...) or x.compressed()")
+    x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
+    return x
 
 
 def _average_dtype(x: np.ndarray) -> np.dtype:
@@ -50,14 +56,13 @@ def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.n
     ------
     TypeError
         ``beta`` not a real number, ``bias_correction`` not True or False, or ``x`` not an
-        array of real numbers (strings, objects, complex numbers).
+        array of real numbers (strings, objects, complex numbers) or a masked array.
     ValueError
         ``beta`` outside [0, 1), or ``x`` not 1-D.
     """
     beta = _check_beta(beta)
     check_flag("bias_correction", bias_correction)
-    x = np.asarray(x)
-    _check_real_dtype(x)
+    x = _real_array(x)
     if x.ndim != 1:
         raise ValueError(f"x must be 1-D, got shape {x.shape}")
     dtype = _average_dtype(x)
@@ -124,7 +129,8 @@ class EWA:
         Raises
         ------
         TypeError
-            ``x`` not an array of real numbers (strings, objects, complex numbers).
+            ``x`` not an array of real numbers (strings, objects, complex numbers), or a
+            masked array.
         ValueError
             ``x`` of another shape than the first sample.
 
@@ -132,8 +138,7 @@ class EWA:
         """
         # everything is checked and converted before the average is allocated or touched: a
         # refused update (even the first) changes nothing
-        x = np.asarray(x)
-        _check_real_dtype(x)
+        x = _real_array(x)
         if self._avg is None:
             avg = np.zeros(x.shape, _average_dtype(x))
         elif x.shape != self._avg.shape:

@@ -412,3 +412,16 @@ def test_a_bad_hyper_parameter_is_named_as_the_course_names_it(backend, call, ex
         call(params, grads, v, s)
     assert all(np.array_equal(params[k], before[k]) for k in params)
     assert not any(a.any() for a in (*v.values(), *s.values()))
+
+
+@pytest.mark.parametrize("call,exc,name", [
+    (lambda: course.update_parameters_with_gd({}, {}, -0.1), ValueError, "learning_rate"),
+    (lambda: course.update_parameters_with_gd({}, {}, None), TypeError, "learning_rate"),
+    (lambda: course.update_parameters_with_momentum({}, {}, {}, 1.5, 0.1), ValueError, "beta"),
+    (lambda: course.update_parameters_with_adam({}, {}, {}, {}, 1, epsilon=-1.0), ValueError,
+     "epsilon")])
+def test_a_bad_hyper_parameter_is_refused_with_no_layers_too(call, exc, name):
+    """With no layers (empty dicts) there was no kernel call to check the hyper-parameters:
+    a negative learning_rate or a beta of 1.5 passed."""
+    with pytest.raises(exc, match=rf"^Invalid {name}: "):
+        call()

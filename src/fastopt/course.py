@@ -57,7 +57,8 @@ def _update(kernel, parameters, grads, states, **scalars):
     the course's argument (``learning_rate``, ``epsilon``) rather than the kernel's (``lr``,
     ``eps``)."""
     layers = _layers(parameters, grads, **states)
-    if not layers:
+    if not layers:              # no kernel call to check the hyper-parameters
+        _check_hyper(scalars)
         return
     try:
         kernel(*map(list, zip(*layers)), **scalars)

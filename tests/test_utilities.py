@@ -300,6 +300,22 @@ def test_ewa_infinities_and_overflow_propagate_without_warnings(backend):
         assert np.isnan(avg.update([-np.inf])[0]) and avg.t == 2
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_copies_do_not_share_their_average(backend):
+    """copy.copy(avg) shared the average array, which update() changes in place: updating
+    the copy changed the original's value (and not its t). A copy, a deepcopy and a pickle
+    each go on from the original's state on their own."""
+    with fo.use_backend(backend):
+        avg = fo.EWA(0.5)
+        avg.update([2.0, 4.0])
+        value, t = avg.value, avg.t
+        for other in (copy.copy(avg), copy.deepcopy(avg), pickle.loads(pickle.dumps(avg))):
+            np.testing.assert_allclose(other.update([4.0, 8.0]), [10 / 3, 20 / 3])
+            assert other.t == 2
+            assert avg.t == t and avg.value.tobytes() == value.tobytes()
+        assert copy.copy(fo.EWA(0.5)).value is None
+
+
 def test_ewa_series_refuses_what_ewa_refuses():
     """ewa_series took complex samples (dropping the imaginary part with a warning) and object
     arrays (None became NaN) where EWA.update refuses them: a TypeError naming x."""

@@ -151,6 +151,14 @@ class EWA:
         self.t += 1
         return self._current(avg)
 
+    def __copy__(self) -> "EWA":
+        # the average is updated in place: a copy sharing it would fold its samples into ours
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        if self._avg is not None:
+            new._avg = self._avg.copy()
+        return new
+
     @property
     def value(self) -> np.ndarray | None:
         """The current average, bias-corrected if asked (None before the first update)."""

@@ -535,3 +535,22 @@ def test_size_is_read_only():
         ar.size = 0
     assert ar.size == 4
     assert not np.shares_memory(ar.add("V", 4), w)
+
+
+def test_complex_values_are_refused_naming_the_key_and_change_nothing():
+    """NumPy's cast into the arena's float dtype dropped their imaginary parts (a
+    ComplexWarning, an error only under -W error): params, grads and an add's init."""
+    arena = fo.ParameterArena(np.float32, 16)
+    arena.add("W", (2,), init=[1.0, 2.0])
+    arena.grads["W"] = [3.0, 4.0]
+    z = np.array([1 + 2j, 3 + 0j])
+    with pytest.raises(TypeError, match=r"^grads\['dW'\]: complex"):
+        arena.grads["dW"] = z
+    with pytest.raises(TypeError, match=r"^params\['W'\]: complex"):
+        arena.params["W"] = z
+    with pytest.raises(TypeError, match=r"^grads\['W'\]: complex"):
+        arena.grads.update(W=[1j, 0])
+    with pytest.raises(TypeError, match=r"^init for 'X': complex"):
+        arena.add("X", (2,), init=z)
+    assert arena.params["W"].tolist() == [1.0, 2.0] and arena.grads["W"].tolist() == [3.0, 4.0]
+    assert arena.size == 2 and "X" not in arena.params

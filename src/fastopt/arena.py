@@ -48,7 +48,7 @@ class ParameterArena:
     ----------
     params : dict
         Name -> parameter view, in allocation order; assigning ``params["W1"] = W1`` copies
-        into the view.
+        into the view (complex values are refused: TypeError).
     grads : dict
         Name -> grad view (also reachable as ``"d" + name``); assigning
         ``grads["dW1"] = dW1`` copies into the view.
@@ -108,7 +108,8 @@ class ParameterArena:
         Raises
         ------
         TypeError
-            ``name`` not a non-empty str, or ``shape`` not an int or a sequence of ints.
+            ``name`` not a non-empty str, ``shape`` not an int or a sequence of ints, or a
+            complex ``init``.
         ValueError
             ``name`` already in the arena (or ``"d" + name``, or ``name`` without its
             leading ``d``: the grads' keys), a negative dimension in ``shape`` (as NumPy), not
@@ -137,6 +138,7 @@ class ParameterArena:
             raise ValueError(f"Invalid shape {shape!r} for {name!r}: {exc}") from None
         grad = self._grad_buf[lo:lo + n].reshape(shape)
         if init is not None:
+            _refuse_complex(f"init for {name!r}", init)
             try:
                 param[...] = init
             except Exception as exc:
@@ -229,6 +231,13 @@ class ParameterArena:
                 f"{self._param_buf.size} elements)")
 
 
+def _refuse_complex(label, value):
+    """TypeError for complex values: NumPy's cast into the arena's real dtype would drop their
+    imaginary parts (with only a ComplexWarning)."""
+    if np.iscomplexobj(value):
+        raise TypeError(f"{label}: complex values, the arena holds real numbers")
+
+
 def _check_shape(name, shape):
     """``shape`` as a tuple of non-negative ints, else TypeError/ValueError naming it."""
     dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
@@ -272,6 +281,7 @@ class _Views(dict):
         """(view, value as an array of the view's dtype and shape): every check and
         conversion, nothing written."""
         view = self._view(key)
+        _refuse_complex(f"{self._attr}[{key!r}]", value)
         try:
             array = np.asarray(value, dtype=view.dtype)
         except (TypeError, ValueError) as exc:

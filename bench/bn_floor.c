@@ -22,11 +22,12 @@ __attribute__((noinline)) void stream(const float *restrict x, float *restrict y
     for (ll i = 0; i < n; i++)
         y[i] = x[i] * 1.0001f;
 }
+/* columns [c0, c1) of every row; the panels below run both on one panel at a time */
 __attribute__((noinline)) void apply64(const float *restrict x, float *restrict y,
                                        const double *restrict m, const double *restrict s,
-                                       const double *restrict b) {
+                                       const double *restrict b, ll c0, ll c1) {
     for (ll r = 0; r < N; r += 4)
-        for (ll c = 0; c < C; c++) {
+        for (ll c = c0; c < c1; c++) {
             double mm = m[c], ss = s[c], bb = b[c];
             for (int k = 0; k < 4; k++)
                 y[(r + k) * C + c] = (float)(((double)x[(r + k) * C + c] - mm) * ss + bb);
@@ -43,9 +44,10 @@ __attribute__((noinline)) void apply32(const float *restrict x, float *restrict 
         }
 }
 __attribute__((noinline)) void moments64(const float *restrict x, double *restrict s1,
-                                         double *restrict s2, const double *restrict k) {
+                                         double *restrict s2, const double *restrict k, ll c0,
+                                         ll c1) {
     for (ll r = 0; r < N; r += 4)
-        for (ll c = 0; c < C; c++) {
+        for (ll c = c0; c < c1; c++) {
             double kk = k[c], a = s1[c], q = s2[c];
             for (int j = 0; j < 4; j++) {
                 double d = (double)x[(r + j) * C + c] - kk;
@@ -66,32 +68,17 @@ __attribute__((noinline)) void panels64(const float *restrict x, float *restrict
                                         double *restrict s1, double *restrict s2,
                                         const double *restrict k, const double *restrict s,
                                         const double *restrict b) {
-    for (ll c0 = 0; c0 < C; c0 += P) {
-        for (ll r = 0; r < N; r += 4)
-            for (ll c = c0; c < c0 + P; c++) {
-                double kk = k[c], a = s1[c], q = s2[c];
-                for (int j = 0; j < 4; j++) {
-                    double d = (double)x[(r + j) * C + c] - kk;
-                    a += d;
-                    q += d * d;
-                }
-                s1[c] = a;
-                s2[c] = q;
-            }
-        for (ll r = 0; r < N; r += 4)
-            for (ll c = c0; c < c0 + P; c++) {
-                double mm = s1[c] * (1.0 / N), ss = s[c], bb = b[c];
-                for (int j = 0; j < 4; j++)
-                    y[(r + j) * C + c] = (float)(((double)x[(r + j) * C + c] - mm) * ss + bb);
-            }
+    for (ll c0 = 0; c0 < C; c0 += P) {     /* both passes over a panel while it is in L2 */
+        moments64(x, s1, s2, k, c0, c0 + P);
+        apply64(x, y, s1, s, b, c0, c0 + P);
     }
 }
 __attribute__((noinline)) void twopass64(const float *restrict x, float *restrict y,
                                          double *restrict s1, double *restrict s2,
                                          const double *restrict k, const double *restrict s,
                                          const double *restrict b) {
-    moments64(x, s1, s2, k);
-    apply64(x, y, s1, s, b);
+    moments64(x, s1, s2, k, 0, C);
+    apply64(x, y, s1, s, b, 0, C);
 }
 int main() {
     float *x = aligned_alloc(64, 4 * N * C), *y = aligned_alloc(64, 4 * N * C),
@@ -133,13 +120,13 @@ int main() {
                 stream(x, y, (ll)N * C);
                 break;
             case 1:
-                apply64(x, y, m, s, b);
+                apply64(x, y, m, s, b, 0, C);
                 break;
             case 2:
                 apply32(x, y, m32, sc32, b32);
                 break;
             case 3:
-                moments64(x, s1, s2, m);
+                moments64(x, s1, s2, m, 0, C);
                 break;
             case 4:
                 readsum(x, acc);

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import ops
+from . import ops, schedules
 from ._hyper import NONNEG, STEP, UNIT_OPEN, check_reals
 from ._validate import check_disjoint, check_step_arrays
 
@@ -412,9 +412,8 @@ def update_lr(learning_rate0: float, epoch_num: int, decay_rate: float) -> float
         An argument < 0 (NaN included; named).
     """
     check_reals(learning_rate0=(learning_rate0, NONNEG), epoch_num=(epoch_num, NONNEG),
-                decay_rate=(decay_rate, NONNEG))
-    # as Python floats: a NumPy float32 would decay in float32
-    return float(learning_rate0) / (1 + float(decay_rate) * float(epoch_num))
+                decay_rate=(decay_rate, NONNEG))      # (under the course's names)
+    return schedules.inverse_time_decay(learning_rate0, decay_rate)(epoch_num)
 
 
 def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
@@ -448,8 +447,9 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
     """
     check_reals(learning_rate0=(learning_rate0, NONNEG), epoch_num=(epoch_num, NONNEG),
                 decay_rate=(decay_rate, NONNEG), time_interval=(time_interval, STEP))
+    # the inverse-time decay of the intervals completed
     intervals = float(np.floor(epoch_num / time_interval))
-    return float(learning_rate0) / (1 + float(decay_rate) * intervals)
+    return schedules.inverse_time_decay(learning_rate0, decay_rate)(intervals)
 
 
 __all__ = ["update_parameters_with_gd", "random_mini_batches", "initialize_velocity",

@@ -27,11 +27,6 @@ class HasLR(Protocol):
 _EVERY = (1.0, None, False)     # staircase's epochs per stair
 
 
-def _check_epoch(epoch) -> None:
-    """A schedule's epoch: a real number >= 0 (TypeError/ValueError naming it)."""
-    check_real("epoch", epoch, NONNEG)
-
-
 class _Schedule:
     """A schedule's arguments, kept as attributes: pickled and copied by value, compared and
     shown by them (``exponential_decay(lr0=0.1, base=0.5)``). Each is checked (a real number
@@ -60,15 +55,22 @@ class _Schedule:
     def __hash__(self) -> int:
         return hash((type(self), tuple(getattr(self, f) for f in self._fields)))
 
+    def __call__(self, epoch: int) -> float:
+        check_real("epoch", epoch, NONNEG)
+        return float(self._lr(epoch))
+
+    def _lr(self, epoch):
+        """The schedule's formula, for a checked epoch."""
+        raise NotImplementedError
+
 
 class _InverseTimeDecay(_Schedule):
     """``lr0 / (1 + decay_rate * epoch)``: what :func:`inverse_time_decay` returns."""
 
     _name, _fields = "inverse_time_decay", ("lr0", "decay_rate")
 
-    def __call__(self, epoch: int) -> float:
-        _check_epoch(epoch)
-        return float(self.lr0 / (1.0 + self.decay_rate * epoch))
+    def _lr(self, epoch):
+        return self.lr0 / (1.0 + self.decay_rate * epoch)
 
 
 class _ExponentialDecay(_Schedule):
@@ -76,9 +78,8 @@ class _ExponentialDecay(_Schedule):
 
     _name, _fields = "exponential_decay", ("lr0", "base")
 
-    def __call__(self, epoch: int) -> float:
-        _check_epoch(epoch)
-        return float(self.lr0 * self.base ** epoch)
+    def _lr(self, epoch):
+        return self.lr0 * self.base ** epoch
 
 
 class _InverseSqrtDecay(_Schedule):
@@ -86,11 +87,10 @@ class _InverseSqrtDecay(_Schedule):
 
     _name, _fields = "inverse_sqrt_decay", ("lr0", "k")
 
-    def __call__(self, epoch: int) -> float:
-        _check_epoch(epoch)
+    def _lr(self, epoch):
         if not epoch >= 1:
             raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
-        return float(self.k * self.lr0 / math.sqrt(epoch))
+        return self.k * self.lr0 / math.sqrt(epoch)
 
 
 class _Staircase(_Schedule):
@@ -98,9 +98,8 @@ class _Staircase(_Schedule):
 
     _name, _fields = "staircase", ("lr0", "factor", "every")
 
-    def __call__(self, epoch: int) -> float:
-        _check_epoch(epoch)
-        return float(self.lr0 * self.factor ** (epoch // self.every))
+    def _lr(self, epoch):
+        return self.lr0 * self.factor ** (epoch // self.every)
 
 
 def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:

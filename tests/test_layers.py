@@ -712,6 +712,46 @@ def test_batchnorm_blocks_of_rows_give_the_reference_result(backend, shape, dtyp
         np.testing.assert_array_equal(y_t, y.T)
 
 
+def _at_line_offset(a, offset):
+    """A C-ordered copy of ``a`` whose data starts ``offset`` bytes past a 64-byte line."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("shape", [(9, 48), (130, 1040)], ids=str)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_gives_the_same_bits_wherever_its_arrays_start_in_a_line(backend, shape,
+                                                                           dtype):
+    """Features as columns, rows a whole number of 64-byte lines long (float32 and float64):
+    the element-wise loops split each row where the output's lines start and read float64
+    copies of the per-feature values aligned there, so y, dx and inference give the same bits
+    for every offset of out (and of x and dy) within a line, and the reference's result."""
+    x, dy, gamma, beta, ref = _large_mean_case(shape, dtype, seed=21)
+    rmean, rvar = ref[1].mean.astype(dtype), (ref[1].inv_std ** -2).astype(dtype)
+    with fo.use_backend("numpy"):
+        inf_ref = fo.batchnorm_inference(x, gamma, beta, rmean, rvar)
+    itemsize = np.dtype(dtype).itemsize
+    with fo.use_backend(backend):
+        first = None
+        for offset in range(0, 64, itemsize):
+            xo, dyo = _at_line_offset(x, (64 - offset) % 64), _at_line_offset(dy, offset)
+            outs = [_at_line_offset(np.zeros(shape, dtype), offset) for _ in range(3)]
+            y, cache = fo.batchnorm_forward(xo, gamma, beta, out=outs[0])
+            grads = fo.batchnorm_backward(dyo, cache, out=outs[1])
+            inf = fo.batchnorm_inference(xo, gamma, beta, rmean, rvar, out=outs[2])
+            assert y is outs[0] and grads[0] is outs[1] and inf is outs[2]
+            got = [y, *grads, inf]
+            if first is None:
+                first = [a.copy() for a in got]
+                _assert_bn_like(ref, y, cache, grads)
+                close(inf, inf_ref, dtype, 10)
+            for a, b in zip(got, first):
+                np.testing.assert_array_equal(a, b, err_msg=f"offset {offset}")
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batchnorm_statistics_that_overflow_are_the_references(backend):
     """float64 data so spread that the squared deviations overflow: the variance is inf, as

@@ -925,14 +925,18 @@ def test_a_batch_norm_cache_pickles_with_every_protocol(protocol):
     ("mean", [0.0, 0.0, 0.0]),
     ("gamma", np.ones(3)), ("mean", np.zeros(3, np.float32)), ("inv_std", np.ones(3, np.float32)),
     ("x", np.zeros((6, 3), ">f4")), ("x", np.zeros((6, 3), np.float32, order="F")),
-    ("gamma", np.ones(6, np.float32)[::2]), ("mean", np.zeros(6)[::2])])
+    ("gamma", np.ones(6, np.float32)[::2]), ("mean", np.zeros(6)[::2]),
+    ("param_shapes", ((4,), (3,))), ("param_shapes", ((3,), (2, 2))),
+    ("param_shapes", ((3,),)), ("param_shapes", None), ("shape", None), ("shape", np.array([6, 3]))])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_batch_norm_cache_whose_arrays_do_not_fit_is_refused(backend, field, value):
     """A cache unpickled from elsewhere or built by hand reached the kernels unchecked: a short
     mean was read past its end. The kernels index by x's shape and the feature count. Arrays of
     another dtype (a float64 gamma with float32 x, a float32 mean, a byte-swapped x) or not
     C-contiguous: the Cython kernels raised their own unnamed 'Buffer dtype mismatch' or 'not
-    C-contiguous', the NumPy and Numba ones computed with them."""
+    C-contiguous', the NumPy and Numba ones computed with them. param_shapes that do not hold
+    the feature count (or are not two shapes) raised NumPy's unnamed reshape or unpacking error
+    after dx had been written into out."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3)).astype(np.float32)
     dy = rng.standard_normal((6, 3)).astype(np.float32)

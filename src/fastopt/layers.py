@@ -127,6 +127,12 @@ def _features(name, a, x, axis, transposed, out=None):
     return _kernel_input(a.reshape(-1))
 
 
+def _is_shape_of(s, n):
+    """Whether ``s`` is a shape (a tuple of ints >= 0) of ``n`` elements."""
+    return (type(s) is tuple and math.prod(s) == n
+            and all([type(d) is int and d >= 0 for d in s]))
+
+
 class BatchNormCache:
     """What :func:`batchnorm_backward` needs from a forward pass.
 
@@ -163,14 +169,19 @@ class BatchNormCache:
         if not (type(x) is type(gamma) is type(mean) is type(inv_std) is np.ndarray):
             raise TypeError("cache is not as batchnorm_forward made it: x, gamma, mean and "
                             "inv_std must be ndarrays")
-        shape = x.shape
+        shape, ps = x.shape, self.param_shapes
+        # (param_shapes are the grads' shapes: a reshape to them failed after dx was written)
         if (len(shape) != 2 or axis not in (0, 1)
                 or not gamma.shape == mean.shape == inv_std.shape == (shape[1 - axis],)
-                or tuple(self.shape) != (shape[::-1] if self.transposed else shape)):
+                or type(self.shape) is not tuple
+                or self.shape != (shape[::-1] if self.transposed else shape)
+                or type(ps) is not tuple or len(ps) != 2
+                or not (_is_shape_of(ps[0], shape[1 - axis])
+                        and _is_shape_of(ps[1], shape[1 - axis]))):
             raise ValueError(
                 f"cache is not as batchnorm_forward made it: x {x.shape} (axis {axis}, caller's "
                 f"shape {self.shape}), gamma {self.gamma.shape}, mean {self.mean.shape}, "
-                f"inv_std {self.inv_std.shape}")
+                f"inv_std {self.inv_std.shape}, param_shapes {ps}")
         # the kernels' buffers too: x and gamma of one native float dtype, mean and inv_std
         # float64, each C-contiguous and aligned (the Cython kernels raised their own unnamed
         # 'Buffer dtype mismatch', the others computed with what they were given)

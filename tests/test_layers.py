@@ -611,13 +611,15 @@ def _bad_arguments():
                   (lambda bad=bad: inf(x, g, g, bad, g), "running_mean", exc),
                   (lambda bad=bad: inf(x, g, g, g, bad), "running_var", exc)]
     for bad, exc in ((None, TypeError), ("1", TypeError), (np.matrix(z), TypeError),
-                     ([None, 1.0], TypeError), (z.astype(np.float16), TypeError)):
+                     ([None, 1.0], TypeError), (z.astype(np.float16), TypeError),
+                     ([[1.0, 2.0], [3.0]], ValueError)):
         cases += [(lambda bad=bad: fo.softmax(bad), "z", exc),
                   (lambda bad=bad: fo.log_softmax(bad), "z", exc),
                   (lambda bad=bad: fo.softmax_cross_entropy(bad, lab), "logits", exc)]
     for bad, exc in ((None, TypeError), ("1", TypeError), (np.array([0, 1, None]), TypeError),
                      (np.array([True, False, True]), TypeError), (np.zeros(3), TypeError),
-                     (np.array([0, 1]), ValueError), (np.zeros((3, 5)), ValueError)):
+                     (np.array([0, 1]), ValueError), (np.zeros((3, 5)), ValueError),
+                     ([[0, 1], [2]], ValueError)):
         cases.append((lambda bad=bad: fo.softmax_cross_entropy(z, bad), "labels", exc))
     for bad, exc in ((None, TypeError), (1.5, TypeError), (2, ValueError)):
         cases += [(lambda bad=bad: fwd(x, g, g, axis=bad), "axis", exc),
@@ -639,7 +641,8 @@ def _bad_arguments():
 def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
     """Not an array (None, a string, a list where an ndarray is needed), a matrix or a wrong
     dtype is a TypeError, a wrong shape or value a ValueError, each naming the argument, on
-    every backend; a refused call leaves out and the layer's state as they were."""
+    every backend; a refused call leaves out and the layer's state as they were. (A ragged
+    list for z, logits or labels raised NumPy's 'inhomogeneous shape' error, naming none.)"""
     with fo.use_backend(backend):
         for call, name, exc in _bad_arguments():
             with pytest.raises(exc, match=name):

@@ -585,11 +585,19 @@ class BatchNorm:
 
 
 # --------------------------------------------------------------------------------- softmax
+def _asarray(name: str, a: Any) -> np.ndarray:
+    """``np.asarray(a)``, whose error for a ragged sequence names ``name``."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:     # NumPy's 'inhomogeneous shape' message names no argument
+        raise ValueError(f"{name} must be a rectangular array: {e}") from None
+
+
 def _as_float_array(name: str, z: Any) -> np.ndarray:
     """``z`` as a native float32/float64 ndarray: array-likes and integer or boolean arrays
     become float64, as NumPy's ufuncs do; other dtypes raise TypeError naming ``name``."""
     if not isinstance(z, np.ndarray):
-        given, z = z, np.asarray(z)
+        given, z = z, _asarray(name, z)
         if z.dtype.kind not in "iubf":
             raise TypeError(f"{name} must be an array of numbers, got {type(given).__name__}")
     if z.dtype.kind in "iub" and not isinstance(z, (np.matrix, np.ma.MaskedArray)):
@@ -646,7 +654,7 @@ def softmax(z: ArrayLike, axis: int = -1, out: np.ndarray | None = None) -> np.n
     TypeError
         ``z`` not numeric, or ``out`` of another dtype.
     ValueError
-        ``axis`` out of range, or ``out`` of the wrong shape.
+        ``axis`` out of range, a ragged list ``z``, or ``out`` of the wrong shape.
     """
     return _softmax(z, axis, out, False)
 
@@ -712,7 +720,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     TypeError
         Non-numeric ``logits`` or ``labels`` of an unusable dtype.
     ValueError
-        0-d ``logits``, ``labels`` of the wrong shape, or class indices out of range.
+        0-d or ragged ``logits``, ragged ``labels`` or of the wrong shape, or class
+        indices out of range.
     """
     logits = _unshared(out, _as_float_array("logits", logits))
     if logits.ndim == 0:
@@ -722,7 +731,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     if labels is None or isinstance(labels, (np.matrix, np.ma.MaskedArray)):
         raise TypeError(f"labels must be an array of class indices or probabilities, got "
                         f"{type(labels).__name__}")
-    labels = _unshared(out, np.asarray(labels))
+    labels = _unshared(out, _asarray("labels", labels))
     if labels.dtype.kind not in "biuf":
         raise TypeError(f"labels must have an integer (class indices or one-hot), bool "
                         f"(one-hot) or float (probabilities) dtype, got {labels.dtype}")

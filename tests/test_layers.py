@@ -645,7 +645,7 @@ def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
     list for z, logits or labels raised NumPy's 'inhomogeneous shape' error, naming none.)"""
     with fo.use_backend(backend):
         for call, name, exc in _bad_arguments():
-            with pytest.raises(exc, match=name):
+            with pytest.raises(exc, match=rf"\b{name}\b"):
                 call()
         out = np.full((3, 4), 7.0)
         with pytest.raises(ValueError, match="out of range"):

@@ -713,7 +713,11 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
         The mean cross-entropy: NaN for no examples (a mean of nothing, as torch and
         ``np.mean`` give), 0 for examples of no classes with probability targets.
     dlogits : ndarray
-        Its gradient with respect to ``logits``.
+        ``(softmax(logits) - labels) / m``: the loss's gradient with respect to ``logits``
+        when each example's probabilities sum to 1 (one-hot rows, label smoothing, mixup).
+        For rows that do not (e.g. ``[0.2, 0.2, 0.2]``), the loss's gradient is
+        ``(softmax(logits) * sum(labels) - labels) / m``, which torch's autograd of
+        ``cross_entropy`` gives and this does not: normalize such targets first.
 
     Raises
     ------

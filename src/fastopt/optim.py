@@ -625,6 +625,20 @@ class Optimizer:
                         # an error naming the parameter, if a grad's
                         self._check_grads(0, grads)
                         raise
+            known = self._disjoint
+            if (plan is not None and plan.span is not None and not plan.made
+                    and grads is plan.span.arena.grads and len(self.param_groups) == 1
+                    and plan.version == _state_version
+                    and getattr(self.param_groups[0], "checked", False)
+                    and known is not None and len(known[0]) == 1 and known[0][0] is plan
+                    and _first_readonly(self.param_groups[0]["params"]) < 0):
+                # the same for a lone group on an arena stepped with its own grads: what
+                # _checked_plans, _split and _step_group would check and run. After a step
+                # has streamed past the caches, their Python took ~75 us of a 1000 x 64
+                # step's ~300 (this Intel VM); this takes the one kernel call.
+                span = plan.span
+                self._run(self.param_groups[0], [span.params], [span.grads], plan.flat_batch)
+                return
             plans = self._checked_plans()
             for gi, grads_of_group in enumerate(self._split(grads, plans)):
                 self._step_group(gi, plans[gi], grads_of_group)

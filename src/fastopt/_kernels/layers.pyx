@@ -466,33 +466,32 @@ cdef double* line_array(double* room, Py_ssize_t c0) noexcept nogil:
     return room + ((64 - at % 64) % 64) // 8
 
 
+cdef inline void apply_span(const floating* x, floating* y, const BNJob* j, bint four,
+                            Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """y for columns [lo, hi) of the four rows (or the one row) at x."""
+    if not four:
+        apply_row(x + lo, y + lo, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
+    elif floating is float:
+        fo_apply_4rows_f(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
+    else:
+        fo_apply_4rows_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
+
+
 cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: y for this chunk's rows, four at a time; j.gamma holds gamma * inv_std."""
+    """Axis 0: y for this chunk's rows, four at a time, each in its two spans; j.gamma holds
+    gamma * inv_std."""
     cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N)
-    cdef Py_ssize_t lo, hi, span
+    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
+    cdef bint four
     while n < end:
-        for span in range(2):
-            lo = 0 if span == 0 else j.c0
-            hi = j.c0 if span == 0 else C
-            if lo == hi:
-                continue
-            if j.is32:
-                if n + 4 <= end:
-                    fo_apply_4rows_f(<const float*>j.x + n * C + lo, <float*>j.y + n * C + lo,
-                                     C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
-                else:
-                    apply_row(<const float*>j.x + n * C + lo, <float*>j.y + n * C + lo,
-                              j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
-            else:
-                if n + 4 <= end:
-                    fo_apply_4rows_d(<const double*>j.x + n * C + lo,
-                                     <double*>j.y + n * C + lo, C, j.mean + lo, j.gamma + lo,
-                                     j.beta + lo, hi - lo)
-                else:
-                    apply_row(<const double*>j.x + n * C + lo, <double*>j.y + n * C + lo,
-                              j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
-        n = n + (4 if n + 4 <= end else 1)
+        four, o = n + 4 <= end, n * C
+        if j.is32:
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, 0, j.c0)
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, j.c0, C)
+        else:
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, 0, j.c0)
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, j.c0, C)
+        n = n + (4 if four else 1)
 
 
 cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t r0,
@@ -519,35 +518,38 @@ cdef void bn_cols_grad_sums(void* ctx, Py_ssize_t chunk) noexcept nogil:
                        j.part + 2 * C * chunk, j.part + 2 * C * chunk + C)
 
 
+cdef inline void dx_span(const floating* dy, const floating* x, floating* dx, const BNJob* j,
+                         bint four, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """dx for columns [lo, hi) of the four rows (or the one row) at dy, x."""
+    if not four:
+        dx_row(dy + lo, x + lo, dx + lo, j.mean + lo, j.k_dy + lo, j.k_x + lo, j.k_0 + lo,
+               hi - lo)
+    elif floating is float:
+        fo_dx_4rows_f(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
+                      j.k_0 + lo, hi - lo)
+    else:
+        fo_dx_4rows_d(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
+                      j.k_0 + lo, hi - lo)
+
+
 cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: dx for this chunk's rows, four at a time."""
+    """Axis 0: dx for this chunk's rows, four at a time, each in its two spans."""
     cdef BNJob* j = <BNJob*>ctx
     cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
-    cdef Py_ssize_t lo, hi, span
+    cdef bint four
     while n < end:
-        for span in range(2):      # two spans, as bn_cols_apply's
-            lo = 0 if span == 0 else j.c0
-            hi = j.c0 if span == 0 else C
-            if lo == hi:
-                continue
-            o = n * C + lo
-            if j.is32:
-                if n + 4 <= end:
-                    fo_dx_4rows_f(<const float*>j.dy + o, <const float*>j.x + o,
-                                  <float*>j.y + o, C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
-                                  j.k_0 + lo, hi - lo)
-                else:
-                    dx_row(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o,
-                           j.mean + lo, j.k_dy + lo, j.k_x + lo, j.k_0 + lo, hi - lo)
-            else:
-                if n + 4 <= end:
-                    fo_dx_4rows_d(<const double*>j.dy + o, <const double*>j.x + o,
-                                  <double*>j.y + o, C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
-                                  j.k_0 + lo, hi - lo)
-                else:
-                    dx_row(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o,
-                           j.mean + lo, j.k_dy + lo, j.k_x + lo, j.k_0 + lo, hi - lo)
-        n = n + (4 if n + 4 <= end else 1)
+        four, o = n + 4 <= end, n * C
+        if j.is32:
+            dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
+                    0, j.c0)
+            dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
+                    j.c0, C)
+        else:
+            dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
+                    four, 0, j.c0)
+            dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
+                    four, j.c0, C)
+        n = n + (4 if four else 1)
 
 
 cdef void run_chunks(fo_chunk_fn fn, BNJob* job, Py_ssize_t total) noexcept nogil:

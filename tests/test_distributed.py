@@ -377,3 +377,12 @@ def test_one_rank_state_dict_root_out_of_range_is_refused_by_name(root):
     assert not np.any(opt.shard_optimizer.state_dict()["state"][0]["exp_avg"] == 5.0)
     opt.load_state_dict(sd, root=0)
     assert np.all(opt.shard_optimizer.state_dict()["state"][0]["exp_avg"][:12] == 5.0)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_one_rank_zero_grad_takes_torchs_set_to_none(set_to_none):
+    # was: TypeError "unexpected keyword argument 'set_to_none'" (torch's and the plain
+    # optimizers' zero_grad take it); the arena's grads cannot be None, so both zero them
+    arena, opt = _adam_after_a_step()
+    opt.zero_grad(set_to_none=set_to_none)
+    np.testing.assert_array_equal(arena.flat_grads, np.zeros(arena.size))

@@ -208,8 +208,15 @@ class ShardedOptimizer:
         """
         self.shard_optimizer.lr = value
 
-    def zero_grad(self) -> None:
-        """Zero the parameters' grads in the arena."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the parameters' grads in the arena.
+
+        Parameters
+        ----------
+        set_to_none : bool, default True
+            torch's argument, accepted: the arena's grads are a buffer and cannot be None, so
+            they are zeroed either way.
+        """
         self._grads[...] = 0
 
     def step(self, grads: Grads | None = None) -> None:

@@ -170,6 +170,12 @@ def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
     assert len(reports(runs, "hyper mismatch at step, then")) == 5
 
 
+def test_a_root_bad_or_other_on_one_rank_raises_on_every_rank_without_hang(runs):
+    # state_dict and load_state_dict, root out of range or another rank's on the last rank
+    # (was: that rank raised alone or gathered elsewhere, the others hung in Gatherv/Scatterv)
+    assert len(reports(runs, "root on one rank")) == 4 * 5
+
+
 def test_grads_that_are_views_of_the_arenas_grad_buffer_step_as_one_process(runs):
     assert len(reports(runs, "own grad views")) == 4 * 5
 

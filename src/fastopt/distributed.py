@@ -417,7 +417,7 @@ class ShardedOptimizer:
         Parameters
         ----------
         root : int, default 0
-            The rank that receives it.
+            The rank that receives it (the same on every rank: else ValueError on every rank).
 
         Returns
         -------
@@ -426,7 +426,7 @@ class ShardedOptimizer:
             parameters would return (torch.optim's per-parameter layout, so that optimizer
             and ``load_state_dict`` on any number of ranks load it); None on the other ranks.
         """
-        self._check_root(root)
+        self._agree_root(root)
         local = self.shard_optimizer.state_dict()
         is_root = self.comm.Get_rank() == root
         state: dict[int, dict[str, np.ndarray]] = {}
@@ -462,6 +462,21 @@ class ShardedOptimizer:
                         state[i][key] = full[o:o + p.size].reshape(p.shape)
         return {"state": state, "param_groups": groups} if is_root else None
 
+    def _agree_root(self, root):
+        """Collective: ``root`` valid (:meth:`_check_root`) and the same on every rank, else
+        TypeError/ValueError on every rank (a rank that raised alone, or gathered to another
+        root, left the others waiting in Gatherv or Scatterv)."""
+        error = None
+        try:
+            self._check_root(root)
+        except (TypeError, ValueError) as exc:
+            error = exc
+        self._raise_if_any(error)
+        roots = self.comm.allgather(int(root))
+        if len(set(roots)) > 1:
+            raise ValueError(f"the ranks disagree on root (by rank: {roots}); pass the same "
+                             "root on every rank")
+
     def _check_root(self, root):
         """A rank of the communicator, else TypeError/ValueError naming ``root`` (before any
         collective: MPI's own error is an error stack, and -1 is its MPI_PROC_NULL)."""
@@ -488,14 +503,14 @@ class ShardedOptimizer:
         state_dict : dict or None
             The state dict on ``root``; the other ranks may pass None.
         root : int, default 0
-            The rank that reads it.
+            The rank that reads it (the same on every rank: else ValueError on every rank).
 
         Raises
         ------
         ValueError
             An invalid state dict, raised on every rank after a full check; nothing changes.
         """
-        self._check_root(root)
+        self._agree_root(root)
         plan = full = None
         error: BaseException | None = None
         if self.comm.Get_rank() == root:

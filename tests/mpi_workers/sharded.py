@@ -464,6 +464,31 @@ def check_own_grad_views():
                f"{arena.flat_params} vs {ref.flat_params}")
 
 
+def check_root_on_one_rank():
+    """state_dict / load_state_dict with a root out of range on the last rank only, or another
+    valid root there: every rank raises ValueError, nothing changes. Was: that rank raised
+    alone and the others waited in Gatherv / Scatterv (or the ranks gathered to other roots)."""
+    arena = _small()
+    opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    sd = opt.state_dict()
+    if RANK == 0:
+        sd["state"][0]["exp_avg"][...] = 5.0
+    before = _snapshot(arena, opt)
+    last = SIZE - 1
+    for label, root, words in [("out of range", SIZE, f"rank {last} of {SIZE}: Invalid root"),
+                               ("another", last, "disagree on root")]:
+        for name, call in [("state_dict", lambda r: opt.state_dict(root=r)),
+                           ("load_state_dict", lambda r: opt.load_state_dict(sd, root=r))]:
+            try:
+                call(root if RANK == last else 0)
+                report(f"root on one rank {label} {name}", False, "no exception")
+            except ValueError as exc:
+                report(f"root on one rank {label} {name}", words in str(exc)
+                       and _unchanged(arena, opt, before), str(exc))
+
+
 # ------------------------------------------------------------------------- checkpoints
 CKPT_CASES = {"Adam": (fo.Adam, dict(lr=1e-2, amsgrad=True)),
               "SGD-momentum": (fo.SGD, dict(lr=1e-2, momentum=0.9)),
@@ -562,7 +587,7 @@ def main():
     checks = [check_equivalence, check_large, check_groups, check_memory, check_bad_grads,
               check_disagreeing_ranks, check_bad_state_dict, check_read_only,
               check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
-              check_overlap_on_one_rank]
+              check_overlap_on_one_rank, check_root_on_one_rank]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

@@ -392,3 +392,15 @@ def test_one_rank_zero_grad_takes_torchs_set_to_none(set_to_none):
     arena, opt = _adam_after_a_step()
     opt.zero_grad(set_to_none=set_to_none)
     np.testing.assert_array_equal(arena.flat_grads, np.zeros(arena.size))
+
+
+@pytest.mark.parametrize("args, name", [((10, 0, 4), "size"), ((10, -1, 4), "size"),
+                                        ((-5, 2, 4), "n"), ((10, 2, 0), "itemsize"),
+                                        ((10.5, 2, 4), "n"), ((10, True, 4), "size")])
+def test_shard_bounds_refuses_bad_arguments_by_name(args, name):
+    # was: ZeroDivisionError (size or itemsize 0), [] (size -1), [-5, -5, -5] (n -5) or
+    # [0.0, 0.0, 10.5] (n 10.5)
+    pytest.importorskip("mpi4py")
+    from fastopt.distributed import shard_bounds
+    with pytest.raises((TypeError, ValueError), match=f"^{name} must be"):
+        shard_bounds(*args)

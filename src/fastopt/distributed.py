@@ -62,7 +62,17 @@ def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
     -------
     list of int
         ``size + 1`` increasing boundaries from 0 to ``n``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An argument that is not an int, ``n`` negative, ``size`` or ``itemsize`` below 1.
     """
+    for name, value, least in (("n", n, 0), ("size", size, 1), ("itemsize", itemsize, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     line = max(1, CACHE_LINE // itemsize)
     lines = -(-n // line)
     return [min(n, (k * lines // size) * line) for k in range(size + 1)]

@@ -608,10 +608,9 @@ class Optimizer:
             other than its own parameter as the very same array; each named in the message).
         """
         with self._lock:
-            plan = self._plans.get(0)
+            plan = self._current_plan(0) if len(self.param_groups) == 1 else None
             if (plan is not None and plan.alone and type(grads) is list
-                    and len(grads) == self._count and plan.version == _state_version
-                    and getattr(self.param_groups[0], "checked", False)):
+                    and len(grads) == self._count):
                 # the common case in a few comparisons: a lone group of arrays in one phase,
                 # a list of grads, the group's plan current (what _plan and _split would
                 # find): one kernel call. A grad that is None makes the kernel refuse the call
@@ -625,12 +624,8 @@ class Optimizer:
                         # an error naming the parameter, if a grad's
                         self._check_grads(0, grads)
                         raise
-            known = self._disjoint
             if (plan is not None and plan.span is not None and not plan.made
-                    and grads is plan.span.arena.grads and len(self.param_groups) == 1
-                    and plan.version == _state_version
-                    and getattr(self.param_groups[0], "checked", False)
-                    and known is not None and len(known[0]) == 1 and known[0][0] is plan
+                    and grads is plan.span.arena.grads and self._overlaps_known([plan])
                     and _first_readonly(self.param_groups[0]["params"]) < 0):
                 # the same for a lone group on an arena stepped with its own grads: what
                 # _checked_plans, _split and _step_group would check and run, in one kernel
@@ -659,11 +654,10 @@ class Optimizer:
     def _plan(self, gi):
         """Group ``gi``'s :class:`_Plan`, made again when the group or any state changed:
         its hyper-parameters and its parameters' states are checked here."""
-        group = self.param_groups[gi]
-        plan = self._plans.get(gi)
-        if (plan is not None and plan.version == _state_version
-                and getattr(group, "checked", False)):     # a plain dict is checked each step
-            return plan
+        current = self._current_plan(gi)
+        if current is not None:
+            return current
+        group, plan = self.param_groups[gi], self._plans.get(gi)
         self._check(group)
         start = self._starts[gi]
         # an empty state (``opt.state[i] = {}``, as torch's reset of a parameter) is none:
@@ -694,6 +688,21 @@ class Optimizer:
                                        alone, made)
         return plan
 
+    def _current_plan(self, gi):
+        """Group ``gi``'s plan if neither the group nor any state changed since it was made,
+        else None (:meth:`_plan` makes it again; a plain dict group is checked each step)."""
+        plan = self._plans.get(gi)
+        if (plan is not None and plan.version == _state_version
+                and getattr(self.param_groups[gi], "checked", False)):
+            return plan
+        return None
+
+    def _overlaps_known(self, plans):
+        """Whether :meth:`_check_overlaps` already passed these very plans."""
+        known = self._disjoint
+        return (known is not None and len(known[0]) == len(plans)
+                and all(map(operator.is_, known[0], plans)))
+
     def _check_overlaps(self, plans):
         """Refuse params and state arrays that overlap (:func:`_validate.check_disjoint`), in
         one group or across groups: a kernel call sees one group's arrays (or one phase's of
@@ -702,9 +711,7 @@ class Optimizer:
         again (the params and state are the plans'; state the kernel calls make, of memory
         of its own, clears the record: ``_run``), not at every step; the arrays are kept by
         owner, for the grads' check (:meth:`_check_grad_overlaps`)."""
-        known = self._disjoint
-        if (known is not None and len(known[0]) == len(plans)
-                and all(map(operator.is_, known[0], plans))):
+        if self._overlaps_known(plans):
             return
         self._disjoint = None
         tensors, where = [], []

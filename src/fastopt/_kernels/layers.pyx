@@ -460,10 +460,16 @@ cdef Py_ssize_t line_column(const void* y, Py_ssize_t C, Py_ssize_t itemsize) no
     return <Py_ssize_t>(skip // itemsize)
 
 
-cdef double* line_array(double* room, Py_ssize_t c0) noexcept nogil:
-    """An array in ``room`` (its length + 8 doubles) whose element c0 starts a 64-byte line."""
-    cdef size_t at = <size_t>(room + c0)
-    return room + ((64 - at % 64) % 64) // 8
+cdef inline Py_ssize_t line_room(Py_ssize_t F) noexcept nogil:
+    """Doubles a scratch holds per line_array of F values (8 more: where it starts)."""
+    return F + 8
+
+
+cdef double* line_array(double* room, Py_ssize_t k, Py_ssize_t F, Py_ssize_t c0) noexcept nogil:
+    """The k-th array of F values in ``room`` (line_room(F) doubles each), placed so that its
+    element c0 starts a 64-byte line."""
+    cdef double* a = room + k * line_room(F)
+    return a + ((64 - <size_t>(a + c0) % 64) % 64) // 8
 
 
 cdef inline void apply_span(const floating* x, floating* y, const BNJob* j, bint four,
@@ -602,22 +608,21 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
         job.per_chunk = rows_per_chunk(N, C, ROW_BLOCK)
         nc = (N + job.per_chunk - 1) // job.per_chunk
     cdef Py_ssize_t F = C if axis == 0 else N     # features
-    # float64: gamma, beta and axis 0's copy of the mean (8 doubles of room each for
-    # line_array), then axis 0's moments
-    scratch = np.empty(3 * (F + 8) + 5 * F * nc)
+    # float64: gamma, beta and axis 0's copy of the mean (line_arrays), then axis 0's moments
+    scratch = np.empty(3 * line_room(F) + 5 * F * nc)
     cdef double* w = <double*>cnp.PyArray_DATA(scratch)
     if axis == 0:
         job.c0 = line_column(job.y, C, sizeof(floating))
-    cdef double* scale = line_array(w, job.c0)
+    cdef double* scale = line_array(w, 0, F, job.c0)
     job.gamma = widen(&gamma[0], scale, F)
-    job.beta = widen(&beta[0], line_array(w + F + 8, job.c0), F)
+    job.beta = widen(&beta[0], line_array(w, 1, F, job.c0), F)
     if axis == 1:                      # each feature a contiguous row: one visit per feature
         job.per_chunk = features_per_chunk(N, C)
         with nogil:
             run_chunks(bn_rows_forward, &job, N)
         return
-    cdef double* mean_copy = line_array(w + 2 * (F + 8), job.c0)
-    job.part = w + 3 * (F + 8)
+    cdef double* mean_copy = line_array(w, 2, F, job.c0)
+    job.part = w + 3 * line_room(F)
     with nogil:
         run_chunks(bn_cols_moments, &job, N)
         for k in range(1, nc):     # chunks merged in order
@@ -640,9 +645,9 @@ def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamm
     if N * C == 0:
         return
     cdef Py_ssize_t F = C if axis == 0 else N     # features
-    # float64: gamma (axis 0: gamma * inv_std), beta and axis 0's copy of the mean, each with
-    # 8 doubles of room for line_array
-    scratch = np.empty(3 * (F + 8))
+    # float64: gamma (axis 0: gamma * inv_std), beta and axis 0's copy of the mean
+    # (line_arrays)
+    scratch = np.empty(3 * line_room(F))
     cdef double* w = <double*>cnp.PyArray_DATA(scratch)
     cdef BNJob job
     memset(&job, 0, sizeof(job))
@@ -653,9 +658,9 @@ def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamm
     job.C = C
     if axis == 0:
         job.c0 = line_column(job.y, C, sizeof(floating))
-    cdef double* scale = line_array(w, job.c0)
+    cdef double* scale = line_array(w, 0, F, job.c0)
     job.gamma = widen(&gamma[0], scale, F)
-    job.beta = widen(&beta[0], line_array(w + F + 8, job.c0), F)
+    job.beta = widen(&beta[0], line_array(w, 1, F, job.c0), F)
     job.mean = <double*>&mean[0]
     job.inv_std = <double*>&inv_std[0]
     # in float64, rounded once: a float32 mean of data around 1e4 would cost 4 digits
@@ -666,7 +671,7 @@ def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamm
         return
     # whole rows, streamed in order (column blocks of a wide x start every row segment on
     # a cold page: 20% slower than keeping the per-feature arrays in L2)
-    job.mean = line_array(w + 2 * (F + 8), job.c0)
+    job.mean = line_array(w, 2, F, job.c0)
     for c in range(C):
         scale[c] = scale[c] * inv_std[c]
         job.mean[c] = mean[c]
@@ -695,8 +700,8 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
         job.per_chunk = rows_per_chunk(N, C, 4)
         nc = (N + job.per_chunk - 1) // job.per_chunk
     # float64 scratch: gamma, and axis 0's per-chunk sums, then its dx coefficients and copy
-    # of the mean (8 doubles of room each for line_array)
-    scratch = np.zeros(C * (1 + 2 * nc) + 4 * (C + 8)) if axis == 0 else np.empty(N)
+    # of the mean (line_arrays)
+    scratch = np.zeros(C * (1 + 2 * nc) + 4 * line_room(C)) if axis == 0 else np.empty(N)
     pp = <double*>cnp.PyArray_DATA(scratch)
     job.gamma = widen(&gamma[0], pp, C if axis == 0 else N)
     job.mean = <double*>&mean[0]
@@ -714,10 +719,10 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
     pp = job.part = pp + C
     cdef double* room = pp + 2 * C * nc
     job.c0 = line_column(job.y, C, sizeof(floating))
-    cdef double* k_dy = line_array(room, job.c0)
-    cdef double* k_x = line_array(room + C + 8, job.c0)
-    cdef double* k_0 = line_array(room + 2 * (C + 8), job.c0)
-    job.mean = line_array(room + 3 * (C + 8), job.c0)
+    cdef double* k_dy = line_array(room, 0, C, job.c0)
+    cdef double* k_x = line_array(room, 1, C, job.c0)
+    cdef double* k_0 = line_array(room, 2, C, job.c0)
+    job.mean = line_array(room, 3, C, job.c0)
     for c in range(C):
         job.mean[c] = mean[c]
     with nogil:

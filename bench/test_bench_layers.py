@@ -8,7 +8,7 @@ from fastopt import _bench
 
 CONTENDERS = fo.backends() + ["roofline", "torch"]
 # every row in float32; the softmax family's also in float64 (its exp is a separate polynomial)
-ROWS = [(name, shape, dtype) for name, (shapes, _) in _bench.LAYER_CASES.items()
+ROWS = [(name, shape, dtype) for name, shapes in _bench.LAYER_CASES.items()
         for shape in shapes
         for dtype in (["float32", "float64"] if name in ("softmax", "xent") else ["float32"])]
 

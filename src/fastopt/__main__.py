@@ -369,10 +369,10 @@ def report(args, json_out):
 
     layer_rows = []
     if not args.no_layers:
-        print("\nlayers (rows are examples; x roof: vs a stream moving the same bytes)")
+        print("\nlayers (rows are examples; x roof: vs a stream reading its inputs and writing its outputs)")
         print(f"  {'kernel':<12}{'dtype':<8}{'shape':>14}  {'contender':<10}{'time':>11}"
               f"{'spread':>8}{'x ref':>8}{'x roof':>8}")
-        layer_shapes = [(name, shape) for name, (shapes, _) in _bench.LAYER_CASES.items()
+        layer_shapes = [(name, shape) for name, shapes in _bench.LAYER_CASES.items()
                         if not (args.quick and name not in ("bn_fwd_bwd", "xent"))
                         for shape in (shapes if args.full or args.only_layers else shapes[:1])]
         progress.start("timing layers", len(layer_shapes) * len(args.dtypes[:1]))

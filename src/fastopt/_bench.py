@@ -110,13 +110,15 @@ def _rel_err(a, b):
 
 
 # ----------------------------------------------------------------------------------- timing
-def stream_kernel():
-    """The compiled streaming kernel that defines the roofline, or None without the extension."""
+def stream_kernel(name="stream"):
+    """The compiled streaming kernel that defines the roofline (``stream``: in place, as the
+    optimizer steps; ``stream_to``: into another array, as the layers), or None without the
+    extension."""
     try:
-        from ._kernels.stream import stream
+        from ._kernels import stream
     except ImportError:
         return None
-    return stream
+    return getattr(stream, name)
 
 
 PEERS = ("torch", "torch-foreach", "torch-fused", "deepspeed")
@@ -380,21 +382,21 @@ def group_contenders(shapes, dtype, peers=True):
 
 
 # ---------------------------------------------------------------------------------- layers
-LAYER_CASES = {   # name -> (shapes, elements moved per element of x: reads + writes)
-    "bn_fwd": ([(256, 4096), (4096, 1024)], 2),             # read x, write y
-    "bn_bwd": ([(256, 4096), (4096, 1024)], 3),             # read x and dy, write dx
-    "bn_fwd_bwd": ([(256, 4096), (4096, 1024)], 5),         # both
+LAYER_CASES = {   # name -> shapes (rows are examples, features/classes last)
+    "bn_fwd": [(256, 4096), (4096, 1024)],
+    "bn_bwd": [(256, 4096), (4096, 1024)],
+    "bn_fwd_bwd": [(256, 4096), (4096, 1024)],
     # the course's layout: x is (features, m), batch axis 1 (the same data, transposed)
-    "bn_fwd_bwd_t": ([(4096, 256), (1024, 4096)], 5),
-    "softmax": ([(4096, 1000), (256, 32000)], 2),
-    "xent": ([(4096, 1000), (256, 32000)], 2),
+    "bn_fwd_bwd_t": [(4096, 256), (1024, 4096)],
+    "softmax": [(4096, 1000), (256, 32000)],
+    "xent": [(4096, 1000), (256, 32000)],
 }
 
 
 def layer_contenders(name, shape, dtype, backends, peers=True, scale=1.0):
     """One layer call (rows are examples, features/classes last; ``bn_fwd_bwd_t``: features
-    are rows, batch axis 1) done every way, plus the roofline: a stream moving the same
-    bytes. The input is standard normal times ``scale`` (logits of a confident classifier
+    are rows, batch axis 1) done every way, plus the roofline: a stream over the layer's own
+    arrays reading its inputs and writing its outputs. The input is standard normal times ``scale`` (logits of a confident classifier
     spread wider: exp then underflows for many of them)."""
     from . import layers
     rng = np.random.default_rng(0)
@@ -421,11 +423,14 @@ def layer_contenders(name, shape, dtype, backends, peers=True, scale=1.0):
         fn = (lambda f: lambda: f())(calls[name])
         fn.backend = b
         fns[b] = fn
-    stream = stream_kernel()
-    if stream is not None:
-        moved = x.nbytes * LAYER_CASES[name][1]
-        half = [np.zeros(moved // 3 // 4, np.float32) for _ in range(2)]   # reads 2, writes 1
-        fns["roofline"] = lambda: stream(*half)
+    stream_to = stream_kernel("stream_to")
+    if stream_to is not None:
+        # on the layer's own arrays: read its inputs, write its outputs (not read first)
+        roofs = {"bn_fwd": [(out, x)], "bn_bwd": [(dx, x, dy)],
+                 "bn_fwd_bwd": [(out, x), (dx, x, dy)], "softmax": [(out, x)],
+                 "xent": [(out, x)]}
+        streams = roofs.get(name, roofs["bn_fwd_bwd"])
+        fns["roofline"] = lambda: [stream_to(*arrays) for arrays in streams]
     if peers:
         fns.update(_torch_layer(name, x, dy, labels))
     return fns

@@ -125,15 +125,20 @@ class ShardedOptimizer:
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
         self._raise_if_any(error)
-        # the shapes per param group: ranks that split the same parameters into groups
-        # otherwise would step alike but gather and scatter state dicts with other bounds
+        self._agree_signature()
+        self.comm.Bcast([self._params, _MPI_TYPES[self.dtype]], root=0)
+
+    def _agree_signature(self):
+        """Collective: ValueError on every rank unless every rank has the same dtype, shapes
+        per param group, names, optimizer class and hyper-parameters (the shapes per group:
+        ranks that split the same parameters into groups otherwise would step alike but
+        gather and scatter state dicts with other bounds)."""
         signature = (self.dtype.str, [[p.shape for p in g["params"]] for g in self._full_groups],
-                     self._names, optimizer_class.__name__, repr(self._hyper_reprs()))
+                     self._names, self.optimizer_class.__name__, repr(self._hyper_reprs()))
         for r, other in enumerate(self.comm.allgather(signature)):
             if other != signature:
                 raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on the "
                                  f"parameters or hyper-parameters: {signature!r} != {other!r}")
-        self.comm.Bcast([self._params, _MPI_TYPES[self.dtype]], root=0)
 
     def _setup(self, optimizer_class, params, hyper):
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):
@@ -186,6 +191,15 @@ class ShardedOptimizer:
         # the averaged grad of the shard; with one rank, the grad buffer itself
         self._avg = self._grads[s0:s1] if size == 1 else np.empty(mine, self.dtype)
         self._shard_grads = [self._avg[self._clip(a, b, s0)] for a, b, _ in self._group_bounds]
+
+    def _current_groups(self):
+        """The param groups over the full parameters (by name if given so), with this rank's
+        current hyper-parameters."""
+        out = []
+        for g, mine in zip(self._full_groups, self.shard_optimizer.param_groups):
+            params = dict(zip(g["param_names"], g["params"])) if self._named else g["params"]
+            out.append(dict({k: v for k, v in mine.items() if k != "params"}, params=params))
+        return out
 
     def _label(self, k):
         """Parameter ``k`` as messages name it: its name, else its position."""
@@ -559,12 +573,7 @@ class ShardedOptimizer:
         parameters (its checks, its conversions), then check that every group's parameters
         share their state keys and scalars. Returns (that optimizer, per group: (hyper, array
         keys or None, scalar entries))."""
-        hypers = [{k: v for k, v in g.items() if k != "params"}
-                  for g in self.shard_optimizer.param_groups]
-        groups = [dict(g, **h) for g, h in zip(self._full_groups, hypers)]
-        for g in groups:
-            g.pop("param_names", None)
-        full = self.optimizer_class(groups, **self._hyper)
+        full = self.optimizer_class(self._current_groups(), **self._hyper)
         full.load_state_dict(state_dict)
         plan = []
         for gi, (_, _, first) in enumerate(self._group_bounds):

@@ -187,6 +187,31 @@ def test_checkpoint_saved_on_3_resumes_on_2_and_1_bit_identically(runs):
     assert len(reports(runs, "resume single-process", n=2)) == 6
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["Adam", "SGD-momentum"])
+def test_add_param_group_steps_as_one_process_with_the_same_call(runs, name, dtype):
+    # a group added after 5 steps (its own lr; the first group's lr edited before): every rank
+    # of both launches bit-identical to the plain optimizer after the same add_param_group
+    assert len(reports(runs, f"add_param_group equivalence {name} {dtype}")) == 5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["Adam", "SGD-momentum"])
+def test_state_dict_after_add_param_group_round_trips(runs, name, dtype):
+    # gathered: the plain optimizer's (rank 0), None elsewhere; saved mid-run and loaded into
+    # a new optimizer that had the same add_param_group call: it resumes bit for bit
+    assert len(reports(runs, f"add_param_group state_dict {name} {dtype}")) == 5
+    assert len(reports(runs, f"add_param_group resume {name} {dtype}")) == 5
+
+
+def test_a_bad_param_group_raises_on_every_rank_and_changes_nothing(runs):
+    # duplicate parameter, bad lr (value, type), not a dict, unnamed among named groups, not
+    # next on the arena; bad on the last rank only, or another lr there (was: no
+    # add_param_group at all): 9 cases on every rank, then a good one steps as one process
+    assert len(reports(runs, "bad param group")) == 9 * 5
+    assert len(reports(runs, "good param group after bad ones")) == 5
+
+
 def test_importing_fastopt_does_not_import_mpi4py():
     code = "import sys, fastopt; assert 'mpi4py' not in sys.modules, 'imported'"
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fo.__file__)))
@@ -392,6 +417,81 @@ def test_one_rank_zero_grad_takes_torchs_set_to_none(set_to_none):
     arena, opt = _adam_after_a_step()
     opt.zero_grad(set_to_none=set_to_none)
     np.testing.assert_array_equal(arena.flat_grads, np.zeros(arena.size))
+
+
+@pytest.mark.parametrize("named", [True, False])
+@pytest.mark.parametrize("cls, hyper", [(fo.Adam, dict(lr=0.1, weight_decay=0.01)),
+                                        (fo.SGD, dict(lr=0.1, momentum=0.9))])
+def test_one_rank_add_param_group_steps_as_the_plain_optimizer(cls, hyper, named):
+    # was: AttributeError, no add_param_group. b added after 2 steps with its own lr; unnamed
+    # params as an iterator (read by the plain optimizer's checks, then found empty: an empty
+    # group was added, silently)
+    comm, ShardedOptimizer = _one_rank()
+    arena, ref, again = _arena(np.float64), _arena(np.float64), _arena(np.float64)
+
+    def group(a, name, **h):
+        return dict(h, params={name: a.params[name]} if named else iter([a.params[name]]))
+    opt = ShardedOptimizer(cls, [group(arena, "W")], comm=comm, **hyper)
+    plain = cls([group(ref, "W")], **hyper)
+    for t in range(5):
+        if t == 2:
+            opt.add_param_group(group(arena, "b", lr=0.5))
+            plain.add_param_group(group(ref, "b", lr=0.5))
+        g = np.random.default_rng(t).standard_normal(arena.size)
+        arena.flat_grads[...] = ref.flat_grads[...] = g
+        opt.step()
+        plain.step(ref.grads if named else list(ref.grads.values())[:1 if t < 2 else 2])
+    np.testing.assert_array_equal(arena.flat_params, ref.flat_params)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
+    sd, plain_sd = opt.state_dict(), plain.state_dict()
+    assert sd["param_groups"] == plain_sd["param_groups"]
+    assert sd["state"].keys() == plain_sd["state"].keys() == {0, 1}
+    for i, s in plain_sd["state"].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(sd["state"][i][k], v, strict=True)
+    # loaded into a new one that had the same call: the same next step
+    resumed = ShardedOptimizer(cls, [group(again, "W")], comm=comm, **hyper)
+    resumed.add_param_group(group(again, "b"))
+    resumed.load_state_dict(sd)
+    again.flat_params[...] = arena.flat_params
+    for a in (arena, again):
+        a.flat_grads[...] = 1.0
+    opt.step()
+    resumed.step()
+    np.testing.assert_array_equal(again.flat_params, arena.flat_params)
+
+
+def test_one_rank_bad_param_group_is_refused_by_name_and_changes_nothing():
+    import pickle
+    comm, ShardedOptimizer = _one_rank()
+    arena = fo.ParameterArena(np.float64, capacity=100)
+    for name in ("W", "b", "c"):
+        arena.add(name, 3, init=1.0)
+    p = arena.params
+    opt = ShardedOptimizer(fo.Adam, [{"params": {"W": p["W"]}}], comm=comm, lr=0.1)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    cases = [({"params": {"W": p["W"]}}, ValueError, "parameter W appears in more than one"),
+             ({"params": {"b": p["b"], "b2": p["b"]}}, ValueError, "appears twice"),
+             ({"params": {"b": p["b"]}, "lr": -1.0}, ValueError, "lr"),
+             ({"params": {"b": p["b"]}, "betas": (0.9, 1.5)}, ValueError, "betas"),
+             ({"params": [p["b"]]}, ValueError, "named"),
+             ({"lr": 0.1}, TypeError, "'params'"),
+             ({"params": {"c": p["c"]}}, ValueError, "ParameterArena"),
+             ({"params": {"b": np.ones(3)}}, ValueError, "ParameterArena")]
+    for group, kind, words in cases:
+        before = (arena.flat_params.copy(), pickle.dumps(opt.state_dict()), opt.shard_optimizer,
+                  opt.bounds)
+        with pytest.raises(kind, match=f"^rank 0 of 1: .*{words}"):
+            opt.add_param_group(group)
+        after = (arena.flat_params, pickle.dumps(opt.state_dict()), opt.shard_optimizer,
+                 opt.bounds)
+        np.testing.assert_array_equal(after[0], before[0])
+        assert after[1:] == before[1:]
+        assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": {"b": p["b"]}})
+    with pytest.raises(ValueError, match="parameter b appears in more than one param group"):
+        opt.add_param_group({"params": {"b": p["b"]}})
 
 
 @pytest.mark.parametrize("args, name", [((10, 0, 4), "size"), ((10, -1, 4), "size"),

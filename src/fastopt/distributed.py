@@ -192,6 +192,72 @@ class ShardedOptimizer:
         self._avg = self._grads[s0:s1] if size == 1 else np.empty(mine, self.dtype)
         self._shard_grads = [self._avg[self._clip(a, b, s0)] for a, b, _ in self._group_bounds]
 
+    def add_param_group(self, group: dict[str, Any]) -> None:
+        """Add a param group, as torch's ZeroRedundancyOptimizer.add_param_group. Every rank
+        must call it, with the same group.
+
+        Its parameters must continue the optimizer's stretch of the ParameterArena: the
+        parameters added to the arena right after the optimizer's last one, in order (layers
+        unfrozen, or added to the arena, since construction). Hyper-parameters not given take
+        the optimizer's (those passed to the constructor). The shards are then dealt out
+        again over all the parameters: the state is gathered to rank 0 and scattered over the
+        new shards (a :meth:`state_dict` and :meth:`load_state_dict` round trip, exact), and
+        rank 0's values of the new parameters are broadcast, as at construction. Steps then
+        update the new group as one process stepping the plain optimizer that had the same
+        ``add_param_group`` call, bit for bit. ``shard_optimizer`` (so ``param_groups``),
+        ``shard`` and ``bounds`` are new objects after it.
+
+        Parameters
+        ----------
+        group : dict
+            ``{"params": arrays (a dict of named arrays if the optimizer's parameters were
+            given by name), <hyper-parameter overrides>}``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            What the plain optimizer's ``add_param_group`` refuses (not a dict with
+            ``"params"``, a parameter already in a group or twice in this one, a
+            hyper-parameter of the wrong type or out of range, named and unnamed groups
+            mixed), or parameters that do not continue the stretch, on any rank: raised on
+            every rank, naming the first failing rank. ValueError on every rank when the
+            ranks' groups differ (shapes, names or hyper-parameters). Either is raised before
+            anything changes: a refused call changes nothing.
+        """
+        new = error = None
+        try:        # local checks first, on a new optimizer; then every rank learns of any
+            new = self._with_group(group)
+        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
+            error = exc
+        self._raise_if_any(error)
+        new._agree_signature()
+        saved = self.state_dict()
+        if saved is not None:        # the new group: its hyper-parameters as given, no state
+            saved["param_groups"].append({"params": list(range(len(self._views),
+                                                               len(new._views)))})
+        new.load_state_dict(saved)
+        self.comm.Bcast([new._params[self._offsets[-1]:], _MPI_TYPES[self.dtype]], root=0)
+        self.__dict__.update(new.__dict__)
+
+    def _with_group(self, group):
+        """A new ShardedOptimizer over this one's groups (with their current
+        hyper-parameters) and ``group``, which the plain optimizer's add_param_group checks
+        first; not yet agreed with the other ranks, its state not loaded."""
+        if isinstance(group, dict) and not isinstance(group.get("params", {}),
+                                                      (dict, np.ndarray)):
+            group = dict(group, params=list(group["params"]))    # an iterator: read once
+        groups = self._current_groups()
+        self.optimizer_class(groups, **self._hyper).add_param_group(group)
+        added = _groups_of([group])[0][0]
+        if ParameterArena.span_of(self._views + added["params"]) is None:
+            raise ValueError("the group's parameters must continue the optimizer's stretch of "
+                             "its ParameterArena: the parameters added to the arena right "
+                             "after the optimizer's last one, in the order they were added")
+        new = object.__new__(type(self))
+        new.comm = self.comm
+        new._setup(self.optimizer_class, groups + [group], self._hyper)
+        return new
+
     def _current_groups(self):
         """The param groups over the full parameters (by name if given so), with this rank's
         current hyper-parameters."""

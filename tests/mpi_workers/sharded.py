@@ -489,6 +489,116 @@ def check_root_on_one_rank():
                        and _unchanged(arena, opt, before), str(exc))
 
 
+# ---------------------------------------------------------------------- add_param_group
+ADDED = {"Adam": True, "SGD-momentum": False}     # case -> params by name (else lists)
+
+
+def _groups_from(arena, keys, named, **hyper):
+    """One param group of ``arena``'s parameters ``keys``, by name or as a list."""
+    params = {k: arena.params[k] for k in keys}
+    return dict(hyper, params=params if named else list(params.values()))
+
+
+def _grads_for(arena, opt_keys, named):
+    return arena.grads if named else [arena.grads[k] for k in opt_keys]
+
+
+def check_add_param_group():
+    """A param group added after 5 steps (W2, s, b2, with its own lr; W1's group's lr edited
+    first) steps as one process with the same add_param_group call, bit for bit, Adam by name
+    and SGD-momentum by lists, float32 and float64. The state dict gathered after it is the
+    single-process one; saved at step 12 and loaded into a new optimizer that had the same
+    call (on this communicator), the run resumes bit for bit."""
+    first, rest = list(SHAPES)[:2], list(SHAPES)[2:]
+    for name, named in ADDED.items():
+        cls, hyper = CASES[name]
+        for dtype in (np.float32, np.float64):
+            label = f"{name} {np.dtype(dtype).name}"
+            arena, ref, again = model(dtype), model(dtype), model(dtype)
+            opt = ShardedOptimizer(cls, [_groups_from(arena, first, named)], **hyper)
+            ref_opt = cls([_groups_from(ref, first, named)], **hyper)
+            keys, saved = first, None
+            try:
+                for t in range(STEPS):
+                    if t == 5:
+                        opt.param_groups[0]["lr"] = ref_opt.param_groups[0]["lr"] = 5e-3
+                        for o, a in ((opt, arena), (ref_opt, ref)):
+                            o.add_param_group(_groups_from(a, rest, named, lr=3e-3))
+                        keys = first + rest
+                    if t == 12:
+                        saved = (opt.state_dict(), arena.flat_params.copy())
+                    gs = local_grads(t, dtype, arena.size)
+                    arena.flat_grads[...] = gs[RANK]
+                    opt.step(None if t % 2 else _grads_for(arena, keys, named))
+                    ref.flat_grads[...] = averaged(gs)
+                    ref_opt.step(_grads_for(ref, keys, named))
+                report(f"add_param_group equivalence {label}",
+                       same(arena.flat_params, ref.flat_params))
+                sd = opt.state_dict()
+                report(f"add_param_group state_dict {label}",
+                       *(compare_sd(sd, ref_opt.state_dict()) if RANK == 0
+                         else (sd is None, repr(sd)[:80])))
+                resumed = ShardedOptimizer(cls, [_groups_from(again, first, named)], **hyper)
+                resumed.add_param_group(_groups_from(again, rest, named, lr=0.5))
+                again.flat_params[...] = saved[1]
+                resumed.load_state_dict(saved[0])
+                for t in range(12, STEPS):
+                    again.flat_grads[...] = local_grads(t, dtype, again.size)[RANK]
+                    resumed.step()
+                report(f"add_param_group resume {label}", same(again.flat_params,
+                                                                ref.flat_params))
+            except Exception as exc:      # noqa: BLE001 - reported, the other checks go on
+                report(f"add_param_group equivalence {label}", False, repr(exc))
+
+
+def check_bad_param_group():
+    """A param group that add_param_group refuses, on every rank or on the last rank only
+    (or ranks that disagree): every rank raises the same kind of error naming the problem,
+    and nothing changes (parameters, grads, state, groups, shard); a good call then still
+    steps as one process."""
+    arena, ref = model(np.float64), model(np.float64)
+    opt = ShardedOptimizer(fo.Adam, [{"params": dict(list(arena.params.items())[:2])}], lr=0.1)
+    ref_opt = fo.Adam([{"params": dict(list(ref.params.items())[:2])}], lr=0.1)
+    step_both(arena, opt, ref, ref_opt, 5)
+    p, last = arena.params, SIZE - 1
+    rest = {k: p[k] for k in list(SHAPES)[2:]}
+    cases = [  # label, kind, words in the message, the group on the last rank, elsewhere
+        ("duplicate", ValueError, "parameter W1 appears in more than one param group",
+         {"params": {"W1": p["W1"]}}, None),
+        ("bad lr", ValueError, "lr", {"params": rest, "lr": -1.0}, None),
+        ("bad lr type", TypeError, "lr", {"params": rest, "lr": "0.1"}, None),
+        ("not a dict", TypeError, "param group must be a dict", [p["W2"]], None),
+        ("unnamed", ValueError, "named", {"params": list(rest.values())}, None),
+        ("not next on the arena", ValueError, "ParameterArena", {"params": {"s": p["s"]}},
+         None),
+        ("bad lr on one rank", ValueError, f"rank {last} of {SIZE}: ",
+         {"params": rest, "lr": -1.0}, {"params": rest}),
+        ("duplicate on one rank", ValueError, f"rank {last} of {SIZE}: ",
+         {"params": {"b1": p["b1"], **rest}}, {"params": rest}),
+        ("other lr on one rank", ValueError, "disagree", {"params": rest, "lr": 0.2},
+         {"params": rest}),
+    ]
+    arena.flat_grads[...] = 3.0
+    for label, kind, words, bad, good in cases:
+        before = _snapshot(arena, opt)
+        shape = (len(opt.param_groups), opt.shard, opt.bounds, opt.shard_optimizer)
+        try:
+            opt.add_param_group(bad if RANK == last or good is None else good)
+            report(f"bad param group {label}", SIZE == 1 and good is not None, "no exception")
+        except Exception as exc:    # noqa: BLE001 - the kind is checked
+            report(f"bad param group {label}", type(exc) is kind and words in str(exc)
+                   and _unchanged(arena, opt, before) and shape == (
+                       len(opt.param_groups), opt.shard, opt.bounds, opt.shard_optimizer),
+                   repr(exc))
+    try:
+        opt.add_param_group({"params": rest, "lr": 0.2})
+        ref_opt.add_param_group({"params": {k: ref.params[k] for k in rest}, "lr": 0.2})
+        step_both(arena, opt, ref, ref_opt, 6)
+        report("good param group after bad ones", same(arena.flat_params, ref.flat_params))
+    except Exception as exc:    # noqa: BLE001
+        report("good param group after bad ones", False, repr(exc))
+
+
 # ------------------------------------------------------------------------- checkpoints
 CKPT_CASES = {"Adam": (fo.Adam, dict(lr=1e-2, amsgrad=True)),
               "SGD-momentum": (fo.SGD, dict(lr=1e-2, momentum=0.9)),
@@ -587,7 +697,8 @@ def main():
     checks = [check_equivalence, check_large, check_groups, check_memory, check_bad_grads,
               check_disagreeing_ranks, check_bad_state_dict, check_read_only,
               check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
-              check_overlap_on_one_rank, check_root_on_one_rank]
+              check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
+              check_bad_param_group]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

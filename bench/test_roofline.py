@@ -1,0 +1,42 @@
+"""The roofline streams compute what they say, so that their times are of that traffic: ``stream``
+updates every array but the second in place, ``stream_to`` writes its first array from the
+others and leaves them as they were."""
+import numpy as np
+import pytest
+
+stream = pytest.importorskip("fastopt._kernels.stream")
+
+
+@pytest.mark.parametrize("n", [0, 1, 17, 100_003])
+def test_stream_adds_the_second_array_to_every_other(n):
+    rng = np.random.default_rng(n)
+    arrays = [rng.standard_normal(n).astype(np.float32) for _ in range(4)]
+    before = [a.copy() for a in arrays]
+    stream.stream(*arrays)
+    np.testing.assert_array_equal(arrays[1], before[1])
+    for a, b in zip(arrays[:1] + arrays[2:], before[:1] + before[2:]):
+        np.testing.assert_array_equal(a, b + before[1])
+
+
+@pytest.mark.parametrize("n", [0, 1, 17, 100_003])
+def test_stream_to_writes_its_output_from_its_inputs_only(n):
+    rng = np.random.default_rng(n)
+    x, dy = (rng.standard_normal(n).astype(np.float32) for _ in range(2))
+    x0, dy0 = x.copy(), dy.copy()
+    out = np.full(n, np.nan, np.float32)        # not read: NaNs would show
+    stream.stream_to(out, x)
+    np.testing.assert_array_equal(out, x + np.float32(1))
+    stream.stream_to(out, x, dy)
+    np.testing.assert_array_equal(out, x + dy)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
+
+
+def test_stream_to_takes_one_or_two_inputs_of_the_same_bytes():
+    a = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="1 or 2 inputs"):
+        stream.stream_to(a)
+    with pytest.raises(ValueError, match="1 or 2 inputs"):
+        stream.stream_to(a, a, a, a)
+    with pytest.raises(ValueError, match="equal byte size"):
+        stream.stream_to(a, np.zeros(9, np.float32))

@@ -185,8 +185,9 @@ def layers_table(runs):
     layers = [r.get("layers", []) for r in runs]
     keys = list(dict.fromkeys((row["kernel"], tuple(row["shape"]))
                               for rows in layers for row in rows))
-    caption = ["Layers, float32 (x roofline: over a stream moving the bytes the layer must "
-               "move; x NumPy: the NumPy reference's time over fastopt's):", ""]
+    caption = ["Layers, float32 (x roofline: over a stream over the layer's arrays, reading "
+               "its inputs and writing its outputs; x NumPy: the NumPy reference's time over "
+               "fastopt's):", ""]
     if not keys:
         return caption + ["(no layer timings in these reports)"]
     rows = []

@@ -289,11 +289,22 @@ def test_course_updates_take_an_arenas_grads_and_name_a_bad_t(backend):
         course.update_parameters_with_gd(params, arena.grads, 0.5)
         np.testing.assert_array_equal(arena.flat_params, -0.5)
         v, s = course.initialize_adam(params)
-        for t, exc in ((0, ValueError), (-1, ValueError), ("1", TypeError), (None, TypeError)):
+        for t, exc in ((0, ValueError), (-1, ValueError), ("1", TypeError), (None, TypeError),
+                       (np.array(0), ValueError), (True, TypeError), (np.array([1]), TypeError)):
             with pytest.raises(exc, match=r"\bt\b"):
                 course.update_parameters_with_adam(params, arena.grads, v, s, t)
             assert not v["dW1"].any() and not s["db1"].any()
             np.testing.assert_array_equal(arena.flat_params, -0.5)
+    # a 0-d array or a NumPy integer is a step count as the int it holds is
+    runs = []
+    for t in (2, np.array(2), np.int64(2)):
+        p = {"W1": np.ones((3, 2)), "b1": np.ones((3, 1))}
+        v, s = course.initialize_adam(p)
+        with fo.use_backend(backend):
+            course.update_parameters_with_adam(p, {"dW1": p["W1"] * 0.5, "db1": p["b1"]}, v, s,
+                                               t)
+        runs.append(p["W1"].tobytes() + s["dW1"].tobytes())
+    assert runs[1] == runs[0] and runs[2] == runs[0]
 
 
 

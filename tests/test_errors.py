@@ -1205,3 +1205,115 @@ def test_an_arena_optimizer_keeps_no_state_from_a_refused_step_or_for_a_param_th
         ref.step([np.ones((2, 3)), None])
         ref.step([np.ones((2, 3)), np.ones(3)])
         assert W.tobytes() == W2.tobytes() and b.tobytes() == b2.tobytes()
+
+
+# ------------------------------------------- 0-d arrays and NumPy scalars as hyper-parameters
+def _lr_entry_points():
+    """(name, run(lr) -> the bytes it produced): every kind of place that takes a learning
+    rate (ops kernels, optimizers at construction, through a param group edited between
+    steps and through the lr setter, the course module, a schedule). Each runs from fresh
+    arrays."""
+    def arrays():
+        return np.linspace(-1.0, 1.0, 5), np.linspace(0.5, -0.5, 5)
+
+    def op_sgd(lr):
+        p, g = arrays()
+        ops.sgd_step_(p, g, lr=lr)
+        return p.tobytes()
+
+    def op_adam(lr):
+        p, g = arrays()
+        m, v = np.zeros(5), np.zeros(5)
+        ops.foreach_adam_step_([p], [g], [m], [v], 2, lr=lr)
+        return p.tobytes() + m.tobytes() + v.tobytes()
+
+    def opt_new(lr):
+        p, g = arrays()
+        fo.Adam([p], lr=lr).step([g])
+        return p.tobytes()
+
+    def opt_group(lr):
+        p, g = arrays()
+        opt = fo.SGD([p], lr=0.5, momentum=0.5)
+        opt.step([g])
+        opt.param_groups[0]["lr"] = lr
+        opt.step([g])
+        return p.tobytes()
+
+    def opt_setter(lr):
+        p, g = arrays()
+        opt = fo.RMSprop([p], lr=0.5)
+        opt.lr = lr
+        opt.step([g])
+        return p.tobytes()
+
+    def course_gd(lr):
+        p, g = arrays()
+        params = fo.course.update_parameters_with_gd({"W1": p, "b1": g.copy()},
+                                                     {"dW1": g, "db1": g}, lr)
+        return params["W1"].tobytes() + params["b1"].tobytes()
+
+    def course_adam(lr):
+        p, g = arrays()
+        params = {"W1": p, "b1": g.copy()}
+        v, s = fo.course.initialize_adam(params)
+        out = fo.course.update_parameters_with_adam(params, {"dW1": g, "db1": g}, v, s, 2,
+                                                    learning_rate=lr)
+        return out[0]["W1"].tobytes()
+
+    def course_update_lr(lr):
+        return repr(fo.course.update_lr(lr, 3, 0.5)).encode()
+
+    def schedule(lr):
+        return repr(fo.schedules.exponential_decay(lr, 0.5)(3)).encode()
+
+    return {f.__name__: f for f in (op_sgd, op_adam, opt_new, opt_group, opt_setter,
+                                    course_gd, course_adam, course_update_lr, schedule)}
+
+
+LR_ENTRY_POINTS = _lr_entry_points()
+# where the learning rate is called otherwise (the course's name)
+LR_NAME = {"course_gd": "learning_rate", "course_adam": "learning_rate",
+           "course_update_lr": "learning_rate0", "schedule": "lr0"}
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("where", LR_ENTRY_POINTS)
+def test_a_0d_array_or_numpy_scalar_is_taken_wherever_a_real_number_is(backend, where):
+    """A NumPy user's lr: a 0-d array (float or int) or a NumPy scalar gives the bits the
+    Python number it holds gives (the optimizers and the course's update_lr refused 0-d
+    arrays as 'not a real number')."""
+    run = LR_ENTRY_POINTS[where]
+    with fo.use_backend(backend):
+        for value, same in [(np.array(0.25), 0.25), (np.array(0.25, np.float32), 0.25),
+                            (np.float32(0.25), 0.25), (np.float64(0.25), 0.25),
+                            (np.array(1), 1), (np.int64(1), 1), (np.array(0.0), 0.0)]:
+            assert run(value) == run(same), (where, value)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("where", LR_ENTRY_POINTS)
+def test_a_refused_0d_or_numpy_lr_says_the_true_reason_naming_it(backend, where):
+    """np.array(-0.1) is a real number, negative: the message said 'not a real number'. Each
+    refusal names the argument and says why; True (a bug, not a learning rate of 1) is
+    refused wherever a hyper-parameter is checked by type before any kernel runs."""
+    run = LR_ENTRY_POINTS[where]
+    name = LR_NAME.get(where, "lr")
+    cases = [(np.array(-0.1), ValueError, "must be >= 0"),
+             (np.float32(-0.25), ValueError, "must be >= 0"),
+             (np.array(math.nan), ValueError, "must be >= 0"),
+             (np.array([0.1, 0.2]), TypeError, "array of shape (2,)"),
+             ("0.1", TypeError, "got str"), (None, TypeError, "got NoneType"),
+             (0.1 + 0j, TypeError, "got complex")]
+    if not where.startswith(("op_", "course_gd", "course_adam")):
+        # (the kernels' own scalar checks are chained comparisons, which a bool passes)
+        cases += [(True, TypeError, "got bool"), (np.True_, TypeError, "got bool"),
+                  (np.array(True), TypeError, "dtype bool"),
+                  (np.array(0.1 + 0j), TypeError, "dtype complex128"),
+                  (np.array(1.0, dtype=object), TypeError, "dtype object")]
+    with fo.use_backend(backend):
+        for value, exc, why in cases:
+            with pytest.raises(exc) as info:
+                run(value)
+            message = str(info.value)
+            assert message.startswith(f"Invalid {name}: ") and why in message, (value, message)

@@ -1,7 +1,9 @@
 """Hyper-parameter checks shared by :mod:`fastopt.ops` and the optimizer classes.
 
-A hyper-parameter is a real number (Python or NumPy; not None, a str or an array): anything else
-is a ``TypeError`` naming it. Out of its range (NaN is out of every range) it is a
+A hyper-parameter is a real number: a Python or NumPy int or float, or a 0-d array of one (what
+NumPy code hands around as a scalar). Anything else (None, a str, a bool -- ``lr=True`` is a
+bug, not a learning rate of 1 --, a complex number, an array of another shape or dtype) is a
+``TypeError`` naming it and what it got. Out of its range (NaN is out of every range) it is a
 ``ValueError`` naming it and showing the value. Options (``maximize``, ``nesterov``, ...) are
 ``True``/``False``. The ranges are torch.optim's.
 
@@ -21,7 +23,12 @@ BETAS = None                    # a pair in [0, 1), see check_betas
 
 def check_real(name, value, bounds=NONNEG):
     """Raise unless ``value`` is a real number in ``bounds`` = (lo, hi or None, hi open)."""
-    if not isinstance(value, numbers.Real):
+    if isinstance(value, np.ndarray):
+        if value.shape != () or value.dtype.kind not in "iuf":
+            got = (f"an array of shape {value.shape}" if value.shape != ()
+                   else f"a 0-d array of dtype {value.dtype}")
+            raise TypeError(f"Invalid {name}: {value!r} (must be a real number, got {got})")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):   # (np.bool_ is not)
         raise TypeError(f"Invalid {name}: {value!r} (must be a real number, "
                         f"got {type(value).__name__})")
     lo, hi, hi_open = bounds
@@ -40,7 +47,8 @@ def check_real(name, value, bounds=NONNEG):
 
 def check_betas(name, value):
     """Raise unless ``value`` is a pair of real numbers in [0, 1)."""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+    if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")
+            or isinstance(value, np.ndarray) and value.ndim != 1):
         raise TypeError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")
     if len(value) != 2:
         raise ValueError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")

@@ -14,13 +14,12 @@ arrays are updated in place (one fused kernel call each) and also returned, as t
 expect.
 """
 import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import ops, schedules
-from ._hyper import NONNEG, STEP, UNIT_OPEN, check_reals
+from ._hyper import NONNEG, STEP, UNIT_OPEN, check_real, check_reals
 from ._validate import check_disjoint, check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
@@ -122,10 +121,7 @@ def _layers(parameters, grads, check=False, **states):
 
 def _check_t(t):
     """Adam's step count ``t``, named as the course names it (the kernels call it step)."""
-    if not isinstance(t, numbers.Real):
-        raise TypeError(f"t must be a number (the step count, from 1), got {type(t).__name__}")
-    if not t >= 1:
-        raise ValueError(f"Invalid t: {t!r} (the step count, must be >= 1)")
+    check_real("t", t, STEP)
 
 
 def update_parameters_with_gd(parameters: ArrayDict, grads: ArrayDict,

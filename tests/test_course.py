@@ -2,6 +2,7 @@
 import math
 import re
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -171,6 +172,25 @@ def test_learning_rate_decay_refuses_bad_arguments_by_name_and_returns_a_float()
     rate = course.schedule_lr_decay(lr0, np.int64(2500), 0.37)
     assert type(rate) is float and rate == float(lr0) / (1 + 0.37 * 2)
 
+
+
+def test_learning_rate_decay_gives_a_float_for_any_epoch_and_refuses_infinite_rates():
+    """An epoch_num past the float range raised OverflowError ('int too large to convert to
+    float'); an infinite learning_rate0 or decay_rate gave NaN (0 * inf at epoch 0). The
+    true value is returned, worked out here exactly; the infinite arguments are refused by
+    name."""
+    want = float(Fraction(1e300) / (1 + Fraction(1e-300) * 10**400))        # ~1e200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert course.update_lr(1e300, 10**400, 1e-300) == want
+        assert course.schedule_lr_decay(1e300, 10**403 + 999, 1e-300, 1000) == want
+        assert course.update_lr(0.1, math.inf, 0.0) == 0.1
+    for i, name in ((0, "learning_rate0"), (2, "decay_rate")):
+        for fn, args in ((course.update_lr, [0.5, 2, 1]),
+                         (course.schedule_lr_decay, [0.5, 2, 1, 1000])):
+            args[i] = math.inf
+            with pytest.raises(ValueError, match=rf"^Invalid {name}: inf"):
+                fn(*args)
 
 def _bad_layer_cases():
     """(update function, what to spoil, exception, message): every kind of bad array, each in

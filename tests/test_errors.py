@@ -1299,9 +1299,11 @@ def test_a_refused_0d_or_numpy_lr_says_the_true_reason_naming_it(backend, where)
     refused wherever a hyper-parameter is checked by type before any kernel runs."""
     run = LR_ENTRY_POINTS[where]
     name = LR_NAME.get(where, "lr")
-    cases = [(np.array(-0.1), ValueError, "must be >= 0"),
-             (np.float32(-0.25), ValueError, "must be >= 0"),
-             (np.array(math.nan), ValueError, "must be >= 0"),
+    in_range = "must be >= 0" if where not in ("course_update_lr", "schedule") else (
+        "must be in [0, inf)")    # (a schedule's lr0 is finite)
+    cases = [(np.array(-0.1), ValueError, in_range),
+             (np.float32(-0.25), ValueError, in_range),
+             (np.array(math.nan), ValueError, in_range),
              (np.array([0.1, 0.2]), TypeError, "array of shape (2,)"),
              ("0.1", TypeError, "got str"), (None, TypeError, "got NoneType"),
              (0.1 + 0j, TypeError, "got complex")]

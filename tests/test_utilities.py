@@ -4,6 +4,7 @@ import copy
 import math
 import pickle
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -120,6 +121,89 @@ def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_n
     assert sched.step(1) == 0.6 == opt.lr
     assert sched.step() == 2.0 * 0.3 / math.sqrt(2) == opt.lr
 
+
+
+# (schedule, epoch, the true value rounded to a float), each worked out here: a power past the
+# float range is inf, one below it 0.0, 0 times a power that overflowed 0 (its true value is
+# finite); epochs past the float range, float epochs and inf (the limit)
+_S = fo.schedules
+FAR = [(_S.exponential_decay(0.1, 1.5), 2000, math.inf),        # 1.5**2000 ~ 1e352
+       (_S.exponential_decay(0.1, 1.5), 10**6, math.inf),
+       (_S.exponential_decay(0.1, 1.5), 10**300, math.inf),
+       (_S.exponential_decay(0.1, 1.5), 1e300, math.inf),
+       (_S.exponential_decay(0.1, 1.5), 10**400, math.inf),
+       (_S.exponential_decay(0.1, 1.5), math.inf, math.inf),
+       (_S.exponential_decay(0.1, 1.5), np.int64(2**62), math.inf),
+       (_S.exponential_decay(0.1, 1.5), np.array(2000), math.inf),
+       (_S.exponential_decay(1e300, 2.0), 2000, math.inf),
+       (_S.exponential_decay(0.0, 1.5), 2000, 0.0),
+       (_S.exponential_decay(0.0, 1.5), 10**400, 0.0),
+       (_S.exponential_decay(0.0, 1.5), math.inf, 0.0),
+       (_S.exponential_decay(0.0, 1.5), np.int64(2**62), 0.0),
+       (_S.exponential_decay(0.1, 0.5), 10**400, 0.0),
+       (_S.exponential_decay(0.1, 1.0), 10**400, 0.1),
+       (_S.exponential_decay(0.1, 0.0), 10**400, 0.0),
+       (_S.staircase(0.1, 1.5, 3), 10**6, math.inf),
+       (_S.staircase(0.1, 2.0, 2.5), 1e300, math.inf),
+       (_S.staircase(0.1, 2.0, 1), 10**400, math.inf),
+       (_S.staircase(0.0, 2.0, 1), 2000, 0.0),
+       (_S.staircase(0.1, 1.5, np.array(3)), 10**6, math.inf),
+       (_S.staircase(0.1, 2.0, np.int64(1)), 2000, math.inf),
+       (_S.staircase(0.1, 0.5, 3), math.inf, 0.0),
+       (_S.staircase(0.1, 2.0, 1), math.inf, math.inf),
+       (_S.staircase(0.1, 1.0, 3), math.inf, 0.1),
+       # 10**309 // 1e308 is 9 (the float 1e308 is a little above 10**308): 0.5**9
+       (_S.staircase(1.0, 0.5, 1e308), 10**309, 0.001953125),
+       (_S.inverse_time_decay(0.1, 0.0), math.inf, 0.1),
+       (_S.inverse_time_decay(0.1, 0.5), math.inf, 0.0),
+       (_S.inverse_time_decay(1e300, 1e-300), 10**400,
+        float(Fraction(1e300) / (1 + Fraction(1e-300) * 10**400))),     # ~1e200
+       (_S.inverse_time_decay(1e308, 1e300), 1e10,
+        float(Fraction(1e308) / (1 + Fraction(1e300) * Fraction(1e10)))),  # ~1e-2
+       (_S.inverse_sqrt_decay(0.1), math.inf, 0.0),
+       (_S.inverse_sqrt_decay(0.1), 10**400, float(Fraction(0.1) / 10**200)),
+       (_S.inverse_sqrt_decay(1e308, 1e308), 1e300, math.inf),          # ~1e466
+       (_S.inverse_sqrt_decay(0.0, 1e308), 10**700, 0.0),
+       (_S.inverse_sqrt_decay(1e200, 1e200), math.inf, 0.0)]
+
+
+@pytest.mark.parametrize("fn,epoch,want", FAR, ids=[f"{f!r}({e!r})"[:60] for f, e, _ in FAR])
+def test_schedules_give_a_float_for_any_epoch_without_raising(fn, epoch, want):
+    """exponential_decay(0.1, 1.5)(2000) raised OverflowError (Python's float **), as did
+    staircase and every schedule at an epoch past the float range (10**400: 'int too large to
+    convert to float'); NumPy epochs warned; 0 * an overflowed power was NaN, and 0 * inf
+    at epoch inf. Each now returns the true value as a float (inf past the float range, 0.0
+    below it), silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = fn(epoch)
+    assert type(got) is float
+    assert got == want, (fn, epoch, got, want)
+
+
+def test_a_schedule_near_the_float_range_keeps_its_true_value():
+    """k * lr0 past the float range, brought back by 1 / sqrt(epoch) (it was inf), and an
+    epoch whose square root is past it (it raised): the true value, to the last bits (its
+    square root is rounded once more than the formula's own)."""
+    fn = fo.schedules.inverse_sqrt_decay(1e200, 1e200)
+    want = float(Fraction(1e200) * Fraction(1e200) / Fraction(1e150))   # sqrt(1e300) ~ 1e150
+    assert fn(1e300) == pytest.approx(want, rel=4e-16)
+    fn = fo.schedules.inverse_sqrt_decay(1e300, 1e300)
+    assert fn(10**700) == pytest.approx(1e250, rel=4e-16)
+
+
+@pytest.mark.parametrize("make,names", [(fo.schedules.exponential_decay, ("lr0", "base")),
+                                        (fo.schedules.inverse_time_decay, ("lr0", "decay_rate")),
+                                        (fo.schedules.inverse_sqrt_decay, ("lr0", "k")),
+                                        (fo.schedules.staircase, ("lr0", "factor", "every"))])
+def test_schedules_refuse_infinite_arguments_by_name(make, names):
+    """An infinite lr0, base, rate, k or factor made a schedule of NaNs (inf * 0.0 once the
+    power underflowed, 0 * inf at epoch 0 for a decay rate): refused when made, by name."""
+    good = {"lr0": 0.1, "base": 0.5, "decay_rate": 0.5, "k": 1.0, "factor": 0.5, "every": 2}
+    for name in names:
+        args = [math.inf if n == name else good[n] for n in names]
+        with pytest.raises(ValueError, match=rf"^Invalid {name}: inf \(must be in \["):
+            make(*args)
 
 
 @pytest.mark.parametrize("name,args,formula", SCHEDULES, ids=[s[0] for s in SCHEDULES])

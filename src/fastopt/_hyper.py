@@ -10,11 +10,13 @@ bug, not a learning rate of 1 --, a complex number, an array of another shape or
 ``fastopt.ops`` tests the common case with a few chained comparisons and calls these only when
 they fail, to raise the error with the argument's name (so its calls stay cheap).
 """
+import math
 import numbers
 
 import numpy as np
 
 NONNEG = (0.0, None, False)     # [0, inf]
+FINITE = (0.0, math.inf, True)  # [0, inf)
 UNIT_OPEN = (0.0, 1.0, True)    # [0, 1)
 UNIT = (0.0, 1.0, False)        # [0, 1]
 STEP = (1.0, None, False)       # step counts start at 1

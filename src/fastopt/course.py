@@ -15,11 +15,12 @@ expect.
 """
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 import numpy as np
 
 from . import ops, schedules
-from ._hyper import NONNEG, STEP, UNIT_OPEN, check_real, check_reals
+from ._hyper import FINITE, NONNEG, STEP, UNIT_OPEN, check_real, check_reals
 from ._validate import check_disjoint, check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
@@ -405,10 +406,11 @@ def update_lr(learning_rate0: float, epoch_num: int, decay_rate: float) -> float
     TypeError
         An argument that is not a real number (named).
     ValueError
-        An argument < 0 (NaN included; named).
+        An argument < 0, or an infinite ``learning_rate0`` or ``decay_rate`` (NaN
+        included; named).
     """
-    check_reals(learning_rate0=(learning_rate0, NONNEG), epoch_num=(epoch_num, NONNEG),
-                decay_rate=(decay_rate, NONNEG))      # (under the course's names)
+    check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, NONNEG),
+                decay_rate=(decay_rate, FINITE))      # (under the course's names)
     return schedules.inverse_time_decay(learning_rate0, decay_rate)(epoch_num)
 
 
@@ -439,12 +441,16 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
     TypeError
         An argument that is not a real number (named).
     ValueError
-        An argument < 0, or ``time_interval`` < 1 (NaN included; named).
+        An argument < 0, an infinite ``learning_rate0`` or ``decay_rate``, or
+        ``time_interval`` < 1 (NaN included; named).
     """
-    check_reals(learning_rate0=(learning_rate0, NONNEG), epoch_num=(epoch_num, NONNEG),
-                decay_rate=(decay_rate, NONNEG), time_interval=(time_interval, STEP))
+    check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, NONNEG),
+                decay_rate=(decay_rate, FINITE), time_interval=(time_interval, STEP))
     # the inverse-time decay of the intervals completed
-    intervals = float(np.floor(epoch_num / time_interval))
+    try:
+        intervals = float(np.floor(epoch_num / time_interval))
+    except OverflowError:       # an int epoch_num past the float range: exactly
+        intervals = epoch_num // Fraction(time_interval)
     return schedules.inverse_time_decay(learning_rate0, decay_rate)(intervals)
 
 

@@ -6,9 +6,13 @@ using them, pickle and deepcopy with the optimizer (a checkpoint), and show thei
 """
 import math
 from collections.abc import Callable
+from decimal import Context, Decimal
+from fractions import Fraction
 from typing import Protocol
 
-from ._hyper import NONNEG, check_real
+import numpy as np
+
+from ._hyper import FINITE, NONNEG, check_real
 
 Schedule = Callable[[int], float]     # epoch -> learning rate
 
@@ -24,7 +28,30 @@ class HasLR(Protocol):
     def lr(self, value: float) -> None: ...
 
 
-_EVERY = (1.0, None, False)     # staircase's epochs per stair
+_EVERY = (1.0, math.inf, True)  # staircase's epochs per stair
+_DECIMAL = Context(prec=28, Emax=10**6, Emin=-10**6, traps=[])   # (not the caller's context)
+
+
+def _python(x):
+    """A checked real number as a Python int or float (a NumPy scalar or 0-d array's
+    ``item()``): Python's arithmetic, not NumPy's (which warns on overflow)."""
+    return x.item() if isinstance(x, (np.ndarray, np.generic)) else x
+
+
+def _power(base, n):
+    """``base ** n`` as a float (``base`` a float >= 0, ``n`` an int or a float >= 0, inf
+    included), without raising: inf past the float range, 0.0 below it. (Python's float ``**``
+    raises OverflowError for a result past the range or an int ``n`` past it.)"""
+    try:
+        return base ** n
+    except OverflowError:
+        return math.inf if base > 1.0 else 1.0 if base == 1.0 else 0.0
+
+
+def _scaled(lr0, power):
+    """``lr0 * power`` for a :func:`_power`: 0.0 for ``lr0`` 0, whose power's inf was an
+    overflow (its true value is finite), not NaN."""
+    return lr0 * power if lr0 else 0.0
 
 
 class _Schedule:
@@ -32,15 +59,19 @@ class _Schedule:
     shown by them (``exponential_decay(lr0=0.1, base=0.5)``). Each is checked (a real number
     in its range, else TypeError/ValueError naming it) and kept as a Python float, except
     ``every``, so that NumPy scalars do not set the precision of the arithmetic (a float32
-    ``lr0`` would compute in float32); ``__call__`` returns a Python float, whatever the
-    epoch's type."""
+    ``lr0`` would compute in float32). They are finite (an infinite ``lr0`` or factor made
+    NaNs: ``inf * 0.0`` once a power underflowed). ``__call__`` returns a Python float for
+    any epoch >= 0 (an int past the float range, inf: the limit) without raising or warning:
+    the true value, inf past the float range and 0.0 below it; the epoch is made a Python
+    number first, so NumPy's overflow warnings do not arise."""
 
     _name = ""
     _fields: tuple[str, ...] = ()
 
     def __init__(self, *args) -> None:
         for field, value in zip(self._fields, args):
-            check_real(field, value, _EVERY if field == "every" else NONNEG)
+            check_real(field, value, _EVERY if field == "every" else FINITE)
+            value = _python(value)
             setattr(self, field, value if field == "every" else float(value))
 
     def __repr__(self) -> str:
@@ -57,7 +88,7 @@ class _Schedule:
 
     def __call__(self, epoch: int) -> float:
         check_real("epoch", epoch, NONNEG)
-        return float(self._lr(epoch))
+        return float(self._lr(_python(epoch)))
 
     def _lr(self, epoch):
         """The schedule's formula, for a checked epoch."""
@@ -70,7 +101,17 @@ class _InverseTimeDecay(_Schedule):
     _name, _fields = "inverse_time_decay", ("lr0", "decay_rate")
 
     def _lr(self, epoch):
-        return self.lr0 / (1.0 + self.decay_rate * epoch)
+        if not self.decay_rate:
+            return self.lr0             # (0 * inf is NaN at epoch inf)
+        try:
+            denominator = 1.0 + self.decay_rate * epoch
+        except OverflowError:           # an int epoch past the float range
+            denominator = math.inf
+        if denominator == math.inf and epoch != math.inf:
+            # past the float range but finite: the quotient may not be (1e308 / (1e300 *
+            # 1e10)); exact, rounded once
+            return float(Fraction(self.lr0) / (1 + Fraction(self.decay_rate) * Fraction(epoch)))
+        return self.lr0 / denominator
 
 
 class _ExponentialDecay(_Schedule):
@@ -79,7 +120,7 @@ class _ExponentialDecay(_Schedule):
     _name, _fields = "exponential_decay", ("lr0", "base")
 
     def _lr(self, epoch):
-        return self.lr0 * self.base ** epoch
+        return _scaled(self.lr0, _power(self.base, epoch))
 
 
 class _InverseSqrtDecay(_Schedule):
@@ -90,7 +131,16 @@ class _InverseSqrtDecay(_Schedule):
     def _lr(self, epoch):
         if not epoch >= 1:
             raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
-        return self.k * self.lr0 / math.sqrt(epoch)
+        try:
+            lr = self.k * self.lr0 / math.sqrt(epoch)
+        except OverflowError:           # an int epoch past the float range
+            lr = math.inf
+        if not lr < math.inf:
+            # k * lr0, or the epoch, past the float range (inf, or inf / inf): the quotient
+            # may not be; in decimals (28 digits), rounded to a float (inf past the range)
+            return float(_DECIMAL.divide(_DECIMAL.multiply(Decimal(self.k), Decimal(self.lr0)),
+                                         Decimal(epoch).sqrt(_DECIMAL)))
+        return lr
 
 
 class _Staircase(_Schedule):
@@ -99,7 +149,14 @@ class _Staircase(_Schedule):
     _name, _fields = "staircase", ("lr0", "factor", "every")
 
     def _lr(self, epoch):
-        return self.lr0 * self.factor ** (epoch // self.every)
+        if epoch == math.inf:
+            stairs = math.inf           # (inf // every is NaN)
+        else:
+            try:
+                stairs = epoch // self.every
+            except OverflowError:       # an int epoch past the float range: exactly
+                stairs = epoch // Fraction(self.every)
+        return _scaled(self.lr0, _power(self.factor, stairs))
 
 
 def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
@@ -122,7 +179,7 @@ def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
     TypeError
         An argument that is not a real number (named).
     ValueError
-        An argument < 0 (NaN included; named).
+        An argument < 0 or infinite (NaN included; named).
 
     The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
     number >= 0.
@@ -150,7 +207,7 @@ def exponential_decay(lr0: float, base: float = 0.95) -> Schedule:
     TypeError
         An argument that is not a real number (named).
     ValueError
-        An argument < 0 (NaN included; named).
+        An argument < 0 or infinite (NaN included; named).
 
     The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
     number >= 0.
@@ -181,7 +238,7 @@ def inverse_sqrt_decay(lr0: float, k: float = 1.0) -> Schedule:
     TypeError
         An argument that is not a real number (named).
     ValueError
-        An argument < 0 (NaN included; named).
+        An argument < 0 or infinite (NaN included; named).
 
     The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
     number >= 1.
@@ -211,7 +268,7 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
     TypeError
         An argument that is not a real number (named).
     ValueError
-        An argument < 0 or ``every < 1`` (NaN included; named).
+        An argument < 0 or infinite, or ``every < 1`` (NaN included; named).
 
     The returned function raises ``TypeError``/``ValueError`` for an epoch that is not a real
     number >= 0.

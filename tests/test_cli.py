@@ -151,6 +151,7 @@ def test_torch_race_rows():
 @pytest.mark.parametrize("argv,named", [
     (["--sizes", "0"], "--sizes"), (["--sizes", "-5"], "--sizes"), (["--sizes", "inf"], "--sizes"),
     (["--sizes", "1e30"], "--sizes"), (["--sizes", "1.5"], "--sizes"),
+    (["--sizes", "1e3,1e12"], "--sizes"),
     (["--sizes", "abc"], "--sizes"), (["--threads", "0"], "--threads"),
     (["--threads", "-1"], "--threads"), (["--threads", "300"], "--threads"),
     (["--rounds", "0"], "--rounds"), (["--dtypes", "float16"], "--dtypes"),
@@ -239,6 +240,34 @@ def test_output_paths_that_cannot_be_written_are_usage_errors(tmp_path, capsys):
     assert args.json == str(kept) and args.plot == plot
     assert kept.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
         "kept.json"]
+
+
+def test_a_size_whose_row_would_not_fit_in_half_the_memory_is_a_usage_error(
+        monkeypatch, capsys):
+    """--sizes had no bound below 2^40: a typo (1e12 for 1e6) went on to allocate terabytes.
+    A row holds the largest kernel's arrays (param, grad, two states: 32 bytes an element in
+    float64) for every contender (the backends, the roofline, four torch/deepspeed peers:
+    7 or 8 sets here), about 250 bytes an element: with 2 GiB of memory, 1e6 (~250 MB) fits
+    in half of it and 1e7 (~2.5 GB) does not; with one backend, no peers and float32 (2 sets
+    of 16 bytes an element) 2e7 (~640 MB) does."""
+    from fastopt.__main__ import parse_args
+    sysconf = os.sysconf
+    memory = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 2 * 2 ** 30 // 4096}
+    monkeypatch.setattr(os, "sysconf", lambda name: memory.get(name) or sysconf(name))
+    assert parse_args(["--sizes", "1e6"]).sizes == [1_000_000]
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--sizes", "1e3,1e7"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --sizes: 10,000,000 elements is more than " in err and "half" in err
+    assert parse_args(["--sizes", "2e7", "--backends", "numpy", "--no-peers",
+                       "--dtypes", "float32"]).sizes == [20_000_000]
+
+
+def test_repeated_sizes_are_timed_once_in_the_order_given():
+    """--sizes 1e3,1e5,1000 timed the 1e3 rows twice."""
+    from fastopt.__main__ import parse_args
+    assert parse_args(["--sizes", "1e5,1e3,100000,1000,2e3"]).sizes == [100_000, 1_000, 2_000]
 
 
 def test_good_option_values_parse():

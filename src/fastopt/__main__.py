@@ -31,19 +31,39 @@ QUICK_GROUPS = ["1000x64"]
 DEFAULT_GROUPS = ["1x1000", "200x4096", "1000x64"]
 
 
+def _max_size(args):
+    """The largest ``--sizes`` entry for this run, and why: a row holds the largest kernel's
+    arrays (param, grad and state, in the widest dtype asked for) for every contender at once
+    (each backend, the roofline, and the torch/deepspeed peers unless ``--no-peers``), and
+    they must fit in half of the physical memory, so that a typo (1e12 for 1e6) is a usage
+    error, not terabytes asked of the allocator (and the machine's swap). Where the memory is
+    not known (no ``os.sysconf``): 2^40."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 2 ** 40, "2^40"
+    arrays = max(2 + len(case.state) for case in _bench.CASES.values())
+    contenders = len(args.backends) + 1 + (0 if args.no_peers else len(_bench.PEERS))
+    itemsize = max(np.dtype(d).itemsize for d in args.dtypes)
+    limit = memory // 2 // (itemsize * arrays * contenders)
+    return limit, (f"{limit:,}: {contenders} contenders x {arrays} arrays of {itemsize} bytes "
+                   f"an element in half of this machine's {memory / 2 ** 30:.0f} GiB")
+
+
 def _parse_sizes(text):
-    """``1e3,1e5``: whole element counts from 1 to 2^40 (a usage error otherwise)."""
+    """``1e3,1e5``: whole element counts >= 1 (a usage error otherwise; the upper bound is
+    :func:`_max_size`'s), each once, in the order given."""
     sizes = []
     for item in text.split(","):
         try:
             value = float(item)
         except ValueError:
             value = math.nan
-        if not (1 <= value <= 2 ** 40 and value == int(value)):
+        if not (1 <= value < math.inf and value == int(value)):
             raise argparse.ArgumentTypeError(
-                f"{item!r} is not a whole element count from 1 to 2^40 (e.g. 1e3,1e5)")
+                f"{item!r} is not a whole element count >= 1 (e.g. 1e3,1e5)")
         sizes.append(int(value))
-    return sizes
+    return list(dict.fromkeys(sizes))      # (a size given twice is timed once)
 
 
 def _positive_int(text):
@@ -87,7 +107,8 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernels", help="comma-separated, from: " + ", ".join(_bench.CASES))
     ap.add_argument("--sizes", type=_parse_sizes,
-                    help="whole element counts >= 1, e.g. 1e3,1e5,1e6")
+                    help="whole element counts >= 1, e.g. 1e3,1e5,1e6 (each once; at most "
+                    "what a row's arrays fit in half of the memory)")
     ap.add_argument("--dtypes", type=_parse_dtypes, default="float32,float64",
                     help="float32 and/or float64")
     ap.add_argument("--backends", help="backends to time (default: all available)")
@@ -131,6 +152,12 @@ def parse_args(argv):
     for b in args.backends:
         if b not in available:
             ap.error(f"backend {b!r} is not available here (available: {available})")
+    if args.sizes:
+        limit, why = _max_size(args)
+        for n in args.sizes:
+            if n > limit:
+                ap.error(f"argument --sizes: {n:,} elements is more than {why} (a row holds "
+                         "them all at once)")
     if args.threads is not None and args.threads > 256:
         ap.error(f"argument --threads: at most 256, got {args.threads}")
     # the output paths are checked before anything is timed, not after minutes of timing

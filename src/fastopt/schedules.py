@@ -6,8 +6,6 @@ using them, pickle and deepcopy with the optimizer (a checkpoint), and show thei
 """
 import math
 from collections.abc import Callable
-from decimal import Context, Decimal
-from fractions import Fraction
 from typing import Protocol
 
 import numpy as np
@@ -29,7 +27,6 @@ class HasLR(Protocol):
 
 
 _EVERY = (1.0, math.inf, True)  # staircase's epochs per stair
-_DECIMAL = Context(prec=28, Emax=10**6, Emin=-10**6, traps=[])   # (not the caller's context)
 
 
 def _python(x):
@@ -61,9 +58,9 @@ class _Schedule:
     ``every``, so that NumPy scalars do not set the precision of the arithmetic (a float32
     ``lr0`` would compute in float32). They are finite (an infinite ``lr0`` or factor made
     NaNs: ``inf * 0.0`` once a power underflowed). ``__call__`` returns a Python float for
-    any epoch >= 0 (an int past the float range, inf: the limit) without raising or warning:
-    the true value, inf past the float range and 0.0 below it; the epoch is made a Python
-    number first, so NumPy's overflow warnings do not arise."""
+    any epoch >= 0 without raising or warning: the formula's value, inf past the float range
+    and 0.0 below it, the limit for an epoch of inf or an int past the float range; the epoch
+    is made a Python number first, so NumPy's overflow warnings do not arise."""
 
     _name = ""
     _fields: tuple[str, ...] = ()
@@ -104,14 +101,9 @@ class _InverseTimeDecay(_Schedule):
         if not self.decay_rate:
             return self.lr0             # (0 * inf is NaN at epoch inf)
         try:
-            denominator = 1.0 + self.decay_rate * epoch
-        except OverflowError:           # an int epoch past the float range
-            denominator = math.inf
-        if denominator == math.inf and epoch != math.inf:
-            # past the float range but finite: the quotient may not be (1e308 / (1e300 *
-            # 1e10)); exact, rounded once
-            return float(Fraction(self.lr0) / (1 + Fraction(self.decay_rate) * Fraction(epoch)))
-        return self.lr0 / denominator
+            return self.lr0 / (1.0 + self.decay_rate * epoch)
+        except OverflowError:           # an int epoch past the float range: the limit
+            return 0.0
 
 
 class _ExponentialDecay(_Schedule):
@@ -131,16 +123,12 @@ class _InverseSqrtDecay(_Schedule):
     def _lr(self, epoch):
         if not epoch >= 1:
             raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
+        if epoch == math.inf:
+            return 0.0                  # the limit (k * lr0 / inf, which is NaN for inf / inf)
         try:
-            lr = self.k * self.lr0 / math.sqrt(epoch)
-        except OverflowError:           # an int epoch past the float range
-            lr = math.inf
-        if not lr < math.inf:
-            # k * lr0, or the epoch, past the float range (inf, or inf / inf): the quotient
-            # may not be; in decimals (28 digits), rounded to a float (inf past the range)
-            return float(_DECIMAL.divide(_DECIMAL.multiply(Decimal(self.k), Decimal(self.lr0)),
-                                         Decimal(epoch).sqrt(_DECIMAL)))
-        return lr
+            return self.k * self.lr0 / math.sqrt(epoch)
+        except OverflowError:           # an int epoch past the float range: the limit
+            return 0.0
 
 
 class _Staircase(_Schedule):
@@ -149,13 +137,10 @@ class _Staircase(_Schedule):
     _name, _fields = "staircase", ("lr0", "factor", "every")
 
     def _lr(self, epoch):
-        if epoch == math.inf:
-            stairs = math.inf           # (inf // every is NaN)
-        else:
-            try:
-                stairs = epoch // self.every
-            except OverflowError:       # an int epoch past the float range: exactly
-                stairs = epoch // Fraction(self.every)
+        try:        # (inf // every is NaN)
+            stairs = epoch // self.every if epoch != math.inf else math.inf
+        except OverflowError:           # an int epoch past the float range: the limit
+            stairs = math.inf
         return _scaled(self.lr0, _power(self.factor, stairs))
 
 

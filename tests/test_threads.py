@@ -263,6 +263,16 @@ def test_helpers_run_off_the_callers_cpu():
     assert out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.parametrize("nchunks", [1, 2, 7, 65535, 65536, 200_001])
+def test_the_pool_runs_every_chunk_of_a_job_once(nchunks):
+    # the caller claims from the front, helpers from the back, of one claim word counting up
+    # to 65535 chunks; a longer job runs its chunks in groups (fo_pool.h)
+    stream = pytest.importorskip("fastopt._kernels.stream")
+    for nthreads in (1, 2, 3):
+        counts = stream.pool_chunk_counts(nchunks, nthreads)
+        assert counts.shape == (nchunks,) and (counts == 1).all(), (nthreads, np.unique(counts))
+
+
 def test_cgroup_quota_caps_the_default(tmp_path):
     v2 = tmp_path / "cpu.max"
     v2.write_text("150000 100000\n")

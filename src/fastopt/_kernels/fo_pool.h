@@ -8,8 +8,15 @@
  * already started, never for a helper to wake up. (oneTBB's task arenas work the same way; from
  * C they would need a C++ build and a shared library outside the loader's path.)
  *
- * Chunks are claimed by compare-and-swap on one 64-bit word holding (job number, next chunk):
- * a helper that wakes late can never run a chunk of a newer job with an older job's function.
+ * Chunks are claimed by compare-and-swap on one 64-bit word holding (job number, first and last
+ * unclaimed chunk): a helper that wakes late can never run a chunk of a newer job with an older
+ * job's function. The caller claims from the front and helpers from the back, so from one call
+ * to the next each thread runs mostly the same chunks and finds their data in its own core's
+ * cache; claimed alternately, they were run by the other core half the time. Adam on 1e5 float32
+ * elements, 2 threads, this 2-vCPU Intel VM, calls back to back: 34.0-38.4 us claimed in order,
+ * 29.5-31.2 two-ended (batches of 50 calls, medians of 20 batches, both builds in one process);
+ * 0.86-0.87x from 5e4 to 2e5, level from 3e5 (past the caches). A job of more chunks than the
+ * word counts runs them in groups.
  * One job at a time: a second caller (another Python thread) that finds the pool busy runs its
  * job on its own thread. A helper polls for a new job for a few tens of microseconds after
  * each one (back-to-back calls of an optimizer step find it awake), then sleeps on a condition
@@ -78,13 +85,12 @@ static struct {
     pthread_mutex_t call_lock;      /* held by the caller running a job */
     pthread_mutex_t sleep_lock;
     pthread_cond_t wake;
-    _Atomic uint64_t claim;         /* job << 32 | next unclaimed chunk */
+    _Atomic uint64_t claim;         /* job << 32 | front << 16 | back: [front, back) unclaimed */
     _Atomic Py_ssize_t done;        /* chunks of the current job finished */
     _Atomic int sleepers;
     /* the current job: written only between jobs, read by helpers after they load `claim` */
     _Atomic(fo_chunk_fn) fn;
     _Atomic(void *) ctx;
-    _Atomic Py_ssize_t nchunks;
     _Atomic int helpers_wanted;     /* helpers with a smaller index take part in this job */
     int helpers;                    /* helper threads started */
     int avoided_cpu;                /* the helpers may run anywhere the caller may but here */
@@ -101,19 +107,24 @@ static double fo_now(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-/* Claim and run chunks of `job` until none is left (or the job is over). */
-static void fo_pool_work(uint32_t job) {
+enum { FO_MAX_CHUNKS = 0xFFFF };    /* chunks one claim word counts (16 bits each end) */
+
+/* Claim and run chunks of `job` until none is left (or the job is over): the first unclaimed
+ * one, or (`from_back`, the helpers) the last. */
+static void fo_pool_work(uint32_t job, int from_back) {
     for (;;) {
         uint64_t word = atomic_load_explicit(&fo_pool.claim, memory_order_acquire);
         if ((uint32_t)(word >> 32) != job)
             return;
-        Py_ssize_t chunk = (Py_ssize_t)(uint32_t)word;
+        Py_ssize_t front = (Py_ssize_t)(word >> 16 & 0xFFFF), back = (Py_ssize_t)(word & 0xFFFF);
         /* if these belong to a newer job already, `word` is stale and the CAS below fails */
         fo_chunk_fn fn = atomic_load_explicit(&fo_pool.fn, memory_order_relaxed);
         void *ctx = atomic_load_explicit(&fo_pool.ctx, memory_order_relaxed);
-        if (chunk >= atomic_load_explicit(&fo_pool.nchunks, memory_order_relaxed))
+        if (front >= back)
             return;
-        if (atomic_compare_exchange_weak_explicit(&fo_pool.claim, &word, word + 1,
+        Py_ssize_t chunk = from_back ? back - 1 : front;
+        uint64_t claimed = from_back ? word - 1 : word + (1 << 16);
+        if (atomic_compare_exchange_weak_explicit(&fo_pool.claim, &word, claimed,
                                                   memory_order_acq_rel,
                                                   memory_order_acquire)) {
             fn(ctx, chunk);
@@ -146,7 +157,7 @@ static void *fo_helper_main(void *arg) {
         }
         seen = job;
         if (index < atomic_load_explicit(&fo_pool.helpers_wanted, memory_order_relaxed))
-            fo_pool_work(job);
+            fo_pool_work(job, 1);
     }
     return NULL;
 }
@@ -227,6 +238,23 @@ static void fo_pool_run_openmp(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, in
         fn(ctx, c);
 }
 
+/* A job of more than FO_MAX_CHUNKS chunks: each claimed chunk is a group of `per` of them
+ * (set under call_lock before the job is published, so helpers see it). */
+static struct {
+    fo_chunk_fn fn;
+    void *ctx;
+    Py_ssize_t per, nchunks;
+} fo_pool_group;
+
+static void fo_pool_run_group(void *unused, Py_ssize_t group) {
+    (void)unused;
+    Py_ssize_t end = (group + 1) * fo_pool_group.per;
+    if (end > fo_pool_group.nchunks)
+        end = fo_pool_group.nchunks;
+    for (Py_ssize_t c = group * fo_pool_group.per; c < end; c++)
+        fo_pool_group.fn(fo_pool_group.ctx, c);
+}
+
 /* Run fn(ctx, c) for every c in [0, nchunks) on up to `nthreads` threads, the caller being
  * one of them. Returns when every chunk has run. */
 static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
@@ -237,8 +265,7 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
         return;
     }
 #endif
-    if (nthreads <= 1 || nchunks <= 1 || nchunks >= ((Py_ssize_t)1 << 32)
-            || pthread_mutex_trylock(&fo_pool.call_lock) != 0) {
+    if (nthreads <= 1 || nchunks <= 1 || pthread_mutex_trylock(&fo_pool.call_lock) != 0) {
         for (Py_ssize_t c = 0; c < nchunks; c++)
             fn(ctx, c);
         return;
@@ -250,22 +277,29 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
             fn(ctx, c);
         return;
     }
+    if (nchunks > FO_MAX_CHUNKS) {
+        fo_pool_group.fn = fn;
+        fo_pool_group.ctx = ctx;
+        fo_pool_group.per = (nchunks + FO_MAX_CHUNKS - 1) / FO_MAX_CHUNKS;
+        fo_pool_group.nchunks = nchunks;
+        fn = fo_pool_run_group;
+        nchunks = (nchunks + fo_pool_group.per - 1) / fo_pool_group.per;
+    }
     fo_pool_start_helpers(nthreads - 1);
     fo_pool_keep_helpers_off_caller_cpu();
     double started = fo_now();
     uint32_t job = (uint32_t)(atomic_load(&fo_pool.claim) >> 32) + 1;
     atomic_store_explicit(&fo_pool.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&fo_pool.nchunks, nchunks, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.helpers_wanted, nthreads - 1, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.done, 0, memory_order_relaxed);
-    atomic_store(&fo_pool.claim, (uint64_t)job << 32);   /* publishes the job */
+    atomic_store(&fo_pool.claim, (uint64_t)job << 32 | (uint64_t)nchunks);   /* publishes it */
     if (atomic_load(&fo_pool.sleepers) > 0) {
         pthread_mutex_lock(&fo_pool.sleep_lock);
         pthread_cond_broadcast(&fo_pool.wake);
         pthread_mutex_unlock(&fo_pool.sleep_lock);
     }
-    fo_pool_work(job);
+    fo_pool_work(job, 0);
     double worked = fo_now();
     /* every chunk is claimed; wait for the ones helpers are still running */
     for (unsigned polls = 1;

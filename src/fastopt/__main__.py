@@ -396,7 +396,8 @@ def report(args, json_out):
 
     layer_rows = []
     if not args.no_layers:
-        print("\nlayers (rows are examples; x roof: vs a stream reading its inputs and writing its outputs)")
+        print("\nlayers (rows are examples; x roof: vs a stream reading the inputs, writing the "
+              "outputs)")
         print(f"  {'kernel':<12}{'dtype':<8}{'shape':>14}  {'contender':<10}{'time':>11}"
               f"{'spread':>8}{'x ref':>8}{'x roof':>8}")
         layer_shapes = [(name, shape) for name, shapes in _bench.LAYER_CASES.items()

@@ -396,8 +396,9 @@ LAYER_CASES = {   # name -> shapes (rows are examples, features/classes last)
 def layer_contenders(name, shape, dtype, backends, peers=True, scale=1.0):
     """One layer call (rows are examples, features/classes last; ``bn_fwd_bwd_t``: features
     are rows, batch axis 1) done every way, plus the roofline: a stream over the layer's own
-    arrays reading its inputs and writing its outputs. The input is standard normal times ``scale`` (logits of a confident classifier
-    spread wider: exp then underflows for many of them)."""
+    arrays reading its inputs and writing its outputs. The input is standard normal times
+    ``scale`` (logits of a confident classifier spread wider: exp then underflows for many of
+    them)."""
     from . import layers
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(shape) * scale).astype(dtype)

@@ -15,7 +15,6 @@ expect.
 """
 import math
 from collections.abc import Mapping
-from fractions import Fraction
 
 import numpy as np
 
@@ -449,8 +448,8 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
     # the inverse-time decay of the intervals completed
     try:
         intervals = float(np.floor(epoch_num / time_interval))
-    except OverflowError:       # an int epoch_num past the float range: exactly
-        intervals = epoch_num // Fraction(time_interval)
+    except OverflowError:       # an int epoch_num past the float range: the limit
+        intervals = math.inf
     return schedules.inverse_time_decay(learning_rate0, decay_rate)(intervals)
 
 

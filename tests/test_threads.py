@@ -273,6 +273,31 @@ def test_the_pool_runs_every_chunk_of_a_job_once(nchunks):
         assert counts.shape == (nchunks,) and (counts == 1).all(), (nthreads, np.unique(counts))
 
 
+def test_concurrent_callers_of_long_jobs_run_every_chunk_once():
+    """Jobs of more than 65535 chunks run as groups described by one static struct per pool
+    (fo_pool.h), which only the thread holding the pool may set: a second caller runs its
+    job on its own thread. Four threads at once, each with its own job length (groups of 2,
+    3, 4 and 16 chunks), every chunk of every job run once."""
+    stream = pytest.importorskip("fastopt._kernels.stream")
+    lengths = (65536, 131071, 200001, 10**6)
+    bad = []
+    barrier = threading.Barrier(len(lengths))
+
+    def work(nchunks):
+        barrier.wait()
+        for call in range(40 if nchunks < 10**6 else 8):
+            counts = stream.pool_chunk_counts(nchunks, 2 + call % 2)
+            if counts.shape != (nchunks,) or not (counts == 1).all():
+                bad.append((nchunks, call, np.unique(counts).tolist()))
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in lengths]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not bad, bad[:5]
+
+
 def test_cgroup_quota_caps_the_default(tmp_path):
     v2 = tmp_path / "cpu.max"
     v2.write_text("150000 100000\n")

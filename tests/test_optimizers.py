@@ -843,6 +843,26 @@ def test_lion_nan_and_inf_follow_optax(backend):
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+def test_lion_signs_of_zeros_and_tiny_values_match_the_reference(backend, dtype, weight_decay):
+    """np.sign gives +0 for either zero, and the zero's sign reaches the param: -0 - lr * (+0
+    + 0 * -0) is -0, -0 - lr * (-0 + 0 * -0) would be +0. Subnormal and tiny momenta keep their
+    sign; NaN stays NaN. Bit for bit, twelve elements each side of the vector loop's tail."""
+    tiny = np.finfo(dtype).smallest_subnormal
+    p = np.array([-0.0, 0.0, -0.0, 0.0, 1.0, -1.0, -0.0, 0.0, 2.0, -0.0, 3.0, -0.0], dtype)
+    g = np.array([0.0, -0.0, -0.0, 0.0, tiny, -tiny, 1e-30, -1e-30, np.nan, tiny, -0.0, 0.0],
+                 dtype)
+    m = np.array([-0.0, 0.0, -0.0, -0.0, 0.0, -0.0, tiny, -tiny, 0.0, -tiny, 0.0, np.nan], dtype)
+    p, g, m = (np.concatenate([a] * 3) for a in (p, g, m))    # 36: vectors and a tail
+    got, expected = [p.copy(), m.copy()], [p.copy(), m.copy()]
+    for arrays, name in ((got, backend), (expected, "numpy")):
+        with fo.use_backend(name):
+            fo.ops.lion_step_(arrays[0], g, arrays[1], lr=0.1, weight_decay=weight_decay)
+    for a, b in zip(got, expected):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_lion_resumes_exactly_from_a_pickled_state_dict(backend, dtype):
     rng = np.random.default_rng(2)
     start = [rng.standard_normal(s).astype(dtype) for s in [(4, 3), (5,)]]

@@ -15,7 +15,7 @@ through _half.pxi. The options are loop-invariant branches: setup.py lets GCC un
 all, so every combination gets its own vectorized loop. Every span reads its scalars into
 locals before the loop (as far as the compiler knows, the struct may alias the arrays).
 """
-from libc.math cimport fabs, fabsf, sqrt, sqrtf
+from libc.math cimport copysign, copysignf, fabs, fabsf, sqrt, sqrtf
 
 include "_common.pxi"
 include "_elementwise.pxi"
@@ -46,6 +46,13 @@ cdef inline floating lerp(floating start, floating end, floating k) noexcept nog
     w < 0.5, else ``end - (end - start) * (1 - w)``, as torch's CPU kernel (so an infinite end
     gives NaN when w >= 0.5, as torch's)."""
     return (end if k <= 0 else start) + k * (end - start)
+
+
+cdef inline floating copy_sign(floating x, floating y) noexcept nogil:
+    if floating is float:
+        return copysignf(x, y)
+    else:
+        return copysign(x, y)
 
 
 cdef inline floating absolute(floating x) noexcept nogil:
@@ -383,15 +390,17 @@ cdef void lion_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating lr = <floating>s.lr, wd = <floating>s.weight_decay
     cdef floating c1 = <floating>(1.0 - s.beta1), b1 = <floating>s.beta1
     cdef floating c2 = <floating>(1.0 - s.beta2), b2 = <floating>s.beta2
-    cdef floating one = 1, zero = 0, gi, c, sign
+    cdef floating one = 1, zero = 0, gi, c, sign, pi, mi
     cdef bint maximize = s.maximize
     cdef Py_ssize_t i
-    for i in range(lo, hi):
+    for i in range(lo, hi):     # (in locals: see adam_moments)
         gi = -g[i] if maximize else g[i]
-        c = c1 * gi + b1 * m[i]
-        # np.sign as selects (branch-free): +-1, 0 for either zero, NaN for NaN
-        sign = one if c > zero else (-one if c < zero else zero)
-        sign = c if c != c else sign
-        m[i] = c2 * gi + b2 * m[i]
-        p[i] = p[i] - lr * (sign + wd * p[i])
+        pi = p[i]
+        mi = m[i]
+        c = c1 * gi + b1 * mi
+        # np.sign, branch-free: +-1 where |c| > 0; else c + 0, which is +0 for either zero
+        # and NaN for NaN (two selects instead of four)
+        sign = copy_sign(one, c) if absolute(c) > zero else c + zero
+        m[i] = c2 * gi + b2 * mi
+        p[i] = pi - lr * (sign + wd * pi)
 

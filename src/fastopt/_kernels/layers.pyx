@@ -248,10 +248,11 @@ cdef void chan_merge(double* mean_a, double* m2_a, double na, const double* mean
         m2_a[c] = (m2_a[c] + m2_b[c]) + d * d * wm
 
 
-cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t r0, Py_ssize_t r1,
-                        double* mean, double* m2, double* k) noexcept nogil:
-    """mean and sum of squared deviations of rows r0..r1-1 of x, per column, in one pass: the
-    sums of d = x - k and d * d, k the block's first row, give mean = k + sum(d) / n and
+cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_t r0,
+                        Py_ssize_t r1, double* mean, double* m2, double* k) noexcept nogil:
+    """mean and sum of squared deviations of rows r0..r1-1 of x (rows C apart; the W
+    columns from x on), per column, in one pass: the sums of d = x - k and d * d, k the
+    block's first row, give mean = k + sum(d) / n and
     m2 = sum(d * d) - sum(d)^2 / n. A large mean cancels in x - k as in a second pass over
     x - mean, and since k is one of the n rows, (mean - k)^2 <= m2, so sum(d)^2 / n <= n m2:
     the subtraction costs at most a factor n + 1 in m2's relative error (~n (n + 1) ulps,
@@ -262,51 +263,51 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t r0, Py_ssize
     cdef Py_ssize_t c
     cdef double t, inv = 1.0 / (r1 - r0)
     cdef bint finite = True
-    for c in range(C):
+    for c in range(W):
         k[c] = x[r0 * C + c]
-    shifted_sums(x, C, r0, r1, k, mean, m2)
-    for c in range(C):
+    shifted_sums(x, C, W, r0, r1, k, mean, m2)
+    for c in range(W):
         finite = finite and isfinite(mean[c]) and isfinite(m2[c])
     if not finite:
-        block_moments_two_pass(x, C, r0, r1, mean, m2, k)
+        block_moments_two_pass(x, C, W, r0, r1, mean, m2, k)
         return
-    for c in range(C):
+    for c in range(W):
         t = mean[c]
         mean[c] = k[c] + t * inv
         m2[c] = max(m2[c] - t * t * inv, 0.0)     # rounding may leave -tiny for a constant
 
 
-cdef void block_moments_two_pass(const floating* x, Py_ssize_t C, Py_ssize_t r0,
-                                 Py_ssize_t r1, double* mean, double* m2,
+cdef void block_moments_two_pass(const floating* x, Py_ssize_t C, Py_ssize_t W,
+                                 Py_ssize_t r0, Py_ssize_t r1, double* mean, double* m2,
                                  double* scratch) noexcept nogil:
     """block_moments by the definition: the mean, then the squared deviations from it (the
     shifted sums with the mean as the shift; their sums of deviations go to scratch)."""
     cdef Py_ssize_t n = r0, c
-    for c in range(C):
+    for c in range(W):
         mean[c] = 0
     while n + 4 <= r1:
-        add_4rows(x + n * C, C, mean, C)
+        add_4rows(x + n * C, C, mean, W)
         n = n + 4
     while n < r1:
-        add_row(x + n * C, mean, C)
+        add_row(x + n * C, mean, W)
         n = n + 1
-    for c in range(C):
+    for c in range(W):
         mean[c] = mean[c] / (r1 - r0)
-    shifted_sums(x, C, r0, r1, mean, scratch, m2)
+    shifted_sums(x, C, W, r0, r1, mean, scratch, m2)
 
 
-cdef void shifted_sums(const floating* x, Py_ssize_t C, Py_ssize_t r0, Py_ssize_t r1,
-                       const double* k, double* s1, double* s2) noexcept nogil:
-    """s1 = sum(x - k), s2 = sum((x - k)^2) over rows r0..r1-1, per column."""
+cdef void shifted_sums(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_t r0,
+                       Py_ssize_t r1, const double* k, double* s1, double* s2) noexcept nogil:
+    """s1 = sum(x - k), s2 = sum((x - k)^2) over rows r0..r1-1, per column (W of them)."""
     cdef Py_ssize_t n = r0, c
-    for c in range(C):
+    for c in range(W):
         s1[c] = 0
         s2[c] = 0
     while n + 4 <= r1:
-        add_4shifted(x + n * C, C, k, s1, s2, C)
+        add_4shifted(x + n * C, C, k, s1, s2, W)
         n = n + 4
     while n < r1:
-        add_shifted(x + n * C, k, s1, s2, C)
+        add_shifted(x + n * C, k, s1, s2, W)
         n = n + 1
 
 
@@ -347,6 +348,11 @@ ctypedef struct BNJob:
     const double* k_x
     const double* k_0
     Py_ssize_t c0              # axis 0: the element-wise loops split each row here
+    Py_ssize_t stat_rows       # axis 0 forward: rows per chunk of the statistics
+    Py_ssize_t nc              # and their chunks
+    Py_ssize_t panel           # columns per panel (0: no panels)
+    double* mean_out           # axis 0 forward: the caller's mean (j.mean: a line_array)
+    double* scale              # and j.gamma's array: gamma, then gamma * inv_std
 
 
 cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
@@ -418,13 +424,13 @@ cdef void bn_rows_backward(void* ctx, Py_ssize_t chunk) noexcept nogil:
                              j.dgamma + f, j.dbeta + f)
 
 
-cdef void bn_cols_moments(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: the mean and squared deviations of this chunk's rows, a block of ROW_BLOCK rows
-    at a time, merged in block order into part[chunk] (mean, m2, then the block's mean, m2
-    and shift)."""
-    cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t C = j.C, r0 = chunk * j.per_chunk, r1 = chunk_end(j, chunk, j.N)
-    cdef double* mean = j.part + 5 * C * chunk
+cdef void chunk_moments(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
+                        Py_ssize_t hi) noexcept nogil:
+    """Axis 0: the mean and squared deviations of row chunk ``chunk``'s columns [lo, hi), a
+    block of ROW_BLOCK rows at a time, merged in block order into part[chunk] (mean, m2, then
+    the block's mean, m2 and shift)."""
+    cdef Py_ssize_t C = j.C, r0 = chunk * j.stat_rows, r1 = min(r0 + j.stat_rows, j.N)
+    cdef double* mean = j.part + 5 * C * chunk + lo
     cdef double* m2 = mean + C
     cdef double* bmean = m2 + C
     cdef double* bm2 = bmean + C
@@ -433,14 +439,35 @@ cdef void bn_cols_moments(void* ctx, Py_ssize_t chunk) noexcept nogil:
     while b < r1:
         e = min(b + ROW_BLOCK, r1)
         if j.is32:
-            block_moments(<const float*>j.x, C, b, e, mean if b == r0 else bmean,
-                          m2 if b == r0 else bm2, shift)
+            block_moments(<const float*>j.x + lo, C, hi - lo, b, e,
+                          mean if b == r0 else bmean, m2 if b == r0 else bm2, shift)
         else:
-            block_moments(<const double*>j.x, C, b, e, mean if b == r0 else bmean,
-                          m2 if b == r0 else bm2, shift)
+            block_moments(<const double*>j.x + lo, C, hi - lo, b, e,
+                          mean if b == r0 else bmean, m2 if b == r0 else bm2, shift)
         if b > r0:
-            chan_merge(mean, m2, b - r0, bmean, bm2, e - b, C)
+            chan_merge(mean, m2, b - r0, bmean, bm2, e - b, hi - lo)
         b = e
+
+
+cdef void bn_cols_moments(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0, without panels: one row chunk's moments, every column."""
+    cdef BNJob* j = <BNJob*>ctx
+    chunk_moments(j, chunk, 0, j.C)
+
+
+cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Axis 0, columns [lo, hi): the row chunks' moments merged in chunk order, then the mean,
+    variance, inv_std and the normalization's scale."""
+    cdef Py_ssize_t C = j.C, N = j.N, k, c
+    cdef double* part = j.part
+    for k in range(1, j.nc):
+        chan_merge(part + lo, part + C + lo, k * j.stat_rows, part + 5 * C * k + lo,
+                   part + 5 * C * k + C + lo, min(j.stat_rows, N - k * j.stat_rows), hi - lo)
+    for c in range(lo, hi):
+        j.mean_out[c] = j.mean[c] = part[c]
+        j.var[c] = part[C + c] / N
+        j.inv_std[c] = 1.0 / sqrt(j.var[c] + j.eps)
+        j.scale[c] = j.scale[c] * j.inv_std[c]
 
 
 # Axis 0's element-wise loops (y = ..., dx = ...) take each row in two spans, columns [0, c0)
@@ -483,21 +510,65 @@ cdef inline void apply_span(const floating* x, floating* y, const BNJob* j, bint
         fo_apply_4rows_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
 
 
-cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: y for this chunk's rows, four at a time, each in its two spans; j.gamma holds
-    gamma * inv_std."""
-    cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
+cdef void apply_rows(const BNJob* j, Py_ssize_t n, Py_ssize_t end, Py_ssize_t lo,
+                     Py_ssize_t hi) noexcept nogil:
+    """Axis 0: y for rows [n, end) and columns [lo, hi), four rows at a time, each split at
+    c0; j.gamma holds gamma * inv_std."""
+    cdef Py_ssize_t o, mid = min(max(j.c0, lo), hi)
     cdef bint four
     while n < end:
-        four, o = n + 4 <= end, n * C
+        four, o = n + 4 <= end, n * j.C
         if j.is32:
-            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, 0, j.c0)
-            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, j.c0, C)
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, lo, mid)
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, mid, hi)
         else:
-            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, 0, j.c0)
-            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, j.c0, C)
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, lo, mid)
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, mid, hi)
         n = n + (4 if four else 1)
+
+
+cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: y for this chunk's rows, every column."""
+    cdef BNJob* j = <BNJob*>ctx
+    apply_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
+
+
+# Axis 0's forward in panels of columns: a panel's statistics, then its y over every row
+# while the panel's x is still in L2, so that DRAM sees x once, not twice. A panel holds
+# about PANEL_BYTES of x (L2 is 1-2 MB per core on the CPUs this was tuned for; y's lines
+# stream through it too) and at least MIN_PANEL_BYTES of each row (narrower panels start
+# each row segment on another page: tall x keeps the two sweeps). Each column's statistics
+# are the row chunks' and blocks' of the two sweeps, merged in the same order: the same bits.
+cdef enum:
+    PANEL_BYTES = 1 << 19
+    MIN_PANEL_BYTES = 1024
+
+
+cdef Py_ssize_t panel_columns(Py_ssize_t N, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
+    """Columns per panel (a whole number of 64-byte lines of a row), or 0: no panels."""
+    cdef Py_ssize_t line = 64 // itemsize
+    cdef Py_ssize_t cols = PANEL_BYTES // (N * itemsize) // line * line
+    return cols if cols * itemsize >= MIN_PANEL_BYTES and cols < C else 0
+
+
+cdef inline Py_ssize_t panel_start(const BNJob* j, Py_ssize_t k) noexcept nogil:
+    """Panels start where the output's lines do (c0 + k * panel), the first at column 0."""
+    return 0 if k == 0 else min(j.c0 + k * j.panel, j.C)
+
+
+cdef inline Py_ssize_t panel_count(const BNJob* j) noexcept nogil:
+    return 1 + (j.C - j.c0 - 1) // j.panel if j.C > j.c0 else 1
+
+
+cdef void bn_cols_forward_panel(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Axis 0: the forward of panel k, statistics then y."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t lo = panel_start(j, k), chunk
+    cdef Py_ssize_t hi = j.C if k + 1 == panel_count(j) else panel_start(j, k + 1)
+    for chunk in range(j.nc):
+        chunk_moments(j, chunk, lo, hi)
+    finish_moments(j, lo, hi)
+    apply_rows(j, 0, j.N, lo, hi)
 
 
 cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t r0,
@@ -590,7 +661,7 @@ cdef const double* widen(const floating* a, double* dst, Py_ssize_t n) noexcept:
 def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] gamma,
                       const floating[::1] beta, double eps, double[::1] mean,
                       double[::1] inv_std, double[::1] var, floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc = 0
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], nc = 0
     if N * C == 0:
         return
     cdef BNJob job
@@ -621,21 +692,20 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
         with nogil:
             run_chunks(bn_rows_forward, &job, N)
         return
-    cdef double* mean_copy = line_array(w, 2, F, job.c0)
+    job.mean_out, job.mean = job.mean, line_array(w, 2, F, job.c0)
+    job.scale = scale
     job.part = w + 3 * line_room(F)
+    job.stat_rows, job.nc = job.per_chunk, nc
+    job.panel = panel_columns(N, C, sizeof(floating))
     with nogil:
-        run_chunks(bn_cols_moments, &job, N)
-        for k in range(1, nc):     # chunks merged in order
-            chan_merge(job.part, job.part + C, k * job.per_chunk, job.part + 5 * C * k,
-                       job.part + 5 * C * k + C, min(job.per_chunk, N - k * job.per_chunk), C)
-        for c in range(C):
-            job.mean[c] = mean_copy[c] = job.part[c]
-            job.var[c] = job.part[C + c] / N
-            job.inv_std[c] = 1.0 / sqrt(job.var[c] + eps)
-            scale[c] = scale[c] * job.inv_std[c]    # job.gamma: gamma * inv_std per feature
-        job.mean = mean_copy
-        job.per_chunk = max(1, CHUNK_ELEMENTS // C)
-        run_chunks(bn_cols_apply, &job, N)
+        if job.panel:
+            fo_pool_run(bn_cols_forward_panel, <void*>&job, panel_count(&job),
+                        threads_for(N * C))
+        else:
+            run_chunks(bn_cols_moments, &job, N)
+            finish_moments(&job, 0, C)
+            job.per_chunk = max(1, CHUNK_ELEMENTS // C)
+            run_chunks(bn_cols_apply, &job, N)
 
 
 def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamma,

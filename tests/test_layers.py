@@ -814,35 +814,43 @@ def test_batchnorm_with_nan_and_inf_gives_the_reference_result(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_batchnorm_forward_in_column_panels_gives_the_reference_result(backend, dtype):
-    """A short, wide x (Cython takes its forward a panel of columns at a time: 3 panels in
-    float32, 6 in float64): a large mean, NaN and +-inf in columns at and beside panel edges,
-    a constant column; the reference's mean, inv_std and y, and the same bits on 1 to 3
-    threads (panels are fixed by the shape)."""
+def test_batchnorm_in_column_panels_gives_the_reference_result(backend, dtype):
+    """A short, wide x (Cython takes it a panel of columns at a time: forward 3 panels in
+    float32, 6 in float64; backward twice as many): a large mean, NaN and +-inf in columns at
+    and beside panel edges, a constant column; the reference's statistics, y and gradients,
+    and the same bits on 1 to 3 threads and wherever the outputs start in a line (panels
+    start where their lines do; a column taken again in two passes is taken alone)."""
     shape = (96, 4000)
-    x, _, gamma, beta, _ = _large_mean_case(shape, dtype, seed=26)
+    x, dy, gamma, beta, _ = _large_mean_case(shape, dtype, seed=26)
     bad = [0, 679, 680, 1360, 3999]
     x[5, 0], x[90, 679], x[40, 680], x[0, 1360], x[95, 3999] = (
         np.nan, np.inf, -np.inf, np.inf, np.nan)
     x[:, 2000] = 7
     with fo.use_backend("numpy"), np.errstate(invalid="ignore"):
         y_ref, c_ref = fo.batchnorm_forward(x, gamma, beta)
+        g_ref = fo.batchnorm_backward(dy, c_ref)
     results = []
     try:
-        for threads in (1, 2, 3):
+        for threads, offset in [(1, 0), (2, 16), (3, 48), (2, 32)]:
             fo.set_num_threads(threads)
+            outs = [_at_line_offset(np.zeros(shape, dtype), offset) for _ in range(2)]
             with fo.use_backend(backend), np.errstate(invalid="ignore"):
-                y, cache = fo.batchnorm_forward(x, gamma, beta)
-            results.append([a.tobytes() for a in (y, cache.mean, cache.inv_std)])
+                y, cache = fo.batchnorm_forward(x, gamma, beta, out=outs[0])
+                grads = fo.batchnorm_backward(dy, cache, out=outs[1])
+            results.append([a.tobytes() for a in (y, cache.mean, cache.inv_std, *grads)])
     finally:
         fo.set_num_threads(2)
     assert all(r == results[0] for r in results[1:])
     np.testing.assert_array_equal(cache.mean[bad], c_ref.mean[bad])   # NaN, inf, -inf
-    assert np.isnan(y[:, bad]).all() and np.isfinite(np.delete(y, bad, axis=1)).all()
+    for a in (y, grads[0]):
+        assert np.isnan(a[:, bad]).all() and np.isfinite(np.delete(a, bad, axis=1)).all()
     good = np.delete(np.arange(shape[1]), bad)
     np.testing.assert_allclose(cache.mean[good], c_ref.mean[good], rtol=1e-13)
     np.testing.assert_allclose(cache.inv_std[good], c_ref.inv_std[good], rtol=1e-10)
     close(y[:, good], y_ref[:, good], dtype, 10)
+    close(grads[0][:, good], g_ref[0][:, good], dtype, 10 * shape[0])
+    for a, r in zip(grads[1:], g_ref[1:]):
+        close(a[good], r[good], dtype, 10 * shape[0])
 
 
 @pytest.mark.parametrize("backend", COMPILED)

@@ -93,18 +93,6 @@ cdef enum:
 # The axis-0 sums take four rows (a stride C apart) per sweep of the partial sums: a quarter
 # of the loads and stores of the accumulators, which bound these loops. Rows are always
 # grouped the same way (fours from the start of each fixed block, then single rows).
-cdef void add_row(const floating* x, double* acc, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in range(n):
-        acc[c] += x[c]
-
-
-cdef void add_4rows(const floating* x, Py_ssize_t C, double* acc, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in range(n):
-        acc[c] += (<double>x[c] + x[C + c]) + (<double>x[2 * C + c] + x[3 * C + c])
-
-
 cdef void add_shifted(const floating* x, const double* k, double* s1, double* s2,
                       Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t c
@@ -256,9 +244,10 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_
     m2 = sum(d * d) - sum(d)^2 / n. A large mean cancels in x - k as in a second pass over
     x - mean, and since k is one of the n rows, (mean - k)^2 <= m2, so sum(d)^2 / n <= n m2:
     the subtraction costs at most a factor n + 1 in m2's relative error (~n (n + 1) ulps,
-    5e-13 for 64 rows, against ~n ulps for two passes). A block in which a column's sums are
-    not finite (NaN, inf, overflow) is taken again in two passes, which give the reference's
-    NaN and inf. One pass instead of two took 15-22% less time for the statistics of
+    5e-13 for 64 rows, against ~n ulps for two passes). A column whose sums are not finite
+    (NaN, inf, overflow) is taken again in two passes, which give the reference's NaN and
+    inf; that column alone, so that a column's result does not depend on which columns are
+    taken with it (panels start where the output's lines do). One pass instead of two took 15-22% less time for the statistics of
     (4096, 1024) and (256, 4096) float32 here (one thread, a C harness of both loops)."""
     cdef Py_ssize_t c
     cdef double t, inv = 1.0 / (r1 - r0)
@@ -268,32 +257,29 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_
     shifted_sums(x, C, W, r0, r1, k, mean, m2)
     for c in range(W):
         finite = finite and isfinite(mean[c]) and isfinite(m2[c])
-    if not finite:
-        block_moments_two_pass(x, C, W, r0, r1, mean, m2, k)
-        return
     for c in range(W):
-        t = mean[c]
-        mean[c] = k[c] + t * inv
-        m2[c] = max(m2[c] - t * t * inv, 0.0)     # rounding may leave -tiny for a constant
+        if finite or (isfinite(mean[c]) and isfinite(m2[c])):
+            t = mean[c]
+            mean[c] = k[c] + t * inv
+            m2[c] = max(m2[c] - t * t * inv, 0.0)     # rounding may leave -tiny for a constant
+        else:
+            column_moments_two_pass(x + c, C, r0, r1, mean + c, m2 + c)
 
 
-cdef void block_moments_two_pass(const floating* x, Py_ssize_t C, Py_ssize_t W,
-                                 Py_ssize_t r0, Py_ssize_t r1, double* mean, double* m2,
-                                 double* scratch) noexcept nogil:
-    """block_moments by the definition: the mean, then the squared deviations from it (the
-    shifted sums with the mean as the shift; their sums of deviations go to scratch)."""
-    cdef Py_ssize_t n = r0, c
-    for c in range(W):
-        mean[c] = 0
-    while n + 4 <= r1:
-        add_4rows(x + n * C, C, mean, W)
-        n = n + 4
-    while n < r1:
-        add_row(x + n * C, mean, W)
-        n = n + 1
-    for c in range(W):
-        mean[c] = mean[c] / (r1 - r0)
-    shifted_sums(x, C, W, r0, r1, mean, scratch, m2)
+cdef void column_moments_two_pass(const floating* x, Py_ssize_t C, Py_ssize_t r0,
+                                  Py_ssize_t r1, double* mean, double* m2) noexcept nogil:
+    """block_moments of one column (rows C apart) by the definition: the mean, then the
+    squared deviations from it."""
+    cdef Py_ssize_t r
+    cdef double s = 0, d
+    for r in range(r0, r1):
+        s += x[r * C]
+    mean[0] = s / (r1 - r0)
+    s = 0
+    for r in range(r0, r1):
+        d = x[r * C] - mean[0]
+        s += d * d
+    m2[0] = s
 
 
 cdef void shifted_sums(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_t r0,
@@ -348,7 +334,7 @@ ctypedef struct BNJob:
     const double* k_x
     const double* k_0
     Py_ssize_t c0              # axis 0: the element-wise loops split each row here
-    Py_ssize_t stat_rows       # axis 0 forward: rows per chunk of the statistics
+    Py_ssize_t stat_rows       # axis 0: rows per chunk of the statistics (gradient sums)
     Py_ssize_t nc              # and their chunks
     Py_ssize_t panel           # columns per panel (0: no panels)
     double* mean_out           # axis 0 forward: the caller's mean (j.mean: a line_array)
@@ -533,21 +519,23 @@ cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
     apply_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
 
 
-# Axis 0's forward in panels of columns: a panel's statistics, then its y over every row
-# while the panel's x is still in L2, so that DRAM sees x once, not twice. A panel holds
-# about PANEL_BYTES of x (L2 is 1-2 MB per core on the CPUs this was tuned for; y's lines
+# Axis 0's forward and backward in panels of columns: a panel's statistics (gradient sums),
+# then its y (dx) over every row while the panel's x (and dy) are still in L2, so that DRAM
+# sees them once, not twice. A panel holds about PANEL_BYTES of them (L2 is 1-2 MB per core on the CPUs this was tuned for; y's lines
 # stream through it too) and at least MIN_PANEL_BYTES of each row (narrower panels start
-# each row segment on another page: tall x keeps the two sweeps). Each column's statistics
-# are the row chunks' and blocks' of the two sweeps, merged in the same order: the same bits.
+# each row segment on another page: tall x keeps the two sweeps). Each column's sums are the
+# row chunks' and blocks' of the two sweeps, merged in the same order: the same bits.
 cdef enum:
     PANEL_BYTES = 1 << 19
     MIN_PANEL_BYTES = 1024
 
 
-cdef Py_ssize_t panel_columns(Py_ssize_t N, Py_ssize_t C, Py_ssize_t itemsize) noexcept nogil:
-    """Columns per panel (a whole number of 64-byte lines of a row), or 0: no panels."""
+cdef Py_ssize_t panel_columns(Py_ssize_t N, Py_ssize_t C, Py_ssize_t itemsize,
+                              Py_ssize_t inputs) noexcept nogil:
+    """Columns per panel of ``inputs`` (N, C) arrays (a whole number of 64-byte lines of a
+    row), or 0: no panels."""
     cdef Py_ssize_t line = 64 // itemsize
-    cdef Py_ssize_t cols = PANEL_BYTES // (N * itemsize) // line * line
+    cdef Py_ssize_t cols = PANEL_BYTES // (inputs * N * itemsize) // line * line
     return cols if cols * itemsize >= MIN_PANEL_BYTES and cols < C else 0
 
 
@@ -571,28 +559,53 @@ cdef void bn_cols_forward_panel(void* ctx, Py_ssize_t k) noexcept nogil:
     apply_rows(j, 0, j.N, lo, hi)
 
 
-cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t r0,
-                         Py_ssize_t r1, const double* mean, double* db,
+cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t W,
+                         Py_ssize_t r0, Py_ssize_t r1, const double* mean, double* db,
                          double* dgc) noexcept nogil:
+    """db += dy, dgc += dy * (x - mean) over rows r0..r1-1 (rows C apart; W columns)."""
     cdef Py_ssize_t n = r0
     while n + 4 <= r1:
-        add_4grads(dy + n * C, x + n * C, C, mean, db, dgc, C)
+        add_4grads(dy + n * C, x + n * C, C, mean, db, dgc, W)
         n = n + 4
     while n < r1:
-        add_grads(dy + n * C, x + n * C, mean, db, dgc, C)
+        add_grads(dy + n * C, x + n * C, mean, db, dgc, W)
         n = n + 1
 
 
-cdef void bn_cols_grad_sums(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: sum(dy) and sum(dy * (x - mean)) over this chunk's rows into part[chunk]."""
-    cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t C = j.C, r0 = chunk * j.per_chunk, r1 = chunk_end(j, chunk, j.N)
+cdef void chunk_grad_sums(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
+                          Py_ssize_t hi) noexcept nogil:
+    """Axis 0: sum(dy) and sum(dy * (x - mean)) over row chunk ``chunk``, columns [lo, hi),
+    into part[chunk] (zeros before)."""
+    cdef Py_ssize_t C = j.C, r0 = chunk * j.stat_rows, r1 = min(r0 + j.stat_rows, j.N)
+    cdef double* db = j.part + 2 * C * chunk + lo
     if j.is32:
-        grad_sums_rows(<const float*>j.dy, <const float*>j.x, C, r0, r1, j.mean,
-                       j.part + 2 * C * chunk, j.part + 2 * C * chunk + C)
+        grad_sums_rows(<const float*>j.dy + lo, <const float*>j.x + lo, C, hi - lo, r0, r1,
+                       j.mean + lo, db, db + C)
     else:
-        grad_sums_rows(<const double*>j.dy, <const double*>j.x, C, r0, r1, j.mean,
-                       j.part + 2 * C * chunk, j.part + 2 * C * chunk + C)
+        grad_sums_rows(<const double*>j.dy + lo, <const double*>j.x + lo, C, hi - lo, r0, r1,
+                       j.mean + lo, db, db + C)
+
+
+cdef void bn_cols_grad_sums(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0, without panels: one row chunk's sums, every column."""
+    cdef BNJob* j = <BNJob*>ctx
+    chunk_grad_sums(j, chunk, 0, j.C)
+
+
+cdef void finish_grad_sums(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Axis 0, columns [lo, hi): the row chunks' sums added in chunk order, then dbeta, dgamma
+    and dx's coefficients."""
+    cdef Py_ssize_t C = j.C, k, c
+    cdef double* pp = j.part
+    for k in range(1, j.nc):
+        for c in range(lo, hi):
+            pp[c] += pp[2 * C * k + c]
+            pp[C + c] += pp[2 * C * k + C + c]
+    for c in range(lo, hi):
+        j.dbeta[c] = pp[c]
+        j.dgamma[c] = pp[C + c] * j.inv_std[c]
+        dx_coefficients(j.gamma[c], j.inv_std[c], j.dbeta[c], j.dgamma[c], j.N,
+                        <double*>j.k_dy + c, <double*>j.k_x + c, <double*>j.k_0 + c)
 
 
 cdef inline void dx_span(const floating* dy, const floating* x, floating* dx, const BNJob* j,
@@ -609,24 +622,42 @@ cdef inline void dx_span(const floating* dy, const floating* x, floating* dx, co
                       j.k_0 + lo, hi - lo)
 
 
-cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: dx for this chunk's rows, four at a time, each in its two spans."""
-    cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
+cdef void dx_rows(const BNJob* j, Py_ssize_t n, Py_ssize_t end, Py_ssize_t lo,
+                  Py_ssize_t hi) noexcept nogil:
+    """Axis 0: dx for rows [n, end) and columns [lo, hi), four rows at a time, each split at
+    c0."""
+    cdef Py_ssize_t o, mid = min(max(j.c0, lo), hi)
     cdef bint four
     while n < end:
-        four, o = n + 4 <= end, n * C
+        four, o = n + 4 <= end, n * j.C
         if j.is32:
             dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
-                    0, j.c0)
+                    lo, mid)
             dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
-                    j.c0, C)
+                    mid, hi)
         else:
             dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
-                    four, 0, j.c0)
+                    four, lo, mid)
             dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
-                    four, j.c0, C)
+                    four, mid, hi)
         n = n + (4 if four else 1)
+
+
+cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: dx for this chunk's rows, every column."""
+    cdef BNJob* j = <BNJob*>ctx
+    dx_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
+
+
+cdef void bn_cols_backward_panel(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Axis 0: the backward of panel k, the gradient sums then dx."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t lo = panel_start(j, k), chunk
+    cdef Py_ssize_t hi = j.C if k + 1 == panel_count(j) else panel_start(j, k + 1)
+    for chunk in range(j.nc):
+        chunk_grad_sums(j, chunk, lo, hi)
+    finish_grad_sums(j, lo, hi)
+    dx_rows(j, 0, j.N, lo, hi)
 
 
 cdef void run_chunks(fo_chunk_fn fn, BNJob* job, Py_ssize_t total) noexcept nogil:
@@ -696,7 +727,7 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
     job.scale = scale
     job.part = w + 3 * line_room(F)
     job.stat_rows, job.nc = job.per_chunk, nc
-    job.panel = panel_columns(N, C, sizeof(floating))
+    job.panel = panel_columns(N, C, sizeof(floating), 1)
     with nogil:
         if job.panel:
             fo_pool_run(bn_cols_forward_panel, <void*>&job, panel_count(&job),
@@ -754,7 +785,7 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
                        const floating[::1] gamma, const double[::1] mean,
                        const double[::1] inv_std, floating[:, ::1] dx,
                        double[::1] dgamma, double[::1] dbeta):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, k, nc = 0
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, nc = 0
     cdef double* pp
     if N * C == 0:
         return
@@ -783,34 +814,30 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
         with nogil:
             run_chunks(bn_rows_backward, &job, N)
         return
-    # features are columns: the sums need every row before dx can start, so two sweeps (a
-    # column panel over all rows would fit in L2 only for a few dozen rows: with rows a power
-    # of two bytes apart its lines share a handful of cache sets)
-    pp = job.part = pp + C
-    cdef double* room = pp + 2 * C * nc
+    # features are columns: the sums need every row before dx can start, so two sweeps, or
+    # one per panel of columns
+    job.part = pp + C
+    cdef double* room = job.part + 2 * C * nc
     job.c0 = line_column(job.y, C, sizeof(floating))
-    cdef double* k_dy = line_array(room, 0, C, job.c0)
-    cdef double* k_x = line_array(room, 1, C, job.c0)
-    cdef double* k_0 = line_array(room, 2, C, job.c0)
+    job.k_dy = line_array(room, 0, C, job.c0)
+    job.k_x = line_array(room, 1, C, job.c0)
+    job.k_0 = line_array(room, 2, C, job.c0)
     job.mean = line_array(room, 3, C, job.c0)
     for c in range(C):
         job.mean[c] = mean[c]
+    job.dgamma = &dgamma[0]
+    job.dbeta = &dbeta[0]
+    job.stat_rows, job.nc = job.per_chunk, nc
+    job.panel = panel_columns(N, C, sizeof(floating), 2)
     with nogil:
-        run_chunks(bn_cols_grad_sums, &job, N)
-        for k in range(1, nc):         # chunks combined in order
-            for c in range(C):
-                pp[c] += pp[2 * C * k + c]
-                pp[C + c] += pp[2 * C * k + C + c]
-        for c in range(C):
-            dbeta[c] = pp[c]
-            dgamma[c] = pp[C + c] * inv_std[c]
-            dx_coefficients(job.gamma[c], inv_std[c], dbeta[c], dgamma[c], N, k_dy + c,
-                            k_x + c, k_0 + c)
-        job.k_dy = k_dy
-        job.k_x = k_x
-        job.k_0 = k_0
-        job.per_chunk = max(1, CHUNK_ELEMENTS // C)
-        run_chunks(bn_cols_dx, &job, N)
+        if job.panel:
+            fo_pool_run(bn_cols_backward_panel, <void*>&job, panel_count(&job),
+                        threads_for(N * C))
+        else:
+            run_chunks(bn_cols_grad_sums, &job, N)
+            finish_grad_sums(&job, 0, C)
+            job.per_chunk = max(1, CHUNK_ELEMENTS // C)
+            run_chunks(bn_cols_dx, &job, N)
 
 
 # --------------------------------------------------------------------------------- softmax

@@ -1263,3 +1263,24 @@ def test_a_training_batch_of_one_is_refused_naming_x_and_its_batch_axis(backend)
             with pytest.raises(ValueError, match=rf"^x has shape {shape}, a batch of {n} "):
                 layer.forward(x)
             assert layer.num_batches_tracked == 0 and (layer.running_var == 1).all()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_numpy_scalar_momentum_gives_the_python_floats_running_statistics(backend,
+                                                                                     dtype):
+    """BatchNorm(momentum=np.float64(0.1)) folded (1 - m) * running_mean in float64 where the
+    Python float 0.1 leaves it in the statistics' dtype: 33 of 50 float32 running means came
+    out other bits than with momentum=0.1. Expected: the same number, the same bits."""
+    rng = np.random.default_rng(18)
+    x = (rng.standard_normal((16, 50)) * 3 + 1).astype(dtype)
+    with fo.use_backend(backend):
+        stats = []
+        for momentum in (0.1, np.float64(0.1)):
+            layer = fo.BatchNorm(50, momentum=momentum, dtype=dtype)
+            layer.running_mean[...] = np.linspace(-3, 3, 50)
+            layer.running_var[...] = np.linspace(0.3, 3, 50)
+            for _ in range(3):
+                layer.forward(x)
+            stats.append((layer.running_mean, layer.running_var))
+    for a, b in zip(*stats):
+        np.testing.assert_array_equal(a, b)

@@ -501,7 +501,10 @@ class BatchNorm:
             self._check_x(x)
             raise
         n = cache.x.shape[cache.axis]
-        m = 1.0 / (self.num_batches_tracked + 1) if self.momentum is None else self.momentum
+        # a Python float: a NumPy float64 momentum took (1 - m) * running_mean to float64,
+        # where a Python float leaves it in the statistics' dtype (other bits in float32)
+        m = (1.0 / (self.num_batches_tracked + 1) if self.momentum is None
+             else float(self.momentum))
         # both computed before either is written, with IEEE results and no NumPy warnings (an
         # inf mean times momentum 0, a variance past float32's range): under -W error a warning
         # raised with running_mean already changed

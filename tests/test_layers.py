@@ -1284,3 +1284,37 @@ def test_batch_norm_numpy_scalar_momentum_gives_the_python_floats_running_statis
             stats.append((layer.running_mean, layer.running_var))
     for a, b in zip(*stats):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_layer_eps_and_momentum_take_a_0d_array_as_the_number_it_holds(backend):
+    """A 0-d real array is a real number wherever fastopt takes one (the optimizers, ops, the
+    course, schedules): batchnorm_forward/inference and BatchNorm refused eps=np.array(1e-3)
+    and momentum=np.array(0.1) as 'not a real number'. Expected: the Python float's bits; a
+    negative or NaN one refused as such, an array of another shape by name."""
+    rng = np.random.default_rng(19)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    g, b = np.full(3, 1.5, np.float32), np.full(3, 0.5, np.float32)
+    rv = np.linspace(0.5, 2, 3).astype(np.float32)
+
+    def run(eps, momentum):
+        y, _ = fo.batchnorm_forward(x, g, b, eps=eps)
+        layer = fo.BatchNorm(3, momentum=momentum, eps=eps)
+        layer.forward(x)
+        return (y, fo.batchnorm_inference(x, g, b, g, rv, eps=eps), layer.running_mean,
+                layer.running_var, layer.forward(x, training=False))
+
+    with fo.use_backend(backend):
+        for a, b_ in zip(run(1e-3, 0.1), run(np.array(1e-3), np.array(0.1))):
+            np.testing.assert_array_equal(a, b_)
+        for name, bad, exc, why in (("eps", np.array(-1e-3), ValueError, "must be >= 0"),
+                                    ("eps", np.array([1e-3]), TypeError, "shape (1,)"),
+                                    ("momentum", np.array(np.nan), ValueError, "in [0, 1]"),
+                                    ("momentum", np.array([0.1]), TypeError, "shape (1,)")):
+            calls = [lambda: fo.BatchNorm(3, **{name: bad})]
+            if name == "eps":
+                calls += [lambda: fo.batchnorm_forward(x, g, b, eps=bad),
+                          lambda: fo.batchnorm_inference(x, g, b, g, rv, eps=bad)]
+            for call in calls:
+                with pytest.raises(exc, match=rf"\b{name}\b.*{re.escape(why)}"):
+                    call()

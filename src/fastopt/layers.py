@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
+from ._hyper import UNIT, check_real
 from ._validate import FLOAT_DTYPES, FLOAT_TYPES, check_kernel_array
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
@@ -85,12 +86,12 @@ def _check_axis(axis):
 
 
 def _check_eps(eps):
+    """``eps`` as a Python float, once it is a real number >= 0 (a 0-d array too, as
+    everywhere a hyper-parameter is taken), else TypeError or ValueError naming it."""
     if type(eps) is float and eps >= 0:     # the common case, without the ABC check
-        return
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    if not eps >= 0:
-        raise ValueError(f"Invalid eps: {eps!r} (must be >= 0)")
+        return eps
+    check_real("eps", eps)
+    return float(eps)
 
 
 # ------------------------------------------------------------------------------ batch norm
@@ -258,7 +259,7 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
                          f"than 1 example per feature")
     g = _features("gamma", gamma, xc, ax, transposed, out)
     b = _features("beta", beta, xc, ax, transposed, out)
-    _check_eps(eps)
+    eps = _check_eps(eps)
     shape = xc.T.shape if transposed else xc.shape
     y = _out(out, shape, xc.dtype)
     yc, scratch = _kernel_output(y, transposed)
@@ -371,7 +372,7 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     b = _features("beta", beta, xc, ax, transposed, out)
     rm = _features("running_mean", running_mean, xc, ax, transposed).astype(np.float64)
     rv = _features("running_var", running_var, xc, ax, transposed).astype(np.float64)
-    _check_eps(eps)
+    eps = _check_eps(eps)
     y = _out(out, xc.T.shape if transposed else xc.shape, xc.dtype)
     yc, scratch = _kernel_output(y, transposed)
     with np.errstate(all="ignore"):     # running_var + eps of 0 (eps=0): inf, as the kernels
@@ -444,12 +445,8 @@ class BatchNorm:
             raise ValueError(f"Invalid num_features: {num_features!r}")
         if _check_axis(axis) not in (0, 1, -1, -2):
             raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
-        if momentum is not None and (isinstance(momentum, bool)
-                                     or not isinstance(momentum, numbers.Real)):
-            raise TypeError(f"momentum must be a real number or None, got "
-                            f"{type(momentum).__name__}")
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"Invalid momentum: {momentum!r} (must be in [0, 1])")
+        if momentum is not None:
+            check_real("momentum", momentum, UNIT)
         _check_eps(eps)
         self.axis, self.momentum, self.eps = axis, momentum, eps
         self.gamma = np.ones(num_features, dtype)

@@ -1,6 +1,7 @@
 """Batch normalization and the softmax family: every backend against the NumPy reference over
 dtypes, shapes, axes and memory layouts; the reference's gradients against finite differences;
 torch parity where installed; edge cases and errors."""
+import copy
 import pickle
 import re
 import warnings
@@ -1318,3 +1319,32 @@ def test_layer_eps_and_momentum_take_a_0d_array_as_the_number_it_holds(backend):
             for call in calls:
                 with pytest.raises(exc, match=rf"\b{name}\b.*{re.escape(why)}"):
                     call()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_copies_do_not_share_what_forward_and_backward_update(backend):
+    """copy.copy(layer) shared running_mean, running_var, dgamma and dbeta, which forward and
+    backward change in place, but not num_batches_tracked: training the copy changed the
+    original's running statistics (and with momentum=None weighted them by the original's own
+    count). Expected, as for EWA: each goes on from the state at the copy on its own, as a
+    layer trained on its own batches."""
+    rng = np.random.default_rng(20)
+    a, b, c = (rng.standard_normal((6, 3)) for _ in range(3))
+    with fo.use_backend(backend):
+        def trained(*batches):
+            layer = fo.BatchNorm(3, momentum=None, dtype=np.float64)
+            for x in batches:
+                layer.forward(x)
+                layer.backward(x)
+            return layer
+        for make in (copy.copy, copy.deepcopy):
+            original = trained(a)
+            twin = make(original)
+            twin.forward(b)
+            twin.backward(b)
+            original.forward(c)
+            original.backward(c)
+            for layer, expected in ((twin, trained(a, b)), (original, trained(a, c))):
+                for name in ("running_mean", "running_var", "dgamma", "dbeta"):
+                    np.testing.assert_array_equal(getattr(layer, name),
+                                                  getattr(expected, name), err_msg=name)

@@ -530,6 +530,17 @@ class BatchNorm:
                              f"{1 - axis}, expected {self.gamma.size} (the layer's "
                              f"num_features; batch axis {axis})")
 
+    def __copy__(self) -> "BatchNorm":
+        # the arrays forward and backward update in place are the copy's own, as its count is
+        # (shared, training the copy changed the original's running statistics, and with
+        # momentum=None weighted them by the original's num_batches_tracked); gamma and beta,
+        # which an optimizer updates, stay shared as in any shallow copy
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        for name in ("running_mean", "running_var", "dgamma", "dbeta"):
+            setattr(new, name, getattr(self, name).copy())
+        return new
+
     def __call__(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         # through self.forward, so that a subclass's forward is what layer(x) runs (as torch's
         # module(x)); ``__call__ = forward`` bound BatchNorm.forward itself

@@ -1,8 +1,8 @@
 /* Batch norm's floor: a (256, 4096) float32 batch (features as columns, 4 MB, cache-resident)
  * on one core, best of 200, ns/element: a stream (read x, write y), the float64 normalization
  * alone as fastopt's kernels do it, a float32 one, the float64 statistics pass, and a forward
- * (statistics, then normalization) in two sweeps and per panel of 256 columns while it is in
- * L2. Build and run (README, "Speed on this machine"):
+ * (statistics, then normalization) in two sweeps and per panel of 512 columns (512 KB of x,
+ * the kernels' panel for this shape) while it is in L2. Build and run (README, "Speed on this machine"):
  *   gcc -O3 -march=x86-64-v4 -mprefer-vector-width=512 -ffp-contract=off -fno-trapping-math \
  *       -o /tmp/bn_floor bench/bn_floor.c && taskset -c 0 /tmp/bn_floor
  */
@@ -63,7 +63,7 @@ __attribute__((noinline)) void readsum(const float *restrict x, float *restrict 
         for (ll c = 0; c < C; c++)
             acc[c] += x[r * C + c];
 }
-#define P 256
+#define P 512
 __attribute__((noinline)) void panels64(const float *restrict x, float *restrict y,
                                         double *restrict s1, double *restrict s2,
                                         const double *restrict k, const double *restrict s,
@@ -107,7 +107,7 @@ int main() {
                            "apply float32",
                            "moments float64 (read x)",
                            "read x, float32 column sums",
-                           "panels of 256 cols: moments+apply",
+                           "panels of 512 cols: moments+apply",
                            "moments then apply (2 sweeps)"};
     double best[7];
     for (int k = 0; k < 7; k++)

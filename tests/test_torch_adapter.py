@@ -1575,6 +1575,27 @@ def test_state_of_another_dtype_or_shape_raises_before_any_group_steps(name):
     assert opt.state[b][key].dtype == torch.float64 and not torch.equal(a, before[0])
 
 
+@pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1)),
+                                         ("SGD", dict(lr=0.1, momentum=0.9, max_grad_norm=1.0)),
+                                         ("Adam", {})], ids=["SGD", "SGD momentum clip", "Adam"])
+def test_a_grad_of_another_shape_raises_before_any_group_steps(name, kwargs):
+    """A parameter given a ``.data`` of another shape keeps its old grad (torch.optim raises on
+    the sizes): the step raises naming the grad before any group has stepped or a clip has
+    scaled a grad (the kernels' own check came after the earlier groups' steps)."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [b]}], **kwargs)
+    a.grad = torch.full((3,), 2.0)
+    opt.step()
+    b.grad = torch.ones(2)
+    before = [t.clone() for t in (a.detach(), a.grad, b.grad, *opt.state[a].values())]
+    b.data = torch.ones(5)      # (b has no state yet)
+    with pytest.raises(ValueError, match=r"grad of parameter 0 has shape \(2,\), expected "
+                                         r"\(5,\) like the parameter"):
+        opt.step()
+    after = [a.detach(), a.grad, b.grad, *opt.state[a].values()]
+    assert all(torch.equal(x, y) for x, y in zip(before, after))
+
+
 def test_an_expanded_parameter_raises_as_in_torch():
     """A parameter with a stride 0 (``expand``): torch.optim's in-place update refuses it
     (one memory location for several elements); so does the step, changing nothing, as it

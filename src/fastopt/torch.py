@@ -613,6 +613,13 @@ class _FastOptimizer(_Mixin):
                     raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype "
                                     f"{g.dtype}, expected {p.dtype} like the parameter")
             views = [_array(g) for g in grads]
+        # the kernels check the shapes too, but only once the groups before have stepped
+        if list(map(_shape, grads)) != plan.shapes:
+            for i, (p, g) in enumerate(zip(plan.params, grads)):
+                if g.shape != p.shape:
+                    raise ValueError(f"fastopt.torch: grad of parameter {i} has shape "
+                                     f"{tuple(g.shape)}, expected {tuple(p.shape)} like the "
+                                     "parameter")
         plan.graw = views
         plan.live_grads = grads
         plan.watched_all = plan.watched + grads

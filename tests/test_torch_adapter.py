@@ -1272,6 +1272,31 @@ def test_a_data_of_the_same_storage_and_another_geometry_is_picked_up(change, dt
     assert results[0].shape == results[1].shape and torch.equal(*results)
 
 
+def _grad_t_(p):
+    p.grad.t_()
+
+
+def _grad_data_t(p):
+    p.grad.data = p.grad.data.t()
+
+
+@pytest.mark.parametrize("change", [_grad_t_, _grad_data_t], ids=["grad.t_()", "grad.data.t()"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_a_grad_of_the_same_storage_and_another_geometry_is_picked_up(change, dtype):
+    """The grad kept, its strides changed in place (the same tensor and data pointer): the
+    next step reads it through its new strides, as torch.optim (not the old views)."""
+    results = []
+    for lib in (ft, torch.optim):
+        p = torch.nn.Parameter(torch.zeros(2, 2, dtype=dtype))
+        opt = lib.SGD([p], lr=1.0)
+        p.grad = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=dtype)
+        opt.step()
+        change(p)
+        opt.step()
+        results.append(p.detach().clone())
+    assert torch.equal(*results)
+
+
 def test_a_changed_dtype_or_device_raises_and_changes_nothing():
     """A grad or parameter turned into something the step cannot take, after the plan was
     made: the step raises (a stale plan would step the old storage) and nothing changes."""

@@ -264,7 +264,7 @@ class _Plan:
     storage alive, so a new one never has the old address), the same ``opt.state`` dict,
     state dict and state tensors per parameter, and the same state keys (an option that needs
     more state). Anything else rebuilds it; new grad tensors (a backward after
-    ``zero_grad()``) or a grad's new storage only renew the grads' views.
+    ``zero_grad()``) or a grad's new storage, strides or shape only renew the grads' views.
 
     Step counts live in one tensor per group (``step_buf``, a slot per parameter of the
     group): each state's ``step`` is a 0-d view of its slot, so one NumPy operation reads and
@@ -275,7 +275,7 @@ class _Plan:
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
-                 "live_index", "strides", "shapes", "one", "versions", "marks")
+                 "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -580,11 +580,14 @@ class _FastOptimizer(_Mixin):
         if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):
             return False
         if all(map(is_, grads, plan.grads)):
-            if list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all:
+            # the same grads: their storage, and their strides and shape (``p.grad.t_()``)
+            if (list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all
+                    and list(map(_stride, plan.live_grads)) == plan.gstrides
+                    and list(map(_shape, plan.live_grads)) == plan.shapes):
                 return True
             if list(map(_data_ptr, plan.watched)) != plan.ptrs:
                 return False
-            self._view_grads(plan, plan.live_grads)      # a grad's storage was replaced
+            self._view_grads(plan, plan.live_grads)     # a grad's storage or geometry changed
             return True
         if (list(map(operator.is_not, grads, repeat(None))) != plan.has_grad
                 or list(map(_data_ptr, plan.watched)) != plan.ptrs):
@@ -622,6 +625,7 @@ class _FastOptimizer(_Mixin):
                                      "parameter")
         plan.graw = views
         plan.live_grads = grads
+        plan.gstrides = list(map(_stride, grads))
         plan.watched_all = plan.watched + grads
         plan.ptrs_all = plan.ptrs + list(map(_data_ptr, grads))
 

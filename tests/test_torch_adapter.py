@@ -721,6 +721,29 @@ def test_16bit_sgd_resumes_torch_momentum():
     assert _ulps([opt.state[q]["master_param"]], [r]) <= 1
 
 
+@pytest.mark.parametrize("how", ["reset", "loaded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_sgd_momentum_buffer_of_none_starts_from_the_grad(dtype, how):
+    """torch's SGD takes a ``momentum_buffer`` of None as no buffer yet (``state.get``): the
+    next step starts it from the grad. Set so to reset the momentum, or loaded from a state
+    dict of torch <= 2.0, whose SGD stored None buffers when its momentum was 0."""
+    results = []
+    for lib in (ft, torch.optim):
+        p = torch.nn.Parameter(torch.arange(4.0, dtype=dtype))
+        opt = lib.SGD([p], lr=0.5, momentum=0.5)
+        for k in range(4):
+            p.grad = torch.full((4,), k + 1.0, dtype=dtype)
+            if k == 2 and how == "reset":
+                opt.state[p]["momentum_buffer"] = None
+            if k == 2 and how == "loaded":
+                saved = opt.state_dict()
+                saved["state"] = {0: {"momentum_buffer": None}}
+                opt.load_state_dict(saved)
+            opt.step()
+        results.append((p.detach().clone(), opt.state[p]["momentum_buffer"].to(dtype)))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_load_state_dict_hooks_run_as_in_torch(dtype):
     """load_state_dict's hooks as torch.optim runs them: the pre-hooks first, each given the

@@ -335,6 +335,7 @@ class _FastOptimizer(_Mixin):
     _STEPPED = True         # the state has torch's ``step`` count
     _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
+    _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
 
     def __init__(self, params: _torch_optimizer.ParamsT, *args: Any,
                  max_grad_norm: float | None = None, **kwargs: Any) -> None:
@@ -654,8 +655,10 @@ class _FastOptimizer(_Mixin):
         plan.states, plan.fresh = [], []
         for p, old_state in zip(live, plan.stored):
             state = old_state if old_state else self._init_state(p, group)
-            # state that an option switched on later needs (as torch would create it)
-            missing = [key for key in plan.keys if key not in state]
+            # state that an option switched on later needs (as torch would create it), or
+            # that torch takes as not made yet where it is None
+            missing = [key for key in plan.keys if key not in state
+                       or (state[key] is None and key in self._NONE_IS_NEW)]
             plan.fresh.append(not old_state or bool(missing))
             narrow = []
             if p.dtype in _HALF:
@@ -663,7 +666,7 @@ class _FastOptimizer(_Mixin):
                 # copy starts as the parameter
                 # (scalar state keeps torch's scalar dtype: float32, or float64 under
                 # torch.set_default_dtype(torch.float64), as torch's own)
-                narrow = [key for key in plan.keys if key in state
+                narrow = [key for key in plan.keys if key in state and key not in missing
                           and state[key].dtype != torch.float32]
                 narrow += [key for key in self._SCALAR_STATE if key in state
                            and state[key].dtype not in _VIEWABLE]
@@ -938,11 +941,12 @@ def _pick_cols(cols, part):
 class SGD(_FastOptimizer, torch.optim.SGD):
     """``torch.optim.SGD`` stepped by fastopt's SGD kernel (:func:`fastopt.ops.
     foreach_sgd_step_`'s). State (torch's): ``momentum_buffer`` when momentum is used, which
-    starts as the first step's grad."""
+    starts as the first step's grad (as does one set to None)."""
 
     _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _KERNEL = "sgd"
     _STEPPED = False
+    _NONE_IS_NEW = ("momentum_buffer",)     # torch's state.get: a None buffer starts anew
 
     def _state_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()

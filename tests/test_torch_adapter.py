@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -1240,6 +1241,37 @@ def test_the_cached_plan_sees_every_change(change, extra):
     for key in ref.state[theirs[0]]:
         assert _ulps([opt.state[p][key] for p in ours],
                      [ref.state[p][key] for p in theirs]) <= 8, key
+
+
+@pytest.mark.parametrize("clear", ["opt.zero_grad()", "model.zero_grad()", "grad = None"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_grads_set_to_none_are_freed_as_with_torch(clear, dtype):
+    """Grads set to None after a step (``zero_grad()``'s default) are freed then, as with
+    torch.optim, not held by the step's cached views until the next step: that would hold a
+    second set of grads through the next backward. Grads kept and written in place are
+    still stepped through the cached views."""
+    model = torch.nn.Linear(3, 2).to(dtype)
+    opt = ft.Adam(model.parameters())
+    for k in range(3):
+        model(torch.ones(1, 3, dtype=dtype)).sum().backward()
+        opt.step()
+        alive = [weakref.ref(p.grad) for p in model.parameters()]
+        if clear == "opt.zero_grad()":
+            opt.zero_grad()
+        elif clear == "model.zero_grad()":
+            model.zero_grad()
+        else:
+            for p in model.parameters():
+                p.grad = None
+        assert [ref() for ref in alive] == [None, None]
+    for k in range(3):
+        model(torch.ones(1, 3, dtype=dtype)).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    plan = opt._plans[0]
+    model(torch.ones(1, 3, dtype=dtype)).sum().backward()
+    opt.step()
+    assert opt._plans[0] is plan and plan.graw is not None
 
 
 def test_the_plan_is_kept_while_nothing_changes():

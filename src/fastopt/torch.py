@@ -91,6 +91,7 @@ import math
 import numbers
 import operator
 import threading
+import weakref
 from collections.abc import Callable
 from functools import partial
 from itertools import chain, compress, repeat
@@ -265,6 +266,8 @@ class _Plan:
     state dict and state tensors per parameter, and the same state keys (an option that needs
     more state). Anything else rebuilds it; new grad tensors (a backward after
     ``zero_grad()``) or a grad's new storage, strides or shape only renew the grads' views.
+    Grads new to a step are held by weak references after it (``keep`` false), so that
+    ``zero_grad()`` frees them; the same ones at the next step are held from then on.
 
     Step counts live in one tensor per group (``step_buf``, a slot per parameter of the
     group): each state's ``step`` is a 0-d view of its slot, so one NumPy operation reads and
@@ -275,7 +278,8 @@ class _Plan:
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
-                 "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides")
+                 "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
+                 "gweak")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -580,7 +584,11 @@ class _FastOptimizer(_Mixin):
         values = list(chain.from_iterable(map(dict.values, plan.states)))
         if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):
             return False
-        if all(map(is_, grads, plan.grads)):
+        if plan.grads is None:
+            # released after the last step (see _run): the same grads again (kept and written
+            # in place) are viewed anew and held from now on
+            plan.keep = all(map(is_, grads, [g if g is None else g() for g in plan.gweak]))
+        elif all(map(is_, grads, plan.grads)):
             # the same grads: their storage, and their strides and shape (``p.grad.t_()``)
             if (list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all
                     and list(map(_stride, plan.live_grads)) == plan.gstrides
@@ -590,6 +598,8 @@ class _FastOptimizer(_Mixin):
                 return False
             self._view_grads(plan, plan.live_grads)     # a grad's storage or geometry changed
             return True
+        else:
+            plan.keep = False
         if (list(map(operator.is_not, grads, repeat(None))) != plan.has_grad
                 or list(map(_data_ptr, plan.watched)) != plan.ptrs):
             return False
@@ -633,6 +643,7 @@ class _FastOptimizer(_Mixin):
     def _make_plan(self, group, params, grads, old):
         plan = _Plan()
         plan.all_params, plan.grads = list(params), list(grads)
+        plan.keep = False
         plan.has_grad = [g is not None for g in grads]
         live = [p for p, g in zip(params, grads) if g is not None]
         plan.params = live
@@ -869,6 +880,12 @@ class _FastOptimizer(_Mixin):
                                  factor)
                 plan.counts[plan.live_index] = counts + 1
         _increment_versions(plan.params)
+        if not plan.keep:
+            # grads new to this step (after zero_grad(), whose default sets them to None)
+            # are held by weak references only, so that they are freed with p.grad, as with
+            # torch.optim, not held through the next backward
+            plan.gweak = [g if g is None else weakref.ref(g) for g in plan.grads]
+            plan.grads = plan.live_grads = plan.graw = plan.watched_all = plan.ptrs_all = None
         if plan.pending:
             for k in plan.pending:
                 self.state[plan.params[k]] = plan.stored[k] = plan.states[k]

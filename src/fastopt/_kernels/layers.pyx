@@ -247,8 +247,9 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_
     5e-13 for 64 rows, against ~n ulps for two passes). A column whose sums are not finite
     (NaN, inf, overflow) is taken again in two passes, which give the reference's NaN and
     inf; that column alone, so that a column's result does not depend on which columns are
-    taken with it (panels start where the output's lines do). One pass instead of two took 15-22% less time for the statistics of
-    (4096, 1024) and (256, 4096) float32 here (one thread, a C harness of both loops)."""
+    taken with it (the pool's chunks split the columns of a short batch). One pass instead
+    of two took 15-22% less time for the statistics of (4096, 1024) and (256, 4096) float32
+    here (one thread, a C harness of both loops)."""
     cdef Py_ssize_t c
     cdef double t, inv = 1.0 / (r1 - r0)
     cdef bint finite = True
@@ -336,7 +337,6 @@ ctypedef struct BNJob:
     Py_ssize_t c0              # axis 0: the element-wise loops split each row here
     Py_ssize_t stat_rows       # axis 0: rows per chunk of the statistics (gradient sums)
     Py_ssize_t nc              # and their chunks
-    Py_ssize_t panel           # columns per panel (0: no panels)
     double* mean_out           # axis 0 forward: the caller's mean (j.mean: a line_array)
     double* scale              # and j.gamma's array: gamma, then gamma * inv_std
 
@@ -436,7 +436,7 @@ cdef void chunk_moments(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
 
 
 cdef void bn_cols_moments(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0, without panels: one row chunk's moments, every column."""
+    """Axis 0: one row chunk's moments, every column."""
     cdef BNJob* j = <BNJob*>ctx
     chunk_moments(j, chunk, 0, j.C)
 
@@ -519,44 +519,26 @@ cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
     apply_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
 
 
-# Axis 0's forward and backward in panels of columns: a panel's statistics (gradient sums),
-# then its y (dx) over every row while the panel's x (and dy) are still in L2, so that DRAM
-# sees them once, not twice. A panel holds about PANEL_BYTES of them (L2 is 1-2 MB per core on the CPUs this was tuned for; y's lines
-# stream through it too) and at least MIN_PANEL_BYTES of each row (narrower panels start
-# each row segment on another page: tall x keeps the two sweeps). Each column's sums are the
-# row chunks' and blocks' of the two sweeps, merged in the same order: the same bits.
-cdef enum:
-    PANEL_BYTES = 1 << 19
-    MIN_PANEL_BYTES = 1024
+# A short batch (fewer row chunks than threads: rows_per_chunk takes at least MIN_ROWS rows) has
+# its statistics (gradient sums) split over the columns instead: each column chunk takes every
+# row chunk in turn, merges them and finishes its columns, so the threads share the work and
+# every column's arithmetic is the one of the split by rows (the same bits). Taller batches
+# keep the split by rows: a column chunk of a tall x would start every row's strip on another
+# page.
+cdef Py_ssize_t column_chunks(BNJob* job) noexcept nogil:
+    """Set job.per_chunk to the columns of a chunk (about CHUNK_ELEMENTS elements, whole
+    64-byte lines of float32) and return the number of chunks."""
+    job.per_chunk = max(16, (CHUNK_ELEMENTS // job.N) // 16 * 16)
+    return (job.C + job.per_chunk - 1) // job.per_chunk
 
 
-cdef Py_ssize_t panel_columns(Py_ssize_t N, Py_ssize_t C, Py_ssize_t itemsize,
-                              Py_ssize_t inputs) noexcept nogil:
-    """Columns per panel of ``inputs`` (N, C) arrays (a whole number of 64-byte lines of a
-    row), or 0: no panels."""
-    cdef Py_ssize_t line = 64 // itemsize
-    cdef Py_ssize_t cols = PANEL_BYTES // (inputs * N * itemsize) // line * line
-    return cols if cols * itemsize >= MIN_PANEL_BYTES and cols < C else 0
-
-
-cdef inline Py_ssize_t panel_start(const BNJob* j, Py_ssize_t k) noexcept nogil:
-    """Panels start where the output's lines do (c0 + k * panel), the first at column 0."""
-    return 0 if k == 0 else min(j.c0 + k * j.panel, j.C)
-
-
-cdef inline Py_ssize_t panel_count(const BNJob* j) noexcept nogil:
-    return 1 + (j.C - j.c0 - 1) // j.panel if j.C > j.c0 else 1
-
-
-cdef void bn_cols_forward_panel(void* ctx, Py_ssize_t k) noexcept nogil:
-    """Axis 0: the forward of panel k, statistics then y."""
+cdef void bn_cols_stats(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Axis 0, a short batch's column chunk k: its moments, merged and finished."""
     cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t lo = panel_start(j, k), chunk
-    cdef Py_ssize_t hi = j.C if k + 1 == panel_count(j) else panel_start(j, k + 1)
+    cdef Py_ssize_t lo = k * j.per_chunk, hi = min(lo + j.per_chunk, j.C), chunk
     for chunk in range(j.nc):
         chunk_moments(j, chunk, lo, hi)
     finish_moments(j, lo, hi)
-    apply_rows(j, 0, j.N, lo, hi)
 
 
 cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t W,
@@ -587,7 +569,7 @@ cdef void chunk_grad_sums(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
 
 
 cdef void bn_cols_grad_sums(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0, without panels: one row chunk's sums, every column."""
+    """Axis 0: one row chunk's sums, every column."""
     cdef BNJob* j = <BNJob*>ctx
     chunk_grad_sums(j, chunk, 0, j.C)
 
@@ -649,15 +631,13 @@ cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
     dx_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
 
 
-cdef void bn_cols_backward_panel(void* ctx, Py_ssize_t k) noexcept nogil:
-    """Axis 0: the backward of panel k, the gradient sums then dx."""
+cdef void bn_cols_sums(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Axis 0, a short batch's column chunk k: its gradient sums, added and finished."""
     cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t lo = panel_start(j, k), chunk
-    cdef Py_ssize_t hi = j.C if k + 1 == panel_count(j) else panel_start(j, k + 1)
+    cdef Py_ssize_t lo = k * j.per_chunk, hi = min(lo + j.per_chunk, j.C), chunk
     for chunk in range(j.nc):
         chunk_grad_sums(j, chunk, lo, hi)
     finish_grad_sums(j, lo, hi)
-    dx_rows(j, 0, j.N, lo, hi)
 
 
 cdef void run_chunks(fo_chunk_fn fn, BNJob* job, Py_ssize_t total) noexcept nogil:
@@ -727,16 +707,15 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
     job.scale = scale
     job.part = w + 3 * line_room(F)
     job.stat_rows, job.nc = job.per_chunk, nc
-    job.panel = panel_columns(N, C, sizeof(floating), 1)
+    cdef int nt = threads_for(N * C)
     with nogil:
-        if job.panel:
-            fo_pool_run(bn_cols_forward_panel, <void*>&job, panel_count(&job),
-                        threads_for(N * C))
+        if nc < nt:
+            fo_pool_run(bn_cols_stats, <void*>&job, column_chunks(&job), nt)
         else:
             run_chunks(bn_cols_moments, &job, N)
             finish_moments(&job, 0, C)
-            job.per_chunk = max(1, CHUNK_ELEMENTS // C)
-            run_chunks(bn_cols_apply, &job, N)
+        job.per_chunk = max(1, CHUNK_ELEMENTS // C)
+        run_chunks(bn_cols_apply, &job, N)
 
 
 def batchnorm_apply(const floating[:, ::1] x, int axis, const floating[::1] gamma,
@@ -814,8 +793,9 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
         with nogil:
             run_chunks(bn_rows_backward, &job, N)
         return
-    # features are columns: the sums need every row before dx can start, so two sweeps, or
-    # one per panel of columns
+    # features are columns: the sums need every row before dx can start, so two sweeps (a
+    # column panel over all rows would fit in L2 only for a few dozen rows: with rows a power
+    # of two bytes apart its lines share a handful of cache sets)
     job.part = pp + C
     cdef double* room = job.part + 2 * C * nc
     job.c0 = line_column(job.y, C, sizeof(floating))
@@ -828,16 +808,15 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
     job.dgamma = &dgamma[0]
     job.dbeta = &dbeta[0]
     job.stat_rows, job.nc = job.per_chunk, nc
-    job.panel = panel_columns(N, C, sizeof(floating), 2)
+    cdef int nt = threads_for(N * C)
     with nogil:
-        if job.panel:
-            fo_pool_run(bn_cols_backward_panel, <void*>&job, panel_count(&job),
-                        threads_for(N * C))
+        if nc < nt:
+            fo_pool_run(bn_cols_sums, <void*>&job, column_chunks(&job), nt)
         else:
             run_chunks(bn_cols_grad_sums, &job, N)
             finish_grad_sums(&job, 0, C)
-            job.per_chunk = max(1, CHUNK_ELEMENTS // C)
-            run_chunks(bn_cols_dx, &job, N)
+        job.per_chunk = max(1, CHUNK_ELEMENTS // C)
+        run_chunks(bn_cols_dx, &job, N)
 
 
 # --------------------------------------------------------------------------------- softmax

@@ -1,9 +1,10 @@
 /* Batch norm's floor: a (256, 4096) float32 batch (features as columns, 4 MB, cache-resident)
  * on one core, best of 200, ns/element: a stream (read x, write y), the float64 normalization
  * alone as fastopt's kernels do it, a float32 one, the float64 statistics pass, and a forward
- * (statistics, then normalization) in two sweeps and per panel of 512 columns (512 KB of x,
- * the kernels' panel for this shape) while it is in L2. Build and run (README, "Speed on
- * this machine"):
+ * (statistics, then normalization) in two sweeps and per panel of 512 columns (512 KB of x)
+ * while it is in L2 (the kernels keep the two sweeps: in-process, panels gained nothing over
+ * them, their rows a power of two bytes apart crowding into a few L2 sets). Build and run
+ * (README, "Speed on this machine"):
  *   gcc -O3 -march=x86-64-v4 -mprefer-vector-width=512 -ffp-contract=off -fno-trapping-math \
  *       -o /tmp/bn_floor bench/bn_floor.c && taskset -c 0 /tmp/bn_floor
  */

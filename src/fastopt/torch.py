@@ -627,8 +627,9 @@ class _FastOptimizer(_Mixin):
                     raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype "
                                     f"{g.dtype}, expected {p.dtype} like the parameter")
             views = [_array(g) for g in grads]
-        # the kernels check the shapes too, but only once the groups before have stepped
-        if list(map(_shape, grads)) != plan.shapes:
+        # the kernels check the shapes too, but only once the groups before have stepped (the
+        # views' shapes are the grads', and NumPy's shape costs half of torch's)
+        if list(map(_shape, views)) != plan.shapes:
             for i, (p, g) in enumerate(zip(plan.params, grads)):
                 if g.shape != p.shape:
                     raise ValueError(f"fastopt.torch: grad of parameter {i} has shape "

@@ -435,12 +435,6 @@ cdef void chunk_moments(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
         b = e
 
 
-cdef void bn_cols_moments(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: one row chunk's moments, every column."""
-    cdef BNJob* j = <BNJob*>ctx
-    chunk_moments(j, chunk, 0, j.C)
-
-
 cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Axis 0, columns [lo, hi): the row chunks' moments merged in chunk order, then the mean,
     variance, inv_std and the normalization's scale."""
@@ -532,15 +526,6 @@ cdef Py_ssize_t column_chunks(BNJob* job) noexcept nogil:
     return (job.C + job.per_chunk - 1) // job.per_chunk
 
 
-cdef void bn_cols_stats(void* ctx, Py_ssize_t k) noexcept nogil:
-    """Axis 0, a short batch's column chunk k: its moments, merged and finished."""
-    cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t lo = k * j.per_chunk, hi = min(lo + j.per_chunk, j.C), chunk
-    for chunk in range(j.nc):
-        chunk_moments(j, chunk, lo, hi)
-    finish_moments(j, lo, hi)
-
-
 cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py_ssize_t W,
                          Py_ssize_t r0, Py_ssize_t r1, const double* mean, double* db,
                          double* dgc) noexcept nogil:
@@ -566,12 +551,6 @@ cdef void chunk_grad_sums(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
     else:
         grad_sums_rows(<const double*>j.dy + lo, <const double*>j.x + lo, C, hi - lo, r0, r1,
                        j.mean + lo, db, db + C)
-
-
-cdef void bn_cols_grad_sums(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: one row chunk's sums, every column."""
-    cdef BNJob* j = <BNJob*>ctx
-    chunk_grad_sums(j, chunk, 0, j.C)
 
 
 cdef void finish_grad_sums(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -631,13 +610,47 @@ cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
     dx_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
 
 
-cdef void bn_cols_sums(void* ctx, Py_ssize_t k) noexcept nogil:
-    """Axis 0, a short batch's column chunk k: its gradient sums, added and finished."""
+# The axis-0 sums of either direction: the forward's moments (j.dy is NULL) or the
+# backward's gradient sums, by row chunks then finished, or by column chunks (column_chunks).
+cdef inline void chunk_sums(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
+                            Py_ssize_t hi) noexcept nogil:
+    if j.dy == NULL:
+        chunk_moments(j, chunk, lo, hi)
+    else:
+        chunk_grad_sums(j, chunk, lo, hi)
+
+
+cdef inline void finish_sums(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    if j.dy == NULL:
+        finish_moments(j, lo, hi)
+    else:
+        finish_grad_sums(j, lo, hi)
+
+
+cdef void bn_cols_row_chunk(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: one row chunk's sums, every column."""
+    cdef BNJob* j = <BNJob*>ctx
+    chunk_sums(j, chunk, 0, j.C)
+
+
+cdef void bn_cols_column_chunk(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Axis 0, a short batch's column chunk k: every row chunk's sums, then finished."""
     cdef BNJob* j = <BNJob*>ctx
     cdef Py_ssize_t lo = k * j.per_chunk, hi = min(lo + j.per_chunk, j.C), chunk
     for chunk in range(j.nc):
-        chunk_grad_sums(j, chunk, lo, hi)
-    finish_grad_sums(j, lo, hi)
+        chunk_sums(j, chunk, lo, hi)
+    finish_sums(j, lo, hi)
+
+
+cdef void run_sums(BNJob* job) noexcept nogil:
+    """The axis-0 sums of the job, finished: split by columns if there are fewer row chunks
+    than threads, else by rows."""
+    cdef int nt = threads_for(job.N * job.C)
+    if job.nc < nt:
+        fo_pool_run(bn_cols_column_chunk, <void*>job, column_chunks(job), nt)
+    else:
+        run_chunks(bn_cols_row_chunk, job, job.N)
+        finish_sums(job, 0, job.C)
 
 
 cdef void run_chunks(fo_chunk_fn fn, BNJob* job, Py_ssize_t total) noexcept nogil:
@@ -707,13 +720,8 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
     job.scale = scale
     job.part = w + 3 * line_room(F)
     job.stat_rows, job.nc = job.per_chunk, nc
-    cdef int nt = threads_for(N * C)
     with nogil:
-        if nc < nt:
-            fo_pool_run(bn_cols_stats, <void*>&job, column_chunks(&job), nt)
-        else:
-            run_chunks(bn_cols_moments, &job, N)
-            finish_moments(&job, 0, C)
+        run_sums(&job)
         job.per_chunk = max(1, CHUNK_ELEMENTS // C)
         run_chunks(bn_cols_apply, &job, N)
 
@@ -808,13 +816,8 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
     job.dgamma = &dgamma[0]
     job.dbeta = &dbeta[0]
     job.stat_rows, job.nc = job.per_chunk, nc
-    cdef int nt = threads_for(N * C)
     with nogil:
-        if nc < nt:
-            fo_pool_run(bn_cols_sums, <void*>&job, column_chunks(&job), nt)
-        else:
-            run_chunks(bn_cols_grad_sums, &job, N)
-            finish_grad_sums(&job, 0, C)
+        run_sums(&job)
         job.per_chunk = max(1, CHUNK_ELEMENTS // C)
         run_chunks(bn_cols_dx, &job, N)
 

@@ -112,10 +112,11 @@ class ShardedOptimizer:
     def __init__(self, optimizer_class: type[Optimizer], params: ParameterArena | Params,
                  comm: MPI.Comm | None = None, **hyper: Any) -> None:
         comm = MPI.COMM_WORLD if comm is None else comm
-        # checked here, alone on each rank: every later check is a collective on it
-        if not isinstance(comm, MPI.Intracomm):
-            got = ("MPI.COMM_NULL" if isinstance(comm, MPI.Comm) and comm == MPI.COMM_NULL
-                   else type(comm).__name__)
+        # checked here, alone on each rank: every later check is a collective on it. A rank
+        # left out of Split(MPI.UNDEFINED) or Create_group gets a null Intracomm
+        null = isinstance(comm, MPI.Comm) and comm == MPI.COMM_NULL
+        if null or not isinstance(comm, MPI.Intracomm):
+            got = "MPI.COMM_NULL" if null else type(comm).__name__
             raise TypeError("comm must be an mpi4py intracommunicator such as MPI.COMM_WORLD "
                             f"or one made by its Split (its ranks train together), got {got}")
         self.comm = comm

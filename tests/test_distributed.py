@@ -145,6 +145,10 @@ def test_bad_state_dict_raises_on_every_rank(runs):
     assert len(reports(runs, "bad state_dict")) == 5
 
 
+def test_a_param_group_entry_that_does_not_pickle_fails_a_load_on_every_rank_without_hang(runs):
+    assert len(reports(runs, "unpicklable param group entry")) == 5
+
+
 def test_read_only_parameter_refused_at_construction_and_step_on_every_rank(runs):
     assert len(reports(runs, "read-only at construction")) == 5
     assert len(reports(runs, "read-only at step")) == 5

@@ -24,6 +24,7 @@ Needs ``mpi4py`` (``pip install 'fastopt[mpi]'`` adds it and the ``mpich`` wheel
 ``mpiexec``); ``import fastopt`` does not import it. Run with ``mpiexec -n 4 python train.py``.
 """
 import hashlib
+import pickle
 from typing import Any
 
 import numpy as np
@@ -607,12 +608,15 @@ class ShardedOptimizer:
         if self.comm.Get_rank() == root:
             try:
                 full, plan = self._check_state_dict(state_dict)
+                # pickled here: a group entry that does not pickle then raises on every rank
+                # (bcast raised it on the root alone, the other ranks waiting in it)
+                plan = pickle.dumps(plan)
             except KeyError as exc:
                 error = ValueError(f"state_dict is missing the entry {exc}")
             except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
                 error = exc
         self._raise_if_any(error)
-        plan = self.comm.bcast(plan, root=root)
+        plan = pickle.loads(self.comm.bcast(plan, root=root))
         local: dict[str, Any] = {"state": {}, "param_groups": []}
         for gi, ((a, b, first), (hyper, keys, scalars)) in enumerate(
                 zip(self._group_bounds, plan)):

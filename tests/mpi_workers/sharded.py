@@ -682,6 +682,28 @@ def check_bad_state_dict():
     except ValueError as exc:
         report("bad state_dict", pickle.dumps(opt.shard_optimizer.state_dict()) == before
                and "rank 0" in str(exc), str(exc))
+    # a param group entry, on every rank, that does not pickle (torch keeps a group's extra
+    # entries, and loading a state dict keeps the entries it lacks): was raised by bcast on
+    # rank 0 alone, the others hung in it
+    sd = opt.state_dict()
+    opt.param_groups[0]["tag"] = Unpicklable()
+    try:
+        opt.load_state_dict(sd)
+        report("unpicklable param group entry", False, "no exception")
+    except TypeError as exc:
+        opt.param_groups[0].pop("tag")
+        report("unpicklable param group entry", pickle.dumps(opt.shard_optimizer.state_dict())
+               == before and "rank 0" in str(exc) and "does not pickle" in str(exc), str(exc))
+
+
+class Unpicklable:
+    """A param group entry that deep-copies (as state_dict() does) but does not pickle."""
+
+    def __reduce__(self):
+        raise TypeError("Unpicklable does not pickle")
+
+    def __deepcopy__(self, memo):
+        return self
 
 
 def main():

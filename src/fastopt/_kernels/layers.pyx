@@ -490,27 +490,21 @@ cdef inline void apply_span(const floating* x, floating* y, const BNJob* j, bint
         fo_apply_4rows_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
 
 
-cdef void apply_rows(const BNJob* j, Py_ssize_t n, Py_ssize_t end, Py_ssize_t lo,
-                     Py_ssize_t hi) noexcept nogil:
-    """Axis 0: y for rows [n, end) and columns [lo, hi), four rows at a time, each split at
-    c0; j.gamma holds gamma * inv_std."""
-    cdef Py_ssize_t o, mid = min(max(j.c0, lo), hi)
+cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: y for this chunk's rows, four at a time, each in its two spans; j.gamma holds
+    gamma * inv_std."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
     cdef bint four
     while n < end:
-        four, o = n + 4 <= end, n * j.C
+        four, o = n + 4 <= end, n * C
         if j.is32:
-            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, lo, mid)
-            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, mid, hi)
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, 0, j.c0)
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, j.c0, C)
         else:
-            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, lo, mid)
-            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, mid, hi)
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, 0, j.c0)
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, j.c0, C)
         n = n + (4 if four else 1)
-
-
-cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: y for this chunk's rows, every column."""
-    cdef BNJob* j = <BNJob*>ctx
-    apply_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
 
 
 # A short batch (fewer row chunks than threads: rows_per_chunk takes at least MIN_ROWS rows) has
@@ -583,31 +577,24 @@ cdef inline void dx_span(const floating* dy, const floating* x, floating* dx, co
                       j.k_0 + lo, hi - lo)
 
 
-cdef void dx_rows(const BNJob* j, Py_ssize_t n, Py_ssize_t end, Py_ssize_t lo,
-                  Py_ssize_t hi) noexcept nogil:
-    """Axis 0: dx for rows [n, end) and columns [lo, hi), four rows at a time, each split at
-    c0."""
-    cdef Py_ssize_t o, mid = min(max(j.c0, lo), hi)
+cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
+    """Axis 0: dx for this chunk's rows, four at a time, each in its two spans."""
+    cdef BNJob* j = <BNJob*>ctx
+    cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
     cdef bint four
     while n < end:
-        four, o = n + 4 <= end, n * j.C
+        four, o = n + 4 <= end, n * C
         if j.is32:
             dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
-                    lo, mid)
+                    0, j.c0)
             dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
-                    mid, hi)
+                    j.c0, C)
         else:
             dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
-                    four, lo, mid)
+                    four, 0, j.c0)
             dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
-                    four, mid, hi)
+                    four, j.c0, C)
         n = n + (4 if four else 1)
-
-
-cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: dx for this chunk's rows, every column."""
-    cdef BNJob* j = <BNJob*>ctx
-    dx_rows(j, chunk * j.per_chunk, chunk_end(j, chunk, j.N), 0, j.C)
 
 
 # The axis-0 sums of either direction: the forward's moments (j.dy is NULL) or the

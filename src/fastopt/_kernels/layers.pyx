@@ -338,7 +338,6 @@ ctypedef struct BNJob:
     Py_ssize_t stat_rows       # axis 0: rows per chunk of the statistics (gradient sums)
     Py_ssize_t nc              # and their chunks
     double* mean_out           # axis 0 forward: the caller's mean (j.mean: a line_array)
-    double* scale              # and j.gamma's array: gamma, then gamma * inv_std
 
 
 cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
@@ -437,7 +436,7 @@ cdef void chunk_moments(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,
 
 cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Axis 0, columns [lo, hi): the row chunks' moments merged in chunk order, then the mean,
-    variance, inv_std and the normalization's scale."""
+    variance, inv_std and the normalization's scale (j.gamma: gamma, then gamma * inv_std)."""
     cdef Py_ssize_t C = j.C, N = j.N, k, c
     cdef double* part = j.part
     for k in range(1, j.nc):
@@ -447,7 +446,7 @@ cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept 
         j.mean_out[c] = j.mean[c] = part[c]
         j.var[c] = part[C + c] / N
         j.inv_std[c] = 1.0 / sqrt(j.var[c] + j.eps)
-        j.scale[c] = j.scale[c] * j.inv_std[c]
+        (<double*>j.gamma)[c] = j.gamma[c] * j.inv_std[c]
 
 
 # Axis 0's element-wise loops (y = ..., dx = ...) take each row in two spans, columns [0, c0)
@@ -704,7 +703,6 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
             run_chunks(bn_rows_forward, &job, N)
         return
     job.mean_out, job.mean = job.mean, line_array(w, 2, F, job.c0)
-    job.scale = scale
     job.part = w + 3 * line_room(F)
     job.stat_rows, job.nc = job.per_chunk, nc
     with nogil:

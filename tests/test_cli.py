@@ -276,3 +276,29 @@ def test_good_option_values_parse():
                        "--dtypes", "float32"])
     assert args.sizes == [1000, 100000] and args.threads == 2 and args.rounds == 1
     assert [str(d) for d in args.dtypes] == ["float32"]
+
+
+def test_each_timed_batch_follows_settling_and_one_untimed_call(monkeypatch):
+    """time_row: after a warm-up and 3 sizing calls, every round settles, makes one untimed
+    call (the first call after other work runs cold) and then the timed batch, whose length
+    comes from the fastest sizing call. On a clock that each call moves by a known amount."""
+    from fastopt import _bench
+    clock, events = [0.0], []
+    costs = iter([1.0, 0.5, 2e-5, 1e-3])     # warm-up, 3 sizing calls (fastest: 20 us)
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    def contender():
+        events.append("call")
+        clock[0] += next(costs, 1e-5)           # then: 10 us a call
+
+    monkeypatch.setattr(_bench, "time", FakeTime)
+    monkeypatch.setattr(_bench, "settle", lambda: events.append("settle"))
+    timed = _bench.time_row({"c": contender}, rounds=3, target=1e-3)
+    assert events[:4] == ["call"] * 4 and events[4] == "settle"
+    rounds = "".join("S" if e == "settle" else "c" for e in events[4:]).split("S")[1:]
+    assert rounds == ["c" * (1 + 50)] * 3       # 1 untimed + 1 ms / 20 us
+    assert timed["c"] == (pytest.approx(1e-5, rel=1e-9), 0.0)    # the untimed call left out

@@ -923,15 +923,18 @@ class _FastOptimizer(_Mixin):
         scalars.pop("grad_scale", None)
         own = {"grad_scale": scale} if self._SCALES else {}
         formats = cols[_FORMAT]
-        for fmt in dict.fromkeys(formats):
-            part = [k for k, f in enumerate(formats) if f is fmt]
-            lists = _pick(part, params, grads, *state)
+        kinds = dict.fromkeys(formats)
+        for fmt in kinds:
+            if len(kinds) == 1:     # one format, the common case: the columns as they are
+                lists, masters = [params, grads, *state], cols[MASTER]
+            else:
+                part = [k for k, f in enumerate(formats) if f is fmt]
+                lists, masters = _pick(part, params, grads, *state), _pick(part, cols[MASTER])[0]
             if fmt is None:
                 getattr(kernels, self._MULTI)(*lists, **scalars, **own)
             else:
                 getattr(kernels, self._KERNEL + "_half_multi")(
-                    *lists[:2], *_pick(part, cols[MASTER]), *lists[2:], **scalars,
-                    grad_scale=scale, bfloat16=fmt)
+                    *lists[:2], masters, *lists[2:], **scalars, grad_scale=scale, bfloat16=fmt)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

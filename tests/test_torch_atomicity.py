@@ -1,0 +1,281 @@
+"""fastopt.torch: a failed step changes nothing, and nothing outlives its param group.
+
+A grad whose memory overlaps what the step writes (its param in another geometry, another
+parameter, a state tensor of its group) is refused before any group has stepped; a grad that
+is its own parameter (``p.grad = p.detach()``) under a gradient clip gives torch's numbers
+(``clip_grad_norm_`` scales the parameter through its grad) or, for 16-bit parameters, is
+refused before anything changes; a popped param group's plan does not keep its tensors alive.
+"""
+import gc
+import math
+import weakref
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastopt.torch as ft  # noqa: E402
+
+
+def _snapshot(opt):
+    """Clones of every parameter, grad and state value (step counts included), in order."""
+    out = []
+    for group in opt.param_groups:
+        for p in group["params"]:
+            out.append(p.detach().clone())
+            out.append(None if p.grad is None else p.grad.clone())
+            for key, value in sorted(opt.state.get(p, {}).items()):
+                out.append((key, value.clone() if isinstance(value, torch.Tensor) else value))
+    return out
+
+
+def _same(before, after):
+    assert len(before) == len(after)
+    for x, y in zip(before, after):
+        if isinstance(x, tuple):
+            assert x[0] == y[0]
+            x, y = x[1], y[1]
+        if x is None or y is None:
+            assert x is y
+        elif isinstance(x, torch.Tensor):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert torch.equal(x.view(-1).view(torch.uint8) if x.numel() else x,
+                               y.view(-1).view(torch.uint8) if y.numel() else y)
+        else:
+            assert x == y
+
+
+def _close(ours, theirs):
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------- 1. grads overlapping what the step writes
+def _alias_other_param(opt, params):
+    a, b, c = params
+    c.grad = b.detach()
+    return r"grad of parameter 1 of param group 1 overlaps parameter 0 of the group"
+
+
+def _alias_straddle(opt, params):
+    a, b, c = params          # b, c: halves of one buffer; the grad straddles them
+    c.grad = b.detach().as_strided((4,), (1,), 2)
+    return r"grad of parameter 1 of param group 1 overlaps parameter [01] of the group"
+
+
+def _alias_state(opt, params):
+    a, b, c = params
+    key = "exp_avg" if "exp_avg" in opt.state[c] else "momentum_buffer"
+    b.grad = opt.state[c][key]
+    return rf"grad of parameter 0 of param group 1 overlaps state\['{key}'\] of parameter 1"
+
+
+def _alias_own_transposed(opt, params):
+    d = opt.param_groups[1]["params"][2]       # the 2 x 2 parameter
+    d.grad = d.detach().t()
+    return r"grad of parameter 2 of param group 1 overlaps parameter 2 of the group"
+
+
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(lr=0.1)),
+                                         ("SGD", dict(lr=0.1, momentum=0.9)),
+                                         ("AdamW", dict(lr=0.1, max_grad_norm=1.0))],
+                         ids=["Adam", "SGD-momentum", "AdamW-clip"])
+@pytest.mark.parametrize("alias", [_alias_other_param, _alias_straddle, _alias_state,
+                                   _alias_own_transposed],
+                         ids=["other-param", "straddle", "state", "own-transposed"])
+def test_a_grad_overlapping_the_step_is_refused_before_any_group_steps(name, kwargs, alias):
+    """Group 1's grad overlaps memory the step writes: the step raises naming it and its
+    group, before group 0 has stepped; every tensor and count is as it was, and the next
+    step (grads of their own) is torch.optim's."""
+    clip = kwargs.pop("max_grad_norm", None)
+    tensors = []
+    for lib in (ft, torch.optim):
+        buf = torch.arange(8, dtype=torch.float64) / 7 + 0.5
+        a = torch.nn.Parameter(torch.linspace(-1, 1, 3, dtype=torch.float64))
+        b, c = buf[:4], buf[4:]                 # plain tensors (views of one buffer)
+        d = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64))
+        groups = [{"params": [a]}, {"params": [b, c, d]}]
+        opt = (ft.__dict__[name](groups, max_grad_norm=clip, **kwargs) if lib is ft else
+               getattr(torch.optim, name)(groups, foreach=False, **kwargs))
+        tensors.append(([a, b, c, d], opt))
+    (ours, opt), (theirs, ref) = tensors
+    gen = torch.Generator().manual_seed(5)
+
+    def grads():
+        gs = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in ours]
+        for ps in (ours, theirs):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(theirs[:1], clip, foreach=False)
+            torch.nn.utils.clip_grad_norm_(theirs[1:], clip, foreach=False)
+
+    grads()
+    opt.step()
+    ref.step()
+    match = alias(opt, ours[:3])
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    _same(before, _snapshot(opt))
+    with pytest.raises(ValueError, match=match):    # and again (the plan is not trusted)
+        opt.step()
+    _same(before, _snapshot(opt))
+    grads()
+    opt.step()
+    ref.step()
+    _close(ours, theirs)
+    for p, q in zip(ours, theirs):
+        for key, value in ref.state[q].items():
+            torch.testing.assert_close(opt.state[p][key], value, rtol=1e-12, atol=1e-14)
+
+
+def test_a_16bit_grad_overlapping_another_parameter_is_refused_before_any_group_steps():
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.full((4,), 2.0, dtype=torch.bfloat16))
+    c = torch.nn.Parameter(torch.full((4,), 3.0, dtype=torch.bfloat16))
+    opt = ft.Adam([{"params": [a]}, {"params": [b, c]}], lr=0.1)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    a.grad = torch.ones(3)
+    c.grad = b.detach()
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="grad of parameter 1 of param group 1 overlaps "
+                                         "parameter 0 of the group"):
+        opt.step()
+    _same(before, _snapshot(opt))
+
+
+def test_grads_that_only_share_memory_with_each_other_or_are_their_params_step():
+    """What the kernels take: one tensor as the grad of two parameters (grads are only read),
+    a parameter as its own grad, a grad that is a parameter of another group (stepped first,
+    as torch.optim does)."""
+    results = []
+    for lib in (ft, torch.optim):
+        a = torch.nn.Parameter(torch.linspace(-1, 1, 4, dtype=torch.float64))
+        b = torch.nn.Parameter(torch.linspace(1, 2, 4, dtype=torch.float64))
+        c = torch.nn.Parameter(torch.linspace(2, 3, 4, dtype=torch.float64))
+        kw = {} if lib is ft else dict(foreach=False)
+        opt = lib.Adam([{"params": [a]}, {"params": [b, c]}], lr=0.1, **kw)
+        shared = torch.full((4,), 0.5, dtype=torch.float64)
+        b.grad = c.grad = shared
+        a.grad = a.detach()
+        opt.step()
+        b.grad, c.grad = b.detach(), a.detach()
+        opt.step()
+        results.append([t.detach().clone() for t in (a, b, c)])
+    _close(*results)
+
+
+# ------------------------------------------------------ 2. a clip where the grad is the param
+CLIPPERS = [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+            ("RMSprop", dict(lr=0.1)), ("Adagrad", dict(lr=0.1)), ("Adam", dict(lr=0.1)),
+            ("Adam", dict(lr=0.1, weight_decay=0.1, amsgrad=True)),
+            ("AdamW", dict(lr=0.1, weight_decay=0.1)), ("Adadelta", dict(lr=0.1)),
+            ("Adamax", dict(lr=0.1)), ("NAdam", dict(lr=0.1)), ("RAdam", dict(lr=0.1))]
+
+
+@pytest.mark.parametrize("name,kwargs", CLIPPERS, ids=[f"{n}-{k}" for n, k in CLIPPERS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_a_clip_of_a_parameter_that_is_its_own_grad_is_torchs(name, kwargs, dtype):
+    """``p.grad = p.detach()`` in a group that clips: torch's clip_grad_norm_ scales the
+    parameter itself (its grad is the parameter), then steps it with that grad; so does
+    fastopt.torch (Adam's kernel scale would have left the parameter unscaled). The other
+    parameter of the group, with a grad of its own, is clipped with it."""
+    init = [torch.tensor([3.0, -4.0, 12.0]), torch.tensor([1.0, 2.0])]
+    runs = []
+    for lib in (ft, torch.optim):
+        ps = [torch.nn.Parameter(t.to(dtype, copy=True)) for t in init]
+        opt = (getattr(ft, name)(ps, max_grad_norm=1.0, **kwargs) if lib is ft else
+               getattr(torch.optim, name)(ps, foreach=False, **kwargs))
+        norms = []
+        for k in range(3):
+            ps[0].grad = ps[0].detach()
+            ps[1].grad = torch.tensor([0.5, -0.25 * k], dtype=dtype)
+            if lib is torch.optim:
+                norms.append(torch.nn.utils.clip_grad_norm_(ps, 1.0, foreach=False).item())
+            opt.step()
+            if lib is ft:
+                norms.append(opt.grad_norms[0])
+        runs.append(([p.detach().clone() for p in ps], norms))
+    (ours, our_norms), (theirs, their_norms) = runs
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, **tol)
+    assert all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(our_norms, their_norms))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+@pytest.mark.parametrize("when", ["clipping", "clip-set-later"])
+def test_a_clip_of_a_16bit_parameter_that_is_its_own_grad_is_refused(name, when):
+    """A 16-bit parameter as its own grad in a group that clips: torch's clip would scale the
+    parameter, which the step overwrites from its float32 master: refused, naming it, before
+    any group has stepped (also where the clip is switched on after the grads were viewed)."""
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.full((4,), 2.0, dtype=torch.bfloat16))
+    c = torch.nn.Parameter(torch.full((2,), 3.0))
+    clip = 1.0 if when == "clipping" else None
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [c, b]}], lr=0.1, max_grad_norm=clip)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    b.grad = b.detach()
+    if when == "clip-set-later":
+        opt.step()                  # no clip: the kernels take it
+        opt.param_groups[1]["max_grad_norm"] = 1.0
+    a.grad = torch.ones(3)
+    before = _snapshot(opt)
+    norms = list(opt.grad_norms)
+    with pytest.raises(ValueError, match="grad of parameter 1 of param group 1 is the "
+                                         "parameter itself"):
+        opt.step()
+    _same(before, _snapshot(opt))
+    assert opt.grad_norms == norms
+    b.grad = torch.ones(4, dtype=torch.bfloat16)
+    opt.step()
+    assert not torch.equal(a, before[0])
+
+
+# ------------------------------------------------------------------- 3. a popped param group
+@pytest.mark.parametrize("lib", ["fastopt", "torch"])
+def test_a_popped_param_group_is_freed_after_the_next_step(lib):
+    """``opt.param_groups.pop()`` (and the popped parameters' state deleted, which torch.optim
+    keeps): after the next step nothing of the group is alive, as with torch.optim."""
+    mod = ft if lib == "fastopt" else torch.optim
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.ones(5))
+    opt = mod.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.ones(3), torch.ones(5)
+    opt.step()
+    refs = [weakref.ref(t) for t in (b, b.grad, *opt.state[b].values())]
+    opt.param_groups.pop()
+    del opt.state[b]
+    del b
+    a.grad = torch.ones(3)
+    opt.step()
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)
+
+
+def test_a_group_appended_where_one_was_popped_is_planned_anew():
+    """A group popped and another appended at its index before the next step: the old plan
+    is not trusted (other parameters), and the steps are torch.optim's."""
+    runs = []
+    for lib in (ft, torch.optim):
+        kw = {} if lib is ft else dict(foreach=False)
+        a = torch.nn.Parameter(torch.linspace(-1, 1, 3, dtype=torch.float64))
+        b = torch.nn.Parameter(torch.linspace(0, 1, 3, dtype=torch.float64))
+        c = torch.nn.Parameter(torch.linspace(1, 2, 3, dtype=torch.float64))
+        opt = lib.Adam([{"params": [a]}, {"params": [b]}], lr=0.1, **kw)
+        for p in (a, b, c):
+            p.grad = torch.full((3,), 0.25, dtype=torch.float64)
+        opt.step()
+        opt.param_groups.pop()
+        opt.add_param_group({"params": [c], "lr": 0.05})
+        opt.step()
+        opt.param_groups.pop()
+        opt.add_param_group({"params": [b], "lr": 0.2})     # b again, its state kept
+        opt.step()
+        runs.append([t.detach().clone() for t in (a, b, c)]
+                    + [v for p in (a, b, c) for v in opt.state[p].values()])
+    _close(*runs)

@@ -103,7 +103,7 @@ import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, UNIT
-from ._validate import extent
+from ._validate import extent, same_memory
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -279,7 +279,7 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak")
+                 "gweak", "wstores", "alias")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -291,6 +291,8 @@ _stride = torch.Tensor.stride
 _shape = operator.attrgetter("shape")
 _version_of = operator.attrgetter("_version")
 _numpy = torch.Tensor.numpy
+_storage = torch.Tensor.untyped_storage
+_storage_ptr = torch.UntypedStorage.data_ptr
 
 
 def _mark(p):
@@ -635,6 +637,11 @@ class _FastOptimizer(_Mixin):
                     raise ValueError(f"fastopt.torch: grad of parameter {i} has shape "
                                      f"{tuple(g.shape)}, expected {tuple(p.shape)} like the "
                                      "parameter")
+        # a grad in the storage of a tensor the step writes (its parameter's, if it is the
+        # parameter itself): compared with them here, where the kernels would refuse it only
+        # once the groups before had stepped
+        plan.alias = (() if plan.wstores.isdisjoint(map(_storage_ptr, map(_storage, grads)))
+                      else self._grad_overlaps(plan, grads))
         plan.graw = views
         plan.live_grads = grads
         plan.gstrides = list(map(_stride, grads))
@@ -732,6 +739,12 @@ class _FastOptimizer(_Mixin):
         plan.watched = live + [t for key in plan.tensors for t in plan.tensors[key]
                                if t is not None]
         plan.ptrs = list(map(_data_ptr, plan.watched))
+        # the storages of what the kernels write (the parameters, their state and masters),
+        # which a grad's is compared with (_view_grads)
+        plan.wstores = {_storage_ptr(_storage(t)) for t in chain(
+            live, *(plan.tensors.get(key, ()) for key in (MASTER, *plan.keys)))
+            if t is not None}
+        plan.wstores.discard(0)     # (empty tensors: no memory to overlap)
         self._view_grads(plan, [g for g in grads if g is not None])
         # what _update receives, a column per parameter
         plan.cols = (dict(plan.views, **{MASTER: masters, _FORMAT: plan.formats})
@@ -780,6 +793,52 @@ class _FastOptimizer(_Mixin):
                         "its own storage, or put them in different param groups")
                 if hi > reach:
                     reach, other = hi, j
+
+    def _grad_overlaps(self, plan, grads):
+        """The grads (of ``plan.params``) that share a storage with a tensor the step writes
+        (:meth:`_view_grads` found one): ValueError naming a grad whose memory bounds overlap
+        a parameter of the group or a state tensor the kernels write (they would refuse it,
+        as they compare memory bounds: only a parameter as its own grad, the very same
+        elements, is taken), before any group has stepped; else the indices of the grads
+        that are their parameters themselves (``p.grad = p.detach()``)."""
+        written = [(None, k, p) for k, p in enumerate(plan.params)]
+        written += [(key, k, t) for key in (MASTER, *plan.keys)
+                    for k, t in enumerate(plan.tensors.get(key, ())) if t is not None]
+        by_storage: dict[int, list] = {}
+        for key, k, t in written:
+            if t.numel():
+                by_storage.setdefault(_storage_ptr(_storage(t)), []).append((key, k, t))
+        alias = []
+        for k, g in enumerate(grads):
+            members = by_storage.get(_storage_ptr(_storage(g))) if g.numel() else None
+            if not members:
+                continue
+            gview = _array(g)
+            lo, hi = extent(gview)
+            for key, i, t in members:
+                view = _array(t)
+                if key is None and i == k and same_memory(view, gview):
+                    alias.append(k)
+                    continue
+                t_lo, t_hi = extent(view)
+                if lo < t_hi and t_lo < hi:
+                    index = [j for j, has in enumerate(plan.has_grad) if has]
+                    gi = self._group_index(plan)
+                    what = (f"parameter {index[i]} of the group" if key is None else
+                            f"state[{key!r}] of parameter {index[i]}")
+                    raise ValueError(
+                        f"fastopt.torch: the grad of parameter {index[k]} of param group {gi} "
+                        f"overlaps {what} in memory, which the step writes; fastopt's "
+                        "multi-tensor kernels update a group's tensors at once and refuse "
+                        "it (torch.optim reads it as its step goes): give the grad memory of "
+                        "its own (clone() it)")
+        return alias
+
+    def _group_index(self, plan):
+        """The index of the param group ``plan`` is for ("?" if none is)."""
+        return next((gi for gi, group in enumerate(self.param_groups)
+                     if len(group["params"]) == len(plan.all_params)
+                     and all(map(operator.is_, group["params"], plan.all_params))), "?")
 
     def _watch_masters(self, plan, params, old):
         """A group with 16-bit parameters: record their version counters and storage (data

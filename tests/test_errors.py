@@ -5,15 +5,18 @@ a TypeError or ValueError naming the argument, and a refused call changes nothin
 what must be accepted: unaligned and byte-swapped arrays, a param that is its own grad,
 the edges of the ranges torch accepts."""
 import gc
+import inspect
 import math
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
 
 import fastopt as fo
 from conftest import GRID_BACKENDS, torch
+from fastopt import _registry
 from kernel_specs import GROUP, SPECS, same_bits, snapshot, valid_arrays
 from optim_specs import CONFIGS, CONFIG_IDS, course_params, opt_snapshot, two_grads, two_params
 
@@ -1307,15 +1310,119 @@ def test_a_refused_0d_or_numpy_lr_says_the_true_reason_naming_it(backend, where)
              (np.array([0.1, 0.2]), TypeError, "array of shape (2,)"),
              ("0.1", TypeError, "got str"), (None, TypeError, "got NoneType"),
              (0.1 + 0j, TypeError, "got complex")]
-    if not where.startswith(("op_", "course_gd", "course_adam")):
-        # (the kernels' own scalar checks are chained comparisons, which a bool passes)
-        cases += [(True, TypeError, "got bool"), (np.True_, TypeError, "got bool"),
-                  (np.array(True), TypeError, "dtype bool"),
-                  (np.array(0.1 + 0j), TypeError, "dtype complex128"),
-                  (np.array(1.0, dtype=object), TypeError, "dtype object")]
+    # (fastopt.ops's chained comparisons let these pass; its backends refuse them)
+    cases += [(True, TypeError, "got bool"), (np.True_, TypeError, "got bool"),
+              (np.array(True), TypeError, "dtype bool"),
+              (np.array(0.1 + 0j), TypeError, "dtype complex128"),
+              (np.array(1.0, dtype=object), TypeError, "dtype object"),
+              (np.complex128(0.1), TypeError, "got complex128"),
+              (np.array([0.1]), TypeError, "array of shape (1,)")]
     with fo.use_backend(backend):
         for value, exc, why in cases:
             with pytest.raises(exc) as info:
                 run(value)
             message = str(info.value)
             assert message.startswith(f"Invalid {name}: ") and why in message, (value, message)
+
+
+# ------------------------------- fastopt.ops: scalars that pass the chained comparisons
+def _ops_scalars(fn):
+    """The scalar arguments of the fastopt.ops function ``fn``, from its signature:
+    ``(reals, betas, flags)`` (annotated float or int, a tuple, bool)."""
+    reals, betas, flags = [], [], []
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.annotation in (float, int):
+            reals.append(name)
+        elif "tuple" in str(p.annotation):
+            betas.append(name)
+        elif p.annotation is bool:
+            flags.append(name)
+    return reals, betas, flags
+
+
+def _ops_scalar_cases():
+    """(kernel, foreach, argument, bad value, message) for every scalar of every fastopt.ops
+    function: values whose comparisons succeed (a size-1 array, a NumPy complex) or whose
+    truthiness is defined (a str, an int, None, an array as a flag)."""
+    not_real = [(np.array([0.5]), "got an array of shape (1,)"),
+                (np.array([[0.5]]), "got an array of shape (1, 1)"),
+                (np.complex128(0.5), "got complex128"), (np.complex64(0.5), "got complex64"),
+                (np.array(0.5 + 0j), "got a 0-d array of dtype complex128"),
+                (True, "got bool")]
+    not_flag = ["no", "", None, 1, 0, np.array([True]), np.array([True, False]),
+                np.array(True), 1.0]
+    cases = []
+    for kernel in _registry.KERNELS:
+        for foreach in (False, True):
+            fn = getattr(ops, kernel.foreach_ops if foreach else kernel.ops)
+            reals, betas, flags = _ops_scalars(fn)
+            for name in reals:
+                # (a bool step passes: only its arithmetic is used, and a type test costs)
+                cases += [(kernel.name, foreach, name, bad, f"Invalid {name}: .*{re.escape(why)}")
+                          for bad, why in not_real if not (name == "step" and bad is True)]
+            for name in betas:
+                for i in (0, 1):
+                    label = re.escape(f"Invalid beta{i + 1} ({name}[{i}]): ")
+                    cases += [(kernel.name, foreach, (name, i), bad, f"{label}.*{re.escape(why)}")
+                              for bad, why in not_real]
+            for name in flags:
+                cases += [(kernel.name, foreach, name, bad,
+                           f"Invalid {name}: .*must be True or False") for bad in not_flag]
+    return cases
+
+
+OPS_SCALAR_CASES = _ops_scalar_cases()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("kernel,foreach,name,bad,message", OPS_SCALAR_CASES,
+                         ids=[f"{k}-{'foreach' if f else 'single'}-{n}-{i}"
+                              for i, (k, f, n, *_) in enumerate(OPS_SCALAR_CASES)])
+def test_ops_refuse_non_real_scalars_and_non_bool_flags_by_name_and_write_nothing(
+        backend, kernel, foreach, name, bad, message):
+    """A size-1 array, a NumPy complex or a bool passed the chained comparisons of the quick
+    check: the compiled backends then raised an unnamed TypeError (or took the complex's real
+    part, or 1.0 for True) and the NumPy reference broadcast; a flag was taken by its
+    truthiness ("no" maximized). Each is now the TypeError the thorough check raises, naming
+    the argument, and nothing is written."""
+    spec = SPECS[kernel]
+    arrays = valid_arrays(spec, (4,), np.float64, np.random.default_rng(3))
+    if isinstance(name, tuple):                 # one element of betas
+        name, i = name
+        pair = list(inspect.signature(getattr(ops, spec.kernel.ops)).parameters[name].default)
+        pair[i] = bad
+        hyper = dict(spec.hyper, **{name: tuple(pair)})
+    else:
+        hyper = dict(spec.hyper, **{name: bad})
+    args = [[a] for a in arrays] if foreach else arrays
+    before = snapshot(args)
+    with fo.use_backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("error")          # (no ComplexWarning on the way)
+        with pytest.raises(TypeError, match=message):
+            (spec.multi if foreach else spec.single)(args, **hyper)
+    for a, b in zip(args, before):
+        for x, y in zip(a if foreach else [a], b if foreach else [b]):
+            assert same_bits(x, y), (kernel, name)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("kernel", SPECS)
+def test_ops_take_numpy_bools_as_flags_and_numpy_reals_as_scalars(backend, kernel):
+    """What the refusals above leave taken: np.bool_ flags and NumPy real scalars (and 0-d
+    arrays of them) give the bits the Python values give."""
+    spec = SPECS[kernel]
+    reals, betas, flags = _ops_scalars(getattr(ops, spec.kernel.ops))
+
+    def run(convert_real, convert_flag):
+        arrays = valid_arrays(spec, (4,), np.float64, np.random.default_rng(4))
+        hyper = dict(spec.hyper)
+        for name in flags:
+            hyper[name] = convert_flag(True)
+        for name in reals:
+            if name in hyper:
+                hyper[name] = convert_real(hyper[name])
+        with fo.use_backend(backend):
+            spec.single(arrays, **hyper)
+        return b"".join(a.tobytes() for a in arrays)
+
+    assert run(lambda v: v, bool) == run(np.float64, np.bool_) == run(np.array, np.bool_)

@@ -23,6 +23,7 @@ from . import _cpu
 from . import _threads
 
 from . import _registry
+from ._hyper import as_flag, as_real
 from ._multi import foreach
 from .reference import lowp
 
@@ -57,7 +58,7 @@ class Namespace:
         for kernel in kernels:
             single = found[kernel.name]
             if name == "numpy":
-                single = _as_compiled(single, kernel.scalars)
+                single = _as_compiled(single, kernel.scalars, kernel.options)
             setattr(self, kernel.name, single)
             check = {"check": lowp.check_half_arrays} if kernel in _registry.HALF_KERNELS else {}
             setattr(self, kernel.multi,
@@ -73,21 +74,28 @@ class Namespace:
         return f"<fastopt backend {self.name!r} ({self.package.__name__})>"
 
 
-def _as_compiled(kernel, names):
+def _as_compiled(kernel, names, options=()):
     """``kernel`` (a NumPy reference kernel) called as the compiled kernels are: its scalars
-    ``names`` taken as Python floats, and IEEE results without NumPy's floating-point warnings
+    ``names`` taken as Python floats and its ``options`` as True or False (anything else
+    refused as the compiled kernels refuse it, by fastopt._hyper, before the reference
+    touches an array: it broadcast a size-1 array and took a flag by its truth), and IEEE
+    results without NumPy's floating-point warnings
     (an inf grad times a clip's factor 0 is NaN on every backend; only NumPy would warn, an
     error under ``-W error``). The reference computes with a scalar as given, and NumPy
     (NEP 50) computes float32 arrays times a NumPy float64 (an ``lr`` from a NumPy schedule, a
     bias correction folded from a step count out of ``np.arange``) in float64; the compiled
     kernels take any scalar as a C double and compute in the arrays' dtype, as NumPy does
     with a Python float."""
-    names = frozenset(names)
+    names, options = frozenset(names), frozenset(options)
 
     @functools.wraps(kernel)
     def call(*arrays, **scalars):
         for key in names.intersection(scalars):
-            scalars[key] = float(scalars[key])
+            if type(scalars[key]) is not float:
+                scalars[key] = as_real(key, scalars[key])
+        for key in options.intersection(scalars):
+            if scalars[key] is not True and scalars[key] is not False:
+                scalars[key] = as_flag(key, scalars[key])
         with np.errstate(all="ignore"):
             return kernel(*arrays, **scalars)
     return call

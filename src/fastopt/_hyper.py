@@ -8,7 +8,10 @@ bug, not a learning rate of 1 --, a complex number, an array of another shape or
 ``True``/``False``. The ranges are torch.optim's.
 
 ``fastopt.ops`` tests the common case with a few chained comparisons and calls these only when
-they fail, to raise the error with the argument's name (so its calls stay cheap).
+they fail, to raise the error with the argument's name (so its calls stay cheap); what the
+comparisons let through (a size-1 array, a NumPy complex, a bool, an option that is not
+True/False) the backends refuse through :func:`as_real` and :func:`as_flag`, and
+``fastopt.ops`` names it.
 """
 import math
 import numbers
@@ -25,14 +28,7 @@ BETAS = None                    # a pair in [0, 1), see check_betas
 
 def check_real(name, value, bounds=NONNEG):
     """Raise unless ``value`` is a real number in ``bounds`` = (lo, hi or None, hi open)."""
-    if isinstance(value, np.ndarray):
-        if value.shape != () or value.dtype.kind not in "iuf":
-            got = (f"an array of shape {value.shape}" if value.shape != ()
-                   else f"a 0-d array of dtype {value.dtype}")
-            raise TypeError(f"Invalid {name}: {value!r} (must be a real number, got {got})")
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):   # (np.bool_ is not)
-        raise TypeError(f"Invalid {name}: {value!r} (must be a real number, "
-                        f"got {type(value).__name__})")
+    check_real_type(name, value)
     lo, hi, hi_open = bounds
     ok = value >= lo
     if ok and hi is not None:
@@ -45,6 +41,18 @@ def check_real(name, value, bounds=NONNEG):
         if name == "step":
             bound += ", the step count starts at 1"
         raise ValueError(f"Invalid {name}: {value!r} (must be {bound})")
+
+
+def check_real_type(name, value):
+    """Raise TypeError unless ``value`` is a real number (its range unchecked)."""
+    if isinstance(value, np.ndarray):
+        if value.shape != () or value.dtype.kind not in "iuf":
+            got = (f"an array of shape {value.shape}" if value.shape != ()
+                   else f"a 0-d array of dtype {value.dtype}")
+            raise TypeError(f"Invalid {name}: {value!r} (must be a real number, got {got})")
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):   # (np.bool_ is not)
+        raise TypeError(f"Invalid {name}: {value!r} (must be a real number, "
+                        f"got {type(value).__name__})")
 
 
 def check_betas(name, value):
@@ -72,3 +80,25 @@ def check_reals(**checks):
             check_betas(name, value)
         else:
             check_real(name, value, bounds)
+
+
+# The kernels' side: every backend takes a scalar that is a Python float, and an option that is
+# True or False, as it is (the common case, tested first where it costs nothing: in C for the
+# compiled kernels); anything else goes through these, which refuse what check_real and
+# check_flag refuse (a size-1 array, a complex, a bool as a scalar; a str or an array as an
+# option) with their messages, under the kernel's name for the argument. fastopt.ops catches
+# that TypeError and raises its own, naming its argument (ops._refuse).
+
+def as_real(name, value):
+    """``value`` as a Python float if it is a real number (check_real_type), else TypeError."""
+    if isinstance(value, float):
+        return float(value)
+    check_real_type(name, value)
+    return float(value)
+
+
+def as_flag(name, value):
+    """``value`` as a Python bool if it is True or False (check_flag), else TypeError."""
+    check_flag(name, value)
+    return bool(value)
+

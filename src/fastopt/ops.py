@@ -11,16 +11,19 @@ single-array function on each array. They return None.
 
 These are what the optimizer classes call, so each formula exists once per backend.
 
-Every scalar is checked before the backend runs (a real number in torch.optim's range, else a
-``TypeError``/``ValueError`` naming it), so a refused call writes nothing.
+Every scalar is checked before any array is written (a real number in torch.optim's range,
+else a ``TypeError``/``ValueError`` naming it; an option is True or False, Python's or
+NumPy's, else a ``TypeError`` naming it), so a refused call writes nothing.
 """
+import inspect
 import struct
 from collections.abc import Sequence
 
 import numpy as np
 
 from . import _backend
-from ._hyper import BETAS, NONNEG, STEP, UNIT, UNIT_OPEN, check_reals
+from ._hyper import (BETAS, NONNEG, STEP, UNIT, UNIT_OPEN, as_real, check_betas, check_flag,
+                     check_real_type, check_reals)
 
 Array = np.ndarray               # float32 or float64, any shape and layout
 Arrays = Sequence[np.ndarray]    # a list or tuple of them
@@ -36,6 +39,45 @@ def _to_f32(x):
 # Scalar checks: the chained comparisons are the whole cost of a good call (a failing
 # comparison, including NaN's and None's, hands over to check_reals for the named error).
 _NOT_REAL = (TypeError, ValueError)    # None or a str (TypeError), an array (ValueError)
+
+# What the comparisons let through (a size-1 array, a NumPy complex, a bool; an option that is
+# not True or False) is refused where it costs nothing: where a scalar is folded here, by the
+# type test that replaces float() (``x if type(x) is float else as_real(...)``: as_real raises
+# TypeError for a non-real, caught above), and where a scalar or option goes to the backend as
+# it is, by the backend, which takes a Python float, True or False as it is and refuses
+# anything else (fastopt._hyper.as_real/as_flag; in C for the compiled kernels). That
+# TypeError names the kernel's argument; each function catches it and _refuse raises the
+# error naming its own (the backend refuses before it touches an array).
+_SIGNATURES = {}    # fastopt.ops function -> its (reals, betas, flags) arguments
+
+
+def _refuse(fn, args):
+    """After the backend raised a TypeError in ``fn`` (a fastopt.ops function; ``args`` its
+    locals): raise the TypeError the thorough checks raise for the first argument of ``fn``
+    that is not a real number (annotated float or int), a pair of them (tuple) or True/False
+    (bool), naming it; return when all are (the error was about an array: the caller
+    re-raises it)."""
+    spec = _SIGNATURES.get(fn)
+    if spec is None:
+        reals, betas, flags = [], [], []
+        for name, p in inspect.signature(fn).parameters.items():
+            if p.annotation in (float, int):
+                reals.append(name)
+            elif p.annotation is bool:
+                flags.append(name)
+            elif "tuple" in str(p.annotation):
+                betas.append(name)
+        spec = _SIGNATURES[fn] = reals, betas, flags
+    reals, betas, flags = spec
+    try:
+        for name in reals:
+            check_real_type(name, args[name])
+        for name in betas:
+            check_betas(name, args[name])
+        for name in flags:
+            check_flag(name, args[name])
+    except (TypeError, ValueError) as exc:
+        raise exc from None
 
 
 def _check_ewa(beta):
@@ -76,7 +118,9 @@ def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
     """Check Adagrad's scalars; return the decayed learning rate ``clr``, folded in float64."""
     try:
         if step >= 1 and lr >= 0.0 and lr_decay >= 0.0 and weight_decay >= 0.0 and eps >= 0.0:
-            return float(lr) / (1.0 + (step - 1) * float(lr_decay))
+            return ((lr if type(lr) is float else as_real("lr", lr))
+                    / (1.0 + (step - 1) * (lr_decay if type(lr_decay) is float
+                                           else as_real("lr_decay", lr_decay))))
     except _NOT_REAL:
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), lr_decay=(lr_decay, NONNEG),
@@ -93,8 +137,12 @@ def _adam_scalars(step, lr, betas, eps, weight_decay):
         beta1, beta2 = betas
         if (step >= 1 and lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0
                 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            beta1, beta2 = float(beta1), float(beta2)
-            return beta1, beta2, float(lr) / (1.0 - beta1 ** step), 1.0 - beta2 ** step
+            if type(beta1) is not float:
+                beta1 = as_real("beta1", beta1)
+            if type(beta2) is not float:
+                beta2 = as_real("beta2", beta2)
+            return (beta1, beta2, (lr if type(lr) is float else as_real("lr", lr))
+                    / (1.0 - beta1 ** step), 1.0 - beta2 ** step)
     except _NOT_REAL:
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), betas=(betas, BETAS), eps=(eps, NONNEG),
@@ -127,7 +175,11 @@ def ewa_(avg: Array, x: Array, beta: float) -> None:
         As :func:`sgd_step_`, naming ``avg``, ``x`` or ``beta``; nothing is written then.
     """
     _check_ewa(beta)
-    _backend.active.ewa(avg, x, beta=beta)
+    try:
+        _backend.active.ewa(avg, x, beta=beta)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(ewa_, locals())
+        raise
 
 
 def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
@@ -154,7 +206,11 @@ def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
         writes nothing.
     """
     _check_ewa(beta)
-    _backend.active.ewa_multi(avgs, xs, beta=beta)
+    try:
+        _backend.active.ewa_multi(avgs, xs, beta=beta)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_ewa_, locals())
+        raise
 
 
 def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *, lr: float,
@@ -208,9 +264,13 @@ def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *
         named). A call that raises writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
-    _backend.active.sgd(param, grad, momentum_buffer, lr=lr, weight_decay=weight_decay,
-                        momentum=momentum, dampening=dampening, nesterov=nesterov,
-                        maximize=maximize, first_step=first_step)
+    try:
+        _backend.active.sgd(param, grad, momentum_buffer, lr=lr, weight_decay=weight_decay,
+                            momentum=momentum, dampening=dampening, nesterov=nesterov,
+                            maximize=maximize, first_step=first_step)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(sgd_step_, locals())
+        raise
 
 
 def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | None = None, *,
@@ -243,9 +303,14 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
         writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
-    _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
-                              momentum=momentum, dampening=dampening, nesterov=nesterov,
-                              maximize=maximize, first_step=first_step)
+    try:
+        _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr,
+                                  weight_decay=weight_decay, momentum=momentum,
+                                  dampening=dampening, nesterov=nesterov, maximize=maximize,
+                                  first_step=first_step)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_sgd_step_, locals())
+        raise
 
 
 def momentum_step_(param: Array, grad: Array, velocity: Array, *, lr: float,
@@ -283,7 +348,11 @@ def momentum_step_(param: Array, grad: Array, velocity: Array, *, lr: float,
         named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN)
-    _backend.active.momentum(param, grad, velocity, lr=lr, beta=beta)
+    try:
+        _backend.active.momentum(param, grad, velocity, lr=lr, beta=beta)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(momentum_step_, locals())
+        raise
 
 
 def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *, lr: float,
@@ -314,7 +383,11 @@ def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *,
         writes nothing.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN)
-    _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
+    try:
+        _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_momentum_step_, locals())
+        raise
 
 
 def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0.01,
@@ -376,9 +449,13 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
         named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
-    _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
-                            alpha=beta, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                            maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+    try:
+        _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
+                                alpha=beta, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(rmsprop_step_, locals())
+        raise
 
 
 def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *, lr: float = 0.01,
@@ -414,10 +491,14 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
         writes nothing.
     """
     _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
-    _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
-                                  lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,
-                                  momentum=momentum, maximize=maximize,
-                                  eps_inside_sqrt=eps_inside_sqrt)
+    try:
+        _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
+                                      lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, maximize=maximize,
+                                      eps_inside_sqrt=eps_inside_sqrt)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_rmsprop_step_, locals())
+        raise
 
 
 def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr: float = 0.01,
@@ -466,9 +547,13 @@ def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr:
         overlap in memory (only ``grad is param`` is allowed), or a scalar out of range (each
         named). A call that raises writes nothing.
     """
-    _backend.active.adagrad(param, grad, state_sum,
-                            clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps), eps=eps,
-                            weight_decay=weight_decay, maximize=maximize)
+    try:
+        _backend.active.adagrad(param, grad, state_sum,
+                                clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps), eps=eps,
+                                weight_decay=weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(adagrad_step_, locals())
+        raise
 
 
 def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, step: int, *,
@@ -499,9 +584,13 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
         across the whole call (grads may share memory with each other). A call that raises
         writes nothing.
     """
-    _backend.active.adagrad_multi(params, grads, state_sums,
-                                  clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
-                                  eps=eps, weight_decay=weight_decay, maximize=maximize)
+    try:
+        _backend.active.adagrad_multi(params, grads, state_sums,
+                                      clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
+                                      eps=eps, weight_decay=weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_adagrad_step_, locals())
+        raise
 
 
 def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,
@@ -566,11 +655,15 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
     """
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
-    _backend.active.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr, beta1=beta1,
-                         beta2=beta2, eps=eps, weight_decay=weight_decay, step_size=step_size,
-                         bias_correction2=bias_correction2, grad_scale=1.0,
-                         decoupled=decoupled_weight_decay, maximize=maximize,
-                         eps_inside_sqrt=eps_inside_sqrt)
+    try:
+        _backend.active.adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=lr, beta1=beta1,
+                             beta2=beta2, eps=eps, weight_decay=weight_decay, step_size=step_size,
+                             bias_correction2=bias_correction2, grad_scale=1.0,
+                             decoupled=decoupled_weight_decay, maximize=maximize,
+                             eps_inside_sqrt=eps_inside_sqrt)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(adam_step_, locals())
+        raise
 
 
 def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
@@ -608,11 +701,15 @@ def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_
     """
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
-    _backend.active.adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr,
-                               beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                               step_size=step_size, bias_correction2=bias_correction2,
-                               grad_scale=1.0, decoupled=decoupled_weight_decay,
-                               maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+    try:
+        _backend.active.adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr,
+                                   beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                   step_size=step_size, bias_correction2=bias_correction2,
+                                   grad_scale=1.0, decoupled=decoupled_weight_decay,
+                                   maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_adam_step_, locals())
+        raise
 
 
 def adamw_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,
@@ -711,8 +808,12 @@ def adadelta_step_(param: Array, grad: Array, square_avg: Array, acc_delta: Arra
         named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
-    _backend.active.adadelta(param, grad, square_avg, acc_delta, lr=lr, rho=rho, eps=eps,
-                             weight_decay=weight_decay, maximize=maximize)
+    try:
+        _backend.active.adadelta(param, grad, square_avg, acc_delta, lr=lr, rho=rho, eps=eps,
+                                 weight_decay=weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(adadelta_step_, locals())
+        raise
 
 
 def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, acc_deltas: Arrays,
@@ -744,8 +845,12 @@ def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, a
         writes nothing.
     """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
-    _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
-                                   eps=eps, weight_decay=weight_decay, maximize=maximize)
+    try:
+        _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
+                                       eps=eps, weight_decay=weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_adadelta_step_, locals())
+        raise
 
 
 def _adamax_scalars(step, lr, betas, eps, weight_decay):
@@ -801,8 +906,12 @@ def adamax_step_(param: Array, grad: Array, exp_avg: Array, exp_inf: Array, step
         named). A call that raises writes nothing.
     """
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
-    _backend.active.adamax(param, grad, exp_avg, exp_inf, beta1=beta1, beta2=beta2, eps=eps,
-                           weight_decay=weight_decay, clr=clr, maximize=maximize)
+    try:
+        _backend.active.adamax(param, grad, exp_avg, exp_inf, beta1=beta1, beta2=beta2, eps=eps,
+                               weight_decay=weight_decay, clr=clr, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(adamax_step_, locals())
+        raise
 
 
 def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_infs: Arrays,
@@ -835,8 +944,13 @@ def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_in
         writes nothing.
     """
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
-    _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1, beta2=beta2,
-                                 eps=eps, weight_decay=weight_decay, clr=clr, maximize=maximize)
+    try:
+        _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1,
+                                     beta2=beta2, eps=eps, weight_decay=weight_decay, clr=clr,
+                                     maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_adamax_step_, locals())
+        raise
 
 
 def nadam_momentum(step: int, beta1: float, momentum_decay: float) -> float:
@@ -868,18 +982,27 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     beta1, beta2, _, bias_correction2 = _adam_scalars(step, lr, betas, eps, weight_decay)
     try:
         ok = momentum_decay >= 0.0 and 0.0 <= mu_product <= 1.0
+        if ok:      # (the step goes into struct.pack below, whose error would not name it)
+            if type(step) is not int:
+                check_real_type("step", step)
+            if type(momentum_decay) is not float:
+                momentum_decay = as_real("momentum_decay", momentum_decay)
+            if type(mu_product) is not float:
+                mu_product = as_real("mu_product", mu_product)
     except _NOT_REAL:
         ok = False
     if not ok:
-        check_reals(momentum_decay=(momentum_decay, NONNEG), mu_product=(mu_product, UNIT))
-    lr, momentum_decay = float(lr), float(momentum_decay)   # folded in float64
+        check_reals(step=(step, STEP), momentum_decay=(momentum_decay, NONNEG),
+                    mu_product=(mu_product, UNIT))
+        momentum_decay, mu_product = float(momentum_decay), float(mu_product)
+    lr = float(lr)      # folded in float64 (a real number: _adam_scalars checked it)
     mu = nadam_momentum(step, beta1, momentum_decay)
     mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
     # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and
     # multiplies in float32; doing the same keeps float64 trajectories equal to torch's (the
     # product of two float32 values is exact in float64, so rounding it once is float32's *)
     mu_product = (_to_f32(_to_f32(mu_product) * _to_f32(mu)) if single
-                  else float(mu_product) * mu)
+                  else mu_product * mu)
     grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = -lr * mu_next / (1.0 - mu_product * mu_next)
     return mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef
@@ -946,10 +1069,15 @@ def nadam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
     """
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
-    _backend.active.nadam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
-                          eps=eps, weight_decay=weight_decay, bias_correction2=bias_correction2,
-                          grad_coef=grad_coef, avg_coef=avg_coef,
-                          decoupled=decoupled_weight_decay, maximize=maximize)
+    try:
+        _backend.active.nadam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                              eps=eps, weight_decay=weight_decay,
+                              bias_correction2=bias_correction2, grad_coef=grad_coef,
+                              avg_coef=avg_coef,
+                              decoupled=decoupled_weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(nadam_step_, locals())
+        raise
     return mu_product
 
 
@@ -989,11 +1117,15 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
     """
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
-    _backend.active.nadam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
-                                beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                bias_correction2=bias_correction2, grad_coef=grad_coef,
-                                avg_coef=avg_coef, decoupled=decoupled_weight_decay,
-                                maximize=maximize)
+    try:
+        _backend.active.nadam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
+                                    beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                    bias_correction2=bias_correction2, grad_coef=grad_coef,
+                                    avg_coef=avg_coef, decoupled=decoupled_weight_decay,
+                                    maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_nadam_step_, locals())
+        raise
     return mu_product
 
 
@@ -1066,10 +1198,14 @@ def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
     """
     beta1, beta2, step_size, adaptive_scale, rectified = _radam_scalars(step, lr, betas, eps,
                                                                         weight_decay)
-    _backend.active.radam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
-                          eps=eps, weight_decay=weight_decay, step_size=step_size,
-                          adaptive_scale=adaptive_scale, rectified=rectified,
-                          decoupled=decoupled_weight_decay, maximize=maximize)
+    try:
+        _backend.active.radam(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2,
+                              eps=eps, weight_decay=weight_decay, step_size=step_size,
+                              adaptive_scale=adaptive_scale, rectified=rectified,
+                              decoupled=decoupled_weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(radam_step_, locals())
+        raise
 
 
 def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays,
@@ -1103,11 +1239,15 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
     """
     beta1, beta2, step_size, adaptive_scale, rectified = _radam_scalars(step, lr, betas, eps,
                                                                         weight_decay)
-    _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
-                                beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                step_size=step_size, adaptive_scale=adaptive_scale,
-                                rectified=rectified,
-                                decoupled=decoupled_weight_decay, maximize=maximize)
+    try:
+        _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
+                                    beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                    step_size=step_size, adaptive_scale=adaptive_scale,
+                                    rectified=rectified,
+                                    decoupled=decoupled_weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_radam_step_, locals())
+        raise
 
 
 def _check_lion(lr, betas, weight_decay):
@@ -1169,8 +1309,12 @@ def lion_step_(param: Array, grad: Array, exp_avg: Array, *, lr: float = 1e-4,
         named). A call that raises writes nothing.
     """
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
-    _backend.active.lion(param, grad, exp_avg, lr=lr, beta1=beta1, beta2=beta2,
-                         weight_decay=weight_decay, maximize=maximize)
+    try:
+        _backend.active.lion(param, grad, exp_avg, lr=lr, beta1=beta1, beta2=beta2,
+                             weight_decay=weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(lion_step_, locals())
+        raise
 
 
 def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: float = 1e-4,
@@ -1202,8 +1346,12 @@ def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: f
         writes nothing.
     """
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
-    _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
-                               weight_decay=weight_decay, maximize=maximize)
+    try:
+        _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
+                                   weight_decay=weight_decay, maximize=maximize)
+    except TypeError:      # a scalar or option the backend refused: named here
+        _refuse(foreach_lion_step_, locals())
+        raise
 
 
 __all__ = ["ewa_", "sgd_step_", "momentum_step_", "rmsprop_step_", "adagrad_step_",

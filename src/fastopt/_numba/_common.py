@@ -7,7 +7,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from .. import _registry
+from .. import _hyper, _registry
 from .._multi import foreach
 from .._validate import FLOAT_DTYPES, check_step_arrays, overlap_error
 
@@ -223,8 +223,13 @@ def scalars(name):
     Scalars = namedtuple(f"{name}_scalars", kernel.keywords)
     # pack is written out, as namedtuple writes its __new__: keyword-only arguments cost a third
     # of building a dict and reading it back
-    values = [f"float({n})" for n in kernel.scalars] + [f"bool({n})" for n in kernel.options]
-    namespace = {}
+    # a Python float, True or False as it is (a type test costs what float() and bool() did);
+    # anything else as fastopt._hyper takes or refuses it (a size-1 array, a complex, a str
+    # as an option: TypeError naming it), before any array is touched
+    values = ([f"({n} if type({n}) is float else as_real({n!r}, {n}))" for n in kernel.scalars]
+              + [f"({n} if {n} is True or {n} is False else as_flag({n!r}, {n}))"
+                 for n in kernel.options])
+    namespace = {"as_real": _hyper.as_real, "as_flag": _hyper.as_flag}
     exec(f"def pack(*, {', '.join(kernel.keywords)}):\n"
          f"    return ({', '.join(values)},)\n", namespace)
     pack = namespace["pack"]

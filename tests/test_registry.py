@@ -65,18 +65,22 @@ def test_scalars_are_keyword_only(backend, kernel):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_numba_loops_receive_the_scalars_by_the_registry_names(kernel):
     # the loops read s.<name> of a namedtuple of the registry's names; pack, which fills it,
-    # takes them keyword-only and gives floats and bools whatever the caller passed (ints
-    # here), so the loops compile once per dtype
+    # takes them keyword-only and gives floats and bools whatever real numbers and True/False
+    # the caller passed (ints and np.bool_ here), so the loops compile once per dtype; an
+    # option that is not True or False (an int, as fastopt._hyper.check_flag) is refused
     from fastopt._numba import _common, optim
     k = KERNELS[kernel]
     Scalars, pack = _common.scalars(kernel)
     assert Scalars._fields == k.keywords == getattr(optim, "_" + kernel.upper())._fields
-    values = {n: i + 2 for i, n in enumerate(k.scalars)} | {n: 1 for n in k.options}
+    values = {n: i + 2 for i, n in enumerate(k.scalars)} | {n: np.True_ for n in k.options}
     packed = pack(**values)
     assert [type(x) for x in packed] == [float] * len(k.scalars) + [bool] * len(k.options)
     assert Scalars(*packed)._asdict() == {n: values[n] for n in k.keywords}
     with pytest.raises(TypeError):
         pack(*values.values())
+    for n in k.options:
+        with pytest.raises(TypeError, match=f"Invalid {n}: 1 "):
+            pack(**dict(values, **{n: 1}))
 
 def test_the_16bit_forms_are_their_kernels_halved():
     """fastopt.torch's kernels, each with its 16-bit form: the master copy after the grad,

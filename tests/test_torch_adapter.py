@@ -139,6 +139,27 @@ def test_backends_agree_with_torch(name, kwargs, backend):
     assert_trajectories_close(ours, theirs, opt, ref)
 
 
+TRUTHY_FLAGS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=1, maximize=1)),
+                ("RMSprop", dict(centered=1, momentum=0.5, maximize=np.bool_(True))),
+                ("Adagrad", dict(maximize=1)), ("Adam", dict(amsgrad=1, maximize=1)),
+                ("AdamW", dict(amsgrad=np.int64(1), maximize=0)), ("Adamax", dict(maximize=1)),
+                ("NAdam", dict(decoupled_weight_decay=1, weight_decay=0.1, maximize=1)),
+                ("RAdam", dict(decoupled_weight_decay=1, weight_decay=0.1, maximize=1))]
+
+
+@pytest.mark.parametrize("name,kwargs", TRUTHY_FLAGS, ids=[v[0] for v in TRUTHY_FLAGS])
+def test_flags_are_taken_by_their_truth_as_torch_takes_them(name, kwargs):
+    """torch.optim reads its flags with ``if maximize:``, so 1 or np.bool_ work as True
+    (fastopt.ops, for NumPy users, wants True or False)."""
+    ours, opt, theirs, ref = _pair(name, kwargs, torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_scheduler_sets_the_lr_each_step(name, kwargs):
     ours, opt, theirs, ref = _pair(name, kwargs)

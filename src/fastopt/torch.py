@@ -1104,8 +1104,8 @@ class SGD(_FastOptimizer, torch.optim.SGD):
         for first, params, grads, cols in parts:
             self._kernel_for(cols, grad_scale)(
                 params, grads, cols.get("momentum_buffer"), lr=lr, weight_decay=wd,
-                momentum=momentum, dampening=dampening, nesterov=group["nesterov"],
-                maximize=group["maximize"], first_step=first)
+                momentum=momentum, dampening=dampening, nesterov=bool(group["nesterov"]),
+                maximize=bool(group["maximize"]), first_step=first)
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -1132,7 +1132,7 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["square_avg"], cols.get("grad_avg"), cols.get("momentum_buffer"),
             lr=lr, alpha=alpha, eps=eps, weight_decay=wd, momentum=momentum,
-            maximize=group["maximize"], eps_inside_sqrt=False)
+            maximize=bool(group["maximize"]), eps_inside_sqrt=False)
 
 
 class Adagrad(_FastOptimizer, torch.optim.Adagrad):
@@ -1174,7 +1174,7 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
         wd, eps = group["weight_decay"], group["eps"]
         clr = ops._adagrad_clr(step, _number(group["lr"]), group["lr_decay"], wd, eps)
         self._kernel_for(cols, grad_scale)(params, grads, cols["sum"], clr=clr, eps=eps,
-                                           weight_decay=wd, maximize=group["maximize"])
+                                           weight_decay=wd, maximize=bool(group["maximize"]))
 
 
 class Adam(_FastOptimizer, torch.optim.Adam):
@@ -1203,12 +1203,12 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         eps, wd = group["eps"], group["weight_decay"]
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, (beta1, beta2), eps, wd)
-        decoupled = self._decoupled or group.get("decoupled_weight_decay", False)
+        decoupled = self._decoupled or bool(group.get("decoupled_weight_decay"))
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], cols.get("max_exp_avg_sq"),
             lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
             bias_correction2=bias_correction2, grad_scale=grad_scale, decoupled=decoupled,
-            maximize=group["maximize"], eps_inside_sqrt=False)
+            maximize=bool(group["maximize"]), eps_inside_sqrt=False)
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -1237,7 +1237,7 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
         ops._check_lr_beta(lr, rho, UNIT, eps, wd, beta_name="rho")
         self._kernel_for(cols, grad_scale)(params, grads, cols["square_avg"], cols["acc_delta"],
                                            lr=lr, rho=rho, eps=eps, weight_decay=wd,
-                                           maximize=group["maximize"])
+                                           maximize=bool(group["maximize"]))
 
 
 class Adamax(_FastOptimizer, torch.optim.Adamax):
@@ -1260,7 +1260,7 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
                                                 tuple(group["betas"]), eps, wd)
         self._kernel_for(cols, grad_scale)(params, grads, cols["exp_avg"], cols["exp_inf"],
                                            beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
-                                           clr=clr, maximize=group["maximize"])
+                                           clr=clr, maximize=bool(group["maximize"]))
 
 
 class NAdam(_FastOptimizer, torch.optim.NAdam):
@@ -1305,8 +1305,8 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                 *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
                 lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
                 bias_correction2=bias_correction2, grad_coef=grad_coef, avg_coef=avg_coef,
-                decoupled=group.get("decoupled_weight_decay", False),
-                maximize=group["maximize"])
+                decoupled=bool(group.get("decoupled_weight_decay")),
+                maximize=bool(group["maximize"]))
             for k in part:
                 cols["mu_product"][k][()] = new
 
@@ -1333,4 +1333,4 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], lr=lr, beta1=beta1,
             beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
             adaptive_scale=adaptive_scale, rectified=rectified,
-            decoupled=group.get("decoupled_weight_decay", False), maximize=group["maximize"])
+            decoupled=bool(group.get("decoupled_weight_decay")), maximize=bool(group["maximize"]))

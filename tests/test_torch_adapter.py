@@ -105,19 +105,25 @@ def assert_trajectories_close(ours, theirs, opt, ref, param_ulps=4, state_ulps=8
     assert [strip(g) for g in sd["param_groups"]] == [strip(g) for g in rsd["param_groups"]]
 
 
+def step_both_and_compare(name, kwargs, dtype, steps):
+    """``steps`` steps of fastopt.torch's and torch.optim's ``name`` on the same grads, then
+    :func:`assert_trajectories_close`."""
+    ours, opt, theirs, ref = _pair(name, kwargs, dtype)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
 # ----------------------------------------------------------------------- torch's optim_db
 @pytest.mark.parametrize("name,kwargs", optim_db_params(
     NAMES, lambda kw: [f"{k}=True: {UNHONOURED[k]}" for k in UNHONOURED if kw.get(k)]))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_optim_db_trajectories_match_torch(name, kwargs, dtype):
     # the active backend only: CI runs the suite once per backend (about 2 s per backend)
-    ours, opt, theirs, ref = _pair(name, kwargs, dtype)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(STEPS):
-        _set_grads(gen, ours, theirs)
-        opt.step()
-        ref.step()
-    assert_trajectories_close(ours, theirs, opt, ref)
+    step_both_and_compare(name, kwargs, dtype, STEPS)
 
 
 # ------------------------------------------------------------------ the training loop
@@ -130,13 +136,7 @@ VARIANTS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)), ("RMSprop", dict
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_backends_agree_with_torch(name, kwargs, backend):
     """Every backend (the grid above runs on the active one)."""
-    ours, opt, theirs, ref = _pair(name, kwargs, torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(8):
-        _set_grads(gen, ours, theirs)
-        opt.step()
-        ref.step()
-    assert_trajectories_close(ours, theirs, opt, ref)
+    step_both_and_compare(name, kwargs, torch.float32, 8)
 
 
 TRUTHY_FLAGS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=1, maximize=1)),
@@ -151,13 +151,7 @@ TRUTHY_FLAGS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=1, maximize=1)),
 def test_flags_are_taken_by_their_truth_as_torch_takes_them(name, kwargs):
     """torch.optim reads its flags with ``if maximize:``, so 1 or np.bool_ work as True
     (fastopt.ops, for NumPy users, wants True or False)."""
-    ours, opt, theirs, ref = _pair(name, kwargs, torch.float32)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        _set_grads(gen, ours, theirs)
-        opt.step()
-        ref.step()
-    assert_trajectories_close(ours, theirs, opt, ref)
+    step_both_and_compare(name, kwargs, torch.float32, 4)
 
 
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])

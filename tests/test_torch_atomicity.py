@@ -206,6 +206,30 @@ def test_a_clip_of_a_parameter_that_is_its_own_grad_is_torchs(name, kwargs, dtyp
     assert all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(our_norms, their_norms))
 
 
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(lr=0.1)), ("SGD", dict(lr=0.1))])
+def test_a_clip_switched_on_over_a_kept_parameter_that_is_its_own_grad_is_torchs(name, kwargs):
+    """One group, ``p.grad = p.detach()`` set once and kept: two steps without a clip (the
+    first group's grads are then not compared with its parameters: its kernels refuse an
+    overlap before writing anything), then a clip switched on: torch's numbers."""
+    init = [torch.tensor([3.0, -4.0, 12.0]), torch.tensor([1.0, 2.0])]
+    runs = []
+    for lib in (ft, torch.optim):
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = (getattr(ft, name)(ps, **kwargs) if lib is ft else
+               getattr(torch.optim, name)(ps, foreach=False, **kwargs))
+        ps[0].grad, ps[1].grad = ps[0].detach(), torch.tensor([0.5, -0.25])
+        for k in range(4):
+            if k >= 2:
+                if lib is ft:
+                    opt.param_groups[0]["max_grad_norm"] = 1.0
+                else:
+                    torch.nn.utils.clip_grad_norm_(ps, 1.0, foreach=False)
+            opt.step()
+        runs.append([p.detach().clone() for p in ps])
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
 @pytest.mark.parametrize("when", ["clipping", "clip-set-later"])
 def test_a_clip_of_a_16bit_parameter_that_is_its_own_grad_is_refused(name, when):

@@ -616,19 +616,20 @@ class _FastOptimizer(_Mixin):
                 return True
             if list(map(_data_ptr, plan.watched)) != plan.ptrs:
                 return False
-            self._view_grads(plan, plan.live_grads)     # a grad's storage or geometry changed
+            self._view_grads(plan, group, plan.live_grads)  # a grad's storage or geometry changed
             return True
         else:
             plan.keep = False
         if (list(map(operator.is_not, grads, repeat(None))) != plan.has_grad
                 or list(map(_data_ptr, plan.watched)) != plan.ptrs):
             return False
-        self._view_grads(plan, list(compress(grads, plan.has_grad)))
+        self._view_grads(plan, group, list(compress(grads, plan.has_grad)))
         plan.grads = grads
         return True
 
-    def _view_grads(self, plan, grads):
-        """Check the grads of the plan's parameters and keep them and their NumPy views."""
+    def _view_grads(self, plan, group, grads):
+        """Check the grads of the plan's parameters (of ``group``) and keep them and their
+        NumPy views."""
         views = None
         try:    # torch's numpy() refuses what is not a plain dense CPU tensor: see below
             if plan.gdtypes is not None:        # float32/float64 parameters
@@ -657,9 +658,12 @@ class _FastOptimizer(_Mixin):
                                      "parameter")
         # a grad in the storage of a tensor the step writes (its parameter's, if it is the
         # parameter itself): compared with them here, where the kernels would refuse it only
-        # once the groups before had stepped
-        plan.alias = (() if plan.wstores.isdisjoint(map(_storage_ptr, map(_storage, grads)))
-                      else self._grad_overlaps(plan, grads))
+        # once the groups before had stepped. The first group's kernels refuse it before
+        # anything is written, so its grads are compared only when they are clipped (a
+        # parameter that is its own grad is scaled through it): otherwise (None) by _run, if
+        # a clip is switched on later (the comparison cost a 1000 x 64 step 5%)
+        plan.alias = (None if group is self.param_groups[0] and group.get(CLIP) is None
+                      else self._aliases(plan, grads))
         plan.graw = views
         plan.live_grads = grads
         plan.gstrides = list(map(_stride, grads))
@@ -763,7 +767,7 @@ class _FastOptimizer(_Mixin):
             live, *(plan.tensors.get(key, ()) for key in (MASTER, *plan.keys)))
             if t is not None}
         plan.wstores.discard(0)     # (empty tensors: no memory to overlap)
-        self._view_grads(plan, [g for g in grads if g is not None])
+        self._view_grads(plan, group, [g for g in grads if g is not None])
         # what _update receives, a column per parameter
         plan.cols = (dict(plan.views, **{MASTER: masters, _FORMAT: plan.formats})
                      if half else plan.views)
@@ -811,6 +815,12 @@ class _FastOptimizer(_Mixin):
                         "its own storage, or put them in different param groups")
                 if hi > reach:
                     reach, other = hi, j
+
+    def _aliases(self, plan, grads):
+        """:meth:`_grad_overlaps` for the grads that share a storage with a tensor the step
+        writes (a set test of their storages, for most steps the whole cost)."""
+        return (() if plan.wstores.isdisjoint(map(_storage_ptr, map(_storage, grads)))
+                else self._grad_overlaps(plan, grads))
 
     def _grad_overlaps(self, plan, grads):
         """The grads (of ``plan.params``) that share a storage with a tensor the step writes
@@ -950,6 +960,8 @@ class _FastOptimizer(_Mixin):
         norm, factor = None, 1.0
         if group.get(CLIP) is not None:
             self._check_group(group)
+            if plan.alias is None:      # the first group's grads, not compared yet
+                plan.alias = self._aliases(plan, plan.live_grads)
             # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning
             with np.errstate(invalid="ignore", over="ignore"):
                 norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])

@@ -663,7 +663,7 @@ class _FastOptimizer(_Mixin):
         # parameter that is its own grad is scaled through it): otherwise (None) by _run, if
         # a clip is switched on later (the comparison cost a 1000 x 64 step 5%)
         plan.alias = (None if group is self.param_groups[0] and group.get(CLIP) is None
-                      else self._aliases(plan, grads))
+                      else self._aliases(plan, group, grads))
         plan.graw = views
         plan.live_grads = grads
         plan.gstrides = list(map(_stride, grads))
@@ -778,7 +778,7 @@ class _FastOptimizer(_Mixin):
     def _refuse_duplicates(self, group, params):
         """ValueError naming a parameter listed twice in the group (torch.optim warns, then
         steps it once per occurrence; its kernels cannot step one tensor twice at once)."""
-        gi = next((k for k, g in enumerate(self.param_groups) if g is group), "?")
+        gi = self._group_index(group)
         first: dict[int, int] = {}
         for j, p in enumerate(params):
             i = first.setdefault(id(p), j)
@@ -805,7 +805,7 @@ class _FastOptimizer(_Mixin):
             reach, other = spans[0][1], spans[0][2]
             for lo, hi, j in spans[1:]:
                 if lo < reach:
-                    gi = next((k for k, g in enumerate(self.param_groups) if g is group), "?")
+                    gi = self._group_index(group)
                     first, second = sorted((other, j))
                     raise ValueError(
                         f"fastopt.torch: parameters {first} and {second} of param group {gi} "
@@ -816,13 +816,13 @@ class _FastOptimizer(_Mixin):
                 if hi > reach:
                     reach, other = hi, j
 
-    def _aliases(self, plan, grads):
+    def _aliases(self, plan, group, grads):
         """:meth:`_grad_overlaps` for the grads that share a storage with a tensor the step
         writes (a set test of their storages, for most steps the whole cost)."""
         return (() if plan.wstores.isdisjoint(map(_storage_ptr, map(_storage, grads)))
-                else self._grad_overlaps(plan, grads))
+                else self._grad_overlaps(plan, group, grads))
 
-    def _grad_overlaps(self, plan, grads):
+    def _grad_overlaps(self, plan, group, grads):
         """The grads (of ``plan.params``) that share a storage with a tensor the step writes
         (:meth:`_view_grads` found one): ValueError naming a grad whose memory bounds overlap
         a parameter of the group or a state tensor the kernels write (they would refuse it,
@@ -851,7 +851,7 @@ class _FastOptimizer(_Mixin):
                 t_lo, t_hi = extent(view)
                 if lo < t_hi and t_lo < hi:
                     index = [j for j, has in enumerate(plan.has_grad) if has]
-                    gi = self._group_index(plan)
+                    gi = self._group_index(group)
                     what = (f"parameter {index[i]} of the group" if key is None else
                             f"state[{key!r}] of parameter {index[i]}")
                     raise ValueError(
@@ -863,10 +863,10 @@ class _FastOptimizer(_Mixin):
         if alias:
             # viewed again at every step, so that a clip switched on later is seen here too
             plan.keep = False
-            self._refuse_clipped_aliases(plan, alias)
+            self._refuse_clipped_aliases(plan, group, alias)
         return alias
 
-    def _refuse_clipped_aliases(self, plan, alias):
+    def _refuse_clipped_aliases(self, plan, group, alias):
         """ValueError, in a group that clips, for a grad that is its 16-bit parameter itself
         (clip_grad_norm_ would scale the parameter through it; the step writes the parameter
         from its float32 master), or any such grad in a group with 16-bit parameters whose
@@ -877,25 +877,23 @@ class _FastOptimizer(_Mixin):
         half = [k for k in alias if plan.formats[k] is not None]
         if not half and not (self._SCALES and any(f is not None for f in plan.formats)):
             return
-        gi = self._group_index(plan)
-        if gi == "?" or self.param_groups[gi].get(CLIP) is None:
+        if group.get(CLIP) is None:
             return
+        gi = self._group_index(group)
         j = [j for j, has in enumerate(plan.has_grad) if has][(half or alias)[0]]
         why = ("a 16-bit parameter is written from its float32 master" if half else
                "its kernel scales the 16-bit grads of the group, which the parameter's "
                "in-place scale would leave unscaled")
         raise ValueError(
             f"fastopt.torch: the grad of parameter {j} of param group {gi} is the parameter "
-            f"itself, in a group that clips ({CLIP}={self.param_groups[gi][CLIP]!r}): "
+            f"itself, in a group that clips ({CLIP}={group[CLIP]!r}): "
             f"torch's clip_grad_norm_ would scale the parameter through it, which "
             f"fastopt.torch cannot do here ({why}); give the grad memory of its own "
             "(clone() it)")
 
-    def _group_index(self, plan):
-        """The index of the param group ``plan`` is for ("?" if none is)."""
-        return next((gi for gi, group in enumerate(self.param_groups)
-                     if len(group["params"]) == len(plan.all_params)
-                     and all(map(operator.is_, group["params"], plan.all_params))), "?")
+    def _group_index(self, group):
+        """The index of ``group`` in param_groups, for messages ("?" if it is not there)."""
+        return next((gi for gi, g in enumerate(self.param_groups) if g is group), "?")
 
     def _watch_masters(self, plan, params, old):
         """A group with 16-bit parameters: record their version counters and storage (data
@@ -961,7 +959,7 @@ class _FastOptimizer(_Mixin):
         if group.get(CLIP) is not None:
             self._check_group(group)
             if plan.alias is None:      # the first group's grads, not compared yet
-                plan.alias = self._aliases(plan, plan.live_grads)
+                plan.alias = self._aliases(plan, group, plan.live_grads)
             # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning
             with np.errstate(invalid="ignore", over="ignore"):
                 norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])

@@ -167,9 +167,9 @@ def test_learning_rate_decay_refuses_bad_arguments_by_name_and_returns_a_float()
             course.schedule_lr_decay(0.5, np.int64(5), 1, bad)
     lr0 = np.float32(0.1)
     rate = course.update_lr(lr0, np.int64(2), 0.37)
-    assert type(rate) is float and rate == float(lr0) / (1 + 0.37 * 2)
+    assert type(rate) is float and rate == 1 / (1 + 0.37 * 2) * float(lr0)
     rate = course.schedule_lr_decay(lr0, np.int64(2500), 0.37)
-    assert type(rate) is float and rate == float(lr0) / (1 + 0.37 * 2)
+    assert type(rate) is float and rate == 1 / (1 + 0.37 * 2) * float(lr0)
 
 
 

@@ -392,6 +392,16 @@ def test_schedule_lr_decay_public_test_and_notebook(args, expected):
     assert np.isclose(course.schedule_lr_decay(*args), expected)
 
 
+def test_learning_rate_decay_rounds_as_the_notebook_writes_it():
+    # the notebook's update_lr is 1 / (1 + decay_rate * epoch_num) * learning_rate0 and its
+    # schedule_lr_decay the same of np.floor(epoch_num / time_interval): a printed rate shows
+    # that order's rounding (learning_rate0 / (1 + ...) ends 0.02 and 0.08571428571428572)
+    assert course.update_lr(0.1, 4, 1) == 0.020000000000000004
+    assert course.update_lr(0.1, 6, 1) == 0.014285714285714285
+    assert course.schedule_lr_decay(0.3, 1000, 0.25, 100) == 0.0857142857142857
+    assert course.schedule_lr_decay(0.1, 3999, 0.25, 1000) == 0.05714285714285714
+
+
 def test_schedule_lr_decay_default_interval_is_the_courses():
     # the notebook's model() calls decay(learning_rate0, epoch, decay_rate): interval 1000;
     # its printed rates with learning_rate 0.1, decay_rate 1 (section 7.3.1)

@@ -101,7 +101,8 @@ class _InverseTimeDecay(_Schedule):
         if not self.decay_rate:
             return self.lr0             # (0 * inf is NaN at epoch inf)
         try:
-            return self.lr0 / (1.0 + self.decay_rate * epoch)
+            # in the course's order (its update_lr): a printed rate shows its rounding
+            return 1.0 / (1.0 + self.decay_rate * epoch) * self.lr0
         except OverflowError:           # an int epoch past the float range: the limit
             return 0.0
 
@@ -145,7 +146,8 @@ class _Staircase(_Schedule):
 
 
 def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
-    """``lr0 / (1 + decay_rate * epoch)`` (the course's ``update_lr``).
+    """``lr0 / (1 + decay_rate * epoch)`` (the course's ``update_lr``), computed as the course
+    does, ``1 / (1 + decay_rate * epoch) * lr0``.
 
     Parameters
     ----------

@@ -618,8 +618,8 @@ class _FastOptimizer(_Mixin):
             # released after the last step (see _run): the same grads again (kept and written
             # in place) are viewed anew and held from now on
             plan.keep = all(map(is_, grads, [g if g is None else g() for g in plan.gweak]))
-        elif all(map(is_, grads, plan.grads)):
-            # the same grads: their storage, and their strides and shape (``p.grad.t_()``)
+        elif plan.keep and all(map(is_, grads, plan.grads)):
+            # the same grads, kept: their storage, and their strides and shape (``p.grad.t_()``)
             if (list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all
                     and list(map(_stride, plan.live_grads)) == plan.gstrides
                     and list(map(_shape, plan.live_grads)) == plan.shapes):
@@ -676,9 +676,12 @@ class _FastOptimizer(_Mixin):
                       else self._aliases(plan, group, grads))
         plan.graw = views
         plan.live_grads = grads
-        plan.gstrides = list(map(_stride, grads))
-        plan.watched_all = plan.watched + grads
-        plan.ptrs_all = plan.ptrs + list(map(_data_ptr, grads))
+        if plan.keep:
+            # what the next step compares kept grads by; grads new to this step are let go
+            # after it (_run), as after every backward that follows zero_grad()
+            plan.gstrides = list(map(_stride, grads))
+            plan.watched_all = plan.watched + grads
+            plan.ptrs_all = plan.ptrs + list(map(_data_ptr, grads))
 
     def _make_plan(self, group, params, grads, old):
         plan = _Plan()

@@ -1042,8 +1042,9 @@ class _FastOptimizer(_Mixin):
         written out (through a dict of keywords the call costs ~2 us more). That is the
         backend's own (``_KERNEL``'s list form), or, in a group with 16-bit parameters,
         :func:`_one_half_format` (all of one format) or :meth:`_by_format` bound to the
-        columns and ``grad_scale``, which take the same arguments. A kernel with a grad scale of its own (``_SCALES``) is passed
-        ``grad_scale``; the others' grads are scaled by :meth:`_run`."""
+        columns and ``grad_scale``, which take the same arguments. A kernel with a grad scale
+        of its own (``_SCALES``) is passed ``grad_scale``; the others' grads are scaled by
+        :meth:`_run`."""
         if _FORMAT not in cols:     # the common case
             return getattr(_backend.active, self._MULTI)
         formats = cols[_FORMAT]

@@ -1348,7 +1348,8 @@ def _ops_scalar_cases():
                 (np.array([[0.5]]), "got an array of shape (1, 1)"),
                 (np.complex128(0.5), "got complex128"), (np.complex64(0.5), "got complex64"),
                 (np.array(0.5 + 0j), "got a 0-d array of dtype complex128"),
-                (True, "got bool")]
+                (True, "got bool"), (np.True_, "got bool"),
+                (np.array(True), "got a 0-d array of dtype bool")]
     not_flag = ["no", "", None, 1, 0, np.array([True]), np.array([True, False]),
                 np.array(True), 1.0]
     cases = []
@@ -1357,9 +1358,8 @@ def _ops_scalar_cases():
             fn = getattr(ops, kernel.foreach_ops if foreach else kernel.ops)
             reals, betas, flags = _ops_scalars(fn)
             for name in reals:
-                # (a bool step passes: only its arithmetic is used, and a type test costs)
                 cases += [(kernel.name, foreach, name, bad, f"Invalid {name}: .*{re.escape(why)}")
-                          for bad, why in not_real if not (name == "step" and bad is True)]
+                          for bad, why in not_real]
             for name in betas:
                 for i in (0, 1):
                     label = re.escape(f"Invalid beta{i + 1} ({name}[{i}]): ")

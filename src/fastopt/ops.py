@@ -118,6 +118,8 @@ def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
     """Check Adagrad's scalars; return the decayed learning rate ``clr``, folded in float64."""
     try:
         if step >= 1 and lr >= 0.0 and lr_decay >= 0.0 and weight_decay >= 0.0 and eps >= 0.0:
+            if type(step) is not int:
+                as_real("step", step)      # (refuses a bool, which passed step >= 1)
             return ((lr if type(lr) is float else as_real("lr", lr))
                     / (1.0 + (step - 1) * (lr_decay if type(lr_decay) is float
                                            else as_real("lr_decay", lr_decay))))
@@ -137,6 +139,8 @@ def _adam_scalars(step, lr, betas, eps, weight_decay):
         beta1, beta2 = betas
         if (step >= 1 and lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0
                 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            if type(step) is not int:
+                as_real("step", step)      # (refuses a bool, which passed step >= 1)
             if type(beta1) is not float:
                 beta1 = as_real("beta1", beta1)
             if type(beta2) is not float:
@@ -982,9 +986,7 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     beta1, beta2, _, bias_correction2 = _adam_scalars(step, lr, betas, eps, weight_decay)
     try:
         ok = momentum_decay >= 0.0 and 0.0 <= mu_product <= 1.0
-        if ok:      # (the step goes into struct.pack below, whose error would not name it)
-            if type(step) is not int:
-                check_real_type("step", step)
+        if ok:      # (the step was checked by _adam_scalars)
             if type(momentum_decay) is not float:
                 momentum_decay = as_real("momentum_decay", momentum_decay)
             if type(mu_product) is not float:

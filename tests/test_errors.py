@@ -1426,3 +1426,10 @@ def test_ops_take_numpy_bools_as_flags_and_numpy_reals_as_scalars(backend, kerne
         return b"".join(a.tobytes() for a in arrays)
 
     assert run(lambda v: v, bool) == run(np.float64, np.bool_) == run(np.array, np.bool_)
+    # narrower NumPy floats are their values, folded in float64 as Python's: a np.float32 or
+    # np.float16 step (torch keeps it as a float32 tensor) folded the bias corrections in
+    # its own precision (1 - beta2**step in float16)
+    for narrow in (np.float32, np.float16):
+        as_python = lambda v: float(narrow(v))  # noqa: E731
+        assert (run(narrow, bool) == run(lambda v: np.array(v, narrow), bool)
+                == run(as_python, bool)), narrow

@@ -115,11 +115,12 @@ def _check_lr_beta(lr, beta, beta_bounds, eps=0.0, weight_decay=0.0, momentum=0.
 
 
 def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
-    """Check Adagrad's scalars; return the decayed learning rate ``clr``, folded in float64."""
+    """Check Adagrad's scalars; return the decayed learning rate ``clr``, folded in float64
+    (the step as in :func:`_adam_scalars`)."""
+    if type(step) is not int:
+        step = as_real("step", step)
     try:
         if step >= 1 and lr >= 0.0 and lr_decay >= 0.0 and weight_decay >= 0.0 and eps >= 0.0:
-            if type(step) is not int:
-                as_real("step", step)      # (refuses a bool, which passed step >= 1)
             return ((lr if type(lr) is float else as_real("lr", lr))
                     / (1.0 + (step - 1) * (lr_decay if type(lr_decay) is float
                                            else as_real("lr_decay", lr_decay))))
@@ -134,13 +135,15 @@ def _adam_scalars(step, lr, betas, eps, weight_decay):
     """Check the scalars the Adam family shares; return beta1, beta2 and the bias corrections
     folded in float64: ``step_size = lr / (1 - beta1**step)`` and
     ``bias_correction2 = 1 - beta2**step`` (as Python floats: NumPy float32 scalars would
-    fold in float32)."""
+    fold in float32). A step that is not an int is taken as a Python float (as_real, which
+    refuses a bool: True passed ``step >= 1`` as a count of 1), so that a NumPy float32 or
+    float16 step does not fold them in its precision either."""
+    if type(step) is not int:
+        step = as_real("step", step)
     try:
         beta1, beta2 = betas
         if (step >= 1 and lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0
                 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            if type(step) is not int:
-                as_real("step", step)      # (refuses a bool, which passed step >= 1)
             if type(beta1) is not float:
                 beta1 = as_real("beta1", beta1)
             if type(beta2) is not float:
@@ -983,10 +986,12 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     grad_coef, avg_coef), folded in float64. ``single``: ``mu_product`` is a float32 value,
     multiplied in float32 (torch's float32 tensor); False: a float64 one, multiplied in
     float64 (torch's under ``torch.set_default_dtype(torch.float64)``)."""
+    if type(step) is not int:       # (as _adam_scalars takes it)
+        step = as_real("step", step)
     beta1, beta2, _, bias_correction2 = _adam_scalars(step, lr, betas, eps, weight_decay)
     try:
         ok = momentum_decay >= 0.0 and 0.0 <= mu_product <= 1.0
-        if ok:      # (the step was checked by _adam_scalars)
+        if ok:
             if type(momentum_decay) is not float:
                 momentum_decay = as_real("momentum_decay", momentum_decay)
             if type(mu_product) is not float:
@@ -1134,6 +1139,8 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
 def _radam_scalars(step, lr, betas, eps, weight_decay):
     """beta1, beta2, ``step_size = lr / (1 - beta1**t)``, ``adaptive_scale = r_t *
     sqrt(1 - beta2**t)`` (1 when not rectified) and whether the step is ``rectified``."""
+    if type(step) is not int:       # (as _adam_scalars takes it)
+        step = as_real("step", step)
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
     rho_inf = 2.0 / (1.0 - beta2) - 1.0

@@ -380,11 +380,13 @@ def test_adam_corrected_moments_keep_the_moments_dtype_whatever_the_scalar_types
     """v_corrected and s_corrected of float32 moments came back float64 when t was a
     np.int64 (a step count out of np.arange) or beta1 a np.float64: NumPy (NEP 50) divides
     a float32 array by a NumPy float64 scalar in float64. The kernels fold those scalars as
-    Python floats; so do the corrections now, as the course's formula with Python numbers."""
+    Python floats; so do the corrections now, as the course's formula with Python numbers.
+    A np.float32 or np.float16 t (Python's float ** np.float32 is a np.float32) folded them
+    in its precision."""
     params, grads = params_and_grads(np.float32)
     v, s = course.initialize_adam(params)
     with fo.use_backend(backend):
-        for t in (np.int64(1), np.int32(2), 3):
+        for t in (np.int64(1), np.int32(2), 3, np.float32(4), np.float16(5)):
             *_, vc, sc = course.update_parameters_with_adam(
                 params, grads, v, s, t, beta1=np.float64(0.9), beta2=np.float32(0.999))
             for k in v:

@@ -372,8 +372,9 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     # the notebook's bias-corrected moments (its tests check them; its model() drops them),
     # with the corrections folded in Python floats, as the kernels fold them: a NumPy float64
     # (a t from np.arange, a NumPy beta) would turn float32 moments float64, and a float32
-    # beta would fold in float32
-    correction1, correction2 = (float(1.0 - float(beta) ** t) for beta in (beta1, beta2))
+    # beta would fold in float32, and so would a float32 t (Python's float ** np.float32 is
+    # a np.float32)
+    correction1, correction2 = (1.0 - float(beta) ** float(t) for beta in (beta1, beta2))
     # over the layers only, and overflowing to inf silently as the kernels do: the update is
     # done, nothing may raise now
     keys = ["d" + name for name in _names(parameters)]

@@ -96,11 +96,16 @@ _PLAIN_REALS = frozenset([int] + [np.dtype(c).type for c in
 
 
 def as_real(name, value):
-    """``value`` as a Python float if it is a real number (check_real_type), else TypeError."""
-    if isinstance(value, float) or type(value) in _PLAIN_REALS:
+    """``value`` as a Python float if it is a real number (check_real_type), else TypeError;
+    ValueError for one past the float range (an int or a Fraction, which float() raised
+    OverflowError for, naming nothing)."""
+    if not (isinstance(value, float) or type(value) in _PLAIN_REALS):
+        check_real_type(name, value)
+    try:
         return float(value)
-    check_real_type(name, value)
-    return float(value)
+    except OverflowError:
+        raise ValueError(f"Invalid {name}: {value!r} (must be within the float "
+                         "range)") from None
 
 
 def as_flag(name, value):

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _backend
 from ._hyper import (BETAS, NONNEG, STEP, UNIT, UNIT_OPEN, as_real, check_betas, check_flag,
-                     check_real_type, check_reals)
+                     check_reals)
 
 Array = np.ndarray               # float32 or float64, any shape and layout
 Arrays = Sequence[np.ndarray]    # a list or tuple of them
@@ -38,7 +38,9 @@ def _to_f32(x):
 
 # Scalar checks: the chained comparisons are the whole cost of a good call (a failing
 # comparison, including NaN's and None's, hands over to check_reals for the named error).
-_NOT_REAL = (TypeError, ValueError)    # None or a str (TypeError), an array (ValueError)
+# None or a str (TypeError), an array (ValueError), an int step past the float range where it
+# is folded (OverflowError)
+_NOT_REAL = (TypeError, ValueError, OverflowError)
 
 # What the comparisons let through (a size-1 array, a NumPy complex, a bool; an option that is
 # not True or False) is refused where it costs nothing: where a scalar is folded here, by the
@@ -49,14 +51,18 @@ _NOT_REAL = (TypeError, ValueError)    # None or a str (TypeError), an array (Va
 # TypeError names the kernel's argument; each function catches it and _refuse raises the
 # error naming its own (the backend refuses before it touches an array).
 _SIGNATURES = {}    # fastopt.ops function -> its (reals, betas, flags) arguments
+# what a backend raises for a scalar it refuses (the compiled kernels' conversion of an int past
+# the float range is an OverflowError, fastopt._hyper's a ValueError), or for an array (then
+# _refuse finds every scalar fine and the error is raised as it is)
+_REFUSED = (TypeError, ValueError, OverflowError)
 
 
 def _refuse(fn, args):
-    """After the backend raised a TypeError in ``fn`` (a fastopt.ops function; ``args`` its
-    locals): raise the TypeError the thorough checks raise for the first argument of ``fn``
-    that is not a real number (annotated float or int), a pair of them (tuple) or True/False
-    (bool), naming it; return when all are (the error was about an array: the caller
-    re-raises it)."""
+    """After the backend raised an error in ``fn`` (a fastopt.ops function; ``args`` its
+    locals): raise the error the thorough checks raise for the first argument of ``fn`` that
+    is not a real number a float holds (annotated float or int), a pair of them (tuple) or
+    True/False (bool), naming it; return when all are (the error was about an array: the
+    caller re-raises it)."""
     spec = _SIGNATURES.get(fn)
     if spec is None:
         reals, betas, flags = [], [], []
@@ -71,7 +77,7 @@ def _refuse(fn, args):
     reals, betas, flags = spec
     try:
         for name in reals:
-            check_real_type(name, args[name])
+            as_real(name, args[name])       # (its type, and within the float range)
         for name in betas:
             check_betas(name, args[name])
         for name in flags:
@@ -128,7 +134,9 @@ def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), lr_decay=(lr_decay, NONNEG),
                 weight_decay=(weight_decay, NONNEG), eps=(eps, NONNEG))
-    return float(lr) / (1.0 + (step - 1) * float(lr_decay))
+    # (as_real: an int past the float range, which the checks take, is a ValueError naming it)
+    return as_real("lr", lr) / (1.0 + (as_real("step", step) - 1)
+                                * as_real("lr_decay", lr_decay))
 
 
 def _adam_scalars(step, lr, betas, eps, weight_decay):
@@ -154,8 +162,9 @@ def _adam_scalars(step, lr, betas, eps, weight_decay):
         pass
     check_reals(step=(step, STEP), lr=(lr, NONNEG), betas=(betas, BETAS), eps=(eps, NONNEG),
                 weight_decay=(weight_decay, NONNEG))
-    beta1, beta2 = float(betas[0]), float(betas[1])
-    return beta1, beta2, float(lr) / (1.0 - beta1 ** step), 1.0 - beta2 ** step
+    # (as_real: an int past the float range, which the checks take, is a ValueError naming it)
+    beta1, beta2, step = float(betas[0]), float(betas[1]), as_real("step", step)
+    return beta1, beta2, as_real("lr", lr) / (1.0 - beta1 ** step), 1.0 - beta2 ** step
 
 
 def ewa_(avg: Array, x: Array, beta: float) -> None:
@@ -184,7 +193,7 @@ def ewa_(avg: Array, x: Array, beta: float) -> None:
     _check_ewa(beta)
     try:
         _backend.active.ewa(avg, x, beta=beta)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(ewa_, locals())
         raise
 
@@ -215,7 +224,7 @@ def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
     _check_ewa(beta)
     try:
         _backend.active.ewa_multi(avgs, xs, beta=beta)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_ewa_, locals())
         raise
 
@@ -275,7 +284,7 @@ def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *
         _backend.active.sgd(param, grad, momentum_buffer, lr=lr, weight_decay=weight_decay,
                             momentum=momentum, dampening=dampening, nesterov=nesterov,
                             maximize=maximize, first_step=first_step)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(sgd_step_, locals())
         raise
 
@@ -315,7 +324,7 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
                                   weight_decay=weight_decay, momentum=momentum,
                                   dampening=dampening, nesterov=nesterov, maximize=maximize,
                                   first_step=first_step)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_sgd_step_, locals())
         raise
 
@@ -357,7 +366,7 @@ def momentum_step_(param: Array, grad: Array, velocity: Array, *, lr: float,
     _check_lr_beta(lr, beta, UNIT_OPEN)
     try:
         _backend.active.momentum(param, grad, velocity, lr=lr, beta=beta)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(momentum_step_, locals())
         raise
 
@@ -392,7 +401,7 @@ def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *,
     _check_lr_beta(lr, beta, UNIT_OPEN)
     try:
         _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_momentum_step_, locals())
         raise
 
@@ -460,7 +469,7 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
         _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
                                 alpha=beta, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                 maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(rmsprop_step_, locals())
         raise
 
@@ -503,7 +512,7 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
                                       lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, maximize=maximize,
                                       eps_inside_sqrt=eps_inside_sqrt)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_rmsprop_step_, locals())
         raise
 
@@ -558,7 +567,7 @@ def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr:
         _backend.active.adagrad(param, grad, state_sum,
                                 clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps), eps=eps,
                                 weight_decay=weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(adagrad_step_, locals())
         raise
 
@@ -595,7 +604,7 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
         _backend.active.adagrad_multi(params, grads, state_sums,
                                       clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
                                       eps=eps, weight_decay=weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adagrad_step_, locals())
         raise
 
@@ -668,7 +677,7 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
                              bias_correction2=bias_correction2, grad_scale=1.0,
                              decoupled=decoupled_weight_decay, maximize=maximize,
                              eps_inside_sqrt=eps_inside_sqrt)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(adam_step_, locals())
         raise
 
@@ -714,7 +723,7 @@ def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_
                                    step_size=step_size, bias_correction2=bias_correction2,
                                    grad_scale=1.0, decoupled=decoupled_weight_decay,
                                    maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adam_step_, locals())
         raise
 
@@ -818,7 +827,7 @@ def adadelta_step_(param: Array, grad: Array, square_avg: Array, acc_delta: Arra
     try:
         _backend.active.adadelta(param, grad, square_avg, acc_delta, lr=lr, rho=rho, eps=eps,
                                  weight_decay=weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(adadelta_step_, locals())
         raise
 
@@ -855,7 +864,7 @@ def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, a
     try:
         _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
                                        eps=eps, weight_decay=weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adadelta_step_, locals())
         raise
 
@@ -916,7 +925,7 @@ def adamax_step_(param: Array, grad: Array, exp_avg: Array, exp_inf: Array, step
     try:
         _backend.active.adamax(param, grad, exp_avg, exp_inf, beta1=beta1, beta2=beta2, eps=eps,
                                weight_decay=weight_decay, clr=clr, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(adamax_step_, locals())
         raise
 
@@ -955,7 +964,7 @@ def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_in
         _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1,
                                      beta2=beta2, eps=eps, weight_decay=weight_decay, clr=clr,
                                      maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adamax_step_, locals())
         raise
 
@@ -1001,7 +1010,8 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     if not ok:
         check_reals(step=(step, STEP), momentum_decay=(momentum_decay, NONNEG),
                     mu_product=(mu_product, UNIT))
-        momentum_decay, mu_product = float(momentum_decay), float(mu_product)
+        momentum_decay = as_real("momentum_decay", momentum_decay)     # (as in _adam_scalars)
+        mu_product = float(mu_product)
     lr = float(lr)      # folded in float64 (a real number: _adam_scalars checked it)
     mu = nadam_momentum(step, beta1, momentum_decay)
     mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
@@ -1082,7 +1092,7 @@ def nadam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
                               bias_correction2=bias_correction2, grad_coef=grad_coef,
                               avg_coef=avg_coef,
                               decoupled=decoupled_weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(nadam_step_, locals())
         raise
     return mu_product
@@ -1130,7 +1140,7 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
                                     bias_correction2=bias_correction2, grad_coef=grad_coef,
                                     avg_coef=avg_coef, decoupled=decoupled_weight_decay,
                                     maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_nadam_step_, locals())
         raise
     return mu_product
@@ -1212,7 +1222,7 @@ def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
                               eps=eps, weight_decay=weight_decay, step_size=step_size,
                               adaptive_scale=adaptive_scale, rectified=rectified,
                               decoupled=decoupled_weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(radam_step_, locals())
         raise
 
@@ -1254,7 +1264,7 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
                                     step_size=step_size, adaptive_scale=adaptive_scale,
                                     rectified=rectified,
                                     decoupled=decoupled_weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_radam_step_, locals())
         raise
 
@@ -1321,7 +1331,7 @@ def lion_step_(param: Array, grad: Array, exp_avg: Array, *, lr: float = 1e-4,
     try:
         _backend.active.lion(param, grad, exp_avg, lr=lr, beta1=beta1, beta2=beta2,
                              weight_decay=weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(lion_step_, locals())
         raise
 
@@ -1358,7 +1368,7 @@ def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: f
     try:
         _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
                                    weight_decay=weight_decay, maximize=maximize)
-    except TypeError:      # a scalar or option the backend refused: named here
+    except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_lion_step_, locals())
         raise
 

@@ -7,6 +7,7 @@ import copy
 import inspect
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -28,6 +29,23 @@ def test_course_dict_with_d_prefixed_grads_and_extra_keys(backend):
         fo.SGD(params, lr=0.1).step(grads)
     for k in params:
         np.testing.assert_array_equal(params[k], before[k] - 0.1)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_parameters_named_by_other_keys_than_str_take_grads_by_those_keys(backend):
+    """A params dict keyed by ints or tuples (not names): a grads dict with an extra key,
+    or missing a grad, raised 'can only concatenate str (not "int") to str' (the look-up of
+    the course's 'd' + name) or an AttributeError (str methods on the keys). Such a key is
+    matched as it is; a missing grad is the ValueError naming it."""
+    for keys in ([0, 1], [("layer", 0), ("layer", 1)]):
+        params = dict(zip(keys, [np.ones(3), np.ones(2)]))
+        with fo.use_backend(backend):
+            opt = fo.SGD(params, lr=0.5)
+            opt.step({keys[0]: np.ones(3), keys[1]: np.ones(2), "dA1": np.zeros(4)})
+            np.testing.assert_array_equal(params[keys[0]], 0.5)
+            with pytest.raises(ValueError, match=re.escape(f"no entry for parameter {keys[1]!r}")):
+                opt.step({keys[0]: np.ones(3)})
+        np.testing.assert_array_equal(params[keys[0]], 0.5)     # the refused step wrote nothing
 
 
 def test_grads_by_name_and_by_position_give_the_same_result():

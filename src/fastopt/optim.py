@@ -43,7 +43,7 @@ def _stray_keys(grads, names):
     the same stem (the name without its digits) as a parameter, e.g. ``dW3`` or ``W3`` beside
     ``W1``, ``W2`` (a model's grad for a parameter the optimizer does not have)."""
     names = set(names)
-    stems = {n.rstrip(_DIGITS) for n in names}
+    stems = {n.rstrip(_DIGITS) for n in names if isinstance(n, str)}
     strays = []
     for key in grads:
         if not isinstance(key, str) or key in names or key[:1] == "d" and key[1:] in names:
@@ -60,11 +60,17 @@ def _doubled_key(grads, names):
     is ambiguous: ``{**arena.grads, "dW": new}`` keeps the arena's under 'W'), else None."""
     known = set(names)
     for name in names:
-        key = "d" + name
-        if key in grads and key not in known and name in grads and grads[key] is not grads[name]:
+        key = _course_key(name)
+        if key is not None and key in grads and key not in known and name in grads and grads[key] is not grads[name]:
             return (f"grads has both {name!r} and {key!r} for parameter {name!r} (one key per "
                     "parameter: its name or 'd' + name)")
     return None
+
+
+def _course_key(name):
+    """The course's key for parameter ``name``'s grad, ``"d" + name``; None for a name that is
+    not a str (a params dict keyed by ints or tuples: such a key is matched as it is)."""
+    return "d" + name if isinstance(name, str) else None
 
 
 def _pair(betas):
@@ -487,10 +493,12 @@ class Optimizer:
                 for name in group["param_names"]:
                     g = grads.get(name, _MISSING)
                     if g is _MISSING:
-                        g = grads.get("d" + name, _MISSING)
+                        key = _course_key(name)
+                        g = _MISSING if key is None else grads.get(key, _MISSING)
                         if g is _MISSING:
+                            expected = repr(name) if key is None else f"{name!r} or {key!r}"
                             raise ValueError(f"grads has no entry for parameter {name!r} "
-                                             f"(expected key {name!r} or {'d' + name!r})")
+                                             f"(expected key {expected})")
                     matched.append(g)
             # more keys than parameters: the course's caches (dA1, dZ1) ride along, but a
             # parameter's grad under a name no parameter has is a mistake (the arena's grads

@@ -1042,6 +1042,28 @@ def test_batch_variance_far_below_eps_is_not_lost_to_cancellation(backend, dtype
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_layer_takes_training_as_true_or_false_only(backend):
+    """forward(x, training=...) took its flag by truth: training="False" (or a 1-element
+    array, None) trained, updating the running statistics, where every other option of
+    fastopt is True or False (np.bool_ too) and torch's train(mode) refuses a non-bool."""
+    x = np.random.default_rng(13).standard_normal((5, 3)).astype(np.float32)
+    with fo.use_backend(backend):
+        layer = fo.BatchNorm(3)
+        np.testing.assert_array_equal(layer(x, np.False_), layer(x, False))
+        assert layer.num_batches_tracked == 0
+        layer(x, np.True_)
+        stats = layer.running_mean.copy(), layer.running_var.copy()
+        for bad in ("False", None, 0, 1, np.array([False])):
+            with pytest.raises(TypeError, match="Invalid training: .*must be True or False"):
+                layer.forward(x, bad)
+            with pytest.raises(TypeError, match="Invalid training"):
+                layer(x, training=bad)
+        assert layer.num_batches_tracked == 1
+        np.testing.assert_array_equal(layer.running_mean, stats[0])
+        np.testing.assert_array_equal(layer.running_var, stats[1])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batch_norm_layer_errors_name_x_and_a_failed_forward_changes_nothing(backend):
     """A BatchNorm layer's x of the wrong dtype or feature count was reported as the layer's
     gamma (which the caller never passed); a read-only running statistic failed after the

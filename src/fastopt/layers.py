@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
-from ._hyper import UNIT, check_real
+from ._hyper import UNIT, check_flag, check_real
 from ._validate import FLOAT_DTYPES, FLOAT_TYPES, check_kernel_array
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
@@ -476,11 +476,14 @@ class BatchNorm:
         Raises
         ------
         TypeError, ValueError
-            As :func:`batchnorm_forward` (:func:`batchnorm_inference` when not training), an
-            ``x`` of another dtype or number of features than the layer's named as such; in
+            ``training`` not True or False (NumPy's bools are fine); as
+            :func:`batchnorm_forward` (:func:`batchnorm_inference` when not training), an ``x``
+            of another dtype or number of features than the layer's named as such; in
             training too, a ``running_mean`` or ``running_var`` that is not one value per
             feature of ``x``'s dtype, or is read-only. A call that raises changes nothing.
         """
+        if training is not True and training is not False:
+            check_flag("training", training)    # (taken by its truth, "False" trained)
         try:
             if not training:
                 return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,

@@ -123,7 +123,7 @@ def _check_lr_beta(lr, beta, beta_bounds, eps=0.0, weight_decay=0.0, momentum=0.
 def _adagrad_clr(step, lr, lr_decay, weight_decay, eps):
     """Check Adagrad's scalars; return the decayed learning rate ``clr``, folded in float64
     (the step as in :func:`_adam_scalars`)."""
-    if type(step) is not int:
+    if type(step) is not int and type(step) is not float:     # (fastopt.torch's: float)
         step = as_real("step", step)
     try:
         if step >= 1 and lr >= 0.0 and lr_decay >= 0.0 and weight_decay >= 0.0 and eps >= 0.0:
@@ -146,7 +146,7 @@ def _adam_scalars(step, lr, betas, eps, weight_decay):
     fold in float32). A step that is not an int is taken as a Python float (as_real, which
     refuses a bool: True passed ``step >= 1`` as a count of 1), so that a NumPy float32 or
     float16 step does not fold them in its precision either."""
-    if type(step) is not int:
+    if type(step) is not int and type(step) is not float:     # (fastopt.torch's: float)
         step = as_real("step", step)
     try:
         beta1, beta2 = betas
@@ -995,7 +995,7 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     grad_coef, avg_coef), folded in float64. ``single``: ``mu_product`` is a float32 value,
     multiplied in float32 (torch's float32 tensor); False: a float64 one, multiplied in
     float64 (torch's under ``torch.set_default_dtype(torch.float64)``)."""
-    if type(step) is not int:       # (as _adam_scalars takes it)
+    if type(step) is not int and type(step) is not float:      # (as _adam_scalars)
         step = as_real("step", step)
     beta1, beta2, _, bias_correction2 = _adam_scalars(step, lr, betas, eps, weight_decay)
     try:
@@ -1149,7 +1149,7 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
 def _radam_scalars(step, lr, betas, eps, weight_decay):
     """beta1, beta2, ``step_size = lr / (1 - beta1**t)``, ``adaptive_scale = r_t *
     sqrt(1 - beta2**t)`` (1 when not rectified) and whether the step is ``rectified``."""
-    if type(step) is not int:       # (as _adam_scalars takes it)
+    if type(step) is not int and type(step) is not float:      # (as _adam_scalars)
         step = as_real("step", step)
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)

@@ -61,7 +61,8 @@ def _doubled_key(grads, names):
     known = set(names)
     for name in names:
         key = _course_key(name)
-        if key is not None and key in grads and key not in known and name in grads and grads[key] is not grads[name]:
+        if (key is not None and key in grads and key not in known and name in grads
+                and grads[key] is not grads[name]):
             return (f"grads has both {name!r} and {key!r} for parameter {name!r} (one key per "
                     "parameter: its name or 'd' + name)")
     return None

@@ -331,3 +331,55 @@ def test_a_float_parameter_that_is_its_own_grad_beside_16bit_ones_under_a_clip(n
     expected = expected - 0.1 * expected            # SGD: p <- p*f - lr * (p*f)
     torch.testing.assert_close(c.detach(), expected)
     assert math.isclose(opt.grad_norms[1], norm, rel_tol=1e-6)
+
+
+# ------------------------------------- 4. separate storages over one memory (torch.from_numpy)
+def _from_numpy_params(opt, params, buf):
+    b, c = params               # two tensors of their own storages over overlapping memory
+    c.set_(torch.from_numpy(buf[2:6]))
+    return r"parameters 0 and 1 of param group 1 overlap in memory"
+
+
+def _from_numpy_grad(opt, params, buf):
+    b, c = params
+    c.grad = torch.from_numpy(buf[1:5])         # b's memory (and beyond), another storage
+    return r"grad of parameter 1 of param group 1 overlaps parameter 0 of the group"
+
+
+def _from_numpy_state(opt, params, buf):
+    b, c = params
+    opt.state[c]["exp_avg"] = torch.from_numpy(buf[3:7])
+    return r"parameter 0 and state\['exp_avg'\] of parameter 1 of param group 1 overlap"
+
+
+def _same_storage_state(opt, params, buf):
+    b, c = params
+    opt.state[c]["exp_avg_sq"] = b.detach()
+    return r"parameter 0 and state\['exp_avg_sq'\] of parameter 1 of param group 1 overlap"
+
+
+@pytest.mark.parametrize("alias", [_from_numpy_params, _from_numpy_grad, _from_numpy_state,
+                                   _same_storage_state],
+                         ids=["params", "grad", "state", "state-same-storage"])
+def test_separate_storages_over_one_memory_are_refused_before_any_group_steps(alias):
+    """Tensors of different torch storages whose memory overlaps (``torch.from_numpy`` of
+    overlapping slices of one NumPy buffer), or a state tensor in a parameter's memory: the
+    kernels refuse them, so the step raises naming them and their group before the first group
+    has stepped, and changes nothing."""
+    import numpy as np
+    buf = np.linspace(0.5, 1.5, 12)
+    a = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    b = torch.from_numpy(buf[:4])
+    c = torch.from_numpy(buf[8:12])
+    opt = ft.Adam([{"params": [a]}, {"params": [b, c]}], lr=0.1)
+    for p in (a, b, c):
+        p.grad = torch.ones_like(p)
+    opt.step()
+    match = alias(opt, [b, c], buf)
+    a.grad = torch.ones(3, dtype=torch.float64)
+    before, kept = _snapshot(opt), buf.copy()
+    for _ in range(2):      # and again (the plan is not trusted)
+        with pytest.raises(ValueError, match=match):
+            opt.step()
+        _same(before, _snapshot(opt))
+        assert (buf == kept).all()

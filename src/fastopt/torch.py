@@ -25,13 +25,14 @@ changes nothing: that includes a state tensor whose dtype or shape is not its pa
 (``model.double()`` after some steps, which torch.optim's SGD and Adagrad step in mixed
 dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts the state) and
 an expanded parameter (stride 0), which torch.optim refuses too. A parameter listed twice in a
-group (torch.optim warns, then steps it once per occurrence), parameters of a group whose
-memory overlaps (views of one buffer; the kernels compare memory bounds, so interleaved views
-count too), or a grad whose memory overlaps a parameter or state tensor of its group (other
-than a parameter that is its own grad, ``p.grad = p.detach()``, which is stepped), raise
-``ValueError`` at the step, before any group has stepped (torch.optim steps them one after the
-other). A param group popped from ``param_groups`` is forgotten at the next step (its
-parameters' state stays in ``opt.state``, as in torch.optim).
+group (torch.optim warns, then steps it once per occurrence), parameters or state tensors of
+a group whose memory overlaps (views of one buffer, or separate storages over one memory such
+as ``torch.from_numpy`` of overlapping slices; the kernels compare memory bounds, so
+interleaved views count too), or a grad whose memory overlaps a parameter or state tensor of
+its group (other than a parameter that is its own grad, ``p.grad = p.detach()``, which is
+stepped), raise ``ValueError`` at the step, before any group has stepped (torch.optim steps
+them one after the other). A param group popped from ``param_groups`` is forgotten at the
+next step (its parameters' state stays in ``opt.state``, as in torch.optim).
 
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
@@ -99,6 +100,7 @@ import numbers
 import operator
 import threading
 import weakref
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from functools import partial
 from itertools import chain, compress, repeat
@@ -286,7 +288,7 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak", "wstores", "alias")
+                 "gweak", "wstarts", "wreach", "alias")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -300,6 +302,29 @@ _version_of = operator.attrgetter("_version")
 _numpy = torch.Tensor.numpy
 _storage = torch.Tensor.untyped_storage
 _storage_ptr = torch.UntypedStorage.data_ptr
+_storage_nbytes = torch.UntypedStorage.nbytes
+
+
+def _storage_span(t):
+    """The bytes ``[start, end)`` of ``t``'s storage: separate storages may share memory
+    (``torch.from_numpy`` of overlapping slices of one NumPy buffer), so memory is compared
+    by these, not by storage."""
+    storage = _storage(t)
+    start = _storage_ptr(storage)
+    return start, start + _storage_nbytes(storage)
+
+
+def _merge_spans(spans):
+    """The byte ranges ``[start, end)`` merged where they overlap, in address order: their
+    starts and their ends."""
+    starts, ends = [], []
+    for lo, hi in sorted(spans):
+        if ends and lo < ends[-1]:
+            ends[-1] = max(ends[-1], hi)
+        else:
+            starts.append(lo)
+            ends.append(hi)
+    return starts, ends
 
 
 def _mark(p):
@@ -695,8 +720,6 @@ class _FastOptimizer(_Mixin):
             _check_not_expanded("parameter", i, p)
         if len(set(map(id, live))) != len(live):
             self._refuse_duplicates(group, params)
-        if len(live) > 1:
-            self._refuse_overlaps(group, params, grads)
         plan.strides, plan.shapes = list(map(_stride, live)), list(map(_shape, live))
         plan.one = live[0] if len(live) == 1 else None
         plan.versions = plan.marks = None
@@ -774,12 +797,15 @@ class _FastOptimizer(_Mixin):
         plan.watched = live + [t for key in plan.tensors for t in plan.tensors[key]
                                if t is not None]
         plan.ptrs = list(map(_data_ptr, plan.watched))
-        # the storages of what the kernels write (the parameters, their state and masters),
-        # which a grad's is compared with (_view_grads)
-        plan.wstores = {_storage_ptr(_storage(t)) for t in chain(
-            live, *(plan.tensors.get(key, ()) for key in (MASTER, *plan.keys)))
-            if t is not None}
-        plan.wstores.discard(0)     # (empty tensors: no memory to overlap)
+        # the memory of what the kernels write (the parameters, their state and masters) as
+        # merged storage byte ranges, which a grad's storage is compared with (_aliases); a
+        # range holding more than one of them is looked into here
+        written = self._written(plan)
+        spans = [_storage_span(t) for _, _, t in written]
+        plan.wstarts, ends = _merge_spans(spans)
+        plan.wreach = [0, *ends]    # [i]: the end of the last range starting before i's start
+        if len(plan.wstarts) < len(written):
+            self._refuse_overlaps(plan, group, written)
         self._view_grads(plan, group, [g for g in grads if g is not None])
         # what _update receives, a column per parameter
         plan.cols = (dict(plan.views, **{MASTER: masters, _FORMAT: plan.formats})
@@ -802,56 +828,90 @@ class _FastOptimizer(_Mixin):
                     "in a future torch) and steps them once per occurrence, fastopt.torch "
                     "refuses them: list each parameter once")
 
-    def _refuse_overlaps(self, group, params, grads):
-        """ValueError naming two parameters of the group (with grads) whose memory overlaps:
-        the kernels refuse them (a multi-tensor call updates its tensors at once; they compare
-        memory bounds, so interleaved views of one buffer count too), and would do so after
-        earlier groups had stepped. Only parameters sharing a storage are compared."""
-        by_storage: dict[int, list[int]] = {}
-        for j, (p, g) in enumerate(zip(params, grads)):
-            if g is not None and p.numel():
-                by_storage.setdefault(p.untyped_storage().data_ptr(), []).append(j)
-        for members in by_storage.values():
+    @staticmethod
+    def _written(plan):
+        """What the plan's kernels write, as ``(key, k, tensor)`` (key None: the parameter;
+        ``k``: its index in ``plan.params``), leaving out empty tensors (no memory)."""
+        written = [(None, k, p) for k, p in enumerate(plan.params)]
+        written += [(key, k, t) for key in (MASTER, *plan.keys)
+                    for k, t in enumerate(plan.tensors.get(key, ())) if t is not None]
+        return [w for w in written if w[2].numel()]
+
+    @staticmethod
+    def _by_range(plan, written):
+        """``written`` (:meth:`_written`) by the merged storage range that holds each."""
+        ranges: dict[int, list] = {}
+        for w in written:
+            ranges.setdefault(bisect_right(plan.wstarts, _storage_span(w[2])[0]) - 1,
+                              []).append(w)
+        return ranges
+
+    def _refuse_overlaps(self, plan, group, written):
+        """ValueError naming two tensors the group's step writes (parameters with grads, their
+        state and masters) whose memory overlaps: views of one buffer, or separate storages
+        over one memory; the kernels refuse them (a multi-tensor call updates its tensors at
+        once; they compare memory bounds, so interleaved views count too), and would do so
+        after earlier groups had stepped. Only tensors in one merged storage range are
+        compared."""
+        for members in self._by_range(plan, written).values():
             if len(members) < 2:
                 continue
-            spans = sorted((*extent(_array(params[j])), j) for j in members)
-            reach, other = spans[0][1], spans[0][2]
-            for lo, hi, j in spans[1:]:
+            spans = sorted((*extent(_array(t)), key is not None, k, key or "")
+                           for key, k, t in members)
+            reach, other = spans[0][1], spans[0][2:]
+            for lo, hi, *this in spans[1:]:
                 if lo < reach:
-                    gi = self._group_index(group)
-                    first, second = sorted((other, j))
-                    raise ValueError(
-                        f"fastopt.torch: parameters {first} and {second} of param group {gi} "
-                        "overlap in memory (views of one buffer whose memory bounds overlap); "
-                        "fastopt's multi-tensor kernels update a group's parameters at once and "
-                        "refuse them (torch.optim steps them one after the other): give each "
-                        "its own storage, or put them in different param groups")
+                    self._raise_overlap(plan, group, sorted([other, tuple(this)]))
                 if hi > reach:
-                    reach, other = hi, j
+                    reach, other = hi, tuple(this)
+
+    def _raise_overlap(self, plan, group, pair):
+        """The error of :meth:`_refuse_overlaps` for ``pair``: two ``(is_state, k, key)``."""
+        index = [j for j, has in enumerate(plan.has_grad) if has]
+        gi = self._group_index(group)
+        (first_state, first, first_key), (second_state, second, second_key) = pair
+        if not (first_state or second_state):
+            raise ValueError(
+                f"fastopt.torch: parameters {index[first]} and {index[second]} of param group "
+                f"{gi} overlap in memory (views of one buffer whose memory bounds overlap, or "
+                "tensors over one memory); fastopt's multi-tensor kernels update a group's "
+                "parameters at once and refuse them (torch.optim steps them one after the "
+                "other): give each its own storage, or put them in different param groups")
+        names = [f"state[{key!r}] of parameter {index[k]}" if is_state else
+                 f"parameter {index[k]}" for is_state, k, key in pair]
+        raise ValueError(
+            f"fastopt.torch: {names[0]} and {names[1]} of param group {gi} overlap in memory; "
+            "fastopt's multi-tensor kernels update a group's tensors at once and refuse them: "
+            "give each its own memory (clone() it)")
 
     def _aliases(self, plan, group, grads):
-        """:meth:`_grad_overlaps` for the grads that share a storage with a tensor the step
-        writes (a set test of their storages, for most steps the whole cost)."""
-        return (() if plan.wstores.isdisjoint(map(_storage_ptr, map(_storage, grads)))
-                else self._grad_overlaps(plan, group, grads))
+        """:meth:`_grad_overlaps` if a grad's storage overlaps the merged storage ranges of
+        the tensors the step writes (for most steps this test is the whole cost: a grad's
+        storage overlaps the last range starting before its end if it starts before that
+        range ends)."""
+        stores = list(map(_storage, grads))
+        starts = list(map(_storage_ptr, stores))
+        ends = map(operator.add, starts, map(_storage_nbytes, stores))
+        reach = map(plan.wreach.__getitem__, map(bisect_left, repeat(plan.wstarts), ends))
+        return (self._grad_overlaps(plan, group, grads) if any(map(operator.lt, starts, reach))
+                else ())
 
     def _grad_overlaps(self, plan, group, grads):
-        """The grads (of ``plan.params``) that share a storage with a tensor the step writes
-        (:meth:`_view_grads` found one): ValueError naming a grad whose memory bounds overlap
+        """The grads (of ``plan.params``) whose storage overlaps that of a tensor the step
+        writes (:meth:`_aliases` found one): ValueError naming a grad whose memory bounds overlap
         a parameter of the group or a state tensor the kernels write (they would refuse it,
         as they compare memory bounds: only a parameter as its own grad, the very same
         elements, is taken), before any group has stepped; else the indices of the grads
         that are their parameters themselves (``p.grad = p.detach()``)."""
-        written = [(None, k, p) for k, p in enumerate(plan.params)]
-        written += [(key, k, t) for key in (MASTER, *plan.keys)
-                    for k, t in enumerate(plan.tensors.get(key, ())) if t is not None]
-        by_storage: dict[int, list] = {}
-        for key, k, t in written:
-            if t.numel():
-                by_storage.setdefault(_storage_ptr(_storage(t)), []).append((key, k, t))
+        ranges = self._by_range(plan, self._written(plan))
         alias = []
         for k, g in enumerate(grads):
-            members = by_storage.get(_storage_ptr(_storage(g))) if g.numel() else None
+            if not g.numel():
+                continue
+            lo, hi = _storage_span(g)
+            members = [m for r in range(max(bisect_right(plan.wstarts, lo) - 1, 0),
+                                        bisect_left(plan.wstarts, hi))
+                       for m in ranges.get(r, ())]
             if not members:
                 continue
             gview = _array(g)

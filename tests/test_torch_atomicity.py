@@ -383,3 +383,46 @@ def test_separate_storages_over_one_memory_are_refused_before_any_group_steps(al
             opt.step()
         _same(before, _snapshot(opt))
         assert (buf == kept).all()
+
+
+# ------------------------- 5. decoupled weight decay of a parameter that is its own grad
+DECOUPLED = [("AdamW", dict(lr=0.1, weight_decay=0.1)),
+             ("AdamW", dict(lr=0.1, weight_decay=0.1, amsgrad=True, maximize=True)),
+             ("Adam", dict(lr=0.1, weight_decay=0.2, decoupled_weight_decay=True)),
+             ("NAdam", dict(lr=0.1, weight_decay=0.1, decoupled_weight_decay=True)),
+             ("RAdam", dict(lr=0.1, weight_decay=0.1, decoupled_weight_decay=True)),
+             ("RAdam", dict(lr=0.1, weight_decay=0.1, decoupled_weight_decay=True,
+                            maximize=True))]
+
+
+@pytest.mark.parametrize("name,kwargs", DECOUPLED, ids=[f"{n}-{k}" for n, k in DECOUPLED])
+@pytest.mark.parametrize("where", ["first-group", "second-group", "kept", "clipped"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_decoupled_weight_decay_of_a_parameter_that_is_its_own_grad_is_torchs(
+        name, kwargs, where, dtype):
+    """``p.grad = p.detach()`` with decoupled weight decay: torch decays the parameter, and
+    with it the grad, before the update reads it (its maximize negates a copy first); so
+    does fastopt.torch, in the first group (whose grads are otherwise not compared with its
+    parameters), in a later one, with the grad set once and kept, and under a clip."""
+    init = [torch.tensor([3.0, -4.0, 12.0]), torch.tensor([1.0, 2.0]), torch.tensor([0.5])]
+    runs = []
+    for lib in (ft, torch.optim):
+        ps = [torch.nn.Parameter(t.to(dtype, copy=True)) for t in init]
+        groups = ([{"params": ps[:2]}, {"params": ps[2:]}] if where != "second-group" else
+                  [{"params": ps[2:]}, {"params": ps[:2]}])
+        clip = 1.0 if where == "clipped" else None
+        opt = (getattr(ft, name)(groups, max_grad_norm=clip, **kwargs) if lib is ft else
+               getattr(torch.optim, name)(groups, foreach=False, **kwargs))
+        for k in range(8):
+            if where != "kept" or k == 0:
+                ps[0].grad = ps[0].detach()
+            ps[1].grad = torch.tensor([0.5, -0.25 * k], dtype=dtype)
+            ps[2].grad = torch.tensor([0.125 * k], dtype=dtype)
+            if lib is torch.optim and clip is not None:
+                torch.nn.utils.clip_grad_norm_(ps[:2], clip, foreach=False)
+                torch.nn.utils.clip_grad_norm_(ps[2:], clip, foreach=False)
+            opt.step()
+        runs.append([p.detach().clone() for p in ps])
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, **tol)

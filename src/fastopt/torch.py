@@ -30,9 +30,10 @@ a group whose memory overlaps (views of one buffer, or separate storages over on
 as ``torch.from_numpy`` of overlapping slices; the kernels compare memory bounds, so
 interleaved views count too), or a grad whose memory overlaps a parameter or state tensor of
 its group (other than a parameter that is its own grad, ``p.grad = p.detach()``, which is
-stepped), raise ``ValueError`` at the step, before any group has stepped (torch.optim steps
-them one after the other). A param group popped from ``param_groups`` is forgotten at the
-next step (its parameters' state stays in ``opt.state``, as in torch.optim).
+stepped as torch steps it: a decoupled weight decay decays its grad with it), raise
+``ValueError`` at the step, before any group has stepped (torch.optim steps them one after
+the other). A param group popped from ``param_groups`` is forgotten at the next step (its
+parameters' state stays in ``opt.state``, as in torch.optim).
 
 float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
@@ -288,7 +289,7 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak", "wstarts", "wreach", "alias")
+                 "gweak", "wstarts", "wreach", "alias", "pptrs")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -371,6 +372,7 @@ class _FastOptimizer(_Mixin):
     """
 
     _STEPPED = True         # the state has torch's ``step`` count
+    _decoupled = False      # the weight decay is always decoupled (AdamW)
     _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
     _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
@@ -695,9 +697,13 @@ class _FastOptimizer(_Mixin):
         # parameter itself): compared with them here, where the kernels would refuse it only
         # once the groups before had stepped. The first group's kernels refuse it before
         # anything is written, so its grads are compared only when they are clipped (a
-        # parameter that is its own grad is scaled through it): otherwise (None) by _run, if
-        # a clip is switched on later (the comparison cost a 1000 x 64 step 5%)
+        # parameter that is its own grad is scaled through it) or, where a decoupled weight
+        # decay would decay such a grad (_run), one starts where a parameter does (a set
+        # test of the data pointers): otherwise (None) by _run, if a clip is switched on
+        # later (the full comparison cost a 1000 x 64 step 5%)
+        gptrs = list(map(_data_ptr, grads))
         plan.alias = (None if group is self.param_groups[0] and group.get(CLIP) is None
+                      and (not self._DECOUPLES or plan.pptrs.isdisjoint(gptrs))
                       else self._aliases(plan, group, grads))
         plan.graw = views
         plan.live_grads = grads
@@ -706,7 +712,7 @@ class _FastOptimizer(_Mixin):
             # after it (_run), as after every backward that follows zero_grad()
             plan.gstrides = list(map(_stride, grads))
             plan.watched_all = plan.watched + grads
-            plan.ptrs_all = plan.ptrs + list(map(_data_ptr, grads))
+            plan.ptrs_all = plan.ptrs + gptrs
 
     def _make_plan(self, group, params, grads, old):
         plan = _Plan()
@@ -797,6 +803,7 @@ class _FastOptimizer(_Mixin):
         plan.watched = live + [t for key in plan.tensors for t in plan.tensors[key]
                                if t is not None]
         plan.ptrs = list(map(_data_ptr, plan.watched))
+        plan.pptrs = set(plan.ptrs[:len(live)])
         # the memory of what the kernels write (the parameters, their state and masters) as
         # merged storage byte ranges, which a grad's storage is compared with (_aliases); a
         # range holding more than one of them is looked into here
@@ -1046,6 +1053,8 @@ class _FastOptimizer(_Mixin):
                             np.multiply(g, g.dtype.type(factor), out=g)
                     if self._SCALES:
                         factor = 1.0
+        if plan.alias and self._decays_own_grads(group):
+            gviews = self._decayed_own_grads(plan, group, gviews)
         cols = plan.cols
         if not self._STEPPED:
             self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
@@ -1086,6 +1095,26 @@ class _FastOptimizer(_Mixin):
             plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
         return norm
+
+    def _decays_own_grads(self, group):
+        """Whether torch's step decays a parameter in place before it reads the grad, which a
+        parameter that is its own grad (``p.grad = p.detach()``) then reads decayed:
+        decoupled weight decay (``param.mul_(1 - lr * weight_decay)``), but for ``maximize``,
+        whose grad is a negated copy taken before."""
+        return bool(self._DECOUPLES and (self._decoupled or group.get("decoupled_weight_decay"))
+                    and group["weight_decay"] != 0 and not group["maximize"])
+
+    @staticmethod
+    def _decayed_own_grads(plan, group, gviews):
+        """``gviews`` with the grads that are their parameters themselves (``plan.alias``)
+        replaced by what torch's step reads there: the parameter decayed by torch's own
+        ``param.mul_(1 - lr * weight_decay)`` (its rounding, a tensor lr's arithmetic
+        included), a copy; the kernels decay the parameter itself."""
+        gviews = list(gviews)
+        decay = 1 - group["lr"] * group["weight_decay"]
+        for k in plan.alias:
+            gviews[k] = _array(plan.params[k].detach() * decay)
+        return gviews
 
     def _check_group(self, group):
         """Raise for a hyper-parameter of the group the kernels cannot take (the checks of
@@ -1142,6 +1171,8 @@ class _FastOptimizer(_Mixin):
         # whether the kernel takes the clip's factor as a grad scale (Adam's does)
         cls._SCALES = "grad_scale" in _registry.get(cls._KERNEL).scalars
         cls._MULTI = cls._KERNEL + "_multi"     # its list form's name on a backend
+        # whether its weight decay may be decoupled (see _decays_own_grads)
+        cls._DECOUPLES = cls._decoupled or "decoupled_weight_decay" in cls._KEYS
 
     def _init_state(self, p, group):
         """torch's lazy state of ``p``: ``step`` and zeros for every state tensor."""
@@ -1284,7 +1315,6 @@ class Adam(_FastOptimizer, torch.optim.Adam):
     _KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
              "decoupled_weight_decay")
     _KERNEL = "adam"
-    _decoupled = False
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())

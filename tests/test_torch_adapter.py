@@ -1158,6 +1158,66 @@ def test_nadam_under_a_float64_default_multiplies_mu_product_in_float64():
     assert ops._nadam_scalars(*args, single=False)[0] == 0.5 * mu
 
 
+@pytest.mark.parametrize("product", ["one-element", "bfloat16"])
+def test_a_one_element_or_16bit_mu_product_steps(product):
+    """A ``mu_product`` assigned as a one-element float32 tensor of shape (1,) (torch steps
+    it: its product is read with ``.item()``) gives torch's trajectory; a bfloat16 one (torch
+    multiplies it in bfloat16) is widened to float32 as a 16-bit parameter's state is, and
+    steps as that float32 product would (the kernels read it as a number, not its bits)."""
+    runs = []
+    for lib, value in ((ft, None), (torch.optim, None), (ft, "float32")):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 5, dtype=torch.float64))
+        kw = {} if lib is ft else dict(foreach=False)
+        opt = lib.NAdam([p], lr=0.1, **kw)
+        p.grad = torch.full((5,), 0.5, dtype=torch.float64)
+        opt.step()
+        mu = opt.state[p]["mu_product"]
+        if product == "one-element":
+            opt.state[p]["mu_product"] = mu.reshape(1).clone()
+        else:
+            bf = mu.to(torch.bfloat16)
+            opt.state[p]["mu_product"] = bf.float() if value == "float32" else bf
+        for k in range(4):
+            p.grad = torch.linspace(-0.5, k, 5, dtype=torch.float64)
+            opt.step()
+        runs.append(p.detach().clone())
+    if product == "one-element":
+        torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-14)
+    else:
+        assert torch.equal(runs[0], runs[2])
+
+
+@pytest.mark.parametrize("key,value,error,match", [
+    ("mu_product", torch.tensor(1), TypeError, r"state\['mu_product'\] of parameter 1 has "
+                                               r"dtype torch.int64"),
+    ("mu_product", torch.tensor(True), TypeError, r"state\['mu_product'\] of parameter 1 "
+                                                  r"has dtype torch.bool"),
+    ("mu_product", torch.ones(2, 2), ValueError, r"state\['mu_product'\] of parameter 1 has "
+                                                 r"4 elements"),
+    ("step", torch.ones(2, 2), ValueError, r"state\['step'\] of parameter 1 has 4 elements")])
+def test_scalar_state_that_is_not_a_float_number_raises_before_any_group_steps(
+        key, value, error, match):
+    """NAdam's ``mu_product`` of an integer dtype (torch's in-place float multiply refuses
+    it; the product was truncated to 0), or a ``mu_product`` or ``step`` of more than one
+    element (torch's ``.item()`` refuses it): raises naming it before any group has
+    stepped."""
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.ones(2))
+    c = torch.nn.Parameter(torch.ones(2, 2))
+    opt = ft.NAdam([{"params": [a]}, {"params": [b, c]}], lr=0.1)
+    for p in (a, b, c):
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    opt.state[c][key] = value
+    before = [t.clone() for t in (a, b, c, *opt.state[a].values(), *opt.state[b].values())]
+    for _ in range(2):
+        with pytest.raises(error, match=match):
+            opt.step()
+        after = [t for t in (a, b, c, *opt.state[a].values(), *opt.state[b].values())]
+        assert all(torch.equal(x, y) for x, y in zip(before, after))
+        assert opt.state[c][key] is value
+
+
 def test_replaced_storage_and_state_are_picked_up():
     """A parameter whose ``.data`` was swapped, a state tensor replaced: the next step uses
     the new ones (the cached views are rebuilt)."""

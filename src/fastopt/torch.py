@@ -346,6 +346,13 @@ def _rounds_to(master, p):
     return bool(((rounded == p) | (rounded.isnan() & p.isnan())).all())
 
 
+def _odd_scalar(t):
+    """Whether ``t`` is a one-element floating-point tensor that is not a 0-d float32 or
+    float64 one (which scalar state must be to be read as a number)."""
+    return (isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() == 1
+            and (t.dtype not in _VIEWABLE or t.dim() != 0))
+
+
 def _fresh_master(p):
     """A 16-bit parameter's float32 master copy, seeded from the parameter."""
     return p.detach().to(torch.float32, memory_format=torch.preserve_format)
@@ -747,21 +754,25 @@ class _FastOptimizer(_Mixin):
             if p.dtype in _HALF:
                 # torch.optim's state of a 16-bit parameter is 16-bit: widen it; the master
                 # copy starts as the parameter
-                # (scalar state keeps torch's scalar dtype: float32, or float64 under
-                # torch.set_default_dtype(torch.float64), as torch's own)
-                narrow = [key for key in plan.keys if key in state and key not in missing
+                narrow = [key for key in plan.keys if key not in missing
+                          and isinstance(state.get(key), torch.Tensor)
                           and state[key].dtype != torch.float32]
-                narrow += [key for key in self._SCALAR_STATE if key in state
-                           and state[key].dtype not in _VIEWABLE]
                 if MASTER not in state:
                     missing.append(MASTER)
+            # scalar state is read as a number (torch's .item()): a 16-bit one (torch.optim's
+            # for 16-bit parameters) takes torch's scalar dtype (float32, or float64 under
+            # torch.set_default_dtype(torch.float64), as torch's own), one of another shape
+            # with one element is made 0-d; the checks below refuse the others
+            narrow += [key for key in self._SCALAR_STATE if _odd_scalar(state.get(key))]
             if missing or narrow:
                 state = dict(state)
                 for key in missing:
                     state[key] = _fresh_master(p) if key == MASTER else _zeros(p)
                 for key in narrow:
-                    state[key] = state[key].to(torch.float32 if key in plan.keys
-                                               else _scalar_dtype())
+                    value = state[key]
+                    state[key] = (value.to(torch.float32) if key in plan.keys else value.to(
+                        value.dtype if value.dtype in _VIEWABLE else _scalar_dtype(),
+                        copy=True).reshape(()))
             plan.states.append(state)
         # 16-bit parameters: their kernel steps the master copy and writes the rounded param
         plan.formats = [_HALF.get(p.dtype) for p in live]
@@ -792,6 +803,13 @@ class _FastOptimizer(_Mixin):
                                        "not a dense CPU tensor")
                 if key in plan.keys:
                     _check_state_like(key, i, t, live[i], _state_dtype(live[i]))
+                elif t.numel() != 1:
+                    raise ValueError(f"fastopt.torch: state[{key!r}] of parameter {i} has "
+                                     f"{t.numel()} elements, expected one (a scalar)")
+                elif key != "step" and not t.is_floating_point():
+                    raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {i} has "
+                                    f"dtype {t.dtype}, expected a floating-point dtype (torch "
+                                    "multiplies it in place by a float, which refuses it)")
             plan.tensors[key] = tensors
             if key != "step":
                 plan.views[key] = [_array(t) for t in tensors]

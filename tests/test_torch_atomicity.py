@@ -426,3 +426,38 @@ def test_decoupled_weight_decay_of_a_parameter_that_is_its_own_grad_is_torchs(
     tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-7)
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, **tol)
+
+
+# ------------------------ 6. the first group's step in several kernel calls, a grad over another
+SPLITS = {"step-count": ("Adam", None), "format": ("Adam", torch.bfloat16),
+          "first-buffer": ("SGD", None), "mu-product": ("NAdam", None)}
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_a_grad_over_another_parameter_of_a_split_first_group_is_refused(split):
+    """The first group's grads are left to its kernels, which refuse a grad over another
+    parameter of the call before writing anything; a group stepped in several calls (step
+    counts that differ, float32 beside bfloat16 parameters, SGD's new momentum buffers,
+    NAdam's products that differ) would step one call with the grad before the other wrote
+    it, or after (torch steps them in order): refused before anything changes."""
+    name, dtype = SPLITS[split]
+    a = torch.nn.Parameter(torch.linspace(-1, 1, 8))
+    b = torch.nn.Parameter(torch.linspace(1, 2, 4 if dtype is None else 8, dtype=dtype))
+    kw = dict(momentum=0.9) if name == "SGD" else {}
+    opt = getattr(ft, name)([a, b], lr=0.1, **kw)
+    if split in ("step-count", "first-buffer"):
+        a.grad = torch.ones_like(a)
+        opt.step()                              # a: stepped once, b not (no grad)
+    elif split == "mu-product":
+        a.grad, b.grad = torch.ones_like(a), torch.ones_like(b)
+        opt.step()
+        opt.state[b]["mu_product"] = opt.state[b]["mu_product"] * 0.5
+    a.grad = torch.ones_like(a)
+    over = a.detach() if dtype is None else a.detach().view(dtype)
+    b.grad = over[2:2 + b.numel()]              # inside a's memory, not where it starts
+    before = _snapshot(opt)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="grad of parameter 1 of param group 0 overlaps "
+                                             "parameter 0 of the group"):
+            opt.step()
+        _same(before, _snapshot(opt))

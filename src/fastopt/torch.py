@@ -289,7 +289,7 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak", "wstarts", "wreach", "alias", "pptrs")
+                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -837,7 +837,17 @@ class _FastOptimizer(_Mixin):
                      if half else plan.views)
         plan.pending = [k for k, (s, old_state) in enumerate(zip(plan.states, plan.stored))
                         if s is not old_state and s]   # torch's SGD keeps no empty state
+        plan.split = self._splits(plan)
         return plan
+
+    def _splits(self, plan):
+        """Whether the group's step makes more than one kernel call: parameters whose step
+        counts differ, or 16-bit beside float32/float64 ones (a subclass adds its own
+        reasons). A call does not see the others' tensors, so the first group's grads must
+        then be compared with what the step writes (see :meth:`_run`)."""
+        counts = (plan.counts.tolist() if plan.live_index is _ALL else
+                  plan.counts[plan.live_index].tolist()) if self._STEPPED else ()
+        return len(set(counts)) > 1 or len(set(plan.formats)) > 1
 
     def _refuse_duplicates(self, group, params):
         """ValueError naming a parameter listed twice in the group (torch.optim warns, then
@@ -1054,6 +1064,10 @@ class _FastOptimizer(_Mixin):
         norm if the group clips them."""
         gviews = plan.graw
         norm, factor = None, 1.0
+        if plan.alias is None and plan.split:
+            # the first group's grads, not compared yet, and each kernel call sees only its
+            # own tensors (the first would read a grad another writes later, or the reverse)
+            plan.alias = self._aliases(plan, group, plan.live_grads)
         if group.get(CLIP) is not None:
             self._check_group(group)
             if plan.alias is None:      # the first group's grads, not compared yet
@@ -1112,6 +1126,7 @@ class _FastOptimizer(_Mixin):
                 self.state[plan.params[k]] = plan.stored[k] = plan.states[k]
             plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
+            plan.split = self._splits(plan)
         return norm
 
     def _decays_own_grads(self, group):
@@ -1231,6 +1246,11 @@ class SGD(_FastOptimizer, torch.optim.SGD):
 
     def _init_state(self, p, group):
         return {}       # the buffer is made by _make_plan; the kernel's first step fills it
+
+    def _splits(self, plan):
+        # new buffers take a call of their own (their first step copies the grad)
+        return super()._splits(plan) or ("momentum_buffer" in plan.cols
+                                         and len(set(plan.fresh)) > 1)
 
     def _check_group(self, group):
         ops._check_sgd(_number(group["lr"]), _number(group["weight_decay"]), group["momentum"],
@@ -1429,6 +1449,11 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
     def _init_state(self, p, group):
         return {"step": self._new_step(), "mu_product": torch.tensor(1.0, dtype=_scalar_dtype()),
                 **super()._init_state(p, group)}
+
+    def _splits(self, plan):
+        # products that differ, or are multiplied in other dtypes, take calls of their own
+        return super()._splits(plan) or len(
+            {(float(m), m.dtype) for m in plan.cols["mu_product"]}) > 1
 
     def _check_group(self, group):
         ops._nadam_scalars(1, 1.0, _number(group["lr"]), tuple(group["betas"]), group["eps"],

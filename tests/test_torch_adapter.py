@@ -1851,3 +1851,22 @@ def test_a_state_dict_waits_for_a_step_in_another_thread():
         assert taker.is_alive() and not got
     taker.join(10)
     assert got and got[0]["state"][0]["step"].item() == 1
+
+
+def test_a_step_waits_for_a_load_state_dict_in_another_thread():
+    """load_state_dict holds the step's lock to its end; torch's load calls __setstate__,
+    which made a new lock: a step in another thread could then run while the load re-cast
+    the state (the lock held by the load is the one a step takes after it too)."""
+    p = torch.nn.Parameter(torch.zeros(10))
+    p.grad = torch.ones(10)
+    opt = ft.Adam([p], lr=1e-3)
+    opt.step()
+    lock = opt._lock
+    opt.load_state_dict(opt.state_dict())
+    with lock:                      # as a load in progress on this thread
+        stepper = threading.Thread(target=opt.step)
+        stepper.start()
+        stepper.join(0.3)
+        assert stepper.is_alive()
+    stepper.join(10)
+    assert opt.state[p]["step"].item() == 2

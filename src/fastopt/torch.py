@@ -431,7 +431,9 @@ class _FastOptimizer(_Mixin):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._lock = threading.RLock()
+        # torch's load_state_dict calls this too, under the lock: keep it
+        if "_lock" not in self.__dict__:
+            self._lock = threading.RLock()
         self._plans = {}
         if "grad_norms" not in self.__dict__:     # pickled before grad_norms was saved
             self.grad_norms = [None] * len(self.param_groups)

@@ -470,6 +470,26 @@ def test_max_grad_norm_checks_and_survives_torch_state_dicts():
     assert torch.equal(p.grad, torch.full((3,), 10.0))     # Adam scales inside its kernel
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), "1.0", True],
+                         ids=["negative", "zero", "nan", "str", "bool"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_an_invalid_max_grad_norm_set_on_a_group_raises_at_the_step(name, bad, groups):
+    """A group's ``max_grad_norm`` set after construction is checked by the step as by the
+    constructor (a negative one flipped the grads, a string was taken as its number), before
+    any group has stepped."""
+    ps = [torch.nn.Parameter(torch.ones(3)) for _ in range(groups)]
+    opt = getattr(ft, name)([{"params": [p]} for p in ps], lr=0.1)
+    for p in ps:
+        p.grad = torch.full((3,), 2.0)
+    opt.param_groups[-1]["max_grad_norm"] = bad
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Invalid max_grad_norm"):
+            opt.step()
+        assert all(torch.equal(p, torch.ones(3)) for p in ps) and not opt.state
+        assert all(torch.equal(p.grad, torch.full((3,), 2.0)) for p in ps)
+
+
 def test_grad_norms_survive_pickle_and_copies():
     """torch's __getstate__ keeps defaults, state and param groups only: a pickled or copied
     optimizer had no ``grad_norms`` (AttributeError) until its next step."""

@@ -587,6 +587,7 @@ class _FastOptimizer(_Mixin):
             for group, plan in zip(self.param_groups, work):
                 if plan is not None:
                     self._check_group(group)
+                    _check_clip(group.get(CLIP))    # (set on the group after its checks)
         # long kernels on torch's OpenMP team: after a backward pass its workers hold the
         # other cores, spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
         team = _backend.active.use_openmp_team
@@ -1071,6 +1072,7 @@ class _FastOptimizer(_Mixin):
             # own tensors (the first would read a grad another writes later, or the reverse)
             plan.alias = self._aliases(plan, group, plan.live_grads)
         if group.get(CLIP) is not None:
+            _check_clip(group[CLIP])
             self._check_group(group)
             if plan.alias is None:      # the first group's grads, not compared yet
                 plan.alias = self._aliases(plan, group, plan.live_grads)

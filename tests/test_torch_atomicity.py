@@ -461,3 +461,27 @@ def test_a_grad_over_another_parameter_of_a_split_first_group_is_refused(split):
                                              "parameter 0 of the group"):
             opt.step()
         _same(before, _snapshot(opt))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+@pytest.mark.parametrize("second", [False, True], ids=["alone", "before-another-group"])
+def test_the_first_groups_overlap_its_kernels_refuse_is_named(name, second):
+    """The first group's grads are left to its kernels, which refuse a grad over another
+    parameter before writing anything, in their own words (indices among the parameters
+    with grads, no group): the step names the grad, the parameter and the group as for
+    the other groups, and changes nothing."""
+    a = torch.nn.Parameter(torch.linspace(-1, 1, 8))
+    skipped = torch.nn.Parameter(torch.ones(2))     # no grad: the kernels' indices differ
+    b = torch.nn.Parameter(torch.linspace(1, 2, 4))
+    groups = [{"params": [a, skipped, b]}]
+    if second:
+        groups.append({"params": [torch.nn.Parameter(torch.ones(3))]})
+        groups[1]["params"][0].grad = torch.ones(3)
+    opt = getattr(ft, name)(groups, lr=0.1)
+    a.grad = torch.ones_like(a)
+    b.grad = a.detach()[2:6]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="grad of parameter 2 of param group 0 overlaps "
+                                         "parameter 0 of the group"):
+        opt.step()
+    _same(before, _snapshot(opt))

@@ -1092,32 +1092,39 @@ class _FastOptimizer(_Mixin):
         if plan.alias and self._decays_own_grads(group):
             gviews = self._decayed_own_grads(plan, group, gviews)
         cols = plan.cols
-        if not self._STEPPED:
-            self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
-        elif len(plan.counts) == 1 and plan.live_index is _ALL:
-            # one parameter: its count read and written through a memoryview, which costs
-            # ~0.4 us less than NumPy's scalar access and fill()
-            step = plan.tally[0] + 1
-            self._update(group, plan.pviews, gviews, cols, step, plan.fresh, factor)
-            plan.tally[0] = step
-        else:
-            every = plan.live_index is _ALL
-            counts = plan.counts if every else plan.counts[plan.live_index]
-            first = float(counts[0])
-            if len(counts) == 1 or (counts == first).all():
-                self._update(group, plan.pviews, gviews, cols, first + 1, plan.fresh, factor)
-                if every:
-                    counts.fill(first + 1)      # (a ufunc on a small array costs ~1.5 us)
-                else:
-                    plan.counts[plan.live_index] = first + 1
+        try:
+            if not self._STEPPED:
+                self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
+            elif len(plan.counts) == 1 and plan.live_index is _ALL:
+                # one parameter: its count read and written through a memoryview, which costs
+                # ~0.4 us less than NumPy's scalar access and fill()
+                step = plan.tally[0] + 1
+                self._update(group, plan.pviews, gviews, cols, step, plan.fresh, factor)
+                plan.tally[0] = step
             else:
-                steps = counts.tolist()
-                for step in sorted(set(steps)):
-                    part = [k for k, s in enumerate(steps) if s == step]
-                    pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
-                    self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
-                                 factor)
-                plan.counts[plan.live_index] = counts + 1
+                every = plan.live_index is _ALL
+                counts = plan.counts if every else plan.counts[plan.live_index]
+                first = float(counts[0])
+                if len(counts) == 1 or (counts == first).all():
+                    self._update(group, plan.pviews, gviews, cols, first + 1, plan.fresh, factor)
+                    if every:
+                        counts.fill(first + 1)      # (a ufunc on a small array costs ~1.5 us)
+                    else:
+                        plan.counts[plan.live_index] = first + 1
+                else:
+                    steps = counts.tolist()
+                    for step in sorted(set(steps)):
+                        part = [k for k, s in enumerate(steps) if s == step]
+                        pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
+                        self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
+                                     factor)
+                    plan.counts[plan.live_index] = counts + 1
+        except ValueError:
+            if plan.alias is None:
+                # the first group's grads, left to its kernels: the overlap they refused (in
+                # their words, by index among the parameters with grads) is named here
+                self._aliases(plan, group, plan.live_grads)
+            raise
         _increment_versions(plan.params)
         if not plan.keep:
             # grads new to this step (after zero_grad(), whose default sets them to None)

@@ -1208,13 +1208,14 @@ def test_a_one_element_or_16bit_mu_product_steps(product):
 
 
 @pytest.mark.parametrize("key,value,error,match", [
-    ("mu_product", torch.tensor(1), TypeError, r"state\['mu_product'\] of parameter 1 has "
-                                               r"dtype torch.int64"),
+    ("mu_product", torch.tensor(1), TypeError, r"state\['mu_product'\] of parameter 1 of "
+                                               r"param group 1 has dtype torch.int64"),
     ("mu_product", torch.tensor(True), TypeError, r"state\['mu_product'\] of parameter 1 "
-                                                  r"has dtype torch.bool"),
-    ("mu_product", torch.ones(2, 2), ValueError, r"state\['mu_product'\] of parameter 1 has "
-                                                 r"4 elements"),
-    ("step", torch.ones(2, 2), ValueError, r"state\['step'\] of parameter 1 has 4 elements")])
+                                                  r"of param group 1 has dtype torch.bool"),
+    ("mu_product", torch.ones(2, 2), ValueError, r"state\['mu_product'\] of parameter 1 of "
+                                                 r"param group 1 has 4 elements"),
+    ("step", torch.ones(2, 2), ValueError, r"state\['step'\] of parameter 1 of param group 1 "
+                                           r"has 4 elements")])
 def test_scalar_state_that_is_not_a_float_number_raises_before_any_group_steps(
         key, value, error, match):
     """NAdam's ``mu_product`` of an integer dtype (torch's in-place float multiply refuses
@@ -1471,7 +1472,8 @@ def test_a_changed_dtype_or_device_raises_and_changes_nothing():
         torch.utils.swap_tensors(q, meta)
         undo.append(lambda: torch.utils.swap_tensors(q, meta))
 
-    for change, error, match in ((grad_dtype, TypeError, "grad of parameter 1 has dtype"),
+    for change, error, match in ((grad_dtype, TypeError,
+                                  "grad of parameter 1 of param group 0 has dtype"),
                                  (param_dtype, TypeError, "float"),
                                  (sparse_grad, RuntimeError, "sparse"),
                                  (param_device, RuntimeError, "meta")):
@@ -1489,6 +1491,29 @@ def test_a_changed_dtype_or_device_raises_and_changes_nothing():
     assert opt.state[p]["step"].item() == opt.state[q]["step"].item() == 2
 
 
+@pytest.mark.parametrize("what", ["grad-dtype", "grad-shape", "state", "expanded"])
+def test_errors_name_the_parameter_by_its_index_in_its_group(what):
+    """A parameter without a grad before the faulty one: messages named it by its index
+    among the parameters with grads (0 here), without its group."""
+    a = torch.nn.Parameter(torch.ones(3))
+    frozen = torch.nn.Parameter(torch.ones(2))
+    b = torch.nn.Parameter(torch.ones(4))
+    opt = ft.Adam([{"params": [a]}, {"params": [frozen, b]}], lr=0.1)
+    a.grad, b.grad = torch.ones(3), torch.ones(4)
+    opt.step()
+    if what == "grad-dtype":
+        b.grad.data = torch.ones(4, dtype=torch.float64)
+    elif what == "grad-shape":
+        b.grad.data = torch.ones(2, 2)
+    elif what == "state":
+        opt.state[b]["exp_avg"] = torch.zeros(5)
+    else:
+        opt.state[b]["exp_avg"] = torch.zeros(1).expand(4)
+    with pytest.raises((TypeError, ValueError, RuntimeError),
+                       match=r"(grad|state\['exp_avg'\]) of parameter 1 of param group 1 "):
+        opt.step()
+
+
 def test_a_16bit_grad_of_the_other_format_raises():
     """A bfloat16 parameter's grad turned float16 (the same size: its bits would view
     alike) after the plan was made: the step raises and changes nothing."""
@@ -1498,7 +1523,8 @@ def test_a_16bit_grad_of_the_other_format_raises():
     opt.step()
     before = p.detach().clone()
     p.grad.data = p.grad.data.to(torch.float16)
-    with pytest.raises(TypeError, match="grad of parameter 0 has dtype torch.float16"):
+    with pytest.raises(TypeError, match="grad of parameter 0 of param group 0 has dtype "
+                                         "torch.float16"):
         opt.step()
     assert torch.equal(p, before) and opt.state[p]["step"].item() == 1
     p.grad = torch.ones(5, dtype=torch.bfloat16)      # a new grad: viewed afresh
@@ -1759,10 +1785,12 @@ def test_state_of_another_dtype_or_shape_raises_before_any_group_steps(name):
     before = a.detach().clone(), opt.state[a][key].clone()
     for change, error, match in (
             (lambda: setattr(b, "data", b.data.double()), TypeError,
-             rf"state\['{key}'\] of parameter 0 has dtype torch.float32, expected "
+             rf"state\['{key}'\] of parameter 0 of param group 1 has dtype torch.float32, "
+             "expected "
              "torch.float64"),
             (lambda: setattr(b, "data", torch.ones(5)), ValueError,
-             rf"state\['{key}'\] of parameter 0 has shape \(2,\), expected \(5,\)")):
+             rf"state\['{key}'\] of parameter 0 of param group 1 has shape \(2,\), "
+             r"expected \(5,\)")):
         data = b.data
         change()
         b.grad = torch.ones_like(b)
@@ -1790,7 +1818,8 @@ def test_a_grad_of_another_shape_raises_before_any_group_steps(name, kwargs):
     b.grad = torch.ones(2)
     before = [t.clone() for t in (a.detach(), a.grad, b.grad, *opt.state[a].values())]
     b.data = torch.ones(5)      # (b has no state yet)
-    with pytest.raises(ValueError, match=r"grad of parameter 0 has shape \(2,\), expected "
+    with pytest.raises(ValueError, match=r"grad of parameter 0 of param group 1 has shape "
+                                         r"\(2,\), expected "
                                          r"\(5,\) like the parameter"):
         opt.step()
     after = [a.detach(), a.grad, b.grad, *opt.state[a].values()]
@@ -1813,7 +1842,8 @@ def test_an_expanded_parameter_raises_as_in_torch():
     opt = ft.Adam([q])
     opt.state[q] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(1).expand(4),
                     "exp_avg_sq": torch.zeros(4)}
-    with pytest.raises(RuntimeError, match=r"state\['exp_avg'\] of parameter 0 has more "):
+    with pytest.raises(RuntimeError, match=r"state\['exp_avg'\] of parameter 0 of param group 0 "
+                                           r"has more "):
         opt.step()
     assert torch.equal(q, torch.zeros(4)) and opt.state[q]["step"].item() == 1
 

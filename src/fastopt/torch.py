@@ -169,6 +169,24 @@ def _number(value):
         value.item() if isinstance(value, torch.Tensor) else value)
 
 
+def _index_of(groups, group):
+    """The index of ``group`` in ``groups`` ("?" if it is not there)."""
+    return next((gi for gi, g in enumerate(groups) if g is group), "?")
+
+
+class _Name:
+    """A parameter in messages, "3 of param group 1" (its index among the group's
+    parameters, not among those with grads), formatted only when a message is made."""
+
+    __slots__ = ("groups", "group", "j")
+
+    def __init__(self, groups, group, j):
+        self.groups, self.group, self.j = groups, group, j
+
+    def __str__(self):
+        return f"{self.j} of param group {_index_of(self.groups, self.group)}"
+
+
 def _check_tensor(kind, index, t):
     """Raise unless ``t`` is a dense CPU tensor of a supported dtype."""
     if t.layout != torch.strided:
@@ -689,18 +707,20 @@ class _FastOptimizer(_Mixin):
         except (TypeError, RuntimeError):
             views = None
         if views is None:
+            where = self._names(group, plan)
             for i, (p, g) in enumerate(zip(plan.params, grads)):
-                _check_tensor("grad of parameter", i, g)
+                _check_tensor("grad of parameter", where[i], g)
                 if g.dtype != p.dtype:
-                    raise TypeError(f"fastopt.torch: grad of parameter {i} has dtype "
+                    raise TypeError(f"fastopt.torch: grad of parameter {where[i]} has dtype "
                                     f"{g.dtype}, expected {p.dtype} like the parameter")
             views = [_array(g) for g in grads]
         # the kernels check the shapes too, but only once the groups before have stepped (the
         # views' shapes are the grads', and NumPy's shape costs half of torch's)
         if list(map(_shape, views)) != plan.shapes:
+            where = self._names(group, plan)
             for i, (p, g) in enumerate(zip(plan.params, grads)):
                 if g.shape != p.shape:
-                    raise ValueError(f"fastopt.torch: grad of parameter {i} has shape "
+                    raise ValueError(f"fastopt.torch: grad of parameter {where[i]} has shape "
                                      f"{tuple(g.shape)}, expected {tuple(p.shape)} like the "
                                      "parameter")
         # a grad in the storage of a tensor the step writes (its parameter's, if it is the
@@ -731,9 +751,10 @@ class _FastOptimizer(_Mixin):
         plan.has_grad = [g is not None for g in grads]
         live = [p for p, g in zip(params, grads) if g is not None]
         plan.params = live
+        where = self._names(group, plan)
         for i, p in enumerate(live):
-            _check_tensor("parameter", i, p)
-            _check_not_expanded("parameter", i, p)
+            _check_tensor("parameter", where[i], p)
+            _check_not_expanded("parameter", where[i], p)
         if len(set(map(id, live))) != len(live):
             self._refuse_duplicates(group, params)
         plan.strides, plan.shapes = list(map(_stride, live)), list(map(_shape, live))
@@ -781,7 +802,7 @@ class _FastOptimizer(_Mixin):
         plan.formats = [_HALF.get(p.dtype) for p in live]
         for i, (f, s) in enumerate(zip(plan.formats, plan.states)):
             if f is not None:
-                _check_state_like(MASTER, i, s[MASTER], live[i], torch.float32)
+                _check_state_like(MASTER, where[i], s[MASTER], live[i], torch.float32)
         masters = [None if f is None else _array(s[MASTER])
                    for f, s in zip(plan.formats, plan.states)]
         plan.pviews = [_array(p) for p in live]
@@ -796,21 +817,21 @@ class _FastOptimizer(_Mixin):
             tensors = [s[key] for s in plan.states]
             for i, t in enumerate(tensors):
                 if not isinstance(t, torch.Tensor):
-                    raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {i} is a "
+                    raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} is a "
                                     f"{type(t).__name__}, expected a tensor")
                 if t.requires_grad:
-                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {i} "
+                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} "
                                        "requires grad; fastopt steps plain tensors")
                 if not t.is_cpu or t.layout != torch.strided:
-                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {i} is "
+                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} is "
                                        "not a dense CPU tensor")
                 if key in plan.keys:
-                    _check_state_like(key, i, t, live[i], _state_dtype(live[i]))
+                    _check_state_like(key, where[i], t, live[i], _state_dtype(live[i]))
                 elif t.numel() != 1:
-                    raise ValueError(f"fastopt.torch: state[{key!r}] of parameter {i} has "
+                    raise ValueError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} has "
                                      f"{t.numel()} elements, expected one (a scalar)")
                 elif key != "step" and not t.is_floating_point():
-                    raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {i} has "
+                    raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} has "
                                     f"dtype {t.dtype}, expected a floating-point dtype (torch "
                                     "multiplies it in place by a float, which refuses it)")
             plan.tensors[key] = tensors
@@ -1004,7 +1025,13 @@ class _FastOptimizer(_Mixin):
 
     def _group_index(self, group):
         """The index of ``group`` in param_groups, for messages ("?" if it is not there)."""
-        return next((gi for gi, g in enumerate(self.param_groups) if g is group), "?")
+        return _index_of(self.param_groups, group)
+
+    def _names(self, group, plan):
+        """Per parameter of the plan (those with grads), its name in messages: its index
+        among the group's parameters and the group's, made only if a message is."""
+        return [_Name(self.param_groups, group, j)
+                for j, has in enumerate(plan.has_grad) if has]
 
     def _watch_masters(self, plan, params, old):
         """A group with 16-bit parameters: record their version counters and storage (data

@@ -428,6 +428,25 @@ def test_decoupled_weight_decay_of_a_parameter_that_is_its_own_grad_is_torchs(
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("lr", [0.1, torch.tensor(0.1), torch.tensor([0.1])],
+                         ids=["float", "tensor", "one-element"])
+def test_a_0d_parameter_that_is_its_own_grad_under_adamw_with_a_tensor_lr(lr):
+    """The decayed grad is torch's ``param.mul_(1 - lr * weight_decay)`` with torch's lr (a
+    one-element lr taken as a scalar, as torch's _to_scalar takes it: it had broadcast a 0-d
+    parameter's grad to shape (1,), which the kernels refused)."""
+    runs = []
+    for lib in (ft, torch.optim):
+        p = torch.nn.Parameter(torch.tensor(3.0))
+        q = torch.nn.Parameter(torch.ones(2))
+        kw = {} if lib is ft else dict(foreach=False)
+        opt = lib.AdamW([{"params": [q]}, {"params": [p]}], lr=lr, weight_decay=0.1, **kw)
+        for _ in range(3):
+            p.grad, q.grad = p.detach(), torch.ones(2)
+            opt.step()
+        runs.append(p.detach().clone())
+    torch.testing.assert_close(runs[0], runs[1], rtol=2e-6, atol=1e-7)
+
+
 # ------------------------ 6. the first group's step in several kernel calls, a grad over another
 SPLITS = {"step-count": ("Adam", None), "format": ("Adam", torch.bfloat16),
           "first-buffer": ("SGD", None), "mu-product": ("NAdam", None)}

@@ -928,8 +928,8 @@ class _FastOptimizer(_Mixin):
         """The error of :meth:`_refuse_overlaps` for ``pair``: two ``(is_state, k, key)``."""
         index = [j for j, has in enumerate(plan.has_grad) if has]
         gi = self._group_index(group)
-        (first_state, first, first_key), (second_state, second, second_key) = pair
-        if not (first_state or second_state):
+        if not (pair[0][0] or pair[1][0]):      # two parameters
+            first, second = pair[0][1], pair[1][1]
             raise ValueError(
                 f"fastopt.torch: parameters {index[first]} and {index[second]} of param group "
                 f"{gi} overlap in memory (views of one buffer whose memory bounds overlap, or "
@@ -1182,7 +1182,9 @@ class _FastOptimizer(_Mixin):
         ``param.mul_(1 - lr * weight_decay)`` (its rounding, a tensor lr's arithmetic
         included), a copy; the kernels decay the parameter itself."""
         gviews = list(gviews)
-        decay = 1 - group["lr"] * group["weight_decay"]
+        lr = group["lr"]        # (a one-element tensor, as torch's _to_scalar takes it)
+        decay = 1 - (lr.reshape(()) if isinstance(lr, torch.Tensor) else lr) * group[
+            "weight_decay"]
         for k in plan.alias:
             gviews[k] = _array(plan.params[k].detach() * decay)
         return gviews

@@ -731,9 +731,8 @@ class _FastOptimizer(_Mixin):
         # decay would decay such a grad (_run), one starts where a parameter does (a set
         # test of the data pointers): otherwise (None) by _run, if a clip is switched on
         # later (the full comparison cost a 1000 x 64 step 5%)
-        gptrs = list(map(_data_ptr, grads))
         plan.alias = (None if group is self.param_groups[0] and group.get(CLIP) is None
-                      and (not self._DECOUPLES or plan.pptrs.isdisjoint(gptrs))
+                      and (not self._DECOUPLES or plan.pptrs.isdisjoint(map(_data_ptr, grads)))
                       else self._aliases(plan, group, grads))
         plan.graw = views
         plan.live_grads = grads
@@ -742,7 +741,7 @@ class _FastOptimizer(_Mixin):
             # after it (_run), as after every backward that follows zero_grad()
             plan.gstrides = list(map(_stride, grads))
             plan.watched_all = plan.watched + grads
-            plan.ptrs_all = plan.ptrs + gptrs
+            plan.ptrs_all = plan.ptrs + list(map(_data_ptr, grads))
 
     def _make_plan(self, group, params, grads, old):
         plan = _Plan()

@@ -48,6 +48,31 @@ def test_parameters_named_by_other_keys_than_str_take_grads_by_those_keys(backen
         np.testing.assert_array_equal(params[keys[0]], 0.5)     # the refused step wrote nothing
 
 
+def test_a_grads_dict_gives_no_parameter_another_parameters_grad():
+    """Grads are matched by name or "d" + name: with parameters named 'W' and 'dW',
+    step({"dW": g}) gave g to both (W fell back to the key "dW", which is dW's own), and one
+    name in two groups took one grad for both. Now W's missing grad is the ValueError naming
+    it, with nothing written, and a name already in another group is refused where the group
+    is made (a refused add_param_group adds nothing)."""
+    w, dw = np.ones(3), np.ones(3)
+    opt = fo.SGD({"W": w, "dW": dw}, lr=0.5)
+    with pytest.raises(ValueError, match=r"no entry for parameter 'W' \(expected key 'W'\)"):
+        opt.step({"dW": np.ones(3)})
+    np.testing.assert_array_equal(w, 1.0)
+    np.testing.assert_array_equal(dw, 1.0)
+    opt.step({"W": np.ones(3), "dW": np.full(3, 2.0)})      # each its own, by name
+    np.testing.assert_array_equal(w, 0.5)
+    np.testing.assert_array_equal(dw, 0.0)
+    with pytest.raises(ValueError, match=r"parameter name 'W' is in two param groups"):
+        fo.SGD([{"params": {"W": np.ones(3)}}, {"params": {"W": np.ones(2)}}], lr=0.1)
+    opt = fo.SGD({"W": np.ones(3), "b": np.ones(1)}, lr=0.1)
+    with pytest.raises(ValueError, match=r"parameter name 'b' is in two param groups"):
+        opt.add_param_group({"params": {"b": np.ones(2)}})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": {"W2": np.ones(2), 7: np.ones(2)}})
+    opt.step({"dW": np.ones(3), "db": np.ones(1), "dW2": np.ones(2), 7: np.ones(2)})
+
+
 def test_grads_by_name_and_by_position_give_the_same_result():
     a, b = course_params(), course_params()
     grads = {k: np.full_like(v, 0.5) for k, v in a.items()}

@@ -433,6 +433,8 @@ class Optimizer:
             if id(p) in mine:
                 raise ValueError(f"parameter {label} appears twice in its param group")
             mine.add(id(p))
+        if named:
+            self._check_names(group["param_names"])
         group["params"] = params
         for key, value in self.defaults.items():
             group.setdefault(key, value)
@@ -479,6 +481,15 @@ class Optimizer:
                 i += 1
         return out
 
+    def _check_names(self, names):
+        """ValueError for a name of a new group's parameters that another group has: a grads
+        dict, matched by name, could not tell the two apart."""
+        taken = {n for g in self.param_groups for n in g.get("param_names", ())}
+        for name in names:
+            if name in taken:
+                raise ValueError(f"parameter name {name!r} is in two param groups (grads are "
+                                 "matched by name)")
+
     # ------------------------------------------------------------------------------ step
     def _match(self, grads):
         """The grads as one flat list in parameter order (None: that parameter has no grad).
@@ -489,15 +500,24 @@ class Optimizer:
             if not self._named:
                 raise ValueError("grads is a dict but params were not given by name; pass a "
                                  "sequence of grads in parameter order")
-            matched = []
+            matched, names = [], None
             for group in self.param_groups:
                 for name in group["param_names"]:
                     g = grads.get(name, _MISSING)
                     if g is _MISSING:
                         key = _course_key(name)
                         g = _MISSING if key is None else grads.get(key, _MISSING)
+                        if g is not _MISSING:
+                            # not when "d" + name is another parameter's own name ('W' beside
+                            # 'dW': grads["dW"] is dW's, and W has none)
+                            if names is None:
+                                names = {n for gr in self.param_groups
+                                         for n in gr["param_names"]}
+                            if key in names:
+                                g = _MISSING
                         if g is _MISSING:
-                            expected = repr(name) if key is None else f"{name!r} or {key!r}"
+                            expected = (repr(name) if key is None or key in (names or ()) else
+                                        f"{name!r} or {key!r}")
                             raise ValueError(f"grads has no entry for parameter {name!r} "
                                              f"(expected key {expected})")
                     matched.append(g)

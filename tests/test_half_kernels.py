@@ -169,6 +169,37 @@ def test_layouts_lists_and_threads(backend, name, fmt):
         assert all(same_bits(a, b) for a, b in zip(t, e))
 
 
+SPECIAL_GRADS = np.array([np.nan, np.inf, -np.inf, 1e-40, -0.0, 3e38], np.float32)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_adam_and_adamw_in_one_loop_are_the_unfused_path(backend, fmt):
+    """Adam without weight decay and AdamW, the options the Cython backend's one-loop 16-bit
+    Adam takes (the variants above all decay): grads with NaN, infinities and subnormals,
+    with and without a grad scale, odd sizes and 70,001 elements (threaded), single and list
+    form."""
+    bfloat16 = FORMATS[fmt]
+    rng = np.random.default_rng(11)
+    for weight_decay, decoupled in ((0.0, False), (0.1, True)):
+        for scale in (1.0, 0.75):
+            scalars = scalars_for(ADAM, bfloat16, weight_decay=weight_decay,
+                                  decoupled=decoupled, grad_scale=scale)
+            for n in (1, 37, 1000, 70001):
+                arrays = arrays_for(ADAM, (n,), bfloat16, rng, used=())
+                grad = rng.standard_normal(n).astype(np.float32)
+                special = np.arange(0, n, 97)
+                grad[special] = SPECIAL_GRADS[np.arange(special.size) % SPECIAL_GRADS.size]
+                arrays[1] = to_bits(grad, bfloat16)
+                expected = copies(arrays)
+                unfused(ADAM, expected, scalars)
+                for multi in (False, True):
+                    got = copies(arrays)
+                    run(backend, ADAM, got, scalars, multi)
+                    for array_name, a, b in zip(ADAM.arrays, got, expected):
+                        assert a is None or same_bits(a, b), (array_name, n, scale, multi)
+
+
 # float32 bit patterns whose rounding is delicate: ties, carries, overflow, subnormals, NaN
 EDGES = np.array([0x3F808000, 0x3F818000, 0x3FFF8000, 0x7F7F7FFF, 0x7F7FFFFF, 0x7F800000,
                   0x80000000, 0x00008000, 0x00018000, 0x807FFFFF, 0x7FC00001, 0xFFFFFFFF,

@@ -24,6 +24,10 @@ cdef enum:
 
 ctypedef void (*span32)(float** a, Py_ssize_t lo, Py_ssize_t hi, const void* s) noexcept nogil
 ctypedef void (*span64)(double** a, Py_ssize_t lo, Py_ssize_t hi, const void* s) noexcept nogil
+# a 16-bit form's own span (a = param, grad, master, state...; s a HalfScalars*): False if it
+# has no loop for the call's options
+ctypedef bint (*span16)(void** a, Py_ssize_t lo, Py_ssize_t hi, const void* s,
+                        bint bfloat16) noexcept nogil
 
 ctypedef struct Kernel:
     int narrays          # arrays per tensor; arrays[1] (the grad) is the only one not written
@@ -32,6 +36,7 @@ ctypedef struct Kernel:
     span64 f64           # NULL for a 16-bit form
     int half             # 0, or a 16-bit form's format (_half.pxi: it runs f32 a block at a
                          # time on the float32 master and state); s is then a HalfScalars*
+    span16 f16           # NULL, or a 16-bit form's span of its own, tried first (set in optim.pyx)
 
 ctypedef struct Tensor:
     void* ptr[MAX_ARRAYS]

@@ -1,11 +1,13 @@
 # The 16-bit forms of the element-wise kernels (fastopt._registry.HALF_KERNELS; textually
 # included at the end of _elementwise.pxi, whose driver calls half_range for them). Their
 # param and grad are uint16 arrays (bfloat16 bit patterns or float16; int16 views are
-# accepted), their master copy and state float32, all of one shape. No kernel has a 16-bit
-# loop of its own: a block at a time, the grad is widened into a float32 buffer on the stack,
-# the kernel's float32 span steps the master and the state, and the master is rounded into the
-# param. The block stays in L1 between the three loops, so memory sees one sweep, as a fused
-# loop's; each loop vectorizes on its own. The entry points are generated into _glue.pxi.
+# accepted), their master copy and state float32, all of one shape. A block at a time, the
+# grad is widened into a float32 buffer on the stack, the kernel's float32 span steps the
+# master and the state, and the master is rounded into the param. The block stays in L1
+# between the three loops, so memory sees one sweep, as a fused loop's; each loop vectorizes
+# on its own. Adam's span also has a 16-bit loop of its own (Kernel.f16, optim.pyx), which
+# widens and rounds element by element beside the step. The entry points are generated into
+# _glue.pxi.
 from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy
 
@@ -31,6 +33,8 @@ cdef void half_range(const Kernel* kern, void** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef bint bfloat16 = kern.half == HALF_BFLOAT16
     cdef Py_ssize_t start, n
     cdef int i
+    if kern.f16 != NULL and kern.f16(a, lo, hi, s, bfloat16):
+        return
     b[1] = g
     start = lo
     while start < hi:
@@ -57,6 +61,17 @@ cdef inline uint32_t float_to_bits(float f) noexcept nogil:
     cdef uint32_t u
     memcpy(&u, &f, 4)
     return u
+
+
+cdef inline float bfloat16_to_float(uint16_t x) noexcept nogil:
+    return bits_to_float((<uint32_t>x) << 16)
+
+
+cdef inline uint16_t float_to_bfloat16(float x) noexcept nogil:
+    """Round to nearest, ties to even; NaN becomes 0x7FC0."""
+    cdef uint32_t u = float_to_bits(x)
+    return (0x7FC0 if (u & 0x7FFFFFFF) > 0x7F800000
+            else <uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16))
 
 
 cdef inline float float16_to_float(uint16_t x) noexcept nogil:
@@ -90,7 +105,7 @@ cdef void widen_block(const uint16_t* x, float* out, Py_ssize_t n, bint bfloat16
     cdef Py_ssize_t i
     if bfloat16:
         for i in range(n):
-            out[i] = bits_to_float((<uint32_t>x[i]) << 16)
+            out[i] = bfloat16_to_float(x[i])
     else:
         for i in range(n):
             out[i] = float16_to_float(x[i])
@@ -101,14 +116,11 @@ cdef void widen_block(const uint16_t* x, float* out, Py_ssize_t n, bint bfloat16
 
 cdef void narrow_block(const float* x, uint16_t* out, Py_ssize_t n,
                        bint bfloat16) noexcept nogil:
-    """``out[:n]`` = ``x[:n]`` rounded to nearest even; NaN becomes 0x7FC0 (bfloat16)."""
-    cdef uint32_t u
+    """``out[:n]`` = ``x[:n]`` rounded to nearest even."""
     cdef Py_ssize_t i
     if bfloat16:
         for i in range(n):
-            u = float_to_bits(x[i])
-            out[i] = (0x7FC0 if (u & 0x7FFFFFFF) > 0x7F800000
-                      else <uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16))
+            out[i] = float_to_bfloat16(x[i])
     else:
         for i in range(n):
             out[i] = float_to_float16(x[i])

@@ -58,7 +58,7 @@ cdef void stream_span(float** arrays, Py_ssize_t lo, Py_ssize_t hi,
             a4[i] = a4[i] + a1[i]
 
 
-cdef Kernel STREAM = Kernel(5, 2, <span32>stream_span, NULL, 0)
+cdef Kernel STREAM = Kernel(5, 2, <span32>stream_span, NULL, 0, NULL)
 
 
 def stream(*arrays):

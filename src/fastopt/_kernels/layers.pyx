@@ -251,20 +251,30 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_
     of two took 15-22% less time for the statistics of (4096, 1024) and (256, 4096) float32
     here (one thread, a C harness of both loops)."""
     cdef Py_ssize_t c
-    cdef double t, inv = 1.0 / (r1 - r0)
+    cdef double inv = 1.0 / (r1 - r0)
     cdef bint finite = True
     for c in range(W):
         k[c] = x[r0 * C + c]
     shifted_sums(x, C, W, r0, r1, k, mean, m2)
+    for c in range(W):      # & and no branch: both loops vectorize (scalar: 6-8% of a forward)
+        finite &= isfinite(mean[c]) & isfinite(m2[c])
+    if finite:
+        for c in range(W):
+            moments_from_sums(mean + c, m2 + c, k[c], inv)
+        return
     for c in range(W):
-        finite = finite and isfinite(mean[c]) and isfinite(m2[c])
-    for c in range(W):
-        if finite or (isfinite(mean[c]) and isfinite(m2[c])):
-            t = mean[c]
-            mean[c] = k[c] + t * inv
-            m2[c] = max(m2[c] - t * t * inv, 0.0)     # rounding may leave -tiny for a constant
+        if isfinite(mean[c]) and isfinite(m2[c]):
+            moments_from_sums(mean + c, m2 + c, k[c], inv)
         else:
             column_moments_two_pass(x + c, C, r0, r1, mean + c, m2 + c)
+
+
+cdef inline void moments_from_sums(double* mean, double* m2, double k,
+                                   double inv) noexcept nogil:
+    """block_moments' mean and m2 from the sums in ``mean`` and ``m2`` (``inv``: 1 / n)."""
+    cdef double t = mean[0]
+    mean[0] = k + t * inv
+    m2[0] = max(m2[0] - t * t * inv, 0.0)     # rounding may leave -tiny for a constant
 
 
 cdef void column_moments_two_pass(const floating* x, Py_ssize_t C, Py_ssize_t r0,
@@ -439,14 +449,23 @@ cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept 
     variance, inv_std and the normalization's scale (j.gamma: gamma, then gamma * inv_std)."""
     cdef Py_ssize_t C = j.C, N = j.N, k, c
     cdef double* part = j.part
+    # the job's arrays in locals: read through j, they might alias j (the loops stayed scalar)
+    cdef double* mean_out = j.mean_out
+    cdef double* mean = j.mean
+    cdef double* var = j.var
+    cdef double* inv_std = j.inv_std
+    cdef double* scale = <double*>j.gamma
+    cdef double eps = j.eps
     for k in range(1, j.nc):
         chan_merge(part + lo, part + C + lo, k * j.stat_rows, part + 5 * C * k + lo,
                    part + 5 * C * k + C + lo, min(j.stat_rows, N - k * j.stat_rows), hi - lo)
     for c in range(lo, hi):
-        j.mean_out[c] = j.mean[c] = part[c]
-        j.var[c] = part[C + c] / N
-        j.inv_std[c] = 1.0 / sqrt(j.var[c] + j.eps)
-        (<double*>j.gamma)[c] = j.gamma[c] * j.inv_std[c]
+        mean_out[c] = part[c]
+        mean[c] = part[c]
+    for c in range(lo, hi):
+        var[c] = part[C + c] / N
+        inv_std[c] = 1.0 / sqrt(var[c] + eps)
+        scale[c] = scale[c] * inv_std[c]
 
 
 # Axis 0's element-wise loops (y = ..., dx = ...) take each row in two spans, columns [0, c0)

@@ -88,6 +88,8 @@ cdef enum:
     # rows per block of the axis-0 statistics: each block's moments are taken in one pass and
     # merged in order; fixed, so that results depend on the shape alone
     ROW_BLOCK = 64
+    # axis 1: features four at a time up to this many values each (four float64 rows: 256 KB)
+    FOUR_FEATURES_MAX = 8192
 
 
 # The axis-0 sums take four rows (a stride C apart) per sweep of the partial sums: a quarter
@@ -144,6 +146,14 @@ cdef void apply_row(const floating* x, floating* y, const double* mean, const do
 
 
 cdef extern from "fo_bn.h":
+    void fo_rows4_sum_f(const float* x, const double* mean, Py_ssize_t stride, Py_ssize_t n,
+                        double* out) nogil
+    void fo_rows4_sum_d(const double* x, const double* mean, Py_ssize_t stride, Py_ssize_t n,
+                        double* out) nogil
+    void fo_rows4_centred_sq_f(const float* x, const double* mean, Py_ssize_t stride,
+                               Py_ssize_t n, double* out) nogil
+    void fo_rows4_centred_sq_d(const double* x, const double* mean, Py_ssize_t stride,
+                               Py_ssize_t n, double* out) nogil
     void fo_apply_4rows_f(const float* x, float* y, Py_ssize_t C, const double* mean,
                           const double* scale, const double* beta, Py_ssize_t n) nogil
     void fo_apply_4rows_d(const double* x, double* y, Py_ssize_t C, const double* mean,
@@ -355,30 +365,60 @@ cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
     return min((chunk + 1) * job.per_chunk, total)
 
 
-cdef void feature_forward(const floating* x, floating* y, Py_ssize_t C, double eps,
-                          double gamma, double beta, double* mean,
-                          double* inv_std, double* var) noexcept nogil:
-    """One feature (axis 1, a contiguous row of C values): statistics, then y, while the row is
-    in cache (a row longer than the cache is streamed three times: the old passes)."""
-    cdef double m = row_sum(x, C) / C
-    cdef double v = row_centred_sq(x, C, m) / C
-    cdef double s = 1.0 / sqrt(v + eps)
-    mean[0] = m
-    inv_std[0] = s
-    var[0] = v
-    apply_feature(x, y, m, gamma * s, beta, C)
+cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double eps,
+                           const double* gamma, const double* beta, double* mean,
+                           double* inv_std, double* var, bint four) noexcept nogil:
+    """One feature (axis 1, a contiguous row of C values), or ``four`` of them (rows C apart,
+    their sums taken side by side: fo_bn.h): statistics, then y, while the rows are in cache
+    (a row longer than the cache is streamed three times: the old passes)."""
+    cdef double m[4]
+    cdef double v[4]
+    cdef double s
+    cdef int r, R = 4 if four else 1
+    if not four:
+        m[0] = row_sum(x, C)
+    elif floating is float:
+        fo_rows4_sum_f(x, NULL, C, C, m)
+    else:
+        fo_rows4_sum_d(x, NULL, C, C, m)
+    for r in range(R):
+        m[r] = m[r] / C
+    if not four:
+        v[0] = row_centred_sq(x, C, m[0])
+    elif floating is float:
+        fo_rows4_centred_sq_f(x, m, C, C, v)
+    else:
+        fo_rows4_centred_sq_d(x, m, C, C, v)
+    for r in range(R):
+        v[r] = v[r] / C
+        s = 1.0 / sqrt(v[r] + eps)
+        mean[r] = m[r]
+        inv_std[r] = s
+        var[r] = v[r]
+        apply_feature(x + r * C, y + r * C, m[r], gamma[r] * s, beta[r], C)
+
+
+cdef inline bint four_features(const BNJob* j, Py_ssize_t f, Py_ssize_t end) noexcept nogil:
+    """Whether features f..f+3 (axis 1) are taken together: four are left, and their rows fit
+    in L2."""
+    return f + 4 <= end and j.C <= FOUR_FEATURES_MAX
 
 
 cdef void bn_rows_forward(void* ctx, Py_ssize_t chunk) noexcept nogil:
     cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t f
-    for f in range(chunk * j.per_chunk, chunk_end(j, chunk, j.N)):
+    cdef Py_ssize_t f = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N)
+    cdef bint four
+    while f < end:
+        four = four_features(j, f, end)
         if j.is32:
-            feature_forward(<const float*>j.x + f * j.C, <float*>j.y + f * j.C, j.C, j.eps,
-                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f, j.var + f)
+            features_forward(<const float*>j.x + f * j.C, <float*>j.y + f * j.C, j.C, j.eps,
+                             j.gamma + f, j.beta + f, j.mean + f, j.inv_std + f, j.var + f,
+                             four)
         else:
-            feature_forward(<const double*>j.x + f * j.C, <double*>j.y + f * j.C, j.C, j.eps,
-                            j.gamma[f], j.beta[f], j.mean + f, j.inv_std + f, j.var + f)
+            features_forward(<const double*>j.x + f * j.C, <double*>j.y + f * j.C, j.C,
+                             j.eps, j.gamma + f, j.beta + f, j.mean + f, j.inv_std + f,
+                             j.var + f, four)
+        f = f + (4 if four else 1)
 
 
 cdef void bn_rows_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:

@@ -365,6 +365,23 @@ cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
     return min((chunk + 1) * job.per_chunk, total)
 
 
+cdef inline void rows4_sum(const floating* x, Py_ssize_t C, double* out) noexcept nogil:
+    """row_sum of the four rows of C values from x (fo_bn.h)."""
+    if floating is float:
+        fo_rows4_sum_f(x, NULL, C, C, out)
+    else:
+        fo_rows4_sum_d(x, NULL, C, C, out)
+
+
+cdef inline void rows4_centred_sq(const floating* x, Py_ssize_t C, const double* mean,
+                                  double* out) noexcept nogil:
+    """row_centred_sq of the four rows of C values from x, each about its own mean."""
+    if floating is float:
+        fo_rows4_centred_sq_f(x, mean, C, C, out)
+    else:
+        fo_rows4_centred_sq_d(x, mean, C, C, out)
+
+
 cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double eps,
                            const double* gamma, const double* beta, double* mean,
                            double* inv_std, double* var, bint four) noexcept nogil:
@@ -375,20 +392,16 @@ cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double 
     cdef double v[4]
     cdef double s
     cdef int r, R = 4 if four else 1
-    if not four:
-        m[0] = row_sum(x, C)
-    elif floating is float:
-        fo_rows4_sum_f(x, NULL, C, C, m)
+    if four:
+        rows4_sum(x, C, m)
     else:
-        fo_rows4_sum_d(x, NULL, C, C, m)
+        m[0] = row_sum(x, C)
     for r in range(R):
         m[r] = m[r] / C
-    if not four:
-        v[0] = row_centred_sq(x, C, m[0])
-    elif floating is float:
-        fo_rows4_centred_sq_f(x, m, C, C, v)
+    if four:
+        rows4_centred_sq(x, C, m, v)
     else:
-        fo_rows4_centred_sq_d(x, m, C, C, v)
+        v[0] = row_centred_sq(x, C, m[0])
     for r in range(R):
         v[r] = v[r] / C
         s = 1.0 / sqrt(v[r] + eps)

@@ -1920,3 +1920,68 @@ def test_a_step_waits_for_a_load_state_dict_in_another_thread():
         assert stepper.is_alive()
     stepper.join(10)
     assert opt.state[p]["step"].item() == 2
+
+
+@pytest.mark.parametrize("clip", [None, 1.0], ids=["", "clip"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_grad_with_its_negative_bit_set_steps_with_its_value(name, kwargs, clip):
+    """A grad that is a negative view (``torch._neg_view(g)``, or ``z.conj().imag``), which
+    NumPy cannot view: torch.optim steps with its value, and clip_grad_norm_ scales it in
+    place; so does fastopt.torch (float32, float64 and bfloat16 parameters; the bfloat16
+    master against torch.optim on a float32 copy fed the widened grad), at every step, the
+    same grad objects written in place between steps included."""
+    init = _params(torch.float64)[:4]
+    mixed = [init[0].float(), init[1], init[2].to(torch.bfloat16), init[3].float()]
+    ours = [torch.nn.Parameter(t.clone()) for t in mixed]
+    theirs = [torch.nn.Parameter(t.float() if t.dtype == torch.bfloat16 else t.clone())
+              for t in mixed]
+    opt = getattr(ft, name)(ours, max_grad_norm=clip, **kwargs)
+    ref = getattr(torch.optim, name)(theirs, foreach=False, **kwargs)
+    gen = torch.Generator().manual_seed(31)
+    for step in range(4):
+        for a, b in zip(ours, theirs):
+            g = torch.randn(a.shape, generator=gen).to(a.dtype)
+            if step < 2 or a.grad is None:
+                a.grad = torch._neg_view(g)
+            else:           # the same negative views, written in place (as backward does)
+                a.grad.copy_(-g)
+            assert a.grad.is_neg()
+            b.grad = (-g).to(b.dtype)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(theirs, clip)
+        opt.step()
+        ref.step()
+        if clip is not None and name not in ("Adam", "AdamW"):      # Adam scales in its kernel
+            for a, b in zip(ours, theirs):
+                if a.dtype != torch.bfloat16:
+                    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+    master = opt.state[ours[2]]["master_param"]
+    assert _ulps([ours[0], ours[1], master, ours[3]], theirs) <= 4
+
+
+@pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+                                         ("Adam", {}), ("AdamW", dict(weight_decay=0.1))])
+@pytest.mark.parametrize("group", [0, 1])
+def test_a_negative_view_of_its_own_parameter_as_grad(name, kwargs, group):
+    """``p.grad = torch._neg_view(p.detach())``: torch.optim reads -p before it writes p,
+    which a copy of the grad taken before the step gives, but where it writes p first (a
+    decoupled weight decay): that one raises ValueError, before anything changes."""
+    out = []
+    for lib in (torch.optim, ft):
+        other = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+        p = torch.nn.Parameter(torch.tensor([3.0, -4.0, 5.0]))
+        groups = [{"params": [p]}, {"params": [other]}]
+        opt = getattr(lib, name)(groups[::-1] if group else groups, **kwargs)
+        for _ in range(2):
+            other.grad, p.grad = torch.ones(2), torch._neg_view(p.detach())
+            if lib is ft and name == "AdamW":
+                before = p.detach().clone(), other.detach().clone()
+                with pytest.raises(ValueError, match="overlaps parameter 0 of the group"):
+                    opt.step()
+                assert torch.equal(p, before[0]) and torch.equal(other, before[1])
+                assert not opt.state
+                break
+            opt.step()
+        out.append(p.detach().clone())
+    if name != "AdamW":
+        torch.testing.assert_close(out[1], out[0], rtol=1e-6, atol=0)

@@ -11,7 +11,9 @@ call per param group (per distinct step count within it)::
 Each class subclasses its ``torch.optim`` namesake, so the constructor arguments, defaults and
 checks are torch's own, the state holds torch's keys and tensor types (``step`` is a float32
 scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters are
-CPU tensors with dense grads; grads that are None are skipped, as torch does.
+CPU tensors with dense grads; grads that are None are skipped, as torch does. A grad that is
+a negative view (``torch._neg_view(g)``, ``z.conj().imag``), which NumPy cannot view, is read
+from a copy of its value made at each step.
 
 A group's NumPy views and state are kept between steps; each step checks them in a few C-level
 passes over the group (the parameters, ``p.grad`` objects and data pointers, the state dicts
@@ -713,7 +715,13 @@ class _FastOptimizer(_Mixin):
                 if g.dtype != p.dtype:
                     raise TypeError(f"fastopt.torch: grad of parameter {where[i]} has dtype "
                                     f"{g.dtype}, expected {p.dtype} like the parameter")
-            views = [_array(g) for g in grads]
+            # a negative view (torch._neg_view(g), z.conj().imag), which numpy() refuses:
+            # torch steps with its value, so the kernels read a copy of it, made anew at
+            # every step (kept, it would miss writes to the grad); _run writes a clip's
+            # in-place scale of it back to the grad
+            if any(g.is_neg() for g in grads):
+                plan.keep = False
+            views = [_array(g.resolve_neg() if g.is_neg() else g) for g in grads]
         # the kernels check the shapes too, but only once the groups before have stepped (the
         # views' shapes are the grads', and NumPy's shape costs half of torch's)
         if list(map(_shape, views)) != plan.shapes:
@@ -972,15 +980,20 @@ class _FastOptimizer(_Mixin):
                        for m in ranges.get(r, ())]
             if not members:
                 continue
-            gview = _array(g)
+            # a negative view's kernels read a copy taken before the step (_view_grads), as
+            # torch reads it, unless torch writes the parameter first (a decoupled weight
+            # decay, or a clip's scale, which Adam's kernel would not apply to it)
+            copied = g.is_neg() and not (self._decays_own_grads(group)
+                                         or group.get(CLIP) is not None)
+            gview = _array(torch._neg_view(g) if g.is_neg() else g)     # (its memory)
             lo, hi = extent(gview)
             for key, i, t in members:
                 view = _array(t)
-                if key is None and i == k and same_memory(view, gview):
+                if key is None and i == k and same_memory(view, gview) and not g.is_neg():
                     alias.append(k)
                     continue
                 t_lo, t_hi = extent(view)
-                if lo < t_hi and t_lo < hi:
+                if lo < t_hi and t_lo < hi and not copied:
                     index = [j for j, has in enumerate(plan.has_grad) if has]
                     gi = self._group_index(group)
                     what = (f"parameter {index[i]} of the group" if key is None else
@@ -1110,9 +1123,11 @@ class _FastOptimizer(_Mixin):
                     # dtype's value); 16-bit ones are scaled by their kernel as it widens them
                     # (Adam's kernel scales them all, but for a grad that is its parameter
                     # itself, which clip_grad_norm_ scales: _refuse_clipped_aliases)
-                    for g, f in zip(gviews, plan.formats):
+                    for g, f, grad in zip(gviews, plan.formats, plan.live_grads):
                         if f is None:
                             np.multiply(g, g.dtype.type(factor), out=g)
+                            if grad.is_neg():   # g is a copy of it (_view_grads)
+                                grad.copy_(torch.from_numpy(g))
                     if self._SCALES:
                         factor = 1.0
         if plan.alias and self._decays_own_grads(group):

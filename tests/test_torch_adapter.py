@@ -1985,3 +1985,41 @@ def test_a_negative_view_of_its_own_parameter_as_grad(name, kwargs, group):
         out.append(p.detach().clone())
     if name != "AdamW":
         torch.testing.assert_close(out[1], out[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_state_with_its_negative_bit_set_steps_with_its_value(name, kwargs, dtype):
+    """State tensors that are negative views (``torch._neg_view``, assigned or loaded),
+    which NumPy cannot view: torch.optim steps them with their values, and so does
+    fastopt.torch (their values take their places in the state). A bfloat16 parameter's
+    float32 state and master against torch.optim on a float32 copy."""
+    wide = torch.float32 if dtype == torch.bfloat16 else dtype
+    init = _params(wide)[:4]
+    ours = [torch.nn.Parameter(t.to(dtype, copy=True)) for t in init]
+    theirs = [torch.nn.Parameter(t.to(dtype).to(wide, copy=True)) for t in init]
+    opt = getattr(ft, name)(ours, **kwargs)
+    ref = getattr(torch.optim, name)(theirs, foreach=False, **kwargs)
+    gen = torch.Generator().manual_seed(32)
+    for step in range(5):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn(a.shape, generator=gen).to(dtype)
+            b.grad = a.grad.to(wide)
+        opt.step()
+        ref.step()
+        if step == 1:
+            for o in (opt, ref):
+                for state in o.state.values():
+                    for key, value in state.items():
+                        if key != "step":
+                            state[key] = torch._neg_view(-value)
+                            assert state[key].is_neg()
+    if dtype == torch.bfloat16:
+        masters = [opt.state[p]["master_param"] for p in ours]
+        assert _ulps(masters, theirs) <= 4
+        for a, b in zip(opt.state.values(), ref.state.values()):
+            for key in b:
+                torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+    else:
+        assert_trajectories_close(ours, theirs, opt, ref)

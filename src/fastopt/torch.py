@@ -795,8 +795,14 @@ class _FastOptimizer(_Mixin):
             # torch.set_default_dtype(torch.float64), as torch's own), one of another shape
             # with one element is made 0-d; the checks below refuse the others
             narrow += [key for key in self._SCALAR_STATE if _odd_scalar(state.get(key))]
-            if missing or narrow:
+            # a negative view (torch._neg_view(t), assigned or loaded), which numpy() refuses
+            # and torch steps in place: its value takes its place
+            negs = [key for key, value in state.items() if key != "step"
+                    and isinstance(value, torch.Tensor) and value.is_neg()]
+            if missing or narrow or negs:
                 state = dict(state)
+                for key in negs:
+                    state[key] = state[key].resolve_neg()
                 for key in missing:
                     state[key] = _fresh_master(p) if key == MASTER else _zeros(p)
                 for key in narrow:

@@ -2023,3 +2023,44 @@ def test_state_with_its_negative_bit_set_steps_with_its_value(name, kwargs, dtyp
                 torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
     else:
         assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_parameter_with_its_negative_bit_set_steps_in_place(name, kwargs, dtype):
+    """A parameter whose ``.data`` is a negative view (``p.data = torch._neg_view(x)``),
+    which NumPy cannot view: torch.optim steps it in place, through the view (its storage
+    holds the negated values), and so does fastopt.torch, writes to it between steps seen.
+    A bfloat16 parameter's master against torch.optim on a float32 copy."""
+    wide = torch.float32 if dtype == torch.bfloat16 else dtype
+    init = [t.to(dtype) for t in _params(wide)[:4]]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.to(wide, copy=True)) for t in init]
+    storages = []
+    for p in ours[:3]:
+        p.data = torch._neg_view(-p.detach())
+        storages.append(torch._neg_view(p.detach()))    # the storage's own values: -p
+    opt = getattr(ft, name)(ours, **kwargs)
+    ref = getattr(torch.optim, name)(theirs, foreach=False, **kwargs)
+    gen = torch.Generator().manual_seed(33)
+    for step in range(5):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn(a.shape, generator=gen).to(dtype)
+            b.grad = a.grad.to(wide)
+        if step == 3:       # a write between steps (through the view) is seen
+            with torch.no_grad():
+                ours[0].mul_(0.5)
+                theirs[0].copy_(ours[0])
+        opt.step()
+        ref.step()
+    assert all(p.is_neg() for p in ours[:3])
+    for p, s in zip(ours, storages):
+        assert torch.equal(s, -p.detach())
+    if dtype == torch.bfloat16:
+        masters = [opt.state[p]["master_param"] for p in ours]
+        assert _ulps(masters, theirs) <= 4
+        for p, m in zip(ours, masters):
+            assert torch.equal(p.detach(), m.to(dtype))
+    else:
+        assert_trajectories_close(ours, theirs, opt, ref)

@@ -13,7 +13,8 @@ checks are torch's own, the state holds torch's keys and tensor types (``step`` 
 scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters are
 CPU tensors with dense grads; grads that are None are skipped, as torch does. A grad that is
 a negative view (``torch._neg_view(g)``, ``z.conj().imag``), which NumPy cannot view, is read
-from a copy of its value made at each step.
+from a copy of its value made at each step; a parameter that is one is stepped as a copy that
+is then written back through it, and a state tensor that is one is replaced by its value.
 
 A group's NumPy views and state are kept between steps; each step checks them in a few C-level
 passes over the group (the parameters, ``p.grad`` objects and data pointers, the state dicts
@@ -236,6 +237,12 @@ def _array(t):
     return t.view(torch.int16).numpy().view(np.uint16) if t.dtype in _HALF else t.numpy()
 
 
+def _memory(t):
+    """A NumPy view of ``t``'s memory, for comparing memory: a negative view's is its
+    storage's values (torch._neg_view of it)."""
+    return _array(torch._neg_view(t) if t.is_neg() else t)
+
+
 def _check_clip(max_grad_norm):
     if max_grad_norm is not None and not (
             isinstance(max_grad_norm, numbers.Real) and not isinstance(max_grad_norm, bool)
@@ -309,7 +316,7 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split")
+                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -818,7 +825,13 @@ class _FastOptimizer(_Mixin):
                 _check_state_like(MASTER, where[i], s[MASTER], live[i], torch.float32)
         masters = [None if f is None else _array(s[MASTER])
                    for f, s in zip(plan.formats, plan.states)]
-        plan.pviews = [_array(p) for p in live]
+        # a negative view (p.data = torch._neg_view(x)), which numpy() refuses: the kernels
+        # step a copy of its value, written back through it after them (_run); strides that
+        # no parameter has make the plan anew at every step, so that the copy is never stale
+        plan.negs = [k for k, p in enumerate(live) if p.is_neg()]
+        plan.pviews = [_array(p.resolve_neg() if p.is_neg() else p) for p in live]
+        if plan.negs:
+            plan.strides = [None] * len(live)
         half = any(f is not None for f in plan.formats)
         # the grads' dtypes _view_grads expects: their views' (float parameters), or the
         # 16-bit parameters' own (if all are 16-bit; a mixed group checks each grad)
@@ -928,7 +941,7 @@ class _FastOptimizer(_Mixin):
         for members in self._by_range(plan, written).values():
             if len(members) < 2:
                 continue
-            spans = sorted((*extent(_array(t)), key is not None, k, key or "")
+            spans = sorted((*extent(_memory(t)), key is not None, k, key or "")
                            for key, k, t in members)
             reach, other = spans[0][1], spans[0][2:]
             for lo, hi, *this in spans[1:]:
@@ -991,11 +1004,12 @@ class _FastOptimizer(_Mixin):
             # decay, or a clip's scale, which Adam's kernel would not apply to it)
             copied = g.is_neg() and not (self._decays_own_grads(group)
                                          or group.get(CLIP) is not None)
-            gview = _array(torch._neg_view(g) if g.is_neg() else g)     # (its memory)
+            gview = _memory(g)
             lo, hi = extent(gview)
             for key, i, t in members:
-                view = _array(t)
-                if key is None and i == k and same_memory(view, gview) and not g.is_neg():
+                view = _memory(t)
+                if (key is None and i == k and same_memory(view, gview)
+                        and not g.is_neg() and not t.is_neg()):
                     alias.append(k)
                     continue
                 t_lo, t_hi = extent(view)
@@ -1174,6 +1188,11 @@ class _FastOptimizer(_Mixin):
             raise
         _increment_versions(plan.params)
         if not plan.keep:
+            # (a plan with a parameter that is a negative view is never kept: _make_plan)
+            for k in plan.negs:
+                p, view = plan.params[k], plan.pviews[k]
+                p.detach().copy_(torch.from_numpy(view) if plan.formats[k] is None else
+                                 torch.from_numpy(view.view(np.int16)).view(p.dtype))
             # grads new to this step (after zero_grad(), whose default sets them to None)
             # are held by weak references only, so that they are freed with p.grad, as with
             # torch.optim, not held through the next backward

@@ -504,3 +504,31 @@ def test_the_first_groups_overlap_its_kernels_refuse_is_named(name, second):
                                          "parameter 0 of the group"):
         opt.step()
     _same(before, _snapshot(opt))
+
+
+@pytest.mark.parametrize("name,key,value,match", [
+    ("Adam", "step", -5.0, r"Invalid step: -4\.0"),
+    ("Adagrad", "step", float("nan"), r"Invalid step: nan"),
+    ("Adamax", "step", -1.0, r"Invalid step: 0\.0"),
+    ("RAdam", "step", -3.0, r"Invalid step: -2\.0"),
+    ("NAdam", "step", -3.0, r"Invalid step: -2\.0"),
+    ("NAdam", "mu_product", 1.5, r"Invalid mu_product: 1\.5"),
+    ("NAdam", "mu_product", float("nan"), r"Invalid mu_product: nan")])
+@pytest.mark.parametrize("where", ["second group", "second call of one group"])
+def test_a_step_count_or_mu_product_the_step_refuses_raises_before_anything_steps(
+        name, key, value, match, where):
+    """A step count (or NAdam's mu_product) loaded or assigned that the kernels' scalars
+    refuse (a count below 0 or NaN: the step would be below 1) raises before any group, or
+    any call of its own group (parameters whose counts differ), has stepped."""
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    groups = [{"params": [a]}, {"params": [b]}] if where == "second group" else [a, b]
+    opt = getattr(ft, name)(groups)
+    a.grad, b.grad = torch.ones(2), torch.ones(3)
+    opt.step()
+    opt.state[b][key] = torch.tensor(value)
+    if where != "second group" and key != "step":
+        opt.state[b]["step"] = torch.tensor(5.0)    # a call of its own, after a's
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    _same(before, _snapshot(opt))

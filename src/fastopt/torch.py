@@ -22,12 +22,13 @@ and tensors and their data pointers, the options that need more state), so a cha
 between steps (a ``.data`` reassigned, new grads, state assigned or loaded) is picked up by
 the next one (a ``.data`` of the same storage with other strides or shape, ``p.data =
 p.data.t()``, included). A group's ``step`` counts are 0-d views of one tensor, advanced with
-one operation; a ``step`` assigned from elsewhere is copied into it. Every group's tensors
-and hyper-parameters are checked before any group is stepped, so a step that raises on them
-changes nothing: that includes a state tensor whose dtype or shape is not its parameter's
-(``model.double()`` after some steps, which torch.optim's SGD and Adagrad step in mixed
-dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts the state) and
-an expanded parameter (stride 0), which torch.optim refuses too. A parameter listed twice in a
+one operation; a ``step`` assigned from elsewhere is copied into it. Every group's tensors,
+hyper-parameters and loaded step counts (a count below 0 or NaN, which the kernels' scalars
+refuse; NAdam's ``mu_product`` outside [0, 1]) are checked before any group is stepped, so a
+step that raises on them changes nothing: that includes a state tensor whose dtype or shape is
+not its parameter's (``model.double()`` after some steps, which torch.optim's SGD and Adagrad
+step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
+the state) and an expanded parameter (stride 0), which torch.optim refuses too. A parameter listed twice in a
 group (torch.optim warns, then steps it once per occurrence), parameters or state tensors of
 a group whose memory overlaps (views of one buffer, or separate storages over one memory such
 as ``torch.from_numpy`` of overlapping slices; the kernels compare memory bounds, so
@@ -115,7 +116,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
-from ._hyper import NONNEG, UNIT
+from ._hyper import NONNEG, STEP, UNIT, check_reals
 from ._validate import extent, same_memory
 from .reference import lowp
 
@@ -406,6 +407,7 @@ class _FastOptimizer(_Mixin):
     """
 
     _STEPPED = True         # the state has torch's ``step`` count
+    _STEP_SCALARS = True    # (if stepped) the kernels' scalars depend on it, and ops checks it
     _decoupled = False      # the weight decay is always decoupled (AdamW)
     _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
@@ -865,6 +867,7 @@ class _FastOptimizer(_Mixin):
                 plan.views[key] = [_array(t) for t in tensors]
         if self._STEPPED:
             self._count_steps(plan, old)
+            self._check_counts(plan)
         # what _plan_holds checks: the states' entries by identity, and the data pointers of
         # the parameters, the state tensors the step uses and the grads
         plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
@@ -1120,6 +1123,18 @@ class _FastOptimizer(_Mixin):
                 state = plan.states[k] = dict(state)
             state["step"] = steps[k] = plan.slots[j]
 
+    def _check_counts(self, plan):
+        """ValueError, as :meth:`_update`'s scalars would raise it, for a step count they
+        refuse (below 0 or NaN, loaded or assigned: the step would be below 1), here where
+        the plan is made, before any group steps (or any call of this group, whose
+        parameters' counts may differ); the step advances valid counts only."""
+        if not self._STEP_SCALARS:
+            return
+        counts = plan.counts if plan.live_index is _ALL else plan.counts[plan.live_index]
+        for count in counts.tolist():
+            if not count >= 0:
+                check_reals(step=(count + 1, STEP))
+
     def _run(self, group, plan):
         """The kernel calls for one group, one per distinct step count (torch counts steps
         per parameter); then the new counts and any new state are stored. Returns the grads'
@@ -1361,6 +1376,7 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
 
     _KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     _KERNEL = "rmsprop"
+    _STEP_SCALARS = False   # torch counts its steps, and steps any count
 
     def _state_keys(self, group):
         return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
@@ -1469,6 +1485,7 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
 
     _KEYS = ("lr", "rho", "eps", "weight_decay", "maximize")
     _KERNEL = "adadelta"
+    _STEP_SCALARS = False   # torch counts its steps, and steps any count
 
     def _state_keys(self, group):
         return ("square_avg", "acc_delta")
@@ -1533,6 +1550,12 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         # products that differ, or are multiplied in other dtypes, take calls of their own
         return super()._splits(plan) or len(
             {(float(m), m.dtype) for m in plan.cols["mu_product"]}) > 1
+
+    def _check_counts(self, plan):
+        # and the products (the step multiplies a valid one by a factor in [0, 1))
+        super()._check_counts(plan)
+        for product in plan.tensors["mu_product"]:
+            check_reals(mu_product=(float(product), UNIT))
 
     def _check_group(self, group):
         ops._nadam_scalars(1, 1.0, _number(group["lr"]), tuple(group["betas"]), group["eps"],

@@ -2064,3 +2064,35 @@ def test_a_parameter_with_its_negative_bit_set_steps_in_place(name, kwargs, dtyp
             assert torch.equal(p.detach(), m.to(dtype))
     else:
         assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_zero_tensor_grad_steps_as_zeros(name, kwargs, dtype):
+    """A grad that is one of autograd's efficient zero tensors (``torch._efficientzerotensor``,
+    which has no memory and which NumPy cannot view): torch.optim steps with zeros, and so
+    does fastopt.torch (a bfloat16 master against torch.optim on a float32 copy)."""
+    wide = torch.float32 if dtype == torch.bfloat16 else dtype
+    init = [t.to(dtype) for t in _params(wide)[:4]]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.to(wide, copy=True)) for t in init]
+    opt = getattr(ft, name)(ours, weight_decay=0.1, **{k: v for k, v in kwargs.items()
+                                                      if k != "weight_decay"})
+    ref = getattr(torch.optim, name)(theirs, foreach=False, weight_decay=0.1,
+                                     **{k: v for k, v in kwargs.items() if k != "weight_decay"})
+    gen = torch.Generator().manual_seed(34)
+    for step in range(4):
+        for k, (a, b) in enumerate(zip(ours, theirs)):
+            if (k + step) % 2:
+                a.grad = torch._efficientzerotensor(a.shape, dtype=dtype)
+                b.grad = torch._efficientzerotensor(b.shape, dtype=wide)
+            else:
+                a.grad = torch.randn(a.shape, generator=gen).to(dtype)
+                b.grad = a.grad.to(wide)
+        opt.step()
+        ref.step()
+    if dtype == torch.bfloat16:
+        assert _ulps([opt.state[p]["master_param"] for p in ours], theirs) <= 4
+    else:
+        assert_trajectories_close(ours, theirs, opt, ref)

@@ -12,9 +12,10 @@ Each class subclasses its ``torch.optim`` namesake, so the constructor arguments
 checks are torch's own, the state holds torch's keys and tensor types (``step`` is a float32
 scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters are
 CPU tensors with dense grads; grads that are None are skipped, as torch does. A grad that is
-a negative view (``torch._neg_view(g)``, ``z.conj().imag``), which NumPy cannot view, is read
-from a copy of its value made at each step; a parameter that is one is stepped as a copy that
-is then written back through it, and a state tensor that is one is replaced by its value.
+a negative view (``torch._neg_view(g)``, ``z.conj().imag``) or an efficient zero tensor
+(autograd's ``torch._efficientzerotensor``), which NumPy cannot view, is read from a copy of
+its value made at each step; a parameter that is a negative view is stepped as a copy that is
+then written back through it, and a state tensor that is one is replaced by its value.
 
 A group's NumPy views and state are kept between steps; each step checks them in a few C-level
 passes over the group (the parameters, ``p.grad`` objects and data pointers, the state dicts
@@ -724,13 +725,15 @@ class _FastOptimizer(_Mixin):
                 if g.dtype != p.dtype:
                     raise TypeError(f"fastopt.torch: grad of parameter {where[i]} has dtype "
                                     f"{g.dtype}, expected {p.dtype} like the parameter")
-            # a negative view (torch._neg_view(g), z.conj().imag), which numpy() refuses:
-            # torch steps with its value, so the kernels read a copy of it, made anew at
-            # every step (kept, it would miss writes to the grad); _run writes a clip's
-            # in-place scale of it back to the grad
-            if any(g.is_neg() for g in grads):
+            # a negative view (torch._neg_view(g), z.conj().imag) or an efficient zero tensor
+            # (autograd's, without memory), which numpy() refuses: torch steps with its value,
+            # so the kernels read a copy of it, made anew at every step (kept, it would miss
+            # writes to the grad); _run writes a clip's in-place scale of a negative view
+            # back to the grad
+            copied = [g.is_neg() or g._is_zerotensor() for g in grads]
+            if any(copied):
                 plan.keep = False
-            views = [_array(g.resolve_neg() if g.is_neg() else g) for g in grads]
+            views = [_array(g.clone() if copy else g) for g, copy in zip(grads, copied)]
         # the kernels check the shapes too, but only once the groups before have stepped (the
         # views' shapes are the grads', and NumPy's shape costs half of torch's)
         if list(map(_shape, views)) != plan.shapes:
@@ -978,7 +981,11 @@ class _FastOptimizer(_Mixin):
         storage overlaps the last range starting before its end if it starts before that
         range ends)."""
         stores = list(map(_storage, grads))
-        starts = list(map(_storage_ptr, stores))
+        try:
+            starts = list(map(_storage_ptr, stores))
+        except RuntimeError:    # an efficient zero tensor (autograd's) has no memory
+            starts = [0 if g._is_zerotensor() else _storage_ptr(store)
+                      for g, store in zip(grads, stores)]
         ends = map(operator.add, starts, map(_storage_nbytes, stores))
         reach = map(plan.wreach.__getitem__, map(bisect_left, repeat(plan.wstarts), ends))
         return (self._grad_overlaps(plan, group, grads) if any(map(operator.lt, starts, reach))
@@ -994,7 +1001,7 @@ class _FastOptimizer(_Mixin):
         ranges = self._by_range(plan, self._written(plan))
         alias = []
         for k, g in enumerate(grads):
-            if not g.numel():
+            if not g.numel() or g._is_zerotensor():     # (no memory)
                 continue
             lo, hi = _storage_span(g)
             members = [m for r in range(max(bisect_right(plan.wstarts, lo) - 1, 0),

@@ -29,13 +29,13 @@ refuse; NAdam's ``mu_product`` outside [0, 1]) are checked before any group is s
 step that raises on them changes nothing: that includes a state tensor whose dtype or shape is
 not its parameter's (``model.double()`` after some steps, which torch.optim's SGD and Adagrad
 step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
-the state) and an expanded parameter (stride 0), which torch.optim refuses too. A parameter listed twice in a
-group (torch.optim warns, then steps it once per occurrence), parameters or state tensors of
-a group whose memory overlaps (views of one buffer, or separate storages over one memory such
-as ``torch.from_numpy`` of overlapping slices; the kernels compare memory bounds, so
-interleaved views count too), or a grad whose memory overlaps a parameter or state tensor of
-its group (other than a parameter that is its own grad, ``p.grad = p.detach()``, which is
-stepped as torch steps it: a decoupled weight decay decays its grad with it), raise
+the state) and an expanded parameter (stride 0), which torch.optim refuses too. A parameter
+listed twice in a group (torch.optim warns, then steps it once per occurrence), parameters or
+state tensors of a group whose memory overlaps (views of one buffer, or separate storages
+over one memory such as ``torch.from_numpy`` of overlapping slices; the kernels compare memory
+bounds, so interleaved views count too), or a grad whose memory overlaps a parameter or state
+tensor of its group (other than a parameter that is its own grad, ``p.grad = p.detach()``,
+which is stepped as torch steps it: a decoupled weight decay decays its grad with it), raise
 ``ValueError`` at the step, before any group has stepped (torch.optim steps them one after
 the other). A param group popped from ``param_groups`` is forgotten at the next step (its
 parameters' state stays in ``opt.state``, as in torch.optim).

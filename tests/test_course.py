@@ -445,6 +445,33 @@ def test_a_bad_hyper_parameter_is_named_as_the_course_names_it(backend, call, ex
     assert not any(a.any() for a in (*v.values(), *s.values()))
 
 
+@pytest.mark.parametrize("call,name", [
+    (lambda p, g, v, s: course.update_parameters_with_gd(p, g, 10**400), "learning_rate"),
+    (lambda p, g, v, s: course.update_parameters_with_momentum(p, g, v, 0.9, 10**400),
+     "learning_rate"),
+    (lambda p, g, v, s: course.update_parameters_with_adam(p, g, v, s, 1, learning_rate=10**400),
+     "learning_rate"),
+    (lambda p, g, v, s: course.update_parameters_with_adam(p, g, v, s, 1, epsilon=10**400),
+     "epsilon"),
+    (lambda p, g, v, s: course.update_parameters_with_adam(p, g, v, s, 10**400), "t"),
+    (lambda p, g, v, s: course.update_lr(10**400, 2, 0.5), "learning_rate0"),
+    (lambda p, g, v, s: course.schedule_lr_decay(0.1, 2, 10**400), "decay_rate")])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_hyper_parameter_past_the_float_range_is_named_as_the_course_names_it(backend, call,
+                                                                               name):
+    """An int past the float range passed the course's checks: the kernel refused it under its
+    own name (lr, eps, step), and update_lr raised OverflowError naming nothing. Now it is a
+    ValueError naming the course's argument, and nothing is updated."""
+    params, grads = params_and_grads(np.float64)
+    before = {k: a.copy() for k, a in params.items()}
+    v, s = course.initialize_adam(params)
+    with fo.use_backend(backend), pytest.raises(ValueError,
+                                                match=rf"^Invalid {name}: 1000.*float range"):
+        call(params, grads, v, s)
+    assert all(np.array_equal(params[k], before[k]) for k in params)
+    assert not any(a.any() for a in (*v.values(), *s.values()))
+
+
 @pytest.mark.parametrize("call,exc,name", [
     (lambda: course.update_parameters_with_gd({}, {}, -0.1), ValueError, "learning_rate"),
     (lambda: course.update_parameters_with_gd({}, {}, None), TypeError, "learning_rate"),

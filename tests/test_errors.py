@@ -437,6 +437,38 @@ def test_bad_hyper_parameters_at_construction_are_named(name, kwargs):
             getattr(fo, name)(two_params(), **kw)
 
 
+@pytest.mark.parametrize("name,kwargs", CONFIGS + [("Lion", {})],
+                         ids=CONFIG_IDS + ["Lion"])
+def test_a_hyper_parameter_past_the_float_range_is_refused_at_construction(name, kwargs):
+    """An int past the float range (lr=10**400) passed the construction's range checks and was
+    refused only at the first step, by the kernel, under its name for the argument (RMSprop's
+    beta for alpha). Now construction refuses it, naming the argument; so do the lr setter
+    and a param group edited before a step (nothing written)."""
+    opt = getattr(fo, name)(two_params(), **kwargs)
+    keys = [k for k, v in opt.param_groups[0].items()
+            if k not in ("params", "param_names") and not isinstance(v, (bool, tuple))]
+    assert "lr" in keys
+    for key in keys:        # (beta, rho: out of [0, 1] too)
+        with pytest.raises(ValueError, match=rf"^Invalid {key}: 10+ \(must be"):
+            getattr(fo, name)(two_params(), **dict(kwargs, **{key: 10**400}))
+    # (an int too long for repr: its size shown)
+    with pytest.raises(ValueError, match=r"^Invalid lr: an int of 16610 bits \(must be within"):
+        getattr(fo, name)(two_params(), **dict(kwargs, lr=10**5000))
+    if name == "RMSprop":                   # the course's name for alpha: torch's in the error
+        with pytest.raises(ValueError, match=r"^Invalid alpha: 1000.*float range"):
+            fo.RMSprop(two_params(), beta=10**400)
+    params = two_params()
+    opt = getattr(fo, name)(params, **kwargs)
+    with pytest.raises(ValueError, match=r"^Invalid lr: 1000.*float range"):
+        opt.lr = 10**400
+    assert opt.param_groups[0]["lr"] == kwargs.get("lr", opt.defaults["lr"])
+    opt.param_groups[0]["lr"] = 10**400
+    before = opt_snapshot(opt, params)
+    with pytest.raises(ValueError, match=r"^Invalid lr: 1000.*float range"):
+        opt.step(two_grads())
+    assert opt_snapshot(opt, params) == before
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("name,kwargs", CONFIGS, ids=CONFIG_IDS)
 def test_a_hyper_parameter_set_later_is_checked_at_step_and_nothing_changes(backend, name,

@@ -26,8 +26,19 @@ STEP = (1.0, None, False)       # step counts start at 1
 BETAS = None                    # a pair in [0, 1), see check_betas
 
 
+class Count(tuple):
+    """The bounds of a count of epochs (``Count(NONNEG)``): an int past the float range is
+    taken, its arithmetic being exact (``epoch // every``) or having a limit there."""
+
+
+COUNT = Count(NONNEG)           # an epoch: [0, inf], any int
+
+
 def check_real(name, value, bounds=NONNEG):
-    """Raise unless ``value`` is a real number in ``bounds`` = (lo, hi or None, hi open)."""
+    """Raise unless ``value`` is a real number in ``bounds`` = (lo, hi or None, hi open) and,
+    unless ``bounds`` is a :class:`Count`, within the float range (it ends up a float: an int
+    past the range passed the bounds and was refused by a kernel at the first step, under
+    the kernel's name)."""
     check_real_type(name, value)
     lo, hi, hi_open = bounds
     ok = value >= lo
@@ -40,7 +51,28 @@ def check_real(name, value, bounds=NONNEG):
             bound = f"in [{lo:g}, {hi:g}{')' if hi_open else ']'}"
         if name == "step":
             bound += ", the step count starts at 1"
-        raise ValueError(f"Invalid {name}: {value!r} (must be {bound})")
+        raise ValueError(f"Invalid {name}: {_shown(value)} (must be {bound})")
+    if type(value) is not float and not isinstance(bounds, Count):
+        _to_float(name, value)
+
+
+def _to_float(name, value):
+    """``float(value)``; ValueError naming ``name`` for a value past the float range (an int
+    or a Fraction, which float() raised OverflowError for, naming nothing)."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"Invalid {name}: {_shown(value)} (must be within the float "
+                         "range)") from None
+
+
+def _shown(value):
+    """``repr(value)``, or a description of an int too long for it (repr raised ValueError
+    past sys.get_int_max_str_digits(), naming nothing)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"an int of {value.bit_length()} bits"
 
 
 def check_real_type(name, value):
@@ -101,11 +133,7 @@ def as_real(name, value):
     OverflowError for, naming nothing)."""
     if not (isinstance(value, float) or type(value) in _PLAIN_REALS):
         check_real_type(name, value)
-    try:
-        return float(value)
-    except OverflowError:
-        raise ValueError(f"Invalid {name}: {value!r} (must be within the float "
-                         "range)") from None
+    return _to_float(name, value)
 
 
 def as_flag(name, value):

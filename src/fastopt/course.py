@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import ops, schedules
-from ._hyper import FINITE, NONNEG, STEP, UNIT_OPEN, check_real, check_reals
+from ._hyper import COUNT, FINITE, NONNEG, STEP, UNIT_OPEN, Count, check_real, check_reals
 from ._validate import check_disjoint, check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
@@ -409,7 +409,7 @@ def update_lr(learning_rate0: float, epoch_num: int, decay_rate: float) -> float
         An argument < 0, or an infinite ``learning_rate0`` or ``decay_rate`` (NaN
         included; named).
     """
-    check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, NONNEG),
+    check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, COUNT),
                 decay_rate=(decay_rate, FINITE))      # (under the course's names)
     return schedules.inverse_time_decay(learning_rate0, decay_rate)(epoch_num)
 
@@ -444,8 +444,8 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
         An argument < 0, an infinite ``learning_rate0`` or ``decay_rate``, or
         ``time_interval`` < 1 (NaN included; named).
     """
-    check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, NONNEG),
-                decay_rate=(decay_rate, FINITE), time_interval=(time_interval, STEP))
+    check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, COUNT),
+                decay_rate=(decay_rate, FINITE), time_interval=(time_interval, Count(STEP)))
     # the inverse-time decay of the intervals completed
     try:
         intervals = float(np.floor(epoch_num / time_interval))

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ._hyper import FINITE, NONNEG, check_real
+from ._hyper import COUNT, FINITE, Count, check_real
 
 Schedule = Callable[[int], float]     # epoch -> learning rate
 
@@ -26,7 +26,7 @@ class HasLR(Protocol):
     def lr(self, value: float) -> None: ...
 
 
-_EVERY = (1.0, math.inf, True)  # staircase's epochs per stair
+_EVERY = Count((1.0, math.inf, True))  # staircase's epochs per stair
 
 
 def _python(x):
@@ -84,7 +84,7 @@ class _Schedule:
         return hash((type(self), tuple(getattr(self, f) for f in self._fields)))
 
     def __call__(self, epoch: int) -> float:
-        check_real("epoch", epoch, NONNEG)
+        check_real("epoch", epoch, COUNT)
         return float(self._lr(_python(epoch)))
 
     def _lr(self, epoch):

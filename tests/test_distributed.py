@@ -383,6 +383,29 @@ def test_one_rank_refuses_a_grad_under_both_its_name_and_d_name_as_the_plain_opt
     np.testing.assert_array_equal(arena.flat_params, before)
 
 
+def test_one_rank_gives_no_parameter_another_parameters_grad_as_the_plain_optimizer():
+    # parameters named W and dW: step({"dW": g}) gave g to both (W fell back to the course's
+    # key 'dW'); int names: TypeError "can only concatenate str (not "int") to str"
+    comm, ShardedOptimizer = _one_rank()
+    arena, ref = _arena(np.float64), _arena(np.float64)
+    opt = ShardedOptimizer(fo.SGD, {"W": arena.params["W"], "dW": arena.params["b"]},
+                           comm=comm, lr=1.0)
+    plain = fo.SGD({"W": ref.params["W"], "dW": ref.params["b"]}, lr=1.0)
+    before = arena.flat_params.copy()
+    for o, prefix in ((plain, ""), (opt, "rank 0 of 1: ")):
+        with pytest.raises(ValueError, match=rf"^{prefix}grads has no entry for parameter "
+                                             r"'W' \(expected key 'W'\)"):
+            o.step({"dW": np.ones(3)})
+    np.testing.assert_array_equal(arena.flat_params, before)
+    opt.step({"W": np.ones((3, 4)), "dW": np.full(3, 2.0)})
+    np.testing.assert_array_equal(arena.flat_params, before - np.array([1.0] * 12 + [2.0] * 3))
+    opt = ShardedOptimizer(fo.SGD, {0: arena.params["W"], 1: arena.params["b"]},
+                           comm=comm, lr=1.0)
+    with pytest.raises(ValueError, match=r"^rank 0 of 1: grads has no entry for parameter 1 "
+                                         r"\(expected key 1\)"):
+        opt.step({0: np.ones((3, 4))})
+
+
 def test_one_rank_pickle_and_copy_are_refused_pointing_to_state_dict():
     # was: a deepcopy or unpickled copy held copies of the arena's buffers apart from the
     # copied arena, so its steps never reached the copy's parameters (silently no training)

@@ -36,11 +36,10 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
                       "(mpi4py and the mpich wheel)") from exc
 
 from . import _validate
-from .arena import ParameterArena, _GradDict
-from .optim import Grads, Optimizer, Params, _doubled_key, _first_readonly, _stray_keys
+from .arena import ParameterArena
+from .optim import Grads, Optimizer, Params, _by_name, _first_readonly
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
-_MISSING = object()
 _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
 
 
@@ -422,25 +421,9 @@ class ShardedOptimizer:
             if self._names is None:
                 raise ValueError("grads is a dict but params were not given by name; pass a "
                                  "sequence of grads in parameter order")
-            matched = []
-            for name in self._names:
-                g = grads.get(name, _MISSING)
-                if g is _MISSING:
-                    g = grads.get("d" + name, _MISSING)
-                if g is _MISSING:
-                    raise ValueError(f"grads has no entry for parameter {name!r} "
-                                     f"(expected key {name!r} or {'d' + name!r})")
-                matched.append(g)
-            # as the plain optimizer: a grad under a parameter-like name that no parameter has
-            # is a mistake (another arena's grads hold every one of its parameters)
-            if len(grads) > len(matched) and not isinstance(grads, _GradDict):
-                doubled = _doubled_key(grads, self._names)
-                if doubled:
-                    raise ValueError(doubled)
-                strays = _stray_keys(grads, self._names)
-                if strays:
-                    raise ValueError(f"grads has {', '.join(strays)} but there is no such "
-                                     "parameter (keys are a parameter's name or 'd' + name)")
+            # as the plain optimizer (its code: this one's gave a parameter W the grad of a
+            # parameter named dW, and raised TypeError for int names)
+            matched = _by_name(grads, self._names)
         elif isinstance(grads, (list, tuple)):
             if len(grads) != len(self._views):
                 raise ValueError(f"grads has {len(grads)} entries, expected "

@@ -68,6 +68,43 @@ def _doubled_key(grads, names):
     return None
 
 
+def _by_name(grads, names):
+    """The grads of the parameters ``names`` from the dict ``grads``, in order: each under its
+    name or the course's ``"d" + name``; ValueError for a parameter with neither, or for
+    keys :func:`_doubled_key` or :func:`_stray_keys` find (shared with ShardedOptimizer)."""
+    matched, known = [], None
+    for name in names:
+        g = grads.get(name, _MISSING)
+        if g is _MISSING:
+            key = _course_key(name)
+            g = _MISSING if key is None else grads.get(key, _MISSING)
+            if g is not _MISSING:
+                # not when "d" + name is another parameter's own name ('W' beside 'dW':
+                # grads["dW"] is dW's, and W has none)
+                if known is None:
+                    known = set(names)
+                if key in known:
+                    g = _MISSING
+            if g is _MISSING:
+                expected = (repr(name) if key is None or key in (known or ()) else
+                            f"{name!r} or {key!r}")
+                raise ValueError(f"grads has no entry for parameter {name!r} "
+                                 f"(expected key {expected})")
+        matched.append(g)
+    # more keys than parameters: the course's caches (dA1, dZ1) ride along, but a parameter's
+    # grad under a name no parameter has is a mistake (the arena's grads hold every arena
+    # parameter's, for optimizers over a part of them)
+    if len(grads) > len(matched) and not isinstance(grads, _GradDict):
+        doubled = _doubled_key(grads, names)
+        if doubled:
+            raise ValueError(doubled)
+        strays = _stray_keys(grads, names)
+        if strays:
+            raise ValueError(f"grads has {', '.join(strays)} but there is no such "
+                             "parameter (keys are a parameter's name or 'd' + name)")
+    return matched
+
+
 def _course_key(name):
     """The course's key for parameter ``name``'s grad, ``"d" + name``; None for a name that is
     not a str (a params dict keyed by ints or tuples: such a key is matched as it is)."""
@@ -500,40 +537,7 @@ class Optimizer:
             if not self._named:
                 raise ValueError("grads is a dict but params were not given by name; pass a "
                                  "sequence of grads in parameter order")
-            matched, names = [], None
-            for group in self.param_groups:
-                for name in group["param_names"]:
-                    g = grads.get(name, _MISSING)
-                    if g is _MISSING:
-                        key = _course_key(name)
-                        g = _MISSING if key is None else grads.get(key, _MISSING)
-                        if g is not _MISSING:
-                            # not when "d" + name is another parameter's own name ('W' beside
-                            # 'dW': grads["dW"] is dW's, and W has none)
-                            if names is None:
-                                names = {n for gr in self.param_groups
-                                         for n in gr["param_names"]}
-                            if key in names:
-                                g = _MISSING
-                        if g is _MISSING:
-                            expected = (repr(name) if key is None or key in (names or ()) else
-                                        f"{name!r} or {key!r}")
-                            raise ValueError(f"grads has no entry for parameter {name!r} "
-                                             f"(expected key {expected})")
-                    matched.append(g)
-            # more keys than parameters: the course's caches (dA1, dZ1) ride along, but a
-            # parameter's grad under a name no parameter has is a mistake (the arena's grads
-            # hold every arena parameter's, for optimizers over a part of them)
-            if len(grads) > len(matched) and not isinstance(grads, _GradDict):
-                names = [n for g in self.param_groups for n in g["param_names"]]
-                doubled = _doubled_key(grads, names)
-                if doubled:
-                    raise ValueError(doubled)
-                strays = _stray_keys(grads, names)
-                if strays:
-                    raise ValueError(f"grads has {', '.join(strays)} but there is no such "
-                                     "parameter (keys are a parameter's name or 'd' + name)")
-            return matched
+            return _by_name(grads, [n for g in self.param_groups for n in g["param_names"]])
         if isinstance(grads, (list, tuple)) and self._named:
             raise ValueError("params were given by name (a dict): pass grads as a dict keyed "
                              "by name or 'd' + name, not a sequence")

@@ -272,6 +272,26 @@ def test_rmsprop_groups_and_state_dicts_say_alpha_and_beta_is_an_alias():
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_rmsprop_param_group_takes_beta_as_alpha(backend):
+    """A param group's beta (the course's name for alpha) was kept as an unknown key and
+    ignored: the group stepped with the default alpha 0.99. It is now the group's alpha;
+    both in one group is the constructor's TypeError, and nothing is added."""
+    p, q = np.ones(3), np.ones(2)
+    with fo.use_backend(backend):
+        opt = fo.RMSprop([{"params": [p], "beta": 0.5}], lr=0.01)
+        opt.add_param_group({"params": [q], "beta": 0.25})
+        assert [(g["alpha"], "beta" in g) for g in opt.param_groups] == [(0.5, False),
+                                                                          (0.25, False)]
+        opt.step([np.full(3, 2.0), np.full(2, 2.0)])
+    # square_avg = (1 - alpha) * g**2, p -= lr * g / (sqrt(square_avg) + eps)
+    np.testing.assert_allclose(p, 1 - 0.01 * 2 / (np.sqrt(0.5 * 4) + 1e-8), rtol=1e-15)
+    np.testing.assert_allclose(q, 1 - 0.01 * 2 / (np.sqrt(0.75 * 4) + 1e-8), rtol=1e-15)
+    with pytest.raises(TypeError, match="alpha or its alias beta, not both"):
+        opt.add_param_group({"params": [np.ones(4)], "beta": 0.5, "alpha": 0.5})
+    assert len(opt.param_groups) == 2
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_adam_decoupled_weight_decay_is_adamw(backend):
     with fo.use_backend(backend):
         a, b = two_params(), two_params()

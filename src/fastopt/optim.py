@@ -360,7 +360,8 @@ class Optimizer:
 
     # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
     _BOUNDS: dict[str, Any] = {}
-    # a hyper-parameter name older state dicts used -> torch's
+    # a hyper-parameter's other name (the course's, which older state dicts used) -> torch's,
+    # in param groups and state dicts
     _RENAMED: dict[str, str] = {}
     _STATE: tuple[str, ...] = ()           # state keys every parameter with state has
     _OPTIONAL_STATE: tuple[str, ...] = ()  # state keys created when an option needs them
@@ -437,6 +438,12 @@ class Optimizer:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a param group must be a dict with a 'params' entry")
         group = _Group(group)
+        for alias, key in self._RENAMED.items():    # (was kept as an unknown key, unused)
+            if alias in group:
+                if key in group:
+                    raise TypeError(f"{type(self).__name__} takes {key} or its alias {alias}, "
+                                    "not both (a param group has both)")
+                group[key] = group.pop(alias)
         params = group["params"]
         named = isinstance(params, dict)
         if named:

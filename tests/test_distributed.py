@@ -406,6 +406,20 @@ def test_one_rank_gives_no_parameter_another_parameters_grad_as_the_plain_optimi
         opt.step({0: np.ones((3, 4))})
 
 
+def test_one_rank_a_none_grad_is_refused_saying_why():
+    # the plain optimizer's parameter that sits the step out: refused as "must be a
+    # numpy.ndarray, got NoneType", as if None were a mistake of type
+    arena, opt = _adam_after_a_step()
+    before = (arena.flat_params.copy(), arena.flat_grads.copy())
+    for grads in ([np.ones((3, 4)), None], {"W": np.ones((3, 4)), "db": None}):
+        with pytest.raises(TypeError, match=r"^rank 0 of 1: grad for parameter 'b' is None: "
+                                            "a ShardedOptimizer steps every parameter"):
+            opt.step(grads)
+    assert (arena.flat_params.tobytes(), arena.flat_grads.tobytes()) == (
+        before[0].tobytes(), before[1].tobytes())
+    assert opt.shard_optimizer.state[0]["step"] == 1
+
+
 def test_one_rank_pickle_and_copy_are_refused_pointing_to_state_dict():
     # was: a deepcopy or unpickled copy held copies of the arena's buffers apart from the
     # copied arena, so its steps never reached the copy's parameters (silently no training)

@@ -320,7 +320,7 @@ class ShardedOptimizer:
             This rank's local grads: None or the arena's ``grads`` (already in the grad
             buffer: nothing is copied), or a dict (names or ``"d" + name``) or sequence of
             arrays as for the optimizer, which are checked and then copied into the arena's
-            grad buffer.
+            grad buffer. Every parameter steps: a grad may not be None.
 
         Raises
         ------
@@ -433,7 +433,12 @@ class ShardedOptimizer:
             raise TypeError(f"grads must be a dict or a sequence of arrays, "
                             f"got {type(grads).__name__}")
         for i, (p, g) in enumerate(zip(self._views, matched)):
-            _validate.check_grad(repr(self._names[i]) if self._names else str(i), p, g)
+            label = repr(self._names[i]) if self._names else str(i)
+            if g is None:       # (the plain optimizer's parameter that sits the step out)
+                raise TypeError(f"grad for parameter {label} is None: a ShardedOptimizer "
+                                "steps every parameter (its state is split across the ranks "
+                                "by element, not by parameter)")
+            _validate.check_grad(label, p, g)
         return matched
 
     def _hyper_reprs(self):

@@ -1066,6 +1066,24 @@ def test_load_state_dict_refuses_what_would_break_a_step_and_changes_nothing(wha
     assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[0]["betas"] == (0.9, 0.999)
 
 
+@pytest.mark.parametrize("ids,words", [
+    (5, r"\['params'\] must be a list of parameter ids, got int"),
+    (None, r"\['params'\] must be a list of parameter ids"),
+    ([[0], [1]], r"\['params'\]\[0\] must be a parameter id")])
+def test_load_state_dict_names_a_bad_list_of_parameter_ids(ids, words):
+    """A group's params that is no list ('object of type 'int' has no len()') or holds an
+    unhashable id ('unhashable type: 'list'') was a TypeError naming nothing."""
+    params = two_params()
+    opt = fo.Adam(params, lr=0.1)
+    opt.step(two_grads())
+    sd = opt.state_dict()
+    sd["param_groups"][0]["params"] = ids
+    before = opt_snapshot(opt, params)
+    with pytest.raises(TypeError, match=r"^state_dict\['param_groups'\]\[0\]" + words):
+        opt.load_state_dict(sd)
+    assert opt_snapshot(opt, params) == before
+
+
 def test_load_state_dict_refuses_a_mismatch_and_changes_nothing():
     opt = fo.Adam([np.ones(3)])
     opt.step([np.ones(3)])

@@ -1016,16 +1016,26 @@ class Optimizer:
                              f"expected {len(self.param_groups)}")
         flat = self._flat()
         index: dict[Any, int] = {}     # saved parameter id -> flat index
-        for mine, saved in zip(self.param_groups, groups):
+        for gi, (mine, saved) in enumerate(zip(self.param_groups, groups)):
             if not isinstance(saved, dict) or "params" not in saved:
                 raise ValueError("each of state_dict['param_groups'] must be a dict with "
                                  "'params'")
+            where = f"state_dict['param_groups'][{gi}]['params']"
+            # (len() and the look-ups below raised TypeErrors naming nothing)
+            if not isinstance(saved["params"], (list, tuple)):
+                raise TypeError(f"{where} must be a list of parameter ids, "
+                                f"got {type(saved['params']).__name__}")
             if len(saved["params"]) != len(mine["params"]):
                 raise ValueError(f"a param group in state_dict has {len(saved['params'])} "
                                  f"params, expected {len(mine['params'])}")
             start = len(index)
             for k, pid in enumerate(saved["params"]):
-                if pid in index:
+                try:
+                    twice = pid in index
+                except TypeError:       # unhashable: no state entry can be keyed by it
+                    raise TypeError(f"{where}[{k}] must be a parameter id (an int), "
+                                    f"got {type(pid).__name__}") from None
+                if twice:
                     raise ValueError(f"state_dict names parameter {pid!r} twice")
                 index[pid] = start + k
         new_state = _StateDict()

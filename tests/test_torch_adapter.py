@@ -1697,6 +1697,24 @@ def test_a_hyper_parameter_the_kernels_refuse_raises_at_construction(kwargs, nam
     assert len(opt.param_groups) == 1
 
 
+@pytest.mark.parametrize("name,kwargs,key", [
+    ("SGD", dict(lr=10**400), "lr"), ("SGD", dict(lr=0.1, momentum=10**400), "momentum"),
+    ("RMSprop", dict(lr=10**400), "lr"), ("Adam", dict(lr=0.1, eps=10**400), "eps"),
+    ("Adam", dict(lr=0.1, weight_decay=10**400), "weight_decay"),
+    ("Adadelta", dict(lr=0.1, eps=10**400), "eps")])
+def test_an_int_past_the_float_range_raises_at_construction(name, kwargs, key):
+    """torch.optim's checks (``0.0 <= lr``) and the kernels' comparisons take 10**400: the
+    optimizer was built and its first step() raised OverflowError 'int too large to convert
+    to float', naming nothing. Now the constructor and add_param_group raise, naming it."""
+    message = rf"^Invalid {key}: 10+ \(must be within the float range\)"
+    with pytest.raises(ValueError, match=message):
+        getattr(ft, name)([torch.nn.Parameter(torch.ones(3))], **kwargs)
+    opt = getattr(ft, name)([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], **kwargs})
+    assert len(opt.param_groups) == 1
+
+
 def test_steps_from_several_threads_take_turns():
     """One fastopt.torch optimizer stepped from 4 threads at once (50 steps each, the same
     grads): its kernels release the GIL, and the steps interleaved on the plan's step

@@ -117,7 +117,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
-from ._hyper import NONNEG, STEP, UNIT, check_reals
+from ._hyper import NONNEG, STEP, UNIT, as_real, check_reals
 from ._validate import extent, same_memory
 from .reference import lowp
 
@@ -477,7 +477,14 @@ class _FastOptimizer(_Mixin):
             # the step's checks too (torch's __init__ adds every group here): a value torch's
             # own checks let through and the kernels refuse (SGD's lr=nan or dampening=-1)
             # raises at construction, not at the first step()
-            self._check_group({**self.defaults, **param_group})
+            merged = {**self.defaults, **param_group}
+            self._check_group(merged)
+            # and an int past the float range, which every comparison takes (the kernels'
+            # conversion raised OverflowError at the first step, naming nothing)
+            for key in self._KEYS:
+                value = merged.get(key)
+                if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
+                    as_real(key, value)
         super().add_param_group(param_group)
         norms = self.__dict__.get("grad_norms")     # (not yet set while __init__ adds groups)
         if norms is not None:

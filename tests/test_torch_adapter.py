@@ -1715,6 +1715,28 @@ def test_an_int_past_the_float_range_raises_at_construction(name, kwargs, key):
     assert len(opt.param_groups) == 1
 
 
+def test_an_int_past_the_float_range_set_in_a_later_group_raises_before_any_step():
+    """Set into the second group after construction: step() stepped the first group, then
+    raised OverflowError at the second (a raising step changed parameters and state)."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = ft.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    opt.param_groups[1]["eps"] = 10**400
+    with pytest.raises(ValueError, match=r"^Invalid eps: 10+ \(must be within the float"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(3)) and torch.equal(b.detach(), torch.ones(2))
+    assert len(opt.state) == 0
+    # one group, clipping or not (its grads were scaled before the OverflowError): named too
+    for clip in (None, 0.5):
+        opt = ft.Adam([b], lr=0.1, max_grad_norm=clip)
+        b.grad = torch.full((2,), 3.0)
+        opt.param_groups[0]["weight_decay"] = 10**400
+        with pytest.raises(ValueError, match=r"^Invalid weight_decay: 10+ \(must be within"):
+            opt.step()
+        assert torch.equal(b.detach(), torch.ones(2))
+        assert torch.equal(b.grad, torch.full((2,), 3.0))
+
+
 def test_steps_from_several_threads_take_turns():
     """One fastopt.torch optimizer stepped from 4 threads at once (50 steps each, the same
     grads): its kernels release the GIL, and the steps interleaved on the plan's step

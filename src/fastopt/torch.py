@@ -441,6 +441,16 @@ class _FastOptimizer(_Mixin):
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: {key}={group[key]!r} "
                                  f"is not supported: {why}")
 
+    def _check_float_range(self, group):
+        """ValueError naming a real hyper-parameter past the float range: an int such as
+        10**400, which torch's checks and :meth:`_check_group`'s comparisons take, and the
+        kernels' conversion refused with an OverflowError naming nothing."""
+        for key in self._KEYS:
+            value = group.get(key)
+            if (type(value) is not float and type(value) is not bool
+                    and isinstance(value, numbers.Real)):
+                as_real(key, value)
+
     def _check_options(self, group):
         """:meth:`_refuse`, and ValueError for a true value of an option of a newer torch
         that these kernels do not know."""
@@ -479,12 +489,7 @@ class _FastOptimizer(_Mixin):
             # raises at construction, not at the first step()
             merged = {**self.defaults, **param_group}
             self._check_group(merged)
-            # and an int past the float range, which every comparison takes (the kernels'
-            # conversion raised OverflowError at the first step, naming nothing)
-            for key in self._KEYS:
-                value = merged.get(key)
-                if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
-                    as_real(key, value)
+            self._check_float_range(merged)
         super().add_param_group(param_group)
         norms = self.__dict__.get("grad_norms")     # (not yet set while __init__ adds groups)
         if norms is not None:
@@ -624,6 +629,8 @@ class _FastOptimizer(_Mixin):
             for group, plan in zip(self.param_groups, work):
                 if plan is not None:
                     self._check_group(group)
+                    # (a later group's was an OverflowError after the earlier groups stepped)
+                    self._check_float_range(group)
                     _check_clip(group.get(CLIP))    # (set on the group after its checks)
         # long kernels on torch's OpenMP team: after a backward pass its workers hold the
         # other cores, spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
@@ -1162,6 +1169,7 @@ class _FastOptimizer(_Mixin):
         if group.get(CLIP) is not None:
             _check_clip(group[CLIP])
             self._check_group(group)
+            self._check_float_range(group)
             if plan.alias is None:      # the first group's grads, not compared yet
                 plan.alias = self._aliases(plan, group, plan.live_grads)
             # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning
@@ -1209,6 +1217,9 @@ class _FastOptimizer(_Mixin):
                         self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
                                      factor)
                     plan.counts[plan.live_index] = counts + 1
+        except OverflowError:     # the kernels' conversion of an int past the float range
+            self._check_float_range(group)      # (named, as a later group's is in time)
+            raise
         except ValueError:
             if plan.alias is None:
                 # the first group's grads, left to its kernels: the overlap they refused (in

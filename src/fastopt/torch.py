@@ -318,7 +318,7 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs")
+                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -721,7 +721,7 @@ class _FastOptimizer(_Mixin):
     def _view_grads(self, plan, group, grads):
         """Check the grads of the plan's parameters (of ``group``) and keep them and their
         NumPy views."""
-        views = None
+        views, plan.neg_grads = None, ()
         try:    # torch's numpy() refuses what is not a plain dense CPU tensor: see below
             if plan.gdtypes is not None:        # float32/float64 parameters
                 views = list(map(_numpy, grads))
@@ -747,6 +747,7 @@ class _FastOptimizer(_Mixin):
             copied = [g.is_neg() or g._is_zerotensor() for g in grads]
             if any(copied):
                 plan.keep = False
+                plan.neg_grads = [k for k, g in enumerate(grads) if g.is_neg()]
             views = [_array(g.clone() if copy else g) for g, copy in zip(grads, copied)]
         # the kernels check the shapes too, but only once the groups before have stepped (the
         # views' shapes are the grads', and NumPy's shape costs half of torch's)
@@ -1180,11 +1181,12 @@ class _FastOptimizer(_Mixin):
                     # dtype's value); 16-bit ones are scaled by their kernel as it widens them
                     # (Adam's kernel scales them all, but for a grad that is its parameter
                     # itself, which clip_grad_norm_ scales: _refuse_clipped_aliases)
-                    for g, f, grad in zip(gviews, plan.formats, plan.live_grads):
+                    for g, f in zip(gviews, plan.formats):
                         if f is None:
                             np.multiply(g, g.dtype.type(factor), out=g)
-                            if grad.is_neg():   # g is a copy of it (_view_grads)
-                                grad.copy_(torch.from_numpy(g))
+                    for k in plan.neg_grads:    # gviews[k] is a copy of it (_view_grads)
+                        if plan.formats[k] is None:
+                            plan.live_grads[k].copy_(torch.from_numpy(gviews[k]))
                     if self._SCALES:
                         factor = 1.0
         if plan.alias and self._decays_own_grads(group):

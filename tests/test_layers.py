@@ -792,6 +792,26 @@ def test_batchnorm_blocks_of_rows_keep_nan_and_inf_in_their_feature(backend, dty
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_features_as_rows_give_the_bits_of_each_feature_alone(backend, dtype):
+    """Features as rows (axis 1): each feature's y, mean and variance are the bits it gets
+    normalized alone, whichever features share its call. The Cython backend sums four
+    features' statistics side by side (rows up to 8192 values long), each as one row alone
+    (fo_bn.h); 9 features give groups of four and a single one, 8193 values the one-row path."""
+    rng = np.random.default_rng(31)
+    for n in (7, 8, 33, 1000, 8193):
+        x = (rng.standard_normal((9, n)) * 10 + 1000).astype(dtype)
+        x[5, n // 2] = np.nan
+        g, b = np.linspace(0.5, 2, 9, dtype=dtype), np.linspace(-1, 1, 9, dtype=dtype)
+        with np.errstate(invalid="ignore"), fo.use_backend(backend):
+            y, cache = fo.batchnorm_forward(x, g, b, axis=1)
+            for i in range(9):
+                yi, ci = fo.batchnorm_forward(x[i:i + 1], g[i:i + 1], b[i:i + 1], axis=1)
+                np.testing.assert_array_equal(y[i:i + 1], yi, err_msg=f"{n} values, feature {i}")
+                np.testing.assert_array_equal(cache.mean[i:i + 1], ci.mean)
+                np.testing.assert_array_equal(cache.var[i:i + 1], ci.var)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batchnorm_with_nan_and_inf_gives_the_reference_result(backend, dtype):
     """NaN and +-inf in three blocks of rows: y and the gradients are the reference's (a
     block holding one is taken in two passes on the Cython backend)."""

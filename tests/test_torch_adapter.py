@@ -2027,6 +2027,25 @@ def test_a_negative_view_of_its_own_parameter_as_grad(name, kwargs, group):
         torch.testing.assert_close(out[1], out[0], rtol=1e-6, atol=0)
 
 
+def _ours_and_theirs(dtype):
+    """(wide, ours, theirs): four parameters in ``dtype`` for fastopt.torch and torch.optim's
+    copies of their values in ``wide`` (float32 for bfloat16, whose master torch.optim's
+    float32 parameters stand for)."""
+    wide = torch.float32 if dtype == torch.bfloat16 else dtype
+    init = [t.to(dtype) for t in _params(wide)[:4]]
+    return (wide, [torch.nn.Parameter(t.clone()) for t in init],
+            [torch.nn.Parameter(t.to(wide, copy=True)) for t in init])
+
+
+def _assert_like_torch(ours, theirs, opt, ref, dtype):
+    """bfloat16: the masters within 4 ulps of torch.optim's float32 parameters; else the
+    trajectories (assert_trajectories_close)."""
+    if dtype == torch.bfloat16:
+        assert _ulps([opt.state[p]["master_param"] for p in ours], theirs) <= 4
+    else:
+        assert_trajectories_close(ours, theirs, opt, ref)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
                          ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
@@ -2035,10 +2054,7 @@ def test_state_with_its_negative_bit_set_steps_with_its_value(name, kwargs, dtyp
     which NumPy cannot view: torch.optim steps them with their values, and so does
     fastopt.torch (their values take their places in the state). A bfloat16 parameter's
     float32 state and master against torch.optim on a float32 copy."""
-    wide = torch.float32 if dtype == torch.bfloat16 else dtype
-    init = _params(wide)[:4]
-    ours = [torch.nn.Parameter(t.to(dtype, copy=True)) for t in init]
-    theirs = [torch.nn.Parameter(t.to(dtype).to(wide, copy=True)) for t in init]
+    wide, ours, theirs = _ours_and_theirs(dtype)
     opt = getattr(ft, name)(ours, **kwargs)
     ref = getattr(torch.optim, name)(theirs, foreach=False, **kwargs)
     gen = torch.Generator().manual_seed(32)
@@ -2055,14 +2071,11 @@ def test_state_with_its_negative_bit_set_steps_with_its_value(name, kwargs, dtyp
                         if key != "step":
                             state[key] = torch._neg_view(-value)
                             assert state[key].is_neg()
+    _assert_like_torch(ours, theirs, opt, ref, dtype)
     if dtype == torch.bfloat16:
-        masters = [opt.state[p]["master_param"] for p in ours]
-        assert _ulps(masters, theirs) <= 4
         for a, b in zip(opt.state.values(), ref.state.values()):
             for key in b:
                 torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
-    else:
-        assert_trajectories_close(ours, theirs, opt, ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
@@ -2073,10 +2086,7 @@ def test_a_parameter_with_its_negative_bit_set_steps_in_place(name, kwargs, dtyp
     which NumPy cannot view: torch.optim steps it in place, through the view (its storage
     holds the negated values), and so does fastopt.torch, writes to it between steps seen.
     A bfloat16 parameter's master against torch.optim on a float32 copy."""
-    wide = torch.float32 if dtype == torch.bfloat16 else dtype
-    init = [t.to(dtype) for t in _params(wide)[:4]]
-    ours = [torch.nn.Parameter(t.clone()) for t in init]
-    theirs = [torch.nn.Parameter(t.to(wide, copy=True)) for t in init]
+    wide, ours, theirs = _ours_and_theirs(dtype)
     storages = []
     for p in ours[:3]:
         p.data = torch._neg_view(-p.detach())
@@ -2097,13 +2107,10 @@ def test_a_parameter_with_its_negative_bit_set_steps_in_place(name, kwargs, dtyp
     assert all(p.is_neg() for p in ours[:3])
     for p, s in zip(ours, storages):
         assert torch.equal(s, -p.detach())
+    _assert_like_torch(ours, theirs, opt, ref, dtype)
     if dtype == torch.bfloat16:
-        masters = [opt.state[p]["master_param"] for p in ours]
-        assert _ulps(masters, theirs) <= 4
-        for p, m in zip(ours, masters):
-            assert torch.equal(p.detach(), m.to(dtype))
-    else:
-        assert_trajectories_close(ours, theirs, opt, ref)
+        for p in ours:
+            assert torch.equal(p.detach(), opt.state[p]["master_param"].to(dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
@@ -2113,10 +2120,7 @@ def test_a_zero_tensor_grad_steps_as_zeros(name, kwargs, dtype):
     """A grad that is one of autograd's efficient zero tensors (``torch._efficientzerotensor``,
     which has no memory and which NumPy cannot view): torch.optim steps with zeros, and so
     does fastopt.torch (a bfloat16 master against torch.optim on a float32 copy)."""
-    wide = torch.float32 if dtype == torch.bfloat16 else dtype
-    init = [t.to(dtype) for t in _params(wide)[:4]]
-    ours = [torch.nn.Parameter(t.clone()) for t in init]
-    theirs = [torch.nn.Parameter(t.to(wide, copy=True)) for t in init]
+    wide, ours, theirs = _ours_and_theirs(dtype)
     opt = getattr(ft, name)(ours, weight_decay=0.1, **{k: v for k, v in kwargs.items()
                                                       if k != "weight_decay"})
     ref = getattr(torch.optim, name)(theirs, foreach=False, weight_decay=0.1,
@@ -2132,7 +2136,4 @@ def test_a_zero_tensor_grad_steps_as_zeros(name, kwargs, dtype):
                 b.grad = a.grad.to(wide)
         opt.step()
         ref.step()
-    if dtype == torch.bfloat16:
-        assert _ulps([opt.state[p]["master_param"] for p in ours], theirs) <= 4
-    else:
-        assert_trajectories_close(ours, theirs, opt, ref)
+    _assert_like_torch(ours, theirs, opt, ref, dtype)

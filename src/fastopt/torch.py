@@ -441,6 +441,12 @@ class _FastOptimizer(_Mixin):
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: {key}={group[key]!r} "
                                  f"is not supported: {why}")
 
+    def _check_hyper(self, group):
+        """The checks a group's hyper-parameters get before any group steps:
+        :meth:`_check_group`'s, then :meth:`_check_float_range`."""
+        self._check_group(group)
+        self._check_float_range(group)
+
     def _check_float_range(self, group):
         """ValueError naming a real hyper-parameter past the float range: an int such as
         10**400, which torch's checks and :meth:`_check_group`'s comparisons take, and the
@@ -487,9 +493,7 @@ class _FastOptimizer(_Mixin):
             # the step's checks too (torch's __init__ adds every group here): a value torch's
             # own checks let through and the kernels refuse (SGD's lr=nan or dampening=-1)
             # raises at construction, not at the first step()
-            merged = {**self.defaults, **param_group}
-            self._check_group(merged)
-            self._check_float_range(merged)
+            self._check_hyper({**self.defaults, **param_group})
         super().add_param_group(param_group)
         norms = self.__dict__.get("grad_norms")     # (not yet set while __init__ adds groups)
         if norms is not None:
@@ -628,9 +632,9 @@ class _FastOptimizer(_Mixin):
         if len(work) > 1:
             for group, plan in zip(self.param_groups, work):
                 if plan is not None:
-                    self._check_group(group)
-                    # (a later group's was an OverflowError after the earlier groups stepped)
-                    self._check_float_range(group)
+                    # (with the float range: a later group's int past it was an
+                    # OverflowError after the earlier groups stepped)
+                    self._check_hyper(group)
                     _check_clip(group.get(CLIP))    # (set on the group after its checks)
         # long kernels on torch's OpenMP team: after a backward pass its workers hold the
         # other cores, spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
@@ -1169,8 +1173,7 @@ class _FastOptimizer(_Mixin):
             plan.alias = self._aliases(plan, group, plan.live_grads)
         if group.get(CLIP) is not None:
             _check_clip(group[CLIP])
-            self._check_group(group)
-            self._check_float_range(group)
+            self._check_hyper(group)
             if plan.alias is None:      # the first group's grads, not compared yet
                 plan.alias = self._aliases(plan, group, plan.live_grads)
             # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning

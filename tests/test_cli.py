@@ -302,3 +302,36 @@ def test_each_timed_batch_follows_settling_and_one_untimed_call(monkeypatch):
     rounds = "".join("S" if e == "settle" else "c" for e in events[4:]).split("S")[1:]
     assert rounds == ["c" * (1 + 50)] * 3       # 1 untimed + 1 ms / 20 us
     assert timed["c"] == (pytest.approx(1e-5, rel=1e-9), 0.0)    # the untimed call left out
+
+
+def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls_it_hits(
+        monkeypatch):
+    """time_row: a contender of 122 us a call (2^-13 s: 8 calls a batch) whose first timed
+    call of every round is caught by a burst of other work (7.8 ms): its median is the 122 us
+    of the calls the bursts missed (batch means would all read 1.1 ms). Calls under 20 us
+    (15 us, 65 a batch) are still timed per batch, each batch one sample. On a clock each
+    call moves (binary fractions of a second: the sums are exact)."""
+    from fastopt import _bench
+    clock, calls = [0.0], {"slow": 0, "fast": 0}
+    burst = 2.0 ** -7
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    def make(label, cost, batch):
+        def contender():
+            k = calls[label]
+            calls[label] += 1
+            # a warm-up and 3 sizing calls, then per round one untimed call and the batch
+            clock[0] += burst if k >= 4 and (k - 4) % (1 + batch) == 1 else cost
+        return contender
+
+    monkeypatch.setattr(_bench, "time", FakeTime)
+    monkeypatch.setattr(_bench, "settle", lambda: None)
+    timed = _bench.time_row({"slow": make("slow", 2.0 ** -13, 8),
+                             "fast": make("fast", 2.0 ** -16, 65)}, rounds=3, target=1e-3)
+    assert calls == {"slow": 4 + 3 * 9, "fast": 4 + 3 * 66}
+    assert timed["slow"] == (2.0 ** -13, 0.0)
+    assert timed["fast"] == (pytest.approx((burst + 64 * 2.0 ** -16) / 65, rel=1e-12), 0.0)

@@ -801,6 +801,43 @@ def test_step_counts_start_at_one(call):
     np.testing.assert_array_equal(a, 1.0)
 
 
+NADAM_MOMENTUM_BAD = [
+    ("step", None, TypeError), ("step", "1", TypeError), ("step", True, TypeError),
+    ("step", np.array([1, 2]), TypeError), ("step", math.nan, ValueError), ("step", 0, ValueError),
+    ("step", -1, ValueError), ("step",) + PAST_FLOAT,
+    ("beta1", None, TypeError), ("beta1", 0.9j, TypeError), ("beta1", math.nan, ValueError),
+    ("beta1", -0.1, ValueError), ("beta1", 1.0, ValueError), ("beta1", 1.5, ValueError),
+    ("momentum_decay", "4e-3", TypeError), ("momentum_decay", math.nan, ValueError),
+    ("momentum_decay", -0.1, ValueError), ("momentum_decay", -1e300, ValueError),
+    ("momentum_decay",) + PAST_FLOAT,
+]
+
+
+@pytest.mark.parametrize("name,bad,exc", NADAM_MOMENTUM_BAD,
+                         ids=[f"{n}-{i}" for i, (n, *_) in enumerate(NADAM_MOMENTUM_BAD)])
+def test_nadam_momentum_refuses_bad_scalars_by_name(name, bad, exc):
+    """As nadam_step_ refuses them: it checked nothing (None or a str raised an unnamed
+    TypeError from ``*``, NaN, a step of 0 or -1 or a beta1 out of [0, 1) returned a value,
+    an array returned an array, a complex a complex, a negative momentum_decay -1e300 and an
+    int past the float range raised OverflowError naming nothing)."""
+    args = {"step": 1, "beta1": 0.9, "momentum_decay": 4e-3, name: bad}
+    with pytest.raises(exc, match=f"^Invalid {name}: "):
+        ops.nadam_momentum(**args)
+
+
+def test_nadam_momentum_takes_numpy_reals_and_folds_in_float64():
+    """The edges torch takes, and NumPy scalars and 0-d arrays as their values: a float32
+    beta1 returned a np.float32, mu_t folded in float32."""
+    want = 0.9 * (1.0 - 0.5 * 0.96 ** (3 * 4e-3))
+    assert ops.nadam_momentum(3, 0.9, 4e-3) == want
+    for convert in (np.float64, np.array, lambda v: np.array(v, np.float32), np.float32):
+        got = ops.nadam_momentum(convert(3), convert(0.9), convert(4e-3))
+        exact = ops.nadam_momentum(3, float(convert(0.9)), float(convert(4e-3)))
+        assert type(got) is float and got == exact, convert
+    assert ops.nadam_momentum(1, 0.0, 0.0) == 0.0
+    assert ops.nadam_momentum(2.0, 0.5, math.inf) == 0.5
+
+
 BAD_HYPER = [
     ("Adadelta", dict(lr=-1.0), "lr"), ("Adadelta", dict(rho=1.5), "rho"),
     ("Adadelta", dict(eps=-1e-6), "eps"), ("Adadelta", dict(weight_decay=-0.1), "weight_decay"),

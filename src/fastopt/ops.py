@@ -975,17 +975,32 @@ def nadam_momentum(step: int, beta1: float, momentum_decay: float) -> float:
     Parameters
     ----------
     step : int
-        The step ``t``.
+        The step ``t``, counting from 1.
     beta1 : float
-        NAdam's first beta.
+        NAdam's first beta, in [0, 1).
     momentum_decay : float
-        torch's ``momentum_decay``.
+        torch's ``momentum_decay``, >= 0.
 
     Returns
     -------
     float
-        ``mu_t``.
+        ``mu_t``, folded in float64 (a Python float, whatever NumPy scalars it is given).
+
+    Raises
+    ------
+    TypeError
+        An argument that is not a real number (named).
+    ValueError
+        An argument out of its range, NaN included, or past the float range (named).
     """
+    check_reals(step=(step, STEP), beta1=(beta1, UNIT_OPEN),
+                momentum_decay=(momentum_decay, NONNEG))
+    return _nadam_momentum(as_real("step", step), as_real("beta1", beta1),
+                           as_real("momentum_decay", momentum_decay))
+
+
+def _nadam_momentum(step, beta1, momentum_decay):
+    """:func:`nadam_momentum` of checked scalars, Python floats (``step`` may be an int)."""
     return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
 
 
@@ -1013,8 +1028,8 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
         momentum_decay = as_real("momentum_decay", momentum_decay)     # (as in _adam_scalars)
         mu_product = float(mu_product)
     lr = float(lr)      # folded in float64 (a real number: _adam_scalars checked it)
-    mu = nadam_momentum(step, beta1, momentum_decay)
-    mu_next = nadam_momentum(step + 1, beta1, momentum_decay)
+    mu = _nadam_momentum(step, beta1, momentum_decay)
+    mu_next = _nadam_momentum(step + 1, beta1, momentum_decay)
     # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and
     # multiplies in float32; doing the same keeps float64 trajectories equal to torch's (the
     # product of two float32 values is exact in float64, so rounding it once is float32's *)

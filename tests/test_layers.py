@@ -668,6 +668,38 @@ def test_bad_layer_arguments_raise_naming_them_and_change_nothing(backend):
                 fo.BatchNorm(**args)
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_batchnorm_momentum_set_later_is_checked_at_forward_and_changes_nothing(backend):
+    """As the optimizers check a hyper-parameter set into a group at their next step (and as
+    the layer's eps and axis set later are checked): a momentum set after construction was
+    used as it was (1.5, -0.1, NaN, True and the str "0.5" updated the running statistics,
+    NaN made them NaN), or raised float()'s unnamed error (an array, a complex, an int past
+    the float range). Expected: the constructor's error naming momentum, with the running
+    statistics, num_batches_tracked and the cache backward uses as they were; in inference,
+    where momentum is not used, nothing is refused."""
+    x = np.random.default_rng(23).standard_normal((6, 3))
+    with fo.use_backend(backend):
+        for bad, exc in ((1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError),
+                         ("0.5", TypeError), (True, TypeError), (np.array([0.1]), TypeError),
+                         (0.1j, TypeError), (10**400, ValueError)):
+            layer = fo.BatchNorm(3, dtype=np.float64)
+            layer.forward(x)
+            cache, count = layer._cache, layer.num_batches_tracked
+            stats = [layer.running_mean.copy(), layer.running_var.copy()]
+            layer.momentum = bad
+            with pytest.raises(exc, match=r"^Invalid momentum: "):
+                layer.forward(x + 1.0)
+            assert layer._cache is cache and layer.num_batches_tracked == count, bad
+            for a, b in zip((layer.running_mean, layer.running_var), stats):
+                assert a.tobytes() == b.tobytes(), bad
+            layer.forward(x, training=False)
+        layer = fo.BatchNorm(3, dtype=np.float64)
+        layer.momentum = np.float32(0.5)
+        layer.forward(x)
+        layer.momentum = None
+        layer.forward(x)
+
+
 # ---------------------------------------------------- batch norm's blocks of rows, threads, exp
 # (1100, 300): several pool chunks of several blocks of rows; (3000, 3): a tall panel;
 # (5, 40000): one short block of wide rows; (130, 1000): three blocks, the last of two rows;

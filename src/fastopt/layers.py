@@ -94,6 +94,15 @@ def _check_eps(eps):
     return float(eps)
 
 
+def _check_momentum(momentum):
+    """A batch-norm ``momentum`` as a Python float, once it is a real number in [0, 1] (a 0-d
+    array too), or None (a cumulative average); else TypeError or ValueError naming it."""
+    if momentum is None or type(momentum) is float and 0.0 <= momentum <= 1.0:
+        return momentum             # the common case, without the ABC check
+    check_real("momentum", momentum, UNIT)
+    return float(momentum)
+
+
 # ------------------------------------------------------------------------------ batch norm
 def _bn_layout(x, axis, out):
     """(C-contiguous 2-D array, its batch axis, whether it is ``x.T``) for ``x`` with batch
@@ -445,8 +454,7 @@ class BatchNorm:
             raise ValueError(f"Invalid num_features: {num_features!r}")
         if _check_axis(axis) not in (0, 1, -1, -2):
             raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
-        if momentum is not None:
-            check_real("momentum", momentum, UNIT)
+        _check_momentum(momentum)
         _check_eps(eps)
         self.axis, self.momentum, self.eps = axis, momentum, eps
         self.gamma = np.ones(num_features, dtype)
@@ -480,7 +488,8 @@ class BatchNorm:
             :func:`batchnorm_forward` (:func:`batchnorm_inference` when not training), an ``x``
             of another dtype or number of features than the layer's named as such; in
             training too, a ``running_mean`` or ``running_var`` that is not one value per
-            feature of ``x``'s dtype, or is read-only. A call that raises changes nothing.
+            feature of ``x``'s dtype, or is read-only, and a ``momentum`` set since
+            construction that the constructor refuses. A call that raises changes nothing.
         """
         if training is not True and training is not False:
             check_flag("training", training)    # (taken by its truth, "False" trained)
@@ -488,6 +497,9 @@ class BatchNorm:
             if not training:
                 return batchnorm_inference(x, self.gamma, self.beta, self.running_mean,
                                            self.running_var, self.axis, self.eps)
+            # (set after construction, it is checked here as the optimizers check a
+            # hyper-parameter set into a group: it was used as it was, a str "0.5" included)
+            m = _check_momentum(self.momentum)
             y, cache = batchnorm_forward(x, self.gamma, self.beta, self.axis, self.eps)
             # the running statistics checked as inference checks them, before anything changes
             # (one of the wrong size raised NumPy's unnamed broadcast error after running_mean
@@ -503,8 +515,8 @@ class BatchNorm:
         n = cache.x.shape[cache.axis]
         # a Python float: a NumPy float64 momentum took (1 - m) * running_mean to float64,
         # where a Python float leaves it in the statistics' dtype (other bits in float32)
-        m = (1.0 / (self.num_batches_tracked + 1) if self.momentum is None
-             else float(self.momentum))
+        if m is None:
+            m = 1.0 / (self.num_batches_tracked + 1)
         # both computed before either is written, with IEEE results and no NumPy warnings (an
         # inf mean times momentum 0, a variance past float32's range): under -W error a warning
         # raised with running_mean already changed

@@ -190,6 +190,15 @@ def test_learning_rate_decay_gives_a_float_for_any_epoch_and_refuses_infinite_ra
             with pytest.raises(ValueError, match=rf"^Invalid {name}: inf"):
                 fn(*args)
 
+
+def test_schedule_lr_decay_refuses_an_infinite_time_interval_by_name():
+    """time_interval=inf was taken (staircase, the same formula, refuses every=inf): an
+    infinite epoch_num with it made NaN intervals, refused as "Invalid epoch: nan", naming
+    an argument the caller never passed. Expected: time_interval finite, named when not."""
+    for epoch in (math.inf, 5, 10**400):
+        with pytest.raises(ValueError, match=r"^Invalid time_interval: inf \(must be in \[1, inf\)"):
+            course.schedule_lr_decay(0.5, epoch, 1, math.inf)
+
 def _bad_layer_cases():
     """(update function, what to spoil, exception, message): every kind of bad array, each in
     the last layer, so that an update applied layer by layer would have written the others."""

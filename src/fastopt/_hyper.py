@@ -32,6 +32,7 @@ class Count(tuple):
 
 
 COUNT = Count(NONNEG)           # an epoch: [0, inf], any int
+EVERY = Count((1.0, math.inf, True))  # epochs per stair or interval: [1, inf), any int
 
 
 def check_real(name, value, bounds=NONNEG):

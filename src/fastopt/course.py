@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import ops, schedules
-from ._hyper import COUNT, FINITE, NONNEG, STEP, UNIT_OPEN, Count, check_real, check_reals
+from ._hyper import COUNT, EVERY, FINITE, NONNEG, STEP, UNIT_OPEN, check_real, check_reals
 from ._validate import check_disjoint, check_step_arrays
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
@@ -429,7 +429,7 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
     decay_rate : float
         Decay per interval, >= 0.
     time_interval : int, default 1000
-        Epochs per step of the decay, >= 1.
+        Epochs per step of the decay, >= 1 and finite.
 
     Returns
     -------
@@ -441,11 +441,11 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
     TypeError
         An argument that is not a real number (named).
     ValueError
-        An argument < 0, an infinite ``learning_rate0`` or ``decay_rate``, or
-        ``time_interval`` < 1 (NaN included; named).
+        An argument < 0, an infinite ``learning_rate0``, ``decay_rate`` or
+        ``time_interval``, or ``time_interval`` < 1 (NaN included; named).
     """
     check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, COUNT),
-                decay_rate=(decay_rate, FINITE), time_interval=(time_interval, Count(STEP)))
+                decay_rate=(decay_rate, FINITE), time_interval=(time_interval, EVERY))
     # the inverse-time decay of the intervals completed
     try:
         intervals = float(np.floor(epoch_num / time_interval))

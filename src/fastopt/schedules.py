@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ._hyper import COUNT, FINITE, Count, check_real
+from ._hyper import COUNT, EVERY, FINITE, check_real
 
 Schedule = Callable[[int], float]     # epoch -> learning rate
 
@@ -25,8 +25,6 @@ class HasLR(Protocol):
     @lr.setter
     def lr(self, value: float) -> None: ...
 
-
-_EVERY = Count((1.0, math.inf, True))  # staircase's epochs per stair
 
 
 def _python(x):
@@ -67,7 +65,7 @@ class _Schedule:
 
     def __init__(self, *args) -> None:
         for field, value in zip(self._fields, args):
-            check_real(field, value, _EVERY if field == "every" else FINITE)
+            check_real(field, value, EVERY if field == "every" else FINITE)
             value = _python(value)
             setattr(self, field, value if field == "every" else float(value))
 

@@ -383,6 +383,38 @@ def test_ewa_copies_do_not_share_their_average(backend):
         assert copy.copy(fo.EWA(0.5)).value is None
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_beta_and_bias_correction_set_later_are_checked_and_change_nothing(backend):
+    """As the optimizers check a hyper-parameter set into a group at their next step:
+    avg.beta set after construction was checked only by fastopt.ops.ewa_, whose range is
+    [0, 1] (1.0, which the constructor refuses, made the corrected value inf with a
+    divide-by-zero warning, an error under -W error raised after the average and t had
+    changed), not by value (1.5 gave a negative correction); a np.float32 beta corrected in
+    float32; a bias_correction of "no", 1.5 or None was taken by its truth. Expected: the
+    constructor's errors naming them, from update (average and t as they were) and value; a
+    NumPy beta folded as its Python float."""
+    with fo.use_backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, bad, exc in (("beta", 1.0, ValueError), ("beta", 1.5, ValueError),
+                               ("beta", float("nan"), ValueError), ("beta", "0.5", TypeError),
+                               ("beta", None, TypeError), ("bias_correction", "no", TypeError),
+                               ("bias_correction", 1.5, TypeError),
+                               ("bias_correction", None, TypeError)):
+            avg = fo.EWA(0.5)
+            avg.update([2.0, 4.0])
+            before = avg._avg.copy()
+            setattr(avg, name, bad)
+            with pytest.raises(exc, match=rf"^Invalid {name}: "):
+                avg.update([4.0, 8.0])
+            assert avg.t == 1 and avg._avg.tobytes() == before.tobytes(), (name, bad)
+            with pytest.raises(exc, match=rf"^Invalid {name}: "):
+                avg.value
+        ours, python = fo.EWA(0.5), fo.EWA(0.5)
+        ours.beta, python.beta = np.float32(0.999), float(np.float32(0.999))
+        for x in ([1.0, 3.0], [-2.0, 0.5]):
+            assert ours.update(x).tobytes() == python.update(x).tobytes()
+
+
 def test_ewa_series_refuses_what_ewa_refuses():
     """ewa_series took complex samples (dropping the imaginary part with a warning) and object
     arrays (None became NaN) where EWA.update refuses them: a TypeError naming x."""

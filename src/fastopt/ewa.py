@@ -130,14 +130,16 @@ class EWA:
         ------
         TypeError
             ``x`` not an array of real numbers (strings, objects, complex numbers), or a
-            masked array.
+            masked array; ``beta`` or ``bias_correction`` set since construction to what the
+            constructor refuses (named).
         ValueError
-            ``x`` of another shape than the first sample.
+            ``x`` of another shape than the first sample, or ``beta`` set outside [0, 1).
 
         A call that raises changes nothing (a refused first sample fixes no shape).
         """
         # everything is checked and converted before the average is allocated or touched: a
         # refused update (even the first) changes nothing
+        beta, bias_correction = self._checked()
         x = _real_array(x)
         if self._avg is None:
             avg = np.zeros(x.shape, _average_dtype(x))
@@ -146,10 +148,10 @@ class EWA:
                              "(fixed by the first update)")
         else:
             avg = self._avg
-        ops.ewa_(avg, x.astype(avg.dtype, copy=False), self.beta)
+        ops.ewa_(avg, x.astype(avg.dtype, copy=False), beta)
         self._avg = avg
         self.t += 1
-        return self._current(avg)
+        return self._current(avg, beta, bias_correction)
 
     def __copy__(self) -> "EWA":
         # the average is updated in place: a copy sharing it would fold its samples into ours
@@ -162,13 +164,23 @@ class EWA:
     @property
     def value(self) -> np.ndarray | None:
         """The current average, bias-corrected if asked (None before the first update)."""
-        return None if self._avg is None else self._current(self._avg)
+        return None if self._avg is None else self._current(self._avg, *self._checked())
 
-    def _current(self, avg: np.ndarray) -> np.ndarray:
-        if self.bias_correction:    # (into a new array: a 0-d average stays an array)
+    def _checked(self) -> tuple[float, bool]:
+        """``beta`` and ``bias_correction`` checked as the constructor checks them (either may
+        have been set since, as an optimizer's hyper-parameters may): beta a Python float."""
+        beta = self.beta
+        if not (type(beta) is float and 0.0 <= beta < 1.0):    # (the common case: no ABC)
+            beta = _check_beta(beta)
+        if self.bias_correction is not True and self.bias_correction is not False:
+            check_flag("bias_correction", self.bias_correction)
+        return beta, bool(self.bias_correction)
+
+    def _current(self, avg: np.ndarray, beta: float, bias_correction: bool) -> np.ndarray:
+        if bias_correction:         # (into a new array: a 0-d average stays an array)
             # overflowing to inf silently, as the kernels: update() has already folded x in
             with np.errstate(over="ignore"):
-                return np.divide(avg, 1.0 - self.beta ** self.t, out=np.empty_like(avg))
+                return np.divide(avg, 1.0 - beta ** self.t, out=np.empty_like(avg))
         return avg.copy()
 
 

@@ -489,6 +489,16 @@ def test_minibatches_bad_seed_errors_name_the_seed():
     assert first == [np.random.default_rng(5).permutation(6).tolist()]
 
 
+def test_minibatches_ragged_lists_are_value_errors_naming_them():
+    """A ragged list for X or Y raised NumPy's 'inhomogeneous shape' ValueError, naming
+    neither (softmax's z and softmax_cross_entropy's logits and labels name theirs)."""
+    X = np.arange(6.0)[:, None]
+    for bad_X, bad_Y, name in (([[1.0, 2.0], [3.0]], [0, 1], "X"),
+                               (X[:2], [[0], [1, 2]], "Y")):
+        with pytest.raises(ValueError, match=rf"^{name} must be a rectangular array"):
+            fo.minibatches(bad_X, bad_Y)
+
+
 def test_minibatches_refuses_a_bool_batch_size():
     """True is an int to Python: it had been taken as batches of one example (axis already
     refused bools); a bool batch_size is a ValueError as any other non-int."""

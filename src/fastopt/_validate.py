@@ -10,6 +10,14 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 FLOAT_TYPES = (np.float32, np.float64)
 
 
+def as_array(name, a):
+    """``np.asarray(a)``, whose error for a ragged sequence names ``name``."""
+    try:
+        return np.asarray(a)
+    except ValueError as e:     # NumPy's 'inhomogeneous shape' message names no argument
+        raise ValueError(f"{name} must be a rectangular array: {e}") from None
+
+
 def check_float_array(name, a):
     """Raise TypeError unless ``a`` is a float32/float64 ndarray; return its dtype."""
     if not isinstance(a, np.ndarray):

@@ -5,6 +5,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._hyper import check_flag
+from ._validate import as_array
 
 
 def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
@@ -40,14 +41,14 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
         An ``axis`` that is not an int, a ``shuffle`` that is not True or False, or a
         ``seed`` numpy cannot seed from.
     ValueError
-        A ``batch_size`` that is not a positive int, a 0-d ``X`` or ``Y``, an ``axis`` that
-        ``X`` (or a ``Y`` of 2 or more dimensions) does not have, ``X`` and ``Y`` with
-        different numbers of examples, or a negative ``seed``.
+        A ``batch_size`` that is not a positive int, a ragged or 0-d ``X`` or ``Y``, an
+        ``axis`` that ``X`` (or a ``Y`` of 2 or more dimensions) does not have, ``X`` and
+        ``Y`` with different numbers of examples, or a negative ``seed``.
 
     Everything is checked (and the order drawn) when it is called, not at the first ``next``.
     """
-    X = np.asarray(X)
-    Y = np.asarray(Y)
+    X = as_array("X", X)
+    Y = as_array("Y", Y)
     if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
             or batch_size < 1):
         raise ValueError(f"Invalid batch_size: {batch_size!r} (must be a positive int)")

@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
 from ._hyper import UNIT, check_flag, check_real
-from ._validate import FLOAT_DTYPES, FLOAT_TYPES, check_kernel_array
+from ._validate import FLOAT_DTYPES, FLOAT_TYPES, as_array, check_kernel_array
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
 
@@ -611,19 +611,11 @@ class BatchNorm:
 
 
 # --------------------------------------------------------------------------------- softmax
-def _asarray(name: str, a: Any) -> np.ndarray:
-    """``np.asarray(a)``, whose error for a ragged sequence names ``name``."""
-    try:
-        return np.asarray(a)
-    except ValueError as e:     # NumPy's 'inhomogeneous shape' message names no argument
-        raise ValueError(f"{name} must be a rectangular array: {e}") from None
-
-
 def _as_float_array(name: str, z: Any) -> np.ndarray:
     """``z`` as a native float32/float64 ndarray: array-likes and integer or boolean arrays
     become float64, as NumPy's ufuncs do; other dtypes raise TypeError naming ``name``."""
     if not isinstance(z, np.ndarray):
-        given, z = z, _asarray(name, z)
+        given, z = z, as_array(name, z)
         if z.dtype.kind not in "iubf":
             raise TypeError(f"{name} must be an array of numbers, got {type(given).__name__}")
     if z.dtype.kind in "iub" and not isinstance(z, (np.matrix, np.ma.MaskedArray)):
@@ -761,7 +753,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     if labels is None or isinstance(labels, (np.matrix, np.ma.MaskedArray)):
         raise TypeError(f"labels must be an array of class indices or probabilities, got "
                         f"{type(labels).__name__}")
-    labels = _unshared(out, _asarray("labels", labels))
+    labels = _unshared(out, as_array("labels", labels))
     if labels.dtype.kind not in "biuf":
         raise TypeError(f"labels must have an integer (class indices or one-hot), bool "
                         f"(one-hot) or float (probabilities) dtype, got {labels.dtype}")

@@ -499,6 +499,16 @@ def test_minibatches_ragged_lists_are_value_errors_naming_them():
             fo.minibatches(bad_X, bad_Y)
 
 
+def test_minibatches_refuses_masked_arrays_naming_them():
+    """np.asarray dropped a masked X's or Y's mask: the masked values were batched as data
+    (EWA and the kernels refuse masked arrays for that). A TypeError naming it."""
+    X, Y = np.arange(6.0)[:, None], np.arange(6)
+    for bad_X, bad_Y, name in ((np.ma.masked_array(X, mask=X > 3), Y, "X"),
+                               (X, np.ma.masked_array(Y, mask=Y > 3), "Y")):
+        with pytest.raises(TypeError, match=rf"^{name} must not be a masked array"):
+            fo.minibatches(bad_X, bad_Y)
+
+
 def test_minibatches_refuses_a_bool_batch_size():
     """True is an int to Python: it had been taken as batches of one example (axis already
     refused bools); a bool batch_size is a ValueError as any other non-int."""

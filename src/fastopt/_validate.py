@@ -10,6 +10,14 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 FLOAT_TYPES = (np.float32, np.float64)
 
 
+def check_unmasked(name, a):
+    """Raise TypeError if ``a`` is a masked array, whose mask ``np.asarray`` would drop
+    silently (its masked values taken as data)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} must not be a masked array (its mask would be ignored); "
+                        f"pass {name}.filled(...) or {name}.compressed()")
+
+
 def as_array(name, a):
     """``np.asarray(a)``, whose error for a ragged sequence names ``name``."""
     try:

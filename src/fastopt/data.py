@@ -5,7 +5,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._hyper import check_flag
-from ._validate import as_array
+from ._validate import as_array, check_unmasked
 
 
 def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
@@ -38,8 +38,9 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     Raises
     ------
     TypeError
-        An ``axis`` that is not an int, a ``shuffle`` that is not True or False, or a
-        ``seed`` numpy cannot seed from.
+        An ``axis`` that is not an int, a ``shuffle`` that is not True or False, a
+        ``seed`` numpy cannot seed from, or a masked ``X`` or ``Y`` (its mask would be
+        dropped).
     ValueError
         A ``batch_size`` that is not a positive int, a ragged or 0-d ``X`` or ``Y``, an
         ``axis`` that ``X`` (or a ``Y`` of 2 or more dimensions) does not have, ``X`` and
@@ -47,6 +48,8 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
 
     Everything is checked (and the order drawn) when it is called, not at the first ``next``.
     """
+    check_unmasked("X", X)
+    check_unmasked("Y", Y)
     X = as_array("X", X)
     Y = as_array("Y", Y)
     if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))

@@ -4,7 +4,7 @@ from numpy.typing import ArrayLike
 
 from . import ops
 from ._hyper import UNIT_OPEN, check_flag, check_real
-from ._validate import FLOAT_TYPES
+from ._validate import FLOAT_TYPES, check_unmasked
 
 
 def _check_beta(beta: float) -> float:
@@ -17,9 +17,7 @@ def _check_beta(beta: float) -> float:
 
 def _real_array(x: ArrayLike) -> np.ndarray:
     """``x`` as an ndarray, once it is one of real numbers (else TypeError naming it)."""
-    if isinstance(x, np.ma.MaskedArray):   # np.asarray would drop the mask silently
-        raise TypeError("x must not be a masked array (its mask would be ignored); pass "
-                        "x.filled(...) or x.compressed()")
+    check_unmasked("x", x)
     x = np.asarray(x)
     if x.dtype.kind not in "biuf":
         raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")

@@ -554,3 +554,19 @@ def test_complex_values_are_refused_naming_the_key_and_change_nothing():
         arena.add("X", (2,), init=z)
     assert arena.params["W"].tolist() == [1.0, 2.0] and arena.grads["W"].tolist() == [3.0, 4.0]
     assert arena.size == 2 and "X" not in arena.params
+
+
+def test_a_ragged_value_is_a_value_error_naming_the_key_and_changes_nothing():
+    """The complex check, made first, raised NumPy's 'inhomogeneous shape' ValueError for a
+    ragged list, naming neither the key nor the parameter."""
+    arena = fo.ParameterArena(np.float64, 16)
+    arena.add("W", (2, 2), init=1.0)
+    ragged = [[1.0, 2.0], [3.0]]
+    for assign, label in ((lambda: arena.params.__setitem__("W", ragged), r"params\['W'\]"),
+                          (lambda: arena.grads.__setitem__("dW", ragged), r"grads\['dW'\]"),
+                          (lambda: arena.grads.update(W=ragged), r"grads\['W'\]"),
+                          (lambda: arena.add("X", (2, 2), init=ragged), "init for 'X'")):
+        with pytest.raises(ValueError, match=rf"^{label} must be a rectangular array"):
+            assign()
+    assert arena.params["W"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    assert not arena.grads["W"].any() and arena.size == 4 and "X" not in arena.params

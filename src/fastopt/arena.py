@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ._validate import FLOAT_DTYPES
+from ._validate import FLOAT_DTYPES, as_array
 
 # id(param buffer) -> its arena
 _OWNERS: "weakref.WeakValueDictionary[int, ParameterArena]" = weakref.WeakValueDictionary()
@@ -233,8 +233,9 @@ class ParameterArena:
 
 def _refuse_complex(label, value):
     """TypeError for complex values: NumPy's cast into the arena's real dtype would drop their
-    imaginary parts (with only a ComplexWarning)."""
-    if np.iscomplexobj(value):
+    imaginary parts (with only a ComplexWarning); ValueError naming ``label`` for a ragged
+    sequence (np.iscomplexobj's own error named nothing)."""
+    if np.iscomplexobj(value if hasattr(value, "dtype") else as_array(label, value)):
         raise TypeError(f"{label}: complex values, the arena holds real numbers")
 
 

@@ -570,3 +570,20 @@ def test_a_ragged_value_is_a_value_error_naming_the_key_and_changes_nothing():
             assign()
     assert arena.params["W"].tolist() == [[1.0, 1.0], [1.0, 1.0]]
     assert not arena.grads["W"].any() and arena.size == 4 and "X" not in arena.params
+
+
+def test_a_masked_value_is_refused_naming_the_key_and_changes_nothing():
+    """The cast into the arena copied a masked array's data, the masked values included, its
+    mask dropped silently (EWA, minibatches and the kernels refuse masked arrays for that):
+    params, grads and an add's init."""
+    arena = fo.ParameterArena(np.float64, 16)
+    arena.add("W", (2,), init=1.0)
+    masked = np.ma.masked_array([5.0, 6.0], mask=[False, True])
+    for assign, label in ((lambda: arena.params.__setitem__("W", masked), r"params\['W'\]"),
+                          (lambda: arena.grads.__setitem__("dW", masked), r"grads\['dW'\]"),
+                          (lambda: arena.grads.update(W=masked), r"grads\['W'\]"),
+                          (lambda: arena.add("X", (2,), init=masked), "init for 'X'")):
+        with pytest.raises(TypeError, match=rf"^{label} must not be a masked array"):
+            assign()
+    assert arena.params["W"].tolist() == [1.0, 1.0] and not arena.grads["W"].any()
+    assert arena.size == 2 and "X" not in arena.params

@@ -14,8 +14,8 @@ def check_unmasked(name, a):
     """Raise TypeError if ``a`` is a masked array, whose mask ``np.asarray`` would drop
     silently (its masked values taken as data)."""
     if isinstance(a, np.ma.MaskedArray):
-        raise TypeError(f"{name} must not be a masked array (its mask would be ignored); "
-                        f"pass {name}.filled(...) or {name}.compressed()")
+        raise TypeError(f"{name} must not be a masked array (its mask would be ignored): "
+                        "fill or drop the masked values first (.filled(...), .compressed())")
 
 
 def as_array(name, a):

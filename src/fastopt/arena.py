@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ._validate import FLOAT_DTYPES, as_array
+from ._validate import FLOAT_DTYPES, as_array, check_unmasked
 
 # id(param buffer) -> its arena
 _OWNERS: "weakref.WeakValueDictionary[int, ParameterArena]" = weakref.WeakValueDictionary()
@@ -48,7 +48,7 @@ class ParameterArena:
     ----------
     params : dict
         Name -> parameter view, in allocation order; assigning ``params["W1"] = W1`` copies
-        into the view (complex values are refused: TypeError).
+        into the view (complex values and masked arrays are refused: TypeError).
     grads : dict
         Name -> grad view (also reachable as ``"d" + name``); assigning
         ``grads["dW1"] = dW1`` copies into the view.
@@ -109,7 +109,7 @@ class ParameterArena:
         ------
         TypeError
             ``name`` not a non-empty str, ``shape`` not an int or a sequence of ints, or a
-            complex ``init``.
+            complex or masked ``init``.
         ValueError
             ``name`` already in the arena (or ``"d" + name``, or ``name`` without its
             leading ``d``: the grads' keys), a negative dimension in ``shape`` (as NumPy), not
@@ -233,8 +233,10 @@ class ParameterArena:
 
 def _refuse_complex(label, value):
     """TypeError for complex values: NumPy's cast into the arena's real dtype would drop their
-    imaginary parts (with only a ComplexWarning); ValueError naming ``label`` for a ragged
-    sequence (np.iscomplexobj's own error named nothing)."""
+    imaginary parts (with only a ComplexWarning), and for a masked array, whose mask it would
+    drop; ValueError naming ``label`` for a ragged sequence (np.iscomplexobj's own error named
+    nothing)."""
+    check_unmasked(label, value)
     if np.iscomplexobj(value if hasattr(value, "dtype") else as_array(label, value)):
         raise TypeError(f"{label}: complex values, the arena holds real numbers")
 

@@ -532,3 +532,65 @@ def test_a_step_count_or_mu_product_the_step_refuses_raises_before_anything_step
     with pytest.raises(ValueError, match=match):
         opt.step()
     _same(before, _snapshot(opt))
+
+
+# ------------------------------------------------- 7. amsgrad switched on after some steps
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("switched", [[0], [1], [0, 1], "one group"],
+                         ids=["group-0", "group-1", "both", "one-group"])
+def test_amsgrad_switched_on_after_steps_raises_keyerror_as_torch_and_changes_nothing(
+        name, switched):
+    """torch.optim's Adam reads ``state['max_exp_avg_sq']`` of a parameter whose state was
+    made without amsgrad, and raises KeyError (single-tensor and default implementation
+    alike; after stepping the groups before). fastopt.torch raises KeyError naming the key
+    before any group steps; once the user sets the state, both step on alike."""
+    runs = []
+    for lib, kw in ((ft, {}), (torch.optim, dict(foreach=False)), (torch.optim, {})):
+        a = torch.nn.Parameter(torch.linspace(-1, 1, 3, dtype=torch.float64))
+        b = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64))
+        groups = [a, b] if switched == "one group" else [{"params": [a]}, {"params": [b]}]
+        opt = getattr(lib, name)(groups, lr=0.1, weight_decay=0.1, **kw)
+        runs.append(([a, b], opt))
+    gen = torch.Generator().manual_seed(3)
+
+    def grads():
+        gs = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in runs[0][0]]
+        for ps, _ in runs:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+
+    for _ in range(2):
+        grads()
+        for _, opt in runs:
+            opt.step()
+    grads()
+    for _, opt in runs:
+        for gi in ([0] if switched == "one group" else switched):
+            opt.param_groups[gi]["amsgrad"] = True
+    for _, ref in runs[1:]:
+        with pytest.raises(KeyError, match="max_exp_avg_sq"):
+            ref.step()
+    (ours, opt), (theirs, ref) = runs[:2]
+    before = _snapshot(opt)
+    for _ in range(2):      # (and again: the plan is not trusted)
+        with pytest.raises(KeyError, match="max_exp_avg_sq"):
+            opt.step()
+        _same(before, _snapshot(opt))
+    # torch stepped the groups before the one that raised: undo that, then set the state
+    for p, q in zip(ours, theirs):
+        with torch.no_grad():
+            q.copy_(p)
+        ref.state[q] = {k: v.clone() for k, v in opt.state[p].items()}
+    for ps, o in ((ours, opt), (theirs, ref)):
+        for group in o.param_groups:
+            for p in group["params"]:
+                if group["amsgrad"]:
+                    o.state[p]["max_exp_avg_sq"] = torch.zeros_like(p)
+    for _ in range(3):
+        opt.step()
+        ref.step()
+        grads()
+    _close(ours, theirs)
+    for p, q in zip(ours, theirs):
+        assert opt.state[p].keys() == ref.state[q].keys()
+        _close(opt.state[p].values(), ref.state[q].values())

@@ -29,7 +29,11 @@ refuse; NAdam's ``mu_product`` outside [0, 1]) are checked before any group is s
 step that raises on them changes nothing: that includes a state tensor whose dtype or shape is
 not its parameter's (``model.double()`` after some steps, which torch.optim's SGD and Adagrad
 step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
-the state) and an expanded parameter (stride 0), which torch.optim refuses too. A parameter
+the state), an expanded parameter (stride 0), which torch.optim refuses too, and a state
+made without a key the step reads (``amsgrad`` switched on after the first step, or a state
+dict of another optimizer class loaded), which raises ``KeyError`` naming the key as
+torch.optim's step does (after stepping the groups before; SGD's missing momentum buffer is
+made, as torch makes it). A parameter
 listed twice in a group (torch.optim warns, then steps it once per occurrence), parameters or
 state tensors of a group whose memory overlaps (views of one buffer, or separate storages
 over one memory such as ``torch.from_numpy`` of overlapping slices; the kernels compare memory
@@ -805,12 +809,24 @@ class _FastOptimizer(_Mixin):
         plan.stored = [self.state.get(p) for p in live]
         # new state goes into new dicts, stored by _run once the kernels ran
         plan.states, plan.fresh = [], []
-        for p, old_state in zip(live, plan.stored):
+        # the state torch's step reads from a state it made before: where a key is missing
+        # (an option switched on after the first step, amsgrad; another optimizer's state
+        # dict loaded) torch raises KeyError, but for the keys it takes as not made yet
+        # where they are missing or None (SGD's momentum buffer, made then)
+        required = [key for key in plan.keys + (("step",) if self._STEPPED else ())
+                    + self._SCALAR_STATE if key not in self._NONE_IS_NEW]
+        for i, (p, old_state) in enumerate(zip(live, plan.stored)):
             state = old_state if old_state else self._init_state(p, group)
-            # state that an option switched on later needs (as torch would create it), or
-            # that torch takes as not made yet where it is None
-            missing = [key for key in plan.keys if key not in state
-                       or (state[key] is None and key in self._NONE_IS_NEW)]
+            for key in required:
+                if key not in state:
+                    raise KeyError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} is "
+                                   "missing: its state was made without it (an option switched "
+                                   "on later, such as amsgrad, or another optimizer's state "
+                                   "dict loaded), which torch.optim's step refuses with a "
+                                   "KeyError too; set it, or delete the parameter's state to "
+                                   "start it anew")
+            missing = [key for key in self._NONE_IS_NEW
+                       if key in plan.keys and state.get(key) is None]
             plan.fresh.append(not old_state or bool(missing))
             narrow = []
             if p.dtype in _HALF:

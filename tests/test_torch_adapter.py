@@ -185,6 +185,74 @@ def test_a_tensor_lr_and_a_lambda_scheduler():
     assert_trajectories_close(ours, theirs, opt, ref)
 
 
+BETAS = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
+
+
+@pytest.mark.parametrize("name", BETAS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("which", ["betas", "betas-and-lr", "beta1", "lr-shape-1"])
+def test_tensor_betas_and_lr_step_as_torchs(name, dtype, which):
+    """torch 2.13 takes one-element tensors for betas (Adam and AdamW: both or neither,
+    else ValueError) and lr: fastopt.torch takes them as torch does and steps torch's
+    trajectory. The tensors have the parameters' dtype (float32 tensors in float64
+    trajectories: torch folds the bias corrections in the tensors' dtype)."""
+    t = lambda x, shape=(): torch.tensor(x, dtype=dtype).reshape(shape)  # noqa: E731
+    kwargs = {"betas": dict(betas=(t(0.8), t(0.99))),
+              "betas-and-lr": dict(betas=(t(0.8), t(0.99)), lr=t(0.01)),
+              "beta1": dict(betas=(t(0.8), 0.99)),
+              "lr-shape-1": dict(betas=(t(0.8), t(0.99)), lr=t(0.01, (1,)))}[which]
+    if which == "beta1" and name in ("Adam", "AdamW"):
+        for lib in (torch.optim, ft):
+            with pytest.raises(ValueError, match="betas must be either both floats or both"):
+                getattr(lib, name)([torch.nn.Parameter(torch.ones(2))], **kwargs)
+        return
+    step_both_and_compare(name, kwargs, dtype, 8)
+
+
+@pytest.mark.parametrize("name", BETAS)
+@pytest.mark.parametrize("index", [0, 1], ids=["beta1", "beta2"])
+def test_a_tensor_beta_of_shape_1_steps_or_raises_as_torchs(name, index):
+    """A one-element beta tensor that is not 0-d: torch's Adam and AdamW squeeze it; the
+    step of the others refuses some whatever the parameters (Adamax's beta1, NAdam's two,
+    RAdam's beta2: in its arithmetic, after counting the step). fastopt.torch raises the
+    same error type where torch's step does (at construction, as for the other values its
+    step refuses, or at the step for a beta set later, before anything changes), and steps
+    torch's trajectory where it does not."""
+    def betas(shape):
+        b = [torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.99, dtype=torch.float64)]
+        b[index] = b[index].reshape(shape)
+        return tuple(b)
+
+    gen = torch.Generator().manual_seed(4)
+    # (not 0-d: a shape-(1,) beta of torch's Adamax and RAdam that they step in place into a
+    # 0-d tensor is a shape error)
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(3, 4), (5,), (17,)]]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = getattr(torch.optim, name)(theirs, betas=betas(1), foreach=False)
+    try:
+        _set_grads(gen, ours, theirs)
+        ref.step()
+    except (TypeError, RuntimeError) as error:
+        match = rf"betas\[{index}\] is a tensor of shape \(1,\)"
+        with pytest.raises(type(error), match=match):
+            getattr(ft, name)(ours, betas=betas(1))
+        opt = getattr(ft, name)(ours, betas=betas(()))
+        opt.param_groups[0]["betas"] = betas(1)
+        before = [p.detach().clone() for p in ours]
+        with pytest.raises(type(error), match=match):
+            opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(ours, before)) and not opt.state
+        return
+    opt = getattr(ft, name)(ours, betas=betas(1))
+    opt.step()
+    for _ in range(7):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
 def test_closure_is_called_with_grad_enabled_and_its_loss_returned():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2).double()

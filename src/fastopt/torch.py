@@ -417,6 +417,8 @@ class _FastOptimizer(_Mixin):
     _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
     _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
+    # (index, error) of the betas whose tensors torch's step refuses unless they are 0-d
+    _BETAS_0D: tuple[tuple[int, type], ...] = ()
 
     def __init__(self, params: _torch_optimizer.ParamsT, *args: Any,
                  max_grad_norm: float | None = None, **kwargs: Any) -> None:
@@ -1289,6 +1291,18 @@ class _FastOptimizer(_Mixin):
             gviews[k] = _array(plan.params[k].detach() * decay)
         return gviews
 
+    def _betas(self, group):
+        """A group's ``betas`` as a tuple of Python numbers: torch takes one-element tensors,
+        but for those its step refuses where they are not 0-d (``_BETAS_0D``)."""
+        betas = group["betas"]
+        for i, error in self._BETAS_0D:
+            if len(betas) > i and isinstance(betas[i], torch.Tensor) and betas[i].dim() != 0:
+                raise error(f"fastopt.torch.{type(self).__name__}: betas[{i}] is a tensor of "
+                            f"shape {tuple(betas[i].shape)}; torch.optim's step refuses a "
+                            f"beta{i + 1} tensor that is not 0-d with {error.__name__} too: "
+                            "pass a 0-d tensor or a float")
+        return tuple(map(_number, betas))
+
     def _check_group(self, group):
         """Raise for a hyper-parameter of the group the kernels cannot take (the checks of
         ``_update``, by ops' helpers); :meth:`_step` runs it on every group that steps
@@ -1499,17 +1513,14 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
     def _check_group(self, group):
-        beta1, beta2 = group["betas"]
-        ops._adam_scalars(1, _number(group["lr"]), (_number(beta1), _number(beta2)),
-                          group["eps"], group["weight_decay"])
+        ops._adam_scalars(1, _number(group["lr"]), self._betas(group), group["eps"],
+                          group["weight_decay"])
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, (beta1, beta2) = _number(group["lr"]), group["betas"]
-        beta1, beta2 = _number(beta1), _number(beta2)
+        lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
-        eps, wd = group["eps"], group["weight_decay"]
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
-            step, lr, (beta1, beta2), eps, wd)
+            step, lr, self._betas(group), eps, wd)
         decoupled = self._decoupled or bool(group.get("decoupled_weight_decay"))
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], cols.get("max_exp_avg_sq"),
@@ -1554,18 +1565,19 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "maximize")
     _KERNEL = "adamax"
+    _BETAS_0D = ((0, TypeError),)    # (torch's errors)
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
 
     def _check_group(self, group):
-        ops._adamax_scalars(1, _number(group["lr"]), tuple(group["betas"]), group["eps"],
+        ops._adamax_scalars(1, _number(group["lr"]), self._betas(group), group["eps"],
                             group["weight_decay"])
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         eps, wd = group["eps"], group["weight_decay"]
         beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
-                                                tuple(group["betas"]), eps, wd)
+                                                self._betas(group), eps, wd)
         self._kernel_for(cols, grad_scale)(params, grads, cols["exp_avg"], cols["exp_inf"],
                                            beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
                                            clr=clr, maximize=bool(group["maximize"]))
@@ -1583,6 +1595,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
     _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
              "decoupled_weight_decay", "maximize")
     _KERNEL = "nadam"
+    _BETAS_0D = ((0, RuntimeError), (1, TypeError))    # (torch's errors)
     _SCALAR_STATE = ("mu_product",)
 
     def _state_keys(self, group):
@@ -1604,7 +1617,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             check_reals(mu_product=(float(product), UNIT))
 
     def _check_group(self, group):
-        ops._nadam_scalars(1, 1.0, _number(group["lr"]), tuple(group["betas"]), group["eps"],
+        ops._nadam_scalars(1, 1.0, _number(group["lr"]), self._betas(group), group["eps"],
                            group["weight_decay"], group["momentum_decay"])
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
@@ -1614,11 +1627,15 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         # float32 tensor, or float64 under set_default_dtype(torch.float64)) go in separate
         # calls
         products = [(float(m), m.dtype != np.float64) for m in cols["mu_product"]]
+        # torch's momentum from a float64 tensor beta1 is a float64 tensor, which its float32
+        # product is multiplied by in float64 (from a float, in float32)
+        betas, beta1 = self._betas(group), group["betas"][0]
+        round_mu = not (isinstance(beta1, torch.Tensor) and beta1.dtype == torch.float64)
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
-                step, product, lr, tuple(group["betas"]), eps, wd, group["momentum_decay"],
-                single=single)
+                step, product, lr, betas, eps, wd, group["momentum_decay"],
+                single=single, round_mu=round_mu)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             self._kernel_for(part_cols, grad_scale)(
                 *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
@@ -1636,18 +1653,19 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
     _KERNEL = "radam"
+    _BETAS_0D = ((1, TypeError),)    # (torch's errors)
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
 
     def _check_group(self, group):
-        ops._radam_scalars(1, _number(group["lr"]), tuple(group["betas"]), group["eps"],
+        ops._radam_scalars(1, _number(group["lr"]), self._betas(group), group["eps"],
                            group["weight_decay"])
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
         beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
-            step, lr, tuple(group["betas"]), eps, wd)
+            step, lr, self._betas(group), eps, wd)
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], lr=lr, beta1=beta1,
             beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,

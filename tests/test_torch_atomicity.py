@@ -515,9 +515,11 @@ def test_the_first_groups_overlap_its_kernels_refuse_is_named(name, second):
     ("NAdam", "mu_product", 1.5, r"Invalid mu_product: 1\.5"),
     ("NAdam", "mu_product", float("nan"), r"Invalid mu_product: nan")])
 @pytest.mark.parametrize("where", ["second group", "second call of one group"])
+@pytest.mark.parametrize("how", ["assigned", "in place"])
 def test_a_step_count_or_mu_product_the_step_refuses_raises_before_anything_steps(
-        name, key, value, match, where):
-    """A step count (or NAdam's mu_product) loaded or assigned that the kernels' scalars
+        name, key, value, match, where, how):
+    """A step count (or NAdam's mu_product) loaded, assigned or written in place (into the
+    tensor the last step left, ``opt.state[p]['step'].fill_(-5)``) that the kernels' scalars
     refuse (a count below 0 or NaN: the step would be below 1) raises before any group, or
     any call of its own group (parameters whose counts differ), has stepped."""
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
@@ -525,13 +527,22 @@ def test_a_step_count_or_mu_product_the_step_refuses_raises_before_anything_step
     opt = getattr(ft, name)(groups)
     a.grad, b.grad = torch.ones(2), torch.ones(3)
     opt.step()
-    opt.state[b][key] = torch.tensor(value)
+    opt.step()      # (the plan is kept: the counts are those the last step wrote)
+
+    def write(key, value):
+        if how == "in place":
+            opt.state[b][key].fill_(value)
+        else:
+            opt.state[b][key] = torch.tensor(value)
+
+    write(key, value)
     if where != "second group" and key != "step":
-        opt.state[b]["step"] = torch.tensor(5.0)    # a call of its own, after a's
+        write("step", 5.0)      # a call of its own, after a's
     before = _snapshot(opt)
-    with pytest.raises(ValueError, match=match):
-        opt.step()
-    _same(before, _snapshot(opt))
+    for _ in range(2):
+        with pytest.raises(ValueError, match=match):
+            opt.step()
+        _same(before, _snapshot(opt))
 
 
 # ------------------------------------------------- 7. amsgrad switched on after some steps

@@ -23,10 +23,13 @@ and tensors and their data pointers, the options that need more state), so a cha
 between steps (a ``.data`` reassigned, new grads, state assigned or loaded) is picked up by
 the next one (a ``.data`` of the same storage with other strides or shape, ``p.data =
 p.data.t()``, included). A group's ``step`` counts are 0-d views of one tensor, advanced with
-one operation; a ``step`` assigned from elsewhere is copied into it. Every group's tensors,
-hyper-parameters and loaded step counts (a count below 0 or NaN, which the kernels' scalars
-refuse; NAdam's ``mu_product`` outside [0, 1]) are checked before any group is stepped, so a
-step that raises on them changes nothing: that includes a state tensor whose dtype or shape is
+one operation; a ``step`` assigned from elsewhere is copied into it, and one written in place
+(``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. Every group's
+tensors, hyper-parameters and step counts loaded, assigned or written in place (a count below
+0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs or a complex
+bias correction; RMSprop and Adadelta, which do not read it, step any count as torch does;
+NAdam's ``mu_product`` outside [0, 1]) are checked before any group is stepped, so a step
+that raises on them changes nothing: that includes a state tensor whose dtype or shape is
 not its parameter's (``model.double()`` after some steps, which torch.optim's SGD and Adagrad
 step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
 the state), an expanded parameter (stride 0), which torch.optim refuses too, and a state
@@ -322,7 +325,8 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads")
+                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads",
+                 "scalars", "scalar_versions")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -700,7 +704,10 @@ class _FastOptimizer(_Mixin):
                     or [*map(_shape, plan.params)] != plan.shapes)
                 # a 16-bit parameter written outside the step: its master is checked
                 or (plan.versions is not None
-                    and list(map(_version_of, params)) != plan.versions)):
+                    and list(map(_version_of, params)) != plan.versions)
+                # a count or scalar state written in place (``state['step'].fill_(-5)``):
+                # checked anew
+                or list(map(_version_of, plan.scalars)) != plan.scalar_versions):
             return False
         values = list(chain.from_iterable(map(dict.values, plan.states)))
         if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):
@@ -908,6 +915,11 @@ class _FastOptimizer(_Mixin):
         if self._STEPPED:
             self._count_steps(plan, old)
             self._check_counts(plan)
+        # the counts' buffer and the scalar state, whose version counters move where they are
+        # written in place (the step writes them through NumPy, which moves none)
+        plan.scalars = ([plan.step_buf] if self._STEPPED else []) + [
+            t for key in self._SCALAR_STATE for t in plan.tensors[key]]
+        plan.scalar_versions = list(map(_version_of, plan.scalars))
         # what _plan_holds checks: the states' entries by identity, and the data pointers of
         # the parameters, the state tensors the step uses and the grads
         plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
@@ -1233,9 +1245,12 @@ class _FastOptimizer(_Mixin):
                     else:
                         plan.counts[plan.live_index] = first + 1
                 else:
-                    steps = counts.tolist()
-                    for step in sorted(set(steps)):
-                        part = [k for k, s in enumerate(steps) if s == step]
+                    # the parameters by count (a NaN count, written in place or loaded, which
+                    # RMSprop and Adadelta step, is a call of its own)
+                    parts: dict[float, list[int]] = {}
+                    for k, count in enumerate(counts.tolist()):
+                        parts.setdefault(count, []).append(k)
+                    for step, part in parts.items():
                         pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
                         self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
                                      factor)

@@ -1452,6 +1452,52 @@ def test_a_step_count_written_in_place_is_read_by_the_next_step(name, write, whe
                                   [float(ref.state[p]["step"]) for p in theirs])
 
 
+@pytest.mark.parametrize("dst", NAMES)
+@pytest.mark.parametrize("src", NAMES)
+def test_a_state_dict_of_another_optimizer_class_loads_and_steps_as_in_torch(src, dst):
+    """torch.optim's state dict of one class (SGD with momentum for SGD) loaded into another
+    with the same parameters: fastopt.torch does what torch.optim does. The load raises
+    where torch's does (NAdam's needs ``mu_product``, the others a ``step``); torch loads the
+    rest, with the saved param groups' options, and its step then raises KeyError (an option
+    or a state key the state dict lacks: ``exp_inf`` in Adam's for Adamax), which
+    fastopt.torch's raises too, changing nothing; or it steps (Adam's for RAdam), and
+    fastopt.torch steps torch's numbers."""
+    if src == dst:
+        pytest.skip("the same class")
+    extra = dict(momentum=0.9) if src == "SGD" else {}
+    source = getattr(torch.optim, src)(_params(torch.float64), lr=0.01, foreach=False, **extra)
+    gen = torch.Generator().manual_seed(16)
+    _set_grads(gen, source.param_groups[0]["params"])
+    source.step()
+    saved = source.state_dict()
+    ours, opt, theirs, ref = _pair(dst, dict(lr=0.02))
+    try:
+        ref.load_state_dict(copy.deepcopy(saved))
+    except Exception as error:
+        with pytest.raises(type(error)):
+            opt.load_state_dict(copy.deepcopy(saved))
+        return
+    opt.load_state_dict(copy.deepcopy(saved))
+    for _ in range(3):
+        _set_grads(gen, ours, theirs)
+        try:
+            ref.step()
+        except Exception as error:
+            before = [p.detach().clone() for p in ours]
+            state = copy.deepcopy(opt.state_dict())
+            with pytest.raises(type(error)):
+                opt.step()
+            assert all(torch.equal(p, q) for p, q in zip(ours, before))
+            after = opt.state_dict()
+            for i, entry in state["state"].items():
+                assert entry.keys() == after["state"][i].keys()
+                for key, value in entry.items():
+                    assert torch.equal(value, after["state"][i][key]), key
+            return
+        opt.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
 @pytest.mark.parametrize("clear", ["opt.zero_grad()", "model.zero_grad()", "grad = None"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_grads_set_to_none_are_freed_as_with_torch(clear, dtype):

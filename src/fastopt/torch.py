@@ -36,13 +36,13 @@ the state), an expanded parameter (stride 0), which torch.optim refuses too, and
 made without a key the step reads (``amsgrad`` switched on after the first step, or a state
 dict of another optimizer class loaded), which raises ``KeyError`` naming the key as
 torch.optim's step does (after stepping the groups before; SGD's missing momentum buffer is
-made, as torch makes it). A parameter
-listed twice in a group (torch.optim warns, then steps it once per occurrence), parameters or
-state tensors of a group whose memory overlaps (views of one buffer, or separate storages
-over one memory such as ``torch.from_numpy`` of overlapping slices; the kernels compare memory
-bounds, so interleaved views count too), or a grad whose memory overlaps a parameter or state
-tensor of its group (other than a parameter that is its own grad, ``p.grad = p.detach()``,
-which is stepped as torch steps it: a decoupled weight decay decays its grad with it), raise
+made, as torch makes it). A parameter listed twice in a group (torch.optim warns, then steps
+it once per occurrence), parameters or state tensors of a group whose memory overlaps (views
+of one buffer, or separate storages over one memory such as ``torch.from_numpy`` of
+overlapping slices; the kernels compare memory bounds, so interleaved views count too), or a
+grad whose memory overlaps a parameter or state tensor of its group (other than a parameter
+that is its own grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled
+weight decay decays its grad with it), raise
 ``ValueError`` at the step, before any group has stepped (torch.optim steps them one after
 the other). A param group popped from ``param_groups`` is forgotten at the next step (its
 parameters' state stays in ``opt.state``, as in torch.optim).
@@ -1644,8 +1644,8 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         products = [(float(m), m.dtype != np.float64) for m in cols["mu_product"]]
         # torch's momentum from a float64 tensor beta1 is a float64 tensor, which its float32
         # product is multiplied by in float64 (from a float, in float32)
-        betas, beta1 = self._betas(group), group["betas"][0]
-        round_mu = not (isinstance(beta1, torch.Tensor) and beta1.dtype == torch.float64)
+        betas, first = self._betas(group), group["betas"][0]
+        round_mu = not (isinstance(first, torch.Tensor) and first.dtype == torch.float64)
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(

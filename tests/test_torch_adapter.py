@@ -1416,6 +1416,7 @@ STEP_WRITES = {
     "copy_": lambda t: t.copy_(torch.tensor(7)),
     "zero_": lambda t: t.zero_(),
     "unsqueeze_": lambda t: t.unsqueeze_(0),
+    "t_ of a (1, 1) view": lambda t: t.unsqueeze_(0).unsqueeze_(1).add_(1).t_(),
     # a count torch steps without reading it (RMSprop's and Adadelta's), which the others'
     # scalars refuse (test_torch_atomicity)
     "fill_ nan": lambda t: t.fill_(float("nan")),

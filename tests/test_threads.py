@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -271,6 +272,24 @@ def test_the_pool_runs_every_chunk_of_a_job_once(nchunks):
     for nthreads in (1, 2, 3):
         counts = stream.pool_chunk_counts(nchunks, nthreads)
         assert counts.shape == (nchunks,) and (counts == 1).all(), (nthreads, np.unique(counts))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity")
+                    else (os.cpu_count() or 1) < 2, reason="needs two CPUs")
+def test_sleeping_helpers_are_woken_for_a_long_job_and_chunks_run_once_either_way():
+    """A job that finds the helpers asleep (after other work, as a training loop's steps do)
+    wakes them only when its chunks are long enough to pay for the wake (fo_pool.h's
+    fo_pool_wake_if_worth): the caller may run a first chunk alone, then the rest alone or
+    with the helpers. Whichever way, every chunk runs once; and a long job (8 chunks of 5 ms)
+    is shared, the helper not left asleep (it has 35 ms to start on its chunks)."""
+    stream = pytest.importorskip("fastopt._kernels.stream")
+    for nchunks, seconds in [(8, 0.0), (8, 2e-5), (3, 1e-4), (8, 5e-3), (2, 5e-3), (8, 0.0)]:
+        time.sleep(0.005)                       # the helper polls 50 us, then sleeps
+        by_caller = np.zeros(nchunks, np.intc)
+        counts = stream.pool_chunk_counts(nchunks, 2, seconds, by_caller)
+        assert (counts == 1).all(), (nchunks, seconds, counts)
+        if nchunks == 8 and seconds == 5e-3:
+            assert not by_caller.all(), "the helper was left asleep for a 40 ms job"
 
 
 def test_concurrent_callers_of_long_jobs_run_every_chunk_once():

@@ -20,7 +20,8 @@
  * One job at a time: a second caller (another Python thread) that finds the pool busy runs its
  * job on its own thread. A helper polls for a new job for a few tens of microseconds after
  * each one (back-to-back calls of an optimizer step find it awake), then sleeps on a condition
- * variable, so it never spins against other work for long. After fork() the child starts with
+ * variable, so it never spins against other work for long; a sleeping helper is woken only for
+ * a job long enough to pay for the wake (fo_pool_wake_if_worth). After fork() the child starts with
  * no helpers and makes new ones on first use; it never runs a job on an OpenMP team, since
  * GNU OpenMP's thread pool does not survive fork (a region in the child waits forever at its
  * end for the parent's workers) and torch's DataLoader-style workers fork after torch has
@@ -94,6 +95,8 @@ static struct {
     _Atomic int helpers_wanted;     /* helpers with a smaller index take part in this job */
     int helpers;                    /* helper threads started */
     int avoided_cpu;                /* the helpers may run anywhere the caller may but here */
+    double wake_seconds;            /* what waking the sleeping helpers cost the caller */
+    double chunk_seconds;           /* a chunk of the last job, run by the caller */
     int serial_calls;               /* calls left to run on the caller alone (back-off) */
     int backoff;                    /* length of the next back-off */
     int atfork_registered;
@@ -109,19 +112,20 @@ static double fo_now(void) {
 
 enum { FO_MAX_CHUNKS = 0xFFFF };    /* chunks one claim word counts (16 bits each end) */
 
-/* Claim and run chunks of `job` until none is left (or the job is over): the first unclaimed
- * one, or (`from_back`, the helpers) the last. */
-static void fo_pool_work(uint32_t job, int from_back) {
-    for (;;) {
+/* Claim and run chunks of `job` until none is left (or the job is over), at most `most` of
+ * them: the first unclaimed one, or (`from_back`, the helpers) the last. Returns how many ran. */
+static Py_ssize_t fo_pool_work(uint32_t job, int from_back, Py_ssize_t most) {
+    Py_ssize_t ran = 0;
+    while (ran < most) {
         uint64_t word = atomic_load_explicit(&fo_pool.claim, memory_order_acquire);
         if ((uint32_t)(word >> 32) != job)
-            return;
+            break;
         Py_ssize_t front = (Py_ssize_t)(word >> 16 & 0xFFFF), back = (Py_ssize_t)(word & 0xFFFF);
         /* if these belong to a newer job already, `word` is stale and the CAS below fails */
         fo_chunk_fn fn = atomic_load_explicit(&fo_pool.fn, memory_order_relaxed);
         void *ctx = atomic_load_explicit(&fo_pool.ctx, memory_order_relaxed);
         if (front >= back)
-            return;
+            break;
         Py_ssize_t chunk = from_back ? back - 1 : front;
         uint64_t claimed = from_back ? word - 1 : word + (1 << 16);
         if (atomic_compare_exchange_weak_explicit(&fo_pool.claim, &word, claimed,
@@ -129,8 +133,17 @@ static void fo_pool_work(uint32_t job, int from_back) {
                                                   memory_order_acquire)) {
             fn(ctx, chunk);
             atomic_fetch_add_explicit(&fo_pool.done, 1, memory_order_release);
+            ran++;
         }
     }
+    return ran;
+}
+
+/* The chunks of `job` not claimed yet. */
+static Py_ssize_t fo_pool_unclaimed(uint32_t job) {
+    uint64_t word = atomic_load_explicit(&fo_pool.claim, memory_order_acquire);
+    Py_ssize_t front = (Py_ssize_t)(word >> 16 & 0xFFFF), back = (Py_ssize_t)(word & 0xFFFF);
+    return (uint32_t)(word >> 32) == job && back > front ? back - front : 0;
 }
 
 static void *fo_helper_main(void *arg) {
@@ -157,9 +170,37 @@ static void *fo_helper_main(void *arg) {
         }
         seen = job;
         if (index < atomic_load_explicit(&fo_pool.helpers_wanted, memory_order_relaxed))
-            fo_pool_work(job, 1);
+            fo_pool_work(job, 1, PY_SSIZE_T_MAX);
     }
     return NULL;
+}
+
+/* Waking helpers that went to sleep (the calls are spaced out by other work, as a training
+ * loop's steps are by its forward and backward passes) costs the caller a futex wake of
+ * another CPU: on this 2-vCPU VM, 25-30 us (a wake followed by the job on the caller alone
+ * took that much longer than the job alone), more than a helper that starts late saves on a
+ * short job (Adam on 1e5 float32 elements after 1 ms of sleep: 79-95 us with the wake, 70-74
+ * us on one thread). So the caller wakes them only for a job whose chunks left take longer
+ * than FO_WAKE_WORTH wakes: judged by the last job's chunks when they say so, else by timing
+ * one chunk of this job first (a stale estimate only ever wakes them, as before). */
+#define FO_WAKE_WORTH 4.0
+
+static void fo_pool_wake_if_worth(uint32_t job, Py_ssize_t nchunks) {
+    double worth = FO_WAKE_WORTH * fo_pool.wake_seconds;
+    if (!(nchunks * fo_pool.chunk_seconds > worth)) {
+        double t0 = fo_now();
+        if (!fo_pool_work(job, 0, 1))
+            return;
+        if (!(fo_pool_unclaimed(job) * (fo_now() - t0) > worth))
+            return;     /* the caller runs the rest alone, sooner than with a woken helper */
+    }
+    double t0 = fo_now();
+    pthread_mutex_lock(&fo_pool.sleep_lock);
+    pthread_cond_broadcast(&fo_pool.wake);
+    pthread_mutex_unlock(&fo_pool.sleep_lock);
+    double cost = fo_now() - t0;
+    fo_pool.wake_seconds = fo_pool.wake_seconds > 0 ? 0.75 * fo_pool.wake_seconds + 0.25 * cost
+                                                    : cost;
 }
 
 static int fo_pool_forked;   /* this process is a fork() child: no OpenMP team (see the top) */
@@ -294,13 +335,13 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
     atomic_store_explicit(&fo_pool.helpers_wanted, nthreads - 1, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.done, 0, memory_order_relaxed);
     atomic_store(&fo_pool.claim, (uint64_t)job << 32 | (uint64_t)nchunks);   /* publishes it */
-    if (atomic_load(&fo_pool.sleepers) > 0) {
-        pthread_mutex_lock(&fo_pool.sleep_lock);
-        pthread_cond_broadcast(&fo_pool.wake);
-        pthread_mutex_unlock(&fo_pool.sleep_lock);
-    }
-    fo_pool_work(job, 0);
+    if (atomic_load(&fo_pool.sleepers) > 0)
+        fo_pool_wake_if_worth(job, nchunks);
+    double working = fo_now();
+    Py_ssize_t mine = fo_pool_work(job, 0, PY_SSIZE_T_MAX);
     double worked = fo_now();
+    if (mine > 0)
+        fo_pool.chunk_seconds = (worked - working) / mine;
     /* every chunk is claimed; wait for the ones helpers are still running */
     for (unsigned polls = 1;
          atomic_load_explicit(&fo_pool.done, memory_order_acquire) < nchunks; polls++) {

@@ -130,6 +130,32 @@ def test_one_optimizer_stepped_from_two_threads(backend):
             assert [p.tobytes() for p in params] == [p.tobytes() for p in serial]
 
 
+@pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
+def test_a_deepcopy_waits_for_a_step_in_another_thread(backend):
+    """copy.deepcopy(opt) takes the lock a step holds, as state_dict() does. It had not: a
+    copy taken while another thread stepped held a step's work half done (some parameters
+    and states a step ahead of the others, step counts 7 and 8 in one copy)."""
+    import copy
+    rng = np.random.default_rng(1)
+    params = [rng.standard_normal(5), rng.standard_normal(3).astype(np.float32)]
+    grads = [rng.standard_normal(5), rng.standard_normal(3).astype(np.float32)]
+    with fo.use_backend(backend):
+        opt = fo.Adam(params, lr=0.01)
+        opt.step(grads)
+        got = []
+        with opt._lock:                 # as a step in progress on another thread
+            taker = threading.Thread(target=lambda: got.append(copy.deepcopy((params, opt))))
+            taker.start()
+            taker.join(0.3)
+            assert taker.is_alive() and not got
+        taker.join(10)
+        params2, opt2 = got[0]
+        assert opt2.param_groups[0]["params"][0] is params2[0]
+        opt.step(grads)
+        opt2.step(grads)
+        assert [p.tobytes() for p in params2] == [p.tobytes() for p in params]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_call_after_fork(compiled):
     fo.set_num_threads(2)

@@ -2103,6 +2103,31 @@ def test_a_state_dict_waits_for_a_step_in_another_thread():
     assert got and got[0]["state"][0]["step"].item() == 1
 
 
+def test_a_deepcopy_waits_for_a_step_in_another_thread():
+    """copy.deepcopy(opt) takes the lock a step holds, as state_dict() does (it had not: a
+    copy taken while another thread stepped could hold half a step); the copy steps on as
+    the original, apart from it."""
+    p = torch.nn.Parameter(torch.zeros(10))
+    p.grad = torch.ones(10)
+    opt = ft.Adam([p], lr=1e-3)
+    opt.step()
+    got = []
+    with opt._lock:                 # as a step in progress on this thread
+        taker = threading.Thread(target=lambda: got.append(copy.deepcopy(opt)))
+        taker.start()
+        taker.join(0.3)
+        assert taker.is_alive() and not got
+    taker.join(10)
+    twin = got[0]
+    (p2,) = twin.param_groups[0]["params"]
+    assert p2 is not p and twin._lock is not opt._lock
+    p2.grad = torch.ones(10)        # (a deepcopy of a Parameter has no grad, as in torch)
+    twin.step()
+    opt.step()
+    assert torch.equal(p2, p) and twin.state[p2]["step"].item() == 2
+    assert p2.untyped_storage().data_ptr() != p.untyped_storage().data_ptr()
+
+
 def test_a_step_waits_for_a_load_state_dict_in_another_thread():
     """load_state_dict holds the step's lock to its end; torch's load calls __setstate__,
     which made a new lock: a step in another thread could then run while the load re-cast

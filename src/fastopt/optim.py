@@ -330,6 +330,14 @@ class _ArenaParams:
 _ADAM_BOUNDS = dict(lr=NONNEG, betas=BETAS, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
 
 
+def deepcopy_locked(opt, memo):
+    """``copy.deepcopy(opt)`` as copy would make it (the class's pickling protocol), under the
+    lock ``opt``'s steps hold, as state_dict() takes it: a copy made while another thread
+    steps is the optimizer between two steps, not half of one."""
+    with opt._lock:
+        return copy._reconstruct(opt, memo, *opt.__reduce_ex__(4))
+
+
 class Optimizer:
     """Base class: parameter groups, grad matching and validation, state dicts.
 
@@ -1120,6 +1128,9 @@ class Optimizer:
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)
+
+    def __deepcopy__(self, memo):
+        return deepcopy_locked(self, memo)
 
     def __copy__(self):
         """A shallow copy, as torch.optim's: another handle on the same parameters, param

@@ -126,6 +126,7 @@ import torch.optim.optimizer as _torch_optimizer
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, STEP, UNIT, as_real, check_reals
 from ._validate import extent, same_memory
+from .optim import deepcopy_locked
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -493,6 +494,9 @@ class _FastOptimizer(_Mixin):
         self._plans = {}
         if "grad_norms" not in self.__dict__:     # pickled before grad_norms was saved
             self.grad_norms = [None] * len(self.param_groups)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_FastOptimizer":
+        return deepcopy_locked(self, memo)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``, refusing options the kernels cannot honour first;

@@ -1927,6 +1927,38 @@ def test_steps_from_several_threads_take_turns():
     assert torch.equal(p, serial)
 
 
+def test_a_shallow_copy_and_its_original_stepped_from_two_threads_take_turns():
+    """copy.copy(opt) is torch's: another handle on the same state, which a step of either
+    advances. It had a lock of its own: the original and the copy stepped from two threads
+    at once interleaved their updates of that state (40 steps counted 24, the parameter
+    off the serial one). The copy holds the original's lock, as fastopt.optim's does."""
+    grad = torch.randn(100_000, generator=torch.Generator().manual_seed(34))
+    serial = torch.nn.Parameter(torch.zeros(100_000))
+    opt = ft.Adam([serial], lr=1e-3)
+    serial.grad = grad.clone()
+    for _ in range(40):
+        opt.step()
+    p = torch.nn.Parameter(torch.zeros(100_000))
+    p.grad = grad.clone()
+    opt = ft.Adam([p], lr=1e-3)
+    twin = copy.copy(opt)
+    assert twin.state is opt.state and twin._lock is opt._lock
+    barrier = threading.Barrier(2)
+
+    def work(o):
+        barrier.wait()
+        for _ in range(20):
+            o.step()
+
+    workers = [threading.Thread(target=work, args=(o,)) for o in (opt, twin)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert opt.state[p]["step"].item() == 40
+    assert torch.equal(p, serial)
+
+
 def test_a_step_that_raises_leaves_the_grads_a_clip_would_scale():
     """One group that clips (SGD scales its float grads in place first): a bad hyper-parameter
     raises before the grads are scaled."""

@@ -108,6 +108,7 @@ call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``captura
 
 This module imports torch; ``import fastopt`` does not import it.
 """
+import copy
 import math
 import numbers
 import operator
@@ -497,6 +498,14 @@ class _FastOptimizer(_Mixin):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "_FastOptimizer":
         return deepcopy_locked(self, memo)
+
+    def __copy__(self) -> "_FastOptimizer":
+        """torch's shallow copy (through pickling's protocol: the same defaults, state and
+        param groups), holding this optimizer's lock: another handle on the same state,
+        whose steps from another thread take turns with this one's."""
+        new = copy._reconstruct(self, None, *self.__reduce_ex__(4))
+        new._lock = self._lock
+        return new
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``, refusing options the kernels cannot honour first;

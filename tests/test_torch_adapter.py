@@ -2160,6 +2160,24 @@ def test_a_deepcopy_waits_for_a_step_in_another_thread():
     assert p2.untyped_storage().data_ptr() != p.untyped_storage().data_ptr()
 
 
+def test_add_param_group_waits_for_a_step_in_another_thread():
+    """add_param_group takes the lock a step holds. It had not: a group added by another
+    thread during a step was left out of the ``grad_norms`` the step then set (one entry for
+    two groups, ``opt.grad_norms[1]`` an IndexError until the next step)."""
+    p = torch.nn.Parameter(torch.zeros(10))
+    p.grad = torch.ones(10)
+    opt = ft.Adam([p], lr=1e-3, max_grad_norm=1.0)
+    q = torch.nn.Parameter(torch.zeros(3))
+    with opt._lock:                 # as a step in progress on this thread
+        adder = threading.Thread(target=opt.add_param_group, args=({"params": [q]},))
+        adder.start()
+        adder.join(0.3)
+        assert adder.is_alive() and len(opt.param_groups) == 1
+        opt.grad_norms = [1.0]      # as the step sets them last
+    adder.join(10)
+    assert len(opt.param_groups) == len(opt.grad_norms) == 2
+
+
 def test_a_step_waits_for_a_load_state_dict_in_another_thread():
     """load_state_dict holds the step's lock to its end; torch's load calls __setstate__,
     which made a new lock: a step in another thread could then run while the load re-cast

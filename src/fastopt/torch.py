@@ -517,10 +517,11 @@ class _FastOptimizer(_Mixin):
             # own checks let through and the kernels refuse (SGD's lr=nan or dampening=-1)
             # raises at construction, not at the first step()
             self._check_hyper({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-        norms = self.__dict__.get("grad_norms")     # (not yet set while __init__ adds groups)
-        if norms is not None:
-            norms.extend([None] * (len(self.param_groups) - len(norms)))
+        with self._lock:    # between steps, should another thread step (which sets grad_norms)
+            super().add_param_group(param_group)
+            norms = self.__dict__.get("grad_norms")     # (not set while __init__ adds groups)
+            if norms is not None:
+                norms.extend([None] * (len(self.param_groups) - len(norms)))
 
     def state_dict(self) -> _torch_optimizer.StateDict:
         """torch.optim's ``state_dict``, taken between steps should another thread step

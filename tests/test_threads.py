@@ -96,6 +96,42 @@ def test_calls_from_several_python_threads_at_once(compiled):
             assert a.tobytes() == b.tobytes()
 
 
+def test_thread_count_changed_from_another_thread_during_calls(compiled):
+    """fastopt.set_num_threads called by a third thread while two threads step optimizers
+    and run layer kernels: every result has the serial bits (the count is read once a
+    call; chunks never change a result)."""
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((300, 333)).astype(np.float32)
+
+    def work(s):
+        p, m, v = adam_steps(N, np.float64, seed=s)
+        y, cache = fo.batchnorm_forward(z, np.ones(333, np.float32), np.zeros(333, np.float32))
+        return [a.tobytes() for a in (p, m, v, fo.softmax(z, axis=s), y,
+                                      *fo.batchnorm_backward(z, cache))]
+
+    fo.set_num_threads(2)
+    expected = [work(s) for s in range(2)]
+    results, stop = [None] * 2, threading.Event()
+
+    def flip():
+        n = 1
+        while not stop.is_set():
+            fo.set_num_threads(n)
+            n = n % 3 + 1
+
+    flipper = threading.Thread(target=flip)
+    workers = [threading.Thread(target=lambda s=s: results.__setitem__(s, work(s)))
+               for s in range(2)]
+    flipper.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    flipper.join()
+    assert results == expected
+
+
 @pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
 def test_one_optimizer_stepped_from_two_threads(backend):
     """Steps of one optimizer from two threads at once take turns: the kernels release the

@@ -330,7 +330,7 @@ class _ArenaParams:
 _ADAM_BOUNDS = dict(lr=NONNEG, betas=BETAS, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
 
 
-def deepcopy_locked(opt, memo):
+def _deepcopy_locked(opt, memo):
     """``copy.deepcopy(opt)`` as copy would make it (the class's pickling protocol), under the
     lock ``opt``'s steps hold, as state_dict() takes it: a copy made while another thread
     steps is the optimizer between two steps, not half of one."""
@@ -1130,7 +1130,7 @@ class Optimizer:
             self._bind(*self._position(i), entry)
 
     def __deepcopy__(self, memo):
-        return deepcopy_locked(self, memo)
+        return _deepcopy_locked(self, memo)
 
     def __copy__(self):
         """A shallow copy, as torch.optim's: another handle on the same parameters, param

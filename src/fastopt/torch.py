@@ -127,7 +127,7 @@ import torch.optim.optimizer as _torch_optimizer
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, STEP, UNIT, as_real, check_reals
 from ._validate import extent, same_memory
-from .optim import deepcopy_locked
+from .optim import _deepcopy_locked
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -497,7 +497,7 @@ class _FastOptimizer(_Mixin):
             self.grad_norms = [None] * len(self.param_groups)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> "_FastOptimizer":
-        return deepcopy_locked(self, memo)
+        return _deepcopy_locked(self, memo)
 
     def __copy__(self) -> "_FastOptimizer":
         """torch's shallow copy (through pickling's protocol: the same defaults, state and

@@ -96,6 +96,41 @@ def test_calls_from_several_python_threads_at_once(compiled):
             assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
+def test_every_optimizer_from_several_python_threads_at_once(backend):
+    """Each optimizer (with all of its state) stepped on its own arrays in 4 threads at once,
+    as a thread pool training several models: the serial bits, state included."""
+    from optim_specs import CONFIGS
+
+    def run(job):
+        (name, kwargs), dtype = job
+        rng = np.random.default_rng(len(name))
+        params = [rng.standard_normal(100_003).astype(dtype), rng.standard_normal((7, 3))]
+        opt = getattr(fo, name)(params, **kwargs)
+        for _ in range(3):
+            opt.step([rng.standard_normal(p.shape).astype(p.dtype) for p in params])
+        return [a.tobytes() for a in params] + [
+            a.tobytes() for s in opt.state.values() for a in s.values()]
+
+    jobs = [(config, dtype) for config in CONFIGS for dtype in (np.float32, np.float64)]
+    with fo.use_backend(backend):
+        expected = [run(job) for job in jobs]
+        results = [None] * len(jobs)
+        barrier = threading.Barrier(4)
+
+        def work(k):
+            barrier.wait()
+            for i in range(k, len(jobs), 4):
+                results[i] = run(jobs[i])
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert results == expected
+
+
 def test_thread_count_changed_from_another_thread_during_calls(compiled):
     """fastopt.set_num_threads called by a third thread while two threads step optimizers
     and run layer kernels: every result has the serial bits (the count is read once a

@@ -13,6 +13,7 @@ dependency, in the ``test`` extra).
 import copy
 import io
 import math
+import operator
 import os
 import pickle
 import subprocess
@@ -569,6 +570,49 @@ def test_grad_norms_survive_pickle_and_copies():
     opt.step()
     for other in (pickle.loads(pickle.dumps(opt)), copy.deepcopy(opt), copy.copy(opt)):
         assert other.grad_norms == opt.grad_norms and other.grad_norms is not opt.grad_norms
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_pickled_and_deep_copied_optimizers_step_on_apart_as_the_original(name, kwargs, dtype,
+                                                                          backend):
+    """As torch.optim's: pickle (protocols 2 and 5) and deepcopy of (params, optimizer) after
+    a few steps, with two param groups, give an optimizer over the copied parameters that
+    shares no tensor memory with the original and, stepped first, gives the original's
+    next steps bit for bit (16-bit parameters: their master copies too)."""
+    def grads(params, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+
+    params = _params(dtype)
+    opt = getattr(ft, name)([{"params": params[:3]}, {"params": params[3:], "lr": 0.003}],
+                            **kwargs)
+    for seed in range(3):
+        grads(params, seed)
+        opt.step()
+    copies = [pickle.loads(pickle.dumps((params, opt), 2)),
+              pickle.loads(pickle.dumps((params, opt), 5)), copy.deepcopy((params, opt))]
+    def memory(params, opt):
+        tensors = [*params, *(t for s in opt.state.values() for t in s.values())]
+        return {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+
+    mine = memory(params, opt)
+    for params2, opt2 in copies:
+        assert all(map(operator.is_, (p for g in opt2.param_groups for p in g["params"]),
+                       params2))
+        assert not mine & memory(params2, opt2)
+        for seed in range(3, 5):
+            grads(params2, seed)
+            opt2.step()
+    for seed in range(3, 5):
+        grads(params, seed)
+        opt.step()
+    expected = opt.state_dict()["state"]
+    for params2, opt2 in copies:
+        assert all(torch.equal(a, b) for a, b in zip(params2, params))
+        got = opt2.state_dict()["state"]
+        assert all(torch.equal(got[i][k], v) for i in expected for k, v in expected[i].items())
 
 
 # ---------------------------------------------------- bfloat16 and float16 parameters

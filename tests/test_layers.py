@@ -1411,7 +1411,8 @@ def test_batch_norm_copies_do_not_share_what_forward_and_backward_update(backend
                 layer.forward(x)
                 layer.backward(x)
             return layer
-        for make in (copy.copy, copy.deepcopy):
+        for make in (copy.copy, copy.deepcopy, lambda layer: pickle.loads(pickle.dumps(layer, 2)),
+                     lambda layer: pickle.loads(pickle.dumps(layer, 5))):
             original = trained(a)
             twin = make(original)
             twin.forward(b)

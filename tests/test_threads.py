@@ -278,6 +278,45 @@ def test_a_process_on_one_cpu_exits_after_a_numba_call_from_a_thread():
     assert out.stdout.strip() == "exiting"
 
 
+NUMBA_WORKQUEUE_FROM_THREADS = """
+import threading
+import numpy as np
+import fastopt as fo
+fo.set_backend("numba")
+fo.set_num_threads(2)
+rng = np.random.default_rng(0)
+arrays = [[rng.standard_normal(200_000) for _ in range(4)] for _ in range(3)]
+z = rng.standard_normal((300, 300))
+
+def work(p, g, m, v):
+    for t in range(1, 6):
+        fo.ops.adam_step_(p, g, m, v, t, lr=0.1)
+    return [p.tobytes(), fo.softmax(z).tobytes()]
+
+expected = [work(*(a.copy() for a in group)) for group in arrays]
+results = [None] * 3
+workers = [threading.Thread(target=lambda i=i: results.__setitem__(i, work(*arrays[i])))
+           for i in range(3)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join()
+print("same" if results == expected else "different", flush=True)
+"""
+
+
+@pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
+def test_numbas_workqueue_layer_takes_calls_from_several_threads_in_turn():
+    """Numba's workqueue threading layer (NUMBA_THREADING_LAYER=workqueue, or where neither
+    TBB nor OpenMP loads) is not safe for concurrent parallel launches: kernels called from
+    several Python threads at once killed the process ("Concurrent access has been
+    detected"). Under it the parallel launches take turns: the serial bits."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    run = subprocess.run([sys.executable, "-c", NUMBA_WORKQUEUE_FROM_THREADS], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == "same\n", run.stderr[-2000:]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_run_on_the_parents_openmp_team():
     """fastopt.torch runs long steps on the OpenMP team (fo_pool.h). GNU OpenMP's pool does

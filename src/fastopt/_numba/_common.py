@@ -1,7 +1,9 @@
 """Shared by the Numba kernel families: jit options, threading, and the serial/parallel launch."""
+import contextlib
 import ctypes
 import os
 import sys
+import threading
 from collections import namedtuple
 
 import numba
@@ -45,6 +47,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     _load_tbb()
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "omp", "workqueue"]
 _pool_started = [False]
+# held around each parallel launch (:func:`chunked`): under the workqueue layer, which kills
+# the process when two threads launch at once, this lock, so that their launches take turns
+_WORKQUEUE_LOCK = threading.Lock()
+_launch_guard = [contextlib.nullcontext()]
 
 
 def _start_pool():
@@ -67,6 +73,8 @@ def _start_pool():
         # launching thread, which runs it.
         from numba.np.ufunc import tbbpool
         ctypes.CFUNCTYPE(None)(tbbpool.synchronize)()
+    elif numba.threading_layer() == "workqueue":
+        _launch_guard[0] = _WORKQUEUE_LOCK
     _pool_started[0] = True
 
 
@@ -261,7 +269,8 @@ def chunked(kernel, iterations, *args):
     size = -(-iterations // (CHUNKS_PER_THREAD * numba.get_num_threads()))
     previous = numba.set_parallel_chunksize(max(1, size))
     try:
-        return kernel(*args)
+        with _launch_guard[0]:
+            return kernel(*args)
     finally:
         numba.set_parallel_chunksize(previous)
 

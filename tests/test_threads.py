@@ -317,6 +317,42 @@ def test_numbas_workqueue_layer_takes_calls_from_several_threads_in_turn():
     assert run.returncode == 0 and run.stdout == "same\n", run.stderr[-2000:]
 
 
+NUMBA_WORKQUEUE_FORK = """
+import os, time
+import numpy as np
+import fastopt as fo
+from fastopt._numba import _common
+fo.set_backend("numba")
+z = np.ones((300, 300))
+fo.softmax(z)
+_common._launch_guard[0].acquire()      # as a launch in progress on another thread
+pid = os.fork()
+if pid == 0:
+    fo.softmax(z)
+    os._exit(0)
+for _ in range(100):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        print("exited", flush=True)
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("the child hung", flush=True)
+"""
+
+
+@pytest.mark.skipif("numba" not in COMPILED or not hasattr(os, "fork"),
+                    reason="needs the numba backend and fork")
+def test_a_child_forked_during_a_workqueue_launch_runs_its_own():
+    """The workqueue layer's launches take turns on a lock (above): a child forked while
+    another thread held it (a launch in progress) waited forever at its first parallel
+    kernel. The child starts with the lock free."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    run = subprocess.run([sys.executable, "-c", NUMBA_WORKQUEUE_FORK], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout == "exited\n", (run.stdout, run.stderr[-2000:])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_run_on_the_parents_openmp_team():
     """fastopt.torch runs long steps on the OpenMP team (fo_pool.h). GNU OpenMP's pool does

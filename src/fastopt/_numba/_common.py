@@ -53,6 +53,19 @@ _WORKQUEUE_LOCK = threading.Lock()
 _launch_guard = [contextlib.nullcontext()]
 
 
+def _free_guard_in_child():
+    """A child forked while another thread launched holds the lock, and no thread of its own
+    would ever release it: it starts with a free one."""
+    global _WORKQUEUE_LOCK
+    _WORKQUEUE_LOCK = threading.Lock()
+    if not isinstance(_launch_guard[0], contextlib.nullcontext):
+        _launch_guard[0] = _WORKQUEUE_LOCK
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_free_guard_in_child)
+
+
 def _start_pool():
     """Start Numba's thread pool (lazily: at the first parallel step), then undo the one
     global setting its OpenMP layer changes. It turns on nested parallelism

@@ -721,7 +721,8 @@ class _FastOptimizer(_Mixin):
                     and list(map(_version_of, params)) != plan.versions)
                 # a count or scalar state written in place (``state['step'].fill_(-5)``):
                 # checked anew
-                or list(map(_version_of, plan.scalars)) != plan.scalar_versions):
+                or (plan.scalars[0]._version if len(plan.scalars) == 1
+                    else sum(map(_version_of, plan.scalars))) != plan.scalar_versions):
             return False
         values = list(chain.from_iterable(map(dict.values, plan.states)))
         if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):
@@ -933,7 +934,8 @@ class _FastOptimizer(_Mixin):
         # written in place (the step writes them through NumPy, which moves none)
         plan.scalars = ([plan.step_buf] if self._STEPPED else []) + [
             t for key in self._SCALAR_STATE for t in plan.tensors[key]]
-        plan.scalar_versions = list(map(_version_of, plan.scalars))
+        # (a version counter only grows: their sum moves when any does)
+        plan.scalar_versions = sum(map(_version_of, plan.scalars))
         # what _plan_holds checks: the states' entries by identity, and the data pointers of
         # the parameters, the state tensors the step uses and the grads
         plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
@@ -1324,6 +1326,9 @@ class _FastOptimizer(_Mixin):
         """A group's ``betas`` as a tuple of Python numbers: torch takes one-element tensors,
         but for those its step refuses where they are not 0-d (``_BETAS_0D``)."""
         betas = group["betas"]
+        if (type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
+                and type(betas[1]) is float):
+            return betas        # the common case, at every step
         for i, error in self._BETAS_0D:
             if len(betas) > i and isinstance(betas[i], torch.Tensor) and betas[i].dim() != 0:
                 raise error(f"fastopt.torch.{type(self).__name__}: betas[{i}] is a tensor of "

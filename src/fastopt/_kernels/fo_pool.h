@@ -63,6 +63,7 @@
 #ifndef FO_POOL_H
 #define FO_POOL_H
 
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -198,9 +199,11 @@ static void fo_pool_wake_if_worth(uint32_t job, Py_ssize_t nchunks) {
     pthread_mutex_lock(&fo_pool.sleep_lock);
     pthread_cond_broadcast(&fo_pool.wake);
     pthread_mutex_unlock(&fo_pool.sleep_lock);
-    double cost = fo_now() - t0;
-    fo_pool.wake_seconds = fo_pool.wake_seconds > 0 ? 0.75 * fo_pool.wake_seconds + 0.25 * cost
-                                                    : cost;
+    double cost = fo_now() - t0, was = fo_pool.wake_seconds;
+    /* down at once, up by at most an eighth a wake: a wake that met a preemption (a
+     * millisecond) must not make every later job too short to wake for, since the estimate
+     * moves only when they are woken */
+    fo_pool.wake_seconds = was == 0 || cost < was ? cost : was + 0.125 * fmin(cost - was, was);
 }
 
 static int fo_pool_forked;   /* this process is a fork() child: no OpenMP team (see the top) */

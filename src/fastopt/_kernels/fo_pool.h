@@ -63,7 +63,6 @@
 #ifndef FO_POOL_H
 #define FO_POOL_H
 
-#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -83,6 +82,8 @@ typedef void (*fo_chunk_fn)(void *ctx, Py_ssize_t chunk);
 enum { FO_MAX_HELPERS = 255 };
 static const double FO_POLL_SECONDS = 50e-6;   /* helper polls this long before sleeping */
 
+enum { FO_WAKES = 8 };             /* wakes whose median is the estimate */
+
 static struct {
     pthread_mutex_t call_lock;      /* held by the caller running a job */
     pthread_mutex_t sleep_lock;
@@ -96,7 +97,9 @@ static struct {
     _Atomic int helpers_wanted;     /* helpers with a smaller index take part in this job */
     int helpers;                    /* helper threads started */
     int avoided_cpu;                /* the helpers may run anywhere the caller may but here */
-    double wake_seconds;            /* what waking the sleeping helpers cost the caller */
+    double wake_seconds;            /* what waking the sleeping helpers costs the caller */
+    double wakes[FO_WAKES];         /* the last wakes' costs */
+    unsigned nwakes;
     double chunk_seconds;           /* a chunk of the last job, run by the caller */
     int serial_calls;               /* calls left to run on the caller alone (back-off) */
     int backoff;                    /* length of the next back-off */
@@ -199,11 +202,20 @@ static void fo_pool_wake_if_worth(uint32_t job, Py_ssize_t nchunks) {
     pthread_mutex_lock(&fo_pool.sleep_lock);
     pthread_cond_broadcast(&fo_pool.wake);
     pthread_mutex_unlock(&fo_pool.sleep_lock);
-    double cost = fo_now() - t0, was = fo_pool.wake_seconds;
-    /* down at once, up by at most an eighth a wake: a wake that met a preemption (a
-     * millisecond) must not make every later job too short to wake for, since the estimate
-     * moves only when they are woken */
-    fo_pool.wake_seconds = was == 0 || cost < was ? cost : was + 0.125 * fmin(cost - was, was);
+    /* the median of the last FO_WAKES wakes: neither a wake that met a preemption (a
+     * millisecond, which would make every later job too short to wake for, and the estimate
+     * moves only when they are woken) nor one that found the helper's CPU awake (a few us)
+     * moves it */
+    fo_pool.wakes[fo_pool.nwakes++ % FO_WAKES] = fo_now() - t0;
+    int n = fo_pool.nwakes < FO_WAKES ? (int)fo_pool.nwakes : FO_WAKES;
+    double sorted[FO_WAKES];
+    for (int i = 0; i < n; i++) {           /* insertion sort of at most 8 */
+        int j = i;
+        for (double w = fo_pool.wakes[i]; j > 0 && sorted[j - 1] > w; j--)
+            sorted[j] = sorted[j - 1];
+        sorted[j] = fo_pool.wakes[i];
+    }
+    fo_pool.wake_seconds = sorted[n / 2];
 }
 
 static int fo_pool_forked;   /* this process is a fork() child: no OpenMP team (see the top) */

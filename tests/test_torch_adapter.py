@@ -1946,29 +1946,41 @@ def test_steps_from_several_threads_take_turns():
     grads): its kernels release the GIL, and the steps interleaved on the plan's step
     counts and state (200 steps counted 77, the parameters off the serial ones). Each step
     now holds the optimizer's lock, as fastopt's NumPy optimizers do: the serial result."""
-    grad = torch.randn(100_000, generator=torch.Generator().manual_seed(33))
+    serial, p, opt = _serial_and_fresh_adam(seed=33, steps=200)
+    _step_in_threads([opt] * 4, steps=50)
+    assert opt.state[p]["step"].item() == 200
+    assert torch.equal(p, serial)
+
+
+def _serial_and_fresh_adam(seed, steps):
+    """A parameter Adam stepped ``steps`` times on one grad, and a fresh parameter with that
+    grad and its own optimizer."""
+    grad = torch.randn(100_000, generator=torch.Generator().manual_seed(seed))
     serial = torch.nn.Parameter(torch.zeros(100_000))
     opt = ft.Adam([serial], lr=1e-3)
     serial.grad = grad.clone()
-    for _ in range(200):
+    for _ in range(steps):
         opt.step()
     p = torch.nn.Parameter(torch.zeros(100_000))
     p.grad = grad.clone()
-    opt = ft.Adam([p], lr=1e-3)
-    barrier = threading.Barrier(4)
+    return serial, p, ft.Adam([p], lr=1e-3)
 
-    def work():
+
+def _step_in_threads(opts, steps):
+    """Each optimizer of ``opts`` stepped ``steps`` times from a thread of its own, all
+    starting at once."""
+    barrier = threading.Barrier(len(opts))
+
+    def work(o):
         barrier.wait()
-        for _ in range(50):
-            opt.step()
+        for _ in range(steps):
+            o.step()
 
-    workers = [threading.Thread(target=work) for _ in range(4)]
+    workers = [threading.Thread(target=work, args=(o,)) for o in opts]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    assert opt.state[p]["step"].item() == 200
-    assert torch.equal(p, serial)
 
 
 def test_a_shallow_copy_and_its_original_stepped_from_two_threads_take_turns():
@@ -1976,29 +1988,10 @@ def test_a_shallow_copy_and_its_original_stepped_from_two_threads_take_turns():
     advances. It had a lock of its own: the original and the copy stepped from two threads
     at once interleaved their updates of that state (40 steps counted 24, the parameter
     off the serial one). The copy holds the original's lock, as fastopt.optim's does."""
-    grad = torch.randn(100_000, generator=torch.Generator().manual_seed(34))
-    serial = torch.nn.Parameter(torch.zeros(100_000))
-    opt = ft.Adam([serial], lr=1e-3)
-    serial.grad = grad.clone()
-    for _ in range(40):
-        opt.step()
-    p = torch.nn.Parameter(torch.zeros(100_000))
-    p.grad = grad.clone()
-    opt = ft.Adam([p], lr=1e-3)
+    serial, p, opt = _serial_and_fresh_adam(seed=34, steps=40)
     twin = copy.copy(opt)
     assert twin.state is opt.state and twin._lock is opt._lock
-    barrier = threading.Barrier(2)
-
-    def work(o):
-        barrier.wait()
-        for _ in range(20):
-            o.step()
-
-    workers = [threading.Thread(target=work, args=(o,)) for o in (opt, twin)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    _step_in_threads([opt, twin], steps=20)
     assert opt.state[p]["step"].item() == 40
     assert torch.equal(p, serial)
 
@@ -2165,36 +2158,33 @@ def test_max_grad_norm_of_float32_grads_beyond_float32s_range_is_inf_as_torchs(n
 def test_a_state_dict_waits_for_a_step_in_another_thread():
     """state_dict() takes the lock a step holds, as load_state_dict does (it had not: a
     snapshot taken while another thread stepped could hold half a step)."""
+    p, opt, got = _taken_during_a_step(lambda opt: opt.state_dict())
+    assert got["state"][0]["step"].item() == 1
+
+
+def _taken_during_a_step(take):
+    """A parameter, its Adam after one step, and ``take(opt)`` called from another thread
+    while this one holds the lock a step holds: it must wait for the lock."""
     p = torch.nn.Parameter(torch.zeros(10))
     p.grad = torch.ones(10)
     opt = ft.Adam([p], lr=1e-3)
     opt.step()
     got = []
     with opt._lock:                 # as a step in progress on this thread
-        taker = threading.Thread(target=lambda: got.append(opt.state_dict()))
+        taker = threading.Thread(target=lambda: got.append(take(opt)))
         taker.start()
         taker.join(0.3)
         assert taker.is_alive() and not got
     taker.join(10)
-    assert got and got[0]["state"][0]["step"].item() == 1
+    assert got
+    return p, opt, got[0]
 
 
 def test_a_deepcopy_waits_for_a_step_in_another_thread():
     """copy.deepcopy(opt) takes the lock a step holds, as state_dict() does (it had not: a
     copy taken while another thread stepped could hold half a step); the copy steps on as
     the original, apart from it."""
-    p = torch.nn.Parameter(torch.zeros(10))
-    p.grad = torch.ones(10)
-    opt = ft.Adam([p], lr=1e-3)
-    opt.step()
-    got = []
-    with opt._lock:                 # as a step in progress on this thread
-        taker = threading.Thread(target=lambda: got.append(copy.deepcopy(opt)))
-        taker.start()
-        taker.join(0.3)
-        assert taker.is_alive() and not got
-    taker.join(10)
-    twin = got[0]
+    p, opt, twin = _taken_during_a_step(copy.deepcopy)
     (p2,) = twin.param_groups[0]["params"]
     assert p2 is not p and twin._lock is not opt._lock
     p2.grad = torch.ones(10)        # (a deepcopy of a Parameter has no grad, as in torch)

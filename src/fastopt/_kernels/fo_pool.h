@@ -20,12 +20,12 @@
  * One job at a time: a second caller (another Python thread) that finds the pool busy runs its
  * job on its own thread. A helper polls for a new job for a few tens of microseconds after
  * each one (back-to-back calls of an optimizer step find it awake), then sleeps on a condition
- * variable, so it never spins against other work for long; a sleeping helper is woken only for
- * a job long enough to pay for the wake (fo_pool_wake_if_worth). After fork() the child starts with
- * no helpers and makes new ones on first use; it never runs a job on an OpenMP team, since
- * GNU OpenMP's thread pool does not survive fork (a region in the child waits forever at its
- * end for the parent's workers) and torch's DataLoader-style workers fork after torch has
- * started that pool.
+ * variable, so it never spins against other work for long; a sleeping helper is woken only
+ * for a job long enough to pay for the wake (fo_pool_wake_if_worth). After fork() the child
+ * starts with no helpers and makes new ones on first use; it never runs a job on an OpenMP
+ * team, since GNU OpenMP's thread pool does not survive fork (a region in the child waits
+ * forever at its end for the parent's workers) and torch's DataLoader-style workers fork after
+ * torch has started that pool.
  *
  * What no pool can avoid: a helper preempted in the middle of a chunk holds the call up until
  * the scheduler runs it again, since an in-place update cannot be redone by someone else. On a
@@ -101,6 +101,7 @@ static struct {
     double wakes[FO_WAKES];         /* the last wakes' costs */
     unsigned nwakes;
     double chunk_seconds;           /* a chunk of the last job, run by the caller */
+    double ended;                   /* when the last job ended */
     int serial_calls;               /* calls left to run on the caller alone (back-off) */
     int backoff;                    /* length of the next back-off */
     int atfork_registered;
@@ -184,14 +185,19 @@ static void *fo_helper_main(void *arg) {
  * another CPU: on this 2-vCPU VM, 25-30 us (a wake followed by the job on the caller alone
  * took that much longer than the job alone), more than a helper that starts late saves on a
  * short job (Adam on 1e5 float32 elements after 1 ms of sleep: 79-95 us with the wake, 70-74
- * us on one thread). So the caller wakes them only for a job whose chunks left take longer
- * than FO_WAKE_WORTH wakes: judged by the last job's chunks when they say so, else by timing
- * one chunk of this job first (a stale estimate only ever wakes them, as before). */
+ * us on one thread). So a call that follows other work wakes them only for a job whose chunks
+ * left take longer than FO_WAKE_WORTH wakes: judged by the last job's chunks when they say so,
+ * else by timing one chunk of this job first (a stale estimate only ever wakes them, as
+ * before). */
 #define FO_WAKE_WORTH 4.0
 
 static void fo_pool_wake_if_worth(uint32_t job, Py_ssize_t nchunks) {
     double worth = FO_WAKE_WORTH * fo_pool.wake_seconds;
-    if (!(nchunks * fo_pool.chunk_seconds > worth)) {
+    /* a call right after the last one (the first of a run of calls found the helpers asleep
+     * and ran alone) wakes them whatever its length: they then poll through the calls that
+     * follow, as they would have had they never slept */
+    if (fo_now() - fo_pool.ended > 2 * FO_POLL_SECONDS
+            && !(nchunks * fo_pool.chunk_seconds > worth)) {
         double t0 = fo_now();
         if (!fo_pool_work(job, 0, 1))
             return;
@@ -365,7 +371,8 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
         else
             sched_yield();   /* a helper holding a chunk was preempted: let it run */
     }
-    double waited = fo_now() - worked;
+    fo_pool.ended = fo_now();
+    double waited = fo_pool.ended - worked;
     if (waited > worked - started) {
         fo_pool.serial_calls = fo_pool.backoff > 0 ? fo_pool.backoff : 1;
         fo_pool.backoff = fo_pool.serial_calls < 1024 ? 2 * fo_pool.serial_calls : 1024;

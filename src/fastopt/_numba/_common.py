@@ -143,7 +143,7 @@ def step_views(arrays, names, nrequired):
             flags = a.flags
             if not (flags.c_contiguous and flags.aligned) or (i != 1 and not flags.writeable):
                 break
-            views.append(a.reshape(-1))
+            views.append(a if a.ndim == 1 else a.reshape(-1))    # (reshape: ~0.2 us)
         else:
             # Numba types a read-only array apart from a writeable one, and a tuple of mixed
             # types cannot be indexed at run time: beside a read-only grad, check read-only

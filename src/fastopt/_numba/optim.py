@@ -258,11 +258,17 @@ def adam_elem(i, gi, p, m, v, vmax, k, amsgrad, eps_inside_sqrt):
 
 
 @numba.njit(inline="always", **JIT)
-def _adam_loop(p, g, m, v, vmax, s, amsgrad, eps_inside_sqrt):
-    # The caller passes amsgrad and the eps form as literal constants (or LLVM would compute
-    # both square roots); every branch left in the loop is a select without side effects,
-    # which LLVM vectorizes.
+def _adam_loop(p, g, m, v, vmax, s, amsgrad, eps_inside_sqrt, plain=False):
+    # The caller passes amsgrad, the eps form and ``plain`` as literal constants (or LLVM
+    # would compute both square roots); every branch left in the loop is a select without
+    # side effects, which LLVM vectorizes. ``plain``: no grad scale, maximize or coupled
+    # weight decay, whose selects LLVM keeps in the loop, tested per vector (Adam float32,
+    # 1e5, one thread: 0.274 -> 0.218 ns/element, the Cython loop's speed).
     k = adam_consts(s, p)
+    if plain:
+        for i in range(p.size):
+            adam_elem(i, g[i], p, m, v, vmax, k, False, False)
+        return
     scale = p.dtype.type(s.grad_scale)
     scaled = s.grad_scale != 1
     maximize = s.maximize
@@ -275,7 +281,11 @@ def _adam_loop(p, g, m, v, vmax, s, amsgrad, eps_inside_sqrt):
 @numba.njit(**JIT)
 def _adam_span(p, g, m, v, vmax, packed):
     s = _ADAM(*packed)
-    if vmax.size == 0 and not s.eps_inside_sqrt:
+    coupled = s.weight_decay != 0 and not s.decoupled
+    if (vmax.size == 0 and not s.eps_inside_sqrt and s.grad_scale == 1 and not s.maximize
+            and not coupled):
+        _adam_loop(p, g, m, v, vmax, s, amsgrad=False, eps_inside_sqrt=False, plain=True)
+    elif vmax.size == 0 and not s.eps_inside_sqrt:
         _adam_loop(p, g, m, v, vmax, s, amsgrad=False, eps_inside_sqrt=False)
     elif vmax.size == 0:
         _adam_loop(p, g, m, v, vmax, s, amsgrad=False, eps_inside_sqrt=True)

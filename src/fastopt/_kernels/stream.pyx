@@ -98,16 +98,8 @@ cdef _stream(tuple arrays, bint fresh):
 cdef extern from "fo_pool.h":
     double fo_now() nogil
 
-cdef extern from "<pthread.h>" nogil:
-    ctypedef unsigned long pthread_t
-    pthread_t pthread_self()
-    int pthread_equal(pthread_t a, pthread_t b)
-
-
 ctypedef struct ChunkCount:
     int* counts
-    int* by_caller              # or NULL
-    pthread_t caller
     double seconds
 
 
@@ -115,21 +107,16 @@ cdef void count_chunk(void* ctx, Py_ssize_t c) noexcept nogil:
     cdef ChunkCount* job = <ChunkCount*>ctx
     cdef double until = fo_now() + job.seconds
     job.counts[c] += 1      # a chunk is claimed once: no two threads write one entry
-    if job.by_caller != NULL:
-        job.by_caller[c] = pthread_equal(pthread_self(), job.caller) != 0
     while fo_now() < until:     # a chunk that lasts ``seconds``
         pass
 
 
-def pool_chunk_counts(Py_ssize_t nchunks, int nthreads, double seconds=0.0, by_caller=None):
+def pool_chunk_counts(Py_ssize_t nchunks, int nthreads, double seconds=0.0):
     """How many times fastopt's pool ran each chunk of a job of ``nchunks`` on ``nthreads``
-    threads (for its tests: once each, whoever claimed it), each chunk lasting ``seconds``;
-    ``by_caller``, an intc array of ``nchunks``, gets 1 where the calling thread ran it."""
+    threads (for its tests: once each, whoever claimed it), each chunk lasting ``seconds``."""
     counts = np.zeros(nchunks, np.intc)
     cdef ChunkCount job
     job.counts = <int*>cnp.PyArray_DATA(counts)
-    job.by_caller = NULL if by_caller is None else <int*>cnp.PyArray_DATA(by_caller)
-    job.caller = pthread_self()
     job.seconds = seconds
     with nogil:
         fo_pool_run(count_chunk, &job, nchunks, nthreads)

@@ -254,6 +254,139 @@ def test_a_tensor_beta_of_shape_1_steps_or_raises_as_torchs(name, index):
     assert_trajectories_close(ours, theirs, opt, ref)
 
 
+# the float hyper-parameters (but lr and betas, above) of the nine classes, with values that
+# make the step use them (SGD's dampening needs momentum; RMSprop's momentum, set later, a
+# buffer made at the first step)
+TENSOR_HYPER = [
+    ("SGD", "momentum", 0.9, dict(lr=0.1)), ("SGD", "dampening", 0.3, dict(lr=0.1, momentum=0.9)),
+    ("SGD", "weight_decay", 0.1, dict(lr=0.1, momentum=0.9)),
+    ("RMSprop", "alpha", 0.9, {}), ("RMSprop", "eps", 1e-3, {}),
+    ("RMSprop", "weight_decay", 0.1, {}),
+    ("RMSprop", "momentum", 0.5, dict(centered=True, momentum=0.1)),
+    ("Adagrad", "lr_decay", 0.1, {}), ("Adagrad", "weight_decay", 0.1, {}),
+    ("Adagrad", "initial_accumulator_value", 0.2, {}), ("Adagrad", "eps", 1e-3, {}),
+    ("Adam", "eps", 1e-3, {}), ("Adam", "weight_decay", 0.1, {}),
+    ("Adam", "weight_decay", 0.1, dict(decoupled_weight_decay=True)),
+    ("AdamW", "eps", 1e-3, {}), ("AdamW", "weight_decay", 0.1, {}),
+    ("Adadelta", "rho", 0.8, {}), ("Adadelta", "eps", 1e-3, {}),
+    ("Adadelta", "weight_decay", 0.1, {}), ("Adamax", "eps", 1e-3, {}),
+    ("Adamax", "weight_decay", 0.1, {}), ("NAdam", "eps", 1e-3, {}),
+    ("NAdam", "weight_decay", 0.1, {}), ("NAdam", "momentum_decay", 0.01, {}),
+    ("NAdam", "weight_decay", 0.1, dict(decoupled_weight_decay=True)),
+    ("RAdam", "eps", 1e-3, {}), ("RAdam", "weight_decay", 0.1, {}),
+    ("RAdam", "weight_decay", 0.1, dict(decoupled_weight_decay=True))]
+TENSOR_IDS = [f"{n}-{k}" + ("-decoupled" if "decoupled_weight_decay" in kw else "")
+              for n, k, _, kw in TENSOR_HYPER]
+
+
+@pytest.mark.parametrize("name,key,value,kwargs", TENSOR_HYPER, ids=TENSOR_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("when", ["constructed", "set-later"])
+def test_0d_tensor_hyper_parameters_step_as_torchs(name, key, value, kwargs, dtype, when):
+    """torch 2.13's constructors and steps take a 0-d tensor for every float hyper-parameter:
+    so does fastopt.torch, given at construction or set on the group between steps, stepping
+    torch's trajectory (the tensors have the parameters' dtype: torch does some of its
+    arithmetic on them in their dtype, such as SGD's ``1 - dampening``)."""
+    t = torch.tensor(value, dtype=dtype)
+    if when == "constructed":
+        step_both_and_compare(name, {**kwargs, key: t}, dtype, 6)
+        return
+    ours, opt, theirs, ref = _pair(name, kwargs, dtype)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(6):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+        if i == 1:
+            for o in (opt, ref):
+                o.param_groups[0][key] = t.clone()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("name,key,value,kwargs", TENSOR_HYPER, ids=TENSOR_IDS)
+def test_a_hyper_parameter_tensor_of_shape_1_steps_or_raises_as_torchs(name, key, value, kwargs):
+    """A one-element hyper-parameter tensor that is not 0-d: torch's step refuses those it
+    passes as numbers (``alpha=weight_decay``, ``value=1 - alpha``: TypeError) where it uses
+    them, and steps the others (broadcast). fastopt.torch raises the same error type where
+    torch's step does (at construction, or at the step for one set later, before anything
+    changes), and steps torch's trajectory where it does not. (Not with a 0-d parameter:
+    torch's in-place arithmetic on it cannot take the broadcast shape (1,), a RuntimeError
+    fastopt.torch does not reproduce.)"""
+    for v in (value, 0.0):
+        t = torch.tensor([v], dtype=torch.float64)
+        gen = torch.Generator().manual_seed(4)
+        init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(3, 4), (5,)]]
+        ours = [torch.nn.Parameter(x.clone()) for x in init]
+        theirs = [torch.nn.Parameter(x.clone()) for x in init]
+        grads = []
+        try:
+            ref = getattr(torch.optim, name)(theirs, **{**kwargs, key: t}, foreach=False)
+            for _ in range(2):      # (SGD's dampening: from the second step)
+                _set_grads(gen, theirs)
+                grads.append([p.grad.clone() for p in theirs])
+                ref.step()
+        except (TypeError, RuntimeError) as error:
+            if key == "initial_accumulator_value":      # torch's constructor's full_like
+                with pytest.raises(TypeError):
+                    getattr(ft, name)(ours, **{**kwargs, key: t})
+                continue
+            match = rf"{key} is a tensor of shape \(1,\)"
+            with pytest.raises(type(error), match=match):
+                getattr(ft, name)(ours, **{**kwargs, key: t})
+            opt = getattr(ft, name)(ours, **kwargs)
+            opt.param_groups[0][key] = t
+            for p, g in zip(ours, grads[0]):
+                p.grad = g
+            before = [p.detach().clone() for p in ours]
+            with pytest.raises(type(error), match=match):
+                opt.step()
+            assert all(torch.equal(p, q) for p, q in zip(ours, before))
+            assert all(s["step"] == 0 for s in opt.state.values())  # (Adagrad's, made at once)
+            continue
+        opt = getattr(ft, name)(ours, **{**kwargs, key: t})
+        for gs in grads:
+            for p, g in zip(ours, gs):
+                p.grad = g
+            opt.step()
+        for _ in range(5):
+            _set_grads(gen, ours, theirs)
+            opt.step()
+            ref.step()
+        assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_0d_tensor_hyper_parameters_survive_state_dicts_with_torch(name):
+    """Every float hyper-parameter a 0-d tensor: torch.optim steps, fastopt.torch takes over
+    from its state dict, then torch.optim from fastopt's (through torch.save): torch's
+    uninterrupted trajectory, and the tensors are in the groups as torch keeps them."""
+    kwargs = {key: torch.tensor(value) for n, key, value, kw in TENSOR_HYPER
+              if n == name and not kw}
+    kwargs.update(next((kw for n, _, _, kw in TENSOR_HYPER if n == name and kw
+                        and "decoupled_weight_decay" not in kw), {}))
+    params = [torch.nn.Parameter(t) for t in _params(torch.float32)]
+    gen = torch.Generator().manual_seed(7)
+    opt = getattr(torch.optim, name)(params, foreach=False, **kwargs)
+    for cls in (ft, torch.optim, None):
+        for _ in range(3):
+            _set_grads(gen, params)
+            opt.step()
+        if cls is not None:
+            params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+            state = _save_load(opt.state_dict())
+            opt = getattr(cls, name)(params, **kwargs)
+            opt.load_state_dict(state)
+            assert all(isinstance(opt.param_groups[0][k], torch.Tensor) for k in kwargs
+                       if isinstance(kwargs[k], torch.Tensor))
+    straight = [torch.nn.Parameter(t) for t in _params(torch.float32)]
+    ref = getattr(torch.optim, name)(straight, foreach=False, **kwargs)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(9):
+        _set_grads(gen, straight)
+        ref.step()
+    assert_trajectories_close(params, straight, opt, ref)
+
+
 def test_closure_is_called_with_grad_enabled_and_its_loss_returned():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2).double()

@@ -425,6 +425,9 @@ class _FastOptimizer(_Mixin):
     _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
     # (index, error) of the betas whose tensors torch's step refuses unless they are 0-d
     _BETAS_0D: tuple[tuple[int, type], ...] = ()
+    # the float hyper-parameters whose one-element tensors torch's step refuses unless they
+    # are 0-d, by its error (see _real); it takes one-element tensors for the others
+    _NOT_0D: dict[str, type] = {}
 
     def __init__(self, params: _torch_optimizer.ParamsT, *args: Any,
                  max_grad_norm: float | None = None, **kwargs: Any) -> None:
@@ -1337,6 +1340,38 @@ class _FastOptimizer(_Mixin):
                             "pass a 0-d tensor or a float")
         return tuple(map(_number, betas))
 
+    def _real(self, group, key):
+        """The group's float hyper-parameter ``key`` as a Python number, read once where the
+        group is read: torch's step takes a 0-d tensor for each. A one-element tensor that is
+        not 0-d raises where torch's step refuses it (``_NOT_0D``)."""
+        value = group[key]
+        if type(value) is float:
+            return value        # the common case, at every step
+        if isinstance(value, torch.Tensor):
+            if value.dim() != 0 and key in self._NOT_0D:
+                self._refuse_not_0d(group, key, value)
+            return value.item()
+        return value
+
+    def _refuse_not_0d(self, group, key, value):
+        """The error torch's step raises for a one-element ``value`` of ``key`` that is not
+        0-d (``_NOT_0D``): a TypeError where it passes it as a number (``alpha=weight_decay``,
+        ``value=1 - alpha``), which must be a Python number or a 0-d tensor. Not for one
+        torch's step does not use (a weight_decay of 0, a dampening without momentum) or uses
+        otherwise (a decoupled weight_decay, which it multiplies the parameters by, as it
+        does a shape-(1,) eps: those it steps, but for a 0-d parameter, whose in-place result
+        cannot take the broadcast shape (1,))."""
+        if (value.numel() != 1      # (.item()'s RuntimeError, as torch's checks' bool())
+                or (key == "weight_decay" and (
+                    value.item() == 0 or self._decoupled
+                    or group.get("decoupled_weight_decay")))
+                or (key == "dampening" and group["momentum"] == 0)):
+            return
+        error = self._NOT_0D[key]
+        raise error(f"fastopt.torch.{type(self).__name__}: {key} is a tensor of shape "
+                    f"{tuple(value.shape)}; torch.optim's step refuses a {key} tensor that is "
+                    f"not 0-d with {error.__name__} too: pass a 0-d tensor or a float")
+
     def _check_group(self, group):
         """Raise for a hyper-parameter of the group the kernels cannot take (the checks of
         ``_update``, by ops' helpers); :meth:`_step` runs it on every group that steps
@@ -1426,6 +1461,7 @@ class SGD(_FastOptimizer, torch.optim.SGD):
 
     _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _KERNEL = "sgd"
+    _NOT_0D = {"dampening": TypeError, "weight_decay": TypeError}
     _STEPPED = False
     _NONE_IS_NEW = ("momentum_buffer",)     # torch's state.get: a None buffer starts anew
 
@@ -1441,13 +1477,13 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                                          and len(set(plan.fresh)) > 1)
 
     def _check_group(self, group):
-        ops._check_sgd(_number(group["lr"]), _number(group["weight_decay"]), group["momentum"],
-                       group["dampening"])
+        ops._check_sgd(_number(group["lr"]), self._real(group, "weight_decay"),
+                       self._real(group, "momentum"), self._real(group, "dampening"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, wd = _number(group["lr"]), _number(group["weight_decay"])
-        ops._check_sgd(lr, wd, group["momentum"], group["dampening"])
-        momentum, dampening = group["momentum"], group["dampening"]
+        lr, wd = _number(group["lr"]), self._real(group, "weight_decay")
+        momentum, dampening = self._real(group, "momentum"), self._real(group, "dampening")
+        ops._check_sgd(lr, wd, momentum, dampening)
         if cols.get("momentum_buffer") is None or not any(fresh):
             parts = [(False, params, grads, cols)]
         else:   # a new buffer starts as the grad (torch's first step), decided per parameter
@@ -1470,6 +1506,7 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
 
     _KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     _KERNEL = "rmsprop"
+    _NOT_0D = {"alpha": TypeError, "weight_decay": TypeError}
     _STEP_SCALARS = False   # torch counts its steps, and steps any count
 
     def _state_keys(self, group):
@@ -1478,12 +1515,13 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
 
     def _check_group(self, group):
         # torch bounds alpha by alpha >= 0 only (alpha = 1 keeps square_avg as it is)
-        ops._check_lr_beta(_number(group["lr"]), group["alpha"], NONNEG, group["eps"],
-                           group["weight_decay"], group["momentum"], beta_name="alpha")
+        ops._check_lr_beta(_number(group["lr"]), self._real(group, "alpha"), NONNEG,
+                           self._real(group, "eps"), self._real(group, "weight_decay"),
+                           self._real(group, "momentum"), beta_name="alpha")
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, alpha, eps = _number(group["lr"]), group["alpha"], group["eps"]
-        wd, momentum = group["weight_decay"], group["momentum"]
+        lr, alpha, eps = _number(group["lr"]), self._real(group, "alpha"), self._real(group, "eps")
+        wd, momentum = self._real(group, "weight_decay"), self._real(group, "momentum")
         ops._check_lr_beta(lr, alpha, NONNEG, eps, wd, momentum, beta_name="alpha")
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["square_avg"], cols.get("grad_avg"), cols.get("momentum_buffer"),
@@ -1499,6 +1537,7 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     _KEYS = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value",
              "maximize")
     _KERNEL = "adagrad"
+    _NOT_0D = {"lr_decay": TypeError, "weight_decay": TypeError}
 
     def __init__(self, params: _torch_optimizer.ParamsT, *args: Any, **kwargs: Any) -> None:
         super().__init__(params, *args, **kwargs)
@@ -1523,12 +1562,12 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
                                       memory_format=torch.preserve_format)}
 
     def _check_group(self, group):
-        ops._adagrad_clr(1, _number(group["lr"]), group["lr_decay"], group["weight_decay"],
-                         group["eps"])
+        ops._adagrad_clr(1, _number(group["lr"]), self._real(group, "lr_decay"),
+                         self._real(group, "weight_decay"), self._real(group, "eps"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        wd, eps = group["weight_decay"], group["eps"]
-        clr = ops._adagrad_clr(step, _number(group["lr"]), group["lr_decay"], wd, eps)
+        wd, eps = self._real(group, "weight_decay"), self._real(group, "eps")
+        clr = ops._adagrad_clr(step, _number(group["lr"]), self._real(group, "lr_decay"), wd, eps)
         self._kernel_for(cols, grad_scale)(params, grads, cols["sum"], clr=clr, eps=eps,
                                            weight_decay=wd, maximize=bool(group["maximize"]))
 
@@ -1542,16 +1581,18 @@ class Adam(_FastOptimizer, torch.optim.Adam):
     _KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
              "decoupled_weight_decay")
     _KERNEL = "adam"
+    _NOT_0D = {"weight_decay": TypeError}
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
     def _check_group(self, group):
-        ops._adam_scalars(1, _number(group["lr"]), self._betas(group), group["eps"],
-                          group["weight_decay"])
+        ops._adam_scalars(1, _number(group["lr"]), self._betas(group), self._real(group, "eps"),
+                          self._real(group, "weight_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
+        lr, eps = _number(group["lr"]), self._real(group, "eps")
+        wd = self._real(group, "weight_decay")
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, self._betas(group), eps, wd)
@@ -1576,17 +1617,20 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
 
     _KEYS = ("lr", "rho", "eps", "weight_decay", "maximize")
     _KERNEL = "adadelta"
+    _NOT_0D = {"rho": TypeError, "weight_decay": TypeError}
     _STEP_SCALARS = False   # torch counts its steps, and steps any count
 
     def _state_keys(self, group):
         return ("square_avg", "acc_delta")
 
     def _check_group(self, group):
-        ops._check_lr_beta(_number(group["lr"]), group["rho"], UNIT, group["eps"],
-                           group["weight_decay"], beta_name="rho")
+        ops._check_lr_beta(_number(group["lr"]), self._real(group, "rho"), UNIT,
+                           self._real(group, "eps"), self._real(group, "weight_decay"),
+                           beta_name="rho")
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, rho, eps, wd = _number(group["lr"]), group["rho"], group["eps"], group["weight_decay"]
+        lr, rho = _number(group["lr"]), self._real(group, "rho")
+        eps, wd = self._real(group, "eps"), self._real(group, "weight_decay")
         ops._check_lr_beta(lr, rho, UNIT, eps, wd, beta_name="rho")
         self._kernel_for(cols, grad_scale)(params, grads, cols["square_avg"], cols["acc_delta"],
                                            lr=lr, rho=rho, eps=eps, weight_decay=wd,
@@ -1599,17 +1643,18 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "maximize")
     _KERNEL = "adamax"
+    _NOT_0D = {"weight_decay": TypeError}
     _BETAS_0D = ((0, TypeError),)    # (torch's errors)
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_inf")
 
     def _check_group(self, group):
-        ops._adamax_scalars(1, _number(group["lr"]), self._betas(group), group["eps"],
-                            group["weight_decay"])
+        ops._adamax_scalars(1, _number(group["lr"]), self._betas(group),
+                            self._real(group, "eps"), self._real(group, "weight_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        eps, wd = group["eps"], group["weight_decay"]
+        eps, wd = self._real(group, "eps"), self._real(group, "weight_decay")
         beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
                                                 self._betas(group), eps, wd)
         self._kernel_for(cols, grad_scale)(params, grads, cols["exp_avg"], cols["exp_inf"],
@@ -1629,6 +1674,8 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
     _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
              "decoupled_weight_decay", "maximize")
     _KERNEL = "nadam"
+    # (momentum_decay makes the momentum torch multiplies its 0-d mu_product by in place)
+    _NOT_0D = {"weight_decay": TypeError, "momentum_decay": RuntimeError}
     _BETAS_0D = ((0, RuntimeError), (1, TypeError))    # (torch's errors)
     _SCALAR_STATE = ("mu_product",)
 
@@ -1651,24 +1698,27 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             check_reals(mu_product=(float(product), UNIT))
 
     def _check_group(self, group):
-        ops._nadam_scalars(1, 1.0, _number(group["lr"]), self._betas(group), group["eps"],
-                           group["weight_decay"], group["momentum_decay"])
+        ops._nadam_scalars(1, 1.0, _number(group["lr"]), self._betas(group),
+                           self._real(group, "eps"), self._real(group, "weight_decay"),
+                           self._real(group, "momentum_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
+        lr, eps = _number(group["lr"]), self._real(group, "eps")
+        wd, momentum_decay = self._real(group, "weight_decay"), self._real(group, "momentum_decay")
         # the kernel takes one product: parameters whose products differ (momentum_decay
         # changed between their first steps) or are multiplied in another dtype (torch's
         # float32 tensor, or float64 under set_default_dtype(torch.float64)) go in separate
         # calls
         products = [(float(m), m.dtype != np.float64) for m in cols["mu_product"]]
-        # torch's momentum from a float64 tensor beta1 is a float64 tensor, which its float32
-        # product is multiplied by in float64 (from a float, in float32)
-        betas, first = self._betas(group), group["betas"][0]
-        round_mu = not (isinstance(first, torch.Tensor) and first.dtype == torch.float64)
+        # torch's momentum from a float64 tensor beta1 or momentum_decay is a float64 tensor,
+        # which its float32 product is multiplied by in float64 (from floats, in float32)
+        betas, first, decay = self._betas(group), group["betas"][0], group["momentum_decay"]
+        round_mu = not ((isinstance(first, torch.Tensor) and first.dtype == torch.float64)
+                        or (isinstance(decay, torch.Tensor) and decay.dtype == torch.float64))
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
-                step, product, lr, betas, eps, wd, group["momentum_decay"],
+                step, product, lr, betas, eps, wd, momentum_decay,
                 single=single, round_mu=round_mu)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             self._kernel_for(part_cols, grad_scale)(
@@ -1687,17 +1737,19 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
 
     _KEYS = ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize")
     _KERNEL = "radam"
+    _NOT_0D = {"weight_decay": TypeError}
     _BETAS_0D = ((1, TypeError),)    # (torch's errors)
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq")
 
     def _check_group(self, group):
-        ops._radam_scalars(1, _number(group["lr"]), self._betas(group), group["eps"],
-                           group["weight_decay"])
+        ops._radam_scalars(1, _number(group["lr"]), self._betas(group), self._real(group, "eps"),
+                           self._real(group, "weight_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, eps, wd = _number(group["lr"]), group["eps"], group["weight_decay"]
+        lr, eps = _number(group["lr"]), self._real(group, "eps")
+        wd = self._real(group, "weight_decay")
         beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
             step, lr, self._betas(group), eps, wd)
         self._kernel_for(cols, grad_scale)(

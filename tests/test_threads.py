@@ -553,3 +553,67 @@ def test_threadpoolctl_limits_the_numba_backend_too():
                 assert numba.get_num_threads() == 1
     finally:
         fo.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
+def test_add_param_group_waits_for_a_step_in_another_thread(backend):
+    """add_param_group takes the lock a step holds, as deepcopy and state_dict do. It had
+    not: a group added while another thread stepped was half there for that step (in
+    param_groups, not yet in the slots, starts and parameter count the step reads)."""
+    rng = np.random.default_rng(2)
+    params = {"w": rng.standard_normal(5)}
+    with fo.use_backend(backend):
+        opt = fo.Adam(params, lr=0.01)
+        with opt._lock:                 # as a step in progress on another thread
+            adder = threading.Thread(
+                target=lambda: opt.add_param_group({"params": {"b": np.ones(3)}}))
+            adder.start()
+            adder.join(0.3)
+            assert adder.is_alive() and len(opt.param_groups) == 1
+        adder.join(10)
+        assert len(opt.param_groups) == 2
+        # then, groups added from one thread while another steps: every step sees each
+        # group whole or not at all (no exception; the first group stepped every time, each
+        # parameter as many times as its state counts)
+        names = [f"p{k}" for k in range(40)]
+        start = {n: rng.standard_normal(k % 5 + 1) for k, n in enumerate(names)}
+        grads = {n: rng.standard_normal(a.shape) for n, a in start.items()}
+        params = {n: a.copy() for n, a in start.items()}
+        opt = fo.Adam({names[0]: params[names[0]]}, lr=0.01)
+        errors, steps = [], 200
+        barrier = threading.Barrier(2)
+
+        def step():
+            barrier.wait()
+            try:
+                for _ in range(steps):
+                    with opt._lock:     # (the grads of the groups there are, then their step)
+                        opt.step({n: grads[n] for g in opt.param_groups
+                                  for n in g["param_names"]})
+            except Exception as error:      # noqa: BLE001 (reported below)
+                errors.append(error)
+
+        def add():
+            barrier.wait()
+            try:
+                for n in names[1:]:
+                    opt.add_param_group({"params": {n: params[n]}})
+                    time.sleep(0)
+            except Exception as error:      # noqa: BLE001
+                errors.append(error)
+
+        workers = [threading.Thread(target=step), threading.Thread(target=add)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not errors
+        assert len(opt.param_groups) == len(names)
+        assert opt.state[0]["step"] == steps
+        # each parameter stepped as many times as its state counts, from its start
+        for i, n in enumerate(names):
+            count = int(opt.state[i]["step"]) if i in opt.state else 0
+            ref = fo.Adam({n: start[n].copy()}, lr=0.01)
+            for _ in range(count):
+                ref.step({n: grads[n]})
+            assert ref.param_groups[0]["params"][0].tobytes() == params[n].tobytes(), n

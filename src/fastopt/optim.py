@@ -443,6 +443,12 @@ class Optimizer:
             A parameter is read-only or already in a group, named and unnamed groups are
             mixed, or a hyper-parameter is out of range.
         """
+        # under the step's lock: a group added while another thread steps is in that step
+        # whole or not at all (the groups, slots, starts and parameter count agree)
+        with self._lock:
+            self._add_param_group(group)
+
+    def _add_param_group(self, group):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a param group must be a dict with a 'params' entry")
         group = _Group(group)

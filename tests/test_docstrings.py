@@ -99,6 +99,16 @@ def test_all_lists_every_public_name_of_fastopt():
     assert set(fastopt.__all__) <= names
 
 
+def test_ops_all_lists_every_public_function_of_fastopt_ops():
+    """fastopt.ops.__all__ (what ``from fastopt.ops import *`` and this file's walk take)
+    names every public function the module defines: nadam_momentum was left out."""
+    from fastopt import ops
+    defined = {n for n, v in vars(ops).items() if not n.startswith("_")
+               and inspect.isfunction(v) and v.__module__ == ops.__name__}
+    assert defined <= set(ops.__all__), sorted(defined - set(ops.__all__))
+    assert "fastopt.ops.nadam_momentum" in PUBLIC
+
+
 def test_the_walk_finds_the_public_api():
     # a walk that found nothing would pass every check below
     for name in ("fastopt.optim.Adam", "fastopt.ops.adam_step_", "fastopt.layers.softmax",

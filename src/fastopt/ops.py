@@ -1395,4 +1395,5 @@ __all__ = ["ewa_", "sgd_step_", "momentum_step_", "rmsprop_step_", "adagrad_step
            "foreach_momentum_step_", "foreach_rmsprop_step_", "foreach_adagrad_step_",
            "foreach_adam_step_", "adadelta_step_", "adamax_step_", "nadam_step_",
            "radam_step_", "foreach_adadelta_step_", "foreach_adamax_step_",
-           "foreach_nadam_step_", "foreach_radam_step_", "lion_step_", "foreach_lion_step_"]
+           "foreach_nadam_step_", "foreach_radam_step_", "lion_step_", "foreach_lion_step_",
+           "nadam_momentum"]

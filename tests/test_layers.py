@@ -1423,3 +1423,45 @@ def test_batch_norm_copies_do_not_share_what_forward_and_backward_update(backend
                 for name in ("running_mean", "running_var", "dgamma", "dbeta"):
                     np.testing.assert_array_equal(getattr(layer, name),
                                                   getattr(expected, name), err_msg=name)
+
+
+INDEX_AXES = [np.array(1), np.int64(1), np.uint8(1), np.array(-1, np.int32), np.intp(-1)]
+NOT_AXES = [True, np.True_, np.array(True), 1.0, np.float64(1.0), np.array(1.0),
+            np.array([1]), np.array([[1]]), "1", None]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_axis_takes_what_operator_index_takes(backend):
+    """NumPy takes any ``operator.index`` integer for an int axis: a NumPy integer or a 0-d
+    integer array (``np.sum(x, axis=np.array(1))``). The layers took Python and NumPy ints
+    only (a 0-d array was ``TypeError: axis must be an int``): now each takes what NumPy
+    takes, with the int's result, and still refuses bools, floats and arrays that are not 0-d
+    integers with the TypeError naming axis."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((4, 3))
+    labels = rng.integers(0, 3, 4)
+    gamma, beta, mean, var = (rng.random(3) + 0.5 for _ in range(4))
+    calls = {
+        "softmax": lambda axis: fo.softmax(x, axis=axis),
+        "log_softmax": lambda axis: fo.log_softmax(x, axis=axis),
+        "softmax_cross_entropy": lambda axis: fo.softmax_cross_entropy(x, labels, axis=axis),
+        "batchnorm_forward": lambda axis: fo.batchnorm_forward(x.T, gamma, beta, axis=axis)[0],
+        "batchnorm_inference": lambda axis: fo.batchnorm_inference(x.T, gamma, beta, mean, var,
+                                                                   axis=axis),
+        "BatchNorm": lambda axis: fo.BatchNorm(3, axis=axis, dtype=np.float64).forward(x.T)}
+    with fo.use_backend(backend):
+        for name, call in calls.items():
+            want = call(1)
+            for axis in INDEX_AXES:
+                got = call(axis)
+                if name == "softmax_cross_entropy":
+                    assert got[0] == want[0], (name, axis)
+                    got, want_ = got[1], want[1]
+                else:
+                    want_ = want
+                np.testing.assert_array_equal(got, want_, err_msg=f"{name} axis={axis!r}")
+            for axis in NOT_AXES:
+                with pytest.raises(TypeError, match="axis must be an int"):
+                    call(axis)
+        layer = fo.BatchNorm(3, axis=np.array(1), dtype=np.float64)
+        assert type(layer.axis) is int and layer.axis == 1

@@ -552,9 +552,14 @@ def test_minibatches_mismatched_inputs_raise_value_error_naming_them():
         list(fo.minibatches(np.zeros((2, 2, 5)), np.zeros((1, 5)), axis=2))
     with pytest.raises(ValueError, match="X must have at least 1 dimension"):
         list(fo.minibatches(np.array(1.0), np.zeros(1)))
-    for axis in (1.0, None, True):
+    for axis in (1.0, None, True, np.True_, np.array([1]), np.array(1.0)):
         with pytest.raises(TypeError, match="axis must be an int"):
             list(fo.minibatches(X, np.zeros(5), axis=axis))
+    # what operator.index takes, as NumPy's axes: a 0-d integer array too
+    for axis in (np.array(1), np.int32(-1)):
+        assert [y.tolist() for _, y in fo.minibatches(X, np.arange(5), batch_size=2,
+                                                      axis=axis, shuffle=False)] == [
+            [0, 1], [2, 3], [4]]
 
 
 def test_minibatches_refuses_bad_arguments_when_called_not_at_the_first_next():

@@ -4,10 +4,30 @@ The Cython kernels do the common case in C (``_kernels/_elementwise.pxi``) and c
 rest, so the messages are the same; at 1e3 elements doing it all in Python would cost more than
 the arithmetic.
 """
+import operator
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 FLOAT_TYPES = (np.float32, np.float64)
+
+
+def check_axis(axis):
+    """``axis`` as an int: whatever ``operator.index`` takes, as NumPy's axes (an int, a
+    NumPy integer, a 0-d integer array); TypeError naming axis for anything else, bools
+    (Python's, which index takes, and NumPy's) and floats included."""
+    if type(axis) is int:          # the common case, at once
+        return axis
+    if not isinstance(axis, bool):
+        try:
+            return operator.index(axis)
+        except TypeError:
+            pass
+    what = type(axis).__name__
+    if isinstance(axis, np.ndarray):
+        what += f" of dtype {axis.dtype} and shape {axis.shape}"
+    raise TypeError(f"axis must be an int (or a NumPy integer, a 0-d integer array), "
+                    f"got {what}")
 
 
 def check_unmasked(name, a):

@@ -5,7 +5,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._hyper import check_flag
-from ._validate import as_array, check_unmasked
+from ._validate import as_array, check_axis, check_unmasked
 
 
 def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
@@ -55,8 +55,7 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
             or batch_size < 1):
         raise ValueError(f"Invalid batch_size: {batch_size!r} (must be a positive int)")
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    axis = check_axis(axis)
     check_flag("shuffle", shuffle)
     for name, a in (("X", X), ("Y", Y)):
         if a.ndim == 0:

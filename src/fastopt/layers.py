@@ -16,6 +16,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _backend
 from ._hyper import UNIT, check_flag, check_real
 from ._validate import FLOAT_DTYPES, FLOAT_TYPES, as_array, check_kernel_array
+from ._validate import check_axis as _check_axis
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
 
@@ -75,14 +76,6 @@ def _unshared(out: np.ndarray | None, a: _MaybeArray) -> _MaybeArray:
     if out is not None and a is not None and np.may_share_memory(out, a):
         return a.copy()
     return a
-
-
-def _check_axis(axis):
-    if type(axis) is int:          # the common case, without the ABC check (~1 us)
-        return axis
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-    return int(axis)
 
 
 def _check_eps(eps):
@@ -452,7 +445,8 @@ class BatchNorm:
             raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
         if num_features < 1:
             raise ValueError(f"Invalid num_features: {num_features!r}")
-        if _check_axis(axis) not in (0, 1, -1, -2):
+        axis = _check_axis(axis)        # (an int: a 0-d array given would stay mutable)
+        if axis not in (0, 1, -1, -2):
             raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
         _check_momentum(momentum)
         _check_eps(eps)

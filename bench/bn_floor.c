@@ -5,7 +5,10 @@
  * while it is in L2, and per panel copied as it is summed into a buffer of its own (512 KB,
  * contiguous: packed as BLAS packs its blocks) that the normalization then reads (the kernels
  * keep the two sweeps: in-process, panels gained nothing over them, their rows a power of two
- * bytes apart crowding into a few L2 sets, and the packed panels lost to them here). Build and run
+ * bytes apart crowding into a few L2 sets, and the packed panels lost to them here). Then the
+ * backward's floor the same way, against its own stream (read x and dy, write dx): the float64
+ * gradient sums alone (sum dy, sum dy (x - mean), four rows at a time, as add_4grads), dx
+ * alone in float64 (as fo_dx_4rows_f), and both in two sweeps, as the kernels. Build and run
  * (README, "Speed on this machine"):
  *   gcc -O3 -march=x86-64-v4 -mprefer-vector-width=512 -ffp-contract=off -fno-trapping-math \
  *       -o /tmp/bn_floor bench/bn_floor.c && taskset -c 0 /tmp/bn_floor
@@ -104,6 +107,35 @@ __attribute__((noinline)) void packed64(const float *restrict x, float *restrict
             }
     }
 }
+__attribute__((noinline)) void stream3(const float *restrict x, const float *restrict dy,
+                                       float *restrict dx, ll n) {
+    for (ll i = 0; i < n; i++)
+        dx[i] = x[i] + dy[i];
+}
+__attribute__((noinline)) void gradsums64(const float *restrict dy, const float *restrict x,
+                                          const double *restrict m, double *restrict db,
+                                          double *restrict dgc) {
+    for (ll r = 0; r < N; r += 4)
+        for (ll c = 0; c < C; c++) {
+            const float *d = dy + r * C + c, *v = x + r * C + c;
+            double mm = m[c];
+            db[c] += ((double)d[0] + d[C]) + ((double)d[2 * C] + d[3 * C]);
+            dgc[c] += (d[0] * ((double)v[0] - mm) + d[C] * ((double)v[C] - mm))
+                      + (d[2 * C] * ((double)v[2 * C] - mm) + d[3 * C] * ((double)v[3 * C] - mm));
+        }
+}
+__attribute__((noinline)) void dx64(const float *restrict dy, const float *restrict x,
+                                    float *restrict dx, const double *restrict m,
+                                    const double *restrict a, const double *restrict b,
+                                    const double *restrict d) {
+    for (ll r = 0; r < N; r += 4)
+        for (ll c = 0; c < C; c++) {
+            double mm = m[c], aa = a[c], bb = b[c], dd = d[c];
+            for (int j = 0; j < 4; j++)
+                dx[(r + j) * C + c] = (float)(aa * (double)dy[(r + j) * C + c]
+                                              - bb * ((double)x[(r + j) * C + c] - mm) - dd);
+        }
+}
 __attribute__((noinline)) void twopass64(const float *restrict x, float *restrict y,
                                          double *restrict s1, double *restrict s2,
                                          const double *restrict k, const double *restrict s,
@@ -180,5 +212,27 @@ int main() {
     for (int k = 0; k < 8; k++)
         printf("%-32s %7.1f us  %.3f ns/el  %.2fx stream\n", names[k], best[k] * 1e6,
                best[k] * 1e9 / (N * C), best[k] / best[0]);
-    printf("%g %g %g\n", y[12345], s1[5], acc[7]);
+    float *dy = aligned_alloc(64, 4 * N * C), *dx = aligned_alloc(64, 4 * N * C);
+    for (ll i = 0; i < N * C; i++)
+        dy[i] = (float)((i * 104729 % 1000) / 700.0 - 0.7);
+    const char *bnames[] = {"stream (read x, dy, write dx)", "grad sums float64 (read x, dy)",
+                            "dx float64 (as now)", "grad sums then dx (2 sweeps)"};
+    double bbest[4] = {1e9, 1e9, 1e9, 1e9};
+    for (int rep = 0; rep < 200; rep++)
+        for (int k = 0; k < 4; k++) {
+            double t = now();
+            if (k == 0)
+                stream3(x, dy, dx, (ll)N * C);
+            if (k == 1 || k == 3)
+                gradsums64(dy, x, m, s1, s2);
+            if (k == 2 || k == 3)
+                dx64(dy, x, dx, m, s, b, s);
+            t = now() - t;
+            if (t < bbest[k])
+                bbest[k] = t;
+        }
+    for (int k = 0; k < 4; k++)
+        printf("%-32s %7.1f us  %.3f ns/el  %.2fx its stream\n", bnames[k], bbest[k] * 1e6,
+               bbest[k] * 1e9 / (N * C), bbest[k] / bbest[0]);
+    printf("%g %g %g %g\n", y[12345], s1[5], acc[7], dx[4321]);
 }

@@ -234,7 +234,8 @@ def time_row(fns, rounds=5, target=1e-3):
     their samples). The untimed call keeps out what the first call after other work costs:
     on a 2-vCPU cloud VM, 10 ms of other work left a fastopt.torch step on 1e3 elements at
     120 us for its first call and 9.5 us after, torch's ``add_`` on 1e3 floats at 111 and
-    3.9 us; a 1 ms batch of 100 calls then measured the machine more than the contender. (bench/test_bench_spaced.py times steps after other work.)
+    3.9 us; a 1 ms batch of 100 calls then measured the machine more than the contender.
+    (bench/test_bench_spaced.py times steps after other work.)
     A contender whose calls last ``PER_CALL_MIN`` or more has each call of its batches timed
     alone, and its median is over every such call of every round: a burst of other work (the
     VM's other tenants, a pool helper descheduled, after which the pool runs calls on the

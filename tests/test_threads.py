@@ -617,3 +617,19 @@ def test_add_param_group_waits_for_a_step_in_another_thread(backend):
             for _ in range(count):
                 ref.step({n: grads[n]})
             assert ref.param_groups[0]["params"][0].tobytes() == params[n].tobytes(), n
+
+
+def test_pool_state_reports_the_pool():
+    """pool_state (for diagnosis: whether calls run on the caller alone after a late helper)
+    describes this build's pool: a 2-thread job starts its helper, and a job on one thread
+    leaves the back-off as it was."""
+    stream = pytest.importorskip("fastopt._kernels.stream")
+    if os.cpu_count() < 2:
+        pytest.skip("one CPU: no helper to start")
+    stream.pool_chunk_counts(8, 2, 1e-5)
+    state = stream.pool_state()
+    assert set(state) == {"helpers", "serial_calls", "backoff", "wake_seconds", "chunk_seconds"}
+    assert state["helpers"] >= 1 and state["serial_calls"] >= 0 and state["backoff"] >= 0
+    stream.pool_chunk_counts(8, 1)
+    after = stream.pool_state()
+    assert (after["serial_calls"], after["backoff"]) == (state["serial_calls"], state["backoff"])

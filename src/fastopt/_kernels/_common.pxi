@@ -51,6 +51,19 @@ def get_num_threads():
 
 cdef extern from "fo_pool.h":
     int fo_pool_openmp      # thread-local
+    ctypedef struct FoPoolState "struct fo_pool_state":
+        int helpers, serial_calls, backoff
+        double wake_seconds, chunk_seconds
+    FoPoolState fo_pool_state_now() nogil
+
+
+def pool_state():
+    """This build's pool as it stands (fo_pool.h), for tests and diagnosis: helpers started,
+    calls left to run on the caller alone and the next back-off's length, the estimated cost
+    of waking the helpers and the last job's chunk time (seconds)."""
+    s = fo_pool_state_now()
+    return dict(helpers=s.helpers, serial_calls=s.serial_calls, backoff=s.backoff,
+                wake_seconds=s.wake_seconds, chunk_seconds=s.chunk_seconds)
 
 
 def use_openmp_team(bint on):

@@ -109,6 +109,16 @@ static struct {
 } fo_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
              .avoided_cpu = -1};
 
+struct fo_pool_state {
+    int helpers, serial_calls, backoff;
+    double wake_seconds, chunk_seconds;
+};
+static struct fo_pool_state fo_pool_state_now(void) {
+    struct fo_pool_state s = {fo_pool.helpers, fo_pool.serial_calls, fo_pool.backoff,
+                              fo_pool.wake_seconds, fo_pool.chunk_seconds};
+    return s;
+}
+
 static double fo_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -364,27 +364,11 @@ def test_0d_tensor_hyper_parameters_survive_state_dicts_with_torch(name):
               if n == name and not kw}
     kwargs.update(next((kw for n, _, _, kw in TENSOR_HYPER if n == name and kw
                         and "decoupled_weight_decay" not in kw), {}))
-    params = [torch.nn.Parameter(t) for t in _params(torch.float32)]
-    gen = torch.Generator().manual_seed(7)
-    opt = getattr(torch.optim, name)(params, foreach=False, **kwargs)
-    for cls in (ft, torch.optim, None):
-        for _ in range(3):
-            _set_grads(gen, params)
-            opt.step()
-        if cls is not None:
-            params = [torch.nn.Parameter(p.detach().clone()) for p in params]
-            state = _save_load(opt.state_dict())
-            opt = getattr(cls, name)(params, **kwargs)
-            opt.load_state_dict(state)
-            assert all(isinstance(opt.param_groups[0][k], torch.Tensor) for k in kwargs
-                       if isinstance(kwargs[k], torch.Tensor))
-    straight = [torch.nn.Parameter(t) for t in _params(torch.float32)]
-    ref = getattr(torch.optim, name)(straight, foreach=False, **kwargs)
-    gen = torch.Generator().manual_seed(7)
-    for _ in range(9):
-        _set_grads(gen, straight)
-        ref.step()
-    assert_trajectories_close(params, straight, opt, ref)
+
+    def tensors_kept(opt):
+        assert all(isinstance(opt.param_groups[0][k], torch.Tensor) for k in kwargs
+                   if isinstance(kwargs[k], torch.Tensor))
+    _torch_fastopt_torch_handoffs(name, kwargs, 3, tensors_kept)
 
 
 def test_closure_is_called_with_grad_enabled_and_its_loss_returned():
@@ -516,11 +500,18 @@ def test_state_dicts_move_between_torch_and_fastopt(name, kwargs):
     trajectory is torch's uninterrupted one. (float32: torch's load_state_dict casts NAdam's
     mu_product to the parameters' dtype, so torch itself leaves its float64 trajectory after
     a reload; fastopt keeps multiplying it in float32.)"""
+    _torch_fastopt_torch_handoffs(name, kwargs, 4)
+
+
+def _torch_fastopt_torch_handoffs(name, kwargs, steps, check=None):
+    """torch.optim steps ``steps`` times, fastopt.torch takes over from its state dict for as
+    many, then a new torch.optim from fastopt's (through torch.save each time; ``check`` sees
+    each new optimizer): asserts the trajectory is torch's uninterrupted one."""
     params = [torch.nn.Parameter(t) for t in _params(torch.float32)]
     gen = torch.Generator().manual_seed(7)
     opt = getattr(torch.optim, name)(params, foreach=False, **kwargs)
     for cls in (ft, torch.optim, None):
-        for _ in range(4):
+        for _ in range(steps):
             _set_grads(gen, params)
             opt.step()
         if cls is not None:
@@ -528,10 +519,12 @@ def test_state_dicts_move_between_torch_and_fastopt(name, kwargs):
             state = _save_load(opt.state_dict())
             opt = getattr(cls, name)(params, **kwargs)
             opt.load_state_dict(state)
+            if check is not None:
+                check(opt)
     straight = [torch.nn.Parameter(t) for t in _params(torch.float32)]
     ref = getattr(torch.optim, name)(straight, foreach=False, **kwargs)
     gen = torch.Generator().manual_seed(7)
-    for _ in range(12):
+    for _ in range(3 * steps):
         _set_grads(gen, straight)
         ref.step()
     assert_trajectories_close(params, straight, opt, ref)

@@ -1347,11 +1347,9 @@ class _FastOptimizer(_Mixin):
         value = group[key]
         if type(value) is float:
             return value        # the common case, at every step
-        if isinstance(value, torch.Tensor):
-            if value.dim() != 0 and key in self._NOT_0D:
-                self._refuse_not_0d(group, key, value)
-            return value.item()
-        return value
+        if isinstance(value, torch.Tensor) and value.dim() != 0 and key in self._NOT_0D:
+            self._refuse_not_0d(group, key, value)
+        return _number(value)
 
     def _refuse_not_0d(self, group, key, value):
         """The error torch's step raises for a one-element ``value`` of ``key`` that is not

@@ -278,10 +278,11 @@ def test_good_option_values_parse():
     assert [str(d) for d in args.dtypes] == ["float32"]
 
 
-def test_each_timed_batch_follows_settling_and_one_untimed_call(monkeypatch):
-    """time_row: after a warm-up and 3 sizing calls, every round settles, makes one untimed
-    call (the first call after other work runs cold) and then the timed batch, whose length
-    comes from the fastest sizing call. On a clock that each call moves by a known amount."""
+def test_each_timed_batch_follows_settling_and_an_untimed_batch(monkeypatch):
+    """time_row: after a warm-up and 3 sizing calls, every round settles, makes an untimed
+    batch (the first calls after other work run cold) and then the timed batch, both as long
+    as the fastest sizing call gives. On a clock that each call moves by a known amount: the
+    50 calls after each settle cost 1 ms (cold), later ones 10 us."""
     from fastopt import _bench
     clock, events = [0.0], []
     costs = iter([1.0, 0.5, 2e-5, 1e-3])     # warm-up, 3 sizing calls (fastest: 20 us)
@@ -293,15 +294,17 @@ def test_each_timed_batch_follows_settling_and_one_untimed_call(monkeypatch):
 
     def contender():
         events.append("call")
-        clock[0] += next(costs, 1e-5)           # then: 10 us a call
+        since_settle = len(events) - 1 - max(
+            (i for i, e in enumerate(events) if e == "settle"), default=len(events) - 1)
+        clock[0] += next(costs, 1e-3 if since_settle <= 50 else 1e-5)
 
     monkeypatch.setattr(_bench, "time", FakeTime)
     monkeypatch.setattr(_bench, "settle", lambda: events.append("settle"))
     timed = _bench.time_row({"c": contender}, rounds=3, target=1e-3)
     assert events[:4] == ["call"] * 4 and events[4] == "settle"
     rounds = "".join("S" if e == "settle" else "c" for e in events[4:]).split("S")[1:]
-    assert rounds == ["c" * (1 + 50)] * 3       # 1 untimed + 1 ms / 20 us
-    assert timed["c"] == (pytest.approx(1e-5, rel=1e-9), 0.0)    # the untimed call left out
+    assert rounds == ["c" * (50 + 50)] * 3      # 1 ms / 20 us untimed, then as many timed
+    assert timed["c"] == (pytest.approx(1e-5, rel=1e-9), 0.0)    # the cold calls left out
 
 
 def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls_it_hits(
@@ -324,14 +327,14 @@ def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls
         def contender():
             k = calls[label]
             calls[label] += 1
-            # a warm-up and 3 sizing calls, then per round one untimed call and the batch
-            clock[0] += burst if k >= 4 and (k - 4) % (1 + batch) == 1 else cost
+            # a warm-up and 3 sizing calls, then per round an untimed batch and the batch
+            clock[0] += burst if k >= 4 and (k - 4) % (2 * batch) == batch else cost
         return contender
 
     monkeypatch.setattr(_bench, "time", FakeTime)
     monkeypatch.setattr(_bench, "settle", lambda: None)
     timed = _bench.time_row({"slow": make("slow", 2.0 ** -13, 8),
                              "fast": make("fast", 2.0 ** -16, 65)}, rounds=3, target=1e-3)
-    assert calls == {"slow": 4 + 3 * 9, "fast": 4 + 3 * 66}
+    assert calls == {"slow": 4 + 3 * 16, "fast": 4 + 3 * 130}
     assert timed["slow"] == (2.0 ** -13, 0.0)
     assert timed["fast"] == (pytest.approx((burst + 64 * 2.0 ** -16) / 65, rel=1e-12), 0.0)

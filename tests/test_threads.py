@@ -1,6 +1,11 @@
 """The compiled backends' threads: bit-identical results for any thread count, calls from
-several Python threads at once, a call after fork, the default count and threadpoolctl."""
+several Python threads at once, a call after fork, a fork during a step in another thread, the
+default count and threadpoolctl."""
+import copy
+import hashlib
+import io
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -206,7 +211,6 @@ def test_a_deepcopy_waits_for_a_step_in_another_thread(backend):
     """copy.deepcopy(opt) takes the lock a step holds, as state_dict() does. It had not: a
     copy taken while another thread stepped held a step's work half done (some parameters
     and states a step ahead of the others, step counts 7 and 8 in one copy)."""
-    import copy
     rng = np.random.default_rng(1)
     params = [rng.standard_normal(5), rng.standard_normal(3).astype(np.float32)]
     grads = [rng.standard_normal(5), rng.standard_normal(3).astype(np.float32)]
@@ -247,6 +251,141 @@ def test_a_call_after_fork(compiled):
     os.waitpid(pid, 0)
     assert answer == b"1", "the forked child computed wrong results"
     assert all(a.tobytes() == b.tobytes() for a, b in zip(adam_steps(N, np.float32), expected))
+
+
+FORK_TIMEOUT = 20   # seconds a forked child may take for its step before it counts as hung
+
+
+def fork_during_steps(make, step, snapshot, forks=3):
+    """Fork ``forks`` times while another thread steps an optimizer from ``make()`` in a loop
+    (``step(opt)``: one step, the same grads each time). Each child writes
+    ``snapshot(opt)``, (step count, digest of its parameters and state), at the fork and
+    after one step of its own. Asserts that every child had whole steps and took the next
+    one: what a fresh ``make()`` has after as many steps."""
+    opt = make()
+    stop, stepped = threading.Event(), threading.Event()
+
+    def steps():
+        while not stop.is_set():
+            step(opt)
+            stepped.set()
+
+    stepper = threading.Thread(target=steps)
+    stepper.start()
+    children = []       # per fork: the child's exit status and the snapshots it wrote
+    try:
+        assert stepped.wait(60)
+        for _ in range(forks):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:        # child: the stepping thread is gone, its lock may not be
+                code = 1
+                try:
+                    signal.signal(signal.SIGALRM, signal.SIG_DFL)   # (not pytest's handler)
+                    signal.alarm(FORK_TIMEOUT)      # kills the child should its step hang
+                    os.write(write, pickle.dumps(snapshot(opt)))
+                    step(opt)
+                    os.write(write, pickle.dumps(snapshot(opt)))
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write)
+            status = os.waitpid(pid, 0)[1]
+            with os.fdopen(read, "rb") as pipe:
+                children.append((status, unpickle_all(pipe.read())))
+            if os.WIFSIGNALED(status):
+                break       # (one hung child is enough)
+    finally:
+        stop.set()
+        stepper.join()
+    counts = {snaps[0][0] for _, snaps in children if snaps}
+    wanted = counts | {c + 1 for c in counts}
+    reference, fresh = {}, make()
+    for t in range(max(wanted, default=0) + 1):
+        if t in wanted:
+            reference[t] = snapshot(fresh)
+        step(fresh)
+    for status, snaps in children:
+        assert snaps, "the child failed before its first snapshot"
+        count = snaps[0][0]
+        assert snaps[0] == reference[count], (
+            f"the child was forked in the middle of a step: state past step {count}, not "
+            "the whole next one")
+        assert not os.WIFSIGNALED(status), "the child's first step hung (the lock was held)"
+        assert os.WEXITSTATUS(status) == 0
+        assert snaps[1:] == [reference[count + 1]], "the child's step is not the next one"
+
+
+def unpickle_all(data):
+    """The objects pickled one after the other into ``data``."""
+    stream, objects = io.BytesIO(data), []
+    while stream.tell() < len(data):
+        objects.append(pickle.load(stream))
+    return objects
+
+
+def digest(arrays):
+    """SHA-256 of the arrays' bytes, in order."""
+    hashed = hashlib.sha256()
+    for a in arrays:
+        hashed.update(np.ascontiguousarray(a).tobytes())
+    return hashed.hexdigest()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("copied", [False, True], ids=["", "deepcopied"])
+@pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
+def test_a_child_forked_during_a_step_in_another_thread_steps(backend, copied):
+    """A fork waits for the steps in progress in other threads: the child's optimizer had
+    the lock of a step whose thread the child does not have (its first step() waited
+    forever) and the arrays of half that step. So does a deep copy's (or an unpickled
+    optimizer's: the same protocol), which makes a lock of its own."""
+    rng = np.random.default_rng(6)
+    start = [rng.standard_normal(N).astype(np.float32), rng.standard_normal(7)]
+    grads = [rng.standard_normal(N).astype(np.float32), rng.standard_normal(7)]
+
+    def snapshot(opt):
+        params = opt.param_groups[0]["params"]
+        state = [a for i in sorted(opt.state) for _, a in sorted(opt.state[i].items())]
+        return int(opt.state[0]["step"]) if opt.state else 0, digest(params + state)
+
+    def make():
+        opt = fo.Adam([p.copy() for p in start], lr=0.01)
+        return copy.deepcopy(opt) if copied else opt
+
+    with fo.use_backend(backend):
+        fork_during_steps(make, lambda opt: opt.step(grads), snapshot)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("copied", [False, True], ids=["", "deepcopied"])
+@pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
+def test_a_child_forked_during_a_fastopt_torch_step_in_another_thread_steps(backend, copied):
+    """As above, for fastopt.torch's optimizers (their lock is the same kind)."""
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    rng = np.random.default_rng(7)
+    start = [torch.from_numpy(rng.standard_normal(N).astype(np.float32)),
+             torch.from_numpy(rng.standard_normal(7))]
+    grads = [torch.from_numpy(rng.standard_normal(N).astype(np.float32)),
+             torch.from_numpy(rng.standard_normal(7))]
+
+    def make():
+        opt = ft.Adam([torch.nn.Parameter(p.clone()) for p in start], lr=0.01)
+        if copied:
+            opt = copy.deepcopy(opt)
+        for p, g in zip(opt.param_groups[0]["params"], grads):
+            p.grad = g.clone()      # (a deep copy of a Parameter has no grad, as in torch)
+        return opt
+
+    def snapshot(opt):
+        params = opt.param_groups[0]["params"]
+        state = [v.numpy() for p in params for _, v in sorted(opt.state[p].items())]
+        count = int(opt.state[params[0]]["step"]) if opt.state else 0
+        return count, digest([p.detach().numpy() for p in params] + state)
+
+    with fo.use_backend(backend):
+        fork_during_steps(make, lambda opt: opt.step(), snapshot)
 
 
 NUMBA_POOL_FROM_A_THREAD = """

@@ -7,8 +7,10 @@ grad is checked before any array is written, so a step that raises changes nothi
 """
 import copy
 import operator
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from itertools import repeat
 
@@ -330,6 +332,45 @@ class _ArenaParams:
 _ADAM_BOUNDS = dict(lr=NONNEG, betas=BETAS, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
 
 
+# every optimizer's step lock (fastopt.optim's and fastopt.torch's, all made by _step_lock),
+# so that a fork can wait for the steps in progress
+_STEP_LOCKS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_held_for_fork: dict[int, list] = {}    # the forking thread -> the step locks it holds
+
+
+def _step_lock():
+    """A new lock for an optimizer's steps, which ``os.fork()`` takes (see _hold_step_locks)."""
+    lock = threading.RLock()
+    _STEP_LOCKS.add(lock)
+    return lock
+
+
+def _hold_step_locks():
+    """Before a fork: take every optimizer's step lock, as CPython takes its own locks. A
+    child forked during a step in another thread would have that step half done, and its
+    lock held by a thread the child does not have: its first step() would wait forever."""
+    # (the WeakSet's own set of references, copied in one C call: iterating the WeakSet
+    # raises should another thread make an optimizer meanwhile; in one order, so that two
+    # threads forking at once take them in turn)
+    locks = [ref() for ref in tuple(_STEP_LOCKS.data)]
+    locks = sorted((lock for lock in locks if lock is not None), key=id)
+    held = _held_for_fork[threading.get_ident()] = []
+    for lock in locks:
+        lock.acquire()
+        held.append(lock)   # (those taken, should an exception stop this before the end)
+
+
+def _release_step_locks():
+    """After a fork, in the parent and in the child (whose forking thread has the same id)."""
+    for lock in _held_for_fork.pop(threading.get_ident(), ()):
+        lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_hold_step_locks, after_in_parent=_release_step_locks,
+                        after_in_child=_release_step_locks)
+
+
 def _deepcopy_locked(opt, memo):
     """``copy.deepcopy(opt)`` as copy would make it (the class's pickling protocol), under the
     lock ``opt``'s steps hold, as state_dict() takes it: a copy made while another thread
@@ -382,7 +423,7 @@ class Optimizer:
         # held by step, state_dict and load_state_dict: the kernels release the GIL, and two
         # threads stepping one optimizer at once would both read step count t, both write
         # t + 1 and interleave their updates of the same state arrays
-        self._lock = threading.RLock()
+        self._lock = _step_lock()
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
@@ -1124,7 +1165,7 @@ class Optimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock = _step_lock()
         self._disjoint = None
         for group in self.param_groups:
             params = []

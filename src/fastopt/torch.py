@@ -112,7 +112,6 @@ import copy
 import math
 import numbers
 import operator
-import threading
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
@@ -127,7 +126,7 @@ import torch.optim.optimizer as _torch_optimizer
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, STEP, UNIT, as_real, check_reals
 from ._validate import extent, same_memory
-from .optim import _deepcopy_locked
+from .optim import _deepcopy_locked, _step_lock
 from .reference import lowp
 
 __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
@@ -438,7 +437,7 @@ class _FastOptimizer(_Mixin):
         # held by step (after the closure) and load_state_dict: the kernels release the GIL,
         # and two threads stepping one optimizer at once would both read a step count t
         # from the plan, both store t + 1 and interleave their updates of the same state
-        self._lock = threading.RLock()
+        self._lock = _step_lock()
         self._plans: dict[int, _Plan] = {}      # each param group's plan, by its index
         super().__init__(params, *args, **kwargs)
         self.defaults[CLIP] = max_grad_norm
@@ -494,7 +493,7 @@ class _FastOptimizer(_Mixin):
         super().__setstate__(state)
         # torch's load_state_dict calls this too, under the lock: keep it
         if "_lock" not in self.__dict__:
-            self._lock = threading.RLock()
+            self._lock = _step_lock()
         self._plans = {}
         if "grad_norms" not in self.__dict__:     # pickled before grad_norms was saved
             self.grad_norms = [None] * len(self.param_groups)

@@ -777,4 +777,4 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
 
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "BatchNorm",
-           "softmax", "log_softmax", "softmax_cross_entropy"]
+           "BatchNormCache", "softmax", "log_softmax", "softmax_cross_entropy"]

@@ -20,7 +20,9 @@ class HasLR(Protocol):
     optimizer, :class:`fastopt.distributed.ShardedOptimizer`)."""
 
     @property
-    def lr(self) -> float | list[float]: ...
+    def lr(self) -> float | list[float]:
+        """The learning rate (a list if the param groups differ); setting it sets every
+        group's."""
 
     @lr.setter
     def lr(self, value: float) -> None: ...
@@ -329,4 +331,4 @@ class LRScheduler:
 
 
 __all__ = ["inverse_time_decay", "exponential_decay", "inverse_sqrt_decay", "staircase",
-           "LRScheduler"]
+           "LRScheduler", "HasLR"]

@@ -316,6 +316,51 @@ def fork_during_steps(make, step, snapshot, forks=3):
         assert snaps[1:] == [reference[count + 1]], "the child's step is not the next one"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_another_thread_is_in_a_use_backend_block_switches_freely():
+    """The child has no thread in the block: its backend is the one the block would have
+    restored, and its own use_backend blocks work (they raised "another thread is inside a
+    use_backend block" for good before)."""
+    before = fo.get_backend()
+    inside, leave = threading.Event(), threading.Event()
+
+    def block():
+        with fo.use_backend("numpy"):
+            inside.set()
+            leave.wait(60)
+
+    thread = threading.Thread(target=block)
+    thread.start()
+    try:
+        assert inside.wait(60)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            answer = b"?"
+            try:
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+                signal.alarm(FORK_TIMEOUT)      # kills the child should the block's lock hang
+                restored = fo.get_backend() == before
+                with fo.use_backend("numpy"):
+                    switched = fo.get_backend() == "numpy"
+                answer = b"1" if restored and switched and fo.get_backend() == before else b"0"
+            except RuntimeError:
+                answer = b"R"
+            finally:
+                os.write(write, answer)
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            answer = pipe.read()
+        os.waitpid(pid, 0)
+    finally:
+        leave.set()
+        thread.join()
+    assert answer != b"R", "the child's use_backend raised: the parent's block is not its own"
+    assert answer == b"1", "the child's backend is not the one before the parent's block"
+    assert fo.get_backend() == before
+
+
 def unpickle_all(data):
     """The objects pickled one after the other into ``data``."""
     stream, objects = io.BytesIO(data), []

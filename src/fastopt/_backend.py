@@ -168,7 +168,24 @@ def set_backend(name: str) -> None:
 
 
 _block_lock = threading.Lock()
-_block_owner = [None, 0]    # the thread inside use_backend blocks, and how deep
+# the thread inside use_backend blocks, how deep, and the backend its outermost block restores
+_block_owner = [None, 0, None]
+
+
+def _forget_other_threads_block():
+    """In a child after fork, where only the forking thread exists: a block another thread
+    of the parent was in is left as it would have been (its backend restored), and a lock
+    that thread held is made again; the forking thread's own block goes on."""
+    global _block_lock
+    _block_lock = threading.Lock()
+    owner, depth, restore = _block_owner
+    if depth and owner != threading.get_ident():
+        _block_owner[:] = [None, 0, None]
+        set_backend(restore)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_other_threads_block)
 
 
 @contextlib.contextmanager
@@ -198,15 +215,15 @@ def use_backend(name: str) -> Iterator[None]:
     """
     me = threading.get_ident()
     with _block_lock:
-        owner, depth = _block_owner
+        owner, depth, restore = _block_owner
         if depth and owner != me:
             raise RuntimeError(
                 f"fastopt.use_backend({name!r}): another thread is inside a use_backend block; "
                 "the backend is process-wide, so blocks in several threads at once would "
                 "switch each other's backend (choose one with set_backend before starting "
                 "the threads)")
-        _block_owner[:] = [me, depth + 1]
-    previous = _active_name
+        previous = _active_name
+        _block_owner[:] = [me, depth + 1, restore if depth else previous]
     try:
         set_backend(name)
         yield

@@ -1146,7 +1146,10 @@ EDGES = [("SGD", dict(lr=0.0, momentum=0.9)), ("SGD", dict(lr=0.1, momentum=0.9,
          ("Adam", dict(eps=0.0, lr=0.0)), ("AdamW", dict(betas=(0.0, 0.0), eps=0.0)),
          ("Adadelta", dict(rho=0.0, eps=0.0)), ("Adamax", dict(betas=(0.0, 0.0), eps=0.0)),
          ("NAdam", dict(betas=(0.0, 0.0), momentum_decay=0.0)), ("NAdam", dict(eps=0.0, lr=0.0)),
-         ("RAdam", dict(betas=(0.0, 0.0), eps=0.0)), ("RAdam", dict(betas=(0.9, 0.0)))]
+         ("RAdam", dict(betas=(0.0, 0.0), eps=0.0)), ("RAdam", dict(betas=(0.9, 0.0))),
+         # alpha 1 (torch bounds it by alpha >= 0 only): centered RMSprop's lerp weight
+         # 1 - alpha is 0, and grad_avg stays 0 (the compiled kernels took grad_avg = grad)
+         ("RMSprop", dict(alpha=1.0, centered=True, momentum=0.5))]
 
 
 @needs_torch

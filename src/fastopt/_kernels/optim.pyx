@@ -118,6 +118,9 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating lr = <floating>s.lr, al = <floating>s.alpha, c = <floating>(1.0 - s.alpha)
     cdef floating eps = <floating>s.eps, wd = <floating>s.weight_decay
     cdef floating mom = <floating>s.momentum, kc = lerp_coef(c)
+    # alpha >= 1 (torch takes any alpha >= 0) makes the weight c <= 0, outside lerp's (0, 1]:
+    # its lerp starts from grad_avg (c < 0.5) though kc <= 0 would make lerp() start from g
+    cdef bint from_end = c >= <floating>0.5
     cdef bint maximize = s.maximize, has_wd = s.weight_decay != 0
     cdef bint eps_inside_sqrt = s.eps_inside_sqrt
     cdef floating gi, sv, avg
@@ -129,7 +132,7 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
         sq[i] = al * sq[i] + (c * gi) * gi
         sv = sq[i]
         if gavg != NULL:
-            gavg[i] = lerp(gavg[i], gi, kc)
+            gavg[i] = (gi if from_end else gavg[i]) + kc * (gi - gavg[i])
             sv = sq[i] - gavg[i] * gavg[i]
         avg = root(sv + eps) if eps_inside_sqrt else root(sv) + eps
         if buf != NULL:

@@ -139,6 +139,9 @@ def _rmsprop_span(p, g, sq, gavg, buf, packed):
     a = f(s.alpha)
     c = f(1.0 - s.alpha)
     kc = lerp_coef(c, f(1.0))
+    # alpha >= 1 (torch takes any alpha >= 0) makes the weight c <= 0, outside lerp's (0, 1]:
+    # its lerp starts from grad_avg (c < 0.5) though kc <= 0 would make lerp() start from g
+    from_end = c >= 0.5
     eps = f(s.eps)
     wd = f(s.weight_decay)
     mom = f(s.momentum)
@@ -153,7 +156,7 @@ def _rmsprop_span(p, g, sq, gavg, buf, packed):
         sq[i] = a * sq[i] + (c * gi) * gi
         sqi = sq[i]
         if centered:
-            gavg[i] = lerp(gavg[i], gi, kc)
+            gavg[i] = (gi if from_end else gavg[i]) + kc * (gi - gavg[i])
             sqi = sq[i] - gavg[i] * gavg[i]
         avg = np.sqrt(sqi + eps) if eps_inside_sqrt else np.sqrt(sqi) + eps
         if has_buf:

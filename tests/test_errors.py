@@ -1182,6 +1182,30 @@ def test_an_emptied_state_makes_the_next_step_a_first_step(reset):
     assert int(opt.state[0]["step"]) == 1
 
 
+@pytest.mark.parametrize("name,kwargs", CONFIGS + [("Lion", {})], ids=CONFIG_IDS + ["Lion"])
+def test_a_state_dict_with_an_emptied_entry_loads_as_torchs(name, kwargs):
+    """``opt.state[i] = {}`` leaves an empty entry in ``state_dict()``, as in torch, whose
+    load_state_dict takes it back: it loads as no state (the parameter's next step is a
+    first step), into the optimizer itself and into a fresh one. It was refused with
+    "state_dict['state'][0] has no 'step'"."""
+    p = [np.full(3, 1.0), np.full(2, 1.0)]
+    opt = getattr(fo, name)(p, **kwargs)
+    opt.step([np.full(3, 0.5), np.full(2, 0.5)])
+    opt.state[0] = {}
+    sd = opt.state_dict()
+    assert sd["state"][0] == {}
+    first = [p[0].copy()]           # what a first step from here gives
+    getattr(fo, name)(first, **kwargs).step([np.full(3, 0.25)])
+    twin = [a.copy() for a in p]
+    fresh = getattr(fo, name)(twin, **kwargs)
+    fresh.load_state_dict(sd)
+    opt.load_state_dict(sd)
+    for o in (opt, fresh):
+        o.step([np.full(3, 0.25), np.full(2, 0.25)])
+    assert [a.tobytes() for a in p] == [a.tobytes() for a in twin]
+    assert p[0].tobytes() == first[0].tobytes()
+
+
 @pytest.mark.parametrize("kind", ["matrix", "masked"])
 def test_a_matrix_or_masked_grad_in_a_later_group_changes_nothing(kind):
     W, b = np.ones((2, 2)), np.ones((2, 1))

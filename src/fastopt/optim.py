@@ -1114,7 +1114,9 @@ class Optimizer:
                 self._check_state_entry(where, key, value, p, min_step)
                 _set(entry, key, value)
             missing = [k for k in self._STATE if k not in entry]
-            if missing:
+            # an empty entry is no state (opt.state[i] = {}, torch's reset, leaves one in
+            # state_dict(), and torch's load_state_dict takes it): made at the next step
+            if missing and saved:
                 raise ValueError(f"{where} has no {missing[0]!r}")
             _set(new_state, i, entry)
         new_hyper = []

@@ -107,6 +107,20 @@ def _by_name(grads, names):
     return matched
 
 
+def _arena_grads(grads, params):
+    """The grad views that ``grads``, an arena's ``arena.grads``, holds for ``params``, in
+    order; None unless ``grads`` is an arena's and every parameter a view of that arena."""
+    if not isinstance(grads, _GradDict):
+        return None
+    views = []
+    for p in params:
+        span = ParameterArena.span_of([p])
+        if span is None or span.arena.grads is not grads:
+            return None
+        views.append(span.grad_views[0])
+    return views
+
+
 def _course_key(name):
     """The course's key for parameter ``name``'s grad, ``"d" + name``; None for a name that is
     not a str (a params dict keyed by ints or tuples: such a key is matched as it is)."""
@@ -597,6 +611,11 @@ class Optimizer:
             return grads                # the common case, first (the list is not changed)
         if isinstance(grads, dict):
             if not self._named:
+                # an arena's grads for a list of its views: each parameter's grad view (the
+                # arena path takes them without matching, but not once the phases differ)
+                views = _arena_grads(grads, [p for g in self.param_groups for p in g["params"]])
+                if views is not None:
+                    return views
                 raise ValueError("grads is a dict but params were not given by name; pass a "
                                  "sequence of grads in parameter order")
             return _by_name(grads, [n for g in self.param_groups for n in g["param_names"]])

@@ -53,6 +53,35 @@ def test_an_arena_steps_in_one_call_with_the_bits_of_separate_arrays(backend, na
             assert value.base is not None and o_arena.state[1][key].base is value.base
 
 
+@pytest.mark.parametrize("name,kwargs", OPTIMIZERS,
+                         ids=[f"{n}-{i}" for i, (n, _) in enumerate(OPTIMIZERS)])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_an_arena_stepped_with_separate_grads_first_then_its_own_keeps_its_state(backend, name,
+                                                                                kwargs):
+    """State made on the list path (grads that are not the arena's views: SGD's momentum
+    buffer, RMSprop's grad_avg and buffer, AMSGrad's max) lay outside the flat buffers the
+    arena path's plan had made without it: the next step with ``arena.grads`` took it for
+    missing (SGD: a first step again, buf = g; RMSprop: buffers of zeros)."""
+    rng = np.random.default_rng(6)
+    inits = random_arrays(rng)
+    arena = fo.ParameterArena(np.float64, capacity=1000)
+    views = [arena.add(f"p{k}", s, init=x) for k, (s, x) in enumerate(zip(PARAM_SHAPES, inits))]
+    separate = [x.copy() for x in inits]
+    with fo.use_backend(backend):
+        o_arena = getattr(fo, name)(views, **kwargs)
+        o_sep = getattr(fo, name)(separate, **kwargs)
+        for own in (False, True, True, False, True):
+            gs = random_arrays(rng)
+            if own:
+                for k, g in enumerate(gs):
+                    arena.grads[f"p{k}"] = g
+                o_arena.step(arena.grads)
+            else:
+                o_arena.step(gs)
+            o_sep.step(gs)
+    assert [v.tobytes() for v in views] == [a.tobytes() for a in separate]
+
+
 def test_arena_state_dict_resumes_exactly():
     rng = np.random.default_rng(1)
     arena = fo.ParameterArena(np.float64)

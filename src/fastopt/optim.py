@@ -964,6 +964,10 @@ class Optimizer:
         if batch.pending:
             batch.commit()
             self._disjoint = None       # new state arrays: _check_overlaps keeps them too
+            if batch.spread is None:
+                # made on the list path, outside the flat buffers of a plan's arena path: that
+                # plan (made without them) took them for missing at the next arena step
+                self._plans = {gi: p for gi, p in self._plans.items() if p.flat is None}
 
     def _phase(self, state):
         """Parameters step together (one kernel call) when their phases are equal."""

@@ -696,6 +696,40 @@ def test_one_group_stepping_in_parts_refuses_overlaps_before_either_part(backend
             opt.step([np.ones(3), buf[1:]])
         assert opt_snapshot(opt, [p0, buf]) == before
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("case", ["grad is a state array", "grad is another parameter",
+                                  "named grad is a state array", "grad overlaps its parameter"])
+def test_one_groups_grad_overlap_is_named_as_the_optimizer_names_it(backend, case):
+    """A lone group whose parameters all have state steps in one kernel call, whose refusal of
+    an overlapping grad named the kernel's arguments ("grads[0] and exp_avgs[0]", of a call
+    the user never made; 'W' not named) where several groups name the parameter and the
+    state entry. It changes nothing either way."""
+    a, b = np.ones(4), np.ones(4)
+    named = case.startswith("named")
+    with fo.use_backend(backend):
+        opt = fo.Adam({"W": a, "b": b} if named else [a, b], lr=0.1)
+        opt.step({"dW": np.ones(4), "db": np.ones(4)} if named else [np.ones(4), np.ones(4)])
+        grads, message = {
+            "grad is a state array": (
+                [opt.state[0]["exp_avg"], np.ones(4)],
+                "grad for parameter 0 (param group 0) and state[0]['exp_avg'] (param group 0)"),
+            "grad is another parameter": (
+                [np.ones(4), a[::-1]],
+                "parameter 0 (param group 0) and grad for parameter 1 (param group 0)"),
+            "named grad is a state array": (
+                {"dW": opt.state[0]["exp_avg_sq"], "db": np.ones(4)},
+                "grad for parameter 'W' (param group 0) and state[0]['exp_avg_sq'] (param "
+                "group 0)"),
+            "grad overlaps its parameter": (
+                [a[::-1], np.ones(4)],
+                "parameter 0 (param group 0) and grad for parameter 0 (param group 0)"),
+        }[case]
+        before = opt_snapshot(opt, [a, b])
+        with pytest.raises(ValueError, match=re.escape(message + " overlap in memory")):
+            opt.step(grads)
+        assert opt_snapshot(opt, [a, b]) == before
+
+
 def _ops_calls():
     """(name, call(arrays, **overrides), [(argument, bad value, exception)])."""
     def arrays_call(fn, n_state, *positional, **defaults):

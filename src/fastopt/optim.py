@@ -736,7 +736,7 @@ class Optimizer:
                 except (TypeError, ValueError):
                     if all(g is not None for g in grads):
                         # an error naming the parameter, if a grad's
-                        self._check_grads(0, grads)
+                        self._name_refusal(0, plan, grads)
                         raise
             if (plan is not None and plan.span is not None and not plan.made
                     and grads is plan.span.arena.grads and self._overlaps_known([plan])
@@ -902,7 +902,7 @@ class Optimizer:
             try:
                 self._run(group, group["params"], grads, plan.list_batch)
             except (TypeError, ValueError):     # the kernel checked every array, wrote none
-                self._check_grads(gi, grads)    # an error naming the parameter, if a grad's
+                self._name_refusal(gi, plan, grads)   # an error naming the parameter, if a grad's
                 raise
         else:
             self._check_grads(gi, grads)
@@ -916,6 +916,18 @@ class Optimizer:
             for i, state in plan.made:
                 _set(self._state, i, state)
             plan.made = []
+
+    def _name_refusal(self, gi, plan, grads):
+        """After a kernel call over group ``gi``'s list refused it (writing nothing): raise the
+        error the optimizer's own checks give for a grad (its type, dtype or shape; an
+        overlap, whose kernel error named the kernel's arguments, 'grads[0] and
+        exp_avgs[0]'), which names the parameter; else return (the caller re-raises)."""
+        self._check_grads(gi, grads)
+        if len(self.param_groups) == 1:     # (with several, _split checked every grad)
+            self._check_overlaps([plan])
+            start = self._starts[gi]
+            self._check_grad_overlaps(zip(self.param_groups[gi]["params"], grads,
+                                          range(start, start + len(grads))))
 
     def _step_parts(self, gi, plan, grads):
         """The general case: parameters without a grad sit the step out, state is made on

@@ -36,6 +36,7 @@ STEPS = 25      # RAdam switches to its rectified step at t = 6 with the default
 SHAPES = [(3, 4), (5,), (), (0,), (17,), (2, 3, 2)]
 DTYPES = [torch.float32, torch.float64]
 HALVES = [torch.bfloat16, torch.float16]
+COMPLEX = [torch.complex64, torch.complex128]   # stepped as torch.optim does: on view_as_real
 
 # optim_db inputs fastopt.torch cannot honour, by option: none of torch 2.13's CPU inputs sets
 # them, but a newer torch's might
@@ -49,7 +50,7 @@ UNHONOURED = {
 def _params(dtype, seed=0):
     """Shapes with a 0-d, an empty and a transposed (non-contiguous) parameter."""
     gen = torch.Generator().manual_seed(seed)
-    wide = dtype if dtype in DTYPES else torch.float32
+    wide = dtype if dtype in DTYPES + COMPLEX else torch.float32
     ps = [torch.randn(s, generator=gen, dtype=wide).to(dtype) for s in SHAPES]
     ps.append(torch.randn(4, 3, generator=gen, dtype=wide).to(dtype).t())
     return ps
@@ -75,13 +76,20 @@ def _set_grads(gen, *param_lists):
             p.grad = g.clone()
 
 
+def _flat(t):
+    """``t``'s values as a flat float64 tensor (a complex one's real and imaginary parts)."""
+    t = t.detach()
+    return (torch.view_as_real(t.resolve_conj()) if t.is_complex() else t).reshape(-1).double()
+
+
 def _ulps(actual, expected):
-    """max |actual - expected| in units of the spacing of max |expected| (norm-wise ulps)."""
-    a = torch.cat([t.detach().reshape(-1).double() for t in actual])
-    b = torch.cat([t.detach().reshape(-1).double() for t in expected])
+    """max |actual - expected| in units of the spacing of max |expected| (norm-wise ulps;
+    complex tensors: of their real and imaginary parts, in their real dtype)."""
+    a = torch.cat([_flat(t) for t in actual])
+    b = torch.cat([_flat(t) for t in expected])
     if b.numel() == 0:
         return 0.0
-    dtype = expected[0].dtype
+    dtype = expected[0].dtype.to_real()
     scale = np.spacing(np.array(b.abs().max().item(), dtype=str(dtype).split(".")[1]))
     return (a - b).abs().max().item() / float(scale)
 
@@ -503,11 +511,11 @@ def test_state_dicts_move_between_torch_and_fastopt(name, kwargs):
     _torch_fastopt_torch_handoffs(name, kwargs, 4)
 
 
-def _torch_fastopt_torch_handoffs(name, kwargs, steps, check=None):
+def _torch_fastopt_torch_handoffs(name, kwargs, steps, check=None, dtype=torch.float32):
     """torch.optim steps ``steps`` times, fastopt.torch takes over from its state dict for as
     many, then a new torch.optim from fastopt's (through torch.save each time; ``check`` sees
     each new optimizer): asserts the trajectory is torch's uninterrupted one."""
-    params = [torch.nn.Parameter(t) for t in _params(torch.float32)]
+    params = [torch.nn.Parameter(t) for t in _params(dtype)]
     gen = torch.Generator().manual_seed(7)
     opt = getattr(torch.optim, name)(params, foreach=False, **kwargs)
     for cls in (ft, torch.optim, None):
@@ -521,7 +529,7 @@ def _torch_fastopt_torch_handoffs(name, kwargs, steps, check=None):
             opt.load_state_dict(state)
             if check is not None:
                 check(opt)
-    straight = [torch.nn.Parameter(t) for t in _params(torch.float32)]
+    straight = [torch.nn.Parameter(t) for t in _params(dtype)]
     ref = getattr(torch.optim, name)(straight, foreach=False, **kwargs)
     gen = torch.Generator().manual_seed(7)
     for _ in range(3 * steps):
@@ -531,7 +539,8 @@ def _torch_fastopt_torch_handoffs(name, kwargs, steps, check=None):
 
 
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
-@pytest.mark.parametrize("dtype", DTYPES + HALVES, ids=["f32", "f64", "bf16", "f16"])
+@pytest.mark.parametrize("dtype", DTYPES + HALVES + COMPLEX,
+                         ids=["f32", "f64", "bf16", "f16", "c64", "c128"])
 def test_checkpoint_and_resume_is_bit_identical(name, kwargs, dtype):
     init = _params(dtype)
     straight = [torch.nn.Parameter(t.clone()) for t in init]
@@ -567,7 +576,7 @@ def test_checkpoint_and_resume_is_bit_identical(name, kwargs, dtype):
 def _torch_clip_coef(norm, max_norm, dtype):
     """clip_grad_norm_'s factor for the norm ``norm`` of grads of ``dtype``, by torch's own
     arithmetic on a norm tensor of that dtype (the documented factor)."""
-    total_norm = torch.tensor(norm, dtype=torch.float64).to(dtype)
+    total_norm = torch.tensor(norm, dtype=torch.float64).to(dtype.to_real())
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0).item()
 
 
@@ -608,7 +617,7 @@ def _same_bits(a, b):
                        b.detach().reshape(-1).view(torch.uint8))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", DTYPES + COMPLEX, ids=["f32", "f64", "c64", "c128"])
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_max_grad_norm_is_clip_grad_norm_then_step(name, kwargs, dtype):
     """``max_grad_norm`` per group: clip_grad_norm_'s norm, and the bits of the unclipped
@@ -616,12 +625,17 @@ def test_max_grad_norm_is_clip_grad_norm_then_step(name, kwargs, dtype):
     trajectory after clip_grad_norm_ within the step's own tolerance (assert_trajectories_close,
     as for optim_db).
 
+    Complex grads: clip_grad_norm_'s norm of their values (of their real views), then the
+    step on view_as_real of everything, as torch.optim's.
+
     The norm's tolerance: torch sums the squares of each grad (at most 12 elements here) in
     the dtype, then those of the 4 norms, while ours sums in float64; a recursive sum of k
     positive terms is within (k - 1) u of the exact one (u = eps / 2), each square, square
     root and norm adds u: under (11 + 3 + 2 * 4 + 2) u = 12 eps, so rtol = 16 eps."""
     ours, opt, plain, unclipped, theirs, ref, norms = _clip_then_step(name, kwargs, dtype)
-    np.testing.assert_allclose(opt.grad_norms[0], norms[-1], rtol=16 * torch.finfo(dtype).eps)
+    # (complex grads: twice the squares, their real and imaginary parts, (23 + 3 + 8 + 2) u)
+    rtol = (24 if dtype.is_complex else 16) * torch.finfo(dtype).eps
+    np.testing.assert_allclose(opt.grad_norms[0], norms[-1], rtol=rtol)
     assert 0 < sum(n > 2.0 for n in norms) < len(norms)
     assert all(_same_bits(a, b) for a, b in zip(ours, plain))
     for a, b in zip(opt.state_dict()["state"].values(),
@@ -1978,10 +1992,12 @@ def test_unsupported_tensors_raise_and_change_nothing():
     meta.grad = torch.empty(3, device="meta")
     with pytest.raises(RuntimeError, match="meta"):
         ft.SGD([meta], lr=0.1).step()
-    cplx = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
-    cplx.grad = torch.ones(3, dtype=torch.complex64)
-    with pytest.raises(TypeError, match="complex64"):
-        ft.Adam([cplx]).step()
+    with warnings.catch_warnings():     # "ComplexHalf support is experimental"
+        warnings.simplefilter("ignore", UserWarning)
+        chalf = torch.nn.Parameter(torch.zeros(3, dtype=torch.complex32))
+        chalf.grad = torch.zeros(3, dtype=torch.complex32)
+    with pytest.raises(TypeError, match="complex32"):
+        ft.Adam([chalf]).step()
 
 
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
@@ -2532,3 +2548,123 @@ def test_a_zero_tensor_grad_steps_as_zeros(name, kwargs, dtype):
         opt.step()
         ref.step()
     _assert_like_torch(ours, theirs, opt, ref, dtype)
+
+
+# -------------------------------------------------------------------- complex parameters
+# torch.optim steps a complex parameter on torch.view_as_real of it, its grad and its state
+# (complex, as the parameter): its real and imaginary parts are two real parameters. Each
+# optimizer's options besides VARIANTS': weight decay (decoupled too) and maximize.
+COMPLEX_VARIANTS = VARIANTS + [
+    ("SGD", dict(lr=0.1, momentum=0.5, dampening=0.2, weight_decay=0.1, maximize=True)),
+    ("SGD", dict(lr=0.1)),
+    ("RMSprop", dict(momentum=0.5, weight_decay=0.1, maximize=True)),
+    ("RMSprop", dict(centered=True, momentum=0.5)),
+    ("Adagrad", dict(initial_accumulator_value=0.5, weight_decay=0.1, maximize=True)),
+    ("Adam", dict(weight_decay=0.1, maximize=True)),
+    ("Adam", dict(weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True)),
+    ("AdamW", dict(weight_decay=0.1, amsgrad=True, maximize=True)),
+    ("Adadelta", dict(weight_decay=0.1, maximize=True)),
+    ("Adamax", dict(weight_decay=0.1, maximize=True)),
+    ("NAdam", dict(weight_decay=0.1, maximize=True)),
+    ("NAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(weight_decay=0.1, decoupled_weight_decay=True, maximize=True))]
+COMPLEX_IDS = [f"{n}-{'-'.join(kw) or 'defaults'}" for n, kw in COMPLEX_VARIANTS]
+
+
+@pytest.mark.parametrize("dtype", COMPLEX, ids=["c64", "c128"])
+@pytest.mark.parametrize("name,kwargs", COMPLEX_VARIANTS, ids=COMPLEX_IDS)
+def test_complex_trajectories_match_torch(name, kwargs, dtype):
+    """complex64 and complex128 parameters (a 0-d, an empty and a transposed one among them)
+    step torch.optim's trajectory, its complex state included (same keys and dtypes)."""
+    step_both_and_compare(name, kwargs, dtype, 10)
+
+
+@pytest.mark.parametrize("dtype", COMPLEX, ids=["c64", "c128"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_complex_state_dicts_move_between_torch_and_fastopt(name, kwargs, dtype):
+    """torch.optim -> fastopt.torch -> torch.optim mid-training with complex parameters:
+    the complex state loads both ways and the trajectory is torch's uninterrupted one."""
+    def check(opt):
+        for p, state in opt.state.items():
+            for key, value in state.items():
+                if key not in ("step", "mu_product"):
+                    assert value.dtype == dtype, key
+    _torch_fastopt_torch_handoffs(name, kwargs, 4, check, dtype)
+
+
+@pytest.mark.parametrize("clip", [None, 3.0], ids=["", "clip"])
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_group_mixing_real_and_complex_params_steps_as_torchs(name, kwargs, clip):
+    """float32, complex64, float64 and complex128 parameters in one group step as in
+    torch.optim (each in its own dtype). Clipped: the norm is clip_grad_norm_'s (whose norms
+    of the float32 and complex64 grads are float32: within their rounding), and the step
+    torch.optim's on the grads scaled by the documented factor of the reported norm (in
+    float64, the group's widest dtype)."""
+    dtypes = [torch.float32, torch.complex64, torch.float64, torch.complex128] * 2
+    gen = torch.Generator().manual_seed(40)
+    init = [torch.randn(s, generator=gen, dtype=d)
+            for s, d in zip([(3, 4), (5,), (), (2, 3), (0,), (4,), (2,), (3, 2)], dtypes)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    theirs = [torch.nn.Parameter(t.clone()) for t in init]
+    opt = getattr(ft, name)(ours, max_grad_norm=clip, **kwargs)
+    ref = getattr(torch.optim, name)(theirs, foreach=False, **kwargs)
+    for _ in range(6):
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        if clip is not None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in theirs])    # clip's norm
+            np.testing.assert_allclose(opt.grad_norms[0], norm.item(),
+                                       rtol=16 * torch.finfo(torch.float32).eps)
+            factor = _torch_clip_coef(opt.grad_norms[0], clip, torch.float64)
+            for p in theirs:
+                p.grad.mul_(factor)
+        ref.step()
+    for d in set(dtypes):
+        pick = [k for k, t in enumerate(init) if t.dtype == d]
+        assert _ulps([ours[k] for k in pick], [theirs[k] for k in pick]) <= 4, d
+    for a, b in zip(opt.state_dict()["state"].values(), ref.state_dict()["state"].values()):
+        assert a.keys() == b.keys()
+        for key in b:
+            assert a[key].dtype == b[key].dtype, key
+            assert _ulps([a[key]], [b[key]]) <= 8, key
+
+
+def test_adagrad_state_of_a_complex_parameter_added_later_starts_as_torchs():
+    """Adagrad's ``sum`` of a complex parameter starts at initial_accumulator_value in both
+    its real and imaginary parts (torch's ``complex(v, v)``), for a parameter given to the
+    constructor or added later."""
+    out = []
+    for lib in (torch.optim, ft):
+        gen = torch.Generator().manual_seed(41)
+        first = torch.nn.Parameter(torch.randn(3, generator=gen, dtype=torch.complex64))
+        later = torch.nn.Parameter(torch.randn(2, 2, generator=gen, dtype=torch.complex128))
+        opt = lib.Adagrad([first], initial_accumulator_value=0.5, lr=0.1)
+        opt.add_param_group({"params": [later]})
+        for _ in range(3):
+            for p in (first, later):
+                p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            opt.step()
+        out.append((opt, [first, later]))
+    (ref, theirs), (opt, ours) = out
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+def test_a_complex_grad_with_its_conjugate_bit_set_steps_with_its_value():
+    """A grad that is a conjugate view (``z.conj()``), which neither view_as_real nor NumPy
+    takes, steps with its value (as a negative view's), clipped in place as clip_grad_norm_
+    would; the same parameters fed the resolved grads step alike."""
+    init = _params(torch.complex64)[:4]
+    ours, plain = ([torch.nn.Parameter(t.clone()) for t in init] for _ in range(2))
+    opt = ft.SGD(ours, lr=0.1, momentum=0.9, max_grad_norm=1.0)
+    twin = ft.SGD(plain, lr=0.1, momentum=0.9, max_grad_norm=1.0)
+    gen = torch.Generator().manual_seed(42)
+    for _ in range(3):
+        for a, b in zip(ours, plain):
+            g = torch.randn(a.shape, generator=gen, dtype=a.dtype)
+            a.grad, b.grad = g.conj(), g.conj().resolve_conj()
+            assert a.grad.is_conj()
+        opt.step()
+        twin.step()
+        for a, b in zip(ours, plain):
+            assert torch.equal(a.grad, b.grad)
+    assert all(_same_bits(a, b) for a, b in zip(ours, plain))

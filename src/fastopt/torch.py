@@ -12,10 +12,12 @@ Each class subclasses its ``torch.optim`` namesake, so the constructor arguments
 checks are torch's own, the state holds torch's keys and tensor types (``step`` is a float32
 scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters are
 CPU tensors with dense grads; grads that are None are skipped, as torch does. A grad that is
-a negative view (``torch._neg_view(g)``, ``z.conj().imag``) or an efficient zero tensor
-(autograd's ``torch._efficientzerotensor``), which NumPy cannot view, is read from a copy of
-its value made at each step; a parameter that is a negative view is stepped as a copy that is
-then written back through it, and a state tensor that is one is replaced by its value.
+a negative view (``torch._neg_view(g)``, ``z.conj().imag``), a conjugate view (``z.conj()``)
+or an efficient zero tensor (autograd's ``torch._efficientzerotensor``), which NumPy cannot
+view, is read from a copy of its value made at each step; a parameter that is a negative or
+conjugate view is stepped as a copy that is then written back through it, and a state tensor
+that is one is replaced by its value (torch.optim's ``view_as_real`` refuses conjugate views
+of complex parameters, grads and state in most of its optimizers).
 
 A group's NumPy views and state are kept between steps; each step checks them in a few C-level
 passes over the group (the parameters, ``p.grad`` objects and data pointers, the state dicts
@@ -47,7 +49,18 @@ weight decay decays its grad with it), raise
 the other). A param group popped from ``param_groups`` is forgotten at the next step (its
 parameters' state stays in ``opt.state``, as in torch.optim).
 
-float32 and float64 parameters are stepped in place. bfloat16 and float16 parameters step a
+float32 and float64 parameters are stepped in place. complex64 and complex128 parameters are
+stepped in place as torch.optim steps them: the kernels run on ``torch.view_as_real`` of the
+parameter, its grad and its state (float32 and float64 arrays of shape ``(..., 2)``, views of
+the same memory), so the real and imaginary parts are two real parameters; the state tensors
+are complex, of the parameter's dtype, as torch.optim's (Adagrad's ``sum`` starts at
+``initial_accumulator_value`` in both parts, torch's ``complex(v, v)``), and a group may mix
+real and complex parameters. complex32 is refused, as are other dtypes. One difference, on
+non-finite values only: where torch.optim computes in complex arithmetic before or after its
+``view_as_real`` (SGD throughout, Adadelta's ``param.add_(delta)``, a weight decay, coupled or
+decoupled), its product by a real scalar ``x`` is by ``complex(x, 0)``, so an infinite part
+makes the other part NaN (``0 * inf``); the kernels keep the parts apart, as for finite
+values, where the results agree. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
 float32 state, and receive the master rounded to nearest even (``fastopt.reference.lowp``
 defines the rounding; the bits are those of ``master.to(torch.bfloat16)``), in one sweep:
@@ -84,7 +97,10 @@ norm is inf as torch's, and the factor 0), the factor is
 grads' dtype (float64 if any grad of the group is float64, else float32: the norm and
 ``norm + 1e-6`` rounded to it, then ``reciprocal() * max_norm``, as ``Tensor.__rtruediv__``),
 so that where the norms agree the factor is torch's bit for bit, and the grads are multiplied
-by it rounded to their dtype, as torch's in-place multiply does. Adam and AdamW apply it
+by it rounded to their dtype, as torch's in-place multiply does. Complex grads count as their
+real views (clip_grad_norm_'s norm of a complex grad is that of its values' moduli, the same
+sum of squares; its float32 norm for complex64, float64 for complex128), and are scaled
+through them. Adam and AdamW apply it
 inside their update kernel (a grad scale: ``p.grad`` is left as it was); the other optimizers
 scale the float32/float64 grads in place first, as clip_grad_norm_ does. 16-bit grads: the
 norm is summed in float64 as for the others (a group's total beyond float32's range is
@@ -133,9 +149,12 @@ __all__ = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "
            "RAdam"]
 
 _VIEWABLE = (torch.float32, torch.float64)    # dtypes NumPy views directly
+# complex parameters are stepped as torch.optim steps them: on torch.view_as_real of the
+# parameter, its grad and its (complex) state, as float32/float64 arrays of shape (..., 2)
+_COMPLEX = (torch.complex64, torch.complex128)
 # 16-bit parameters (-> whether bfloat16) step a float32 master copy kept in their state
 _HALF = {torch.bfloat16: True, torch.float16: False}
-_SUPPORTED = _VIEWABLE + tuple(_HALF)
+_SUPPORTED = _VIEWABLE + _COMPLEX + tuple(_HALF)
 MASTER = "master_param"     # the state key of a 16-bit parameter's float32 master copy
 
 # Option -> why a true value cannot be honoured (fastopt's kernels run on CPU NumPy views).
@@ -210,7 +229,7 @@ def _check_tensor(kind, index, t):
                            "CPU tensors (move the optimizer's parameters to the CPU)")
     if t.dtype not in _SUPPORTED:
         raise TypeError(f"fastopt.torch: {kind} {index} has dtype {t.dtype}; expected "
-                        "torch.float32, float64, bfloat16 or float16")
+                        "torch.float32, float64, complex64, complex128, bfloat16 or float16")
 
 
 def _check_not_expanded(kind, index, t):
@@ -242,14 +261,40 @@ def _check_state_like(key, index, t, p, dtype):
 
 def _array(t):
     """A NumPy view of ``t``'s storage (no copy; it keeps that storage alive, whatever
-    becomes of ``t``); bfloat16 and float16 as their ``uint16`` bit patterns."""
+    becomes of ``t``); bfloat16 and float16 as their ``uint16`` bit patterns, complex64 and
+    complex128 as float32 and float64 of shape ``(..., 2)`` (``torch.view_as_real``, the
+    view torch.optim steps them on). The one place tensors become the kernels' arrays."""
     t = t.detach()
-    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype in _HALF else t.numpy()
+    if t.dtype in _HALF:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return torch.view_as_real(t).numpy() if t.is_complex() else t.numpy()
+
+
+def _tensor(view, like):
+    """The tensor over the array ``view`` (of :func:`_array`'s kind) with ``like``'s dtype:
+    what a copy's values are written back through ``like`` from."""
+    t = torch.from_numpy(view if like.dtype not in _HALF else view.view(np.int16))
+    # (torch.complex: view_as_complex refuses some strides, an empty tensor's included)
+    return (t.view(like.dtype) if like.dtype in _HALF else
+            torch.complex(t[..., 0], t[..., 1]) if like.is_complex() else t)
+
+
+def _lazy(t):
+    """Whether ``t`` is a negative or conjugate view (``torch._neg_view(t)``, ``z.conj()``),
+    which NumPy (and ``torch.view_as_real``) cannot view."""
+    return t.is_neg() or t.is_conj()
+
+
+def _resolved(t):
+    """``t``'s values, as a tensor NumPy views (a copy of a negative or conjugate view)."""
+    return t.resolve_conj().resolve_neg() if _lazy(t) else t
 
 
 def _memory(t):
-    """A NumPy view of ``t``'s memory, for comparing memory: a negative view's is its
-    storage's values (torch._neg_view of it)."""
+    """A NumPy view of ``t``'s memory, for comparing memory: a negative or conjugate view's
+    is its storage's values (torch._neg_view or conj() of it)."""
+    if t.is_conj():
+        t = t.conj()
     return _array(torch._neg_view(t) if t.is_neg() else t)
 
 
@@ -327,7 +372,7 @@ class _Plan:
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
                  "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads",
-                 "scalars", "scalar_versions")
+                 "scalars", "scalar_versions", "vshapes")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -761,9 +806,12 @@ class _FastOptimizer(_Mixin):
                 views = list(map(_numpy, grads))
                 if list(map(_dtype_of, views)) != plan.gdtypes:
                     views = None
-            elif list(map(_dtype_of, grads)) == plan.tdtypes:     # 16-bit ones: their bits
-                views = list(map(np.ndarray.view, map(_numpy, map(
-                    torch.Tensor.view, grads, repeat(torch.int16))), repeat(np.uint16)))
+            elif list(map(_dtype_of, grads)) == plan.tdtypes:
+                if plan.formats[0] is None:     # complex ones (and float): their real views
+                    views = list(map(_array, grads))
+                else:                           # 16-bit ones: their bits
+                    views = list(map(np.ndarray.view, map(_numpy, map(
+                        torch.Tensor.view, grads, repeat(torch.int16))), repeat(np.uint16)))
         except (TypeError, RuntimeError):
             views = None
         if views is None:
@@ -773,19 +821,20 @@ class _FastOptimizer(_Mixin):
                 if g.dtype != p.dtype:
                     raise TypeError(f"fastopt.torch: grad of parameter {where[i]} has dtype "
                                     f"{g.dtype}, expected {p.dtype} like the parameter")
-            # a negative view (torch._neg_view(g), z.conj().imag) or an efficient zero tensor
-            # (autograd's, without memory), which numpy() refuses: torch steps with its value,
-            # so the kernels read a copy of it, made anew at every step (kept, it would miss
-            # writes to the grad); _run writes a clip's in-place scale of a negative view
-            # back to the grad
-            copied = [g.is_neg() or g._is_zerotensor() for g in grads]
+            # a negative view (torch._neg_view(g), z.conj().imag), a conjugate view
+            # (z.conj()) or an efficient zero tensor (autograd's, without memory), which
+            # numpy() refuses: the kernels read a copy of its value (clone() resolves the
+            # view), made anew at every step (kept, it would miss writes to the grad); _run
+            # writes a clip's in-place scale of a negative or conjugate view back to the grad
+            copied = [_lazy(g) or g._is_zerotensor() for g in grads]
             if any(copied):
                 plan.keep = False
-                plan.neg_grads = [k for k, g in enumerate(grads) if g.is_neg()]
+                plan.neg_grads = [k for k, g in enumerate(grads) if _lazy(g)]
             views = [_array(g.clone() if copy else g) for g, copy in zip(grads, copied)]
         # the kernels check the shapes too, but only once the groups before have stepped (the
-        # views' shapes are the grads', and NumPy's shape costs half of torch's)
-        if list(map(_shape, views)) != plan.shapes:
+        # views' shapes are the grads' (complex ones': with their trailing 2), and NumPy's
+        # shape costs half of torch's)
+        if list(map(_shape, views)) != plan.vshapes:
             where = self._names(group, plan)
             for i, (p, g) in enumerate(zip(plan.params, grads)):
                 if g.shape != p.shape:
@@ -868,14 +917,14 @@ class _FastOptimizer(_Mixin):
             # torch.set_default_dtype(torch.float64), as torch's own), one of another shape
             # with one element is made 0-d; the checks below refuse the others
             narrow += [key for key in self._SCALAR_STATE if _odd_scalar(state.get(key))]
-            # a negative view (torch._neg_view(t), assigned or loaded), which numpy() refuses
-            # and torch steps in place: its value takes its place
+            # a negative or conjugate view (torch._neg_view(t), z.conj(), assigned or
+            # loaded), which numpy() refuses and torch steps in place: its value takes its place
             negs = [key for key, value in state.items() if key != "step"
-                    and isinstance(value, torch.Tensor) and value.is_neg()]
+                    and isinstance(value, torch.Tensor) and _lazy(value)]
             if missing or narrow or negs:
                 state = dict(state)
                 for key in negs:
-                    state[key] = state[key].resolve_neg()
+                    state[key] = _resolved(state[key])
                 for key in missing:
                     state[key] = _fresh_master(p) if key == MASTER else _zeros(p)
                 for key in narrow:
@@ -891,18 +940,23 @@ class _FastOptimizer(_Mixin):
                 _check_state_like(MASTER, where[i], s[MASTER], live[i], torch.float32)
         masters = [None if f is None else _array(s[MASTER])
                    for f, s in zip(plan.formats, plan.states)]
-        # a negative view (p.data = torch._neg_view(x)), which numpy() refuses: the kernels
-        # step a copy of its value, written back through it after them (_run); strides that
-        # no parameter has make the plan anew at every step, so that the copy is never stale
-        plan.negs = [k for k, p in enumerate(live) if p.is_neg()]
-        plan.pviews = [_array(p.resolve_neg() if p.is_neg() else p) for p in live]
+        # a negative or conjugate view (p.data = torch._neg_view(x)), which numpy() refuses:
+        # the kernels step a copy of its value, written back through it after them (_run);
+        # strides that no parameter has make the plan anew at every step, so that the copy is
+        # never stale
+        plan.negs = [k for k, p in enumerate(live) if _lazy(p)]
+        plan.pviews = [_array(_resolved(p)) for p in live]
         if plan.negs:
             plan.strides = [None] * len(live)
         half = any(f is not None for f in plan.formats)
+        cplx = any(p.is_complex() for p in live)
         # the grads' dtypes _view_grads expects: their views' (float parameters), or the
-        # 16-bit parameters' own (if all are 16-bit; a mixed group checks each grad)
-        plan.gdtypes = None if half else [v.dtype for v in plan.pviews]
-        plan.tdtypes = None if None in plan.formats else [p.dtype for p in live]
+        # parameters' own (if all are 16-bit, or none is and some are complex; a group
+        # mixing 16-bit parameters with others checks each grad)
+        plan.gdtypes = None if half or cplx else [v.dtype for v in plan.pviews]
+        plan.tdtypes = (None if half and None in plan.formats or not (half or cplx)
+                        else [p.dtype for p in live])
+        plan.vshapes = list(map(_shape, plan.pviews)) if cplx else plan.shapes
         plan.tensors = {MASTER: [s.get(MASTER) for s in plan.states]} if half else {}
         plan.views = {}
         for key in (("step",) if self._STEPPED else ()) + plan.keys + self._SCALAR_STATE:
@@ -1079,14 +1133,14 @@ class _FastOptimizer(_Mixin):
             # a negative view's kernels read a copy taken before the step (_view_grads), as
             # torch reads it, unless torch writes the parameter first (a decoupled weight
             # decay, or a clip's scale, which Adam's kernel would not apply to it)
-            copied = g.is_neg() and not (self._decays_own_grads(group)
+            copied = _lazy(g) and not (self._decays_own_grads(group)
                                          or group.get(CLIP) is not None)
             gview = _memory(g)
             lo, hi = extent(gview)
             for key, i, t in members:
                 view = _memory(t)
                 if (key is None and i == k and same_memory(view, gview)
-                        and not g.is_neg() and not t.is_neg()):
+                        and not _lazy(g) and not _lazy(t)):
                     alias.append(k)
                     continue
                 t_lo, t_hi = extent(view)
@@ -1237,7 +1291,7 @@ class _FastOptimizer(_Mixin):
                             np.multiply(g, g.dtype.type(factor), out=g)
                     for k in plan.neg_grads:    # gviews[k] is a copy of it (_view_grads)
                         if plan.formats[k] is None:
-                            plan.live_grads[k].copy_(torch.from_numpy(gviews[k]))
+                            plan.live_grads[k].copy_(_tensor(gviews[k], plan.live_grads[k]))
                     if self._SCALES:
                         factor = 1.0
         if plan.alias and self._decays_own_grads(group):
@@ -1287,8 +1341,7 @@ class _FastOptimizer(_Mixin):
             # (a plan with a parameter that is a negative view is never kept: _make_plan)
             for k in plan.negs:
                 p, view = plan.params[k], plan.pviews[k]
-                p.detach().copy_(torch.from_numpy(view) if plan.formats[k] is None else
-                                 torch.from_numpy(view.view(np.int16)).view(p.dtype))
+                p.detach().copy_(_tensor(view, p))
             # grads new to this step (after zero_grad(), whose default sets them to None)
             # are held by weak references only, so that they are freed with p.grad, as with
             # torch.optim, not held through the next backward
@@ -1554,6 +1607,8 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     def _init_state(self, p, group):
         # torch fills a parameter added later from the constructor's value, not its group's
         value = self.defaults["initial_accumulator_value"]
+        if p.is_complex():      # both parts, as torch's complex(value, value)
+            value = complex(value, value)
         return {"step": self._new_step(),
                 "sum": torch.full_like(p, value, dtype=_state_dtype(p),
                                       memory_format=torch.preserve_format)}

@@ -238,9 +238,9 @@ def time_row(fns, rounds=5, target=1e-3):
     row (8 contenders, 16 MB of arrays each, Zen 5 VM) one untimed call was not enough: the
     six calls after it took, by position (medians over 8 rounds), 340 282 240 197 156 185 us
     for fastopt, 298 149 134 132 118 115 for the roofline, 441 259 208 181 182 167 for
-    DeepSpeedCPUAdam, each contender's arrays displaced from L3 by the others' and the vCPUs
-    idle during the settle; after six untimed calls 166 147 145 141 137 141, 138 120 129 115
-    109 109 and 181 171 169 169 168 166. (bench/test_bench_spaced.py times steps after other
+    DeepSpeedCPUAdam (what the other contenders leave behind: their arrays in L3, idle vCPUs
+    after the settle; not pinned down further); after six untimed calls 166 147 145 141 137
+    141, 138 120 129 115 109 109 and 181 171 169 169 168 166. (bench/test_bench_spaced.py times steps after other
     work.)
     A contender whose calls last ``PER_CALL_MIN`` or more has each call of its batches timed
     alone, and its median is over every such call of every round: a burst of other work (the

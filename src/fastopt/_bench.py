@@ -240,8 +240,8 @@ def time_row(fns, rounds=5, target=1e-3):
     for fastopt, 298 149 134 132 118 115 for the roofline, 441 259 208 181 182 167 for
     DeepSpeedCPUAdam (what the other contenders leave behind: their arrays in L3, idle vCPUs
     after the settle; not pinned down further); after six untimed calls 166 147 145 141 137
-    141, 138 120 129 115 109 109 and 181 171 169 169 168 166. (bench/test_bench_spaced.py times steps after other
-    work.)
+    141, 138 120 129 115 109 109 and 181 171 169 169 168 166. (bench/test_bench_spaced.py
+    times steps after other work.)
     A contender whose calls last ``PER_CALL_MIN`` or more has each call of its batches timed
     alone, and its median is over every such call of every round: a burst of other work (the
     VM's other tenants, a pool helper descheduled, after which the pool runs calls on the

@@ -397,6 +397,62 @@ def test_grads_may_share_memory_and_disjoint_views_of_one_buffer_are_fine(backen
     assert same_bits(params[0], want[0]) and same_bits(params[1], want[1])
 
 
+def self_overlapping(kind, like):
+    """A writeable array of ``like``'s dtype, of shape (3, 2), whose elements share memory:
+    every element at one address (zero strides), or windows of one buffer one element apart
+    (element [k, 1] is element [k + 1, 0])."""
+    from numpy.lib.stride_tricks import as_strided
+    buf = np.abs(np.random.default_rng(6).standard_normal(8)).astype(like.dtype)
+    step = 0 if kind == "zero stride" else buf.itemsize
+    return as_strided(buf, shape=(3, 2), strides=(step, step))
+
+
+WRITTEN = [(k, i) for k, spec in SPECS.items() for i in range(len(spec.arrays)) if i != 1]
+
+
+@pytest.mark.parametrize("kind", ["zero stride", "windows"])
+@pytest.mark.parametrize("kernel,position", WRITTEN)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_an_updated_array_whose_elements_share_memory_is_a_value_error_naming_it(
+        backend, kernel, position, kind):
+    # was: run, as copies written back element by element (the last write of a shared
+    # address kept), on the compiled backends, and ufunc by ufunc on the reference: SGD with a
+    # zero-stride momentum_buffer gave a param 0.2 apart between them
+    spec = SPECS[kernel]
+    for foreach in (False, True):
+        arrays = valid_arrays(spec, (3, 2), np.float64, np.random.default_rng(7))
+        arrays[position] = self_overlapping(kind, arrays[position])
+        before = snapshot(arrays)
+        name = spec.names(0 if foreach else None)[position]
+        with fo.use_backend(backend), pytest.raises(ValueError) as info:
+            call(spec, arrays, foreach)
+        assert str(info.value).startswith(f"{name} has elements that share memory"), info.value
+        assert_unchanged(arrays, before)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_grads_whose_elements_share_memory_and_interleaved_params_are_fine(backend):
+    # only read: a zero-stride (broadcast) grad and a grad of overlapping windows; written: a
+    # param whose elements interleave (strides 8 and 12 elements over 3 x 2: every element its
+    # own address)
+    from numpy.lib.stride_tricks import as_strided
+    spec = SPECS["adam"]
+    for grad in (np.broadcast_to(np.float64(0.5), (3, 2)),
+                 self_overlapping("windows", np.zeros(6))):
+        for interleaved in (False, True):
+            arrays = valid_arrays(spec, (3, 2), np.float64, np.random.default_rng(8))
+            arrays[1] = grad
+            if interleaved:
+                param = as_strided(np.zeros(40), shape=(3, 2), strides=(8 * 8, 12 * 8))
+                param[...] = arrays[0]
+                arrays[0] = param
+            want = expected(spec, arrays, False)
+            with fo.use_backend(backend):
+                call(spec, arrays, False)
+            for a, w in zip(arrays, want):
+                assert same_bits(np.ascontiguousarray(a), w)
+
+
 # ---------------------------------------------------------------------- hyper-parameters
 # (value, exception) refused for a real hyper-parameter with a lower bound of 0
 BAD_REALS = [(None, TypeError), ("0.1", TypeError), ([0.1], TypeError), (math.nan, ValueError),

@@ -96,8 +96,38 @@ def check_grad(label, param, grad):
 
 
 def check_writeable(name, a):
+    """Raise ValueError unless ``a`` can be updated in place: writeable, and every element at
+    its own address. An array whose elements share memory (a zero stride, an ``as_strided``
+    view of overlapping windows) had no one result: the compiled kernels step contiguous
+    copies and write them back (the last write of a shared address kept), the reference
+    ufunc by ufunc."""
     if not a.flags.writeable:
         raise ValueError(f"{name} is read-only; it is updated in place")
+    if not (a.flags.c_contiguous or a.flags.f_contiguous) and _shares_elements(a):
+        raise ValueError(f"{name} has elements that share memory (a zero stride or "
+                         "overlapping as_strided windows); an updated array needs every "
+                         "element at its own address")
+
+
+def _shares_elements(a):
+    """True if two elements of ``a`` overlap in memory. Axes sorted by stride, each stride
+    past the reach of the smaller ones proves them apart at once; else (as_strided layouts
+    only) the elements' byte offsets are compared."""
+    axes = sorted((abs(s), n) for n, s in zip(a.shape, a.strides) if n > 1)
+    reach = a.itemsize
+    for stride, n in axes:
+        if stride < reach:
+            break
+        reach += stride * (n - 1)
+    else:
+        return False
+    if a.size < 2:
+        return False
+    offsets = np.zeros((), np.int64)
+    for stride, n in axes:
+        offsets = np.add.outer(offsets, np.arange(n, dtype=np.int64) * stride)
+    offsets = np.sort(offsets, axis=None)
+    return bool(np.any(np.diff(offsets) < a.itemsize))
 
 
 def check_step_arrays(arrays, names, nrequired):

@@ -186,6 +186,8 @@ cdef int load(Tensor* t, Extent* ext, const Kernel* kern, tuple names, PyObject*
         elif flat_ok(<cnp.ndarray>arrays[i], want_f):
             t.ptr[i] = cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
         else:
+            if ok:      # the full checks too (the C ones pass an array whose elements share
+                check_slow(kern, names, arrays, index)    # memory; copies cost more anyway)
             return 1
     t.n = cnp.PyArray_SIZE(ref)
     return 0

@@ -7,8 +7,9 @@ learning rate) and calls the backend kernel of the same name (``<name>_multi`` f
 which validates every array (shape and dtype of its ``param``; state arrays writeable) before it
 writes anything. Arrays may be float32 or float64, of any shape and layout, including 0-d and
 empty; a list may mix them. An updated array (not the grad) needs every element at its own
-address: one with a zero stride or overlapping ``as_strided`` windows raises ValueError. The results of ``foreach_*`` are bit-identical to calling the
-single-array function on each array. They return None.
+address: one with a zero stride or overlapping ``as_strided`` windows raises ValueError. The
+results of ``foreach_*`` are bit-identical to calling the single-array function on each
+array. They return None.
 
 These are what the optimizer classes call, so each formula exists once per backend.
 

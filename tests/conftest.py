@@ -1,4 +1,5 @@
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -22,6 +23,36 @@ AVAILABLE = fo.backends()
 GRID_BACKENDS = [os.environ["FASTOPT_BACKEND"]] if os.environ.get("FASTOPT_BACKEND") else AVAILABLE
 COMPILED = [b for b in GRID_BACKENDS if b in ("cython", "numba")]
 DTYPES = [np.float32, np.float64]
+
+
+class WatchedLock:
+    """Stands in for an optimizer's step lock (``opt._lock = WatchedLock(opt._lock)``) and
+    tells when a thread other than the one that made it starts to wait for it: a test that
+    holds it then knows, without timing anything, that the other thread is held there."""
+
+    def __init__(self, lock):
+        self._lock, self._maker = lock, threading.get_ident()
+        self.waiting = threading.Event()
+
+    def acquire(self, *args, **kwargs):
+        if threading.get_ident() != self._maker:
+            self.waiting.set()
+        return self._lock.acquire(*args, **kwargs)
+
+    __enter__ = acquire
+
+    def release(self):
+        self._lock.release()
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def held_at(lock, thread):
+    """Start ``thread`` while this thread holds ``lock`` (a :class:`WatchedLock`) and return
+    once ``thread`` waits for it (AssertionError if it never does: it did not take the lock)."""
+    thread.start()
+    assert lock.waiting.wait(30), "the other thread did not wait for the step's lock"
 
 
 def tolerance(dtype):

@@ -19,7 +19,7 @@ import pytest
 import fastopt as fo
 from fastopt import _threads
 
-from conftest import COMPILED
+from conftest import COMPILED, WatchedLock, held_at
 
 # above the size where the kernels go parallel, odd so the last chunk is a partial one
 N = 3 * 65536 + 7
@@ -218,11 +218,11 @@ def test_a_deepcopy_waits_for_a_step_in_another_thread(backend):
         opt = fo.Adam(params, lr=0.01)
         opt.step(grads)
         got = []
-        with opt._lock:                 # as a step in progress on another thread
+        lock = opt._lock = WatchedLock(opt._lock)
+        with lock:                      # as a step in progress on another thread
             taker = threading.Thread(target=lambda: got.append(copy.deepcopy((params, opt))))
-            taker.start()
-            taker.join(0.3)
-            assert taker.is_alive() and not got
+            held_at(lock, taker)
+            assert not got
         taker.join(10)
         params2, opt2 = got[0]
         assert opt2.param_groups[0]["params"][0] is params2[0]
@@ -748,12 +748,12 @@ def test_add_param_group_waits_for_a_step_in_another_thread(backend):
     params = {"w": rng.standard_normal(5)}
     with fo.use_backend(backend):
         opt = fo.Adam(params, lr=0.01)
-        with opt._lock:                 # as a step in progress on another thread
+        lock = opt._lock = WatchedLock(opt._lock)
+        with lock:                      # as a step in progress on another thread
             adder = threading.Thread(
                 target=lambda: opt.add_param_group({"params": {"b": np.ones(3)}}))
-            adder.start()
-            adder.join(0.3)
-            assert adder.is_alive() and len(opt.param_groups) == 1
+            held_at(lock, adder)
+            assert len(opt.param_groups) == 1
         adder.join(10)
         assert len(opt.param_groups) == 2
         # then, groups added from one thread while another steps: every step sees each

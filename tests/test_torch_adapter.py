@@ -27,7 +27,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
-from conftest import optim_db_params  # noqa: E402
+from conftest import WatchedLock, held_at, optim_db_params  # noqa: E402
 from fastopt import ops  # noqa: E402
 from fastopt.reference import lowp  # noqa: E402
 
@@ -2312,11 +2312,11 @@ def _taken_during_a_step(take):
     opt = ft.Adam([p], lr=1e-3)
     opt.step()
     got = []
-    with opt._lock:                 # as a step in progress on this thread
+    lock = opt._lock = WatchedLock(opt._lock)
+    with lock:                      # as a step in progress on this thread
         taker = threading.Thread(target=lambda: got.append(take(opt)))
-        taker.start()
-        taker.join(0.3)
-        assert taker.is_alive() and not got
+        held_at(lock, taker)
+        assert not got
     taker.join(10)
     assert got
     return p, opt, got[0]
@@ -2344,11 +2344,11 @@ def test_add_param_group_waits_for_a_step_in_another_thread():
     p.grad = torch.ones(10)
     opt = ft.Adam([p], lr=1e-3, max_grad_norm=1.0)
     q = torch.nn.Parameter(torch.zeros(3))
-    with opt._lock:                 # as a step in progress on this thread
+    lock = opt._lock = WatchedLock(opt._lock)
+    with lock:                      # as a step in progress on this thread
         adder = threading.Thread(target=opt.add_param_group, args=({"params": [q]},))
-        adder.start()
-        adder.join(0.3)
-        assert adder.is_alive() and len(opt.param_groups) == 1
+        held_at(lock, adder)
+        assert len(opt.param_groups) == 1
         opt.grad_norms = [1.0]      # as the step sets them last
     adder.join(10)
     assert len(opt.param_groups) == len(opt.grad_norms) == 2
@@ -2362,13 +2362,12 @@ def test_a_step_waits_for_a_load_state_dict_in_another_thread():
     p.grad = torch.ones(10)
     opt = ft.Adam([p], lr=1e-3)
     opt.step()
-    lock = opt._lock
+    lock = opt._lock = WatchedLock(opt._lock)
     opt.load_state_dict(opt.state_dict())
     with lock:                      # as a load in progress on this thread
         stepper = threading.Thread(target=opt.step)
-        stepper.start()
-        stepper.join(0.3)
-        assert stepper.is_alive()
+        held_at(lock, stepper)
+        assert opt.state[p]["step"].item() == 1
     stepper.join(10)
     assert opt.state[p]["step"].item() == 2
 

@@ -118,7 +118,12 @@ def step_both_and_compare(name, kwargs, dtype, steps):
     """``steps`` steps of fastopt.torch's and torch.optim's ``name`` on the same grads, then
     :func:`assert_trajectories_close`."""
     ours, opt, theirs, ref = _pair(name, kwargs, dtype)
-    gen = torch.Generator().manual_seed(1)
+    continue_both_and_compare(torch.Generator().manual_seed(1), ours, opt, theirs, ref, steps)
+
+
+def continue_both_and_compare(gen, ours, opt, theirs, ref, steps):
+    """``steps`` more steps of ``opt`` (over ``ours``) and ``ref`` (over ``theirs``) on the
+    same grads from ``gen``, then :func:`assert_trajectories_close`."""
     for _ in range(steps):
         _set_grads(gen, ours, theirs)
         opt.step()
@@ -255,11 +260,7 @@ def test_a_tensor_beta_of_shape_1_steps_or_raises_as_torchs(name, index):
         return
     opt = getattr(ft, name)(ours, betas=betas(1))
     opt.step()
-    for _ in range(7):
-        _set_grads(gen, ours, theirs)
-        opt.step()
-        ref.step()
-    assert_trajectories_close(ours, theirs, opt, ref)
+    continue_both_and_compare(gen, ours, opt, theirs, ref, 7)
 
 
 # the float hyper-parameters (but lr and betas, above) of the nine classes, with values that
@@ -356,11 +357,7 @@ def test_a_hyper_parameter_tensor_of_shape_1_steps_or_raises_as_torchs(name, key
             for p, g in zip(ours, gs):
                 p.grad = g
             opt.step()
-        for _ in range(5):
-            _set_grads(gen, ours, theirs)
-            opt.step()
-            ref.step()
-        assert_trajectories_close(ours, theirs, opt, ref)
+        continue_both_and_compare(gen, ours, opt, theirs, ref, 5)
 
 
 @pytest.mark.parametrize("name", NAMES)

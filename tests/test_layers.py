@@ -1169,6 +1169,33 @@ def test_out_must_be_a_plain_ndarray_as_the_inputs(backend):
                 assert (np.asarray(out) == 7).all()
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("kind", ["zero stride", "windows"])
+def test_out_whose_elements_share_memory_is_refused(backend, kind):
+    """An out= whose elements share memory (a zero stride, or as_strided windows one element
+    apart) was taken: each address kept the last value written and that view came back as the
+    result (softmax of [0, 1, 2] as [0.67, 0.67, 0.67]). torch refuses such an out=, and the
+    ops refuse it for the arrays they update: ValueError naming out, nothing written."""
+    from numpy.lib.stride_tricks import as_strided
+    z = np.arange(6.0).reshape(2, 3)
+    x = np.arange(12.0).reshape(4, 3) ** 2
+    _, cache = fo.batchnorm_forward(x, np.ones(3), np.zeros(3))
+    calls = ((z, lambda o: fo.softmax(z, out=o)), (z, lambda o: fo.log_softmax(z, out=o)),
+             (z, lambda o: fo.softmax_cross_entropy(z, np.array([0, 2]), out=o)),
+             (x, lambda o: fo.batchnorm_forward(x, np.ones(3), np.zeros(3), out=o)),
+             (x, lambda o: fo.batchnorm_backward(np.ones_like(x), cache, out=o)),
+             (x, lambda o: fo.batchnorm_inference(x, np.ones(3), np.zeros(3), np.zeros(3),
+                                                  np.ones(3), out=o)))
+    with fo.use_backend(backend):
+        for a, call in calls:
+            buf = np.full(a.size, 7.0)
+            step = 0 if kind == "zero stride" else buf.itemsize
+            out = as_strided(buf, shape=a.shape, strides=(step, step))
+            with pytest.raises(ValueError, match="^out has elements that share memory"):
+                call(out)
+            assert (buf == 7).all()
+
+
 @needs_torch
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batch_norm_layer_takes_nan_inf_and_overflow_without_warnings(backend):

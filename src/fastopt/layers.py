@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
 from ._hyper import UNIT, check_flag, check_real
-from ._validate import FLOAT_DTYPES, FLOAT_TYPES, as_array, check_kernel_array
+from ._validate import FLOAT_DTYPES, FLOAT_TYPES, as_array, check_kernel_array, check_writeable
 from ._validate import check_axis as _check_axis
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
@@ -39,7 +39,7 @@ def _kernel_input(a: np.ndarray, dtype: DTypeLike | None = None) -> np.ndarray:
 
 def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """``out`` checked to be a writeable ndarray of ``shape`` and ``dtype`` (any layout or byte
-    order), or a new array when it is None."""
+    order) with every element at its own address, or a new array when it is None."""
     if out is None:
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
@@ -52,6 +52,10 @@ def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.
         raise ValueError(f"out has shape {out.shape}, expected {shape}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
+    # (an out whose elements share memory, a zero stride or overlapping as_strided windows,
+    # took the last value written to each address and was returned as the result, as
+    # torch's out= refuses and the ops refuse for the arrays they update)
+    check_writeable("out", out)
     return out
 
 
@@ -251,8 +255,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
         A non-float ``x``, or ``gamma``/``beta``/``out`` of another dtype (named).
     ValueError
         ``x`` not 2-D or with a batch of 0 or 1 (named), ``gamma``/``beta`` with the wrong
-        number of features, a bad ``axis`` or ``eps``, or ``out`` of the wrong shape or
-        read-only.
+        number of features, a bad ``axis`` or ``eps``, or ``out`` of the wrong shape,
+        read-only or with elements that share memory (a zero stride).
     """
     xc, ax, transposed = _bn_layout(x, axis, out)
     if xc.shape[ax] < 2:
@@ -666,7 +670,8 @@ def softmax(z: ArrayLike, axis: int = -1, out: np.ndarray | None = None) -> np.n
     TypeError
         ``z`` not numeric, or ``out`` of another dtype.
     ValueError
-        ``axis`` out of range, a ragged list ``z``, or ``out`` of the wrong shape.
+        ``axis`` out of range, a ragged list ``z``, or ``out`` of the wrong shape, read-only
+        or with elements that share memory (a zero stride).
     """
     return _softmax(z, axis, out, False)
 

@@ -842,6 +842,40 @@ def _ops_calls():
 OPS = _ops_calls()
 
 
+MOMENTUM_WITHOUT_BUFFER = [
+    ("sgd_step_", "momentum_buffer",
+     lambda a, **k: fo.ops.sgd_step_(a[0], a[1], lr=0.1, **k)),
+    ("foreach_sgd_step_", "momentum_buffers",
+     lambda a, **k: fo.ops.foreach_sgd_step_([a[0]], [a[1]], lr=0.1, **k)),
+    ("rmsprop_step_", "momentum_buffer",
+     lambda a, **k: fo.ops.rmsprop_step_(a[0], a[1], a[2], lr=0.1, **k)),
+    ("foreach_rmsprop_step_", "momentum_buffers",
+     lambda a, **k: fo.ops.foreach_rmsprop_step_([a[0]], [a[1]], [a[2]], lr=0.1, **k)),
+]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,buffer,call", MOMENTUM_WITHOUT_BUFFER,
+                         ids=[c[0] for c in MOMENTUM_WITHOUT_BUFFER])
+def test_ops_refuse_a_momentum_without_its_buffer(backend, name, buffer, call):
+    """sgd_step_/rmsprop_step_ (and their foreach_ forms) apply momentum only with a buffer:
+    momentum=0.9 with none stepped as plain SGD/RMSprop, every call, silently (torch's
+    functional form makes the buffer). ValueError naming momentum and the buffer, nothing
+    written; momentum=0 without a buffer is plain SGD/RMSprop as before."""
+    rng = np.random.default_rng(3)
+    arrays = [rng.standard_normal(5), rng.standard_normal(5), np.abs(rng.standard_normal(5))]
+    with fo.use_backend(backend):
+        for momentum in (0.9, np.float32(0.5), np.array(0.25)):
+            work = [a.copy() for a in arrays]
+            with pytest.raises(ValueError, match=f"^momentum=.* needs .*{buffer}"):
+                call(work, momentum=momentum)
+            for w, a in zip(work, arrays):
+                assert w.tobytes() == a.tobytes(), (name, momentum)
+        work = [a.copy() for a in arrays]
+        call(work, momentum=0.0)
+        assert not np.array_equal(work[0], arrays[0])
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("name,call,bad", OPS, ids=[c[0] for c in OPS])
 def test_ops_refuse_bad_scalars_by_name_and_write_nothing(backend, name, call, bad):

@@ -107,6 +107,15 @@ def _check_sgd(lr, weight_decay, momentum, dampening):
                 weight_decay=(weight_decay, NONNEG))
 
 
+def _check_momentum_buffer(momentum, buffers, name, hint):
+    """Raise ValueError naming ``name`` when a (checked) ``momentum`` other than 0 comes
+    without its buffer(s): the kernels apply momentum only with a buffer, so the step was
+    silently the one without momentum (torch's functional form makes the buffer then)."""
+    if buffers is None and momentum != 0:
+        raise ValueError(f"momentum={momentum!r} needs {name} (got None): without one the "
+                         f"momentum would be ignored; pass {hint}, or momentum=0")
+
+
 def _check_lr_beta(lr, beta, beta_bounds, eps=0.0, weight_decay=0.0, momentum=0.0,
                    beta_name="beta"):
     """Momentum, RMSprop, Adadelta (``beta_bounds``: [0, 1), [0, 1] or, RMSprop's alpha as
@@ -251,7 +260,8 @@ def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *
     grad : ndarray
         Its gradient, of ``param``'s shape and dtype; only read (it may be ``param`` itself).
     momentum_buffer : ndarray or None, optional
-        torch's ``momentum_buffer`` state (updated in place); None for plain SGD.
+        torch's ``momentum_buffer`` state (updated in place); None for plain SGD (then
+        ``momentum`` must be 0).
     lr : float
         Learning rate, >= 0.
     momentum : float, default 0.0
@@ -282,6 +292,8 @@ def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *
         named). A call that raises writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
+    _check_momentum_buffer(momentum, momentum_buffer, "a momentum_buffer",
+                           "one (np.empty_like(param) with first_step=True on its first step)")
     try:
         _backend.active.sgd(param, grad, momentum_buffer, lr=lr, weight_decay=weight_decay,
                             momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -304,7 +316,7 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
         The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
         arrays of different shapes and dtypes may be mixed.
     momentum_buffers : list or tuple of ndarray, or None, optional
-        One buffer per parameter, or None for plain SGD.
+        One buffer per parameter, or None for plain SGD (then ``momentum`` must be 0).
     lr, momentum, dampening, nesterov, weight_decay, maximize, first_step
         As in :func:`sgd_step_`; shared by every array.
 
@@ -321,6 +333,9 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
         writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
+    _check_momentum_buffer(momentum, momentum_buffers, "momentum_buffers",
+                           "one buffer per parameter (np.empty_like(param) with "
+                           "first_step=True on their first step)")
     try:
         _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr,
                                   weight_decay=weight_decay, momentum=momentum,
@@ -444,7 +459,7 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
     momentum_buffer : ndarray or None, optional
         torch's ``momentum_buffer`` (updated in place), or None without momentum.
     momentum : float, default 0.0
-        Momentum factor, >= 0 (used with ``momentum_buffer``).
+        Momentum factor, >= 0 (used with ``momentum_buffer``; 0 without one).
     grad_avg : ndarray or None, optional
         torch's ``grad_avg`` for the centered variant (updated in place), or None.
     maximize : bool, default False
@@ -467,6 +482,8 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
         named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
+    _check_momentum_buffer(momentum, momentum_buffer, "a momentum_buffer",
+                           "one (np.zeros_like(param), as torch starts it)")
     try:
         _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
                                 alpha=beta, eps=eps, weight_decay=weight_decay, momentum=momentum,
@@ -509,6 +526,8 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
         writes nothing.
     """
     _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
+    _check_momentum_buffer(momentum, momentum_buffers, "momentum_buffers",
+                           "one buffer per parameter (zeros, as torch starts them)")
     try:
         _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
                                       lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,

@@ -1170,6 +1170,40 @@ def test_out_must_be_a_plain_ndarray_as_the_inputs(backend):
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_batch_norm_of_an_ndarray_subclass_backpropagates(backend, axis, tmp_path):
+    """An x of an ndarray subclass (a np.memmap: a slice of np.load(..., mmap_mode="r") is
+    one) went through batchnorm_forward, but batchnorm_backward (and BatchNorm.backward)
+    refused its cache: 'cache is not as batchnorm_forward made it: x, gamma, mean and inv_std
+    must be ndarrays'. The results are those of the plain array."""
+    class Sub(np.ndarray):
+        pass
+
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((6, 4)).astype(np.float32)
+    mm = np.memmap(tmp_path / "x.dat", dtype=np.float32, mode="w+", shape=(6, 4))
+    mm[...] = data
+    dy = rng.standard_normal((6, 4)).astype(np.float32)
+    with fo.use_backend(backend):
+        for x, d in ((mm, dy), (mm[1:5], dy[1:5]), (mm.T, dy.T), (data.view(Sub), dy)):
+            n_features = x.shape[1 - axis]
+            gamma = rng.standard_normal(n_features).astype(np.float32)
+            beta = rng.standard_normal(n_features).astype(np.float32)
+            y0, c0 = fo.batchnorm_forward(np.array(x), gamma, beta, axis=axis)
+            want = fo.batchnorm_backward(d, c0)
+            y, cache = fo.batchnorm_forward(x, gamma.view(Sub), beta, axis=axis)
+            got = fo.batchnorm_backward(d.view(Sub), cache)
+            np.testing.assert_array_equal(y, y0)
+            for a, w in zip(got, want):
+                np.testing.assert_array_equal(a, w)
+            layer = fo.BatchNorm(n_features, axis=axis)
+            layer.gamma[...], layer.beta[...] = gamma, beta
+            np.testing.assert_array_equal(layer.forward(x), y0)
+            np.testing.assert_array_equal(layer.backward(d), want[0])
+            np.testing.assert_array_equal(layer.dgamma, want[1])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("kind", ["zero stride", "windows"])
 def test_out_whose_elements_share_memory_is_refused(backend, kind):
     """An out= whose elements share memory (a zero stride, or as_strided windows one element

@@ -134,6 +134,11 @@ def _features(name, a, x, axis, transposed, out=None):
     return _kernel_input(a.reshape(-1))
 
 
+def _plain(a: np.ndarray) -> np.ndarray:
+    """``a`` as a base-class ndarray (a view of it when it is of a subclass, e.g. a memmap)."""
+    return a if type(a) is np.ndarray else a.view(np.ndarray)
+
+
 def _is_shape_of(s, n):
     """Whether ``s`` is a shape (a tuple of ints >= 0) of ``n`` elements."""
     return (type(s) is tuple and math.prod(s) == n
@@ -273,7 +278,10 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     mean, inv_std, var = np.empty(n_features), np.empty(n_features), np.empty(n_features)
     _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, inv_std, var, yc)
     _write_back(y, yc, scratch, transposed)
-    cache = BatchNormCache(xc, ax, g, mean, inv_std, eps, transposed, shape,
+    # plain ndarray views of x and gamma: the cache refuses other types (a hand-made cache),
+    # and an x of an ndarray subclass (a slice of np.load(..., mmap_mode="r") is a memmap)
+    # made a cache that batchnorm_backward then refused
+    cache = BatchNormCache(_plain(xc), ax, _plain(g), mean, inv_std, eps, transposed, shape,
                            (np.shape(gamma), np.shape(beta)), var)
     return y, cache
 

@@ -114,11 +114,21 @@ def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_n
     opt = fo.SGD([np.zeros(3)], lr=1.0)
     sched = fo.schedules.LRScheduler(opt, fn)
     epoch = sched.epoch
-    with pytest.raises(ValueError, match=r"epoch >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"epoch: 0 \(must be >= 1\)"):
         sched.step()
     assert sched.epoch == epoch and opt.lr == 1.0
     assert sched.step(1) == 0.6 == opt.lr
     assert sched.step() == 2.0 * 0.3 / math.sqrt(2) == opt.lr
+
+
+@pytest.mark.parametrize("epoch", [-1, -0.5, 0, 0.5, np.float32(0.99), np.int64(-3)])
+def test_inverse_sqrt_decay_names_its_own_domain_for_every_epoch_below_1(epoch):
+    """A negative epoch was refused as 'Invalid epoch: -1 (must be >= 0)', the range of the
+    other schedules, though inverse_sqrt_decay takes epochs from 1 only (its docstring: 'a
+    real number >= 1'); epochs in [0, 1) were refused with another message. Every epoch
+    below 1 now gives the one message, naming epoch and the bound 1."""
+    with pytest.raises(ValueError, match=r"^Invalid epoch: .* \(must be >= 1\)$"):
+        fo.schedules.inverse_sqrt_decay(0.3)(epoch)
 
 
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ._hyper import COUNT, EVERY, FINITE, check_real
+from ._hyper import COUNT, EVERY, FINITE, Count, check_real
 
 Schedule = Callable[[int], float]     # epoch -> learning rate
 
@@ -64,6 +64,7 @@ class _Schedule:
 
     _name = ""
     _fields: tuple[str, ...] = ()
+    _epochs = COUNT         # the epochs the formula takes (checked, named, by __call__)
 
     def __init__(self, *args) -> None:
         for field, value in zip(self._fields, args):
@@ -84,7 +85,7 @@ class _Schedule:
         return hash((type(self), tuple(getattr(self, f) for f in self._fields)))
 
     def __call__(self, epoch: int) -> float:
-        check_real("epoch", epoch, COUNT)
+        check_real("epoch", epoch, self._epochs)
         return float(self._lr(_python(epoch)))
 
     def _lr(self, epoch):
@@ -120,10 +121,11 @@ class _InverseSqrtDecay(_Schedule):
     """``k * lr0 / sqrt(epoch)`` for epoch >= 1: what :func:`inverse_sqrt_decay` returns."""
 
     _name, _fields = "inverse_sqrt_decay", ("lr0", "k")
+    # (checked against COUNT, a negative epoch was refused as 'must be >= 0', and 0.5 passed
+    # to the formula's own check)
+    _epochs = Count((1.0, None, False))     # [1, inf], any int
 
     def _lr(self, epoch):
-        if not epoch >= 1:
-            raise ValueError(f"inverse_sqrt_decay needs epoch >= 1, got {epoch!r}")
         if epoch == math.inf:
             return 0.0                  # the limit (k * lr0 / inf, which is NaN for inf / inf)
         try:

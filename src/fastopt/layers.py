@@ -50,11 +50,9 @@ def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.
         raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
     if out.shape != shape:
         raise ValueError(f"out has shape {out.shape}, expected {shape}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    # (an out whose elements share memory, a zero stride or overlapping as_strided windows,
-    # took the last value written to each address and was returned as the result, as
-    # torch's out= refuses and the ops refuse for the arrays they update)
+    # read-only, or with elements that share memory (a zero stride, overlapping as_strided
+    # windows: it took the last value written to each address), it is refused, as torch's
+    # out= and the ops for the arrays they update
     check_writeable("out", out)
     return out
 

@@ -1900,6 +1900,40 @@ def test_step_hooks_and_the_profiler_run():
     assert p.grad is None
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_step_hooks_see_the_steps_arguments_as_torchs(name):
+    """The step hooks get step's arguments as the caller gave them, as torch.optim's: no
+    closure given is none in ``args`` (not a None), a closure by keyword stays in
+    ``kwargs``; so a pre-hook that returns a closure as a keyword is taken as torch takes it."""
+    def run(module):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = getattr(module, name)([p])
+        seen = []
+
+        def closure():
+            seen.append("closure")
+            return torch.tensor(2.0)
+
+        def pre(o, args, kwargs):
+            seen.append(("pre", len(args), args[0] is o, *map(callable, args[1:]),
+                         sorted(kwargs)))
+            if not args[1:] and not kwargs:
+                return args, {"closure": closure}   # a closure added by the hook
+            return None
+
+        opt.register_step_pre_hook(pre)
+        opt.register_step_post_hook(lambda o, args, kwargs: seen.append(
+            ("post", len(args), sorted(kwargs))))
+        p.grad = torch.ones(3)
+        losses = [opt.step(), opt.step(closure), opt.step(closure=closure)]
+        return seen, [float(x) for x in losses], p.detach().clone()
+
+    seen, losses, p = run(ft)
+    theirs, their_losses, q = run(torch.optim)
+    assert seen == theirs and losses == their_losses == [2.0] * 3
+    assert torch.allclose(p, q)
+
+
 def test_zero_grad_makes_no_profiler_record_while_no_profiler_is_on(monkeypatch):
     """torch's zero_grad opens a record_function (~7 us, most of a call on a few parameters)
     whether or not a profiler listens; fastopt.torch's does only while one is on, as its

@@ -125,6 +125,7 @@ call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``captura
 This module imports torch; ``import fastopt`` does not import it.
 """
 import copy
+import inspect
 import math
 import numbers
 import operator
@@ -647,18 +648,28 @@ class _FastOptimizer(_Mixin):
     @overload
     def step(self, closure: Callable[[], float]) -> float: ...
 
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One optimization step (``closure`` re-evaluates the model and returns the loss).
+    def step(self, *args: Any, **kwargs: Any) -> float | None:
+        """step(closure=None): one optimization step (``closure`` re-evaluates the model and
+        returns the loss).
 
         torch's step hooks and profiler record run when any are registered or a profiler
-        is on; otherwise they are skipped (``record_function`` alone costs ~9 us)."""
+        is on; otherwise they are skipped (``record_function`` alone costs ~9 us). The hooks
+        get the arguments as given, as torch's (``opt.step()``: no closure in ``args``; a
+        closure by keyword in ``kwargs``), so a pre-hook's new ``(args, kwargs)`` are
+        taken as torch takes them."""
         if (_GLOBAL_PRE_HOOKS is None or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS
                 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or _profiler_enabled()):
-            return self._hooked_step(closure)
-        return self._step(closure)
+            return self._hooked_step(*args, **kwargs)
+        return self._step(*args, **kwargs)
 
     step.hooked = True      # torch's Optimizer.__init__ must not wrap it again
+
+    def _step_signature(self, closure: Callable[[], float] | None = None) -> float | None:
+        """What ``inspect.signature`` shows for step (torch's own, through its wrapper)."""
+
+    step.__signature__ = inspect.signature(_step_signature)   # type: ignore[attr-defined]
+    del _step_signature
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch.optim's: sets every parameter's grad to None (``set_to_none=False``:

@@ -1873,6 +1873,29 @@ def test_a_16bit_grad_of_the_other_format_raises():
     assert opt.state[p]["step"].item() == 2
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_under_inference_mode_step_as_torchs(name):
+    """torch.optim steps under torch.inference_mode() (its state then made as inference
+    tensors); fastopt.torch's step made its state and step counts there too, inference
+    tensors without the version counter its plan watches, and raised. They are made as
+    normal tensors: the steps are the ones made outside inference mode, and torch's."""
+    def run(module, inference, dtype=torch.float32):
+        gen = torch.Generator().manual_seed(3)
+        ps = [torch.nn.Parameter(torch.randn(4, generator=gen).to(d))
+              for d in (dtype, torch.bfloat16)]
+        opt = getattr(module, name)(ps)
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.randn(4, generator=gen).to(p.dtype)
+            with torch.inference_mode(inference):
+                opt.step()
+        return ps
+
+    ours, plain, theirs = run(ft, True), run(ft, False), run(torch.optim, True)
+    assert all(torch.equal(a, b) for a, b in zip(ours, plain))
+    assert torch.allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
+
+
 def test_step_between_forward_and_backward_raises_as_in_torch():
     p = torch.nn.Parameter(torch.randn(5))
     opt = ft.SGD([p], lr=0.1)

@@ -1711,6 +1711,33 @@ def test_grads_set_to_none_are_freed_as_with_torch(clear, dtype):
     assert opt._plans[0] is plan and plan.graw is not None
 
 
+@pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), *(
+    (n, {}) for n in NAMES if n != "SGD")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_held_state_dict_stays_the_live_state_as_in_torch(name, kwargs, dtype):
+    """torch's step fills a parameter's state dict and updates it in place: ``opt.state[p]``
+    taken before the first step (an empty entry of the defaultdict; Adagrad's, made by its
+    constructor) or after a load_state_dict is the state the steps go on updating. Ours
+    stored a new dict (made from it, so that a raising step changed nothing), and a held one
+    was left behind: empty, or with the loaded step count."""
+    def run(module):
+        p = torch.nn.Parameter(torch.ones(3, dtype=dtype))
+        opt = getattr(module, name)([p], **kwargs)
+        held = opt.state[p]
+        p.grad = torch.ones(3, dtype=dtype)
+        opt.step()
+        live = [held is opt.state[p]]
+        opt.load_state_dict(opt.state_dict())
+        held = opt.state[p]
+        opt.step()
+        opt.step()
+        return live + [held is opt.state[p]], held.get("step")
+
+    ours, theirs = run(ft), run(torch.optim)
+    assert ours[0] == theirs[0] == [True, True]
+    assert (ours[1] is None) == (theirs[1] is None) and (ours[1] is None or ours[1] == 3)
+
+
 def test_the_plan_is_kept_while_nothing_changes():
     """The steady state reuses the plan: grads written in place, or new grad tensors after
     zero_grad(); a group's step counts are views of one tensor."""

@@ -1368,7 +1368,16 @@ class _FastOptimizer(_Mixin):
             plan.grads = plan.live_grads = plan.graw = plan.watched_all = plan.ptrs_all = None
         if plan.pending:
             for k in plan.pending:
-                self.state[plan.params[k]] = plan.stored[k] = plan.states[k]
+                state, stored = plan.states[k], plan.stored[k]
+                if isinstance(stored, dict):
+                    # the new state (made from the stored one: its keys and more) goes into
+                    # the parameter's dict, as torch's step fills and updates it in place: a
+                    # dict held from opt.state[p] (taken before the first step, after a
+                    # load_state_dict) stays the live state
+                    stored.update(state)
+                    state = plan.states[k] = stored
+                self.state[plan.params[k]] = plan.stored[k] = state
+            plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
             plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
             plan.split = self._splits(plan)

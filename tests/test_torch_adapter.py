@@ -1984,6 +1984,32 @@ def test_step_hooks_see_the_steps_arguments_as_torchs(name):
     assert torch.allclose(p, q)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_subclasss_own_step_runs_the_hooks_once(name):
+    """torch's Optimizer wraps a subclass's own ``step`` in its hooks and profiler record;
+    torch.optim's Adam.step, called from it, runs them again only if a plain Adam made
+    before had it wrapped too. Ours ran them in the subclass's wrapper and again in its own
+    step: each hook twice, always."""
+    class Sub(getattr(ft, name)):
+        def step(self, closure=None):
+            self.calls.append("step")
+            return super().step(closure)
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = Sub([p])
+    opt.calls = calls = []
+    opt.register_step_pre_hook(lambda *args: calls.append("pre"))
+    opt.register_step_post_hook(lambda *args: calls.append("post"))
+    p.grad = torch.ones(3)
+    opt.step()
+    assert calls == ["pre", "step", "post"]
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert [e.name for e in prof.events() if e.name.startswith("Optimizer.step")] == [
+        "Optimizer.step#Sub.step"]
+    assert calls[3:] == ["pre", "step", "post"]
+
+
 def test_zero_grad_makes_no_profiler_record_while_no_profiler_is_on(monkeypatch):
     """torch's zero_grad opens a record_function (~7 us, most of a call on a few parameters)
     whether or not a profiler listens; fastopt.torch's does only while one is on, as its

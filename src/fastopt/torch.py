@@ -656,10 +656,12 @@ class _FastOptimizer(_Mixin):
         is on; otherwise they are skipped (``record_function`` alone costs ~9 us). The hooks
         get the arguments as given, as torch's (``opt.step()``: no closure in ``args``; a
         closure by keyword in ``kwargs``), so a pre-hook's new ``(args, kwargs)`` are
-        taken as torch takes them."""
-        if (_GLOBAL_PRE_HOOKS is None or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS
+        taken as torch takes them. A subclass's own ``step`` (calling this one) is wrapped
+        by torch's Optimizer, which runs the hooks and the record around it: this one then
+        runs them no more, as torch.optim's own steps run none then."""
+        if ((_GLOBAL_PRE_HOOKS is None or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS
                 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
-                or _profiler_enabled()):
+                or _profiler_enabled()) and type(self).step is _OWN_STEP):
             return self._hooked_step(*args, **kwargs)
         return self._step(*args, **kwargs)
 
@@ -1530,6 +1532,9 @@ def _pick(part, *columns):
 
 def _pick_cols(cols, part):
     return {key: [v[k] for k in part] for key, v in cols.items()}
+
+
+_OWN_STEP = _FastOptimizer.step    # (see its docstring: a subclass's own step runs the hooks)
 
 
 class SGD(_FastOptimizer, torch.optim.SGD):

@@ -755,14 +755,11 @@ class _FastOptimizer(_Mixin):
             plans = self._plans = {}
         plan = plans.get(gi)
         if plan is None or not self._plan_holds(plan, group, params, grads, same):
-            if torch.is_inference_mode_enabled():
-                # a step under torch.inference_mode(): the state and step counts made here
-                # would be inference tensors, which have no version counter for the plan
-                # to watch (torch.optim's step makes them and steps on): made as normal
-                # tensors, they step on in or out of inference mode
-                with torch.inference_mode(False):
-                    plan = plans[gi] = self._make_plan(group, params, grads, plan)
-            else:
+            # under torch.inference_mode() the state and step counts made here would be
+            # inference tensors, which have no version counter for the plan to watch
+            # (torch.optim's step makes them and steps on): made as normal tensors, they
+            # step on in or out of inference mode
+            with torch.inference_mode(False):
                 plan = plans[gi] = self._make_plan(group, params, grads, plan)
         return plan if plan.params else None
 

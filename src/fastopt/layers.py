@@ -57,14 +57,16 @@ def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.
     return out
 
 
-def _kernel_output(y, transposed=False):
+def _kernel_output(y, transposed=False, dtype=None):
     """(array a kernel writes, whether it is scratch) for the output ``y`` (seen transposed
-    when ``transposed``): that view of y itself when it is C-contiguous, aligned and native,
-    else a scratch array for :func:`_write_back` to copy into y."""
+    when ``transposed``), computed in ``dtype`` (default: y's): that view of y itself when it
+    is C-contiguous, aligned, native and of that dtype, else a scratch array for
+    :func:`_write_back` to copy (and round) into y."""
     yc = y.T if transposed else y
-    if yc.flags.c_contiguous and yc.flags.aligned and yc.dtype.isnative:
+    dtype = yc.dtype.newbyteorder("=") if dtype is None else dtype
+    if yc.flags.c_contiguous and yc.flags.aligned and yc.dtype == dtype:
         return yc, False
-    return np.empty(yc.shape, yc.dtype.newbyteorder("=")), True
+    return np.empty(yc.shape, dtype), True
 
 
 def _write_back(y, yc, scratch, transposed=False):
@@ -615,16 +617,25 @@ class BatchNorm:
 
 
 # --------------------------------------------------------------------------------- softmax
-def _as_float_array(name: str, z: Any) -> np.ndarray:
-    """``z`` as a native float32/float64 ndarray: array-likes and integer or boolean arrays
-    become float64, as NumPy's ufuncs do; other dtypes raise TypeError naming ``name``."""
+def _as_float_array(name: str, z: Any) -> tuple[np.ndarray, np.dtype]:
+    """(``z`` as a native float32/float64 ndarray, the dtype of the results): array-likes and
+    integer or boolean arrays become float64, as NumPy's ufuncs do; float16 is computed in
+    float32 and its results rounded to float16, as torch's CPU softmax of half tensors; other
+    dtypes raise TypeError naming ``name``."""
     if not isinstance(z, np.ndarray):
         given, z = z, as_array(name, z)
         if z.dtype.kind not in "iubf":
             raise TypeError(f"{name} must be an array of numbers, got {type(given).__name__}")
-    if z.dtype.kind in "iub" and not isinstance(z, (np.matrix, np.ma.MaskedArray)):
+    plain = not isinstance(z, (np.matrix, np.ma.MaskedArray))
+    if z.dtype.kind in "iub" and plain:
         z = z.astype(np.float64)
-    return _float_array(name, z)
+    elif z.dtype.kind == "f" and z.dtype.itemsize == 2 and plain:
+        return z.astype(np.float32), np.dtype(np.float16)
+    elif z.dtype.kind == "f" and z.dtype.itemsize > 8:
+        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {z.dtype} "
+                        "(the kernels compute in float32 and float64)")
+    z = _float_array(name, z)
+    return z, z.dtype
 
 
 def _softmax_layout(z, axis, name="z"):
@@ -643,10 +654,11 @@ def _softmax_layout(z, axis, name="z"):
 
 
 def _softmax(z, axis, out, log):
-    z = _unshared(out, _as_float_array("z", z))
+    z, dtype = _as_float_array("z", z)
+    z = _unshared(out, z)
     z3, _ = _softmax_layout(z, axis)
-    y = _out(out, z.shape, z.dtype)
-    yc, scratch = _kernel_output(y)
+    y = _out(out, z.shape, dtype)
+    yc, scratch = _kernel_output(y, dtype=z.dtype)
     _backend.active.softmax(z3, yc.reshape(z3.shape), log)
     _write_back(y, yc, scratch)
     return y
@@ -660,7 +672,9 @@ def softmax(z: ArrayLike, axis: int = -1, out: np.ndarray | None = None) -> np.n
     Parameters
     ----------
     z : array_like
-        A float32/float64 array (lists and integer arrays are taken as float64); 0-d is one class.
+        A float array (float16 is computed in float32 and the result rounded to float16, as
+        torch's CPU softmax of half tensors; lists and integer arrays are taken as float64);
+        0-d is one class.
     axis : int, default -1
         The classes' axis; ``axis=0`` serves the course's ``(classes, m)`` layout.
     out : ndarray, optional
@@ -720,7 +734,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     Parameters
     ----------
     logits : array_like
-        Float scores, at least 1-D (lists and integer arrays are taken as float64).
+        Float scores, at least 1-D (float16 as in :func:`softmax`; lists and integer arrays
+        are taken as float64).
     labels : array_like
         Integer class indices shaped like ``logits`` without ``axis``, or one-hot/probability
         rows shaped like ``logits`` (of any real dtype: integer or bool one-hot labels are
@@ -750,7 +765,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
         0-d or ragged ``logits``, ragged ``labels`` or of the wrong shape, or class
         indices out of range.
     """
-    logits = _unshared(out, _as_float_array("logits", logits))
+    logits, dtype = _as_float_array("logits", logits)
+    logits = _unshared(out, logits)
     if logits.ndim == 0:
         raise ValueError("logits must have at least 1 dimension (the classes)")
     z3, axis = _softmax_layout(logits, axis, "logits")
@@ -780,8 +796,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
             raise ValueError(f"labels out of range: classes are 0..{k - 1}, got values in "
                              f"[{labels.min()}, {labels.max()}]")
         ints = _kernel_input(labels, np.int64).reshape(z3.shape[0], z3.shape[2])
-    d = _out(out, logits.shape, logits.dtype)
-    dc, scratch = _kernel_output(d)
+    d = _out(out, logits.shape, dtype)
+    dc, scratch = _kernel_output(d, dtype=logits.dtype)
     loss = _backend.active.softmax_cross_entropy(z3, ints, targets, dc.reshape(z3.shape))
     _write_back(d, dc, scratch)
     return loss, d

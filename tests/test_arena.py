@@ -643,3 +643,56 @@ def test_a_masked_value_is_refused_naming_the_key_and_changes_nothing():
             assign()
     assert arena.params["W"].tolist() == [1.0, 1.0] and not arena.grads["W"].any()
     assert arena.size == 2 and "X" not in arena.params
+
+
+def test_arena_params_and_grads_keep_their_arena_alive():
+    """Was: the dicts held their arena weakly, so a model built in a function that returned
+    ``arena.params`` and ``arena.grads`` (as a torch model's parameters()) lost its arena on
+    return: optimizers silently stepped the views as separate arrays (not the one-call path),
+    ShardedOptimizer refused them ("put the model's parameters on a ParameterArena"), and an
+    unpickled ``arena.params`` was views of an arena already gone. The dicts now keep it;
+    views alone still do not (NumPy views keep the buffer), and the arena goes with the last
+    dict that held it (no cycle left for the garbage collector)."""
+    import gc
+    import weakref
+
+    def build():
+        ar = fo.ParameterArena(np.float64, 20)
+        ar.add("W", (2, 3), init=np.arange(6.0).reshape(2, 3))
+        ar.add("b", 2)
+        return ar
+
+    gc.disable()            # every lifetime below is by reference count, not by the collector
+    try:
+        def model():
+            ar = build()
+            return ar.params, ar.grads
+
+        params, grads = model()
+        span = fo.ParameterArena.span_of(params)
+        assert span is not None and span.arena.grads is grads
+        opt = fo.SGD(params, lr=1.0)
+        grads["dW"] = np.ones((2, 3))
+        opt.step(grads)
+        assert opt._plans[0].span is not None                  # the one-call path
+        np.testing.assert_array_equal(params["W"], np.arange(6.0).reshape(2, 3) - 1)
+        alive = weakref.ref(span.arena)
+        del span, opt, params
+        assert alive() is not None                             # grads still hold it
+        del grads
+        assert alive() is None                                 # gone with the last dict
+
+        saved = pickle.loads(pickle.dumps(build().params))
+        assert fo.ParameterArena.span_of(saved) is not None
+        np.testing.assert_array_equal(saved["W"], np.arange(6.0).reshape(2, 3))
+
+        ar = build()
+        alive = weakref.ref(ar)
+        del ar
+        assert alive() is None                                 # nothing held: gone at once
+        views = list(build().params.values())                  # views only: the arena goes
+        assert fo.ParameterArena.span_of(views) is None
+        with pytest.raises(TypeError, match=r"arena\.params cannot be replaced"):
+            build().params = {}
+    finally:
+        gc.enable()

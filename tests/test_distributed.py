@@ -547,3 +547,25 @@ def test_shard_bounds_refuses_bad_arguments_by_name(args, name):
     from fastopt.distributed import shard_bounds
     with pytest.raises((TypeError, ValueError), match=f"^{name} must be"):
         shard_bounds(*args)
+
+
+def test_one_rank_params_of_a_model_built_in_a_function():
+    """Was: a model built in a function returning ``arena.params`` lost its arena on return
+    (the dict held it weakly) and was refused with "put the model's parameters on a
+    fastopt.ParameterArena", as were views whose arena was gone, saying nothing of why."""
+    from mpi4py import MPI
+    from fastopt.distributed import ShardedOptimizer
+
+    def build():
+        arena = fo.ParameterArena(np.float64, 20)
+        arena.add("W", (3, 4), init=np.ones((3, 4)))
+        arena.add("b", 3)
+        return arena
+
+    opt = ShardedOptimizer(fo.SGD, build().params, comm=MPI.COMM_SELF, lr=1.0)
+    opt.step({"dW": np.ones((3, 4)), "db": np.ones(3)})
+    np.testing.assert_array_equal(opt.arena.flat_params, [0.0] * 12 + [-1.0] * 3)
+    views = list(build().params.values())
+    with pytest.raises(ValueError, match=r"^rank 0 of 1: params are views of a ParameterArena "
+                                         "that no longer exists"):
+        ShardedOptimizer(fo.SGD, views, comm=MPI.COMM_SELF, lr=1.0)

@@ -17,6 +17,7 @@ those views); otherwise the optimizer uses its multi-tensor path, with the same 
 for bit.
 """
 import math
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -28,6 +29,10 @@ from ._validate import FLOAT_DTYPES, as_array, check_unmasked
 
 # id(param buffer) -> its arena
 _OWNERS: "weakref.WeakValueDictionary[int, ParameterArena]" = weakref.WeakValueDictionary()
+# id(param buffer) -> the buffer, while it lives: its views keep it (not its arena) alive
+_BUFFERS: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+# sys.getrefcount of an instance-dict entry that nothing else holds (see ParameterArena.__del__)
+_ALONE = (lambda items: sys.getrefcount(items[0]))([object()])
 
 
 class ParameterArena:
@@ -52,6 +57,11 @@ class ParameterArena:
     grads : dict
         Name -> grad view (also reachable as ``"d" + name``); assigning
         ``grads["dW1"] = dW1`` copies into the view.
+
+    Holding ``arena.params`` or ``arena.grads`` keeps the arena alive (a function may build
+    the model and return them); the views alone keep only the buffers, not the arena, so
+    optimizers over views of an arena that is gone step them as separate arrays and
+    ShardedOptimizer refuses them.
     size : int
         Elements in use (read-only).
 
@@ -78,12 +88,14 @@ class ParameterArena:
         except (ValueError, MemoryError) as exc:    # (NumPy's messages do not say which)
             raise type(exc)(f"capacity {capacity}: {exc}") from None
         self._size = 0                             # elements in use
-        self.params = _Views(self)                 # name -> parameter view
-        self.grads = _GradDict(self)               # name -> grad view (also as "d" + name)
+        # params (name -> parameter view) and grads (name -> grad view, also as "d" + name);
+        # weak references once the arena is kept alive by them (__del__)
+        self._dicts: list = [_Views(self), _GradDict(self)]
         # (param view, grad view, offset) in allocation order
         self._views: list[tuple[np.ndarray, np.ndarray, int]] = []
         self._index: dict[int, int] = {}           # id(param view) -> position in _views
         _OWNERS[id(self._param_buf)] = self
+        _BUFFERS[id(self._param_buf)] = self._param_buf
 
     def add(self, name: str, shape: int | Sequence[int],
             init: ArrayLike | None = None) -> np.ndarray:
@@ -152,6 +164,35 @@ class ParameterArena:
         self._index[id(param)] = len(self._views)
         self._views.append((param, grad, lo))
         return param
+
+    @property
+    def params(self) -> "_Views":
+        """Name -> parameter view (see the class docstring)."""
+        views = self._dicts[0]
+        return views() if isinstance(views, weakref.ref) else views
+
+    @property
+    def grads(self) -> "_GradDict":
+        """Name -> grad view, also as ``"d" + name`` (see the class docstring)."""
+        views = self._dicts[1]
+        return views() if isinstance(views, weakref.ref) else views
+
+    @params.setter
+    def params(self, value: "_Views") -> None:
+        self._keep_dict(0, value)
+
+    @grads.setter
+    def grads(self, value: "_GradDict") -> None:
+        self._keep_dict(1, value)
+
+    def _keep_dict(self, k, value):
+        """``arena.params |= {...}`` assigns the dict back to itself (fine); any other value
+        would have replaced the dict of views: TypeError."""
+        attr = ("params", "grads")[k]
+        if value is not getattr(self, attr):
+            raise TypeError(f"arena.{attr} cannot be replaced; assign its entries "
+                            f"(arena.{attr}[name] = value) or update() it, to copy into the "
+                            "views")
 
     @property
     def size(self) -> int:
@@ -226,9 +267,34 @@ class ParameterArena:
         self.flat_params[...] = state["params"]
         self.flat_grads[...] = state["grads"]
 
+    def __del__(self):
+        """Kept alive by its ``params`` or ``grads`` dict while something else holds one (a
+        model built in a function that returned ``arena.params``, an unpickled
+        ``arena.params``), so optimizers and ShardedOptimizer still find the arena of its
+        views: that dict then holds the arena, which holds it weakly (no cycle: the arena
+        goes with the last such dict). Otherwise the arena goes at once; the views keep only
+        its buffers alive."""
+        dicts = getattr(self, "_dicts", None)
+        if not dicts or any(isinstance(d, weakref.ref) for d in dicts):
+            return              # (a failed __init__; or kept alive once already)
+        held = [k for k in (0, 1) if sys.getrefcount(dicts[k]) > _ALONE]
+        for k in held:
+            dicts[k]._keep = self
+            dicts[k] = weakref.ref(dicts[k])
+        if held:
+            _OWNERS[id(self._param_buf)] = self     # (the garbage collector cleared it)
+
     def __repr__(self):
         return (f"ParameterArena({self.dtype}, {len(self.params)} params, {self.size} of "
                 f"{self._param_buf.size} elements)")
+
+
+def orphaned(array) -> bool:
+    """Whether ``array`` is a view of the parameter buffer of a ParameterArena that no longer
+    exists (NumPy views keep the buffer alive, not the arena: the caller kept only views)."""
+    base = getattr(array, "base", None)
+    return (base is not None and _BUFFERS.get(id(base)) is base
+            and _OWNERS.get(id(base)) is None)
 
 
 def _refuse_complex(label, value):
@@ -271,6 +337,12 @@ class _Views(dict):
     def __init__(self, arena: "ParameterArena | None" = None) -> None:
         super().__init__()
         self._arena = None if arena is None else weakref.ref(arena)
+
+    def _owner(self):
+        """The arena (None for a dict of copies); held weakly unless the arena's __del__ found
+        this dict held elsewhere and made it keep the arena."""
+        keep = getattr(self, "_keep", None)
+        return keep if keep is not None else (None if self._arena is None else self._arena())
 
     def _view(self, key):
         if dict.__contains__(self, key):
@@ -333,7 +405,7 @@ class _Views(dict):
     def __reduce__(self):
         """Deepcopy and pickle: the (copied) arena's dict, so that copying an arena together
         with its params or grads gives one arena whose dicts hold views of its own buffers."""
-        arena = None if self._arena is None else self._arena()
+        arena = self._owner()
         if arena is not None and getattr(arena, self._attr) is self:
             return getattr, (arena, self._attr)
         # the arena is gone (the views keep its buffer alive): a dict of copies

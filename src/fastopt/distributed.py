@@ -36,7 +36,7 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
                       "(mpi4py and the mpich wheel)") from exc
 
 from . import _validate
-from .arena import ParameterArena
+from .arena import ParameterArena, orphaned
 from .optim import Grads, Optimizer, Params, _by_name, _first_readonly
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
@@ -151,6 +151,10 @@ class ShardedOptimizer:
         self._full_groups = groups
         views = self._views = [p for g in groups for p in g["params"]]
         span = ParameterArena.span_of(views)
+        if span is None and views and orphaned(views[0]):
+            raise ValueError("params are views of a ParameterArena that no longer exists (only "
+                             "its views were kept, and NumPy views do not keep it alive); keep "
+                             "the arena, or arena.params, and pass that")
         if span is None:
             raise ValueError("params must be consecutive parameters of one ParameterArena, in "
                              "the order they were added (the collectives run on its flat "

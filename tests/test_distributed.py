@@ -569,3 +569,14 @@ def test_one_rank_params_of_a_model_built_in_a_function():
     with pytest.raises(ValueError, match=r"^rank 0 of 1: params are views of a ParameterArena "
                                          "that no longer exists"):
         ShardedOptimizer(fo.SGD, views, comm=MPI.COMM_SELF, lr=1.0)
+
+
+def test_one_rank_a_group_whose_params_is_not_a_collection_is_refused_by_name():
+    """Was TypeError "'int' object is not iterable" (nothing named)."""
+    from mpi4py import MPI
+    from fastopt.distributed import ShardedOptimizer
+    for bad, kind in ((3, "int"), (None, "NoneType"), ("W", "str")):
+        with pytest.raises(TypeError, match=rf"^rank 0 of 1: a param group's 'params' must be "
+                                            rf"an array, a dict or a sequence of arrays, got "
+                                            rf"{kind}$"):
+            ShardedOptimizer(fo.SGD, [{"params": bad}], comm=MPI.COMM_SELF)

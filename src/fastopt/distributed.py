@@ -707,8 +707,13 @@ def _groups_of(params):
         if named:
             g["param_names"] = list(ps)
             ps = list(ps.values())
+        elif isinstance(ps, np.ndarray):
+            ps = [ps]
+        elif hasattr(ps, "__iter__") and not isinstance(ps, (str, bytes)):
+            ps = list(ps)
         else:
-            ps = [ps] if isinstance(ps, np.ndarray) else list(ps)
+            raise TypeError("a param group's 'params' must be an array, a dict or a sequence "
+                            f"of arrays, got {type(ps).__name__}")
         if not all(isinstance(p, np.ndarray) for p in ps):
             raise TypeError("every parameter must be a numpy.ndarray (a ParameterArena view)")
         g["params"] = ps

@@ -1104,6 +1104,22 @@ def test_empty_params_are_refused():
         fo.SGD([], lr=0.1)
 
 
+def test_a_group_whose_params_is_not_a_collection_is_refused_saying_so():
+    """{"params": 3} raised list()'s "'int' object is not iterable", naming nothing, and a
+    str was split into its characters; now a TypeError naming the group's 'params', at
+    construction and in add_param_group (which then adds nothing)."""
+    for bad in (3, 2.5, None, "ab", b"ab"):
+        with pytest.raises(TypeError, match=r"param group's 'params' must be an array, a "
+                                            rf"dict or a sequence of arrays, got {type(bad).__name__}"):
+            fo.Adam([{"params": bad}])
+    opt = fo.Adam([np.ones(2)])
+    with pytest.raises(TypeError, match="'params' must be"):
+        opt.add_param_group({"params": 7})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": (a for a in [np.ones(3)])})     # any iterable of arrays
+    assert len(opt.param_groups) == 2
+
+
 def test_a_parameter_twice_in_one_group_is_refused_saying_so():
     """The same array twice in one group (torch.optim warns of it) is refused as such; it
     was refused as appearing "in more than one param group", of which there was one. Across

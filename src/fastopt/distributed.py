@@ -37,7 +37,7 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
 
 from . import _validate
 from .arena import ParameterArena, orphaned
-from .optim import Grads, Optimizer, Params, _by_name, _first_readonly
+from .optim import Grads, Optimizer, Params, _by_name, _first_readonly, _group_params
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
 _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
@@ -703,17 +703,10 @@ def _groups_of(params):
         ps = g["params"]
         if named is not None and named != isinstance(ps, dict):
             raise ValueError("params: either every group is a dict of named arrays or none is")
-        named = isinstance(ps, dict)
+        ps, names = _group_params(ps)
+        named = names is not None
         if named:
-            g["param_names"] = list(ps)
-            ps = list(ps.values())
-        elif isinstance(ps, np.ndarray):
-            ps = [ps]
-        elif hasattr(ps, "__iter__") and not isinstance(ps, (str, bytes)):
-            ps = list(ps)
-        else:
-            raise TypeError("a param group's 'params' must be an array, a dict or a sequence "
-                            f"of arrays, got {type(ps).__name__}")
+            g["param_names"] = names
         if not all(isinstance(p, np.ndarray) for p in ps):
             raise TypeError("every parameter must be a numpy.ndarray (a ParameterArena view)")
         g["params"] = ps

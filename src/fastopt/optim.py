@@ -149,6 +149,20 @@ _MAX_STEP = 2.0 ** 53   # the largest step count a state may hold (exact as a fl
 _set = dict.__setitem__  # the optimizers' own writes into state: no plan goes stale
 
 
+def _group_params(params):
+    """A param group's ``params`` as (list of its arrays, their names or None): a dict of named
+    arrays, one array, or an iterable of arrays; anything else (an int, a str: list() had
+    raised 'int object is not iterable' or split the str) TypeError."""
+    if isinstance(params, dict):
+        return list(params.values()), list(params)
+    if isinstance(params, np.ndarray):
+        return [params], None
+    if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        raise TypeError("a param group's 'params' must be an array, a dict or a sequence of "
+                        f"arrays, got {type(params).__name__}")
+    return list(params), None
+
+
 def _first_readonly(arrays):
     """The index of the first array of ``arrays`` that is not writeable, or -1; in C when
     the compiled kernels are loaded (never imported from here: fastopt._backend decides)."""
@@ -513,15 +527,10 @@ class Optimizer:
                     raise TypeError(f"{type(self).__name__} takes {key} or its alias {alias}, "
                                     "not both (a param group has both)")
                 group[key] = group.pop(alias)
-        params = group["params"]
-        named = isinstance(params, dict)
+        params, names = _group_params(group["params"])
+        named = names is not None
         if named:
-            group["param_names"] = list(params.keys())
-            params = list(params.values())
-        elif isinstance(params, np.ndarray):
-            params = [params]
-        else:
-            params = list(params)
+            group["param_names"] = names
         if self._named is not None and self._named != named:
             raise ValueError("params: either every group is a dict of named arrays or none is")
         self._named = named

@@ -626,14 +626,15 @@ def _as_float_array(name: str, z: Any) -> tuple[np.ndarray, np.dtype]:
         given, z = z, as_array(name, z)
         if z.dtype.kind not in "iubf":
             raise TypeError(f"{name} must be an array of numbers, got {type(given).__name__}")
-    plain = not isinstance(z, (np.matrix, np.ma.MaskedArray))
-    if z.dtype.kind in "iub" and plain:
+    kind = z.dtype.kind
+    if kind in "iub" and not isinstance(z, (np.matrix, np.ma.MaskedArray)):
         z = z.astype(np.float64)
-    elif z.dtype.kind == "f" and z.dtype.itemsize == 2 and plain:
-        return z.astype(np.float32), np.dtype(np.float16)
-    elif z.dtype.kind == "f" and z.dtype.itemsize > 8:
-        raise TypeError(f"{name} must have dtype float16, float32 or float64, got {z.dtype} "
-                        "(the kernels compute in float32 and float64)")
+    elif kind == "f" and z.dtype.itemsize not in (4, 8):
+        if z.dtype.itemsize > 8:
+            raise TypeError(f"{name} must have dtype float16, float32 or float64, got "
+                            f"{z.dtype} (the kernels compute in float32 and float64)")
+        if not isinstance(z, (np.matrix, np.ma.MaskedArray)):
+            return z.astype(np.float32), np.dtype(np.float16)
     z = _float_array(name, z)
     return z, z.dtype
 

@@ -107,13 +107,13 @@ def _check_sgd(lr, weight_decay, momentum, dampening):
                 weight_decay=(weight_decay, NONNEG))
 
 
-def _check_momentum_buffer(momentum, buffers, name, hint):
-    """Raise ValueError naming ``name`` when a (checked) ``momentum`` other than 0 comes
-    without its buffer(s): the kernels apply momentum only with a buffer, so the step was
-    silently the one without momentum (torch's functional form makes the buffer then)."""
-    if buffers is None and momentum != 0:
-        raise ValueError(f"momentum={momentum!r} needs {name} (got None): without one the "
-                         f"momentum would be ignored; pass {hint}, or momentum=0")
+def _refuse_momentum_without_buffer(momentum, name, hint):
+    """ValueError naming ``name``, for a (checked) ``momentum`` other than 0 that came without
+    its buffer(s): the kernels apply momentum only with a buffer, so the step was silently
+    the one without momentum (torch's functional form makes the buffer then). The callers
+    test for that case themselves (a call here cost the smallest steps ~20%)."""
+    raise ValueError(f"momentum={momentum!r} needs {name} (got None): without one the "
+                     f"momentum would be ignored; pass {hint}, or momentum=0")
 
 
 def _check_lr_beta(lr, beta, beta_bounds, eps=0.0, weight_decay=0.0, momentum=0.0,
@@ -292,8 +292,10 @@ def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *
         named). A call that raises writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
-    _check_momentum_buffer(momentum, momentum_buffer, "a momentum_buffer",
-                           "one (np.empty_like(param) with first_step=True on its first step)")
+    if momentum_buffer is None and momentum != 0:
+        _refuse_momentum_without_buffer(
+            momentum, "a momentum_buffer",
+            "one (np.empty_like(param) with first_step=True on its first step)")
     try:
         _backend.active.sgd(param, grad, momentum_buffer, lr=lr, weight_decay=weight_decay,
                             momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -333,9 +335,11 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
         writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
-    _check_momentum_buffer(momentum, momentum_buffers, "momentum_buffers",
-                           "one buffer per parameter (np.empty_like(param) with "
-                           "first_step=True on their first step)")
+    if momentum_buffers is None and momentum != 0:
+        _refuse_momentum_without_buffer(
+            momentum, "momentum_buffers",
+            "one buffer per parameter (np.empty_like(param) with first_step=True on their "
+            "first step)")
     try:
         _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr,
                                   weight_decay=weight_decay, momentum=momentum,
@@ -482,8 +486,9 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
         named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
-    _check_momentum_buffer(momentum, momentum_buffer, "a momentum_buffer",
-                           "one (np.zeros_like(param), as torch starts it)")
+    if momentum_buffer is None and momentum != 0:
+        _refuse_momentum_without_buffer(momentum, "a momentum_buffer",
+                                        "one (np.zeros_like(param), as torch starts it)")
     try:
         _backend.active.rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr=lr,
                                 alpha=beta, eps=eps, weight_decay=weight_decay, momentum=momentum,
@@ -526,8 +531,9 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
         writes nothing.
     """
     _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
-    _check_momentum_buffer(momentum, momentum_buffers, "momentum_buffers",
-                           "one buffer per parameter (zeros, as torch starts them)")
+    if momentum_buffers is None and momentum != 0:
+        _refuse_momentum_without_buffer(momentum, "momentum_buffers",
+                                        "one buffer per parameter (zeros, as torch starts them)")
     try:
         _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
                                       lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,

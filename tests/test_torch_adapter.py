@@ -11,6 +11,7 @@ skips without torch; the optim_db grid also needs ``expecttest`` (torch's test-s
 dependency, in the ``test`` extra).
 """
 import copy
+import fractions
 import io
 import math
 import operator
@@ -660,9 +661,11 @@ def test_max_grad_norm_is_bit_identical_on_every_backend(name, backend):
 
 def test_max_grad_norm_checks_and_survives_torch_state_dicts():
     p = torch.nn.Parameter(torch.randn(3))
-    for bad in (0.0, -1.0, True, "1"):
+    for bad in (0.0, -1.0, True, "1", 10 ** 400):
         with pytest.raises(ValueError, match="max_grad_norm"):
             ft.Adam([p], max_grad_norm=bad)
+    for good in (2, np.float32(0.5), fractions.Fraction(1, 3), float("inf")):
+        ft.Adam([p], max_grad_norm=good)
     opt = ft.Adam([p], max_grad_norm=1.0)
     with pytest.raises(ValueError, match="max_grad_norm"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))],
@@ -677,13 +680,14 @@ def test_max_grad_norm_checks_and_survives_torch_state_dicts():
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
-@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), "1.0", True],
-                         ids=["negative", "zero", "nan", "str", "bool"])
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), "1.0", True, 10 ** 400],
+                         ids=["negative", "zero", "nan", "str", "bool", "past-float"])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_an_invalid_max_grad_norm_set_on_a_group_raises_at_the_step(name, bad, groups):
     """A group's ``max_grad_norm`` set after construction is checked by the step as by the
-    constructor (a negative one flipped the grads, a string was taken as its number), before
-    any group has stepped."""
+    constructor (a negative one flipped the grads, a string was taken as its number; an int
+    past the float range raised OverflowError from the factor, after the groups before had
+    stepped), before any group has stepped."""
     ps = [torch.nn.Parameter(torch.ones(3)) for _ in range(groups)]
     opt = getattr(ft, name)([{"params": [p]} for p in ps], lr=0.1)
     for p in ps:

@@ -141,7 +141,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
-from ._hyper import NONNEG, STEP, UNIT, as_real, check_reals
+from ._hyper import NONNEG, STEP, UNIT, _shown, as_real, check_reals
 from ._validate import extent, same_memory
 from .optim import _deepcopy_locked, _step_lock
 from .reference import lowp
@@ -300,10 +300,16 @@ def _memory(t):
 
 
 def _check_clip(max_grad_norm):
-    if max_grad_norm is not None and not (
-            isinstance(max_grad_norm, numbers.Real) and not isinstance(max_grad_norm, bool)
+    """ValueError unless ``max_grad_norm`` is None or a real number > 0 within the float
+    range (an int past it was taken here and raised OverflowError, naming nothing, from the
+    step's factor: after the groups before had stepped)."""
+    if max_grad_norm is None:
+        return
+    if not (isinstance(max_grad_norm, numbers.Real) and not isinstance(max_grad_norm, bool)
             and max_grad_norm > 0):
-        raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (must be None or > 0)")
+        raise ValueError(f"Invalid max_grad_norm: {_shown(max_grad_norm)} (must be None or > 0)")
+    if type(max_grad_norm) is not float:
+        as_real(CLIP, max_grad_norm)
 
 
 _NORM_BLOCK = 1 << 15     # elements widened to float64 at a time (256 KiB: stays in cache)

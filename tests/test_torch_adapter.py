@@ -1216,6 +1216,47 @@ def test_16bit_masters_loaded_from_torch_state_dicts_follow_the_parameter():
     assert torch.equal(resumed.state[p]["master_param"], kept)
 
 
+@pytest.mark.parametrize("planned", [True, False], ids=["after-a-step", "fresh-plan"])
+def test_16bit_master_assigned_none_is_made_anew_and_a_bad_one_is_refused_by_name(planned):
+    """``state['master_param']`` set to None is made anew from the parameter, as a missing one
+    (torch.optim ignores the key); one that is not a dense CPU tensor, or requires grad, is
+    refused by name, as the other state tensors are, before anything changes. (None, or a
+    str, raised AttributeError "'NoneType' object has no attribute 'dtype'" after a step;
+    a str was re-seeded instead on a fresh plan; a meta or sparse master raised torch's or
+    NumPy's errors naming nothing, or called a sparse tensor expanded.)"""
+    def make():
+        p = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+        opt = ft.Adam([p], lr=0.1)
+        p.grad = torch.ones(3, dtype=torch.bfloat16)
+        opt.step()
+        if not planned:
+            opt.load_state_dict(opt.state_dict())       # the next step plans anew
+        return p, opt
+    p, opt = make()
+    master = torch.nn.Parameter(p.detach().float())    # the master made anew, in plain torch
+    theirs = torch.optim.Adam([master], lr=0.1)
+    theirs.load_state_dict(copy.deepcopy(opt.state_dict()))     # (float32 state, as ours)
+    opt.state[p]["master_param"] = None
+    master.grad = p.grad.float()
+    opt.step()
+    theirs.step()
+    assert torch.equal(p.detach(), master.detach().to(torch.bfloat16))
+    assert opt.state[p]["master_param"].dtype == torch.float32
+    for bad, error, match in [(lambda w: "x", TypeError, "is a str, expected a tensor"),
+                              (lambda w: w.to("meta"), RuntimeError, "dense CPU"),
+                              (lambda w: w.to_sparse(), RuntimeError, "dense CPU"),
+                              (lambda w: w.requires_grad_(), RuntimeError, "requires grad")]:
+        p, opt = make()
+        before = (p.detach().clone(), copy.deepcopy(opt.state_dict()["state"]))
+        # (a master the parameter is the rounding of: a fresh plan would re-seed another)
+        opt.state[p]["master_param"] = bad(p.detach().float())
+        with pytest.raises(error, match=r"state\['master_param'\] of parameter 0 .*" + match):
+            opt.step()
+        assert torch.equal(p.detach(), before[0])
+        assert all(torch.equal(opt.state[p][k], v) for k, v in before[1][0].items()
+                   if k != "master_param")
+
+
 def _bf16_model(seed, dtype):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(),

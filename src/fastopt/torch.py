@@ -85,7 +85,8 @@ loaded after its optimizer) and the next step checks every one of them the same 
 checkpoint of this optimizer, with its model loaded before or after it, keeps its masters,
 so a resumed run is bit-identical; a master the parameter is not the rounding of (torch.optim
 keeps ``master_param`` in its state without stepping it, or the parameter was written after
-the load) is re-seeded from the parameter.
+the load) is re-seeded from the parameter. A ``master_param`` set to None is made anew from
+the parameter; one that is not a float32 dense CPU tensor of its shape raises at the step.
 
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
 param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,
@@ -242,6 +243,19 @@ def _check_not_expanded(kind, index, t):
                            f"memory location (shape {tuple(t.shape)}, strides {t.stride()}: an "
                            "expanded tensor) and is updated in place, which torch.optim "
                            "refuses too; clone() it first")
+
+
+def _check_state_tensor(key, index, t):
+    """Raise unless the state entry ``t`` is a dense CPU tensor that does not require grad."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {index} is a "
+                        f"{type(t).__name__}, expected a tensor")
+    if t.requires_grad:
+        raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {index} "
+                           "requires grad; fastopt steps plain tensors")
+    if not t.is_cpu or t.layout != torch.strided:
+        raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {index} is "
+                           "not a dense CPU tensor")
 
 
 def _check_state_like(key, index, t, p, dtype):
@@ -934,7 +948,7 @@ class _FastOptimizer(_Mixin):
                 narrow = [key for key in plan.keys if key not in missing
                           and isinstance(state.get(key), torch.Tensor)
                           and state[key].dtype != torch.float32]
-                if MASTER not in state:
+                if state.get(MASTER) is None:     # (None: not made yet, as a missing one)
                     missing.append(MASTER)
             # scalar state is read as a number (torch's .item()): a 16-bit one (torch.optim's
             # for 16-bit parameters) takes torch's scalar dtype (float32, or float64 under
@@ -961,6 +975,7 @@ class _FastOptimizer(_Mixin):
         plan.formats = [_HALF.get(p.dtype) for p in live]
         for i, (f, s) in enumerate(zip(plan.formats, plan.states)):
             if f is not None:
+                _check_state_tensor(MASTER, where[i], s[MASTER])
                 _check_state_like(MASTER, where[i], s[MASTER], live[i], torch.float32)
         masters = [None if f is None else _array(s[MASTER])
                    for f, s in zip(plan.formats, plan.states)]
@@ -986,15 +1001,7 @@ class _FastOptimizer(_Mixin):
         for key in (("step",) if self._STEPPED else ()) + plan.keys + self._SCALAR_STATE:
             tensors = [s[key] for s in plan.states]
             for i, t in enumerate(tensors):
-                if not isinstance(t, torch.Tensor):
-                    raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} is a "
-                                    f"{type(t).__name__}, expected a tensor")
-                if t.requires_grad:
-                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} "
-                                       "requires grad; fastopt steps plain tensors")
-                if not t.is_cpu or t.layout != torch.strided:
-                    raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} is "
-                                       "not a dense CPU tensor")
+                _check_state_tensor(key, where[i], t)
                 if key in plan.keys:
                     _check_state_like(key, where[i], t, live[i], _state_dtype(live[i]))
                 elif t.numel() != 1:
@@ -1243,8 +1250,9 @@ class _FastOptimizer(_Mixin):
                 continue
             state = self.state.get(p)
             master = state.get(MASTER) if state else None
-            if master is not None and not (isinstance(master, torch.Tensor)
-                                           and _rounds_to(master, p)):
+            # (one that is not a dense CPU tensor is refused by _make_plan, by name)
+            if (isinstance(master, torch.Tensor) and master.is_cpu
+                    and master.layout == torch.strided and not _rounds_to(master, p)):
                 state[MASTER] = _fresh_master(p)
 
     def _count_steps(self, plan, old):

@@ -338,3 +338,52 @@ def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls
     assert calls == {"slow": 4 + 3 * 16, "fast": 4 + 3 * 130}
     assert timed["slow"] == (2.0 ** -13, 0.0)
     assert timed["fast"] == (pytest.approx((burst + 64 * 2.0 ** -16) / 65, rel=1e-12), 0.0)
+
+
+BUSY_SCRIPT = """
+import os, sys, time
+from fastopt import _contended
+with _contended.busy_core() as cpu:
+    print(*open(f"/proc/self/task/{os.getpid()}/children").read().split(), flush=True)
+    time.sleep(60)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux's /proc and two CPUs (else no busy process is started)")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT to the group"])
+def test_the_busy_process_of_contended_ends_with_the_report(how):
+    """--contended's busy loop outlived a report killed by SIGTERM (or SIGHUP, SIGKILL), spinning
+    on a core for good and holding the report's stdout, so that a reader of the pipe waited on
+    it; on Ctrl-C it printed a KeyboardInterrupt traceback of its own beside the report's."""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            start_new_session=True)
+    busy = [int(pid) for pid in proc.stdout.readline().split()]
+    try:
+        assert len(busy) == 1 and _alive(busy[0])
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)     # the pipe closes: nothing holds it
+        deadline = time.monotonic() + 5
+        while _alive(busy[0]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(busy[0])
+        assert err.count("Traceback") <= 1          # the script's own, not the busy loop's
+    finally:
+        proc.kill()
+        for pid in busy:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -30,8 +30,16 @@ def busy_core():
     if len(cpus) < 2:
         yield None
         return
-    code = f"import os\nos.sched_setaffinity(0, {{{cpus[-1]}}})\nwhile True:\n    pass\n"
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    # it spins only while this process lives: killed by a signal that skips the ``finally``
+    # below (SIGTERM, SIGHUP, SIGKILL), this process left it spinning forever, holding a core
+    # and the report's stdout (a reader of the pipe waited on it); Ctrl-C, sent to the whole
+    # process group, is this process's to handle (the busy loop had printed a traceback too)
+    code = (f"import os, signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            f"os.sched_setaffinity(0, {{{cpus[-1]}}})\n"
+            f"while os.getppid() == {os.getpid()}:\n    for _ in range(100_000):\n"
+            f"        pass\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.2)                       # let it start spinning
         yield cpus[-1]

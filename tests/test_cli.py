@@ -387,3 +387,23 @@ def test_the_busy_process_of_contended_ends_with_the_report(how):
         for pid in busy:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_ends_the_report_with_a_line_and_status_130(tmp_path):
+    """Ctrl-C printed a KeyboardInterrupt traceback (from wherever the timing loop was)."""
+    import signal
+    cmd = [sys.executable, "-m", "fastopt", *TINY, "--rounds", "100000", "--json",
+           str(tmp_path / "r.json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(cli_env(), PYTHONUNBUFFERED="1"))
+    try:
+        for line in proc.stdout:
+            if line.startswith("speed (median"):          # timing has started
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "interrupted (no JSON or plot written)" in err
+    assert not (tmp_path / "r.json").exists()

@@ -250,16 +250,21 @@ def load_average():
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.json != "-":
-        return report(args, None)
-    # the JSON alone on stdout, so it pipes; the human report on stderr
-    json_out = sys.stdout
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            return report(args, json_out)
-    except BrokenPipeError:   # the reader stopped early (`| head`): quiet, as other CLIs
-        os.dup2(os.open(os.devnull, os.O_WRONLY), json_out.fileno())
-        return 1
+        if args.json != "-":
+            return report(args, None)
+        # the JSON alone on stdout, so it pipes; the human report on stderr
+        json_out = sys.stdout
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return report(args, json_out)
+        except BrokenPipeError:   # the reader stopped early (`| head`): quiet, as other CLIs
+            os.dup2(os.open(os.devnull, os.O_WRONLY), json_out.fileno())
+            return 1
+    except KeyboardInterrupt:     # Ctrl-C: a line, not a traceback; the shell's status for it
+        print("\ninterrupted (no JSON or plot written)" if args.json or args.plot
+              else "\ninterrupted", file=sys.stderr)
+        return 130
 
 
 def report(args, json_out):

@@ -104,7 +104,10 @@ def adam_table(runs):
     def busy(r, name, n):
         # the contended rows time fastopt on one thread and on all of the run's threads
         # ("cython 2T"): the README shows the latter
+        # (a run on one CPU started no busy process: its rows are not contended)
         label = f"{FASTOPT} {r.get('machine', {}).get('threads')}T"
+        if field(r.get("contended", []), "busy_cpu", size=n, contender=label) is None:
+            return None
         return field(r.get("contended", []), name, size=n, contender=label)
 
     def median_p95(r, n):

@@ -177,3 +177,12 @@ def test_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True,
                           text=True, check=True)
     assert done.stdout.startswith("Machine: Test CPU")
+
+
+def test_contended_rows_without_a_busy_process_are_not_shown_as_contended(tmp_path, capsys):
+    """A --contended run on one CPU starts no busy process (busy_cpu None): its times are not
+    "one core busy" figures."""
+    alone = [dict(busy(100_000, "cython 2T", 0.9, 0.1, 0.2), busy_cpu=None)]
+    table = rows(render(tmp_path, capsys, report(contended=alone)), "Adam, float32")
+    assert table["one core busy: median x fastopt's own single thread"] == ["-"] * 4
+    assert table["one core busy: median (p95) x the NumPy reference's median"] == ["-"] * 4

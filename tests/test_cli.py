@@ -407,3 +407,18 @@ def test_ctrl_c_ends_the_report_with_a_line_and_status_130(tmp_path):
     assert proc.returncode == 130
     assert "Traceback" not in err and "interrupted (no JSON or plot written)" in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_contended_on_one_cpu_says_no_busy_process_held_a_core(monkeypatch, capsys):
+    """Where the report may run on one CPU only (taskset -c 0) no busy process is started, but
+    the heading said one held a core over uncontended times."""
+    from fastopt import _contended
+    from fastopt.__main__ import _fmt_t
+    monkeypatch.setattr(_contended.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setitem(_contended.CALLS, 1_000, 3)
+    table = _contended.rows("numpy", threads=1, sizes=(1_000,), rounds=1)
+    assert {r["busy_cpu"] for r in table} == {None}
+    _contended.print_rows(table, _fmt_t, "numpy")
+    heading = capsys.readouterr().out.strip().splitlines()[0]
+    assert "UNCONTENDED" in heading and "no busy process" in heading
+    assert "while a busy process holds" not in heading

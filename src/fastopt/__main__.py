@@ -443,14 +443,12 @@ def report(args, json_out):
     contended = []
     if args.contended:
         compiled = [b for b in args.backends if b != "numpy"]
-        print(f"\ncontended: Adam float32 per call while a busy process holds one core "
-              f"(x own 1T: median over {compiled[0] if compiled else 'numpy'} on one thread "
-              f"in the same conditions; x numpy: over the reference's median)")
         progress.start("timing beside a busy core", 1)
         progress("adam float32")
-        contended = _contended.rows(compiled[0] if compiled else "numpy")
+        backend = compiled[0] if compiled else "numpy"
+        contended = _contended.rows(backend)
         progress.clear()
-        _contended.print_rows(contended, _fmt_t)
+        _contended.print_rows(contended, _fmt_t, backend)
     results = dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
                    layers=layer_rows, single_thread=single_rows, contended=contended,
                    coexistence=coexistence, torch=torch_rows)

@@ -103,7 +103,16 @@ def rows(backend=None, threads=None, sizes=SIZES, rounds=3):
     return out
 
 
-def print_rows(table, fmt_t):
+def print_rows(table, fmt_t, backend):
+    """The section's heading and :func:`rows`' table, timed on ``backend``. Where this process
+    may run on one CPU only no busy process is started, and the heading says so (it had
+    claimed that one held a core)."""
+    print("\ncontended: Adam float32 per call "
+          + ("while a busy process holds one core" if table and table[0]["busy_cpu"] is not None
+             else "UNCONTENDED: this process may run on one CPU only, so no busy process was "
+                  "started")
+          + f" (x own 1T: median over {backend} on one thread in the same conditions; x numpy: "
+            "over the reference's median)")
     print(f"  {'size':>10}  {'contender':<12}{'median':>11}{'p95':>11}{'x own 1T':>10}"
           f"{'x numpy':>9}{'p95 x numpy':>13}")
     for r in table:

@@ -201,6 +201,17 @@ def test_mpi_without_mpi4py_is_a_usage_error(monkeypatch, capsys):
     assert "argument --mpi: needs mpi4py" in capsys.readouterr().err
 
 
+def test_torch_without_torch_is_a_usage_error(monkeypatch, capsys):
+    """--torch where torch is not installed printed the race's heading, "(torch is not
+    installed)" and exited 0, an empty race in its JSON."""
+    from fastopt.__main__ import parse_args
+    monkeypatch.setitem(sys.modules, "torch", None)       # as if not installed
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--torch", "--sizes", "1e3"])
+    assert exc.value.code == 2
+    assert "argument --torch: needs torch" in capsys.readouterr().err
+
+
 def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
     """It was found missing after the whole report had run (no plot written)."""
     from fastopt.__main__ import parse_args

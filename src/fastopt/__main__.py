@@ -7,6 +7,7 @@ same bytes takes, measured in the same run. Exit status 1 if any equivalence che
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -184,6 +185,9 @@ def parse_args(argv):
             import mpi4py  # noqa: F401
         except ImportError:
             ap.error("argument --mpi: needs mpi4py (pip install 'fastopt[mpi]')")
+    # (found, not imported: importing torch takes seconds, and the race imports it anyway)
+    if args.torch and importlib.util.find_spec("torch") is None:
+        ap.error("argument --torch: needs torch (pip install 'fastopt[torch]')")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -281,6 +281,16 @@ def test_repeated_sizes_are_timed_once_in_the_order_given():
     assert parse_args(["--sizes", "1e5,1e3,100000,1000,2e3"]).sizes == [100_000, 1_000, 2_000]
 
 
+def test_repeated_kernels_dtypes_and_backends_are_timed_once_in_the_order_given():
+    """--kernels sgd,sgd --dtypes float32,float32 timed every sgd row four times (and the
+    single-thread row printed each cell twice); --backends numba,numba timed numba twice."""
+    from fastopt.__main__ import parse_args
+    args = parse_args(["--kernels", "adam,sgd,adam", "--dtypes", "float64,float32,float64",
+                       "--backends", "numpy,numpy"])
+    assert args.kernels == ["adam", "sgd"] and args.backends == ["numpy"]
+    assert [str(d) for d in args.dtypes] == ["float64", "float32"]
+
+
 def test_good_option_values_parse():
     from fastopt.__main__ import parse_args
     args = parse_args(["--sizes", "1e3,100000", "--threads", "2", "--rounds", "1",

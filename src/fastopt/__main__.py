@@ -82,7 +82,7 @@ def _parse_dtypes(text):
     for name in names:
         if name not in ("float32", "float64"):
             raise argparse.ArgumentTypeError(f"{name!r}: the kernels take float32 and float64")
-    return [np.dtype(name) for name in names]
+    return [np.dtype(name) for name in dict.fromkeys(names)]     # (each once)
 
 
 def _unwritable(path):
@@ -149,7 +149,10 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     available = _backend.backends()
     # (an empty --backends is no backend, not all of them)
-    args.backends = args.backends.split(",") if args.backends is not None else available
+    # (each of --backends, --kernels and --dtypes once, as --sizes: a name given twice had its
+    # rows timed twice, or four times)
+    args.backends = (list(dict.fromkeys(args.backends.split(","))) if args.backends is not None
+                     else available)
     for b in args.backends:
         if b not in available:
             ap.error(f"backend {b!r} is not available here (available: {available})")
@@ -198,7 +201,7 @@ def parse_args(argv):
     for k in names:
         if k not in _bench.CASES:
             ap.error(f"unknown kernel {k!r}; choose from {list(_bench.CASES)}")
-    args.kernels = names
+    args.kernels = list(dict.fromkeys(names))
     if args.only_layers:
         args.kernels = []
         args.no_groups = args.no_coexistence = args.no_single_thread = args.no_torch = True

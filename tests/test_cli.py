@@ -443,3 +443,20 @@ def test_contended_on_one_cpu_says_no_busy_process_held_a_core(monkeypatch, caps
     heading = capsys.readouterr().out.strip().splitlines()[0]
     assert "UNCONTENDED" in heading and "no busy process" in heading
     assert "while a busy process holds" not in heading
+
+
+def test_plot_paths_are_named_as_written_and_their_format_checked_first(tmp_path, capsys):
+    """--plot out.xyz timed the whole report, then ended in savefig's ValueError; --plot out
+    wrote out.png and said "wrote out"; --plot naming --json's file replaced the JSON."""
+    pytest.importorskip("matplotlib")
+    from fastopt.__main__ import parse_args
+    for argv in (["--plot", str(tmp_path / "out.xyz")],
+                 ["--plot", str(tmp_path / "r.json"), "--json", str(tmp_path / "r.json")]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(argv)
+        assert exc.value.code == 2 and "argument --plot: " in capsys.readouterr().err
+    assert parse_args(["--plot", str(tmp_path / "out")]).plot == str(tmp_path / "out.png")
+    assert parse_args(["--plot", str(tmp_path / "o.SVG")]).plot == str(tmp_path / "o.SVG")
+    status, out, err = run_cli("--plot", "out", cwd=tmp_path)
+    assert status == 0, err
+    assert "wrote out.png" in out and os.listdir(tmp_path) == ["out.png"]

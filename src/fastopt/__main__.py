@@ -164,6 +164,24 @@ def parse_args(argv):
                          "them all at once)")
     if args.threads is not None and args.threads > 256:
         ap.error(f"argument --threads: at most 256, got {args.threads}")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            ap.error("argument --plot: needs matplotlib (pip install 'fastopt[bench]')")
+        # the file format, from the extension as savefig takes it: an unknown one ended the
+        # whole run in savefig's ValueError; none wrote out.png, and the report said "wrote out"
+        ext = os.path.splitext(args.plot)[1][1:].lower()
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if args.plot and not os.path.isdir(args.plot) and not ext:
+            args.plot += ".png"
+        elif ext and ext not in formats:
+            ap.error(f"argument --plot: matplotlib writes no {ext!r} files (it writes "
+                     f"{', '.join(sorted(formats))})")
+    if (args.plot and args.json not in (None, "-")
+            and os.path.abspath(args.plot) == os.path.abspath(args.json)):
+        ap.error("argument --plot: the file --json writes (the plot replaced the JSON)")
     # the output paths are checked before anything is timed, not after minutes of timing
     for option, path in (("--json", None if args.json == "-" else args.json),
                          ("--plot", args.plot)):
@@ -191,11 +209,6 @@ def parse_args(argv):
     # (found, not imported: importing torch takes seconds, and the race imports it anyway)
     if args.torch and importlib.util.find_spec("torch") is None:
         ap.error("argument --torch: needs torch (pip install 'fastopt[torch]')")
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            ap.error("argument --plot: needs matplotlib (pip install 'fastopt[bench]')")
     names = args.kernels.split(",") if args.kernels is not None else (
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:

@@ -270,13 +270,20 @@ def load_average():
 
 def main(argv=None):
     args = parse_args(argv)
+    # the rows that time fastopt without naming a backend (the groups' arena, list and
+    # per-array, fastopt.torch in the race, the sharded step) run on the active backend: one of
+    # --backends, compiled first (they had timed the active Cython beside --backends numba)
+    active = _backend.get_backend()
+    if active not in args.backends:
+        active = next((b for b in args.backends if b != "numpy"), args.backends[0])
     try:
         if args.json != "-":
-            return report(args, None)
+            with _backend.use_backend(active):
+                return report(args, None)
         # the JSON alone on stdout, so it pipes; the human report on stderr
         json_out = sys.stdout
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), _backend.use_backend(active):
                 return report(args, json_out)
         except BrokenPipeError:   # the reader stopped early (`| head`): quiet, as other CLIs
             os.dup2(os.open(os.devnull, os.O_WRONLY), json_out.fileno())
@@ -391,8 +398,8 @@ def report(args, json_out):
 
     group_rows = []
     if not args.no_groups:
-        print("\nparameter groups: one Adam step over many arrays (x roof: vs one stream over "
-              "the same bytes)")
+        print(f"\nparameter groups: one Adam step over many arrays, fastopt on "
+              f"{_backend.get_backend()} (x roof: vs one stream over the same bytes)")
         print(f"  {'group':<10}{'dtype':<8}{'arrays':>7}{'elements':>10}  {'contender':<14}"
               f"{'time':>11}{'spread':>8}{'x roof':>8}{'x fused':>9}")
         gnames = (QUICK_GROUPS if args.quick else

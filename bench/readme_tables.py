@@ -222,8 +222,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     runs = []
     for path in args.reports:
-        with open(path) as f:
-            runs.append(json.load(f))
+        # a usage error naming the file, not a traceback (an --mpi report, a list, had ended
+        # in AttributeError; a missing or truncated file in OSError or JSONDecodeError)
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except OSError as exc:
+            ap.error(f"{path}: {exc.strerror or exc}")
+        except ValueError as exc:
+            ap.error(f"{path}: not JSON ({exc})")
+        if not isinstance(runs[-1], dict) or "machine" not in runs[-1]:
+            ap.error(f"{path}: not a report of python -m fastopt --json (an --mpi run's "
+                     "report has no tables here)")
     print(render(runs), end="")
 
 

@@ -186,3 +186,19 @@ def test_contended_rows_without_a_busy_process_are_not_shown_as_contended(tmp_pa
     table = rows(render(tmp_path, capsys, report(contended=alone)), "Adam, float32")
     assert table["one core busy: median x fastopt's own single thread"] == ["-"] * 4
     assert table["one core busy: median (p95) x the NumPy reference's median"] == ["-"] * 4
+
+
+def test_files_that_are_not_reports_are_usage_errors_naming_them(tmp_path, capsys):
+    """An --mpi report (a JSON list) ended in AttributeError, a missing or truncated file in
+    FileNotFoundError or JSONDecodeError tracebacks; {} printed tables of "?" and "-"."""
+    import pytest
+    files = {"mpi.json": json.dumps([dict(elements=1000, dtype="float32", ranks=2)]),
+             "cut.json": '{"machine": {', "empty.json": "{}"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    for name in [*files, "missing.json"]:
+        with pytest.raises(SystemExit) as exc:
+            readme_tables.main([str(tmp_path / name)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{name}: " in err and "Traceback" not in err

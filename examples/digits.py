@@ -90,4 +90,10 @@ if __name__ == "__main__":
     ap.add_argument("--adamw", action="store_true", help="AdamW (decoupled weight decay)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.epochs < 1:
+        ap.error(f"--epochs: at least 1, got {args.epochs}")
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        sys.exit("digits.py needs scikit-learn for its data: pip install 'fastopt[examples]'")
     run(args.epochs, args.adamw, args.seed)

@@ -15,7 +15,11 @@ import sys
 import time
 
 import numpy as np
-from mpi4py import MPI
+
+try:
+    from mpi4py import MPI
+except ImportError:
+    sys.exit("digits_mpi.py needs mpi4py and an MPI: pip install 'fastopt[mpi,examples]'")
 
 import fastopt as fo
 from fastopt.distributed import ShardedOptimizer
@@ -81,6 +85,13 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="print only the final line")
     args = ap.parse_args()
+    if args.epochs < 1:
+        ap.error(f"--epochs: at least 1, got {args.epochs}")
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        sys.exit("digits_mpi.py needs scikit-learn for its data: pip install "
+                 "'fastopt[mpi,examples]'")
     acc, loss = run(args.epochs, args.adamw, args.seed, quiet=args.quiet)
     if args.quiet and MPI.COMM_WORLD.Get_rank() == 0:
         print(f"accuracy {acc:.4f} loss {loss:.4f}")

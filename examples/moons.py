@@ -161,4 +161,6 @@ if __name__ == "__main__":
     ap.add_argument("--epochs", type=int, default=5000)
     ap.add_argument("--plot", metavar="PATH", help="save the decision boundaries (matplotlib)")
     args = ap.parse_args()
+    if args.epochs < 1:
+        ap.error(f"--epochs: at least 1, got {args.epochs}")
     run(args.epochs, args.plot)

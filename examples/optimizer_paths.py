@@ -134,4 +134,6 @@ if __name__ == "__main__":
     ap.add_argument("--plot", metavar="DIR", nargs="?", const="plots",
                     help="save one figure per surface (matplotlib) in DIR (default: plots)")
     args = ap.parse_args()
+    if args.steps < 1:
+        ap.error(f"--steps: at least 1, got {args.steps}")
     run(args.steps, args.plot)

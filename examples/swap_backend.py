@@ -53,4 +53,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--size", type=int, default=100_000)
     args = ap.parse_args()
+    for name in ("steps", "size"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name}: at least 1, got {getattr(args, name)}")
     run(args.steps, args.size)

@@ -10,10 +10,15 @@ At this size a training step is mostly per-call overhead, which is what the time
 then keeps bfloat16 moments, and its accuracy may trail).
 """
 import argparse
+import sys
 import time
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:
+    sys.exit("torch_mlp.py needs torch and scikit-learn: pip install 'fastopt[torch,examples]'")
 
 import fastopt.torch
 
@@ -76,6 +81,14 @@ if __name__ == "__main__":
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch's threads")
     args = parser.parse_args()
+    for name in ("epochs", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: at least 1, got {getattr(args, name)}")
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        sys.exit("torch_mlp.py needs scikit-learn for its data: pip install "
+                 "'fastopt[torch,examples]'")
     torch.set_num_threads(args.threads)
     print(f"fastopt backend: {fastopt.get_backend()}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")

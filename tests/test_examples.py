@@ -92,3 +92,54 @@ def test_torch_mlp_trains_alike_with_fastopt_and_torch():
         torch.set_num_threads(threads)
     accs = [acc for acc, _, _ in results.values()]
     assert min(accs) >= 0.9 and max(accs) - min(accs) <= 0.01
+
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+HIDING = ("import runpy, sys\n"
+          "for name in sys.argv[1].split(','): sys.modules[name] = None   # as if not installed\n"
+          "sys.argv = sys.argv[2:]\n"
+          "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def run_example(script, *args, hide=()):
+    """Run examples/``script`` as a user does, with the modules ``hide`` as if not installed;
+    returns (status, stdout + stderr)."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fo.__file__)), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", HIDING, ",".join(hide) or "_",
+                           os.path.join(EXAMPLES, script), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("script,args", [
+    ("moons.py", ["--epochs", "0"]), ("digits.py", ["--epochs", "-3"]),
+    ("swap_backend.py", ["--size", "0"]), ("swap_backend.py", ["--steps", "0"]),
+    ("optimizer_paths.py", ["--steps", "-1"]), ("torch_mlp.py", ["--threads", "0"]),
+    ("digits_mpi.py", ["--epochs", "0"]),
+])
+def test_nonsense_counts_are_usage_errors(script, args):
+    """--epochs 0 ended in IndexError (moons) or UnboundLocalError (digits); swap_backend
+    --size 0 printed nan losses and "final losses differ!", -1 a ValueError; torch_mlp
+    --threads 0 torch's RuntimeError; optimizer_paths --steps -1 ran nothing, silently."""
+    if script in ("torch_mlp.py", "digits_mpi.py"):      # (they import these first)
+        pytest.importorskip({"torch_mlp.py": "torch", "digits_mpi.py": "mpi4py"}[script])
+    status, out = run_example(script, *args)
+    assert status == 2 and f"{args[0]}: at least 1" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("script,hide,needs", [
+    ("digits.py", ["sklearn"], "scikit-learn"), ("torch_mlp.py", ["torch"], "torch"),
+    ("torch_mlp.py", ["sklearn"], "scikit-learn"), ("digits_mpi.py", ["mpi4py"], "mpi4py"),
+    ("digits_mpi.py", ["sklearn"], "scikit-learn"),
+])
+def test_a_missing_optional_dependency_is_named_not_a_traceback(script, hide, needs):
+    """digits.py, torch_mlp.py and digits_mpi.py ended in ModuleNotFoundError's traceback
+    without scikit-learn, torch or mpi4py (moons.py and optimizer_paths.py managed)."""
+    for module in {"torch_mlp.py": ["torch"], "digits_mpi.py": ["mpi4py"]}.get(script, []):
+        if module not in hide:
+            pytest.importorskip(module)
+    status, out = run_example(script, "--epochs", "1", hide=hide)
+    assert status == 1 and f"{script} needs" in out and needs in out
+    assert "Traceback" not in out and "pip install 'fastopt[" in out

@@ -175,6 +175,8 @@ def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsy
     ["--mpi", "--plot", "p.png"],
     ["--only-layers", "--sizes", "1e3"], ["--torch", "--contended"], ["--mpi", "--contended"],
     ["--mpi", "--quick"], ["--mpi", "--full"],
+    ["--torch", "--kernels", "sgd"], ["--mpi", "--kernels", "sgd"],
+    ["--only-layers", "--contended"],
 ])
 def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     """One of the two had been silently ignored (--quick won over --full for the sizes but
@@ -182,7 +184,8 @@ def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     --mpi ignored --torch; --only-layers dropped the --kernels asked for). --plot beside
     --only-layers timed every layer shape, then failed with a traceback plotting no rows (beside
     --torch or --mpi it wrote nothing); --torch and --mpi ignored --contended, --mpi --quick
-    and --full, and --only-layers the --sizes asked for."""
+    and --full, and --only-layers the --sizes asked for. --torch and --mpi (Adam only) ignored
+    --kernels; --only-layers beside --contended timed Adam rows too."""
     from fastopt.__main__ import parse_args
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)

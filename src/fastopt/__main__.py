@@ -197,7 +197,9 @@ def parse_args(argv):
                           ("only_layers", "mpi"), ("only_layers", "kernels"),
                           ("only_layers", "plot"), ("torch", "plot"), ("mpi", "plot"),
                           ("only_layers", "sizes"), ("torch", "contended"),
-                          ("mpi", "contended"), ("mpi", "quick"), ("mpi", "full")):
+                          ("mpi", "contended"), ("mpi", "quick"), ("mpi", "full"),
+                          ("torch", "kernels"), ("mpi", "kernels"),
+                          ("only_layers", "contended")):
         if getattr(args, first) and getattr(args, second) not in (None, False):
             ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
                      "each other")

@@ -294,6 +294,13 @@ def test_repeated_kernels_dtypes_and_backends_are_timed_once_in_the_order_given(
     assert [str(d) for d in args.dtypes] == ["float64", "float32"]
 
 
+def test_rounds_asked_for_are_kept_with_quick():
+    """--quick --rounds 10 timed 3 rounds, silently (3 is --quick's default, not a cap)."""
+    from fastopt.__main__ import parse_args
+    assert parse_args(["--quick", "--rounds", "10"]).rounds == 10
+    assert parse_args(["--quick"]).rounds == 3 and parse_args([]).rounds == 5
+
+
 def test_good_option_values_parse():
     from fastopt.__main__ import parse_args
     args = parse_args(["--sizes", "1e3,100000", "--threads", "2", "--rounds", "1",

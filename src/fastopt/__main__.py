@@ -118,8 +118,8 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="a few kernels and sizes (seconds)")
     ap.add_argument("--full", action="store_true",
                     help="also 1e7 elements, the MLP/CNN groups and every layer shape (minutes)")
-    ap.add_argument("--rounds", type=_positive_int, default=5,
-                    help="interleaved timing rounds per row (>= 1)")
+    ap.add_argument("--rounds", type=_positive_int,
+                    help="interleaved timing rounds per row (>= 1; default 5, 3 with --quick)")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-layers", action="store_true",
                     help="skip the batch-norm and softmax rows")
@@ -224,8 +224,8 @@ def parse_args(argv):
         args.sizes = MPI_SIZES
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else
                                 FULL_SIZES if args.full else DEFAULT_SIZES)
-    if args.quick:
-        args.rounds = min(args.rounds, 3)
+    if args.rounds is None:     # (--quick --rounds 10 had been cut to 3 rounds, silently)
+        args.rounds = 3 if args.quick else 5
     return args
 
 

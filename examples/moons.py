@@ -133,6 +133,26 @@ def run(epochs=5000, plot=None):
     return results
 
 
+def plot_problem(path):
+    """Why matplotlib could not save a figure at ``path``, or None (its directory is made)."""
+    import tempfile
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return None                     # plot_boundaries says --plot needs matplotlib
+    ext = os.path.splitext(path)[1][1:].lower() or "png"
+    if ext not in FigureCanvasBase.get_supported_filetypes():
+        return f"matplotlib writes no {ext!r} files"
+    if os.path.isdir(path):
+        return "a directory"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tempfile.TemporaryFile(dir=os.path.dirname(path) or ".").close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def plot_boundaries(X, Y, fitted, path):
     try:
         import matplotlib
@@ -163,4 +183,8 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.epochs < 1:
         ap.error(f"--epochs: at least 1, got {args.epochs}")
+    if args.plot:       # checked before the training, not after it (it ended in a traceback)
+        problem = plot_problem(args.plot)
+        if problem:
+            ap.error(f"--plot {args.plot}: {problem}")
     run(args.epochs, args.plot)

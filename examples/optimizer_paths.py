@@ -136,4 +136,11 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.steps < 1:
         ap.error(f"--steps: at least 1, got {args.steps}")
+    if args.plot:       # checked before the descents, not after them (it ended in a traceback)
+        import tempfile
+        try:
+            os.makedirs(args.plot, exist_ok=True)
+            tempfile.TemporaryFile(dir=args.plot).close()
+        except OSError as exc:
+            ap.error(f"--plot {args.plot}: {exc.strerror or exc}")
     run(args.steps, args.plot)

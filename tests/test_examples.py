@@ -143,3 +143,18 @@ def test_a_missing_optional_dependency_is_named_not_a_traceback(script, hide, ne
     status, out = run_example(script, "--epochs", "1", hide=hide)
     assert status == 1 and f"{script} needs" in out and needs in out
     assert "Traceback" not in out and "pip install 'fastopt[" in out
+
+
+def test_plot_paths_that_cannot_be_written_are_usage_errors_before_training(tmp_path):
+    """moons.py --plot out.xyz, or a path nothing can be created in, trained for the epochs
+    asked, then ended in savefig's ValueError or FileNotFoundError; optimizer_paths.py --plot
+    in such a place too."""
+    pytest.importorskip("matplotlib")
+    (tmp_path / "file").write_text("")
+    for script, path in [("moons.py", str(tmp_path / "out.xyz")),
+                         ("moons.py", str(tmp_path / "file" / "m.png")),
+                         ("moons.py", str(tmp_path)),
+                         ("optimizer_paths.py", str(tmp_path / "file" / "dir"))]:
+        status, out = run_example(script, "--plot", path)
+        assert status == 2 and f"--plot {path}: " in out and "Traceback" not in out
+        assert "train accuracy" not in out and "final loss" not in out

@@ -7,6 +7,7 @@ from the kernel's registry entry: it validates every tensor first (so a bad arra
 changes nothing) and then calls the single-array kernel on each.
 """
 import inspect
+from itertools import repeat
 
 from ._validate import check_disjoint, check_step_arrays
 
@@ -56,8 +57,7 @@ def foreach(single, kernel, check=check_step_arrays, run=None):
             raise TypeError(f"{kernel.multi}() takes the lists {', '.join(names)} and the "
                             f"keyword arguments {', '.join(kernel.keywords)}")
         count = check_lists(names, lists, nrequired)
-        tensors = [tuple(None if lst is None else lst[j] for lst in lists)
-                   for j in range(count)]
+        tensors = list(zip(*[repeat(None, count) if lst is None else lst for lst in lists]))
         checked = [check(arrays, _Labels(names, j), nrequired)
                    for j, arrays in enumerate(tensors)]
         if count > 1:

@@ -1689,3 +1689,42 @@ def test_ops_take_numpy_bools_as_flags_and_numpy_reals_as_scalars(backend, kerne
         as_python = lambda v: float(narrow(v))  # noqa: E731
         assert (run(narrow, bool) == run(lambda v: np.array(v, narrow), bool)
                 == run(as_python, bool)), narrow
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "NAdam"])
+def test_a_param_group_popped_from_param_groups_takes_its_state_along(backend, name):
+    # param_groups.pop(1) (as torch.optim users drop a group): the state, step counts and flat
+    # indices were kept by group position, so the group after the popped one stepped with the
+    # popped group's state (and its step count), and one grad per remaining parameter was
+    # refused as too few
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    rng = np.random.default_rng(3)
+    a, b, c = (rng.standard_normal(5) for _ in range(3))
+    g = [rng.standard_normal(5) for _ in range(3)]
+    opt = getattr(fo, name)([{"params": [a]}, {"params": [b, b[:0].copy()]},
+                             {"params": [c], "lr": 0.05}], **kw)
+    a2, c2 = a.copy(), c.copy()
+    ref = getattr(fo, name)([{"params": [a2]}, {"params": [c2], "lr": 0.05}], **kw)
+    opt.step(g[:2] + [np.zeros(0)] + g[2:])
+    ref.step([g[0], g[2]])
+    b_before = b.copy()
+    opt.param_groups.pop(1)
+    for _ in range(2):
+        opt.step([g[0], g[2]])
+        ref.step([g[0], g[2]])
+    assert same_bits(a, a2) and same_bits(c, c2) and same_bits(b, b_before)
+    got, want = opt.state_dict(), ref.state_dict()
+    assert got["state"].keys() == want["state"].keys() == {0, 1}
+    for i in (0, 1):
+        for key, value in want["state"][i].items():
+            assert same_bits(np.asarray(got["state"][i][key]), np.asarray(value)), (i, key)
+    assert [grp["params"] for grp in got["param_groups"]] == [[0], [1]]
+    with pytest.raises(ValueError, match="expected 2"):
+        opt.step(g)
+    opt.param_groups.append({"params": [b]})        # not by add_param_group: refused by name
+    with pytest.raises(ValueError, match=r"param_groups\[2\]"):
+        opt.step(g)
+    opt.param_groups.pop()
+    opt.add_param_group({"params": [b]})
+    opt.step(g)
+    assert not same_bits(b, b_before)

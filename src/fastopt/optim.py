@@ -462,6 +462,8 @@ class Optimizer:
         # per group: scalar state key -> one slot per parameter
         self._slots: list[dict[str, np.ndarray]] = []
         self._starts: list[int] = []   # per group: the flat index of its first parameter
+        # the groups _starts, _slots and the state's indices were made for (_sync_groups)
+        self._groups: list[dict[str, Any]] = []
         self._count = 0                # parameters in all groups
         self._named: bool | None = None   # True: params came as a dict (grads may be by name)
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
@@ -561,9 +563,11 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._check(group)
+        self._sync_groups()             # (groups popped before: indices after theirs)
         self._starts.append(self._count)
         self._slots.append(self._new_slots(len(params)))
         self.param_groups.append(group)
+        self._groups.append(group)
         self._count += len(params)
         self._plans.clear()             # made again (a plan knows if its group is alone)
 
@@ -731,7 +735,8 @@ class Optimizer:
             other than its own parameter as the very same array; each named in the message).
         """
         with self._lock:
-            plan = self._current_plan(0) if len(self.param_groups) == 1 else None
+            plan = (self._current_plan(0)
+                    if len(self.param_groups) == 1 and len(self._starts) == 1 else None)
             if (plan is not None and plan.alone and type(grads) is list
                     and len(grads) == self._count):
                 # the common case in a few comparisons: a lone group of arrays in one phase,
@@ -758,6 +763,7 @@ class Optimizer:
                 span = plan.span
                 self._run(self.param_groups[0], [span.params], [span.grads], plan.flat_batch)
                 return
+            self._sync_groups()
             plans = self._checked_plans()
             for gi, grads_of_group in enumerate(self._split(grads, plans)):
                 self._step_group(gi, plans[gi], grads_of_group)
@@ -1066,6 +1072,7 @@ class Optimizer:
         entries (``param_names``, a ``betas`` list): a snapshot, which later steps and edits
         of either side leave apart (taken between steps, should another thread step)."""
         with self._lock:
+            self._sync_groups()
             return self._state_dict()
 
     def _state_dict(self):
@@ -1100,6 +1107,7 @@ class Optimizer:
             The groups or parameters do not match this optimizer's, or an entry is invalid.
         """
         with self._lock:
+            self._sync_groups()
             self._load_state_dict(state_dict)
 
     def _load_state_dict(self, state_dict):
@@ -1183,6 +1191,43 @@ class Optimizer:
         _state_changed()
         self._plans = {}
 
+    def _sync_groups(self):
+        """Follow groups removed from ``param_groups`` as a list (``param_groups.pop(1)``,
+        ``del``, as torch.optim users drop a group): the state, step-count slots and flat
+        indices of the remaining groups' parameters move to their new places, and the removed
+        groups' state and plans go. (Each group kept its ``_starts`` entry, slots and plan by
+        position, so after a pop the next group stepped with the popped group's state, and
+        the grads of the groups left were refused as too few.) A group ``param_groups`` holds
+        that ``add_param_group`` did not add, or one whose parameters were added or removed
+        in its list, is refused (ValueError)."""
+        groups, known = self.param_groups, self._groups
+        if len(groups) == len(known) and all(map(operator.is_, groups, known)):
+            return
+        ends = self._starts[1:] + [self._count]
+        where = {id(g): gi for gi, g in enumerate(known)}
+        olds = []
+        for gi, group in enumerate(groups):
+            oi = where.get(id(group))
+            if (oi is None or oi in olds
+                    or len(group["params"]) != ends[oi] - self._starts[oi]):
+                raise ValueError(
+                    f"param_groups[{gi}] is not a group this optimizer holds (add groups with "
+                    "add_param_group; remove one with param_groups.pop, keeping its params)")
+            olds.append(oi)
+        state, starts, start = _StateDict(), [], 0
+        for oi in olds:
+            starts.append(start)
+            for k in range(ends[oi] - self._starts[oi]):
+                entry = self._state.get(self._starts[oi] + k)
+                if entry is not None:
+                    _set(state, start + k, entry)
+            start += ends[oi] - self._starts[oi]
+        self._starts = starts
+        self._slots = [self._slots[oi] for oi in olds]
+        self._state, self._count, self._groups = state, start, list(groups)
+        self._plans, self._disjoint = {}, None
+        _state_changed()
+
     def _position(self, i: int) -> tuple[int, int]:
         """(group index, index in the group) of flat parameter index ``i``."""
         gi = next(gi for gi in reversed(range(len(self._starts))) if self._starts[gi] <= i)
@@ -1200,6 +1245,7 @@ class Optimizer:
         del state["_slots"]
         state.pop("_disjoint", None)
         state.pop("_lock", None)
+        state.pop("_groups", None)
         groups = []
         for group in self.param_groups:
             saved = _Group(group)
@@ -1218,6 +1264,7 @@ class Optimizer:
             for p in group["params"]:
                 params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
             dict.__setitem__(group, "params", params)
+        self._groups = list(self.param_groups)
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)

@@ -194,3 +194,16 @@ def test_radam_multiplies_by_the_step_size_first(kwargs, dtype, backend):
     if kwargs["lr"] == 10.0:
         assert np.isnan(p[:2]).all()                                # torch's
 
+
+
+# ------------------------------------------------------------ NAdam's subnormal denominators
+# NAdam's kernels multiply both terms by one reciprocal of the denominator; with a subnormal
+# eps and a zero second moment that reciprocal overflows, and 0 * inf made the parameter NaN
+# where torch's addcdiv (0 / eps) leaves it as it was. Found by tests/test_fuzz_torch_optim.py.
+@pytest.mark.parametrize("grad", [0.0, 1.0])
+def test_nadam_with_a_subnormal_eps_divides_where_the_reciprocal_overflows(grad, dtype, backend):
+    eps = float(np.finfo(dtype).smallest_subnormal * 16)
+    p0 = np.array([0.5, -1.0, 2.0], dtype)
+    grads = [np.zeros(3, dtype), np.array([0.0, grad, 0.0], dtype)]
+    p, _ = check_both_front_ends("NAdam", dict(eps=eps), p0, grads, dtype)
+    assert p[0] == p0[0] and p[2] == p0[2]

@@ -369,11 +369,16 @@ cdef inline void nadam_elem(floating* p, floating* m, floating* v, Py_ssize_t i,
                             floating inv_bc2, floating cg, floating cm, floating decay,
                             bint coupled, bint shrink) noexcept nogil:
     """Element ``i`` of a NAdam step with grad ``gi`` (negated already)."""
-    cdef floating one = 1, r, pi = p[i], mi, vi
+    cdef floating one = 1, r, d, pi = p[i], mi, vi
     gi = adam_moments(&pi, &mi, &vi, m, v, i, gi, c1, b2, c2, wd, decay, coupled, shrink)
-    r = one / (root(vi * inv_bc2) + eps)
-    pi = pi + (cg * gi) * r
-    p[i] = pi + (cm * mi) * r
+    d = root(vi * inv_bc2) + eps
+    r = one / d
+    if r - r == 0:      # finite: one reciprocal serves both terms
+        pi = pi + (cg * gi) * r
+        p[i] = pi + (cm * mi) * r
+    else:               # d below 1/max (a subnormal eps): divide, as torch's addcdiv
+        pi = pi + cg * (gi / d)
+        p[i] = pi + cm * (mi / d)
 
 
 cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,

@@ -433,9 +433,14 @@ def _nadam_span(p, g, m, v, packed):
         vi = b2 * v[i] + (c2 * gi) * gi
         m[i] = mi
         v[i] = vi
-        r = one / (np.sqrt(vi * inv_bc2) + eps)
-        pi = pi + (cg * gi) * r
-        p[i] = pi + (cm * mi) * r
+        d = np.sqrt(vi * inv_bc2) + eps
+        r = one / d
+        if r - r == 0:      # finite: one reciprocal serves both terms
+            pi = pi + (cg * gi) * r
+            p[i] = pi + (cm * mi) * r
+        else:               # d below 1/max (a subnormal eps): divide, as torch's addcdiv
+            pi = pi + cg * (gi / d)
+            p[i] = pi + cm * (mi / d)
 
 
 @numba.njit(parallel=True, **JIT)

@@ -215,8 +215,9 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     g = -grad if maximize else grad
     param *= 1 - lr * weight_decay  (decoupled)   or   g += weight_decay * param
     exp_avg += (1 - beta1) * (g - exp_avg);  exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) g g
-    r = 1 / (sqrt(exp_avg_sq * (1 / bias_correction2)) + eps)
+    d = sqrt(exp_avg_sq * (1 / bias_correction2)) + eps;  r = 1 / d
     param += (grad_coef * g) * r;  param += (avg_coef * exp_avg) * r
+    (where r overflows to inf: grad_coef * (g / d) and avg_coef * (exp_avg / d), as torch)
     """
     _check(4, param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
     g = -grad if maximize else grad
@@ -228,10 +229,18 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
             g = g + weight_decay * param
     exp_avg[...] = _lerp(exp_avg, g, 1.0 - beta1)
     exp_avg_sq[...] = beta2 * exp_avg_sq + ((1.0 - beta2) * g) * g
-    # one division per element: the reciprocal of the denominator serves both terms
-    r = 1.0 / (np.sqrt(exp_avg_sq * (1.0 / bias_correction2)) + eps)
-    p = p + (grad_coef * g) * r
-    param[...] = p + (avg_coef * exp_avg) * r
+    # one division per element: the reciprocal of the denominator serves both terms, unless
+    # it overflows (a denominator below 1/max, from a subnormal eps): 0 * inf would be NaN
+    # where torch's addcdiv gives 0, so those elements divide, as torch does
+    d = np.sqrt(exp_avg_sq * (1.0 / bias_correction2)) + eps
+    r = 1.0 / d
+    finite = np.isfinite(r)
+    if finite.all():
+        p = p + (grad_coef * g) * r
+        param[...] = p + (avg_coef * exp_avg) * r
+    else:
+        p = p + np.where(finite, (grad_coef * g) * r, grad_coef * (g / d))
+        param[...] = p + np.where(finite, (avg_coef * exp_avg) * r, avg_coef * (exp_avg / d))
 
 
 def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step_size,

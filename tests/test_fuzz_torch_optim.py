@@ -267,8 +267,8 @@ def check_state(pair, what, magnitude=None, before=None, cond=None):
             if before is not None and k in before.get(i, {}):   # beta * old + new, cancelled
                 scale = scale + np.nan_to_num(np.abs(before[i][k].astype(np.float64)), nan=0.0)
             if magnitude is not None:   # a rounding of g + weight_decay * param, cancelled
-                m = magnitude[i]
-                scale = scale + (m * m if k in QUADRATIC else m)
+                m, ratio = magnitude[i]     # (and the relative error it leaves, for ratios)
+                scale = (scale + (m * m if k in QUADRATIC else m)) * ratio
             if cond is not None and k == "momentum_buffer":
                 scale = scale * cond[i]
             close(fs[k], tv, scale, pair.dtype, f"{what}: state[{i}][{k!r}]")
@@ -301,7 +301,9 @@ def untouch_mu_product(opt):
 
 
 def magnitudes(pair, fgrads):
-    """|grad| + weight_decay * |param| per element of each param (the effective grad's scale)."""
+    """Per param: |grad| + weight_decay * |param| per element (the effective grad's scale)
+    and its ratio to |grad + weight_decay * param| (how much a cancellation there amplifies
+    roundings in what is divided by it, e.g. RMSprop's g / (|g| + eps))."""
     out = []
     for group in pair.fo.param_groups:
         wd = group.get("weight_decay", 0.0)
@@ -310,7 +312,9 @@ def magnitudes(pair, fgrads):
             with np.errstate(all="ignore"):
                 m = (np.abs(np.asarray(fgrads[k], np.float64))
                      + wd * np.abs(np.asarray(p, np.float64)))
-            out.append(np.nan_to_num(m, nan=0.0))
+                g = np.asarray(fgrads[k], np.float64) + wd * np.asarray(p, np.float64)
+                ratio = np.clip(np.nan_to_num(m / np.abs(g), nan=1.0, posinf=1e6), 1.0, 1e6)
+            out.append((np.nan_to_num(m, nan=0.0), ratio))
     return out
 
 

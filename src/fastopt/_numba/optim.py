@@ -424,6 +424,8 @@ def _nadam_span(p, g, m, v, packed):
     one = f(1.0)
     coupled = s.weight_decay != 0 and not s.decoupled
     maximize = s.maximize
+    # 1 / d (d >= eps) can overflow only for an eps below 2 / max (see the Cython kernel)
+    tiny_eps = not (s.eps * np.finfo(p.dtype).max >= 2)
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         pi = p[i] * decay
@@ -435,12 +437,12 @@ def _nadam_span(p, g, m, v, packed):
         v[i] = vi
         d = np.sqrt(vi * inv_bc2) + eps
         r = one / d
-        if r - r == 0:      # finite: one reciprocal serves both terms
-            pi = pi + (cg * gi) * r
-            p[i] = pi + (cm * mi) * r
-        else:               # d below 1/max (a subnormal eps): divide, as torch's addcdiv
+        if tiny_eps and r - r != 0:     # as the Cython kernel's nadam_elem
             pi = pi + cg * (gi / d)
             p[i] = pi + cm * (mi / d)
+        else:
+            pi = pi + (cg * gi) * r
+            p[i] = pi + (cm * mi) * r
 
 
 @numba.njit(parallel=True, **JIT)

@@ -124,6 +124,9 @@ def lay_out(a, layout):
         out = np.empty(a.shape[::-1], a.dtype).T
     elif layout == "unaligned":
         out = np.empty(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
+    elif layout == "slice":     # a view of a bigger array, not at its start
+        out = np.empty(tuple(n + 2 for n in a.shape), a.dtype)[
+            tuple(slice(1, n + 1) for n in a.shape) + every]
     else:
         assert layout == "byteswapped"
         out = np.empty(a.shape, a.dtype.newbyteorder("S"))

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 import fastopt as fo
 from conftest import GRID_BACKENDS
+from test_fuzz_kernels import lay_out
 
 torch = pytest.importorskip("torch")
 
@@ -102,26 +103,6 @@ def param_specs(draw):
     shape = tuple(draw(st.sampled_from([0, 1, 2, 3, 5, 17])) if ndim == 1
                   else draw(st.integers(0 if ndim > 1 else 1, 4)) for _ in range(ndim))
     return shape, draw(st.sampled_from(LAYOUTS)), draw(st.integers(0, 2**32 - 1))
-
-
-def lay_out(a, layout):
-    every = (Ellipsis,)
-    if layout == "C":
-        out = np.empty(a.shape, a.dtype)
-    elif layout == "F":
-        out = np.empty(a.shape, a.dtype, order="F")
-    elif layout == "strided":
-        out = np.empty(tuple(2 * n for n in a.shape), a.dtype)[
-            tuple(slice(None, None, 2) for _ in a.shape) + every]
-    elif layout == "negative":
-        out = np.empty(a.shape, a.dtype)[tuple(slice(None, None, -1) for _ in a.shape) + every]
-    elif layout == "transposed":
-        out = np.empty(a.shape[::-1], a.dtype).T
-    else:   # a view of a bigger array, not at its start
-        out = np.empty(tuple(n + 2 for n in a.shape), a.dtype)[
-            tuple(slice(1, n + 1) for n in a.shape) + every]
-    out[...] = a
-    return out
 
 
 OPS = st.sampled_from(["step"] * 6 + ["edit"] * 2 + ["roundtrip", "torch_to_fo", "fo_to_torch",

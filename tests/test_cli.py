@@ -389,6 +389,14 @@ def _alive(pid):
         return False
 
 
+def _default_sigint():
+    """In the child before exec: SIGINT as a terminal gives it. A shell without job control
+    starts background commands (a CI script run with ``&``) with SIGINT ignored, which exec
+    keeps and Python then leaves ignored: Ctrl-C could not be tested there."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux's /proc and two CPUs (else no busy process is started)")
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT to the group"])
@@ -400,7 +408,7 @@ def test_the_busy_process_of_contended_ends_with_the_report(how):
     import time
     proc = subprocess.Popen([sys.executable, "-c", BUSY_SCRIPT], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=cli_env(),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     busy = [int(pid) for pid in proc.stdout.readline().split()]
     try:
         assert len(busy) == 1 and _alive(busy[0])
@@ -427,7 +435,8 @@ def test_ctrl_c_ends_the_report_with_a_line_and_status_130(tmp_path):
     cmd = [sys.executable, "-m", "fastopt", *TINY, "--rounds", "100000", "--json",
            str(tmp_path / "r.json")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(cli_env(), PYTHONUNBUFFERED="1"))
+                            env=dict(cli_env(), PYTHONUNBUFFERED="1"),
+                            preexec_fn=_default_sigint)
     try:
         for line in proc.stdout:
             if line.startswith("speed (median"):          # timing has started

@@ -164,6 +164,20 @@ def parse_args(argv):
                          "them all at once)")
     if args.threads is not None and args.threads > 256:
         ap.error(f"argument --threads: at most 256, got {args.threads}")
+    # options that contradict each other, before what either needs (one of the two had been
+    # silently ignored; --plot beside --only-layers plotted no rows and failed after the whole
+    # run)
+    for first, second in (("quick", "full"), ("torch", "no_torch"), ("torch", "mpi"),
+                          ("only_layers", "no_layers"), ("only_layers", "torch"),
+                          ("only_layers", "mpi"), ("only_layers", "kernels"),
+                          ("only_layers", "plot"), ("torch", "plot"), ("mpi", "plot"),
+                          ("only_layers", "sizes"), ("torch", "contended"),
+                          ("mpi", "contended"), ("mpi", "quick"), ("mpi", "full"),
+                          ("torch", "kernels"), ("mpi", "kernels"),
+                          ("only_layers", "contended")):
+        if getattr(args, first) and getattr(args, second) not in (None, False):
+            ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
+                     "each other")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -190,19 +204,6 @@ def parse_args(argv):
         problem = None if path is None else _unwritable(path)
         if problem:
             ap.error(f"argument {option}: cannot write {path!r}: {problem}")
-    # options that contradict each other (one of the two had been silently ignored; --plot
-    # beside --only-layers plotted no rows and failed after the whole run)
-    for first, second in (("quick", "full"), ("torch", "no_torch"), ("torch", "mpi"),
-                          ("only_layers", "no_layers"), ("only_layers", "torch"),
-                          ("only_layers", "mpi"), ("only_layers", "kernels"),
-                          ("only_layers", "plot"), ("torch", "plot"), ("mpi", "plot"),
-                          ("only_layers", "sizes"), ("torch", "contended"),
-                          ("mpi", "contended"), ("mpi", "quick"), ("mpi", "full"),
-                          ("torch", "kernels"), ("mpi", "kernels"),
-                          ("only_layers", "contended")):
-        if getattr(args, first) and getattr(args, second) not in (None, False):
-            ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
-                     "each other")
     if args.mpi:
         try:        # (the package alone: MPI starts when the report imports mpi4py.MPI)
             import mpi4py  # noqa: F401

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import _hyper, _registry
 from .._multi import foreach
-from .._validate import FLOAT_DTYPES, check_step_arrays, overlap_error
+from .._validate import FLOAT_DTYPES, _apart, check_step_arrays, overlap_error
 
 # error_model="numpy": division by zero gives inf/nan instead of raising, and lets LLVM
 # vectorize divisions. fastmath stays off: IEEE semantics, no reassociation, no FMA contraction.
@@ -132,8 +132,6 @@ def step_views(arrays, names, nrequired):
         # the common case, in one pass: C-contiguous arrays of the param's dtype and shape
         dtype, shape = p.dtype, p.shape
         views = []
-        owned = set()       # the ids of the arrays that own their memory
-        present = 0
         for i, a in enumerate(arrays):
             if a is None:
                 if i < nrequired:
@@ -145,12 +143,9 @@ def step_views(arrays, names, nrequired):
             flags = a.flags
             if not (flags.c_contiguous and flags.aligned) or (i != 1 and not flags.writeable):
                 break
-            if flags.owndata and a.base is None:
-                owned.add(id(a))
-            present += 1
             views.append(a if a.ndim == 1 else a.ravel())    # (a view; reshape took twice as long)
         else:
-            if len(owned) == present - (arrays[1] is p):
+            if _apart((arrays,)):
                 # each array owns an allocation of its own (a grad may be its param): no two
                 # overlap, known without comparing addresses (as _validate.check_disjoint)
                 return views

@@ -139,8 +139,9 @@ def test_torch_race_rows():
     torch. Costs what the other CLI runs do plus importing torch (~15 s on a busy 2-core VM)."""
     import pytest
     pytest.importorskip("torch")
-    status, out, _ = run_cli("--torch", "--quick", "--json", "-",    # (Adam: no --kernels)
-                             base=[a for a in TINY if a not in ("--kernels", "sgd")])
+    status, out, _ = run_cli("--torch", "--quick", "--json", "-",    # (Adam: no --kernels,
+                             base=[a for a in TINY if a not in ("--kernels", "sgd",  # --dtypes)
+                                                                "--dtypes", "float32")])
     assert status == 0
     rows = json.loads(out)["torch"]
     assert {(r["params"], r["dtype"]) for r in rows} == {
@@ -177,7 +178,8 @@ def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsy
     ["--only-layers", "--sizes", "1e3"], ["--torch", "--contended"], ["--mpi", "--contended"],
     ["--mpi", "--quick"], ["--mpi", "--full"],
     ["--torch", "--kernels", "sgd"], ["--mpi", "--kernels", "sgd"],
-    ["--only-layers", "--contended"],
+    ["--only-layers", "--contended"], ["--torch", "--dtypes", "float32"],
+    ["--mpi", "--rounds", "3"],
 ])
 def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     """One of the two had been silently ignored (--quick won over --full for the sizes but
@@ -186,7 +188,9 @@ def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     --only-layers timed every layer shape, then failed with a traceback plotting no rows (beside
     --torch or --mpi it wrote nothing); --torch and --mpi ignored --contended, --mpi --quick
     and --full, and --only-layers the --sizes asked for. --torch and --mpi (Adam only) ignored
-    --kernels; --only-layers beside --contended timed Adam rows too."""
+    --kernels; --only-layers beside --contended timed Adam rows too. --torch (float32 and
+    bfloat16 always) ignored --dtypes, and --mpi (10 steps a row, 4 from 2e6 elements)
+    --rounds."""
     from fastopt.__main__ import parse_args
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)

@@ -110,8 +110,9 @@ def parse_args(argv):
     ap.add_argument("--sizes", type=_parse_sizes,
                     help="whole element counts >= 1, e.g. 1e3,1e5,1e6 (each once; at most "
                     "what a row's arrays fit in half of the memory)")
-    ap.add_argument("--dtypes", type=_parse_dtypes, default="float32,float64",
-                    help="float32 and/or float64")
+    ap.add_argument("--dtypes", type=_parse_dtypes,
+                    help="float32 and/or float64 (default both; not with --torch, which races "
+                    "float32 and bfloat16)")
     ap.add_argument("--backends", help="backends to time (default: all available)")
     ap.add_argument("--threads", type=_positive_int,
                     help="threads for the compiled backends and torch (1 to 256)")
@@ -119,7 +120,8 @@ def parse_args(argv):
     ap.add_argument("--full", action="store_true",
                     help="also 1e7 elements, the MLP/CNN groups and every layer shape (minutes)")
     ap.add_argument("--rounds", type=_positive_int,
-                    help="interleaved timing rounds per row (>= 1; default 5, 3 with --quick)")
+                    help="interleaved timing rounds per row (>= 1; default 5, 3 with --quick; "
+                    "not with --mpi, which times 10 steps a row, 4 from 2e6 elements)")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-layers", action="store_true",
                     help="skip the batch-norm and softmax rows")
@@ -156,12 +158,6 @@ def parse_args(argv):
     for b in args.backends:
         if b not in available:
             ap.error(f"backend {b!r} is not available here (available: {available})")
-    if args.sizes:
-        limit, why = _max_size(args)
-        for n in args.sizes:
-            if n > limit:
-                ap.error(f"argument --sizes: {n:,} elements is more than {why} (a row holds "
-                         "them all at once)")
     if args.threads is not None and args.threads > 256:
         ap.error(f"argument --threads: at most 256, got {args.threads}")
     # options that contradict each other, before what either needs (one of the two had been
@@ -174,10 +170,19 @@ def parse_args(argv):
                           ("only_layers", "sizes"), ("torch", "contended"),
                           ("mpi", "contended"), ("mpi", "quick"), ("mpi", "full"),
                           ("torch", "kernels"), ("mpi", "kernels"),
-                          ("only_layers", "contended")):
+                          ("only_layers", "contended"), ("torch", "dtypes"),
+                          ("mpi", "rounds")):
         if getattr(args, first) and getattr(args, second) not in (None, False):
             ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
                      "each other")
+    # (None until here, so that the table above sees whether they were given)
+    args.dtypes = args.dtypes or _parse_dtypes("float32,float64")
+    if args.sizes:
+        limit, why = _max_size(args)
+        for n in args.sizes:
+            if n > limit:
+                ap.error(f"argument --sizes: {n:,} elements is more than {why} (a row holds "
+                         "them all at once)")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401

@@ -180,6 +180,13 @@ def test_a_root_bad_or_other_on_one_rank_raises_on_every_rank_without_hang(runs)
     assert len(reports(runs, "root on one rank")) == 4 * 5
 
 
+def test_a_param_group_removed_on_one_rank_raises_on_every_rank_without_hang(runs):
+    # param_groups.pop(1) on the last rank: state_dict, step, add_param_group (was: state_dict
+    # raised IndexError on that rank, the others hung in Gatherv); put back, it steps
+    assert len(reports(runs, "group removed on one rank ")) == 3 * 5
+    assert len(reports(runs, "group removed on one rank, put back")) == 5
+
+
 def test_grads_that_are_views_of_the_arenas_grad_buffer_step_as_one_process(runs):
     assert len(reports(runs, "own grad views")) == 4 * 5
 
@@ -580,3 +587,45 @@ def test_one_rank_a_group_whose_params_is_not_a_collection_is_refused_by_name():
                                             rf"an array, a dict or a sequence of arrays, got "
                                             rf"{kind}$"):
             ShardedOptimizer(fo.SGD, [{"params": bad}], comm=MPI.COMM_SELF)
+
+
+def test_one_rank_a_param_group_removed_from_param_groups_is_refused_until_put_back():
+    """``opt.param_groups.pop(1)``: state_dict() ended in IndexError (under mpiexec, with the
+    pop on one rank only, the others hung in its Gatherv), step() in "state[1]['exp_avg'] has
+    shape (5,), expected (3,)" and add_param_group in IndexError. The shards are laid out per
+    group at construction: each call now refuses it by name, changing nothing; put back, the
+    group steps as before."""
+    import pickle
+    comm, ShardedOptimizer = _one_rank()
+    arena, ref = fo.ParameterArena(np.float64, 100), fo.ParameterArena(np.float64, 100)
+    for a in (arena, ref):
+        for name, n in (("W", 4), ("b", 5), ("c", 3)):
+            a.add(name, n, init=1.0)
+
+    def groups(a):
+        p = a.params
+        return [{"params": [p["W"]]}, {"params": [p["b"]], "lr": 0.5}, {"params": [p["c"]]}]
+    opt = ShardedOptimizer(fo.Adam, groups(arena), comm=comm, lr=0.1)
+    plain = fo.Adam(groups(ref), lr=0.1)
+    arena.flat_grads[...] = ref.flat_grads[...] = 1.0
+    opt.step()
+    plain.step(list(ref.grads.values())[:3])
+    sd = opt.state_dict()
+    before = (arena.flat_params.copy(), pickle.dumps(opt.shard_optimizer.state_dict()))
+    popped = opt.param_groups.pop(1)
+    c = arena.params["c"]
+    for call in (opt.state_dict, lambda: opt.load_state_dict(sd), lambda: opt.step(),
+                 lambda: opt.step([np.ones(4), np.ones(3)]),
+                 lambda: opt.add_param_group({"params": [c]})):
+        with pytest.raises(ValueError, match=r"^rank 0 of 1: param_groups no longer holds the "
+                                             r"3 groups this optimizer was given"):
+            call()
+        np.testing.assert_array_equal(arena.flat_params, before[0])
+    opt.param_groups.insert(1, popped)
+    assert pickle.dumps(opt.shard_optimizer.state_dict()) == before[1]
+    opt.step()
+    plain.step(list(ref.grads.values())[:3])
+    np.testing.assert_array_equal(arena.flat_params, ref.flat_params)
+    opt.param_groups[2] = dict(opt.param_groups[2])       # a copy of a group is not the group
+    with pytest.raises(ValueError, match="^rank 0 of 1: param_groups no longer holds"):
+        opt.state_dict()

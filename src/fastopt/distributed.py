@@ -183,6 +183,8 @@ class ShardedOptimizer:
             [dict({k: v for k, v in g.items() if k not in ("params", "param_names")},
                   params=[self._params[self._clip(a, b)]])
              for g, (a, b, _) in zip(groups, self._group_bounds)], **hyper)
+        # its groups and their shards, as made: the layout below is per group
+        self._made = [(g, g["params"][0]) for g in self.shard_optimizer.param_groups]
 
         # the grad exchange: this rank's slice of every other rank's grad buffer, one row each
         mine, mpi_type = s1 - s0, _MPI_TYPES[self.dtype]
@@ -251,6 +253,7 @@ class ShardedOptimizer:
         if isinstance(group, dict) and not isinstance(group.get("params", {}),
                                                       (dict, np.ndarray)):
             group = dict(group, params=list(group["params"]))    # an iterator: read once
+        self._check_groups()
         groups = self._current_groups()
         self.optimizer_class(groups, **self._hyper).add_param_group(group)
         added = _groups_of([group])[0][0]
@@ -275,6 +278,22 @@ class ShardedOptimizer:
     def _label(self, k):
         """Parameter ``k`` as messages name it: its name, else its position."""
         return repr(self._names[k]) if self._names else str(k)
+
+    def _check_groups(self):
+        """ValueError unless ``param_groups`` holds the groups this optimizer made, in order,
+        each with its shard alone: the shards, exchanges and state dicts are laid out per
+        group, so groups change only by :meth:`add_param_group` (a group popped from the list
+        had state_dict() raise IndexError, on one rank alone while the others waited in its
+        Gatherv)."""
+        groups = self.shard_optimizer.param_groups
+        if len(groups) != len(self._made) or not all(
+                g is mine and len(g["params"]) == 1 and g["params"][0] is shard
+                for g, (mine, shard) in zip(groups, self._made)):
+            raise ValueError(f"param_groups no longer holds the {len(self._made)} groups this "
+                             "optimizer was given, in order, each with its shard of the "
+                             "parameters (a group removed, replaced or added, or its 'params' "
+                             "edited): its shards are laid out per group; put them back, and "
+                             "add groups with add_param_group")
 
     def _clip(self, a, b, base=0):
         """The slice of this rank's shard inside element range [a, b), shifted by -base."""
@@ -348,6 +367,7 @@ class ShardedOptimizer:
         collective), then copy the grads into the arena."""
         error = local = hypers = None
         try:
+            self._check_groups()
             local = self._match(grads)
             self._check_step()
             if self.comm.Get_size() > 1:     # (one rank agrees with itself)
@@ -547,11 +567,13 @@ class ShardedOptimizer:
         return {"state": state, "param_groups": groups} if is_root else None
 
     def _agree_root(self, root):
-        """Collective: ``root`` valid (:meth:`_check_root`) and the same on every rank, else
-        TypeError/ValueError on every rank (a rank that raised alone, or gathered to another
-        root, left the others waiting in Gatherv or Scatterv)."""
+        """Collective: ``root`` valid (:meth:`_check_root`) and the same on every rank, and the
+        param groups as made (:meth:`_check_groups`), else TypeError/ValueError on every rank
+        (a rank that raised alone, or gathered to another root, left the others waiting in
+        Gatherv or Scatterv)."""
         error = None
         try:
+            self._check_groups()
             self._check_root(root)
         except (TypeError, ValueError) as exc:
             error = exc

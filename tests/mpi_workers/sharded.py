@@ -489,6 +489,42 @@ def check_root_on_one_rank():
                        and _unchanged(arena, opt, before), str(exc))
 
 
+def check_group_removed_on_one_rank():
+    """A param group popped from param_groups on the last rank only: state_dict, step and
+    add_param_group raise ValueError on every rank naming that rank, nothing changes; put
+    back, the step matches one process. Was: state_dict raised IndexError on that rank alone
+    and the other ranks hung in its Gatherv."""
+    arena, ref = model(np.float64), model(np.float64)
+    keys = list(SHAPES)
+
+    def groups(a):
+        p = a.params
+        return [{"params": [p[k] for k in keys[:2]]}, {"params": [p[keys[2]]], "lr": 0.5},
+                {"params": [p[k] for k in keys[3:]]}]
+    opt = ShardedOptimizer(fo.Adam, groups(arena), lr=0.1)
+    ref_opt = fo.Adam(groups(ref), lr=0.1)
+    step_both(arena, opt, ref, ref_opt, 0)
+    before = _snapshot(arena, opt)
+    popped = opt.param_groups.pop(1) if RANK == SIZE - 1 else None
+    for label, call in [("state_dict", opt.state_dict), ("step", opt.step),
+                        ("add_param_group", lambda: opt.add_param_group({"params": []}))]:
+        try:
+            call()
+            report(f"group removed on one rank {label}", False, "no exception")
+        except ValueError as exc:
+            if RANK == SIZE - 1:
+                opt.param_groups.insert(1, popped)
+            ok = _unchanged(arena, opt, before) and f"rank {SIZE - 1} of {SIZE}: param_groups " \
+                "no longer holds" in str(exc)
+            if RANK == SIZE - 1:
+                popped = opt.param_groups.pop(1)
+            report(f"group removed on one rank {label}", ok, str(exc))
+    if RANK == SIZE - 1:
+        opt.param_groups.insert(1, popped)
+    step_both(arena, opt, ref, ref_opt, 1)
+    report("group removed on one rank, put back", same(arena.flat_params, ref.flat_params))
+
+
 # ---------------------------------------------------------------------- add_param_group
 ADDED = {"Adam": True, "SGD-momentum": False}     # case -> params by name (else lists)
 
@@ -720,7 +756,7 @@ def main():
               check_disagreeing_ranks, check_bad_state_dict, check_read_only,
               check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
               check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
-              check_bad_param_group]
+              check_bad_param_group, check_group_removed_on_one_rank]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

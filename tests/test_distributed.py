@@ -141,6 +141,12 @@ def test_ranks_agree_on_groups_whose_entries_are_in_another_order(runs):
     assert len(reports(runs, "group key order")) == 5
 
 
+def test_group_entries_that_are_not_hyper_parameters_need_not_agree(runs):
+    # a name, an object, a set of str: their reprs differ between processes (was: construction
+    # refused as "disagree"; an edit of one on one rank refused every step)
+    assert len(reports(runs, "extra group entries")) == 5
+
+
 def test_bad_state_dict_raises_on_every_rank(runs):
     assert len(reports(runs, "bad state_dict")) == 5
 

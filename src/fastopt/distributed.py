@@ -467,8 +467,11 @@ class ShardedOptimizer:
 
     def _hyper_reprs(self):
         """Every param group's hyper-parameters, as reprs by sorted key (what the ranks must
-        agree on, whatever order a group's entries were written in)."""
-        return [{k: repr(g[k]) for k in sorted(g, key=repr) if k != "params"}
+        agree on, whatever order a group's entries were written in). Only the optimizer's own
+        (its ``defaults``): a group's other entries (a name, a tag object) do not change the
+        step, and their reprs may differ between processes (an address, a set's order)."""
+        keys = self.shard_optimizer.defaults
+        return [{k: repr(g[k]) for k in sorted(g) if k in keys}
                 for g in self.shard_optimizer.param_groups]
 
     def _raise_if_any(self, error, hypers=None):

@@ -294,6 +294,30 @@ def check_disagreeing_ranks():
         report("construction error on one rank", "rank 0" in str(exc), str(exc))
 
 
+class Tag:
+    """A param group's extra entry (torch keeps them) whose repr differs between processes."""
+
+
+def check_extra_group_entries():
+    """Entries of a param group that are not the optimizer's hyper-parameters (a name, an
+    object, a set of str, whose reprs differ between processes) are not compared: the
+    ranks construct and step as one process, after an edit of such an entry on one rank too.
+    Was: "disagree on the parameters or hyper-parameters" at construction, and on every
+    step after the edit."""
+    arena, ref = model(np.float64), model(np.float64)
+    extra = dict(name="encoder", tag=Tag(), labels={"W1", "b1", "W2", "s", "b2"})
+    try:
+        opt = ShardedOptimizer(fo.Adam, [dict(extra, params=arena.params)], lr=0.1)
+        ref_opt = fo.Adam([dict(extra, params=ref.params)], lr=0.1)
+        step_both(arena, opt, ref, ref_opt, 0)
+        if RANK == SIZE - 1:
+            opt.param_groups[0]["tag"] = Tag()
+        step_both(arena, opt, ref, ref_opt, 1)
+        report("extra group entries", same(arena.flat_params, ref.flat_params))
+    except ValueError as exc:
+        report("extra group entries", False, str(exc))
+
+
 def _snapshot(arena, opt):
     return (arena.flat_params.copy(), arena.flat_grads.copy(),
             pickle.dumps(opt.shard_optimizer.state_dict()))
@@ -756,7 +780,8 @@ def main():
               check_disagreeing_ranks, check_bad_state_dict, check_read_only,
               check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
               check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
-              check_bad_param_group, check_group_removed_on_one_rank]
+              check_bad_param_group, check_group_removed_on_one_rank,
+              check_extra_group_entries]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

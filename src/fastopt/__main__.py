@@ -111,8 +111,8 @@ def parse_args(argv):
                     help="whole element counts >= 1, e.g. 1e3,1e5,1e6 (each once; at most "
                     "what a row's arrays fit in half of the memory)")
     ap.add_argument("--dtypes", type=_parse_dtypes,
-                    help="float32 and/or float64 (default both; not with --torch, which races "
-                    "float32 and bfloat16)")
+                    help="float32 and/or float64 (default both; the layer and many-array rows "
+                    "time the first; not with --torch, which races float32 and bfloat16)")
     ap.add_argument("--backends", help="backends to time (default: all available)")
     ap.add_argument("--threads", type=_positive_int,
                     help="threads for the compiled backends and torch (1 to 256)")

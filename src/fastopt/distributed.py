@@ -471,7 +471,7 @@ class ShardedOptimizer:
         (its ``defaults``): a group's other entries (a name, a tag object) do not change the
         step, and their reprs may differ between processes (an address, a set's order)."""
         keys = self.shard_optimizer.defaults
-        return [{k: repr(g[k]) for k in sorted(g) if k in keys}
+        return [{k: repr(g[k]) for k in sorted(k for k in g if k in keys)}
                 for g in self.shard_optimizer.param_groups]
 
     def _raise_if_any(self, error, hypers=None):

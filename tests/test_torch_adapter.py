@@ -224,6 +224,24 @@ def test_tensor_betas_and_lr_step_as_torchs(name, dtype, which):
     step_both_and_compare(name, kwargs, dtype, 8)
 
 
+@pytest.mark.parametrize("name,kwargs", [
+    ("Adam", {}), ("Adam", dict(weight_decay=0.1)), ("AdamW", {}), ("Adamax", {}),
+    ("NAdam", {}), ("NAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    ("AdamW", dict(weight_decay=torch.tensor(0.1), lr=1e-2)),
+    ("NAdam", dict(momentum_decay=torch.tensor(4e-3), lr=1e-2)),
+    ("NAdam", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2)),
+    ("Adamax", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2))],
+    ids=lambda v: v if isinstance(v, str) else "-".join(v))
+def test_a_float32_tensor_hyper_parameter_of_float64_params_folds_as_torchs(name, kwargs):
+    """torch.tensor(0.01) is float32: torch's step folds a tensor lr (Adam's and Adamax's
+    ``lr / bias_correction1``, NAdam's coefficients, a decoupled ``1 - lr * weight_decay``)
+    in the tensor's dtype, so float64 parameters take float32-rounded scalars. fastopt folded
+    the tensor's value in float64: a float64 trajectory was millions of ulps from torch's
+    (a decoupled decay's, ~1e9)."""
+    step_both_and_compare(name, {"lr": torch.tensor(0.01), **kwargs}, torch.float64, 8)
+
+
 @pytest.mark.parametrize("name", BETAS)
 @pytest.mark.parametrize("index", [0, 1], ids=["beta1", "beta2"])
 def test_a_tensor_beta_of_shape_1_steps_or_raises_as_torchs(name, index):

@@ -203,6 +203,12 @@ def _number(value):
         value.item() if isinstance(value, torch.Tensor) else value)
 
 
+def _to_scalar(value):
+    """torch's ``_to_scalar``: a one-element tensor hyper-parameter as a 0-d tensor (which
+    torch's step folds in tensor arithmetic, in the tensor's dtype), anything else as it is."""
+    return value.reshape(()) if isinstance(value, torch.Tensor) else value
+
+
 def _index_of(groups, group):
     """The index of ``group`` in ``groups`` ("?" if it is not there)."""
     return next((gi for gi, g in enumerate(groups) if g is group), "?")
@@ -1411,12 +1417,36 @@ class _FastOptimizer(_Mixin):
         ``param.mul_(1 - lr * weight_decay)`` (its rounding, a tensor lr's arithmetic
         included), a copy; the kernels decay the parameter itself."""
         gviews = list(gviews)
-        lr = group["lr"]        # (a one-element tensor, as torch's _to_scalar takes it)
-        decay = 1 - (lr.reshape(()) if isinstance(lr, torch.Tensor) else lr) * group[
-            "weight_decay"]
+        decay = _torch_decay(group)
         for k in plan.alias:
             gviews[k] = _array(plan.params[k].detach() * decay)
         return gviews
+
+    @staticmethod
+    def _decay_args(group, lr, wd):
+        """The kernel's ``lr`` and ``weight_decay`` for a decoupled weight decay: torch's
+        factor ``1 - lr * weight_decay`` (:func:`_torch_decay`) is a tensor of the dtype of
+        a tensor lr or weight_decay (a float32 one for torch.tensor(0.01), even for float64
+        parameters), where the kernels compute ``1.0 - lr * weight_decay`` in float64: given
+        ``1 - D`` and 1 for a factor D narrower than float64, they compute D exactly."""
+        if wd == 0 or not (isinstance(group["lr"], torch.Tensor)
+                           or isinstance(group["weight_decay"], torch.Tensor)):
+            return lr, wd
+        decay = _torch_decay(group)
+        if not isinstance(decay, torch.Tensor) or decay.dtype == torch.float64:
+            return lr, wd
+        return 1.0 - float(decay), 1.0
+
+    @staticmethod
+    def _step_size(group, step, step_size):
+        """``step_size``, or where lr or beta1 is a tensor torch's ``lr / (1 - beta1**step)``
+        (Adam's and Adamax's), which it folds in the tensor's dtype."""
+        lr, beta1 = group["lr"], group["betas"][0]
+        if type(lr) is float and type(beta1) is float:
+            return step_size    # the common case, at every step
+        if not (isinstance(lr, torch.Tensor) or isinstance(beta1, torch.Tensor)):
+            return step_size
+        return float(_to_scalar(lr) / (1 - _to_scalar(beta1) ** step))
 
     def _betas(self, group):
         """A group's ``betas`` as a tuple of Python numbers: torch takes one-element tensors,
@@ -1527,6 +1557,12 @@ class _FastOptimizer(_Mixin):
         for key in self._state_keys(group):
             state[key] = _zeros(p)
         return state
+
+
+def _torch_decay(group):
+    """torch's decoupled weight decay factor ``1 - lr * weight_decay``: a tensor in a tensor
+    lr's or weight_decay's dtype (torch's arithmetic), else a Python float."""
+    return 1 - _to_scalar(group["lr"]) * _to_scalar(group["weight_decay"])
 
 
 def _one_half_format(kernel, masters, scale, bfloat16, params, grads, *state, grad_scale=None,
@@ -1693,6 +1729,9 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, self._betas(group), eps, wd)
         decoupled = self._decoupled or bool(group.get("decoupled_weight_decay"))
+        step_size = self._step_size(group, step, step_size)
+        if decoupled:
+            lr, wd = self._decay_args(group, lr, wd)
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], cols.get("max_exp_avg_sq"),
             lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
@@ -1753,6 +1792,7 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
         eps, wd = self._real(group, "eps"), self._real(group, "weight_decay")
         beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
                                                 self._betas(group), eps, wd)
+        clr = self._step_size(group, step, clr)
         self._kernel_for(cols, grad_scale)(params, grads, cols["exp_avg"], cols["exp_inf"],
                                            beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
                                            clr=clr, maximize=bool(group["maximize"]))
@@ -1811,20 +1851,39 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         betas, first, decay = self._betas(group), group["betas"][0], group["momentum_decay"]
         round_mu = not ((isinstance(first, torch.Tensor) and first.dtype == torch.float64)
                         or (isinstance(decay, torch.Tensor) and decay.dtype == torch.float64))
+        # and a tensor lr, beta1 or momentum_decay makes its coefficients tensors: folded in
+        # their dtype (a float32 torch.tensor(0.01) of float64 parameters: float32)
+        folded = (isinstance(group["lr"], torch.Tensor) or isinstance(first, torch.Tensor)
+                  or isinstance(decay, torch.Tensor))
+        decoupled = bool(group.get("decoupled_weight_decay"))
+        kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
                 step, product, lr, betas, eps, wd, momentum_decay,
                 single=single, round_mu=round_mu)
+            if folded:
+                grad_coef, avg_coef = _nadam_coefs(group, step, new)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             self._kernel_for(part_cols, grad_scale)(
                 *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
-                lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+                lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
                 bias_correction2=bias_correction2, grad_coef=grad_coef, avg_coef=avg_coef,
-                decoupled=bool(group.get("decoupled_weight_decay")),
-                maximize=bool(group["maximize"]))
+                decoupled=decoupled, maximize=bool(group["maximize"]))
             for k in part:
                 cols["mu_product"][k][()] = new
+
+
+def _nadam_coefs(group, step, product):
+    """NAdam's ``grad_coef`` and ``avg_coef`` as torch's step computes them from the group's
+    lr, beta1 and momentum_decay, in a tensor's dtype where any is a tensor (``product``:
+    the new ``mu_product``'s value)."""
+    lr, beta1 = _to_scalar(group["lr"]), _to_scalar(group["betas"][0])
+    momentum_decay = _to_scalar(group["momentum_decay"])
+    mu = ops._nadam_momentum(step, beta1, momentum_decay)
+    mu_next = ops._nadam_momentum(step + 1, beta1, momentum_decay)
+    return (float(-lr * (1.0 - mu) / (1.0 - product)),
+            float((-lr * mu_next) / (1.0 - product * mu_next)))
 
 
 class RAdam(_FastOptimizer, torch.optim.RAdam):
@@ -1848,8 +1907,11 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
         wd = self._real(group, "weight_decay")
         beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
             step, lr, self._betas(group), eps, wd)
+        decoupled = bool(group.get("decoupled_weight_decay"))
+        if decoupled:
+            lr, wd = self._decay_args(group, lr, wd)
         self._kernel_for(cols, grad_scale)(
             params, grads, cols["exp_avg"], cols["exp_avg_sq"], lr=lr, beta1=beta1,
             beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
-            adaptive_scale=adaptive_scale, rectified=rectified,
-            decoupled=bool(group.get("decoupled_weight_decay")), maximize=bool(group["maximize"]))
+            adaptive_scale=adaptive_scale, rectified=rectified, decoupled=decoupled,
+            maximize=bool(group["maximize"]))

@@ -230,16 +230,25 @@ def test_tensor_betas_and_lr_step_as_torchs(name, dtype, which):
     ("RAdam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
     ("AdamW", dict(weight_decay=torch.tensor(0.1), lr=1e-2)),
     ("NAdam", dict(momentum_decay=torch.tensor(4e-3), lr=1e-2)),
+    ("NAdam", dict(momentum_decay=torch.tensor(0.01), lr=1e-2)),
     ("NAdam", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2)),
-    ("Adamax", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2))],
+    ("Adamax", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2)),
+    ("Adagrad", dict(lr_decay=0.1)), ("Adagrad", dict(lr_decay=torch.tensor(0.1), lr=0.1)),
+    ("SGD", dict(momentum=0.9, dampening=torch.tensor(0.1), lr=0.1))],
     ids=lambda v: v if isinstance(v, str) else "-".join(v))
 def test_a_float32_tensor_hyper_parameter_of_float64_params_folds_as_torchs(name, kwargs):
     """torch.tensor(0.01) is float32: torch's step folds a tensor lr (Adam's and Adamax's
-    ``lr / bias_correction1``, NAdam's coefficients, a decoupled ``1 - lr * weight_decay``)
-    in the tensor's dtype, so float64 parameters take float32-rounded scalars. fastopt folded
-    the tensor's value in float64: a float64 trajectory was millions of ulps from torch's
-    (a decoupled decay's, ~1e9)."""
-    step_both_and_compare(name, {"lr": torch.tensor(0.01), **kwargs}, torch.float64, 8)
+    ``lr / bias_correction1``, Adagrad's ``lr / (1 + (step - 1) * lr_decay)``, NAdam's
+    coefficients, a decoupled ``1 - lr * weight_decay``), beta1, momentum_decay (NAdam's
+    momentum, which multiplies ``mu_product``) or dampening (``1 - dampening``) in the
+    tensor's dtype, so float64 parameters take float32-rounded scalars. fastopt folded the
+    tensor's value in float64: a float64 trajectory was millions of ulps from torch's (a
+    decoupled decay's, ~1e9), and NAdam's float32 mu_product an ulp off."""
+    ours, opt, theirs, ref = _pair(name, {"lr": torch.tensor(0.01), **kwargs}, torch.float64)
+    continue_both_and_compare(torch.Generator().manual_seed(1), ours, opt, theirs, ref, 8)
+    for p, q in zip(ours, theirs):
+        if "mu_product" in ref.state[q]:        # float32 multiplications: torch's bits
+            assert opt.state[p]["mu_product"].item() == ref.state[q]["mu_product"].item()
 
 
 @pytest.mark.parametrize("name", BETAS)

@@ -1032,13 +1032,11 @@ def _nadam_momentum(step, beta1, momentum_decay):
 
 
 def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
-                   single=True, round_mu=True):
+                   single=True):
     """The new ``mu_product`` and the kernel's scalars (beta1, beta2, bias_correction2,
     grad_coef, avg_coef), folded in float64. ``single``: ``mu_product`` is a float32 value,
     multiplied in float32 (torch's float32 tensor); False: a float64 one, multiplied in
-    float64 (torch's under ``torch.set_default_dtype(torch.float64)``). ``round_mu`` False
-    (with ``single``): the momentum is a float64 value (torch's, from a float64 tensor
-    beta1), multiplied with the float32 product in float64 and the result rounded once."""
+    float64 (torch's under ``torch.set_default_dtype(torch.float64)``)."""
     if type(step) is not int and type(step) is not float:      # (as _adam_scalars)
         step = as_real("step", step)
     beta1, beta2, _, bias_correction2 = _adam_scalars(step, lr, betas, eps, weight_decay)
@@ -1062,8 +1060,7 @@ def _nadam_scalars(step, mu_product, lr, betas, eps, weight_decay, momentum_deca
     # torch keeps mu_product as a float32 scalar tensor (whatever the parameters' dtype) and
     # multiplies in float32; doing the same keeps float64 trajectories equal to torch's (the
     # product of two float32 values is exact in float64, so rounding it once is float32's *)
-    mu_product = (_to_f32(_to_f32(mu_product) * (_to_f32(mu) if round_mu else mu)) if single
-                  else mu_product * mu)
+    mu_product = _to_f32(_to_f32(mu_product) * _to_f32(mu)) if single else mu_product * mu
     grad_coef = -lr * (1.0 - mu) / (1.0 - mu_product)
     avg_coef = -lr * mu_next / (1.0 - mu_product * mu_next)
     return mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef

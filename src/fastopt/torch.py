@@ -1424,18 +1424,15 @@ class _FastOptimizer(_Mixin):
 
     @staticmethod
     def _decay_args(group, lr, wd):
-        """The kernel's ``lr`` and ``weight_decay`` for a decoupled weight decay: torch's
-        factor ``1 - lr * weight_decay`` (:func:`_torch_decay`) is a tensor of the dtype of
-        a tensor lr or weight_decay (a float32 one for torch.tensor(0.01), even for float64
-        parameters), where the kernels compute ``1.0 - lr * weight_decay`` in float64: given
-        ``1 - D`` and 1 for a factor D narrower than float64, they compute D exactly."""
+        """The kernel's ``lr`` and ``weight_decay`` for a decoupled weight decay, whose
+        factor the kernels compute as ``1.0 - lr * weight_decay``: torch's
+        (:func:`_torch_decay`) where lr or weight_decay is a tensor (:func:`_one_minus`;
+        the kernels get ``1 - D`` and 1)."""
         if wd == 0 or not (isinstance(group["lr"], torch.Tensor)
                            or isinstance(group["weight_decay"], torch.Tensor)):
             return lr, wd
-        decay = _torch_decay(group)
-        if not isinstance(decay, torch.Tensor) or decay.dtype == torch.float64:
-            return lr, wd
-        return 1.0 - float(decay), 1.0
+        x = _one_minus(_to_scalar(group["lr"]) * _to_scalar(group["weight_decay"]), None)
+        return (lr, wd) if x is None else (x, 1.0)
 
     @staticmethod
     def _step_size(group, step, step_size):
@@ -1559,6 +1556,18 @@ class _FastOptimizer(_Mixin):
         return state
 
 
+def _one_minus(subtrahend, x):
+    """What to give a kernel that computes ``1.0 - x`` in float64 where torch's step
+    computes ``1 - subtrahend``: ``x``, or where ``subtrahend`` is a tensor narrower than
+    float64 (from a tensor hyper-parameter: torch.tensor(0.9) is float32, even for float64
+    parameters), whose ``1 - subtrahend`` torch rounds to its dtype, the x' = ``1 - c`` for
+    torch's value c, whose ``1.0 - x'`` is c exactly (both subtractions are exact in float64
+    for a float32 c)."""
+    if not isinstance(subtrahend, torch.Tensor) or subtrahend.dtype == torch.float64:
+        return x
+    return 1.0 - float(1 - subtrahend)
+
+
 def _torch_decay(group):
     """torch's decoupled weight decay factor ``1 - lr * weight_decay``: a tensor in a tensor
     lr's or weight_decay's dtype (torch's arithmetic), else a Python float."""
@@ -1614,6 +1623,8 @@ class SGD(_FastOptimizer, torch.optim.SGD):
         lr, wd = _number(group["lr"]), self._real(group, "weight_decay")
         momentum, dampening = self._real(group, "momentum"), self._real(group, "dampening")
         ops._check_sgd(lr, wd, momentum, dampening)
+        if type(group["dampening"]) is not float:   # torch's 1 - dampening of a tensor
+            dampening = _one_minus(_to_scalar(group["dampening"]), dampening)
         if cols.get("momentum_buffer") is None or not any(fresh):
             parts = [(False, params, grads, cols)]
         else:   # a new buffer starts as the grad (torch's first step), decided per parameter
@@ -1700,6 +1711,10 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         wd, eps = self._real(group, "weight_decay"), self._real(group, "eps")
         clr = ops._adagrad_clr(step, _number(group["lr"]), self._real(group, "lr_decay"), wd, eps)
+        lr, lr_decay = group["lr"], group["lr_decay"]
+        if isinstance(lr, torch.Tensor) or isinstance(lr_decay, torch.Tensor):
+            # torch folds a tensor's in its dtype
+            clr = float(_to_scalar(lr) / (1 + (step - 1) * _to_scalar(lr_decay)))
         self._kernel_for(cols, grad_scale)(params, grads, cols["sum"], clr=clr, eps=eps,
                                            weight_decay=wd, maximize=bool(group["maximize"]))
 
@@ -1846,24 +1861,20 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         # float32 tensor, or float64 under set_default_dtype(torch.float64)) go in separate
         # calls
         products = [(float(m), m.dtype != np.float64) for m in cols["mu_product"]]
-        # torch's momentum from a float64 tensor beta1 or momentum_decay is a float64 tensor,
-        # which its float32 product is multiplied by in float64 (from floats, in float32)
-        betas, first, decay = self._betas(group), group["betas"][0], group["momentum_decay"]
-        round_mu = not ((isinstance(first, torch.Tensor) and first.dtype == torch.float64)
-                        or (isinstance(decay, torch.Tensor) and decay.dtype == torch.float64))
-        # and a tensor lr, beta1 or momentum_decay makes its coefficients tensors: folded in
-        # their dtype (a float32 torch.tensor(0.01) of float64 parameters: float32)
-        folded = (isinstance(group["lr"], torch.Tensor) or isinstance(first, torch.Tensor)
-                  or isinstance(decay, torch.Tensor))
+        # a tensor lr, beta1 or momentum_decay makes torch's momentum or coefficients
+        # tensors, folded in their dtype (_nadam_folded)
+        betas = self._betas(group)
+        folded = (isinstance(group["lr"], torch.Tensor)
+                  or isinstance(group["betas"][0], torch.Tensor)
+                  or isinstance(group["momentum_decay"], torch.Tensor))
         decoupled = bool(group.get("decoupled_weight_decay"))
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
-                step, product, lr, betas, eps, wd, momentum_decay,
-                single=single, round_mu=round_mu)
+                step, product, lr, betas, eps, wd, momentum_decay, single=single)
             if folded:
-                grad_coef, avg_coef = _nadam_coefs(group, step, new)
+                new, grad_coef, avg_coef = _nadam_folded(group, step, product, single)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             self._kernel_for(part_cols, grad_scale)(
                 *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
@@ -1874,16 +1885,20 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                 cols["mu_product"][k][()] = new
 
 
-def _nadam_coefs(group, step, product):
-    """NAdam's ``grad_coef`` and ``avg_coef`` as torch's step computes them from the group's
-    lr, beta1 and momentum_decay, in a tensor's dtype where any is a tensor (``product``:
-    the new ``mu_product``'s value)."""
+def _nadam_folded(group, step, product, single):
+    """NAdam's new ``mu_product`` (from ``product``, a float32 value if ``single``, else a
+    float64 one), ``grad_coef`` and ``avg_coef`` as torch's step computes them from the
+    group's lr, beta1 and momentum_decay: in torch's arithmetic, in a tensor's dtype where
+    any is a tensor (a float32 torch.tensor(0.01) of float64 parameters: float32; its momentum
+    from a float64 tensor beta1 multiplies the float32 product in float64)."""
     lr, beta1 = _to_scalar(group["lr"]), _to_scalar(group["betas"][0])
     momentum_decay = _to_scalar(group["momentum_decay"])
     mu = ops._nadam_momentum(step, beta1, momentum_decay)
     mu_next = ops._nadam_momentum(step + 1, beta1, momentum_decay)
-    return (float(-lr * (1.0 - mu) / (1.0 - product)),
-            float((-lr * mu_next) / (1.0 - product * mu_next)))
+    # torch's ``mu_product *= mu`` on its 0-d tensor
+    new = float(torch.tensor(product, dtype=torch.float32 if single else torch.float64).mul_(mu))
+    return (new, float(-lr * (1.0 - mu) / (1.0 - new)),
+            float((-lr * mu_next) / (1.0 - new * mu_next)))
 
 
 class RAdam(_FastOptimizer, torch.optim.RAdam):

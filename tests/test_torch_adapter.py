@@ -185,8 +185,6 @@ def test_scheduler_sets_the_lr_each_step(name, kwargs):
 
 
 def test_a_tensor_lr_and_a_lambda_scheduler():
-    # float32: torch divides a tensor lr by the bias correction in the lr's dtype, float32,
-    # which in float64 trajectories is a float32-sized difference
     ours, opt, theirs, ref = _pair("Adam", dict(lr=torch.tensor(0.01)), torch.float32)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda epoch: 0.5 ** epoch)
               for o in (opt, ref)]
@@ -209,8 +207,8 @@ BETAS = ["Adam", "AdamW", "Adamax", "NAdam", "RAdam"]
 def test_tensor_betas_and_lr_step_as_torchs(name, dtype, which):
     """torch 2.13 takes one-element tensors for betas (Adam and AdamW: both or neither,
     else ValueError) and lr: fastopt.torch takes them as torch does and steps torch's
-    trajectory. The tensors have the parameters' dtype (float32 tensors in float64
-    trajectories: torch folds the bias corrections in the tensors' dtype)."""
+    trajectory. The tensors have the parameters' dtype (float32 tensors of float64
+    parameters: test_a_float32_tensor_hyper_parameter_of_float64_params_folds_as_torchs)."""
     t = lambda x, shape=(): torch.tensor(x, dtype=dtype).reshape(shape)  # noqa: E731
     kwargs = {"betas": dict(betas=(t(0.8), t(0.99))),
               "betas-and-lr": dict(betas=(t(0.8), t(0.99)), lr=t(0.01)),
@@ -233,14 +231,20 @@ def test_tensor_betas_and_lr_step_as_torchs(name, dtype, which):
     ("NAdam", dict(momentum_decay=torch.tensor(0.01), lr=1e-2)),
     ("NAdam", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2)),
     ("Adamax", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2)),
+    ("Adam", dict(betas=(torch.tensor(0.8), torch.tensor(0.99)), lr=1e-2)),
+    ("AdamW", dict(betas=(torch.tensor(0.8), torch.tensor(0.99)), amsgrad=True)),
+    ("NAdam", dict(betas=(0.8, torch.tensor(0.99)))),
+    ("RAdam", dict(betas=(torch.tensor(0.8), torch.tensor(0.99)), lr=1e-2)),
+    ("RAdam", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2)),
     ("Adagrad", dict(lr_decay=0.1)), ("Adagrad", dict(lr_decay=torch.tensor(0.1), lr=0.1)),
     ("SGD", dict(momentum=0.9, dampening=torch.tensor(0.1), lr=0.1))],
     ids=lambda v: v if isinstance(v, str) else "-".join(v))
 def test_a_float32_tensor_hyper_parameter_of_float64_params_folds_as_torchs(name, kwargs):
     """torch.tensor(0.01) is float32: torch's step folds a tensor lr (Adam's and Adamax's
     ``lr / bias_correction1``, Adagrad's ``lr / (1 + (step - 1) * lr_decay)``, NAdam's
-    coefficients, a decoupled ``1 - lr * weight_decay``), beta1, momentum_decay (NAdam's
-    momentum, which multiplies ``mu_product``) or dampening (``1 - dampening``) in the
+    coefficients, a decoupled ``1 - lr * weight_decay``), beta1, beta2 (the bias corrections,
+    RAdam's rectification), momentum_decay (NAdam's momentum, which multiplies
+    ``mu_product``) or dampening (``1 - dampening``) in the
     tensor's dtype, so float64 parameters take float32-rounded scalars. fastopt folded the
     tensor's value in float64: a float64 trajectory was millions of ulps from torch's (a
     decoupled decay's, ~1e9), and NAdam's float32 mu_product an ulp off."""

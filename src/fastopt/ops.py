@@ -1194,14 +1194,22 @@ def _radam_scalars(step, lr, betas, eps, weight_decay):
         step = as_real("step", step)
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
-    rho_inf = 2.0 / (1.0 - beta2) - 1.0
-    rho_t = rho_inf - 2.0 * step * beta2 ** step / bias_correction2
-    rectified = rho_t > 5.0
-    if rectified:
-        rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
+    rect = _radam_rect(step, beta2, bias_correction2)
+    if rect is not None:
         return beta1, beta2, step_size, bias_correction2 ** 0.5 * rect, True
     return beta1, beta2, step_size, 1.0, False
+
+
+def _radam_rect(step, beta2, bias_correction2):
+    """RAdam's rectification term ``r_t``, None where ``rho_t <= 5`` (not rectified), in
+    torch's order of operations: on floats, or on torch's tensors (fastopt.torch, for a
+    tensor beta2, which torch folds in its dtype)."""
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2 ** step / bias_correction2
+    if not rho_t > 5.0:
+        return None
+    return ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+            / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) ** 0.5
 
 
 def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, step: int, *,

@@ -1745,6 +1745,13 @@ class Adam(_FastOptimizer, torch.optim.Adam):
             step, lr, self._betas(group), eps, wd)
         decoupled = self._decoupled or bool(group.get("decoupled_weight_decay"))
         step_size = self._step_size(group, step, step_size)
+        beta2_t = group["betas"][1]
+        if type(beta2_t) is not float and isinstance(beta2_t, torch.Tensor) and (
+                beta2_t.dtype != torch.float64):
+            # torch's bias_correction2 ** 0.5, a tensor of beta2's dtype, which it divides
+            # by: the kernels take the float64 root of its square, which is that exactly
+            root = float((1 - _to_scalar(beta2_t) ** step) ** 0.5)
+            bias_correction2 = root * root
         if decoupled:
             lr, wd = self._decay_args(group, lr, wd)
         self._kernel_for(cols, grad_scale)(
@@ -1875,6 +1882,8 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                 step, product, lr, betas, eps, wd, momentum_decay, single=single)
             if folded:
                 new, grad_coef, avg_coef = _nadam_folded(group, step, product, single)
+            if isinstance(group["betas"][1], torch.Tensor):     # (in its dtype)
+                bias_correction2 = float(1 - _to_scalar(group["betas"][1]) ** step)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             self._kernel_for(part_cols, grad_scale)(
                 *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
@@ -1922,6 +1931,15 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
         wd = self._real(group, "weight_decay")
         beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
             step, lr, self._betas(group), eps, wd)
+        betas = group["betas"]
+        if isinstance(betas[0], torch.Tensor) or isinstance(betas[1], torch.Tensor):
+            # torch's bias corrections and rectification are tensors of a beta's dtype
+            beta1_t, beta2_t = map(_to_scalar, betas)
+            bias_correction2 = 1 - beta2_t ** step
+            step_size = lr / float(1 - beta1_t ** step)
+            rect = ops._radam_rect(step, beta2_t, bias_correction2)
+            rectified = rect is not None
+            adaptive_scale = float(bias_correction2 ** 0.5) * float(rect) if rectified else 1.0
         decoupled = bool(group.get("decoupled_weight_decay"))
         if decoupled:
             lr, wd = self._decay_args(group, lr, wd)

@@ -119,6 +119,12 @@ norm before clipping as a Python float (0.0 for a clipping group without grads, 
 clip_grad_norm_ returns for no grads), None where the group does not clip or has not
 stepped yet.
 
+Hyper-parameters may be tensors where torch takes them (``lr=torch.tensor(0.01)``, betas, a
+tensor changed in place between steps is read at the next step): the scalars torch's step
+computes from them in the tensor's dtype (a bias-corrected lr, ``1 - lr * weight_decay``,
+``1 - dampening``, NAdam's momentum and coefficients: float32 ones for float32 tensors, even
+for float64 parameters) are computed here by the same torch arithmetic.
+
 torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
 call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
 ``differentiable=True`` ask for things these kernels do not do and raise ``ValueError``.

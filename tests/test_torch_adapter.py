@@ -237,7 +237,14 @@ def test_tensor_betas_and_lr_step_as_torchs(name, dtype, which):
     ("RAdam", dict(betas=(torch.tensor(0.8), torch.tensor(0.99)), lr=1e-2)),
     ("RAdam", dict(betas=(torch.tensor(0.8), 0.99), lr=1e-2)),
     ("Adagrad", dict(lr_decay=0.1)), ("Adagrad", dict(lr_decay=torch.tensor(0.1), lr=0.1)),
-    ("SGD", dict(momentum=0.9, dampening=torch.tensor(0.1), lr=0.1))],
+    ("SGD", dict(momentum=0.9, dampening=torch.tensor(0.1), lr=0.1)),
+    # NumPy float32 scalars (from a config): torch's step computes with them in NumPy's
+    # arithmetic, which rounds to float32 as a float32 tensor's does
+    ("SGD", dict(lr=np.float32(0.1), momentum=np.float32(0.9), dampening=np.float32(0.1),
+                 weight_decay=np.float32(0.1))),
+    ("Adamax", dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float32(0.999)))),
+    ("NAdam", dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float32(0.999)))),
+    ("RAdam", dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float32(0.999))))],
     ids=lambda v: v if isinstance(v, str) else "-".join(v))
 def test_a_float32_tensor_hyper_parameter_of_float64_params_folds_as_torchs(name, kwargs):
     """torch.tensor(0.01) is float32: torch's step folds a tensor lr (Adam's and Adamax's

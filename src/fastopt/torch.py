@@ -1434,8 +1434,8 @@ class _FastOptimizer(_Mixin):
         factor the kernels compute as ``1.0 - lr * weight_decay``: torch's
         (:func:`_torch_decay`) where lr or weight_decay is a tensor (:func:`_one_minus`;
         the kernels get ``1 - D`` and 1)."""
-        if wd == 0 or not (isinstance(group["lr"], torch.Tensor)
-                           or isinstance(group["weight_decay"], torch.Tensor)):
+        if wd == 0 or not (_own_arithmetic(group["lr"])
+                           or _own_arithmetic(group["weight_decay"])):
             return lr, wd
         x = _one_minus(_to_scalar(group["lr"]) * _to_scalar(group["weight_decay"]), None)
         return (lr, wd) if x is None else (x, 1.0)
@@ -1447,7 +1447,7 @@ class _FastOptimizer(_Mixin):
         lr, beta1 = group["lr"], group["betas"][0]
         if type(lr) is float and type(beta1) is float:
             return step_size    # the common case, at every step
-        if not (isinstance(lr, torch.Tensor) or isinstance(beta1, torch.Tensor)):
+        if not (_own_arithmetic(lr) or _own_arithmetic(beta1)):
             return step_size
         return float(_to_scalar(lr) / (1 - _to_scalar(beta1) ** step))
 
@@ -1562,14 +1562,28 @@ class _FastOptimizer(_Mixin):
         return state
 
 
+def _own_arithmetic(value):
+    """Whether torch's step computes with the hyper-parameter ``value`` in arithmetic of its
+    own, not Python's float arithmetic: a tensor's (in its dtype) or a NumPy scalar's (a
+    ``np.float32`` one in float32), which the scalars here are then computed by too."""
+    return not isinstance(value, (float, int))
+
+
+def _narrow(value):
+    """Whether ``value`` is a tensor or NumPy scalar narrower than float64 (torch's
+    arithmetic with it rounds to its dtype)."""
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and dtype.itemsize < 8
+
+
 def _one_minus(subtrahend, x):
     """What to give a kernel that computes ``1.0 - x`` in float64 where torch's step
-    computes ``1 - subtrahend``: ``x``, or where ``subtrahend`` is a tensor narrower than
-    float64 (from a tensor hyper-parameter: torch.tensor(0.9) is float32, even for float64
-    parameters), whose ``1 - subtrahend`` torch rounds to its dtype, the x' = ``1 - c`` for
+    computes ``1 - subtrahend``: ``x``, or where ``subtrahend`` is narrower than float64
+    (:func:`_narrow`: from a tensor hyper-parameter, and torch.tensor(0.9) is float32 even for
+    float64 parameters), whose ``1 - subtrahend`` torch rounds to its dtype, the x' = ``1 - c`` for
     torch's value c, whose ``1.0 - x'`` is c exactly (both subtractions are exact in float64
     for a float32 c)."""
-    if not isinstance(subtrahend, torch.Tensor) or subtrahend.dtype == torch.float64:
+    if not _narrow(subtrahend):
         return x
     return 1.0 - float(1 - subtrahend)
 
@@ -1718,7 +1732,7 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
         wd, eps = self._real(group, "weight_decay"), self._real(group, "eps")
         clr = ops._adagrad_clr(step, _number(group["lr"]), self._real(group, "lr_decay"), wd, eps)
         lr, lr_decay = group["lr"], group["lr_decay"]
-        if isinstance(lr, torch.Tensor) or isinstance(lr_decay, torch.Tensor):
+        if _own_arithmetic(lr) or _own_arithmetic(lr_decay):
             # torch folds a tensor's in its dtype
             clr = float(_to_scalar(lr) / (1 + (step - 1) * _to_scalar(lr_decay)))
         self._kernel_for(cols, grad_scale)(params, grads, cols["sum"], clr=clr, eps=eps,
@@ -1752,8 +1766,7 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         decoupled = self._decoupled or bool(group.get("decoupled_weight_decay"))
         step_size = self._step_size(group, step, step_size)
         beta2_t = group["betas"][1]
-        if type(beta2_t) is not float and isinstance(beta2_t, torch.Tensor) and (
-                beta2_t.dtype != torch.float64):
+        if type(beta2_t) is not float and _narrow(beta2_t):
             # torch's bias_correction2 ** 0.5, a tensor of beta2's dtype, which it divides
             # by: the kernels take the float64 root of its square, which is that exactly
             root = float((1 - _to_scalar(beta2_t) ** step) ** 0.5)
@@ -1877,9 +1890,8 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         # a tensor lr, beta1 or momentum_decay makes torch's momentum or coefficients
         # tensors, folded in their dtype (_nadam_folded)
         betas = self._betas(group)
-        folded = (isinstance(group["lr"], torch.Tensor)
-                  or isinstance(group["betas"][0], torch.Tensor)
-                  or isinstance(group["momentum_decay"], torch.Tensor))
+        folded = (_own_arithmetic(group["lr"]) or _own_arithmetic(group["betas"][0])
+                  or _own_arithmetic(group["momentum_decay"]))
         decoupled = bool(group.get("decoupled_weight_decay"))
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
         for product, single in dict.fromkeys(products):
@@ -1888,7 +1900,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                 step, product, lr, betas, eps, wd, momentum_decay, single=single)
             if folded:
                 new, grad_coef, avg_coef = _nadam_folded(group, step, product, single)
-            if isinstance(group["betas"][1], torch.Tensor):     # (in its dtype)
+            if _own_arithmetic(group["betas"][1]):     # (in its dtype)
                 bias_correction2 = float(1 - _to_scalar(group["betas"][1]) ** step)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             self._kernel_for(part_cols, grad_scale)(
@@ -1938,11 +1950,11 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
         beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
             step, lr, self._betas(group), eps, wd)
         betas = group["betas"]
-        if isinstance(betas[0], torch.Tensor) or isinstance(betas[1], torch.Tensor):
+        if _own_arithmetic(betas[0]) or _own_arithmetic(betas[1]):
             # torch's bias corrections and rectification are tensors of a beta's dtype
             beta1_t, beta2_t = map(_to_scalar, betas)
             bias_correction2 = 1 - beta2_t ** step
-            step_size = lr / float(1 - beta1_t ** step)
+            step_size = float(lr) / float(1 - beta1_t ** step)
             rect = ops._radam_rect(step, beta2_t, bias_correction2)
             rectified = rect is not None
             adaptive_scale = float(bias_correction2 ** 0.5) * float(rect) if rectified else 1.0

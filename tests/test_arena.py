@@ -329,6 +329,36 @@ def test_a_list_of_arena_views_steps_with_the_arenas_grads_whatever_its_state(ba
     assert [v.tobytes() for v in views] == [a.tobytes() for a in separate]
 
 
+@pytest.mark.parametrize("how", ["item", "slice", "group"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_parameter_replaced_in_its_groups_list_is_the_one_stepped(backend, how):
+    """``opt.param_groups[0]["params"][1] = b`` (torch's groups hold the arrays themselves)
+    makes ``b`` the parameter the optimizer steps. For a group of arena views, whose plan
+    had kept the arena stretch, a step with ``arena.grads`` after the replacement went on
+    moving the arena's view, and never ``b``."""
+    arena = fo.ParameterArena(np.float64, capacity=64)
+    w = arena.add("w", (2, 2), init=1.0)
+    arena.add("v", (3,), init=2.0)
+    arena.grads["w"] = np.ones((2, 2))
+    arena.grads["v"] = np.ones(3)
+    b = np.full(3, 5.0)
+    with fo.use_backend(backend):
+        opt = fo.SGD(arena.params, lr=0.5)
+        opt.step(arena.grads)                   # w, v: 1 - 0.5, 2 - 0.5
+        if how == "item":
+            opt.param_groups[0]["params"][1] = b
+        elif how == "slice":
+            opt.param_groups[0]["params"][1:] = [b]
+        else:
+            opt.param_groups[0]["params"] = [w, b]
+        assert opt.param_groups[0]["params"][1] is b
+        arena.grads["v"] = np.full(3, 2.0)
+        opt.step(arena.grads)                   # b takes the grad named 'v'
+    assert w.tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert b.tolist() == [4.0, 4.0, 4.0]                  # 5 - 0.5 * 2
+    assert arena.params["v"].tolist() == [1.5, 1.5, 1.5]  # left where the first step put it
+
+
 def test_the_arenas_grads_may_hold_more_than_one_optimizer_steps():
     arena = fo.ParameterArena(np.float32)
     w = arena.add("w", (4,), init=np.ones(4))

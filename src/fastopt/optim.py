@@ -221,11 +221,40 @@ class _Watched(dict):
         return type(self), (dict(self),), dict(self.__dict__) or None
 
 
+class _Params(list):
+    """A param group's ``params``: a list that, changed in place (``group["params"][1] = W``),
+    has every optimizer make its plans again, as assigning ``group["params"]`` does. (A plan
+    kept the arena stretch of the arrays the list held: the arena path went on stepping the
+    view that was replaced, never the array the group held instead.)"""
+
+    __slots__ = ()
+
+
+def _telling(name):
+    method = getattr(list, name)
+
+    def changed(self, *args, **kwargs):
+        _state_changed()
+        return method(self, *args, **kwargs)
+    changed.__name__ = name
+    return changed
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
+              "insert", "pop", "remove", "clear", "sort", "reverse"):
+    setattr(_Params, _name, _telling(_name))
+
+
 class _Group(_Watched):
     """A param group (a dict, as torch's). Changing it marks it for checking at the next step,
-    before anything is written."""
+    before anything is written; its ``params``, a list, is held as a :class:`_Params`."""
 
     checked = False
+
+    def __setitem__(self, key, value):
+        if key == "params" and type(value) is list:
+            value = _Params(value)
+        _Watched.__setitem__(self, key, value)
 
     def _changed(self, value):
         self.checked = False
@@ -1263,7 +1292,7 @@ class Optimizer:
             params = []
             for p in group["params"]:
                 params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
-            dict.__setitem__(group, "params", params)
+            dict.__setitem__(group, "params", _Params(params))
         self._groups = list(self.param_groups)
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in self._state.items():

@@ -89,12 +89,16 @@ cdef inline bint flat_ok(cnp.ndarray a, bint want_f) noexcept:
     return cnp.PyArray_IS_F_CONTIGUOUS(a) if want_f else cnp.PyArray_IS_C_CONTIGUOUS(a)
 
 
-def first_readonly(list arrays):
-    """The index of the first array of ``arrays`` (a list of ndarrays) that is not writeable,
-    or -1: the arena path's per-step check of its parameters, in C (a Python loop over a
-    thousand ``a.flags.writeable`` costs more than the step)."""
+def first_readonly(arrays):
+    """The index of the first array of ``arrays`` (a list of ndarrays, or of a list subclass:
+    a param group's params) that is not writeable, or -1: the arena path's per-step check of
+    its parameters, in C (a Python loop over a thousand ``a.flags.writeable`` costs more than
+    the step)."""
     cdef Py_ssize_t k
-    for k in range(len(arrays)):
-        if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray?>arrays[k]):
+    if not isinstance(arrays, list):
+        raise TypeError(f"arrays must be a list, got {type(arrays).__name__}")
+    cdef list lst = <list>arrays
+    for k in range(len(lst)):
+        if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray?>lst[k]):
             return k
     return -1

@@ -4,6 +4,7 @@ or of the wrong type; grads that do not fit; state dicts that would break a step
 a TypeError or ValueError naming the argument, and a refused call changes nothing. Also
 what must be accepted: unaligned and byte-swapped arrays, a param that is its own grad,
 the edges of the ranges torch accepts."""
+import copy
 import gc
 import inspect
 import math
@@ -1689,6 +1690,31 @@ def test_ops_take_numpy_bools_as_flags_and_numpy_reals_as_scalars(backend, kerne
         as_python = lambda v: float(narrow(v))  # noqa: E731
         assert (run(narrow, bool) == run(lambda v: np.array(v, narrow), bool)
                 == run(as_python, bool)), narrow
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_an_optimizer_copied_after_a_param_group_was_popped_steps_as_the_original(backend,
+                                                                                  name, how):
+    # pickle or deepcopy right after param_groups.pop(0), before a step: the copy's flat
+    # indices were the ones from before the pop, and making it raised IndexError
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    rng = np.random.default_rng(5)
+    a, b, c = (rng.standard_normal(n) for n in (2, 3, 4))
+    g = [rng.standard_normal(x.shape) for x in (a, b, c)]
+    b2, c2 = b.copy(), c.copy()
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)([{"params": [a]}, {"params": [b, c]}], **kw)
+        ref = getattr(fo, name)([b2, c2], **kw)
+        opt.step(g)
+        ref.step(g[1:])
+        opt.param_groups.pop(0)
+        new = pickle.loads(pickle.dumps(opt)) if how == "pickle" else copy.deepcopy(opt)
+        b3, c3 = new.param_groups[0]["params"]
+        new.step(g[1:])
+        opt.step(g[1:])
+        ref.step(g[1:])
+    assert same_bits(b, b2) and same_bits(c, c2) and same_bits(b3, b2) and same_bits(c3, c2)
 
 
 @pytest.mark.parametrize("name", ["Adam", "SGD", "NAdam"])

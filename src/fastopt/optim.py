@@ -1268,7 +1268,11 @@ class Optimizer:
     def __getstate__(self):
         """Parameters that are views of a ParameterArena are saved as (arena, position), so a
         copy's parameters are views of the copied arena; plans and scalar slots are made
-        again (from the states' values)."""
+        again (from the states' values). Groups popped from ``param_groups`` since the last
+        step are followed first (the copy's flat indices and slots are rebuilt from its
+        groups: the popped group's left them out of step, and the copy raised IndexError)."""
+        with self._lock:
+            self._sync_groups()
         state = dict(self.__dict__)
         state["_plans"] = {}
         del state["_slots"]

@@ -1692,6 +1692,27 @@ def test_ops_take_numpy_bools_as_flags_and_numpy_reals_as_scalars(backend, kerne
                 == run(as_python, bool)), narrow
 
 
+@pytest.mark.parametrize("how", ["entry", "whole"])
+def test_state_after_a_param_group_was_popped_is_by_the_new_indices(backend, how):
+    # after param_groups.pop(0), opt.state (until the next step) was by the old indices:
+    # opt.state[0] was the popped parameter's, and an exp_avg assigned there for the
+    # remaining parameter (index 0 in state_dict()) was lost; a state assigned whole was
+    # moved by the pop at the next step, and lost too
+    a, b = np.ones(2), np.full(3, 2.0)
+    with fo.use_backend(backend):
+        opt = fo.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+        opt.step([np.ones(2), np.ones(3)])          # b's exp_avg: 0.1
+        opt.param_groups.pop(0)
+        assert list(opt.state) == [0] and opt.state[0]["exp_avg"].shape == (3,)
+        if how == "entry":
+            opt.state[0]["exp_avg"] = np.full(3, 7.0)
+        else:
+            opt.state = {0: {"step": 1, "exp_avg": np.full(3, 7.0),
+                             "exp_avg_sq": np.full(3, 0.001)}}
+        opt.step([np.ones(3)])
+    assert opt.state_dict()["state"][0]["exp_avg"].tolist() == [6.4] * 3   # 0.9 * 7 + 0.1
+
+
 @pytest.mark.parametrize("how", ["pickle", "deepcopy"])
 @pytest.mark.parametrize("name", ["Adam", "SGD"])
 def test_an_optimizer_copied_after_a_param_group_was_popped_steps_as_the_original(backend,

@@ -513,11 +513,18 @@ class Optimizer:
 
     @property
     def state(self) -> dict[int, dict[str, Any]]:
-        """Flat parameter index -> that parameter's state dict (torch's keys)."""
+        """Flat parameter index -> that parameter's state dict (torch's keys); after groups
+        were popped from ``param_groups``, by the remaining parameters' new indices, as
+        ``state_dict()`` has them (it was by the old ones until the next step, so
+        ``opt.state[0]`` was a popped parameter's, and what was assigned into it was lost)."""
+        with self._lock:
+            self._sync_groups()
         return self._state
 
     @state.setter
     def state(self, value: Mapping[int, dict[str, Any]]) -> None:
+        with self._lock:
+            self._sync_groups()     # (else the next step moved the new state by the pop)
         new = _StateDict()
         for key, entries in dict(value).items():
             new[key] = entries

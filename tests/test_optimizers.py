@@ -520,6 +520,38 @@ def test_a_shallow_copy_shares_the_state_and_leaves_the_trajectory_alone(backend
                 assert opt.state[1]["step"] == twin.state[1]["step"] == 6
         assert runs[0] == runs[1]
 
+@pytest.mark.parametrize("change", ["add_param_group", "load_state_dict", "state"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_shallow_copy_stays_a_handle_on_the_optimizer_when_it_changes(backend, change):
+    """copy.copy(opt) is another handle on the same optimizer, whichever of the two changes
+    it. The copy had its own parameter count, state dict object and flat indices: after
+    ``opt.add_param_group`` the twin refused the grads of every parameter ('expected 1'),
+    and after ``opt.load_state_dict`` or ``opt.state = ...`` it stepped the state from
+    before."""
+    import copy
+    a, b = np.ones(2), np.full(3, 2.0)
+    with fo.use_backend(backend):
+        opt = fo.SGD([a], lr=0.5, momentum=0.5)
+        opt.step([np.ones(2)])                  # a: 0.5, its buffer 1
+        twin = copy.copy(opt)
+        grads = [np.ones(2)]
+        if change == "add_param_group":
+            opt.add_param_group({"params": [b]})
+            grads.append(np.ones(3))
+        elif change == "load_state_dict":
+            opt.load_state_dict({"state": {0: {"momentum_buffer": np.full(2, 3.0)}},
+                                 "param_groups": [dict(opt.param_groups[0], params=[0])]})
+        else:
+            opt.state = {0: {"momentum_buffer": np.full(2, 3.0)}}
+        twin.step(grads)
+        assert twin.state is opt.state
+    if change == "add_param_group":
+        assert a.tolist() == [-0.25, -0.25]             # buffer 0.5 * 1 + 1
+        assert b.tolist() == [1.5, 1.5, 1.5]            # buffer 1 (its first step)
+    else:
+        assert a.tolist() == [-0.75, -0.75]             # buffer 0.5 * 3 + 1
+
+
 TORCH_CONFIGS = [(n, k) for n, k in CONFIGS if n != "Momentum"] + [
     ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
     ("RMSprop", dict(lr=0.01, alpha=0.9, centered=True, momentum=0.5, weight_decay=0.1)),

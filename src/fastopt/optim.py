@@ -1317,9 +1317,13 @@ class Optimizer:
         groups and state (step counts included), which a step of either advances. (Made by
         pickling's protocol, it rebound the shared state's step counts to its own, which the
         original then no longer advanced: its state_dict() and, after any state change, its
-        bias corrections went back to the count at the copy.)"""
+        bias corrections went back to the count at the copy.) The two share one instance
+        dict: with a copy of it, a change that rebinds the bookkeeping (add_param_group's
+        parameter count, load_state_dict's or ``opt.state = ...``'s new state) reached only
+        the handle it was made through, and the other refused the grads or stepped the old
+        state."""
         new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__)
+        new.__dict__ = self.__dict__
         return new
 
     def __repr__(self):

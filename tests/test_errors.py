@@ -1692,6 +1692,16 @@ def test_ops_take_numpy_bools_as_flags_and_numpy_reals_as_scalars(backend, kerne
                 == run(as_python, bool)), narrow
 
 
+def test_lr_of_an_optimizer_whose_groups_were_all_popped_is_an_empty_list():
+    # (lrs[0] of no groups: IndexError, from opt.lr and from an LRScheduler's get_last_lr)
+    opt = fo.SGD([np.ones(2)], lr=0.1)
+    sched = fo.schedules.LRScheduler(opt, fo.schedules.exponential_decay(0.1))
+    opt.param_groups.pop()
+    assert opt.lr == [] and sched.get_last_lr() == []
+    opt.add_param_group({"params": [np.ones(3)], "lr": 0.5})
+    assert opt.lr == 0.5
+
+
 @pytest.mark.parametrize("how", ["entry", "whole"])
 def test_state_after_a_param_group_was_popped_is_by_the_new_indices(backend, how):
     # after param_groups.pop(0), opt.state (until the next step) was by the old indices:

@@ -622,9 +622,10 @@ class Optimizer:
 
     @property
     def lr(self) -> float | list[float]:
-        """The learning rate (a list if the groups differ); setting it sets every group's."""
+        """The learning rate (a list if the groups differ, an empty one once every group was
+        popped: that raised IndexError); setting it sets every group's."""
         lrs = [g["lr"] for g in self.param_groups]
-        return lrs[0] if all(lr == lrs[0] for lr in lrs) else lrs
+        return lrs[0] if lrs and all(lr == lrs[0] for lr in lrs) else lrs
 
     @lr.setter
     def lr(self, value: float) -> None:

@@ -59,13 +59,6 @@ def _public_objects():
 
 PUBLIC = _public_objects()
 
-# Not documented yet, by their owners' pending work; non-strict, so documenting them is no
-# failure (then take them off this list).
-PENDING = {name: "torch.optim's subclasses (constructors are torch's), documented in their "
-                 "module's docstring"
-           for name in PUBLIC if name.startswith("fastopt.torch.")}
-
-
 def _is_protocol(obj):
     """A typing.Protocol class (schedules.HasLR): it has no instances, so no constructor to
     document or hint. (typing.is_protocol from Python 3.13.)"""
@@ -95,9 +88,6 @@ def _documented(doc):
     return names
 
 
-def _case(name):
-    marks = [pytest.mark.xfail(reason=PENDING[name], strict=False)] if name in PENDING else []
-    return pytest.param(name, marks=marks, id=name)
 
 
 def test_all_lists_every_public_name_of_fastopt():
@@ -132,7 +122,7 @@ def test_the_walk_finds_the_public_api():
     assert "fastopt.optim.Optimizer.lr.setter" in SETTERS
 
 
-@pytest.mark.parametrize("name", [_case(n) for n in sorted(PUBLIC)])
+@pytest.mark.parametrize("name", sorted(PUBLIC))
 def test_public_api_has_numpy_docstrings(name):
     obj = PUBLIC[name]
     doc = inspect.getdoc(obj)

@@ -12,6 +12,7 @@ dependency, in the ``test`` extra).
 """
 import copy
 import fractions
+import inspect
 import io
 import math
 import operator
@@ -2857,3 +2858,26 @@ def test_a_complex_grad_with_its_conjugate_bit_set_steps_with_its_value():
         for a, b in zip(ours, plain):
             assert torch.equal(a.grad, b.grad)
     assert all(_same_bits(a, b) for a, b in zip(ours, plain))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_signature_shown_is_what_the_constructor_takes(name):
+    """inspect.signature (help()) shows torch's constructor arguments and max_grad_norm, and
+    the docstring lists them: each, given its shown default by keyword, makes the same param
+    group as leaving it out, and every option a group records is shown (but those torch's own
+    class records without taking them)."""
+    cls = getattr(ft, name)
+    shown = inspect.signature(cls).parameters
+    assert list(shown)[0] == "params" and shown["max_grad_norm"].default is None
+    assert "Parameters\n----------" in cls.__doc__ and "max_grad_norm :" in cls.__doc__
+    plain = cls([torch.nn.Parameter(torch.ones(2))]).param_groups[0]
+    for arg in list(shown)[1:]:
+        group = cls([torch.nn.Parameter(torch.ones(2))],
+                    **{arg: shown[arg].default}).param_groups[0]
+        assert {k: v for k, v in group.items() if k != "params"} == \
+            {k: v for k, v in plain.items() if k != "params"}, arg
+    # (AdamW's group records decoupled_weight_decay, which torch's AdamW does not take)
+    base = getattr(torch.optim, name)
+    fixed = set(base([torch.nn.Parameter(torch.ones(2))]).param_groups[0]) - set(
+        inspect.signature(base).parameters)
+    assert set(plain) - {"params"} - fixed <= set(shown), set(plain) - set(shown)

@@ -136,6 +136,7 @@ import inspect
 import math
 import numbers
 import operator
+import textwrap
 import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
@@ -589,7 +590,14 @@ class _FastOptimizer(_Mixin):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``, refusing options the kernels cannot honour first;
-        ``grad_norms`` gets the new group's entry (None until it steps)."""
+        ``grad_norms`` gets the new group's entry (None until it steps).
+
+        Parameters
+        ----------
+        param_group : dict
+            The group: ``"params"`` (tensors, or (name, tensor) pairs) and the options it
+            sets; the others are the constructor's.
+        """
         if isinstance(param_group, dict):
             self._check_options({**self.defaults, **param_group})
             _check_clip(param_group.get(CLIP))
@@ -620,7 +628,14 @@ class _FastOptimizer(_Mixin):
 
         The 16-bit parameters' master copies are not touched here, as the parameters may
         not hold their values yet (a model loaded after its optimizer): the next step
-        checks each one against its parameter (see :meth:`_watch_masters`)."""
+        checks each one against its parameter (see :meth:`_watch_masters`).
+
+        Parameters
+        ----------
+        state_dict : dict
+            A state dict of this optimizer or of its torch.optim namesake
+            (:meth:`state_dict`'s layout).
+        """
         # torch's pre-hooks, as its load_state_dict runs them (which then runs none)
         state_dict = state_dict.copy()
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -690,7 +705,19 @@ class _FastOptimizer(_Mixin):
         closure by keyword in ``kwargs``), so a pre-hook's new ``(args, kwargs)`` are
         taken as torch takes them. A subclass's own ``step`` (calling this one) is wrapped
         by torch's Optimizer, which runs the hooks and the record around it: this one then
-        runs them no more, as torch.optim's own steps run none then."""
+        runs them no more, as torch.optim's own steps run none then.
+
+        Parameters
+        ----------
+        closure : callable or None, default None
+            Re-evaluates the model and returns the loss; called with grad enabled before
+            the step.
+
+        Returns
+        -------
+        float or None
+            The closure's loss (None without a closure).
+        """
         if ((_GLOBAL_PRE_HOOKS is None or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS
                 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or _profiler_enabled()) and type(self).step is _OWN_STEP):
@@ -708,7 +735,13 @@ class _FastOptimizer(_Mixin):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As torch.optim's: sets every parameter's grad to None (``set_to_none=False``:
         zeroes it). torch's profiler record of it runs when a profiler is on; otherwise it is
-        skipped, as the step's (``record_function`` costs ~7 us a call)."""
+        skipped, as the step's (``record_function`` costs ~7 us a call).
+
+        Parameters
+        ----------
+        set_to_none : bool, default True
+            Set the grads to None instead of zeroing them.
+        """
         if not set_to_none or _profiler_enabled():
             return super().zero_grad(set_to_none)
         for group in self.param_groups:
@@ -1966,3 +1999,69 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
             beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
             adaptive_scale=adaptive_scale, rectified=rectified, decoupled=decoupled,
             maximize=bool(group["maximize"]))
+
+
+# What each constructor argument does here (type, description), for the classes' Parameters
+# sections, which list torch's constructor arguments (each class takes them, passed through to
+# torch) and max_grad_norm, fastopt's own
+_ARGUMENTS = {
+    "params": ("iterable of Tensor, of (name, Tensor) pairs, or of dicts",
+               "The parameters, as torch.optim takes them: CPU tensors (float32, float64, "
+               "complex64, complex128, bfloat16 or float16) with dense grads; dicts are param "
+               "groups, whose entries override the defaults."),
+    "lr": ("float or Tensor", "Learning rate (a one-element tensor as torch takes it)."),
+    "momentum": ("float", "Momentum factor."),
+    "dampening": ("float", "Dampening of the grad's share of the momentum buffer."),
+    "weight_decay": ("float", "Weight decay: an L2 term added to the grad, or the parameters "
+                     "decayed directly where the decay is decoupled (AdamW)."),
+    "nesterov": ("bool", "Nesterov momentum."),
+    "maximize": ("bool", "Ascend the objective instead of descending."),
+    "foreach": ("bool or None", "torch's implementation switch: any value (fastopt makes one "
+                "multi-tensor call per param group)."),
+    "fused": ("bool or None", "None or False: fastopt's step is fused already (True, torch's "
+              "own fused kernel, raises ValueError)."),
+    "capturable": ("bool", "False (True, CUDA/XPU graph capture, raises ValueError)."),
+    "differentiable": ("bool", "False (True raises ValueError: the kernels do not record "
+                       "autograd history)."),
+    "alpha": ("float", "Smoothing constant of the average of squared grads."),
+    "eps": ("float", "Added to the denominator for numerical stability."),
+    "centered": ("bool", "Divide by the grads' estimated variance (keeps their average)."),
+    "lr_decay": ("float", "Learning-rate decay: step t uses lr / (1 + (t - 1) * lr_decay)."),
+    "initial_accumulator_value": ("float", "Starting value of the sum of squared grads."),
+    "betas": ("tuple of two floats", "Decay rates of the running averages of the grad and of "
+              "its square (Adamax: of its infinity norm)."),
+    "amsgrad": ("bool", "Divide by the largest second moment so far (``max_exp_avg_sq``)."),
+    "decoupled_weight_decay": ("bool", "Decay the parameters directly (AdamW's rule) instead "
+                               "of adding an L2 term to the grad."),
+    "rho": ("float", "Decay rate of the averages of squared grads and of squared updates."),
+    "momentum_decay": ("float", "NAdam's momentum decay (psi)."),
+    CLIP: ("float or None", "fastopt's own: clip each param group's grads to this global L2 "
+           "norm inside the step, with the numbers of ``torch.nn.utils.clip_grad_norm_("
+           "group_params, max_grad_norm)`` before the step (a group may set its own; None: no "
+           "clip)."),
+}
+
+
+def _document_constructor(cls):
+    """Give ``cls`` (a subclass of a torch.optim class) the signature of what it takes, the
+    torch class's constructor plus the keyword ``max_grad_norm`` (its own ``__init__`` passes
+    torch's arguments through as ``*args, **kwargs``), and a Parameters section listing them."""
+    base = next(b for b in cls.__mro__ if b.__module__.startswith("torch.optim."))
+    signature = inspect.signature(base)
+    arguments = [*signature.parameters.values(),
+                 inspect.Parameter(CLIP, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation=float | None)]
+    cls.__signature__ = signature.replace(parameters=arguments)
+    lines = ["", "Parameters", "----------"]
+    for argument in arguments:
+        kind, text = _ARGUMENTS.get(argument.name,
+                                    ("", f"As ``torch.optim.{base.__name__}``'s."))
+        default = "" if argument.default is argument.empty else f", default {argument.default!r}"
+        lines.append(f"{argument.name} : {kind}{default}")
+        lines.extend(textwrap.wrap(text, 88, initial_indent="    ", subsequent_indent="    "))
+    cls.__doc__ = inspect.cleandoc(cls.__doc__) + "\n" + "\n".join(lines)
+
+
+for _cls in (SGD, RMSprop, Adagrad, Adam, AdamW, Adadelta, Adamax, NAdam, RAdam):
+    _document_constructor(_cls)
+del _cls

@@ -469,7 +469,8 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
     maximize : bool, default False
         Ascend the objective instead of descending.
     eps_inside_sqrt : bool, default False
-        The course's form ``sqrt(s + eps)`` instead of torch's ``sqrt(s) + eps``.
+        The denominator ``sqrt(s + eps)`` (TensorFlow's RMSProp) instead of torch's
+        ``sqrt(s) + eps`` (the course's lecture adds eps after the root, as the default).
 
     Returns
     -------
@@ -653,7 +654,8 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
         vmax = max(vmax, v); v = vmax                (amsgrad)
         param = param - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
 
-    or, with ``eps_inside_sqrt`` (the course's form), ``... * m / sqrt(v / (1 - beta2**t) + eps)``.
+    or, with ``eps_inside_sqrt``, ``... * m / sqrt(v / (1 - beta2**t) + eps)``. The default,
+    eps after the root, is also the course notebook's form.
 
     Parameters
     ----------
@@ -680,7 +682,8 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
     decoupled_weight_decay : bool, default False
         Decay the parameter directly (AdamW) instead of adding an L2 term to the gradient.
     eps_inside_sqrt : bool, default False
-        The course's form ``sqrt(v_hat + eps)`` instead of torch's ``sqrt(v_hat) + eps``.
+        The denominator ``sqrt(v_hat + eps)`` instead of torch's ``sqrt(v_hat) + eps``
+        (not the course's: its notebook adds epsilon after the root, as the default does).
 
     Returns
     -------

@@ -200,3 +200,73 @@ def test_the_type_hint_check_can_fail():
     assert _unannotated(no_return) == ["return"]
     assert _unannotated(Unhinted) == ["return"]
     assert _unannotated(Hinted) == []
+
+
+DOCTEST_MODULES = ["fastopt", "fastopt._backend"] + MODULES
+
+
+def _doctests():
+    """The docstrings' ``>>>`` examples of fastopt's public modules (the module docstrings and
+    those of what each module defines), by name."""
+    finder = __import__("doctest").DocTestFinder()
+    found = {}
+    for module_name in DOCTEST_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:         # mpi4py or torch missing
+            continue
+        for test in finder.find(module):
+            if test.examples:
+                found[test.name] = test
+    return found
+
+
+DOCTESTS = _doctests()
+
+
+def _run_doctest(test):
+    """Run ``test`` (a doctest.DocTest) in a namespace of its own; the failures' report."""
+    import doctest
+    import io
+    out = io.StringIO()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    test.globs = {}                 # as a user's fresh interpreter: the example imports
+    with fastopt.use_backend(fastopt.get_backend()):
+        runner.run(test, out=out.write)
+    return runner.failures, out.getvalue()
+
+
+def test_the_docstrings_have_examples():
+    # a walk that found none would pass the test below
+    for name in ("fastopt.optim.Adam", "fastopt.arena", "fastopt.ewa.EWA",
+                 "fastopt.schedules.LRScheduler", "fastopt._backend.use_backend"):
+        assert name in DOCTESTS, sorted(DOCTESTS)
+
+
+@pytest.mark.parametrize("name", sorted(DOCTESTS))
+def test_docstring_examples_run_as_shown(name):
+    """Each docstring's example runs as a user would paste it into a fresh interpreter (its
+    own imports only) and prints what it shows, on the backend in use. (The arena module's
+    example named np and fo without importing them, and assigned ``...`` into an array.)"""
+    failures, report = _run_doctest(DOCTESTS[name])
+    assert failures == 0, report
+
+
+def test_the_docstring_example_check_can_fail():
+    import doctest
+
+    def shown_wrong():
+        """
+        >>> import fastopt as fo
+        >>> fo.ewa_series([1.0, 1.0], 0.5).tolist()
+        [1.0, 1.0]
+        """
+
+    def not_importing():
+        """
+        >>> fo.backends()[-1]
+        'numpy'
+        """
+    for fn in (shown_wrong, not_importing):
+        test = doctest.DocTestFinder().find(fn, fn.__name__, globs={"fo": fastopt})[0]
+        assert _run_doctest(test)[0] == 1

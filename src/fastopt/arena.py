@@ -4,12 +4,16 @@ A network with hundreds of small arrays makes an optimizer step a loop over arra
 ``ParameterArena`` the arrays are views of one buffer, so an optimizer built on them steps the
 whole buffer with one kernel call (one sweep over memory, split across threads):
 
+>>> import numpy as np, fastopt as fo
 >>> arena = fo.ParameterArena(np.float32)
 >>> W1 = arena.add("W1", (64, 32), init=np.random.randn(64, 32) * 0.1)
 >>> b1 = arena.add("b1", (64, 1))
 >>> opt = fo.Adam(arena.params, lr=1e-3)        # or a list of the views, or param groups
->>> arena.grads["dW1"][...] = ...               # fill the grads in place (keys: name or d+name)
+>>> arena.grads["dW1"][...] = 0.5               # fill the grads in place (keys: name or d+name)
+>>> arena.grads["b1"][...] = 0.5
 >>> opt.step(arena.grads)
+>>> float(b1[0, 0])                             # b1 is a view of the arena: stepped in place
+-0.0010000000474974513
 
 The flat path applies to any optimizer group whose parameters are consecutive views of one
 arena, when ``step`` receives the arena's own grad views (``arena.grads``, or a list or dict of

@@ -96,7 +96,8 @@ class EWA:
 
     Examples
     --------
-    >>> avg = EWA(beta=0.5)
+    >>> import fastopt as fo
+    >>> avg = fo.EWA(beta=0.5)
     >>> avg.update([2.0, 4.0])
     array([2., 4.])
     >>> avg.update([4.0, 8.0])                      # (0.25 * 2 + 0.5 * 4) / 0.75

@@ -291,6 +291,7 @@ class LRScheduler:
     --------
     >>> import numpy as np, fastopt as fo
     >>> opt = fo.SGD([np.zeros(3)], lr=0.1)
+    >>> from fastopt.schedules import LRScheduler, exponential_decay
     >>> sched = LRScheduler(opt, exponential_decay(0.1, base=0.5))
     >>> sched.step(), sched.step()
     (0.1, 0.05)

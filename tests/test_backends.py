@@ -36,6 +36,16 @@ def test_environment_variable_picks_the_default_backend():
     assert out.stdout.strip() == "numpy"
 
 
+def test_without_the_environment_variable_the_default_is_the_first_available():
+    """API.md: get_backend()'s default is the first of backends() (the fastest here)."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}
+    code = "import fastopt; print(fastopt.get_backend(), fastopt.backends()[0])"
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                         capture_output=True, text=True, check=True)
+    default, first = out.stdout.split()
+    assert default == first
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, 257, 10 ** 6, 2 ** 31])
 def test_thread_count_must_be_an_int_from_1_to_256_and_a_refused_one_changes_nothing(bad):
     before = fo.get_num_threads()

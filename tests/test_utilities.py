@@ -590,3 +590,73 @@ def test_minibatches_refuses_bad_arguments_when_called_not_at_the_first_next():
         fo.minibatches(X, Y[:5])
     batches = fo.minibatches(X, Y, batch_size=4, shuffle=np.bool_(False))
     assert [len(y) for _, y in batches] == [4, 2]
+
+
+# ------------------------------------------------------------------ the contract's signatures
+# API.md's signatures of the functions and classes other than the optimizers (whose are
+# test_optimizers.API): names, order and defaults. A callable may take more parameters after
+# these, each with a default (the layers' out=None).
+API_SIGNATURES = {
+    "schedules.inverse_time_decay": "(lr0, decay_rate)",
+    "schedules.exponential_decay": "(lr0, base=0.95)",
+    "schedules.inverse_sqrt_decay": "(lr0, k=1.0)",
+    "schedules.staircase": "(lr0, factor, every)",
+    "schedules.LRScheduler": "(opt, fn)",
+    "schedules.LRScheduler.step": "(self, epoch=None)",
+    "ewa_series": "(x, beta, bias_correction=False)",
+    "EWA": "(beta, bias_correction=True)",
+    "ops.ewa_": "(avg, x, beta)",
+    "batchnorm_forward": "(x, gamma, beta, axis=0, eps=1e-05)",
+    "batchnorm_backward": "(dy, cache)",
+    "batchnorm_inference": "(x, gamma, beta, running_mean, running_var, axis=0, eps=1e-05)",
+    "BatchNorm": "(num_features, axis=0, momentum=0.1, eps=1e-05, dtype=<class "
+                 "'numpy.float32'>)",
+    "BatchNorm.forward": "(self, x, training=True)",
+    "BatchNorm.backward": "(self, dy)",
+    "softmax": "(z, axis=-1)",
+    "log_softmax": "(z, axis=-1)",
+    "softmax_cross_entropy": "(logits, labels, axis=-1)",
+    "minibatches": "(X, Y, batch_size=64, axis=0, shuffle=True, seed=None)",
+    "backends": "()",
+    "get_backend": "()",
+    "set_backend": "(name)",
+    "use_backend": "(name)",
+    "set_num_threads": "(n)",
+    "get_num_threads": "()",
+}
+
+
+def _leading_signature(obj, count):
+    """``obj``'s first ``count`` parameters as a signature string, without type hints;
+    AssertionError if a parameter after them has no default."""
+    import inspect
+    params = list(inspect.signature(obj).parameters.values())
+    extra = [p.name for p in params[count:] if p.default is p.empty]
+    assert not extra, f"{obj.__qualname__} also requires {extra}"
+    return str(inspect.Signature([p.replace(annotation=p.empty) for p in params[:count]]))
+
+
+def _check_signature(obj, want):
+    count = 0 if want == "()" else want.count(",") + 1     # no default here holds a comma
+    assert _leading_signature(obj, count) == want
+
+
+@pytest.mark.parametrize("name", sorted(API_SIGNATURES))
+def test_the_other_signatures_are_the_api_contract(name):
+    obj = fo
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    _check_signature(obj, API_SIGNATURES[name])
+
+
+def test_the_signature_check_can_fail():
+    def other_default(lr0, base=0.9, out=None):
+        """A default other than the contract's."""
+
+    def requires_more(z, axis=-1, *, out):
+        """A required parameter after the contract's."""
+    with pytest.raises(AssertionError):
+        _check_signature(other_default, "(lr0, base=0.95)")
+    with pytest.raises(AssertionError, match="also requires"):
+        _check_signature(requires_more, "(z, axis=-1)")
+    _check_signature(other_default, "(lr0, base=0.9)")

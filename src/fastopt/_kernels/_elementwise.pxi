@@ -395,15 +395,16 @@ cdef int step1(const Kernel* kern, tuple names, tuple arrays, const void* s) exc
 
 
 cdef Py_ssize_t list_length(const Kernel* kern, tuple names, tuple lists) except -1:
-    """The common length of the lists (each a list or tuple; optional ones may be None);
-    anything else goes to _multi.check_lists, which raises naming the list."""
+    """The common length of the lists (each a list or tuple, or a subclass: an optimizer's
+    param group holds its params in one; optional ones may be None); anything else goes to
+    _multi.check_lists, which raises naming the list."""
     cdef Py_ssize_t count = -1
     cdef int i
     for i in range(kern.narrays):
         lst = lists[i]
         if lst is None and i >= kern.nrequired:
             continue
-        if not (type(lst) is list or type(lst) is tuple) or (count >= 0 and len(lst) != count):
+        if not isinstance(lst, (list, tuple)) or (count >= 0 and len(lst) != count):
             return check_lists(names, lists, kern.nrequired)
         count = len(lst)
     return count

@@ -1050,7 +1050,7 @@ cdef double xent_finish(const floating* z, floating* d, Py_ssize_t k, floating m
         return target_loss(z, target, mx, ls, k)
     p_label = d[label] * rs
     scale_row(d, rs, inv_m, k)
-    d[label] = (p_label - 1) * inv_m
+    d[label] = (p_label - <floating>1) * inv_m     # (a bare 1 is Cython's 1.0: float64)
     return (z[label] - mx) - ls
 
 

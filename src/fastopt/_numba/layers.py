@@ -676,10 +676,9 @@ def _xent(z, d, mx, inv_s, log_s, t, inv_m):
 
 
 @numba.njit(**_PAR)
-def _xent_rows(z, labels, targets, by_index, dz, inv_m, terms):
+def _xent_rows(z, labels, targets, by_index, dz, inv_m, one, terms):
     """Classes last: z is (outer, k), each example a contiguous row."""
     outer = z.shape[0]
-    one = inv_m - inv_m + 1
     for g in prange((outer + _GROUP - 1) // _GROUP):
         cast = np.empty(1, z.dtype)
         acc = np.empty(8)
@@ -714,10 +713,9 @@ def _xent_row(z, label, target, by_index, d, inv_m, one, cast, terms, o, mx, s):
 
 
 @numba.njit(**_PAR)
-def _xent_kernel(z, labels, targets, by_index, dz, inv_m, terms):
+def _xent_kernel(z, labels, targets, by_index, dz, inv_m, one, terms):
     outer, k, inner = z.shape
-    zero = inv_m - inv_m
-    one = zero + 1
+    zero = one - one
     nblk = _column_blocks(inner)
     for tk in prange(outer * nblk):
         cast = np.empty(1, z.dtype)
@@ -752,11 +750,14 @@ def softmax_cross_entropy(z, labels, targets, dz):
     z = read_only(z)
     labels = read_only(labels) if by_index else _NO_LABELS
     targets = z if by_index else read_only(targets)
-    inv_m = z.dtype.type(1.0 / m)
+    # 1 / m and 1 in the data's dtype (a 1 made in the kernels, as inv_m - inv_m + 1, was
+    # float64 for float32 data: Numba types float32 + int as float64, and so computed the
+    # gradient's label entries, and the strided layout's targets, in float64)
+    inv_m, one = z.dtype.type(1.0 / m), z.dtype.type(1)
     if z.shape[2] == 1:
         chunked(_xent_rows, _groups(z.shape[0]), z[:, :, 0], labels, targets[:, :, 0],
-                by_index, dz[:, :, 0], inv_m, terms)
+                by_index, dz[:, :, 0], inv_m, one, terms)
     else:
         chunked(_xent_kernel, z.shape[0] * _column_blocks(z.shape[2]), z, labels, targets,
-                by_index, dz, inv_m, terms)
+                by_index, dz, inv_m, one, terms)
     return -_row_sum(terms, np.empty(8)) / m

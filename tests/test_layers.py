@@ -1017,6 +1017,23 @@ def test_cross_entropy_gradient_is_rounded_in_the_logits_dtype(backend, axis, dt
             assert d.tobytes() == ((p - target) * inv_m).tobytes()
 
 
+@pytest.mark.skipif(not {"cython", "numba"} <= set(GRID_BACKENDS),
+                    reason="needs the Cython and the Numba backend")
+def test_numba_cross_entropy_sums_probability_rows_as_cython():
+    """A contiguous row's loss term, sum(target * log_softmax), is eight interleaved float64
+    partial sums in both compiled backends (the Numba kernel summed it in one chain:
+    float64 losses differed from Cython's in the last bits)."""
+    rng = np.random.default_rng(32)
+    z = rng.standard_normal((17, 5000)) * 3 + 5
+    probs = rng.random(z.shape)
+    probs /= probs.sum(axis=1, keepdims=True)
+    losses = []
+    for backend in ("cython", "numba"):
+        with fo.use_backend(backend):
+            losses.append(fo.softmax_cross_entropy(z, probs)[0])
+    assert losses[0] == losses[1]
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_cross_entropy_takes_integer_and_bool_one_hot_labels_as_their_float_values(backend,
                                                                                     dtype):

@@ -687,14 +687,15 @@ def _xent_rows(z, labels, targets, by_index, dz, inv_m, one, terms):
         for o in range(o0, o1):
             mx, s = _stats_of(z, dz, o, o0, mxs, sums, acc)
             _xent_row(z[o], labels[o, 0] if by_index else 0, targets[o], by_index, dz[o], inv_m,
-                      one, cast, terms, o, mx, s)
+                      one, cast, acc, terms, o, mx, s)
 
 
 @numba.njit(**JIT)
-def _xent_row(z, label, target, by_index, d, inv_m, one, cast, terms, o, mx, s):
+def _xent_row(z, label, target, by_index, d, inv_m, one, cast, acc, terms, o, mx, s):
     """One example from its stats (d holds exp(z - mx), s its sum): d = (softmax(z) - target)
     / m; terms[o] = sum(target * log_softmax(z)) (target: the one-hot of ``label`` when
-    ``by_index``)."""
+    ``by_index``; summed as _row_sum sums, as the Cython kernel: acc is 8 float64 of
+    scratch)."""
     inv_s, log_s = _normalizer(s, False, cast), _normalizer(s, True, cast)
     if by_index:        # only the label's entry differs from p / m (as the Cython kernel)
         p_label = d[label] * inv_s
@@ -705,11 +706,11 @@ def _xent_row(z, label, target, by_index, d, inv_m, one, cast, terms, o, mx, s):
         return
     for r in range(z.size):
         d[r] = (d[r] * inv_s - target[r]) * inv_m
-    total = 0.0
+    acc[:] = 0.0
     for r in range(z.size):
         if target[r] != 0:
-            total += target[r] * ((z[r] - mx) - log_s)
-    terms[o] = total
+            acc[r % 8] += target[r] * ((z[r] - mx) - log_s)
+    terms[o] = _sum8(acc)
 
 
 @numba.njit(**_PAR)

@@ -4,6 +4,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from collections import namedtuple
 
 import numba
@@ -93,12 +94,20 @@ def _start_pool():
 
 # Below this many elements a layer kernel runs serially: launching the parallel kernel costs more.
 PARALLEL_MIN = 1 << 15
-# The same for an optimizer step, whose work per element is a few nanoseconds: Numba's oneTBB
-# layer makes a task arena per call and its worker joins it late, so a second thread pays only
-# above ~1e5 elements (Adam float32, 2 vCPUs, back to back, 1 / 2 threads: 63 / 67 us at 65536,
-# 83 / 77 us at 1e5, 117 / 97 us at 131072, 175 / 128 us at 2e5); when the steps are spaced out
-# by other work the worker sleeps between them and 2 threads lost at 1e5 (164 vs 112 us).
-STEP_PARALLEL_MIN = 1 << 17
+# The same for an optimizer step, whose work per element is a few nanoseconds. Numba's oneTBB
+# layer makes a task arena per call; its worker, still awake from the last parallel call, joins
+# it within ~2 us, so a second thread pays from ~6e4 elements (Adam float32, 2 vCPUs, back to
+# back, medians, 1 / 2 threads: 8.2 / 7.6 us at 6e4, 12.5 / 9.6 at 8e4, 16.1 / 10.8 at 1e5).
+# The worker sleeps once no parallel call came for between 0.3 and 1 ms, and waking it costs
+# the call 10-20 us: after 1 ms of other work (a training loop's forward and backward) 2 threads
+# lost at 1e5 (24 vs 16 us) and drew at 3e5 (54 vs 54 us; 128 vs 206 us at 1e6). So a step
+# goes parallel from STEP_PARALLEL_MIN elements when a step of that size ended less than
+# POOL_AWAKE_SECONDS ago (the first of a run of calls runs alone, the next ones wake the worker
+# and find it awake), and from STEP_PARALLEL_COLD_MIN otherwise.
+STEP_PARALLEL_MIN = 1 << 16
+STEP_PARALLEL_COLD_MIN = 1 << 19
+POOL_AWAKE_SECONDS = 2.5e-4
+_last_step_end = [float("-inf")]     # when the last step of STEP_PARALLEL_MIN or more ended
 _num_threads = [numba.config.NUMBA_NUM_THREADS]
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
           np.dtype(np.float64): np.empty(0, np.float64)}
@@ -263,9 +272,7 @@ def scalars(name):
     return Scalars, pack
 
 
-# A parallel step's chunks per thread, handed to the threads one at a time: a oneTBB worker
-# that wakes late (tens of microseconds on a VM) then takes fewer chunks instead of holding
-# the call up with a whole half (1e5-element Adam on 2 threads: 73 -> 52 us).
+# A layer kernel's chunks per thread (a step takes one share per thread: see launch).
 CHUNKS_PER_THREAD = 8
 
 
@@ -293,23 +300,34 @@ def chunked(kernel, iterations, *args):
 
 
 def launch(serial, parallel, views, scalars):
-    """Run a kernel over flat ``views``, serially or in chunks that the threads take in turn.
+    """Run a kernel over flat ``views``, serially or in one share per thread.
 
     ``scalars`` is the kernel's packed scalars and options (:func:`scalars`); the loop casts
     the floats to the arrays' dtype, so arithmetic stays in that precision as in the
-    reference."""
+    reference. The shares are Numba's default split of the ``prange``, which oneTBB hands out
+    by work stealing: the caller runs a share the worker has not taken, so it never waits for
+    a worker that is not running. Handing out eight chunks per thread one at a time instead
+    (``set_parallel_chunksize``) cost 4-6 us more per call at 1e5 elements, back to back, after
+    1 ms of other work and with a busy process on the other core alike (Adam float32: 15.0
+    against 10.5 us, 45 against 30 us, 23 against 17 us)."""
     n = views[0].size
-    nthreads = get_num_threads() if n >= STEP_PARALLEL_MIN else 1
+    nthreads = 1
+    if n >= STEP_PARALLEL_MIN:
+        awake = time.perf_counter() - _last_step_end[0] < POOL_AWAKE_SECONDS
+        if awake or n >= STEP_PARALLEL_COLD_MIN:
+            nthreads = get_num_threads()
     if nthreads > 1:
         if not _pool_started[0]:
             _start_pool()
         if numba.get_num_threads() != nthreads:
             numba.set_num_threads(nthreads)
-        chunk = (-(-n // (CHUNKS_PER_THREAD * nthreads)) + 15) & ~15
-        nchunks = -(-n // chunk)                # at most CHUNKS_PER_THREAD per thread
-        chunked(parallel, nchunks, nchunks, chunk, *views, scalars)
+        share = (-(-n // nthreads) + 15) & ~15      # whole 64-byte lines of float32 per thread
+        with _launch_guard[0]:
+            parallel(-(-n // share), share, *views, scalars)
     else:
         serial(*views, scalars)
+    if n >= STEP_PARALLEL_MIN:
+        _last_step_end[0] = time.perf_counter()
 
 
 @numba.njit(inline="always", **JIT)

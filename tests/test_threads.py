@@ -503,24 +503,26 @@ def test_numbas_workqueue_layer_takes_calls_from_several_threads_in_turn():
 
 @pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
 def test_numba_steps_go_parallel_in_a_run_of_calls_or_when_long(monkeypatch):
-    """A step of STEP_PARALLEL_MIN elements or more runs on the threads when a step of that size
-    ended less than POOL_AWAKE_SECONDS before (the worker is still awake) and alone otherwise,
-    unless it has STEP_PARALLEL_COLD_MIN elements; one share per thread, every element once."""
+    """A step whose arrays hold STEP_PARALLEL_BYTES or more runs on the threads when a step that
+    large ended less than POOL_AWAKE_SECONDS before (the worker is still awake) and alone
+    otherwise, unless they hold STEP_PARALLEL_COLD_BYTES; absent state (an empty view) does not
+    count; one share per thread, every element once."""
     from fastopt._numba import _common
     calls = []
+    empty = np.empty(0, np.float32)
 
-    def serial(x, scalars):
+    def serial(x, e, scalars):
         calls.append("serial")
         x += 1
 
-    def parallel(nshares, share, x, scalars):
+    def parallel(nshares, share, x, e, scalars):
         calls.append(("parallel", nshares))
         for i in range(nshares):
             x[i * share:(i + 1) * share] += 1
 
-    def run(n):
-        x = np.zeros(n, np.float32)
-        _common.launch(serial, parallel, (x,), ())
+    def run(nbytes, state=empty):
+        x = np.zeros(nbytes // 4, np.float32)
+        _common.launch(serial, parallel, (x, state), ())
         assert (x == 1).all()
         return calls.pop()
 
@@ -530,18 +532,20 @@ def test_numba_steps_go_parallel_in_a_run_of_calls_or_when_long(monkeypatch):
         if _common.get_num_threads() < 2:
             pytest.skip("numba may use one CPU here: nothing runs in parallel")
         monkeypatch.setattr(_common, "_last_step_end", [float("-inf")])
-        n = _common.STEP_PARALLEL_MIN + 7
+        large = _common.STEP_PARALLEL_BYTES + 28
         monkeypatch.setattr(_common, "POOL_AWAKE_SECONDS", 1e9)   # every call "right after"
-        assert run(_common.STEP_PARALLEL_MIN - 1) == "serial"     # short: alone, and no mark
-        assert run(n) == "serial"                 # the first of a run finds the worker asleep
-        assert run(n) == ("parallel", 2)
-        assert run(_common.STEP_PARALLEL_MIN - 1) == "serial"
+        assert run(_common.STEP_PARALLEL_BYTES - 4) == "serial"   # short: alone, and no mark
+        assert run(large) == "serial"             # the first of a run finds the worker asleep
+        assert run(large) == ("parallel", 2)
+        assert run(_common.STEP_PARALLEL_BYTES // 2) == "serial"
+        half = np.zeros(_common.STEP_PARALLEL_BYTES // 8, np.float32)
+        assert run(_common.STEP_PARALLEL_BYTES // 2, half) == ("parallel", 2)
         monkeypatch.setattr(_common, "POOL_AWAKE_SECONDS", 0.0)    # every call after a pause
-        assert run(n) == "serial"
-        assert run(_common.STEP_PARALLEL_COLD_MIN) == ("parallel", 2)
+        assert run(large) == "serial"
+        assert run(_common.STEP_PARALLEL_COLD_BYTES) == ("parallel", 2)
         fo.set_num_threads(1)
         monkeypatch.setattr(_common, "POOL_AWAKE_SECONDS", 1e9)
-        assert run(_common.STEP_PARALLEL_COLD_MIN) == "serial"
+        assert run(_common.STEP_PARALLEL_COLD_BYTES) == "serial"
     finally:
         fo.set_num_threads(threads)
 

@@ -94,20 +94,22 @@ def _start_pool():
 
 # Below this many elements a layer kernel runs serially: launching the parallel kernel costs more.
 PARALLEL_MIN = 1 << 15
-# The same for an optimizer step, whose work per element is a few nanoseconds. Numba's oneTBB
-# layer makes a task arena per call; its worker, still awake from the last parallel call, joins
-# it within ~2 us, so a second thread pays from ~6e4 elements (Adam float32, 2 vCPUs, back to
-# back, medians, 1 / 2 threads: 8.2 / 7.6 us at 6e4, 12.5 / 9.6 at 8e4, 16.1 / 10.8 at 1e5).
-# The worker sleeps once no parallel call came for between 0.3 and 1 ms, and waking it costs
-# the call 10-20 us: after 1 ms of other work (a training loop's forward and backward) 2 threads
-# lost at 1e5 (24 vs 16 us) and drew at 3e5 (54 vs 54 us; 128 vs 206 us at 1e6). So a step
-# goes parallel from STEP_PARALLEL_MIN elements when a step of that size ended less than
-# POOL_AWAKE_SECONDS ago (the first of a run of calls runs alone, the next ones wake the worker
-# and find it awake), and from STEP_PARALLEL_COLD_MIN otherwise.
-STEP_PARALLEL_MIN = 1 << 16
-STEP_PARALLEL_COLD_MIN = 1 << 19
+# An optimizer step's work per element is a few nanoseconds. Numba's oneTBB layer makes a task
+# arena per call; its worker, still awake from the last parallel call, joins it within ~2-4 us,
+# so a second thread pays once the step's arrays hold about 1 MiB, whatever the kernel (float32,
+# 2 vCPUs, back to back, API calls, 1 / 2 threads: SGD (param, grad) 7.3 / 8.9 us at 1e5,
+# 13.0 / 10.5 at 1.5e5; SGD with momentum 8.0 / 9.7 at 6.5e4, 14.1 / 11.9 at 1e5; Adam (four
+# arrays) 8.1 / 10.6 at 4e4, 12.6 / 12.3 at 6.5e4, 19.5 / 15.6 at 1e5). The worker sleeps once
+# no parallel call came for 0.3-1 ms, and waking it costs the call 10-20 us: after 1 ms of other
+# work (a training loop's forward and backward) 2 threads lost on Adam at 1e5 (24 vs 16 us) and
+# drew at 3e5 (54 vs 54 us; 128 vs 206 at 1e6). So a step goes parallel from
+# STEP_PARALLEL_BYTES of arrays when a step that large ended less than POOL_AWAKE_SECONDS ago
+# (the first of a run of calls runs alone, the next ones wake the worker and find it awake),
+# and from STEP_PARALLEL_COLD_BYTES otherwise.
+STEP_PARALLEL_BYTES = 1 << 20
+STEP_PARALLEL_COLD_BYTES = 1 << 23
 POOL_AWAKE_SECONDS = 2.5e-4
-_last_step_end = [float("-inf")]     # when the last step of STEP_PARALLEL_MIN or more ended
+_last_step_end = [float("-inf")]     # when the last step of STEP_PARALLEL_BYTES or more ended
 _num_threads = [numba.config.NUMBA_NUM_THREADS]
 _EMPTY = {np.dtype(np.float32): np.empty(0, np.float32),
           np.dtype(np.float64): np.empty(0, np.float64)}
@@ -311,11 +313,13 @@ def launch(serial, parallel, views, scalars):
     1 ms of other work and with a busy process on the other core alike (Adam float32: 15.0
     against 10.5 us, 45 against 30 us, 23 against 17 us)."""
     n = views[0].size
-    nthreads = 1
-    if n >= STEP_PARALLEL_MIN:
-        awake = time.perf_counter() - _last_step_end[0] < POOL_AWAKE_SECONDS
-        if awake or n >= STEP_PARALLEL_COLD_MIN:
-            nthreads = get_num_threads()
+    nthreads = nbytes = 1
+    if views[0].nbytes * len(views) >= STEP_PARALLEL_BYTES:     # (a bound, for short steps)
+        nbytes = sum([v.nbytes for v in views])                   # absent state is empty
+        if nbytes >= STEP_PARALLEL_BYTES:
+            awake = time.perf_counter() - _last_step_end[0] < POOL_AWAKE_SECONDS
+            if awake or nbytes >= STEP_PARALLEL_COLD_BYTES:
+                nthreads = get_num_threads()
     if nthreads > 1:
         if not _pool_started[0]:
             _start_pool()
@@ -326,7 +330,7 @@ def launch(serial, parallel, views, scalars):
             parallel(-(-n // share), share, *views, scalars)
     else:
         serial(*views, scalars)
-    if n >= STEP_PARALLEL_MIN:
+    if nbytes >= STEP_PARALLEL_BYTES:
         _last_step_end[0] = time.perf_counter()
 
 

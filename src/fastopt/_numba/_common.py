@@ -48,8 +48,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     _load_tbb()
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "omp", "workqueue"]
 _pool_started = [False]
-# held around each parallel launch (:func:`chunked`): under the workqueue layer, which kills
-# the process when two threads launch at once, this lock, so that their launches take turns
+# held around each parallel launch (:func:`chunked`, :func:`launch`): under the workqueue
+# layer, which kills the process when two threads launch at once, this lock, so that their
+# launches take turns
 _WORKQUEUE_LOCK = threading.Lock()
 _launch_guard = [contextlib.nullcontext()]
 

@@ -200,6 +200,39 @@ def test_adam_and_adamw_in_one_loop_are_the_unfused_path(backend, fmt):
                         assert a is None or same_bits(a, b), (array_name, n, scale, multi)
 
 
+
+@pytest.mark.parametrize("name", HALF)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_steps_of_a_mebibyte_and_more(backend, name, monkeypatch):
+    """Arrays of a mebibyte and more (131,101 elements: the Numba backend's steps go parallel
+    there, in a run of calls), three steps in a row, single and list form, on two threads: the
+    unfused path's bits. Numba's launch read the 16-bit kernels' state, a tuple of arrays, as
+    an array, and raised AttributeError."""
+    if backend == "numba":
+        from fastopt._numba import _common
+        monkeypatch.setattr(_common, "POOL_AWAKE_SECONDS", 1e9)   # every step "in a run"
+    kernel = HALF[name]
+    scalars = scalars_for(kernel, True, grad_scale=0.75)
+    rng = np.random.default_rng(13)
+    arrays = arrays_for(kernel, (131101,), True, rng)
+    grads = [to_bits(rng.standard_normal(131101).astype(np.float32), True) for _ in range(3)]
+    expected = copies(arrays)
+    for g in grads:
+        expected[1] = g
+        unfused(kernel, expected, scalars)
+    threads = fo.get_num_threads()
+    fo.set_num_threads(2)
+    try:
+        for multi in (False, True):
+            got = copies(arrays)
+            for g in grads:
+                got[1] = g
+                run(backend, kernel, got, scalars, multi)
+            for array_name, a, b in zip(kernel.arrays, got, expected):
+                assert same_bits(a, b), (array_name, multi)
+    finally:
+        fo.set_num_threads(threads)
+
 # float32 bit patterns whose rounding is delicate: ties, carries, overflow, subnormals, NaN
 EDGES = np.array([0x3F808000, 0x3F818000, 0x3FFF8000, 0x7F7F7FFF, 0x7F7FFFFF, 0x7F800000,
                   0x80000000, 0x00008000, 0x00018000, 0x807FFFFF, 0x7FC00001, 0xFFFFFFFF,

@@ -302,7 +302,7 @@ def chunked(kernel, iterations, *args):
         numba.set_parallel_chunksize(previous)
 
 
-def launch(serial, parallel, views, scalars):
+def launch(serial, parallel, views, scalars, nbytes=None):
     """Run a kernel over flat ``views``, serially or in one share per thread.
 
     ``scalars`` is the kernel's packed scalars and options (:func:`scalars`); the loop casts
@@ -312,15 +312,21 @@ def launch(serial, parallel, views, scalars):
     a worker that is not running. Handing out eight chunks per thread one at a time instead
     (``set_parallel_chunksize``) cost 4-6 us more per call at 1e5 elements, back to back, after
     1 ms of other work and with a busy process on the other core alike (Adam float32: 15.0
-    against 10.5 us, 45 against 30 us, 23 against 17 us)."""
+    against 10.5 us, 45 against 30 us, 23 against 17 us).
+
+    ``nbytes``: the bytes of the step's arrays, given where ``views`` are not arrays of one
+    dtype (the 16-bit kernels': 16-bit param and grad, then the float32 master, then the
+    float32 state in a tuple)."""
     n = views[0].size
-    nthreads = nbytes = 1
-    if views[0].nbytes * len(views) >= STEP_PARALLEL_BYTES:     # (a bound, for short steps)
-        nbytes = sum([v.nbytes for v in views])                   # absent state is empty
+    nthreads = 1
+    if nbytes is None:
+        nbytes = views[0].nbytes * len(views)                   # (a bound, for short steps)
         if nbytes >= STEP_PARALLEL_BYTES:
-            awake = time.perf_counter() - _last_step_end[0] < POOL_AWAKE_SECONDS
-            if awake or nbytes >= STEP_PARALLEL_COLD_BYTES:
-                nthreads = get_num_threads()
+            nbytes = sum([v.nbytes for v in views])               # absent state is empty
+    if nbytes >= STEP_PARALLEL_BYTES:
+        awake = time.perf_counter() - _last_step_end[0] < POOL_AWAKE_SECONDS
+        if awake or nbytes >= STEP_PARALLEL_COLD_BYTES:
+            nthreads = get_num_threads()
     if nthreads > 1:
         if not _pool_started[0]:
             _start_pool()

@@ -116,18 +116,24 @@ def test_every_variant_is_the_unfused_path(backend, name, options, used, fmt):
         arrays = arrays_for(kernel, shape, bfloat16, rng, used)
         grads = [arrays[1], to_bits(rng.standard_normal(shape).astype(np.float32), bfloat16)]
         scalars = scalars_for(kernel, bfloat16, grad_scale=scale, **options)
-        expected = copies(arrays)
+        assert_steps_are_the_unfused_path(backend, kernel, arrays, grads, scalars, shape)
+
+
+def assert_steps_are_the_unfused_path(backend, kernel, arrays, grads, scalars, label):
+    """A step per grad of ``grads`` on copies of ``arrays``, single and list form, on
+    ``backend`` give the unfused path's bits."""
+    expected = copies(arrays)
+    for g in grads:
+        expected[1] = g
+        unfused(kernel, expected, scalars)
+    for multi in (False, True):
+        got = copies(arrays)
         for g in grads:
-            expected[1] = g
-            unfused(kernel, expected, scalars)
-        for multi in (False, True):
-            got = copies(arrays)
-            for g in grads:
-                got[1] = g
-                run(backend, kernel, got, scalars, multi)
-            for array_name, a, b in zip(kernel.arrays, got, expected):
-                assert (a is None) == (b is None)
-                assert a is None or same_bits(a, b), (array_name, shape, multi)
+            got[1] = g
+            run(backend, kernel, got, scalars, multi)
+        for array_name, a, b in zip(kernel.arrays, got, expected):
+            assert (a is None) == (b is None)
+            assert a is None or same_bits(a, b), (array_name, label, multi)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -200,7 +206,6 @@ def test_adam_and_adamw_in_one_loop_are_the_unfused_path(backend, fmt):
                         assert a is None or same_bits(a, b), (array_name, n, scale, multi)
 
 
-
 @pytest.mark.parametrize("name", HALF)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_steps_of_a_mebibyte_and_more(backend, name, monkeypatch):
@@ -216,22 +221,13 @@ def test_steps_of_a_mebibyte_and_more(backend, name, monkeypatch):
     rng = np.random.default_rng(13)
     arrays = arrays_for(kernel, (131101,), True, rng)
     grads = [to_bits(rng.standard_normal(131101).astype(np.float32), True) for _ in range(3)]
-    expected = copies(arrays)
-    for g in grads:
-        expected[1] = g
-        unfused(kernel, expected, scalars)
     threads = fo.get_num_threads()
     fo.set_num_threads(2)
     try:
-        for multi in (False, True):
-            got = copies(arrays)
-            for g in grads:
-                got[1] = g
-                run(backend, kernel, got, scalars, multi)
-            for array_name, a, b in zip(kernel.arrays, got, expected):
-                assert same_bits(a, b), (array_name, multi)
+        assert_steps_are_the_unfused_path(backend, kernel, arrays, grads, scalars, "131101")
     finally:
         fo.set_num_threads(threads)
+
 
 # float32 bit patterns whose rounding is delicate: ties, carries, overflow, subnormals, NaN
 EDGES = np.array([0x3F808000, 0x3F818000, 0x3FFF8000, 0x7F7F7FFF, 0x7F7FFFFF, 0x7F800000,

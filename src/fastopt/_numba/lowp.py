@@ -190,7 +190,8 @@ def _half_form(kernel):
         views = [a.reshape(-1).view(np.uint16) for a in arrays[:2]] + [
             arrays[2].reshape(-1),
             tuple(_EMPTY32 if a is None else a.reshape(-1) for a in arrays[3:])]
-        nbytes = sum([a.nbytes for a in views[:3]]) + sum([a.nbytes for a in views[3]])
+        # param and grad (2 bytes an element each) hold as many bytes as the float32 master
+        nbytes = 2 * views[2].nbytes + sum([a.nbytes for a in views[3]])
         launch(span, parallel, views, packed + (bool(bfloat16), float(grad_scale)), nbytes)
 
     fn = with_signature(kernel, half)      # (the name via_contiguous calls back)

@@ -699,6 +699,49 @@ def test_arrays_that_may_share_memory_across_param_groups_step_as_apart(backend)
         assert run(True) == run(False)
 
 
+def test_views_of_separate_allocations_are_known_apart_without_their_addresses():
+    """The overlap check's shortcut (_validate._apart) takes views of separate numpy
+    allocations (arrays placed on cache lines, as the benchmark's are, are such views) as
+    apart, as it takes the allocations themselves; two written arrays of one allocation, a
+    grad of a written array's allocation (other than its own param) and memory numpy did not
+    allocate are left to the full check."""
+    from fastopt._validate import _apart
+
+    def view(n):                                  # n elements of an allocation of their own
+        return np.empty(n + 3)[3:]
+    p, g, m, v = (np.ones(5) for _ in range(4))
+    assert _apart([(p, g, m, v)])
+    assert _apart([(view(5), view(5), view(5), view(5))])
+    assert _apart([(p, p, m, v)])                 # a grad that is its param
+    buf = np.empty(10)
+    assert not _apart([(p, g, buf[:5], buf[5:])])
+    assert not _apart([(p, m[1:], m, v)])
+    assert not _apart([(p, g, m, np.frombuffer(bytearray(40)))])
+    assert not _apart([(p, g, m, v), (view(5), v[2:], view(5), view(5))])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_overlapping_views_of_one_allocation_are_refused(backend):
+    """Written views of one allocation that overlap are refused (by the full check), those
+    that do not are stepped as the reference steps copies of them."""
+    def arrays(buf, lo):
+        p, g = np.linspace(1, 2, 8), np.linspace(-1, 1, 8)
+        m, v = buf[:8], buf[lo:lo + 8]
+        m[...], v[...] = 0, 0
+        return p, g, m, v
+    with fo.use_backend(backend):
+        p, g, m, v = arrays(np.empty(16), 4)
+        with pytest.raises(ValueError, match="exp_avg and exp_avg_sq overlap"):
+            fo.ops.adam_step_(p, g, m, v, 1)
+        assert not (m.any() or v.any())
+        p, g, m, v = arrays(np.empty(16), 8)
+        fo.ops.adam_step_(p, g, m, v, 1)
+        with fo.use_backend("numpy"):
+            q, h, m2, v2 = arrays(np.empty(16), 8)
+            fo.ops.adam_step_(q, h, m2.copy(), v2.copy(), 1)
+        np.testing.assert_array_equal(p, q)
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_the_overlap_check_across_groups_is_made_again_when_the_arrays_change(backend):
     """Params and state are checked across groups when a group's plan is made (not at every

@@ -726,3 +726,42 @@ def test_arena_params_and_grads_keep_their_arena_alive():
             build().params = {}
     finally:
         gc.enable()
+
+
+def _past_line(a):
+    return a.__array_interface__["data"][0] % 64
+
+
+def test_state_and_grads_lie_as_far_past_a_cache_line_as_their_params():
+    """Arrays the optimizers and the arena allocate (state, the arena's grads and flat state,
+    loaded state) lie as far past a 64-byte line as their parameter, so a step's arrays start
+    whole lines together (fastopt._layout.like_lines; NumPy alone put them 0-48 bytes apart,
+    which split each vector load and store of the others)."""
+    def placed(skip):                         # (2, 5) float32 ``skip`` bytes past a line
+        buf = np.zeros(40 + 128, np.uint8)
+        start = -buf.__array_interface__["data"][0] % 64 + skip
+        return buf[start:start + 40].view(np.float32).reshape(2, 5)
+    params = [placed(skip) for skip in (0, 16, 32, 48)]
+    grads = [np.ones_like(p) for p in params]
+    for cls, kwargs in ((fo.Adam, dict(amsgrad=True)), (fo.NAdam, {}), (fo.RMSprop, {}),
+                        (fo.Adagrad, dict(initial_accumulator_value=0.5)),
+                        (fo.SGD, dict(lr=0.1, momentum=0.9))):
+        opt = cls(params, **kwargs)
+        opt.step(grads)
+        restored = cls(params, **kwargs)
+        restored.load_state_dict(opt.state_dict())
+        for o in (opt, restored):
+            for i, p in enumerate(params):
+                for key, a in o.state[i].items():
+                    if isinstance(a, np.ndarray) and a.shape == p.shape:
+                        assert _past_line(a) == _past_line(p), (cls.__name__, key, i)
+        if cls is fo.Adagrad:                 # (the initial value, then a grad of ones)
+            assert all((opt.state[i]["sum"] == 1.5).all() for i in range(4))
+    arena = fo.ParameterArena(np.float32, capacity=1000)
+    for k in range(3):
+        arena.add(f"w{k}", (7, 3))
+    opt = fo.Adam(arena.params)
+    opt.step(arena.grads)
+    assert _past_line(arena.flat_grads) == _past_line(arena.flat_params)
+    for i, p in enumerate(arena.params.values()):
+        assert _past_line(opt.state[i]["exp_avg"]) == _past_line(p)

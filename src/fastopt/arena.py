@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from ._layout import like_lines
 from ._validate import FLOAT_DTYPES, as_array, check_unmasked
 
 # id(param buffer) -> its arena
@@ -88,7 +89,7 @@ class ParameterArena:
             raise ValueError(f"Invalid capacity: {capacity!r} (must be a non-negative int)")
         try:
             self._param_buf = np.zeros(capacity, self.dtype)
-            self._grad_buf = np.zeros(capacity, self.dtype)
+            self._grad_buf = like_lines(self._param_buf)     # (on lines as the params)
         except (ValueError, MemoryError) as exc:    # (NumPy's messages do not say which)
             raise type(exc)(f"capacity {capacity}: {exc}") from None
         self._size = 0                             # elements in use

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _validate, ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
+from ._layout import like_lines
 from ._validate import FLOAT_TYPES
 from .arena import ParameterArena, _GradDict
 
@@ -321,9 +322,10 @@ class _Batch:
     def has(self, key):
         return key in self.states[0]
 
-    def new_column(self, key, params, make=np.zeros):
-        """``columns[key]``, with a new array like the parameter (``make``) where a state lacks
-        ``key`` (state an option switched on later needs, as torch creates it)."""
+    def new_column(self, key, params, fill=0):
+        """``columns[key]``, with a new array like the parameter (:func:`like_lines`, holding
+        ``fill``) where a state lacks ``key`` (state an option switched on later needs, as
+        torch creates it)."""
         col = self.columns.get(key)
         if col is not None:
             return col
@@ -331,7 +333,7 @@ class _Batch:
         for p, s in zip(params, self.states):
             a = s.get(key)
             if a is None:
-                a = make(p.shape, p.dtype)
+                a = like_lines(p, fill)
                 self.pending.append((s, key, a))
             col.append(a)
         return col
@@ -1042,8 +1044,7 @@ class Optimizer:
     def _init_state(self, param, group):
         """A parameter's first state: ``step`` 0 and zeros like ``param`` for the other keys
         of ``_STATE`` (subclasses with other initial values override it)."""
-        return {key: 0 if key == "step" else np.zeros(param.shape, param.dtype)
-                for key in self._STATE}
+        return {key: 0 if key == "step" else like_lines(param) for key in self._STATE}
 
     def _new_state(self, gi, k):
         """A new state for parameter ``k`` of group ``gi`` (not stored yet)."""
@@ -1085,10 +1086,10 @@ class Optimizer:
         flat, offsets = {}, span.offsets
         for key in keys - self._slots[gi].keys():
             buf = old.flat.get(key) if old is not None and old.flat is not None else None
-            if buf is not None and all(s[key].base is buf for s in states):
+            if buf is not None and all(s[key].base is buf.base for s in states):
                 flat[key] = buf                 # already views of it: nothing to move
                 continue
-            buf = flat[key] = np.empty(span.params.size, span.params.dtype)
+            buf = flat[key] = like_lines(span.params, None)
             for s, lo, hi in zip(states, offsets, offsets[1:]):
                 buf[lo:hi] = s[key].ravel()
                 _set(s, key, buf[lo:hi].reshape(s[key].shape))
@@ -1199,7 +1200,11 @@ class Optimizer:
                 if key == "step" or key in self._scalar_state:
                     value = _scalar(where, key, value)
                 elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
-                    value = np.array(value, dtype=p.dtype, copy=True, order="C")
+                    if value.shape == p.shape:      # a copy on lines as the param's
+                        value, saved_value = like_lines(p, None), value
+                        value[...] = saved_value
+                    else:                           # (refused below)
+                        value = np.array(value, dtype=p.dtype, copy=True, order="C")
                 self._check_state_entry(where, key, value, p, min_step)
                 _set(entry, key, value)
             missing = [k for k in self._STATE if k not in entry]
@@ -1432,7 +1437,7 @@ class SGD(Optimizer):
         bufs, first = None, False
         if group["momentum"] != 0:
             first = not batch.has("momentum_buffer")     # the kernel sets it to the grad
-            bufs = batch.new_column("momentum_buffer", params, np.empty)
+            bufs = batch.new_column("momentum_buffer", params, None)
         ops.foreach_sgd_step_(params, grads, bufs, lr=group["lr"],
                               momentum=group["momentum"], dampening=group["dampening"],
                               nesterov=group["nesterov"], weight_decay=group["weight_decay"],
@@ -1631,7 +1636,7 @@ class Adagrad(Optimizer):
 
     def _init_state(self, param, group):
         return {"step": 0,
-                "sum": np.full(param.shape, group["initial_accumulator_value"], param.dtype)}
+                "sum": like_lines(param, group["initial_accumulator_value"])}
 
     def _update(self, group, params, grads, batch, step):
         ops.foreach_adagrad_step_(params, grads, batch.columns["sum"], step,
@@ -1722,7 +1727,7 @@ class Adam(Optimizer):
     def _init_state(self, param, group):
         state = super()._init_state(param, group)
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = np.zeros(param.shape, param.dtype)
+            state["max_exp_avg_sq"] = like_lines(param)
         return state
 
     def _update(self, group, params, grads, batch, step):
@@ -1970,8 +1975,8 @@ class NAdam(Optimizer):
                                       maximize=maximize))
 
     def _init_state(self, param, group):
-        return {"step": 0, "mu_product": 1.0, "exp_avg": np.zeros(param.shape, param.dtype),
-                "exp_avg_sq": np.zeros(param.shape, param.dtype)}
+        return {"step": 0, "mu_product": 1.0, "exp_avg": like_lines(param),
+                "exp_avg_sq": like_lines(param)}
 
     def _update(self, group, params, grads, batch, step):
         # parameters stepped together share their step count, so their mu products agree

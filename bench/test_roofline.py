@@ -40,3 +40,19 @@ def test_stream_to_takes_one_or_two_inputs_of_the_same_bytes():
         stream.stream_to(a, a, a, a)
     with pytest.raises(ValueError, match="equal byte size"):
         stream.stream_to(a, np.zeros(9, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 17, 100_003])
+def test_the_benchmark_arrays_start_cache_lines_and_hold_their_values(n, dtype):
+    """Every contender of a row gets arrays that start a 64-byte line (_bench.on_lines), with
+    the values the seeds give."""
+    from fastopt import _bench
+    p, g, state = _bench.CASES["adam"].arrays(n, dtype)
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(p, rng.standard_normal(n).astype(dtype))
+    np.testing.assert_array_equal(g, rng.standard_normal(n).astype(dtype))
+    for a in (p, g, *state.values()):
+        assert a.__array_interface__["data"][0] % 64 == 0 or n == 0     # (none to place)
+        assert a.dtype == dtype and a.shape == (n,) and a.flags.c_contiguous
+    assert not any(a.any() for a in state.values())

@@ -18,6 +18,27 @@ import numpy as np
 from . import _backend, _registry, ops
 
 
+def on_lines(a):
+    """A copy of ``a`` whose first element starts a 64-byte cache line (a view of an allocation
+    of its own), as torch's CPU allocator places a tensor and DeepSpeedCPUAdam its state.
+
+    Every contender of a row then reads and writes whole lines. NumPy places an array 16 bytes
+    past a line boundary, or at 0, 32 or 48 when the allocation comes from the heap (which
+    glibc uses for arrays up to 32 MB once a large temporary was freed), so the arrays of one
+    step lay at different offsets from a line, by the process's history: Adam's 512-bit loads
+    and stores then split lines on every array but the one the kernels align to. Where the
+    arrays sit in L3 that nearly doubled a step's time (Adam float32 at 1e6 elements, one Zen
+    5 core, a C loop, offsets 16/32/48/0 as NumPy placed them against all 0: 0.25-0.26
+    against 0.14 ns/element, the roofline stream 0.23 against 0.14; bench/misalign.c), and
+    this Adam row, one thread, measured 1.08-1.92x its roofline from one set of fresh arrays
+    to the next (three in one process; on lines 1.05-1.16)."""
+    buf = np.empty(a.nbytes + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
@@ -31,11 +52,12 @@ class Case:
         return _registry.get(self.kernel or self.name)
 
     def arrays(self, n, dtype, seed=0):
-        """Fresh param, grad and state arrays of ``n`` elements."""
+        """Fresh param, grad and state arrays of ``n`` elements, each starting a cache line
+        (:func:`on_lines`)."""
         rng = np.random.default_rng(seed)
-        p = rng.standard_normal(n).astype(dtype)
-        g = rng.standard_normal(n).astype(dtype)
-        return p, g, {k: np.zeros(n, dtype) for k in self.state}
+        p = on_lines(rng.standard_normal(n).astype(dtype))
+        g = on_lines(rng.standard_normal(n).astype(dtype))
+        return p, g, {k: on_lines(np.zeros(n, dtype)) for k in self.state}
 
     def n_streams(self):
         """Arrays read (param, grad, state) and written (all but the grad) per element."""
@@ -146,7 +168,7 @@ def contenders(case, n, dtype, backends, peers=True, only=None):
         p, g, state = case.arrays(n, dtype)
         arrays = [p, g] + list(state.values())
         if len(arrays) < 2:
-            arrays.append(np.zeros_like(p))
+            arrays.append(on_lines(np.zeros_like(p)))
         out["roofline"] = lambda: stream(*arrays)
     if peers and case.torch_peer:
         out.update(_torch_peers(case, n, dtype))
@@ -374,12 +396,12 @@ def group_contenders(shapes, dtype, peers=True):
     opt_arena = Adam(arena.params)
     out["arena"] = lambda: opt_arena.step(arena.grads)
 
-    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
-    grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    params = [on_lines(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    grads = [on_lines(rng.standard_normal(s).astype(dtype)) for s in shapes]
     opt_list = Adam(params)
     out["list"] = lambda: opt_list.step(grads)
 
-    state = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    state = [(on_lines(np.zeros_like(p)), on_lines(np.zeros_like(p))) for p in params]
     counter = [0]
 
     def per_array():
@@ -395,7 +417,7 @@ def group_contenders(shapes, dtype, peers=True):
 
     stream = stream_kernel()
     if stream is not None:
-        flat = [rng.standard_normal(total).astype(dtype) for _ in range(4)]
+        flat = [on_lines(rng.standard_normal(total).astype(dtype)) for _ in range(4)]
         out["roofline"] = lambda: stream(*flat)
     if peers:
         try:

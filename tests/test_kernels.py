@@ -455,3 +455,47 @@ def test_lion_step_by_hand(backend):
     # p - 0.1 * (sign + 0.01 p);  m = 0.01 g + 0.99 m
     np.testing.assert_allclose(p, [0.899, -2.098, 0.5995, -0.1, 1.998], rtol=1e-15, atol=0)
     np.testing.assert_allclose(m, [0.005, 0.0965, -0.198, 0.03, 0.0], rtol=1e-15, atol=1e-18)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("skips", [(16, 16, 16, 16), (48, 0, 16, 32)], ids=["together", "apart"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_long_steps_on_arrays_past_a_cache_line_give_the_reference_bits(backend, dtype, skips,
+                                                                         threads):
+    """Steps long enough that the compiled backends start their vector loop where the param
+    starts a 64-byte line (the elements before it a call of their own), on arrays lying 0-48
+    bytes past one as NumPy places them, with every optional state in use and with none:
+    the reference's bits, on one thread and two."""
+    from kernel_specs import SPECS, same_bits, valid_arrays
+    n = 70_001
+
+    def placed(a, skip):
+        buf = np.zeros(a.nbytes + 128, np.uint8)
+        start = -buf.__array_interface__["data"][0] % 64 + skip
+        out = buf[start:start + a.nbytes].view(a.dtype)
+        out[...] = a
+        return out
+    for spec in SPECS.values():
+        for optional in (True, False):
+            arrays = valid_arrays(spec, (n,), dtype, np.random.default_rng(1))
+            arrays = [a if i < spec.nrequired or optional else None
+                      for i, a in enumerate(arrays)]
+            hyper = dict(spec.hyper)
+            if not optional and "momentum" in hyper:
+                hyper["momentum"] = 0           # (with no momentum buffer)
+            expected = [None if a is None else a.copy() for a in arrays]
+            with fo.use_backend("numpy"):
+                spec.single(expected, **hyper)
+            with fo.use_backend(backend):
+                previous = fo.get_num_threads()
+                fo.set_num_threads(threads)
+                try:
+                    for _ in range(2):      # (the second: numba's pool is awake, see launch)
+                        got = [None if a is None else placed(a, skips[min(i, 3)])
+                               for i, a in enumerate(arrays)]
+                        spec.single(got, **hyper)
+                finally:
+                    fo.set_num_threads(previous)
+            for i, (a, b) in enumerate(zip(got, expected)):
+                assert (a is None and b is None) or same_bits(a, b), (spec.name, optional, i)

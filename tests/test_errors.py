@@ -570,6 +570,34 @@ def test_a_bad_later_group_leaves_earlier_groups_unstepped(backend):
         assert opt_snapshot(opt, [a, b]) == before
 
 
+# (plain SGD keeps no state array)
+STATEFUL = [(c, i) for c, i in zip(CONFIGS, CONFIG_IDS) if c != ("SGD", dict(lr=0.1))]
+
+
+@pytest.mark.parametrize("change", ["read-only", "reshaped"])
+@pytest.mark.parametrize("name,kwargs", [c for c, _ in STATEFUL], ids=[i for _, i in STATEFUL])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_state_array_changed_in_place_in_a_later_group_leaves_earlier_groups_unstepped(
+        backend, name, kwargs, change):
+    """A state array made read-only (or reshaped) in place, after the steps that checked it:
+    the later group's kernel call refused it after the earlier group had stepped."""
+    a, b = np.ones(3), np.ones(2)
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)([{"params": [a]}, {"params": [b]}], **kwargs)
+        opt.step([np.ones(3), np.ones(2)])
+        opt.step([np.ones(3), np.ones(2)])
+        key = next(k for k, v in opt.state[1].items()
+                   if isinstance(v, np.ndarray) and v.shape == b.shape)
+        if change == "read-only":
+            opt.state[1][key].flags.writeable = False
+        else:
+            opt.state[1][key].shape = (1, 2)
+        before = opt_snapshot(opt, [a, b])
+        with pytest.raises(ValueError, match=re.escape(f"state[1][{key!r}]")):
+            opt.step([np.ones(3), np.ones(2)])
+        assert opt_snapshot(opt, [a, b]) == before
+
+
 
 def _overlaps_across_groups():
     """(what, make() -> (opt, params, grads), message): two param groups whose arrays overlap

@@ -744,6 +744,19 @@ class Optimizer:
             for key, value in s.items():
                 self._check_state_entry(where, key, value, params[k], 0)
 
+    def _check_state_arrays(self, gi, states):
+        """Check the state arrays of group ``gi`` as its kernel call will (dtype, shape,
+        writeable), naming them. The plan checked them when it was made, but an array can
+        change in place since (``.flags.writeable = False``, ``.shape = ...``) without anyone
+        being told: with several groups, the later group's kernel call refused it after the
+        earlier groups had stepped."""
+        start, params, slots = self._starts[gi], self.param_groups[gi]["params"], self._slots[gi]
+        for k, s in enumerate(states):
+            if s is not None:
+                for key, value in s.items():
+                    if key not in slots:
+                        self._check_state_entry(f"state[{start + k}]", key, value, params[k], 0)
+
     # ------------------------------------------------------------------------------ step
     def step(self, grads: Grads) -> None:
         """Update every parameter in place from ``grads``.
@@ -932,6 +945,7 @@ class Optimizer:
                     mine = _FLAT
                 elif len(plans) > 1:
                     self._check_grads(gi, mine)
+                    self._check_state_arrays(gi, plan.states)
                 out.append(mine)
             if len(plans) > 1:
                 self._check_grad_overlaps(zip(self._disjoint[1], grads, range(len(grads))))
@@ -982,6 +996,8 @@ class Optimizer:
             start = self._starts[gi]
             self._check_grad_overlaps(zip(self.param_groups[gi]["params"], grads,
                                           range(start, start + len(grads))))
+        # (a state array changed in place: the kernel's message named its list, 'exp_avgs[0]')
+        self._check_state_arrays(gi, plan.states)
 
     def _step_parts(self, gi, plan, grads):
         """The general case: parameters without a grad sit the step out, state is made on

@@ -570,6 +570,30 @@ def test_a_bad_later_group_leaves_earlier_groups_unstepped(backend):
         assert opt_snapshot(opt, [a, b]) == before
 
 
+@pytest.mark.parametrize("key,make,spoil", [
+    ("betas", lambda: [0.9, 0.999], lambda v: v.__setitem__(0, 1.5)),   # a list, as configs
+    ("betas", lambda: np.array([0.9, 0.999]), lambda v: v.__setitem__(0, 1.5)),
+    ("lr", lambda: np.array(0.1), lambda v: v.fill(-1.0)),              # a 0-d array
+    ("betas", lambda: (np.array(0.9), 0.999), lambda v: v[0].fill(np.nan)),
+], ids=["list", "array", "0-d lr", "0-d in a tuple"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_hyper_parameter_changed_in_place_in_a_later_group_leaves_earlier_groups_unstepped(
+        backend, key, make, spoil):
+    """A hyper-parameter held in a mutable object, changed in place after the steps that
+    checked it: the later group's kernel call refused it after the earlier group had
+    stepped."""
+    a, b = np.ones(3), np.ones(2)
+    with fo.use_backend(backend):
+        opt = fo.Adam([{"params": [a]}, {"params": [b], key: make()}], lr=0.1)
+        opt.step([np.ones(3), np.ones(2)])
+        opt.step([np.ones(3), np.ones(2)])
+        before = opt_snapshot(opt, [a, b])
+        spoil(opt.param_groups[1][key])
+        with pytest.raises(ValueError, match="lr" if key == "lr" else "beta1"):
+            opt.step([np.ones(3), np.ones(2)])
+        assert opt_snapshot(opt, [a, b]) == before
+
+
 # (plain SGD keeps no state array)
 STATEFUL = [(c, i) for c, i in zip(CONFIGS, CONFIG_IDS) if c != ("SGD", dict(lr=0.1))]
 

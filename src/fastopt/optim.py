@@ -134,6 +134,14 @@ def _pair(betas):
     return tuple(betas) if isinstance(betas, (list, tuple, np.ndarray)) else betas
 
 
+def _mutable(value):
+    """Whether a hyper-parameter's value can change in place (betas as a list or an array, an
+    lr as a 0-d array, a tuple holding one), unseen by the group's dict."""
+    if isinstance(value, tuple):
+        return any(map(_mutable, value))
+    return isinstance(value, (list, np.ndarray))
+
+
 def _check_hyper(name, value, bounds):
     """One hyper-parameter: a flag, a betas pair or a real number in ``bounds``."""
     if bounds is FLAG:
@@ -375,6 +383,8 @@ class _Plan:
         # the optimizer's only group, unnamed, stepped as a list: Optimizer.step's fast path
         self.alone = alone
         self.made = made          # (index, state) made for the arena path, not stored yet
+        # a hyper-parameter of the group is held in a mutable object (see _mutable)
+        self.mutable = False
 
 
 class _ArenaParams:
@@ -825,6 +835,12 @@ class Optimizer:
         whatever the grads: hyper-parameters, states, and no overlap of params and state
         arrays. (ShardedOptimizer runs them on its shard's optimizer on every rank first.)"""
         plans = [self._plan(gi) for gi in range(len(self.param_groups))]
+        if len(plans) > 1:
+            # a hyper-parameter changed in place in its mutable object tells no one: the
+            # later group's kernel call refused it after the earlier groups had stepped
+            for gi, plan in enumerate(plans):
+                if plan.mutable:
+                    self._check(self.param_groups[gi])
         try:
             self._check_overlaps(plans)
         except ValueError:
@@ -867,6 +883,7 @@ class Optimizer:
                  and not self._named)
         plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
                                        alone, made)
+        plan.mutable = any(_mutable(group.get(key)) for key in self._BOUNDS)
         return plan
 
     def _current_plan(self, gi):

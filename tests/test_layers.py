@@ -836,6 +836,37 @@ def test_batchnorm_statistics_that_overflow_are_the_references(backend):
     np.testing.assert_allclose(cache.mean, c_ref.mean, rtol=1e-13)
 
 
+@pytest.mark.parametrize("n", [4, 300])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_means_whose_sums_overflow_are_the_references(backend, axis, n):
+    """float64 features whose sum overflows (a constant 1e308; 2e306, which overflows in a
+    batch of 300 only; half the batch at the largest float): the mean is the reference's
+    x.sum() / N, inf, so the variance is inf and y NaN there, and the running variance inf.
+    Cython's shifted sums (x minus the block's first row) kept a finite mean, a variance of
+    0 and y = beta; Numba merged the blocks' infinite means into a NaN variance."""
+    big = np.finfo(np.float64).max
+    x = np.stack([np.full(n, 1e308), np.full(n, 2e306),
+                  np.r_[np.full(n // 2, big), np.zeros(n - n // 2)],
+                  np.arange(n, dtype=np.float64)], axis=1)
+    x = x if axis == 0 else x.T.copy()
+    g, b = np.linspace(0.5, 2, 4), np.linspace(-1, 1, 4)
+    results = {}
+    for name in ("numpy", backend):
+        layer = fo.BatchNorm(4, axis=axis, dtype=np.float64)
+        with fo.use_backend(name), np.errstate(all="ignore"):
+            y, cache = fo.batchnorm_forward(x, g, b, axis=axis)
+            layer.forward(x)
+        results[name] = y, cache.mean, cache.var, layer.running_var
+    y_ref, mean_ref, var_ref, rv_ref = results["numpy"]
+    assert np.isinf(mean_ref[[0, 2]]).all() and np.isinf(var_ref[[0, 2]]).all()
+    y, mean, var, rv = results[backend]
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)      # (NaN where the reference's)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-13)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-12)
+    np.testing.assert_allclose(rv, rv_ref, rtol=1e-12)
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batchnorm_blocks_of_rows_keep_nan_and_inf_in_their_feature(backend, dtype):
     """NaN and +-inf in the first, a middle and the last block of rows: y and dx are NaN in

@@ -513,6 +513,17 @@ cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept 
         chan_merge(part + lo, part + C + lo, k * j.stat_rows, part + 5 * C * k + lo,
                    part + 5 * C * k + C + lo, min(j.stat_rows, N - k * j.stat_rows), hi - lo)
     for c in range(lo, hi):
+        # the reference's mean is x.sum() / N: where that sum overflows (a float64 column of
+        # 1e308) the shifted sums kept a finite mean, a variance of 0 and y = beta, where the
+        # reference's mean and variance are inf (y NaN); such a column (or one with NaN or
+        # inf) is taken again by the definition
+        if not isfinite(part[c] * N):
+            if j.is32:
+                column_moments_two_pass(<const float*>j.x + c, C, 0, N, part + c, part + C + c)
+            else:
+                column_moments_two_pass(<const double*>j.x + c, C, 0, N, part + c,
+                                        part + C + c)
+    for c in range(lo, hi):
         mean_out[c] = part[c]
         mean[c] = part[c]
     for c in range(lo, hi):

@@ -237,11 +237,32 @@ def _merge_moments(part, N, eps, mean, inv_std, var):
         inv_std[c] = 1.0 / math.sqrt(var[c] + eps)
 
 
+@numba.njit(**JIT)
+def _overflowed_moments(x, eps, mean, inv_std, var):
+    """Columns whose mean is not finite (a float64 sum that overflowed, NaN, inf) taken again
+    by the definition: the reference's variance of a column of 1e308 is inf (x - inf is -inf),
+    where merging the blocks' infinite means gave NaN (inf - inf)."""
+    N, C = x.shape
+    for c in range(C):
+        if not math.isfinite(mean[c] * N):
+            s = 0.0
+            for r in range(N):
+                s += x[r, c]
+            mean[c] = s / N
+            s = 0.0
+            for r in range(N):
+                d = x[r, c] - mean[c]
+                s += d * d
+            var[c] = s / N
+            inv_std[c] = 1.0 / math.sqrt(var[c] + eps)
+
+
 def _stats_cols(x, eps, mean, inv_std, var):          # each feature a column
     N, C = x.shape
     part = np.empty(((N + _ROW_BLOCK - 1) // _ROW_BLOCK, 3, C))
     chunked(_block_moments, part.shape[0], x, part)
     _merge_moments(part, N, eps, mean, inv_std, var)
+    _overflowed_moments(x, eps, mean, inv_std, var)
 
 
 @numba.njit(**_PAR)

@@ -622,6 +622,26 @@ def test_a_state_array_changed_in_place_in_a_later_group_leaves_earlier_groups_u
         assert opt_snapshot(opt, [a, b]) == before
 
 
+@pytest.mark.parametrize("grads", ["list", "dict"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_state_array_made_read_only_in_place_is_named_as_the_optimizers_state(backend,
+                                                                               grads):
+    """One group, whose kernel call refuses the array: the message named the kernel's list
+    item (exp_avgs[0]), an argument the caller never passed."""
+    params = {"W": np.ones(3), "b": np.ones(2)}
+    with fo.use_backend(backend):
+        opt = fo.Adam(params if grads == "dict" else list(params.values()), lr=0.1)
+        step = ({"dW": np.ones(3), "db": np.ones(2)} if grads == "dict"
+                else [np.ones(3), np.ones(2)])
+        opt.step(step)
+        opt.step(step)
+        opt.state[1]["exp_avg_sq"].flags.writeable = False
+        before = opt_snapshot(opt, list(params.values()))
+        with pytest.raises(ValueError, match=re.escape("state[1]['exp_avg_sq'] is read-only")):
+            opt.step(step)
+        assert opt_snapshot(opt, list(params.values())) == before
+
+
 
 def _overlaps_across_groups():
     """(what, make() -> (opt, params, grads), message): two param groups whose arrays overlap

@@ -601,10 +601,12 @@ STATEFUL = [(c, i) for c, i in zip(CONFIGS, CONFIG_IDS) if c != ("SGD", dict(lr=
 @pytest.mark.parametrize("change", ["read-only", "reshaped"])
 @pytest.mark.parametrize("name,kwargs", [c for c, _ in STATEFUL], ids=[i for _, i in STATEFUL])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
-def test_a_state_array_changed_in_place_in_a_later_group_leaves_earlier_groups_unstepped(
+def test_a_state_array_changed_in_place_in_a_later_group_is_refused_by_name(
         backend, name, kwargs, change):
-    """A state array made read-only (or reshaped) in place, after the steps that checked it:
-    the later group's kernel call refused it after the earlier group had stepped."""
+    """A state array made read-only (or reshaped) in place, after the steps that checked it,
+    is refused by its group's kernel call, named as the optimizer's state, and its group is
+    left as it was. (The groups before it have stepped: state arrays are not checked again
+    before every step, which would cost a multi-group step a Python pass over all of them.)"""
     a, b = np.ones(3), np.ones(2)
     with fo.use_backend(backend):
         opt = getattr(fo, name)([{"params": [a]}, {"params": [b]}], **kwargs)
@@ -616,10 +618,13 @@ def test_a_state_array_changed_in_place_in_a_later_group_leaves_earlier_groups_u
             opt.state[1][key].flags.writeable = False
         else:
             opt.state[1][key].shape = (1, 2)
-        before = opt_snapshot(opt, [a, b])
+        state_before = {k: np.array(v, copy=True) for k, v in opt.state[1].items()}
+        b_before = b.copy()
         with pytest.raises(ValueError, match=re.escape(f"state[1][{key!r}]")):
             opt.step([np.ones(3), np.ones(2)])
-        assert opt_snapshot(opt, [a, b]) == before
+        np.testing.assert_array_equal(b, b_before)
+        for k, v in state_before.items():
+            np.testing.assert_array_equal(opt.state[1][k], v)
 
 
 @pytest.mark.parametrize("grads", ["list", "dict"])

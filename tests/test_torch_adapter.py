@@ -2017,6 +2017,33 @@ def test_step_between_forward_and_backward_raises_as_in_torch():
         loss.backward()
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("Adam", "AdamW")])
+def test_a_clip_that_scales_grads_in_place_counts_it_as_torch_does(name):
+    """torch's clip_grad_norm_ scales the grads in place, which moves their version counters:
+    a graph that saved a grad (a penalty on it) then refuses to backward through it. The
+    optimizers whose clip scales the float grads in place (all but Adam and AdamW, which
+    scale inside their kernel and leave p.grad as it was) wrote through NumPy without telling
+    autograd: the penalty's backward ran on the scaled grad, silently (x.grad 8.9 where the
+    unscaled grad's is 200, and torch raises)."""
+    out = []
+    for lib in (torch.optim, ft):
+        p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+        x = torch.tensor([1.0, 2.0], requires_grad=True)
+        p.grad = x * 10                     # a grad in a graph
+        penalty = p.grad.pow(2).sum()       # saves it
+        version = p.grad._version
+        if lib is torch.optim:
+            torch.nn.utils.clip_grad_norm_([p], 1.0)
+            getattr(torch.optim, name)([p], foreach=False).step()
+        else:
+            getattr(ft, name)([p], max_grad_norm=1.0).step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            penalty.backward()
+        out.append((p.grad._version > version, p.grad.detach().clone()))
+    assert out[0][0] and out[1][0]
+    assert torch.allclose(out[0][1], out[1][1])
+
+
 def test_step_hooks_and_the_profiler_run():
     p = torch.nn.Parameter(torch.randn(5))
     p.grad = torch.ones(5)

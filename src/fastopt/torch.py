@@ -1366,6 +1366,10 @@ class _FastOptimizer(_Mixin):
                     for g, f in zip(gviews, plan.formats):
                         if f is None:
                             np.multiply(g, g.dtype.type(factor), out=g)
+                    # as clip_grad_norm_'s mul_ moves them: a graph that saved a grad must
+                    # refuse to backward through the scaled one
+                    _increment_versions([g for g, f in zip(plan.live_grads, plan.formats)
+                                         if f is None])
                     for k in plan.neg_grads:    # gviews[k] is a copy of it (_view_grads)
                         if plan.formats[k] is None:
                             plan.live_grads[k].copy_(_tensor(gviews[k], plan.live_grads[k]))

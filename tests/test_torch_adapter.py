@@ -2399,6 +2399,30 @@ def test_a_parameter_twice_in_a_group_raises_naming_it():
     assert not opt.state and torch.equal(p, torch.ones(3)) and torch.equal(q, torch.ones(2))
 
 
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "SGD"])
+def test_a_parameter_put_in_a_second_group_raises_naming_it(name):
+    """torch.optim refuses a parameter in two param groups when a group is added, but one put
+    there by editing ``param_groups`` it steps once per group, its count advancing twice a
+    step. fastopt.torch stepped it once per group from the count read before the first:
+    Adam's trajectory left torch's (step 4 against 8 after four steps), silently. The step
+    raises now, naming both places, before any group steps, and again at the next step."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [b], "lr": 0.05}], lr=0.1)
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    opt.step()
+    before = [t.clone() for s in opt.state.values() for t in s.values()]
+    opt.param_groups[1]["params"].append(a)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="parameter 1 of param group 1 is parameter 0 of "
+                                             "param group 0"):
+            opt.step()
+        assert all(map(_same_bits, before, [t for s in opt.state.values() for t in s.values()]))
+        assert torch.equal(a, torch.ones(3) * a[0]) and a[0] != 1
+    opt.param_groups[1]["params"].pop()     # as it was: the step goes on
+    opt.step()
+    assert all(s.get("step", 2) == 2 for s in opt.state.values())
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
 def test_state_of_another_dtype_or_shape_raises_before_any_group_steps(name):
     """``model.double()`` after some steps leaves float32 state on float64 parameters (torch's

@@ -39,7 +39,8 @@ made without a key the step reads (``amsgrad`` switched on after the first step,
 dict of another optimizer class loaded), which raises ``KeyError`` naming the key as
 torch.optim's step does (after stepping the groups before; SGD's missing momentum buffer is
 made, as torch makes it). A parameter listed twice in a group (torch.optim warns, then steps
-it once per occurrence), parameters or state tensors of a group whose memory overlaps (views
+it once per occurrence) or in two groups (put there by editing ``param_groups``: torch
+refuses it in ``add_param_group``, and steps it once per group), parameters or state tensors of a group whose memory overlaps (views
 of one buffer, or separate storages over one memory such as ``torch.from_numpy`` of
 overlapping slices; the kernels compare memory bounds, so interleaved views count too), or a
 grad whose memory overlaps a parameter or state tensor of its group (other than a parameter
@@ -774,7 +775,10 @@ class _FastOptimizer(_Mixin):
         same = (seen is not None and seen[0] is state and len(state) == len(seen[1])
                 and all(map(operator.is_, state, seen[1]))
                 and all(map(operator.is_, state.values(), seen[2])))
+        self._replanned = False
         work = [self._prepare(gi, group, same) for gi, group in enumerate(self.param_groups)]
+        if self._replanned and len(work) > 1:
+            self._refuse_shared(work)
         # so are the hyper-parameters, so that a raising step changes nothing (each group's
         # _update checks its own before its kernels run, which is in time for one group;
         # _run checks a group that clips before it scales grads in place)
@@ -826,7 +830,30 @@ class _FastOptimizer(_Mixin):
             # step on in or out of inference mode
             with torch.inference_mode(False):
                 plan = plans[gi] = self._make_plan(group, params, grads, plan)
+            self._replanned = True      # (_refuse_shared compares the groups' parameters)
         return plan if plan.params else None
+
+    def _refuse_shared(self, work):
+        """ValueError naming a parameter with a grad in two param groups (put there by editing
+        ``param_groups``: torch's add_param_group refuses it), whose plans would each step
+        it from the count read before either ran, where torch.optim steps it once per group,
+        counting each. The plans of both groups are forgotten, so that the next step checks
+        again."""
+        first: dict[int, int] = {}
+        for gi, plan in enumerate(work):
+            for p in plan.params if plan is not None else ():
+                other = first.setdefault(id(p), gi)
+                if other != gi:
+                    where = [next(j for j, q in enumerate(self.param_groups[g]["params"])
+                                  if q is p) for g in (gi, other)]
+                    self._plans.pop(gi, None)
+                    self._plans.pop(other, None)
+                    raise ValueError(
+                        f"fastopt.torch: parameter {where[0]} of param group {gi} is parameter "
+                        f"{where[1]} of param group {other} too; torch.optim refuses a "
+                        "parameter in more than one param group (add_param_group), and steps "
+                        "one put there by editing param_groups once per group: list each "
+                        "parameter in one group")
 
     def _plan_holds(self, plan, group, params, grads, same=False):
         """Whether ``plan`` still describes the group's parameters, their state and grads

@@ -2501,6 +2501,33 @@ def test_an_expanded_parameter_raises_as_in_torch():
     assert torch.equal(q, torch.zeros(4)) and opt.state[q]["step"].item() == 1
 
 
+@pytest.mark.parametrize("what", ["parameter", "state"])
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_a_tensor_of_overlapping_windows_raises_before_any_group_steps(name, what):
+    """A parameter or state tensor whose elements overlap without a zero stride (an
+    ``as_strided`` view of overlapping windows) is refused by the kernels, which have no one
+    result for it (torch.optim steps it element after element). That refusal came from the
+    kernel of its group, after the groups before had stepped (the first group's parameter
+    moved to -0.1, its state made) and naming 'params[0]'; it is now raised before any group
+    steps, naming the tensor, as a stride 0 is."""
+    a = torch.nn.Parameter(torch.zeros(3))
+    windows = torch.arange(6.0).as_strided((3, 3), (1, 1))
+    p = torch.nn.Parameter(windows if what == "parameter" else torch.zeros(3, 3))
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [p]}], lr=0.1,
+                            **({"momentum": 0.9} if name == "SGD" else {}))
+    if what == "state":
+        key = "momentum_buffer" if name == "SGD" else "exp_avg"
+        opt.state[p] = {key: torch.zeros(6).as_strided((3, 3), (1, 1))}
+        if name == "Adam":
+            opt.state[p].update(step=torch.tensor(1.0), exp_avg_sq=torch.zeros(3, 3))
+    a.grad, p.grad = torch.ones(3), torch.ones(3, 3)
+    where = "parameter 0 of param group 1" if what == "parameter" else (
+        rf"state\['{key}'\] of parameter 0 of param group 1")
+    with pytest.raises(ValueError, match=f"{where} has elements that share memory"):
+        opt.step()
+    assert torch.equal(a, torch.zeros(3)) and a not in opt.state
+
+
 def test_overlapping_parameters_raise_before_any_group_steps():
     """Views of one buffer whose memory overlaps in one group (the kernels refuse them):
     the step raises naming them and their group before the first group has stepped."""

@@ -34,7 +34,9 @@ NAdam's ``mu_product`` outside [0, 1]) are checked before any group is stepped, 
 that raises on them changes nothing: that includes a state tensor whose dtype or shape is
 not its parameter's (``model.double()`` after some steps, which torch.optim's SGD and Adagrad
 step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
-the state), an expanded parameter (stride 0), which torch.optim refuses too, and a state
+the state), an expanded parameter (stride 0), which torch.optim refuses too, a parameter or
+state tensor whose elements overlap otherwise (``as_strided`` windows: torch.optim steps it,
+the kernels refuse it), and a state
 made without a key the step reads (``amsgrad`` switched on after the first step, or a state
 dict of another optimizer class loaded), which raises ``KeyError`` naming the key as
 torch.optim's step does (after stepping the groups before; SGD's missing momentum buffer is
@@ -151,7 +153,7 @@ import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, STEP, UNIT, _shown, as_real, check_reals
-from ._validate import extent, same_memory
+from ._validate import _shares_elements, extent, same_memory
 from .optim import _deepcopy_locked, _step_lock
 from .reference import lowp
 
@@ -251,12 +253,20 @@ def _check_tensor(kind, index, t):
 def _check_not_expanded(kind, index, t):
     """RuntimeError if elements of ``t`` share a memory location (a stride 0 on an axis longer
     than 1: an expanded tensor), which the step would write once per element; torch's
-    in-place updates refuse it too."""
+    in-place updates refuse it too. ValueError for elements that overlap otherwise (an
+    ``as_strided`` view of overlapping windows), which the kernels refuse: here, before any
+    group steps, not from its group's kernel once the groups before have stepped."""
     if any(stride == 0 and n > 1 for n, stride in zip(t.shape, t.stride())):
         raise RuntimeError(f"fastopt.torch: {kind} {index} has more than one element at one "
                            f"memory location (shape {tuple(t.shape)}, strides {t.stride()}: an "
                            "expanded tensor) and is updated in place, which torch.optim "
                            "refuses too; clone() it first")
+    if not t.is_contiguous() and _shares_elements(_memory(t)):
+        raise ValueError(f"fastopt.torch: {kind} {index} has elements that share memory "
+                         f"(shape {tuple(t.shape)}, strides {t.stride()}: overlapping "
+                         "as_strided windows); fastopt's kernels update every element at its "
+                         "own address and refuse it (torch.optim steps it element after "
+                         "element): clone() it first")
 
 
 def _check_state_tensor(key, index, t):

@@ -36,21 +36,20 @@ not its parameter's (``model.double()`` after some steps, which torch.optim's SG
 step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
 the state), an expanded parameter (stride 0), which torch.optim refuses too, a parameter or
 state tensor whose elements overlap otherwise (``as_strided`` windows: torch.optim steps it,
-the kernels refuse it), and a state
-made without a key the step reads (``amsgrad`` switched on after the first step, or a state
-dict of another optimizer class loaded), which raises ``KeyError`` naming the key as
-torch.optim's step does (after stepping the groups before; SGD's missing momentum buffer is
-made, as torch makes it). A parameter listed twice in a group (torch.optim warns, then steps
-it once per occurrence) or in two groups (put there by editing ``param_groups``: torch
-refuses it in ``add_param_group``, and steps it once per group), parameters or state tensors of a group whose memory overlaps (views
-of one buffer, or separate storages over one memory such as ``torch.from_numpy`` of
-overlapping slices; the kernels compare memory bounds, so interleaved views count too), or a
-grad whose memory overlaps a parameter or state tensor of its group (other than a parameter
-that is its own grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled
-weight decay decays its grad with it), raise
-``ValueError`` at the step, before any group has stepped (torch.optim steps them one after
-the other). A param group popped from ``param_groups`` is forgotten at the next step (its
-parameters' state stays in ``opt.state``, as in torch.optim).
+the kernels refuse it), and a state made without a key the step reads (``amsgrad`` switched
+on after the first step, or a state dict of another optimizer class loaded), which raises
+``KeyError`` naming the key as torch.optim's step does (after stepping the groups before;
+SGD's missing momentum buffer is made, as torch makes it). A parameter listed twice in a group
+(torch.optim warns, then steps it once per occurrence) or in two groups (put there by editing
+``param_groups``: torch refuses it in ``add_param_group``, and steps it once per group),
+parameters or state tensors of a group whose memory overlaps (views of one buffer, or
+separate storages over one memory such as ``torch.from_numpy`` of overlapping slices; the
+kernels compare memory bounds, so interleaved views count too), or a grad whose memory
+overlaps a parameter or state tensor of its group (other than a parameter that is its own
+grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled weight decay
+decays its grad with it), raise ``ValueError`` at the step, before any group has stepped
+(torch.optim steps them one after the other). A param group popped from ``param_groups`` is
+forgotten at the next step (its parameters' state stays in ``opt.state``, as in torch.optim).
 
 float32 and float64 parameters are stepped in place. complex64 and complex128 parameters are
 stepped in place as torch.optim steps them: the kernels run on ``torch.view_as_real`` of the

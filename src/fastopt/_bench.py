@@ -25,7 +25,7 @@ def on_lines(a):
     Every contender of a row then reads and writes whole lines. NumPy places an array 16 bytes
     past a line boundary, or at 0, 32 or 48 when the allocation comes from the heap (which
     glibc uses for arrays up to 32 MB once a large temporary was freed), so the arrays of one
-    step lay at different offsets from a line, by the process's history: Adam's 512-bit loads
+    step lie at different offsets from a line, by the process's history: Adam's 512-bit loads
     and stores then split lines on every array but the one the kernels align to. Where the
     arrays sit in L3 that nearly doubled a step's time (Adam float32 at 1e6 elements, one Zen
     5 core, a C loop, offsets 16/32/48/0 as NumPy placed them against all 0: 0.25-0.26

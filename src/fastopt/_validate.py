@@ -220,8 +220,8 @@ def _apart(tensors):
         for i, a in enumerate(arrays):
             if a is None or i == 1:
                 continue
-            owner = a if a.base is None else a.base     # (as _owner, inline: the usual case)
-            if not (isinstance(owner, np.ndarray) and owner.flags.owndata):
+            owner = _owner(a)
+            if owner is None:
                 return False
             written.add(id(owner))
             count += 1
@@ -230,9 +230,8 @@ def _apart(tensors):
     for arrays in tensors:
         g = arrays[1]
         if g is not None and g is not arrays[0]:
-            owner = g if g.base is None else g.base
-            if id(owner) in written or not (isinstance(owner, np.ndarray)
-                                            and owner.flags.owndata):
+            owner = _owner(g)
+            if owner is None or id(owner) in written:
                 return False
     return True
 

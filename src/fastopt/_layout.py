@@ -5,6 +5,8 @@ contiguous in the same order. Anything else (a strided slice, a transpose next t
 grad, a byte-swapped or unaligned array) is run on contiguous copies whose results are then
 written back into the caller's arrays, so views the caller holds still see the update.
 """
+import math
+
 import numpy as np
 
 
@@ -30,9 +32,19 @@ def via_contiguous(kernel, arrays, **scalars):
             np.copyto(a, c)
 
 
+def past_line(shape, dtype, skip):
+    """A new, unset C-ordered array of ``shape`` and ``dtype`` whose data lies ``skip`` bytes
+    past a 64-byte cache line: a view of an allocation of its own."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    buf = np.empty(nbytes + 64, np.uint8)
+    start = (skip - buf.__array_interface__["data"][0]) % 64
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def like_lines(a, fill=0):
     """A new C-ordered array of ``a``'s shape and dtype (holding ``fill``; None: not set) whose
-    data lies as far past a 64-byte cache line as ``a``'s: a view of an allocation of its own.
+    data lies as far past a 64-byte cache line as ``a``'s (:func:`past_line`).
 
     The element-wise kernels start their vector loop where the param starts a line, which puts
     the other arrays of a step on lines only where they lie as far past one as the param. NumPy
@@ -43,14 +55,9 @@ def like_lines(a, fill=0):
     as the param: 0.25-0.26 against 0.14 ns/element; bench/misalign.c). The state of an
     optimizer, the grads and state of a ParameterArena are placed so.
     """
-    dtype = a.dtype
-    nbytes = a.size * dtype.itemsize
-    buf = np.empty(nbytes + 64, np.uint8)
     address = a.__array_interface__["data"][0]
-    skip = (address - buf.__array_interface__["data"][0]) % 64
-    if address % dtype.alignment:       # (an unaligned param: its copies run on lines)
-        skip = -buf.__array_interface__["data"][0] % 64
-    out = buf[skip:skip + nbytes].view(dtype).reshape(a.shape)
+    # (an unaligned param's copies run on lines: its state starts one)
+    out = past_line(a.shape, a.dtype, 0 if address % a.dtype.alignment else address % 64)
     if fill is not None:
         out.fill(fill)
     return out

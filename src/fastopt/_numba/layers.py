@@ -216,9 +216,13 @@ def _block_moments(x, part):
 
 
 @numba.njit(**JIT)
-def _merge_moments(part, N, eps, mean, inv_std, var):
+def _merge_moments(part, x, eps, mean, inv_std, var):
     """The blocks' moments combined in block order: mean, the biased variance and
-    1 / sqrt(variance + eps)."""
+    1 / sqrt(variance + eps). A column whose mean is not finite (a float64 sum that
+    overflowed, NaN, inf) is taken again by the definition: the reference's variance of a
+    column of 1e308 is inf (x - inf is -inf), where merging the blocks' infinite means gave
+    NaN (inf - inf)."""
+    N = x.shape[0]
     for c in range(mean.size):      # (not mean[:] = part[0, 0]: see _combine_blocks)
         mean[c] = part[0, 0, c]
     for b in range(1, part.shape[0]):
@@ -234,16 +238,6 @@ def _merge_moments(part, N, eps, mean, inv_std, var):
             var[c] += part[b, 1, c] + nb * (d * d)
     for c in range(mean.size):
         var[c] = var[c] / N
-        inv_std[c] = 1.0 / math.sqrt(var[c] + eps)
-
-
-@numba.njit(**JIT)
-def _overflowed_moments(x, eps, mean, inv_std, var):
-    """Columns whose mean is not finite (a float64 sum that overflowed, NaN, inf) taken again
-    by the definition: the reference's variance of a column of 1e308 is inf (x - inf is -inf),
-    where merging the blocks' infinite means gave NaN (inf - inf)."""
-    N, C = x.shape
-    for c in range(C):
         if not math.isfinite(mean[c] * N):
             s = 0.0
             for r in range(N):
@@ -254,15 +248,14 @@ def _overflowed_moments(x, eps, mean, inv_std, var):
                 d = x[r, c] - mean[c]
                 s += d * d
             var[c] = s / N
-            inv_std[c] = 1.0 / math.sqrt(var[c] + eps)
+        inv_std[c] = 1.0 / math.sqrt(var[c] + eps)
 
 
 def _stats_cols(x, eps, mean, inv_std, var):          # each feature a column
     N, C = x.shape
     part = np.empty(((N + _ROW_BLOCK - 1) // _ROW_BLOCK, 3, C))
     chunked(_block_moments, part.shape[0], x, part)
-    _merge_moments(part, N, eps, mean, inv_std, var)
-    _overflowed_moments(x, eps, mean, inv_std, var)
+    _merge_moments(part, x, eps, mean, inv_std, var)
 
 
 @numba.njit(**_PAR)

@@ -550,6 +550,32 @@ def test_numba_steps_go_parallel_in_a_run_of_calls_or_when_long(monkeypatch):
         fo.set_num_threads(threads)
 
 
+@pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_numba_long_steps_run_the_elements_before_a_line_start_alone(itemsize):
+    """A step of ALIGN_MIN elements or more runs the elements before the param's first 64-byte
+    line start as a serial call of their own (none when it starts one), then the rest from
+    the line start, every element once; absent state stays empty in both calls."""
+    from fastopt._numba import _common
+    dtype = np.float32 if itemsize == 4 else np.float64
+    n = _common.ALIGN_MIN + 5
+    for skip in range(0, 64, itemsize):
+        buf = np.zeros((n + 16) * itemsize + 64, np.uint8)
+        start = -buf.ctypes.data % 64 + skip
+        x = buf[start:start + n * itemsize].view(dtype)
+        calls = []
+
+        def serial(a, e, scalars):
+            calls.append((a.ctypes.data - x.ctypes.data, a.size, e.size))
+            a += 1
+
+        _common.launch(serial, None, (x, np.empty(0, dtype)), ())
+        head = (64 - skip) % 64 // itemsize
+        first = [(0, head, 0)] if head else []
+        assert calls[:-1] == first and calls[-1] == (head * itemsize, n - head, 0), skip
+        assert (x == 1).all()
+
+
 NUMBA_WORKQUEUE_FORK = """
 import os, time
 import numpy as np

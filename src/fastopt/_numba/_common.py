@@ -285,6 +285,14 @@ def scalars(name):
 # their one call: their master, not the 16-bit param, is what a line start would be for.
 ALIGN_MIN = 1 << 16
 
+@numba.njit(**JIT)
+def _line_head(a):
+    """The elements of ``a`` before the first that starts a 64-byte line (for a flat array of
+    elements of 4 or 8 bytes). Compiled: ``__array_interface__`` costs ~2.4 us a call on a
+    Zen 2 VM (this 0.45, the dispatch), a fifth of a 1e5-element SGD step."""
+    return (-a.ctypes.data) % 64 // a.itemsize
+
+
 # A layer kernel's chunks per thread (a step takes one share per thread: see launch).
 CHUNKS_PER_THREAD = 8
 
@@ -336,7 +344,7 @@ def launch(serial, parallel, views, scalars, nbytes=None):
         if nbytes >= STEP_PARALLEL_BYTES:
             nbytes = sum([v.nbytes for v in views])               # absent state is empty
         if n >= ALIGN_MIN:
-            head = -views[0].__array_interface__["data"][0] % 64 // views[0].itemsize
+            head = _line_head(views[0])
             if head:        # (absent state stays empty: the kernels read it as absent)
                 serial(*[v[:head] if v.size else v for v in views], scalars)
                 views = [v[head:] if v.size else v for v in views]

@@ -44,43 +44,64 @@ FO_DX_4ROWS(fo_dx_4rows_d, double)
  * float64 (lane j takes the terms i with i % 8 == j, in order), then the fixed pairwise
  * combine. Same bits. Each partial sum is a chain of dependent additions, which a loop over
  * one row waits on; four rows run four times the chains side by side. (The gradient sums
- * gained nothing so: their rows come from memory and each term costs more.) */
-typedef double fo_w8d __attribute__((vector_size(64)));
-typedef float fo_w8f __attribute__((vector_size(32)));
-/* the float64 values of p[0..7] (macros: a function returning a 512-bit vector would warn
-   about its ABI in the AVX2 build) */
-#define FO_WIDEN8(T, p)                                                                \
-    ({ T##_w8 v_; memcpy(&v_, (p), sizeof v_); __builtin_convertvector(v_, fo_w8d); })
-typedef fo_w8f float_w8;
-typedef fo_w8d double_w8;
+ * gained nothing so: their rows come from memory and each term costs more.) The eight lanes
+ * are held in native vectors (FO_BN_W doubles each, 8 / FO_BN_W of them a row): a wider
+ * vector type is split by GCC into spills and scalar moves through the stack, which made
+ * the AVX2 build's forward with features as rows 2.2x slower than Numba's ((4096, 256)
+ * float32, one thread, Zen 2: 1813 against 831 us). */
+#if defined(__AVX512F__)
+#define FO_BN_W 8
+#elif defined(__AVX__)
+#define FO_BN_W 4
+#else
+#define FO_BN_W 2
+#endif
+typedef double fo_wd __attribute__((vector_size(8 * FO_BN_W)));
+/* the float64 values of p[0..FO_BN_W - 1] (floats widened by one vcvtps2pd from memory:
+   __builtin_convertvector of a 4-float vector took two halves and a trip through the stack) */
+#define FO_WIDEN(T, p) FO_WIDEN_##T(p)
+#define FO_WIDEN_double(p) ({ fo_wd v_; memcpy(&v_, (p), sizeof v_); v_; })
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define FO_WIDEN_float(p) ((fo_wd)_mm512_cvtps_pd(_mm256_loadu_ps(p)))
+#elif defined(__AVX__)
+#include <immintrin.h>
+#define FO_WIDEN_float(p) ((fo_wd)_mm256_cvtps_pd(_mm_loadu_ps(p)))
+#else
+#include <emmintrin.h>
+#define FO_WIDEN_float(p) ((fo_wd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(p)))))
+#endif
 
-/* out[r] = the sum over i < n of TERM1 (row r, element i) for rows r < 4 (TERM8: the terms of
-   elements i..i+7) */
-#define FO_ROWS4(NAME, T, TERM8, TERM1)                                                \
+/* out[r] = the sum over i < n of TERM1 (row r, element i) for rows r < 4 (TERMW: the terms of
+   elements i..i+FO_BN_W-1, lanes i % 8 .. of the eight) */
+#define FO_ROWS4(NAME, T, TERMW, TERM1)                                                \
 static void NAME(const T* x, const double* mean, Py_ssize_t stride, Py_ssize_t n,   \
                  double* out) {                                                      \
-    fo_w8d acc[4] = {{0}}, d;                                                        \
-    Py_ssize_t i, n8 = n - n % 8;                                                    \
-    int r;                                                                           \
+    fo_wd acc[4][8 / FO_BN_W] = {{{0}}}, d;                                          \
+    double lane[8];                                                                  \
+    Py_ssize_t i, k, n8 = n - n % 8;                                                 \
+    int r, h;                                                                        \
     (void)mean, (void)d;                                                             \
-    for (i = 0; i < n8; i += 8)                                                      \
+    for (k = 0; k < n8; k += 8)                                                      \
         for (r = 0; r < 4; r++)                                                      \
-            acc[r] += TERM8;                                                         \
-    for (; i < n; i++)                                                               \
-        for (r = 0; r < 4; r++)                                                      \
-            acc[r][i - n8] += TERM1;                                                 \
-    for (r = 0; r < 4; r++)                                                          \
-        out[r] = ((acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]))                 \
-                 + ((acc[r][4] + acc[r][5]) + (acc[r][6] + acc[r][7]));              \
+            for (h = 0, i = k; h < 8 / FO_BN_W; h++, i += FO_BN_W)                   \
+                acc[r][h] += TERMW;                                                  \
+    for (r = 0; r < 4; r++) {                                                        \
+        memcpy(lane, acc[r], sizeof lane);                                           \
+        for (i = n8; i < n; i++)                                                     \
+            lane[i - n8] += TERM1;                                                   \
+        out[r] = ((lane[0] + lane[1]) + (lane[2] + lane[3]))                         \
+                 + ((lane[4] + lane[5]) + (lane[6] + lane[7]));                      \
+    }                                                                                \
 }
 #define FO_AT (x + r * stride + i)
 /* sum(x) */
-FO_ROWS4(fo_rows4_sum_f, float, FO_WIDEN8(float, FO_AT), (double)*FO_AT)
-FO_ROWS4(fo_rows4_sum_d, double, FO_WIDEN8(double, FO_AT), *FO_AT)
+FO_ROWS4(fo_rows4_sum_f, float, FO_WIDEN(float, FO_AT), (double)*FO_AT)
+FO_ROWS4(fo_rows4_sum_d, double, FO_WIDEN(double, FO_AT), *FO_AT)
 /* sum((x - mean[r])^2) */
-FO_ROWS4(fo_rows4_centred_sq_f, float, (d = FO_WIDEN8(float, FO_AT) - mean[r], d * d),
+FO_ROWS4(fo_rows4_centred_sq_f, float, (d = FO_WIDEN(float, FO_AT) - mean[r], d * d),
          ((double)*FO_AT - mean[r]) * ((double)*FO_AT - mean[r]))
-FO_ROWS4(fo_rows4_centred_sq_d, double, (d = FO_WIDEN8(double, FO_AT) - mean[r], d * d),
+FO_ROWS4(fo_rows4_centred_sq_d, double, (d = FO_WIDEN(double, FO_AT) - mean[r], d * d),
          (*FO_AT - mean[r]) * (*FO_AT - mean[r]))
 #undef FO_AT
 

@@ -1,7 +1,8 @@
 /* The softmax family's floor: fastopt's float32 exp-and-sum of rows of k logits
  * (fo_exp_sum_f, from fo_vexp.h), the exp alone, the eight ordered float64 partial sums alone,
  * and an exp pass then a sum pass, on one core, best of several sweeps, ns/element. Arguments:
- * k (default 1000) and the number of rows (4096: streamed; 64: in L1/L2). Build and run:
+ * k (default 1000) and the number of rows (4096: streamed; 64: in L1/L2). Build and run
+ * (-march=x86-64-v3 for the AVX2 build's loops, on a CPU without AVX-512):
  *   gcc -O3 -march=x86-64-v4 -ffp-contract=off -fno-trapping-math -fno-math-errno \
  *       -I src/fastopt/_kernels -o /tmp/exp_floor bench/exp_floor.c -lm \
  *       && taskset -c 0 /tmp/exp_floor 1000 64
@@ -19,24 +20,26 @@ static double now(void) {
 }
 __attribute__((noinline)) double sum_only(const float *e,
                                           Py_ssize_t n) { /* the 8-lane chain alone */
-    fo_v8d sums = {0};
+    FO_SUMS;        /* (fo_vexp.h: eight float64 lanes in native vectors) */
     for (Py_ssize_t i = 0; i + 8 <= n; i += 8)
-        sums += fo_load8_f(e + i);
+        FO_SUMS_LOAD(f, e + i);
     double a = 0;
     for (int j = 0; j < 8; j++)
-        a += sums[j];
+        a += FO_SUMS_LANE(j);
     return a;
 }
 __attribute__((noinline)) void exp_only(const float *z, float m, float *e, Py_ssize_t n) {
+    enum { LANES = FO_VBYTES / 4 };
     fo_vf s;
-    for (int j = 0; j < 16; j++)
+    for (int j = 0; j < LANES; j++)
         s[j] = m;
-    for (Py_ssize_t i = 0; i + 16 <= n; i += 16) {
-        fo_prefetch_at(z + n, i * 4);
+    for (Py_ssize_t i = 0; i + LANES <= n; i += LANES) {
+        if (!(i % 16))
+            fo_prefetch_at(z + n, i * 4);
         fo_vf v;
-        memcpy(&v, z + i, 64);
+        memcpy(&v, z + i, sizeof v);
         v = fo_vexpf(v - s);
-        memcpy(e + i, &v, 64);
+        memcpy(e + i, &v, sizeof v);
     }
 }
 int main(int argc, char **argv) {

@@ -254,13 +254,18 @@ FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp)
 
 /* e[i] = exp(z[i] - m) for i < n, returning sum(e) in float64 summed as layers.pyx's row_sum
    sums a row (eight interleaved partial sums, the one of lane j taking the e[i] with
-   i % 8 == j in order, then a fixed pairwise combine): the same bits as a second pass over e,
-   for any vector width, without the pass. Meanwhile the lines of [next, next + n) are
-   prefetched, one per 64 bytes of z: a caller stepping through rows passes the next row,
-   which then arrives from memory while this one's exps are computed (its max pass had waited
-   for it: (4096, 1000) and (256, 32000) float32 softmax, 2 threads, a C harness: 16% and 20%
-   less time; rows in cache as before). next may point past the end of its array: a
-   prefetch does not fault. */
+   i % 8 == j in order, then a fixed pairwise combine), for any vector width. Meanwhile the
+   lines of [next, next + n) are prefetched, one per 64 bytes of z: a caller stepping through
+   rows passes the next row, which then arrives from memory while this one's exps are
+   computed (its max pass had waited for it: (4096, 1000) and (256, 32000) float32 softmax,
+   2 threads, a C harness: 16% and 20% less time; rows in cache as before). next may point
+   past the end of its array: a prefetch does not fault.
+   An exp pass over the row, then a sum pass over e (in L1 or L2 by then): taking the sums
+   from the exp's vectors in registers, in the one loop, cost more (bench/exp_floor.c, rows
+   of 1000 float32, one core, ns/element, one loop against two passes: AVX2 build on Zen 2
+   0.82 against 0.66 in cache, 0.86 against 0.76 streamed; AVX-512 on Zen 5 0.24 against
+   0.19 in cache, 0.23-0.24 either way streamed), and the two passes need no conversion of
+   the exp's lanes to float64 in registers. */
 static inline void fo_prefetch_at(const void* base, size_t offset) {
 #if defined(__GNUC__)      /* the address in integers: it may lie beyond base's array */
     __builtin_prefetch((const void*)((uintptr_t)base + offset), 0, 3);
@@ -270,7 +275,7 @@ static inline void fo_prefetch_at(const void* base, size_t offset) {
 }
 typedef float fo_v4f __attribute__((vector_size(16)));
 typedef double fo_v4d __attribute__((vector_size(32)));
-/* four values of p (in a register or in memory) as float64 */
+/* four values of p as float64 */
 static inline fo_v4d fo_load4d_f(const float* p) {
 #if defined(__AVX__)
     return (fo_v4d)_mm256_cvtps_pd(_mm_loadu_ps(p));   /* GCC 12 converts the generic */
@@ -285,64 +290,41 @@ static inline fo_v4d fo_load4d_d(const double* p) {
     memcpy(&v, p, sizeof v);
     return v;
 }
-/* the sums are taken from the exp's vectors in registers: reloading e just stored stalls on
-   store forwarding (the fused loop ran 30% slower than two passes). Both loops over v[] are
-   unrolled so that v stays in registers: rolled, GCC kept v on the stack, copied z into it in
-   16-byte halves and read it back in 32 (store forwarding fails), and float64 ran 3x slower. */
-#define FO_LANE(v, k) ((double)(v)[(k) / LANES][(k) % LANES])
-#define FO_QUAD(v, k) ((fo_v4d){FO_LANE(v, k), FO_LANE(v, (k) + 1), FO_LANE(v, (k) + 2), \
-                                FO_LANE(v, (k) + 3)})
 /* The eight partial sums: with AVX-512 one vector of eight float64 lanes, which takes eight
-   floats in one conversion (two 256-bit halves took four conversions and three shuffles per
-   16 floats: float32 exp-and-sum, C loop, 0.43 -> 0.33 ns/element); the same additions in
-   the same order either way. FO_SUMS_ADD adds the eight values from v[] at k, FO_SUMS_LOAD
-   eight from memory. */
+   floats in one conversion; else two of four. The same additions in the same order either
+   way. FO_SUMS_LOAD adds eight values from memory. */
 #if defined(__AVX512F__)
 typedef double fo_v8d __attribute__((vector_size(64)));
-static inline fo_v8d fo_eight_f(const fo_vf* v, Py_ssize_t k) {
-    __m512 w = (__m512)v[k / 16];
-    return (fo_v8d)_mm512_cvtps_pd(k % 16 ? _mm512_extractf32x8_ps(w, 1)
-                                          : _mm512_castps512_ps256(w));
-}
-static inline fo_v8d fo_eight_d(const fo_vd* v, Py_ssize_t k) { return (fo_v8d)v[k / 8]; }
 static inline fo_v8d fo_load8_f(const float* p) {
     return (fo_v8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
 }
 static inline fo_v8d fo_load8_d(const double* p) { return (fo_v8d)_mm512_loadu_pd(p); }
 #define FO_SUMS fo_v8d sums = {0}
-#define FO_SUMS_ADD(S, v, k) (sums += fo_eight_##S(v, k))
 #define FO_SUMS_LOAD(S, p) (sums += fo_load8_##S(p))
 #define FO_SUMS_LANE(j) sums[j]
 #else
 #define FO_SUMS fo_v4d lo = {0}, hi = {0}
-#define FO_SUMS_ADD(S, v, k) (lo += FO_QUAD(v, k), hi += FO_QUAD(v, (k) + 4))
 #define FO_SUMS_LOAD(S, p) (lo += fo_load4d_##S(p), hi += fo_load4d_##S((p) + 4))
 #define FO_SUMS_LANE(j) ((j) < 4 ? lo[j] : hi[(j) - 4])
 #endif
 #define FO_EXP_SUM(NAME, T, S, VT, VEXP, REST)                                         \
 static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {           \
-    enum { LANES = FO_VBYTES / sizeof(T), STEP = LANES > 8 ? LANES : 8 };            \
-    VT v[STEP / LANES], s;                                                           \
+    enum { LANES = FO_VBYTES / sizeof(T) };                                          \
+    VT v, s;                                                                         \
     FO_SUMS;                                                                         \
     double acc[8];                                                                   \
     Py_ssize_t i = 0, j, n8 = n - n % 8;                                             \
     for (j = 0; j < LANES; j++) s[j] = m;                                            \
-    for (; i + STEP <= n; i += STEP) {                                               \
+    for (; i + LANES <= n; i += LANES) {                                             \
         if (!((i * sizeof(T)) & 63))                                                 \
             fo_prefetch_at(next, i * sizeof(T));                                     \
-        _Pragma("GCC unroll 8")                                                      \
-        for (j = 0; j < STEP / LANES; j++) {                                         \
-            memcpy(&v[j], z + i + j * LANES, sizeof v[j]);                           \
-            v[j] = VEXP(v[j] - s);                                                   \
-            memcpy(e + i + j * LANES, &v[j], sizeof v[j]);                           \
-        }                                                                            \
-        _Pragma("GCC unroll 8")                                                      \
-        for (j = 0; j < STEP; j += 8)                                                \
-            FO_SUMS_ADD(S, v, j);                                                    \
+        memcpy(&v, z + i, sizeof v);                                                 \
+        v = VEXP(v - s);                                                             \
+        memcpy(e + i, &v, sizeof v);                                                 \
     }                                                                                \
     if (i < n)                                                                       \
         REST(z + i, &m, 0, e + i, n - i);                                            \
-    for (; i < n8; i += 8)                                                           \
+    for (i = 0; i < n8; i += 8)                                                      \
         FO_SUMS_LOAD(S, e + i);                                                      \
     for (j = 0; j < 8; j++)                                                          \
         acc[j] = FO_SUMS_LANE(j);                                                    \

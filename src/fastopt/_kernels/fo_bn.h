@@ -69,7 +69,8 @@ typedef double fo_wd __attribute__((vector_size(8 * FO_BN_W)));
 #define FO_WIDEN_float(p) ((fo_wd)_mm256_cvtps_pd(_mm_loadu_ps(p)))
 #else
 #include <emmintrin.h>
-#define FO_WIDEN_float(p) ((fo_wd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(p)))))
+#define FO_WIDEN_float(p)                                                              \
+    ((fo_wd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(p)))))
 #endif
 
 /* out[r] = the sum over i < n of TERM1 (row r, element i) for rows r < 4 (TERMW: the terms of

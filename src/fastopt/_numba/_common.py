@@ -285,11 +285,13 @@ def scalars(name):
 # their one call: their master, not the 16-bit param, is what a line start would be for.
 ALIGN_MIN = 1 << 16
 
+
 @numba.njit(**JIT)
 def _line_head(a):
     """The elements of ``a`` before the first that starts a 64-byte line (for a flat array of
-    elements of 4 or 8 bytes). Compiled: ``__array_interface__`` costs ~2.4 us a call on a
-    Zen 2 VM (this 0.45, the dispatch), a fifth of a 1e5-element SGD step."""
+    elements of 4 or 8 bytes). Compiled: ``__array_interface__`` cost ~2.4 us a call on a
+    Zen 2 VM, this 0.45 (the dispatch): a 1e5-element SGD step on one thread, 22.1 -> 19.0
+    us."""
     return (-a.ctypes.data) % 64 // a.itemsize
 
 

@@ -372,7 +372,8 @@ class _Plan:
     flat state buffers, and the :class:`_Batch` of each path's one kernel call (kept from step
     to step with the columns of state arrays it gathered)."""
 
-    def __init__(self, states, uniform, span, flat, list_batch, flat_batch, alone, made):
+    def __init__(self, states, uniform, span, flat, list_batch, flat_batch, alone, made,
+                 mutable):
         self.version = _state_version
         self.states = states
         self.uniform = uniform
@@ -383,8 +384,7 @@ class _Plan:
         # the optimizer's only group, unnamed, stepped as a list: Optimizer.step's fast path
         self.alone = alone
         self.made = made          # (index, state) made for the arena path, not stored yet
-        # a hyper-parameter of the group is held in a mutable object (see _mutable)
-        self.mutable = False
+        self.mutable = mutable    # a hyper-parameter is held in a mutable object (_mutable)
 
 
 class _ArenaParams:
@@ -882,9 +882,9 @@ class Optimizer:
             group.checked = True
         alone = (len(self.param_groups) == 1 and span is None and list_batch is not None
                  and not self._named)
+        mutable = any(_mutable(group.get(key)) for key in self._BOUNDS)
         plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
-                                       alone, made)
-        plan.mutable = any(_mutable(group.get(key)) for key in self._BOUNDS)
+                                       alone, made, mutable)
         return plan
 
     def _current_plan(self, gi):

@@ -208,7 +208,7 @@ def _scalar_dtype():
 
 def _number(value):
     """A hyper-parameter as a Python number (torch accepts 1-element tensors for some)."""
-    return value if type(value) is float else (
+    return value if type(value) is float or type(value) is int else (
         value.item() if isinstance(value, torch.Tensor) else value)
 
 
@@ -1544,8 +1544,8 @@ class _FastOptimizer(_Mixin):
         group is read: torch's step takes a 0-d tensor for each. A one-element tensor that is
         not 0-d raises where torch's step refuses it (``_NOT_0D``)."""
         value = group[key]
-        if type(value) is float:
-            return value        # the common case, at every step
+        if type(value) is float or type(value) is int:
+            return value        # the common case, at every step (torch's weight_decay=0)
         if isinstance(value, torch.Tensor) and value.dim() != 0 and key in self._NOT_0D:
             self._refuse_not_0d(group, key, value)
         return _number(value)

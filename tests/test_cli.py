@@ -369,11 +369,45 @@ def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls
 
     monkeypatch.setattr(_bench, "time", FakeTime)
     monkeypatch.setattr(_bench, "settle", lambda: None)
+    monkeypatch.setattr(_bench, "WARM_SECONDS", 0.0)    # untimed batches of one batch's calls
     timed = _bench.time_row({"slow": make("slow", 2.0 ** -13, 8),
                              "fast": make("fast", 2.0 ** -16, 65)}, rounds=3, target=1e-3)
     assert calls == {"slow": 4 + 3 * 16, "fast": 4 + 3 * 130}
     assert timed["slow"] == (2.0 ** -13, 0.0)
     assert timed["fast"] == (pytest.approx((burst + 64 * 2.0 ** -16) / 65, rel=1e-12), 0.0)
+
+
+def test_the_untimed_batch_lasts_warm_seconds_so_the_slow_calls_after_settling_stay_out(
+        monkeypatch):
+    """time_row: calls are slow (2^-11 s) for the first 2^-7 s after each settle, then fast
+    (2^-13 s). The untimed batch of 8 calls (1 ms / the fastest sizing call) would end after
+    2^-8 s, inside the slow stretch, and the timed batch would read 2^-11: it goes on until
+    WARM_SECONDS (2^-6 s here) have passed, and the timed calls read 2^-13. On a clock each call
+    moves (binary fractions: the sums are exact)."""
+    from fastopt import _bench
+    clock, settled, per_round = [0.0], [float("-inf")], []
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    def settle():
+        settled[0] = clock[0]
+        per_round.append(0)
+
+    def contender():
+        if per_round:
+            per_round[-1] += 1
+        clock[0] += 2.0 ** -11 if clock[0] - settled[0] < 2.0 ** -7 else 2.0 ** -13
+
+    monkeypatch.setattr(_bench, "time", FakeTime)
+    monkeypatch.setattr(_bench, "settle", settle)
+    monkeypatch.setattr(_bench, "WARM_SECONDS", 2.0 ** -6)
+    timed = _bench.time_row({"c": contender}, rounds=3, target=1e-3)
+    # per round: 16 slow calls (2^-7 s), 64 fast ones to 2^-6 s, then the 8 timed
+    assert per_round == [16 + 64 + 8] * 3
+    assert timed["c"] == (2.0 ** -13, 0.0)
 
 
 BUSY_SCRIPT = """

@@ -242,6 +242,14 @@ def _thread_state(tid):
         return "X"
 
 
+# Each round's untimed batch lasts at least this long: after settle() the first few ms of calls
+# run slow, the second core's most (per-call medians by time since the start of a contender's
+# calls, 6 rounds, 2-vCPU Zen 2 VM, rows of five contenders: fastopt SGD 1e5 13.3 us in the
+# first ms, 10.1 in the third, 8.9 after 8 ms, the roofline 9.0 -> 8.2; Adam 1e6 809 -> 573 ->
+# 548 us, the roofline 751 -> 501 -> 473). With an untimed batch of ~1 ms that SGD row read
+# 1.41-1.46x its roofline, with 5 ms 1.11-1.18 (three alternated rows each).
+WARM_SECONDS = 5e-3
+
 # Calls at least this long are timed one by one (the clock's own cost, ~0.1 us, is then below
 # 1% of a call); shorter ones by the batch.
 PER_CALL_MIN = 2e-5
@@ -252,10 +260,11 @@ def time_row(fns, rounds=5, target=1e-3):
     about ``target`` seconds, started after :func:`settle` and an untimed batch as long; rows
     where one call takes longer than 10 ``target`` get at most 3 rounds: the 1e7 rows, not
     the 1e6 ones, whose NumPy reference takes a few ms and which had 3 rounds of ~6 calls
-    each for all their samples). The untimed batch keeps out what the first calls after other
-    work cost, which is the machine's state more than the contender's: on a 2-vCPU cloud VM,
-    10 ms of other work left a fastopt.torch step on 1e3 elements at 120 us for its first
-    call and 9.5 us after, torch's ``add_`` on 1e3 floats at 111 and 3.9 us. In the Adam 1e6
+    each for all their samples; the untimed batch lasts WARM_SECONDS at least). The untimed
+    batch keeps out what the first calls after other work cost, which is the machine's state
+    more than the contender's: on a 2-vCPU cloud VM, 10 ms of other work left a
+    fastopt.torch step on 1e3 elements at 120 us for its first call and 9.5 us after,
+    torch's ``add_`` on 1e3 floats at 111 and 3.9 us. In the Adam 1e6
     row (8 contenders, 16 MB of arrays each, Zen 5 VM) one untimed call was not enough: the
     six calls after it took, by position (medians over 8 rounds), 340 282 240 197 156 185 us
     for fastopt, 298 149 134 132 118 115 for the roofline, 441 259 208 181 182 167 for
@@ -294,7 +303,10 @@ def time_row(fns, rounds=5, target=1e-3):
             r, xs = reps[label], samples[label]
             settle()
             with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):
-                for _ in range(r):      # an untimed batch first (see above)
+                warm_start = clock()
+                for _ in range(r):      # an untimed batch first (see above), WARM_SECONDS or more
+                    fn()
+                while clock() - warm_start < WARM_SECONDS:
                     fn()
                 if alone[label]:
                     for _ in range(r):

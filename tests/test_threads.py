@@ -552,11 +552,13 @@ def test_numba_steps_go_parallel_in_a_run_of_calls_or_when_long(monkeypatch):
 
 @pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
 @pytest.mark.parametrize("itemsize", [4, 8])
-def test_numba_long_steps_run_the_elements_before_a_line_start_alone(itemsize):
+def test_numba_long_steps_run_the_elements_before_a_line_start_alone(itemsize, monkeypatch):
     """A step of ALIGN_MIN elements or more runs the elements before the param's first 64-byte
     line start as a serial call of their own (none when it starts one), then the rest from
-    the line start, every element once; absent state stays empty in both calls."""
+    the line start, every element once; absent state stays empty in both calls. (ALIGN_MIN
+    as an AVX-512 host sets it.)"""
     from fastopt._numba import _common
+    monkeypatch.setattr(_common, "ALIGN_MIN", 1 << 16)
     dtype = np.float32 if itemsize == 4 else np.float64
     n = _common.ALIGN_MIN + 5
     for skip in range(0, 64, itemsize):
@@ -574,6 +576,30 @@ def test_numba_long_steps_run_the_elements_before_a_line_start_alone(itemsize):
         first = [(0, head, 0)] if head else []
         assert calls[:-1] == first and calls[-1] == (head * itemsize, n - head, 0), skip
         assert (x == 1).all()
+
+
+@pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
+def test_numba_splits_at_a_line_start_only_where_it_compiles_for_avx512(monkeypatch):
+    """The line-start split is on where Numba targets AVX-512 (NUMBA_CPU_FEATURES, else the
+    host), and without it (ALIGN_MIN None) a long step at any offset is one serial call."""
+    import numba
+    from fastopt._numba import _common
+    for features, wide in [("+avx2,+fma,-avx512f", False), ("+avx2,+avx512f,+avx512bw", True),
+                           ("", False)]:
+        monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+        assert _common._wide_vectors() is wide, features
+    monkeypatch.setattr(_common, "ALIGN_MIN", None)
+    n = (1 << 16) + 5
+    buf = np.zeros(n * 4 + 128, np.uint8)
+    x = buf[-buf.ctypes.data % 64 + 16:][:n * 4].view(np.float32)
+    calls = []
+
+    def serial(a, e, scalars):
+        calls.append((a.ctypes.data - x.ctypes.data, a.size))
+        a += 1
+
+    _common.launch(serial, None, (x, np.empty(0, np.float32)), ())
+    assert calls == [(0, n)] and (x == 1).all()
 
 
 NUMBA_WORKQUEUE_FORK = """

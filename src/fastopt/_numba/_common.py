@@ -275,19 +275,6 @@ def scalars(name):
     return Scalars, pack
 
 
-# Steps of at least this many elements start their vector loop where the param starts a 64-byte
-# line (the elements before it are a call of their own), as the Cython kernels' driver does:
-# NumPy places arrays 16 bytes past a line, and where the arrays sit in L3 every 512-bit load
-# and store split over two lines costs (Adam float32 at 1e6, every array 16 bytes past a line
-# against on lines, one thread 281-329 against 215-220 us, two 138-148 against 119-133). The
-# other arrays come onto lines with the param where they lie as far past one (the optimizers
-# place their state so: fastopt._layout.like_lines). The 16-bit forms (``nbytes`` given) keep
-# their one call: their master, not the 16-bit param, is what a line start would be for.
-# Only where Numba compiles for AVX-512 (None: no split): with 256-bit vectors half the loads
-# of a line-split loop split, and the split call never paid for its ~4-6 us of slicing and
-# dispatch (Zen 2 VM, AVX2, every array 16 bytes past a line, in-process alternation, split
-# against none, one thread: SGD 27.7 / 23.1 us at 1e5, 232 / 221 at 1e6; Adam 62.3 / 57.3,
-# 704 / 706; two threads at 1e6: SGD 119 / 113, Adam 301 / 290; level at 4e6).
 def _wide_vectors():
     """Whether Numba compiles for a CPU with AVX-512: NUMBA_CPU_FEATURES's if set, else the
     host's (which Numba targets by default)."""
@@ -298,6 +285,20 @@ def _wide_vectors():
     return bool(binding.get_host_cpu_features().get("avx512f"))
 
 
+# Steps of at least this many elements start their vector loop where the param starts a 64-byte
+# line (the elements before it are a call of their own), as the Cython kernels' driver does:
+# NumPy places arrays 16 bytes past a line, and where the arrays sit in L3 every 512-bit load
+# and store split over two lines costs (Adam float32 at 1e6, every array 16 bytes past a line
+# against on lines, one thread 281-329 against 215-220 us, two 138-148 against 119-133). The
+# other arrays come onto lines with the param where they lie as far past one (the optimizers
+# place their state so: fastopt._layout.like_lines). The 16-bit forms (``nbytes`` given) keep
+# their one call: their master, not the 16-bit param, is what a line start would be for.
+# Only where Numba compiles for AVX-512 (None: no split): with 256-bit vectors only every other
+# load and store of a misaligned loop crosses a line, and the split call never paid for its
+# ~4-6 us of slicing and dispatch (Zen 2 VM, AVX2, every array 16 bytes past a line,
+# in-process alternation, split against none, one thread: SGD 27.7 / 23.1 us at 1e5, 232 / 221
+# at 1e6; Adam 62.3 / 57.3, 704 / 706; two threads at 1e6: SGD 119 / 113, Adam 301 / 290;
+# level at 4e6).
 ALIGN_MIN = 1 << 16 if _wide_vectors() else None
 
 

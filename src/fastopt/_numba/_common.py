@@ -277,7 +277,8 @@ def scalars(name):
 
 def _wide_vectors():
     """Whether Numba compiles for a CPU with AVX-512: NUMBA_CPU_FEATURES's if set, else the
-    host's (which Numba targets by default)."""
+    host's as llvmlite reads them, which is what Numba targets by default, on every OS
+    (fastopt._cpu.host_features reads /proc/cpuinfo: Linux only)."""
     features = numba.config.CPU_FEATURES
     if features is not None:
         return "+avx512f" in features.split(",")

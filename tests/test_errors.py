@@ -797,6 +797,37 @@ def test_views_of_separate_allocations_are_known_apart_without_their_addresses()
     assert not _apart([(p, g, m, v), (view(5), v[2:], view(5), view(5))])
 
 
+@pytest.mark.skipif("numba" not in GRID_BACKENDS, reason="runs with the numba backend")
+def test_numba_step_views_skips_the_address_check_exactly_where_apart_does(monkeypatch):
+    """The Numba backend's step_views makes _validate._apart's test from the flags it reads
+    anyway (written out there for speed): it must skip the check of addresses
+    (_first_overlap) on exactly the arrays _apart takes as apart, and the step must then
+    give the reference's bits or raise as it does."""
+    from fastopt._numba import _common
+    from fastopt._validate import _apart
+    compared = []
+    first_overlap = _common._first_overlap
+    monkeypatch.setattr(_common, "_first_overlap",
+                        lambda views: compared.append(1) or first_overlap(views))
+
+    def view(n):                                  # n elements of an allocation of their own
+        return np.empty(n + 3)[3:]
+    p, g, m, v = (np.ones(5) for _ in range(4))
+    buf, big = np.empty(10), np.empty(16)
+    cases = [(p, g, m, v), (view(5), view(5), view(5), view(5)), (p, p, m, v),
+             (p, g, buf[:5], buf[5:]), (p, buf[1:6], buf[:5], v), (p, m, m, v), (p, g, m, m),
+             (p, g, m, np.frombuffer(bytearray(40))), (p, np.frombuffer(bytearray(40)), m, v),
+             (big[:5], g, big[8:13], v), (big[:5], g, big[3:8], v), (p, big[:5], m, big[5:10]),
+             (p, g, m, big[:5].reshape(5)), (p, g, m, v[:])]
+    for arrays in cases:
+        compared.clear()
+        try:
+            _common.step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
+        except ValueError:
+            pass
+        assert bool(compared) == (not _apart([arrays])), arrays
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_overlapping_views_of_one_allocation_are_refused(backend):
     """Written views of one allocation that overlap are refused (by the full check), those

@@ -157,7 +157,9 @@ def _address(a):
 def _owner(a):
     """The ndarray whose own allocation holds the elements of ``a``, or None when that is not
     known (memory numpy did not allocate: a buffer, a torch tensor, ``as_strided``)."""
-    base = a if a.base is None else a.base     # numpy collapses a view's base to the owner
+    if a.flags.owndata:     # (first: the usual array, one attribute read)
+        return a
+    base = a.base           # numpy collapses a view's base to the owner
     return base if isinstance(base, np.ndarray) and base.flags.owndata else None
 
 

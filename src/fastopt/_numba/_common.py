@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _hyper, _registry
 from .._multi import foreach
-from .._validate import FLOAT_DTYPES, _apart, check_step_arrays, overlap_error
+from .._validate import FLOAT_DTYPES, check_step_arrays, overlap_error
 
 # error_model="numpy": division by zero gives inf/nan instead of raising, and lets LLVM
 # vectorize divisions. fastmath stays off: IEEE semantics, no reassociation, no FMA contraction.
@@ -144,6 +144,9 @@ def step_views(arrays, names, nrequired):
         # the common case, in one pass: C-contiguous arrays of the param's dtype and shape
         dtype, shape = p.dtype, p.shape
         views = []
+        # the owners of the arrays written (memory numpy did not allocate has none) and the
+        # grad's, for _validate._apart's test from the flags read here (~1.5 us less a call)
+        owners, written, grad_owner = set(), 0, None
         for i, a in enumerate(arrays):
             if a is None:
                 if i < nrequired:
@@ -155,11 +158,26 @@ def step_views(arrays, names, nrequired):
             flags = a.flags
             if not (flags.c_contiguous and flags.aligned) or (i != 1 and not flags.writeable):
                 break
+            if flags.owndata:
+                owner = a
+            else:
+                owner = a.base      # (numpy collapses a view's base to the owner)
+                if not (isinstance(owner, np.ndarray) and owner.flags.owndata):
+                    owner = None
+            if i == 1:
+                grad_owner = owner
+            else:
+                written += 1
+                if owner is not None:
+                    owners.add(id(owner))
             views.append(a if a.ndim == 1 else a.ravel())    # (a view; reshape took twice as long)
         else:
-            if _apart((arrays,)):
-                # each array owns an allocation of its own (a grad may be its param): no two
-                # overlap, known without comparing addresses (as _validate.check_disjoint)
+            if (len(owners) == written
+                    and (arrays[1] is None or arrays[1] is p
+                         or (grad_owner is not None and id(grad_owner) not in owners))):
+                # each array written owns an allocation of its own, and the grad is its param
+                # or in another: no two overlap, known without comparing addresses (as
+                # _validate.check_disjoint)
                 return views
             # Numba types a read-only array apart from a writeable one, and a tuple of mixed
             # types cannot be indexed at run time: beside a read-only grad, check read-only

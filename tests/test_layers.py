@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import (COMPILED, GRID_BACKENDS, LAYOUTS, cython_builds, needs_torch, relayout,
+from conftest import (AVAILABLE, COMPILED, GRID_BACKENDS, LAYOUTS, cython_builds, needs_torch, relayout,
                       tolerance, torch, use_cython_build)
 
 
@@ -34,6 +34,11 @@ def layout(a, how):
 
 
 BN_SHAPES = [(2, 2), (2, 7), (33, 5), (256, 300), (1031, 3)]
+# the tests that hold the Numba backend to the Cython one's bits: in the run on the Cython backend
+# (every CI run sets one backend; without FASTOPT_BACKEND the first is Cython's)
+cython_against_numba = pytest.mark.skipif(
+    GRID_BACKENDS[0] != "cython" or "numba" not in AVAILABLE,
+    reason="in the Cython backend's run, with the Numba backend installed")
 
 
 @pytest.mark.parametrize("how", ["C", "F", "strided"])
@@ -998,8 +1003,7 @@ def test_layers_are_bit_identical_for_1_to_3_threads_over_several_chunks(backend
     assert results[0] == results[1] == results[2]
 
 
-@pytest.mark.skipif(not {"cython", "numba"} <= set(GRID_BACKENDS),
-                    reason="needs the Cython and the Numba backend")
+@cython_against_numba
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_numba_softmax_has_the_same_exp_as_cython(axis, dtype):
     """The Numba kernels compute fo_vexp.h's exp in the same operations (and sum a row in the
@@ -1048,8 +1052,7 @@ def test_cross_entropy_gradient_is_rounded_in_the_logits_dtype(backend, axis, dt
             assert d.tobytes() == ((p - target) * inv_m).tobytes()
 
 
-@pytest.mark.skipif(not {"cython", "numba"} <= set(GRID_BACKENDS),
-                    reason="needs the Cython and the Numba backend")
+@cython_against_numba
 def test_numba_cross_entropy_sums_probability_rows_as_cython():
     """A contiguous row's loss term, sum(target * log_softmax), is eight interleaved float64
     partial sums in both compiled backends (the Numba kernel summed it in one chain:

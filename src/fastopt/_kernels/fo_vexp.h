@@ -24,10 +24,12 @@ typedef unsigned long long fo_vdu __attribute__((vector_size(FO_VBYTES)));
    built with -ffp-contract=off; this is a function of its own, not a formula) */
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#define FO_HAS_FMA 1
 #define FO_FMAF(a, b, c) ((fo_vf)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
 #define FO_FMAD(a, b, c) ((fo_vd)_mm512_fmadd_pd((__m512d)(a), (__m512d)(b), (__m512d)(c)))
 #elif defined(__FMA__)
 #include <immintrin.h>
+#define FO_HAS_FMA 1
 #define FO_FMAF(a, b, c) ((fo_vf)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
 #define FO_FMAD(a, b, c) ((fo_vd)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
 #else
@@ -86,8 +88,8 @@ typedef unsigned long long fo_vdu __attribute__((vector_size(FO_VBYTES)));
    (bench/exp_accuracy.c: 0.988 ulp over every float32 input, 0.981 over 10^8 float64 ones).
    glibc's vector exp falls back to a scalar call per lane when any lane underflows: softmax
    of confident logits (spread beyond 88) ran 10x slower. */
-/* u = exp(r), r = x - n ln2 (Cody-Waite), n = t - 1.5 * 2^23 = round(x/ln2) */
-static inline fo_vf fo_vexpf_reduced(fo_vf x, fo_vf t) {
+/* exp(r) - 1, r = x - n ln2 (Cody-Waite), n = t - 1.5 * 2^23 = round(x/ln2) */
+static inline fo_vf fo_vexpf_less1(fo_vf x, fo_vf t) {
     const fo_vf o = {0};
     fo_vf n = t - 0x1.8p23f;
     fo_vf r = FO_FMAF(n, o - 0.693145751953125f, x);
@@ -98,7 +100,11 @@ static inline fo_vf fo_vexpf_reduced(fo_vf x, fo_vf t) {
                       FO_FMAF(o + 0.00833336077630519866943359f, r,
                               o + 0.0416664853692054748535156f));
     u = FO_FMAF(FO_FMAF(u, r, o + 0.166666671633720397949219f), r, o + 0.5f);
-    return 1.0f + FO_FMAF(r2, u, r);
+    return FO_FMAF(r2, u, r);
+}
+/* u = exp(r) */
+static inline fo_vf fo_vexpf_reduced(fo_vf x, fo_vf t) {
+    return 1.0f + fo_vexpf_less1(x, t);
 }
 /* t = x/ln2 rounded into 1.5 * 2^23, whose low bits are then n = round(x/ln2) */
 static inline fo_vf fo_vexpf_shifted(fo_vf x) {
@@ -156,15 +162,28 @@ static inline fo_vf fo_vexpf(fo_vf x) {
     const fo_vf o = {0};
     fo_vf t = fo_vexpf_shifted(x);
     fo_vfi ni = (fo_vfi)t - (fo_vfi)(o + 0x1.8p23f);
-    if (!FO_ANYI((fo_vfu)ni + 125u > 252u))
-        return fo_vexpf_reduced(x, t) * (fo_vf)((ni + 127) << 23);
+    if (!FO_ANYI((fo_vfu)ni + 125u > 252u)) {
+        fo_vf s = (fo_vf)((ni + 127) << 23);
+#ifdef FO_HAS_FMA
+        /* (1 + q) 2^n as one FMA, q 2^n + 2^n, rounded once: the result is normal here,
+           where a product by a power of two rounds as its other factor, so these are the
+           bits of the multiply below (every float32 input; 2e8 float64 ones), one operation
+           less in the chain of dependent ones that bounds the loop (C loop, one Zen 2 core,
+           exp alone: 0.53 -> 0.47 ns/element; softmax (4096, 1000) float32 in-process, one
+           thread, alternated: 3.59-3.66 -> 3.52-3.55 ms, log-softmax 3.80-3.82 -> 3.58-3.66).
+           Without a fused multiply-add q 2^n could round (subnormal) before the sum. */
+        return FO_FMAF(fo_vexpf_less1(x, t), s, s);
+#else
+        return fo_vexpf_reduced(x, t) * s;
+#endif
+    }
 #endif
     return fo_vexpf_edge(x);
 }
 #endif
 
 /* the same for float64: n in [-1021, 1023] on the fast path */
-static inline fo_vd fo_vexp_reduced(fo_vd x, fo_vd t) {
+static inline fo_vd fo_vexp_less1(fo_vd x, fo_vd t) {
     const fo_vd o = {0};
     fo_vd n = t - 0x1.8p52;
     fo_vd r = FO_FMAD(n, o - .69314718055966295651160180568695068359375, x);
@@ -177,7 +196,10 @@ static inline fo_vd fo_vexp_reduced(fo_vd x, fo_vd t) {
     fo_vd u = FO_FMAD(o + 2.08860621107283687536341e-09, r4 * r4,
                       FO_FMAD(FO_FMAD(a3, r2, a2), r4, FO_FMAD(a1, r2, a0)));
     u = FO_FMAD(FO_FMAD(u, r, o + 0.166666666666666851703837), r, o + 0.5);
-    return 1.0 + FO_FMAD(r2, u, r);
+    return FO_FMAD(r2, u, r);
+}
+static inline fo_vd fo_vexp_reduced(fo_vd x, fo_vd t) {
+    return 1.0 + fo_vexp_less1(x, t);
 }
 static inline fo_vd fo_vexp_shifted(fo_vd x) {
     const fo_vd o = {0};
@@ -222,8 +244,14 @@ static inline fo_vd fo_vexp(fo_vd x) {
     const fo_vd o = {0};
     fo_vd t = fo_vexp_shifted(x);
     fo_vdi ni = (fo_vdi)t - (fo_vdi)(o + 0x1.8p52);
-    if (!FO_ANYI((fo_vdu)ni + 1021u > 2044u))
-        return fo_vexp_reduced(x, t) * (fo_vd)((ni + 1023) << 52);
+    if (!FO_ANYI((fo_vdu)ni + 1021u > 2044u)) {
+        fo_vd s = (fo_vd)((ni + 1023) << 52);
+#ifdef FO_HAS_FMA
+        return FO_FMAD(fo_vexp_less1(x, t), s, s);    /* (as fo_vexpf's) */
+#else
+        return fo_vexp_reduced(x, t) * s;
+#endif
+    }
 #endif
     return fo_vexp_edge(x);
 }

@@ -286,8 +286,12 @@ FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp)
    lines of [next, next + n) are prefetched, one per 64 bytes of z: a caller stepping through
    rows passes the next row, which then arrives from memory while this one's exps are
    computed (its max pass had waited for it: (4096, 1000) and (256, 32000) float32 softmax,
-   2 threads, a C harness: 16% and 20% less time; rows in cache as before). next may point
-   past the end of its array: a prefetch does not fault.
+   2 threads, a C harness: 16% and 20% less time; rows in cache as before), and the lines
+   of e's next row [e + n, e + 2n) are fetched for writing, which its exp pass then finds
+   in cache (the callers' rows of e are contiguous too: (4096, 1000) float32, one thread,
+   nine alternated pairs of processes on a Zen 2 VM, medians: softmax 3.59 -> 3.48 ms,
+   log-softmax 3.63 -> 3.42, cross-entropy 3.69 -> 3.56, faster in 8, 9 and 9 of the pairs).
+   next and e + n may point past the end of their arrays: a prefetch does not fault.
    An exp pass over the row, then a sum pass over e (in L1 or L2 by then): taking the sums
    from the exp's vectors in registers, in the one loop, cost more (bench/exp_floor.c, rows
    of 1000 float32, one core, ns/element, one loop against two passes: AVX2 build on Zen 2
@@ -297,6 +301,14 @@ FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp)
 static inline void fo_prefetch_at(const void* base, size_t offset) {
 #if defined(__GNUC__)      /* the address in integers: it may lie beyond base's array */
     __builtin_prefetch((const void*)((uintptr_t)base + offset), 0, 3);
+#else
+    (void)base, (void)offset;
+#endif
+}
+/* the same for a line about to be written */
+static inline void fo_prefetchw_at(const void* base, size_t offset) {
+#if defined(__GNUC__)
+    __builtin_prefetch((const void*)((uintptr_t)base + offset), 1, 3);
 #else
     (void)base, (void)offset;
 #endif
@@ -344,8 +356,10 @@ static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {        
     Py_ssize_t i = 0, j, n8 = n - n % 8;                                             \
     for (j = 0; j < LANES; j++) s[j] = m;                                            \
     for (; i + LANES <= n; i += LANES) {                                             \
-        if (!((i * sizeof(T)) & 63))                                                 \
+        if (!((i * sizeof(T)) & 63)) {                                               \
             fo_prefetch_at(next, i * sizeof(T));                                     \
+            fo_prefetchw_at(e, (n + i) * sizeof(T));                                 \
+        }                                                                            \
         memcpy(&v, z + i, sizeof v);                                                 \
         v = VEXP(v - s);                                                             \
         memcpy(e + i, &v, sizeof v);                                                 \

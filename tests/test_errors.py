@@ -801,10 +801,10 @@ def test_views_of_separate_allocations_are_known_apart_without_their_addresses()
 def test_numba_step_views_skips_the_address_check_exactly_where_apart_does(monkeypatch):
     """The Numba backend's step_views makes _validate._apart's test from the flags it reads
     anyway (written out there for speed): it must skip the check of addresses
-    (_first_overlap) on exactly the arrays _apart takes as apart, and the step must then
-    give the reference's bits or raise as it does."""
+    (_first_overlap) on exactly the arrays _apart takes as apart (those it leaves to the
+    full check are compared by address, and refused where they overlap)."""
     from fastopt._numba import _common
-    from fastopt._validate import _apart
+    from fastopt._validate import _apart, check_disjoint
     compared = []
     first_overlap = _common._first_overlap
     monkeypatch.setattr(_common, "_first_overlap",
@@ -819,12 +819,20 @@ def test_numba_step_views_skips_the_address_check_exactly_where_apart_does(monke
              (p, g, m, np.frombuffer(bytearray(40))), (p, np.frombuffer(bytearray(40)), m, v),
              (big[:5], g, big[8:13], v), (big[:5], g, big[3:8], v), (p, big[:5], m, big[5:10]),
              (p, g, m, big[:5].reshape(5)), (p, g, m, v[:])]
+    names = ("param", "grad", "exp_avg", "exp_avg_sq")
     for arrays in cases:
         compared.clear()
         try:
-            _common.step_views(arrays, ("param", "grad", "exp_avg", "exp_avg_sq"), 4)
-        except ValueError:
-            pass
+            check_disjoint([arrays], lambda i, j: names[i])
+            overlap = None
+        except ValueError as e:
+            overlap = str(e)
+        if overlap is None:
+            _common.step_views(arrays, names, 4)
+        else:
+            with pytest.raises(ValueError) as info:
+                _common.step_views(arrays, names, 4)
+            assert str(info.value) == overlap
         assert bool(compared) == (not _apart([arrays])), arrays
 
 

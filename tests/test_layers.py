@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import (AVAILABLE, COMPILED, GRID_BACKENDS, LAYOUTS, cython_builds, needs_torch, relayout,
-                      tolerance, torch, use_cython_build)
+from conftest import (AVAILABLE, COMPILED, GRID_BACKENDS, LAYOUTS, cython_builds, needs_torch,
+                      relayout, tolerance, torch, use_cython_build)
 
 
 def close(a, b, dtype, scale=1.0):

@@ -182,6 +182,30 @@ static inline fo_vf fo_vexpf(fo_vf x) {
 }
 #endif
 
+/* fo_vexpf of two vectors, *a and *b in place, with one range test for both: the loop is bound
+   by the chain of dependent operations and how many of them the CPU can hold in flight, and
+   the test's four operations per vector were a fifth of them. The same bits: each vector's
+   exp is fo_vexpf's (fo_exp_sum_f and _d, old loop against new: every float32 input, 2e8
+   float64 ones). A Zen 2 VM: bench/exp_floor.c's fo_exp_sum_f 0.555 -> 0.521 ns/element
+   (rows in cache), 0.593 -> 0.578 (streamed); softmax (4096, 1000) float32 in-process,
+   alternated, one thread 3.26-3.32 -> 3.02-3.06 ms, two 1.65-1.66 -> 1.54-1.55, log-softmax
+   3-4% less, cross-entropy level. AVX-512's fo_vexpf has no test. */
+static inline void fo_vexpf2(fo_vf* a, fo_vf* b) {
+#if !defined(__AVX512F__) && defined(FO_ANYI) && defined(FO_HAS_FMA)
+    const fo_vf o = {0};
+    fo_vf ta = fo_vexpf_shifted(*a), tb = fo_vexpf_shifted(*b);
+    fo_vfi na = (fo_vfi)ta - (fo_vfi)(o + 0x1.8p23f), nb = (fo_vfi)tb - (fo_vfi)(o + 0x1.8p23f);
+    if (!FO_ANYI(((fo_vfu)na + 125u > 252u) | ((fo_vfu)nb + 125u > 252u))) {
+        fo_vf sa = (fo_vf)((na + 127) << 23), sb = (fo_vf)((nb + 127) << 23);
+        *a = FO_FMAF(fo_vexpf_less1(*a, ta), sa, sa);
+        *b = FO_FMAF(fo_vexpf_less1(*b, tb), sb, sb);
+        return;
+    }
+#endif
+    *a = fo_vexpf(*a);
+    *b = fo_vexpf(*b);
+}
+
 /* the same for float64: n in [-1021, 1023] on the fast path */
 static inline fo_vd fo_vexp_less1(fo_vd x, fo_vd t) {
     const fo_vd o = {0};
@@ -256,6 +280,23 @@ static inline fo_vd fo_vexp(fo_vd x) {
     return fo_vexp_edge(x);
 }
 #endif
+
+/* the same for float64 (fo_vexpf2) */
+static inline void fo_vexp2(fo_vd* a, fo_vd* b) {
+#if !defined(__AVX512F__) && defined(FO_ANYI) && defined(FO_HAS_FMA)
+    const fo_vd o = {0};
+    fo_vd ta = fo_vexp_shifted(*a), tb = fo_vexp_shifted(*b);
+    fo_vdi na = (fo_vdi)ta - (fo_vdi)(o + 0x1.8p52), nb = (fo_vdi)tb - (fo_vdi)(o + 0x1.8p52);
+    if (!FO_ANYI(((fo_vdu)na + 1021u > 2044u) | ((fo_vdu)nb + 1021u > 2044u))) {
+        fo_vd sa = (fo_vd)((na + 1023) << 52), sb = (fo_vd)((nb + 1023) << 52);
+        *a = FO_FMAD(fo_vexp_less1(*a, ta), sa, sa);
+        *b = FO_FMAD(fo_vexp_less1(*b, tb), sb, sb);
+        return;
+    }
+#endif
+    *a = fo_vexp(*a);
+    *b = fo_vexp(*b);
+}
 
 /* e[i] = exp(z[i] - m[i * m_step]) for i < n (m_step 0: one shift for all) */
 #define FO_EXP_SHIFTED(NAME, T, VT, VEXP)                                             \
@@ -347,14 +388,28 @@ static inline fo_v8d fo_load8_d(const double* p) { return (fo_v8d)_mm512_loadu_p
 #define FO_SUMS_LOAD(S, p) (lo += fo_load4d_##S(p), hi += fo_load4d_##S((p) + 4))
 #define FO_SUMS_LANE(j) ((j) < 4 ? lo[j] : hi[(j) - 4])
 #endif
-#define FO_EXP_SUM(NAME, T, S, VT, VEXP, REST)                                         \
+#define FO_EXP_SUM(NAME, T, S, VT, VEXP, VEXP2, REST)                                  \
 static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {           \
-    enum { LANES = FO_VBYTES / sizeof(T) };                                          \
-    VT v, s;                                                                         \
+    enum { LANES = FO_VBYTES / sizeof(T), PAIR = 2 * FO_VBYTES };                    \
+    VT v, w, s;                                                                      \
     FO_SUMS;                                                                         \
     double acc[8];                                                                   \
     Py_ssize_t i = 0, j, n8 = n - n % 8;                                             \
+    size_t at;                                                                       \
     for (j = 0; j < LANES; j++) s[j] = m;                                            \
+    for (; i + 2 * LANES <= n; i += 2 * LANES) {   /* two vectors, one range test */ \
+        for (at = i * sizeof(T); at < i * sizeof(T) + PAIR; at += 64) {              \
+            fo_prefetch_at(next, at);                                                \
+            fo_prefetchw_at(e, n * sizeof(T) + at);                                  \
+        }                                                                            \
+        memcpy(&v, z + i, sizeof v);                                                 \
+        memcpy(&w, z + i + LANES, sizeof w);                                         \
+        v -= s;                                                                      \
+        w -= s;                                                                      \
+        VEXP2(&v, &w);                                                               \
+        memcpy(e + i, &v, sizeof v);                                                 \
+        memcpy(e + i + LANES, &w, sizeof w);                                         \
+    }                                                                                \
     for (; i + LANES <= n; i += LANES) {                                             \
         if (!((i * sizeof(T)) & 63)) {                                               \
             fo_prefetch_at(next, i * sizeof(T));                                     \
@@ -375,7 +430,7 @@ static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {        
     return ((acc[0] + acc[1]) + (acc[2] + acc[3]))                                    \
            + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                                 \
 }
-FO_EXP_SUM(fo_exp_sum_f, float, f, fo_vf, fo_vexpf, fo_exp_shifted_f)
-FO_EXP_SUM(fo_exp_sum_d, double, d, fo_vd, fo_vexp, fo_exp_shifted_d)
+FO_EXP_SUM(fo_exp_sum_f, float, f, fo_vf, fo_vexpf, fo_vexpf2, fo_exp_shifted_f)
+FO_EXP_SUM(fo_exp_sum_d, double, d, fo_vd, fo_vexp, fo_vexp2, fo_exp_shifted_d)
 
 #endif /* FO_VEXP_H */

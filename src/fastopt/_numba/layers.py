@@ -593,19 +593,28 @@ def _stats_of(z, e, o, o0, mx, s, acc):
     return _row_stats(z[o], e[o], acc)
 
 
+# The strided layout's loops (examples as columns, the course's (classes, m)) run along a row's
+# 1-D slice [i0, i1), each its own loop: indexed as z[r, i] with the block's offset, with the
+# exp and the float64 sum in one loop, LLVM had kept them scalar. (1000, 4096) float32 over
+# axis 0, one thread, in-process: softmax 20.1 -> 8.7-9.2 ms, cross-entropy 17-19 -> 11.7-11.9
+# (Cython: 6.0-6.3 and 7.4-8.3); the same bits as before and as Cython's.
 @numba.njit(**JIT)
 def _column_stats(z, e, i0, i1, mx, s):
     k = z.shape[0]
     for i in range(i0, i1):
         mx[i - i0] = z[0, i]
         s[i - i0] = 0.0
+    n = i1 - i0
     for r in range(1, k):
-        for i in range(i0, i1):
-            mx[i - i0] = max_nan(mx[i - i0], z[r, i])
+        zr = z[r, i0:i1]
+        for j in range(n):
+            mx[j] = max_nan(mx[j], zr[j])
     for r in range(k):
-        for i in range(i0, i1):
-            e[r, i] = _exp(z[r, i] - mx[i - i0])
-            s[i - i0] += e[r, i]
+        zr, er = z[r, i0:i1], e[r, i0:i1]
+        for j in range(n):
+            er[j] = _exp(zr[j] - mx[j])
+        for j in range(n):
+            s[j] += er[j]
 
 
 @numba.njit(inline="always", **JIT)
@@ -664,8 +673,9 @@ def _softmax(z, out, log_):
         for i in range(i1 - i0):
             c[i] = _normalizer(s[i], log_, cast)
         for r in range(k):
-            for i in range(i0, i1):
-                out[o, r, i] = _finish(z[o, r, i], out[o, r, i], mx[i - i0], c[i - i0], log_)
+            zr, outr = z[o, r, i0:i1], out[o, r, i0:i1]
+            for j in range(i1 - i0):
+                outr[j] = _finish(zr[j], outr[j], mx[j], c[j], log_)
 
 
 def softmax(z, out, log):
@@ -743,13 +753,16 @@ def _xent_kernel(z, labels, targets, by_index, dz, inv_m, one, terms):
         inv_s, log_s = np.empty(_COLUMN_BLOCK, z.dtype), np.empty(_COLUMN_BLOCK, z.dtype)
         for i in range(i1 - i0):
             inv_s[i], log_s[i] = _normalizer(s[i], False, cast), _normalizer(s[i], True, cast)
+        lab = labels[o, i0:i1] if by_index else labels[0, 0:0]
+        sums = terms[o * inner + i0:o * inner + i1]
         for r in range(k):
-            for i in range(i0, i1):
-                t = (one if labels[o, i] == r else zero) if by_index else targets[o, r, i]
-                g, term = _xent(z[o, r, i], dz[o, r, i], mx[i - i0], inv_s[i - i0],
-                                log_s[i - i0], t, inv_m)
-                dz[o, r, i] = g
-                terms[o * inner + i] += term
+            zr, dr = z[o, r, i0:i1], dz[o, r, i0:i1]
+            tr = zr if by_index else targets[o, r, i0:i1]
+            for j in range(i1 - i0):
+                t = (one if lab[j] == r else zero) if by_index else tr[j]
+                g, term = _xent(zr[j], dr[j], mx[j], inv_s[j], log_s[j], t, inv_m)
+                dr[j] = g
+                sums[j] += term
 
 
 _NO_LABELS = read_only(np.zeros((1, 1), np.int64))

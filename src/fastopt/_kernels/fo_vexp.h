@@ -157,26 +157,36 @@ static inline fo_vf fo_vexpf(fo_vf x) {
     return (fo_vf)_mm512_scalef_ps((__m512)fo_vexpf_reduced(x, t), (__m512)(t - 0x1.8p23f));
 }
 #else
+/* n = round(x/ln2) from t's low bits, and the lanes outside the fast path's n in [-125, 127] */
+static inline fo_vfi fo_vexpf_n(fo_vf t) {
+    const fo_vf o = {0};
+    return (fo_vfi)t - (fo_vfi)(o + 0x1.8p23f);
+}
+static inline fo_vfi fo_vexpf_far(fo_vfi ni) {
+    return (fo_vfu)ni + 125u > 252u;
+}
+/* the fast path, every lane's n in [-125, 127]: exp(x) = (1 + q) 2^n */
+static inline fo_vf fo_vexpf_near(fo_vf x, fo_vf t, fo_vfi ni) {
+    fo_vf s = (fo_vf)((ni + 127) << 23);
+#ifdef FO_HAS_FMA
+    /* (1 + q) 2^n as one FMA, q 2^n + 2^n, rounded once: the result is normal here, where a
+       product by a power of two rounds as its other factor, so these are the bits of the
+       multiply below (every float32 input; 2e8 float64 ones), one operation less in the chain
+       of dependent ones that bounds the loop (C loop, one Zen 2 core, exp alone: 0.53 -> 0.47
+       ns/element; softmax (4096, 1000) float32 in-process, one thread, alternated: 3.59-3.66
+       -> 3.52-3.55 ms, log-softmax 3.80-3.82 -> 3.58-3.66). Without a fused multiply-add
+       q 2^n could round (subnormal) before the sum. */
+    return FO_FMAF(fo_vexpf_less1(x, t), s, s);
+#else
+    return fo_vexpf_reduced(x, t) * s;
+#endif
+}
 static inline fo_vf fo_vexpf(fo_vf x) {
 #ifdef FO_ANYI
-    const fo_vf o = {0};
     fo_vf t = fo_vexpf_shifted(x);
-    fo_vfi ni = (fo_vfi)t - (fo_vfi)(o + 0x1.8p23f);
-    if (!FO_ANYI((fo_vfu)ni + 125u > 252u)) {
-        fo_vf s = (fo_vf)((ni + 127) << 23);
-#ifdef FO_HAS_FMA
-        /* (1 + q) 2^n as one FMA, q 2^n + 2^n, rounded once: the result is normal here,
-           where a product by a power of two rounds as its other factor, so these are the
-           bits of the multiply below (every float32 input; 2e8 float64 ones), one operation
-           less in the chain of dependent ones that bounds the loop (C loop, one Zen 2 core,
-           exp alone: 0.53 -> 0.47 ns/element; softmax (4096, 1000) float32 in-process, one
-           thread, alternated: 3.59-3.66 -> 3.52-3.55 ms, log-softmax 3.80-3.82 -> 3.58-3.66).
-           Without a fused multiply-add q 2^n could round (subnormal) before the sum. */
-        return FO_FMAF(fo_vexpf_less1(x, t), s, s);
-#else
-        return fo_vexpf_reduced(x, t) * s;
-#endif
-    }
+    fo_vfi ni = fo_vexpf_n(t);
+    if (!FO_ANYI(fo_vexpf_far(ni)))
+        return fo_vexpf_near(x, t, ni);
 #endif
     return fo_vexpf_edge(x);
 }
@@ -191,14 +201,12 @@ static inline fo_vf fo_vexpf(fo_vf x) {
    alternated, one thread 3.26-3.32 -> 3.02-3.06 ms, two 1.65-1.66 -> 1.54-1.55, log-softmax
    3-4% less, cross-entropy level. AVX-512's fo_vexpf has no test. */
 static inline void fo_vexpf2(fo_vf* a, fo_vf* b) {
-#if !defined(__AVX512F__) && defined(FO_ANYI) && defined(FO_HAS_FMA)
-    const fo_vf o = {0};
+#if !defined(__AVX512F__) && defined(FO_ANYI)
     fo_vf ta = fo_vexpf_shifted(*a), tb = fo_vexpf_shifted(*b);
-    fo_vfi na = (fo_vfi)ta - (fo_vfi)(o + 0x1.8p23f), nb = (fo_vfi)tb - (fo_vfi)(o + 0x1.8p23f);
-    if (!FO_ANYI(((fo_vfu)na + 125u > 252u) | ((fo_vfu)nb + 125u > 252u))) {
-        fo_vf sa = (fo_vf)((na + 127) << 23), sb = (fo_vf)((nb + 127) << 23);
-        *a = FO_FMAF(fo_vexpf_less1(*a, ta), sa, sa);
-        *b = FO_FMAF(fo_vexpf_less1(*b, tb), sb, sb);
+    fo_vfi na = fo_vexpf_n(ta), nb = fo_vexpf_n(tb);
+    if (!FO_ANYI(fo_vexpf_far(na) | fo_vexpf_far(nb))) {
+        *a = fo_vexpf_near(*a, ta, na);
+        *b = fo_vexpf_near(*b, tb, nb);
         return;
     }
 #endif
@@ -263,19 +271,28 @@ static inline fo_vd fo_vexp(fo_vd x) {
     return (fo_vd)_mm512_scalef_pd((__m512d)fo_vexp_reduced(x, t), (__m512d)(t - 0x1.8p52));
 }
 #else
+/* as fo_vexpf's, n in [-1021, 1023] on the fast path */
+static inline fo_vdi fo_vexp_n(fo_vd t) {
+    const fo_vd o = {0};
+    return (fo_vdi)t - (fo_vdi)(o + 0x1.8p52);
+}
+static inline fo_vdi fo_vexp_far(fo_vdi ni) {
+    return (fo_vdu)ni + 1021u > 2044u;
+}
+static inline fo_vd fo_vexp_near(fo_vd x, fo_vd t, fo_vdi ni) {
+    fo_vd s = (fo_vd)((ni + 1023) << 52);
+#ifdef FO_HAS_FMA
+    return FO_FMAD(fo_vexp_less1(x, t), s, s);
+#else
+    return fo_vexp_reduced(x, t) * s;
+#endif
+}
 static inline fo_vd fo_vexp(fo_vd x) {
 #ifdef FO_ANYI
-    const fo_vd o = {0};
     fo_vd t = fo_vexp_shifted(x);
-    fo_vdi ni = (fo_vdi)t - (fo_vdi)(o + 0x1.8p52);
-    if (!FO_ANYI((fo_vdu)ni + 1021u > 2044u)) {
-        fo_vd s = (fo_vd)((ni + 1023) << 52);
-#ifdef FO_HAS_FMA
-        return FO_FMAD(fo_vexp_less1(x, t), s, s);    /* (as fo_vexpf's) */
-#else
-        return fo_vexp_reduced(x, t) * s;
-#endif
-    }
+    fo_vdi ni = fo_vexp_n(t);
+    if (!FO_ANYI(fo_vexp_far(ni)))
+        return fo_vexp_near(x, t, ni);
 #endif
     return fo_vexp_edge(x);
 }
@@ -283,14 +300,12 @@ static inline fo_vd fo_vexp(fo_vd x) {
 
 /* the same for float64 (fo_vexpf2) */
 static inline void fo_vexp2(fo_vd* a, fo_vd* b) {
-#if !defined(__AVX512F__) && defined(FO_ANYI) && defined(FO_HAS_FMA)
-    const fo_vd o = {0};
+#if !defined(__AVX512F__) && defined(FO_ANYI)
     fo_vd ta = fo_vexp_shifted(*a), tb = fo_vexp_shifted(*b);
-    fo_vdi na = (fo_vdi)ta - (fo_vdi)(o + 0x1.8p52), nb = (fo_vdi)tb - (fo_vdi)(o + 0x1.8p52);
-    if (!FO_ANYI(((fo_vdu)na + 1021u > 2044u) | ((fo_vdu)nb + 1021u > 2044u))) {
-        fo_vd sa = (fo_vd)((na + 1023) << 52), sb = (fo_vd)((nb + 1023) << 52);
-        *a = FO_FMAD(fo_vexp_less1(*a, ta), sa, sa);
-        *b = FO_FMAD(fo_vexp_less1(*b, tb), sb, sb);
+    fo_vdi na = fo_vexp_n(ta), nb = fo_vexp_n(tb);
+    if (!FO_ANYI(fo_vexp_far(na) | fo_vexp_far(nb))) {
+        *a = fo_vexp_near(*a, ta, na);
+        *b = fo_vexp_near(*b, tb, nb);
         return;
     }
 #endif

@@ -38,3 +38,30 @@ def _run(benchmark, name, shape, dtype, contender, scale):
     with fo.use_backend(getattr(fn, "backend", fo.get_backend())):
         fn()
         benchmark(fn)
+
+
+
+@pytest.mark.parametrize("contender", fo.backends() + ["torch"])
+@pytest.mark.parametrize("name", ["softmax", "xent"])
+def test_softmax_family_in_the_course_layout(benchmark, name, contender):
+    """Classes by examples, (1000, 4096) float32 over axis 0: the course's layout (its examples
+    are columns, their rows a power of two bytes apart). torch: its softmax over dim 0 (its
+    cross-entropy computes no gradient in the call, so it is not timed here)."""
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((1000, 4096)) * 3).astype(np.float32)
+    labels = rng.integers(0, 1000, 4096)
+    out = np.empty_like(z)
+    if contender == "torch":
+        torch = pytest.importorskip("torch")
+        if name != "softmax":
+            pytest.skip("torch's cross-entropy call computes no gradient")
+        zt = torch.from_numpy(z)
+        fn, backend = (lambda: torch.softmax(zt, 0)), fo.get_backend()
+    else:
+        fn = ((lambda: fo.softmax(z, axis=0, out=out)) if name == "softmax" else
+              (lambda: fo.softmax_cross_entropy(z, labels, axis=0, out=out)))
+        backend = contender
+    benchmark.group = f"{name} course layout 1000x4096 float32"
+    with fo.use_backend(backend):
+        fn()
+        benchmark(fn)

@@ -693,10 +693,21 @@ def softmax(z, out, log):
 def _xent(z, d, mx, inv_s, log_s, t, inv_m):
     """d holds exp(z - mx): make it the gradient (p - t) / m; return t * log_softmax
     (inv_s, log_s: the row's 1 / s and log(s) in the data's dtype)."""
-    g = (d * inv_s - t) * inv_m
+    return _xent_grad(d, inv_s, t, inv_m), _xent_term(z, mx, log_s, t)
+
+
+@numba.njit(inline="always", **JIT)
+def _xent_grad(e, inv_s, t, inv_m):
+    """(p - t) / m, p = e / s (e = exp(z - mx), inv_s = 1 / s)."""
+    return (e * inv_s - t) * inv_m
+
+
+@numba.njit(inline="always", **JIT)
+def _xent_term(z, mx, log_s, t):
+    """t * log_softmax(z), 0 where t is 0 (whatever z is)."""
     if t != 0:
-        return g, t * ((z - mx) - log_s)
-    return g, 0.0
+        return t * ((z - mx) - log_s)
+    return 0.0
 
 
 @numba.njit(**_PAR)
@@ -753,14 +764,20 @@ def _xent_kernel(z, labels, targets, by_index, dz, inv_m, one, terms):
         inv_s, log_s = np.empty(_COLUMN_BLOCK, z.dtype), np.empty(_COLUMN_BLOCK, z.dtype)
         for i in range(i1 - i0):
             inv_s[i], log_s[i] = _normalizer(s[i], False, cast), _normalizer(s[i], True, cast)
-        lab = labels[o, i0:i1] if by_index else labels[0, 0:0]
         sums = terms[o * inner + i0:o * inner + i1]
-        for r in range(k):
-            zr, dr = z[o, r, i0:i1], dz[o, r, i0:i1]
-            tr = zr if by_index else targets[o, r, i0:i1]
+        if by_index:    # the loss needs z at the label only (as the Cython kernel)
+            lab = labels[o, i0:i1]
+            for r in range(k):
+                dr = dz[o, r, i0:i1]
+                for j in range(i1 - i0):
+                    dr[j] = _xent_grad(dr[j], inv_s[j], one if lab[j] == r else zero, inv_m)
             for j in range(i1 - i0):
-                t = (one if lab[j] == r else zero) if by_index else tr[j]
-                g, term = _xent(zr[j], dr[j], mx[j], inv_s[j], log_s[j], t, inv_m)
+                sums[j] += _xent_term(z[o, lab[j], i0 + j], mx[j], log_s[j], one)
+            continue
+        for r in range(k):
+            zr, dr, tr = z[o, r, i0:i1], dz[o, r, i0:i1], targets[o, r, i0:i1]
+            for j in range(i1 - i0):
+                g, term = _xent(zr[j], dr[j], mx[j], inv_s[j], log_s[j], tr[j], inv_m)
                 dr[j] = g
                 sums[j] += term
 

@@ -549,6 +549,34 @@ def test_softmax_family_gives_the_reference_result_in_every_layout(backend, shap
             close(a, b, dtype, scale)
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_softmax_family_over_axis_0_of_blocks_larger_than_the_caches(backend):
+    """A (classes, m) block of 8 MB or more over axis 0: the Cython kernels' sweeps fetch rows
+    ahead there, and cross-entropy with class indices reads each example's logit at its label
+    only. Two slabs, columns in several blocks (and a partial one), every label of some class
+    0 and of the last class: the reference's results."""
+    rng = np.random.default_rng(41)
+    dtype = np.float32
+    z = (rng.standard_normal((2, 1000, 1100)) * 3).astype(dtype)    # 2 slabs of 4.4 MB each
+    z = np.concatenate([z, z[:, :, :1000]], axis=2)                 # ... now 8.4 MB each
+    labels = rng.integers(0, 1000, size=(2, 2100))
+    labels[0, :300], labels[1, 300:600] = 0, 999
+    probs = rng.random(z.shape).astype(dtype)
+    probs /= probs.sum(axis=1, keepdims=True)
+    with fo.use_backend("numpy"):
+        ref = [fo.softmax(z, 1), fo.log_softmax(z, 1), *fo.softmax_cross_entropy(z, labels, 1),
+               *fo.softmax_cross_entropy(z, probs, 1)]
+    with fo.use_backend(backend):
+        got = [fo.softmax(z, 1), fo.log_softmax(z, 1), *fo.softmax_cross_entropy(z, labels, 1),
+               *fo.softmax_cross_entropy(z, probs, 1)]
+    m = z.size // 1000
+    for a, b, scale in zip(got, ref, (1, 10, None, 1 / m, None, 1 / m)):
+        if scale is None:
+            assert a == pytest.approx(b, rel=1e-6)
+        else:
+            close(a, b, dtype, scale)
+
+
 def _read_only(a):
     a = np.array(a)
     a.flags.writeable = False

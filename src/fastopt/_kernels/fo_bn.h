@@ -1,14 +1,23 @@
-/* Batch norm's element-wise loops over four rows at a time (features as columns, rows a stride
+/* Batch norm's element-wise loops over two rows at a time (features as columns, rows a stride
  * C apart); included by layers.pyx. In C for `restrict`: without it GCC needs more run-time
- * alias checks between the four output rows and the seven inputs than it will make, and left
- * these loops scalar (4x slower). Each per-feature float64 value is loaded once for four
- * elements: loading three per element bounded the one-row loop (L2 traffic of 24 bytes per
- * element). The formulas are those of apply_row and dx_row in layers.pyx, element by element. */
+ * alias checks between the output rows and the inputs than it will make, and left these loops
+ * scalar (4x slower). Each per-feature float64 value is loaded once for two elements: loading
+ * three per element bounded the one-row loop (L2 traffic of 24 bytes per element). Two rows,
+ * not four: where the rows' stride is a multiple of 4 KB (C a power of two) and the arrays lie
+ * at about the same offset within a page (equal-sized arrays allocated one after another lie
+ * 16 bytes apart), each array's rows fall into one L1 set, and four rows of x, dy and dx are 12
+ * lines competing for its 8 ways. One Zen 2 core, C harness, (256, 4096) float32: dx 1241-1308
+ * us with four rows there, 584-620 with two (500-520 either way elsewhere, and at C = 4000);
+ * the normalization 372-387 against 339-343 (321-334 either way elsewhere). The backward in
+ * process, two threads, dy, x and dx at 0-32 bytes of each other: 699-935 -> 509-568 us
+ * (475-530 either way 2 KB apart); the normalization with y 16-32 bytes above x 201-225 ->
+ * 192-197, 2 KB apart 184-187 -> 190-194. The formulas are those of apply_row and dx_row in
+ * layers.pyx, element by element. */
 #ifndef FO_BN_H
 #define FO_BN_H
 #include <string.h>
 
-#define FO_APPLY_4ROWS(NAME, T)                                                        \
+#define FO_APPLY_2ROWS(NAME, T)                                                        \
 static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,                  \
                  const double* restrict mean, const double* restrict scale,          \
                  const double* restrict beta, Py_ssize_t n) {                        \
@@ -16,28 +25,26 @@ static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,              
         double m = mean[c], s = scale[c], b = beta[c];                               \
         y[c] = (T)(((double)x[c] - m) * s + b);                                      \
         y[C + c] = (T)(((double)x[C + c] - m) * s + b);                              \
-        y[2 * C + c] = (T)(((double)x[2 * C + c] - m) * s + b);                      \
-        y[3 * C + c] = (T)(((double)x[3 * C + c] - m) * s + b);                      \
     }                                                                                \
 }
-FO_APPLY_4ROWS(fo_apply_4rows_f, float)
-FO_APPLY_4ROWS(fo_apply_4rows_d, double)
+FO_APPLY_2ROWS(fo_apply_2rows_f, float)
+FO_APPLY_2ROWS(fo_apply_2rows_d, double)
 
 /* dx = k_dy * dy - k_x * (x - mean) - k_0 */
-#define FO_DX_4ROWS(NAME, T)                                                           \
+#define FO_DX_2ROWS(NAME, T)                                                           \
 static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,          \
                  Py_ssize_t C, const double* restrict mean,                          \
                  const double* restrict k_dy, const double* restrict k_x,            \
                  const double* restrict k_0, Py_ssize_t n) {                         \
     for (Py_ssize_t c = 0; c < n; c++) {                                             \
         double m = mean[c], a = k_dy[c], b = k_x[c], d = k_0[c];                     \
-        for (int r = 0; r < 4; r++)                                                  \
+        for (int r = 0; r < 2; r++)                                                  \
             dx[r * C + c] = (T)(a * (double)dy[r * C + c]                            \
                                 - b * ((double)x[r * C + c] - m) - d);               \
     }                                                                                \
 }
-FO_DX_4ROWS(fo_dx_4rows_f, float)
-FO_DX_4ROWS(fo_dx_4rows_d, double)
+FO_DX_2ROWS(fo_dx_2rows_f, float)
+FO_DX_2ROWS(fo_dx_2rows_d, double)
 
 /* Sums over four rows a `stride` apart at once (batch norm's statistics with features as
  * rows), each row summed as layers.pyx's row_sum sums one: eight interleaved partial sums in

@@ -157,14 +157,14 @@ cdef extern from "fo_bn.h":
                                Py_ssize_t n, double* out) nogil
     void fo_rows4_centred_sq_d(const double* x, const double* mean, Py_ssize_t stride,
                                Py_ssize_t n, double* out) nogil
-    void fo_apply_4rows_f(const float* x, float* y, Py_ssize_t C, const double* mean,
+    void fo_apply_2rows_f(const float* x, float* y, Py_ssize_t C, const double* mean,
                           const double* scale, const double* beta, Py_ssize_t n) nogil
-    void fo_apply_4rows_d(const double* x, double* y, Py_ssize_t C, const double* mean,
+    void fo_apply_2rows_d(const double* x, double* y, Py_ssize_t C, const double* mean,
                           const double* scale, const double* beta, Py_ssize_t n) nogil
-    void fo_dx_4rows_f(const float* dy, const float* x, float* dx, Py_ssize_t C,
+    void fo_dx_2rows_f(const float* dy, const float* x, float* dx, Py_ssize_t C,
                        const double* mean, const double* k_dy, const double* k_x,
                        const double* k_0, Py_ssize_t n) nogil
-    void fo_dx_4rows_d(const double* dy, const double* x, double* dx, Py_ssize_t C,
+    void fo_dx_2rows_d(const double* dy, const double* x, double* dx, Py_ssize_t C,
                        const double* mean, const double* k_dy, const double* k_x,
                        const double* k_0, Py_ssize_t n) nogil
 
@@ -564,32 +564,32 @@ cdef double* line_array(double* room, Py_ssize_t k, Py_ssize_t F, Py_ssize_t c0)
     return a + ((64 - <size_t>(a + c0) % 64) % 64) // 8
 
 
-cdef inline void apply_span(const floating* x, floating* y, const BNJob* j, bint four,
+cdef inline void apply_span(const floating* x, floating* y, const BNJob* j, bint two,
                             Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """y for columns [lo, hi) of the four rows (or the one row) at x."""
-    if not four:
+    """y for columns [lo, hi) of the two rows (or the one row) at x."""
+    if not two:
         apply_row(x + lo, y + lo, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
     elif floating is float:
-        fo_apply_4rows_f(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
+        fo_apply_2rows_f(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
     else:
-        fo_apply_4rows_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
+        fo_apply_2rows_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
 
 
 cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: y for this chunk's rows, four at a time, each in its two spans; j.gamma holds
+    """Axis 0: y for this chunk's rows, two at a time, each in its two spans; j.gamma holds
     gamma * inv_std."""
     cdef BNJob* j = <BNJob*>ctx
     cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
-    cdef bint four
+    cdef bint two
     while n < end:
-        four, o = n + 4 <= end, n * C
+        two, o = n + 2 <= end, n * C
         if j.is32:
-            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, 0, j.c0)
-            apply_span(<const float*>j.x + o, <float*>j.y + o, j, four, j.c0, C)
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, two, 0, j.c0)
+            apply_span(<const float*>j.x + o, <float*>j.y + o, j, two, j.c0, C)
         else:
-            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, 0, j.c0)
-            apply_span(<const double*>j.x + o, <double*>j.y + o, j, four, j.c0, C)
-        n = n + (4 if four else 1)
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, two, 0, j.c0)
+            apply_span(<const double*>j.x + o, <double*>j.y + o, j, two, j.c0, C)
+        n = n + (2 if two else 1)
 
 
 # A short batch (fewer row chunks than threads: rows_per_chunk takes at least MIN_ROWS rows) has
@@ -649,37 +649,37 @@ cdef void finish_grad_sums(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcep
 
 
 cdef inline void dx_span(const floating* dy, const floating* x, floating* dx, const BNJob* j,
-                         bint four, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """dx for columns [lo, hi) of the four rows (or the one row) at dy, x."""
-    if not four:
+                         bint two, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """dx for columns [lo, hi) of the two rows (or the one row) at dy, x."""
+    if not two:
         dx_row(dy + lo, x + lo, dx + lo, j.mean + lo, j.k_dy + lo, j.k_x + lo, j.k_0 + lo,
                hi - lo)
     elif floating is float:
-        fo_dx_4rows_f(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
+        fo_dx_2rows_f(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
                       j.k_0 + lo, hi - lo)
     else:
-        fo_dx_4rows_d(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
+        fo_dx_2rows_d(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
                       j.k_0 + lo, hi - lo)
 
 
 cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:
-    """Axis 0: dx for this chunk's rows, four at a time, each in its two spans."""
+    """Axis 0: dx for this chunk's rows, two at a time, each in its two spans."""
     cdef BNJob* j = <BNJob*>ctx
     cdef Py_ssize_t C = j.C, n = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
-    cdef bint four
+    cdef bint two
     while n < end:
-        four, o = n + 4 <= end, n * C
+        two, o = n + 2 <= end, n * C
         if j.is32:
-            dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
+            dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, two,
                     0, j.c0)
-            dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, four,
+            dx_span(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o, j, two,
                     j.c0, C)
         else:
             dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
-                    four, 0, j.c0)
+                    two, 0, j.c0)
             dx_span(<const double*>j.dy + o, <const double*>j.x + o, <double*>j.y + o, j,
-                    four, j.c0, C)
-        n = n + (4 if four else 1)
+                    two, j.c0, C)
+        n = n + (2 if two else 1)
 
 
 # The axis-0 sums of either direction: the forward's moments (j.dy is NULL) or the

@@ -8,7 +8,7 @@
  * bytes apart crowding into a few L2 sets, and the packed panels lost to them here). Then the
  * backward's floor the same way, against its own stream (read x and dy, write dx): the float64
  * gradient sums alone (sum dy, sum dy (x - mean), four rows at a time, as add_4grads), dx
- * alone in float64 (as fo_dx_4rows_f), and both in two sweeps, as the kernels. Build and run
+ * alone in float64 (as fo_dx_2rows_f), and both in two sweeps, as the kernels. Build and run
  * (README, "Speed on this machine"):
  *   gcc -O3 -march=x86-64-v4 -mprefer-vector-width=512 -ffp-contract=off -fno-trapping-math \
  *       -o /tmp/bn_floor bench/bn_floor.c && taskset -c 0 /tmp/bn_floor
@@ -33,10 +33,10 @@ __attribute__((noinline)) void stream(const float *restrict x, float *restrict y
 __attribute__((noinline)) void apply64(const float *restrict x, float *restrict y,
                                        const double *restrict m, const double *restrict s,
                                        const double *restrict b, ll c0, ll c1) {
-    for (ll r = 0; r < N; r += 4)
+    for (ll r = 0; r < N; r += 2)          /* two rows at a time, as fo_apply_2rows_f */
         for (ll c = c0; c < c1; c++) {
             double mm = m[c], ss = s[c], bb = b[c];
-            for (int k = 0; k < 4; k++)
+            for (int k = 0; k < 2; k++)
                 y[(r + k) * C + c] = (float)(((double)x[(r + k) * C + c] - mm) * ss + bb);
         }
 }
@@ -128,10 +128,10 @@ __attribute__((noinline)) void dx64(const float *restrict dy, const float *restr
                                     float *restrict dx, const double *restrict m,
                                     const double *restrict a, const double *restrict b,
                                     const double *restrict d) {
-    for (ll r = 0; r < N; r += 4)
+    for (ll r = 0; r < N; r += 2)
         for (ll c = 0; c < C; c++) {
             double mm = m[c], aa = a[c], bb = b[c], dd = d[c];
-            for (int j = 0; j < 4; j++)
+            for (int j = 0; j < 2; j++)
                 dx[(r + j) * C + c] = (float)(aa * (double)dy[(r + j) * C + c]
                                               - bb * ((double)x[(r + j) * C + c] - mm) - dd);
         }

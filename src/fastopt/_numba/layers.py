@@ -148,13 +148,22 @@ _ROW_BLOCK = 64     # rows per partial sum when each feature is a column (as the
 _f64 = np.float64
 
 
-# With features as columns, the loops take four rows (a stride C apart) per sweep of the
+# With features as columns, the sums take four rows (a stride C apart) per sweep of the
 # per-feature arrays, as the Cython kernels do: a quarter of their loads and stores, which
-# bound these loops (apply at (256, 4096) float32: 0.36 -> 0.23 ms). Rows are grouped the
-# same way for any thread count: fours from the start of each fixed block, then single rows.
+# bound these loops. Rows are grouped the same way for any thread count: fours from the start
+# of each fixed block, then single rows. The element-wise loops (apply, dx) take two rows at a
+# time, as fo_bn.h's: four rows of x, dy and dx at about the same offset within a page, with C
+# a power of two, crowd one L1 set (backward, (256, 4096) float32, two threads, dy, x and dx
+# 0-32 bytes apart: 920-1157 us with four rows, 443-514 with the arrays spread apart). With
+# features as rows, apply takes four features per parallel iteration (_quads).
 @numba.njit(**JIT)
 def _quads(rows):
     return (rows + 3) // 4
+
+
+@numba.njit(**JIT)
+def _pairs(rows):
+    return (rows + 1) // 2
 
 
 @numba.njit(**JIT)
@@ -279,7 +288,8 @@ def _forward_rows(x, eps, gamma, beta, mean, inv_std, var, y):
 
 @numba.njit(**_PAR)
 def _apply(x, axis, beta, mean, scale, y):
-    """y = (x - mean) * scale + beta per feature; prange over quads of rows."""
+    """y = (x - mean) * scale + beta per feature; prange over quads of features (axis 1)
+    or pairs of rows (axis 0)."""
     N, C = x.shape
     if axis == 1:
         for q in prange(_quads(N)):
@@ -287,19 +297,16 @@ def _apply(x, axis, beta, mean, scale, y):
                 for c in range(C):
                     y[f, c] = (x[f, c] - mean[f]) * scale[f] + beta[f]
     else:
-        for q in prange(_quads(N)):
-            n = 4 * q
-            if n + 4 <= N:
+        for q in prange(_pairs(N)):
+            n = 2 * q
+            if n + 2 <= N:
                 for c in range(C):
                     m, s, b = mean[c], scale[c], beta[c]
                     y[n, c] = (x[n, c] - m) * s + b
                     y[n + 1, c] = (x[n + 1, c] - m) * s + b
-                    y[n + 2, c] = (x[n + 2, c] - m) * s + b
-                    y[n + 3, c] = (x[n + 3, c] - m) * s + b
             else:
-                for r in range(n, N):
-                    for c in range(C):
-                        y[r, c] = (x[r, c] - mean[c]) * scale[c] + beta[c]
+                for c in range(C):
+                    y[n, c] = (x[n, c] - mean[c]) * scale[c] + beta[c]
 
 
 def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
@@ -310,14 +317,14 @@ def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
         chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, inv_std, var, y)
     else:
         _stats_cols(x, eps, mean, inv_std, var)
-        chunked(_apply, _quads(x.shape[0]), x, axis, b64, mean, g64 * inv_std, y)
+        chunked(_apply, _pairs(x.shape[0]), x, axis, b64, mean, g64 * inv_std, y)
 
 
 def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
     # in float64 (mean, scale and beta are float64), rounded once when stored into y
     use_threads(x.size)
-    chunked(_apply, _quads(x.shape[0]), read_only(x), axis, beta.astype(np.float64), mean,
-            gamma.astype(np.float64) * inv_std, y)
+    chunked(_apply, (_pairs if axis == 0 else _quads)(x.shape[0]), read_only(x), axis,
+            beta.astype(np.float64), mean, gamma.astype(np.float64) * inv_std, y)
 
 
 @numba.njit(inline="always", **JIT)
@@ -372,19 +379,16 @@ def _dx_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
         dgamma[c] *= inv_std[c]
         k_dy[c], k_x[c], k_0[c] = _dx_coefficients(gamma[c], inv_std[c], dbeta[c], dgamma[c],
                                                    float(N))
-    for q in prange(_quads(N)):
-        n = 4 * q
-        if n + 4 <= N:
+    for q in prange(_pairs(N)):
+        n = 2 * q
+        if n + 2 <= N:
             for c in range(C):
                 m, a, b, k = mean[c], k_dy[c], k_x[c], k_0[c]
                 dx[n, c] = a * dy[n, c] - b * (x[n, c] - m) - k
                 dx[n + 1, c] = a * dy[n + 1, c] - b * (x[n + 1, c] - m) - k
-                dx[n + 2, c] = a * dy[n + 2, c] - b * (x[n + 2, c] - m) - k
-                dx[n + 3, c] = a * dy[n + 3, c] - b * (x[n + 3, c] - m) - k
         else:
-            for r in range(n, N):
-                for c in range(C):
-                    dx[r, c] = k_dy[c] * dy[r, c] - k_x[c] * (x[r, c] - mean[c]) - k_0[c]
+            for c in range(C):
+                dx[n, c] = k_dy[c] * dy[n, c] - k_x[c] * (x[n, c] - mean[c]) - k_0[c]
 
 
 def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
@@ -393,7 +397,7 @@ def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
     chunked(_block_grad_sums, part.shape[1], dy, x, mean, part[0], part[1])
     _combine_blocks(part[0], dbeta, 1)
     _combine_blocks(part[1], dgamma, 1)
-    chunked(_dx_cols, _quads(N), dy, x, gamma, mean, inv_std, dx, dgamma, dbeta)
+    chunked(_dx_cols, _pairs(N), dy, x, gamma, mean, inv_std, dx, dgamma, dbeta)
 
 
 def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):

@@ -65,3 +65,31 @@ def test_softmax_family_in_the_course_layout(benchmark, name, contender):
     with fo.use_backend(backend):
         fn()
         benchmark(fn)
+
+
+def _at_page_offset(shape, dtype, offset):
+    """An array of ``shape`` whose data starts ``offset`` bytes into a 4 KB page."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = np.empty(nbytes + 8192, np.uint8)
+    start = (offset - buffer.ctypes.data) % 4096
+    return buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("contender", fo.backends())
+@pytest.mark.parametrize("offsets", [(16, 32, 48), (0, 1024, 2048)], ids=["near", "apart"])
+def test_batchnorm_backward_by_where_its_arrays_lie(benchmark, offsets, contender):
+    """Backward of (256, 4096) float32 with x, dy and dx starting at the given offsets in a
+    page. "near" is where NumPy often puts equal-sized arrays allocated one after another (16
+    bytes apart); with C a power of two, each array's rows then share one L1 set. "apart" is
+    the same call with the arrays 1 KB apart."""
+    rng = np.random.default_rng(0)
+    x, dy, dx = (_at_page_offset((256, 4096), np.float32, o) for o in offsets)
+    x[...] = rng.standard_normal(x.shape)
+    dy[...] = rng.standard_normal(dy.shape)
+    gamma, beta = np.ones(4096, np.float32), np.zeros(4096, np.float32)
+    with fo.use_backend(contender):
+        _, cache = fo.batchnorm_forward(x, gamma, beta)
+        fn = lambda: fo.batchnorm_backward(dy, cache, out=dx)    # noqa: E731
+        benchmark.group = f"batch norm backward 256x4096 float32, arrays {offsets} in a page"
+        fn()
+        benchmark(fn)

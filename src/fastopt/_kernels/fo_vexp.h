@@ -181,38 +181,7 @@ static inline fo_vf fo_vexpf_near(fo_vf x, fo_vf t, fo_vfi ni) {
     return fo_vexpf_reduced(x, t) * s;
 #endif
 }
-static inline fo_vf fo_vexpf(fo_vf x) {
-#ifdef FO_ANYI
-    fo_vf t = fo_vexpf_shifted(x);
-    fo_vfi ni = fo_vexpf_n(t);
-    if (!FO_ANYI(fo_vexpf_far(ni)))
-        return fo_vexpf_near(x, t, ni);
 #endif
-    return fo_vexpf_edge(x);
-}
-#endif
-
-/* fo_vexpf of two vectors, *a and *b in place, with one range test for both: the loop is bound
-   by the chain of dependent operations and how many of them the CPU can hold in flight, and
-   the test's four operations per vector were a fifth of them. The same bits: each vector's
-   exp is fo_vexpf's (fo_exp_sum_f and _d, old loop against new: every float32 input, 2e8
-   float64 ones). A Zen 2 VM: bench/exp_floor.c's fo_exp_sum_f 0.555 -> 0.521 ns/element
-   (rows in cache), 0.593 -> 0.578 (streamed); softmax (4096, 1000) float32 in-process,
-   alternated, one thread 3.26-3.32 -> 3.02-3.06 ms, two 1.65-1.66 -> 1.54-1.55, log-softmax
-   3-4% less, cross-entropy level. AVX-512's fo_vexpf has no test. */
-static inline void fo_vexpf2(fo_vf* a, fo_vf* b) {
-#if !defined(__AVX512F__) && defined(FO_ANYI)
-    fo_vf ta = fo_vexpf_shifted(*a), tb = fo_vexpf_shifted(*b);
-    fo_vfi na = fo_vexpf_n(ta), nb = fo_vexpf_n(tb);
-    if (!FO_ANYI(fo_vexpf_far(na) | fo_vexpf_far(nb))) {
-        *a = fo_vexpf_near(*a, ta, na);
-        *b = fo_vexpf_near(*b, tb, nb);
-        return;
-    }
-#endif
-    *a = fo_vexpf(*a);
-    *b = fo_vexpf(*b);
-}
 
 /* the same for float64: n in [-1021, 1023] on the fast path */
 static inline fo_vd fo_vexp_less1(fo_vd x, fo_vd t) {
@@ -287,31 +256,52 @@ static inline fo_vd fo_vexp_near(fo_vd x, fo_vd t, fo_vdi ni) {
     return fo_vexp_reduced(x, t) * s;
 #endif
 }
-static inline fo_vd fo_vexp(fo_vd x) {
-#ifdef FO_ANYI
-    fo_vd t = fo_vexp_shifted(x);
-    fo_vdi ni = fo_vexp_n(t);
-    if (!FO_ANYI(fo_vexp_far(ni)))
-        return fo_vexp_near(x, t, ni);
-#endif
-    return fo_vexp_edge(x);
-}
 #endif
 
-/* the same for float64 (fo_vexpf2) */
-static inline void fo_vexp2(fo_vd* a, fo_vd* b) {
+/* P (fo_vexpf or fo_vexp) from its parts: the fast path where every lane's n allows it, else
+   the edge; and P##2, P of two vectors *a and *b in place with one range test for both. The
+   loop is bound by the chain of dependent operations and how many of them the CPU can hold in
+   flight, and the test's four operations per vector were a fifth of them. The same bits: each
+   vector's exp is P's (fo_exp_sum_f and _d, old loop against new: every float32 input, 2e8
+   float64 ones). A Zen 2 VM: bench/exp_floor.c's fo_exp_sum_f 0.555 -> 0.521 ns/element
+   (rows in cache), 0.593 -> 0.578 (streamed); softmax (4096, 1000) float32 in-process,
+   alternated, one thread 3.26-3.32 -> 3.02-3.06 ms, two 1.65-1.66 -> 1.54-1.55, log-softmax
+   3-4% less, cross-entropy level. AVX-512's P (above) has no test: P##2 is two calls. */
 #if !defined(__AVX512F__) && defined(FO_ANYI)
-    fo_vd ta = fo_vexp_shifted(*a), tb = fo_vexp_shifted(*b);
-    fo_vdi na = fo_vexp_n(ta), nb = fo_vexp_n(tb);
-    if (!FO_ANYI(fo_vexp_far(na) | fo_vexp_far(nb))) {
-        *a = fo_vexp_near(*a, ta, na);
-        *b = fo_vexp_near(*b, tb, nb);
-        return;
-    }
-#endif
-    *a = fo_vexp(*a);
-    *b = fo_vexp(*b);
+#define FO_VEXP_FROM_PARTS(P, VT, VIT)                                                 \
+static inline VT P(VT x) {                                                           \
+    VT t = P##_shifted(x);                                                           \
+    VIT ni = P##_n(t);                                                               \
+    if (!FO_ANYI(P##_far(ni)))                                                       \
+        return P##_near(x, t, ni);                                                   \
+    return P##_edge(x);                                                              \
+}                                                                                    \
+static inline void P##2(VT* a, VT* b) {                                              \
+    VT ta = P##_shifted(*a), tb = P##_shifted(*b);                                   \
+    VIT na = P##_n(ta), nb = P##_n(tb);                                              \
+    if (!FO_ANYI(P##_far(na) | P##_far(nb))) {                                       \
+        *a = P##_near(*a, ta, na);                                                   \
+        *b = P##_near(*b, tb, nb);                                                   \
+        return;                                                                      \
+    }                                                                                \
+    *a = P(*a);                                                                      \
+    *b = P(*b);                                                                      \
 }
+#else
+#if defined(__AVX512F__)
+#define FO_VEXP_ONE(P, VT)                 /* defined above */
+#else
+#define FO_VEXP_ONE(P, VT) static inline VT P(VT x) { return P##_edge(x); }
+#endif
+#define FO_VEXP_FROM_PARTS(P, VT, VIT)                                                 \
+FO_VEXP_ONE(P, VT)                                                                   \
+static inline void P##2(VT* a, VT* b) {                                              \
+    *a = P(*a);                                                                      \
+    *b = P(*b);                                                                      \
+}
+#endif
+FO_VEXP_FROM_PARTS(fo_vexpf, fo_vf, fo_vfi)
+FO_VEXP_FROM_PARTS(fo_vexp, fo_vd, fo_vdi)
 
 /* e[i] = exp(z[i] - m[i * m_step]) for i < n (m_step 0: one shift for all) */
 #define FO_EXP_SHIFTED(NAME, T, VT, VEXP)                                             \

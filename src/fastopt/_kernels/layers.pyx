@@ -1084,7 +1084,7 @@ cdef void target_row(floating* d, const floating* t, floating rs, floating inv_m
                      Py_ssize_t k) noexcept nogil:
     cdef Py_ssize_t r
     for r in range(k):
-        d[r] = (d[r] * rs - t[r]) * inv_m
+        d[r] = xent_grad(d[r], rs, t[r], inv_m)
 
 
 cdef double target_loss(const floating* z, const floating* t, floating mx, floating ls,

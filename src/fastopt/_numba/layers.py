@@ -744,7 +744,7 @@ def _xent_row(z, label, target, by_index, d, inv_m, one, cast, acc, terms, o, mx
         terms[o] = (z[label] - mx) - log_s
         return
     for r in range(z.size):
-        d[r] = (d[r] * inv_s - target[r]) * inv_m
+        d[r] = _xent_grad(d[r], inv_s, target[r], inv_m)
     acc[:] = 0.0
     for r in range(z.size):
         if target[r] != 0:

@@ -869,6 +869,29 @@ def test_batchnorm_statistics_that_overflow_are_the_references(backend):
     np.testing.assert_allclose(cache.mean, c_ref.mean, rtol=1e-13)
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_variances_with_a_square_past_the_range_on_the_way(backend, axis):
+    """float64 features whose variance is finite though a square on the way to it overflows:
+    one 0 and 63 values of 1e153 (squared, the 64-row block's sum of x minus its first row
+    overflows) and 64 zeros then a value just past sqrt(max) (squared, the difference of the
+    two blocks' means overflows; times 64 / 65 it would not). Cython took them for a variance
+    of 0 (y about 1e155) and inf (y = beta)."""
+    x = np.zeros((65, 3))
+    x[1:64, 0] = 1e153
+    x[64, 1] = np.sqrt(np.finfo(np.float64).max) * 1.002
+    x[:, 2] = np.arange(65)
+    x = x if axis == 0 else x.T.copy()
+    g, b = np.ones(3), np.zeros(3)
+    with fo.use_backend("numpy"):
+        y_ref, c_ref = fo.batchnorm_forward(x, g, b, axis=axis)
+    with fo.use_backend(backend):
+        y, cache = fo.batchnorm_forward(x, g, b, axis=axis)
+    assert np.isfinite(c_ref.var).all() and list(c_ref.var > 1e300) == [True, True, False]
+    np.testing.assert_allclose(cache.var, c_ref.var, rtol=1e-13)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("n", [4, 300])
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

@@ -416,6 +416,19 @@ def test_float16_softmax_family_is_float32_rounded_once(backend):
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_float16_log_softmax_past_float16s_range_is_minus_inf_without_a_warning(backend):
+    """A float16 log-probability below -65504 rounds to -inf (as torch's), with no NumPy
+    "overflow in cast" warning, and under np.errstate(all="raise") no FloatingPointError
+    (which came after out= was written)."""
+    z = np.array([[0.0, -60000.0, 6000.0]], np.float16)
+    with fo.use_backend(backend), np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = np.zeros((1, 3), np.float16)
+        assert fo.log_softmax(z, out=out) is out
+    np.testing.assert_array_equal(out, [[-6000.0, -np.inf, 0.0]])
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_softmax_takes_what_numpy_ufuncs_take(backend):
     """Lists and integer arrays are float64 (as np.exp makes them); a 0-d z is one class of
     one example (probability 1, log-probability 0, as torch); empty arrays give empty

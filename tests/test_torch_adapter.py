@@ -2007,6 +2007,45 @@ def test_steps_under_inference_mode_step_as_torchs(name):
     assert torch.allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_inference_tensor_parameters_step_in_inference_mode_as_torchs(name):
+    """Parameters made under torch.inference_mode() (inference tensors, which have no version
+    counter): stepped there as torch.optim steps them, 16-bit ones too (whose masters were
+    watched by version counters: the step raised "Inference tensors do not track version
+    counter"), and a 16-bit one written between steps steps on from the written value; the
+    steps are those of the same parameters made as normal tensors. Outside inference mode
+    torch refuses to update them in place, and so does the step, changing nothing."""
+    kwargs = dict(lr=0.1, momentum=0.9) if name == "SGD" else {}
+
+    def run(module, inference):
+        gen = torch.Generator().manual_seed(7)
+        with torch.inference_mode(inference):
+            ps = [torch.randn(4, generator=gen).to(d) for d in (torch.float32, torch.bfloat16)]
+        opt = getattr(module, name)(ps, **kwargs)
+        for k in range(4):
+            for p in ps:
+                p.grad = torch.randn(4, generator=gen).to(p.dtype)
+            with torch.inference_mode():
+                if k == 2:
+                    ps[1].copy_(torch.full((4,), 0.75))
+                opt.step()
+        return ps, opt
+
+    (ours, opt), (plain, _), (theirs, _) = run(ft, True), run(ft, False), run(torch.optim, True)
+    assert all(p.is_inference() for p in ours) and not any(p.is_inference() for p in plain)
+    assert all(torch.equal(a, b) for a, b in zip(ours, plain))
+    assert torch.allclose(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
+    for p in ours:
+        p.grad = torch.ones(4, dtype=p.dtype)
+    before = [p.clone() for p in ours], copy.deepcopy(opt.state_dict()["state"])
+    with pytest.raises(RuntimeError, match="parameter 0 of param group 0 is an inference tensor"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours, before[0]))
+    after = opt.state_dict()["state"]
+    for i, state in before[1].items():
+        assert all(_same_bits(after[i][key], value) for key, value in state.items())
+
+
 def test_step_between_forward_and_backward_raises_as_in_torch():
     p = torch.nn.Parameter(torch.randn(5))
     opt = ft.SGD([p], lr=0.1)

@@ -24,7 +24,9 @@ passes over the group (the parameters, ``p.grad`` objects and data pointers, the
 and tensors and their data pointers, the options that need more state), so a change made
 between steps (a ``.data`` reassigned, new grads, state assigned or loaded) is picked up by
 the next one (a ``.data`` of the same storage with other strides or shape, ``p.data =
-p.data.t()``, included). A group's ``step`` counts are 0-d views of one tensor, advanced with
+p.data.t()``, included; of a state tensor's strides or shape changed in place,
+``opt.state[p]['exp_avg'].t_()``, only a new storage is: comparing every state tensor's
+geometry at every step would cost more than the parameters' and grads'). A group's ``step`` counts are 0-d views of one tensor, advanced with
 one operation; a ``step`` assigned from elsewhere is copied into it, and one written in place
 (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. Every group's
 tensors, hyper-parameters and step counts loaded, assigned or written in place (a count below
@@ -416,7 +418,7 @@ class _Plan:
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
                  "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads",
-                 "scalars", "scalar_versions", "vshapes")
+                 "scalars", "scalar_versions", "vshapes", "inference")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -431,6 +433,16 @@ _numpy = torch.Tensor.numpy
 _storage = torch.Tensor.untyped_storage
 _storage_ptr = torch.UntypedStorage.data_ptr
 _storage_nbytes = torch.UntypedStorage.nbytes
+
+
+def _versions(tensors):
+    """The tensors' version counters. An inference tensor (made under torch.inference_mode())
+    has none: it gets a new object, never equal to the last, so that the plan of its group is
+    made anew, and its master checked, at every step."""
+    try:
+        return list(map(_version_of, tensors))
+    except RuntimeError:
+        return [object() if t.is_inference() else t._version for t in tensors]
 
 
 def _storage_span(t):
@@ -815,7 +827,7 @@ class _FastOptimizer(_Mixin):
         if self._watching:
             for plan in self._plans.values():
                 if plan.versions is not None:
-                    plan.versions = list(map(_version_of, plan.all_params))
+                    plan.versions = _versions(plan.all_params)
         # every plan agrees with opt.state now (the runs stored their new state in both);
         # for a few parameters, looking them up costs less than this
         self._seen = (state, list(state), list(state.values())) if len(state) > 16 else None
@@ -840,6 +852,14 @@ class _FastOptimizer(_Mixin):
             with torch.inference_mode(False):
                 plan = plans[gi] = self._make_plan(group, params, grads, plan)
             self._replanned = True      # (_refuse_shared compares the groups' parameters)
+        if plan.inference and not torch.is_inference_mode_enabled():
+            # torch.optim's in-place update raises so
+            k = plan.inference[0]
+            raise RuntimeError(
+                f"fastopt.torch: parameter {self._names(group, plan)[k]} is an inference tensor "
+                "(made under torch.inference_mode()), which torch does not let be updated in "
+                "place outside inference mode: step under torch.inference_mode(), or make the "
+                "parameter outside it (or a clone() of it there)")
         return plan if plan.params else None
 
     def _refuse_shared(self, work):
@@ -884,7 +904,7 @@ class _FastOptimizer(_Mixin):
                     or [*map(_shape, plan.params)] != plan.shapes)
                 # a 16-bit parameter written outside the step: its master is checked
                 or (plan.versions is not None
-                    and list(map(_version_of, params)) != plan.versions)
+                    and _versions(params) != plan.versions)
                 # a count or scalar state written in place (``state['step'].fill_(-5)``):
                 # checked anew
                 or (plan.scalars[0]._version if len(plan.scalars) == 1
@@ -995,6 +1015,7 @@ class _FastOptimizer(_Mixin):
             self._refuse_duplicates(group, params)
         plan.strides, plan.shapes = list(map(_stride, live)), list(map(_shape, live))
         plan.one = live[0] if len(live) == 1 else None
+        plan.inference = [k for k, p in enumerate(live) if p.is_inference()]
         plan.versions = plan.marks = None
         if any(p.dtype in _HALF for p in params):
             self._watch_masters(plan, params, old)
@@ -1321,7 +1342,7 @@ class _FastOptimizer(_Mixin):
         agrees with the parameter, whatever becomes of this step). A counter moved by
         another writer of the same storage (views of one buffer in other groups) costs a
         check, nothing more."""
-        plan.versions = list(map(_version_of, params))
+        plan.versions = _versions(params)
         plan.marks = list(map(_mark, params))
         self._watching = True       # _step records the counters of such plans
         before = ({} if old is None or old.versions is None else

@@ -553,6 +553,35 @@ def test_a_hyper_parameter_set_later_is_checked_at_step_and_nothing_changes(back
             assert all(np.isfinite(p).all() for p in params)
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix's own
+@pytest.mark.parametrize("named", [False, True], ids=["list", "dict"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_parameter_put_into_a_group_by_hand_is_checked_at_step(backend, named):
+    """A group's params list edited by hand, before the first step and after two: a list is
+    refused with TypeError naming the parameter (it was an AttributeError about its ``size``
+    or ``dtype``), as are an int array and a matrix (refused before by what their grads did
+    not match); a read-only array with ValueError. Nothing changes."""
+    bad = [([1.0, 2.0], TypeError, "must be a numpy.ndarray, got list"),
+           (np.ones(2, np.int64), TypeError, "must have dtype float32 or float64, got int64"),
+           (np.ones(2).view(np.matrix), TypeError, "must be a plain numpy.ndarray, got matrix"),
+           (np.ones(2), ValueError, "is read-only")]
+    bad[3][0].flags.writeable = False
+    label = "b" if named else "1"
+    with fo.use_backend(backend):
+        for warm in (0, 2):
+            for value, exc, message in bad:
+                params = two_params()
+                opt = fo.Adam(dict(zip("ab", params)) if named else params, lr=0.1)
+                grads = two_grads()
+                for _ in range(warm):
+                    opt.step(dict(zip("ab", grads)) if named else grads)
+                opt.param_groups[0]["params"][1] = value
+                before = opt_snapshot(opt, params)
+                with pytest.raises(exc, match=f"^parameter {label} {message}"):
+                    opt.step(dict(zip("ab", grads)) if named else grads)
+                assert opt_snapshot(opt, params) == before
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_bad_later_group_leaves_earlier_groups_unstepped(backend):
     a, b = np.ones(3), np.ones(2)

@@ -189,6 +189,20 @@ def _state_changed():
     _state_version += 1
 
 
+def _check_param(label, p):
+    """Raise naming parameter ``label`` unless ``p`` is an ndarray the kernels can update: a
+    plain one (not a matrix nor a masked array), float32 or float64, writeable."""
+    if not isinstance(p, np.ndarray):
+        raise TypeError(f"parameter {label} must be a numpy.ndarray, got {type(p).__name__}")
+    if isinstance(p, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(f"parameter {label} must be a plain numpy.ndarray, "
+                        f"got {type(p).__name__}")
+    if p.dtype.type not in FLOAT_TYPES:     # (either byte order, as the kernels)
+        raise TypeError(f"parameter {label} must have dtype float32 or float64, got {p.dtype}")
+    if not p.flags.writeable:
+        raise ValueError(f"parameter {label} is read-only; parameters are updated in place")
+
+
 class _Watched(dict):
     """A dict that is told (``_changed(value)``, value None for removals) of every change
     made through its methods; the optimizers' own writes go through ``dict.__setitem__``."""
@@ -588,18 +602,7 @@ class Optimizer:
         mine = set()
         for i, p in enumerate(params):
             label = group["param_names"][i] if named else f"params[{i}]"
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"parameter {label} must be a numpy.ndarray, "
-                                f"got {type(p).__name__}")
-            if isinstance(p, (np.matrix, np.ma.MaskedArray)):
-                raise TypeError(f"parameter {label} must be a plain numpy.ndarray, "
-                                f"got {type(p).__name__}")
-            if p.dtype.type not in FLOAT_TYPES:     # (either byte order, as the kernels)
-                raise TypeError(f"parameter {label} must have dtype float32 or float64, "
-                                f"got {p.dtype}")
-            if not p.flags.writeable:
-                raise ValueError(f"parameter {label} is read-only; parameters are updated "
-                                 "in place")
+            _check_param(label, p)
             if id(p) in known:
                 raise ValueError(f"parameter {label} appears in more than one param group")
             if id(p) in mine:
@@ -858,6 +861,9 @@ class Optimizer:
         group, plan = self.param_groups[gi], self._plans.get(gi)
         self._check(group)
         start = self._starts[gi]
+        # (one put into the group's list by hand: a list failed with AttributeError)
+        for k, p in enumerate(group["params"]):
+            _check_param(group["param_names"][k] if self._named else start + k, p)
         # an empty state (``opt.state[i] = {}``, as torch's reset of a parameter) is none:
         # made at the next step
         states = [self._state.get(start + k) or None for k in range(len(group["params"]))]

@@ -8,16 +8,19 @@
  * bytes apart crowding into a few L2 sets, and the packed panels lost to them here). Then the
  * backward's floor the same way, against its own stream (read x and dy, write dx): the float64
  * gradient sums alone (sum dy, sum dy (x - mean), four rows at a time, as add_4grads), dx
- * alone in float64 (as fo_dx_2rows_f), and both in two sweeps, as the kernels. Build and run
- * (README, "Speed on this machine"):
+ * alone in float64 (fo_dx_2rows_f), and both in two sweeps, as the kernels. Build and run
+ * (README, "Speed on this machine"; -march=x86-64-v3 for the AVX2 build's loops):
  *   gcc -O3 -march=x86-64-v4 -mprefer-vector-width=512 -ffp-contract=off -fno-trapping-math \
- *       -o /tmp/bn_floor bench/bn_floor.c && taskset -c 0 /tmp/bn_floor
+ *       -I src/fastopt/_kernels -o /tmp/bn_floor bench/bn_floor.c && taskset -c 0 /tmp/bn_floor
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include <string.h>
+#include <stddef.h>
 typedef long long ll;
+typedef ptrdiff_t Py_ssize_t;
+#include "fo_bn.h"      /* the kernels' loops */
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -33,12 +36,8 @@ __attribute__((noinline)) void stream(const float *restrict x, float *restrict y
 __attribute__((noinline)) void apply64(const float *restrict x, float *restrict y,
                                        const double *restrict m, const double *restrict s,
                                        const double *restrict b, ll c0, ll c1) {
-    for (ll r = 0; r < N; r += 2)          /* two rows at a time, as fo_apply_2rows_f */
-        for (ll c = c0; c < c1; c++) {
-            double mm = m[c], ss = s[c], bb = b[c];
-            for (int k = 0; k < 2; k++)
-                y[(r + k) * C + c] = (float)(((double)x[(r + k) * C + c] - mm) * ss + bb);
-        }
+    for (ll r = 0; r < N; r += 2)          /* two rows at a time */
+        fo_apply_2rows_f(x + r * C + c0, y + r * C + c0, C, m + c0, s + c0, b + c0, c1 - c0);
 }
 __attribute__((noinline)) void apply32(const float *restrict x, float *restrict y,
                                        const float *restrict m, const float *restrict s,
@@ -127,14 +126,9 @@ __attribute__((noinline)) void gradsums64(const float *restrict dy, const float 
 __attribute__((noinline)) void dx64(const float *restrict dy, const float *restrict x,
                                     float *restrict dx, const double *restrict m,
                                     const double *restrict a, const double *restrict b,
-                                    const double *restrict d) {
+                                    const double *restrict d, ll cols) {
     for (ll r = 0; r < N; r += 2)
-        for (ll c = 0; c < C; c++) {
-            double mm = m[c], aa = a[c], bb = b[c], dd = d[c];
-            for (int j = 0; j < 2; j++)
-                dx[(r + j) * C + c] = (float)(aa * (double)dy[(r + j) * C + c]
-                                              - bb * ((double)x[(r + j) * C + c] - mm) - dd);
-        }
+        fo_dx_2rows_f(dy + r * C, x + r * C, dx + r * C, C, m, a, b, d, cols);
 }
 __attribute__((noinline)) void twopass64(const float *restrict x, float *restrict y,
                                          double *restrict s1, double *restrict s2,
@@ -226,7 +220,7 @@ int main() {
             if (k == 1 || k == 3)
                 gradsums64(dy, x, m, s1, s2);
             if (k == 2 || k == 3)
-                dx64(dy, x, dx, m, s, b, s);
+                dx64(dy, x, dx, m, s, b, s, C);
             t = now() - t;
             if (t < bbest[k])
                 bbest[k] = t;

@@ -1,7 +1,7 @@
 /* Batch norm's element-wise loops over two rows at a time (features as columns, rows a stride
- * C apart); included by layers.pyx. In C for `restrict`: without it GCC needs more run-time
- * alias checks between the output rows and the inputs than it will make, and left these loops
- * scalar (4x slower). Each per-feature float64 value is loaded once for two elements: loading
+ * C apart); included by layers.pyx. In C, in native vectors (below: left to GCC, these loops
+ * were scalar without `restrict`, 4x slower, and with it loaded what they need twice). Each
+ * per-feature float64 value is loaded once for two elements: loading
  * three per element bounded the one-row loop (L2 traffic of 24 bytes per element). Two rows,
  * not four: where the rows' stride is a multiple of 4 KB (C a power of two) and the arrays lie
  * at about the same offset within a page (equal-sized arrays allocated one after another lie
@@ -12,39 +12,10 @@
  * process, two threads, dy, x and dx at 0-32 bytes of each other: 699-935 -> 509-568 us
  * (475-530 either way 2 KB apart); the normalization with y 16-32 bytes above x 201-225 ->
  * 192-197, 2 KB apart 184-187 -> 190-194. The formulas are those of apply_row and dx_row in
- * layers.pyx, element by element. */
+ * layers.pyx, element by element: the same bits. */
 #ifndef FO_BN_H
 #define FO_BN_H
 #include <string.h>
-
-#define FO_APPLY_2ROWS(NAME, T)                                                        \
-static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,                  \
-                 const double* restrict mean, const double* restrict scale,          \
-                 const double* restrict beta, Py_ssize_t n) {                        \
-    for (Py_ssize_t c = 0; c < n; c++) {                                             \
-        double m = mean[c], s = scale[c], b = beta[c];                               \
-        y[c] = (T)(((double)x[c] - m) * s + b);                                      \
-        y[C + c] = (T)(((double)x[C + c] - m) * s + b);                              \
-    }                                                                                \
-}
-FO_APPLY_2ROWS(fo_apply_2rows_f, float)
-FO_APPLY_2ROWS(fo_apply_2rows_d, double)
-
-/* dx = k_dy * dy - k_x * (x - mean) - k_0 */
-#define FO_DX_2ROWS(NAME, T)                                                           \
-static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,          \
-                 Py_ssize_t C, const double* restrict mean,                          \
-                 const double* restrict k_dy, const double* restrict k_x,            \
-                 const double* restrict k_0, Py_ssize_t n) {                         \
-    for (Py_ssize_t c = 0; c < n; c++) {                                             \
-        double m = mean[c], a = k_dy[c], b = k_x[c], d = k_0[c];                     \
-        for (int r = 0; r < 2; r++)                                                  \
-            dx[r * C + c] = (T)(a * (double)dy[r * C + c]                            \
-                                - b * ((double)x[r * C + c] - m) - d);               \
-    }                                                                                \
-}
-FO_DX_2ROWS(fo_dx_2rows_f, float)
-FO_DX_2ROWS(fo_dx_2rows_d, double)
 
 /* Sums over four rows a `stride` apart at once (batch norm's statistics with features as
  * rows), each row summed as layers.pyx's row_sum sums one: eight interleaved partial sums in
@@ -79,6 +50,92 @@ typedef double fo_wd __attribute__((vector_size(8 * FO_BN_W)));
 #define FO_WIDEN_float(p)                                                              \
     ((fo_wd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(p)))))
 #endif
+
+/* p[0..2 FO_BN_W - 1] = lo and hi (FO_BN_W float64 each) rounded to T, in one store: floats
+   narrowed by one vcvtpd2ps each, their halves joined into one vector */
+#define FO_NARROW2(T, p, lo, hi) FO_NARROW2_##T(p, lo, hi)
+#define FO_NARROW2_double(p, lo, hi)                                                   \
+    do { fo_wd l_ = (lo), h_ = (hi); memcpy((p), &l_, sizeof l_);                    \
+         memcpy((p) + FO_BN_W, &h_, sizeof h_); } while (0)
+#if defined(__AVX512F__)
+#define FO_NARROW2_float(p, lo, hi)                                                    \
+    _mm512_storeu_ps((p), _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(    \
+        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(lo)))),                          \
+        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(hi))), 1)))
+#elif defined(__AVX__)
+#define FO_NARROW2_float(p, lo, hi)                                                    \
+    _mm256_storeu_ps((p), _mm256_set_m128(_mm256_cvtpd_ps((__m256d)(hi)),            \
+                                          _mm256_cvtpd_ps((__m256d)(lo))))
+#else
+#define FO_NARROW2_float(p, lo, hi)                                                    \
+    _mm_storeu_ps((p), _mm_movelh_ps(_mm_cvtpd_ps((__m128d)(lo)),                    \
+                                     _mm_cvtpd_ps((__m128d)(hi))))
+#endif
+
+/* y[c] = (x[c] - mean[c]) * scale[c] + beta[c], in float64 rounded once, for the row at x
+   and the row C on (y likewise), two native vectors of float64 at a time: each per-feature
+   vector loaded once for both rows, each vector of x widened by one conversion from memory,
+   each row's results narrowed and stored as one vector. GCC's own vectorization loaded the
+   per-feature values again for the second row and widened a vector of x in two halves. C
+   harness, one Zen 2 core, float32: (256, 4096) in L3 350-353 -> 291-294 us (dx 540-542 ->
+   471-477), (4096, 1024) from memory 2077-2116 -> 2026-2064 (stored by halves, 2086-2139);
+   in process, one thread, (256, 4096): forward 645-659 -> 591-598 us, backward 1030-1041 ->
+   863-916, inference 392-413 -> 334-343 (float64: level). */
+#define FO_APPLY_2ROWS(NAME, T)                                                        \
+static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,                  \
+                 const double* restrict mean, const double* restrict scale,          \
+                 const double* restrict beta, Py_ssize_t n) {                        \
+    enum { W = FO_BN_W };                                                            \
+    Py_ssize_t c = 0;                                                                \
+    for (; c + 2 * W <= n; c += 2 * W) {                                             \
+        fo_wd m0 = FO_WIDEN(double, mean + c), m1 = FO_WIDEN(double, mean + c + W);  \
+        fo_wd s0 = FO_WIDEN(double, scale + c), s1 = FO_WIDEN(double, scale + c + W);\
+        fo_wd b0 = FO_WIDEN(double, beta + c), b1 = FO_WIDEN(double, beta + c + W);  \
+        for (int r = 0; r < 2; r++) {                                                \
+            const T* xr = x + r * C + c;                                             \
+            FO_NARROW2(T, y + r * C + c, (FO_WIDEN(T, xr) - m0) * s0 + b0,          \
+                       (FO_WIDEN(T, xr + W) - m1) * s1 + b1);                        \
+        }                                                                            \
+    }                                                                                \
+    for (; c < n; c++) {                                                             \
+        double m = mean[c], s = scale[c], b = beta[c];                               \
+        y[c] = (T)(((double)x[c] - m) * s + b);                                      \
+        y[C + c] = (T)(((double)x[C + c] - m) * s + b);                              \
+    }                                                                                \
+}
+FO_APPLY_2ROWS(fo_apply_2rows_f, float)
+FO_APPLY_2ROWS(fo_apply_2rows_d, double)
+
+/* dx = k_dy * dy - k_x * (x - mean) - k_0, likewise */
+#define FO_DX_2ROWS(NAME, T)                                                           \
+static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,          \
+                 Py_ssize_t C, const double* restrict mean,                          \
+                 const double* restrict k_dy, const double* restrict k_x,            \
+                 const double* restrict k_0, Py_ssize_t n) {                         \
+    enum { W = FO_BN_W };                                                            \
+    Py_ssize_t c = 0;                                                                \
+    for (; c + 2 * W <= n; c += 2 * W) {                                             \
+        fo_wd m0 = FO_WIDEN(double, mean + c), m1 = FO_WIDEN(double, mean + c + W);  \
+        fo_wd a0 = FO_WIDEN(double, k_dy + c), a1 = FO_WIDEN(double, k_dy + c + W);  \
+        fo_wd b0 = FO_WIDEN(double, k_x + c), b1 = FO_WIDEN(double, k_x + c + W);    \
+        fo_wd d0 = FO_WIDEN(double, k_0 + c), d1 = FO_WIDEN(double, k_0 + c + W);    \
+        for (int r = 0; r < 2; r++) {                                                \
+            const T* dyr = dy + r * C + c;                                           \
+            const T* xr = x + r * C + c;                                             \
+            FO_NARROW2(T, dx + r * C + c,                                            \
+                       a0 * FO_WIDEN(T, dyr) - b0 * (FO_WIDEN(T, xr) - m0) - d0,     \
+                       a1 * FO_WIDEN(T, dyr + W) - b1 * (FO_WIDEN(T, xr + W) - m1) - d1); \
+        }                                                                            \
+    }                                                                                \
+    for (; c < n; c++) {                                                             \
+        double m = mean[c], a = k_dy[c], b = k_x[c], d = k_0[c];                     \
+        for (int r = 0; r < 2; r++)                                                  \
+            dx[r * C + c] = (T)(a * (double)dy[r * C + c]                            \
+                                - b * ((double)x[r * C + c] - m) - d);               \
+    }                                                                                \
+}
+FO_DX_2ROWS(fo_dx_2rows_f, float)
+FO_DX_2ROWS(fo_dx_2rows_d, double)
 
 /* out[r] = the sum over i < n of TERM1 (row r, element i) for rows r < 4 (TERMW: the terms of
    elements i..i+FO_BN_W-1, lanes i % 8 .. of the eight) */

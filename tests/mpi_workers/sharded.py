@@ -16,6 +16,7 @@ import os
 import pickle
 import sys
 import traceback
+import warnings
 
 import numpy as np
 from mpi4py import MPI
@@ -362,6 +363,51 @@ def check_read_only():
     except ValueError as exc:
         report("read-only at step", f"rank {SIZE - 1}" in str(exc) and "'v' is read-only"
                in str(exc) and _unchanged(arena, opt, before), str(exc))
+    # the arena's grad view that step(grads) copies into, read-only on one rank (that rank
+    # raised alone, after the others had agreed to step, and they hung in the exchange)
+    arena = _small()
+    opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
+    if RANK == SIZE - 1:
+        arena.grads["v"].flags.writeable = False
+    before = _snapshot(arena, opt)
+    try:
+        opt.step({"u": np.full(20, 5.0), "v": np.full(20, 5.0)})
+        report("read-only grad at step", False, "no exception")
+    except ValueError as exc:
+        report("read-only grad at step", f"rank {SIZE - 1}" in str(exc)
+               and "grad of parameter 'v' is read-only" in str(exc)
+               and _unchanged(arena, opt, before), str(exc))
+
+
+def check_grad_sums_past_the_float_range():
+    """float32 grads whose sum over the ranks overflows (to +inf, to -inf, and +inf plus -inf:
+    NaN) under np.errstate(all="raise") and warnings as errors: the average is what it is and
+    the step goes on, as one process's step of that average does (the rank holding such an
+    element raised alone, and the others hung in the gather)."""
+    def rank_grads(r):
+        g = np.zeros(40, np.float32)
+        g[5], g[20] = 3e38, -3e38             # on the first rank's shard and a middle one
+        g[39] = np.inf if r % 2 == 0 else -np.inf
+        return g
+
+    arena, ref = _small(np.float32), _small(np.float32)
+    opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
+    with np.errstate(all="ignore"):
+        total = rank_grads(0)
+        for r in range(1, SIZE):
+            total = total + rank_grads(r)
+        ref.flat_grads[...] = total / SIZE
+        fo.SGD(ref.params, lr=1.0).step(ref.grads)
+    arena.flat_grads[...] = rank_grads(RANK)
+    try:
+        with np.errstate(all="raise"), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.step()
+        report("grad sums past the float range", same(arena.flat_params, ref.flat_params)
+               and np.isnan(ref.flat_params[39]) and np.isinf(ref.flat_params[[5, 20]]).all(),
+               f"{arena.flat_params[[5, 20, 39]]} against {ref.flat_params[[5, 20, 39]]}")
+    except Exception as exc:     # noqa: BLE001 - reported on this rank
+        report("grad sums past the float range", False, f"{type(exc).__name__}: {exc}")
 
 
 def check_refused_shard_step():
@@ -781,7 +827,7 @@ def main():
               check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
               check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
               check_bad_param_group, check_group_removed_on_one_rank,
-              check_extra_group_entries]
+              check_extra_group_entries, check_grad_sums_past_the_float_range]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

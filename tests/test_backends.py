@@ -36,6 +36,28 @@ def test_environment_variable_picks_the_default_backend():
     assert out.stdout.strip() == "numpy"
 
 
+def test_a_numba_that_refuses_to_import_is_an_unavailable_backend():
+    """NUMBA_NUM_THREADS=0: numba's import raises ValueError, which backends() and
+    set_backend("numba") let through (no backend listed at all); numba is now unavailable,
+    saying why, and the others serve."""
+    pytest.importorskip("numba")
+    env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}
+    env["NUMBA_NUM_THREADS"] = "0"
+    code = """if True:
+        import fastopt as fo
+        assert "numba" not in fo.backends() and "numpy" in fo.backends(), fo.backends()
+        try:
+            fo.set_backend("numba")
+        except RuntimeError as exc:
+            print(exc)
+    """
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ("backend 'numba' is not available: numba is not installed or does not import "
+            "(ValueError: Number of threads specified must be > 0.)") in out.stdout
+
+
 def test_without_the_environment_variable_the_default_is_the_first_available():
     """API.md: get_backend()'s default is the first of backends() (the fastest here)."""
     env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}

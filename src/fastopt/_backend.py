@@ -110,13 +110,14 @@ def _load(name):
         raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}")
     try:
         module = Namespace(name, importlib.import_module(_MODULES[name]))
-    except ImportError as exc:
+    except Exception as exc:     # ImportError, or numba's own refusal (NUMBA_NUM_THREADS=0)
         if isinstance(exc, _cpu.UnusableBuild):    # fastopt._kernels says why and what to do
             _failed[name] = str(exc)
         else:
             reason = {"cython": "the compiled extension does not import",
                       "numba": "numba is not installed or does not import"}.get(name, "")
-            _failed[name] = f"{reason} ({exc})"
+            what = "" if isinstance(exc, ImportError) else f"{type(exc).__name__}: "
+            _failed[name] = f"{reason} ({what}{exc})"
         raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}") from None
     module.set_num_threads(_num_threads)
     _loaded[name] = module

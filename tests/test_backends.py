@@ -58,6 +58,18 @@ def test_a_numba_that_refuses_to_import_is_an_unavailable_backend():
             "(ValueError: Number of threads specified must be > 0.)") in out.stdout
 
 
+def test_the_thread_count_on_numba_is_the_one_numba_runs():
+    """NUMBA_NUM_THREADS=1: the numba backend's kernels run on one thread, whatever
+    set_num_threads asks; get_num_threads said 2 (the compiled extension's count) on it."""
+    pytest.importorskip("numba")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", FASTOPT_BACKEND="numba")
+    code = "import fastopt as fo; fo.set_num_threads(2); print(fo.get_num_threads())"
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
+
+
 def test_without_the_environment_variable_the_default_is_the_first_available():
     """API.md: get_backend()'s default is the first of backends() (the fastest here)."""
     env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}

@@ -260,7 +260,10 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Threads the compiled kernels use now (a ``threadpoolctl`` limit included)."""
+    """Threads the compiled kernels use now (a ``threadpoolctl`` limit included; on the numba
+    backend, at most Numba's own ``NUMBA_NUM_THREADS``, which defaults to the CPU count)."""
+    if active is not None and active.name == "numba":
+        return active.get_num_threads()
     if "cython" in _loaded:
         return _loaded["cython"].get_num_threads()
     return _num_threads

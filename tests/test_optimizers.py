@@ -1213,3 +1213,41 @@ def test_groups_lr_schedules_and_range_edges_match_torch(backend, name, defaults
         opt.step(g)
         _torch_step(ref, theirs, g)
     assert _norm_ulps(ours, [t.detach().numpy() for t in theirs]) <= 4
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_an_interrupt_as_the_kernel_returns_keeps_the_count_with_the_state(backend,
+                                                                           monkeypatch):
+    """Ctrl-C during a step is raised as the compiled kernel returns (it runs without the GIL,
+    where no Python signal handler runs): its writes are done, so the step count and a first
+    step's new state are stored with them. They were dropped, as for a refused call: the
+    parameters and moments one step past ``state['step']``, and every later bias correction
+    one step off. Simulated here: the kernel runs, then KeyboardInterrupt."""
+    real = fo.ops.foreach_adam_step_
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    rng = np.random.default_rng(4)
+    with fo.use_backend(backend):
+        ours, theirs = ([np.arange(5.0), np.ones((2, 3))] for _ in range(2))
+        opt, ref = fo.Adam(ours, lr=0.1), fo.Adam(theirs, lr=0.1)
+        for _ in range(2):      # a first step (state made by it), then a later one
+            grads = [rng.standard_normal(p.shape) for p in ours]
+            monkeypatch.setattr(fo.ops, "foreach_adam_step_", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                opt.step(grads)
+            monkeypatch.undo()
+            ref.step(grads)
+            for a, b in zip(ours, theirs):
+                np.testing.assert_array_equal(a, b)
+            got, want = opt.state_dict()["state"], ref.state_dict()["state"]
+            assert got.keys() == want.keys()
+            for i in want:
+                assert got[i].keys() == want[i].keys()
+                for key in want[i]:
+                    np.testing.assert_array_equal(got[i][key], want[i][key], err_msg=key)
+        opt.step(grads)
+        ref.step(grads)
+        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))

@@ -779,7 +779,10 @@ class Optimizer:
         state array overlaps another in any group, again only after they changed; with
         several groups every grad too), then each group steps with one kernel call: over its
         flat stretch of a ParameterArena, or over its list of arrays. A step that raises
-        changes nothing.
+        changes nothing. A KeyboardInterrupt (Ctrl-C) is raised as a compiled kernel's call
+        returns: the parameters it stepped keep that step, their counts and state with them,
+        and the groups after it have not stepped (the NumPy reference, Python code, can be
+        interrupted between its operations).
 
         Parameters
         ----------
@@ -986,15 +989,21 @@ class Optimizer:
         """One group: the arena stretch in one kernel call, or the list in one kernel call
         while every parameter has a grad and they share a phase, else :meth:`_step_parts`."""
         group = self.param_groups[gi]
-        if grads is _FLAT:
-            span = plan.span
-            self._run(group, [span.params], [span.grads], plan.flat_batch)
-        elif plan.uniform and all(map(operator.is_not, grads, repeat(None))):
+        if grads is _FLAT or plan.uniform and all(map(operator.is_not, grads, repeat(None))):
             try:
-                self._run(group, group["params"], grads, plan.list_batch)
-            except (TypeError, ValueError):     # the kernel checked every array, wrote none
-                self._name_refusal(gi, plan, grads)   # an error naming the parameter, if a grad's
+                if grads is _FLAT:
+                    span = plan.span
+                    self._run(group, [span.params], [span.grads], plan.flat_batch)
+                else:
+                    self._run(group, group["params"], grads, plan.list_batch)
+            except KeyboardInterrupt:   # raised as the kernel returned: it stepped (_run)
+                self._store_made(plan)
                 raise
+            except (TypeError, ValueError):     # the kernel checked every array, wrote none
+                if grads is not _FLAT:  # an error naming the parameter, if a grad's
+                    self._name_refusal(gi, plan, grads)
+                raise
+            self._store_made(plan)
         else:
             self._check_grads(gi, grads)
             if len(self.param_groups) == 1:   # (with several, _split checked every group's)
@@ -1002,11 +1011,12 @@ class Optimizer:
                 # ones stepped
                 self._check_grad_overlaps(zip(group["params"], grads, range(len(grads))))
             self._step_parts(gi, plan, grads)
-            return
-        if plan.made:                   # every parameter stepped: its new state is stored
-            for i, state in plan.made:
-                _set(self._state, i, state)
-            plan.made = []
+
+    def _store_made(self, plan):
+        """Every parameter of the plan stepped: the new state its arena path made is stored."""
+        for i, state in plan.made:
+            _set(self._state, i, state)
+        plan.made = []
 
     def _name_refusal(self, gi, plan, grads):
         """After a kernel call over group ``gi``'s list refused it (writing nothing): raise the
@@ -1041,23 +1051,43 @@ class Optimizer:
             parts.setdefault(self._phase(s), []).append((k, s))
         batches = [_Batch([s for _, s in part], slots, [k for k, _ in part])
                    for part in parts.values()]     # partitioned first: a step moves phases
-        for batch in batches:
-            self._run(group, [params[k] for k in batch.index], [grads[k] for k in batch.index],
-                      batch)
-        for i, s in created:
-            _set(self._state, i, s)
-        self._plans.pop(gi, None)       # made again with the state made here
+        def store(made):
+            for i, s in made:
+                _set(self._state, i, s)
+            self._plans.pop(gi, None)   # made again with the state made here
+
+        ran = set()
+        try:
+            for batch in batches:
+                ran.update(map(id, batch.states))
+                self._run(group, [params[k] for k in batch.index],
+                          [grads[k] for k in batch.index], batch)
+        except KeyboardInterrupt:       # raised as a kernel returned: those that ran stepped
+            store([(i, s) for i, s in created if id(s) in ran])
+            raise
+        store(created)
 
     def _run(self, group, params, grads, batch):
         """One kernel call; the step count and the state it made are stored only after it
-        succeeded (a refused call changes nothing)."""
+        succeeded (a refused call changes nothing), or was interrupted: a KeyboardInterrupt
+        (Ctrl-C) is raised as the kernel returns, its writes done (the kernel runs without
+        the GIL, where no Python signal handler runs), so the count is stored with them.
+        Taken for a refusal, it left the parameters and moments one step past the count."""
         steps = batch.steps
         step = None if steps is None else batch.counts[batch.first] + 1
         try:
             self._update(group, params, grads, batch, step)
+        except KeyboardInterrupt:
+            self._advance(batch, step)
+            raise
         except BaseException:
             batch.pending.clear()       # a plan's batch is used again
             raise
+        self._advance(batch, step)
+
+    def _advance(self, batch, step):
+        """Store the step count and the state a kernel call made."""
+        steps = batch.steps
         if steps is None:
             pass
         elif batch.index is not _ALL:

@@ -1051,6 +1051,7 @@ class Optimizer:
             parts.setdefault(self._phase(s), []).append((k, s))
         batches = [_Batch([s for _, s in part], slots, [k for k, _ in part])
                    for part in parts.values()]     # partitioned first: a step moves phases
+
         def store(made):
             for i, s in made:
                 _set(self._state, i, s)

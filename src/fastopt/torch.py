@@ -26,8 +26,9 @@ between steps (a ``.data`` reassigned, new grads, state assigned or loaded) is p
 the next one (a ``.data`` of the same storage with other strides or shape, ``p.data =
 p.data.t()``, included; of a state tensor's strides or shape changed in place,
 ``opt.state[p]['exp_avg'].t_()``, only a new storage is: comparing every state tensor's
-geometry at every step would cost more than the parameters' and grads'). A group's ``step`` counts are 0-d views of one tensor, advanced with
-one operation; a ``step`` assigned from elsewhere is copied into it, and one written in place
+geometry at every step would cost more than the parameters' and grads'). A group's
+``step`` counts are 0-d views of one tensor, advanced with one operation; a ``step``
+assigned from elsewhere is copied into it, and one written in place
 (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. Every group's
 tensors, hyper-parameters and step counts loaded, assigned or written in place (a count below
 0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs or a complex

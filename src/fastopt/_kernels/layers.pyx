@@ -263,12 +263,12 @@ cdef void block_moments(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_
     x - mean, and since k is one of the n rows, (mean - k)^2 <= m2, so sum(d)^2 / n <= n m2:
     the subtraction costs at most a factor n + 1 in m2's relative error (~n (n + 1) ulps,
     5e-13 for 64 rows, against ~n ulps for two passes). A column whose sums, or sum(d)^2,
-    are not finite (NaN, inf, overflow: float64 data around 1e153 squares sum(d) past the range
-    where m2 stays in it) is taken again in two passes, which give the reference's NaN, inf
-    and finite results; that column alone, so that a column's result does not depend on which columns are
-    taken with it (the pool's chunks split the columns of a short batch). One pass instead
-    of two took 15-22% less time for the statistics of (4096, 1024) and (256, 4096) float32
-    here (one thread, a C harness of both loops)."""
+    are not finite (NaN, inf, overflow: float64 data around 1e153 squares sum(d) past the
+    range where m2 stays in it) is taken again in two passes, which give the reference's
+    NaN, inf and finite results; that column alone, so that a column's result does not
+    depend on which columns are taken with it (the pool's chunks split the columns of a
+    short batch). One pass instead of two took 15-22% less time for the statistics of
+    (4096, 1024) and (256, 4096) float32 here (one thread, a C harness of both loops)."""
     cdef Py_ssize_t c
     cdef double inv = 1.0 / (r1 - r0)
     cdef bint finite = True

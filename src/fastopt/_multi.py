@@ -62,11 +62,14 @@ def foreach(single, kernel, check=check_step_arrays, run=None):
                    for j, arrays in enumerate(tensors)]
         if count > 1:
             check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
+        # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
         if run is not None:
-            run(checked, tensors, scalars)
+            kernel = run
+            kernel(checked, tensors, scalars)
             return
         for arrays in tensors:
-            single(*arrays, **scalars)
+            kernel = single
+            kernel(*arrays, **scalars)
 
     P = inspect.Parameter
     multi.__signature__ = inspect.Signature(

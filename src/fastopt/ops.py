@@ -59,6 +59,25 @@ _SIGNATURES = {}    # fastopt.ops function -> its (reals, betas, flags) argument
 _REFUSED = (TypeError, ValueError, OverflowError)
 
 
+def _kernel_began(interrupt):
+    """Whether ``interrupt`` (a KeyboardInterrupt from a ``foreach_*`` call) came once the
+    kernel had been called. Each fastopt function on the way to a compiled kernel (these, the
+    list forms of fastopt._multi, Numba's launch) binds a local ``kernel`` just before it calls
+    the next, with no point between the two where Python runs a signal handler (those follow
+    a call or a jump back): the innermost such frame where the interrupt was raised tells. A
+    compiled kernel runs without the GIL, so Ctrl-C is raised as it returns, its writes done;
+    the numba and NumPy list forms are Python loops, which it can stop between arrays (then
+    counted as begun)."""
+    began, tb = False, interrupt.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if ("kernel" in frame.f_code.co_varnames
+                and frame.f_globals.get("__name__", "").startswith("fastopt.")):
+            began = "kernel" in frame.f_locals
+        tb = tb.tb_next
+    return began
+
+
 def _refuse(fn, args):
     """After the backend raised an error in ``fn`` (a fastopt.ops function; ``args`` its
     locals): raise the error the thorough checks raise for the first argument of ``fn`` that
@@ -233,8 +252,9 @@ def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
         writes nothing.
     """
     _check_ewa(beta)
+    kernel = _backend.active.ewa_multi
     try:
-        _backend.active.ewa_multi(avgs, xs, beta=beta)
+        kernel(avgs, xs, beta=beta)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_ewa_, locals())
         raise
@@ -340,11 +360,11 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
             momentum, "momentum_buffers",
             "one buffer per parameter (np.empty_like(param) with first_step=True on their "
             "first step)")
+    kernel = _backend.active.sgd_multi
     try:
-        _backend.active.sgd_multi(params, grads, momentum_buffers, lr=lr,
-                                  weight_decay=weight_decay, momentum=momentum,
-                                  dampening=dampening, nesterov=nesterov, maximize=maximize,
-                                  first_step=first_step)
+        kernel(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
+               momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
+               first_step=first_step)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_sgd_step_, locals())
         raise
@@ -420,8 +440,9 @@ def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *,
         writes nothing.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN)
+    kernel = _backend.active.momentum_multi
     try:
-        _backend.active.momentum_multi(params, grads, velocities, lr=lr, beta=beta)
+        kernel(params, grads, velocities, lr=lr, beta=beta)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_momentum_step_, locals())
         raise
@@ -535,11 +556,11 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
     if momentum_buffers is None and momentum != 0:
         _refuse_momentum_without_buffer(momentum, "momentum_buffers",
                                         "one buffer per parameter (zeros, as torch starts them)")
+    kernel = _backend.active.rmsprop_multi
     try:
-        _backend.active.rmsprop_multi(params, grads, square_avgs, grad_avgs, momentum_buffers,
-                                      lr=lr, alpha=beta, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, maximize=maximize,
-                                      eps_inside_sqrt=eps_inside_sqrt)
+        kernel(params, grads, square_avgs, grad_avgs, momentum_buffers, lr=lr, alpha=beta, eps=eps,
+               weight_decay=weight_decay, momentum=momentum, maximize=maximize,
+               eps_inside_sqrt=eps_inside_sqrt)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_rmsprop_step_, locals())
         raise
@@ -628,10 +649,10 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
         across the whole call (grads may share memory with each other). A call that raises
         writes nothing.
     """
+    kernel = _backend.active.adagrad_multi
     try:
-        _backend.active.adagrad_multi(params, grads, state_sums,
-                                      clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
-                                      eps=eps, weight_decay=weight_decay, maximize=maximize)
+        kernel(params, grads, state_sums, clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
+               eps=eps, weight_decay=weight_decay, maximize=maximize)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adagrad_step_, locals())
         raise
@@ -747,12 +768,12 @@ def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_
     """
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
+    kernel = _backend.active.adam_multi
     try:
-        _backend.active.adam_multi(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr,
-                                   beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                   step_size=step_size, bias_correction2=bias_correction2,
-                                   grad_scale=1.0, decoupled=decoupled_weight_decay,
-                                   maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+        kernel(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lr=lr, beta1=beta1,
+               beta2=beta2, eps=eps, weight_decay=weight_decay, step_size=step_size,
+               bias_correction2=bias_correction2, grad_scale=1.0, decoupled=decoupled_weight_decay,
+               maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adam_step_, locals())
         raise
@@ -891,9 +912,10 @@ def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, a
         writes nothing.
     """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
+    kernel = _backend.active.adadelta_multi
     try:
-        _backend.active.adadelta_multi(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho,
-                                       eps=eps, weight_decay=weight_decay, maximize=maximize)
+        kernel(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho, eps=eps,
+               weight_decay=weight_decay, maximize=maximize)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adadelta_step_, locals())
         raise
@@ -990,10 +1012,10 @@ def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_in
         writes nothing.
     """
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
+    kernel = _backend.active.adamax_multi
     try:
-        _backend.active.adamax_multi(params, grads, exp_avgs, exp_infs, beta1=beta1,
-                                     beta2=beta2, eps=eps, weight_decay=weight_decay, clr=clr,
-                                     maximize=maximize)
+        kernel(params, grads, exp_avgs, exp_infs, beta1=beta1, beta2=beta2, eps=eps,
+               weight_decay=weight_decay, clr=clr, maximize=maximize)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adamax_step_, locals())
         raise
@@ -1178,12 +1200,11 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
     """
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
+    kernel = _backend.active.nadam_multi
     try:
-        _backend.active.nadam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
-                                    beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                    bias_correction2=bias_correction2, grad_coef=grad_coef,
-                                    avg_coef=avg_coef, decoupled=decoupled_weight_decay,
-                                    maximize=maximize)
+        kernel(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+               weight_decay=weight_decay, bias_correction2=bias_correction2, grad_coef=grad_coef,
+               avg_coef=avg_coef, decoupled=decoupled_weight_decay, maximize=maximize)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_nadam_step_, locals())
         raise
@@ -1310,12 +1331,11 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
     """
     beta1, beta2, step_size, adaptive_scale, rectified = _radam_scalars(step, lr, betas, eps,
                                                                         weight_decay)
+    kernel = _backend.active.radam_multi
     try:
-        _backend.active.radam_multi(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1,
-                                    beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                    step_size=step_size, adaptive_scale=adaptive_scale,
-                                    rectified=rectified,
-                                    decoupled=decoupled_weight_decay, maximize=maximize)
+        kernel(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+               weight_decay=weight_decay, step_size=step_size, adaptive_scale=adaptive_scale,
+               rectified=rectified, decoupled=decoupled_weight_decay, maximize=maximize)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_radam_step_, locals())
         raise
@@ -1417,9 +1437,10 @@ def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: f
         writes nothing.
     """
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
+    kernel = _backend.active.lion_multi
     try:
-        _backend.active.lion_multi(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
-                                   weight_decay=weight_decay, maximize=maximize)
+        kernel(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
+               maximize=maximize)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_lion_step_, locals())
         raise

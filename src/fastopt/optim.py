@@ -323,9 +323,10 @@ class _Batch:
     """The parameters of one kernel call, as ``_update`` sees them: their state arrays by key
     (``columns``, :meth:`new_column`) and their scalar state (:meth:`scalar`,
     :meth:`set_scalar`). On the arena path ``states`` is one dict of flat buffers.
-    State the call creates is stored by :meth:`commit`, once the call succeeded."""
+    State the call creates is stored by :meth:`commit`, and the new states in ``made`` by
+    the optimizer, once the call stepped (``Optimizer._advance``)."""
 
-    def __init__(self, states, slots, index, spread=None):
+    def __init__(self, states, slots, index, spread=None, made=None):
         self.states = states      # the parameters' state dicts, or [flat buffers by key]
         self.slots = slots        # scalar key -> the group's array of it, one slot per param
         self.steps = slots.get("step")    # the step counts' slots (None: no step count)
@@ -339,6 +340,7 @@ class _Batch:
                         if key not in slots and all(key in s for s in states)}
         self.spread = spread      # arena path: (states, offsets, params) to view new state
         self.pending = []         # (state, key, array) made by this call
+        self.made = [] if made is None else made    # (index, state): new states it steps
         self.first = 0 if isinstance(index, slice) else index[0]
 
     def has(self, key):
@@ -779,10 +781,12 @@ class Optimizer:
         state array overlaps another in any group, again only after they changed; with
         several groups every grad too), then each group steps with one kernel call: over its
         flat stretch of a ParameterArena, or over its list of arrays. A step that raises
-        changes nothing. A KeyboardInterrupt (Ctrl-C) is raised as a compiled kernel's call
-        returns: the parameters it stepped keep that step, their counts and state with them,
-        and the groups after it have not stepped (the NumPy reference, Python code, can be
-        interrupted between its operations).
+        changes nothing. A KeyboardInterrupt (Ctrl-C) leaves each parameter stepped with its
+        count and state, or untouched: raised before a group's kernel call, that group and
+        those after it have not stepped; a Cython kernel runs to its end (without the GIL,
+        where no Python handler runs), and is raised as it returns. The numba and NumPy
+        kernels over a list are Python loops, which it can stop between arrays (then counted as
+        stepped with the others), and the NumPy reference between its operations.
 
         Parameters
         ----------
@@ -881,12 +885,13 @@ class Optimizer:
         uniform = (bool(states) and None not in states
                    and len({self._phase(s) for s in states}) <= 1)
         slots = self._slots[gi]
-        list_batch = _Batch(states, slots, _ALL) if uniform else None
+        list_batch = _Batch(states, slots, _ALL, made=made) if uniform else None
         flat_batch = None
         if flat is None:
             span = None
         else:
-            flat_batch = _Batch([flat], slots, _ALL, (states, span.offsets, group["params"]))
+            flat_batch = _Batch([flat], slots, _ALL, (states, span.offsets, group["params"]),
+                                made)
         if isinstance(group, _Group):
             group.checked = True
         alone = (len(self.param_groups) == 1 and span is None and list_batch is not None
@@ -996,14 +1001,10 @@ class Optimizer:
                     self._run(group, [span.params], [span.grads], plan.flat_batch)
                 else:
                     self._run(group, group["params"], grads, plan.list_batch)
-            except KeyboardInterrupt:   # raised as the kernel returned: it stepped (_run)
-                self._store_made(plan)
-                raise
             except (TypeError, ValueError):     # the kernel checked every array, wrote none
                 if grads is not _FLAT:  # an error naming the parameter, if a grad's
                     self._name_refusal(gi, plan, grads)
                 raise
-            self._store_made(plan)
         else:
             self._check_grads(gi, grads)
             if len(self.param_groups) == 1:   # (with several, _split checked every group's)
@@ -1011,12 +1012,6 @@ class Optimizer:
                 # ones stepped
                 self._check_grad_overlaps(zip(group["params"], grads, range(len(grads))))
             self._step_parts(gi, plan, grads)
-
-    def _store_made(self, plan):
-        """Every parameter of the plan stepped: the new state its arena path made is stored."""
-        for i, state in plan.made:
-            _set(self._state, i, state)
-        plan.made = []
 
     def _name_refusal(self, gi, plan, grads):
         """After a kernel call over group ``gi``'s list refused it (writing nothing): raise the
@@ -1038,56 +1033,66 @@ class Optimizer:
         phase (parameters in different phases, e.g. steps, cannot share one)."""
         group, start = self.param_groups[gi], self._starts[gi]
         params, slots = group["params"], self._slots[gi]
-        parts, created, made = {}, [], dict(plan.made)
+        parts, created, made = {}, set(), dict(plan.made)
         for k, g in enumerate(grads):
             if g is None:
                 continue
             s = plan.states[k]
             if s is None:
                 s = self._new_state(gi, k)
-                created.append((start + k, s))
+                created.add(k)
             elif start + k in made:     # made by the arena path's plan, not stored yet
-                created.append((start + k, s))
+                created.add(k)
             parts.setdefault(self._phase(s), []).append((k, s))
-        batches = [_Batch([s for _, s in part], slots, [k for k, _ in part])
-                   for part in parts.values()]     # partitioned first: a step moves phases
-
-        def store(made):
-            for i, s in made:
-                _set(self._state, i, s)
-            self._plans.pop(gi, None)   # made again with the state made here
-
-        ran = set()
+        # (partitioned first: a step moves phases)
+        batches = [_Batch([s for _, s in part], slots, [k for k, _ in part],
+                          made=[(start + k, s) for k, s in part if k in created])
+                   for part in parts.values()]
         try:
             for batch in batches:
-                ran.update(map(id, batch.states))
                 self._run(group, [params[k] for k in batch.index],
                           [grads[k] for k in batch.index], batch)
-        except KeyboardInterrupt:       # raised as a kernel returned: those that ran stepped
-            store([(i, s) for i, s in created if id(s) in ran])
-            raise
-        store(created)
+        finally:
+            self._plans.pop(gi, None)   # made again with the states stored by the calls
 
     def _run(self, group, params, grads, batch):
         """One kernel call; the step count and the state it made are stored only after it
-        succeeded (a refused call changes nothing), or was interrupted: a KeyboardInterrupt
-        (Ctrl-C) is raised as the kernel returns, its writes done (the kernel runs without
-        the GIL, where no Python signal handler runs), so the count is stored with them.
-        Taken for a refusal, it left the parameters and moments one step past the count."""
+        stepped: not after a refusal (which changes nothing), nor after a KeyboardInterrupt
+        (Ctrl-C) raised before the kernel was called. One raised once it had been is stored
+        with the step: the Cython kernels run without the GIL, where no Python signal
+        handler runs, so it is raised as they return, their writes done."""
         steps = batch.steps
         step = None if steps is None else batch.counts[batch.first] + 1
+        stepped = False
         try:
-            self._update(group, params, grads, batch, step)
-        except KeyboardInterrupt:
-            self._advance(batch, step)
+            scalar = self._update(group, params, grads, batch, step)
+            stepped = True
+            self._advance(batch, step, scalar)
+        except KeyboardInterrupt as exc:
+            if stepped or ops._kernel_began(exc):
+                if not stepped:     # raised before _update returned its new scalar state
+                    scalar = self._interrupted_scalar(group, batch, step)
+                # (again, if it was what the interrupt stopped: it stores values)
+                self._advance(batch, step, scalar)
+            else:
+                batch.pending.clear()
             raise
         except BaseException:
             batch.pending.clear()       # a plan's batch is used again
             raise
-        self._advance(batch, step)
 
-    def _advance(self, batch, step):
-        """Store the step count and the state a kernel call made."""
+    # the scalar state besides the count that _update returns the new value of (None: none)
+    _SCALAR = None
+
+    def _interrupted_scalar(self, group, batch, step):
+        """The new ``_SCALAR`` state :meth:`_update` returns, for a call whose kernel stepped
+        but which an interrupt stopped before it returned."""
+        return None
+
+    def _advance(self, batch, step, scalar=None):
+        """Store the step count, the ``_SCALAR`` state ``_update`` returned, the new state
+        arrays the call made and the new states it stepped. Stores values, so that doing it
+        twice is doing it once."""
         steps = batch.steps
         if steps is None:
             pass
@@ -1104,6 +1109,12 @@ class Optimizer:
                 # made on the list path, outside the flat buffers of a plan's arena path: that
                 # plan (made without them) took them for missing at the next arena step
                 self._plans = {gi: p for gi, p in self._plans.items() if p.flat is None}
+        if scalar is not None:
+            batch.set_scalar(self._SCALAR, scalar)
+        if batch.made:
+            for i, state in batch.made:
+                _set(self._state, i, state)
+            batch.made.clear()      # (the plan's list, which its two batches share)
 
     def _phase(self, state):
         """Parameters step together (one kernel call) when their phases are equal."""
@@ -2032,6 +2043,7 @@ class NAdam(Optimizer):
     """
 
     _scalar_state = ("mu_product",)
+    _SCALAR = "mu_product"      # (_update returns its new value)
 
     _BOUNDS = dict(_ADAM_BOUNDS, momentum_decay=NONNEG, decoupled_weight_decay=FLAG)
     _STATE = ("step", "mu_product", "exp_avg", "exp_avg_sq")
@@ -2050,12 +2062,15 @@ class NAdam(Optimizer):
 
     def _update(self, group, params, grads, batch, step):
         # parameters stepped together share their step count, so their mu products agree
-        mu_product = ops.foreach_nadam_step_(
+        return ops.foreach_nadam_step_(
             params, grads, batch.columns["exp_avg"], batch.columns["exp_avg_sq"], step,
             batch.scalar("mu_product"), lr=group["lr"], betas=group["betas"], eps=group["eps"],
             weight_decay=group["weight_decay"], momentum_decay=group["momentum_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"], maximize=group["maximize"])
-        batch.set_scalar("mu_product", mu_product)
+
+    def _interrupted_scalar(self, group, batch, step):
+        return ops._nadam_scalars(step, batch.scalar("mu_product"), group["lr"], group["betas"],
+                                  group["eps"], group["weight_decay"], group["momentum_decay"])[0]
 
 
 class RAdam(Optimizer):

@@ -240,11 +240,14 @@ def list_form(single, span, parallel, pack):
     time)."""
     def run(checked, tensors, scalars):
         packed = pack(**scalars)
+        # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
         for views, arrays in zip(checked, tensors):
             if views is None:                # other layouts: single runs contiguous copies
-                single(*arrays, **scalars)
+                kernel = single
+                kernel(*arrays, **scalars)
             else:
-                launch(span, parallel, views, packed)
+                kernel = launch
+                kernel(span, parallel, views, packed)
     return foreach(single, _registry.get(single.__name__), check=step_views, run=run)
 
 
@@ -378,7 +381,11 @@ def launch(serial, parallel, views, scalars, nbytes=None):
         if ALIGN_MIN is not None and n >= ALIGN_MIN:
             head = _line_head(views[0])
             if head:        # (absent state stays empty: the kernels read it as absent)
-                serial(*[v[:head] if v.size else v for v in views], scalars)
+                head_views = [v[:head] if v.size else v for v in views]
+                # (bound just before the call: fastopt.ops._kernel_began; an interrupt
+                # between this call and the next leaves the array partly stepped)
+                kernel = serial
+                kernel(*head_views, scalars)
                 views = [v[head:] if v.size else v for v in views]
                 n -= head
     if nbytes >= STEP_PARALLEL_BYTES:
@@ -392,9 +399,11 @@ def launch(serial, parallel, views, scalars, nbytes=None):
             numba.set_num_threads(nthreads)
         share = (-(-n // nthreads) + 15) & ~15      # whole 64-byte lines of float32 per thread
         with _launch_guard[0]:
-            parallel(-(-n // share), share, *views, scalars)
+            kernel = parallel
+            kernel(-(-n // share), share, *views, scalars)
     else:
-        serial(*views, scalars)
+        kernel = serial
+        kernel(*views, scalars)
     if nbytes >= STEP_PARALLEL_BYTES:
         _last_step_end[0] = time.perf_counter()
 

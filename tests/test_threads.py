@@ -64,10 +64,10 @@ def test_bit_identical_for_1_to_5_threads(compiled, dtype, pieces):
 
 @pytest.mark.parametrize("pieces", [None, 37])
 def test_the_openmp_team_gives_the_pools_bits(compiled, pieces):
-    """fastopt.torch runs its long steps on the OpenMP team (fo_pool.h; 64 chunks or more,
+    """fastopt.torch runs its long steps on the OpenMP team (fo_pool.h; 16 chunks or more,
     which this size makes): same chunks, same bits."""
     from fastopt import _backend
-    n = 66 * 65536 + 7
+    n = 18 * 65536 + 7
     fo.set_num_threads(2)
     expected = adam_steps(n, np.float32, pieces=pieces)
     for threads in (1, 2, 3):
@@ -647,7 +647,7 @@ def test_a_forked_child_does_not_run_on_the_parents_openmp_team():
     if "cython" not in COMPILED:
         pytest.skip("the OpenMP team is the compiled backend's")
     from fastopt import _backend
-    n = 66 * 65536 + 7           # 64 chunks or more: a job for the team
+    n = 18 * 65536 + 7           # 16 chunks or more: a job for the team
     threads = fo.get_num_threads()
     with fo.use_backend("cython"):
         fo.set_num_threads(2)

@@ -67,7 +67,7 @@ def pool_state():
 
 
 def use_openmp_team(bint on):
-    """Run this thread's long parallel calls (~4M elements and more) on its OpenMP team
+    """Run this thread's long parallel calls (~1M elements and more) on its OpenMP team
     (torch's, beside torch) instead of fastopt's pool: see fo_pool.h. Returns the previous
     setting; results do not depend on it."""
     global fo_pool_openmp

@@ -50,12 +50,17 @@
  * whose spinning workers take the job at once. Chunks are still claimed dynamically; the
  * region's end waits for every team thread, as each of torch's own operations does. A team
  * thread that is not running (another process holds its core) makes that wait last a
- * scheduler time slice, so only jobs of FO_POOL_OPENMP_MIN_CHUNKS chunks or more (~4M
- * elements) go to the team, where the wait is small beside the work; shorter ones run on the
- * pool, which never waits on a thread that is not running. fastopt.torch.Adam on this 2-vCPU
- * VM, medians (team against pool, two runs): 1e7 elements right after a torch matmul, 12.9 ;
- * 11.0 ms against 16.1 ; 14.4 ms; 1e6 elements with one core busy, 1.39 against 1.23 ms (p95
- * 8.0 against 2.7 ms); 1000 x 64 with one core busy, 9.6 against 3.9 ms.
+ * scheduler time slice, so only jobs of FO_POOL_OPENMP_MIN_CHUNKS chunks or more (~1M
+ * elements) go to the team, where the wait is not far beyond the work; shorter ones run on
+ * the pool, which never waits on a thread that is not running. fastopt.torch.Adam on a
+ * 2-vCPU Zen 2 VM, medians (team against pool, two runs): 1e7 elements right after a torch
+ * matmul, 12.9 ; 11.0 ms against 16.1 ; 14.4 ms; 1e6 elements with one core busy, 1.39
+ * against 1.23 ms (p95 8.0 against 2.7 ms); 1000 x 64 with one core busy, 9.6 against 3.9 ms.
+ * On a 2-vCPU Intel Xeon VM (AVX-512) at 1e6, float32: in rounds after torch fused and
+ * DeepSpeedCPUAdam (their OpenMP workers spinning), 333-339 against 367-391 us (DeepSpeed
+ * 352-356); with one core busy, medians 364-380 against 556 us, p95 7.3 against 1.4-2.8 ms
+ * (torch fused 462-504 us, p95 7.7 ms; DeepSpeed 379-438 us, p95 13-14 ms): so 1e6-element
+ * steps (16 chunks) go to the team too, as both peers' do, and 1e5-element ones (8) do not.
  *
  * Every element is computed the same way whoever runs its chunk, so results do not depend on
  * the thread count or on which thread ran what.
@@ -300,7 +305,7 @@ static void fo_pool_keep_helpers_off_caller_cpu(void) {
 }
 
 static _Thread_local int fo_pool_openmp;   /* this thread's long jobs run on its OpenMP team */
-#define FO_POOL_OPENMP_MIN_CHUNKS 64        /* a long job (see the top of this file) */
+#define FO_POOL_OPENMP_MIN_CHUNKS 16        /* a long job (see the top of this file) */
 
 static void fo_pool_run_openmp(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
     _Atomic Py_ssize_t next = 0;

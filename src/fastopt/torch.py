@@ -730,6 +730,11 @@ class _FastOptimizer(_Mixin):
         by torch's Optimizer, which runs the hooks and the record around it: this one then
         runs them no more, as torch.optim's own steps run none then.
 
+        A KeyboardInterrupt (Ctrl-C) raised before a group's kernels were called leaves that
+        group and those after it as they were; one raised once they were is raised after
+        the step's counts and state are stored with what the kernels wrote (a compiled
+        kernel runs to its end: the interrupt is raised as it returns).
+
         Parameters
         ----------
         closure : callable or None, default None
@@ -1400,8 +1405,10 @@ class _FastOptimizer(_Mixin):
 
     def _run(self, group, plan):
         """The kernel calls for one group, one per distinct step count (torch counts steps
-        per parameter); then the new counts and any new state are stored. Returns the grads'
-        norm if the group clips them."""
+        per parameter); then the new counts and any new state are stored, also when a
+        KeyboardInterrupt came once a kernel was called (``_update`` binds ``kernel`` just
+        before it calls it: fastopt.ops._kernel_began), which is raised after. Returns the
+        grads' norm if the group clips them."""
         gviews = plan.graw
         norm, factor = None, 1.0
         if plan.alias is None and plan.split:
@@ -1436,6 +1443,7 @@ class _FastOptimizer(_Mixin):
         if plan.alias and self._decays_own_grads(group):
             gviews = self._decayed_own_grads(plan, group, gviews)
         cols = plan.cols
+        interrupted = None
         try:
             if not self._STEPPED:
                 self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
@@ -1466,6 +1474,18 @@ class _FastOptimizer(_Mixin):
                         self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
                                      factor)
                     plan.counts[plan.live_index] = counts + 1
+        except KeyboardInterrupt as exc:
+            # Ctrl-C: raised before a kernel was called, it changes nothing; once one was, as
+            # it returned (a kernel runs without the GIL, where no Python handler runs) or
+            # after, the step is stored as it would have been, then it is raised
+            if not ops._kernel_began(exc):
+                raise
+            interrupted = exc
+            if self._STEPPED:   # (the counts are stored after the kernel calls)
+                if plan.live_index is _ALL:
+                    plan.counts += 1
+                else:
+                    plan.counts[plan.live_index] += 1
         except OverflowError:     # the kernels' conversion of an int past the float range
             self._check_float_range(group)      # (named, as a later group's is in time)
             raise
@@ -1501,6 +1521,8 @@ class _FastOptimizer(_Mixin):
             plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
             plan.split = self._splits(plan)
+        if interrupted is not None:
+            raise interrupted
         return norm
 
     def _decays_own_grads(self, group):
@@ -1635,10 +1657,12 @@ class _FastOptimizer(_Mixin):
                 part = [k for k, f in enumerate(formats) if f is fmt]
                 lists, masters = _pick(part, params, grads, *state), _pick(part, cols[MASTER])[0]
             if fmt is None:
-                getattr(kernels, self._MULTI)(*lists, **scalars, **own)
+                kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
+                kernel(*lists, **scalars, **own)
             else:
-                getattr(kernels, self._HALF_MULTI)(
-                    *lists[:2], masters, *lists[2:], **scalars, grad_scale=scale, bfloat16=fmt)
+                kernel = getattr(kernels, self._HALF_MULTI)
+                kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
+                       bfloat16=fmt)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -1689,10 +1713,11 @@ def _torch_decay(group):
     return 1 - _to_scalar(group["lr"]) * _to_scalar(group["weight_decay"])
 
 
-def _one_half_format(kernel, masters, scale, bfloat16, params, grads, *state, grad_scale=None,
-                     **scalars):
-    """The 16-bit ``kernel`` of a group whose parameters are all of one format, called as
+def _one_half_format(half_kernel, masters, scale, bfloat16, params, grads, *state,
+                     grad_scale=None, **scalars):
+    """The 16-bit ``half_kernel`` of a group whose parameters are all of one format, called as
     :meth:`_FastOptimizer._by_format` calls it (``grad_scale``, a kernel's own, is ``scale``)."""
+    kernel = half_kernel    # (bound last: _run)
     kernel(params, grads, masters, *state, **scalars, grad_scale=scale, bfloat16=bfloat16)
 
 
@@ -1748,11 +1773,12 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                 part = [k for k, f in enumerate(fresh) if f == first]
                 if part:
                     parts.append((first, *_pick(part, params, grads), _pick_cols(cols, part)))
+        nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
         for first, params, grads, cols in parts:
-            self._kernel_for(cols, grad_scale)(
-                params, grads, cols.get("momentum_buffer"), lr=lr, weight_decay=wd,
-                momentum=momentum, dampening=dampening, nesterov=bool(group["nesterov"]),
-                maximize=bool(group["maximize"]), first_step=first)
+            buffers = cols.get("momentum_buffer")
+            kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+            kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
+                   dampening=dampening, nesterov=nesterov, maximize=maximize, first_step=first)
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -1779,10 +1805,12 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
         lr, alpha, eps = _number(group["lr"]), self._real(group, "alpha"), self._real(group, "eps")
         wd, momentum = self._real(group, "weight_decay"), self._real(group, "momentum")
         ops._check_lr_beta(lr, alpha, NONNEG, eps, wd, momentum, beta_name="alpha")
-        self._kernel_for(cols, grad_scale)(
-            params, grads, cols["square_avg"], cols.get("grad_avg"), cols.get("momentum_buffer"),
-            lr=lr, alpha=alpha, eps=eps, weight_decay=wd, momentum=momentum,
-            maximize=bool(group["maximize"]), eps_inside_sqrt=False)
+        grad_avg, buffers = cols.get("grad_avg"), cols.get("momentum_buffer")
+        maximize = bool(group["maximize"])
+        kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+        kernel(params, grads, cols["square_avg"], grad_avg, buffers, lr=lr, alpha=alpha,
+               eps=eps, weight_decay=wd, momentum=momentum, maximize=maximize,
+               eps_inside_sqrt=False)
 
 
 class Adagrad(_FastOptimizer, torch.optim.Adagrad):
@@ -1830,8 +1858,9 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
         if _own_arithmetic(lr) or _own_arithmetic(lr_decay):
             # torch folds a tensor's in its dtype
             clr = float(_to_scalar(lr) / (1 + (step - 1) * _to_scalar(lr_decay)))
-        self._kernel_for(cols, grad_scale)(params, grads, cols["sum"], clr=clr, eps=eps,
-                                           weight_decay=wd, maximize=bool(group["maximize"]))
+        maximize = bool(group["maximize"])
+        kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+        kernel(params, grads, cols["sum"], clr=clr, eps=eps, weight_decay=wd, maximize=maximize)
 
 
 class Adam(_FastOptimizer, torch.optim.Adam):
@@ -1868,11 +1897,12 @@ class Adam(_FastOptimizer, torch.optim.Adam):
             bias_correction2 = root * root
         if decoupled:
             lr, wd = self._decay_args(group, lr, wd)
-        self._kernel_for(cols, grad_scale)(
-            params, grads, cols["exp_avg"], cols["exp_avg_sq"], cols.get("max_exp_avg_sq"),
-            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
-            bias_correction2=bias_correction2, grad_scale=grad_scale, decoupled=decoupled,
-            maximize=bool(group["maximize"]), eps_inside_sqrt=False)
+        max_exp_avg_sqs, maximize = cols.get("max_exp_avg_sq"), bool(group["maximize"])
+        kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+        kernel(params, grads, cols["exp_avg"], cols["exp_avg_sq"], max_exp_avg_sqs, lr=lr,
+               beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
+               bias_correction2=bias_correction2, grad_scale=grad_scale, decoupled=decoupled,
+               maximize=maximize, eps_inside_sqrt=False)
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -1903,9 +1933,10 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
         lr, rho = _number(group["lr"]), self._real(group, "rho")
         eps, wd = self._real(group, "eps"), self._real(group, "weight_decay")
         ops._check_lr_beta(lr, rho, UNIT, eps, wd, beta_name="rho")
-        self._kernel_for(cols, grad_scale)(params, grads, cols["square_avg"], cols["acc_delta"],
-                                           lr=lr, rho=rho, eps=eps, weight_decay=wd,
-                                           maximize=bool(group["maximize"]))
+        maximize = bool(group["maximize"])
+        kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+        kernel(params, grads, cols["square_avg"], cols["acc_delta"], lr=lr, rho=rho, eps=eps,
+               weight_decay=wd, maximize=maximize)
 
 
 class Adamax(_FastOptimizer, torch.optim.Adamax):
@@ -1929,9 +1960,10 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
         beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
                                                 self._betas(group), eps, wd)
         clr = self._step_size(group, step, clr)
-        self._kernel_for(cols, grad_scale)(params, grads, cols["exp_avg"], cols["exp_inf"],
-                                           beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
-                                           clr=clr, maximize=bool(group["maximize"]))
+        maximize = bool(group["maximize"])
+        kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+        kernel(params, grads, cols["exp_avg"], cols["exp_inf"], beta1=beta1, beta2=beta2,
+               eps=eps, weight_decay=wd, clr=clr, maximize=maximize)
 
 
 class NAdam(_FastOptimizer, torch.optim.NAdam):
@@ -1998,13 +2030,21 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             if _own_arithmetic(group["betas"][1]):     # (in its dtype)
                 bias_correction2 = float(1 - _to_scalar(group["betas"][1]) ** step)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
-            self._kernel_for(part_cols, grad_scale)(
-                *_pick(part, params, grads), part_cols["exp_avg"], part_cols["exp_avg_sq"],
-                lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
-                bias_correction2=bias_correction2, grad_coef=grad_coef, avg_coef=avg_coef,
-                decoupled=decoupled, maximize=bool(group["maximize"]))
-            for k in part:
-                cols["mu_product"][k][()] = new
+            part_params, part_grads = _pick(part, params, grads)
+            maximize = bool(group["maximize"])
+            kernel = self._kernel_for(part_cols, grad_scale)    # (bound last: _run)
+            try:
+                kernel(part_params, part_grads, part_cols["exp_avg"], part_cols["exp_avg_sq"],
+                       lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
+                       bias_correction2=bias_correction2, grad_coef=grad_coef,
+                       avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
+                for k in part:
+                    cols["mu_product"][k][()] = new
+            except KeyboardInterrupt as exc:    # as the kernel returned, or in this loop
+                if ops._kernel_began(exc):
+                    for k in part:
+                        cols["mu_product"][k][()] = new
+                raise
 
 
 def _nadam_folded(group, step, product, single):
@@ -2056,11 +2096,12 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
         decoupled = bool(group.get("decoupled_weight_decay"))
         if decoupled:
             lr, wd = self._decay_args(group, lr, wd)
-        self._kernel_for(cols, grad_scale)(
-            params, grads, cols["exp_avg"], cols["exp_avg_sq"], lr=lr, beta1=beta1,
-            beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
-            adaptive_scale=adaptive_scale, rectified=rectified, decoupled=decoupled,
-            maximize=bool(group["maximize"]))
+        maximize = bool(group["maximize"])
+        kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+        kernel(params, grads, cols["exp_avg"], cols["exp_avg_sq"], lr=lr, beta1=beta1,
+               beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
+               adaptive_scale=adaptive_scale, rectified=rectified, decoupled=decoupled,
+               maximize=maximize)
 
 
 # What each constructor argument does here (type, description), for the classes' Parameters

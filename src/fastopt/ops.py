@@ -60,14 +60,14 @@ _REFUSED = (TypeError, ValueError, OverflowError)
 
 
 def _kernel_began(interrupt):
-    """Whether ``interrupt`` (a KeyboardInterrupt from a ``foreach_*`` call) came once the
+    """Whether ``interrupt`` (a KeyboardInterrupt from an optimizer's step) came once a
     kernel had been called. Each fastopt function on the way to a compiled kernel (these, the
-    list forms of fastopt._multi, Numba's launch) binds a local ``kernel`` just before it calls
-    the next, with no point between the two where Python runs a signal handler (those follow
-    a call or a jump back): the innermost such frame where the interrupt was raised tells. A
-    compiled kernel runs without the GIL, so Ctrl-C is raised as it returns, its writes done;
-    the numba and NumPy list forms are Python loops, which it can stop between arrays (then
-    counted as begun)."""
+    list forms of fastopt._multi, Numba's launch, fastopt.torch's ``_update``) binds a local
+    ``kernel`` just before it calls the next, with no point between the two where Python runs
+    a signal handler (those follow a call or a jump back): the innermost such frame where the
+    interrupt was raised tells. A compiled kernel runs without the GIL, so Ctrl-C is raised as
+    it returns, its writes done; the numba and NumPy list forms are Python loops, which it can
+    stop between arrays (then counted as begun)."""
     began, tb = False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame

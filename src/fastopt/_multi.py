@@ -41,21 +41,21 @@ class _Labels:
         return len(self.names)
 
 
-def foreach(single, kernel, check=check_step_arrays, run=None):
-    """The list form of ``single``, a backend's single-array function of ``kernel`` (a
-    :class:`fastopt._registry.Kernel`): ``multi(*lists, **scalars)`` with the registry's
+def foreach(single, entry, check=check_step_arrays, run=None):
+    """The list form of ``single``, a backend's single-array function of the kernel ``entry``
+    (a :class:`fastopt._registry.Kernel`): ``multi(*lists, **scalars)`` with the registry's
     signature, bit-identical to ``single`` on each tensor. ``check(arrays, names, nrequired)``
     validates one tensor's arrays, that one tensor's arrays are disjoint included (the 16-bit
     kernels pass their own). With ``run``, the tensors then run as ``run(checked, tensors,
     scalars)``, ``checked`` holding what ``check`` returned for each (a backend whose check also
     prepares the arrays need not do it twice), instead of ``single(*arrays, **scalars)`` on
     each."""
-    names, nrequired, keywords = kernel.lists, kernel.nrequired, frozenset(kernel.keywords)
+    names, nrequired, keywords = entry.lists, entry.nrequired, frozenset(entry.keywords)
 
     def multi(*lists, **scalars):
         if len(lists) != len(names) or scalars.keys() != keywords:
-            raise TypeError(f"{kernel.multi}() takes the lists {', '.join(names)} and the "
-                            f"keyword arguments {', '.join(kernel.keywords)}")
+            raise TypeError(f"{entry.multi}() takes the lists {', '.join(names)} and the "
+                            f"keyword arguments {', '.join(entry.keywords)}")
         count = check_lists(names, lists, nrequired)
         tensors = list(zip(*[repeat(None, count) if lst is None else lst for lst in lists]))
         checked = [check(arrays, _Labels(names, j), nrequired)
@@ -74,8 +74,8 @@ def foreach(single, kernel, check=check_step_arrays, run=None):
     P = inspect.Parameter
     multi.__signature__ = inspect.Signature(
         [P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
-        + [P(n, P.KEYWORD_ONLY) for n in kernel.keywords])
-    multi.__name__ = multi.__qualname__ = kernel.multi
+        + [P(n, P.KEYWORD_ONLY) for n in entry.keywords])
+    multi.__name__ = multi.__qualname__ = entry.multi
     multi.__module__ = single.__module__
-    multi.__doc__ = f"{kernel.name} over lists of arrays ({', '.join(names)})."
+    multi.__doc__ = f"{entry.name} over lists of arrays ({', '.join(names)})."
     return multi

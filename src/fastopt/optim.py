@@ -499,7 +499,8 @@ class Optimizer:
     _RENAMED: dict[str, str] = {}
     _STATE: tuple[str, ...] = ()           # state keys every parameter with state has
     _OPTIONAL_STATE: tuple[str, ...] = ()  # state keys created when an option needs them
-    # state entries that are numbers, not arrays (besides "step")
+    # state entries that are numbers, not arrays (besides "step"); at most one, whose new value
+    # _update returns
     _scalar_state: tuple[str, ...] = ()
     _EAGER_STATE = False  # state exists before the first step (Adagrad): its step may be 0
 
@@ -1081,18 +1082,15 @@ class Optimizer:
             batch.pending.clear()       # a plan's batch is used again
             raise
 
-    # the scalar state besides the count that _update returns the new value of (None: none)
-    _SCALAR = None
-
     def _interrupted_scalar(self, group, batch, step):
-        """The new ``_SCALAR`` state :meth:`_update` returns, for a call whose kernel stepped
-        but which an interrupt stopped before it returned."""
+        """The new value of the ``_scalar_state`` that :meth:`_update` returns, for a call
+        whose kernel stepped but which an interrupt stopped before it returned."""
         return None
 
     def _advance(self, batch, step, scalar=None):
-        """Store the step count, the ``_SCALAR`` state ``_update`` returned, the new state
-        arrays the call made and the new states it stepped. Stores values, so that doing it
-        twice is doing it once."""
+        """Store the step count, the new value of the ``_scalar_state`` that ``_update``
+        returned (None: none), the new state arrays the call made and the new states it
+        stepped. Stores values, so that doing it twice is doing it once."""
         steps = batch.steps
         if steps is None:
             pass
@@ -1110,7 +1108,7 @@ class Optimizer:
                 # plan (made without them) took them for missing at the next arena step
                 self._plans = {gi: p for gi, p in self._plans.items() if p.flat is None}
         if scalar is not None:
-            batch.set_scalar(self._SCALAR, scalar)
+            batch.set_scalar(self._scalar_state[0], scalar)
         if batch.made:
             for i, state in batch.made:
                 _set(self._state, i, state)
@@ -2042,8 +2040,7 @@ class NAdam(Optimizer):
         ``numpy.ndarray`` (named).
     """
 
-    _scalar_state = ("mu_product",)
-    _SCALAR = "mu_product"      # (_update returns its new value)
+    _scalar_state = ("mu_product",)     # (_update returns its new value)
 
     _BOUNDS = dict(_ADAM_BOUNDS, momentum_decay=NONNEG, decoupled_weight_decay=FLAG)
     _STATE = ("step", "mu_product", "exp_avg", "exp_avg_sq")

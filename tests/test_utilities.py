@@ -660,3 +660,40 @@ def test_the_signature_check_can_fail():
     with pytest.raises(AssertionError, match="also requires"):
         _check_signature(requires_more, "(z, axis=-1)")
     _check_signature(other_default, "(lr0, base=0.9)")
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("when", ["as the kernel returns", "before the kernel"])
+def test_an_interrupted_ewa_update_keeps_its_count_with_its_average(backend, when,
+                                                                   monkeypatch):
+    """Ctrl-C during ``update`` is raised as the compiled kernel returns, the sample folded
+    in: ``t`` counts it (it did not: every later bias correction a step off). Raised before
+    the kernel was called, it changes nothing. Simulated: the backend's kernel runs, then
+    raises KeyboardInterrupt; or the beta check raises it."""
+    from fastopt import _backend
+    samples = [np.arange(4.0) * k for k in range(1, 4)]
+    with fo.use_backend(backend):
+        ours, ref = fo.EWA(beta=0.9, bias_correction=True), fo.EWA(beta=0.9, bias_correction=True)
+        real = _backend.active.ewa
+
+        def interrupted(*args, **kwargs):
+            real(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        def interrupt(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        for x in samples:
+            if when[0] == "a":
+                monkeypatch.setattr(_backend.active, "ewa", interrupted)
+            else:
+                monkeypatch.setattr(fo.ops, "_check_ewa", interrupt)
+            with pytest.raises(KeyboardInterrupt):
+                ours.update(x)
+            monkeypatch.undo()
+            if when[0] == "a":
+                ref.update(x)
+            assert ours.t == ref.t
+            if ref.t:
+                np.testing.assert_array_equal(ours.value, ref.value)
+        np.testing.assert_array_equal(ours.update(samples[0]), ref.update(samples[0]))

@@ -134,7 +134,8 @@ class EWA:
         ValueError
             ``x`` of another shape than the first sample, or ``beta`` set outside [0, 1).
 
-        A call that raises changes nothing (a refused first sample fixes no shape).
+        A call that raises changes nothing (a refused first sample fixes no shape); Ctrl-C
+        raised as the compiled kernel returns keeps the sample and counts it.
         """
         # everything is checked and converted before the average is allocated or touched: a
         # refused update (even the first) changes nothing
@@ -147,7 +148,16 @@ class EWA:
                              "(fixed by the first update)")
         else:
             avg = self._avg
-        ops.ewa_(avg, x.astype(avg.dtype, copy=False), beta)
+        x = x.astype(avg.dtype, copy=False)
+        try:
+            ops.ewa_(avg, x, beta)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C as the kernel returned (it runs without the GIL, where no Python handler
+            # runs): the sample is in, so is its count (a bias correction a step off, else)
+            if ops._kernel_began(exc):
+                self._avg = avg
+                self.t += 1
+            raise
         self._avg = avg
         self.t += 1
         return self._current(avg, beta, bias_correction)

@@ -221,8 +221,9 @@ def ewa_(avg: Array, x: Array, beta: float) -> None:
         As :func:`sgd_step_`, naming ``avg``, ``x`` or ``beta``; nothing is written then.
     """
     _check_ewa(beta)
+    kernel = _backend.active.ewa
     try:
-        _backend.active.ewa(avg, x, beta=beta)
+        kernel(avg, x, beta=beta)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(ewa_, locals())
         raise

@@ -185,5 +185,5 @@ def get(name):
 
 
 # the layer kernels (not element-wise: fastopt.layers calls them with their own arguments)
-LAYERS = ("batchnorm_forward", "batchnorm_apply", "batchnorm_backward", "softmax",
+LAYERS = ("batchnorm_forward", "batchnorm_inference", "batchnorm_backward", "softmax",
           "softmax_cross_entropy")

@@ -394,14 +394,12 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     xc, ax, transposed = _bn_layout(x, axis, out)
     g = _features("gamma", gamma, xc, ax, transposed, out)
     b = _features("beta", beta, xc, ax, transposed, out)
-    rm = _features("running_mean", running_mean, xc, ax, transposed).astype(np.float64)
-    rv = _features("running_var", running_var, xc, ax, transposed).astype(np.float64)
+    rm = _features("running_mean", running_mean, xc, ax, transposed, out)
+    rv = _features("running_var", running_var, xc, ax, transposed, out)
     eps = _check_eps(eps)
     y = _out(out, xc.T.shape if transposed else xc.shape, xc.dtype)
     yc, scratch = _kernel_output(y, transposed)
-    with np.errstate(all="ignore"):     # running_var + eps of 0 (eps=0): inf, as the kernels
-        inv_std = 1.0 / np.sqrt(rv + eps)
-    _backend.active.batchnorm_apply(xc, ax, g, b, rm, inv_std, yc)
+    _backend.active.batchnorm_inference(xc, ax, g, b, rm, rv, eps, yc)
     _write_back(y, yc, scratch, transposed)
     return y
 

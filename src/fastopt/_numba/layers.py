@@ -320,11 +320,21 @@ def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
         chunked(_apply, _pairs(x.shape[0]), x, axis, b64, mean, g64 * inv_std, y)
 
 
-def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
+@numba.njit(**JIT)
+def _inv_std(running_var, eps):
+    """1 / sqrt(running_var + eps) in float64, per feature (NaN and inf without a warning)."""
+    out = np.empty(running_var.size)
+    for i in range(running_var.size):
+        out[i] = 1.0 / np.sqrt(np.float64(running_var[i]) + eps)
+    return out
+
+
+def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y):
     # in float64 (mean, scale and beta are float64), rounded once when stored into y
     use_threads(x.size)
     chunked(_apply, (_pairs if axis == 0 else _quads)(x.shape[0]), read_only(x), axis,
-            beta.astype(np.float64), mean, gamma.astype(np.float64) * inv_std, y)
+            beta.astype(np.float64), running_mean.astype(np.float64),
+            gamma.astype(np.float64) * _inv_std(running_var, eps), y)
 
 
 @numba.njit(inline="always", **JIT)

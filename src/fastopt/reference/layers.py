@@ -44,6 +44,13 @@ def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
               + np.expand_dims(beta.astype(np.float64), axis))
 
 
+def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y):
+    """Inference: :func:`batchnorm_apply` with the running statistics (x's dtype), widened
+    to float64, and ``inv_std = 1 / sqrt(running_var + eps)``."""
+    inv_std = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    batchnorm_apply(x, axis, gamma, beta, running_mean.astype(np.float64), inv_std, y)
+
+
 def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
     """Training forward: :func:`batchnorm_stats` into ``mean``, ``inv_std`` and ``var``, then
     :func:`batchnorm_apply` with them into ``y``."""

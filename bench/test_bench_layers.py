@@ -67,6 +67,32 @@ def test_softmax_family_in_the_course_layout(benchmark, name, contender):
         benchmark(fn)
 
 
+@pytest.mark.parametrize("contender", fo.backends() + ["numpy as written", "torch"])
+@pytest.mark.parametrize("shape", [(32, 64), (256, 128), (4096, 1024)],
+                         ids=["32x64", "256x128", "4096x1024"])
+def test_batchnorm_inference(benchmark, shape, contender):
+    """Inference with running statistics, float32, (examples, features): fastopt's backends,
+    the NumPy expression a user writes and torch's batch_norm(training=False). At course
+    sizes the Python around the kernel is most of the time."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g, b, mean = (rng.standard_normal(shape[1]).astype(np.float32) for _ in range(3))
+    var = rng.random(shape[1]).astype(np.float32) + 0.5
+    backend = contender
+    if contender == "torch":
+        torch = pytest.importorskip("torch")
+        xt, gt, bt, mt, vt = map(torch.from_numpy, (x, g, b, mean, var))
+        fn, backend = (lambda: torch.nn.functional.batch_norm(xt, mt, vt, gt, bt, False)), None
+    elif contender == "numpy as written":
+        fn, backend = (lambda: (x - mean) / np.sqrt(var + 1e-5) * g + b), None
+    else:
+        fn = lambda: fo.batchnorm_inference(x, g, b, mean, var)  # noqa: E731
+    benchmark.group = f"batchnorm_inference {shape[0]}x{shape[1]} float32"
+    with fo.use_backend(backend or fo.get_backend()):
+        fn()
+        benchmark(fn)
+
+
 def _at_page_offset(shape, dtype, offset):
     """An array of ``shape`` whose data starts ``offset`` bytes into a 4 KB page."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize

@@ -350,33 +350,26 @@ def check_read_only():
         report("read-only at construction", f"rank {SIZE - 1}" in str(exc)
                and "'v' is read-only" in str(exc) and same(arena.flat_params, np.ones(40)),
                str(exc))
-    arena = _small()
-    opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
-    arena.flat_grads[...] = 1.0
-    opt.step()
-    if RANK == SIZE - 1:
-        arena.params["v"].flags.writeable = False
-    before = _snapshot(arena, opt)
-    try:
-        opt.step({"u": np.full(20, 5.0), "v": np.full(20, 5.0)})
-        report("read-only at step", False, "no exception")
-    except ValueError as exc:
-        report("read-only at step", f"rank {SIZE - 1}" in str(exc) and "'v' is read-only"
-               in str(exc) and _unchanged(arena, opt, before), str(exc))
-    # the arena's grad view that step(grads) copies into, read-only on one rank (that rank
-    # raised alone, after the others had agreed to step, and they hung in the exchange)
-    arena = _small()
-    opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
-    if RANK == SIZE - 1:
-        arena.grads["v"].flags.writeable = False
-    before = _snapshot(arena, opt)
-    try:
-        opt.step({"u": np.full(20, 5.0), "v": np.full(20, 5.0)})
-        report("read-only grad at step", False, "no exception")
-    except ValueError as exc:
-        report("read-only grad at step", f"rank {SIZE - 1}" in str(exc)
-               and "grad of parameter 'v' is read-only" in str(exc)
-               and _unchanged(arena, opt, before), str(exc))
+    # at step, on one rank: a parameter's view (after a first step), and the arena's grad
+    # view that step(grads) copies into (that rank raised alone, after the others had agreed
+    # to step, and they hung in the exchange)
+    for name, views, message, stepped in (
+            ("read-only at step", "params", "'v' is read-only", True),
+            ("read-only grad at step", "grads", "grad of parameter 'v' is read-only", False)):
+        arena = _small()
+        opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
+        if stepped:
+            arena.flat_grads[...] = 1.0
+            opt.step()
+        if RANK == SIZE - 1:
+            getattr(arena, views)["v"].flags.writeable = False
+        before = _snapshot(arena, opt)
+        try:
+            opt.step({"u": np.full(20, 5.0), "v": np.full(20, 5.0)})
+            report(name, False, "no exception")
+        except ValueError as exc:
+            report(name, f"rank {SIZE - 1}" in str(exc) and message in str(exc)
+                   and _unchanged(arena, opt, before), str(exc))
 
 
 def check_grad_sums_past_the_float_range():

@@ -55,13 +55,13 @@ int main(int argc, char **argv) {
                 const float *zr = z + (long)r * k;
                 float *er = e + (long)r * k;
                 if (w == 0)
-                    sink += fo_exp_sum_f(zr, 1.0f, er, k, zr + k);
+                    sink += fo_exp_sum_f(zr, 2.0f, er, k, zr + k);
                 else if (w == 1)
-                    exp_only(zr, 1.0f, er, k);
+                    exp_only(zr, 2.0f, er, k);
                 else if (w == 2)
                     sink += sum_only(er, k);
                 else {
-                    exp_only(zr, 1.0f, er, k);
+                    exp_only(zr, 2.0f, er, k);
                     sink += sum_only(er, k);
                 }
             }

@@ -151,11 +151,13 @@ static inline fo_vf fo_vexpf_edge(fo_vf x) {
    grid (or 0) below, so after the edge's clamp every vector takes one branch-free path: the
    same bits as the two paths below (every float32 input; 2e8 float64 ones) in a quarter less
    time (C loop, one Zen 4 core: 0.29 -> 0.21 ns/element, float64 0.84 -> 0.68) */
-static inline fo_vf fo_vexpf(fo_vf x) {
-    const fo_vf o = {0};
-    x = FO_MINF(o + 89.0f, FO_MAXF(o - 104.0f, x));
+static inline fo_vf fo_vexpf_within(fo_vf x) {     /* x in [-104, 89], or NaN */
     fo_vf t = fo_vexpf_shifted(x);
     return (fo_vf)_mm512_scalef_ps((__m512)fo_vexpf_reduced(x, t), (__m512)(t - 0x1.8p23f));
+}
+static inline fo_vf fo_vexpf(fo_vf x) {
+    const fo_vf o = {0};
+    return fo_vexpf_within(FO_MINF(o + 89.0f, FO_MAXF(o - 104.0f, x)));
 }
 #else
 /* n = round(x/ln2) from t's low bits, and the lanes outside the fast path's n in [-125, 127] */
@@ -234,11 +236,13 @@ static inline fo_vd fo_vexp_edge(fo_vd x) {
     return (u * s1) * s2;
 }
 #if defined(__AVX512F__)
-static inline fo_vd fo_vexp(fo_vd x) {
-    const fo_vd o = {0};
-    x = FO_MIND(o + 710.0, FO_MAXD(o - 746.0, x));
+static inline fo_vd fo_vexp_within(fo_vd x) {      /* x in [-746, 710], or NaN */
     fo_vd t = fo_vexp_shifted(x);
     return (fo_vd)_mm512_scalef_pd((__m512d)fo_vexp_reduced(x, t), (__m512d)(t - 0x1.8p52));
+}
+static inline fo_vd fo_vexp(fo_vd x) {
+    const fo_vd o = {0};
+    return fo_vexp_within(FO_MIND(o + 710.0, FO_MAXD(o - 746.0, x)));
 }
 #else
 /* as fo_vexpf's, n in [-1021, 1023] on the fast path */
@@ -304,7 +308,36 @@ static inline void P##2(VT* a, VT* b) {                                         
 FO_VEXP_FROM_PARTS(fo_vexpf, fo_vf, fo_vfi)
 FO_VEXP_FROM_PARTS(fo_vexp, fo_vd, fo_vdi)
 
-/* e[i] = exp(z[i] - m[i * m_step]) for i < n (m_step 0: one shift for all) */
+/* exp(x) for x <= 0 or NaN: the softmax family's z - max(z), the only exps the kernels take.
+   With AVX-512, fo_vexpf without its upper clamp, which changes nothing there (NaN passes
+   either way): the same bits, one instruction less a vector (bench/exp_floor.c, rows of
+   1000 float32 in cache, one core of an Intel Xeon: 0.230 -> 0.217 ns/element). */
+#if defined(__AVX512F__)
+static inline fo_vf fo_vexpf_nonpos(fo_vf x) {
+    const fo_vf o = {0};
+    return fo_vexpf_within(FO_MAXF(o - 104.0f, x));
+}
+static inline fo_vd fo_vexp_nonpos(fo_vd x) {
+    const fo_vd o = {0};
+    return fo_vexp_within(FO_MAXD(o - 746.0, x));
+}
+static inline void fo_vexpf_nonpos2(fo_vf* a, fo_vf* b) {
+    *a = fo_vexpf_nonpos(*a);
+    *b = fo_vexpf_nonpos(*b);
+}
+static inline void fo_vexp_nonpos2(fo_vd* a, fo_vd* b) {
+    *a = fo_vexp_nonpos(*a);
+    *b = fo_vexp_nonpos(*b);
+}
+#else
+#define fo_vexpf_nonpos fo_vexpf
+#define fo_vexp_nonpos fo_vexp
+#define fo_vexpf_nonpos2 fo_vexpf2
+#define fo_vexp_nonpos2 fo_vexp2
+#endif
+
+/* e[i] = exp(z[i] - m[i * m_step]) for i < n (m_step 0: one shift for all), each z[i] at
+   most its m (or NaN) */
 #define FO_EXP_SHIFTED(NAME, T, VT, VEXP)                                             \
 static void NAME(const T* z, const T* m, int m_step, T* e, Py_ssize_t n) {          \
     enum { LANES = FO_VBYTES / sizeof(T) };                                          \
@@ -324,28 +357,27 @@ static void NAME(const T* z, const T* m, int m_step, T* e, Py_ssize_t n) {      
         for (j = 0; i + j < n; j++) e[i + j] = v[j];                                 \
     }                                                                                \
 }
-FO_EXP_SHIFTED(fo_exp_shifted_f, float, fo_vf, fo_vexpf)
-FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp)
+FO_EXP_SHIFTED(fo_exp_shifted_f, float, fo_vf, fo_vexpf_nonpos)
+FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp_nonpos)
 
-/* e[i] = exp(z[i] - m) for i < n, returning sum(e) in float64 summed as layers.pyx's row_sum
-   sums a row (eight interleaved partial sums, the one of lane j taking the e[i] with
-   i % 8 == j in order, then a fixed pairwise combine), for any vector width. Meanwhile the
-   lines of [next, next + n) are prefetched, one per 64 bytes of z: a caller stepping through
-   rows passes the next row, which then arrives from memory while this one's exps are
-   computed (its max pass had waited for it: (4096, 1000) and (256, 32000) float32 softmax,
-   2 threads, a C harness: 16% and 20% less time; rows in cache as before), and the lines
-   of e's next row [e + n, e + 2n) are fetched for writing, which its exp pass then finds
-   in cache (the callers' rows of e are contiguous too: (4096, 1000) float32, one thread,
-   nine alternated pairs of processes on a Zen 2 VM, medians: softmax 3.59 -> 3.48 ms,
-   log-softmax 3.63 -> 3.42, cross-entropy 3.69 -> 3.56, faster in 8, 9 and 9 of the pairs).
-   next and e + n may point past the end of their arrays: a prefetch does not fault.
-   An exp pass over the row, then a sum pass over e (in L1 or L2 by then): taking the sums
-   from the exp's vectors in registers, in the one loop, cost more (bench/exp_floor.c, rows
-   of 1000 float32, one core, ns/element, one loop against two passes: AVX2 build on Zen 2
-   0.82 against 0.66 in cache, 0.86 against 0.76 streamed; AVX-512 on Zen 5 0.24 against
-   0.19 in cache, 0.23-0.24 either way streamed), and the two passes need no conversion of
-   the exp's lanes to float64 in registers. With AVX-512 the sum pass's loads and additions
-   run inside the exp loop, FO_SUM_LAG elements behind it (below). */
+/* e[i] = exp(z[i] - m) for i < n (m the row's max: z[i] <= m, or NaN), returning sum(e) in
+   float64 summed as layers.pyx's row_sum sums a row (eight interleaved partial sums, the one of
+   lane j taking the e[i] with i % 8 == j in order, then a fixed pairwise combine), for any vector
+   width. Meanwhile the lines of [next, next + n) are prefetched, one per 64 bytes of z: a caller
+   stepping through rows passes the next row, which then arrives from memory while this one's exps
+   are computed (its max pass had waited for it: (4096, 1000) and (256, 32000) float32 softmax, 2
+   threads, a C harness: 16% and 20% less time; rows in cache as before), and the lines of e's
+   next row [e + n, e + 2n) are fetched for writing, which its exp pass then finds in cache (the
+   callers' rows of e are contiguous too: (4096, 1000) float32, one thread, nine alternated pairs
+   of processes on a Zen 2 VM, medians: softmax 3.59 -> 3.48 ms, log-softmax 3.63 -> 3.42,
+   cross-entropy 3.69 -> 3.56, faster in 8, 9 and 9 of the pairs). next and e + n may point past
+   the end of their arrays: a prefetch does not fault. An exp pass over the row, then a sum pass
+   over e (in L1 or L2 by then): taking the sums from the exp's vectors in registers, in the one
+   loop, cost more (bench/exp_floor.c, rows of 1000 float32, one core, ns/element, one loop
+   against two passes: AVX2 build on Zen 2 0.82 against 0.66 in cache, 0.86 against 0.76 streamed;
+   AVX-512 on Zen 5 0.24 against 0.19 in cache, 0.23-0.24 either way streamed), and the two passes
+   need no conversion of the exp's lanes to float64 in registers. With AVX-512 the sum pass's
+   loads and additions run inside the exp loop, FO_SUM_LAG elements behind it (below). */
 static inline void fo_prefetch_at(const void* base, size_t offset) {
 #if defined(__GNUC__)      /* the address in integers: it may lie beyond base's array */
     __builtin_prefetch((const void*)((uintptr_t)base + offset), 0, 3);
@@ -455,7 +487,9 @@ static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {        
     return ((acc[0] + acc[1]) + (acc[2] + acc[3]))                                    \
            + ((acc[4] + acc[5]) + (acc[6] + acc[7]));                                 \
 }
-FO_EXP_SUM(fo_exp_sum_f, float, f, fo_vf, fo_vexpf, fo_vexpf2, fo_exp_shifted_f)
-FO_EXP_SUM(fo_exp_sum_d, double, d, fo_vd, fo_vexp, fo_vexp2, fo_exp_shifted_d)
+FO_EXP_SUM(fo_exp_sum_f, float, f, fo_vf, fo_vexpf_nonpos, fo_vexpf_nonpos2,
+           fo_exp_shifted_f)
+FO_EXP_SUM(fo_exp_sum_d, double, d, fo_vd, fo_vexp_nonpos, fo_vexp_nonpos2,
+           fo_exp_shifted_d)
 
 #endif /* FO_VEXP_H */

@@ -440,8 +440,11 @@ static inline fo_v8d fo_load8_d(const double* p) { return (fo_v8d)_mm512_loadu_p
 #else
 #define FO_SUM_LAG PTRDIFF_MAX
 #endif
+/* not inlined: inlined into softmax's row loop (layers.pyx's row_stats), (4096, 1000) float32
+   on two threads took 796-824 us against 729-750 (Intel Xeon, AVX-512, alternated processes) */
 #define FO_EXP_SUM(NAME, T, S, VT, VEXP, VEXP2, REST)                                  \
-static double NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {           \
+__attribute__((noinline)) static double                                             \
+NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {                          \
     enum { LANES = FO_VBYTES / sizeof(T), PAIR = 2 * FO_VBYTES };                    \
     VT v, w, s;                                                                      \
     FO_SUMS;                                                                         \

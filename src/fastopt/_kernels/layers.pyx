@@ -918,6 +918,8 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
 cdef extern from "fo_row_max.h":
     float fo_row_max_f(const float* z, Py_ssize_t k) nogil
     double fo_row_max_d(const double* z, Py_ssize_t k) nogil
+    float fo_row_max_numbers_f(const float* z, Py_ssize_t k) nogil
+    double fo_row_max_numbers_d(const double* z, Py_ssize_t k) nogil
 
 
 cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
@@ -930,15 +932,18 @@ cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
 
 cdef void row_stats(const floating* z, floating* e, Py_ssize_t k, floating* mx,
                     double* s) noexcept nogil:
-    """mx = max(z) (NaN wins), e = exp(z - mx), s = sum(e) in float64 (summed as row_sum
-    sums, while the exp's vectors are in registers). The row after z's (z + k: the callers'
-    rows are contiguous) is prefetched meanwhile."""
-    cdef floating m = row_max(z, k)
-    mx[0] = m
+    """mx = max(z), e = exp(z - mx), s = sum(e) in float64 (summed as row_sum sums). The row
+    after z's (z + k: the callers' rows are contiguous) is prefetched meanwhile. The max
+    pass leaves NaN to the sum (fo_row_max.h): a NaN in z makes s NaN (an exp of NaN), and
+    with it every result of the row, as a NaN max would."""
+    cdef floating m
     if floating is float:
+        m = fo_row_max_numbers_f(z, k)
         s[0] = fo_exp_sum_f(z, m, e, k, z + k)
     else:
+        m = fo_row_max_numbers_d(z, k)
         s[0] = fo_exp_sum_d(z, m, e, k, z + k)
+    mx[0] = m
 
 
 # Rows shorter than SHORT_ROW take their exps a block of rows at a time, in one vector sweep

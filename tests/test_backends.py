@@ -58,6 +58,42 @@ def test_a_numba_that_refuses_to_import_is_an_unavailable_backend():
             "(ValueError: Number of threads specified must be > 0.)") in out.stdout
 
 
+_SOFTMAX_BITS = """if True:
+    import hashlib
+    import numpy as np
+    import fastopt as fo
+    h = hashlib.sha256()
+    for dtype, lo in ((np.float32, -110.0), (np.float64, -760.0)):
+        t = np.linspace(lo, 0.0, 997).astype(dtype)        # through the subnormals to 1
+        z = np.stack([np.concatenate([t, [-np.inf, -0.0, 1e-30]]).astype(dtype)] * 3)
+        z[1, 5] = np.nan
+        for k in (1000, 200, 40):                          # long rows, and short ones
+            for f in (fo.softmax, fo.log_softmax):
+                h.update(f(z[:, :k]).tobytes())
+            loss, grad = fo.softmax_cross_entropy(z[:, :k], np.array([0, 1, 2]))
+            h.update(np.float64(loss).tobytes() + grad.tobytes())
+    print(h.hexdigest())
+"""
+
+
+def test_numba_softmax_gives_the_same_bits_without_avx512():
+    """The numba backend's softmax family scales its vectors' exps by 2^n with vscalefps
+    where Numba compiles for AVX-512, and in two exact halves elsewhere (the scalar exp
+    everywhere): the same bits. Numba made to compile for AVX2 (NUMBA_CPU_FEATURES) against
+    its default, exps through the subnormals, NaN and -inf rows, long and short rows."""
+    pytest.importorskip("numba")
+    digests = []
+    for features in (None, "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt,+bmi,+bmi2,+lzcnt,+movbe"):
+        env = dict(os.environ, FASTOPT_BACKEND="numba")
+        if features:
+            env["NUMBA_CPU_FEATURES"] = features
+        out = subprocess.run([sys.executable, "-W", "ignore", "-c", _SOFTMAX_BITS], env=env,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        digests.append(out.stdout.strip())
+    assert digests[0] == digests[1]
+
+
 def test_the_thread_count_on_numba_is_the_one_numba_runs():
     """NUMBA_NUM_THREADS=1: the numba backend's kernels run on one thread, whatever
     set_num_threads asks; get_num_threads said 2 (the compiled extension's count) on it."""

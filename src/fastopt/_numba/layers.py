@@ -10,7 +10,7 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 from ._common import JIT, chunked, max_nan, read_only, use_threads
 
@@ -445,13 +445,12 @@ _EXPD = (_D(-746.0), _D(710.0), _D(1.442695040888963407359924681001892137),
 
 
 def _target_has_avx512():
-    """Whether Numba compiles for a CPU with AVX-512F: its host's, or NUMBA_CPU_NAME's when
-    that is set (then only if NUMBA_CPU_FEATURES lists it)."""
-    if numba.config.CPU_NAME not in (None, "", "host"):
-        features = numba.config.CPU_FEATURES or ""
-    else:
-        import llvmlite.binding as llvm
-        features = llvm.get_host_cpu_features().flatten()
+    """Whether Numba compiles with AVX-512F: the features its JIT targets are
+    NUMBA_CPU_FEATURES when set, else the host's (numba.core.codegen)."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        from numba.core.codegen import get_host_cpu_features
+        features = get_host_cpu_features()
     return "+avx512f" in features.split(",")
 
 

@@ -70,6 +70,7 @@ _SOFTMAX_BITS = """if True:
         for k in (1000, 200, 40):                          # long rows, and short ones
             for f in (fo.softmax, fo.log_softmax):
                 h.update(f(z[:, :k]).tobytes())
+                h.update(f(np.ascontiguousarray(z[:, :k].T), axis=0).tobytes())  # columns
             loss, grad = fo.softmax_cross_entropy(z[:, :k], np.array([0, 1, 2]))
             h.update(np.float64(loss).tobytes() + grad.tobytes())
     print(h.hexdigest())
@@ -80,7 +81,8 @@ def test_numba_softmax_gives_the_same_bits_without_avx512():
     """The numba backend's softmax family scales its vectors' exps by 2^n with vscalefps
     where Numba compiles for AVX-512, and in two exact halves elsewhere (the scalar exp
     everywhere): the same bits. Numba made to compile for AVX2 (NUMBA_CPU_FEATURES) against
-    its default, exps through the subnormals, NaN and -inf rows, long and short rows."""
+    its default, exps through the subnormals, NaN and -inf rows, long and short rows, and
+    classes as rows (the course's layout)."""
     pytest.importorskip("numba")
     digests = []
     for features in (None, "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt,+bmi,+bmi2,+lzcnt,+movbe"):

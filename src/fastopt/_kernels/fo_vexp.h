@@ -321,14 +321,8 @@ static inline fo_vd fo_vexp_nonpos(fo_vd x) {
     const fo_vd o = {0};
     return fo_vexp_within(FO_MAXD(o - 746.0, x));
 }
-static inline void fo_vexpf_nonpos2(fo_vf* a, fo_vf* b) {
-    *a = fo_vexpf_nonpos(*a);
-    *b = fo_vexpf_nonpos(*b);
-}
-static inline void fo_vexp_nonpos2(fo_vd* a, fo_vd* b) {
-    *a = fo_vexp_nonpos(*a);
-    *b = fo_vexp_nonpos(*b);
-}
+FO_VEXP_FROM_PARTS(fo_vexpf_nonpos, fo_vf, fo_vfi)     /* the pairs, fo_vexpf_nonpos2 */
+FO_VEXP_FROM_PARTS(fo_vexp_nonpos, fo_vd, fo_vdi)
 #else
 #define fo_vexpf_nonpos fo_vexpf
 #define fo_vexp_nonpos fo_vexp

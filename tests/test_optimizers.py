@@ -1220,7 +1220,7 @@ def test_groups_lr_schedules_and_range_edges_match_torch(backend, name, defaults
 # Steps a parameter until SIGINT, sent by `kill` after a random delay; then checks that the
 # step count moved with the parameter (both or neither), trial after trial; prints the misses.
 _CTRL_C_TRIALS = r"""
-import os, random, signal, subprocess, sys, time
+import os, random, signal, subprocess, sys
 import numpy as np
 import fastopt as fo
 name, n, trials = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -1238,13 +1238,11 @@ for trial in range(trials):
     try:
         subprocess.Popen(["sh", "-c", "sleep %.4f; kill -INT %d"
                           % (0.002 + random.uniform(0, 0.002), os.getpid())])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while True:    # (a lost signal: the test's subprocess timeout)
             # (one assignment: an interrupt in it leaves the last one)
             before = (params[0].copy(), int(opt.state[0]["step"]),
                       float(opt.state[0].get("mu_product", 1.0)))
             opt.step(grads)
-        raise SystemExit("no SIGINT within 10 s")
     except KeyboardInterrupt:
         pass
     param, count, mu = before

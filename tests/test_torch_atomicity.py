@@ -633,7 +633,8 @@ def test_an_interrupt_keeps_the_count_with_the_state(name, kwargs, dtype, when, 
         raise KeyboardInterrupt
 
     check = {"SGD": "_check_sgd", "RMSprop": "_check_lr_beta"}.get(name, "_adam_scalars")
-    where, patch, raising = ((_backend.active, kernel, interrupted) if when[0] == "a"
+    after = when == "as the kernel returns"
+    where, patch, raising = ((_backend.active, kernel, interrupted) if after
                              else (ops, check, interrupt))
     gen = torch.Generator().manual_seed(0)
     ours = [torch.randn(5, generator=gen).to(dtype).requires_grad_() for _ in range(2)]
@@ -648,7 +649,7 @@ def test_an_interrupt_keeps_the_count_with_the_state(name, kwargs, dtype, when, 
         with pytest.raises(KeyboardInterrupt):
             opt.step()
         monkeypatch.undo()
-        if when[0] == "a":
+        if after:
             ref.step()
         _same(_snapshot(ref), _snapshot(opt))
     opt.step()
@@ -659,7 +660,7 @@ def test_an_interrupt_keeps_the_count_with_the_state(name, kwargs, dtype, when, 
 # Steps one parameter until SIGINT, sent by `kill` after a random delay, then checks that the
 # step count moved with the state (both or neither), trial after trial; prints the misses.
 _CTRL_C_TRIALS = r"""
-import os, random, signal, subprocess, sys, time
+import os, random, signal, subprocess, sys
 import torch
 import fastopt.torch as ft
 name, n, trials = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -682,11 +683,9 @@ for trial in range(trials):
     try:
         subprocess.Popen(["sh", "-c", "sleep %.4f; kill -INT %d"
                           % (0.002 + random.uniform(0, 0.002), os.getpid())])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        while True:    # (a lost signal: the test's subprocess timeout)
             before = snap()     # (one assignment: an interrupt in snap leaves the last one)
             opt.step()
-        raise SystemExit("no SIGINT within 10 s")
     except KeyboardInterrupt:
         pass
     state, count, mu = before

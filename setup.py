@@ -26,7 +26,7 @@ import warnings
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-FAMILIES = ["optim", "layers", "stream"]
+FAMILIES = ["optim", "layers", "stream", "pool"]
 # Families also built for x86-64-v4 (AVX-512), from stubs that include <family>.pyx, each with
 # its own vector width; fastopt._kernels picks one at import when the CPU has AVX-512.
 # The optimizer steps come in two widths, as the faster one depends on the core: on Zen 4

@@ -185,6 +185,8 @@ def cython_builds():
     optim, layers = kernel_builds("optim"), kernel_builds("layers")
     if (len(optim) > 1) != (len(layers) > 1):     # one family's AVX-512 build missing
         return []
+    if optim:
+        from fastopt._kernels import pool           # (one per process, whichever build)
     namespaces = []
     # the optimizer steps' AVX-512 builds (256- and 512-bit vectors) with the layers' one
     for o, lay in zip(optim, layers[:1] + layers[1:] * (len(optim) - 1)):
@@ -193,7 +195,7 @@ def cython_builds():
                 module.set_num_threads(n)
         package = types.SimpleNamespace(
             __name__=o.__name__, KERNEL_MODULES=(o, lay), set_num_threads=set_num_threads,
-            get_num_threads=o.get_num_threads, use_openmp_team=o.use_openmp_team)
+            get_num_threads=o.get_num_threads, use_openmp_team=pool.use_openmp_team)
         namespaces.append(_backend.Namespace("cython", package))
     return namespaces
 

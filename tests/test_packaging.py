@@ -93,7 +93,7 @@ def test_the_wheel_holds_what_runs(dist):
                    "fastopt/_numba/optim.py", "fastopt/reference/optim.py"):
         assert module in names
     assert info is not None and info["ERROR"] is None, info
-    for family in ("stream", "optim", "layers"):
+    for family in ("stream", "optim", "layers", "pool"):
         assert [n for n in names if n.startswith(f"fastopt/_kernels/{family}.")
                 and n.endswith((".so", ".pyd"))]
     assert [n for n in names if n.endswith((".c", ".pyx", ".pxi", ".o"))] == []

@@ -721,13 +721,41 @@ def test_helpers_run_off_the_callers_cpu():
     assert out.stdout.strip() == "ok", out.stderr
 
 
+ONE_POOL = """
+import os, numpy as np, fastopt as fo
+from fastopt._bench import stream_kernel
+fo.set_backend("cython")
+fo.set_num_threads(2)
+p, g, m, v = (np.ones(3 * 65536 + 7, np.float32) for _ in range(4))
+z = np.ones((512, 1000), np.float32)
+for call in range(3):     # the optimizer steps, the layers and the roofline stream, alternated
+    fo.ops.adam_step_(p, g, m, v, 1)
+    fo.layers.softmax(z)
+    stream_kernel()(p, g)
+print(sum(open(f"/proc/self/task/{t}/comm").read().strip() == "fastopt-helper"
+          for t in os.listdir("/proc/self/task")))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs")
+def test_every_kernel_module_runs_on_one_pool():
+    """The optimizer steps, the layers and the stream share one pool (pool.pyx): on 2 threads,
+    one helper in the process. (A pool per module had one each, and a training loop's layer
+    call and step then found each other's helper polling on the second core.)"""
+    if "cython" not in fo.backends():
+        pytest.skip("the compiled extension is not built")
+    out = subprocess.run([sys.executable, "-c", ONE_POOL], capture_output=True, text=True)
+    assert out.stdout.strip() == "1", (out.stdout, out.stderr)
+
+
 @pytest.mark.parametrize("nchunks", [1, 2, 7, 65535, 65536, 200_001])
 def test_the_pool_runs_every_chunk_of_a_job_once(nchunks):
     # the caller claims from the front, helpers from the back, of one claim word counting up
     # to 65535 chunks; a longer job runs its chunks in groups (fo_pool.h)
-    stream = pytest.importorskip("fastopt._kernels.stream")
+    pool = pytest.importorskip("fastopt._kernels.pool")
     for nthreads in (1, 2, 3):
-        counts = stream.pool_chunk_counts(nchunks, nthreads)
+        counts = pool.pool_chunk_counts(nchunks, nthreads)
         assert counts.shape == (nchunks,) and (counts == 1).all(), (nthreads, np.unique(counts))
 
 
@@ -740,14 +768,14 @@ def test_chunks_run_once_whether_or_not_sleeping_helpers_are_woken():
     of short jobs back to back. (Who ran them is not asserted: the pool's back-off, after a
     caller waited on a helper, and a busy machine decide that too; the wake rule's effect is
     measured in bench/test_bench_spaced.py.)"""
-    stream = pytest.importorskip("fastopt._kernels.stream")
+    pool = pytest.importorskip("fastopt._kernels.pool")
     for nchunks, seconds in [(8, 0.0), (8, 2e-5), (3, 1e-4), (8, 2e-3), (2, 2e-3), (8, 0.0)]:
         time.sleep(0.005)                       # the helper polls 50 us, then sleeps
-        counts = stream.pool_chunk_counts(nchunks, 2, seconds)
+        counts = pool.pool_chunk_counts(nchunks, 2, seconds)
         assert (counts == 1).all(), (nchunks, seconds, counts)
     time.sleep(0.005)
     for call in range(60):
-        assert (stream.pool_chunk_counts(8, 2, 1e-6) == 1).all(), call
+        assert (pool.pool_chunk_counts(8, 2, 1e-6) == 1).all(), call
 
 
 def test_concurrent_callers_of_long_jobs_run_every_chunk_once():
@@ -755,7 +783,7 @@ def test_concurrent_callers_of_long_jobs_run_every_chunk_once():
     (fo_pool.h), which only the thread holding the pool may set: a second caller runs its
     job on its own thread. Four threads at once, each with its own job length (groups of 2,
     3, 4 and 16 chunks), every chunk of every job run once."""
-    stream = pytest.importorskip("fastopt._kernels.stream")
+    pool = pytest.importorskip("fastopt._kernels.pool")
     lengths = (65536, 131071, 200001, 10**6)
     bad = []
     barrier = threading.Barrier(len(lengths))
@@ -763,7 +791,7 @@ def test_concurrent_callers_of_long_jobs_run_every_chunk_once():
     def work(nchunks):
         barrier.wait()
         for call in range(40 if nchunks < 10**6 else 8):
-            counts = stream.pool_chunk_counts(nchunks, 2 + call % 2)
+            counts = pool.pool_chunk_counts(nchunks, 2 + call % 2)
             if counts.shape != (nchunks,) or not (counts == 1).all():
                 bad.append((nchunks, call, np.unique(counts).tolist()))
 
@@ -906,15 +934,15 @@ def test_add_param_group_waits_for_a_step_in_another_thread(backend):
 
 def test_pool_state_reports_the_pool():
     """pool_state (for diagnosis: whether calls run on the caller alone after a late helper)
-    describes this build's pool: a 2-thread job starts its helper, and a job on one thread
+    describes the pool: a 2-thread job starts its helper, and a job on one thread
     leaves the back-off as it was."""
-    stream = pytest.importorskip("fastopt._kernels.stream")
+    pool = pytest.importorskip("fastopt._kernels.pool")
     if os.cpu_count() < 2:
         pytest.skip("one CPU: no helper to start")
-    stream.pool_chunk_counts(8, 2, 1e-5)
-    state = stream.pool_state()
+    pool.pool_chunk_counts(8, 2, 1e-5)
+    state = pool.pool_state()
     assert set(state) == {"helpers", "serial_calls", "backoff", "wake_seconds", "chunk_seconds"}
     assert state["helpers"] >= 1 and state["serial_calls"] >= 0 and state["backoff"] >= 0
-    stream.pool_chunk_counts(8, 1)
-    after = stream.pool_state()
+    pool.pool_chunk_counts(8, 1)
+    after = pool.pool_state()
     assert (after["serial_calls"], after["backoff"]) == (state["serial_calls"], state["backoff"])

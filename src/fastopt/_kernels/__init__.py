@@ -38,7 +38,7 @@ def _refuse_unusable_build():
 
 
 _refuse_unusable_build()
-from . import stream as _stream  # noqa: E402  (only once the build is known to run here)
+from . import pool as _pool, stream as _stream  # noqa: E402  (once the build is known to run here)
 
 
 # each family's AVX-512 builds (setup.py's WIDE_VARIANTS): 256-bit vectors where the family
@@ -85,7 +85,7 @@ def get_num_threads():
     return _optim.get_num_threads()
 
 
-# Run the calling thread's optimizer kernels on its OpenMP team (torch's, beside torch) instead
+# Run the calling thread's long jobs on its OpenMP team (torch's, beside torch) instead
 # of fastopt's pool (fo_pool.h says why); returns the previous setting. fastopt.torch calls it
 # twice a step, so it is the compiled function itself.
-use_openmp_team = _optim.use_openmp_team
+use_openmp_team = _pool.use_openmp_team

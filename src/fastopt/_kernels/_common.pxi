@@ -49,33 +49,6 @@ def get_num_threads():
     return fastopt_get_num_threads()
 
 
-cdef extern from "fo_pool.h":
-    int fo_pool_openmp      # thread-local
-    ctypedef struct FoPoolState "struct fo_pool_state":
-        int helpers, serial_calls, backoff
-        double wake_seconds, chunk_seconds
-    FoPoolState fo_pool_state_now() nogil
-
-
-def pool_state():
-    """This build's pool as it stands (fo_pool.h), for tests and diagnosis: helpers started,
-    calls left to run on the caller alone and the next back-off's length, the estimated cost
-    of waking the helpers and the last job's chunk time (seconds)."""
-    s = fo_pool_state_now()
-    return dict(helpers=s.helpers, serial_calls=s.serial_calls, backoff=s.backoff,
-                wake_seconds=s.wake_seconds, chunk_seconds=s.chunk_seconds)
-
-
-def use_openmp_team(bint on):
-    """Run this thread's long parallel calls (~1M elements and more) on its OpenMP team
-    (torch's, beside torch) instead of fastopt's pool: see fo_pool.h. Returns the previous
-    setting; results do not depend on it."""
-    global fo_pool_openmp
-    cdef bint was = fo_pool_openmp
-    fo_pool_openmp = on
-    return was
-
-
 cdef inline int threads_for(Py_ssize_t n) noexcept nogil:
     return fastopt_get_num_threads() if n >= PARALLEL_MIN else 1
 

@@ -42,9 +42,7 @@ ctypedef struct Tensor:
     void* ptr[MAX_ARRAYS]
     Py_ssize_t n
 
-cdef extern from "fo_pool.h":
-    ctypedef void (*fo_chunk_fn)(void* ctx, Py_ssize_t chunk) noexcept nogil
-    void fo_pool_run(fo_chunk_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
+from .pool cimport chunk_fn as fo_chunk_fn, run as fo_pool_run
 
 ctypedef struct Job:    # one call's work, split into chunks of the concatenated tensors
     const Kernel* kern

@@ -1,5 +1,8 @@
 /* fastopt's thread pool for the element-wise kernels.
  *
+ * One per process: only pool.pyx compiles this header, and every kernel module (each family,
+ * each build) runs its jobs through pool.pxd's run (pool.pyx says what a pool per module cost).
+ *
  * Why not an OpenMP parallel region: it ends in a barrier that waits for every thread of the
  * team, running or not. With the other cores busy (a notebook beside another job, a process
  * whose own threads are busy) a 30 us call then waits out a scheduler time slice, milliseconds.

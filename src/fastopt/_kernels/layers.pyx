@@ -327,13 +327,11 @@ cdef void shifted_sums(const floating* x, Py_ssize_t C, Py_ssize_t W, Py_ssize_t
         n = n + 1
 
 
-# Work runs on fastopt's thread pool (fo_pool.h): the calling thread takes part, and helpers
-# claim chunks only while they are running, so a call never waits for a descheduled thread.
-# Chunks are fixed by the shape alone and partial results are combined in chunk order, so the
-# results do not depend on the thread count.
-cdef extern from "fo_pool.h":
-    ctypedef void (*fo_chunk_fn)(void* ctx, Py_ssize_t chunk) noexcept nogil
-    void fo_pool_run(fo_chunk_fn fn, void* ctx, Py_ssize_t nchunks, int nthreads) nogil
+# Work runs on fastopt's thread pool (fo_pool.h, pool.pyx): the calling thread takes part, and
+# helpers claim chunks only while they are running, so a call never waits for a descheduled
+# thread. Chunks are fixed by the shape alone and partial results are combined in chunk order,
+# so the results do not depend on the thread count.
+from .pool cimport chunk_fn as fo_chunk_fn, run as fo_pool_run
 
 # Pool chunks of about CHUNK_ELEMENTS elements (0.1-0.3 ms of work here): several per thread,
 # so that a helper that starts late still takes a share, and short, so that a helper preempted

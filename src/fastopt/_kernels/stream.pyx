@@ -93,31 +93,3 @@ cdef _stream(tuple arrays, bint fresh):
     s.k, s.fresh = k, fresh
     with nogil:
         run(&STREAM, True, &t, 1, &s)
-
-
-cdef extern from "fo_pool.h":
-    double fo_now() nogil
-
-ctypedef struct ChunkCount:
-    int* counts
-    double seconds
-
-
-cdef void count_chunk(void* ctx, Py_ssize_t c) noexcept nogil:
-    cdef ChunkCount* job = <ChunkCount*>ctx
-    cdef double until = fo_now() + job.seconds
-    job.counts[c] += 1      # a chunk is claimed once: no two threads write one entry
-    while fo_now() < until:     # a chunk that lasts ``seconds``
-        pass
-
-
-def pool_chunk_counts(Py_ssize_t nchunks, int nthreads, double seconds=0.0):
-    """How many times fastopt's pool ran each chunk of a job of ``nchunks`` on ``nthreads``
-    threads (for its tests: once each, whoever claimed it), each chunk lasting ``seconds``."""
-    counts = np.zeros(nchunks, np.intc)
-    cdef ChunkCount job
-    job.counts = <int*>cnp.PyArray_DATA(counts)
-    job.seconds = seconds
-    with nogil:
-        fo_pool_run(count_chunk, &job, nchunks, nthreads)
-    return counts

@@ -207,3 +207,26 @@ def use_cython_build(monkeypatch, namespace):
     _backend._load("cython")            # the real one loaded (restored after the test)
     monkeypatch.setattr(_backend, "active", _backend.active)
     monkeypatch.setitem(_backend._loaded, "cython", namespace)
+
+
+# The start of the Ctrl-C trial scripts (tests/test_optimizers.py, test_torch_atomicity.py):
+# Python's SIGINT handler, and a SIGINT sent from another process at a random moment.
+SIGINT_SOON = r"""
+import os, random, signal, subprocess, sys
+random = random.Random(0)
+# (a background job of a shell starts with SIGINT ignored, which Python keeps)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def interrupt_soon():      # a process that sends this one SIGINT 2-4 ms from now
+    return subprocess.Popen(["sh", "-c", "sleep %.4f; kill -INT %d"
+                             % (0.002 + random.uniform(0, 0.002), os.getpid())])
+
+
+# Another SIGINT once 50 steps ran after `killer` sent its own: that one was lost (a
+# KeyboardInterrupt raised in a weakref callback is printed and ignored).
+def again_if_lost(killer, late):
+    if killer.poll() is None:
+        return killer, 0
+    return (interrupt_soon(), 0) if late >= 50 else (killer, late + 1)
+"""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, needs_torch, optim_db_params, torch
+from conftest import COMPILED, GRID_BACKENDS, SIGINT_SOON, needs_torch, optim_db_params, torch
 from optim_specs import (CONFIGS, CONFIG_IDS, VARIANTS, VARIANT_IDS, VARIANT_STEPS, course_params,
                          random_arrays, two_grads, two_params)
 
@@ -1219,30 +1219,12 @@ def test_groups_lr_schedules_and_range_edges_match_torch(backend, name, defaults
 
 # Steps a parameter until SIGINT, sent by `kill` after a random delay; then checks that the
 # step count moved with the parameter (both or neither), trial after trial; prints the misses.
-_CTRL_C_TRIALS = r"""
-import os, random, signal, subprocess, sys
+_CTRL_C_TRIALS = SIGINT_SOON + r"""
 import numpy as np
 import fastopt as fo
 name, n, trials = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-rng, random = np.random.default_rng(0), random.Random(0)
+rng = np.random.default_rng(0)
 misses = []
-# (a background job of a shell starts with SIGINT ignored, which Python keeps)
-signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def interrupt_soon():      # a process that sends this one SIGINT 2-4 ms from now
-    return subprocess.Popen(["sh", "-c", "sleep %.4f; kill -INT %d"
-                             % (0.002 + random.uniform(0, 0.002), os.getpid())])
-
-
-# Another SIGINT once 50 steps ran after `killer` sent its own: that one was lost (a
-# KeyboardInterrupt raised in a weakref callback is printed and ignored).
-def again_if_lost(killer, late):
-    if killer.poll() is None:
-        return killer, 0
-    return (interrupt_soon(), 0) if late >= 50 else (killer, late + 1)
-
-
 for trial in range(trials):
     params = [rng.standard_normal(n).astype(np.float32)]
     grads = [rng.standard_normal(n).astype(np.float32)]

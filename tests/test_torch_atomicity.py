@@ -14,6 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
+from conftest import SIGINT_SOON  # noqa: E402
 
 
 def _snapshot(opt):
@@ -659,30 +660,11 @@ def test_an_interrupt_keeps_the_count_with_the_state(name, kwargs, dtype, when, 
 
 # Steps one parameter until SIGINT, sent by `kill` after a random delay, then checks that the
 # step count moved with the state (both or neither), trial after trial; prints the misses.
-_CTRL_C_TRIALS = r"""
-import os, random, signal, subprocess, sys
+_CTRL_C_TRIALS = SIGINT_SOON + r"""
 import torch
 import fastopt.torch as ft
 name, n, trials = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-random = random.Random(0)
 misses = []
-# (a background job of a shell starts with SIGINT ignored, which Python keeps)
-signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def interrupt_soon():      # a process that sends this one SIGINT 2-4 ms from now
-    return subprocess.Popen(["sh", "-c", "sleep %.4f; kill -INT %d"
-                             % (0.002 + random.uniform(0, 0.002), os.getpid())])
-
-
-# Another SIGINT once 50 steps ran after `killer` sent its own: that one was lost (a
-# KeyboardInterrupt raised in a weakref callback is printed and ignored).
-def again_if_lost(killer, late):
-    if killer.poll() is None:
-        return killer, 0
-    return (interrupt_soon(), 0) if late >= 50 else (killer, late + 1)
-
-
 for trial in range(trials):
     p = torch.nn.Parameter(torch.randn(n))
     p.grad = torch.randn(n)

@@ -338,6 +338,7 @@ from .pool cimport chunk_fn as fo_chunk_fn, run as fo_pool_run
 # in the middle of one (other processes on the cores) holds the call up only briefly.
 cdef enum:
     CHUNK_ELEMENTS = 1 << 16
+    SPLIT_CHUNKS = 4           # chunks per thread at least, for a job the pool splits
     MIN_ROWS = 64              # rows per chunk of the axis-0 statistics, at least
     MAX_CHUNKS = 64            # and chunks per sweep, at most
 
@@ -744,9 +745,15 @@ cdef void run_chunks(fo_chunk_fn fn, BNJob* job, Py_ssize_t total) noexcept nogi
     fo_pool_run(fn, <void*>job, n, threads_for(job.N * job.C))
 
 
-cdef Py_ssize_t features_per_chunk(Py_ssize_t F, Py_ssize_t length) noexcept nogil:
-    """Axis 1: whole features per chunk, about CHUNK_ELEMENTS elements."""
-    return max(1, min(F, CHUNK_ELEMENTS // max(length, 1)))
+cdef Py_ssize_t items_per_chunk(Py_ssize_t items, Py_ssize_t size, int nt) noexcept nogil:
+    """Whole items (the softmax rows' examples, batch norm's features as rows) of ``size``
+    elements per pool chunk: about CHUNK_ELEMENTS elements, or fewer to give each of ``nt``
+    threads SPLIT_CHUNKS chunks (in chunks of CHUNK_ELEMENTS a (64, 1000) softmax or a
+    (128, 256) batch norm with features as rows was one chunk, which one thread ran alone:
+    the latter's forward, 2 threads, 17-18 -> 14-15 us; batch norm's axis-0 sweeps split so
+    measured 10-30% slower at (256, 128) and (128, 1024), and keep their chunks)."""
+    return max(1, min(CHUNK_ELEMENTS // max(size, 1),
+                      (items + SPLIT_CHUNKS * nt - 1) // (SPLIT_CHUNKS * nt)))
 
 
 cdef Py_ssize_t rows_per_chunk(Py_ssize_t N, Py_ssize_t C, Py_ssize_t block) noexcept nogil:
@@ -797,7 +804,7 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
     job.gamma = widen(&gamma[0], scale, F)
     job.beta = widen(&beta[0], line_array(w, 1, F, job.c0), F)
     if axis == 1:                      # each feature a contiguous row: one visit per feature
-        job.per_chunk = features_per_chunk(N, C)
+        job.per_chunk = items_per_chunk(N, C, threads_for(N * C))
         with nogil:
             run_chunks(bn_rows_forward, &job, N)
         return
@@ -842,7 +849,7 @@ def batchnorm_inference(const floating[:, ::1] x, int axis, const floating[::1] 
     for c in range(F):
         job.inv_std[c] = 1.0 / sqrt(<double>running_var[c] + eps)
     if axis == 1:
-        job.per_chunk = features_per_chunk(N, C)
+        job.per_chunk = items_per_chunk(N, C, threads_for(N * C))
         with nogil:
             run_chunks(bn_rows_apply, &job, N)
         return
@@ -884,7 +891,7 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
     if axis == 1:                      # features are rows: sums and dx in one visit each
         job.dgamma = &dgamma[0]
         job.dbeta = &dbeta[0]
-        job.per_chunk = features_per_chunk(N, C)
+        job.per_chunk = items_per_chunk(N, C, threads_for(N * C))
         with nogil:
             run_chunks(bn_rows_backward, &job, N)
         return
@@ -1273,24 +1280,21 @@ cdef void xent_cols(void* ctx, Py_ssize_t t) noexcept nogil:
 
 # The softmax family's calls go parallel from SOFTMAX_PARALLEL_MIN elements (a row costs
 # exps: ~0.35 ns/element, so 8192 elements are ~3 us of work, past the pool's ~1 us), in at
-# least SPLIT_CHUNKS chunks per thread (in chunks of CHUNK_ELEMENTS a (64, 1000) softmax was one
-# chunk, which one thread ran alone). float32, 2 threads, this Intel VM, medians of calls back
-# to back through fastopt.layers.softmax: (64, 1000) 25.8 -> 15.3 us, (32, 1000) 15.3 -> 10.2,
-# (16, 1000) 9.3 -> 8.0, (100, 100) 9.8 -> 7.8 (torch.softmax 17.8, 10.1, 6.0, 5.4).
+# least SPLIT_CHUNKS chunks per thread (items_per_chunk). float32, 2 threads, this Intel VM,
+# medians of calls back to back through fastopt.layers.softmax: (64, 1000) 25.8 -> 15.3 us,
+# (32, 1000) 15.3 -> 10.2, (16, 1000) 9.3 -> 8.0, (100, 100) 9.8 -> 7.8 (torch.softmax 17.8,
+# 10.1, 6.0, 5.4).
 cdef enum:
     SOFTMAX_PARALLEL_MIN = 1 << 13
-    SPLIT_CHUNKS = 4
 
 
 cdef void run_softmax(fo_chunk_fn rows, fo_chunk_fn columns, SMJob* job) noexcept nogil:
-    """rows over chunks of whole examples (inner == 1: about CHUNK_ELEMENTS elements each, or
-    fewer to make SPLIT_CHUNKS per thread), else columns over blocks of COLUMN_BLOCK
-    examples."""
+    """rows over chunks of whole examples (inner == 1: items_per_chunk), else columns over
+    blocks of COLUMN_BLOCK examples."""
     cdef Py_ssize_t n = job.outer * job.k * job.inner
     cdef int nt = fastopt_get_num_threads() if n >= SOFTMAX_PARALLEL_MIN else 1
     if job.inner == 1:
-        job.per_chunk = max(1, min(CHUNK_ELEMENTS // job.k,
-                                   (job.outer + SPLIT_CHUNKS * nt - 1) // (SPLIT_CHUNKS * nt)))
+        job.per_chunk = items_per_chunk(job.outer, job.k, nt)
         fo_pool_run(rows, <void*>job, (job.outer + job.per_chunk - 1) // job.per_chunk, nt)
     else:
         job.nblk = (job.inner + COLUMN_BLOCK - 1) // COLUMN_BLOCK

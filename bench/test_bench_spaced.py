@@ -7,9 +7,9 @@ Each timed step follows 1 ms of other work (a sleep, in the untimed setup), as a
 step follows a forward and backward pass, so the pool's helper threads have gone to sleep and
 must be woken; or it follows a layer call (softmax cross-entropy of (1024, 1000) float32 on
 the same backend), as a step follows a NumPy model's loss, which finds the pool's helper
-polling (one pool for the layers and the steps: fastopt/_kernels/pool.pyx). Compare the thread counts within a group: more threads can lose here while
-they win on back-to-back calls (bench/test_bench_optim.py). Benchmarks, not tests: nothing
-here asserts a time.
+polling (one pool for the layers and the steps: fastopt/_kernels/pool.pyx). Compare the
+thread counts within a group: more threads can lose here while they win on back-to-back calls
+(bench/test_bench_optim.py). Benchmarks, not tests: nothing here asserts a time.
 """
 import os
 import time

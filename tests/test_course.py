@@ -353,6 +353,47 @@ def test_initialize_velocity_and_adam_refuse_what_the_updates_refuse():
                 course.update_parameters_with_gd(params, grads, 0.1)
 
 
+class _Keyed:
+    """Not a Mapping, though ``obj[key]`` works."""
+
+    def __init__(self, d):
+        self._d = d
+
+    def __getitem__(self, key):
+        return self._d[key]
+
+
+def test_updates_take_any_mapping_and_refuse_other_keyed_objects_by_name():
+    """The updates read the dicts' arrays in one pass (fastopt.course._update): any Mapping
+    (a read-only MappingProxyType, an OrderedDict) is taken as a dict, with the dict's
+    results; an object that is not one, even one that ``[key]`` works on, is refused naming
+    the argument, and nothing is updated."""
+    import collections
+    import types
+    rng = np.random.default_rng(3)
+    params = {"W1": rng.standard_normal((3, 2)), "b1": rng.standard_normal((3, 1))}
+    grads = {"dW1": rng.standard_normal((3, 2)), "db1": rng.standard_normal((3, 1))}
+    expected = {k: p.copy() for k, p in params.items()}
+    v, s = course.initialize_adam(expected)
+    course.update_parameters_with_adam(expected, grads, v, s, 1)
+    for wrap in (types.MappingProxyType, collections.OrderedDict):
+        p = {k: a.copy() for k, a in params.items()}
+        v, s = course.initialize_adam(p)
+        course.update_parameters_with_adam(wrap(p), wrap(grads), wrap(v), wrap(s), 1)
+        for k in p:
+            np.testing.assert_array_equal(p[k], expected[k])
+    p = {k: a.copy() for k, a in params.items()}
+    v, s = course.initialize_adam(p)
+    for args, name in (((p, _Keyed(grads), v, s), "grads"), ((p, grads, _Keyed(v), s), "v"),
+                       ((p, grads, v, _Keyed(s)), "s")):
+        with pytest.raises(TypeError, match=rf"^{name} must be a dict of arrays, got _Keyed"):
+            course.update_parameters_with_adam(*args, 1)
+    with pytest.raises(TypeError, match=r"^grads must be a dict of arrays, got _Keyed"):
+        course.update_parameters_with_gd(p, _Keyed(grads), 0.1)
+    for k in p:
+        np.testing.assert_array_equal(p[k], params[k])
+
+
 def test_adam_matches_the_notebooks_public_test():
     """The course notebook's update_parameters_with_adam test case (its test_cases.py inputs,
     public_tests.py's expected first rows, quoted to its printed precision): five values

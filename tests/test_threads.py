@@ -770,7 +770,7 @@ def test_chunks_run_once_whether_or_not_sleeping_helpers_are_woken():
     measured in bench/test_bench_spaced.py.)"""
     pool = pytest.importorskip("fastopt._kernels.pool")
     for nchunks, seconds in [(8, 0.0), (8, 2e-5), (3, 1e-4), (8, 2e-3), (2, 2e-3), (8, 0.0)]:
-        time.sleep(0.005)                       # the helper polls 50 us, then sleeps
+        time.sleep(0.005)                       # the helper polls 150 us, then sleeps
         counts = pool.pool_chunk_counts(nchunks, 2, seconds)
         assert (counts == 1).all(), (nchunks, seconds, counts)
     time.sleep(0.005)

@@ -21,9 +21,9 @@
  * 0.86-0.87x from 5e4 to 2e5, level from 3e5 (past the caches). A job of more chunks than the
  * word counts runs them in groups.
  * One job at a time: a second caller (another Python thread) that finds the pool busy runs its
- * job on its own thread. A helper polls for a new job for a few tens of microseconds after
- * each one (back-to-back calls of an optimizer step find it awake), then sleeps on a condition
- * variable, so it never spins against other work for long; a sleeping helper is woken only
+ * job on its own thread. A helper polls for a new job for FO_POLL_SECONDS after each one
+ * (back-to-back calls find it awake), then sleeps on a condition variable, so it never spins
+ * against other work for long; a sleeping helper is woken only
  * for a job long enough to pay for the wake (fo_pool_wake_if_worth). After fork() the child
  * starts with no helpers and makes new ones on first use; it never runs a job on an OpenMP
  * team, since GNU OpenMP's thread pool does not survive fork (a region in the child waits
@@ -88,7 +88,16 @@
 typedef void (*fo_chunk_fn)(void *ctx, Py_ssize_t chunk);
 
 enum { FO_MAX_HELPERS = 255 };
-static const double FO_POLL_SECONDS = 50e-6;   /* helper polls this long before sleeping */
+/* A helper polls this long before sleeping: long enough for the Python between two calls of a
+ * large layer (a call's own checks and result, run with the caches cold after the call: ~40 us
+ * for a (4096, 1000) softmax cross-entropy here), since a woken helper arrives 40-60 us late on
+ * a VM. With 50 us polls, this Intel VM, 2 threads, (4096, 1000) float32 calls back to back
+ * through fastopt.layers, alternated processes: softmax cross-entropy 816-820 -> 792-810 us,
+ * softmax 765-795 -> 739-757, log-softmax 794-825 -> 771-781 (a job of 32 chunks of 20 us
+ * after 60 us of Python: 356 -> 325 us; after 200 us both 357-360). */
+static const double FO_POLL_SECONDS = 150e-6;
+/* a call this soon after the last job ended follows it in a run of calls (the wake rule) */
+static const double FO_RUN_SECONDS = 100e-6;
 
 enum { FO_WAKES = 8 };             /* wakes whose median is the estimate */
 
@@ -214,7 +223,7 @@ static void fo_pool_wake_if_worth(uint32_t job, Py_ssize_t nchunks) {
     /* a call right after the last one (the first of a run of calls found the helpers asleep
      * and ran alone) wakes them whatever its length: they then poll through the calls that
      * follow, as they would have had they never slept */
-    if (fo_now() - fo_pool.ended > 2 * FO_POLL_SECONDS
+    if (fo_now() - fo_pool.ended > FO_RUN_SECONDS
             && !(nchunks * fo_pool.chunk_seconds > worth)) {
         double t0 = fo_now();
         if (!fo_pool_work(job, 0, 1))

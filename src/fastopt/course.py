@@ -27,6 +27,11 @@ from ._validate import check_disjoint, check_step_arrays
 ArrayDict = dict[str, np.ndarray]
 
 
+def _is_dict(d):
+    """Whether ``d`` is a Mapping (a dict tested first: the ABC's check costs ~0.3 us)."""
+    return type(d) is dict or isinstance(d, Mapping)
+
+
 @functools.lru_cache(maxsize=64)
 def _keys(nlayers):
     """(W1, b1, ..., WL, bL), their grads' and states' keys (dW1, db1, ...), and the names of
@@ -39,7 +44,7 @@ def _keys(nlayers):
 def _names(parameters):
     """W1, b1, ..., WL, bL in layer order, L = len(parameters) // 2 as the course counts them;
     TypeError unless ``parameters`` is a dict, KeyError naming a layer's array it lacks."""
-    if type(parameters) is not dict and not isinstance(parameters, Mapping):  # (ABC: ~0.3 us)
+    if not _is_dict(parameters):
         raise TypeError(f"parameters must be a dict of arrays, got {type(parameters).__name__}")
     nlayers = len(parameters) // 2
     names, _, (w_after, b_after) = _keys(nlayers)
@@ -69,7 +74,7 @@ def _update(kernel, parameters, grads, states, **scalars):
     finds, naming the dict and the key."""
     try:
         for d in (grads, *states.values()):
-            if type(d) is not dict and not isinstance(d, Mapping):
+            if not _is_dict(d):
                 raise TypeError
         names = _names(parameters)
         keys = _keys(len(names) // 2)[1]
@@ -118,7 +123,7 @@ def _layers(parameters, grads, check=False, **states):
     """
     dicts = {"parameters": parameters, "grads": grads, **states}
     for dict_name, d in dicts.items():
-        if type(d) is not dict and not isinstance(d, Mapping):
+        if not _is_dict(d):
             raise TypeError(f"{dict_name} must be a dict of arrays, got {type(d).__name__}")
     names = _names(parameters)
     layers, labels = [], []

@@ -461,7 +461,7 @@ NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {                      
         if (i >= FO_SUM_LAG) {             /* the sums of exps made a while ago */   \
             for (j = 0; j + 8 <= 2 * LANES; j += 8)                                  \
                 FO_SUMS_LOAD(S, e + summed + j);                                     \
-            summed += 2 * LANES / 8 * 8;                                             \
+            summed += 2 * LANES;         /* (a multiple of 8 with AVX-512) */        \
         }                                                                            \
     }                                                                                \
     for (; i + LANES <= n; i += LANES) {                                             \

@@ -10,7 +10,7 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._common import JIT, chunked, max_nan, read_only, use_threads
 
@@ -525,14 +525,14 @@ def _exp(typingctx, x):
     return x(x), codegen
 
 
-# A row's exps (and a block's column by column, in the course's layout) run on vectors of 64
-# bytes written out in IR, as the Cython kernels' AVX-512 loops: LLVM's own vectorization of
-# the scalar _exp (in the 256-bit vectors it prefers on these CPUs) took more work per element. One thread, an Intel Xeon, rows of 1000 in L1, their
-# max and exps: float32 0.50 -> 0.39 ns/element (0.45 with the two halves, as without AVX-512),
-# float64 1.16 -> 0.78; softmax (4096, 1000) float32 on two threads 1.75-1.81 -> 1.25-1.26 ms,
-# cross-entropy 1.77-1.79 -> 1.29-1.33 (alternated processes); over axis 0 of (1000, 4096),
-# softmax 2.60-2.72 -> 2.27-2.48 ms, cross-entropy 2.94-3.13 -> 2.66-2.82. The same bits
-# (every float32 x <= 0, 1e8 float64 ones, against the scalar _exp).
+# A row's exps (and a block's column by column, in the course's layout) run on vectors of 64 bytes
+# written out in IR, as the Cython kernels' AVX-512 loops: LLVM's own vectorization of the scalar
+# _exp (in the 256-bit vectors it prefers on these CPUs) took more work per element. One thread, an
+# Intel Xeon, rows of 1000 in L1, their max and exps: float32 0.50 -> 0.39 ns/element (0.45 with
+# the two halves, as without AVX-512), float64 1.16 -> 0.78; softmax (4096, 1000) float32 on two
+# threads 1.75-1.81 -> 1.25-1.26 ms, cross-entropy 1.77-1.79 -> 1.29-1.33 (alternated processes);
+# over axis 0 of (1000, 4096), softmax 2.60-2.72 -> 2.27-2.48 ms, cross-entropy 2.94-3.13 ->
+# 2.66-2.82. The same bits (every float32 x <= 0, 1e8 float64 ones, against the scalar _exp).
 @intrinsic
 def _exp_shifted(typingctx, z, m, e, stop):
     """e[i] = exp(z[i] - m) for i < stop (a multiple of 64 bytes of elements), on whole
@@ -566,22 +566,26 @@ def _exp_shifted(typingctx, z, m, e, stop):
     return types.none(z, m, e, types.intp), codegen
 
 
+def _shift_at(m, i):
+    """m[i] if m is an array (one shift per element), else m (one for all)."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+@overload(_shift_at, inline="always")
+def _shift_at_overload(m, i):
+    if isinstance(m, types.Array):
+        return lambda m, i: m[i]
+    return lambda m, i: m
+
+
 @numba.njit(inline="always", **JIT)
 def _exps(z, m, e):
-    """e = exp(z - m), every z[i] at most m or NaN: whole vectors, then the rest."""
+    """e = exp(z - m), m a scalar or an array like z (_shift_at), every z[i] at most its
+    shift or NaN: whole vectors, then the rest."""
     n = z.size - z.size % (64 // z.itemsize)
     _exp_shifted(z, m, e, n)
     for i in range(n, z.size):
-        e[i] = _exp(z[i] - m)
-
-
-@numba.njit(inline="always", **JIT)
-def _exps_each(z, m, e):
-    """e = exp(z - m) element by element (m an array like z), as _exps."""
-    n = z.size - z.size % (64 // z.itemsize)
-    _exp_shifted(z, m, e, n)
-    for i in range(n, z.size):
-        e[i] = _exp(z[i] - m[i])
+        e[i] = _exp(z[i] - _shift_at(m, i))
 
 
 @intrinsic
@@ -673,7 +677,7 @@ def _column_stats(z, e, i0, i1, mx, s):
             mx[j] = max_nan(mx[j], zr[j])
     for r in range(k):
         zr, er = z[r, i0:i1], e[r, i0:i1]
-        _exps_each(zr, mx[:n], er)
+        _exps(zr, mx[:n], er)
         for j in range(n):
             s[j] += er[j]
 

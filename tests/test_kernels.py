@@ -12,7 +12,7 @@ import pytest
 import fastopt as fo
 from conftest import (COMPILED, GRID_BACKENDS, assert_close, cython_builds,
                       use_cython_build)
-from kernel_specs import make_group, random_run, run_group, run_steps
+from kernel_specs import make_group, random_run, run_group, run_steps, same_bits
 
 ops = fo.ops
 
@@ -120,6 +120,35 @@ def test_bit_identical_for_any_thread_count(backend, case, dtype):
     p2, s2 = run(case, backend, p0, grads, "contiguous", threads=2)
     assert p1.tobytes() == p2.tobytes()
     assert all(s1[k].tobytes() == s2[k].tobytes() for k in s1)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", COMPILED)
+def test_a_long_array_steps_as_its_pieces_do(backend, case, dtype):
+    """From 2 MiB an array is stepped with software prefetches (the compiled driver's
+    run_span_ahead, in spans of 512 bytes): the same bits as its pieces stepped in calls of
+    their own, each under that size, on the plain loops. The arrays start an element past
+    NumPy's placement and are of odd length: the spans start off a line, the last is partial."""
+    init, step = CASES[case]
+    n, piece = 600_011, 100_000
+
+    def unaligned(a):
+        out = np.empty(a.size + 1, a.dtype)[1:]
+        out[...] = a
+        return out
+
+    p0, grads = random_run((n,), dtype, steps=3)
+    long_p, pieces_p = unaligned(p0), unaligned(p0)
+    long_state = {k: unaligned(np.full(n, v, dtype)) for k, v in init.items()}
+    pieces_state = {k: unaligned(np.full(n, v, dtype)) for k, v in init.items()}
+    with fo.use_backend(backend):
+        for t, g in enumerate(grads, start=1):
+            step(long_p, unaligned(g), long_state, t)
+            for lo in range(0, n, piece):
+                cut = slice(lo, lo + piece)
+                step(pieces_p[cut], g[cut], {k: a[cut] for k, a in pieces_state.items()}, t)
+    assert same_bits(long_p, pieces_p)
+    assert all(same_bits(long_state[k], pieces_state[k]) for k in init)
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

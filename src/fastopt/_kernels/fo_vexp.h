@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include "fo_prefetch.h"
 /* one native vector: a wider one is split by GCC into scalar code with spills */
 #if defined(__AVX512F__)
 #define FO_VBYTES 64
@@ -372,21 +373,6 @@ FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp_nonpos)
    AVX-512 on Zen 5 0.24 against 0.19 in cache, 0.23-0.24 either way streamed), and the two passes
    need no conversion of the exp's lanes to float64 in registers. With AVX-512 the sum pass's
    loads and additions run inside the exp loop, FO_SUM_LAG elements behind it (below). */
-static inline void fo_prefetch_at(const void* base, size_t offset) {
-#if defined(__GNUC__)      /* the address in integers: it may lie beyond base's array */
-    __builtin_prefetch((const void*)((uintptr_t)base + offset), 0, 3);
-#else
-    (void)base, (void)offset;
-#endif
-}
-/* the same for a line about to be written */
-static inline void fo_prefetchw_at(const void* base, size_t offset) {
-#if defined(__GNUC__)
-    __builtin_prefetch((const void*)((uintptr_t)base + offset), 1, 3);
-#else
-    (void)base, (void)offset;
-#endif
-}
 typedef float fo_v4f __attribute__((vector_size(16)));
 typedef double fo_v4d __attribute__((vector_size(32)));
 /* four values of p as float64 */

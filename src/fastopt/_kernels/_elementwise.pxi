@@ -47,7 +47,6 @@ from .pool cimport chunk_fn as fo_chunk_fn, run as fo_pool_run
 ctypedef struct Job:    # one call's work, split into chunks of the concatenated tensors
     const Kernel* kern
     bint is32
-    bint ahead           # prefetch (run_span_ahead)
     Tensor* ts
     Py_ssize_t count, chunk, total
     const void* scalars
@@ -89,10 +88,10 @@ cdef extern from "fo_prefetch.h":
     void fo_prefetch_at(const void* base, size_t offset) nogil
     void fo_prefetchw_at(const void* base, size_t offset) nogil
 
-# Calls over arrays of PREFETCH_MIN_BYTES or more each walk their spans PREFETCH_SPAN bytes (of
-# the widest array) at a time, each after a prefetch of every array's lines PREFETCH_AHEAD bytes
-# on: there the arrays come from L3 or memory, and a loop busy with divisions and square roots
-# keeps too few loads in flight for the hardware prefetchers to hide that. Adam float32, 2
+# Arrays of PREFETCH_MIN_BYTES or more walk their spans PREFETCH_SPAN bytes (of the widest
+# array) at a time, each after a prefetch of every array's lines PREFETCH_AHEAD bytes on: there
+# the arrays come from L3 or memory, and a loop busy with divisions and square roots keeps too
+# few loads in flight for the hardware prefetchers to hide that. Adam float32, 2
 # threads, this Intel VM (bench/prefetch.c, the kernels' loop in C, 4 KiB pages), plain / in
 # spans of 128 elements with the prefetch / the roofline stream: 1e7 4.5 / 3.4 / 3.6 ms, 3e7
 # 19.1-19.6 / 16.8-17.3 / 16.8-17.4 ms, 3e6 0.91 / 0.88 / 0.88, 1e6 level; in cache (1e5) the
@@ -101,8 +100,10 @@ cdef extern from "fo_prefetch.h":
 # In-process, alternated processes, Adam 1e7 back to back 4.55-4.67 -> 3.87-4.22 ms, after
 # 200 MB of other memory 5.19-5.26 -> 5.02-5.12; fastopt.torch.Adam at 1e7 after the other
 # contenders' steps 6.56 ; 6.66 -> 6.19 ; 6.36 ms (DeepSpeedCPUAdam 6.50-6.66); 1e6 and 5e5
-# level or a few % faster. The roofline stream runs through this driver too, so it
-# prefetches where the steps do.
+# level or a few % faster. Per array, not per call: 200 tensors of 4096 floats (16 KiB
+# each, 3.2 MiB in all) had lost with it (fastopt.torch.Adam 726 -> 811-902 us): each
+# tensor's first lines unfetched, 2 KiB fetched past its end. The roofline stream runs
+# through this driver too, so it prefetches where the steps do.
 cdef Py_ssize_t PREFETCH_MIN_BYTES = 1 << 21
 cdef enum:
     PREFETCH_SPAN = 512
@@ -136,10 +137,8 @@ cdef void run_span_ahead(const Kernel* kern, bint is32, void** ptr, Py_ssize_t l
 
 
 cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
-                           Py_ssize_t start, Py_ssize_t stop, const void* s,
-                           bint ahead) noexcept nogil:
-    """Elements [start, stop) of the concatenation of ``ts`` (``ahead``: with prefetches,
-    run_span_ahead)."""
+                           Py_ssize_t start, Py_ssize_t stop, const void* s) noexcept nogil:
+    """Elements [start, stop) of the concatenation of ``ts``."""
     cdef Py_ssize_t j, lo, hi, mid, offset = 0
     for j in range(count):
         if offset >= stop:
@@ -151,7 +150,7 @@ cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t
             if lo < mid:
                 run_span(kern, is32, ts[j].ptr, lo, mid, s)
             lo = mid
-        if lo < hi and ahead:
+        if lo < hi and ts[j].n * (4 if is32 else 8) >= PREFETCH_MIN_BYTES:
             run_span_ahead(kern, is32, ts[j].ptr, lo, hi, s)
         elif lo < hi:
             run_span(kern, is32, ts[j].ptr, lo, hi, s)
@@ -172,7 +171,7 @@ cdef Py_ssize_t NOGIL_MIN = 1 << 12
 cdef void run_chunk(void* ctx, Py_ssize_t c) noexcept nogil:
     cdef Job* job = <Job*>ctx
     run_range(job.kern, job.is32, job.ts, job.count, c * job.chunk,
-              min((c + 1) * job.chunk, job.total), job.scalars, job.ahead)
+              min((c + 1) * job.chunk, job.total), job.scalars)
 
 
 cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
@@ -181,11 +180,10 @@ cdef void run(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t count,
     for j in range(count):
         total += ts[j].n
     cdef int nt = threads_for(total)
-    cdef bint ahead = total * (4 if is32 else 8) >= PREFETCH_MIN_BYTES
     if nt == 1:
-        run_range(kern, is32, ts, count, 0, total, s, ahead)
+        run_range(kern, is32, ts, count, 0, total, s)
         return
-    cdef Job job = Job(kern, is32, ahead, ts, count, 0, total, s)
+    cdef Job job = Job(kern, is32, ts, count, 0, total, s)
     job.chunk = (min(max(total // (4 * nt), CHUNK_MIN), CHUNK_MAX) + 15) & ~(<Py_ssize_t>15)
     fo_pool_run(run_chunk, &job, (total + job.chunk - 1) // job.chunk, nt)
 

@@ -21,5 +21,13 @@ static inline void fo_prefetchw_at(const void* base, size_t offset) {
     (void)base, (void)offset;
 #endif
 }
+/* the same into L2 (and L3), not L1 */
+static inline void fo_prefetch_l2_at(const void* base, size_t offset) {
+#if defined(__GNUC__)
+    __builtin_prefetch((const void*)((uintptr_t)base + offset), 0, 2);
+#else
+    (void)base, (void)offset;
+#endif
+}
 
 #endif /* FO_PREFETCH_H */

@@ -358,10 +358,11 @@ FO_EXP_SHIFTED(fo_exp_shifted_d, double, fo_vd, fo_vexp_nonpos)
 /* e[i] = exp(z[i] - m) for i < n (m the row's max: z[i] <= m, or NaN), returning sum(e) in
    float64 summed as layers.pyx's row_sum sums a row (eight interleaved partial sums, the one of
    lane j taking the e[i] with i % 8 == j in order, then a fixed pairwise combine), for any vector
-   width. Meanwhile the lines of [next, next + n) are prefetched, one per 64 bytes of z: a caller
-   stepping through rows passes the next row, which then arrives from memory while this one's exps
-   are computed (its max pass had waited for it: (4096, 1000) and (256, 32000) float32 softmax, 2
-   threads, a C harness: 16% and 20% less time; rows in cache as before), and the lines of e's
+   width. Meanwhile the lines of [next, next + n) are prefetched, one per 64 bytes of z (long rows
+   as FO_LONG_ROW_BYTES says): a caller stepping through rows passes the next row, which then
+   arrives from memory while this one's exps are computed (its max pass had waited for it:
+   (4096, 1000) and (256, 32000) float32 softmax, 2 threads, a C harness: 16% and 20% less
+   time; rows in cache as before), and the lines of e's
    next row [e + n, e + 2n) are fetched for writing, which its exp pass then finds in cache (the
    callers' rows of e are contiguous too: (4096, 1000) float32, one thread, nine alternated pairs
    of processes on a Zen 2 VM, medians: softmax 3.59 -> 3.48 ms, log-softmax 3.63 -> 3.42,
@@ -420,6 +421,16 @@ static inline fo_v8d fo_load8_d(const double* p) { return (fo_v8d)_mm512_loadu_p
 #else
 #define FO_SUM_LAG PTRDIFF_MAX
 #endif
+/* Rows of more than FO_LONG_ROW_BYTES prefetch differently: the next row's z into L2 only (in
+   L1 it evicted this row's lines of z and e: the two rows' z and e, 512 KB at 32000 floats,
+   against L1's 32-48 KB), and e's lines FO_ROW_AHEAD bytes on in this row, not the next
+   row's (their first store then finds them fetched for writing). In-process, 2 threads,
+   float32, alternated processes, medians of three x the roofline, the old prefetches -> these:
+   (256, 32000) softmax 1.63 -> 1.50, log-softmax 1.75 -> 1.65, cross-entropy 1.65 -> 1.54
+   (1.60-1.61 fetching this row's own z lines ahead instead of the next row's); (1024, 4096) and
+   (512, 8192) level or better (log-softmax 1.55 -> 1.43 at the first); shorter rows as before. */
+#define FO_LONG_ROW_BYTES 8192
+#define FO_ROW_AHEAD 2048
 /* not inlined: inlined into softmax's row loop (layers.pyx's row_stats), (4096, 1000) float32
    on two threads took 796-824 us against 729-750 (Intel Xeon, AVX-512, alternated processes) */
 #define FO_EXP_SUM(NAME, T, S, VT, VEXP, VEXP2, REST)                                  \
@@ -430,12 +441,18 @@ NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {                      
     FO_SUMS;                                                                         \
     double acc[8];                                                                   \
     Py_ssize_t i = 0, j, n8 = n - n % 8, summed = 0;                                 \
-    size_t at;                                                                       \
+    size_t at, e_ahead = n * sizeof(T);                                              \
+    int long_row = n * sizeof(T) > FO_LONG_ROW_BYTES;                                \
+    if (long_row)                                                                    \
+        e_ahead = FO_ROW_AHEAD;                                                      \
     for (j = 0; j < LANES; j++) s[j] = m;                                            \
     for (; i + 2 * LANES <= n; i += 2 * LANES) {   /* two vectors, one range test */ \
         for (at = i * sizeof(T); at < i * sizeof(T) + PAIR; at += 64) {              \
-            fo_prefetch_at(next, at);                                                \
-            fo_prefetchw_at(e, n * sizeof(T) + at);                                  \
+            if (long_row)                                                            \
+                fo_prefetch_l2_at(next, at);                                         \
+            else                                                                     \
+                fo_prefetch_at(next, at);                                            \
+            fo_prefetchw_at(e, e_ahead + at);                                        \
         }                                                                            \
         memcpy(&v, z + i, sizeof v);                                                 \
         memcpy(&w, z + i + LANES, sizeof w);                                         \
@@ -453,7 +470,7 @@ NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {                      
     for (; i + LANES <= n; i += LANES) {                                             \
         if (!((i * sizeof(T)) & 63)) {                                               \
             fo_prefetch_at(next, i * sizeof(T));                                     \
-            fo_prefetchw_at(e, (n + i) * sizeof(T));                                 \
+            fo_prefetchw_at(e, e_ahead + i * sizeof(T));                             \
         }                                                                            \
         memcpy(&v, z + i, sizeof v);                                                 \
         v = VEXP(v - s);                                                             \

@@ -125,10 +125,11 @@ def test_bit_identical_for_any_thread_count(backend, case, dtype):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("backend", COMPILED)
 def test_a_long_array_steps_as_its_pieces_do(backend, case, dtype):
-    """From 2 MiB an array is stepped with software prefetches (the compiled driver's
+    """From 2 MiB an array is stepped with software prefetches (the Cython driver's
     run_span_ahead, in spans of 512 bytes): the same bits as its pieces stepped in calls of
-    their own, each under that size, on the plain loops. The arrays start an element past
-    NumPy's placement and are of odd length: the spans start off a line, the last is partial."""
+    their own, each under that size, on the plain loops (on Numba, its long steps against its
+    short ones). The arrays start an element past NumPy's placement and are of odd length: the
+    elements before the param's first line start run apart, and the last span is partial."""
     init, step = CASES[case]
     n, piece = 600_011, 100_000
 

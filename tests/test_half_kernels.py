@@ -209,23 +209,43 @@ def test_adam_and_adamw_in_one_loop_are_the_unfused_path(backend, fmt):
 @pytest.mark.parametrize("name", HALF)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_steps_of_a_mebibyte_and_more(backend, name, monkeypatch):
-    """Arrays of a mebibyte and more (600,011 elements: the Numba backend's steps go parallel
-    there, in a run of calls; the Cython driver prefetches from 2 MiB of float32 master),
-    three steps in a row, single and list form, on two threads: the unfused path's bits.
-    Numba's launch read the 16-bit kernels' state, a tuple of arrays, as an array, and raised
-    AttributeError."""
+    """Arrays of a mebibyte and more (131,101 elements: the Numba backend's steps go parallel
+    there, in a run of calls), three steps in a row, single and list form, on two threads: the
+    unfused path's bits. Numba's launch read the 16-bit kernels' state, a tuple of arrays, as
+    an array, and raised AttributeError."""
     if backend == "numba":
         from fastopt._numba import _common
         monkeypatch.setattr(_common, "POOL_AWAKE_SECONDS", 1e9)   # every step "in a run"
     kernel = HALF[name]
     scalars = scalars_for(kernel, True, grad_scale=0.75)
     rng = np.random.default_rng(13)
-    arrays = arrays_for(kernel, (600011,), True, rng)
-    grads = [to_bits(rng.standard_normal(600011).astype(np.float32), True) for _ in range(3)]
+    arrays = arrays_for(kernel, (131101,), True, rng)
+    grads = [to_bits(rng.standard_normal(131101).astype(np.float32), True) for _ in range(3)]
     threads = fo.get_num_threads()
     fo.set_num_threads(2)
     try:
-        assert_steps_are_the_unfused_path(backend, kernel, arrays, grads, scalars, "600011")
+        assert_steps_are_the_unfused_path(backend, kernel, arrays, grads, scalars, "131101")
+    finally:
+        fo.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", ["adam_half", "rmsprop_half"])
+@pytest.mark.skipif("cython" not in GRID_BACKENDS, reason="the Cython driver's prefetching path")
+def test_steps_of_16_mebibytes_of_master_and_more(name):
+    """The Cython driver prefetches from 16 MiB of float32 master (4,194,304 elements;
+    _elementwise.pxi, PREFETCH_MIN_BYTES_HALF), in spans of 128 elements: Adam's own 16-bit
+    loop and the widen/step/narrow blocks (RMSprop) there, two steps, single and list form,
+    on two threads, give the unfused path's bits."""
+    kernel = HALF[name]
+    scalars = scalars_for(kernel, True, grad_scale=0.75)
+    rng = np.random.default_rng(17)
+    n = (1 << 22) + 13
+    arrays = arrays_for(kernel, (n,), True, rng)
+    grads = [to_bits(rng.standard_normal(n).astype(np.float32), True) for _ in range(2)]
+    threads = fo.get_num_threads()
+    fo.set_num_threads(2)
+    try:
+        assert_steps_are_the_unfused_path("cython", kernel, arrays, grads, scalars, str(n))
     finally:
         fo.set_num_threads(threads)
 

@@ -102,9 +102,15 @@ cdef extern from "fo_prefetch.h":
 # contenders' steps 6.56 ; 6.66 -> 6.19 ; 6.36 ms (DeepSpeedCPUAdam 6.50-6.66); 1e6 and 5e5
 # level or a few % faster. Per array, not per call: 200 tensors of 4096 floats (16 KiB
 # each, 3.2 MiB in all) had lost with it (fastopt.torch.Adam 726 -> 811-902 us): each
-# tensor's first lines unfetched, 2 KiB fetched past its end. The roofline stream runs
-# through this driver too, so it prefetches where the steps do.
-cdef Py_ssize_t PREFETCH_MIN_BYTES = 1 << 21
+# tensor's first lines unfetched, 2 KiB fetched past its end. The 16-bit forms prefetch from
+# PREFETCH_MIN_BYTES_HALF of float32 master: fastopt.torch's bfloat16 steps, 2 threads, back to
+# back, old -> new, us: at 1e7 elements NAdam 6507-6574 -> 5097-5306, SGD with momentum
+# 4063-4102 -> 2493-2619, Adagrad 4214-4375 -> 2819-2849, at 5e6 Adam 1630-1662 -> 1526-1576,
+# but at 1e6 Adagrad and RMSprop 289-298 -> 301-309 (their widen, step and narrow loops then
+# run 128 elements at a time; the same 512 at a time, as without prefetches, with a burst of
+# prefetches that long: Adam 332 -> 442-450) and at 3e6 level or up to 7% slower. The
+# roofline stream runs through this driver too, so it prefetches where the steps do.
+cdef Py_ssize_t PREFETCH_MIN_BYTES = 1 << 21, PREFETCH_MIN_BYTES_HALF = 1 << 24
 cdef enum:
     PREFETCH_SPAN = 512
     PREFETCH_AHEAD = 2048
@@ -150,7 +156,8 @@ cdef inline void run_range(const Kernel* kern, bint is32, Tensor* ts, Py_ssize_t
             if lo < mid:
                 run_span(kern, is32, ts[j].ptr, lo, mid, s)
             lo = mid
-        if lo < hi and ts[j].n * (4 if is32 else 8) >= PREFETCH_MIN_BYTES:
+        if lo < hi and ts[j].n * (4 if is32 else 8) >= (PREFETCH_MIN_BYTES_HALF if kern.half
+                                                        else PREFETCH_MIN_BYTES):
             run_span_ahead(kern, is32, ts[j].ptr, lo, hi, s)
         elif lo < hi:
             run_span(kern, is32, ts[j].ptr, lo, hi, s)

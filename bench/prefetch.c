@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
     }
     enum { ROUNDS = 40, REPS = 20 };
     double t[4][ROUNDS];
-    for (int r = 0; r < ROUNDS; r++)             /* the three alternate: the VM drifts */
+    for (int r = 0; r < ROUNDS; r++)             /* the four alternate: the VM drifts */
         for (int k = 0; k < 4; k++) {
             step(k, a, n, dist, span);
             double t0 = now();

@@ -88,28 +88,28 @@ cdef extern from "fo_prefetch.h":
     void fo_prefetch_at(const void* base, size_t offset) nogil
     void fo_prefetchw_at(const void* base, size_t offset) nogil
 
-# Arrays of PREFETCH_MIN_BYTES or more walk their spans PREFETCH_SPAN bytes (of the widest
-# array) at a time, each after a prefetch of every array's lines PREFETCH_AHEAD bytes on: there
-# the arrays come from L3 or memory, and a loop busy with divisions and square roots keeps too
-# few loads in flight for the hardware prefetchers to hide that. Adam float32, 2
-# threads, this Intel VM (bench/prefetch.c, the kernels' loop in C, 4 KiB pages), plain / in
-# spans of 128 elements with the prefetch / the roofline stream: 1e7 4.5 / 3.4 / 3.6 ms, 3e7
-# 19.1-19.6 / 16.8-17.3 / 16.8-17.4 ms, 3e6 0.91 / 0.88 / 0.88, 1e6 level; in cache (1e5) the
-# prefetches only cost (21.2 against 22.4 us), and spans of 512 elements (a longer burst of
-# prefetches) lost at 1e6 (379 against 316 us). 1 KiB ahead did as well as 2; 4 and 8 less.
-# In-process, alternated processes, Adam 1e7 back to back 4.55-4.67 -> 3.87-4.22 ms, after
-# 200 MB of other memory 5.19-5.26 -> 5.02-5.12; fastopt.torch.Adam at 1e7 after the other
-# contenders' steps 6.56 ; 6.66 -> 6.19 ; 6.36 ms (DeepSpeedCPUAdam 6.50-6.66); 1e6 and 5e5
-# level or a few % faster. Per array, not per call: 200 tensors of 4096 floats (16 KiB
-# each, 3.2 MiB in all) had lost with it (fastopt.torch.Adam 726 -> 811-902 us): each
-# tensor's first lines unfetched, 2 KiB fetched past its end. The 16-bit forms prefetch from
-# PREFETCH_MIN_BYTES_HALF of float32 master: fastopt.torch's bfloat16 steps, 2 threads, back to
-# back, old -> new, us: at 1e7 elements NAdam 6507-6574 -> 5097-5306, SGD with momentum
-# 4063-4102 -> 2493-2619, Adagrad 4214-4375 -> 2819-2849, at 5e6 Adam 1630-1662 -> 1526-1576,
-# but at 1e6 Adagrad and RMSprop 289-298 -> 301-309 (their widen, step and narrow loops then
-# run 128 elements at a time; the same 512 at a time, as without prefetches, with a burst of
-# prefetches that long: Adam 332 -> 442-450) and at 3e6 level or up to 7% slower. The
-# roofline stream runs through this driver too, so it prefetches where the steps do.
+# Arrays of PREFETCH_MIN_BYTES or more walk their spans PREFETCH_SPAN bytes (of the widest array)
+# at a time, each after a prefetch of every array's lines PREFETCH_AHEAD bytes on: there the
+# arrays come from L3 or memory, and a loop busy with divisions and square roots keeps too few
+# loads in flight for the hardware prefetchers to hide that. Adam float32, 2 threads, this Intel
+# VM (bench/prefetch.c, the kernels' loop in C, 4 KiB pages), plain / in spans of 128 elements
+# with the prefetch / the roofline stream: 1e7 4.5 / 3.4 / 3.6 ms, 3e7 19.1-19.6 / 16.8-17.3 /
+# 16.8-17.4 ms, 3e6 0.91 / 0.88 / 0.88, 1e6 level; in cache (1e5) the prefetches only cost (21.2
+# against 22.4 us), and spans of 512 elements (a longer burst of prefetches) lost at 1e6 (379
+# against 316 us). 1 KiB ahead did as well as 2; 4 and 8 less. In-process, alternated processes,
+# Adam 1e7 back to back 4.55-4.67 -> 3.87-4.22 ms, after 200 MB of other memory 5.19-5.26 ->
+# 5.02-5.12; fastopt.torch.Adam at 1e7 after the other contenders' steps 6.56 ; 6.66 -> 6.19 ;
+# 6.36 ms (DeepSpeedCPUAdam 6.50-6.66); 1e6 and 5e5 level or a few % faster. Per array, not per
+# call: 200 tensors of 4096 floats (16 KiB each, 3.2 MiB in all) had lost with it
+# (fastopt.torch.Adam 726 -> 811-902 us): each tensor's first lines unfetched, 2 KiB fetched past
+# its end. The 16-bit forms prefetch from PREFETCH_MIN_BYTES_HALF of float32 master:
+# fastopt.torch's bfloat16 steps, 2 threads, back to back, old -> new, us: at 1e7 elements NAdam
+# 6507-6574 -> 5097-5306, SGD with momentum 4063-4102 -> 2493-2619, Adagrad 4214-4375 ->
+# 2819-2849, at 5e6 Adam 1630-1662 -> 1526-1576, but at 1e6 Adagrad and RMSprop 289-298 -> 301-309
+# (their widen, step and narrow loops then run 128 elements at a time; the same 512 at a time, as
+# without prefetches, with a burst of prefetches that long: Adam 332 -> 442-450) and at 3e6 level
+# or up to 7% slower. The roofline stream runs through this driver too, so it prefetches where the
+# steps do.
 cdef Py_ssize_t PREFETCH_MIN_BYTES = 1 << 21, PREFETCH_MIN_BYTES_HALF = 1 << 24
 cdef enum:
     PREFETCH_SPAN = 512

@@ -121,18 +121,18 @@ cdef void run_span_ahead(const Kernel* kern, bint is32, void** ptr, Py_ssize_t l
     """run_span in spans of PREFETCH_SPAN bytes, each after a prefetch of the lines
     PREFETCH_AHEAD bytes past it (for writing, but in the grad). The spans split no vector
     loop of the kernels' (multiples of 64 bytes) and every element is computed as before."""
-    cdef Py_ssize_t wide = 4 if is32 else 8     # a 16-bit form's param and grad take 2
+    cdef Py_ssize_t wide = 4 if is32 else 8
     cdef Py_ssize_t step = PREFETCH_SPAN // wide, ahead = PREFETCH_AHEAD // wide
-    cdef Py_ssize_t start = lo, stop, size, at
+    cdef Py_ssize_t start = lo, stop, at
+    cdef Py_ssize_t size[MAX_ARRAYS]    # each array's item size; 0: absent, nothing to fetch
     cdef int i
+    for i in range(kern.narrays):       # (a 16-bit form's param and grad: 2 bytes)
+        size[i] = 0 if ptr[i] == NULL else 2 if kern.half and i < 2 else wide
     while start < hi:
         stop = min(start + step, hi)
         for i in range(kern.narrays):
-            if ptr[i] == NULL:
-                continue
-            size = 2 if kern.half and i < 2 else wide
-            at = (start + ahead) * size
-            while at < (stop + ahead) * size:
+            at = (start + ahead) * size[i]
+            while at < (stop + ahead) * size[i]:
                 if i == 1:
                     fo_prefetch_at(ptr[i], at)
                 else:

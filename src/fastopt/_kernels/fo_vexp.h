@@ -431,6 +431,16 @@ static inline fo_v8d fo_load8_d(const double* p) { return (fo_v8d)_mm512_loadu_p
    (512, 8192) level or better (log-softmax 1.55 -> 1.43 at the first); shorter rows as before. */
 #define FO_LONG_ROW_BYTES 8192
 #define FO_ROW_AHEAD 2048
+/* the exp pass's prefetches for the line at byte ``at`` of its row: the next row's (into L2
+   only for a long row) and e's line ``e_ahead`` bytes on, for writing */
+static inline void fo_exp_prefetch(const void* next, const void* e, size_t at, size_t e_ahead,
+                                   int long_row) {
+    if (long_row)
+        fo_prefetch_l2_at(next, at);
+    else
+        fo_prefetch_at(next, at);
+    fo_prefetchw_at(e, e_ahead + at);
+}
 /* not inlined: inlined into softmax's row loop (layers.pyx's row_stats), (4096, 1000) float32
    on two threads took 796-824 us against 729-750 (Intel Xeon, AVX-512, alternated processes) */
 #define FO_EXP_SUM(NAME, T, S, VT, VEXP, VEXP2, REST)                                  \
@@ -447,13 +457,8 @@ NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {                      
         e_ahead = FO_ROW_AHEAD;                                                      \
     for (j = 0; j < LANES; j++) s[j] = m;                                            \
     for (; i + 2 * LANES <= n; i += 2 * LANES) {   /* two vectors, one range test */ \
-        for (at = i * sizeof(T); at < i * sizeof(T) + PAIR; at += 64) {              \
-            if (long_row)                                                            \
-                fo_prefetch_l2_at(next, at);                                         \
-            else                                                                     \
-                fo_prefetch_at(next, at);                                            \
-            fo_prefetchw_at(e, e_ahead + at);                                        \
-        }                                                                            \
+        for (at = i * sizeof(T); at < i * sizeof(T) + PAIR; at += 64)                \
+            fo_exp_prefetch(next, e, at, e_ahead, long_row);                         \
         memcpy(&v, z + i, sizeof v);                                                 \
         memcpy(&w, z + i + LANES, sizeof w);                                         \
         v -= s;                                                                      \
@@ -468,10 +473,8 @@ NAME(const T* z, T m, T* e, Py_ssize_t n, const T* next) {                      
         }                                                                            \
     }                                                                                \
     for (; i + LANES <= n; i += LANES) {                                             \
-        if (!((i * sizeof(T)) & 63)) {                                               \
-            fo_prefetch_at(next, i * sizeof(T));                                     \
-            fo_prefetchw_at(e, e_ahead + i * sizeof(T));                             \
-        }                                                                            \
+        if (!((i * sizeof(T)) & 63))                                                 \
+            fo_exp_prefetch(next, e, i * sizeof(T), e_ahead, long_row);              \
         memcpy(&v, z + i, sizeof v);                                                 \
         v = VEXP(v - s);                                                             \
         memcpy(e + i, &v, sizeof v);                                                 \

@@ -1,5 +1,5 @@
 /* The softmax family's floor: fastopt's float32 exp-and-sum of rows of k logits
- * (fo_exp_sum_f, from fo_vexp.h), the exp alone, the eight ordered float64 partial sums alone,
+ * (fo_exp_sum_f, from fo_row.h, with the next row's max), the exp alone, the eight ordered float64 partial sums alone,
  * and an exp pass then a sum pass, on one core, best of several sweeps, ns/element. Arguments:
  * k (default 1000) and the number of rows (4096: streamed; 64: in L1/L2). Build and run
  * (-march=x86-64-v3 for the AVX2 build's loops, on a CPU without AVX-512):
@@ -12,7 +12,7 @@
 #include <time.h>
 #include <stddef.h>
 typedef ptrdiff_t Py_ssize_t;
-#include "fo_vexp.h"
+#include "fo_row.h"
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -20,7 +20,7 @@ static double now(void) {
 }
 __attribute__((noinline)) double sum_only(const float *e,
                                           Py_ssize_t n) { /* the 8-lane chain alone */
-    FO_SUMS;        /* (fo_vexp.h: eight float64 lanes in native vectors) */
+    FO_SUMS;        /* (fo_row.h: eight float64 lanes in native vectors) */
     for (Py_ssize_t i = 0; i + 8 <= n; i += 8)
         FO_SUMS_LOAD(f, e + i);
     double a = 0;
@@ -48,6 +48,7 @@ int main(int argc, char **argv) {
     for (long i = 0; i < (long)k * rows; i++)
         z[i] = (float)((i * 7919 % 2000) / 500.0 - 2);
     double best[4] = {1e9, 1e9, 1e9, 1e9}, sink = 0;
+    float ymax;
     for (int rep = 0; rep < 30 * 4096 / rows; rep++) {
         for (int w = 0; w < 4; w++) {
             double t = now();
@@ -55,7 +56,8 @@ int main(int argc, char **argv) {
                 const float *zr = z + (long)r * k;
                 float *er = e + (long)r * k;
                 if (w == 0)
-                    sink += fo_exp_sum_f(zr, 2.0f, er, k, zr + k);
+                    sink += fo_exp_sum_f(zr, 2.0f, er, k, zr + k, r + 1 < rows ? zr + k : zr,
+                                         &ymax);
                 else if (w == 1)
                     exp_only(zr, 2.0f, er, k);
                 else if (w == 2)

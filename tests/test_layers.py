@@ -216,7 +216,7 @@ def test_batchnorm_out_argument_is_written():
 
 
 # --------------------------------------------------------------------------------- softmax
-# (3, 20011): rows longer than fo_vexp.h's FO_LONG_ROW_BYTES, which prefetch otherwise
+# (3, 20011): rows longer than fo_row.h's FO_LONG_ROW_BYTES, which prefetch otherwise
 SM_CASES = [((7,), -1), ((1,), 0), ((5, 1000), -1), ((5, 1000), 0), ((3, 4, 5), 1),
             ((3, 4, 300), 0), ((2, 3, 4), -1), ((10, 0), 0), ((3, 20011), -1)]
 
@@ -339,6 +339,39 @@ def test_softmax_nan_and_inf_anywhere_in_a_long_row(backend, dtype):
     assert (got[0][5, 1::7] == 0).all() and (got[1][5, 1::7] == -np.inf).all()
     for a, b in zip(got, want):
         close(a, b, dtype, 10)
+
+
+@pytest.mark.parametrize("k", [1003, 20011])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_softmax_row_gives_the_bits_it_gives_alone(backend, k, dtype):
+    """Each row of a stack gives the bits of the same row alone, on 1 and 2 threads: the Cython
+    kernels take a row's max in the previous row's exp loop, except for a chunk's first row
+    (and a lone row), whose max pass is its own. Each row's max sits elsewhere: first, last
+    (the scalar tail), in the last whole vector, in the middle; NaN and +inf rows; a row of
+    -inf and one with -0 and +0 as its max."""
+    rng = np.random.default_rng(43)
+    z = (rng.standard_normal((24, k)) * 3).astype(dtype)
+    for r, col in enumerate([0, k - 1, k - 9, k // 2, 7, k - 2]):
+        z[r, col] = 40
+    z[6, 100], z[7, k - 1], z[8, 3] = np.nan, np.inf, np.nan
+    z[9] = -np.inf
+    z[10] = -np.abs(z[10])
+    z[10, 5], z[10, k - 1] = -0.0, 0.0
+    labels = rng.integers(0, k, 24)
+    with fo.use_backend(backend), np.errstate(invalid="ignore"):
+        for threads in (1, 2):
+            fo.set_num_threads(threads)
+            try:
+                p, lp = fo.softmax(z), fo.log_softmax(z)
+                for r in range(len(z)):
+                    assert fo.softmax(z[r:r + 1]).tobytes() == p[r:r + 1].tobytes()
+                    assert fo.log_softmax(z[r:r + 1]).tobytes() == lp[r:r + 1].tobytes()
+                # cross-entropy's gradient (divided by the batch size): the rows rolled by one
+                _, d = fo.softmax_cross_entropy(z, labels)
+                _, d_rolled = fo.softmax_cross_entropy(np.roll(z, 1, 0), np.roll(labels, 1))
+                assert np.roll(d, 1, 0).tobytes() == d_rolled.tobytes()
+            finally:
+                fo.set_num_threads(2)
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

@@ -1,5 +1,5 @@
 /* Software prefetches, shared by the element-wise driver (_elementwise.pxi) and the softmax
- * family's exp pass (fo_vexp.h): the line holding base + offset, fetched into every cache level
+ * family's exp pass (fo_row.h): the line holding base + offset, fetched into every cache level
  * (fo_prefetch_at), for writing (fo_prefetchw_at), or into L2 and L3 only (fo_prefetch_l2_at).
  * The address is made in integers: it may lie beyond base's array (a prefetch does not fault). */
 #ifndef FO_PREFETCH_H

@@ -348,7 +348,7 @@ def test_a_softmax_row_gives_the_bits_it_gives_alone(backend, k, dtype):
     kernels take a row's max in the previous row's exp loop, except for a chunk's first row
     (and a lone row), whose max pass is its own. Each row's max sits elsewhere: first, last
     (the scalar tail), in the last whole vector, in the middle; NaN and +inf rows; a row of
-    -inf and one with -0 and +0 as its max."""
+    -inf and one with -0 and +0 as its max. And the reference's results."""
     rng = np.random.default_rng(43)
     z = (rng.standard_normal((24, k)) * 3).astype(dtype)
     for r, col in enumerate([0, k - 1, k - 9, k // 2, 7, k - 2]):
@@ -358,6 +358,16 @@ def test_a_softmax_row_gives_the_bits_it_gives_alone(backend, k, dtype):
     z[10] = -np.abs(z[10])
     z[10, 5], z[10, k - 1] = -0.0, 0.0
     labels = rng.integers(0, k, 24)
+    probs = rng.random(z.shape).astype(dtype)
+    probs /= probs.sum(axis=1, keepdims=True)
+    with fo.use_backend("numpy"), np.errstate(invalid="ignore"):
+        ref = [fo.softmax(z), fo.log_softmax(z), fo.softmax_cross_entropy(z, labels)[1],
+               fo.softmax_cross_entropy(z, probs)[1]]
+    with fo.use_backend(backend), np.errstate(invalid="ignore"):
+        got = [fo.softmax(z), fo.log_softmax(z), fo.softmax_cross_entropy(z, labels)[1],
+               fo.softmax_cross_entropy(z, probs)[1]]
+    for a, b, scale in zip(got, ref, (1, 10, 1 / 24, 1 / 24)):
+        close(a, b, dtype, scale)
     with fo.use_backend(backend), np.errstate(invalid="ignore"):
         for threads in (1, 2):
             fo.set_num_threads(threads)

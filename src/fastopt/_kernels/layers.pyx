@@ -953,10 +953,21 @@ cdef extern from "fo_row.h":
     double fo_row_max_d(const double* z, Py_ssize_t k) nogil
     float fo_row_max_numbers_f(const float* z, Py_ssize_t k) nogil
     double fo_row_max_numbers_d(const double* z, Py_ssize_t k) nogil
+    enum:
+        FO_FINISH_NONE
+        FO_FINISH_SCALE
+        FO_FINISH_LOG
+        FO_FINISH_SCALE2
     double fo_exp_sum_f(const float* z, float m, float* e, Py_ssize_t n, const float* next,
-                        const float* y, float* y_max) nogil
+                        const float* y, float* y_max, int kind, const float* pz, float* pout,
+                        float a, float b) nogil
     double fo_exp_sum_d(const double* z, double m, double* e, Py_ssize_t n, const double* next,
-                        const double* y, double* y_max) nogil
+                        const double* y, double* y_max, int kind, const double* pz,
+                        double* pout, double a, double b) nogil
+    void fo_finish_row_f(int kind, const float* z, float* out, Py_ssize_t n, float a,
+                         float b) nogil
+    void fo_finish_row_d(int kind, const double* z, double* out, Py_ssize_t n, double a,
+                         double b) nogil
 
 
 cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
@@ -977,15 +988,29 @@ cdef inline floating row_max_numbers(const floating* z, Py_ssize_t k) noexcept n
 
 
 cdef double row_stats(const floating* z, floating* e, Py_ssize_t k, floating mx,
-                      const floating* y, floating* y_max) noexcept nogil:
+                      const floating* y, floating* y_max, int kind, const floating* pz,
+                      floating* pout, floating a, floating b) noexcept nogil:
     """e = exp(z - mx) (mx = row_max_numbers(z)); returns sum(e) in float64 (summed as row_sum
     sums). Meanwhile y_max = row_max_numbers(y) of the next row y = z + k (or of z itself, the
     last row of a chunk), whose lines then arrive from memory beside the exps (a max pass of
-    its own had waited for them), and the row after z's is prefetched."""
+    its own had waited for them), the previous row (pz, pout) is finished (finish_row(kind,
+    pz, pout, k, a, b): a pass of its own had cost log-softmax's (256, 32000) a fifth of its
+    time), and the row after z's is prefetched."""
     if floating is float:
-        return fo_exp_sum_f(z, mx, e, k, z + k, y, y_max)
+        return fo_exp_sum_f(z, mx, e, k, z + k, y, y_max, kind, pz, pout, a, b)
     else:
-        return fo_exp_sum_d(z, mx, e, k, z + k, y, y_max)
+        return fo_exp_sum_d(z, mx, e, k, z + k, y, y_max, kind, pz, pout, a, b)
+
+
+cdef inline void finish_row(int kind, const floating* z, floating* out, Py_ssize_t k,
+                            floating a, floating b) noexcept nogil:
+    """The rest of a row's softmax, out holding exp(z - max) (fo_row.h): kind FO_FINISH_SCALE
+    out * a (a = 1 / s), FO_FINISH_LOG (z - a) - b (a = max, b = log(s)), FO_FINISH_SCALE2
+    (out * a) * b (a = 1 / s, b = 1 / m), FO_FINISH_NONE nothing."""
+    if floating is float:
+        fo_finish_row_f(kind, z, out, k, a, b)
+    else:
+        fo_finish_row_d(kind, z, out, k, a, b)
 
 
 # Rows shorter than SHORT_ROW take their exps a block of rows at a time, in one vector sweep
@@ -1001,25 +1026,55 @@ cdef enum:
 
 
 cdef inline Py_ssize_t rows_per_block(Py_ssize_t k, Py_ssize_t left) noexcept nogil:
-    """How many of the ``left`` rows of length k the next block of rows_stats takes."""
-    return min(left, SHORT_BLOCK // k) if k < SHORT_ROW else 1
+    """How many of the ``left`` rows of length k < SHORT_ROW the next block of rows_stats
+    takes."""
+    return min(left, SHORT_BLOCK // k)
+
+
+cdef void long_rows(const floating* z, floating* out, Py_ssize_t k, Py_ssize_t nrows, int kind,
+                    const long long* labels, const floating* targets, double* terms,
+                    floating inv_m) noexcept nogil:
+    """The softmax family over a chunk's ``nrows`` contiguous rows of SHORT_ROW values or more:
+    each row's exps (row_stats, which takes the next row's max), then its finish of ``kind``,
+    run in the next row's exp loop (the last row's after it). Cross-entropy (kind
+    FO_FINISH_SCALE2) with class indices: the gradient's entry at each row's label and the
+    loss terms; with probabilities (targets): each row finished at once (xent_finish)."""
+    cdef floating m = row_max_numbers(z, k), m_next, a = 0, b = 0, p_label = 0
+    cdef int pending = FO_FINISH_NONE
+    cdef double s
+    cdef Py_ssize_t r, last = nrows - 1
+    cdef const floating* zr
+    cdef floating* outr
+    for r in range(nrows):
+        zr = z + r * k
+        outr = out + r * k
+        s = row_stats(zr, outr, k, m, z + min(r + 1, last) * k, &m_next, pending,
+                      zr - k if r else zr, outr - k if r else outr, a, b)
+        if labels != NULL and r:         # the previous row's label entry, now it is scaled
+            outr[labels[r - 1] - k] = (p_label - <floating>1) * inv_m
+        if kind == FO_FINISH_LOG:
+            a, b = m, logarithm(s, m)
+        elif kind == FO_FINISH_SCALE:
+            a = <floating>(1.0 / s)
+        elif labels != NULL:            # as xent_finish: p at the label before the scaling
+            a, b = <floating>(1.0 / s), inv_m
+            p_label = outr[labels[r]] * a
+            terms[r] = (zr[labels[r]] - m) - logarithm(s, m)
+        else:
+            terms[r] = xent_finish(zr, outr, k, m, s, -1, targets + r * k, inv_m)
+        pending = kind if labels != NULL or targets == NULL else FO_FINISH_NONE
+        m = m_next
+    finish_row(pending, z + last * k, out + last * k, k, a, b)
+    if labels != NULL:
+        out[last * k + labels[last]] = (p_label - <floating>1) * inv_m
 
 
 cdef void rows_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t nrows,
-                     bint first, bint last, floating* mx, double* s) noexcept nogil:
-    """mx = max(z), e = exp(z - mx) and s = sum(e) of ``nrows`` contiguous rows (rows_per_block
-    of them), the next block of a chunk's: its first or last block, or both. Rows of SHORT_ROW
-    and more leave the max of the block's next row in mx[nrows] (unless last), which the next
-    block's rows_stats takes from mx[0] (unless first)."""
+                     floating* mx, double* s) noexcept nogil:
+    """mx = max(z), e = exp(z - mx) and s = sum(e) (summed as row_sum sums) of ``nrows``
+    contiguous rows of fewer than SHORT_ROW values (rows_per_block of them)."""
     cdef floating shift[SHORT_BLOCK]
     cdef Py_ssize_t r, i
-    if k >= SHORT_ROW:
-        if first:
-            mx[0] = row_max_numbers(z, k)
-        for r in range(nrows):
-            s[r] = row_stats(z + r * k, e + r * k, k, mx[r],
-                             z + (r if last and r == nrows - 1 else r + 1) * k, mx + r + 1)
-        return
     for r in range(nrows):
         mx[r] = row_max(z + r * k, k)
         for i in range(k):
@@ -1111,39 +1166,29 @@ cdef inline double xent_term(floating z, floating mx, double log_s, floating t) 
 
 cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t k, Py_ssize_t nrows,
                        bint log_) noexcept nogil:
-    """Softmax of a chunk's ``nrows`` contiguous rows, rows_per_block at a time."""
-    cdef floating mx[SHORT_BLOCK + 1]
+    """Softmax of a chunk's ``nrows`` contiguous rows (short ones rows_per_block at a time)."""
+    cdef floating mx[SHORT_BLOCK]
     cdef double s[SHORT_BLOCK]
     cdef Py_ssize_t o = 0, n, r
+    if k >= SHORT_ROW:
+        long_rows(z, out, k, nrows, FO_FINISH_LOG if log_ else FO_FINISH_SCALE, NULL, NULL,
+                  NULL, 0)
+        return
     while o < nrows:
         n = rows_per_block(k, nrows - o)
-        rows_stats(z + o * k, out + o * k, k, n, o == 0, o + n == nrows, mx, s)
+        rows_stats(z + o * k, out + o * k, k, n, mx, s)
         for r in range(n):
             softmax_finish(z + (o + r) * k, out + (o + r) * k, k, mx[r], s[r], log_)
-        mx[0] = mx[n]               # the next row's max (long rows)
         o += n
 
 
 cdef void softmax_finish(const floating* z, floating* out, Py_ssize_t k, floating mx, double s,
                          bint log_) noexcept nogil:
     """One row from its stats: out holds exp(z - mx), s its sum."""
-    cdef floating d
-    cdef Py_ssize_t r
     if log_:
-        d = logarithm(s, mx)
-        for r in range(k):
-            out[r] = (z[r] - mx) - d
+        finish_row(FO_FINISH_LOG, z, out, k, mx, logarithm(s, mx))
     else:
-        d = <floating>(1.0 / s)
-        for r in range(k):
-            out[r] = out[r] * d
-
-
-cdef void scale_row(floating* d, floating rs, floating inv_m, Py_ssize_t k) noexcept nogil:
-    """d = (d * rs) * inv_m: the gradient (p - 0) / m of every class but the label's."""
-    cdef Py_ssize_t r
-    for r in range(k):
-        d[r] = (d[r] * rs) * inv_m
+        finish_row(FO_FINISH_SCALE, z, out, k, <floating>(1.0 / s), 0)
 
 
 cdef void target_row(floating* d, const floating* t, floating rs, floating inv_m,
@@ -1178,7 +1223,7 @@ cdef double xent_finish(const floating* z, floating* d, Py_ssize_t k, floating m
         target_row(d, target, rs, inv_m, k)
         return target_loss(z, target, mx, ls, k)
     p_label = d[label] * rs
-    scale_row(d, rs, inv_m, k)
+    finish_row(FO_FINISH_SCALE2, z, d, k, rs, inv_m)    # (p - 0) / m but at the label
     d[label] = (p_label - <floating>1) * inv_m     # (a bare 1 is Cython's 1.0: float64)
     return (z[label] - mx) - ls
 
@@ -1284,19 +1329,24 @@ cdef void xent_rows(void* ctx, Py_ssize_t chunk) noexcept nogil:
 
 cdef void xent_chunk(SMJob* j, const floating* z, floating* out, const floating* targets,
                      Py_ssize_t o0, Py_ssize_t nrows, floating inv_m) noexcept nogil:
-    """softmax_cross_entropy of a chunk's rows o0..o0+nrows-1, rows_per_block at a time."""
-    cdef floating mx[SHORT_BLOCK + 1]
+    """softmax_cross_entropy of a chunk's rows o0..o0+nrows-1 (short ones rows_per_block at a
+    time)."""
+    cdef floating mx[SHORT_BLOCK]
     cdef double s[SHORT_BLOCK]
     cdef Py_ssize_t o = o0, end = o0 + nrows, n, r, off
+    if j.k >= SHORT_ROW:
+        long_rows(z + o0 * j.k, out + o0 * j.k, j.k, nrows, FO_FINISH_SCALE2,
+                  j.labels + o0 if j.labels != NULL else NULL,
+                  targets_at(targets, j.labels, o0 * j.k), j.terms + o0, inv_m)
+        return
     while o < end:
         n = rows_per_block(j.k, end - o)
-        rows_stats(z + o * j.k, out + o * j.k, j.k, n, o == o0, o + n == end, mx, s)
+        rows_stats(z + o * j.k, out + o * j.k, j.k, n, mx, s)
         for r in range(n):
             off = (o + r) * j.k
             j.terms[o + r] = xent_finish(z + off, out + off, j.k, mx[r], s[r],
                                          j.labels[o + r] if j.labels != NULL else -1,
                                          targets_at(targets, j.labels, off), inv_m)
-        mx[0] = mx[n]               # the next row's max (long rows)
         o += n
 
 

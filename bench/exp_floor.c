@@ -57,7 +57,7 @@ int main(int argc, char **argv) {
                 float *er = e + (long)r * k;
                 if (w == 0)
                     sink += fo_exp_sum_f(zr, 2.0f, er, k, zr + k, r + 1 < rows ? zr + k : zr,
-                                         &ymax);
+                                         &ymax, FO_FINISH_NONE, NULL, NULL, 0, 0);
                 else if (w == 1)
                     exp_only(zr, 2.0f, er, k);
                 else if (w == 2)

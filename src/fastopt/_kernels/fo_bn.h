@@ -21,8 +21,11 @@
  * rows), each row summed as layers.pyx's row_sum sums one: eight interleaved partial sums in
  * float64 (lane j takes the terms i with i % 8 == j, in order), then the fixed pairwise
  * combine. Same bits. Each partial sum is a chain of dependent additions, which a loop over
- * one row waits on; four rows run four times the chains side by side. (The gradient sums
- * gained nothing so: their rows come from memory and each term costs more.) The eight lanes
+ * one row waits on; four rows run four times the chains side by side. The backward's gradient
+ * sums too (on a Zen 2 VM they had gained nothing; on an Intel Xeon, AVX-512, float32, the
+ * backward in-process, alternated, one thread: (1024, 4096) 5278-5384 -> 2796-3032 us, (4096,
+ * 256) 839-873 -> 760-765; two threads 1379-1525 -> 1351-1385 and 424-484 -> 388-441). The
+ * eight lanes
  * are held in native vectors (FO_BN_W doubles each, 8 / FO_BN_W of them a row): a wider
  * vector type is split by GCC into spills and scalar moves through the stack, which made
  * the AVX2 build's forward with features as rows 2.2x slower than Numba's ((4096, 256)
@@ -138,15 +141,15 @@ FO_DX_2ROWS(fo_dx_2rows_f, float)
 FO_DX_2ROWS(fo_dx_2rows_d, double)
 
 /* out[r] = the sum over i < n of TERM1 (row r, element i) for rows r < 4 (TERMW: the terms of
-   elements i..i+FO_BN_W-1, lanes i % 8 .. of the eight) */
+   elements i..i+FO_BN_W-1, lanes i % 8 .. of the eight); y: a second array like x, or NULL */
 #define FO_ROWS4(NAME, T, TERMW, TERM1)                                                \
-static void NAME(const T* x, const double* mean, Py_ssize_t stride, Py_ssize_t n,   \
-                 double* out) {                                                      \
+static void NAME(const T* x, const T* y, const double* mean, Py_ssize_t stride,      \
+                 Py_ssize_t n, double* out) {                                        \
     fo_wd acc[4][8 / FO_BN_W] = {{{0}}}, d;                                          \
     double lane[8];                                                                  \
     Py_ssize_t i, k, n8 = n - n % 8;                                                 \
     int r, h;                                                                        \
-    (void)mean, (void)d;                                                             \
+    (void)y, (void)mean, (void)d;                                                    \
     for (k = 0; k < n8; k += 8)                                                      \
         for (r = 0; r < 4; r++)                                                      \
             for (h = 0, i = k; h < 8 / FO_BN_W; h++, i += FO_BN_W)                   \
@@ -160,6 +163,7 @@ static void NAME(const T* x, const double* mean, Py_ssize_t stride, Py_ssize_t n
     }                                                                                \
 }
 #define FO_AT (x + r * stride + i)
+#define FO_AT_Y (y + r * stride + i)
 /* sum(x) */
 FO_ROWS4(fo_rows4_sum_f, float, FO_WIDEN(float, FO_AT), (double)*FO_AT)
 FO_ROWS4(fo_rows4_sum_d, double, FO_WIDEN(double, FO_AT), *FO_AT)
@@ -168,6 +172,13 @@ FO_ROWS4(fo_rows4_centred_sq_f, float, (d = FO_WIDEN(float, FO_AT) - mean[r], d 
          ((double)*FO_AT - mean[r]) * ((double)*FO_AT - mean[r]))
 FO_ROWS4(fo_rows4_centred_sq_d, double, (d = FO_WIDEN(double, FO_AT) - mean[r], d * d),
          (*FO_AT - mean[r]) * (*FO_AT - mean[r]))
+/* sum(y * (x - mean[r])): the gradient sum of dy = y */
+FO_ROWS4(fo_rows4_products_f, float, FO_WIDEN(float, FO_AT_Y) * (FO_WIDEN(float, FO_AT) - mean[r]),
+         (double)*FO_AT_Y * ((double)*FO_AT - mean[r]))
+FO_ROWS4(fo_rows4_products_d, double,
+         FO_WIDEN(double, FO_AT_Y) * (FO_WIDEN(double, FO_AT) - mean[r]),
+         *FO_AT_Y * (*FO_AT - mean[r]))
 #undef FO_AT
+#undef FO_AT_Y
 
 #endif /* FO_BN_H */

@@ -171,14 +171,18 @@ cdef void apply_row(const floating* x, floating* y, const double* mean, const do
 
 
 cdef extern from "fo_bn.h":
-    void fo_rows4_sum_f(const float* x, const double* mean, Py_ssize_t stride, Py_ssize_t n,
-                        double* out) nogil
-    void fo_rows4_sum_d(const double* x, const double* mean, Py_ssize_t stride, Py_ssize_t n,
-                        double* out) nogil
-    void fo_rows4_centred_sq_f(const float* x, const double* mean, Py_ssize_t stride,
-                               Py_ssize_t n, double* out) nogil
-    void fo_rows4_centred_sq_d(const double* x, const double* mean, Py_ssize_t stride,
-                               Py_ssize_t n, double* out) nogil
+    void fo_rows4_sum_f(const float* x, const float* y, const double* mean, Py_ssize_t stride,
+                        Py_ssize_t n, double* out) nogil
+    void fo_rows4_sum_d(const double* x, const double* y, const double* mean,
+                        Py_ssize_t stride, Py_ssize_t n, double* out) nogil
+    void fo_rows4_centred_sq_f(const float* x, const float* y, const double* mean,
+                               Py_ssize_t stride, Py_ssize_t n, double* out) nogil
+    void fo_rows4_centred_sq_d(const double* x, const double* y, const double* mean,
+                               Py_ssize_t stride, Py_ssize_t n, double* out) nogil
+    void fo_rows4_products_f(const float* x, const float* y, const double* mean,
+                             Py_ssize_t stride, Py_ssize_t n, double* out) nogil
+    void fo_rows4_products_d(const double* x, const double* y, const double* mean,
+                             Py_ssize_t stride, Py_ssize_t n, double* out) nogil
     void fo_apply_2rows_f(const float* x, float* y, Py_ssize_t C, const double* mean,
                           const double* scale, const double* beta, Py_ssize_t n) nogil
     void fo_apply_2rows_d(const double* x, double* y, Py_ssize_t C, const double* mean,
@@ -401,18 +405,27 @@ cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
 cdef inline void rows4_sum(const floating* x, Py_ssize_t C, double* out) noexcept nogil:
     """row_sum of the four rows of C values from x (fo_bn.h)."""
     if floating is float:
-        fo_rows4_sum_f(x, NULL, C, C, out)
+        fo_rows4_sum_f(x, NULL, NULL, C, C, out)
     else:
-        fo_rows4_sum_d(x, NULL, C, C, out)
+        fo_rows4_sum_d(x, NULL, NULL, C, C, out)
 
 
 cdef inline void rows4_centred_sq(const floating* x, Py_ssize_t C, const double* mean,
                                   double* out) noexcept nogil:
     """row_centred_sq of the four rows of C values from x, each about its own mean."""
     if floating is float:
-        fo_rows4_centred_sq_f(x, mean, C, C, out)
+        fo_rows4_centred_sq_f(x, NULL, mean, C, C, out)
     else:
-        fo_rows4_centred_sq_d(x, mean, C, C, out)
+        fo_rows4_centred_sq_d(x, NULL, mean, C, C, out)
+
+
+cdef inline void rows4_products(const floating* dy, const floating* x, Py_ssize_t C,
+                                const double* mean, double* out) noexcept nogil:
+    """row_products of the four rows of C values from dy and x, each about its own mean."""
+    if floating is float:
+        fo_rows4_products_f(x, dy, mean, C, C, out)
+    else:
+        fo_rows4_products_d(x, dy, mean, C, C, out)
 
 
 cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double eps,
@@ -479,30 +492,42 @@ cdef void bn_rows_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
                           j.gamma[f] * j.inv_std[f], j.beta[f], j.C)
 
 
-cdef void feature_backward(const floating* dy, const floating* x, floating* dx, Py_ssize_t C,
-                           double gamma, double mean, double inv_std, double* dgamma,
-                           double* dbeta) noexcept nogil:
-    """One feature (axis 1): both gradient sums, then dx, while the row is in cache."""
-    cdef double db, dgc
-    row_grad_sums(dy, x, C, mean, &db, &dgc)
-    dbeta[0] = db
-    dgamma[0] = dgc * inv_std
-    dx_feature(dy, x, dx, mean, gamma, inv_std, db, dgc * inv_std, C)
+cdef void features_backward(const floating* dy, const floating* x, floating* dx, Py_ssize_t C,
+                            const double* gamma, const double* mean, const double* inv_std,
+                            double* dgamma, double* dbeta, bint four) noexcept nogil:
+    """One feature (axis 1), or ``four`` of them (rows C apart, their sums taken side by side:
+    fo_bn.h): both gradient sums, then dx, while the rows are in cache."""
+    cdef double db[4]
+    cdef double dgc[4]
+    cdef int r, R = 4 if four else 1
+    if four:
+        rows4_sum(dy, C, db)
+        rows4_products(dy, x, C, mean, dgc)
+    else:
+        row_grad_sums(dy, x, C, mean[0], db, dgc)
+    for r in range(R):
+        dbeta[r] = db[r]
+        dgamma[r] = dgc[r] * inv_std[r]
+        dx_feature(dy + r * C, x + r * C, dx + r * C, mean[r], gamma[r], inv_std[r], db[r],
+                   dgc[r] * inv_std[r], C)
 
 
 cdef void bn_rows_backward(void* ctx, Py_ssize_t chunk) noexcept nogil:
     cdef BNJob* j = <BNJob*>ctx
-    cdef Py_ssize_t f, o
-    for f in range(chunk * j.per_chunk, chunk_end(j, chunk, j.N)):
+    cdef Py_ssize_t f = chunk * j.per_chunk, end = chunk_end(j, chunk, j.N), o
+    cdef bint four
+    while f < end:
+        four = four_features(j, f, end)
         o = f * j.C
         if j.is32:
-            feature_backward(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o,
-                             j.C, j.gamma[f], j.mean[f], j.inv_std[f], j.dgamma + f,
-                             j.dbeta + f)
+            features_backward(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o,
+                              j.C, j.gamma + f, j.mean + f, j.inv_std + f, j.dgamma + f,
+                              j.dbeta + f, four)
         else:
-            feature_backward(<const double*>j.dy + o, <const double*>j.x + o,
-                             <double*>j.y + o, j.C, j.gamma[f], j.mean[f], j.inv_std[f],
-                             j.dgamma + f, j.dbeta + f)
+            features_backward(<const double*>j.dy + o, <const double*>j.x + o,
+                              <double*>j.y + o, j.C, j.gamma + f, j.mean + f, j.inv_std + f,
+                              j.dgamma + f, j.dbeta + f, four)
+        f = f + (4 if four else 1)
 
 
 cdef void chunk_moments(const BNJob* j, Py_ssize_t chunk, Py_ssize_t lo,

@@ -52,20 +52,25 @@ __attribute__((noinline)) void apply32(const float *restrict x, float *restrict 
                 y[(r + k) * C + c] = (x[(r + k) * C + c] - mm) * ss + bb;
         }
 }
+/* rows r..r+3, columns [c0, c1) */
+static inline void moments4(const float *restrict x, double *restrict s1, double *restrict s2,
+                            const double *restrict k, ll r, ll c0, ll c1) {
+    for (ll c = c0; c < c1; c++) {
+        double kk = k[c], a = s1[c], q = s2[c];
+        for (int j = 0; j < 4; j++) {
+            double d = (double)x[(r + j) * C + c] - kk;
+            a += d;
+            q += d * d;
+        }
+        s1[c] = a;
+        s2[c] = q;
+    }
+}
 __attribute__((noinline)) void moments64(const float *restrict x, double *restrict s1,
                                          double *restrict s2, const double *restrict k, ll c0,
                                          ll c1) {
     for (ll r = 0; r < N; r += 4)
-        for (ll c = c0; c < c1; c++) {
-            double kk = k[c], a = s1[c], q = s2[c];
-            for (int j = 0; j < 4; j++) {
-                double d = (double)x[(r + j) * C + c] - kk;
-                a += d;
-                q += d * d;
-            }
-            s1[c] = a;
-            s2[c] = q;
-        }
+        moments4(x, s1, s2, k, r, c0, c1);
 }
 __attribute__((noinline)) void readsum(const float *restrict x, float *restrict acc) {
     for (ll r = 0; r < N; r++)
@@ -93,16 +98,7 @@ __attribute__((noinline)) void pipelined64(const float *restrict x, float *restr
     for (ll c0 = 0; c0 < C; c0 += P) {
         ll n0 = c0 + P, n1 = n0 + P < C ? n0 + P : C;
         for (ll r = 0; r < N; r += 4) {
-            for (ll c = n0; c < n1; c++) {
-                double kk = k[c], a = s1[c], q = s2[c];
-                for (int j = 0; j < 4; j++) {
-                    double d = (double)x[(r + j) * C + c] - kk;
-                    a += d;
-                    q += d * d;
-                }
-                s1[c] = a;
-                s2[c] = q;
-            }
+            moments4(x, s1, s2, k, r, n0, n1);
             fo_apply_2rows_f(x + r * C + c0, y + r * C + c0, C, s1 + c0, s + c0, b + c0, P);
             fo_apply_2rows_f(x + (r + 2) * C + c0, y + (r + 2) * C + c0, C, s1 + c0, s + c0,
                              b + c0, P);

@@ -7,8 +7,8 @@
  * keep the two sweeps: in-process, panels gained nothing over them, their rows a power of two
  * bytes apart crowding into a few L2 sets, and the packed panels lost to them here), and in one
  * sweep, each four rows of the next panel's statistics beside the same rows of this panel's
- * normalization (Intel Xeon VM, two runs: 1.76-1.79x a stream against 1.68-1.72x in two
- * sweeps: both loops are bound by their own work, not by memory, and add up). Then the
+ * normalization (Intel Xeon VM, four runs: 1.53-1.79x a stream, per panel 1.41-1.71x, two
+ * sweeps 1.56-1.72x: no better than per panel). Then the
  * backward's floor the same way, against its own stream (read x and dy, write dx): the float64
  * gradient sums alone (sum dy, sum dy (x - mean), four rows at a time, as add_4grads), dx
  * alone in float64 (fo_dx_2rows_f), and both in two sweeps, as the kernels. Build and run

@@ -781,8 +781,7 @@ def _long_rows(z, out, o0, o1, kind, labels, by_index, targets, inv_m, one, term
     class index: the gradient at each row's label and the loss terms; with probabilities,
     each row finished at once (_xent_row)."""
     y_max, part = np.empty(1, z.dtype), np.empty(64 // z.itemsize, z.dtype)
-    cast[0] = 0.0
-    a = b = p_label = cast[0]
+    a = b = p_label = z.dtype.type(0)
     m = _row_max(z[o0])
     pending = _FINISH_NONE
     for o in range(o0, o1):
@@ -877,10 +876,11 @@ def _normalizer(s, log_, cast):
 
 @numba.njit(inline="always", **JIT)
 def _finish(z, e, mx, c, log_):
-    """softmax = e * (1 / s), or log-softmax = z - mx - log(s) (c from _normalizer)."""
+    """softmax = e * (1 / s), or log-softmax = z - mx - log(s) (c from _normalizer), as
+    _finish_op computes them."""
     if log_:
-        return (z - mx) - c
-    return e * c
+        return _finish_op(_FINISH_LOG, e, z, mx, c)
+    return _finish_op(_FINISH_SCALE, e, z, c, c)
 
 
 @numba.njit(**_PAR)
@@ -992,8 +992,7 @@ def _xent_row(z, label, target, by_index, d, inv_m, one, cast, acc, terms, o, mx
     inv_s, log_s = _normalizer(s, False, cast), _normalizer(s, True, cast)
     if by_index:        # only the label's entry differs from p / m (as the Cython kernel)
         p_label = d[label] * inv_s
-        for r in range(z.size):
-            d[r] = (d[r] * inv_s) * inv_m
+        _finish_row(_FINISH_SCALE2, z, d, inv_s, inv_m)     # (p - 0) / m but at the label
         d[label] = (p_label - one) * inv_m
         terms[o] = (z[label] - mx) - log_s
         return

@@ -210,6 +210,13 @@ static inline void NAME(int kind, const T* z, T* out, Py_ssize_t n, T a, T b) { 
 }
 FO_FINISH_ROW(fo_finish_row_f, float)
 FO_FINISH_ROW(fo_finish_row_d, double)
+/* the finish of one element */
+static inline float fo_finish_one_f(int kind, float o, float z, float a, float b) {
+    return FO_FINISH_OP(kind, o, z, a, b);
+}
+static inline double fo_finish_one_d(int kind, double o, double z, double a, double b) {
+    return FO_FINISH_OP(kind, o, z, a, b);
+}
 
 /* e = exp(z - m) and its sum as described above, with two more jobs in its loop: *y_max =
    YMAX(y, n), the max of another row of n elements (the next row, or z itself for a chunk's

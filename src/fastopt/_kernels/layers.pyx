@@ -993,6 +993,8 @@ cdef extern from "fo_row.h":
                          float b) nogil
     void fo_finish_row_d(int kind, const double* z, double* out, Py_ssize_t n, double a,
                          double b) nogil
+    float fo_finish_one_f(int kind, float o, float z, float a, float b) nogil
+    double fo_finish_one_d(int kind, double o, double z, double a, double b) nogil
 
 
 cdef inline floating row_max(const floating* z, Py_ssize_t k) noexcept nogil:
@@ -1163,10 +1165,16 @@ cdef inline double normalizer(double s, bint log_) noexcept nogil:
 cdef inline floating finish(floating z, floating e, floating mx, double c,
                             bint log_) noexcept nogil:
     """softmax = e * (1 / s), or log-softmax = z - mx - log(s), in the data's dtype
-    (c from normalizer)."""
-    if log_:
-        return (z - mx) - <floating>c
-    return e * <floating>c
+    (c from normalizer): fo_row.h's finish of one element."""
+    cdef floating cc = <floating>c
+    if floating is float:
+        if log_:
+            return fo_finish_one_f(FO_FINISH_LOG, e, z, mx, cc)
+        return fo_finish_one_f(FO_FINISH_SCALE, e, z, cc, cc)
+    else:
+        if log_:
+            return fo_finish_one_d(FO_FINISH_LOG, e, z, mx, cc)
+        return fo_finish_one_d(FO_FINISH_SCALE, e, z, cc, cc)
 
 
 cdef inline double xent(floating z, floating* d, floating mx, double inv_s, double log_s,

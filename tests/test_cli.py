@@ -410,6 +410,38 @@ def test_the_untimed_batch_lasts_warm_seconds_so_the_slow_calls_after_settling_s
     assert timed["c"] == (2.0 ** -13, 0.0)
 
 
+def test_the_untimed_batch_makes_warm_calls_so_the_slow_first_calls_of_a_long_call_stay_out(
+        monkeypatch):
+    """time_row: a contender of 2^-9 s a call (2 ms, one a batch) whose first 4 calls after each
+    settle take 2^-7 s (a call over many MB, after other work). 5 ms of untimed calls would be
+    one slow call, and the timed call would read slow: the untimed batch makes WARM_CALLS (5)
+    calls, and the timed call reads 2^-9. A contender of 0.15625 s a call ends its untimed batch
+    at WARM_CAP (0.2 s): 2 calls. On a clock each call moves (binary fractions: sums exact)."""
+    from fastopt import _bench
+    clock, events = [0.0], []
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+
+    def make(label, cost, slow_calls):
+        def contender():
+            events.append(label)
+            since_settle = len(events) - 1 - max(
+                (i for i, e in enumerate(events) if e == "settle"), default=len(events) - 1)
+            clock[0] += 2.0 ** -7 if 0 < since_settle <= slow_calls else cost
+        return contender
+
+    monkeypatch.setattr(_bench, "time", FakeTime)
+    monkeypatch.setattr(_bench, "settle", lambda: events.append("settle"))
+    timed = _bench.time_row({"long": make("long", 2.0 ** -9, 4), "huge": make("huge", 0.15625, 0)},
+                            rounds=3, target=1e-3)
+    rounds = " ".join(events[8:]).split("settle")[1:]
+    assert [r.split() for r in rounds] == [["long"] * (5 + 1), ["huge"] * (2 + 1)] * 3
+    assert timed["long"] == (2.0 ** -9, 0.0) and timed["huge"] == (0.15625, 0.0)
+
+
 BUSY_SCRIPT = """
 import os, sys, time
 from fastopt import _contended

@@ -250,6 +250,16 @@ def _thread_state(tid):
 # 1.41-1.46x its roofline, with 5 ms 1.11-1.18 (three alternated rows each).
 WARM_SECONDS = 5e-3
 
+# ... and makes WARM_CALLS calls at least, unless they have lasted WARM_CAP: a call over a few MB
+# runs slow the first few times after other work, by calls rather than by time (2-vCPU Intel
+# VM, 2 threads, after 80 ms asleep, medians of 8 rounds: batch norm forward with features as
+# rows at (1024, 4096), 32 MB moved, 2.37 1.95 1.33 1.01 0.91 0.93 ms for calls 1-6; at (256,
+# 4096) 0.89 0.58 0.34 0.29 0.30 ms; the same after a torch call, a NumPy one or a pass over
+# 400 MB instead of the sleep). With the untimed batch 5 ms long, the contender timed after
+# torch's 80 ms call in that row read 4.0 ms against 2.75 alone.
+WARM_CALLS = 5
+WARM_CAP = 0.2
+
 # Calls at least this long are timed one by one (the clock's own cost, ~0.1 us, is then below
 # 1% of a call); shorter ones by the batch.
 PER_CALL_MIN = 2e-5
@@ -260,7 +270,8 @@ def time_row(fns, rounds=5, target=1e-3):
     about ``target`` seconds, started after :func:`settle` and an untimed batch as long; rows
     where one call takes longer than 10 ``target`` get at most 3 rounds: the 1e7 rows, not the
     1e6 ones, whose NumPy reference takes a few ms and which had 3 rounds of ~6 calls each for
-    all their samples; the untimed batch lasts WARM_SECONDS at least). The untimed batch keeps
+    all their samples; the untimed batch lasts WARM_SECONDS and WARM_CALLS calls at least, or
+    WARM_CAP). The untimed batch keeps
     out what the first calls after other work cost, which is the machine's state more than the
     contender's: on a 2-vCPU cloud VM, 10 ms of other work left a fastopt.torch step on 1e3
     elements at 120 us for its first call and 9.5 us after, torch's ``add_`` on 1e3 floats at
@@ -302,11 +313,13 @@ def time_row(fns, rounds=5, target=1e-3):
             r, xs = reps[label], samples[label]
             settle()
             with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):
-                warm_start = clock()
-                for _ in range(r):      # an untimed batch first (see above), WARM_SECONDS or more
+                warm_start, calls = clock(), 0
+                # an untimed batch first (see above): WARM_SECONDS, and WARM_CALLS calls or
+                # WARM_CAP, at least
+                while (calls < r or clock() - warm_start < WARM_SECONDS
+                       or calls < WARM_CALLS and clock() - warm_start < WARM_CAP):
                     fn()
-                while clock() - warm_start < WARM_SECONDS:
-                    fn()
+                    calls += 1
                 if alone[label]:
                     for _ in range(r):
                         t0 = clock()

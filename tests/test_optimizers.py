@@ -1155,14 +1155,15 @@ def test_optim_db_trajectories_and_state_dicts_match_torch(backend, name, kwargs
 
 
 # per optimizer: two param groups with different options, and hyper-parameters at the edges of
-# their ranges (betas (0, 0), momentum 0, eps 0, lr 0). Adagrad's groups leave
-# initial_accumulator_value alone: torch fills every group's "sum" with the constructor's value
-# (it ignores a group's own), fastopt with the group's.
+# their ranges (betas (0, 0), momentum 0, eps 0, lr 0). Adagrad's second group gives its own
+# initial_accumulator_value, which torch ignores (every "sum" starts at the constructor's value).
 EDGE_GROUPS = {
     "SGD": ({"lr": 0.1}, [dict(momentum=0.9, nesterov=True),
                           dict(lr=0.01, weight_decay=0.1, maximize=True)]),
     "RMSprop": ({}, [dict(centered=True, momentum=0.5), dict(lr=0.1, alpha=0.9, weight_decay=0.1)]),
-    "Adagrad": ({}, [dict(lr_decay=0.1), dict(lr=0.1, eps=1e-3, weight_decay=0.1, maximize=True)]),
+    "Adagrad": ({"initial_accumulator_value": 0.2},
+                [dict(lr_decay=0.1), dict(lr=0.1, eps=1e-3, weight_decay=0.1, maximize=True,
+                                          initial_accumulator_value=3.0)]),
     "Adam": ({}, [dict(amsgrad=True), dict(lr=0.01, betas=(0.5, 0.6), weight_decay=0.1,
                                            maximize=True)]),
     "AdamW": ({}, [dict(amsgrad=True, weight_decay=0.5), dict(lr=0.01, betas=(0.5, 0.6),
@@ -1215,6 +1216,22 @@ def test_groups_lr_schedules_and_range_edges_match_torch(backend, name, defaults
         opt.step(g)
         _torch_step(ref, theirs, g)
     assert _norm_ulps(ours, [t.detach().numpy() for t in theirs]) <= 4
+
+
+def test_adagrad_sum_starts_at_the_constructors_value_in_every_group_as_torch():
+    """torch.optim.Adagrad fills each ``sum`` from the constructor's initial_accumulator_value,
+    a group's own value (at construction or in add_param_group) notwithstanding; so do
+    fo.Adagrad and fastopt.torch.Adagrad. One step with grad 1 from sum 0.25: sum 1.25 and
+    p = 1 - 0.1 / (sqrt(1.25) + 1e-10)."""
+    a, b = np.ones(2), np.ones(3)
+    opt = fo.Adagrad([{"params": [a], "initial_accumulator_value": 0.5}], lr=0.1,
+                     initial_accumulator_value=0.25)
+    opt.add_param_group({"params": [b], "initial_accumulator_value": 0.7})
+    np.testing.assert_array_equal(opt.state[0]["sum"], 0.25)     # made at construction
+    opt.step([np.ones(2), np.ones(3)])
+    for k, p in enumerate((a, b)):
+        np.testing.assert_array_equal(opt.state[k]["sum"], 1.25)
+        np.testing.assert_array_equal(p, 1 - 0.1 / (np.sqrt(1.25) + 1e-10))
 
 
 # Steps a parameter until SIGINT, sent by `kill` after a random delay; then checks that the

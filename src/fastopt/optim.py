@@ -1678,7 +1678,7 @@ class Adagrad(Optimizer):
     weight_decay : float, default 0.0
         L2 penalty, >= 0.
     initial_accumulator_value : float, default 0.0
-        Starting value of ``sum``, >= 0.
+        Starting value of ``sum``, >= 0, for every group (as torch, which ignores a group's own).
     eps : float, default 1e-10
         Added to the denominator, >= 0.
     maximize : bool, default False
@@ -1714,8 +1714,10 @@ class Adagrad(Optimizer):
                 _set(self._state, self._starts[gi] + k, self._new_state(gi, k))
 
     def _init_state(self, param, group):
+        # as torch: from the constructor's value, also where a group gives its own (torch reads
+        # a group's initial_accumulator_value nowhere; fastopt.torch.Adagrad does the same)
         return {"step": 0,
-                "sum": like_lines(param, group["initial_accumulator_value"])}
+                "sum": like_lines(param, self.defaults["initial_accumulator_value"])}
 
     def _update(self, group, params, grads, batch, step):
         ops.foreach_adagrad_step_(params, grads, batch.columns["sum"], step,

@@ -134,6 +134,8 @@ def test_thread_count_round_trips():
 
 
 def test_use_backend_in_another_thread_at_once_raises_and_the_default_comes_back():
+    """A use_backend block, or set_backend, while another thread is inside a block raises
+    (set_backend was taken: the block then ran on it, and its end undid it)."""
     import threading
     before = fo.get_backend()
     inside, done = threading.Event(), threading.Event()
@@ -152,6 +154,8 @@ def test_use_backend_in_another_thread_at_once_raises_and_the_default_comes_back
         with pytest.raises(RuntimeError, match="another thread"):
             with fo.use_backend(before):
                 pass
+        with pytest.raises(RuntimeError, match=r"set_backend\('numpy'\): another thread"):
+            fo.set_backend("numpy")
     finally:
         done.set()
         thread.join()
@@ -161,6 +165,8 @@ def test_use_backend_in_another_thread_at_once_raises_and_the_default_comes_back
         with fo.use_backend(before):
             assert fo.get_backend() == before
         assert fo.get_backend() == "numpy"
+        fo.set_backend(before)              # and so does set_backend inside one's own block
+        assert fo.get_backend() == before
     assert fo.get_backend() == before
 
 

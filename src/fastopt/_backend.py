@@ -150,6 +150,11 @@ def get_backend() -> str:
     return _active_name
 
 
+_block_lock = threading.Lock()
+# the thread inside use_backend blocks, how deep, and the backend its outermost block restores
+_block_owner = [None, 0, None]
+
+
 def set_backend(name: str) -> None:
     """Use backend ``name`` from now on.
 
@@ -161,16 +166,19 @@ def set_backend(name: str) -> None:
     Raises
     ------
     RuntimeError
-        An unknown backend, or one not available here (saying why).
+        An unknown backend, or one not available here (saying why), or another thread is
+        inside a :func:`use_backend` block (whose code would run on it, and whose end would
+        undo it).
     """
     global active, _active_name
-    module = _load(name)
-    active, _active_name = module, name
-
-
-_block_lock = threading.Lock()
-# the thread inside use_backend blocks, how deep, and the backend its outermost block restores
-_block_owner = [None, 0, None]
+    with _block_lock:
+        owner, depth, _ = _block_owner
+        if depth and owner != threading.get_ident():
+            raise RuntimeError(
+                f"fastopt.set_backend({name!r}): another thread is inside a use_backend "
+                "block, whose code would run on this backend, and whose end would undo it")
+        module = _load(name)
+        active, _active_name = module, name
 
 
 def _forget_other_threads_block():

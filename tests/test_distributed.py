@@ -141,6 +141,12 @@ def test_ranks_agree_on_groups_whose_entries_are_in_another_order(runs):
     assert len(reports(runs, "group key order")) == 5
 
 
+def test_equal_hyper_parameters_of_other_numeric_types_agree(runs):
+    # lr 0.5 and np.float64(0.5), weight_decay 0 and 0.0, betas as a tuple and a list (were
+    # refused as "disagree", though the ranks step alike)
+    assert len(reports(runs, "numeric types of equal values")) == 5
+
+
 def test_group_entries_that_are_not_hyper_parameters_need_not_agree(runs):
     # a name, an object, a set of str: their reprs differ between processes (was: construction
     # refused as "disagree"; an edit of one on one rank refused every step)

@@ -24,6 +24,7 @@ Needs ``mpi4py`` (``pip install 'fastopt[mpi]'`` adds it and the ``mpich`` wheel
 ``mpiexec``); ``import fastopt`` does not import it. Run with ``mpiexec -n 4 python train.py``.
 """
 import hashlib
+import numbers
 import pickle
 from typing import Any
 
@@ -76,6 +77,19 @@ def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
     line = max(1, CACHE_LINE // itemsize)
     lines = -(-n // line)
     return [min(n, (k * lines // size) * line) for k in range(size + 1)]
+
+
+def _plain(value):
+    """A hyper-parameter as the step reads it: a number as a Python float (lr=0.05 on one rank
+    and np.float64(0.05) or 0.05 from a schedule on another step alike, and had been refused
+    as a disagreement), a flag as a bool, a sequence (betas) as a tuple."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 class ShardedOptimizer:
@@ -484,7 +498,7 @@ class ShardedOptimizer:
         (its ``defaults``): a group's other entries (a name, a tag object) do not change the
         step, and their reprs may differ between processes (an address, a set's order)."""
         keys = self.shard_optimizer.defaults
-        return [{k: repr(g[k]) for k in sorted(k for k in g if k in keys)}
+        return [{k: repr(_plain(g[k])) for k in sorted(k for k in g if k in keys)}
                 for g in self.shard_optimizer.param_groups]
 
     def _raise_if_any(self, error, hypers=None):

@@ -288,6 +288,18 @@ def check_disagreeing_ranks():
         report("group key order", True)
     except ValueError as exc:
         report("group key order", False, str(exc))
+    try:       # equal values of other numeric types (a NumPy float, an int, betas as a list) on
+        # one rank: they step alike and agree (were refused as a disagreement)
+        hyper = (dict(lr=np.float64(0.5), betas=[0.5, 0.75], weight_decay=0) if RANK
+                 else dict(lr=0.5, betas=(0.5, 0.75), weight_decay=0.0))
+        opt = ShardedOptimizer(fo.Adam, v, **hyper)
+        arena.flat_grads[...] = 1.0
+        opt.step()
+        opt.lr = np.float32(0.25) if RANK else 0.25
+        opt.step()
+        report("numeric types of equal values", True)
+    except ValueError as exc:
+        report("numeric types of equal values", False, str(exc))
     try:       # one rank passes something that is not on an arena
         ShardedOptimizer(fo.Adam, arena if RANK else [np.zeros(3, np.float32)])
         report("construction error on one rank", False, "no exception")

@@ -68,6 +68,34 @@ def test_an_lr_scheduler_pickles_and_resumes_exactly():
     assert opt2.lr == opt.lr
 
 
+def test_an_lr_scheduler_state_dict_resumes_the_epochs_and_refuses_bad_ones():
+    """state_dict() / load_state_dict() as torch's schedulers have them (checkpoint code calls
+    them): a fresh scheduler loaded from one after two steps sets epoch 2 next; the optimizer's
+    lr is left to its own state dict. Bad state dicts raise naming the problem and change
+    nothing."""
+    fn = fo.schedules.exponential_decay(0.1, base=0.5)
+    opt = fo.SGD([np.zeros(3)], lr=0.1)
+    sched = fo.schedules.LRScheduler(opt, fn)
+    assert sched.state_dict() == {"epoch": -1}
+    sched.step(), sched.step()
+    saved = sched.state_dict()
+    assert saved == {"epoch": 1}
+    opt2 = fo.SGD([np.zeros(3)], lr=0.3)
+    sched2 = fo.schedules.LRScheduler(opt2, fn)
+    sched2.load_state_dict(saved)
+    assert sched2.epoch == 1 and opt2.lr == 0.3
+    assert sched2.step() == 0.025 and opt2.lr == 0.025
+    for bad, kind, match in [([1], TypeError, "must be a dict"), ({}, ValueError, "no 'epoch'"),
+                             ({"epoch": 1.0}, TypeError, "must be an int"),
+                             ({"epoch": True}, TypeError, "must be an int"),
+                             ({"epoch": -2}, ValueError, ">= -1")]:
+        with pytest.raises(kind, match=match):
+            sched2.load_state_dict(bad)
+        assert sched2.epoch == 2
+    sched2.load_state_dict({"epoch": np.int64(4)})
+    assert sched2.epoch == 4 and type(sched2.epoch) is int
+
+
 def test_lr_scheduler_step_that_raises_keeps_its_epoch_and_lr():
     """A refused step (by the schedule or by the optimizer's lr setter) changes nothing: the
     epoch is the last one set, and the next step() retries the same epoch."""

@@ -5,6 +5,7 @@ The functions returned are small module-level objects (not closures), so they, a
 using them, pickle and deepcopy with the optimizer (a checkpoint), and show their arguments.
 """
 import math
+import numbers
 from collections.abc import Callable
 from typing import Protocol
 
@@ -269,10 +270,13 @@ class LRScheduler:
     """Set ``opt.lr = fn(epoch)`` on each :meth:`step`.
 
     ``step()`` without an argument advances the epoch counter, which starts at 0 (so the first
-    call sets ``fn(0)``, as ``torch.optim.lr_scheduler`` counts epochs from 0); ``step(epoch)``
-    sets that epoch. A step that raises (in ``fn`` or in the optimizer's ``lr`` setter) leaves
-    the epoch and the learning rate as they were. A scheduler whose ``fn`` is one of this
-    module's schedules pickles (with its optimizer).
+    call sets ``fn(0)``); ``step(epoch)`` sets that epoch. Call it at the start of each epoch, so
+    that epoch e trains with ``fn(e)`` (a torch scheduler sets epoch 0's lr when it is made, and
+    is stepped at the end of each epoch). Every param group gets the same lr (``opt.lr``); for
+    groups with lrs of their own, set each ``group["lr"]``. A step that raises (in ``fn`` or in
+    the optimizer's ``lr`` setter) leaves the epoch and the learning rate as they were. A
+    scheduler whose ``fn`` is one of this module's schedules pickles (with its optimizer), and
+    :meth:`state_dict` holds its epoch for a checkpoint (as torch's schedulers).
 
     Parameters
     ----------
@@ -327,6 +331,39 @@ class LRScheduler:
         self.opt.lr = lr
         self.epoch = epoch
         return lr
+
+    def state_dict(self) -> dict:
+        """``{"epoch": the last epoch set}`` (-1 before the first step), for a checkpoint beside
+        the optimizer's own (which holds the lr)."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume from :meth:`state_dict`: the next ``step()`` sets the epoch after the saved
+        one. The optimizer's lr is left alone (its own state dict restores it).
+
+        Parameters
+        ----------
+        state_dict : dict
+            ``{"epoch": int}``, as :meth:`state_dict` returns.
+
+        Raises
+        ------
+        TypeError
+            ``state_dict`` is not a dict, or its epoch is not an int.
+        ValueError
+            No ``"epoch"`` in it, or an epoch below -1.
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict (from state_dict()), got "
+                            f"{type(state_dict).__name__}")
+        if "epoch" not in state_dict:
+            raise ValueError("state_dict has no 'epoch' (make it with LRScheduler.state_dict())")
+        epoch = state_dict["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+            raise TypeError(f"state_dict['epoch'] must be an int, got {type(epoch).__name__}")
+        if epoch < -1:
+            raise ValueError(f"state_dict['epoch'] must be >= -1, got {epoch}")
+        self.epoch = int(epoch)
 
     def get_last_lr(self) -> float | list[float]:
         """The optimizer's current learning rate (a list if its groups differ)."""

@@ -79,7 +79,9 @@ def _torch_style_check(ns):
     assert sorted(sd) == ["param_groups", "state"]
     assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2, 3]]
     assert isinstance(sd["state"][0]["momentum_buffer"], np.ndarray)
-    assert ns["sched"].step() == 0.1 and ns["opt"].lr == 0.1
+    # "every group's lr = fn(epoch), from 0": the block's step set fn(0) = 0.1, the next fn(1)
+    assert [g["lr"] for g in ns["opt"].param_groups] == [0.1, 0.1]
+    assert ns["sched"].step() == 0.05 and ns["opt"].lr == 0.05
 
 
 def _arena_data(ns):

@@ -136,8 +136,8 @@ def parse_args(argv):
                     "needs fastopt[mpi]): mpiexec -n 2 python -m fastopt --mpi")
     ap.add_argument("--torch", action="store_true",
                     help="only the race on torch tensors: fastopt.torch.Adam against torch "
-                    "fused=True and DeepSpeedCPUAdam (fastopt.torch alone with --no-peers), float32 and "
-                    "bfloat16, the sizes and the 200x4096 / 1000x64 groups")
+                    "fused=True and DeepSpeedCPUAdam (fastopt.torch alone with --no-peers), "
+                    "float32 and bfloat16, the sizes and the 200x4096 / 1000x64 groups")
     ap.add_argument("--no-torch", action="store_true",
                     help="skip the race on torch tensors")
     ap.add_argument("--no-single-thread", action="store_true",

@@ -2,9 +2,9 @@
 
 A backend is a package whose ``KERNEL_MODULES`` define every kernel of the registry
 (``fastopt._registry``) under the registry's signature, plus ``set_num_threads``/
-``get_num_threads``/``use_openmp_team``; what ``fastopt.ops`` calls is the namespace the registry builds from it
-(:func:`fastopt._registry.backend_namespace`). Backends are imported lazily, so a process that
-only uses the default never pays for importing numba.
+``get_num_threads``/``use_openmp_team``; what ``fastopt.ops`` calls is the namespace the
+registry builds from it (:func:`fastopt._registry.backend_namespace`). Backends are imported
+lazily, so a process that only uses the default never pays for importing numba.
 """
 import contextlib
 import functools

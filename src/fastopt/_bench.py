@@ -266,22 +266,21 @@ PER_CALL_MIN = 2e-5
 
 
 def time_row(fns, rounds=5, target=1e-3):
-    """Interleaved timing: each round times every contender once (a batch of calls lasting
-    about ``target`` seconds, started after :func:`settle` and an untimed batch as long; rows
-    where one call takes longer than 10 ``target`` get at most 3 rounds: the 1e7 rows, not the
-    1e6 ones, whose NumPy reference takes a few ms and which had 3 rounds of ~6 calls each for
-    all their samples; the untimed batch lasts WARM_SECONDS and WARM_CALLS calls at least, or
-    WARM_CAP). The untimed batch keeps
-    out what the first calls after other work cost, which is the machine's state more than the
-    contender's: on a 2-vCPU cloud VM, 10 ms of other work left a fastopt.torch step on 1e3
-    elements at 120 us for its first call and 9.5 us after, torch's ``add_`` on 1e3 floats at
-    111 and 3.9 us. In the Adam 1e6 row (8 contenders, 16 MB of arrays each, Zen 5 VM) one
-    untimed call was not enough: the six calls after it took, by position (medians over 8
-    rounds), 340 282 240 197 156 185 us for fastopt, 298 149 134 132 118 115 for the roofline,
-    441 259 208 181 182 167 for DeepSpeedCPUAdam (what the other contenders leave behind: their
-    arrays in L3, idle vCPUs after the settle; not pinned down further); after six untimed
-    calls 166 147 145 141 137 141, 138 120 129 115 109 109 and 181 171 169 169 168 166.
-    (bench/test_bench_spaced.py times steps after other work.)
+    """Interleaved timing: each round times every contender once (a batch of calls lasting about
+    ``target`` seconds, started after :func:`settle` and an untimed batch as long; rows where one
+    call takes longer than 10 ``target`` get at most 3 rounds: the 1e7 rows, not the 1e6 ones, whose
+    NumPy reference takes a few ms and which had 3 rounds of ~6 calls each for all their samples;
+    the untimed batch lasts WARM_SECONDS and WARM_CALLS calls at least, or WARM_CAP). The untimed
+    batch keeps out what the first calls after other work cost, which is the machine's state more
+    than the contender's: on a 2-vCPU cloud VM, 10 ms of other work left a fastopt.torch step on 1e3
+    elements at 120 us for its first call and 9.5 us after, torch's ``add_`` on 1e3 floats at 111
+    and 3.9 us. In the Adam 1e6 row (8 contenders, 16 MB of arrays each, Zen 5 VM) one untimed call
+    was not enough: the six calls after it took, by position (medians over 8 rounds), 340 282 240
+    197 156 185 us for fastopt, 298 149 134 132 118 115 for the roofline, 441 259 208 181 182 167
+    for DeepSpeedCPUAdam (what the other contenders leave behind: their arrays in L3, idle vCPUs
+    after the settle; not pinned down further); after six untimed calls 166 147 145 141 137 141, 138
+    120 129 115 109 109 and 181 171 169 169 168 166. (bench/test_bench_spaced.py times steps after
+    other work.)
     A contender whose calls last ``PER_CALL_MIN`` or more has each call of its batches timed
     alone, and its median is over every such call of every round: a burst of other work (the
     VM's other tenants, a pool helper descheduled, after which the pool runs calls on the

@@ -73,8 +73,9 @@ SPECS = {
 # keys torch reads from the group at every step (SGD's nesterov only with momentum)
 EDITABLE = {name: [k for k in spec if k not in ("nesterov", "initial_accumulator_value")]
             for name, spec in SPECS.items()}
-# torch quirk: Adagrad fills every group's sum with the constructor's initial_accumulator_value
-# (self.defaults), a group's own is ignored; fastopt takes the group's. Drawn once per example.
+# Adagrad fills every group's sum with the constructor's initial_accumulator_value (torch's
+# self.defaults; a group's own is ignored, by fastopt as by torch): drawn once per example, given
+# to both constructors and to every group.
 SAME_IN_EVERY_GROUP = ("initial_accumulator_value",)
 
 
@@ -176,8 +177,8 @@ class Pair:
             fa, ta = self._make(g["params"])
             fgroups.append(dict(params=fa, **g["hyper"]))
             tgroups.append(dict(params=ta, **torch_group(g["hyper"])))
-        self.fo = getattr(fo, name)(fgroups)
         same = {k: v for k, v in groups[0]["hyper"].items() if k in SAME_IN_EVERY_GROUP}
+        self.fo = getattr(fo, name)(fgroups, **same)
         self.t = getattr(torch.optim, name)(tgroups, foreach=False, **same)
 
     def _make(self, specs):
@@ -191,7 +192,8 @@ class Pair:
         return fa, ta
 
     def fresh_fo(self):
-        return getattr(fo, self.name)([dict(g) for g in self.fo.param_groups])
+        same = {k: v for k, v in self.fo.defaults.items() if k in SAME_IN_EVERY_GROUP}
+        return getattr(fo, self.name)([dict(g) for g in self.fo.param_groups], **same)
 
     def fresh_torch(self):
         groups = [{k: v for k, v in g.items()} for g in self.t.param_groups]

@@ -821,6 +821,22 @@ def test_a_batchnorm_momentum_set_later_is_checked_at_forward_and_changes_nothin
         layer.forward(x)
 
 
+def test_a_batchnorm_axis_set_later_out_of_range_is_named_not_x(backend):
+    """An axis of 5 set after construction raised "x has shape (5, 3): 5 features along axis
+    0, expected 3" (read as 5 % 2 = 1), blaming a valid x; an axis of 2 gave the right error.
+    Expected: the functions' error naming the axis, in training and inference, with the layer
+    unchanged."""
+    x = np.zeros((5, 3), np.float32)
+    with fo.use_backend(backend):
+        for bad in (5, 2, -3, 7):
+            layer = fo.BatchNorm(3)
+            layer.axis = bad
+            for training in (True, False):
+                with pytest.raises(ValueError, match=rf"Invalid axis: {bad}"):
+                    layer.forward(x, training=training)
+            assert layer.num_batches_tracked == 0 and not layer.running_mean.any()
+
+
 # ---------------------------------------------------- batch norm's blocks of rows, threads, exp
 # (1100, 300): several pool chunks of several blocks of rows; (3000, 3): a tall panel;
 # (5, 40000): one short block of wide rows; (130, 1000): three blocks, the last of two rows;

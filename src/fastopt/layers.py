@@ -234,8 +234,9 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
 
         y = (x - mean) / sqrt(var + eps) * gamma + beta
 
-    Statistics accumulate in float64 in two passes (mean, then centred squares), so data with a
-    large mean stays accurate.
+    Statistics accumulate in float64, about a shift (the reference: mean, then centred
+    squares; the compiled backends: sums about each block's first row, blocks merged in
+    order), so data with a large mean stays accurate.
 
     Parameters
     ----------
@@ -553,7 +554,12 @@ class BatchNorm:
         if x.dtype.type is not self.gamma.dtype.type:       # (either byte order)
             raise TypeError(f"x has dtype {x.dtype}, expected {self.gamma.dtype} (the "
                             "layer's dtype)")
-        axis = _check_axis(self.axis) % 2
+        axis = _check_axis(self.axis)
+        # out of range (set after construction): the functions' own message names the axis
+        # (axis 5 had been read as 1, and a valid x's shape blamed)
+        if not -2 <= axis < 2:
+            return
+        axis %= 2
         if x.shape[1 - axis] != self.gamma.size:
             raise ValueError(f"x has shape {x.shape}: {x.shape[1 - axis]} features along axis "
                              f"{1 - axis}, expected {self.gamma.size} (the layer's "

@@ -170,6 +170,25 @@ def test_use_backend_in_another_thread_at_once_raises_and_the_default_comes_back
     assert fo.get_backend() == before
 
 
+def test_use_num_threads_restores_the_count_set_whatever_the_backend():
+    """use_num_threads (the benchmarks') inside a numba block restored numba's count, which
+    the CPU count caps (2 here), to every backend: a count of 4 set came back as 2."""
+    from fastopt import _backend
+    from fastopt._backend import use_num_threads
+    before = fo.get_num_threads()
+    try:
+        for backend in AVAILABLE:
+            fo.set_num_threads(4)
+            with fo.use_backend(backend):
+                with use_num_threads(1):
+                    assert fo.get_num_threads() == 1
+            assert _backend._num_threads == 4, backend
+            if "cython" in AVAILABLE:
+                assert _backend._loaded["cython"].get_num_threads() == 4, backend
+    finally:
+        fo.set_num_threads(before)
+
+
 @pytest.mark.parametrize("convert", [np.float64, np.float32, float])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numpy_scalar_hyper_parameters_give_every_backend_the_same_bits(convert, dtype):

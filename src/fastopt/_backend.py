@@ -280,8 +280,10 @@ def get_num_threads() -> int:
 @contextlib.contextmanager
 def use_num_threads(n: int) -> Iterator[None]:
     """Run a block on ``n`` threads, then restore the previous count (even after an error);
-    for the benchmarks."""
-    previous = get_num_threads()
+    for the benchmarks. The count restored is the one :func:`set_num_threads` gave the
+    compiled kernels (a threadpoolctl limit included), not numba's own, which the CPU count
+    caps: restored to every backend, that had lowered the Cython one's."""
+    previous = _loaded["cython"].get_num_threads() if "cython" in _loaded else _num_threads
     set_num_threads(n)
     try:
         yield

@@ -87,7 +87,8 @@ def run(steps=2000, plot=None):
             elif np.abs(path[-1]).max() > 10:
                 note = f"escaped in {len(path) - 1} steps"
             else:
-                note = f"still near the saddle after {len(path) - 1} steps"
+                x, y = path[-1]
+                note = f"inside |x|, |y| <= 10 after {len(path) - 1} steps, at ({x:.3g}, {y:.3g})"
             print(f"  {name:<13} {loss:12.4g}  {note}")
     if plot:
         plot_paths(results, plot)

@@ -2,6 +2,7 @@
 dtypes, shapes, axes and memory layouts; the reference's gradients against finite differences;
 torch parity where installed; edge cases and errors."""
 import copy
+import math
 import pickle
 import re
 import warnings
@@ -116,6 +117,26 @@ def test_batchnorm_is_stable_for_data_with_a_large_mean(backend, dtype):
     with fo.use_backend(backend):
         y, _ = fo.batchnorm_forward(x, np.ones(4, dtype), np.zeros(4, dtype), eps=0.0)
     np.testing.assert_allclose(y, exact, atol=1e-5 if dtype == np.float32 else 1e-11)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("shape", [(1000, 2), (5000, 3), (100, 3000), (130, 7)])
+def test_batchnorm_variance_of_a_small_spread_about_a_large_mean(backend, shape):
+    """float64 -1e6 + 1e-3 randn (mean / std 1e9), over several blocks of rows, several row
+    chunks, and a short batch whose statistics are split by columns: the variance within
+    1e-10 of the definition's (math.fsum about the mean; the reference's two passes: up to
+    1.2e-11, the compiled backends' merges up to 2e-14). They had merged their blocks through
+    the difference of two means, each rounded to an ulp of 1e6: 2.6e-9 - 1.3e-7."""
+    x = -1e6 + 1e-3 * np.random.default_rng(3).standard_normal(shape)
+    exact = []
+    for col in x.T:
+        m = math.fsum(col) / len(col)
+        exact.append(math.fsum((col - m) ** 2) / len(col))
+    with fo.use_backend(backend):
+        for threads in (1, 2):
+            fo.set_num_threads(threads)
+            _, cache = fo.batchnorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]))
+            np.testing.assert_allclose(cache.var, exact, rtol=1e-10, atol=0)
 
 
 def _bn_loss(x, gamma, beta, w, axis):

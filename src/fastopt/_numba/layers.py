@@ -183,16 +183,20 @@ def _combine_blocks(part, out, n):
 # The axis-0 statistics sweep x once: each block of _ROW_BLOCK rows gets its sum and its sum
 # of squared deviations from its own mean (the second pass reads the block from cache); then
 # mean = sum of the sums / N and M2 = sum of (M2_b + n_b * (mean_b - mean)^2), in block order:
-# sums of non-negative terms, as accurate as two passes over all rows. (Chan's pairwise merge
-# of the means turned a column's inf into NaN: inf + (finite - inf) * w.) Summing x, then its
-# squared deviations, over all rows took a second sweep through memory (statistics at
-# (4096, 1024) float32, 1 thread, with the four-row loops: 2.6 -> 1.7 ms). Smaller blocks
-# that fit in L2 were slower: the per-block work on the (C,) arrays outweighed the cache hits.
+# sums of non-negative terms, as accurate as two passes over all rows. The sums are of x less
+# the column's first row (``shift``), so that mean_b - mean is the difference of two small
+# numbers: of the means themselves, each rounded to an ulp of its magnitude, it had spoiled the
+# variance where the spread is small beside the mean (float64 -1e6 + 1e-3 randn, (1000, 2):
+# 6.9e-9 from the definition, the reference's 1.9e-13). (Chan's pairwise merge of the means
+# turned a column's inf into NaN: inf + (finite - inf) * w.) Summing x, then its squared
+# deviations, over all rows took a second sweep through memory (statistics at (4096, 1024)
+# float32, 1 thread, with the four-row loops: 2.6 -> 1.7 ms). Smaller blocks that fit in L2
+# were slower: the per-block work on the (C,) arrays outweighed the cache hits.
 @numba.njit(**_PAR)
-def _block_moments(x, part):
-    """part[b, 0] = the sum, part[b, 1] the sum of squared deviations from the block's mean
-    (part[b, 2]) of each column over block b's rows (two passes over the block, the second
-    from cache)."""
+def _block_moments(x, shift, part):
+    """part[b, 0] = the sum of x - shift, part[b, 1] the sum of squared deviations from the
+    block's mean (part[b, 2]) of each column over block b's rows (two passes over the block,
+    the second from cache)."""
     N, C = x.shape
     for blk in prange(part.shape[0]):
         r0 = blk * _ROW_BLOCK
@@ -203,13 +207,15 @@ def _block_moments(x, part):
         for n in range(r0, r1, 4):
             if n + 4 <= r1:
                 for c in range(C):
-                    total[c] += (_f64(x[n, c]) + x[n + 1, c]) + (_f64(x[n + 2, c]) + x[n + 3, c])
+                    k = shift[c]
+                    total[c] += (((x[n, c] - k) + (x[n + 1, c] - k))
+                                 + ((x[n + 2, c] - k) + (x[n + 3, c] - k)))
             else:
                 for r in range(n, r1):
                     for c in range(C):
-                        total[c] += x[r, c]
+                        total[c] += x[r, c] - shift[c]
         for c in range(C):
-            mean[c] = total[c] / (r1 - r0)
+            mean[c] = shift[c] + total[c] / (r1 - r0)
         for n in range(r0, r1, 4):
             if n + 4 <= r1:
                 for c in range(C):
@@ -225,7 +231,7 @@ def _block_moments(x, part):
 
 
 @numba.njit(**JIT)
-def _merge_moments(part, x, eps, mean, inv_std, var):
+def _merge_moments(part, shift, x, eps, mean, inv_std, var):
     """The blocks' moments combined in block order: mean, the biased variance and
     1 / sqrt(variance + eps). A column whose mean is not finite (a float64 sum that
     overflowed, NaN, inf) is taken again by the definition: the reference's variance of a
@@ -238,14 +244,15 @@ def _merge_moments(part, x, eps, mean, inv_std, var):
         for c in range(mean.size):
             mean[c] += part[b, 0, c]
     for c in range(mean.size):
-        mean[c] = mean[c] / N
+        mean[c] = mean[c] / N       # about the shift, until below
     var[:] = 0.0
     for b in range(part.shape[0]):
         nb = min(_ROW_BLOCK, N - b * _ROW_BLOCK)
         for c in range(mean.size):
-            d = part[b, 2, c] - mean[c]
+            d = part[b, 0, c] / nb - mean[c]
             var[c] += part[b, 1, c] + nb * (d * d)
     for c in range(mean.size):
+        mean[c] = shift[c] + mean[c]
         var[c] = var[c] / N
         if not math.isfinite(mean[c] * N):
             s = 0.0
@@ -263,8 +270,9 @@ def _merge_moments(part, x, eps, mean, inv_std, var):
 def _stats_cols(x, eps, mean, inv_std, var):          # each feature a column
     N, C = x.shape
     part = np.empty(((N + _ROW_BLOCK - 1) // _ROW_BLOCK, 3, C))
-    chunked(_block_moments, part.shape[0], x, part)
-    _merge_moments(part, x, eps, mean, inv_std, var)
+    shift = x[0].astype(np.float64)
+    chunked(_block_moments, part.shape[0], x, shift, part)
+    _merge_moments(part, shift, x, eps, mean, inv_std, var)
 
 
 @numba.njit(**_PAR)

@@ -10,6 +10,7 @@ import os
 import pty
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -314,27 +315,35 @@ def test_good_option_values_parse():
     assert [str(d) for d in args.dtypes] == ["float32"]
 
 
+def _fake_clock(monkeypatch):
+    """time_row's clock, installed in fastopt._bench: ``[seconds]``, which only the test
+    moves."""
+    from fastopt import _bench
+    clock = [0.0]
+    monkeypatch.setattr(_bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    return clock
+
+
+def _calls_since_settle(events):
+    """Calls in ``events`` since its last "settle", the last one included (0 before any)."""
+    return len(events) - 1 - max((i for i, e in enumerate(events) if e == "settle"),
+                                 default=len(events) - 1)
+
+
 def test_each_timed_batch_follows_settling_and_an_untimed_batch(monkeypatch):
     """time_row: after a warm-up and 3 sizing calls, every round settles, makes an untimed
     batch (the first calls after other work run cold) and then the timed batch, both as long
     as the fastest sizing call gives. On a clock that each call moves by a known amount: the
     50 calls after each settle cost 1 ms (cold), later ones 10 us."""
     from fastopt import _bench
-    clock, events = [0.0], []
+    clock, events = _fake_clock(monkeypatch), []
     costs = iter([1.0, 0.5, 2e-5, 1e-3])     # warm-up, 3 sizing calls (fastest: 20 us)
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return clock[0]
 
     def contender():
         events.append("call")
-        since_settle = len(events) - 1 - max(
-            (i for i, e in enumerate(events) if e == "settle"), default=len(events) - 1)
+        since_settle = _calls_since_settle(events)
         clock[0] += next(costs, 1e-3 if since_settle <= 50 else 1e-5)
 
-    monkeypatch.setattr(_bench, "time", FakeTime)
     monkeypatch.setattr(_bench, "settle", lambda: events.append("settle"))
     timed = _bench.time_row({"c": contender}, rounds=3, target=1e-3)
     assert events[:4] == ["call"] * 4 and events[4] == "settle"
@@ -351,13 +360,8 @@ def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls
     (15 us, 65 a batch) are still timed per batch, each batch one sample. On a clock each
     call moves (binary fractions of a second: the sums are exact)."""
     from fastopt import _bench
-    clock, calls = [0.0], {"slow": 0, "fast": 0}
+    clock, calls = _fake_clock(monkeypatch), {"slow": 0, "fast": 0}
     burst = 2.0 ** -7
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return clock[0]
 
     def make(label, cost, batch):
         def contender():
@@ -367,7 +371,6 @@ def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls
             clock[0] += burst if k >= 4 and (k - 4) % (2 * batch) == batch else cost
         return contender
 
-    monkeypatch.setattr(_bench, "time", FakeTime)
     monkeypatch.setattr(_bench, "settle", lambda: None)
     monkeypatch.setattr(_bench, "WARM_SECONDS", 0.0)    # untimed batches of one batch's calls
     timed = _bench.time_row({"slow": make("slow", 2.0 ** -13, 8),
@@ -385,12 +388,7 @@ def test_the_untimed_batch_lasts_warm_seconds_so_the_slow_calls_after_settling_s
     WARM_SECONDS (2^-6 s here) have passed, and the timed calls read 2^-13. On a clock each call
     moves (binary fractions: the sums are exact)."""
     from fastopt import _bench
-    clock, settled, per_round = [0.0], [float("-inf")], []
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return clock[0]
+    clock, settled, per_round = _fake_clock(monkeypatch), [float("-inf")], []
 
     def settle():
         settled[0] = clock[0]
@@ -401,7 +399,6 @@ def test_the_untimed_batch_lasts_warm_seconds_so_the_slow_calls_after_settling_s
             per_round[-1] += 1
         clock[0] += 2.0 ** -11 if clock[0] - settled[0] < 2.0 ** -7 else 2.0 ** -13
 
-    monkeypatch.setattr(_bench, "time", FakeTime)
     monkeypatch.setattr(_bench, "settle", settle)
     monkeypatch.setattr(_bench, "WARM_SECONDS", 2.0 ** -6)
     timed = _bench.time_row({"c": contender}, rounds=3, target=1e-3)
@@ -418,22 +415,15 @@ def test_the_untimed_batch_makes_warm_calls_so_the_slow_first_calls_of_a_long_ca
     calls, and the timed call reads 2^-9. A contender of 0.15625 s a call ends its untimed batch
     at WARM_CAP (0.2 s): 2 calls. On a clock each call moves (binary fractions: sums exact)."""
     from fastopt import _bench
-    clock, events = [0.0], []
-
-    class FakeTime:
-        @staticmethod
-        def perf_counter():
-            return clock[0]
+    clock, events = _fake_clock(monkeypatch), []
 
     def make(label, cost, slow_calls):
         def contender():
             events.append(label)
-            since_settle = len(events) - 1 - max(
-                (i for i, e in enumerate(events) if e == "settle"), default=len(events) - 1)
+            since_settle = _calls_since_settle(events)
             clock[0] += 2.0 ** -7 if 0 < since_settle <= slow_calls else cost
         return contender
 
-    monkeypatch.setattr(_bench, "time", FakeTime)
     monkeypatch.setattr(_bench, "settle", lambda: events.append("settle"))
     timed = _bench.time_row({"long": make("long", 2.0 ** -9, 4), "huge": make("huge", 0.15625, 0)},
                             rounds=3, target=1e-3)

@@ -128,7 +128,8 @@ __attribute__((noinline)) void packed64(const float *restrict x, float *restrict
             for (ll c = c0; c < c0 + P; c++) {
                 double mm = s1[c], ss = s[c], bb = b[c];
                 for (int j = 0; j < 4; j++)
-                    y[(r + j) * C + c] = (float)(((double)buf[(r + j) * P + c - c0] - mm) * ss + bb);
+                    y[(r + j) * C + c] =
+                        (float)(((double)buf[(r + j) * P + c - c0] - mm) * ss + bb);
             }
     }
 }

@@ -1,7 +1,8 @@
 /* The softmax family's floor: fastopt's float32 exp-and-sum of rows of k logits
- * (fo_exp_sum_f, from fo_row.h, with the next row's max), the exp alone, the eight ordered float64 partial sums alone,
- * and an exp pass then a sum pass, on one core, best of several sweeps, ns/element. Arguments:
- * k (default 1000) and the number of rows (4096: streamed; 64: in L1/L2). Build and run
+ * (fo_exp_sum_f, from fo_row.h, with the next row's max), the exp alone, the eight ordered
+ * float64 partial sums alone, and an exp pass then a sum pass, on one core, best of several
+ * sweeps, ns/element. Arguments: k (default 1000) and the number of rows (4096: streamed;
+ * 64: in L1/L2). Build and run
  * (-march=x86-64-v3 for the AVX2 build's loops, on a CPU without AVX-512):
  *   gcc -O3 -march=x86-64-v4 -ffp-contract=off -fno-trapping-math -fno-math-errno \
  *       -I src/fastopt/_kernels -o /tmp/exp_floor bench/exp_floor.c -lm \

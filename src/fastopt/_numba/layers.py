@@ -750,9 +750,10 @@ def _row_pass(z, m, e, acc, y, y_max, kind, pz, pout, a, b, part):
     """e = exp(z - m), returning sum(e) (summed as _row_sum sums); meanwhile y_max[0] =
     max(y) of another row as long (the next one, or z itself; NaN only if y[0] or one past
     y's whole vectors is, else the max of its numbers, as the Cython kernels'
-    fo_row_max_numbers), and the previous row (pz, pout) finished (_finish_row of ``kind``). The exps of the last partial vector on a
-    whole one (``part``: 64 bytes of scratch), as the Cython kernels': one at a time they had
-    cost rows of 1000 float32 an eighth more time."""
+    fo_row_max_numbers), and the previous row (pz, pout) finished (_finish_row of ``kind``).
+    The exps of the last partial vector on a whole one (``part``: 64 bytes of scratch), as
+    the Cython kernels': one at a time they had cost rows of 1000 float32 an eighth more
+    time."""
     n = z.size - z.size % part.size
     acc[:] = 0.0
     y_max[0] = y[0]

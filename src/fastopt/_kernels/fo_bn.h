@@ -25,9 +25,8 @@
  * sums too (on a Zen 2 VM they had gained nothing; on an Intel Xeon, AVX-512, float32, the
  * backward in-process, alternated, one thread: (1024, 4096) 5278-5384 -> 2796-3032 us, (4096,
  * 256) 839-873 -> 760-765; two threads 1379-1525 -> 1351-1385 and 424-484 -> 388-441). The
- * eight lanes
- * are held in native vectors (FO_BN_W doubles each, 8 / FO_BN_W of them a row): a wider
- * vector type is split by GCC into spills and scalar moves through the stack, which made
+ * eight lanes are held in native vectors (FO_BN_W doubles each, 8 / FO_BN_W of them a row): a
+ * wider vector type is split by GCC into spills and scalar moves through the stack, which made
  * the AVX2 build's forward with features as rows 2.2x slower than Numba's ((4096, 256)
  * float32, one thread, Zen 2: 1813 against 831 us). */
 #if defined(__AVX512F__)

@@ -281,7 +281,7 @@ NAME##_##KIND(const T* z, T m, T* e, Py_ssize_t n, const T* next, const T* y,   
     *y_max = YMAX##_end(c0, c1, no_nan, y, i, n);                                   \
     if (KIND != FO_FINISH_NONE) {           /* the previous row's rest */            \
         j = i - i % (2 * LANES);                                                     \
-        FO_FINISH_SPAN(KIND, pz, pout, j, n, a, b);                           \
+        FO_FINISH_SPAN(KIND, pz, pout, j, n, a, b);                                  \
     }                                                                                \
     if (i < n)                                                                       \
         REST(z + i, &m, 0, e + i, n - i);                                            \

@@ -132,11 +132,15 @@ def test_batchnorm_variance_of_a_small_spread_about_a_large_mean(backend, shape)
     for col in x.T:
         m = math.fsum(col) / len(col)
         exact.append(math.fsum((col - m) ** 2) / len(col))
+    before = fo.get_num_threads()
     with fo.use_backend(backend):
-        for threads in (1, 2):
-            fo.set_num_threads(threads)
-            _, cache = fo.batchnorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]))
-            np.testing.assert_allclose(cache.var, exact, rtol=1e-10, atol=0)
+        try:
+            for threads in (1, 2):
+                fo.set_num_threads(threads)
+                _, cache = fo.batchnorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]))
+                np.testing.assert_allclose(cache.var, exact, rtol=1e-10, atol=0)
+        finally:
+            fo.set_num_threads(before)
 
 
 def _bn_loss(x, gamma, beta, w, axis):

@@ -143,6 +143,34 @@ def test_batchnorm_variance_of_a_small_spread_about_a_large_mean(backend, shape)
             fo.set_num_threads(before)
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", [0.1, 0.7, 1e14 / 3, -2.5e-300])
+def test_batchnorm_of_a_constant_feature_is_beta(backend, axis, dtype, value):
+    """A constant feature's mean is the constant, its variance 0 and y = beta (eps = 0: y
+    NaN, 0 / 0), for any batch size and thread count: float64 x.mean() is not exact (0.1 over
+    37 rows), and the normalization had blown its error up (1e14 / 3: |y| ~ 1; eps = 0: y =
+    -1) on the NumPy reference, and with features as rows on the compiled backends too."""
+    before = fo.get_num_threads()
+    with fo.use_backend(backend):
+        try:
+            for n in (2, 37, 1000, 4099):
+                x = np.full((n, 3) if axis == 0 else (3, n), value, dtype)
+                gamma, beta = np.array([1, 2, 3], dtype), np.array([0.5, 0, -1], dtype)
+                for threads in (1, 2):
+                    fo.set_num_threads(threads)
+                    y, cache = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+                    np.testing.assert_array_equal(cache.mean, np.float64(dtype(value)))
+                    np.testing.assert_array_equal(cache.var, 0.0)
+                    np.testing.assert_array_equal(
+                        y, np.broadcast_to(beta[None] if axis == 0 else beta[:, None], x.shape))
+                    y, _ = fo.batchnorm_forward(x, gamma, beta, axis=axis, eps=0.0)
+                    assert np.isnan(y).all()
+        finally:
+            fo.set_num_threads(before)
+
+
 def _bn_loss(x, gamma, beta, w, axis):
     with fo.use_backend("numpy"):
         y, _ = fo.batchnorm_forward(x, gamma, beta, axis=axis)

@@ -234,9 +234,10 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
 
         y = (x - mean) / sqrt(var + eps) * gamma + beta
 
-    Statistics accumulate in float64, about a shift (the reference: mean, then centred
-    squares; the compiled backends: sums about each block's first row, blocks merged in
-    order), so data with a large mean stays accurate.
+    Statistics accumulate in float64 about each feature's first value, so that data with a
+    large mean stays accurate and a constant feature has its mean exactly, a variance of 0
+    and y = beta (the reference: the mean, then the centred squares; the compiled backends
+    with features as columns: sums over blocks of rows, merged in order).
 
     Parameters
     ----------

@@ -166,6 +166,9 @@ static void NAME(const T* x, const T* y, const double* mean, Py_ssize_t stride, 
 /* sum(x) */
 FO_ROWS4(fo_rows4_sum_f, float, FO_WIDEN(float, FO_AT), (double)*FO_AT)
 FO_ROWS4(fo_rows4_sum_d, double, FO_WIDEN(double, FO_AT), *FO_AT)
+/* sum(x - mean[r]): a feature's sum about its first value (mean = that value) */
+FO_ROWS4(fo_rows4_centred_f, float, FO_WIDEN(float, FO_AT) - mean[r], (double)*FO_AT - mean[r])
+FO_ROWS4(fo_rows4_centred_d, double, FO_WIDEN(double, FO_AT) - mean[r], *FO_AT - mean[r])
 /* sum((x - mean[r])^2) */
 FO_ROWS4(fo_rows4_centred_sq_f, float, (d = FO_WIDEN(float, FO_AT) - mean[r], d * d),
          ((double)*FO_AT - mean[r]) * ((double)*FO_AT - mean[r]))

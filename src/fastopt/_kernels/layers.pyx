@@ -63,6 +63,20 @@ cdef inline double row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
     return sum8(acc)
 
 
+cdef inline double row_centred(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
+    """sum(x - mean) in float64, summed as row_sum sums."""
+    cdef double acc[8]
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    for j in range(8):
+        acc[j] = 0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            acc[j] += x[i + j] - mean
+    for i in range(n8, n):
+        acc[i - n8] += x[i] - mean
+    return sum8(acc)
+
+
 cdef inline double row_centred_sq(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
     cdef double acc[8]
     cdef double d
@@ -175,6 +189,10 @@ cdef extern from "fo_bn.h":
                         Py_ssize_t n, double* out) nogil
     void fo_rows4_sum_d(const double* x, const double* y, const double* mean,
                         Py_ssize_t stride, Py_ssize_t n, double* out) nogil
+    void fo_rows4_centred_f(const float* x, const float* y, const double* mean,
+                            Py_ssize_t stride, Py_ssize_t n, double* out) nogil
+    void fo_rows4_centred_d(const double* x, const double* y, const double* mean,
+                            Py_ssize_t stride, Py_ssize_t n, double* out) nogil
     void fo_rows4_centred_sq_f(const float* x, const float* y, const double* mean,
                                Py_ssize_t stride, Py_ssize_t n, double* out) nogil
     void fo_rows4_centred_sq_d(const double* x, const double* y, const double* mean,
@@ -417,6 +435,15 @@ cdef inline void rows4_sum(const floating* x, Py_ssize_t C, double* out) noexcep
         fo_rows4_sum_d(x, NULL, NULL, C, C, out)
 
 
+cdef inline void rows4_centred(const floating* x, Py_ssize_t C, const double* mean,
+                               double* out) noexcept nogil:
+    """row_centred of the four rows of C values from x, each about its own mean."""
+    if floating is float:
+        fo_rows4_centred_f(x, NULL, mean, C, C, out)
+    else:
+        fo_rows4_centred_d(x, NULL, mean, C, C, out)
+
+
 cdef inline void rows4_centred_sq(const floating* x, Py_ssize_t C, const double* mean,
                                   double* out) noexcept nogil:
     """row_centred_sq of the four rows of C values from x, each about its own mean."""
@@ -441,16 +468,23 @@ cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double 
     """One feature (axis 1, a contiguous row of C values), or ``four`` of them (rows C apart,
     their sums taken side by side: fo_bn.h): statistics, then y, while the rows are in cache
     (a row longer than the cache is streamed three times: the old passes)."""
+    cdef double first[4]
     cdef double m[4]
     cdef double v[4]
     cdef double s
     cdef int r, R = 4 if four else 1
-    if four:
-        rows4_sum(x, C, m)
-    else:
-        m[0] = row_sum(x, C)
+    # the mean about the feature's first value, with the reference (batchnorm_stats: exact
+    # for a constant feature); where it times C is not finite, sum(x) / C, as the reference
     for r in range(R):
-        m[r] = m[r] / C
+        first[r] = x[r * C]
+    if four:
+        rows4_centred(x, C, first, m)
+    else:
+        m[0] = row_centred(x, C, first[0])
+    for r in range(R):
+        m[r] = first[r] + m[r] / C
+        if not isfinite(m[r] * C):
+            m[r] = row_sum(x + r * C, C) / C
     if four:
         rows4_centred_sq(x, C, m, v)
     else:

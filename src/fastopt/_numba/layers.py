@@ -79,6 +79,21 @@ def _add_lanes8(typingctx, acc, x, start, stop):
 
 
 @intrinsic
+def _add_centred8(typingctx, acc, x, shift, start, stop):
+    """acc[j] += x[i] - shift in float64, as _add_lanes8."""
+    if not (_is_acc(acc) and _is_row(x)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        sh = _splat8(builder, context.cast(builder, args[2], sig.args[2], types.float64))
+        _lanes8_loop(context, builder, sig.args[0], args[0], args[3], args[4],
+                     lambda i: builder.fsub(_load8(context, builder, sig.args[1], args[1], i),
+                                            sh))
+        return context.get_dummy_value()
+    return types.none(acc, x, shift, types.intp, types.intp), codegen
+
+
+@intrinsic
 def _add_products8(typingctx, acc, a, a_shift, x, x_shift, start, stop):
     """acc[j] += (a[i] - a_shift) * (x[i] - x_shift) in float64, as _add_lanes8 (a shift of
     0.0 leaves every value, -0.0 and NaN included, as it is)."""
@@ -117,6 +132,17 @@ def _row_sum(x, acc):
     _add_lanes8(acc, x, 0, n8)
     for i in range(n8, x.size):
         acc[i - n8] += x[i]
+    return _sum8(acc)
+
+
+@numba.njit(**JIT)
+def _row_centred(x, mean, acc):
+    """sum(x - mean) in float64, summed as _row_sum sums."""
+    acc[:] = 0.0
+    n8 = x.size - x.size % 8
+    _add_centred8(acc, x, mean, 0, n8)
+    for i in range(n8, x.size):
+        acc[i - n8] += x[i] - mean
     return _sum8(acc)
 
 
@@ -283,7 +309,11 @@ def _forward_rows(x, eps, gamma, beta, mean, inv_std, var, y):
     for g in prange((F + _GROUP - 1) // _GROUP):
         acc = np.empty(8)
         for f in range(g * _GROUP, min(g * _GROUP + _GROUP, F)):
-            m = _row_sum(x[f], acc) / C
+            # the mean about the feature's first value, as the reference's batchnorm_stats
+            first = _f64(x[f, 0])
+            m = first + _row_centred(x[f], first, acc) / C
+            if not math.isfinite(m * C):
+                m = _row_sum(x[f], acc) / C
             v = _row_centred_sq(x[f], m, acc) / C
             s = 1.0 / math.sqrt(v + eps)
             mean[f] = m

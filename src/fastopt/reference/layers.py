@@ -21,9 +21,18 @@ def batchnorm_stats(x, axis, eps, mean, inv_std, var):
     """``mean = x.mean(axis)``, the biased variance ``var = mean((x - mean)**2)`` and
     ``inv_std = 1 / sqrt(var + eps)``, accumulated in float64 (written into the float64
     outputs; var for the running statistics, which cannot take it back from inv_std where it
-    is small next to eps)."""
+    is small next to eps).
+
+    The mean is taken about each feature's first value x0, as ``x0 + mean(x - x0)``: exact
+    for a constant feature (its variance 0, y = beta), where ``x.mean()`` is off by an ulp or
+    so (float64 0.1 over 37 rows), which the normalization then blows up (eps=0: y = -1,
+    not NaN; 1e14 / 3: |y| ~ 1). Where that mean times the batch size is not finite (NaN,
+    inf, a sum past the float range) the mean is ``x.mean()``, as the sums overflow."""
     x64 = x.astype(np.float64)
-    mean[...] = x64.mean(axis=axis)
+    first = np.take(x64, [0], axis=axis)
+    about_first = np.squeeze(first, axis) + (x64 - first).mean(axis=axis)
+    mean[...] = np.where(np.isfinite(about_first * x.shape[axis]), about_first,
+                         x64.mean(axis=axis))
     var[...] = batch_variance(x64, axis, mean)
     inv_std[...] = 1.0 / np.sqrt(var + eps)
 

@@ -479,6 +479,23 @@ def test_cross_entropy_errors():
         fo.softmax(np.array(1.0), axis=1)
     with pytest.raises(ValueError, match="logits"):
         fo.softmax_cross_entropy(np.array(1.0), 0)
+    with pytest.raises(ValueError, match=r"out of range: logits have no classes, got values "
+                                         r"in \[0, 0\]"):     # (had said "classes are 0..-1")
+        fo.softmax_cross_entropy(np.zeros((3, 0)), np.zeros(3, int))
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_cross_entropy_of_certain_predictions_is_plus_zero_without_warnings(backend):
+    """A loss of exactly zero is +0.0, as torch's (-sum / m had made it -0.0); float64
+    probabilities past float32's range beside float32 logits are inf there, silently (the cast
+    had warned: an error under -W error)."""
+    with fo.use_backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for z in (np.zeros((3, 1)), np.array([[0.0, -np.inf]])):
+            loss, _ = fo.softmax_cross_entropy(z, np.zeros(len(z), int))
+            assert loss == 0 and math.copysign(1, loss) == 1
+        loss, d = fo.softmax_cross_entropy(np.zeros((1, 2), np.float32), np.array([[1e39, 0]]))
+        assert loss == np.inf and d[0, 0] == -np.inf
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

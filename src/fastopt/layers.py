@@ -797,8 +797,10 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     ints = targets = None
     if labels.shape == logits.shape:
         # one-hot/probabilities whatever the dtype: integers and bools as their float values
-        # in the logits' dtype (np.eye(k, dtype=int)[y], sklearn's LabelBinarizer)
-        targets = _kernel_input(labels, logits.dtype).reshape(z3.shape)
+        # in the logits' dtype (np.eye(k, dtype=int)[y], sklearn's LabelBinarizer); float64
+        # ones past float32's range are inf there, without a warning (as the kernels' results)
+        with np.errstate(over="ignore"):
+            targets = _kernel_input(labels, logits.dtype).reshape(z3.shape)
     else:
         expected = logits.shape[:axis] + logits.shape[axis + 1:]
         if labels.shape != expected:
@@ -809,7 +811,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
                             f"indices and must have an integer dtype, got {labels.dtype} "
                             f"(one-hot/probabilities have the logits' shape {logits.shape})")
         if labels.size and (labels.min() < 0 or labels.max() >= k):
-            raise ValueError(f"labels out of range: classes are 0..{k - 1}, got values in "
+            classes = f"classes are 0..{k - 1}" if k else "logits have no classes"
+            raise ValueError(f"labels out of range: {classes}, got values in "
                              f"[{labels.min()}, {labels.max()}]")
         ints = _kernel_input(labels, np.int64).reshape(z3.shape[0], z3.shape[2])
     d = _out(out, logits.shape, dtype)

@@ -1531,4 +1531,4 @@ def softmax_cross_entropy(const floating[:, :, ::1] z, labels, targets,
         job.targets = &tgt[0, 0, 0]
     with nogil:
         run_softmax(xent_rows, xent_cols, &job)
-    return -row_sum(&terms[0], m) / m
+    return (0.0 - row_sum(&terms[0], m)) / m     # (a zero loss is +0.0, as torch's)

@@ -1101,4 +1101,4 @@ def softmax_cross_entropy(z, labels, targets, dz):
     else:
         chunked(_xent_kernel, z.shape[0] * _column_blocks(z.shape[2]), z, labels, targets,
                 by_index, dz, inv_m, one, terms)
-    return -_row_sum(terms, np.empty(8)) / m
+    return (0.0 - _row_sum(terms, np.empty(8))) / m     # (a zero loss is +0.0, as torch's)

@@ -131,4 +131,4 @@ def softmax_cross_entropy(z, labels, targets, dz):
         with np.errstate(invalid="ignore"):
             terms = np.where(target != 0, target * logp, 0)
     dz[...] = (p - target) * (1.0 / m)
-    return float(-terms.astype(np.float64).sum() / m)
+    return float((0.0 - terms.astype(np.float64).sum()) / m)    # (a zero loss is +0.0, as torch's)

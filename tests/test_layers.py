@@ -1197,6 +1197,37 @@ def test_layers_are_bit_identical_for_1_to_3_threads_over_several_chunks(backend
     assert results[0] == results[1] == results[2]
 
 
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_softmax_over_a_middle_axis_in_blocks_of_any_width(backend, dt):
+    """The strided layout's blocks of examples (layers.pyx, COLUMN_BLOCK): 256 wide, whole
+    (k, inner) blocks (one per thread at least), or 1024 wide when 256 columns of the k rows
+    overflow the cache anyway (with a tail of 6 here): the reference's results, the same bits
+    for 1 to 3 threads."""
+    rng = np.random.default_rng(23)
+    cases = [((600, 1030), 0), ((3, 40, 1000), 1), ((40, 1000), 0), ((2, 300, 1300), 1)]
+    try:
+        for shape, axis in cases:
+            z = (rng.standard_normal(shape) * 4).astype(dt)
+            labels = rng.integers(0, shape[axis], shape[:axis] + shape[axis + 1:])
+            with fo.use_backend("numpy"):
+                ref = [fo.softmax(z, axis), fo.log_softmax(z, axis),
+                       *fo.softmax_cross_entropy(z, labels, axis)]
+            results = []
+            for threads in (1, 2, 3):
+                fo.set_num_threads(threads)
+                with fo.use_backend(backend):
+                    got = [fo.softmax(z, axis), fo.log_softmax(z, axis),
+                           *fo.softmax_cross_entropy(z, labels, axis)]
+                results.append([np.asarray(a).tobytes() for a in got])
+            assert results[0] == results[1] == results[2], shape
+            for a, b in zip(got[:2] + got[3:], ref[:2] + ref[3:]):
+                close(a, b, dt, 10)
+            assert got[2] == pytest.approx(ref[2], rel=1e-12 if dt == np.float64 else 1e-6)
+    finally:
+        fo.set_num_threads(2)
+
+
 @cython_against_numba
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_numba_softmax_has_the_same_exp_as_cython(axis, dtype):

@@ -942,27 +942,35 @@ def _softmax_rows(z, out, log_):
                 out[o, r] = _finish(z[o, r], out[o, r], mx, c, log_)
 
 
-_COLUMN_BLOCK = 256     # examples per chunk in the strided layout (as the Cython kernels)
+# examples per block of the strided layout, as the Cython kernels (layers.pyx, COLUMN_BLOCK)
+_COLUMN_BLOCK, _PANEL_COLUMNS, _PANEL_CACHE_BYTES = 256, 1024, 1 << 20
 
 
-@numba.njit(**JIT)
-def _column_blocks(inner):
-    return (inner + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
+def _column_width(z):
+    """Examples per block of the strided layout (outer, k, inner) z: whole (k, inner) blocks
+    when there is one per thread, 1024 when 256 columns of the k rows overflow the cache
+    anyway, else 256 (layers.pyx's column_width)."""
+    outer, k, inner = z.shape
+    if inner <= _PANEL_COLUMNS and outer >= numba.get_num_threads():
+        return inner
+    if inner > _PANEL_COLUMNS and 2 * k * _COLUMN_BLOCK * z.itemsize > _PANEL_CACHE_BYTES:
+        return _PANEL_COLUMNS
+    return _COLUMN_BLOCK
 
 
 @numba.njit(**_PAR)
-def _softmax(z, out, log_):
+def _softmax(z, out, log_, width):
     outer, k, inner = z.shape
-    nblk = _column_blocks(inner)
+    nblk = (inner + width - 1) // width
     for t in prange(outer * nblk):
         cast = np.empty(1, z.dtype)
-        mx = np.empty(_COLUMN_BLOCK, z.dtype)
-        s = np.empty(_COLUMN_BLOCK)
+        mx = np.empty(width, z.dtype)
+        s = np.empty(width)
         o = t // nblk
-        i0 = (t % nblk) * _COLUMN_BLOCK
-        i1 = min(i0 + _COLUMN_BLOCK, inner)
+        i0 = (t % nblk) * width
+        i1 = min(i0 + width, inner)
         _column_stats(z[o], out[o], i0, i1, mx, s)
-        c = np.empty(_COLUMN_BLOCK, z.dtype)
+        c = np.empty(width, z.dtype)
         for i in range(i1 - i0):
             c[i] = _normalizer(s[i], log_, cast)
         for r in range(k):
@@ -979,7 +987,8 @@ def softmax(z, out, log):
     if z.shape[2] == 1:
         chunked(_softmax_rows, _groups(z.shape[0]), z[:, :, 0], out[:, :, 0], bool(log))
     else:
-        chunked(_softmax, z.shape[0] * _column_blocks(z.shape[2]), z, out, bool(log))
+        width = _column_width(z)
+        chunked(_softmax, z.shape[0] * -(-z.shape[2] // width), z, out, bool(log), width)
 
 
 @numba.njit(inline="always", **JIT)
@@ -1045,19 +1054,19 @@ def _xent_row(z, label, target, by_index, d, inv_m, one, cast, acc, terms, o, mx
 
 
 @numba.njit(**_PAR)
-def _xent_kernel(z, labels, targets, by_index, dz, inv_m, one, terms):
+def _xent_kernel(z, labels, targets, by_index, dz, inv_m, one, terms, width):
     outer, k, inner = z.shape
     zero = one - one
-    nblk = _column_blocks(inner)
+    nblk = (inner + width - 1) // width
     for tk in prange(outer * nblk):
         cast = np.empty(1, z.dtype)
-        mx = np.empty(_COLUMN_BLOCK, z.dtype)
-        s = np.empty(_COLUMN_BLOCK)
+        mx = np.empty(width, z.dtype)
+        s = np.empty(width)
         o = tk // nblk
-        i0 = (tk % nblk) * _COLUMN_BLOCK
-        i1 = min(i0 + _COLUMN_BLOCK, inner)
+        i0 = (tk % nblk) * width
+        i1 = min(i0 + width, inner)
         _column_stats(z[o], dz[o], i0, i1, mx, s)
-        inv_s, log_s = np.empty(_COLUMN_BLOCK, z.dtype), np.empty(_COLUMN_BLOCK, z.dtype)
+        inv_s, log_s = np.empty(width, z.dtype), np.empty(width, z.dtype)
         for i in range(i1 - i0):
             inv_s[i], log_s[i] = _normalizer(s[i], False, cast), _normalizer(s[i], True, cast)
         sums = terms[o * inner + i0:o * inner + i1]
@@ -1099,6 +1108,7 @@ def softmax_cross_entropy(z, labels, targets, dz):
         chunked(_xent_rows, _groups(z.shape[0]), z[:, :, 0], labels, targets[:, :, 0],
                 by_index, dz[:, :, 0], inv_m, one, terms)
     else:
-        chunked(_xent_kernel, z.shape[0] * _column_blocks(z.shape[2]), z, labels, targets,
-                by_index, dz, inv_m, one, terms)
+        width = _column_width(z)
+        chunked(_xent_kernel, z.shape[0] * -(-z.shape[2] // width), z, labels, targets,
+                by_index, dz, inv_m, one, terms, width)
     return (0.0 - _row_sum(terms, np.empty(8))) / m     # (a zero loss is +0.0, as torch's)

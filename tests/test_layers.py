@@ -269,9 +269,11 @@ def test_batchnorm_out_argument_is_written():
 
 
 # --------------------------------------------------------------------------------- softmax
-# (3, 20011): rows longer than fo_row.h's FO_LONG_ROW_BYTES, which prefetch otherwise
+# (3, 20011): rows longer than fo_row.h's FO_LONG_ROW_BYTES, which prefetch otherwise;
+# (9, 64), (6, 48): rows of whole 64-byte vectors, which layers.pyx takes as long rows
 SM_CASES = [((7,), -1), ((1,), 0), ((5, 1000), -1), ((5, 1000), 0), ((3, 4, 5), 1),
-            ((3, 4, 300), 0), ((2, 3, 4), -1), ((10, 0), 0), ((3, 20011), -1)]
+            ((3, 4, 300), 0), ((2, 3, 4), -1), ((10, 0), 0), ((3, 20011), -1), ((9, 64), -1),
+            ((6, 48), -1)]
 
 
 @pytest.mark.parametrize("how", ["C", "F", "strided"])

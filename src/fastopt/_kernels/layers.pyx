@@ -1092,22 +1092,34 @@ cdef inline void finish_row(int kind, const floating* z, floating* out, Py_ssize
 # softmax had taken 10 ns per element, NumPy's speed). The same bits: the exps are the same
 # vector exp of the same differences, and row_sum sums each row as the exp pass does. In-process
 # A/B, float32, one thread: softmax of (52428, 10) 3.5 -> 1.5 ms, cross-entropy 4.2 -> 2.2 ms;
-# (8192, 64) and (4128, 127) 22% less time; at 128-256 values the gain fell to 0-10%.
+# (8192, 64) and (4128, 127) 22% less time; at 128-256 values the gain fell to 0-10%. Rows of
+# WHOLE_ROW values or more that are a whole number of 64-byte vectors have no partial vector to
+# pay, and take long_rows (this Intel VM, one thread, ns per element, softmax / cross-entropy,
+# blocks of rows -> long_rows: float32 k = 32 1.10 / 1.38 -> 0.77-0.81 / 1.14-1.20, 64
+# 0.72-0.84 / 0.85-0.95 -> 0.52-0.54 / 0.78-0.83, 96 0.64 / 0.74 -> 0.47 / 0.60, 112 0.61-0.66 /
+# 0.68-0.77 -> 0.43-0.45 / 0.56-0.57; float64 48 1.10-1.13 / 1.31 -> 0.93-0.94 / 1.16-1.17, 80
+# 0.99-1.01 / 1.16-1.19 -> 0.77 / 0.97, 96 1.03 / 1.15 -> 0.85 / 1.00; other lengths, 100 and
+# 127 among them, ran as fast or slower in long_rows).
 cdef enum:
     SHORT_ROW = 128
+    WHOLE_ROW = 32
     SHORT_BLOCK = 1024     # elements per block of short rows
 
 
+cdef inline bint long_row(Py_ssize_t k, Py_ssize_t itemsize) noexcept nogil:
+    """Whether rows of k values take long_rows (above), else blocks of rows (rows_stats)."""
+    return k >= SHORT_ROW or (k >= WHOLE_ROW and k * itemsize % 64 == 0)
+
+
 cdef inline Py_ssize_t rows_per_block(Py_ssize_t k, Py_ssize_t left) noexcept nogil:
-    """How many of the ``left`` rows of length k < SHORT_ROW the next block of rows_stats
-    takes."""
+    """How many of the ``left`` short rows of length k the next block of rows_stats takes."""
     return min(left, SHORT_BLOCK // k)
 
 
 cdef void long_rows(const floating* z, floating* out, Py_ssize_t k, Py_ssize_t nrows, int kind,
                     const long long* labels, const floating* targets, double* terms,
                     floating inv_m) noexcept nogil:
-    """The softmax family over a chunk's ``nrows`` contiguous rows of SHORT_ROW values or more:
+    """The softmax family over a chunk's ``nrows`` contiguous long rows (long_row):
     each row's exps (row_stats, which takes the next row's max), then its finish of ``kind``,
     run in the next row's exp loop (the last row's after it). Cross-entropy (kind
     FO_FINISH_SCALE2) with class indices: the gradient's entry at each row's label and the
@@ -1145,7 +1157,7 @@ cdef void long_rows(const floating* z, floating* out, Py_ssize_t k, Py_ssize_t n
 cdef void rows_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t nrows,
                      floating* mx, double* s) noexcept nogil:
     """mx = max(z), e = exp(z - mx) and s = sum(e) (summed as row_sum sums) of ``nrows``
-    contiguous rows of fewer than SHORT_ROW values (rows_per_block of them)."""
+    contiguous short rows (rows_per_block of them)."""
     cdef floating shift[SHORT_BLOCK]
     cdef Py_ssize_t r, i
     for r in range(nrows):
@@ -1249,7 +1261,7 @@ cdef void softmax_rows(const floating* z, floating* out, Py_ssize_t k, Py_ssize_
     cdef floating mx[SHORT_BLOCK]
     cdef double s[SHORT_BLOCK]
     cdef Py_ssize_t o = 0, n, r
-    if k >= SHORT_ROW:
+    if long_row(k, sizeof(floating)):
         long_rows(z, out, k, nrows, FO_FINISH_LOG if log_ else FO_FINISH_SCALE, NULL, NULL,
                   NULL, 0)
         return
@@ -1437,7 +1449,7 @@ cdef void xent_chunk(SMJob* j, const floating* z, floating* out, const floating*
     cdef floating mx[SHORT_BLOCK]
     cdef double s[SHORT_BLOCK]
     cdef Py_ssize_t o = o0, end = o0 + nrows, n, r, off
-    if j.k >= SHORT_ROW:
+    if long_row(j.k, sizeof(floating)):
         long_rows(z + o0 * j.k, out + o0 * j.k, j.k, nrows, FO_FINISH_SCALE2,
                   j.labels + o0 if j.labels != NULL else NULL,
                   targets_at(targets, j.labels, o0 * j.k), j.terms + o0, inv_m)

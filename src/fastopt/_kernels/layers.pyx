@@ -51,20 +51,11 @@ cdef inline double sum8(double* acc) noexcept nogil:
 
 cdef inline double row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
     """sum(x) in float64, eight interleaved partial sums (vectorizable, fixed order)."""
-    cdef double acc[8]
-    cdef Py_ssize_t i, j, n8 = n - n % 8
-    for j in range(8):
-        acc[j] = 0
-    for i in range(0, n8, 8):
-        for j in range(8):
-            acc[j] += x[i + j]
-    for i in range(n8, n):
-        acc[i - n8] += x[i]
-    return sum8(acc)
+    return row_centred(x, n, 0.0)     # (x - 0.0 is x, every x: GCC drops the subtraction)
 
 
 cdef inline double row_centred(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
-    """sum(x - mean) in float64, summed as row_sum sums."""
+    """sum(x - mean) in float64, eight interleaved partial sums (vectorizable, fixed order)."""
     cdef double acc[8]
     cdef Py_ssize_t i, j, n8 = n - n % 8
     for j in range(8):
@@ -427,21 +418,20 @@ cdef inline Py_ssize_t chunk_end(const BNJob* job, Py_ssize_t chunk,
     return min((chunk + 1) * job.per_chunk, total)
 
 
-cdef inline void rows4_sum(const floating* x, Py_ssize_t C, double* out) noexcept nogil:
-    """row_sum of the four rows of C values from x (fo_bn.h)."""
+cdef inline void rows4_sum(const floating* x, Py_ssize_t C, const double* shift,
+                           double* out) noexcept nogil:
+    """row_sum of the four rows of C values from x (fo_bn.h), or with ``shift`` their
+    row_centred, each about its own shift."""
     if floating is float:
-        fo_rows4_sum_f(x, NULL, NULL, C, C, out)
+        if shift == NULL:
+            fo_rows4_sum_f(x, NULL, NULL, C, C, out)
+        else:
+            fo_rows4_centred_f(x, NULL, shift, C, C, out)
     else:
-        fo_rows4_sum_d(x, NULL, NULL, C, C, out)
-
-
-cdef inline void rows4_centred(const floating* x, Py_ssize_t C, const double* mean,
-                               double* out) noexcept nogil:
-    """row_centred of the four rows of C values from x, each about its own mean."""
-    if floating is float:
-        fo_rows4_centred_f(x, NULL, mean, C, C, out)
-    else:
-        fo_rows4_centred_d(x, NULL, mean, C, C, out)
+        if shift == NULL:
+            fo_rows4_sum_d(x, NULL, NULL, C, C, out)
+        else:
+            fo_rows4_centred_d(x, NULL, shift, C, C, out)
 
 
 cdef inline void rows4_centred_sq(const floating* x, Py_ssize_t C, const double* mean,
@@ -478,7 +468,7 @@ cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double 
     for r in range(R):
         first[r] = x[r * C]
     if four:
-        rows4_centred(x, C, first, m)
+        rows4_sum(x, C, first, m)
     else:
         m[0] = row_centred(x, C, first[0])
     for r in range(R):
@@ -542,7 +532,7 @@ cdef void features_backward(const floating* dy, const floating* x, floating* dx,
     cdef double dgc[4]
     cdef int r, R = 4 if four else 1
     if four:
-        rows4_sum(dy, C, db)
+        rows4_sum(dy, C, NULL, db)
         rows4_products(dy, x, C, mean, dgc)
     else:
         row_grad_sums(dy, x, C, mean[0], db, dgc)

@@ -1299,7 +1299,9 @@ def _assert_same_state(opt, ref, ours, theirs):
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("name", ["Adam", "NAdam", "SGD"])
 @pytest.mark.parametrize("when", ["as the kernel returns", "before the kernel"])
-def test_an_interrupt_keeps_the_count_with_the_state(backend, name, when, monkeypatch):
+@pytest.mark.parametrize("signal_raises", [KeyboardInterrupt, TimeoutError])
+def test_an_interrupt_keeps_the_count_with_the_state(backend, name, when, signal_raises,
+                                                     monkeypatch):
     """Ctrl-C during a step is raised as the compiled kernel returns (it runs without the GIL,
     where no Python signal handler runs), its writes done: the step count, NAdam's mu_product
     and a first step's new state are stored with them (they were dropped, as for a refused
@@ -1307,7 +1309,8 @@ def test_an_interrupt_keeps_the_count_with_the_state(backend, name, when, monkey
     correction one step off). Raised before the kernel was called, it changes nothing (it was
     taken for a stepped call: the count one step past the parameters). Simulated here: the
     backend's kernel runs, then raises KeyboardInterrupt; or the first thing the fastopt.ops
-    function calls raises it."""
+    function calls raises it. A signal handler may raise another exception (a timeout's
+    TimeoutError): the same (the step count had been kept only for a KeyboardInterrupt)."""
     kernel = {"Adam": "adam_multi", "NAdam": "nadam_multi", "SGD": "sgd_multi"}[name]
     kwargs = {"SGD": {"momentum": 0.9}}.get(name, {})
     rng = np.random.default_rng(4)
@@ -1317,10 +1320,10 @@ def test_an_interrupt_keeps_the_count_with_the_state(backend, name, when, monkey
         def interrupted(params, *args, **kwargs):
             real(params, *args, **kwargs)
             called.extend(params)
-            raise KeyboardInterrupt
+            raise signal_raises
 
         def interrupt(*args, **kwargs):
-            raise KeyboardInterrupt
+            raise signal_raises
 
         # the kernel, or what the fastopt.ops function calls first
         where, patch, interrupt_with = (
@@ -1336,7 +1339,7 @@ def test_an_interrupt_keeps_the_count_with_the_state(backend, name, when, monkey
             grads = [rng.standard_normal(p.shape) if x else None for x, p in zip(parts, ours)]
             called.clear()
             monkeypatch.setattr(where, patch, interrupt_with)
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(signal_raises):
                 opt.step(grads)
             monkeypatch.undo()
             if called:      # what the kernel stepped

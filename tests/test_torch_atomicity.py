@@ -615,23 +615,26 @@ _KERNELS = {"Adam": "adam", "NAdam": "nadam", "SGD": "sgd", "RMSprop": "rmsprop"
                                          ("RMSprop", {"momentum": 0.9})])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("when", ["as the kernel returns", "before the kernel"])
-def test_an_interrupt_keeps_the_count_with_the_state(name, kwargs, dtype, when, monkeypatch):
+@pytest.mark.parametrize("signal_raises", [KeyboardInterrupt, TimeoutError])
+def test_an_interrupt_keeps_the_count_with_the_state(name, kwargs, dtype, when, signal_raises,
+                                                     monkeypatch):
     """Ctrl-C during a step is raised as the kernel returns (it runs without the GIL, where
     no Python signal handler runs), its writes done: the counts, NAdam's mu_product and a
     first step's new state are stored with them (they were not: at 1e6 elements, 59 of 100
     real Ctrl-Cs left the count one step behind the parameter). Raised before the kernel was
     called, it changes nothing. Simulated: the backend's kernel runs, then raises
-    KeyboardInterrupt; or the step's first scalar check raises it."""
+    KeyboardInterrupt; or the step's first scalar check raises it. The same for another
+    exception a signal handler raises (a timeout's TimeoutError)."""
     from fastopt import _backend, ops
     kernel = _KERNELS[name] + ("_multi" if dtype == torch.float32 else "_half_multi")
     real = getattr(_backend.active, kernel)
 
     def interrupted(*args, **kwargs):
         real(*args, **kwargs)
-        raise KeyboardInterrupt
+        raise signal_raises
 
     def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise signal_raises
 
     check = {"SGD": "_check_sgd", "RMSprop": "_check_lr_beta"}.get(name, "_adam_scalars")
     after = when == "as the kernel returns"
@@ -647,7 +650,7 @@ def test_an_interrupt_keeps_the_count_with_the_state(name, kwargs, dtype, when, 
             p.grad = torch.randn(5, generator=gen).to(dtype)
             q.grad = p.grad.clone()
         monkeypatch.setattr(where, patch, raising)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(signal_raises):
             opt.step()
         monkeypatch.undo()
         if after:

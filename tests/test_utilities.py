@@ -692,12 +692,14 @@ def test_the_signature_check_can_fail():
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("when", ["as the kernel returns", "before the kernel"])
+@pytest.mark.parametrize("signal_raises", [KeyboardInterrupt, TimeoutError])
 def test_an_interrupted_ewa_update_keeps_its_count_with_its_average(backend, when,
-                                                                   monkeypatch):
+                                                                   signal_raises, monkeypatch):
     """Ctrl-C during ``update`` is raised as the compiled kernel returns, the sample folded
     in: ``t`` counts it (it did not: every later bias correction a step off). Raised before
     the kernel was called, it changes nothing. Simulated: the backend's kernel runs, then
-    raises KeyboardInterrupt; or the beta check raises it."""
+    raises KeyboardInterrupt; or the beta check raises it. The same for another exception a
+    signal handler raises (a timeout's TimeoutError)."""
     from fastopt import _backend
     samples = [np.arange(4.0) * k for k in range(1, 4)]
     after = when == "as the kernel returns"
@@ -707,17 +709,17 @@ def test_an_interrupted_ewa_update_keeps_its_count_with_its_average(backend, whe
 
         def interrupted(*args, **kwargs):
             real(*args, **kwargs)
-            raise KeyboardInterrupt
+            raise signal_raises
 
         def interrupt(*args, **kwargs):
-            raise KeyboardInterrupt
+            raise signal_raises
 
         for x in samples:
             if after:
                 monkeypatch.setattr(_backend.active, "ewa", interrupted)
             else:
                 monkeypatch.setattr(fo.ops, "_check_ewa", interrupt)
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(signal_raises):
                 ours.update(x)
             monkeypatch.undo()
             if after:

@@ -151,10 +151,11 @@ class EWA:
         x = x.astype(avg.dtype, copy=False)
         try:
             ops.ewa_(avg, x, beta)
-        except KeyboardInterrupt as exc:
-            # Ctrl-C as the kernel returned (it runs without the GIL, where no Python handler
-            # runs): the sample is in, so is its count (a bias correction a step off, else)
-            if ops._kernel_began(exc):
+        except BaseException as exc:
+            # Ctrl-C (or what a signal handler raised) as the kernel returned (it runs without
+            # the GIL, where no Python handler runs): the sample is in, so is its count (a bias
+            # correction a step off, else)
+            if ops._interrupted_kernel(exc):
                 self._avg = avg
                 self.t += 1
             raise

@@ -59,15 +59,23 @@ _SIGNATURES = {}    # fastopt.ops function -> its (reals, betas, flags) argument
 _REFUSED = (TypeError, ValueError, OverflowError)
 
 
+def _interrupted_kernel(exc):
+    """Whether ``exc``, raised in an optimizer's step, interrupted it once a kernel had been
+    called (:func:`_kernel_began`): Ctrl-C's KeyboardInterrupt, or whatever a signal handler
+    raises (a timeout's TimeoutError), which the step then stores as taken, as the kernel's
+    writes are; not one of the refusals (_REFUSED), which the kernels raise before writing."""
+    return not isinstance(exc, _REFUSED) and _kernel_began(exc)
+
+
 def _kernel_began(interrupt):
-    """Whether ``interrupt`` (a KeyboardInterrupt from an optimizer's step) came once a
-    kernel had been called. Each fastopt function on the way to a compiled kernel (these, the
-    list forms of fastopt._multi, Numba's launch, fastopt.torch's ``_update``) binds a local
-    ``kernel`` just before it calls the next, with no point between the two where Python runs
-    a signal handler (those follow a call or a jump back): the innermost such frame where the
-    interrupt was raised tells. A compiled kernel runs without the GIL, so Ctrl-C is raised as
-    it returns, its writes done; the numba and NumPy list forms are Python loops, which it can
-    stop between arrays (then counted as begun)."""
+    """Whether ``interrupt`` (an exception raised in an optimizer's step, as a signal handler raises
+    it) came once a kernel had been called. Each fastopt function on the way to a compiled
+    kernel (these, the list forms of fastopt._multi, Numba's launch, fastopt.torch's
+    ``_update``) binds a local ``kernel`` just before it calls the next, with no point between
+    the two where Python runs a signal handler (those follow a call or a jump back): the
+    innermost such frame where the interrupt was raised tells. A compiled kernel runs without
+    the GIL, so Ctrl-C is raised as it returns, its writes done; the numba and NumPy list forms
+    are Python loops, which it can stop between arrays (then counted as begun)."""
     began, tb = False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame

@@ -782,8 +782,9 @@ class Optimizer:
         state array overlaps another in any group, again only after they changed; with
         several groups every grad too), then each group steps with one kernel call: over its
         flat stretch of a ParameterArena, or over its list of arrays. A step that raises
-        changes nothing. A KeyboardInterrupt (Ctrl-C) leaves each parameter stepped with its
-        count and state, or untouched: raised before a group's kernel call, that group and
+        changes nothing. A KeyboardInterrupt (Ctrl-C), or another exception a signal handler
+        raised (a timeout's), leaves each parameter stepped with its count and state, or
+        untouched: raised before a group's kernel call, that group and
         those after it have not stepped; a Cython kernel runs to its end (without the GIL,
         where no Python handler runs), and is raised as it returns. The numba and NumPy
         kernels over a list are Python loops, which it can stop between arrays (then counted as
@@ -1059,9 +1060,10 @@ class Optimizer:
     def _run(self, group, params, grads, batch):
         """One kernel call; the step count and the state it made are stored only after it
         stepped: not after a refusal (which changes nothing), nor after a KeyboardInterrupt
-        (Ctrl-C) raised before the kernel was called. One raised once it had been is stored
-        with the step: the Cython kernels run without the GIL, where no Python signal
-        handler runs, so it is raised as they return, their writes done."""
+        (Ctrl-C), or another exception a signal handler raised, before the kernel was called.
+        One raised once it had been is stored with the step: the Cython kernels run without
+        the GIL, where no Python signal handler runs, so it is raised as they return, their
+        writes done."""
         steps = batch.steps
         step = None if steps is None else batch.counts[batch.first] + 1
         stepped = False
@@ -1069,17 +1071,16 @@ class Optimizer:
             scalar = self._update(group, params, grads, batch, step)
             stepped = True
             self._advance(batch, step, scalar)
-        except KeyboardInterrupt as exc:
-            if stepped or ops._kernel_began(exc):
+        except BaseException as exc:
+            # an interrupt (ops._interrupted_kernel) once the kernel was called is stored with
+            # the step, whose writes are done; a refusal changes nothing
+            if stepped or ops._interrupted_kernel(exc):
                 if not stepped:     # raised before _update returned its new scalar state
                     scalar = self._interrupted_scalar(group, batch, step)
                 # (again, if it was what the interrupt stopped: it stores values)
                 self._advance(batch, step, scalar)
             else:
-                batch.pending.clear()
-            raise
-        except BaseException:
-            batch.pending.clear()       # a plan's batch is used again
+                batch.pending.clear()       # a plan's batch is used again
             raise
 
     def _interrupted_scalar(self, group, batch, step):

@@ -730,7 +730,8 @@ class _FastOptimizer(_Mixin):
         by torch's Optimizer, which runs the hooks and the record around it: this one then
         runs them no more, as torch.optim's own steps run none then.
 
-        A KeyboardInterrupt (Ctrl-C) raised before a group's kernels were called leaves the
+        A KeyboardInterrupt (Ctrl-C), or another exception a signal handler raised (a
+        timeout's), raised before a group's kernels were called leaves the
         parameters and state of that group and those after it as they were (a clipping
         group's grads may be scaled already, as by ``clip_grad_norm_``); one raised once
         they were is raised after the group's counts and state are stored with what the
@@ -1407,10 +1408,11 @@ class _FastOptimizer(_Mixin):
 
     def _run(self, group, plan):
         """The kernel calls for one group, one per distinct step count (torch counts steps
-        per parameter); then the new counts and any new state are stored, also when a
-        KeyboardInterrupt came once a kernel was called (``_update`` binds ``kernel`` just
-        before it calls it: fastopt.ops._kernel_began), which is raised after. Returns the
-        grads' norm if the group clips them."""
+        per parameter); then the new counts and any new state are stored, also when an
+        interrupt (a KeyboardInterrupt, or what a signal handler raised) came once a kernel was
+        called (``_update`` binds ``kernel`` just before it calls it:
+        fastopt.ops._interrupted_kernel), which is raised after. Returns the grads' norm if the
+        group clips them."""
         gviews = plan.graw
         norm, factor = None, 1.0
         if plan.alias is None and plan.split:
@@ -1476,18 +1478,6 @@ class _FastOptimizer(_Mixin):
                         self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
                                      factor)
                     plan.counts[plan.live_index] = counts + 1
-        except KeyboardInterrupt as exc:
-            # Ctrl-C: raised before a kernel was called, it changes nothing; once one was, as
-            # it returned (a kernel runs without the GIL, where no Python handler runs) or
-            # after, the step is stored as it would have been, then it is raised
-            if not ops._kernel_began(exc):
-                raise
-            interrupted = exc
-            if self._STEPPED:   # (the counts are stored after the kernel calls)
-                if plan.live_index is _ALL:
-                    plan.counts += 1
-                else:
-                    plan.counts[plan.live_index] += 1
         except OverflowError:     # the kernels' conversion of an int past the float range
             self._check_float_range(group)      # (named, as a later group's is in time)
             raise
@@ -1497,6 +1487,19 @@ class _FastOptimizer(_Mixin):
                 # their words, by index among the parameters with grads) is named here
                 self._aliases(plan, group, plan.live_grads)
             raise
+        except BaseException as exc:
+            # Ctrl-C, or what a signal handler raised (ops._interrupted_kernel): raised before
+            # a kernel was called, it changes nothing; once one was, as it returned (a kernel
+            # runs without the GIL, where no Python handler runs) or after, the step is stored
+            # as it would have been, then it is raised
+            if not ops._interrupted_kernel(exc):
+                raise
+            interrupted = exc
+            if self._STEPPED:   # (the counts are stored after the kernel calls)
+                if plan.live_index is _ALL:
+                    plan.counts += 1
+                else:
+                    plan.counts[plan.live_index] += 1
         _increment_versions(plan.params)
         if not plan.keep:
             # (a plan with a parameter that is a negative view is never kept: _make_plan)
@@ -2042,8 +2045,8 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                        avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
                 for k in part:
                     cols["mu_product"][k][()] = new
-            except KeyboardInterrupt as exc:    # as the kernel returned, or in this loop
-                if ops._kernel_began(exc):
+            except BaseException as exc:    # as the kernel returned, or in this loop
+                if ops._interrupted_kernel(exc):
                     for k in part:
                         cols["mu_product"][k][()] = new
                 raise

@@ -2203,6 +2203,16 @@ def test_importing_fastopt_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def test_fastopt_torch_imports_and_steps_without_docstrings():
+    """``python -OO`` drops docstrings: importing fastopt.torch raised AttributeError (its
+    constructors' documentation is built from them)."""
+    code = ("import torch, fastopt.torch as ft; p = torch.nn.Parameter(torch.ones(3)); "
+            "p.grad = torch.ones(3); ft.AdamW([p], lr=0.5).step(); "
+            "assert ft.AdamW.__doc__ is None and p.detach().tolist() == [0.5] * 3, p")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-OO", "-c", code], check=True, env=env)
+
+
 # --------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("option", ["fused", "capturable", "differentiable"])
 def test_options_that_cannot_be_honoured_raise(option):

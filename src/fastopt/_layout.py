@@ -32,12 +32,13 @@ def via_contiguous(kernel, arrays, **scalars):
             np.copyto(a, c)
 
 
-def past_line(shape, dtype, skip):
-    """A new, unset C-ordered array of ``shape`` and ``dtype`` whose data lies ``skip`` bytes
-    past a 64-byte cache line: a view of an allocation of its own."""
+def past_line(shape, dtype, skip, zeroed=False):
+    """A new C-ordered array of ``shape`` and ``dtype`` whose data lies ``skip`` bytes past a
+    64-byte cache line: a view of an allocation of its own, unset, or all zero bytes if
+    ``zeroed`` (calloc's: a large one takes memory only as its pages are first written)."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    buf = np.empty(nbytes + 64, np.uint8)
+    buf = (np.zeros if zeroed else np.empty)(nbytes + 64, np.uint8)
     start = (skip - buf.__array_interface__["data"][0]) % 64
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
@@ -56,8 +57,12 @@ def like_lines(a, fill=0):
     optimizer, the grads and state of a ParameterArena are placed so.
     """
     address = a.__array_interface__["data"][0]
+    # a fill of +0 is the zero bytes calloc gives: ParameterArena's default grad buffer of 64
+    # MiB, filled, had taken that memory at once (and 20-30 ms)
+    zeroed = fill is not None and fill == 0 and math.copysign(1.0, fill) > 0
     # (an unaligned param's copies run on lines: its state starts one)
-    out = past_line(a.shape, a.dtype, 0 if address % a.dtype.alignment else address % 64)
-    if fill is not None:
+    out = past_line(a.shape, a.dtype, 0 if address % a.dtype.alignment else address % 64,
+                    zeroed)
+    if fill is not None and not zeroed:
         out.fill(fill)
     return out

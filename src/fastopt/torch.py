@@ -2167,7 +2167,8 @@ def _document_constructor(cls):
         default = "" if argument.default is argument.empty else f", default {argument.default!r}"
         lines.append(f"{argument.name} : {kind}{default}")
         lines.extend(textwrap.wrap(text, 88, initial_indent="    ", subsequent_indent="    "))
-    cls.__doc__ = inspect.cleandoc(cls.__doc__) + "\n" + "\n".join(lines)
+    if cls.__doc__ is not None:     # (python -OO drops docstrings)
+        cls.__doc__ = inspect.cleandoc(cls.__doc__) + "\n" + "\n".join(lines)
 
 
 for _cls in (SGD, RMSprop, Adagrad, Adam, AdamW, Adadelta, Adamax, NAdam, RAdam):

@@ -1165,18 +1165,24 @@ cdef void rows_stats(const floating* z, floating* e, Py_ssize_t k, Py_ssize_t nr
 # on (for writing, where it writes). One thread, Zen 2, float32 over axis 0: (1000, 4096)
 # softmax 6.5-6.9 -> 5.4-5.5 ms, log-softmax 6.8-7.1 -> 5.8-6.0, (4000, 1024) softmax 11.4-12.7
 # -> 8.9-9.5. Smaller blocks fetch nothing ahead: (1000, 1000) and (100, 4096), from L3 and
-# L2, had lost 5-16% with the prefetches.
+# L2, had lost 5-16% with the prefetches. Nor do blocks whose rows are runs of AHEAD_MAX_RUN
+# bytes or more, or the whole rows (column_width), which the hardware's prefetchers follow: this
+# Intel VM, float32 over axis 0, medians of 7 (us, softmax), one thread (1000, 4096) 3813 ->
+# 3018, (4000, 1024) 3092 -> 2347; two threads 1925 -> 1585 and 2104 -> 1986.
 cdef enum:
     AHEAD = 16
     AHEAD_MIN_BYTES = 8 << 20
+    AHEAD_MAX_RUN = 4096
 
 
 cdef inline void prefetch_ahead(const floating* block, Py_ssize_t r, Py_ssize_t k,
                                 Py_ssize_t inner, Py_ssize_t nbytes, bint write) noexcept nogil:
-    """Fetch the first nbytes of row r + AHEAD of a (k, inner) block, if it has one and the
-    block is AHEAD_MIN_BYTES or more."""
+    """Fetch the first nbytes of row r + AHEAD of a (k, inner) block, if it has one, the
+    block is AHEAD_MIN_BYTES or more and its rows are runs of fewer than AHEAD_MAX_RUN bytes
+    (above)."""
     cdef Py_ssize_t b
-    if r + AHEAD >= k or k * inner * <Py_ssize_t>sizeof(floating) < AHEAD_MIN_BYTES:
+    if (r + AHEAD >= k or k * inner * <Py_ssize_t>sizeof(floating) < AHEAD_MIN_BYTES
+            or nbytes >= AHEAD_MAX_RUN or nbytes == inner * <Py_ssize_t>sizeof(floating)):
         return
     for b in range(0, nbytes, 64):
         if write:

@@ -814,7 +814,7 @@ def _row_pass(z, m, e, acc, y, y_max, kind, pz, pout, a, b, part):
 
 @numba.njit(**JIT)
 def _long_rows(z, out, o0, o1, kind, labels, by_index, targets, inv_m, one, terms, cast, acc):
-    """The softmax family over rows o0..o1-1 of _SHORT_ROW values or more, as the Cython
+    """The softmax family over long rows o0..o1-1 (_long_row), as the Cython
     kernels' long_rows: each row's _row_pass, which takes the next row's max and finishes the
     previous row (``kind``), the last row finished after. Cross-entropy (_FINISH_SCALE2) by
     class index: the gradient at each row's label and the loss terms; with probabilities,
@@ -858,9 +858,16 @@ def _long_rows(z, out, o0, o1, kind, labels, by_index, targets, inv_m, one, term
 _SHORT_ROW = 128
 
 
+@numba.njit(inline="always", **JIT)
+def _long_row(k, itemsize):
+    """Whether rows of k values take _long_rows: _SHORT_ROW values or more, or from 32 a whole
+    number of 64-byte vectors, with no partial vector to pay (layers.pyx's long_row)."""
+    return k >= _SHORT_ROW or (k >= 32 and k * itemsize % 64 == 0)
+
+
 @numba.njit(**JIT)
 def _group_stats(z, e, o0, o1, acc):
-    """Rows o0..o1-1 of z, shorter than _SHORT_ROW: their max (_row_max) and exp sum (as
+    """Rows o0..o1-1 of z, short ones (_long_row): their max (_row_max) and exp sum (as
     _row_sum sums), as arrays mx and s (row o's at o - o0), and e[o] = exp(z[o] - mx)."""
     k = z.shape[1]
     mx, s = np.empty(_GROUP, z.dtype), np.empty(_GROUP)
@@ -930,7 +937,7 @@ def _softmax_rows(z, out, log_):
         cast = np.empty(1, z.dtype)
         acc = np.empty(8)
         o0, o1 = g * _GROUP, min(g * _GROUP + _GROUP, outer)
-        if k >= _SHORT_ROW:
+        if _long_row(k, z.itemsize):
             _long_rows(z, out, o0, o1, _FINISH_LOG if log_ else _FINISH_SCALE, _NO_LABELS,
                        False, z, cast[0], cast[0], acc, cast, acc)    # (no loss terms)
             continue
@@ -1020,7 +1027,7 @@ def _xent_rows(z, labels, targets, by_index, dz, inv_m, one, terms):
         cast = np.empty(1, z.dtype)
         acc = np.empty(8)
         o0, o1 = g * _GROUP, min(g * _GROUP + _GROUP, outer)
-        if z.shape[1] >= _SHORT_ROW:
+        if _long_row(z.shape[1], z.itemsize):
             _long_rows(z, dz, o0, o1, _FINISH_SCALE2, labels, by_index, targets, inv_m, one,
                        terms, cast, acc)
             continue

@@ -778,17 +778,17 @@ class Optimizer:
     def step(self, grads: Grads) -> None:
         """Update every parameter in place from ``grads``.
 
-        First every group is checked (hyper-parameters and state, and that no parameter or
-        state array overlaps another in any group, again only after they changed; with
-        several groups every grad too), then each group steps with one kernel call: over its
-        flat stretch of a ParameterArena, or over its list of arrays. A step that raises
-        changes nothing. A KeyboardInterrupt (Ctrl-C), or another exception a signal handler
-        raised (a timeout's), leaves each parameter stepped with its count and state, or
-        untouched: raised before a group's kernel call, that group and
-        those after it have not stepped; a Cython kernel runs to its end (without the GIL,
-        where no Python handler runs), and is raised as it returns. The numba and NumPy
-        kernels over a list are Python loops, which it can stop between arrays (then counted as
-        stepped with the others), and the NumPy reference between its operations.
+        First every group is checked (hyper-parameters and state, and that no parameter or state
+        array overlaps another in any group, again only after they changed; with several groups
+        every grad too), then each group steps with one kernel call: over its flat stretch of a
+        ParameterArena, or over its list of arrays. A step that raises changes nothing. A
+        KeyboardInterrupt (Ctrl-C), or another exception a signal handler raised (a timeout's),
+        leaves each parameter stepped with its count and state, or untouched: raised before a
+        group's kernel call, that group and those after it have not stepped; a Cython kernel
+        runs to its end (without the GIL, where no Python handler runs), and is raised as it
+        returns. The numba and NumPy kernels over a list are Python loops, which it can stop
+        between arrays (then counted as stepped with the others), and the NumPy reference
+        between its operations.
 
         Parameters
         ----------

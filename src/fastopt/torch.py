@@ -731,12 +731,11 @@ class _FastOptimizer(_Mixin):
         runs them no more, as torch.optim's own steps run none then.
 
         A KeyboardInterrupt (Ctrl-C), or another exception a signal handler raised (a
-        timeout's), raised before a group's kernels were called leaves the
-        parameters and state of that group and those after it as they were (a clipping
-        group's grads may be scaled already, as by ``clip_grad_norm_``); one raised once
-        they were is raised after the group's counts and state are stored with what the
-        kernels wrote (a compiled kernel runs to its end: the interrupt is raised as it
-        returns).
+        timeout's), raised before a group's kernels were called leaves the parameters and state
+        of that group and those after it as they were (a clipping group's grads may be scaled
+        already, as by ``clip_grad_norm_``); one raised once they were is raised after the
+        group's counts and state are stored with what the kernels wrote (a compiled kernel runs
+        to its end: the interrupt is raised as it returns).
 
         Parameters
         ----------

@@ -30,9 +30,10 @@ def batchnorm_stats(x, axis, eps, mean, inv_std, var):
     inf, a sum past the float range) the mean is ``x.mean()``, as the sums overflow."""
     x64 = x.astype(np.float64)
     first = np.take(x64, [0], axis=axis)
-    about_first = np.squeeze(first, axis) + (x64 - first).mean(axis=axis)
-    mean[...] = np.where(np.isfinite(about_first * x.shape[axis]), about_first,
-                         x64.mean(axis=axis))
+    mean[...] = np.squeeze(first, axis) + (x64 - first).mean(axis=axis)
+    overflow = ~np.isfinite(mean * x.shape[axis])
+    if overflow.any():      # (those features only: a pass over x less, most calls)
+        mean[overflow] = x64.mean(axis=axis)[overflow]
     var[...] = batch_variance(x64, axis, mean)
     inv_std[...] = 1.0 / np.sqrt(var + eps)
 

@@ -1375,6 +1375,9 @@ def test_a_grad_key_for_a_parameter_that_does_not_exist_is_refused(opt_cls):
     for stray in ("dW2", "W2", "db", "dW"):
         with pytest.raises(ValueError, match=f"'{stray}' but there is no such parameter"):
             opt.step({**grads, stray: np.ones(2)})
+    # (an optimizer over some of a model's parameters is told what to pass)
+    with pytest.raises(ValueError, match="pass their grads only"):
+        opt.step({**grads, "dW2": np.ones(2)})
     for k in params:
         np.testing.assert_array_equal(params[k], before[k])
     # the course's caches ride along in its grads dict (dA1, dZ1): not a parameter's kind

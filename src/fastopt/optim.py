@@ -104,7 +104,9 @@ def _by_name(grads, names):
         strays = _stray_keys(grads, names)
         if strays:
             raise ValueError(f"grads has {', '.join(strays)} but there is no such "
-                             "parameter (keys are a parameter's name or 'd' + name)")
+                             "parameter (keys are a parameter's name or 'd' + name; for an "
+                             "optimizer over some of a model's parameters, pass their grads "
+                             "only)")
     return matched
 
 
@@ -794,7 +796,8 @@ class Optimizer:
         ----------
         grads : dict or sequence of ndarray
             A dict keyed by parameter name or ``"d" + name`` (when the parameters were given
-            by name; other keys, e.g. the course's caches, are ignored), or a sequence in
+            by name; other keys, e.g. the course's caches, are ignored, but not one shaped
+            like a missing parameter's, ``dW3`` beside ``W1``, ``W2``), or a sequence in
             parameter order; ``None`` for a parameter that sits this step out. An arena's
             ``arena.grads`` steps its stretch directly.
 

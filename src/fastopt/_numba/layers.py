@@ -850,12 +850,34 @@ def _long_rows(z, out, o0, o1, kind, labels, by_index, targets, inv_m, one, term
 
 
 # Rows shorter than _SHORT_ROW take their exps a group of rows at a time, in one vector loop
-# over the group's differences z - max (as the Cython kernels' short rows): a row of a few
-# values is otherwise a partial vector, which LLVM leaves to the scalar exp. The same bits:
-# the same exp of the same differences, summed per row as _row_sum sums. One thread, float32,
-# 400k logits, alternating processes: softmax of rows of 2, 10, 33, 64 values 9.7-11.0 ->
-# 6.3-7.1, 2.4-3.7 -> 1.8-2.5, 1.2 -> 0.8-1.2, 1.0 -> 0.75 ms; cross-entropy alike.
+# over the group with each element's row max beside it (as the Cython kernels' short rows): a
+# row of a few values is otherwise a partial vector, which LLVM leaves to the scalar exp. The
+# same bits: the same exp of the same differences, summed per row as _row_sum sums. One thread,
+# float32, 400k logits, alternating processes: softmax of rows of 2, 10, 33, 64 values 9.7-11.0
+# -> 6.3-7.1, 2.4-3.7 -> 1.8-2.5, 1.2 -> 0.8-1.2, 1.0 -> 0.75 ms; cross-entropy alike. The
+# differences had been copied to a scratch array and the exps back from it, 16 rows a group:
+# ns per element, one thread, float32, (8192 or 4096, k), softmax / cross-entropy, this Intel
+# VM, three alternated rounds: k = 16 3.06-3.07 / 4.95-5.04 -> 1.94-2.20 / 3.90-4.25, 100
+# 1.60-1.64 / 1.99-2.12 -> 0.78-0.84 / 1.18-1.21 (Cython 0.67-0.69 / 0.73-0.75); the long rows
+# of 32 and 64 values, only the larger groups, 1.54-1.61 -> 1.25-1.38 and 0.95-0.98 ->
+# 0.76-0.82 (softmax; Cython 0.72-0.73 and 0.46-0.47).
 _SHORT_ROW = 128
+
+
+# Rows of the classes-last layout are taken _GROUP at a time, or as many as make
+# _GROUP_VALUES values where rows are shorter: each group allocates its scratch arrays, which
+# for groups of 16 short rows was a good part of their time (above).
+_GROUP_VALUES = 4096
+
+
+@numba.njit(inline="always", **JIT)
+def _rows_per_group(k):
+    return max(_GROUP, _GROUP_VALUES // max(k, 1))
+
+
+def _row_groups(z):
+    """The groups of the (outer, k, 1) z's rows."""
+    return -(-z.shape[0] // _rows_per_group(z.shape[1]))
 
 
 @numba.njit(inline="always", **JIT)
@@ -868,24 +890,18 @@ def _long_row(k, itemsize):
 @numba.njit(**JIT)
 def _group_stats(z, e, o0, o1, acc):
     """Rows o0..o1-1 of z, short ones (_long_row): their max (_row_max) and exp sum (as
-    _row_sum sums), as arrays mx and s (row o's at o - o0), and e[o] = exp(z[o] - mx)."""
+    _row_sum sums), as arrays mx and s (row o's at o - o0), and e[o] = exp(z[o] - mx), in one
+    vector loop over the group with each element's row max beside it (rows_stats)."""
     k = z.shape[1]
-    mx, s = np.empty(_GROUP, z.dtype), np.empty(_GROUP)
-    buf = np.empty((o1 - o0) * k, z.dtype)
-    n = 0
+    n = (o1 - o0) * k
+    mx, s, shift = np.empty(o1 - o0, z.dtype), np.empty(o1 - o0), np.empty(n, z.dtype)
     for o in range(o0, o1):
         m = _row_max(z[o])
         mx[o - o0] = m
-        for r in range(k):
-            buf[n + r] = z[o, r] - m
-        n += k
-    _exps(buf, z.dtype.type(0), buf)          # (z - m) - 0 is z - m, -0 and NaN too
-    n = 0
+        shift[(o - o0) * k:(o - o0 + 1) * k] = m
+    _exps(z[o0:o1].reshape(n), shift, e[o0:o1].reshape(n))
     for o in range(o0, o1):
-        for r in range(k):
-            e[o, r] = buf[n + r]
         s[o - o0] = _row_sum(e[o], acc)
-        n += k
     return mx, s
 
 
@@ -933,10 +949,11 @@ def _finish(z, e, mx, c, log_):
 def _softmax_rows(z, out, log_):
     """Classes last: z is (outer, k), each example a contiguous row (so the loops vectorize)."""
     outer, k = z.shape
-    for g in prange((outer + _GROUP - 1) // _GROUP):
+    rows = _rows_per_group(k)
+    for g in prange((outer + rows - 1) // rows):
         cast = np.empty(1, z.dtype)
         acc = np.empty(8)
-        o0, o1 = g * _GROUP, min(g * _GROUP + _GROUP, outer)
+        o0, o1 = g * rows, min(g * rows + rows, outer)
         if _long_row(k, z.itemsize):
             _long_rows(z, out, o0, o1, _FINISH_LOG if log_ else _FINISH_SCALE, _NO_LABELS,
                        False, z, cast[0], cast[0], acc, cast, acc)    # (no loss terms)
@@ -992,7 +1009,7 @@ def softmax(z, out, log):
     use_threads(z.size)
     z = read_only(z)
     if z.shape[2] == 1:
-        chunked(_softmax_rows, _groups(z.shape[0]), z[:, :, 0], out[:, :, 0], bool(log))
+        chunked(_softmax_rows, _row_groups(z), z[:, :, 0], out[:, :, 0], bool(log))
     else:
         width = _column_width(z)
         chunked(_softmax, z.shape[0] * -(-z.shape[2] // width), z, out, bool(log), width)
@@ -1022,12 +1039,13 @@ def _xent_term(z, mx, log_s, t):
 @numba.njit(**_PAR)
 def _xent_rows(z, labels, targets, by_index, dz, inv_m, one, terms):
     """Classes last: z is (outer, k), each example a contiguous row."""
-    outer = z.shape[0]
-    for g in prange((outer + _GROUP - 1) // _GROUP):
+    outer, k = z.shape
+    rows = _rows_per_group(k)
+    for g in prange((outer + rows - 1) // rows):
         cast = np.empty(1, z.dtype)
         acc = np.empty(8)
-        o0, o1 = g * _GROUP, min(g * _GROUP + _GROUP, outer)
-        if _long_row(z.shape[1], z.itemsize):
+        o0, o1 = g * rows, min(g * rows + rows, outer)
+        if _long_row(k, z.itemsize):
             _long_rows(z, dz, o0, o1, _FINISH_SCALE2, labels, by_index, targets, inv_m, one,
                        terms, cast, acc)
             continue
@@ -1112,7 +1130,7 @@ def softmax_cross_entropy(z, labels, targets, dz):
     # gradient's label entries, and the strided layout's targets, in float64)
     inv_m, one = z.dtype.type(1.0 / m), z.dtype.type(1)
     if z.shape[2] == 1:
-        chunked(_xent_rows, _groups(z.shape[0]), z[:, :, 0], labels, targets[:, :, 0],
+        chunked(_xent_rows, _row_groups(z), z[:, :, 0], labels, targets[:, :, 0],
                 by_index, dz[:, :, 0], inv_m, one, terms)
     else:
         width = _column_width(z)

@@ -95,8 +95,9 @@ def test_header_says_threads_and_load_average():
         assert len(load[0].split(":")[1].split("(")[0].split()) == 3
 
 
-def test_a_closed_pipe_ends_quietly():
-    proc = subprocess.Popen([sys.executable, "-m", "fastopt", *TINY, "--json"],
+@pytest.mark.parametrize("output", [[], ["--json"]], ids=["report", "json"])
+def test_a_closed_pipe_ends_quietly(output):
+    proc = subprocess.Popen([sys.executable, "-m", "fastopt", *TINY, *output],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=cli_env())
     proc.stdout.read(1)                               # as `| head -c 1`

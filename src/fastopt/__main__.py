@@ -284,18 +284,17 @@ def main(argv=None):
     active = _backend.get_backend()
     if active not in args.backends:
         active = next((b for b in args.backends if b != "numpy"), args.backends[0])
+    stdout = sys.stdout
     try:
         if args.json != "-":
             with _backend.use_backend(active):
                 return report(args, None)
         # the JSON alone on stdout, so it pipes; the human report on stderr
-        json_out = sys.stdout
-        try:
-            with contextlib.redirect_stdout(sys.stderr), _backend.use_backend(active):
-                return report(args, json_out)
-        except BrokenPipeError:   # the reader stopped early (`| head`): quiet, as other CLIs
-            os.dup2(os.open(os.devnull, os.O_WRONLY), json_out.fileno())
-            return 1
+        with contextlib.redirect_stdout(sys.stderr), _backend.use_backend(active):
+            return report(args, stdout)
+    except BrokenPipeError:   # the reader stopped early (`| head`): quiet, as other CLIs
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        return 1
     except KeyboardInterrupt:     # Ctrl-C: a line, not a traceback; the shell's status for it
         print("\ninterrupted (no JSON or plot written)" if args.json or args.plot
               else "\ninterrupted", file=sys.stderr)

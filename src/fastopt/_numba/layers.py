@@ -124,7 +124,7 @@ def _groups(rows):
     return (rows + _GROUP - 1) // _GROUP
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _row_sum(x, acc):
     """sum(x) in float64, eight interleaved partial sums (acc: 8 float64 of scratch)."""
     acc[:] = 0.0
@@ -636,7 +636,7 @@ def _maximum(typingctx, a, b):
     return a(a, b), codegen
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _row_max(z):
     """max(z), NaN if z holds one: LLVM vectorizes a reduction of llvm.maximum, not one of
     max_nan's compare and select (4x slower: the row's max took as long as its exp)."""
@@ -767,7 +767,7 @@ def _finish_op(kind, o, z, a, b):
     return o * a
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _finish_row(kind, z, out, a, b):
     if kind == _FINISH_NONE:
         return
@@ -860,7 +860,11 @@ def _long_rows(z, out, o0, o1, kind, labels, by_index, targets, inv_m, one, term
 # VM, three alternated rounds: k = 16 3.06-3.07 / 4.95-5.04 -> 1.94-2.20 / 3.90-4.25, 100
 # 1.60-1.64 / 1.99-2.12 -> 0.78-0.84 / 1.18-1.21 (Cython 0.67-0.69 / 0.73-0.75); the long rows
 # of 32 and 64 values, only the larger groups, 1.54-1.61 -> 1.25-1.38 and 0.95-0.98 ->
-# 0.76-0.82 (softmax; Cython 0.72-0.73 and 0.46-0.47).
+# 0.76-0.82 (softmax; Cython 0.72-0.73 and 0.46-0.47). The helpers a short row calls
+# (_row_max, _row_sum, _finish_row, _xent_row) are inlined: a call a row, its array arguments
+# built for each, had cost rows of 2 and 10 values (400k logits) 6.5-7.0 / 21.0-21.5 and 2.62-2.63
+# / 5.61-5.65 ns per element, softmax / cross-entropy, one thread; inlined 5.0-5.4 / 8.5-8.8 and
+# 2.4 / 3.0 (Cython 3.7 / 7.7 and 1.5 / 2.2); the same bits.
 _SHORT_ROW = 128
 
 
@@ -1056,7 +1060,7 @@ def _xent_rows(z, labels, targets, by_index, dz, inv_m, one, terms):
                       one, cast, acc, terms, o, mx, s)
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _xent_row(z, label, target, by_index, d, inv_m, one, cast, acc, terms, o, mx, s):
     """One example from its stats (d holds exp(z - mx), s its sum): d = (softmax(z) - target)
     / m; terms[o] = sum(target * log_softmax(z)) (target: the one-hot of ``label`` when

@@ -135,7 +135,9 @@ class BuildExt(build_ext):
         openmp = (os.environ.get("FASTOPT_NO_OPENMP", "0") in ("", "0")
                   and _compiles(cc, ["-fopenmp"]))
         if not openmp:
-            warnings.warn("fastopt: building without OpenMP; compiled kernels run on one thread")
+            warnings.warn("fastopt: building without OpenMP; the compiled kernels still run on "
+                          "fastopt's own thread pool, but fastopt.torch never hands a long step "
+                          "to torch's OpenMP team")
         compile_args = flags + (["-fopenmp"] if openmp else [])
         wide_ok = not os.environ.get("FASTOPT_MARCH") and _compiles(cc, [WIDE_MARCH])
         self._remove_outputs([e for e in self.extensions if not wide_ok and _is_wide(e)])

@@ -1,7 +1,9 @@
 """fastopt: fast, exact neural-network update kernels for NumPy on the CPU.
 
-Three backends with one meaning: Cython (compiled, OpenMP), Numba, and the NumPy reference
-that defines the correct answer. See README.md and the public contract in API.md.
+Three backends with one meaning: Cython (compiled, multi-threaded, the GIL released), Numba,
+and the NumPy reference that defines the correct answer. Each function and class documents its
+contract (``help(fastopt.Adam)``); the project's README (the package's description) gives the
+tour, the benchmarks and the build switches.
 """
 from . import course, ops, schedules  # noqa: F401
 from ._backend import (backends, get_backend, get_num_threads, set_backend,  # noqa: F401

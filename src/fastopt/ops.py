@@ -499,8 +499,8 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
     maximize : bool, default False
         Ascend the objective instead of descending.
     eps_inside_sqrt : bool, default False
-        The denominator ``sqrt(s + eps)`` (TensorFlow's RMSProp) instead of torch's
-        ``sqrt(s) + eps`` (the course's lecture adds eps after the root, as the default).
+        The denominator ``sqrt(s + eps)`` (eps inside the root, as TensorFlow's RMSProp)
+        instead of torch's ``sqrt(s) + eps`` (the default, as the course's lecture slide).
 
     Returns
     -------
@@ -713,7 +713,7 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
         Decay the parameter directly (AdamW) instead of adding an L2 term to the gradient.
     eps_inside_sqrt : bool, default False
         The denominator ``sqrt(v_hat + eps)`` instead of torch's ``sqrt(v_hat) + eps``
-        (not the course's: its notebook adds epsilon after the root, as the default does).
+        (the course notebook's code adds epsilon after the root, as the default does).
 
     Returns
     -------

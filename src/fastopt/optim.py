@@ -1603,9 +1603,9 @@ class RMSprop(Optimizer):
     centered : bool, default False
         Normalize by the estimated variance of the gradient.
     eps_inside_sqrt : bool, default False
-        The denominator ``sqrt(s + eps)`` (TensorFlow's RMSProp) instead of ``sqrt(s) + eps``.
-        Not the course's form: its lecture adds eps after the root, ``dW / (sqrt(s) + eps)``,
-        as torch does (the default).
+        The denominator ``sqrt(s + eps)`` (eps inside the root, as TensorFlow's RMSProp and
+        some of the course's texts write it) instead of torch's ``sqrt(s) + eps`` (the
+        default, as the course's lecture slide ``dW / (sqrt(s) + eps)``).
     maximize : bool, default False
         Ascend the objective: ``g = -grad``.
     beta : float, optional
@@ -1742,9 +1742,10 @@ class Adam(Optimizer):
         v = vmax = max(vmax, v)                 (amsgrad)
         param -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
 
-    With ``eps_inside_sqrt``: ``param -= lr * m_hat / sqrt(v_hat + eps)``. The course's form
-    is the default: its notebook's ``W -= learning_rate * v_corrected / (sqrt(s_corrected) +
-    epsilon)`` is the last line above (``fastopt.course.update_parameters_with_adam``).
+    With ``eps_inside_sqrt``: ``param -= lr * m_hat / sqrt(v_hat + eps)``, eps inside the root
+    (the form some of the course's texts write). The course notebook's code, ``W -=
+    learning_rate * v_corrected / (sqrt(s_corrected) + epsilon)``, is the default, the last
+    line above (``fastopt.course.update_parameters_with_adam``).
 
     ``opt.step(grads)`` takes the grads in the structure of ``params`` (for a dict, the same keys
     or the course's ``"d" + name``); a step that raises changes nothing.
@@ -1770,8 +1771,8 @@ class Adam(Optimizer):
     decoupled_weight_decay : bool, default False
         Decay the parameter directly (AdamW) instead of adding an L2 term to the grad.
     eps_inside_sqrt : bool, default False
-        The denominator ``sqrt(v_hat + eps)`` instead of ``sqrt(v_hat) + eps`` (not the
-        course's: its notebook adds epsilon after the root, as the default does).
+        The denominator ``sqrt(v_hat + eps)`` instead of ``sqrt(v_hat) + eps`` (the course
+        notebook's code adds epsilon after the root, as the default does).
 
     State per parameter (torch's keys): ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v),
     ``max_exp_avg_sq`` (amsgrad).

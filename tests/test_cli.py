@@ -88,7 +88,7 @@ def test_header_says_threads_and_load_average():
     status, out, err = run_cli("--threads", "1")
     assert status == 0, err
     header = out.split("\n\n")[0]
-    assert "1 threads used" in header
+    assert "1 thread used" in header
     if hasattr(os, "getloadavg"):
         load = [line for line in header.splitlines() if line.strip().startswith("load")]
         assert len(load) == 1 and "(1, 5, 15 min)" in load[0]
@@ -230,6 +230,36 @@ def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path)
         parse_args(["--plot", str(tmp_path / "p.png")])
     assert exc.value.code == 2
     assert "argument --plot: needs matplotlib" in capsys.readouterr().err
+
+
+def test_plot_to_stdout_is_a_usage_error_not_a_file_named_dash(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from fastopt.__main__ import parse_args
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--plot", "-"])
+    assert exc.value.code == 2 and "argument --plot: a file" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_wide_values_keep_their_columns_apart(monkeypatch, capsys):
+    """A contender 10000x its roofline printed its GB/s and its ratio as one number."""
+    from fastopt import __main__, _bench
+    times = {"cython": 1e-6, "numpy": 1e-5, "roofline": 1e-7, "slow": 2.0}
+    monkeypatch.setattr(_bench, "time_row", lambda fns, rounds: {k: (t, 0.01) for k, t in
+                                                                 times.items()})
+    assert __main__.main(["--kernels", "sgd", "--sizes", "1e3", "--dtypes", "float32",
+                          "--threads", "1", "--no-peers", "--no-layers", "--no-groups",
+                          "--no-single-thread", "--no-coexistence"]) == 0
+    out = capsys.readouterr().out
+    assert "1 thread used" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  sgd  ")
+            and "float32" in line]
+    slow = [r for r in rows if "slow" in r]
+    assert len(rows) == 4 and slow
+    # kernel dtype size contender time unit spread x-ref GB/s x-roof
+    assert all(len(r) == 10 for r in rows), rows
+    assert slow[0][-1] == "20000000.00"
 
 
 def test_an_empty_backends_list_is_a_usage_error_not_every_backend(capsys):

@@ -191,6 +191,8 @@ def parse_args(argv):
             ap.error("argument --plot: needs matplotlib (pip install 'fastopt[bench]')")
         # the file format, from the extension as savefig takes it: an unknown one ended the
         # whole run in savefig's ValueError; none wrote out.png, and the report said "wrote out"
+        if args.plot == "-":        # (as --json's, it would be stdout: a PNG to a terminal)
+            ap.error("argument --plot: a file to write ('-', stdout, takes no plot)")
         ext = os.path.splitext(args.plot)[1][1:].lower()
         formats = FigureCanvasBase.get_supported_filetypes()
         if args.plot and not os.path.isdir(args.plot) and not ext:
@@ -316,7 +318,8 @@ def report(args, json_out):
     info["load_average"] = load_average()
     progress = Progress()
     print("fastopt report")
-    print(f"  machine : {info['cpu']}, {info['cores']} cores, {info['threads']} threads used")
+    print(f"  machine : {info['cpu']}, {_count(info['cores'], 'core')}, "
+          f"{_count(info['threads'], 'thread')} used")
     if info["load_average"] is not None:
         load = info["load_average"]
         busy = load[0] + info["threads"] > (info["cores"] or 1) + 0.5
@@ -386,8 +389,8 @@ def report(args, json_out):
                                gbps=nbytes / t / 1e9, x_roofline=t / roof if roof else None)
                     rows.append(row)
                     print(f"  {name:<13}{dtype.name:<8}{n:>10.0e}  {label:<14}{_fmt_t(t):>11}"
-                          f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7}{row['gbps']:>8.1f}"
-                          f"{_fmt_x(row['x_roofline']):>8}")
+                          f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7} {row['gbps']:>7.1f}"
+                          f" {_fmt_x(row['x_roofline']):>7}")
     single_rows = []
     if not args.no_single_thread:
         sizes = [n for n in args.sizes if n >= 100_000] or args.sizes[-1:]
@@ -431,7 +434,7 @@ def report(args, json_out):
                     group_rows.append(row)
                     print(f"  {gname:<10}{dtype.name:<8}{len(shapes):>7}{total:>10}  "
                           f"{label:<14}{_fmt_t(t):>11}{spread:>7.0%} "
-                          f"{_fmt_x(row['x_roofline']):>7}{_fmt_x(row['x_fused']):>9}")
+                          f"{_fmt_x(row['x_roofline']):>7} {_fmt_x(row['x_fused']):>8}")
 
     layer_rows = []
     if not args.no_layers:
@@ -459,7 +462,7 @@ def report(args, json_out):
                     layer_rows.append(row)
                     print(f"  {name:<12}{dtype.name:<8}{str(shape):>14}  {label:<10}"
                           f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7}"
-                          f"{_fmt_x(row['x_roofline']):>8}")
+                          f" {_fmt_x(row['x_roofline']):>7}")
 
     torch_rows = [] if args.no_torch or args.no_peers else torch_race(args, progress)
 
@@ -541,12 +544,16 @@ def torch_race(args, progress):
                     ratios = [_fmt_x(timed[k][0] / ours) if k in timed else "-"
                               for k in ("torch-fused", "deepspeed")]
                 print(f"  {name:<10}{dtype:<10}{total:>10}  {label:<15}{_fmt_t(t):>11}"
-                      f"{spread:>7.0%} {ratios[0]:>8}{ratios[1]:>12}")
+                      f"{spread:>7.0%} {ratios[0]:>8} {ratios[1]:>11}")
     return out
 
 
 def _fmt_t(t):
     return f"{t * 1e6:.2f} us" if t < 1e-3 else f"{t * 1e3:.2f} ms"
+
+
+def _count(n, noun):
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _fmt_x(x):

@@ -826,6 +826,18 @@ def test_default_threads_follow_the_affinity_mask():
     assert out.stdout.strip() == "1"
 
 
+def test_omp_num_threads_sets_the_default_and_a_count_below_1_is_ignored(monkeypatch):
+    """OMP_NUM_THREADS=0 had meant one thread, OMP_NUM_THREADS=abc the CPUs: neither is a
+    count (OpenMP ignores both), so both mean the CPUs."""
+    from fastopt import _threads
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpus = _threads.default_threads()
+    for value, expected in (("3", 3), ("4,2", 4), ("0", cpus), ("-2", cpus), ("abc", cpus),
+                            ("", cpus)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert _threads.default_threads() == expected, value
+
+
 def test_threadpoolctl_sees_and_limits_the_kernels():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if "cython" not in fo.backends():

@@ -254,14 +254,17 @@ def set_num_threads(n: int) -> None:
 
     Raises
     ------
+    TypeError
+        ``n`` not an int (a float, a str, a bool; as numba's and torch's set_num_threads).
     ValueError
-        ``n`` not an int from 1 to 256 (nothing changes).
+        ``n`` not from 1 to 256. Either way nothing changes.
     """
     global _num_threads
-    if (not isinstance(n, numbers.Integral) or isinstance(n, bool)
-            or not 1 <= n <= _threads.MAX_THREADS):
-        raise ValueError(f"number of threads must be an int from 1 to {_threads.MAX_THREADS}, "
-                         f"got {n!r}")
+    message = f"number of threads must be an int from 1 to {_threads.MAX_THREADS}, got {n!r}"
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool):
+        raise TypeError(message)
+    if not 1 <= n <= _threads.MAX_THREADS:
+        raise ValueError(message)
     _num_threads = int(n)
     for module in _loaded.values():
         module.set_num_threads(n)

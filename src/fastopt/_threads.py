@@ -40,9 +40,11 @@ def default_threads():
     """``OMP_NUM_THREADS`` if set, else the CPUs this process may run on (its affinity mask,
     capped by a cgroup CPU quota): more threads than that only wait for each other."""
     try:
-        return max(1, int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
+        n = int(os.environ["OMP_NUM_THREADS"].split(",")[0])
     except (KeyError, ValueError):
-        pass
+        n = 0
+    if n >= 1:          # (0 or less is not a count: OpenMP ignores it, as a word)
+        return n
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:          # not on Linux

@@ -71,10 +71,11 @@ def run(epochs=40, adamw=False, seed=0, batch_size=64, lr=2e-3, quiet=False):
             loss, dlogits = fo.softmax_cross_entropy(net.forward(xb), yb)
             opt.step(net.backward(dlogits))
             total, count = total + loss * len(xb), count + len(xb)
-        if not quiet:
+        tty = sys.stdout.isatty()
+        if not quiet and (tty or epoch == epochs):   # (a moving bar only on a terminal)
             done = int(30 * epoch / epochs)
-            sys.stdout.write(f"\repoch {epoch:3d}/{epochs} [{'#' * done}{'.' * (30 - done)}] "
-                             f"loss {total / count:.4f}")
+            sys.stdout.write(("\r" if tty else "") + f"epoch {epoch:3d}/{epochs} "
+                             f"[{'#' * done}{'.' * (30 - done)}] loss {total / count:.4f}")
             sys.stdout.flush()
     test_acc = float(np.mean(net.forward(X_test, training=False).argmax(1) == y_test))
     if not quiet:

@@ -139,7 +139,7 @@ def plot_problem(path):
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
-        return None                     # plot_boundaries says --plot needs matplotlib
+        return "needs matplotlib (pip install 'fastopt[examples]')"
     ext = os.path.splitext(path)[1][1:].lower() or "png"
     if ext not in FigureCanvasBase.get_supported_filetypes():
         return f"matplotlib writes no {ext!r} files"
@@ -154,13 +154,9 @@ def plot_problem(path):
 
 
 def plot_boundaries(X, Y, fitted, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install 'fastopt[examples]'); no plot written")
-        return
+    import matplotlib           # (plot_problem checked that it is installed)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     xx, yy = np.meshgrid(np.linspace(X[0].min() - 1, X[0].max() + 1, 200),
                          np.linspace(X[1].min() - 1, X[1].max() + 1, 200))
     grid = np.c_[xx.ravel(), yy.ravel()].T

@@ -96,13 +96,9 @@ def run(steps=2000, plot=None):
 
 
 def plot_paths(results, outdir):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot needs matplotlib (pip install 'fastopt[examples]'); no plot written")
-        return
+    import matplotlib           # (checked before the descents)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     os.makedirs(outdir, exist_ok=True)
     for surface in SURFACES:
         fig, ax = plt.subplots(figsize=(7, 6))
@@ -138,7 +134,10 @@ if __name__ == "__main__":
     if args.steps < 1:
         ap.error(f"--steps: at least 1, got {args.steps}")
     if args.plot:       # checked before the descents, not after them (it ended in a traceback)
+        import importlib.util
         import tempfile
+        if importlib.util.find_spec("matplotlib") is None:
+            ap.error(f"--plot {args.plot}: needs matplotlib (pip install 'fastopt[examples]')")
         try:
             os.makedirs(args.plot, exist_ok=True)
             tempfile.TemporaryFile(dir=args.plot).close()

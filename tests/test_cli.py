@@ -222,6 +222,15 @@ def test_torch_without_torch_is_a_usage_error(monkeypatch, capsys):
     assert "argument --torch: needs torch" in capsys.readouterr().err
 
 
+def test_fastopt_torch_without_torch_says_which_extra_to_install(monkeypatch):
+    import importlib
+    monkeypatch.setitem(sys.modules, "torch", None)       # as if not installed
+    monkeypatch.delitem(sys.modules, "fastopt.torch", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'fastopt\[torch\]'") as exc:
+        importlib.import_module("fastopt.torch")
+    assert exc.value.name == "torch"
+
+
 def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
     """It was found missing after the whole report had run (no plot written)."""
     from fastopt.__main__ import parse_args
@@ -260,6 +269,14 @@ def test_wide_values_keep_their_columns_apart(monkeypatch, capsys):
     # kernel dtype size contender time unit spread x-ref GB/s x-roof
     assert all(len(r) == 10 for r in rows), rows
     assert slow[0][-1] == "20000000.00"
+
+
+def test_names_may_have_spaces_after_their_commas_as_sizes_may():
+    from fastopt.__main__ import parse_args
+    args = parse_args(["--kernels", "adam, sgd", "--dtypes", "float32, float64",
+                       "--backends", "numpy, " + fastopt.backends()[0], "--sizes", "1e3, 1e4"])
+    assert args.kernels == ["adam", "sgd"] and len(args.dtypes) == 2
+    assert args.backends == ["numpy", fastopt.backends()[0]]
 
 
 def test_an_empty_backends_list_is_a_usage_error_not_every_backend(capsys):

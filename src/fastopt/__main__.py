@@ -77,8 +77,13 @@ def _positive_int(text):
     return value
 
 
+def _names(text):
+    """The comma-separated names of an option, spaces around them dropped (as --sizes')."""
+    return [name.strip() for name in text.split(",")]
+
+
 def _parse_dtypes(text):
-    names = text.split(",")
+    names = _names(text)
     for name in names:
         if name not in ("float32", "float64"):
             raise argparse.ArgumentTypeError(f"{name!r}: the kernels take float32 and float64")
@@ -153,7 +158,7 @@ def parse_args(argv):
     # (an empty --backends is no backend, not all of them)
     # (each of --backends, --kernels and --dtypes once, as --sizes: a name given twice had its
     # rows timed twice, or four times)
-    args.backends = (list(dict.fromkeys(args.backends.split(","))) if args.backends is not None
+    args.backends = (list(dict.fromkeys(_names(args.backends))) if args.backends is not None
                      else available)
     for b in args.backends:
         if b not in available:
@@ -219,7 +224,7 @@ def parse_args(argv):
     # (found, not imported: importing torch takes seconds, and the race imports it anyway)
     if args.torch and importlib.util.find_spec("torch") is None:
         ap.error("argument --torch: needs torch (pip install 'fastopt[torch]')")
-    names = args.kernels.split(",") if args.kernels is not None else (
+    names = _names(args.kernels) if args.kernels is not None else (
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:
         if k not in _bench.CASES:

@@ -150,7 +150,12 @@ from itertools import chain, compress, repeat
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as exc:      # (which extra to install, not only that torch is missing)
+    raise ModuleNotFoundError("fastopt.torch needs torch: pip install 'fastopt[torch]'",
+                              name="torch") from exc
 import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops

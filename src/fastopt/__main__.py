@@ -473,8 +473,8 @@ def report(args, json_out):
 
     coexistence = []
     if not (args.quick or args.no_coexistence or args.no_peers):
-        print("\nliving beside torch (median of 3 fresh processes each; Adam 1e5 float32; "
-              "ratio > 1: slowed)")
+        print(f"\nliving beside torch (median of {_coexist.REPEATS} fresh processes each; Adam "
+              "1e5 float32; ratio > 1: slowed)")
         progress.start("beside torch", 1)
         progress("measuring import orders")
         with contextlib.redirect_stdout(io.StringIO()) as text:  # printed after the status line

@@ -7,6 +7,7 @@ Both run thread pools. Each measurement runs in a fresh interpreter, so the impo
   imported and run a parallel step.
 ``python -m fastopt._coexist`` prints the table; the report includes it.
 """
+import collections
 import statistics
 import subprocess
 import sys
@@ -55,24 +56,35 @@ def _run(*parts, backend=None):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def measure(backends, repeats=3):
-    """Rows ``(what, alone, beside, ratio)``; ratio > 1 means slowed down. Each time is the
-    median of ``repeats`` fresh processes, alone and beside run in turn so that the machine's
-    drift hits both alike (the best of a few would hide a slowdown that happens only
-    sometimes)."""
-    def median_pair(alone_parts, beside_parts, backend=None):
-        alone, beside = [], []
-        for _ in range(repeats):
-            alone.append(_run(*alone_parts, backend=backend))
-            beside.append(_run(*beside_parts, backend=backend))
-        return statistics.median(alone), statistics.median(beside)
+REPEATS = 5
 
+
+def measure(backends, repeats=REPEATS):
+    """Rows ``(what, alone, beside, ratio)``; ratio > 1 means slowed down. Each time is the
+    median of ``repeats`` fresh processes, one of each kind a round, so that the machine's
+    drift hits alone and beside alike (the best of a few would hide a slowdown that happens
+    only sometimes). Torch alone is one set of processes for every backend's row. One
+    process's time varies with where its arrays land: torch's Adam at 1e5 on an Intel Xeon
+    VM, twenty processes each, took 102-139 us alone (median 115.6) and 101-139 after
+    fastopt[cython]'s steps (median 115.5), where medians of three had read a ratio of 1.13
+    in one run (and of five, 1.11 in another). The NumPy reference runs no threads of its
+    own and is not measured."""
+    backends = [b for b in backends if b != "numpy"]
+    times = collections.defaultdict(list)
+    for _ in range(repeats):
+        times["torch"].append(_run("time_torch"))
+        for b in backends:
+            times["torch", b].append(_run("run_fastopt", "time_torch", backend=b))
+            times["fastopt", b].append(_run("time_fastopt", backend=b))
+            times["fastopt", "torch", b].append(_run("run_torch", "time_fastopt", backend=b))
+    median = {key: statistics.median(ts) for key, ts in times.items()}
     rows = []
     for b in backends:
-        alone, beside = median_pair(("time_torch",), ("run_fastopt", "time_torch"), backend=b)
-        rows.append((f"torch Adam after fastopt[{b}] ran", alone, beside, beside / alone))
-        alone, beside = median_pair(("time_fastopt",), ("run_torch", "time_fastopt"), backend=b)
-        rows.append((f"fastopt[{b}] adam after torch ran", alone, beside, beside / alone))
+        for what, alone, beside in (
+                (f"torch Adam after fastopt[{b}] ran", median["torch"], median["torch", b]),
+                (f"fastopt[{b}] adam after torch ran", median["fastopt", b],
+                 median["fastopt", "torch", b])):
+            rows.append((what, alone, beside, beside / alone))
     return rows
 
 

@@ -95,6 +95,8 @@ def report(backends):
         print("  (torch is not installed: nothing to measure)")
         return []
     rows = measure(backends)
+    if not rows:
+        print("  (no compiled backend among those timed: the NumPy reference runs no threads)")
     for what, alone, beside, ratio in rows:
         print(f"  {what:<38}{alone * 1e6:>9.1f} us alone{beside * 1e6:>9.1f} us beside"
               f"{ratio:>7.2f}x")

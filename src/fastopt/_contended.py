@@ -115,5 +115,5 @@ def print_rows(table, fmt_t, backend):
           f"{'x numpy':>9}{'p95 x numpy':>13}")
     for r in table:
         print(f"  {r['size']:>10.0e}  {r['contender']:<12}{fmt_t(r['median']):>11}"
-              f"{fmt_t(r['p95']):>11}{r['x_own_1t']:>10.2f}{r['x_numpy']:>9.2f}"
-              f"{r['p95_x_numpy']:>13.2f}")
+              f" {fmt_t(r['p95']):>10} {r['x_own_1t']:>9.2f} {r['x_numpy']:>8.2f}"
+              f" {r['p95_x_numpy']:>12.2f}")

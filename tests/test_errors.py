@@ -1559,6 +1559,7 @@ def test_a_state_dict_with_an_emptied_entry_loads_as_torchs(name, kwargs):
     assert p[0].tobytes() == first[0].tobytes()
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 @pytest.mark.parametrize("kind", ["matrix", "masked"])
 def test_a_matrix_or_masked_grad_in_a_later_group_changes_nothing(kind):
     W, b = np.ones((2, 2)), np.ones((2, 1))
@@ -1616,6 +1617,7 @@ def test_an_optimizer_takes_byteswapped_params_and_state_as_the_kernels_do(backe
     assert results[0] == results[1]
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 @pytest.mark.parametrize("kind", ["matrix", "masked"])
 def test_a_matrix_or_masked_param_is_refused_at_construction(kind):
     """A param that is not a plain ndarray is a TypeError when the optimizer is built, as a

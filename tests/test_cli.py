@@ -257,9 +257,13 @@ def test_wide_values_keep_their_columns_apart(monkeypatch, capsys):
     times = {"cython": 1e-6, "numpy": 1e-5, "roofline": 1e-7, "slow": 2.0}
     monkeypatch.setattr(_bench, "time_row", lambda fns, rounds: {k: (t, 0.01) for k, t in
                                                                  times.items()})
-    assert __main__.main(["--kernels", "sgd", "--sizes", "1e3", "--dtypes", "float32",
-                          "--threads", "1", "--no-peers", "--no-layers", "--no-groups",
-                          "--no-single-thread", "--no-coexistence"]) == 0
+    threads = fastopt.get_num_threads()
+    try:
+        assert __main__.main(["--kernels", "sgd", "--sizes", "1e3", "--dtypes", "float32",
+                              "--threads", "1", "--no-peers", "--no-layers", "--no-groups",
+                              "--no-single-thread", "--no-coexistence"]) == 0
+    finally:
+        fastopt.set_num_threads(threads)      # (--threads sets the process's count)
     out = capsys.readouterr().out
     assert "1 thread used" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("  sgd  ")

@@ -205,6 +205,13 @@ def test_a_param_group_removed_on_one_rank_raises_on_every_rank_without_hang(run
     assert len(reports(runs, "group removed on one rank, put back")) == 5
 
 
+def test_ranks_in_different_calls_raise_on_every_rank_naming_each_call(runs):
+    # rank 0 in add_param_group / state_dict / load_state_dict while the others step or save
+    # (was: AttributeError and TypeError naming nothing, from collectives that had paired)
+    assert len(reports(runs, "different calls ")) == 4 * 5
+    assert len(reports(runs, "different calls, then a step")) == 5
+
+
 def test_grads_that_are_views_of_the_arenas_grad_buffer_step_as_one_process(runs):
     assert len(reports(runs, "own grad views")) == 4 * 5
 

@@ -4,8 +4,9 @@ Every rank holds the whole model on a :class:`fastopt.ParameterArena` and comput
 part of the global batch. ``ShardedOptimizer.step`` then
 
 1. agrees on the grads' validity and on the hyper-parameters (a digest of them) with one
-   three-integer ``Allreduce`` (a bad grad on any rank, or an edit of ``lr`` made on some
-   ranks only, raises on every rank, before anything is written);
+   five-integer ``Allreduce`` (a bad grad on any rank, or an edit of ``lr`` made on some
+   ranks only, raises on every rank, before anything is written; so does a rank in another
+   call, ``state_dict`` on one rank while the others step: RuntimeError naming each rank's);
 2. sends each rank the slice of the grad buffer it owns (one ``Alltoallv`` on the flat buffer)
    and sums the N slices on their owner in rank order, then divides by N: the averaged grad is
    ``((g_0 + g_1) + ... + g_{N-1}) / N``, each operation rounded in the parameter dtype;
@@ -42,6 +43,9 @@ from .optim import Grads, Optimizer, Params, _by_name, _first_readonly, _group_p
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
 _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
+# the public calls, each tagged in its first collective (_raise_if_any): ranks in different
+# ones raise together
+_CALLS = ("ShardedOptimizer()", "add_param_group", "step", "state_dict", "load_state_dict")
 
 
 def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
@@ -139,7 +143,7 @@ class ShardedOptimizer:
             self._setup(optimizer_class, params, hyper)
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
-        self._raise_if_any(error)
+        self._raise_if_any(error, "ShardedOptimizer()")
         self._agree_signature()
         self.comm.Bcast([self._params, _MPI_TYPES[self.dtype]], root=0)
 
@@ -250,7 +254,7 @@ class ShardedOptimizer:
             new = self._with_group(group)
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
-        self._raise_if_any(error)
+        self._raise_if_any(error, "add_param_group")
         new._agree_signature()
         saved = self.state_dict()
         if saved is not None:        # the new group: its hyper-parameters as given, no state
@@ -397,7 +401,7 @@ class ShardedOptimizer:
                 hypers = self._hyper_reprs()
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
-        self._raise_if_any(error, hypers)
+        self._raise_if_any(error, "step", hypers)
         if local is None:
             return
         # grads that are views of the grad buffer (another parameter's, in another order) are
@@ -501,8 +505,8 @@ class ShardedOptimizer:
         return [{k: repr(_plain(g[k])) for k in sorted(k for k in g if k in keys)}
                 for g in self.shard_optimizer.param_groups]
 
-    def _raise_if_any(self, error, hypers=None):
-        """Collective: raise on every rank if ``error`` is set on any (a three-integer
+    def _raise_if_any(self, error, call, hypers=None):
+        """Collective: raise on every rank if ``error`` is set on any (a five-integer
         allreduce when all is well; the errors themselves are gathered only when one
         occurred). The first failing rank's TypeError or ValueError is raised everywhere as
         that type, anything else as RuntimeError. A KeyboardInterrupt or SystemExit takes part
@@ -510,12 +514,25 @@ class ShardedOptimizer:
         with this one's, silently mixing two steps' grads, then hung), and is raised as it is
         on its own rank. With ``hypers`` (:meth:`_hyper_reprs`, every rank), ranks whose
         hyper-parameters differ raise ValueError on every rank: an edit made on one rank only
-        would step that rank's shard with its own value, silently."""
-        # the digest's max and the max of its negation agree only if every rank's is the same
+        would step that rank's shard with its own value, silently. ``call`` (one of _CALLS)
+        names the public call this is the first collective of: ranks in different calls
+        (``state_dict`` on one, ``step`` on the others) raise RuntimeError on every rank,
+        naming each rank's (their allreduces had paired, and the next collectives exchanged
+        unrelated objects: AttributeError and TypeError naming nothing)."""
+        # the max of a value and the max of its negation agree only if every rank's is the same
         digest = 0 if hypers is None else int.from_bytes(
             hashlib.blake2b(repr(hypers).encode(), digest_size=7).digest(), "little")
-        flag = np.array([error is not None, digest, -digest], np.int64)
+        code = _CALLS.index(call) + 1
+        flag = np.array([error is not None, digest, -digest, code, -code], np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
+        if flag[3] != -flag[4]:
+            calls = self.comm.allgather(call)
+            if error is not None and not isinstance(error, Exception):
+                raise error
+            raise RuntimeError(
+                f"the {len(calls)} ranks are in different calls of this ShardedOptimizer (by "
+                f"rank: {', '.join(calls)}): every rank must make the same calls in the same "
+                f"order; this rank's {call} changed nothing") from error
         if not flag[0]:
             if hypers is not None and flag[1] != -flag[2]:
                 self._raise_disagreement(hypers)
@@ -560,7 +577,7 @@ class ShardedOptimizer:
             parameters would return (torch.optim's per-parameter layout, so that optimizer
             and ``load_state_dict`` on any number of ranks load it); None on the other ranks.
         """
-        self._agree_root(root)
+        self._agree_root(root, "state_dict")
         local = self.shard_optimizer.state_dict()
         is_root = self.comm.Get_rank() == root
         state: dict[int, dict[str, np.ndarray]] = {}
@@ -596,7 +613,7 @@ class ShardedOptimizer:
                         state[i][key] = full[o:o + p.size].reshape(p.shape)
         return {"state": state, "param_groups": groups} if is_root else None
 
-    def _agree_root(self, root):
+    def _agree_root(self, root, call):
         """Collective: ``root`` valid (:meth:`_check_root`) and the same on every rank, and the
         param groups as made (:meth:`_check_groups`), else TypeError/ValueError on every rank
         (a rank that raised alone, or gathered to another root, left the others waiting in
@@ -607,7 +624,7 @@ class ShardedOptimizer:
             self._check_root(root)
         except (TypeError, ValueError) as exc:
             error = exc
-        self._raise_if_any(error)
+        self._raise_if_any(error, call)
         roots = self.comm.allgather(int(root))
         if len(set(roots)) > 1:
             raise ValueError(f"the ranks disagree on root (by rank: {roots}); pass the same "
@@ -646,7 +663,7 @@ class ShardedOptimizer:
         ValueError
             An invalid state dict, raised on every rank after a full check; nothing changes.
         """
-        self._agree_root(root)
+        self._agree_root(root, "load_state_dict")
         plan = full = None
         error: BaseException | None = None
         if self.comm.Get_rank() == root:
@@ -659,7 +676,7 @@ class ShardedOptimizer:
                 error = ValueError(f"state_dict is missing the entry {exc}")
             except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
                 error = exc
-        self._raise_if_any(error)
+        self._raise_if_any(error, "load_state_dict")
         plan = pickle.loads(self.comm.bcast(plan, root=root))
         local: dict[str, Any] = {"state": {}, "param_groups": []}
         for gi, ((a, b, first), (hyper, keys, scalars)) in enumerate(

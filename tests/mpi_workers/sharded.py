@@ -600,6 +600,36 @@ def check_group_removed_on_one_rank():
     report("group removed on one rank, put back", same(arena.flat_params, ref.flat_params))
 
 
+def check_different_calls_on_one_rank():
+    """Rank 0 in add_param_group, state_dict or load_state_dict while the others step (or
+    save): RuntimeError on every rank naming each rank's call, nothing changes, and the next
+    step matches one process. Was: the calls' collectives paired, and the ranks raised
+    AttributeError and TypeError naming nothing."""
+    arena, ref = model(np.float64), model(np.float64)
+    keys = list(SHAPES)
+    opt = ShardedOptimizer(fo.Adam, {k: arena.params[k] for k in keys[:2]}, lr=0.1)
+    ref_opt = fo.Adam({k: ref.params[k] for k in keys[:2]}, lr=0.1)
+    step_both(arena, opt, ref, ref_opt, 0)
+    sd = opt.state_dict()
+    before = _snapshot(arena, opt)
+    calls = {"add_param_group": lambda: opt.add_param_group(
+                 {"params": {k: arena.params[k] for k in keys[2:]}}),
+             "state_dict": opt.state_dict, "load_state_dict": lambda: opt.load_state_dict(sd),
+             "step": opt.step}
+    for first, others in [("add_param_group", "step"), ("state_dict", "step"),
+                          ("load_state_dict", "step"), ("add_param_group", "state_dict")]:
+        label = f"different calls {first} vs {others}"
+        try:
+            calls[first if RANK == 0 else others]()
+            report(label, False, "no exception")
+        except RuntimeError as exc:
+            by_rank = ", ".join([first] + [others] * (SIZE - 1))
+            report(label, f"(by rank: {by_rank})" in str(exc) and _unchanged(arena, opt, before),
+                   str(exc))
+    step_both(arena, opt, ref, ref_opt, 1)
+    report("different calls, then a step", same(arena.flat_params, ref.flat_params))
+
+
 # ---------------------------------------------------------------------- add_param_group
 ADDED = {"Adam": True, "SGD-momentum": False}     # case -> params by name (else lists)
 
@@ -832,7 +862,8 @@ def main():
               check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
               check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
               check_bad_param_group, check_group_removed_on_one_rank,
-              check_extra_group_entries, check_grad_sums_past_the_float_range]
+              check_extra_group_entries, check_grad_sums_past_the_float_range,
+              check_different_calls_on_one_rank]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

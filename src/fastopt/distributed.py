@@ -372,6 +372,10 @@ class ShardedOptimizer:
             failing rank, before anything is written; nothing changes on any rank. Also
             ValueError on every rank when the ranks' hyper-parameters differ (an edit of
             ``lr`` or ``param_groups`` made on some ranks only).
+        RuntimeError
+            On every rank, when some ranks are in another call of this optimizer
+            (``state_dict``, ``add_param_group``, ...): each rank's call named, nothing
+            changed. The same for those calls.
         """
         self._take_grads(grads)
         self._exchange()

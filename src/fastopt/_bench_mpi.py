@@ -3,7 +3,7 @@
 One Adam step over ``n`` parameters on N ranks, split into the parts of
 :meth:`fastopt.distributed.ShardedOptimizer.step`:
 
-- ``check``: the three-integer ``Allreduce`` agreeing that every rank's grads are valid and
+- ``check``: the five-integer ``Allreduce`` agreeing that every rank's grads are valid and
   that the ranks' hyper-parameters are the same;
 - ``exchange``: the ``Alltoallv`` that brings each rank its shard of every rank's grads;
 - ``average``: the fixed-order sum and the division by N, on the shard;

@@ -46,6 +46,9 @@ _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
 # the public calls, each tagged in its first collective (_raise_if_any): ranks in different
 # ones raise together
 _CALLS = ("ShardedOptimizer()", "add_param_group", "step", "state_dict", "load_state_dict")
+# what each entry of _agree_signature's signature is, for its message
+_SIGNATURE_PARTS = ("the parameter dtype", "the parameter shapes by param group",
+                    "the parameter names", "the optimizer class", "the hyper-parameters")
 
 
 def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
@@ -153,11 +156,19 @@ class ShardedOptimizer:
         ranks that split the same parameters into groups otherwise would step alike but
         gather and scatter state dicts with other bounds)."""
         signature = (self.dtype.str, [[p.shape for p in g["params"]] for g in self._full_groups],
-                     self._names, self.optimizer_class.__name__, repr(self._hyper_reprs()))
+                     self._names, self.optimizer_class.__name__, self._hyper_reprs())
         for r, other in enumerate(self.comm.allgather(signature)):
             if other != signature:
-                raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on the "
-                                 f"parameters or hyper-parameters: {signature!r} != {other!r}")
+                # what differs, not both signatures whole (a model's shapes run long)
+                what, mine, theirs = next(
+                    (w, a, b) for w, a, b in zip(_SIGNATURE_PARTS, signature, other) if a != b)
+                if what == "the hyper-parameters":
+                    what, mine, theirs = next(
+                        (f"param group {gi}'s {k!r}", ga.get(k), gb.get(k))
+                        for gi, (ga, gb) in enumerate(zip(mine, theirs))
+                        for k in sorted(ga.keys() | gb.keys()) if ga.get(k) != gb.get(k))
+                raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on {what}: "
+                                 f"{mine} here, {theirs} there")
 
     def _setup(self, optimizer_class, params, hyper):
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, Optimizer)):

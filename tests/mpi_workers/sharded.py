@@ -265,7 +265,9 @@ def check_disagreeing_ranks():
         ShardedOptimizer(fo.Adam, arena, lr=1e-3 if RANK else 2e-3)
         report("construction mismatch", SIZE == 1, "no exception")
     except ValueError as exc:
-        report("construction mismatch", "disagree" in str(exc), str(exc))
+        # (naming what differs: the message had held both ranks' whole signatures)
+        report("construction mismatch", "disagree on param group 0's 'lr'" in str(exc),
+               str(exc))
     v = list(arena.params.values())
     try:       # the same parameters and hyper-parameters, split into groups otherwise on rank 0
         # (was accepted: state_dict() then gathered each group with the root's bounds, and
@@ -274,7 +276,8 @@ def check_disagreeing_ranks():
                                    {"params": v[1 if RANK else 2:]}])
         report("construction group split mismatch", SIZE == 1, "no exception")
     except ValueError as exc:
-        report("construction group split mismatch", "disagree" in str(exc), str(exc))
+        report("construction group split mismatch",
+               "disagree on the parameter shapes by param group" in str(exc), str(exc))
     # the same groups, their entries written in another order on rank 0: they agree (was: a
     # construction error; and a group re-keyed between steps on one rank failed every step)
     group = dict(lr=0.1, weight_decay=0.0) if RANK else dict(weight_decay=0.0, lr=0.1)

@@ -865,7 +865,7 @@ def _long_rows(z, out, o0, o1, kind, labels, by_index, targets, inv_m, one, term
 # built for each, had cost rows of 2 and 10 values (400k logits) 6.5-7.0 / 21.0-21.5 and 2.62-2.63
 # / 5.61-5.65 ns per element, softmax / cross-entropy, one thread; inlined 5.0-5.4 / 8.5-8.8 and
 # 2.4 / 3.0 (Cython 3.7 / 7.7 and 1.5 / 2.2); the same bits.
-_SHORT_ROW = 128
+_SHORT_ROW, _WHOLE_ROW = 128, 32
 
 
 # Rows of the classes-last layout are taken _GROUP at a time, or as many as make
@@ -886,9 +886,10 @@ def _row_groups(z):
 
 @numba.njit(inline="always", **JIT)
 def _long_row(k, itemsize):
-    """Whether rows of k values take _long_rows: _SHORT_ROW values or more, or from 32 a whole
-    number of 64-byte vectors, with no partial vector to pay (layers.pyx's long_row)."""
-    return k >= _SHORT_ROW or (k >= 32 and k * itemsize % 64 == 0)
+    """Whether rows of k values take _long_rows: _SHORT_ROW values or more, or from
+    _WHOLE_ROW on a whole number of 64-byte vectors, with no partial vector to pay
+    (layers.pyx's long_row)."""
+    return k >= _SHORT_ROW or (k >= _WHOLE_ROW and k * itemsize % 64 == 0)
 
 
 @numba.njit(**JIT)
@@ -974,16 +975,18 @@ def _softmax_rows(z, out, log_):
 _COLUMN_BLOCK, _PANEL_COLUMNS, _PANEL_CACHE_BYTES = 256, 1024, 1 << 20
 
 
-def _column_width(z):
-    """Examples per block of the strided layout (outer, k, inner) z: whole (k, inner) blocks
-    when there is one per thread, 1024 when 256 columns of the k rows overflow the cache
-    anyway, else 256 (layers.pyx's column_width)."""
+def _column_blocks(z):
+    """(width, blocks): the examples per block of the strided layout (outer, k, inner) z,
+    whole (k, inner) blocks when there is one per thread, 1024 when 256 columns of the k rows
+    overflow the cache anyway, else 256 (layers.pyx's column_width); and the blocks of z."""
     outer, k, inner = z.shape
     if inner <= _PANEL_COLUMNS and outer >= numba.get_num_threads():
-        return inner
-    if inner > _PANEL_COLUMNS and 2 * k * _COLUMN_BLOCK * z.itemsize > _PANEL_CACHE_BYTES:
-        return _PANEL_COLUMNS
-    return _COLUMN_BLOCK
+        width = inner
+    elif inner > _PANEL_COLUMNS and 2 * k * _COLUMN_BLOCK * z.itemsize > _PANEL_CACHE_BYTES:
+        width = _PANEL_COLUMNS
+    else:
+        width = _COLUMN_BLOCK
+    return width, outer * -(-inner // width)
 
 
 @numba.njit(**_PAR)
@@ -1015,8 +1018,8 @@ def softmax(z, out, log):
     if z.shape[2] == 1:
         chunked(_softmax_rows, _row_groups(z), z[:, :, 0], out[:, :, 0], bool(log))
     else:
-        width = _column_width(z)
-        chunked(_softmax, z.shape[0] * -(-z.shape[2] // width), z, out, bool(log), width)
+        width, blocks = _column_blocks(z)
+        chunked(_softmax, blocks, z, out, bool(log), width)
 
 
 @numba.njit(inline="always", **JIT)
@@ -1137,7 +1140,7 @@ def softmax_cross_entropy(z, labels, targets, dz):
         chunked(_xent_rows, _row_groups(z), z[:, :, 0], labels, targets[:, :, 0],
                 by_index, dz[:, :, 0], inv_m, one, terms)
     else:
-        width = _column_width(z)
-        chunked(_xent_kernel, z.shape[0] * -(-z.shape[2] // width), z, labels, targets,
-                by_index, dz, inv_m, one, terms, width)
+        width, blocks = _column_blocks(z)
+        chunked(_xent_kernel, blocks, z, labels, targets, by_index, dz, inv_m, one, terms,
+                width)
     return (0.0 - _row_sum(terms, np.empty(8))) / m     # (a zero loss is +0.0, as torch's)

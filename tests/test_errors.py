@@ -1999,3 +1999,95 @@ def test_a_param_group_popped_from_param_groups_takes_its_state_along(backend, n
     opt.add_param_group({"params": [b]})
     opt.step(g)
     assert not same_bits(b, b_before)
+
+
+_LIST_EDITS = {
+    "append": lambda params, x: params.append(x),
+    "insert": lambda params, x: params.insert(0, x),
+    "delete": lambda params, x: params.pop(0),
+    "replace": lambda params, x: params.__setitem__(1, x),
+    "assign": None,                               # group["params"] = [b, x]
+}
+
+
+@pytest.mark.parametrize("edit", list(_LIST_EDITS))
+@pytest.mark.parametrize("name", ["Adam", "SGD", "NAdam"])
+def test_a_group_params_list_changed_in_place_steps_what_it_holds(backend, name, edit):
+    # torch steps what a group's params list holds, each tensor with its own state (a new one
+    # from scratch). The flat indices were kept from before the change: an appended array was
+    # never stepped and a grad for it was refused as one too many, a deleted one left every
+    # grads structure refused, a replacement took the replaced array's moments and step count.
+    # The oracle: every array stepped alone by an optimizer of its own, with the same grads
+    kw = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    rng = np.random.default_rng(11)
+    a, b, c, x = (rng.standard_normal(n) for n in (2, 3, 4, 5))
+    alone = {id(v): getattr(fo, name)([v.copy()], **kw) for v in (a, b, c, x)}
+
+    def step(opt, arrays):
+        grads = [rng.standard_normal(v.shape) for v in arrays]
+        opt.step(grads)
+        for v, g in zip(arrays, grads):
+            alone[id(v)].step([g])
+
+    with fo.use_backend(backend):
+        opt = getattr(fo, name)([{"params": [a, b]}, {"params": [c]}], **kw)
+        step(opt, [a, b, c])
+        group = opt.param_groups[0]
+        if edit == "assign":
+            group["params"] = [b, x]
+        else:
+            _LIST_EDITS[edit](group["params"], x)
+        for _ in range(2):
+            step(opt, [*group["params"], c])
+    for v in (*group["params"], c):
+        assert same_bits(v, alone[id(v)].param_groups[0]["params"][0]), edit
+    # the state dict numbers what the groups hold, and loads into an optimizer like it
+    saved = opt.state_dict()
+    held = [*group["params"], c]
+    assert [g["params"] for g in saved["param_groups"]] == [list(range(len(held) - 1)),
+                                                           [len(held) - 1]]
+    for i, v in enumerate(held):
+        want = alone[id(v)].state_dict()["state"][0]
+        assert saved["state"][i].keys() == want.keys()
+        for key, value in want.items():
+            assert same_bits(np.asarray(saved["state"][i][key]), np.asarray(value)), (i, key)
+    twin = getattr(fo, name)([{"params": [v.copy() for v in held[:-1]]},
+                              {"params": [c.copy()]}], **kw)
+    twin.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("back", ["list", "add_param_group"])
+def test_an_array_taken_out_of_its_group_keeps_its_state_for_when_it_comes_back(backend, back):
+    # as torch's state, keyed by the tensor: b, out of the groups for a step, goes on from
+    # its own moments and step count (an oracle stepping b alone, skipping that step)
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(3), rng.standard_normal(2)
+    g = [rng.standard_normal(3), rng.standard_normal(2)]
+    with fo.use_backend(backend):
+        opt, solo = fo.Adam([a, b], lr=0.1), fo.Adam([b.copy()], lr=0.1)
+        opt.step(g)
+        solo.step(g[1:])
+        opt.param_groups[0]["params"].pop()
+        opt.step(g[:1])
+        assert list(opt.state_dict()["state"]) == [0]
+        if back == "list":
+            opt.param_groups[0]["params"].append(b)
+        else:
+            opt.add_param_group({"params": [b]})
+        opt.step(g)
+        solo.step(g[1:])
+    assert int(opt.state[1]["step"]) == 2 and int(opt.state[0]["step"]) == 3
+    assert same_bits(b, solo.param_groups[0]["params"][0])
+
+
+def test_a_named_groups_params_and_param_names_change_together():
+    w, b = np.ones(2), np.ones(3)
+    opt = fo.Adam({"W": w, "b": b}, lr=0.1)
+    opt.step({"dW": np.ones(2), "db": np.ones(3)})
+    opt.param_groups[0]["params"].append(np.ones(4))
+    with pytest.raises(ValueError, match="3 params and 2 param_names"):
+        opt.step({"dW": np.ones(2), "db": np.ones(3)})
+    before = w.copy()
+    opt.param_groups[0]["param_names"].append("v")
+    opt.step({"dW": np.ones(2), "db": np.ones(3), "dv": np.ones(4)})
+    assert not same_bits(w, before) and opt.state_dict()["param_groups"][0]["params"] == [0, 1, 2]

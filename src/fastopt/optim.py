@@ -250,15 +250,21 @@ class _Params(list):
     """A param group's ``params``: a list that, changed in place (``group["params"][1] = W``),
     has every optimizer make its plans again, as assigning ``group["params"]`` does. (A plan
     kept the arena stretch of the arrays the list held: the arena path went on stepping the
-    view that was replaced, never the array the group held instead.)"""
+    view that was replaced, never the array the group held instead.) ``changed`` tells the
+    optimizer to renumber its parameters (:meth:`Optimizer._sync_groups`)."""
 
-    __slots__ = ()
+    __slots__ = ("changed",)
+
+    def __init__(self, *args):
+        list.__init__(self, *args)
+        self.changed = False
 
 
 def _telling(name):
     method = getattr(list, name)
 
     def changed(self, *args, **kwargs):
+        self.changed = True
         _state_changed()
         return method(self, *args, **kwargs)
     changed.__name__ = name
@@ -522,8 +528,13 @@ class Optimizer:
         # per group: scalar state key -> one slot per parameter
         self._slots: list[dict[str, np.ndarray]] = []
         self._starts: list[int] = []   # per group: the flat index of its first parameter
-        # the groups _starts, _slots and the state's indices were made for (_sync_groups)
+        # the groups _starts, _slots and the state's indices were made for (_sync_groups),
+        # and per group its params list and the arrays that list held then
         self._groups: list[dict[str, Any]] = []
+        self._held: list[tuple[_Params, tuple[np.ndarray, ...]]] = []
+        # the state of arrays taken out of the groups, by id: back if the array comes back
+        # (torch's state is keyed by the tensor and outlives its place in a group)
+        self._detached: dict[int, tuple[np.ndarray, _State]] = {}
         self._count = 0                # parameters in all groups
         self._named: bool | None = None   # True: params came as a dict (grads may be by name)
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
@@ -559,7 +570,7 @@ class Optimizer:
         new = _StateDict()
         for key, entries in dict(value).items():
             new[key] = entries
-        self._state = new
+        self._state, self._detached = new, {}
         _state_changed()        # (an empty mapping assigns no entry: the plans must see it)
 
     # ------------------------------------------------------------------ parameter groups
@@ -624,6 +635,12 @@ class Optimizer:
         self._slots.append(self._new_slots(len(params)))
         self.param_groups.append(group)
         self._groups.append(group)
+        self._held.append((group["params"], tuple(params)))
+        for k, p in enumerate(params):      # an array back in a group takes its state back
+            _, entry = self._detached.pop(id(p), (None, None))
+            if entry is not None:
+                _set(self._state, self._count + k, entry)
+                self._bind(len(self._starts) - 1, k, entry)
         self._count += len(params)
         self._plans.clear()             # made again (a plan knows if its group is alone)
 
@@ -1309,7 +1326,7 @@ class Optimizer:
         for mine, hyper in zip(self.param_groups, new_hyper):
             mine.update(hyper)
             mine.update(self._FORCED)
-        self._state = new_state
+        self._state, self._detached = new_state, {}
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in new_state.items():
             self._bind(*self._position(i), entry)
@@ -1317,39 +1334,65 @@ class Optimizer:
         self._plans = {}
 
     def _sync_groups(self):
-        """Follow groups removed from ``param_groups`` as a list (``param_groups.pop(1)``,
-        ``del``, as torch.optim users drop a group): the state, step-count slots and flat
-        indices of the remaining groups' parameters move to their new places, and the removed
-        groups' state and plans go. (Each group kept its ``_starts`` entry, slots and plan by
-        position, so after a pop the next group stepped with the popped group's state, and
-        the grads of the groups left were refused as too few.) A group ``param_groups`` holds
-        that ``add_param_group`` did not add, or one whose parameters were added or removed
-        in its list, is refused (ValueError)."""
-        groups, known = self.param_groups, self._groups
-        if len(groups) == len(known) and all(map(operator.is_, groups, known)):
+        """Follow the changes of ``param_groups`` made as a list (``param_groups.pop(1)``,
+        ``del``, as torch.optim users drop a group) and of a group's ``params`` list
+        (``append``, ``del``, a parameter replaced, a new list assigned): each array's
+        state and step count go with the array to its new flat index, as torch's state is
+        keyed by the tensor. An array new to the groups starts without state; one taken out
+        keeps its state aside (not in ``state_dict()``), taken back if the array comes back
+        in any group. (The indices were kept by position: an appended array was never
+        stepped, the grads were counted for the old list, a replacement took the replaced
+        array's moments and step count.) A group ``param_groups`` holds that
+        ``add_param_group`` did not add is refused (ValueError)."""
+        groups, known, held = self.param_groups, self._groups, self._held
+        if (len(groups) == len(known) and all(map(operator.is_, groups, known))
+                and all(g["params"] is params and not params.changed
+                        for g, (params, _) in zip(groups, held))):
             return
-        ends = self._starts[1:] + [self._count]
         where = {id(g): gi for gi, g in enumerate(known)}
         olds = []
         for gi, group in enumerate(groups):
             oi = where.get(id(group))
-            if (oi is None or oi in olds
-                    or len(group["params"]) != ends[oi] - self._starts[oi]):
+            if oi is None or oi in olds:
                 raise ValueError(
                     f"param_groups[{gi}] is not a group this optimizer holds (add groups with "
                     "add_param_group; remove one with param_groups.pop, keeping its params)")
+            params = group["params"]
+            if not isinstance(params, (list, tuple)):
+                raise TypeError(f"param_groups[{gi}]['params'] must be a list of arrays, "
+                                f"got {type(params).__name__}")
+            if self._named and len(params) != len(group["param_names"]):
+                raise ValueError(
+                    f"param_groups[{gi}] has {len(params)} params and "
+                    f"{len(group['param_names'])} param_names; change both lists together")
             olds.append(oi)
-        state, starts, start = _StateDict(), [], 0
-        for oi in olds:
-            starts.append(start)
-            for k in range(ends[oi] - self._starts[oi]):
+        # every array's state goes with the array, wherever the groups now hold it
+        spare = dict(self._detached)
+        for oi, (_, before) in enumerate(held):
+            for k, p in enumerate(before):
                 entry = self._state.get(self._starts[oi] + k)
                 if entry is not None:
+                    spare[id(p)] = (p, entry)
+        state, starts, start, moved = _StateDict(), [], 0, []
+        for gi, group in enumerate(groups):
+            if type(group["params"]) is not _Params:
+                dict.__setitem__(group, "params", _Params(group["params"]))
+            starts.append(start)
+            for k, p in enumerate(group["params"]):
+                _, entry = spare.pop(id(p), (None, None))
+                if entry is not None:
                     _set(state, start + k, entry)
-            start += ends[oi] - self._starts[oi]
-        self._starts = starts
-        self._slots = [self._slots[oi] for oi in olds]
-        self._state, self._count, self._groups = state, start, list(groups)
+                    moved.append((gi, k, entry))
+            start += len(group["params"])
+        self._starts, self._state, self._count = starts, state, start
+        self._detached = spare
+        self._groups = list(groups)
+        self._held = [(g["params"], tuple(g["params"])) for g in groups]
+        self._slots = [self._new_slots(len(g["params"])) for g in groups]
+        for gi, k, entry in moved:
+            self._bind(gi, k, entry)       # (the step counts into the new slots)
+        for group in groups:
+            group["params"].changed = False
         self._plans, self._disjoint = {}, None
         _state_changed()
 
@@ -1375,6 +1418,8 @@ class Optimizer:
         state.pop("_disjoint", None)
         state.pop("_lock", None)
         state.pop("_groups", None)
+        state.pop("_held", None)
+        state.pop("_detached", None)    # (a copy has only what the groups hold)
         groups = []
         for group in self.param_groups:
             saved = _Group(group)
@@ -1394,6 +1439,8 @@ class Optimizer:
                 params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
             dict.__setitem__(group, "params", _Params(params))
         self._groups = list(self.param_groups)
+        self._held = [(g["params"], tuple(g["params"])) for g in self.param_groups]
+        self._detached = {}
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)

@@ -1473,6 +1473,24 @@ def test_batch_norm_layer_errors_name_x_and_a_failed_forward_changes_nothing(bac
         assert layer.num_batches_tracked == 1 and layer._cache is cache
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_layer_with_a_replaced_gamma_names_gamma_not_x(backend):
+    """A float32 layer's gamma replaced by a float64 array (or one of another size), x right:
+    the message blamed x ("x has dtype float32, expected float64 (the layer's dtype)"), taking
+    the odd gamma for the layer's."""
+    x = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    with fo.use_backend(backend):
+        for gamma, error, match in ((np.ones(4), TypeError, r"^gamma has dtype float64"),
+                                    (np.ones(5, np.float32), ValueError,
+                                     r"^gamma has shape \(5,\)")):
+            for training in (True, False):
+                layer = fo.BatchNorm(4)
+                layer.gamma = gamma
+                with pytest.raises(error, match=match):
+                    layer.forward(x, training)
+                assert layer.num_batches_tracked == 0
+
+
 def test_batch_norm_messages_name_the_callers_batch_axis():
     """A Fortran-ordered x is normalized as its transpose: the message named that batch axis
     (0) where the caller gave 1."""

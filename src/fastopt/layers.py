@@ -549,9 +549,15 @@ class BatchNorm:
 
     def _check_x(self, x):
         """Raise naming ``x`` when its dtype or feature count is not the layer's (the functions
-        would name the layer's gamma, which the caller never passed)."""
+        would name the layer's gamma, which the caller never passed). The layer's are those
+        its gamma, beta and running statistics agree on: where they do not (a gamma replaced
+        by one of another dtype or size), the functions' messages name the odd one out."""
         if not isinstance(x, np.ndarray) or x.dtype.type not in FLOAT_TYPES or x.ndim != 2:
             return                      # the functions' own messages name x
+        own = [a for a in (self.gamma, self.beta, self.running_mean, self.running_var)
+               if isinstance(a, np.ndarray)]
+        if len(own) < 4 or len({(a.dtype.type, a.size) for a in own}) != 1:
+            return
         if x.dtype.type is not self.gamma.dtype.type:       # (either byte order)
             raise TypeError(f"x has dtype {x.dtype}, expected {self.gamma.dtype} (the "
                             "layer's dtype)")

@@ -1014,7 +1014,8 @@ def _ops_calls():
     unit = lambda name, top: [(name, top, ValueError), (name, 1.5, ValueError)]  # noqa: E731
     betas = [("betas", None, TypeError), ("betas", (1.0, 0.9), ValueError),
              ("betas", (0.9, 1.0), ValueError), ("betas", (0.9,), ValueError),
-             ("betas", "ab", TypeError)]
+             ("betas", "ab", TypeError), ("betas", {0.9, 0.999}, TypeError),
+             ("betas", {0: 0.9, 1: 0.999}, TypeError)]    # (a set raised naming nothing)
     steps = [("step", None, TypeError), ("step", 0, ValueError), ("step", "1", TypeError),
              ("step",) + PAST_FLOAT]
     adam_like = reals("lr", "eps", "weight_decay") + betas + steps

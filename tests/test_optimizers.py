@@ -409,19 +409,26 @@ def test_state_dict_has_torch_layout_and_survives_npz():
     assert sd["param_groups"][0]["params"] == [0, 1, 2, 3]
     assert sorted(sd["state"][0]) == ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"]
     assert sd["state"][0]["step"] == 3
-    # flatten into an npz and back, as a user saving a checkpoint would
+    # flatten into an npz and back, as a user saving a checkpoint would, the groups too (each
+    # entry comes back an array: the params' ids, the flags 0-d bools; the ids and flags were
+    # refused)
     flat = {f"{i}/{k}": np.asarray(v) for i, s in sd["state"].items() for k, v in s.items()}
+    flat.update({f"group/{k}": np.asarray(v) for k, v in sd["param_groups"][0].items()})
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fo_sd_{os.getpid()}.npz")
     np.savez(path, **flat)
     loaded = np.load(path)
-    state = {}
+    state, group = {}, {}
     for key in loaded.files:
         i, name = key.split("/")
-        state.setdefault(int(i), {})[name] = loaded[key]
+        if i == "group":
+            group[name] = loaded[key]
+        else:
+            state.setdefault(int(i), {})[name] = loaded[key]
     os.remove(path)
     twin = {k: v.copy() for k, v in params.items()}
-    opt2 = fo.Adam(twin, lr=0.1, amsgrad=True)
-    opt2.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    opt2 = fo.Adam(twin, lr=0.5, amsgrad=False)
+    opt2.load_state_dict({"state": state, "param_groups": [group]})
+    assert opt2.param_groups[0]["amsgrad"] is True and opt2.param_groups[0]["lr"] == 0.1
     grads = {k: np.full_like(v, 0.3) for k, v in params.items()}
     opt.step(grads)
     opt2.step(grads)

@@ -15,6 +15,7 @@ True/False) the backends refuse through :func:`as_real` and :func:`as_flag`, and
 """
 import math
 import numbers
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -90,7 +91,9 @@ def check_real_type(name, value):
 
 def check_betas(name, value):
     """Raise unless ``value`` is a pair of real numbers in [0, 1)."""
-    if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")
+    # (a set or a dict has a length, but no order: a set raised "'set' object is not
+    # subscriptable", naming nothing)
+    if (isinstance(value, (str, bytes, Set, Mapping)) or not hasattr(value, "__len__")
             or isinstance(value, np.ndarray) and value.ndim != 1):
         raise TypeError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")
     if len(value) != 2:

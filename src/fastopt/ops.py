@@ -187,7 +187,8 @@ def _adam_scalars(step, lr, betas, eps, weight_decay):
     if type(step) is not int and type(step) is not float:     # (fastopt.torch's: float)
         step = as_real("step", step)
     try:
-        beta1, beta2 = betas
+        # (a set unpacks too, in no set order: it goes to check_reals, which refuses it)
+        beta1, beta2 = betas if type(betas) is tuple or type(betas) is list else ()
         if (step >= 1 and lr >= 0.0 and eps >= 0.0 and weight_decay >= 0.0
                 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             if type(beta1) is not float:
@@ -1353,7 +1354,7 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
 def _check_lion(lr, betas, weight_decay):
     """Check Lion's scalars; return ``(beta1, beta2)``."""
     try:
-        beta1, beta2 = betas
+        beta1, beta2 = betas if type(betas) is tuple or type(betas) is list else ()
         if lr >= 0.0 and weight_decay >= 0.0 and 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0:
             return beta1, beta2
     except _NOT_REAL:

@@ -1266,6 +1266,9 @@ class Optimizer:
                 raise ValueError("each of state_dict['param_groups'] must be a dict with "
                                  "'params'")
             where = f"state_dict['param_groups'][{gi}]['params']"
+            ids = saved["params"]
+            if isinstance(ids, np.ndarray) and ids.ndim == 1 and ids.dtype.kind in "iu":
+                saved = {**saved, "params": ids.tolist()}     # (through np.savez)
             # (len() and the look-ups below raised TypeErrors naming nothing)
             if not isinstance(saved["params"], (list, tuple)):
                 raise TypeError(f"{where} must be a list of parameter ids, "
@@ -1318,9 +1321,13 @@ class Optimizer:
             hyper = {}
             for key, value in saved.items():
                 key = self._RENAMED.get(key, key)
-                if key in self.defaults:     # (copied: the state dict stays the caller's)
-                    hyper[key] = (tuple(value) if isinstance(value, list)
-                                  else copy.deepcopy(value))
+                if key not in self.defaults:
+                    continue
+                if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+                    # (np.savez gives back every entry as an array: a flag as a 0-d bool)
+                    value = value.item() if value.ndim == 0 else value.tolist()
+                # (copied: the state dict stays the caller's)
+                hyper[key] = tuple(value) if isinstance(value, list) else copy.deepcopy(value)
             self._check({**mine, **hyper})
             new_hyper.append(hyper)
         for mine, hyper in zip(self.param_groups, new_hyper):

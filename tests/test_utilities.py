@@ -549,11 +549,14 @@ def test_minibatches_refuses_masked_arrays_naming_them():
 
 def test_minibatches_refuses_a_bool_batch_size():
     """True is an int to Python: it had been taken as batches of one example (axis already
-    refused bools); a bool batch_size is a ValueError as any other non-int."""
+    refused bools); a bool batch_size is a TypeError as any other non-int (a float was a
+    ValueError here and a TypeError in the course's random_mini_batches)."""
     X, Y = np.arange(6.0)[:, None], np.arange(6)
-    for bad in (True, False, np.bool_(True)):
-        with pytest.raises(ValueError, match="Invalid batch_size"):
+    for bad in (True, False, np.bool_(True), 4.0, "4"):
+        with pytest.raises(TypeError, match="batch_size must be an int"):
             list(fo.minibatches(X, Y, batch_size=bad))
+        with pytest.raises(TypeError, match="mini_batch_size must be an int"):
+            fo.course.random_mini_batches(X.T, Y[None], mini_batch_size=bad)
     assert [len(y) for _, y in fo.minibatches(X, Y, batch_size=np.int8(4))] == [4, 2]
 
 

@@ -38,11 +38,11 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     Raises
     ------
     TypeError
-        An ``axis`` that is not an int, a ``shuffle`` that is not True or False, a
+        A ``batch_size`` or an ``axis`` that is not an int, a ``shuffle`` that is not True or False, a
         ``seed`` numpy cannot seed from, or a masked ``X`` or ``Y`` (its mask would be
         dropped).
     ValueError
-        A ``batch_size`` that is not a positive int, a ragged or 0-d ``X`` or ``Y``, an
+        A ``batch_size`` below 1, a ragged or 0-d ``X`` or ``Y``, an
         ``axis`` that ``X`` (or a ``Y`` of 2 or more dimensions) does not have, ``X`` and
         ``Y`` with different numbers of examples, or a negative ``seed``.
 
@@ -52,8 +52,10 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     check_unmasked("Y", Y)
     X = as_array("X", X)
     Y = as_array("Y", Y)
-    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1):
+    # (TypeError for a float, as for a float axis and as the course's random_mini_batches)
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
         raise ValueError(f"Invalid batch_size: {batch_size!r} (must be a positive int)")
     axis = check_axis(axis)
     check_flag("shuffle", shuffle)

@@ -452,6 +452,28 @@ def test_an_updated_array_whose_elements_share_memory_is_a_value_error_naming_it
         assert_unchanged(arrays, before)
 
 
+@pytest.mark.parametrize("kind", ["zero stride", "windows"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_an_optimizers_array_whose_elements_share_memory_is_named_as_the_optimizer_names_it(
+        backend, kind):
+    # a parameter at construction ('W2', not the kernel's 'params[1]' at the first step), a
+    # state array assigned into opt.state at the step ("state[0]['exp_avg_sq']", not
+    # 'exp_avg_sqs[0]'); the failed step changes nothing
+    with fo.use_backend(backend):
+        with pytest.raises(ValueError, match=r"^parameter W2 has elements that share memory"):
+            fo.SGD({"W1": np.ones(2), "W2": self_overlapping(kind, np.ones(1))}, lr=0.1)
+        p = np.ones((3, 2))
+        opt = fo.Adam([p, np.ones(3)], lr=0.1)
+        opt.step([np.ones((3, 2)), np.ones(3)])
+        opt.state[0] = {"step": 1, "exp_avg": np.zeros((3, 2)),
+                        "exp_avg_sq": self_overlapping(kind, p)}
+        before = opt_snapshot(opt, [p])
+        with pytest.raises(ValueError, match=re.escape(
+                "state[0]['exp_avg_sq'] has elements that share memory")):
+            opt.step([np.ones((3, 2)), np.ones(3)])
+        assert opt_snapshot(opt, [p]) == before
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_grads_whose_elements_share_memory_and_interleaved_params_are_fine(backend):
     # only read: a zero-stride (broadcast) grad and a grad of overlapping windows; written: a

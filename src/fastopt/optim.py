@@ -203,6 +203,7 @@ def _check_param(label, p):
         raise TypeError(f"parameter {label} must have dtype float32 or float64, got {p.dtype}")
     if not p.flags.writeable:
         raise ValueError(f"parameter {label} is read-only; parameters are updated in place")
+    _validate.check_writeable(f"parameter {label}", p)     # (elements sharing memory)
 
 
 class _Watched(dict):
@@ -762,8 +763,8 @@ class Optimizer:
         elif value.shape != p.shape:
             raise ValueError(f"{where}[{key!r}] has shape {value.shape}, expected {p.shape} "
                              "like its parameter")
-        elif not value.flags.writeable:
-            raise ValueError(f"{where}[{key!r}] is read-only; it is updated in place")
+        else:       # (a zero stride had been named by the kernel's list, 'exp_avgs[0]')
+            _validate.check_writeable(f"{where}[{key!r}]", value)
 
     def _check_states(self, gi, states):
         """Check the states of group ``gi``'s parameters (keys, arrays like the parameter,

@@ -155,6 +155,43 @@ def test_backends_agree_with_torch(name, kwargs, backend):
     step_both_and_compare(name, kwargs, torch.float32, 8)
 
 
+BIG_STEP = [("Adagrad", dict(lr=1.0, lr_decay=1.0)), ("Adam", dict(betas=(1 - 1e-8, 1 - 1e-8))),
+            ("AdamW", dict(betas=(1 - 1e-8, 1 - 1e-8))), ("Adamax", dict(betas=(1 - 1e-8, 0.9))),
+            ("NAdam", dict(betas=(1 - 1e-8, 1 - 1e-8), momentum_decay=1e-7)),
+            ("RAdam", dict(betas=(1 - 1e-8, 1 - 1e-8)))]
+
+
+@pytest.mark.parametrize("name,kwargs", BIG_STEP, ids=[v[0] for v in BIG_STEP])
+def test_step_counts_past_2_to_the_24_are_the_ones_torch_stores_and_uses(name, kwargs, backend):
+    """torch's float32 step count + 1 rounds past 2**24 (2**24 stays, 2**24 + 2 goes to
+    2**24 + 4), and its step uses the rounded count: fastopt stored it rounded but used the
+    exact sum (updates 1e-9 to 6e-8 apart, relatively). One parameter, two with one count,
+    two with two counts (the kernel calls by count). The backend fixture sets the backend."""
+    rng = np.random.default_rng(9)
+    for counts in ([2.0 ** 24], [2.0 ** 24 + 2] * 2, [2.0 ** 24, 2.0 ** 24 + 2]):
+        start = [rng.standard_normal(3) for _ in counts]
+        grads = [rng.standard_normal(3) for _ in counts]
+        results = []
+        for make in (lambda ps: getattr(torch.optim, name)(ps, foreach=False, **kwargs),
+                     lambda ps: getattr(ft, name)(ps, **kwargs)):
+            ps = [torch.nn.Parameter(torch.tensor(v)) for v in start]
+            opt = make(ps)
+            for p, g in zip(ps, grads):
+                p.grad = torch.tensor(g)
+            opt.step()
+            with torch.no_grad():
+                for p, c in zip(ps, counts):
+                    opt.state[p]["step"].fill_(c)
+                    p.zero_()           # (the params are then minus the updates)
+            opt.step()
+            results.append(([p.detach().numpy().copy() for p in ps],
+                            [float(opt.state[p]["step"]) for p in ps]))
+        (want, want_counts), (got, got_counts) = results
+        assert got_counts == want_counts, counts
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-14, atol=0, err_msg=str(counts))
+
+
 TRUTHY_FLAGS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=1, maximize=1)),
                 ("RMSprop", dict(centered=1, momentum=0.5, maximize=np.bool_(True))),
                 ("Adagrad", dict(maximize=1)), ("Adam", dict(amsgrad=1, maximize=1)),

@@ -429,6 +429,16 @@ class _Plan:
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
 _ALL = slice(None)      # every parameter of the group has a grad
+
+
+def _next_count(count, counts):
+    """``count + 1`` as torch's step tensor (float32 unless the default dtype is float64)
+    holds it and its step uses it: past 2**24 a float32 count + 1 rounds (to the even
+    neighbour, or not up at all). The exact sum had been used and the rounded one stored."""
+    step = count + 1
+    if step > 16777216.0 and counts.dtype == np.float32:
+        step = float(np.float32(step))
+    return step
 _grad_of = operator.attrgetter("grad")
 _dtype_of = operator.attrgetter("dtype")
 _data_ptr = torch.Tensor.data_ptr
@@ -1458,7 +1468,7 @@ class _FastOptimizer(_Mixin):
             elif len(plan.counts) == 1 and plan.live_index is _ALL:
                 # one parameter: its count read and written through a memoryview, which costs
                 # ~0.4 us less than NumPy's scalar access and fill()
-                step = plan.tally[0] + 1
+                step = _next_count(plan.tally[0], plan.counts)
                 self._update(group, plan.pviews, gviews, cols, step, plan.fresh, factor)
                 plan.tally[0] = step
             else:
@@ -1466,11 +1476,12 @@ class _FastOptimizer(_Mixin):
                 counts = plan.counts if every else plan.counts[plan.live_index]
                 first = float(counts[0])
                 if len(counts) == 1 or (counts == first).all():
-                    self._update(group, plan.pviews, gviews, cols, first + 1, plan.fresh, factor)
+                    step = _next_count(first, counts)
+                    self._update(group, plan.pviews, gviews, cols, step, plan.fresh, factor)
                     if every:
-                        counts.fill(first + 1)      # (a ufunc on a small array costs ~1.5 us)
+                        counts.fill(step)           # (a ufunc on a small array costs ~1.5 us)
                     else:
-                        plan.counts[plan.live_index] = first + 1
+                        plan.counts[plan.live_index] = step
                 else:
                     # the parameters by count (a NaN count, written in place or loaded, which
                     # RMSprop and Adadelta step, is a call of its own)
@@ -1479,8 +1490,8 @@ class _FastOptimizer(_Mixin):
                         parts.setdefault(count, []).append(k)
                     for step, part in parts.items():
                         pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
-                        self._update(group, pviews, grads, _pick_cols(cols, part), step + 1, fresh,
-                                     factor)
+                        self._update(group, pviews, grads, _pick_cols(cols, part),
+                                     _next_count(step, counts), fresh, factor)
                     plan.counts[plan.live_index] = counts + 1
         except OverflowError:     # the kernels' conversion of an int past the float range
             self._check_float_range(group)      # (named, as a later group's is in time)

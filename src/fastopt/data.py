@@ -38,13 +38,13 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     Raises
     ------
     TypeError
-        A ``batch_size`` or an ``axis`` that is not an int, a ``shuffle`` that is not True or False, a
-        ``seed`` numpy cannot seed from, or a masked ``X`` or ``Y`` (its mask would be
-        dropped).
+        A ``batch_size`` or an ``axis`` that is not an int, a ``shuffle`` that is not True
+        or False, a ``seed`` numpy cannot seed from, or a masked ``X`` or ``Y`` (its mask
+        would be dropped).
     ValueError
-        A ``batch_size`` below 1, a ragged or 0-d ``X`` or ``Y``, an
-        ``axis`` that ``X`` (or a ``Y`` of 2 or more dimensions) does not have, ``X`` and
-        ``Y`` with different numbers of examples, or a negative ``seed``.
+        A ``batch_size`` below 1, a ragged or 0-d ``X`` or ``Y``, an ``axis`` that ``X`` (or
+        a ``Y`` of 2 or more dimensions) does not have, ``X`` and ``Y`` with different
+        numbers of examples, or a negative ``seed``.
 
     Everything is checked (and the order drawn) when it is called, not at the first ``next``.
     """

@@ -429,16 +429,6 @@ class _Plan:
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
 _ALL = slice(None)      # every parameter of the group has a grad
-
-
-def _next_count(count, counts):
-    """``count + 1`` as torch's step tensor (float32 unless the default dtype is float64)
-    holds it and its step uses it: past 2**24 a float32 count + 1 rounds (to the even
-    neighbour, or not up at all). The exact sum had been used and the rounded one stored."""
-    step = count + 1
-    if step > 16777216.0 and counts.dtype == np.float32:
-        step = float(np.float32(step))
-    return step
 _grad_of = operator.attrgetter("grad")
 _dtype_of = operator.attrgetter("dtype")
 _data_ptr = torch.Tensor.data_ptr
@@ -449,6 +439,16 @@ _numpy = torch.Tensor.numpy
 _storage = torch.Tensor.untyped_storage
 _storage_ptr = torch.UntypedStorage.data_ptr
 _storage_nbytes = torch.UntypedStorage.nbytes
+
+
+def _next_count(count, counts):
+    """``count + 1`` as torch's step tensor (float32 unless the default dtype is float64)
+    holds it and its step uses it: past 2**24 a float32 count + 1 rounds (to the even
+    neighbour, or not up at all). The exact sum had been used and the rounded one stored."""
+    step = count + 1
+    if step > 16777216.0 and counts.dtype == np.float32:
+        step = float(np.float32(step))
+    return step
 
 
 def _versions(tensors):

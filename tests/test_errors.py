@@ -2103,6 +2103,45 @@ def test_an_array_taken_out_of_its_group_keeps_its_state_for_when_it_comes_back(
     assert same_bits(b, solo.param_groups[0]["params"][0])
 
 
+@pytest.mark.parametrize("how", ["betas edited", "moved to another group"])
+def test_nadam_parameters_with_one_step_count_keep_their_own_mu_products(backend, how):
+    # the mu product depends on the betas and momentum_decay each step took: two parameters
+    # at one step count may hold different ones (one sat a step out before the betas
+    # changed, or came from another group), and a step of both used the first one's for
+    # both. The oracle: each array stepped alone with the same betas at each of its steps
+    rng = np.random.default_rng(21)
+    a, b = rng.standard_normal(3), rng.standard_normal(3)
+    g = [rng.standard_normal(3) for _ in range(2)]
+    with fo.use_backend(backend):
+        solo = [fo.NAdam([v.copy()], lr=0.1, betas=(0.9, 0.99)) for v in (a, b)]
+
+        def step(grads):
+            opt.step(grads)
+            for alone, gv in zip(solo, grads):
+                if gv is not None:
+                    alone.step([gv])
+
+        if how == "betas edited":
+            opt = fo.NAdam([a, b], lr=0.1, betas=(0.9, 0.99))
+            step(g)                                     # both at step 1, one mu product
+            step([g[0], None])                          # a at step 2 with beta1 0.9
+            for o in (opt, *solo):
+                o.param_groups[0]["betas"] = (0.5, 0.99)
+            step([None, g[1]])                          # b at step 2 with beta1 0.5
+        else:
+            opt = fo.NAdam([{"params": [a]}, {"params": [b], "betas": (0.5, 0.99)}], lr=0.1,
+                           betas=(0.9, 0.99))
+            solo[1].param_groups[0]["betas"] = (0.5, 0.99)
+            step(g)
+            opt.param_groups[1]["params"].remove(b)     # b joins a's group, its state with it
+            opt.param_groups[0]["params"].append(b)
+            solo[1].param_groups[0]["betas"] = (0.9, 0.99)
+        step(g)                                         # both at one step count
+        step(g)
+    for v, alone in zip((a, b), solo):
+        assert same_bits(v, alone.param_groups[0]["params"][0]), how
+
+
 def test_a_named_groups_params_and_param_names_change_together():
     w, b = np.ones(2), np.ones(3)
     opt = fo.Adam({"W": w, "b": b}, lr=0.1)

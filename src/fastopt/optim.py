@@ -2119,8 +2119,15 @@ class NAdam(Optimizer):
         return {"step": 0, "mu_product": 1.0, "exp_avg": like_lines(param),
                 "exp_avg_sq": like_lines(param)}
 
+    def _phase(self, state):
+        # the mu product too: it depends on the betas and momentum_decay of each step taken (a
+        # parameter that sat steps out, or came from another group, has its own), so one step
+        # count does not make one mu product (the first parameter's had been used for all)
+        step = state.get("step")
+        return None if step is None else (int(step), float(state["mu_product"]))
+
     def _update(self, group, params, grads, batch, step):
-        # parameters stepped together share their step count, so their mu products agree
+        # parameters stepped together share their phase: step count and mu product
         return ops.foreach_nadam_step_(
             params, grads, batch.columns["exp_avg"], batch.columns["exp_avg_sq"], step,
             batch.scalar("mu_product"), lr=group["lr"], betas=group["betas"], eps=group["eps"],

@@ -156,6 +156,7 @@ def _check_hyper(name, value, bounds):
 
 # --------------------------------------------------------------------------- state containers
 _state_version = 0       # bumped when state is changed from outside an optimizer (see _State)
+_params_version = 0      # bumped when a group's params list changes (_Params, _Group)
 _MAX_STEP = 2.0 ** 53   # the largest step count a state may hold (exact as a float)
 _set = dict.__setitem__  # the optimizers' own writes into state: no plan goes stale
 
@@ -189,6 +190,11 @@ def _first_readonly(arrays):
 def _state_changed():
     global _state_version
     _state_version += 1
+
+
+def _params_changed():
+    global _params_version
+    _params_version += 1
 
 
 def _check_param(label, p):
@@ -251,21 +257,17 @@ class _Params(list):
     """A param group's ``params``: a list that, changed in place (``group["params"][1] = W``),
     has every optimizer make its plans again, as assigning ``group["params"]`` does. (A plan
     kept the arena stretch of the arrays the list held: the arena path went on stepping the
-    view that was replaced, never the array the group held instead.) ``changed`` tells the
-    optimizer to renumber its parameters (:meth:`Optimizer._sync_groups`)."""
+    view that was replaced, never the array the group held instead), and renumber their
+    parameters (:meth:`Optimizer._sync_groups`)."""
 
-    __slots__ = ("changed",)
-
-    def __init__(self, *args):
-        list.__init__(self, *args)
-        self.changed = False
+    __slots__ = ()
 
 
 def _telling(name):
     method = getattr(list, name)
 
     def changed(self, *args, **kwargs):
-        self.changed = True
+        _params_changed()
         _state_changed()
         return method(self, *args, **kwargs)
     changed.__name__ = name
@@ -284,8 +286,10 @@ class _Group(_Watched):
     checked = False
 
     def __setitem__(self, key, value):
-        if key == "params" and type(value) is list:
-            value = _Params(value)
+        if key == "params":
+            if type(value) is list:
+                value = _Params(value)
+            _params_changed()
         _Watched.__setitem__(self, key, value)
 
     def _changed(self, value):
@@ -533,6 +537,7 @@ class Optimizer:
         # and per group its params list and the arrays that list held then
         self._groups: list[dict[str, Any]] = []
         self._held: list[tuple[_Params, tuple[np.ndarray, ...]]] = []
+        self._synced = _params_version  # the _params_version they were checked at
         # the state of arrays taken out of the groups, by id: back if the array comes back
         # (torch's state is keyed by the tensor and outlives its place in a group)
         self._detached: dict[int, tuple[np.ndarray, _State]] = {}
@@ -1353,10 +1358,15 @@ class Optimizer:
         array's moments and step count.) A group ``param_groups`` holds that
         ``add_param_group`` did not add is refused (ValueError)."""
         groups, known, held = self.param_groups, self._groups, self._held
-        if (len(groups) == len(known) and all(map(operator.is_, groups, known))
-                and all(g["params"] is params and not params.changed
-                        for g, (params, _) in zip(groups, held))):
-            return
+        if len(groups) == len(known) and all(map(operator.is_, groups, known)):
+            if self._synced == _params_version:
+                return
+            # some group's params list changed, maybe none of ours, maybe back as it was
+            if all(g["params"] is params and len(params) == len(before)
+                   and all(map(operator.is_, params, before))
+                   for g, (params, before) in zip(groups, held)):
+                self._synced = _params_version
+                return
         where = {id(g): gi for gi, g in enumerate(known)}
         olds = []
         for gi, group in enumerate(groups):
@@ -1399,8 +1409,7 @@ class Optimizer:
         self._slots = [self._new_slots(len(g["params"])) for g in groups]
         for gi, k, entry in moved:
             self._bind(gi, k, entry)       # (the step counts into the new slots)
-        for group in groups:
-            group["params"].changed = False
+        self._synced = _params_version
         self._plans, self._disjoint = {}, None
         _state_changed()
 
@@ -1448,6 +1457,7 @@ class Optimizer:
             dict.__setitem__(group, "params", _Params(params))
         self._groups = list(self.param_groups)
         self._held = [(g["params"], tuple(g["params"])) for g in self.param_groups]
+        self._synced = -1
         self._detached = {}
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in self._state.items():

@@ -109,7 +109,12 @@ cdef extern from "fo_prefetch.h":
 # (their widen, step and narrow loops then run 128 elements at a time; the same 512 at a time, as
 # without prefetches, with a burst of prefetches that long: Adam 332 -> 442-450) and at 3e6 level
 # or up to 7% slower. The roofline stream runs through this driver too, so it prefetches where the
-# steps do.
+# steps do. Tried and not taken: a 16-bit form's param (only written) not prefetched but written
+# with non-temporal stores from a buffer, sparing the read of each line a cached store makes.
+# fastopt.torch bfloat16, 2 threads, alternated processes, ms: Adam 1e7 4.45-5.32 -> 3.95-4.65
+# and 3e7 17.7-17.8 -> 16.6-17.2, but 5e6 1.52-1.56 -> 1.70-1.73, 6e6 and 8e6 4-11% slower,
+# 1.5e7 level; Adagrad (blocks) 1e7 2.87-3.01 -> 3.03-3.29 (this VM's L3 keeps what they send
+# to memory).
 cdef Py_ssize_t PREFETCH_MIN_BYTES = 1 << 21, PREFETCH_MIN_BYTES_HALF = 1 << 24
 cdef enum:
     PREFETCH_SPAN = 512

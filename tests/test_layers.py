@@ -1016,6 +1016,29 @@ def test_batchnorm_statistics_that_overflow_are_the_references(backend):
 
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_variance_of_float64_data_with_a_large_mean_is_exact(backend, axis):
+    """float64 features whose mean is 1e15 or 1e10 times their spread: the squares were taken
+    about the mean rounded at the data's magnitude, whose rounding (up to 0.06 at 1e15) they
+    held squared: variances 7.5e-4 (the reference, Cython with features as rows) to 1.2e-3
+    (Numba with the batch on axis 0) off, while Cython's axis 0 was exact. The oracle: exact
+    rational arithmetic."""
+    from fractions import Fraction
+    rng = np.random.default_rng(31)
+    x = np.stack([1e15 + rng.standard_normal(200), 1e10 + 1e-3 * rng.standard_normal(200),
+                  -3e12 + rng.standard_normal(200), rng.standard_normal(200)], axis=1)
+    exact = []
+    for column in x.T:
+        values = [Fraction(v) for v in column]
+        mean = sum(values) / len(values)
+        exact.append(float(sum((v - mean) ** 2 for v in values) / len(values)))
+    g, b = np.ones(4), np.zeros(4)
+    with fo.use_backend(backend):
+        _, cache = fo.batchnorm_forward(x if axis == 0 else x.T.copy(), g, b, axis=axis)
+    np.testing.assert_allclose(cache.var, exact, rtol=4e-16, atol=0)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batchnorm_variances_with_a_square_past_the_range_on_the_way(backend, axis):
     """float64 features whose variance is finite though a square on the way to it overflows:
     one 0 and 63 values of 1e153 (squared, the 64-row block's sum of x minus its first row

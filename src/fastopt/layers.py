@@ -237,7 +237,10 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     Statistics accumulate in float64 about each feature's first value, so that data with a
     large mean stays accurate and a constant feature has its mean exactly, a variance of 0
     and y = beta (the reference: the mean, then the centred squares; the compiled backends
-    with features as columns: sums over blocks of rows, merged in order).
+    with features as columns: sums over blocks of rows, merged in order). The variance is the
+    one about the exact mean, whatever the mean's magnitude; ``x - mean`` is taken with the
+    mean rounded to float64, so float64 data whose mean is 1e10 times its spread has y to
+    about 6 digits (torch's: fewer).
 
     Parameters
     ----------

@@ -461,10 +461,13 @@ cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double 
     cdef double first[4]
     cdef double m[4]
     cdef double v[4]
-    cdef double s
+    cdef double offset[4]
+    cdef double s, shifted
     cdef int r, R = 4 if four else 1
     # the mean about the feature's first value, with the reference (batchnorm_stats: exact
-    # for a constant feature); where it times C is not finite, sum(x) / C, as the reference
+    # for a constant feature); where it times C is not finite, sum(x) / C, as the reference.
+    # The squares about the rounded mean hold the square of what rounding moved it by
+    # (offset): taken off the variance, as the reference
     for r in range(R):
         first[r] = x[r * C]
     if four:
@@ -472,15 +475,20 @@ cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double 
     else:
         m[0] = row_centred(x, C, first[0])
     for r in range(R):
-        m[r] = first[r] + m[r] / C
+        shifted = m[r] / C
+        m[r] = first[r] + shifted
+        offset[r] = (m[r] - first[r]) - shifted
         if not isfinite(m[r] * C):
             m[r] = row_sum(x + r * C, C) / C
+            offset[r] = 0.0
     if four:
         rows4_centred_sq(x, C, m, v)
     else:
         v[0] = row_centred_sq(x, C, m[0])
     for r in range(R):
         v[r] = v[r] / C
+        if isfinite(v[r]):      # (an infinite one stays so: its offset may be too)
+            v[r] = max(v[r] - offset[r] * offset[r], 0.0)
         s = 1.0 / sqrt(v[r] + eps)
         mean[r] = m[r]
         inv_std[r] = s

@@ -275,8 +275,15 @@ def _merge_moments(part, shift, x, eps, mean, inv_std, var):
     for b in range(part.shape[0]):
         nb = min(_ROW_BLOCK, N - b * _ROW_BLOCK)
         for c in range(mean.size):
-            d = part[b, 0, c] / nb - mean[c]
-            var[c] += part[b, 1, c] + nb * (d * d)
+            # the block's squares were taken about its mean rounded at the data's magnitude
+            # (part[b, 2]): less what that rounding adds, they are about its exact mean
+            shifted = part[b, 0, c] / nb
+            offset = (part[b, 2, c] - shift[c]) - shifted
+            d = shifted - mean[c]
+            m2 = part[b, 1, c]
+            if math.isfinite(m2):
+                m2 = max(m2 - nb * (offset * offset), 0.0)
+            var[c] += m2 + nb * (d * d)
     for c in range(mean.size):
         mean[c] = shift[c] + mean[c]
         var[c] = var[c] / N
@@ -309,12 +316,18 @@ def _forward_rows(x, eps, gamma, beta, mean, inv_std, var, y):
     for g in prange((F + _GROUP - 1) // _GROUP):
         acc = np.empty(8)
         for f in range(g * _GROUP, min(g * _GROUP + _GROUP, F)):
-            # the mean about the feature's first value, as the reference's batchnorm_stats
+            # the mean about the feature's first value, and the variance less the square of
+            # what rounding moved the mean by, as the reference's batchnorm_stats
             first = _f64(x[f, 0])
-            m = first + _row_centred(x[f], first, acc) / C
+            shifted = _row_centred(x[f], first, acc) / C
+            m = first + shifted
+            offset = (m - first) - shifted
             if not math.isfinite(m * C):
                 m = _row_sum(x[f], acc) / C
+                offset = 0.0
             v = _row_centred_sq(x[f], m, acc) / C
+            if math.isfinite(v):    # (an infinite one stays so: its offset may be too)
+                v = max(v - offset * offset, 0.0)
             s = 1.0 / math.sqrt(v + eps)
             mean[f] = m
             inv_std[f] = s

@@ -30,11 +30,20 @@ def batchnorm_stats(x, axis, eps, mean, inv_std, var):
     inf, a sum past the float range) the mean is ``x.mean()``, as the sums overflow."""
     x64 = x.astype(np.float64)
     first = np.take(x64, [0], axis=axis)
-    mean[...] = np.squeeze(first, axis) + (x64 - first).mean(axis=axis)
+    x0 = np.squeeze(first, axis)
+    shifted = (x64 - first).mean(axis=axis)
+    mean[...] = x0 + shifted
+    # what rounding x0 + shifted moved the mean by (exact: both sides lie close together where
+    # it matters), whose square the squares about the rounded mean hold too: taken off, the
+    # variance is the one about the exact mean (1e15 + randn, float64: 1e-16 off, not 1e-3)
+    offset = (mean - x0) - shifted
     overflow = ~np.isfinite(mean * x.shape[axis])
     if overflow.any():      # (those features only: a pass over x less, most calls)
         mean[overflow] = x64.mean(axis=axis)[overflow]
+        offset[overflow] = 0.0
     var[...] = batch_variance(x64, axis, mean)
+    finite = np.isfinite(var)       # (an infinite one stays so: its offset may be too)
+    var[finite] = np.maximum(var[finite] - offset[finite] ** 2, 0.0)
     inv_std[...] = 1.0 / np.sqrt(var + eps)
 
 

@@ -1449,7 +1449,7 @@ def _corruptions():
         ("wrong shape", array(np.zeros(5)), ValueError),
         ("integer array", array(np.zeros(4, np.int64)), TypeError),
         ("list", array([0.0] * 4), TypeError),
-        ("unknown parameter", lambda sd: sd["state"].__setitem__(7, {}), ValueError),
+        ("unknown parameter", lambda sd: sd["state"].__setitem__(7, {"step": 1}), ValueError),
         ("state not a dict", lambda sd: sd["state"].__setitem__(1, [1]), TypeError),
         ("extra group", lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
          ValueError),
@@ -2140,6 +2140,21 @@ def test_nadam_parameters_with_one_step_count_keep_their_own_mu_products(backend
         step(g)
     for v, alone in zip((a, b), solo):
         assert same_bits(v, alone.param_groups[0]["params"][0]), how
+
+
+def test_an_empty_state_entry_of_no_parameter_is_no_state_to_load():
+    # opt.state.setdefault(5, {}) (torch's state takes any key) left an entry state_dict()
+    # saved, and loading it was refused: "state for unknown parameter 5". One with state still is
+    opt = fo.Adam([np.ones(2)], lr=0.1)
+    opt.step([np.ones(2)])
+    opt.state.setdefault(5, {})
+    twin = fo.Adam([np.ones(2)], lr=0.1)
+    twin.load_state_dict(opt.state_dict())
+    assert list(twin.state_dict()["state"]) == [0]
+    saved = opt.state_dict()
+    saved["state"][5] = {"step": 1}
+    with pytest.raises(ValueError, match="state for unknown parameter 5"):
+        twin.load_state_dict(saved)
 
 
 def test_a_named_groups_params_and_param_names_change_together():

@@ -1296,6 +1296,8 @@ class Optimizer:
         min_step = 0 if self._EAGER_STATE else 1
         for pid, saved in saved_state.items():
             if pid not in index:
+                if isinstance(saved, dict) and not saved:
+                    continue    # no state (opt.state.setdefault(5, {}) saves one; torch's loads)
                 raise ValueError(f"state_dict has state for unknown parameter {pid!r}")
             if not isinstance(saved, dict):
                 raise TypeError(f"state_dict['state'][{pid!r}] must be a dict")

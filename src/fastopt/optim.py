@@ -485,16 +485,18 @@ class Optimizer:
     state; created when an option needs them), ``_init_state(param, group)`` (by default
     ``step`` 0 and zeros for the other keys of ``_STATE``) and
     ``_update(group, params, grads, batch, step)``: one multi-tensor kernel call for the
-    parameters sharing a phase (``_phase``: the step count), where ``step`` is the new count
-    (None for optimizers without one; the base class stores it after the call succeeds) and
-    ``batch`` (a :class:`_Batch`) gives their state arrays by key and holds the state the call
-    creates until it succeeded, so a refused call changes nothing.
+    parameters sharing a phase (``_phase``: the step count; NAdam's adds its mu product),
+    where ``step`` is the new count (None for optimizers without one; the base class stores it
+    after the call succeeds) and ``batch`` (a :class:`_Batch`) gives their state arrays by key
+    and holds the state the call creates until it succeeded, so a refused call changes
+    nothing.
 
     ``state`` is the truth, as in torch: arrays assigned into ``opt.state[i]`` are what later
     steps update in place. ``step`` (and NAdam's ``mu_product``) are read-only 0-d arrays, as
     torch's are 0-d tensors: views of one array per group, so a step over a thousand
     parameters advances every count with one NumPy operation. Assign a new value to change
-    one.
+    one. ``param_groups`` is edited as torch's: hyper-parameters, groups popped, and a group's
+    ``params`` list, each array's state going with it (:meth:`_sync_groups`).
 
     Parameters
     ----------

@@ -241,6 +241,81 @@ def test_batchnorm_course_layout_is_the_transpose():
     np.testing.assert_allclose(y1, y0.T, rtol=1e-13, atol=1e-14)
 
 
+def _bn_exact(x, gamma, beta, dy, axis, eps=1e-5):
+    """Batch norm's y, dx, dgamma, dbeta over ``axis`` of an x of any rank, in float64 NumPy
+    with keepdims (an independent computation: not through the 2-D form)."""
+    x, dy = x.astype(np.float64), dy.astype(np.float64)
+    g = np.expand_dims(gamma.astype(np.float64).reshape(np.delete(x.shape, axis)), axis)
+    b = np.expand_dims(beta.astype(np.float64).reshape(np.delete(x.shape, axis)), axis)
+    n = x.shape[axis]
+    mean = x.mean(axis, keepdims=True)
+    inv_std = 1 / np.sqrt(((x - mean) ** 2).mean(axis, keepdims=True) + eps)
+    xhat = (x - mean) * inv_std
+    dbeta, dgamma = dy.sum(axis, keepdims=True), (dy * xhat).sum(axis, keepdims=True)
+    dx = g * inv_std / n * (n * dy - dbeta - xhat * dgamma)
+    return xhat * g + b, dx, dgamma.squeeze(axis), dbeta.squeeze(axis)
+
+
+@pytest.mark.parametrize("how", ["C", "F", "strided"])
+@pytest.mark.parametrize("shape, axis", [((5, 3, 4), 0), ((5, 3, 4), 1), ((5, 3, 4), -1),
+                                         ((4, 2, 3, 2), 2), ((2, 3, 1, 6), 3), ((7,), 0)],
+                         ids=str)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_of_other_ranks_normalizes_over_the_batch_axis(backend, shape, axis, how,
+                                                                  dtype):
+    """API.md: gamma and beta have the shape of x with the batch axis removed, for an x of any
+    rank (these were refused as not 2-D). Forward, backward and inference against float64
+    NumPy over that axis, with y and dx shaped like x, the grads like gamma; gamma given with
+    the batch axis kept as 1 and flat too; out= C-ordered (written in place) and strided."""
+    rng = np.random.default_rng(1)
+    k = axis % len(shape)
+    features = shape[:k] + shape[k + 1:]
+    x = layout((rng.standard_normal(shape) * 2 + 3).astype(dtype), how)
+    dy = layout(rng.standard_normal(shape).astype(dtype), how)
+    gamma = np.asarray(rng.standard_normal(features) + 1, dtype)
+    beta = np.asarray(rng.standard_normal(features), dtype)
+    y_exact, dx_exact, dgamma_exact, dbeta_exact = _bn_exact(x, gamma, beta, dy, k)
+    with fo.use_backend(backend):
+        y, cache = fo.batchnorm_forward(x, gamma, beta, axis=axis)
+        dx, dgamma, dbeta = fo.batchnorm_backward(dy, pickle.loads(pickle.dumps(cache)))
+        assert y.shape == dx.shape == shape and dgamma.shape == dbeta.shape == features
+        close(y, y_exact, dtype, 10)
+        close(dx, dx_exact, dtype, 10 * shape[k])
+        close(dgamma, dgamma_exact, dtype, 10 * shape[k])
+        close(dbeta, dbeta_exact, dtype, 10 * shape[k])
+        kept = shape[:k] + (1,) + shape[k + 1:]
+        for out in (np.empty(shape, dtype), layout(np.empty(shape, dtype), "strided")):
+            y2, _ = fo.batchnorm_forward(x, gamma.reshape(kept), beta.reshape(-1), axis, out=out)
+            assert y2 is out
+            np.testing.assert_array_equal(out, y)
+            dx2, _, _ = fo.batchnorm_backward(dy, cache, out=np.empty_like(out))
+            np.testing.assert_array_equal(dx2, dx)
+        mean, var = (np.asarray(rng.standard_normal(features), dtype),
+                     np.asarray(rng.random(features) + 0.5, dtype))
+        inf = fo.batchnorm_inference(x, gamma, beta, mean.reshape(kept), var, axis)
+    pad = lambda a: np.expand_dims(a.astype(np.float64), k)        # noqa: E731
+    close(inf, (x - pad(mean)) / np.sqrt(pad(var) + 1e-5) * pad(gamma) + pad(beta), dtype, 10)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_layer_takes_other_ranks(backend):
+    """BatchNorm with num_features the positions along x's other axes: its running statistics
+    and grads as the functions'; an x of the wrong positions is named by the layer."""
+    rng = np.random.default_rng(2)
+    x, dy = rng.standard_normal((2, 6, 8, 3)), rng.standard_normal((2, 6, 8, 3))
+    layer = fo.BatchNorm(2 * 6 * 8, axis=-1, dtype=np.float64)
+    with fo.use_backend(backend):
+        y = layer(x)
+        dx = layer.backward(dy)
+        y_exact, dx_exact, dgamma_exact, _ = _bn_exact(x, layer.gamma, layer.beta, dy, 3)
+        close(y, y_exact, np.float64, 10)
+        close(dx, dx_exact, np.float64, 30)
+        close(layer.dgamma, dgamma_exact.reshape(-1), np.float64, 30)
+        close(layer.running_var, 0.9 + 0.1 * x.var(-1, ddof=1).reshape(-1), np.float64)
+        with pytest.raises(ValueError, match=r"x has shape \(2, 6, 8\): 12 features"):
+            layer(x[..., 0], training=False)
+
+
 def test_batchnorm_errors_name_the_argument():
     x = np.ones((4, 3))
     g = np.ones(3)
@@ -252,8 +327,14 @@ def test_batchnorm_errors_name_the_argument():
         fo.batchnorm_forward(x, g, g.astype(np.float32))
     with pytest.raises(TypeError, match="x"):
         fo.batchnorm_forward(np.ones((4, 3), int), g, g)
-    with pytest.raises(ValueError, match="2-D"):
-        fo.batchnorm_forward(np.ones((4, 3, 2)), g, g)
+    with pytest.raises(ValueError, match=re.escape("gamma has shape (3,), expected (3, 2)")):
+        fo.batchnorm_forward(np.ones((4, 3, 2)), g, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="batch of 1 along axis 2"):
+        fo.batchnorm_forward(np.ones((4, 3, 1)), g, g, axis=2)
+    with pytest.raises(ValueError, match="Invalid axis: 3"):
+        fo.batchnorm_forward(np.ones((4, 3, 2)), g, g, axis=3)
+    with pytest.raises(ValueError, match="Invalid axis"):
+        fo.batchnorm_inference(np.array(1.0), g, g, g, g)
     with pytest.raises(ValueError, match="running_var"):
         fo.batchnorm_inference(x, g, g, g, np.ones(2))
     _, cache = fo.batchnorm_forward(x + np.arange(4)[:, None], g, g)

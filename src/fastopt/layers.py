@@ -109,9 +109,6 @@ def _bn_layout(x, axis, out):
     axis ``axis``. A Fortran-ordered x (e.g. the transpose of a C array) is used as its
     transpose, without a copy; x is copied when it may share memory with ``out``."""
     x = _unshared(out, _float_array("x", x))
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D (batch axis plus features), got shape {x.shape}; "
-                         "reshape other ranks so that one axis holds the features")
     axis = _check_axis(axis)
     if axis not in (0, 1, -1, -2):
         raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
@@ -144,6 +141,66 @@ def _features(name, a, x, axis, transposed, out=None):
     return _kernel_input(a.reshape(-1))
 
 
+# ------------------------------------------------ batch norm of x of other ranks than 2
+# An x of 1 or 3+ dimensions with batch axis k is normalized as the 2-D array of its batch
+# against the other axes flattened in C order (so gamma, shaped like x without axis k, is the
+# features' values in order): x.reshape(-1, m) when k is the last axis (batch axis 1), else
+# moveaxis(x, k, 0).reshape(m, -1) (batch axis 0). Both are views of a C-ordered x when k is
+# the first or last axis; any other x is copied once, and the result copied back into y.
+def _nd_axis(x, axis):
+    """The batch axis of an ``x`` of any rank but 2, as an index in [0, x.ndim)."""
+    axis = _check_axis(axis)
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"Invalid axis: {axis!r} for x of shape {x.shape}")
+    return axis % x.ndim
+
+
+def _nd_2d_shape(shape, k):
+    """The shape of the 2-D form of an x of ``shape`` with batch axis ``k``."""
+    m, n_features = shape[k], math.prod(shape[:k] + shape[k + 1:])
+    return (n_features, m) if k == len(shape) - 1 else (m, n_features)
+
+
+def _nd_2d_axis(shape, k):
+    """The batch axis of that 2-D form."""
+    return 1 if k == len(shape) - 1 else 0
+
+
+def _nd_to_2d(a, k):
+    """The 2-D array the kernels read for ``a`` (shaped like x) with batch axis ``k``: a view
+    when one exists, else a copy."""
+    shape = _nd_2d_shape(a.shape, k)
+    return a.reshape(shape) if k == a.ndim - 1 else np.moveaxis(a, k, 0).reshape(shape)
+
+
+def _nd_2d_view(y, k):
+    """``_nd_to_2d(y, k)`` when it is a view of ``y`` (the kernels then write y itself), else
+    None."""
+    if y.flags.c_contiguous and k in (0, y.ndim - 1):
+        return _nd_to_2d(y, k)
+    return None
+
+
+def _nd_from_2d(y2, shape, k):
+    """The array of ``shape`` (batch axis ``k``) whose 2-D form is ``y2``, a view of it."""
+    if k == len(shape) - 1:
+        return y2.reshape(shape)
+    return np.moveaxis(y2.reshape((shape[k],) + shape[:k] + shape[k + 1:]), 0, k)
+
+
+def _nd_features(name, a, shape, k):
+    """``a`` (gamma, beta, a running statistic) for x of ``shape`` with batch axis ``k`` as the
+    kernels read it, one value per feature: of x's shape without axis k, or with it of
+    length 1, or flat."""
+    a = _float_array(name, a)
+    features = shape[:k] + shape[k + 1:]
+    n = math.prod(features)
+    if a.shape not in (features, shape[:k] + (1,) + shape[k + 1:], (n,)):
+        raise ValueError(f"{name} has shape {a.shape}, expected {features} (x's shape "
+                         f"{shape} without the batch axis {k})")
+    return a.reshape(n)
+
+
 def _plain(a: np.ndarray) -> np.ndarray:
     """``a`` as a base-class ndarray (a view of it when it is of a subclass, e.g. a memmap)."""
     return a if type(a) is np.ndarray else a.view(np.ndarray)
@@ -165,20 +222,22 @@ class BatchNormCache:
 
     Parameters
     ----------
-    x, axis, gamma, mean, inv_std, eps, transposed, shape, param_shapes, batch_var
-        The attributes (``x`` as the kernels read it, ``shape`` the caller's,
-        ``param_shapes`` those of the caller's gamma and beta, which the grads take).
+    x, axis, gamma, mean, inv_std, eps, transposed, shape, param_shapes, batch_var, nd
+        The attributes (``x`` as the kernels read it, ``shape`` the caller's 2-D x,
+        ``param_shapes`` those of the caller's gamma and beta, which the grads take; ``nd``:
+        None, or (shape, batch axis) of an x of another rank than 2, whose 2-D form the rest
+        describes).
     """
     __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "eps", "transposed", "shape",
-                 "param_shapes", "batch_var")
+                 "param_shapes", "batch_var", "nd")
 
     def __init__(self, x: np.ndarray, axis: int, gamma: np.ndarray, mean: np.ndarray,
                  inv_std: np.ndarray, eps: float, transposed: bool, shape: tuple[int, ...],
                  param_shapes: tuple[tuple[int, ...], tuple[int, ...]],
-                 batch_var: np.ndarray) -> None:
+                 batch_var: np.ndarray, nd: tuple[tuple[int, ...], int] | None = None) -> None:
         self.x, self.axis, self.gamma, self.mean = x, axis, gamma, mean
         self.inv_std, self.eps, self.transposed, self.shape = inv_std, eps, transposed, shape
-        self.param_shapes, self.batch_var = param_shapes, batch_var
+        self.param_shapes, self.batch_var, self.nd = param_shapes, batch_var, nd
 
     def __reduce__(self):      # every pickle protocol (slots alone need protocol 2)
         return BatchNormCache, tuple(getattr(self, k) for k in self.__slots__)
@@ -204,6 +263,13 @@ class BatchNormCache:
                 f"cache is not as batchnorm_forward made it: x {x.shape} (axis {axis}, caller's "
                 f"shape {self.shape}), gamma {self.gamma.shape}, mean {self.mean.shape}, "
                 f"inv_std {self.inv_std.shape}, param_shapes {ps}")
+        nd = self.nd
+        if nd is not None and not (
+                type(nd) is tuple and len(nd) == 2 and type(nd[1]) is int
+                and _is_shape_of(nd[0], x.size) and len(nd[0]) != 2 and 0 <= nd[1] < len(nd[0])
+                and self.shape == _nd_2d_shape(*nd)):
+            raise ValueError(f"cache is not as batchnorm_forward made it: x {x.shape}, caller's "
+                             f"shape and batch axis {nd}")
         # the kernels' buffers too: x and gamma of one native float dtype, mean and inv_std
         # float64, each C-contiguous and aligned (the Cython kernels raised their own unnamed
         # 'Buffer dtype mismatch', the others computed with what they were given)
@@ -228,9 +294,9 @@ class BatchNormCache:
 def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: int = 0,
                       eps: float = 1e-5, out: np.ndarray | None = None
                       ) -> tuple[np.ndarray, BatchNormCache]:
-    """Training-mode batch normalization of a 2-D ``x``.
+    """Training-mode batch normalization of ``x`` over its batch axis.
 
-    With the biased batch variance, per feature::
+    With the biased batch variance, per feature (each position along the other axes)::
 
         y = (x - mean) / sqrt(var + eps) * gamma + beta
 
@@ -245,10 +311,13 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     Parameters
     ----------
     x : ndarray
-        A 2-D float32 or float64 array.
+        A float32 or float64 array, usually 2-D; of another rank, it is normalized as the 2-D
+        array of its batch axis against the others flattened (a view of a C-ordered x whose
+        batch axis is its first or last, else a copy).
     gamma, beta : ndarray
-        Scale and shift, one value per feature: shape ``(C,)``, ``(C, 1)`` or ``(1, C)``, of
-        ``x``'s dtype.
+        Scale and shift, one value per feature, of ``x``'s dtype: shaped like ``x`` without
+        the batch axis (``(C,)`` for a 2-D x, which also takes ``(C, 1)`` or ``(1, C)``), or
+        with it of length 1, or flat.
     axis : int, default 0
         The batch axis reduced over: 0 for ``(N, C)`` rows-are-examples, 1 (or -1) for the
         course's ``(n_features, m)``.
@@ -274,10 +343,12 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     TypeError
         A non-float ``x``, or ``gamma``/``beta``/``out`` of another dtype (named).
     ValueError
-        ``x`` not 2-D or with a batch of 0 or 1 (named), ``gamma``/``beta`` with the wrong
+        ``x`` 0-d or with a batch of 0 or 1 (named), ``gamma``/``beta`` with the wrong
         number of features, a bad ``axis`` or ``eps``, or ``out`` of the wrong shape,
         read-only or with elements that share memory (a zero stride).
     """
+    if isinstance(x, np.ndarray) and x.ndim != 2:
+        return _batchnorm_forward_nd(x, gamma, beta, axis, eps, out)
     xc, ax, transposed = _bn_layout(x, axis, out)
     if xc.shape[ax] < 2:
         raise ValueError(f"x has shape {np.shape(x)}, a batch of {xc.shape[ax]} along axis "
@@ -342,6 +413,12 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, out: np.ndarray | 
     if not isinstance(cache, BatchNormCache):
         raise TypeError("cache must be the second value returned by batchnorm_forward")
     cache._check()
+    if cache.nd is not None:
+        return _batchnorm_backward_nd(dy, cache, out)
+    return _batchnorm_backward_2d(dy, cache, out)
+
+
+def _batchnorm_backward_2d(dy, cache, out):
     dy = _unshared(out, _float_array("dy", dy))
     if dy.dtype != cache.x.dtype:
         raise TypeError(f"dy has dtype {dy.dtype}, expected {cache.x.dtype} like x")
@@ -372,15 +449,15 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     Parameters
     ----------
     x : ndarray
-        A 2-D float32 or float64 array.
+        A float32 or float64 array, usually 2-D (other ranks: as :func:`batchnorm_forward`).
     gamma, beta : ndarray
-        Scale and shift, one value per feature: shape ``(C,)``, ``(C, 1)`` or ``(1, C)``, of
-        ``x``'s dtype.
+        Scale and shift, one value per feature, of ``x``'s dtype (shapes as
+        :func:`batchnorm_forward` takes them).
     axis : int, default 0
         The batch axis reduced over: 0 for ``(N, C)`` rows-are-examples, 1 (or -1) for the
         course's ``(n_features, m)``.
     running_mean, running_var : ndarray
-        The running statistics, one value per feature.
+        The running statistics, one value per feature (shaped as gamma may be).
     eps : float, default 1e-5
         Added to the variance, >= 0.
     out : ndarray, optional
@@ -396,6 +473,9 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     TypeError, ValueError
         As :func:`batchnorm_forward` (a batch of 1 is fine here).
     """
+    if isinstance(x, np.ndarray) and x.ndim != 2:
+        return _batchnorm_inference_nd(x, gamma, beta, running_mean, running_var, axis, eps,
+                                       out)
     xc, ax, transposed = _bn_layout(x, axis, out)
     g = _features("gamma", gamma, xc, ax, transposed, out)
     b = _features("beta", beta, xc, ax, transposed, out)
@@ -406,6 +486,55 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     yc, scratch = _kernel_output(y, transposed)
     _backend.active.batchnorm_inference(xc, ax, g, b, rm, rv, eps, yc)
     _write_back(y, yc, scratch, transposed)
+    return y
+
+
+def _batchnorm_forward_nd(x, gamma, beta, axis, eps, out):
+    """:func:`batchnorm_forward` of an ``x`` of another rank than 2, through its 2-D form."""
+    x = _unshared(out, _float_array("x", x))
+    k = _nd_axis(x, axis)
+    shape = x.shape
+    if shape[k] < 2:
+        raise ValueError(f"x has shape {shape}, a batch of {shape[k]} along axis {k}: batch "
+                         "norm in training needs more than 1 example per feature")
+    g, b = _nd_features("gamma", gamma, shape, k), _nd_features("beta", beta, shape, k)
+    y = _out(out, shape, x.dtype)
+    y2 = _nd_2d_view(y, k)
+    y2_written, cache = batchnorm_forward(_nd_to_2d(x, k), g, b, _nd_2d_axis(shape, k), eps,
+                                          y2)
+    if y2 is None:
+        y[...] = _nd_from_2d(y2_written, shape, k)
+    cache.param_shapes, cache.nd = (np.shape(gamma), np.shape(beta)), (shape, k)
+    return y, cache
+
+
+def _batchnorm_backward_nd(dy, cache, out):
+    """:func:`batchnorm_backward` for a cache of an x of another rank than 2."""
+    shape, k = cache.nd
+    dy = _unshared(out, _float_array("dy", dy))
+    if dy.shape != shape:
+        raise ValueError(f"dy has shape {dy.shape}, expected {shape} like x")
+    dx = _out(out, shape, cache.x.dtype)
+    dx2 = _nd_2d_view(dx, k)
+    dx2_written, dgamma, dbeta = _batchnorm_backward_2d(_nd_to_2d(dy, k), cache, dx2)
+    if dx2 is None:
+        dx[...] = _nd_from_2d(dx2_written, shape, k)
+    return dx, dgamma, dbeta
+
+
+def _batchnorm_inference_nd(x, gamma, beta, running_mean, running_var, axis, eps, out):
+    """:func:`batchnorm_inference` of an ``x`` of another rank than 2, through its 2-D form."""
+    x = _unshared(out, _float_array("x", x))
+    k = _nd_axis(x, axis)
+    shape = x.shape
+    features = [_nd_features(name, a, shape, k) for name, a in (
+        ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+        ("running_var", running_var))]
+    y = _out(out, shape, x.dtype)
+    y2 = _nd_2d_view(y, k)
+    y2_written = batchnorm_inference(_nd_to_2d(x, k), *features, _nd_2d_axis(shape, k), eps, y2)
+    if y2 is None:
+        y[...] = _nd_from_2d(y2_written, shape, k)
     return y
 
 
@@ -491,7 +620,9 @@ class BatchNorm:
         Parameters
         ----------
         x : ndarray
-            A 2-D float array with ``num_features`` features along the non-batch axis.
+            A 2-D float array with ``num_features`` features along the non-batch axis (or of
+            another rank with ``num_features`` positions along its other axes, normalized as
+            :func:`batchnorm_forward` does).
         training : bool, default True
             Batch statistics (and remember what :meth:`backward` needs); False: the running ones.
 
@@ -555,7 +686,7 @@ class BatchNorm:
         would name the layer's gamma, which the caller never passed). The layer's are those
         its gamma, beta and running statistics agree on: where they do not (a gamma replaced
         by one of another dtype or size), the functions' messages name the odd one out."""
-        if not isinstance(x, np.ndarray) or x.dtype.type not in FLOAT_TYPES or x.ndim != 2:
+        if not isinstance(x, np.ndarray) or x.dtype.type not in FLOAT_TYPES or x.ndim == 0:
             return                      # the functions' own messages name x
         own = [a for a in (self.gamma, self.beta, self.running_mean, self.running_var)
                if isinstance(a, np.ndarray)]
@@ -567,13 +698,15 @@ class BatchNorm:
         axis = _check_axis(self.axis)
         # out of range (set after construction): the functions' own message names the axis
         # (axis 5 had been read as 1, and a valid x's shape blamed)
-        if not -2 <= axis < 2:
+        if not -x.ndim <= axis < x.ndim:
             return
-        axis %= 2
-        if x.shape[1 - axis] != self.gamma.size:
-            raise ValueError(f"x has shape {x.shape}: {x.shape[1 - axis]} features along axis "
-                             f"{1 - axis}, expected {self.gamma.size} (the layer's "
-                             f"num_features; batch axis {axis})")
+        axis %= x.ndim
+        features = x.shape[:axis] + x.shape[axis + 1:]
+        if math.prod(features) != self.gamma.size:
+            where = f"along axis {1 - axis}" if x.ndim == 2 else f"in shape {features}"
+            raise ValueError(f"x has shape {x.shape}: {math.prod(features)} features {where}, "
+                             f"expected {self.gamma.size} (the layer's num_features; batch "
+                             f"axis {axis})")
 
     def __copy__(self) -> "BatchNorm":
         # the arrays forward and backward update in place are the copy's own, as its count is

@@ -314,6 +314,36 @@ def test_batchnorm_layer_takes_other_ranks(backend):
         close(layer.running_var, 0.9 + 0.1 * x.var(-1, ddof=1).reshape(-1), np.float64)
         with pytest.raises(ValueError, match=r"x has shape \(2, 6, 8\): 12 features"):
             layer(x[..., 0], training=False)
+        # the layer's arrays in x's shape without the batch axis, and messages in it
+        layer.running_mean = layer.running_mean.reshape(2, 6, 8).copy()
+        layer(x)
+        layer.running_var = np.ones(95)
+        with pytest.raises(ValueError, match=re.escape("running_var has shape (95,), expected "
+                                                       "(2, 6, 8) (x's shape (2, 6, 8, 3) "
+                                                       "without the batch axis 3)")):
+            layer(x)
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_of_other_ranks_with_out_sharing_gamma(backend):
+    """out= in gamma's memory, with a middle batch axis or a reversed out (y computed apart,
+    then copied): the cache kept a view of the caller's gamma, which writing y overwrote, and
+    dx came out 21.6 off (probe K). gamma is copied first, as the 2-D path copies it."""
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 2))
+    g0 = rng.standard_normal((4, 2)) + 1
+    for axis, out_of in ((1, lambda buf: buf.reshape(4, 3, 2)),
+                         (0, lambda buf: buf.reshape(3, 4, 2)[::-1].transpose(1, 0, 2))):
+        k_shape = (4, 2) if axis == 1 else (3, 2)
+        gamma_exact = g0 if axis == 1 else g0[:3]
+        _, dx_exact, _, _ = _bn_exact(x, gamma_exact, gamma_exact * 0, dy, axis)
+        buf = np.zeros(x.size)
+        gamma = buf[:gamma_exact.size].reshape(k_shape)
+        gamma[...] = gamma_exact
+        with fo.use_backend(backend):
+            _, cache = fo.batchnorm_forward(x, gamma, np.zeros(k_shape), axis, out=out_of(buf))
+            dx, _, _ = fo.batchnorm_backward(dy, cache)
+        close(dx, dx_exact, np.float64, 100)
 
 
 def test_batchnorm_errors_name_the_argument():

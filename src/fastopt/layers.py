@@ -188,11 +188,11 @@ def _nd_from_2d(y2, shape, k):
     return np.moveaxis(y2.reshape((shape[k],) + shape[:k] + shape[k + 1:]), 0, k)
 
 
-def _nd_features(name, a, shape, k):
+def _nd_features(name, a, shape, k, out=None):
     """``a`` (gamma, beta, a running statistic) for x of ``shape`` with batch axis ``k`` as the
     kernels read it, one value per feature: of x's shape without axis k, or with it of
-    length 1, or flat."""
-    a = _float_array(name, a)
+    length 1, or flat (a copy when it may share memory with ``out``: the cache keeps gamma)."""
+    a = _unshared(out, _float_array(name, a))
     features = shape[:k] + shape[k + 1:]
     n = math.prod(features)
     if a.shape not in (features, shape[:k] + (1,) + shape[k + 1:], (n,)):
@@ -497,7 +497,8 @@ def _batchnorm_forward_nd(x, gamma, beta, axis, eps, out):
     if shape[k] < 2:
         raise ValueError(f"x has shape {shape}, a batch of {shape[k]} along axis {k}: batch "
                          "norm in training needs more than 1 example per feature")
-    g, b = _nd_features("gamma", gamma, shape, k), _nd_features("beta", beta, shape, k)
+    g, b = (_nd_features(name, a, shape, k, out) for name, a in (("gamma", gamma),
+                                                                 ("beta", beta)))
     y = _out(out, shape, x.dtype)
     y2 = _nd_2d_view(y, k)
     y2_written, cache = batchnorm_forward(_nd_to_2d(x, k), g, b, _nd_2d_axis(shape, k), eps,
@@ -527,7 +528,7 @@ def _batchnorm_inference_nd(x, gamma, beta, running_mean, running_var, axis, eps
     x = _unshared(out, _float_array("x", x))
     k = _nd_axis(x, axis)
     shape = x.shape
-    features = [_nd_features(name, a, shape, k) for name, a in (
+    features = [_nd_features(name, a, shape, k, out) for name, a in (
         ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
         ("running_var", running_var))]
     y = _out(out, shape, x.dtype)
@@ -536,6 +537,14 @@ def _batchnorm_inference_nd(x, gamma, beta, running_mean, running_var, axis, eps
     if y2 is None:
         y[...] = _nd_from_2d(y2_written, shape, k)
     return y
+
+
+def _layer_features(name, a, cache):
+    """``a`` (a layer's running statistic or grad) as the kernels read it, one value per
+    feature of the x of ``cache`` (its shapes and messages those of the caller's x)."""
+    if cache.nd is not None:
+        a = _nd_features(name, a, *cache.nd)
+    return _features(name, a, cache.x, cache.axis, cache.transposed)
 
 
 class BatchNorm:
@@ -654,7 +663,7 @@ class BatchNorm:
             # the running statistics checked as inference checks them, before anything changes
             # (one of the wrong size raised NumPy's unnamed broadcast error after running_mean
             # had changed; an int64 one took the update truncated)
-            stats = [_features(name, getattr(self, name), cache.x, cache.axis, cache.transposed)
+            stats = [_layer_features(name, getattr(self, name), cache)
                      for name in ("running_mean", "running_var")]
             for name in ("running_mean", "running_var"):
                 if not getattr(self, name).flags.writeable:
@@ -755,7 +764,7 @@ class BatchNorm:
         # both checked before either is written (a dbeta of the wrong size raised NumPy's
         # unnamed broadcast error with dgamma already written; an int64 dgamma truncated)
         for name in ("dgamma", "dbeta"):
-            _features(name, getattr(self, name), cache.x, cache.axis, cache.transposed)
+            _layer_features(name, getattr(self, name), cache)
             if not getattr(self, name).flags.writeable:
                 raise ValueError(f"{name} is read-only; backward writes it in place")
         self.dgamma[...] = dgamma.reshape(self.dgamma.shape)

@@ -1150,6 +1150,49 @@ def test_batchnorm_variance_of_float64_data_with_a_large_mean_is_exact(backend, 
 
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_of_float64_data_with_a_large_mean_centres_x_at_the_exact_mean(backend, axis):
+    """y, dx, dgamma and dbeta of float64 features whose mean is 1e15, 1e10 and 3e12 times their
+    spread: x - mean was taken about the mean rounded to float64, so y lost what that rounding
+    moved it by (1e10 + 1e-3 randn: y 2e-5 off, dgamma 2e-4; 1e15 + randn: y 1e-2, dgamma
+    5e-2); now each to ~1e-16 of its scale, on every backend. The oracle: the mean and the
+    centred sums in exact rational arithmetic."""
+    from fractions import Fraction
+    rng = np.random.default_rng(32)
+    n = 300
+    x = np.stack([1e15 + rng.standard_normal(n), 1e10 + 1e-3 * rng.standard_normal(n),
+                  -3e12 + rng.standard_normal(n), 5 + rng.standard_normal(n)], axis=1)
+    dy = rng.standard_normal(x.shape)
+    g, b = rng.standard_normal(4) + 1, rng.standard_normal(4)
+    y_exact, dx_exact = np.empty_like(x), np.empty_like(x)
+    dgamma_exact, dbeta_exact = np.empty(4), np.empty(4)
+    for c in range(4):
+        values = [Fraction(v) for v in x[:, c]]
+        mean = sum(values) / n
+        centred = [v - mean for v in values]
+        inv_std = 1 / np.sqrt(float(sum(d * d for d in centred) / n) + 1e-5)
+        xhat = np.array([float(d) for d in centred]) * inv_std
+        y_exact[:, c] = xhat * g[c] + b[c]
+        dbeta_exact[c] = float(sum(Fraction(v) for v in dy[:, c]))
+        dgamma_exact[c] = float(sum(Fraction(v) * d for v, d in zip(dy[:, c], centred))) * inv_std
+        dx_exact[:, c] = (g[c] * inv_std / n
+                          * (n * dy[:, c] - dbeta_exact[c] - xhat * dgamma_exact[c]))
+    with fo.use_backend(backend):
+        if axis == 0:
+            y, cache = fo.batchnorm_forward(x, g, b)
+            dx, dgamma, dbeta = fo.batchnorm_backward(dy, cache)
+        else:
+            y, cache = fo.batchnorm_forward(x.T.copy(), g, b, axis=1)
+            dx, dgamma, dbeta = fo.batchnorm_backward(dy.T.copy(), cache)
+            y, dx = y.T, dx.T
+    scale = lambda a: np.abs(a).max(axis=0)        # noqa: E731
+    assert (np.abs(y - y_exact) <= 1e-15 * scale(y_exact)).all()
+    assert (np.abs(dx - dx_exact) <= 1e-13 * scale(dx_exact)).all()
+    np.testing.assert_allclose(dgamma, dgamma_exact, rtol=1e-13)
+    np.testing.assert_allclose(dbeta, dbeta_exact, rtol=1e-13)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batchnorm_variances_with_a_square_past_the_range_on_the_way(backend, axis):
     """float64 features whose variance is finite though a square on the way to it overflows:
     one 0 and 63 values of 1e153 (squared, the 64-row block's sum of x minus its first row

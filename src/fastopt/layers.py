@@ -216,26 +216,29 @@ class BatchNormCache:
     """What :func:`batchnorm_backward` needs from a forward pass.
 
     It holds x (not x-hat: backward re-reads x, which costs the same memory traffic as reading a
-    cached x-hat and saves writing one), gamma, and the per-feature mean, inverse standard
-    deviation and biased variance ``batch_var`` (float64; :attr:`var` gives a copy). Made by
-    :func:`batchnorm_forward` only.
+    cached x-hat and saves writing one), gamma, and the per-feature mean, its rounding error
+    ``mean_error`` (the mean less the exact one: x is centred about the exact mean), inverse
+    standard deviation and biased variance ``batch_var`` (float64; :attr:`var` gives a copy).
+    Made by :func:`batchnorm_forward` only.
 
     Parameters
     ----------
-    x, axis, gamma, mean, inv_std, eps, transposed, shape, param_shapes, batch_var, nd
+    x, axis, gamma, mean, mean_error, inv_std, eps, transposed, shape, param_shapes, batch_var,
+    nd
         The attributes (``x`` as the kernels read it, ``shape`` the caller's 2-D x,
         ``param_shapes`` those of the caller's gamma and beta, which the grads take; ``nd``:
         None, or (shape, batch axis) of an x of another rank than 2, whose 2-D form the rest
         describes).
     """
-    __slots__ = ("x", "axis", "gamma", "mean", "inv_std", "eps", "transposed", "shape",
-                 "param_shapes", "batch_var", "nd")
+    __slots__ = ("x", "axis", "gamma", "mean", "mean_error", "inv_std", "eps", "transposed",
+                 "shape", "param_shapes", "batch_var", "nd")
 
     def __init__(self, x: np.ndarray, axis: int, gamma: np.ndarray, mean: np.ndarray,
-                 inv_std: np.ndarray, eps: float, transposed: bool, shape: tuple[int, ...],
-                 param_shapes: tuple[tuple[int, ...], tuple[int, ...]],
+                 mean_error: np.ndarray, inv_std: np.ndarray, eps: float, transposed: bool,
+                 shape: tuple[int, ...], param_shapes: tuple[tuple[int, ...], tuple[int, ...]],
                  batch_var: np.ndarray, nd: tuple[tuple[int, ...], int] | None = None) -> None:
         self.x, self.axis, self.gamma, self.mean = x, axis, gamma, mean
+        self.mean_error = mean_error
         self.inv_std, self.eps, self.transposed, self.shape = inv_std, eps, transposed, shape
         self.param_shapes, self.batch_var, self.nd = param_shapes, batch_var, nd
 
@@ -247,13 +250,16 @@ class BatchNormCache:
         read x by its shape and gamma, mean and inv_std by feature, without bounds checks (a
         cache built by hand or unpickled from elsewhere with a short mean read past its end)."""
         x, axis, gamma, mean, inv_std = self.x, self.axis, self.gamma, self.mean, self.inv_std
-        if not (type(x) is type(gamma) is type(mean) is type(inv_std) is np.ndarray):
-            raise TypeError("cache is not as batchnorm_forward made it: x, gamma, mean and "
-                            "inv_std must be ndarrays")
+        mean_error = self.mean_error
+        if not (type(x) is type(gamma) is type(mean) is type(mean_error) is type(inv_std)
+                is np.ndarray):
+            raise TypeError("cache is not as batchnorm_forward made it: x, gamma, mean, "
+                            "mean_error and inv_std must be ndarrays")
         shape, ps = x.shape, self.param_shapes
         # (param_shapes are the grads' shapes: a reshape to them failed after dx was written)
         if (len(shape) != 2 or axis not in (0, 1)
-                or not gamma.shape == mean.shape == inv_std.shape == (shape[1 - axis],)
+                or not (gamma.shape == mean.shape == mean_error.shape == inv_std.shape
+                        == (shape[1 - axis],))
                 or type(self.shape) is not tuple
                 or self.shape != (shape[::-1] if self.transposed else shape)
                 or type(ps) is not tuple or len(ps) != 2
@@ -275,6 +281,7 @@ class BatchNormCache:
         # 'Buffer dtype mismatch', the others computed with what they were given)
         for name, a, dtypes in (("x", x, FLOAT_DTYPES), ("gamma", gamma, (x.dtype,)),
                                 ("mean", mean, FLOAT_DTYPES[1:]),
+                                ("mean_error", mean_error, FLOAT_DTYPES[1:]),
                                 ("inv_std", inv_std, FLOAT_DTYPES[1:])):
             if a.dtype not in dtypes:
                 raise TypeError(f"cache is not as batchnorm_forward made it: {name} has dtype "
@@ -303,10 +310,10 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     Statistics accumulate in float64 about each feature's first value, so that data with a
     large mean stays accurate and a constant feature has its mean exactly, a variance of 0
     and y = beta (the reference: the mean, then the centred squares; the compiled backends
-    with features as columns: sums over blocks of rows, merged in order). The variance is the
-    one about the exact mean, whatever the mean's magnitude; ``x - mean`` is taken with the
-    mean rounded to float64, so float64 data whose mean is 1e10 times its spread has y to
-    about 6 digits (torch's: fewer).
+    with features as columns: sums over blocks of rows, merged in order). The variance, y and
+    the gradients are about the exact mean, whatever its magnitude: ``x - mean`` is taken with
+    the mean rounded to float64 and the rounding's error added back per feature, so float64
+    data whose mean is 1e10 times its spread keeps y to ~1e-16 (torch's: ~1e-3).
 
     Parameters
     ----------
@@ -361,14 +368,14 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
     y = _out(out, shape, xc.dtype)
     yc, scratch = _kernel_output(y, transposed)
     n_features = xc.shape[1 - ax]
-    mean, inv_std, var = np.empty(n_features), np.empty(n_features), np.empty(n_features)
-    _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, inv_std, var, yc)
+    mean, mean_error, inv_std, var = (np.empty(n_features) for _ in range(4))
+    _backend.active.batchnorm_forward(xc, ax, g, b, eps, mean, mean_error, inv_std, var, yc)
     _write_back(y, yc, scratch, transposed)
     # plain ndarray views of x and gamma: the cache refuses other types (a hand-made cache),
     # and an x of an ndarray subclass (a slice of np.load(..., mmap_mode="r") is a memmap)
     # made a cache that batchnorm_backward then refused
-    cache = BatchNormCache(_plain(xc), ax, _plain(g), mean, inv_std, eps, transposed, shape,
-                           (np.shape(gamma), np.shape(beta)), var)
+    cache = BatchNormCache(_plain(xc), ax, _plain(g), mean, mean_error, inv_std, eps,
+                           transposed, shape, (np.shape(gamma), np.shape(beta)), var)
     return y, cache
 
 
@@ -430,8 +437,8 @@ def _batchnorm_backward_2d(dy, cache, out):
     dxc, scratch = _kernel_output(dx, cache.transposed)
     n_features = xc.shape[1 - ax]
     dgamma, dbeta = np.empty(n_features), np.empty(n_features)
-    _backend.active.batchnorm_backward(dyc, xc, ax, gamma, cache.mean, cache.inv_std,
-                                       dxc, dgamma, dbeta)
+    _backend.active.batchnorm_backward(dyc, xc, ax, gamma, cache.mean, cache.mean_error,
+                                       cache.inv_std, dxc, dgamma, dbeta)
     _write_back(dx, dxc, scratch, cache.transposed)
     gamma_shape, beta_shape = cache.param_shapes
     with np.errstate(all="ignore"):     # float64 sums past float32's range: inf, no warning

@@ -222,25 +222,40 @@ cdef void dx_row(const floating* dy, const floating* x, floating* dx, const doub
 
 
 cdef void dx_feature(const floating* dy, const floating* x, floating* dx, double mean,
-                     double gamma, double inv_std, double db, double dg,
+                     double mean_error, double gamma, double inv_std, double db, double dg,
                      Py_ssize_t n) noexcept nogil:
     """One feature (axis 1): dx_row with scalars (its coefficients are locals of the calling
     thread here)."""
     cdef Py_ssize_t i
     cdef double k_dy, k_x, k_0
-    dx_coefficients(gamma, inv_std, db, dg, n, &k_dy, &k_x, &k_0)
+    dx_coefficients(gamma, inv_std, db, dg, n, mean_error, &k_dy, &k_x, &k_0)
     for i in range(n):
         dx[i] = <floating>(k_dy * dy[i] - k_x * (x[i] - mean) - k_0)
 
 
 cdef inline void dx_coefficients(double gamma, double inv_std, double db, double dg, double cnt,
-                                 double* k_dy, double* k_x, double* k_0) noexcept nogil:
-    """(gamma * inv_std / N) * (N * dy - db - xhat * dg) with xhat = (x - mean) * inv_std,
-    distributed over its three terms."""
+                                 double mean_error, double* k_dy, double* k_x,
+                                 double* k_0) noexcept nogil:
+    """(gamma * inv_std / N) * (N * dy - db - xhat * dg) with xhat = (x - exact mean) *
+    inv_std, distributed over its three terms (x - exact mean = x - mean + mean_error)."""
     cdef double coef = gamma * inv_std / cnt
     k_dy[0] = gamma * inv_std
     k_x[0] = coef * inv_std * dg
-    k_0[0] = coef * db
+    k_0[0] = exact_k0(coef * db, k_x[0], mean_error)
+
+
+# x is centred about the exact mean (the reference's batchnorm_stats): mean_error, what rounding
+# the mean to float64 moved it by, is added back per feature (these three, as the reference's)
+cdef inline double exact_bias(double beta, double scale, double mean_error) noexcept nogil:
+    return beta + mean_error * scale if mean_error != 0 else beta
+
+
+cdef inline double exact_centred_sum(double dgc, double db, double mean_error) noexcept nogil:
+    return dgc + mean_error * db if mean_error != 0 and isfinite(db) else dgc
+
+
+cdef inline double exact_k0(double k_0, double k_x, double mean_error) noexcept nogil:
+    return k_0 + k_x * mean_error if mean_error != 0 and isfinite(k_x) else k_0
 
 
 cdef inline double row_products(const floating* dy, const floating* x, Py_ssize_t n,
@@ -399,6 +414,7 @@ ctypedef struct BNJob:
     const double* gamma        # per-feature parameters and coefficients, float64
     const double* beta
     double* mean
+    double* mean_error         # the mean less the exact one (training forward, backward)
     double* inv_std
     double* var                # the biased variance (training forward)
     double* part               # per-chunk partial results (axis 0)
@@ -454,7 +470,8 @@ cdef inline void rows4_products(const floating* dy, const floating* x, Py_ssize_
 
 cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double eps,
                            const double* gamma, const double* beta, double* mean,
-                           double* inv_std, double* var, bint four) noexcept nogil:
+                           double* mean_error, double* inv_std, double* var,
+                           bint four) noexcept nogil:
     """One feature (axis 1, a contiguous row of C values), or ``four`` of them (rows C apart,
     their sums taken side by side: fo_bn.h): statistics, then y, while the rows are in cache
     (a row longer than the cache is streamed three times: the old passes)."""
@@ -491,9 +508,11 @@ cdef void features_forward(const floating* x, floating* y, Py_ssize_t C, double 
             v[r] = max(v[r] - offset[r] * offset[r], 0.0)
         s = 1.0 / sqrt(v[r] + eps)
         mean[r] = m[r]
+        mean_error[r] = offset[r]
         inv_std[r] = s
         var[r] = v[r]
-        apply_feature(x + r * C, y + r * C, m[r], gamma[r] * s, beta[r], C)
+        apply_feature(x + r * C, y + r * C, m[r], gamma[r] * s,
+                      exact_bias(beta[r], gamma[r] * s, offset[r]), C)
 
 
 cdef inline bint four_features(const BNJob* j, Py_ssize_t f, Py_ssize_t end) noexcept nogil:
@@ -510,12 +529,12 @@ cdef void bn_rows_forward(void* ctx, Py_ssize_t chunk) noexcept nogil:
         four = four_features(j, f, end)
         if j.is32:
             features_forward(<const float*>j.x + f * j.C, <float*>j.y + f * j.C, j.C, j.eps,
-                             j.gamma + f, j.beta + f, j.mean + f, j.inv_std + f, j.var + f,
-                             four)
+                             j.gamma + f, j.beta + f, j.mean + f, j.mean_error + f,
+                             j.inv_std + f, j.var + f, four)
         else:
             features_forward(<const double*>j.x + f * j.C, <double*>j.y + f * j.C, j.C,
-                             j.eps, j.gamma + f, j.beta + f, j.mean + f, j.inv_std + f,
-                             j.var + f, four)
+                             j.eps, j.gamma + f, j.beta + f, j.mean + f, j.mean_error + f,
+                             j.inv_std + f, j.var + f, four)
         f = f + (4 if four else 1)
 
 
@@ -532,8 +551,9 @@ cdef void bn_rows_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
 
 
 cdef void features_backward(const floating* dy, const floating* x, floating* dx, Py_ssize_t C,
-                            const double* gamma, const double* mean, const double* inv_std,
-                            double* dgamma, double* dbeta, bint four) noexcept nogil:
+                            const double* gamma, const double* mean, const double* mean_error,
+                            const double* inv_std, double* dgamma, double* dbeta,
+                            bint four) noexcept nogil:
     """One feature (axis 1), or ``four`` of them (rows C apart, their sums taken side by side:
     fo_bn.h): both gradient sums, then dx, while the rows are in cache."""
     cdef double db[4]
@@ -546,9 +566,9 @@ cdef void features_backward(const floating* dy, const floating* x, floating* dx,
         row_grad_sums(dy, x, C, mean[0], db, dgc)
     for r in range(R):
         dbeta[r] = db[r]
-        dgamma[r] = dgc[r] * inv_std[r]
-        dx_feature(dy + r * C, x + r * C, dx + r * C, mean[r], gamma[r], inv_std[r], db[r],
-                   dgc[r] * inv_std[r], C)
+        dgamma[r] = exact_centred_sum(dgc[r], db[r], mean_error[r]) * inv_std[r]
+        dx_feature(dy + r * C, x + r * C, dx + r * C, mean[r], mean_error[r], gamma[r],
+                   inv_std[r], db[r], dgamma[r], C)
 
 
 cdef void bn_rows_backward(void* ctx, Py_ssize_t chunk) noexcept nogil:
@@ -560,12 +580,13 @@ cdef void bn_rows_backward(void* ctx, Py_ssize_t chunk) noexcept nogil:
         o = f * j.C
         if j.is32:
             features_backward(<const float*>j.dy + o, <const float*>j.x + o, <float*>j.y + o,
-                              j.C, j.gamma + f, j.mean + f, j.inv_std + f, j.dgamma + f,
-                              j.dbeta + f, four)
+                              j.C, j.gamma + f, j.mean + f, j.mean_error + f, j.inv_std + f,
+                              j.dgamma + f, j.dbeta + f, four)
         else:
             features_backward(<const double*>j.dy + o, <const double*>j.x + o,
-                              <double*>j.y + o, j.C, j.gamma + f, j.mean + f, j.inv_std + f,
-                              j.dgamma + f, j.dbeta + f, four)
+                              <double*>j.y + o, j.C, j.gamma + f, j.mean + f,
+                              j.mean_error + f, j.inv_std + f, j.dgamma + f, j.dbeta + f,
+                              four)
         f = f + (4 if four else 1)
 
 
@@ -605,21 +626,25 @@ cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept 
     cdef double* var = j.var
     cdef double* inv_std = j.inv_std
     cdef double* scale = <double*>j.gamma
-    cdef double eps = j.eps
+    cdef double* bias = <double*>j.beta
+    cdef double* mean_error = j.mean_error
+    cdef double eps = j.eps, first, shifted
     for k in range(1, j.nc):
         chan_merge(part + lo, part + C + lo, k * j.stat_rows, part + 5 * C * k + lo,
                    part + 5 * C * k + C + lo, min(j.stat_rows, N - k * j.stat_rows), hi - lo)
     for c in range(lo, hi):
-        # the merged mean is about the column's first row (block_moments): shifted back; the
+        # the merged mean is about the column's first row (block_moments): shifted back, with
+        # what rounding moved it by (the merged m2 is about the exact mean already); the
         # reference's mean is x.sum() / N: where that sum overflows (a float64 column of
         # 1e308) the shifted sums kept a finite mean, a variance of 0 and y = beta, where the
         # reference's mean and variance are inf (y NaN); such a column (or one with NaN or
         # inf) is taken again by the definition
-        if j.is32:
-            part[c] = part[c] + (<const float*>j.x)[c]
-        else:
-            part[c] = part[c] + (<const double*>j.x)[c]
+        first = (<const float*>j.x)[c] if j.is32 else (<const double*>j.x)[c]
+        shifted = part[c]
+        part[c] = shifted + first
+        mean_error[c] = (part[c] - first) - shifted
         if not isfinite(part[c] * N):
+            mean_error[c] = 0.0
             if j.is32:
                 column_moments_two_pass(<const float*>j.x + c, C, 0, N, part + c, part + C + c)
             else:
@@ -632,6 +657,7 @@ cdef void finish_moments(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcept 
         var[c] = part[C + c] / N
         inv_std[c] = 1.0 / sqrt(var[c] + eps)
         scale[c] = scale[c] * inv_std[c]
+        bias[c] = exact_bias(bias[c], scale[c], mean_error[c])
 
 
 # Axis 0's element-wise loops (y = ..., dx = ...) take each row in two spans, columns [0, c0)
@@ -745,9 +771,10 @@ cdef void finish_grad_sums(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcep
             pp[C + c] += pp[2 * C * k + C + c]
     for c in range(lo, hi):
         j.dbeta[c] = pp[c]
-        j.dgamma[c] = pp[C + c] * j.inv_std[c]
+        j.dgamma[c] = exact_centred_sum(pp[C + c], pp[c], j.mean_error[c]) * j.inv_std[c]
         dx_coefficients(j.gamma[c], j.inv_std[c], j.dbeta[c], j.dgamma[c], j.N,
-                        <double*>j.k_dy + c, <double*>j.k_x + c, <double*>j.k_0 + c)
+                        j.mean_error[c], <double*>j.k_dy + c, <double*>j.k_x + c,
+                        <double*>j.k_0 + c)
 
 
 cdef inline void dx_span(const floating* dy, const floating* x, floating* dx, const BNJob* j,
@@ -873,7 +900,8 @@ cdef const double* widen(const floating* a, double* dst, Py_ssize_t n) noexcept:
 
 def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] gamma,
                       const floating[::1] beta, double eps, double[::1] mean,
-                      double[::1] inv_std, double[::1] var, floating[:, ::1] y):
+                      double[::1] mean_error, double[::1] inv_std, double[::1] var,
+                      floating[:, ::1] y):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], nc = 0
     if N * C == 0:
         return
@@ -886,6 +914,7 @@ def batchnorm_forward(const floating[:, ::1] x, int axis, const floating[::1] ga
     job.C = C
     job.eps = eps
     job.mean = &mean[0]
+    job.mean_error = &mean_error[0]
     job.inv_std = &inv_std[0]
     job.var = &var[0]
     if axis == 0:
@@ -961,8 +990,8 @@ def batchnorm_inference(const floating[:, ::1] x, int axis, const floating[::1] 
 
 def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int axis,
                        const floating[::1] gamma, const double[::1] mean,
-                       const double[::1] inv_std, floating[:, ::1] dx,
-                       double[::1] dgamma, double[::1] dbeta):
+                       const double[::1] mean_error, const double[::1] inv_std,
+                       floating[:, ::1] dx, double[::1] dgamma, double[::1] dbeta):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], c, nc = 0
     cdef double* pp
     if N * C == 0:
@@ -984,6 +1013,7 @@ def batchnorm_backward(const floating[:, ::1] dy, const floating[:, ::1] x, int 
     pp = <double*>cnp.PyArray_DATA(scratch)
     job.gamma = widen(&gamma[0], pp, C if axis == 0 else N)
     job.mean = <double*>&mean[0]
+    job.mean_error = <double*>&mean_error[0]
     job.inv_std = <double*>&inv_std[0]
     if axis == 1:                      # features are rows: sums and dx in one visit each
         job.dgamma = &dgamma[0]

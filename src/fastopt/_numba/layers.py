@@ -256,8 +256,25 @@ def _block_moments(x, shift, part):
                         m2[c] += d * d
 
 
+# x is centred about the exact mean (the reference's batchnorm_stats): mean_error, what rounding
+# the mean to float64 moved it by, is added back per feature (these three, as the reference's)
+@numba.njit(inline="always", **JIT)
+def _exact_bias(beta, scale, mean_error):
+    return beta + mean_error * scale if mean_error != 0 else beta
+
+
+@numba.njit(inline="always", **JIT)
+def _exact_centred_sum(dgc, db, mean_error):
+    return dgc + mean_error * db if mean_error != 0 and math.isfinite(db) else dgc
+
+
+@numba.njit(inline="always", **JIT)
+def _exact_k0(k_0, k_x, mean_error):
+    return k_0 + k_x * mean_error if mean_error != 0 and math.isfinite(k_x) else k_0
+
+
 @numba.njit(**JIT)
-def _merge_moments(part, shift, x, eps, mean, inv_std, var):
+def _merge_moments(part, shift, x, eps, mean, mean_error, inv_std, var):
     """The blocks' moments combined in block order: mean, the biased variance and
     1 / sqrt(variance + eps). A column whose mean is not finite (a float64 sum that
     overflowed, NaN, inf) is taken again by the definition: the reference's variance of a
@@ -285,9 +302,12 @@ def _merge_moments(part, shift, x, eps, mean, inv_std, var):
                 m2 = max(m2 - nb * (offset * offset), 0.0)
             var[c] += m2 + nb * (d * d)
     for c in range(mean.size):
-        mean[c] = shift[c] + mean[c]
+        shifted = mean[c]
+        mean[c] = shift[c] + shifted
+        mean_error[c] = (mean[c] - shift[c]) - shifted
         var[c] = var[c] / N
         if not math.isfinite(mean[c] * N):
+            mean_error[c] = 0.0
             s = 0.0
             for r in range(N):
                 s += x[r, c]
@@ -300,16 +320,16 @@ def _merge_moments(part, shift, x, eps, mean, inv_std, var):
         inv_std[c] = 1.0 / math.sqrt(var[c] + eps)
 
 
-def _stats_cols(x, eps, mean, inv_std, var):          # each feature a column
+def _stats_cols(x, eps, mean, mean_error, inv_std, var):          # each feature a column
     N, C = x.shape
     part = np.empty(((N + _ROW_BLOCK - 1) // _ROW_BLOCK, 3, C))
     shift = x[0].astype(np.float64)
     chunked(_block_moments, part.shape[0], x, shift, part)
-    _merge_moments(part, shift, x, eps, mean, inv_std, var)
+    _merge_moments(part, shift, x, eps, mean, mean_error, inv_std, var)
 
 
 @numba.njit(**_PAR)
-def _forward_rows(x, eps, gamma, beta, mean, inv_std, var, y):
+def _forward_rows(x, eps, gamma, beta, mean, mean_error, inv_std, var, y):
     """Each feature a contiguous row: its statistics, then its y, in one visit (the row stays
     in cache between the three passes)."""
     F, C = x.shape
@@ -330,11 +350,13 @@ def _forward_rows(x, eps, gamma, beta, mean, inv_std, var, y):
                 v = max(v - offset * offset, 0.0)
             s = 1.0 / math.sqrt(v + eps)
             mean[f] = m
+            mean_error[f] = offset
             inv_std[f] = s
             var[f] = v
             scale = gamma[f] * s
+            bias = _exact_bias(beta[f], scale, offset)
             for c in range(C):
-                y[f, c] = (x[f, c] - m) * scale + beta[f]
+                y[f, c] = (x[f, c] - m) * scale + bias
 
 
 @numba.njit(**_PAR)
@@ -360,15 +382,27 @@ def _apply(x, axis, beta, mean, scale, y):
                     y[n, c] = (x[n, c] - mean[c]) * scale[c] + beta[c]
 
 
-def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
+@numba.njit(**JIT)
+def _exact_biases(beta, scale, mean_error):
+    """_exact_bias of each feature (axis 0's apply reads them as its beta)."""
+    out = np.empty(beta.size)
+    for c in range(beta.size):
+        out[c] = _exact_bias(beta[c], scale[c], mean_error[c])
+    return out
+
+
+def batchnorm_forward(x, axis, gamma, beta, eps, mean, mean_error, inv_std, var, y):
     use_threads(x.size)
     x = read_only(x)
     g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
     if axis == 1:
-        chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, inv_std, var, y)
+        chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, mean_error,
+                inv_std, var, y)
     else:
-        _stats_cols(x, eps, mean, inv_std, var)
-        chunked(_apply, _pairs(x.shape[0]), x, axis, b64, mean, g64 * inv_std, y)
+        _stats_cols(x, eps, mean, mean_error, inv_std, var)
+        scale = g64 * inv_std
+        chunked(_apply, _pairs(x.shape[0]), x, axis, _exact_biases(b64, scale, mean_error),
+                mean, scale, y)
 
 
 @numba.njit(**JIT)
@@ -389,23 +423,26 @@ def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y)
 
 
 @numba.njit(inline="always", **JIT)
-def _dx_coefficients(gamma, inv_std, db, dg, cnt):
-    """(k_dy, k_x, k_0) of dx = k_dy * dy - k_x * (x - mean) - k_0."""
+def _dx_coefficients(gamma, inv_std, db, dg, cnt, mean_error):
+    """(k_dy, k_x, k_0) of dx = k_dy * dy - k_x * (x - mean) - k_0, about the exact mean."""
     coef = gamma * inv_std / cnt
-    return gamma * inv_std, coef * inv_std * dg, coef * db
+    k_x = coef * inv_std * dg
+    return gamma * inv_std, k_x, _exact_k0(coef * db, k_x, mean_error)
 
 
 @numba.njit(**_PAR)
-def _backward_rows(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+def _backward_rows(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
     F, C = x.shape
     for g in prange((F + _GROUP - 1) // _GROUP):
         acc = np.empty(8)
         for f in range(g * _GROUP, min(g * _GROUP + _GROUP, F)):
             db = _row_sum(dy[f], acc)
-            dg = _row_products(dy[f], x[f], mean[f], acc) * inv_std[f]
+            dg = _exact_centred_sum(_row_products(dy[f], x[f], mean[f], acc), db,
+                                    mean_error[f]) * inv_std[f]
             dbeta[f] = db
             dgamma[f] = dg
-            k_dy, k_x, k_0 = _dx_coefficients(gamma[f], inv_std[f], db, dg, float(C))
+            k_dy, k_x, k_0 = _dx_coefficients(gamma[f], inv_std[f], db, dg, float(C),
+                                              mean_error[f])
             for i in range(C):
                 dx[f, i] = k_dy * dy[f, i] - k_x * (x[f, i] - mean[f]) - k_0
 
@@ -433,13 +470,13 @@ def _block_grad_sums(dy, x, mean, part_b, part_g):
 
 
 @numba.njit(**_PAR)
-def _dx_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+def _dx_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
     N, C = x.shape
     k_dy, k_x, k_0 = np.empty(C), np.empty(C), np.empty(C)
     for c in range(C):
-        dgamma[c] *= inv_std[c]
+        dgamma[c] = _exact_centred_sum(dgamma[c], dbeta[c], mean_error[c]) * inv_std[c]
         k_dy[c], k_x[c], k_0[c] = _dx_coefficients(gamma[c], inv_std[c], dbeta[c], dgamma[c],
-                                                   float(N))
+                                                   float(N), mean_error[c])
     for q in prange(_pairs(N)):
         n = 2 * q
         if n + 2 <= N:
@@ -452,23 +489,23 @@ def _dx_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
                 dx[n, c] = k_dy[c] * dy[n, c] - k_x[c] * (x[n, c] - mean[c]) - k_0[c]
 
 
-def _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta):
+def _backward_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
     N, C = x.shape
     part = np.zeros((2, (N + _ROW_BLOCK - 1) // _ROW_BLOCK, C))
     chunked(_block_grad_sums, part.shape[1], dy, x, mean, part[0], part[1])
     _combine_blocks(part[0], dbeta, 1)
     _combine_blocks(part[1], dgamma, 1)
-    chunked(_dx_cols, _pairs(N), dy, x, gamma, mean, inv_std, dx, dgamma, dbeta)
+    chunked(_dx_cols, _pairs(N), dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta)
 
 
-def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
+def batchnorm_backward(dy, x, axis, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
     use_threads(x.size)
     dy, x, gamma = read_only(dy), read_only(x), read_only(gamma)
     if axis == 1:
-        chunked(_backward_rows, _groups(x.shape[0]), dy, x, gamma, mean, inv_std, dx, dgamma,
-                dbeta)
+        chunked(_backward_rows, _groups(x.shape[0]), dy, x, gamma, mean, mean_error, inv_std,
+                dx, dgamma, dbeta)
     else:
-        _backward_cols(dy, x, gamma, mean, inv_std, dx, dgamma, dbeta)
+        _backward_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta)
 
 
 # --------------------------------------------------------------------------------- softmax

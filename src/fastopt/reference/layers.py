@@ -17,7 +17,7 @@ import numpy as np
 
 
 # ------------------------------------------------------------------------------ batch norm
-def batchnorm_stats(x, axis, eps, mean, inv_std, var):
+def batchnorm_stats(x, axis, eps, mean, mean_error, inv_std, var):
     """``mean = x.mean(axis)``, the biased variance ``var = mean((x - mean)**2)`` and
     ``inv_std = 1 / sqrt(var + eps)``, accumulated in float64 (written into the float64
     outputs; var for the running statistics, which cannot take it back from inv_std where it
@@ -27,23 +27,29 @@ def batchnorm_stats(x, axis, eps, mean, inv_std, var):
     for a constant feature (its variance 0, y = beta), where ``x.mean()`` is off by an ulp or
     so (float64 0.1 over 37 rows), which the normalization then blows up (eps=0: y = -1,
     not NaN; 1e14 / 3: |y| ~ 1). Where that mean times the batch size is not finite (NaN,
-    inf, a sum past the float range) the mean is ``x.mean()``, as the sums overflow."""
+    inf, a sum past the float range) the mean is ``x.mean()``, as the sums overflow.
+
+    ``mean_error`` is what rounding ``x0 + mean(x - x0)`` to float64 moved the mean by
+    (``mean`` less the exact one; exact itself: both sides lie close together where it
+    matters, and 0 where the mean is ``x.mean()``). The variance is the one about the exact
+    mean, and the normalization and the gradients centre x there too (:func:`exact_bias`,
+    :func:`exact_centred_sum`): x - mean is exact in float64 where the mean is many orders
+    above the spread, and the mean's rounding is then what y and dx would lose (float64
+    1e10 + 1e-3 randn: y 2e-4 off, not 1e-16)."""
     x64 = x.astype(np.float64)
     first = np.take(x64, [0], axis=axis)
     x0 = np.squeeze(first, axis)
     shifted = (x64 - first).mean(axis=axis)
     mean[...] = x0 + shifted
-    # what rounding x0 + shifted moved the mean by (exact: both sides lie close together where
-    # it matters), whose square the squares about the rounded mean hold too: taken off, the
-    # variance is the one about the exact mean (1e15 + randn, float64: 1e-16 off, not 1e-3)
-    offset = (mean - x0) - shifted
+    mean_error[...] = (mean - x0) - shifted
     overflow = ~np.isfinite(mean * x.shape[axis])
     if overflow.any():      # (those features only: a pass over x less, most calls)
         mean[overflow] = x64.mean(axis=axis)[overflow]
-        offset[overflow] = 0.0
+        mean_error[overflow] = 0.0
+    # the squares about the rounded mean hold the square of its error too: taken off
     var[...] = batch_variance(x64, axis, mean)
-    finite = np.isfinite(var)       # (an infinite one stays so: its offset may be too)
-    var[finite] = np.maximum(var[finite] - offset[finite] ** 2, 0.0)
+    finite = np.isfinite(var)       # (an infinite one stays so: its error may be too)
+    var[finite] = np.maximum(var[finite] - mean_error[finite] ** 2, 0.0)
     inv_std[...] = 1.0 / np.sqrt(var + eps)
 
 
@@ -54,13 +60,40 @@ def batch_variance(x, axis, mean):
     return (centred * centred).mean(axis=axis)
 
 
-def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y):
+def exact_bias(beta, scale, mean_error):
+    """``beta + mean_error * scale``: the bias that makes ``(x - mean) * scale + bias`` the
+    normalization about the exact mean (x - exact = x - mean + mean_error); beta itself
+    where the error is 0 (so an infinite scale, eps = 0 with a constant feature, gives NaN
+    only through x - mean, as before)."""
+    with np.errstate(all="ignore"):
+        return np.where(mean_error != 0, beta + mean_error * scale, beta)
+
+
+def exact_centred_sum(dgc, db, mean_error):
+    """``sum(dy * (x - exact mean))`` from ``dgc = sum(dy * (x - mean))`` and ``db = sum(dy)``:
+    ``dgc + mean_error * db`` (dgc itself where the error is 0 or db is not finite)."""
+    with np.errstate(all="ignore"):
+        return np.where((mean_error != 0) & np.isfinite(db), dgc + mean_error * db, dgc)
+
+
+def exact_k0(k_0, k_x, mean_error):
+    """dx's constant term about the exact mean: ``k_0 + k_x * mean_error`` (dx = k_dy * dy -
+    k_x * (x - mean + mean_error) - k_0); k_0 itself where the error is 0 or k_x not finite."""
+    with np.errstate(all="ignore"):
+        return np.where((mean_error != 0) & np.isfinite(k_x), k_0 + k_x * mean_error, k_0)
+
+
+def batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y, mean_error=None):
     """``y = (x - mean) * (gamma * inv_std) + beta`` per feature, computed in float64 and
-    rounded once to x's dtype (so a large mean costs no precision in float32). Training
-    forward and inference both end here."""
+    rounded once to x's dtype (so a large mean costs no precision in float32), about the exact
+    mean when ``mean_error`` is given (:func:`exact_bias`). Training forward and inference
+    both end here."""
     scale = gamma.astype(np.float64) * inv_std
+    bias = beta.astype(np.float64)
+    if mean_error is not None:
+        bias = exact_bias(bias, scale, mean_error)
     y[...] = ((x.astype(np.float64) - np.expand_dims(mean, axis)) * np.expand_dims(scale, axis)
-              + np.expand_dims(beta.astype(np.float64), axis))
+              + np.expand_dims(bias, axis))
 
 
 def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y):
@@ -70,33 +103,36 @@ def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y)
     batchnorm_apply(x, axis, gamma, beta, running_mean.astype(np.float64), inv_std, y)
 
 
-def batchnorm_forward(x, axis, gamma, beta, eps, mean, inv_std, var, y):
-    """Training forward: :func:`batchnorm_stats` into ``mean``, ``inv_std`` and ``var``, then
-    :func:`batchnorm_apply` with them into ``y``."""
-    batchnorm_stats(x, axis, eps, mean, inv_std, var)
-    batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y)
+def batchnorm_forward(x, axis, gamma, beta, eps, mean, mean_error, inv_std, var, y):
+    """Training forward: :func:`batchnorm_stats` into ``mean``, ``mean_error``, ``inv_std``
+    and ``var``, then :func:`batchnorm_apply` with them into ``y``."""
+    batchnorm_stats(x, axis, eps, mean, mean_error, inv_std, var)
+    batchnorm_apply(x, axis, gamma, beta, mean, inv_std, y, mean_error)
 
 
-def batchnorm_backward(dy, x, axis, gamma, mean, inv_std, dx, dgamma, dbeta):
-    """Gradients of :func:`batchnorm_apply` after :func:`batchnorm_stats`, ``n`` the batch size:
+def batchnorm_backward(dy, x, axis, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
+    """Gradients of :func:`batchnorm_apply` after :func:`batchnorm_stats`, ``n`` the batch size,
+    about the exact mean (``mean - mean_error``):
 
-    dbeta = sum(dy);  dgamma = inv_std * sum(dy * (x - mean))  (float64 sums)
-    dx = (gamma * inv_std / n) * (n * dy - dbeta - xhat * dgamma), xhat = (x - mean) * inv_std,
+    dbeta = sum(dy);  dgamma = inv_std * sum(dy * (x - exact mean))  (float64 sums)
+    dx = (gamma * inv_std / n) * (n * dy - dbeta - xhat * dgamma), xhat = (x - exact) * inv_std,
     computed as ``k_dy * dy - k_x * (x - mean) - k_0`` with the per-feature coefficients
     ``k_dy = gamma * inv_std``, ``k_x = gamma * inv_std / n * inv_std * dgamma`` and
-    ``k_0 = gamma * inv_std / n * dbeta``.
+    ``k_0 = gamma * inv_std / n * dbeta``, then ``k_0 + k_x * mean_error``
+    (:func:`exact_centred_sum`, :func:`exact_k0`).
     """
     n = x.shape[axis]
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
     centred = x64 - np.expand_dims(mean, axis)
     db = dy64.sum(axis=axis)
-    dg = (dy64 * centred).sum(axis=axis) * inv_std
+    dg = exact_centred_sum((dy64 * centred).sum(axis=axis), db, mean_error) * inv_std
     dbeta[...] = db
     dgamma[...] = dg
     g64 = gamma.astype(np.float64)
     coef = g64 * inv_std / n
-    k_dy, k_x, k_0 = (np.expand_dims(k, axis) for k in (g64 * inv_std, coef * inv_std * dg,
-                                                          coef * db))
+    k_x = coef * inv_std * dg
+    k_dy, k_x, k_0 = (np.expand_dims(k, axis) for k in (
+        g64 * inv_std, k_x, exact_k0(coef * db, k_x, mean_error)))
     dx[...] = k_dy * dy64 - k_x * centred - k_0
 
 

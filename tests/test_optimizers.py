@@ -273,6 +273,23 @@ def test_rmsprop_groups_and_state_dicts_say_alpha_and_beta_is_an_alias():
     assert by_beta.param_groups[0]["alpha"] == 0.5
 
 
+def test_rmsprop_beta_is_in_the_unit_interval_as_every_beta():
+    """API.md: a beta outside [0, 1) raises ValueError at construction, with the value; the
+    course's beta, RMSprop's alias for alpha, was taken in torch's range for alpha (>= 0:
+    beta=1.5 made an optimizer whose square_avg grows without bound). alpha keeps torch's
+    range, and nothing is added by a group that is refused."""
+    for beta in (1.0, 1.5, -0.1, float("inf")):
+        with pytest.raises(ValueError, match=re.escape(f"Invalid beta: {beta} (must be in [0, 1))")):
+            fo.RMSprop([np.ones(3)], beta=beta)
+    opt = fo.RMSprop([np.ones(3)], alpha=1.5)                  # torch.optim.RMSprop takes it
+    assert opt.param_groups[0]["alpha"] == 1.5
+    with pytest.raises(ValueError, match=re.escape("Invalid beta: 1.0 (must be in [0, 1))")):
+        opt.add_param_group({"params": [np.ones(2)], "beta": 1.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [np.ones(2)], "alpha": 1.0})
+    assert opt.param_groups[1]["alpha"] == 1.0
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_rmsprop_param_group_takes_beta_as_alpha(backend):
     """A param group's beta (the course's name for alpha) was kept as an unknown key and

@@ -512,6 +512,8 @@ class Optimizer:
     # a hyper-parameter's other name (the course's, which older state dicts used) -> torch's,
     # in param groups and state dicts
     _RENAMED: dict[str, str] = {}
+    # an alias's own range, where it is another name's (the course's beta, API.md's [0, 1))
+    _ALIAS_BOUNDS: dict[str, tuple] = {}
     _STATE: tuple[str, ...] = ()           # state keys every parameter with state has
     _OPTIONAL_STATE: tuple[str, ...] = ()  # state keys created when an option needs them
     # state entries that are numbers, not arrays (besides "step"); at most one, whose new value
@@ -614,6 +616,8 @@ class Optimizer:
                 if key in group:
                     raise TypeError(f"{type(self).__name__} takes {key} or its alias {alias}, "
                                     "not both (a param group has both)")
+                if alias in self._ALIAS_BOUNDS:
+                    check_real(alias, group[alias], self._ALIAS_BOUNDS[alias])
                 group[key] = group.pop(alias)
         params, names = _group_params(group["params"])
         named = names is not None
@@ -1678,8 +1682,8 @@ class RMSprop(Optimizer):
     maximize : bool, default False
         Ascend the objective: ``g = -grad``.
     beta : float, optional
-        The course's name for ``alpha`` (give one of them); groups and state dicts say
-        ``alpha``, as torch's.
+        The course's name for ``alpha`` (give one of them), in [0, 1) as API.md bounds every
+        beta (``alpha`` takes torch's range); groups and state dicts say ``alpha``, as torch's.
 
     State per parameter (torch's keys): ``step``, ``square_avg``, ``momentum_buffer`` (with
     momentum), ``grad_avg`` (centered).
@@ -1695,6 +1699,7 @@ class RMSprop(Optimizer):
     """
 
     _RENAMED = {"beta": "alpha"}
+    _ALIAS_BOUNDS = {"beta": UNIT_OPEN}
 
     _BOUNDS = dict(lr=NONNEG, alpha=NONNEG, eps=NONNEG, weight_decay=NONNEG,
                    momentum=NONNEG, centered=FLAG, eps_inside_sqrt=FLAG, maximize=FLAG)
@@ -1708,6 +1713,7 @@ class RMSprop(Optimizer):
         if beta is not None:
             if alpha != 0.99:
                 raise TypeError("RMSprop takes alpha or its alias beta, not both")
+            check_real("beta", beta, self._ALIAS_BOUNDS["beta"])
             alpha = beta
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,

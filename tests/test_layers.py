@@ -1534,7 +1534,10 @@ def test_a_batch_norm_cache_pickles_with_every_protocol(protocol):
     ("x", np.zeros((6, 3), ">f4")), ("x", np.zeros((6, 3), np.float32, order="F")),
     ("gamma", np.ones(6, np.float32)[::2]), ("mean", np.zeros(6)[::2]),
     ("param_shapes", ((4,), (3,))), ("param_shapes", ((3,), (2, 2))),
-    ("param_shapes", ((3,),)), ("param_shapes", None), ("shape", None), ("shape", np.array([6, 3]))])
+    ("param_shapes", ((3,),)), ("param_shapes", None), ("shape", None), ("shape", np.array([6, 3])),
+    ("mean_error", np.zeros(2)), ("mean_error", np.zeros(3, np.float32)), ("mean_error", None),
+    ("nd", ((6, 3, 1), 2)), ("nd", ((6, 3, 1), 3)), ("nd", ((2, 3, 3), 0)), ("nd", ((18,), 0)),
+    ("nd", [(6, 3, 1), 0])])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_batch_norm_cache_whose_arrays_do_not_fit_is_refused(backend, field, value):
     """A cache unpickled from elsewhere or built by hand reached the kernels unchecked: a short
@@ -1555,6 +1558,10 @@ def test_a_batch_norm_cache_whose_arrays_do_not_fit_is_refused(backend, field, v
         with pytest.raises((ValueError, TypeError), match="cache is not as batchnorm_forward"):
             fo.batchnorm_backward(dy, bad, out=out)
         assert (out == 7).all()
+        if field == "mean_error" and isinstance(value, np.ndarray):     # named in the message
+            named = f"mean_error (has dtype float32|{re.escape(str(value.shape))})"
+            with pytest.raises(ValueError if value.shape != (3,) else TypeError, match=named):
+                fo.batchnorm_backward(dy, bad)
         fo.batchnorm_backward(dy, fo.layers.BatchNormCache(**fields))     # a faithful copy works
 
 

@@ -279,7 +279,8 @@ def test_rmsprop_beta_is_in_the_unit_interval_as_every_beta():
     beta=1.5 made an optimizer whose square_avg grows without bound). alpha keeps torch's
     range, and nothing is added by a group that is refused."""
     for beta in (1.0, 1.5, -0.1, float("inf")):
-        with pytest.raises(ValueError, match=re.escape(f"Invalid beta: {beta} (must be in [0, 1))")):
+        message = f"Invalid beta: {beta} (must be in [0, 1))"
+        with pytest.raises(ValueError, match=re.escape(message)):
             fo.RMSprop([np.ones(3)], beta=beta)
     opt = fo.RMSprop([np.ones(3)], alpha=1.5)                  # torch.optim.RMSprop takes it
     assert opt.param_groups[0]["alpha"] == 1.5
@@ -288,6 +289,32 @@ def test_rmsprop_beta_is_in_the_unit_interval_as_every_beta():
     assert len(opt.param_groups) == 1
     opt.add_param_group({"params": [np.ones(2)], "alpha": 1.0})
     assert opt.param_groups[1]["alpha"] == 1.0
+    # a state dict's beta (saved before the rename) too (probe L: 1.5 loaded as alpha)
+    sd = fo.RMSprop([np.ones(3)], alpha=0.5).state_dict()
+    sd["param_groups"][0]["beta"] = 1.5
+    del sd["param_groups"][0]["alpha"]
+    target = fo.RMSprop([np.ones(3)], alpha=0.25)
+    with pytest.raises(ValueError, match=re.escape("Invalid beta: 1.5 (must be in [0, 1))")):
+        target.load_state_dict(sd)
+    assert target.param_groups[0]["alpha"] == 0.25
+
+
+def test_rmsprop_state_dict_alpha_wins_over_a_beta_set_by_hand():
+    """A beta set into a group after construction (not an alias there: the steps use alpha)
+    went into state_dict() beside alpha, and loading it overrode the saved alpha: the resumed
+    run stepped with another alpha (probe L)."""
+    p, q = np.ones(3), np.ones(3)
+    opt = fo.RMSprop([p], lr=0.1, alpha=0.5)
+    opt.param_groups[0]["beta"] = 0.1
+    opt.step([np.full(3, 0.5)])
+    resumed = fo.RMSprop([q], lr=0.1)
+    q[...] = p
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.param_groups[0]["alpha"] == 0.5
+    for g in (np.full(3, 0.25), np.full(3, -1.0)):
+        opt.step([g])
+        resumed.step([g])
+    np.testing.assert_array_equal(q, p)
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

@@ -268,7 +268,8 @@ class BatchNormCache:
             raise ValueError(
                 f"cache is not as batchnorm_forward made it: x {x.shape} (axis {axis}, caller's "
                 f"shape {self.shape}), gamma {self.gamma.shape}, mean {self.mean.shape}, "
-                f"inv_std {self.inv_std.shape}, param_shapes {ps}")
+                f"mean_error {mean_error.shape}, inv_std {self.inv_std.shape}, param_shapes "
+                f"{ps}")
         nd = self.nd
         if nd is not None and not (
                 type(nd) is tuple and len(nd) == 2 and type(nd[1]) is int

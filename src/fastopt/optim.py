@@ -1334,7 +1334,16 @@ class Optimizer:
         for mine, saved in zip(self.param_groups, groups):
             hyper = {}
             for key, value in saved.items():
-                key = self._RENAMED.get(key, key)
+                if key in self._RENAMED:
+                    # an alias (a state dict saved before the rename) stands for its key only
+                    # where that is absent (one set into a group by hand after construction,
+                    # which the steps did not use, had overridden the saved alpha), in its own
+                    # range (RMSprop's beta: [0, 1), named as given)
+                    if self._RENAMED[key] in saved:
+                        continue
+                    if key in self._ALIAS_BOUNDS:
+                        check_real(key, value, self._ALIAS_BOUNDS[key])
+                    key = self._RENAMED[key]
                 if key not in self.defaults:
                     continue
                 if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":

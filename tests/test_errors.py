@@ -1110,6 +1110,76 @@ def test_ops_refuse_a_momentum_without_its_buffer(backend, name, buffer, call):
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("half", [False, True], ids=["float", "bfloat16"])
+@pytest.mark.parametrize("kernel", ["sgd", "rmsprop"])
+def test_list_forms_refuse_a_momentum_without_one_of_its_buffers(backend, kernel, half):
+    """A buffer list holding None for one array, with momentum: that array stepped without
+    momentum, silently, where the single form refuses (probe M: params[1] 0.95, plain SGD's
+    value). ValueError naming the entry, nothing written; the 16-bit forms fastopt.torch
+    calls too. (A None entry stays allowed without momentum, as a whole None list is.)"""
+    rng = np.random.default_rng(4)
+    entry = _registry.get(kernel + "_half" if half else kernel)
+    n = 2
+    lists = []
+    for name in entry.arrays:
+        if half and name in ("param", "grad"):
+            lists.append([(rng.standard_normal(5).astype(np.float32).view(np.uint32) >> 16)
+                          .astype(np.uint16) for _ in range(n)])
+        elif name == "grad_avg":
+            lists.append(None)
+        else:
+            lists.append([np.abs(rng.standard_normal(5)).astype(np.float32) for _ in range(n)])
+    buffers = entry.arrays.index("momentum_buffer")
+    lists[buffers][1] = None
+    scalars = dict(entry.examples, momentum=0.5)
+    options = {o: o == "bfloat16" for o in entry.options}
+    before = [None if lst is None else [None if a is None else a.copy() for a in lst]
+              for lst in lists]
+    with fo.use_backend(backend):
+        multi = getattr(fo._backend.active, entry.multi)
+        with pytest.raises(ValueError, match=re.escape(
+                f"momentum=0.5 needs {entry.lists[buffers]}[1] (got None)")):
+            multi(*lists, **scalars, **options)
+        for lst, old in zip(lists, before):
+            for a, b in zip(lst or [], old or []):
+                assert a is b is None or a.tobytes() == b.tobytes()
+        if not half:
+            ops = getattr(fo.ops, entry.foreach_ops)
+            with pytest.raises(ValueError, match=re.escape("needs momentum_buffers[1]")):
+                if kernel == "sgd":
+                    ops(lists[0], lists[1], lists[2], lr=0.1, momentum=0.9)
+                else:
+                    ops(lists[0], lists[1], lists[2], lr=0.1, momentum=0.9,
+                        momentum_buffers=lists[4])
+        multi(*lists, **dict(scalars, momentum=0.0), **options)      # without momentum: fine
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("bad", [True, np.timedelta64(1, "s")], ids=["bool", "timedelta64"])
+def test_ops_refuse_a_momentum_of_no_number_as_a_type_error_with_or_without_a_buffer(
+        backend, bad):
+    """momentum=True without a buffer raised ValueError ('needs a momentum_buffer'), with one
+    the TypeError the docstring promises (probe M); a NumPy timedelta64 (a signedinteger
+    subclass) passed the check of a real number and failed in NumPy's comparison, naming
+    nothing. TypeError naming momentum (lr, step) either way."""
+    p, g = np.ones(3), np.full(3, 0.5)
+    with fo.use_backend(backend):
+        for buffer in (None, np.zeros(3)):
+            with pytest.raises(TypeError, match="Invalid momentum"):
+                fo.ops.sgd_step_(p, g, buffer, lr=0.1, momentum=bad)
+        with pytest.raises(TypeError, match="Invalid momentum"):
+            fo.ops.foreach_sgd_step_([p], [g], None, lr=0.1, momentum=bad)
+        td = np.timedelta64(1, "s")
+        with pytest.raises(TypeError, match="Invalid lr"):
+            fo.ops.sgd_step_(p, g, lr=td)
+        with pytest.raises(TypeError, match="Invalid step"):
+            fo.ops.adam_step_(p, g, np.zeros(3), np.zeros(3), td)
+        with pytest.raises(TypeError, match="Invalid lr"):
+            fo.Adam([p], lr=td)
+    assert (p == 1).all()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("name,call,bad", OPS, ids=[c[0] for c in OPS])
 def test_ops_refuse_bad_scalars_by_name_and_write_nothing(backend, name, call, bad):
     """Checked before the backend runs: the numpy backend wrote the state arrays before

@@ -84,7 +84,8 @@ def check_real_type(name, value):
             got = (f"an array of shape {value.shape}" if value.shape != ()
                    else f"a 0-d array of dtype {value.dtype}")
             raise TypeError(f"Invalid {name}: {value!r} (must be a real number, got {got})")
-    elif isinstance(value, bool) or not isinstance(value, numbers.Real):   # (np.bool_ is not)
+    elif (isinstance(value, (bool, np.timedelta64))     # (np.bool_ is not a Real; NumPy's
+          or not isinstance(value, numbers.Real)):      # timedelta64 is a signedinteger)
         raise TypeError(f"Invalid {name}: {value!r} (must be a real number, "
                         f"got {type(value).__name__})")
 

@@ -9,7 +9,7 @@ changes nothing) and then calls the single-array kernel on each.
 import inspect
 from itertools import repeat
 
-from ._validate import check_disjoint, check_step_arrays
+from ._validate import check_disjoint, check_step_arrays, missing_state_error
 
 
 def check_lists(names, lists, nrequired):
@@ -60,6 +60,11 @@ def foreach(single, entry, check=check_step_arrays, run=None):
         tensors = list(zip(*[repeat(None, count) if lst is None else lst for lst in lists]))
         checked = [check(arrays, _Labels(names, j), nrequired)
                    for j, arrays in enumerate(tensors)]
+        for i, scalar in entry.needed_when:
+            if scalars[scalar] != 0 and lists[i] is not None:
+                for j, arrays in enumerate(tensors):
+                    if arrays[i] is None:
+                        raise missing_state_error(scalar, scalars[scalar], f"{names[i]}[{j}]")
         if count > 1:
             check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
         # (``kernel`` bound just before each call: fastopt.ops._kernel_began)

@@ -50,6 +50,9 @@ class Kernel:
         A valid value of every scalar, distinct ones (test grids and benchmarks).
     base : str or None
         A 16-bit form's float32 kernel (:meth:`halved`); None for the others.
+    needed_when : tuple of (int, str)
+        Optional arrays a scalar needs: ``(i, name)``, array ``i`` may not be None where the
+        scalar ``name`` is not 0 (momentum without its buffer would be ignored).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Kernel:
     ops: str
     examples: dict = field(default_factory=dict)
     base: str | None = None
+    needed_when: tuple = ()
 
     def __post_init__(self):
         assert len(self.lists) == len(self.arrays), self.name
@@ -105,7 +109,8 @@ class Kernel:
         return Kernel(self.name + "_half", ("param", "grad", "master") + self.arrays[2:],
                       self.nrequired + 1, ("params", "grads", "masters") + self.lists[2:],
                       scalars, self.options + ("bfloat16",), None,
-                      dict({"grad_scale": 0.75}, **self.examples), base=self.name)
+                      dict({"grad_scale": 0.75}, **self.examples), base=self.name,
+                      needed_when=tuple((i + 1, name) for i, name in self.needed_when))
 
 
 # Adam's scalars: ``grad_scale`` multiplies the grad first (a fused gradient clip; 1: none)
@@ -123,7 +128,8 @@ KERNELS = (
            ("params", "grads", "momentum_buffers"),
            scalars=("lr", "weight_decay", "momentum", "dampening"),
            options=("nesterov", "maximize", "first_step"), ops="sgd_step_",
-           examples=dict(lr=0.1, weight_decay=0.01, momentum=0.9, dampening=0.25)),
+           examples=dict(lr=0.1, weight_decay=0.01, momentum=0.9, dampening=0.25),
+           needed_when=((2, "momentum"),)),
     Kernel("momentum", ("param", "grad", "velocity"), 3, ("params", "grads", "velocities"),
            scalars=("lr", "beta"), options=(), ops="momentum_step_",
            examples=dict(lr=0.1, beta=0.9)),
@@ -131,7 +137,8 @@ KERNELS = (
            ("params", "grads", "square_avgs", "grad_avgs", "momentum_buffers"),
            scalars=("lr", "alpha", "eps", "weight_decay", "momentum"),
            options=("maximize", "eps_inside_sqrt"), ops="rmsprop_step_",
-           examples=dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.1, momentum=0.5)),
+           examples=dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.1, momentum=0.5),
+           needed_when=((4, "momentum"),)),
     Kernel("adagrad", ("param", "grad", "state_sum"), 3, ("params", "grads", "state_sums"),
            scalars=("clr", "eps", "weight_decay"), options=("maximize",), ops="adagrad_step_",
            examples=dict(clr=0.1, eps=1e-6, weight_decay=0.05)),

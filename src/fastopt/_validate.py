@@ -191,6 +191,16 @@ def same_memory(a, b):
     return _address(a) == _address(b)
 
 
+def missing_state_error(scalar, value, label):
+    """The ValueError for a list call whose tensor has no ``label`` (its None) where the
+    scalar ``scalar`` is ``value`` (not 0) needs one: the kernels apply momentum only with a
+    buffer, so that tensor's step was silently the one without it (the single-array forms
+    refuse the same)."""
+    return ValueError(f"{scalar}={value!r} needs {label} (got None): without one the "
+                      f"{scalar} would be ignored for that array; pass one for every array, "
+                      f"or {scalar}=0")
+
+
 def overlap_error(first, second):
     return ValueError(f"{first} and {second} overlap in memory (their address ranges do: views "
                       "of one buffer, such as column blocks of one matrix or interleaved "

@@ -138,7 +138,10 @@ def _refuse_momentum_without_buffer(momentum, name, hint):
     """ValueError naming ``name``, for a (checked) ``momentum`` other than 0 that came without
     its buffer(s): the kernels apply momentum only with a buffer, so the step was silently
     the one without momentum (torch's functional form makes the buffer then). The callers
-    test for that case themselves (a call here cost the smallest steps ~20%)."""
+    test for that case themselves (a call here cost the smallest steps ~20%). A momentum
+    that is no real number (True: bool passes the callers' ``>= 0``) is the TypeError it is
+    with a buffer."""
+    check_reals(momentum=(momentum, NONNEG))
     raise ValueError(f"momentum={momentum!r} needs {name} (got None): without one the "
                      f"momentum would be ignored; pass {hint}, or momentum=0")
 
@@ -348,7 +351,8 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
         The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
         arrays of different shapes and dtypes may be mixed.
     momentum_buffers : list or tuple of ndarray, or None, optional
-        One buffer per parameter, or None for plain SGD (then ``momentum`` must be 0).
+        One buffer per parameter, or None for plain SGD (then ``momentum`` must be 0; so
+        must it for a None in the list).
     lr, momentum, dampening, nesterov, weight_decay, maximize, first_step
         As in :func:`sgd_step_`; shared by every array.
 
@@ -546,7 +550,8 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
     square_avgs : list or tuple of ndarray
         One ``square_avg`` per parameter.
     momentum_buffers, grad_avgs : list or tuple of ndarray, or None, optional
-        One buffer (one average) per parameter, or None when not in use.
+        One buffer (one average) per parameter, or None when not in use (momentum buffers
+        only with ``momentum`` 0, in the list too).
     lr, beta, eps, weight_decay, momentum, maximize, eps_inside_sqrt
         As in :func:`rmsprop_step_`; shared by every array.
 

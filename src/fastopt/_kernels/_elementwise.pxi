@@ -479,11 +479,14 @@ cdef extern from "Python.h":
     void Py_INCREF(PyObject* o)
     void Py_DECREF(PyObject* o)
 
-cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s):
+cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s,
+                    int needed=-1, str scalar=None, double value=0):
     """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
     Validates every tensor, and that no two of their arrays overlap, before writing any; runs
     all flat ones in one parallel sweep per dtype, and returns the indices of the valid but
-    non-flat ones for the caller to run (None if there are none)."""
+    non-flat ones for the caller to run (None if there are none). Array ``needed`` (-1: none)
+    may not be None in a list that is given (the registry's needed_when: ``scalar`` is
+    ``value``, not 0)."""
     cdef Py_ssize_t j, count = list_length(kern, names, lists), n32 = 0, n64 = 0, held = 0
     cdef Py_ssize_t total = 0     # elements of the flat tensors
     cdef int i
@@ -522,6 +525,8 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s)
                 refs[held] = objs[i]
                 held += 1
                 if <object>objs[i] is None:
+                    if i == needed:
+                        raise _validate.missing_state_error(scalar, value, f"{names[i]}[{j}]")
                     objs[i] = NULL
             if load(&t, ext + j * kern.narrays, kern, names, objs, j):
                 if slow is None:

@@ -110,6 +110,7 @@ class Kernel:
                       self.nrequired + 1, ("params", "grads", "masters") + self.lists[2:],
                       scalars, self.options + ("bfloat16",), None,
                       dict({"grad_scale": 0.75}, **self.examples), base=self.name,
+                      # (needed arrays are state, after the grad: one place on, as state)
                       needed_when=tuple((i + 1, name) for i, name in self.needed_when))
 
 

@@ -150,7 +150,9 @@ def _features(name, a, x, axis, transposed, out=None):
 def _nd_axis(x, axis):
     """The batch axis of an ``x`` of any rank but 2, as an index in [0, x.ndim)."""
     axis = _check_axis(axis)
-    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+    if x.ndim == 0:
+        raise ValueError("x is 0-d: batch norm needs a batch axis")
+    if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"Invalid axis: {axis!r} for x of shape {x.shape}")
     return axis % x.ndim
 
@@ -274,7 +276,8 @@ class BatchNormCache:
         if nd is not None and not (
                 type(nd) is tuple and len(nd) == 2 and type(nd[1]) is int
                 and _is_shape_of(nd[0], x.size) and len(nd[0]) != 2 and 0 <= nd[1] < len(nd[0])
-                and self.shape == _nd_2d_shape(*nd)):
+                and self.shape == _nd_2d_shape(*nd)
+                and (1 - axis if self.transposed else axis) == _nd_2d_axis(*nd)):
             raise ValueError(f"cache is not as batchnorm_forward made it: x {x.shape}, caller's "
                              f"shape and batch axis {nd}")
         # the kernels' buffers too: x and gamma of one native float dtype, mean and inv_std
@@ -328,7 +331,7 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, axis: 
         with it of length 1, or flat.
     axis : int, default 0
         The batch axis reduced over: 0 for ``(N, C)`` rows-are-examples, 1 (or -1) for the
-        course's ``(n_features, m)``.
+        course's ``(n_features, m)``; any axis of an x of other ranks.
     eps : float, default 1e-5
         Added to the variance, >= 0.
     out : ndarray, optional
@@ -578,7 +581,8 @@ class BatchNorm:
     num_features : int
         Number of features ``C``, >= 1.
     axis : int, default 0
-        The batch axis of ``x``: 0 for ``(N, C)``, 1 for the course's ``(C, m)``.
+        The batch axis of ``x``: 0 for ``(N, C)``, 1 for the course's ``(C, m)`` (any axis of
+        an x of other ranks, as the functions take it).
     momentum : float or None, default 0.1
         Weight of the batch statistics in the running ones, in [0, 1]; None: a cumulative
         average (``1 / num_batches_tracked``), as torch.
@@ -592,7 +596,8 @@ class BatchNorm:
     TypeError
         A non-float ``dtype``, a non-int ``num_features`` or a non-real ``momentum``.
     ValueError
-        ``num_features < 1``, a bad ``axis``, ``momentum`` outside [0, 1] or a bad ``eps``.
+        ``num_features < 1``, ``momentum`` outside [0, 1] or a bad ``eps`` (an ``axis`` out of
+        x's range: at forward).
     """
 
     # declared for type checkers, which take the numbers ABC checks below for unreachable
@@ -612,13 +617,13 @@ class BatchNorm:
         dtype = np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+        if (isinstance(num_features, (bool, np.timedelta64))     # (a NumPy signedinteger)
+                or not isinstance(num_features, numbers.Integral)):
             raise TypeError(f"num_features must be an int, got {type(num_features).__name__}")
         if num_features < 1:
             raise ValueError(f"Invalid num_features: {num_features!r}")
-        axis = _check_axis(axis)        # (an int: a 0-d array given would stay mutable)
-        if axis not in (0, 1, -1, -2):
-            raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
+        # an int (a 0-d array given would stay mutable); its range is x's, checked at forward
+        axis = _check_axis(axis)
         _check_momentum(momentum)
         _check_eps(eps)
         self.axis, self.momentum, self.eps = axis, momentum, eps

@@ -351,8 +351,8 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
         The parameters (updated in place) and their gradients, pairwise of one shape and dtype;
         arrays of different shapes and dtypes may be mixed.
     momentum_buffers : list or tuple of ndarray, or None, optional
-        One buffer per parameter, or None for plain SGD (then ``momentum`` must be 0; so
-        must it for a None in the list).
+        One buffer per parameter, or None for plain SGD; a None buffer (the whole list or an
+        entry) only with ``momentum`` 0.
     lr, momentum, dampening, nesterov, weight_decay, maximize, first_step
         As in :func:`sgd_step_`; shared by every array.
 
@@ -550,8 +550,8 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
     square_avgs : list or tuple of ndarray
         One ``square_avg`` per parameter.
     momentum_buffers, grad_avgs : list or tuple of ndarray, or None, optional
-        One buffer (one average) per parameter, or None when not in use (momentum buffers
-        only with ``momentum`` 0, in the list too).
+        One buffer (one average) per parameter, or None when not in use; a None momentum
+        buffer (the whole list or an entry) only with ``momentum`` 0.
     lr, beta, eps, weight_decay, momentum, maximize, eps_inside_sqrt
         As in :func:`rmsprop_step_`; shared by every array.
 

@@ -480,13 +480,13 @@ cdef extern from "Python.h":
     void Py_DECREF(PyObject* o)
 
 cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s,
-                    int needed=-1, str scalar=None, double value=0):
+                    int needed=-1, str scalar=None, object value=None):
     """A list of tensors (``lists[i][j]``: array i of tensor j; an optional list may be None).
     Validates every tensor, and that no two of their arrays overlap, before writing any; runs
     all flat ones in one parallel sweep per dtype, and returns the indices of the valid but
     non-flat ones for the caller to run (None if there are none). Array ``needed`` (-1: none)
     may not be None in a list that is given (the registry's needed_when: ``scalar`` is
-    ``value``, not 0)."""
+    ``value``, as the caller gave it, not 0)."""
     cdef Py_ssize_t j, count = list_length(kern, names, lists), n32 = 0, n64 = 0, held = 0
     cdef Py_ssize_t total = 0     # elements of the flat tensors
     cdef int i

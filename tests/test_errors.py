@@ -1152,6 +1152,14 @@ def test_list_forms_refuse_a_momentum_without_one_of_its_buffers(backend, kernel
                 else:
                     ops(lists[0], lists[1], lists[2], lr=0.1, momentum=0.9,
                         momentum_buffers=lists[4])
+        # with a fault in a later tensor too, every backend names the first tensor's None
+        # (Cython meets it as it gathers that tensor; numba and NumPy had checked every
+        # tensor's arrays first and named the later grad)
+        later = [None if lst is None else list(lst) for lst in lists]
+        later[buffers][0], later[buffers][1] = None, lists[buffers][0]
+        later[1][1] = later[1][1][:4]
+        with pytest.raises(ValueError, match=re.escape(f"{entry.lists[buffers]}[0] (got None)")):
+            multi(*later, **scalars, **options)
         multi(*lists, **dict(scalars, momentum=0.0), **options)      # without momentum: fine
 
 

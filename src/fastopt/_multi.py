@@ -58,13 +58,16 @@ def foreach(single, entry, check=check_step_arrays, run=None):
                             f"keyword arguments {', '.join(entry.keywords)}")
         count = check_lists(names, lists, nrequired)
         tensors = list(zip(*[repeat(None, count) if lst is None else lst for lst in lists]))
-        checked = [check(arrays, _Labels(names, j), nrequired)
-                   for j, arrays in enumerate(tensors)]
-        for i, scalar in entry.needed_when:
-            if scalars[scalar] != 0 and lists[i] is not None:
-                for j, arrays in enumerate(tensors):
-                    if arrays[i] is None:
-                        raise missing_state_error(scalar, scalars[scalar], f"{names[i]}[{j}]")
+        # a needed array's None refused with its tensor, before the tensor's own checks (the
+        # Cython backend's order: it meets the None as it gathers the tensor)
+        needed = [(i, scalar) for i, scalar in entry.needed_when
+                  if scalars[scalar] != 0 and lists[i] is not None]
+        checked = []
+        for j, arrays in enumerate(tensors):
+            for i, scalar in needed:
+                if arrays[i] is None:
+                    raise missing_state_error(scalar, scalars[scalar], f"{names[i]}[{j}]")
+            checked.append(check(arrays, _Labels(names, j), nrequired))
         if count > 1:
             check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
         # (``kernel`` bound just before each call: fastopt.ops._kernel_began)

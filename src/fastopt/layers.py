@@ -147,14 +147,16 @@ def _features(name, a, x, axis, transposed, out=None):
 # features' values in order): x.reshape(-1, m) when k is the last axis (batch axis 1), else
 # moveaxis(x, k, 0).reshape(m, -1) (batch axis 0). Both are views of a C-ordered x when k is
 # the first or last axis; any other x is copied once, and the result copied back into y.
-def _nd_axis(x, axis):
-    """The batch axis of an ``x`` of any rank but 2, as an index in [0, x.ndim)."""
+def _nd_input(x, axis, out):
+    """(``x`` checked, copied when it may share memory with ``out``; its batch axis as an
+    index in [0, x.ndim)) for an x of any rank but 2."""
+    x = _unshared(out, _float_array("x", x))
     axis = _check_axis(axis)
     if x.ndim == 0:
         raise ValueError("x is 0-d: batch norm needs a batch axis")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"Invalid axis: {axis!r} for x of shape {x.shape}")
-    return axis % x.ndim
+    return x, axis % x.ndim
 
 
 def _nd_2d_shape(shape, k):
@@ -175,19 +177,23 @@ def _nd_to_2d(a, k):
     return a.reshape(shape) if k == a.ndim - 1 else np.moveaxis(a, k, 0).reshape(shape)
 
 
-def _nd_2d_view(y, k):
-    """``_nd_to_2d(y, k)`` when it is a view of ``y`` (the kernels then write y itself), else
-    None."""
-    if y.flags.c_contiguous and k in (0, y.ndim - 1):
-        return _nd_to_2d(y, k)
-    return None
+def _nd_output(out, shape, k, dtype):
+    """(the result ``y`` of ``shape``: ``out`` checked, or a new array; the 2-D form the
+    kernels write: a view of y where one exists, else None, the kernels' own array then
+    copied into y by :func:`_nd_copy_back`)."""
+    y = _out(out, shape, dtype)
+    return y, (_nd_to_2d(y, k) if y.flags.c_contiguous and k in (0, y.ndim - 1) else None)
 
 
-def _nd_from_2d(y2, shape, k):
-    """The array of ``shape`` (batch axis ``k``) whose 2-D form is ``y2``, a view of it."""
-    if k == len(shape) - 1:
-        return y2.reshape(shape)
-    return np.moveaxis(y2.reshape((shape[k],) + shape[:k] + shape[k + 1:]), 0, k)
+def _nd_copy_back(y, y2, written, k):
+    """Copy ``written``, the 2-D form the kernels wrote, into ``y`` (batch axis ``k``), unless
+    it is ``y2``, y's own view."""
+    if y2 is None:
+        shape = y.shape
+        if k == len(shape) - 1:
+            y[...] = written.reshape(shape)
+        else:
+            y[...] = np.moveaxis(written.reshape((shape[k],) + shape[:k] + shape[k + 1:]), 0, k)
 
 
 def _nd_features(name, a, shape, k, out=None):
@@ -502,20 +508,16 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
 
 def _batchnorm_forward_nd(x, gamma, beta, axis, eps, out):
     """:func:`batchnorm_forward` of an ``x`` of another rank than 2, through its 2-D form."""
-    x = _unshared(out, _float_array("x", x))
-    k = _nd_axis(x, axis)
+    x, k = _nd_input(x, axis, out)
     shape = x.shape
     if shape[k] < 2:
         raise ValueError(f"x has shape {shape}, a batch of {shape[k]} along axis {k}: batch "
                          "norm in training needs more than 1 example per feature")
-    g, b = (_nd_features(name, a, shape, k, out) for name, a in (("gamma", gamma),
-                                                                 ("beta", beta)))
-    y = _out(out, shape, x.dtype)
-    y2 = _nd_2d_view(y, k)
-    y2_written, cache = batchnorm_forward(_nd_to_2d(x, k), g, b, _nd_2d_axis(shape, k), eps,
-                                          y2)
-    if y2 is None:
-        y[...] = _nd_from_2d(y2_written, shape, k)
+    g = _nd_features("gamma", gamma, shape, k, out)
+    b = _nd_features("beta", beta, shape, k, out)
+    y, y2 = _nd_output(out, shape, k, x.dtype)
+    written, cache = batchnorm_forward(_nd_to_2d(x, k), g, b, _nd_2d_axis(shape, k), eps, y2)
+    _nd_copy_back(y, y2, written, k)
     cache.param_shapes, cache.nd = (np.shape(gamma), np.shape(beta)), (shape, k)
     return y, cache
 
@@ -526,27 +528,22 @@ def _batchnorm_backward_nd(dy, cache, out):
     dy = _unshared(out, _float_array("dy", dy))
     if dy.shape != shape:
         raise ValueError(f"dy has shape {dy.shape}, expected {shape} like x")
-    dx = _out(out, shape, cache.x.dtype)
-    dx2 = _nd_2d_view(dx, k)
-    dx2_written, dgamma, dbeta = _batchnorm_backward_2d(_nd_to_2d(dy, k), cache, dx2)
-    if dx2 is None:
-        dx[...] = _nd_from_2d(dx2_written, shape, k)
+    dx, dx2 = _nd_output(out, shape, k, cache.x.dtype)
+    written, dgamma, dbeta = _batchnorm_backward_2d(_nd_to_2d(dy, k), cache, dx2)
+    _nd_copy_back(dx, dx2, written, k)
     return dx, dgamma, dbeta
 
 
 def _batchnorm_inference_nd(x, gamma, beta, running_mean, running_var, axis, eps, out):
     """:func:`batchnorm_inference` of an ``x`` of another rank than 2, through its 2-D form."""
-    x = _unshared(out, _float_array("x", x))
-    k = _nd_axis(x, axis)
+    x, k = _nd_input(x, axis, out)
     shape = x.shape
     features = [_nd_features(name, a, shape, k, out) for name, a in (
         ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
         ("running_var", running_var))]
-    y = _out(out, shape, x.dtype)
-    y2 = _nd_2d_view(y, k)
-    y2_written = batchnorm_inference(_nd_to_2d(x, k), *features, _nd_2d_axis(shape, k), eps, y2)
-    if y2 is None:
-        y[...] = _nd_from_2d(y2_written, shape, k)
+    y, y2 = _nd_output(out, shape, k, x.dtype)
+    written = batchnorm_inference(_nd_to_2d(x, k), *features, _nd_2d_axis(shape, k), eps, y2)
+    _nd_copy_back(y, y2, written, k)
     return y
 
 

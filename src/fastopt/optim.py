@@ -1363,6 +1363,13 @@ class Optimizer:
         _state_changed()
         self._plans = {}
 
+    def _remember_groups(self):
+        """Note the groups and the arrays each one's params list holds: what
+        :meth:`_sync_groups` compares them with."""
+        self._groups = list(self.param_groups)
+        self._held = [(g["params"], tuple(g["params"])) for g in self.param_groups]
+        self._synced = _params_version
+
     def _sync_groups(self):
         """Follow the changes of ``param_groups`` made as a list (``param_groups.pop(1)``,
         ``del``, as torch.optim users drop a group) and of a group's ``params`` list
@@ -1421,12 +1428,10 @@ class Optimizer:
             start += len(group["params"])
         self._starts, self._state, self._count = starts, state, start
         self._detached = spare
-        self._groups = list(groups)
-        self._held = [(g["params"], tuple(g["params"])) for g in groups]
+        self._remember_groups()
         self._slots = [self._new_slots(len(g["params"])) for g in groups]
         for gi, k, entry in moved:
             self._bind(gi, k, entry)       # (the step counts into the new slots)
-        self._synced = _params_version
         self._plans, self._disjoint = {}, None
         _state_changed()
 
@@ -1472,9 +1477,7 @@ class Optimizer:
             for p in group["params"]:
                 params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
             dict.__setitem__(group, "params", _Params(params))
-        self._groups = list(self.param_groups)
-        self._held = [(g["params"], tuple(g["params"])) for g in self.param_groups]
-        self._synced = -1
+        self._remember_groups()
         self._detached = {}
         self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for i, entry in self._state.items():

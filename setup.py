@@ -38,7 +38,7 @@ FAMILIES = ["optim", "layers", "stream", "pool"]
 # batch norm's float64 sweeps gain 20-30% from them on Zen 4 too.
 WIDE_MARCH = "-march=x86-64-v4"
 # (fastopt._kernels.AVX512_BUILDS names them too, for choosing one at import)
-WIDE_VARIANTS = {"optim_avx512": ["-mprefer-vector-width=256"],
+WIDE_VARIANTS = {"optim_avx512": ["-mprefer-vector-width=256", "-DFO_ROOT_ON_FMA"],
                  "optim_avx512_zmm": ["-mprefer-vector-width=512"],
                  "layers_avx512": []}
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math",

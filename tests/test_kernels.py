@@ -286,6 +286,66 @@ def test_kernel_gives_the_reference_bits(backend, case, layout, dtype):
             assert state[k].tobytes() == expected_state[k].tobytes(), k
 
 
+def roots_of_every_magnitude(n, rng):
+    """float32 squares whose roots span float32's range, in blocks of 8 (a vector): most blocks
+    all normal (2^-100 to 2^120), some with one or all eight below 2^-102 (subnormal too), some
+    with 0, -0, inf or NaN; grads, half of them 0, those of the squares below 2^-102 as small
+    as their root (the new square stays that small and the step uses its root); and params, 0
+    where the square is below 2^-102 (the step then shows every bit of its quotient)."""
+    squares = np.ldexp(rng.uniform(1, 2, n), rng.integers(-100, 120, n)).astype(np.float32)
+    grads = (rng.standard_normal(n) * np.ldexp(1.0, rng.integers(-60, 30, n))).astype(np.float32)
+    grads[rng.random(n) < 0.5] = 0
+    params = rng.standard_normal(n).astype(np.float32)
+    for block in range(0, n - 7, 8):
+        kind = rng.integers(6)
+        if kind in (3, 4):
+            lanes = block + (np.arange(8) if kind == 4 else rng.integers(8, size=1))
+            squares[lanes] = np.ldexp(rng.uniform(1, 2, lanes.size),
+                                      rng.integers(-149, -102, lanes.size))
+            grads[lanes] = np.sqrt(squares[lanes]) * rng.uniform(-2, 2, lanes.size)
+            params[lanes] = 0
+        elif kind == 5:
+            squares[block + rng.integers(8)] = rng.choice(
+                np.array([0.0, -0.0, np.inf, np.nan], np.float32))
+    return squares, grads, params
+
+
+@pytest.mark.parametrize("kernel", ["adam", "adamw", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_square_roots_of_every_magnitude_give_the_reference_bits(backend, kernel, monkeypatch):
+    """The float32 steps whose loops take some square roots on the FMA units (fo_root.h, in
+    the AVX-512 build with 256-bit vectors) give the reference's bits for roots of any
+    magnitude: tiny ones (where that root gives way to vsqrtps), subnormal, 0, inf and NaN,
+    over whole blocks of 24, of 8 and the elements after them, on every build of the cython
+    backend."""
+    rng = np.random.default_rng(7)
+    n = 24 * 60 + 8 + 5
+    squares, grads, p0 = roots_of_every_magnitude(n, rng)
+    m0 = (rng.standard_normal(n) * 1e-3).astype(np.float32)
+
+    def step(p, state):     # eps 0: an eps above a tiny root would hide its last bit
+        if kernel in ("adam", "adamw"):
+            ops.adam_step_(p, grads, state[0], state[1], 3, lr=1e-2, eps=0, weight_decay=0.1
+                           if kernel == "adamw" else 0, decoupled_weight_decay=True)
+        elif kernel == "rmsprop":
+            ops.rmsprop_step_(p, grads, state[1], lr=1e-2, eps=0)
+        else:
+            ops.adagrad_step_(p, grads, state[1], 3, lr=1e-2, eps=0)
+
+    def run(name):
+        p, state = p0.copy(), [m0.copy(), squares.copy()]
+        with np.errstate(all="ignore"), fo.use_backend(name):
+            step(p, state)
+        return [p] + state
+    expected = run("numpy")
+    builds = cython_builds() if backend == "cython" else [None]
+    for namespace in builds:
+        if namespace is not None:
+            use_cython_build(monkeypatch, namespace)
+        for got, want in zip(run(backend), expected):
+            assert got.tobytes() == want.tobytes(), namespace
+
+
 @pytest.mark.parametrize("case", [c for c, (k, _) in KERNEL_CASES.items() if k == "radam"])
 def test_the_radam_cases_run_both_sides_of_the_switch(case):
     """rho_t (torch's formula) is <= 5 on the first step and > 5 on the last one, so the grid

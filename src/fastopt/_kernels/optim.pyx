@@ -22,6 +22,17 @@ include "_common.pxi"
 include "_elementwise.pxi"
 include "_glue.pxi"
 
+cdef extern from "fo_root.h":
+    # float32 loops taking part of their square roots on the FMA units (optim_avx512 only;
+    # elsewhere FO_ROOT_LOOPS is 0 and they take nothing): each steps whole vectors from the
+    # span's start and returns how many elements it took
+    bint FO_ROOT_LOOPS
+    Py_ssize_t fo_adam_f32(float* p, const float* g, float* m, float* v, Py_ssize_t n,
+                           float c1, int from_end, float b2, float c2, float eps, float step,
+                           float inv_bc2_sqrt, float decay, int shrink) noexcept nogil
+    Py_ssize_t fo_squares_f32(float* p, const float* g, float* sq, Py_ssize_t n, float lr,
+                              float decay, float c, float eps, int sum) noexcept nogil
+
 
 cdef inline floating root(floating x) noexcept nogil:
     # sqrt() on a float would promote to double and keep the float loop scalar
@@ -126,6 +137,10 @@ cdef void rmsprop_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef bint eps_inside_sqrt = s.eps_inside_sqrt
     cdef floating gi, sv, avg
     cdef Py_ssize_t i
+    if floating is float:
+        if (FO_ROOT_LOOPS and gavg == NULL and buf == NULL
+                and not (maximize or has_wd or eps_inside_sqrt)):
+            lo += fo_squares_f32(p + lo, g + lo, sq + lo, hi - lo, lr, al, c, eps, 0)
     for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
         if has_wd:
@@ -153,6 +168,9 @@ cdef void adagrad_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating wd = <floating>s.weight_decay, gi
     cdef bint maximize = s.maximize, has_wd = s.weight_decay != 0
     cdef Py_ssize_t i
+    if floating is float:
+        if FO_ROOT_LOOPS and not (maximize or has_wd):
+            lo += fo_squares_f32(p + lo, g + lo, ssum + lo, hi - lo, clr, 1, 0, eps, 1)
     for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
         if has_wd:
@@ -298,6 +316,10 @@ cdef inline void adam_sweep(floating** a, Py_ssize_t lo, Py_ssize_t hi, const ad
     # that plain Adam does not need (Adam 1e5 float32, one thread: 0.62-0.74 -> 0.47-0.59
     # ns/element).
     if not (scaled or maximize or coupled or eps_inside_sqrt or vmax != NULL):
+        if floating is float:
+            if FO_ROOT_LOOPS:
+                lo += fo_adam_f32(p + lo, g + lo, m + lo, v + lo, hi - lo, c1, c1 <= 0, b2,
+                                  c2, eps, step, inv_bc2_sqrt, decay, shrink)
         if shrink:
             for i in range(lo, hi):
                 adam_elem(p, m, v, NULL, i, g[i], c1, b2, c2, eps, wd, step, inv_bc2,

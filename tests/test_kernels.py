@@ -310,30 +310,39 @@ def roots_of_every_magnitude(n, rng):
     return squares, grads, params
 
 
-@pytest.mark.parametrize("kernel", ["adam", "adamw", "rmsprop", "adagrad"])
+@pytest.mark.parametrize("kernel", ["adam", "adamw", "nadam", "radam", "rmsprop", "adagrad",
+                                    "adadelta"])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_square_roots_of_every_magnitude_give_the_reference_bits(backend, kernel, monkeypatch):
     """The float32 steps whose loops take some square roots on the FMA units (fo_root.h, in
     the AVX-512 build with 256-bit vectors) give the reference's bits for roots of any
     magnitude: tiny ones (where that root gives way to vsqrtps), subnormal, 0, inf and NaN,
     over whole blocks of 24, of 8 and the elements after them, on every build of the cython
-    backend."""
+    backend. eps is 0, or for NAdam the least that keeps its loop (2 / max, nadam_span): an
+    eps above a tiny root would hide its last bit."""
     rng = np.random.default_rng(7)
     n = 24 * 60 + 8 + 5
     squares, grads, p0 = roots_of_every_magnitude(n, rng)
     m0 = (rng.standard_normal(n) * 1e-3).astype(np.float32)
 
-    def step(p, state):     # eps 0: an eps above a tiny root would hide its last bit
+    def step(p, state):
         if kernel in ("adam", "adamw"):
             ops.adam_step_(p, grads, state[0], state[1], 3, lr=1e-2, eps=0, weight_decay=0.1
                            if kernel == "adamw" else 0, decoupled_weight_decay=True)
+        elif kernel == "nadam":
+            ops.nadam_step_(p, grads, state[0], state[1], 3, 0.9, eps=1e-37)
+        elif kernel == "radam":         # (rectified from step 6)
+            ops.radam_step_(p, grads, state[0], state[1], 10, eps=0)
         elif kernel == "rmsprop":
             ops.rmsprop_step_(p, grads, state[1], lr=1e-2, eps=0)
-        else:
+        elif kernel == "adagrad":
             ops.adagrad_step_(p, grads, state[1], 3, lr=1e-2, eps=0)
+        else:
+            ops.adadelta_step_(p, grads, state[1], state[0], eps=0)
 
     def run(name):
-        p, state = p0.copy(), [m0.copy(), squares.copy()]
+        first = squares[::-1].copy() if kernel == "adadelta" else m0.copy()
+        p, state = p0.copy(), [first, squares.copy()]
         with np.errstate(all="ignore"), fo.use_backend(name):
             step(p, state)
         return [p] + state

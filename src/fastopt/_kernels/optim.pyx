@@ -28,8 +28,17 @@ cdef extern from "fo_root.h":
     # span's start and returns how many elements it took
     bint FO_ROOT_LOOPS
     Py_ssize_t fo_adam_f32(float* p, const float* g, float* m, float* v, Py_ssize_t n,
-                           float c1, int from_end, float b2, float c2, float eps, float step,
-                           float inv_bc2_sqrt, float decay, int shrink) noexcept nogil
+                           float c1, int from_end, float b2, float c2, float eps, float decay,
+                           int shrink, float step, float inv_bc2_sqrt) noexcept nogil
+    Py_ssize_t fo_nadam_f32(float* p, const float* g, float* m, float* v, Py_ssize_t n,
+                            float c1, int from_end, float b2, float c2, float eps, float decay,
+                            int shrink, float inv_bc2, float grad_coef,
+                            float avg_coef) noexcept nogil
+    Py_ssize_t fo_radam_f32(float* p, const float* g, float* m, float* v, Py_ssize_t n,
+                            float c1, int from_end, float b2, float c2, float eps, float step,
+                            float scale) noexcept nogil
+    Py_ssize_t fo_adadelta_f32(float* p, const float* g, float* sq, float* acc, Py_ssize_t n,
+                               float lr, float rho, float c, float eps) noexcept nogil
     Py_ssize_t fo_squares_f32(float* p, const float* g, float* sq, Py_ssize_t n, float lr,
                               float decay, float c, float eps, int sum) noexcept nogil
 
@@ -319,7 +328,7 @@ cdef inline void adam_sweep(floating** a, Py_ssize_t lo, Py_ssize_t hi, const ad
         if floating is float:
             if FO_ROOT_LOOPS:
                 lo += fo_adam_f32(p + lo, g + lo, m + lo, v + lo, hi - lo, c1, c1 <= 0, b2,
-                                  c2, eps, step, inv_bc2_sqrt, decay, shrink)
+                                  c2, eps, decay, shrink, step, inv_bc2_sqrt)
         if shrink:
             for i in range(lo, hi):
                 adam_elem(p, m, v, NULL, i, g[i], c1, b2, c2, eps, wd, step, inv_bc2,
@@ -352,6 +361,9 @@ cdef void adadelta_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef floating eps = <floating>s.eps, wd = <floating>s.weight_decay, gi, delta
     cdef bint maximize = s.maximize, has_wd = s.weight_decay != 0
     cdef Py_ssize_t i
+    if floating is float:
+        if FO_ROOT_LOOPS and not (maximize or has_wd):
+            lo += fo_adadelta_f32(p + lo, g + lo, sq + lo, acc + lo, hi - lo, lr, rho, c, eps)
     for i in range(lo, hi):
         gi = -g[i] if maximize else g[i]
         if has_wd:
@@ -431,6 +443,10 @@ cdef void nadam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef bint tiny_eps = not (<double>eps * largest >= 2)
     cdef Py_ssize_t i
     if not (maximize or coupled or tiny_eps):       # loops of their own, as in adam_span
+        if floating is float:
+            if FO_ROOT_LOOPS:
+                lo += fo_nadam_f32(p + lo, g + lo, m + lo, v + lo, hi - lo, c1, c1 <= 0, b2,
+                                   c2, eps, decay, shrink, inv_bc2, cg, cm)
         if shrink:
             for i in range(lo, hi):
                 nadam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, inv_bc2, cg, cm, decay,
@@ -476,6 +492,10 @@ cdef void radam_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
     cdef bint shrink = s.weight_decay != 0 and s.decoupled
     cdef Py_ssize_t i
     if not (maximize or coupled or shrink):     # loops of their own, as in adam_span
+        if floating is float:
+            if FO_ROOT_LOOPS and rectified:
+                lo += fo_radam_f32(p + lo, g + lo, m + lo, v + lo, hi - lo, c1, c1 <= 0, b2,
+                                   c2, eps, step, scale)
         if rectified:
             for i in range(lo, hi):
                 radam_elem(p, m, v, i, g[i], c1, b2, c2, eps, wd, step, scale, decay, False,

@@ -195,7 +195,8 @@ cdef void adagrad_span(floating** a, Py_ssize_t lo, Py_ssize_t hi,
 # division runs 0.31 ns/element, the same loop with the whole formula 0.32, this one 0.34-0.40
 # (a stream of the same bytes: 0.27); beyond cache, memory bandwidth. A reciprocal estimate
 # instead of the division would round differently from the reference, and results must be
-# bit-identical.
+# bit-identical; a square root can be had bit for bit on the FMA units, which the 256-bit
+# AVX-512 build does for part of its float32 roots (fo_root.h).
 cdef inline floating adam_moments(floating* pi, floating* mi, floating* vi,
                                   floating* m, floating* v, Py_ssize_t i,
                                   floating gi, floating c1, floating b2, floating c2,

@@ -37,7 +37,9 @@ FAMILIES = ["optim", "layers", "stream", "pool"]
 # RMSprop 0.17 against 0.29, float64 Adam 0.48 against 0.86). The layers keep 512-bit vectors:
 # batch norm's float64 sweeps gain 20-30% from them on Zen 4 too.
 WIDE_MARCH = "-march=x86-64-v4"
-# (fastopt._kernels.AVX512_BUILDS names them too, for choosing one at import)
+# (fastopt._kernels.AVX512_BUILDS names them too, for choosing one at import). The 256-bit
+# build, on cores whose divider is not 512 bits wide, also takes part of its float32 square
+# roots on the FMA units (FO_ROOT_ON_FMA: src/fastopt/_kernels/fo_root.h).
 WIDE_VARIANTS = {"optim_avx512": ["-mprefer-vector-width=256", "-DFO_ROOT_ON_FMA"],
                  "optim_avx512_zmm": ["-mprefer-vector-width=512"],
                  "layers_avx512": []}

@@ -1,17 +1,19 @@
 /* The square root off the divider: the dividing kernels in cache wait on the one unit that
  * runs both vsqrtps and vdivps (bench/divider.c). A float32 root can be had bit for bit on the
- * FMA units instead: a 14-bit estimate of 1/sqrt(x) (vrsqrt14ps), one coupled Newton step for
- * the root and its half-reciprocal, and a correction by the exact residual x - s*s (an FMA);
- * vfixupimmps gives 0, inf, NaN and negative x the hardware's results, and a vector holding a
- * positive x below 2^-102 (where the residual underflows) takes vsqrtps. This program first
- * checks that root against vsqrtps over all 2^32 float32 bit patterns (NaN payloads included;
- * about 5 s), then times, on one core, best of several sweeps, ns/element at 1e5 elements
- * (arrays in L2): Adam's loop (as bench/div_floor.c's) and Adagrad's with the root by vsqrtps,
- * on the FMA units in every vector, in one vector of two, in one of three, and the loop with
- * neither root nor division (its floor without the divider; not the same bits). The vdivps
- * stays in every variant (bench/div_floor.c times it emulated). Build and run:
+ * FMA units instead: the kernels' own fo_sqrt_fma (src/fastopt/_kernels/fo_root.h: an integer
+ * estimate of 1/sqrt(x), three coupled Newton steps, a correction by the exact residual
+ * x - s*s; vfixupimmps for 0, inf, NaN and negative x; vsqrtps for a vector holding a positive
+ * x below 2^-102). This program first checks it against vsqrtps over all 2^32 float32 bit
+ * patterns (NaN payloads included; about 5 s): as every step is exact integer arithmetic or a
+ * correctly rounded IEEE operation, a pass here holds on every CPU. Then it times, on one
+ * core, best of several sweeps, ns/element at 1e5 elements (arrays in L2): Adam's loop (as
+ * bench/div_floor.c's) and Adagrad's with the root by vsqrtps, on the FMA units in every
+ * vector, in two vectors of three, in one of three, and the loop with neither root nor
+ * division (its floor without the divider; not the same bits). The vdivps stays in every
+ * variant (bench/div_floor.c times it emulated). Build and run:
  *   gcc -O3 -march=x86-64-v4 -mprefer-vector-width=256 -ffp-contract=off -fno-trapping-math \
- *       -fno-math-errno -o /tmp/sqrt_floor bench/sqrt_floor.c && taskset -c 0 /tmp/sqrt_floor
+ *       -fno-math-errno -DFO_ROOT_ON_FMA -I src/fastopt/_kernels -o /tmp/sqrt_floor \
+ *       bench/sqrt_floor.c && taskset -c 0 /tmp/sqrt_floor
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -25,24 +27,9 @@ static double now(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
+#include "fo_root.h"
 static inline __m256 sqrt_hw(__m256 x) { return _mm256_sqrt_ps(x); }
-static inline __m256 sqrt_fma(__m256 x) {
-    const __m256 half = _mm256_set1_ps(0.5f);
-    __m256 y = _mm256_rsqrt14_ps(x);
-    __m256 s = _mm256_mul_ps(x, y), h = _mm256_mul_ps(half, y);
-    __m256 r = _mm256_fnmadd_ps(s, h, half);
-    s = _mm256_fmadd_ps(s, r, s);
-    h = _mm256_fmadd_ps(h, r, h);
-    s = _mm256_fmadd_ps(_mm256_fnmadd_ps(s, s, x), h, s);
-    /* by class of x: QNaN, SNaN -> x quieted; 0 -> x; 1 -> s; -inf, negative -> the default
-     * NaN; +inf -> +inf; positive -> s */
-    s = _mm256_fixupimm_ps(s, x, _mm256_set1_epi32(0x03530122), 0);
-    __m256i below = _mm256_sub_epi32(_mm256_castps_si256(x), _mm256_set1_epi32(1));
-    __mmask8 tiny = _mm256_cmplt_epu32_mask(below, _mm256_set1_epi32(0x0C7FFFFF));
-    if (__builtin_expect(tiny != 0, 0))
-        s = _mm256_mask_sqrt_ps(s, tiny, x);
-    return s;
-}
+static inline __m256 sqrt_fma(__m256 x) { return fo_sqrt_fma(x); }
 static inline __m256 none(__m256 x) { return x; }
 static inline __m256 div_hw(__m256 n, __m256 d) { return _mm256_div_ps(n, d); }
 static inline __m256 div_none(__m256 n, __m256 d) { return _mm256_mul_ps(n, d); }

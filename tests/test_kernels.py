@@ -310,35 +310,24 @@ def roots_of_every_magnitude(n, rng):
     return squares, grads, params
 
 
-@pytest.mark.parametrize("kernel", ["adam", "adamw", "nadam", "radam", "rmsprop", "adagrad",
-                                    "adadelta"])
+ROOT_KERNELS = ["adam", "adamw", "nadam", "radam", "rmsprop", "adagrad", "adadelta"]
+
+
+@pytest.mark.parametrize("kernel", ROOT_KERNELS)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_square_roots_of_every_magnitude_give_the_reference_bits(backend, kernel, monkeypatch):
     """The float32 steps whose loops take some square roots on the FMA units (fo_root.h, in
     the AVX-512 build with 256-bit vectors) give the reference's bits for roots of any
     magnitude: tiny ones (where that root gives way to vsqrtps), subnormal, 0, inf and NaN,
     over whole blocks of 24, of 8 and the elements after them, on every build of the cython
-    backend. eps is 0, or for NAdam the least that keeps its loop (2 / max, nadam_span): an
-    eps above a tiny root would hide its last bit."""
+    backend. eps is 0, or for NAdam 1e-37 (its loop needs eps >= 2 / max, nadam_span): an eps
+    above a tiny root would hide its last bit. (Fewer than 1024 elements: a longer step starts
+    its loop where the param starts a line, which would move the blocks.)"""
     rng = np.random.default_rng(7)
-    n = 24 * 60 + 8 + 5
+    n = 24 * 40 + 8 + 5
     squares, grads, p0 = roots_of_every_magnitude(n, rng)
     m0 = (rng.standard_normal(n) * 1e-3).astype(np.float32)
-
-    def step(p, state):
-        if kernel in ("adam", "adamw"):
-            ops.adam_step_(p, grads, state[0], state[1], 3, lr=1e-2, eps=0, weight_decay=0.1
-                           if kernel == "adamw" else 0, decoupled_weight_decay=True)
-        elif kernel == "nadam":
-            ops.nadam_step_(p, grads, state[0], state[1], 3, 0.9, eps=1e-37)
-        elif kernel == "radam":         # (rectified from step 6)
-            ops.radam_step_(p, grads, state[0], state[1], 10, eps=0)
-        elif kernel == "rmsprop":
-            ops.rmsprop_step_(p, grads, state[1], lr=1e-2, eps=0)
-        elif kernel == "adagrad":
-            ops.adagrad_step_(p, grads, state[1], 3, lr=1e-2, eps=0)
-        else:
-            ops.adadelta_step_(p, grads, state[1], state[0], eps=0)
+    step = root_step(kernel, grads)
 
     def run(name):
         first = squares[::-1].copy() if kernel == "adadelta" else m0.copy()
@@ -353,6 +342,97 @@ def test_square_roots_of_every_magnitude_give_the_reference_bits(backend, kernel
             use_cython_build(monkeypatch, namespace)
         for got, want in zip(run(backend), expected):
             assert got.tobytes() == want.tobytes(), namespace
+
+
+def root_step(kernel, grads, eps=0.0):
+    """One step of ``kernel`` (of ROOT_KERNELS) with ``grads`` on (p, [its first state, its
+    square state]); NAdam's eps at least 1e-37, which keeps its plain loop."""
+    def step(p, state):
+        if kernel in ("adam", "adamw"):
+            ops.adam_step_(p, grads, state[0], state[1], 3, lr=1e-2, eps=eps, weight_decay=0.1
+                           if kernel == "adamw" else 0, decoupled_weight_decay=True)
+        elif kernel == "nadam":
+            ops.nadam_step_(p, grads, state[0], state[1], 3, 0.9, eps=max(eps, 1e-37))
+        elif kernel == "radam":         # (rectified from step 6)
+            ops.radam_step_(p, grads, state[0], state[1], 10, eps=eps)
+        elif kernel == "rmsprop":
+            ops.rmsprop_step_(p, grads, state[1], lr=1e-2, eps=eps)
+        elif kernel == "adagrad":
+            ops.adagrad_step_(p, grads, state[1], 3, lr=1e-2, eps=eps)
+        else:
+            ops.adadelta_step_(p, grads, state[1], state[0], eps=eps)
+    return step
+
+
+@pytest.mark.parametrize("kernel", ROOT_KERNELS)
+def test_the_root_loops_nan_does_not_hang_on_where_its_span_starts(kernel, monkeypatch):
+    """Every element the same: a NaN grad and NaN state of other payloads. In the build whose
+    steps take roots on the FMA units (fo_root.h), each output array then holds one bit
+    pattern, wherever an element falls in its span (a span's last vector, its body, a
+    thread's chunk): which NaN an operation keeps hangs on its operands' order, which a
+    compiler may swap in one copy of a loop and not in another (fo_root.h's fo_add; NaN
+    payloads are not in the contract, and the compiler's own loops, in the other builds and
+    Numba's, do not all keep one)."""
+    builds = [b for b in cython_builds() if getattr(b.package.KERNEL_MODULES[0], "ROOT_LOOPS",
+                                                    False)]
+    if "cython" not in GRID_BACKENDS or not builds:
+        pytest.skip("no build of the cython backend here takes roots on the FMA units")
+    nan_grad, nan_state = (np.array([b], np.uint32).view(np.float32)[0]
+                           for b in (0x7fc0000b, 0x7fc0000d))
+    for namespace in builds:
+        use_cython_build(monkeypatch, namespace)
+        for n, threads in [(61, 1), (70_001, 2)]:
+            p = np.ones(n, np.float32)
+            state = [np.full(n, nan_state), np.full(n, nan_state)]
+            step = root_step(kernel, np.full(n, nan_grad), eps=1e-8)
+            with fo.use_backend("cython"):
+                previous = fo.get_num_threads()
+                fo.set_num_threads(threads)
+                try:
+                    step(p, state)
+                finally:
+                    fo.set_num_threads(previous)
+            for k, out in enumerate([p] + state):
+                assert np.unique(out.view(np.uint32)).size == 1, (namespace, n, k)
+
+
+@pytest.mark.parametrize("kernel", ROOT_KERNELS)
+@pytest.mark.parametrize("backend", COMPILED)
+def test_steps_in_a_directed_rounding_mode_give_the_reference_bits(backend, kernel,
+                                                                   monkeypatch):
+    """A thread set to round down, up or toward zero (fesetround, as a C library may leave
+    it): the roots are vsqrtps's, as the reference's (fo_root.h's emulated root rounds as
+    vsqrtps only to nearest). Exact squares, whose roots one ulp off would show."""
+    import ctypes
+    import ctypes.util
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64") or not ctypes.util.find_library("m"):
+        pytest.skip("sets the rounding mode through the C library's fesetround (x86-64)")
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    rng = np.random.default_rng(3)
+    n = 24 * 40 + 5
+    roots = (rng.integers(1, 2 ** 12, n) * 2.0 ** -6).astype(np.float32)
+    squares = roots * roots                 # exact: 24 bits at most
+    step = root_step(kernel, np.full(n, 2.0 ** -80, np.float32))   # (its square underflows)
+    builds = cython_builds() if backend == "cython" else [None]
+    for mode in (0x400, 0x800, 0xC00):     # FE_DOWNWARD, FE_UPWARD, FE_TOWARDZERO
+        expected = None
+        for name, namespace in [("numpy", None)] + [(backend, b) for b in builds]:
+            if namespace is not None:
+                use_cython_build(monkeypatch, namespace)
+            p, state = np.zeros(n, np.float32), [squares[::-1].copy(), squares.copy()]
+            with fo.use_backend(name), np.errstate(all="ignore"):
+                previous = fo.get_num_threads()
+                fo.set_num_threads(1)       # (the mode is the calling thread's)
+                libm.fesetround(mode)
+                try:
+                    step(p, state)
+                finally:
+                    libm.fesetround(0)
+                    fo.set_num_threads(previous)
+            got = b"".join(a.tobytes() for a in [p] + state)
+            expected = got if expected is None else expected
+            assert got == expected, (hex(mode), name, namespace)
 
 
 @pytest.mark.parametrize("case", [c for c, (k, _) in KERNEL_CASES.items() if k == "radam"])

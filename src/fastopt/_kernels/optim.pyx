@@ -24,8 +24,8 @@ include "_glue.pxi"
 
 cdef extern from "fo_root.h":
     # float32 loops taking part of their square roots on the FMA units (optim_avx512 only;
-    # elsewhere FO_ROOT_LOOPS is 0 and they take nothing): each steps whole vectors from the
-    # span's start and returns how many elements it took
+    # elsewhere FO_ROOT_LOOPS is 0 and they take nothing): each returns how many elements
+    # from the span's start it took (all of them, or none in a directed rounding mode)
     bint FO_ROOT_LOOPS
     Py_ssize_t fo_adam_f32(float* p, const float* g, float* m, float* v, Py_ssize_t n,
                            float c1, int from_end, float b2, float c2, float eps, float decay,
@@ -41,6 +41,9 @@ cdef extern from "fo_root.h":
                                float lr, float rho, float c, float eps) noexcept nogil
     Py_ssize_t fo_squares_f32(float* p, const float* g, float* sq, Py_ssize_t n, float lr,
                               float decay, float c, float eps, int sum) noexcept nogil
+
+# whether this build takes part of its float32 square roots on the FMA units (the tests ask)
+ROOT_LOOPS = bool(FO_ROOT_LOOPS)
 
 
 cdef inline floating root(floating x) noexcept nogil:

@@ -14,8 +14,10 @@
  * residual underflows, takes vsqrtps for those lanes.
  *
  * The loops below take part of their roots there and the rest on the divider, in the share
- * that ran fastest on an Intel Xeon (model 167) core in cache (bench/sqrt_floor.c; not tuned
- * on the other CPUs this build serves, Zen 4 among them). Each is the span's loop for float32
+ * that ran fastest on an Intel Xeon (model 167) core in cache (bench/sqrt_floor.c, one core,
+ * 1e5, ns/element: Adam 0.34-0.36 with vsqrtps, one root in three 0.30-0.32, one in two 0.35;
+ * Adagrad 0.34, one in two 0.26, one in three 0.29; not tuned on the other CPUs this build
+ * serves, Zen 4 among them). Each is the span's loop for float32
  * without options, operation for operation and operand for operand (optim.pyx; no
  * contraction; fo_add, fo_mul), so the bits are the span's; each takes every element of its
  * span, the last vector masked, so that an element's NaN comes from the same code wherever a
@@ -218,10 +220,9 @@ static inline __attribute__((always_inline)) ptrdiff_t fo_squares_loop(
     const __m256 vlr = _mm256_set1_ps(lr), vdecay = _mm256_set1_ps(decay),
                  vc = _mm256_set1_ps(c), veps = _mm256_set1_ps(eps);
     ptrdiff_t i = 0;
-    for (; i + 24 <= n; i += 24) {      /* one root in three */
+    for (; i + 16 <= n; i += 16) {      /* one root in two */
         fo_squares8(p, g, sq, i, FO_ALL, vlr, vdecay, vc, veps, sum, 0);
         fo_squares8(p, g, sq, i + 8, FO_ALL, vlr, vdecay, vc, veps, sum, 1);
-        fo_squares8(p, g, sq, i + 16, FO_ALL, vlr, vdecay, vc, veps, sum, 0);
     }
     for (; i + 8 <= n; i += 8)
         fo_squares8(p, g, sq, i, FO_ALL, vlr, vdecay, vc, veps, sum, 0);

@@ -17,12 +17,12 @@
  * that ran fastest on an Intel Xeon (model 167) core in cache (bench/sqrt_floor.c, one core,
  * 1e5, ns/element: Adam 0.34-0.36 with vsqrtps, one root in three 0.30-0.32, one in two 0.35;
  * Adagrad 0.34, one in two 0.26, one in three 0.29; not tuned on the other CPUs this build
- * serves, Zen 4 among them). Each is the span's loop for float32
- * without options, operation for operation and operand for operand (optim.pyx; no
- * contraction; fo_add, fo_mul), so the bits are the span's; each takes every element of its
- * span, the last vector masked, so that an element's NaN comes from the same code wherever a
- * span starts or ends, and returns the count it took. In a rounding mode other than to
- * nearest they take nothing (fo_round_to_nearest), leaving the span to its own loop.
+ * serves, Zen 4 among them). Each is the span's loop for float32 without options, operation
+ * for operation and operand for operand (optim.pyx; no contraction; fo_add, fo_mul), so the
+ * bits are the span's. Each takes every element of its span, the last vector masked, so that
+ * an element's NaN comes from the same code wherever a span starts or ends, and returns the
+ * count it took; in a rounding mode other than to nearest it takes none (fo_round_to_nearest),
+ * leaving the span to its own loop.
  *
  * Built only into optim_avx512 (FO_ROOT_ON_FMA, with AVX-512VL and 256-bit vectors: CPUs whose
  * divider is not 512 bits wide, fo_common.h); elsewhere the loops take nothing. */
@@ -95,8 +95,8 @@ static inline __m256 fo_root8(__m256 x, int on_fma) {
     return on_fma ? fo_sqrt_fma(x) : _mm256_sqrt_ps(x);
 }
 
-/* The Adam family's scalars as vectors: the moments' (c1 = lerp's weight, its start g when
- * from_end), AdamW's decay of p (shrink), and each update's own */
+/* The Adam family's scalars as vectors: the moments' (c1 = lerp_coef(1 - beta1), lerp starting
+ * from g when from_end), AdamW's decay of p (shrink), and each update's own */
 typedef struct {
     __m256 c1, b2, c2, eps, decay, step, inv_bc2_sqrt, inv_bc2, grad_coef, avg_coef, scale;
 } fo_adam_consts;

@@ -13,16 +13,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-typedef long long ll;
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
+#include "adam_race.h"
 static inline __m256 div_hw(__m256 n, __m256 d) { return _mm256_div_ps(n, d); }
 static inline __m256 div_f64(__m256 n, __m256 d) {
     __m512d nd = _mm512_cvtps_pd(n), dd = _mm512_cvtps_pd(d), one = _mm512_set1_pd(1.0);
@@ -70,35 +61,7 @@ ADAM(adam_none, div_none)
 int main(int argc, char **argv) {
     ll n = argc > 1 ? atoll(argv[1]) : 100000;
     n -= n % 8;
-    int reps = (int)(2e8 / (n + 1000));
-    void (*fn[4])(float *, const float *, float *, float *, ll) = {adam_hw, adam_f64,
-                                                                  adam_markstein, adam_none};
-    const char *names[4] = {"(a) vdivps, as the kernels", "(b) float64 Newton",
-                            "(c) float32 Markstein", "(d) no division"};
-    float *g = aligned_alloc(64, 4 * n), *p[4], *m[4], *v[4];
-    srand(1);
-    for (ll i = 0; i < n; i++)
-        g[i] = (rand() / (float)RAND_MAX - 0.5f) * 1e-2f;
-    for (int k = 0; k < 4; k++) {
-        p[k] = aligned_alloc(64, 4 * n);
-        m[k] = calloc(n, 4);
-        v[k] = calloc(n, 4);
-        for (ll i = 0; i < n; i++)
-            p[k][i] = (float)((i * 7919 % 1000) / 1000.0);
-    }
-    double best[4] = {1e9, 1e9, 1e9, 1e9};
-    for (int round = 0; round < 10; round++)     /* each loop's sweeps in a row: in cache */
-        for (int k = 0; k < 4; k++)
-            for (int r = 0; r < reps / 10; r++) {
-                double t = now();
-                fn[k](p[k], g, m[k], v[k], n);
-                t = now() - t;
-                if (t < best[k])
-                    best[k] = t;
-            }
-    for (int k = 0; k < 4; k++)
-        printf("%-28s %.3f ns/element%s\n", names[k], best[k] * 1e9 / n,
-               k == 0 || k == 3 ? ""
-               : memcmp(p[k], p[0], 4 * n) ? "  (NOT the same bits as (a))"
-                                            : "  (the same bits as (a))");
+    race("Adam", 4, (loop_fn[4]){adam_hw, adam_f64, adam_markstein, adam_none},
+         (const char *[4]){"(a) vdivps, as the kernels", "(b) float64 Newton",
+                           "(c) float32 Markstein", "(d) no division"}, 2, n);
 }

@@ -17,16 +17,7 @@
  */
 #include <immintrin.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-typedef long long ll;
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
+#include "adam_race.h"
 #include "fo_root.h"
 static inline __m256 sqrt_hw(__m256 x) { return _mm256_sqrt_ps(x); }
 static inline __m256 sqrt_fma(__m256 x) { return fo_sqrt_fma(x); }
@@ -80,39 +71,9 @@ LOOP6(adagrad_all, ADAGRAD, FMA, FMA, FMA, FMA, FMA, FMA, div_hw)
 LOOP6(adagrad_two, ADAGRAD, HW, FMA, HW, FMA, HW, FMA, div_hw)
 LOOP6(adagrad_three, ADAGRAD, HW, FMA, HW, HW, FMA, HW, div_hw)
 LOOP6(adagrad_none, ADAGRAD, none, none, none, none, none, none, div_none)
-typedef void (*loop_fn)(float *, const float *, float *, float *, ll);
-static const char *labels[5] = {"root by vsqrtps", "root on FMA units, every vector",
-                                "root on FMA units, 1 of 2 vectors",
-                                "root on FMA units, 1 of 3 vectors", "neither root nor division"};
-static void race(const char *kernel, loop_fn fn[5], ll n) {
-    int reps = (int)(2e8 / (n + 1000));
-    float *g = aligned_alloc(64, 4 * n), *p[5], *m[5], *v[5];
-    srand(1);
-    for (ll i = 0; i < n; i++)
-        g[i] = (rand() / (float)RAND_MAX - 0.5f) * 1e-2f;
-    for (int k = 0; k < 5; k++) {
-        p[k] = aligned_alloc(64, 4 * n);
-        m[k] = calloc(n, 4);
-        v[k] = calloc(n, 4);
-        for (ll i = 0; i < n; i++)
-            p[k][i] = (float)((i * 7919 % 1000) / 1000.0);
-    }
-    double best[5] = {1e9, 1e9, 1e9, 1e9, 1e9};
-    for (int round = 0; round < 10; round++)     /* each loop's sweeps in a row: in cache */
-        for (int k = 0; k < 5; k++)
-            for (int r = 0; r < reps / 10; r++) {
-                double t = now();
-                fn[k](p[k], g, m[k], v[k], n);
-                t = now() - t;
-                if (t < best[k])
-                    best[k] = t;
-            }
-    for (int k = 0; k < 5; k++)
-        printf("%-8s %-34s %.3f ns/element%s\n", kernel, labels[k], best[k] * 1e9 / n,
-               k == 0 || k == 4 ? ""
-               : memcmp(p[k], p[0], 4 * n) ? "  (NOT the same bits as vsqrtps)"
-                                            : "  (the same bits as vsqrtps)");
-}
+static const char *const labels[5] = {
+    "root by vsqrtps", "root on FMA units, every vector", "root on FMA units, 1 of 2 vectors",
+    "root on FMA units, 1 of 3 vectors", "neither root nor division"};
 int main(int argc, char **argv) {
     uint64_t differ = 0;
     for (uint64_t b = 0; b <= 0xFFFFFFFFull; b += 8) {
@@ -132,8 +93,9 @@ int main(int argc, char **argv) {
            (unsigned long long)differ);
     ll n = argc > 1 ? atoll(argv[1]) : 100000;
     n -= n % 48;
-    race("Adam", (loop_fn[5]){adam_hw, adam_all, adam_two, adam_three, adam_none}, n);
-    race("Adagrad", (loop_fn[5]){adagrad_hw, adagrad_all, adagrad_two, adagrad_three,
-                                 adagrad_none}, n);
+    race("Adam", 5, (loop_fn[5]){adam_hw, adam_all, adam_two, adam_three, adam_none}, labels,
+         3, n);
+    race("Adagrad", 5, (loop_fn[5]){adagrad_hw, adagrad_all, adagrad_two, adagrad_three,
+                                    adagrad_none}, labels, 3, n);
     return differ != 0;
 }

@@ -2,12 +2,31 @@
  * (p, g, m, v; n floats each, g fixed, p, m and v each loop's own), each loop's sweeps in a
  * row so that its arrays stay in cache, best of several, printed in ns/element; the updates of
  * the loops between the first and `last_same` are checked against the first's bit for bit. */
+#include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 typedef long long ll;
 typedef void (*loop_fn)(float *, const float *, float *, float *, ll);
+/* Adam's scalars, and its element i.. i+7 as the kernels compute it (optim.pyx adam_elem, no
+ * options), with the root ROOT and the division DIV given */
+#define ADAM_SCALARS                                                                           \
+    const __m256 c1 = _mm256_set1_ps(0.1f), b2 = _mm256_set1_ps(0.999f),                      \
+                 c2 = _mm256_set1_ps(0.001f), eps = _mm256_set1_ps(1e-8f),                    \
+                 step = _mm256_set1_ps(1e-3f), ibs = _mm256_set1_ps(1.3f);
+#define ADAM(I, ROOT, DIV)                                                                     \
+    {                                                                                          \
+        __m256 gi = _mm256_loadu_ps(g + I), mo = _mm256_loadu_ps(m + I);                      \
+        __m256 mi = _mm256_add_ps(mo, _mm256_mul_ps(c1, _mm256_sub_ps(gi, mo)));              \
+        __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + I)),                  \
+                                  _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));                 \
+        _mm256_storeu_ps(m + I, mi);                                                          \
+        _mm256_storeu_ps(v + I, vi);                                                          \
+        __m256 d = _mm256_add_ps(_mm256_mul_ps(ROOT(vi), ibs), eps);                          \
+        _mm256_storeu_ps(p + I, _mm256_sub_ps(_mm256_loadu_ps(p + I),                         \
+                                              DIV(_mm256_mul_ps(step, mi), d)));              \
+    }
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);

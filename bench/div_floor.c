@@ -34,30 +34,19 @@ static inline __m256 div_markstein(__m256 n, __m256 d) {
     return _mm256_fmadd_ps(_mm256_fnmadd_ps(d, q, n), y, q);
 }
 static inline __m256 div_none(__m256 n, __m256 d) { return _mm256_mul_ps(n, d); }
-/* Adam's element as the kernels compute it (optim.pyx adam_elem, no options): a 0, infinite or
- * NaN denominator (never with eps > 0 and finite v) would take the divider in (b) and (c) */
-#define ADAM(NAME, DIV)                                                                        \
+/* a 0, infinite or NaN denominator (never with eps > 0 and finite v) would take the divider in
+ * (b) and (c) */
+#define LOOP(NAME, DIV)                                                                        \
     __attribute__((noinline)) void NAME(float *restrict p, const float *restrict g,          \
                                         float *restrict m, float *restrict v, ll n) {        \
-        const __m256 c1 = _mm256_set1_ps(0.1f), b2 = _mm256_set1_ps(0.999f),                \
-                     c2 = _mm256_set1_ps(0.001f), eps = _mm256_set1_ps(1e-8f),              \
-                     step = _mm256_set1_ps(1e-3f), ibs = _mm256_set1_ps(1.3f);              \
-        for (ll i = 0; i + 8 <= n; i += 8) {                                                  \
-            __m256 gi = _mm256_loadu_ps(g + i), mo = _mm256_loadu_ps(m + i);                  \
-            __m256 mi = _mm256_add_ps(mo, _mm256_mul_ps(c1, _mm256_sub_ps(gi, mo)));          \
-            __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)),              \
-                                      _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));             \
-            _mm256_storeu_ps(m + i, mi);                                                      \
-            _mm256_storeu_ps(v + i, vi);                                                      \
-            __m256 d = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vi), ibs), eps);            \
-            __m256 q = DIV(_mm256_mul_ps(step, mi), d);                                       \
-            _mm256_storeu_ps(p + i, _mm256_sub_ps(_mm256_loadu_ps(p + i), q));                \
-        }                                                                                     \
+        ADAM_SCALARS                                                                           \
+        for (ll i = 0; i + 8 <= n; i += 8)                                                     \
+            ADAM(i, _mm256_sqrt_ps, DIV)                                                       \
     }
-ADAM(adam_hw, div_hw)
-ADAM(adam_f64, div_f64)
-ADAM(adam_markstein, div_markstein)
-ADAM(adam_none, div_none)
+LOOP(adam_hw, div_hw)
+LOOP(adam_f64, div_f64)
+LOOP(adam_markstein, div_markstein)
+LOOP(adam_none, div_none)
 int main(int argc, char **argv) {
     ll n = argc > 1 ? atoll(argv[1]) : 100000;
     n -= n % 8;

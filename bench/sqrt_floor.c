@@ -24,19 +24,7 @@ static inline __m256 sqrt_fma(__m256 x) { return fo_sqrt_fma(x); }
 static inline __m256 none(__m256 x) { return x; }
 static inline __m256 div_hw(__m256 n, __m256 d) { return _mm256_div_ps(n, d); }
 static inline __m256 div_none(__m256 n, __m256 d) { return _mm256_mul_ps(n, d); }
-/* element i.. i+7 of each loop (optim.pyx's adam_elem and adagrad_span, no options) */
-#define ADAM(I, ROOT, DIV)                                                                     \
-    {                                                                                          \
-        __m256 gi = _mm256_loadu_ps(g + I), mo = _mm256_loadu_ps(m + I);                      \
-        __m256 mi = _mm256_add_ps(mo, _mm256_mul_ps(c1, _mm256_sub_ps(gi, mo)));              \
-        __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + I)),                  \
-                                  _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));                 \
-        _mm256_storeu_ps(m + I, mi);                                                          \
-        _mm256_storeu_ps(v + I, vi);                                                          \
-        __m256 d = _mm256_add_ps(_mm256_mul_ps(ROOT(vi), ibs), eps);                          \
-        _mm256_storeu_ps(p + I, _mm256_sub_ps(_mm256_loadu_ps(p + I),                         \
-                                              DIV(_mm256_mul_ps(step, mi), d)));              \
-    }
+/* Adagrad's element i.. i+7 (optim.pyx's adagrad_span, no options; Adam's is adam_race.h's) */
 #define ADAGRAD(I, ROOT, DIV)                                                                  \
     {                                                                                          \
         __m256 gi = _mm256_loadu_ps(g + I);                                                   \
@@ -50,9 +38,7 @@ static inline __m256 div_none(__m256 n, __m256 d) { return _mm256_mul_ps(n, d); 
 #define LOOP6(NAME, ELEM, R0, R1, R2, R3, R4, R5, DIV)                                         \
     __attribute__((noinline)) void NAME(float *restrict p, const float *restrict g,          \
                                         float *restrict m, float *restrict v, ll n) {        \
-        const __m256 c1 = _mm256_set1_ps(0.1f), b2 = _mm256_set1_ps(0.999f),                 \
-                     c2 = _mm256_set1_ps(0.001f), eps = _mm256_set1_ps(1e-8f),               \
-                     step = _mm256_set1_ps(1e-3f), ibs = _mm256_set1_ps(1.3f);               \
+        ADAM_SCALARS                                                                           \
         (void)c1, (void)b2, (void)c2, (void)ibs, (void)v;                                     \
         for (ll i = 0; i + 48 <= n; i += 48) {                                                 \
             ELEM(i, R0, DIV) ELEM(i + 8, R1, DIV) ELEM(i + 16, R2, DIV)                        \

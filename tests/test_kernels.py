@@ -344,6 +344,31 @@ def test_square_roots_of_every_magnitude_give_the_reference_bits(backend, kernel
             assert got.tobytes() == want.tobytes(), namespace
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_two_million_roots_give_the_reference_bits(backend, monkeypatch):
+    """Adagrad's step on 2^21 float32 sums drawn over every bit pattern from 2^-60 to 2^60,
+    with a grad (2^-80) whose square vanishes beside them and param 0, so that each new param
+    is -grad / sqrt(sum) and shows the root's bits: the reference's bits on every build
+    (bench/sqrt_floor.c checks fo_root.h's root over all 2^32 floats; this samples it in the
+    kernels as built, where an estimate one Newton step short is off in ~1e-4 of roots)."""
+    n = 2 ** 21
+    lo, hi = (np.array([2.0 ** e], np.float32).view(np.uint32)[0] for e in (-60, 60))
+    sums = np.random.default_rng(5).integers(lo, hi, n, dtype=np.uint32).view(np.float32)
+    grads = np.full(n, 2.0 ** -80, np.float32)
+
+    def run(name):
+        p, s = np.zeros(n, np.float32), sums.copy()
+        with fo.use_backend(name):
+            ops.adagrad_step_(p, grads, s, 1, lr=1.0, eps=0.0)
+        return p
+    expected = run("numpy")
+    builds = cython_builds() if backend == "cython" else [None]
+    for namespace in builds:
+        if namespace is not None:
+            use_cython_build(monkeypatch, namespace)
+        assert run(backend).tobytes() == expected.tobytes(), namespace
+
+
 def root_step(kernel, grads, eps=0.0):
     """One step of ``kernel`` (of ROOT_KERNELS) with ``grads`` on (p, [its first state, its
     square state]); NAdam's eps at least 1e-37, which keeps its plain loop."""

@@ -31,14 +31,15 @@
 #include <stddef.h>
 
 #if defined(FO_ROOT_ON_FMA) && defined(__AVX512VL__)
-#include <float.h>
 #include <immintrin.h>
 #include <string.h>
 
 /* a + b and a * b computed with a as the first source. Where both are NaN, x86 returns the
  * first source's, and GCC, free to swap the operands of its commutative vector + and *, swapped
  * them in some inlined copies of a loop and not in others: which NaN came out then hung on
- * where a span started (its address, the thread count). The span's loop and NumPy keep a's. */
+ * where a span started (its address, the thread count). Pinned, an element's NaN is the same
+ * wherever it falls (the compiler's own loops and NumPy's do not promise even that; which
+ * payload survives is not in the contract). */
 static inline __m256 fo_add(__m256 a, __m256 b) {
     __m256 r;
     __asm__("vaddps %2, %1, %0" : "=v"(r) : "v"(a), "v"(b));
@@ -69,9 +70,12 @@ static inline void fo_store(float *a, __m256 x, __mmask8 keep) {
 
 static inline __m256 fo_sqrt_fma(__m256 x) {
     const __m256 half = _mm256_set1_ps(0.5f);
-    /* NaN and +inf are rooted as the largest float (the fixup below gives their results), so
-     * the steps raise no invalid operation that vsqrtps would not */
-    __m256 xf = _mm256_min_ps(x, _mm256_set1_ps(FLT_MAX));
+    /* NaN, inf and negative x are rooted as the largest float (the fixup below gives their
+     * results), so the steps raise no invalid operation; the fixup raises it where vsqrtps
+     * does (imm8 0x70: SNaN, -inf, negative). The clamp is on the bits: vminps would raise it
+     * for a quiet NaN too. */
+    __m256 xf = _mm256_castsi256_ps(
+        _mm256_min_epu32(_mm256_castps_si256(x), _mm256_set1_epi32(0x7f7fffff)));
     __m256 y = _mm256_castsi256_ps(_mm256_sub_epi32(
         _mm256_set1_epi32(0x5f375a86), _mm256_srli_epi32(_mm256_castps_si256(xf), 1)));
     __m256 s = _mm256_mul_ps(xf, y), h = _mm256_mul_ps(half, y), r;
@@ -83,7 +87,7 @@ static inline __m256 fo_sqrt_fma(__m256 x) {
     s = _mm256_fmadd_ps(_mm256_fnmadd_ps(s, s, xf), h, s);
     /* by class of x: QNaN, SNaN -> x quieted; 0 -> x; 1 -> s; -inf, negative -> the default
      * NaN; +inf -> +inf; positive -> s */
-    s = _mm256_fixupimm_ps(s, x, _mm256_set1_epi32(0x03530122), 0);
+    s = _mm256_fixupimm_ps(s, x, _mm256_set1_epi32(0x03530122), 0x70);
     __m256i below = _mm256_sub_epi32(_mm256_castps_si256(x), _mm256_set1_epi32(1));
     __mmask8 tiny = _mm256_cmplt_epu32_mask(below, _mm256_set1_epi32(0x0C7FFFFF));
     if (__builtin_expect(tiny != 0, 0))

@@ -4,6 +4,7 @@ memory layouts for several steps with fresh grads each step; NaN/Inf; thread cou
 AVX-512 build; a list in one call against one call per array; Lion by hand. Expected
 values come from the reference (tests/test_registry.py holds every backend to it for
 every option) or from formulas written out here."""
+import contextlib
 import functools
 
 import numpy as np
@@ -286,6 +287,37 @@ def test_kernel_gives_the_reference_bits(backend, case, layout, dtype):
             assert state[k].tobytes() == expected_state[k].tobytes(), k
 
 
+def each_build(backend, monkeypatch):
+    """``backend`` once (yielding None), or the cython backend once per build of its kernels,
+    each installed in turn (yielding its namespace)."""
+    for namespace in cython_builds() if backend == "cython" else [None]:
+        if namespace is not None:
+            use_cython_build(monkeypatch, namespace)
+        yield namespace
+
+
+@contextlib.contextmanager
+def stepping_on(backend, threads):
+    """``backend`` with ``threads`` threads, both restored after."""
+    with fo.use_backend(backend):
+        previous = fo.get_num_threads()
+        fo.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            fo.set_num_threads(previous)
+
+
+def c_math_library(why):
+    """The C library's math functions (ctypes), or a skip saying ``why`` they were wanted."""
+    import ctypes
+    import ctypes.util
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64") or not ctypes.util.find_library("m"):
+        pytest.skip(f"{why} through the C library (x86-64)")
+    return ctypes.CDLL(ctypes.util.find_library("m"))
+
+
 def roots_of_every_magnitude(n, rng):
     """float32 squares whose roots span float32's range, in blocks of 8 (a vector): most blocks
     all normal (2^-100 to 2^120), some with one or all eight below 2^-102 (subnormal too), some
@@ -336,10 +368,7 @@ def test_square_roots_of_every_magnitude_give_the_reference_bits(backend, kernel
             step(p, state)
         return [p] + state
     expected = run("numpy")
-    builds = cython_builds() if backend == "cython" else [None]
-    for namespace in builds:
-        if namespace is not None:
-            use_cython_build(monkeypatch, namespace)
+    for namespace in each_build(backend, monkeypatch):
         for got, want in zip(run(backend), expected):
             assert got.tobytes() == want.tobytes(), namespace
 
@@ -362,10 +391,7 @@ def test_two_million_roots_give_the_reference_bits(backend, monkeypatch):
             ops.adagrad_step_(p, grads, s, 1, lr=1.0, eps=0.0)
         return p
     expected = run("numpy")
-    builds = cython_builds() if backend == "cython" else [None]
-    for namespace in builds:
-        if namespace is not None:
-            use_cython_build(monkeypatch, namespace)
+    for namespace in each_build(backend, monkeypatch):
         assert run(backend).tobytes() == expected.tobytes(), namespace
 
 
@@ -410,13 +436,8 @@ def test_the_root_loops_nan_does_not_hang_on_where_its_span_starts(kernel, monke
             p = np.ones(n, np.float32)
             state = [np.full(n, nan_state), np.full(n, nan_state)]
             step = root_step(kernel, np.full(n, nan_grad), eps=1e-8)
-            with fo.use_backend("cython"):
-                previous = fo.get_num_threads()
-                fo.set_num_threads(threads)
-                try:
-                    step(p, state)
-                finally:
-                    fo.set_num_threads(previous)
+            with stepping_on("cython", threads):
+                step(p, state)
             for k, out in enumerate([p] + state):
                 assert np.unique(out.view(np.uint32)).size == 1, (namespace, n, k)
 
@@ -427,30 +448,17 @@ def test_roots_of_zero_inf_and_nan_raise_no_invalid_operation(backend, kernel, m
     """Squares of 0, +inf and quiet NaN among ordinary ones, with grads 0: no operation of the
     step is invalid (vsqrtps raises nothing for them), so FE_INVALID stays clear, on every build
     (fo_root.h's emulated root clamps such x on its bits; vminps would raise it for a NaN)."""
-    import ctypes
-    import ctypes.util
-    import platform
-    if platform.machine() not in ("x86_64", "AMD64") or not ctypes.util.find_library("m"):
-        pytest.skip("reads the floating-point flags through the C library (x86-64)")
-    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm = c_math_library("reads the floating-point flags")
     fe_invalid, fe_all = 0x01, 0x3D
     n = 24 * 4 + 5
     squares = np.tile(np.array([0.0, np.nan, np.inf, 1.0], np.float32), n // 4 + 1)[:n]
     step = root_step(kernel, np.zeros(n, np.float32), eps=1e-8)
-    builds = cython_builds() if backend == "cython" else [None]
-    for namespace in builds:
-        if namespace is not None:
-            use_cython_build(monkeypatch, namespace)
+    for namespace in each_build(backend, monkeypatch):
         p, state = np.zeros(n, np.float32), [np.ones(n, np.float32), squares.copy()]
-        with fo.use_backend(backend):
-            previous = fo.get_num_threads()
-            fo.set_num_threads(1)           # (the flags are the calling thread's)
-            try:
-                libm.feclearexcept(fe_all)
-                step(p, state)
-                raised = libm.fetestexcept(fe_invalid)
-            finally:
-                fo.set_num_threads(previous)
+        with stepping_on(backend, 1):       # (the flags are the calling thread's)
+            libm.feclearexcept(fe_all)
+            step(p, state)
+            raised = libm.fetestexcept(fe_invalid)
         assert not raised, namespace
 
 
@@ -464,12 +472,7 @@ def test_steps_in_a_directed_rounding_mode_give_the_reference_bits(backend, kern
     v = 0 and grads 2r, so v = r * r, at step 100, where its bias corrections are 1 in float32;
     RMSprop and Adadelta with alpha, rho 0 and grads r; Adagrad's sums r * r beside a grad
     whose square vanishes), whose roots one ulp off would show."""
-    import ctypes
-    import ctypes.util
-    import platform
-    if platform.machine() not in ("x86_64", "AMD64") or not ctypes.util.find_library("m"):
-        pytest.skip("sets the rounding mode through the C library's fesetround (x86-64)")
-    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm = c_math_library("sets the rounding mode (fesetround)")
     rng = np.random.default_rng(3)
     n = 24 * 40 + 5
     roots = (rng.integers(1, 2 ** 12, n) * 2.0 ** -6).astype(np.float32)
@@ -491,24 +494,20 @@ def test_steps_in_a_directed_rounding_mode_give_the_reference_bits(backend, kern
             ops.adagrad_step_(p, np.full(n, 2.0 ** -80, np.float32), squares, 1, lr=1.0, eps=0.0)
         else:
             ops.adadelta_step_(p, roots, zeros, squares[::-1].copy(), rho=0.0, eps=0.0)
-    builds = cython_builds() if backend == "cython" else [None]
+
+    def run(name, mode):
+        p = np.zeros(n, np.float32)
+        with stepping_on(name, 1), np.errstate(all="ignore"):   # (the mode is the thread's)
+            libm.fesetround(mode)
+            try:
+                step(p)
+            finally:
+                libm.fesetround(0)
+        return p.tobytes()
     for mode in (0x400, 0x800, 0xC00):     # FE_DOWNWARD, FE_UPWARD, FE_TOWARDZERO
-        expected = None
-        for name, namespace in [("numpy", None)] + [(backend, b) for b in builds]:
-            if namespace is not None:
-                use_cython_build(monkeypatch, namespace)
-            p = np.zeros(n, np.float32)
-            with fo.use_backend(name), np.errstate(all="ignore"):
-                previous = fo.get_num_threads()
-                fo.set_num_threads(1)       # (the mode is the calling thread's)
-                libm.fesetround(mode)
-                try:
-                    step(p)
-                finally:
-                    libm.fesetround(0)
-                    fo.set_num_threads(previous)
-            expected = p.tobytes() if expected is None else expected
-            assert p.tobytes() == expected, (hex(mode), name, namespace)
+        expected = run("numpy", mode)
+        for namespace in each_build(backend, monkeypatch):
+            assert run(backend, mode) == expected, (hex(mode), namespace)
 
 
 @pytest.mark.parametrize("case", [c for c, (k, _) in KERNEL_CASES.items() if k == "radam"])

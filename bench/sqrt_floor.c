@@ -4,8 +4,9 @@
  * estimate of 1/sqrt(x), three coupled Newton steps, a correction by the exact residual
  * x - s*s; vfixupimmps for 0, inf, NaN and negative x; vsqrtps for a vector holding a positive
  * x below 2^-102). This program first checks it against vsqrtps over all 2^32 float32 bit
- * patterns (NaN payloads included; about 5 s): as every step is exact integer arithmetic or a
- * correctly rounded IEEE operation, a pass here holds on every CPU. Then it times, on one
+ * patterns (NaN payloads included), with and without flush-to-zero and denormals-are-zero
+ * (about 5 s each): as every step is exact integer arithmetic or a correctly rounded IEEE
+ * operation, a pass here holds on every CPU. Then it times, on one
  * core, best of several sweeps, ns/element at 1e5 elements (arrays in L2): Adam's loop (as
  * bench/div_floor.c's) and Adagrad's with the root by vsqrtps, on the FMA units in every
  * vector, in one vector of two, in one of three, and the loop with neither root nor
@@ -62,21 +63,28 @@ static const char *const labels[5] = {
     "root on FMA units, 1 of 3 vectors", "neither root nor division"};
 int main(int argc, char **argv) {
     uint64_t differ = 0;
-    for (uint64_t b = 0; b <= 0xFFFFFFFFull; b += 8) {
-        uint32_t bits[8], got[8], want[8];
-        for (int k = 0; k < 8; k++)
-            bits[k] = (uint32_t)(b + k);
-        __m256 x, e, h;
-        memcpy(&x, bits, 32);
-        e = sqrt_fma(x);
-        h = _mm256_sqrt_ps(x);
-        memcpy(got, &e, 32);
-        memcpy(want, &h, 32);
-        for (int k = 0; k < 8; k++)
-            differ += got[k] != want[k];
+    unsigned csr = _mm_getcsr();
+    /* to nearest, with neither, either or both of FTZ (0x8000) and DAZ (0x0040): a library
+     * built with -ffast-math sets both in the process that loads it */
+    for (unsigned flush = 0; flush < 4; flush++) {
+        _mm_setcsr(csr | (flush & 1 ? 0x8000 : 0) | (flush & 2 ? 0x0040 : 0));
+        for (uint64_t b = 0; b <= 0xFFFFFFFFull; b += 8) {
+            uint32_t bits[8], got[8], want[8];
+            for (int k = 0; k < 8; k++)
+                bits[k] = (uint32_t)(b + k);
+            __m256 x, e, h;
+            memcpy(&x, bits, 32);
+            e = sqrt_fma(x);
+            h = _mm256_sqrt_ps(x);
+            memcpy(got, &e, 32);
+            memcpy(want, &h, 32);
+            for (int k = 0; k < 8; k++)
+                differ += got[k] != want[k];
+        }
     }
-    printf("root on the FMA units against vsqrtps, all 2^32 float32 inputs: %llu differ\n",
-           (unsigned long long)differ);
+    _mm_setcsr(csr);
+    printf("root on the FMA units against vsqrtps, all 2^32 float32 inputs, with and without "
+           "FTZ and DAZ: %llu differ\n", (unsigned long long)differ);
     ll n = argc > 1 ? atoll(argv[1]) : 100000;
     n -= n % 48;
     race("Adam", 5, (loop_fn[5]){adam_hw, adam_all, adam_two, adam_three, adam_none}, labels,

@@ -1,6 +1,7 @@
 """The compiled backends' threads: bit-identical results for any thread count, calls from
 several Python threads at once, a call after fork, a fork during a step in another thread, the
 default count and threadpoolctl."""
+import contextlib
 import copy
 import hashlib
 import io
@@ -79,6 +80,73 @@ def test_the_openmp_team_gives_the_pools_bits(compiled, pieces):
             assert _backend.active.use_openmp_team(was) is (compiled == "cython")
         for a, b in zip(got, expected):
             assert a.tobytes() == b.tobytes()
+
+
+@contextlib.contextmanager
+def floating_point_environment(control):
+    """This thread's MXCSR control bits set to ``control`` (bits 6-15: DAZ, the exception
+    masks, the rounding mode, FTZ), restored after: through glibc's fegetenv/fesetenv, whose
+    x86-64 fenv_t holds MXCSR at byte 28."""
+    import ctypes
+    import ctypes.util
+    import platform
+    if platform.machine() != "x86_64" or not ctypes.util.find_library("m"):
+        pytest.skip("sets MXCSR through glibc's fenv_t on x86-64")
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    env = (ctypes.c_uint32 * 8)()
+    assert libm.fegetenv(env) == 0
+    saved = env[7]
+    env[7] = saved & 0x3F | control
+    assert libm.fesetenv(env) == 0
+    try:
+        yield
+    finally:
+        env[7] = saved
+        libm.fesetenv(env)
+
+
+DEFAULT_ENVIRONMENT = 0x1F80           # every exception masked, to nearest
+FLUSH_TO_ZERO = 0x1F80 | 0x8040       # the default masks, FTZ and DAZ (as -ffast-math loads)
+ROUND_TOWARD_ZERO = 0x1F80 | 0x6000
+
+
+@pytest.mark.parametrize("control", [FLUSH_TO_ZERO, ROUND_TOWARD_ZERO],
+                         ids=["ftz-daz", "toward-zero"])
+def test_every_thread_computes_in_the_callers_floating_point_environment(compiled, control):
+    """A caller whose MXCSR is not the default (a library built with -ffast-math sets FTZ and
+    DAZ when it is loaded; fesetround sets the rounding mode): the pool's helpers and the
+    OpenMP team run their chunks in the caller's environment too (fo_pool.h), so a step gives
+    the reference's bits in it, on any thread count, and a layer the same bits on any thread
+    count. Before, the helpers' chunks were computed to nearest with subnormals kept."""
+    from fastopt import _backend
+    n = 18 * 65536 + 7                          # 16 chunks or more: the team takes it too
+    rng = np.random.default_rng(5)
+    p0 = (rng.standard_normal(n) * 2.0 ** -120).astype(np.float32)   # subnormal results
+    g = rng.standard_normal(n).astype(np.float32)
+    z = (rng.standard_normal((256, 1000)) * 40).astype(np.float32)   # subnormal exps
+
+    def run(backend, threads, team=False, environment=control):
+        p, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+        with fo.use_backend(backend), np.errstate(all="ignore"):
+            fo.set_num_threads(threads)
+            was = _backend.active.use_openmp_team(team)
+            try:
+                with floating_point_environment(environment):
+                    for t in (1, 2):
+                        fo.ops.adam_step_(p, g * np.float32(0.5 * t), m, v, t, lr=2.0 ** -124)
+                    y = fo.softmax(z)
+            finally:
+                _backend.active.use_openmp_team(was)
+        return p.tobytes() + m.tobytes() + v.tobytes(), y.tobytes()
+
+    for team in (False, True):     # threads started in the default environment (a new
+        run(compiled, 3, team, environment=DEFAULT_ENVIRONMENT)   # thread takes its creator's)
+    expected_step = run("numpy", 1)[0]
+    expected_layer = run(compiled, 1)[1]
+    for threads, team in [(1, False), (2, False), (3, False), (2, True)]:
+        step, layer = run(compiled, threads, team)
+        assert step == expected_step, (threads, team)
+        assert layer == expected_layer, (threads, team)
 
 
 def test_calls_from_several_python_threads_at_once(compiled):

@@ -66,7 +66,12 @@
  * steps (16 chunks) go to the team too, as both peers' do, and 1e5-element ones (8) do not.
  *
  * Every element is computed the same way whoever runs its chunk, so results do not depend on
- * the thread count or on which thread ran what.
+ * the thread count or on which thread ran what. That includes the floating-point environment:
+ * a thread's MXCSR (rounding mode, flush-to-zero and denormals-are-zero, exception masks) is
+ * its own, and the caller's may not be the default (fesetround; a library built with
+ * -ffast-math sets FTZ and DAZ when it is loaded). So each job carries the caller's control
+ * bits, and every thread that runs its chunks takes them first (the flags an operation raises
+ * stay in the thread that raised them).
  */
 #ifndef FO_POOL_H
 #define FO_POOL_H
@@ -86,6 +91,22 @@
 #endif
 
 typedef void (*fo_chunk_fn)(void *ctx, Py_ssize_t chunk);
+
+/* MXCSR's control bits (DAZ, exception masks, rounding control, FTZ); bits 0-5 are flags */
+#define FO_CSR_CONTROL 0xFFC0u
+#if defined(__x86_64__) || defined(__i386__)
+static inline unsigned fo_csr_control(void) { return _mm_getcsr() & FO_CSR_CONTROL; }
+/* Take `control` (from fo_csr_control) in this thread; returns this thread's control before. */
+static inline unsigned fo_csr_take(unsigned control) {
+    unsigned csr = _mm_getcsr();
+    if ((csr & FO_CSR_CONTROL) != control)
+        _mm_setcsr((csr & ~FO_CSR_CONTROL) | control);
+    return csr & FO_CSR_CONTROL;
+}
+#else
+static inline unsigned fo_csr_control(void) { return 0; }
+static inline unsigned fo_csr_take(unsigned control) { (void)control; return 0; }
+#endif
 
 enum { FO_MAX_HELPERS = 255 };
 /* A helper polls this long before sleeping: long enough for the Python between two calls of a
@@ -112,6 +133,7 @@ static struct {
     _Atomic(fo_chunk_fn) fn;
     _Atomic(void *) ctx;
     _Atomic int helpers_wanted;     /* helpers with a smaller index take part in this job */
+    _Atomic unsigned csr_control;   /* the caller's MXCSR control bits */
     int helpers;                    /* helper threads started */
     int avoided_cpu;                /* the helpers may run anywhere the caller may but here */
     double wake_seconds;            /* what waking the sleeping helpers costs the caller */
@@ -201,8 +223,10 @@ static void *fo_helper_main(void *arg) {
             deadline = fo_now() + FO_POLL_SECONDS;
         }
         seen = job;
-        if (index < atomic_load_explicit(&fo_pool.helpers_wanted, memory_order_relaxed))
+        if (index < atomic_load_explicit(&fo_pool.helpers_wanted, memory_order_relaxed)) {
+            fo_csr_take(atomic_load_explicit(&fo_pool.csr_control, memory_order_relaxed));
             fo_pool_work(job, 1, PY_SSIZE_T_MAX);
+        }
     }
     return NULL;
 }
@@ -321,10 +345,15 @@ static _Thread_local int fo_pool_openmp;   /* this thread's long jobs run on its
 
 static void fo_pool_run_openmp(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthreads) {
     _Atomic Py_ssize_t next = 0;
+    unsigned control = fo_csr_control();
     #pragma omp parallel num_threads(nthreads)
-    for (Py_ssize_t c; (c = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed))
-            < nchunks;)
-        fn(ctx, c);
+    {
+        unsigned own = fo_csr_take(control);    /* (the team is torch's: given back after) */
+        for (Py_ssize_t c; (c = atomic_fetch_add_explicit(&next, 1, memory_order_relaxed))
+                < nchunks;)
+            fn(ctx, c);
+        fo_csr_take(own);
+    }
 }
 
 /* A job of more than FO_MAX_CHUNKS chunks: each claimed chunk is a group of `per` of them
@@ -381,6 +410,7 @@ static void fo_pool_run(fo_chunk_fn fn, void *ctx, Py_ssize_t nchunks, int nthre
     atomic_store_explicit(&fo_pool.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.helpers_wanted, nthreads - 1, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.csr_control, fo_csr_control(), memory_order_relaxed);
     atomic_store_explicit(&fo_pool.done, 0, memory_order_relaxed);
     atomic_store(&fo_pool.claim, (uint64_t)job << 32 | (uint64_t)nchunks);   /* publishes it */
     if (atomic_load(&fo_pool.sleepers) > 0)

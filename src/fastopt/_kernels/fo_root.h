@@ -3,9 +3,10 @@
  * In cache, Adam, RMSprop, Adagrad and the rest of the family wait on the one unit that runs
  * both vsqrtps and vdivps (bench/divider.c) while the FMA units idle. fo_sqrt_fma takes a root
  * there instead, with the same bits as vsqrtps for every float32 input when rounding to
- * nearest (the default; see fo_round_to_nearest): an estimate of 1/sqrt(x) by integer
- * arithmetic on x's bits (0x5f375a86 - bits / 2, within 3.5%), three coupled Newton steps for
- * the root s and its half-reciprocal h, then s + (x - s*s) * h, the residual exact by an FMA.
+ * nearest (the default; see fo_round_to_nearest), with or without FTZ and DAZ: an estimate of
+ * 1/sqrt(x) by integer arithmetic on x's bits (0x5f375a86 - bits / 2, within 3.5%), three
+ * coupled Newton steps for the root s and its half-reciprocal h, then s + (x - s*s) * h, the
+ * residual exact by an FMA.
  * Every operation is exact integer arithmetic or a correctly rounded IEEE one, so the result
  * is the same on every CPU, and bench/sqrt_floor.c checks it against vsqrtps over all 2^32
  * inputs. (vrsqrt14ps's estimate would save seven operations, but only its error bound is

@@ -453,16 +453,20 @@ def test_adam_corrected_moments_cannot_fail_after_the_update(backend):
     entry that is not a layer's (v["note"] = None) raised a TypeError, and float32 moments
     near the largest float32 an overflow warning (an error under -W error), once parameters,
     v and s had been updated. Now they cover the layers only (as the course's loop over l),
-    and overflow to inf without a warning, as the kernels' arithmetic does."""
+    and overflow to inf without a warning, as the kernels' arithmetic does; a subnormal
+    moment's correction rounds without a FloatingPointError under np.errstate(all="raise")."""
     params, grads = params_and_grads(np.float32)
     v, s = course.initialize_adam(params)
     v["note"], s["note"] = None, "not a layer"
     v["dW1"][0, 0] = 3e38
-    with fo.use_backend(backend), warnings.catch_warnings():
+    v["dW2"][0, 0], grads["dW2"][0, 0] = 1e-44, 0.0     # 0.9 * 1e-44, then / 0.1: inexact
+    with fo.use_backend(backend), warnings.catch_warnings(), np.errstate(all="raise"):
         warnings.simplefilter("error")
         *_, vc, sc = course.update_parameters_with_adam(params, grads, v, s, 1)
     assert sorted(vc) == sorted(sc) == ["dW1", "dW2", "db1", "db2"]
     assert vc["dW1"][0, 0] == np.inf
+    with np.errstate(under="ignore"):
+        assert vc["dW2"][0, 0] == v["dW2"][0, 0] / np.float32(1 - 0.9) > 0
     np.testing.assert_array_equal(vc["db1"], v["db1"] / (1 - 0.9))
 
 

@@ -661,6 +661,31 @@ def test_float16_log_softmax_past_float16s_range_is_minus_inf_without_a_warning(
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_results_below_the_dtypes_range_are_zero_without_an_error(backend):
+    """A float16 probability below 6e-8 (two logits ~17 apart) rounds to 0, and a float64
+    probability label below float32's range to 0 in float32 logits' dtype: under
+    np.errstate(all="raise") no FloatingPointError (which came after out= was written) and
+    the same results as without it."""
+    z = np.array([[0.0, -20.0, 5.0], [1.0, 2.0, -30.0]], np.float16)
+    labels = np.array([2, 0])
+    probabilities = np.array([[1e-60, 1.0, 0.0], [0.5, 0.5, 1e-50]])
+    calls = [lambda out: fo.softmax(z, out=out), lambda out: fo.log_softmax(z, out=out),
+             lambda out: fo.softmax_cross_entropy(z, labels, out=out)[0],
+             lambda out: fo.softmax_cross_entropy(z.astype(np.float32), probabilities)[0]]
+    with fo.use_backend(backend):
+        for call in calls:
+            expected_out = np.zeros(z.shape, np.float16)
+            expected = call(expected_out)
+            out = np.zeros(z.shape, np.float16)
+            with np.errstate(all="raise"), warnings.catch_warnings():
+                warnings.simplefilter("error")
+                got = call(out)
+            assert np.asarray(got).tobytes() == np.asarray(expected).tobytes()
+            assert out.tobytes() == expected_out.tobytes()
+        assert fo.softmax(z)[0, 1] == 0
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_softmax_takes_what_numpy_ufuncs_take(backend):
     """Lists and integer arrays are float64 (as np.exp makes them); a 0-d z is one class of
     one example (probability 1, log-probability 0, as torch); empty arrays give empty

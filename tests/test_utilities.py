@@ -403,6 +403,9 @@ def test_ewa_infinities_and_overflow_propagate_without_warnings(backend):
         avg = fo.EWA(0.5)
         avg.update([np.inf])
         assert np.isnan(avg.update([-np.inf])[0]) and avg.t == 2
+        avg, tiny = fo.EWA(0.9), 1e-310     # a subnormal average's correction rounds, and
+        with np.errstate(all="raise"):      # raised a FloatingPointError after the update
+            assert avg.update([tiny])[0] == (1 - 0.9) * tiny / (1 - 0.9) and avg.t == 1
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

@@ -402,10 +402,10 @@ def update_parameters_with_adam(parameters: ArrayDict, grads: ArrayDict, v: Arra
     # beta would fold in float32, and so would a float32 t (Python's float ** np.float32 is
     # a np.float32)
     correction1, correction2 = (1.0 - float(beta) ** float(t) for beta in (beta1, beta2))
-    # over the layers only, and overflowing to inf silently as the kernels do: the update is
-    # done, nothing may raise now
+    # over the layers only, and overflowing to inf or underflowing silently as the kernels
+    # do: the update is done, nothing may raise now
     keys = ["d" + name for name in _names(parameters)]
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):
         v_corrected = {key: v[key] / correction1 for key in keys}
         s_corrected = {key: s[key] / correction2 for key in keys}
     return parameters, v, s, v_corrected, s_corrected

@@ -468,10 +468,11 @@ class ShardedOptimizer:
         s0, s1 = self.shard
         rows = list(self._recv)
         rows.insert(rank, self._grads[s0:s1])
-        # a sum past the float range is inf, as in the optimizers' own arithmetic, and no
-        # warning: under np.seterr(all="raise") or warnings as errors, the rank holding it
-        # raised alone after the checks, and the others waited for it in the gather
-        with np.errstate(over="ignore", invalid="ignore"):
+        # a sum past the float range is inf and an average below it rounds, as in the
+        # optimizers' own arithmetic, and no warning: under np.seterr(all="raise") or
+        # warnings as errors, the rank holding it raised alone after the checks, and the
+        # others waited for it in the gather
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             np.add(rows[0], rows[1], out=self._avg)
             for row in rows[2:]:
                 np.add(self._avg, row, out=self._avg)

@@ -188,8 +188,9 @@ class EWA:
 
     def _current(self, avg: np.ndarray, beta: float, bias_correction: bool) -> np.ndarray:
         if bias_correction:         # (into a new array: a 0-d average stays an array)
-            # overflowing to inf silently, as the kernels: update() has already folded x in
-            with np.errstate(over="ignore"):
+            # overflowing to inf or underflowing silently, as the kernels: update() has
+            # already folded x in
+            with np.errstate(over="ignore", under="ignore"):
                 return np.divide(avg, 1.0 - beta ** self.t, out=np.empty_like(avg))
         return avg.copy()
 

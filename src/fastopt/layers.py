@@ -71,9 +71,10 @@ def _kernel_output(y, transposed=False, dtype=None):
 
 def _write_back(y, yc, scratch, transposed=False):
     if scratch:
-        # rounding to a narrower y (float16's log_softmax, computed in float32) may overflow
-        # to -inf, which is the result (torch's too), not an error
-        with np.errstate(over="ignore"):
+        # rounding to a narrower y (float16's softmax family, computed in float32) may
+        # overflow to -inf or underflow to 0 (a probability below 6e-8, a log-probability
+        # below -65504), which is the result (torch's too), not an error
+        with np.errstate(over="ignore", under="ignore"):
             y[...] = yc.T if transposed else yc
 
 
@@ -959,8 +960,9 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     if labels.shape == logits.shape:
         # one-hot/probabilities whatever the dtype: integers and bools as their float values
         # in the logits' dtype (np.eye(k, dtype=int)[y], sklearn's LabelBinarizer); float64
-        # ones past float32's range are inf there, without a warning (as the kernels' results)
-        with np.errstate(over="ignore"):
+        # ones past float32's range are inf or 0 there, without a warning (as the kernels'
+        # results)
+        with np.errstate(over="ignore", under="ignore"):
             targets = _kernel_input(labels, logits.dtype).reshape(z3.shape)
     else:
         expected = logits.shape[:axis] + logits.shape[axis + 1:]

@@ -389,12 +389,14 @@ def check_read_only():
 
 def check_grad_sums_past_the_float_range():
     """float32 grads whose sum over the ranks overflows (to +inf, to -inf, and +inf plus -inf:
-    NaN) under np.errstate(all="raise") and warnings as errors: the average is what it is and
-    the step goes on, as one process's step of that average does (the rank holding such an
-    element raised alone, and the others hung in the gather)."""
+    NaN) or whose average underflows (the smallest subnormal on one rank) under
+    np.errstate(all="raise") and warnings as errors: the average is what it is and the step
+    goes on, as one process's step of that average does (the rank holding such an element
+    raised alone, and the others hung in the gather)."""
     def rank_grads(r):
         g = np.zeros(40, np.float32)
         g[5], g[20] = 3e38, -3e38             # on the first rank's shard and a middle one
+        g[30] = 2.0 ** -149 if r == 0 else 0  # divided by the ranks: rounded, underflow
         g[39] = np.inf if r % 2 == 0 else -np.inf
         return g
 

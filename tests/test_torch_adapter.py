@@ -1832,6 +1832,38 @@ def test_grads_set_to_none_are_freed_as_with_torch(clear, dtype):
     assert opt._plans[0] is plan and plan.graw is not None
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["new-grads", "kept-grads"])
+def test_a_model_converted_by_swapping_its_tensors_after_a_step_as_with_torch(keep):
+    """``model.to(torch.float64)`` with swap_tensors (as torch converts tensor subclasses, or
+    every parameter once torch.__future__ says so) after a step, grads still set: the step
+    had left a weak reference in each grad, which swap_tensors refuses, and the conversion
+    raised halfway (the weight float64, the bias float32). Then the model steps on in
+    float64 as with torch.optim."""
+    was = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        results = []
+        for lib in (torch.optim, ft):
+            torch.manual_seed(0)
+            model = torch.nn.Linear(4, 3)
+            # (grads 2 and 4, exact momentum buffers and updates: one rounding per step)
+            opt = lib.SGD(model.parameters(), lr=0.125, momentum=0.5)
+            for _ in range(3 if keep else 1):       # a third step keeps the same grads
+                model(torch.ones(2, 4)).sum().backward()
+                opt.step()
+            model.to(torch.float64)
+            assert [p.dtype for p in model.parameters()] == [torch.float64] * 2
+            opt.load_state_dict(opt.state_dict())   # (torch's way to re-cast the state)
+            opt.zero_grad()
+            model(torch.ones(2, 4, dtype=torch.float64)).sum().backward()
+            opt.step()
+            results.append([p.detach().clone() for p in model.parameters()])
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(was)
+    for ours, theirs in zip(results[1], results[0]):
+        assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("name,kwargs", [("SGD", dict(lr=0.1, momentum=0.9)), *(
     (n, {}) for n in NAMES if n != "SGD")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -2232,6 +2264,32 @@ def test_pickle_and_deepcopy():
         assert clone.state_dict()["state"][0]["step"].item() == 2
     assert opt.state_dict()["state"][0]["step"].item() == 1
     assert all(torch.equal(a, b) for a, b in zip(ours, before))
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
+def test_pickled_state_grows_with_the_parameters_as_torch_optims(name):
+    """Each state's ``step`` (NAdam's ``mu_product`` too) is a 0-d view of its group's count
+    tensor, and a pickled view carries its whole storage: the pickle of a state dict or of
+    the optimizer over 600 one-element parameters took 600^2 counts (17.7 MB against torch's
+    1.7 MB at 2000), and as many after unpickling. Now each count is pickled as a tensor of
+    its own; a shallow copy still shares the state."""
+    def pickles(lib):
+        ps = [torch.nn.Parameter(torch.zeros(1)) for _ in range(600)]
+        opt = getattr(lib, name)(ps)
+        for p in ps:
+            p.grad = torch.ones(1)
+        opt.step()
+        return opt, len(pickle.dumps(opt.state_dict())), len(pickle.dumps(opt))
+    opt, state_dict_bytes, optimizer_bytes = pickles(ft)
+    _, theirs, theirs_optimizer = pickles(torch.optim)
+    assert state_dict_bytes < 1.05 * theirs and optimizer_bytes < 1.05 * theirs_optimizer
+    for entry in pickle.loads(pickle.dumps(opt.state_dict()))["state"].values():
+        for value in entry.values():
+            assert value.untyped_storage().nbytes() == value.element_size()
+    shallow = copy.copy(opt)
+    assert shallow.state is opt.state
+    opt.step()
+    assert shallow.state_dict()["state"][0]["step"].item() == 2
 
 
 def test_importing_fastopt_does_not_import_torch():

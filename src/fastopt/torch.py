@@ -11,7 +11,10 @@ call per param group (per distinct step count within it)::
 Each class subclasses its ``torch.optim`` namesake, so the constructor arguments, defaults and
 checks are torch's own, the state holds torch's keys and tensor types (``step`` is a float32
 scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Parameters are
-CPU tensors with dense grads; grads that are None are skipped, as torch does. A grad that is
+CPU tensors with dense grads of their own dtype (a grad of another, ``Tensor.grad_dtype``,
+raises TypeError before any group has stepped, where torch.optim's SGD, RMSprop, Adagrad and
+Adadelta step in mixed dtypes and its Adam family refuses); grads that are None are skipped,
+as torch does. A grad that is
 a negative view (``torch._neg_view(g)``, ``z.conj().imag``), a conjugate view (``z.conj()``)
 or an efficient zero tensor (autograd's ``torch._efficientzerotensor``), which NumPy cannot
 view, is read from a copy of its value made at each step; a parameter that is a negative or
@@ -142,11 +145,11 @@ import math
 import numbers
 import operator
 import textwrap
-import weakref
 from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
-from itertools import chain, compress, repeat
+from itertools import chain, compress, count, repeat
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
@@ -423,11 +426,13 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gweak", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads",
+                 "gmark", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads",
                  "scalars", "scalar_versions", "vshapes", "inference")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
+_GRAD_MARK = "_fastopt_mark"    # set in the grads a step released (_run), with a new number
+_grad_marks = count(1)
 _ALL = slice(None)      # every parameter of the group has a grad
 _grad_of = operator.attrgetter("grad")
 _dtype_of = operator.attrgetter("dtype")
@@ -439,6 +444,20 @@ _numpy = torch.Tensor.numpy
 _storage = torch.Tensor.untyped_storage
 _storage_ptr = torch.UntypedStorage.data_ptr
 _storage_nbytes = torch.UntypedStorage.nbytes
+
+
+def _own_counts(state):
+    """``state`` (parameter -> its state dict) with each count that is a 0-d view of its
+    group's count tensor (``plan.step_buf``) replaced by a tensor of its own, in a new dict:
+    pickled, a view carries its whole storage, so the state of a group of n parameters took n^2
+    elements (and as many after unpickling), where torch.optim's independent counts take n.
+    The next step copies such counts back into the group's tensor."""
+    def shared(t):
+        return (isinstance(t, torch.Tensor) and t.dim() == 0
+                and _storage_nbytes(_storage(t)) > t.element_size())
+    return {key: {k: v.clone() if shared(v) else v for k, v in entry.items()}
+            if isinstance(entry, dict) and any(map(shared, entry.values())) else entry
+            for key, entry in state.items()}
 
 
 def _next_count(count, counts):
@@ -601,7 +620,13 @@ class _FastOptimizer(_Mixin):
 
     def __getstate__(self) -> dict[str, Any]:
         """torch's (defaults, state, param groups) and ``grad_norms``, which torch's leaves out:
-        a pickled, deep-copied or shallow-copied optimizer had none until its next step."""
+        a pickled, deep-copied or shallow-copied optimizer had none until its next step. Each
+        state's step count is a tensor of its own (:func:`_own_counts`)."""
+        state = self._shared_state()
+        state["state"] = defaultdict(dict, _own_counts(state["state"]))
+        return state
+
+    def _shared_state(self):
         state = super().__getstate__()
         state["grad_norms"] = list(self.__dict__.get("grad_norms", ()))
         return state
@@ -622,7 +647,8 @@ class _FastOptimizer(_Mixin):
         """torch's shallow copy (through pickling's protocol: the same defaults, state and
         param groups), holding this optimizer's lock: another handle on the same state,
         whose steps from another thread take turns with this one's."""
-        new = copy._reconstruct(self, None, *self.__reduce_ex__(4))
+        new = type(self).__new__(type(self))
+        new.__setstate__(self._shared_state())
         new._lock = self._lock
         return new
 
@@ -651,9 +677,14 @@ class _FastOptimizer(_Mixin):
 
     def state_dict(self) -> _torch_optimizer.StateDict:
         """torch.optim's ``state_dict``, taken between steps should another thread step
-        (under the lock :meth:`step` and :meth:`load_state_dict` hold)."""
+        (under the lock :meth:`step` and :meth:`load_state_dict` hold). Each state's step
+        count is a tensor of its own (:func:`_own_counts`), so a parameter's entry is a new
+        dict where torch's is the state's own."""
         with self._lock:
-            return super().state_dict()
+            state_dict = super().state_dict()
+        if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
+            state_dict["state"] = _own_counts(state_dict["state"])
+        return state_dict
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
@@ -939,7 +970,8 @@ class _FastOptimizer(_Mixin):
         if plan.grads is None:
             # released after the last step (see _run): the same grads again (kept and written
             # in place) are viewed anew and held from now on
-            plan.keep = all(map(is_, grads, [g if g is None else g() for g in plan.gweak]))
+            plan.keep = all(g is None or getattr(g, _GRAD_MARK, None) == plan.gmark
+                            for g in grads)
         elif plan.keep and all(map(is_, grads, plan.grads)):
             # the same grads, kept: their storage, and their strides and shape (``p.grad.t_()``)
             if (list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all
@@ -1522,9 +1554,15 @@ class _FastOptimizer(_Mixin):
                 p, view = plan.params[k], plan.pviews[k]
                 p.detach().copy_(_tensor(view, p))
             # grads new to this step (after zero_grad(), whose default sets them to None)
-            # are held by weak references only, so that they are freed with p.grad, as with
-            # torch.optim, not held through the next backward
-            plan.gweak = [g if g is None else weakref.ref(g) for g in plan.grads]
+            # are not held, so that they are freed with p.grad, as with torch.optim, not
+            # held through the next backward; a mark in each tells the next step whether
+            # they came back (then they are kept). Not a weak reference: swap_tensors (which
+            # model.to() uses for tensor subclasses, or when torch.__future__ says so)
+            # refuses a tensor that has one, and left the model half converted.
+            plan.gmark = mark = next(_grad_marks)
+            for g in plan.grads:
+                if g is not None:
+                    setattr(g, _GRAD_MARK, mark)
             plan.grads = plan.live_grads = plan.graw = plan.watched_all = plan.ptrs_all = None
         if plan.pending:
             for k in plan.pending:

@@ -185,10 +185,10 @@ def test_a_state_overlap_on_one_rank_raises_on_every_rank_before_any_update(runs
 
 
 def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
-    # opt.lr or a group's betas set on the last rank only: 2 edits x 2 grads forms per rank,
-    # then the same edits everywhere step as one process (was: each rank stepped its shard
-    # with its own value, silently)
-    assert len(reports(runs, "hyper mismatch at step ")) == 4 * 5
+    # opt.lr (0-d arrays) or a group's betas set on the last rank only: 3 edits x 2 grads
+    # forms per rank, then the same edits everywhere step as one process (was: each rank
+    # stepped its shard with its own value, silently; lrs that NumPy prints alike agreed)
+    assert len(reports(runs, "hyper mismatch at step ")) == 6 * 5
     assert len(reports(runs, "hyper mismatch at step, then")) == 5
 
 

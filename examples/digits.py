@@ -86,7 +86,7 @@ def run(epochs=40, adamw=False, seed=0, batch_size=64, lr=2e-3, quiet=False):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--adamw", action="store_true", help="AdamW (decoupled weight decay)")
     ap.add_argument("--seed", type=int, default=0)

@@ -168,12 +168,14 @@ def plot_boundaries(X, Y, fitted, path):
         ax.set_title(name)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if not os.path.splitext(path)[1]:
+        path += ".png"          # (as savefig names it)
     fig.savefig(path)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=5000)
     ap.add_argument("--plot", metavar="PATH", help="save the decision boundaries (matplotlib)")
     args = ap.parse_args()

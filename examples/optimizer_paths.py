@@ -46,12 +46,13 @@ OPTIMIZERS = {
     "Adamax": lambda p: fo.Adamax(p, lr=2e-2),
     "NAdam": lambda p: fo.NAdam(p, lr=2e-2),
     "RAdam": lambda p: fo.RAdam(p, lr=2e-3),   # its first 5 steps are plain momentum SGD
+    "Lion": lambda p: fo.Lion(p, lr=2e-3),     # steps of lr in each coordinate (the sign)
 }
 
-# one colour per optimizer (matplotlib's 10 distinct ones, then black), and the line style
-# cycling too, so paths that overlap stay apart
+# one colour per optimizer (matplotlib's 10 distinct ones, then black and gold), and the line
+# style cycling too, so paths that overlap stay apart
 _COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-           "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black"]
+           "tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black", "gold"]
 STYLES = {name: dict(color=_COLORS[k], linestyle=["-", "--", "-.", ":"][k % 4])
           for k, name in enumerate(OPTIMIZERS)}
 
@@ -126,7 +127,7 @@ def draw(ax, surface, results):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--plot", metavar="DIR", nargs="?", const="plots",
                     help="save one figure per surface (matplotlib) in DIR (default: plots)")

@@ -49,7 +49,7 @@ def run(steps=200, size=100_000):
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--size", type=int, default=100_000)
     args = ap.parse_args()

@@ -36,6 +36,16 @@ def test_environment_variable_picks_the_default_backend():
     assert out.stdout.strip() == "numpy"
 
 
+def test_a_bad_backend_in_the_environment_is_named_as_the_environments():
+    """The import error said "unknown backend 'bad'", not where that came from."""
+    env = dict(os.environ, FASTOPT_BACKEND="bad")
+    out = subprocess.run([sys.executable, "-c", "import fastopt"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "RuntimeError: FASTOPT_BACKEND='bad' in the environment: unknown backend 'bad'" \
+        in out.stderr
+
+
 def test_a_numba_that_refuses_to_import_is_an_unavailable_backend():
     """NUMBA_NUM_THREADS=0: numba's import raises ValueError, which backends() and
     set_backend("numba") let through (no backend listed at all); numba is now unavailable,

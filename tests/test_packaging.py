@@ -70,7 +70,8 @@ def dist(tmp_path_factory):
 def test_the_sdist_holds_what_builds_and_tests_the_package(dist):
     with tarfile.open(dist[0]) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    for needed in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "tests/conftest.py",
+    for needed in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in",
+                   "tests/conftest.py",
                    "src/fastopt/_kernels/optim.pyx", "src/fastopt/_kernels/_common.pxi"):
         assert needed in names
     assert any(n.startswith("bench/") for n in names)
@@ -98,6 +99,8 @@ def test_the_wheel_holds_what_runs(dist):
                 and n.endswith((".so", ".pyd"))]
     assert [n for n in names if n.endswith((".c", ".pyx", ".pxi", ".o"))] == []
     assert [n for n in names if n.startswith(("tests/", "bench/", "examples/"))] == []
+    # the license text (BSD-3-Clause asks that binaries carry it)
+    assert [n for n in names if n.endswith(".dist-info/licenses/LICENSE")], names
 
 
 # ------------------------------------------------------------------- builds in a copy

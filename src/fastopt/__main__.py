@@ -381,7 +381,7 @@ def report(args, json_out):
         reads, writes = case.n_streams()
         for dtype in args.dtypes:
             for n in args.sizes:
-                progress(f"{name} {dtype} {n:.0e}")
+                progress(f"{name} {dtype} {_bench.size_label(n)}")
                 fns = _bench.contenders(case, n, dtype, args.backends, peers=not args.no_peers)
                 timed = _bench.time_row(fns, rounds=args.rounds)
                 ref = timed.get("numpy", (None,))[0]
@@ -393,7 +393,7 @@ def report(args, json_out):
                                spread=spread, x_ref=ref / t if ref else None,
                                gbps=nbytes / t / 1e9, x_roofline=t / roof if roof else None)
                     rows.append(row)
-                    print(f"  {name:<13}{dtype.name:<8}{n:>10.0e}  {label:<14}{_fmt_t(t):>11}"
+                    print(f"  {name:<13}{dtype.name:<8}{_bench.size_label(n):>10}  {label:<14}{_fmt_t(t):>11}"
                           f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7} {row['gbps']:>7.1f}"
                           f" {_fmt_x(row['x_roofline']):>7}")
     single_rows = []
@@ -409,7 +409,7 @@ def report(args, json_out):
             for n in sizes:
                 cells = [f"{r['contender']} {r['ns_per_element']:.3f}" for r in single_rows
                          if r["kernel"] == name and r["size"] == n]
-                print(f"  {name:<13}{n:>8.0e}  " + "  ".join(cells))
+                print(f"  {name:<13}{_bench.size_label(n):>8}  " + "  ".join(cells))
 
     group_rows = []
     if not args.no_groups:
@@ -529,7 +529,7 @@ def torch_race(args, progress):
     for spec in specs:
         shapes = _bench.torch_shapes(spec)
         total = sum(int(np.prod(s)) for s in shapes)
-        name = spec if isinstance(spec, str) else f"{spec:.0e}"
+        name = spec if isinstance(spec, str) else _bench.size_label(spec)
         for dtype in _bench.TORCH_DTYPES:
             progress(f"{name} {dtype}")
             fns = _bench.torch_contenders(shapes, dtype, peers=not args.no_peers)

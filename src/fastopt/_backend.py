@@ -295,9 +295,13 @@ def use_num_threads(n: int) -> Iterator[None]:
 
 
 def _choose_default():
-    wanted = os.environ.get("FASTOPT_BACKEND", "").strip().lower()
+    given = os.environ.get("FASTOPT_BACKEND", "")
+    wanted = given.strip().lower()
     if wanted:
-        set_backend(wanted)   # an explicit choice that fails must say so, not fall back
+        try:
+            set_backend(wanted)   # an explicit choice that fails must say so, not fall back
+        except RuntimeError as exc:
+            raise RuntimeError(f"FASTOPT_BACKEND={given!r} in the environment: {exc}") from None
         return
     for name in NAMES:
         try:

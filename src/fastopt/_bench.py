@@ -19,6 +19,13 @@ from . import _backend, _registry, ops
 from ._layout import past_line
 
 
+def size_label(n):
+    """An element count as the report prints it: 1e+05, and as many digits as it needs to be
+    exact (1.5e+03; one digit had printed 1500 and 2500 both as 2e+03)."""
+    return next(label for label in (f"{n:.{digits}e}" for digits in range(17))
+                if float(label) == n)
+
+
 def on_lines(a):
     """A copy of ``a`` whose first element starts a 64-byte cache line (a view of an allocation
     of its own), as torch's CPU allocator places a tensor and DeepSpeedCPUAdam its state.

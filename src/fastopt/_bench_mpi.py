@@ -21,6 +21,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from ._bench import size_label
 from .arena import ParameterArena
 from .distributed import ShardedOptimizer
 from .optim import Adam
@@ -93,7 +94,7 @@ def report(sizes=(1_000_000, 10_000_000), dtypes=(np.float32,), json_path=None,
             comm_t = r["check"] + r["exchange"] + r["gather"]
             alone = r["reduce_scatter alone"] + r["allgather alone"]
             rows.append(dict(r, elements=n, dtype=np.dtype(dtype).name, ranks=size))
-            out(f"  {n:>9.0e} {np.dtype(dtype).name:<8}{r['step'] * 1e3:>8.2f}"
+            out(f"  {size_label(n):>9} {np.dtype(dtype).name:<8}{r['step'] * 1e3:>8.2f}"
                 f"{comm_t * 1e3:>8.2f}{r['average'] * 1e3:>9.2f}{r['update'] * 1e3:>8.2f}"
                 f"{r['update'] * size * 1e3:>8.2f}{alone * 1e3:>8.2f}"
                 f"{r['step'] / (r['update'] + alone):>25.2f}")

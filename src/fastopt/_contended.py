@@ -114,6 +114,6 @@ def print_rows(table, fmt_t, backend):
     print(f"  {'size':>10}  {'contender':<12}{'median':>11}{'p95':>11}{'x own 1T':>10}"
           f"{'x numpy':>9}{'p95 x numpy':>13}")
     for r in table:
-        print(f"  {r['size']:>10.0e}  {r['contender']:<12}{fmt_t(r['median']):>11}"
+        print(f"  {_bench.size_label(r['size']):>10}  {r['contender']:<12}{fmt_t(r['median']):>11}"
               f" {fmt_t(r['p95']):>10} {r['x_own_1t']:>9.2f} {r['x_numpy']:>8.2f}"
               f" {r['p95_x_numpy']:>12.2f}")

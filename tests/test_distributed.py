@@ -184,6 +184,11 @@ def test_a_state_overlap_on_one_rank_raises_on_every_rank_before_any_update(runs
     assert len(reports(runs, "overlap on one rank")) == 2 * 5
 
 
+def test_ctrl_c_inside_a_step_on_one_rank_ends_the_step_everywhere_then_interrupts(runs):
+    # SIGINT on the last rank while it copies its grads (was: a hang in the exchange)
+    assert len(reports(runs, "ctrl-c inside a step")) == 2 * 5
+
+
 def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
     # opt.lr (0-d arrays) or a group's betas set on the last rank only: 3 edits x 2 grads
     # forms per rank, then the same edits everywhere step as one process (was: each rank

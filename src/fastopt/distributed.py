@@ -24,9 +24,12 @@ counted from the start of the parameters' stretch of the arena.
 Needs ``mpi4py`` (``pip install 'fastopt[mpi]'`` adds it and the ``mpich`` wheel, which brings
 ``mpiexec``); ``import fastopt`` does not import it. Run with ``mpiexec -n 4 python train.py``.
 """
+import functools
 import hashlib
 import numbers
 import pickle
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -103,6 +106,31 @@ def _plain(value):
     return value
 
 
+def _ctrl_c_after_the_call(method):
+    """``method`` (a collective call) with Ctrl-C held until it returns: SIGINT's handler is
+    swapped for one that notes the signal, and the real one runs after the call (raising
+    KeyboardInterrupt there). A KeyboardInterrupt raised on one rank between two collectives
+    of a call (copying the grads into the arena, right after the exchange, averaging) left
+    that rank's collectives unmatched: the other ranks waited for them forever, and a loop
+    catching it to save a checkpoint hung. Held, the call ends on every rank as it would
+    have, and only then is it interrupted. Only the main thread may set a handler; elsewhere,
+    or with SIGINT ignored or at its default, the call runs as it is."""
+    @functools.wraps(method)
+    def held(*args, **kwargs):
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler) or threading.current_thread() is not threading.main_thread():
+            return method(*args, **kwargs)
+        noted = []
+        signal.signal(signal.SIGINT, lambda signum, frame: noted.append(frame))
+        try:
+            return method(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+            if noted:
+                handler(signal.SIGINT, noted[0])
+    return held
+
+
 class ShardedOptimizer:
     """A fastopt optimizer whose state and update are split across the ranks of ``comm``.
 
@@ -134,6 +162,7 @@ class ShardedOptimizer:
         This rank's element range, relative to the start of the parameters' stretch.
     """
 
+    @_ctrl_c_after_the_call
     def __init__(self, optimizer_class: type[Optimizer], params: ParameterArena | Params,
                  comm: MPI.Comm | None = None, **hyper: Any) -> None:
         comm = MPI.COMM_WORLD if comm is None else comm
@@ -232,6 +261,7 @@ class ShardedOptimizer:
         self._avg = self._grads[s0:s1] if size == 1 else np.empty(mine, self.dtype)
         self._shard_grads = [self._avg[self._clip(a, b, s0)] for a, b, _ in self._group_bounds]
 
+    @_ctrl_c_after_the_call
     def add_param_group(self, group: dict[str, Any]) -> None:
         """Add a param group, as torch's ZeroRedundancyOptimizer.add_param_group. Every rank
         must call it, with the same group.
@@ -366,6 +396,7 @@ class ShardedOptimizer:
         """
         self._grads[...] = 0
 
+    @_ctrl_c_after_the_call
     def step(self, grads: Grads | None = None) -> None:
         """One data-parallel step: average the grads of all ranks, update this rank's shard,
         share the updated parameters. Every rank must call it.
@@ -582,6 +613,7 @@ class ShardedOptimizer:
                          "opt.param_groups on every rank; nothing changed")
 
     # ---------------------------------------------------------------------- state dicts
+    @_ctrl_c_after_the_call
     def state_dict(self, root: int = 0) -> dict[str, Any] | None:
         """The state of the whole optimizer, gathered to rank ``root``. Every rank must call it.
 
@@ -663,6 +695,7 @@ class ShardedOptimizer:
         s0, s1 = self.bounds[rank], self.bounds[rank + 1]
         return max(0, min(b, s1) - max(a, s0))
 
+    @_ctrl_c_after_the_call
     def load_state_dict(self, state_dict: dict[str, Any] | None, root: int = 0) -> None:
         """Load a state dict, read on rank ``root`` only. Every rank must call it.
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import pickle
+import signal
 import sys
 import traceback
 import warnings
@@ -523,6 +524,38 @@ def check_hyper_mismatch_at_step():
            same(arena.flat_params, ref.flat_params))
 
 
+def check_ctrl_c_inside_a_step():
+    """Ctrl-C on the last rank while its step copies the grads into the arena (SIGINT sent to
+    itself from inside np.copyto): the step ends on every rank as one process's, then
+    KeyboardInterrupt is raised on that rank; the next step goes on alike. Was: raised in
+    the copy, that rank skipped the exchange and every other rank waited in it forever."""
+    arena, ref = _small(), _small()
+    opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
+    ref_opt = fo.Adam(ref.params, lr=0.1)
+    copyto, sent = np.copyto, []
+
+    def copy_then_interrupt(*args, **kwargs):
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return copyto(*args, **kwargs)
+    interrupted = False
+    for t in (1, 2):
+        gs = local_grads(t, np.float64, arena.size)
+        grads = {"u": gs[RANK][:20], "v": gs[RANK][20:40]}
+        np.copyto = copy_then_interrupt if t == 1 and RANK == SIZE - 1 else copyto
+        try:
+            opt.step(grads)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            np.copyto = copyto
+        ref.flat_grads[...] = averaged(gs)
+        ref_opt.step(ref.grads)
+        report(f"ctrl-c inside a step {t}", same(arena.flat_params, ref.flat_params)
+               and interrupted == (RANK == SIZE - 1 and bool(sent)),
+               f"interrupted {interrupted}")
+
+
 def check_own_grad_views():
     """Grads that are the arena's own grad views in another order (or other views of its grad
     buffer) step as one process does. Was: copied one by one, a later copy read a view an
@@ -871,7 +904,7 @@ def main():
               check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
               check_bad_param_group, check_group_removed_on_one_rank,
               check_extra_group_entries, check_grad_sums_past_the_float_range,
-              check_different_calls_on_one_rank]
+              check_different_calls_on_one_rank, check_ctrl_c_inside_a_step]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

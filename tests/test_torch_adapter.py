@@ -1832,6 +1832,34 @@ def test_grads_set_to_none_are_freed_as_with_torch(clear, dtype):
     assert opt._plans[0] is plan and plan.graw is not None
 
 
+def test_grads_that_refuse_the_mark_or_copy_it_step_and_free_as_with_torch():
+    """A step marks the grads it releases (see the test above). A grad of a type whose
+    __setattr__ refuses had raised after the parameters were written, before the state was
+    stored (the momentum lost at every step); a deep copy of a released grad, which carries
+    the mark, had been taken for it and held through the next backward."""
+    class Frozen(torch.Tensor):
+        def __setattr__(self, name, value):
+            raise TypeError("frozen")
+    results = []
+    for lib in (torch.optim, ft):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = lib.SGD([p], lr=0.5, momentum=0.5)
+        for _ in range(2):
+            p.grad = torch.ones(3).as_subclass(Frozen)
+            opt.step()
+        results.append((p.detach().clone(), opt.state[p]["momentum_buffer"].clone()))
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(*results))
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = ft.Adam([p])
+    p.grad = torch.ones(3)
+    opt.step()
+    p.grad = copy.deepcopy(p.grad)
+    alive = weakref.ref(p.grad)
+    opt.step()
+    opt.zero_grad()
+    assert alive() is None
+
+
 @pytest.mark.parametrize("keep", [False, True], ids=["new-grads", "kept-grads"])
 def test_a_model_converted_by_swapping_its_tensors_after_a_step_as_with_torch(keep):
     """``model.to(torch.float64)`` with swap_tensors (as torch converts tensor subclasses, or
@@ -2269,27 +2297,31 @@ def test_pickle_and_deepcopy():
 @pytest.mark.parametrize("name", ["Adam", "NAdam"])
 def test_pickled_state_grows_with_the_parameters_as_torch_optims(name):
     """Each state's ``step`` (NAdam's ``mu_product`` too) is a 0-d view of its group's count
-    tensor, and a pickled view carries its whole storage: the pickle of a state dict or of
-    the optimizer over 600 one-element parameters took 600^2 counts (17.7 MB against torch's
-    1.7 MB at 2000), and as many after unpickling. Now each count is pickled as a tensor of
-    its own; a shallow copy still shares the state."""
+    tensor, and a pickled view carries its whole storage: the pickle of the optimizer over
+    600 one-element parameters took 600^2 counts, and as many after unpickling. Now each
+    count is pickled as a tensor of its own; a state dict stays the live state, as torch's,
+    and torch.save stores its shared counts once; a shallow copy still shares the state."""
     def pickles(lib):
         ps = [torch.nn.Parameter(torch.zeros(1)) for _ in range(600)]
         opt = getattr(lib, name)(ps)
         for p in ps:
             p.grad = torch.ones(1)
         opt.step()
-        return opt, len(pickle.dumps(opt.state_dict())), len(pickle.dumps(opt))
-    opt, state_dict_bytes, optimizer_bytes = pickles(ft)
-    _, theirs, theirs_optimizer = pickles(torch.optim)
+        saved = io.BytesIO()
+        torch.save(opt.state_dict(), saved)
+        return opt, ps, len(saved.getvalue()), len(pickle.dumps(opt))
+    opt, ps, state_dict_bytes, optimizer_bytes = pickles(ft)
+    _, _, theirs, theirs_optimizer = pickles(torch.optim)
     assert state_dict_bytes < 1.05 * theirs and optimizer_bytes < 1.05 * theirs_optimizer
-    for entry in pickle.loads(pickle.dumps(opt.state_dict()))["state"].values():
+    for entry in pickle.loads(pickle.dumps(opt)).state.values():
         for value in entry.values():
             assert value.untyped_storage().nbytes() == value.element_size()
+    held = opt.state_dict()
+    assert held["state"][0] is opt.state[ps[0]]
     shallow = copy.copy(opt)
     assert shallow.state is opt.state
     opt.step()
-    assert shallow.state_dict()["state"][0]["step"].item() == 2
+    assert shallow.state_dict()["state"][0]["step"].item() == 2 == held["state"][0]["step"]
 
 
 def test_importing_fastopt_does_not_import_torch():
@@ -2510,6 +2542,26 @@ def test_a_step_that_raises_leaves_the_grads_a_clip_would_scale():
     with pytest.raises(ValueError, match="lr"):
         opt.step()
     assert torch.equal(p.grad, torch.full((4,), 3.0)) and torch.equal(p, torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_clip_whose_squares_or_scaled_grads_underflow_raises_nothing(dtype):
+    """Under np.seterr(all="raise") the clip's float64 squares of tiny grads and its scale of
+    a grad into the subnormals raised FloatingPointError (after the grads were scaled,
+    before the parameters stepped); torch's clip rounds them, and so does this one now: the
+    same results as without np.errstate."""
+    tiny = float(torch.finfo(dtype).tiny)
+    def run():
+        a, b = (torch.nn.Parameter(torch.zeros(3, dtype=dtype)) for _ in range(2))
+        opt = ft.SGD([a, b], lr=1.0, max_grad_norm=0.5)
+        a.grad = torch.full((3,), 2.0, dtype=dtype)
+        b.grad = torch.tensor([tiny, 1e-160, 3.0], dtype=dtype)
+        opt.step()
+        return [t.detach().clone() for t in (a, b, a.grad, b.grad)]
+    expected = run()
+    with np.errstate(all="raise"):
+        got = run()
+    assert all(torch.equal(x, y) for x, y in zip(got, expected))
 
 
 def test_rmsprop_alpha_is_bounded_as_in_torch():

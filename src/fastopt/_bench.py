@@ -20,10 +20,10 @@ from ._layout import past_line
 
 
 def size_label(n):
-    """An element count as the report prints it: 1e+05, and as many digits as it needs to be
-    exact (1.5e+03; one digit had printed 1500 and 2500 both as 2e+03)."""
-    return next(label for label in (f"{n:.{digits}e}" for digits in range(17))
-                if float(label) == n)
+    """An element count as the report prints it: 1e+05 where one digit says it exactly, else
+    the count itself (one digit had printed 1500 and 2500 both as 2e+03)."""
+    label = f"{n:.0e}"
+    return label if float(label) == n else str(int(n))
 
 
 def on_lines(a):

@@ -111,10 +111,11 @@ def _ctrl_c_after_the_call(method):
     swapped for one that notes the signal, and the real one runs after the call (raising
     KeyboardInterrupt there). A KeyboardInterrupt raised on one rank between two collectives
     of a call (copying the grads into the arena, right after the exchange, averaging) left
-    that rank's collectives unmatched: the other ranks waited for them forever, and a loop
-    catching it to save a checkpoint hung. Held, the call ends on every rank as it would
-    have, and only then is it interrupted. Only the main thread may set a handler; elsewhere,
-    or with SIGINT ignored or at its default, the call runs as it is."""
+    that rank's collectives unmatched: the other ranks waited for them forever. Held, the
+    call ends on every rank as it would have, and only then is it interrupted (what the
+    ranks do next must agree: README). Only the main thread may set a handler; elsewhere,
+    or with SIGINT ignored or at its default, the call runs as it is; other signals (a
+    SIGTERM handler that exits) are not held."""
     @functools.wraps(method)
     def held(*args, **kwargs):
         handler = signal.getsignal(signal.SIGINT)

@@ -426,12 +426,12 @@ class _Plan:
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gmark", "wstarts", "wreach", "alias", "pptrs", "split", "negs", "neg_grads",
-                 "scalars", "scalar_versions", "vshapes", "inference")
+                 "gmark", "gids", "wstarts", "wreach", "alias", "pptrs", "split", "negs",
+                 "neg_grads", "scalars", "scalar_versions", "vshapes", "inference")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
-_GRAD_MARK = "_fastopt_mark"    # set in the grads a step released (_run), with a new number
+_GRAD_MARK = "_fastopt_mark"    # set in the grads a step released (see _run)
 _grad_marks = count(1)
 _ALL = slice(None)      # every parameter of the group has a grad
 _grad_of = operator.attrgetter("grad")
@@ -449,9 +449,10 @@ _storage_nbytes = torch.UntypedStorage.nbytes
 def _own_counts(state):
     """``state`` (parameter -> its state dict) with each count that is a 0-d view of its
     group's count tensor (``plan.step_buf``) replaced by a tensor of its own, in a new dict:
-    pickled, a view carries its whole storage, so the state of a group of n parameters took n^2
-    elements (and as many after unpickling), where torch.optim's independent counts take n.
-    The next step copies such counts back into the group's tensor."""
+    pickled, a view carries its whole storage, so a pickled optimizer over a group of n
+    parameters held n^2 counts (and as many after unpickling), where torch.optim's
+    independent counts take n. The next step copies such counts back into the group's
+    tensor."""
     def shared(t):
         return (isinstance(t, torch.Tensor) and t.dim() == 0
                 and _storage_nbytes(_storage(t)) > t.element_size())
@@ -621,9 +622,11 @@ class _FastOptimizer(_Mixin):
     def __getstate__(self) -> dict[str, Any]:
         """torch's (defaults, state, param groups) and ``grad_norms``, which torch's leaves out:
         a pickled, deep-copied or shallow-copied optimizer had none until its next step. Each
-        state's step count is a tensor of its own (:func:`_own_counts`)."""
-        state = self._shared_state()
-        state["state"] = defaultdict(dict, _own_counts(state["state"]))
+        state's step count is a tensor of its own (:func:`_own_counts`), taken between steps
+        should another thread step."""
+        with self._lock:
+            state = self._shared_state()
+            state["state"] = defaultdict(dict, _own_counts(state["state"]))
         return state
 
     def _shared_state(self):
@@ -677,14 +680,12 @@ class _FastOptimizer(_Mixin):
 
     def state_dict(self) -> _torch_optimizer.StateDict:
         """torch.optim's ``state_dict``, taken between steps should another thread step
-        (under the lock :meth:`step` and :meth:`load_state_dict` hold). Each state's step
-        count is a tensor of its own (:func:`_own_counts`), so a parameter's entry is a new
-        dict where torch's is the state's own."""
+        (under the lock :meth:`step` and :meth:`load_state_dict` hold). As torch's, each
+        parameter's entry is its live state; its ``step`` is a 0-d view of the group's count
+        tensor, which ``torch.save`` stores once, and a plain ``pickle.dumps`` once per view
+        (n^2 counts for n parameters: save state dicts with ``torch.save``)."""
         with self._lock:
-            state_dict = super().state_dict()
-        if isinstance(state_dict, dict) and isinstance(state_dict.get("state"), dict):
-            state_dict["state"] = _own_counts(state_dict["state"])
-        return state_dict
+            return super().state_dict()
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
@@ -970,8 +971,8 @@ class _FastOptimizer(_Mixin):
         if plan.grads is None:
             # released after the last step (see _run): the same grads again (kept and written
             # in place) are viewed anew and held from now on
-            plan.keep = all(g is None or getattr(g, _GRAD_MARK, None) == plan.gmark
-                            for g in grads)
+            plan.keep = all(g is None or (id(g) == gid and getattr(g, _GRAD_MARK, None)
+                                          == plan.gmark) for g, gid in zip(grads, plan.gids))
         elif plan.keep and all(map(is_, grads, plan.grads)):
             # the same grads, kept: their storage, and their strides and shape (``p.grad.t_()``)
             if (list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all
@@ -1470,8 +1471,11 @@ class _FastOptimizer(_Mixin):
             self._check_hyper(group)
             if plan.alias is None:      # the first group's grads, not compared yet
                 plan.alias = self._aliases(plan, group, plan.live_grads)
-            # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning
-            with np.errstate(invalid="ignore", over="ignore"):
+            # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning; a
+            # square or a scaled grad below the float range rounds (to 0), as in torch,
+            # without a FloatingPointError under np.seterr(all="raise") (the grads had been
+            # scaled, the parameters not stepped)
+            with np.errstate(invalid="ignore", over="ignore", under="ignore"):
                 norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])
                 if factor != 1.0 and (not self._SCALES or plan.alias):
                     # float32/float64 grads as clip_grad_norm_'s multiply (the factor's
@@ -1555,14 +1559,21 @@ class _FastOptimizer(_Mixin):
                 p.detach().copy_(_tensor(view, p))
             # grads new to this step (after zero_grad(), whose default sets them to None)
             # are not held, so that they are freed with p.grad, as with torch.optim, not
-            # held through the next backward; a mark in each tells the next step whether
-            # they came back (then they are kept). Not a weak reference: swap_tensors (which
-            # model.to() uses for tensor subclasses, or when torch.__future__ says so)
-            # refuses a tensor that has one, and left the model half converted.
+            # held through the next backward. The next step knows them (and keeps them from
+            # then on) by their ids and a mark in each, a number new to this step (an int:
+            # torch.load(weights_only=True) of a saved grad takes it): a grad made at a freed
+            # one's address has no mark, a copy of one (deep or pickled) another id. Not a
+            # weak reference: swap_tensors (which model.to() uses for tensor subclasses, or
+            # when torch.__future__ says so) refuses a tensor that has one, and left the
+            # model half converted.
             plan.gmark = mark = next(_grad_marks)
+            plan.gids = list(map(id, plan.grads))
             for g in plan.grads:
                 if g is not None:
-                    setattr(g, _GRAD_MARK, mark)
+                    try:
+                        setattr(g, _GRAD_MARK, mark)
+                    except Exception:   # (a type whose __setattr__ refuses: seen as new)
+                        pass
             plan.grads = plan.live_grads = plan.graw = plan.watched_all = plan.ptrs_all = None
         if plan.pending:
             for k in plan.pending:

@@ -552,8 +552,8 @@ def check_ctrl_c_inside_a_step():
         ref.flat_grads[...] = averaged(gs)
         ref_opt.step(ref.grads)
         report(f"ctrl-c inside a step {t}", same(arena.flat_params, ref.flat_params)
-               and interrupted == (RANK == SIZE - 1 and bool(sent)),
-               f"interrupted {interrupted}")
+               and interrupted == bool(sent) == (RANK == SIZE - 1),
+               f"interrupted {interrupted}, signal sent {bool(sent)}")
 
 
 def check_own_grad_views():

@@ -393,8 +393,8 @@ def report(args, json_out):
                                spread=spread, x_ref=ref / t if ref else None,
                                gbps=nbytes / t / 1e9, x_roofline=t / roof if roof else None)
                     rows.append(row)
-                    print(f"  {name:<13}{dtype.name:<8}{_bench.size_label(n):>10}  {label:<14}{_fmt_t(t):>11}"
-                          f"{spread:>7.0%} {_fmt_x(row['x_ref']):>7} {row['gbps']:>7.1f}"
+                    print(f"  {name:<13}{dtype.name:<8}{_bench.size_label(n):>10}  {label:<14}"
+                          f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7} {row['gbps']:>7.1f}"
                           f" {_fmt_x(row['x_roofline']):>7}")
     single_rows = []
     if not args.no_single_thread:

@@ -14,13 +14,13 @@ scalar tensor), and state dicts load into ``torch.optim`` and back unchanged. Pa
 CPU tensors with dense grads of their own dtype (a grad of another, ``Tensor.grad_dtype``,
 raises TypeError before any group has stepped, where torch.optim's SGD, RMSprop, Adagrad and
 Adadelta step in mixed dtypes and its Adam family refuses); grads that are None are skipped,
-as torch does. A grad that is
-a negative view (``torch._neg_view(g)``, ``z.conj().imag``), a conjugate view (``z.conj()``)
-or an efficient zero tensor (autograd's ``torch._efficientzerotensor``), which NumPy cannot
-view, is read from a copy of its value made at each step; a parameter that is a negative or
-conjugate view is stepped as a copy that is then written back through it, and a state tensor
-that is one is replaced by its value (torch.optim's ``view_as_real`` refuses conjugate views
-of complex parameters, grads and state in most of its optimizers).
+as torch does. A grad that is a negative view (``torch._neg_view(g)``, ``z.conj().imag``), a
+conjugate view (``z.conj()``) or an efficient zero tensor (autograd's
+``torch._efficientzerotensor``), which NumPy cannot view, is read from a copy of its value
+made at each step; a parameter that is a negative or conjugate view is stepped as a copy that
+is then written back through it, and a state tensor that is one is replaced by its value
+(torch.optim's ``view_as_real`` refuses conjugate views of complex parameters, grads and state
+in most of its optimizers).
 
 A group's NumPy views and state are kept between steps; each step checks them in a few C-level
 passes over the group (the parameters, ``p.grad`` objects and data pointers, the state dicts

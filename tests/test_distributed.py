@@ -189,6 +189,12 @@ def test_ctrl_c_inside_a_step_on_one_rank_ends_the_step_everywhere_then_interrup
     assert len(reports(runs, "ctrl-c inside a step")) == 2 * 5
 
 
+def test_a_shard_step_failing_on_one_rank_stops_every_rank_until_a_state_dict_is_loaded(runs):
+    # the last rank's shard step raises MemoryError: it raises; then state_dict() and step()
+    # raise on every rank naming it; load_state_dict() and the next step as one process's
+    assert len(reports(runs, "shard step failing")) == 5 + 2 * 5 + 5
+
+
 def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
     # opt.lr (0-d arrays) or a group's betas set on the last rank only: 3 edits x 2 grads
     # forms per rank, then the same edits everywhere step as one process (was: each rank

@@ -166,6 +166,8 @@ class ShardedOptimizer:
         This rank's element range, relative to the start of the parameters' stretch.
     """
 
+    _missed = None      # why this rank's shard missed a step the others took, if it did
+
     @_ctrl_c_after_the_call
     def __init__(self, optimizer_class: type[Optimizer], params: ParameterArena | Params,
                  comm: MPI.Comm | None = None, **hyper: Any) -> None:
@@ -425,7 +427,10 @@ class ShardedOptimizer:
         RuntimeError
             On every rank, when some ranks are in another call of this optimizer
             (``state_dict``, ``add_param_group``, ...): each rank's call named, nothing
-            changed. The same for those calls.
+            changed. The same for those calls. On one rank, when its shard step failed after
+            every rank's checks passed (a MemoryError): the others stepped theirs, and every
+            later call but ``load_state_dict`` raises on every rank, naming it, until a
+            state dict is loaded.
         """
         self._take_grads(grads)
         self._exchange()
@@ -490,9 +495,11 @@ class ShardedOptimizer:
             self._allgather()        # this rank's shard unchanged (a refused step writes none)
             if not isinstance(exc, Exception):     # KeyboardInterrupt, SystemExit: as they are
                 raise
-            raise RuntimeError(f"rank {self.comm.Get_rank()} of {self.comm.Get_size()}: the "
-                               f"shard step failed after every rank's checks passed ({exc}); "
-                               "the other ranks stepped their shards, this one did not") from exc
+            # (every later call but a load_state_dict raises it on every rank: _raise_if_any)
+            self._missed = (f"the shard step failed after every rank's checks passed ({exc}); "
+                            "the other ranks stepped their shards, this one did not")
+            raise RuntimeError(f"rank {self.comm.Get_rank()} of {self.comm.Get_size()}: "
+                               f"{self._missed}") from exc
 
     def _exchange(self):
         """Receive this rank's shard of every other rank's grads, one row per rank."""
@@ -574,6 +581,11 @@ class ShardedOptimizer:
         (``state_dict`` on one, ``step`` on the others) raise RuntimeError on every rank,
         naming each rank's (their allreduces had paired, and the next collectives exchanged
         unrelated objects: AttributeError and TypeError naming nothing)."""
+        if error is None and self._missed is not None and call != "load_state_dict":
+            # the shards are out of step (the others went on, and their next collectives
+            # paired with this rank's unrelated ones: a state_dict() hung)
+            error = RuntimeError(f"{self._missed}; the shards are out of step: load a state "
+                                 "dict (load_state_dict) to go on")
         # the max of a value and the max of its negation agree only if every rank's is the same
         digest = 0 if hypers is None else int.from_bytes(
             hashlib.blake2b(repr(hypers).encode(), digest_size=7).digest(), "little")
@@ -756,6 +768,7 @@ class ShardedOptimizer:
                 entry[key] = part
             local["state"][gi] = entry
         self.shard_optimizer.load_state_dict(local)
+        self._missed = None
 
     def _check_state_dict(self, state_dict):
         """On the root: load ``state_dict`` into a single-process optimizer over the full

@@ -556,6 +556,53 @@ def check_ctrl_c_inside_a_step():
                f"interrupted {interrupted}, signal sent {bool(sent)}")
 
 
+def check_shard_step_failing_on_one_rank():
+    """The shard step failing on the last rank after every rank's checks passed (a
+    MemoryError, as when the first step allocates the state): that rank raises RuntimeError,
+    the others have stepped; every later call raises RuntimeError on every rank naming it
+    (was: the others went on, and a state_dict() hung), until a load_state_dict, after which
+    the steps go on as one process's. Was: a hang, or shards at different step counts."""
+    arena, ref = _small(), _small()
+    opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
+    ref_opt = fo.Adam(ref.params, lr=0.1)
+    gs = local_grads(1, np.float64, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    saved, params = opt.state_dict(), arena.flat_params.copy()
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    shard_step = opt.shard_optimizer.step
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("as the state is allocated")
+    last = SIZE - 1
+    if RANK == last:
+        opt.shard_optimizer.step = out_of_memory
+    try:
+        opt.step()
+        report("shard step failing", RANK != last, "no exception")
+    except RuntimeError as exc:
+        report("shard step failing", RANK == last and "MemoryError" not in str(exc)
+               and "as the state is allocated" in str(exc), str(exc))
+    finally:
+        opt.shard_optimizer.step = shard_step
+    for call in (opt.state_dict, opt.step):
+        try:
+            call()
+            report("shard step failing, then", False, f"{call.__name__}: no exception")
+        except RuntimeError as exc:
+            report("shard step failing, then", f"rank {last} of {SIZE}" in str(exc)
+                   and "out of step" in str(exc), str(exc))
+    opt.load_state_dict(saved)
+    arena.flat_params[...] = params
+    gs = local_grads(2, np.float64, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    report("shard step failing, then loaded", same(arena.flat_params, ref.flat_params))
+
+
 def check_own_grad_views():
     """Grads that are the arena's own grad views in another order (or other views of its grad
     buffer) step as one process does. Was: copied one by one, a later copy read a view an
@@ -904,7 +951,8 @@ def main():
               check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
               check_bad_param_group, check_group_removed_on_one_rank,
               check_extra_group_entries, check_grad_sums_past_the_float_range,
-              check_different_calls_on_one_rank, check_ctrl_c_inside_a_step]
+              check_different_calls_on_one_rank, check_ctrl_c_inside_a_step,
+              check_shard_step_failing_on_one_rank]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

@@ -84,6 +84,13 @@ def test_json_to_a_file_keeps_the_report_on_stdout_and_no_progress_when_piped(tm
     assert "\033" not in err and "\r" not in err and "left" not in err
 
 
+def test_sizes_print_as_they_were_asked_for():
+    """One digit had printed --sizes 1500,2500 both as 2e+03 (and 2**20 as 1e+06)."""
+    from fastopt._bench import size_label
+    assert [size_label(n) for n in (1000, 1500, 2500, 1e5, 2 ** 20, 10 ** 7)] == [
+        "1e+03", "1500", "2500", "1e+05", "1048576", "1e+07"]
+
+
 def test_header_says_threads_and_load_average():
     status, out, err = run_cli("--threads", "1")
     assert status == 0, err

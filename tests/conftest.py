@@ -234,3 +234,13 @@ def again_if_lost(killer, late):
         return killer, 0
     return (interrupt_soon(), 0) if late >= 50 else (killer, late + 1)
 """
+
+
+def c_math_library(why):
+    """The C library's math functions (ctypes), or a skip saying ``why`` they were wanted."""
+    import ctypes
+    import ctypes.util
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64") or not ctypes.util.find_library("m"):
+        pytest.skip(f"{why} through the C library (x86-64)")
+    return ctypes.CDLL(ctypes.util.find_library("m"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import (COMPILED, GRID_BACKENDS, assert_close, cython_builds,
+from conftest import (COMPILED, GRID_BACKENDS, assert_close, c_math_library, cython_builds,
                       use_cython_build)
 from kernel_specs import make_group, random_run, run_group, run_steps, same_bits
 
@@ -306,16 +306,6 @@ def stepping_on(backend, threads):
             yield
         finally:
             fo.set_num_threads(previous)
-
-
-def c_math_library(why):
-    """The C library's math functions (ctypes), or a skip saying ``why`` they were wanted."""
-    import ctypes
-    import ctypes.util
-    import platform
-    if platform.machine() not in ("x86_64", "AMD64") or not ctypes.util.find_library("m"):
-        pytest.skip(f"{why} through the C library (x86-64)")
-    return ctypes.CDLL(ctypes.util.find_library("m"))
 
 
 def roots_of_every_magnitude(n, rng):

@@ -20,7 +20,7 @@ import pytest
 import fastopt as fo
 from fastopt import _threads
 
-from conftest import COMPILED, WatchedLock, held_at
+from conftest import COMPILED, WatchedLock, c_math_library, held_at
 
 # above the size where the kernels go parallel, odd so the last chunk is a partial one
 N = 3 * 65536 + 7
@@ -88,12 +88,10 @@ def floating_point_environment(control):
     masks, the rounding mode, FTZ), restored after: through glibc's fegetenv/fesetenv, whose
     x86-64 fenv_t holds MXCSR at byte 28 (read back: it took)."""
     import ctypes
-    import ctypes.util
     import platform
-    if (platform.machine() != "x86_64" or platform.libc_ver()[0] != "glibc"
-            or not ctypes.util.find_library("m")):
-        pytest.skip("sets MXCSR through glibc's fenv_t on x86-64")
-    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm = c_math_library("sets MXCSR")
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("sets MXCSR through glibc's fenv_t")
     env = (ctypes.c_uint32 * 8)()
     assert libm.fegetenv(env) == 0
     saved = env[7]

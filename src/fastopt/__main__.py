@@ -394,8 +394,8 @@ def report(args, json_out):
                                gbps=nbytes / t / 1e9, x_roofline=t / roof if roof else None)
                     rows.append(row)
                     print(f"  {name:<13}{dtype.name:<8}{_bench.size_label(n):>10}  {label:<14}"
-                          f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7} {row['gbps']:>7.1f}"
-                          f" {_fmt_x(row['x_roofline']):>7}")
+                          f"{_fmt_t(t):>11}{spread:>7.0%} {_fmt_x(row['x_ref']):>7}"
+                          f" {row['gbps']:>7.1f} {_fmt_x(row['x_roofline']):>7}")
     single_rows = []
     if not args.no_single_thread:
         sizes = [n for n in args.sizes if n >= 100_000] or args.sizes[-1:]

@@ -27,11 +27,10 @@ from .arena import ParameterArena, _GradDict
 # what the optimizers take (see above): parameters by name, in a list, or as param groups
 # ({"params": ..., <hyper-parameter overrides>}); grads by name or in parameter order, None
 # for a parameter without a grad (dict and list are spelled with and without None: a
-# dict[str, ndarray] is no dict[str, ndarray | None] to a type checker; groups as an
-# Iterable[dict[str, Any]] alone had made mypy infer README's list of two groups, one with
-# an lr, as a list[object])
-Params = (dict[str, np.ndarray] | Iterable[np.ndarray] | Iterable[dict[str, Any]]
-          | Iterable[np.ndarray | dict[str, Any]])
+# dict[str, ndarray] is no dict[str, ndarray | None] to a type checker); arrays and groups
+# as one Iterable (as Iterable[ndarray] | Iterable[dict[str, Any]], mypy had inferred
+# README's list of two groups, one with an lr, as a list[object])
+Params = dict[str, np.ndarray] | Iterable[np.ndarray | dict[str, Any]]
 ParamGroup = dict[str, Any]
 Grads = (dict[str, np.ndarray] | dict[str, np.ndarray | None] | list[np.ndarray]
          | list[np.ndarray | None] | tuple[np.ndarray | None, ...])

@@ -35,8 +35,8 @@ def test_lr_scheduler_counts_epochs_from_zero_and_sets_every_group():
     assert opt.lr == 0.25
 
 
-SCHEDULES = [("inverse_time_decay", (0.2, 1.0), lambda e: 1.0 / (1.0 + 1.0 * e) * 0.2),
-             ("inverse_time_decay", (0.1, 0.37), lambda e: 1.0 / (1.0 + 0.37 * e) * 0.1),
+SCHEDULES = [("inverse_time_decay", (0.2, 1.0), lambda e: 0.2 / (1.0 + 1.0 * e)),
+             ("inverse_time_decay", (0.1, 0.37), lambda e: 0.1 / (1.0 + 0.37 * e)),
              ("exponential_decay", (0.1, 0.5), lambda e: 0.1 * 0.5 ** e),
              ("exponential_decay", (0.3,), lambda e: 0.3 * 0.95 ** e),
              ("inverse_sqrt_decay", (0.3, 2.0), lambda e: 2.0 * 0.3 / math.sqrt(e)),
@@ -253,7 +253,7 @@ def test_schedules_refuse_bad_arguments_and_epochs_by_name(name, args, formula):
 
 
 # (name, the arguments after lr0, the formula of lr0 and the epoch)
-OF_LR0 = [("inverse_time_decay", (0.37,), lambda lr0, e: 1.0 / (1.0 + 0.37 * e) * lr0),
+OF_LR0 = [("inverse_time_decay", (0.37,), lambda lr0, e: lr0 / (1.0 + 0.37 * e)),
           ("exponential_decay", (0.5,), lambda lr0, e: lr0 * 0.5 ** e),
           ("inverse_sqrt_decay", (2.0,), lambda lr0, e: 2.0 * lr0 / math.sqrt(e)),
           ("staircase", (0.7, 3), lambda lr0, e: lr0 * 0.7 ** (e // 3))]

@@ -438,7 +438,7 @@ def update_lr(learning_rate0: float, epoch_num: int, decay_rate: float) -> float
     """
     check_reals(learning_rate0=(learning_rate0, FINITE), epoch_num=(epoch_num, COUNT),
                 decay_rate=(decay_rate, FINITE))      # (under the course's names)
-    return schedules.inverse_time_decay(learning_rate0, decay_rate)(epoch_num)
+    return schedules._CoursesInverseTimeDecay(learning_rate0, decay_rate)(epoch_num)
 
 
 def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
@@ -478,7 +478,7 @@ def schedule_lr_decay(learning_rate0: float, epoch_num: int, decay_rate: float,
         intervals = float(np.floor(epoch_num / time_interval))
     except OverflowError:       # an int epoch_num past the float range: the limit
         intervals = math.inf
-    return schedules.inverse_time_decay(learning_rate0, decay_rate)(intervals)
+    return schedules._CoursesInverseTimeDecay(learning_rate0, decay_rate)(intervals)
 
 
 __all__ = ["update_parameters_with_gd", "random_mini_batches", "initialize_velocity",

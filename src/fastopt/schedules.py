@@ -103,10 +103,23 @@ class _InverseTimeDecay(_Schedule):
         if not self.decay_rate:
             return self.lr0             # (0 * inf is NaN at epoch inf)
         try:
-            # in the course's order (its update_lr): a printed rate shows its rounding
-            return 1.0 / (1.0 + self.decay_rate * epoch) * self.lr0
+            return self._divided(self.lr0, 1.0 + self.decay_rate * epoch)
         except OverflowError:           # an int epoch past the float range: the limit
             return 0.0
+
+    @staticmethod
+    def _divided(lr0, denominator):
+        return lr0 / denominator
+
+
+class _CoursesInverseTimeDecay(_InverseTimeDecay):
+    """The course's ``update_lr``, in its order, ``1 / (1 + decay_rate * epoch) * lr0``: the
+    rates the course prints show that order's rounding (0.020000000000000004 where
+    ``lr0 / (...)`` gives 0.02)."""
+
+    @staticmethod
+    def _divided(lr0, denominator):
+        return 1.0 / denominator * lr0
 
 
 class _ExponentialDecay(_Schedule):
@@ -149,8 +162,8 @@ class _Staircase(_Schedule):
 
 
 def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:
-    """``lr0 / (1 + decay_rate * epoch)`` (the course's ``update_lr``), computed as the course
-    does, ``1 / (1 + decay_rate * epoch) * lr0``.
+    """``lr0 / (1 + decay_rate * epoch)`` (the course's ``update_lr``, which
+    :func:`fastopt.course.update_lr` computes in the course's order).
 
     Parameters
     ----------

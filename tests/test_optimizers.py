@@ -670,7 +670,7 @@ def test_state_dict_round_trip_through_torch(backend, name, kwargs):
         back = [t.detach().numpy().copy() for t in theirs]
         opt2 = getattr(fo, name)(back, **kwargs)
         opt2.load_state_dict(to_numpy(ref.state_dict()))
-        assert sorted(opt2.state[0]) == sorted(opt.state[0])
+        assert sorted(opt2.state.get(0, {})) == sorted(opt.state.get(0, {}))   # (SGD-0: none)
         both(opt2, back)
 
 
@@ -1170,7 +1170,8 @@ def test_optim_db_trajectories_and_state_dicts_match_torch(backend, name, kwargs
 
     assert both(opt, ours, ref, theirs, steps) <= 4
     sd, rsd = opt.state_dict(), ref.state_dict()
-    for i, entry in rsd["state"].items():     # (SGD without momentum: torch keeps no entry)
+    assert sorted(sd["state"]) == sorted(rsd["state"])     # (SGD without momentum: none)
+    for i, entry in rsd["state"].items():
         assert sorted(sd["state"][i]) == sorted(entry)
         for key in opt.scalar_keys():
             assert float(sd["state"][i][key]) == pytest.approx(float(entry[key]), rel=1e-6)

@@ -304,6 +304,10 @@ class _State(_Watched):
     tensor in torch's state), so the arena path leaves such a parameter group alone."""
 
     adopted = False
+    # given from outside (assigned to opt.state, or loaded), not made by a step: saved by
+    # state_dict() even when empty, as torch saves an emptied entry, where an empty state a
+    # step made (SGD's without momentum) is not saved, as torch makes none
+    given = False
 
     def _changed(self, value):
         _state_changed()
@@ -331,6 +335,7 @@ def _adopt(entries):
         raise TypeError(f"a parameter's state must be a dict, got {type(entries).__name__}")
     state = _State(entries)
     state.adopted = any(isinstance(v, np.ndarray) for v in entries.values())
+    state.given = True
     return state
 
 
@@ -1235,7 +1240,7 @@ class Optimizer:
             start += len(group["params"])
             groups.append(g)
         state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
-                 for i, s in self._state.items()}
+                 for i, s in self._state.items() if s or s.given}
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -1313,6 +1318,7 @@ class Optimizer:
             p = flat[i][4]
             where = f"state_dict['state'][{pid!r}]"
             entry = _State()
+            entry.given = True
             for key, value in saved.items():
                 if value is None and key in self._OPTIONAL_STATE:
                     continue                # torch's momentum_buffer before its first use

@@ -24,6 +24,26 @@ def test_use_backend_restores_the_previous_one_even_after_an_error():
     assert fo.get_backend() == before
 
 
+def test_blocks_ending_out_of_order_in_one_thread_restore_the_first_ones_previous():
+    """Blocks in two generators (or asyncio tasks) of one thread can end in the order they
+    began; each restored its own previous backend, so the process was left on the first
+    block's, not on the one before both."""
+    before = fo.get_backend()
+    others = [b for b in AVAILABLE if b != before] * 2
+    if not others:
+        pytest.skip("one backend here")
+
+    def block(name):
+        with fo.use_backend(name):
+            yield fo.get_backend()
+
+    first, second = block(others[0]), block(others[1])
+    assert next(first) == others[0] and next(second) == others[1]
+    first.close()
+    second.close()
+    assert fo.get_backend() == before
+
+
 def test_unknown_backend_is_a_runtime_error_saying_why():
     with pytest.raises(RuntimeError, match="unknown backend"):
         fo.set_backend("fortran")

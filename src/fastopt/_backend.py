@@ -237,7 +237,12 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(name)
         yield
     finally:
-        set_backend(previous)
+        # the last block to end restores the backend before the first began, whatever the
+        # order they end in (blocks in generators or asyncio tasks of one thread can end out
+        # of order: each restoring its own previous had left the process on an inner one's)
+        with _block_lock:
+            last = _block_owner[1] == 1
+        set_backend(_block_owner[2] if last else previous)
         with _block_lock:
             _block_owner[1] -= 1
 

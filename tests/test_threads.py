@@ -572,6 +572,79 @@ def test_numbas_workqueue_layer_takes_calls_from_several_threads_in_turn():
     assert run.returncode == 0 and run.stdout == "same\n", run.stderr[-2000:]
 
 
+NUMBA_WITHOUT_A_THREADING_LAYER = """
+import warnings
+import numpy as np
+import fastopt as fo
+
+def run(backend):
+    with fo.use_backend(backend):
+        # a small parameter, then a long one 12 bytes past a line: the elements before its
+        # first line start run as a call of their own, then the threads take the rest
+        buf = np.ones(3_000_016, np.float32)
+        params = [np.ones(10, np.float32), buf[3:3 + 3_000_000]]
+        opt = fo.Adam(params, lr=0.1)
+        for _ in range(3):
+            opt.step([np.full(p.shape, 0.5, np.float32) for p in params])
+        return [p.tobytes() for p in params]
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    same = run("numba") == run("numpy")
+    try:
+        fo.set_backend("numba")
+        fo.softmax(np.ones((4, 4), np.float32))
+        layer = "ran"
+    except RuntimeError as exc:
+        layer = str(exc)
+print(same, layer, [str(w.message) for w in caught if "threading layer" in str(w.message)],
+      sep="|")
+"""
+
+
+@pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
+def test_numba_steps_without_a_threading_layer_run_on_one_thread():
+    """Where Numba's threading layer does not load (NUMBA_THREADING_LAYER names one not
+    installed), a long step raised Numba's ValueError after the elements before the
+    parameter's first line start, and the parameters before it, had been stepped (a retry
+    stepped them again). The steps now run on one thread, warned once, and the layers raise
+    before writing anything, saying why."""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="no_such_layer")
+    run = subprocess.run([sys.executable, "-c", NUMBA_WITHOUT_A_THREADING_LAYER], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    same, layer, warned = run.stdout.split("|")
+    assert same == "True"
+    assert "layers need Numba's threading layer" in layer
+    assert warned.count("threading layer does not load") == 1
+
+
+@pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
+def test_numba_kernels_give_the_caller_its_numba_thread_count_back():
+    """numba.set_num_threads is the calling thread's own setting, for its own prange code: a
+    small layer call had left it at 1, a large one or a long step at fastopt's count."""
+    numba = pytest.importorskip("numba")
+    before, ours = numba.get_num_threads(), fo.get_num_threads()
+    rng = np.random.default_rng(0)
+    small, large = rng.standard_normal((3, 3)), rng.standard_normal((400, 400))
+    p = rng.standard_normal(3_000_000).astype(np.float32)
+    try:
+        fo.set_num_threads(2)
+        with fo.use_backend("numba"):
+            for mine in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+                numba.set_num_threads(mine)
+                for call in (lambda: fo.softmax(small), lambda: fo.softmax(large),
+                             lambda: fo.batchnorm_forward(large, np.ones(400), np.zeros(400)),
+                             lambda: fo.softmax_cross_entropy(large, np.zeros(400, int)),
+                             lambda: [fo.ops.sgd_step_(p, p[::-1].copy(), lr=1e-3)
+                                      for _ in range(3)]):
+                    call()
+                    assert numba.get_num_threads() == mine
+    finally:
+        numba.set_num_threads(before)
+        fo.set_num_threads(ours)
+
+
 @pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
 def test_numba_steps_go_parallel_in_a_run_of_calls_or_when_long(monkeypatch):
     """A step whose arrays hold STEP_PARALLEL_BYTES or more runs on the threads when a step that
@@ -927,7 +1000,7 @@ def test_threadpoolctl_sees_and_limits_the_kernels():
         fo.set_num_threads(threads)
 
 
-def test_threadpoolctl_limits_the_numba_backend_too():
+def test_threadpoolctl_limits_the_numba_backend_too(monkeypatch):
     """threadpoolctl sees the compiled extension's library; the numba backend takes that
     library's count as its limit (it had kept its own)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
@@ -936,7 +1009,13 @@ def test_threadpoolctl_limits_the_numba_backend_too():
     import numba
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba may use one CPU here (taskset, a cgroup quota): nothing to limit")
-    from fastopt._numba import _common
+    from fastopt._numba import _common, layers
+    seen = []       # the thread count the layer's parallel kernels run on
+
+    def chunked(*args):
+        seen.append(numba.get_num_threads())
+        return _common.chunked(*args)
+    monkeypatch.setattr(layers, "chunked", chunked)
     threads = fo.get_num_threads()
     fo.set_num_threads(2)
     try:
@@ -946,7 +1025,7 @@ def test_threadpoolctl_limits_the_numba_backend_too():
                 assert _common.get_num_threads() == 1
                 numba.set_num_threads(2)
                 fo.softmax(np.ones((256, 1000), np.float32))   # a parallel numba kernel
-                assert numba.get_num_threads() == 1
+                assert seen == [1] and numba.get_num_threads() == 2    # (the caller's)
     finally:
         fo.set_num_threads(threads)
 

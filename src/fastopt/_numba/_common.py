@@ -5,6 +5,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections import namedtuple
 
 import numba
@@ -47,7 +48,8 @@ def _load_tbb():
 if "NUMBA_THREADING_LAYER" not in os.environ:
     _load_tbb()
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "omp", "workqueue"]
-_pool_started = [False]
+_pool_started = [False]      # None: no threading layer loads (_start_pool)
+_no_layer = [""]             # then why
 # held around each parallel launch (:func:`chunked`, :func:`launch`): under the workqueue
 # layer, which kills the process when two threads launch at once, this lock, so that their
 # launches take turns
@@ -70,13 +72,27 @@ if hasattr(os, "register_at_fork"):
 
 def _start_pool():
     """Start Numba's thread pool (lazily: at the first parallel step), then undo the one
-    global setting its OpenMP layer changes. It turns on nested parallelism
+    global setting its OpenMP layer changes; False where no threading layer loads
+    (a NUMBA_THREADING_LAYER naming one not installed), said once in a warning: the steps then
+    run on one thread (raising there, after the elements before the first line start or the
+    parameters before had been stepped, broke "a step that raises changes nothing"), and the
+    layers, which need the layer, raise before writing anything. It turns on nested parallelism
     (max-active-levels 255) in the process's libgomp, which torch shares (its bundled libgomp
     has the same soname): torch's intra-op regions then nest, oversubscribe the cores and run
     ~35x slower after a `torch.set_num_threads` call. Our kernels never nest, so one level is
     all they need; `python -m fastopt` measures both import orders."""
     from numba.np.ufunc import parallel
-    parallel._launch_threads()
+    if _pool_started[0] is None:
+        return False
+    try:
+        parallel._launch_threads()
+    except ValueError as exc:         # Numba's "No threading layer could be loaded"
+        _pool_started[0] = None
+        _no_layer[0] = str(exc).splitlines()[0]
+        warnings.warn(f"fastopt: Numba's threading layer does not load ({_no_layer[0]}): the "
+                      "numba backend's steps run on one thread and its layers raise",
+                      RuntimeWarning, stacklevel=2)
+        return False
     if numba.threading_layer() == "omp":
         ctypes.CDLL("libgomp.so.1").omp_set_max_active_levels(1)
     elif numba.threading_layer() == "tbb":
@@ -91,6 +107,7 @@ def _start_pool():
     elif numba.threading_layer() == "workqueue":
         _launch_guard[0] = _WORKQUEUE_LOCK
     _pool_started[0] = True
+    return True
 
 
 # Below this many elements a layer kernel runs serially: launching the parallel kernel costs more.
@@ -251,14 +268,28 @@ def list_form(single, span, parallel, pack):
     return foreach(single, _registry.get(single.__name__), check=step_views, run=run)
 
 
-def use_threads(n):
-    """Set Numba's thread count for a parallel kernel over ``n`` elements (one thread below
-    PARALLEL_MIN), starting the pool through :func:`_start_pool` first."""
-    if not _pool_started[0]:
-        _start_pool()
-    nthreads = get_num_threads() if n >= PARALLEL_MIN else 1
-    if numba.get_num_threads() != nthreads:
-        numba.set_num_threads(nthreads)
+class use_threads:
+    """``with use_threads(n):`` runs a layer's parallel kernels over ``n`` elements on
+    fastopt's thread count (one thread below PARALLEL_MIN), starting the pool through
+    :func:`_start_pool` first, and gives the calling thread back the Numba thread count it had
+    (its own prange code's: a small softmax had left it at 1, a large one at fastopt's)."""
+
+    __slots__ = ("nthreads", "previous")
+
+    def __init__(self, n):
+        if not _pool_started[0] and not _start_pool():
+            raise RuntimeError("the numba backend's layers need Numba's threading layer, "
+                               f"which does not load: {_no_layer[0]}")
+        self.nthreads = get_num_threads() if n >= PARALLEL_MIN else 1
+
+    def __enter__(self):
+        self.previous = numba.get_num_threads()
+        if self.previous != self.nthreads:
+            numba.set_num_threads(self.nthreads)
+
+    def __exit__(self, *exc):
+        if self.previous != self.nthreads:
+            numba.set_num_threads(self.previous)
 
 
 def scalars(name):
@@ -396,15 +427,20 @@ def launch(serial, parallel, views, scalars, nbytes=None):
         awake = time.perf_counter() - _last_step_end[0] < POOL_AWAKE_SECONDS
         if awake or nbytes >= STEP_PARALLEL_COLD_BYTES:
             nthreads = get_num_threads()
+    if nthreads > 1 and not _pool_started[0] and not _start_pool():
+        nthreads = 1
     if nthreads > 1:
-        if not _pool_started[0]:
-            _start_pool()
-        if numba.get_num_threads() != nthreads:
+        previous = numba.get_num_threads()      # (the caller's, given back after)
+        if previous != nthreads:
             numba.set_num_threads(nthreads)
         share = (-(-n // nthreads) + 15) & ~15      # whole 64-byte lines of float32 per thread
-        with _launch_guard[0]:
-            kernel = parallel
-            kernel(-(-n // share), share, *views, scalars)
+        try:
+            with _launch_guard[0]:
+                kernel = parallel
+                kernel(-(-n // share), share, *views, scalars)
+        finally:
+            if previous != nthreads:
+                numba.set_num_threads(previous)
     else:
         kernel = serial
         kernel(*views, scalars)

@@ -392,17 +392,17 @@ def _exact_biases(beta, scale, mean_error):
 
 
 def batchnorm_forward(x, axis, gamma, beta, eps, mean, mean_error, inv_std, var, y):
-    use_threads(x.size)
-    x = read_only(x)
-    g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
-    if axis == 1:
-        chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, mean_error,
-                inv_std, var, y)
-    else:
-        _stats_cols(x, eps, mean, mean_error, inv_std, var)
-        scale = g64 * inv_std
-        chunked(_apply, _pairs(x.shape[0]), x, axis, _exact_biases(b64, scale, mean_error),
-                mean, scale, y)
+    with use_threads(x.size):
+        x = read_only(x)
+        g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
+        if axis == 1:
+            chunked(_forward_rows, _groups(x.shape[0]), x, eps, g64, b64, mean, mean_error,
+                    inv_std, var, y)
+        else:
+            _stats_cols(x, eps, mean, mean_error, inv_std, var)
+            scale = g64 * inv_std
+            chunked(_apply, _pairs(x.shape[0]), x, axis, _exact_biases(b64, scale, mean_error),
+                    mean, scale, y)
 
 
 @numba.njit(**JIT)
@@ -416,10 +416,10 @@ def _inv_std(running_var, eps):
 
 def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y):
     # in float64 (mean, scale and beta are float64), rounded once when stored into y
-    use_threads(x.size)
-    chunked(_apply, (_pairs if axis == 0 else _quads)(x.shape[0]), read_only(x), axis,
-            beta.astype(np.float64), running_mean.astype(np.float64),
-            gamma.astype(np.float64) * _inv_std(running_var, eps), y)
+    with use_threads(x.size):
+        chunked(_apply, (_pairs if axis == 0 else _quads)(x.shape[0]), read_only(x), axis,
+                beta.astype(np.float64), running_mean.astype(np.float64),
+                gamma.astype(np.float64) * _inv_std(running_var, eps), y)
 
 
 @numba.njit(inline="always", **JIT)
@@ -499,13 +499,13 @@ def _backward_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
 
 
 def batchnorm_backward(dy, x, axis, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
-    use_threads(x.size)
-    dy, x, gamma = read_only(dy), read_only(x), read_only(gamma)
-    if axis == 1:
-        chunked(_backward_rows, _groups(x.shape[0]), dy, x, gamma, mean, mean_error, inv_std,
-                dx, dgamma, dbeta)
-    else:
-        _backward_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta)
+    with use_threads(x.size):
+        dy, x, gamma = read_only(dy), read_only(x), read_only(gamma)
+        if axis == 1:
+            chunked(_backward_rows, _groups(x.shape[0]), dy, x, gamma, mean, mean_error, inv_std,
+                    dx, dgamma, dbeta)
+        else:
+            _backward_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta)
 
 
 # --------------------------------------------------------------------------------- softmax
@@ -1063,13 +1063,13 @@ def _softmax(z, out, log_, width):
 def softmax(z, out, log):
     if z.shape[1] == 0 or z.shape[0] * z.shape[2] == 0:
         return
-    use_threads(z.size)
-    z = read_only(z)
-    if z.shape[2] == 1:
-        chunked(_softmax_rows, _row_groups(z), z[:, :, 0], out[:, :, 0], bool(log))
-    else:
-        width, blocks = _column_blocks(z)
-        chunked(_softmax, blocks, z, out, bool(log), width)
+    with use_threads(z.size):
+        z = read_only(z)
+        if z.shape[2] == 1:
+            chunked(_softmax_rows, _row_groups(z), z[:, :, 0], out[:, :, 0], bool(log))
+        else:
+            width, blocks = _column_blocks(z)
+            chunked(_softmax, blocks, z, out, bool(log), width)
 
 
 @numba.njit(inline="always", **JIT)
@@ -1176,21 +1176,21 @@ def softmax_cross_entropy(z, labels, targets, dz):
     m = z.shape[0] * z.shape[2]
     if m == 0 or z.shape[1] == 0:   # a mean over no examples is NaN (as torch's); no classes: 0
         return math.nan if m == 0 else 0.0
-    use_threads(z.size)
-    terms = np.zeros(m)
-    by_index = labels is not None
-    z = read_only(z)
-    labels = read_only(labels) if by_index else _NO_LABELS
-    targets = z if by_index else read_only(targets)
-    # 1 / m and 1 in the data's dtype (a 1 made in the kernels, as inv_m - inv_m + 1, was
-    # float64 for float32 data: Numba types float32 + int as float64, and so computed the
-    # gradient's label entries, and the strided layout's targets, in float64)
-    inv_m, one = z.dtype.type(1.0 / m), z.dtype.type(1)
-    if z.shape[2] == 1:
-        chunked(_xent_rows, _row_groups(z), z[:, :, 0], labels, targets[:, :, 0],
-                by_index, dz[:, :, 0], inv_m, one, terms)
-    else:
-        width, blocks = _column_blocks(z)
-        chunked(_xent_kernel, blocks, z, labels, targets, by_index, dz, inv_m, one, terms,
-                width)
-    return (0.0 - _row_sum(terms, np.empty(8))) / m     # (a zero loss is +0.0, as torch's)
+    with use_threads(z.size):
+        terms = np.zeros(m)
+        by_index = labels is not None
+        z = read_only(z)
+        labels = read_only(labels) if by_index else _NO_LABELS
+        targets = z if by_index else read_only(targets)
+        # 1 / m and 1 in the data's dtype (a 1 made in the kernels, as inv_m - inv_m + 1, was
+        # float64 for float32 data: Numba types float32 + int as float64, and so computed the
+        # gradient's label entries, and the strided layout's targets, in float64)
+        inv_m, one = z.dtype.type(1.0 / m), z.dtype.type(1)
+        if z.shape[2] == 1:
+            chunked(_xent_rows, _row_groups(z), z[:, :, 0], labels, targets[:, :, 0],
+                    by_index, dz[:, :, 0], inv_m, one, terms)
+        else:
+            width, blocks = _column_blocks(z)
+            chunked(_xent_kernel, blocks, z, labels, targets, by_index, dz, inv_m, one, terms,
+                    width)
+        return (0.0 - _row_sum(terms, np.empty(8))) / m     # (a zero loss is +0.0, as torch's)

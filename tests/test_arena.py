@@ -710,8 +710,16 @@ def test_arena_params_and_grads_keep_their_arena_alive():
         assert opt._plans[0].span is not None                  # the one-call path
         np.testing.assert_array_equal(params["W"], np.arange(6.0).reshape(2, 3) - 1)
         alive = weakref.ref(span.arena)
+        W = params["W"]
         del span, opt, params
         assert alive() is not None                             # grads still hold it
+        # the params dict it held weakly is gone: made again, the same names over the same
+        # views (it was None: pickling grads, or an optimizer over them, raised AttributeError)
+        assert list(alive().params) == ["W", "b"] and alive().params["W"] is W
+        copied = pickle.loads(pickle.dumps(grads))
+        np.testing.assert_array_equal(copied["dW"], np.ones((2, 3)))
+        assert "2 params" in repr(alive())
+        del W, copied
         del grads
         assert alive() is None                                 # gone with the last dict
 

@@ -98,6 +98,7 @@ class ParameterArena:
         self._dicts: list = [_Views(self), _GradDict(self)]
         # (param view, grad view, offset) in allocation order
         self._views: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self._names: list[str] = []                 # their names, in that order
         self._index: dict[int, int] = {}           # id(param view) -> position in _views
         _OWNERS[id(self._param_buf)] = self
         _BUFFERS[id(self._param_buf)] = self._param_buf
@@ -168,19 +169,31 @@ class ParameterArena:
         dict.__setitem__(self.grads, name, grad)
         self._index[id(param)] = len(self._views)
         self._views.append((param, grad, lo))
+        self._names.append(name)
         return param
 
     @property
     def params(self) -> "_Views":
         """Name -> parameter view (see the class docstring)."""
-        views = self._dicts[0]
-        return views() if isinstance(views, weakref.ref) else views
+        return self._dict(0)
 
     @property
     def grads(self) -> "_GradDict":
         """Name -> grad view, also as ``"d" + name`` (see the class docstring)."""
-        views = self._dicts[1]
-        return views() if isinstance(views, weakref.ref) else views
+        return self._dict(1)
+
+    def _dict(self, k):
+        """``params`` (k 0) or ``grads`` (k 1). One held weakly (see __del__) that is gone
+        while the arena lives on (kept by the other, or by an optimizer's plan) is made again,
+        the same names over the same views: it was None, and pickling the arena, or an
+        optimizer over it, raised AttributeError."""
+        views = self._dicts[k]
+        if isinstance(views, weakref.ref):
+            views = views()
+            if views is None:
+                views = self._dicts[k] = (_Views, _GradDict)[k](self)
+                dict.update(views, zip(self._names, (v[k] for v in self._views)))
+        return views
 
     @params.setter
     def params(self, value: "_Views") -> None:

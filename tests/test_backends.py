@@ -88,6 +88,55 @@ def test_a_numba_that_refuses_to_import_is_an_unavailable_backend():
             "(ValueError: Number of threads specified must be > 0.)") in out.stdout
 
 
+def test_numba_with_its_jit_disabled_is_an_unavailable_backend():
+    """NUMBA_DISABLE_JIT=1 (for debugging or coverage): the steps ran, the layers and the
+    16-bit kernels raised NotImplementedError at their first call (their intrinsics have no
+    pure-Python form), and numba was listed as available (the default where the extension
+    is absent). It is now unavailable, saying why."""
+    pytest.importorskip("numba")
+    env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}
+    env["NUMBA_DISABLE_JIT"] = "1"
+    code = """if True:
+        import fastopt as fo
+        assert "numba" not in fo.backends() and "numpy" in fo.backends(), fo.backends()
+        try:
+            fo.set_backend("numba")
+        except RuntimeError as exc:
+            print(exc)
+    """
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "backend 'numba' is not available: NUMBA_DISABLE_JIT is set" in out.stdout
+
+
+def test_numba_with_nowhere_to_cache_compiles_in_each_process():
+    """A read-only install run by a user without a writable home: Numba finds no cache
+    directory, every cache=True kernel raised RuntimeError as fastopt._numba was imported,
+    and the backend was "not installed". It now compiles without a cache, and says how to
+    keep one. (Numba's cache locators are emptied here: as root, no directory is read-only.)"""
+    pytest.importorskip("numba")
+    env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}
+    code = """if True:
+        import warnings
+        import numba.core.caching
+        import numpy as np
+        numba.core.caching.CacheImpl._locator_classes = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fastopt as fo
+            fo.set_backend("numba")
+            print(fo.softmax(np.zeros(2)).tolist())
+        print([str(w.message) for w in caught if "cannot cache" in str(w.message)])
+    """
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result, warned = out.stdout.splitlines()
+    assert result == "[0.5, 0.5]"
+    assert warned.count("Set NUMBA_CACHE_DIR to a writable directory") == 1
+
+
 _SOFTMAX_BITS = """if True:
     import hashlib
     import numpy as np

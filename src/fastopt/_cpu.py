@@ -9,8 +9,9 @@ the CPU's features cannot be read, nothing is refused.
 
 
 class UnusableBuild(ImportError):
-    """The compiled kernels are not in this install or cannot run on this CPU (the message says
-    why and what to do); raised by importing fastopt._kernels."""
+    """A backend's kernels are not in this install or cannot run here (the message says why
+    and what to do): raised by importing fastopt._kernels (not built, or built for another
+    CPU) or fastopt._numba (NUMBA_DISABLE_JIT)."""
 
 
 # the features each x86-64 level adds, as Linux names them in /proc/cpuinfo ("abm" is LZCNT)

@@ -5,7 +5,17 @@ Kernels mirror the Cython ones (same signatures, same element formulas, same chu
 the 16-bit ones, ``layers`` the layer kernels; ``fastopt._backend`` serves them (with each
 kernel's list form).
 """
-from . import layers, lowp, optim
+import numba
+
+from .._cpu import UnusableBuild
+
+if numba.config.DISABLE_JIT:
+    # the layers' and the 16-bit kernels' intrinsics have no pure-Python form: half of the
+    # backend raised NotImplementedError at its first call
+    raise UnusableBuild("NUMBA_DISABLE_JIT is set: the numba backend's kernels need Numba's "
+                        "compiler (unset it to use them)")
+
+from . import layers, lowp, optim  # noqa: E402
 from ._common import get_num_threads, set_num_threads  # noqa: F401
 
 

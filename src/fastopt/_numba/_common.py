@@ -15,9 +15,27 @@ from .. import _hyper, _registry
 from .._multi import foreach
 from .._validate import FLOAT_DTYPES, _owner, check_step_arrays, overlap_error
 
+def _cacheable():
+    """Whether Numba finds somewhere to cache the compiled kernels: the package's __pycache__,
+    or a user-wide directory (NUMBA_CACHE_DIR, or under $HOME). Where neither is writable (a
+    read-only install run by a user without a writable home) every ``cache=True`` kernel
+    raised RuntimeError as this package was imported, and the backend was reported missing
+    ("numba is not installed"): the kernels then compile in each process instead, said once."""
+    def probe():
+        pass
+    try:
+        numba.njit(cache=True)(probe)       # (finds its cache locator; compiles nothing)
+    except RuntimeError as exc:
+        warnings.warn(f"fastopt: Numba cannot cache the numba backend's kernels ({exc}); they "
+                      "compile in each process. Set NUMBA_CACHE_DIR to a writable directory "
+                      "to keep them.", RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
 # error_model="numpy": division by zero gives inf/nan instead of raising, and lets LLVM
 # vectorize divisions. fastmath stays off: IEEE semantics, no reassociation, no FMA contraction.
-JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath=False)
+JIT = dict(cache=_cacheable(), nogil=True, error_model="numpy", fastmath=False)
 
 
 def _load_tbb():

@@ -76,6 +76,22 @@ def test_an_install_without_a_compiler_says_so_and_warns_once(tmp_path):
     assert f"  cython  : not built: {NO_COMPILER}\n" in out
 
 
+def test_the_fallback_warning_names_every_backend_passed_over_at_the_importing_line(tmp_path):
+    """Falling back to NumPy, the warning gave the compiled backend's reason only (not why
+    numba was passed over too), and pointed at fastopt/_backend.py, not at the import."""
+    pytest.importorskip("numba")
+    path = package_copy(tmp_path, f"ERROR = {NO_COMPILER!r}\nMARCH = None\nFLAGS = None\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTOPT_BACKEND", "PYTHONPATH")}
+    env.update(PYTHONPATH=str(path), NUMBA_DISABLE_JIT="1")
+    (tmp_path / "user_script.py").write_text("import sys\nimport fastopt\n")
+    done = subprocess.run([sys.executable, "user_script.py"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"{tmp_path / 'user_script.py'}:2: UserWarning: fastopt: the "
+                                  f"compiled backend is not available: not built: {NO_COMPILER}"
+                                  "; numba: NUMBA_DISABLE_JIT is set"), done.stderr
+
+
 def test_missing_extension_files_are_reported_as_not_built_not_as_a_circular_import(tmp_path):
     # no _build_info.py, no extension: Python's own message blamed a circular import
     path = package_copy(tmp_path)

@@ -11,6 +11,7 @@ import functools
 import importlib
 import numbers
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -314,10 +315,29 @@ def _choose_default():
         except RuntimeError:
             continue
         if name != NAMES[0]:   # a fallback is several times slower: say so, once
-            warnings.warn(f"fastopt: the compiled backend is not available: {_failed[NAMES[0]]}."
-                          f" Using {name!r} (slower). Set FASTOPT_BACKEND={name} to choose it "
-                          "and silence this warning.", stacklevel=2)
+            skipped = "".join(f"; {other}: {_failed[other]}" for other in NAMES[1:]
+                              if other in _failed)
+            warnings.warn(f"fastopt: the compiled backend is not available: {_failed[NAMES[0]]}"
+                          f"{skipped}. Using {name!r} (slower). Set FASTOPT_BACKEND={name} to "
+                          "choose it and silence this warning.", stacklevel=_importer_level())
         return
+
+
+def _importer_level():
+    """warnings.warn's stacklevel, from its caller, of the line that imported fastopt: the
+    first frame outside this package (importlib's frames, which warnings skips, uncounted)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def internal(frame):
+        name = frame.f_code.co_filename
+        return "importlib" in name and "_bootstrap" in name
+
+    frame, level = sys._getframe(1), 1     # (the caller: stacklevel 1)
+    while frame.f_back is not None and (
+            internal(frame) or os.path.abspath(frame.f_code.co_filename).startswith(package)):
+        frame = frame.f_back
+        level += not internal(frame)
+    return level
 
 
 _choose_default()

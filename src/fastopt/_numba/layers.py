@@ -392,6 +392,8 @@ def _exact_biases(beta, scale, mean_error):
 
 
 def batchnorm_forward(x, axis, gamma, beta, eps, mean, mean_error, inv_std, var, y):
+    if x.size == 0:     # (no features: the loops over the rows had run, 2^40 of them)
+        return
     with use_threads(x.size):
         x = read_only(x)
         g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
@@ -415,6 +417,8 @@ def _inv_std(running_var, eps):
 
 
 def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y):
+    if x.size == 0:     # (no features: the loops over the rows had run, 2^40 of them)
+        return
     # in float64 (mean, scale and beta are float64), rounded once when stored into y
     with use_threads(x.size):
         chunked(_apply, (_pairs if axis == 0 else _quads)(x.shape[0]), read_only(x), axis,
@@ -499,6 +503,8 @@ def _backward_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
 
 
 def batchnorm_backward(dy, x, axis, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
+    if x.size == 0:     # (no features: the loops over the rows had run, 2^40 of them)
+        return
     with use_threads(x.size):
         dy, x, gamma = read_only(dy), read_only(x), read_only(gamma)
         if axis == 1:

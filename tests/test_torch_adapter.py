@@ -1755,6 +1755,71 @@ def test_a_step_count_written_in_place_is_read_by_the_next_step(name, write, whe
                                   [float(ref.state[p]["step"]) for p in theirs])
 
 
+@pytest.mark.parametrize("name", STEPPED)
+def test_step_counts_in_shared_memory_are_advanced_in_place_as_torch_does(name):
+    """The A3C/Hogwild "SharedAdam": each state made before the first step, its tensors in
+    shared memory, so that processes stepping one model share one count and one set of
+    moments. The count was copied into the group's own and never advanced: each process
+    began its bias correction anew on moments that were not new. Now a count in shared memory
+    stays the state's, read at each step (another process advances it: here a write between
+    steps) and advanced in place, as torch's; and a torch.multiprocessing pickle of the
+    optimizer (a spawned worker's) keeps it shared."""
+    from multiprocessing.reduction import ForkingPickler
+    import torch.multiprocessing  # noqa: F401  (registers its reductions of shared tensors)
+    ours, opt, theirs, ref = _pair(name, dict(lr=0.01))
+    counts = {}
+    for ps, o in ((ours, opt), (theirs, ref)):
+        for p in ps:
+            o.state[p]["step"] = torch.zeros(()).share_memory_()
+            for key in {"Adagrad": ["sum"], "RMSprop": ["square_avg"],
+                        "Adadelta": ["square_avg", "acc_delta"],
+                        "Adamax": ["exp_avg", "exp_inf"]}.get(name, ["exp_avg", "exp_avg_sq"]):
+                o.state[p][key] = torch.zeros_like(p).share_memory_()
+            if name == "NAdam":
+                o.state[p]["mu_product"] = torch.ones(()).share_memory_()
+        counts[id(o)] = [o.state[p]["step"] for p in ps]
+    gen = torch.Generator().manual_seed(3)
+    for k in range(5):
+        _set_grads(gen, ours, theirs)
+        if k == 2:      # another process stepped the shared state twice
+            for o in (opt, ref):
+                counts[id(o)][0].add_(2)
+        opt.step()
+        ref.step()
+    assert [float(t) for t in counts[id(opt)]] == [float(t) for t in counts[id(ref)]] == \
+        [7.0] + [5.0] * (len(ours) - 1)
+    assert all(opt.state[p]["step"] is t for p, t in zip(ours, counts[id(opt)]))
+    assert _ulps(ours, theirs) <= 4
+    twin = ForkingPickler.loads(ForkingPickler.dumps(opt))
+    twin_params = [group["params"] for group in twin.param_groups][0]
+    for p in twin_params:
+        p.grad = torch.ones_like(p)
+    twin.step()
+    assert [float(t) for t in counts[id(opt)]] == [8.0] + [6.0] * (len(ours) - 1)
+
+
+def test_a_state_put_in_shared_memory_after_a_step_is_shared_with_a_spawned_worker():
+    """torch's own way to share an optimizer: step once (the state is made), move every state
+    tensor to shared memory, hand the optimizer to spawned workers (torch.multiprocessing
+    pickles it). The pickle gave each count a storage of its own (made for plain pickles,
+    where a view carries its whole storage), so each worker counted from 1 alone."""
+    from multiprocessing.reduction import ForkingPickler
+    import torch.multiprocessing  # noqa: F401  (registers its reductions of shared tensors)
+    ours, opt, _, _ = _pair("Adam", dict(lr=0.01))
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for state in opt.state.values():
+        for t in state.values():
+            t.share_memory_()
+    worker = ForkingPickler.loads(ForkingPickler.dumps(opt))
+    for p in worker.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    worker.step()
+    worker.step()
+    assert [float(opt.state[p]["step"]) for p in ours] == [3.0] * len(ours)
+
+
 @pytest.mark.parametrize("dst", NAMES)
 @pytest.mark.parametrize("src", NAMES)
 def test_a_state_dict_of_another_optimizer_class_loads_and_steps_as_in_torch(src, dst):

@@ -32,7 +32,9 @@ p.data.t()``, included; of a state tensor's strides or shape changed in place,
 geometry at every step would cost more than the parameters' and grads'). A group's
 ``step`` counts are 0-d views of one tensor, advanced with one operation; a ``step``
 assigned from elsewhere is copied into it, and one written in place
-(``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. Every group's
+(``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. One in shared
+memory (the A3C/Hogwild ``SharedAdam``, or state moved there to share the optimizer with
+spawned workers) stays the state's, read at each step and advanced in place, as torch's. Every group's
 tensors, hyper-parameters and step counts loaded, assigned or written in place (a count below
 0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs or a complex
 bias correction; RMSprop and Adadelta, which do not read it, step any count as torch does;
@@ -413,13 +415,16 @@ class _Plan:
     state dict and state tensors per parameter, and the same state keys (an option that needs
     more state). Anything else rebuilds it; new grad tensors (a backward after
     ``zero_grad()``) or a grad's new storage, strides or shape only renew the grads' views.
-    Grads new to a step are held by weak references after it (``keep`` false), so that
-    ``zero_grad()`` frees them; the same ones at the next step are held from then on.
+    Grads new to a step are not held after it (``keep`` false; ``gmark`` and ``gids`` know
+    them again), so that ``zero_grad()`` frees them; the same ones at the next step are held
+    from then on.
 
     Step counts live in one tensor per group (``step_buf``, a slot per parameter of the
     group): each state's ``step`` is a 0-d view of its slot, so one NumPy operation reads and
     advances a group's counts. A ``step`` from elsewhere (a loaded state dict, an assigned
-    tensor) is copied into its slot and replaced by the slot's view when the step succeeds."""
+    tensor) is copied into its slot and replaced by the slot's view when the step succeeds;
+    one in shared memory (``shared_steps``) stays the state's, read into its slot before
+    each step and written back after it, as torch advances it in place."""
 
     __slots__ = ("all_params", "grads", "has_grad", "params", "keys", "state_map", "stored",
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
@@ -427,7 +432,8 @@ class _Plan:
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
                  "gmark", "gids", "wstarts", "wreach", "alias", "pptrs", "split", "negs",
-                 "neg_grads", "scalars", "scalar_versions", "vshapes", "inference")
+                 "neg_grads", "scalars", "scalar_versions", "vshapes", "inference",
+                 "shared_steps")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -453,9 +459,9 @@ def _own_counts(state):
     parameters held n^2 counts (and as many after unpickling), where torch.optim's
     independent counts take n. The next step copies such counts back into the group's
     tensor."""
-    def shared(t):
+    def shared(t):     # (one in shared memory stays it: a spawned process advances it)
         return (isinstance(t, torch.Tensor) and t.dim() == 0
-                and _storage_nbytes(_storage(t)) > t.element_size())
+                and _storage_nbytes(_storage(t)) > t.element_size() and not t.is_shared())
     return {key: {k: v.clone() if shared(v) else v for k, v in entry.items()}
             if isinstance(entry, dict) and any(map(shared, entry.values())) else entry
             for key, entry in state.items()}
@@ -853,6 +859,14 @@ class _FastOptimizer(_Mixin):
                 and all(map(operator.is_, state.values(), seen[2])))
         self._replanned = False
         work = [self._prepare(gi, group, same) for gi, group in enumerate(self.param_groups)]
+        if self._STEPPED:
+            for plan in work:
+                if plan is not None and plan.shared_steps:
+                    # counts in shared memory, which other processes advance: read at each
+                    # step, as torch reads them, and checked before any group steps
+                    for j, t in plan.shared_steps:
+                        plan.counts[j] = float(t)
+                    self._check_counts(plan)
         if self._replanned and len(work) > 1:
             self._refuse_shared(work)
         # so are the hyper-parameters, so that a raising step changes nothing (each group's
@@ -1430,10 +1444,16 @@ class _FastOptimizer(_Mixin):
         plan.live_index = _ALL if len(index) == len(params) else np.array(index, np.intp)
         steps = plan.tensors["step"]
         base, size = plan.step_buf.data_ptr(), plan.step_buf.element_size()
+        plan.shared_steps = []
         for k, j in enumerate(index):
             if steps[k] is plan.slots[j] and steps[k].data_ptr() == base + j * size:
                 continue
             plan.counts[j] = float(steps[k])
+            if steps[k].is_shared():
+                # a count in shared memory (the A3C/Hogwild SharedAdam, or state shared with
+                # processes it spawned) is other processes' too: it stays the state's
+                plan.shared_steps.append((j, steps[k]))
+                continue
             if plan.slots[j] is None or plan.slots[j] is steps[k]:    # (its .data was set)
                 plan.slots[j] = plan.step_buf[j]
             state = plan.states[k]
@@ -1551,6 +1571,9 @@ class _FastOptimizer(_Mixin):
                     plan.counts += 1
                 else:
                     plan.counts[plan.live_index] += 1
+        if self._STEPPED:
+            for j, t in plan.shared_steps:      # (torch's step_t += 1 in place)
+                t.fill_(float(plan.counts[j]))
         _increment_versions(plan.params)
         if not plan.keep:
             # (a plan with a parameter that is a negative view is never kept: _make_plan)

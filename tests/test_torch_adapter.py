@@ -755,6 +755,49 @@ def test_max_grad_norm_checks_and_survives_torch_state_dicts():
     assert torch.equal(p.grad, torch.full((3,), 10.0))     # Adam scales inside its kernel
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+@pytest.mark.parametrize("name", NAMES)
+def test_a_torch_optim_distributed_checkpoint_loads_into_an_optimizer_that_does_not_clip(
+        name, tmp_path):
+    """torch.distributed.checkpoint loads into the state dict of the optimizer it restores,
+    and requires each of its keys in the checkpoint: every group held ``max_grad_norm`` (None
+    where it did not clip), which a torch.optim checkpoint lacks ("Missing key in checkpoint
+    state_dict: optim.param_groups.0.max_grad_norm"). A group holds it where it clips only."""
+    dcp = pytest.importorskip("torch.distributed.checkpoint")
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                         set_optimizer_state_dict,
+                                                         set_state_dict)
+    extra = dict(momentum=0.9) if name == "SGD" else {}
+
+    def trained(lib):
+        model = torch.nn.Linear(4, 2, dtype=torch.float64)
+        with torch.no_grad():
+            for k, p in enumerate(model.parameters()):
+                p.copy_(torch.linspace(-1, 1, p.numel(), dtype=torch.float64).view(p.shape) + k)
+        opt = getattr(lib, name)(model.parameters(), lr=0.01, **extra)
+        model(torch.ones(3, 4, dtype=torch.float64)).sum().backward()
+        opt.step()
+        return model, opt
+
+    model, opt = trained(torch.optim)
+    dcp.save(dict(zip(("model", "optim"), get_state_dict(model, opt))), checkpoint_id=tmp_path)
+    for flat in (False, True):
+        mine, ours = trained(ft)
+        assert all(set(g) == set(r)
+                   for g, r in zip(ours.param_groups, opt.param_groups))
+        loaded = dict(zip(("model", "optim"), get_state_dict(mine, ours)))
+        dcp.load(loaded, checkpoint_id=tmp_path)
+        set_state_dict(mine, ours, model_state_dict=loaded["model"],
+                       optim_state_dict=loaded["optim"])
+        if flat:
+            options = StateDictOptions(flatten_optimizer_state_dict=True)
+            set_optimizer_state_dict(mine, ours, get_state_dict(model, opt, options=options)[1],
+                                     options=options)
+        for p, q in zip(mine.parameters(), model.parameters()):
+            for key, value in opt.state[q].items():
+                assert torch.equal(ours.state[p][key], value), key
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
 @pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan"), "1.0", True, 10 ** 400],
                          ids=["negative", "zero", "nan", "str", "bool", "past-float"])

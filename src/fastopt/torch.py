@@ -583,9 +583,13 @@ class _FastOptimizer(_Mixin):
         self._lock = _step_lock()
         self._plans: dict[int, _Plan] = {}      # each param group's plan, by its index
         super().__init__(params, *args, **kwargs)
-        self.defaults[CLIP] = max_grad_norm
-        for group in self.param_groups:
-            group.setdefault(CLIP, max_grad_norm)
+        if max_grad_norm is not None:
+            # (only then: the groups and state dicts of an optimizer that does not clip hold
+            # torch's keys alone, as torch.distributed.checkpoint requires of a state dict
+            # loaded into it, whose torch.optim checkpoint has no such key)
+            self.defaults[CLIP] = max_grad_norm
+            for group in self.param_groups:
+                group.setdefault(CLIP, max_grad_norm)
         self.grad_norms = [None] * len(self.param_groups)
 
     # ------------------------------------------------------------ options and checks
@@ -726,7 +730,7 @@ class _FastOptimizer(_Mixin):
             # a torch.optim state dict has no clip setting: this optimizer's stays
             state_dict["param_groups"] = [
                 dict(g, **{k: mine[k] for k in ("foreach", "fused") if k in mine},
-                     **({CLIP: mine.get(CLIP)} if CLIP not in g else {}))
+                     **({CLIP: mine[CLIP]} if CLIP in mine and CLIP not in g else {}))
                 for g, mine in zip(saved, self.param_groups)]
         for group in state_dict["param_groups"]:
             _check_clip(group.get(CLIP))
@@ -2233,7 +2237,7 @@ _ARGUMENTS = {
     CLIP: ("float or None", "fastopt's own: clip each param group's grads to this global L2 "
            "norm inside the step, with the numbers of ``torch.nn.utils.clip_grad_norm_("
            "group_params, max_grad_norm)`` before the step (a group may set its own; None: no "
-           "clip)."),
+           "clip, and the groups hold no such key, as torch.optim's)."),
 }
 
 

@@ -2248,3 +2248,78 @@ def test_a_named_groups_params_and_param_names_change_together():
     opt.param_groups[0]["param_names"].append("v")
     opt.step({"dW": np.ones(2), "db": np.ones(3), "dv": np.ones(4)})
     assert not same_bits(w, before) and opt.state_dict()["param_groups"][0]["params"] == [0, 1, 2]
+
+
+def _state_dict_bytes(opt):
+    sd = opt.state_dict()
+    return (repr(sd["param_groups"]),
+            {i: {k: (np.asarray(v).dtype.str, np.asarray(v).tobytes()) for k, v in s.items()}
+             for i, s in sd["state"].items()})
+
+
+def test_a_memory_error_in_add_param_group_or_load_state_dict_changes_nothing(monkeypatch):
+    """Both made their step-count arrays after recording the change: a MemoryError there left
+    add_param_group's group start without its slots (every later state_dict, deepcopy and
+    pickle raised IndexError) and load_state_dict's new lr and state in place."""
+    p, q = np.ones(3), np.ones(2)
+    opt = fo.Adam([p], lr=0.1)
+    opt.step([np.full(3, 0.5)])
+    other = opt.state_dict()
+    other["param_groups"][0]["lr"] = 0.5
+    other["state"][0]["step"] = 7
+    other["state"][0]["exp_avg"] = np.full(3, 0.25)
+    before = _state_dict_bytes(opt)
+
+    def failing(self, n):
+        raise MemoryError("injected")
+    new_slots = fo.optim.Optimizer._new_slots
+    monkeypatch.setattr(fo.optim.Optimizer, "_new_slots", failing)
+    with pytest.raises(MemoryError):
+        opt.add_param_group({"params": [q]})
+    with pytest.raises(MemoryError):
+        opt.load_state_dict(other)
+    monkeypatch.setattr(fo.optim.Optimizer, "_new_slots", new_slots)
+    assert _state_dict_bytes(opt) == before and len(opt.param_groups) == 1
+    opt.add_param_group({"params": [q]})
+    for copied in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert _state_dict_bytes(copied) == _state_dict_bytes(opt)
+    opt.step([np.full(3, 0.5), np.full(2, 0.5)])
+    assert [int(opt.state[i]["step"]) for i in (0, 1)] == [2, 1]
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_a_memory_error_from_a_kernel_is_no_step_taken(backend, monkeypatch):
+    """A MemoryError from the backend (its tables for many tensors, the check of a strided
+    one: raised before it writes) was stored as a step taken, as a Ctrl-C as the kernel
+    returns is: the counts advanced, a first step's state was stored, over parameters left as
+    they were (a bias correction one step off from then on). EWA.update counted the sample
+    that way; and a MemoryError allocating its result, once the sample was in, left it
+    counted (a retry folded it in twice)."""
+    def failing(*args, **kwargs):
+        raise MemoryError("injected")
+    p = [np.ones(3), np.ones((2, 2))]
+    twin = [a.copy() for a in p]
+    grads = [np.full(3, 0.5), np.full((2, 2), 0.5)]
+    ewa, ewa_twin = fo.EWA(0.9), fo.EWA(0.9)
+    with fo.use_backend(backend):
+        opt, ref = fo.Adam(p, lr=0.1), fo.Adam(twin, lr=0.1)
+        for name in ("adam_multi", "ewa", "ewa_multi"):
+            monkeypatch.setattr(fo._backend.active, name, failing)
+        with pytest.raises(MemoryError):
+            opt.step(grads)
+        with pytest.raises(MemoryError):
+            ewa.update([1.0, 2.0])
+        monkeypatch.undo()
+        assert not opt.state and ewa.t == 0 and ewa.value is None
+        monkeypatch.setattr(np, "empty_like", failing)
+        with pytest.raises(MemoryError):
+            ewa.update([1.0, 2.0])
+        monkeypatch.undo()
+        assert ewa.t == 0 and ewa.value is None
+        for _ in range(2):
+            opt.step(grads)
+            ref.step(grads)
+            ewa.update([1.0, 2.0])
+            ewa_twin.update([1.0, 2.0])
+    assert [a.tobytes() for a in p] == [a.tobytes() for a in twin]
+    assert ewa.t == 2 and ewa.value.tobytes() == ewa_twin.value.tobytes()

@@ -149,6 +149,9 @@ class EWA:
         else:
             avg = self._avg
         x = x.astype(avg.dtype, copy=False)
+        # the result's array too (a MemoryError once x was folded in left it counted, and a
+        # retry folded it in twice)
+        result = np.empty_like(avg)
         try:
             ops.ewa_(avg, x, beta)
         except BaseException as exc:
@@ -161,7 +164,7 @@ class EWA:
             raise
         self._avg = avg
         self.t += 1
-        return self._current(avg, beta, bias_correction)
+        return self._current(avg, beta, bias_correction, result)
 
     def __copy__(self) -> "EWA":
         # the average is updated in place: a copy sharing it would fold its samples into ours
@@ -186,13 +189,18 @@ class EWA:
             check_flag("bias_correction", self.bias_correction)
         return beta, bool(self.bias_correction)
 
-    def _current(self, avg: np.ndarray, beta: float, bias_correction: bool) -> np.ndarray:
-        if bias_correction:         # (into a new array: a 0-d average stays an array)
+    def _current(self, avg: np.ndarray, beta: float, bias_correction: bool,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """The average, corrected if asked, into ``out`` (a new array if None: a 0-d average
+        stays an array)."""
+        out = np.empty_like(avg) if out is None else out
+        if bias_correction:
             # overflowing to inf or underflowing silently, as the kernels: update() has
             # already folded x in
             with np.errstate(over="ignore", under="ignore"):
-                return np.divide(avg, 1.0 - beta ** self.t, out=np.empty_like(avg))
-        return avg.copy()
+                return np.divide(avg, 1.0 - beta ** self.t, out=out)
+        np.copyto(out, avg)
+        return out
 
 
 __all__ = ["ewa_series", "EWA"]

@@ -63,8 +63,10 @@ def _interrupted_kernel(exc):
     """Whether ``exc``, raised in an optimizer's step, interrupted it once a kernel had been
     called (:func:`_kernel_began`): Ctrl-C's KeyboardInterrupt, or whatever a signal handler
     raises (a timeout's TimeoutError), which the step then stores as taken, as the kernel's
-    writes are; not one of the refusals (_REFUSED), which the kernels raise before writing."""
-    return not isinstance(exc, _REFUSED) and _kernel_began(exc)
+    writes are; not one of the refusals (_REFUSED), nor a MemoryError, which the kernels raise
+    before writing (allocating their tables of many tensors, checking a strided one: it was
+    stored as a step taken, its count advanced over parameters left as they were)."""
+    return not isinstance(exc, (*_REFUSED, MemoryError)) and _kernel_began(exc)
 
 
 def _kernel_began(interrupt):

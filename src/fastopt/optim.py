@@ -650,8 +650,11 @@ class Optimizer:
             group.setdefault(key, value)
         self._check(group)
         self._sync_groups()             # (groups popped before: indices after theirs)
+        # made before anything is recorded: a MemoryError here had left a start without its
+        # slots, and every later state_dict, copy and pickle raised IndexError
+        slots = self._new_slots(len(params))
         self._starts.append(self._count)
-        self._slots.append(self._new_slots(len(params)))
+        self._slots.append(slots)
         self.param_groups.append(group)
         self._groups.append(group)
         self._held.append((group["params"], tuple(params)))
@@ -1361,11 +1364,12 @@ class Optimizer:
                 hyper[key] = tuple(value) if isinstance(value, list) else copy.deepcopy(value)
             self._check({**mine, **hyper})
             new_hyper.append(hyper)
+        # (made before anything changes: a MemoryError here had left the load half done)
+        slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
         for mine, hyper in zip(self.param_groups, new_hyper):
             mine.update(hyper)
             mine.update(self._FORCED)
-        self._state, self._detached = new_state, {}
-        self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
+        self._state, self._detached, self._slots = new_state, {}, slots
         for i, entry in new_state.items():
             self._bind(*self._position(i), entry)
         _state_changed()
@@ -1434,10 +1438,11 @@ class Optimizer:
                     _set(state, start + k, entry)
                     moved.append((gi, k, entry))
             start += len(group["params"])
+        slots = [self._new_slots(len(g["params"])) for g in groups]    # (before the commit)
         self._starts, self._state, self._count = starts, state, start
         self._detached = spare
         self._remember_groups()
-        self._slots = [self._new_slots(len(g["params"])) for g in groups]
+        self._slots = slots
         for gi, k, entry in moved:
             self._bind(gi, k, entry)       # (the step counts into the new slots)
         self._plans, self._disjoint = {}, None

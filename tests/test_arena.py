@@ -719,8 +719,11 @@ def test_arena_params_and_grads_keep_their_arena_alive():
         copied = pickle.loads(pickle.dumps(grads))
         np.testing.assert_array_equal(copied["dW"], np.ones((2, 3)))
         assert "2 params" in repr(alive())
-        del W, copied
-        del grads
+        remade = alive().params
+        del W, copied, grads
+        # the dict made again keeps it, as the first did
+        assert alive() is not None and fo.ParameterArena.span_of(remade) is not None
+        del remade
         assert alive() is None                                 # gone with the last dict
 
         saved = pickle.loads(pickle.dumps(build().params))

@@ -769,20 +769,20 @@ def test_a_torch_optim_distributed_checkpoint_loads_into_an_optimizer_that_does_
                                                          set_state_dict)
     extra = dict(momentum=0.9) if name == "SGD" else {}
 
-    def trained(lib):
+    def trained(lib, x):
         model = torch.nn.Linear(4, 2, dtype=torch.float64)
         with torch.no_grad():
             for k, p in enumerate(model.parameters()):
                 p.copy_(torch.linspace(-1, 1, p.numel(), dtype=torch.float64).view(p.shape) + k)
         opt = getattr(lib, name)(model.parameters(), lr=0.01, **extra)
-        model(torch.ones(3, 4, dtype=torch.float64)).sum().backward()
+        model(torch.full((3, 4), x, dtype=torch.float64)).sum().backward()
         opt.step()
         return model, opt
 
-    model, opt = trained(torch.optim)
+    model, opt = trained(torch.optim, 1.0)
     dcp.save(dict(zip(("model", "optim"), get_state_dict(model, opt))), checkpoint_id=tmp_path)
     for flat in (False, True):
-        mine, ours = trained(ft)
+        mine, ours = trained(ft, 2.0)      # (a state the load must replace)
         assert all(set(g) == set(r)
                    for g, r in zip(ours.param_groups, opt.param_groups))
         loaded = dict(zip(("model", "optim"), get_state_dict(mine, ours)))
@@ -1799,7 +1799,7 @@ def test_a_step_count_written_in_place_is_read_by_the_next_step(name, write, whe
 
 
 @pytest.mark.parametrize("name", STEPPED)
-def test_step_counts_in_shared_memory_are_advanced_in_place_as_torch_does(name):
+def test_step_counts_in_shared_memory_are_advanced_in_place_as_torch_does(name, monkeypatch):
     """The A3C/Hogwild "SharedAdam": each state made before the first step, its tensors in
     shared memory, so that processes stepping one model share one count and one set of
     moments. The count was copied into the group's own and never advanced: each process
@@ -1822,15 +1822,25 @@ def test_step_counts_in_shared_memory_are_advanced_in_place_as_torch_does(name):
                 o.state[p]["mu_product"] = torch.ones(()).share_memory_()
         counts[id(o)] = [o.state[p]["step"] for p in ps]
     gen = torch.Generator().manual_seed(3)
+    update = type(opt)._update
+
+    def another_process_steps_meanwhile(*args, **kwargs):
+        monkeypatch.undo()      # (once: a step of counts that differ is several calls)
+        counts[id(opt)][0].add_(1)
+        return update(*args, **kwargs)
     for k in range(5):
         _set_grads(gen, ours, theirs)
         if k == 2:      # another process stepped the shared state twice
             for o in (opt, ref):
                 counts[id(o)][0].add_(2)
+        if k == 4:      # and once during this step, after it read the count
+            monkeypatch.setattr(type(opt), "_update", another_process_steps_meanwhile)
         opt.step()
         ref.step()
+        if k == 4:      # (torch: once it read and advanced the count)
+            counts[id(ref)][0].add_(1)
     assert [float(t) for t in counts[id(opt)]] == [float(t) for t in counts[id(ref)]] == \
-        [7.0] + [5.0] * (len(ours) - 1)
+        [8.0] + [5.0] * (len(ours) - 1)
     assert all(opt.state[p]["step"] is t for p, t in zip(ours, counts[id(opt)]))
     assert _ulps(ours, theirs) <= 4
     twin = ForkingPickler.loads(ForkingPickler.dumps(opt))
@@ -1838,7 +1848,7 @@ def test_step_counts_in_shared_memory_are_advanced_in_place_as_torch_does(name):
     for p in twin_params:
         p.grad = torch.ones_like(p)
     twin.step()
-    assert [float(t) for t in counts[id(opt)]] == [8.0] + [6.0] * (len(ours) - 1)
+    assert [float(t) for t in counts[id(opt)]] == [9.0] + [6.0] * (len(ours) - 1)
 
 
 def test_a_state_put_in_shared_memory_after_a_step_is_shared_with_a_spawned_worker():

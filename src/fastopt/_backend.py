@@ -319,13 +319,14 @@ def _choose_default():
                               if other in _failed)
             warnings.warn(f"fastopt: the compiled backend is not available: {_failed[NAMES[0]]}"
                           f"{skipped}. Using {name!r} (slower). Set FASTOPT_BACKEND={name} to "
-                          "choose it and silence this warning.", stacklevel=_importer_level())
+                          "choose it and silence this warning.", stacklevel=user_stacklevel())
         return
 
 
-def _importer_level():
-    """warnings.warn's stacklevel, from its caller, of the line that imported fastopt: the
-    first frame outside this package (importlib's frames, which warnings skips, uncounted)."""
+def user_stacklevel():
+    """warnings.warn's stacklevel, from its caller, of the user's line (that imported fastopt,
+    or called it): the first frame outside this package (importlib's frames, which warnings
+    skips, uncounted)."""
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
     def internal(frame):

@@ -18,7 +18,9 @@ def check_axis(axis):
     (Python's, which index takes, and NumPy's) and floats included."""
     if type(axis) is int:          # the common case, at once
         return axis
-    if not isinstance(axis, bool):
+    # (NumPy before 2.3 indexes with a NumPy bool, warning only: np.True_ was axis 1)
+    if not (isinstance(axis, (bool, np.bool_))
+            or isinstance(axis, np.ndarray) and axis.dtype == np.bool_):
         try:
             return operator.index(axis)
         except TypeError:

@@ -191,8 +191,11 @@ class ParameterArena:
         if isinstance(views, weakref.ref):
             views = views()
             if views is None:
-                views = self._dicts[k] = (_Views, _GradDict)[k](self)
+                # and, as __del__ made the first, it keeps the arena, which holds it weakly
+                views = (_Views, _GradDict)[k](self)
                 dict.update(views, zip(self._names, (v[k] for v in self._views)))
+                views._keep = self
+                self._dicts[k] = weakref.ref(views)
         return views
 
     @params.setter

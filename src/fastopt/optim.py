@@ -311,6 +311,7 @@ class _State(_Watched):
 
     def _changed(self, value):
         _state_changed()
+        self.given = True           # (emptied by hand, as by clear(): torch saves it)
         if isinstance(value, np.ndarray):
             self.adopted = True
 
@@ -672,6 +673,9 @@ class Optimizer:
         which it also multiplies in float32)."""
         return {key: np.zeros(n, np.int64 if key == "step" else np.float32)
                 for key in self.scalar_keys()}
+
+    def _slots_of(self, groups):
+        return [self._new_slots(len(g["params"])) for g in groups]
 
     @classmethod
     def scalar_keys(cls) -> tuple[str, ...]:
@@ -1365,7 +1369,7 @@ class Optimizer:
             self._check({**mine, **hyper})
             new_hyper.append(hyper)
         # (made before anything changes: a MemoryError here had left the load half done)
-        slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
+        slots = self._slots_of(self.param_groups)
         for mine, hyper in zip(self.param_groups, new_hyper):
             mine.update(hyper)
             mine.update(self._FORCED)
@@ -1438,7 +1442,7 @@ class Optimizer:
                     _set(state, start + k, entry)
                     moved.append((gi, k, entry))
             start += len(group["params"])
-        slots = [self._new_slots(len(g["params"])) for g in groups]    # (before the commit)
+        slots = self._slots_of(groups)      # (before the commit)
         self._starts, self._state, self._count = starts, state, start
         self._detached = spare
         self._remember_groups()
@@ -1492,7 +1496,7 @@ class Optimizer:
             dict.__setitem__(group, "params", _Params(params))
         self._remember_groups()
         self._detached = {}
-        self._slots = [self._new_slots(len(g["params"])) for g in self.param_groups]
+        self._slots = self._slots_of(self.param_groups)
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)
 

@@ -109,6 +109,7 @@ class _InverseTimeDecay(_Schedule):
 
     @staticmethod
     def _divided(lr0, denominator):
+        """``lr0 / denominator`` in this schedule's order (the course's subclass has its own)."""
         return lr0 / denominator
 
 

@@ -1576,8 +1576,10 @@ class _FastOptimizer(_Mixin):
                 else:
                     plan.counts[plan.live_index] += 1
         if self._STEPPED:
-            for j, t in plan.shared_steps:      # (torch's step_t += 1 in place)
-                t.fill_(float(plan.counts[j]))
+            # torch's step_t += 1, in place: a count another process advanced during this
+            # step keeps its steps (writing the count read at the start lost them)
+            for j, t in plan.shared_steps:
+                t.add_(1)
         _increment_versions(plan.params)
         if not plan.keep:
             # (a plan with a parameter that is a negative view is never kept: _make_plan)

@@ -11,7 +11,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from .. import _hyper, _registry
+from .. import _backend, _hyper, _registry
 from .._multi import foreach
 from .._validate import FLOAT_DTYPES, _owner, check_step_arrays, overlap_error
 
@@ -28,7 +28,7 @@ def _cacheable():
     except RuntimeError as exc:
         warnings.warn(f"fastopt: Numba cannot cache the numba backend's kernels ({exc}); they "
                       "compile in each process. Set NUMBA_CACHE_DIR to a writable directory "
-                      "to keep them.", RuntimeWarning, stacklevel=2)
+                      "to keep them.", RuntimeWarning, stacklevel=_backend.user_stacklevel())
         return False
     return True
 
@@ -109,7 +109,7 @@ def _start_pool():
         _no_layer[0] = str(exc).splitlines()[0]
         warnings.warn(f"fastopt: Numba's threading layer does not load ({_no_layer[0]}): the "
                       "numba backend's steps run on one thread and its layers raise",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=_backend.user_stacklevel())
         return False
     if numba.threading_layer() == "omp":
         ctypes.CDLL("libgomp.so.1").omp_set_max_active_levels(1)
@@ -136,6 +136,11 @@ def _start_pool():
 
 
 _get_threads, _set_threads = numba.get_num_threads, numba.set_num_threads   # (_start_pool)
+
+
+def threads_now():
+    """The calling thread's Numba thread count (in a :class:`use_threads` block, the layer's)."""
+    return _get_threads()
 
 
 # Below this many elements a layer kernel runs serially: launching the parallel kernel costs more.
@@ -405,7 +410,7 @@ def chunked(kernel, iterations, *args):
     thread (5.2-6.4 ms either way, alternated rounds). The chunks are kept for the case
     between (a worker waking late or preempted once), where :func:`launch` measured them;
     for these kernels that case is not measured."""
-    threads = _get_threads()
+    threads = threads_now()
     if threads == 1:    # (small work, see use_threads: setting the chunk size and back cost
         with _launch_guard[0]:                  # a (32, 64) batch norm 3.4 us of 12.3)
             return kernel(*args)

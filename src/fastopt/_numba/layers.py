@@ -12,7 +12,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._common import JIT, chunked, max_nan, read_only, use_threads
+from ._common import JIT, chunked, max_nan, read_only, threads_now, use_threads
 
 _PAR = dict(JIT, parallel=True)
 
@@ -392,7 +392,7 @@ def _exact_biases(beta, scale, mean_error):
 
 
 def batchnorm_forward(x, axis, gamma, beta, eps, mean, mean_error, inv_std, var, y):
-    if x.size == 0:     # (no features: the loops over the rows had run, 2^40 of them)
+    if x.size == 0:     # (an empty x: the loops over its other axis had run, 2^40 rows)
         return
     with use_threads(x.size):
         x = read_only(x)
@@ -417,7 +417,7 @@ def _inv_std(running_var, eps):
 
 
 def batchnorm_inference(x, axis, gamma, beta, running_mean, running_var, eps, y):
-    if x.size == 0:     # (no features: the loops over the rows had run, 2^40 of them)
+    if x.size == 0:     # (an empty x: the loops over its other axis had run, 2^40 rows)
         return
     # in float64 (mean, scale and beta are float64), rounded once when stored into y
     with use_threads(x.size):
@@ -503,7 +503,7 @@ def _backward_cols(dy, x, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
 
 
 def batchnorm_backward(dy, x, axis, gamma, mean, mean_error, inv_std, dx, dgamma, dbeta):
-    if x.size == 0:     # (no features: the loops over the rows had run, 2^40 of them)
+    if x.size == 0:     # (an empty x: the loops over its other axis had run, 2^40 rows)
         return
     with use_threads(x.size):
         dy, x, gamma = read_only(dy), read_only(x), read_only(gamma)
@@ -1036,7 +1036,7 @@ def _column_blocks(z):
     whole (k, inner) blocks when there is one per thread, 1024 when 256 columns of the k rows
     overflow the cache anyway, else 256 (layers.pyx's column_width); and the blocks of z."""
     outer, k, inner = z.shape
-    if inner <= _PANEL_COLUMNS and outer >= numba.get_num_threads():
+    if inner <= _PANEL_COLUMNS and outer >= threads_now():
         width = inner
     elif inner > _PANEL_COLUMNS and 2 * k * _COLUMN_BLOCK * z.itemsize > _PANEL_CACHE_BYTES:
         width = _PANEL_COLUMNS

@@ -152,6 +152,7 @@ class EWA:
         # the result's array too (a MemoryError once x was folded in left it counted, and a
         # retry folded it in twice)
         result = np.empty_like(avg)
+        ops._calls.returned = False
         try:
             ops.ewa_(avg, x, beta)
         except BaseException as exc:

@@ -19,6 +19,7 @@ NumPy's, else a ``TypeError`` naming it), so a refused call writes nothing.
 """
 import inspect
 import struct
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,6 +70,11 @@ def _interrupted_kernel(exc):
     return not isinstance(exc, (*_REFUSED, MemoryError)) and _kernel_began(exc)
 
 
+# per thread: whether a kernel call made since the caller's bookkeeping frame reset it
+# (Optimizer._run, fastopt.torch's _run, EWA.update) has returned
+_calls = threading.local()
+
+
 def _kernel_began(interrupt):
     """Whether ``interrupt`` (an exception raised in an optimizer's step, as a signal handler raises
     it) came once a kernel had been called. Each fastopt function on the way to a compiled
@@ -78,14 +84,18 @@ def _kernel_began(interrupt):
     innermost such frame where the interrupt was raised tells. A compiled kernel runs without
     the GIL, so Ctrl-C is raised as it returns, its writes done; the numba and NumPy list forms
     are Python loops, which it can stop between arrays (then counted as begun)."""
-    began, tb = False, interrupt.__traceback__
+    began, found, tb = False, False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame
         if ("kernel" in frame.f_code.co_varnames
                 and frame.f_globals.get("__name__", "").startswith("fastopt.")):
-            began = "kernel" in frame.f_locals
+            began, found = "kernel" in frame.f_locals, True
         tb = tb.tb_next
-    return began
+    # none of those frames: raised once they had returned, in a frame above them, which
+    # CPython 3.10 can do (it checks for signals as each call returns, 3.11 as a function
+    # starts): each sets _calls.returned after its kernel returns (an attribute store, with no
+    # check for signals before it)
+    return began if found else getattr(_calls, "returned", False)
 
 
 def _refuse(fn, args):
@@ -238,6 +248,7 @@ def ewa_(avg: Array, x: Array, beta: float) -> None:
     kernel = _backend.active.ewa
     try:
         kernel(avg, x, beta=beta)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(ewa_, locals())
         raise
@@ -270,6 +281,7 @@ def foreach_ewa_(avgs: Arrays, xs: Arrays, beta: float) -> None:
     kernel = _backend.active.ewa_multi
     try:
         kernel(avgs, xs, beta=beta)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_ewa_, locals())
         raise
@@ -381,6 +393,7 @@ def foreach_sgd_step_(params: Arrays, grads: Arrays, momentum_buffers: Arrays | 
         kernel(params, grads, momentum_buffers, lr=lr, weight_decay=weight_decay,
                momentum=momentum, dampening=dampening, nesterov=nesterov, maximize=maximize,
                first_step=first_step)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_sgd_step_, locals())
         raise
@@ -459,6 +472,7 @@ def foreach_momentum_step_(params: Arrays, grads: Arrays, velocities: Arrays, *,
     kernel = _backend.active.momentum_multi
     try:
         kernel(params, grads, velocities, lr=lr, beta=beta)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_momentum_step_, locals())
         raise
@@ -578,6 +592,7 @@ def foreach_rmsprop_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, *,
         kernel(params, grads, square_avgs, grad_avgs, momentum_buffers, lr=lr, alpha=beta, eps=eps,
                weight_decay=weight_decay, momentum=momentum, maximize=maximize,
                eps_inside_sqrt=eps_inside_sqrt)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_rmsprop_step_, locals())
         raise
@@ -670,6 +685,7 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
     try:
         kernel(params, grads, state_sums, clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
                eps=eps, weight_decay=weight_decay, maximize=maximize)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adagrad_step_, locals())
         raise
@@ -791,6 +807,7 @@ def foreach_adam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_
                beta2=beta2, eps=eps, weight_decay=weight_decay, step_size=step_size,
                bias_correction2=bias_correction2, grad_scale=1.0, decoupled=decoupled_weight_decay,
                maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adam_step_, locals())
         raise
@@ -933,6 +950,7 @@ def foreach_adadelta_step_(params: Arrays, grads: Arrays, square_avgs: Arrays, a
     try:
         kernel(params, grads, square_avgs, acc_deltas, lr=lr, rho=rho, eps=eps,
                weight_decay=weight_decay, maximize=maximize)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adadelta_step_, locals())
         raise
@@ -1033,6 +1051,7 @@ def foreach_adamax_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_in
     try:
         kernel(params, grads, exp_avgs, exp_infs, beta1=beta1, beta2=beta2, eps=eps,
                weight_decay=weight_decay, clr=clr, maximize=maximize)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adamax_step_, locals())
         raise
@@ -1222,6 +1241,7 @@ def foreach_nadam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
         kernel(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                weight_decay=weight_decay, bias_correction2=bias_correction2, grad_coef=grad_coef,
                avg_coef=avg_coef, decoupled=decoupled_weight_decay, maximize=maximize)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_nadam_step_, locals())
         raise
@@ -1353,6 +1373,7 @@ def foreach_radam_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg
         kernel(params, grads, exp_avgs, exp_avg_sqs, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                weight_decay=weight_decay, step_size=step_size, adaptive_scale=adaptive_scale,
                rectified=rectified, decoupled=decoupled_weight_decay, maximize=maximize)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_radam_step_, locals())
         raise
@@ -1458,6 +1479,7 @@ def foreach_lion_step_(params: Arrays, grads: Arrays, exp_avgs: Arrays, *, lr: f
     try:
         kernel(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
                maximize=maximize)
+        _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_lion_step_, locals())
         raise

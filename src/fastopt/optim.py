@@ -1113,6 +1113,7 @@ class Optimizer:
         steps = batch.steps
         step = None if steps is None else batch.counts[batch.first] + 1
         stepped = False
+        ops._calls.returned = False     # (see ops._kernel_began)
         try:
             scalar = self._update(group, params, grads, batch, step)
             stepped = True

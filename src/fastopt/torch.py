@@ -1522,6 +1522,7 @@ class _FastOptimizer(_Mixin):
             gviews = self._decayed_own_grads(plan, group, gviews)
         cols = plan.cols
         interrupted = None
+        ops._calls.returned = False     # (see ops._kernel_began)
         try:
             if not self._STEPPED:
                 self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
@@ -1757,10 +1758,12 @@ class _FastOptimizer(_Mixin):
             if fmt is None:
                 kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
                 kernel(*lists, **scalars, **own)
+                ops._calls.returned = True      # (see ops._kernel_began)
             else:
                 kernel = getattr(kernels, self._HALF_MULTI)
                 kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
                        bfloat16=fmt)
+                ops._calls.returned = True      # (see ops._kernel_began)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -1817,6 +1820,7 @@ def _one_half_format(half_kernel, masters, scale, bfloat16, params, grads, *stat
     :meth:`_FastOptimizer._by_format` calls it (``grad_scale``, a kernel's own, is ``scale``)."""
     kernel = half_kernel    # (bound last: _run)
     kernel(params, grads, masters, *state, **scalars, grad_scale=scale, bfloat16=bfloat16)
+    ops._calls.returned = True      # (see ops._kernel_began)
 
 
 def _pick(part, *columns):
@@ -1877,6 +1881,7 @@ class SGD(_FastOptimizer, torch.optim.SGD):
             kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
             kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
                    dampening=dampening, nesterov=nesterov, maximize=maximize, first_step=first)
+            ops._calls.returned = True      # (see ops._kernel_began)
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -1909,6 +1914,7 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
         kernel(params, grads, cols["square_avg"], grad_avg, buffers, lr=lr, alpha=alpha,
                eps=eps, weight_decay=wd, momentum=momentum, maximize=maximize,
                eps_inside_sqrt=False)
+        ops._calls.returned = True      # (see ops._kernel_began)
 
 
 class Adagrad(_FastOptimizer, torch.optim.Adagrad):
@@ -1959,6 +1965,7 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
         maximize = bool(group["maximize"])
         kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
         kernel(params, grads, cols["sum"], clr=clr, eps=eps, weight_decay=wd, maximize=maximize)
+        ops._calls.returned = True      # (see ops._kernel_began)
 
 
 class Adam(_FastOptimizer, torch.optim.Adam):
@@ -2001,6 +2008,7 @@ class Adam(_FastOptimizer, torch.optim.Adam):
                beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
                bias_correction2=bias_correction2, grad_scale=grad_scale, decoupled=decoupled,
                maximize=maximize, eps_inside_sqrt=False)
+        ops._calls.returned = True      # (see ops._kernel_began)
 
 
 class AdamW(Adam, torch.optim.AdamW):
@@ -2035,6 +2043,7 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
         kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
         kernel(params, grads, cols["square_avg"], cols["acc_delta"], lr=lr, rho=rho, eps=eps,
                weight_decay=wd, maximize=maximize)
+        ops._calls.returned = True      # (see ops._kernel_began)
 
 
 class Adamax(_FastOptimizer, torch.optim.Adamax):
@@ -2062,6 +2071,7 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
         kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
         kernel(params, grads, cols["exp_avg"], cols["exp_inf"], beta1=beta1, beta2=beta2,
                eps=eps, weight_decay=wd, clr=clr, maximize=maximize)
+        ops._calls.returned = True      # (see ops._kernel_began)
 
 
 class NAdam(_FastOptimizer, torch.optim.NAdam):
@@ -2136,6 +2146,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                        lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
                        bias_correction2=bias_correction2, grad_coef=grad_coef,
                        avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
+                ops._calls.returned = True      # (see ops._kernel_began)
                 for k in part:
                     cols["mu_product"][k][()] = new
             except BaseException as exc:    # as the kernel returned, or in this loop
@@ -2200,6 +2211,7 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
                beta2=beta2, eps=eps, weight_decay=wd, step_size=step_size,
                adaptive_scale=adaptive_scale, rectified=rectified, decoupled=decoupled,
                maximize=maximize)
+        ops._calls.returned = True      # (see ops._kernel_began)
 
 
 # What each constructor argument does here (type, description), for the classes' Parameters

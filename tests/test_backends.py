@@ -66,13 +66,20 @@ def test_a_bad_backend_in_the_environment_is_named_as_the_environments():
         in out.stderr
 
 
-def test_a_numba_that_refuses_to_import_is_an_unavailable_backend():
-    """NUMBA_NUM_THREADS=0: numba's import raises ValueError, which backends() and
-    set_backend("numba") let through (no backend listed at all); numba is now unavailable,
-    saying why, and the others serve."""
+@pytest.mark.parametrize("variable,value,reason", [
+    # numba's import raises ValueError, which backends() and set_backend("numba") let through
+    # (no backend listed at all)
+    ("NUMBA_NUM_THREADS", "0", "numba is not installed or does not import (ValueError: "
+                               "Number of threads specified must be > 0.)"),
+    # for debugging or coverage: the steps ran, the layers and the 16-bit kernels raised
+    # NotImplementedError at their first call (their intrinsics have no pure-Python form),
+    # and numba was listed as available (the default where the extension is absent)
+    ("NUMBA_DISABLE_JIT", "1", "NUMBA_DISABLE_JIT is set")], ids=["no-threads", "no-jit"])
+def test_a_numba_that_cannot_serve_is_an_unavailable_backend(variable, value, reason):
+    """numba is unavailable, saying why, and the others serve."""
     pytest.importorskip("numba")
     env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}
-    env["NUMBA_NUM_THREADS"] = "0"
+    env[variable] = value
     code = """if True:
         import fastopt as fo
         assert "numba" not in fo.backends() and "numpy" in fo.backends(), fo.backends()
@@ -84,30 +91,7 @@ def test_a_numba_that_refuses_to_import_is_an_unavailable_backend():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert ("backend 'numba' is not available: numba is not installed or does not import "
-            "(ValueError: Number of threads specified must be > 0.)") in out.stdout
-
-
-def test_numba_with_its_jit_disabled_is_an_unavailable_backend():
-    """NUMBA_DISABLE_JIT=1 (for debugging or coverage): the steps ran, the layers and the
-    16-bit kernels raised NotImplementedError at their first call (their intrinsics have no
-    pure-Python form), and numba was listed as available (the default where the extension
-    is absent). It is now unavailable, saying why."""
-    pytest.importorskip("numba")
-    env = {k: v for k, v in os.environ.items() if k != "FASTOPT_BACKEND"}
-    env["NUMBA_DISABLE_JIT"] = "1"
-    code = """if True:
-        import fastopt as fo
-        assert "numba" not in fo.backends() and "numpy" in fo.backends(), fo.backends()
-        try:
-            fo.set_backend("numba")
-        except RuntimeError as exc:
-            print(exc)
-    """
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], env=env,
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "backend 'numba' is not available: NUMBA_DISABLE_JIT is set" in out.stdout
+    assert f"backend 'numba' is not available: {reason}" in out.stdout
 
 
 def test_numba_with_nowhere_to_cache_compiles_in_each_process():

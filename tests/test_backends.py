@@ -27,7 +27,8 @@ def test_use_backend_restores_the_previous_one_even_after_an_error():
 def test_blocks_ending_out_of_order_in_one_thread_restore_the_first_ones_previous():
     """Blocks in two generators (or asyncio tasks) of one thread can end in the order they
     began; each restored its own previous backend, so the process was left on the first
-    block's, not on the one before both."""
+    block's, not on the one before both, and the second ran on the one before both while the
+    first had ended."""
     before = fo.get_backend()
     others = [b for b in AVAILABLE if b != before] * 2
     if not others:
@@ -40,6 +41,7 @@ def test_blocks_ending_out_of_order_in_one_thread_restore_the_first_ones_previou
     first, second = block(others[0]), block(others[1])
     assert next(first) == others[0] and next(second) == others[1]
     first.close()
+    assert fo.get_backend() == others[1]        # (the block still open)
     second.close()
     assert fo.get_backend() == before
 

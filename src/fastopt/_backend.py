@@ -154,6 +154,8 @@ def get_backend() -> str:
 _block_lock = threading.Lock()
 # the thread inside use_backend blocks, how deep, and the backend its outermost block restores
 _block_owner = [None, 0, None]
+# those blocks, open, in the order they began: each a list [name] (known by identity)
+_open_blocks: list[list[str]] = []
 
 
 def set_backend(name: str) -> None:
@@ -191,6 +193,7 @@ def _forget_other_threads_block():
     owner, depth, restore = _block_owner
     if depth and owner != threading.get_ident():
         _block_owner[:] = [None, 0, None]
+        _open_blocks.clear()
         set_backend(restore)
 
 
@@ -232,18 +235,24 @@ def use_backend(name: str) -> Iterator[None]:
                 "the backend is process-wide, so blocks in several threads at once would "
                 "switch each other's backend (choose one with set_backend before starting "
                 "the threads)")
-        previous = _active_name
-        _block_owner[:] = [me, depth + 1, restore if depth else previous]
+        _block_owner[:] = [me, depth + 1, restore if depth else _active_name]
+        block = [name]
+        _open_blocks.append(block)
     try:
         set_backend(name)
         yield
     finally:
-        # the last block to end restores the backend before the first began, whatever the
-        # order they end in (blocks in generators or asyncio tasks of one thread can end out
-        # of order: each restoring its own previous had left the process on an inner one's)
+        # the backend is the innermost open block's, and once none is open the one before
+        # the first began, whatever the order the blocks end in (in generators or asyncio
+        # tasks of one thread they can end out of order: each restoring the backend before
+        # it had left the process on an inner block's, and an inner block still open on an
+        # outer one's)
         with _block_lock:
-            last = _block_owner[1] == 1
-        set_backend(_block_owner[2] if last else previous)
+            innermost = _open_blocks[-1] is block
+            del _open_blocks[next(i for i, b in enumerate(_open_blocks) if b is block)]
+            after = _open_blocks[-1][0] if _open_blocks else _block_owner[2]
+        if innermost:
+            set_backend(after)
         with _block_lock:
             _block_owner[1] -= 1
 

@@ -34,12 +34,12 @@ geometry at every step would cost more than the parameters' and grads'). A group
 assigned from elsewhere is copied into it, and one written in place
 (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. One in shared
 memory (the A3C/Hogwild ``SharedAdam``, or state moved there to share the optimizer with
-spawned workers) stays the state's, read at each step and advanced in place, as torch's. Every group's
-tensors, hyper-parameters and step counts loaded, assigned or written in place (a count below
-0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs or a complex
-bias correction; RMSprop and Adadelta, which do not read it, step any count as torch does;
-NAdam's ``mu_product`` outside [0, 1]) are checked before any group is stepped, so a step
-that raises on them changes nothing: that includes a state tensor whose dtype or shape is
+spawned workers) stays the state's, read at each step and advanced in place, as torch's.
+Every group's tensors, hyper-parameters and step counts loaded, assigned or written in place
+(a count below 0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs
+or a complex bias correction; RMSprop and Adadelta, which do not read it, step any count as
+torch does; NAdam's ``mu_product`` outside [0, 1]) are checked before any group is stepped, so
+a step that raises on them changes nothing: that includes a state tensor whose dtype or shape is
 not its parameter's (``model.double()`` after some steps, which torch.optim's SGD and Adagrad
 step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
 the state), an expanded parameter (stride 0), which torch.optim refuses too, a parameter or
@@ -424,7 +424,7 @@ class _Plan:
     advances a group's counts. A ``step`` from elsewhere (a loaded state dict, an assigned
     tensor) is copied into its slot and replaced by the slot's view when the step succeeds;
     one in shared memory (``shared_steps``) stays the state's, read into its slot before
-    each step and written back after it, as torch advances it in place."""
+    each step and advanced in place after it, as torch advances it."""
 
     __slots__ = ("all_params", "grads", "has_grad", "params", "keys", "state_map", "stored",
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",

@@ -2324,3 +2324,38 @@ def test_a_memory_error_from_a_kernel_is_no_step_taken(backend, monkeypatch):
             ewa_twin.update([1.0, 2.0])
     assert [a.tobytes() for a in p] == [a.tobytes() for a in twin]
     assert ewa.t == 2 and ewa.value.tobytes() == ewa_twin.value.tobytes()
+
+
+# (the NumPy reference steps strided arrays as they are)
+@pytest.mark.parametrize("backend", [b for b in GRID_BACKENDS if b != "numpy"])
+def test_a_memory_error_copying_a_strided_parameter_changes_nothing(backend, monkeypatch):
+    """A step over parameters some of which are stepped as contiguous copies made their
+    copies after the others were stepped: a MemoryError copying one left those stepped, and
+    not counted (the review's and the fault-injection probe's case). The copies are made
+    first now."""
+    from fastopt import _layout
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((8, 6))
+    params = [rng.standard_normal((4, 3)), big[::2, ::2], rng.standard_normal(5)]
+    twin = [p.copy() for p in params]
+    grads = [rng.standard_normal(p.shape) for p in params]
+    native = _layout._native
+
+    def failing(a):
+        if a is not None and not a.flags.c_contiguous:
+            raise MemoryError("injected")
+        return native(a)
+    with fo.use_backend(backend):
+        opt, ref = fo.Adam(params, lr=0.1), fo.Adam(twin, lr=0.1)
+        opt.step(grads)
+        ref.step(grads)
+        before = [p.copy() for p in params], _state_dict_bytes(opt)
+        monkeypatch.setattr(_layout, "_native", failing)
+        with pytest.raises(MemoryError):
+            opt.step(grads)
+        monkeypatch.undo()
+        assert all(same_bits(p, b) for p, b in zip(params, before[0]))
+        assert _state_dict_bytes(opt) == before[1]
+        opt.step(grads)
+        ref.step(grads)
+    assert all(same_bits(p, t) for p, t in zip(params, twin))

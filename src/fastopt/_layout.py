@@ -19,17 +19,33 @@ def _native(a):
     return np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
 
 
-def via_contiguous(kernel, arrays, **scalars):
-    """Call ``kernel(*arrays, **scalars)`` on contiguous copies and copy the updated arrays back.
+def via_contiguous(fn, arrays, **scalars):
+    """Call ``fn(*arrays, **scalars)`` (a kernel) on contiguous copies and copy the updated
+    arrays back.
 
     By the kernels' convention ``arrays[1]`` (the grad, or the new sample) is the only input that
-    is not updated. If the kernel raises, the caller's arrays are untouched.
+    is not updated. If the kernel raises, the caller's arrays keep their values.
     """
-    copies = [_native(a) for a in arrays]
-    kernel(*copies, **scalars)
-    for i, (a, c) in enumerate(zip(arrays, copies)):
-        if i != 1 and a is not None and c is not a:
-            np.copyto(a, c)
+    copies = contiguous_copies(arrays)
+    run_and_write_back(fn, arrays, copies, scalars)
+
+
+def contiguous_copies(arrays):
+    """``arrays`` as a kernel walks them (:func:`_native`: each itself, or a copy)."""
+    return [_native(a) for a in arrays]
+
+
+def run_and_write_back(fn, arrays, copies, scalars):
+    """``fn(*copies, **scalars)`` (a kernel), then the copies written back into ``arrays``,
+    also when it raised: a copy it did not step holds its array's values, and one it stepped,
+    where Ctrl-C was raised as it returned (the compiled kernels run to their end), belongs
+    with the state it stepped in place (which had left the parameter alone unwritten)."""
+    try:
+        fn(*copies, **scalars)
+    finally:
+        for i, (a, c) in enumerate(zip(arrays, copies)):
+            if i != 1 and a is not None and c is not a:
+                np.copyto(a, c)
 
 
 def past_line(shape, dtype, skip, zeroed=False):

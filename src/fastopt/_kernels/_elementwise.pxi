@@ -14,7 +14,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.string cimport memset
 
-from .._layout import via_contiguous
+from .._layout import contiguous_copies, run_and_write_back, via_contiguous
 from .._multi import check_lists
 from ..reference.lowp import check_half_arrays
 
@@ -542,6 +542,11 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s,
                 ts[count - n64] = t
             total += t.n
         check_sorted(ext, count * kern.narrays, names)
+        if slow is not None:
+            # the other tensors' contiguous copies, before any tensor is stepped (a
+            # MemoryError copying one had left the flat tensors stepped, and not counted)
+            slow = [(arrays, contiguous_copies(arrays)) for arrays in
+                    [tuple([None if lst is None else lst[j] for lst in lists]) for j in slow]]
         run_tensors(kern, ts, count, n32, n64, total, s)
     finally:
         for j in range(held):
@@ -554,10 +559,10 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s,
 
 
 def _fallback(kernel, tuple lists, list slow, **scalars):
-    """Run the non-flat tensors of a multi-tensor step one by one on contiguous copies."""
-    for j in slow:
-        via_contiguous(kernel, tuple([None if lst is None else lst[j] for lst in lists]),
-                       **scalars)
+    """Run the non-flat tensors of a multi-tensor step one by one on their contiguous copies
+    (``slow``: each one's arrays and copies, made by step_many), each written back."""
+    for arrays, copies in slow:
+        run_and_write_back(kernel, arrays, copies, scalars)
 
 
 # the 16-bit forms' driver (half_range) and conversions

@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from .. import _backend, _hyper, _registry
+from .._layout import contiguous_copies, run_and_write_back
 from .._multi import foreach
 from .._validate import FLOAT_DTYPES, _owner, check_step_arrays, overlap_error
 
@@ -290,11 +291,15 @@ def list_form(single, span, parallel, pack):
     time)."""
     def run(checked, tensors, scalars):
         packed = pack(**scalars)
+        # other layouts run on contiguous copies, all made before any tensor is stepped (a
+        # MemoryError making one had left the tensors before it stepped, and not counted)
+        copies = [None if views is not None else contiguous_copies(arrays)
+                  for views, arrays in zip(checked, tensors)]
         # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
-        for views, arrays in zip(checked, tensors):
-            if views is None:                # other layouts: single runs contiguous copies
+        for views, arrays, copied in zip(checked, tensors, copies):
+            if views is None:
                 kernel = single
-                kernel(*arrays, **scalars)
+                run_and_write_back(kernel, arrays, copied, scalars)
             else:
                 kernel = launch
                 kernel(span, parallel, views, packed)

@@ -66,8 +66,11 @@ def _interrupted_kernel(exc):
     raises (a timeout's TimeoutError), which the step then stores as taken, as the kernel's
     writes are; not one of the refusals (_REFUSED), nor a MemoryError, which the kernels raise
     before writing (allocating their tables of many tensors, checking a strided one: it was
-    stored as a step taken, its count advanced over parameters left as they were)."""
-    return not isinstance(exc, (*_REFUSED, MemoryError)) and _kernel_began(exc)
+    stored as a step taken, its count advanced over parameters left as they were), nor one
+    marked as raised before any write (``_fastopt_unwritten``: while the copies of a step's
+    tensors of other layouts were made)."""
+    return (not isinstance(exc, (*_REFUSED, MemoryError)) and _kernel_began(exc)
+            and not getattr(exc, "_fastopt_unwritten", False))
 
 
 # per thread: whether a kernel call made since the caller's bookkeeping frame reset it

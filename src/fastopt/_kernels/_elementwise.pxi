@@ -14,7 +14,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.string cimport memset
 
-from .._layout import contiguous_copies, run_and_write_back, via_contiguous
+from .._layout import contiguous_copies, via_contiguous
 from .._multi import check_lists
 from ..reference.lowp import check_half_arrays
 
@@ -544,9 +544,15 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s,
         check_sorted(ext, count * kern.narrays, names)
         if slow is not None:
             # the other tensors' contiguous copies, before any tensor is stepped (a
-            # MemoryError copying one had left the flat tensors stepped, and not counted)
-            slow = [(arrays, contiguous_copies(arrays)) for arrays in
-                    [tuple([None if lst is None else lst[j] for lst in lists]) for j in slow]]
+            # MemoryError copying one had left the flat tensors stepped, and not counted);
+            # what is raised while they are made is marked as raised before any write
+            # (fastopt.ops._interrupted_kernel: a Ctrl-C there is no step taken)
+            tensors = [tuple([None if lst is None else lst[j] for lst in lists]) for j in slow]
+            try:
+                slow = [(arrays, contiguous_copies(arrays)) for arrays in tensors]
+            except BaseException as exc:
+                exc._fastopt_unwritten = True
+                raise
         run_tensors(kern, ts, count, n32, n64, total, s)
     finally:
         for j in range(held):
@@ -560,9 +566,19 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s,
 
 def _fallback(kernel, tuple lists, list slow, **scalars):
     """Run the non-flat tensors of a multi-tensor step one by one on their contiguous copies
-    (``slow``: each one's arrays and copies, made by step_many), each written back."""
+    (``slow``: each one's arrays and copies, made by step_many), each copy written back also
+    when the kernel raised: one it did not step holds its array's values. All of it here,
+    where no Python signal handler runs: Ctrl-C during the flat sweep, the kernels on the
+    copies or the writes back is raised once the whole step is done (raised at a call into
+    Python between them, it had left a parameter unwritten with its state stepped)."""
+    cdef Py_ssize_t i
     for arrays, copies in slow:
-        run_and_write_back(kernel, arrays, copies, scalars)
+        try:
+            kernel(*copies, **scalars)
+        finally:
+            for i in range(len(arrays)):
+                if i != 1 and arrays[i] is not None and copies[i] is not arrays[i]:
+                    cnp.PyArray_CopyInto(<cnp.ndarray>arrays[i], <cnp.ndarray>copies[i])
 
 
 # the 16-bit forms' driver (half_range) and conversions

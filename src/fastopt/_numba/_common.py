@@ -293,8 +293,12 @@ def list_form(single, span, parallel, pack):
         packed = pack(**scalars)
         # other layouts run on contiguous copies, all made before any tensor is stepped (a
         # MemoryError making one had left the tensors before it stepped, and not counted)
-        copies = [None if views is not None else contiguous_copies(arrays)
-                  for views, arrays in zip(checked, tensors)]
+        try:
+            copies = [None if views is not None else contiguous_copies(arrays)
+                      for views, arrays in zip(checked, tensors)]
+        except BaseException as exc:    # (no step taken: fastopt.ops._interrupted_kernel)
+            exc._fastopt_unwritten = True
+            raise
         # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
         for views, arrays, copied in zip(checked, tensors, copies):
             if views is None:

@@ -35,6 +35,17 @@ def contiguous_copies(arrays):
     return [_native(a) for a in arrays]
 
 
+def copies_before_writing(tensors):
+    """:func:`contiguous_copies` of each of ``tensors`` (each a kernel's arrays), made before
+    a step writes any: what is raised meanwhile (a MemoryError, Ctrl-C) is marked as raised
+    before any write, which fastopt.ops._interrupted_kernel takes for no step taken."""
+    try:
+        return [contiguous_copies(arrays) for arrays in tensors]
+    except BaseException as exc:
+        exc._fastopt_unwritten = True
+        raise
+
+
 def run_and_write_back(fn, arrays, copies, scalars):
     """``fn(*copies, **scalars)`` (a kernel), then the copies written back into ``arrays``,
     also when it raised: a copy it did not step holds its array's values, and one it stepped,

@@ -14,7 +14,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.string cimport memset
 
-from .._layout import contiguous_copies, via_contiguous
+from .._layout import copies_before_writing, via_contiguous
 from .._multi import check_lists
 from ..reference.lowp import check_half_arrays
 
@@ -544,15 +544,9 @@ cdef list step_many(const Kernel* kern, tuple names, tuple lists, const void* s,
         check_sorted(ext, count * kern.narrays, names)
         if slow is not None:
             # the other tensors' contiguous copies, before any tensor is stepped (a
-            # MemoryError copying one had left the flat tensors stepped, and not counted);
-            # what is raised while they are made is marked as raised before any write
-            # (fastopt.ops._interrupted_kernel: a Ctrl-C there is no step taken)
+            # MemoryError copying one had left the flat tensors stepped, and not counted)
             tensors = [tuple([None if lst is None else lst[j] for lst in lists]) for j in slow]
-            try:
-                slow = [(arrays, contiguous_copies(arrays)) for arrays in tensors]
-            except BaseException as exc:
-                exc._fastopt_unwritten = True
-                raise
+            slow = list(zip(tensors, copies_before_writing(tensors)))
         run_tensors(kern, ts, count, n32, n64, total, s)
     finally:
         for j in range(held):

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from .. import _backend, _hyper, _registry
-from .._layout import contiguous_copies, run_and_write_back
+from .._layout import copies_before_writing, run_and_write_back
 from .._multi import foreach
 from .._validate import FLOAT_DTYPES, _owner, check_step_arrays, overlap_error
 
@@ -293,17 +293,13 @@ def list_form(single, span, parallel, pack):
         packed = pack(**scalars)
         # other layouts run on contiguous copies, all made before any tensor is stepped (a
         # MemoryError making one had left the tensors before it stepped, and not counted)
-        try:
-            copies = [None if views is not None else contiguous_copies(arrays)
-                      for views, arrays in zip(checked, tensors)]
-        except BaseException as exc:    # (no step taken: fastopt.ops._interrupted_kernel)
-            exc._fastopt_unwritten = True
-            raise
+        odd = [k for k, views in enumerate(checked) if views is None]
+        copies = dict(zip(odd, copies_before_writing([tensors[k] for k in odd])))
         # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
-        for views, arrays, copied in zip(checked, tensors, copies):
+        for k, (views, arrays) in enumerate(zip(checked, tensors)):
             if views is None:
                 kernel = single
-                run_and_write_back(kernel, arrays, copied, scalars)
+                run_and_write_back(kernel, arrays, copies[k], scalars)
             else:
                 kernel = launch
                 kernel(span, parallel, views, packed)

@@ -2362,3 +2362,74 @@ def test_an_error_copying_a_strided_parameter_changes_nothing(backend, error, mo
         opt.step(grads)
         ref.step(grads)
     assert all(same_bits(p, t) for p, t in zip(params, twin))
+
+
+def _lazy_state_cases():
+    """(name, make optimizer, switch options on between the warm-up and the failing step, the
+    warm-up's grads mask): each step makes state arrays for a kernel call after another."""
+    return [
+        ("sgd momentum, two groups", lambda g: fo.SGD(g, lr=0.1, momentum=0.9), None, None),
+        ("sgd momentum, two phases", lambda g: fo.SGD(g, lr=0.1, momentum=0.9), None,
+         [True, False, True]),
+        ("adam, two groups", lambda g: fo.Adam(g, lr=0.1), None, None),
+        ("adam amsgrad switched on", lambda g: fo.Adam(g, lr=0.1),
+         dict(amsgrad=True), [True, True, True]),
+        ("rmsprop momentum and centered switched on", lambda g: fo.RMSprop(g, lr=0.1),
+         dict(momentum=0.5, centered=True), [True, True, True]),
+    ]
+
+
+@pytest.mark.parametrize("case", _lazy_state_cases(), ids=lambda c: c[0])
+def test_a_memory_error_making_a_later_groups_state_changes_nothing(case, monkeypatch):
+    """State is made on first use, and the state an option switched on later needs when the
+    step uses it: each group's (and each phase's) was made just before its own kernel call,
+    so a MemoryError making a later group's left the groups before it stepped (the
+    fault-injection probe's case). Every state array of a step is made before its first
+    kernel call now: an allocation failing at any point of the step changes nothing."""
+    _, make, switch_on, warm_up = case
+    rng = np.random.default_rng(3)
+
+    def build():
+        p = [rng.standard_normal(4), rng.standard_normal((2, 3)), rng.standard_normal(5)]
+        return p, make([{"params": p[:2]}, {"params": p[2:]}])
+    params, opt = build()
+    twin, ref = build()
+    for a, b in zip(params, twin):
+        b[...] = a
+    grads = [rng.standard_normal(p.shape) for p in params]
+    if warm_up is not None:
+        masked = [g if keep else None for g, keep in zip(grads, warm_up)]
+        opt.step(masked)
+        ref.step(masked)
+    for o in (opt, ref):
+        for group in o.param_groups:
+            group.update(switch_on or {})
+    like_lines = fo.optim.like_lines
+    failures = 0
+    for fail_at in range(1, 50):
+        made = []
+
+        def failing(*args, **kwargs):
+            made.append(None)
+            if len(made) == fail_at:
+                raise MemoryError("injected")
+            return like_lines(*args, **kwargs)
+        before = [p.copy() for p in params], _state_dict_bytes(opt)
+        monkeypatch.setattr(fo.optim, "like_lines", failing)
+        try:
+            opt.step(grads)
+        except MemoryError:
+            failures += 1
+            assert all(same_bits(p, b) for p, b in zip(params, before[0])), fail_at
+            assert _state_dict_bytes(opt) == before[1], fail_at
+            continue
+        finally:
+            monkeypatch.undo()
+        break
+    assert failures >= 1
+    ref.step(grads)
+    for _ in range(2):
+        opt.step(grads)
+        ref.step(grads)
+    assert all(same_bits(p, t) for p, t in zip(params, twin))
+    assert _state_dict_bytes(opt) == _state_dict_bytes(ref)

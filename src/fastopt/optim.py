@@ -363,6 +363,7 @@ class _Batch:
         self.pending = []         # (state, key, array) made by this call
         self.made = [] if made is None else made    # (index, state): new states it steps
         self.first = 0 if isinstance(index, slice) else index[0]
+        self.optional = {}        # key -> column, of the state this call's options use
 
     def has(self, key):
         return key in self.states[0]
@@ -370,7 +371,7 @@ class _Batch:
     def new_column(self, key, params, fill=0):
         """``columns[key]``, with a new array like the parameter (:func:`like_lines`, holding
         ``fill``) where a state lacks ``key`` (state an option switched on later needs, as
-        torch creates it)."""
+        torch creates it), kept in ``columns`` (until :meth:`discard`)."""
         col = self.columns.get(key)
         if col is not None:
             return col
@@ -381,7 +382,14 @@ class _Batch:
                 a = like_lines(p, fill)
                 self.pending.append((s, key, a))
             col.append(a)
+        self.columns[key] = col
         return col
+
+    def discard(self):
+        """Forget the state made for a call that did not step."""
+        for _, key, _ in self.pending:
+            self.columns.pop(key, None)
+        self.pending = []
 
     def scalar(self, key):
         """The parameters' (common) ``key`` scalar: step, NAdam's mu_product."""
@@ -886,8 +894,11 @@ class Optimizer:
                 return
             self._sync_groups()
             plans = self._checked_plans()
-            for gi, grads_of_group in enumerate(self._split(grads, plans)):
-                self._step_group(gi, plans[gi], grads_of_group)
+            split = self._split(grads, plans)
+            calls = [self._calls(gi, plans[gi], g) for gi, g in enumerate(split)]
+            self._prepare_all(calls)
+            for gi, grads_of_group in enumerate(split):
+                self._step_group(gi, plans[gi], grads_of_group, calls[gi])
 
     def _checked_plans(self):
         """Every group's :class:`_Plan`, after the checks :meth:`step` makes before any write
@@ -1038,28 +1049,85 @@ class Optimizer:
                     raise ValueError(f"parameter {label} is read-only")
         return out
 
-    def _step_group(self, gi, plan, grads):
-        """One group: the arena stretch in one kernel call, or the list in one kernel call
-        while every parameter has a grad and they share a phase, else :meth:`_step_parts`."""
+    def _calls(self, gi, plan, grads):
+        """Group ``gi``'s kernel calls, as (params, grads, batch): the arena stretch in one, or
+        the list in one while every parameter has a grad and they share a phase. Else one
+        per phase of the parameters with a grad (parameters in different phases, e.g. steps,
+        cannot share one), their new states made here (stored once their call stepped)."""
+        group, start = self.param_groups[gi], self._starts[gi]
+        params = group["params"]
+        if grads is _FLAT:
+            return [([plan.span.params], [plan.span.grads], plan.flat_batch)]
+        if plan.uniform and all(map(operator.is_not, grads, repeat(None))):
+            return [(params, grads, plan.list_batch)]
+        self._check_grads(gi, grads)
+        if len(self.param_groups) == 1:   # (with several, _split checked every group's)
+            # one kernel call per phase: a later one's overlap must not find the earlier
+            # ones stepped
+            self._check_grad_overlaps(zip(params, grads, range(len(grads))))
+        slots = self._slots[gi]
+        parts, created, made = {}, set(), dict(plan.made)
+        for k, g in enumerate(grads):
+            if g is None:
+                continue
+            s = plan.states[k]
+            if s is None:
+                s = self._new_state(gi, k)
+                created.add(k)
+            elif start + k in made:     # made by the arena path's plan, not stored yet
+                created.add(k)
+            parts.setdefault(self._phase(s), []).append((k, s))
+        # (partitioned first: a step moves phases)
+        calls = []
+        for part in parts.values():
+            index = [k for k, _ in part]
+            batch = _Batch([s for _, s in part], slots, index,
+                           made=[(start + k, s) for k, s in part if k in created])
+            calls.append(([params[k] for k in index], [grads[k] for k in index], batch))
+        return calls
+
+    def _prepare_all(self, calls):
+        """Make the state arrays the options of every kernel call of a step need
+        (:meth:`_prepare`) before the first call: made as each call ran, a MemoryError
+        making a later group's (or phase's) left the ones before it stepped. ``calls``
+        holds each group's :meth:`_calls`."""
+        try:
+            for group, group_calls in zip(self.param_groups, calls):
+                for params, _, batch in group_calls:
+                    self._prepare(group, params, batch)
+        except BaseException:
+            for group_calls in calls:
+                for _, _, batch in group_calls:
+                    batch.discard()
+            raise
+
+    def _prepare(self, group, params, batch):
+        """Make (or find) the state arrays this call's options need: ``batch.optional``."""
+        batch.optional = {key: batch.new_column(key, params, fill)
+                          for key, fill in self._option_state(group)}
+
+    def _option_state(self, group):
+        """(key, fill) of each state array the group's options need that a parameter's first
+        state may lack (:meth:`_init_state` makes the others): made at the step that first
+        uses it, as torch makes it. ``fill`` None: not filled (the kernel sets it)."""
+        return ()
+
+    def _step_group(self, gi, plan, grads, calls):
+        """Run group ``gi``'s kernel calls (:meth:`_calls`)."""
         group = self.param_groups[gi]
-        if grads is _FLAT or plan.uniform and all(map(operator.is_not, grads, repeat(None))):
+        if len(calls) == 1 and (grads is _FLAT or calls[0][2] is plan.list_batch):
             try:
-                if grads is _FLAT:
-                    span = plan.span
-                    self._run(group, [span.params], [span.grads], plan.flat_batch)
-                else:
-                    self._run(group, group["params"], grads, plan.list_batch)
+                self._run(group, *calls[0])
             except (TypeError, ValueError):     # the kernel checked every array, wrote none
                 if grads is not _FLAT:  # an error naming the parameter, if a grad's
                     self._name_refusal(gi, plan, grads)
                 raise
-        else:
-            self._check_grads(gi, grads)
-            if len(self.param_groups) == 1:   # (with several, _split checked every group's)
-                # one kernel call per phase: a later one's overlap must not find the earlier
-                # ones stepped
-                self._check_grad_overlaps(zip(group["params"], grads, range(len(grads))))
-            self._step_parts(gi, plan, grads)
+            return
+        try:
+            for call in calls:
+                self._run(group, *call)
+        finally:
+            self._plans.pop(gi, None)   # made again with the states stored by the calls
 
     def _name_refusal(self, gi, plan, grads):
         """After a kernel call over group ``gi``'s list refused it (writing nothing): raise the
@@ -1075,34 +1143,6 @@ class Optimizer:
         # (a state array changed in place: the kernel's message named its list, 'exp_avgs[0]')
         self._check_state_arrays(gi, plan.states)
 
-    def _step_parts(self, gi, plan, grads):
-        """The general case: parameters without a grad sit the step out, state is made on
-        first use (stored once the kernel call succeeded), and one kernel call runs per
-        phase (parameters in different phases, e.g. steps, cannot share one)."""
-        group, start = self.param_groups[gi], self._starts[gi]
-        params, slots = group["params"], self._slots[gi]
-        parts, created, made = {}, set(), dict(plan.made)
-        for k, g in enumerate(grads):
-            if g is None:
-                continue
-            s = plan.states[k]
-            if s is None:
-                s = self._new_state(gi, k)
-                created.add(k)
-            elif start + k in made:     # made by the arena path's plan, not stored yet
-                created.add(k)
-            parts.setdefault(self._phase(s), []).append((k, s))
-        # (partitioned first: a step moves phases)
-        batches = [_Batch([s for _, s in part], slots, [k for k, _ in part],
-                          made=[(start + k, s) for k, s in part if k in created])
-                   for part in parts.values()]
-        try:
-            for batch in batches:
-                self._run(group, [params[k] for k in batch.index],
-                          [grads[k] for k in batch.index], batch)
-        finally:
-            self._plans.pop(gi, None)   # made again with the states stored by the calls
-
     def _run(self, group, params, grads, batch):
         """One kernel call; the step count and the state it made are stored only after it
         stepped: not after a refusal (which changes nothing), nor after a KeyboardInterrupt
@@ -1115,6 +1155,7 @@ class Optimizer:
         stepped = False
         ops._calls.returned = False     # (see ops._kernel_began)
         try:
+            self._prepare(group, params, batch)
             scalar = self._update(group, params, grads, batch, step)
             stepped = True
             self._advance(batch, step, scalar)
@@ -1127,7 +1168,7 @@ class Optimizer:
                 # (again, if it was what the interrupt stopped: it stores values)
                 self._advance(batch, step, scalar)
             else:
-                batch.pending.clear()       # a plan's batch is used again
+                batch.discard()       # a plan's batch is used again
             raise
 
     def _interrupted_scalar(self, group, batch, step):
@@ -1619,11 +1660,13 @@ class SGD(Optimizer):
         # in its own kernel call (first_step=True), apart from those with one
         return "momentum_buffer" in state
 
+    def _option_state(self, group):
+        # (not filled: at the first step the kernel sets it to the grad)
+        return (("momentum_buffer", None),) if group["momentum"] != 0 else ()
+
     def _update(self, group, params, grads, batch, step):
-        bufs, first = None, False
-        if group["momentum"] != 0:
-            first = not batch.has("momentum_buffer")     # the kernel sets it to the grad
-            bufs = batch.new_column("momentum_buffer", params, None)
+        bufs = batch.optional.get("momentum_buffer")
+        first = bufs is not None and not batch.has("momentum_buffer")
         ops.foreach_sgd_step_(params, grads, bufs, lr=group["lr"],
                               momentum=group["momentum"], dampening=group["dampening"],
                               nesterov=group["nesterov"], weight_decay=group["weight_decay"],
@@ -1749,12 +1792,13 @@ class RMSprop(Optimizer):
                                       momentum=momentum, centered=centered,
                                       eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
 
+    def _option_state(self, group):
+        return ((("momentum_buffer", 0),) if group["momentum"] > 0 else ()) + (
+            (("grad_avg", 0),) if group["centered"] else ())
+
     def _update(self, group, params, grads, batch, step):
-        bufs = grad_avgs = None
-        if group["momentum"] > 0:
-            bufs = batch.new_column("momentum_buffer", params)
-        if group["centered"]:
-            grad_avgs = batch.new_column("grad_avg", params)
+        bufs = batch.optional.get("momentum_buffer")
+        grad_avgs = batch.optional.get("grad_avg")
         ops.foreach_rmsprop_step_(params, grads, batch.columns["square_avg"],
                                   lr=group["lr"], beta=group["alpha"], eps=group["eps"],
                                   weight_decay=group["weight_decay"], momentum_buffers=bufs,
@@ -1921,10 +1965,12 @@ class Adam(Optimizer):
             state["max_exp_avg_sq"] = like_lines(param)
         return state
 
+    def _option_state(self, group):
+        # (also made by _init_state: here for amsgrad switched on after the first step)
+        return (("max_exp_avg_sq", 0),) if group["amsgrad"] else ()
+
     def _update(self, group, params, grads, batch, step):
-        vmaxes = None
-        if group["amsgrad"]:
-            vmaxes = batch.new_column("max_exp_avg_sq", params)
+        vmaxes = batch.optional.get("max_exp_avg_sq")
         ops.foreach_adam_step_(params, grads, batch.columns["exp_avg"],
                                batch.columns["exp_avg_sq"], step, lr=group["lr"],
                                betas=group["betas"], eps=group["eps"],

@@ -51,6 +51,20 @@ def test_unknown_backend_is_a_runtime_error_saying_why():
         fo.set_backend("fortran")
 
 
+def test_a_backend_is_named_in_any_case_as_in_the_environment():
+    """FASTOPT_BACKEND=" Numba " was taken, set_backend("Numba") refused."""
+    before = fo.get_backend()
+    try:
+        fo.set_backend(" NumPy ")
+        assert fo.get_backend() == "numpy"
+        with fo.use_backend(before.upper()):
+            assert fo.get_backend() == before
+        assert fo.get_backend() == "numpy"
+        assert fo._backend.unavailable_reason("NUMPY") is None
+    finally:
+        fo.set_backend(before)
+
+
 def test_environment_variable_picks_the_default_backend():
     env = dict(os.environ, FASTOPT_BACKEND="numpy")
     out = subprocess.run([sys.executable, "-c", "import fastopt; print(fastopt.get_backend())"],

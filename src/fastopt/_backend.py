@@ -102,6 +102,11 @@ def _as_compiled(kernel, names, options=()):
     return call
 
 
+def _canonical(name):
+    """A backend's name as FASTOPT_BACKEND takes it: ``"Numba"`` and ``" numba "`` too."""
+    return name.strip().lower() if isinstance(name, str) else name
+
+
 def _load(name):
     if name not in NAMES:
         raise RuntimeError(f"unknown backend {name!r}; choose from {list(NAMES)}")
@@ -139,6 +144,7 @@ def backends() -> list[str]:
 
 def unavailable_reason(name: str) -> str | None:
     """Why backend ``name`` cannot be used here, or None when it can."""
+    name = _canonical(name)
     try:
         _load(name)
     except RuntimeError:
@@ -164,7 +170,8 @@ def set_backend(name: str) -> None:
     Parameters
     ----------
     name : str
-        ``"cython"``, ``"numba"`` or ``"numpy"`` (see :func:`backends`).
+        ``"cython"``, ``"numba"`` or ``"numpy"`` (see :func:`backends`), in any case (as
+        the environment variable ``FASTOPT_BACKEND``).
 
     Raises
     ------
@@ -180,6 +187,7 @@ def set_backend(name: str) -> None:
             raise RuntimeError(
                 f"fastopt.set_backend({name!r}): another thread is inside a use_backend "
                 "block, whose code would run on this backend, and whose end would undo it")
+        name = _canonical(name)
         module = _load(name)
         active, _active_name = module, name
 
@@ -311,10 +319,9 @@ def use_num_threads(n: int) -> Iterator[None]:
 
 def _choose_default():
     given = os.environ.get("FASTOPT_BACKEND", "")
-    wanted = given.strip().lower()
-    if wanted:
+    if given.strip():
         try:
-            set_backend(wanted)   # an explicit choice that fails must say so, not fall back
+            set_backend(given)   # an explicit choice that fails must say so, not fall back
         except RuntimeError as exc:
             raise RuntimeError(f"FASTOPT_BACKEND={given!r} in the environment: {exc}") from None
         return

@@ -1085,6 +1085,25 @@ def test_a_state_dict_is_a_snapshot_of_the_param_groups_too():
     assert other.param_groups[0]["betas"][0] == 0.8
 
 
+def test_load_state_dict_keeps_a_saved_groups_own_entries_as_torch_does():
+    """torch.optim's load_state_dict takes the saved groups whole (a scheduler's
+    ``initial_lr``, a user's ``name``); only the hyper-parameters were taken here, the
+    other entries dropped (a resumed scheduler then lacked ``initial_lr``)."""
+    opt = fo.Adam([{"params": [np.ones(3)], "name": "encoder"}], lr=0.1)
+    sd = opt.state_dict()
+    sd["param_groups"][0].update(initial_lr=0.1, name="decoder", tags=["a"])
+    opt.load_state_dict(sd)
+    group = opt.param_groups[0]
+    assert (group["initial_lr"], group["name"], group["tags"]) == (0.1, "decoder", ["a"])
+    sd["param_groups"][0]["tags"].append("b")       # (copied: the state dict stays apart)
+    assert group["tags"] == ["a"]
+    if torch is not None:
+        t = torch.optim.Adam([{"params": [torch.ones(3)], "name": "encoder"}], lr=0.1)
+        t.load_state_dict({"state": {}, "param_groups": [
+            {**sd["param_groups"][0], "tags": ["a"]}]})
+        assert (t.param_groups[0]["initial_lr"], t.param_groups[0]["name"]) == (0.1, "decoder")
+
+
 # ------------------------------------------- torch's own optimizer test inputs (optim_db)
 OPTIM_DB_NAMES = ["SGD", "RMSprop", "Adagrad", "Adam", "AdamW", "Adadelta", "Adamax", "NAdam",
                   "RAdam"]

@@ -1298,6 +1298,8 @@ class Optimizer:
         Everything is checked first (structure, parameter counts, state keys, array shapes
         and dtypes, step counts, hyper-parameters); a refused state dict changes nothing.
         Arrays are copied (floating-point ones cast to their parameter's dtype, as torch).
+        A group takes the saved group's entries, as torch's: hyper-parameters and others
+        (a scheduler's ``initial_lr``); its parameters and their names stay its own.
 
         Parameters
         ----------
@@ -1401,13 +1403,14 @@ class Optimizer:
                     if key in self._ALIAS_BOUNDS:
                         check_real(key, value, self._ALIAS_BOUNDS[key])
                     key = self._RENAMED[key]
-                if key not in self.defaults:
+                if key in ("params", "param_names"):   # (this optimizer's own)
                     continue
                 if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
                     # (np.savez gives back every entry as an array: a flag as a 0-d bool)
                     value = value.item() if value.ndim == 0 else value.tolist()
                 # (copied: the state dict stays the caller's)
-                hyper[key] = tuple(value) if isinstance(value, list) else copy.deepcopy(value)
+                hyper[key] = (tuple(value) if isinstance(value, list) and key in self.defaults
+                              else copy.deepcopy(value))
             self._check({**mine, **hyper})
             new_hyper.append(hyper)
         # (made before anything changes: a MemoryError here had left the load half done)

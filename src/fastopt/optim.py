@@ -1103,8 +1103,11 @@ class Optimizer:
 
     def _prepare(self, group, params, batch):
         """Make (or find) the state arrays this call's options need: ``batch.optional``."""
-        batch.optional = {key: batch.new_column(key, params, fill)
-                          for key, fill in self._option_state(group)}
+        wanted = self._option_state(group)
+        if wanted:
+            batch.optional = {key: batch.new_column(key, params, fill) for key, fill in wanted}
+        elif batch.optional:
+            batch.optional = {}
 
     def _option_state(self, group):
         """(key, fill) of each state array the group's options need that a parameter's first
@@ -1882,6 +1885,9 @@ class Adagrad(Optimizer):
                                   maximize=group["maximize"])
 
 
+_AMSGRAD_STATE = (("max_exp_avg_sq", 0),)     # (Adam._option_state, made once)
+
+
 class Adam(Optimizer):
     """torch.optim.Adam (AdamW with ``decoupled_weight_decay``), or the course's form.
 
@@ -1970,7 +1976,7 @@ class Adam(Optimizer):
 
     def _option_state(self, group):
         # (also made by _init_state: here for amsgrad switched on after the first step)
-        return (("max_exp_avg_sq", 0),) if group["amsgrad"] else ()
+        return _AMSGRAD_STATE if group["amsgrad"] else ()
 
     def _update(self, group, params, grads, batch, step):
         vmaxes = batch.optional.get("max_exp_avg_sq")

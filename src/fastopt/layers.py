@@ -739,6 +739,13 @@ class BatchNorm:
             setattr(new, name, getattr(self, name).copy())
         return new
 
+    def __getstate__(self) -> dict[str, Any]:
+        # without the last training batch that backward would use (x and its statistics): a
+        # pickle or deep copy of the layer is its parameters, statistics and grads, as a torch
+        # module's state is (it held the whole batch: a checkpoint 100 MB instead of 3 KB,
+        # with training data in it)
+        return {**self.__dict__, "_cache": None}
+
     def __call__(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         # through self.forward, so that a subclass's forward is what layer(x) runs (as torch's
         # module(x)); ``__call__ = forward`` bound BatchNorm.forward itself

@@ -1950,6 +1950,30 @@ def test_grads_set_to_none_are_freed_as_with_torch(clear, dtype):
     assert opt._plans[0] is plan and plan.graw is not None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_kept_grads_are_freed_by_zero_grad_as_with_torch(dtype):
+    """Grads stepped again (kept, written in place: zero_grad(set_to_none=False), gradient
+    accumulation) are held by the step's cached views; zero_grad() set them to None and the
+    views held them until the next step (the leaks probe: a 100 MB grad held through the
+    next backward). It lets go of them; the next backward's grads are stepped as new ones
+    (as by a twin whose grads are zeroed instead)."""
+    model = torch.nn.Linear(3, 2).to(dtype)
+    twin = copy.deepcopy(model)
+    opt, ref = ft.Adam(model.parameters()), ft.Adam(twin.parameters())
+    for k in range(6):
+        for m, o in ((model, opt), (twin, ref)):
+            m(torch.full((1, 3), 1.0 + k, dtype=dtype)).sum().backward()
+            o.step()
+            if k % 3 == 2 and o is opt:
+                alive = [weakref.ref(p.grad) for p in m.parameters()]
+                o.zero_grad()
+                assert [r() for r in alive] == [None, None]
+            else:
+                o.zero_grad(set_to_none=False)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_grads_that_refuse_the_mark_or_copy_it_step_and_free_as_with_torch():
     """A step marks the grads it releases (see the test above). A grad of a type whose
     __setattr__ refuses had raised after the parameters were written, before the state was

@@ -404,6 +404,24 @@ def _zeros(p):
     return torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
 
 
+def _let_go_of_grads(plan, known_again):
+    """Hold ``plan``'s grads no more. ``known_again``: the next step takes the same grads for
+    kept ones (their ids and a mark in each, a number new to this step; see _run); else it
+    takes any grads for new ones (after ``zero_grad()``)."""
+    if known_again:
+        plan.gmark = mark = next(_grad_marks)
+        plan.gids = list(map(id, plan.grads))
+        for g in plan.grads:
+            if g is not None:
+                try:
+                    setattr(g, _GRAD_MARK, mark)
+                except Exception:   # (a type whose __setattr__ refuses: seen as new)
+                    pass
+    else:
+        plan.gids = [None] * len(plan.grads)
+    plan.grads = plan.live_grads = plan.graw = plan.watched_all = plan.ptrs_all = None
+
+
 class _Plan:
     """A group's step as it was last made: its parameters with grads (``params``), their
     states, the grads, and the NumPy views the kernels take. Each step checks that it still
@@ -829,6 +847,13 @@ class _FastOptimizer(_Mixin):
         set_to_none : bool, default True
             Set the grads to None instead of zeroing them.
         """
+        if set_to_none:
+            # grads the last steps kept (the same ones stepped again, written in place) are
+            # held no more: freed now with p.grad, as with torch.optim, not at the next step
+            with self._lock:
+                for plan in self._plans.values():
+                    if plan.grads is not None:
+                        _let_go_of_grads(plan, known_again=False)
         if not set_to_none or _profiler_enabled():
             return super().zero_grad(set_to_none)
         for group in self.param_groups:
@@ -1596,15 +1621,7 @@ class _FastOptimizer(_Mixin):
             # weak reference: swap_tensors (which model.to() uses for tensor subclasses, or
             # when torch.__future__ says so) refuses a tensor that has one, and left the
             # model half converted.
-            plan.gmark = mark = next(_grad_marks)
-            plan.gids = list(map(id, plan.grads))
-            for g in plan.grads:
-                if g is not None:
-                    try:
-                        setattr(g, _GRAD_MARK, mark)
-                    except Exception:   # (a type whose __setattr__ refuses: seen as new)
-                        pass
-            plan.grads = plan.live_grads = plan.graw = plan.watched_all = plan.ptrs_all = None
+            _let_go_of_grads(plan, known_again=True)
         if plan.pending:
             for k in plan.pending:
                 state, stored = plan.states[k], plan.stored[k]

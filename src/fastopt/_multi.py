@@ -75,9 +75,11 @@ def foreach(single, entry, check=check_step_arrays, run=None):
             kernel = run
             kernel(checked, tensors, scalars)
             return
+        stepped = False
         for arrays in tensors:
             kernel = single
             kernel(*arrays, **scalars)
+            stepped = True
 
     P = inspect.Parameter
     multi.__signature__ = inspect.Signature(

@@ -86,13 +86,18 @@ def _kernel_began(interrupt):
     the two where Python runs a signal handler (those follow a call or a jump back): the
     innermost such frame where the interrupt was raised tells. A compiled kernel runs without
     the GIL, so Ctrl-C is raised as it returns, its writes done; the numba and NumPy list forms
-    are Python loops, which it can stop between arrays (then counted as begun)."""
+    are Python loops, which it can stop between arrays (then counted as begun: such a loop
+    sets ``stepped`` once its first array's call returned, whatever the frames of a later
+    array's call say)."""
     began, found, tb = False, False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame
         if ("kernel" in frame.f_code.co_varnames
                 and frame.f_globals.get("__name__", "").startswith("fastopt.")):
-            began, found = "kernel" in frame.f_locals, True
+            local = frame.f_locals
+            if local.get("stepped"):
+                return True
+            began, found = "kernel" in local, True
         tb = tb.tb_next
     # none of those frames: raised once they had returned, in a frame above them, which
     # CPython 3.10 can do (it checks for signals as each call returns, 3.11 as a function

@@ -1766,6 +1766,7 @@ class _FastOptimizer(_Mixin):
         own = {"grad_scale": scale} if self._SCALES else {}
         formats = cols[_FORMAT]
         kinds = dict.fromkeys(formats)
+        stepped = False
         for fmt in kinds:
             if len(kinds) == 1:     # one format, the common case: the columns as they are
                 lists, masters = [params, grads, *state], cols[MASTER]
@@ -1775,12 +1776,12 @@ class _FastOptimizer(_Mixin):
             if fmt is None:
                 kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
                 kernel(*lists, **scalars, **own)
-                ops._calls.returned = True      # (see ops._kernel_began)
+                ops._calls.returned = stepped = True      # (see ops._kernel_began)
             else:
                 kernel = getattr(kernels, self._HALF_MULTI)
                 kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
                        bfloat16=fmt)
-                ops._calls.returned = True      # (see ops._kernel_began)
+                ops._calls.returned = stepped = True      # (see ops._kernel_began)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -1893,12 +1894,13 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                 if part:
                     parts.append((first, *_pick(part, params, grads), _pick_cols(cols, part)))
         nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
+        stepped = False
         for first, params, grads, cols in parts:
             buffers = cols.get("momentum_buffer")
             kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
             kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
                    dampening=dampening, nesterov=nesterov, maximize=maximize, first_step=first)
-            ops._calls.returned = True      # (see ops._kernel_began)
+            ops._calls.returned = stepped = True      # (see ops._kernel_began)
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -2146,6 +2148,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                   or _own_arithmetic(group["momentum_decay"]))
         decoupled = bool(group.get("decoupled_weight_decay"))
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
+        stepped = False     # (see ops._kernel_began)
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
@@ -2163,7 +2166,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                        lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
                        bias_correction2=bias_correction2, grad_coef=grad_coef,
                        avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
-                ops._calls.returned = True      # (see ops._kernel_began)
+                ops._calls.returned = stepped = True      # (see ops._kernel_began)
                 for k in part:
                     cols["mu_product"][k][()] = new
             except BaseException as exc:    # as the kernel returned, or in this loop

@@ -295,7 +295,9 @@ def list_form(single, span, parallel, pack):
         # MemoryError making one had left the tensors before it stepped, and not counted)
         odd = [k for k, views in enumerate(checked) if views is None]
         copies = dict(zip(odd, copies_before_writing([tensors[k] for k in odd])))
-        # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
+        # (``kernel`` bound just before each call, ``stepped`` after the first returned:
+        # fastopt.ops._kernel_began)
+        stepped = False
         for k, (views, arrays) in enumerate(zip(checked, tensors)):
             if views is None:
                 kernel = single
@@ -303,6 +305,7 @@ def list_form(single, span, parallel, pack):
             else:
                 kernel = launch
                 kernel(span, parallel, views, packed)
+            stepped = True
     return foreach(single, _registry.get(single.__name__), check=step_views, run=run)
 
 
@@ -447,6 +450,7 @@ def launch(serial, parallel, views, scalars, nbytes=None):
     float32 state in a tuple)."""
     n = views[0].size
     nthreads = 1
+    head_views = None
     if nbytes is None:
         nbytes = views[0].nbytes * len(views)                   # (a bound, for short steps)
         if nbytes >= STEP_PARALLEL_BYTES:
@@ -455,10 +459,6 @@ def launch(serial, parallel, views, scalars, nbytes=None):
             head = _line_head(views[0])
             if head:        # (absent state stays empty: the kernels read it as absent)
                 head_views = [v[:head] if v.size else v for v in views]
-                # (bound just before the call: fastopt.ops._kernel_began; an interrupt
-                # between this call and the next leaves the array partly stepped)
-                kernel = serial
-                kernel(*head_views, scalars)
                 views = [v[head:] if v.size else v for v in views]
                 n -= head
     if nbytes >= STEP_PARALLEL_BYTES:
@@ -467,21 +467,36 @@ def launch(serial, parallel, views, scalars, nbytes=None):
             nthreads = get_num_threads()
     if nthreads > 1 and not _pool_started[0] and not _start_pool():
         nthreads = 1
-    if nthreads > 1:
-        previous = _get_threads()       # (the caller's, given back after)
-        if previous != nthreads:
-            _set_threads(nthreads)
-        share = (-(-n // nthreads) + 15) & ~15      # whole 64-byte lines of float32 per thread
-        try:
-            with _launch_guard[0]:
-                kernel = parallel
-                kernel(-(-n // share), share, *views, scalars)
-        finally:
+    # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
+    rest = False        # whether the call over the elements after the head began
+    try:
+        if head_views is not None:
+            kernel = serial
+            kernel(*head_views, scalars)
+        if nthreads > 1:
+            previous = _get_threads()       # (the caller's, given back after)
             if previous != nthreads:
-                _set_threads(previous)
-    else:
-        kernel = serial
-        kernel(*views, scalars)
+                _set_threads(nthreads)
+            share = (-(-n // nthreads) + 15) & ~15      # whole 64-byte lines of float32 a thread
+            try:
+                with _launch_guard[0]:
+                    kernel, rest = parallel, True
+                    kernel(-(-n // share), share, *views, scalars)
+            finally:
+                if previous != nthreads:
+                    _set_threads(previous)
+        else:
+            kernel, rest = serial, True
+            kernel(*views, scalars)
+    except BaseException as exc:
+        # an interrupt (Ctrl-C) raised once the head was stepped, as its call returned or
+        # before the rest's began: the rest is stepped too before it is raised, so that a
+        # parameter is stepped whole (and counted) or not at all
+        if head_views is not None and not rest:
+            from ..ops import _interrupted_kernel
+            if _interrupted_kernel(exc):
+                serial(*views, scalars)
+        raise
     if nbytes >= STEP_PARALLEL_BYTES:
         _last_step_end[0] = time.perf_counter()
 

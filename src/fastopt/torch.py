@@ -404,6 +404,18 @@ def _zeros(p):
     return torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
 
 
+def _hold(exc, held):
+    """``exc``, raised by the kernel call of one part of a group's step (parameters of
+    another 16-bit format, NAdam product or first step), to raise once the other parts have
+    stepped: an interrupt (Ctrl-C, raised as the compiled kernel returns, its writes done;
+    fastopt.ops._interrupted_kernel), so that the group is stepped whole, as the counts
+    stored for it then say (the parts after it had been left as they were, counted). Anything
+    else (a refusal, a second interrupt) is raised now."""
+    if held is None and ops._interrupted_kernel(exc):
+        return exc
+    raise exc
+
+
 def _let_go_of_grads(plan, known_again):
     """Hold ``plan``'s grads no more. ``known_again``: the next step takes the same grads for
     kept ones (their ids and a mark in each, a number new to this step; see _run); else it
@@ -1574,10 +1586,18 @@ class _FastOptimizer(_Mixin):
                     parts: dict[float, list[int]] = {}
                     for k, count in enumerate(counts.tolist()):
                         parts.setdefault(count, []).append(k)
+                    stepped, held = False, None     # (see ops._kernel_began; _hold)
                     for step, part in parts.items():
                         pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
-                        self._update(group, pviews, grads, _pick_cols(cols, part),
-                                     _next_count(step, counts), fresh, factor)
+                        kernel = self._update
+                        try:
+                            kernel(group, pviews, grads, _pick_cols(cols, part),
+                                   _next_count(step, counts), fresh, factor)
+                        except BaseException as exc:
+                            held = _hold(exc, held)
+                        stepped = True
+                    if held is not None:
+                        raise held          # (the counts advanced below, as for any interrupt)
                     plan.counts[plan.live_index] = counts + 1
         except OverflowError:     # the kernels' conversion of an int past the float range
             self._check_float_range(group)      # (named, as a later group's is in time)
@@ -1766,22 +1786,26 @@ class _FastOptimizer(_Mixin):
         own = {"grad_scale": scale} if self._SCALES else {}
         formats = cols[_FORMAT]
         kinds = dict.fromkeys(formats)
-        stepped = False
+        stepped, held = False, None     # (see ops._kernel_began; _hold)
         for fmt in kinds:
             if len(kinds) == 1:     # one format, the common case: the columns as they are
                 lists, masters = [params, grads, *state], cols[MASTER]
             else:
                 part = [k for k, f in enumerate(formats) if f is fmt]
                 lists, masters = _pick(part, params, grads, *state), _pick(part, cols[MASTER])[0]
-            if fmt is None:
-                kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
-                kernel(*lists, **scalars, **own)
-                ops._calls.returned = stepped = True      # (see ops._kernel_began)
-            else:
-                kernel = getattr(kernels, self._HALF_MULTI)
-                kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
-                       bfloat16=fmt)
-                ops._calls.returned = stepped = True      # (see ops._kernel_began)
+            try:
+                if fmt is None:
+                    kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
+                    kernel(*lists, **scalars, **own)
+                else:
+                    kernel = getattr(kernels, self._HALF_MULTI)
+                    kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
+                           bfloat16=fmt)
+            except BaseException as exc:
+                held = _hold(exc, held)
+            ops._calls.returned = stepped = True
+        if held is not None:
+            raise held
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -1894,13 +1918,19 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                 if part:
                     parts.append((first, *_pick(part, params, grads), _pick_cols(cols, part)))
         nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
-        stepped = False
+        stepped, held = False, None     # (see ops._kernel_began; _hold)
         for first, params, grads, cols in parts:
             buffers = cols.get("momentum_buffer")
             kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
-            kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
-                   dampening=dampening, nesterov=nesterov, maximize=maximize, first_step=first)
-            ops._calls.returned = stepped = True      # (see ops._kernel_began)
+            try:
+                kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
+                       dampening=dampening, nesterov=nesterov, maximize=maximize,
+                       first_step=first)
+            except BaseException as exc:
+                held = _hold(exc, held)
+            ops._calls.returned = stepped = True
+        if held is not None:
+            raise held
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -2148,7 +2178,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                   or _own_arithmetic(group["momentum_decay"]))
         decoupled = bool(group.get("decoupled_weight_decay"))
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
-        stepped = False     # (see ops._kernel_began)
+        stepped, held = False, None     # (see ops._kernel_began; _hold)
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
@@ -2166,14 +2196,13 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                        lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
                        bias_correction2=bias_correction2, grad_coef=grad_coef,
                        avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
-                ops._calls.returned = stepped = True      # (see ops._kernel_began)
-                for k in part:
-                    cols["mu_product"][k][()] = new
-            except BaseException as exc:    # as the kernel returned, or in this loop
-                if ops._interrupted_kernel(exc):
-                    for k in part:
-                        cols["mu_product"][k][()] = new
-                raise
+            except BaseException as exc:
+                held = _hold(exc, held)
+            ops._calls.returned = stepped = True
+            for k in part:
+                cols["mu_product"][k][()] = new
+        if held is not None:
+            raise held
 
 
 def _nadam_folded(group, step, product, single):

@@ -1371,19 +1371,22 @@ def _on_lines_plus_one(n, rng):
 
 @pytest.mark.skipif("numba" not in GRID_BACKENDS, reason="the numba backend's launch")
 @pytest.mark.parametrize("where", ["at each point a later array's launch calls out",
-                                   "as a line head's call returns"])
+                                   "as a line head's call returns",
+                                   "once the head stepped, before the rest's call"])
 def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(where,
                                                                               monkeypatch):
     """The numba backend steps a list an array at a time, an array of 64 Ki elements or more
-    in two calls (its elements before the first 64-byte line, then the rest). Ctrl-C raised
-    in a later array's launch before its kernel was called was taken for a step not begun:
-    the arrays before it stepped, their counts not (the threads probe, 1 in 100 real
-    SIGINTs); raised as the head's call returned, it left the array torn (4-12 elements
-    stepped). Now each array is stepped whole or not at all, and a step that stepped any is
-    counted (with the others, as README says of the list loops)."""
+    in two calls where Numba compiles for AVX-512 (its elements before the first 64-byte
+    line, then the rest). Ctrl-C raised in a later array's launch before its kernel was
+    called was taken for a step not begun: the arrays before it stepped, their counts not
+    (the threads probe, 1 in 100 real SIGINTs); raised as the head's call returned, or
+    after, it left the array torn (4-12 elements stepped). Now each array is stepped whole
+    or not at all, and a step that stepped any is counted (with the others, as README says
+    of the list loops). Simulated by raising KeyboardInterrupt from what launch calls; as
+    the head's call returns, by a real SIGINT sent from inside that compiled call."""
     from fastopt._numba import _common, optim as numba_optim
-    if where.startswith("as a line head") and _common.ALIGN_MIN is None:
-        pytest.skip("Numba compiles for AVX-512 here: no line head")
+    if not where.startswith("at each point") and _common.ALIGN_MIN is None:
+        pytest.skip("Numba does not compile for AVX-512 here: no line head")
     rng = np.random.default_rng(6)
     sizes = (300_001, 3, 200_003)
     values = [_on_lines_plus_one(n, rng) for n in sizes]
@@ -1396,6 +1399,13 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
         opt = fo.Adam(params, lr=0.1)
         opt.step(grads)
         return params, opt
+
+    def interrupt_at(point, calls):
+        def interrupt(*args):
+            calls[0] += 1
+            if calls[0] == point:
+                raise KeyboardInterrupt
+        return interrupt
     with fo.use_backend("numba"):
         twin, ref = fresh()
         ref.step(grads)
@@ -1404,23 +1414,35 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
             before = [p.copy() for p in params]
             calls = [0]
             if where.startswith("at each point"):
-                class Clock:        # launch's only call out, where a step is this large
-                    @staticmethod
-                    def perf_counter():
-                        calls[0] += 1
-                        if calls[0] == point:
-                            raise KeyboardInterrupt
-                        return time.perf_counter()
-                monkeypatch.setattr(_common, "time", Clock)
-            else:
-                def head_then_interrupt(*args):     # the interrupt as the first call returns
-                    numba_optim._adam_span(*args)
-                    calls[0] += 1
-                    if calls[0] == 1:
-                        raise KeyboardInterrupt
+                clock = interrupt_at(point, calls)      # launch's one call out at this size
+                monkeypatch.setattr(_common, "time", type("Clock", (), {
+                    "perf_counter": staticmethod(lambda: clock() or time.perf_counter())}))
+            elif where.startswith("as a line head"):
+                import ctypes
+                import signal
+
+                import numba
+                libc = ctypes.CDLL(None)
+                send = libc["raise"]
+                send.argtypes, send.restype = [ctypes.c_int], ctypes.c_int
+                sigint = int(signal.SIGINT)
+
+                @numba.njit
+                def head_then_sigint(p, g, m, v, vmax, packed):
+                    numba_optim._adam_span(p, g, m, v, vmax, packed)
+                    if p.size < 64:         # the head: raised in launch as the call returns
+                        send(sigint)
                 monkeypatch.setattr(fo._backend.active, "adam_multi", _common.list_form(
-                    numba_optim.adam, head_then_interrupt, numba_optim._adam_parallel,
+                    numba_optim.adam, head_then_sigint, numba_optim._adam_parallel,
                     numba_optim._pack_adam))
+                if point > 1:
+                    monkeypatch.undo()
+            else:       # the parallel call's set-up, at any size
+                monkeypatch.setattr(_common, "STEP_PARALLEL_COLD_BYTES", 0)
+                monkeypatch.setattr(_common, "get_num_threads", lambda: 2)
+                interrupt, threads_now = interrupt_at(point, calls), _common._get_threads
+                monkeypatch.setattr(_common, "_get_threads",
+                                    lambda: interrupt() or threads_now())
             try:
                 opt.step(grads)
                 interrupted = False
@@ -1434,7 +1456,7 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
             counts = {int(opt.state[i]["step"]) for i in range(len(sizes))}
             assert counts == {1 + any(stepped)}, (point, stepped)
             if not interrupted:
-                assert all(stepped)
+                assert all(stepped) and point > 1
                 break
 
 

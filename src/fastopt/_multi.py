@@ -7,9 +7,15 @@ from the kernel's registry entry: it validates every tensor first (so a bad arra
 changes nothing) and then calls the single-array kernel on each.
 """
 import inspect
+import threading
 from itertools import repeat
 
 from ._validate import check_disjoint, check_step_arrays, missing_state_error
+
+# per thread: whether a kernel call made since the caller's bookkeeping frame reset it
+# (Optimizer._run, fastopt.torch's _run, EWA.update) has returned (fastopt.ops._kernel_began);
+# a loop over arrays sets it after each array's call, a list form's caller after the list's
+_calls = threading.local()
 
 
 def check_lists(names, lists, nrequired):
@@ -75,11 +81,10 @@ def foreach(single, entry, check=check_step_arrays, run=None):
             kernel = run
             kernel(checked, tensors, scalars)
             return
-        stepped = False
         for arrays in tensors:
             kernel = single
             kernel(*arrays, **scalars)
-            stepped = True
+            _calls.returned = True
 
     P = inspect.Parameter
     multi.__signature__ = inspect.Signature(

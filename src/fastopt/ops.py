@@ -19,7 +19,6 @@ NumPy's, else a ``TypeError`` naming it), so a refused call writes nothing.
 """
 import inspect
 import struct
-import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from . import _backend
 from ._hyper import (BETAS, NONNEG, STEP, UNIT, UNIT_OPEN, as_real, check_betas, check_flag,
                      check_reals)
+from ._multi import _calls
 
 Array = np.ndarray               # float32 or float64, any shape and layout
 Arrays = Sequence[np.ndarray]    # a list or tuple of them
@@ -73,9 +73,6 @@ def _interrupted_kernel(exc):
             and not getattr(exc, "_fastopt_unwritten", False))
 
 
-# per thread: whether a kernel call made since the caller's bookkeeping frame reset it
-# (Optimizer._run, fastopt.torch's _run, EWA.update) has returned
-_calls = threading.local()
 
 
 def _kernel_began(interrupt):
@@ -86,24 +83,22 @@ def _kernel_began(interrupt):
     the two where Python runs a signal handler (those follow a call or a jump back): the
     innermost such frame where the interrupt was raised tells. A compiled kernel runs without
     the GIL, so Ctrl-C is raised as it returns, its writes done; the numba and NumPy list forms
-    are Python loops, which it can stop between arrays (then counted as begun: such a loop
-    sets ``stepped`` once its first array's call returned, whatever the frames of a later
-    array's call say)."""
-    began, found, tb = False, False, interrupt.__traceback__
+    are Python loops, which it can stop between arrays (then counted as begun).
+
+    Also begun once a kernel call of the step has returned (``_calls.returned``, which the
+    optimizer's bookkeeping frame reset, each kernel call's caller sets after it returns, an
+    attribute store with no check for signals before it, and a loop over arrays after each
+    array's call): raised once the frames above had returned, in a frame above them (CPython
+    3.10 checks for signals as each call returns, 3.11 as a function starts), or in a later
+    array's call before its kernel, the arrays before it stepped."""
+    began, tb = False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame
         if ("kernel" in frame.f_code.co_varnames
                 and frame.f_globals.get("__name__", "").startswith("fastopt.")):
-            local = frame.f_locals
-            if local.get("stepped"):
-                return True
-            began, found = "kernel" in local, True
+            began = "kernel" in frame.f_locals
         tb = tb.tb_next
-    # none of those frames: raised once they had returned, in a frame above them, which
-    # CPython 3.10 can do (it checks for signals as each call returns, 3.11 as a function
-    # starts): each sets _calls.returned after its kernel returns (an attribute store, with no
-    # check for signals before it)
-    return began if found else getattr(_calls, "returned", False)
+    return began or getattr(_calls, "returned", False)
 
 
 def _refuse(fn, args):

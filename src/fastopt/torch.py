@@ -1586,16 +1586,14 @@ class _FastOptimizer(_Mixin):
                     parts: dict[float, list[int]] = {}
                     for k, count in enumerate(counts.tolist()):
                         parts.setdefault(count, []).append(k)
-                    stepped, held = False, None     # (see ops._kernel_began; _hold)
+                    held = None     # (see _hold)
                     for step, part in parts.items():
                         pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
-                        kernel = self._update
                         try:
-                            kernel(group, pviews, grads, _pick_cols(cols, part),
-                                   _next_count(step, counts), fresh, factor)
+                            self._update(group, pviews, grads, _pick_cols(cols, part),
+                                         _next_count(step, counts), fresh, factor)
                         except BaseException as exc:
                             held = _hold(exc, held)
-                        stepped = True
                     if held is not None:
                         raise held          # (the counts advanced below, as for any interrupt)
                     plan.counts[plan.live_index] = counts + 1
@@ -1786,7 +1784,7 @@ class _FastOptimizer(_Mixin):
         own = {"grad_scale": scale} if self._SCALES else {}
         formats = cols[_FORMAT]
         kinds = dict.fromkeys(formats)
-        stepped, held = False, None     # (see ops._kernel_began; _hold)
+        held = None     # (see _hold)
         for fmt in kinds:
             if len(kinds) == 1:     # one format, the common case: the columns as they are
                 lists, masters = [params, grads, *state], cols[MASTER]
@@ -1803,7 +1801,7 @@ class _FastOptimizer(_Mixin):
                            bfloat16=fmt)
             except BaseException as exc:
                 held = _hold(exc, held)
-            ops._calls.returned = stepped = True
+            ops._calls.returned = True      # (see ops._kernel_began)
         if held is not None:
             raise held
 
@@ -1918,7 +1916,7 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                 if part:
                     parts.append((first, *_pick(part, params, grads), _pick_cols(cols, part)))
         nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
-        stepped, held = False, None     # (see ops._kernel_began; _hold)
+        held = None     # (see _hold)
         for first, params, grads, cols in parts:
             buffers = cols.get("momentum_buffer")
             kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
@@ -1928,7 +1926,7 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                        first_step=first)
             except BaseException as exc:
                 held = _hold(exc, held)
-            ops._calls.returned = stepped = True
+            ops._calls.returned = True      # (see ops._kernel_began)
         if held is not None:
             raise held
 
@@ -2178,7 +2176,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                   or _own_arithmetic(group["momentum_decay"]))
         decoupled = bool(group.get("decoupled_weight_decay"))
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
-        stepped, held = False, None     # (see ops._kernel_began; _hold)
+        held = None     # (see _hold)
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
@@ -2198,7 +2196,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                        avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
             except BaseException as exc:
                 held = _hold(exc, held)
-            ops._calls.returned = stepped = True
+            ops._calls.returned = True      # (see ops._kernel_began)
             for k in part:
                 cols["mu_product"][k][()] = new
         if held is not None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _backend, _hyper, _registry
 from .._layout import copies_before_writing, run_and_write_back
-from .._multi import foreach
+from .._multi import _calls, foreach
 from .._validate import FLOAT_DTYPES, _owner, check_step_arrays, overlap_error
 
 def _cacheable():
@@ -295,9 +295,8 @@ def list_form(single, span, parallel, pack):
         # MemoryError making one had left the tensors before it stepped, and not counted)
         odd = [k for k, views in enumerate(checked) if views is None]
         copies = dict(zip(odd, copies_before_writing([tensors[k] for k in odd])))
-        # (``kernel`` bound just before each call, ``stepped`` after the first returned:
+        # (``kernel`` bound just before each call, ``_calls.returned`` set after it returned:
         # fastopt.ops._kernel_began)
-        stepped = False
         for k, (views, arrays) in enumerate(zip(checked, tensors)):
             if views is None:
                 kernel = single
@@ -305,7 +304,7 @@ def list_form(single, span, parallel, pack):
             else:
                 kernel = launch
                 kernel(span, parallel, views, packed)
-            stepped = True
+            _calls.returned = True
     return foreach(single, _registry.get(single.__name__), check=step_views, run=run)
 
 
@@ -468,11 +467,12 @@ def launch(serial, parallel, views, scalars, nbytes=None):
     if nthreads > 1 and not _pool_started[0] and not _start_pool():
         nthreads = 1
     # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
-    rest = False        # whether the call over the elements after the head began
+    head_done = rest = False    # whether the head's call returned; the rest's began
     try:
         if head_views is not None:
             kernel = serial
             kernel(*head_views, scalars)
+            head_done = True
         if nthreads > 1:
             previous = _get_threads()       # (the caller's, given back after)
             if previous != nthreads:
@@ -489,13 +489,13 @@ def launch(serial, parallel, views, scalars, nbytes=None):
             kernel, rest = serial, True
             kernel(*views, scalars)
     except BaseException as exc:
-        # an interrupt (Ctrl-C) raised once the head was stepped, as its call returned or
-        # before the rest's began: the rest is stepped too before it is raised, so that a
-        # parameter is stepped whole (and counted) or not at all
-        if head_views is not None and not rest:
-            from ..ops import _interrupted_kernel
-            if _interrupted_kernel(exc):
-                serial(*views, scalars)
+        # raised once the head was stepped (an interrupt, Ctrl-C: after its call returned, or
+        # as it returned, in this frame; not in the call's own frames, compiling it), before
+        # the rest's call began: the rest is stepped too before it is raised, so that a
+        # parameter is stepped whole or not at all
+        if (head_views is not None and not rest
+                and (head_done or exc.__traceback__.tb_next is None)):
+            serial(*views, scalars)
         raise
     if nbytes >= STEP_PARALLEL_BYTES:
         _last_step_end[0] = time.perf_counter()

@@ -1093,10 +1093,12 @@ def test_load_state_dict_keeps_a_saved_groups_own_entries_as_torch_does():
     other entries dropped (a resumed scheduler then lacked ``initial_lr``)."""
     opt = fo.Adam([{"params": [np.ones(3)], "name": "encoder"}], lr=0.1)
     sd = opt.state_dict()
-    sd["param_groups"][0].update(initial_lr=0.1, name="decoder", tags=["a"])
+    sd["param_groups"][0].update(initial_lr=0.1, name="decoder", tags=["a"],
+                                 mask=np.array([1.0, 0.0]))
     opt.load_state_dict(sd)
     group = opt.param_groups[0]
     assert (group["initial_lr"], group["name"], group["tags"]) == (0.1, "decoder", ["a"])
+    assert type(group["mask"]) is np.ndarray and group["mask"].tolist() == [1.0, 0.0]
     sd["param_groups"][0]["tags"].append("b")       # (copied: the state dict stays apart)
     assert group["tags"] == ["a"]
     if torch is not None:

@@ -1950,6 +1950,21 @@ def test_grads_set_to_none_are_freed_as_with_torch(clear, dtype):
     assert opt._plans[0] is plan and plan.graw is not None
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "NAdam"])
+def test_empty_parameters_with_zero_strides_step_as_with_torch(name):
+    """NumPy 2 gives an empty array strides of 0, which torch.from_numpy keeps (and clone()
+    after it): fastopt.torch refused such a parameter as an expanded tensor, where torch.optim
+    steps it (it has no elements). The fuzz probe: 69 of 200 random cases, each empty."""
+    import numpy as np
+    empty = torch.from_numpy(np.zeros((5, 0, 4), np.float32)).clone()
+    assert 0 in empty.stride()
+    for lib in (torch.optim, ft):
+        p, q = empty.clone().requires_grad_(), torch.ones(3, requires_grad=True)
+        p.grad, q.grad = torch.zeros_like(p), torch.ones(3)
+        getattr(lib, name)([p, q], lr=0.1).step()
+        assert p.shape == (5, 0, 4) and q.detach().ne(1).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_kept_grads_are_freed_by_zero_grad_as_with_torch(dtype):
     """Grads stepped again (kept, written in place: zero_grad(set_to_none=False), gradient

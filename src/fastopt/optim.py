@@ -1408,12 +1408,14 @@ class Optimizer:
                     key = self._RENAMED[key]
                 if key in ("params", "param_names"):   # (this optimizer's own)
                     continue
+                if key not in self.defaults:    # (another entry: taken as it is, a copy)
+                    hyper[key] = copy.deepcopy(value)
+                    continue
                 if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
                     # (np.savez gives back every entry as an array: a flag as a 0-d bool)
                     value = value.item() if value.ndim == 0 else value.tolist()
                 # (copied: the state dict stays the caller's)
-                hyper[key] = (tuple(value) if isinstance(value, list) and key in self.defaults
-                              else copy.deepcopy(value))
+                hyper[key] = tuple(value) if isinstance(value, list) else copy.deepcopy(value)
             self._check({**mine, **hyper})
             new_hyper.append(hyper)
         # (made before anything changes: a MemoryError here had left the load half done)

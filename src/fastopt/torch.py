@@ -268,7 +268,9 @@ def _check_not_expanded(kind, index, t):
     in-place updates refuse it too. ValueError for elements that overlap otherwise (an
     ``as_strided`` view of overlapping windows), which the kernels refuse: here, before any
     group steps, not from its group's kernel once the groups before have stepped."""
-    if any(stride == 0 and n > 1 for n, stride in zip(t.shape, t.stride())):
+    # (an empty tensor has no elements to share one: NumPy 2 gives an empty array strides of
+    # 0, and torch.from_numpy of it keeps them, as clone() then does)
+    if t.numel() > 1 and any(stride == 0 and n > 1 for n, stride in zip(t.shape, t.stride())):
         raise RuntimeError(f"fastopt.torch: {kind} {index} has more than one element at one "
                            f"memory location (shape {tuple(t.shape)}, strides {t.stride()}: an "
                            "expanded tensor) and is updated in place, which torch.optim "

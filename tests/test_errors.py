@@ -2390,7 +2390,9 @@ def test_a_memory_error_making_a_later_groups_state_changes_nothing(case, on_are
     step uses it: each group's (and each phase's) was made just before its own kernel call,
     so a MemoryError making a later group's left the groups before it stepped (the
     fault-injection probe's case). Every state array of a step is made before its first
-    kernel call now: an allocation failing at any point of the step changes nothing."""
+    kernel call now: a state allocation failing at any point of the step changes nothing.
+    (The contiguous copy of a parameter of another layout is still made by its group's own
+    kernel call.)"""
     _, make, switch_on, warm_up = case
     rng = np.random.default_rng(3)
     shapes = [(4,), (2, 3), (5,)]

@@ -572,7 +572,8 @@ class BatchNorm:
     and changes nothing. ``backward(dy)`` backpropagates through the last training-mode
     forward, returns dx and sets ``dgamma`` and ``dbeta`` (shaped like gamma), ready for an
     optimizer over ``layer.params``. The layer starts as torch's: gamma 1, beta 0,
-    running_mean 0, running_var 1.
+    running_mean 0, running_var 1. A pickle or deep copy of it holds its parameters,
+    statistics and grads, not the last batch: the copy's backward needs a forward of its own.
 
     Parameters
     ----------

@@ -364,6 +364,7 @@ class _Batch:
         self.made = [] if made is None else made    # (index, state): new states it steps
         self.first = 0 if isinstance(index, slice) else index[0]
         self.optional = {}        # key -> column, of the state this call's options use
+        self.wanted = ()          # the _option_state they were made for
 
     def has(self, key):
         return key in self.states[0]
@@ -390,6 +391,7 @@ class _Batch:
         for _, key, _ in self.pending:
             self.columns.pop(key, None)
         self.pending = []
+        self.optional, self.wanted = {}, None
 
     def scalar(self, key):
         """The parameters' (common) ``key`` scalar: step, NAdam's mu_product."""
@@ -408,6 +410,13 @@ class _Batch:
                 for ps, p, lo, hi in zip(states, params, offsets, offsets[1:]):
                     _set(ps, key, a[lo:hi].reshape(p.shape))
         self.pending = []
+
+
+def _discard(calls):
+    """:meth:`_Batch.discard` every batch of ``calls`` (each group's kernel calls)."""
+    for group_calls in calls:
+        for _, _, batch in group_calls:
+            batch.discard()
 
 
 class _Plan:
@@ -895,10 +904,16 @@ class Optimizer:
             self._sync_groups()
             plans = self._checked_plans()
             split = self._split(grads, plans)
-            calls = [self._calls(gi, plans[gi], g) for gi, g in enumerate(split)]
+            calls = [self._kernel_calls(gi, plans[gi], g) for gi, g in enumerate(split)]
             self._prepare_all(calls)
-            for gi, grads_of_group in enumerate(split):
-                self._step_group(gi, plans[gi], grads_of_group, calls[gi])
+            try:
+                for gi, grads_of_group in enumerate(split):
+                    self._step_group(gi, plans[gi], grads_of_group, calls[gi])
+            except BaseException:
+                # the state made for the calls that did not run (a call that ran stored its
+                # own, or forgot it); a plan's batch runs again at the next step
+                _discard(calls)
+                raise
 
     def _checked_plans(self):
         """Every group's :class:`_Plan`, after the checks :meth:`step` makes before any write
@@ -1049,7 +1064,7 @@ class Optimizer:
                     raise ValueError(f"parameter {label} is read-only")
         return out
 
-    def _calls(self, gi, plan, grads):
+    def _kernel_calls(self, gi, plan, grads):
         """Group ``gi``'s kernel calls, as (params, grads, batch): the arena stretch in one, or
         the list in one while every parameter has a grad and they share a phase. Else one
         per phase of the parameters with a grad (parameters in different phases, e.g. steps,
@@ -1090,33 +1105,31 @@ class Optimizer:
         """Make the state arrays the options of every kernel call of a step need
         (:meth:`_prepare`) before the first call: made as each call ran, a MemoryError
         making a later group's (or phase's) left the ones before it stepped. ``calls``
-        holds each group's :meth:`_calls`."""
+        holds each group's :meth:`_kernel_calls`."""
         try:
             for group, group_calls in zip(self.param_groups, calls):
                 for params, _, batch in group_calls:
-                    self._prepare(group, params, batch)
+                    self._prepare(params, batch, self._option_state(group))
         except BaseException:
-            for group_calls in calls:
-                for _, _, batch in group_calls:
-                    batch.discard()
+            _discard(calls)
             raise
 
-    def _prepare(self, group, params, batch):
-        """Make (or find) the state arrays this call's options need: ``batch.optional``."""
-        wanted = self._option_state(group)
-        if wanted:
-            batch.optional = {key: batch.new_column(key, params, fill) for key, fill in wanted}
-        elif batch.optional:
-            batch.optional = {}
+    @staticmethod
+    def _prepare(params, batch, wanted):
+        """Make (or find) the state arrays ``wanted`` (:meth:`_option_state`) for this call:
+        ``batch.optional``."""
+        batch.optional = {key: batch.new_column(key, params, fill) for key, fill in wanted}
+        batch.wanted = wanted
 
     def _option_state(self, group):
         """(key, fill) of each state array the group's options need that a parameter's first
         state may lack (:meth:`_init_state` makes the others): made at the step that first
-        uses it, as torch makes it. ``fill`` None: not filled (the kernel sets it)."""
+        uses it, as torch makes it. ``fill`` None: not filled (the kernel sets it). The same
+        options give the same tuple object (a constant), which a step compares by identity."""
         return ()
 
     def _step_group(self, gi, plan, grads, calls):
-        """Run group ``gi``'s kernel calls (:meth:`_calls`)."""
+        """Run group ``gi``'s kernel calls (:meth:`_kernel_calls`)."""
         group = self.param_groups[gi]
         if len(calls) == 1 and (grads is _FLAT or calls[0][2] is plan.list_batch):
             try:
@@ -1158,7 +1171,11 @@ class Optimizer:
         stepped = False
         ops._calls.returned = False     # (see ops._kernel_began)
         try:
-            self._prepare(group, params, batch)
+            # (made here too for the one-call paths of step, which skip _prepare_all; a
+            # plan's batch keeps them while the options want the same, one object)
+            wanted = self._option_state(group)
+            if wanted is not batch.wanted:
+                self._prepare(params, batch, wanted)
             scalar = self._update(group, params, grads, batch, step)
             stepped = True
             self._advance(batch, step, scalar)
@@ -1723,6 +1740,11 @@ class Momentum(Optimizer):
                                    lr=group["lr"], beta=group["beta"])
 
 
+# RMSprop._option_state by (momentum > 0, centered), made once
+_RMSPROP_STATE = {(m, c): (("momentum_buffer", 0),) * m + (("grad_avg", 0),) * c
+                  for m in (False, True) for c in (False, True)}
+
+
 class RMSprop(Optimizer):
     """torch.optim.RMSprop (centered, momentum, weight decay), or the course's form.
 
@@ -1801,8 +1823,7 @@ class RMSprop(Optimizer):
                                       eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))
 
     def _option_state(self, group):
-        return ((("momentum_buffer", 0),) if group["momentum"] > 0 else ()) + (
-            (("grad_avg", 0),) if group["centered"] else ())
+        return _RMSPROP_STATE[group["momentum"] > 0, bool(group["centered"])]
 
     def _update(self, group, params, grads, batch, step):
         bufs = batch.optional.get("momentum_buffer")

@@ -406,16 +406,34 @@ def _zeros(p):
     return torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
 
 
-def _hold(exc, held):
-    """``exc``, raised by the kernel call of one part of a group's step (parameters of
-    another 16-bit format, NAdam product or first step), to raise once the other parts have
-    stepped: an interrupt (Ctrl-C, raised as the compiled kernel returns, its writes done;
-    fastopt.ops._interrupted_kernel), so that the group is stepped whole, as the counts
-    stored for it then say (the parts after it had been left as they were, counted). Anything
-    else (a refusal, a second interrupt) is raised now."""
-    if held is None and ops._interrupted_kernel(exc):
-        return exc
-    raise exc
+class _Parts:
+    """``with parts:`` around the kernel call of each part of a group's step (parameters of
+    another 16-bit format, NAdam product, first step or count), then ``parts.done()``: an
+    interrupt (Ctrl-C, raised as the compiled kernel returns, its writes done;
+    fastopt.ops._interrupted_kernel) is raised once the other parts have stepped, so that the
+    group is stepped whole, as the counts stored for it then say (the parts after it had been
+    left as they were, counted). Anything else (a refusal, a second interrupt) is raised at
+    once. Each part's return is noted (ops._calls: see ops._kernel_began)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self):
+        self.held = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None:
+            if self.held is not None or not ops._interrupted_kernel(exc):
+                return False
+            self.held = exc
+        ops._calls.returned = True
+        return True
+
+    def done(self):
+        if self.held is not None:
+            raise self.held
 
 
 def _let_go_of_grads(plan, known_again):
@@ -1588,16 +1606,13 @@ class _FastOptimizer(_Mixin):
                     parts: dict[float, list[int]] = {}
                     for k, count in enumerate(counts.tolist()):
                         parts.setdefault(count, []).append(k)
-                    held = None     # (see _hold)
+                    whole = _Parts()
                     for step, part in parts.items():
                         pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
-                        try:
+                        with whole:
                             self._update(group, pviews, grads, _pick_cols(cols, part),
                                          _next_count(step, counts), fresh, factor)
-                        except BaseException as exc:
-                            held = _hold(exc, held)
-                    if held is not None:
-                        raise held          # (the counts advanced below, as for any interrupt)
+                    whole.done()    # (an interrupt: the counts advanced below, as for any)
                     plan.counts[plan.live_index] = counts + 1
         except OverflowError:     # the kernels' conversion of an int past the float range
             self._check_float_range(group)      # (named, as a later group's is in time)
@@ -1786,14 +1801,14 @@ class _FastOptimizer(_Mixin):
         own = {"grad_scale": scale} if self._SCALES else {}
         formats = cols[_FORMAT]
         kinds = dict.fromkeys(formats)
-        held = None     # (see _hold)
+        whole = _Parts()
         for fmt in kinds:
             if len(kinds) == 1:     # one format, the common case: the columns as they are
                 lists, masters = [params, grads, *state], cols[MASTER]
             else:
                 part = [k for k, f in enumerate(formats) if f is fmt]
                 lists, masters = _pick(part, params, grads, *state), _pick(part, cols[MASTER])[0]
-            try:
+            with whole:
                 if fmt is None:
                     kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
                     kernel(*lists, **scalars, **own)
@@ -1801,11 +1816,7 @@ class _FastOptimizer(_Mixin):
                     kernel = getattr(kernels, self._HALF_MULTI)
                     kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
                            bfloat16=fmt)
-            except BaseException as exc:
-                held = _hold(exc, held)
-            ops._calls.returned = True      # (see ops._kernel_began)
-        if held is not None:
-            raise held
+        whole.done()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -1918,19 +1929,15 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                 if part:
                     parts.append((first, *_pick(part, params, grads), _pick_cols(cols, part)))
         nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
-        held = None     # (see _hold)
+        whole = _Parts()
         for first, params, grads, cols in parts:
             buffers = cols.get("momentum_buffer")
-            kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
-            try:
+            with whole:
+                kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
                 kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
                        dampening=dampening, nesterov=nesterov, maximize=maximize,
                        first_step=first)
-            except BaseException as exc:
-                held = _hold(exc, held)
-            ops._calls.returned = True      # (see ops._kernel_began)
-        if held is not None:
-            raise held
+        whole.done()
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -2178,7 +2185,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                   or _own_arithmetic(group["momentum_decay"]))
         decoupled = bool(group.get("decoupled_weight_decay"))
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
-        held = None     # (see _hold)
+        whole = _Parts()
         for product, single in dict.fromkeys(products):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
@@ -2190,19 +2197,15 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             part_params, part_grads = _pick(part, params, grads)
             maximize = bool(group["maximize"])
-            kernel = self._kernel_for(part_cols, grad_scale)    # (bound last: _run)
-            try:
+            with whole:
+                kernel = self._kernel_for(part_cols, grad_scale)    # (bound last: _run)
                 kernel(part_params, part_grads, part_cols["exp_avg"], part_cols["exp_avg_sq"],
                        lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
                        bias_correction2=bias_correction2, grad_coef=grad_coef,
                        avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
-            except BaseException as exc:
-                held = _hold(exc, held)
-            ops._calls.returned = True      # (see ops._kernel_began)
             for k in part:
                 cols["mu_product"][k][()] = new
-        if held is not None:
-            raise held
+        whole.done()
 
 
 def _nadam_folded(group, step, product, single):

@@ -3,11 +3,13 @@ or position), torch.optim's signatures, formulas and trajectories (against torch
 torch's code transcribed where torch is absent; Lion against optax), state as the truth,
 and state dicts (layout, pickle, npz, to torch and back). Expected values are computed
 by hand, by torch or optax, or by formulas written out here, never by fastopt."""
+import contextlib
 import copy
 import inspect
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -1408,7 +1410,11 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
             if calls[0] == point:
                 raise KeyboardInterrupt
         return interrupt
-    with fo.use_backend("numba"):
+    # Python's SIGINT handler, which a job a shell starts in the background goes without
+    # (SIGINT ignored, as CI's runs are)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    with fo.use_backend("numba"), contextlib.ExitStack() as restore:
+        restore.callback(signal.signal, signal.SIGINT, previous)
         twin, ref = fresh()
         ref.step(grads)
         for point in range(1, 6):
@@ -1421,7 +1427,6 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
                     "perf_counter": staticmethod(lambda: clock() or time.perf_counter())}))
             elif where.startswith("as a line head"):
                 import ctypes
-                import signal
 
                 import numba
                 libc = ctypes.CDLL(None)

@@ -568,8 +568,9 @@ class Optimizer:
         self._held: list[tuple[_Params, tuple[np.ndarray, ...]]] = []
         self._synced = _params_version  # the _params_version they were checked at
         # the state of arrays taken out of the groups, by id: back if the array comes back
-        # (torch's state is keyed by the tensor and outlives its place in a group)
-        self._detached: dict[int, tuple[np.ndarray, _State]] = {}
+        # (torch's state is keyed by the tensor and outlives its place in a group), while
+        # the array lives (_detach)
+        self._detached: dict[int, tuple[weakref.ref, _State]] = {}
         self._count = 0                # parameters in all groups
         self._named: bool | None = None   # True: params came as a dict (grads may be by name)
         if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
@@ -677,12 +678,34 @@ class Optimizer:
         self._groups.append(group)
         self._held.append((group["params"], tuple(params)))
         for k, p in enumerate(params):      # an array back in a group takes its state back
-            _, entry = self._detached.pop(id(p), (None, None))
+            entry = self._detached_state(self._detached, p)
             if entry is not None:
                 _set(self._state, self._count + k, entry)
                 self._bind(len(self._starts) - 1, k, entry)
         self._count += len(params)
         self._plans.clear()             # made again (a plan knows if its group is alone)
+
+    def _detach(self, p):
+        """A weak reference to ``p``, an array whose state is kept in ``_detached``, which
+        forgets that state when ``p`` is freed: held, it kept every replaced array and its
+        state for the optimizer's life, out of sight (20 replacements of a 4 MB Adam
+        parameter: 229 MB; torch keeps them too, in opt.state, where a user can delete them).
+        (The callback holds the optimizer weakly: no cycle.)"""
+        me, key = weakref.ref(self), id(p)
+
+        def forget(_):
+            opt = me()
+            if opt is not None:
+                opt._detached.pop(key, None)
+        return weakref.ref(p, forget)
+
+    @staticmethod
+    def _detached_state(detached, p):
+        """The state kept in ``detached`` for array ``p``, taken out of it (None: none). By
+        id, for that very array (an entry whose array is gone, which a shallow copy's
+        callback could leave, is another's)."""
+        ref, entry = detached.pop(id(p), (None, None))
+        return entry if ref is not None and ref() is p else None
 
     def _new_slots(self, n):
         """The arrays holding a group's scalar state, one slot per parameter (see _bind):
@@ -1497,14 +1520,14 @@ class Optimizer:
             for k, p in enumerate(before):
                 entry = self._state.get(self._starts[oi] + k)
                 if entry is not None:
-                    spare[id(p)] = (p, entry)
+                    spare[id(p)] = (self._detach(p), entry)
         state, starts, start, moved = _StateDict(), [], 0, []
         for gi, group in enumerate(groups):
             if type(group["params"]) is not _Params:
                 dict.__setitem__(group, "params", _Params(group["params"]))
             starts.append(start)
             for k, p in enumerate(group["params"]):
-                _, entry = spare.pop(id(p), (None, None))
+                entry = self._detached_state(spare, p)
                 if entry is not None:
                     _set(state, start + k, entry)
                     moved.append((gi, k, entry))

@@ -73,8 +73,6 @@ def _interrupted_kernel(exc):
             and not getattr(exc, "_fastopt_unwritten", False))
 
 
-
-
 def _kernel_began(interrupt):
     """Whether ``interrupt`` (an exception raised in an optimizer's step, as a signal handler raises
     it) came once a kernel had been called. Each fastopt function on the way to a compiled

@@ -928,8 +928,8 @@ class Optimizer:
             plans = self._checked_plans()
             split = self._split(grads, plans)
             calls = [self._kernel_calls(gi, plans[gi], g) for gi, g in enumerate(split)]
-            self._prepare_all(calls)
             try:
+                self._prepare_all(calls)
                 for gi, grads_of_group in enumerate(split):
                     self._step_group(gi, plans[gi], grads_of_group, calls[gi])
             except BaseException:
@@ -1128,14 +1128,10 @@ class Optimizer:
         """Make the state arrays the options of every kernel call of a step need
         (:meth:`_prepare`) before the first call: made as each call ran, a MemoryError
         making a later group's (or phase's) left the ones before it stepped. ``calls``
-        holds each group's :meth:`_kernel_calls`."""
-        try:
-            for group, group_calls in zip(self.param_groups, calls):
-                for params, _, batch in group_calls:
-                    self._prepare(params, batch, self._option_state(group))
-        except BaseException:
-            _discard(calls)
-            raise
+        holds each group's :meth:`_kernel_calls` (step discards them if this raises)."""
+        for group, group_calls in zip(self.param_groups, calls):
+            for params, _, batch in group_calls:
+                self._prepare(params, batch, self._option_state(group))
 
     @staticmethod
     def _prepare(params, batch, wanted):
@@ -1154,7 +1150,7 @@ class Optimizer:
     def _step_group(self, gi, plan, grads, calls):
         """Run group ``gi``'s kernel calls (:meth:`_kernel_calls`)."""
         group = self.param_groups[gi]
-        if len(calls) == 1 and (grads is _FLAT or calls[0][2] is plan.list_batch):
+        if len(calls) == 1 and calls[0][2] in (plan.list_batch, plan.flat_batch):
             try:
                 self._run(group, *calls[0])
             except (TypeError, ValueError):     # the kernel checked every array, wrote none

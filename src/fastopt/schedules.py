@@ -324,13 +324,13 @@ class LRScheduler:
         self.fn = fn
         self.epoch = -1
 
-    def step(self, epoch: int | None = None) -> float:
+    def step(self, epoch: float | None = None) -> float:
         """Advance to the next epoch (or to ``epoch``) and set the optimizer's lr.
 
         Parameters
         ----------
-        epoch : int, optional
-            The epoch to set; by default the one after the last.
+        epoch : int or float, optional
+            The epoch to set (any number ``fn`` takes); by default the one after the last.
 
         Returns
         -------
@@ -343,7 +343,7 @@ class LRScheduler:
         epoch = self.epoch + 1 if epoch is None else epoch
         lr = self.fn(epoch)
         self.opt.lr = lr
-        self.epoch = epoch
+        self.epoch = _python(epoch)     # a plain number, as load_state_dict takes it back
         return lr
 
     def state_dict(self) -> dict:
@@ -358,14 +358,16 @@ class LRScheduler:
         Parameters
         ----------
         state_dict : dict
-            ``{"epoch": int}``, as :meth:`state_dict` returns.
+            ``{"epoch": number}``, as :meth:`state_dict` returns: any epoch :meth:`step` set
+            (a float or negative one too, if ``fn`` took it; as torch's schedulers, which keep
+            ``last_epoch`` as given).
 
         Raises
         ------
         TypeError
-            ``state_dict`` is not a dict, or its epoch is not an int.
+            ``state_dict`` is not a dict, or its epoch is not a real number.
         ValueError
-            No ``"epoch"`` in it, or an epoch below -1.
+            No ``"epoch"`` in it.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict (from state_dict()), got "
@@ -373,11 +375,10 @@ class LRScheduler:
         if "epoch" not in state_dict:
             raise ValueError("state_dict has no 'epoch' (make it with LRScheduler.state_dict())")
         epoch = state_dict["epoch"]
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
-            raise TypeError(f"state_dict['epoch'] must be an int, got {type(epoch).__name__}")
-        if epoch < -1:
-            raise ValueError(f"state_dict['epoch'] must be >= -1, got {epoch}")
-        self.epoch = int(epoch)
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
+            raise TypeError(f"state_dict['epoch'] must be a number (an epoch step() set), got "
+                            f"{type(epoch).__name__}")
+        self.epoch = _python(epoch)
 
     def get_last_lr(self) -> float | list[float]:
         """The optimizer's current learning rate (a list if its groups differ)."""

@@ -129,6 +129,19 @@ def test_nonsense_counts_are_usage_errors(script, args):
     assert status == 2 and f"{args[0]}: at least 1" in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("script,seed", [
+    ("digits.py", "-1"), ("digits_mpi.py", "-1"), ("torch_mlp.py", "-1"),
+    ("torch_mlp.py", str(2**64)),
+])
+def test_seeds_out_of_range_are_usage_errors(script, seed):
+    """--seed -1 ended in NumPy's ValueError traceback (default_rng takes no negative seed),
+    torch_mlp.py --seed 2**64 in torch.manual_seed's."""
+    if script in ("torch_mlp.py", "digits_mpi.py"):
+        pytest.importorskip({"torch_mlp.py": "torch", "digits_mpi.py": "mpi4py"}[script])
+    status, out = run_example(script, "--seed", seed)
+    assert status == 2 and f"--seed: 0 to 2**32 - 1, got {seed}" in out and "Traceback" not in out
+
+
 @pytest.mark.parametrize("script,hide,needs", [
     ("digits.py", ["sklearn"], "scikit-learn"), ("torch_mlp.py", ["torch"], "torch"),
     ("torch_mlp.py", ["sklearn"], "scikit-learn"), ("digits_mpi.py", ["mpi4py"], "mpi4py"),

@@ -125,6 +125,23 @@ def test_random_mini_batches_refuses_bad_sizes_and_mismatched_inputs_before_seed
 
 
 
+def test_random_mini_batches_ragged_or_masked_inputs_are_refused_naming_them():
+    """A ragged X or Y raised NumPy's 'inhomogeneous shape' ValueError naming neither; a masked
+    one lost its mask (np.asarray), its masked values shuffled into the batches as data, where
+    fo.minibatches and EWA refuse masked arrays. Refused before seeding, naming the argument."""
+    X, Y = np.arange(20.0).reshape(2, 10), np.arange(10.0).reshape(1, 10)
+    masked = np.ma.masked_array(X, mask=X == 2.0)
+    for args, error, match in [(([[1.0, 2.0], [3.0]], Y), ValueError, "^X must be a rectangular"),
+                               ((X, [[0.0] * 10, [1.0]]), ValueError, "^Y must be a rectangular"),
+                               ((masked, Y), TypeError, "^X must not be a masked array"),
+                               ((X, np.ma.masked_array(Y)), TypeError,
+                                "^Y must not be a masked array")]:
+        np.random.seed(123)
+        with pytest.raises(error, match=match):
+            course.random_mini_batches(*args, 4, seed=7)
+        assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)
+
+
 def test_random_mini_batches_bad_seed_errors_name_the_seed():
     """NumPy's own messages ("Seed must be between 0 and 2**32 - 1", "Cannot cast scalar
     from dtype('float64') to dtype('int64') according to the rule 'safe'") did not say which

@@ -502,6 +502,23 @@ def test_ewa_refuses_masked_arrays(backend):
         with pytest.raises(TypeError, match="x must not be a masked array"):
             fo.ewa_series(x, 0.5)
 
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_ragged_samples_are_value_errors_naming_x(backend):
+    """A ragged sample raised NumPy's 'inhomogeneous shape' ValueError naming nothing
+    (fo.minibatches names its X); nothing changed."""
+    ragged = [[1.0, 2.0], [3.0]]
+    with fo.use_backend(backend):
+        avg = fo.EWA(0.5)
+        avg.update([[1.0, 2.0], [3.0, 4.0]])
+        with pytest.raises(ValueError, match="^x must be a rectangular array"):
+            avg.update(ragged)
+        assert avg.t == 1 and avg.value.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+        with pytest.raises(ValueError, match="^x must be a rectangular array"):
+            fo.ewa_series(ragged, 0.5)
+
+
 def test_staircase_refuses_a_nan_or_missing_every():
     """``every < 1`` was the check, which NaN passes (every lr after it was NaN) and None
     failed with Python's own comparison error."""

@@ -4,7 +4,7 @@ from numpy.typing import ArrayLike
 
 from . import ops
 from ._hyper import UNIT_OPEN, check_flag, check_real
-from ._validate import FLOAT_TYPES, check_unmasked
+from ._validate import FLOAT_TYPES, as_array, check_unmasked
 
 
 def _check_beta(beta: float) -> float:
@@ -18,7 +18,7 @@ def _check_beta(beta: float) -> float:
 def _real_array(x: ArrayLike) -> np.ndarray:
     """``x`` as an ndarray, once it is one of real numbers (else TypeError naming it)."""
     check_unmasked("x", x)
-    x = np.asarray(x)
+    x = as_array("x", x)
     if x.dtype.kind not in "biuf":
         raise TypeError(f"x must be an array of real numbers, got dtype {x.dtype}")
     return x
@@ -56,7 +56,7 @@ def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.n
         ``beta`` not a real number, ``bias_correction`` not True or False, or ``x`` not an
         array of real numbers (strings, objects, complex numbers) or a masked array.
     ValueError
-        ``beta`` outside [0, 1), or ``x`` not 1-D.
+        ``beta`` outside [0, 1), or ``x`` ragged or not 1-D.
     """
     beta = _check_beta(beta)
     check_flag("bias_correction", bias_correction)
@@ -132,7 +132,8 @@ class EWA:
             masked array; ``beta`` or ``bias_correction`` set since construction to what the
             constructor refuses (named).
         ValueError
-            ``x`` of another shape than the first sample, or ``beta`` set outside [0, 1).
+            ``x`` ragged or of another shape than the first sample, or ``beta`` set outside
+            [0, 1).
 
         A call that raises changes nothing (a refused first sample fixes no shape); Ctrl-C
         raised as the compiled kernel returns keeps the sample and counts it.

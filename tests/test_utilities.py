@@ -425,6 +425,10 @@ def test_ewa_infinities_and_overflow_propagate_without_warnings(backend):
         avg, tiny = fo.EWA(0.9), 1e-310     # a subnormal average's correction rounds, and
         with np.errstate(all="raise"):      # raised a FloatingPointError after the update
             assert avg.update([tiny])[0] == (1 - 0.9) * tiny / (1 - 0.9) and avg.t == 1
+        avg = fo.EWA(0.5)                   # a float64 sample past float32's range, cast
+        avg.update(np.zeros(1, np.float32))  # to a float32 average: NumPy's cast warned
+        with np.errstate(all="raise"):
+            assert avg.update(np.array([1e300]))[0] == np.inf and avg.t == 2
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

@@ -149,7 +149,8 @@ class EWA:
                              "(fixed by the first update)")
         else:
             avg = self._avg
-        x = x.astype(avg.dtype, copy=False)
+        with np.errstate(over="ignore"):    # past float32's range: inf, propagated silently
+            x = x.astype(avg.dtype, copy=False)
         # the result's array too (a MemoryError once x was folded in left it counted, and a
         # retry folded it in twice)
         result = np.empty_like(avg)

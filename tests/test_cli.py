@@ -159,6 +159,19 @@ def test_torch_race_rows():
     assert all(r["time"] > 0 for r in rows)
 
 
+@pytest.mark.parametrize("argv,groups", [
+    (["--torch"], ["1x1000", "200x4096", "1000x64"]), (["--torch", "--quick"], ["1000x64"]),
+    (["--torch", "--no-groups"], []), (["--torch", "--quick", "--no-groups"], []),
+    (["--no-groups"], []), ([], ["1x1000", "200x4096", "1000x64"]),
+])
+def test_torch_race_times_the_groups_unless_no_groups(argv, groups):
+    """--no-groups was taken and ignored by the torch race (alone with --torch, or in the
+    default report): it timed the parameter groups still."""
+    from fastopt.__main__ import parse_args, torch_race_specs
+    args = parse_args(argv + ["--sizes", "1e3"])
+    assert torch_race_specs(args) == [1000] + groups
+
+
 @pytest.mark.parametrize("argv,named", [
     (["--sizes", "0"], "--sizes"), (["--sizes", "-5"], "--sizes"), (["--sizes", "inf"], "--sizes"),
     (["--sizes", "1e30"], "--sizes"), (["--sizes", "1.5"], "--sizes"),
@@ -188,7 +201,7 @@ def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsy
     ["--mpi", "--quick"], ["--mpi", "--full"],
     ["--torch", "--kernels", "sgd"], ["--mpi", "--kernels", "sgd"],
     ["--only-layers", "--contended"], ["--torch", "--dtypes", "float32"],
-    ["--mpi", "--rounds", "3"],
+    ["--mpi", "--rounds", "3"], ["--only-layers", "--quick"],
 ])
 def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     """One of the two had been silently ignored (--quick won over --full for the sizes but
@@ -199,7 +212,7 @@ def test_options_that_contradict_each_other_are_usage_errors(argv, capsys):
     and --full, and --only-layers the --sizes asked for. --torch and --mpi (Adam only) ignored
     --kernels; --only-layers beside --contended timed Adam rows too. --torch (float32 and
     bfloat16 always) ignored --dtypes, and --mpi (10 steps a row, 4 from 2e6 elements)
-    --rounds."""
+    --rounds. --quick dropped four of --only-layers' six layers ("at every shape")."""
     from fastopt.__main__ import parse_args
     with pytest.raises(SystemExit) as exc:
         parse_args(argv)

@@ -133,7 +133,8 @@ def parse_args(argv):
     ap.add_argument("--only-layers", action="store_true",
                     help="only the batch-norm and softmax rows, at every shape")
     ap.add_argument("--no-groups", action="store_true",
-                    help="skip the many-small-parameters rows (arena, multi-tensor list)")
+                    help="skip the many-small-parameters rows (arena, multi-tensor list, "
+                    "and the torch race's)")
     ap.add_argument("--no-coexistence", action="store_true",
                     help="skip measuring fastopt and torch in one process (skipped by --quick)")
     ap.add_argument("--mpi", action="store_true",
@@ -142,7 +143,8 @@ def parse_args(argv):
     ap.add_argument("--torch", action="store_true",
                     help="only the race on torch tensors: fastopt.torch.Adam against torch "
                     "fused=True and DeepSpeedCPUAdam (fastopt.torch alone with --no-peers), "
-                    "float32 and bfloat16, the sizes and the 200x4096 / 1000x64 groups")
+                    "float32 and bfloat16, the sizes and the 1x1000, 200x4096 and 1000x64 "
+                    "groups (--quick: 1000x64)")
     ap.add_argument("--no-torch", action="store_true",
                     help="skip the race on torch tensors")
     ap.add_argument("--no-single-thread", action="store_true",
@@ -176,7 +178,7 @@ def parse_args(argv):
                           ("mpi", "contended"), ("mpi", "quick"), ("mpi", "full"),
                           ("torch", "kernels"), ("mpi", "kernels"),
                           ("only_layers", "contended"), ("torch", "dtypes"),
-                          ("mpi", "rounds")):
+                          ("mpi", "rounds"), ("only_layers", "quick")):
         if getattr(args, first) and getattr(args, second) not in (None, False):
             ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
                      "each other")
@@ -513,11 +515,17 @@ def _write_json(results, args, json_out):
         print(f"\nwrote {args.json}")
 
 
+def torch_race_specs(args):
+    """The torch race's rows: the sizes, then (unless --no-groups) the parameter groups."""
+    groups = [] if args.no_groups else QUICK_GROUPS if args.quick else DEFAULT_GROUPS
+    return list(args.sizes) + groups
+
+
 def torch_race(args, progress):
     """Adam on torch tensors: fastopt.torch.Adam, torch fused=True and DeepSpeedCPUAdam (each
     where installed; fastopt.torch alone with --no-peers), float32 and bfloat16, over the
     sizes and the parameter groups. Prints the rows and returns them."""
-    specs = list(args.sizes) + (QUICK_GROUPS if args.quick else DEFAULT_GROUPS)
+    specs = torch_race_specs(args)
     print("\ntorch tensors: one Adam step (x fused, x deepspeed: their time / fastopt.torch's; "
           "> 1: fastopt.torch is faster;\n  bfloat16: fastopt keeps float32 masters and state, "
           "torch fused bfloat16 state, DeepSpeed steps float32 masters\n  and copies grads in "

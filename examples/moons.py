@@ -136,6 +136,8 @@ def run(epochs=5000, plot=None):
 def plot_problem(path):
     """Why matplotlib could not save a figure at ``path``, or None (its directory is made)."""
     import tempfile
+    if not path:
+        return "an empty path"
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
@@ -168,8 +170,9 @@ def plot_boundaries(X, Y, fitted, path):
         ax.set_title(name)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    if not os.path.splitext(path)[1]:
-        path += ".png"          # (as savefig names it)
+    stem, ext = os.path.splitext(path)
+    if not ext[1:]:             # (as savefig names it: "name" and "name." write name.png)
+        path = stem + ".png"
     fig.savefig(path)
     print(f"wrote {path}")
 
@@ -181,7 +184,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.epochs < 1:
         ap.error(f"--epochs: at least 1, got {args.epochs}")
-    if args.plot:       # checked before the training, not after it (it ended in a traceback)
+    if args.plot is not None:   # checked before the training, not after it (it ended in a traceback)
         problem = plot_problem(args.plot)
         if problem:
             ap.error(f"--plot {args.plot}: {problem}")

@@ -134,9 +134,11 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.steps < 1:
         ap.error(f"--steps: at least 1, got {args.steps}")
-    if args.plot:       # checked before the descents, not after them (it ended in a traceback)
+    if args.plot is not None:   # checked before the descents, not after them (a traceback)
         import importlib.util
         import tempfile
+        if not args.plot:
+            ap.error("--plot : an empty path (a directory to write the figures in)")
         if importlib.util.find_spec("matplotlib") is None:
             ap.error(f"--plot {args.plot}: needs matplotlib (pip install 'fastopt[examples]')")
         try:

@@ -158,6 +158,18 @@ def test_a_missing_optional_dependency_is_named_not_a_traceback(script, hide, ne
     assert "Traceback" not in out and "pip install 'fastopt[" in out
 
 
+def test_moons_plot_names_the_file_it_writes_and_refuses_an_empty_path(tmp_path):
+    """--plot NAME. wrote NAME.png (savefig) and printed "wrote NAME."; --plot '' in moons.py
+    and optimizer_paths.py plotted nothing, silently (python -m fastopt refuses it)."""
+    pytest.importorskip("matplotlib")
+    status, out = run_example("moons.py", "--epochs", "1", "--plot", str(tmp_path / "b."))
+    assert status == 0 and f"wrote {tmp_path / 'b.png'}\n" in out
+    assert os.listdir(tmp_path) == ["b.png"]
+    for script in ("moons.py", "optimizer_paths.py"):
+        status, out = run_example(script, "--plot", "")
+        assert status == 2 and "--plot : an empty path" in out and "Traceback" not in out
+
+
 def test_plot_paths_that_cannot_be_written_are_usage_errors_before_training(tmp_path):
     """moons.py --plot out.xyz, or a path nothing can be created in, trained for the epochs
     asked, then ended in savefig's ValueError or FileNotFoundError; optimizer_paths.py --plot

@@ -568,6 +568,24 @@ def test_add_param_group(name, kwargs):
     assert_trajectories_close(ours + mine, theirs + yours, opt, ref)
 
 
+@pytest.mark.parametrize("name,decoupled", [("AdamW", False), ("Adam", True), ("AdamW", True),
+                                            ("NAdam", True), ("RAdam", True)])
+def test_decoupled_weight_decay_set_on_a_group_is_read_at_each_step(name, decoupled):
+    """torch's Adam-family steps read each group's decoupled_weight_decay (AdamW's groups have
+    it True, and one set to False by hand decays coupled there): fastopt.torch.AdamW decayed
+    decoupled whatever its group said."""
+    ours, opt, theirs, ref = _pair(name, dict(lr=0.05, weight_decay=0.5))
+    gen = torch.Generator().manual_seed(8)
+    for k in range(6):
+        if k == 2:
+            for o in (opt, ref):
+                o.param_groups[0]["decoupled_weight_decay"] = decoupled
+        _set_grads(gen, ours, theirs)
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
 def _save_load(state_dict):
     buf = io.BytesIO()
     torch.save(state_dict, buf)

@@ -611,7 +611,7 @@ class _FastOptimizer(_Mixin):
 
     _STEPPED = True         # the state has torch's ``step`` count
     _STEP_SCALARS = True    # (if stepped) the kernels' scalars depend on it, and ops checks it
-    _decoupled = False      # the weight decay is always decoupled (AdamW)
+    _decoupled = False      # the groups' decoupled_weight_decay by default (AdamW: True)
     _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
     _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
@@ -1681,8 +1681,14 @@ class _FastOptimizer(_Mixin):
         parameter that is its own grad (``p.grad = p.detach()``) then reads decayed:
         decoupled weight decay (``param.mul_(1 - lr * weight_decay)``), but for ``maximize``,
         whose grad is a negated copy taken before."""
-        return bool(self._DECOUPLES and (self._decoupled or group.get("decoupled_weight_decay"))
-                    and group["weight_decay"] != 0 and not group["maximize"])
+        return bool(self._decouples(group) and group["weight_decay"] != 0
+                    and not group["maximize"])
+
+    def _decouples(self, group):
+        """Whether ``group``'s weight decay is decoupled: its ``decoupled_weight_decay``, as
+        torch's step reads it (AdamW's groups have it True; one set to False by hand decays
+        coupled there too)."""
+        return bool(self._DECOUPLES and group.get("decoupled_weight_decay", self._decoupled))
 
     @staticmethod
     def _decayed_own_grads(plan, group, gviews):
@@ -1755,8 +1761,7 @@ class _FastOptimizer(_Mixin):
         cannot take the broadcast shape (1,))."""
         if (value.numel() != 1      # (.item()'s RuntimeError, as torch's checks' bool())
                 or (key == "weight_decay" and (
-                    value.item() == 0 or self._decoupled
-                    or group.get("decoupled_weight_decay")))
+                    value.item() == 0 or self._decouples(group)))
                 or (key == "dampening" and group["momentum"] == 0)):
             return
         error = self._NOT_0D[key]
@@ -2048,7 +2053,7 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, self._betas(group), eps, wd)
-        decoupled = self._decoupled or bool(group.get("decoupled_weight_decay"))
+        decoupled = self._decouples(group)
         step_size = self._step_size(group, step, step_size)
         beta2_t = group["betas"][1]
         if type(beta2_t) is not float and _narrow(beta2_t):
@@ -2068,8 +2073,8 @@ class Adam(_FastOptimizer, torch.optim.Adam):
 
 
 class AdamW(Adam, torch.optim.AdamW):
-    """``torch.optim.AdamW`` (decoupled weight decay) stepped by fastopt's Adam kernel;
-    state as :class:`Adam`."""
+    """``torch.optim.AdamW`` (decoupled weight decay: its groups' ``decoupled_weight_decay``
+    is True, as torch's) stepped by fastopt's Adam kernel; state as :class:`Adam`."""
 
     _decoupled = True
 
@@ -2183,7 +2188,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
         betas = self._betas(group)
         folded = (_own_arithmetic(group["lr"]) or _own_arithmetic(group["betas"][0])
                   or _own_arithmetic(group["momentum_decay"]))
-        decoupled = bool(group.get("decoupled_weight_decay"))
+        decoupled = self._decouples(group)
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
         whole = _Parts()
         for product, single in dict.fromkeys(products):
@@ -2254,7 +2259,7 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
             rect = ops._radam_rect(step, beta2_t, bias_correction2)
             rectified = rect is not None
             adaptive_scale = float(bias_correction2 ** 0.5) * float(rect) if rectified else 1.0
-        decoupled = bool(group.get("decoupled_weight_decay"))
+        decoupled = self._decouples(group)
         if decoupled:
             lr, wd = self._decay_args(group, lr, wd)
         maximize = bool(group["maximize"])

@@ -753,6 +753,50 @@ def test_max_grad_norm_is_bit_identical_on_every_backend(name, backend):
         assert all(_same_bits(a[key], b[key]) for key in b)
 
 
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_grad_shared_by_parameters_is_clipped_once_per_parameter_as_clip_grad_norm_(
+        name, kwargs):
+    """clip_grad_norm_ multiplies a grad listed for several parameters (``a.grad = b.grad =
+    g``) once per parameter: Adam's and AdamW's kernels, which scale the grads themselves,
+    scaled it once (an update 2x torch's here), as the 16-bit kernels still would (refused,
+    below); the optimizers that scale in place matched already."""
+    ours, opt, theirs, ref = _pair(name, kwargs, dtype=torch.float32, extra=2)
+    opt.param_groups[0]["max_grad_norm"] = 0.1
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        _set_grads(gen, ours, theirs)
+        for ps in (ours, theirs):
+            ps[-1].grad = ps[-2].grad
+        torch.nn.utils.clip_grad_norm_(theirs, 0.1)
+        opt.step()
+        ref.step()
+    assert_trajectories_close(ours, theirs, opt, ref)
+
+
+@pytest.mark.parametrize("name,dtypes", [
+    ("Adam", (torch.bfloat16,) * 3), ("SGD", (torch.float16,) * 3),
+    ("Adam", (torch.float32, torch.float32, torch.bfloat16))])
+def test_a_16bit_grad_shared_by_parameters_in_a_group_that_clips_raises_naming_them(
+        name, dtypes):
+    """The 16-bit kernels scale a grad as they widen it, once per parameter, where
+    clip_grad_norm_ scales a shared one once per parameter listing it: refused before any
+    group steps (Adam's kernel scales every grad of its group: so also a float32 grad shared
+    beside a bfloat16 parameter)."""
+    before = [torch.full((3,), k + 1.0, dtype=dtype) for k, dtype in enumerate(dtypes)]
+    ps = [torch.nn.Parameter(t.clone()) for t in before]
+    first = torch.nn.Parameter(torch.ones(2))
+    opt = getattr(ft, name)([{"params": [first]}, {"params": ps}], lr=0.1, max_grad_norm=0.1)
+    first.grad = torch.ones(2)
+    ps[2].grad = torch.full((3,), 5.0, dtype=dtypes[2])
+    ps[0].grad = ps[1].grad = torch.full((3,), 5.0, dtype=dtypes[0])
+    with pytest.raises(ValueError, match="parameters 0 and 1 of param group 1 share the memory "
+                                         "of their grads"):
+        opt.step()
+    assert torch.equal(first, torch.ones(2)) and not opt.state
+    assert all(torch.equal(p, t) for p, t in zip(ps, before))
+    assert torch.equal(ps[0].grad, torch.full((3,), 5.0, dtype=dtypes[0]))
+
+
 def test_max_grad_norm_checks_and_survives_torch_state_dicts():
     p = torch.nn.Parameter(torch.randn(3))
     for bad in (0.0, -1.0, True, "1", 10 ** 400):

@@ -586,6 +586,44 @@ def test_decoupled_weight_decay_set_on_a_group_is_read_at_each_step(name, decoup
     assert_trajectories_close(ours, theirs, opt, ref)
 
 
+def test_a_step_inside_torch_compile_is_the_eager_step(backend):
+    """torch.compile of a training step that calls opt.step(): the step runs as it is (a graph
+    break). Dynamo traced its Python, per parameter (recompile-limit warnings within 4 steps
+    of a 3-layer MLP), and on the numba backend failed in Numba's dispatcher (an
+    AssertionError at every call, where a step was Numba's first call of its kernel)."""
+    import logging
+    torch._dynamo.reset()
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(),
+                                    torch.nn.Linear(16, 16), torch.nn.Tanh(),
+                                    torch.nn.Linear(16, 3))
+        opt = ft.Adam(model.parameters(), lr=0.01)
+
+        def train_step(x, y):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss
+        step = torch.compile(train_step, backend="eager") if compiled else train_step
+        records = []
+        handler = logging.Handler()
+        handler.emit = lambda record: records.append(record.getMessage())
+        logging.getLogger("torch._dynamo").addHandler(handler)
+        try:
+            gen = torch.Generator().manual_seed(1)
+            for _ in range(4):
+                step(torch.randn(4, 8, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+        finally:
+            logging.getLogger("torch._dynamo").removeHandler(handler)
+        assert not [r for r in records if "recompile" in r]
+        runs.append([p.detach().clone() for p in model.parameters()])
+    torch._dynamo.reset()
+    assert all(_same_bits(a, b) for a, b in zip(*runs))
+
+
 def _save_load(state_dict):
     buf = io.BytesIO()
     torch.save(state_dict, buf)

@@ -199,6 +199,12 @@ CLIP = "max_grad_norm"      # fastopt's own group option: the fused gradient cli
 _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
 _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
 _profiler_enabled = getattr(torch.autograd, "_profiler_enabled", lambda: True)
+_compiling = torch.compiler.is_compiling       # (~50 ns a call, as the next)
+try:        # the frame hook torch.compile sets, which offers it every Python frame called
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback as _compile_hook
+except ImportError:     # (a torch without dynamo)
+    def _compile_hook():
+        return None
 
 
 def _increment_versions(tensors):
@@ -869,6 +875,11 @@ class _FastOptimizer(_Mixin):
         float or None
             The closure's loss (None without a closure).
         """
+        if _compiling() or _compile_hook():
+            # under torch.compile (tracing, or running a compiled function's frames): the
+            # step runs as it is, a graph break (dynamo traced its Python per parameter, and
+            # failed in Numba's dispatcher on the numba backend)
+            return _EAGER_STEP(self, *args, **kwargs)
         if ((_GLOBAL_PRE_HOOKS is None or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS
                 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or _profiler_enabled()) and type(self).step is _OWN_STEP):
@@ -1929,6 +1940,7 @@ def _pick_cols(cols, part):
 
 
 _OWN_STEP = _FastOptimizer.step    # (see its docstring: a subclass's own step runs the hooks)
+_EAGER_STEP = torch.compiler.disable(_OWN_STEP)     # (not traced by torch.compile)
 
 
 class SGD(_FastOptimizer, torch.optim.SGD):

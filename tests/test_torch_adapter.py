@@ -2839,6 +2839,39 @@ def test_rmsprop_alpha_is_bounded_as_in_torch():
         opt.step()
 
 
+def test_a_wrapper_subclass_parameter_or_grad_raises_naming_it():
+    """A tensor subclass that dispatches its own operations (__torch_dispatch__: torch's
+    TwoTensor, torchao's and float8 training's wrappers) raised torch's bare ".numpy() is not
+    supported for tensor subclasses", naming neither fastopt nor the parameter."""
+    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
+    pair = lambda: two_tensor.TwoTensor(torch.ones(2), torch.ones(2))   # noqa: E731
+    plain, wrapped = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(pair())
+    opt = ft.SGD([{"params": [plain]}, {"params": [wrapped]}], lr=0.1)
+    plain.grad, wrapped.grad = torch.ones(3), pair()
+    with pytest.raises(TypeError, match=r"^fastopt.torch: parameter 0 of param group 1 is a "
+                                        r"TwoTensor, a tensor subclass that dispatches"):
+        opt.step()
+    assert torch.equal(plain, torch.ones(3))
+    plain = torch.nn.Parameter(torch.ones(2))
+    opt = ft.Adam([plain])
+    plain.grad = pair()
+    with pytest.raises(TypeError, match=r"^fastopt.torch: grad of parameter 0 of param group "
+                                        r"0 is a TwoTensor"):
+        opt.step()
+    assert torch.equal(plain, torch.ones(2)) and not opt.state
+    plain.grad = torch.ones(2).as_subclass(_TorchFunctionTensor)   # (NumPy views these)
+    opt.step()
+    assert not torch.equal(plain, torch.ones(2))
+
+
+class _TorchFunctionTensor(torch.Tensor):
+    """A subclass with only __torch_function__: plain memory, stepped as any tensor."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
 def test_a_parameter_twice_in_a_group_raises_naming_it():
     """torch.optim warns about a parameter listed twice in a group (an error in a future
     torch) and steps it once per occurrence; fastopt.torch's step raises, naming it, and

@@ -259,7 +259,14 @@ class _Name:
 
 
 def _check_tensor(kind, index, t):
-    """Raise unless ``t`` is a dense CPU tensor of a supported dtype."""
+    """Raise unless ``t`` is a dense CPU tensor of a supported dtype, not a subclass whose
+    ``__torch_dispatch__`` holds its values (a wrapper such as torchao's and float8 training's,
+    whose memory NumPy cannot view)."""
+    if torch._C._dispatch_keys(t).has(torch._C.DispatchKey.Python):
+        raise TypeError(f"fastopt.torch: {kind} {index} is a {type(t).__name__}, a tensor "
+                        "subclass that dispatches its own operations (__torch_dispatch__), "
+                        "whose memory NumPy cannot view; fastopt steps plain dense tensors "
+                        "(torch.optim steps these too)")
     if t.layout != torch.strided:
         raise RuntimeError(f"fastopt.torch: {kind} {index} is {t.layout}; sparse tensors are "
                            "not supported")

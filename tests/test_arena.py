@@ -157,6 +157,10 @@ def test_arena_capacity_refuses_a_bool_naming_it():
     # more than NumPy can allocate: its "array is too big" did not name capacity
     with pytest.raises(ValueError, match=r"capacity 4611686018427387904: .*too big"):
         fo.ParameterArena(np.float32, capacity=2 ** 62)
+    # more than the machine can reserve (128 TiB): NumPy's MemoryError subclass, remade with
+    # the message, had raised TypeError (its constructor takes a shape and a dtype)
+    with pytest.raises(MemoryError, match=r"capacity 35184372088832: "):
+        fo.ParameterArena(np.float32, capacity=2 ** 45)
 
 
 def test_arena_refuses_a_name_whose_grad_key_another_parameter_has():

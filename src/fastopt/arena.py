@@ -91,7 +91,9 @@ class ParameterArena:
             self._param_buf = np.zeros(capacity, self.dtype)
             self._grad_buf = like_lines(self._param_buf)     # (on lines as the params)
         except (ValueError, MemoryError) as exc:    # (NumPy's messages do not say which)
-            raise type(exc)(f"capacity {capacity}: {exc}") from None
+            # (a plain MemoryError: NumPy's subclass of it takes a shape and dtype, not this)
+            kind = ValueError if isinstance(exc, ValueError) else MemoryError
+            raise kind(f"capacity {capacity}: {exc}") from None
         self._size = 0                             # elements in use
         # params (name -> parameter view) and grads (name -> grad view, also as "d" + name);
         # weak references once the arena is kept alive by them (__del__)

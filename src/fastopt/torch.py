@@ -1494,8 +1494,12 @@ class _FastOptimizer(_Mixin):
         half = [k for k in shared if plan.formats[k] is not None]
         if half or (shared and self._SCALES and any(f is not None for f in plan.formats)):
             gi = self._group_index(group)
+            first = (half or shared)[0]
+            ptr = _data_ptr(plan.live_grads[first])
+            other = next(k for k in shared
+                         if k != first and _data_ptr(plan.live_grads[k]) == ptr)
             with_grads = [j for j, has in enumerate(plan.has_grad) if has]
-            j, i = (with_grads[k] for k in (half or shared)[:2])
+            j, i = with_grads[first], with_grads[other]
             raise ValueError(
                 f"fastopt.torch: parameters {j} and {i} of param group {gi} share the memory "
                 f"of their grads, in a group that clips ({CLIP}={group[CLIP]!r}) with 16-bit "
@@ -1606,11 +1610,11 @@ class _FastOptimizer(_Mixin):
             self._check_hyper(group)
             if plan.alias is None:      # the first group's grads, not compared yet
                 plan.alias = self._aliases(plan, group, plan.live_grads)
+            shared = self._shared_clipped_grads(plan, group)
             # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning; a
             # square or a scaled grad below the float range rounds (to 0), as in torch,
             # without a FloatingPointError under np.seterr(all="raise") (the grads had been
             # scaled, the parameters not stepped)
-            shared = self._shared_clipped_grads(plan, group)
             with np.errstate(invalid="ignore", over="ignore", under="ignore"):
                 norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])
                 if factor != 1.0 and (not self._SCALES or plan.alias or shared):

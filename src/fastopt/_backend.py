@@ -13,6 +13,7 @@ import numbers
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -207,6 +208,51 @@ def _forget_other_threads_block():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_other_threads_block)
+
+
+class _LaunchGate:
+    """``with LAUNCH_GATE:`` around each parallel launch of the numba backend: a fork waits
+    for the launches in progress in other threads, and a launch begun meanwhile waits for the
+    fork. A child forked while another thread was in one hung on a lock oneTBB held then (Numba
+    alone, without fastopt, hung 8 children of 150). Launches from several threads still run
+    at once (a lock would make them take turns). Its fork handlers are registered here, before
+    fastopt.optim's, so that at a fork they run after those take every optimizer's step lock:
+    a step launches more than once, and holding its lock it would wait here for the fork."""
+
+    def __init__(self) -> None:
+        self._active: list[None] = []      # an entry per launch in progress (atomic appends)
+        self._forking = False
+        self._fork_over = threading.Event()
+        self._fork_over.set()
+        self._fork_lock = threading.Lock()  # one fork at a time
+
+    def __enter__(self) -> None:
+        self._active.append(None)
+        while self._forking:        # (read after the append: a fork that missed it waits)
+            self._active.pop()
+            self._fork_over.wait()
+            self._active.append(None)
+
+    def __exit__(self, *exc_info) -> None:
+        self._active.pop()
+
+    def _hold(self) -> None:
+        self._fork_lock.acquire()
+        self._fork_over.clear()
+        self._forking = True
+        while self._active:
+            time.sleep(0.0002)
+
+    def _release(self) -> None:
+        self._forking = False
+        self._fork_over.set()
+        self._fork_lock.release()
+
+
+LAUNCH_GATE = _LaunchGate()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=LAUNCH_GATE._hold, after_in_parent=LAUNCH_GATE._release,
+                        after_in_child=LAUNCH_GATE.__init__)   # (the child's only thread)
 
 
 @contextlib.contextmanager

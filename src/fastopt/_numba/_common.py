@@ -1,5 +1,4 @@
 """Shared by the Numba kernel families: jit options, threading, and the serial/parallel launch."""
-import contextlib
 import ctypes
 import os
 import sys
@@ -69,11 +68,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "omp", "workqueue"]
 _pool_started = [False]      # None: no threading layer loads (_start_pool)
 _no_layer = [""]             # then why
-# held around each parallel launch (:func:`chunked`, :func:`launch`): under the workqueue
-# layer, which kills the process when two threads launch at once, this lock, so that their
-# launches take turns
+# held around each parallel launch (:func:`chunked`, :func:`launch`): the gate a fork waits
+# at (_backend.LAUNCH_GATE), or under the workqueue layer, which kills the process when two
+# threads launch at once, this lock, so that their launches take turns
 _WORKQUEUE_LOCK = threading.Lock()
-_launch_guard = [contextlib.nullcontext()]
+_launch_guard = [_backend.LAUNCH_GATE]
 
 
 def _free_guard_in_child():
@@ -81,7 +80,7 @@ def _free_guard_in_child():
     would ever release it: it starts with a free one."""
     global _WORKQUEUE_LOCK
     _WORKQUEUE_LOCK = threading.Lock()
-    if not isinstance(_launch_guard[0], contextlib.nullcontext):
+    if _launch_guard[0] is not _backend.LAUNCH_GATE:
         _launch_guard[0] = _WORKQUEUE_LOCK
 
 

@@ -624,6 +624,17 @@ def test_a_step_inside_torch_compile_is_the_eager_step(backend):
     assert all(_same_bits(a, b) for a, b in zip(*runs))
 
 
+def test_importing_fastopt_torch_does_not_import_torch_compile():
+    """The step's torch.compile guard made at import (torch.compiler.disable) imported
+    torch._dynamo, ~830 more modules, for every user of fastopt.torch."""
+    import subprocess
+    code = ("import sys, torch; import fastopt.torch; "
+            "sys.exit('torch._dynamo' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(ft.__file__)), os.environ.get("PYTHONPATH", "")]))
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=300).returncode == 0
+
+
 def _save_load(state_dict):
     buf = io.BytesIO()
     torch.save(state_dict, buf)

@@ -199,7 +199,7 @@ CLIP = "max_grad_norm"      # fastopt's own group option: the fused gradient cli
 _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
 _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
 _profiler_enabled = getattr(torch.autograd, "_profiler_enabled", lambda: True)
-_compiling = torch.compiler.is_compiling       # (~50 ns a call, as the next)
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # (torch >= 2.3; ~50 ns)
 try:        # the frame hook torch.compile sets, which offers it every Python frame called
     from torch._C._dynamo.eval_frame import get_eval_frame_callback as _compile_hook
 except ImportError:     # (a torch without dynamo)
@@ -1951,7 +1951,8 @@ def _pick_cols(cols, part):
 
 
 _OWN_STEP = _FastOptimizer.step    # (see its docstring: a subclass's own step runs the hooks)
-_EAGER_STEP = torch.compiler.disable(_OWN_STEP)     # (not traced by torch.compile)
+# (not traced by torch.compile; torch._dynamo, ~800 modules, is imported at its first call)
+_EAGER_STEP = getattr(torch, "_disable_dynamo", torch.compiler.disable)(_OWN_STEP)
 
 
 class SGD(_FastOptimizer, torch.optim.SGD):

@@ -429,6 +429,11 @@ def test_ewa_infinities_and_overflow_propagate_without_warnings(backend):
         avg.update(np.zeros(1, np.float32))  # to a float32 average: NumPy's cast warned
         with np.errstate(all="raise"):
             assert avg.update(np.array([1e300]))[0] == np.inf and avg.t == 2
+        avg, zero = fo.EWA(0.5), fo.EWA(0.5)  # and one below its range: 0
+        avg.update(np.ones(1, np.float32)), zero.update(np.ones(1, np.float32))
+        with np.errstate(all="raise"):
+            assert avg.update(np.array([1e-50])) == zero.update(np.zeros(1, np.float32))
+            assert avg.t == 2
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

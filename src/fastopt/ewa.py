@@ -149,8 +149,9 @@ class EWA:
                              "(fixed by the first update)")
         else:
             avg = self._avg
-        with np.errstate(over="ignore"):    # past float32's range: inf, propagated silently
-            x = x.astype(avg.dtype, copy=False)
+        if x.dtype != avg.dtype:    # past float32's range inf, below it 0: silently
+            with np.errstate(over="ignore", under="ignore"):
+                x = x.astype(avg.dtype)
         # the result's array too (a MemoryError once x was folded in left it counted, and a
         # retry folded it in twice)
         result = np.empty_like(avg)

@@ -77,15 +77,15 @@ def run(epochs=20, seed=0, dtype=torch.float32, quiet=False):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0, help="0 to 2**32 - 1")
+    parser.add_argument("--seed", type=int, default=0, help="0 to 2**64 - 1")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch's threads")
     args = parser.parse_args()
     for name in ("epochs", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: at least 1, got {getattr(args, name)}")
-    if not 0 <= args.seed < 2**32:          # (NumPy's generator takes no negative seed)
-        parser.error(f"--seed: 0 to 2**32 - 1, got {args.seed}")
+    if not 0 <= args.seed < 2**64:          # (NumPy's generator and torch's range)
+        parser.error(f"--seed: 0 to 2**64 - 1, got {args.seed}")
     try:
         import sklearn  # noqa: F401
     except ImportError:

@@ -609,6 +609,8 @@ def test_plot_paths_are_named_as_written_and_their_format_checked_first(tmp_path
             parse_args(argv)
         assert exc.value.code == 2 and "argument --plot: " in capsys.readouterr().err
     assert parse_args(["--plot", str(tmp_path / "out")]).plot == str(tmp_path / "out.png")
+    # (savefig writes out.png for "out." too: the report had said out..png)
+    assert parse_args(["--plot", str(tmp_path / "out.")]).plot == str(tmp_path / "out.png")
     assert parse_args(["--plot", str(tmp_path / "o.SVG")]).plot == str(tmp_path / "o.SVG")
     status, out, err = run_cli("--plot", "out", cwd=tmp_path)
     assert status == 0, err

@@ -200,10 +200,11 @@ def parse_args(argv):
         # whole run in savefig's ValueError; none wrote out.png, and the report said "wrote out"
         if args.plot == "-":        # (as --json's, it would be stdout: a PNG to a terminal)
             ap.error("argument --plot: a file to write ('-', stdout, takes no plot)")
-        ext = os.path.splitext(args.plot)[1][1:].lower()
+        stem, ext = os.path.splitext(args.plot)
+        ext = ext[1:].lower()
         formats = FigureCanvasBase.get_supported_filetypes()
         if args.plot and not os.path.isdir(args.plot) and not ext:
-            args.plot += ".png"
+            args.plot = stem + ".png"       # (as savefig names "name" and "name.")
         elif ext and ext not in formats:
             ap.error(f"argument --plot: matplotlib writes no {ext!r} files (it writes "
                      f"{', '.join(sorted(formats))})")

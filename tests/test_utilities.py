@@ -94,6 +94,8 @@ def test_an_lr_scheduler_state_dict_resumes_the_epochs_and_refuses_bad_ones():
         assert sched2.epoch == 2
     sched2.load_state_dict({"epoch": np.int64(4)})
     assert sched2.epoch == 4 and type(sched2.epoch) is int
+    sched2.load_state_dict({"epoch": np.array(5)})          # (a 0-d array, as step() takes)
+    assert sched2.epoch == 5 and type(sched2.epoch) is int
 
 
 @pytest.mark.parametrize("epoch", [2.5, np.float64(4.0), np.array(2), np.int32(3), -3])

@@ -375,6 +375,8 @@ class LRScheduler:
         if "epoch" not in state_dict:
             raise ValueError("state_dict has no 'epoch' (make it with LRScheduler.state_dict())")
         epoch = state_dict["epoch"]
+        if isinstance(epoch, np.ndarray) and epoch.ndim == 0:     # (as step() takes it)
+            epoch = epoch[()]
         if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
             raise TypeError(f"state_dict['epoch'] must be a number (an epoch step() set), got "
                             f"{type(epoch).__name__}")

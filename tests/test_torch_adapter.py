@@ -802,20 +802,25 @@ def test_max_grad_norm_is_bit_identical_on_every_backend(name, backend):
         assert all(_same_bits(a[key], b[key]) for key in b)
 
 
+@pytest.mark.parametrize("views", [False, True], ids=["", "views"])
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_a_grad_shared_by_parameters_is_clipped_once_per_parameter_as_clip_grad_norm_(
-        name, kwargs):
+        name, kwargs, views):
     """clip_grad_norm_ multiplies a grad listed for several parameters (``a.grad = b.grad =
     g``) once per parameter: Adam's and AdamW's kernels, which scale the grads themselves,
     scaled it once (an update 2x torch's here), as the 16-bit kernels still would (refused,
     below); the optimizers that scale in place matched already."""
-    ours, opt, theirs, ref = _pair(name, kwargs, dtype=torch.float32, extra=2)
+    ours, opt, theirs, ref = _pair(name, kwargs, dtype=torch.float32, extra=4)
     opt.param_groups[0]["max_grad_norm"] = 0.1
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
         _set_grads(gen, ours, theirs)
         for ps in (ours, theirs):
-            ps[-1].grad = ps[-2].grad
+            if views:       # overlapping views of one buffer: their middle element shared
+                buffer = torch.randn(5, generator=torch.Generator().manual_seed(4))
+                ps[-4].grad, ps[-3].grad = buffer[:3], buffer[2:]
+            else:
+                ps[-1].grad = ps[-2].grad
         torch.nn.utils.clip_grad_norm_(theirs, 0.1)
         opt.step()
         ref.step()
@@ -838,12 +843,52 @@ def test_a_16bit_grad_shared_by_parameters_in_a_group_that_clips_raises_naming_t
     first.grad = torch.ones(2)
     ps[2].grad = torch.full((3,), 5.0, dtype=dtypes[2])
     ps[0].grad = ps[1].grad = torch.full((3,), 5.0, dtype=dtypes[0])
-    with pytest.raises(ValueError, match="parameters 0 and 1 of param group 1 share the memory "
-                                         "of their grads"):
+    with pytest.raises(ValueError, match="the grads of parameters 0 and 1 of param group 1 "
+                                         "share memory, in a group that clips"):
         opt.step()
     assert torch.equal(first, torch.ones(2)) and not opt.state
     assert all(torch.equal(p, t) for p, t in zip(ps, before))
     assert torch.equal(ps[0].grad, torch.full((3,), 5.0, dtype=dtypes[0]))
+
+
+@pytest.mark.parametrize("case", ["bf16 views", "conj", "across groups"])
+def test_shared_grads_a_clip_cannot_scale_as_clip_grad_norm_raise_naming_them(case):
+    """Overlapping 16-bit views (their kernels scale once), a negative or conjugate view
+    listed twice (the kernels read a copy per parameter: each scaled once), a grad another
+    group lists too: refused before any group steps, where they stepped with a factor once
+    (an update ~100x torch's)."""
+    dtype = {"bf16 views": torch.bfloat16, "conj": torch.complex64}.get(case, torch.float32)
+    first = torch.nn.Parameter(torch.ones(2))
+    a, b = (torch.nn.Parameter(torch.ones(3, dtype=dtype)) for _ in range(2))
+    groups = ([{"params": [first, a]}, {"params": [b], "max_grad_norm": None}]
+              if case == "across groups" else [{"params": [first]}, {"params": [a, b]}])
+    opt = ft.SGD(groups, lr=0.1, max_grad_norm=0.1)
+    first.grad = torch.ones(2)
+    if case == "bf16 views":
+        buffer = torch.full((4,), 5.0, dtype=dtype)
+        a.grad, b.grad = buffer[:3], buffer[1:]
+    elif case == "conj":
+        a.grad = b.grad = torch.full((3,), 5 + 5j, dtype=dtype).conj()
+    else:
+        a.grad = b.grad = torch.full((3,), 5.0)
+    where = "parameter 1 of param group 0" if case == "across groups" else (
+        "parameters 0 and 1 of param group 1")
+    with pytest.raises(ValueError, match=f"the grads of {where} share memory"):
+        opt.step()
+    assert torch.equal(first, torch.ones(2)) and not opt.state
+    assert torch.equal(a, torch.ones(3, dtype=dtype)) and torch.equal(b, a)
+
+
+def test_bucketed_16bit_grads_of_a_group_that_clips_step():
+    """Grads that are views of one buffer (DDP's buckets) without shared elements: not
+    refused as shared, in 16-bit too."""
+    ps = [torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16)) for _ in range(3)]
+    opt = ft.Adam(ps, lr=0.1, max_grad_norm=0.1)
+    bucket = torch.full((9,), 5.0, dtype=torch.bfloat16)
+    for k, p in enumerate(ps):
+        p.grad = bucket[3 * k:3 * k + 3]
+    opt.step()
+    assert all(not torch.equal(p, torch.ones(3, dtype=torch.bfloat16)) for p in ps)
 
 
 def test_max_grad_norm_checks_and_survives_torch_state_dicts():

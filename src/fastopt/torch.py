@@ -124,10 +124,11 @@ it widens them (``p.grad`` is left as it was), without the rounding to 16 bits o
 clip_grad_norm_'s in-place multiply. A parameter that is its own grad is scaled with it, as
 clip_grad_norm_ scales it (Adam's and AdamW's groups with such a grad then scale their float
 grads in place); a 16-bit one, or any in an Adam or AdamW group with 16-bit parameters, raises
-``ValueError`` before any group steps. A grad shared by several parameters of a group
-(``a.grad = b.grad``) is scaled once per parameter, as clip_grad_norm_ scales it: in place
-(Adam's and AdamW's groups with one too); a 16-bit one, or any in an Adam or AdamW group with
-16-bit parameters, raises ``ValueError`` before any group steps. ``opt.grad_norms`` has an
+``ValueError`` before any group steps. Memory that several grads of a group share
+(``a.grad = b.grad``, overlapping views) is scaled once per grad, as clip_grad_norm_ scales
+it: in place (Adam's and AdamW's groups with such grads too); a 16-bit grad, any in an Adam
+or AdamW group with 16-bit parameters, a negative or conjugate view, or a grad another group
+shares raises ``ValueError`` before any group steps. ``opt.grad_norms`` has an
 entry per param group: its norm before clipping as a Python float (0.0 for a clipping group
 without grads, as clip_grad_norm_ returns for no grads), None where the group does not clip
 or has not stepped yet.
@@ -151,7 +152,7 @@ import numbers
 import operator
 import textwrap
 from bisect import bisect_left, bisect_right
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from itertools import chain, compress, count, repeat
@@ -499,7 +500,7 @@ class _Plan:
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
                  "gmark", "gids", "wstarts", "wreach", "alias", "pptrs", "split", "negs",
                  "neg_grads", "scalars", "scalar_versions", "vshapes", "inference",
-                 "shared_steps")
+                 "shared_steps", "clip_shared")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -513,6 +514,8 @@ _stride = torch.Tensor.stride
 _shape = operator.attrgetter("shape")
 _version_of = operator.attrgetter("_version")
 _numpy = torch.Tensor.numpy
+_numel, _element_size = torch.Tensor.numel, torch.Tensor.element_size
+_is_dense = torch.Tensor.is_contiguous
 _storage = torch.Tensor.untyped_storage
 _storage_ptr = torch.UntypedStorage.data_ptr
 _storage_nbytes = torch.UntypedStorage.nbytes
@@ -562,15 +565,34 @@ def _storage_span(t):
     return start, start + _storage_nbytes(storage)
 
 
-def _same_start(grads):
-    """Indices of the grads that start where another does (a grad listed for several
-    parameters, ``a.grad = b.grad = g``: clip_grad_norm_ scales its memory once per parameter
-    listing it). Data pointers, which cost a 1000-grad step ~0.1 ms (memory bounds: ~1.5)."""
-    ptrs = list(map(_data_ptr, grads))
-    if len(set(ptrs)) == len(ptrs):
-        return []
-    counts = Counter(ptrs)
-    return [k for k, ptr in enumerate(ptrs) if ptr and counts[ptr] > 1]
+def _shared_memory(grads, others=()):
+    """The grads among ``grads`` whose elements' memory overlaps that of another of them (a
+    grad listed for several parameters, ``a.grad = b.grad``, or overlapping views of one
+    buffer), in clusters of such grads (their indices), and whether a cluster also holds one
+    of ``others`` (another group's grads): clip_grad_norm_ scales shared memory once per grad
+    listing it. The elements' memory bounds from torch (3 grads ~2 us, 1000 ~0.4 ms; by NumPy
+    views of the grads, ~4 ms)."""
+    every = list(chain(grads, others))
+    los = list(map(_data_ptr, every))
+    sizes = list(map(_element_size, every))
+    ends = list(map(operator.add, los, map(operator.mul, sizes, map(_numel, every))))
+    for k in compress(count(), map(operator.not_, map(_is_dense, every))):
+        g = every[k]            # (torch's strides are not negative)
+        ends[k] = los[k] + sizes[k] * (1 + sum((n - 1) * st for n, st in zip(g.shape,
+                                                                             g.stride())))
+    clusters, reach = [], 0
+    for k in sorted(range(len(every)), key=los.__getitem__):
+        # (an empty grad, or autograd's efficient zero tensor, which has no memory, shares none)
+        if los[k] and ends[k] > los[k]:
+            if los[k] < reach:      # overlaps a grad before it in address order
+                clusters[-1].append(k)
+            else:
+                clusters.append([k])
+            reach = max(reach, ends[k])
+    n = len(grads)
+    clusters = [c for c in clusters if len(c) > 1]
+    return ([[k for k in c if k < n] for c in clusters if min(c) < n],
+            any(min(c) < n <= max(c) for c in clusters))
 
 
 def _merge_spans(spans):
@@ -972,8 +994,10 @@ class _FastOptimizer(_Mixin):
                     # OverflowError after the earlier groups stepped)
                     self._check_hyper(group)
                     _check_clip(group.get(CLIP))    # (set on the group after its checks)
-                    if group.get(CLIP) is not None:
-                        self._shared_clipped_grads(plan, group)
+        for group, plan in zip(self.param_groups, work):
+            if plan is not None:
+                plan.clip_shared = (group.get(CLIP) is not None
+                                    and self._shared_clipped_grads(plan, group, work))
         # long kernels on torch's OpenMP team: after a backward pass its workers hold the
         # other cores, spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
         team = _backend.active.use_openmp_team
@@ -1484,29 +1508,38 @@ class _FastOptimizer(_Mixin):
             f"fastopt.torch cannot do here ({why}); give the grad memory of its own "
             "(clone() it)")
 
-    def _shared_clipped_grads(self, plan, group):
-        """The grads of a group that clips whose memory another grad of it shares (a grad
-        listed for several parameters): clip_grad_norm_ scales it once per parameter, which
-        in-place scaling does for float32/float64 grads. ValueError for such a 16-bit grad,
-        or any in a group with 16-bit parameters whose kernel scales the grads (Adam's), which
-        their kernels scale once as they widen them."""
-        shared = _same_start(plan.live_grads)
-        half = [k for k in shared if plan.formats[k] is not None]
-        if half or (shared and self._SCALES and any(f is not None for f in plan.formats)):
-            gi = self._group_index(group)
-            first = (half or shared)[0]
-            ptr = _data_ptr(plan.live_grads[first])
-            other = next(k for k in shared
-                         if k != first and _data_ptr(plan.live_grads[k]) == ptr)
-            with_grads = [j for j, has in enumerate(plan.has_grad) if has]
-            j, i = with_grads[first], with_grads[other]
-            raise ValueError(
-                f"fastopt.torch: parameters {j} and {i} of param group {gi} share the memory "
-                f"of their grads, in a group that clips ({CLIP}={group[CLIP]!r}) with 16-bit "
-                "parameters: torch's clip_grad_norm_ would scale that memory once per "
-                "parameter, which fastopt.torch's 16-bit kernels cannot do; give each "
-                "parameter a grad of its own (clone() it)")
-        return shared
+    def _shared_clipped_grads(self, plan, group, work):
+        """Whether grads of a group that clips share memory (a grad listed for several
+        parameters, ``a.grad = b.grad``, or overlapping views): clip_grad_norm_ scales shared
+        memory once per grad listing it, which in-place scaling does for float32/float64
+        grads (:meth:`_run`). ValueError, before any group steps, for such a grad that is
+        16-bit (its kernel scales it once, as it widens it) or in a group with 16-bit
+        parameters whose kernel scales the grads (Adam's), that is a negative or conjugate
+        view (the kernels read a copy per parameter), or that another group's grad shares
+        (``work``'s plans: which group read it scaled would hang on the groups' order)."""
+        others = [g for other in work if other is not None and other is not plan
+                  for g in other.live_grads]
+        clusters, across = _shared_memory(plan.live_grads, others)
+        if not clusters:
+            return False
+        grads, formats = plan.live_grads, plan.formats
+        why = ("another param group's grad shares its memory (put the parameters in one "
+               "group)" if across else
+               "a 16-bit grad, which its kernel scales once as it widens it"
+               if any(formats[k] is not None for c in clusters for k in c)
+               or (self._SCALES and any(f is not None for f in formats)) else
+               "a negative or conjugate view, which the kernels read as a copy"
+               if any(_lazy(grads[k]) for c in clusters for k in c) else None)
+        if why is None:
+            return True
+        with_grads = [j for j, has in enumerate(plan.has_grad) if has]
+        named = " and ".join(map(str, (with_grads[k] for k in clusters[0][:2])))
+        raise ValueError(
+            f"fastopt.torch: the grads of parameter{'s' * (len(clusters[0]) > 1)} {named} of "
+            f"param group {self._group_index(group)} share memory, in a group that clips "
+            f"({CLIP}={group[CLIP]!r}): torch's clip_grad_norm_ would scale that memory once "
+            f"per grad, which fastopt.torch cannot do here ({why}); give each parameter a "
+            "grad of its own (clone() it)")
 
     def _group_index(self, group):
         """The index of ``group`` in param_groups, for messages ("?" if it is not there)."""
@@ -1610,14 +1643,13 @@ class _FastOptimizer(_Mixin):
             self._check_hyper(group)
             if plan.alias is None:      # the first group's grads, not compared yet
                 plan.alias = self._aliases(plan, group, plan.live_grads)
-            shared = self._shared_clipped_grads(plan, group)
             # an inf or NaN grad makes NaNs, as in torch, without NumPy's RuntimeWarning; a
             # square or a scaled grad below the float range rounds (to 0), as in torch,
             # without a FloatingPointError under np.seterr(all="raise") (the grads had been
             # scaled, the parameters not stepped)
             with np.errstate(invalid="ignore", over="ignore", under="ignore"):
                 norm, factor = _clip_factor(gviews, plan.formats, group[CLIP])
-                if factor != 1.0 and (not self._SCALES or plan.alias or shared):
+                if factor != 1.0 and (not self._SCALES or plan.alias or plan.clip_shared):
                     # float32/float64 grads as clip_grad_norm_'s multiply (the factor's
                     # dtype's value); 16-bit ones are scaled by their kernel as it widens them
                     # (Adam's kernel scales them all, but for a grad that is its parameter

@@ -987,7 +987,7 @@ def test_every_kernel_module_runs_on_one_pool():
 def test_the_pool_runs_every_chunk_of_a_job_once(nchunks):
     # the caller claims from the front, helpers from the back, of one claim word counting up
     # to 65535 chunks; a longer job runs its chunks in groups (fo_pool.h)
-    pool = pytest.importorskip("fastopt._kernels.pool")
+    pool = pytest.importorskip("fastopt._kernels.pool", exc_type=ImportError)
     for nthreads in (1, 2, 3):
         counts = pool.pool_chunk_counts(nchunks, nthreads)
         assert counts.shape == (nchunks,) and (counts == 1).all(), (nthreads, np.unique(counts))
@@ -1002,7 +1002,7 @@ def test_chunks_run_once_whether_or_not_sleeping_helpers_are_woken():
     of short jobs back to back. (Who ran them is not asserted: the pool's back-off, after a
     caller waited on a helper, and a busy machine decide that too; the wake rule's effect is
     measured in bench/test_bench_spaced.py.)"""
-    pool = pytest.importorskip("fastopt._kernels.pool")
+    pool = pytest.importorskip("fastopt._kernels.pool", exc_type=ImportError)
     for nchunks, seconds in [(8, 0.0), (8, 2e-5), (3, 1e-4), (8, 2e-3), (2, 2e-3), (8, 0.0)]:
         time.sleep(0.005)                       # the helper polls 150 us, then sleeps
         counts = pool.pool_chunk_counts(nchunks, 2, seconds)
@@ -1017,7 +1017,7 @@ def test_concurrent_callers_of_long_jobs_run_every_chunk_once():
     (fo_pool.h), which only the thread holding the pool may set: a second caller runs its
     job on its own thread. Four threads at once, each with its own job length (groups of 2,
     3, 4 and 16 chunks), every chunk of every job run once."""
-    pool = pytest.importorskip("fastopt._kernels.pool")
+    pool = pytest.importorskip("fastopt._kernels.pool", exc_type=ImportError)
     lengths = (65536, 131071, 200001, 10**6)
     bad = []
     barrier = threading.Barrier(len(lengths))
@@ -1188,7 +1188,7 @@ def test_pool_state_reports_the_pool():
     """pool_state (for diagnosis: whether calls run on the caller alone after a late helper)
     describes the pool: a 2-thread job starts its helper, and a job on one thread
     leaves the back-off as it was."""
-    pool = pytest.importorskip("fastopt._kernels.pool")
+    pool = pytest.importorskip("fastopt._kernels.pool", exc_type=ImportError)
     if os.cpu_count() < 2:
         pytest.skip("one CPU: no helper to start")
     pool.pool_chunk_counts(8, 2, 1e-5)

@@ -62,7 +62,12 @@ def test_json_dash_pipes_the_json_alone_and_reports_on_the_terminal():
     status, out, err = run_cli("--json", "-", stderr_tty=True)
     assert status == 0, err
     results = json.loads(out)                         # stdout holds the JSON and nothing else
-    assert {r["contender"] for r in results["timings"]} >= {"numpy", "roofline"}
+    # (the roofline stream is a compiled kernel: without the extension the report says so)
+    from fastopt._bench import stream_kernel
+    streams = stream_kernel() is not None
+    assert {r["contender"] for r in results["timings"]} >= (
+        {"numpy", "roofline"} if streams else {"numpy"})
+    assert streams or "no x roof: the roofline stream is a compiled kernel" in err
     assert results["machine"]["threads"] >= 1
     assert "fastopt report" in err and "speed (median" in err
     # progress on a terminal: a status line per section, with the time left after a row
@@ -169,6 +174,8 @@ def test_torch_race_times_the_groups_unless_no_groups(argv, groups):
     """--no-groups was taken and ignored by the torch race (alone with --torch, or in the
     default report): it timed the parameter groups still."""
     from fastopt.__main__ import parse_args, torch_race_specs
+    if "--torch" in argv and importlib.util.find_spec("torch") is None:
+        pytest.skip("--torch needs torch")
     args = parse_args(argv + ["--sizes", "1e3"])
     assert torch_race_specs(args) == [1000] + groups
 

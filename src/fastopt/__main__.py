@@ -372,6 +372,10 @@ def report(args, json_out):
         print(f"  {name:<13} " + "  ".join(cells))
 
     # 2. timing
+    if _bench.stream_kernel() is None:      # (its cells were blank, unexplained)
+        print("\nno x roof: the roofline stream is a compiled kernel of the extension, which "
+              "did not build here (" + (_backend.unavailable_reason("cython")
+                                        or "its stream module does not import") + ")")
     if args.kernels:
         print("\nspeed (median of interleaved rounds; x ref = speed-up over the NumPy reference; "
               "x roof = time / roofline stream time)")

@@ -318,7 +318,7 @@ def test_batchnorm_layer_takes_other_ranks(backend):
         y_exact = _bn_exact(x, wide.gamma, wide.beta, dy, 2)[0]
         close(wide(x), y_exact, np.float64, 10)
         with pytest.raises(TypeError, match="num_features must be an int"):
-            fo.BatchNorm(np.timedelta64(3))
+            fo.BatchNorm(np.timedelta64(3, "s"))
         # the layer's arrays in x's shape without the batch axis, and messages in it
         layer.running_mean = layer.running_mean.reshape(2, 6, 8).copy()
         layer(x)

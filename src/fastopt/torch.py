@@ -994,10 +994,10 @@ class _FastOptimizer(_Mixin):
                     # OverflowError after the earlier groups stepped)
                     self._check_hyper(group)
                     _check_clip(group.get(CLIP))    # (set on the group after its checks)
-        for group, plan in zip(self.param_groups, work):
-            if plan is not None:
-                plan.clip_shared = (group.get(CLIP) is not None
-                                    and self._shared_clipped_grads(plan, group, work))
+                    if group.get(CLIP) is not None:
+                        plan.clip_shared = self._shared_clipped_grads(plan, group, work)
+        elif work and work[0] is not None and self.param_groups[0].get(CLIP) is not None:
+            work[0].clip_shared = self._shared_clipped_grads(work[0], self.param_groups[0], ())
         # long kernels on torch's OpenMP team: after a backward pass its workers hold the
         # other cores, spinning, and take the job at once (fastopt/_kernels/fo_pool.h)
         team = _backend.active.use_openmp_team

@@ -458,12 +458,15 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     in_launch, leave = threading.Event(), threading.Event()
 
     def launch(name, hold=None):
-        with LAUNCH_GATE:
-            order.append(f"{name} in")
-            if hold:
-                in_launch.set()
-                assert leave.wait(30)
-        order.append(f"{name} out")
+        try:
+            with LAUNCH_GATE:
+                order.append(f"{name} in")
+                if hold:
+                    in_launch.set()
+                    assert leave.wait(30)
+                order.append(f"{name} out")
+        except KeyboardInterrupt:
+            order.append(f"{name} interrupted")
 
     def fork():
         pid = os.fork()
@@ -490,6 +493,25 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
         t.join(30)
     assert order == ["first in", "second in", "second out", "first out", "forked",
                      "third in", "third out"]
+    # a fork from inside a launch of its own thread (a signal handler run as a launch returns)
+    # does not wait for itself: it hung the process for good
+    with LAUNCH_GATE:
+        fork()
+    assert order[-1] == "forked"
+    # a launch interrupted as it waits for a fork leaves no entry behind (every later fork
+    # would wait for it)
+    LAUNCH_GATE._hold()
+    try:
+        waiting = threading.Thread(target=launch, args=("waiting",))
+        waiting.start()
+        time.sleep(0.1)
+        import ctypes
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiting.ident),
+                                                   ctypes.py_object(KeyboardInterrupt))
+    finally:
+        LAUNCH_GATE._release()
+    waiting.join(30)
+    assert LAUNCH_GATE._active == [] and order[-1] == "waiting interrupted"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or "numba" not in COMPILED,

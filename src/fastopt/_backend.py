@@ -217,33 +217,56 @@ class _LaunchGate:
     alone, without fastopt, hung 8 children of 150). Launches from several threads still run
     at once (a lock would make them take turns). Its fork handlers are registered here, before
     fastopt.optim's, so that at a fork they run after those take every optimizer's step lock:
-    a step launches more than once, and holding its lock it would wait here for the fork."""
+    a step launches more than once, and holding its lock it would wait here for the fork. A
+    fork waits at most FORK_WAIT seconds (a launch's entry left by an interrupt as it ended
+    would hold every fork up for good), and never for the forking thread's own launch (a
+    signal handler that forks runs as a launch returns, inside it)."""
+
+    FORK_WAIT = 10.0
 
     def __init__(self) -> None:
-        self._active: list[None] = []      # an entry per launch in progress (atomic appends)
+        self._active: list[int] = []   # each launch's thread (list appends/removes: atomic)
         self._forking = False
         self._fork_over = threading.Event()
         self._fork_over.set()
         self._fork_lock = threading.Lock()  # one fork at a time
+        self._forker: int | None = None     # the thread holding it
 
     def __enter__(self) -> None:
-        self._active.append(None)
-        while self._forking:        # (read after the append: a fork that missed it waits)
-            self._active.pop()
-            self._fork_over.wait()
-            self._active.append(None)
+        me = threading.get_ident()
+        try:
+            self._active.append(me)
+            while self._forking:    # (read after the append: a fork that missed it waits)
+                self._active.remove(me)
+                self._fork_over.wait()
+                self._active.append(me)
+        except BaseException:       # (Ctrl-C: a launch that did not begin is not in progress)
+            if me in self._active:
+                self._active.remove(me)
+            raise
 
     def __exit__(self, *exc_info) -> None:
-        self._active.pop()
+        self._active.remove(threading.get_ident())
 
     def _hold(self) -> None:
+        me = threading.get_ident()
         self._fork_lock.acquire()
+        self._forker = me
         self._fork_over.clear()
         self._forking = True
-        while self._active:
+        deadline = time.monotonic() + self.FORK_WAIT
+        while self._active.count(me) != len(self._active):
+            if time.monotonic() > deadline:
+                warnings.warn(f"fastopt: a fork waited {self.FORK_WAIT:g} s for the numba "
+                              "backend's parallel calls in other threads, and goes on: the "
+                              "child may hang in its first parallel call", RuntimeWarning)
+                break
             time.sleep(0.0002)
 
     def _release(self) -> None:
+        if self._forker != threading.get_ident():     # (its _hold was interrupted)
+            return
+        self._forker = None
         self._forking = False
         self._fork_over.set()
         self._fork_lock.release()

@@ -871,24 +871,46 @@ def test_shared_grads_a_clip_cannot_scale_as_clip_grad_norm_raise_naming_them(ca
         a.grad = b.grad = torch.full((3,), 5 + 5j, dtype=dtype).conj()
     else:
         a.grad = b.grad = torch.full((3,), 5.0)
-    where = "parameter 1 of param group 0" if case == "across groups" else (
-        "parameters 0 and 1 of param group 1")
-    with pytest.raises(ValueError, match=f"the grads of {where} share memory"):
+    where = "grad of parameter 1 of param group 0 shares" if case == "across groups" else (
+        "grads of parameters 0 and 1 of param group 1 share")
+    with pytest.raises(ValueError, match=f"the {where} memory"):
         opt.step()
     assert torch.equal(first, torch.ones(2)) and not opt.state
     assert torch.equal(a, torch.ones(3, dtype=dtype)) and torch.equal(b, a)
 
 
-def test_bucketed_16bit_grads_of_a_group_that_clips_step():
+@pytest.mark.parametrize("interleaved", [False, True], ids=["", "interleaved"])
+def test_bucketed_16bit_grads_of_a_group_that_clips_step(interleaved):
     """Grads that are views of one buffer (DDP's buckets) without shared elements: not
-    refused as shared, in 16-bit too."""
+    refused as shared, in 16-bit too, nor across groups; interleaved ones (``buf[0::2]``,
+    ``buf[1::2]``: their memory bounds meet) were."""
     ps = [torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16)) for _ in range(3)]
     opt = ft.Adam(ps, lr=0.1, max_grad_norm=0.1)
     bucket = torch.full((9,), 5.0, dtype=torch.bfloat16)
     for k, p in enumerate(ps):
-        p.grad = bucket[3 * k:3 * k + 3]
+        p.grad = bucket[k::3] if interleaved else bucket[3 * k:3 * k + 3]
     opt.step()
     assert all(not torch.equal(p, torch.ones(3, dtype=torch.bfloat16)) for p in ps)
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = ft.SGD([{"params": [a]}, {"params": [b]}], lr=0.1, max_grad_norm=0.1)
+    bucket = torch.full((6,), 5.0)
+    a.grad, b.grad = (bucket[0::2], bucket[1::2]) if interleaved else (bucket[:3], bucket[3:])
+    opt.step()
+    assert not torch.equal(a, torch.ones(3)) and torch.equal(a, b)
+
+
+def test_a_shared_grad_refusal_names_the_grads_refused():
+    """A group with a shared float32 grad (scaled in place) and a shared bfloat16 one
+    (refused): the message named the pair first in memory, the float32 one."""
+    ps = [torch.nn.Parameter(torch.ones(3, dtype=dtype))
+          for dtype in (torch.float32,) * 2 + (torch.bfloat16,) * 2]
+    opt = ft.SGD(ps, lr=0.1, max_grad_norm=0.1)
+    memory = torch.full((8,), 5.0)          # (the refused pair after the other in memory)
+    ps[0].grad = ps[1].grad = memory[:3]
+    ps[2].grad = ps[3].grad = memory[4:].view(torch.bfloat16)[:3]
+    with pytest.raises(ValueError, match="the grads of parameters 2 and 3 of param group 0 "
+                                         "share memory"):
+        opt.step()
 
 
 def test_max_grad_norm_checks_and_survives_torch_state_dicts():

@@ -155,7 +155,7 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
-from itertools import chain, compress, count, repeat
+from itertools import chain, combinations, compress, count, repeat
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
@@ -566,17 +566,18 @@ def _storage_span(t):
 
 
 def _shared_memory(grads, others=()):
-    """The grads among ``grads`` whose elements' memory overlaps that of another of them (a
-    grad listed for several parameters, ``a.grad = b.grad``, or overlapping views of one
-    buffer), in clusters of such grads (their indices), and whether a cluster also holds one
-    of ``others`` (another group's grads): clip_grad_norm_ scales shared memory once per grad
+    """Clusters (two indices or more, into ``grads`` then ``others``) of grads that share
+    elements' memory (a grad listed for several parameters, ``a.grad = b.grad``, or
+    overlapping views of one buffer): clip_grad_norm_ scales shared memory once per grad
     listing it. The elements' memory bounds from torch (3 grads ~2 us, 1000 ~0.4 ms; by NumPy
-    views of the grads, ~4 ms)."""
+    views of the grads, ~4 ms); where a strided grad's bounds meet another's, their elements
+    (``buf[0::2]`` and ``buf[1::2]`` share none)."""
     every = list(chain(grads, others))
     los = list(map(_data_ptr, every))
     sizes = list(map(_element_size, every))
     ends = list(map(operator.add, los, map(operator.mul, sizes, map(_numel, every))))
-    for k in compress(count(), map(operator.not_, map(_is_dense, every))):
+    dense = list(map(_is_dense, every))
+    for k in compress(count(), map(operator.not_, dense)):
         g = every[k]            # (torch's strides are not negative)
         ends[k] = los[k] + sizes[k] * (1 + sum((n - 1) * st for n, st in zip(g.shape,
                                                                              g.stride())))
@@ -584,15 +585,27 @@ def _shared_memory(grads, others=()):
     for k in sorted(range(len(every)), key=los.__getitem__):
         # (an empty grad, or autograd's efficient zero tensor, which has no memory, shares none)
         if los[k] and ends[k] > los[k]:
-            if los[k] < reach:      # overlaps a grad before it in address order
+            if los[k] < reach:      # its bounds meet those of a grad before it in address order
                 clusters[-1].append(k)
             else:
                 clusters.append([k])
             reach = max(reach, ends[k])
-    n = len(grads)
-    clusters = [c for c in clusters if len(c) > 1]
-    return ([[k for k in c if k < n] for c in clusters if min(c) < n],
-            any(min(c) < n <= max(c) for c in clusters))
+    shared = []
+    for cluster in (c for c in clusters if len(c) > 1):
+        if all(dense[k] for k in cluster):
+            shared.append(cluster)
+            continue
+        views = {k: _memory(every[k]) for k in cluster}
+        joined = {k: {k} for k in cluster}      # (the sets of grads found to share)
+        for a, b in combinations(cluster, 2):
+            if (joined[a] is not joined[b] and los[a] < ends[b] and los[b] < ends[a]
+                    and np.shares_memory(views[a], views[b])):
+                union = joined[a] | joined[b]
+                for k in union:
+                    joined[k] = union
+        shared += [sorted(c) for c in {id(c): c for c in joined.values()}.values()
+                   if len(c) > 1]
+    return shared
 
 
 def _merge_spans(spans):
@@ -1517,29 +1530,31 @@ class _FastOptimizer(_Mixin):
         parameters whose kernel scales the grads (Adam's), that is a negative or conjugate
         view (the kernels read a copy per parameter), or that another group's grad shares
         (``work``'s plans: which group read it scaled would hang on the groups' order)."""
+        grads, formats = plan.live_grads, plan.formats
+        n = len(grads)
         others = [g for other in work if other is not None and other is not plan
                   for g in other.live_grads]
-        clusters, across = _shared_memory(plan.live_grads, others)
-        if not clusters:
-            return False
-        grads, formats = plan.live_grads, plan.formats
-        why = ("another param group's grad shares its memory (put the parameters in one "
-               "group)" if across else
-               "a 16-bit grad, which its kernel scales once as it widens it"
-               if any(formats[k] is not None for c in clusters for k in c)
-               or (self._SCALES and any(f is not None for f in formats)) else
-               "a negative or conjugate view, which the kernels read as a copy"
-               if any(_lazy(grads[k]) for c in clusters for k in c) else None)
-        if why is None:
-            return True
-        with_grads = [j for j, has in enumerate(plan.has_grad) if has]
-        named = " and ".join(map(str, (with_grads[k] for k in clusters[0][:2])))
-        raise ValueError(
-            f"fastopt.torch: the grads of parameter{'s' * (len(clusters[0]) > 1)} {named} of "
-            f"param group {self._group_index(group)} share memory, in a group that clips "
-            f"({CLIP}={group[CLIP]!r}): torch's clip_grad_norm_ would scale that memory once "
-            f"per grad, which fastopt.torch cannot do here ({why}); give each parameter a "
-            "grad of its own (clone() it)")
+        clusters = [c for c in _shared_memory(grads, others) if c[0] < n]
+        for cluster in clusters:
+            mine = [k for k in cluster if k < n]
+            why = ("another param group's grad shares its memory (put the parameters in one "
+                   "group)" if cluster[-1] >= n else
+                   "a 16-bit grad, which its kernel scales once as it widens it"
+                   if any(formats[k] is not None for k in mine)
+                   or (self._SCALES and any(f is not None for f in formats)) else
+                   "a negative or conjugate view, which the kernels read as a copy"
+                   if any(_lazy(grads[k]) for k in mine) else None)
+            if why is not None:
+                with_grads = [j for j, has in enumerate(plan.has_grad) if has]
+                named = " and ".join(str(with_grads[k]) for k in mine[:2])
+                raise ValueError(
+                    f"fastopt.torch: the grad{'s' * (len(mine) > 1)} of parameter"
+                    f"{'s' * (len(mine) > 1)} {named} of param group "
+                    f"{self._group_index(group)} share{'s' * (len(mine) == 1)} memory, in a "
+                    f"group that clips ({CLIP}={group[CLIP]!r}): torch's clip_grad_norm_ would "
+                    f"scale that memory once per grad, which fastopt.torch cannot do here "
+                    f"({why}); give each parameter a grad of its own (clone() it)")
+        return bool(clusters)
 
     def _group_index(self, group):
         """The index of ``group`` in param_groups, for messages ("?" if it is not there)."""

@@ -2311,14 +2311,25 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             part_params, part_grads = _pick(part, params, grads)
             maximize = bool(group["maximize"])
-            with whole:
-                kernel = self._kernel_for(part_cols, grad_scale)    # (bound last: _run)
-                kernel(part_params, part_grads, part_cols["exp_avg"], part_cols["exp_avg_sq"],
-                       lr=kernel_lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=kernel_wd,
-                       bias_correction2=bias_correction2, grad_coef=grad_coef,
-                       avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
-            for k in part:
-                cols["mu_product"][k][()] = new
+            before = [cols["mu_product"][k][()] for k in part]
+            try:
+                # the new products before the kernel call, taken back if it did not begin:
+                # written after it, an interrupt between the two left them a step behind the
+                # state and the count
+                for k in part:
+                    cols["mu_product"][k][()] = new
+                with whole:
+                    kernel = self._kernel_for(part_cols, grad_scale)    # (bound last: _run)
+                    kernel(part_params, part_grads, part_cols["exp_avg"],
+                           part_cols["exp_avg_sq"], lr=kernel_lr, beta1=beta1, beta2=beta2,
+                           eps=eps, weight_decay=kernel_wd, bias_correction2=bias_correction2,
+                           grad_coef=grad_coef, avg_coef=avg_coef, decoupled=decoupled,
+                           maximize=maximize)
+            except BaseException as exc:
+                if not ops._interrupted_kernel(exc):
+                    for k, old in zip(part, before):
+                        cols["mu_product"][k][()] = old
+                raise
         whole.done()
 
 

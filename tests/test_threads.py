@@ -448,6 +448,14 @@ def digest(arrays):
     return hashed.hexdigest()
 
 
+def _waits_in(thread, function):
+    """Whether ``thread`` is running ``function`` now (a frame of it on its stack)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None and frame.f_code is not function.__code__:
+        frame = frame.f_back
+    return frame is not None
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     """The numba backend's parallel launches pass _backend.LAUNCH_GATE: a fork waits for
@@ -483,7 +491,10 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     second.join(30)
     forker = threading.Thread(target=fork)
     forker.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30          # (until the fork waits at the gate: not a sleep
+    while not LAUNCH_GATE._forking:           # a busy machine may outlast)
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
     third = threading.Thread(target=launch, args=("third",))     # begun while the fork waits
     third.start()
     time.sleep(0.2)
@@ -504,7 +515,10 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     try:
         waiting = threading.Thread(target=launch, args=("waiting",))
         waiting.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 30      # (until it waits in the gate)
+        while not _waits_in(waiting, type(LAUNCH_GATE).__enter__):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
         import ctypes
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiting.ident),
                                                    ctypes.py_object(KeyboardInterrupt))

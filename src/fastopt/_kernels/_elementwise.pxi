@@ -343,7 +343,8 @@ cdef Py_ssize_t* sort_by_lo(const Extent* e, Py_ssize_t* a, Py_ssize_t* b,
     a pass, so a few thousand arrays within a few MB sort in two linear passes (qsort's
     comparisons through a function pointer cost ~10x more; this check runs every call)."""
     cdef size_t low = <size_t>-1, high = 0, key
-    cdef Py_ssize_t i, j, count[2048]
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t count[2048]
     cdef Py_ssize_t* t
     cdef int shift = 0, d
     if m <= 32:     # a few arrays: insertion sort (a radix pass clears 16 KB of counts)

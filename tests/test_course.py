@@ -155,6 +155,22 @@ def test_random_mini_batches_bad_seed_errors_name_the_seed():
         assert np.random.randint(1 << 30) == np.random.RandomState(123).randint(1 << 30)
 
 
+def test_a_bad_seed_whose_error_takes_no_message_is_still_named():
+    """The seed's own error class (here one whose constructor takes two arguments) cannot be
+    remade with a message: re-raising it as such raised TypeError from its constructor."""
+    class Picky(ValueError):
+        def __init__(self, code, detail):
+            super().__init__(f"{code}: {detail}")
+
+    class Seed:
+        def __index__(self):
+            raise Picky(7, "not today")
+
+    X, Y = np.arange(20.0).reshape(2, 10), np.arange(10.0).reshape(1, 10)
+    with pytest.raises(ValueError, match=r"^Invalid seed: .*\(7: not today\)$"):
+        course.random_mini_batches(X, Y, 4, seed=Seed())
+
+
 def test_learning_rate_decay_matches_the_course():
     assert course.update_lr(0.5, 2, 1) == pytest.approx(0.5 / 3)
     assert course.schedule_lr_decay(0.5, 100, 0.3, time_interval=100) == pytest.approx(0.5 / 1.3)

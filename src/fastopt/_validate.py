@@ -12,6 +12,12 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 FLOAT_TYPES = (np.float32, np.float64)
 
 
+def renamed(exc, message):
+    """``exc`` (a TypeError or ValueError) again, with ``message``: as the builtin class, since a
+    subclass's constructor (NumPy's, a user's) may not take a message alone."""
+    return (ValueError if isinstance(exc, ValueError) else TypeError)(message)
+
+
 def check_axis(axis):
     """``axis`` as an int: whatever ``operator.index`` takes, as NumPy's axes (an int, a
     NumPy integer, a 0-d integer array); TypeError naming axis for anything else, bools

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ._layout import like_lines
-from ._validate import FLOAT_DTYPES, as_array, check_unmasked
+from ._validate import FLOAT_DTYPES, as_array, check_unmasked, renamed
 
 # id(param buffer) -> its arena
 _OWNERS: "weakref.WeakValueDictionary[int, ParameterArena]" = weakref.WeakValueDictionary()
@@ -383,7 +383,7 @@ class _Views(dict):
         try:
             array = np.asarray(value, dtype=view.dtype)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{self._attr}[{key!r}]: {exc}") from None
+            raise renamed(exc, f"{self._attr}[{key!r}]: {exc}") from None
         if array.shape != view.shape:
             raise ValueError(f"{self._attr}[{key!r}] has shape {array.shape}, expected "
                              f"{view.shape} (its parameter's)")

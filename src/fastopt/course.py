@@ -21,7 +21,7 @@ import numpy as np
 
 from . import ops, schedules
 from ._hyper import COUNT, EVERY, FINITE, NONNEG, STEP, UNIT_OPEN, check_real, check_reals
-from ._validate import as_array, check_disjoint, check_step_arrays, check_unmasked
+from ._validate import as_array, check_disjoint, check_step_arrays, check_unmasked, renamed
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
 ArrayDict = dict[str, np.ndarray]
@@ -237,7 +237,7 @@ def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
     try:
         np.random.seed(seed)
     except (TypeError, ValueError) as exc:      # (NumPy's message does not name the seed)
-        raise type(exc)(f"Invalid seed: {seed!r} ({exc})") from None
+        raise renamed(exc, f"Invalid seed: {seed!r} ({exc})") from None
     m = X.shape[1]
     permutation = list(np.random.permutation(m))
     shuffled_X = X[:, permutation]

@@ -5,7 +5,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._hyper import check_flag
-from ._validate import as_array, check_axis, check_unmasked
+from ._validate import as_array, check_axis, check_unmasked, renamed
 
 
 def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
@@ -81,7 +81,7 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
         try:
             rng = np.random.default_rng(seed)
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"Invalid seed: {seed!r} ({exc})") from None
+            raise renamed(exc, f"Invalid seed: {seed!r} ({exc})") from None
         order = rng.permutation(m)
     else:
         order = np.arange(m)

@@ -20,17 +20,17 @@ ctypedef struct stream_scalars:
     bint fresh  # arrays[0] is written without being read (stream_to)
 
 
-cdef void stream_span(float** arrays, Py_ssize_t lo, Py_ssize_t hi,
+cdef void stream_span(floating** arrays, Py_ssize_t lo, Py_ssize_t hi,
                       const stream_scalars* s) noexcept nogil:
     """The element-wise driver's span signature."""
     cdef Py_ssize_t i
     cdef int k = s.k
-    cdef float* a0 = arrays[0]
-    cdef float* a1 = arrays[1]
-    cdef float* a2 = arrays[2]
-    cdef float* a3 = arrays[3]
-    cdef float* a4 = arrays[4]
-    cdef float one = 1
+    cdef floating* a0 = arrays[0]
+    cdef floating* a1 = arrays[1]
+    cdef floating* a2 = arrays[2]
+    cdef floating* a3 = arrays[3]
+    cdef floating* a4 = arrays[4]
+    cdef floating one = 1
     if s.fresh:
         if k == 2:
             for i in range(lo, hi):
@@ -58,11 +58,11 @@ cdef void stream_span(float** arrays, Py_ssize_t lo, Py_ssize_t hi,
             a4[i] = a4[i] + a1[i]
 
 
-cdef Kernel STREAM = Kernel(5, 2, <span32>stream_span, NULL, 0, NULL)
+cdef Kernel STREAM = Kernel(5, 2, <span32>stream_span[float], <span64>stream_span[double], 0, NULL)
 
 
 def stream(*arrays):
-    """Stream 2 to 5 contiguous arrays of one dtype (float32 or float64, same byte count)."""
+    """Stream 2 to 5 contiguous arrays of one dtype (float32 or float64) and size."""
     if not 2 <= len(arrays) <= 5:
         raise ValueError(f"stream takes 2 to 5 arrays, got {len(arrays)}")
     _stream(arrays, False)
@@ -70,7 +70,7 @@ def stream(*arrays):
 
 def stream_to(out, *inputs):
     """Write ``out`` from 1 or 2 inputs, reading them and not ``out`` (contiguous arrays of one
-    byte count)."""
+    dtype, float32 or float64, and size)."""
     if not 1 <= len(inputs) <= 2:
         raise ValueError(f"stream_to takes 1 or 2 inputs, got {len(inputs)}")
     _stream((out,) + inputs, True)
@@ -81,15 +81,22 @@ cdef _stream(tuple arrays, bint fresh):
     cdef stream_scalars s
     cdef int k = len(arrays), j
     cdef cnp.ndarray a
+    cdef bint is32
     for j in range(MAX_ARRAYS):
         t.ptr[j] = NULL
+    first = arrays[0]
+    if first.dtype not in (np.float32, np.float64):
+        raise TypeError(f"stream takes float32 or float64 arrays, got {first.dtype}")
     for j in range(k):
         a = arrays[j]
-        if not cnp.PyArray_IS_C_CONTIGUOUS(a) or a.nbytes != arrays[0].nbytes:
-            raise ValueError("stream needs C-contiguous arrays of equal byte size")
+        if (not cnp.PyArray_IS_C_CONTIGUOUS(a) or a.dtype != first.dtype
+                or a.size != first.size):
+            raise ValueError("stream needs C-contiguous arrays of one dtype and size")
         t.ptr[j] = cnp.PyArray_DATA(a)
-    # float32 lanes over the bytes: the traffic, not the element type, is what is measured
-    t.n = arrays[0].nbytes // sizeof(float)
-    s.k, s.fresh = k, fresh
+    # in elements of the arrays' own type, as the kernels count them: the driver picks threads
+    # and chunks by elements (float32 lanes over float64 bytes had run a float64 step of 2e4
+    # elements on two threads while the step itself ran on one)
+    t.n = first.size
+    s.k, s.fresh, is32 = k, fresh, first.dtype == np.float32
     with nogil:
-        run(&STREAM, True, &t, 1, &s)
+        run(&STREAM, is32, &t, 1, &s)

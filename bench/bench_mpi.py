@@ -34,8 +34,8 @@ def main():
             with open(path) as f:
                 rows += json.load(f)
     one = {(r["elements"], r["dtype"]): r for r in rows if r["ranks"] == 1}
-    print("ms, median of the slowest rank; x N = update * N / one-rank update; bound = step / "
-          "(one-rank update / N + Reduce_scatter + Allgatherv alone)")
+    print("ms, medians on the rank whose step is slowest; x N = update * N / one-rank update; "
+          "bound = step / (one-rank update / N + Reduce_scatter + Allgatherv alone)")
     print(f"{'elements':>9} {'dtype':<8}{'ranks':>6}{'step':>9}{'comm':>8}{'average':>9}"
           f"{'update':>8}{'x N':>7}{'alone':>8}{'bound':>7}")
     for r in sorted(rows, key=lambda r: (r["dtype"], r["elements"], r["ranks"])):

@@ -2,14 +2,16 @@
 
 Groups: 200 x 4096, 1000 x 64, a 3-layer MLP, a small CNN; contenders: a ParameterArena, a
 list (multi-tensor kernel), one fo.ops call per array, the NumPy reference, torch foreach and
-fused (where installed), and the roofline (one stream over the same bytes).
+fused (where installed; fused also over one flat tensor of every parameter, the arena's layout),
+and the roofline (one stream over the same bytes).
 """
 import numpy as np
 import pytest
 
 from fastopt import _bench
 
-CONTENDERS = ["arena", "list", "per-array", "numpy", "roofline", "torch-foreach", "torch-fused"]
+CONTENDERS = ["arena", "list", "per-array", "numpy", "roofline", "torch-foreach", "torch-fused",
+               "torch-flat"]
 
 
 @pytest.mark.parametrize("contender", CONTENDERS)

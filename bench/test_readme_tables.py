@@ -41,9 +41,9 @@ def busy(size, contender, x_own_1t, x_numpy, p95_x_numpy):
                 x_numpy=x_numpy, p95_x_numpy=p95_x_numpy, busy_cpu=1)
 
 
-def group(name, contender, time, x_fused=None):
+def group(name, contender, time, x_fused=None, x_flat=None):
     return dict(group=name, dtype="float32", arrays=200, size=819200, contender=contender,
-                time=time, spread=0.1, x_roofline=None, x_fused=x_fused)
+                time=time, spread=0.1, x_roofline=None, x_fused=x_fused, x_flat=x_flat)
 
 
 def race(params, dtype, contender, time):
@@ -112,15 +112,18 @@ def test_kernels_table_float32_rows_and_numba_over_cython(tmp_path, capsys):
 
 
 def test_groups_table(tmp_path, capsys):
-    run1 = report(groups=[group("200x4096", "arena", 528e-6, x_fused=5.2),
+    run1 = report(groups=[group("200x4096", "arena", 528e-6, x_fused=5.2, x_flat=1.4),
                           group("200x4096", "roofline", 218e-6),
-                          group("200x4096", "torch-fused", 2.75e-3)])
-    run2 = report(groups=[group("200x4096", "arena", 368e-6, x_fused=7.1),
+                          group("200x4096", "torch-fused", 2.75e-3),
+                          group("200x4096", "torch-flat", 740e-6)])
+    run2 = report(groups=[group("200x4096", "arena", 368e-6, x_fused=7.1, x_flat=1.9),
                           group("200x4096", "roofline", 181e-6),
-                          group("200x4096", "torch-fused", 2.6e-3)])
+                          group("200x4096", "torch-fused", 2.6e-3),
+                          group("200x4096", "torch-flat", 700e-6)])
     table = rows(render(tmp_path, capsys, run1, run2), "One Adam step over many arrays")
-    assert table["200x4096"] == ["528 ; 368 us", "218 ; 181 us", "2.75 ; 2.6 ms", "5.20 ; 7.10"]
-    assert table["1000x64"] == ["-", "-", "-", "-"]
+    assert table["200x4096"] == ["528 ; 368 us", "218 ; 181 us", "2.75 ; 2.6 ms", "740 ; 700 us",
+                                 "5.20 ; 7.10", "1.40 ; 1.90"]
+    assert table["1000x64"] == ["-"] * 6
 
 
 def test_torch_table_keeps_1e3_apart_from_the_1x1000_group(tmp_path, capsys):

@@ -147,6 +147,45 @@ def test_every_layer_row_runs_on_every_backend():
                 fn()
 
 
+@pytest.mark.parametrize("name", ["bn_fwd", "bn_fwd_bwd", "bn_fwd_bwd_t", "softmax"])
+def test_torch_races_each_layer_row_on_the_same_data_in_its_own_best_form(name):
+    """torch's batch norm of the course's layout, (features, m), is taken as one sample of
+    ``features`` channels, (1, C, L), not the transposed view (torch's slow strided path:
+    67 ms against 4.4 for the same elements as examples), and its softmax writes a reused
+    output, as fastopt's: the same numbers as fastopt's row."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from fastopt import _bench
+    backend = fastopt.get_backend()
+    fns = _bench.layer_contenders(name, (6, 10), np.dtype(np.float64), [backend])
+    ours = fns[backend]()
+    ours = ours[0] if isinstance(ours, tuple) else ours      # (the backward's dx)
+    theirs = fns["torch"]()
+    np.testing.assert_allclose(theirs.detach().numpy().reshape(ours.shape), ours, rtol=1e-10,
+                               atol=1e-12)
+    if name == "softmax":
+        assert theirs.data_ptr() == fns["torch"]().data_ptr()     # the same output each call
+
+
+def test_the_groups_race_torch_on_the_arrays_and_on_one_flat_tensor_as_the_arena_is():
+    """The arena is one flat buffer swept by one kernel; torch fused over the same arrays as
+    1000 tensors pays a per-tensor cost the arena never does: torch fused over one flat tensor
+    of them all races too (torch-flat), the same Adam step."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from fastopt import _bench
+    shapes = [(3, 2), (5,), (4,)]
+    fns = _bench.group_contenders(shapes, np.dtype(np.float32))
+    tensors = {k: fns[k].__self__.param_groups[0]["params"] for k in ("torch-fused", "torch-flat")}
+    assert [tuple(t.shape) for t in tensors["torch-fused"]] == shapes
+    [flat] = tensors["torch-flat"]
+    assert flat.shape == (15,) and fns["torch-flat"].__self__.defaults["fused"]
+    for _ in range(3):
+        fns["torch-fused"](), fns["torch-flat"]()
+    torch.testing.assert_close(torch.cat([t.ravel() for t in tensors["torch-fused"]]), flat,
+                               rtol=0, atol=0)
+
+
 def test_torch_race_rows():
     """``--torch``: only the race on torch tensors (fastopt.torch alone under --no-peers), a
     row per size and group (--quick: the 1000x64 one), float32 and bfloat16. Skips without
@@ -283,8 +322,8 @@ def test_wide_values_keep_their_columns_apart(monkeypatch, capsys):
     """A contender 10000x its roofline printed its GB/s and its ratio as one number."""
     from fastopt import __main__, _bench
     times = {"cython": 1e-6, "numpy": 1e-5, "roofline": 1e-7, "slow": 2.0}
-    monkeypatch.setattr(_bench, "time_row", lambda fns, rounds: {k: (t, 0.01) for k, t in
-                                                                 times.items()})
+    monkeypatch.setattr(_bench, "time_row", lambda fns, rounds, exact_rounds: {
+        k: (t, 0.01) for k, t in times.items()})
     threads = fastopt.get_num_threads()
     try:
         assert __main__.main(["--kernels", "sgd", "--sizes", "1e3", "--dtypes", "float32",
@@ -301,6 +340,39 @@ def test_wide_values_keep_their_columns_apart(monkeypatch, capsys):
     # kernel dtype size contender time unit spread x-ref GB/s x-roof
     assert all(len(r) == 10 for r in rows), rows
     assert slow[0][-1] == "20000000.00"
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_rounds_and_sizes_asked_for_reach_every_timed_section(monkeypatch, capsys, tmp_path,
+                                                             asked):
+    """--rounds given is what every row gets (rows with a call over 10 ms had been cut to 3,
+    silently), and --contended takes --sizes and --rounds (it had timed 1e3, 1e5 and 1e6 in 3
+    rounds whatever was asked); by default, its own sizes and rounds. The JSON says how the
+    run was made: its options, fastopt's version and the commit (it had neither)."""
+    from fastopt import __main__, _bench, _contended
+    timed, contended = [], []
+
+    def time_row(fns, rounds, exact_rounds):
+        timed.append((rounds, exact_rounds))
+        return {k: (1e-6, 0.0) for k in fns}
+
+    monkeypatch.setattr(_bench, "time_row", time_row)
+    monkeypatch.setattr(_contended, "rows", lambda backend, **kw: contended.append(kw) or [])
+    options = ["--kernels", "sgd", "--dtypes", "float32", "--no-peers", "--no-layers",
+               "--no-single-thread", "--no-coexistence", "--contended", "--threads", "1"]
+    options += ["--sizes", "1e3,2e3", "--rounds", "7"] if asked else ["--quick"]
+    options += ["--json", str(tmp_path / "run.json")]
+    threads = fastopt.get_num_threads()
+    try:
+        assert __main__.main(options) == 0
+    finally:
+        fastopt.set_num_threads(threads)
+    capsys.readouterr()
+    assert len(timed) >= 2 and set(timed) == {(7, True) if asked else (3, False)}
+    assert contended == [dict(sizes=[1000, 2000], rounds=7) if asked else {}]
+    machine = json.loads((tmp_path / "run.json").read_text())["machine"]
+    assert machine["options"] == options and machine["fastopt"] == fastopt.__version__
+    assert "commit" in machine
 
 
 def test_names_may_have_spaces_after_their_commas_as_sizes_may():
@@ -432,18 +504,20 @@ def test_each_timed_batch_follows_settling_and_an_untimed_batch(monkeypatch):
     assert timed["c"] == (pytest.approx(1e-5, rel=1e-9), 0.0)    # the cold calls left out
 
 
-def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls_it_hits(
+def test_a_row_of_calls_of_20_us_or_more_is_timed_call_by_call_and_a_row_with_shorter_by_batch(
         monkeypatch):
     """time_row: a contender of 122 us a call (2^-13 s: 8 calls a batch) whose first timed
-    call of every round is caught by a burst of other work (7.8 ms): its median is the 122 us
-    of the calls the bursts missed (batch means would all read 1.1 ms). Calls under 20 us
-    (15 us, 65 a batch) are still timed per batch, each batch one sample. On a clock each
-    call moves (binary fractions of a second: the sums are exact)."""
+    call of every round is caught by a burst of other work (7.8 ms): alone in its row, its
+    median is the 122 us of the calls the bursts missed (batch means would all read 1.1 ms).
+    Beside a contender of 15 us (65 calls a batch) every contender of the row is timed per
+    batch, each batch one sample, so that the row's ratios compare one statistic (each had
+    been timed by its own length: the 122 us one call by call, the 15 us one by the batch). On
+    a clock each call moves (binary fractions of a second: the sums are exact)."""
     from fastopt import _bench
-    clock, calls = _fake_clock(monkeypatch), {"slow": 0, "fast": 0}
+    clock = _fake_clock(monkeypatch)
     burst = 2.0 ** -7
 
-    def make(label, cost, batch):
+    def make(label, cost, batch, calls):
         def contender():
             k = calls[label]
             calls[label] += 1
@@ -453,11 +527,43 @@ def test_calls_of_20_us_or_more_are_timed_alone_so_a_burst_spoils_only_the_calls
 
     monkeypatch.setattr(_bench, "settle", lambda: None)
     monkeypatch.setattr(_bench, "WARM_SECONDS", 0.0)    # untimed batches of one batch's calls
-    timed = _bench.time_row({"slow": make("slow", 2.0 ** -13, 8),
-                             "fast": make("fast", 2.0 ** -16, 65)}, rounds=3, target=1e-3)
-    assert calls == {"slow": 4 + 3 * 16, "fast": 4 + 3 * 130}
+    calls = {"slow": 0}
+    timed = _bench.time_row({"slow": make("slow", 2.0 ** -13, 8, calls)}, rounds=3,
+                            target=1e-3)
+    assert calls == {"slow": 4 + 3 * 16}
     assert timed["slow"] == (2.0 ** -13, 0.0)
+    calls = {"slow": 0, "fast": 0}
+    timed = _bench.time_row({"slow": make("slow", 2.0 ** -13, 8, calls),
+                             "fast": make("fast", 2.0 ** -16, 65, calls)}, rounds=3, target=1e-3)
+    assert calls == {"slow": 4 + 3 * 16, "fast": 4 + 3 * 130}
+    assert timed["slow"] == ((burst + 7 * 2.0 ** -13) / 8, 0.0)
     assert timed["fast"] == (pytest.approx((burst + 64 * 2.0 ** -16) / 65, rel=1e-12), 0.0)
+
+
+def test_rows_of_calls_over_10_ms_get_3_rounds_unless_the_rounds_are_asked_for(monkeypatch):
+    """time_row: a row with a call over 10 ``target`` gets at most 3 rounds by default (the
+    NumPy reference at 1e7 would make a default run last many minutes) and every round asked
+    for with ``exact_rounds`` (``--rounds`` given: the layer table's "--rounds 15" had run 3).
+    The spread is the interquartile range, interpolated between the samples."""
+    from fastopt import _bench
+    clock, settles = _fake_clock(monkeypatch), []
+    timed_calls = [2.0 ** -6, 2.0 ** -5, 2.0 ** -4, 2.0 ** -6, 2.0 ** -5]
+    # a warm-up and 3 sizing calls, then per round one untimed call and one timed call
+    costs = [2.0 ** -6] * 4 + [c for t in timed_calls for c in (2.0 ** -6, t)]
+
+    def row(**kwargs):
+        settles.clear()
+        cost = iter(costs)
+
+        def contender():
+            clock[0] += next(cost)
+        return _bench.time_row({"c": contender}, rounds=5, target=1e-3, **kwargs)["c"]
+
+    monkeypatch.setattr(_bench, "settle", lambda: settles.append(1))
+    monkeypatch.setattr(_bench, "WARM_CALLS", 0)
+    monkeypatch.setattr(_bench, "WARM_SECONDS", 0.0)
+    assert row() == (2.0 ** -5, 0.75) and len(settles) == 3     # over 3 samples: half the range
+    assert row(exact_rounds=True) == (2.0 ** -5, 0.5) and len(settles) == 5
 
 
 def test_the_untimed_batch_lasts_warm_seconds_so_the_slow_calls_after_settling_stay_out(

@@ -125,8 +125,9 @@ def parse_args(argv):
     ap.add_argument("--full", action="store_true",
                     help="also 1e7 elements, the MLP/CNN groups and every layer shape (minutes)")
     ap.add_argument("--rounds", type=_positive_int,
-                    help="interleaved timing rounds per row (>= 1; default 5, 3 with --quick; "
-                    "not with --mpi, which times 10 steps a row, 4 from 2e6 elements)")
+                    help="interleaved timing rounds per row, every row (>= 1; default 5, 3 in "
+                    "rows with a call over 10 ms, 3 with --quick; not with --mpi, which times "
+                    "10 steps a row, 4 from 2e6 elements)")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-layers", action="store_true",
                     help="skip the batch-norm and softmax rows")
@@ -138,7 +139,8 @@ def parse_args(argv):
     ap.add_argument("--no-coexistence", action="store_true",
                     help="skip measuring fastopt and torch in one process (skipped by --quick)")
     ap.add_argument("--mpi", action="store_true",
-                    help="only the ZeRO-1 sharded step, under mpiexec (default sizes 1e6,1e7; "
+                    help="only the ZeRO-1 sharded step, under mpiexec (default sizes 1e6,1e7, "
+                    "float32; "
                     "needs fastopt[mpi]): mpiexec -n 2 python -m fastopt --mpi")
     ap.add_argument("--torch", action="store_true",
                     help="only the race on torch tensors: fastopt.torch.Adam against torch "
@@ -150,12 +152,14 @@ def parse_args(argv):
     ap.add_argument("--no-single-thread", action="store_true",
                     help="skip the single-thread ns/element rows")
     ap.add_argument("--contended", action="store_true",
-                    help="also time calls while a busy process holds one core (seconds)")
+                    help="also time calls while a busy process holds one core (seconds; "
+                    "default sizes 1e3,1e5,1e6 and 3 rounds, or --sizes and --rounds)")
     ap.add_argument("--json", metavar="PATH", nargs="?", const="-",
                     help="also write the results as JSON to PATH; to stdout when PATH is - or "
                          "omitted (the report then goes to stderr, so the JSON pipes)")
     ap.add_argument("--plot", metavar="PATH", help="plot time vs size per backend (matplotlib)")
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     available = _backend.backends()
     # (an empty --backends is no backend, not all of them)
     # (each of --backends, --kernels and --dtypes once, as --sizes: a name given twice had its
@@ -183,6 +187,7 @@ def parse_args(argv):
             ap.error(f"--{first.replace('_', '-')} and --{second.replace('_', '-')} exclude "
                      "each other")
     # (None until here, so that the table above sees whether they were given)
+    dtypes_given = bool(args.dtypes)
     args.dtypes = args.dtypes or _parse_dtypes("float32,float64")
     if args.sizes:
         limit, why = _max_size(args)
@@ -236,11 +241,17 @@ def parse_args(argv):
     if args.only_layers:
         args.kernels = []
         args.no_groups = args.no_coexistence = args.no_single_thread = args.no_torch = True
+    args.sizes_given = bool(args.sizes)
     if args.mpi and not args.sizes:
         args.sizes = MPI_SIZES
+    if args.mpi and not dtypes_given:     # ("one float32 Adam step": float64 had run too)
+        args.dtypes = args.dtypes[:1]
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else
                                 FULL_SIZES if args.full else DEFAULT_SIZES)
-    if args.rounds is None:     # (--quick --rounds 10 had been cut to 3 rounds, silently)
+    # rounds asked for are the rounds every row gets (--quick --rounds 10 had been cut to 3,
+    # and any row with a call over 10 ms to 3, silently); by default such rows get 3
+    args.exact_rounds = args.rounds is not None
+    if args.rounds is None:
         args.rounds = 3 if args.quick else 5
     return args
 
@@ -324,6 +335,7 @@ def report(args, json_out):
         return 0
     info = _bench.machine(peers=not args.no_peers)
     info["load_average"] = load_average()
+    info["options"] = args.argv      # (so a run's JSON says how it was made)
     progress = Progress()
     print("fastopt report")
     print(f"  machine : {info['cpu']}, {_count(info['cores'], 'core')}, "
@@ -337,6 +349,8 @@ def report(args, json_out):
     print("  versions: " + ", ".join(f"{k} {info[k]}" for k in
                                      ("python", "numpy", "numba", "cython", "torch", "deepspeed")
                                      if k in info))
+    print(f"  fastopt : {info['fastopt']}" + (f" (commit {info['commit']})" if info["commit"]
+                                               else ""))
     print(f"  cython  : {info['cython_build']}")
     print(f"  backends: {', '.join(args.backends)} (active: {_backend.get_backend()})")
 
@@ -390,7 +404,7 @@ def report(args, json_out):
             for n in args.sizes:
                 progress(f"{name} {dtype} {_bench.size_label(n)}")
                 fns = _bench.contenders(case, n, dtype, args.backends, peers=not args.no_peers)
-                timed = _bench.time_row(fns, rounds=args.rounds)
+                timed = _bench.time_row(fns, rounds=args.rounds, exact_rounds=args.exact_rounds)
                 ref = timed.get("numpy", (None,))[0]
                 roof = timed.get("roofline", (None,))[0]
                 nbytes = n * dtype.itemsize * (reads + writes)
@@ -406,7 +420,9 @@ def report(args, json_out):
     single_rows = []
     if not args.no_single_thread:
         sizes = [n for n in args.sizes if n >= 100_000] or args.sizes[-1:]
-        print("\nsingle thread, float32 (ns per element; torch and DeepSpeed on one thread too)")
+        print("\nsingle thread, float32 (ns per element" + ("" if args.no_peers else
+                                                            "; torch and DeepSpeed on one "
+                                                            "thread too") + ")")
         progress.start("timing on one thread", 1)
         progress(", ".join(args.kernels))
         single_rows = _bench.single_thread_rows(args.kernels, args.backends, sizes=sizes,
@@ -421,9 +437,11 @@ def report(args, json_out):
     group_rows = []
     if not args.no_groups:
         print(f"\nparameter groups: one Adam step over many arrays, fastopt on "
-              f"{_backend.get_backend()} (x roof: vs one stream over the same bytes)")
+              f"{_backend.get_backend()} (x roof: vs one stream over the same bytes; x fused, "
+              "x flat: torch fused=True's time over these\n  arrays as tensors, and over one "
+              "flat tensor of them all, torch-flat, as the arena is flat)")
         print(f"  {'group':<10}{'dtype':<8}{'arrays':>7}{'elements':>10}  {'contender':<14}"
-              f"{'time':>11}{'spread':>8}{'x roof':>8}{'x fused':>9}")
+              f"{'time':>11}{'spread':>8}{'x roof':>8}{'x fused':>9}{'x flat':>8}")
         gnames = (QUICK_GROUPS if args.quick else
                   list(_bench.GROUPS) if args.full else DEFAULT_GROUPS)
         progress.start("timing groups", len(gnames) * len(args.dtypes[:1]))
@@ -434,19 +452,22 @@ def report(args, json_out):
                 progress(gname)
                 timed = _bench.time_row(_bench.group_contenders(shapes, dtype,
                                                                 peers=not args.no_peers),
-                                        rounds=args.rounds)
+                                        rounds=args.rounds, exact_rounds=args.exact_rounds)
                 roof = timed.get("roofline", (None,))[0]
                 fused = timed.get("torch-fused", (None,))[0]
+                flat = timed.get("torch-flat", (None,))[0]
                 progress.clear()
                 for label, (t, spread) in timed.items():
                     row = dict(group=gname, dtype=dtype.name, arrays=len(shapes), size=total,
                                contender=label, time=t, spread=spread,
                                x_roofline=t / roof if roof else None,
-                               x_fused=fused / t if fused else None)
+                               x_fused=fused / t if fused else None,
+                               x_flat=flat / t if flat else None)
                     group_rows.append(row)
                     print(f"  {gname:<10}{dtype.name:<8}{len(shapes):>7}{total:>10}  "
                           f"{label:<14}{_fmt_t(t):>11}{spread:>7.0%} "
-                          f"{_fmt_x(row['x_roofline']):>7} {_fmt_x(row['x_fused']):>8}")
+                          f"{_fmt_x(row['x_roofline']):>7} {_fmt_x(row['x_fused']):>8}"
+                          f" {_fmt_x(row['x_flat']):>7}")
 
     layer_rows = []
     if not args.no_layers:
@@ -463,7 +484,7 @@ def report(args, json_out):
                 progress(f"{name} {shape}")
                 timed = _bench.time_row(_bench.layer_contenders(
                     name, shape, dtype, args.backends, peers=not args.no_peers),
-                    rounds=args.rounds)
+                    rounds=args.rounds, exact_rounds=args.exact_rounds)
                 ref = timed.get("numpy", (None,))[0]
                 roof = timed.get("roofline", (None,))[0]
                 progress.clear()
@@ -485,7 +506,7 @@ def report(args, json_out):
         progress.start("beside torch", 1)
         progress("measuring import orders")
         with contextlib.redirect_stdout(io.StringIO()) as text:  # printed after the status line
-            measured = _coexist.report(args.backends)
+            measured = _coexist.report(args.backends, threads=args.threads)
         progress.clear()
         print(text.getvalue(), end="")
         coexistence = [dict(what=w, alone=a, beside=b, ratio=r) for w, a, b, r in measured]
@@ -495,7 +516,9 @@ def report(args, json_out):
         progress.start("timing beside a busy core", 1)
         progress("adam float32")
         backend = compiled[0] if compiled else "numpy"
-        contended = _contended.rows(backend)
+        contended = _contended.rows(backend, **(dict(sizes=args.sizes) if args.sizes_given
+                                                else {}),
+                                    **(dict(rounds=args.rounds) if args.exact_rounds else {}))
         progress.clear()
         _contended.print_rows(contended, _fmt_t, backend)
     results = dict(machine=info, equivalence=checks, timings=rows, groups=group_rows,
@@ -550,7 +573,7 @@ def torch_race(args, progress):
                 progress.clear()
                 print("  (torch is not installed)")
                 return out
-            timed = _bench.time_row(fns, rounds=args.rounds)
+            timed = _bench.time_row(fns, rounds=args.rounds, exact_rounds=args.exact_rounds)
             ours = timed.get("fastopt.torch", (None,))[0]
             progress.clear()
             for label, (t, spread) in timed.items():

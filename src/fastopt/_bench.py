@@ -10,6 +10,7 @@ import dataclasses
 import os
 import platform
 import statistics
+import subprocess
 import threading
 import time
 
@@ -267,17 +268,18 @@ WARM_SECONDS = 5e-3
 WARM_CALLS = 5
 WARM_CAP = 0.2
 
-# Calls at least this long are timed one by one (the clock's own cost, ~0.1 us, is then below
-# 1% of a call); shorter ones by the batch.
+# Rows whose every contender's calls last at least this long are timed one call at a time (the
+# clock's own cost, ~0.1 us, is then below 1% of a call); other rows by the batch.
 PER_CALL_MIN = 2e-5
 
 
-def time_row(fns, rounds=5, target=1e-3):
+def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
     """Interleaved timing: each round times every contender once (a batch of calls lasting about
-    ``target`` seconds, started after :func:`settle` and an untimed batch as long; rows where one
-    call takes longer than 10 ``target`` get at most 3 rounds: the 1e7 rows, not the 1e6 ones, whose
-    NumPy reference takes a few ms and which had 3 rounds of ~6 calls each for all their samples;
-    the untimed batch lasts WARM_SECONDS and WARM_CALLS calls at least, or WARM_CAP). The untimed
+    ``target`` seconds, started after :func:`settle` and an untimed batch as long; unless
+    ``exact_rounds``, rows where one call takes longer than 10 ``target`` get at most 3 rounds:
+    the 1e7 rows, not the 1e6 ones, whose NumPy reference takes a few ms and which had 3 rounds of
+    ~6 calls each for all their samples; the untimed batch lasts WARM_SECONDS and WARM_CALLS
+    calls at least, or WARM_CAP). The untimed
     batch keeps out what the first calls after other work cost, which is the machine's state more
     than the contender's: on a 2-vCPU cloud VM, 10 ms of other work left a fastopt.torch step on 1e3
     elements at 120 us for its first call and 9.5 us after, torch's ``add_`` on 1e3 floats at 111
@@ -288,17 +290,20 @@ def time_row(fns, rounds=5, target=1e-3):
     after the settle; not pinned down further); after six untimed calls 166 147 145 141 137 141, 138
     120 129 115 109 109 and 181 171 169 169 168 166. (bench/test_bench_spaced.py times steps after
     other work.)
-    A contender whose calls last ``PER_CALL_MIN`` or more has each call of its batches timed
-    alone, and its median is over every such call of every round: a burst of other work (the
-    VM's other tenants, a pool helper descheduled, after which the pool runs calls on the
-    caller alone for a while) then spoils the calls it hits, not whole batches. On this
+    In a row whose contenders' calls all last ``PER_CALL_MIN`` or more, each call of a batch
+    is timed alone, and a median is over every such call of every round: a burst of other
+    work (the VM's other tenants, a pool helper descheduled, after which the pool runs calls
+    on the caller alone for a while) then spoils the calls it hits, not whole batches. On this
     2-vCPU VM, six rows of Adam at 1e6 elements against its roofline, 2 threads, measured
     0.55-1.98x from batch means and 0.92-1.15x from single calls, alternated in the same
-    minutes; shorter calls are timed per batch (the clock's cost). A contender with a
-    ``backend`` attribute runs its batches on that backend. Returns
-    ``{label: (median, spread)}`` in seconds per call, spread being the interquartile range over
-    the samples (batches, or calls) relative to the median."""
-    reps, alone, slowest = {}, {}, 0.0
+    minutes. A row with a shorter contender is timed per batch (the clock's cost), every
+    contender of it: each ratio in a row compares one statistic (timed each by its own length,
+    a contender of 19 us beside one of 21 had its bursts kept in its batch means and the
+    other's dropped). A contender with a ``backend`` attribute runs its batches on that
+    backend. Returns ``{label: (median, spread)}`` in seconds per call, spread being the
+    interquartile range over the samples (batches, or calls; quartiles interpolated between
+    them, so over 3 samples half their range) relative to the median."""
+    reps, shortest, slowest = {}, float("inf"), 0.0
     for label, fn in fns.items():
         with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):
             fn()                                   # warm-up (numba compiles, pages fault in)
@@ -308,9 +313,9 @@ def time_row(fns, rounds=5, target=1e-3):
                 fn()
                 single = min(single, max(time.perf_counter() - t0, 1e-7))
         reps[label] = max(1, min(int(target / single), 100_000))
-        alone[label] = single >= PER_CALL_MIN
-        slowest = max(slowest, single)
-    if slowest > 10 * target:
+        shortest, slowest = min(shortest, single), max(slowest, single)
+    each_call = shortest >= PER_CALL_MIN     # (an empty row: nothing to time)
+    if slowest > 10 * target and not exact_rounds:
         rounds = min(rounds, 3)
     samples = {label: [] for label in fns}
     clock = time.perf_counter
@@ -326,7 +331,7 @@ def time_row(fns, rounds=5, target=1e-3):
                        or calls < WARM_CALLS and clock() - warm_start < WARM_CAP):
                     fn()
                     calls += 1
-                if alone[label]:
+                if each_call:
                     for _ in range(r):
                         t0 = clock()
                         fn()
@@ -339,7 +344,8 @@ def time_row(fns, rounds=5, target=1e-3):
     out = {}
     for label, xs in samples.items():
         med = statistics.median(xs)
-        q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [med, med, med]
+        q = (statistics.quantiles(xs, n=4, method="inclusive") if len(xs) >= 2
+             else [med, med, med])
         out[label] = (med, (q[2] - q[0]) / med if med else 0.0)
     return out
 
@@ -367,6 +373,22 @@ def single_thread_rows(kernels, backends, sizes=SINGLE_THREAD_SIZES, rounds=5, p
 
 
 # ---------------------------------------------------------------------------------- machine
+def source_commit():
+    """The git commit fastopt runs from, "+" if its files differ from it, or None (installed,
+    or no git): so that a run's JSON says which code it timed."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        changed = subprocess.run(["git", "-C", here, "diff", "--quiet", "HEAD", "--", "."],
+                                 capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+" if changed else "")
+
+
 def machine(peers=True):
     """What the header prints: CPU, cores, threads, library versions (torch and deepspeed only
     with ``peers``: importing them takes seconds), build flags."""
@@ -379,7 +401,9 @@ def machine(peers=True):
                     break
     except OSError:
         pass
+    from . import __version__
     info = {"cpu": cpu, "cores": os.cpu_count(), "threads": _backend.get_num_threads(),
+            "fastopt": __version__, "commit": source_commit(),
             "python": platform.python_version(), "numpy": np.__version__}
     for mod in ("numba", "Cython") + (("torch", "deepspeed") if peers else ()):
         try:
@@ -411,7 +435,8 @@ GROUPS = {
 def group_contenders(shapes, dtype, peers=True):
     """One Adam step over a group of parameters with these shapes, done every way: fastopt
     on a ParameterArena, on a list (multi-tensor), one fo.ops call per array, the NumPy
-    reference, torch (foreach, fused), and the roofline (a stream over the same bytes)."""
+    reference, torch (foreach, fused; fused on one flat tensor of every parameter), and the
+    roofline (a stream over the same bytes)."""
     from .arena import ParameterArena
     from .optim import Adam
     rng = np.random.default_rng(0)
@@ -454,10 +479,17 @@ def group_contenders(shapes, dtype, peers=True):
         except ImportError:
             return out
         torch.set_num_threads(_backend.get_num_threads())
-        for label, extra in (("torch-foreach", dict(foreach=True)),
-                             ("torch-fused", dict(fused=True))):
-            tparams = [torch.from_numpy(p.copy()).requires_grad_() for p in params]
-            for tp, g in zip(tparams, grads):
+        # torch on the same arrays, and fused on one flat tensor of them all: the arena's
+        # layout, which a torch user gets by flattening (as ZeRO does); the arena against
+        # torch on 1000 tensors compares layouts as much as steps
+        flat = [on_lines(np.concatenate([a.ravel() for a in arrays]))
+                for arrays in (params, grads)]      # (grads used as they are, params copied)
+        for label, extra, (ps, gs) in (
+                ("torch-foreach", dict(foreach=True), (params, grads)),
+                ("torch-fused", dict(fused=True), (params, grads)),
+                ("torch-flat", dict(fused=True), ([flat[0]], [flat[1]]))):
+            tparams = [torch.from_numpy(on_lines(p)).requires_grad_() for p in ps]
+            for tp, g in zip(tparams, gs):
                 tp.grad = torch.from_numpy(g)
             try:
                 topt = torch.optim.Adam(tparams, **extra)
@@ -525,33 +557,41 @@ def layer_contenders(name, shape, dtype, backends, peers=True, scale=1.0):
 
 
 def _torch_layer(name, x, dy, labels):
-    """torch's call for the row (``bn_fwd_bwd_t``: its batch norm of the transposed view)."""
+    """torch's call for the row, in its own best form of the same data: ``bn_fwd_bwd_t`` (x
+    is (features, m)) as one sample of ``features`` channels of length m, (1, C, L), the same
+    statistics with no copy (the transposed view, (m, C) strided, had taken torch's slow path:
+    67 ms against 4.4 for the same elements laid out as examples); softmax into a reused
+    output, as fastopt's."""
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return {}
     torch.set_num_threads(_backend.get_num_threads())
+    channels = x.shape[1]
     if name == "bn_fwd_bwd_t":
-        name, x, dy = "bn_fwd_bwd", x.T, dy.T
+        name, x, dy, channels = "bn_fwd_bwd", x[None], dy[None], x.shape[0]
     xt = torch.from_numpy(x)
     dyt = torch.from_numpy(dy)
     lt = torch.from_numpy(labels)
-    w = torch.ones(x.shape[1], dtype=xt.dtype)
-    b = torch.zeros(x.shape[1], dtype=xt.dtype)
+    w = torch.ones(channels, dtype=xt.dtype)
+    b = torch.zeros(channels, dtype=xt.dtype)
+    out = torch.empty_like(xt)
 
     def bn(backward):
         xg = xt.detach().requires_grad_(backward)
         y = F.batch_norm(xg, None, None, w, b, training=True)
         if backward:
             y.backward(dyt)
+            return xg.grad
+        return y
 
     def xent():
         zg = xt.detach().requires_grad_()
         F.cross_entropy(zg, lt).backward()
 
     calls = {"bn_fwd": lambda: bn(False), "bn_fwd_bwd": lambda: bn(True),
-             "softmax": lambda: torch.softmax(xt, -1), "xent": xent}
+             "softmax": lambda: torch.softmax(xt, -1, out=out), "xent": xent}
     return {"torch": calls[name]} if name in calls else {}
 
 

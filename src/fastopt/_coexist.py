@@ -8,6 +8,7 @@ Both run thread pools. Each measurement runs in a fresh interpreter, so the impo
 ``python -m fastopt._coexist`` prints the table; the report includes it.
 """
 import collections
+import os
 import statistics
 import subprocess
 import sys
@@ -47,10 +48,12 @@ TIMER = (
     "print(sorted(ts)[4])\n")
 
 
-def _run(*parts, backend=None):
+def _run(*parts, backend=None, threads=None):
     code = "".join(SNIPPETS[p].format(backend=backend) for p in parts) + TIMER
+    # the thread count asked for (--threads), as both libraries take it at start-up
+    env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
     return float(out.stdout.strip().splitlines()[-1])
@@ -59,7 +62,7 @@ def _run(*parts, backend=None):
 REPEATS = 5
 
 
-def measure(backends, repeats=REPEATS):
+def measure(backends, repeats=REPEATS, threads=None):
     """Rows ``(what, alone, beside, ratio)``; ratio > 1 means slowed down. Each time is the
     median of ``repeats`` fresh processes, one of each kind a round, so that the machine's
     drift hits alone and beside alike (the best of a few would hide a slowdown that happens
@@ -72,11 +75,13 @@ def measure(backends, repeats=REPEATS):
     backends = [b for b in backends if b != "numpy"]
     times = collections.defaultdict(list)
     for _ in range(repeats):
-        times["torch"].append(_run("time_torch"))
+        times["torch"].append(_run("time_torch", threads=threads))
         for b in backends:
-            times["torch", b].append(_run("run_fastopt", "time_torch", backend=b))
-            times["fastopt", b].append(_run("time_fastopt", backend=b))
-            times["fastopt", "torch", b].append(_run("run_torch", "time_fastopt", backend=b))
+            times["torch", b].append(_run("run_fastopt", "time_torch", backend=b,
+                                          threads=threads))
+            times["fastopt", b].append(_run("time_fastopt", backend=b, threads=threads))
+            times["fastopt", "torch", b].append(_run("run_torch", "time_fastopt", backend=b,
+                                                     threads=threads))
     median = {key: statistics.median(ts) for key, ts in times.items()}
     rows = []
     for b in backends:
@@ -88,13 +93,13 @@ def measure(backends, repeats=REPEATS):
     return rows
 
 
-def report(backends):
+def report(backends, threads=None):
     try:
         import torch  # noqa: F401
     except ImportError:
         print("  (torch is not installed: nothing to measure)")
         return []
-    rows = measure(backends)
+    rows = measure(backends, threads=threads)
     if not rows:
         print("  (no compiled backend among those timed: the NumPy reference runs no threads)")
     for what, alone, beside, ratio in rows:

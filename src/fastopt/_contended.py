@@ -20,6 +20,11 @@ SIZES = (1_000, 100_000, 1_000_000)
 CALLS = {1_000: 2000, 100_000: 300, 1_000_000: 60}   # per contender, a few seconds in all
 
 
+def calls_for(n):
+    """Calls per contender at ``n`` elements: CALLS's, or about as long at other sizes."""
+    return CALLS.get(n) or min(2000, max(12, int(6e7 // n)))
+
+
 @contextlib.contextmanager
 def busy_core():
     """A process spinning on the last CPU this process may use (None if there is only one)."""
@@ -87,8 +92,8 @@ def rows(backend=None, threads=None, sizes=SIZES, rounds=3):
             samples = {label: [] for label in contenders}
             for _ in range(rounds):
                 for label, (b, t) in contenders.items():
-                    samples[label].append(per_call_times(calls[label], CALLS.get(n, 100)
-                                                         // rounds, t))
+                    samples[label].append(per_call_times(
+                        calls[label], max(1, calls_for(n) // rounds), t))
             stats = {label: (float(np.median(np.concatenate(xs))),
                              float(np.percentile(np.concatenate(xs), 95)))
                      for label, xs in samples.items()}

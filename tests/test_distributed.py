@@ -195,6 +195,14 @@ def test_a_shard_step_failing_on_one_rank_stops_every_rank_until_a_state_dict_is
     assert len(reports(runs, "shard step failing")) == 5 + 2 * 5 + 5
 
 
+def test_out_of_memory_on_one_rank_in_a_state_dict_call_raises_on_every_rank(runs):
+    # after the ranks agreed: the root's gathered or flat arrays, a rank's copy of its shard,
+    # its receive buffers; also through add_param_group (was: that rank raised alone, the
+    # others waited in Gatherv / Scatterv); then the calls go on as one process's
+    assert len(reports(runs, "out of memory in ")) == 5 * 5
+    assert len(reports(runs, "out of memory, then")) == 5
+
+
 def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
     # opt.lr (0-d arrays) or a group's betas set on the last rank only: 3 edits x 2 grads
     # forms per rank, then the same edits everywhere step as one process (was: each rank

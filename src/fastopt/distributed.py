@@ -646,10 +646,27 @@ class ShardedOptimizer:
             and ``load_state_dict`` on any number of ranks load it); None on the other ranks.
         """
         self._agree_root(root, "state_dict")
+        error = gathers = None
+        try:        # every allocation and copy first: one failing on a rank after the ranks
+            # agreed (the root's gathered arrays, the biggest of a run) had left the others
+            # waiting in Gatherv
+            gathers, result = self._gathers(self.comm.Get_rank() == root)
+        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
+            error = exc
+        self._raise_if_any(error, "state_dict")
+        for value, full, counts, displs in gathers:
+            self.comm.Gatherv(value, [full, counts, displs, _MPI_TYPES[self.dtype]], root=root)
+        return result
+
+    def _gathers(self, is_root):
+        """For :meth:`state_dict`: this rank's copy of its shard's state, and on the root the
+        state dict whose arrays are views of the buffers that the gathers fill. Returns
+        ([(this rank's array, the root's buffer or None, counts, displacements)], the state
+        dict or None)."""
         local = self.shard_optimizer.state_dict()
-        is_root = self.comm.Get_rank() == root
         state: dict[int, dict[str, np.ndarray]] = {}
         groups: list[dict[str, Any]] = []
+        gathers = []
         for gi, (a, b, first) in enumerate(self._group_bounds):
             group = {k: v for k, v in local["param_groups"][gi].items() if k != "params"}
             stop = first + len(self._full_groups[gi]["params"])
@@ -672,14 +689,13 @@ class ShardedOptimizer:
                         state[i][key] = value.copy()
                     continue
                 full = np.empty(b - a, self.dtype) if is_root else None
-                self.comm.Gatherv(value, [full, counts, displs, _MPI_TYPES[self.dtype]],
-                                  root=root)
+                gathers.append((value, full, counts, displs))
                 if is_root:
                     for i in range(first, stop):
                         p = self._views[i]
                         o = self._offsets[i] - a
                         state[i][key] = full[o:o + p.size].reshape(p.shape)
-        return {"state": state, "param_groups": groups} if is_root else None
+        return gathers, {"state": state, "param_groups": groups} if is_root else None
 
     def _agree_root(self, root, call):
         """Collective: ``root`` valid (:meth:`_check_root`) and the same on every rank, and the
@@ -733,11 +749,14 @@ class ShardedOptimizer:
             An invalid state dict, raised on every rank after a full check; nothing changes.
         """
         self._agree_root(root, "load_state_dict")
-        plan = full = None
+        plan = flats = None
         error: BaseException | None = None
         if self.comm.Get_rank() == root:
             try:
                 full, plan = self._check_state_dict(state_dict)
+                # made before the ranks agree (a MemoryError after it had left the other ranks
+                # waiting in Scatterv), as are every rank's receive buffers below
+                flats = self._flats(full, plan)
                 # pickled here: a group entry that does not pickle then raises on every rank
                 # (bcast raised it on the root alone, the other ranks waiting in it)
                 plan = pickle.dumps(plan)
@@ -746,8 +765,37 @@ class ShardedOptimizer:
             except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
                 error = exc
         self._raise_if_any(error, "load_state_dict")
-        plan = pickle.loads(self.comm.bcast(plan, root=root))
+        plan = self.comm.bcast(plan, root=root)
+        error = local = scatters = None
+        try:
+            local, scatters = self._receive_buffers(pickle.loads(plan))
+        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
+            error = exc
+        self._raise_if_any(error, "load_state_dict")
+        for k, (counts, displs, part) in enumerate(scatters):
+            flat = None if flats is None else flats[k]
+            self.comm.Scatterv([flat, counts, displs, _MPI_TYPES[self.dtype]], part, root=root)
+        self.shard_optimizer.load_state_dict(local)
+        self._missed = None
+
+    def _flats(self, full, plan):
+        """On the root, for :meth:`load_state_dict`: per param group with state, per key of
+        the plan, the group's arrays in ``full`` as one flat array (what Scatterv deals out).
+        Each array is taken out of ``full`` as it is copied, so the root holds the state
+        twice at most for one key (as when each was made just before its Scatterv)."""
+        flats = []
+        for (_, _, first), (_, keys, _), g in zip(self._group_bounds, plan, self._full_groups):
+            for key in keys or ():
+                flats.append(np.concatenate([np.ravel(full.state[i].pop(key))
+                                             for i in range(first, first + len(g["params"]))]))
+        return flats
+
+    def _receive_buffers(self, plan):
+        """For :meth:`load_state_dict`: the state dict this rank's shard optimizer loads, its
+        arrays new buffers, and per array (in the order of :meth:`_flats`) the counts and
+        displacements of its Scatterv and the buffer it fills."""
         local: dict[str, Any] = {"state": {}, "param_groups": []}
+        scatters = []
         for gi, ((a, b, first), (hyper, keys, scalars)) in enumerate(
                 zip(self._group_bounds, plan)):
             local["param_groups"].append(dict(hyper, params=[gi]))
@@ -756,19 +804,11 @@ class ShardedOptimizer:
             counts = [self._clip_len(a, b, r) for r in range(len(self.bounds) - 1)]
             displs = np.cumsum([0] + counts[:-1]).tolist()
             entry = dict(scalars)
-            stop = first + len(self._full_groups[gi]["params"])
             for key in keys:
-                flat = None
-                if full is not None:
-                    flat = np.concatenate([np.ravel(full.state[i][key])
-                                           for i in range(first, stop)])
-                part = np.empty(self._clip_len(a, b, self.comm.Get_rank()), self.dtype)
-                self.comm.Scatterv([flat, counts, displs, _MPI_TYPES[self.dtype]], part,
-                                   root=root)
-                entry[key] = part
+                entry[key] = np.empty(self._clip_len(a, b, self.comm.Get_rank()), self.dtype)
+                scatters.append((counts, displs, entry[key]))
             local["state"][gi] = entry
-        self.shard_optimizer.load_state_dict(local)
-        self._missed = None
+        return local, scatters
 
     def _check_state_dict(self, state_dict):
         """On the root: load ``state_dict`` into a single-process optimizer over the full

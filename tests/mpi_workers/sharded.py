@@ -17,12 +17,14 @@ import pickle
 import signal
 import sys
 import traceback
+import types
 import warnings
 
 import numpy as np
 from mpi4py import MPI
 
 import fastopt as fo
+import fastopt.distributed
 from fastopt.distributed import ShardedOptimizer
 
 COMM = MPI.COMM_WORLD
@@ -603,6 +605,76 @@ def check_shard_step_failing_on_one_rank():
     report("shard step failing, then loaded", same(arena.flat_params, ref.flat_params))
 
 
+class NumPyOutOfMemory(types.ModuleType):
+    """NumPy whose function ``name`` raises MemoryError: fastopt.distributed's ``np`` on a rank
+    that runs out of memory there."""
+
+    def __init__(self, name):
+        super().__init__("numpy")
+        self.failing = name
+
+    def __getattr__(self, name):
+        if name != self.failing:
+            return getattr(np, name)
+
+        def out_of_memory(*args, **kwargs):
+            raise MemoryError(f"np.{name} is out of memory")
+        return out_of_memory
+
+
+def check_out_of_memory_in_state_dicts():
+    """A MemoryError on one rank inside state_dict or load_state_dict (add_param_group makes
+    both calls), after the ranks agreed that the call is valid: the root's gathered arrays, a
+    rank's copy of its shard's state, the root's flat arrays, a rank's receive buffers. Every
+    rank raises RuntimeError naming that rank, nothing changes, and the calls then go on as
+    one process's. Was: that rank raised alone and the others waited in Gatherv or Scatterv
+    forever."""
+    arena, ref = model(np.float64), model(np.float64)
+    keys = list(SHAPES)
+    opt = ShardedOptimizer(fo.Adam, {k: arena.params[k] for k in keys[:2]}, lr=0.1)
+    ref_opt = fo.Adam({k: ref.params[k] for k in keys[:2]}, lr=0.1)
+    step_both(arena, opt, ref, ref_opt, 0)
+    sd = opt.state_dict()           # a step behind: a load on some ranks only would show
+    step_both(arena, opt, ref, ref_opt, 1)
+    last, dist = SIZE - 1, fastopt.distributed
+
+    def raising(*args, **kwargs):
+        raise MemoryError("the shard's state is out of memory")
+    cases = [  # label, the rank that fails, NumPy's function that fails there (or None: the
+        # shard optimizer's state_dict), the call
+        ("state_dict: the root's arrays", 0, "empty", opt.state_dict),
+        ("state_dict: a rank's copy of its shard", last, None, opt.state_dict),
+        ("load_state_dict: the root's flat arrays", 0, "concatenate",
+         lambda: opt.load_state_dict(sd)),
+        ("load_state_dict: a rank's receive buffers", last, "empty",
+         lambda: opt.load_state_dict(sd)),
+        ("add_param_group: a rank's copy of its shard", last, None,
+         lambda: opt.add_param_group({"params": {k: arena.params[k] for k in keys[2:]}}))]
+    for label, bad, function, call in cases:
+        before = _snapshot(arena, opt)
+        shard = opt.shard_optimizer
+        if RANK == bad and function is None:
+            shard.state_dict = raising
+        elif RANK == bad:
+            dist.np = NumPyOutOfMemory(function)
+        error = None
+        try:
+            call()
+        except RuntimeError as exc:
+            error = exc
+        finally:
+            shard.__dict__.pop("state_dict", None)
+            dist.np = np
+        report(f"out of memory in {label}", f"rank {bad} of {SIZE}: " in str(error)
+               and "out of memory" in str(error) and _unchanged(arena, opt, before)
+               and opt.shard_optimizer is shard, str(error or "no exception"))
+    opt.add_param_group({"params": {k: arena.params[k] for k in keys[2:]}})
+    ref_opt.add_param_group({"params": {k: ref.params[k] for k in keys[2:]}})
+    step_both(arena, opt, ref, ref_opt, 2)
+    report("out of memory, then add_param_group and a step",
+           same(arena.flat_params, ref.flat_params))
+
+
 def check_own_grad_views():
     """Grads that are the arena's own grad views in another order (or other views of its grad
     buffer) step as one process does. Was: copied one by one, a later copy read a view an
@@ -952,7 +1024,7 @@ def main():
               check_bad_param_group, check_group_removed_on_one_rank,
               check_extra_group_entries, check_grad_sums_past_the_float_range,
               check_different_calls_on_one_rank, check_ctrl_c_inside_a_step,
-              check_shard_step_failing_on_one_rank]
+              check_shard_step_failing_on_one_rank, check_out_of_memory_in_state_dicts]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

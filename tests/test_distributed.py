@@ -198,8 +198,9 @@ def test_a_shard_step_failing_on_one_rank_stops_every_rank_until_a_state_dict_is
 def test_out_of_memory_on_one_rank_in_a_state_dict_call_raises_on_every_rank(runs):
     # after the ranks agreed: the root's gathered or flat arrays, a rank's copy of its shard,
     # its receive buffers; also through add_param_group (was: that rank raised alone, the
-    # others waited in Gatherv / Scatterv); then the calls go on as one process's
-    assert len(reports(runs, "out of memory in ")) == 5 * 5
+    # others waited in Gatherv / Scatterv); a rank's copy of the state it loads: no rank
+    # loads (was: the others had, silently); then the calls go on as one process's
+    assert len(reports(runs, "out of memory in ")) == 6 * 5
     assert len(reports(runs, "out of memory, then")) == 5
 
 

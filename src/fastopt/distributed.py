@@ -644,6 +644,12 @@ class ShardedOptimizer:
             On ``root``, the dict a single-process ``optimizer_class`` over the same
             parameters would return (torch.optim's per-parameter layout, so that optimizer
             and ``load_state_dict`` on any number of ranks load it); None on the other ranks.
+
+        Raises
+        ------
+        RuntimeError
+            On every rank, naming the rank, when one fails to make its arrays (a MemoryError
+            for the root's, which hold the whole state); also as :meth:`step` says.
         """
         self._agree_root(root, "state_dict")
         error = gathers = None
@@ -747,6 +753,9 @@ class ShardedOptimizer:
         ------
         ValueError
             An invalid state dict, raised on every rank after a full check; nothing changes.
+        RuntimeError
+            On every rank, naming the rank, when one fails to make or load its part (a
+            MemoryError); no rank loads it.
         """
         self._agree_root(root, "load_state_dict")
         plan = flats = None
@@ -775,7 +784,14 @@ class ShardedOptimizer:
         for k, (counts, displs, part) in enumerate(scatters):
             flat = None if flats is None else flats[k]
             self.comm.Scatterv([flat, counts, displs, _MPI_TYPES[self.dtype]], part, root=root)
-        self.shard_optimizer.load_state_dict(local)
+        error = install = None
+        try:        # checked and copied on every rank, installed once all can (one failing
+            # after the others had loaded left the shards at different steps, silently)
+            install = self.shard_optimizer._load_staged(local)
+        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
+            error = exc
+        self._raise_if_any(error, "load_state_dict")
+        install()
         self._missed = None
 
     def _flats(self, full, plan):

@@ -1353,9 +1353,17 @@ class Optimizer:
         ValueError
             The groups or parameters do not match this optimizer's, or an entry is invalid.
         """
+        with self._lock:        # (both stages as one)
+            self._load_staged(state_dict)()
+
+    def _load_staged(self, state_dict):
+        """:meth:`load_state_dict` in two stages: this call checks and copies everything and
+        changes nothing (it raises what load_state_dict raises); the function it returns
+        installs the result, with nothing left to fail. A ShardedOptimizer's ranks agree in
+        between, so that every rank's shard loads or none does."""
         with self._lock:
             self._sync_groups()
-            self._load_state_dict(state_dict)
+            return self._load_state_dict(state_dict)
 
     def _load_state_dict(self, state_dict):
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
@@ -1456,14 +1464,18 @@ class Optimizer:
             new_hyper.append(hyper)
         # (made before anything changes: a MemoryError here had left the load half done)
         slots = self._slots_of(self.param_groups)
-        for mine, hyper in zip(self.param_groups, new_hyper):
-            mine.update(hyper)
-            mine.update(self._FORCED)
-        self._state, self._detached, self._slots = new_state, {}, slots
-        for i, entry in new_state.items():
-            self._bind(*self._position(i), entry)
-        _state_changed()
-        self._plans = {}
+
+        def install():
+            with self._lock:
+                for mine, hyper in zip(self.param_groups, new_hyper):
+                    mine.update(hyper)
+                    mine.update(self._FORCED)
+                self._state, self._detached, self._slots = new_state, {}, slots
+                for i, entry in new_state.items():
+                    self._bind(*self._position(i), entry)
+                _state_changed()
+                self._plans = {}
+        return install
 
     def _remember_groups(self):
         """Note the groups and the arrays each one's params list holds: what

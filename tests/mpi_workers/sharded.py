@@ -25,6 +25,7 @@ from mpi4py import MPI
 
 import fastopt as fo
 import fastopt.distributed
+import fastopt.optim
 from fastopt.distributed import ShardedOptimizer
 
 COMM = MPI.COMM_WORLD
@@ -625,10 +626,12 @@ class NumPyOutOfMemory(types.ModuleType):
 def check_out_of_memory_in_state_dicts():
     """A MemoryError on one rank inside state_dict or load_state_dict (add_param_group makes
     both calls), after the ranks agreed that the call is valid: the root's gathered arrays, a
-    rank's copy of its shard's state, the root's flat arrays, a rank's receive buffers. Every
-    rank raises RuntimeError naming that rank, nothing changes, and the calls then go on as
-    one process's. Was: that rank raised alone and the others waited in Gatherv or Scatterv
-    forever."""
+    rank's copy of its shard's state, the root's flat arrays, a rank's receive buffers, a
+    rank's copy of the state it loads. Every rank raises RuntimeError naming that rank,
+    nothing changes on any rank, and the calls then go on as one process's. Was: that rank
+    raised alone and the others waited in Gatherv or Scatterv forever; or, failing as it
+    loaded its shard, the others had loaded theirs (the shards at different steps, and
+    nothing said so)."""
     arena, ref = model(np.float64), model(np.float64)
     keys = list(SHAPES)
     opt = ShardedOptimizer(fo.Adam, {k: arena.params[k] for k in keys[:2]}, lr=0.1)
@@ -640,31 +643,37 @@ def check_out_of_memory_in_state_dicts():
 
     def raising(*args, **kwargs):
         raise MemoryError("the shard's state is out of memory")
-    cases = [  # label, the rank that fails, NumPy's function that fails there (or None: the
-        # shard optimizer's state_dict), the call
-        ("state_dict: the root's arrays", 0, "empty", opt.state_dict),
-        ("state_dict: a rank's copy of its shard", last, None, opt.state_dict),
-        ("load_state_dict: the root's flat arrays", 0, "concatenate",
-         lambda: opt.load_state_dict(sd)),
-        ("load_state_dict: a rank's receive buffers", last, "empty",
-         lambda: opt.load_state_dict(sd)),
-        ("add_param_group: a rank's copy of its shard", last, None,
+    cases = [  # label, the rank that fails, what fails there (an object, None for the shard
+        # optimizer, its attribute and what stands in for it), the call
+        ("state_dict: the root's arrays", 0, (dist, "np", NumPyOutOfMemory("empty")),
+         opt.state_dict),
+        ("state_dict: a rank's copy of its shard", last, (None, "state_dict", raising),
+         opt.state_dict),
+        ("load_state_dict: the root's flat arrays", 0,
+         (dist, "np", NumPyOutOfMemory("concatenate")), lambda: opt.load_state_dict(sd)),
+        ("load_state_dict: a rank's receive buffers", last,
+         (dist, "np", NumPyOutOfMemory("empty")), lambda: opt.load_state_dict(sd)),
+        ("load_state_dict: a rank's copy of the state it loads", last,
+         (fastopt.optim, "like_lines", raising), lambda: opt.load_state_dict(sd)),
+        ("add_param_group: a rank's copy of its shard", last, (None, "state_dict", raising),
          lambda: opt.add_param_group({"params": {k: arena.params[k] for k in keys[2:]}}))]
-    for label, bad, function, call in cases:
+    for label, bad, (target, name, value), call in cases:
         before = _snapshot(arena, opt)
         shard = opt.shard_optimizer
-        if RANK == bad and function is None:
-            shard.state_dict = raising
-        elif RANK == bad:
-            dist.np = NumPyOutOfMemory(function)
+        target = shard if target is None else target
+        kept = target.__dict__.get(name)
+        if RANK == bad:
+            setattr(target, name, value)
         error = None
         try:
             call()
         except RuntimeError as exc:
             error = exc
         finally:
-            shard.__dict__.pop("state_dict", None)
-            dist.np = np
+            if kept is None:
+                target.__dict__.pop(name, None)
+            else:
+                setattr(target, name, kept)
         report(f"out of memory in {label}", f"rank {bad} of {SIZE}: " in str(error)
                and "out of memory" in str(error) and _unchanged(arena, opt, before)
                and opt.shard_optimizer is shard, str(error or "no exception"))

@@ -205,10 +205,10 @@ def test_out_of_memory_on_one_rank_in_a_state_dict_call_raises_on_every_rank(run
 
 
 def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
-    # opt.lr (0-d arrays) or a group's betas set on the last rank only: 3 edits x 2 grads
-    # forms per rank, then the same edits everywhere step as one process (was: each rank
-    # stepped its shard with its own value, silently; lrs that NumPy prints alike agreed)
-    assert len(reports(runs, "hyper mismatch at step ")) == 6 * 5
+    # opt.lr (0-d arrays) or a group's betas (1-d arrays) set on the last rank only: 4 edits
+    # x 2 grads forms per rank, then the same edits everywhere step as one process (was: each
+    # rank stepped its shard with its own value, silently; arrays NumPy prints alike agreed)
+    assert len(reports(runs, "hyper mismatch at step ")) == 8 * 5
     assert len(reports(runs, "hyper mismatch at step, then")) == 5
 
 

@@ -92,11 +92,11 @@ def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
 def _plain(value):
     """A hyper-parameter as the step reads it: a number as a Python float (lr=0.05 on one rank
     and np.float64(0.05) or 0.05 from a schedule on another step alike, and had been refused
-    as a disagreement), a flag as a bool, a sequence (betas) as a tuple. A 0-d array (which
-    the optimizers take) as its value: its repr has 8 digits, and ranks whose lrs differed
-    past them agreed."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf":
-        value = value.item()
+    as a disagreement), a flag as a bool, a sequence (betas) as a tuple. A numeric array
+    (which the optimizers take: a 0-d lr, a 1-d betas) as its values: its repr has 8 digits,
+    and ranks whose values differed past them agreed."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        value = value.item() if value.ndim == 0 else value.tolist()
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, numbers.Real):

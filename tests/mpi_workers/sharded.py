@@ -494,15 +494,18 @@ def check_hyper_mismatch_at_step():
     group's entry): every rank raises ValueError naming that rank and the entry, nothing
     changes; made on every rank, the next step matches the single process. Was: each rank
     stepped its shard with its own value, silently (the gathered parameters mixed them); and
-    lrs given as 0-d arrays were compared as NumPy prints them (8 digits): 0.2 and 0.2 +
-    2^-40 agreed."""
+    lrs given as 0-d arrays, betas as 1-d arrays, were compared as NumPy prints them (8
+    digits): 0.2 and 0.2 + 2^-40 agreed."""
     arena, ref = _small(), _small()
     opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
     ref_opt = fo.Adam(ref.params, lr=0.1)
     last = SIZE - 1
     for label, edit in [("lr", lambda: setattr(opt, "lr", np.array(0.2))),
-                        ("betas", lambda: opt.param_groups[0].update(betas=(0.8, 0.999))),
-                        ("lr", lambda: setattr(opt, "lr", np.array(0.2 + 2 ** -40)))]:
+                        ("betas", lambda: opt.param_groups[0].update(
+                            betas=np.array([0.8, 0.999]))),
+                        ("lr", lambda: setattr(opt, "lr", np.array(0.2 + 2 ** -40))),
+                        ("betas", lambda: opt.param_groups[0].update(
+                            betas=np.array([0.8, 0.999 - 2 ** -40])))]:
         if RANK == last:
             edit()
         arena.flat_grads[...] = 3.0
@@ -520,7 +523,7 @@ def check_hyper_mismatch_at_step():
     arena.flat_grads[...] = gs[RANK]
     opt.step()
     ref_opt.lr = 0.2 + 2 ** -40
-    ref_opt.param_groups[0]["betas"] = (0.8, 0.999)
+    ref_opt.param_groups[0]["betas"] = (0.8, 0.999 - 2 ** -40)
     ref.flat_grads[...] = averaged(gs)
     ref_opt.step(ref.grads)
     report("hyper mismatch at step, then the same edit everywhere",

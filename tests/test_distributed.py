@@ -227,8 +227,9 @@ def test_a_param_group_removed_on_one_rank_raises_on_every_rank_without_hang(run
 
 def test_ranks_in_different_calls_raise_on_every_rank_naming_each_call(runs):
     # rank 0 in add_param_group / state_dict / load_state_dict while the others step or save
-    # (was: AttributeError and TypeError naming nothing, from collectives that had paired)
-    assert len(reports(runs, "different calls ")) == 4 * 5
+    # (was: AttributeError and TypeError naming nothing, from collectives that had paired), or
+    # in the step of another optimizer of the same layout (was: their parameters mixed)
+    assert len(reports(runs, "different calls ")) == 5 * 5
     assert len(reports(runs, "different calls, then a step")) == 5
 
 

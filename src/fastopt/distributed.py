@@ -6,7 +6,8 @@ part of the global batch. ``ShardedOptimizer.step`` then
 1. agrees on the grads' validity and on the hyper-parameters (a digest of them) with one
    five-integer ``Allreduce`` (a bad grad on any rank, or an edit of ``lr`` made on some
    ranks only, raises on every rank, before anything is written; so does a rank in another
-   call, ``state_dict`` on one rank while the others step: RuntimeError naming each rank's);
+   call, ``state_dict`` on one rank while the others step, or in another ShardedOptimizer's
+   step on the same communicator: RuntimeError naming each rank's);
 2. sends each rank the slice of the grad buffer it owns (one ``Alltoallv`` on the flat buffer)
    and sums the N slices on their owner in rank order, then divides by N: the averaged grad is
    ``((g_0 + g_1) + ... + g_{N-1}) / N``, each operation rounded in the parameter dtype;
@@ -52,6 +53,9 @@ _CALLS = ("ShardedOptimizer()", "add_param_group", "step", "state_dict", "load_s
 # what each entry of _agree_signature's signature is, for its message
 _SIGNATURE_PARTS = ("the parameter dtype", "the parameter shapes by param group",
                     "the parameter names", "the optimizer class", "the hyper-parameters")
+# the id this process proposes for the next ShardedOptimizer made: the ranks take the largest
+# of theirs (_agree_signature), so no two optimizers on one communicator share one
+_next_id = 0
 
 
 def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
@@ -167,6 +171,7 @@ class ShardedOptimizer:
     """
 
     _missed = None      # why this rank's shard missed a step the others took, if it did
+    _id = -1            # which optimizer a call is of (agreed at construction; -1 until then)
 
     @_ctrl_c_after_the_call
     def __init__(self, optimizer_class: type[Optimizer], params: ParameterArena | Params,
@@ -193,10 +198,16 @@ class ShardedOptimizer:
         """Collective: ValueError on every rank unless every rank has the same dtype, shapes
         per param group, names, optimizer class and hyper-parameters (the shapes per group:
         ranks that split the same parameters into groups otherwise would step alike but
-        gather and scatter state dicts with other bounds)."""
+        gather and scatter state dicts with other bounds). At construction, the ranks also
+        agree on the optimizer's id, which each call's first collective carries."""
+        global _next_id
         signature = (self.dtype.str, [[p.shape for p in g["params"]] for g in self._full_groups],
                      self._names, self.optimizer_class.__name__, self._hyper_reprs())
-        for r, other in enumerate(self.comm.allgather(signature)):
+        every = self.comm.allgather((signature, _next_id))
+        if self._id < 0:        # (add_param_group's new layout keeps its optimizer's)
+            self._id = max(n for _, n in every)
+            _next_id = max(_next_id, self._id + 1)
+        for r, (other, _) in enumerate(every):
             if other != signature:
                 # what differs, not both signatures whole (a model's shapes run long)
                 what, mine, theirs = next(
@@ -331,7 +342,7 @@ class ShardedOptimizer:
                              "its ParameterArena: the parameters added to the arena right "
                              "after the optimizer's last one, in the order they were added")
         new = object.__new__(type(self))
-        new.comm = self.comm
+        new.comm, new._id = self.comm, self._id
         new._setup(self.optimizer_class, groups + [group], self._hyper)
         return new
 
@@ -426,7 +437,8 @@ class ShardedOptimizer:
             ``lr`` or ``param_groups`` made on some ranks only).
         RuntimeError
             On every rank, when some ranks are in another call of this optimizer
-            (``state_dict``, ``add_param_group``, ...): each rank's call named, nothing
+            (``state_dict``, ``add_param_group``, ...) or in a call of another
+            ShardedOptimizer on the same communicator: each rank's call named, nothing
             changed. The same for those calls. On one rank, when its shard step failed after
             every rank's checks passed (a MemoryError): the others stepped theirs, and every
             later call but ``load_state_dict`` raises on every rank, naming it, until a
@@ -580,7 +592,9 @@ class ShardedOptimizer:
         names the public call this is the first collective of: ranks in different calls
         (``state_dict`` on one, ``step`` on the others) raise RuntimeError on every rank,
         naming each rank's (their allreduces had paired, and the next collectives exchanged
-        unrelated objects: AttributeError and TypeError naming nothing)."""
+        unrelated objects: AttributeError and TypeError naming nothing); so do ranks in calls
+        of two ShardedOptimizers on one communicator (its id is in the tag: their collectives
+        had paired, mixing their parameters, or hung)."""
         if error is None and self._missed is not None and call != "load_state_dict":
             # the shards are out of step (the others went on, and their next collectives
             # paired with this rank's unrelated ones: a state_dict() hung)
@@ -589,17 +603,24 @@ class ShardedOptimizer:
         # the max of a value and the max of its negation agree only if every rank's is the same
         digest = 0 if hypers is None else int.from_bytes(
             hashlib.blake2b(repr(hypers).encode(), digest_size=7).digest(), "little")
-        code = _CALLS.index(call) + 1
+        code = _CALLS.index(call) + 1 + len(_CALLS) * (self._id + 1)
         flag = np.array([error is not None, digest, -digest, code, -code], np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
         if flag[3] != -flag[4]:
-            calls = self.comm.allgather(call)
+            calls = self.comm.allgather((call, self._id, self._named_call(call)))
             if error is not None and not isinstance(error, Exception):
                 raise error
+            if len({i for _, i, _ in calls}) == 1:
+                raise RuntimeError(
+                    f"the {len(calls)} ranks are in different calls of this ShardedOptimizer "
+                    f"(by rank: {', '.join(c for c, _, _ in calls)}): every rank must make "
+                    f"the same calls in the same order; this rank's {call} changed "
+                    "nothing") from error
             raise RuntimeError(
-                f"the {len(calls)} ranks are in different calls of this ShardedOptimizer (by "
-                f"rank: {', '.join(calls)}): every rank must make the same calls in the same "
-                f"order; this rank's {call} changed nothing") from error
+                f"the {len(calls)} ranks are in calls of different ShardedOptimizers (by "
+                f"rank: {', '.join(n for _, _, n in calls)}): every rank must make the same "
+                f"calls of the same optimizers in the same order; this rank's {call} changed "
+                "nothing") from error
         if not flag[0]:
             if hypers is not None and flag[1] != -flag[2]:
                 self._raise_disagreement(hypers)
@@ -613,6 +634,14 @@ class ShardedOptimizer:
         rank, (name, msg) = next((r, e) for r, e in enumerate(errors) if e is not None)
         kind = {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
         raise kind(f"rank {rank} of {len(errors)}: {msg}") from error
+
+    def _named_call(self, call):
+        """``call`` as a message names it beside other optimizers' calls: with its optimizer's
+        id, class and size (not while it is constructed)."""
+        if self._id < 0:
+            return call
+        return (f"{call} of #{self._id} ({self.optimizer_class.__name__}, "
+                f"{self._offsets[-1]} elements)")
 
     def _raise_disagreement(self, hypers):
         """Collective: ValueError on every rank naming the ranks whose ``hypers`` differ from

@@ -774,9 +774,11 @@ def check_group_removed_on_one_rank():
 
 def check_different_calls_on_one_rank():
     """Rank 0 in add_param_group, state_dict or load_state_dict while the others step (or
-    save): RuntimeError on every rank naming each rank's call, nothing changes, and the next
-    step matches one process. Was: the calls' collectives paired, and the ranks raised
-    AttributeError and TypeError naming nothing."""
+    save), or in another ShardedOptimizer's step (of the same layout: a GAN's two models):
+    RuntimeError on every rank naming each rank's call, nothing changes, and the next step
+    matches one process. Was: the calls' collectives paired, and the ranks raised
+    AttributeError and TypeError naming nothing; the two optimizers' steps mixed their
+    parameters, silently."""
     arena, ref = model(np.float64), model(np.float64)
     keys = list(SHAPES)
     opt = ShardedOptimizer(fo.Adam, {k: arena.params[k] for k in keys[:2]}, lr=0.1)
@@ -798,6 +800,21 @@ def check_different_calls_on_one_rank():
             by_rank = ", ".join([first] + [others] * (SIZE - 1))
             report(label, f"(by rank: {by_rank})" in str(exc) and _unchanged(arena, opt, before),
                    str(exc))
+    arena2 = model(np.float64, seed=1)
+    opt2 = ShardedOptimizer(fo.Adam, {k: arena2.params[k] for k in keys[:2]}, lr=0.1)
+    arena2.flat_grads[...] = 1.0
+    before2 = _snapshot(arena2, opt2)
+    try:
+        (opt2 if RANK == 0 else opt).step()
+        report("different calls step vs another optimizer's step", False, "no exception")
+    except RuntimeError as exc:
+        size = arena.params["W1"].size + arena.params["b1"].size
+        by_rank = ", ".join([f"step of #{opt2._id} (Adam, {size} elements)"]
+                            + [f"step of #{opt._id} (Adam, {size} elements)"] * (SIZE - 1))
+        report("different calls step vs another optimizer's step",
+               "calls of different ShardedOptimizers" in str(exc) and opt2._id != opt._id
+               and f"(by rank: {by_rank})" in str(exc) and _unchanged(arena, opt, before)
+               and _unchanged(arena2, opt2, before2), str(exc))
     step_both(arena, opt, ref, ref_opt, 1)
     report("different calls, then a step", same(arena.flat_params, ref.flat_params))
 

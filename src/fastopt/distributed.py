@@ -440,9 +440,9 @@ class ShardedOptimizer:
             (``state_dict``, ``add_param_group``, ...) or in a call of another
             ShardedOptimizer on the same communicator: each rank's call named, nothing
             changed. The same for those calls. On one rank, when its shard step failed after
-            every rank's checks passed (a MemoryError): the others stepped theirs, and every
-            later call but ``load_state_dict`` raises on every rank, naming it, until a
-            state dict is loaded.
+            every rank's checks passed (a MemoryError; a SystemExit or KeyboardInterrupt is
+            raised as it is): the others stepped theirs, and every later call but
+            ``load_state_dict`` raises on every rank, naming it, until a state dict is loaded.
         """
         self._take_grads(grads)
         self._exchange()
@@ -505,11 +505,15 @@ class ShardedOptimizer:
             self.shard_optimizer.step(self._shard_grads)
         except BaseException as exc:     # noqa: BLE001 - re-raised after the collective
             self._allgather()        # this rank's shard unchanged (a refused step writes none)
+            what = str(exc) if isinstance(exc, Exception) else f"{type(exc).__name__} {exc}"
+            # (every later call but a load_state_dict raises it on every rank: _raise_if_any;
+            # after a SystemExit too, e.g. a SIGTERM handler's, or a checkpoint saved in its
+            # `finally:` held the shards at different steps)
+            self._missed = (f"the shard step failed after every rank's checks passed "
+                            f"({what.rstrip()}); the other ranks stepped their shards, this one "
+                            "did not")
             if not isinstance(exc, Exception):     # KeyboardInterrupt, SystemExit: as they are
                 raise
-            # (every later call but a load_state_dict raises it on every rank: _raise_if_any)
-            self._missed = (f"the shard step failed after every rank's checks passed ({exc}); "
-                            "the other ranks stepped their shards, this one did not")
             raise RuntimeError(f"rank {self.comm.Get_rank()} of {self.comm.Get_size()}: "
                                f"{self._missed}") from exc
 

@@ -567,46 +567,52 @@ def check_shard_step_failing_on_one_rank():
     MemoryError, as when the first step allocates the state): that rank raises RuntimeError,
     the others have stepped; every later call raises RuntimeError on every rank naming it
     (was: the others went on, and a state_dict() hung), until a load_state_dict, after which
-    the steps go on as one process's. Was: a hang, or shards at different step counts."""
-    arena, ref = _small(), _small()
-    opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
-    ref_opt = fo.Adam(ref.params, lr=0.1)
-    gs = local_grads(1, np.float64, arena.size)
-    arena.flat_grads[...] = gs[RANK]
-    opt.step()
-    saved, params = opt.state_dict(), arena.flat_params.copy()
-    ref.flat_grads[...] = averaged(gs)
-    ref_opt.step(ref.grads)
-    shard_step = opt.shard_optimizer.step
-
-    def out_of_memory(*args, **kwargs):
-        raise MemoryError("as the state is allocated")
-    last = SIZE - 1
-    if RANK == last:
-        opt.shard_optimizer.step = out_of_memory
-    try:
+    the steps go on as one process's. Was: a hang, or shards at different step counts. The
+    same for a SystemExit (a SIGTERM handler's) or a KeyboardInterrupt, raised as they are on
+    that rank (was: nothing flagged, and a checkpoint saved in a `finally:` held shards at
+    different steps)."""
+    for kind in (MemoryError, SystemExit, KeyboardInterrupt):
+        arena, ref = _small(), _small()
+        opt = ShardedOptimizer(fo.Adam, arena, lr=0.1)
+        ref_opt = fo.Adam(ref.params, lr=0.1)
+        gs = local_grads(1, np.float64, arena.size)
+        arena.flat_grads[...] = gs[RANK]
         opt.step()
-        report("shard step failing", RANK != last, "no exception")
-    except RuntimeError as exc:
-        report("shard step failing", RANK == last and "MemoryError" not in str(exc)
-               and "as the state is allocated" in str(exc), str(exc))
-    finally:
-        opt.shard_optimizer.step = shard_step
-    for call in (opt.state_dict, opt.step):
+        saved, params = opt.state_dict(), arena.flat_params.copy()
+        ref.flat_grads[...] = averaged(gs)
+        ref_opt.step(ref.grads)
+        shard_step = opt.shard_optimizer.step
+
+        def failing(*args, **kwargs):
+            raise kind("as the state is allocated")
+        last, raised = SIZE - 1, RuntimeError if kind is MemoryError else kind
+        if RANK == last:
+            opt.shard_optimizer.step = failing
         try:
-            call()
-            report("shard step failing, then", False, f"{call.__name__}: no exception")
-        except RuntimeError as exc:
-            report("shard step failing, then", f"rank {last} of {SIZE}" in str(exc)
-                   and "out of step" in str(exc), str(exc))
-    opt.load_state_dict(saved)
-    arena.flat_params[...] = params
-    gs = local_grads(2, np.float64, arena.size)
-    arena.flat_grads[...] = gs[RANK]
-    opt.step()
-    ref.flat_grads[...] = averaged(gs)
-    ref_opt.step(ref.grads)
-    report("shard step failing, then loaded", same(arena.flat_params, ref.flat_params))
+            opt.step()
+            report(f"shard step failing {kind.__name__}", RANK != last, "no exception")
+        except (RuntimeError, SystemExit, KeyboardInterrupt) as exc:
+            report(f"shard step failing {kind.__name__}", RANK == last and type(exc) is raised
+                   and (kind is not MemoryError or "MemoryError" not in str(exc)
+                        and "as the state is allocated" in str(exc)), repr(exc))
+        finally:
+            opt.shard_optimizer.step = shard_step
+        for call in (opt.state_dict, opt.step):
+            try:
+                call()
+                report("shard step failing, then", False, f"{call.__name__}: no exception")
+            except RuntimeError as exc:
+                report("shard step failing, then", f"rank {last} of {SIZE}" in str(exc)
+                       and "out of step" in str(exc) and "as the state is allocated"
+                       in str(exc), str(exc))
+        opt.load_state_dict(saved)
+        arena.flat_params[...] = params
+        gs = local_grads(2, np.float64, arena.size)
+        arena.flat_grads[...] = gs[RANK]
+        opt.step()
+        ref.flat_grads[...] = averaged(gs)
+        ref_opt.step(ref.grads)
+        report("shard step failing, then loaded", same(arena.flat_params, ref.flat_params))
 
 
 class NumPyOutOfMemory(types.ModuleType):

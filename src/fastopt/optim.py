@@ -1560,7 +1560,9 @@ class Optimizer:
     # --------------------------------------------------------------- pickle and deepcopy
     def __getstate__(self):
         """Parameters that are views of a ParameterArena are saved as (arena, position), so a
-        copy's parameters are views of the copied arena; plans and scalar slots are made
+        copy's parameters are views of the copied arena (views of it held elsewhere in the same
+        pickle come back as arrays of their own, as NumPy pickles any view: README, "Many small
+        parameters"); plans and scalar slots are made
         again (from the states' values). Groups popped from ``param_groups`` since the last
         step are followed first (the copy's flat indices and slots are rebuilt from its
         groups: the popped group's left them out of step, and the copy raised IndexError)."""

@@ -21,7 +21,7 @@ LAYER_NAMES = {"bn_fwd": "batch norm fwd", "bn_bwd": "batch norm bwd",
 GROUPS = ("200x4096", "1000x64")
 # the machine fields the first line names (load_average changes from run to run: not compared)
 MACHINE_FIELDS = ("cpu", "cores", "threads", "python", "numpy", "numba", "cython", "torch",
-                  "deepspeed", "cython_build")
+                  "deepspeed", "cython_build", "fastopt", "commit")
 
 
 def field(rows, name, **keys):
@@ -78,10 +78,12 @@ def table(header, rows):
 def machine_line(runs):
     """The machine of the first report, and whether every report's machine is the same."""
     first = runs[0].get("machine", {})
-    versions = ", ".join(f"{k} {first[k]}" for k in MACHINE_FIELDS[3:-1] if k in first)
+    versions = ", ".join(f"{k} {first[k]}" for k in MACHINE_FIELDS[3:9] if k in first)
     line = (f"Machine: {first.get('cpu', '?')}, {first.get('cores', '?')} cores, "
             f"{first.get('threads', '?')} threads; {versions}; "
             f"Cython build {first.get('cython_build', '-')}.")
+    if first.get("commit"):
+        line += f" fastopt {first.get('fastopt', '?')} at commit {first['commit']}."
     if len(runs) == 1:
         return line
     differ = [k for k in MACHINE_FIELDS

@@ -157,6 +157,12 @@ def test_machine_line_says_whether_the_runs_agree(tmp_path, capsys):
     assert first.endswith("The runs' machines agree.")
     first = render(tmp_path, capsys, report(), other).splitlines()[0]
     assert first.endswith("differ in: torch (2.13.0+cpu ; 2.12.0).")
+    at = [report(), report()]       # runs of two commits (the JSON says which since a2521be)
+    for run, commit in zip(at, ("4c9bd76", "a2521be+")):
+        run["machine"].update(fastopt="0.1.0", commit=commit)
+    first = render(tmp_path, capsys, *at).splitlines()[0]
+    assert "fastopt 0.1.0 at commit 4c9bd76." in first
+    assert first.endswith("differ in: commit (4c9bd76 ; a2521be+).")
     assert "agree" not in render(tmp_path, capsys, report()).splitlines()[0]
 
 

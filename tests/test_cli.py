@@ -186,6 +186,44 @@ def test_the_groups_race_torch_on_the_arrays_and_on_one_flat_tensor_as_the_arena
                                rtol=0, atol=0)
 
 
+def test_the_groups_roofline_streams_adams_arrays_with_the_torch_contenders_too(monkeypatch):
+    """The roofline of a group row streams 4 arrays of the group's elements (Adam's 4 read, 3
+    written): with torch installed, the torch-flat contender's arrays had taken the name the
+    roofline's closure read, and it streamed 2 (3/7 of the bytes)."""
+    pytest.importorskip("torch")
+    import numpy as np
+    from fastopt import _bench
+    streamed = []
+    monkeypatch.setattr(_bench, "stream_kernel", lambda name="stream": (
+        lambda *arrays: streamed.append([a.size for a in arrays])))
+    fns = _bench.group_contenders([(3, 2), (5,)], np.dtype(np.float32))
+    assert "torch-flat" in fns
+    fns["roofline"]()
+    assert streamed == [[11] * 4]
+
+
+def test_the_commit_recorded_is_fastopts_own_not_a_repository_it_is_installed_in(tmp_path):
+    """fastopt installed inside another git repository (a .venv in a project) recorded that
+    project's commit as the code it timed."""
+    import shutil
+    from fastopt import _bench
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    project = tmp_path / "project"
+    shutil.copytree(os.path.dirname(fastopt.__file__), project / ".venv" / "fastopt",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (project / ".gitignore").write_text(".venv\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    for command in (["init", "-q"], ["add", ".gitignore"],
+                    ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(project), *command], check=True, env=env)
+    # source_commit asks git about the directory of the file it is defined in: the copy's
+    in_project = types.FunctionType(_bench.source_commit.__code__, dict(
+        _bench.source_commit.__globals__,
+        __file__=str(project / ".venv" / "fastopt" / "_bench.py")))
+    assert in_project() is None
+
+
 def test_torch_race_rows():
     """``--torch``: only the race on torch tensors (fastopt.torch alone under --no-peers), a
     row per size and group (--quick: the 1000x64 one), float32 and bfloat16. Skips without
@@ -359,7 +397,7 @@ def test_rounds_and_sizes_asked_for_reach_every_timed_section(monkeypatch, capsy
     monkeypatch.setattr(_bench, "time_row", time_row)
     monkeypatch.setattr(_contended, "rows", lambda backend, **kw: contended.append(kw) or [])
     options = ["--kernels", "sgd", "--dtypes", "float32", "--no-peers", "--no-layers",
-               "--no-single-thread", "--no-coexistence", "--contended", "--threads", "1"]
+               "--no-coexistence", "--contended", "--threads", "1"]
     options += ["--sizes", "1e3,2e3", "--rounds", "7"] if asked else ["--quick"]
     options += ["--json", str(tmp_path / "run.json")]
     threads = fastopt.get_num_threads()
@@ -368,7 +406,7 @@ def test_rounds_and_sizes_asked_for_reach_every_timed_section(monkeypatch, capsy
     finally:
         fastopt.set_num_threads(threads)
     capsys.readouterr()
-    assert len(timed) >= 2 and set(timed) == {(7, True) if asked else (3, False)}
+    assert len(timed) >= 3 and set(timed) == {(7, True) if asked else (3, False)}
     assert contended == [dict(sizes=[1000, 2000], rounds=7) if asked else {}]
     machine = json.loads((tmp_path / "run.json").read_text())["machine"]
     assert machine["options"] == options and machine["fastopt"] == fastopt.__version__

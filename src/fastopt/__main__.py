@@ -426,7 +426,8 @@ def report(args, json_out):
         progress.start("timing on one thread", 1)
         progress(", ".join(args.kernels))
         single_rows = _bench.single_thread_rows(args.kernels, args.backends, sizes=sizes,
-                                                rounds=args.rounds, peers=not args.no_peers)
+                                                rounds=args.rounds, peers=not args.no_peers,
+                                                exact_rounds=args.exact_rounds)
         progress.clear()
         for name in args.kernels:
             for n in sizes:

@@ -354,7 +354,8 @@ SINGLE_THREAD_SIZES = (100_000, 1_000_000)
 SINGLE_THREAD_PEERS = ("torch-fused", "deepspeed")
 
 
-def single_thread_rows(kernels, backends, sizes=SINGLE_THREAD_SIZES, rounds=5, peers=True):
+def single_thread_rows(kernels, backends, sizes=SINGLE_THREAD_SIZES, rounds=5, peers=True,
+                       exact_rounds=False):
     """Nanoseconds per element on one thread, float32: the compiled backends, torch
     ``fused=True`` and DeepSpeedCPUAdam (torch and its OpenMP on one thread too), and the
     roofline stream. What a kernel costs per element, apart from how threads share it out."""
@@ -366,7 +367,8 @@ def single_thread_rows(kernels, backends, sizes=SINGLE_THREAD_SIZES, rounds=5, p
                 fns = contenders(CASES[name], n, np.float32, compiled, peers=peers)
                 fns = {k: f for k, f in fns.items()
                        if k in compiled or k == "roofline" or k in SINGLE_THREAD_PEERS}
-                for label, (t, spread) in time_row(fns, rounds=rounds).items():
+                for label, (t, spread) in time_row(fns, rounds=rounds,
+                                                   exact_rounds=exact_rounds).items():
                     out.append(dict(kernel=name, size=n, contender=label, time=t,
                                     spread=spread, ns_per_element=t / n * 1e9))
     return out
@@ -377,16 +379,20 @@ def source_commit():
     """The git commit fastopt runs from, "+" if its files differ from it, or None (installed,
     or no git): so that a run's JSON says which code it timed."""
     here = os.path.dirname(os.path.abspath(__file__))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}    # (GIT_DIR...)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
+                              timeout=10, env=env)
     try:
-        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
+        # fastopt's own repository, not one it is installed inside (a .venv in a project)
+        if git("ls-files", "--error-unmatch", os.path.basename(__file__)).returncode != 0:
             return None
-        changed = subprocess.run(["git", "-C", here, "diff", "--quiet", "HEAD", "--", "."],
-                                 capture_output=True, timeout=10).returncode != 0
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("diff", "--quiet", "HEAD", "--", ".").returncode != 0
     except (OSError, subprocess.SubprocessError):
         return None
-    return head.stdout.strip() + ("+" if changed else "")
+    return head.stdout.strip() + ("+" if changed else "") if head.returncode == 0 else None
 
 
 def machine(peers=True):
@@ -471,8 +477,8 @@ def group_contenders(shapes, dtype, peers=True):
 
     stream = stream_kernel()
     if stream is not None:
-        flat = [on_lines(rng.standard_normal(total).astype(dtype)) for _ in range(4)]
-        out["roofline"] = lambda: stream(*flat)
+        streamed = [on_lines(rng.standard_normal(total).astype(dtype)) for _ in range(4)]
+        out["roofline"] = lambda: stream(*streamed)
     if peers:
         try:
             import torch
@@ -576,7 +582,7 @@ def _torch_layer(name, x, dy, labels):
     lt = torch.from_numpy(labels)
     w = torch.ones(channels, dtype=xt.dtype)
     b = torch.zeros(channels, dtype=xt.dtype)
-    out = torch.empty_like(xt)
+    out = torch.empty_like(xt) if name == "softmax" else None
 
     def bn(backward):
         xg = xt.detach().requires_grad_(backward)

@@ -22,7 +22,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ._bench import size_label
+from . import __version__
+from ._bench import size_label, source_commit
 from .arena import ParameterArena
 from .distributed import ShardedOptimizer
 from .optim import Adam
@@ -92,14 +93,15 @@ def report(sizes=(1_000_000, 10_000_000), dtypes=(np.float32,), json_path=None,
         "timed by itself")
     out(f"  {'elements':>9} {'dtype':<8}{'step':>8}{'comm':>8}{'average':>9}{'update':>8}"
         f"{'upd x N':>9}{'alone':>8}{'step / (update + alone)':>25}")
-    rows = []
+    rows, commit = [], source_commit()
     for dtype in dtypes:
         for n in sizes:
             n = int(n)
             r = time_step(n, dtype, steps=10 if n <= 2_000_000 else 4, comm=comm)
             comm_t = r["check"] + r["exchange"] + r["gather"]
             alone = r["reduce_scatter alone"] + r["allgather alone"]
-            rows.append(dict(r, elements=n, dtype=np.dtype(dtype).name, ranks=size))
+            rows.append(dict(r, elements=n, dtype=np.dtype(dtype).name, ranks=size,
+                             fastopt=__version__, commit=commit))
             out(f"  {size_label(n):>9} {np.dtype(dtype).name:<8}{r['step'] * 1e3:>8.2f}"
                 f"{comm_t * 1e3:>8.2f}{r['average'] * 1e3:>9.2f}{r['update'] * 1e3:>8.2f}"
                 f"{r['update'] * size * 1e3:>9.2f}{alone * 1e3:>8.2f}"

@@ -9,6 +9,9 @@ refused before anything changes; a popped param group's plan does not keep its t
 import gc
 import math
 import weakref
+from decimal import Decimal
+
+import numpy as np
 
 import pytest
 
@@ -544,6 +547,39 @@ def test_a_step_count_or_mu_product_the_step_refuses_raises_before_anything_step
         with pytest.raises(ValueError, match=match):
             opt.step()
         _same(before, _snapshot(opt))
+
+
+# values the kernels cannot take as numbers (and an option without a truth value), which the
+# checks of every group's ranges let through: a Decimal compares, a bool tensor has an item()
+NOT_NUMBERS = [("AdamW", "weight_decay", Decimal("0.1")), ("Adam", "eps", Decimal("1e-8")),
+               ("SGD", "momentum", Decimal("0.9")), ("SGD", "lr", torch.tensor(True)),
+               ("SGD", "dampening", torch.tensor(True)), ("RMSprop", "alpha", torch.tensor(True)),
+               ("NAdam", "betas", (0.9, Decimal("0.99"))),
+               ("NAdam", "momentum_decay", torch.tensor(False)),
+               ("SGD", "maximize", np.array([True, False]))]
+
+
+@pytest.mark.parametrize("name,key,value", NOT_NUMBERS,
+                         ids=[f"{n}-{k}-{type(v).__name__}" for n, k, v in NOT_NUMBERS])
+@pytest.mark.parametrize("groups,clip", [(2, None), (2, 0.5), (1, 0.5)],
+                         ids=["second-group", "second-group-clipping", "clipping"])
+def test_a_hyper_parameter_the_kernels_cannot_take_raises_before_anything_changes(
+        name, key, value, groups, clip):
+    """Set on a group, such a value passed the checks every group gets before any group steps
+    and was refused by its group's kernels (or, an ambiguous option, its update): after the
+    groups before had stepped, and after a clipping group's grads had been scaled in place.
+    It is refused before anything changes, and by the constructor, naming it."""
+    params = [torch.nn.Parameter(torch.ones(3)) for _ in range(groups)]
+    opt = getattr(ft, name)([{"params": [p]} for p in params], lr=0.1, max_grad_norm=clip)
+    for p in params:
+        p.grad = torch.full((3,), 2.0)
+    opt.param_groups[-1][key] = value
+    before = _snapshot(opt)
+    with pytest.raises((TypeError, ValueError), match=key):
+        opt.step()
+    _same(before, _snapshot(opt))
+    with pytest.raises((TypeError, ValueError), match=key):
+        getattr(ft, name)(params, lr=0.1, **{key: value})
 
 
 # ------------------------------------------------- 7. amsgrad switched on after some steps

@@ -137,7 +137,12 @@ Hyper-parameters may be tensors where torch takes them (``lr=torch.tensor(0.01)`
 tensor changed in place between steps is read at the next step): the scalars torch's step
 computes from them in the tensor's dtype (a bias-corrected lr, ``1 - lr * weight_decay``,
 ``1 - dampening``, NAdam's momentum and coefficients: float32 ones for float32 tensors, even
-for float64 parameters) are computed here by the same torch arithmetic.
+for float64 parameters) are computed here by the same torch arithmetic. A value the kernels
+cannot take as a number (a Decimal, a complex, a string, a bool tensor, which torch's step
+refuses for most hyper-parameters: its arithmetic does not negate or subtract one) or an
+option whose truth value is ambiguous (an array) raises naming it in the constructor and
+``add_param_group``, as the values the kernels refuse do (a NaN lr); set on a group later,
+at the step, before any group has stepped.
 
 torch's implementation switches ``foreach`` (any value: fastopt always makes one multi-tensor
 call per group) and ``fused=None/False`` are accepted; ``fused=True``, ``capturable=True`` and
@@ -195,6 +200,8 @@ _REFUSED = {
 }
 # torch options that choose an implementation, not a formula: any value is fine
 _IMPLEMENTATION = ("foreach",)
+# the options the kernels honour, read by their truth value as torch reads them
+_FLAGS = frozenset(("maximize", "nesterov", "centered", "amsgrad", "decoupled_weight_decay"))
 CLIP = "max_grad_norm"      # fastopt's own group option: the fused gradient clip
 
 _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
@@ -229,10 +236,22 @@ def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _number(value):
-    """A hyper-parameter as a Python number (torch accepts 1-element tensors for some)."""
-    return value if type(value) is float or type(value) is int else (
-        value.item() if isinstance(value, torch.Tensor) else value)
+def _number(value, name):
+    """The hyper-parameter ``name`` as the Python number the kernels take (torch accepts
+    1-element tensors for some): TypeError or ValueError, naming it, for a value the kernels
+    would refuse (a Decimal, a bool tensor, ...), so that the checks every group gets before
+    any group steps refuse it, not the kernels of its group once the groups before stepped."""
+    if type(value) is float or type(value) is int:
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool:
+            # (torch's step refuses most: its arithmetic negates or subtracts them)
+            raise TypeError(f"Invalid {name}: {value!r} (must be a real number, got a bool "
+                            "tensor)")
+        value = value.item()
+        if type(value) is float:
+            return value
+    return as_real(name, value)
 
 
 def _to_scalar(value):
@@ -716,9 +735,19 @@ class _FastOptimizer(_Mixin):
 
     def _check_hyper(self, group):
         """The checks a group's hyper-parameters get before any group steps:
-        :meth:`_check_group`'s, then :meth:`_check_float_range`."""
+        :meth:`_check_group`'s (which reads each real one as the kernels take it:
+        :meth:`_real`), then :meth:`_check_float_range`, and the truth value of each option
+        the step reads (an array's is ambiguous: that raised once the groups before had
+        stepped)."""
         self._check_group(group)
         self._check_float_range(group)
+        for key in self._KEYS:
+            if key in _FLAGS and key in group:
+                try:
+                    bool(group[key])
+                except (TypeError, ValueError) as exc:
+                    error = ValueError if isinstance(exc, ValueError) else TypeError
+                    raise error(f"Invalid {key}: {group[key]!r} ({exc})") from None
 
     def _check_float_range(self, group):
         """ValueError naming a real hyper-parameter past the float range: an int such as
@@ -1845,7 +1874,8 @@ class _FastOptimizer(_Mixin):
                             f"shape {tuple(betas[i].shape)}; torch.optim's step refuses a "
                             f"beta{i + 1} tensor that is not 0-d with {error.__name__} too: "
                             "pass a 0-d tensor or a float")
-        return tuple(map(_number, betas))
+        return tuple(_number(beta, f"beta{i + 1} (betas[{i}])")
+                     for i, beta in enumerate(betas))
 
     def _real(self, group, key):
         """The group's float hyper-parameter ``key`` as a Python number, read once where the
@@ -1856,7 +1886,7 @@ class _FastOptimizer(_Mixin):
             return value        # the common case, at every step (torch's weight_decay=0)
         if isinstance(value, torch.Tensor) and value.dim() != 0 and key in self._NOT_0D:
             self._refuse_not_0d(group, key, value)
-        return _number(value)
+        return _number(value, key)
 
     def _refuse_not_0d(self, group, key, value):
         """The error torch's step raises for a one-element ``value`` of ``key`` that is not
@@ -2025,11 +2055,11 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                                          and len(set(plan.fresh)) > 1)
 
     def _check_group(self, group):
-        ops._check_sgd(_number(group["lr"]), self._real(group, "weight_decay"),
+        ops._check_sgd(self._real(group, "lr"), self._real(group, "weight_decay"),
                        self._real(group, "momentum"), self._real(group, "dampening"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, wd = _number(group["lr"]), self._real(group, "weight_decay")
+        lr, wd = self._real(group, "lr"), self._real(group, "weight_decay")
         momentum, dampening = self._real(group, "momentum"), self._real(group, "dampening")
         ops._check_sgd(lr, wd, momentum, dampening)
         if type(group["dampening"]) is not float:   # torch's 1 - dampening of a tensor
@@ -2070,12 +2100,13 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
 
     def _check_group(self, group):
         # torch bounds alpha by alpha >= 0 only (alpha = 1 keeps square_avg as it is)
-        ops._check_lr_beta(_number(group["lr"]), self._real(group, "alpha"), NONNEG,
+        ops._check_lr_beta(self._real(group, "lr"), self._real(group, "alpha"), NONNEG,
                            self._real(group, "eps"), self._real(group, "weight_decay"),
                            self._real(group, "momentum"), beta_name="alpha")
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, alpha, eps = _number(group["lr"]), self._real(group, "alpha"), self._real(group, "eps")
+        lr, alpha = self._real(group, "lr"), self._real(group, "alpha")
+        eps = self._real(group, "eps")
         wd, momentum = self._real(group, "weight_decay"), self._real(group, "momentum")
         ops._check_lr_beta(lr, alpha, NONNEG, eps, wd, momentum, beta_name="alpha")
         grad_avg, buffers = cols.get("grad_avg"), cols.get("momentum_buffer")
@@ -2122,12 +2153,13 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
                                       memory_format=torch.preserve_format)}
 
     def _check_group(self, group):
-        ops._adagrad_clr(1, _number(group["lr"]), self._real(group, "lr_decay"),
+        ops._adagrad_clr(1, self._real(group, "lr"), self._real(group, "lr_decay"),
                          self._real(group, "weight_decay"), self._real(group, "eps"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         wd, eps = self._real(group, "weight_decay"), self._real(group, "eps")
-        clr = ops._adagrad_clr(step, _number(group["lr"]), self._real(group, "lr_decay"), wd, eps)
+        clr = ops._adagrad_clr(step, self._real(group, "lr"), self._real(group, "lr_decay"), wd,
+                               eps)
         lr, lr_decay = group["lr"], group["lr_decay"]
         if _own_arithmetic(lr) or _own_arithmetic(lr_decay):
             # torch folds a tensor's in its dtype
@@ -2153,11 +2185,11 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
 
     def _check_group(self, group):
-        ops._adam_scalars(1, _number(group["lr"]), self._betas(group), self._real(group, "eps"),
-                          self._real(group, "weight_decay"))
+        ops._adam_scalars(1, self._real(group, "lr"), self._betas(group),
+                          self._real(group, "eps"), self._real(group, "weight_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, eps = _number(group["lr"]), self._real(group, "eps")
+        lr, eps = self._real(group, "lr"), self._real(group, "eps")
         wd = self._real(group, "weight_decay")
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
@@ -2201,12 +2233,12 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
         return ("square_avg", "acc_delta")
 
     def _check_group(self, group):
-        ops._check_lr_beta(_number(group["lr"]), self._real(group, "rho"), UNIT,
+        ops._check_lr_beta(self._real(group, "lr"), self._real(group, "rho"), UNIT,
                            self._real(group, "eps"), self._real(group, "weight_decay"),
                            beta_name="rho")
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, rho = _number(group["lr"]), self._real(group, "rho")
+        lr, rho = self._real(group, "lr"), self._real(group, "rho")
         eps, wd = self._real(group, "eps"), self._real(group, "weight_decay")
         ops._check_lr_beta(lr, rho, UNIT, eps, wd, beta_name="rho")
         maximize = bool(group["maximize"])
@@ -2229,12 +2261,12 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
         return ("exp_avg", "exp_inf")
 
     def _check_group(self, group):
-        ops._adamax_scalars(1, _number(group["lr"]), self._betas(group),
+        ops._adamax_scalars(1, self._real(group, "lr"), self._betas(group),
                             self._real(group, "eps"), self._real(group, "weight_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
         eps, wd = self._real(group, "eps"), self._real(group, "weight_decay")
-        beta1, beta2, clr = ops._adamax_scalars(step, _number(group["lr"]),
+        beta1, beta2, clr = ops._adamax_scalars(step, self._real(group, "lr"),
                                                 self._betas(group), eps, wd)
         clr = self._step_size(group, step, clr)
         maximize = bool(group["maximize"])
@@ -2280,12 +2312,12 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             check_reals(mu_product=(float(product), UNIT))
 
     def _check_group(self, group):
-        ops._nadam_scalars(1, 1.0, _number(group["lr"]), self._betas(group),
+        ops._nadam_scalars(1, 1.0, self._real(group, "lr"), self._betas(group),
                            self._real(group, "eps"), self._real(group, "weight_decay"),
                            self._real(group, "momentum_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, eps = _number(group["lr"]), self._real(group, "eps")
+        lr, eps = self._real(group, "lr"), self._real(group, "eps")
         wd, momentum_decay = self._real(group, "weight_decay"), self._real(group, "momentum_decay")
         # the kernel takes one product: parameters whose products differ (momentum_decay
         # changed between their first steps) or are multiplied in another dtype (torch's
@@ -2362,11 +2394,11 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
         return ("exp_avg", "exp_avg_sq")
 
     def _check_group(self, group):
-        ops._radam_scalars(1, _number(group["lr"]), self._betas(group), self._real(group, "eps"),
-                           self._real(group, "weight_decay"))
+        ops._radam_scalars(1, self._real(group, "lr"), self._betas(group),
+                           self._real(group, "eps"), self._real(group, "weight_decay"))
 
     def _update(self, group, params, grads, cols, step, fresh, grad_scale):
-        lr, eps = _number(group["lr"]), self._real(group, "eps")
+        lr, eps = self._real(group, "lr"), self._real(group, "eps")
         wd = self._real(group, "weight_decay")
         beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
             step, lr, self._betas(group), eps, wd)

@@ -207,6 +207,84 @@ def test_flags_are_taken_by_their_truth_as_torch_takes_them(name, kwargs):
     step_both_and_compare(name, kwargs, torch.float32, 4)
 
 
+# bools torch.optim's step computes with as its numbers (False is 0, True is 1), every optimizer
+# and real hyper-parameter: a "no decay" group's weight_decay=False, Python's and NumPy's
+BOOLS_TORCH_STEPS = [
+    ("SGD", dict(lr=True)), ("SGD", dict(lr=0.1, weight_decay=False, momentum=False)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=True, weight_decay=np.True_)),
+    ("SGD", dict(lr=0.1, momentum=np.True_, dampening=0.5)),
+    ("SGD", dict(lr=0.1, momentum=0.5, dampening=np.False_, nesterov=True)),
+    ("RMSprop", dict(lr=False, alpha=np.True_, eps=True, weight_decay=np.False_)),
+    ("RMSprop", dict(alpha=False, momentum=True, weight_decay=np.True_)),
+    ("RMSprop", dict(momentum=np.False_, centered=True)),
+    ("Adagrad", dict(lr=np.True_, lr_decay=True, weight_decay=False, eps=np.True_,
+                     initial_accumulator_value=True)),
+    ("Adagrad", dict(lr=True, lr_decay=np.False_, weight_decay=np.True_,
+                     initial_accumulator_value=np.False_)),
+    ("Adam", dict(lr=True, eps=np.True_, weight_decay=False)),
+    ("Adam", dict(lr=np.True_, weight_decay=np.True_, amsgrad=True)),
+    ("AdamW", dict(lr=True, weight_decay=True, eps=False)),
+    ("AdamW", dict(lr=np.False_, weight_decay=np.True_)),
+    ("Adadelta", dict(lr=True, rho=np.False_, eps=np.True_, weight_decay=False)),
+    ("Adadelta", dict(lr=False, rho=True, weight_decay=np.True_)),
+    ("Adamax", dict(lr=True, betas=(False, 0.999), eps=np.True_, weight_decay=np.True_)),
+    ("Adamax", dict(lr=np.True_, betas=(np.False_, np.False_), weight_decay=False)),
+    ("NAdam", dict(lr=True, betas=(np.False_, 0.999), momentum_decay=True, weight_decay=False)),
+    ("NAdam", dict(eps=True, momentum_decay=np.False_, weight_decay=np.True_)),
+    ("NAdam", dict(weight_decay=True, decoupled_weight_decay=True, betas=(0.9, False))),
+    ("RAdam", dict(lr=np.True_, betas=(False, 0.999), eps=np.False_, weight_decay=np.True_)),
+    ("RAdam", dict(lr=True, weight_decay=True, decoupled_weight_decay=True))]
+# and those it cannot compute with (an alpha of True, NumPy's True negated), stepped as 1
+BOOLS_TORCH_REFUSES = [("SGD", dict(lr=0.1, weight_decay=True)), ("SGD", dict(lr=np.True_)),
+                       ("SGD", dict(lr=0.1, momentum=True, nesterov=True)),
+                       ("Adam", dict(weight_decay=True)), ("RMSprop", dict(lr=np.True_)),
+                       ("NAdam", dict(lr=np.True_, momentum_decay=torch.tensor(0.01)))]
+
+
+@pytest.mark.parametrize("name,kwargs", BOOLS_TORCH_STEPS,
+                         ids=[v[0] for v in BOOLS_TORCH_STEPS])
+def test_bool_hyper_parameters_step_as_torchs(name, kwargs):
+    """torch's step takes False and True as 0 and 1. fastopt.torch's kernels refused bools:
+    its constructor raised for some (Adam's lr=True, NAdam's momentum_decay=False), its first
+    step for most, also after the groups before had stepped (a "no decay" group of
+    weight_decay=False after another)."""
+    step_both_and_compare(name, kwargs, torch.float64, 6)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_a_no_decay_group_of_weight_decay_false_steps_as_torchs(name):
+    """The usual "no decay" group (biases, norms) written with False, after a decaying group:
+    its step raised TypeError once the first group had stepped."""
+    results = []
+    for lib in (ft, torch.optim):
+        a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+        opt = getattr(lib, name)([{"params": [a]}, {"params": [b], "weight_decay": False}],
+                                 lr=0.1, weight_decay=0.01)
+        for _ in range(3):
+            a.grad, b.grad = torch.full((3,), 0.5), torch.full((2,), -0.5)
+            opt.step()
+        results.append([a.detach().clone(), b.detach().clone()])
+    assert _ulps(*results) <= 4
+
+
+@pytest.mark.parametrize("name,kwargs", BOOLS_TORCH_REFUSES,
+                         ids=[v[0] for v in BOOLS_TORCH_REFUSES])
+def test_bool_hyper_parameters_torch_cannot_compute_with_step_as_1(name, kwargs):
+    """Where torch's step does not compute with a bool (``weight_decay=True`` as an ``alpha``,
+    NumPy's True negated), fastopt.torch steps its number, 1, as for the others."""
+    with pytest.raises((TypeError, RuntimeError)):
+        step_both_and_compare(name, kwargs, torch.float64, 1)
+    number = {k: float(v) if isinstance(v, (bool, np.bool_)) else v for k, v in kwargs.items()}
+    ours, opt, theirs, ref = _pair(name, kwargs)
+    same, opt_number, _, _ = _pair(name, number)
+    for _ in range(3):
+        gen = torch.Generator().manual_seed(5)
+        _set_grads(gen, ours, same)
+        opt.step()
+        opt_number.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, same))
+
+
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_scheduler_sets_the_lr_each_step(name, kwargs):
     ours, opt, theirs, ref = _pair(name, kwargs)

@@ -137,8 +137,11 @@ Hyper-parameters may be tensors where torch takes them (``lr=torch.tensor(0.01)`
 tensor changed in place between steps is read at the next step): the scalars torch's step
 computes from them in the tensor's dtype (a bias-corrected lr, ``1 - lr * weight_decay``,
 ``1 - dampening``, NAdam's momentum and coefficients: float32 ones for float32 tensors, even
-for float64 parameters) are computed here by the same torch arithmetic. A value the kernels
-cannot take as a number (a Decimal, a complex, a string, a bool tensor, which torch's step
+for float64 parameters) are computed here by the same torch arithmetic. A bool, Python's or
+NumPy's (a "no decay" group's ``weight_decay=False``), is its number, 0 or 1, as torch's
+arithmetic takes it (its step takes them, but for a few it cannot compute with, which are
+stepped here as 1: ``weight_decay=True`` as an ``alpha``, NumPy's True as a negated lr). A
+value the kernels cannot take as a number (a Decimal, a complex, a string, a bool tensor, which torch's step
 refuses for most hyper-parameters: its arithmetic does not negate or subtract one) or an
 option whose truth value is ambiguous (an array) raises naming it in the constructor and
 ``add_param_group``, as the values the kernels refuse do (a NaN lr); set on a group later,
@@ -238,11 +241,14 @@ def _scalar_dtype():
 
 def _number(value, name):
     """The hyper-parameter ``name`` as the Python number the kernels take (torch accepts
-    1-element tensors for some): TypeError or ValueError, naming it, for a value the kernels
+    1-element tensors for some; a bool, Python's or NumPy's, is its 0 or 1, as torch's
+    arithmetic takes it): TypeError or ValueError, naming it, for a value the kernels
     would refuse (a Decimal, a bool tensor, ...), so that the checks every group gets before
     any group steps refuse it, not the kernels of its group once the groups before stepped."""
     if type(value) is float or type(value) is int:
         return value
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
     if isinstance(value, torch.Tensor):
         if value.dtype == torch.bool:
             # (torch's step refuses most: its arithmetic negates or subtracts them)
@@ -2377,8 +2383,9 @@ def _nadam_folded(group, step, product, single):
     mu_next = ops._nadam_momentum(step + 1, beta1, momentum_decay)
     # torch's ``mu_product *= mu`` on its 0-d tensor
     new = float(torch.tensor(product, dtype=torch.float32 if single else torch.float64).mul_(mu))
-    return (new, float(-lr * (1.0 - mu) / (1.0 - new)),
-            float((-lr * mu_next) / (1.0 - new * mu_next)))
+    # (-(lr * x), which is -lr * x, but for NumPy's bool, which does not negate)
+    return (new, float(-(lr * (1.0 - mu)) / (1.0 - new)),
+            float(-(lr * mu_next) / (1.0 - new * mu_next)))
 
 
 class RAdam(_FastOptimizer, torch.optim.RAdam):

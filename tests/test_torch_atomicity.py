@@ -582,6 +582,32 @@ def test_a_hyper_parameter_the_kernels_cannot_take_raises_before_anything_change
         getattr(ft, name)(params, lr=0.1, **{key: value})
 
 
+NOT_PAIRS = [("Adam", "betas", None, "Invalid betas: None"),
+             ("NAdam", "betas", 0.9, "Invalid betas: 0.9"),
+             ("Adamax", "betas", {0.9, 0.999}, r"Invalid betas: .* a set has no order"),
+             ("RAdam", "betas", [0.9, 0.99, 0.5], r"Invalid betas: \[0.9, 0.99, 0.5\]"),
+             ("SGD", "momentum", np.array([0.5, 0.5]), r"Invalid momentum: .*shape \(2,\)"),
+             ("RMSprop", "momentum", np.array([0.5, 0.5]), r"Invalid momentum: .*shape \(2,\)")]
+
+
+@pytest.mark.parametrize("name,key,value,match", NOT_PAIRS,
+                         ids=[f"{n}-{type(v).__name__}" for n, _, v, _ in NOT_PAIRS])
+def test_betas_that_are_not_a_pair_or_an_array_momentum_set_later_are_named(
+        name, key, value, match):
+    """betas set on a later group to something else than a pair raised "'NoneType' object is
+    not iterable" or "'set' object is not subscriptable" (a set: once the groups before had
+    stepped), and an array momentum "The truth value of an array ... is ambiguous": none
+    named the argument. Each now does, before anything changes."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = getattr(ft, name)([{"params": [a]}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.full((3,), 2.0), torch.full((2,), 2.0)
+    opt.param_groups[1][key] = value
+    before = _snapshot(opt)
+    with pytest.raises((TypeError, ValueError), match=match):
+        opt.step()
+    _same(before, _snapshot(opt))
+
+
 # ------------------------------------------------- 7. amsgrad switched on after some steps
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
 @pytest.mark.parametrize("switched", [[0], [1], [0, 1], "one group"],

@@ -92,15 +92,22 @@ def check_real_type(name, value):
 
 def check_betas(name, value):
     """Raise unless ``value`` is a pair of real numbers in [0, 1)."""
+    check_pair(name, value)
+    check_real(f"beta1 ({name}[0])", value[0], UNIT_OPEN)
+    check_real(f"beta2 ({name}[1])", value[1], UNIT_OPEN)
+
+
+def check_pair(name, value):
+    """Raise unless ``value`` is a sequence of two items (which are not checked)."""
     # (a set or a dict has a length, but no order: a set raised "'set' object is not
     # subscriptable", naming nothing)
     if (isinstance(value, (str, bytes, Set, Mapping)) or not hasattr(value, "__len__")
             or isinstance(value, np.ndarray) and value.ndim != 1):
-        raise TypeError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")
+        unordered = ": a set has no order" if isinstance(value, Set) else ""
+        raise TypeError(f"Invalid {name}: {value!r} (must be a pair of real numbers"
+                        f"{unordered})")
     if len(value) != 2:
         raise ValueError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")
-    check_real(f"beta1 ({name}[0])", value[0], UNIT_OPEN)
-    check_real(f"beta2 ({name}[1])", value[1], UNIT_OPEN)
 
 
 def check_flag(name, value):

@@ -176,7 +176,7 @@ except ImportError as exc:      # (which extra to install, not only that torch i
 import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
-from ._hyper import NONNEG, STEP, UNIT, _shown, as_real, check_reals
+from ._hyper import NONNEG, STEP, UNIT, _shown, as_real, check_pair, check_reals
 from ._validate import _shares_elements, extent, same_memory
 from .optim import _deepcopy_locked, _step_lock
 from .reference import lowp
@@ -1869,11 +1869,13 @@ class _FastOptimizer(_Mixin):
 
     def _betas(self, group):
         """A group's ``betas`` as a tuple of Python numbers: torch takes one-element tensors,
-        but for those its step refuses where they are not 0-d (``_BETAS_0D``)."""
+        but for those its step refuses where they are not 0-d (``_BETAS_0D``). Anything but
+        a pair raises naming betas (a set too, which torch's step unpacks in no set order)."""
         betas = group["betas"]
         if (type(betas) is tuple and len(betas) == 2 and type(betas[0]) is float
                 and type(betas[1]) is float):
             return betas        # the common case, at every step
+        check_pair("betas", betas)
         for i, error in self._BETAS_0D:
             if len(betas) > i and isinstance(betas[i], torch.Tensor) and betas[i].dim() != 0:
                 raise error(f"fastopt.torch.{type(self).__name__}: betas[{i}] is a tensor of "
@@ -2050,7 +2052,9 @@ class SGD(_FastOptimizer, torch.optim.SGD):
     _NONE_IS_NEW = ("momentum_buffer",)     # torch's state.get: a None buffer starts anew
 
     def _state_keys(self, group):
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+        # (read as the step reads it: an array's != 0 has no truth value, which raised
+        # before the checks that name it)
+        return ("momentum_buffer",) if self._real(group, "momentum") != 0 else ()
 
     def _init_state(self, p, group):
         return {}       # the buffer is made by _make_plan; the kernel's first step fills it
@@ -2101,7 +2105,8 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
     _STEP_SCALARS = False   # torch counts its steps, and steps any count
 
     def _state_keys(self, group):
-        return (("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ())
+        momentum = self._real(group, "momentum")    # (as SGD's)
+        return (("square_avg",) + (("momentum_buffer",) if momentum > 0 else ())
                 + (("grad_avg",) if group["centered"] else ()))
 
     def _check_group(self, group):

@@ -360,7 +360,11 @@ def test_tensor_betas_and_lr_step_as_torchs(name, dtype, which):
                  weight_decay=np.float32(0.1))),
     ("Adamax", dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float32(0.999)))),
     ("NAdam", dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float32(0.999)))),
-    ("RAdam", dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float32(0.999))))],
+    ("RAdam", dict(lr=np.float32(0.01), betas=(np.float32(0.9), np.float32(0.999)))),
+    # a beta1 below 0.5, whose lerp weight 1 - beta1 torch rounds to float32
+    ("Adamax", dict(betas=(torch.tensor(0.1), 0.999))),
+    ("NAdam", dict(betas=(np.float32(0.1), np.float32(0.999)))),
+    ("RAdam", dict(betas=(torch.tensor(0.2), torch.tensor(0.999))))],
     ids=lambda v: v if isinstance(v, str) else "-".join(v))
 def test_a_float32_tensor_hyper_parameter_of_float64_params_folds_as_torchs(name, kwargs):
     """torch.tensor(0.01) is float32: torch's step folds a tensor lr (Adam's and Adamax's
@@ -370,12 +374,24 @@ def test_a_float32_tensor_hyper_parameter_of_float64_params_folds_as_torchs(name
     ``mu_product``) or dampening (``1 - dampening``) in the
     tensor's dtype, so float64 parameters take float32-rounded scalars. fastopt folded the
     tensor's value in float64: a float64 trajectory was millions of ulps from torch's (a
-    decoupled decay's, ~1e9), and NAdam's float32 mu_product an ulp off."""
+    decoupled decay's, ~1e9), and NAdam's float32 mu_product an ulp off. So did the weight
+    ``1 - beta1`` of the first moment's lerp for a beta1 below 0.5 (~1e8 ulps)."""
     ours, opt, theirs, ref = _pair(name, {"lr": torch.tensor(0.01), **kwargs}, torch.float64)
     continue_both_and_compare(torch.Generator().manual_seed(1), ours, opt, theirs, ref, 8)
     for p, q in zip(ours, theirs):
         if "mu_product" in ref.state[q]:        # float32 multiplications: torch's bits
             assert opt.state[p]["mu_product"].item() == ref.state[q]["mu_product"].item()
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_a_numpy_float32_beta1_set_later_weighs_adams_lerp_as_torchs(name):
+    """torch's Adam casts a tensor beta1 to the parameters' dtype, not a NumPy one (its
+    constructor takes neither, but a group's betas set later): ``1 - np.float32(0.1)`` is a
+    float32 lerp weight there too."""
+    ours, opt, theirs, ref = _pair(name, {}, torch.float64)
+    for o in (opt, ref):
+        o.param_groups[0]["betas"] = (np.float32(0.1), np.float32(0.999))
+    continue_both_and_compare(torch.Generator().manual_seed(1), ours, opt, theirs, ref, 8)
 
 
 @pytest.mark.parametrize("name", BETAS)

@@ -136,12 +136,18 @@ or has not stepped yet.
 Hyper-parameters may be tensors where torch takes them (``lr=torch.tensor(0.01)``, betas, a
 tensor changed in place between steps is read at the next step): the scalars torch's step
 computes from them in the tensor's dtype (a bias-corrected lr, ``1 - lr * weight_decay``,
-``1 - dampening``, NAdam's momentum and coefficients: float32 ones for float32 tensors, even
-for float64 parameters) are computed here by the same torch arithmetic. A bool, Python's or
-NumPy's (a "no decay" group's ``weight_decay=False``), is its number, 0 or 1, as torch's
-arithmetic takes it (its step takes them, but for a few it cannot compute with, which are
-stepped here as 1: ``weight_decay=True`` as an ``alpha``, NumPy's True as a negated lr). A
-value the kernels cannot take as a number (a Decimal, a complex, a string, a bool tensor, which torch's step
+``1 - dampening``, the ``1 - beta1`` its ``lerp_`` weighs by, NAdam's momentum and
+coefficients: float32 ones for float32 tensors, even for float64 parameters; NumPy scalars
+too, a ``np.float32`` one in float32) are computed here by the same torch arithmetic, but for
+one: a decay ``x`` that the kernels take once for both terms of ``x * v + (1 - x) * g * g``
+(RMSprop's alpha, Adadelta's rho, the beta2 of Adam, NAdam and RAdam), where torch's
+``1 - x`` of a float32 ``x`` below 0.5 is rounded to float32 (from 0.5 up it is exact): the
+kernels' is not, so float64 parameters step off torch's by that rounding (at most a relative
+3e-8 of that term). A bool, Python's or NumPy's (a "no decay" group's
+``weight_decay=False``), is its number, 0 or 1, as torch's arithmetic takes it (its step
+takes them, but for a few it cannot compute with, which are stepped here as 1:
+``weight_decay=True`` as an ``alpha``, NumPy's True as a negated lr). A value the kernels
+cannot take as a number (a Decimal, a complex, a string, a bool tensor, which torch's step
 refuses for most hyper-parameters: its arithmetic does not negate or subtract one) or an
 option whose truth value is ambiguous (an array) raises naming it in the constructor and
 ``add_param_group``, as the values the kernels refuse do (a NaN lr); set on a group later,
@@ -704,6 +710,7 @@ class _FastOptimizer(_Mixin):
     _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
     # (index, error) of the betas whose tensors torch's step refuses unless they are 0-d
     _BETAS_0D: tuple[tuple[int, type], ...] = ()
+    _CASTS_BETA1 = False    # torch's step casts a tensor beta1 to the parameters' dtype
     # the float hyper-parameters whose one-element tensors torch's step refuses unless they
     # are 0-d, by its error (see _real); it takes one-element tensors for the others
     _NOT_0D: dict[str, type] = {}
@@ -1867,6 +1874,17 @@ class _FastOptimizer(_Mixin):
             return step_size
         return float(_to_scalar(lr) / (1 - _to_scalar(beta1) ** step))
 
+    def _lerp_beta1(self, group, beta1):
+        """The kernels' ``beta1``, whose ``1.0 - beta1`` weighs their lerp of ``exp_avg``:
+        where torch's step computes its weight ``1 - beta1`` in a narrower dtype (a float32
+        tensor or NumPy scalar, even for float64 parameters: rounded for a beta1 below 0.5),
+        torch's weight (:func:`_one_minus`). Adam's step casts a tensor beta1 to the
+        parameters' dtype first (``_CASTS_BETA1``)."""
+        raw = group["betas"][0]
+        if type(raw) is float or self._CASTS_BETA1 and isinstance(raw, torch.Tensor):
+            return beta1        # (the common case, at every step)
+        return _one_minus(_to_scalar(raw), beta1)
+
     def _betas(self, group):
         """A group's ``betas`` as a tuple of Python numbers: torch takes one-element tensors,
         but for those its step refuses where they are not 0-d (``_BETAS_0D``). Anything but
@@ -2191,6 +2209,7 @@ class Adam(_FastOptimizer, torch.optim.Adam):
              "decoupled_weight_decay")
     _KERNEL = "adam"
     _NOT_0D = {"weight_decay": TypeError}
+    _CASTS_BETA1 = True
 
     def _state_keys(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
@@ -2205,6 +2224,7 @@ class Adam(_FastOptimizer, torch.optim.Adam):
         # ops' checks and folding (a scheduler may have set any lr), then the kernels directly
         beta1, beta2, step_size, bias_correction2 = ops._adam_scalars(
             step, lr, self._betas(group), eps, wd)
+        beta1 = self._lerp_beta1(group, beta1)
         decoupled = self._decouples(group)
         step_size = self._step_size(group, step, step_size)
         beta2_t = group["betas"][1]
@@ -2279,6 +2299,7 @@ class Adamax(_FastOptimizer, torch.optim.Adamax):
         eps, wd = self._real(group, "eps"), self._real(group, "weight_decay")
         beta1, beta2, clr = ops._adamax_scalars(step, self._real(group, "lr"),
                                                 self._betas(group), eps, wd)
+        beta1 = self._lerp_beta1(group, beta1)
         clr = self._step_size(group, step, clr)
         maximize = bool(group["maximize"])
         kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
@@ -2347,6 +2368,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
             part = [k for k, m in enumerate(products) if m == (product, single)]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
                 step, product, lr, betas, eps, wd, momentum_decay, single=single)
+            beta1 = self._lerp_beta1(group, beta1)
             if folded:
                 new, grad_coef, avg_coef = _nadam_folded(group, step, product, single)
             if _own_arithmetic(group["betas"][1]):     # (in its dtype)
@@ -2414,6 +2436,7 @@ class RAdam(_FastOptimizer, torch.optim.RAdam):
         wd = self._real(group, "weight_decay")
         beta1, beta2, step_size, adaptive_scale, rectified = ops._radam_scalars(
             step, lr, self._betas(group), eps, wd)
+        beta1 = self._lerp_beta1(group, beta1)
         betas = group["betas"]
         if _own_arithmetic(betas[0]) or _own_arithmetic(betas[1]):
             # torch's bias corrections and rectification are tensors of a beta's dtype

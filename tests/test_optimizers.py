@@ -221,21 +221,22 @@ def test_course_dicts_and_param_groups(backend, name):
 
 # ---------------------------------------------------------- torch's signatures and rules
 # the signatures of /work/shared/API.md (RMSprop and Adagrad also take torch's maximize, as a
-# keyword; RMSprop takes beta= as the course's name for alpha)
+# keyword; RMSprop takes beta= as the course's name for alpha). An argument is positional only
+# where torch's positional argument there is the same (see the test after)
 API = {
     "SGD": "(params, lr=0.001, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, "
            "maximize=False)",
     "Momentum": "(params, lr, beta=0.9)",
     "RMSprop": "(params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0.0, momentum=0.0, "
-               "centered=False, eps_inside_sqrt=False, *, maximize=False, beta=None)",
+               "centered=False, *, eps_inside_sqrt=False, maximize=False, beta=None)",
     "Adagrad": "(params, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, "
                "eps=1e-10, *, maximize=False)",
     "Adam": "(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False, "
             "maximize=False, decoupled_weight_decay=False, eps_inside_sqrt=False)",
     "AdamW": "(params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, "
              "amsgrad=False, maximize=False)",
-    "Adadelta": "(params, lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.0, maximize=False)",
-    "Adamax": "(params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, "
+    "Adadelta": "(params, lr=1.0, rho=0.9, eps=1e-06, weight_decay=0.0, *, maximize=False)",
+    "Adamax": "(params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, *, "
               "maximize=False)",
     "NAdam": "(params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, "
              "momentum_decay=0.004, decoupled_weight_decay=False, maximize=False)",
@@ -251,6 +252,33 @@ def test_signatures_are_the_api_contract(name):
     bare = sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
                        return_annotation=sig.empty)
     assert str(bare) == API[name]
+
+
+# a value of the type torch's positional arguments take
+TORCH_POSITIONAL = {"weight_decay": 1e-4, "nesterov": True, "foreach": True, "capturable": True,
+                    "maximize": True, "differentiable": True}
+
+
+@needs_torch
+@pytest.mark.parametrize("name", sorted(set(API) - {"Momentum"}))
+def test_torchs_positional_arguments_mean_the_same_or_raise(name):
+    """Code written for torch.optim passes some arguments by position: each means here what
+    it means there, or raises. fo.Adadelta and fo.Adamax took torch's fifth positional
+    argument, foreach (an implementation switch), as maximize, and fo.RMSprop its eighth,
+    capturable, as eps_inside_sqrt: ``Adadelta(params, 1.0, 0.9, 1e-6, 0.0, True)`` ascended.
+    (fo.SGD's nesterov and weight_decay are torch's the other way round: each refuses the
+    other's type.)"""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    theirs = [p for p in inspect.signature(getattr(torch.optim, name)).parameters.values()
+              if p.kind is positional][1:]
+    ours = [p.name for p in inspect.signature(getattr(fo, name)).parameters.values()
+            if p.kind is positional][1:]
+    for k, p in enumerate(theirs):
+        if k < len(ours) and ours[k] == p.name:
+            continue
+        args = [q.default for q in theirs[:k]] + [TORCH_POSITIONAL[p.name]]
+        with pytest.raises(TypeError):
+            getattr(fo, name)([np.ones(3)], *args)
 
 
 def test_sgd_default_lr_is_torchs():

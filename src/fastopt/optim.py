@@ -1842,9 +1842,11 @@ class RMSprop(Optimizer):
     _STATE = ("step", "square_avg")
     _OPTIONAL_STATE = ("momentum_buffer", "grad_avg")
 
+    # (keyword-only arguments past torch's positional ones, whose next is capturable: torch
+    # code's positional capturable=True would be taken as eps_inside_sqrt=True here)
     def __init__(self, params: Params, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 eps_inside_sqrt: bool = False, *, maximize: bool = False,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+                 eps_inside_sqrt: bool = False, maximize: bool = False,
                  beta: float | None = None) -> None:
         if beta is not None:
             if alpha != 0.99:
@@ -2142,8 +2144,10 @@ class Adadelta(Optimizer):
     _BOUNDS = dict(lr=NONNEG, rho=UNIT, eps=NONNEG, weight_decay=NONNEG, maximize=FLAG)
     _STATE = ("step", "square_avg", "acc_delta")
 
+    # (keyword-only arguments past torch's positional ones, whose next is foreach: torch code's
+    # positional foreach=True would be taken as maximize=True here)
     def __init__(self, params: Params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-                 weight_decay: float = 0.0, maximize: bool = False) -> None:
+                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize))
 
@@ -2199,8 +2203,9 @@ class Adamax(Optimizer):
     _BOUNDS = _ADAM_BOUNDS
     _STATE = ("step", "exp_avg", "exp_inf")
 
+    # (maximize keyword-only: as Adadelta's)
     def __init__(self, params: Params, lr: float = 2e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False) -> None:
+                 eps: float = 1e-8, weight_decay: float = 0.0, *, maximize: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=_pair(betas), eps=eps,
                                       weight_decay=weight_decay, maximize=maximize))
 

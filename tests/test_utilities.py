@@ -486,6 +486,104 @@ def test_ewa_beta_and_bias_correction_set_later_are_checked_and_change_nothing(b
             assert ours.update(x).tobytes() == python.update(x).tobytes()
 
 
+def _npz_round_trip(sd, path, allow_pickle=False):
+    """``sd`` through ``np.savez`` and ``np.load``, each entry an array, as a checkpoint."""
+    np.savez(path, **{k: np.asarray(v) for k, v in sd.items()})
+    with np.load(path, allow_pickle=allow_pickle) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_state_dict_resumes_bit_for_bit_through_pickle_and_npz(backend, dt, tmp_path):
+    """EWA had no state_dict: a checkpoint of arrays and numbers could restore it only
+    through the private _avg (.value is bias-corrected and has no setter). The state dict
+    holds beta, bias_correction, t and the raw average (a copy: later updates leave a held
+    dict as it is, and a loaded dict too), and a fresh EWA that loads it, through pickle or
+    np.savez, goes on bit for bit as the original."""
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal((3, 2)).astype(dt) for _ in range(7)]
+    with fo.use_backend(backend):
+        for bias_correction in (True, False):
+            avg = fo.EWA(np.float32(0.9), bias_correction=bias_correction)
+            for x in xs[:3]:
+                avg.update(x)
+            sd = avg.state_dict()
+            assert sorted(sd) == ["avg", "beta", "bias_correction", "t"]
+            assert (sd["beta"], sd["bias_correction"], sd["t"]) == (
+                float(np.float32(0.9)), bias_correction, 3)
+            assert sd["avg"].dtype == dt and sd["avg"].tobytes() == avg._avg.tobytes()
+            held = sd["avg"].copy()
+            twins = []
+            for loaded in (pickle.loads(pickle.dumps(sd)),
+                           _npz_round_trip(sd, tmp_path / "e.npz")):
+                twin = fo.EWA(0.5, bias_correction=not bias_correction)
+                twin.load_state_dict(loaded)
+                assert twin.value.tobytes() == avg.value.tobytes()
+                twins.append((twin, loaded, loaded["avg"].copy()))
+            for x in xs[3:]:
+                want = avg.update(x)
+                for twin, _, _ in twins:
+                    assert twin.update(x).tobytes() == want.tobytes()
+            assert sd["avg"].tobytes() == held.tobytes()            # a copy, not the average
+            for twin, loaded, before in twins:
+                assert twin.t == avg.t == 7 and twin.value.tobytes() == avg.value.tobytes()
+                assert loaded["avg"].tobytes() == before.tobytes()  # the loaded dict too
+        # before the first update: no average (np.savez stores None as an object array)
+        fresh = fo.EWA(0.8, bias_correction=False).state_dict()
+        assert fresh == {"beta": 0.8, "bias_correction": False, "t": 0, "avg": None}
+        for loaded in (pickle.loads(pickle.dumps(fresh)),
+                       _npz_round_trip(fresh, tmp_path / "f.npz", allow_pickle=True)):
+            twin = fo.EWA(0.5)
+            twin.update(np.ones(4))
+            twin.load_state_dict(loaded)
+            assert (twin.beta, twin.bias_correction, twin.t, twin.value) == (0.8, False, 0, None)
+            assert twin.update(xs[0]).tobytes() == fo.EWA(0.8, False).update(xs[0]).tobytes()
+        swapped, native = fo.EWA(0.9), fo.EWA(0.9)    # the other byte order: its values
+        swapped.load_state_dict({**sd, "avg": sd["avg"].astype(sd["avg"].dtype.newbyteorder())})
+        native.load_state_dict(sd)
+        assert swapped._avg.dtype == dt
+        assert swapped.update(xs[0]).tobytes() == native.update(xs[0]).tobytes()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_load_state_dict_refuses_bad_entries_by_name_and_changes_nothing(backend):
+    """Each bad entry is an error naming it, raised before anything changes."""
+    with fo.use_backend(backend):
+        avg = fo.EWA(0.9)
+        avg.update(np.float32([1.0, 2.0]))
+        good = avg.state_dict()
+        bad = [
+            ([], TypeError, "state_dict must be a dict"),
+            ({k: v for k, v in good.items() if k != "t"}, ValueError, "no 't'"),
+            ({k: v for k, v in good.items() if k != "avg"}, ValueError, "no 'avg'"),
+            ({**good, "value": good["avg"]}, ValueError, "the key 'value'"),
+            ({**good, "t": -1}, ValueError, r"Invalid state_dict\['t'\]: -1"),
+            ({**good, "t": 2.0}, TypeError, r"state_dict\['t'\] must be an int"),
+            ({**good, "t": True}, TypeError, r"state_dict\['t'\] must be an int"),
+            ({**good, "t": "2"}, TypeError, r"state_dict\['t'\] must be an int"),
+            ({**good, "beta": float("nan")}, ValueError, r"Invalid state_dict\['beta'\]: nan"),
+            ({**good, "beta": 1.0}, ValueError, r"Invalid state_dict\['beta'\]"),
+            ({**good, "beta": None}, TypeError, r"Invalid state_dict\['beta'\]"),
+            ({**good, "bias_correction": 1}, TypeError, r"state_dict\['bias_correction'\]"),
+            ({**good, "avg": [1.0, 2.0]}, TypeError, r"state_dict\['avg'\] must be"),
+            ({**good, "avg": np.array([1, 2])}, TypeError, r"state_dict\['avg'\] has dtype"),
+            ({**good, "avg": np.float16([1, 2])}, TypeError, r"state_dict\['avg'\] has dtype"),
+            ({**good, "avg": np.ma.masked_array([1.0, 2.0])}, TypeError,
+             r"state_dict\['avg'\] must be a plain"),
+        ]
+        for sd, exc, match in bad:
+            with pytest.raises(exc, match=match):
+                avg.load_state_dict(sd)
+            now = avg.state_dict()
+            assert (now["beta"], now["bias_correction"], now["t"]) == (0.9, True, 1), match
+            assert now["avg"].tobytes() == good["avg"].tobytes(), match
+        # beta or bias_correction missing: this average's own, as an optimizer's hyper-params
+        other = fo.EWA(0.5, bias_correction=False)
+        other.load_state_dict({"t": 1, "avg": good["avg"]})
+        assert (other.beta, other.bias_correction, other.t) == (0.5, False, 1)
+
+
 def test_ewa_series_refuses_what_ewa_refuses():
     """ewa_series took complex samples (dropping the imaginary part with a warning) and object
     arrays (None became NaN) where EWA.update refuses them: a TypeError naming x."""

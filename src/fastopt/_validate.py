@@ -54,6 +54,30 @@ def as_array(name, a):
         raise ValueError(f"{name} must be a rectangular array: {e}") from None
 
 
+def npz_item(value):
+    """A scalar entry of a state dict as ``np.load`` gives it back (``np.savez`` stores each
+    entry as an array): the item of a 0-d array of numbers or bools, or None for the 0-d
+    object array ``np.savez`` made of None (read back with ``allow_pickle=True``); anything
+    else as it is."""
+    if isinstance(value, np.ndarray) and value.shape == () and (
+            value.dtype.kind in "biuf" or value.dtype == object and value.item() is None):
+        return value.item()
+    return value
+
+
+def as_count(name, value):
+    """``value`` (a state dict's count: an int, a NumPy integer, a 0-d integer array) as a
+    Python int; TypeError naming ``name`` for anything else (a bool, a float), ValueError for
+    a negative one."""
+    value = npz_item(value)
+    if (isinstance(value, (bool, np.bool_, np.timedelta64))   # (a NumPy signedinteger)
+            or not isinstance(value, (int, np.integer))):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
+    return int(value)
+
+
 def check_float_array(name, a):
     """Raise TypeError unless ``a`` is a float32/float64 ndarray; return its dtype."""
     if not isinstance(a, np.ndarray):

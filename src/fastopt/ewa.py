@@ -1,10 +1,13 @@
 """Exponentially weighted averages, with the course's bias correction."""
+import copy
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import ops
 from ._hyper import UNIT_OPEN, check_flag, check_real
-from ._validate import FLOAT_TYPES, as_array, check_unmasked
+from ._validate import FLOAT_TYPES, as_array, as_count, check_unmasked, npz_item
 
 
 def _check_beta(beta: float) -> float:
@@ -78,7 +81,9 @@ class EWA:
 
     Each :meth:`update` folds in ``x``: ``avg = beta * avg + (1 - beta) * x``
     (:func:`fastopt.ops.ewa_`), starting from zero; :attr:`value` divides by ``1 - beta**t``
-    when ``bias_correction``.
+    when ``bias_correction``. :meth:`state_dict` and :meth:`load_state_dict` save and
+    restore it for a checkpoint (``beta``, ``bias_correction``, ``t`` and the raw average,
+    as plain values and a NumPy array).
 
     Parameters
     ----------
@@ -177,6 +182,84 @@ class EWA:
         if self._avg is not None:
             new._avg = self._avg.copy()
         return new
+
+    def state_dict(self) -> dict[str, Any]:
+        """The average's state for a checkpoint: ``{"beta", "bias_correction", "t", "avg"}``,
+        ``avg`` the raw average, not bias-corrected (a copy: later updates leave the dict as
+        it is; None before the first update).
+
+        Returns
+        -------
+        dict
+            Plain Python values and a NumPy array, which survive pickle and ``np.savez``
+            (a None ``avg`` as ``np.savez``'s object array, read back with
+            ``allow_pickle=True``).
+        """
+        return {"beta": copy.deepcopy(self.beta),
+                "bias_correction": copy.deepcopy(self.bias_correction),
+                "t": copy.deepcopy(self.t),
+                "avg": None if self._avg is None else self._avg.copy()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the next updates are those of the average it was
+        taken from, bit for bit.
+
+        Everything is checked before anything changes; a refused state dict changes nothing.
+        The average is copied (later updates leave the loaded dict as it is), and its shape
+        and dtype are the state dict's. ``beta`` or ``bias_correction`` missing from it stay
+        this average's own (as an optimizer's hyper-parameters missing from a saved group).
+
+        Parameters
+        ----------
+        state_dict : dict
+            ``{"t": int >= 0, "avg": float32 or float64 array or None}`` and optionally
+            ``"beta"`` and ``"bias_correction"``, as :meth:`state_dict` returns; numbers and
+            flags may be 0-d arrays (``np.savez`` gives every entry back as an array).
+
+        Raises
+        ------
+        TypeError
+            ``state_dict`` not a dict, or an entry of the wrong type or dtype (named).
+        ValueError
+            A missing or unknown key, a negative ``t``, or a ``beta`` outside [0, 1) (NaN
+            included).
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict (from state_dict()), got "
+                            f"{type(state_dict).__name__}")
+        for key in ("t", "avg"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r} (make it with EWA.state_dict())")
+        unknown = [k for k in state_dict if k not in ("beta", "bias_correction", "t", "avg")]
+        if unknown:
+            raise ValueError(f"state_dict has the key {unknown[0]!r}; EWA's keys are 'beta', "
+                             "'bias_correction', 't' and 'avg'")
+        beta, bias_correction = self.beta, self.bias_correction
+        if "beta" in state_dict:
+            beta = npz_item(state_dict["beta"])
+            check_real("state_dict['beta']", beta, UNIT_OPEN)
+            beta = float(beta)      # (a NumPy beta folds as its Python float)
+        if "bias_correction" in state_dict:
+            bias_correction = npz_item(state_dict["bias_correction"])
+            check_flag("state_dict['bias_correction']", bias_correction)
+            bias_correction = bool(bias_correction)
+        t = as_count("state_dict['t']", state_dict["t"])
+        avg = state_dict["avg"]
+        if npz_item(avg) is None:
+            avg = None
+        else:
+            if not isinstance(avg, np.ndarray):
+                raise TypeError(f"state_dict['avg'] must be a numpy.ndarray or None, got "
+                                f"{type(avg).__name__}")
+            if isinstance(avg, (np.matrix, np.ma.MaskedArray)):
+                raise TypeError(f"state_dict['avg'] must be a plain numpy.ndarray, got "
+                                f"{type(avg).__name__}")
+            if avg.dtype.type not in FLOAT_TYPES:
+                raise TypeError(f"state_dict['avg'] has dtype {avg.dtype}, expected float32 "
+                                "or float64 (an average's dtype)")
+            # a copy of our own, native and contiguous, which updates change in place
+            avg = np.array(avg, dtype=avg.dtype.newbyteorder("="), order="C")
+        self.beta, self.bias_correction, self.t, self._avg = beta, bias_correction, t, avg
 
     @property
     def value(self) -> np.ndarray | None:

@@ -2091,6 +2091,186 @@ def test_a_pickle_or_deep_copy_of_a_batch_norm_layer_holds_no_batch():
     assert layer.backward(x).shape == x.shape
 
 
+def _npz_round_trip(sd, path, allow_pickle=False):
+    """``sd`` through ``np.savez`` and ``np.load``, each entry an array, as a checkpoint."""
+    np.savez(path, **{k: np.asarray(v) for k, v in sd.items()})
+    with np.load(path, allow_pickle=allow_pickle) as f:
+        return {k: f[k] for k in f.files}
+
+
+BN_STATE_ARRAYS = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean",
+                   "running_var": "running_var"}
+
+
+def _bn_state(layer):
+    """The layer's state as bytes and numbers, to compare before and after."""
+    return ({name: getattr(layer, name).tobytes() for name in BN_STATE_ARRAYS.values()},
+            layer.num_batches_tracked, layer.momentum, layer.eps)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_layer_state_dict_resumes_bit_for_bit_through_pickle_and_npz(backend, dt,
+                                                                                 tmp_path):
+    """BatchNorm had no state_dict: a checkpoint of arrays and numbers (the optimizer's
+    state_dict, np.savez) had to copy its running statistics and count by hand. The state
+    dict has torch.nn.BatchNorm1d's keys (weight and bias are gamma and beta) and the
+    hyper-parameters, as copies (later steps leave a held dict as it is, and a loaded one);
+    a fresh layer loads it in place (its optimizer, made before, steps the loaded gamma),
+    through pickle or np.savez, and goes on bit for bit."""
+    rng = np.random.default_rng(11)
+    xs = [(rng.standard_normal((6, 5)) * 2 + 1).astype(dt) for _ in range(6)]
+    with fo.use_backend(backend):
+        for momentum in (0.1, None):
+            def made(momentum=momentum, eps=1e-3):
+                layer = fo.BatchNorm(5, momentum=momentum, eps=eps, dtype=dt)
+                return layer, fo.SGD(layer.params, lr=0.1, momentum=0.9)
+
+            def train(layer, opt, x):
+                y = layer.forward(x)
+                dx = layer.backward(np.sin(y))
+                opt.step(layer.grads)
+                return y, dx
+            layer, opt = made()
+            for x in xs[:3]:
+                train(layer, opt, x)
+            sd, osd = layer.state_dict(), opt.state_dict()
+            assert sorted(sd) == sorted([*BN_STATE_ARRAYS, "num_batches_tracked", "momentum",
+                                         "eps"])
+            assert (sd["num_batches_tracked"], sd["momentum"], sd["eps"]) == (3, momentum, 1e-3)
+            assert type(sd["num_batches_tracked"]) is int and type(sd["eps"]) is float
+            for key, name in BN_STATE_ARRAYS.items():
+                assert sd[key].dtype == dt and sd[key].tobytes() == getattr(layer, name).tobytes()
+            held = copy.deepcopy(sd)
+            twins = []
+            for loaded in (pickle.loads(pickle.dumps(sd)),
+                           # (np.savez stores a None momentum as a pickled object array)
+                           _npz_round_trip(sd, tmp_path / "bn.npz",
+                                           allow_pickle=momentum is None)):
+                twin, twin_opt = made(momentum=0.5, eps=1e-5)
+                gamma = twin.gamma
+                twin.load_state_dict(loaded)
+                twin_opt.load_state_dict(osd)
+                assert twin.gamma is gamma      # in place: the optimizer's parameter
+                assert _bn_state(twin) == _bn_state(layer)
+                twins.append((twin, twin_opt, loaded, copy.deepcopy(loaded)))
+            for x in xs[3:]:
+                want = train(layer, opt, x)
+                for twin, twin_opt, _, _ in twins:
+                    got = train(twin, twin_opt, x)
+                    assert [a.tobytes() for a in got] == [a.tobytes() for a in want]
+            for twin, _, loaded, before in twins:
+                assert _bn_state(twin) == _bn_state(layer)
+                assert (twin.forward(xs[0], training=False).tobytes()
+                        == layer.forward(xs[0], training=False).tobytes())
+                for key in BN_STATE_ARRAYS:     # the loaded dict is not the layer's state
+                    assert loaded[key].tobytes() == before[key].tobytes(), key
+            for key in BN_STATE_ARRAYS:         # nor the held one
+                assert sd[key].tobytes() == held[key].tobytes(), key
+            assert sd["num_batches_tracked"] == 3
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_layer_load_state_dict_refuses_bad_entries_by_name_and_changes_nothing(
+        backend):
+    """Each bad entry is an error naming it, raised before anything changes (gamma, checked
+    first, is not written when a later entry is refused); float arrays of another dtype are
+    cast, as torch's load_state_dict casts; a load leaves no batch for backward."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    with fo.use_backend(backend):
+        layer = fo.BatchNorm(3)
+        layer.forward(x)
+        good = {**layer.state_dict(), "weight": np.float32([2.0, 3.0, 4.0])}
+        layer.forward(x + 1)
+        before, cache = _bn_state(layer), layer._cache
+        bad = [
+            ([], TypeError, "state_dict must be a dict"),
+            ({k: v for k, v in good.items() if k != "running_var"}, ValueError,
+             "no 'running_var'"),
+            ({k: v for k, v in good.items() if k != "num_batches_tracked"}, ValueError,
+             "no 'num_batches_tracked'"),
+            ({**good, "gamma": good["weight"]}, ValueError, "the key 'gamma'"),
+            ({**good, "running_var": np.ones(4, np.float32)}, ValueError,
+             r"state_dict\['running_var'\] has shape \(4,\), expected \(3,\)"),
+            ({**good, "bias": np.zeros((3, 1), np.float32)}, ValueError,
+             r"state_dict\['bias'\] has shape"),
+            ({**good, "running_mean": np.zeros(3, np.int64)}, TypeError,
+             r"state_dict\['running_mean'\] has dtype int64"),
+            ({**good, "running_mean": [0.0, 0.0, 0.0]}, TypeError,
+             r"state_dict\['running_mean'\] must be a numpy.ndarray"),
+            ({**good, "bias": np.ma.masked_array(np.zeros(3, np.float32))}, TypeError,
+             r"state_dict\['bias'\] must be a plain"),
+            ({**good, "num_batches_tracked": -1}, ValueError,
+             r"Invalid state_dict\['num_batches_tracked'\]: -1"),
+            ({**good, "num_batches_tracked": 2.5}, TypeError,
+             r"state_dict\['num_batches_tracked'\] must be an int"),
+            ({**good, "num_batches_tracked": True}, TypeError,
+             r"state_dict\['num_batches_tracked'\] must be an int"),
+            ({**good, "momentum": float("nan")}, ValueError,
+             r"Invalid state_dict\['momentum'\]: nan"),
+            ({**good, "momentum": 1.5}, ValueError, r"Invalid state_dict\['momentum'\]"),
+            ({**good, "momentum": "0.1"}, TypeError, r"Invalid state_dict\['momentum'\]"),
+            ({**good, "eps": -1.0}, ValueError, r"Invalid state_dict\['eps'\]"),
+            ({**good, "eps": float("nan")}, ValueError, r"Invalid state_dict\['eps'\]"),
+        ]
+        for sd, exc, match in bad:
+            with pytest.raises(exc, match=match):
+                layer.load_state_dict(sd)
+            assert _bn_state(layer) == before and layer._cache is cache, match
+        layer.running_mean.flags.writeable = False
+        with pytest.raises(ValueError, match="the layer's running_mean is read-only"):
+            layer.load_state_dict(good)
+        assert _bn_state(layer) == before and layer._cache is cache
+        layer.running_mean = layer.running_mean.copy()
+        layer.backward(x)                       # (the refused loads left the batch)
+        # float64 arrays and 0-d array numbers (np.savez's) load cast, as torch's
+        wide = {**good, **{k: good[k].astype(np.float64) for k in BN_STATE_ARRAYS},
+                "num_batches_tracked": np.array(7), "momentum": np.array(0.25)}
+        layer.load_state_dict(wide)
+        assert layer.gamma.dtype == np.float32 and layer.gamma.tolist() == [2.0, 3.0, 4.0]
+        assert (layer.num_batches_tracked, layer.momentum) == (7, 0.25)
+        assert type(layer.num_batches_tracked) is int and type(layer.momentum) is float
+        with pytest.raises(RuntimeError, match="forward in training mode first"):
+            layer.backward(x)
+
+
+@needs_torch
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batch_norm_layer_state_dict_has_torch_batchnorm1d_keys_both_ways(backend):
+    """The state dict's array and counter entries are torch.nn.BatchNorm1d's, with its
+    values; a torch layer's state dict (tensors as arrays) loads into a fresh layer, and ours
+    (its torch keys, as tensors) into a fresh torch layer, and both go on alike."""
+    rng = np.random.default_rng(13)
+    xs = [rng.standard_normal((8, 5)) * 3 + 1 for _ in range(4)]
+    layer_t = torch.nn.BatchNorm1d(5, momentum=0.2).double()
+    with fo.use_backend(backend), torch.no_grad():
+        layer = fo.BatchNorm(5, momentum=0.2, dtype=np.float64)
+        for x in xs[:3]:
+            layer.forward(x)
+            layer_t(torch.tensor(x))
+        ours = layer.state_dict()
+        theirs = {k: v.detach().numpy().copy() for k, v in layer_t.state_dict().items()}
+        assert set(ours) - set(theirs) == {"momentum", "eps"} and set(theirs) <= set(ours)
+        for key, value in theirs.items():
+            assert np.shape(ours[key]) == value.shape, key
+            np.testing.assert_allclose(ours[key], value, rtol=1e-12, err_msg=key)
+        fresh = fo.BatchNorm(5, momentum=0.2, dtype=np.float64)
+        fresh.load_state_dict(theirs)           # no momentum or eps: the layer's own
+        for key, name in BN_STATE_ARRAYS.items():
+            assert getattr(fresh, name).tobytes() == theirs[key].tobytes(), key
+        assert fresh.num_batches_tracked == 3 and (fresh.momentum, fresh.eps) == (0.2, 1e-5)
+        fresh_t = torch.nn.BatchNorm1d(5, momentum=0.2).double()
+        fresh_t.load_state_dict({k: torch.tensor(ours[k]) for k in theirs})
+        assert int(fresh_t.num_batches_tracked) == 3
+        assert fresh_t.running_var.numpy().tobytes() == layer.running_var.tobytes()
+        for a, b in ((layer, fresh_t), (fresh, layer_t)):
+            a.forward(xs[3])
+            b(torch.tensor(xs[3]))
+            np.testing.assert_allclose(a.running_mean, b.running_mean.numpy(), rtol=1e-12)
+            np.testing.assert_allclose(a.running_var, b.running_var.numpy(), rtol=1e-12)
+
+
 INDEX_AXES = [np.array(1), np.int64(1), np.uint8(1), np.array(-1, np.int32), np.intp(-1)]
 NOT_AXES = [True, np.True_, np.array(True), 1.0, np.float64(1.0), np.array(1.0),
             np.array([1]), np.array([[1]]), "1", None]

@@ -6,6 +6,7 @@ layouts are copied once), allocate the outputs (or write into ``out=``) and call
 kernels (``fastopt.reference.layers`` defines them). Inputs are only read, so read-only arrays
 are fine; an input that shares memory with ``out`` is copied first.
 """
+import copy
 import math
 import numbers
 from typing import Any, TypeVar
@@ -15,7 +16,8 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend
 from ._hyper import UNIT, check_flag, check_real
-from ._validate import FLOAT_DTYPES, FLOAT_TYPES, as_array, check_kernel_array, check_writeable
+from ._validate import (FLOAT_DTYPES, FLOAT_TYPES, as_array, as_count, check_kernel_array,
+                        check_writeable, npz_item)
 from ._validate import check_axis as _check_axis
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
@@ -575,6 +577,12 @@ class BatchNorm:
     running_mean 0, running_var 1. A pickle or deep copy of it holds its parameters,
     statistics and grads, not the last batch: the copy's backward needs a forward of its own.
 
+    :meth:`state_dict` and :meth:`load_state_dict` save and restore it for a checkpoint, with
+    torch.nn.BatchNorm1d's keys: ``"weight"`` is ``gamma``, ``"bias"`` is ``beta``, then
+    ``"running_mean"``, ``"running_var"`` and ``"num_batches_tracked"``; and ``"momentum"``
+    and ``"eps"``, which torch keeps out of its state dict (a torch BatchNorm1d's, its tensors
+    as arrays, loads as it is).
+
     Parameters
     ----------
     num_features : int
@@ -789,6 +797,110 @@ class BatchNorm:
         self.dgamma[...] = dgamma.reshape(self.dgamma.shape)
         self.dbeta[...] = dbeta.reshape(self.dbeta.shape)
         return dx
+
+    # state dict key -> attribute: torch.nn.BatchNorm1d's keys (its weight and bias are gamma
+    # and beta), then the counter and the hyper-parameters
+    _STATE_ARRAYS = {"weight": "gamma", "bias": "beta", "running_mean": "running_mean",
+                     "running_var": "running_var"}
+    _REQUIRED_KEYS = (*_STATE_ARRAYS, "num_batches_tracked")
+    _STATE_KEYS = (*_REQUIRED_KEYS, "momentum", "eps")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The layer's state for a checkpoint, with torch.nn.BatchNorm1d's keys: ``"weight"``
+        (``gamma``), ``"bias"`` (``beta``), ``"running_mean"``, ``"running_var"``,
+        ``"num_batches_tracked"``; and the hyper-parameters ``"momentum"`` and ``"eps"``. The
+        arrays are copies: later steps and forwards leave the dict as it is.
+
+        Returns
+        -------
+        dict
+            Plain Python values and NumPy arrays, which survive pickle and ``np.savez`` (a
+            None ``momentum`` as ``np.savez``'s object array, read back with
+            ``allow_pickle=True``). ``dgamma``, ``dbeta`` and the last batch are not in it
+            (nor ``axis`` and ``num_features``, the layer's make, as torch's).
+        """
+        sd: dict[str, Any] = {key: getattr(self, name).copy()
+                              for key, name in self._STATE_ARRAYS.items()}
+        sd["num_batches_tracked"] = copy.deepcopy(self.num_batches_tracked)
+        sd["momentum"] = copy.deepcopy(self.momentum)
+        sd["eps"] = copy.deepcopy(self.eps)
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (or a torch.nn.BatchNorm1d's, tensors as arrays).
+
+        The arrays are copied into the layer's own ``gamma``, ``beta``, ``running_mean`` and
+        ``running_var`` (in place, as torch's: an optimizer over :attr:`params` keeps
+        stepping them), floating-point ones cast to their dtype as torch's; the next forwards
+        are those of the layer the dict was taken from, bit for bit. ``momentum`` or ``eps``
+        missing from it (torch's) stay the layer's own, as an optimizer's hyper-parameters
+        missing from a saved group. Everything is checked before anything changes; a refused
+        state dict changes nothing. A loaded layer's backward needs a forward first (torch's
+        raises for weights changed in place since the forward).
+
+        Parameters
+        ----------
+        state_dict : dict
+            ``"weight"``, ``"bias"``, ``"running_mean"``, ``"running_var"`` (float arrays
+            shaped as the layer's gamma, beta and statistics), ``"num_batches_tracked"`` (an
+            int >= 0) and optionally ``"momentum"`` (in [0, 1], or None) and ``"eps"``
+            (>= 0), as :meth:`state_dict` returns; numbers may be 0-d arrays (``np.savez``
+            gives every entry back as an array).
+
+        Raises
+        ------
+        TypeError
+            ``state_dict`` not a dict, or an entry of the wrong type or a non-float dtype
+            (named).
+        ValueError
+            A missing or unknown key, an array of another shape than the layer's (or a
+            layer's array that is read-only), a negative ``num_batches_tracked``, or a
+            ``momentum`` or ``eps`` out of range (NaN included).
+        """
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict (from state_dict()), got "
+                            f"{type(state_dict).__name__}")
+        for key in self._REQUIRED_KEYS:
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r} (make it with "
+                                 "BatchNorm.state_dict())")
+        unknown = [k for k in state_dict if k not in self._STATE_KEYS]
+        if unknown:
+            raise ValueError(f"state_dict has the key {unknown[0]!r}; BatchNorm's keys are "
+                             f"{', '.join(map(repr, self._STATE_KEYS))}")
+        copies = []
+        for key, name in self._STATE_ARRAYS.items():
+            where, value, mine = f"state_dict[{key!r}]", state_dict[key], getattr(self, name)
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{where} must be a numpy.ndarray, got {type(value).__name__}")
+            if isinstance(value, (np.matrix, np.ma.MaskedArray)):
+                raise TypeError(f"{where} must be a plain numpy.ndarray, got "
+                                f"{type(value).__name__}")
+            if value.dtype.kind != "f":
+                raise TypeError(f"{where} has dtype {value.dtype}, expected a float dtype "
+                                f"(cast to the layer's {name}'s {mine.dtype})")
+            if value.shape != mine.shape:
+                raise ValueError(f"{where} has shape {value.shape}, expected {mine.shape} "
+                                 f"like the layer's {name}")
+            check_writeable(f"the layer's {name}", mine)
+            # cast now, into a copy: past float32's range inf, silently, as torch's copy_
+            with np.errstate(over="ignore", under="ignore"):
+                copies.append((mine, value.astype(mine.dtype)))
+        count = as_count("state_dict['num_batches_tracked']", state_dict["num_batches_tracked"])
+        momentum, eps = self.momentum, self.eps
+        if "momentum" in state_dict:
+            momentum = npz_item(state_dict["momentum"])
+            if momentum is not None:
+                check_real("state_dict['momentum']", momentum, UNIT)
+                momentum = float(momentum)
+        if "eps" in state_dict:
+            eps = npz_item(state_dict["eps"])
+            check_real("state_dict['eps']", eps)
+            eps = float(eps)
+        for mine, value in copies:
+            np.copyto(mine, value)
+        self.num_batches_tracked, self.momentum, self.eps = count, momentum, eps
+        self._cache = None      # (its x was normalized with the gamma and statistics replaced)
 
     @property
     def params(self) -> dict[str, np.ndarray]:

@@ -356,6 +356,47 @@ def test_one_rank_matches_the_plain_optimizer_and_checks_grads():
     np.testing.assert_array_equal(arena.flat_params, before)
 
 
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt, MemoryError])
+def test_one_rank_a_shard_step_that_raises_leaves_later_calls_as_a_plain_optimizers(exc_type,
+                                                                                  monkeypatch):
+    """On one rank there are no shards to be out of step with: a shard step that raised (a
+    SIGTERM handler's SystemExit) left every later call refused, the checkpoint in a
+    `finally:` too, where a plain optimizer (and torch's ZeRO on one rank) saves it."""
+    arena, opt = _adam_after_a_step()
+    saved = opt.state_dict()
+
+    def fail(*args, **kwargs):
+        raise exc_type("signal")
+    monkeypatch.setattr(opt.shard_optimizer, "step", fail)
+    with pytest.raises(RuntimeError if exc_type is MemoryError else exc_type):
+        opt.step()
+    monkeypatch.undo()
+    state = opt.state_dict()
+    for a, b in zip(state["state"].values(), saved["state"].values()):
+        np.testing.assert_array_equal(a["exp_avg"], b["exp_avg"])
+    opt.step()
+
+
+def test_one_rank_a_subclass_load_state_dict_is_called_on_the_shard():
+    """A subclass given as optimizer_class has its own load_state_dict called on the shard
+    (state_dict() calls its own; the staged load had gone around it), as torch's ZeRO does."""
+    comm, ShardedOptimizer = _one_rank()
+    calls = []
+
+    class Logged(fo.Adam):
+        def load_state_dict(self, state_dict):
+            calls.append(self)
+            super().load_state_dict(state_dict)
+
+    arena = _arena(np.float64)
+    opt = ShardedOptimizer(Logged, arena, comm=comm, lr=0.1)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    opt.load_state_dict(opt.state_dict())
+    assert any(c is opt.shard_optimizer for c in calls)
+    opt.step()
+
+
 def test_one_rank_refuses_read_only_parameters():
     comm, ShardedOptimizer = _one_rank()
     arena = _arena(np.float64)

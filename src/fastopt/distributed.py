@@ -506,16 +506,19 @@ class ShardedOptimizer:
         except BaseException as exc:     # noqa: BLE001 - re-raised after the collective
             self._allgather()        # this rank's shard unchanged (a refused step writes none)
             what = str(exc) if isinstance(exc, Exception) else f"{type(exc).__name__} {exc}"
+            missed = (f"the shard step failed after every rank's checks passed "
+                      f"({what.rstrip()}); the other ranks stepped their shards, this one "
+                      "did not")
             # (every later call but a load_state_dict raises it on every rank: _raise_if_any;
             # after a SystemExit too, e.g. a SIGTERM handler's, or a checkpoint saved in its
-            # `finally:` held the shards at different steps)
-            self._missed = (f"the shard step failed after every rank's checks passed "
-                            f"({what.rstrip()}); the other ranks stepped their shards, this one "
-                            "did not")
+            # `finally:` held the shards at different steps; on one rank there are no others
+            # to be out of step with, and its checkpoint is as a plain optimizer's)
+            if self.comm.Get_size() > 1:
+                self._missed = missed
             if not isinstance(exc, Exception):     # KeyboardInterrupt, SystemExit: as they are
                 raise
             raise RuntimeError(f"rank {self.comm.Get_rank()} of {self.comm.Get_size()}: "
-                               f"{self._missed}") from exc
+                               f"{missed}") from exc
 
     def _exchange(self):
         """Receive this rank's shard of every other rank's grads, one row per rank."""
@@ -623,8 +626,9 @@ class ShardedOptimizer:
             raise RuntimeError(
                 f"the {len(calls)} ranks are in calls of different ShardedOptimizers (by "
                 f"rank: {', '.join(n for _, _, n in calls)}): every rank must make the same "
-                f"calls of the same optimizers in the same order; this rank's {call} changed "
-                "nothing") from error
+                "ShardedOptimizers in the same order (#n, an id the ranks agree on as one is "
+                "made, tells them apart) and the same calls of them in the same order; this "
+                f"rank's {call} changed nothing") from error
         if not flag[0]:
             if hypers is not None and flag[1] != -flag[2]:
                 self._raise_disagreement(hypers)
@@ -820,12 +824,23 @@ class ShardedOptimizer:
         error = install = None
         try:        # checked and copied on every rank, installed once all can (one failing
             # after the others had loaded left the shards at different steps, silently)
-            install = self.shard_optimizer._load_staged(local)
+            install = self._staged_load(local)
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
         self._raise_if_any(error, "load_state_dict")
         install()
         self._missed = None
+
+    def _staged_load(self, local):
+        """The shard optimizer's load of ``local``, checked and copied, returning the install
+        (nothing left to fail); a subclass's own ``load_state_dict`` (any ``optimizer_class``
+        may be given) is honoured, as torch's ZeRO calls it: loaded at once, the ranks then
+        agreeing only afterwards."""
+        opt = self.shard_optimizer
+        if type(opt).load_state_dict is not Optimizer.load_state_dict:
+            opt.load_state_dict(local)
+            return lambda: None
+        return opt._load_staged(local)
 
     def _flats(self, full, plan):
         """On the root, for :meth:`load_state_dict`: per param group with state, per key of

@@ -2223,6 +2223,15 @@ def test_batch_norm_layer_load_state_dict_refuses_bad_entries_by_name_and_change
             layer.load_state_dict(good)
         assert _bn_state(layer) == before and layer._cache is cache
         layer.running_mean = layer.running_mean.copy()
+        # a layer array the user replaced by an int array or a list: named, not truncated
+        saved = layer.running_mean
+        for replaced in (saved.astype(np.int64), saved.tolist()):
+            layer.running_mean = replaced
+            with pytest.raises(TypeError, match="the layer's running_mean is (ndarray of "
+                               "dtype int64|list), not a float array"):
+                layer.load_state_dict(good)
+            layer.running_mean = saved
+            assert _bn_state(layer) == before and layer._cache is cache
         layer.backward(x)                       # (the refused loads left the batch)
         # float64 arrays and 0-d array numbers (np.savez's) load cast, as torch's
         wide = {**good, **{k: good[k].astype(np.float64) for k in BN_STATE_ARRAYS},

@@ -571,6 +571,10 @@ def test_ewa_load_state_dict_refuses_bad_entries_by_name_and_changes_nothing(bac
             ({**good, "avg": np.float16([1, 2])}, TypeError, r"state_dict\['avg'\] has dtype"),
             ({**good, "avg": np.ma.masked_array([1.0, 2.0])}, TypeError,
              r"state_dict\['avg'\] must be a plain"),
+            # a count and an average that no state_dict() gives (.value read inf, or 0.2)
+            ({**good, "t": 0}, ValueError, r"state_dict\['t'\] is 0 but state_dict\['avg'\]"),
+            ({**good, "avg": None}, ValueError,
+             r"state_dict\['t'\] is 1 but state_dict\['avg'\] is None"),
         ]
         for sd, exc, match in bad:
             with pytest.raises(exc, match=match):

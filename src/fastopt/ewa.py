@@ -191,9 +191,9 @@ class EWA:
         Returns
         -------
         dict
-            Plain Python values and a NumPy array, which survive pickle and ``np.savez``
-            (a None ``avg`` as ``np.savez``'s object array, read back with
-            ``allow_pickle=True``).
+            ``beta`` and ``bias_correction`` as the average holds them, the count and a copy
+            of the average, which survive pickle and ``np.savez`` (a None ``avg`` as
+            ``np.savez``'s object array, read back with ``allow_pickle=True``).
         """
         return {"beta": copy.deepcopy(self.beta),
                 "bias_correction": copy.deepcopy(self.bias_correction),
@@ -221,8 +221,8 @@ class EWA:
         TypeError
             ``state_dict`` not a dict, or an entry of the wrong type or dtype (named).
         ValueError
-            A missing or unknown key, a negative ``t``, or a ``beta`` outside [0, 1) (NaN
-            included).
+            A missing or unknown key, a negative ``t``, a ``t`` of 0 with an average or of
+            more without one, or a ``beta`` outside [0, 1) (NaN included).
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict (from state_dict()), got "
@@ -259,6 +259,10 @@ class EWA:
                                 "or float64 (an average's dtype)")
             # a copy of our own, native and contiguous, which updates change in place
             avg = np.array(avg, dtype=avg.dtype.newbyteorder("="), order="C")
+        if (t == 0) != (avg is None):   # (an update makes both: .value had read inf, or 0.2)
+            raise ValueError(f"state_dict['t'] is {t} but state_dict['avg'] is "
+                             f"{'None' if avg is None else 'an array'}: an average has a "
+                             "count of 0 exactly when it has no samples")
         self.beta, self.bias_correction, self.t, self._avg = beta, bias_correction, t, avg
 
     @property

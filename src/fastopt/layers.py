@@ -814,10 +814,13 @@ class BatchNorm:
         Returns
         -------
         dict
-            Plain Python values and NumPy arrays, which survive pickle and ``np.savez`` (a
-            None ``momentum`` as ``np.savez``'s object array, read back with
-            ``allow_pickle=True``). ``dgamma``, ``dbeta`` and the last batch are not in it
-            (nor ``axis`` and ``num_features``, the layer's make, as torch's).
+            Copies of the arrays, the count, and ``momentum`` and ``eps`` as the layer holds
+            them, which survive pickle and ``np.savez`` (a None ``momentum`` as ``np.savez``'s
+            object array, read back with ``allow_pickle=True``). ``dgamma``, ``dbeta`` and the
+            last batch are not in it (nor ``axis`` and ``num_features``, the layer's make, as
+            torch's). Into a torch.nn.BatchNorm1d: ``bn.load_state_dict({k: torch.as_tensor(v)
+            for k, v in sd.items() if k not in ("momentum", "eps")})`` (torch keeps those two
+            as attributes, and its strict load refuses other keys).
         """
         sd: dict[str, Any] = {key: getattr(self, name).copy()
                               for key, name in self._STATE_ARRAYS.items()}
@@ -871,6 +874,12 @@ class BatchNorm:
         copies = []
         for key, name in self._STATE_ARRAYS.items():
             where, value, mine = f"state_dict[{key!r}]", state_dict[key], getattr(self, name)
+            if not isinstance(mine, np.ndarray) or mine.dtype.kind != "f":
+                # (one set to an int array truncated the loaded values; to a list, raised
+                # AttributeError naming nothing)
+                raise TypeError(f"the layer's {name} is {type(mine).__name__}"
+                                + (f" of dtype {mine.dtype}" if isinstance(mine, np.ndarray)
+                                   else "") + ", not a float array to load into")
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{where} must be a numpy.ndarray, got {type(value).__name__}")
             if isinstance(value, (np.matrix, np.ma.MaskedArray)):

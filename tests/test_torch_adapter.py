@@ -2348,6 +2348,60 @@ def test_a_held_state_dict_stays_the_live_state_as_in_torch(name, kwargs, dtype)
     assert (ours[1] is None) == (theirs[1] is None) and (ours[1] is None or ours[1] == 3)
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_loaded_state_dict_stays_the_live_state_as_in_torch(name, dtype):
+    """torch.optim's load_state_dict keeps the loaded tensors as the state where it casts
+    none, ``step`` included: the steps after ``opt.load_state_dict(ck)`` update ``ck``, so
+    that ``ck = torch.load(path); opt.load_state_dict(ck); ...; torch.save(ck, path)`` saves
+    the current state. Ours updated ck's moments but copied its counts into the group's count
+    tensor: ck kept the loaded counts, steps behind its moments. So with a checkpoint read
+    back (torch.save, torch.load) and with the optimizer's own state_dict() loaded back. One
+    difference, where the step keeps another dtype than torch: NAdam's float32 mu_product of
+    float64 parameters, which torch's load casts to float64 (a copy the steps leave
+    behind), is kept as loaded here (no cast), so it stays live as the others."""
+    kwargs = dict(lr=0.1, momentum=0.9) if name == "SGD" else {}
+
+    def run(module):
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(3, generator=gen, dtype=dtype)) for _ in range(2)]
+        opt = getattr(module, name)(ps, **kwargs)
+
+        def steps(k):
+            for _ in range(k):
+                for p in ps:
+                    p.grad = torch.randn(3, generator=gen, dtype=dtype)
+                opt.step()
+
+        def live(sd, k):
+            before = {(i, key): v.clone() for i, s in sd["state"].items()
+                      for key, v in s.items()}
+            steps(k)
+            return {(i, key): (not torch.equal(sd["state"][i][key], v),
+                               sd["state"][i][key] is opt.state[ps[i]][key])
+                    for (i, key), v in before.items()}
+
+        steps(2)
+        buf = io.BytesIO()
+        torch.save(opt.state_dict(), buf)
+        buf.seek(0)
+        ck = torch.load(buf)
+        opt = getattr(module, name)(ps, **kwargs)
+        opt.load_state_dict(ck)
+        saved = live(ck, 2)
+        held = opt.state_dict()
+        opt.load_state_dict(held)
+        return saved, live(held, 1)
+
+    ours, theirs = run(ft), run(torch.optim)
+    if name == "NAdam" and dtype == torch.float64:
+        for i in range(2):      # (a float64 one, from torch's state after that load, it keeps)
+            assert theirs[0][i, "mu_product"] == (False, False)
+            theirs[0][i, "mu_product"] = (True, True)
+    assert ours == theirs
+    assert all(v == (True, True) for sd in theirs for v in sd.values())
+
+
 def test_the_plan_is_kept_while_nothing_changes():
     """The steady state reuses the plan: grads written in place, or new grad tensors after
     zero_grad(); a group's step counts are views of one tensor."""

@@ -29,12 +29,23 @@ between steps (a ``.data`` reassigned, new grads, state assigned or loaded) is p
 the next one (a ``.data`` of the same storage with other strides or shape, ``p.data =
 p.data.t()``, included; of a state tensor's strides or shape changed in place,
 ``opt.state[p]['exp_avg'].t_()``, only a new storage is: comparing every state tensor's
-geometry at every step would cost more than the parameters' and grads'). A group's
-``step`` counts are 0-d views of one tensor, advanced with one operation; a ``step``
-assigned from elsewhere is copied into it, and one written in place
-(``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. One in shared
-memory (the A3C/Hogwild ``SharedAdam``, or state moved there to share the optimizer with
-spawned workers) stays the state's, read at each step and advanced in place, as torch's.
+geometry at every step would cost more than the parameters' and grads'). A group's ``step``
+counts are 0-d views of one tensor, advanced with one operation. A ``step`` loaded or assigned
+is made that view in place by the next step (``torch.utils.swap_tensors``: the same tensor
+object), so that a loaded state dict stays the live state as torch.optim's ``load_state_dict``
+keeps it (the tensors it does not cast): after ``ck = torch.load(path);
+opt.load_state_dict(ck["opt"])`` (or ``opt.load_state_dict(opt.state_dict())``) the steps
+advance ``ck``'s counts with its moments, and a later ``torch.save(ck, path)`` saves the
+current state. A ``step`` that cannot be made a view of the group's tensor is copied into it
+instead, and the loaded one stays as it was: one of another dtype or shape than the counts'
+(torch's scalar dtype, float32; a float64 or int64 count, which torch keeps and advances in its
+dtype), a view of other memory (another optimizer's live counts, its ``state_dict()`` held and
+loaded, not saved) or a tensor that other tensors or a weak reference hold (which swap_tensors
+refuses). Keeping those as the state would cost a read and a write of each at every step (as a
+count in shared memory costs, below), where the group's counts take one operation. One written
+in place (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. One
+in shared memory (the A3C/Hogwild ``SharedAdam``, or state moved there to share the optimizer
+with spawned workers) stays the state's, read at each step and advanced in place, as torch's.
 Every group's tensors, hyper-parameters and step counts loaded, assigned or written in place
 (a count below 0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs
 or a complex bias correction; RMSprop and Adadelta, which do not read it, step any count as
@@ -520,8 +531,9 @@ class _Plan:
     Step counts live in one tensor per group (``step_buf``, a slot per parameter of the
     group): each state's ``step`` is a 0-d view of its slot, so one NumPy operation reads and
     advances a group's counts. A ``step`` from elsewhere (a loaded state dict, an assigned
-    tensor) is copied into its slot and replaced by the slot's view when the step succeeds;
-    one in shared memory (``shared_steps``) stays the state's, read into its slot before
+    tensor) is made the slot's view in place (:func:`_adopt_count`), or where it cannot be,
+    copied into its slot and replaced by the slot's view when the step succeeds; one in
+    shared memory (``shared_steps``) stays the state's, read into its slot before
     each step and advanced in place after it, as torch advances it."""
 
     __slots__ = ("all_params", "grads", "has_grad", "params", "keys", "state_map", "stored",
@@ -575,6 +587,25 @@ def _next_count(count, counts):
     if step > 16777216.0 and counts.dtype == np.float32:
         step = float(np.float32(step))
     return step
+
+
+def _adopt_count(step, counts, j):
+    """Make the loaded or assigned count ``step`` the slot ``j`` of its group's count
+    tensor ``counts`` in place, its value already there: the same tensor object, so that a
+    state dict it was loaded from sees the counts advance, as torch.optim's load keeps the
+    loaded ``step`` as the state. Only a plain 0-d tensor of the counts' dtype that is no
+    view can be (a view, a count of this or another group, another holder would see it
+    change); returns whether it was. ``torch.utils.swap_tensors`` swaps it with a view of
+    the slot (it refuses a tensor that other tensors or a weak reference hold: that one is
+    copied)."""
+    if (type(step) is not torch.Tensor or step._base is not None or step.dim() != 0
+            or step.dtype != counts.dtype):
+        return False
+    try:
+        torch.utils.swap_tensors(step, counts[j])
+    except RuntimeError:
+        return False
+    return True
 
 
 def _versions(tensors):
@@ -860,6 +891,18 @@ class _FastOptimizer(_Mixin):
         implementations) are replaced by this one's; ``capturable`` or ``differentiable``
         state raises ``ValueError`` before anything changes.
 
+        As torch's, it keeps the loaded tensors as the state where the step needs no cast,
+        so that the steps go on updating the loaded dict (a checkpoint ``ck =
+        torch.load(path)`` saved again later saves the current state). That includes the
+        ``step`` counts: the next step makes each one a view of its group's count tensor in
+        place (the module's notes say which cannot be, and are copied), so save such a dict
+        with ``torch.save``, as a held :meth:`state_dict` (a plain pickle stores that tensor
+        once per count). Where the step keeps another dtype than torch.optim's, a loaded
+        tensor of that dtype is the state where torch's cast copies it: NAdam's float32
+        ``mu_product`` of float64 parameters, and the float32 state of 16-bit parameters; a
+        torch.optim state dict's 16-bit state, or a float64 ``mu_product``, is cast here: a
+        copy, which the steps do not update.
+
         The 16-bit parameters' master copies are not touched here, as the parameters may
         not hold their values yet (a model loaded after its optimizer): the next step
         checks each one against its parameter (see :meth:`_watch_masters`).
@@ -898,6 +941,8 @@ class _FastOptimizer(_Mixin):
         and the re-cast of the state the step needs: under the step's lock."""
         pre, post = (self._optimizer_load_state_dict_pre_hooks,
                      self._optimizer_load_state_dict_post_hooks)
+        counts = {id(plan.step_buf) for plan in self._plans.values()
+                  if plan.step_buf is not None}
         try:    # torch's load without its hooks: they run here, around the re-cast
             self._optimizer_load_state_dict_pre_hooks = type(pre)()
             self._optimizer_load_state_dict_post_hooks = type(post)()
@@ -907,6 +952,18 @@ class _FastOptimizer(_Mixin):
             self._optimizer_load_state_dict_post_hooks = post
         # no plan: the next step checks every 16-bit parameter's master (_watch_masters)
         self._plans: dict[int, _Plan] = {}
+        if counts:
+            # a loaded count that is a view of this optimizer's counts (its own state_dict()
+            # loaded back) is made a tensor of its own, in place, for the next step to take
+            # it into the group's new count tensor as it takes a saved one (_count_steps)
+            for state in self.state.values():
+                step = state.get("step") if isinstance(state, dict) else None
+                if (isinstance(step, torch.Tensor) and step._base is not None
+                        and id(step._base) in counts):
+                    try:
+                        torch.utils.swap_tensors(step, step.clone())
+                    except RuntimeError:    # (held elsewhere too: copied at the step)
+                        pass
         # torch cast every state tensor but ``step`` to its parameter's dtype: undo that where
         # the step needs another (16-bit parameters' float32 state, NAdam's mu_product)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -1638,8 +1695,10 @@ class _FastOptimizer(_Mixin):
 
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the
-        group has the same parameters): a ``step`` that is not its parameter's slot is
-        copied into it, and the state (copied) takes the slot once the step succeeds."""
+        group has the same parameters). A ``step`` that is not its parameter's slot, loaded
+        or assigned, is made the slot in place when it can be (:func:`_adopt_count`), so
+        that it goes on counting as torch's does; any other is copied into it, and the
+        state (copied) takes the slot once the step succeeds."""
         params = plan.all_params
         if (old is not None and old.step_buf is not None and len(old.all_params) == len(params)
                 and all(map(operator.is_, old.all_params, params))):
@@ -1662,6 +1721,9 @@ class _FastOptimizer(_Mixin):
                 # a count in shared memory (the A3C/Hogwild SharedAdam, or state shared with
                 # processes it spawned) is other processes' too: it stays the state's
                 plan.shared_steps.append((j, steps[k]))
+                continue
+            if plan.stored[k] and _adopt_count(steps[k], plan.step_buf, j):
+                plan.slots[j] = steps[k]
                 continue
             if plan.slots[j] is None or plan.slots[j] is steps[k]:    # (its .data was set)
                 plan.slots[j] = plan.step_buf[j]

@@ -154,7 +154,7 @@ one: a decay ``x`` that the kernels take once for both terms of ``x * v + (1 - x
 (RMSprop's alpha, Adadelta's rho, the beta2 of Adam, NAdam and RAdam), where torch's
 ``1 - x`` of a float32 ``x`` below 0.5 is rounded to float32 (from 0.5 up it is exact): the
 kernels' is not, so float64 parameters step off torch's by that rounding (at most a relative
-3e-8 of that term). A bool, Python's or NumPy's (a "no decay" group's
+2^-24, 6e-8, of that term). A bool, Python's or NumPy's (a "no decay" group's
 ``weight_decay=False``), is its number, 0 or 1, as torch's arithmetic takes it (its step
 takes them, but for a few it cannot compute with, which are stepped here as 1:
 ``weight_decay=True`` as an ``alpha``, NumPy's True as a negated lr). A value the kernels

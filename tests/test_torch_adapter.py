@@ -234,7 +234,7 @@ BOOLS_TORCH_STEPS = [
     ("NAdam", dict(weight_decay=True, decoupled_weight_decay=True, betas=(0.9, False))),
     ("RAdam", dict(lr=np.True_, betas=(False, 0.999), eps=np.False_, weight_decay=np.True_)),
     ("RAdam", dict(lr=True, weight_decay=True, decoupled_weight_decay=True))]
-# and those it cannot compute with (an alpha of True, NumPy's True negated), stepped as 1
+# and those it cannot compute with (an alpha of Python's True, NumPy's True negated)
 BOOLS_TORCH_REFUSES = [("SGD", dict(lr=0.1, weight_decay=True)), ("SGD", dict(lr=np.True_)),
                        ("SGD", dict(lr=0.1, momentum=True, nesterov=True)),
                        ("Adam", dict(weight_decay=True)), ("RMSprop", dict(lr=np.True_)),
@@ -269,20 +269,27 @@ def test_a_no_decay_group_of_weight_decay_false_steps_as_torchs(name):
 
 @pytest.mark.parametrize("name,kwargs", BOOLS_TORCH_REFUSES,
                          ids=[v[0] for v in BOOLS_TORCH_REFUSES])
-def test_bool_hyper_parameters_torch_cannot_compute_with_step_as_1(name, kwargs):
-    """Where torch's step does not compute with a bool (``weight_decay=True`` as an ``alpha``,
-    NumPy's True negated), fastopt.torch steps its number, 1, as for the others."""
+def test_bool_hyper_parameters_torch_cannot_compute_with_raise_naming_them(name, kwargs):
+    """Where torch's step does not compute with a bool (Python's True as an ``alpha``: a
+    coupled ``weight_decay=True``, SGD's Nesterov ``momentum=True``; NumPy's True as an lr it
+    negates), fastopt.torch raises too, naming it, at construction and when set on a group
+    later, changing nothing (stepped as 1, they had trained silently)."""
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    p.grad = torch.full_like(p, 0.5)
     with pytest.raises((TypeError, RuntimeError)):
-        step_both_and_compare(name, kwargs, torch.float64, 1)
-    number = {k: float(v) if isinstance(v, (bool, np.bool_)) else v for k, v in kwargs.items()}
-    ours, opt, theirs, ref = _pair(name, kwargs)
-    same, opt_number, _, _ = _pair(name, number)
-    for _ in range(3):
-        gen = torch.Generator().manual_seed(5)
-        _set_grads(gen, ours, same)
+        getattr(torch.optim, name)([p], foreach=False, **kwargs).step()
+    key = next(k for k, v in kwargs.items() if isinstance(v, (bool, np.bool_)))
+    with pytest.raises(TypeError, match=rf"Invalid {key}: .*torch.optim's step refuses it"):
+        getattr(ft, name)([p], **kwargs)
+    ok = {k: (1.0 if k == key else v) for k, v in kwargs.items()}
+    opt = getattr(ft, name)([p], **ok)
+    opt.step()
+    before, state = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    opt.param_groups[0][key] = kwargs[key]
+    with pytest.raises(TypeError, match=rf"Invalid {key}: "):
         opt.step()
-        opt_number.step()
-    assert all(torch.equal(p, q) for p, q in zip(ours, same))
+    assert torch.equal(p.detach(), before) and set(opt.state[p]) == set(state)
+    assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())
 
 
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])

@@ -155,9 +155,10 @@ one: a decay ``x`` that the kernels take once for both terms of ``x * v + (1 - x
 ``1 - x`` of a float32 ``x`` below 0.5 is rounded to float32 (from 0.5 up it is exact): the
 kernels' is not, so float64 parameters step off torch's by that rounding (at most a relative
 2^-24, 6e-8, of that term). A bool, Python's or NumPy's (a "no decay" group's
-``weight_decay=False``), is its number, 0 or 1, as torch's arithmetic takes it (its step
-takes them, but for a few it cannot compute with, which are stepped here as 1:
-``weight_decay=True`` as an ``alpha``, NumPy's True as a negated lr). A value the kernels
+``weight_decay=False``), is its number, 0 or 1, as torch's arithmetic takes it; those its
+step cannot compute with raise here too, naming them (Python's True as an ``alpha``: a coupled
+``weight_decay=True``, SGD's Nesterov ``momentum=True``; NumPy's bools as an lr it negates). A
+value the kernels
 cannot take as a number (a Decimal, a complex, a string, a bool tensor, which torch's step
 refuses for most hyper-parameters: its arithmetic does not negate or subtract one) or an
 option whose truth value is ambiguous (an array) raises naming it in the constructor and
@@ -1974,7 +1975,27 @@ class _FastOptimizer(_Mixin):
             return value        # the common case, at every step (torch's weight_decay=0)
         if isinstance(value, torch.Tensor) and value.dim() != 0 and key in self._NOT_0D:
             self._refuse_not_0d(group, key, value)
+        if isinstance(value, (bool, np.bool_)) and self._torch_refuses_bool(group, key, value):
+            raise TypeError(f"Invalid {key}: {value!r} (torch.optim's step refuses it: "
+                            + ("it negates the lr, and NumPy's bools do not negate)"
+                               if key == "lr" else "an alpha of Python's True, 'Boolean alpha "
+                               "only supported for Boolean results')"))
         return _number(value, key)
+
+    _NEGATES_LR = False     # torch's step computes -lr (SGD, RMSprop, Adadelta, NAdam)
+
+    def _torch_refuses_bool(self, group, key, value):
+        """Whether torch's step cannot compute with the bool ``value`` of ``key`` (it takes
+        the others as 0 and 1, and so does fastopt.torch): Python's True as an ``alpha`` (a
+        coupled weight decay's ``grad.add(param, alpha=weight_decay)``, SGD's Nesterov
+        ``grad.add(buf, alpha=momentum)``), and NumPy's bools as an lr it negates. Stepped as
+        1, they had trained silently where torch raises."""
+        if key == "lr":
+            return self._NEGATES_LR and isinstance(value, np.bool_)
+        if value is not True:
+            return False
+        return (key == "weight_decay" and not self._decouples(group)
+                or key == "momentum" and bool(group.get("nesterov")))
 
     def _refuse_not_0d(self, group, key, value):
         """The error torch's step raises for a one-element ``value`` of ``key`` that is not
@@ -2125,6 +2146,7 @@ class SGD(_FastOptimizer, torch.optim.SGD):
     foreach_sgd_step_`'s). State (torch's): ``momentum_buffer`` when momentum is used, which
     starts as the first step's grad (as does one set to None)."""
 
+    _NEGATES_LR = True
     _KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     _KERNEL = "sgd"
     _NOT_0D = {"dampening": TypeError, "weight_decay": TypeError}
@@ -2179,6 +2201,7 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
     foreach_rmsprop_step_`'s). State (torch's): ``step``, ``square_avg``, ``momentum_buffer``
     (momentum > 0), ``grad_avg`` (centered)."""
 
+    _NEGATES_LR = True
     _KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
     _KERNEL = "rmsprop"
     _NOT_0D = {"alpha": TypeError, "weight_decay": TypeError}
@@ -2317,6 +2340,7 @@ class Adadelta(_FastOptimizer, torch.optim.Adadelta):
     """``torch.optim.Adadelta`` stepped by fastopt's Adadelta kernel (:func:`fastopt.ops.
     foreach_adadelta_step_`'s). State (torch's): ``step``, ``square_avg``, ``acc_delta``."""
 
+    _NEGATES_LR = True
     _KEYS = ("lr", "rho", "eps", "weight_decay", "maximize")
     _KERNEL = "adadelta"
     _NOT_0D = {"rho": TypeError, "weight_decay": TypeError}
@@ -2379,6 +2403,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
     multiplies it in float64 for float64 parameters; here it keeps the scalar dtype, so a
     resumed run follows the uninterrupted trajectory."""
 
+    _NEGATES_LR = True
     _KEYS = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
              "decoupled_weight_decay", "maximize")
     _KERNEL = "nadam"

@@ -2355,6 +2355,51 @@ def test_a_held_state_dict_stays_the_live_state_as_in_torch(name, kwargs, dtype)
     assert (ours[1] is None) == (theirs[1] is None) and (ours[1] is None or ours[1] == 3)
 
 
+def test_a_step_that_raises_after_a_load_leaves_the_loaded_counts_as_they_were():
+    """The first step after a load adopts the loaded counts (a view of the group's count
+    tensor, in place) once it succeeds: done while the plan was made, a step that then raised
+    (a sparse grad) left each a view of a count tensor thrown away, and the next plan copied
+    it: the checkpoint's counts stayed behind its moments, and the failed step had changed
+    which tensors they were."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = ft.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    ck = torch.load(buf)
+    opt = ft.Adam([p], lr=0.1)
+    opt.load_state_dict(ck)
+    step = ck["state"][0]["step"]
+    p.grad = torch.ones(3).to_sparse()
+    with pytest.raises((RuntimeError, TypeError, ValueError)):
+        opt.step()
+    assert step._base is None and float(step) == 1.0
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.step()
+    assert opt.state[p]["step"] is step and float(step) == 3.0
+
+
+def test_counts_of_two_parameters_whose_states_were_exchanged_stay_theirs():
+    """The counts are read into the group's count tensor: read one after the other, the
+    second (a view of the slot the first had just written) read the first's count."""
+    counts = []
+    for lib, extra in ((ft, {}), (torch.optim, dict(foreach=False))):
+        a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+        opt = lib.Adam([a, b], lr=0.1, **extra)
+        a.grad = torch.ones(3)
+        for _ in range(3):
+            opt.step()
+        b.grad = torch.ones(3)
+        opt.step()
+        opt.state[a], opt.state[b] = opt.state[b], opt.state[a]
+        opt.step()
+        counts.append((float(opt.state[a]["step"]), float(opt.state[b]["step"])))
+    assert counts[0] == counts[1] == (2.0, 5.0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_loaded_state_dict_stays_the_live_state_as_in_torch(name, dtype):

@@ -31,8 +31,8 @@ p.data.t()``, included; of a state tensor's strides or shape changed in place,
 ``opt.state[p]['exp_avg'].t_()``, only a new storage is: comparing every state tensor's
 geometry at every step would cost more than the parameters' and grads'). A group's ``step``
 counts are 0-d views of one tensor, advanced with one operation. A ``step`` loaded or assigned
-is made that view in place by the next step (``torch.utils.swap_tensors``: the same tensor
-object), so that a loaded state dict stays the live state as torch.optim's ``load_state_dict``
+is made that view in place once the next step has succeeded (``torch.utils.swap_tensors``: the
+same tensor object; attributes set on it are swapped away with its old contents), so that a loaded state dict stays the live state as torch.optim's ``load_state_dict``
 keeps it (the tensors it does not cast): after ``ck = torch.load(path);
 opt.load_state_dict(ck["opt"])`` (or ``opt.load_state_dict(opt.state_dict())``) the steps
 advance ``ck``'s counts with its moments, and a later ``torch.save(ck, path)`` saves the
@@ -40,8 +40,9 @@ current state. A ``step`` that cannot be made a view of the group's tensor is co
 instead, and the loaded one stays as it was: one of another dtype or shape than the counts'
 (torch's scalar dtype, float32; a float64 or int64 count, which torch keeps and advances in its
 dtype), a view of other memory (another optimizer's live counts, its ``state_dict()`` held and
-loaded, not saved) or a tensor that other tensors or a weak reference hold (which swap_tensors
-refuses). Keeping those as the state would cost a read and a write of each at every step (as a
+loaded, not saved, and this optimizer's own earlier count tensor's, after a parameter was added
+to the group or a step through a ``copy.copy`` handle) or a tensor that other tensors or a weak
+reference hold (which swap_tensors refuses). Keeping those as the state would cost a read and a write of each at every step (as a
 count in shared memory costs, below), where the group's counts take one operation. One written
 in place (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. One
 in shared memory (the A3C/Hogwild ``SharedAdam``, or state moved there to share the optimizer
@@ -532,8 +533,8 @@ class _Plan:
     Step counts live in one tensor per group (``step_buf``, a slot per parameter of the
     group): each state's ``step`` is a 0-d view of its slot, so one NumPy operation reads and
     advances a group's counts. A ``step`` from elsewhere (a loaded state dict, an assigned
-    tensor) is made the slot's view in place (:func:`_adopt_count`), or where it cannot be,
-    copied into its slot and replaced by the slot's view when the step succeeds; one in
+    tensor) is copied into its slot, and when the step succeeds made the slot's view in place
+    (:func:`_adopt_count`: ``adopt``), or where it cannot be, replaced by the slot's view; one in
     shared memory (``shared_steps``) stays the state's, read into its slot before
     each step and advanced in place after it, as torch advances it."""
 
@@ -544,7 +545,7 @@ class _Plan:
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
                  "gmark", "gids", "wstarts", "wreach", "alias", "pptrs", "split", "negs",
                  "neg_grads", "scalars", "scalar_versions", "vshapes", "inference",
-                 "shared_steps", "clip_shared")
+                 "shared_steps", "clip_shared", "adopt")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -590,20 +591,24 @@ def _next_count(count, counts):
     return step
 
 
-def _adopt_count(step, counts, j):
-    """Make the loaded or assigned count ``step`` the slot ``j`` of its group's count
-    tensor ``counts`` in place, its value already there: the same tensor object, so that a
-    state dict it was loaded from sees the counts advance, as torch.optim's load keeps the
-    loaded ``step`` as the state. Only a plain 0-d tensor of the counts' dtype that is no
-    view can be (a view, a count of this or another group, another holder would see it
-    change); returns whether it was. ``torch.utils.swap_tensors`` swaps it with a view of
-    the slot (it refuses a tensor that other tensors or a weak reference hold: that one is
-    copied)."""
-    if (type(step) is not torch.Tensor or step._base is not None or step.dim() != 0
-            or step.dtype != counts.dtype):
-        return False
+def _adoptable(step, counts):
+    """Whether the loaded or assigned count ``step`` can be made a slot of its group's count
+    tensor ``counts`` in place (:func:`_adopt_count`): a plain 0-d tensor of the counts' dtype
+    that is no view (a view, a count of this or another group, another holder would see it
+    change)."""
+    return (type(step) is torch.Tensor and step._base is None and step.dim() == 0
+            and step.dtype == counts.dtype)
+
+
+def _adopt_count(step, slot):
+    """Make ``step`` (:func:`_adoptable`) the view ``slot`` of its group's count tensor in
+    place, once the step that copied it there has succeeded: the same tensor object, so that
+    a state dict it was loaded from sees the counts advance, as torch.optim's load keeps the
+    loaded ``step`` as the state. ``torch.utils.swap_tensors`` swaps the two objects; returns
+    whether it could (it refuses a tensor that other tensors or a weak reference hold: that
+    one stays a copy)."""
     try:
-        torch.utils.swap_tensors(step, counts[j])
+        torch.utils.swap_tensors(step, slot)
     except RuntimeError:
         return False
     return True
@@ -1305,7 +1310,7 @@ class _FastOptimizer(_Mixin):
     def _make_plan(self, group, params, grads, old):
         plan = _Plan()
         plan.all_params, plan.grads = list(params), list(grads)
-        plan.keep = False
+        plan.keep, plan.adopt = False, []
         plan.has_grad = [g is not None for g in grads]
         live = [p for p, g in zip(params, grads) if g is not None]
         plan.params = live
@@ -1697,9 +1702,9 @@ class _FastOptimizer(_Mixin):
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the
         group has the same parameters). A ``step`` that is not its parameter's slot, loaded
-        or assigned, is made the slot in place when it can be (:func:`_adopt_count`), so
-        that it goes on counting as torch's does; any other is copied into it, and the
-        state (copied) takes the slot once the step succeeds."""
+        or assigned, is copied into it, and once the step succeeds made the slot in place
+        where it can be (:func:`_adopt_count`), so that it goes on counting as torch's does,
+        or else replaced in the state (copied) by the slot."""
         params = plan.all_params
         if (old is not None and old.step_buf is not None and len(old.all_params) == len(params)
                 and all(map(operator.is_, old.all_params, params))):
@@ -1714,18 +1719,22 @@ class _FastOptimizer(_Mixin):
         steps = plan.tensors["step"]
         base, size = plan.step_buf.data_ptr(), plan.step_buf.element_size()
         plan.shared_steps = []
-        for k, j in enumerate(index):
-            if steps[k] is plan.slots[j] and steps[k].data_ptr() == base + j * size:
-                continue
-            plan.counts[j] = float(steps[k])
+        moved = [(k, j) for k, j in enumerate(index)
+                 if not (steps[k] is plan.slots[j] and steps[k].data_ptr() == base + j * size)]
+        # every count read before any is written: a count that is a view of another slot
+        # (two parameters' states exchanged) read after that slot was written read its count
+        for (k, j), count in zip(moved, [float(steps[k]) for k, _ in moved]):
+            plan.counts[j] = count
+        for k, j in moved:
             if steps[k].is_shared():
                 # a count in shared memory (the A3C/Hogwild SharedAdam, or state shared with
                 # processes it spawned) is other processes' too: it stays the state's
                 plan.shared_steps.append((j, steps[k]))
                 continue
-            if plan.stored[k] and _adopt_count(steps[k], plan.step_buf, j):
-                plan.slots[j] = steps[k]
-                continue
+            if plan.stored[k] and _adoptable(steps[k], plan.step_buf):
+                # made the slot in place once the step succeeds (_run): a step that raised
+                # after the swap had left it a view of a count tensor thrown away
+                plan.adopt.append((k, j, steps[k]))
             if plan.slots[j] is None or plan.slots[j] is steps[k]:    # (its .data was set)
                 plan.slots[j] = plan.step_buf[j]
             state = plan.states[k]
@@ -1880,6 +1889,12 @@ class _FastOptimizer(_Mixin):
                     stored.update(state)
                     state = plan.states[k] = stored
                 self.state[plan.params[k]] = plan.stored[k] = state
+            for k, j, step in plan.adopt:
+                # the loaded or assigned count goes on counting, as torch's (_adopt_count)
+                state = plan.states[k]
+                if state.get("step") is plan.slots[j] and _adopt_count(step, plan.slots[j]):
+                    state["step"] = plan.slots[j] = step
+            plan.adopt = []
             plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
             plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)

@@ -827,7 +827,15 @@ class ShardedOptimizer:
             install = self._staged_load(local)
         except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
             error = exc
-        self._raise_if_any(error, "load_state_dict")
+        try:
+            self._raise_if_any(error, "load_state_dict")
+        except BaseException:
+            if self._own_load() and self.comm.Get_size() > 1:
+                # a subclass's own load, not staged: the ranks where it succeeded have loaded
+                # (every later call but a load raises, as after a failed shard step)
+                self._missed = ("a load_state_dict of the shard optimizer's class failed on "
+                                "a rank after others had loaded theirs")
+            raise
         install()
         self._missed = None
 
@@ -835,12 +843,17 @@ class ShardedOptimizer:
         """The shard optimizer's load of ``local``, checked and copied, returning the install
         (nothing left to fail); a subclass's own ``load_state_dict`` (any ``optimizer_class``
         may be given) is honoured, as torch's ZeRO calls it: loaded at once, the ranks then
-        agreeing only afterwards."""
+        agreeing only afterwards (one failing where others loaded leaves the shards out of
+        step: later calls raise until a load succeeds)."""
         opt = self.shard_optimizer
-        if type(opt).load_state_dict is not Optimizer.load_state_dict:
+        if self._own_load():
             opt.load_state_dict(local)
             return lambda: None
         return opt._load_staged(local)
+
+    def _own_load(self):
+        """Whether the shard optimizer's class has a load_state_dict of its own."""
+        return type(self.shard_optimizer).load_state_dict is not Optimizer.load_state_dict
 
     def _flats(self, full, plan):
         """On the root, for :meth:`load_state_dict`: per param group with state, per key of

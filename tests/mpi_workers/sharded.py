@@ -693,6 +693,49 @@ def check_out_of_memory_in_state_dicts():
            same(arena.flat_params, ref.flat_params))
 
 
+def check_subclass_load_failing_on_one_rank():
+    """A subclass's own load_state_dict (called on the shard, as torch's ZeRO calls it; not
+    staged) that raises on one rank: every rank raises, and since the others have loaded,
+    every later call but a load raises on every rank until a load succeeds (the next step had
+    run silently on shards at different steps)."""
+    failing = [False]
+
+    class Own(fo.Adam):
+        def load_state_dict(self, state_dict):
+            if failing[0]:
+                raise ValueError("this rank's load refused")
+            super().load_state_dict(state_dict)
+
+    arena, ref = model(np.float64), model(np.float64)
+    keys = list(SHAPES)
+    opt = ShardedOptimizer(Own, {k: arena.params[k] for k in keys[:2]}, lr=0.1)
+    ref_opt = fo.Adam({k: ref.params[k] for k in keys[:2]}, lr=0.1)
+    step_both(arena, opt, ref, ref_opt, 0)
+    sd = opt.state_dict()
+    ref_sd = ref_opt.state_dict()
+    step_both(arena, opt, ref, ref_opt, 1)
+    failing[0] = RANK == SIZE - 1
+    try:
+        opt.load_state_dict(sd)
+        raised = "no exception"
+    except Exception as exc:    # noqa: BLE001 - which one is reported
+        raised = type(exc).__name__
+    failing[0] = False
+    try:
+        arena.flat_grads[...] = 1.0
+        opt.step()
+        later = "no exception"
+    except RuntimeError as exc:
+        later = str(exc)
+    report("subclass load failing on one rank", raised != "no exception"
+           and "out of step" in later, f"{raised}; then: {later}")
+    opt.load_state_dict(sd)
+    ref_opt.load_state_dict(ref_sd)
+    step_both(arena, opt, ref, ref_opt, 2)
+    report("subclass load failing on one rank, then a load and a step",
+           same(arena.flat_params, ref.flat_params))
+
+
 def check_own_grad_views():
     """Grads that are the arena's own grad views in another order (or other views of its grad
     buffer) step as one process does. Was: copied one by one, a later copy read a view an
@@ -1059,7 +1102,8 @@ def main():
               check_bad_param_group, check_group_removed_on_one_rank,
               check_extra_group_entries, check_grad_sums_past_the_float_range,
               check_different_calls_on_one_rank, check_ctrl_c_inside_a_step,
-              check_shard_step_failing_on_one_rank, check_out_of_memory_in_state_dicts]
+              check_shard_step_failing_on_one_rank, check_out_of_memory_in_state_dicts,
+              check_subclass_load_failing_on_one_rank]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]
     if args.save:

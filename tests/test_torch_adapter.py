@@ -2382,22 +2382,36 @@ def test_a_step_that_raises_after_a_load_leaves_the_loaded_counts_as_they_were()
     assert opt.state[p]["step"] is step and float(step) == 3.0
 
 
-def test_counts_of_two_parameters_whose_states_were_exchanged_stay_theirs():
-    """The counts are read into the group's count tensor: read one after the other, the
-    second (a view of the slot the first had just written) read the first's count."""
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("how", ["both", "a has no grad", "a failed step first"])
+def test_counts_of_two_parameters_whose_states_were_exchanged_stay_theirs(groups, how):
+    """Two parameters' states exchanged between steps, in one group or two: the counts were
+    read into the group's kept count tensor one after the other, so that one read a slot the
+    other had just written (both took one count, and with one parameter without a grad the
+    two states then shared one), and a step that raised after that had changed them."""
     counts = []
     for lib, extra in ((ft, {}), (torch.optim, dict(foreach=False))):
         a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
-        opt = lib.Adam([a, b], lr=0.1, **extra)
+        params = [a, b] if groups == 1 else [{"params": [a]}, {"params": [b]}]
+        opt = lib.Adam(params, lr=0.1, **extra)
         a.grad = torch.ones(3)
         for _ in range(3):
             opt.step()
         b.grad = torch.ones(3)
         opt.step()
         opt.state[a], opt.state[b] = opt.state[b], opt.state[a]
+        if how == "a has no grad":
+            a.grad = None
+        if how == "a failed step first" and lib is ft:
+            b.grad = torch.ones(3).to_sparse()
+            with pytest.raises(RuntimeError):
+                opt.step()
+            assert (float(opt.state[a]["step"]), float(opt.state[b]["step"])) == (1.0, 4.0)
+            b.grad = torch.ones(3)
+        opt.step()
         opt.step()
         counts.append((float(opt.state[a]["step"]), float(opt.state[b]["step"])))
-    assert counts[0] == counts[1] == (2.0, 5.0)
+    assert counts[0] == counts[1]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -41,7 +41,8 @@ instead, and the loaded one stays as it was: one of another dtype or shape than 
 (torch's scalar dtype, float32; a float64 or int64 count, which torch keeps and advances in its
 dtype), a view of other memory (another optimizer's live counts, its ``state_dict()`` held and
 loaded, not saved, and this optimizer's own earlier count tensor's, after a parameter was added
-to the group or a step through a ``copy.copy`` handle) or a tensor that other tensors or a weak
+to the group, a step through a ``copy.copy`` handle, or another count of the group loaded,
+assigned or exchanged since) or a tensor that other tensors or a weak
 reference hold (which swap_tensors refuses). Keeping those as the state would cost a read and a write of each at every step (as a
 count in shared memory costs, below), where the group's counts take one operation. One written
 in place (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. One
@@ -1701,19 +1702,20 @@ class _FastOptimizer(_Mixin):
 
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the
-        group has the same parameters). A ``step`` that is not its parameter's slot, loaded
+        group has the same parameters and no count moved; a new one, all counts read before
+        any is written, when one did). A ``step`` that is not its parameter's slot, loaded
         or assigned, is copied into it, and once the step succeeds made the slot in place
         where it can be (:func:`_adopt_count`), so that it goes on counting as torch's does,
         or else replaced in the state (copied) by the slot."""
         params = plan.all_params
-        if (old is not None and old.step_buf is not None and len(old.all_params) == len(params)
-                and all(map(operator.is_, old.all_params, params))):
+        reuse = (old is not None and old.step_buf is not None
+                 and len(old.all_params) == len(params)
+                 and all(map(operator.is_, old.all_params, params)))
+        if reuse:
             plan.step_buf, plan.slots = old.step_buf, old.slots
         else:
             plan.step_buf = torch.zeros(len(params), dtype=_scalar_dtype())
             plan.slots = [None] * len(params)
-        plan.counts = plan.step_buf.numpy()
-        plan.tally = memoryview(plan.counts)    # the same (for one parameter: see _run)
         index = [j for j, has in enumerate(plan.has_grad) if has]
         plan.live_index = _ALL if len(index) == len(params) else np.array(index, np.intp)
         steps = plan.tensors["step"]
@@ -1721,8 +1723,18 @@ class _FastOptimizer(_Mixin):
         plan.shared_steps = []
         moved = [(k, j) for k, j in enumerate(index)
                  if not (steps[k] is plan.slots[j] and steps[k].data_ptr() == base + j * size)]
-        # every count read before any is written: a count that is a view of another slot
-        # (two parameters' states exchanged) read after that slot was written read its count
+        if reuse and not all(steps[k].is_shared() for k, _ in moved):
+            # a count loaded, assigned or exchanged: every count goes into a new count
+            # tensor, so that the kept one, which the states of parameters without a grad
+            # still view (and every state, should this step raise), stays as it was (counts
+            # written into it had changed them before the checks below; two parameters'
+            # exchanged states, or one without a grad, had taken one count)
+            plan.step_buf = torch.zeros(len(params), dtype=_scalar_dtype())
+            plan.slots = [None] * len(params)
+            moved = list(enumerate(index))
+        plan.counts = plan.step_buf.numpy()
+        plan.tally = memoryview(plan.counts)    # the same (for one parameter: see _run)
+        # every count read before any is written (one may be a view of another's slot)
         for (k, j), count in zip(moved, [float(steps[k]) for k, _ in moved]):
             plan.counts[j] = count
         for k, j in moved:

@@ -32,22 +32,23 @@ p.data.t()``, included; of a state tensor's strides or shape changed in place,
 geometry at every step would cost more than the parameters' and grads'). A group's ``step``
 counts are 0-d views of one tensor, advanced with one operation. A ``step`` loaded or assigned
 is made that view in place once the next step has succeeded (``torch.utils.swap_tensors``: the
-same tensor object; attributes set on it are swapped away with its old contents), so that a loaded state dict stays the live state as torch.optim's ``load_state_dict``
-keeps it (the tensors it does not cast): after ``ck = torch.load(path);
-opt.load_state_dict(ck["opt"])`` (or ``opt.load_state_dict(opt.state_dict())``) the steps
-advance ``ck``'s counts with its moments, and a later ``torch.save(ck, path)`` saves the
-current state. A ``step`` that cannot be made a view of the group's tensor is copied into it
-instead, and the loaded one stays as it was: one of another dtype or shape than the counts'
-(torch's scalar dtype, float32; a float64 or int64 count, which torch keeps and advances in its
-dtype), a view of other memory (another optimizer's live counts, its ``state_dict()`` held and
-loaded, not saved, and this optimizer's own earlier count tensor's, after a parameter was added
-to the group, a step through a ``copy.copy`` handle, or another count of the group loaded,
-assigned or exchanged since) or a tensor that other tensors or a weak
-reference hold (which swap_tensors refuses). Keeping those as the state would cost a read and a write of each at every step (as a
-count in shared memory costs, below), where the group's counts take one operation. One written
-in place (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads it. One
-in shared memory (the A3C/Hogwild ``SharedAdam``, or state moved there to share the optimizer
-with spawned workers) stays the state's, read at each step and advanced in place, as torch's.
+same tensor object; attributes set on it are swapped away with its old contents), so that a
+loaded state dict stays the live state as torch.optim's ``load_state_dict`` keeps it (the
+tensors it does not cast): after ``ck = torch.load(path); opt.load_state_dict(ck["opt"])`` (or
+``opt.load_state_dict(opt.state_dict())``) the steps advance ``ck``'s counts with its moments,
+and a later ``torch.save(ck, path)`` saves the current state. A ``step`` that cannot be made a
+view of the group's tensor is copied into it instead, and the loaded one stays as it was: one of
+another dtype or shape than the counts' (torch's scalar dtype, float32; a float64 or int64
+count, which torch keeps and advances in its dtype), a view of other memory (another optimizer's
+live counts, its ``state_dict()`` held and loaded, not saved, and this optimizer's own earlier
+count tensor's, after a parameter was added to the group, a step through a ``copy.copy`` handle,
+or another count of the group loaded, assigned or exchanged since) or a tensor that other
+tensors or a weak reference hold (which swap_tensors refuses). Keeping those as the state would
+cost a read and a write of each at every step (as a count in shared memory costs, below), where
+the group's counts take one operation. One written in place (``opt.state[p]['step'].fill_(5)``)
+is read by the next step, as torch reads it. One in shared memory (the A3C/Hogwild
+``SharedAdam``, or state moved there to share the optimizer with spawned workers) stays the
+state's, read at each step and advanced in place, as torch's.
 Every group's tensors, hyper-parameters and step counts loaded, assigned or written in place
 (a count below 0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs
 or a complex bias correction; RMSprop and Adadelta, which do not read it, step any count as
@@ -197,7 +198,7 @@ import torch.optim.optimizer as _torch_optimizer
 
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, STEP, UNIT, _shown, as_real, check_pair, check_reals
-from ._validate import _shares_elements, extent, same_memory
+from ._validate import _shares_elements, extent, renamed, same_memory
 from .optim import _deepcopy_locked, _step_lock
 from .reference import lowp
 
@@ -749,6 +750,7 @@ class _FastOptimizer(_Mixin):
     # (index, error) of the betas whose tensors torch's step refuses unless they are 0-d
     _BETAS_0D: tuple[tuple[int, type], ...] = ()
     _CASTS_BETA1 = False    # torch's step casts a tensor beta1 to the parameters' dtype
+    _NEGATES_LR = False     # torch's step computes -lr (SGD, RMSprop, Adadelta, NAdam)
     # the float hyper-parameters whose one-element tensors torch's step refuses unless they
     # are 0-d, by its error (see _real); it takes one-element tensors for the others
     _NOT_0D: dict[str, type] = {}
@@ -797,8 +799,7 @@ class _FastOptimizer(_Mixin):
                 try:
                     bool(group[key])
                 except (TypeError, ValueError) as exc:
-                    error = ValueError if isinstance(exc, ValueError) else TypeError
-                    raise error(f"Invalid {key}: {group[key]!r} ({exc})") from None
+                    raise renamed(exc, f"Invalid {key}: {group[key]!r} ({exc})") from None
 
     def _check_float_range(self, group):
         """ValueError naming a real hyper-parameter past the float range: an int such as
@@ -2008,8 +2009,6 @@ class _FastOptimizer(_Mixin):
                                if key == "lr" else "an alpha of Python's True, 'Boolean alpha "
                                "only supported for Boolean results')"))
         return _number(value, key)
-
-    _NEGATES_LR = False     # torch's step computes -lr (SGD, RMSprop, Adadelta, NAdam)
 
     def _torch_refuses_bool(self, group, key, value):
         """Whether torch's step cannot compute with the bool ``value`` of ``key`` (it takes

@@ -65,6 +65,22 @@ def npz_item(value):
     return value
 
 
+def check_state_keys(owner, state_dict, required, known):
+    """Raise unless ``state_dict`` is a dict holding every key of ``required`` and no key
+    outside ``known``: what ``owner``'s (a class name) ``load_state_dict`` checks first."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict must be a dict (from state_dict()), got "
+                        f"{type(state_dict).__name__}")
+    for key in required:
+        if key not in state_dict:
+            raise ValueError(f"state_dict has no {key!r} (make it with "
+                             f"{owner}.state_dict())")
+    unknown = [k for k in state_dict if k not in known]
+    if unknown:
+        raise ValueError(f"state_dict has the key {unknown[0]!r}; {owner}'s keys are "
+                         f"{', '.join(map(repr, known))}")
+
+
 def as_count(name, value):
     """``value`` (a state dict's count: an int, a NumPy integer, a 0-d integer array) as a
     Python int; TypeError naming ``name`` for anything else (a bool, a float), ValueError for

@@ -7,7 +7,8 @@ from numpy.typing import ArrayLike
 
 from . import ops
 from ._hyper import UNIT_OPEN, check_flag, check_real
-from ._validate import FLOAT_TYPES, as_array, as_count, check_unmasked, npz_item
+from ._validate import (FLOAT_TYPES, as_array, as_count, check_state_keys, check_unmasked,
+                        npz_item)
 
 
 def _check_beta(beta: float) -> float:
@@ -224,16 +225,7 @@ class EWA:
             A missing or unknown key, a negative ``t``, a ``t`` of 0 with an average or of
             more without one, or a ``beta`` outside [0, 1) (NaN included).
         """
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict (from state_dict()), got "
-                            f"{type(state_dict).__name__}")
-        for key in ("t", "avg"):
-            if key not in state_dict:
-                raise ValueError(f"state_dict has no {key!r} (make it with EWA.state_dict())")
-        unknown = [k for k in state_dict if k not in ("beta", "bias_correction", "t", "avg")]
-        if unknown:
-            raise ValueError(f"state_dict has the key {unknown[0]!r}; EWA's keys are 'beta', "
-                             "'bias_correction', 't' and 'avg'")
+        check_state_keys("EWA", state_dict, ("t", "avg"), ("beta", "bias_correction", "t", "avg"))
         beta, bias_correction = self.beta, self.bias_correction
         if "beta" in state_dict:
             beta = npz_item(state_dict["beta"])

@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _backend
 from ._hyper import UNIT, check_flag, check_real
 from ._validate import (FLOAT_DTYPES, FLOAT_TYPES, as_array, as_count, check_kernel_array,
-                        check_writeable, npz_item)
+                        check_state_keys, check_writeable, npz_item)
 from ._validate import check_axis as _check_axis
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
@@ -860,17 +860,7 @@ class BatchNorm:
             layer's array that is read-only), a negative ``num_batches_tracked``, or a
             ``momentum`` or ``eps`` out of range (NaN included).
         """
-        if not isinstance(state_dict, dict):
-            raise TypeError(f"state_dict must be a dict (from state_dict()), got "
-                            f"{type(state_dict).__name__}")
-        for key in self._REQUIRED_KEYS:
-            if key not in state_dict:
-                raise ValueError(f"state_dict has no {key!r} (make it with "
-                                 "BatchNorm.state_dict())")
-        unknown = [k for k in state_dict if k not in self._STATE_KEYS]
-        if unknown:
-            raise ValueError(f"state_dict has the key {unknown[0]!r}; BatchNorm's keys are "
-                             f"{', '.join(map(repr, self._STATE_KEYS))}")
+        check_state_keys("BatchNorm", state_dict, self._REQUIRED_KEYS, self._STATE_KEYS)
         copies = []
         for key, name in self._STATE_ARRAYS.items():
             where, value, mine = f"state_dict[{key!r}]", state_dict[key], getattr(self, name)

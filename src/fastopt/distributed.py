@@ -185,12 +185,8 @@ class ShardedOptimizer:
             raise TypeError("comm must be an mpi4py intracommunicator such as MPI.COMM_WORLD "
                             f"or one made by its Split (its ranks train together), got {got}")
         self.comm = comm
-        error = None
-        try:        # local checks first; then every rank learns whether any failed
-            self._setup(optimizer_class, params, hyper)
-        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
-            error = exc
-        self._raise_if_any(error, "ShardedOptimizer()")
+        # local checks first; then every rank learns whether any failed
+        self._on_every_rank("ShardedOptimizer()", self._setup, optimizer_class, params, hyper)
         self._agree_signature()
         self.comm.Bcast([self._params, _MPI_TYPES[self.dtype]], root=0)
 
@@ -311,12 +307,8 @@ class ShardedOptimizer:
             ranks' groups differ (shapes, names or hyper-parameters). Either is raised before
             anything changes: a refused call changes nothing.
         """
-        new = error = None
-        try:        # local checks first, on a new optimizer; then every rank learns of any
-            new = self._with_group(group)
-        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
-            error = exc
-        self._raise_if_any(error, "add_param_group")
+        # local checks first, on a new optimizer; then every rank learns of any
+        new = self._on_every_rank("add_param_group", self._with_group, group)
         new._agree_signature()
         saved = self.state_dict()
         if saved is not None:        # the new group: its hyper-parameters as given, no state
@@ -586,6 +578,18 @@ class ShardedOptimizer:
         return [{k: repr(_plain(g[k])) for k in sorted(k for k in g if k in keys)}
                 for g in self.shard_optimizer.param_groups]
 
+    def _on_every_rank(self, call, make, *args):
+        """``make(*args)`` on this rank, then the ranks agree (:meth:`_raise_if_any`): what
+        it raised on any rank is raised on every rank, so that none goes on to a collective
+        the others do not reach. Returns what it returned."""
+        error = result = None
+        try:
+            result = make(*args)
+        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
+            error = exc
+        self._raise_if_any(error, call)
+        return result
+
     def _raise_if_any(self, error, call, hypers=None):
         """Collective: raise on every rank if ``error`` is set on any (a five-integer
         allreduce when all is well; the errors themselves are gathered only when one
@@ -689,14 +693,10 @@ class ShardedOptimizer:
             for the root's, which hold the whole state); also as :meth:`step` says.
         """
         self._agree_root(root, "state_dict")
-        error = gathers = None
-        try:        # every allocation and copy first: one failing on a rank after the ranks
-            # agreed (the root's gathered arrays, the biggest of a run) had left the others
-            # waiting in Gatherv
-            gathers, result = self._gathers(self.comm.Get_rank() == root)
-        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
-            error = exc
-        self._raise_if_any(error, "state_dict")
+        # every allocation and copy first: one failing on a rank after the ranks agreed (the
+        # root's gathered arrays, the biggest of a run) had left the others waiting in Gatherv
+        gathers, result = self._on_every_rank("state_dict", self._gathers,
+                                              self.comm.Get_rank() == root)
         for value, full, counts, displs in gathers:
             self.comm.Gatherv(value, [full, counts, displs, _MPI_TYPES[self.dtype]], root=root)
         return result
@@ -812,23 +812,14 @@ class ShardedOptimizer:
                 error = exc
         self._raise_if_any(error, "load_state_dict")
         plan = self.comm.bcast(plan, root=root)
-        error = local = scatters = None
-        try:
-            local, scatters = self._receive_buffers(pickle.loads(plan))
-        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
-            error = exc
-        self._raise_if_any(error, "load_state_dict")
+        local, scatters = self._on_every_rank("load_state_dict", lambda: self._receive_buffers(
+            pickle.loads(plan)))
         for k, (counts, displs, part) in enumerate(scatters):
             flat = None if flats is None else flats[k]
             self.comm.Scatterv([flat, counts, displs, _MPI_TYPES[self.dtype]], part, root=root)
-        error = install = None
         try:        # checked and copied on every rank, installed once all can (one failing
             # after the others had loaded left the shards at different steps, silently)
-            install = self._staged_load(local)
-        except BaseException as exc:     # noqa: BLE001 - any error must reach every rank
-            error = exc
-        try:
-            self._raise_if_any(error, "load_state_dict")
+            install = self._on_every_rank("load_state_dict", self._staged_load, local)
         except BaseException:
             if self._own_load() and self.comm.Get_size() > 1:
                 # a subclass's own load, not staged: the ranks where it succeeded have loaded

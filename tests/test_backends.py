@@ -51,6 +51,22 @@ def test_unknown_backend_is_a_runtime_error_saying_why():
         fo.set_backend("fortran")
 
 
+@pytest.mark.parametrize("name", [None, 3, b"numpy"])
+def test_a_backend_name_that_is_not_a_str_is_a_type_error_changing_nothing(name):
+    """set_backend(None) and use_backend(3) had raised RuntimeError("unknown backend")."""
+    before = fo.get_backend()
+    with pytest.raises(TypeError, match="backend name must be a str"):
+        fo.set_backend(name)
+    with pytest.raises(TypeError, match="backend name must be a str"):
+        with fo.use_backend(name):
+            pass
+    with pytest.raises(TypeError, match="backend name must be a str"):
+        fo._backend.unavailable_reason(name)
+    assert fo.get_backend() == before
+    with fo.use_backend("numpy"):       # no use_backend block was left open
+        assert fo.get_backend() == "numpy"
+
+
 def test_a_backend_is_named_in_any_case_as_in_the_environment():
     """FASTOPT_BACKEND=" Numba " was taken, set_backend("Numba") refused."""
     before = fo.get_backend()

@@ -88,7 +88,8 @@ def test_an_lr_scheduler_state_dict_resumes_the_epochs_and_refuses_bad_ones():
     for bad, kind, match in [([1], TypeError, "must be a dict"), ({}, ValueError, "no 'epoch'"),
                              ({"epoch": "1"}, TypeError, "must be a number"),
                              ({"epoch": None}, TypeError, "must be a number"),
-                             ({"epoch": True}, TypeError, "must be a number")]:
+                             ({"epoch": True}, TypeError, "must be a number"),
+                             ({"epoch": float("nan")}, ValueError, "NaN")]:
         with pytest.raises(kind, match=match):
             sched2.load_state_dict(bad)
         assert sched2.epoch == 2
@@ -152,8 +153,33 @@ def test_lr_scheduler_refuses_what_it_cannot_drive_when_made():
     with pytest.raises(TypeError, match=r"fn must be callable .* got float"):
         fo.schedules.LRScheduler(opt, 0.1)
     for bad in (None, [opt], fn):
-        with pytest.raises(TypeError, match=rf"opt must have an lr .* got {type(bad).__name__}"):
+        with pytest.raises(TypeError,
+                           match=rf"opt must be an optimizer .* got {type(bad).__name__}"):
             fo.schedules.LRScheduler(bad, fn)
+
+
+def test_lr_scheduler_drives_torch_optimizers_by_their_param_groups():
+    """fastopt.torch's optimizers (and torch.optim's) have no ``lr``: LRScheduler refused
+    them ("opt must have an lr to set (an optimizer), got SGD"), though documented to drive
+    every fastopt optimizer. Every group's lr is set, a tensor lr filled in place, and the
+    next step uses it."""
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+    fn = fo.schedules.exponential_decay(0.1, base=0.5)
+    for make in (ft.SGD, torch.optim.SGD):
+        p, q = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
+        lr_tensor = torch.tensor(0.3, dtype=torch.float64)
+        opt = make([{"params": [p]}, {"params": [q], "lr": lr_tensor}], lr=0.2)
+        sched = fo.schedules.LRScheduler(opt, fn)
+        assert sched.step() == 0.1 and sched.step() == 0.05
+        assert opt.param_groups[0]["lr"] == 0.05
+        assert opt.param_groups[1]["lr"] is lr_tensor and lr_tensor.item() == 0.05
+        assert sched.get_last_lr() == 0.05
+        p.grad, q.grad = torch.ones(2), torch.ones(1)
+        opt.step()
+        assert torch.equal(p, torch.full((2,), -0.05)) and torch.equal(q, torch.full((1,), -0.05))
+        opt.param_groups[0]["lr"] = 0.5
+        assert sched.get_last_lr() == [0.5, 0.05]
 
 
 def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_nothing():
@@ -674,6 +700,8 @@ def test_minibatches_bad_seed_errors_name_the_seed():
     for bad, error in ((-1, ValueError), (1.5, TypeError), ("a", TypeError)):
         with pytest.raises(error, match=f"Invalid seed: {bad!r}"):
             list(fo.minibatches(X, Y, seed=bad))
+        with pytest.raises(error, match=f"Invalid seed: {bad!r}"):   # (had been unchecked)
+            fo.minibatches(X, Y, shuffle=False, seed=bad)
     rng = np.random.default_rng(5)                  # a Generator is used as it is
     first = [y.tolist() for _, y in fo.minibatches(X, Y, batch_size=6, seed=rng)]
     assert first == [np.random.default_rng(5).permutation(6).tolist()]

@@ -104,8 +104,12 @@ def _as_compiled(kernel, names, options=()):
 
 
 def _canonical(name):
-    """A backend's name as FASTOPT_BACKEND takes it: ``"Numba"`` and ``" numba "`` too."""
-    return name.strip().lower() if isinstance(name, str) else name
+    """A backend's name as FASTOPT_BACKEND takes it: ``"Numba"`` and ``" numba "`` too;
+    TypeError for a name that is not a str (None had been an "unknown backend")."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str (one of {list(NAMES)}), got "
+                        f"{type(name).__name__}")
+    return name.strip().lower()
 
 
 def _load(name):
@@ -176,6 +180,8 @@ def set_backend(name: str) -> None:
 
     Raises
     ------
+    TypeError
+        ``name`` is not a str.
     RuntimeError
         An unknown backend, or one not available here (saying why), or another thread is
         inside a :func:`use_backend` block (whose code would run on it, and whose end would
@@ -293,8 +299,9 @@ def use_backend(name: str) -> Iterator[None]:
 
     Raises
     ------
-    RuntimeError
-        As :func:`set_backend`, or another thread is inside a ``use_backend`` block.
+    TypeError, RuntimeError
+        As :func:`set_backend`, or (RuntimeError) another thread is inside a ``use_backend``
+        block.
 
     Examples
     --------

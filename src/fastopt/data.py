@@ -77,14 +77,11 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
                          "along the same axis of X and Y, or along a 1-D Y)")
     if Y.shape[y_axis] != m:
         raise ValueError(f"X has {m} examples along axis {axis} but Y has {Y.shape[y_axis]}")
-    if shuffle:
-        try:
-            rng = np.random.default_rng(seed)
-        except (TypeError, ValueError) as exc:
-            raise renamed(exc, f"Invalid seed: {seed!r} ({exc})") from None
-        order = rng.permutation(m)
-    else:
-        order = np.arange(m)
+    try:        # (checked without shuffle too, as the docstring says every argument is)
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise renamed(exc, f"Invalid seed: {seed!r} ({exc})") from None
+    order = rng.permutation(m) if shuffle else np.arange(m)
     return _batches(X, Y, order, batch_size, axis, y_axis)
 
 

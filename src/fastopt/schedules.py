@@ -18,7 +18,8 @@ Schedule = Callable[[int], float]     # epoch -> learning rate
 
 class HasLR(Protocol):
     """What :class:`LRScheduler` drives: an object whose ``lr`` can be set (every fastopt
-    optimizer, :class:`fastopt.distributed.ShardedOptimizer`)."""
+    optimizer, :class:`fastopt.distributed.ShardedOptimizer`), or a torch optimizer (by its
+    ``param_groups``)."""
 
     @property
     def lr(self) -> float | list[float]:
@@ -296,14 +297,16 @@ class LRScheduler:
     ----------
     opt : Optimizer
         Any object with an ``lr`` attribute (every fastopt optimizer; setting it sets every
-        group's).
+        group's), or with torch's ``param_groups`` (a ``fastopt.torch`` or ``torch.optim``
+        optimizer: every group's ``"lr"`` is set, a tensor lr filled in place, as torch's
+        schedulers do).
     fn : callable
         ``fn(epoch) -> lr``, e.g. one of this module's schedules.
 
     Raises
     ------
     TypeError
-        ``opt`` without an ``lr``, or ``fn`` not callable.
+        ``opt`` without an ``lr`` or ``param_groups``, or ``fn`` not callable.
 
     Examples
     --------
@@ -316,8 +319,9 @@ class LRScheduler:
     """
 
     def __init__(self, opt: HasLR, fn: Schedule) -> None:
-        if not hasattr(opt, "lr"):
-            raise TypeError(f"opt must have an lr to set (an optimizer), got {type(opt).__name__}")
+        if not (hasattr(opt, "lr") or hasattr(opt, "param_groups")):
+            raise TypeError(f"opt must be an optimizer (with an lr to set, or torch's "
+                            f"param_groups), got {type(opt).__name__}")
         if not callable(fn):
             raise TypeError(f"fn must be callable (epoch -> lr), got {type(fn).__name__}")
         self.opt = opt
@@ -342,7 +346,14 @@ class LRScheduler:
         """
         epoch = self.epoch + 1 if epoch is None else epoch
         lr = self.fn(epoch)
-        self.opt.lr = lr
+        if hasattr(self.opt, "lr"):
+            self.opt.lr = lr
+        else:       # a torch optimizer's groups, as torch's schedulers set them
+            for group in self.opt.param_groups:
+                if hasattr(group["lr"], "fill_"):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
         self.epoch = _python(epoch)     # a plain number, as load_state_dict takes it back
         return lr
 
@@ -367,7 +378,7 @@ class LRScheduler:
         TypeError
             ``state_dict`` is not a dict, or its epoch is not a real number.
         ValueError
-            No ``"epoch"`` in it.
+            No ``"epoch"`` in it, or it is NaN.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict (from state_dict()), got "
@@ -380,11 +391,16 @@ class LRScheduler:
         if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
             raise TypeError(f"state_dict['epoch'] must be a number (an epoch step() set), got "
                             f"{type(epoch).__name__}")
+        if epoch != epoch:
+            raise ValueError("state_dict['epoch'] is NaN (no step() sets it)")
         self.epoch = _python(epoch)
 
     def get_last_lr(self) -> float | list[float]:
         """The optimizer's current learning rate (a list if its groups differ)."""
-        return self.opt.lr
+        if hasattr(self.opt, "lr"):
+            return self.opt.lr
+        lrs = [float(group["lr"]) for group in self.opt.param_groups]
+        return lrs[0] if len(set(lrs)) == 1 else lrs
 
 
 __all__ = ["inverse_time_decay", "exponential_decay", "inverse_sqrt_decay", "staircase",

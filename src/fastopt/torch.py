@@ -415,13 +415,16 @@ def _memory(t):
 
 
 def _check_clip(max_grad_norm):
-    """ValueError unless ``max_grad_norm`` is None or a real number > 0 within the float
-    range (an int past it was taken here and raised OverflowError, naming nothing, from the
-    step's factor: after the groups before had stepped)."""
+    """TypeError unless ``max_grad_norm`` is None or a real number (not a bool), ValueError
+    unless it is > 0 within the float range (an int past it was taken here and raised
+    OverflowError, naming nothing, from the step's factor: after the groups before had
+    stepped)."""
     if max_grad_norm is None:
         return
-    if not (isinstance(max_grad_norm, numbers.Real) and not isinstance(max_grad_norm, bool)
-            and max_grad_norm > 0):
+    if not isinstance(max_grad_norm, numbers.Real) or isinstance(max_grad_norm, bool):
+        raise TypeError(f"Invalid max_grad_norm: {_shown(max_grad_norm)} (must be None or a "
+                        f"real number > 0, got {type(max_grad_norm).__name__})")
+    if not max_grad_norm > 0:
         raise ValueError(f"Invalid max_grad_norm: {_shown(max_grad_norm)} (must be None or > 0)")
     if type(max_grad_norm) is not float:
         as_real(CLIP, max_grad_norm)

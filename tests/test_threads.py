@@ -1156,6 +1156,33 @@ def test_threadpoolctl_limits_the_numba_backend_too(monkeypatch):
         fo.set_num_threads(threads)
 
 
+NUMBA_CHOSEN_IN_THE_ENVIRONMENT = """
+import threadpoolctl, fastopt as fo
+from fastopt._numba import _common
+fo.set_num_threads(2)
+with threadpoolctl.threadpool_limits(1):
+    print(fo.get_backend(), _common.get_num_threads(), fo.get_num_threads())
+print(fo.get_num_threads())
+"""
+
+
+def test_threadpoolctl_limits_the_numba_backend_chosen_in_the_environment():
+    """With FASTOPT_BACKEND=numba nothing loaded the compiled extension, through whose library
+    threadpoolctl sees fastopt: threadpool_limits(1) left the numba kernels on 2 threads
+    (and user_api="fastopt" raised), unless some call (fo.backends()) had loaded it."""
+    pytest.importorskip("threadpoolctl")
+    if not {"cython", "numba"} <= set(fo.backends()):
+        pytest.skip("needs the compiled extension and numba")
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba may use one CPU here (taskset, a cgroup quota): nothing to limit")
+    env = dict(os.environ, FASTOPT_BACKEND="numba")
+    run = subprocess.run([sys.executable, "-c", NUMBA_CHOSEN_IN_THE_ENVIRONMENT], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["numba", "1", "1", "2"]
+
+
 @pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
 def test_add_param_group_waits_for_a_step_in_another_thread(backend):
     """add_param_group takes the lock a step holds, as deepcopy and state_dict do. It had

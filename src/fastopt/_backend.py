@@ -132,6 +132,12 @@ def _load(name):
         raise RuntimeError(f"backend {name!r} is not available: {_failed[name]}") from None
     module.set_num_threads(_num_threads)
     _loaded[name] = module
+    if name == "numba":
+        # threadpoolctl sees fastopt through the compiled extension's library, and the numba
+        # backend takes that library's count as its limit: load it too where it is built
+        # (with FASTOPT_BACKEND=numba nothing else had, and threadpool_limits(1) did nothing)
+        with contextlib.suppress(RuntimeError):
+            _load("cython")
     return module
 
 
@@ -344,7 +350,8 @@ def use_backend(name: str) -> Iterator[None]:
 def set_num_threads(n: int) -> None:
     """Set the threads used by the compiled backends.
 
-    Results are bit-identical for any count.
+    Results are bit-identical for any count (but a NaN's sign bit on the Cython backend,
+    which IEEE leaves open: README, Backends).
 
     Parameters
     ----------

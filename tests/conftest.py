@@ -29,6 +29,15 @@ COMPILED = [b for b in GRID_BACKENDS if b in ("cython", "numba")]
 DTYPES = [np.float32, np.float64]
 
 
+class OwnArithmetic(np.ndarray):
+    """An ndarray subclass with arithmetic of its own, as a units library's arrays (this one
+    computes in thousandths): the kernels must refuse it, as np.matrix."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = [np.asarray(x) / 1000 if isinstance(x, OwnArithmetic) else x for x in inputs]
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+
 class WatchedLock:
     """Stands in for an optimizer's step lock (``opt._lock = WatchedLock(opt._lock)``) and
     tells when a thread other than the one that made it starts to wait for it: a test that

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import GRID_BACKENDS, torch
+from conftest import GRID_BACKENDS, OwnArithmetic, torch
 from fastopt import _registry
 from kernel_specs import GROUP, SPECS, same_bits, snapshot, valid_arrays
 from optim_specs import CONFIGS, CONFIG_IDS, course_params, opt_snapshot, two_grads, two_params
@@ -149,9 +149,10 @@ def test_a_read_only_grad_gives_the_reference_bits(backend, kernel, layout, fore
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_matrices_and_masked_arrays_are_type_errors_naming_them(backend, kernel, position,
                                                                 foreach):
-    # the reference computed g * g of a np.matrix as a matrix product
+    # the reference computed g * g of a np.matrix as a matrix product (and an array of its
+    # own arithmetic with that, where the compiled kernels read its raw memory)
     spec = SPECS[kernel]
-    for wrap in (np.asmatrix, np.ma.masked_array):
+    for wrap in (np.asmatrix, np.ma.masked_array, lambda a: a.view(OwnArithmetic)):
         arrays = valid_arrays(spec, (2, 2), np.float64, np.random.default_rng(2))
         arrays[position] = wrap(arrays[position])
         before = snapshot(arrays)
@@ -597,6 +598,37 @@ def test_a_hyper_parameter_set_later_is_checked_at_step_and_nothing_changes(back
 
 
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix's own
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_state_arrays_of_their_own_arithmetic_are_refused_by_their_names(backend):
+    """A masked array in a loaded state dict was copied without its mask (its masked values
+    loaded as data); a matrix or masked array assigned into opt.state was refused under the
+    kernel's list name ('exp_avg_sqs[1]': another parameter's, with two groups). Either is
+    a TypeError naming the entry, and nothing changes."""
+    def fresh():
+        params = [np.zeros(3) for _ in range(4)]
+        return params, fo.Adam([{"params": params[:2]}, {"params": params[2:]}], lr=0.1)
+    grads = [np.ones(3) for _ in range(4)]
+    wraps = (np.asmatrix, np.ma.masked_invalid, lambda a: a.view(OwnArithmetic))
+    with fo.use_backend(backend):
+        params, opt = fresh()
+        opt.step(grads)
+        for wrap in wraps:
+            saved = opt.state_dict()
+            saved["state"][3]["exp_avg_sq"] = wrap(np.array([0.1, np.nan, 0.1]))
+            params, mine = fresh()
+            mine.step(grads)
+            before = opt_snapshot(mine, params)
+            with pytest.raises(TypeError, match=re.escape(
+                    "state_dict['state'][3]['exp_avg_sq'] must be a plain numpy.ndarray")):
+                mine.load_state_dict(saved)
+            assert opt_snapshot(mine, params) == before
+            mine.state[3]["exp_avg_sq"] = wrap(np.zeros(3))
+            with pytest.raises(TypeError, match=re.escape(
+                    "state[3]['exp_avg_sq'] must be a plain numpy.ndarray")):
+                mine.step(grads)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix's own
 @pytest.mark.parametrize("named", [False, True], ids=["list", "dict"])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_a_parameter_put_into_a_group_by_hand_is_checked_at_step(backend, named):
@@ -607,8 +639,10 @@ def test_a_parameter_put_into_a_group_by_hand_is_checked_at_step(backend, named)
     bad = [([1.0, 2.0], TypeError, "must be a numpy.ndarray, got list"),
            (np.ones(2, np.int64), TypeError, "must have dtype float32 or float64, got int64"),
            (np.ones(2).view(np.matrix), TypeError, "must be a plain numpy.ndarray, got matrix"),
+           (np.ones(2).view(OwnArithmetic), TypeError,
+            "must be a plain numpy.ndarray, got OwnArithmetic"),
            (np.ones(2), ValueError, "is read-only")]
-    bad[3][0].flags.writeable = False
+    bad[-1][0].flags.writeable = False
     label = "b" if named else "1"
     with fo.use_backend(backend):
         for warm in (0, 2):

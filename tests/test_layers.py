@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import (AVAILABLE, COMPILED, GRID_BACKENDS, LAYOUTS, cython_builds, needs_torch,
-                      relayout, tolerance, torch, use_cython_build)
+from conftest import (AVAILABLE, COMPILED, GRID_BACKENDS, LAYOUTS, OwnArithmetic, cython_builds,
+                      needs_torch, relayout, tolerance, torch, use_cython_build)
 
 
 def close(a, b, dtype, scale=1.0):
@@ -1750,10 +1750,18 @@ def test_out_must_be_a_plain_ndarray_as_the_inputs(backend):
     with fo.use_backend(backend):
         for call in calls:
             for out in (np.matrix(np.full((2, 3), 7.0)),
-                        np.ma.array(np.full((2, 3), 7.0), mask=[[1, 0, 0], [0, 0, 0]])):
+                        np.ma.array(np.full((2, 3), 7.0), mask=[[1, 0, 0], [0, 0, 0]]),
+                        np.full((2, 3), 7.0).view(OwnArithmetic)):
                 with pytest.raises(TypeError, match="^out must be a plain numpy.ndarray"):
                     call(out)
                 assert (np.asarray(out) == 7).all()
+        # an input of arithmetic of its own: the reference had computed with it
+        own = z.view(OwnArithmetic)
+        for call in (lambda: fo.softmax(own), lambda: fo.log_softmax(own),
+                     lambda: fo.softmax_cross_entropy(own, np.array([0, 2])),
+                     lambda: fo.batchnorm_forward(own, np.ones(3), np.zeros(3))):
+            with pytest.raises(TypeError, match="must be a plain numpy.ndarray, got Own"):
+                call()
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

@@ -103,14 +103,24 @@ def check_float_array(name, a):
     return a.dtype
 
 
+def has_own_arithmetic(a):
+    """True for an ndarray whose values the kernels would misread: a ``np.matrix`` (whose ``*``
+    is a matrix product), a masked array (whose mask the compiled kernels could not honour),
+    or any subclass with its own ``__array_ufunc__`` (a units library's: the reference had
+    computed with its arithmetic, the compiled kernels on its raw memory). A memmap, a
+    recarray or a subclass that only carries attributes computes as an ndarray."""
+    kind = type(a)
+    return kind is not np.ndarray and (issubclass(kind, (np.matrix, np.ma.MaskedArray))
+                                       or kind.__array_ufunc__ is not np.ndarray.__array_ufunc__)
+
+
 def check_kernel_array(name, a):
     """Raise TypeError unless ``a`` is an ndarray an element-wise kernel can update: float32 or
-    float64 in either byte order (a storage detail: the values are the same), and not a
-    ``np.matrix`` (whose ``*`` is a matrix product) nor a masked array (whose mask the compiled
-    kernels could not honour)."""
+    float64 in either byte order (a storage detail: the values are the same), and not one
+    with arithmetic of its own (:func:`has_own_arithmetic`)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if isinstance(a, (np.matrix, np.ma.MaskedArray)):
+    if has_own_arithmetic(a):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(a).__name__}")
     if a.dtype.type not in FLOAT_TYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
@@ -132,7 +142,7 @@ def check_grad(label, param, grad):
     if not isinstance(grad, np.ndarray):
         raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
                         f"got {type(grad).__name__}")
-    if type(grad) is not np.ndarray and isinstance(grad, (np.matrix, np.ma.MaskedArray)):
+    if has_own_arithmetic(grad):
         raise TypeError(f"grad for parameter {label} must be a plain numpy.ndarray, "
                         f"got {type(grad).__name__}")
     if grad.dtype.type is not param.dtype.type:     # (either byte order, as the kernels)

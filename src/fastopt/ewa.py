@@ -8,7 +8,7 @@ from numpy.typing import ArrayLike
 from . import ops
 from ._hyper import UNIT_OPEN, check_flag, check_real
 from ._validate import (FLOAT_TYPES, as_array, as_count, check_state_keys, check_unmasked,
-                        npz_item)
+                        has_own_arithmetic, npz_item)
 
 
 def _check_beta(beta: float) -> float:
@@ -243,7 +243,7 @@ class EWA:
             if not isinstance(avg, np.ndarray):
                 raise TypeError(f"state_dict['avg'] must be a numpy.ndarray or None, got "
                                 f"{type(avg).__name__}")
-            if isinstance(avg, (np.matrix, np.ma.MaskedArray)):
+            if has_own_arithmetic(avg):
                 raise TypeError(f"state_dict['avg'] must be a plain numpy.ndarray, got "
                                 f"{type(avg).__name__}")
             if avg.dtype.type not in FLOAT_TYPES:

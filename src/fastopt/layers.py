@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _backend
 from ._hyper import UNIT, check_flag, check_real
 from ._validate import (FLOAT_DTYPES, FLOAT_TYPES, as_array, as_count, check_kernel_array,
-                        check_state_keys, check_writeable, npz_item)
+                        check_state_keys, check_writeable, has_own_arithmetic, npz_item)
 from ._validate import check_axis as _check_axis
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
@@ -25,7 +25,7 @@ _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
 
 def _float_array(name: str, a: Any) -> np.ndarray:
     """``a`` checked as the element-wise kernels check their arrays (a float32/float64
-    ndarray, not a matrix nor a masked array: TypeError naming ``name``), in native byte
+    ndarray of no arithmetic of its own: TypeError naming ``name``), in native byte
     order (a byte-swapped array is converted)."""
     check_kernel_array(name, a)
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
@@ -46,7 +46,7 @@ def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if isinstance(out, (np.matrix, np.ma.MaskedArray)):   # as inputs: a matrix stays 2-D
+    if has_own_arithmetic(out):   # as inputs: a matrix stays 2-D
         raise TypeError(f"out must be a plain numpy.ndarray, got {type(out).__name__}")
     if out.dtype.newbyteorder("=") != dtype:
         raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
@@ -872,7 +872,7 @@ class BatchNorm:
                                    else "") + ", not a float array to load into")
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{where} must be a numpy.ndarray, got {type(value).__name__}")
-            if isinstance(value, (np.matrix, np.ma.MaskedArray)):
+            if has_own_arithmetic(value):
                 raise TypeError(f"{where} must be a plain numpy.ndarray, got "
                                 f"{type(value).__name__}")
             if value.dtype.kind != "f":
@@ -923,13 +923,13 @@ def _as_float_array(name: str, z: Any) -> tuple[np.ndarray, np.dtype]:
         if z.dtype.kind not in "iubf":
             raise TypeError(f"{name} must be an array of numbers, got {type(given).__name__}")
     kind = z.dtype.kind
-    if kind in "iub" and not isinstance(z, (np.matrix, np.ma.MaskedArray)):
+    if kind in "iub" and not has_own_arithmetic(z):
         z = z.astype(np.float64)
     elif kind == "f" and z.dtype.itemsize not in (4, 8):
         if z.dtype.itemsize > 8:
             raise TypeError(f"{name} must have dtype float16, float32 or float64, got "
                             f"{z.dtype} (the kernels compute in float32 and float64)")
-        if not isinstance(z, (np.matrix, np.ma.MaskedArray)):
+        if not has_own_arithmetic(z):
             return z.astype(np.float32), np.dtype(np.float16)
     z = _float_array(name, z)
     return z, z.dtype
@@ -1068,7 +1068,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
         raise ValueError("logits must have at least 1 dimension (the classes)")
     z3, axis = _softmax_layout(logits, axis, "logits")
     k = z3.shape[1]
-    if labels is None or isinstance(labels, (np.matrix, np.ma.MaskedArray)):
+    if labels is None or has_own_arithmetic(labels):
         raise TypeError(f"labels must be an array of class indices or probabilities, got "
                         f"{type(labels).__name__}")
     labels = _unshared(out, as_array("labels", labels))

@@ -21,7 +21,7 @@ import numpy as np
 from . import _validate, ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._layout import like_lines
-from ._validate import FLOAT_TYPES
+from ._validate import FLOAT_TYPES, has_own_arithmetic
 from .arena import ParameterArena, _GradDict
 
 # what the optimizers take (see above): parameters by name, in a list, or as param groups
@@ -201,10 +201,11 @@ def _params_changed():
 
 def _check_param(label, p):
     """Raise naming parameter ``label`` unless ``p`` is an ndarray the kernels can update: a
-    plain one (not a matrix nor a masked array), float32 or float64, writeable."""
+    plain one (no arithmetic of its own: _validate.has_own_arithmetic), float32 or float64,
+    writeable."""
     if not isinstance(p, np.ndarray):
         raise TypeError(f"parameter {label} must be a numpy.ndarray, got {type(p).__name__}")
-    if isinstance(p, (np.matrix, np.ma.MaskedArray)):
+    if has_own_arithmetic(p):
         raise TypeError(f"parameter {label} must be a plain numpy.ndarray, "
                         f"got {type(p).__name__}")
     if p.dtype.type not in FLOAT_TYPES:     # (either byte order, as the kernels)
@@ -822,6 +823,9 @@ class Optimizer:
         elif not isinstance(value, np.ndarray):
             raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, "
                             f"got {type(value).__name__}")
+        elif has_own_arithmetic(value):
+            raise TypeError(f"{where}[{key!r}] must be a plain numpy.ndarray, "
+                            f"got {type(value).__name__}")
         elif value.dtype.type is not p.dtype.type:      # (either byte order, as the kernels)
             raise TypeError(f"{where}[{key!r}] has dtype {value.dtype}, expected {p.dtype} "
                             "like its parameter")
@@ -1422,6 +1426,9 @@ class Optimizer:
                     continue                # torch's momentum_buffer before its first use
                 if key == "step" or key in self._scalar_state:
                     value = _scalar(where, key, value)
+                elif has_own_arithmetic(value):     # (the copy below would drop a mask)
+                    raise TypeError(f"{where}[{key!r}] must be a plain numpy.ndarray, "
+                                    f"got {type(value).__name__}")
                 elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
                     if value.shape == p.shape:      # a copy on lines as the param's
                         value, saved_value = like_lines(p, None), value

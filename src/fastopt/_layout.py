@@ -70,9 +70,22 @@ def past_line(shape, dtype, skip, zeroed=False):
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
+def dense_axes(a):
+    """The axes of ``a`` from the slowest-varying to the fastest when its elements fill its
+    memory without gaps in that order (C order, Fortran order, any transpose of a contiguous
+    array), else None (slices with gaps, negative strides)."""
+    order = sorted(range(a.ndim), key=lambda axis: -a.strides[axis])
+    return order if a.transpose(order).flags.c_contiguous else None
+
+
 def like_lines(a, fill=0):
-    """A new C-ordered array of ``a``'s shape and dtype (holding ``fill``; None: not set) whose
-    data lies as far past a 64-byte cache line as ``a``'s (:func:`past_line`).
+    """A new array of ``a``'s shape and dtype, laid out in memory as ``a`` where ``a`` is dense
+    (:func:`dense_axes`; C order otherwise), holding ``fill`` (None: not set), whose data lies
+    as far past a 64-byte cache line as ``a``'s (:func:`past_line`).
+
+    The kernels step arrays of one layout in place, and copy the others every step: state in
+    C order beside a Fortran-ordered parameter (a transposed weight) had copied the parameter
+    and its grad at every step (torch's state keeps its parameter's strides too).
 
     The element-wise kernels start their vector loop where the param starts a line, which puts
     the other arrays of a step on lines only where they lie as far past one as the param. NumPy
@@ -88,8 +101,10 @@ def like_lines(a, fill=0):
     # MiB, filled, had taken that memory at once (and 20-30 ms)
     zeroed = fill is not None and fill == 0 and math.copysign(1.0, fill) > 0
     # (an unaligned param's copies run on lines: its state starts one)
-    out = past_line(a.shape, a.dtype, 0 if address % a.dtype.alignment else address % 64,
-                    zeroed)
+    order = dense_axes(a) or list(range(a.ndim))
+    out = past_line([a.shape[axis] for axis in order], a.dtype,
+                    0 if address % a.dtype.alignment else address % 64,
+                    zeroed).transpose(sorted(range(a.ndim), key=order.__getitem__))
     if fill is not None and not zeroed:
         out.fill(fill)
     return out

@@ -110,8 +110,9 @@ def has_own_arithmetic(a):
     computed with its arithmetic, the compiled kernels on its raw memory). A memmap, a
     recarray or a subclass that only carries attributes computes as an ndarray."""
     kind = type(a)
-    return kind is not np.ndarray and (issubclass(kind, (np.matrix, np.ma.MaskedArray))
-                                       or kind.__array_ufunc__ is not np.ndarray.__array_ufunc__)
+    return (kind is not np.ndarray and isinstance(a, np.ndarray)
+            and (issubclass(kind, (np.matrix, np.ma.MaskedArray))
+                 or kind.__array_ufunc__ is not np.ndarray.__array_ufunc__))
 
 
 def check_kernel_array(name, a):

@@ -412,7 +412,8 @@ def batchnorm_backward(dy: np.ndarray, cache: BatchNormCache, out: np.ndarray | 
         The second value returned by :func:`batchnorm_forward`.
     out : ndarray, optional
         Receives ``dx`` (shaped like ``x``), sparing a fresh allocation (whose pages fault in on
-        first write) every step.
+        first write) every step; one that shares memory with ``dy`` (``out=dy``) takes a copy
+        of ``dy`` instead.
 
     Returns
     -------

@@ -2243,6 +2243,34 @@ def test_the_state_of_an_array_taken_out_of_the_groups_goes_when_the_array_does(
     assert int(opt.state[0]["step"]) == 2
 
 
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copy_keeps_the_state_of_arrays_out_of_the_groups(backend, how):
+    """A copy (pickle or deepcopy, with the arrays) dropped the state kept for an array taken
+    out of the groups: back in the copy's groups it started again (Adam's bias correction
+    from step 1), where torch's copy keeps it in opt.state (the stateful probe). A copy of the
+    optimizer alone holds the only copy of such an array: it goes, and its state with it."""
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal(3), rng.standard_normal(2)
+    g = [rng.standard_normal(3), rng.standard_normal(2)]
+    copy_of = (lambda x: pickle.loads(pickle.dumps(x))) if how == "pickle" else copy.deepcopy
+    with fo.use_backend(backend):
+        opt = fo.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
+        ref = fo.Adam([{"params": [a.copy()]}, {"params": [b.copy()]}], lr=0.1)
+        opt.step(g)
+        ref.step(g)
+        opt.param_groups.pop(1)
+        a2, b2, opt2 = copy_of((a, b, opt))
+        opt2.param_groups[0]["params"].append(b2)
+        opt2.step(g)
+        ref.step(g)
+        assert int(opt2.state[1]["step"]) == 2
+        assert same_bits(b2, ref.param_groups[1]["params"][0])
+        assert same_bits(a2, ref.param_groups[0]["params"][0])
+        alone = copy_of(opt)
+        assert not alone._detached
+        assert len(opt._detached) == 1 and opt._detached[id(b)][0]() is b
+
+
 @pytest.mark.parametrize("how", ["betas edited", "moved to another group"])
 def test_nadam_parameters_with_one_step_count_keep_their_own_mu_products(backend, how):
     # the mu product depends on the betas and momentum_decay each step took: two parameters

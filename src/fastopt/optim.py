@@ -1570,7 +1570,8 @@ class Optimizer:
         copy's parameters are views of the copied arena (views of it held elsewhere in the same
         pickle come back as arrays of their own, as NumPy pickles any view: README, "Many small
         parameters"); plans and scalar slots are made
-        again (from the states' values). Groups popped from ``param_groups`` since the last
+        again (from the states' values); the states kept for arrays out of the groups go with
+        their arrays. Groups popped from ``param_groups`` since the last
         step are followed first (the copy's flat indices and slots are rebuilt from its
         groups: the popped group's left them out of step, and the copy raised IndexError)."""
         with self._lock:
@@ -1582,7 +1583,11 @@ class Optimizer:
         state.pop("_lock", None)
         state.pop("_groups", None)
         state.pop("_held", None)
-        state.pop("_detached", None)    # (a copy has only what the groups hold)
+        # the states kept for arrays out of the groups, with their arrays (a copy's are its
+        # own: keyed again by their ids there), as torch's copies keep them in opt.state
+        state["_detached"] = [(p, entry) for p, entry in
+                              ((ref(), entry) for ref, entry in self._detached.values())
+                              if p is not None]
         groups = []
         for group in self.param_groups:
             saved = _Group(group)
@@ -1602,7 +1607,8 @@ class Optimizer:
                 params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
             dict.__setitem__(group, "params", _Params(params))
         self._remember_groups()
-        self._detached = {}
+        # (an array only this list held is freed as it goes, and its state with it)
+        self._detached = {id(p): (self._detach(p), entry) for p, entry in state["_detached"]}
         self._slots = self._slots_of(self.param_groups)
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)

@@ -60,8 +60,9 @@ the state), an expanded parameter (stride 0), which torch.optim refuses too, a p
 state tensor whose elements overlap otherwise (``as_strided`` windows: torch.optim steps it,
 the kernels refuse it), and a state made without a key the step reads (``amsgrad`` switched
 on after the first step, or a state dict of another optimizer class loaded), which raises
-``KeyError`` naming the key as torch.optim's step does (after stepping the groups before;
-SGD's missing momentum buffer is made, as torch makes it). A parameter listed twice in a group
+``KeyError`` naming the key as torch.optim's step does (torch's after stepping the groups
+before it, fastopt's before stepping any; SGD's missing momentum buffer is made, as torch
+makes it). A parameter listed twice in a group
 (torch.optim warns, then steps it once per occurrence) or in two groups (put there by editing
 ``param_groups``: torch refuses it in ``add_param_group``, and steps it once per group),
 parameters or state tensors of a group whose memory overlaps (views of one buffer, or

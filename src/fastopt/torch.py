@@ -88,7 +88,8 @@ makes the other part NaN (``0 * inf``); the kernels keep the parts apart, as for
 values, where the results agree. bfloat16 and float16 parameters step a
 float32 master copy kept in their state (``master_param``, created from the parameter) with
 float32 state, and receive the master rounded to nearest even (``fastopt.reference.lowp``
-defines the rounding; the bits are those of ``master.to(torch.bfloat16)``), in one sweep:
+defines the rounding; the bits are those of ``master.to(torch.bfloat16)``, but a NaN's,
+written as a quiet NaN without payload: README), in one sweep:
 every optimizer's 16-bit kernel (``fastopt._registry.HALF_KERNELS``) reads the 16-bit param
 and grad as ``uint16``, runs the optimizer's float32 formula on the master and the state and
 writes the rounded param back, without full-size temporaries. torch.optim keeps 16-bit state
@@ -99,11 +100,13 @@ A 16-bit parameter written between steps (a model's ``load_state_dict``, ``p.cla
 re-seeded from it before the next step, which would otherwise undo the write: each step
 records the parameters' version counters once all its groups have stepped, and a counter that
 moved, or a new storage, shape or strides, tells of a possible write (the counters are read
-only in groups with 16-bit parameters). The next step then checks that parameter's master:
-one the parameter is the rounding of is kept (a write that left the parameter as it was,
-or another group's step moving the counter that views of one buffer share), any other is
-re-seeded from the parameter. An in-place write through ``p.data`` (``p.data.copy_(x)``,
-``p.data.clamp_()``) is not seen: torch does not count it in the version counter, so the next
+only in groups with 16-bit parameters). The next step then checks that parameter's master,
+element by element: where the parameter is its rounding it is kept (a write that left the
+parameter as it was, the elements a clamp did not change, or another group's step moving the
+counter that views of one buffer share), elsewhere it is re-seeded from the parameter. An
+in-place write through ``p.data`` (``p.data.copy_(x)``, ``p.data.clamp_()``), or through a
+NumPy view of it (``p.detach().numpy()``), is not seen: torch does not count it in the
+version counter, so the next
 step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
 assign ``p.data``, instead). ``load_state_dict`` leaves the masters as loaded (the model may be
 loaded after its optimizer) and the next step checks every one of them the same way: a
@@ -704,13 +707,24 @@ def _mark(p):
         return None
 
 
-def _rounds_to(master, p):
-    """Whether the 16-bit parameter ``p`` is ``master`` rounded to its dtype (NaN where
-    the master is NaN)."""
+def _reseeded_master(master, p):
+    """``master`` (float32) re-seeded from the 16-bit parameter ``p`` where ``p`` is no longer
+    its rounding (written between steps; NaN where the master is NaN counts as its
+    rounding): a new tensor, or ``master`` itself where ``p`` is its rounding throughout.
+    Element by element: a write to some elements (a clamp of one, nn.Embedding's max_norm
+    renormalizing a few rows) had re-seeded them all, dropping the others' float32
+    remainders (200 SGD steps, each clamping one of three bf16 elements: the others ended
+    at 0.609 where float32 rounded gives 0.801). A master of another shape or kind is
+    re-seeded whole."""
     if master.shape != p.shape or not master.is_floating_point():
-        return False
+        return _fresh_master(p)
     rounded, p = master.to(p.dtype), p.detach()
-    return bool(((rounded == p) | (rounded.isnan() & p.isnan())).all())
+    written = (rounded != p) & ~(rounded.isnan() & p.isnan())
+    if not written.any():
+        return master
+    fresh = master.clone(memory_format=torch.preserve_format)
+    fresh[written] = p[written].to(torch.float32)
+    return fresh
 
 
 def _odd_scalar(t):
@@ -1685,8 +1699,9 @@ class _FastOptimizer(_Mixin):
         ``old`` did not record (no plan since a ``load_state_dict``, or ever): a master the
         parameter is the rounding of is kept (a checkpoint of this optimizer, loaded before
         or after the model's, resumes bit-identically); any other is re-seeded from the
-        parameter (it would undo the write; or a stale one of torch.optim, which keeps it in
-        its state without stepping it). The re-seed is stored at once (the master then
+        parameter where it is not (it would undo the write; or a stale one of torch.optim,
+        which keeps it in its state without stepping it), element by element
+        (:func:`_reseeded_master`). The re-seed is stored at once (the master then
         agrees with the parameter, whatever becomes of this step). A counter moved by
         another writer of the same storage (views of one buffer in other groups) costs a
         check, nothing more."""
@@ -1702,8 +1717,10 @@ class _FastOptimizer(_Mixin):
             master = state.get(MASTER) if state else None
             # (one that is not a dense CPU tensor is refused by _make_plan, by name)
             if (isinstance(master, torch.Tensor) and master.is_cpu
-                    and master.layout == torch.strided and not _rounds_to(master, p)):
-                state[MASTER] = _fresh_master(p)
+                    and master.layout == torch.strided):
+                fresh = _reseeded_master(master, p)
+                if fresh is not master:
+                    state[MASTER] = fresh
 
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the

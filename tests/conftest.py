@@ -38,6 +38,16 @@ class OwnArithmetic(np.ndarray):
         return getattr(ufunc, method)(*inputs, **kwargs)
 
 
+class OwnOperators(np.ndarray):
+    """An ndarray subclass with arithmetic of its own through Python's operators, as
+    np.matrix has: the kernels must refuse it too."""
+
+    def __mul__(self, other):
+        return np.multiply(np.asarray(self), other) * 1000
+
+    __rmul__ = __mul__
+
+
 class WatchedLock:
     """Stands in for an optimizer's step lock (``opt._lock = WatchedLock(opt._lock)``) and
     tells when a thread other than the one that made it starts to wait for it: a test that

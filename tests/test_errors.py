@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import GRID_BACKENDS, OwnArithmetic, torch
+from conftest import GRID_BACKENDS, OwnArithmetic, OwnOperators, torch
 from fastopt import _registry
 from kernel_specs import GROUP, SPECS, same_bits, snapshot, valid_arrays
 from optim_specs import CONFIGS, CONFIG_IDS, course_params, opt_snapshot, two_grads, two_params
@@ -152,7 +152,8 @@ def test_matrices_and_masked_arrays_are_type_errors_naming_them(backend, kernel,
     # the reference computed g * g of a np.matrix as a matrix product (and an array of its
     # own arithmetic with that, where the compiled kernels read its raw memory)
     spec = SPECS[kernel]
-    for wrap in (np.asmatrix, np.ma.masked_array, lambda a: a.view(OwnArithmetic)):
+    for wrap in (np.asmatrix, np.ma.masked_array, lambda a: a.view(OwnArithmetic),
+                 lambda a: a.view(OwnOperators)):
         arrays = valid_arrays(spec, (2, 2), np.float64, np.random.default_rng(2))
         arrays[position] = wrap(arrays[position])
         before = snapshot(arrays)
@@ -608,7 +609,8 @@ def test_state_arrays_of_their_own_arithmetic_are_refused_by_their_names(backend
         params = [np.zeros(3) for _ in range(4)]
         return params, fo.Adam([{"params": params[:2]}, {"params": params[2:]}], lr=0.1)
     grads = [np.ones(3) for _ in range(4)]
-    wraps = (np.asmatrix, np.ma.masked_invalid, lambda a: a.view(OwnArithmetic))
+    wraps = (np.asmatrix, np.ma.masked_invalid, lambda a: a.view(OwnArithmetic),
+             lambda a: a.view(OwnOperators))
     with fo.use_backend(backend):
         params, opt = fresh()
         opt.step(grads)
@@ -2251,6 +2253,7 @@ def test_a_copy_keeps_the_state_of_arrays_out_of_the_groups(backend, how):
     optimizer alone holds the only copy of such an array: it goes, and its state with it."""
     rng = np.random.default_rng(9)
     a, b = rng.standard_normal(3), rng.standard_normal(2)
+    a_init, b_init = a.copy(), b.copy()
     g = [rng.standard_normal(3), rng.standard_normal(2)]
     copy_of = (lambda x: pickle.loads(pickle.dumps(x))) if how == "pickle" else copy.deepcopy
     with fo.use_backend(backend):
@@ -2269,6 +2272,23 @@ def test_a_copy_keeps_the_state_of_arrays_out_of_the_groups(backend, how):
         alone = copy_of(opt)
         assert not alone._detached
         assert len(opt._detached) == 1 and opt._detached[id(b)][0]() is b
+        # arena views (pickled as the arena and a position, as the groups' are): the same
+        arena = fo.ParameterArena(np.float64, capacity=64)
+        views = [arena.add("a", 3, init=a_init), arena.add("b", 2, init=b_init)]
+        opt = fo.Adam([{"params": [views[0]]}, {"params": [views[1]]}], lr=0.1)
+        opt.step(g)
+        opt.param_groups.pop(1)
+        arena2, opt2 = copy_of((arena, opt))
+        opt2.param_groups[0]["params"].append(arena2.params["b"])
+        opt2.step(g)
+        assert int(opt2.state[1]["step"]) == 2
+        assert same_bits(arena2.params["b"], ref.param_groups[1]["params"][0])
+        # an optimizer pickled before its copies kept these states loads (without them)
+        state = opt.__getstate__()
+        del state["_detached"]
+        old = object.__new__(type(opt))
+        old.__setstate__(state)
+        assert not old._detached
 
 
 @pytest.mark.parametrize("how", ["betas edited", "moved to another group"])
@@ -2430,11 +2450,11 @@ def test_an_error_copying_a_strided_parameter_changes_nothing(backend, error, mo
     grads = [rng.standard_normal(p.shape) for p in params]
     native = _layout._native
 
-    def failing(a):
+    def failing(a, order="C"):
         if a is not None and not a.flags.c_contiguous:
-            native(a)
+            native(a, order)
             raise error("injected")
-        return native(a)
+        return native(a, order)
     with fo.use_backend(backend):
         opt, ref = fo.Adam(params, lr=0.1), fo.Adam(twin, lr=0.1)
         opt.step(grads)

@@ -93,6 +93,9 @@ def test_an_lr_scheduler_state_dict_resumes_the_epochs_and_refuses_bad_ones():
         with pytest.raises(kind, match=match):
             sched2.load_state_dict(bad)
         assert sched2.epoch == 2
+    with pytest.raises(ValueError, match="NaN"):      # (as load_state_dict refuses it)
+        sched2.step(float("nan"))
+    assert sched2.epoch == 2
     sched2.load_state_dict({"epoch": np.int64(4)})
     assert sched2.epoch == 4 and type(sched2.epoch) is int
     sched2.load_state_dict({"epoch": np.array(5)})          # (a 0-d array, as step() takes)
@@ -180,6 +183,14 @@ def test_lr_scheduler_drives_torch_optimizers_by_their_param_groups():
         assert torch.equal(p, torch.full((2,), -0.05)) and torch.equal(q, torch.full((1,), -0.05))
         opt.param_groups[0]["lr"] = 0.5
         assert sched.get_last_lr() == [0.5, 0.05]
+        # a step that raises changes nothing: an lr fastopt's own setter refuses (None had
+        # been set in the first group before the tensor's fill_ raised; -1 was set)
+        for bad in (None, -1.0, float("nan")):
+            bad_sched = fo.schedules.LRScheduler(opt, lambda epoch, bad=bad: bad)
+            with pytest.raises((TypeError, ValueError), match="lr"):
+                bad_sched.step()
+            assert opt.param_groups[0]["lr"] == 0.5 and lr_tensor.item() == 0.05
+            assert bad_sched.epoch == -1
 
 
 def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_nothing():

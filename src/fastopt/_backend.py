@@ -154,7 +154,8 @@ def backends() -> list[str]:
 
 
 def unavailable_reason(name: str) -> str | None:
-    """Why backend ``name`` cannot be used here, or None when it can."""
+    """Why backend ``name`` cannot be used here, or None when it can (TypeError for a name
+    that is not a str)."""
     name = _canonical(name)
     try:
         _load(name)

@@ -10,13 +10,20 @@ import math
 import numpy as np
 
 
-def _native(a):
-    """``a`` if it is one flat C-ordered run the kernels can walk, else a C-contiguous copy in
-    native byte order. The copy is a new allocation, hence aligned: ``np.ascontiguousarray``
-    would hand back an unaligned array unchanged (and the kernel would fall back forever)."""
-    if a is None or (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
+def _native(a, order="C"):
+    """``a`` if it is one flat run in ``order`` ("C" or "F") the kernels can walk, else a copy
+    in that order and native byte order. The copy is a new allocation, hence aligned:
+    ``np.ascontiguousarray`` would hand back an unaligned array unchanged (and the kernel
+    would fall back forever)."""
+    if a is None or ((a.flags.f_contiguous if order == "F" else a.flags.c_contiguous)
+                     and a.flags.aligned and a.dtype.isnative):
         return a
-    return np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+    return np.array(a, dtype=a.dtype.newbyteorder("="), order=order)
+
+
+def _fortran_only(a):
+    """Whether ``a`` is one flat run in Fortran order only (a transposed weight)."""
+    return a.flags.f_contiguous and not a.flags.c_contiguous
 
 
 def via_contiguous(fn, arrays, **scalars):
@@ -31,8 +38,14 @@ def via_contiguous(fn, arrays, **scalars):
 
 
 def contiguous_copies(arrays):
-    """``arrays`` as a kernel walks them (:func:`_native`: each itself, or a copy)."""
-    return [_native(a) for a in arrays]
+    """``arrays`` as a kernel walks them (:func:`_native`: each itself, or a copy), in the
+    order of the first (the parameter) where that is a flat Fortran-ordered run: a
+    transposed weight beside its C-ordered grad copies the grad alone (the parameter and
+    its state, made in its order, had been copied and written back)."""
+    first = arrays[0]
+    order = ("F" if first is not None and _fortran_only(first) and first.flags.aligned
+             and first.dtype.isnative else "C")
+    return [_native(a, order) for a in arrays]
 
 
 def copies_before_writing(tensors):
@@ -70,22 +83,15 @@ def past_line(shape, dtype, skip, zeroed=False):
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def dense_axes(a):
-    """The axes of ``a`` from the slowest-varying to the fastest when its elements fill its
-    memory without gaps in that order (C order, Fortran order, any transpose of a contiguous
-    array), else None (slices with gaps, negative strides)."""
-    order = sorted(range(a.ndim), key=lambda axis: -a.strides[axis])
-    return order if a.transpose(order).flags.c_contiguous else None
-
-
 def like_lines(a, fill=0):
-    """A new array of ``a``'s shape and dtype, laid out in memory as ``a`` where ``a`` is dense
-    (:func:`dense_axes`; C order otherwise), holding ``fill`` (None: not set), whose data lies
-    as far past a 64-byte cache line as ``a``'s (:func:`past_line`).
+    """A new array of ``a``'s shape and dtype, in Fortran order where ``a`` is a flat
+    Fortran-ordered run and in C order otherwise (the two orders the kernels walk flat),
+    holding ``fill`` (None: not set), whose data lies as far past a 64-byte cache line as
+    ``a``'s (:func:`past_line`).
 
-    The kernels step arrays of one layout in place, and copy the others every step: state in
-    C order beside a Fortran-ordered parameter (a transposed weight) had copied the parameter
-    and its grad at every step (torch's state keeps its parameter's strides too).
+    The kernels step arrays of one order in place, and others on copies: state in C order
+    beside a Fortran-ordered parameter (a transposed weight) had copied the parameter and its
+    grad at every step (torch's state keeps its parameter's strides too).
 
     The element-wise kernels start their vector loop where the param starts a line, which puts
     the other arrays of a step on lines only where they lie as far past one as the param. NumPy
@@ -101,10 +107,10 @@ def like_lines(a, fill=0):
     # MiB, filled, had taken that memory at once (and 20-30 ms)
     zeroed = fill is not None and fill == 0 and math.copysign(1.0, fill) > 0
     # (an unaligned param's copies run on lines: its state starts one)
-    order = dense_axes(a) or list(range(a.ndim))
-    out = past_line([a.shape[axis] for axis in order], a.dtype,
-                    0 if address % a.dtype.alignment else address % 64,
-                    zeroed).transpose(sorted(range(a.ndim), key=order.__getitem__))
+    fortran = _fortran_only(a)
+    out = past_line(a.shape[::-1] if fortran else a.shape, a.dtype,
+                    0 if address % a.dtype.alignment else address % 64, zeroed)
+    out = out.T if fortran else out
     if fill is not None and not zeroed:
         out.fill(fill)
     return out

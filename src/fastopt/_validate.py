@@ -103,16 +103,30 @@ def check_float_array(name, a):
     return a.dtype
 
 
+# what a subclass changes to compute otherwise than an ndarray: NumPy's ufunc hook, or
+# Python's operators (np.matrix's ``*`` is a matrix product; a masked array's skip its mask)
+_ARITHMETIC = ("__array_ufunc__", "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__",
+               "__isub__", "__mul__", "__rmul__", "__imul__", "__truediv__", "__rtruediv__",
+               "__itruediv__", "__pow__", "__rpow__", "__ipow__", "__neg__")
+
+
 def has_own_arithmetic(a):
-    """True for an ndarray whose values the kernels would misread: a ``np.matrix`` (whose ``*``
-    is a matrix product), a masked array (whose mask the compiled kernels could not honour),
-    or any subclass with its own ``__array_ufunc__`` (a units library's: the reference had
-    computed with its arithmetic, the compiled kernels on its raw memory). A memmap, a
-    recarray or a subclass that only carries attributes computes as an ndarray."""
+    """True for an ndarray whose values the kernels would misread: a subclass with arithmetic
+    of its own, through ``__array_ufunc__`` (a units library's) or Python's operators
+    (``np.matrix``, a masked array): the reference had computed with it, the compiled kernels
+    on its raw memory. A memmap, a recarray or a subclass that only carries attributes
+    computes as an ndarray."""
     kind = type(a)
     return (kind is not np.ndarray and isinstance(a, np.ndarray)
-            and (issubclass(kind, (np.matrix, np.ma.MaskedArray))
-                 or kind.__array_ufunc__ is not np.ndarray.__array_ufunc__))
+            and any(getattr(kind, name) is not getattr(np.ndarray, name)
+                    for name in _ARITHMETIC))
+
+
+def check_plain(name, a):
+    """TypeError naming ``name`` if ``a`` is an ndarray with arithmetic of its own
+    (:func:`has_own_arithmetic`)."""
+    if has_own_arithmetic(a):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(a).__name__}")
 
 
 def check_kernel_array(name, a):
@@ -121,8 +135,7 @@ def check_kernel_array(name, a):
     with arithmetic of its own (:func:`has_own_arithmetic`)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if has_own_arithmetic(a):
-        raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(a).__name__}")
+    check_plain(name, a)
     if a.dtype.type not in FLOAT_TYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
 
@@ -143,9 +156,7 @@ def check_grad(label, param, grad):
     if not isinstance(grad, np.ndarray):
         raise TypeError(f"grad for parameter {label} must be a numpy.ndarray, "
                         f"got {type(grad).__name__}")
-    if has_own_arithmetic(grad):
-        raise TypeError(f"grad for parameter {label} must be a plain numpy.ndarray, "
-                        f"got {type(grad).__name__}")
+    check_plain(f"grad for parameter {label}", grad)
     if grad.dtype.type is not param.dtype.type:     # (either byte order, as the kernels)
         raise TypeError(f"grad for parameter {label} has dtype {grad.dtype}, "
                         f"expected {param.dtype}")

@@ -7,8 +7,8 @@ from numpy.typing import ArrayLike
 
 from . import ops
 from ._hyper import UNIT_OPEN, check_flag, check_real
-from ._validate import (FLOAT_TYPES, as_array, as_count, check_state_keys, check_unmasked,
-                        has_own_arithmetic, npz_item)
+from ._validate import (FLOAT_TYPES, as_array, as_count, check_plain, check_state_keys,
+                        check_unmasked, npz_item)
 
 
 def _check_beta(beta: float) -> float:
@@ -243,9 +243,7 @@ class EWA:
             if not isinstance(avg, np.ndarray):
                 raise TypeError(f"state_dict['avg'] must be a numpy.ndarray or None, got "
                                 f"{type(avg).__name__}")
-            if has_own_arithmetic(avg):
-                raise TypeError(f"state_dict['avg'] must be a plain numpy.ndarray, got "
-                                f"{type(avg).__name__}")
+            check_plain("state_dict['avg']", avg)
             if avg.dtype.type not in FLOAT_TYPES:
                 raise TypeError(f"state_dict['avg'] has dtype {avg.dtype}, expected float32 "
                                 "or float64 (an average's dtype)")

@@ -17,7 +17,8 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _backend
 from ._hyper import UNIT, check_flag, check_real
 from ._validate import (FLOAT_DTYPES, FLOAT_TYPES, as_array, as_count, check_kernel_array,
-                        check_state_keys, check_writeable, has_own_arithmetic, npz_item)
+                        check_plain, check_state_keys, check_writeable, has_own_arithmetic,
+                        npz_item)
 from ._validate import check_axis as _check_axis
 
 _MaybeArray = TypeVar("_MaybeArray", bound=np.ndarray | None)
@@ -46,8 +47,7 @@ def _out(out: np.ndarray | None, shape: tuple[int, ...], dtype: np.dtype) -> np.
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-    if has_own_arithmetic(out):   # as inputs: a matrix stays 2-D
-        raise TypeError(f"out must be a plain numpy.ndarray, got {type(out).__name__}")
+    check_plain("out", out)     # as inputs: a matrix stays 2-D
     if out.dtype.newbyteorder("=") != dtype:
         raise TypeError(f"out has dtype {out.dtype}, expected {dtype}")
     if out.shape != shape:
@@ -873,9 +873,7 @@ class BatchNorm:
                                    else "") + ", not a float array to load into")
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{where} must be a numpy.ndarray, got {type(value).__name__}")
-            if has_own_arithmetic(value):
-                raise TypeError(f"{where} must be a plain numpy.ndarray, got "
-                                f"{type(value).__name__}")
+            check_plain(where, value)
             if value.dtype.kind != "f":
                 raise TypeError(f"{where} has dtype {value.dtype}, expected a float dtype "
                                 f"(cast to the layer's {name}'s {mine.dtype})")

@@ -21,7 +21,7 @@ import numpy as np
 from . import _validate, ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._layout import like_lines
-from ._validate import FLOAT_TYPES, has_own_arithmetic
+from ._validate import FLOAT_TYPES
 from .arena import ParameterArena, _GradDict
 
 # what the optimizers take (see above): parameters by name, in a list, or as param groups
@@ -205,9 +205,7 @@ def _check_param(label, p):
     writeable."""
     if not isinstance(p, np.ndarray):
         raise TypeError(f"parameter {label} must be a numpy.ndarray, got {type(p).__name__}")
-    if has_own_arithmetic(p):
-        raise TypeError(f"parameter {label} must be a plain numpy.ndarray, "
-                        f"got {type(p).__name__}")
+    _validate.check_plain(f"parameter {label}", p)
     if p.dtype.type not in FLOAT_TYPES:     # (either byte order, as the kernels)
         raise TypeError(f"parameter {label} must have dtype float32 or float64, got {p.dtype}")
     if not p.flags.writeable:
@@ -823,16 +821,15 @@ class Optimizer:
         elif not isinstance(value, np.ndarray):
             raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, "
                             f"got {type(value).__name__}")
-        elif has_own_arithmetic(value):
-            raise TypeError(f"{where}[{key!r}] must be a plain numpy.ndarray, "
-                            f"got {type(value).__name__}")
-        elif value.dtype.type is not p.dtype.type:      # (either byte order, as the kernels)
-            raise TypeError(f"{where}[{key!r}] has dtype {value.dtype}, expected {p.dtype} "
-                            "like its parameter")
-        elif value.shape != p.shape:
-            raise ValueError(f"{where}[{key!r}] has shape {value.shape}, expected {p.shape} "
-                             "like its parameter")
-        else:       # (a zero stride had been named by the kernel's list, 'exp_avgs[0]')
+        else:
+            _validate.check_plain(f"{where}[{key!r}]", value)
+            if value.dtype.type is not p.dtype.type:    # (either byte order, as the kernels)
+                raise TypeError(f"{where}[{key!r}] has dtype {value.dtype}, expected "
+                                f"{p.dtype} like its parameter")
+            if value.shape != p.shape:
+                raise ValueError(f"{where}[{key!r}] has shape {value.shape}, expected "
+                                 f"{p.shape} like its parameter")
+            # (a zero stride had been named by the kernel's list, 'exp_avgs[0]')
             _validate.check_writeable(f"{where}[{key!r}]", value)
 
     def _check_states(self, gi, states):
@@ -1426,10 +1423,9 @@ class Optimizer:
                     continue                # torch's momentum_buffer before its first use
                 if key == "step" or key in self._scalar_state:
                     value = _scalar(where, key, value)
-                elif has_own_arithmetic(value):     # (the copy below would drop a mask)
-                    raise TypeError(f"{where}[{key!r}] must be a plain numpy.ndarray, "
-                                    f"got {type(value).__name__}")
                 elif isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    # (before the copy, which would drop a mask, say)
+                    _validate.check_plain(f"{where}[{key!r}]", value)
                     if value.shape == p.shape:      # a copy on lines as the param's
                         value, saved_value = like_lines(p, None), value
                         value[...] = saved_value
@@ -1585,7 +1581,7 @@ class Optimizer:
         state.pop("_held", None)
         # the states kept for arrays out of the groups, with their arrays (a copy's are its
         # own: keyed again by their ids there), as torch's copies keep them in opt.state
-        state["_detached"] = [(p, entry) for p, entry in
+        state["_detached"] = [(_arena_params([p])[0], entry) for p, entry in
                               ((ref(), entry) for ref, entry in self._detached.values())
                               if p is not None]
         groups = []
@@ -1607,8 +1603,11 @@ class Optimizer:
                 params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
             dict.__setitem__(group, "params", _Params(params))
         self._remember_groups()
-        # (an array only this list held is freed as it goes, and its state with it)
-        self._detached = {id(p): (self._detach(p), entry) for p, entry in state["_detached"]}
+        # (an array only this list held is freed as it goes, and its state with it; a pickle
+        # of a version before the list has none)
+        detached = [(p.resolve()[0] if isinstance(p, _ArenaParams) else p, entry)
+                    for p, entry in state.get("_detached", ())]
+        self._detached = {id(p): (self._detach(p), entry) for p, entry in detached}
         self._slots = self._slots_of(self.param_groups)
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)

@@ -18,8 +18,8 @@ Schedule = Callable[[int], float]     # epoch -> learning rate
 
 class HasLR(Protocol):
     """What :class:`LRScheduler` drives: an object whose ``lr`` can be set (every fastopt
-    optimizer, :class:`fastopt.distributed.ShardedOptimizer`), or a torch optimizer (by its
-    ``param_groups``)."""
+    optimizer, :class:`fastopt.distributed.ShardedOptimizer`), or a torch optimizer
+    (:class:`HasParamGroups`)."""
 
     @property
     def lr(self) -> float | list[float]:
@@ -28,6 +28,19 @@ class HasLR(Protocol):
 
     @lr.setter
     def lr(self, value: float) -> None: ...
+
+
+class HasParamGroups(Protocol):
+    """A torch optimizer (``fastopt.torch``'s or ``torch.optim``'s), as :class:`LRScheduler`
+    drives it: every group's ``"lr"`` set."""
+
+    param_groups: list[dict]
+
+
+def _torch_groups(opt):
+    """``opt``'s param groups when the scheduler sets them (a torch optimizer, which has no
+    ``lr``), else None (``opt.lr`` is set)."""
+    return None if hasattr(opt, "lr") else opt.param_groups
 
 
 
@@ -318,7 +331,7 @@ class LRScheduler:
     (0.1, 0.05)
     """
 
-    def __init__(self, opt: HasLR, fn: Schedule) -> None:
+    def __init__(self, opt: HasLR | HasParamGroups, fn: Schedule) -> None:
         if not (hasattr(opt, "lr") or hasattr(opt, "param_groups")):
             raise TypeError(f"opt must be an optimizer (with an lr to set, or torch's "
                             f"param_groups), got {type(opt).__name__}")
@@ -345,12 +358,16 @@ class LRScheduler:
         the epoch is set only once the learning rate is.
         """
         epoch = self.epoch + 1 if epoch is None else epoch
+        if isinstance(epoch, numbers.Real) and math.isnan(epoch):
+            raise ValueError("epoch is NaN")
         lr = self.fn(epoch)
-        if hasattr(self.opt, "lr"):
+        groups = _torch_groups(self.opt)
+        if groups is None:
             self.opt.lr = lr
-        else:       # a torch optimizer's groups, as torch's schedulers set them
-            for group in self.opt.param_groups:
-                if hasattr(group["lr"], "fill_"):
+        else:       # a torch optimizer's groups, as torch's schedulers set them, once the lr
+            check_real("lr", lr)    # is one fastopt's setter takes (torch's would step a NaN)
+            for group in groups:
+                if hasattr(group["lr"], "fill_"):      # a tensor lr, filled in place
                     group["lr"].fill_(lr)
                 else:
                     group["lr"] = lr
@@ -397,11 +414,12 @@ class LRScheduler:
 
     def get_last_lr(self) -> float | list[float]:
         """The optimizer's current learning rate (a list if its groups differ)."""
-        if hasattr(self.opt, "lr"):
+        groups = _torch_groups(self.opt)
+        if groups is None:
             return self.opt.lr
-        lrs = [float(group["lr"]) for group in self.opt.param_groups]
+        lrs = [float(group["lr"]) for group in groups]
         return lrs[0] if len(set(lrs)) == 1 else lrs
 
 
 __all__ = ["inverse_time_decay", "exponential_decay", "inverse_sqrt_decay", "staircase",
-           "LRScheduler", "HasLR"]
+           "LRScheduler", "HasLR", "HasParamGroups"]

@@ -152,7 +152,7 @@ def cpuinfo_field(name):
 
 
 def test_the_optimizer_steps_use_the_vector_width_this_cpu_runs_fastest():
-    """512-bit vectors on AMD Zen 5 and later (CPU family 26 on), 256-bit ones on other CPUs
+    """512-bit vectors on AMD Zen 4 and later (CPU family 25 on), 256-bit ones on other CPUs
     with AVX-512 (fo_common.h): the rule read back from /proc/cpuinfo, and the build that
     fastopt._kernels loaded."""
     kernels = pytest.importorskip("fastopt._kernels", exc_type=ImportError)
@@ -160,10 +160,10 @@ def test_the_optimizer_steps_use_the_vector_width_this_cpu_runs_fastest():
     family = cpuinfo_field("cpu family")
     if family is None or not base.cpu_has_avx512():
         pytest.skip("needs /proc/cpuinfo and a CPU with AVX-512")
-    zen5_on = cpuinfo_field("vendor_id") == "AuthenticAMD" and int(family) >= 26
-    assert base.cpu_prefers_512bit_steps() == zen5_on
+    zen4_on = cpuinfo_field("vendor_id") == "AuthenticAMD" and int(family) >= 25
+    assert base.cpu_prefers_512bit_steps() == zen4_on
     expected = ("optim" if os.environ.get("FASTOPT_NO_AVX512", "0") not in ("", "0")
-                else "optim_avx512_zmm" if zen5_on else "optim_avx512")
+                else "optim_avx512_zmm" if zen4_on else "optim_avx512")
     assert kernels._optim.__name__ == f"fastopt._kernels.{expected}"
 
 def pyproject():

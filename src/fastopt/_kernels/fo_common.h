@@ -31,11 +31,21 @@ static int fo_cpu_has_avx512(void) {
 
 /* Whether 512-bit vectors beat 256-bit ones in the optimizer steps: on AMD Zen 5 (family 0x1A)
  * and later, whose divider and square root are 512 bits wide (Adam 1e5 float32, one thread:
- * 0.25 against 0.32 ns/element; RMSprop 0.17 against 0.29). Not on Zen 4 (family 0x19), which
- * splits each 512-bit operation in two: its 512-bit steps ran 1.2-2.7x slower. Not on an Intel
- * Xeon with AVX-512 (family 6, model 207): the steps bound by division and square root ran at
- * the same speed per element either way (0.97-1.04x; Adam 1e5 0.56 ns/element). Other CPUs
- * keep the 256-bit build too, which matches the AVX2 one. */
+ * 0.25 against 0.32 ns/element; RMSprop 0.17 against 0.29), and on Zen 4 (family 0x19, whose
+ * AVX-512 CPUs are all Zen 4): it splits each 512-bit operation in two, yet the 256-bit build,
+ * with part of its roots on the FMA units (FO_ROOT_ON_FMA, for Intel's divider), ran slowest
+ * of the three there. `python bench/builds.py` on an EPYC Zen 4 VM (2026-12-06, model 0x11),
+ * float32, medians of 7 rounds, ns/element, 512-bit / 256-bit / AVX2 build, one thread, 1e5:
+ * Adam 0.387 / 0.416 / 0.445, RMSprop 0.333 / 0.364 / 0.364, Adagrad 0.304 / 0.362 / 0.311,
+ * Adadelta 0.507 / 0.638 / 0.501, NAdam 0.366 / 0.522 / 0.369, RAdam 0.320 / 0.441 / 0.336,
+ * SGD 0.166 / 0.163 / 0.164; 1e6: Adam 0.541 / 0.609 / 0.624, Adadelta 0.489 / 0.704 / 0.538;
+ * two threads, 1e5: Adam 0.206 / 0.231 / 0.245, NAdam 0.231 / 0.375 / 0.281; arrays 0-48
+ * bytes past a line (--offsets, NumPy's) the same order. (An earlier Zen 4 VM's 512-bit steps
+ * had run 1.2-2.7x slower than its 256-bit ones, on NumPy's unaligned arrays, before the
+ * optimizers placed their state on lines and the 256-bit build took roots on the FMA units.)
+ * Not on an Intel Xeon with AVX-512 (family 6, model 207): the steps bound by division and
+ * square root ran at the same speed per element either way (0.97-1.04x; Adam 1e5 0.56
+ * ns/element). Other CPUs keep the 256-bit build too, which matches the AVX2 one. */
 static int fo_cpu_prefers_512bit_steps(void) {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
     unsigned int eax, ebx, ecx, edx, family;
@@ -46,7 +56,7 @@ static int fo_cpu_prefers_512bit_steps(void) {
     family = (eax >> 8) & 0xf;
     if (family == 0xf)
         family += (eax >> 20) & 0xff;
-    return family >= 0x1a;
+    return family >= 0x19;
 #else
     return 0;
 #endif

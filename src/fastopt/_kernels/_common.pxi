@@ -13,6 +13,7 @@ cdef extern from "fo_common.h":
     const char* FASTOPT_BUILD_FLAGS
     int fo_cpu_has_avx512()
     int fo_cpu_prefers_512bit_steps()
+    int fo_cpu_wants_software_prefetch()
     int fastopt_get_num_threads() nogil
     void fastopt_set_num_threads(int n) nogil
 

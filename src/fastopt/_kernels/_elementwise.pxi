@@ -12,6 +12,7 @@
 # for any thread count and for any grouping of arrays into calls.
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memset
 
 from .._layout import copies_before_writing, via_contiguous
@@ -115,7 +116,10 @@ cdef extern from "fo_prefetch.h":
 # and 3e7 17.7-17.8 -> 16.6-17.2, but 5e6 1.52-1.56 -> 1.70-1.73, 6e6 and 8e6 4-11% slower,
 # 1.5e7 level; Adagrad (blocks) 1e7 2.87-3.01 -> 3.03-3.29 (this VM's L3 keeps what they send
 # to memory).
+# (on Intel CPUs only: elsewhere the prefetches were measured to cost, fo_common.h)
 cdef Py_ssize_t PREFETCH_MIN_BYTES = 1 << 21, PREFETCH_MIN_BYTES_HALF = 1 << 24
+if not fo_cpu_wants_software_prefetch():
+    PREFETCH_MIN_BYTES = PREFETCH_MIN_BYTES_HALF = PY_SSIZE_T_MAX
 cdef enum:
     PREFETCH_SPAN = 512
     PREFETCH_AHEAD = 2048

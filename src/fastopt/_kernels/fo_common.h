@@ -62,6 +62,24 @@ static int fo_cpu_prefers_512bit_steps(void) {
 #endif
 }
 
+/* Whether the element-wise driver's software prefetches pay (_elementwise.pxi): on Intel CPUs,
+ * where they were measured to (an Intel Xeon VM, Adam float32 1e7, 2 threads: 4.5 -> 3.4 ms),
+ * and not elsewhere: on an EPYC Zen 4 VM (2026-12-06) its hardware prefetchers kept up and the
+ * prefetches cost (Adam float32, one thread, ns/element, with / without: 1e6 0.395-0.399 /
+ * 0.287-0.338, 1e7 0.636-0.673 / 0.556-0.559; SGD 1e6 0.123-0.129 / 0.085-0.108; two threads
+ * 1e6 0.226-0.237 / 0.149-0.162; fastopt.torch bfloat16 Adam 1e7, ms, one thread 8.6-9.9 /
+ * 7.9, two threads mixed: 5e6 2.4-2.7 / 3.3-4.1, 1e7 7.0-7.3 / 5.9-6.2). Not measured on
+ * other AMD CPUs: they go without, as Zen 4. */
+static int fo_cpu_wants_software_prefetch(void) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    unsigned int eax, ebx, ecx, edx;
+    return __get_cpuid(0, &eax, &ebx, &ecx, &edx)
+        && ebx == 0x756e6547 && edx == 0x49656e69 && ecx == 0x6c65746e;   /* GenuineIntel */
+#else
+    return 0;
+#endif
+}
+
 /* The thread count of this family's kernels, exported (not static) so that threadpoolctl
  * can read and limit it through the controller fastopt registers (fastopt._threads). */
 static int fo_num_threads = 1;

@@ -818,17 +818,8 @@ class Optimizer:
         elif key not in self._STATE and key not in self._OPTIONAL_STATE:
             raise ValueError(f"{where} has the key {key!r}; {type(self).__name__}'s state "
                              f"keys are {sorted(self._STATE + self._OPTIONAL_STATE)}")
-        elif not isinstance(value, np.ndarray):
-            raise TypeError(f"{where}[{key!r}] must be a numpy.ndarray, "
-                            f"got {type(value).__name__}")
-        else:
-            _validate.check_plain(f"{where}[{key!r}]", value)
-            if value.dtype.type is not p.dtype.type:    # (either byte order, as the kernels)
-                raise TypeError(f"{where}[{key!r}] has dtype {value.dtype}, expected "
-                                f"{p.dtype} like its parameter")
-            if value.shape != p.shape:
-                raise ValueError(f"{where}[{key!r}] has shape {value.shape}, expected "
-                                 f"{p.shape} like its parameter")
+        else:       # an array as the kernels take it, like its parameter (either byte order)
+            _validate.check_like(f"{where}[{key!r}]", value, "its parameter", p)
             # (a zero stride had been named by the kernel's list, 'exp_avgs[0]')
             _validate.check_writeable(f"{where}[{key!r}]", value)
 

@@ -47,6 +47,9 @@ class OwnOperators(np.ndarray):
 
     __rmul__ = __mul__
 
+    def __ge__(self, other):        # (the reference compares, Adamax's max say)
+        return np.asarray(self) < other
+
 
 class WatchedLock:
     """Stands in for an optimizer's step lock (``opt._lock = WatchedLock(opt._lock)``) and

@@ -29,7 +29,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
-from conftest import WatchedLock, held_at, optim_db_params  # noqa: E402
+from conftest import GRID_BACKENDS, WatchedLock, held_at, optim_db_params  # noqa: E402
 from fastopt import ops  # noqa: E402
 from fastopt.reference import lowp  # noqa: E402
 
@@ -1600,6 +1600,39 @@ def test_16bit_masters_follow_a_write_to_some_elements_and_keep_the_others(dtype
             _no_grad(t[:1].clamp_, None, 0.5)
     assert torch.equal(p.detach(), wide.detach().to(dtype))
     assert torch.equal(opt.state[p]["master_param"][1:], wide.detach()[1:])
+    # by the bits: +0.0 written over a master of -0.0 is a write (it had been kept, and the
+    # next step wrote -0.0 back)
+    q = torch.nn.Parameter(torch.tensor([-0.0, 1.0]).to(dtype))
+    opt = ft.SGD([q], lr=1.0)
+    q.grad = torch.zeros(2, dtype=dtype)
+    opt.step()
+    _no_grad(q.zero_)
+    opt.step()
+    assert q.detach().float().tolist() == [0.0, 0.0]
+    assert torch.equal(q.detach().view(torch.int16), torch.zeros(2, dtype=torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Adagrad"])
+def test_16bit_transposed_parameters_step_alike_on_every_backend(name, dtype):
+    """A 16-bit parameter in Fortran order (a transposed weight), with its grad from autograd
+    in either order: the numba backend's 16-bit path took only C-ordered arrays and, once the
+    copies were made in the param's order, copied them again forever (RecursionError, the
+    step count advanced). Every backend steps it to the same bits."""
+    import fastopt as fo
+    kwargs = dict(lr=0.1, momentum=0.9) if name == "SGD" else dict(lr=0.1)
+    results = {}
+    for backend in GRID_BACKENDS + ["numpy"]:
+        gen = torch.Generator().manual_seed(7)
+        w = torch.nn.Parameter(torch.randn(5, 3, generator=gen).t().to(dtype))
+        opt = getattr(ft, name)([w], **kwargs)
+        with fo.use_backend(backend):
+            for transposed_grad in (False, True, False):
+                g = torch.randn(5, 3, generator=gen).to(dtype)
+                w.grad = g.t() if transposed_grad else g.t().contiguous()
+                opt.step()
+        results[backend] = w.detach().view(torch.int16).clone()
+    assert all(torch.equal(r, results["numpy"]) for r in results.values())
 
 
 def _bf16_adam_after_3_steps(lr):

@@ -103,11 +103,14 @@ def check_float_array(name, a):
     return a.dtype
 
 
-# what a subclass changes to compute otherwise than an ndarray: NumPy's ufunc hook, or
-# Python's operators (np.matrix's ``*`` is a matrix product; a masked array's skip its mask)
-_ARITHMETIC = ("__array_ufunc__", "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__",
-               "__isub__", "__mul__", "__rmul__", "__imul__", "__truediv__", "__rtruediv__",
-               "__itruediv__", "__pow__", "__rpow__", "__ipow__", "__neg__")
+# what a subclass changes to compute otherwise than an ndarray: NumPy's ufunc and function
+# hooks, or Python's operators (np.matrix's ``*`` is a matrix product; a masked array's skip
+# its mask), comparisons and item assignment, which the NumPy reference uses too
+_ARITHMETIC = ("__array_ufunc__", "__array_function__", "__add__", "__radd__", "__iadd__",
+               "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__", "__imul__",
+               "__truediv__", "__rtruediv__", "__itruediv__", "__pow__", "__rpow__", "__ipow__",
+               "__neg__", "__abs__", "__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__",
+               "__and__", "__or__", "__invert__", "__setitem__")
 
 
 def has_own_arithmetic(a):

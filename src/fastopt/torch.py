@@ -719,7 +719,9 @@ def _reseeded_master(master, p):
     if master.shape != p.shape or not master.is_floating_point():
         return _fresh_master(p)
     rounded, p = master.to(p.dtype), p.detach()
-    written = (rounded != p) & ~(rounded.isnan() & p.isnan())
+    # by the bits (+0.0 written over a master of -0.0 is a write), NaN for NaN
+    written = ((rounded.view(torch.int16) != p.view(torch.int16))
+               & ~(rounded.isnan() & p.isnan()))
     if not written.any():
         return master
     fresh = master.clone(memory_format=torch.preserve_format)

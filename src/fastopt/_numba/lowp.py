@@ -183,13 +183,17 @@ def _half_form(kernel):
         """As fastopt.reference.lowp's: see fastopt/_numba/lowp.py."""
         check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
         packed = pack(**scalars_, **own_scale)
-        if not all(a is None or (type(a) is np.ndarray and a.flags.c_contiguous
-                                 and a.flags.aligned and a.dtype.isnative) for a in arrays):
+        # one flat run in the param's order, C or Fortran (a transposed weight), as
+        # via_contiguous copies them (a Fortran-ordered one had been copied again, forever)
+        order = "F" if arrays[0].flags.f_contiguous and not arrays[0].flags.c_contiguous else "C"
+        if not all(a is None or (type(a) is np.ndarray and a.flags.aligned and a.dtype.isnative
+                                 and (a.flags.f_contiguous if order == "F"
+                                      else a.flags.c_contiguous)) for a in arrays):
             return via_contiguous(fn, arrays, bfloat16=bfloat16, grad_scale=grad_scale,
                                   **scalars_)
-        views = [a.reshape(-1).view(np.uint16) for a in arrays[:2]] + [
-            arrays[2].reshape(-1),
-            tuple(_EMPTY32 if a is None else a.reshape(-1) for a in arrays[3:])]
+        views = [a.reshape(-1, order=order).view(np.uint16) for a in arrays[:2]] + [
+            arrays[2].reshape(-1, order=order),
+            tuple(_EMPTY32 if a is None else a.reshape(-1, order=order) for a in arrays[3:])]
         # param and grad (2 bytes an element each) hold as many bytes as the float32 master
         nbytes = 2 * views[2].nbytes + sum([a.nbytes for a in views[3]])
         launch(span, parallel, views, packed + (bool(bfloat16), float(grad_scale)), nbytes)

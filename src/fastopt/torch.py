@@ -718,8 +718,9 @@ def _reseeded_master(master, p):
     re-seeded whole."""
     if master.shape != p.shape or not master.is_floating_point():
         return _fresh_master(p)
-    rounded, p = master.to(p.dtype), p.detach()
-    # by the bits (+0.0 written over a master of -0.0 is a write), NaN for NaN
+    rounded, p = master.to(p.dtype), _resolved(p.detach())
+    # by the bits (+0.0 written over a master of -0.0 is a write), NaN for NaN; a negative
+    # view's values (a view of its bits is refused)
     written = ((rounded.view(torch.int16) != p.view(torch.int16))
                & ~(rounded.isnan() & p.isnan()))
     if not written.any():

@@ -21,7 +21,7 @@ def _native(a, order="C"):
     return np.array(a, dtype=a.dtype.newbyteorder("="), order=order)
 
 
-def _fortran_only(a):
+def fortran_only(a):
     """Whether ``a`` is one flat run in Fortran order only (a transposed weight)."""
     return a.flags.f_contiguous and not a.flags.c_contiguous
 
@@ -42,9 +42,7 @@ def contiguous_copies(arrays):
     order of the first (the parameter) where that is a flat Fortran-ordered run: a
     transposed weight beside its C-ordered grad copies the grad alone (the parameter and
     its state, made in its order, had been copied and written back)."""
-    first = arrays[0]
-    order = ("F" if first is not None and _fortran_only(first) and first.flags.aligned
-             and first.dtype.isnative else "C")
+    order = "F" if fortran_only(arrays[0]) else "C"
     return [_native(a, order) for a in arrays]
 
 
@@ -107,7 +105,7 @@ def like_lines(a, fill=0):
     # MiB, filled, had taken that memory at once (and 20-30 ms)
     zeroed = fill is not None and fill == 0 and math.copysign(1.0, fill) > 0
     # (an unaligned param's copies run on lines: its state starts one)
-    fortran = _fortran_only(a)
+    fortran = fortran_only(a)
     out = past_line(a.shape[::-1] if fortran else a.shape, a.dtype,
                     0 if address % a.dtype.alignment else address % 64, zeroed)
     out = out.T if fortran else out

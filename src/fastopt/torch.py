@@ -62,9 +62,9 @@ the kernels refuse it), and a state made without a key the step reads (``amsgrad
 on after the first step, or a state dict of another optimizer class loaded), which raises
 ``KeyError`` naming the key as torch.optim's step does (torch's after stepping the groups
 before it, fastopt's before stepping any; SGD's missing momentum buffer is made, as torch
-makes it). A parameter listed twice in a group
-(torch.optim warns, then steps it once per occurrence) or in two groups (put there by editing
-``param_groups``: torch refuses it in ``add_param_group``, and steps it once per group),
+makes it). A parameter listed twice in a group (torch.optim warns, then steps it once per
+occurrence) or in two groups (put there by editing ``param_groups``: torch refuses it in
+``add_param_group``, and steps it once per group),
 parameters or state tensors of a group whose memory overlaps (views of one buffer, or
 separate storages over one memory such as ``torch.from_numpy`` of overlapping slices; the
 kernels compare memory bounds, so interleaved views count too), or a grad whose memory
@@ -97,24 +97,23 @@ for 16-bit parameters: its state dicts load here widened, and ours load there na
 
 A 16-bit parameter written between steps (a model's ``load_state_dict``, ``p.clamp_()`` or
 ``p.copy_()`` under ``torch.no_grad()``, a ``.data`` reassigned, ``set_``) has its master copy
-re-seeded from it before the next step, which would otherwise undo the write: each step
-records the parameters' version counters once all its groups have stepped, and a counter that
-moved, or a new storage, shape or strides, tells of a possible write (the counters are read
-only in groups with 16-bit parameters). The next step then checks that parameter's master,
-element by element: where the parameter is its rounding it is kept (a write that left the
-parameter as it was, the elements a clamp did not change, or another group's step moving the
-counter that views of one buffer share), elsewhere it is re-seeded from the parameter. An
-in-place write through ``p.data`` (``p.data.copy_(x)``, ``p.data.clamp_()``), or through a
-NumPy view of it (``p.detach().numpy()``), is not seen: torch does not count it in the
-version counter, so the next
-step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
+re-seeded from it before the next step, which would otherwise undo the write: each step records
+the parameters' version counters once all its groups have stepped, and a counter that moved, or
+a new storage, shape or strides, tells of a possible write (the counters are read only in
+groups with 16-bit parameters). The next step then checks that parameter's master, element by
+element: where the parameter is its rounding it is kept (a write that left the parameter as it
+was, the elements a clamp did not change, or another group's step moving the counter that views
+of one buffer share), elsewhere it is re-seeded from the parameter. An in-place write through
+``p.data`` (``p.data.copy_(x)``, ``p.data.clamp_()``), or through a NumPy view of it
+(``p.detach().numpy()``), is not seen: torch does not count it in the version counter, so the
+next step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
 assign ``p.data``, instead). ``load_state_dict`` leaves the masters as loaded (the model may be
 loaded after its optimizer) and the next step checks every one of them the same way: a
-checkpoint of this optimizer, with its model loaded before or after it, keeps its masters,
-so a resumed run is bit-identical; a master the parameter is not the rounding of (torch.optim
-keeps ``master_param`` in its state without stepping it, or the parameter was written after
-the load) is re-seeded from the parameter. A ``master_param`` set to None is made anew from
-the parameter; one that is not a float32 dense CPU tensor of its shape raises at the step.
+checkpoint of this optimizer, with its model loaded before or after it, keeps its masters, so a
+resumed run is bit-identical; a master the parameter is not the rounding of (torch.optim keeps
+``master_param`` in its state without stepping it, or the parameter was written after the load)
+is re-seeded from the parameter. A ``master_param`` set to None is made anew from the
+parameter; one that is not a float32 dense CPU tensor of its shape raises at the step.
 
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
 param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,

@@ -10,7 +10,7 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .. import _registry
-from .._layout import via_contiguous
+from .._layout import fortran_only, via_contiguous
 from ..reference.lowp import check_half_arrays, with_signature
 from . import optim
 from ._common import JIT, launch, scalars
@@ -185,7 +185,7 @@ def _half_form(kernel):
         packed = pack(**scalars_, **own_scale)
         # one flat run in the param's order, C or Fortran (a transposed weight), as
         # via_contiguous copies them (a Fortran-ordered one had been copied again, forever)
-        order = "F" if arrays[0].flags.f_contiguous and not arrays[0].flags.c_contiguous else "C"
+        order = "F" if fortran_only(arrays[0]) else "C"
         if not all(a is None or (type(a) is np.ndarray and a.flags.aligned and a.dtype.isnative
                                  and (a.flags.f_contiguous if order == "F"
                                       else a.flags.c_contiguous)) for a in arrays):

@@ -27,7 +27,7 @@ def size_label(n):
     return label if float(label) == n else str(int(n))
 
 
-def on_lines(a):
+def on_lines(a, slot=None):
     """A copy of ``a`` whose first element starts a 64-byte cache line (a view of an allocation
     of its own), as torch's CPU allocator places a tensor and DeepSpeedCPUAdam its state.
 
@@ -40,8 +40,13 @@ def on_lines(a):
     5 core, a C loop, offsets 16/32/48/0 as NumPy placed them against all 0: 0.25-0.26
     against 0.14 ns/element, the roofline stream 0.23 against 0.14; bench/misalign.c), and
     this Adam row, one thread, measured 1.08-1.92x its roofline from one set of fresh arrays
-    to the next (three in one process; on lines 1.05-1.16)."""
-    out = past_line(a.shape, a.dtype, 0)
+    to the next (three in one process; on lines 1.05-1.16).
+
+    A ``slot`` also places a large array that many times 512 bytes into a 4 KiB page
+    (fastopt._layout.like_lines says why: NumPy's places made a step's arrays wait on each
+    other's stores in about one set of arrays in three, by up to 1.4x), where fastopt's
+    optimizers and ParameterArena put their state and grads beside a param."""
+    out = past_line(a.shape, a.dtype, 0, page_offset=None if slot is None else 512 * slot)
     out[...] = a
     return out
 
@@ -60,11 +65,23 @@ class Case:
 
     def arrays(self, n, dtype, seed=0):
         """Fresh param, grad and state arrays of ``n`` elements, each starting a cache line
-        (:func:`on_lines`)."""
+        and taking its own slot in the page (:func:`on_lines`)."""
         rng = np.random.default_rng(seed)
-        p = on_lines(rng.standard_normal(n).astype(dtype))
-        g = on_lines(rng.standard_normal(n).astype(dtype))
-        return p, g, {k: on_lines(np.zeros(n, dtype)) for k in self.state}
+        p = on_lines(rng.standard_normal(n).astype(dtype), slot=0)
+        g = on_lines(rng.standard_normal(n).astype(dtype), slot=1)
+        return p, g, {k: on_lines(np.zeros(n, dtype), slot=2 + i)
+                      for i, k in enumerate(self.state)}
+
+    def tensors(self, n, dtype):
+        """:meth:`arrays`' param and grad as torch tensors where torch's allocator puts them,
+        beside which it puts a peer's state (heap places, or all 64 bytes into a page from
+        about 1 MB): at fastopt's slots, a peer's state 64 bytes above the param's place
+        would have made its loads wait on its stores."""
+        import torch
+        p, g, _ = self.arrays(n, dtype)
+        pt = torch.from_numpy(p).clone().requires_grad_()
+        pt.grad = torch.from_numpy(g).clone()
+        return pt
 
     def n_streams(self):
         """Arrays read (param, grad, state) and written (all but the grad) per element."""
@@ -175,7 +192,7 @@ def contenders(case, n, dtype, backends, peers=True, only=None):
         p, g, state = case.arrays(n, dtype)
         arrays = [p, g] + list(state.values())
         if len(arrays) < 2:
-            arrays.append(on_lines(np.zeros_like(p)))
+            arrays.append(on_lines(np.zeros_like(p), slot=2))
         out["roofline"] = lambda: stream(*arrays)
     if peers and case.torch_peer:
         out.update(_torch_peers(case, n, dtype))
@@ -193,9 +210,7 @@ def _torch_peers(case, n, dtype):
     out = {}
     for label, extra in (("torch", dict(foreach=False)), ("torch-foreach", dict(foreach=True)),
                          ("torch-fused", dict(fused=True))):
-        p, g, _ = case.arrays(n, dtype)
-        pt = torch.from_numpy(p).requires_grad_()
-        pt.grad = torch.from_numpy(g)
+        pt = case.tensors(n, dtype)
         try:
             opt = cls([pt], **kwargs, **extra)
             opt.step()
@@ -214,9 +229,7 @@ def _deepspeed_peer(case, n, dtype):
     try:
         import torch
         from deepspeed.ops.adam import DeepSpeedCPUAdam
-        p, g, _ = case.arrays(n, dtype)
-        pt = torch.from_numpy(p).requires_grad_()
-        pt.grad = torch.from_numpy(g)
+        pt = case.tensors(n, dtype)
         opt = DeepSpeedCPUAdam([pt], lr=1e-3, adamw_mode=False)
         opt.step()
     except Exception:   # absent, or its op failed to build: simply not a contender here
@@ -477,7 +490,8 @@ def group_contenders(shapes, dtype, peers=True):
 
     stream = stream_kernel()
     if stream is not None:
-        streamed = [on_lines(rng.standard_normal(total).astype(dtype)) for _ in range(4)]
+        streamed = [on_lines(rng.standard_normal(total).astype(dtype), slot=k)
+                    for k in range(4)]
         out["roofline"] = lambda: stream(*streamed)
     if peers:
         try:
@@ -488,15 +502,15 @@ def group_contenders(shapes, dtype, peers=True):
         # torch on the same arrays, and fused on one flat tensor of them all: the arena's
         # layout, which a torch user gets by flattening (as ZeRO does); the arena against
         # torch on 1000 tensors compares layouts as much as steps
-        flat = [on_lines(np.concatenate([a.ravel() for a in arrays]))
-                for arrays in (params, grads)]      # (grads used as they are, params copied)
+        flat = [np.concatenate([a.ravel() for a in arrays]) for arrays in (params, grads)]
         for label, extra, (ps, gs) in (
                 ("torch-foreach", dict(foreach=True), (params, grads)),
                 ("torch-fused", dict(fused=True), (params, grads)),
                 ("torch-flat", dict(fused=True), ([flat[0]], [flat[1]]))):
-            tparams = [torch.from_numpy(on_lines(p)).requires_grad_() for p in ps]
+            # copies where torch's allocator puts them, as its state (Case.tensors)
+            tparams = [torch.from_numpy(p).clone().requires_grad_() for p in ps]
             for tp, g in zip(tparams, gs):
-                tp.grad = torch.from_numpy(g)
+                tp.grad = torch.from_numpy(g).clone()
             try:
                 topt = torch.optim.Adam(tparams, **extra)
                 topt.step()

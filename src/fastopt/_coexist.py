@@ -6,6 +6,17 @@ Both run thread pools. Each measurement runs in a fresh interpreter, so the impo
 - fastopt's speed (fo.ops.adam_step_, 1e5 float32, the parallel path) alone, and after torch has
   imported and run a parallel step.
 ``python -m fastopt._coexist`` prints the table; the report includes it.
+
+fastopt's arrays lie at the same places in every process. At NumPy's they had not: once a
+process frees a large array (torch's step above frees a few), glibc serves arrays like these
+from its heap instead of fresh pages, at other offsets within a page, and about one set of four
+in three then has a load wait on another array's stores (4K aliasing, _layout.like_lines).
+Zen 4, medians of seven fresh processes, us: alone 16.2; after torch's step 17.6; with no
+torch at all but a 1.2 MB and a 2.4 MB NumPy array freed first 20.6 (that slowdown); the
+arrays at fixed places, 17.1 / 16.1 / 16.0. torch's step, whose arrays and temporaries are its
+own allocator's, draws the same lottery with or without fastopt: 112.6 us alone, five processes
+each; 113.8 after two NumPy arrays freed (two of five processes at 167-169); 113.6 after
+fastopt[numba]'s steps; a median of five reads a ratio of 1.27 in some runs.
 """
 import collections
 import os
@@ -34,8 +45,11 @@ SNIPPETS = {
     "time_fastopt": (
         "import numpy as np, fastopt as fo, time\n"
         "fo.set_backend({backend!r})\n"
-        f"p = np.ones({N}, np.float32); g = np.ones_like(p)\n"
-        "m = np.zeros_like(p); v = np.zeros_like(p)\n"
+        # at the same places in a page in every process (_layout.like_lines' slots): where
+        # NumPy puts them depends on what the process allocated and freed before
+        "from fastopt._layout import past_line\n"
+        f"p, g, m, v = (past_line(({N},), np.float32, 0, page_offset=512 * k) for k in range(4))\n"
+        "p[:] = 1; g[:] = 1; m[:] = 0; v[:] = 0\n"
         "step = lambda: fo.ops.adam_step_(p, g, m, v, 10)\n"),
 }
 TIMER = (

@@ -70,22 +70,43 @@ def run_and_write_back(fn, arrays, copies, scalars):
                 np.copyto(a, c)
 
 
-def past_line(shape, dtype, skip, zeroed=False):
+# Arrays of SPREAD_MIN bytes or more made to go beside others (a step's state, a
+# ParameterArena's grads) also take a place within their 4 KiB page: SLOT_BYTES times their slot
+# past where the array they go with lies. A load from an address whose low 12 bits match those
+# of a store the core has not yet retired (an earlier element of another of the step's arrays)
+# waits for that store ("4K aliasing"), so a step over arrays whose page offsets lie 64-256
+# bytes below a written one's ran the whole loop stalled. Zen 4, fo.ops.adam_step_ on 1e5
+# float32, one thread, the arrays page offsets 1 KiB apart / the grad 64 bytes below the
+# param: 29.6 / 40.6 us (two threads 16.2 / 21.6; SGD with momentum 14.1 / 19.4; at 1e6 287 /
+# 361); bench/alias.c sweeps the distance. NumPy's heap places arrays at any offset, so about
+# one set of a step's arrays in three had some pair in the window; multiples of 512 bytes apart
+# none is (equal offsets neither: a load then precedes the store it matches).
+PAGE_BYTES = 4096
+SLOT_BYTES = 512
+SPREAD_MIN = 1 << 16
+
+
+def past_line(shape, dtype, skip, zeroed=False, page_offset=None):
     """A new C-ordered array of ``shape`` and ``dtype`` whose data lies ``skip`` bytes past a
     64-byte cache line: a view of an allocation of its own, unset, or all zero bytes if
-    ``zeroed`` (calloc's: a large one takes memory only as its pages are first written)."""
+    ``zeroed`` (calloc's: a large one takes memory only as its pages are first written).
+    Arrays of SPREAD_MIN bytes or more given a ``page_offset`` (``skip`` past a line) lie that
+    many bytes past a page boundary."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    buf = (np.zeros if zeroed else np.empty)(nbytes + 64, np.uint8)
-    start = (skip - buf.__array_interface__["data"][0]) % 64
+    spread = page_offset is not None and nbytes >= SPREAD_MIN
+    modulus, want = (PAGE_BYTES, page_offset) if spread else (64, skip)
+    buf = (np.zeros if zeroed else np.empty)(nbytes + modulus, np.uint8)
+    start = (want - buf.__array_interface__["data"][0]) % modulus
     return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def like_lines(a, fill=0):
+def like_lines(a, fill=0, slot=1):
     """A new array of ``a``'s shape and dtype, in Fortran order where ``a`` is a flat
     Fortran-ordered run and in C order otherwise (the two orders the kernels walk flat),
     holding ``fill`` (None: not set), whose data lies as far past a 64-byte cache line as
-    ``a``'s (:func:`past_line`).
+    ``a``'s and, large, ``slot`` times SLOT_BYTES further into its page (:func:`past_line`;
+    each of a step's arrays its own slot: a ParameterArena's grads 1, state from 2).
 
     The kernels step arrays of one order in place, and others on copies: state in C order
     beside a Fortran-ordered parameter (a transposed weight) had copied the parameter and its
@@ -106,8 +127,9 @@ def like_lines(a, fill=0):
     zeroed = fill is not None and fill == 0 and math.copysign(1.0, fill) > 0
     # (an unaligned param's copies run on lines: its state starts one)
     fortran = fortran_only(a)
-    out = past_line(a.shape[::-1] if fortran else a.shape, a.dtype,
-                    0 if address % a.dtype.alignment else address % 64, zeroed)
+    skip = 0 if address % a.dtype.alignment else address % 64
+    out = past_line(a.shape[::-1] if fortran else a.shape, a.dtype, skip, zeroed,
+                    (address - address % 64 + skip + SLOT_BYTES * slot) % PAGE_BYTES)
     out = out.T if fortran else out
     if fill is not None and not zeroed:
         out.fill(fill)

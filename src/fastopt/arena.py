@@ -89,7 +89,7 @@ class ParameterArena:
             raise ValueError(f"Invalid capacity: {capacity!r} (must be a non-negative int)")
         try:
             self._param_buf = np.zeros(capacity, self.dtype)
-            self._grad_buf = like_lines(self._param_buf)     # (on lines as the params)
+            self._grad_buf = like_lines(self._param_buf)     # (on lines as the params: slot 1)
         except (ValueError, MemoryError) as exc:    # (NumPy's messages do not say which)
             # (a plain MemoryError: NumPy's subclass of it takes a shape and dtype, not this)
             kind = ValueError if isinstance(exc, ValueError) else MemoryError

@@ -368,10 +368,10 @@ class _Batch:
     def has(self, key):
         return key in self.states[0]
 
-    def new_column(self, key, params, fill=0):
+    def new_column(self, key, params, fill, slot):
         """``columns[key]``, with a new array like the parameter (:func:`like_lines`, holding
-        ``fill``) where a state lacks ``key`` (state an option switched on later needs, as
-        torch creates it), kept in ``columns`` (until :meth:`discard`)."""
+        ``fill``, at ``slot``) where a state lacks ``key`` (state an option switched on later
+        needs, as torch creates it), kept in ``columns`` (until :meth:`discard`)."""
         col = self.columns.get(key)
         if col is not None:
             return col
@@ -379,7 +379,7 @@ class _Batch:
         for p, s in zip(params, self.states):
             a = s.get(key)
             if a is None:
-                a = like_lines(p, fill)
+                a = like_lines(p, fill, slot)
                 self.pending.append((s, key, a))
             col.append(a)
         self.columns[key] = col
@@ -1125,11 +1125,11 @@ class Optimizer:
             for params, _, batch in group_calls:
                 self._prepare(params, batch, self._option_state(group))
 
-    @staticmethod
-    def _prepare(params, batch, wanted):
+    def _prepare(self, params, batch, wanted):
         """Make (or find) the state arrays ``wanted`` (:meth:`_option_state`) for this call:
         ``batch.optional``."""
-        batch.optional = {key: batch.new_column(key, params, fill) for key, fill in wanted}
+        batch.optional = {key: batch.new_column(key, params, fill, self._state_slot(key))
+                          for key, fill in wanted}
         batch.wanted = wanted
 
     def _option_state(self, group):
@@ -1243,7 +1243,18 @@ class Optimizer:
     def _init_state(self, param, group):
         """A parameter's first state: ``step`` 0 and zeros like ``param`` for the other keys
         of ``_STATE`` (subclasses with other initial values override it)."""
-        return {key: 0 if key == "step" else like_lines(param) for key in self._STATE}
+        return {key: 0 if key == "step" else self._like_param(param, key)
+                for key in self._STATE}
+
+    def _state_slot(self, key):
+        """Where state ``key`` lies in its page beside its parameter (:func:`like_lines`):
+        each key of the optimizer's its own slot, from 2 (1 is a ParameterArena's grads)."""
+        keys = self._STATE + self._OPTIONAL_STATE
+        return 2 + (keys.index(key) if key in keys else len(keys))
+
+    def _like_param(self, param, key, fill=0):
+        """A new array for state ``key`` of ``param``, holding ``fill`` (None: not set)."""
+        return like_lines(param, fill, self._state_slot(key))
 
     def _new_state(self, gi, k):
         """A new state for parameter ``k`` of group ``gi`` (not stored yet)."""
@@ -1288,7 +1299,7 @@ class Optimizer:
             if buf is not None and all(s[key].base is buf.base for s in states):
                 flat[key] = buf                 # already views of it: nothing to move
                 continue
-            buf = flat[key] = like_lines(span.params, None)
+            buf = flat[key] = self._like_param(span.params, key, None)
             for s, lo, hi in zip(states, offsets, offsets[1:]):
                 buf[lo:hi] = s[key].ravel()
                 _set(s, key, buf[lo:hi].reshape(s[key].shape))
@@ -1418,7 +1429,7 @@ class Optimizer:
                     # (before the copy, which would drop a mask, say)
                     _validate.check_plain(f"{where}[{key!r}]", value)
                     if value.shape == p.shape:      # a copy on lines as the param's
-                        value, saved_value = like_lines(p, None), value
+                        value, saved_value = self._like_param(p, key, None), value
                         value[...] = saved_value
                     else:                           # (refused below)
                         value = np.array(value, dtype=p.dtype, copy=True, order="C")
@@ -1937,7 +1948,8 @@ class Adagrad(Optimizer):
         # as torch: from the constructor's value, also where a group gives its own (torch reads
         # a group's initial_accumulator_value nowhere; fastopt.torch.Adagrad does the same)
         return {"step": 0,
-                "sum": like_lines(param, self.defaults["initial_accumulator_value"])}
+                "sum": self._like_param(param, "sum",
+                                        self.defaults["initial_accumulator_value"])}
 
     def _update(self, group, params, grads, batch, step):
         ops.foreach_adagrad_step_(params, grads, batch.columns["sum"], step,
@@ -2032,7 +2044,7 @@ class Adam(Optimizer):
     def _init_state(self, param, group):
         state = super()._init_state(param, group)
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = like_lines(param)
+            state["max_exp_avg_sq"] = self._like_param(param, "max_exp_avg_sq")
         return state
 
     def _option_state(self, group):
@@ -2285,8 +2297,8 @@ class NAdam(Optimizer):
                                       maximize=maximize))
 
     def _init_state(self, param, group):
-        return {"step": 0, "mu_product": 1.0, "exp_avg": like_lines(param),
-                "exp_avg_sq": like_lines(param)}
+        return {"step": 0, "mu_product": 1.0, "exp_avg": self._like_param(param, "exp_avg"),
+                "exp_avg_sq": self._like_param(param, "exp_avg_sq")}
 
     def _phase(self, state):
         # the mu product too: it depends on the betas and momentum_decay of each step taken (a

@@ -1314,6 +1314,27 @@ def test_batchnorm_features_as_rows_give_the_bits_of_each_feature_alone(backend,
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_features_as_columns_give_the_bits_of_a_wider_batch(backend, dtype):
+    """Features as columns (axis 0): each feature's y, statistics and gradients are the bits
+    it gets in a batch with 16 more features. The Cython backend sums the rows of a batch
+    whose rows lie a multiple of 4 KiB apart (here 1024 features) four at a time, and of
+    others eight at a time (grad_sums_rows); both add the same terms in the same order."""
+    rng = np.random.default_rng(32)
+    for n in (8, 20, 64, 130):
+        wide = (rng.standard_normal((n, 1040)) * 10 + 100).astype(dtype)
+        dy = rng.standard_normal(wide.shape).astype(dtype)
+        g, b = np.linspace(0.5, 2, 1040, dtype=dtype), np.linspace(-1, 1, 1040, dtype=dtype)
+        with fo.use_backend(backend):
+            results = []
+            for width in (1040, 1024):      # (the same row chunks: rows_per_chunk)
+                y, cache = fo.batchnorm_forward(wide[:, :width], g[:width], b[:width])
+                dx, dg, db = fo.batchnorm_backward(np.ascontiguousarray(dy[:, :width]), cache)
+                results.append((y, cache.mean, cache.var, dx, dg, db))
+        for got, want in zip(results[1], results[0]):
+            np.testing.assert_array_equal(got, want[..., :1024], err_msg=f"{n} rows")
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batchnorm_with_nan_and_inf_gives_the_reference_result(backend, dtype):
     """NaN and +-inf in three blocks of rows: y and the gradients are the reference's (a
     block holding one is taken in two passes on the Cython backend)."""

@@ -750,6 +750,22 @@ def _past_line(a):
     return a.__array_interface__["data"][0] % 64
 
 
+def _state_arrays(params, configs):
+    """(optimizer, index, param, its state arrays of the param's shape) for each optimizer
+    ``cls(params, **kwargs)`` of ``configs`` after a step with grads of ones, and for a copy
+    that loaded its state dict."""
+    grads = [np.ones_like(p) for p in params]
+    for cls, kwargs in configs:
+        opt = cls(params, **kwargs)
+        opt.step(grads)
+        restored = cls(params, **kwargs)
+        restored.load_state_dict(opt.state_dict())
+        for o in (opt, restored):
+            for i, p in enumerate(params):
+                yield o, i, p, [a for a in o.state[i].values()
+                                if isinstance(a, np.ndarray) and a.shape == p.shape]
+
+
 def test_state_and_grads_lie_as_far_past_a_cache_line_as_their_params():
     """Arrays the optimizers and the arena allocate (state, the arena's grads and flat state,
     loaded state) lie as far past a 64-byte line as their parameter, so a step's arrays start
@@ -760,21 +776,13 @@ def test_state_and_grads_lie_as_far_past_a_cache_line_as_their_params():
         start = -buf.__array_interface__["data"][0] % 64 + skip
         return buf[start:start + 40].view(np.float32).reshape(2, 5)
     params = [placed(skip) for skip in (0, 16, 32, 48)]
-    grads = [np.ones_like(p) for p in params]
-    for cls, kwargs in ((fo.Adam, dict(amsgrad=True)), (fo.NAdam, {}), (fo.RMSprop, {}),
-                        (fo.Adagrad, dict(initial_accumulator_value=0.5)),
-                        (fo.SGD, dict(lr=0.1, momentum=0.9))):
-        opt = cls(params, **kwargs)
-        opt.step(grads)
-        restored = cls(params, **kwargs)
-        restored.load_state_dict(opt.state_dict())
-        for o in (opt, restored):
-            for i, p in enumerate(params):
-                for key, a in o.state[i].items():
-                    if isinstance(a, np.ndarray) and a.shape == p.shape:
-                        assert _past_line(a) == _past_line(p), (cls.__name__, key, i)
-        if cls is fo.Adagrad:                 # (the initial value, then a grad of ones)
-            assert all((opt.state[i]["sum"] == 1.5).all() for i in range(4))
+    configs = ((fo.Adam, dict(amsgrad=True)), (fo.NAdam, {}), (fo.RMSprop, {}),
+               (fo.Adagrad, dict(initial_accumulator_value=0.5)),
+               (fo.SGD, dict(lr=0.1, momentum=0.9)))
+    for opt, i, p, arrays in _state_arrays(params, configs):
+        assert all(_past_line(a) == _past_line(p) for a in arrays), (type(opt).__name__, i)
+        if isinstance(opt, fo.Adagrad):       # (the initial value, then a grad of ones)
+            assert (opt.state[i]["sum"] == 1.5).all()
     arena = fo.ParameterArena(np.float32, capacity=1000)
     for k in range(3):
         arena.add(f"w{k}", (7, 3))
@@ -800,21 +808,13 @@ def test_large_state_and_grads_take_their_own_place_in_the_page():
         start = -buf.__array_interface__["data"][0] % 4096 + offset
         return buf[start:start + 4 * n].view(np.float32)
     params = [placed(off) for off in (16, 1040, 4000, 3968)]
-    grads = [np.ones_like(p) for p in params]
-    for cls, kwargs in ((fo.Adam, dict(amsgrad=True)), (fo.NAdam, {}),
-                        (fo.RMSprop, dict(momentum=0.9, centered=True)), (fo.Adadelta, {}),
-                        (fo.SGD, dict(lr=0.1, momentum=0.9))):
-        opt = cls(params, **kwargs)
-        opt.step(grads)
-        restored = cls(params, **kwargs)
-        restored.load_state_dict(opt.state_dict())
-        for o in (opt, restored):
-            for i, p in enumerate(params):
-                spots = [(_page_offset(a) - _page_offset(p)) % 4096
-                         for a in o.state[i].values()
-                         if isinstance(a, np.ndarray) and a.shape == p.shape]
-                assert spots and all(d % 512 == 0 and d for d in spots), (cls.__name__, spots)
-                assert len(set(spots)) == len(spots), (cls.__name__, spots)
+    configs = ((fo.Adam, dict(amsgrad=True)), (fo.NAdam, {}),
+               (fo.RMSprop, dict(momentum=0.9, centered=True)), (fo.Adadelta, {}),
+               (fo.SGD, dict(lr=0.1, momentum=0.9)))
+    for opt, i, p, arrays in _state_arrays(params, configs):
+        spots = [(_page_offset(a) - _page_offset(p)) % 4096 for a in arrays]
+        assert spots and all(d % 512 == 0 and d for d in spots), (type(opt).__name__, spots)
+        assert len(set(spots)) == len(spots), (type(opt).__name__, spots)
     arena = fo.ParameterArena(np.float32, capacity=1 << 16)
     for k in range(3):
         arena.add(f"w{k}", (100, 70))

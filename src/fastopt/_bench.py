@@ -51,6 +51,20 @@ def on_lines(a, slot=None):
     return out
 
 
+def place_state(opt, params):
+    """Move each state tensor of ``opt`` (torch.optim's, DeepSpeedCPUAdam's) shaped like its
+    parameter onto an array at the benchmark's slots, its values kept: a peer's state then
+    lies where fastopt's does beside the same param and grad (torch's allocator placed it by
+    the process's history, which put a pair of a torch row's arrays in the 4K-aliasing window
+    in 8 of 10 sets of Adam's at 1e5)."""
+    import torch
+    for p in params:
+        state = opt.state[p]
+        tensors = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == p.shape]
+        for slot, key in enumerate(tensors, start=2):
+            state[key] = torch.from_numpy(on_lines(state[key].numpy(), slot=slot))
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
@@ -73,14 +87,12 @@ class Case:
                       for i, k in enumerate(self.state)}
 
     def tensors(self, n, dtype):
-        """:meth:`arrays`' param and grad as torch tensors where torch's allocator puts them,
-        beside which it puts a peer's state (heap places, or all 64 bytes into a page from
-        about 1 MB): at fastopt's slots, a peer's state 64 bytes above the param's place
-        would have made its loads wait on its stores."""
+        """:meth:`arrays`' param and grad as torch tensors over them (for a peer, which
+        places its state with :func:`place_state` after its first step)."""
         import torch
         p, g, _ = self.arrays(n, dtype)
-        pt = torch.from_numpy(p).clone().requires_grad_()
-        pt.grad = torch.from_numpy(g).clone()
+        pt = torch.from_numpy(p).requires_grad_()
+        pt.grad = torch.from_numpy(g)
         return pt
 
     def n_streams(self):
@@ -216,6 +228,7 @@ def _torch_peers(case, n, dtype):
             opt.step()
         except (RuntimeError, TypeError, ValueError):
             continue            # this torch has no such implementation for this optimizer
+        place_state(opt, [pt])
         out[label] = opt.step
     if case.name == "adam":
         out.update(_deepspeed_peer(case, n, dtype))
@@ -232,6 +245,7 @@ def _deepspeed_peer(case, n, dtype):
         pt = case.tensors(n, dtype)
         opt = DeepSpeedCPUAdam([pt], lr=1e-3, adamw_mode=False)
         opt.step()
+        place_state(opt, [pt])
     except Exception:   # absent, or its op failed to build: simply not a contender here
         return {}
     return {"deepspeed": opt.step}
@@ -469,12 +483,13 @@ def group_contenders(shapes, dtype, peers=True):
     opt_arena = Adam(arena.params)
     out["arena"] = lambda: opt_arena.step(arena.grads)
 
-    params = [on_lines(rng.standard_normal(s).astype(dtype)) for s in shapes]
-    grads = [on_lines(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    params = [on_lines(rng.standard_normal(s).astype(dtype), slot=0) for s in shapes]
+    grads = [on_lines(rng.standard_normal(s).astype(dtype), slot=1) for s in shapes]
     opt_list = Adam(params)
     out["list"] = lambda: opt_list.step(grads)
 
-    state = [(on_lines(np.zeros_like(p)), on_lines(np.zeros_like(p))) for p in params]
+    state = [(on_lines(np.zeros_like(p), slot=2), on_lines(np.zeros_like(p), slot=3))
+             for p in params]
     counter = [0]
 
     def per_array():
@@ -502,18 +517,19 @@ def group_contenders(shapes, dtype, peers=True):
         # torch on the same arrays, and fused on one flat tensor of them all: the arena's
         # layout, which a torch user gets by flattening (as ZeRO does); the arena against
         # torch on 1000 tensors compares layouts as much as steps
-        flat = [np.concatenate([a.ravel() for a in arrays]) for arrays in (params, grads)]
+        flat = [on_lines(np.concatenate([a.ravel() for a in arrays]), slot=k)
+                for k, arrays in enumerate((params, grads))]  # (grads as they are, params copied)
         for label, extra, (ps, gs) in (
                 ("torch-foreach", dict(foreach=True), (params, grads)),
                 ("torch-fused", dict(fused=True), (params, grads)),
                 ("torch-flat", dict(fused=True), ([flat[0]], [flat[1]]))):
-            # copies where torch's allocator puts them, as its state (Case.tensors)
-            tparams = [torch.from_numpy(p).clone().requires_grad_() for p in ps]
+            tparams = [torch.from_numpy(on_lines(p, slot=0)).requires_grad_() for p in ps]
             for tp, g in zip(tparams, gs):
-                tp.grad = torch.from_numpy(g).clone()
+                tp.grad = torch.from_numpy(g)
             try:
                 topt = torch.optim.Adam(tparams, **extra)
                 topt.step()
+                place_state(topt, tparams)
             except (RuntimeError, TypeError, ValueError):
                 continue
             out[label] = topt.step

@@ -42,6 +42,7 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
                       "(mpi4py and the mpich wheel)") from exc
 
 from . import _validate
+from ._layout import like_lines
 from .arena import ParameterArena, orphaned
 from .optim import Grads, Optimizer, Params, _by_name, _first_readonly, _group_params
 
@@ -270,8 +271,9 @@ class ShardedOptimizer:
         self._recv_spec = [self._recv, [0 if r == rank else mine for r in range(size)],
                            [mine * (r - (r > rank)) for r in range(size)], mpi_type]
         self._gather_spec = [self._params, counts, self.bounds[:-1], mpi_type]
-        # the averaged grad of the shard; with one rank, the grad buffer itself
-        self._avg = self._grads[s0:s1] if size == 1 else np.empty(mine, self.dtype)
+        # the averaged grad of the shard; with one rank, the grad buffer itself; else placed
+        # as the arena's grads are beside the shard's params (_layout.like_lines: 4K aliasing)
+        self._avg = self._grads[s0:s1] if size == 1 else like_lines(self._params[s0:s1], None)
         self._shard_grads = [self._avg[self._clip(a, b, s0)] for a, b, _ in self._group_bounds]
 
     @_ctrl_c_after_the_call

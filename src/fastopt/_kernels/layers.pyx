@@ -123,7 +123,8 @@ cdef inline void shifted4(const floating* x, Py_ssize_t C, double k, double* a,
 # four (the (4096,) float64 sums of a (256, 4096) batch do not stay in L1 beside its rows).
 # The same bits (both builds, 12 shapes, both axes, 1 and 2 threads). Float32, alternated
 # processes, three pairs, us: the (256, 4096) forward on one thread 578-606 -> 545-561, on two
-# 302-315 -> 297-307; its backward and (4096, 1024) level.
+# 302-315 -> 297-307; its backward and (4096, 1024) level (measured on an Intel VM; where rows
+# lie a multiple of 4 KiB apart, the gradient sums now take four: grad_sums_rows).
 cdef void add_4shifted(const floating* x, Py_ssize_t C, const double* k, double* s1,
                        double* s2, Py_ssize_t n, bint eight) noexcept nogil:
     """shifted4 per column c < n of rows 0-3 of x (rows C apart), then (``eight``) of 4-7."""
@@ -738,9 +739,10 @@ cdef void grad_sums_rows(const floating* dy, const floating* x, Py_ssize_t C, Py
     Rows a multiple of 4 KiB apart (power-of-two feature counts) take four at a time only:
     their lines fall into one L1 set, and eight rows of dy and x are 16 lines for its 8 ways
     where the two arrays lie at one offset in their pages (as fresh NumPy arrays do). Same
-    additions in the same order, so the same bits. (256, 4096) float32 backward, medians of
-    alternated processes, eight / four: one thread 962 / 664 us, two 569 / 344; at places 1
-    KiB apart level (760 / 698); (4096, 1024) two threads 3515 / 2783."""
+    additions in the same order, so the same bits. Zen 4, (256, 4096) float32 backward,
+    medians of alternated processes, eight / four: one thread 962 / 664 us, two 569 / 344; at
+    places 1 KiB apart within the noise (760 / 698); (4096, 1024) two threads 3515 / 2783.
+    The forward's statistics (eight rows of x alone: 8 lines) were not measurably faster so."""
     cdef Py_ssize_t n = r0
     cdef bint eight = (C * sizeof(floating)) % 4096 != 0
     while eight and n + 8 <= r1:

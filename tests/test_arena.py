@@ -1,10 +1,12 @@
 """ParameterArena: parameters and grads as views of one buffer each; an optimizer over
 an arena steps it in one kernel call with the bits of separate arrays, resumes from state
 dicts, survives pickle and deepcopy, and refuses what the arena cannot hold."""
+import numbers
 import os
 import pickle
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -302,7 +304,7 @@ def test_arena_grad_of_the_wrong_shape_names_the_key_and_writes_nothing():
     for bad in (np.zeros((2, 3)), np.zeros(6), np.zeros((3, 1)), 0.0):
         with pytest.raises(ValueError, match=r"grads\['dW'\] has shape .* expected \(3, 2\)"):
             arena.grads["dW"] = bad
-    with pytest.raises(ValueError, match=r"grads\['W'\]"):
+    with pytest.raises(TypeError, match=r"grads\['W'\] must hold real numbers"):
         arena.grads["W"] = np.full((3, 2), "x")
     assert (arena.grads["W"] == 1).all()
     with pytest.raises(KeyError, match="'dW2'.* no such parameter"):
@@ -421,7 +423,9 @@ def test_arena_add_whose_init_fails_leaves_the_space_zero():
     """A refused init (one that NumPy cannot convert, part way through) names the parameter and
     leaves nothing behind: the next parameter in that space starts at zero."""
     arena = fo.ParameterArena(np.float64, 10)
-    with pytest.raises(ValueError, match="'y'"):
+    with pytest.raises(OverflowError, match="'y'"):
+        arena.add("y", (3,), init=np.array([1.0, 10 ** 400, 2.0], dtype=object))
+    with pytest.raises(TypeError, match="'y'"):
         arena.add("y", (3,), init=np.array([1.0, "x", 2.0], dtype=object))
     with pytest.raises(ValueError, match="'y'"):
         arena.add("y", (3,), init=np.ones(2))
@@ -495,15 +499,18 @@ def test_a_refused_grad_assignment_or_update_writes_nothing():
     ar.grads["W"] = np.ones((2, 3))
     ar.grads["b"] = np.ones(2)
     before = ar.flat_grads.copy()
-    bad = np.array([[1.5, 2.5, 3.5], [4.5, "x", 6.5]], dtype=object)
-    with pytest.raises(ValueError, match=r"grads\['dW'\]"):
-        ar.grads["dW"] = bad
-    np.testing.assert_array_equal(ar.flat_grads, before)
-    for refused in ({"dW": np.full((2, 3), 7.0), "db": np.array([1.0, "x"], dtype=object)},
+    for bad, error in ((np.array([[1.5, 2.5, 3.5], [4.5, 10 ** 400, 6.5]], dtype=object),
+                        OverflowError),
+                       (np.array([[1.5, 2.5, 3.5], [4.5, "x", 6.5]], dtype=object), TypeError)):
+        with pytest.raises(error, match=r"grads\['dW'\]"):
+            ar.grads["dW"] = bad
+        np.testing.assert_array_equal(ar.flat_grads, before)
+    for refused in ({"dW": np.full((2, 3), 7.0), "db": np.array([1.0, 10 ** 400], dtype=object)},
+                    {"dW": np.full((2, 3), 7.0), "db": np.array([1.0, "x"], dtype=object)},
                     {"dW": np.full((2, 3), 7.0), "db": np.zeros(3)},
                     {"dW": np.full((2, 3), 7.0), "dX": np.zeros(2)}):
         for merge in (ar.grads.update, ar.grads.__ior__):
-            with pytest.raises((ValueError, KeyError)):
+            with pytest.raises((ValueError, KeyError, OverflowError, TypeError)):
                 merge(refused)
             np.testing.assert_array_equal(ar.flat_grads, before)
     _stray_free(ar)
@@ -838,3 +845,121 @@ def test_a_new_arena_takes_address_space_not_memory():
             "assert not arenas[0]._grad_buf.any() and not arenas[1]._grad_buf.any()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_threads_adding_to_one_arena_get_stretches_of_their_own():
+    """Two threads adding at once: add reads the free offset, copies ``init`` (NumPy casts a
+    large float64 init with the GIL released) and only then takes the stretch, so without
+    the arena's lock both had taken one offset (two parameters sharing memory)."""
+    n = 1 << 18
+    init = np.ones(n)
+    for _ in range(5):
+        arena = fo.ParameterArena(np.float32, 16 * n)
+        barrier = threading.Barrier(2)
+
+        def worker(t, arena=arena, barrier=barrier):
+            barrier.wait()
+            for k in range(8):
+                arena.add(f"t{t}_{k}", n, init=init * (t + 1))
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        views = list(arena.params.items())
+        assert arena.size == sum(v.size for _, v in views) == 16 * n
+        for name, v in views:
+            assert (v == (1 if name.startswith("t0") else 2)).all(), name
+
+
+def test_an_interrupted_add_leaves_its_space_zero():
+    """Ctrl-C while add copies ``init``: the values copied so far are zeroed again (a later
+    add without init is zeros, as documented)."""
+    class Interrupt:                   # a number (to the arena's check) that Ctrl-C hits
+        def __float__(self):
+            raise KeyboardInterrupt
+    numbers.Real.register(Interrupt)
+    arena = fo.ParameterArena(np.float32, 10)
+    with pytest.raises(KeyboardInterrupt):
+        arena.add("W", 4, init=np.array([5.0, 6.0, 7.0, Interrupt()], dtype=object))
+    assert arena.size == 0 and "W" not in arena.params
+    np.testing.assert_array_equal(arena.add("b", 4), np.zeros(4, np.float32))
+
+
+def test_the_optimizer_zero_grad_zeroes_its_arena_grads():
+    """opt.zero_grad() zeroes the grads an arena keeps for the optimizer's parameters (grads
+    accumulated with += between steps, as in torch), and only theirs."""
+    arena = fo.ParameterArena(np.float32, 10)
+    w = arena.add("w", 2)
+    other = arena.add("other", 3)
+    opt = fo.SGD([{"params": [w], "lr": 1.0}], lr=1.0)
+    arena.grads["dother"][...] = 7.0
+    for _ in range(2):
+        for _ in range(2):
+            arena.grads["dw"] += 1.0
+        opt.step([arena.grads["w"]])
+        opt.zero_grad()
+    np.testing.assert_array_equal(w, [-4, -4])
+    np.testing.assert_array_equal(arena.grads["w"], [0, 0])
+    np.testing.assert_array_equal(arena.grads["other"], [7, 7, 7])
+    opt = fo.Adam(arena.params)                  # a whole arena: its stretch
+    arena.grads["dw"][...] = 1.0
+    opt.zero_grad(set_to_none=False)
+    assert not arena.flat_grads.any()
+    fo.SGD([np.ones(3)], lr=0.1).zero_grad()     # plain arrays: nothing to do
+
+
+def test_grads_update_refuses_one_grad_under_both_names():
+    """grads.update({"W": ..., "dW": ...}) names one grad twice: refused before anything is
+    written, as step refuses such a dict."""
+    arena = fo.ParameterArena(np.float32, 10)
+    arena.add("W", 2)
+    arena.add("b", 1)
+    b, one, five = np.full(1, 3.0), np.ones(2), np.full(2, 5.0)
+    for given in ({"b": b, "W": one, "dW": five}, {"b": b, "dW": five, "W": one}):
+        with pytest.raises(ValueError, match="both 'W' and 'dW'|both 'dW' and 'W'"):
+            arena.grads.update(given)
+        with pytest.raises(ValueError, match="both"):
+            arena.grads |= given
+        assert not arena.flat_grads.any()
+
+
+def test_arena_errors_name_what_is_wrong():
+    """A float32 of the other byte order is float32 (the arena's buffers are native); None
+    assigned to a parameter is a TypeError naming it; an init or a value beyond int range
+    names the parameter too (OverflowError)."""
+    arena = fo.ParameterArena(np.dtype(">f4"), 10)
+    assert arena.dtype == np.float32 and arena.flat_params.dtype.isnative
+    assert fo.ParameterArena(">f8", 1).dtype == np.float64
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fo.ParameterArena(">i4")
+    arena.add("b", 2)
+    with pytest.raises(TypeError, match=r"params\['b'\].*None"):
+        arena.params["b"] = None
+    with pytest.raises(TypeError, match=r"grads\['db'\].*None"):
+        arena.grads["db"] = None
+    with pytest.raises(OverflowError, match=r"params\['b'\]"):
+        arena.params["b"] = [10 ** 400, 1]
+    with pytest.raises(OverflowError, match="init for 'c'"):
+        arena.add("c", 2, init=[10 ** 400, 1])
+    assert arena.size == 2 and not arena.flat_params.any()
+
+
+def test_arena_refuses_values_that_are_not_numbers():
+    """None inside a list, an object array of None, strings: NumPy's cast into the arena's
+    float dtype would make them NaN or the numbers they spell, and the next step would train
+    on them; refused naming the entry, nothing written."""
+    arena = fo.ParameterArena(np.float32, 10)
+    arena.add("b", 3)
+    for value in ([None, None, None], np.array([None, 1, 2], dtype=object), "nan",
+                  ["1", "2", "2.5"]):
+        for target, key in ((arena.params, "b"), (arena.grads, "db")):
+            with pytest.raises(TypeError, match=rf"\['{key}'\].*real numbers"):
+                target[key] = value
+            with pytest.raises(TypeError, match=rf"\['{key}'\].*real numbers"):
+                target.update({key: value})
+        with pytest.raises(TypeError, match="init for 'c'.*real numbers"):
+            arena.add("c", 3, init=value)
+    assert arena.size == 3 and not arena.flat_params.any() and not arena.flat_grads.any()
+    arena.params["b"] = [True, 2, np.float64(2.5)]        # bools, ints, floats: numbers
+    np.testing.assert_array_equal(arena.params["b"], [1, 2, 2.5])

@@ -18,6 +18,19 @@ def test_moons_adam_beats_gradient_descent():
     assert results["adam"][0] > 0.85
 
 
+def test_moons_final_cost_is_the_trained_models(capsys):
+    """The table's "final cost" is the trained parameters' (it had printed the cost kept for
+    epoch 0, 1000, ...: epoch 0's, before any training, for every run under 1001 epochs)."""
+    pytest.importorskip("sklearn")
+    import moons
+    finals = []
+    for epochs in (1, 300):
+        moons.run(epochs=epochs)
+        line = [s for s in capsys.readouterr().out.splitlines() if "adam + lr decay" in s][0]
+        finals.append(float(line.split("final cost")[1]))
+    assert finals[1] < finals[0] - 0.1
+
+
 def test_digits_reaches_high_held_out_accuracy():
     pytest.importorskip("sklearn")
     import digits

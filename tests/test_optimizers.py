@@ -369,6 +369,20 @@ def test_rmsprop_param_group_takes_beta_as_alpha(backend):
     assert len(opt.param_groups) == 2
 
 
+def test_rmsprop_refuses_alpha_and_beta_whatever_alpha_is():
+    """alpha given beside its alias beta is refused even at alpha's default value (0.99 had
+    passed as if not given, and beta silently replaced it); either alone is taken, and the
+    default is a plain float in the groups."""
+    p = np.ones(3)
+    for alpha in (0.99, 0.5):
+        with pytest.raises(TypeError, match="alpha or its alias beta, not both"):
+            fo.RMSprop([p], alpha=alpha, beta=0.9)
+    assert fo.RMSprop([p], alpha=0.99).defaults["alpha"] == 0.99
+    assert fo.RMSprop([p], beta=0.9).defaults["alpha"] == 0.9
+    default = fo.RMSprop([p]).defaults["alpha"]
+    assert type(default) is float and default == 0.99
+
+
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_adam_decoupled_weight_decay_is_adamw(backend):
     with fo.use_backend(backend):

@@ -738,6 +738,19 @@ def test_minibatches_refuses_masked_arrays_naming_them():
             fo.minibatches(bad_X, bad_Y)
 
 
+def test_minibatches_refuse_none_naming_it():
+    """None for X or Y (fo.minibatches, the course's random_mini_batches): a TypeError naming
+    it, as the kernels say (NumPy's 0-d object array of None had given a ValueError about a
+    0-d array or its shape)."""
+    X, Y = np.zeros((4, 2)), np.zeros(4)
+    for call in (lambda x, y: fo.minibatches(x, y),
+                 lambda x, y: fo.course.random_mini_batches(
+                     None if x is None else x.T, None if y is None else y[None, :])):
+        for bad_X, bad_Y, name in ((None, Y, "X"), (X, None, "Y")):
+            with pytest.raises(TypeError, match=rf"^{name} must be an array, got None"):
+                call(bad_X, bad_Y)
+
+
 def test_minibatches_refuses_a_bool_batch_size():
     """True is an int to Python: it had been taken as batches of one example (axis already
     refused bools); a bool batch_size is a TypeError as any other non-int (a float was a

@@ -13,9 +13,11 @@ FLOAT_TYPES = (np.float32, np.float64)
 
 
 def renamed(exc, message):
-    """``exc`` (a TypeError or ValueError) again, with ``message``: as the builtin class, since a
-    subclass's constructor (NumPy's, a user's) may not take a message alone."""
-    return (ValueError if isinstance(exc, ValueError) else TypeError)(message)
+    """``exc`` (a TypeError, ValueError or OverflowError) again, with ``message``: as the
+    builtin class, since a subclass's constructor (NumPy's, a user's) may not take a message
+    alone."""
+    return (ValueError if isinstance(exc, ValueError) else
+            OverflowError if isinstance(exc, OverflowError) else TypeError)(message)
 
 
 def check_axis(axis):
@@ -52,6 +54,16 @@ def as_array(name, a):
         return np.asarray(a)
     except ValueError as e:     # NumPy's 'inhomogeneous shape' message names no argument
         raise ValueError(f"{name} must be a rectangular array: {e}") from None
+
+
+def as_examples(name, a):
+    """``a`` (mini-batches' X or Y) as an ndarray: TypeError naming ``name`` for None (which
+    NumPy makes a 0-d object array) and for a masked array (whose mask the batches would
+    drop), ValueError for a ragged sequence."""
+    if a is None:
+        raise TypeError(f"{name} must be an array, got None")
+    check_unmasked(name, a)
+    return as_array(name, a)
 
 
 def npz_item(value):

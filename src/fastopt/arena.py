@@ -21,7 +21,9 @@ those views); otherwise the optimizer uses its multi-tensor path, with the same 
 for bit.
 """
 import math
+import numbers
 import sys
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -58,7 +60,7 @@ class ParameterArena:
     ----------
     params : dict
         Name -> parameter view, in allocation order; assigning ``params["W1"] = W1`` copies
-        into the view (complex values and masked arrays are refused: TypeError).
+        into the view (anything but real numbers, and masked arrays, are refused: TypeError).
     grads : dict
         Name -> grad view (also reachable as ``"d" + name``); assigning
         ``grads["dW1"] = dW1`` copies into the view.
@@ -73,7 +75,8 @@ class ParameterArena:
     Raises
     ------
     TypeError
-        A ``dtype`` other than float32/float64.
+        A ``dtype`` other than float32/float64 (either byte order: the buffers are in the
+        machine's).
     ValueError
         A negative or non-int ``capacity``, or one beyond what NumPy can allocate.
     MemoryError
@@ -82,6 +85,8 @@ class ParameterArena:
 
     def __init__(self, dtype: DTypeLike = np.float32, capacity: int = 1 << 24) -> None:
         self.dtype = np.dtype(dtype)
+        if self.dtype.kind == "f" and self.dtype.newbyteorder("=") in FLOAT_DTYPES:
+            self.dtype = self.dtype.newbyteorder("=")
         if self.dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         if (isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer))
@@ -95,6 +100,7 @@ class ParameterArena:
             kind = ValueError if isinstance(exc, ValueError) else MemoryError
             raise kind(f"capacity {capacity}: {exc}") from None
         self._size = 0                             # elements in use
+        self._adding = threading.Lock()   # add from several threads: each its own stretch
         # params (name -> parameter view) and grads (name -> grad view, also as "d" + name);
         # weak references once the arena is kept alive by them (__del__)
         self._dicts: list = [_Views(self), _GradDict(self)]
@@ -128,8 +134,8 @@ class ParameterArena:
         Raises
         ------
         TypeError
-            ``name`` not a non-empty str, ``shape`` not an int or a sequence of ints, or a
-            complex or masked ``init``.
+            ``name`` not a non-empty str, ``shape`` not an int or a sequence of ints, or an
+            ``init`` of anything but real numbers (complex, strings, None, objects) or masked.
         ValueError
             ``name`` already in the arena (or ``"d" + name``, or ``name`` without its
             leading ``d``: the grads' keys), a negative dimension in ``shape`` (as NumPy), not
@@ -138,6 +144,10 @@ class ParameterArena:
         """
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
+        with self._adding:      # (threads adding at once: each checks and takes its stretch)
+            return self._add(name, shape, init)
+
+    def _add(self, name, shape, init):
         if name in self.params:
             raise ValueError(f"parameter {name!r} is already in the arena")
         # grads are keyed by name or "d" + name: "W" and "dW" would share the key "dW"
@@ -158,12 +168,12 @@ class ParameterArena:
             raise ValueError(f"Invalid shape {shape!r} for {name!r}: {exc}") from None
         grad = self._grad_buf[lo:lo + n].reshape(shape)
         if init is not None:
-            _refuse_complex(f"init for {name!r}", init)
+            _refuse_non_real(f"init for {name!r}", init)
             try:
                 param[...] = init
-            except Exception as exc:
+            except BaseException as exc:    # (Ctrl-C in a long copy too)
                 param[...] = 0          # a conversion may fail part way: the space stays free
-                if type(exc) in (TypeError, ValueError):
+                if type(exc) in (TypeError, ValueError, OverflowError):
                     raise type(exc)(f"init for {name!r}: {exc}") from None
                 raise
         self._size += n
@@ -320,14 +330,21 @@ def orphaned(array) -> bool:
             and _OWNERS.get(id(base)) is None)
 
 
-def _refuse_complex(label, value):
-    """TypeError for complex values: NumPy's cast into the arena's real dtype would drop their
-    imaginary parts (with only a ComplexWarning), and for a masked array, whose mask it would
-    drop; ValueError naming ``label`` for a ragged sequence (np.iscomplexobj's own error named
-    nothing)."""
+def _refuse_non_real(label, value):
+    """TypeError naming ``label`` unless ``value`` holds real numbers (bools, ints, floats):
+    NumPy's cast into the arena's dtype would drop a complex value's imaginary part (with only
+    a ComplexWarning) and a masked array's mask, make None NaN and a string the number it
+    spells; ValueError naming ``label`` for a ragged sequence."""
     check_unmasked(label, value)
-    if np.iscomplexobj(value if hasattr(value, "dtype") else as_array(label, value)):
+    if value is None:
+        raise TypeError(f"{label} must hold real numbers, got None")
+    array = value if isinstance(value, np.ndarray) else as_array(label, value)
+    if array.dtype.kind == "c":
         raise TypeError(f"{label}: complex values, the arena holds real numbers")
+    if array.dtype.kind == "O" and all(isinstance(x, numbers.Real) for x in array.flat):
+        return                          # (an object array of numbers: NumPy converts them)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{label} must hold real numbers, got dtype {array.dtype}")
 
 
 def _check_shape(name, shape):
@@ -379,10 +396,10 @@ class _Views(dict):
         """(view, value as an array of the view's dtype and shape): every check and
         conversion, nothing written."""
         view = self._view(key)
-        _refuse_complex(f"{self._attr}[{key!r}]", value)
+        _refuse_non_real(f"{self._attr}[{key!r}]", value)
         try:
             array = np.asarray(value, dtype=view.dtype)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise renamed(exc, f"{self._attr}[{key!r}]: {exc}") from None
         if array.shape != view.shape:
             raise ValueError(f"{self._attr}[{key!r}] has shape {array.shape}, expected "
@@ -396,7 +413,14 @@ class _Views(dict):
 
     def update(self, *args, **kwargs):
         """Copy every value into its view, once all of them are checked and converted."""
-        pairs = [self._converted(k, v) for k, v in dict(*args, **kwargs).items()]
+        items = dict(*args, **kwargs)
+        pairs = [self._converted(k, v) for k, v in items.items()]
+        seen = {}
+        for key, (view, _) in zip(items, pairs):   # grads: "W" and "dW" are one grad
+            if id(view) in seen:
+                raise ValueError(f"{self._attr} given both {seen[id(view)]!r} and {key!r}, "
+                                 "one entry's two names")
+            seen[id(view)] = key
         # a value that is (part of) another entry's view is read before any is written
         pairs = [(view, array.copy() if array is not view and any(
                      np.may_share_memory(array, other) for other, _ in pairs) else array)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import ops, schedules
 from ._hyper import COUNT, EVERY, FINITE, NONNEG, STEP, UNIT_OPEN, check_real, check_reals
-from ._validate import as_array, check_disjoint, check_step_arrays, check_unmasked, renamed
+from ._validate import as_examples, check_disjoint, check_step_arrays, renamed
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
 ArrayDict = dict[str, np.ndarray]
@@ -214,16 +214,15 @@ def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
     Raises
     ------
     TypeError
-        ``mini_batch_size`` not an int, a ``seed`` NumPy cannot seed from, or ``X`` or ``Y``
-        a masked array (whose mask the batches would not keep: the masked values shuffled in
+        ``mini_batch_size`` not an int, a ``seed`` NumPy cannot seed from, ``X`` or ``Y``
+        None or a masked array (whose mask the batches would not keep: the masked values shuffled in
         as data).
     ValueError
         ``mini_batch_size`` < 1, ``X`` or ``Y`` ragged or not 2-D, ``Y`` with another number of
         examples (columns) than ``X``, or a ``seed`` out of [0, 2**32). Checked before the
         global generator is seeded.
     """
-    check_unmasked("X", X), check_unmasked("Y", Y)
-    X, Y = as_array("X", X), as_array("Y", Y)
+    X, Y = as_examples("X", X), as_examples("Y", Y)
     if (isinstance(mini_batch_size, bool)
             or not isinstance(mini_batch_size, (int, np.integer))):
         raise TypeError(f"mini_batch_size must be an int, got {type(mini_batch_size).__name__}")

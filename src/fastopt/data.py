@@ -5,7 +5,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._hyper import check_flag
-from ._validate import as_array, check_axis, check_unmasked, renamed
+from ._validate import as_examples, check_axis, renamed
 
 
 def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
@@ -39,8 +39,8 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     ------
     TypeError
         A ``batch_size`` or an ``axis`` that is not an int, a ``shuffle`` that is not True
-        or False, a ``seed`` numpy cannot seed from, or a masked ``X`` or ``Y`` (its mask
-        would be dropped).
+        or False, a ``seed`` numpy cannot seed from, or an ``X`` or ``Y`` that is None or
+        masked (its mask would be dropped).
     ValueError
         A ``batch_size`` below 1, a ragged or 0-d ``X`` or ``Y``, an ``axis`` that ``X`` (or
         a ``Y`` of 2 or more dimensions) does not have, ``X`` and ``Y`` with different
@@ -48,10 +48,7 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
 
     Everything is checked (and the order drawn) when it is called, not at the first ``next``.
     """
-    check_unmasked("X", X)
-    check_unmasked("Y", Y)
-    X = as_array("X", X)
-    Y = as_array("Y", Y)
+    X, Y = as_examples("X", X), as_examples("Y", Y)
     # (TypeError for a float, as for a float axis and as the course's random_mini_batches)
     if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")

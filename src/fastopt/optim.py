@@ -1248,7 +1248,8 @@ class Optimizer:
 
     def _state_slot(self, key):
         """Where state ``key`` lies in its page beside its parameter (:func:`like_lines`):
-        each key of the optimizer's its own slot, from 2 (1 is a ParameterArena's grads)."""
+        each key of the optimizer's its own slot, from 2 (1 is a ParameterArena's grads; past
+        7 the places wrap onto the param's and the grads', equal places, which cost nothing)."""
         keys = self._STATE + self._OPTIONAL_STATE
         return 2 + (keys.index(key) if key in keys else len(keys))
 
@@ -1306,13 +1307,25 @@ class Optimizer:
         return flat
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Nothing to do: grads are passed to ``step``; kept for torch-shaped loops.
+        """Zero the grads a ParameterArena keeps for this optimizer's parameters (they stay
+        between steps, as torch's ``.grad`` does, so grads accumulated into them start again
+        from zero). Other grads are passed to ``step``: nothing to do for them.
 
         Parameters
         ----------
         set_to_none : bool, default True
-            torch's argument, accepted; it changes nothing here either.
+            torch's argument, accepted: an arena's grads are views of its buffer and cannot
+            be None, so they are zeroed either way.
         """
+        for group in self.param_groups:
+            span = ParameterArena.span_of(group["params"])
+            if span is not None:            # the group's stretch: one memset
+                span.grads[...] = 0
+                continue
+            for p in group["params"]:
+                span = ParameterArena.span_of([p])
+                if span is not None:
+                    span.grads[...] = 0
 
     # ------------------------------------------------------------------------ state dicts
     def state_dict(self) -> dict[str, Any]:
@@ -1792,6 +1805,11 @@ _RMSPROP_STATE = {(m, c): (("momentum_buffer", 0),) * m + (("grad_avg", 0),) * c
                   for m in (False, True) for c in (False, True)}
 
 
+class _NotGiven(float):
+    """A default that ``isinstance`` tells from the same number passed (an argument whose
+    alias may be given instead: passing both is an error, whatever the value)."""
+
+
 class RMSprop(Optimizer):
     """torch.optim.RMSprop (centered, momentum, weight decay), or the course's form.
 
@@ -1858,15 +1876,17 @@ class RMSprop(Optimizer):
 
     # (keyword-only arguments past torch's positional ones, whose next is capturable: torch
     # code's positional capturable=True would be taken as eps_inside_sqrt=True here)
-    def __init__(self, params: Params, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
-                 eps_inside_sqrt: bool = False, maximize: bool = False,
-                 beta: float | None = None) -> None:
+    def __init__(self, params: Params, lr: float = 0.01, alpha: float = _NotGiven(0.99),
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+                 centered: bool = False, *, eps_inside_sqrt: bool = False,
+                 maximize: bool = False, beta: float | None = None) -> None:
         if beta is not None:
-            if alpha != 0.99:
+            if not isinstance(alpha, _NotGiven):    # (alpha=0.99 given beside beta too)
                 raise TypeError("RMSprop takes alpha or its alias beta, not both")
             check_real("beta", beta, self._ALIAS_BOUNDS["beta"])
             alpha = beta
+        elif isinstance(alpha, _NotGiven):
+            alpha = float(alpha)
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
                                       eps_inside_sqrt=eps_inside_sqrt, maximize=maximize))

@@ -963,3 +963,20 @@ def test_arena_refuses_values_that_are_not_numbers():
     assert arena.size == 3 and not arena.flat_params.any() and not arena.flat_grads.any()
     arena.params["b"] = [True, 2, np.float64(2.5)]        # bools, ints, floats: numbers
     np.testing.assert_array_equal(arena.params["b"], [1, 2, 2.5])
+
+
+def test_state_read_from_an_arena_optimizer_stays_its_state_after_add_param_group():
+    """add_param_group makes every group's plan again from its old one: an arena group's flat
+    state is kept, so an array read from opt.state is still the one stepped (it had been
+    copied into new buffers, the array read left behind)."""
+    arena = fo.ParameterArena(np.float32, 100)
+    arena.add("W", 3)
+    arena.add("c", 2)
+    arena.grads["W"][...] = 1.0
+    opt = fo.Adam([arena.params["W"]])
+    opt.step(arena.grads)
+    held = opt.state[0]["exp_avg"]
+    opt.add_param_group({"params": [arena.params["c"]]})
+    opt.step(arena.grads)
+    assert held is opt.state[0]["exp_avg"]
+    np.testing.assert_allclose(held, 0.19, rtol=1e-6)       # 0.1, then 0.9 * 0.1 + 0.1

@@ -682,7 +682,10 @@ class Optimizer:
                 _set(self._state, self._count + k, entry)
                 self._bind(len(self._starts) - 1, k, entry)
         self._count += len(params)
-        self._plans.clear()             # made again (a plan knows if its group is alone)
+        # every plan made again (a plan knows if its group is alone), from the old one: an
+        # arena group's flat state is kept, so state arrays read from opt.state stay its state
+        for plan in self._plans.values():
+            plan.version = None
 
     def _detach(self, p):
         """A weak reference to ``p``, an array whose state is kept in ``_detached``, which

@@ -397,6 +397,23 @@ def test_one_rank_a_subclass_load_state_dict_is_called_on_the_shard():
     opt.step()
 
 
+def test_one_rank_says_which_parameter_is_not_of_the_arena_and_why():
+    """params that are not one stretch of one arena: the message names the parameter and the
+    reason (a transposed view, another arena, out of order), where it had only said to put
+    the parameters on an arena (which they were)."""
+    comm, ShardedOptimizer = _one_rank()
+    a32, a64 = fo.ParameterArena(np.float32), fo.ParameterArena(np.float64)
+    W, b = a32.add("W", (3, 4)), a32.add("b", 4)
+    y = a64.add("y", 4)
+    for params, why in (([W.T], r"params\[0\] is not one of an arena's own views"),
+                        ([W, y], r"params\[1\] is on another arena than params\[0\] "
+                                 r"\(float64 and float32\)"),
+                        ([b, W], r"params\[1\] is not the parameter added after params\[0\]")):
+        with pytest.raises(ValueError, match="consecutive parameters of one ParameterArena.*"
+                                             + why):
+            ShardedOptimizer(fo.SGD, params, comm=comm, lr=1.0)
+
+
 def test_one_rank_refuses_read_only_parameters():
     comm, ShardedOptimizer = _one_rank()
     arena = _arena(np.float64)

@@ -140,6 +140,25 @@ def _ctrl_c_after_the_call(method):
     return held
 
 
+def _not_one_span(views):
+    """Why ``views`` (a ShardedOptimizer's params) are not one stretch of one arena."""
+    if not views:
+        return "none were given"
+    spans = [ParameterArena.span_of([v]) for v in views]
+    for i, span in enumerate(spans):
+        if span is None:
+            return (f"params[{i}] is not one of an arena's own views (a transposed, sliced "
+                    "or copied array); put the model's parameters on a "
+                    "fastopt.ParameterArena and pass them, or arena.params")
+    for i, span in enumerate(spans[1:], 1):
+        if span.arena is not spans[0].arena:
+            return (f"params[{i}] is on another arena than params[0] ({span.arena.dtype} "
+                    f"and {spans[0].arena.dtype}): one ShardedOptimizer per arena")
+        if span.first != spans[i - 1].first + 1:
+            return f"params[{i}] is not the parameter added after params[{i - 1}]"
+    return "they are not"                                   # (not reached)
+
+
 class ShardedOptimizer:
     """A fastopt optimizer whose state and update are split across the ranks of ``comm``.
 
@@ -234,7 +253,7 @@ class ShardedOptimizer:
         if span is None:
             raise ValueError("params must be consecutive parameters of one ParameterArena, in "
                              "the order they were added (the collectives run on its flat "
-                             "buffers); put the model's parameters on a fastopt.ParameterArena")
+                             f"buffers): {_not_one_span(views)}")
         self.arena = span.arena
         self.dtype = span.arena.dtype
         self._names = [n for g in groups for n in g.get("param_names", ())] or None

@@ -980,3 +980,41 @@ def test_state_read_from_an_arena_optimizer_stays_its_state_after_add_param_grou
     opt.step(arena.grads)
     assert held is opt.state[0]["exp_avg"]
     np.testing.assert_allclose(held, 0.19, rtol=1e-6)       # 0.1, then 0.9 * 0.1 + 0.1
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_state_loaded_into_an_arena_optimizer_stays_its_state(backend):
+    """load_state_dict puts an arena group's state into one flat buffer per key, which its
+    next step keeps: an array read from opt.state after the load is the one stepped (it had
+    been copied into new buffers at that step and left behind, a reset through it lost),
+    with the bits of an optimizer that never saved."""
+    def model():
+        arena = fo.ParameterArena(np.float32, 100)
+        arena.add("W", (2, 3), init=1.0)
+        arena.add("b", 2, init=1.0)
+        arena.add("c", 5, init=-1.0)
+        arena.flat_grads[...] = np.linspace(-1, 1, arena.size)
+        return arena
+    with fo.use_backend(backend):
+        a, b = model(), model()
+        ref = fo.Adam(list(a.params.values()), lr=0.1)
+        ref.step(a.grads)
+        opt = fo.Adam(list(b.params.values()), lr=0.1)
+        b.flat_params[...] = a.flat_params      # a checkpoint: parameters and state
+        opt.load_state_dict(ref.state_dict())
+        held = [opt.state[i]["exp_avg"] for i in range(3)]
+        for o, arena in ((ref, a), (opt, b)):
+            o.step(arena.grads)
+        assert all(h is opt.state[i]["exp_avg"] for i, h in enumerate(held))
+        np.testing.assert_array_equal(b.flat_params, a.flat_params)
+        held[1][...] = 0                        # a reset through the array read
+        ref.state[1]["exp_avg"][...] = 0
+        for o, arena in ((ref, a), (opt, b)):
+            o.step(arena.grads)
+        np.testing.assert_array_equal(b.flat_params, a.flat_params)
+        # the group's params list changed after the load: its loaded buffer is not kept
+        opt.load_state_dict(ref.state_dict())
+        for o, arena in ((ref, a), (opt, b)):
+            o.param_groups[0]["params"] = list(arena.params.values())[:2]
+            o.step([arena.grads["W"], arena.grads["b"]])
+        np.testing.assert_array_equal(b.flat_params, a.flat_params)

@@ -440,6 +440,15 @@ class _Plan:
         self.mutable = mutable    # a hyper-parameter is held in a mutable object (_mutable)
 
 
+def _views_at(buf, arrays, offsets):
+    """Whether ``arrays`` are ``buf[offsets[k]:offsets[k + 1]]`` in turn and fill ``buf``."""
+    start, size = buf.__array_interface__["data"][0], buf.itemsize
+    return buf.size == offsets[-1] and all(
+        a.base is buf.base and a.flags.c_contiguous and a.dtype == buf.dtype
+        and a.__array_interface__["data"][0] == start + lo * size and a.size == hi - lo
+        for a, lo, hi in zip(arrays, offsets, offsets[1:]))
+
+
 class _ArenaParams:
     """Parameters that are views ``first, first + 1, ...`` of a ParameterArena, as an
     optimizer pickles them (the arena pickles its buffers once; the views are rebuilt)."""
@@ -555,6 +564,8 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
         self._plans: dict[int, _Plan] = {}    # group index -> its _Plan (how it steps)
+        # (group index, key) -> the flat buffer an arena group's loaded state is views of
+        self._loaded_flat: dict = {}
         # (plans, flat params, their arrays by owner, label): what _check_overlaps found
         # disjoint, kept for the grads' check while the plans are the same
         self._disjoint: tuple | None = None
@@ -1303,6 +1314,10 @@ class Optimizer:
             if buf is not None and all(s[key].base is buf.base for s in states):
                 flat[key] = buf                 # already views of it: nothing to move
                 continue
+            buf = self.__dict__.get("_loaded_flat", {}).get((gi, key))
+            if buf is not None and _views_at(buf, [s[key] for s in states], offsets):
+                flat[key] = buf                 # loaded into it (_load_target): kept
+                continue
             buf = flat[key] = self._like_param(span.params, key, None)
             for s, lo, hi in zip(states, offsets, offsets[1:]):
                 buf[lo:hi] = s[key].ravel()
@@ -1424,6 +1439,7 @@ class Optimizer:
                 index[pid] = start + k
         new_state = _StateDict()
         min_step = 0 if self._EAGER_STATE else 1
+        loaded_flat, spans = {}, {}     # (_load_target's)
         for pid, saved in saved_state.items():
             if pid not in index:
                 if isinstance(saved, dict) and not saved:
@@ -1445,7 +1461,8 @@ class Optimizer:
                     # (before the copy, which would drop a mask, say)
                     _validate.check_plain(f"{where}[{key!r}]", value)
                     if value.shape == p.shape:      # a copy on lines as the param's
-                        value, saved_value = self._like_param(p, key, None), value
+                        value, saved_value = self._load_target(i, p, key, loaded_flat,
+                                                               spans), value
                         value[...] = saved_value
                     else:                           # (refused below)
                         value = np.array(value, dtype=p.dtype, copy=True, order="C")
@@ -1495,7 +1512,7 @@ class Optimizer:
                 for i, entry in new_state.items():
                     self._bind(*self._position(i), entry)
                 _state_changed()
-                self._plans = {}
+                self._plans, self._loaded_flat = {}, loaded_flat
         return install
 
     def _remember_groups(self):
@@ -1571,6 +1588,24 @@ class Optimizer:
         self._plans, self._disjoint = {}, None
         _state_changed()
 
+    def _load_target(self, i, p, key, loaded_flat, spans):
+        """The array loaded state ``key`` of parameter ``i`` (``p``) is copied into: where its
+        group tiles a stretch of an arena, a view of one flat buffer per key for the group
+        (made once, in ``loaded_flat``), which the group's next step keeps (:meth:`_flatten`),
+        so that an array read from opt.state after the load stays the one stepped (copied
+        into a new buffer at that step, it had been left behind); else like_lines' copy.
+        ``spans``: group index -> its ArenaSpan or None, found once per group."""
+        gi, k = self._position(i)
+        if gi not in spans:
+            spans[gi] = ParameterArena.span_of(self.param_groups[gi]["params"])
+        span = spans[gi]
+        if span is None:
+            return self._like_param(p, key, None)
+        buf = loaded_flat.get((gi, key))
+        if buf is None:
+            buf = loaded_flat[gi, key] = self._like_param(span.params, key, None)
+        return buf[span.offsets[k]:span.offsets[k + 1]].reshape(p.shape)
+
     def _position(self, i: int) -> tuple[int, int]:
         """(group index, index in the group) of flat parameter index ``i``."""
         gi = next(gi for gi in reversed(range(len(self._starts))) if self._starts[gi] <= i)
@@ -1591,7 +1626,7 @@ class Optimizer:
         with self._lock:
             self._sync_groups()
         state = dict(self.__dict__)
-        state["_plans"] = {}
+        state["_plans"], state["_loaded_flat"] = {}, {}
         del state["_slots"]
         state.pop("_disjoint", None)
         state.pop("_lock", None)

@@ -1018,3 +1018,24 @@ def test_state_loaded_into_an_arena_optimizer_stays_its_state(backend):
             o.param_groups[0]["params"] = list(arena.params.values())[:2]
             o.step([arena.grads["W"], arena.grads["b"]])
         np.testing.assert_array_equal(b.flat_params, a.flat_params)
+
+
+def test_state_of_an_unpickled_arena_optimizer_stays_its_state():
+    """An arena and its optimizer unpickled together: the copy's arena groups have their
+    state in flat buffers at once (NumPy had pickled each view as an array of its own, which
+    the first step then moved, leaving arrays read from the copy's opt.state behind); the
+    copy steps as the original."""
+    arena = fo.ParameterArena(np.float64, 50)
+    arena.add("W", (3, 4), init=0.5)
+    arena.add("b", 4, init=-0.5)
+    arena.flat_grads[...] = np.linspace(-2, 2, arena.size)
+    opt = fo.NAdam(arena.params, lr=0.1)
+    opt.step(arena.grads)
+    arena2, opt2 = pickle.loads(pickle.dumps((arena, opt)))
+    held = [opt2.state[i][key] for i in range(2) for key in ("exp_avg", "exp_avg_sq")]
+    for o, ar in ((opt, arena), (opt2, arena2)):
+        o.step(ar.grads)
+    assert all(h is opt2.state[i][key] for h, (i, key) in
+               zip(held, [(i, key) for i in range(2) for key in ("exp_avg", "exp_avg_sq")]))
+    np.testing.assert_array_equal(arena2.flat_params, arena.flat_params)
+    np.testing.assert_array_equal(held[0], opt.state[0]["exp_avg"])

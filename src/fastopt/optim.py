@@ -1664,6 +1664,19 @@ class Optimizer:
         self._slots = self._slots_of(self.param_groups)
         for i, entry in self._state.items():
             self._bind(*self._position(i), entry)
+        # an arena group's state into flat buffers at once, as load_state_dict puts it: NumPy
+        # pickled each view as an array of its own, which the first step had moved, leaving
+        # arrays read from the copy's opt.state behind
+        self._loaded_flat, spans = {}, {}
+        for i, entry in self._state.items():
+            gi, k = self._position(i)
+            p = self.param_groups[gi]["params"][k]
+            for key, value in list(entry.items()) if not entry.adopted else ():
+                if (key not in self._slots[gi] and isinstance(value, np.ndarray)
+                        and value.shape == p.shape and value.dtype == p.dtype):
+                    target = self._load_target(i, p, key, self._loaded_flat, spans)
+                    target[...] = value
+                    _set(entry, key, target)
 
     def __deepcopy__(self, memo):
         return _deepcopy_locked(self, memo)

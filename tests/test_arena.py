@@ -1,6 +1,7 @@
 """ParameterArena: parameters and grads as views of one buffer each; an optimizer over
 an arena steps it in one kernel call with the bits of separate arrays, resumes from state
 dicts, survives pickle and deepcopy, and refuses what the arena cannot hold."""
+import decimal
 import numbers
 import os
 import pickle
@@ -963,6 +964,8 @@ def test_arena_refuses_values_that_are_not_numbers():
     assert arena.size == 3 and not arena.flat_params.any() and not arena.flat_grads.any()
     arena.params["b"] = [True, 2, np.float64(2.5)]        # bools, ints, floats: numbers
     np.testing.assert_array_equal(arena.params["b"], [1, 2, 2.5])
+    arena.params["b"] = np.array([np.True_, decimal.Decimal("1.5"), 3], dtype=object)
+    np.testing.assert_array_equal(arena.params["b"], [1, 1.5, 3])
 
 
 def test_state_read_from_an_arena_optimizer_stays_its_state_after_add_param_group():
@@ -1039,3 +1042,54 @@ def test_state_of_an_unpickled_arena_optimizer_stays_its_state():
                zip(held, [(i, key) for i in range(2) for key in ("exp_avg", "exp_avg_sq")]))
     np.testing.assert_array_equal(arena2.flat_params, arena.flat_params)
     np.testing.assert_array_equal(held[0], opt.state[0]["exp_avg"])
+
+
+@pytest.mark.parametrize("add_group", [False, True])
+def test_states_swapped_by_hand_on_an_arena_step_as_on_plain_arrays(add_group):
+    """Two parameters' states swapped (opt.state[0], opt.state[1] = s1, s0, as torch allows),
+    then a step (after add_param_group or not): each parameter steps with the state now its
+    own, as on plain arrays. The group's flat buffer had been kept because every state was
+    still a view of it, not checking each at its own parameter's place."""
+    def run(on_arena):
+        if on_arena:
+            arena = fo.ParameterArena(np.float64, 100)
+            params = [arena.add("a", 3, init=1.0), arena.add("b", 3, init=1.0)]
+            extra = arena.add("c", 1)
+            arena.grads["a"], arena.grads["b"] = np.full(3, 1.0), np.full(3, -3.0)
+            grads = [arena.grads["a"], arena.grads["b"]]
+        else:
+            params, extra = [np.ones(3), np.ones(3)], np.zeros(1)
+            grads = [np.full(3, 1.0), np.full(3, -3.0)]
+        opt = fo.Adam(params, lr=0.1)
+        opt.step(grads)
+        opt.state[0], opt.state[1] = opt.state[1], opt.state[0]
+        if add_group:
+            opt.add_param_group({"params": [extra]})
+            grads = grads + [np.zeros(1)]
+        opt.step(grads)
+        return [p.copy() for p in params] + [opt.state[i]["exp_avg"].copy() for i in range(2)]
+    for got, want in zip(run(True), run(False)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_unpickling_moves_only_arena_state():
+    """Unpickling puts only arena groups' state into flat buffers: a plain-array optimizer's
+    state stays the arrays unpickled (an array pickled with it is its state), and an arena
+    group with an empty 2-D parameter keeps its loaded buffer too."""
+    params = [np.ones(3), np.ones((2, 2))]
+    opt = fo.Adam(params)
+    opt.step([np.ones(3), np.ones((2, 2))])
+    held, copy = pickle.loads(pickle.dumps((opt.state[1]["exp_avg"], opt)))
+    assert held is copy.state[1]["exp_avg"]
+    arena = fo.ParameterArena(np.float32, 20)
+    arena.add("w", 3, init=1.0)
+    arena.add("e", (0, 2))
+    arena.add("b", 2, init=1.0)
+    arena.flat_grads[...] = 1.0
+    ref = fo.Adam(list(arena.params.values()))
+    ref.step(arena.grads)
+    opt = fo.Adam(list(arena.params.values()))
+    opt.load_state_dict(ref.state_dict())
+    held = [opt.state[i]["exp_avg"] for i in range(3)]
+    opt.step(arena.grads)
+    assert all(h is opt.state[i]["exp_avg"] for i, h in enumerate(held))

@@ -330,6 +330,12 @@ def orphaned(array) -> bool:
             and _OWNERS.get(id(base)) is None)
 
 
+def _real(x):
+    """Whether ``x`` is a real number NumPy converts to a float (bools and Decimals too)."""
+    return isinstance(x, (numbers.Real, np.bool_)) or (
+        isinstance(x, numbers.Number) and not isinstance(x, numbers.Complex))
+
+
 def _refuse_non_real(label, value):
     """TypeError naming ``label`` unless ``value`` holds real numbers (bools, ints, floats):
     NumPy's cast into the arena's dtype would drop a complex value's imaginary part (with only
@@ -341,7 +347,7 @@ def _refuse_non_real(label, value):
     array = value if isinstance(value, np.ndarray) else as_array(label, value)
     if array.dtype.kind == "c":
         raise TypeError(f"{label}: complex values, the arena holds real numbers")
-    if array.dtype.kind == "O" and all(isinstance(x, numbers.Real) for x in array.flat):
+    if array.dtype.kind == "O" and all(_real(x) for x in array.flat):
         return                          # (an object array of numbers: NumPy converts them)
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{label} must hold real numbers, got dtype {array.dtype}")

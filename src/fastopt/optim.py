@@ -441,11 +441,14 @@ class _Plan:
 
 
 def _views_at(buf, arrays, offsets):
-    """Whether ``arrays`` are ``buf[offsets[k]:offsets[k + 1]]`` in turn and fill ``buf``."""
+    """Whether ``arrays`` are ``buf[offsets[k]:offsets[k + 1]]`` in turn and fill ``buf``
+    (each state at its own parameter's place: states swapped by hand are not; an empty one
+    may lie anywhere, as NumPy places an empty view)."""
     start, size = buf.__array_interface__["data"][0], buf.itemsize
     return buf.size == offsets[-1] and all(
-        a.base is buf.base and a.flags.c_contiguous and a.dtype == buf.dtype
-        and a.__array_interface__["data"][0] == start + lo * size and a.size == hi - lo
+        a.size == hi - lo and (a.size == 0 or (
+            a.base is buf.base and a.flags.c_contiguous and a.dtype == buf.dtype
+            and a.__array_interface__["data"][0] == start + lo * size))
         for a, lo, hi in zip(arrays, offsets, offsets[1:]))
 
 
@@ -616,7 +619,7 @@ class Optimizer:
         new = _StateDict()
         for key, entries in dict(value).items():
             new[key] = entries
-        self._state, self._detached = new, {}
+        self._state, self._detached, self._loaded_flat = new, {}, {}
         _state_changed()        # (an empty mapping assigns no entry: the plans must see it)
 
     # ------------------------------------------------------------------ parameter groups
@@ -1310,18 +1313,22 @@ class Optimizer:
             return None
         flat, offsets = {}, span.offsets
         for key in keys - self._slots[gi].keys():
+            arrays = [s[key] for s in states]
+            # the last plan's buffer, or the one a load put the state in (_load_target; popped:
+            # one a later step found moved would otherwise be kept for good), kept where every
+            # state is at its own place in it (no state is ever written over: a state made or
+            # reset since, or the groups changed, move them all into a new one)
+            loaded = self.__dict__.get("_loaded_flat", {}).pop((gi, key), None)
             buf = old.flat.get(key) if old is not None and old.flat is not None else None
-            if buf is not None and all(s[key].base is buf.base for s in states):
+            if buf is None or not _views_at(buf, arrays, offsets):
+                buf = loaded
+            if buf is not None and _views_at(buf, arrays, offsets):
                 flat[key] = buf                 # already views of it: nothing to move
                 continue
-            buf = self.__dict__.get("_loaded_flat", {}).get((gi, key))
-            if buf is not None and _views_at(buf, [s[key] for s in states], offsets):
-                flat[key] = buf                 # loaded into it (_load_target): kept
-                continue
             buf = flat[key] = self._like_param(span.params, key, None)
-            for s, lo, hi in zip(states, offsets, offsets[1:]):
-                buf[lo:hi] = s[key].ravel()
-                _set(s, key, buf[lo:hi].reshape(s[key].shape))
+            for s, a, lo, hi in zip(states, arrays, offsets, offsets[1:]):
+                buf[lo:hi] = a.ravel()
+                _set(s, key, buf[lo:hi].reshape(a.shape))
         return flat
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -1670,8 +1677,12 @@ class Optimizer:
         self._loaded_flat, spans = {}, {}
         for i, entry in self._state.items():
             gi, k = self._position(i)
+            if gi not in spans:
+                spans[gi] = ParameterArena.span_of(self.param_groups[gi]["params"])
+            if spans[gi] is None or entry.adopted:
+                continue            # (plain arrays' state stays the arrays unpickled)
             p = self.param_groups[gi]["params"][k]
-            for key, value in list(entry.items()) if not entry.adopted else ():
+            for key, value in list(entry.items()):
                 if (key not in self._slots[gi] and isinstance(value, np.ndarray)
                         and value.shape == p.shape and value.dtype == p.dtype):
                     target = self._load_target(i, p, key, self._loaded_flat, spans)

@@ -215,8 +215,8 @@ def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
     ------
     TypeError
         ``mini_batch_size`` not an int, a ``seed`` NumPy cannot seed from, ``X`` or ``Y``
-        None or a masked array (whose mask the batches would not keep: the masked values shuffled in
-        as data).
+        None or a masked array (whose mask the batches would not keep: the masked values
+        shuffled in as data).
     ValueError
         ``mini_batch_size`` < 1, ``X`` or ``Y`` ragged or not 2-D, ``Y`` with another number of
         examples (columns) than ``X``, or a ``seed`` out of [0, 2**32). Checked before the

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from . import _backend, _registry, ops
-from ._layout import past_line
+from ._layout import SLOT_BYTES, past_line
 
 
 def size_label(n):
@@ -42,11 +42,12 @@ def on_lines(a, slot=None):
     this Adam row, one thread, measured 1.08-1.92x its roofline from one set of fresh arrays
     to the next (three in one process; on lines 1.05-1.16).
 
-    A ``slot`` also places a large array that many times 512 bytes into a 4 KiB page
+    A ``slot`` also places a large array that many times SLOT_BYTES into a 4 KiB page
     (fastopt._layout.like_lines says why: NumPy's places made a step's arrays wait on each
     other's stores in about one set of arrays in three, by up to 1.4x), where fastopt's
     optimizers and ParameterArena put their state and grads beside a param."""
-    out = past_line(a.shape, a.dtype, 0, page_offset=None if slot is None else 512 * slot)
+    out = past_line(a.shape, a.dtype, 0,
+                    page_offset=None if slot is None else SLOT_BYTES * slot)
     out[...] = a
     return out
 

@@ -47,8 +47,9 @@ SNIPPETS = {
         "fo.set_backend({backend!r})\n"
         # at the same places in a page in every process (_layout.like_lines' slots): where
         # NumPy puts them depends on what the process allocated and freed before
-        "from fastopt._layout import past_line\n"
-        f"p, g, m, v = (past_line(({N},), np.float32, 0, page_offset=512 * k) for k in range(4))\n"
+        "from fastopt._layout import SLOT_BYTES, past_line\n"
+        f"p, g, m, v = (past_line(({N},), np.float32, 0, page_offset=SLOT_BYTES * k)\n"
+        "              for k in range(4))\n"
         "p[:] = 1; g[:] = 1; m[:] = 0; v[:] = 0\n"
         "step = lambda: fo.ops.adam_step_(p, g, m, v, 10)\n"),
 }

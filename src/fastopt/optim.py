@@ -1318,11 +1318,11 @@ class Optimizer:
             # one a later step found moved would otherwise be kept for good), kept where every
             # state is at its own place in it (no state is ever written over: a state made or
             # reset since, or the groups changed, move them all into a new one)
-            loaded = self.__dict__.get("_loaded_flat", {}).pop((gi, key), None)
-            buf = old.flat.get(key) if old is not None and old.flat is not None else None
-            if buf is None or not _views_at(buf, arrays, offsets):
-                buf = loaded
-            if buf is not None and _views_at(buf, arrays, offsets):
+            loaded = self._loaded_flat.pop((gi, key), None)
+            last = old.flat.get(key) if old is not None and old.flat is not None else None
+            buf = next((b for b in (last, loaded)
+                        if b is not None and _views_at(b, arrays, offsets)), None)
+            if buf is not None:
                 flat[key] = buf                 # already views of it: nothing to move
                 continue
             buf = flat[key] = self._like_param(span.params, key, None)
@@ -1603,15 +1603,19 @@ class Optimizer:
         into a new buffer at that step, it had been left behind); else like_lines' copy.
         ``spans``: group index -> its ArenaSpan or None, found once per group."""
         gi, k = self._position(i)
-        if gi not in spans:
-            spans[gi] = ParameterArena.span_of(self.param_groups[gi]["params"])
-        span = spans[gi]
+        span = self._group_span(gi, spans)
         if span is None:
             return self._like_param(p, key, None)
         buf = loaded_flat.get((gi, key))
         if buf is None:
             buf = loaded_flat[gi, key] = self._like_param(span.params, key, None)
         return buf[span.offsets[k]:span.offsets[k + 1]].reshape(p.shape)
+
+    def _group_span(self, gi, spans):
+        """Group ``gi``'s ArenaSpan, or None, found once per group (``spans`` caches it)."""
+        if gi not in spans:
+            spans[gi] = ParameterArena.span_of(self.param_groups[gi]["params"])
+        return spans[gi]
 
     def _position(self, i: int) -> tuple[int, int]:
         """(group index, index in the group) of flat parameter index ``i``."""
@@ -1677,9 +1681,7 @@ class Optimizer:
         self._loaded_flat, spans = {}, {}
         for i, entry in self._state.items():
             gi, k = self._position(i)
-            if gi not in spans:
-                spans[gi] = ParameterArena.span_of(self.param_groups[gi]["params"])
-            if spans[gi] is None or entry.adopted:
+            if self._group_span(gi, spans) is None or entry.adopted:
                 continue            # (plain arrays' state stays the arrays unpickled)
             p = self.param_groups[gi]["params"][k]
             for key, value in list(entry.items()):

@@ -18,12 +18,12 @@
  * that ran fastest on an Intel Xeon (model 167) core in cache (bench/sqrt_floor.c, one core,
  * 1e5, ns/element: Adam 0.34-0.36 with vsqrtps, one root in three 0.30-0.32, one in two 0.35;
  * Adagrad 0.34, one in two 0.26, one in three 0.29; not tuned on the other CPUs this build
- * serves; on Zen 4, where it ran slowest of the three builds, the 512-bit one serves). Each is the span's loop for float32 without options, operation
- * for operation and operand for operand (optim.pyx; no contraction; fo_add, fo_mul), so the
- * bits are the span's. Each takes every element of its span, the last vector masked, so that
- * an element's NaN comes from the same code wherever a span starts or ends, and returns the
- * count it took; in a rounding mode other than to nearest it takes none (fo_round_to_nearest),
- * leaving the span to its own loop.
+ * serves; on Zen 4, where it ran slowest of the three builds, the 512-bit one serves). Each
+ * is the span's loop for float32 without options, operation for operation and operand for
+ * operand (optim.pyx; no contraction; fo_add, fo_mul), so the bits are the span's. Each takes
+ * every element of its span, the last vector masked, so that an element's NaN comes from the
+ * same code wherever a span starts or ends, and returns the count it took; in a rounding mode
+ * other than to nearest it takes none (fo_round_to_nearest), leaving the span to its own loop.
  *
  * Built only into optim_avx512 (FO_ROOT_ON_FMA, with AVX-512VL and 256-bit vectors: CPUs with
  * AVX-512 but AMD Zen 4 and later, fo_common.h); elsewhere the loops take nothing. */

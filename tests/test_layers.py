@@ -1,7 +1,9 @@
 """Batch normalization and the softmax family: every backend against the NumPy reference over
 dtypes, shapes, axes and memory layouts; the reference's gradients against finite differences;
 torch parity where installed; edge cases and errors."""
+import contextlib
 import copy
+import itertools
 import math
 import pickle
 import re
@@ -1108,6 +1110,20 @@ def _at_line_offset(a, offset):
     return out
 
 
+@contextlib.contextmanager
+def _streamed(stream):
+    """Cython's batch norm streaming every y and dx it may (or as it would)."""
+    if not stream:
+        yield
+        return
+    from fastopt._kernels import _layers
+    old = _layers._set_stream_min_bytes(0)
+    try:
+        yield
+    finally:
+        _layers._set_stream_min_bytes(old)
+
+
 @pytest.mark.parametrize("shape", [(9, 48), (130, 1040)], ids=str)
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_batchnorm_gives_the_same_bits_wherever_its_arrays_start_in_a_line(backend, shape,
@@ -1121,14 +1137,18 @@ def test_batchnorm_gives_the_same_bits_wherever_its_arrays_start_in_a_line(backe
     with fo.use_backend("numpy"):
         inf_ref = fo.batchnorm_inference(x, gamma, beta, rmean, rvar)
     itemsize = np.dtype(dtype).itemsize
+    # Cython: again with y and dx streamed past the caches (done from the last-level cache's
+    # size on): the same bits
+    streamed = [False, True] if backend == "cython" else [False]
     with fo.use_backend(backend):
         first = None
-        for offset in range(0, 64, itemsize):
+        for offset, stream in itertools.product(range(0, 64, itemsize), streamed):
             xo, dyo = _at_line_offset(x, (64 - offset) % 64), _at_line_offset(dy, offset)
             outs = [_at_line_offset(np.zeros(shape, dtype), offset) for _ in range(3)]
-            y, cache = fo.batchnorm_forward(xo, gamma, beta, out=outs[0])
-            grads = fo.batchnorm_backward(dyo, cache, out=outs[1])
-            inf = fo.batchnorm_inference(xo, gamma, beta, rmean, rvar, out=outs[2])
+            with _streamed(stream):
+                y, cache = fo.batchnorm_forward(xo, gamma, beta, out=outs[0])
+                grads = fo.batchnorm_backward(dyo, cache, out=outs[1])
+                inf = fo.batchnorm_inference(xo, gamma, beta, rmean, rvar, out=outs[2])
             assert y is outs[0] and grads[0] is outs[1] and inf is outs[2]
             got = [y, *grads, inf]
             if first is None:
@@ -1136,7 +1156,7 @@ def test_batchnorm_gives_the_same_bits_wherever_its_arrays_start_in_a_line(backe
                 _assert_bn_like(ref, y, cache, grads)
                 close(inf, inf_ref, dtype, 10)
             for a, b in zip(got, first):
-                np.testing.assert_array_equal(a, b, err_msg=f"offset {offset}")
+                np.testing.assert_array_equal(a, b, err_msg=f"offset {offset}, stream {stream}")
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)

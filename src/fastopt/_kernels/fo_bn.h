@@ -16,6 +16,7 @@
 #ifndef FO_BN_H
 #define FO_BN_H
 #include <string.h>
+#include <unistd.h>
 
 /* Sums over four rows a `stride` apart at once (batch norm's statistics with features as
  * rows), each row summed as layers.pyx's row_sum sums one: eight interleaved partial sums in
@@ -74,6 +75,45 @@ typedef double fo_wd __attribute__((vector_size(8 * FO_BN_W)));
                                      _mm_cvtpd_ps((__m128d)(hi))))
 #endif
 
+/* FO_NARROW2 with a non-temporal store (p: a 64-byte line) */
+#define FO_NARROW2_NT(T, p, lo, hi) FO_NARROW2_NT_##T(p, lo, hi)
+#if defined(__AVX512F__)
+#define FO_NARROW2_NT_float(p, lo, hi)                                                 \
+    _mm512_stream_ps((p), _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(    \
+        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(lo)))),                          \
+        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(hi))), 1)))
+#define FO_NARROW2_NT_double(p, lo, hi)                                                \
+    do { _mm512_stream_pd((p), (__m512d)(lo));                                       \
+         _mm512_stream_pd((p) + FO_BN_W, (__m512d)(hi)); } while (0)
+#elif defined(__AVX__)
+#define FO_NARROW2_NT_float(p, lo, hi)                                                 \
+    _mm256_stream_ps((p), _mm256_set_m128(_mm256_cvtpd_ps((__m256d)(hi)),            \
+                                          _mm256_cvtpd_ps((__m256d)(lo))))
+#define FO_NARROW2_NT_double(p, lo, hi)                                                \
+    do { _mm256_stream_pd((p), (__m256d)(lo));                                       \
+         _mm256_stream_pd((p) + FO_BN_W, (__m256d)(hi)); } while (0)
+#else
+#define FO_NARROW2_NT_float(p, lo, hi)                                                 \
+    _mm_stream_ps((p), _mm_movelh_ps(_mm_cvtpd_ps((__m128d)(lo)),                    \
+                                     _mm_cvtpd_ps((__m128d)(hi))))
+#define FO_NARROW2_NT_double(p, lo, hi)                                                \
+    do { _mm_stream_pd((p), (__m128d)(lo));                                          \
+         _mm_stream_pd((p) + FO_BN_W, (__m128d)(hi)); } while (0)
+#endif
+
+/* orders a thread's non-temporal stores before what it does next (a pool chunk's end) */
+static inline void fo_bn_store_fence(void) { _mm_sfence(); }
+
+/* the last-level cache's size in bytes (glibc's sysconf; 32 MiB where it is not known) */
+static inline Py_ssize_t fo_bn_l3_bytes(void) {
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    long bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (bytes > 0)
+        return (Py_ssize_t)bytes;
+#endif
+    return (Py_ssize_t)32 << 20;
+}
+
 /* y[c] = (x[c] - mean[c]) * scale[c] + beta[c], in float64 rounded once, for the row at x
    and the row C on (y likewise), two native vectors of float64 at a time: each per-feature
    vector loaded once for both rows, each vector of x widened by one conversion from memory,
@@ -83,7 +123,7 @@ typedef double fo_wd __attribute__((vector_size(8 * FO_BN_W)));
    471-477), (4096, 1024) from memory 2077-2116 -> 2026-2064 (stored by halves, 2086-2139);
    in process, one thread, (256, 4096): forward 645-659 -> 591-598 us, backward 1030-1041 ->
    863-916, inference 392-413 -> 334-343 (float64: level). */
-#define FO_APPLY_2ROWS(NAME, T)                                                        \
+#define FO_APPLY_2ROWS(NAME, T, STORE)                                               \
 static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,                  \
                  const double* restrict mean, const double* restrict scale,          \
                  const double* restrict beta, Py_ssize_t n) {                        \
@@ -95,7 +135,7 @@ static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,              
         fo_wd b0 = FO_WIDEN(double, beta + c), b1 = FO_WIDEN(double, beta + c + W);  \
         for (int r = 0; r < 2; r++) {                                                \
             const T* xr = x + r * C + c;                                             \
-            FO_NARROW2(T, y + r * C + c, (FO_WIDEN(T, xr) - m0) * s0 + b0,          \
+            STORE(T, y + r * C + c, (FO_WIDEN(T, xr) - m0) * s0 + b0,                \
                        (FO_WIDEN(T, xr + W) - m1) * s1 + b1);                        \
         }                                                                            \
     }                                                                                \
@@ -105,11 +145,13 @@ static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,              
         y[C + c] = (T)(((double)x[C + c] - m) * s + b);                              \
     }                                                                                \
 }
-FO_APPLY_2ROWS(fo_apply_2rows_f, float)
-FO_APPLY_2ROWS(fo_apply_2rows_d, double)
+FO_APPLY_2ROWS(fo_apply_2rows_f, float, FO_NARROW2)
+FO_APPLY_2ROWS(fo_apply_2rows_d, double, FO_NARROW2)
+FO_APPLY_2ROWS(fo_apply_2rows_nt_f, float, FO_NARROW2_NT)
+FO_APPLY_2ROWS(fo_apply_2rows_nt_d, double, FO_NARROW2_NT)
 
 /* dx = k_dy * dy - k_x * (x - mean) - k_0, likewise */
-#define FO_DX_2ROWS(NAME, T)                                                           \
+#define FO_DX_2ROWS(NAME, T, STORE)                                                  \
 static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,          \
                  Py_ssize_t C, const double* restrict mean,                          \
                  const double* restrict k_dy, const double* restrict k_x,            \
@@ -124,7 +166,7 @@ static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,     
         for (int r = 0; r < 2; r++) {                                                \
             const T* dyr = dy + r * C + c;                                           \
             const T* xr = x + r * C + c;                                             \
-            FO_NARROW2(T, dx + r * C + c,                                            \
+            STORE(T, dx + r * C + c,                                                 \
                        a0 * FO_WIDEN(T, dyr) - b0 * (FO_WIDEN(T, xr) - m0) - d0,     \
                        a1 * FO_WIDEN(T, dyr + W) - b1 * (FO_WIDEN(T, xr + W) - m1) - d1); \
         }                                                                            \
@@ -136,8 +178,10 @@ static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,     
                                 - b * ((double)x[r * C + c] - m) - d);               \
     }                                                                                \
 }
-FO_DX_2ROWS(fo_dx_2rows_f, float)
-FO_DX_2ROWS(fo_dx_2rows_d, double)
+FO_DX_2ROWS(fo_dx_2rows_f, float, FO_NARROW2)
+FO_DX_2ROWS(fo_dx_2rows_d, double, FO_NARROW2)
+FO_DX_2ROWS(fo_dx_2rows_nt_f, float, FO_NARROW2_NT)
+FO_DX_2ROWS(fo_dx_2rows_nt_d, double, FO_NARROW2_NT)
 
 /* out[r] = the sum over i < n of TERM1 (row r, element i) for rows r < 4 (TERMW: the terms of
    elements i..i+FO_BN_W-1, lanes i % 8 .. of the eight); y: a second array like x, or NULL */

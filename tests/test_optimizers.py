@@ -780,6 +780,31 @@ def test_resuming_from_a_pickled_state_dict_is_exact(backend, name, kwargs, dtyp
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_a_step_count_reset_to_zero_survives_the_state_dict(name, kwargs):
+    """``state["step"] = 0`` (accepted, as torch accepts it) is saved by state_dict() and
+    loaded back, as torch's load_state_dict loads it: load_state_dict had refused step 0 for
+    every optimizer but Adagrad, so an optimizer's own state dict failed to load."""
+    rng = np.random.default_rng(3)
+    grads = [random_arrays(rng, np.float64) for _ in range(4)]
+    params = random_arrays(rng, np.float64)
+    opt = getattr(fo, name)(params, **kwargs)
+    opt.step(grads[0])
+    if "step" not in opt.state[0]:
+        pytest.skip(f"{name} keeps no step count")
+    for i in opt.state:
+        opt.state[i]["step"] = 0
+    saved, copies = opt.state_dict(), [p.copy() for p in params]
+    assert all(s["step"] == 0 for s in saved["state"].values())
+    resumed = getattr(fo, name)(copies, **kwargs)
+    resumed.load_state_dict(saved)
+    for g in grads[1:]:
+        opt.step(g)
+        resumed.step(g)
+    for a, b in zip(copies, params):
+        assert a.tobytes() == b.tobytes()
+
+
 @needs_torch
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
 def test_our_state_dict_loads_into_torch_and_continues_in_step(name, kwargs):

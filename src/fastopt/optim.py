@@ -555,7 +555,6 @@ class Optimizer:
     # state entries that are numbers, not arrays (besides "step"); at most one, whose new value
     # _update returns
     _scalar_state: tuple[str, ...] = ()
-    _EAGER_STATE = False  # state exists before the first step (Adagrad): its step may be 0
 
     def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
         self._check(defaults)
@@ -822,12 +821,14 @@ class Optimizer:
             if not p.flags.writeable:
                 raise ValueError(f"parameter {label} is read-only")
 
-    def _check_state_entry(self, where, key, value, p, min_step):
-        """One state entry of parameter ``p`` (``where`` names it in the message)."""
+    def _check_state_entry(self, where, key, value, p):
+        """One state entry of parameter ``p`` (``where`` names it in the message). A step count
+        of 0 is one: an assigned ``state["step"] = 0`` (bias correction restarted), which
+        state_dict() then saves and torch's load_state_dict loads."""
         if key == "step" or key in self._scalar_state:
             value = _scalar(where, key, value)
         if key == "step":        # (counted in int64: bounded where floats are still whole)
-            check_real(f"{where}['step']", value, (min_step, _MAX_STEP, False))
+            check_real(f"{where}['step']", value, (0, _MAX_STEP, False))
             if not float(value).is_integer():
                 raise ValueError(f"Invalid {where}['step']: {value!r} (must be a whole number)")
         elif key in self._scalar_state:
@@ -852,7 +853,7 @@ class Optimizer:
             if missing:
                 raise ValueError(f"{where} has no {missing[0]!r}")
             for key, value in s.items():
-                self._check_state_entry(where, key, value, params[k], 0)
+                self._check_state_entry(where, key, value, params[k])
 
     def _check_state_arrays(self, gi, states):
         """Check the state arrays of group ``gi`` as its kernel call does (dtype, shape,
@@ -866,7 +867,7 @@ class Optimizer:
             if s is not None:
                 for key, value in s.items():
                     if key not in slots:
-                        self._check_state_entry(f"state[{start + k}]", key, value, params[k], 0)
+                        self._check_state_entry(f"state[{start + k}]", key, value, params[k])
 
     # ------------------------------------------------------------------------------ step
     def step(self, grads: Grads) -> None:
@@ -1445,7 +1446,6 @@ class Optimizer:
                     raise ValueError(f"state_dict names parameter {pid!r} twice")
                 index[pid] = start + k
         new_state = _StateDict()
-        min_step = 0 if self._EAGER_STATE else 1
         loaded_flat, spans = {}, {}     # (_load_target's)
         for pid, saved in saved_state.items():
             if pid not in index:
@@ -1473,7 +1473,7 @@ class Optimizer:
                         value[...] = saved_value
                     else:                           # (refused below)
                         value = np.array(value, dtype=p.dtype, copy=True, order="C")
-                self._check_state_entry(where, key, value, p, min_step)
+                self._check_state_entry(where, key, value, p)
                 _set(entry, key, value)
             missing = [k for k in self._STATE if k not in entry]
             # an empty entry is no state (opt.state[i] = {}, torch's reset, leaves one in
@@ -2015,7 +2015,6 @@ class Adagrad(Optimizer):
     _BOUNDS = dict(lr=NONNEG, lr_decay=NONNEG, weight_decay=NONNEG,
                    initial_accumulator_value=NONNEG, eps=NONNEG, maximize=FLAG)
     _STATE = ("step", "sum")
-    _EAGER_STATE = True
 
     def __init__(self, params: Params, lr: float = 0.01, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,

@@ -137,6 +137,23 @@ def test_cpu_levels(monkeypatch):
     assert _cpu.missing_features("x86-64-v3") == []
 
 
+def test_last_level_cache_is_read_from_sysfs(tmp_path):
+    """The largest level among the data and unified caches (Linux's sysfs layout; an EPYC
+    VM's: glibc's sysconf said 320 MiB there), and None where sysfs has nothing readable."""
+    caches = [("1", "Data", "32K"), ("1", "Instruction", "32K"), ("2", "Unified", "1024K"),
+              ("3", "Unified", "32768K"), ("4", "Instruction", "64M")]
+    for k, (level, kind, size) in enumerate(caches):
+        entry = tmp_path / f"index{k}"
+        entry.mkdir()
+        (entry / "level").write_text(level + "\n")
+        (entry / "type").write_text(kind + "\n")
+        (entry / "size").write_text(size + "\n")
+    assert _cpu.last_level_cache_bytes(str(tmp_path)) == 32 << 20
+    (tmp_path / "index3" / "size").write_text("garbled\n")
+    assert _cpu.last_level_cache_bytes(str(tmp_path)) == 1 << 20
+    assert _cpu.last_level_cache_bytes(str(tmp_path / "absent")) is None
+
+
 
 def cpuinfo_field(name):
     """The first value of ``name`` in /proc/cpuinfo (Linux), or None."""

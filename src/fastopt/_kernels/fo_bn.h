@@ -16,7 +16,6 @@
 #ifndef FO_BN_H
 #define FO_BN_H
 #include <string.h>
-#include <unistd.h>
 
 /* Sums over four rows a `stride` apart at once (batch norm's statistics with features as
  * rows), each row summed as layers.pyx's row_sum sums one: eight interleaved partial sums in
@@ -103,16 +102,6 @@ typedef double fo_wd __attribute__((vector_size(8 * FO_BN_W)));
 
 /* orders a thread's non-temporal stores before what it does next (a pool chunk's end) */
 static inline void fo_bn_store_fence(void) { _mm_sfence(); }
-
-/* the last-level cache's size in bytes (glibc's sysconf; 32 MiB where it is not known) */
-static inline Py_ssize_t fo_bn_l3_bytes(void) {
-#ifdef _SC_LEVEL3_CACHE_SIZE
-    long bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    if (bytes > 0)
-        return (Py_ssize_t)bytes;
-#endif
-    return (Py_ssize_t)32 << 20;
-}
 
 /* y[c] = (x[c] - mean[c]) * scale[c] + beta[c], in float64 rounded once, for the row at x
    and the row C on (y likewise), two native vectors of float64 at a time: each per-feature

@@ -16,6 +16,8 @@ from libc.string cimport memset
 
 import numpy as np
 
+from .. import _cpu
+
 include "_common.pxi"
 
 cdef extern from "fo_vexp.h":
@@ -214,7 +216,6 @@ cdef extern from "fo_bn.h":
                           const double* mean, const double* k_dy, const double* k_x,
                           const double* k_0, Py_ssize_t n) nogil
     void fo_bn_store_fence() nogil
-    Py_ssize_t fo_bn_l3_bytes() nogil
 
 
 cdef void apply_feature(const floating* x, floating* y, double mean, double scale, double beta,
@@ -700,7 +701,7 @@ cdef Py_ssize_t line_column(const void* y, Py_ssize_t C, Py_ssize_t itemsize) no
 # threads, medians of five alternated processes: inference 848 -> 733 us, backward 2285 ->
 # 2060; one thread 1921 -> 1517 and 4599 -> 4074. Not beside a cold per-feature array
 # (column panels over all rows, 64-256 columns wide: 0.60-0.74 against 0.47 whole rows).
-cdef Py_ssize_t STREAM_MIN_BYTES = fo_bn_l3_bytes()
+cdef Py_ssize_t STREAM_MIN_BYTES = _cpu.last_level_cache_bytes() or (32 << 20)
 
 
 def _set_stream_min_bytes(Py_ssize_t n):

@@ -18,7 +18,11 @@
  *   v<-p fwd .279 .279 .278 .282 .288 .297 .329 .279 .280 .279 .279 .279 .289 .280 .279 .279
  *   v<-m fwd .279 .279 .279 .280 .284 .291 .305 .280 .278 .279 .280 .279 .316 .290 .280 .278
  *   m<-v fwd .279 .279 .278 .280 .283 .291 .315 .280 .280 .280 .282 .280 .305 .292 .281 .280
+ *   g<-p bnc .322 .319 .320 .321 .321 .320 .321 .321 .324 .321 .320 .320 .320 .320 .320 .319
  * (an earlier run: g<-p fwd at -64 .356, -128 .310; rev .288-.290 away from its own window).
+ * "bnc" copies the grad 512 elements at a time into a buffer 2 KiB from the param's place and
+ * steps on that (a driver could do it for every kernel, with no backward loops): it costs more
+ * than the window it escapes (.320 everywhere, 2026-12-06 stop 68: not taken).
  * Forward, a pair 64-256 bytes apart the wrong way costs up to 1.27x (the grad below the param:
  * the param's store waits on the division, so every later load of the grad waits with it; two
  * written arrays also 64-128 bytes the other way); multiples of 512 bytes apart, and equal
@@ -71,6 +75,19 @@ __attribute__((noinline)) static void backward(ARGS) {
         ADAM(p, g, m, v, i);
 }
 
+/* the grad copied BOUNCE elements at a time into a buffer 2 KiB from the param's place */
+enum { BOUNCE = 512 };
+static float bounce_buf[2 * 1024 + BOUNCE] __attribute__((aligned(4096)));
+__attribute__((noinline)) static void bounce(ARGS) {
+    float *buf = (float *)((char *)bounce_buf + ((size_t)p + 2048) % 4096);
+    for (ll b = 0; b < n; b += BOUNCE) {
+        ll e = b + BOUNCE < n ? b + BOUNCE : n;
+        for (ll i = b; i < e; i++)
+            buf[i - b] = g[i];
+        forward(p + b, buf, m + b, v + b, e - b, c1, b2, c2, step, ibc, eps);
+    }
+}
+
 static double time_step(void (*fn)(ARGS), char *mem, ll n, const int *places) {
     float *a[4];
     char *base = mem;
@@ -107,12 +124,14 @@ int main(void) {
         printf("%6d", ds[d]);
     printf("\n");
     for (int q = 0; q < 4; q++)
-        for (int back = 0; back < 2; back++) {
-            printf("%c<-%c %s", names[pairs[q][0]], names[pairs[q][1]], back ? "rev" : "fwd");
+        for (int back = 0; back < (q ? 2 : 3); back++) {   /* bnc: the grad's pair only */
+            printf("%c<-%c %s", names[pairs[q][0]], names[pairs[q][1]],
+                   back == 2 ? "bnc" : back ? "rev" : "fwd");
             for (int d = 0; d < nd; d++) {
                 int places[4] = {0, 1024, 2048, 3072};
                 places[pairs[q][0]] = (places[pairs[q][1]] + ds[d] + 4096) % 4096;
-                printf("%6.3f", time_step(back ? backward : forward, mem, n, places));
+                printf("%6.3f", time_step(back == 2 ? bounce : back ? backward : forward, mem,
+                                          n, places));
                 fflush(stdout);
             }
             printf("\n");

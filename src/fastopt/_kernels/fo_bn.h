@@ -111,11 +111,14 @@ static inline void fo_bn_store_fence(void) { _mm_sfence(); }
    harness, one Zen 2 core, float32: (256, 4096) in L3 350-353 -> 291-294 us (dx 540-542 ->
    471-477), (4096, 1024) from memory 2077-2116 -> 2026-2064 (stored by halves, 2086-2139);
    in process, one thread, (256, 4096): forward 645-659 -> 591-598 us, backward 1030-1041 ->
-   863-916, inference 392-413 -> 334-343 (float64: level). */
-#define FO_APPLY_2ROWS(NAME, T, STORE)                                               \
+   863-916, inference 392-413 -> 334-343 (float64: level). ``stream``: the vectors are stored
+   with non-temporal stores (y + C * r + c0 starts a line; the loop is unswitched on it). */
+#define FO_STORE2(stream, T, p, lo, hi)                                                \
+    do { if (stream) FO_NARROW2_NT(T, p, lo, hi); else FO_NARROW2(T, p, lo, hi); } while (0)
+#define FO_APPLY_2ROWS(NAME, T)                                                        \
 static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,                  \
                  const double* restrict mean, const double* restrict scale,          \
-                 const double* restrict beta, Py_ssize_t n) {                        \
+                 const double* restrict beta, Py_ssize_t n, int stream) {            \
     enum { W = FO_BN_W };                                                            \
     Py_ssize_t c = 0;                                                                \
     for (; c + 2 * W <= n; c += 2 * W) {                                             \
@@ -124,8 +127,8 @@ static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,              
         fo_wd b0 = FO_WIDEN(double, beta + c), b1 = FO_WIDEN(double, beta + c + W);  \
         for (int r = 0; r < 2; r++) {                                                \
             const T* xr = x + r * C + c;                                             \
-            STORE(T, y + r * C + c, (FO_WIDEN(T, xr) - m0) * s0 + b0,                \
-                       (FO_WIDEN(T, xr + W) - m1) * s1 + b1);                        \
+            FO_STORE2(stream, T, y + r * C + c, (FO_WIDEN(T, xr) - m0) * s0 + b0,    \
+                      (FO_WIDEN(T, xr + W) - m1) * s1 + b1);                         \
         }                                                                            \
     }                                                                                \
     for (; c < n; c++) {                                                             \
@@ -134,17 +137,15 @@ static void NAME(const T* restrict x, T* restrict y, Py_ssize_t C,              
         y[C + c] = (T)(((double)x[C + c] - m) * s + b);                              \
     }                                                                                \
 }
-FO_APPLY_2ROWS(fo_apply_2rows_f, float, FO_NARROW2)
-FO_APPLY_2ROWS(fo_apply_2rows_d, double, FO_NARROW2)
-FO_APPLY_2ROWS(fo_apply_2rows_nt_f, float, FO_NARROW2_NT)
-FO_APPLY_2ROWS(fo_apply_2rows_nt_d, double, FO_NARROW2_NT)
+FO_APPLY_2ROWS(fo_apply_2rows_f, float)
+FO_APPLY_2ROWS(fo_apply_2rows_d, double)
 
 /* dx = k_dy * dy - k_x * (x - mean) - k_0, likewise */
-#define FO_DX_2ROWS(NAME, T, STORE)                                                  \
+#define FO_DX_2ROWS(NAME, T)                                                           \
 static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,          \
                  Py_ssize_t C, const double* restrict mean,                          \
                  const double* restrict k_dy, const double* restrict k_x,            \
-                 const double* restrict k_0, Py_ssize_t n) {                         \
+                 const double* restrict k_0, Py_ssize_t n, int stream) {             \
     enum { W = FO_BN_W };                                                            \
     Py_ssize_t c = 0;                                                                \
     for (; c + 2 * W <= n; c += 2 * W) {                                             \
@@ -155,9 +156,9 @@ static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,     
         for (int r = 0; r < 2; r++) {                                                \
             const T* dyr = dy + r * C + c;                                           \
             const T* xr = x + r * C + c;                                             \
-            STORE(T, dx + r * C + c,                                                 \
-                       a0 * FO_WIDEN(T, dyr) - b0 * (FO_WIDEN(T, xr) - m0) - d0,     \
-                       a1 * FO_WIDEN(T, dyr + W) - b1 * (FO_WIDEN(T, xr + W) - m1) - d1); \
+            FO_STORE2(stream, T, dx + r * C + c,                                     \
+                      a0 * FO_WIDEN(T, dyr) - b0 * (FO_WIDEN(T, xr) - m0) - d0,      \
+                      a1 * FO_WIDEN(T, dyr + W) - b1 * (FO_WIDEN(T, xr + W) - m1) - d1); \
         }                                                                            \
     }                                                                                \
     for (; c < n; c++) {                                                             \
@@ -167,10 +168,8 @@ static void NAME(const T* restrict dy, const T* restrict x, T* restrict dx,     
                                 - b * ((double)x[r * C + c] - m) - d);               \
     }                                                                                \
 }
-FO_DX_2ROWS(fo_dx_2rows_f, float, FO_NARROW2)
-FO_DX_2ROWS(fo_dx_2rows_d, double, FO_NARROW2)
-FO_DX_2ROWS(fo_dx_2rows_nt_f, float, FO_NARROW2_NT)
-FO_DX_2ROWS(fo_dx_2rows_nt_d, double, FO_NARROW2_NT)
+FO_DX_2ROWS(fo_dx_2rows_f, float)
+FO_DX_2ROWS(fo_dx_2rows_d, double)
 
 /* out[r] = the sum over i < n of TERM1 (row r, element i) for rows r < 4 (TERMW: the terms of
    elements i..i+FO_BN_W-1, lanes i % 8 .. of the eight); y: a second array like x, or NULL */

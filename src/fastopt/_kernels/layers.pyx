@@ -196,25 +196,17 @@ cdef extern from "fo_bn.h":
     void fo_rows4_products_d(const double* x, const double* y, const double* mean,
                              Py_ssize_t stride, Py_ssize_t n, double* out) nogil
     void fo_apply_2rows_f(const float* x, float* y, Py_ssize_t C, const double* mean,
-                          const double* scale, const double* beta, Py_ssize_t n) nogil
+                          const double* scale, const double* beta, Py_ssize_t n,
+                          bint stream) nogil
     void fo_apply_2rows_d(const double* x, double* y, Py_ssize_t C, const double* mean,
-                          const double* scale, const double* beta, Py_ssize_t n) nogil
+                          const double* scale, const double* beta, Py_ssize_t n,
+                          bint stream) nogil
     void fo_dx_2rows_f(const float* dy, const float* x, float* dx, Py_ssize_t C,
                        const double* mean, const double* k_dy, const double* k_x,
-                       const double* k_0, Py_ssize_t n) nogil
+                       const double* k_0, Py_ssize_t n, bint stream) nogil
     void fo_dx_2rows_d(const double* dy, const double* x, double* dx, Py_ssize_t C,
                        const double* mean, const double* k_dy, const double* k_x,
-                       const double* k_0, Py_ssize_t n) nogil
-    void fo_apply_2rows_nt_f(const float* x, float* y, Py_ssize_t C, const double* mean,
-                             const double* scale, const double* beta, Py_ssize_t n) nogil
-    void fo_apply_2rows_nt_d(const double* x, double* y, Py_ssize_t C, const double* mean,
-                             const double* scale, const double* beta, Py_ssize_t n) nogil
-    void fo_dx_2rows_nt_f(const float* dy, const float* x, float* dx, Py_ssize_t C,
-                          const double* mean, const double* k_dy, const double* k_x,
-                          const double* k_0, Py_ssize_t n) nogil
-    void fo_dx_2rows_nt_d(const double* dy, const double* x, double* dx, Py_ssize_t C,
-                          const double* mean, const double* k_dy, const double* k_x,
-                          const double* k_0, Py_ssize_t n) nogil
+                       const double* k_0, Py_ssize_t n, bint stream) nogil
     void fo_bn_store_fence() nogil
 
 
@@ -735,19 +727,15 @@ cdef double* line_array(double* room, Py_ssize_t k, Py_ssize_t F, Py_ssize_t c0)
 cdef inline void apply_span(const floating* x, floating* y, const BNJob* j, bint two,
                             Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """y for columns [lo, hi) of the two rows (or the one row) at x."""
+    cdef bint stream = j.stream and lo == j.c0
     if not two:
         apply_row(x + lo, y + lo, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
-    elif j.stream and lo == j.c0:
-        if floating is float:
-            fo_apply_2rows_nt_f(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo,
-                                hi - lo)
-        else:
-            fo_apply_2rows_nt_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo,
-                                hi - lo)
     elif floating is float:
-        fo_apply_2rows_f(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
+        fo_apply_2rows_f(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo,
+                         stream)
     else:
-        fo_apply_2rows_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo)
+        fo_apply_2rows_d(x + lo, y + lo, j.C, j.mean + lo, j.gamma + lo, j.beta + lo, hi - lo,
+                         stream)
 
 
 cdef void bn_cols_apply(void* ctx, Py_ssize_t chunk) noexcept nogil:
@@ -841,22 +829,16 @@ cdef void finish_grad_sums(const BNJob* j, Py_ssize_t lo, Py_ssize_t hi) noexcep
 cdef inline void dx_span(const floating* dy, const floating* x, floating* dx, const BNJob* j,
                          bint two, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """dx for columns [lo, hi) of the two rows (or the one row) at dy, x."""
+    cdef bint stream = j.stream and lo == j.c0
     if not two:
         dx_row(dy + lo, x + lo, dx + lo, j.mean + lo, j.k_dy + lo, j.k_x + lo, j.k_0 + lo,
                hi - lo)
-    elif j.stream and lo == j.c0:
-        if floating is float:
-            fo_dx_2rows_nt_f(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo,
-                             j.k_x + lo, j.k_0 + lo, hi - lo)
-        else:
-            fo_dx_2rows_nt_d(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo,
-                             j.k_x + lo, j.k_0 + lo, hi - lo)
     elif floating is float:
         fo_dx_2rows_f(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
-                      j.k_0 + lo, hi - lo)
+                      j.k_0 + lo, hi - lo, stream)
     else:
         fo_dx_2rows_d(dy + lo, x + lo, dx + lo, j.C, j.mean + lo, j.k_dy + lo, j.k_x + lo,
-                      j.k_0 + lo, hi - lo)
+                      j.k_0 + lo, hi - lo, stream)
 
 
 cdef void bn_cols_dx(void* ctx, Py_ssize_t chunk) noexcept nogil:

@@ -154,7 +154,6 @@ def test_last_level_cache_is_read_from_sysfs(tmp_path):
     assert _cpu.last_level_cache_bytes(str(tmp_path / "absent")) is None
 
 
-
 def cpuinfo_field(name):
     """The first value of ``name`` in /proc/cpuinfo (Linux), or None."""
     try:

@@ -39,7 +39,7 @@ def last_level_cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
     x86), from Linux's sysfs (``root``); None where it cannot be read. glibc's
     ``sysconf(_SC_LEVEL3_CACHE_SIZE)`` is not used: on an EPYC VM it gave 320 MiB, ten times
     the 32 MiB L3 that sysfs and lscpu name."""
-    best = None
+    best, units = None, {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     try:
         entries = os.listdir(root)
     except OSError:
@@ -54,7 +54,6 @@ def last_level_cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
                 size = f.read().strip()
         except (OSError, ValueError):
             continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
         try:
             nbytes = int(size[:-1]) * units[size[-1]] if size[-1:] in units else int(size)
         except ValueError:

@@ -807,6 +807,37 @@ def test_plain_sgd_checks_and_plans_its_group_once(backend, monkeypatch):
     np.testing.assert_array_equal(p, expected)
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_parameters_by_name_step_with_a_dict_in_one_call(backend, monkeypatch):
+    """A lone group of parameters given by name, stepped with the course's dict of grads
+    ("d" + name, caches riding along), takes the one-call path a list takes: the grads
+    matched by name, no pass through the general path's checks and splits (8.5 -> 4 us of
+    Python a step for six small arrays); the same bits as a list-given optimizer."""
+    rng = np.random.default_rng(5)
+    params = {"W1": rng.standard_normal((4, 3)), "b1": np.zeros((4, 1)),
+              "W2": rng.standard_normal((1, 4)), "b2": np.zeros((1, 1))}
+    twins = [p.copy() for p in params.values()]
+    steps = [{"d" + k: rng.standard_normal(p.shape) for k, p in params.items()}
+             for _ in range(4)]
+    with fo.use_backend(backend):
+        opt, twin = fo.Adam(params, lr=0.1), fo.Adam(twins, lr=0.1)
+        for grads in steps[:2]:
+            opt.step(dict(grads, dA1=np.ones(3)))
+            twin.step(list(grads.values()))
+        general = []
+        checked = fo.Adam._checked_plans
+        monkeypatch.setattr(fo.Adam, "_checked_plans",
+                            lambda self: (general.append(1), checked(self))[1])
+        for grads in steps[2:]:
+            opt.step(dict(grads, dA1=np.ones(3)))
+        monkeypatch.undo()
+        for grads in steps[2:]:
+            twin.step(list(grads.values()))
+    assert general == []
+    for a, b in zip(params.values(), twins):
+        assert a.tobytes() == b.tobytes()
+
+
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
 def test_a_step_count_reset_to_zero_survives_the_state_dict(name, kwargs):
     """``state["step"] = 0`` (accepted, as torch accepts it) is saved by state_dict() and

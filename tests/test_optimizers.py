@@ -811,8 +811,8 @@ def test_plain_sgd_checks_and_plans_its_group_once(backend, monkeypatch):
 def test_parameters_by_name_step_with_a_dict_in_one_call(backend, monkeypatch):
     """A lone group of parameters given by name, stepped with the course's dict of grads
     ("d" + name, caches riding along), takes the one-call path a list takes: the grads
-    matched by name, no pass through the general path's checks and splits (8.5 -> 4 us of
-    Python a step for six small arrays); the same bits as a list-given optimizer."""
+    matched by name, no pass through the general path's checks and splits (Adam over six
+    small arrays, a step 14.7 -> 5.3 us); the same bits as a list-given optimizer."""
     rng = np.random.default_rng(5)
     params = {"W1": rng.standard_normal((4, 3)), "b1": np.zeros((4, 1)),
               "W2": rng.standard_normal((1, 4)), "b2": np.zeros((1, 1))}

@@ -915,7 +915,7 @@ class Optimizer:
                 # that is None makes the kernel refuse the call (writing nothing); the general
                 # path below then steps the others.
                 group = self.param_groups[0]
-                if self._named:     # (a course-style dict of 6 small arrays: 8.5 -> 4 us)
+                if self._named:     # (Adam, a course-style dict of 6 small arrays: 14.7 -> 5.3 us)
                     listed = (_by_name(grads, group["param_names"]) if type(grads) is dict
                               else None)
                 else:

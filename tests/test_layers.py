@@ -619,6 +619,22 @@ def test_cross_entropy_of_certain_predictions_is_plus_zero_without_warnings(back
 
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_cross_entropy_ignores_masked_logits_under_zero_targets(backend, dtype):
+    """A -inf logit (a masked class) under a probability target of 0 adds nothing, as the
+    docstring says: the loss of the other classes alone, finite (torch's cross_entropy gives
+    NaN there, from 0 * -inf), and a gradient of 0 at the masked class."""
+    z = np.array([[0.0, -np.inf, 1.0], [2.0, 0.5, -np.inf]], dtype)
+    y = np.array([[0.5, 0.0, 0.5], [0.25, 0.75, 0.0]], dtype)
+    live = [[0, 2], [0, 1]]
+    expected = -np.mean([sum(y[i, j] * (z[i, j] - np.logaddexp.reduce(z[i, live[i]]))
+                             for j in live[i]) for i in range(2)])
+    with fo.use_backend(backend):
+        loss, d = fo.softmax_cross_entropy(z, y)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    assert d[0, 1] == 0 and d[1, 2] == 0 and np.isfinite(d).all()
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_float16_softmax_family_is_float32_rounded_once(backend):
     """float16 logits (refused before) are computed in float32 and the results rounded to
     float16, as torch's CPU softmax of half tensors: the same bits as the float32 call

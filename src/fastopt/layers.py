@@ -1045,7 +1045,9 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     -------
     loss : float
         The mean cross-entropy: NaN for no examples (a mean of nothing, as torch and
-        ``np.mean`` give), 0 for examples of no classes with probability targets.
+        ``np.mean`` give), 0 for examples of no classes with probability targets. A class
+        whose target is 0 adds nothing, also where its logit is -inf (masked logits): a
+        finite loss where torch's ``cross_entropy`` gives NaN (its 0 * -inf).
     dlogits : ndarray
         ``(softmax(logits) - labels) / m``: the loss's gradient with respect to ``logits``
         when each example's probabilities sum to 1 (one-hot rows, label smoothing, mixup).

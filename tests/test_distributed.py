@@ -377,6 +377,28 @@ def test_one_rank_a_shard_step_that_raises_leaves_later_calls_as_a_plain_optimiz
     opt.step()
 
 
+def test_one_rank_loads_a_plain_sgd_state_dict_with_a_reset_entry():
+    """Plain SGD saves a state reset by hand (``opt.state[1] = {}``) as an empty entry, as
+    torch does; the sharded optimizer took it for state of some parameters but not all and
+    refused the dict. An empty state is none: it loads, and steps as the plain optimizer."""
+    comm, ShardedOptimizer = _one_rank()
+    plain_arena, arena = _arena(np.float64), _arena(np.float64)
+    plain = fo.SGD(plain_arena.params, lr=0.1)
+    plain_arena.flat_grads[...] = 1.0
+    plain.step(plain_arena.grads)
+    plain.state[1] = {}
+    plain.step(plain_arena.grads)
+    saved = plain.state_dict()
+    assert saved["state"] == {1: {}}
+    opt = ShardedOptimizer(fo.SGD, arena, comm=comm, lr=0.1)
+    opt.load_state_dict(saved)
+    arena.flat_params[...] = plain_arena.flat_params
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    plain.step(plain_arena.grads)
+    np.testing.assert_array_equal(arena.flat_params, plain_arena.flat_params)
+
+
 def test_one_rank_a_subclass_load_state_dict_is_called_on_the_shard():
     """A subclass given as optimizer_class has its own load_state_dict called on the shard
     (state_dict() calls its own; the staged load had gone around it), as torch's ZeRO does."""

@@ -838,6 +838,47 @@ def test_parameters_by_name_step_with_a_dict_in_one_call(backend, monkeypatch):
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("how", ["list", "dict", "arena"])
+def test_another_optimizers_group_put_in_param_groups_is_refused_by_every_path(how):
+    """``opt1.param_groups[0] = opt2.param_groups[0]``: step refuses a group it does not hold
+    (_sync_groups) and changes nothing. The one-call paths for a list of grads and a dict by
+    name had taken the other group's checked plan for their own and stepped opt2's
+    parameters with opt1's state and step count (review of the dict path); an arena's grads
+    too."""
+    def model(seed):
+        rng = np.random.default_rng(seed)
+        if how == "arena":
+            arena = fo.ParameterArena(np.float64)
+            arena.add("W1", (3, 4), rng.standard_normal((3, 4)))
+            return arena.params, arena.grads
+        params = {"W1": rng.standard_normal((3, 4)), "b1": rng.standard_normal((3, 1))}
+        if how == "list":
+            params = list(params.values())
+        return params, None
+
+    (p1, g1), (p2, g2) = model(0), model(1)
+    opt1, opt2 = fo.Adam(p1, lr=0.1), fo.Adam(p2, lr=0.1)
+
+    def grads_of(params, arena_grads):
+        if arena_grads is not None:
+            arena_grads["W1"][...] = 1.0
+            return arena_grads
+        if isinstance(params, dict):
+            return {"d" + k: np.ones_like(v) for k, v in params.items()}
+        return [np.ones_like(v) for v in params]
+
+    for _ in range(2):
+        opt1.step(grads_of(p1, g1))
+        opt2.step(grads_of(p2, g2))
+    values = list(p2.values()) if isinstance(p2, dict) else p2
+    before = [v.copy() for v in values]
+    opt1.param_groups[0] = opt2.param_groups[0]
+    with pytest.raises(ValueError, match="not a group this optimizer holds"):
+        opt1.step(grads_of(p2, g2))
+    for a, b in zip(values, before):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
 def test_a_step_count_reset_to_zero_survives_the_state_dict(name, kwargs):
     """``state["step"] = 0`` (accepted, as torch accepts it) is saved by state_dict() and

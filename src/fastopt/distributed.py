@@ -911,7 +911,8 @@ class ShardedOptimizer:
             hyper = {k: v for k, v in full.param_groups[gi].items()
                      if k not in ("params", "param_names")}
             stop = first + len(self._full_groups[gi]["params"])
-            states = [full.state.get(i) for i in range(first, stop)]
+            # an empty state is none (torch's reset, saved by plain SGD's state_dict())
+            states = [full.state.get(i) or None for i in range(first, stop)]
             if all(s is None for s in states):
                 plan.append((hyper, None, {}))
                 continue

@@ -1021,7 +1021,10 @@ class Optimizer:
         else None (:meth:`_plan` makes it again; a plain dict group is checked each step)."""
         plan = self._plans.get(gi)
         if (plan is not None and plan.version == _state_version
-                and getattr(self.param_groups[gi], "checked", False)):
+                and getattr(self.param_groups[gi], "checked", False)
+                # a group of another optimizer put in param_groups: step's fast paths had
+                # stepped it with this one's state (_sync_groups refuses it)
+                and gi < len(self._groups) and self.param_groups[gi] is self._groups[gi]):
             return plan
         return None
 

@@ -54,51 +54,37 @@ typedef double fo_wd __attribute__((vector_size(8 * FO_BN_W)));
 #endif
 
 /* p[0..2 FO_BN_W - 1] = lo and hi (FO_BN_W float64 each) rounded to T, in one store: floats
-   narrowed by one vcvtpd2ps each, their halves joined into one vector */
+   narrowed by one vcvtpd2ps each, their halves joined into one vector (FO_PACK2F); _NT: with
+   non-temporal stores (p: a 64-byte line) */
+#if defined(__AVX512F__)
+#define FO_PACK2F(lo, hi)                                                              \
+    _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(                      \
+        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(lo)))),                          \
+        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(hi))), 1))
+#define FO_STOREU_PS _mm512_storeu_ps
+#define FO_STREAM_PS _mm512_stream_ps
+#define FO_STREAM_PD(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#elif defined(__AVX__)
+#define FO_PACK2F(lo, hi)                                                              \
+    _mm256_set_m128(_mm256_cvtpd_ps((__m256d)(hi)), _mm256_cvtpd_ps((__m256d)(lo)))
+#define FO_STOREU_PS _mm256_storeu_ps
+#define FO_STREAM_PS _mm256_stream_ps
+#define FO_STREAM_PD(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#else
+#define FO_PACK2F(lo, hi) _mm_movelh_ps(_mm_cvtpd_ps((__m128d)(lo)), _mm_cvtpd_ps((__m128d)(hi)))
+#define FO_STOREU_PS _mm_storeu_ps
+#define FO_STREAM_PS _mm_stream_ps
+#define FO_STREAM_PD(p, v) _mm_stream_pd((p), (__m128d)(v))
+#endif
 #define FO_NARROW2(T, p, lo, hi) FO_NARROW2_##T(p, lo, hi)
+#define FO_NARROW2_float(p, lo, hi) FO_STOREU_PS((p), FO_PACK2F(lo, hi))
 #define FO_NARROW2_double(p, lo, hi)                                                   \
     do { fo_wd l_ = (lo), h_ = (hi); memcpy((p), &l_, sizeof l_);                    \
          memcpy((p) + FO_BN_W, &h_, sizeof h_); } while (0)
-#if defined(__AVX512F__)
-#define FO_NARROW2_float(p, lo, hi)                                                    \
-    _mm512_storeu_ps((p), _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(    \
-        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(lo)))),                          \
-        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(hi))), 1)))
-#elif defined(__AVX__)
-#define FO_NARROW2_float(p, lo, hi)                                                    \
-    _mm256_storeu_ps((p), _mm256_set_m128(_mm256_cvtpd_ps((__m256d)(hi)),            \
-                                          _mm256_cvtpd_ps((__m256d)(lo))))
-#else
-#define FO_NARROW2_float(p, lo, hi)                                                    \
-    _mm_storeu_ps((p), _mm_movelh_ps(_mm_cvtpd_ps((__m128d)(lo)),                    \
-                                     _mm_cvtpd_ps((__m128d)(hi))))
-#endif
-
-/* FO_NARROW2 with a non-temporal store (p: a 64-byte line) */
 #define FO_NARROW2_NT(T, p, lo, hi) FO_NARROW2_NT_##T(p, lo, hi)
-#if defined(__AVX512F__)
-#define FO_NARROW2_NT_float(p, lo, hi)                                                 \
-    _mm512_stream_ps((p), _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(    \
-        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(lo)))),                          \
-        _mm256_castps_pd(_mm512_cvtpd_ps((__m512d)(hi))), 1)))
+#define FO_NARROW2_NT_float(p, lo, hi) FO_STREAM_PS((p), FO_PACK2F(lo, hi))
 #define FO_NARROW2_NT_double(p, lo, hi)                                                \
-    do { _mm512_stream_pd((p), (__m512d)(lo));                                       \
-         _mm512_stream_pd((p) + FO_BN_W, (__m512d)(hi)); } while (0)
-#elif defined(__AVX__)
-#define FO_NARROW2_NT_float(p, lo, hi)                                                 \
-    _mm256_stream_ps((p), _mm256_set_m128(_mm256_cvtpd_ps((__m256d)(hi)),            \
-                                          _mm256_cvtpd_ps((__m256d)(lo))))
-#define FO_NARROW2_NT_double(p, lo, hi)                                                \
-    do { _mm256_stream_pd((p), (__m256d)(lo));                                       \
-         _mm256_stream_pd((p) + FO_BN_W, (__m256d)(hi)); } while (0)
-#else
-#define FO_NARROW2_NT_float(p, lo, hi)                                                 \
-    _mm_stream_ps((p), _mm_movelh_ps(_mm_cvtpd_ps((__m128d)(lo)),                    \
-                                     _mm_cvtpd_ps((__m128d)(hi))))
-#define FO_NARROW2_NT_double(p, lo, hi)                                                \
-    do { _mm_stream_pd((p), (__m128d)(lo));                                          \
-         _mm_stream_pd((p) + FO_BN_W, (__m128d)(hi)); } while (0)
-#endif
+    do { FO_STREAM_PD((p), lo); FO_STREAM_PD((p) + FO_BN_W, hi); } while (0)
 
 /* orders a thread's non-temporal stores before what it does next (a pool chunk's end) */
 static inline void fo_bn_store_fence(void) { _mm_sfence(); }

@@ -292,8 +292,10 @@ def list_form(single, span, parallel, pack):
         packed = pack(**scalars)
         # other layouts run on contiguous copies, all made before any tensor is stepped (a
         # MemoryError making one had left the tensors before it stepped, and not counted)
-        odd = [k for k, views in enumerate(checked) if views is None]
-        copies = dict(zip(odd, copies_before_writing([tensors[k] for k in odd])))
+        copies = {}
+        if None in checked:     # (its entries are lists of views, or None)
+            odd = [k for k, views in enumerate(checked) if views is None]
+            copies = dict(zip(odd, copies_before_writing([tensors[k] for k in odd])))
         # (``kernel`` bound just before each call, ``_calls.returned`` set after it returned:
         # fastopt.ops._kernel_began)
         for k, (views, arrays) in enumerate(zip(checked, tensors)):

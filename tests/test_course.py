@@ -386,6 +386,24 @@ def test_initialize_velocity_and_adam_refuse_what_the_updates_refuse():
                 course.update_parameters_with_gd(params, grads, 0.1)
 
 
+def test_initialize_velocity_and_adam_refuse_parameters_no_update_takes():
+    """A None parameter had given a 0-d object array of zeros, an int one int zeros, and the
+    error came only at the first update: refused here, naming the parameter, as the
+    updates refuse them."""
+    one = np.ones((2, 2), np.float32)
+    for init in (course.initialize_velocity, course.initialize_adam):
+        for bad, message in ((None, "must be a numpy.ndarray, got NoneType"),
+                             (3, "must be a numpy.ndarray, got int"),
+                             (np.ones((2, 2), int), "must have dtype float32 or float64"),
+                             ([[1.0]], "must be a numpy.ndarray, got list")):
+            with pytest.raises(TypeError, match=r"^parameters\['b1'\] " + re.escape(message)):
+                init({"W1": one, "b1": bad})
+        v = init({"W1": one, "b1": one[:1]})
+        for d in (v if init is course.initialize_adam else (v,)):
+            assert d["dW1"].dtype == np.float32 and d["db1"].shape == (1, 2)
+            assert not d["dW1"].any()
+
+
 class _Keyed:
     """Not a Mapping, though ``obj[key]`` works."""
 

@@ -764,6 +764,26 @@ def test_minibatches_refuses_a_bool_batch_size():
     assert [len(y) for _, y in fo.minibatches(X, Y, batch_size=np.int8(4))] == [4, 2]
 
 
+@pytest.mark.parametrize("size", [np.uint8(100), np.int8(100), np.uint8(200), np.int16(100)])
+def test_small_numpy_int_batch_sizes_batch_every_example(size):
+    """A NumPy int8 or uint8 batch size was added in its own type: over 300 examples
+    np.uint8(100) gave batches of 100, 100 and 0 (an epoch missing 100 examples, said only by
+    an overflow warning), np.int8(100) an OverflowError naming nothing at the second batch,
+    and the course's random_mini_batches an OverflowError for both. The sizes of the equal
+    Python int now."""
+    m = 300
+    X, Y = np.arange(2 * m, dtype=float).reshape(m, 2), np.arange(m)
+    want = [int(size)] * (m // int(size)) + ([m % int(size)] if m % int(size) else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # (NumPy's overflow warnings included)
+        got = [len(y) for _, y in fo.minibatches(X, Y, batch_size=size, seed=0)]
+        assert got == want
+        assert sorted(np.concatenate([y for _, y in fo.minibatches(X, Y, batch_size=size)])
+                      .tolist()) == list(range(m))
+        batches = fo.course.random_mini_batches(X.T, Y[None], mini_batch_size=size)
+        assert [b[1].shape[1] for b in batches] == want
+
+
 @pytest.mark.parametrize("axis", [1, -1])
 def test_minibatches_1d_labels_have_their_examples_along_their_only_axis(axis):
     """A 1-D Y has one axis: its examples lie along it whatever X's axis is (the course's

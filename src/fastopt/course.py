@@ -15,13 +15,15 @@ expect.
 """
 import functools
 import math
+import operator
 from collections.abc import Mapping
 
 import numpy as np
 
 from . import ops, schedules
 from ._hyper import COUNT, EVERY, FINITE, NONNEG, STEP, UNIT_OPEN, check_real, check_reals
-from ._validate import as_examples, check_disjoint, check_step_arrays, renamed
+from ._validate import (as_examples, check_disjoint, check_kernel_array, check_step_arrays,
+                        renamed)
 
 # the course's parameters, grads and moment averages: arrays by name (W1, dW1, ...)
 ArrayDict = dict[str, np.ndarray]
@@ -228,6 +230,8 @@ def random_mini_batches(X: np.ndarray, Y: np.ndarray, mini_batch_size: int = 64,
         raise TypeError(f"mini_batch_size must be an int, got {type(mini_batch_size).__name__}")
     if mini_batch_size < 1:
         raise ValueError(f"Invalid mini_batch_size: {mini_batch_size!r} (must be >= 1)")
+    # a Python int: the slices' bounds in a NumPy int8 or uint8 overflowed
+    mini_batch_size = operator.index(mini_batch_size)
     for name, a in (("X", X), ("Y", Y)):
         if a.ndim != 2:
             raise ValueError(f"{name} must be 2-D (examples are columns), got shape {a.shape}")
@@ -268,11 +272,15 @@ def initialize_velocity(parameters: ArrayDict) -> ArrayDict:
     Raises
     ------
     TypeError
-        ``parameters`` not a dict.
+        ``parameters`` not a dict, or a parameter that is not a float32/float64 ndarray
+        (named), which no update takes.
     KeyError
         A layer's ``W`` or ``b`` missing (named).
     """
-    return {"d" + name: np.zeros_like(parameters[name]) for name in _names(parameters)}
+    names = _names(parameters)
+    for name in names:
+        check_kernel_array(f"parameters[{name!r}]", parameters[name])
+    return {"d" + name: np.zeros_like(parameters[name]) for name in names}
 
 
 def update_parameters_with_momentum(parameters: ArrayDict, grads: ArrayDict, v: ArrayDict,
@@ -336,7 +344,8 @@ def initialize_adam(parameters: ArrayDict) -> tuple[ArrayDict, ArrayDict]:
     Raises
     ------
     TypeError
-        ``parameters`` not a dict.
+        ``parameters`` not a dict, or a parameter that is not a float32/float64 ndarray
+        (named), which no update takes.
     KeyError
         A layer's ``W`` or ``b`` missing (named).
     """

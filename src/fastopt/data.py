@@ -1,4 +1,5 @@
 """Mini-batch iteration over paired arrays."""
+import operator
 from collections.abc import Iterator
 
 import numpy as np
@@ -54,6 +55,9 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
         raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
     if batch_size < 1:
         raise ValueError(f"Invalid batch_size: {batch_size!r} (must be a positive int)")
+    # a Python int: the batches' bounds in a NumPy int8 or uint8 wrapped past 127 or 255
+    # (np.uint8(100) over 300 examples gave batches of 100, 100 and 0)
+    batch_size = operator.index(batch_size)
     axis = check_axis(axis)
     check_flag("shuffle", shuffle)
     for name, a in (("X", X), ("Y", Y)):

@@ -57,6 +57,26 @@ def test_schedules_pickle_and_copy_with_the_same_numbers(name, args, formula):
     assert repr(fn).startswith(name + "(") and all(repr(a) in repr(fn) for a in args)
 
 
+@pytest.mark.parametrize("name,args,formula", SCHEDULES, ids=[s[0] for s in SCHEDULES])
+def test_a_schedules_arguments_set_later_are_checked_as_when_made(name, args, formula):
+    """``fn.decay_rate = -3`` had been kept and made negative rates (``fn.lr0 = nan`` NaN
+    ones): an argument set later is checked as the constructor checks it, naming it, and
+    kept as it is; a valid one is taken (as a Python float: a float32 lr0 does not set the
+    arithmetic's precision)."""
+    fn = getattr(fo.schedules, name)(*args)
+    for field in fn._fields:
+        before = getattr(fn, field)
+        for bad, error in ((-3, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+                           ("1", TypeError), (None, TypeError)):
+            with pytest.raises(error, match=field):
+                setattr(fn, field, bad)
+            assert getattr(fn, field) == before
+    fn.lr0 = np.float32(0.25)
+    assert type(fn.lr0) is float and fn.lr0 == 0.25
+    fresh = getattr(fo.schedules, name)(0.25, *args[1:])
+    assert [fn(e) for e in range(1, 9)] == [fresh(e) for e in range(1, 9)]
+
+
 def test_an_lr_scheduler_pickles_and_resumes_exactly():
     opt = fo.SGD([np.zeros(3)], lr=0.1)
     sched = fo.schedules.LRScheduler(opt, fo.schedules.exponential_decay(0.1, base=0.5))

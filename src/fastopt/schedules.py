@@ -83,9 +83,17 @@ class _Schedule:
 
     def __init__(self, *args) -> None:
         for field, value in zip(self._fields, args):
-            check_real(field, value, EVERY if field == "every" else FINITE)
+            setattr(self, field, value)
+
+    def __setattr__(self, name, value) -> None:
+        # checked when set later too (``fn.decay_rate = -3`` had made negative rates, as
+        # ``fn.lr0 = nan`` NaN ones): as an optimizer's hyper-parameters and EWA's beta
+        if name in self._fields:
+            check_real(name, value, EVERY if name == "every" else FINITE)
             value = _python(value)
-            setattr(self, field, value if field == "every" else float(value))
+            if name != "every":
+                value = float(value)
+        object.__setattr__(self, name, value)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)

@@ -582,6 +582,51 @@ def test_a_hyper_parameter_the_kernels_cannot_take_raises_before_anything_change
         getattr(ft, name)(params, lr=0.1, **{key: value})
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("failure", ["nan lr in a later group", "sparse grad"])
+def test_a_step_that_raises_after_a_write_leaves_the_master_and_reseeds_at_the_next(dtype,
+                                                                                     failure):
+    """A 16-bit parameter written between steps has its master re-seeded from it by the next
+    step: that had been stored as the step checked the groups, so a step that then raised
+    had changed ``master_param`` (the master's low bits were lost: undoing the write no
+    longer gave the run without the failed step). Now nothing changes, and the step after
+    re-seeds it then: the same bits as a run without the failed step, with the write kept
+    or undone."""
+    def run(fail, undo):
+        torch.manual_seed(0)
+        p = torch.randn(8).to(dtype).requires_grad_()
+        q = torch.randn(4).to(dtype).requires_grad_()
+        opt = ft.Adam([{"params": [p]}, {"params": [q]}], lr=0.1)
+        p.grad, q.grad = torch.randn(8).to(dtype), torch.randn(4).to(dtype)
+        opt.step()
+        opt.step()
+        kept = p.detach().clone()
+        with torch.no_grad():
+            p.clamp_(-0.2, 0.2)         # a write between steps
+        if fail:
+            before = _snapshot(opt)
+            if failure == "sparse grad":
+                grad, q.grad = q.grad, q.grad.to_sparse()
+            else:
+                opt.param_groups[1]["lr"] = math.nan
+            with pytest.raises((ValueError, RuntimeError, TypeError)):
+                opt.step()
+            if failure == "sparse grad":
+                q.grad = grad
+            else:
+                opt.param_groups[1]["lr"] = 0.1
+            _same(before, _snapshot(opt))
+        if undo:
+            with torch.no_grad():
+                p.copy_(kept)
+        opt.step()
+        opt.step()
+        return [p.detach().clone(), opt.state[p]["master_param"].clone(), q.detach().clone()]
+
+    for undo in (False, True):
+        _same(run(False, undo), run(True, undo))
+
+
 NOT_PAIRS = [("Adam", "betas", None, "Invalid betas: None"),
              ("NAdam", "betas", 0.9, "Invalid betas: 0.9"),
              ("Adamax", "betas", {0.9, 0.999}, r"Invalid betas: .* a set has no order"),

@@ -553,7 +553,7 @@ class _Plan:
                  "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
                  "gmark", "gids", "wstarts", "wreach", "alias", "pptrs", "split", "negs",
                  "neg_grads", "scalars", "scalar_versions", "vshapes", "inference",
-                 "shared_steps", "clip_shared", "adopt")
+                 "shared_steps", "clip_shared", "adopt", "reseeded")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -1346,8 +1346,9 @@ class _FastOptimizer(_Mixin):
         plan.one = live[0] if len(live) == 1 else None
         plan.inference = [k for k, p in enumerate(live) if p.is_inference()]
         plan.versions = plan.marks = None
+        plan.reseeded = reseeded = {}
         if any(p.dtype in _HALF for p in params):
-            self._watch_masters(plan, params, old)
+            reseeded = self._watch_masters(plan, params, old)
         plan.keys = self._state_keys(group)
         plan.state_map, plan.step_buf = self.state, None
         plan.stored = [self.state.get(p) for p in live]
@@ -1361,6 +1362,9 @@ class _FastOptimizer(_Mixin):
                     + self._SCALAR_STATE if key not in self._NONE_IS_NEW]
         for i, (p, old_state) in enumerate(zip(live, plan.stored)):
             state = old_state if old_state else self._init_state(p, group)
+            if id(p) in reseeded:       # (stored with the new state: _watch_masters)
+                state = dict(state)
+                state[MASTER] = reseeded[id(p)]
             for key in required:
                 if key not in state:
                     raise KeyError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} is "
@@ -1703,15 +1707,20 @@ class _FastOptimizer(_Mixin):
         or after the model's, resumes bit-identically); any other is re-seeded from the
         parameter where it is not (it would undo the write; or a stale one of torch.optim,
         which keeps it in its state without stepping it), element by element
-        (:func:`_reseeded_master`). The re-seed is stored at once (the master then
-        agrees with the parameter, whatever becomes of this step). A counter moved by
-        another writer of the same storage (views of one buffer in other groups) costs a
-        check, nothing more."""
+        (:func:`_reseeded_master`). Returns the re-seeded masters by parameter id: the
+        plan's new state of the parameter holds its new master, stored with the rest once
+        the step's kernels ran (a step that raises leaves ``master_param`` as it was; the
+        plan keeps them in ``reseeded`` till then, so that the next plan checks those
+        parameters again). A counter moved by another writer of the same storage (views of
+        one buffer in other groups) costs a check, nothing more."""
         plan.versions = _versions(params)
         plan.marks = list(map(_mark, params))
         self._watching = True       # _step records the counters of such plans
         before = ({} if old is None or old.versions is None else
                   dict(zip(map(id, old.all_params), zip(old.versions, old.marks))))
+        for pid in (old.reseeded if old is not None else ()):
+            before.pop(pid, None)   # re-seeded by a plan whose step raised: not stored
+        reseeded = {}
         for p, version, mark in zip(params, plan.versions, plan.marks):
             if p.dtype not in _HALF or before.get(id(p)) == (version, mark):
                 continue
@@ -1722,7 +1731,9 @@ class _FastOptimizer(_Mixin):
                     and master.layout == torch.strided):
                 fresh = _reseeded_master(master, p)
                 if fresh is not master:
-                    state[MASTER] = fresh
+                    reseeded[id(p)] = fresh
+        plan.reseeded = reseeded
+        return reseeded
 
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the
@@ -1932,7 +1943,7 @@ class _FastOptimizer(_Mixin):
                     state["step"] = plan.slots[j] = step
             plan.adopt = []
             plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
-            plan.pending = []
+            plan.pending, plan.reseeded = [], {}
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
             plan.split = self._splits(plan)
         if interrupted is not None:

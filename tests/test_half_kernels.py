@@ -343,6 +343,17 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(backend, name):
     frozen[2].flags.writeable = False
     with pytest.raises(ValueError, match="master"):
         getattr(ns, kernel.name)(*frozen, **scalars)
+    # the 16-bit forms' own options, as every backend checks them (the numba backend had
+    # taken bfloat16 by its truth and grad_scale by float(): None read float16 bits, True
+    # and "2" scaled)
+    for option, bad in (("bfloat16", None), ("bfloat16", 0), ("bfloat16", "no"),
+                        ("grad_scale", True), ("grad_scale", "2"), ("grad_scale", None)):
+        arrays, wrong = copies(good), dict(scalars, **{option: bad})
+        with pytest.raises(TypeError, match=rf"^Invalid {option}: "):
+            getattr(ns, kernel.name)(*arrays, **wrong)
+        with pytest.raises(TypeError, match=rf"^Invalid {option}: "):
+            getattr(ns, kernel.multi)(*[[a] for a in arrays], **wrong)
+        assert all(a is None or same_bits(a, b) for a, b in zip(arrays, good))
     # scalars are keyword-only, and every one is required
     values = [scalars[n] for n in kernel.keywords]
     with pytest.raises(TypeError):

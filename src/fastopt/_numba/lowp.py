@@ -10,6 +10,7 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .. import _registry
+from .._hyper import as_flag, as_real
 from .._layout import fortran_only, via_contiguous
 from ..reference.lowp import check_half_arrays, with_signature
 from . import optim
@@ -182,6 +183,9 @@ def _half_form(kernel):
     def half(arrays, *, bfloat16, grad_scale, **scalars_):
         """As fastopt.reference.lowp's: see fastopt/_numba/lowp.py."""
         check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
+        # as the other backends check them (bool() and float() had taken None and "no" as
+        # flags, True and "2" as scales)
+        options = (as_flag("bfloat16", bfloat16), as_real("grad_scale", grad_scale))
         packed = pack(**scalars_, **own_scale)
         # one flat run in the param's order, C or Fortran (a transposed weight), as
         # via_contiguous copies them (a Fortran-ordered one had been copied again, forever)
@@ -196,7 +200,7 @@ def _half_form(kernel):
             tuple(_EMPTY32 if a is None else a.reshape(-1, order=order) for a in arrays[3:])]
         # param and grad (2 bytes an element each) hold as many bytes as the float32 master
         nbytes = 2 * views[2].nbytes + sum([a.nbytes for a in views[3]])
-        launch(span, parallel, views, packed + (bool(bfloat16), float(grad_scale)), nbytes)
+        launch(span, parallel, views, packed + options, nbytes)
 
     fn = with_signature(kernel, half)      # (the name via_contiguous calls back)
     return fn

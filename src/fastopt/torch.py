@@ -1346,9 +1346,9 @@ class _FastOptimizer(_Mixin):
         plan.one = live[0] if len(live) == 1 else None
         plan.inference = [k for k, p in enumerate(live) if p.is_inference()]
         plan.versions = plan.marks = None
-        plan.reseeded = reseeded = {}
+        plan.reseeded = {}
         if any(p.dtype in _HALF for p in params):
-            reseeded = self._watch_masters(plan, params, old)
+            self._watch_masters(plan, params, old)
         plan.keys = self._state_keys(group)
         plan.state_map, plan.step_buf = self.state, None
         plan.stored = [self.state.get(p) for p in live]
@@ -1362,9 +1362,9 @@ class _FastOptimizer(_Mixin):
                     + self._SCALAR_STATE if key not in self._NONE_IS_NEW]
         for i, (p, old_state) in enumerate(zip(live, plan.stored)):
             state = old_state if old_state else self._init_state(p, group)
-            if id(p) in reseeded:       # (stored with the new state: _watch_masters)
+            if id(p) in plan.reseeded:      # (stored with the new state: _watch_masters)
                 state = dict(state)
-                state[MASTER] = reseeded[id(p)]
+                state[MASTER] = plan.reseeded[id(p)]
             for key in required:
                 if key not in state:
                     raise KeyError(f"fastopt.torch: state[{key!r}] of parameter {where[i]} is "
@@ -1707,11 +1707,10 @@ class _FastOptimizer(_Mixin):
         or after the model's, resumes bit-identically); any other is re-seeded from the
         parameter where it is not (it would undo the write; or a stale one of torch.optim,
         which keeps it in its state without stepping it), element by element
-        (:func:`_reseeded_master`). Returns the re-seeded masters by parameter id: the
-        plan's new state of the parameter holds its new master, stored with the rest once
-        the step's kernels ran (a step that raises leaves ``master_param`` as it was; the
-        plan keeps them in ``reseeded`` till then, so that the next plan checks those
-        parameters again). A counter moved by another writer of the same storage (views of
+        (:func:`_reseeded_master`). The re-seeded masters go into ``plan.reseeded`` by
+        parameter id, and from there into the plan's new states, stored with the rest once
+        the step's kernels ran (a step that raises leaves ``master_param`` as it was, and
+        the next plan checks those parameters again). A counter moved by another writer of the same storage (views of
         one buffer in other groups) costs a check, nothing more."""
         plan.versions = _versions(params)
         plan.marks = list(map(_mark, params))
@@ -1720,7 +1719,6 @@ class _FastOptimizer(_Mixin):
                   dict(zip(map(id, old.all_params), zip(old.versions, old.marks))))
         for pid in (old.reseeded if old is not None else ()):
             before.pop(pid, None)   # re-seeded by a plan whose step raised: not stored
-        reseeded = {}
         for p, version, mark in zip(params, plan.versions, plan.marks):
             if p.dtype not in _HALF or before.get(id(p)) == (version, mark):
                 continue
@@ -1731,9 +1729,7 @@ class _FastOptimizer(_Mixin):
                     and master.layout == torch.strided):
                 fresh = _reseeded_master(master, p)
                 if fresh is not master:
-                    reseeded[id(p)] = fresh
-        plan.reseeded = reseeded
-        return reseeded
+                    plan.reseeded[id(p)] = fresh
 
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the

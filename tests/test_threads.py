@@ -388,6 +388,50 @@ def fork_during_steps(make, step, snapshot, forks=3):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_waits_for_a_step_that_cannot_end_only_so_long(monkeypatch):
+    """A fork takes every optimizer's step lock; a step that cannot end until the fork does
+    (a numba first call in another thread, importing, waits for logging's lock, which
+    logging's fork handler holds through the fork) had hung the parent for good. The fork
+    now waits FORK_WAIT seconds, warns and goes on; the child, without the thread holding
+    the lock, steps that optimizer (its lock reset there); the parent's step ends after."""
+    from fastopt import _backend
+    monkeypatch.setattr(_backend._LaunchGate, "FORK_WAIT", 0.3)
+    p, g = np.zeros(5), np.ones(5)
+    opt = fo.SGD([p], lr=1.0)
+    holding, leave = threading.Event(), threading.Event()
+
+    def step_that_waits():              # a step holding the lock until the fork is over
+        with opt._lock:
+            holding.set()
+            assert leave.wait(60)
+        opt.step([g])
+
+    other = threading.Thread(target=step_that_waits)
+    other.start()
+    assert holding.wait(30)
+    try:
+        with pytest.warns(RuntimeWarning, match=r"fork waited 0.3 s for 1 optimizer step"):
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)   # (not pytest's)
+                signal.alarm(FORK_TIMEOUT)      # kills the child should it hang
+                opt.step([g])
+                code = 0 if (p == -1).all() else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        leave.set()
+        other.join(30)
+    assert (p == -1).all()
+    opt.step([g])                       # the parent's lock is free again
+    assert (p == -2).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_child_forked_while_another_thread_is_in_a_use_backend_block_switches_freely():
     """The child has no thread in the block: its backend is the one the block would have
     restored, and its own use_backend blocks work (they raised "another thread is inside a

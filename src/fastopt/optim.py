@@ -10,6 +10,8 @@ import operator
 import os
 import sys
 import threading
+import time
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from itertools import repeat
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate, ops
+from . import _backend, _validate, ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._layout import like_lines
 from ._validate import FLOAT_TYPES
@@ -482,27 +484,46 @@ def _step_lock():
 def _hold_step_locks():
     """Before a fork: take every optimizer's step lock, as CPython takes its own locks. A
     child forked during a step in another thread would have that step half done, and its
-    lock held by a thread the child does not have: its first step() would wait forever."""
+    lock held by a thread the child does not have: its first step() would wait forever.
+
+    The wait is bounded as the launch gate's is (``_LaunchGate.FORK_WAIT`` seconds in all):
+    a step that cannot end until the fork does (a numba first call in another thread,
+    importing, waits for logging's lock, which logging's own fork handler, registered after
+    this one, holds through the fork) had hung the parent for good. Past it the fork goes
+    on, with a warning, and the child resets the locks not taken: its copy of such an
+    optimizer may be half stepped."""
     # (the WeakSet's own set of references, copied in one C call: iterating the WeakSet
     # raises should another thread make an optimizer meanwhile; in one order, so that two
     # threads forking at once take them in turn)
     locks = [ref() for ref in tuple(_STEP_LOCKS.data)]
     locks = sorted((lock for lock in locks if lock is not None), key=id)
-    held = _held_for_fork[threading.get_ident()] = []
+    held = _held_for_fork[threading.get_ident()] = ([], [])
+    deadline = time.monotonic() + _backend._LaunchGate.FORK_WAIT
     for lock in locks:
-        lock.acquire()
-        held.append(lock)   # (those taken, should an exception stop this before the end)
+        if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            held[0].append(lock)    # (those taken, should an exception stop this)
+        else:
+            held[1].append(lock)
+    if held[1]:
+        warnings.warn(f"fastopt: a fork waited {_backend._LaunchGate.FORK_WAIT:g} s for "
+                      f"{len(held[1])} optimizer step(s) in other threads, and goes on: the "
+                      "child's copy of those optimizers may be half stepped", RuntimeWarning,
+                      stacklevel=2)
 
 
-def _release_step_locks():
+def _release_step_locks(child=False):
     """After a fork, in the parent and in the child (whose forking thread has the same id)."""
-    for lock in _held_for_fork.pop(threading.get_ident(), ()):
+    taken, missed = _held_for_fork.pop(threading.get_ident(), ((), ()))
+    for lock in taken:
         lock.release()
+    if child:
+        for lock in missed:     # held by a thread the child does not have
+            lock._at_fork_reinit()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_hold_step_locks, after_in_parent=_release_step_locks,
-                        after_in_child=_release_step_locks)
+                        after_in_child=lambda: _release_step_locks(child=True))
 
 
 def _deepcopy_locked(opt, memo):

@@ -327,6 +327,18 @@ def test_a_call_after_fork(compiled):
 FORK_TIMEOUT = 20   # seconds a forked child may take for its step before it counts as hung
 
 
+def _exit_child(check):
+    """In a forked child: exit with 0 if ``check()`` is true, 2 if not, 1 if it raised; an
+    alarm kills the child should it hang."""
+    code = 1
+    try:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)   # (not pytest's)
+        signal.alarm(FORK_TIMEOUT)
+        code = 0 if check() else 2
+    finally:
+        os._exit(code)
+
+
 def fork_during_steps(make, step, snapshot, forks=3):
     """Fork ``forks`` times while another thread steps an optimizer from ``make()`` in a loop
     (``step(opt)``: one step, the same grads each time). Each child writes
@@ -413,14 +425,10 @@ def test_a_fork_waits_for_a_step_that_cannot_end_only_so_long(monkeypatch):
         with pytest.warns(RuntimeWarning, match=r"fork waited 0.3 s for 1 optimizer step"):
             pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)   # (not pytest's)
-                signal.alarm(FORK_TIMEOUT)      # kills the child should it hang
+            def stepped():
                 opt.step([g])
-                code = 0 if (p == -1).all() else 2
-            finally:
-                os._exit(code)
+                return (p == -1).all()
+            _exit_child(stepped)
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
@@ -597,15 +605,8 @@ def test_a_child_forked_during_a_numba_layer_call_in_another_thread_runs_its_cal
                 time.sleep(0.002 * (i % 5))
                 pid = os.fork()
                 if pid == 0:
-                    code = 1
-                    try:
-                        signal.signal(signal.SIGALRM, signal.SIG_DFL)   # (not pytest's)
-                        signal.alarm(FORK_TIMEOUT)      # kills the child should it hang
-                        same = np.array_equal(fo.batchnorm_forward(z, ones, zeros)[0],
-                                              expected)
-                        code = 0 if same else 2
-                    finally:
-                        os._exit(code)
+                    _exit_child(lambda: np.array_equal(fo.batchnorm_forward(z, ones, zeros)[0],
+                                                       expected))
                 statuses.append(os.waitpid(pid, 0)[1])
                 if statuses[-1]:
                     break

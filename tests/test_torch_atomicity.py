@@ -627,6 +627,36 @@ def test_a_step_that_raises_after_a_write_leaves_the_master_and_reseeds_at_the_n
         _same(run(False, undo), run(True, undo))
 
 
+@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_written_16bit_parameter_that_sits_a_step_out_keeps_the_write(dtype, fail):
+    """Written between steps, then without a grad for a step (or two, the first raising)
+    while a written parameter of its group steps: its master's re-seed is stored by the
+    step that succeeds (a review found it dropped there, so that its next step started from
+    the old master and undid the write)."""
+    p, q = (torch.full((8,), 0.5).to(dtype).requires_grad_() for _ in range(2))
+    opt = ft.SGD([p, q], lr=0.25)
+    g = torch.ones(8, dtype=dtype)
+    p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    with torch.no_grad():
+        p.fill_(5.0)
+        q.fill_(3.0)
+    p.grad = None                       # p sits out
+    if fail:
+        opt.param_groups[0]["lr"] = math.nan
+        with pytest.raises(ValueError, match="lr"):
+            opt.step()
+        opt.param_groups[0]["lr"] = 0.25
+    opt.step()
+    assert torch.equal(opt.state[p]["master_param"], torch.full((8,), 5.0))
+    assert torch.equal(q, torch.full((8,), 2.75, dtype=dtype))
+    p.grad = g.clone()
+    opt.step()
+    assert torch.equal(p, torch.full((8,), 4.75, dtype=dtype))
+    assert torch.equal(opt.state[p]["master_param"], torch.full((8,), 4.75))
+
+
 NOT_PAIRS = [("Adam", "betas", None, "Invalid betas: None"),
              ("NAdam", "betas", 0.9, "Invalid betas: 0.9"),
              ("Adamax", "betas", {0.9, 0.999}, r"Invalid betas: .* a set has no order"),

@@ -1708,9 +1708,9 @@ class _FastOptimizer(_Mixin):
         parameter where it is not (it would undo the write; or a stale one of torch.optim,
         which keeps it in its state without stepping it), element by element
         (:func:`_reseeded_master`). The re-seeded masters go into ``plan.reseeded`` by
-        parameter id, and from there into the plan's new states, stored with the rest once
-        the step's kernels ran (a step that raises leaves ``master_param`` as it was, and
-        the next plan checks those parameters again). A counter moved by another writer of the same storage (views of
+        parameter id (and those of parameters with a grad into the plan's new states),
+        stored once the step's kernels ran (:meth:`_run`): a step that raises leaves
+        ``master_param`` as it was, and the next plan checks those parameters again. A counter moved by another writer of the same storage (views of
         one buffer in other groups) costs a check, nothing more."""
         plan.versions = _versions(params)
         plan.marks = list(map(_mark, params))
@@ -1939,9 +1939,17 @@ class _FastOptimizer(_Mixin):
                     state["step"] = plan.slots[j] = step
             plan.adopt = []
             plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
-            plan.pending, plan.reseeded = [], {}
+            plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
             plan.split = self._splits(plan)
+        if plan.reseeded:
+            # the masters of parameters written between steps: those of the parameters
+            # that stepped are in their new states (stored above), the others' go in now
+            for p in plan.all_params:
+                fresh = plan.reseeded.get(id(p))
+                if fresh is not None:
+                    self.state[p][MASTER] = fresh
+            plan.reseeded = {}
         if interrupted is not None:
             raise interrupted
         return norm

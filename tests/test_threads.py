@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -402,12 +403,12 @@ def fork_during_steps(make, step, snapshot, forks=3):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_waits_for_a_step_that_cannot_end_only_so_long(monkeypatch):
     """A fork takes every optimizer's step lock; a step that cannot end until the fork does
-    (a numba first call in another thread, importing, waits for logging's lock, which
-    logging's fork handler holds through the fork) had hung the parent for good. The fork
-    now waits FORK_WAIT seconds, warns and goes on; the child, without the thread holding
+    had hung the parent for good (a numba first call in another thread, importing, waited
+    for logging's lock, which logging's fork handler held through the fork). The fork now
+    waits STEP_FORK_WAIT seconds, warns and goes on; the child, without the thread holding
     the lock, steps that optimizer (its lock reset there); the parent's step ends after."""
-    from fastopt import _backend
-    monkeypatch.setattr(_backend._LaunchGate, "FORK_WAIT", 0.3)
+    from fastopt import optim
+    monkeypatch.setattr(optim, "STEP_FORK_WAIT", 0.3)
     p, g = np.zeros(5), np.ones(5)
     opt = fo.SGD([p], lr=1.0)
     holding, leave = threading.Event(), threading.Event()
@@ -415,20 +416,24 @@ def test_a_fork_waits_for_a_step_that_cannot_end_only_so_long(monkeypatch):
     def step_that_waits():              # a step holding the lock until the fork is over
         with opt._lock:
             holding.set()
-            assert leave.wait(60)
+            assert leave.wait(10)
         opt.step([g])
+
+    def stepped():
+        opt.step([g])
+        return (p == -1).all()
 
     other = threading.Thread(target=step_that_waits)
     other.start()
     assert holding.wait(30)
     try:
-        with pytest.warns(RuntimeWarning, match=r"fork waited 0.3 s for 1 optimizer step"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             pid = os.fork()
-        if pid == 0:
-            def stepped():
-                opt.step([g])
-                return (p == -1).all()
-            _exit_child(stepped)
+            if pid == 0:                # (the child leaves here, whatever the parent finds)
+                _exit_child(stepped)
+        assert [str(w.message)[:47] for w in caught] == [
+            "fastopt: a fork waited 0.3 s for 1 optimizer(s)"]
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
@@ -437,6 +442,15 @@ def test_a_fork_waits_for_a_step_that_cannot_end_only_so_long(monkeypatch):
     assert (p == -1).all()
     opt.step([g])                       # the parent's lock is free again
     assert (p == -2).all()
+
+
+def test_fastopt_imports_logging_before_it_registers_its_fork_handlers():
+    """Handlers registered later run first before a fork; logging's holds its lock through
+    the fork. Registered after fastopt's (numba imports logging at its first compile), it
+    made a fork wait for a step that waited, compiling, for that lock: the parent hung."""
+    code = ("import sys, fastopt; "
+            "sys.exit(0 if 'logging' in sys.modules else 1)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -9,6 +9,11 @@ lazily, so a process that only uses the default never pays for importing numba.
 import contextlib
 import functools
 import importlib
+# (logging, before this package's fork handlers are registered: handlers registered later run
+# first before a fork, and logging's holds its lock through the fork; numba imports logging
+# lazily, at its first compile, after them, and a fork then waited for a step in another
+# thread that waited, compiling, for that lock: the parent hung)
+import logging  # noqa: F401
 import numbers
 import os
 import sys

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend, _validate, ops
+from . import _validate, ops
 from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
 from ._layout import like_lines
 from ._validate import FLOAT_TYPES
@@ -471,7 +471,9 @@ _ADAM_BOUNDS = dict(lr=NONNEG, betas=BETAS, eps=NONNEG, weight_decay=NONNEG, max
 # every optimizer's step lock (fastopt.optim's and fastopt.torch's, all made by _step_lock),
 # so that a fork can wait for the steps in progress
 _STEP_LOCKS: "weakref.WeakSet[Any]" = weakref.WeakSet()
-_held_for_fork: dict[int, list] = {}    # the forking thread -> the step locks it holds
+# the forking thread -> the step locks it took, and those it gave up waiting for
+_held_for_fork: dict[int, tuple[list, list]] = {}
+STEP_FORK_WAIT = 60.0    # seconds a fork waits for other threads' steps (_hold_step_locks)
 
 
 def _step_lock():
@@ -486,29 +488,29 @@ def _hold_step_locks():
     child forked during a step in another thread would have that step half done, and its
     lock held by a thread the child does not have: its first step() would wait forever.
 
-    The wait is bounded as the launch gate's is (``_LaunchGate.FORK_WAIT`` seconds in all):
-    a step that cannot end until the fork does (a numba first call in another thread,
-    importing, waits for logging's lock, which logging's own fork handler, registered after
-    this one, holds through the fork) had hung the parent for good. Past it the fork goes
-    on, with a warning, and the child resets the locks not taken: its copy of such an
-    optimizer may be half stepped."""
+    The wait is bounded (STEP_FORK_WAIT seconds in all), as the launch gate's is: a step that
+    cannot end until the fork does had hung the parent for good (a numba first call in
+    another thread, importing, waited for logging's lock, which logging's fork handler held
+    through the fork: fastopt._backend now imports logging first). Past it the fork goes on,
+    with a warning, and the child resets the locks not taken: its copy of such an optimizer
+    may be half stepped."""
     # (the WeakSet's own set of references, copied in one C call: iterating the WeakSet
     # raises should another thread make an optimizer meanwhile; in one order, so that two
     # threads forking at once take them in turn)
     locks = [ref() for ref in tuple(_STEP_LOCKS.data)]
     locks = sorted((lock for lock in locks if lock is not None), key=id)
     held = _held_for_fork[threading.get_ident()] = ([], [])
-    deadline = time.monotonic() + _backend._LaunchGate.FORK_WAIT
+    deadline = time.monotonic() + STEP_FORK_WAIT
     for lock in locks:
         if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             held[0].append(lock)    # (those taken, should an exception stop this)
         else:
             held[1].append(lock)
     if held[1]:
-        warnings.warn(f"fastopt: a fork waited {_backend._LaunchGate.FORK_WAIT:g} s for "
-                      f"{len(held[1])} optimizer step(s) in other threads, and goes on: the "
-                      "child's copy of those optimizers may be half stepped", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(f"fastopt: a fork waited {STEP_FORK_WAIT:g} s for {len(held[1])} "
+                      "optimizer(s) locked by other threads (a step, a state dict, a copy), "
+                      "and goes on: the child's copy of those optimizers may be half stepped",
+                      RuntimeWarning, stacklevel=2)
 
 
 def _release_step_locks(child=False):

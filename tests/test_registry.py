@@ -61,6 +61,23 @@ def test_scalars_are_keyword_only(backend, kernel):
 
 
 
+@pytest.mark.parametrize("kernel", EVERY)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_list_forms_check_their_scalars_and_options_without_tensors(backend, kernel):
+    """Empty lists: the NumPy reference's list forms and the numba backend's 16-bit ones took
+    any scalar and option (each tensor's call checks them, and there was none), where the
+    Cython backend refuses them, naming them."""
+    k = EVERY[kernel]
+    good = {n: k.examples.get(n, 1.0) for n in k.scalars}
+    good.update({n: False for n in k.options})
+    multi = getattr(namespace(backend), k.multi)
+    multi(*[[] for _ in k.lists], **good)
+    for name in k.keywords:
+        for bad in ("2", None):
+            with pytest.raises(TypeError, match=rf"^Invalid {name}: "):
+                multi(*[[] for _ in k.lists], **dict(good, **{name: bad}))
+
+
 @pytest.mark.skipif("numba" not in GRID_BACKENDS, reason="runs with the numba backend")
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_numba_loops_receive_the_scalars_by_the_registry_names(kernel):

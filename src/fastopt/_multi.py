@@ -10,6 +10,7 @@ import inspect
 import threading
 from itertools import repeat
 
+from ._hyper import as_flag, as_real
 from ._validate import check_disjoint, check_step_arrays, missing_state_error
 
 # per thread: whether a kernel call made since the caller's bookkeeping frame reset it
@@ -70,6 +71,12 @@ def foreach(single, entry, check=check_step_arrays, run=None):
             raise TypeError(f"{entry.multi}() takes the lists {', '.join(names)} and the "
                             f"keyword arguments {', '.join(entry.keywords)}")
         count = check_lists(names, lists, nrequired)
+        if not count:   # no tensor's call to check them (the Cython backend's list forms do)
+            for name in entry.scalars:
+                as_real(name, scalars[name])
+            for name in entry.options:
+                as_flag(name, scalars[name])
+            return
         tensors = list(zip(*[repeat(None, count) if lst is None else lst for lst in lists]))
         # a needed array's None refused with its tensor, before the tensor's own checks (the
         # Cython backend's order: it meets the None as it gathers the tensor)

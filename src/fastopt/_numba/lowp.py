@@ -182,10 +182,10 @@ def _half_form(kernel):
 
     def half(arrays, *, bfloat16, grad_scale, **scalars_):
         """As fastopt.reference.lowp's: see fastopt/_numba/lowp.py."""
-        check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
-        # as the other backends check them (bool() and float() had taken None and "no" as
-        # flags, True and "2" as scales)
+        # as the other backends check them, and first, as they do (bool() and float() had
+        # taken None and "no" as flags, True and "2" as scales)
         options = (as_flag("bfloat16", bfloat16), as_real("grad_scale", grad_scale))
+        check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
         packed = pack(**scalars_, **own_scale)
         # one flat run in the param's order, C or Fortran (a transposed weight), as
         # via_contiguous copies them (a Fortran-ordered one had been copied again, forever)

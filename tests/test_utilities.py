@@ -75,6 +75,11 @@ def test_a_schedules_arguments_set_later_are_checked_as_when_made(name, args, fo
     assert type(fn.lr0) is float and fn.lr0 == 0.25
     fresh = getattr(fo.schedules, name)(0.25, *args[1:])
     assert [fn(e) for e in range(1, 9)] == [fresh(e) for e in range(1, 9)]
+    # one saved with a bad argument (by a version that did not check sets) does not load
+    object.__setattr__(fn, fn._fields[-1], -2.0)
+    for load in (lambda: pickle.loads(pickle.dumps(fn)), lambda: copy.deepcopy(fn)):
+        with pytest.raises(ValueError, match=fn._fields[-1]):
+            load()
 
 
 def test_an_lr_scheduler_pickles_and_resumes_exactly():

@@ -95,6 +95,12 @@ class _Schedule:
                 value = float(value)
         object.__setattr__(self, name, value)
 
+    def __setstate__(self, state) -> None:
+        # (an unpickled or copied schedule's arguments are checked as set ones: one
+        # pickled by an older version after a bad set had loaded and made negative rates)
+        for name, value in state.items():
+            setattr(self, name, value)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._fields)
         return f"{self._name}({args})"

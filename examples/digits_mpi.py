@@ -63,10 +63,11 @@ def run(epochs=40, adamw=False, seed=0, batch_size=64, lr=2e-3, quiet=False,
             opt.step(grads)             # average, update this rank's shard, share
             total += (loss * len(xb), len(xb))
         total = comm.allreduce(total)
-        if not quiet:
+        tty = sys.stdout.isatty()
+        if not quiet and (tty or epoch == epochs):   # (a moving bar only on a terminal)
             done = int(30 * epoch / epochs)
-            sys.stdout.write(f"\repoch {epoch:3d}/{epochs} [{'#' * done}{'.' * (30 - done)}] "
-                             f"loss {total[0] / total[1]:.4f}")
+            sys.stdout.write(("\r" if tty else "") + f"epoch {epoch:3d}/{epochs} "
+                             f"[{'#' * done}{'.' * (30 - done)}] loss {total[0] / total[1]:.4f}")
             sys.stdout.flush()
     for stat in (net.bn.running_mean, net.bn.running_var):
         stat[...] = comm.allreduce(stat) / size

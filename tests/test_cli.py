@@ -266,6 +266,8 @@ def test_torch_race_times_the_groups_unless_no_groups(argv, groups):
     (["--rounds", "0"], "--rounds"), (["--dtypes", "float16"], "--dtypes"),
     (["--dtypes", "bogus"], "--dtypes"), (["--kernels="], "kernel"),
     (["--json", "/nonexistent/dir/x.json"], "--json"),
+    (["--kernels", "sdg"], "argument --kernels: unknown kernel 'sdg'"),
+    (["--backends", "cyton"], "argument --backends: backend 'cyton'"),
 ])
 def test_bad_option_values_are_usage_errors_naming_the_option(argv, named, capsys):
     """Caught before anything is timed (they had failed with tracebacks, some after part of
@@ -334,6 +336,17 @@ def test_fastopt_torch_without_torch_says_which_extra_to_install(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'fastopt\[torch\]'") as exc:
         importlib.import_module("fastopt.torch")
     assert exc.value.name == "torch"
+
+
+def test_fastopt_torch_on_a_torch_older_than_it_needs_says_so(monkeypatch):
+    """The extra asked for torch >= 2.1, where torch.utils.swap_tensors (2.3) is missing: the
+    first step after a load_state_dict raised AttributeError with the parameters changed."""
+    torch = pytest.importorskip("torch")
+    import importlib
+    monkeypatch.delattr(torch.utils, "swap_tensors")       # as on torch 2.2
+    monkeypatch.delitem(sys.modules, "fastopt.torch", raising=False)
+    with pytest.raises(ImportError, match=r"fastopt.torch needs torch >= 2.3, found "):
+        importlib.import_module("fastopt.torch")
 
 
 def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
@@ -442,6 +455,17 @@ def test_output_paths_that_cannot_be_written_are_usage_errors(tmp_path, capsys):
                 parse_args([option, path])
             assert exc.value.code == 2
             assert f"argument {option}: " in capsys.readouterr().err
+    # a link to a file in no directory (open() would create the target, and cannot): the
+    # up-front check had taken it and the final write raised FileNotFoundError
+    (tmp_path / "dangling.png").symlink_to("/nonexistent/fastopt/x.png")
+    for option in ("--json", "--plot"):
+        if option == "--plot" and not importlib.util.find_spec("matplotlib"):
+            continue
+        with pytest.raises(SystemExit) as exc:
+            parse_args([option, str(tmp_path / "dangling.png")])
+        assert exc.value.code == 2
+        assert f"argument {option}: cannot write" in capsys.readouterr().err
+    (tmp_path / "dangling.png").unlink()
     kept = tmp_path / "kept.json"
     kept.write_text("old")
     # a good --plot path parses where matplotlib is installed (else --plot is refused for that)
@@ -766,6 +790,35 @@ def test_plot_paths_are_named_as_written_and_their_format_checked_first(tmp_path
     status, out, err = run_cli("--plot", "out", cwd=tmp_path)
     assert status == 0, err
     assert "wrote out.png" in out and os.listdir(tmp_path) == ["out.png"]
+
+
+def test_a_plot_format_matplotlib_cannot_write_here_is_a_usage_error(tmp_path, capsys):
+    """--plot out.pgf (a format matplotlib lists, which lays text out with TeX) passed the
+    checks where no TeX is installed, and ended the run, after all the timing, in savefig's
+    RuntimeError (the failed-checks line and status with it)."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    if shutil.which("xelatex"):
+        pytest.skip("TeX is installed: matplotlib writes pgf here")
+    from fastopt.__main__ import parse_args
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--plot", str(tmp_path / "out.pgf")])
+    assert exc.value.code == 2
+    assert "argument --plot: matplotlib cannot write 'pgf' files here" in (
+        capsys.readouterr().err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_mpi_where_mpi4py_cannot_load_an_mpi_library_is_an_error_not_a_traceback(tmp_path):
+    """mpi4py installed without an MPI library it loads: --mpi passed the checks (mpi4py
+    imports) and ended in RuntimeError's traceback at ``from mpi4py import MPI``."""
+    pytest.importorskip("mpi4py")
+    env = dict(cli_env(), MPI4PY_LIBMPI=str(tmp_path / "libmpi-nowhere.so"))
+    done = subprocess.run([sys.executable, "-m", "fastopt", "--mpi", "--sizes", "1e3"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    status, err = done.returncode, done.stderr
+    assert status == 2 and "Traceback" not in err, err
+    assert "argument --mpi: mpi4py cannot start MPI" in err
 
 
 def test_rows_timing_fastopt_without_a_backend_run_on_one_of_backends():

@@ -97,6 +97,10 @@ def _unwritable(path):
         return "an empty path"
     if os.path.isdir(path):
         return "it is a directory"
+    if os.path.islink(path) and not os.path.exists(path):   # (open() would create the target)
+        target = os.path.realpath(path)
+        if not os.path.isdir(os.path.dirname(target)):
+            return f"it is a link to {target!r}, in no directory"
     try:
         if os.path.exists(path):
             with open(path, "a"):
@@ -168,7 +172,8 @@ def parse_args(argv):
                      else available)
     for b in args.backends:
         if b not in available:
-            ap.error(f"backend {b!r} is not available here (available: {available})")
+            ap.error(f"argument --backends: backend {b!r} is not available here (available: "
+                     f"{available})")
     if args.threads is not None and args.threads > 256:
         ap.error(f"argument --threads: at most 256, got {args.threads}")
     # options that contradict each other, before what either needs (one of the two had been
@@ -213,6 +218,14 @@ def parse_args(argv):
         elif ext and ext not in formats:
             ap.error(f"argument --plot: matplotlib writes no {ext!r} files (it writes "
                      f"{', '.join(sorted(formats))})")
+        try:    # one it lists but cannot write here (pgf without TeX) failed after the run
+            from matplotlib.figure import Figure
+            figure = Figure(figsize=(1, 1))
+            figure.text(0, 0, "x")      # (text: pgf lays it out with TeX)
+            figure.savefig(io.BytesIO(), format=ext or "png", bbox_inches="tight")
+        except Exception as exc:
+            ap.error(f"argument --plot: matplotlib cannot write {ext or 'png'!r} files here "
+                     f"({type(exc).__name__}: {exc})")
     if (args.plot and args.json not in (None, "-")
             and os.path.abspath(args.plot) == os.path.abspath(args.json)):
         ap.error("argument --plot: the file --json writes (the plot replaced the JSON)")
@@ -236,7 +249,8 @@ def parse_args(argv):
         QUICK_KERNELS if args.quick else list(_bench.CASES))
     for k in names:
         if k not in _bench.CASES:
-            ap.error(f"unknown kernel {k!r}; choose from {list(_bench.CASES)}")
+            ap.error(f"argument --kernels: unknown kernel {k!r}; choose from "
+                     f"{list(_bench.CASES)}")
     args.kernels = list(dict.fromkeys(names))
     if args.only_layers:
         args.kernels = []
@@ -327,7 +341,12 @@ def report(args, json_out):
     if args.threads:
         _backend.set_num_threads(args.threads)
     if args.mpi:
-        from . import _bench_mpi     # imports mpi4py, which nothing else here does
+        try:
+            from . import _bench_mpi     # imports mpi4py, which nothing else here does
+        except (ImportError, RuntimeError) as exc:  # (mpi4py without an MPI library it loads)
+            print(f"python -m fastopt: error: argument --mpi: mpi4py cannot start MPI "
+                  f"({exc})", file=sys.stderr)
+            return 2
         rows = _bench_mpi.report(args.sizes, args.dtypes, None if json_out else args.json)
         if json_out is not None and _bench_mpi.MPI.COMM_WORLD.Get_rank() == 0:
             json.dump(rows, json_out, indent=1)

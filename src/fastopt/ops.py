@@ -9,7 +9,8 @@ writes anything. Arrays may be float32 or float64, of any shape and layout, incl
 empty; a list may mix them. An updated array (not the grad) needs every element at its own
 address: one with a zero stride or overlapping ``as_strided`` windows raises ValueError. The
 results of ``foreach_*`` are bit-identical to calling the single-array function on each
-array. They return None.
+array. They return None, but for NAdam's, which return the new ``mu_product`` (the next call
+takes it).
 
 These are what the optimizer classes call, so each formula exists once per backend.
 

@@ -199,6 +199,10 @@ except ImportError as exc:      # (which extra to install, not only that torch i
                               name="torch") from exc
 import torch.optim.optimizer as _torch_optimizer
 
+if not hasattr(torch.utils, "swap_tensors"):    # (and ParamsT, StateDict: torch 2.3's API)
+    raise ImportError(f"fastopt.torch needs torch >= 2.3, found {torch.__version__}: "
+                      "pip install 'fastopt[torch]'")
+
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, STEP, UNIT, _shown, as_real, check_pair, check_reals
 from ._validate import _shares_elements, extent, renamed, same_memory

@@ -657,6 +657,41 @@ def test_a_written_16bit_parameter_that_sits_a_step_out_keeps_the_write(dtype, f
     assert torch.equal(opt.state[p]["master_param"], torch.full((8,), 4.75))
 
 
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_a_state_changed_after_a_failed_step_keeps_the_change(change):
+    """A written 16-bit parameter sat out a step that raised, holding its master's re-seed;
+    its state then deleted (to start it anew) or replaced (a master the parameter is the
+    rounding of, kept): the next step had stored the old re-seed into it (the deleted state
+    became {'master_param': ...}, and the parameter's next step raised KeyError; the
+    replaced master lost its float32 remainder). The plan is made anew after such a step."""
+    p, q = (torch.full((4,), 0.5).to(torch.bfloat16).requires_grad_() for _ in range(2))
+    opt = ft.Adam([p, q], lr=0.25)
+    p.grad = q.grad = torch.ones(4, dtype=torch.bfloat16)
+    opt.step()
+    with torch.no_grad():
+        p.fill_(5.0)
+    p.grad = None
+    opt.param_groups[0]["lr"] = math.nan
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    opt.param_groups[0]["lr"] = 0.25
+    if change == "deleted":
+        del opt.state[p]
+    else:
+        mine = {"step": torch.tensor(7.0), "exp_avg": torch.zeros(4),
+                "exp_avg_sq": torch.zeros(4), "master_param": torch.full((4,), 5.0078125)}
+        opt.state[p] = mine
+    opt.step()
+    if change == "deleted":
+        assert p not in opt.state or not opt.state[p]
+    else:
+        assert opt.state[p] is mine
+        assert torch.equal(mine["master_param"], torch.full((4,), 5.0078125))
+    p.grad = torch.ones(4, dtype=torch.bfloat16)
+    opt.step()                          # (the deleted state made anew, as torch's)
+    assert float(opt.state[p]["step"]) == (1.0 if change == "deleted" else 8.0)
+
+
 NOT_PAIRS = [("Adam", "betas", None, "Invalid betas: None"),
              ("NAdam", "betas", 0.9, "Invalid betas: 0.9"),
              ("Adamax", "betas", {0.9, 0.999}, r"Invalid betas: .* a set has no order"),

@@ -1222,7 +1222,9 @@ class _FastOptimizer(_Mixin):
         pass over the group; ``same``: opt.state is as the last step left it, so its dicts
         need not be looked up per parameter."""
         is_ = operator.is_
-        if (plan.pending or self.state is not plan.state_map    # pending: the last step raised
+        # pending, or re-seeds of a group that steps: the last step raised (the next plan
+        # checks those parameters' states and masters again)
+        if (plan.pending or (plan.reseeded and plan.params) or self.state is not plan.state_map
                 or len(params) != len(plan.all_params)
                 or not all(map(is_, params, plan.all_params))
                 or plan.keys != self._state_keys(group)
@@ -1712,10 +1714,13 @@ class _FastOptimizer(_Mixin):
         parameter where it is not (it would undo the write; or a stale one of torch.optim,
         which keeps it in its state without stepping it), element by element
         (:func:`_reseeded_master`). The re-seeded masters go into ``plan.reseeded`` by
-        parameter id (and those of parameters with a grad into the plan's new states),
-        stored once the step's kernels ran (:meth:`_run`): a step that raises leaves
-        ``master_param`` as it was, and the next plan checks those parameters again. A counter moved by another writer of the same storage (views of
-        one buffer in other groups) costs a check, nothing more."""
+        parameter id (and those of parameters with a grad into the plan's new states), and
+        are stored once the group's kernels ran (:meth:`_run`): a step that raises leaves
+        ``master_param`` as it was, and the next plan checks those parameters again. In a
+        group where no parameter has a grad (no kernel runs) they wait, and a parameter's
+        master is checked again when it next steps. A counter moved by another writer of
+        the same storage (views of one buffer in other groups) costs a check, nothing
+        more."""
         plan.versions = _versions(params)
         plan.marks = list(map(_mark, params))
         self._watching = True       # _step records the counters of such plans
@@ -1949,10 +1954,9 @@ class _FastOptimizer(_Mixin):
         if plan.reseeded:
             # the masters of parameters written between steps: those of the parameters
             # that stepped are in their new states (stored above), the others' go in now
-            for p in plan.all_params:
-                fresh = plan.reseeded.get(id(p))
-                if fresh is not None:
-                    self.state[p][MASTER] = fresh
+            for p, has in zip(plan.all_params, plan.has_grad):
+                if not has and id(p) in plan.reseeded:
+                    self.state[p][MASTER] = plan.reseeded[id(p)]
             plan.reseeded = {}
         if interrupted is not None:
             raise interrupted

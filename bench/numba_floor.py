@@ -1,6 +1,6 @@
 """What bounds the numba backend against the Cython one at 1e5 elements: its compiled kernels
 called directly, with no Python around them, against the Cython backend's whole optimizer
-step. Per kernel (Adam and plain SGD, float32), median microseconds over alternating rounds:
+step. Per kernel (Adam and plain SGD, float32), microseconds a call:
 
 - ``cython step``: ``fo.Adam/SGD(...).step([g])`` on the Cython backend (validation, the
   plan, the compiled list call, its threads);
@@ -9,7 +9,8 @@ step. Per kernel (Adam and plain SGD, float32), median microseconds over alterna
 - ``numba step``: the same optimizer step on the numba backend (its validation and launch are
   Python: ``fastopt._numba._common``).
 
-Medians over alternating rounds, each timing a batch of calls of every row.
+Each figure is the median over alternating rounds (``--rounds``) of a batch's mean, each round
+timing a batch of calls of every row.
 
 The ratios over ``cython step`` say how close the numba backend can come: the kernel alone,
 before any checking of the arrays, is the floor.
@@ -25,16 +26,14 @@ import numpy as np
 import fastopt as fo
 
 
-def median_us(fn, calls=300, rounds=7):
+def batch_us(fn, calls=300):
+    """Microseconds a call of ``fn``: the mean of a batch of ``calls``, after as many untimed."""
     for _ in range(calls):
         fn()
-    per_round = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        per_round.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(per_round)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1e6
 
 
 def lined(n):
@@ -92,11 +91,11 @@ def main():
     for _ in range(args.rounds):
         for name, row in fns.items():
             time.sleep(0.05)
-            times[name]["cython step"].append(median_us(row["cython step"], rounds=1))
+            times[name]["cython step"].append(batch_us(row["cython step"]))
             with fo.use_backend("numba"):
                 for label, fn in row.items():
                     if label != "cython step":
-                        times[name][label].append(median_us(fn, rounds=1))
+                        times[name][label].append(batch_us(fn))
     rows = {name: {label: statistics.median(t) for label, t in row.items()}
             for name, row in times.items()}
     print(f"float32, {n} elements, {threads} threads; us (x the Cython step)")

@@ -56,6 +56,16 @@ class MLP:
                 "db1": dz.sum(0), "dgamma": self.bn.dgamma, "dbeta": self.bn.dbeta}
 
 
+def progress(epoch, epochs, loss):
+    """The epoch's bar, moving on a terminal; piped, the last epoch's only."""
+    tty = sys.stdout.isatty()
+    if tty or epoch == epochs:
+        done = int(30 * epoch / epochs)
+        sys.stdout.write(("\r" if tty else "") + f"epoch {epoch:3d}/{epochs} "
+                         f"[{'#' * done}{'.' * (30 - done)}] loss {loss:.4f}")
+        sys.stdout.flush()
+
+
 def run(epochs=40, adamw=False, seed=0, batch_size=64, lr=2e-3, quiet=False):
     """Train; returns (test accuracy, final train loss)."""
     X, y, X_test, y_test = load(seed)
@@ -71,12 +81,8 @@ def run(epochs=40, adamw=False, seed=0, batch_size=64, lr=2e-3, quiet=False):
             loss, dlogits = fo.softmax_cross_entropy(net.forward(xb), yb)
             opt.step(net.backward(dlogits))
             total, count = total + loss * len(xb), count + len(xb)
-        tty = sys.stdout.isatty()
-        if not quiet and (tty or epoch == epochs):   # (a moving bar only on a terminal)
-            done = int(30 * epoch / epochs)
-            sys.stdout.write(("\r" if tty else "") + f"epoch {epoch:3d}/{epochs} "
-                             f"[{'#' * done}{'.' * (30 - done)}] loss {total / count:.4f}")
-            sys.stdout.flush()
+        if not quiet:
+            progress(epoch, epochs, total / count)
     test_acc = float(np.mean(net.forward(X_test, training=False).argmax(1) == y_test))
     if not quiet:
         print(f"\n{'AdamW' if adamw else 'Adam'}: test accuracy {test_acc:.1%} on "

@@ -25,7 +25,7 @@ import fastopt as fo
 from fastopt.distributed import ShardedOptimizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digits import MLP, load  # noqa: E402
+from digits import MLP, load, progress  # noqa: E402
 
 
 def on_arena(net):
@@ -63,12 +63,8 @@ def run(epochs=40, adamw=False, seed=0, batch_size=64, lr=2e-3, quiet=False,
             opt.step(grads)             # average, update this rank's shard, share
             total += (loss * len(xb), len(xb))
         total = comm.allreduce(total)
-        tty = sys.stdout.isatty()
-        if not quiet and (tty or epoch == epochs):   # (a moving bar only on a terminal)
-            done = int(30 * epoch / epochs)
-            sys.stdout.write(("\r" if tty else "") + f"epoch {epoch:3d}/{epochs} "
-                             f"[{'#' * done}{'.' * (30 - done)}] loss {total[0] / total[1]:.4f}")
-            sys.stdout.flush()
+        if not quiet:
+            progress(epoch, epochs, total[0] / total[1])
     for stat in (net.bn.running_mean, net.bn.running_var):
         stat[...] = comm.allreduce(stat) / size
     test_acc = float(np.mean(net.forward(X_test, training=False).argmax(1) == y_test))

@@ -351,6 +351,11 @@ def test_bad_input_is_refused_by_name_and_changes_nothing(backend, name):
         arrays, wrong = copies(good), dict(scalars, **{option: bad})
         with pytest.raises(TypeError, match=rf"^Invalid {option}: "):
             getattr(ns, kernel.name)(*arrays, **wrong)
+        # (checked before the arrays on every backend: with a float64 master too, the option
+        # is what the single form names)
+        with pytest.raises(TypeError, match=rf"^Invalid {option}: "):
+            getattr(ns, kernel.name)(*arrays[:2], arrays[2].astype(np.float64), *arrays[3:],
+                                     **wrong)
         with pytest.raises(TypeError, match=rf"^Invalid {option}: "):
             getattr(ns, kernel.multi)(*[[a] for a in arrays], **wrong)
         assert all(a is None or same_bits(a, b) for a, b in zip(arrays, good))

@@ -7,6 +7,7 @@ same bytes takes, measured in the same run. Exit status 1 if any equivalence che
 """
 import argparse
 import contextlib
+import errno
 import importlib.util
 import io
 import json
@@ -98,9 +99,15 @@ def _unwritable(path):
     if os.path.isdir(path):
         return "it is a directory"
     if os.path.islink(path) and not os.path.exists(path):   # (open() would create the target)
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "it is a loop of links"
         target = os.path.realpath(path)
         if not os.path.isdir(os.path.dirname(target)):
             return f"it is a link to {target!r}, in no directory"
+        path = target           # (the directory checked below is the target's)
     try:
         if os.path.exists(path):
             with open(path, "a"):
@@ -341,12 +348,13 @@ def report(args, json_out):
     if args.threads:
         _backend.set_num_threads(args.threads)
     if args.mpi:
-        try:
-            from . import _bench_mpi     # imports mpi4py, which nothing else here does
-        except (ImportError, RuntimeError) as exc:  # (mpi4py without an MPI library it loads)
+        try:        # (mpi4py without an MPI library it can load)
+            from mpi4py import MPI  # noqa: F401
+        except (ImportError, RuntimeError) as exc:
             print(f"python -m fastopt: error: argument --mpi: mpi4py cannot start MPI "
                   f"({exc})", file=sys.stderr)
             return 2
+        from . import _bench_mpi     # imports mpi4py, which nothing else here does
         rows = _bench_mpi.report(args.sizes, args.dtypes, None if json_out else args.json)
         if json_out is not None and _bench_mpi.MPI.COMM_WORLD.Get_rank() == 0:
             json.dump(rows, json_out, indent=1)

@@ -904,6 +904,36 @@ def test_a_step_count_reset_to_zero_survives_the_state_dict(name, kwargs):
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_step_count_at_2_to_the_53_steps_no_further(groups):
+    """A count of 2**53, the largest a state may hold, had been stepped to 2**53 + 1, after
+    which the optimizer's own state dict no longer loaded; it is refused at the step, before
+    any group steps, and a count past it is shown as given (1e+300, not 301 digits)."""
+    rng = np.random.default_rng(4)
+    params = [rng.standard_normal(3) for _ in range(groups)]
+    opt = fo.Adam([{"params": [p]} for p in params], lr=0.1)
+    grads = [np.ones(3)] * groups
+    opt.step(grads)
+    opt.state[groups - 1]["step"] = 2 ** 53          # the last group's
+    saved = opt.state_dict()
+
+    def values():       # (the assigned count may come back as a view of the group's counts)
+        return [p.tobytes() for p in params] + [
+            (i, key, np.asarray(v, np.float64).tobytes())
+            for i, state in sorted(opt.state.items()) for key, v in sorted(state.items())]
+
+    before = values()
+    with pytest.raises(ValueError, match=r"Invalid step count 9007199254740992: 2\*\*53 is"):
+        opt.step(grads)
+    assert values() == before
+    opt.load_state_dict(saved)                      # (its own state dict loads)
+    opt.state[0]["step"] = 1e300
+    with pytest.raises(ValueError, match=re.escape(
+            "Invalid state[0]['step']: 1e+300 (must be a whole number from 0 to 2**53 = "
+            "9007199254740992)")):
+        opt.step(grads)
+
+
 @needs_torch
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=VARIANT_IDS)
 def test_our_state_dict_loads_into_torch_and_continues_in_step(name, kwargs):

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from . import _validate, ops
-from ._hyper import BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real
+from ._hyper import (BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real,
+                     check_real_type)
 from ._layout import like_lines
 from ._validate import FLOAT_TYPES
 from .arena import ParameterArena, _GradDict
@@ -851,7 +852,15 @@ class Optimizer:
         if key == "step" or key in self._scalar_state:
             value = _scalar(where, key, value)
         if key == "step":        # (counted in int64: bounded where floats are still whole)
-            check_real(f"{where}['step']", value, (0, _MAX_STEP, False))
+            check_real_type(f"{where}['step']", value)
+            if not 0 <= value <= _MAX_STEP:     # (a huge one shown as given, not 301 digits)
+                try:
+                    shown = (repr(value) if abs(value) <= _MAX_STEP or value != value
+                             else f"{float(value):g}")
+                except OverflowError:       # (an int past the float range)
+                    shown = f"an int of {value.bit_length()} bits"
+                raise ValueError(f"Invalid {where}['step']: {shown} (must be a whole number "
+                                 f"from 0 to 2**53 = {int(_MAX_STEP)})")
             if not float(value).is_integer():
                 raise ValueError(f"Invalid {where}['step']: {value!r} (must be a whole number)")
         elif key in self._scalar_state:
@@ -1175,6 +1184,8 @@ class Optimizer:
         holds each group's :meth:`_kernel_calls` (step discards them if this raises)."""
         for group, group_calls in zip(self.param_groups, calls):
             for params, _, batch in group_calls:
+                if batch.steps is not None and batch.counts[batch.first] >= _MAX_STEP:
+                    _count_at_bound(batch.counts[batch.first])  # (before any group steps)
                 self._prepare(params, batch, self._option_state(group))
 
     def _prepare(self, params, batch, wanted):
@@ -1231,6 +1242,8 @@ class Optimizer:
         writes done."""
         steps = batch.steps
         step = None if steps is None else batch.counts[batch.first] + 1
+        if step is not None and step > _MAX_STEP:
+            _count_at_bound(step - 1)
         stepped = False
         ops._calls.returned = False     # (see ops._kernel_began)
         try:
@@ -1748,6 +1761,13 @@ class Optimizer:
             hyper = ", ".join(f"{key}={v!r}" for key, v in group.items() if key not in _NOT_HYPER)
             lines.append(f"  group {k}: {len(group['params'])} params, {hyper}")
         return "\n".join(lines + [")"])
+
+
+def _count_at_bound(count):
+    """ValueError for a step count at 2**53, the largest a state holds, which a step would
+    take past it: the state dict saved after had been refused by load_state_dict."""
+    raise ValueError(f"Invalid step count {count}: 2**53 is the largest a state holds, and it "
+                     "steps no further (assign a smaller state[i]['step'])")
 
 
 def _scalar(where, key, value):

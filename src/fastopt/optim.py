@@ -1184,8 +1184,7 @@ class Optimizer:
         holds each group's :meth:`_kernel_calls` (step discards them if this raises)."""
         for group, group_calls in zip(self.param_groups, calls):
             for params, _, batch in group_calls:
-                if batch.steps is not None and batch.counts[batch.first] >= _MAX_STEP:
-                    _count_at_bound(batch.counts[batch.first])  # (before any group steps)
+                _next_count(batch)      # (a count at its bound refused before any group steps)
                 self._prepare(params, batch, self._option_state(group))
 
     def _prepare(self, params, batch, wanted):
@@ -1240,10 +1239,7 @@ class Optimizer:
         One raised once it had been is stored with the step: the Cython kernels run without
         the GIL, where no Python signal handler runs, so it is raised as they return, their
         writes done."""
-        steps = batch.steps
-        step = None if steps is None else batch.counts[batch.first] + 1
-        if step is not None and step > _MAX_STEP:
-            _count_at_bound(step - 1)
+        step = _next_count(batch)
         stepped = False
         ops._calls.returned = False     # (see ops._kernel_began)
         try:
@@ -1763,11 +1759,17 @@ class Optimizer:
         return "\n".join(lines + [")"])
 
 
-def _count_at_bound(count):
-    """ValueError for a step count at 2**53, the largest a state holds, which a step would
-    take past it: the state dict saved after had been refused by load_state_dict."""
-    raise ValueError(f"Invalid step count {count}: 2**53 is the largest a state holds, and it "
-                     "steps no further (assign a smaller state[i]['step'])")
+def _next_count(batch):
+    """The step count ``batch``'s call steps to (None: the optimizer keeps none); ValueError
+    for a count at 2**53, the largest a state holds, which a step would take past it (the
+    state dict saved after had been refused by load_state_dict)."""
+    if batch.steps is None:
+        return None
+    count = batch.counts[batch.first]
+    if count >= _MAX_STEP:
+        raise ValueError(f"Invalid step count {count}: 2**53 is the largest a state holds, "
+                         "and it steps no further (assign a smaller state[i]['step'])")
+    return count + 1
 
 
 def _scalar(where, key, value):

@@ -21,7 +21,7 @@ import fastopt as fo
 from conftest import COMPILED, GRID_BACKENDS, SIGINT_SOON, needs_torch, optim_db_params, torch
 from kernel_specs import same_bits
 from optim_specs import (CONFIGS, CONFIG_IDS, VARIANTS, VARIANT_IDS, VARIANT_STEPS, course_params,
-                         random_arrays, two_grads, two_params)
+                         opt_snapshot, random_arrays, two_grads, two_params)
 
 
 # ----------------------------------------------------------------------------- structure
@@ -303,6 +303,31 @@ def test_rmsprop_groups_and_state_dicts_say_alpha_and_beta_is_an_alias():
     sd["param_groups"][0]["beta"] = 0.5
     by_beta.load_state_dict(sd)
     assert by_beta.param_groups[0]["alpha"] == 0.5
+
+
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_rmsprop_beta_set_on_a_group_between_steps_is_its_alpha(backend):
+    """The course's name set on a group after it was made was kept as an unknown key and
+    ignored (the step went on with the old alpha, and state_dict() saved both): it is the
+    group's alpha from the next step, as in the constructor and add_param_group; one out of
+    its range is refused by name, changing nothing."""
+    with fo.use_backend(backend):
+        a, b = np.ones(3), np.ones(3)
+        by_beta, by_alpha = fo.RMSprop([a], lr=0.01, beta=0.5), fo.RMSprop([b], lr=0.01, beta=0.5)
+        by_beta.step([np.ones(3)])
+        by_alpha.step([np.ones(3)])
+        by_beta.param_groups[0]["beta"] = 0.1
+        by_alpha.param_groups[0]["alpha"] = 0.1
+        by_beta.step([np.full(3, 2.0)])
+        by_alpha.step([np.full(3, 2.0)])
+        assert a.tobytes() == b.tobytes()
+        assert by_beta.param_groups[0]["alpha"] == 0.1 and "beta" not in by_beta.param_groups[0]
+        assert "beta" not in by_beta.state_dict()["param_groups"][0]
+        by_beta.param_groups[0]["beta"] = 1.5
+        before = opt_snapshot(by_beta, [a])
+        with pytest.raises(ValueError, match=re.escape("Invalid beta: 1.5 (must be in [0, 1))")):
+            by_beta.step([np.ones(3)])
+        assert opt_snapshot(by_beta, [a]) == before
 
 
 def test_rmsprop_beta_is_in_the_unit_interval_as_every_beta():

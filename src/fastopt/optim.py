@@ -180,6 +180,9 @@ def _group_params(params):
     return list(params), None
 
 
+_shape = operator.attrgetter("shape")
+
+
 def _first_readonly(arrays):
     """The index of the first array of ``arrays`` that is not writeable, or -1; in C when
     the compiled kernels are loaded (never imported from here: fastopt._backend decides)."""
@@ -825,6 +828,14 @@ class Optimizer:
     def _check(self, group):
         """Check a group's hyper-parameters (type and range, from ``_BOUNDS``): TypeError or
         ValueError naming the first bad one."""
+        for alias, key in self._RENAMED.items():
+            if alias in group:
+                # the course's name, set on the group after it was made (add_param_group
+                # renames it as it takes a group): the value of ``key`` from now on, as it
+                # was ignored beside it
+                if alias in self._ALIAS_BOUNDS:
+                    check_real(alias, group[alias], self._ALIAS_BOUNDS[alias])
+                group[key] = group.pop(alias)
         for name, bounds in self._BOUNDS.items():
             value = group.get(name, _MISSING)
             if value is _MISSING:
@@ -891,9 +902,9 @@ class Optimizer:
         """Check the state arrays of group ``gi`` as its kernel call does (dtype, shape,
         writeable), naming them: after that call refused one changed in place since the plan
         checked it (``.flags.writeable = False``, ``.shape = ...``), whose message named the
-        kernel's list item. Not checked before every step: with several groups, the groups
-        before the refused one have then stepped (a Python pass over every state array
-        before each step took a multi-group Adam step over 100 arrays from 90 to 203 us)."""
+        kernel's list item. (With several kernel calls in a step, :meth:`_check_unchanged` finds
+        such an array before the first call; a Python pass over every state entry before each
+        step took a multi-group Adam step over 100 arrays from 90 to 203 us.)"""
         start, params, slots = self._starts[gi], self.param_groups[gi]["params"], self._slots[gi]
         for k, s in enumerate(states):
             if s is not None:
@@ -1186,6 +1197,33 @@ class Optimizer:
             for params, _, batch in group_calls:
                 _next_count(batch)      # (a count at its bound refused before any group steps)
                 self._prepare(params, batch, self._option_state(group))
+        if sum(map(len, calls)) > 1:
+            for gi, group_calls in enumerate(calls):
+                for params, _, batch in group_calls:
+                    self._check_unchanged(gi, params, batch)
+
+    def _check_unchanged(self, gi, params, batch):
+        """Refuse, naming it, a parameter or state array of this kernel call of group ``gi``
+        that the call would refuse because it changed in place since its plan checked it
+        (``.flags.writeable = False``, ``.shape = ...``): with more than one call in a step,
+        before the first writes (a plan checks its arrays when it is made, not at every step;
+        this is two C-level passes a state key)."""
+        if batch.spread is not None:    # the arena path: its own flat buffers
+            return
+        shapes = list(map(_shape, params))
+        if _first_readonly(params) < 0 and all(
+                _first_readonly(col) < 0 and list(map(_shape, col)) == shapes
+                for col in batch.columns.values()):
+            return
+        group, start = self.param_groups[gi], self._starts[gi]
+        names = group.get("param_names")
+        index = range(len(params)) if batch.index is _ALL else batch.index
+        slots = self._slots[gi]
+        for k, p, s in zip(index, params, batch.states):
+            _check_param(repr(names[k]) if names else start + k, p)
+            for key, value in s.items():
+                if key not in slots:
+                    self._check_state_entry(f"state[{start + k}]", key, value, p)
 
     def _prepare(self, params, batch, wanted):
         """Make (or find) the state arrays ``wanted`` (:meth:`_option_state`) for this call:

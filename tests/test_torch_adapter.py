@@ -2444,6 +2444,51 @@ def test_a_step_that_raises_after_a_load_leaves_the_loaded_counts_as_they_were()
     assert opt.state[p]["step"] is step and float(step) == 3.0
 
 
+@pytest.mark.parametrize("change", ["b's state deleted", "b's state reset", "b removed",
+                                    "c added", "b's count loaded"])
+def test_a_held_count_stays_live_when_the_groups_counts_are_made_anew(change):
+    """A parameter's ``step`` held (in a checkpoint dict loaded with load_state_dict, or from
+    ``opt.state[a]``) stays the tensor the steps advance, as in torch.optim, when another
+    parameter of the group changes what the group's count tensor holds: it had been replaced
+    by a view of the new count tensor, and stayed at its count while the moments it was
+    saved with went on."""
+    held = []
+    for lib in (ft, torch.optim):
+        gen = torch.Generator().manual_seed(0)
+        a, b, c = (torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(3))
+        opt = lib.Adam([a, b], lr=0.1)
+
+        def step():
+            for p in opt.param_groups[0]["params"]:
+                p.grad = torch.ones(3)
+            opt.step()
+
+        step()
+        buf = io.BytesIO()
+        torch.save(opt.state_dict(), buf)
+        buf.seek(0)
+        ck = torch.load(buf)
+        opt = lib.Adam([a, b], lr=0.1)
+        opt.load_state_dict(ck)
+        step()
+        count, mine = ck["state"][0]["step"], opt.state[a]["step"]
+        if change == "b's state deleted":
+            del opt.state[b]
+        elif change == "b's state reset":
+            opt.state[b] = {}
+        elif change == "b removed":
+            opt.param_groups[0]["params"].pop(1)
+        elif change == "c added":
+            opt.param_groups[0]["params"].append(c)
+        else:
+            opt.state[b]["step"] = torch.tensor(7.0)
+        step()
+        step()
+        assert opt.state[a]["step"] is count is mine
+        held.append((float(count), [float(opt.state[p]["step"]) for p in opt.state]))
+    assert held[0] == held[1] and held[0][0] == 4.0
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("how", ["both", "a has no grad", "a failed step first"])
 def test_counts_of_two_parameters_whose_states_were_exchanged_stay_theirs(groups, how):

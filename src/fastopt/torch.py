@@ -40,10 +40,11 @@ and a later ``torch.save(ck, path)`` saves the current state. A ``step`` that ca
 view of the group's tensor is copied into it instead, and the loaded one stays as it was: one of
 another dtype or shape than the counts' (torch's scalar dtype, float32; a float64 or int64
 count, which torch keeps and advances in its dtype), a view of other memory (another optimizer's
-live counts, its ``state_dict()`` held and loaded, not saved, and this optimizer's own earlier
-count tensor's, after a parameter was added to the group, a step through a ``copy.copy`` handle,
-or another count of the group loaded, assigned or exchanged since) or a tensor that other
-tensors or a weak reference hold (which swap_tensors refuses). Keeping those as the state would
+live counts, its ``state_dict()`` held and loaded, not saved, or a count stepped through a
+``copy.copy`` handle; a count of this optimizer's own, left behind when the group's count
+tensor is made anew, after a parameter was added to or removed from the group, or another's
+state deleted, reset, loaded or assigned, is made a view of the new one in place as a loaded
+one is) or a tensor that other tensors or a weak reference hold (which swap_tensors refuses). Keeping those as the state would
 cost a read and a write of each at every step (as a count in shared memory costs, below), where
 the group's counts take one operation. One written in place (``opt.state[p]['step'].fill_(5)``)
 is read by the next step, as torch reads it. One in shared memory (the A3C/Hogwild
@@ -1774,6 +1775,11 @@ class _FastOptimizer(_Mixin):
             moved = list(enumerate(index))
         plan.counts = plan.step_buf.numpy()
         plan.tally = memoryview(plan.counts)    # the same (for one parameter: see _run)
+        # the last plan's slots, which a state dict or a caller may hold as the live counts:
+        # adopted by the new count tensor too (a parameter removed from the group, another's
+        # state deleted or reset, had left a held count behind while its moments went on)
+        ours = (set() if old is None or old.step_buf is None or old.step_buf is plan.step_buf
+                else {id(t) for t in old.slots if t is not None and t._base is old.step_buf})
         # every count read before any is written (one may be a view of another's slot)
         for (k, j), count in zip(moved, [float(steps[k]) for k, _ in moved]):
             plan.counts[j] = count
@@ -1783,7 +1789,8 @@ class _FastOptimizer(_Mixin):
                 # processes it spawned) is other processes' too: it stays the state's
                 plan.shared_steps.append((j, steps[k]))
                 continue
-            if plan.stored[k] and _adoptable(steps[k], plan.step_buf):
+            if plan.stored[k] and (_adoptable(steps[k], plan.step_buf) or (
+                    id(steps[k]) in ours and steps[k].dtype == plan.step_buf.dtype)):
                 # made the slot in place once the step succeeds (_run): a step that raised
                 # after the swap had left it a view of a count tensor thrown away
                 plan.adopt.append((k, j, steps[k]))

@@ -356,10 +356,11 @@ def test_rmsprop_beta_is_in_the_unit_interval_as_every_beta():
     assert target.param_groups[0]["alpha"] == 0.25
 
 
-def test_rmsprop_state_dict_alpha_wins_over_a_beta_set_by_hand():
-    """A beta set into a group after construction (not an alias there: the steps use alpha)
-    went into state_dict() beside alpha, and loading it overrode the saved alpha: the resumed
-    run stepped with another alpha (probe L)."""
+def test_rmsprop_state_dict_of_a_beta_set_by_hand_resumes_the_same_run():
+    """A beta set into a group after construction went into state_dict() beside alpha, and
+    loading it overrode the saved alpha, which the steps had used: the resumed run stepped
+    with another alpha (probe L). Such a beta is the group's alpha from the next step now
+    (probe q9), so that only alpha is saved, and the resumed run steps as the original."""
     p, q = np.ones(3), np.ones(3)
     opt = fo.RMSprop([p], lr=0.1, alpha=0.5)
     opt.param_groups[0]["beta"] = 0.1
@@ -367,7 +368,7 @@ def test_rmsprop_state_dict_alpha_wins_over_a_beta_set_by_hand():
     resumed = fo.RMSprop([q], lr=0.1)
     q[...] = p
     resumed.load_state_dict(opt.state_dict())
-    assert resumed.param_groups[0]["alpha"] == 0.5
+    assert resumed.param_groups[0]["alpha"] == opt.param_groups[0]["alpha"] == 0.1
     for g in (np.full(3, 0.25), np.full(3, -1.0)):
         opt.step([g])
         resumed.step([g])

@@ -2444,14 +2444,16 @@ def test_a_step_that_raises_after_a_load_leaves_the_loaded_counts_as_they_were()
     assert opt.state[p]["step"] is step and float(step) == 3.0
 
 
+@pytest.mark.parametrize("sit_out", [False, True])
 @pytest.mark.parametrize("change", ["b's state deleted", "b's state reset", "b removed",
                                     "c added", "b's count loaded"])
-def test_a_held_count_stays_live_when_the_groups_counts_are_made_anew(change):
+def test_a_held_count_stays_live_when_the_groups_counts_are_made_anew(change, sit_out):
     """A parameter's ``step`` held (in a checkpoint dict loaded with load_state_dict, or from
     ``opt.state[a]``) stays the tensor the steps advance, as in torch.optim, when another
     parameter of the group changes what the group's count tensor holds: it had been replaced
     by a view of the new count tensor, and stayed at its count while the moments it was
-    saved with went on."""
+    saved with went on. (``sit_out``: a has no grad at the step after the change, when the
+    group's counts are made anew without it, and steps again after.)"""
     held = []
     for lib in (ft, torch.optim):
         gen = torch.Generator().manual_seed(0)
@@ -2482,6 +2484,11 @@ def test_a_held_count_stays_live_when_the_groups_counts_are_made_anew(change):
             opt.param_groups[0]["params"].append(c)
         else:
             opt.state[b]["step"] = torch.tensor(7.0)
+        if sit_out:
+            a.grad = None
+            for p in opt.param_groups[0]["params"][1:]:
+                p.grad = torch.ones(3)
+            opt.step()
         step()
         step()
         assert opt.state[a]["step"] is count is mine

@@ -791,6 +791,7 @@ class _FastOptimizer(_Mixin):
         # from the plan, both store t + 1 and interleave their updates of the same state
         self._lock = _step_lock()
         self._plans: dict[int, _Plan] = {}      # each param group's plan, by its index
+        self._counts_token = object()           # marks its count tensors (_own_count)
         super().__init__(params, *args, **kwargs)
         if max_grad_norm is not None:
             # (only then: the groups and state dicts of an optimizer that does not clip hold
@@ -868,6 +869,8 @@ class _FastOptimizer(_Mixin):
         if "_lock" not in self.__dict__:
             self._lock = _step_lock()
         self._plans = {}
+        if "_counts_token" not in self.__dict__:
+            self._counts_token = object()
         if "grad_norms" not in self.__dict__:     # pickled before grad_norms was saved
             self.grad_norms = [None] * len(self.param_groups)
 
@@ -1741,6 +1744,24 @@ class _FastOptimizer(_Mixin):
                 if fresh is not master:
                     plan.reseeded[id(p)] = fresh
 
+    def _count_tensor(self, n):
+        """A new count tensor for a group of ``n`` parameters, marked as this optimizer's
+        (:meth:`_own_count`)."""
+        counts = torch.zeros(n, dtype=_scalar_dtype())
+        counts._fastopt_counts = self._counts_token
+        return counts
+
+    def _own_count(self, step, counts):
+        """Whether ``step`` is a slot of one of this optimizer's earlier count tensors, which a
+        state dict or a caller may hold as the live count: adopted by the new count tensor
+        ``counts`` (:func:`_adopt_count`) as a loaded count is. (Made anew when a parameter
+        was added to or removed from the group, or another's state deleted, reset, loaded or
+        assigned, the counts had been copied, and a held one left behind as its moments went
+        on.) Another optimizer's, or a ``copy.copy`` handle's, is not this one's to take."""
+        base = step._base if type(step) is torch.Tensor else None
+        return (base is not None and step.dim() == 0 and step.dtype == counts.dtype
+                and getattr(base, "_fastopt_counts", None) is self._counts_token)
+
     def _count_steps(self, plan, old):
         """The group's step counts as slots of one tensor (kept from the last plan while the
         group has the same parameters and no count moved; a new one, all counts read before
@@ -1755,7 +1776,7 @@ class _FastOptimizer(_Mixin):
         if reuse:
             plan.step_buf, plan.slots = old.step_buf, old.slots
         else:
-            plan.step_buf = torch.zeros(len(params), dtype=_scalar_dtype())
+            plan.step_buf = self._count_tensor(len(params))
             plan.slots = [None] * len(params)
         index = [j for j, has in enumerate(plan.has_grad) if has]
         plan.live_index = _ALL if len(index) == len(params) else np.array(index, np.intp)
@@ -1770,16 +1791,11 @@ class _FastOptimizer(_Mixin):
             # still view (and every state, should this step raise), stays as it was (counts
             # written into it had changed them before the checks below; two parameters'
             # exchanged states, or one without a grad, had taken one count)
-            plan.step_buf = torch.zeros(len(params), dtype=_scalar_dtype())
+            plan.step_buf = self._count_tensor(len(params))
             plan.slots = [None] * len(params)
             moved = list(enumerate(index))
         plan.counts = plan.step_buf.numpy()
         plan.tally = memoryview(plan.counts)    # the same (for one parameter: see _run)
-        # the last plan's slots, which a state dict or a caller may hold as the live counts:
-        # adopted by the new count tensor too (a parameter removed from the group, another's
-        # state deleted or reset, had left a held count behind while its moments went on)
-        ours = (set() if old is None or old.step_buf is None or old.step_buf is plan.step_buf
-                else {id(t) for t in old.slots if t is not None and t._base is old.step_buf})
         # every count read before any is written (one may be a view of another's slot)
         for (k, j), count in zip(moved, [float(steps[k]) for k, _ in moved]):
             plan.counts[j] = count
@@ -1789,8 +1805,8 @@ class _FastOptimizer(_Mixin):
                 # processes it spawned) is other processes' too: it stays the state's
                 plan.shared_steps.append((j, steps[k]))
                 continue
-            if plan.stored[k] and (_adoptable(steps[k], plan.step_buf) or (
-                    id(steps[k]) in ours and steps[k].dtype == plan.step_buf.dtype)):
+            if plan.stored[k] and (_adoptable(steps[k], plan.step_buf)
+                                   or self._own_count(steps[k], plan.step_buf)):
                 # made the slot in place once the step succeeds (_run): a step that raised
                 # after the swap had left it a view of a count tensor thrown away
                 plan.adopt.append((k, j, steps[k]))

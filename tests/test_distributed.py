@@ -165,6 +165,7 @@ def test_read_only_parameter_refused_at_construction_and_step_on_every_rank(runs
     assert len(reports(runs, "read-only at construction")) == 5
     assert len(reports(runs, "read-only at step")) == 5
     assert len(reports(runs, "read-only grad at step")) == 5      # the arena's, on one rank
+    assert len(reports(runs, "read-only state at step")) == 5     # the shard's, on one rank
 
 
 def test_grad_sums_past_the_float_range_step_on_every_rank_without_hang(runs):

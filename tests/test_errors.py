@@ -551,22 +551,22 @@ def test_a_hyper_parameter_past_the_float_range_is_refused_at_construction(name,
             if k not in ("params", "param_names") and not isinstance(v, (bool, tuple))]
     assert "lr" in keys
     for key in keys:        # (beta, rho: out of [0, 1] too)
-        with pytest.raises(ValueError, match=rf"^Invalid {key}: 10+ \(must be"):
+        with pytest.raises(ValueError, match=rf"^Invalid {key}: 1e\+400 \(must be"):
             getattr(fo, name)(two_params(), **dict(kwargs, **{key: 10**400}))
-    # (an int too long for repr: its size shown)
-    with pytest.raises(ValueError, match=r"^Invalid lr: an int of 16610 bits \(must be within"):
+    # (an int too long for repr, which raised ValueError past sys.get_int_max_str_digits())
+    with pytest.raises(ValueError, match=r"^Invalid lr: 1e\+5000 \(must be within"):
         getattr(fo, name)(two_params(), **dict(kwargs, lr=10**5000))
     if name == "RMSprop":                   # the course's name for alpha, named as given
-        with pytest.raises(ValueError, match=r"^Invalid beta: 1000.* \(must be in \[0, 1\)\)"):
+        with pytest.raises(ValueError, match=r"^Invalid beta: 1e\+400 \(must be in \[0, 1\)\)"):
             fo.RMSprop(two_params(), beta=10**400)
     params = two_params()
     opt = getattr(fo, name)(params, **kwargs)
-    with pytest.raises(ValueError, match=r"^Invalid lr: 1000.*float range"):
+    with pytest.raises(ValueError, match=r"^Invalid lr: 1e\+400 \(must be within the float range"):
         opt.lr = 10**400
     assert opt.param_groups[0]["lr"] == kwargs.get("lr", opt.defaults["lr"])
     opt.param_groups[0]["lr"] = 10**400
     before = opt_snapshot(opt, params)
-    with pytest.raises(ValueError, match=r"^Invalid lr: 1000.*float range"):
+    with pytest.raises(ValueError, match=r"^Invalid lr: 1e\+400 \(must be within the float range"):
         opt.step(two_grads())
     assert opt_snapshot(opt, params) == before
 

@@ -13,6 +13,7 @@ comparisons let through (a size-1 array, a NumPy complex, a bool, an option that
 True/False) the backends refuse through :func:`as_real` and :func:`as_flag`, and
 ``fastopt.ops`` names it.
 """
+import decimal
 import math
 import numbers
 from collections.abc import Mapping, Set
@@ -69,12 +70,15 @@ def _to_float(name, value):
 
 
 def _shown(value):
-    """``repr(value)``, or a description of an int too long for it (repr raised ValueError
-    past sys.get_int_max_str_digits(), naming nothing)."""
-    try:
-        return repr(value)
-    except ValueError:
-        return f"an int of {value.bit_length()} bits"
+    """``repr(value)``, but an int past 2**70 as a float's ``g`` would show it, ``1e+400``
+    (its repr spelt every digit, and raised ValueError naming nothing past
+    sys.get_int_max_str_digits())."""
+    if isinstance(value, int) and value.bit_length() > 70:
+        return format(_SIX_DIGITS.create_decimal(value).normalize(), "g")
+    return repr(value)
+
+
+_SIX_DIGITS = decimal.Context(prec=6)     # (a float's "g": six significant digits)
 
 
 def check_real_type(name, value):

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from . import _validate, ops
-from ._hyper import (BETAS, NONNEG, UNIT, UNIT_OPEN, check_betas, check_flag, check_real,
-                     check_real_type)
+from ._hyper import (BETAS, NONNEG, UNIT, UNIT_OPEN, _shown, check_betas, check_flag,
+                     check_real, check_real_type)
 from ._layout import like_lines
 from ._validate import FLOAT_TYPES
 from .arena import ParameterArena, _GradDict
@@ -291,13 +291,30 @@ class _Group(_Watched):
     before anything is written; its ``params``, a list, is held as a :class:`_Params`."""
 
     checked = False
+    # the course's names of hyper-parameters (RMSprop's beta): alias -> (key, the alias's
+    # bounds or None); one assigned is checked in its range and stored as its key, as the
+    # constructor and add_param_group take it (kept as an unknown key, it was ignored)
+    aliases: dict[str, tuple[str, Any]] = {}
 
     def __setitem__(self, key, value):
         if key == "params":
             if type(value) is list:
                 value = _Params(value)
             _params_changed()
+        elif key in self.aliases:
+            alias = key
+            key, bounds = self.aliases[alias]
+            if bounds is not None:
+                check_real(alias, value, bounds)
         _Watched.__setitem__(self, key, value)
+
+    def setdefault(self, key, default=None):
+        return _Watched.setdefault(self, self.aliases.get(key, (key,))[0], default)
+
+    def __missing__(self, key):     # (group["beta"] reads alpha)
+        if key in self.aliases:
+            return self[self.aliases[key][0]]
+        raise KeyError(key)
 
     def _changed(self, value):
         self.checked = False
@@ -676,6 +693,9 @@ class Optimizer:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a param group must be a dict with a 'params' entry")
         group = _Group(group)
+        if self._RENAMED:
+            group.aliases = {alias: (key, self._ALIAS_BOUNDS.get(alias))
+                             for alias, key in self._RENAMED.items()}
         for alias, key in self._RENAMED.items():    # (was kept as an unknown key, unused)
             if alias in group:
                 if key in group:
@@ -828,14 +848,6 @@ class Optimizer:
     def _check(self, group):
         """Check a group's hyper-parameters (type and range, from ``_BOUNDS``): TypeError or
         ValueError naming the first bad one."""
-        for alias, key in self._RENAMED.items():
-            if alias in group:
-                # the course's name, set on the group after it was made (add_param_group
-                # renames it as it takes a group): the value of ``key`` from now on, as it
-                # was ignored beside it
-                if alias in self._ALIAS_BOUNDS:
-                    check_real(alias, group[alias], self._ALIAS_BOUNDS[alias])
-                group[key] = group.pop(alias)
         for name, bounds in self._BOUNDS.items():
             value = group.get(name, _MISSING)
             if value is _MISSING:
@@ -869,7 +881,7 @@ class Optimizer:
                     shown = (repr(value) if abs(value) <= _MAX_STEP or value != value
                              else f"{float(value):g}")
                 except OverflowError:       # (an int past the float range)
-                    shown = f"an int of {value.bit_length()} bits"
+                    shown = _shown(value)
                 raise ValueError(f"Invalid {where}['step']: {shown} (must be a whole number "
                                  f"from 0 to 2**53 = {int(_MAX_STEP)})")
             if not float(value).is_integer():
@@ -902,9 +914,9 @@ class Optimizer:
         """Check the state arrays of group ``gi`` as its kernel call does (dtype, shape,
         writeable), naming them: after that call refused one changed in place since the plan
         checked it (``.flags.writeable = False``, ``.shape = ...``), whose message named the
-        kernel's list item. (With several kernel calls in a step, :meth:`_check_unchanged` finds
-        such an array before the first call; a Python pass over every state entry before each
-        step took a multi-group Adam step over 100 arrays from 90 to 203 us.)"""
+        kernel's list item. (:meth:`_check_unchanged` finds such an array before any group
+        steps, in C-level passes: this Python pass over every state entry before each step
+        took a multi-group Adam step over 100 arrays from 90 to 203 us.)"""
         start, params, slots = self._starts[gi], self.param_groups[gi]["params"], self._slots[gi]
         for k, s in enumerate(states):
             if s is not None:
@@ -1013,7 +1025,30 @@ class Optimizer:
         except ValueError:
             self._plans.clear()     # (the fast path in step would take the lone group's)
             raise
+        for gi, plan in enumerate(plans):
+            self._check_unchanged(gi, plan)
         return plans
+
+    def _check_unchanged(self, gi, plan):
+        """Refuse, naming it, a state array of group ``gi`` changed in place since its plan
+        checked it (``.flags.writeable = False``, ``.shape = ...``): a kernel call refuses
+        it, but only once the groups before it (or the other ranks of a ShardedOptimizer)
+        have stepped. Two C-level passes a state key over the columns the plan's batch
+        gathered; a group without one steps in parts, whose plan is made again (and its
+        states checked) at each step, or on its arena's own flat buffers."""
+        batch = plan.list_batch
+        if batch is None:
+            return
+        params = self.param_groups[gi]["params"]
+        shapes = list(map(_shape, params))
+        if all(_first_readonly(col) < 0 and list(map(_shape, col)) == shapes
+               for col in batch.columns.values()):
+            return
+        start, slots = self._starts[gi], self._slots[gi]
+        for k, (p, s) in enumerate(zip(params, batch.states)):
+            for key, value in s.items():
+                if key not in slots:
+                    self._check_state_entry(f"state[{start + k}]", key, value, p)
 
     def _plan(self, gi):
         """Group ``gi``'s :class:`_Plan`, made again when the group or any state changed:
@@ -1197,33 +1232,6 @@ class Optimizer:
             for params, _, batch in group_calls:
                 _next_count(batch)      # (a count at its bound refused before any group steps)
                 self._prepare(params, batch, self._option_state(group))
-        if sum(map(len, calls)) > 1:
-            for gi, group_calls in enumerate(calls):
-                for params, _, batch in group_calls:
-                    self._check_unchanged(gi, params, batch)
-
-    def _check_unchanged(self, gi, params, batch):
-        """Refuse, naming it, a parameter or state array of this kernel call of group ``gi``
-        that the call would refuse because it changed in place since its plan checked it
-        (``.flags.writeable = False``, ``.shape = ...``): with more than one call in a step,
-        before the first writes (a plan checks its arrays when it is made, not at every step;
-        this is two C-level passes a state key)."""
-        if batch.spread is not None:    # the arena path: its own flat buffers
-            return
-        shapes = list(map(_shape, params))
-        if _first_readonly(params) < 0 and all(
-                _first_readonly(col) < 0 and list(map(_shape, col)) == shapes
-                for col in batch.columns.values()):
-            return
-        group, start = self.param_groups[gi], self._starts[gi]
-        names = group.get("param_names")
-        index = range(len(params)) if batch.index is _ALL else batch.index
-        slots = self._slots[gi]
-        for k, p, s in zip(index, params, batch.states):
-            _check_param(repr(names[k]) if names else start + k, p)
-            for key, value in s.items():
-                if key not in slots:
-                    self._check_state_entry(f"state[{start + k}]", key, value, p)
 
     def _prepare(self, params, batch, wanted):
         """Make (or find) the state arrays ``wanted`` (:meth:`_option_state`) for this call:

@@ -389,6 +389,25 @@ def check_read_only():
         except ValueError as exc:
             report(name, f"rank {SIZE - 1}" in str(exc) and message in str(exc)
                    and _unchanged(arena, opt, before), str(exc))
+    # a state array of the shard made read-only in place on one rank, after the steps that
+    # checked it: refused by every rank's checks before any steps (the other ranks stepped,
+    # and that rank's kernel refused it alone, after they had agreed)
+    arena = _small()
+    opt = ShardedOptimizer(fo.Adam, arena, lr=1.0)
+    arena.flat_grads[...] = 1.0
+    opt.step()
+    opt.step()
+    if RANK == SIZE - 1:
+        shard = opt.shard_optimizer
+        shard.state[max(shard.state)]["exp_avg"].flags.writeable = False
+    before = _snapshot(arena, opt)
+    try:
+        opt.step()
+        report("read-only state at step", False, "no exception")
+    except ValueError as exc:
+        report("read-only state at step", f"rank {SIZE - 1}" in str(exc)
+               and "['exp_avg'] is read-only" in str(exc) and _unchanged(arena, opt, before),
+               str(exc))
 
 
 def check_grad_sums_past_the_float_range():

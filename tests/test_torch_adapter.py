@@ -952,17 +952,21 @@ def test_a_16bit_grad_shared_by_parameters_in_a_group_that_clips_raises_naming_t
     assert torch.equal(ps[0].grad, torch.full((3,), 5.0, dtype=dtypes[0]))
 
 
-@pytest.mark.parametrize("case", ["bf16 views", "conj", "across groups"])
+@pytest.mark.parametrize("case", ["bf16 views", "conj", "across groups", "param of another"])
 def test_shared_grads_a_clip_cannot_scale_as_clip_grad_norm_raise_naming_them(case):
     """Overlapping 16-bit views (their kernels scale once), a negative or conjugate view
     listed twice (the kernels read a copy per parameter: each scaled once), a grad another
     group lists too: refused before any group steps, where they stepped with a factor once
-    (an update ~100x torch's)."""
+    (an update ~100x torch's). So is a grad that is another group's parameter, which
+    clip_grad_norm_ would scale in place through it (Adam's kernel scales the grads it
+    reads: the parameter was left unscaled; the other optimizers scaled it only after the
+    groups before had stepped, an order torch's clip-then-step has not)."""
     dtype = {"bf16 views": torch.bfloat16, "conj": torch.complex64}.get(case, torch.float32)
     first = torch.nn.Parameter(torch.ones(2))
     a, b = (torch.nn.Parameter(torch.ones(3, dtype=dtype)) for _ in range(2))
     groups = ([{"params": [first, a]}, {"params": [b], "max_grad_norm": None}]
-              if case == "across groups" else [{"params": [first]}, {"params": [a, b]}])
+              if case in ("across groups", "param of another")
+              else [{"params": [first]}, {"params": [a, b]}])
     opt = ft.SGD(groups, lr=0.1, max_grad_norm=0.1)
     first.grad = torch.ones(2)
     if case == "bf16 views":
@@ -970,10 +974,13 @@ def test_shared_grads_a_clip_cannot_scale_as_clip_grad_norm_raise_naming_them(ca
         a.grad, b.grad = buffer[:3], buffer[1:]
     elif case == "conj":
         a.grad = b.grad = torch.full((3,), 5 + 5j, dtype=dtype).conj()
+    elif case == "param of another":
+        a.grad = b.detach()
     else:
         a.grad = b.grad = torch.full((3,), 5.0)
-    where = "grad of parameter 1 of param group 0 shares" if case == "across groups" else (
-        "grads of parameters 0 and 1 of param group 1 share")
+    where = ("grad of parameter 1 of param group 0 shares"
+             if case in ("across groups", "param of another")
+             else "grads of parameters 0 and 1 of param group 1 share")
     with pytest.raises(ValueError, match=f"the {where} memory"):
         opt.step()
     assert torch.equal(first, torch.ones(2)) and not opt.state
@@ -2444,25 +2451,28 @@ def test_a_step_that_raises_after_a_load_leaves_the_loaded_counts_as_they_were()
     assert opt.state[p]["step"] is step and float(step) == 3.0
 
 
-@pytest.mark.parametrize("sit_out", [False, True])
+@pytest.mark.parametrize("then", ["", "a sits out", "a failed step"])
 @pytest.mark.parametrize("change", ["b's state deleted", "b's state reset", "b removed",
-                                    "c added", "b's count loaded"])
-def test_a_held_count_stays_live_when_the_groups_counts_are_made_anew(change, sit_out):
+                                    "c added", "b's count loaded", "a moved to a new group",
+                                    "a removed and put back"])
+def test_a_held_count_stays_live_when_the_groups_counts_are_made_anew(change, then):
     """A parameter's ``step`` held (in a checkpoint dict loaded with load_state_dict, or from
-    ``opt.state[a]``) stays the tensor the steps advance, as in torch.optim, when another
-    parameter of the group changes what the group's count tensor holds: it had been replaced
-    by a view of the new count tensor, and stayed at its count while the moments it was
-    saved with went on. (``sit_out``: a has no grad at the step after the change, when the
-    group's counts are made anew without it, and steps again after.)"""
+    ``opt.state[a]``) stays the tensor the steps advance, as in torch.optim, when the group's
+    count tensor is made anew (another parameter's state or count changed, a parameter
+    added or removed, a moved to another group): it had been replaced by a view of the new
+    count tensor, and stayed at its count while the moments it was saved with went on.
+    ``then``: a has no grad at the step after the change, or that step raises (fastopt's:
+    a's grad sparse), and a steps at the two after."""
     held = []
     for lib in (ft, torch.optim):
         gen = torch.Generator().manual_seed(0)
         a, b, c = (torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(3))
         opt = lib.Adam([a, b], lr=0.1)
 
-        def step():
-            for p in opt.param_groups[0]["params"]:
-                p.grad = torch.ones(3)
+        def step(skip=None):
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    p.grad = None if p is skip else torch.ones(3)
             opt.step()
 
         step()
@@ -2474,25 +2484,34 @@ def test_a_held_count_stays_live_when_the_groups_counts_are_made_anew(change, si
         opt.load_state_dict(ck)
         step()
         count, mine = ck["state"][0]["step"], opt.state[a]["step"]
+        group = opt.param_groups[0]["params"]
         if change == "b's state deleted":
             del opt.state[b]
         elif change == "b's state reset":
             opt.state[b] = {}
         elif change == "b removed":
-            opt.param_groups[0]["params"].pop(1)
+            group.pop(1)
         elif change == "c added":
-            opt.param_groups[0]["params"].append(c)
-        else:
+            group.append(c)
+        elif change == "b's count loaded":
             opt.state[b]["step"] = torch.tensor(7.0)
-        if sit_out:
-            a.grad = None
-            for p in opt.param_groups[0]["params"][1:]:
-                p.grad = torch.ones(3)
-            opt.step()
+        elif change == "a moved to a new group":
+            group.pop(0)
+            opt.add_param_group({"params": [a]})
+        else:
+            group.pop(0)
+            step()
+            group.append(a)
+        if then == "a sits out":
+            step(skip=a)
+        elif then == "a failed step" and lib is ft:
+            a.grad = torch.ones(3).to_sparse()
+            with pytest.raises((RuntimeError, TypeError, ValueError)):
+                opt.step()
         step()
         step()
         assert opt.state[a]["step"] is count is mine
-        held.append((float(count), [float(opt.state[p]["step"]) for p in opt.state]))
+        held.append((float(count), sorted(float(opt.state[p]["step"]) for p in opt.state)))
     assert held[0] == held[1] and held[0][0] == 4.0
 
 
@@ -3104,12 +3123,14 @@ def test_a_hyper_parameter_the_kernels_refuse_raises_at_construction(kwargs, nam
     ("SGD", dict(lr=10**400), "lr"), ("SGD", dict(lr=0.1, momentum=10**400), "momentum"),
     ("RMSprop", dict(lr=10**400), "lr"), ("Adam", dict(lr=0.1, eps=10**400), "eps"),
     ("Adam", dict(lr=0.1, weight_decay=10**400), "weight_decay"),
-    ("Adadelta", dict(lr=0.1, eps=10**400), "eps")])
+    ("Adadelta", dict(lr=0.1, eps=10**400), "eps"),
+    ("SGD", dict(lr=0.1, max_grad_norm=10**400), "max_grad_norm")])
 def test_an_int_past_the_float_range_raises_at_construction(name, kwargs, key):
     """torch.optim's checks (``0.0 <= lr``) and the kernels' comparisons take 10**400: the
     optimizer was built and its first step() raised OverflowError 'int too large to convert
-    to float', naming nothing. Now the constructor and add_param_group raise, naming it."""
-    message = rf"^Invalid {key}: 10+ \(must be within the float range\)"
+    to float', naming nothing. Now the constructor and add_param_group raise, naming it (in
+    short form: its 401 digits had been spelt out)."""
+    message = rf"^Invalid {key}: 1e\+400 \(must be within the float range\)"
     with pytest.raises(ValueError, match=message):
         getattr(ft, name)([torch.nn.Parameter(torch.ones(3))], **kwargs)
     opt = getattr(ft, name)([torch.nn.Parameter(torch.ones(3))], lr=0.1)
@@ -3125,7 +3146,7 @@ def test_an_int_past_the_float_range_set_in_a_later_group_raises_before_any_step
     opt = ft.Adam([{"params": [a]}, {"params": [b]}], lr=0.1)
     a.grad, b.grad = torch.ones(3), torch.ones(2)
     opt.param_groups[1]["eps"] = 10**400
-    with pytest.raises(ValueError, match=r"^Invalid eps: 10+ \(must be within the float"):
+    with pytest.raises(ValueError, match=r"^Invalid eps: 1e\+400 \(must be within the float"):
         opt.step()
     assert torch.equal(a.detach(), torch.ones(3)) and torch.equal(b.detach(), torch.ones(2))
     assert len(opt.state) == 0
@@ -3134,7 +3155,7 @@ def test_an_int_past_the_float_range_set_in_a_later_group_raises_before_any_step
         opt = ft.Adam([b], lr=0.1, max_grad_norm=clip)
         b.grad = torch.full((2,), 3.0)
         opt.param_groups[0]["weight_decay"] = 10**400
-        with pytest.raises(ValueError, match=r"^Invalid weight_decay: 10+ \(must be within"):
+        with pytest.raises(ValueError, match=r"^Invalid weight_decay: 1e\+400 \(must be within"):
             opt.step()
         assert torch.equal(b.detach(), torch.ones(2))
         assert torch.equal(b.grad, torch.full((2,), 3.0))

@@ -119,9 +119,12 @@ parameter; one that is not a float32 dense CPU tensor of its shape raises at the
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
 param group) gives each group the numbers of ``torch.nn.utils.clip_grad_norm_(group_params,
 1.0)`` before the step: one pass computes the global L2 norm of the group's grads (summing
-squares in float64, so within torch's rounding of its own sum; where torch's float32 norm
-overflows, a float32 grad's or a float32 group's sum of squares beyond float32's range, the
-norm is inf as torch's, and the factor 0), the factor is
+squares in float64: the norm is the exact one correctly rounded, where torch's float32 sum of
+a large float32 grad runs low by its rounding, ~1e-4 relative at 4e6 elements, and it rounds
+a float32 grad's norm to float32 before adding a float64 one's; where the float32 norm
+overflows, a float32 grad's or a float32 group's exact sum of squares beyond float32's range,
+the norm is inf as torch's, and the factor 0: within that ~1e-4 of the bound torch's low sum
+can stay finite and clip), the factor is
 ``min(max_norm / (norm + 1e-6), 1)`` computed as torch computes it on its norm tensor, in the
 grads' dtype (float64 if any grad of the group is float64, else float32: the norm and
 ``norm + 1e-6`` rounded to it, then ``reciprocal() * max_norm``, as ``Tensor.__rtruediv__``),
@@ -1670,15 +1673,22 @@ class _FastOptimizer(_Mixin):
         16-bit (its kernel scales it once, as it widens it) or in a group with 16-bit
         parameters whose kernel scales the grads (Adam's), that is a negative or conjugate
         view (the kernels read a copy per parameter), or that another group's grad shares
-        (``work``'s plans: which group read it scaled would hang on the groups' order)."""
+        (``work``'s plans: which group read it scaled would hang on the groups' order), or
+        that is memory of another group's parameter (which clip_grad_norm_ would scale)."""
         grads, formats = plan.live_grads, plan.formats
         n = len(grads)
         others = [g for other in work if other is not None and other is not plan
                   for g in other.live_grads]
+        m = n + len(others)
+        # and the other groups' parameters: clip_grad_norm_ scales one in place through a grad
+        # that is its memory, which the steps here do not (Adam's scales in its kernel)
+        others += [p for g in self.param_groups if g is not group for p in g["params"]]
         clusters = [c for c in _shared_memory(grads, others) if c[0] < n]
         for cluster in clusters:
             mine = [k for k in cluster if k < n]
-            why = ("another param group's grad shares its memory (put the parameters in one "
+            why = ("it is memory of another param group's parameter, which torch's clip would "
+                   "scale in place through it" if cluster[-1] >= m else
+                   "another param group's grad shares its memory (put the parameters in one "
                    "group)" if cluster[-1] >= n else
                    "a 16-bit grad, which its kernel scales once as it widens it"
                    if any(formats[k] is not None for k in mine)

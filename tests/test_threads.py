@@ -1171,9 +1171,19 @@ def test_omp_num_threads_sets_the_default_and_a_count_below_1_is_ignored(monkeyp
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cpus = _threads.default_threads()
     for value, expected in (("3", 3), ("4,2", 4), ("0", cpus), ("-2", cpus), ("abc", cpus),
-                            ("", cpus)):
+                            ("", cpus), ("512", 256), (str(2**31), 256)):
         monkeypatch.setenv("OMP_NUM_THREADS", value)
         assert _threads.default_threads() == expected, value
+    # more CPUs than set_num_threads takes (a host of 512): capped there too (a count above it
+    # was taken as it was, and one of 2**31 and more failed the import with OverflowError)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(512)), raising=False)
+    monkeypatch.setattr(_threads, "cgroup_cpu_limit", lambda: None)
+    assert _threads.default_threads() == 256
+    code = "import fastopt as fo; print(fo.get_num_threads())"
+    env = dict(os.environ, OMP_NUM_THREADS=str(2**31))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "256", out.stderr
 
 
 def test_threadpoolctl_sees_and_limits_the_kernels():

@@ -38,19 +38,21 @@ def cgroup_cpu_limit(files=_CGROUP_QUOTA_FILES):
 
 def default_threads():
     """``OMP_NUM_THREADS`` if set, else the CPUs this process may run on (its affinity mask,
-    capped by a cgroup CPU quota): more threads than that only wait for each other."""
+    capped by a cgroup CPU quota): more threads than that only wait for each other. At most
+    MAX_THREADS (which set_num_threads takes: a count above it, from the variable or a host's
+    CPUs, was taken as it was, and 2**31 and more failed the import with OverflowError)."""
     try:
         n = int(os.environ["OMP_NUM_THREADS"].split(",")[0])
     except (KeyError, ValueError):
         n = 0
     if n >= 1:          # (0 or less is not a count: OpenMP ignores it, as a word)
-        return n
+        return min(n, MAX_THREADS)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:          # not on Linux
         cpus = os.cpu_count() or 1
     quota = cgroup_cpu_limit()
-    return min(cpus, quota) if quota else cpus
+    return min(cpus, quota or cpus, MAX_THREADS)
 
 
 def register_threadpoolctl():

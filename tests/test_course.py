@@ -571,7 +571,7 @@ def test_a_hyper_parameter_past_the_float_range_is_named_as_the_course_names_it(
     before = {k: a.copy() for k, a in params.items()}
     v, s = course.initialize_adam(params)
     with fo.use_backend(backend), pytest.raises(ValueError,
-                                                match=rf"^Invalid {name}: 1e\+400 \(must be within"):
+                                                match=rf"^Invalid {name}: 1e\+400 \(must be"):
         call(params, grads, v, s)
     assert all(np.array_equal(params[k], before[k]) for k in params)
     assert not any(a.any() for a in (*v.values(), *s.values()))

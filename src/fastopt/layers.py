@@ -2,8 +2,9 @@
 
 The functions validate their inputs, bring them to the layout the kernels read (C-contiguous,
 aligned, native byte order: batch norm uses C- and Fortran-ordered arrays without a copy, the
-softmax family C-ordered ones along any axis; other layouts are copied once), allocate the outputs (or write into ``out=``) and call the backend
-kernels (``fastopt.reference.layers`` defines them). Inputs are only read, so read-only arrays
+softmax family C-ordered ones along any axis; other layouts are copied once), allocate the
+outputs (or write into ``out=``) and call the backend kernels (``fastopt.reference.layers``
+defines them). Inputs are only read, so read-only arrays
 are fine; an input that shares memory with ``out`` is copied first.
 """
 import copy

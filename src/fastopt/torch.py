@@ -44,12 +44,13 @@ live counts, its ``state_dict()`` held and loaded, not saved, or a count stepped
 ``copy.copy`` handle; a count of this optimizer's own, left behind when the group's count
 tensor is made anew, after a parameter was added to or removed from the group, or another's
 state deleted, reset, loaded or assigned, is made a view of the new one in place as a loaded
-one is) or a tensor that other tensors or a weak reference hold (which swap_tensors refuses). Keeping those as the state would
-cost a read and a write of each at every step (as a count in shared memory costs, below), where
-the group's counts take one operation. One written in place (``opt.state[p]['step'].fill_(5)``)
-is read by the next step, as torch reads it. One in shared memory (the A3C/Hogwild
-``SharedAdam``, or state moved there to share the optimizer with spawned workers) stays the
-state's, read at each step and advanced in place, as torch's.
+one is) or a tensor that other tensors or a weak reference hold (which swap_tensors
+refuses). Keeping those as the state would cost a read and a write of each at every step (as
+a count in shared memory costs, below), where the group's counts take one operation. One
+written in place (``opt.state[p]['step'].fill_(5)``) is read by the next step, as torch reads
+it. One in shared memory (the A3C/Hogwild ``SharedAdam``, or state moved there to share the
+optimizer with spawned workers) stays the state's, read at each step and advanced in place,
+as torch's.
 Every group's tensors, hyper-parameters and step counts loaded, assigned or written in place
 (a count below 0 or NaN, which the kernels' scalars refuse where torch's step goes on into NaNs
 or a complex bias correction; RMSprop and Adadelta, which do not read it, step any count as

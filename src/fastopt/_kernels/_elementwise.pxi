@@ -278,8 +278,9 @@ cdef inline void extent_of(cnp.ndarray a, Extent* e) noexcept:
 
 
 cdef inline bint same_memory(cnp.ndarray a, cnp.ndarray b) noexcept:
-    """As _validate.same_memory, for two arrays of one shape and item size (a 16-bit
-    kernel's int16 parameter over its own uint16 grad is two dtypes: refused, as there)."""
+    """As _validate.same_memory, for two arrays of one shape and item size: the same
+    elements in the same dtype (a 16-bit kernel's int16 parameter over its own uint16 grad
+    is not: refused, as there)."""
     if (cnp.PyArray_BYTES(a) != cnp.PyArray_BYTES(b)
             or cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(b)
             or cnp.PyArray_ISNOTSWAPPED(a) != cnp.PyArray_ISNOTSWAPPED(b)):

@@ -336,10 +336,18 @@ def test_rmsprop_beta_set_on_a_group_is_its_alpha(backend):
     opt.defaults["beta"] = 0.7
     opt.add_param_group({"params": [np.ones(2)], "alpha": 0.25})
     assert opt.param_groups[1]["alpha"] == 0.25
-    # nor one kept through a copy and a pickle
-    for copied in (copy.deepcopy(by_beta), pickle.loads(pickle.dumps(by_beta))):
+    # nor one kept through a copy and a pickle, or pickled before groups took beta so (whose
+    # beta set by hand beside alpha its steps did not use: dropped)
+    old = copy.deepcopy(by_beta)
+    del old.param_groups[0].__dict__["aliases"]
+    dict.__setitem__(old.param_groups[0], "beta", 0.9)
+    for copied in (copy.deepcopy(by_beta), pickle.loads(pickle.dumps(by_beta)),
+                   pickle.loads(pickle.dumps(old))):
+        assert "beta" not in copied.param_groups[0]
+        alpha = copied.param_groups[0]["alpha"]
         copied.param_groups[0]["beta"] = 0.4
-        assert copied.param_groups[0]["alpha"] == 0.4 and "beta" not in copied.param_groups[0]
+        assert copied.param_groups[0]["alpha"] == 0.4 != alpha
+        assert "beta" not in copied.param_groups[0]
 
 
 def test_rmsprop_beta_is_in_the_unit_interval_as_every_beta():

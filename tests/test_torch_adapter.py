@@ -987,6 +987,21 @@ def test_shared_grads_a_clip_cannot_scale_as_clip_grad_norm_raise_naming_them(ca
     assert torch.equal(a, torch.ones(3, dtype=dtype)) and torch.equal(b, a)
 
 
+@pytest.mark.parametrize("start", [4, 6], ids=["inside it", "running past its end"])
+def test_a_clipped_grad_over_part_of_another_groups_parameter_is_refused(start):
+    """A grad that is memory of another group's parameter from past that parameter's start
+    had been let through: the memory check's clusters are in address order, and only one
+    starting with this group's grad was looked at (review q14)."""
+    buffer = torch.ones(12)
+    p0, p1 = torch.nn.Parameter(buffer[:8]), torch.nn.Parameter(torch.ones(4))
+    opt = ft.SGD([{"params": [p0], "max_grad_norm": None}, {"params": [p1]}], lr=0.1,
+                 max_grad_norm=0.1)
+    p0.grad, p1.grad = torch.ones(8), buffer[start:start + 4]
+    with pytest.raises(ValueError, match="grad of parameter 0 of param group 1 shares memory"):
+        opt.step()
+    assert torch.equal(p1, torch.ones(4)) and torch.equal(p0, torch.ones(8)) and not opt.state
+
+
 @pytest.mark.parametrize("interleaved", [False, True], ids=["", "interleaved"])
 def test_bucketed_16bit_grads_of_a_group_that_clips_step(interleaved):
     """Grads that are views of one buffer (DDP's buckets) without shared elements: not

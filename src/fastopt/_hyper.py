@@ -70,15 +70,16 @@ def _to_float(name, value):
 
 
 def _shown(value):
-    """``repr(value)``, but an int past 2**70 as a float's ``g`` would show it, ``1e+400``
-    (its repr spelt every digit, and raised ValueError naming nothing past
+    """``repr(value)``, but an int of more than 70 bits as a float's ``g`` would show it,
+    ``1e+400`` (its repr spelt every digit, and raised ValueError naming nothing past
     sys.get_int_max_str_digits())."""
     if isinstance(value, int) and value.bit_length() > 70:
-        return format(_SIX_DIGITS.create_decimal(value).normalize(), "g")
+        return format(_SIX_DIGITS.create_decimal(value).normalize(_SIX_DIGITS), "g")
     return repr(value)
 
 
-_SIX_DIGITS = decimal.Context(prec=6)     # (a float's "g": six significant digits)
+# (a float's "g": six significant digits; any int's exponent)
+_SIX_DIGITS = decimal.Context(prec=6, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
 
 
 def check_real_type(name, value):

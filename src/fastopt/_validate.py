@@ -290,7 +290,8 @@ def overlap_error(first, second):
     return ValueError(f"{first} and {second} overlap in memory (their address ranges do: views "
                       "of one buffer, such as column blocks of one matrix or interleaved "
                       "slices, count as overlapping even where they share no element); only a "
-                      "param and its own grad may be one and the same array")
+                      "param and its own grad may be the same elements (the same array, or "
+                      "views of it in its order)")
 
 
 def check_disjoint(tensors, label):

@@ -180,9 +180,6 @@ def _group_params(params):
     return list(params), None
 
 
-_shape = operator.attrgetter("shape")
-
-
 def _first_readonly(arrays):
     """The index of the first array of ``arrays`` that is not writeable, or -1; in C when
     the compiled kernels are loaded (never imported from here: fastopt._backend decides)."""
@@ -191,6 +188,18 @@ def _first_readonly(arrays):
         return kernels.first_readonly(arrays)
     for k, a in enumerate(arrays):
         if not a.flags.writeable:
+            return k
+    return -1
+
+
+def _first_unlike(arrays, likes):
+    """The index of the first array of ``arrays`` that is not writeable or not shaped as the
+    array at its index in ``likes``, or -1; in C when the compiled kernels are loaded."""
+    kernels = sys.modules.get("fastopt._kernels")
+    if kernels is not None and hasattr(kernels, "first_unlike"):
+        return kernels.first_unlike(arrays, likes)
+    for k, (a, b) in enumerate(zip(arrays, likes)):
+        if not a.flags.writeable or a.shape != b.shape:
             return k
     return -1
 
@@ -689,13 +698,17 @@ class Optimizer:
         with self._lock:
             self._add_param_group(group)
 
+    def _aliases(self):
+        """A group's ``aliases`` (:class:`_Group`): the course's names of hyper-parameters."""
+        return {alias: (key, self._ALIAS_BOUNDS.get(alias))
+                for alias, key in self._RENAMED.items()}
+
     def _add_param_group(self, group):
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError("a param group must be a dict with a 'params' entry")
         group = _Group(group)
         if self._RENAMED:
-            group.aliases = {alias: (key, self._ALIAS_BOUNDS.get(alias))
-                             for alias, key in self._RENAMED.items()}
+            group.aliases = self._aliases()
         for alias, key in self._RENAMED.items():    # (was kept as an unknown key, unused)
             if alias in group:
                 if key in group:
@@ -958,7 +971,8 @@ class Optimizer:
             A grad is missing or has the wrong shape, a parameter is read-only, a
             hyper-parameter or a state entry is invalid, or two arrays overlap in memory (a
             parameter or state array with another, in any group, or a grad with one of them
-            other than its own parameter as the very same array; each named in the message).
+            other than its own parameter's very elements, the same array or a view of it in
+            its order; each named in the message).
         """
         with self._lock:
             plan = (self._current_plan(0)
@@ -1033,20 +1047,23 @@ class Optimizer:
         """Refuse, naming it, a state array of group ``gi`` changed in place since its plan
         checked it (``.flags.writeable = False``, ``.shape = ...``): a kernel call refuses
         it, but only once the groups before it (or the other ranks of a ShardedOptimizer)
-        have stepped. Two C-level passes a state key over the columns the plan's batch
-        gathered; a group without one steps in parts, whose plan is made again (and its
-        states checked) at each step, or on its arena's own flat buffers."""
+        have stepped: a pass in C a state key over the columns the plan's batch gathered
+        (a group stepping in parts: over its states' arrays, gathered in Python)."""
+        params, slots = self.param_groups[gi]["params"], self._slots[gi]
         batch = plan.list_batch
-        if batch is None:
-            return
-        params = self.param_groups[gi]["params"]
-        shapes = list(map(_shape, params))
-        if all(_first_readonly(col) < 0 and list(map(_shape, col)) == shapes
-               for col in batch.columns.values()):
-            return
-        start, slots = self._starts[gi], self._slots[gi]
-        for k, (p, s) in enumerate(zip(params, batch.states)):
-            for key, value in s.items():
+        if batch is not None:
+            if all(_first_unlike(col, params) < 0 for col in batch.columns.values()):
+                return
+        else:
+            # (a group stepping in parts: its states' arrays gathered here, where a plan kept
+            # after a refused step was not made again)
+            pairs = [(value, p) for p, s in zip(params, plan.states) if s is not None
+                     for key, value in s.items() if key not in slots]
+            if _first_unlike([a for a, _ in pairs], [p for _, p in pairs]) < 0:
+                return
+        start = self._starts[gi]
+        for k, (p, s) in enumerate(zip(params, plan.states)):
+            for key, value in (() if s is None else s.items()):
                 if key not in slots:
                     self._check_state_entry(f"state[{start + k}]", key, value, p)
 
@@ -1755,6 +1772,13 @@ class Optimizer:
             for p in group["params"]:
                 params.extend(p.resolve() if isinstance(p, _ArenaParams) else [p])
             dict.__setitem__(group, "params", _Params(params))
+            if self._RENAMED and isinstance(group, _Group):
+                # (a pickle from before groups took the course's names as they are assigned:
+                # one set by hand beside its key was not used by the steps)
+                group.aliases = self._aliases()
+                for alias, key in self._RENAMED.items():
+                    if alias in group and key in group:
+                        dict.__delitem__(group, alias)
         self._remember_groups()
         # (an array only this list held is freed as it goes, and its state with it; a pickle
         # of a version before the list has none)

@@ -1684,7 +1684,8 @@ class _FastOptimizer(_Mixin):
         # and the other groups' parameters: clip_grad_norm_ scales one in place through a grad
         # that is its memory, which the steps here do not (Adam's scales in its kernel)
         others += [p for g in self.param_groups if g is not group for p in g["params"]]
-        clusters = [c for c in _shared_memory(grads, others) if c[0] < n]
+        # (a cluster's indices are in address order: any of them may be this group's)
+        clusters = [sorted(c) for c in _shared_memory(grads, others) if min(c) < n]
         for cluster in clusters:
             mine = [k for k in cluster if k < n]
             why = ("it is memory of another param group's parameter, which torch's clip would "

@@ -71,6 +71,7 @@ KERNEL_MODULES = (_optim, _layers)
 _threads.register_threadpoolctl()
 BUILD_FLAGS = _optim.BUILD_FLAGS
 first_readonly = _optim.first_readonly
+first_unlike = _optim.first_unlike
 
 
 def set_num_threads(n):

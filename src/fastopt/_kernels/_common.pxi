@@ -76,3 +76,26 @@ def first_readonly(arrays):
         if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray?>lst[k]):
             return k
     return -1
+
+
+def first_unlike(arrays, likes):
+    """The index of the first array of ``arrays`` (a list of ndarrays) that is not writeable
+    or not shaped as the ndarray at its index in ``likes`` (a list as long), or -1: an
+    optimizer's per-step check of its state arrays against their parameters, in C (NumPy's
+    shape tuples, one per array, cost a multi-group step over 1000 arrays ~150 us)."""
+    cdef Py_ssize_t k
+    cdef int d
+    cdef cnp.ndarray a, b
+    if not isinstance(arrays, list) or not isinstance(likes, list):
+        raise TypeError("arrays and likes must be lists")
+    cdef list lst = <list>arrays, ref = <list>likes
+    if len(lst) != len(ref):
+        raise ValueError(f"{len(lst)} arrays against {len(ref)} likes")
+    for k in range(len(lst)):
+        a, b = <cnp.ndarray?>lst[k], <cnp.ndarray?>ref[k]
+        if not cnp.PyArray_ISWRITEABLE(a) or cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+            return k
+        for d in range(cnp.PyArray_NDIM(a)):
+            if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d]:
+                return k
+    return -1

@@ -331,6 +331,16 @@ def test_rmsprop_beta_set_on_a_group_is_its_alpha(backend):
         group["beta"] = 0.3
         group["alpha"] = 0.2                    # (the later one holds)
         assert group["alpha"] == 0.2
+        # update() and |= check it before they set anything, and take one of the two
+        for bad, error in (({"lr": 0.5, "beta": 1.5}, ValueError),
+                           ({"lr": 0.5, "alpha": 0.4, "beta": 0.4}, TypeError)):
+            with pytest.raises(error, match="beta"):
+                group.update(bad)
+            with pytest.raises(error, match="beta"):
+                group |= bad
+            assert group["lr"] == 0.01 and group["alpha"] == 0.2
+        group.update(beta=0.25)
+        assert group["alpha"] == 0.25 and "beta" not in group
     # a beta in defaults does not override an alpha given to add_param_group
     opt = fo.RMSprop([np.ones(3)], lr=0.01)
     opt.defaults["beta"] = 0.7

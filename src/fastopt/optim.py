@@ -320,6 +320,17 @@ class _Group(_Watched):
     def setdefault(self, key, default=None):
         return _Watched.setdefault(self, self.aliases.get(key, (key,))[0], default)
 
+    def update(self, *args, **kwargs):
+        items = dict(*args, **kwargs)
+        # (checked before any is set, as one by one a bad beta came after the others were)
+        for alias, (key, bounds) in self.aliases.items():
+            if alias in items:
+                if key in items:
+                    raise TypeError(f"a param group takes {key} or its alias {alias}, not both")
+                if bounds is not None:
+                    check_real(alias, items[alias], bounds)
+        _Watched.update(self, items)
+
     def __missing__(self, key):     # (group["beta"] reads alpha)
         if key in self.aliases:
             return self[self.aliases[key][0]]

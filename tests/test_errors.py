@@ -765,8 +765,10 @@ def test_the_per_step_check_of_state_arrays_finds_the_first_unlike_its_parameter
         monkeypatch.delitem(sys.modules, "fastopt._kernels", raising=False)
     params = [np.ones(3), np.ones((2, 2)), np.ones(0), np.ones(())]
     assert optim._first_unlike([p.copy() for p in params], params) == -1
+    assert optim._first_unlike([p.astype(">f8") for p in params], params) == -1
     for k, bad in ((1, np.ones(4)), (1, np.ones((2, 2, 1))), (2, np.ones(1)), (3, np.ones(1)),
-                   (0, np.ones(3)[::-1].copy())):
+                   (0, np.ones(3)[::-1].copy()), (1, np.ones((2, 2), np.int64)),
+                   (3, np.ones((), np.float32))):
         arrays = [p.copy() for p in params]
         arrays[k] = bad
         if k == 0:

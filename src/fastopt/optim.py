@@ -193,13 +193,15 @@ def _first_readonly(arrays):
 
 
 def _first_unlike(arrays, likes):
-    """The index of the first array of ``arrays`` that is not writeable or not shaped as the
-    array at its index in ``likes``, or -1; in C when the compiled kernels are loaded."""
+    """The index of the first array of ``arrays`` that is not writeable or not of the dtype
+    (either byte order) and shape of the array at its index in ``likes``, or -1; in C when
+    the compiled kernels are loaded."""
     kernels = sys.modules.get("fastopt._kernels")
     if kernels is not None and hasattr(kernels, "first_unlike"):
         return kernels.first_unlike(arrays, likes)
     for k, (a, b) in enumerate(zip(arrays, likes)):
-        if not a.flags.writeable or a.shape != b.shape:
+        if (not a.flags.writeable or a.dtype.newbyteorder("=") != b.dtype.newbyteorder("=")
+                or a.shape != b.shape):
             return k
     return -1
 
@@ -1785,7 +1787,8 @@ class Optimizer:
             dict.__setitem__(group, "params", _Params(params))
             if self._RENAMED and isinstance(group, _Group):
                 # (a pickle from before groups took the course's names as they are assigned:
-                # one set by hand beside its key was not used by the steps)
+                # one set by hand beside its key is dropped, its key kept, as load_state_dict
+                # keeps it)
                 group.aliases = self._aliases()
                 for alias, key in self._RENAMED.items():
                     if alias in group and key in group:

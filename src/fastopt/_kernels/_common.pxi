@@ -79,10 +79,11 @@ def first_readonly(arrays):
 
 
 def first_unlike(arrays, likes):
-    """The index of the first array of ``arrays`` (a list of ndarrays) that is not writeable
-    or not shaped as the ndarray at its index in ``likes`` (a list as long), or -1: an
-    optimizer's per-step check of its state arrays against their parameters, in C (NumPy's
-    shape tuples, one per array, cost a multi-group step over 1000 arrays ~150 us)."""
+    """The index of the first array of ``arrays`` (a list of ndarrays) that is not writeable,
+    or not of the dtype (either byte order) and shape of the ndarray at its index in
+    ``likes`` (a list as long), or -1: an optimizer's per-step check of its state arrays
+    against their parameters, in C (NumPy's shape tuples, one per array, cost a multi-group
+    step over 1000 arrays ~150 us)."""
     cdef Py_ssize_t k
     cdef int d
     cdef cnp.ndarray a, b
@@ -93,7 +94,8 @@ def first_unlike(arrays, likes):
         raise ValueError(f"{len(lst)} arrays against {len(ref)} likes")
     for k in range(len(lst)):
         a, b = <cnp.ndarray?>lst[k], <cnp.ndarray?>ref[k]
-        if not cnp.PyArray_ISWRITEABLE(a) or cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b):
+        if (not cnp.PyArray_ISWRITEABLE(a) or cnp.PyArray_TYPE(a) != cnp.PyArray_TYPE(b)
+                or cnp.PyArray_NDIM(a) != cnp.PyArray_NDIM(b)):
             return k
         for d in range(cnp.PyArray_NDIM(a)):
             if cnp.PyArray_DIMS(a)[d] != cnp.PyArray_DIMS(b)[d]:

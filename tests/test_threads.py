@@ -1180,10 +1180,15 @@ def test_omp_num_threads_sets_the_default_and_a_count_below_1_is_ignored(monkeyp
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(512)), raising=False)
     monkeypatch.setattr(_threads, "cgroup_cpu_limit", lambda: None)
     assert _threads.default_threads() == 256
+    # (imported on the NumPy reference, whose count is the default's; the numba backend's is
+    # Numba's, at most the CPUs)
     code = "import fastopt as fo; print(fo.get_num_threads())"
-    env = dict(os.environ, OMP_NUM_THREADS=str(2**31))
+    env = dict(os.environ, OMP_NUM_THREADS=str(2**31), FASTOPT_BACKEND="numpy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "256", out.stderr
+    del env["FASTOPT_BACKEND"]      # (the default backend: the import had failed)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and 1 <= int(out.stdout) <= 256, out.stderr
 
 
 def test_threadpoolctl_sees_and_limits_the_kernels():

@@ -1636,7 +1636,7 @@ def test_a_batch_norm_cache_pickles_with_every_protocol(protocol):
 
 @pytest.mark.parametrize("field, value", [
     ("mean", np.zeros(2)), ("inv_std", np.ones(1)), ("gamma", np.ones(2, np.float32)),
-    ("x", np.zeros((2, 3), np.float32)), ("shape", (60, 3)), ("axis", 7),
+    ("x", np.zeros((2, 3), np.float32)), ("shape", (60, 3)), ("axis", 7), ("axis", False),
     ("mean", [0.0, 0.0, 0.0]),
     ("gamma", np.ones(3)), ("mean", np.zeros(3, np.float32)), ("inv_std", np.ones(3, np.float32)),
     ("x", np.zeros((6, 3), ">f4")), ("x", np.zeros((6, 3), np.float32, order="F")),

@@ -269,7 +269,7 @@ class BatchNormCache:
                             "mean_error and inv_std must be ndarrays")
         shape, ps = x.shape, self.param_shapes
         # (param_shapes are the grads' shapes: a reshape to them failed after dx was written)
-        if (len(shape) != 2 or axis not in (0, 1)
+        if (len(shape) != 2 or type(axis) is not int or axis not in (0, 1)
                 or not (gamma.shape == mean.shape == mean_error.shape == inv_std.shape
                         == (shape[1 - axis],))
                 or type(self.shape) is not tuple

@@ -514,6 +514,21 @@ def test_a_refused_grad_assignment_or_update_writes_nothing():
             with pytest.raises((ValueError, KeyError, OverflowError, TypeError)):
                 merge(refused)
             np.testing.assert_array_equal(ar.flat_grads, before)
+    # a view made read-only by hand: named, and nothing written (NumPy's unnamed
+    # 'assignment destination is read-only' came after the entries before it were written)
+    for views, flat, names in ((ar.grads, ar.flat_grads, ("dW", "db")),
+                               (ar.params, ar.flat_params, ("W", "b"))):
+        views[names[1]].flags.writeable = False
+        before = flat.copy()
+        for assign in (lambda: views.update({names[0]: np.full((2, 3), 7.0),
+                                             names[1]: np.ones(2)}),
+                       lambda: views.__ior__({names[0]: np.full((2, 3), 7.0),
+                                              names[1]: np.ones(2)}),
+                       lambda: views.__setitem__(names[1], np.ones(2))):
+            with pytest.raises(ValueError, match=rf"\['{names[1]}'\] is read-only"):
+                assign()
+            np.testing.assert_array_equal(flat, before)
+        views[names[1]].flags.writeable = True
     _stray_free(ar)
 
 

@@ -402,6 +402,9 @@ class _Views(dict):
         """(view, value as an array of the view's dtype and shape): every check and
         conversion, nothing written."""
         view = self._view(key)
+        if not view.flags.writeable:    # (made read-only by hand: NumPy's copy said nothing
+            raise ValueError(           # of which, after the entries before were written)
+                f"{self._attr}[{key!r}] is read-only (its view was made read-only)")
         _refuse_non_real(f"{self._attr}[{key!r}]", value)
         try:
             array = np.asarray(value, dtype=view.dtype)
@@ -415,7 +418,7 @@ class _Views(dict):
     def __setitem__(self, key, value):
         view, array = self._converted(key, value)
         if array is not view:
-            np.copyto(view, array)      # (same dtype and shape: cannot fail; overlap is safe)
+            np.copyto(view, array)      # (checked: cannot fail; overlap is safe)
 
     def update(self, *args, **kwargs):
         """Copy every value into its view, once all of them are checked and converted."""

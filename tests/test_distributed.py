@@ -133,8 +133,10 @@ def test_an_interrupt_on_one_rank_raises_on_every_rank_without_mixing_steps(runs
 
 
 def test_construction_errors_raise_on_every_rank(runs):
-    # hyper-parameters, groups (the same parameters split otherwise), not on an arena
-    assert len(reports(runs, "construction")) == 3 * 5
+    # hyper-parameters (the groups', the constructor's), groups (the same parameters split
+    # otherwise), not on an arena
+    assert len(reports(runs, "construction")) == 4 * 5
+    assert len(reports(runs, "construction defaults mismatch")) == 5
 
 
 def test_ranks_agree_on_groups_whose_entries_are_in_another_order(runs):

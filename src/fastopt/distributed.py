@@ -53,7 +53,8 @@ _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
 _CALLS = ("ShardedOptimizer()", "add_param_group", "step", "state_dict", "load_state_dict")
 # what each entry of _agree_signature's signature is, for its message
 _SIGNATURE_PARTS = ("the parameter dtype", "the parameter shapes by param group",
-                    "the parameter names", "the optimizer class", "the hyper-parameters")
+                    "the parameter names", "the optimizer class", "the hyper-parameters",
+                    "the constructor's hyper-parameters")
 # the id this process proposes for the next ShardedOptimizer made: the ranks take the largest
 # of theirs (_agree_signature), so no two optimizers on one communicator share one
 _next_id = 0
@@ -217,8 +218,12 @@ class ShardedOptimizer:
         gather and scatter state dicts with other bounds). At construction, the ranks also
         agree on the optimizer's id, which each call's first collective carries."""
         global _next_id
+        # (the constructor's too: Adagrad starts its state from the constructor's
+        # initial_accumulator_value whatever the groups say, as torch's)
+        defaults = self.shard_optimizer.defaults
         signature = (self.dtype.str, [[p.shape for p in g["params"]] for g in self._full_groups],
-                     self._names, self.optimizer_class.__name__, self._hyper_reprs())
+                     self._names, self.optimizer_class.__name__, self._hyper_reprs(),
+                     {k: repr(_plain(defaults[k])) for k in sorted(defaults)})
         every = self.comm.allgather((signature, _next_id))
         if self._id < 0:        # (add_param_group's new layout keeps its optimizer's)
             self._id = max(n for _, n in every)
@@ -233,6 +238,11 @@ class ShardedOptimizer:
                         (f"param group {gi}'s {k!r}", ga.get(k), gb.get(k))
                         for gi, (ga, gb) in enumerate(zip(mine, theirs))
                         for k in sorted(ga.keys() | gb.keys()) if ga.get(k) != gb.get(k))
+                elif what == "the constructor's hyper-parameters":
+                    what, mine, theirs = next(
+                        (f"the constructor's {k!r}", mine.get(k), theirs.get(k))
+                        for k in sorted(mine.keys() | theirs.keys())
+                        if mine.get(k) != theirs.get(k))
                 raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on {what}: "
                                  f"{mine} here, {theirs} there")
 

@@ -272,6 +272,17 @@ def check_disagreeing_ranks():
         # (naming what differs: the message had held both ranks' whole signatures)
         report("construction mismatch", "disagree on param group 0's 'lr'" in str(exc),
                str(exc))
+    # every group's initial_accumulator_value the same, the constructor's not: Adagrad starts
+    # its state from the constructor's (was accepted: each rank's shard of the state started
+    # from its own value, a result no process gives)
+    try:
+        ShardedOptimizer(fo.Adagrad, [{"params": list(arena.params.values()),
+                                       "initial_accumulator_value": 1.0}],
+                         initial_accumulator_value=0.1 if RANK else 5.0)
+        report("construction defaults mismatch", SIZE == 1, "no exception")
+    except ValueError as exc:
+        report("construction defaults mismatch",
+               "disagree on the constructor's 'initial_accumulator_value'" in str(exc), str(exc))
     v = list(arena.params.values())
     try:       # the same parameters and hyper-parameters, split into groups otherwise on rank 0
         # (was accepted: state_dict() then gathered each group with the root's bounds, and

@@ -402,9 +402,10 @@ class _Views(dict):
         """(view, value as an array of the view's dtype and shape): every check and
         conversion, nothing written."""
         view = self._view(key)
-        if not view.flags.writeable:    # (made read-only by hand: NumPy's copy said nothing
-            raise ValueError(           # of which, after the entries before were written)
-                f"{self._attr}[{key!r}] is read-only (its view was made read-only)")
+        if not view.flags.writeable:
+            # (made read-only by hand: NumPy's copy raised unnamed, after an update had
+            # written the entries before it)
+            raise ValueError(f"{self._attr}[{key!r}] is read-only (its view was made read-only)")
         _refuse_non_real(f"{self._attr}[{key!r}]", value)
         try:
             array = np.asarray(value, dtype=view.dtype)

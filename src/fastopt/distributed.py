@@ -213,7 +213,8 @@ class ShardedOptimizer:
 
     def _agree_signature(self):
         """Collective: ValueError on every rank unless every rank has the same dtype, shapes
-        per param group, names, optimizer class and hyper-parameters (the shapes per group:
+        per param group, names, optimizer class and hyper-parameters, its groups' and its
+        constructor's (the shapes per group:
         ranks that split the same parameters into groups otherwise would step alike but
         gather and scatter state dicts with other bounds). At construction, the ranks also
         agree on the optimizer's id, which each call's first collective carries."""

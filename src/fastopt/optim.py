@@ -1040,6 +1040,7 @@ class Optimizer:
         """Every group's :class:`_Plan`, after the checks :meth:`step` makes before any write
         whatever the grads: hyper-parameters, states, and no overlap of params and state
         arrays. (ShardedOptimizer runs them on its shard's optimizer on every rank first.)"""
+        kept = dict(self._plans)
         plans = [self._plan(gi) for gi in range(len(self.param_groups))]
         if len(plans) > 1:
             # a hyper-parameter changed in place in its mutable object tells no one: the
@@ -1053,7 +1054,8 @@ class Optimizer:
             self._plans.clear()     # (the fast path in step would take the lone group's)
             raise
         for gi, plan in enumerate(plans):
-            self._check_unchanged(gi, plan)
+            if kept.get(gi) is plan:    # (one made just now checked its states as it was)
+                self._check_unchanged(gi, plan)
         return plans
 
     def _check_unchanged(self, gi, plan):

@@ -2352,6 +2352,44 @@ def test_kept_grads_are_freed_by_zero_grad_as_with_torch(dtype):
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("then", ["zero_grad", "state_dict"])
+@pytest.mark.parametrize("how", ["removed", "group popped"])
+@pytest.mark.parametrize("many", [False, True], ids=["few", "many"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_a_parameter_taken_out_is_freed_by_zero_grad_or_state_dict(then, how, many, dtype):
+    """A parameter taken out of its group (or its group popped) whose state was deleted is
+    freed by torch.optim at once; the step's plan of its group (and, past 16 parameters,
+    its record of opt.state) held it, its grad and its state until the next step, for the
+    optimizer's life if it stepped no more (the lifetime probe: a frozen part handed to
+    another optimizer). zero_grad() and state_dict() let go of it; the rest steps on as in
+    an optimizer that never had it."""
+    results = []
+    for lib, take_out in ((torch.optim, True), (ft, True), (ft, False)):
+        torch.manual_seed(0)
+        rest = [torch.nn.Parameter(torch.randn(3).to(dtype)) for _ in range(20 if many else 1)]
+        out = torch.nn.Parameter(torch.randn(1000).to(dtype))
+        opt = lib.Adam([{"params": rest}, {"params": [out]}] if how == "group popped"
+                       else [*rest, out], lr=0.1)
+        for p in (*rest, out):
+            p.grad = torch.ones_like(p)
+        opt.step()
+        if take_out:
+            if how == "group popped":
+                opt.param_groups.pop()
+            else:
+                del opt.param_groups[0]["params"][-1]      # (out: list.remove compares values)
+            del opt.state[out]
+            alive = weakref.ref(out)
+            del out, p
+            getattr(opt, then)()
+            assert alive() is None, lib.__name__
+        for q in rest:
+            q.grad = torch.full_like(q, -1.0)
+        opt.step()
+        results.append([q.detach() for q in rest])
+    assert all(map(torch.equal, results[1], results[2]))
+
+
 def test_grads_that_refuse_the_mark_or_copy_it_step_and_free_as_with_torch():
     """A step marks the grads it releases (see the test above). A grad of a type whose
     __setattr__ refuses had raised after the parameters were written, before the state was

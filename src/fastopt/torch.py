@@ -73,8 +73,9 @@ kernels compare memory bounds, so interleaved views count too), or a grad whose 
 overlaps a parameter or state tensor of its group (other than a parameter that is its own
 grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled weight decay
 decays its grad with it), raise ``ValueError`` at the step, before any group has stepped
-(torch.optim steps them one after the other). A param group popped from ``param_groups`` is
-forgotten at the next step (its parameters' state stays in ``opt.state``, as in torch.optim).
+(torch.optim steps them one after the other). A param group popped from ``param_groups``, or
+a parameter taken out of its group, is forgotten at the next ``step()``, ``zero_grad()`` or
+``state_dict()`` (its state stays in ``opt.state``, as in torch.optim, until deleted there).
 
 float32 and float64 parameters are stepped in place. complex64 and complex128 parameters are
 stepped in place as torch.optim steps them: the kernels run on ``torch.view_as_real`` of the
@@ -920,6 +921,7 @@ class _FastOptimizer(_Mixin):
         tensor, which ``torch.save`` stores once, and a plain ``pickle.dumps`` once per view
         (n^2 counts for n parameters: save state dicts with ``torch.save``)."""
         with self._lock:
+            self._drop_plans()
             return super().state_dict()
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
@@ -1085,10 +1087,12 @@ class _FastOptimizer(_Mixin):
         set_to_none : bool, default True
             Set the grads to None instead of zeroing them.
         """
-        if set_to_none:
-            # grads the last steps kept (the same ones stepped again, written in place) are
-            # held no more: freed now with p.grad, as with torch.optim, not at the next step
-            with self._lock:
+        with self._lock:
+            self._drop_plans()
+            if set_to_none:
+                # grads the last steps kept (the same ones stepped again, written in place)
+                # are held no more: freed now with p.grad, as with torch.optim, not at the
+                # next step
                 for plan in self._plans.values():
                     if plan.grads is not None:
                         _let_go_of_grads(plan, known_again=False)
@@ -1111,10 +1115,23 @@ class _FastOptimizer(_Mixin):
 
     def _drop_plans(self):
         """Forget the plans of param groups popped from ``param_groups`` (plans are kept by
-        group index), which would keep their tensors alive; a group appended at such an
-        index later is planned anew (:meth:`_plan_holds` compares the parameters)."""
-        for gi in [gi for gi in self._plans if gi >= len(self.param_groups)]:
+        group index) and of groups that lost or gained parameters, and the last step's record
+        of ``opt.state`` once entries left it: they hold the parameters, grads and states
+        they describe, where torch.optim lets go of a parameter as soon as it has left its
+        group and its state was deleted. Such a group is planned anew at its next step, as
+        it would have been (:meth:`_plan_holds` compares the parameters). Run by the step
+        (popped groups), ``zero_grad()`` and ``state_dict()``; it compares lengths only (a
+        pass comparing the parameters cost a zero_grad() over 1000 of them 15 us), so a
+        parameter replaced by another in its group is let go of at the next step."""
+        groups = self.param_groups
+        stale = [gi for gi, plan in self._plans.items()
+                 if gi >= len(groups) or len(groups[gi]["params"]) != len(plan.all_params)]
+        for gi in stale:
             del self._plans[gi]
+        seen = self.__dict__.get("_seen")
+        if seen is not None and (stale or seen[0] is not self.state
+                                 or len(seen[1]) != len(self.state)):
+            self._seen = None
 
     def _locked_step(self):
         # every group is checked and viewed before any is stepped; each plan is checked

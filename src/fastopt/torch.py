@@ -56,8 +56,9 @@ Every group's tensors, hyper-parameters and step counts loaded, assigned or writ
 or a complex bias correction; RMSprop and Adadelta, which do not read it, step any count as
 torch does; NAdam's ``mu_product`` outside [0, 1]) are checked before any group is stepped, so
 a step that raises on them changes nothing: that includes a state tensor whose dtype or shape is
-not its parameter's (``model.double()`` after some steps, which torch.optim's SGD and Adagrad
-step in mixed dtypes and its Adam refuses: ``opt.load_state_dict(opt.state_dict())`` casts
+not its parameter's (``model.double()`` after some steps, or before the first for Adagrad,
+whose state torch makes in its constructor; torch.optim's SGD, RMSprop, Adagrad and Adadelta
+step in mixed dtypes, its Adam family refuses: ``opt.load_state_dict(opt.state_dict())`` casts
 the state), an expanded parameter (stride 0), which torch.optim refuses too, a parameter or
 state tensor whose elements overlap otherwise (``as_strided`` windows: torch.optim steps it,
 the kernels refuse it), and a state made without a key the step reads (``amsgrad`` switched

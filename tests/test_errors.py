@@ -679,6 +679,36 @@ def test_a_bad_later_group_leaves_earlier_groups_unstepped(backend):
         assert opt_snapshot(opt, [a, b]) == before
 
 
+@pytest.mark.parametrize("value", [1, "yes", None, np.array(False)], ids=repr)
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_adamws_eps_inside_sqrt_set_on_a_later_group_is_checked_before_any_steps(
+        backend, value):
+    """AdamW steps Adam's course form where a group sets ``eps_inside_sqrt`` (not among its
+    defaults), but did not check it with the others: a bad one was refused by its own group's
+    kernel after the groups before it had stepped (the hyper-parameter probe). An Adam state
+    dict whose entries went through np.savez (a flag as a 0-d array) loads into AdamW as its
+    own keys do, the flag a bool, the form honoured."""
+    a, b = np.ones(3), np.ones(2)
+    with fo.use_backend(backend):
+        opt = fo.AdamW([{"params": [a]}, {"params": [b]}], lr=0.1)
+        opt.step([np.ones(3), np.ones(2)])
+        opt.param_groups[1]["eps_inside_sqrt"] = value
+        before = opt_snapshot(opt, [a, b])
+        with pytest.raises(TypeError, match="eps_inside_sqrt"):
+            opt.step([np.ones(3), np.ones(2)])
+        assert opt_snapshot(opt, [a, b]) == before
+        adam, adamw = (cls([np.ones(3)], lr=0.1, weight_decay=0.0) for cls in (fo.Adam, fo.AdamW))
+        adam.param_groups[0]["eps_inside_sqrt"] = True
+        state = adam.state_dict()
+        state["param_groups"][0]["eps_inside_sqrt"] = np.array(True)
+        adamw.load_state_dict(state)
+        assert adamw.param_groups[0]["eps_inside_sqrt"] is True
+        for opt in (adam, adamw):
+            opt.step([np.full(3, 0.5)])
+        assert np.array_equal(adam.param_groups[0]["params"][0],
+                              adamw.param_groups[0]["params"][0])
+
+
 @pytest.mark.parametrize("key,make,spoil", [
     ("betas", lambda: [0.9, 0.999], lambda v: v.__setitem__(0, 1.5)),   # a list, as configs
     ("betas", lambda: np.array([0.9, 0.999]), lambda v: v.__setitem__(0, 1.5)),

@@ -611,6 +611,8 @@ class Optimizer:
 
     # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
     _BOUNDS: dict[str, Any] = {}
+    # an option the steps honour where a group has it, not among the defaults -> its range
+    _OPTIONAL_BOUNDS: dict[str, Any] = {}
     # a hyper-parameter's other name (the course's, which older state dicts used) -> torch's,
     # in param groups and state dicts
     _RENAMED: dict[str, str] = {}
@@ -880,6 +882,9 @@ class Optimizer:
                 raise ValueError(f"a param group has no {name!r} (it is a hyper-parameter of "
                                  f"{type(self).__name__})")
             _check_hyper(name, value, bounds)
+        for name, bounds in self._OPTIONAL_BOUNDS.items():
+            if name in group:
+                _check_hyper(name, group[name], bounds)
 
     def _check_grads(self, gi, grads):
         """Check group ``gi``'s grads against its parameters, raising with the parameter's
@@ -1121,7 +1126,8 @@ class Optimizer:
         if isinstance(group, _Group):
             group.checked = True
         alone = len(self.param_groups) == 1 and span is None and list_batch is not None
-        mutable = any(_mutable(group.get(key)) for key in self._BOUNDS)
+        mutable = any(_mutable(group.get(key))
+                      for key in (*self._BOUNDS, *self._OPTIONAL_BOUNDS))
         plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
                                        alone, made, mutable)
         return plan
@@ -1618,8 +1624,8 @@ class Optimizer:
                     key = self._RENAMED[key]
                 if key in ("params", "param_names"):   # (this optimizer's own)
                     continue
-                if key not in self.defaults:    # (another entry: taken as it is, a copy)
-                    hyper[key] = copy.deepcopy(value)
+                if key not in self.defaults and key not in self._OPTIONAL_BOUNDS:
+                    hyper[key] = copy.deepcopy(value)   # (another entry: as it is, a copy)
                     continue
                 if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
                     # (np.savez gives back every entry as an array: a flag as a 0-d bool)
@@ -2329,6 +2335,10 @@ class AdamW(Adam):
     """
 
     _BOUNDS = dict(_ADAM_BOUNDS, amsgrad=FLAG, decoupled_weight_decay=FLAG)
+    # Adam's course form, which a group may set (or an Adam state dict loaded bring): checked
+    # with the others before any group steps (a bad one had raised in its group's kernel,
+    # after the groups before it stepped)
+    _OPTIONAL_BOUNDS = {"eps_inside_sqrt": FLAG}
     _FORCED = {"decoupled_weight_decay": True}     # as torch's AdamW.__setstate__
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

@@ -548,6 +548,32 @@ def test_ewa_beta_and_bias_correction_set_later_are_checked_and_change_nothing(b
             assert ours.update(x).tobytes() == python.update(x).tobytes()
 
 
+@pytest.mark.parametrize("bad,exc,message", [
+    (None, TypeError, "t must be an int, got NoneType"), ("3", TypeError, "got str"),
+    (2.5, TypeError, "got float"), (True, TypeError, "got bool"),
+    (-1, ValueError, r"Invalid t: -1 \(must be >= 0\)")],
+    ids=["None", "str", "float", "bool", "negative"])
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_ewa_count_set_later_is_checked_and_changes_nothing(backend, bad, exc, message):
+    """The count ``t`` set by hand, as beta (the test above) and as load_state_dict checks it:
+    None or "3" had been found by ``self.t += 1`` after the sample was folded in (an unnamed
+    error), -1 gave an average of inf with a divide-by-zero warning, 2.5 a fractional
+    correction (the hyper-parameter probe). A NumPy integer count is taken as its int."""
+    with fo.use_backend(backend), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        avg = fo.EWA(0.5)
+        avg.update([2.0, 4.0])
+        before = avg._avg.copy()
+        avg.t = bad
+        with pytest.raises(exc, match=message):
+            avg.update([4.0, 8.0])
+        assert avg._avg.tobytes() == before.tobytes()
+        with pytest.raises(exc, match=message):
+            avg.value
+        avg.t = np.int64(1)
+        assert avg.update([4.0, 8.0]).tolist() == [10 / 3, 20 / 3] and type(avg.t) is int
+
+
 def _npz_round_trip(sd, path, allow_pickle=False):
     """``sd`` through ``np.savez`` and ``np.load``, each entry an array, as a checkpoint."""
     np.savez(path, **{k: np.asarray(v) for k, v in sd.items()})

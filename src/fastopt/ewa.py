@@ -136,10 +136,10 @@ class EWA:
         TypeError
             ``x`` not an array of real numbers (strings, objects, complex numbers), or a
             masked array; ``beta`` or ``bias_correction`` set since construction to what the
-            constructor refuses (named).
+            constructor refuses, or ``t`` to what is not an int (named).
         ValueError
-            ``x`` ragged or of another shape than the first sample, or ``beta`` set outside
-            [0, 1).
+            ``x`` ragged or of another shape than the first sample, ``beta`` set outside
+            [0, 1), or ``t`` below 0.
 
         A call that raises changes nothing (a refused first sample fixes no shape); Ctrl-C
         raised as the compiled kernel returns keeps the sample and counts it.
@@ -261,13 +261,16 @@ class EWA:
         return None if self._avg is None else self._current(self._avg, *self._checked())
 
     def _checked(self) -> tuple[float, bool]:
-        """``beta`` and ``bias_correction`` checked as the constructor checks them (either may
-        have been set since, as an optimizer's hyper-parameters may): beta a Python float."""
+        """``beta`` and ``bias_correction`` checked as the constructor checks them, and the
+        count ``t`` as :meth:`load_state_dict` does (any may have been set since, as an
+        optimizer's hyper-parameters and step counts may): beta a Python float, t an int."""
         beta = self.beta
         if not (type(beta) is float and 0.0 <= beta < 1.0):    # (the common case: no ABC)
             beta = _check_beta(beta)
         if self.bias_correction is not True and self.bias_correction is not False:
             check_flag("bias_correction", self.bias_correction)
+        if not (type(self.t) is int and self.t >= 0):
+            self.t = as_count("t", self.t)
         return beta, bool(self.bias_correction)
 
     def _current(self, avg: np.ndarray, beta: float, bias_correction: bool,

@@ -308,6 +308,20 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
     return _Staircase(lr0, factor, every)
 
 
+def _check_fillable(i, lr):
+    """Raise unless param group ``i``'s lr, where it is a tensor (filled in place, as torch's
+    schedulers fill it), takes a new float as it is: an integer tensor would hold it truncated
+    (0.5 as 0, the step returning 0.5), and a leaf that requires grad refuses ``fill_``."""
+    if not hasattr(lr, "fill_"):
+        return
+    if not lr.is_floating_point():
+        raise TypeError(f"param group {i}'s lr is a tensor of {lr.dtype}, which would hold a "
+                        "scheduled lr truncated: make it a floating-point tensor")
+    if lr.requires_grad and lr.is_leaf:
+        raise RuntimeError(f"param group {i}'s lr is a tensor that requires grad, which "
+                           "torch does not let be filled in place: detach it")
+
+
 class LRScheduler:
     """Set ``opt.lr = fn(epoch)`` on each :meth:`step`.
 
@@ -368,8 +382,9 @@ class LRScheduler:
         float
             The learning rate set.
 
-        A call that raises (in ``fn`` or in the optimizer's ``lr`` setter) changes nothing:
-        the epoch is set only once the learning rate is.
+        A call that raises (in ``fn``, in the optimizer's ``lr`` setter, or on a torch
+        optimizer's tensor lr that cannot take the value: an integer one, or one that requires
+        grad) changes nothing: the epoch is set only once the learning rate is.
         """
         epoch = self.epoch + 1 if epoch is None else epoch
         if isinstance(epoch, numbers.Real) and math.isnan(epoch):
@@ -380,6 +395,8 @@ class LRScheduler:
             self.opt.lr = lr
         else:       # a torch optimizer's groups, as torch's schedulers set them, once the lr
             check_real("lr", lr)    # is one fastopt's setter takes (torch's would step a NaN)
+            for i, group in enumerate(groups):      # every group can take it before any does
+                _check_fillable(i, group["lr"])
             for group in groups:
                 if hasattr(group["lr"], "fill_"):      # a tensor lr, filled in place
                     group["lr"].fill_(lr)

@@ -561,14 +561,19 @@ def test_ewa_beta_and_bias_correction_set_later_are_checked_and_change_nothing(b
 @pytest.mark.parametrize("bad,exc,message", [
     (None, TypeError, "t must be an int, got NoneType"), ("3", TypeError, "got str"),
     (2.5, TypeError, "got float"), (True, TypeError, "got bool"),
-    (-1, ValueError, r"Invalid t: -1 \(must be >= 0\)")],
-    ids=["None", "str", "float", "bool", "negative"])
+    (-1, ValueError, r"Invalid t: -1 \(must be >= 0\)"),
+    (10 ** 400, ValueError, r"Invalid t: 1000\d* \(must be <= 2\*\*53\)"),
+    (0, ValueError, "t is 0 but the average is an array: an average has a count of 0 "
+                    "exactly when it has no samples")],
+    ids=["None", "str", "float", "bool", "negative", "huge", "0 after samples"])
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_ewa_count_set_later_is_checked_and_changes_nothing(backend, bad, exc, message):
     """The count ``t`` set by hand, as beta (the test above) and as load_state_dict checks it:
     None or "3" had been found by ``self.t += 1`` after the sample was folded in (an unnamed
     error), -1 gave an average of inf with a divide-by-zero warning, 2.5 a fractional
-    correction (the hyper-parameter probe). A NumPy integer count is taken as its int."""
+    correction (the hyper-parameter probe), 0 after samples inf, 10**400 an unnamed
+    OverflowError after the sample was folded in, and a count before any sample a wrong
+    first value (the review). A NumPy integer count is taken as its int."""
     with fo.use_backend(backend), warnings.catch_warnings():
         warnings.simplefilter("error")
         avg = fo.EWA(0.5)
@@ -582,6 +587,11 @@ def test_ewa_count_set_later_is_checked_and_changes_nothing(backend, bad, exc, m
             avg.value
         avg.t = np.int64(1)
         assert avg.update([4.0, 8.0]).tolist() == [10 / 3, 20 / 3] and type(avg.t) is int
+        fresh = fo.EWA(0.5)
+        fresh.t = 3
+        with pytest.raises(ValueError, match="t is 3 but the average is None"):
+            fresh.update([2.0, 4.0])
+        assert fresh._avg is None
 
 
 def _npz_round_trip(sd, path, allow_pickle=False):

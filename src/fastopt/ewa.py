@@ -77,6 +77,24 @@ def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.n
     return out
 
 
+_MAX_COUNT = 2 ** 53     # the largest count (as the optimizers' step counts: exact as a float)
+
+
+def _count(name, t, avg, avg_name):
+    """The count ``t`` (named ``name``) as an int, checked against the raw average ``avg``:
+    0 exactly when there is none (an update makes both: a 0 beside an average had corrected
+    it to inf, a count before any sample the first one), at most _MAX_COUNT (10**400 had
+    raised an unnamed OverflowError in the correction, after update() folded in its sample)."""
+    t = as_count(name, t)
+    if t > _MAX_COUNT:
+        raise ValueError(f"Invalid {name}: {t} (must be <= 2**53)")
+    if (t == 0) != (avg is None):
+        raise ValueError(f"{name} is {t} but {avg_name} is "
+                         f"{'None' if avg is None else 'an array'}: an average has a "
+                         "count of 0 exactly when it has no samples")
+    return t
+
+
 class EWA:
     """Running exponentially weighted average of arrays of a fixed shape.
 
@@ -139,7 +157,8 @@ class EWA:
             constructor refuses, or ``t`` to what is not an int (named).
         ValueError
             ``x`` ragged or of another shape than the first sample, ``beta`` set outside
-            [0, 1), or ``t`` below 0.
+            [0, 1), or ``t`` set below 0, past 2**53, to 0 after samples or to more before
+            any.
 
         A call that raises changes nothing (a refused first sample fixes no shape); Ctrl-C
         raised as the compiled kernel returns keeps the sample and counts it.
@@ -235,7 +254,6 @@ class EWA:
             bias_correction = npz_item(state_dict["bias_correction"])
             check_flag("state_dict['bias_correction']", bias_correction)
             bias_correction = bool(bias_correction)
-        t = as_count("state_dict['t']", state_dict["t"])
         avg = state_dict["avg"]
         if npz_item(avg) is None:
             avg = None
@@ -249,10 +267,7 @@ class EWA:
                                 "or float64 (an average's dtype)")
             # a copy of our own, native and contiguous, which updates change in place
             avg = np.array(avg, dtype=avg.dtype.newbyteorder("="), order="C")
-        if (t == 0) != (avg is None):   # (an update makes both: .value had read inf, or 0.2)
-            raise ValueError(f"state_dict['t'] is {t} but state_dict['avg'] is "
-                             f"{'None' if avg is None else 'an array'}: an average has a "
-                             "count of 0 exactly when it has no samples")
+        t = _count("state_dict['t']", state_dict["t"], avg, "state_dict['avg']")
         self.beta, self.bias_correction, self.t, self._avg = beta, bias_correction, t, avg
 
     @property
@@ -269,8 +284,10 @@ class EWA:
             beta = _check_beta(beta)
         if self.bias_correction is not True and self.bias_correction is not False:
             check_flag("bias_correction", self.bias_correction)
-        if not (type(self.t) is int and self.t >= 0):
-            self.t = as_count("t", self.t)
+        t = self.t
+        if not (type(t) is int and 0 < t <= _MAX_COUNT and self._avg is not None
+                or t == 0 and self._avg is None):
+            self.t = _count("t", t, self._avg, "the average")
         return beta, bool(self.bias_correction)
 
     def _current(self, avg: np.ndarray, beta: float, bias_correction: bool,

@@ -216,16 +216,27 @@ def test_lr_scheduler_drives_torch_optimizers_by_their_param_groups():
                 bad_sched.step()
             assert opt.param_groups[0]["lr"] == 0.5 and lr_tensor.item() == 0.05
             assert bad_sched.epoch == -1
-        # nor does a later group's tensor lr that cannot take it (the hyper-parameter probe:
-        # the groups before it had been set; an integer one held 0.05 as 0)
-        for bad, exc in ((torch.tensor(1), TypeError),
-                         (torch.tensor(0.25, requires_grad=True), RuntimeError)):
+        # nor does a later group's tensor lr that cannot take it (the hyper-parameter probe
+        # and its review: the groups before it had been set; an integer one held 0.05 as 0)
+        leaf = torch.tensor([0.25], requires_grad=True)
+        with torch.inference_mode():
+            inference = torch.tensor(0.25)
+        for bad, exc, message in (
+                (torch.tensor(1), TypeError, "param group 2's lr is a tensor of torch.int64"),
+                (leaf, RuntimeError, "leaf Variable that requires grad"),
+                (leaf[0], RuntimeError, "view of a leaf Variable that requires grad"),
+                (inference, RuntimeError, "param group 2's lr is an inference tensor")):
             opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": bad})
-            with pytest.raises(exc, match="param group 2's lr is a tensor"):
+            with pytest.raises(exc, match=message):
                 sched.step()
             assert opt.param_groups[0]["lr"] == 0.5 and lr_tensor.item() == 0.05
             assert bad.item() in (1, 0.25) and sched.epoch == 1
             opt.param_groups.pop()
+        # (fill_ takes a leaf that requires grad under no_grad, as torch's schedulers)
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": leaf})
+        with torch.no_grad():
+            assert sched.step() == 0.025
+        assert opt.param_groups[0]["lr"] == 0.025 and leaf.item() == np.float32(0.025)
 
 
 def test_inverse_sqrt_decay_refuses_epoch_0_and_a_scheduler_step_of_it_changes_nothing():

@@ -6,6 +6,7 @@ using them, pickle and deepcopy with the optimizer (a checkpoint), and show thei
 """
 import math
 import numbers
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -308,18 +309,42 @@ def staircase(lr0: float, factor: float, every: int) -> Schedule:
     return _Staircase(lr0, factor, every)
 
 
-def _check_fillable(i, lr):
-    """Raise unless param group ``i``'s lr, where it is a tensor (filled in place, as torch's
-    schedulers fill it), takes a new float as it is: an integer tensor would hold it truncated
-    (0.5 as 0, the step returning 0.5), and a leaf that requires grad refuses ``fill_``."""
-    if not hasattr(lr, "fill_"):
-        return
-    if not lr.is_floating_point():
-        raise TypeError(f"param group {i}'s lr is a tensor of {lr.dtype}, which would hold a "
-                        "scheduled lr truncated: make it a floating-point tensor")
-    if lr.requires_grad and lr.is_leaf:
-        raise RuntimeError(f"param group {i}'s lr is a tensor that requires grad, which "
-                           "torch does not let be filled in place: detach it")
+def _set_torch_lrs(groups, lr):
+    """Set every group's lr to ``lr``, a tensor lr filled in place (as torch's schedulers set
+    them), or none: where a later group's lr refuses it (``fill_`` on a leaf that requires
+    grad or a view of one, an inference tensor), the groups set before it are set back before
+    the error is raised. Refused first: an integer tensor lr, which would hold the value
+    truncated (0.5 as 0, the scheduler's step returning 0.5), and an inference tensor outside
+    inference mode, whose ``fill_`` raises after writing."""
+    for i, group in enumerate(groups):
+        value = group["lr"]
+        if not hasattr(value, "fill_"):
+            continue
+        if not value.is_floating_point():
+            raise TypeError(f"param group {i}'s lr is a tensor of {value.dtype}, which would "
+                            "hold a scheduled lr truncated: make it a floating-point tensor")
+        if value.is_inference() and not sys.modules["torch"].is_inference_mode_enabled():
+            raise RuntimeError(f"param group {i}'s lr is an inference tensor (made under "
+                               "torch.inference_mode()), which torch does not let be updated "
+                               "in place outside inference mode: make it outside")
+    done = []       # (group, the lr it had: a copy of a tensor's value)
+    try:
+        for group in groups:
+            value = group["lr"]
+            if hasattr(value, "fill_"):
+                before = value.detach().clone()
+                value.fill_(lr)
+            else:
+                before = value
+                group["lr"] = lr
+            done.append((group, before))
+    except BaseException:
+        for group, before in reversed(done):
+            if hasattr(group["lr"], "fill_"):
+                group["lr"].copy_(before)   # (it took fill_: it takes this)
+            else:
+                group["lr"] = before
+        raise
 
 
 class LRScheduler:
@@ -383,8 +408,8 @@ class LRScheduler:
             The learning rate set.
 
         A call that raises (in ``fn``, in the optimizer's ``lr`` setter, or on a torch
-        optimizer's tensor lr that cannot take the value: an integer one, or one that requires
-        grad) changes nothing: the epoch is set only once the learning rate is.
+        optimizer's tensor lr that cannot take the value: an integer one, or one that refuses
+        ``fill_``) changes nothing: the epoch is set only once the learning rate is.
         """
         epoch = self.epoch + 1 if epoch is None else epoch
         if isinstance(epoch, numbers.Real) and math.isnan(epoch):
@@ -395,13 +420,7 @@ class LRScheduler:
             self.opt.lr = lr
         else:       # a torch optimizer's groups, as torch's schedulers set them, once the lr
             check_real("lr", lr)    # is one fastopt's setter takes (torch's would step a NaN)
-            for i, group in enumerate(groups):      # every group can take it before any does
-                _check_fillable(i, group["lr"])
-            for group in groups:
-                if hasattr(group["lr"], "fill_"):      # a tensor lr, filled in place
-                    group["lr"].fill_(lr)
-                else:
-                    group["lr"] = lr
+            _set_torch_lrs(groups, lr)
         self.epoch = _python(epoch)     # a plain number, as load_state_dict takes it back
         return lr
 

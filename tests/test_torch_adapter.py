@@ -2352,42 +2352,58 @@ def test_kept_grads_are_freed_by_zero_grad_as_with_torch(dtype):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("then", ["zero_grad", "state_dict"])
-@pytest.mark.parametrize("how", ["removed", "group popped"])
+@pytest.mark.parametrize("then", ["zero_grad", "state_dict", "nothing"])
+@pytest.mark.parametrize("how", ["removed", "last group popped", "first group popped",
+                                 "group replaced"])
 @pytest.mark.parametrize("many", [False, True], ids=["few", "many"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_a_parameter_taken_out_is_freed_by_zero_grad_or_state_dict(then, how, many, dtype):
-    """A parameter taken out of its group (or its group popped) whose state was deleted is
-    freed by torch.optim at once; the step's plan of its group (and, past 16 parameters,
-    its record of opt.state) held it, its grad and its state until the next step, for the
-    optimizer's life if it stepped no more (the lifetime probe: a frozen part handed to
-    another optimizer). zero_grad() and state_dict() let go of it; the rest steps on as in
-    an optimizer that never had it."""
+    """A parameter taken out of its group (or its group popped, or replaced by another of the
+    same size) whose state was deleted is freed by torch.optim at once; the step's plan of
+    its group (and, past 16 parameters, its record of opt.state) held it, its grad and its
+    state until the next step, for the optimizer's life if it stepped no more (the lifetime
+    probe: a frozen part handed to another optimizer). zero_grad() and state_dict() let go
+    of it, but of a 16-bit one taken out of its group (that group's plan tells the next step
+    which parameters were written since: dropped, a write through ``.data`` the step does
+    not see was seen after either call, and not without; the review), which the next step
+    lets go of. Either way the rest steps on as in an optimizer that never had it, and as
+    with torch.optim."""
     results = []
     for lib, take_out in ((torch.optim, True), (ft, True), (ft, False)):
         torch.manual_seed(0)
         rest = [torch.nn.Parameter(torch.randn(3).to(dtype)) for _ in range(20 if many else 1)]
-        out = torch.nn.Parameter(torch.randn(1000).to(dtype))
-        opt = lib.Adam([{"params": rest}, {"params": [out]}] if how == "group popped"
+        out = torch.nn.Parameter(torch.randn(3 if "group" in how else 1000).to(dtype))
+        first = how == "first group popped"
+        opt = lib.Adam([{"params": [out]}, {"params": rest}] if first else
+                       [{"params": rest}, {"params": [out]}] if "group" in how
                        else [*rest, out], lr=0.1)
         for p in (*rest, out):
             p.grad = torch.ones_like(p)
         opt.step()
+        if how == "removed":
+            rest[0].data.fill_(0.5)     # not seen by the next step (nor by torch.optim's)
         if take_out:
-            if how == "group popped":
-                opt.param_groups.pop()
-            else:
+            if how == "removed":
                 del opt.param_groups[0]["params"][-1]      # (out: list.remove compares values)
+            else:
+                opt.param_groups.pop(0 if first else -1)
+            if how == "group replaced":
+                opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3, dtype=dtype))]})
             del opt.state[out]
             alive = weakref.ref(out)
             del out, p
-            getattr(opt, then)()
-            assert alive() is None, lib.__name__
+            if then != "nothing":
+                getattr(opt, then)()
+                if lib is torch.optim or dtype == torch.float32 or how != "removed":
+                    assert alive() is None, lib.__name__
         for q in rest:
             q.grad = torch.full_like(q, -1.0)
         opt.step()
+        assert not take_out or alive() is None, lib.__name__
         results.append([q.detach() for q in rest])
     assert all(map(torch.equal, results[1], results[2]))
+    if dtype == torch.float32:
+        assert _ulps(results[1], results[0]) <= 4
 
 
 def test_grads_that_refuse_the_mark_or_copy_it_step_and_free_as_with_torch():

@@ -75,8 +75,9 @@ overlaps a parameter or state tensor of its group (other than a parameter that i
 grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled weight decay
 decays its grad with it), raise ``ValueError`` at the step, before any group has stepped
 (torch.optim steps them one after the other). A param group popped from ``param_groups``, or
-a parameter taken out of its group, is forgotten at the next ``step()``, ``zero_grad()`` or
-``state_dict()`` (its state stays in ``opt.state``, as in torch.optim, until deleted there).
+a float32 or float64 parameter taken out of its group, is forgotten at the next ``step()``,
+``zero_grad()`` or ``state_dict()`` (a 16-bit one at the next step; its state stays in
+``opt.state``, as in torch.optim, until deleted there).
 
 float32 and float64 parameters are stepped in place. complex64 and complex128 parameters are
 stepped in place as torch.optim steps them: the kernels run on ``torch.view_as_real`` of the
@@ -111,7 +112,8 @@ of one buffer share), elsewhere it is re-seeded from the parameter. An in-place 
 ``p.data`` (``p.data.copy_(x)``, ``p.data.clamp_()``), or through a NumPy view of it
 (``p.detach().numpy()``), is not seen: torch does not count it in the version counter, so the
 next step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
-assign ``p.data``, instead). ``load_state_dict`` leaves the masters as loaded (the model may be
+assign ``p.data``, instead), unless that step checks every master of the group anyway (after a
+``load_state_dict``, or once a group before it in ``param_groups`` was popped). ``load_state_dict`` leaves the masters as loaded (the model may be
 loaded after its optimizer) and the next step checks every one of them the same way: a
 checkpoint of this optimizer, with its model loaded before or after it, keeps its masters, so a
 resumed run is bit-identical; a master the parameter is not the rounding of (torch.optim keeps
@@ -557,7 +559,7 @@ class _Plan:
     shared memory (``shared_steps``) stays the state's, read into its slot before
     each step and advanced in place after it, as torch advances it."""
 
-    __slots__ = ("all_params", "grads", "has_grad", "params", "keys", "state_map", "stored",
+    __slots__ = ("all_params", "param_list", "grads", "has_grad", "params", "keys", "state_map", "stored",
                  "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
                  "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
                  "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
@@ -1115,18 +1117,23 @@ class _FastOptimizer(_Mixin):
         return loss
 
     def _drop_plans(self):
-        """Forget the plans of param groups popped from ``param_groups`` (plans are kept by
-        group index) and of groups that lost or gained parameters, and the last step's record
-        of ``opt.state`` once entries left it: they hold the parameters, grads and states
-        they describe, where torch.optim lets go of a parameter as soon as it has left its
-        group and its state was deleted. Such a group is planned anew at its next step, as
-        it would have been (:meth:`_plan_holds` compares the parameters). Run by the step
-        (popped groups), ``zero_grad()`` and ``state_dict()``; it compares lengths only (a
-        pass comparing the parameters cost a zero_grad() over 1000 of them 15 us), so a
-        parameter replaced by another in its group is let go of at the next step."""
+        """Forget the plans of param groups popped from ``param_groups`` or replaced there
+        (plans are kept by group index), and of groups that lost or gained parameters, and
+        the last step's record of ``opt.state`` once entries left it: they hold the
+        parameters, grads and states they describe, where torch.optim lets go of a parameter
+        as soon as it has left its group and its state was deleted. Such a group is planned
+        anew at its next step, as it would have been (:meth:`_plan_holds` compares the
+        parameters). Run by the step (popped groups), ``zero_grad()`` and ``state_dict()``;
+        it compares each group's list of parameters by identity and length only (a pass
+        comparing the parameters cost a zero_grad() over 1000 of them 15 us), so a parameter
+        replaced by another in its group is let go of at the next step. So is one taken out
+        of a group with 16-bit parameters: its plan tells the next which parameters were
+        written since (:meth:`_watch_masters`), so that calling these between steps does not
+        change what the next step does."""
         groups = self.param_groups
         stale = [gi for gi, plan in self._plans.items()
-                 if gi >= len(groups) or len(groups[gi]["params"]) != len(plan.all_params)]
+                 if gi >= len(groups) or groups[gi]["params"] is not plan.param_list
+                 or (len(plan.param_list) != len(plan.all_params) and plan.versions is None)]
         for gi in stale:
             del self._plans[gi]
         seen = self.__dict__.get("_seen")
@@ -1364,6 +1371,7 @@ class _FastOptimizer(_Mixin):
     def _make_plan(self, group, params, grads, old):
         plan = _Plan()
         plan.all_params, plan.grads = list(params), list(grads)
+        plan.param_list = params        # the group's own list (_drop_plans)
         plan.keep, plan.adopt = False, []
         plan.has_grad = [g is not None for g in grads]
         live = [p for p, g in zip(params, grads) if g is not None]

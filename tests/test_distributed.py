@@ -214,6 +214,9 @@ def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
     # rank stepped its shard with its own value, silently; arrays NumPy prints alike agreed)
     assert len(reports(runs, "hyper mismatch at step ")) == 8 * 5
     assert len(reports(runs, "hyper mismatch at step, then")) == 5
+    # AdamW's eps_inside_sqrt, an option its groups may set beside its defaults
+    assert len(reports(runs, "optional hyper mismatch at step ")) == 5
+    assert len(reports(runs, "optional hyper mismatch at step, then")) == 5
 
 
 def test_a_root_bad_or_other_on_one_rank_raises_on_every_rank_without_hang(runs):

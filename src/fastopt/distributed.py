@@ -605,8 +605,10 @@ class ShardedOptimizer:
         """Every param group's hyper-parameters, as reprs by sorted key (what the ranks must
         agree on, whatever order a group's entries were written in). Only the optimizer's own
         (its ``defaults``): a group's other entries (a name, a tag object) do not change the
-        step, and their reprs may differ between processes (an address, a set's order)."""
-        keys = self.shard_optimizer.defaults
+        step, and their reprs may differ between processes (an address, a set's order),
+        and the options its steps honour where a group sets them (AdamW's eps_inside_sqrt)."""
+        shard = self.shard_optimizer
+        keys = {*shard.defaults, *shard._OPTIONAL_BOUNDS}
         return [{k: repr(_plain(g[k])) for k in sorted(k for k in g if k in keys)}
                 for g in self.shard_optimizer.param_groups]
 

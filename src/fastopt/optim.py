@@ -2321,6 +2321,9 @@ class AdamW(Adam):
     maximize : bool, default False
         Ascend the objective: ``g = -grad``.
 
+    A param group may also set Adam's ``eps_inside_sqrt`` (the course form, see :class:`Adam`;
+    not a constructor argument, as torch's AdamW has none), which its steps honour.
+
     State per parameter (torch's keys): ``step``, ``exp_avg``, ``exp_avg_sq``,
     ``max_exp_avg_sq`` (amsgrad).
 

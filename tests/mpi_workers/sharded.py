@@ -560,6 +560,37 @@ def check_hyper_mismatch_at_step():
            same(arena.flat_params, ref.flat_params))
 
 
+def check_optional_hyper_mismatch_at_step():
+    """AdamW's eps_inside_sqrt (Adam's course form, not among its defaults, which its steps
+    honour where a group sets it) set on one rank only: every rank raises ValueError naming
+    it, nothing changes; set on every rank, the next step matches the single process. Was:
+    the ranks compared their defaults' keys only, and stepped their shards with two
+    formulas, silently (the review of the commit that made AdamW check it)."""
+    arena, ref = _small(), _small()
+    opt = ShardedOptimizer(fo.AdamW, arena, lr=0.1, eps=0.5)
+    ref_opt = fo.AdamW(ref.params, lr=0.1, eps=0.5)
+    last = SIZE - 1
+    if RANK == last:
+        opt.param_groups[0]["eps_inside_sqrt"] = True
+    arena.flat_grads[...] = 3.0
+    before = _snapshot(arena, opt)
+    try:
+        opt.step()
+        report("optional hyper mismatch at step eps_inside_sqrt", SIZE == 1, "no exception")
+    except ValueError as exc:
+        report("optional hyper mismatch at step eps_inside_sqrt", f"rank {last}" in str(exc)
+               and "eps_inside_sqrt" in str(exc) and _unchanged(arena, opt, before), str(exc))
+    opt.param_groups[0]["eps_inside_sqrt"] = True
+    ref_opt.param_groups[0]["eps_inside_sqrt"] = True
+    gs = local_grads(2, np.float64, arena.size)
+    arena.flat_grads[...] = gs[RANK]
+    opt.step()
+    ref.flat_grads[...] = averaged(gs)
+    ref_opt.step(ref.grads)
+    report("optional hyper mismatch at step, then the same edit everywhere",
+           same(arena.flat_params, ref.flat_params))
+
+
 def check_ctrl_c_inside_a_step():
     """Ctrl-C on the last rank while its step copies the grads into the arena (SIGINT sent to
     itself from inside np.copyto): the step ends on every rank as one process's, then
@@ -1128,6 +1159,7 @@ def main():
     checks = [check_equivalence, check_large, check_groups, check_memory, check_bad_grads,
               check_disagreeing_ranks, check_bad_state_dict, check_read_only,
               check_refused_shard_step, check_own_grad_views, check_hyper_mismatch_at_step,
+              check_optional_hyper_mismatch_at_step,
               check_overlap_on_one_rank, check_root_on_one_rank, check_add_param_group,
               check_bad_param_group, check_group_removed_on_one_rank,
               check_extra_group_entries, check_grad_sums_past_the_float_range,

@@ -2353,8 +2353,8 @@ def test_kept_grads_are_freed_by_zero_grad_as_with_torch(dtype):
 
 
 @pytest.mark.parametrize("then", ["zero_grad", "state_dict", "nothing"])
-@pytest.mark.parametrize("how", ["removed", "last group popped", "first group popped",
-                                 "group replaced"])
+@pytest.mark.parametrize("how", ["removed", "list rebuilt", "last group popped",
+                                 "first group popped", "group replaced"])
 @pytest.mark.parametrize("many", [False, True], ids=["few", "many"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_a_parameter_taken_out_is_freed_by_zero_grad_or_state_dict(then, how, many, dtype):
@@ -2363,11 +2363,11 @@ def test_a_parameter_taken_out_is_freed_by_zero_grad_or_state_dict(then, how, ma
     its group (and, past 16 parameters, its record of opt.state) held it, its grad and its
     state until the next step, for the optimizer's life if it stepped no more (the lifetime
     probe: a frozen part handed to another optimizer). zero_grad() and state_dict() let go
-    of it, but of a 16-bit one taken out of its group (that group's plan tells the next step
-    which parameters were written since: dropped, a write through ``.data`` the step does
-    not see was seen after either call, and not without; the review), which the next step
-    lets go of. Either way the rest steps on as in an optimizer that never had it, and as
-    with torch.optim."""
+    of it, but in a group with 16-bit parameters, other than one popped from the end (its
+    plan tells the next step which parameters were written since: dropped, a write through
+    ``.data`` the step does not see was seen after either call, and not without; the
+    reviews), where the next step lets go of it. Either way the rest steps on as in an
+    optimizer that never had it, and as with torch.optim."""
     results = []
     for lib, take_out in ((torch.optim, True), (ft, True), (ft, False)):
         torch.manual_seed(0)
@@ -2380,11 +2380,14 @@ def test_a_parameter_taken_out_is_freed_by_zero_grad_or_state_dict(then, how, ma
         for p in (*rest, out):
             p.grad = torch.ones_like(p)
         opt.step()
-        if how == "removed":
+        if how in ("removed", "list rebuilt"):
             rest[0].data.fill_(0.5)     # not seen by the next step (nor by torch.optim's)
         if take_out:
             if how == "removed":
                 del opt.param_groups[0]["params"][-1]      # (out: list.remove compares values)
+            elif how == "list rebuilt":
+                opt.param_groups[0]["params"] = [q for q in opt.param_groups[0]["params"]
+                                                 if q is not out]
             else:
                 opt.param_groups.pop(0 if first else -1)
             if how == "group replaced":
@@ -2394,7 +2397,7 @@ def test_a_parameter_taken_out_is_freed_by_zero_grad_or_state_dict(then, how, ma
             del out, p
             if then != "nothing":
                 getattr(opt, then)()
-                if lib is torch.optim or dtype == torch.float32 or how != "removed":
+                if lib is torch.optim or dtype == torch.float32 or how == "last group popped":
                     assert alive() is None, lib.__name__
         for q in rest:
             q.grad = torch.full_like(q, -1.0)

@@ -75,9 +75,9 @@ overlaps a parameter or state tensor of its group (other than a parameter that i
 grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled weight decay
 decays its grad with it), raise ``ValueError`` at the step, before any group has stepped
 (torch.optim steps them one after the other). A param group popped from ``param_groups``, or
-a float32 or float64 parameter taken out of its group, is forgotten at the next ``step()``,
-``zero_grad()`` or ``state_dict()`` (a 16-bit one at the next step; its state stays in
-``opt.state``, as in torch.optim, until deleted there).
+a parameter taken out of its group, is forgotten at the next ``step()``, ``zero_grad()`` or
+``state_dict()`` (in a group with 16-bit parameters, at the next step, but for a group popped
+from the end; its state stays in ``opt.state``, as in torch.optim, until deleted there).
 
 float32 and float64 parameters are stepped in place. complex64 and complex128 parameters are
 stepped in place as torch.optim steps them: the kernels run on ``torch.view_as_real`` of the
@@ -1126,14 +1126,15 @@ class _FastOptimizer(_Mixin):
         parameters). Run by the step (popped groups), ``zero_grad()`` and ``state_dict()``;
         it compares each group's list of parameters by identity and length only (a pass
         comparing the parameters cost a zero_grad() over 1000 of them 15 us), so a parameter
-        replaced by another in its group is let go of at the next step. So is one taken out
-        of a group with 16-bit parameters: its plan tells the next which parameters were
-        written since (:meth:`_watch_masters`), so that calling these between steps does not
-        change what the next step does."""
+        replaced by another in its group is let go of at the next step. So is any of a group
+        with 16-bit parameters, but for a group popped from the end: its plan tells the next
+        which parameters were written since (:meth:`_watch_masters`), so that calling these
+        between steps does not change what the next step does."""
         groups = self.param_groups
         stale = [gi for gi, plan in self._plans.items()
-                 if gi >= len(groups) or groups[gi]["params"] is not plan.param_list
-                 or (len(plan.param_list) != len(plan.all_params) and plan.versions is None)]
+                 if gi >= len(groups) or plan.versions is None
+                 and (groups[gi]["params"] is not plan.param_list
+                      or len(plan.param_list) != len(plan.all_params))]
         for gi in stale:
             del self._plans[gi]
         seen = self.__dict__.get("_seen")
@@ -1277,6 +1278,7 @@ class _FastOptimizer(_Mixin):
                 or (plan.scalars[0]._version if len(plan.scalars) == 1
                     else sum(map(_version_of, plan.scalars))) != plan.scalar_versions):
             return False
+        plan.param_list = params    # (the same parameters, perhaps in a new list: _drop_plans)
         values = list(chain.from_iterable(map(dict.values, plan.states)))
         if len(values) != len(plan.values) or not all(map(is_, values, plan.values)):
             return False

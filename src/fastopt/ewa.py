@@ -166,6 +166,8 @@ class EWA:
         # everything is checked and converted before the average is allocated or touched: a
         # refused update (even the first) changes nothing
         beta, bias_correction = self._checked()
+        if self.t == _MAX_COUNT:
+            raise ValueError("t is 2**53, the largest count: this average counts no further")
         x = _real_array(x)
         if self._avg is None:
             avg = np.zeros(x.shape, _average_dtype(x))
@@ -285,8 +287,8 @@ class EWA:
         if self.bias_correction is not True and self.bias_correction is not False:
             check_flag("bias_correction", self.bias_correction)
         t = self.t
-        if not (type(t) is int and 0 < t <= _MAX_COUNT and self._avg is not None
-                or t == 0 and self._avg is None):
+        if not (type(t) is int and (0 < t <= _MAX_COUNT and self._avg is not None
+                                    or t == 0 and self._avg is None)):
             self.t = _count("t", t, self._avg, "the average")
         return beta, bool(self.bias_correction)
 

@@ -223,8 +223,10 @@ def test_lr_scheduler_drives_torch_optimizers_by_their_param_groups():
             inference = torch.tensor(0.25)
         for bad, exc, message in (
                 (torch.tensor(1), TypeError, "param group 2's lr is a tensor of torch.int64"),
-                (leaf, RuntimeError, "leaf Variable that requires grad"),
-                (leaf[0], RuntimeError, "view of a leaf Variable that requires grad"),
+                (leaf, RuntimeError, "param group 2's lr tensor cannot be set in place: a "
+                                     "leaf Variable that requires grad"),
+                (leaf[0], RuntimeError, "param group 2's lr tensor cannot be set in place: a "
+                                        "view of a leaf Variable that requires grad"),
                 (inference, RuntimeError, "param group 2's lr is an inference tensor")):
             opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": bad})
             with pytest.raises(exc, match=message):
@@ -232,6 +234,18 @@ def test_lr_scheduler_drives_torch_optimizers_by_their_param_groups():
             assert opt.param_groups[0]["lr"] == 0.5 and lr_tensor.item() == 0.05
             assert bad.item() in (1, 0.25) and sched.epoch == 1
             opt.param_groups.pop()
+        # an interrupt as a fill_ returns: that group is set back too (the review)
+        class Interrupting(torch.Tensor):
+            def fill_(self, value):
+                super().fill_(value)
+                raise KeyboardInterrupt
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)],
+                             "lr": torch.tensor(0.25).as_subclass(Interrupting)})
+        with pytest.raises(KeyboardInterrupt):
+            sched.step()
+        assert [float(g["lr"]) for g in opt.param_groups] == [0.5, 0.05, 0.25]
+        assert sched.epoch == 1
+        opt.param_groups.pop()
         # (fill_ takes a leaf that requires grad under no_grad, as torch's schedulers)
         opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": leaf})
         with torch.no_grad():

@@ -327,23 +327,29 @@ def _set_torch_lrs(groups, lr):
             raise RuntimeError(f"param group {i}'s lr is an inference tensor (made under "
                                "torch.inference_mode()), which torch does not let be updated "
                                "in place outside inference mode: make it outside")
-    done = []       # (group, the lr it had: a copy of a tensor's value)
+    done = []       # (group, the lr it had: a copy of a tensor's value), before it is set
     try:
-        for group in groups:
+        for i, group in enumerate(groups):
             value = group["lr"]
             if hasattr(value, "fill_"):
-                before = value.detach().clone()
-                value.fill_(lr)
+                done.append((group, value.detach().clone()))
+                try:
+                    value.fill_(lr)
+                except RuntimeError as exc:     # (a leaf that requires grad, or a view of one)
+                    raise RuntimeError(f"param group {i}'s lr tensor cannot be set in place: "
+                                       f"{exc}") from exc
             else:
-                before = value
+                done.append((group, value))
                 group["lr"] = lr
-            done.append((group, before))
     except BaseException:
+        # (an interrupt may come between a fill_ and the next line: each is set back if it
+        # changed; one whose fill_ raised did not, and might refuse a copy_ too)
         for group, before in reversed(done):
-            if hasattr(group["lr"], "fill_"):
-                group["lr"].copy_(before)   # (it took fill_: it takes this)
-            else:
+            value = group["lr"]
+            if not hasattr(value, "fill_"):
                 group["lr"] = before
+            elif not value.equal(before):
+                value.copy_(before)
         raise
 
 

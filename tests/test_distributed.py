@@ -217,6 +217,7 @@ def test_hyper_parameters_edited_on_one_rank_only_raise_on_every_rank(runs):
     # AdamW's eps_inside_sqrt, an option its groups may set beside its defaults
     assert len(reports(runs, "optional hyper mismatch at step ")) == 5
     assert len(reports(runs, "optional hyper mismatch at step, then")) == 5
+    assert len(reports(runs, "optional hyper at its default on one rank")) == 5
 
 
 def test_a_root_bad_or_other_on_one_rank_raises_on_every_rank_without_hang(runs):

@@ -605,12 +605,14 @@ class ShardedOptimizer:
         """Every param group's hyper-parameters, as reprs by sorted key (what the ranks must
         agree on, whatever order a group's entries were written in). Only the optimizer's own
         (its ``defaults``): a group's other entries (a name, a tag object) do not change the
-        step, and their reprs may differ between processes (an address, a set's order),
-        and the options its steps honour where a group sets them (AdamW's eps_inside_sqrt)."""
+        step, and their reprs may differ between processes (an address, a set's order); and
+        the options its steps honour where a group sets them (AdamW's eps_inside_sqrt), as
+        the value they step with (one spelled out as its default agrees with one left out)."""
         shard = self.shard_optimizer
-        keys = {*shard.defaults, *shard._OPTIONAL_BOUNDS}
-        return [{k: repr(_plain(g[k])) for k in sorted(k for k in g if k in keys)}
-                for g in self.shard_optimizer.param_groups]
+        keys = sorted({*shard.defaults, *shard._OPTIONAL})
+        return [{k: repr(_plain(shard._option(g, k) if k in shard._OPTIONAL else g[k]))
+                 for k in keys if k in g or k in shard._OPTIONAL}
+                for g in shard.param_groups]
 
     def _on_every_rank(self, call, make, *args):
         """``make(*args)`` on this rank, then the ranks agree (:meth:`_raise_if_any`): what

@@ -611,8 +611,9 @@ class Optimizer:
 
     # hyper-parameter -> its range (NONNEG, UNIT_OPEN, UNIT, BETAS) or FLAG
     _BOUNDS: dict[str, Any] = {}
-    # an option the steps honour where a group has it, not among the defaults -> its range
-    _OPTIONAL_BOUNDS: dict[str, Any] = {}
+    # an option the steps honour where a group has it, not among the defaults -> (its range,
+    # the value a group without it steps with)
+    _OPTIONAL: dict[str, tuple[Any, Any]] = {}
     # a hyper-parameter's other name (the course's, which older state dicts used) -> torch's,
     # in param groups and state dicts
     _RENAMED: dict[str, str] = {}
@@ -873,6 +874,11 @@ class Optimizer:
         raise TypeError(f"grads must be a dict or a sequence of arrays, "
                         f"got {type(grads).__name__}")
 
+    def _option(self, group, name):
+        """The group's hyper-parameter ``name``, or, for one of ``_OPTIONAL`` it does not
+        set, the value steps take without it."""
+        return group[name] if name in group else self._OPTIONAL[name][1]
+
     def _check(self, group):
         """Check a group's hyper-parameters (type and range, from ``_BOUNDS``): TypeError or
         ValueError naming the first bad one."""
@@ -882,7 +888,7 @@ class Optimizer:
                 raise ValueError(f"a param group has no {name!r} (it is a hyper-parameter of "
                                  f"{type(self).__name__})")
             _check_hyper(name, value, bounds)
-        for name, bounds in self._OPTIONAL_BOUNDS.items():
+        for name, (bounds, _) in self._OPTIONAL.items():
             if name in group:
                 _check_hyper(name, group[name], bounds)
 
@@ -1127,7 +1133,7 @@ class Optimizer:
             group.checked = True
         alone = len(self.param_groups) == 1 and span is None and list_batch is not None
         mutable = any(_mutable(group.get(key))
-                      for key in (*self._BOUNDS, *self._OPTIONAL_BOUNDS))
+                      for key in (*self._BOUNDS, *self._OPTIONAL))
         plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
                                        alone, made, mutable)
         return plan
@@ -1624,7 +1630,7 @@ class Optimizer:
                     key = self._RENAMED[key]
                 if key in ("params", "param_names"):   # (this optimizer's own)
                     continue
-                if key not in self.defaults and key not in self._OPTIONAL_BOUNDS:
+                if key not in self.defaults and key not in self._OPTIONAL:
                     hyper[key] = copy.deepcopy(value)   # (another entry: as it is, a copy)
                     continue
                 if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
@@ -2290,7 +2296,7 @@ class Adam(Optimizer):
                                weight_decay=group["weight_decay"], max_exp_avg_sqs=vmaxes,
                                maximize=group["maximize"],
                                decoupled_weight_decay=group["decoupled_weight_decay"],
-                               eps_inside_sqrt=group.get("eps_inside_sqrt", False))
+                               eps_inside_sqrt=self._option(group, "eps_inside_sqrt"))
 
 
 class AdamW(Adam):
@@ -2341,7 +2347,7 @@ class AdamW(Adam):
     # Adam's course form, which a group may set (or an Adam state dict loaded bring): checked
     # with the others before any group steps (a bad one had raised in its group's kernel,
     # after the groups before it stepped)
-    _OPTIONAL_BOUNDS = {"eps_inside_sqrt": FLAG}
+    _OPTIONAL = {"eps_inside_sqrt": (FLAG, False)}
     _FORCED = {"decoupled_weight_decay": True}     # as torch's AdamW.__setstate__
 
     def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),

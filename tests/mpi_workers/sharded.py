@@ -570,6 +570,16 @@ def check_optional_hyper_mismatch_at_step():
     opt = ShardedOptimizer(fo.AdamW, arena, lr=0.1, eps=0.5)
     ref_opt = fo.AdamW(ref.params, lr=0.1, eps=0.5)
     last = SIZE - 1
+    if RANK == last:    # spelled out as its default on one rank: the same step (review q26)
+        opt.param_groups[0]["eps_inside_sqrt"] = False
+    arena.flat_grads[...] = ref.flat_grads[...] = 3.0
+    try:
+        opt.step()
+        ref_opt.step(ref.grads)
+        report("optional hyper at its default on one rank",
+               same(arena.flat_params, ref.flat_params))
+    except ValueError as exc:
+        report("optional hyper at its default on one rank", False, str(exc))
     if RANK == last:
         opt.param_groups[0]["eps_inside_sqrt"] = True
     arena.flat_grads[...] = 3.0

@@ -113,12 +113,13 @@ of one buffer share), elsewhere it is re-seeded from the parameter. An in-place 
 (``p.detach().numpy()``), is not seen: torch does not count it in the version counter, so the
 next step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
 assign ``p.data``, instead), unless that step checks every master of the group anyway (after a
-``load_state_dict``, or once a group before it in ``param_groups`` was popped). ``load_state_dict`` leaves the masters as loaded (the model may be
-loaded after its optimizer) and the next step checks every one of them the same way: a
-checkpoint of this optimizer, with its model loaded before or after it, keeps its masters, so a
-resumed run is bit-identical; a master the parameter is not the rounding of (torch.optim keeps
-``master_param`` in its state without stepping it, or the parameter was written after the load)
-is re-seeded from the parameter. A ``master_param`` set to None is made anew from the
+``load_state_dict``, or once a group before it in ``param_groups`` was popped).
+``load_state_dict`` leaves the masters as loaded (the model may be loaded after its optimizer)
+and the next step checks every one of them the same way: a checkpoint of this optimizer, with
+its model loaded before or after it, keeps its masters, so a resumed run is bit-identical; a
+master the parameter is not the rounding of (torch.optim keeps ``master_param`` in its state
+without stepping it, or the parameter was written after the load) is re-seeded from the
+parameter. A ``master_param`` set to None is made anew from the
 parameter; one that is not a float32 dense CPU tensor of its shape raises at the step.
 
 A gradient clip folded into the step: ``max_grad_norm=1.0`` (a constructor keyword, or per
@@ -559,14 +560,14 @@ class _Plan:
     shared memory (``shared_steps``) stays the state's, read into its slot before
     each step and advanced in place after it, as torch advances it."""
 
-    __slots__ = ("all_params", "param_list", "grads", "has_grad", "params", "keys", "state_map", "stored",
-                 "states", "fresh", "pending", "tensors", "values", "watched", "ptrs",
-                 "watched_all", "ptrs_all", "views", "cols", "pviews", "formats", "gdtypes",
-                 "tdtypes", "live_grads", "graw", "step_buf", "slots", "counts", "tally",
-                 "live_index", "strides", "shapes", "one", "versions", "marks", "gstrides", "keep",
-                 "gmark", "gids", "wstarts", "wreach", "alias", "pptrs", "split", "negs",
-                 "neg_grads", "scalars", "scalar_versions", "vshapes", "inference",
-                 "shared_steps", "clip_shared", "adopt", "reseeded")
+    __slots__ = ("all_params", "param_list", "grads", "has_grad", "params", "keys",
+                 "state_map", "stored", "states", "fresh", "pending", "tensors", "values",
+                 "watched", "ptrs", "watched_all", "ptrs_all", "views", "cols", "pviews",
+                 "formats", "gdtypes", "tdtypes", "live_grads", "graw", "step_buf", "slots",
+                 "counts", "tally", "live_index", "strides", "shapes", "one", "versions",
+                 "marks", "gstrides", "keep", "gmark", "gids", "wstarts", "wreach", "alias",
+                 "pptrs", "split", "negs", "neg_grads", "scalars", "scalar_versions", "vshapes",
+                 "inference", "shared_steps", "clip_shared", "adopt", "reseeded")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16

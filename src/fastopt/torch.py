@@ -2371,7 +2371,10 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
 class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     """``torch.optim.Adagrad`` stepped by fastopt's Adagrad kernel (:func:`fastopt.ops.
     foreach_adagrad_step_`'s). State (torch's, created at construction as torch does):
-    ``step``, ``sum``."""
+    ``step``, ``sum``, and a 16-bit parameter's ``master_param`` with them (made at the first
+    step, it was missing from the state dict ``torch.distributed.checkpoint`` takes of a
+    fresh optimizer to load a checkpoint into, which fakes a step only where there is no
+    state: the checkpoint's masters were dropped)."""
 
     _KEYS = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value",
              "maximize")
@@ -2381,7 +2384,8 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     def __init__(self, params: _torch_optimizer.ParamsT, *args: Any, **kwargs: Any) -> None:
         super().__init__(params, *args, **kwargs)
         # torch's __init__ made each ``sum`` in its parameter's dtype: a 16-bit parameter's
-        # float32 one is made from the value itself, as a parameter added later gets it
+        # float32 one is made from the value itself, as a parameter added later gets it, and
+        # its master beside it
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
@@ -2389,6 +2393,7 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
                     state["sum"] = torch.full_like(
                         p, self.defaults["initial_accumulator_value"], dtype=torch.float32,
                         memory_format=torch.preserve_format)
+                    state[MASTER] = _fresh_master(p)
 
     def _state_keys(self, group):
         return ("sum",)

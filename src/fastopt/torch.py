@@ -113,7 +113,10 @@ of one buffer share), elsewhere it is re-seeded from the parameter. An in-place 
 (``p.detach().numpy()``), is not seen: torch does not count it in the version counter, so the
 next step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
 assign ``p.data``, instead), unless that step checks every master of the group anyway (after a
-``load_state_dict``, or once a group before it in ``param_groups`` was popped).
+``load_state_dict``, or once a group before it in ``param_groups`` was popped). Nor is a write
+by a ``torch.distributed`` collective on the parameter, which torch does not count either
+(``dist.broadcast(p, 0)`` re-synchronizing replicas: the next step would undo it on the ranks
+that received it): follow it with ``torch.autograd.graph.increment_version(p)``.
 ``load_state_dict`` leaves the masters as loaded (the model may be loaded after its optimizer)
 and the next step checks every one of them the same way: a checkpoint of this optimizer, with
 its model loaded before or after it, keeps its masters, so a resumed run is bit-identical; a
@@ -158,7 +161,10 @@ or AdamW group with 16-bit parameters, a negative or conjugate view, or a grad a
 shares raises ``ValueError`` before any group steps. ``opt.grad_norms`` has an
 entry per param group: its norm before clipping as a Python float (0.0 for a clipping group
 without grads, as clip_grad_norm_ returns for no grads), None where the group does not clip
-or has not stepped yet.
+or has not stepped yet. The norm is the group's, as its optimizer holds it: under
+``torch.distributed.optim.ZeroRedundancyOptimizer``, whose ranks each step an optimizer over
+their shard of the parameters, each rank's is its shard's (clip over the whole model with
+``clip_grad_norm_`` before the step there; under DDP every rank holds every grad, summed).
 
 Hyper-parameters may be tensors where torch takes them (``lr=torch.tensor(0.01)``, betas, a
 tensor changed in place between steps is read at the next step): the scalars torch's step

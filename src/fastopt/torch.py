@@ -1666,7 +1666,8 @@ class _FastOptimizer(_Mixin):
                             f"state[{key!r}] of parameter {index[i]}")
                     raise ValueError(
                         f"fastopt.torch: the grad of parameter {index[k]} of param group {gi} "
-                        f"overlaps {what} in memory, which the step writes; fastopt's "
+                        f"overlaps {what} in memory (their memory bounds overlap, even if "
+                        "no element is shared), which the step writes; fastopt's "
                         "multi-tensor kernels update a group's tensors at once and refuse "
                         "it (torch.optim reads it as its step goes): give the grad memory of "
                         "its own (clone() it)")

@@ -157,8 +157,8 @@ class EWA:
             constructor refuses, or ``t`` to what is not an int (named).
         ValueError
             ``x`` ragged or of another shape than the first sample, ``beta`` set outside
-            [0, 1), or ``t`` set below 0, past 2**53, to 0 after samples or to more before
-            any.
+            [0, 1), ``t`` set below 0, past 2**53, to 0 after samples or to more before
+            any, or an update past a count of 2**53.
 
         A call that raises changes nothing (a refused first sample fixes no shape); Ctrl-C
         raised as the compiled kernel returns keeps the sample and counts it.

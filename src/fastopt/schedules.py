@@ -343,12 +343,12 @@ def _set_torch_lrs(groups, lr):
                 group["lr"] = lr
     except BaseException:
         # (an interrupt may come between a fill_ and the next line: each is set back if it
-        # changed; one whose fill_ raised did not, and might refuse a copy_ too)
+        # changed, NaN for NaN; one whose fill_ raised did not, and would refuse a copy_ too)
         for group, before in reversed(done):
             value = group["lr"]
             if not hasattr(value, "fill_"):
                 group["lr"] = before
-            elif not value.equal(before):
+            elif not bool(((value == before) | (value.isnan() & before.isnan())).all()):
                 value.copy_(before)
         raise
 

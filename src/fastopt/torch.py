@@ -113,10 +113,11 @@ of one buffer share), elsewhere it is re-seeded from the parameter. An in-place 
 (``p.detach().numpy()``), is not seen: torch does not count it in the version counter, so the
 next step starts from the master as it was (write through ``p`` under ``torch.no_grad()``, or
 assign ``p.data``, instead), unless that step checks every master of the group anyway (after a
-``load_state_dict``, or once a group before it in ``param_groups`` was popped). Nor is a write
-by a ``torch.distributed`` collective on the parameter, which torch does not count either
-(``dist.broadcast(p, 0)`` re-synchronizing replicas: the next step would undo it on the ranks
-that received it): follow it with ``torch.autograd.graph.increment_version(p)``.
+``load_state_dict``, or once it or a group before it in ``param_groups`` was popped, even if
+put back before a ``zero_grad()`` or ``state_dict()``). Nor is a write by a ``torch.distributed``
+collective on the parameter, which torch does not count either (``dist.broadcast(p, 0)``
+re-synchronizing replicas: the next step would undo it on the ranks that received it): follow
+it with ``torch.autograd.graph.increment_version(p)``.
 ``load_state_dict`` leaves the masters as loaded (the model may be loaded after its optimizer)
 and the next step checks every one of them the same way: a checkpoint of this optimizer, with
 its model loaded before or after it, keeps its masters, so a resumed run is bit-identical; a

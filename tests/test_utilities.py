@@ -231,7 +231,8 @@ def test_lr_scheduler_drives_torch_optimizers_by_their_param_groups():
                 (torch.tensor(float("nan"), requires_grad=True), RuntimeError,
                  "param group 2's lr tensor cannot be set in place"),
                 (inference, RuntimeError, "param group 2's lr is an inference tensor")):
-            opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": bad})
+            opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)]})
+            opt.param_groups[2]["lr"] = bad     # (as a scheduler or a hand sets it)
             with pytest.raises(exc, match=message):
                 sched.step()
             assert opt.param_groups[0]["lr"] == 0.5 and lr_tensor.item() == 0.05

@@ -2420,7 +2420,7 @@ def test_a_parameter_taken_out_is_freed_by_zero_grad_or_state_dict(then, how, ma
             p.grad = torch.ones_like(p)
         opt.step()
         if how in ("removed", "list rebuilt"):
-            rest[0].data.fill_(0.5)     # not seen by the next step (nor by torch.optim's)
+            rest[0].data.fill_(0.5)     # (in bf16 not seen by the next step: its master)
         if take_out:
             if how == "removed":
                 del opt.param_groups[0]["params"][-1]      # (out: list.remove compares values)

@@ -697,7 +697,9 @@ def test_adamws_eps_inside_sqrt_set_on_a_later_group_is_checked_before_any_steps
         with pytest.raises(TypeError, match="eps_inside_sqrt"):
             opt.step([np.ones(3), np.ones(2)])
         assert opt_snapshot(opt, [a, b]) == before
-        adam, adamw = (cls([np.ones(3)], lr=0.1, weight_decay=0.0) for cls in (fo.Adam, fo.AdamW))
+        # (an eps of 0.5 tells the forms apart: sqrt(0.25 + eps) against sqrt(0.25) + eps)
+        adam, adamw = (cls([np.ones(3)], lr=0.1, eps=0.5, weight_decay=0.0)
+                       for cls in (fo.Adam, fo.AdamW))
         adam.param_groups[0]["eps_inside_sqrt"] = True
         state = adam.state_dict()
         state["param_groups"][0]["eps_inside_sqrt"] = np.array(True)

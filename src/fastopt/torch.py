@@ -2379,10 +2379,14 @@ class RMSprop(_FastOptimizer, torch.optim.RMSprop):
 class Adagrad(_FastOptimizer, torch.optim.Adagrad):
     """``torch.optim.Adagrad`` stepped by fastopt's Adagrad kernel (:func:`fastopt.ops.
     foreach_adagrad_step_`'s). State (torch's, created at construction as torch does):
-    ``step``, ``sum``, and a 16-bit parameter's ``master_param`` with them (made at the first
-    step, it was missing from the state dict ``torch.distributed.checkpoint`` takes of a
-    fresh optimizer to load a checkpoint into, which fakes a step only where there is no
-    state: the checkpoint's masters were dropped)."""
+    ``step``, ``sum``, and with them the ``master_param`` of a 16-bit parameter that requires
+    grad: ``torch.distributed.checkpoint`` loads a checkpoint into the state dict of a fresh
+    optimizer, which it makes by faking a step only where there is no state, so a master
+    left to the first step was not loaded, and the resumed run drifted. (As for every class
+    with 16-bit parameters, such a state dict then asks the checkpoint for masters: one saved
+    by torch.optim, or from float32 parameters, loads with ``dcp.load(...,
+    planner=DefaultLoadPlanner(allow_partial_load=True))``, the masters seeded from the
+    parameters at the next step.)"""
 
     _KEYS = ("lr", "lr_decay", "eps", "weight_decay", "initial_accumulator_value",
              "maximize")
@@ -2401,7 +2405,8 @@ class Adagrad(_FastOptimizer, torch.optim.Adagrad):
                     state["sum"] = torch.full_like(
                         p, self.defaults["initial_accumulator_value"], dtype=torch.float32,
                         memory_format=torch.preserve_format)
-                    state[MASTER] = _fresh_master(p)
+                    if p.requires_grad:     # (a frozen one's would never step)
+                        state[MASTER] = _fresh_master(p)
 
     def _state_keys(self, group):
         return ("sum",)

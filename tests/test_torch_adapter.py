@@ -780,6 +780,7 @@ def _torch_fastopt_torch_handoffs(name, kwargs, steps, check=None, dtype=torch.f
     assert_trajectories_close(params, straight, opt, ref)
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # (one process)
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", HALVES, ids=["bf16", "f16"])
 def test_16bit_resume_through_torch_distributed_checkpoint_is_bit_identical(name, dtype,

@@ -780,6 +780,17 @@ def _torch_fastopt_torch_handoffs(name, kwargs, steps, check=None, dtype=torch.f
     assert_trajectories_close(params, straight, opt, ref)
 
 
+def test_16bit_adagrad_makes_masters_at_construction_for_parameters_that_step():
+    """Adagrad's state is made at construction (as torch's): with it the master of a 16-bit
+    parameter that requires grad (see the test below), but not of a frozen one, whose master
+    would never step (the review: a frozen bf16 backbone's state and checkpoint doubled)."""
+    trained, frozen = (torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16), requires_grad=r)
+                       for r in (True, False))
+    opt = ft.Adagrad([trained, frozen])
+    assert opt.state[trained]["master_param"].dtype == torch.float32
+    assert set(opt.state[frozen]) == {"step", "sum"}
+
+
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # (one process)
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", HALVES, ids=["bf16", "f16"])

@@ -22,8 +22,8 @@ import numpy as np
 
 from . import _backend, _bench, _coexist, _contended
 
-# the default run stays under a minute here; --full adds 1e7 elements, the MLP/CNN groups and
-# the second layer shapes
+# the default run takes a few minutes (the README's); --full adds 1e7 elements, the MLP/CNN
+# groups and the second layer shapes
 DEFAULT_SIZES = [1_000, 100_000, 1_000_000]
 FULL_SIZES = [1_000, 100_000, 1_000_000, 10_000_000]
 QUICK_SIZES = [1_000, 100_000]

@@ -112,6 +112,12 @@ def _plain(value):
     return value
 
 
+def _differing(mine, theirs):
+    """The keys, sorted, whose entries differ between the dicts ``mine`` and ``theirs`` (one
+    missing counts): what the disagreement messages name."""
+    return [k for k in sorted(mine.keys() | theirs.keys()) if mine.get(k) != theirs.get(k)]
+
+
 def _ctrl_c_after_the_call(method):
     """``method`` (a collective call) with Ctrl-C held until it returns: SIGINT's handler is
     swapped for one that notes the signal, and the real one runs after the call (raising
@@ -214,9 +220,8 @@ class ShardedOptimizer:
     def _agree_signature(self):
         """Collective: ValueError on every rank unless every rank has the same dtype, shapes
         per param group, names, optimizer class and hyper-parameters, its groups' and its
-        constructor's (the shapes per group:
-        ranks that split the same parameters into groups otherwise would step alike but
-        gather and scatter state dicts with other bounds). At construction, the ranks also
+        constructor's (the shapes per group: ranks that split the same parameters into groups
+        otherwise would step alike but gather and scatter state dicts with other bounds). At construction, the ranks also
         agree on the optimizer's id, which each call's first collective carries."""
         global _next_id
         # (the constructor's too: Adagrad starts its state from the constructor's
@@ -238,12 +243,10 @@ class ShardedOptimizer:
                     what, mine, theirs = next(
                         (f"param group {gi}'s {k!r}", ga.get(k), gb.get(k))
                         for gi, (ga, gb) in enumerate(zip(mine, theirs))
-                        for k in sorted(ga.keys() | gb.keys()) if ga.get(k) != gb.get(k))
+                        for k in _differing(ga, gb))
                 elif what == "the constructor's hyper-parameters":
-                    what, mine, theirs = next(
-                        (f"the constructor's {k!r}", mine.get(k), theirs.get(k))
-                        for k in sorted(mine.keys() | theirs.keys())
-                        if mine.get(k) != theirs.get(k))
+                    k = _differing(mine, theirs)[0]
+                    what, mine, theirs = f"the constructor's {k!r}", mine.get(k), theirs.get(k)
                 raise ValueError(f"rank {self.comm.Get_rank()} and rank {r} disagree on {what}: "
                                  f"{mine} here, {theirs} there")
 
@@ -699,8 +702,7 @@ class ShardedOptimizer:
         for r, other in enumerate(every[1:], 1):
             for gi, (mine, theirs) in enumerate(zip(every[0], other)):
                 diffs += [f"rank {r} has param group {gi}'s {k!r} = {theirs.get(k)}, rank 0 "
-                          f"{mine.get(k)}" for k in sorted(mine.keys() | theirs.keys())
-                          if mine.get(k) != theirs.get(k)]
+                          f"{mine.get(k)}" for k in _differing(mine, theirs)]
         raise ValueError(f"the {len(every)} ranks disagree on the hyper-parameters of this step "
                          f"({'; '.join(diffs)}): make the same edit of opt.lr or "
                          "opt.param_groups on every rank; nothing changed")

@@ -287,6 +287,7 @@ class EWA:
         if self.bias_correction is not True and self.bias_correction is not False:
             check_flag("bias_correction", self.bias_correction)
         t = self.t
+        # (the common case without a call; anything else is _count's to accept or refuse)
         if not (type(t) is int and (0 < t <= _MAX_COUNT and self._avg is not None
                                     or t == 0 and self._avg is None)):
             self.t = _count("t", t, self._avg, "the average")

@@ -792,15 +792,17 @@ def test_16bit_adagrad_makes_masters_at_construction_for_parameters_that_step():
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")  # (one process)
+@pytest.mark.parametrize("made", ["fresh", "before_the_cast", "loaded_from_torch"])
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", HALVES, ids=["bf16", "f16"])
-def test_16bit_resume_through_torch_distributed_checkpoint_is_bit_identical(name, dtype,
+def test_16bit_resume_through_torch_distributed_checkpoint_is_bit_identical(name, dtype, made,
                                                                            tmp_path):
-    """torch.distributed.checkpoint's get_state_dict() of a fresh optimizer (the state dict
-    a checkpoint is loaded into) fakes a step to make its state, but only where there is none:
-    Adagrad, whose state torch makes at construction, had no master_param until its first
-    step, so the checkpoint's masters were never loaded and the resumed run drifted (the
-    distributed probe: 1e-3 on a small model)."""
+    """torch.distributed.checkpoint loads a checkpoint into the keys of the state dict that
+    get_state_dict() takes of a fresh optimizer, faking a step to make the state where there
+    is none. The checkpoint's masters were not loaded, and the resumed run drifted (1e-3 on a
+    small model: the distributed probe and a review), where the optimizer had state without
+    masters: Adagrad, whose state torch makes at construction (before its first step, or
+    built before ``model.to(dtype)``), and any class after a load of torch.optim's state."""
     dcp = pytest.importorskip("torch.distributed.checkpoint")
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -813,8 +815,18 @@ def test_16bit_resume_through_torch_distributed_checkpoint_is_bit_identical(name
 
     def make():
         torch.manual_seed(0)
-        model = torch.nn.Linear(6, 3).to(dtype)
-        return model, getattr(ft, name)(model.parameters(), lr=0.01)
+        model = torch.nn.Linear(6, 3)
+        if made != "before_the_cast":
+            model.to(dtype)
+        opt = getattr(ft, name)(model.parameters(), lr=0.01)
+        if made == "before_the_cast":
+            model.to(dtype)
+        elif made == "loaded_from_torch":   # one step of torch.optim on a copy of the model
+            other = copy.deepcopy(model)
+            theirs = getattr(torch.optim, name)(other.parameters(), lr=0.01, foreach=False)
+            run(other, theirs, [9])
+            opt.load_state_dict(theirs.state_dict())
+        return model, opt
 
     model, opt = make()
     run(model, opt, range(6))

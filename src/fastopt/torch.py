@@ -930,10 +930,25 @@ class _FastOptimizer(_Mixin):
         (under the lock :meth:`step` and :meth:`load_state_dict` hold). As torch's, each
         parameter's entry is its live state; its ``step`` is a 0-d view of the group's count
         tensor, which ``torch.save`` stores once, and a plain ``pickle.dumps`` once per view
-        (n^2 counts for n parameters: save state dicts with ``torch.save``)."""
+        (n^2 counts for n parameters: save state dicts with ``torch.save``). A 16-bit
+        parameter with state but no ``master_param`` yet (loaded from torch.optim, or made
+        16-bit after the state) gets it here, as its next step would give it."""
         with self._lock:
             self._drop_plans()
+            self._add_missing_masters()
             return super().state_dict()
+
+    def _add_missing_masters(self):
+        """Makes the master of each 16-bit parameter that requires grad and has state but no
+        master (an Adagrad built before ``model.to(torch.bfloat16)``, a state dict loaded
+        without masters), as the next step would: ``torch.distributed.checkpoint`` loads a
+        checkpoint into the keys of this optimizer's state dict only, and made at the step,
+        the checkpoint's masters were not loaded and the resumed run drifted."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and p.dtype in _HALF and p.requires_grad and MASTER not in state:
+                    state[MASTER] = _fresh_master(p)
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for

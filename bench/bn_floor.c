@@ -40,7 +40,8 @@ __attribute__((noinline)) void apply64(const float *restrict x, float *restrict 
                                        const double *restrict m, const double *restrict s,
                                        const double *restrict b, ll c0, ll c1) {
     for (ll r = 0; r < N; r += 2)          /* two rows at a time */
-        fo_apply_2rows_f(x + r * C + c0, y + r * C + c0, C, m + c0, s + c0, b + c0, c1 - c0);
+        fo_apply_2rows_f(x + r * C + c0, y + r * C + c0, C, m + c0, s + c0, b + c0, c1 - c0,
+                         0);
 }
 __attribute__((noinline)) void apply32(const float *restrict x, float *restrict y,
                                        const float *restrict m, const float *restrict s,
@@ -99,9 +100,9 @@ __attribute__((noinline)) void pipelined64(const float *restrict x, float *restr
         ll n0 = c0 + P, n1 = n0 + P < C ? n0 + P : C;
         for (ll r = 0; r < N; r += 4) {
             moments4(x, s1, s2, k, r, n0, n1);
-            fo_apply_2rows_f(x + r * C + c0, y + r * C + c0, C, s1 + c0, s + c0, b + c0, P);
+            fo_apply_2rows_f(x + r * C + c0, y + r * C + c0, C, s1 + c0, s + c0, b + c0, P, 0);
             fo_apply_2rows_f(x + (r + 2) * C + c0, y + (r + 2) * C + c0, C, s1 + c0, s + c0,
-                             b + c0, P);
+                             b + c0, P, 0);
         }
     }
 }
@@ -155,7 +156,7 @@ __attribute__((noinline)) void dx64(const float *restrict dy, const float *restr
                                     const double *restrict a, const double *restrict b,
                                     const double *restrict d, ll cols) {
     for (ll r = 0; r < N; r += 2)
-        fo_dx_2rows_f(dy + r * C, x + r * C, dx + r * C, C, m, a, b, d, cols);
+        fo_dx_2rows_f(dy + r * C, x + r * C, dx + r * C, C, m, a, b, d, cols, 0);
 }
 __attribute__((noinline)) void twopass64(const float *restrict x, float *restrict y,
                                          double *restrict s1, double *restrict s2,

@@ -249,6 +249,25 @@ def test_the_arena_path_refuses_a_parameter_made_read_only(backend, by_name):
         assert opt_snapshot(opt, [ar.flat_params]) == before
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_arena_path_refuses_a_state_array_made_read_only(backend, groups):
+    """As the list path does, whatever the number of groups: one group's arena path stepped
+    the flat state buffer, writing through the read-only view (two groups refused it)."""
+    with fo.use_backend(backend):
+        ar = fo.ParameterArena(np.float32, 64)
+        ar.add("W", (3, 2), init=1.0)
+        ar.add("b", (4,), init=1.0)
+        views = list(ar.params.values())
+        opt = fo.Adam([{"params": [v]} for v in views] if groups == 2 else views, lr=0.1)
+        _arena_steps(ar, opt, [0])
+        opt.state[1]["exp_avg_sq"].flags.writeable = False
+        before = opt_snapshot(opt, [ar.flat_params])
+        with pytest.raises(ValueError, match=r"state\[1\]\['exp_avg_sq'\] is read-only"):
+            _arena_steps(ar, opt, [1])
+        assert opt_snapshot(opt, [ar.flat_params]) == before
+
+
 @pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
 def test_step_is_a_read_only_0d_array_and_assigning_it_sets_the_count(backend, arena):
     """``step`` is a 0-d int64 view of the group's counter (so one NumPy operation advances

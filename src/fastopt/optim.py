@@ -471,7 +471,7 @@ class _Plan:
     to step with the columns of state arrays it gathered)."""
 
     def __init__(self, states, uniform, span, flat, list_batch, flat_batch, alone, made,
-                 mutable):
+                 mutable, views):
         self.version = _state_version
         self.states = states
         self.uniform = uniform
@@ -483,6 +483,7 @@ class _Plan:
         self.alone = alone
         self.made = made          # (index, state) made for the arena path, not stored yet
         self.mutable = mutable    # a hyper-parameter is held in a mutable object (_mutable)
+        self.views = views        # the arena path's parameter and state views (_plan)
 
 
 def _views_at(buf, arrays, offsets):
@@ -1024,7 +1025,7 @@ class Optimizer:
                             raise
             if (plan is not None and plan.span is not None and not plan.made
                     and grads is plan.span.arena.grads and self._overlaps_known([plan])
-                    and _first_readonly(self.param_groups[0]["params"]) < 0):
+                    and _first_readonly(plan.views) < 0):
                 # the same for a lone group on an arena stepped with its own grads: what
                 # _checked_plans, _split and _step_group would check and run, in one kernel
                 # call. With the caches cold (a 1000 x 64 step after a 64 MB sweep, this
@@ -1134,8 +1135,13 @@ class Optimizer:
         alone = len(self.param_groups) == 1 and span is None and list_batch is not None
         mutable = any(_mutable(group.get(key))
                       for key in (*self._BOUNDS, *self._OPTIONAL))
+        # the views of what the arena path writes through its flat buffers: one made read-only
+        # by hand is refused, as the list path refuses it (one group had written it, two
+        # groups refused it)
+        views = None if span is None else [*group["params"], *(
+            value for s in states if s for key, value in s.items() if key not in slots)]
         plan = self._plans[gi] = _Plan(states, uniform, span, flat, list_batch, flat_batch,
-                                       alone, made, mutable)
+                                       alone, made, mutable, views)
         return plan
 
     def _current_plan(self, gi):

@@ -34,8 +34,8 @@ def busy():
 def test_adam_beside_a_busy_core(benchmark, busy, backend, threads, size):
     if backend == "numpy" and threads != 1:
         pytest.skip("the reference runs on one thread")
-    call = _contended._adam_call(size, backend)
-    with _backend.use_num_threads(threads):
+    call = _contended._adam_call(size)
+    with _backend.use_backend(backend), _backend.use_num_threads(threads):
         call()                                  # warm-up: numba compiles, pages fault in
         benchmark.group = f"adam float32 {size:.0e}, one core busy"
         benchmark(call)

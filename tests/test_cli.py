@@ -780,6 +780,36 @@ def test_contended_on_one_cpu_says_no_busy_process_held_a_core(monkeypatch, caps
     assert "while a busy process holds" not in heading
 
 
+def test_contended_rows_choose_the_backend_around_the_timed_calls_in_rotating_order(
+        monkeypatch):
+    """A ``use_backend`` inside every timed call had added its own cost to each ~1 us call
+    at 1e3 (the audit); each round now also starts one contender later."""
+    import contextlib
+    from fastopt import _contended
+    entered, seen = [], []
+    real_use = _contended._backend.use_backend
+
+    @contextlib.contextmanager
+    def use_backend(name):
+        entered.append(name)
+        with real_use(name):
+            yield
+    monkeypatch.setattr(_contended._backend, "use_backend", use_backend)
+    monkeypatch.setattr(_contended.ops, "adam_step_", lambda *a, **k: seen.append(
+        (fastopt.get_backend(), fastopt.get_num_threads())))
+    monkeypatch.setattr(_contended.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setitem(_contended.CALLS, 1_000, 15)
+    backend = fastopt.backends()[0]
+    table = _contended.rows(backend, threads=2, sizes=(1_000,), rounds=3)
+    # (numpy 1T, backend 1T, backend 2T) in turn, from a later one each round: 3 warm-up and
+    # 5 timed calls a batch, one use_backend a batch
+    turn = [("numpy", 1), (backend, 1), (backend, 2)]
+    batches = [turn[r:] + turn[:r] for r in range(3)]
+    assert seen == [c for order in batches for c in order for _ in range(8)]
+    assert entered == [b for order in batches for b, _ in order]
+    assert [r["calls"] for r in table] == [15, 15, 15]
+
+
 def test_plot_paths_are_named_as_written_and_their_format_checked_first(tmp_path, capsys):
     """--plot out.xyz timed the whole report, then ended in savefig's ValueError; --plot out
     wrote out.png and said "wrote out"; --plot naming --json's file replaced the JSON."""

@@ -53,21 +53,24 @@ def busy_core():
         proc.wait()
 
 
-def _adam_call(n, backend):
+def _adam_call(n):
+    """One Adam step over fresh arrays of ``n`` float32 a call, on the current backend."""
     p, g, state = _bench.CASES["adam"].arrays(n, np.float32)    # (on cache lines)
     m, v = state["exp_avg"], state["exp_avg_sq"]
     step = [0]
 
     def call():
         step[0] += 1
-        with _backend.use_backend(backend):
-            ops.adam_step_(p, g, m, v, step[0], lr=1e-3)
+        ops.adam_step_(p, g, m, v, step[0], lr=1e-3)
     return call
 
 
-def per_call_times(call, calls, threads):
-    """Seconds of each of ``calls`` calls, after warm-up, on ``threads`` threads."""
-    with _backend.use_num_threads(threads):
+def per_call_times(call, calls, threads, backend):
+    """Seconds of each of ``calls`` calls, after warm-up, on ``threads`` threads of
+    ``backend`` (chosen around the calls, not inside the timed ones, as the report's other
+    rows do: a ``use_backend`` per call had added its own ~1 us to each Cython call of ~1 us
+    at 1e3)."""
+    with _backend.use_backend(backend), _backend.use_num_threads(threads):
         for _ in range(3):
             call()
         out = np.empty(calls)
@@ -88,12 +91,14 @@ def rows(backend=None, threads=None, sizes=SIZES, rounds=3):
         for n in sizes:
             contenders = {"numpy": ("numpy", 1), f"{backend} 1T": (backend, 1),
                           f"{backend} {threads}T": (backend, threads)}
-            calls = {label: _adam_call(n, b) for label, (b, _) in contenders.items()}
+            calls = {label: _adam_call(n) for label in contenders}
             samples = {label: [] for label in contenders}
-            for _ in range(rounds):
-                for label, (b, t) in contenders.items():
+            order = list(contenders.items())
+            for r in range(rounds):
+                # each round starts one contender later: none always follows the same one
+                for label, (b, t) in order[r % len(order):] + order[:r % len(order)]:
                     samples[label].append(per_call_times(
-                        calls[label], max(1, calls_for(n) // rounds), t))
+                        calls[label], max(1, calls_for(n) // rounds), t, b))
             stats = {label: (float(np.median(np.concatenate(xs))),
                              float(np.percentile(np.concatenate(xs), 95)))
                      for label, xs in samples.items()}
@@ -102,7 +107,8 @@ def rows(backend=None, threads=None, sizes=SIZES, rounds=3):
             for label, (median, p95) in stats.items():
                 out.append(dict(size=n, contender=label, median=median, p95=p95,
                                 x_own_1t=median / own_1t, x_numpy=median / numpy_median,
-                                p95_x_numpy=p95 / numpy_median, busy_cpu=cpu))
+                                p95_x_numpy=p95 / numpy_median, busy_cpu=cpu,
+                                calls=sum(map(len, samples[label]))))
     return out
 
 
@@ -117,8 +123,8 @@ def print_rows(table, fmt_t, backend):
           + f" (x own 1T: median over {backend} on one thread in the same conditions; x numpy: "
             "over the reference's median)")
     print(f"  {'size':>10}  {'contender':<12}{'median':>11}{'p95':>11}{'x own 1T':>10}"
-          f"{'x numpy':>9}{'p95 x numpy':>13}")
+          f"{'x numpy':>9}{'p95 x numpy':>13}{'calls':>7}")
     for r in table:
         print(f"  {_bench.size_label(r['size']):>10}  {r['contender']:<12}{fmt_t(r['median']):>11}"
               f" {fmt_t(r['p95']):>10} {r['x_own_1t']:>9.2f} {r['x_numpy']:>8.2f}"
-              f" {r['p95_x_numpy']:>12.2f}")
+              f" {r['p95_x_numpy']:>12.2f} {r['calls']:>6}")

@@ -573,6 +573,28 @@ def test_each_timed_batch_follows_settling_and_an_untimed_batch(monkeypatch):
     assert timed["c"] == (pytest.approx(1e-5, rel=1e-9), 0.0)    # the cold calls left out
 
 
+def test_each_round_starts_one_contender_later(monkeypatch):
+    """time_row: the contenders in turn, from a later one each round (a fixed order had the
+    first backend always follow the last round's torch call)."""
+    from fastopt import _bench
+    clock, events = _fake_clock(monkeypatch), []
+
+    def make(label):
+        def contender():
+            clock[0] += 1e-3
+            events.append(label)
+        return contender
+
+    monkeypatch.setattr(_bench, "settle", lambda: events.append("settle"))
+    monkeypatch.setattr(_bench, "WARM_SECONDS", 0.0)
+    monkeypatch.setattr(_bench, "WARM_CALLS", 1)
+    _bench.time_row({c: make(c) for c in "abc"}, rounds=4, target=1e-3)
+    # after the warm-up and 3 sizing calls each: per contender a settle, one untimed call and
+    # one timed call
+    assert "".join(e[0].upper() if e == "settle" else e for e in events[12:]) == (
+        "SaaSbbScc" "SbbSccSaa" "SccSaaSbb" "SaaSbbScc")
+
+
 def test_a_row_of_calls_of_20_us_or_more_is_timed_call_by_call_and_a_row_with_shorter_by_batch(
         monkeypatch):
     """time_row: a contender of 122 us a call (2^-13 s: 8 calls a batch) whose first timed
@@ -683,7 +705,8 @@ def test_the_untimed_batch_makes_warm_calls_so_the_slow_first_calls_of_a_long_ca
     timed = _bench.time_row({"long": make("long", 2.0 ** -9, 4), "huge": make("huge", 0.15625, 0)},
                             rounds=3, target=1e-3)
     rounds = " ".join(events[8:]).split("settle")[1:]
-    assert [r.split() for r in rounds] == [["long"] * (5 + 1), ["huge"] * (2 + 1)] * 3
+    long, huge = ["long"] * (5 + 1), ["huge"] * (2 + 1)      # (each round starts one later)
+    assert [r.split() for r in rounds] == [long, huge, huge, long, long, huge]
     assert timed["long"] == (2.0 ** -9, 0.0) and timed["huge"] == (0.15625, 0.0)
 
 

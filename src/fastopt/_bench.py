@@ -328,7 +328,7 @@ def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
     contender of it: each ratio in a row compares one statistic (timed each by its own length,
     a contender of 19 us beside one of 21 had its bursts kept in its batch means and the
     other's dropped). A contender with a ``backend`` attribute runs its batches on that
-    backend. Returns ``{label: (median, spread)}`` in seconds per call, spread being the
+    backend. Each round starts one contender later than the one before. Returns ``{label: (median, spread)}`` in seconds per call, spread being the
     interquartile range over the samples (batches, or calls; quartiles interpolated between
     them, so over 3 samples half their range) relative to the median."""
     reps, shortest, slowest = {}, float("inf"), 0.0
@@ -347,8 +347,12 @@ def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
         rounds = min(rounds, 3)
     samples = {label: [] for label in fns}
     clock = time.perf_counter
-    for _ in range(rounds):
-        for label, fn in fns.items():
+    order = list(fns.items())
+    for round_ in range(rounds):
+        # each round starts one contender later, so that none always follows the same one
+        # (the first backend had always followed the last round's torch call)
+        k = round_ % len(order)
+        for label, fn in order[k:] + order[:k]:
             r, xs = reps[label], samples[label]
             settle()
             with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):

@@ -2,6 +2,7 @@
 
 Plain tests (no benchmark fixture): CI's `pytest bench --benchmark-disable` runs them.
 """
+import contextlib
 import importlib.util
 import json
 import pathlib
@@ -211,3 +212,43 @@ def test_files_that_are_not_reports_are_usage_errors_naming_them(tmp_path, capsy
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert f"{name}: " in err and "Traceback" not in err
+
+
+def test_the_tables_of_a_real_report(tmp_path, capsys, monkeypatch):
+    """The producer's side: a report as `python -m fastopt --contended --json` writes it (every
+    time faked, so that it takes seconds) fills every cell its sizes reach. The tests above feed
+    hand-written JSON, which a field renamed in the report would not have failed (audit q29)."""
+    import numpy as np
+
+    from fastopt import __main__, _bench, _contended
+    monkeypatch.setattr(_bench, "time_row", lambda fns, rounds, exact_rounds=False: {
+        label: (1e-6 * (k + 1), 0.1) for k, label in enumerate(fns)})
+    monkeypatch.setattr(_contended, "busy_core", lambda: contextlib.nullcontext(1))
+    monkeypatch.setattr(_contended, "per_call_times",
+                        lambda call, calls, threads, backend: np.full(calls, 1e-6 * threads))
+    path = tmp_path / "run.json"
+    assert __main__.main(["--kernels", "adam,sgd", "--sizes", "1e3,1e5", "--dtypes", "float32",
+                          "--contended", "--no-coexistence", "--json", str(path)]) == 0
+    capsys.readouterr()
+    output = render(tmp_path, capsys, json.loads(path.read_text()))
+    peers = importlib.util.find_spec("torch") is not None
+    deepspeed = importlib.util.find_spec("deepspeed") is not None
+    adam = rows(output, "Adam, float32")
+    for label, cells in adam.items():
+        # (one thread: sizes from 1e5 only; the peers' cells where they are installed)
+        known = [c for c in cells[label.startswith("one thread"):2]
+                 for c in (c.split(" us")[0].split(" / ")[:1 if not peers else 2 if not
+                                                             deepspeed else 3])]
+        assert "-" not in known, (label, cells)
+    kernels = rows(output, "Every optimizer kernel")
+    assert set(kernels) == {"adam", "sgd"}
+    assert all(cells[0] != "-" and cells[3] != "-" for cells in kernels.values()), kernels
+    assert all("-" not in cells for cells in rows(output, "One Adam step").values())
+    for layer, cells in rows(output, "Layers").items():
+        # (shape, fastopt, x roofline, numba backend, torch, x NumPy: torch has no backward
+        # alone)
+        assert "-" not in cells[1:4] + cells[5:], (layer, cells)
+        assert (cells[4] != "-") == (peers and layer != "batch norm bwd"), (layer, cells)
+    if peers:
+        race = rows(output, "On torch tensors")
+        assert "-" not in race["1e3"][0].split() and "-" not in race["1e5"][0].split()

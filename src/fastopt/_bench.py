@@ -6,6 +6,7 @@ arrays it streams (for the bytes moved and the roofline). Timing is interleaved:
 every contender of a row once, and the median over rounds (over every call, for calls of 20 us
 or more) is kept, so the machine's drift hits all contenders alike.
 """
+import contextlib
 import dataclasses
 import os
 import platform
@@ -236,6 +237,29 @@ def _torch_peers(case, n, dtype):
     return out
 
 
+_CPU_INFO = []      # py-cpuinfo's answer, asked once a process (_cpu_info_once)
+
+
+@contextlib.contextmanager
+def _cpu_info_once():
+    """Around a DeepSpeedCPUAdam's construction: its constructor asks py-cpuinfo for the
+    CPU's vendor, which runs a subprocess each time (1.2 s on the Zen 4 VM; a report makes a
+    dozen of them), so the first answer serves the others."""
+    try:
+        import cpuinfo
+    except ImportError:
+        yield
+        return
+    ask = cpuinfo.get_cpu_info
+    if not _CPU_INFO:
+        _CPU_INFO.append(ask())
+    cpuinfo.get_cpu_info = lambda: dict(_CPU_INFO[0])
+    try:
+        yield
+    finally:
+        cpuinfo.get_cpu_info = ask
+
+
 def _deepspeed_peer(case, n, dtype):
     """DeepSpeedCPUAdam, when deepspeed is installed (it compiles its CPU op on first use)."""
     if np.dtype(dtype) != np.float32 or os.environ.get("FASTOPT_NO_DEEPSPEED"):
@@ -244,7 +268,8 @@ def _deepspeed_peer(case, n, dtype):
         import torch
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         pt = case.tensors(n, dtype)
-        opt = DeepSpeedCPUAdam([pt], lr=1e-3, adamw_mode=False)
+        with _cpu_info_once():
+            opt = DeepSpeedCPUAdam([pt], lr=1e-3, adamw_mode=False)
         opt.step()
         place_state(opt, [pt])
     except Exception:   # absent, or its op failed to build: simply not a contender here
@@ -712,9 +737,10 @@ def torch_contenders(shapes, dtype, only=None, peers=True):
             raise RuntimeError("FASTOPT_NO_DEEPSPEED is set")
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         params = tensors()
-        if tdtype == torch.float32:
-            return DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False)
-        return _DeepSpeedMasters(DeepSpeedCPUAdam, params, lr=1e-3, adamw_mode=False)
+        with _cpu_info_once():
+            if tdtype == torch.float32:
+                return DeepSpeedCPUAdam(params, lr=1e-3, adamw_mode=False)
+            return _DeepSpeedMasters(DeepSpeedCPUAdam, params, lr=1e-3, adamw_mode=False)
 
     makers = {"fastopt.torch": fastopt_adam,
               "torch-fused": lambda: torch.optim.Adam(tensors(), lr=1e-3, fused=True),

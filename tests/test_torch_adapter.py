@@ -843,6 +843,40 @@ def test_16bit_resume_through_torch_distributed_checkpoint_is_bit_identical(name
         assert torch.equal(ours, theirs)
 
 
+@pytest.mark.parametrize("how", ["loaded_from_torch", "unfrozen"])
+def test_a_master_state_dict_makes_is_checked_at_the_next_step_as_one_it_makes(how):
+    """state_dict() makes the master of a 16-bit parameter with state but none (see above),
+    from the parameter. A parameter that sat out the last step had its version counter
+    recorded by it, so that master was not checked at the next step, and a write the counter
+    does not see (``p.data.copy_``) made after state_dict() was undone (the review), where
+    without the state_dict() call the step made the master from the written parameter."""
+    def run(call_state_dict):
+        torch.manual_seed(0)
+        a, b = (torch.nn.Parameter(torch.randn(4).bfloat16()) for _ in range(2))
+        if how == "loaded_from_torch":
+            twins = [torch.nn.Parameter(p.detach().clone()) for p in (a, b)]
+            theirs = torch.optim.Adam(twins, lr=0.01, foreach=False)
+            for q in twins:
+                q.grad = torch.ones_like(q)
+            theirs.step()
+            opt = ft.Adam([a, b], lr=0.01)
+            opt.load_state_dict(theirs.state_dict())
+        else:           # Adagrad's state is made at construction, a frozen one's without master
+            b.requires_grad_(False)
+            opt = ft.Adagrad([a, b], lr=0.1)
+        a.grad = torch.ones_like(a)
+        opt.step()                      # b sits it out
+        b.requires_grad_(True)
+        if call_state_dict:
+            assert "master_param" in opt.state_dict()["state"][1]
+        b.data.copy_(torch.full_like(b, 3.0))
+        a.grad, b.grad = None, torch.zeros_like(b)
+        opt.step()
+        return b.detach().clone()
+    assert torch.equal(run(True), run(False))
+    assert torch.equal(run(False), torch.full((4,), 3.0, dtype=torch.bfloat16))
+
+
 @pytest.mark.parametrize("name,kwargs", VARIANTS, ids=[v[0] for v in VARIANTS])
 @pytest.mark.parametrize("dtype", DTYPES + HALVES + COMPLEX,
                          ids=["f32", "f64", "bf16", "f16", "c64", "c128"])

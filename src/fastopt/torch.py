@@ -932,7 +932,8 @@ class _FastOptimizer(_Mixin):
         tensor, which ``torch.save`` stores once, and a plain ``pickle.dumps`` once per view
         (n^2 counts for n parameters: save state dicts with ``torch.save``). A 16-bit
         parameter with state but no ``master_param`` yet (loaded from torch.optim, or made
-        16-bit after the state) gets it here, as its next step would give it."""
+        16-bit after the state) gets it here, made from the parameter; the next step checks
+        it against the parameter again."""
         with self._lock:
             self._drop_plans()
             self._add_missing_masters()
@@ -941,14 +942,24 @@ class _FastOptimizer(_Mixin):
     def _add_missing_masters(self):
         """Makes the master of each 16-bit parameter that requires grad and has state but no
         master (an Adagrad built before ``model.to(torch.bfloat16)``, a state dict loaded
-        without masters), as the next step would: ``torch.distributed.checkpoint`` loads a
-        checkpoint into the keys of this optimizer's state dict only, and made at the step,
-        the checkpoint's masters were not loaded and the resumed run drifted."""
+        without masters): ``torch.distributed.checkpoint`` loads a checkpoint into the keys of
+        this optimizer's state dict only, and made at the step, the checkpoint's masters were
+        not loaded and the resumed run drifted. The next step checks each such master against
+        its parameter (:meth:`_watch_masters`), as it would have made it from the parameter
+        then: a write the version counter does not see (``p.data.copy_``) made in between is
+        kept (the review: the last step's record of the counter had let it be undone)."""
+        made = set()
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and p.dtype in _HALF and p.requires_grad and MASTER not in state:
                     state[MASTER] = _fresh_master(p)
+                    made.add(id(p))
+        if made:
+            for plan in self._plans.values():
+                if plan.versions is not None:   # (no counter matches None: checked anew)
+                    plan.versions = [None if id(p) in made else version
+                                     for p, version in zip(plan.all_params, plan.versions)]
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for

@@ -251,20 +251,33 @@ def test_the_arena_path_refuses_a_parameter_made_read_only(backend, by_name):
 
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 @pytest.mark.parametrize("groups", [1, 2])
-def test_the_arena_path_refuses_a_state_array_made_read_only(backend, groups):
+@pytest.mark.parametrize("name,kwargs,key", [
+    ("Adam", {}, "exp_avg"),
+    ("Adam", {"amsgrad": True}, "max_exp_avg_sq"),      # (switched on after the first step)
+    ("SGD", {"momentum": 0.9}, "momentum_buffer"),      # (made by the first step's call)
+    ("RMSprop", {"momentum": 0.9, "centered": True}, "grad_avg")],
+    ids=["exp_avg", "max_exp_avg_sq", "momentum_buffer", "grad_avg"])
+def test_the_arena_path_refuses_a_state_array_made_read_only(backend, groups, name, kwargs,
+                                                             key):
     """As the list path does, whatever the number of groups: one group's arena path stepped
-    the flat state buffer, writing through the read-only view (two groups refused it)."""
+    the flat state buffer, writing through the read-only view (two groups refused it), and
+    then state the kernel call itself made (two groups too: the review)."""
     with fo.use_backend(backend):
         ar = fo.ParameterArena(np.float32, 64)
         ar.add("W", (3, 2), init=1.0)
         ar.add("b", (4,), init=1.0)
         views = list(ar.params.values())
-        opt = fo.Adam([{"params": [v]} for v in views] if groups == 2 else views, lr=0.1)
+        params = [{"params": [v]} for v in views] if groups == 2 else views
+        later = kwargs.get("amsgrad")
+        opt = getattr(fo, name)(params, lr=0.1, **({} if later else kwargs))
         _arena_steps(ar, opt, [0])
-        opt.state[1]["exp_avg_sq"].flags.writeable = False
+        for group in opt.param_groups:
+            group.update(kwargs)
+        _arena_steps(ar, opt, [1])
+        opt.state[1][key].flags.writeable = False
         before = opt_snapshot(opt, [ar.flat_params])
-        with pytest.raises(ValueError, match=r"state\[1\]\['exp_avg_sq'\] is read-only"):
-            _arena_steps(ar, opt, [1])
+        with pytest.raises(ValueError, match=rf"state\[1\]\['{key}'\] is read-only"):
+            _arena_steps(ar, opt, [2])
         assert opt_snapshot(opt, [ar.flat_params]) == before
 
 

@@ -1380,10 +1380,11 @@ class Optimizer:
         if batch.pending:
             batch.commit()
             self._disjoint = None       # new state arrays: _check_overlaps keeps them too
-            if batch.spread is None:
-                # made on the list path, outside the flat buffers of a plan's arena path: that
-                # plan (made without them) took them for missing at the next arena step
-                self._plans = {gi: p for gi, p in self._plans.items() if p.flat is None}
+            # the plans of the arena path are made again, with them: made on the list path,
+            # outside a plan's flat buffers, they were taken for missing at the next arena
+            # step; made on the arena path, its plan's views and list batch lacked them (one
+            # made read-only by hand was written: the review)
+            self._plans = {gi: p for gi, p in self._plans.items() if p.flat is None}
         if scalar is not None:
             batch.set_scalar(self._scalar_state[0], scalar)
         if batch.made:

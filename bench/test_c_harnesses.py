@@ -1,6 +1,7 @@
 """Each C harness in bench/ builds with the command its comment gives (several include the
 kernels' own headers, src/fastopt/_kernels/fo_*.h, and fell behind when a header's function
 gained an argument: bn_floor.c, until stop 72)."""
+import platform
 import re
 import shlex
 import shutil
@@ -32,6 +33,8 @@ def test_every_harness_is_found():
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="the harnesses build for x86-64 (-march=x86-64-v3/v4)")
 @pytest.mark.parametrize("source", HARNESSES, ids=[p.name for p in HARNESSES])
 def test_c_harness_builds_with_its_documented_command(source, tmp_path):
     command = build_command(source)

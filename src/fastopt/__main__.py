@@ -138,7 +138,7 @@ def parse_args(argv):
     ap.add_argument("--rounds", type=_positive_int,
                     help="interleaved timing rounds per row, every row (>= 1; default 5, 3 in "
                     "rows with a call over 10 ms, 3 with --quick; not with --mpi, which times "
-                    "10 steps a row, 4 from 2e6 elements)")
+                    "10 steps a row, 4 above 2e6 elements)")
     ap.add_argument("--no-peers", action="store_true", help="skip torch and deepspeed")
     ap.add_argument("--no-layers", action="store_true",
                     help="skip the batch-norm and softmax rows")

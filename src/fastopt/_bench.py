@@ -353,9 +353,10 @@ def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
     contender of it: each ratio in a row compares one statistic (timed each by its own length,
     a contender of 19 us beside one of 21 had its bursts kept in its batch means and the
     other's dropped). A contender with a ``backend`` attribute runs its batches on that
-    backend. Each round starts one contender later than the one before. Returns ``{label: (median, spread)}`` in seconds per call, spread being the
-    interquartile range over the samples (batches, or calls; quartiles interpolated between
-    them, so over 3 samples half their range) relative to the median."""
+    backend. Each round starts one contender later than the one before. Returns ``{label:
+    (median, spread)}`` in seconds per call, spread being the interquartile range over the
+    samples (batches, or calls; quartiles interpolated between them, so over 3 samples half
+    their range) relative to the median."""
     reps, shortest, slowest = {}, float("inf"), 0.0
     for label, fn in fns.items():
         with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):

@@ -466,7 +466,12 @@ def batchnorm_inference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                         eps: float = 1e-5, out: np.ndarray | None = None) -> np.ndarray:
     """Inference-mode batch normalization with running statistics.
 
-    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``, per feature.
+    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta``, per feature. The
+    running mean is taken as stored, an array of x's dtype: unlike the training forward's
+    batch mean, whose rounding error is added back, its rounding stays in ``x -
+    running_mean``, so data whose mean is far larger than its spread keeps y only to about the
+    mean's ulp over the spread, absolute (float64 data of mean 1e6 and spread 1e-3: ~1e-7; the
+    backends' running means may differ by that ulp, and their y by that much).
 
     Parameters
     ----------

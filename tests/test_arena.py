@@ -281,6 +281,34 @@ def test_the_arena_path_refuses_a_state_array_made_read_only(backend, groups, na
         assert opt_snapshot(opt, [ar.flat_params]) == before
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("name,kwargs,key", [
+    ("SGD", {"momentum": 0.9}, "momentum_buffer"),
+    ("RMSprop", {"momentum": 0.9}, "square_avg"),
+    ("Adam", {"amsgrad": True}, "exp_avg")], ids=["SGD", "RMSprop", "Adam-amsgrad-later"])
+def test_state_held_after_a_step_that_made_state_stays_the_state(backend, name, kwargs, key):
+    """A step whose kernel call made state (a momentum buffer at the first step, amsgrad's
+    maximum once switched on) remakes the arena path's plan from the old one: remade from
+    nothing, it moved every state array of the group into new buffers, and an array the caller
+    held stopped being the state (a reset written into it was lost: the review)."""
+    with fo.use_backend(backend):
+        ar = fo.ParameterArena(np.float32, 64)
+        ar.add("W", (3, 2), init=1.0)
+        ar.add("b", (4,), init=1.0)
+        later = "amsgrad" in kwargs
+        opt = getattr(fo, name)(ar.params, lr=0.1, **({} if later else kwargs))
+        _arena_steps(ar, opt, [0])
+        if later:
+            opt.param_groups[0].update(kwargs)
+            _arena_steps(ar, opt, [1])
+        held = opt.state[1][key]
+        _arena_steps(ar, opt, [2])
+        held[...] = 0.0
+        assert opt.state[1][key] is held and not opt.state[1][key].any()
+        _arena_steps(ar, opt, [3])
+        assert opt.state[1][key] is held
+
+
 @pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
 def test_step_is_a_read_only_0d_array_and_assigning_it_sets_the_count(backend, arena):
     """``step`` is a 0-d int64 view of the group's counter (so one NumPy operation advances

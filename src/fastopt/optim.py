@@ -1380,11 +1380,14 @@ class Optimizer:
         if batch.pending:
             batch.commit()
             self._disjoint = None       # new state arrays: _check_overlaps keeps them too
-            # the plans of the arena path are made again, with them: made on the list path,
-            # outside a plan's flat buffers, they were taken for missing at the next arena
-            # step; made on the arena path, its plan's views and list batch lacked them (one
-            # made read-only by hand was written: the review)
-            self._plans = {gi: p for gi, p in self._plans.items() if p.flat is None}
+            # the plans of the arena path are made again, with them (from the old plans, whose
+            # flat buffers they keep: state held by the caller stays the state): made on the
+            # list path, outside a plan's flat buffers, they were taken for missing at the next
+            # arena step; made on the arena path, its plan's views and list batch lacked them
+            # (one made read-only by hand was written: the review)
+            for plan in self._plans.values():
+                if plan.flat is not None:
+                    plan.version = None     # (never current: _current_plan)
         if scalar is not None:
             batch.set_scalar(self._scalar_state[0], scalar)
         if batch.made:

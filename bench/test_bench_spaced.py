@@ -31,8 +31,8 @@ ROUNDS = int(os.environ.get("FASTOPT_BENCH_ROUNDS", "100"))
 @pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"{t}T")
 @pytest.mark.parametrize("backend", [b for b in fo.backends() if b != "numpy"])
 def test_adam_after_other_work(benchmark, backend, threads, size):
-    call = _contended._adam_call(size, backend)
-    with _backend.use_num_threads(threads):
+    call = _contended._adam_call(size)
+    with _backend.use_backend(backend), _backend.use_num_threads(threads):
         call()                                  # warm-up: numba compiles, pages fault in
         benchmark.group = f"adam float32 {size:.0e}, {GAP * 1e3:g} ms of other work first"
         benchmark.pedantic(call, setup=lambda: time.sleep(GAP), rounds=ROUNDS, iterations=1)
@@ -42,17 +42,16 @@ def test_adam_after_other_work(benchmark, backend, threads, size):
 @pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"{t}T")
 @pytest.mark.parametrize("backend", [b for b in fo.backends() if b != "numpy"])
 def test_adam_after_a_layer_call(benchmark, backend, threads, size):
-    call = _contended._adam_call(size, backend)
+    call = _contended._adam_call(size)
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((1024, 1000)).astype(np.float32)
     labels = rng.integers(0, 1000, 1024)
     grad = np.empty_like(logits)
 
     def loss():
-        with _backend.use_backend(backend):
-            fo.layers.softmax_cross_entropy(logits, labels, out=grad)
+        fo.layers.softmax_cross_entropy(logits, labels, out=grad)
 
-    with _backend.use_num_threads(threads):
+    with _backend.use_backend(backend), _backend.use_num_threads(threads):
         call()
         loss()
         benchmark.group = f"adam float32 {size:.0e}, after a softmax cross-entropy call"

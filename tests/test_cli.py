@@ -593,6 +593,7 @@ def test_each_round_starts_one_contender_later(monkeypatch):
     # one timed call
     assert "".join(e[0].upper() if e == "settle" else e for e in events[12:]) == (
         "SaaSbbScc" "SbbSccSaa" "SccSaaSbb" "SaaSbbScc")
+    assert _bench.time_row({}, rounds=4) == {}       # (an empty row: it divided by zero)
 
 
 def test_a_row_of_calls_of_20_us_or_more_is_timed_call_by_call_and_a_row_with_shorter_by_batch(

@@ -377,7 +377,7 @@ def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
     for round_ in range(rounds):
         # each round starts one contender later, so that none always follows the same one
         # (the first backend had always followed the last round's torch call)
-        k = round_ % len(order)
+        k = round_ % len(order) if order else 0     # (an empty row: nothing to time)
         for label, fn in order[k:] + order[:k]:
             r, xs = reps[label], samples[label]
             settle()

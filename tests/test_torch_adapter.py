@@ -845,14 +845,13 @@ def test_16bit_resume_through_torch_distributed_checkpoint_is_bit_identical(name
 
 @pytest.mark.parametrize("sit_outs", [0, 2])
 @pytest.mark.parametrize("how", ["loaded_from_torch", "unfrozen"])
-def test_a_master_state_dict_makes_is_checked_at_the_next_step_as_one_it_makes(how, sit_outs):
-    """state_dict() makes the master of a 16-bit parameter with state but none (see above),
-    from the parameter. A parameter that sat out the last step had its version counter
-    recorded by it, so that master was not checked at the next step, and a write the counter
-    does not see (``p.data.copy_``) made after state_dict() was undone (the review), where
-    without the state_dict() call the step made the master from the written parameter; and
-    so after steps it sat out after state_dict() (the second review): it is checked at every
-    step until it steps."""
+def test_the_master_state_dict_gives_changes_nothing_in_the_optimizer(how, sit_outs):
+    """state_dict() gives a master to a 16-bit parameter with state but none (see above),
+    made from the parameter, in a copy of its entry. Made in the optimizer's state (the
+    first version), it changed the next steps: a parameter that sat out a step had its version
+    counter recorded, and a write the counter does not see (``p.data.copy_``), made after
+    state_dict() or after steps it sat out since, was undone, where without the state_dict()
+    call the step made the master from the written parameter (two reviews)."""
     def run(call_state_dict):
         torch.manual_seed(0)
         a, b = (torch.nn.Parameter(torch.randn(4).bfloat16()) for _ in range(2))
@@ -872,6 +871,7 @@ def test_a_master_state_dict_makes_is_checked_at_the_next_step_as_one_it_makes(h
         b.requires_grad_(True)
         if call_state_dict:
             assert "master_param" in opt.state_dict()["state"][1]
+            assert "master_param" not in opt.state[b]
         for _ in range(sit_outs):
             a.grad = torch.ones_like(a)
             opt.step()

@@ -200,7 +200,6 @@ import math
 import numbers
 import operator
 import textwrap
-import weakref
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable
@@ -758,12 +757,6 @@ def _odd_scalar(t):
             and (t.dtype not in _VIEWABLE or t.dim() != 0))
 
 
-def _held(refs, p):
-    """Whether ``refs`` (id -> weakref) holds the tensor ``p`` itself."""
-    ref = refs.get(id(p))
-    return ref is not None and ref() is p
-
-
 def _fresh_master(p):
     """A 16-bit parameter's float32 master copy, seeded from the parameter."""
     return p.detach().to(torch.float32, memory_format=torch.preserve_format)
@@ -793,10 +786,6 @@ class _FastOptimizer(_Mixin):
     _STEP_SCALARS = True    # (if stepped) the kernels' scalars depend on it, and ops checks it
     _decoupled = False      # the groups' decoupled_weight_decay by default (AdamW: True)
     _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
-    # (set on the optimizer) id -> weakref of the 16-bit parameters whose masters state_dict()
-    # made and that have not stepped since: their masters are checked at every step until
-    # they step (_add_missing_masters)
-    _unstepped: dict[int, Any] = {}
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
     _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
     # (index, error) of the betas whose tensors torch's step refuses unless they are 0-d
@@ -941,47 +930,35 @@ class _FastOptimizer(_Mixin):
         (under the lock :meth:`step` and :meth:`load_state_dict` hold). As torch's, each
         parameter's entry is its live state; its ``step`` is a 0-d view of the group's count
         tensor, which ``torch.save`` stores once, and a plain ``pickle.dumps`` once per view
-        (n^2 counts for n parameters: save state dicts with ``torch.save``). A 16-bit
-        parameter with state but no ``master_param`` yet (loaded from torch.optim, or made
-        16-bit after the state) gets it here, made from the parameter; the next step checks
-        it against the parameter again."""
+        (n^2 counts for n parameters: save state dicts with ``torch.save``). The entry of a
+        16-bit parameter with state but no ``master_param`` yet (loaded from torch.optim, or
+        made 16-bit after the state) is a copy holding one made from the parameter, which a
+        load brings into the state."""
         with self._lock:
             self._drop_plans()
-            self._add_missing_masters()
-            return super().state_dict()
+            return self._with_missing_masters(super().state_dict())
 
-    def _add_missing_masters(self):
-        """Makes the master of each 16-bit parameter that requires grad and has state but no
-        master (an Adagrad built before ``model.to(torch.bfloat16)``, a state dict loaded
-        without masters): ``torch.distributed.checkpoint`` loads a checkpoint into the keys of
-        this optimizer's state dict only, and made at the step, the checkpoint's masters were
-        not loaded and the resumed run drifted. The next step checks each such master against
-        its parameter (:meth:`_watch_masters`), as it would have made it from the parameter
-        then: a write the version counter does not see (``p.data.copy_``) made in between is
-        kept (the review: the last step's record of the counter had let it be undone)."""
-        made = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and p.dtype in _HALF and p.requires_grad and MASTER not in state:
-                    state[MASTER] = _fresh_master(p)
-                    made[id(p)] = weakref.ref(p)
-        if made:
-            # until they step: a step in which one has no grad records its counter, and a
-            # write after that went unseen again (the second review)
-            self._unstepped = {**self._unstepped, **made}
-            self._mark_unstepped()
-
-    def _mark_unstepped(self):
-        """Clears the recorded version counter of each parameter in ``_unstepped`` (no
-        counter matches None), so that the next step makes its group's plan anew and checks
-        its master (:meth:`_watch_masters`)."""
-        unstepped = self._unstepped = {
-            key: ref for key, ref in self._unstepped.items() if ref() is not None}
-        for plan in self._plans.values():
-            if plan.versions is not None:
-                plan.versions = [None if _held(unstepped, p) else version
-                                 for p, version in zip(plan.all_params, plan.versions)]
+    def _with_missing_masters(self, state_dict):
+        """``state_dict`` (torch's, packed) with a ``master_param`` made from the parameter
+        in the entry of each 16-bit parameter that requires grad and has state but no master
+        yet (an Adagrad built before ``model.to(torch.bfloat16)``, a state dict loaded without
+        masters): ``torch.distributed.checkpoint`` loads a checkpoint into the keys of this
+        optimizer's state dict only, so a master left to the next step was not loaded, and
+        the resumed run drifted. The entry is a copy holding it; the optimizer's own state is
+        left as it was (made in it, the master had changed what the next steps did: a write
+        the version counter does not see, after steps the parameter sat out, was undone: two
+        reviews)."""
+        packed, groups = state_dict.get("state"), state_dict.get("param_groups")
+        if not isinstance(packed, dict) or not isinstance(groups, list):
+            return state_dict       # (remade by a post-hook)
+        for group, saved in zip(self.param_groups, groups):
+            indices = saved.get("params", ()) if isinstance(saved, dict) else ()
+            for p, index in zip(group["params"], indices):
+                entry = packed.get(index)
+                if (isinstance(entry, dict) and entry and p.dtype in _HALF and p.requires_grad
+                        and MASTER not in entry):
+                    packed[index] = {**entry, MASTER: _fresh_master(p)}
+        return state_dict
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
@@ -1250,8 +1227,6 @@ class _FastOptimizer(_Mixin):
             for plan in self._plans.values():
                 if plan.versions is not None:
                     plan.versions = _versions(plan.all_params)
-            if self._unstepped:
-                self._mark_unstepped()
         # every plan agrees with opt.state now (the runs stored their new state in both);
         # for a few parameters, looking them up costs less than this
         self._seen = (state, list(state), list(state.values())) if len(state) > 16 else None
@@ -2073,10 +2048,6 @@ class _FastOptimizer(_Mixin):
             plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
             plan.split = self._splits(plan)
-        if self._unstepped:     # (state_dict()'s masters: those of the parameters that stepped)
-            stepped = {id(p) for p, has in zip(plan.all_params, plan.has_grad) if has}
-            self._unstepped = {key: ref for key, ref in self._unstepped.items()
-                               if key not in stepped}
         if plan.reseeded:
             # the masters of parameters written between steps: those of the parameters
             # that stepped are in their new states (stored above), the others' go in now

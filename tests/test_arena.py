@@ -309,6 +309,28 @@ def test_state_held_after_a_step_that_made_state_stays_the_state(backend, name, 
         assert opt.state[1][key] is held
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_state_held_after_a_step_an_arena_parameter_sat_out_stays_the_state(backend, groups):
+    """A step given a list of grads with a None for one of an arena group's parameters runs
+    the group in parts; its plan was then dropped, and the next one, made without it, moved
+    every state array of the group into new buffers (the review)."""
+    with fo.use_backend(backend):
+        ar = fo.ParameterArena(np.float32, 64)
+        ar.add("W", (3, 2), init=1.0)
+        ar.add("b", (4,), init=1.0)
+        views = list(ar.params.values())
+        opt = fo.Adam(views if groups == 1 else [{"params": [v]} for v in views], lr=0.1)
+        _arena_steps(ar, opt, [0, 1])
+        held = opt.state[1]["exp_avg"]
+        opt.step([np.ones((3, 2), np.float32), None])      # b sits it out
+        _arena_steps(ar, opt, [2])
+        held[...] = 0.0
+        assert opt.state[1]["exp_avg"] is held
+        _arena_steps(ar, opt, [3])
+        assert opt.state[1]["exp_avg"] is held
+
+
 @pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
 def test_step_is_a_read_only_0d_array_and_assigning_it_sets_the_count(backend, arena):
     """``step`` is a 0-d int64 view of the group's counter (so one NumPy operation advances

@@ -1312,7 +1312,13 @@ class Optimizer:
             for call in calls:
                 self._run(group, *call)
         finally:
-            self._plans.pop(gi, None)   # made again with the states stored by the calls
+            # made again with the states stored by the calls, from this plan: its flat
+            # buffers, which the state keeps (dropped, the next plan moved every state array
+            # of an arena group into new ones, and one the caller held stopped being the
+            # state: the review)
+            for stale in (plan, self._plans.get(gi)):
+                if stale is not None:
+                    stale.version = None
 
     def _name_refusal(self, gi, plan, grads):
         """After a kernel call over group ``gi``'s list refused it (writing nothing): raise the

@@ -883,49 +883,6 @@ def test_the_master_state_dict_gives_changes_nothing_in_the_optimizer(how, sit_o
     assert torch.equal(run(False), torch.full((4,), 3.0, dtype=torch.bfloat16))
 
 
-@pytest.mark.parametrize("how", ["loaded_from_torch", "before_the_cast"])
-def test_a_state_dict_held_and_saved_later_holds_the_live_master(how):
-    """The master state_dict() gives a 16-bit parameter without one is the tensor the
-    parameter's next step makes its master in: a dict held from the call and saved after
-    later steps holds the live master, as torch.optim's held dicts hold the live state (a
-    snapshot of the parameter at the call resumed ~1e-3 off: the review)."""
-    def make():
-        torch.manual_seed(0)
-        model = torch.nn.Linear(6, 3)
-        if how == "loaded_from_torch":
-            model.to(torch.bfloat16)
-            twin = copy.deepcopy(model)
-            theirs = torch.optim.Adam(twin.parameters(), lr=0.01, foreach=False)
-            steps(twin, theirs, [9])
-            opt = ft.Adam(model.parameters(), lr=0.01)
-            opt.load_state_dict(theirs.state_dict())
-        else:
-            opt = ft.Adagrad(model.parameters(), lr=0.05)
-            model.to(torch.bfloat16)
-        return model, opt
-
-    def steps(model, opt, seeds):
-        for seed in seeds:
-            x = torch.randn(4, 6, generator=torch.Generator().manual_seed(seed)).bfloat16()
-            model(x).float().pow(2).mean().backward()
-            opt.step()
-            opt.zero_grad()
-
-    model, opt = make()
-    held = opt.state_dict()
-    steps(model, opt, range(3))
-    assert all(entry["master_param"] is opt.state[p]["master_param"]
-               for p, entry in zip(model.parameters(), held["state"].values()))
-    saved = _save_load((model.state_dict(), held))
-    steps(model, opt, range(3, 6))
-    resumed, resumed_opt = make()
-    resumed.load_state_dict(saved[0])
-    resumed_opt.load_state_dict(saved[1])
-    steps(resumed, resumed_opt, range(3, 6))
-    for ours, theirs in zip(resumed.parameters(), model.parameters()):
-        assert torch.equal(ours, theirs)
-
-
 def test_the_masters_state_dict_gives_follow_torchs_numbering_past_a_post_hook():
     """A state-dict post-hook that leaves a group out: each missing master goes to the entry
     of its own parameter by torch's numbering (paired with the groups by position, an entry

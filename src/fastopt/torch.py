@@ -786,9 +786,6 @@ class _FastOptimizer(_Mixin):
     _STEP_SCALARS = True    # (if stepped) the kernels' scalars depend on it, and ops checks it
     _decoupled = False      # the groups' decoupled_weight_decay by default (AdamW: True)
     _watching = False       # (set on the optimizer) a plan has 16-bit parameters to watch
-    # (set on the optimizer) id of a 16-bit parameter -> the master state_dict() handed out for
-    # it in a copy of its entry, which its next step fills (_with_missing_masters)
-    _handed: dict[int, Any] = {}
     _SCALAR_STATE: tuple[str, ...] = ()   # 0-d state tensors besides step (NAdam's mu_product)
     _NONE_IS_NEW: tuple[str, ...] = ()    # state keys whose None torch takes as not made yet
     # (index, error) of the betas whose tensors torch's step refuses unless they are 0-d
@@ -936,7 +933,8 @@ class _FastOptimizer(_Mixin):
         (n^2 counts for n parameters: save state dicts with ``torch.save``). The entry of a
         16-bit parameter with state but no ``master_param`` yet (loaded from torch.optim, or
         made 16-bit after the state) is a copy holding one made from the parameter, which a
-        load brings into the state."""
+        load brings into the state: a snapshot of the parameter, so save a state dict taken
+        when saving, not one held across steps (see :meth:`_with_missing_masters`)."""
         with self._lock:
             self._drop_plans()
             return self._with_missing_masters(super().state_dict())
@@ -950,41 +948,21 @@ class _FastOptimizer(_Mixin):
         the resumed run drifted. The entry is a copy holding it, and the optimizer's state is
         left as it was: made in it, the master had changed what the next steps did (a write
         the version counter does not see, after steps the parameter sat out, was undone: two
-        reviews). The parameter's next step makes its master in that tensor, filled from the
-        parameter then (:meth:`_new_master`), so that a dict held from this call and saved
-        later holds the live master, as it holds the live moments."""
+        reviews). So that entry's master is the parameter at this call, where its moments are
+        live: save a state dict taken when saving, not one held across steps (the master a
+        later step makes is not in it; having the step fill the handed-out tensor kept it live
+        in some cases only: a later write re-seeds the master into a new tensor)."""
         packed = state_dict.get("state")
         if not isinstance(packed, dict):
             return state_dict       # (remade by a post-hook)
         # torch's numbering of the parameters (a post-hook may have left groups out)
         params = [p for group in self.param_groups for p in group["params"]]
-        handed = {}
         for index, entry in list(packed.items()):
             p = params[index] if type(index) is int and 0 <= index < len(params) else None
             if (p is not None and isinstance(entry, dict) and entry and p.dtype in _HALF
                     and p.requires_grad and MASTER not in entry):
-                # (one handed out before is handed out again as it is: loaded into since,
-                # by torch.distributed.checkpoint, it must keep what was loaded)
-                master = self._handed.get(id(p))
-                if not (isinstance(master, torch.Tensor) and master.shape == p.shape):
-                    master = _fresh_master(p)
-                packed[index] = {**entry, MASTER: master}
-                handed[id(p)] = master
-        self._handed = handed
+                packed[index] = {**entry, MASTER: _fresh_master(p)}
         return state_dict
-
-    def _new_master(self, p):
-        """The master of a 16-bit parameter that has none, from the parameter: made in the
-        tensor :meth:`state_dict` handed out for it, if any (see there)."""
-        master = self._handed.get(id(p))
-        if (isinstance(master, torch.Tensor) and master.shape == p.shape
-                and master.stride() == p.stride() and master.dtype == torch.float32
-                and master.device == p.device and not master.requires_grad):
-            try:
-                return master.copy_(p.detach())
-            except RuntimeError:    # (an inference tensor outside inference mode)
-                pass
-        return _fresh_master(p)
 
     def load_state_dict(self, state_dict: _torch_optimizer.StateDict) -> None:
         """torch's ``load_state_dict``, keeping the state dtypes the step needs (float32 for
@@ -1056,7 +1034,6 @@ class _FastOptimizer(_Mixin):
             self._optimizer_load_state_dict_post_hooks = post
         # no plan: the next step checks every 16-bit parameter's master (_watch_masters)
         self._plans: dict[int, _Plan] = {}
-        self._handed = {}       # (the loaded state's masters, or none, are the state now)
         if counts:
             # a loaded count that is a view of this optimizer's counts (its own state_dict()
             # loaded back) is made a tensor of its own, in place, for the next step to take
@@ -1501,7 +1478,7 @@ class _FastOptimizer(_Mixin):
                 for key in negs:
                     state[key] = _resolved(state[key])
                 for key in missing:
-                    state[key] = self._new_master(p) if key == MASTER else _zeros(p)
+                    state[key] = _fresh_master(p) if key == MASTER else _zeros(p)
                 for key in narrow:
                     value = state[key]
                     state[key] = (value.to(torch.float32) if key in plan.keys else value.to(

@@ -326,6 +326,14 @@ WARM_CAP = 0.2
 PER_CALL_MIN = 2e-5
 
 
+def rotated(order, k):
+    """``order`` (a list) started at its item ``k`` (modulo its length): round ``k`` of a row
+    times its contenders so, so that none always follows the same one (the first backend had
+    always followed the last round's torch call)."""
+    k = k % len(order) if order else 0      # (an empty row: nothing to time)
+    return order[k:] + order[:k]
+
+
 def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
     """Interleaved timing: each round times every contender once (a batch of calls lasting about
     ``target`` seconds, started after :func:`settle` and an untimed batch as long; unless
@@ -375,10 +383,7 @@ def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
     clock = time.perf_counter
     order = list(fns.items())
     for round_ in range(rounds):
-        # each round starts one contender later, so that none always follows the same one
-        # (the first backend had always followed the last round's torch call)
-        k = round_ % len(order) if order else 0     # (an empty row: nothing to time)
-        for label, fn in order[k:] + order[:k]:
+        for label, fn in rotated(order, round_):
             r, xs = reps[label], samples[label]
             settle()
             with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):

@@ -95,8 +95,7 @@ def rows(backend=None, threads=None, sizes=SIZES, rounds=3):
             samples = {label: [] for label in contenders}
             order = list(contenders.items())
             for r in range(rounds):
-                # each round starts one contender later: none always follows the same one
-                for label, (b, t) in order[r % len(order):] + order[:r % len(order)]:
+                for label, (b, t) in _bench.rotated(order, r):
                     samples[label].append(per_call_times(
                         calls[label], max(1, calls_for(n) // rounds), t, b))
             stats = {label: (float(np.median(np.concatenate(xs))),

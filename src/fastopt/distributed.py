@@ -221,8 +221,9 @@ class ShardedOptimizer:
         """Collective: ValueError on every rank unless every rank has the same dtype, shapes
         per param group, names, optimizer class and hyper-parameters, its groups' and its
         constructor's (the shapes per group: ranks that split the same parameters into groups
-        otherwise would step alike but gather and scatter state dicts with other bounds). At construction, the ranks also
-        agree on the optimizer's id, which each call's first collective carries."""
+        otherwise would step alike but gather and scatter state dicts with other bounds). At
+        construction, the ranks also agree on the optimizer's id, which each call's first
+        collective carries."""
         global _next_id
         # (the constructor's too: Adagrad starts its state from the constructor's
         # initial_accumulator_value whatever the groups say, as torch's)

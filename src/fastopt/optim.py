@@ -1316,9 +1316,7 @@ class Optimizer:
             # buffers, which the state keeps (dropped, the next plan moved every state array
             # of an arena group into new ones, and one the caller held stopped being the
             # state: the review)
-            for stale in (plan, self._plans.get(gi)):
-                if stale is not None:
-                    stale.version = None
+            plan.version = None
 
     def _name_refusal(self, gi, plan, grads):
         """After a kernel call over group ``gi``'s list refused it (writing nothing): raise the

@@ -1061,3 +1061,28 @@ def test_an_interrupted_ewa_update_keeps_its_count_with_its_average(backend, whe
             if ref.t:
                 np.testing.assert_array_equal(ours.value, ref.value)
         np.testing.assert_array_equal(ours.update(samples[0]), ref.update(samples[0]))
+
+
+class _Unreadable:
+    """An array-like whose conversion fails as a torch tensor that requires grad fails."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad.")
+
+
+@pytest.mark.parametrize("name,call", [
+    ("z", lambda bad: fo.softmax(bad)),
+    ("z", lambda bad: fo.log_softmax(bad)),
+    ("logits", lambda bad: fo.softmax_cross_entropy(bad, np.array([0, 1]))),
+    ("labels", lambda bad: fo.softmax_cross_entropy(np.ones((2, 3)), bad)),
+    ("x", lambda bad: fo.EWA(0.9).update(bad)),
+    ("x", lambda bad: fo.ewa_series(bad, 0.9)),
+    ("X", lambda bad: fo.minibatches(bad, np.arange(2))),
+    ("init for 'W'", lambda bad: fo.ParameterArena().add("W", (2, 3), init=bad)),
+], ids=["softmax", "log_softmax", "xent-logits", "xent-labels", "EWA", "ewa_series",
+        "minibatches", "arena-init"])
+def test_an_array_like_that_refuses_conversion_is_a_type_error_naming_it(name, call):
+    """The entry points that read array-likes let the array-like's own error through (torch's
+    RuntimeError for a tensor that requires grad), naming no argument."""
+    with pytest.raises(TypeError, match=rf"^{name} could not be read as a NumPy array: Can't"):
+        call(_Unreadable())

@@ -49,11 +49,14 @@ def check_unmasked(name, a):
 
 
 def as_array(name, a):
-    """``np.asarray(a)``, whose error for a ragged sequence names ``name``."""
+    """``np.asarray(a)``, whose errors name ``name``: a ragged sequence's, and an array-like's
+    own refusal to convert (a torch tensor that requires grad raises RuntimeError)."""
     try:
         return np.asarray(a)
     except ValueError as e:     # NumPy's 'inhomogeneous shape' message names no argument
         raise ValueError(f"{name} must be a rectangular array: {e}") from None
+    except (TypeError, RuntimeError) as e:
+        raise TypeError(f"{name} could not be read as a NumPy array: {e}") from e
 
 
 def as_examples(name, a):

@@ -44,6 +44,19 @@ def adam_steps(n, dtype, steps=3, seed=0, pieces=None):
     return p, m, v
 
 
+def skip_numba_off_tbb(backend):
+    """Skip the numba backend where Numba's threading layer is not oneTBB (NUMBA_THREADING_LAYER
+    set, or no TBB for this platform): its fork safety and the caller's floating-point
+    environment in its threads are the oneTBB layer's (README), which Numba's OpenMP and
+    workqueue layers do not give."""
+    if backend != "numba":
+        return
+    import numba
+    from fastopt._numba import _common
+    if not _common._start_pool() or numba.threading_layer() != "tbb":
+        pytest.skip("Numba's threading layer is not oneTBB")
+
+
 @pytest.fixture(params=COMPILED)
 def compiled(request):
     threads = fo.get_num_threads()
@@ -121,6 +134,7 @@ def test_every_thread_computes_in_the_callers_floating_point_environment(compile
     the reference's bits in it, on any thread count, and a layer the same bits on any thread
     count. Before, the helpers' chunks were computed to nearest with subnormals kept."""
     from fastopt import _backend
+    skip_numba_off_tbb(compiled)
     n = 18 * 65536 + 7                          # 16 chunks or more: the team takes it too
     rng = np.random.default_rng(5)
     p0 = (rng.standard_normal(n) * 2.0 ** -120).astype(np.float32)   # subnormal results
@@ -305,6 +319,7 @@ def test_a_deepcopy_waits_for_a_step_in_another_thread(backend):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_call_after_fork(compiled):
+    skip_numba_off_tbb(compiled)
     fo.set_num_threads(2)
     expected = adam_steps(N, np.float32)       # starts the pool's helpers in the parent
     read, write = os.pipe()
@@ -609,6 +624,7 @@ def test_a_child_forked_during_a_numba_layer_call_in_another_thread_runs_its_cal
     """A child forked while another thread was in one of the numba backend's parallel layer
     calls hung in its own first parallel call, on a lock oneTBB held at the fork (in 3 runs of
     150 forks: at forks 64, 82 and 14)."""
+    skip_numba_off_tbb("numba")
     with fo.use_backend("numba"):
         fo.set_num_threads(2)
         z = np.random.default_rng(0).standard_normal((2000, 1000)).astype(np.float32)

@@ -397,7 +397,7 @@ def run_scenario(name, dtype, groups, ops):
     return "done"
 
 
-@settings(max_examples=400, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario=scenarios())
 @pytest.mark.parametrize("backend", GRID_BACKENDS)
 def test_optimizers_follow_torch_through_random_sequences(backend, scenario):

@@ -1082,7 +1082,7 @@ class _Unreadable:
 ], ids=["softmax", "log_softmax", "xent-logits", "xent-labels", "EWA", "ewa_series",
         "minibatches", "arena-init"])
 def test_an_array_like_that_refuses_conversion_is_a_type_error_naming_it(name, call):
-    """The entry points that read array-likes let the array-like's own error through (torch's
-    RuntimeError for a tensor that requires grad), naming no argument."""
+    """An array-like's own error on conversion (torch's RuntimeError for a tensor that
+    requires grad) becomes a TypeError naming the argument (it had come through naming none)."""
     with pytest.raises(TypeError, match=rf"^{name} could not be read as a NumPy array: Can't"):
         call(_Unreadable())

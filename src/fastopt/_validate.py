@@ -61,8 +61,8 @@ def as_array(name, a):
 
 def as_examples(name, a):
     """``a`` (mini-batches' X or Y) as an ndarray: TypeError naming ``name`` for None (which
-    NumPy makes a 0-d object array) and for a masked array (whose mask the batches would
-    drop), ValueError for a ragged sequence."""
+    NumPy makes a 0-d object array), for a masked array (whose mask the batches would drop)
+    and for an array-like that refuses conversion, ValueError for a ragged sequence."""
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
     check_unmasked(name, a)

@@ -40,8 +40,9 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     ------
     TypeError
         A ``batch_size`` or an ``axis`` that is not an int, a ``shuffle`` that is not True
-        or False, a ``seed`` numpy cannot seed from, or an ``X`` or ``Y`` that is None or
-        masked (its mask would be dropped).
+        or False, a ``seed`` numpy cannot seed from, or an ``X`` or ``Y`` that is None,
+        masked (its mask would be dropped) or an array-like that refuses conversion (a torch
+        tensor that requires grad).
     ValueError
         A ``batch_size`` below 1, a ragged or 0-d ``X`` or ``Y``, an ``axis`` that ``X`` (or
         a ``Y`` of 2 or more dimensions) does not have, ``X`` and ``Y`` with different

@@ -1,6 +1,7 @@
 """Shared by the Numba kernel families: jit options, threading, and the serial/parallel launch."""
 import ctypes
 import os
+import platform
 import sys
 import threading
 import time
@@ -63,6 +64,12 @@ def _load_tbb():
 # survives fork (GNU OpenMP aborts a forked child that launches a parallel region) and calls
 # from several threads. OpenMP next (~3 us per launch), the workqueue (~70 us, and not safe
 # for concurrent calls) last. A user's explicit NUMBA_THREADING_LAYER still wins.
+# Where the tbb wheel is a dependency (pyproject.toml's markers) and no layer was chosen, another
+# layer means a broken install (numba 0.62.0's Linux wheels had no TBB layer, numba#10240):
+# said in a warning (_start_pool), since the fork safety and floating-point environment of the
+# threads are the oneTBB layer's
+TBB_EXPECTED = ("NUMBA_THREADING_LAYER" not in os.environ and (sys.platform, platform.machine())
+                in (("linux", "x86_64"), ("win32", "AMD64")))
 if "NUMBA_THREADING_LAYER" not in os.environ:
     _load_tbb()
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "omp", "workqueue"]
@@ -111,6 +118,12 @@ def _start_pool():
                       "numba backend's steps run on one thread and its layers raise",
                       RuntimeWarning, stacklevel=_backend.user_stacklevel())
         return False
+    if TBB_EXPECTED and numba.threading_layer() != "tbb":
+        warnings.warn(f"fastopt: Numba's oneTBB threading layer did not load, Numba runs on its "
+                      f"{numba.threading_layer()!r} layer: the numba backend's threads then "
+                      "ignore the caller's floating-point environment and a fork after a "
+                      "parallel call may fail (pip install 'numba>=0.62.1' 'tbb>=2021.6')",
+                      RuntimeWarning, stacklevel=_backend.user_stacklevel())
     if numba.threading_layer() == "omp":
         ctypes.CDLL("libgomp.so.1").omp_set_max_active_levels(1)
     elif numba.threading_layer() == "tbb":

@@ -1391,3 +1391,46 @@ def test_pool_state_reports_the_pool():
     pool.pool_chunk_counts(8, 1)
     after = pool.pool_state()
     assert (after["serial_calls"], after["backoff"]) == (state["serial_calls"], state["backoff"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs procfs")
+def test_waiting_for_other_threads_sees_a_running_one():
+    """_threads.wait_for_other_threads, which a fork waits on once oneTBB's workers exist (a
+    worker still running held a lock the child then waited for): False at its limit while
+    another thread computes (a NumPy sort, the GIL released), True once it is done."""
+    big = np.random.default_rng(0).standard_normal(8_000_000)
+    started = threading.Event()
+
+    def compute():
+        started.set()
+        np.sort(big)
+
+    other = threading.Thread(target=compute)
+    other.start()
+    started.wait()
+    time.sleep(0.01)
+    assert _threads.wait_for_other_threads(0.01) is False
+    other.join()
+    assert _threads.wait_for_other_threads(1.0) is True
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or "numba" not in COMPILED,
+                    reason="needs fork and the numba backend")
+def test_a_fork_waits_for_other_threads_once_onetbb_runs(monkeypatch):
+    """Once the numba backend's oneTBB layer has run a launch, a fork waits (at most
+    SETTLE_WAIT) until the process's other threads are not running: its workers outlive the
+    launch, and a child forked while one held a lock of oneTBB's hung."""
+    from fastopt import _backend
+    skip_numba_off_tbb("numba")
+    with fo.use_backend("numba"):
+        fo.set_num_threads(2)
+        fo.softmax(np.ones((3000, 100), np.float32))
+    assert _backend.LAUNCH_GATE.settle_threads
+    waits = []
+    monkeypatch.setattr(_threads, "wait_for_other_threads",
+                        lambda limit, poll=0.001: waits.append(limit))
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert waits == [_backend.LAUNCH_GATE.SETTLE_WAIT]

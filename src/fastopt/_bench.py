@@ -12,12 +12,11 @@ import os
 import platform
 import statistics
 import subprocess
-import threading
 import time
 
 import numpy as np
 
-from . import _backend, _registry, ops
+from . import _backend, _registry, _threads, ops
 from ._layout import SLOT_BYTES, past_line
 
 
@@ -282,25 +281,8 @@ def settle(limit=0.05):
     that every contender starts on a quiet machine. torch's and DeepSpeed's OpenMP workers spin
     for about 10 ms after each parallel region (GNU OpenMP's default ``GOMP_SPINCOUNT``); the
     contender timed next would share a core with them and run at one thread's speed."""
-    me = str(threading.get_native_id())
-    deadline = time.perf_counter() + limit
-    while time.perf_counter() < deadline:
-        try:
-            tasks = os.listdir("/proc/self/task")
-        except OSError:     # no procfs (not Linux): wait a spin's length instead
-            time.sleep(0.02)
-            return
-        if not any(t != me and _thread_state(t) == "R" for t in tasks):
-            return
-        time.sleep(0.001)
-
-
-def _thread_state(tid):
-    try:
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:   # the thread ended
-        return "X"
+    if _threads.wait_for_other_threads(limit) is None:   # no procfs: wait a spin's length
+        time.sleep(0.02)
 
 
 # Each round's untimed batch lasts at least this long: after settle() the first few ms of calls

@@ -7,6 +7,8 @@ which scikit-learn users use to limit OpenMP and BLAS threads, would not see the
 """
 import math
 import os
+import threading
+import time
 
 # the most threads a kernel call may use: the compiled pool's 255 helpers and the caller
 # (fo_common.h's FO_MAX_THREADS)
@@ -84,3 +86,29 @@ def register_threadpoolctl():
 
     threadpoolctl.register(FastoptController)
     return True
+
+
+def wait_for_other_threads(limit, poll=0.001):
+    """Wait, at most ``limit`` seconds, until no other thread of this process is running (none
+    in state R in /proc/self/task: each asleep, blocked or stopped). True once none is, False
+    at the limit, None without procfs (not Linux)."""
+    me = str(threading.get_native_id())
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return None
+        if not any(t != me and _thread_state(t) == "R" for t in tasks):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
+def _thread_state(tid):
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:   # the thread ended
+        return "X"

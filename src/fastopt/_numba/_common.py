@@ -135,6 +135,7 @@ def _start_pool():
         # launching thread, which runs it.
         from numba.np.ufunc import tbbpool
         ctypes.CFUNCTYPE(None)(tbbpool.synchronize)()
+        _backend.LAUNCH_GATE.settle_threads = True     # (its workers outlive a launch)
     elif numba.threading_layer() == "workqueue":
         _launch_guard[0] = _WORKQUEUE_LOCK
     # the calling thread's count, got and set around each layer call: Numba's public

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -782,6 +783,7 @@ def test_numbas_workqueue_layer_takes_calls_from_several_threads_in_turn():
 
 NUMBA_WITHOUT_A_THREADING_LAYER = """
 import warnings
+from unittest import mock
 import numpy as np
 import fastopt as fo
 
@@ -1412,6 +1414,13 @@ def test_waiting_for_other_threads_sees_a_running_one():
     assert _threads.wait_for_other_threads(0.01) is False
     other.join()
     assert _threads.wait_for_other_threads(1.0) is True
+    # a thread that ends as its state is read: ENOENT at the open, ESRCH at the read (had
+    # escaped, from a fork's before-hook)
+    for error in (FileNotFoundError, ProcessLookupError):
+        def ended(*args, error=error):
+            raise error()
+        with mock.patch("builtins.open", ended):
+            assert _threads._thread_state("1") == "X"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or "numba" not in COMPILED,
@@ -1434,3 +1443,23 @@ def test_a_fork_waits_for_other_threads_once_onetbb_runs(monkeypatch):
         os._exit(0)
     os.waitpid(pid, 0)
     assert waits == [_backend.LAUNCH_GATE.SETTLE_WAIT]
+
+
+@pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")
+def test_the_numba_chunk_size_is_set_inside_the_launch_gate(monkeypatch):
+    """numba.set_parallel_chunksize takes Numba's init locks: called outside the launch gate,
+    which a fork waits for, a child forked while another thread held them hung in its first
+    parallel call (review q44)."""
+    import numba
+    from fastopt import _backend
+    real, inside = numba.set_parallel_chunksize, []
+
+    def watched(n):
+        inside.append(threading.get_ident() in _backend.LAUNCH_GATE._active)
+        return real(n)
+
+    monkeypatch.setattr(numba, "set_parallel_chunksize", watched)
+    with fo.use_backend("numba"):
+        fo.set_num_threads(2)
+        fo.softmax(np.ones((3000, 100), np.float32))
+    assert inside and all(inside), inside

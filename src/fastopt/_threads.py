@@ -110,5 +110,5 @@ def _thread_state(tid):
     try:
         with open(f"/proc/self/task/{tid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:   # the thread ended
+    except OSError:     # the thread ended (ENOENT at the open, ESRCH at the read)
         return "X"

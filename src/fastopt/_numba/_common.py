@@ -437,12 +437,14 @@ def chunked(kernel, iterations, *args):
         with _launch_guard[0]:                  # a (32, 64) batch norm 3.4 us of 12.3)
             return kernel(*args)
     size = -(-iterations // (CHUNKS_PER_THREAD * threads))
-    previous = numba.set_parallel_chunksize(max(1, size))
-    try:
-        with _launch_guard[0]:
+    # inside the guard, which a fork waits for: set_parallel_chunksize takes Numba's init
+    # locks, and a child forked while another thread held them hung in its first call
+    with _launch_guard[0]:
+        previous = numba.set_parallel_chunksize(max(1, size))
+        try:
             return kernel(*args)
-    finally:
-        numba.set_parallel_chunksize(previous)
+        finally:
+            numba.set_parallel_chunksize(previous)
 
 
 def launch(serial, parallel, views, scalars, nbytes=None):

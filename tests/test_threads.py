@@ -1399,20 +1399,26 @@ def test_pool_state_reports_the_pool():
 def test_waiting_for_other_threads_sees_a_running_one():
     """_threads.wait_for_other_threads, which a fork waits on once oneTBB's workers exist (a
     worker still running held a lock the child then waited for): False at its limit while
-    another thread computes (a NumPy sort, the GIL released), True once it is done."""
-    big = np.random.default_rng(0).standard_normal(8_000_000)
-    started = threading.Event()
+    another thread computes (NumPy sorts, the GIL released), True when that thread is
+    ignored (the fork ignores Python threads) and once it is done."""
+    big = np.random.default_rng(0).standard_normal(1_000_000)
+    started, stop = threading.Event(), threading.Event()
 
     def compute():
         started.set()
-        np.sort(big)
+        while not stop.is_set():
+            np.sort(big)
 
     other = threading.Thread(target=compute)
     other.start()
-    started.wait()
-    time.sleep(0.01)
-    assert _threads.wait_for_other_threads(0.01) is False
-    other.join()
+    try:
+        started.wait()
+        time.sleep(0.01)
+        assert _threads.wait_for_other_threads(0.01) is False
+        assert _threads.wait_for_other_threads(0.01, ignore=[other.native_id]) is True
+    finally:
+        stop.set()
+        other.join()
     assert _threads.wait_for_other_threads(1.0) is True
     # a thread that ends as its state is read: ENOENT at the open, ESRCH at the read (had
     # escaped, from a fork's before-hook)
@@ -1437,12 +1443,13 @@ def test_a_fork_waits_for_other_threads_once_onetbb_runs(monkeypatch):
     assert _backend.LAUNCH_GATE.settle_threads
     waits = []
     monkeypatch.setattr(_threads, "wait_for_other_threads",
-                        lambda limit, poll=0.001: waits.append(limit))
+                        lambda limit, poll=0.001, ignore=(): waits.append((limit, set(ignore))))
     pid = os.fork()
     if pid == 0:
         os._exit(0)
     os.waitpid(pid, 0)
-    assert waits == [_backend.LAUNCH_GATE.SETTLE_WAIT]
+    python_threads = {t.native_id for t in threading.enumerate()}
+    assert waits == [(_backend.LAUNCH_GATE.SETTLE_WAIT, python_threads)]
 
 
 @pytest.mark.skipif("numba" not in COMPILED, reason="needs the numba backend")

@@ -241,12 +241,13 @@ class _LaunchGate:
     signal handler that forks runs as a launch returns, inside it).
 
     Once Numba's oneTBB layer has started (``settle_threads``), a fork then also waits, at most
-    SETTLE_WAIT seconds, until no other thread of the process is running: oneTBB's workers run
-    on after a launch has returned (leaving its arena, spinning), and a child forked while one
-    held a lock of oneTBB's hung in its first parallel call. On a loaded machine (two busy
-    processes on the 2 cores) tests/test_threads.py's forks during another thread's layer calls
-    hung a child within 100 forks in 5 runs of 5; with the wait none did in 5, which waited
-    7.8 ms at the median and 24 ms at most (300 forks)."""
+    SETTLE_WAIT seconds, until no thread of the process but Python's is running: oneTBB's
+    workers run on after a launch has returned (leaving its arena, spinning), and a child
+    forked while one held a lock of oneTBB's hung in its first parallel call. On a loaded
+    machine (two busy processes on the 2 cores) tests/test_threads.py's forks during another
+    thread's layer calls hung a child within 100 forks in 5 runs of 5; with the wait none did
+    in 5, which waited 7.8 ms at the median and 24 ms at most (300 forks). Python threads are
+    not oneTBB's: one computing (a NumPy call) does not hold a fork up."""
 
     FORK_WAIT = 10.0
     SETTLE_WAIT = 0.1
@@ -290,8 +291,10 @@ class _LaunchGate:
                               "child may hang in its first parallel call", RuntimeWarning)
                 break
             time.sleep(0.0002)
-        if self.settle_threads:
-            _threads.wait_for_other_threads(self.SETTLE_WAIT, poll=0.0002)
+        if self.settle_threads:     # (Python threads are not oneTBB's: a busy one costs none)
+            _threads.wait_for_other_threads(
+                self.SETTLE_WAIT, poll=0.0002,
+                ignore=[t.native_id for t in threading.enumerate()])
 
     def _release(self) -> None:
         if self._forker != threading.get_ident():     # (its _hold was interrupted)

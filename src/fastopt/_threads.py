@@ -88,18 +88,19 @@ def register_threadpoolctl():
     return True
 
 
-def wait_for_other_threads(limit, poll=0.001):
-    """Wait, at most ``limit`` seconds, until no other thread of this process is running (none
-    in state R in /proc/self/task: each asleep, blocked or stopped). True once none is, False
-    at the limit, None without procfs (not Linux)."""
-    me = str(threading.get_native_id())
+def wait_for_other_threads(limit, poll=0.001, ignore=()):
+    """Wait, at most ``limit`` seconds, until no other thread of this process but those whose
+    native ids are in ``ignore`` is running (none in state R in /proc/self/task: each asleep,
+    blocked or stopped). True once none is, False at the limit, None without procfs (not
+    Linux)."""
+    skip = {str(threading.get_native_id())} | {str(tid) for tid in ignore}
     deadline = time.monotonic() + limit
     while True:
         try:
             tasks = os.listdir("/proc/self/task")
         except OSError:
             return None
-        if not any(t != me and _thread_state(t) == "R" for t in tasks):
+        if not any(t not in skip and _thread_state(t) == "R" for t in tasks):
             return True
         if time.monotonic() >= deadline:
             return False

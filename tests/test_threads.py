@@ -783,7 +783,6 @@ def test_numbas_workqueue_layer_takes_calls_from_several_threads_in_turn():
 
 NUMBA_WITHOUT_A_THREADING_LAYER = """
 import warnings
-from unittest import mock
 import numpy as np
 import fastopt as fo
 
@@ -1433,8 +1432,8 @@ def test_waiting_for_other_threads_sees_a_running_one():
                     reason="needs fork and the numba backend")
 def test_a_fork_waits_for_other_threads_once_onetbb_runs(monkeypatch):
     """Once the numba backend's oneTBB layer has run a launch, a fork waits (at most
-    SETTLE_WAIT) until the process's other threads are not running: its workers outlive the
-    launch, and a child forked while one held a lock of oneTBB's hung."""
+    SETTLE_WAIT) until no thread but Python's is running: its workers outlive the launch, and
+    a child forked while one held a lock of oneTBB's hung."""
     from fastopt import _backend
     skip_numba_off_tbb("numba")
     with fo.use_backend("numba"):

@@ -832,9 +832,7 @@ def test_numba_off_the_onetbb_layer_it_is_meant_to_use_warns_once():
     OpenMP layer without a word when its TBB layer did not load (numba 0.62.0's Linux wheels,
     numba#10240): forks after a parallel call then died, and the threads ignored the
     caller's floating-point environment. Now a warning says so, once."""
-    from fastopt._numba import _common
-    if not _common.TBB_EXPECTED:
-        pytest.skip("Numba is not meant to run on its oneTBB layer here")
+    skip_numba_off_tbb("numba")
     run = subprocess.run([sys.executable, "-c", NUMBA_WITHOUT_ONETBB], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

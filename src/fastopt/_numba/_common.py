@@ -118,15 +118,16 @@ def _start_pool():
                       "numba backend's steps run on one thread and its layers raise",
                       RuntimeWarning, stacklevel=_backend.user_stacklevel())
         return False
-    if TBB_EXPECTED and numba.threading_layer() != "tbb":
+    layer = numba.threading_layer()
+    if TBB_EXPECTED and layer != "tbb":
         warnings.warn(f"fastopt: Numba's oneTBB threading layer did not load, Numba runs on its "
-                      f"{numba.threading_layer()!r} layer: the numba backend's threads then "
+                      f"{layer!r} layer: the numba backend's threads then "
                       "ignore the caller's floating-point environment and a fork after a "
                       "parallel call may fail (pip install 'numba>=0.62.1' 'tbb>=2021.6')",
                       RuntimeWarning, stacklevel=_backend.user_stacklevel())
-    if numba.threading_layer() == "omp":
+    if layer == "omp":
         ctypes.CDLL("libgomp.so.1").omp_set_max_active_levels(1)
-    elif numba.threading_layer() == "tbb":
+    elif layer == "tbb":
         # Numba's TBB layer starts with an empty task in a task group on the launching thread
         # and waits for the group when the interpreter exits. Where TBB sees one CPU (an
         # affinity mask or a cgroup quota) it has no workers, and a group started on another
@@ -136,7 +137,7 @@ def _start_pool():
         from numba.np.ufunc import tbbpool
         ctypes.CFUNCTYPE(None)(tbbpool.synchronize)()
         _backend.LAUNCH_GATE.settle_threads = True     # (its workers outlive a launch)
-    elif numba.threading_layer() == "workqueue":
+    elif layer == "workqueue":
         _launch_guard[0] = _WORKQUEUE_LOCK
     # the calling thread's count, got and set around each layer call: Numba's public
     # functions check the launch and the argument each time (0.55 and 0.78 us, three a call

@@ -200,8 +200,12 @@ def check_writeable(name, a):
 
 def _shares_elements(a):
     """True if two elements of ``a`` overlap in memory. Axes sorted by stride, each stride
-    past the reach of the smaller ones proves them apart at once; else (as_strided layouts
-    only) the elements' byte offsets are compared."""
+    past the reach of the smaller ones proves them apart at once; elements that need more
+    bytes than their span holds must overlap (a window view over a small buffer, refused
+    without listing its elements); else (as_strided layouts only, whose span holds every
+    element's bytes) the elements' byte offsets are compared."""
+    if a.size < 2:
+        return False
     axes = sorted((abs(s), n) for n, s in zip(a.shape, a.strides) if n > 1)
     reach = a.itemsize
     for stride, n in axes:
@@ -210,8 +214,9 @@ def _shares_elements(a):
         reach += stride * (n - 1)
     else:
         return False
-    if a.size < 2:
-        return False
+    span = a.itemsize + sum(stride * (n - 1) for stride, n in axes)
+    if span < a.size * a.itemsize:
+        return True
     offsets = np.zeros((), np.int64)
     for stride, n in axes:
         offsets = np.add.outer(offsets, np.arange(n, dtype=np.int64) * stride)

@@ -583,7 +583,7 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     forker = threading.Thread(target=fork)
     forker.start()
     deadline = time.monotonic() + 30          # (until the fork waits at the gate: not a sleep
-    while not LAUNCH_GATE._forking:           # a busy machine may outlast)
+    while not LAUNCH_GATE._fork_lock.locked():    # a busy machine may outlast)
         assert time.monotonic() < deadline
         time.sleep(0.001)
     third = threading.Thread(target=launch, args=("third",))     # begun while the fork waits
@@ -602,7 +602,7 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     assert order[-1] == "forked"
     # a launch interrupted as it waits for a fork leaves no entry behind (every later fork
     # would wait for it)
-    LAUNCH_GATE._hold()
+    LAUNCH_GATE._fork_lock.acquire()   # (as a fork holds it)
     try:
         waiting = threading.Thread(target=launch, args=("waiting",))
         waiting.start()
@@ -614,7 +614,7 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiting.ident),
                                                    ctypes.py_object(KeyboardInterrupt))
     finally:
-        LAUNCH_GATE._release()
+        LAUNCH_GATE._fork_lock.release()
     waiting.join(30)
     assert LAUNCH_GATE._active == [] and order[-1] == "waiting interrupted"
 
@@ -711,6 +711,100 @@ def test_a_child_forked_during_a_fastopt_torch_step_in_another_thread_steps(back
 
     with fo.use_backend(backend):
         fork_during_steps(make, lambda opt: opt.step(), snapshot)
+
+
+INTERRUPTED_FORK_HANDLERS = """
+import dis, os, sys, threading
+import numpy as np
+import fastopt as fo
+from fastopt import _backend, optim
+
+BEFORE = {h.__code__ for h in (optim._hold_step_locks,
+                               getattr(_backend.LAUNCH_GATE, "_wait_for_launches", None),
+                               getattr(_backend.LAUNCH_GATE, "_hold", None)) if h}
+if "numba" in fo.backends():
+    fo.set_backend("numba")
+z = np.ones((64, 10), np.float32)
+fo.softmax(z)
+opt = fo.Adam([np.ones(10, np.float32)], lr=0.1)
+opt.step([np.ones(10, np.float32)])
+
+
+def interrupt_at(k):
+    # KeyboardInterrupt where CPython runs a signal handler: as a fork handler of fastopt's
+    # begins, and as each call in it returns; at the k-th such point of one fork
+    seen = [0]
+
+    def tracer(frame, event, arg):
+        if frame.f_code not in BEFORE:
+            return None
+        frame.f_trace_opcodes = True
+        last = [None]
+
+        def point():
+            seen[0] += 1
+            if seen[0] == k:
+                sys.settrace(None)
+                raise KeyboardInterrupt
+
+        point()
+
+        def local(frame, event, arg):
+            if event == "opcode":
+                if last[0] is not None and dis.opname[last[0]].startswith("CALL"):
+                    point()
+                last[0] = frame.f_code.co_code[frame.f_lasti]
+            return local
+        return local
+    return tracer, seen
+
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def in_a_thread(fn):
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(20)
+    return not t.is_alive()
+
+
+for k in range(1, 1000):
+    tracer, seen = interrupt_at(k)
+    sys.settrace(tracer)
+    fork()
+    sys.settrace(None)
+    if seen[0] < k:
+        break
+    for what, fn in [("a layer call", lambda: fo.softmax(z)),
+                     ("a step", lambda: opt.step([np.ones(10, np.float32)])),
+                     ("a fork", fork)]:
+        if not in_a_thread(fn):
+            print(f"interrupt {k}: {what} in another thread hangs", flush=True)
+            os._exit(1)
+print(f"{k - 1} points", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_handler_interrupted_leaves_no_lock_held():
+    """CPython forks on when one of its fork handlers raises (it prints the exception), and a
+    handler can be stopped as it begins or as any call in it returns by what a signal handler
+    raises (Ctrl-C). Interrupted as it had taken the launch gate's lock (and before the
+    after-fork handler that lets go of it), or an optimizer's step lock before it listed it,
+    a handler left the lock held: every later layer call (numba) and fork, or every step of
+    that optimizer in another thread, hung for good."""
+    try:
+        out = subprocess.run([sys.executable, "-c", INTERRUPTED_FORK_HANDLERS],
+                             capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"hung (printed {exc.stdout!r})")
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert out.stdout.endswith(" points\n") and int(out.stdout.split()[0]) > 5, out.stdout
 
 
 NUMBA_POOL_FROM_A_THREAD = """

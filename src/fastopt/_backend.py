@@ -255,19 +255,16 @@ class _LaunchGate:
 
     def __init__(self) -> None:
         self._active: list[int] = []   # each launch's thread (list appends/removes: atomic)
-        self._forking = False
-        self._fork_over = threading.Event()
-        self._fork_over.set()
-        self._fork_lock = threading.Lock()  # one fork at a time
-        self._forker: int | None = None     # the thread holding it
+        self._fork_lock = threading.Lock()  # held through a fork (one at a time)
 
     def __enter__(self) -> None:
         me = threading.get_ident()
         try:
             self._active.append(me)
-            while self._forking:    # (read after the append: a fork that missed it waits)
-                self._active.remove(me)
-                self._fork_over.wait()
+            while self._fork_lock.locked():     # (read after the append: a fork that missed
+                self._active.remove(me)         # it waits)
+                while self._fork_lock.locked():
+                    time.sleep(0.0002)
                 self._active.append(me)
         except BaseException:       # (Ctrl-C: a launch that did not begin is not in progress)
             if me in self._active:
@@ -277,12 +274,9 @@ class _LaunchGate:
     def __exit__(self, *exc_info) -> None:
         self._active.remove(threading.get_ident())
 
-    def _hold(self) -> None:
+    def _wait_for_launches(self) -> None:
+        """Before a fork, its lock taken: wait for the launches of other threads."""
         me = threading.get_ident()
-        self._fork_lock.acquire()
-        self._forker = me
-        self._fork_over.clear()
-        self._forking = True
         deadline = time.monotonic() + self.FORK_WAIT
         while self._active.count(me) != len(self._active):
             if time.monotonic() > deadline:
@@ -296,19 +290,18 @@ class _LaunchGate:
                 self.SETTLE_WAIT, poll=0.0002,
                 ignore=[t.native_id for t in threading.enumerate()])
 
-    def _release(self) -> None:
-        if self._forker != threading.get_ident():     # (its _hold was interrupted)
-            return
-        self._forker = None
-        self._forking = False
-        self._fork_over.set()
-        self._fork_lock.release()
-
 
 LAUNCH_GATE = _LaunchGate()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=LAUNCH_GATE._hold, after_in_parent=LAUNCH_GATE._release,
-                        after_in_child=LAUNCH_GATE.__init__)   # (the child's only thread)
+    # The fork's lock is taken and let go by the lock's own methods, called from C: a Python
+    # handler can be stopped as it begins by what a signal handler raises (Ctrl-C; CPython
+    # then forks on), and a lock it had then left held hung every later launch and fork.
+    # Before a fork the handlers run last registered first, after it in order.
+    os.register_at_fork(before=LAUNCH_GATE._wait_for_launches)
+    os.register_at_fork(before=LAUNCH_GATE._fork_lock.acquire,
+                        after_in_parent=LAUNCH_GATE._fork_lock.release,
+                        after_in_child=LAUNCH_GATE._fork_lock._at_fork_reinit)
+    os.register_at_fork(after_in_child=LAUNCH_GATE._active.clear)  # (its only thread)
 
 
 @contextlib.contextmanager

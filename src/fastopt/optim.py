@@ -546,9 +546,12 @@ def _hold_step_locks():
     held = _held_for_fork[threading.get_ident()] = ([], [])
     deadline = time.monotonic() + STEP_FORK_WAIT
     for lock in locks:
-        if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            held[0].append(lock)    # (those taken, should an exception stop this)
-        else:
+        # listed before it is taken: what a signal handler raises (Ctrl-C) as the acquire
+        # returns stops this, and the fork goes on (_release_step_locks lets go of it, or
+        # finds it was not taken)
+        held[0].append(lock)
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            del held[0][-1]
             held[1].append(lock)
     if held[1]:
         warnings.warn(f"fastopt: a fork waited {STEP_FORK_WAIT:g} s for {len(held[1])} "
@@ -559,9 +562,12 @@ def _hold_step_locks():
 
 def _release_step_locks(child=False):
     """After a fork, in the parent and in the child (whose forking thread has the same id)."""
-    taken, missed = _held_for_fork.pop(threading.get_ident(), ((), ()))
+    taken, missed = _held_for_fork.pop(threading.get_ident(), ([], []))
     for lock in taken:
-        lock.release()
+        try:
+            lock.release()
+        except RuntimeError:    # (not taken: its acquire was interrupted, another thread's)
+            missed.append(lock)
     if child:
         for lock in missed:     # held by a thread the child does not have
             lock._at_fork_reinit()

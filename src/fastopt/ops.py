@@ -93,11 +93,49 @@ def _kernel_began(interrupt):
     began, tb = False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame
-        if ("kernel" in frame.f_code.co_varnames
+        if frame.f_code is _EACH_PART:
+            began = False       # (the parts' own kernels tell: each part a kernel of its own)
+        elif ("kernel" in frame.f_code.co_varnames
                 and frame.f_globals.get("__name__", "").startswith("fastopt.")):
             began = "kernel" in frame.f_locals
         tb = tb.tb_next
     return began or getattr(_calls, "returned", False)
+
+
+def _each_part(parts, step_part):
+    """``step_part(part)`` for each of ``parts``: one step of a group in several kernel calls
+    (fastopt.torch: parameters of another count, another 16-bit format, a first momentum).
+    An interrupt (:func:`_interrupted_kernel`) once a part has stepped is raised when every
+    part has, so that the group is stepped whole, as the counts stored for it then say: a
+    part whose kernel it interrupted (raised as the kernel returned) counts as stepped, one
+    it came before (in this loop, or in the part's own calls before its kernel) is stepped
+    then. Raised before the first part's kernel, it is raised at once (nothing stepped);
+    anything else (a refusal, a second interrupt) is raised at once too."""
+    count, held, done = len(parts), None, 0
+    while True:
+        try:
+            # (no check for signals between a part's return and the next store, nor between
+            # the last and the break: only the inner loop's jump back, inside the try)
+            while done < count:
+                step_part(parts[done])
+                done += 1
+                _calls.returned = False
+            _calls.returned = True
+            break
+        except BaseException as exc:
+            if held is not None or isinstance(exc, (*_REFUSED, MemoryError)):
+                raise
+            if _interrupted_kernel(exc):
+                done += 1
+            elif not done:
+                raise
+            exc._fastopt_unwritten = False  # (raised once every part has stepped)
+            held = exc
+    if held is not None:
+        raise held
+
+
+_EACH_PART = _each_part.__code__
 
 
 def _refuse(fn, args):

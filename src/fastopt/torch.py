@@ -496,36 +496,6 @@ def _zeros(p):
     return torch.zeros_like(p, dtype=_state_dtype(p), memory_format=torch.preserve_format)
 
 
-class _Parts:
-    """``with parts:`` around the kernel call of each part of a group's step (parameters of
-    another 16-bit format, NAdam product, first step or count), then ``parts.done()``: an
-    interrupt (Ctrl-C, raised as the compiled kernel returns, its writes done;
-    fastopt.ops._interrupted_kernel) is raised once the other parts have stepped, so that the
-    group is stepped whole, as the counts stored for it then say (the parts after it had been
-    left as they were, counted). Anything else (a refusal, a second interrupt) is raised at
-    once. Each part's return is noted (ops._calls: see ops._kernel_began)."""
-
-    __slots__ = ("held",)
-
-    def __init__(self):
-        self.held = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is not None:
-            if self.held is not None or not ops._interrupted_kernel(exc):
-                return False
-            self.held = exc
-        ops._calls.returned = True
-        return True
-
-    def done(self):
-        if self.held is not None:
-            raise self.held
-
-
 def _let_go_of_grads(plan, known_again):
     """Hold ``plan``'s grads no more. ``known_again``: the next step takes the same grads for
     kept ones (their ids and a mark in each, a number new to this step; see _run); else it
@@ -1954,13 +1924,15 @@ class _FastOptimizer(_Mixin):
         cols = plan.cols
         interrupted = None
         ops._calls.returned = False     # (see ops._kernel_began)
+        new_counts = None   # the counts once a kernel has run (stored again by an interrupt)
+        adds = plan.shared_steps[:] if self._STEPPED else ()   # (taken one by one: _store_step)
         try:
             if not self._STEPPED:
                 self._update(group, plan.pviews, gviews, cols, None, plan.fresh, factor)
             elif len(plan.counts) == 1 and plan.live_index is _ALL:
                 # one parameter: its count read and written through a memoryview, which costs
                 # ~0.4 us less than NumPy's scalar access and fill()
-                step = _next_count(plan.tally[0], plan.counts)
+                step = new_counts = _next_count(plan.tally[0], plan.counts)
                 self._update(group, plan.pviews, gviews, cols, step, plan.fresh, factor)
                 plan.tally[0] = step
             else:
@@ -1968,7 +1940,7 @@ class _FastOptimizer(_Mixin):
                 counts = plan.counts if every else plan.counts[plan.live_index]
                 first = float(counts[0])
                 if len(counts) == 1 or (counts == first).all():
-                    step = _next_count(first, counts)
+                    step = new_counts = _next_count(first, counts)
                     self._update(group, plan.pviews, gviews, cols, step, plan.fresh, factor)
                     if every:
                         counts.fill(step)           # (a ufunc on a small array costs ~1.5 us)
@@ -1980,14 +1952,16 @@ class _FastOptimizer(_Mixin):
                     parts: dict[float, list[int]] = {}
                     for k, count in enumerate(counts.tolist()):
                         parts.setdefault(count, []).append(k)
-                    whole = _Parts()
-                    for step, part in parts.items():
+                    new_counts = counts + 1
+
+                    def step_part(item):
+                        count, part = item
                         pviews, grads, fresh = _pick(part, plan.pviews, gviews, plan.fresh)
-                        with whole:
-                            self._update(group, pviews, grads, _pick_cols(cols, part),
-                                         _next_count(step, counts), fresh, factor)
-                    whole.done()    # (an interrupt: the counts advanced below, as for any)
-                    plan.counts[plan.live_index] = counts + 1
+                        self._update(group, pviews, grads, _pick_cols(cols, part),
+                                     _next_count(count, counts), fresh, factor)
+
+                    ops._each_part(list(parts.items()), step_part)
+                    plan.counts[plan.live_index] = new_counts
         except OverflowError:     # the kernels' conversion of an int past the float range
             self._check_float_range(group)      # (named, as a later group's is in time)
             raise
@@ -2005,16 +1979,33 @@ class _FastOptimizer(_Mixin):
             if not ops._interrupted_kernel(exc):
                 raise
             interrupted = exc
-            if self._STEPPED:   # (the counts are stored after the kernel calls)
-                if plan.live_index is _ALL:
-                    plan.counts += 1
-                else:
-                    plan.counts[plan.live_index] += 1
-        if self._STEPPED:
+            if self._STEPPED:   # (stored, or stored again: raised as a store returned)
+                plan.counts[plan.live_index] = new_counts
+        # the step's bookkeeping, to its end: an interrupt raised in it stores it again (each
+        # of its stores taken once or idempotent), then is raised
+        while True:
+            try:
+                self._store_step(plan, adds)
+                break
+            except BaseException as exc:
+                if interrupted is not None or isinstance(exc, (*ops._REFUSED, MemoryError)):
+                    raise
+                interrupted = exc
+        if interrupted is not None:
+            raise interrupted
+        return norm
+
+    def _store_step(self, plan, adds):
+        """What a group's step stores once its kernels have run (:meth:`_run`), where an
+        interrupt raised in it runs it again: the counts shared with another process
+        (``adds``, each taken off before it is added to), the parameters' versions, the new
+        state and masters, each store idempotent."""
+        while adds:
             # torch's step_t += 1, in place: a count another process advanced during this
             # step keeps its steps (writing the count read at the start lost them)
-            for j, t in plan.shared_steps:
-                t.add_(1)
+            t = adds[-1][1]
+            del adds[-1]
+            t.add_(1)
         _increment_versions(plan.params)
         if not plan.keep:
             # (a plan with a parameter that is a negative view is never kept: _make_plan)
@@ -2030,7 +2021,8 @@ class _FastOptimizer(_Mixin):
             # weak reference: swap_tensors (which model.to() uses for tensor subclasses, or
             # when torch.__future__ says so) refuses a tensor that has one, and left the
             # model half converted.
-            _let_go_of_grads(plan, known_again=True)
+            if plan.grads is not None:      # (None: let go of already)
+                _let_go_of_grads(plan, known_again=True)
         if plan.pending:
             for k in plan.pending:
                 state, stored = plan.states[k], plan.stored[k]
@@ -2042,16 +2034,20 @@ class _FastOptimizer(_Mixin):
                     stored.update(state)
                     state = plan.states[k] = stored
                 self.state[plan.params[k]] = plan.stored[k] = state
-            for k, j, step in plan.adopt:
-                # the loaded or assigned count goes on counting, as torch's (_adopt_count)
+            while plan.adopt:
+                # the loaded or assigned count goes on counting, as torch's (_adopt_count);
+                # once swapped, it is a view of the count tensor (stored again: not swapped
+                # back)
+                k, j, step = plan.adopt[-1]
                 state = plan.states[k]
-                if state.get("step") is plan.slots[j] and _adopt_count(step, plan.slots[j]):
+                if step._base is plan.step_buf or (state.get("step") is plan.slots[j]
+                                                   and _adopt_count(step, plan.slots[j])):
                     state["step"] = plan.slots[j] = step
-            plan.adopt = []
+                del plan.adopt[-1]
             plan.values = list(chain.from_iterable(map(dict.values, plan.states)))
-            plan.pending = []
             plan.fresh = [False] * len(plan.params)    # (a fresh state is a pending one)
             plan.split = self._splits(plan)
+            plan.pending = []   # (last: stored again up to here)
         if plan.reseeded:
             # the masters of parameters written between steps: those of the parameters
             # that stepped are in their new states (stored above), the others' go in now
@@ -2059,9 +2055,6 @@ class _FastOptimizer(_Mixin):
                 if not has and id(p) in plan.reseeded:
                     self.state[p][MASTER] = plan.reseeded[id(p)]
             plan.reseeded = {}
-        if interrupted is not None:
-            raise interrupted
-        return norm
 
     def _decays_own_grads(self, group):
         """Whether torch's step decays a parameter in place before it reads the grad, which a
@@ -2224,23 +2217,25 @@ class _FastOptimizer(_Mixin):
         scalars.pop("grad_scale", None)
         own = {"grad_scale": scale} if self._SCALES else {}
         formats = cols[_FORMAT]
-        kinds = dict.fromkeys(formats)
-        whole = _Parts()
-        for fmt in kinds:
+        kinds = list(dict.fromkeys(formats))
+
+        def step_format(fmt):
             if len(kinds) == 1:     # one format, the common case: the columns as they are
                 lists, masters = [params, grads, *state], cols[MASTER]
             else:
                 part = [k for k, f in enumerate(formats) if f is fmt]
                 lists, masters = _pick(part, params, grads, *state), _pick(part, cols[MASTER])[0]
-            with whole:
-                if fmt is None:
-                    kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
-                    kernel(*lists, **scalars, **own)
-                else:
-                    kernel = getattr(kernels, self._HALF_MULTI)
-                    kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
-                           bfloat16=fmt)
-        whole.done()
+            if fmt is None:
+                kernel = getattr(kernels, self._MULTI)     # (bound last: _run)
+                kernel(*lists, **scalars, **own)
+            else:
+                kernel = getattr(kernels, self._HALF_MULTI)
+                kernel(*lists[:2], masters, *lists[2:], **scalars, grad_scale=scale,
+                       bfloat16=fmt)
+            ops._calls.returned = True      # (see ops._kernel_began)
+
+        kernel = ops._each_part     # (bound last: an interrupt before is before any kernel)
+        kernel(kinds, step_format)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -2358,15 +2353,15 @@ class SGD(_FastOptimizer, torch.optim.SGD):
                 if part:
                     parts.append((first, *_pick(part, params, grads), _pick_cols(cols, part)))
         nesterov, maximize = bool(group["nesterov"]), bool(group["maximize"])
-        whole = _Parts()
-        for first, params, grads, cols in parts:
-            buffers = cols.get("momentum_buffer")
-            with whole:
-                kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
-                kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
-                       dampening=dampening, nesterov=nesterov, maximize=maximize,
-                       first_step=first)
-        whole.done()
+
+        def step_part(part):
+            first, params, grads, cols = part
+            kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
+            kernel(params, grads, cols.get("momentum_buffer"), lr=lr, weight_decay=wd,
+                   momentum=momentum, dampening=dampening, nesterov=nesterov,
+                   maximize=maximize, first_step=first)
+
+        ops._each_part(parts, step_part)
 
 
 class RMSprop(_FastOptimizer, torch.optim.RMSprop):
@@ -2633,9 +2628,11 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                   or _own_arithmetic(group["momentum_decay"]))
         decoupled = self._decouples(group)
         kernel_lr, kernel_wd = self._decay_args(group, lr, wd) if decoupled else (lr, wd)
-        whole = _Parts()
-        for product, single in dict.fromkeys(products):
-            part = [k for k, m in enumerate(products) if m == (product, single)]
+        maximize = bool(group["maximize"])
+
+        def step_part(key):
+            product, single = key
+            part = [k for k, m in enumerate(products) if m == key]
             new, beta1, beta2, bias_correction2, grad_coef, avg_coef = ops._nadam_scalars(
                 step, product, lr, betas, eps, wd, momentum_decay, single=single)
             beta1 = self._lerp_beta1(group, beta1)
@@ -2645,7 +2642,6 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                 bias_correction2 = float(1 - _to_scalar(group["betas"][1]) ** step)
             part_cols = cols if len(part) == len(products) else _pick_cols(cols, part)
             part_params, part_grads = _pick(part, params, grads)
-            maximize = bool(group["maximize"])
             before = [cols["mu_product"][k][()] for k in part]
             try:
                 # the new products before the kernel call, taken back if it did not begin:
@@ -2653,19 +2649,19 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                 # state and the count
                 for k in part:
                     cols["mu_product"][k][()] = new
-                with whole:
-                    kernel = self._kernel_for(part_cols, grad_scale)    # (bound last: _run)
-                    kernel(part_params, part_grads, part_cols["exp_avg"],
-                           part_cols["exp_avg_sq"], lr=kernel_lr, beta1=beta1, beta2=beta2,
-                           eps=eps, weight_decay=kernel_wd, bias_correction2=bias_correction2,
-                           grad_coef=grad_coef, avg_coef=avg_coef, decoupled=decoupled,
-                           maximize=maximize)
+                kernel = self._kernel_for(part_cols, grad_scale)    # (bound last: _run)
+                kernel(part_params, part_grads, part_cols["exp_avg"],
+                       part_cols["exp_avg_sq"], lr=kernel_lr, beta1=beta1, beta2=beta2,
+                       eps=eps, weight_decay=kernel_wd, bias_correction2=bias_correction2,
+                       grad_coef=grad_coef, avg_coef=avg_coef, decoupled=decoupled,
+                       maximize=maximize)
             except BaseException as exc:
                 if not ops._interrupted_kernel(exc):
                     for k, old in zip(part, before):
                         cols["mu_product"][k][()] = old
                 raise
-        whole.done()
+
+        ops._each_part(list(dict.fromkeys(products)), step_part)
 
 
 def _nadam_folded(group, step, product, single):

@@ -583,7 +583,7 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     forker = threading.Thread(target=fork)
     forker.start()
     deadline = time.monotonic() + 30          # (until the fork waits at the gate: not a sleep
-    while not LAUNCH_GATE._fork_lock.locked():    # a busy machine may outlast)
+    while not LAUNCH_GATE._forks:             # a busy machine may outlast)
         assert time.monotonic() < deadline
         time.sleep(0.001)
     third = threading.Thread(target=launch, args=("third",))     # begun while the fork waits
@@ -602,7 +602,7 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     assert order[-1] == "forked"
     # a launch interrupted as it waits for a fork leaves no entry behind (every later fork
     # would wait for it)
-    LAUNCH_GATE._fork_lock.acquire()   # (as a fork holds it)
+    LAUNCH_GATE._forks.append(None)    # (as a fork enters itself)
     try:
         waiting = threading.Thread(target=launch, args=("waiting",))
         waiting.start()
@@ -614,7 +614,7 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(waiting.ident),
                                                    ctypes.py_object(KeyboardInterrupt))
     finally:
-        LAUNCH_GATE._fork_lock.release()
+        LAUNCH_GATE._forks.pop()
     waiting.join(30)
     assert LAUNCH_GATE._active == [] and order[-1] == "waiting interrupted"
 

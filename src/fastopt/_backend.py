@@ -6,6 +6,7 @@ A backend is a package whose ``KERNEL_MODULES`` define every kernel of the regis
 registry builds from it (:func:`fastopt._registry.backend_namespace`). Backends are imported
 lazily, so a process that only uses the default never pays for importing numba.
 """
+import collections
 import contextlib
 import functools
 import importlib
@@ -255,15 +256,15 @@ class _LaunchGate:
 
     def __init__(self) -> None:
         self._active: list[int] = []   # each launch's thread (list appends/removes: atomic)
-        self._fork_lock = threading.Lock()  # held through a fork (one at a time)
+        self._forks: collections.deque = collections.deque()   # one entry a fork in progress
 
     def __enter__(self) -> None:
         me = threading.get_ident()
         try:
             self._active.append(me)
-            while self._fork_lock.locked():     # (read after the append: a fork that missed
-                self._active.remove(me)         # it waits)
-                while self._fork_lock.locked():
+            while self._forks:      # (read after the append: a fork that missed it waits)
+                self._active.remove(me)
+                while self._forks:
                     time.sleep(0.0002)
                 self._active.append(me)
         except BaseException:       # (Ctrl-C: a launch that did not begin is not in progress)
@@ -272,10 +273,12 @@ class _LaunchGate:
             raise
 
     def __exit__(self, *exc_info) -> None:
-        self._active.remove(threading.get_ident())
+        with contextlib.suppress(ValueError):   # (gone in a child forked inside it)
+            self._active.remove(threading.get_ident())
 
     def _wait_for_launches(self) -> None:
-        """Before a fork, its lock taken: wait for the launches of other threads."""
+        """Before a fork, once it is entered in ``_forks``: wait for the launches of other
+        threads."""
         me = threading.get_ident()
         deadline = time.monotonic() + self.FORK_WAIT
         while self._active.count(me) != len(self._active):
@@ -293,14 +296,15 @@ class _LaunchGate:
 
 LAUNCH_GATE = _LaunchGate()
 if hasattr(os, "register_at_fork"):
-    # The fork's lock is taken and let go by the lock's own methods, called from C: a Python
-    # handler can be stopped as it begins by what a signal handler raises (Ctrl-C; CPython
-    # then forks on), and a lock it had then left held hung every later launch and fork.
-    # Before a fork the handlers run last registered first, after it in order.
+    # A fork in progress is an entry in a deque, put in and taken out by the deque's own
+    # methods, called from C: a Python handler can be stopped as it begins by what a signal
+    # handler raises (Ctrl-C; CPython then forks on), and a lock it had left held hung every
+    # later launch and fork; a blocking acquire runs signal handlers as it waits. (Before a
+    # fork the handlers run last registered first, after it in order.)
     os.register_at_fork(before=LAUNCH_GATE._wait_for_launches)
-    os.register_at_fork(before=LAUNCH_GATE._fork_lock.acquire,
-                        after_in_parent=LAUNCH_GATE._fork_lock.release,
-                        after_in_child=LAUNCH_GATE._fork_lock._at_fork_reinit)
+    os.register_at_fork(before=functools.partial(LAUNCH_GATE._forks.append, None),
+                        after_in_parent=LAUNCH_GATE._forks.pop,
+                        after_in_child=LAUNCH_GATE._forks.clear)
     os.register_at_fork(after_in_child=LAUNCH_GATE._active.clear)  # (its only thread)
 
 

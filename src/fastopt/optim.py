@@ -546,6 +546,8 @@ def _hold_step_locks():
     held = _held_for_fork[threading.get_ident()] = ([], [])
     deadline = time.monotonic() + STEP_FORK_WAIT
     for lock in locks:
+        if lock._is_owned():
+            continue    # (a fork inside a step of this thread: its own hold, the child's too)
         # listed before it is taken: what a signal handler raises (Ctrl-C) as the acquire
         # returns stops this, and the fork goes on (_release_step_locks lets go of it, or
         # finds it was not taken)
@@ -561,7 +563,10 @@ def _hold_step_locks():
 
 
 def _release_step_locks(child=False):
-    """After a fork, in the parent and in the child (whose forking thread has the same id)."""
+    """After a fork, in the parent and in the child (whose forking thread has the same id).
+    A Python handler, as logging's own: an interrupt (Ctrl-C) raised as it begins leaves the
+    locks with the forking thread, whose steps go on (they are re-entrant) while other
+    threads' wait."""
     taken, missed = _held_for_fork.pop(threading.get_ident(), ([], []))
     for lock in taken:
         try:

@@ -1,4 +1,5 @@
 import os
+import sys
 import threading
 
 import numpy as np
@@ -256,6 +257,44 @@ def again_if_lost(killer, late):
         return killer, 0
     return (interrupt_soon(), 0) if late >= 50 else (killer, late + 1)
 """
+
+
+# A signal handler's points in fastopt's code, for tests that raise Ctrl-C at each in turn
+def raising_at(k):
+    """A trace function raising KeyboardInterrupt at the ``k``-th point of a call where
+    CPython runs a signal handler in fastopt's code: as a Python function it calls begins
+    (its own, torch's ``Tensor.__hash__``: 3.11 on), and in its frames as any call returns
+    (3.10; 3.11 on after C calls) and at a jump back. Returns it and the count of points."""
+    import dis
+    ours = os.path.dirname(fo.__file__)
+    seen = [0]
+
+    def point():
+        seen[0] += 1
+        if seen[0] == k:
+            sys.settrace(None)
+            raise KeyboardInterrupt
+
+    def in_ours(frame, event, arg):
+        if event == "opcode":
+            name = last.get(id(frame))
+            if name is not None and (name.startswith("CALL") or "JUMP_BACKWARD" in name
+                                     or name == "JUMP_ABSOLUTE"):
+                point()
+            last[id(frame)] = dis.opname[frame.f_code.co_code[frame.f_lasti]]
+        return in_ours
+    last = {}   # each frame's last instruction
+
+    def tracer(frame, event, arg):
+        caller = frame.f_back
+        if caller is not None and caller.f_code.co_filename.startswith(ours):
+            point()
+        if not frame.f_code.co_filename.startswith(ours):
+            return None
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        last[id(frame)] = None
+        return in_ours
+    return tracer, seen
 
 
 def c_math_library(why):

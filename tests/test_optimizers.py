@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import COMPILED, GRID_BACKENDS, SIGINT_SOON, needs_torch, optim_db_params, torch
+from conftest import (COMPILED, GRID_BACKENDS, SIGINT_SOON, needs_torch, optim_db_params, raising_at,
+                      torch)
 from kernel_specs import same_bits
 from optim_specs import (CONFIGS, CONFIG_IDS, VARIANTS, VARIANT_IDS, VARIANT_STEPS, course_params,
                          opt_snapshot, random_arrays, two_grads, two_params)
@@ -1613,6 +1614,75 @@ def test_ctrl_c_keeps_the_count_with_the_parameters(backend, name):
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (a GC'd
+@pytest.mark.parametrize("backend", COMPILED)                    # generator's close: ignored)
+@pytest.mark.parametrize("case", ["list, first step", "list, later step", "arena"])
+def test_an_interrupt_at_any_point_of_a_step_leaves_it_taken_or_not(backend, case):
+    """KeyboardInterrupt raised at each point of a step of one group where a signal handler
+    runs (conftest.raising_at): the optimizer is then as before the step or as after it, and
+    the next step is the uninterrupted run's. On the numba backend a list's arrays were
+    stepped one by one in Python: interrupted between two, the ones after it were left
+    unstepped, and every count advanced."""
+    def make():
+        rng = np.random.default_rng(3)
+        shapes = [(3, 2), (4,), (5,)]
+        if case == "arena":
+            arena = fo.ParameterArena(np.float32, 64)
+            for i, shape in enumerate(shapes):
+                arena.add(f"w{i}", shape, init=rng.standard_normal(shape))
+            params = list(arena.params.values())
+            opt = fo.Adam(arena.params, lr=0.01)
+        else:
+            params = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+            opt = fo.Adam(params, lr=0.01)
+        grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params]
+                 for _ in range(3)]
+        if case == "arena":
+            grads = [dict(zip(arena.params, g)) for g in grads]
+        if case != "list, first step":
+            opt.step(grads[2])
+        return params, opt, grads
+
+    def snapshot(params, opt):
+        return [p.copy() for p in params] + [
+            (i, key, np.array(value, copy=True)) for i, state in sorted(opt.state.items())
+            for key, value in sorted(state.items())]
+
+    def same(a, b):
+        return len(a) == len(b) and all(
+            (x[:2] == y[:2] and np.array_equal(x[2], y[2])) if isinstance(x, tuple)
+            else np.array_equal(x, y) for x, y in zip(a, b))
+
+    with fo.use_backend(backend):
+        params, opt, grads = make()
+        before = snapshot(params, opt)
+        opt.step(grads[0])
+        after = snapshot(params, opt)
+        opt.step(grads[1])
+        then = snapshot(params, opt)
+        k = 0
+        while True:
+            k += 1
+            params, opt, grads = make()
+            tracer, seen = raising_at(k)
+            sys.settrace(tracer)
+            try:
+                opt.step(grads[0])
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sys.settrace(None)
+            if seen[0] < k:
+                break
+            now = snapshot(params, opt)
+            assert same(now, after) or same(now, before), k
+            if same(now, before):
+                opt.step(grads[0])
+            opt.step(grads[1])
+            assert same(snapshot(params, opt), then), k
+    assert k > 50
 
 
 def _on_lines_plus_one(n, rng):

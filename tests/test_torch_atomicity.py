@@ -18,7 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
-from conftest import SIGINT_SOON  # noqa: E402
+from conftest import SIGINT_SOON, raising_at  # noqa: E402
 
 
 def _snapshot(opt):
@@ -998,56 +998,22 @@ def test_ctrl_c_keeps_the_count_with_the_state(name, n):
     assert out.stdout.strip() == "[]", out.stdout
 
 
-def _raising_at(k):
-    """A trace function raising KeyboardInterrupt at the ``k``-th point of a call where
-    CPython runs a signal handler in fastopt's code: as a Python function it calls begins
-    (its own, torch's ``Tensor.__hash__``: 3.11 on), and in its frames as any call returns
-    (3.10; 3.11 on after C calls) and at a jump back. Returns it and the count of points."""
-    import dis
-    import fastopt
-    ours = fastopt.__file__.rsplit("/", 1)[0]
-    seen = [0]
-
-    def point():
-        seen[0] += 1
-        if seen[0] == k:
-            sys.settrace(None)
-            raise KeyboardInterrupt
-
-    def in_ours(frame, event, arg):
-        if event == "opcode":
-            name = last.get(id(frame))
-            if name is not None and (name.startswith("CALL") or "JUMP_BACKWARD" in name
-                                     or name == "JUMP_ABSOLUTE"):
-                point()
-            last[id(frame)] = dis.opname[frame.f_code.co_code[frame.f_lasti]]
-        return in_ours
-    last = {}   # each frame's last instruction
-
-    def tracer(frame, event, arg):
-        caller = frame.f_back
-        if caller is not None and caller.f_code.co_filename.startswith(ours):
-            point()
-        if not frame.f_code.co_filename.startswith(ours):
-            return None
-        frame.f_trace_opcodes, frame.f_trace_lines = True, False
-        last[id(frame)] = None
-        return in_ours
-    return tracer, seen
-
-
-@pytest.mark.parametrize("case", ["first step", "later step", "counts and formats apart"])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (in a GC'd
+@pytest.mark.parametrize("case", ["first step", "later step",    # generator's close: ignored)
+                                  "counts and formats apart"])
 def test_an_interrupt_at_any_point_of_a_step_leaves_it_taken_or_not(case):
     """KeyboardInterrupt raised at each point of a step where a signal handler runs (probe
     q47's sweep): the optimizer is then as before the step or as after it, and the next step
     is the uninterrupted run's. Interrupted as the counts were stored, they were advanced
     twice; after the kernels but before a first step's state was stored, the parameters were
     stepped and the state left empty (the next step started over); between the kernel calls
-    of a group's parts, a part was left unstepped and counted."""
+    of a group's parts, a part was left unstepped and counted; on the numba backend, between
+    two arrays of a list, the arrays after them were left unstepped and counted."""
     from fastopt import _backend
-    if _backend.active.name != "cython":
-        pytest.skip("a kernel runs whole on the compiled backend (numba's list forms are "
-                    "Python loops: tests/test_threads.py)")
+    if _backend.active.name == "numpy":
+        pytest.skip("the NumPy reference's update of an array can stop between its operations")
+    if _backend.active.name == "numba" and case != "counts and formats apart":
+        pytest.skip("on numba, the case with lists of several kinds (CI's time: ~25 s a case)")
 
     def make():
         gen = torch.Generator().manual_seed(2)
@@ -1084,7 +1050,7 @@ def test_an_interrupt_at_any_point_of_a_step_leaves_it_taken_or_not(case):
         params, opt, grads = make()
         for p, g in zip(params, grads[0]):
             p.grad = g.clone()
-        tracer, seen = _raising_at(k)
+        tracer, seen = raising_at(k)
         sys.settrace(tracer)
         try:
             opt.step()

@@ -34,7 +34,8 @@ def via_contiguous(fn, arrays, **scalars):
     is not updated. If the kernel raises, the caller's arrays keep their values.
     """
     copies = contiguous_copies(arrays)
-    run_and_write_back(fn, arrays, copies, scalars)
+    kernel = run_and_write_back     # (bound last: fastopt._multi._kernel_began)
+    kernel(fn, arrays, copies, scalars)
 
 
 def contiguous_copies(arrays):
@@ -63,7 +64,8 @@ def run_and_write_back(fn, arrays, copies, scalars):
     where Ctrl-C was raised as it returned (the compiled kernels run to their end), belongs
     with the state it stepped in place (which had left the parameter alone unwritten)."""
     try:
-        fn(*copies, **scalars)
+        kernel = fn
+        kernel(*copies, **scalars)
     finally:
         for i, (a, c) in enumerate(zip(arrays, copies)):
             if i != 1 and a is not None and c is not a:

@@ -14,9 +14,92 @@ from ._hyper import as_flag, as_real
 from ._validate import check_disjoint, check_step_arrays, missing_state_error
 
 # per thread: whether a kernel call made since the caller's bookkeeping frame reset it
-# (Optimizer._run, fastopt.torch's _run, EWA.update) has returned (fastopt.ops._kernel_began);
-# a loop over arrays sets it after each array's call, a list form's caller after the list's
+# (Optimizer._run, fastopt.torch's _run, EWA.update) has returned (_kernel_began); a list
+# form's caller sets it after the list's, _each_part after its parts
 _calls = threading.local()
+# what a backend raises for a scalar it refuses (the compiled kernels' conversion of an int past
+# the float range is an OverflowError, fastopt._hyper's a ValueError), or for an array (then
+# fastopt.ops._refuse finds every scalar fine and the error is raised as it is)
+_REFUSED = (TypeError, ValueError, OverflowError)
+
+
+def _interrupted_kernel(exc):
+    """Whether ``exc``, raised in an optimizer's step, interrupted it once a kernel had been
+    called (:func:`_kernel_began`): Ctrl-C's KeyboardInterrupt, or whatever a signal handler
+    raises (a timeout's TimeoutError), which the step then stores as taken, as the kernel's
+    writes are; not one of the refusals (_REFUSED), nor a MemoryError, which the kernels raise
+    before writing (allocating their tables of many tensors, checking a strided one: it was
+    stored as a step taken, its count advanced over parameters left as they were), nor one
+    marked as raised before any write (``_fastopt_unwritten``: while the copies of a step's
+    tensors of other layouts were made)."""
+    return (not isinstance(exc, (*_REFUSED, MemoryError)) and _kernel_began(exc)
+            and not getattr(exc, "_fastopt_unwritten", False))
+
+
+def _kernel_began(interrupt):
+    """Whether ``interrupt`` (an exception raised in an optimizer's step, as a signal handler raises
+    it) came once a kernel had been called. Each fastopt function on the way to a compiled
+    kernel (these, the list forms of fastopt._multi, Numba's launch, fastopt.torch's
+    ``_update``) binds a local ``kernel`` just before it calls the next, with no point between
+    the two where Python runs a signal handler (those follow a call or a jump back): the
+    innermost such frame where the interrupt was raised tells (below a loop of
+    :func:`_each_part`, each part's own frames). A compiled kernel runs without the GIL, so
+    Ctrl-C is raised as it returns, its writes done; the numba and NumPy list forms are Python
+    loops over the arrays (run through :func:`_each_part`: every array steps).
+
+    Also begun once a kernel call of the step has returned (``_calls.returned``, which the
+    optimizer's bookkeeping frame reset, each kernel call's caller sets after it returns, an
+    attribute store with no check for signals before it, and :func:`_each_part` once every
+    part has): raised once the frames above had returned, in a frame above them (CPython 3.10
+    checks for signals as each call returns, 3.11 as a function starts)."""
+    began, tb = False, interrupt.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is _EACH_PART:
+            began = False       # (the parts' own kernels tell: each part a kernel of its own)
+        elif ("kernel" in frame.f_code.co_varnames
+                and frame.f_globals.get("__name__", "").startswith("fastopt.")):
+            began = "kernel" in frame.f_locals
+        tb = tb.tb_next
+    return began or getattr(_calls, "returned", False)
+
+
+def _each_part(parts, step_part):
+    """``step_part(part)`` for each of ``parts``: one step of a group in several kernel calls
+    (fastopt.torch: parameters of another count, another 16-bit format, a first momentum).
+    An interrupt (:func:`_interrupted_kernel`) once a part has stepped is raised when every
+    part has, so that the group is stepped whole, as the counts stored for it then say: a
+    part whose kernel it interrupted (raised as the kernel returned) counts as stepped, one
+    it came before (in this loop, or in the part's own calls before its kernel) is stepped
+    then. Raised before the first part's kernel, it is raised at once (nothing stepped);
+    anything else (a refusal, a second interrupt) is raised at once too. ``step_part`` binds
+    ``kernel`` just before its kernel call and sets ``_calls.returned`` after it returned
+    (:func:`_kernel_began`)."""
+    count, held, done = len(parts), None, 0
+    while True:
+        try:
+            # (no check for signals between a part's return and the next store, nor between
+            # the last and the break: only the inner loop's jump back, inside the try)
+            while done < count:
+                step_part(parts[done])
+                done += 1
+                _calls.returned = False
+            _calls.returned = True
+            break
+        except BaseException as exc:
+            if held is not None or isinstance(exc, (*_REFUSED, MemoryError)):
+                raise
+            if _interrupted_kernel(exc):
+                done += 1
+            elif not done:
+                raise
+            exc._fastopt_unwritten = False  # (raised once every part has stepped)
+            held = exc
+    if held is not None:
+        raise held
+
+
+_EACH_PART = _each_part.__code__
 
 
 def check_lists(names, lists, nrequired):
@@ -90,15 +173,19 @@ def foreach(single, entry, check=check_step_arrays, run=None):
             checked.append(check(arrays, _Labels(names, j), nrequired))
         if count > 1:
             check_disjoint(tensors, lambda i, j: f"{names[i]}[{j}]")
-        # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
+        # (``kernel`` bound just before each call: _kernel_began)
         if run is not None:
             kernel = run
             kernel(checked, tensors, scalars)
             return
-        for arrays in tensors:
+
+        def step_tensor(arrays):
             kernel = single
             kernel(*arrays, **scalars)
             _calls.returned = True
+
+        kernel = _each_part     # (an interrupt between two arrays: the rest step, then it)
+        kernel(tensors, step_tensor)
 
     P = inspect.Parameter
     multi.__signature__ = inspect.Signature(

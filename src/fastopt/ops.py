@@ -27,7 +27,7 @@ import numpy as np
 from . import _backend
 from ._hyper import (BETAS, NONNEG, STEP, UNIT, UNIT_OPEN, as_real, check_betas, check_flag,
                      check_reals)
-from ._multi import _calls
+from ._multi import _REFUSED, _calls, _each_part, _interrupted_kernel, _kernel_began  # noqa: F401
 
 Array = np.ndarray               # float32 or float64, any shape and layout
 Arrays = Sequence[np.ndarray]    # a list or tuple of them
@@ -55,87 +55,6 @@ _NOT_REAL = (TypeError, ValueError, OverflowError)
 # TypeError names the kernel's argument; each function catches it and _refuse raises the
 # error naming its own (the backend refuses before it touches an array).
 _SIGNATURES = {}    # fastopt.ops function -> its (reals, betas, flags) arguments
-# what a backend raises for a scalar it refuses (the compiled kernels' conversion of an int past
-# the float range is an OverflowError, fastopt._hyper's a ValueError), or for an array (then
-# _refuse finds every scalar fine and the error is raised as it is)
-_REFUSED = (TypeError, ValueError, OverflowError)
-
-
-def _interrupted_kernel(exc):
-    """Whether ``exc``, raised in an optimizer's step, interrupted it once a kernel had been
-    called (:func:`_kernel_began`): Ctrl-C's KeyboardInterrupt, or whatever a signal handler
-    raises (a timeout's TimeoutError), which the step then stores as taken, as the kernel's
-    writes are; not one of the refusals (_REFUSED), nor a MemoryError, which the kernels raise
-    before writing (allocating their tables of many tensors, checking a strided one: it was
-    stored as a step taken, its count advanced over parameters left as they were), nor one
-    marked as raised before any write (``_fastopt_unwritten``: while the copies of a step's
-    tensors of other layouts were made)."""
-    return (not isinstance(exc, (*_REFUSED, MemoryError)) and _kernel_began(exc)
-            and not getattr(exc, "_fastopt_unwritten", False))
-
-
-def _kernel_began(interrupt):
-    """Whether ``interrupt`` (an exception raised in an optimizer's step, as a signal handler raises
-    it) came once a kernel had been called. Each fastopt function on the way to a compiled
-    kernel (these, the list forms of fastopt._multi, Numba's launch, fastopt.torch's
-    ``_update``) binds a local ``kernel`` just before it calls the next, with no point between
-    the two where Python runs a signal handler (those follow a call or a jump back): the
-    innermost such frame where the interrupt was raised tells. A compiled kernel runs without
-    the GIL, so Ctrl-C is raised as it returns, its writes done; the numba and NumPy list forms
-    are Python loops, which it can stop between arrays (then counted as begun).
-
-    Also begun once a kernel call of the step has returned (``_calls.returned``, which the
-    optimizer's bookkeeping frame reset, each kernel call's caller sets after it returns, an
-    attribute store with no check for signals before it, and a loop over arrays after each
-    array's call): raised once the frames above had returned, in a frame above them (CPython
-    3.10 checks for signals as each call returns, 3.11 as a function starts), or in a later
-    array's call before its kernel, the arrays before it stepped."""
-    began, tb = False, interrupt.__traceback__
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code is _EACH_PART:
-            began = False       # (the parts' own kernels tell: each part a kernel of its own)
-        elif ("kernel" in frame.f_code.co_varnames
-                and frame.f_globals.get("__name__", "").startswith("fastopt.")):
-            began = "kernel" in frame.f_locals
-        tb = tb.tb_next
-    return began or getattr(_calls, "returned", False)
-
-
-def _each_part(parts, step_part):
-    """``step_part(part)`` for each of ``parts``: one step of a group in several kernel calls
-    (fastopt.torch: parameters of another count, another 16-bit format, a first momentum).
-    An interrupt (:func:`_interrupted_kernel`) once a part has stepped is raised when every
-    part has, so that the group is stepped whole, as the counts stored for it then say: a
-    part whose kernel it interrupted (raised as the kernel returned) counts as stepped, one
-    it came before (in this loop, or in the part's own calls before its kernel) is stepped
-    then. Raised before the first part's kernel, it is raised at once (nothing stepped);
-    anything else (a refusal, a second interrupt) is raised at once too."""
-    count, held, done = len(parts), None, 0
-    while True:
-        try:
-            # (no check for signals between a part's return and the next store, nor between
-            # the last and the break: only the inner loop's jump back, inside the try)
-            while done < count:
-                step_part(parts[done])
-                done += 1
-                _calls.returned = False
-            _calls.returned = True
-            break
-        except BaseException as exc:
-            if held is not None or isinstance(exc, (*_REFUSED, MemoryError)):
-                raise
-            if _interrupted_kernel(exc):
-                done += 1
-            elif not done:
-                raise
-            exc._fastopt_unwritten = False  # (raised once every part has stepped)
-            held = exc
-    if held is not None:
-        raise held
-
-
-_EACH_PART = _each_part.__code__
 
 
 def _refuse(fn, args):

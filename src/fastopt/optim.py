@@ -985,9 +985,9 @@ class Optimizer:
         leaves each parameter stepped with its count and state, or untouched: raised before a
         group's kernel call, that group and those after it have not stepped; a Cython kernel
         runs to its end (without the GIL, where no Python handler runs), and is raised as it
-        returns. The numba and NumPy kernels over a list are Python loops, which it can stop
-        between arrays (then counted as stepped with the others), and the NumPy reference
-        between its operations.
+        returns; the numba and NumPy kernels over a list are Python loops, which step every
+        array before it is raised (the NumPy reference's update of an array can stop between
+        its operations).
 
         Parameters
         ----------

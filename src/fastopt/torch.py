@@ -2356,10 +2356,12 @@ class SGD(_FastOptimizer, torch.optim.SGD):
 
         def step_part(part):
             first, params, grads, cols = part
+            buffers = cols.get("momentum_buffer")
             kernel = self._kernel_for(cols, grad_scale)     # (bound last: _run)
-            kernel(params, grads, cols.get("momentum_buffer"), lr=lr, weight_decay=wd,
-                   momentum=momentum, dampening=dampening, nesterov=nesterov,
-                   maximize=maximize, first_step=first)
+            kernel(params, grads, buffers, lr=lr, weight_decay=wd, momentum=momentum,
+                   dampening=dampening, nesterov=nesterov, maximize=maximize,
+                   first_step=first)
+            ops._calls.returned = True      # (see ops._kernel_began)
 
         ops._each_part(parts, step_part)
 
@@ -2655,6 +2657,7 @@ class NAdam(_FastOptimizer, torch.optim.NAdam):
                        eps=eps, weight_decay=kernel_wd, bias_correction2=bias_correction2,
                        grad_coef=grad_coef, avg_coef=avg_coef, decoupled=decoupled,
                        maximize=maximize)
+                ops._calls.returned = True      # (see ops._kernel_began)
             except BaseException as exc:
                 if not ops._interrupted_kernel(exc):
                     for k, old in zip(part, before):

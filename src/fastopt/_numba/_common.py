@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _backend, _hyper, _registry
 from .._layout import copies_before_writing, run_and_write_back
-from .._multi import _calls, foreach
+from .._multi import _calls, _each_part, foreach
 from .._validate import FLOAT_DTYPES, _owner, check_step_arrays, overlap_error
 
 def _cacheable():
@@ -311,16 +311,20 @@ def list_form(single, span, parallel, pack):
         if None in checked:     # (its entries are lists of views, or None)
             odd = [k for k, views in enumerate(checked) if views is None]
             copies = dict(zip(odd, copies_before_writing([tensors[k] for k in odd])))
-        # (``kernel`` bound just before each call, ``_calls.returned`` set after it returned:
-        # fastopt.ops._kernel_began)
-        for k, (views, arrays) in enumerate(zip(checked, tensors)):
-            if views is None:
-                kernel = single
-                run_and_write_back(kernel, arrays, copies[k], scalars)
+        # (``kernel`` bound just before each call: fastopt._multi._kernel_began; an interrupt
+        # between two tensors: the rest step, then it is raised)
+        def step_tensor(k):
+            if checked[k] is None:
+                kernel = run_and_write_back
+                kernel(single, tensors[k], copies[k], scalars)
             else:
                 kernel = launch
-                kernel(span, parallel, views, packed)
+                kernel(span, parallel, checked[k], packed)
             _calls.returned = True
+
+        indices = range(len(tensors))
+        kernel = _each_part
+        kernel(indices, step_tensor)
     return foreach(single, _registry.get(single.__name__), check=step_views, run=run)
 
 

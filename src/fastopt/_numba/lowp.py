@@ -168,16 +168,16 @@ def _specialize(template, name, parallel=False, **bound):
     return numba.njit(parallel=parallel, **JIT)(fn)
 
 
-def _half_form(kernel):
-    """This backend's function of the 16-bit form ``kernel``: as
-    fastopt.reference.lowp's, through fastopt._numba.optim's span of ``kernel.base``."""
-    base = _registry.get(kernel.base)
-    _, pack = scalars(kernel.base)
+def _half_form(entry):
+    """This backend's function of the 16-bit form ``entry``: as
+    fastopt.reference.lowp's, through fastopt._numba.optim's span of ``entry.base``."""
+    base = _registry.get(entry.base)
+    _, pack = scalars(entry.base)
     own_scale = {"grad_scale": 1.0} if "grad_scale" in base.scalars else {}
-    half_range = _specialize(_half_range_template, f"_{kernel.name}_range",
+    half_range = _specialize(_half_range_template, f"_{entry.name}_range",
                              _base_span=getattr(optim, f"_{base.name}_span"))
-    span = _specialize(_half_span_template, f"_{kernel.name}_span", _half_range=half_range)
-    parallel = _specialize(_half_parallel_template, f"_{kernel.name}_parallel", parallel=True,
+    span = _specialize(_half_span_template, f"_{entry.name}_span", _half_range=half_range)
+    parallel = _specialize(_half_parallel_template, f"_{entry.name}_parallel", parallel=True,
                            _half_range=half_range)
 
     def half(arrays, *, bfloat16, grad_scale, **scalars_):
@@ -185,7 +185,7 @@ def _half_form(kernel):
         # as the other backends check them, and first, as they do (bool() and float() had
         # taken None and "no" as flags, True and "2" as scales)
         options = (as_flag("bfloat16", bfloat16), as_real("grad_scale", grad_scale))
-        check_half_arrays(arrays, kernel.arrays, kernel.nrequired)
+        check_half_arrays(arrays, entry.arrays, entry.nrequired)
         packed = pack(**scalars_, **own_scale)
         # one flat run in the param's order, C or Fortran (a transposed weight), as
         # via_contiguous copies them (a Fortran-ordered one had been copied again, forever)
@@ -193,16 +193,18 @@ def _half_form(kernel):
         if not all(a is None or (type(a) is np.ndarray and a.flags.aligned and a.dtype.isnative
                                  and (a.flags.f_contiguous if order == "F"
                                       else a.flags.c_contiguous)) for a in arrays):
-            return via_contiguous(fn, arrays, bfloat16=bfloat16, grad_scale=grad_scale,
-                                  **scalars_)
+            kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+            return kernel(fn, arrays, bfloat16=bfloat16, grad_scale=grad_scale, **scalars_)
         views = [a.reshape(-1, order=order).view(np.uint16) for a in arrays[:2]] + [
             arrays[2].reshape(-1, order=order),
             tuple(_EMPTY32 if a is None else a.reshape(-1, order=order) for a in arrays[3:])]
         # param and grad (2 bytes an element each) hold as many bytes as the float32 master
         nbytes = 2 * views[2].nbytes + sum([a.nbytes for a in views[3]])
-        launch(span, parallel, views, packed + options, nbytes)
+        packed += options
+        kernel = launch
+        kernel(span, parallel, views, packed, nbytes)
 
-    fn = with_signature(kernel, half)      # (the name via_contiguous calls back)
+    fn = with_signature(entry, half)      # (the name via_contiguous calls back)
     return fn
 
 

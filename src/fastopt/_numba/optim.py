@@ -48,8 +48,11 @@ def ewa(avg, x, *, beta):
     views = step_views(arrays, ("avg", "x"), 2)
     packed = _pack_ewa(beta=beta)
     if views is None:
-        return via_contiguous(ewa, arrays, **_EWA(*packed)._asdict())
-    launch(_ewa_span, _ewa_parallel, views, packed)
+        named = _EWA(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(ewa, arrays, **named)
+    kernel = launch
+    kernel(_ewa_span, _ewa_parallel, views, packed)
 
 
 # ----------------------------------------------------------------------------------- sgd
@@ -91,8 +94,11 @@ def sgd(param, grad, momentum_buffer, *, lr, weight_decay, momentum, dampening, 
     packed = _pack_sgd(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
                        nesterov=nesterov, maximize=maximize, first_step=first_step)
     if views is None:
-        return via_contiguous(sgd, arrays, **_SGD(*packed)._asdict())
-    launch(_sgd_span, _sgd_parallel, views, packed)
+        named = _SGD(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(sgd, arrays, **named)
+    kernel = launch
+    kernel(_sgd_span, _sgd_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------ momentum
@@ -123,8 +129,11 @@ def momentum(param, grad, velocity, *, lr, beta):
     views = step_views(arrays, ("param", "grad", "velocity"), 3)
     packed = _pack_momentum(lr=lr, beta=beta)
     if views is None:
-        return via_contiguous(momentum, arrays, **_MOMENTUM(*packed)._asdict())
-    launch(_momentum_span, _momentum_parallel, views, packed)
+        named = _MOMENTUM(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(momentum, arrays, **named)
+    kernel = launch
+    kernel(_momentum_span, _momentum_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------- rmsprop
@@ -180,8 +189,11 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, ep
     packed = _pack_rmsprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                            momentum=momentum, maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
     if views is None:
-        return via_contiguous(rmsprop, arrays, **_RMSPROP(*packed)._asdict())
-    launch(_rmsprop_span, _rmsprop_parallel, views, packed)
+        named = _RMSPROP(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(rmsprop, arrays, **named)
+    kernel = launch
+    kernel(_rmsprop_span, _rmsprop_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------- adagrad
@@ -217,8 +229,11 @@ def adagrad(param, grad, state_sum, *, clr, eps, weight_decay, maximize):
     views = step_views(arrays, ("param", "grad", "state_sum"), 3)
     packed = _pack_adagrad(clr=clr, eps=eps, weight_decay=weight_decay, maximize=maximize)
     if views is None:
-        return via_contiguous(adagrad, arrays, **_ADAGRAD(*packed)._asdict())
-    launch(_adagrad_span, _adagrad_parallel, views, packed)
+        named = _ADAGRAD(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(adagrad, arrays, **named)
+    kernel = launch
+    kernel(_adagrad_span, _adagrad_parallel, views, packed)
 
 
 # ---------------------------------------------------------------------------------- adam
@@ -314,8 +329,11 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
                         grad_scale=grad_scale, decoupled=decoupled, maximize=maximize,
                         eps_inside_sqrt=eps_inside_sqrt)
     if views is None:
-        return via_contiguous(adam, arrays, **_ADAM(*packed)._asdict())
-    launch(_adam_span, _adam_parallel, views, packed)
+        named = _ADAM(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(adam, arrays, **named)
+    kernel = launch
+    kernel(_adam_span, _adam_parallel, views, packed)
 
 
 # ------------------------------------------------------------------------------ adadelta
@@ -355,8 +373,11 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, 
     views = step_views(arrays, ("param", "grad", "square_avg", "acc_delta"), 4)
     packed = _pack_adadelta(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
     if views is None:
-        return via_contiguous(adadelta, arrays, **_ADADELTA(*packed)._asdict())
-    launch(_adadelta_span, _adadelta_parallel, views, packed)
+        named = _ADADELTA(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(adadelta, arrays, **named)
+    kernel = launch
+    kernel(_adadelta_span, _adadelta_parallel, views, packed)
 
 
 # -------------------------------------------------------------------------------- adamax
@@ -399,8 +420,11 @@ def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, cl
     packed = _pack_adamax(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, clr=clr,
                           maximize=maximize)
     if views is None:
-        return via_contiguous(adamax, arrays, **_ADAMAX(*packed)._asdict())
-    launch(_adamax_span, _adamax_parallel, views, packed)
+        named = _ADAMAX(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(adamax, arrays, **named)
+    kernel = launch
+    kernel(_adamax_span, _adamax_parallel, views, packed)
 
 
 # --------------------------------------------------------------------------------- nadam
@@ -460,8 +484,11 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
                          bias_correction2=bias_correction2, grad_coef=grad_coef,
                          avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
     if views is None:
-        return via_contiguous(nadam, arrays, **_NADAM(*packed)._asdict())
-    launch(_nadam_span, _nadam_parallel, views, packed)
+        named = _NADAM(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(nadam, arrays, **named)
+    kernel = launch
+    kernel(_nadam_span, _nadam_parallel, views, packed)
 
 
 # --------------------------------------------------------------------------------- radam
@@ -513,8 +540,11 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
                          step_size=step_size, adaptive_scale=adaptive_scale,
                          rectified=rectified, decoupled=decoupled, maximize=maximize)
     if views is None:
-        return via_contiguous(radam, arrays, **_RADAM(*packed)._asdict())
-    launch(_radam_span, _radam_parallel, views, packed)
+        named = _RADAM(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(radam, arrays, **named)
+    kernel = launch
+    kernel(_radam_span, _radam_parallel, views, packed)
 
 
 # ---------------------------------------------------------------------------------- lion
@@ -557,8 +587,11 @@ def lion(param, grad, exp_avg, *, lr, beta1, beta2, weight_decay, maximize):
     packed = _pack_lion(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
                         maximize=maximize)
     if views is None:
-        return via_contiguous(lion, arrays, **_LION(*packed)._asdict())
-    launch(_lion_span, _lion_parallel, views, packed)
+        named = _LION(*packed)._asdict()
+        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
+        return kernel(lion, arrays, **named)
+    kernel = launch
+    kernel(_lion_span, _lion_parallel, views, packed)
 
 
 # ---------------------------------------------------------------------------- list forms

@@ -119,9 +119,11 @@ def with_signature(kernel, impl):
     ``kernel`` (its arrays positional or by name, its scalars and options keyword-only, all
     required), so Python's own call checks refuse a wrong call as a written-out one's."""
     arrays = ", ".join(kernel.arrays)
-    namespace = {"impl": impl}
+    # (``kernel`` bound last, and the module's name: fastopt._multi._kernel_began)
+    namespace = {"impl": impl, "__name__": impl.__module__}
     exec(f"def {kernel.name}({arrays}, *, {', '.join(kernel.keywords)}):\n"      # noqa: S102
-         f"    return impl(({arrays},), {', '.join(f'{k}={k}' for k in kernel.keywords)})\n",
+         f"    kernel = impl\n"
+         f"    return kernel(({arrays},), {', '.join(f'{k}={k}' for k in kernel.keywords)})\n",
          namespace)
     fn = namespace[kernel.name]
     fn.__module__, fn.__doc__ = impl.__module__, impl.__doc__

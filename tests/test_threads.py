@@ -786,7 +786,37 @@ for k in range(1, 1000):
         if not in_a_thread(fn):
             print(f"interrupt {k}: {what} in another thread hangs", flush=True)
             os._exit(1)
-print(f"{k - 1} points", flush=True)
+points = k - 1
+
+# a fork from inside a step and a launch of its own thread (a signal handler's): the step's
+# hold stays its own, and the child leaves the launch
+for k in range(1, 1000):
+    tracer, seen = interrupt_at(k)
+    child = False
+    try:
+        with opt._lock, _backend.LAUNCH_GATE:
+            sys.settrace(tracer)
+            pid = os.fork()
+            sys.settrace(None)
+            child = pid == 0
+            if not child:
+                taken = []
+                in_a_thread(lambda: taken.append(opt._lock.acquire(timeout=0.2)))
+                if not opt._lock._is_owned() or taken != [False]:
+                    print(f"interrupt {k}: the step's lock was let go of", flush=True)
+                    os._exit(1)
+    except BaseException:
+        if child:
+            os._exit(3)
+        raise
+    if child:
+        os._exit(0)
+    if os.waitpid(pid, 0)[1] != 0:
+        print(f"interrupt {k}: the child failed to leave the launch", flush=True)
+        os._exit(1)
+    if seen[0] < k:
+        break
+print(f"{points} points", flush=True)
 """
 
 
@@ -797,7 +827,9 @@ def test_a_fork_handler_interrupted_leaves_no_lock_held():
     raises (Ctrl-C). Interrupted as it had taken the launch gate's lock (and before the
     after-fork handler that lets go of it), or an optimizer's step lock before it listed it,
     a handler left the lock held: every later layer call (numba) and fork, or every step of
-    that optimizer in another thread, hung for good."""
+    that optimizer in another thread, hung for good. Also from inside a step and a launch of
+    the forking thread (a signal handler that forks): interrupted there, the fork let go of
+    the step's own hold, and the child's exit from the launch raised ValueError."""
     try:
         out = subprocess.run([sys.executable, "-c", INTERRUPTED_FORK_HANDLERS],
                              capture_output=True, text=True, timeout=600)

@@ -297,6 +297,27 @@ def raising_at(k):
     return tracer, seen
 
 
+def sweep_interrupts(make, call, check):
+    """For k = 1, 2, ...: ``made = make()``, ``call(made)`` with KeyboardInterrupt raised at
+    its k-th point (:func:`raising_at`), then ``check(made, k)``; until a call has no k-th
+    point. Returns the number of points."""
+    k = 0
+    while True:
+        k += 1
+        made = make()
+        tracer, seen = raising_at(k)
+        sys.settrace(tracer)
+        try:
+            call(made)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        if seen[0] < k:
+            return k - 1
+        check(made, k)
+
+
 def c_math_library(why):
     """The C library's math functions (ctypes), or a skip saying ``why`` they were wanted."""
     import ctypes

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import fastopt as fo
-from conftest import (COMPILED, GRID_BACKENDS, SIGINT_SOON, needs_torch, optim_db_params, raising_at,
-                      torch)
+from conftest import (COMPILED, GRID_BACKENDS, SIGINT_SOON, needs_torch, optim_db_params,
+                      sweep_interrupts, torch)
 from kernel_specs import same_bits
 from optim_specs import (CONFIGS, CONFIG_IDS, VARIANTS, VARIANT_IDS, VARIANT_STEPS, course_params,
                          opt_snapshot, random_arrays, two_grads, two_params)
@@ -1662,27 +1662,16 @@ def test_an_interrupt_at_any_point_of_a_step_leaves_it_taken_or_not(backend, cas
         after = snapshot(params, opt)
         opt.step(grads[1])
         then = snapshot(params, opt)
-        k = 0
-        while True:
-            k += 1
-            params, opt, grads = make()
-            tracer, seen = raising_at(k)
-            sys.settrace(tracer)
-            try:
-                opt.step(grads[0])
-            except KeyboardInterrupt:
-                pass
-            finally:
-                sys.settrace(None)
-            if seen[0] < k:
-                break
+        def check(made, k):
+            params, opt, grads = made
             now = snapshot(params, opt)
             assert same(now, after) or same(now, before), k
             if same(now, before):
                 opt.step(grads[0])
             opt.step(grads[1])
             assert same(snapshot(params, opt), then), k
-    assert k > 50
+
+        assert sweep_interrupts(make, lambda made: made[1].step(made[2][0]), check) > 50
 
 
 def _on_lines_plus_one(n, rng):

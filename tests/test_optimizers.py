@@ -1618,16 +1618,29 @@ def test_ctrl_c_keeps_the_count_with_the_parameters(backend, name):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (a GC'd
 @pytest.mark.parametrize("backend", COMPILED)                    # generator's close: ignored)
-@pytest.mark.parametrize("case", ["list, first step", "list, later step", "arena"])
+@pytest.mark.parametrize("case", ["list, first step", "list, later step", "arena",
+                                  "other layouts, Adagrad"])
 def test_an_interrupt_at_any_point_of_a_step_leaves_it_taken_or_not(backend, case):
     """KeyboardInterrupt raised at each point of a step of one group where a signal handler
     runs (conftest.raising_at): the optimizer is then as before the step or as after it, and
     the next step is the uninterrupted run's. On the numba backend a list's arrays were
     stepped one by one in Python: interrupted between two, the ones after it were left
-    unstepped, and every count advanced."""
+    unstepped, and every count advanced; interrupted as the contiguous copies of a strided
+    or Fortran-ordered parameter were written back, some were and some not. Adagrad's
+    decayed lr was computed after its kernel was named: interrupted there, the step was
+    counted and nothing stepped (on every backend)."""
     def make():
         rng = np.random.default_rng(3)
         shapes = [(3, 2), (4,), (5,)]
+        if case == "other layouts, Adagrad":
+            params = [rng.standard_normal((3, 2)).astype(np.float32),
+                      rng.standard_normal(8).astype(np.float32)[::2],
+                      np.asfortranarray(rng.standard_normal((3, 4)).astype(np.float32))]
+            opt = fo.Adagrad(params, lr=0.01)
+            grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params]
+                     for _ in range(3)]
+            opt.step(grads[2])
+            return params, opt, grads
         if case == "arena":
             arena = fo.ParameterArena(np.float32, 64)
             for i, shape in enumerate(shapes):

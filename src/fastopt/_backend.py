@@ -82,8 +82,8 @@ class Namespace:
         return f"<fastopt backend {self.name!r} ({self.package.__name__})>"
 
 
-def _as_compiled(kernel, names, options=()):
-    """``kernel`` (a NumPy reference kernel) called as the compiled kernels are: its scalars
+def _as_compiled(reference, names, options=()):
+    """``reference`` (a NumPy reference kernel) called as the compiled kernels are: its scalars
     ``names`` taken as Python floats and its ``options`` as True or False (anything else
     refused as the compiled kernels refuse it, by fastopt._hyper, before the reference
     touches an array: it broadcast a size-1 array and took a flag by its truth), and IEEE
@@ -96,7 +96,7 @@ def _as_compiled(kernel, names, options=()):
     with a Python float."""
     names, options = frozenset(names), frozenset(options)
 
-    @functools.wraps(kernel)
+    @functools.wraps(reference)
     def call(*arrays, **scalars):
         for key in names.intersection(scalars):
             if type(scalars[key]) is not float:
@@ -105,6 +105,7 @@ def _as_compiled(kernel, names, options=()):
             if scalars[key] is not True and scalars[key] is not False:
                 scalars[key] = as_flag(key, scalars[key])
         with np.errstate(all="ignore"):
+            kernel = reference      # (bound last: fastopt._multi._kernel_began)
             return kernel(*arrays, **scalars)
     return call
 

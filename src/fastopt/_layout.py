@@ -63,13 +63,27 @@ def run_and_write_back(fn, arrays, copies, scalars):
     also when it raised: a copy it did not step holds its array's values, and one it stepped,
     where Ctrl-C was raised as it returned (the compiled kernels run to their end), belongs
     with the state it stepped in place (which had left the parameter alone unwritten)."""
+    written = [(a, c) for i, (a, c) in enumerate(zip(arrays, copies))
+               if i != 1 and a is not None and c is not a]
     try:
         kernel = fn
         kernel(*copies, **scalars)
     finally:
-        for i, (a, c) in enumerate(zip(arrays, copies)):
-            if i != 1 and a is not None and c is not a:
-                np.copyto(a, c)
+        # every copy written back, also where an interrupt (Ctrl-C) comes meanwhile: it is
+        # raised after (the copy it came at written again: copying is idempotent)
+        held, done = None, 0
+        while True:
+            try:
+                while done < len(written):
+                    np.copyto(*written[done])
+                    done += 1
+                break
+            except BaseException as exc:
+                if held is not None:
+                    raise
+                held = exc
+        if held is not None:
+            raise held
 
 
 # Arrays of SPREAD_MIN bytes or more made to go beside others (a step's state, a

@@ -11,6 +11,7 @@ import threading
 from itertools import repeat
 
 from ._hyper import as_flag, as_real
+from ._layout import copies_before_writing
 from ._validate import check_disjoint, check_step_arrays, missing_state_error
 
 # per thread: whether a kernel call made since the caller's bookkeeping frame reset it
@@ -55,8 +56,12 @@ def _kernel_began(interrupt):
     began, tb = False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame
-        if frame.f_code is _EACH_PART:
-            began = False       # (the parts' own kernels tell: each part a kernel of its own)
+        if (frame.f_code is _EACH_PART or frame.f_code is _COPIES
+                or frame.f_globals.get("__name__") == "fastopt._validate"):
+            # (the parts' own kernels tell, each part a kernel of its own; the checks and the
+            # copies of arrays of other layouts, which a compiled kernel also calls back for,
+            # come before any write)
+            began = False
         elif ("kernel" in frame.f_code.co_varnames
                 and frame.f_globals.get("__name__", "").startswith("fastopt.")):
             began = "kernel" in frame.f_locals
@@ -75,6 +80,7 @@ def _each_part(parts, step_part):
     anything else (a refusal, a second interrupt) is raised at once too. ``step_part`` binds
     ``kernel`` just before its kernel call and sets ``_calls.returned`` after it returned
     (:func:`_kernel_began`)."""
+    _calls.returned = False     # (a call's before this one: not this one's parts)
     count, held, done = len(parts), None, 0
     while True:
         try:
@@ -100,6 +106,7 @@ def _each_part(parts, step_part):
 
 
 _EACH_PART = _each_part.__code__
+_COPIES = copies_before_writing.__code__
 
 
 def check_lists(names, lists, nrequired):

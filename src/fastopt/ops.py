@@ -644,10 +644,11 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
         across the whole call (grads may share memory with each other). A call that raises
         writes nothing.
     """
-    kernel = _backend.active.adagrad_multi
+    clr = _adagrad_clr(step, lr, lr_decay, weight_decay, eps)     # (before ``kernel``: no
+    kernel = _backend.active.adagrad_multi                          # call between the two)
     try:
-        kernel(params, grads, state_sums, clr=_adagrad_clr(step, lr, lr_decay, weight_decay, eps),
-               eps=eps, weight_decay=weight_decay, maximize=maximize)
+        kernel(params, grads, state_sums, clr=clr, eps=eps, weight_decay=weight_decay,
+               maximize=maximize)
         _calls.returned = True      # (see _kernel_began)
     except _REFUSED:       # a scalar or option the backend refused: named here
         _refuse(foreach_adagrad_step_, locals())

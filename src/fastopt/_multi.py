@@ -71,7 +71,8 @@ def _kernel_began(interrupt):
 
 def _each_part(parts, step_part):
     """``step_part(part)`` for each of ``parts``: one step of a group in several kernel calls
-    (fastopt.torch: parameters of another count, another 16-bit format, a first momentum).
+    (fastopt.torch: parameters of another count, another 16-bit format, a first momentum;
+    the numba and NumPy list forms: each array).
     An interrupt (:func:`_interrupted_kernel`) once a part has stepped is raised when every
     part has, so that the group is stepped whole, as the counts stored for it then say: a
     part whose kernel it interrupted (raised as the kernel returned) counts as stepped, one
@@ -84,8 +85,9 @@ def _each_part(parts, step_part):
     count, held, done = len(parts), None, 0
     while True:
         try:
-            # (no check for signals between a part's return and the next store, nor between
-            # the last and the break: only the inner loop's jump back, inside the try)
+            # (between a part's return and the next store only CPython 3.10 checks for
+            # signals, once the part has set _calls.returned; none between the last store
+            # and the break: the inner loop's jump back is inside the try)
             while done < count:
                 step_part(parts[done])
                 done += 1

@@ -644,8 +644,9 @@ def foreach_adagrad_step_(params: Arrays, grads: Arrays, state_sums: Arrays, ste
         across the whole call (grads may share memory with each other). A call that raises
         writes nothing.
     """
-    clr = _adagrad_clr(step, lr, lr_decay, weight_decay, eps)     # (before ``kernel``: no
-    kernel = _backend.active.adagrad_multi                          # call between the two)
+    # (before ``kernel`` is bound: no call between the binding and the kernel's call)
+    clr = _adagrad_clr(step, lr, lr_decay, weight_decay, eps)
+    kernel = _backend.active.adagrad_multi
     try:
         kernel(params, grads, state_sums, clr=clr, eps=eps, weight_decay=weight_decay,
                maximize=maximize)

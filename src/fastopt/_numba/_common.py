@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from .. import _backend, _hyper, _registry
-from .._layout import copies_before_writing, run_and_write_back
+from .._layout import copies_before_writing, run_and_write_back, via_contiguous
 from .._multi import _calls, _each_part, foreach
 from .._validate import FLOAT_DTYPES, _owner, check_step_arrays, overlap_error
 
@@ -295,6 +295,19 @@ def _flat(arrays, empty):
         else:
             return None
     return views
+
+
+def run_step(single, arrays, views, span, parallel, packed, fields):
+    """The end of each element-wise kernel of fastopt._numba.optim (``single``): its flat
+    ``views`` launched (:func:`launch`), or, where :func:`step_views` found arrays of other
+    layouts, ``single`` on contiguous copies, its scalars named by ``fields`` (the kernel's
+    namedtuple) from ``packed``. (``kernel`` bound last: fastopt._multi._kernel_began.)"""
+    if views is None:
+        named = fields(*packed)._asdict()
+        kernel = via_contiguous
+        return kernel(single, arrays, **named)
+    kernel = launch
+    kernel(span, parallel, views, packed)
 
 
 def list_form(single, span, parallel, pack):

@@ -18,8 +18,7 @@ import numpy as np
 from numba import prange
 
 from .. import _registry
-from .._layout import via_contiguous
-from ._common import JIT, launch, lerp, lerp_coef, list_form, max_nan, scalars, step_views
+from ._common import JIT, lerp, lerp_coef, list_form, max_nan, run_step, scalars, step_views
 
 
 # ----------------------------------------------------------------------------------- ewa
@@ -47,12 +46,8 @@ def ewa(avg, x, *, beta):
     arrays = (avg, x)
     views = step_views(arrays, ("avg", "x"), 2)
     packed = _pack_ewa(beta=beta)
-    if views is None:
-        named = _EWA(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(ewa, arrays, **named)
-    kernel = launch
-    kernel(_ewa_span, _ewa_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(ewa, arrays, views, _ewa_span, _ewa_parallel, packed, _EWA)
 
 
 # ----------------------------------------------------------------------------------- sgd
@@ -93,12 +88,8 @@ def sgd(param, grad, momentum_buffer, *, lr, weight_decay, momentum, dampening, 
     views = step_views(arrays, ("param", "grad", "momentum_buffer"), 2)
     packed = _pack_sgd(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening,
                        nesterov=nesterov, maximize=maximize, first_step=first_step)
-    if views is None:
-        named = _SGD(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(sgd, arrays, **named)
-    kernel = launch
-    kernel(_sgd_span, _sgd_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(sgd, arrays, views, _sgd_span, _sgd_parallel, packed, _SGD)
 
 
 # ------------------------------------------------------------------------------ momentum
@@ -128,12 +119,8 @@ def momentum(param, grad, velocity, *, lr, beta):
     arrays = (param, grad, velocity)
     views = step_views(arrays, ("param", "grad", "velocity"), 3)
     packed = _pack_momentum(lr=lr, beta=beta)
-    if views is None:
-        named = _MOMENTUM(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(momentum, arrays, **named)
-    kernel = launch
-    kernel(_momentum_span, _momentum_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(momentum, arrays, views, _momentum_span, _momentum_parallel, packed, _MOMENTUM)
 
 
 # ------------------------------------------------------------------------------- rmsprop
@@ -188,12 +175,8 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, *, lr, alpha, ep
     views = step_views(arrays, ("param", "grad", "square_avg", "grad_avg", "momentum_buffer"), 3)
     packed = _pack_rmsprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                            momentum=momentum, maximize=maximize, eps_inside_sqrt=eps_inside_sqrt)
-    if views is None:
-        named = _RMSPROP(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(rmsprop, arrays, **named)
-    kernel = launch
-    kernel(_rmsprop_span, _rmsprop_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(rmsprop, arrays, views, _rmsprop_span, _rmsprop_parallel, packed, _RMSPROP)
 
 
 # ------------------------------------------------------------------------------- adagrad
@@ -228,12 +211,8 @@ def adagrad(param, grad, state_sum, *, clr, eps, weight_decay, maximize):
     arrays = (param, grad, state_sum)
     views = step_views(arrays, ("param", "grad", "state_sum"), 3)
     packed = _pack_adagrad(clr=clr, eps=eps, weight_decay=weight_decay, maximize=maximize)
-    if views is None:
-        named = _ADAGRAD(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(adagrad, arrays, **named)
-    kernel = launch
-    kernel(_adagrad_span, _adagrad_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(adagrad, arrays, views, _adagrad_span, _adagrad_parallel, packed, _ADAGRAD)
 
 
 # ---------------------------------------------------------------------------------- adam
@@ -328,12 +307,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *, lr, beta1, beta2, 
                         step_size=step_size, bias_correction2=bias_correction2,
                         grad_scale=grad_scale, decoupled=decoupled, maximize=maximize,
                         eps_inside_sqrt=eps_inside_sqrt)
-    if views is None:
-        named = _ADAM(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(adam, arrays, **named)
-    kernel = launch
-    kernel(_adam_span, _adam_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(adam, arrays, views, _adam_span, _adam_parallel, packed, _ADAM)
 
 
 # ------------------------------------------------------------------------------ adadelta
@@ -372,12 +347,8 @@ def adadelta(param, grad, square_avg, acc_delta, *, lr, rho, eps, weight_decay, 
     arrays = (param, grad, square_avg, acc_delta)
     views = step_views(arrays, ("param", "grad", "square_avg", "acc_delta"), 4)
     packed = _pack_adadelta(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
-    if views is None:
-        named = _ADADELTA(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(adadelta, arrays, **named)
-    kernel = launch
-    kernel(_adadelta_span, _adadelta_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(adadelta, arrays, views, _adadelta_span, _adadelta_parallel, packed, _ADADELTA)
 
 
 # -------------------------------------------------------------------------------- adamax
@@ -419,12 +390,8 @@ def adamax(param, grad, exp_avg, exp_inf, *, beta1, beta2, eps, weight_decay, cl
     views = step_views(arrays, ("param", "grad", "exp_avg", "exp_inf"), 4)
     packed = _pack_adamax(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, clr=clr,
                           maximize=maximize)
-    if views is None:
-        named = _ADAMAX(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(adamax, arrays, **named)
-    kernel = launch
-    kernel(_adamax_span, _adamax_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(adamax, arrays, views, _adamax_span, _adamax_parallel, packed, _ADAMAX)
 
 
 # --------------------------------------------------------------------------------- nadam
@@ -483,12 +450,8 @@ def nadam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     packed = _pack_nadam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                          bias_correction2=bias_correction2, grad_coef=grad_coef,
                          avg_coef=avg_coef, decoupled=decoupled, maximize=maximize)
-    if views is None:
-        named = _NADAM(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(nadam, arrays, **named)
-    kernel = launch
-    kernel(_nadam_span, _nadam_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(nadam, arrays, views, _nadam_span, _nadam_parallel, packed, _NADAM)
 
 
 # --------------------------------------------------------------------------------- radam
@@ -539,12 +502,8 @@ def radam(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_dec
     packed = _pack_radam(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
                          step_size=step_size, adaptive_scale=adaptive_scale,
                          rectified=rectified, decoupled=decoupled, maximize=maximize)
-    if views is None:
-        named = _RADAM(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(radam, arrays, **named)
-    kernel = launch
-    kernel(_radam_span, _radam_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(radam, arrays, views, _radam_span, _radam_parallel, packed, _RADAM)
 
 
 # ---------------------------------------------------------------------------------- lion
@@ -586,12 +545,8 @@ def lion(param, grad, exp_avg, *, lr, beta1, beta2, weight_decay, maximize):
     views = step_views(arrays, ("param", "grad", "exp_avg"), 3)
     packed = _pack_lion(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
                         maximize=maximize)
-    if views is None:
-        named = _LION(*packed)._asdict()
-        kernel = via_contiguous     # (bound last: fastopt._multi._kernel_began)
-        return kernel(lion, arrays, **named)
-    kernel = launch
-    kernel(_lion_span, _lion_parallel, views, packed)
+    kernel = run_step     # (bound last: fastopt._multi._kernel_began)
+    kernel(lion, arrays, views, _lion_span, _lion_parallel, packed, _LION)
 
 
 # ---------------------------------------------------------------------------- list forms

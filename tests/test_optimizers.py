@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -1616,10 +1617,14 @@ def test_ctrl_c_keeps_the_count_with_the_parameters(backend, name):
     assert out.stdout.strip() == "[]", out.stdout
 
 
+class _GradSubclass(np.ndarray):
+    """An ndarray subclass, which the kernels check in Python."""
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (a GC'd
 @pytest.mark.parametrize("backend", COMPILED)                    # generator's close: ignored)
 @pytest.mark.parametrize("case", ["list, first step", "list, later step", "arena",
-                                  "other layouts, Adagrad"])
+                                  "other layouts, Adagrad", "a grad subclass, a Fraction lr"])
 def test_an_interrupt_at_any_point_of_a_step_leaves_it_taken_or_not(backend, case):
     """KeyboardInterrupt raised at each point of a step of one group where a signal handler
     runs (conftest.raising_at): the optimizer is then as before the step or as after it, and
@@ -1628,10 +1633,22 @@ def test_an_interrupt_at_any_point_of_a_step_leaves_it_taken_or_not(backend, cas
     unstepped, and every count advanced; interrupted as the contiguous copies of a strided
     or Fortran-ordered parameter were written back, some were and some not. Adagrad's
     decayed lr was computed after its kernel was named: interrupted there, the step was
-    counted and nothing stepped (on every backend)."""
+    counted and nothing stepped (on every backend). A Cython list step runs the tensors of
+    other layouts after the flat ones, and their kernels call into Python for a scalar that
+    is no float (a Fraction) or an ndarray subclass: interrupted there, they were left
+    unstepped (and counted), or the flat ones stepped and not counted."""
     def make():
         rng = np.random.default_rng(3)
         shapes = [(3, 2), (4,), (5,)]
+        if case == "a grad subclass, a Fraction lr":
+            params = [rng.standard_normal((3, 2)).astype(np.float32),
+                      rng.standard_normal(8).astype(np.float32)[::2]]
+            opt = fo.Adam(params, lr=Fraction(1, 100))
+            grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params]
+                     for _ in range(3)]
+            grads = [[g[0], g[1].view(_GradSubclass)] for g in grads]
+            opt.step(grads[2])
+            return params, opt, grads
         if case == "other layouts, Adagrad":
             params = [rng.standard_normal((3, 2)).astype(np.float32),
                       rng.standard_normal(8).astype(np.float32)[::2],

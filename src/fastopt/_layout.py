@@ -65,12 +65,15 @@ def run_and_write_back(fn, arrays, copies, scalars):
     with the state it stepped in place (which had left the parameter alone unwritten)."""
     written = [(a, c) for i, (a, c) in enumerate(zip(arrays, copies))
                if i != 1 and a is not None and c is not a]
+    raised = True
     try:
         kernel = fn
         kernel(*copies, **scalars)
+        raised = False
     finally:
-        # every copy written back, also where an interrupt (Ctrl-C) comes meanwhile: it is
-        # raised after (the copy it came at written again: copying is idempotent)
+        # every copy written back, also where an interrupt (Ctrl-C) comes meanwhile (the
+        # copy it came at written again: copying is idempotent); then raised, unless the
+        # kernel's own exception is (which tells whether the kernel began)
         held, done = None, 0
         while True:
             try:
@@ -82,7 +85,7 @@ def run_and_write_back(fn, arrays, copies, scalars):
                 if held is not None:
                     raise
                 held = exc
-        if held is not None:
+        if held is not None and not raised:
             raise held
 
 

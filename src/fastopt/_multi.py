@@ -56,14 +56,15 @@ def _kernel_began(interrupt):
     began, tb = False, interrupt.__traceback__
     while tb is not None:
         frame = tb.tb_frame
+        module = frame.f_globals.get("__name__", "")
         if (frame.f_code is _EACH_PART or frame.f_code is _COPIES
-                or frame.f_globals.get("__name__") == "fastopt._validate"):
-            # (the parts' own kernels tell, each part a kernel of its own; the checks and the
-            # copies of arrays of other layouts, which a compiled kernel also calls back for,
-            # come before any write)
+                or module in _BEFORE_WRITES or module.startswith("numba.")):
+            # (the parts' own kernels tell, each part a kernel of its own; the checks, the
+            # scalars' conversions and the copies of arrays of other layouts, which a compiled
+            # kernel also calls back for, and Numba's dispatch of a call (typing, loading,
+            # compiling) come before any write)
             began = False
-        elif ("kernel" in frame.f_code.co_varnames
-                and frame.f_globals.get("__name__", "").startswith("fastopt.")):
+        elif "kernel" in frame.f_code.co_varnames and module.startswith("fastopt."):
             began = "kernel" in frame.f_locals
         tb = tb.tb_next
     return began or getattr(_calls, "returned", False)
@@ -109,6 +110,7 @@ def _each_part(parts, step_part):
 
 _EACH_PART = _each_part.__code__
 _COPIES = copies_before_writing.__code__
+_BEFORE_WRITES = frozenset({"fastopt._validate", "fastopt._hyper"})
 
 
 def check_lists(names, lists, nrequired):

@@ -16,6 +16,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memset
 
 from .._layout import copies_before_writing, via_contiguous
+from .. import _multi
 from .._multi import check_lists
 from ..reference.lowp import check_half_arrays
 
@@ -572,15 +573,30 @@ def _fallback(kernel, tuple lists, list slow, **scalars):
     when the kernel raised: one it did not step holds its array's values. All of it here,
     where no Python signal handler runs: Ctrl-C during the flat sweep, the kernels on the
     copies or the writes back is raised once the whole step is done (raised at a call into
-    Python between them, it had left a parameter unwritten with its state stepped)."""
+    Python between them, it had left a parameter unwritten with its state stepped). A
+    kernel's checks can call into Python (a scalar's conversion, an ndarray subclass's
+    check), where a handler runs, before it writes: that tensor is stepped again, the others
+    after it too, and the first such interrupt raised after, as the step's (_calls.returned:
+    fastopt._multi._kernel_began)."""
     cdef Py_ssize_t i
+    held = None
     for arrays, copies in slow:
-        try:
-            kernel(*copies, **scalars)
-        finally:
-            for i in range(len(arrays)):
-                if i != 1 and arrays[i] is not None and copies[i] is not arrays[i]:
-                    cnp.PyArray_CopyInto(<cnp.ndarray>arrays[i], <cnp.ndarray>copies[i])
+        while True:
+            try:
+                kernel(*copies, **scalars)
+                break
+            except BaseException as exc:
+                if held is not None or isinstance(exc, (TypeError, ValueError, OverflowError,
+                                                        MemoryError)):
+                    raise
+                held = exc
+            finally:
+                for i in range(len(arrays)):
+                    if i != 1 and arrays[i] is not None and copies[i] is not arrays[i]:
+                        cnp.PyArray_CopyInto(<cnp.ndarray>arrays[i], <cnp.ndarray>copies[i])
+    if held is not None:
+        _multi._calls.returned = True
+        raise held
 
 
 # the 16-bit forms' driver (half_range) and conversions

@@ -199,6 +199,16 @@ def test_a_shard_step_failing_on_one_rank_stops_every_rank_until_a_state_dict_is
     assert len(reports(runs, "shard step failing")) == 3 * (5 + 2 * 5 + 5)
 
 
+def test_a_shard_step_raising_after_it_stepped_leaves_the_shards_in_step(runs):
+    # the last rank's shard step raises (SystemExit, KeyboardInterrupt, MemoryError) as it
+    # returns: raised there as it is, state and params as one process's (was: that rank was
+    # said to have missed the step, every later call refused); raised between its two groups:
+    # every later call names the group that stepped; loaded, the steps go on
+    # (per kind: each rank's step and params, each launch's rank 0 its state dict)
+    assert len(reports(runs, "shard step raising after the step")) == 3 * (5 + 5 + 2)
+    assert len(reports(runs, "shard step raising between the groups")) == 3 * (5 + 5 + 5)
+
+
 def test_out_of_memory_on_one_rank_in_a_state_dict_call_raises_on_every_rank(runs):
     # after the ranks agreed: the root's gathered or flat arrays, a rank's copy of its shard,
     # its receive buffers; also through add_param_group (was: that rank raised alone, the

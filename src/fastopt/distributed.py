@@ -471,6 +471,8 @@ class ShardedOptimizer:
             every rank's checks passed (a MemoryError; a SystemExit or KeyboardInterrupt is
             raised as it is): the others stepped theirs, and every later call but
             ``load_state_dict`` raises on every rank, naming it, until a state dict is loaded.
+            (One raised once every group of the shard had stepped, a SIGTERM handler's
+            SystemExit as the step returned, is raised as it is: the shards are in step.)
         """
         self._take_grads(grads)
         self._exchange()
@@ -529,14 +531,28 @@ class ShardedOptimizer:
         """The shard optimizer's step on this rank's shard of the averaged grads. Everything it
         could refuse was checked on every rank by :meth:`_take_grads`; should it raise anyway,
         this rank still takes part in the gather (so no rank waits for it) and raises."""
+        opt = self.shard_optimizer
+        opt._stepped_groups.clear()
         try:
-            self.shard_optimizer.step(self._shard_grads)
+            opt.step(self._shard_grads)
         except BaseException as exc:     # noqa: BLE001 - re-raised after the collective
-            self._allgather()        # this rank's shard unchanged (a refused step writes none)
+            self._allgather()        # this rank's shard as the step left it
+            # which of the shard's groups stepped (each whole or not at all: Optimizer.step):
+            # every one, when the exception came after the kernels (a SIGTERM handler's
+            # SystemExit as the step returned): the shards are in step, and it is raised as
+            # it is (taken for a missed step, every later call had been refused, the
+            # checkpoint in a `finally:` too)
+            stepped = [gi for gi, g in enumerate(opt.param_groups)
+                       if id(g) in opt._stepped_groups]
+            if len(stepped) == len(opt.param_groups):
+                raise
             what = str(exc) if isinstance(exc, Exception) else f"{type(exc).__name__} {exc}"
+            this_one = ("did not" if not stepped else
+                        f"stepped only its param group{'s' * (len(stepped) > 1)} "
+                        f"{', '.join(map(str, stepped))} of {len(opt.param_groups)}")
             missed = (f"the shard step failed after every rank's checks passed "
                       f"({what.rstrip()}); the other ranks stepped their shards, this one "
-                      "did not")
+                      f"{this_one}")
             # (every later call but a load_state_dict raises it on every rank: _raise_if_any;
             # after a SystemExit too, e.g. a SIGTERM handler's, or a checkpoint saved in its
             # `finally:` held the shards at different steps; on one rank there are no others

@@ -643,6 +643,10 @@ class Optimizer:
         # threads stepping one optimizer at once would both read step count t, both write
         # t + 1 and interleave their updates of the same state arrays
         self._lock = _step_lock()
+        # the groups, by id, a kernel call stepped since this was last emptied:
+        # ShardedOptimizer empties it before its shard's step, to tell after an exception
+        # which groups of the shard stepped (one parameter each: one call a group)
+        self._stepped_groups: set[int] = set()
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self._state = _StateDict()   # flat parameter index -> {"step": ..., state arrays}
@@ -1361,7 +1365,7 @@ class Optimizer:
                 self._prepare(params, batch, wanted)
             scalar = self._update(group, params, grads, batch, step)
             stepped = True
-            self._advance(batch, step, scalar)
+            self._advance(group, batch, step, scalar)
         except BaseException as exc:
             # an interrupt (ops._interrupted_kernel) once the kernel was called is stored with
             # the step, whose writes are done; a refusal changes nothing
@@ -1369,7 +1373,7 @@ class Optimizer:
                 if not stepped:     # raised before _update returned its new scalar state
                     scalar = self._interrupted_scalar(group, batch, step)
                 # (again, if it was what the interrupt stopped: it stores values)
-                self._advance(batch, step, scalar)
+                self._advance(group, batch, step, scalar)
             else:
                 batch.discard()       # a plan's batch is used again
             raise
@@ -1379,10 +1383,12 @@ class Optimizer:
         whose kernel stepped but which an interrupt stopped before it returned."""
         return None
 
-    def _advance(self, batch, step, scalar=None):
-        """Store the step count, the new value of the ``_scalar_state`` that ``_update``
-        returned (None: none), the new state arrays the call made and the new states it
-        stepped. Stores values, so that doing it twice is doing it once."""
+    def _advance(self, group, batch, step, scalar=None):
+        """Note that ``group`` stepped; store the step count, the new value of the
+        ``_scalar_state`` that ``_update`` returned (None: none), the new state arrays the
+        call made and the new states it stepped. Stores values, so that doing it twice is
+        doing it once."""
+        self._stepped_groups.add(id(group))
         steps = batch.steps
         if steps is None:
             pass
@@ -1799,6 +1805,7 @@ class Optimizer:
         del state["_slots"]
         state.pop("_disjoint", None)
         state.pop("_lock", None)
+        state.pop("_stepped_groups", None)
         state.pop("_groups", None)
         state.pop("_held", None)
         # the states kept for arrays out of the groups, with their arrays (a copy's are its
@@ -1818,6 +1825,7 @@ class Optimizer:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = _step_lock()
+        self._stepped_groups = set()
         self._disjoint = None
         for group in self.param_groups:
             params = []

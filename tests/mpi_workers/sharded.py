@@ -686,6 +686,78 @@ def check_shard_step_failing_on_one_rank():
         report("shard step failing, then loaded", same(arena.flat_params, ref.flat_params))
 
 
+def check_shard_step_raising_after_it_stepped():
+    """An exception on the last rank raised inside its shard step once the step had run (a
+    SIGTERM handler's SystemExit as the step returned, a KeyboardInterrupt): raised there as
+    it is, the shards are in step, and the calls go on as one process's (was: the rank was
+    said to have missed the step, and every later call, the checkpoint in a `finally:` too,
+    raised until a state dict was loaded). Raised between its two groups' kernel calls, after
+    the first: every later call raises, naming the group that stepped."""
+    last = SIZE - 1
+    for kind in (SystemExit, KeyboardInterrupt, MemoryError):
+        arena, ref = _small(), _small()
+        groups = [{"params": [arena.params["u"]]}, {"params": [arena.params["v"]], "lr": 0.05}]
+        opt = ShardedOptimizer(fo.Adam, groups, lr=0.1)
+        ref_opt = fo.Adam([{"params": [ref.params["u"]]},
+                           {"params": [ref.params["v"]], "lr": 0.05}], lr=0.1)
+        shard = opt.shard_optimizer
+        for t, where in enumerate(("after the step", "between the groups")):
+            gs = local_grads(t, np.float64, arena.size)
+            arena.flat_grads[...] = gs[RANK]
+            ref.flat_grads[...] = averaged(gs)
+            saved, params = opt.state_dict(), arena.flat_params.copy()
+            if where == "after the step":
+                def raising(*args, _step=shard.step, **kwargs):
+                    _step(*args, **kwargs)
+                    raise kind("as the step returned")
+                name = "step"
+            else:
+                def raising(group, *args, _run=shard._run, **kwargs):
+                    _run(group, *args, **kwargs)
+                    if group is shard.param_groups[0]:
+                        raise kind("after group 0")
+                name = "_run"
+            if RANK == last:
+                setattr(shard, name, raising)
+            try:
+                opt.step()
+                ok, detail = RANK != last, "no exception"
+            except (RuntimeError, SystemExit, KeyboardInterrupt, MemoryError) as exc:
+                ok, detail = RANK == last, repr(exc)
+                if where == "after the step":
+                    ok = ok and type(exc) is kind
+                else:
+                    ok = ok and (type(exc) is kind if kind is not MemoryError
+                                 else type(exc) is RuntimeError
+                                 and "stepped only its param group 0 of 2" in str(exc))
+            finally:
+                shard.__dict__.pop(name, None)
+            report(f"shard step raising {where} {kind.__name__}", ok, detail)
+            if where == "after the step":
+                ref_opt.step(ref.grads)
+                sd = opt.state_dict()
+                if RANK == 0:
+                    report(f"shard step raising {where}, state",
+                           *compare_sd(sd, ref_opt.state_dict()))
+                report(f"shard step raising {where}, params",
+                       same(arena.flat_params, ref.flat_params))
+                continue
+            try:
+                opt.state_dict()
+                report(f"shard step raising {where}, then", False, "no exception")
+            except RuntimeError as exc:
+                report(f"shard step raising {where}, then", f"rank {last} of {SIZE}" in str(exc)
+                       and "stepped only its param group 0 of 2" in str(exc)
+                       and "out of step" in str(exc), str(exc))
+            opt.load_state_dict(saved)
+            arena.flat_params[...] = params
+            arena.flat_grads[...] = gs[RANK]
+            opt.step()
+            ref_opt.step(ref.grads)
+            report(f"shard step raising {where}, then loaded",
+                   same(arena.flat_params, ref.flat_params))
+
+
 class NumPyOutOfMemory(types.ModuleType):
     """NumPy whose function ``name`` raises MemoryError: fastopt.distributed's ``np`` on a rank
     that runs out of memory there."""
@@ -1174,7 +1246,8 @@ def main():
               check_bad_param_group, check_group_removed_on_one_rank,
               check_extra_group_entries, check_grad_sums_past_the_float_range,
               check_different_calls_on_one_rank, check_ctrl_c_inside_a_step,
-              check_shard_step_failing_on_one_rank, check_out_of_memory_in_state_dicts,
+              check_shard_step_failing_on_one_rank, check_shard_step_raising_after_it_stepped,
+              check_out_of_memory_in_state_dicts,
               check_subclass_load_failing_on_one_rank]
     if args.only:
         checks = [c for c in checks if c.__name__ in args.only.split(",")]

@@ -738,7 +738,6 @@ def interrupt_at(k):
     def tracer(frame, event, arg):
         if frame.f_code not in BEFORE:
             return None
-        frame.f_trace_opcodes = True
         last = [None]
 
         def point():
@@ -751,10 +750,14 @@ def interrupt_at(k):
 
         def local(frame, event, arg):
             if event == "opcode":
-                if last[0] is not None and dis.opname[last[0]].startswith("CALL"):
-                    point()
+                name = None if last[0] is None else dis.opname[last[0]]
+                if name and name.startswith("CALL") and not name.startswith("CALL_INTRINSIC"):
+                    point()     # (3.12's CALL_INTRINSIC runs no signal handler)
                 last[0] = frame.f_code.co_code[frame.f_lasti]
             return local
+        # (f_trace before f_trace_opcodes: set after, 3.12 on sent this frame no opcode events)
+        frame.f_trace = local
+        frame.f_trace_opcodes = True
         return local
     return tracer, seen
 

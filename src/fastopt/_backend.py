@@ -263,9 +263,15 @@ class _LaunchGate:
         me = threading.get_ident()
         try:
             self._active.append(me)
-            while self._forks:      # (read after the append: a fork that missed it waits)
+            # (`while True` and a break, not `while self._forks`: CPython 3.13 runs signal
+            # handlers at such a loop's jump back outside the try, cpython#130279)
+            while True:
+                if not self._forks:     # (read after the append: a fork that missed it waits)
+                    break
                 self._active.remove(me)
-                while self._forks:
+                while True:
+                    if not self._forks:
+                        break
                     time.sleep(0.0002)
                 self._active.append(me)
         except BaseException:       # (Ctrl-C: a launch that did not begin is not in progress)

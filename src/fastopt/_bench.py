@@ -371,9 +371,13 @@ def time_row(fns, rounds=5, target=1e-3, exact_rounds=False):
             with _backend.use_backend(getattr(fn, "backend", _backend.get_backend())):
                 warm_start, calls = clock(), 0
                 # an untimed batch first (see above): WARM_SECONDS, and WARM_CALLS calls or
-                # WARM_CAP, at least
-                while (calls < r or clock() - warm_start < WARM_SECONDS
-                       or calls < WARM_CALLS and clock() - warm_start < WARM_CAP):
+                # WARM_CAP, at least (`while True` and a break: a `while <condition>` loop's
+                # jump back lies outside the `with` on CPython 3.13, and Ctrl-C there left
+                # the backend switched: cpython#130279, see _multi._each_part)
+                while True:
+                    if not (calls < r or clock() - warm_start < WARM_SECONDS
+                            or calls < WARM_CALLS and clock() - warm_start < WARM_CAP):
+                        break
                     fn()
                     calls += 1
                 if each_call:

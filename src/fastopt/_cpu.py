@@ -26,9 +26,10 @@ def host_features():
     """The CPU's feature flags (Linux names), or None where they cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+            for line in f:     # (`continue`: cpython#130279, see _multi._each_part)
+                if not line.startswith("flags"):
+                    continue
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return None

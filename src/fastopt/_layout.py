@@ -77,7 +77,9 @@ def run_and_write_back(fn, arrays, copies, scalars):
         held, done = None, 0
         while True:
             try:
-                while done < len(written):
+                while True:     # (not `while done < ...`: cpython#130279, see _each_part)
+                    if done >= len(written):
+                        break
                     np.copyto(*written[done])
                     done += 1
                 break

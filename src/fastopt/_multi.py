@@ -88,8 +88,13 @@ def _each_part(parts, step_part):
         try:
             # (between a part's return and the next store only CPython 3.10 checks for
             # signals, once the part has set _calls.returned; none between the last store
-            # and the break: the inner loop's jump back is inside the try)
-            while done < count:
+            # and the break. `while True` and a break, not `while done < count`: CPython
+            # 3.13 leaves the jump back of a `while <condition>` loop outside the try, where
+            # it runs signal handlers, and Ctrl-C there left the parts after unstepped and
+            # none counted: cpython#130279)
+            while True:
+                if done >= count:
+                    break
                 step_part(parts[done])
                 done += 1
                 _calls.returned = False

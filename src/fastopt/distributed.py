@@ -492,8 +492,13 @@ class ShardedOptimizer:
             if local is not None:
                 # the arena's grad views the copy below writes (one made read-only on one
                 # rank raised there alone, after the others had agreed to step: they hung)
-                written = [k for k, (view, g) in enumerate(zip(self._grad_views, local))
-                           if g is not view]
+                # (a loop, not a comprehension with an `if`, whose jump back CPython 3.13
+                # leaves outside the try: cpython#130279, see _multi._each_part)
+                written = []
+                for k, (view, g) in enumerate(zip(self._grad_views, local)):
+                    if g is view:
+                        continue
+                    written.append(k)
                 k = _first_readonly([self._grad_views[j] for j in written])
                 if k >= 0:
                     raise ValueError(f"the arena's grad of parameter {self._label(written[k])} "

@@ -1102,10 +1102,13 @@ class _FastOptimizer(_Mixin):
             if set_to_none:
                 # grads the last steps kept (the same ones stepped again, written in place)
                 # are held no more: freed now with p.grad, as with torch.optim, not at the
-                # next step
+                # next step (`continue`, not the call under an `if` ending the loop: the
+                # jump back of such a loop lies outside the `with` on CPython 3.13, where
+                # Ctrl-C left the lock held: cpython#130279, see _multi._each_part)
                 for plan in self._plans.values():
-                    if plan.grads is not None:
-                        _let_go_of_grads(plan, known_again=False)
+                    if plan.grads is None:
+                        continue
+                    _let_go_of_grads(plan, known_again=False)
         if not set_to_none or _profiler_enabled():
             return super().zero_grad(set_to_none)
         for group in self.param_groups:
@@ -1907,16 +1910,21 @@ class _FastOptimizer(_Mixin):
                     # (Adam's kernel scales them all, but for a grad that is its parameter
                     # itself, which clip_grad_norm_ scales: _refuse_clipped_aliases, or one
                     # several parameters share, which it scales once for each of them)
-                    for g, f in zip(gviews, plan.formats):
-                        if f is None:
-                            np.multiply(g, g.dtype.type(factor), out=g)
+                    # (the loops skip with `continue`, in the `with` on CPython 3.13 too:
+                    # cpython#130279, see zero_grad)
+                    scaled = []
+                    for k, f in enumerate(plan.formats):
+                        if f is not None:
+                            continue
+                        np.multiply(gviews[k], gviews[k].dtype.type(factor), out=gviews[k])
+                        scaled.append(plan.live_grads[k])
                     # as clip_grad_norm_'s mul_ moves them: a graph that saved a grad must
                     # refuse to backward through the scaled one
-                    _increment_versions([g for g, f in zip(plan.live_grads, plan.formats)
-                                         if f is None])
+                    _increment_versions(scaled)
                     for k in plan.neg_grads:    # gviews[k] is a copy of it (_view_grads)
-                        if plan.formats[k] is None:
-                            plan.live_grads[k].copy_(_tensor(gviews[k], plan.live_grads[k]))
+                        if plan.formats[k] is not None:
+                            continue
+                        plan.live_grads[k].copy_(_tensor(gviews[k], plan.live_grads[k]))
                     if self._SCALES:
                         factor = 1.0
         if plan.alias and self._decays_own_grads(group):

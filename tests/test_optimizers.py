@@ -1624,20 +1624,26 @@ def test_ctrl_c_keeps_the_count_with_the_parameters(backend, name):
 
 def _loops_left_at_their_jump_back(path):
     """The lines of the loops in ``path``'s try statements that catch an interrupt or have a
-    finally, and in its with statements, whose jump back no exception-table entry covers (so
-    an exception raised there skips the except, the finally or the ``__exit__``)."""
+    finally (in the handlers and else of one with a finally too), and in its with statements,
+    whose jump back no exception-table entry covers (so an exception raised there skips the
+    except, the finally or the ``__exit__``)."""
     import ast
     import dis
     import types
     source = path.read_text()
     guarded = []
+    trys = (ast.Try, getattr(ast, "TryStar", ast.Try))
     for node in ast.walk(ast.parse(source)):
-        names = {n.id for h in getattr(node, "handlers", ()) if h.type is not None
-                 for n in ast.walk(h.type) if isinstance(n, ast.Name)}
-        if isinstance(node, ast.With) or isinstance(node, ast.Try) and (
+        names = {getattr(n, "id", getattr(n, "attr", None))
+                 for h in getattr(node, "handlers", ()) if h.type is not None
+                 for n in ast.walk(h.type)}
+        if isinstance(node, ast.With) or isinstance(node, trys) and (
                 node.finalbody or names & {"BaseException", "KeyboardInterrupt"}
                 or any(h.type is None for h in node.handlers)):
-            guarded.append((node.body[0].lineno, node.body[-1].end_lineno))
+            guarded.append(node.body)
+        if isinstance(node, trys) and node.finalbody:   # (what the finally follows too)
+            guarded += [h.body for h in node.handlers] + [node.orelse] * bool(node.orelse)
+    guarded = [(body[0].lineno, body[-1].end_lineno) for body in guarded]
     codes, found = [compile(source, str(path), "exec")], []
     while codes:
         code = codes.pop()

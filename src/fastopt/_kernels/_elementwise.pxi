@@ -586,9 +586,8 @@ def _fallback(kernel, tuple lists, list slow, **scalars):
                 kernel(*copies, **scalars)
                 break
             except BaseException as exc:
-                if held is not None or isinstance(exc, (TypeError, ValueError, OverflowError,
-                                                        MemoryError)):
-                    raise
+                if held is not None or isinstance(exc, (*_multi._REFUSED, MemoryError)):
+                    raise       # (a refusal, as _multi._each_part tells one)
                 held = exc
             finally:
                 for i in range(len(arrays)):

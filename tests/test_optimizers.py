@@ -107,6 +107,24 @@ def test_param_groups_override_defaults_and_are_editable_between_steps():
     assert opt.lr == 0.01 and all(g["lr"] == 0.01 for g in opt.param_groups)
 
 
+def test_lr_read_as_a_list_sets_back_one_per_group():
+    opt = fo.SGD([{"params": [np.ones(2)]}, {"params": [np.ones(2)], "lr": 0.01}], lr=0.1)
+    saved = opt.lr
+    opt.lr = 0.5                    # a warm-up, say
+    assert opt.lr == 0.5
+    opt.lr = saved
+    assert opt.lr == [0.1, 0.01]
+    opt.lr = (0.3, 0.2)
+    assert [g["lr"] for g in opt.param_groups] == [0.3, 0.2]
+    # a wrong length or a bad entry changes no group's lr, and names what is wrong
+    for bad, error, words in (([0.1], ValueError, "1 learning rates for 2 param groups"),
+                              ([0.1, -1.0], ValueError, "lr[1] (param group 1)"),
+                              ([None, 0.1], TypeError, "lr[0] (param group 0)")):
+        with pytest.raises(error, match=re.escape(words)):
+            opt.lr = bad
+        assert [g["lr"] for g in opt.param_groups] == [0.3, 0.2]
+
+
 @pytest.mark.parametrize("name,kwargs,edits", [
     ("Adam", dict(lr=0.01), [("lr", 0.05), ("betas", (0.8, 0.99)), ("amsgrad", True)]),
     ("SGD", dict(lr=0.1, momentum=0.9), [("lr", 0.3), ("nesterov", True), ("momentum", 0.5)]),

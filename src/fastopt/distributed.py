@@ -418,15 +418,15 @@ class ShardedOptimizer:
 
     @property
     def lr(self) -> float | list[float]:
-        """The learning rate (a list if the groups differ); setting it sets every group's, on
-        this rank (set it identically on every rank).
+        """The learning rate (a list if the groups differ); setting a number sets every
+        group's, a list one per group, on this rank (set it identically on every rank).
         """
         return self.shard_optimizer.lr
 
     @lr.setter
-    def lr(self, value: float) -> None:
-        """The learning rate (a list if the groups differ); setting it sets every group's, on
-        this rank (set it identically on every rank).
+    def lr(self, value: float | list[float] | tuple[float, ...]) -> None:
+        """The learning rate (a list if the groups differ); setting a number sets every
+        group's, a list one per group, on this rank (set it identically on every rank).
         """
         self.shard_optimizer.lr = value
 

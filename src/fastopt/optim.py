@@ -833,15 +833,26 @@ class Optimizer:
     @property
     def lr(self) -> float | list[float]:
         """The learning rate (a list if the groups differ, an empty one once every group was
-        popped: that raised IndexError); setting it sets every group's."""
+        popped: that raised IndexError); setting a number sets every group's, a list or tuple
+        of one per group sets each group's (so ``opt.lr = opt.lr`` restores what was read)."""
         lrs = [g["lr"] for g in self.param_groups]
         return lrs[0] if lrs and all(lr == lrs[0] for lr in lrs) else lrs
 
     @lr.setter
-    def lr(self, value: float) -> None:
-        check_real("lr", value)
-        for g in self.param_groups:
-            g["lr"] = value
+    def lr(self, value: float | list[float] | tuple[float, ...]) -> None:
+        groups = self.param_groups
+        if isinstance(value, (list, tuple)):
+            if len(value) != len(groups):
+                raise ValueError(f"lr: a list of {len(value)} learning rates for "
+                                 f"{len(groups)} param groups (give one per group, or a number "
+                                 "for all)")
+            for i, lr in enumerate(value):      # all checked before any is set
+                check_real(f"lr[{i}] (param group {i})", lr)
+        else:
+            check_real("lr", value)
+            value = [value] * len(groups)
+        for g, lr in zip(groups, value):
+            g["lr"] = lr
 
     def _flat(self):
         """(index, label, name, group, param) for every parameter, in flat order."""

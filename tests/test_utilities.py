@@ -276,9 +276,20 @@ def test_inverse_sqrt_decay_names_its_own_domain_for_every_epoch_below_1(epoch):
     """A negative epoch was refused as 'Invalid epoch: -1 (must be >= 0)', the range of the
     other schedules, though inverse_sqrt_decay takes epochs from 1 only (its docstring: 'a
     real number >= 1'); epochs in [0, 1) were refused with another message. Every epoch
-    below 1 now gives the one message, naming epoch and the bound 1."""
-    with pytest.raises(ValueError, match=r"^Invalid epoch: .* \(must be >= 1\)$"):
+    below 1 now gives the one message, naming epoch and the bound 1; from 0, where
+    LRScheduler.step() starts counting, it says how to drive the schedule with one."""
+    with pytest.raises(ValueError, match=r"^Invalid epoch: .* \(must be >= 1\)") as raised:
         fo.schedules.inverse_sqrt_decay(0.3)(epoch)
+    assert ("LRScheduler" in str(raised.value)) == (0 <= epoch < 1)
+
+
+def test_lr_scheduler_over_inverse_sqrt_decay_says_how_to_start_it():
+    opt = fo.SGD([np.zeros(2)], lr=0.1)
+    sched = fo.schedules.LRScheduler(opt, fo.schedules.inverse_sqrt_decay(0.3))
+    with pytest.raises(ValueError, match=r"step\(epoch\) from 1, or wrap it, lambda e: fn\(e \+ 1\)"):
+        sched.step()
+    assert sched.epoch == -1 and opt.lr == 0.1
+    assert sched.step(1) == 0.3 == opt.lr
 
 
 

@@ -169,6 +169,17 @@ class _InverseSqrtDecay(_Schedule):
     # to the formula's own check)
     _epochs = Count((1.0, None, False))     # [1, inf], any int
 
+    def __call__(self, epoch: int) -> float:
+        try:
+            return super().__call__(epoch)
+        except ValueError as exc:
+            if not 0 <= epoch < 1:
+                raise
+            # LRScheduler's count starts at 0: say how to drive this schedule with it
+            raise ValueError(f"{exc}: {self!r} has no value below epoch 1, where "
+                             "LRScheduler.step() starts counting (at 0): step it with "
+                             "step(epoch) from 1, or wrap it, lambda e: fn(e + 1)") from None
+
     def _lr(self, epoch):
         if epoch == math.inf:
             return 0.0                  # the limit (k * lr0 / inf, which is NaN for inf / inf)

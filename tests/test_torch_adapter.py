@@ -3228,6 +3228,45 @@ def test_options_that_cannot_be_honoured_raise(option):
     ft.Adam([p], fused=False, foreach=True)     # implementation choices torch allows
 
 
+def test_keys_a_wrapper_adds_to_defaults_pass_and_an_unknown_torch_option_is_refused(
+        monkeypatch):
+    """timm's Lookahead adds lookahead_alpha, lookahead_k and lookahead_step to its base
+    optimizer's ``defaults`` and groups: add_param_group and load_state_dict refused them as
+    options of a newer torch (torch.optim takes them); an option of the torch class itself that
+    the kernels do not know is still refused."""
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.ones(3)
+    opt = ft.AdamW([p], lr=0.1)
+    opt.defaults.update(lookahead_alpha=0.5, lookahead_k=6, lookahead_step=0)
+    opt.param_groups[0].update(lookahead_alpha=0.5, lookahead_k=6, lookahead_step=0)
+    opt.step()
+    opt.load_state_dict(opt.state_dict())
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))]})
+    assert opt.param_groups[1]["lookahead_k"] == 6
+    monkeypatch.setattr(ft.AdamW, "_TORCH_OPTIONS", ft.AdamW._TORCH_OPTIONS | {"new_option"})
+    opt.defaults["new_option"] = False
+    with pytest.raises(ValueError, match="option new_option=True is not supported"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.randn(2))],
+                             "new_option": True})
+    assert len(opt.param_groups) == 2
+
+
+def test_load_state_dict_keeps_a_16_bit_parameters_other_state_in_its_dtype():
+    """A 16-bit parameter's state the step reads is loaded as float32 (torch's load casts it
+    to the parameter's dtype); a key of another's (timm's Lookahead keeps lookahead_slow_buff
+    in opt.state[p]) had been made float32 too, where torch.optim keeps the parameter's dtype."""
+    p = torch.nn.Parameter(torch.randn(5).to(torch.bfloat16))
+    p.grad = torch.randn(5).to(torch.bfloat16)
+    opt = ft.Adam([p], lr=0.1)
+    opt.step()
+    opt.state[p]["lookahead_slow_buff"] = p.detach().clone()
+    opt.load_state_dict(opt.state_dict())
+    dtypes = {key: value.dtype for key, value in opt.state[p].items()}
+    assert dtypes == {"step": torch.float32, "exp_avg": torch.float32,
+                      "exp_avg_sq": torch.float32, "master_param": torch.float32,
+                      "lookahead_slow_buff": torch.bfloat16}
+
+
 def test_loading_torch_state_with_refused_options():
     """A fused torch optimizer's state dict loads (fused picks torch's kernel, not a formula);
     differentiable state is refused and nothing changes."""

@@ -263,6 +263,11 @@ except ImportError:     # (a torch without dynamo)
         return None
 
 
+def _torch_base(cls):
+    """The torch.optim class that ``cls`` (a subclass of this module's) steps."""
+    return next(b for b in cls.__mro__ if b.__module__.startswith("torch.optim."))
+
+
 def _increment_versions(tensors):
     """Tell autograd the tensors changed in place (NumPy writes bypass its version counters),
     so a step between forward and backward raises in backward as with torch.optim."""
@@ -825,10 +830,12 @@ class _FastOptimizer(_Mixin):
 
     def _check_options(self, group):
         """:meth:`_refuse`, and ValueError for a true value of an option of a newer torch
-        that these kernels do not know."""
+        that these kernels do not know (one of the torch class's constructor arguments: a
+        key a wrapper added to ``defaults``, as timm's Lookahead does, is not, and passes as
+        in torch.optim)."""
         self._refuse(group)
         for key, value in group.items():
-            if (key in self.defaults and key not in self._KEYS and key not in _REFUSED
+            if (key in self._TORCH_OPTIONS and key not in self._KEYS and key not in _REFUSED
                     and key not in _IMPLEMENTATION and key != CLIP
                     and value not in (None, False, 0)):
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: option "
@@ -1018,16 +1025,19 @@ class _FastOptimizer(_Mixin):
                         pass
         # torch cast every state tensor but ``step`` to its parameter's dtype: undo that where
         # the step needs another (16-bit parameters' float32 state, NAdam's mu_product)
+        # (only the keys the step reads: a key of another's, such as timm's Lookahead's
+        # lookahead_slow_buff, keeps torch's cast, as with torch.optim)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for sid, p in zip(saved_ids, params):
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        for sid, (p, group) in zip(saved_ids, params):
             state = self.state.get(p)
             if not state:
                 continue
+            wide = (*self._state_keys(group), MASTER) if p.dtype in _HALF else ()
             for key, value in state_dict["state"][sid].items():
                 if key in self._SCALAR_STATE and isinstance(value, torch.Tensor):
                     state[key] = value.to(_scalar_dtype())
-                elif (p.dtype in _HALF and key != "step" and isinstance(value, torch.Tensor)
+                elif (key in wide and isinstance(value, torch.Tensor)
                         and value.is_floating_point()):
                     state[key] = value.to(device=p.device, dtype=torch.float32)
 
@@ -2253,6 +2263,9 @@ class _FastOptimizer(_Mixin):
         cls._MULTI = cls._KERNEL + "_multi"     # its list form's name on a backend
         # whether its weight decay may be decoupled (see _decays_own_grads)
         cls._DECOUPLES = cls._decoupled or "decoupled_weight_decay" in cls._KEYS
+        # the torch class's options, its constructor's arguments (see _check_options)
+        cls._TORCH_OPTIONS = frozenset(inspect.signature(_torch_base(cls)).parameters) - {
+            "params"}
 
     def _init_state(self, p, group):
         """torch's lazy state of ``p``: ``step`` and zeros for every state tensor."""
@@ -2780,7 +2793,7 @@ def _document_constructor(cls):
     """Give ``cls`` (a subclass of a torch.optim class) the signature of what it takes, the
     torch class's constructor plus the keyword ``max_grad_norm`` (its own ``__init__`` passes
     torch's arguments through as ``*args, **kwargs``), and a Parameters section listing them."""
-    base = next(b for b in cls.__mro__ if b.__module__.startswith("torch.optim."))
+    base = _torch_base(cls)
     signature = inspect.signature(base)
     arguments = [*signature.parameters.values(),
                  inspect.Parameter(CLIP, inspect.Parameter.KEYWORD_ONLY, default=None,

@@ -295,19 +295,36 @@ def missing_state_error(scalar, value, label):
 
 
 def overlap_error(first, second):
-    return ValueError(f"{first} and {second} overlap in memory (their address ranges do: views "
-                      "of one buffer, such as column blocks of one matrix or interleaved "
-                      "slices, count as overlapping even where they share no element); only a "
-                      "param and its own grad may be the same elements (the same array, or "
-                      "views of it in its order)")
+    return ValueError(f"{first} and {second} overlap in memory (they share elements' memory); "
+                      "only a param and its own grad may be the same elements (the same array, "
+                      "or views of it in its order)")
+
+
+# np.shares_memory's problem is NP-hard in the number of axes; max_work bounds the candidate
+# solutions it tries. Slices, row and column blocks, interleaved steps (a[::2], a[1::2]) and
+# transposes decide within a few (measured, NumPy 2.4: at most 4, whatever their size; ~2 us a
+# pair), so this bound costs them nothing and keeps a pathological as_strided pair under
+# ~0.1 ms; what it cannot decide counts as shared (refused, never stepped wrong).
+_EXACT_WORK = 1000
+
+
+def share_elements(a, b):
+    """Whether the arrays ``a`` and ``b`` share memory (some byte of an element of each): the
+    exact decision, asked only where their memory bounds overlap (the cheap test). Layouts too
+    hard to decide within ``_EXACT_WORK`` count as sharing."""
+    try:
+        return bool(np.shares_memory(a, b, max_work=_EXACT_WORK))
+    except (np.exceptions.TooHardError, OverflowError):
+        return True
 
 
 def check_disjoint(tensors, label):
-    """Raise ValueError naming two arrays of one call whose memory bounds overlap, unless both
-    are only read (grads) or they are a param and its own grad as the very same array
+    """Raise ValueError naming two arrays of one call that share memory, unless both are only
+    read (grads) or they are a param and its own grad as the very same array
     (:func:`same_memory`: each element then reads its grad before writing it, as if the grad
-    were a copy). Bounds, not exact element sets (cheap, and what the Cython kernels compare
-    in C): interleaved views of one buffer count as overlapping.
+    were a copy). Memory bounds first (cheap, and what the Cython kernels compare in C), then,
+    only where two arrays' bounds overlap, :func:`share_elements`: interleaved views of one
+    buffer (a matrix's column blocks, ``a[::2]`` and ``a[1::2]``) share none and pass.
 
     ``tensors`` holds each tensor's arrays in the kernels' order (param, grad, state...);
     ``label(i, j)`` names array ``i`` of tensor ``j``.
@@ -404,16 +421,28 @@ def check_reads(owners, reads, label):
 
 
 def _sweep(members, label):
-    spans = sorted((*extent(a), i, j) for a, i, j in members)
+    pair = shared_pair(members)
+    if pair is not None:
+        raise overlap_error(label(*pair[0]), label(*pair[1]))
+
+
+def shared_pair(members):
+    """The first two of ``members`` that share memory, as ``((i, j), (i2, j2))`` in argument
+    order (sorted), or None. ``members`` holds ``(array, i, j)``: array ``i`` of tensor ``j``,
+    only read if ``i`` is 1 (a grad; two grads may share)."""
+    spans = sorted((*extent(a), i, j, n) for n, (a, i, j) in enumerate(members))
     # in address order, each span against the furthest-reaching one before it: of any kind if
-    # it is written, of the written ones if it is only read
-    reach_any = reach_written = (-1, None)
-    for lo, hi, i, j in spans:
-        end, other = reach_written if i == 1 else reach_any
-        if lo < end:
-            first, second = sorted([other, (i, j)])
-            raise overlap_error(label(*first), label(*second))
-        if hi > reach_any[0]:
-            reach_any = (hi, (i, j))
-        if i != 1 and hi > reach_written[0]:
-            reach_written = (hi, (i, j))
+    # it is written, of the written ones if it is only read; where those bounds overlap, the
+    # exact test with every such earlier span reaching past its start
+    reach_any = reach_written = -1
+    for at, (lo, hi, i, j, n) in enumerate(spans):
+        if lo < (reach_written if i == 1 else reach_any):
+            for _, end, oi, oj, on in spans[:at]:
+                if (end > lo and not (i == 1 and oi == 1)
+                        and share_elements(members[on][0], members[n][0])):
+                    return tuple(sorted([(oi, oj), (i, j)]))
+        if hi > reach_any:
+            reach_any = hi
+        if i != 1 and hi > reach_written:
+            reach_written = hi
+    return None

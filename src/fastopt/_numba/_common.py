@@ -265,7 +265,9 @@ def read_only(a):
 def _first_overlap(views):
     """-1, or ``8 * i + j`` for the first views ``i < j`` whose memory overlaps, except a param
     and its grad that are the very same memory (views 0 and 1 at one address: the views are
-    contiguous, of one shape and dtype). As ``_validate.check_disjoint``, at compiled speed."""
+    contiguous, of one shape and dtype). As ``_validate.check_disjoint``, at compiled speed:
+    a C-contiguous view's bounds hold nothing but its elements, so overlapping bounds are
+    shared memory and the exact test (_validate.share_elements) would say the same."""
     for i in range(len(views)):
         a = views[i]
         if a.size == 0:

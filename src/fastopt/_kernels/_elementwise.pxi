@@ -56,6 +56,8 @@ ctypedef struct Job:    # one call's work, split into chunks of the concatenated
 ctypedef struct Extent:  # the memory bounds of one array, for the overlap check
     size_t lo            # the bytes [lo, hi) its elements span; lo 0: none (empty, or absent)
     size_t hi
+    PyObject* array      # the array, for the exact test where bounds overlap (borrowed: the
+                         # caller's arrays or refs hold it for the call)
     Py_ssize_t tensor    # its index in the lists (-1 in a single call)
     int arg              # its position among the kernel's arrays (1: the grad, only read)
 
@@ -264,6 +266,7 @@ cdef int load(Tensor* t, Extent* ext, const Kernel* kern, tuple names, PyObject*
 
 cdef inline void extent_of(cnp.ndarray a, Extent* e) noexcept:
     e.lo = e.hi = 0
+    e.array = <PyObject*>a
     if a is None or cnp.PyArray_SIZE(a) == 0:
         return
     cdef int d
@@ -302,19 +305,27 @@ cdef int overlap_error(tuple names, const Extent* a, const Extent* b) except -1:
     raise _validate.overlap_error(f"{names[a.arg]}[{a.tensor}]", f"{names[b.arg]}[{b.tensor}]")
 
 
+cdef inline bint shared(const Extent* a, const Extent* b) except -1:
+    """Whether the arrays of ``a`` and ``b``, whose bounds overlap, share memory: the exact
+    test, _validate.share_elements (interleaved views of one buffer share none)."""
+    return _validate.share_elements(<object>a.array, <object>b.array)
+
+
 cdef int check_pairs(const Extent* e, int n, tuple names) except -1:
     """_validate.check_disjoint for one tensor (only its grad is not written)."""
     cdef int i, j
     for i in range(n):
         if e[i].lo:
             for j in range(i + 1, n):
-                if e[j].lo and e[j].lo < e[i].hi and e[i].lo < e[j].hi:
+                if e[j].lo and e[j].lo < e[i].hi and e[i].lo < e[j].hi and shared(&e[i], &e[j]):
                     overlap_error(names, &e[i], &e[j])
     return 0
 
 
 cdef int check_sorted(Extent* e, Py_ssize_t n, tuple names) except -1:
-    """_validate.check_disjoint for many tensors: orders ``e`` by address, then sweeps."""
+    """_validate.check_disjoint for many tensors: orders ``e`` by address, then sweeps (as
+    _validate._sweep: where a span's bounds meet the furthest-reaching earlier one's, it is
+    compared exactly with every earlier span reaching past its start)."""
     cdef Py_ssize_t few[2 * FEW_TENSORS * MAX_ARRAYS]
     cdef Py_ssize_t* buf = few
     if n > FEW_TENSORS * MAX_ARRAYS:
@@ -333,7 +344,7 @@ cdef int check_sorted(Extent* e, Py_ssize_t n, tuple names) except -1:
             k = order[i]
             other = reach_written if e[k].arg == 1 else reach_any
             if other >= 0 and e[k].lo < e[other].hi:
-                overlap_error(names, &e[other], &e[k])
+                refuse_shared(e, order, i, names)
             if reach_any < 0 or e[k].hi > e[reach_any].hi:
                 reach_any = k
             if e[k].arg != 1 and (reach_written < 0 or e[k].hi > e[reach_written].hi):
@@ -341,6 +352,21 @@ cdef int check_sorted(Extent* e, Py_ssize_t n, tuple names) except -1:
     finally:
         if buf != few:
             PyMem_Free(buf)
+    return 0
+
+
+cdef int refuse_shared(const Extent* e, const Py_ssize_t* order, Py_ssize_t i,
+                       tuple names) except -1:
+    """overlap_error for the first span of ``order[:i]`` (in address order) that reaches past
+    the start of ``e[order[i]]`` and shares memory with it, grads with each other left out."""
+    cdef const Extent* span = &e[order[i]]
+    cdef const Extent* other
+    cdef Py_ssize_t h
+    for h in range(i):
+        other = &e[order[h]]
+        if (other.hi > span.lo and not (span.arg == 1 and other.arg == 1)
+                and shared(other, span)):
+            overlap_error(names, other, span)
     return 0
 
 

@@ -68,12 +68,13 @@ before it, fastopt's before stepping any; SGD's missing momentum buffer is made,
 makes it). A parameter listed twice in a group (torch.optim warns, then steps it once per
 occurrence) or in two groups (put there by editing ``param_groups``: torch refuses it in
 ``add_param_group``, and steps it once per group),
-parameters or state tensors of a group whose memory overlaps (views of one buffer, or
-separate storages over one memory such as ``torch.from_numpy`` of overlapping slices; the
-kernels compare memory bounds, so interleaved views count too), or a grad whose memory
-overlaps a parameter or state tensor of its group (other than a parameter that is its own
-grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled weight decay
-decays its grad with it), raise ``ValueError`` at the step, before any group has stepped
+parameters or state tensors of a group that share memory (overlapping views of one buffer,
+or separate storages over one memory such as ``torch.from_numpy`` of overlapping slices;
+views that share no element, such as a matrix's column blocks ``W[:, :k]`` and ``W[:, k:]``
+or ``buf[0::2]`` and ``buf[1::2]``, are stepped as torch.optim steps them), or a grad that
+shares memory with a parameter or state tensor of its group (other than a parameter that is
+its own grad, ``p.grad = p.detach()``, which is stepped as torch steps it: a decoupled weight
+decay decays its grad with it), raise ``ValueError`` at the step, before any group has stepped
 (torch.optim steps them one after the other). A param group popped from ``param_groups``, or
 a parameter taken out of its group, is forgotten at the next ``step()``, ``zero_grad()`` or
 ``state_dict()`` (in a group with 16-bit parameters, at the next step, but for a group popped
@@ -222,7 +223,8 @@ if not hasattr(torch.utils, "swap_tensors"):    # (and ParamsT, StateDict: torch
 
 from . import _backend, _registry, ops
 from ._hyper import NONNEG, STEP, UNIT, _shown, as_real, check_pair, check_reals
-from ._validate import _shares_elements, extent, renamed, same_memory
+from ._validate import (_shares_elements, extent, renamed, same_memory, share_elements,
+                        shared_pair)
 from .optim import _deepcopy_locked, _step_lock
 from .reference import lowp
 
@@ -671,7 +673,7 @@ def _shared_memory(grads, others=()):
         joined = {k: {k} for k in cluster}      # (the sets of grads found to share)
         for a, b in combinations(cluster, 2):
             if (joined[a] is not joined[b] and los[a] < ends[b] and los[b] < ends[a]
-                    and np.shares_memory(views[a], views[b])):
+                    and share_elements(views[a], views[b])):
                 union = joined[a] | joined[b]
                 for k in union:
                     joined[k] = union
@@ -1588,22 +1590,21 @@ class _FastOptimizer(_Mixin):
 
     def _refuse_overlaps(self, plan, group, written):
         """ValueError naming two tensors the group's step writes (parameters with grads, their
-        state and masters) whose memory overlaps: views of one buffer, or separate storages
-        over one memory; the kernels refuse them (a multi-tensor call updates its tensors at
-        once; they compare memory bounds, so interleaved views count too), and would do so
-        after earlier groups had stepped. Only tensors in one merged storage range are
+        state and masters) that share memory: overlapping views of one buffer, or separate
+        storages over one memory; the kernels refuse them (a multi-tensor call updates its
+        tensors at once), and would do so after earlier groups had stepped. Views that share
+        no element (a matrix's column blocks, ``buf[0::2]`` and ``buf[1::2]``) pass, as the
+        kernels take them (the exact test where memory bounds meet:
+        :func:`fastopt._validate.shared_pair`). Only tensors in one merged storage range are
         compared."""
         for members in self._by_range(plan, written).values():
             if len(members) < 2:
                 continue
-            spans = sorted((*extent(_memory(t)), key is not None, k, key or "")
-                           for key, k, t in members)
-            reach, other = spans[0][1], spans[0][2:]
-            for lo, hi, *this in spans[1:]:
-                if lo < reach:
-                    self._raise_overlap(plan, group, sorted([other, tuple(this)]))
-                if hi > reach:
-                    reach, other = hi, tuple(this)
+            # (shared_pair's ``i``: 0 a parameter, 2 a state tensor, both written)
+            pair = shared_pair([(_memory(t), 0 if key is None else 2, (k, key or ""))
+                                for key, k, t in members])
+            if pair is not None:
+                self._raise_overlap(plan, group, [(i == 2, *at) for i, at in pair])
 
     def _raise_overlap(self, plan, group, pair):
         """The error of :meth:`_refuse_overlaps` for ``pair``: two ``(is_state, k, key)``."""
@@ -1613,7 +1614,7 @@ class _FastOptimizer(_Mixin):
             first, second = pair[0][1], pair[1][1]
             raise ValueError(
                 f"fastopt.torch: parameters {index[first]} and {index[second]} of param group "
-                f"{gi} overlap in memory (views of one buffer whose memory bounds overlap, or "
+                f"{gi} overlap in memory (views of one buffer that share elements, or "
                 "tensors over one memory); fastopt's multi-tensor kernels update a group's "
                 "parameters at once and refuse them (torch.optim steps them one after the "
                 "other): give each its own storage, or put them in different param groups")
@@ -1642,11 +1643,11 @@ class _FastOptimizer(_Mixin):
 
     def _grad_overlaps(self, plan, group, grads):
         """The grads (of ``plan.params``) whose storage overlaps that of a tensor the step
-        writes (:meth:`_aliases` found one): ValueError naming a grad whose memory bounds overlap
-        a parameter of the group or a state tensor the kernels write (they would refuse it,
-        as they compare memory bounds: only a parameter as its own grad, the very same
-        elements, is taken), before any group has stepped; else the indices of the grads
-        that are their parameters themselves (``p.grad = p.detach()``)."""
+        writes (:meth:`_aliases` found one): ValueError naming a grad that shares memory with
+        a parameter of the group or a state tensor the kernels write (they would refuse it:
+        only a parameter as its own grad, the very same elements, is taken; a grad interleaved
+        with them, sharing no element, passes), before any group has stepped; else the
+        indices of the grads that are their parameters themselves (``p.grad = p.detach()``)."""
         ranges = self._by_range(plan, self._written(plan))
         alias = []
         for k, g in enumerate(grads):
@@ -1672,18 +1673,17 @@ class _FastOptimizer(_Mixin):
                     alias.append(k)
                     continue
                 t_lo, t_hi = extent(view)
-                if lo < t_hi and t_lo < hi and not copied:
+                if lo < t_hi and t_lo < hi and not copied and share_elements(gview, view):
                     index = [j for j, has in enumerate(plan.has_grad) if has]
                     gi = self._group_index(group)
                     what = (f"parameter {index[i]} of the group" if key is None else
                             f"state[{key!r}] of parameter {index[i]}")
                     raise ValueError(
                         f"fastopt.torch: the grad of parameter {index[k]} of param group {gi} "
-                        f"overlaps {what} in memory (their memory bounds overlap, even if "
-                        "no element is shared), which the step writes; fastopt's "
-                        "multi-tensor kernels update a group's tensors at once and refuse "
-                        "it (torch.optim reads it as its step goes): give the grad memory of "
-                        "its own (clone() it)")
+                        f"overlaps {what} in memory (they share elements' memory), which the "
+                        "step writes; fastopt's multi-tensor kernels update a group's tensors "
+                        "at once and refuse it (torch.optim reads it as its step goes): give "
+                        "the grad memory of its own (clone() it)")
         if alias:
             # viewed again at every step, so that a clip switched on later is seen here too
             plan.keep = False

@@ -294,9 +294,9 @@ def sgd_step_(param: Array, grad: Array, momentum_buffer: Array | None = None, *
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     _check_sgd(lr, weight_decay, momentum, dampening)
     if momentum_buffer is None and momentum != 0:
@@ -390,9 +390,9 @@ def momentum_step_(param: Array, grad: Array, velocity: Array, *, lr: float,
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, beta, UNIT_OPEN)
     try:
@@ -495,9 +495,9 @@ def rmsprop_step_(param: Array, grad: Array, square_avg: Array, *, lr: float = 0
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, beta, NONNEG, eps, weight_decay, momentum)
     if momentum_buffer is None and momentum != 0:
@@ -603,9 +603,9 @@ def adagrad_step_(param: Array, grad: Array, state_sum: Array, step: int, *, lr:
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     try:
         _backend.active.adagrad(param, grad, state_sum,
@@ -715,9 +715,9 @@ def adam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, ste
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     beta1, beta2, step_size, bias_correction2 = _adam_scalars(step, lr, betas, eps,
                                                               weight_decay)
@@ -821,9 +821,9 @@ def adamw_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     adam_step_(param, grad, exp_avg, exp_avg_sq, step, lr=lr, betas=betas, eps=eps,
                weight_decay=weight_decay, max_exp_avg_sq=max_exp_avg_sq, maximize=maximize,
@@ -872,9 +872,9 @@ def adadelta_step_(param: Array, grad: Array, square_avg: Array, acc_delta: Arra
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     _check_lr_beta(lr, rho, UNIT, eps, weight_decay, beta_name="rho")
     try:
@@ -973,9 +973,9 @@ def adamax_step_(param: Array, grad: Array, exp_avg: Array, exp_inf: Array, step
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     beta1, beta2, clr = _adamax_scalars(step, lr, betas, eps, weight_decay)
     try:
@@ -1152,9 +1152,9 @@ def nadam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     mu_product, beta1, beta2, bias_correction2, grad_coef, avg_coef = _nadam_scalars(
         step, mu_product, lr, betas, eps, weight_decay, momentum_decay)
@@ -1292,9 +1292,9 @@ def radam_step_(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, st
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     beta1, beta2, step_size, adaptive_scale, rectified = _radam_scalars(step, lr, betas, eps,
                                                                         weight_decay)
@@ -1405,9 +1405,9 @@ def lion_step_(param: Array, grad: Array, exp_avg: Array, *, lr: float = 1e-4,
         dtype, or a scalar that is not a real number (each named).
     ValueError
         An array not of ``param``'s shape, a read-only array that is updated, two arrays that
-        overlap in memory (but a grad that is its param's very elements, ``grad is param`` or
-        ``param[:]``), or a scalar out of range (each named). A call that raises writes
-        nothing.
+        share memory (but a grad that is its param's very elements, ``grad is param`` or
+        ``param[:]``; views that share no element, such as a matrix's column blocks, are
+        apart), or a scalar out of range (each named). A call that raises writes nothing.
     """
     beta1, beta2 = _check_lion(lr, betas, weight_decay)
     try:

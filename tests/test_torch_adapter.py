@@ -3697,6 +3697,65 @@ def test_overlapping_parameters_raise_before_any_group_steps():
     assert (big != 0).all()
 
 
+def _apart_views(dtype):
+    """Parameters that share no element though their memory bounds overlap (a fused weight's
+    column blocks, a buffer's elements 0, 3, 6... and 1, 4, 7...), leaves over one tensor's
+    memory, with grads interleaved with them (the next column block, elements 2, 5, 8...),
+    and one grad of its own."""
+    w = torch.linspace(-1, 1, 60, dtype=dtype).reshape(4, 15)
+    buf = torch.linspace(2, 3, 60, dtype=dtype)
+    ps = [v.detach().requires_grad_() for v in (w[:, :5], w[:, 5:10], buf[0::3], buf[1::3])]
+    for p, g in zip(ps, (w[:, 10:], torch.full((4, 5), 0.25, dtype=dtype), buf[2::3],
+                         torch.linspace(-1, 1, 20, dtype=dtype))):
+        p.grad = g
+    return ps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_views_that_share_no_element_step_as_torch_optims(dtype):
+    """Such parameters (and grads beside them) were refused: their memory bounds overlap
+    ('parameters 0 and 1 of param group 0 overlap', then the grad), by fastopt.torch and by
+    its kernels; torch.optim steps them. They step as torch.optim's (foreach=False) do, in
+    one param group and in two."""
+    for name, kwargs in [("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.1))]:
+        out = []
+        for lib in (ft, torch.optim):
+            ps = _apart_views(dtype)
+            extra = {} if lib is ft else dict(foreach=False)
+            opts = [getattr(lib, name)(ps, **kwargs, **extra),
+                    getattr(lib, name)([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05}],
+                                       **kwargs, **extra)]
+            for _ in range(3):
+                for opt in opts:
+                    opt.step()
+            out.append([p.detach().clone() for p in ps])
+        assert _ulps(*out) <= 4, name
+
+
+def test_views_that_share_an_element_are_refused_before_any_group_steps():
+    """Parameters whose memory bounds overlap and that share an element (``a[::2]`` and
+    ``a[::3]``, a square parameter and its transpose) are still refused, and a grad that shares
+    an element with a parameter, before the first group steps."""
+    for views in (lambda a: (a[::2], a[::3]), lambda a: (a[:9].view(3, 3), a[:9].view(3, 3).T)):
+        a = torch.nn.Parameter(torch.ones(3))
+        big = torch.zeros(12)
+        ps = [v.detach().requires_grad_() for v in views(big)]
+        opt = ft.Adam([{"params": [a]}, {"params": ps}], lr=0.1)
+        for t in [a, *ps]:
+            t.grad = torch.ones_like(t)
+        with pytest.raises(ValueError, match="parameters 0 and 1 of param group 1 overlap"):
+            opt.step()
+        assert torch.equal(a, torch.ones(3)) and not opt.state and not big.any()
+    w = torch.zeros(4, 10)
+    p = w[:, :5].detach().requires_grad_()
+    p.grad = w[:, 4:9]      # (its first column is p's last)
+    opt = ft.SGD([{"params": [a]}, {"params": [p]}], lr=0.1)
+    with pytest.raises(ValueError, match="the grad of parameter 0 of param group 1 overlaps "
+                                         "parameter 0 of the group"):
+        opt.step()
+    assert torch.equal(a, torch.ones(3)) and not w.any()
+
+
 @pytest.mark.parametrize("name", ["SGD", "Adam"])
 def test_max_grad_norm_of_float32_grads_beyond_float32s_range_is_inf_as_torchs(name):
     """torch's norm of float32 grads is float32: beyond float32's range (a sum of squares

@@ -467,6 +467,22 @@ def test_views_that_share_an_element_are_refused_as_overlapping(backend):
                 assert same_bits(buf, before)
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_every_backend_names_the_same_pair_where_arrays_start_at_one_address(backend):
+    """Spans are taken in address order, ties by tensor then argument, as the Cython kernels
+    sort them: the Python check had broken ties by end, argument, tensor, and named
+    params[2] and momentum_buffers[1] where Cython named params[0] (both share buf[0])."""
+    buf = np.ones(8)
+    params = [buf[0:4], np.ones(1), buf[0:1]]
+    buffers = [np.zeros(4), buf[0:1], np.zeros(1)]
+    with fo.use_backend(backend):
+        with pytest.raises(ValueError, match=re.escape(
+                "params[0] and momentum_buffers[1] overlap in memory")):
+            fo.ops.foreach_sgd_step_(params, [np.ones(4), np.ones(1), np.ones(1)], buffers,
+                                     lr=0.1, momentum=0.9)
+    assert (buf == 1).all() and not any(b.any() for b in buffers[::2])
+
+
 def test_a_layout_too_hard_to_decide_counts_as_sharing(monkeypatch):
     """The exact test bounds np.shares_memory's work; a pair it gives up on is refused (taken
     as sharing), never stepped wrong. These share nothing, decided in 3 candidate solutions."""

@@ -430,7 +430,10 @@ def shared_pair(members):
     """The first two of ``members`` that share memory, as ``((i, j), (i2, j2))`` in argument
     order (sorted), or None. ``members`` holds ``(array, i, j)``: array ``i`` of tensor ``j``,
     only read if ``i`` is 1 (a grad; two grads may share)."""
-    spans = sorted((*extent(a), i, j, n) for n, (a, i, j) in enumerate(members))
+    spans = [(*extent(a), i, j, n) for n, (a, i, j) in enumerate(members)]
+    # the Cython kernels' order (check_sorted), so that every backend names the same pair: by
+    # address, ties by tensor, then by argument
+    spans.sort(key=lambda span: (span[0], span[3], span[2]))
     # in address order, each span against the furthest-reaching one before it: of any kind if
     # it is written, of the written ones if it is only read; where those bounds overlap, the
     # exact test with every such earlier span reaching past its start

@@ -545,7 +545,7 @@ def test_one_rank_gives_no_parameter_another_parameters_grad_as_the_plain_optimi
     before = arena.flat_params.copy()
     for o, prefix in ((plain, ""), (opt, "rank 0 of 1: ")):
         with pytest.raises(ValueError, match=rf"^{prefix}grads has no entry for parameter "
-                                             r"'W' \(expected key 'W'\)"):
+                                             r"'W' \(expected key 'W'; 'dW' is another"):
             o.step({"dW": np.ones(3)})
     np.testing.assert_array_equal(arena.flat_params, before)
     opt.step({"W": np.ones((3, 4)), "dW": np.full(3, 2.0)})

@@ -65,7 +65,9 @@ def test_a_grads_dict_gives_no_parameter_another_parameters_grad():
     is made (a refused add_param_group adds nothing)."""
     w, dw = np.ones(3), np.ones(3)
     opt = fo.SGD({"W": w, "dW": dw}, lr=0.5)
-    with pytest.raises(ValueError, match=r"no entry for parameter 'W' \(expected key 'W'\)"):
+    with pytest.raises(ValueError, match=r"no entry for parameter 'W' \(expected key 'W'; "
+                                         r"'dW' is another parameter's name, so grads\['dW'\] "
+                                         r"is that parameter's grad\)"):
         opt.step({"dW": np.ones(3)})
     np.testing.assert_array_equal(w, 1.0)
     np.testing.assert_array_equal(dw, 1.0)

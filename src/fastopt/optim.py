@@ -96,8 +96,10 @@ def _by_name(grads, names):
             if g is _MISSING:
                 expected = (repr(name) if key is None or key in (known or ()) else
                             f"{name!r} or {key!r}")
+                why = (f"; {key!r} is another parameter's name, so grads[{key!r}] is that "
+                       "parameter's grad" if key in (known or ()) else "")
                 raise ValueError(f"grads has no entry for parameter {name!r} "
-                                 f"(expected key {expected})")
+                                 f"(expected key {expected}{why})")
         matched.append(g)
     # more keys than parameters: the course's caches (dA1, dZ1) ride along, but a parameter's
     # grad under a name no parameter has is a mistake (the arena's grads hold every arena

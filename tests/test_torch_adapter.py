@@ -3251,20 +3251,47 @@ def test_keys_a_wrapper_adds_to_defaults_pass_and_an_unknown_torch_option_is_ref
     assert len(opt.param_groups) == 2
 
 
-def test_load_state_dict_keeps_a_16_bit_parameters_other_state_in_its_dtype():
-    """A 16-bit parameter's state the step reads is loaded as float32 (torch's load casts it
-    to the parameter's dtype); a key of another's (timm's Lookahead keeps lookahead_slow_buff
-    in opt.state[p]) had been made float32 too, where torch.optim keeps the parameter's dtype."""
+def test_load_state_dict_gives_a_16_bit_parameters_state_back_its_saved_dtype():
+    """torch's load casts a 16-bit parameter's state to its dtype: the float32 state and
+    master are given back float32, a key of another's saved 16-bit (timm's Lookahead keeps
+    lookahead_slow_buff in opt.state[p]) stays 16-bit as with torch.optim (it had been made
+    float32), and so does a float32 key the step does not read at the load (amsgrad switched off
+    a while: its max_exp_avg_sq had been left rounded to bfloat16, and the trajectory changed
+    once amsgrad was on again); a group value the step cannot read (momentum None, which
+    torch.optim loads) no longer raises halfway through the load."""
+    def run(round_trip):
+        gen = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(100, generator=gen).to(torch.bfloat16))
+        opt = ft.Adam([p], lr=0.01, amsgrad=True)
+        for i in range(6):
+            p.grad = torch.randn(100, generator=gen).to(torch.bfloat16)
+            opt.param_groups[0]["amsgrad"] = i not in (2, 3)
+            opt.step()
+            if i == 2:
+                opt.state[p]["lookahead_slow_buff"] = p.detach().clone()
+                if round_trip:
+                    saved = opt.state_dict()
+                    opt = ft.Adam([p], lr=0.01)
+                    opt.load_state_dict(saved)
+                    dtypes = {key: value.dtype for key, value in opt.state[p].items()}
+                    assert dtypes == {"step": torch.float32, "exp_avg": torch.float32,
+                                      "exp_avg_sq": torch.float32,
+                                      "max_exp_avg_sq": torch.float32,
+                                      "master_param": torch.float32,
+                                      "lookahead_slow_buff": torch.bfloat16}
+        return [p.detach().clone()] + [opt.state[p][k].clone() for k in sorted(opt.state[p])]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
     p = torch.nn.Parameter(torch.randn(5).to(torch.bfloat16))
     p.grad = torch.randn(5).to(torch.bfloat16)
-    opt = ft.Adam([p], lr=0.1)
+    opt = ft.SGD([p], lr=0.1, momentum=0.9)
     opt.step()
-    opt.state[p]["lookahead_slow_buff"] = p.detach().clone()
-    opt.load_state_dict(opt.state_dict())
-    dtypes = {key: value.dtype for key, value in opt.state[p].items()}
-    assert dtypes == {"step": torch.float32, "exp_avg": torch.float32,
-                      "exp_avg_sq": torch.float32, "master_param": torch.float32,
-                      "lookahead_slow_buff": torch.bfloat16}
+    saved = opt.state_dict()
+    saved["param_groups"][0]["momentum"] = None
+    torch.optim.SGD([torch.nn.Parameter(p.detach().clone())], lr=0.1).load_state_dict(saved)
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["momentum"] is None
+    assert opt.state[p]["momentum_buffer"].dtype == torch.float32
 
 
 def test_loading_torch_state_with_refused_options():

@@ -1026,21 +1026,30 @@ class _FastOptimizer(_Mixin):
                     except RuntimeError:    # (held elsewhere too: copied at the step)
                         pass
         # torch cast every state tensor but ``step`` to its parameter's dtype: undo that where
-        # the step needs another (16-bit parameters' float32 state, NAdam's mu_product)
-        # (only the keys the step reads: a key of another's, such as timm's Lookahead's
-        # lookahead_slow_buff, keeps torch's cast, as with torch.optim)
+        # the step needs another (NAdam's mu_product; a 16-bit parameter's state the step
+        # reads and its master, float32, also when torch.optim saved them 16-bit: a
+        # torch.distributed.checkpoint load copies into these tensors), and give a 16-bit
+        # parameter's other float32 state back its dtype (amsgrad's max_exp_avg_sq while
+        # amsgrad is off), so that state_dict() loads back as it was saved; a 16-bit key of
+        # another's (timm's Lookahead's lookahead_slow_buff) keeps torch's cast
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [(p, g) for g in self.param_groups for p in g["params"]]
         for sid, (p, group) in zip(saved_ids, params):
             state = self.state.get(p)
             if not state:
                 continue
-            wide = (*self._state_keys(group), MASTER) if p.dtype in _HALF else ()
+            wide = ()
+            if p.dtype in _HALF:
+                try:
+                    wide = (*self._state_keys(group), MASTER)
+                except (TypeError, ValueError, KeyError):   # (torch loads a momentum of None:
+                    wide = (MASTER,)                        # the step refuses it, named)
             for key, value in state_dict["state"][sid].items():
                 if key in self._SCALAR_STATE and isinstance(value, torch.Tensor):
                     state[key] = value.to(_scalar_dtype())
-                elif (key in wide and isinstance(value, torch.Tensor)
-                        and value.is_floating_point()):
+                elif (p.dtype in _HALF and key != "step" and isinstance(value, torch.Tensor)
+                        and value.is_floating_point()
+                        and (key in wide or value.dtype == torch.float32)):
                     state[key] = value.to(device=p.device, dtype=torch.float32)
 
     # ---------------------------------------------------------------------------- step

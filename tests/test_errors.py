@@ -483,6 +483,21 @@ def test_every_backend_names_the_same_pair_where_arrays_start_at_one_address(bac
     assert (buf == 1).all() and not any(b.any() for b in buffers[::2])
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_every_backend_names_the_same_pair_of_a_single_call(backend):
+    """A single call whose param shares memory with two of its state arrays: the compiled
+    kernels compare its arrays pair by pair in argument order, and so does the Python check
+    now (it swept in address order: the reference, and numba's strided path, named param and
+    exp_avg_sq where Cython and numba's contiguous path named param and exp_avg)."""
+    for step in (1, 2):         # contiguous, and strided (numba's Python check)
+        buf = np.zeros(12 * step)
+        views = [buf[k * step:(k + 4) * step:step] for k in (4, 6, 2)]  # exp_avg_sq lowest
+        with fo.use_backend(backend):
+            with pytest.raises(ValueError, match=r"^param and exp_avg overlap in memory"):
+                fo.ops.adam_step_(views[0], np.ones(4), views[1], views[2], 1, lr=0.1)
+        assert not buf.any()
+
+
 def test_a_layout_too_hard_to_decide_counts_as_sharing(monkeypatch):
     """The exact test bounds np.shares_memory's work; a pair it gives up on is refused (taken
     as sharing), never stepped wrong. These share nothing, decided in 3 candidate solutions."""

@@ -240,7 +240,7 @@ def check_step_arrays(arrays, names, nrequired):
             check_like(names[i], arrays[i], names[0], ref)
             if i != 1:
                 check_writeable(names[i], arrays[i])
-    check_disjoint([arrays], lambda i, j: names[i])
+    check_own_arrays(arrays, names)
 
 
 def _address(a):
@@ -331,6 +331,23 @@ def check_disjoint(tensors, label):
     """
     if not _apart(tensors):
         check_owners(by_owner(tensors), label)
+
+
+def check_own_arrays(arrays, names):
+    """:func:`check_disjoint` for the arrays of one single-array call (``names[i]`` names
+    ``arrays[i]``), pair by pair in argument order, as the compiled kernels' own checks take
+    them (Cython's check_pairs, numba's _first_overlap), so that every backend names the same
+    pair where several share memory."""
+    if _apart([arrays]):
+        return
+    members = sorted((m for ms in by_owner([arrays]).values() for m in ms),
+                     key=lambda m: m[1])
+    for n, (a, i, _) in enumerate(members):
+        lo, hi = extent(a)
+        for b, k, _ in members[n + 1:]:
+            b_lo, b_hi = extent(b)
+            if b_lo < hi and lo < b_hi and share_elements(a, b):
+                raise overlap_error(names[i], names[k])
 
 
 def _apart(tensors):

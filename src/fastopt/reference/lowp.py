@@ -14,7 +14,7 @@ bits with integer arithmetic.
 import numpy as np
 
 from .. import _registry
-from .._validate import check_disjoint, check_writeable
+from .._validate import check_own_arrays, check_writeable
 from . import optim
 
 BFLOAT16_NAN = np.uint16(0x7FC0)    # every NaN becomes this quiet NaN (as torch's scalar path)
@@ -111,7 +111,7 @@ def check_half_arrays(arrays, names, nrequired):
                              f"{names[0]}")
         if i != 1:
             check_writeable(name, a)
-    check_disjoint([arrays], lambda i, j: names[i])
+    check_own_arrays(arrays, names)
 
 
 def with_signature(kernel, impl):

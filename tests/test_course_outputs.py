@@ -367,7 +367,9 @@ def test_update_parameters_with_adam_defaults_v1b(backend):
     and t = 2. That version returned (parameters, v, s); the current one, which fastopt
     follows, adds v_corrected and s_corrected. The notebook's expected W2[2][1] -1.09245036
     and b2[0] -0.88529978 differ from its own printed run (-1.09244991, -0.88529979) by ~5e-7:
-    compared with np.allclose's defaults, as the course's later tests do."""
+    they are what epsilon inside the square root gives, sqrt(s_corrected + eps), where that
+    notebook's formula (and every later version's) adds it outside, which gives fastopt's
+    numbers (q61). Compared with np.allclose's defaults, as the course's later tests do."""
     with fo.use_backend(backend):
         parameters, v, s = course.update_parameters_with_adam(*_adam_test_case((3, 3)), t=2)[:3]
     for got, exp in ((parameters, ADAM_V1B["parameters"]), (v, ADAM_V1B["v"]),

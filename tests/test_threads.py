@@ -553,7 +553,7 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     those in progress in other threads, and one begun meanwhile waits for the fork (as a step
     lock, but launches from several threads still run at once)."""
     from fastopt._backend import LAUNCH_GATE
-    order = []
+    order, at_fork = [], []
     in_launch, leave = threading.Event(), threading.Event()
 
     def launch(name, hold=None):
@@ -568,9 +568,17 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
             order.append(f"{name} interrupted")
 
     def fork():
+        # the child's copy of ``order`` is the record at the fork's instant: "forked" is
+        # appended only after os.fork returned, when a launch the fork had held up may
+        # already be in (CI, a busy machine: "third in" came first)
+        read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.write(write, repr(order).encode())
             os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            at_fork.append(pipe.read())
         order.append("forked")
         os.waitpid(pid, 0)
 
@@ -593,13 +601,15 @@ def test_a_fork_waits_at_the_launch_gate_for_launches_in_other_threads():
     leave.set()
     for t in (first, forker, third):
         t.join(30)
-    assert order == ["first in", "second in", "second out", "first out", "forked",
-                     "third in", "third out"]
+    assert at_fork == [repr(["first in", "second in", "second out", "first out"])]
+    assert order[:4] == ["first in", "second in", "second out", "first out"]
+    assert sorted(order[4:]) == ["forked", "third in", "third out"]
+    assert order.index("third in") < order.index("third out")
     # a fork from inside a launch of its own thread (a signal handler run as a launch returns)
     # does not wait for itself: it hung the process for good
     with LAUNCH_GATE:
         fork()
-    assert order[-1] == "forked"
+    assert order[-1] == "forked" and len(at_fork) == 2
     # a launch interrupted as it waits for a fork leaves no entry behind (every later fork
     # would wait for it)
     LAUNCH_GATE._forks.append(None)    # (as a fork enters itself)

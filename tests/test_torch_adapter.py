@@ -490,6 +490,24 @@ def test_0d_tensor_hyper_parameters_step_as_torchs(name, key, value, kwargs, dty
     assert_trajectories_close(ours, theirs, opt, ref)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_an_lr_tensor_of_two_elements_set_later_is_refused_by_name(name):
+    """An lr set on the group as a tensor of two elements: torch's step refuses it (a
+    TypeError where it passes the lr as a number, as most do); fastopt.torch's raises a
+    TypeError naming lr, where tensor.item()'s RuntimeError named nothing (q64), and
+    changes nothing."""
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = getattr(ft, name)([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    opt.param_groups[0]["lr"] = torch.tensor([0.1, 0.1])
+    before, state = p.detach().clone(), copy.deepcopy(opt.state[p])
+    with pytest.raises(TypeError, match=r"Invalid lr: a tensor of shape \(2,\)"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
+    assert all(torch.equal(state[k], opt.state[p][k]) for k in state)
+
+
 @pytest.mark.parametrize("name,key,value,kwargs", TENSOR_HYPER, ids=TENSOR_IDS)
 def test_a_hyper_parameter_tensor_of_shape_1_steps_or_raises_as_torchs(name, key, value, kwargs):
     """A one-element hyper-parameter tensor that is not 0-d: torch's step refuses those it
@@ -1844,7 +1862,7 @@ def test_16bit_master_assigned_none_is_made_anew_and_a_bad_one_is_refused_by_nam
     theirs.step()
     assert torch.equal(p.detach(), master.detach().to(torch.bfloat16))
     assert opt.state[p]["master_param"].dtype == torch.float32
-    for bad, error, match in [(lambda w: "x", TypeError, "is a str, expected a tensor"),
+    for bad, error, match in [(lambda w: "x", TypeError, "is of type str, expected a tensor"),
                               (lambda w: w.to("meta"), RuntimeError, "dense CPU"),
                               (lambda w: w.to_sparse(), RuntimeError, "dense CPU"),
                               (lambda w: w.requires_grad_(), RuntimeError, "requires grad")]:
@@ -2844,6 +2862,56 @@ def test_a_data_of_the_same_storage_and_another_geometry_is_picked_up(change, dt
         opt.step()
         results.append(p.detach().clone())
     assert results[0].shape == results[1].shape and torch.equal(*results)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float16),
+                                    (torch.float16, torch.bfloat16)],
+                         ids=["bf16 as f16", "f16 as bf16"])
+@pytest.mark.parametrize("params", [1, 2], ids=["one", "two"])
+def test_a_data_of_the_same_memory_as_another_dtype_is_picked_up(dtypes, params):
+    """``p.data = p.data.view(torch.float16)`` of a bfloat16 parameter: the same data
+    pointer, strides and shape, the bits read as another dtype. The next step steps the
+    parameter's value as it reads now (its master re-seeded from it), as torch.optim's step
+    from that value, where it had stepped the old dtype's master (q64)."""
+    old, new = dtypes
+    ps = [torch.nn.Parameter(torch.full((4,), 0.5 + k, dtype=old)) for k in range(params)]
+    opt = ft.SGD(ps, lr=0.1)
+    for _ in range(2):
+        for p in ps:
+            p.grad = torch.ones(4, dtype=old)
+        opt.step()
+    theirs = []
+    for p in ps:
+        p.data = p.data.view(new)
+        p.grad = torch.ones(4, dtype=new)
+        theirs.append(torch.nn.Parameter(p.detach().clone()))
+        theirs[-1].grad = p.grad.clone()
+    opt.step()
+    torch.optim.SGD(theirs, lr=0.1, foreach=False).step()
+    for a, b in zip(ps, theirs):
+        assert a.dtype == new and torch.equal(a.detach(), b.detach())
+
+
+@pytest.mark.parametrize("params", [1, 2], ids=["one", "two"])
+def test_a_complex_data_replaced_by_its_conjugate_view_is_picked_up(params):
+    """``p.data = p.data.conj()``: the same memory, dtype, strides and shape, read as its
+    conjugate. The next step steps the conjugate values, as torch.optim, where it had
+    stepped the memory as before (q64)."""
+    results = []
+    for lib in (ft, torch.optim):
+        ps = [torch.nn.Parameter(torch.full((3,), 0.5 + 0.25j * (k + 1))) for k in range(params)]
+        opt = lib.SGD(ps, lr=0.1, momentum=0.9)
+        for _ in range(2):
+            for p in ps:
+                p.grad = torch.ones(3, dtype=p.dtype)
+            opt.step()
+        for p in ps:
+            p.data = p.data.conj()
+            p.grad = torch.full((3,), 1 + 0.5j)
+        opt.step()
+        results.append([p.detach().resolve_conj().clone() for p in ps])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def _grad_t_(p):

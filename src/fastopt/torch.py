@@ -306,6 +306,10 @@ def _number(value, name):
             # (torch's step refuses most: its arithmetic negates or subtracts them)
             raise TypeError(f"Invalid {name}: {value!r} (must be a real number, got a bool "
                             "tensor)")
+        if value.numel() != 1:
+            # (item()'s RuntimeError named nothing; torch's step raises a TypeError)
+            raise TypeError(f"Invalid {name}: a tensor of shape {tuple(value.shape)} (must "
+                            "be a real number or a one-element tensor)")
         value = value.item()
         if type(value) is float:
             return value
@@ -380,7 +384,7 @@ def _check_not_expanded(kind, index, t):
 def _check_state_tensor(key, index, t):
     """Raise unless the state entry ``t`` is a dense CPU tensor that does not require grad."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {index} is a "
+        raise TypeError(f"fastopt.torch: state[{key!r}] of parameter {index} is of type "
                         f"{type(t).__name__}, expected a tensor")
     if t.requires_grad:
         raise RuntimeError(f"fastopt.torch: state[{key!r}] of parameter {index} "
@@ -528,7 +532,12 @@ class _Plan:
     but for Tensor.__hash__ where opt.state changed or holds at most 16 parameters): the
     same parameters in the group and the same ``p.grad`` objects, the same data pointers
     (a ``.data`` reassigned, ``set_``, a dtype or device change: the views keep the old
-    storage alive, so a new one never has the old address), the same ``opt.state`` dict,
+    storage alive, so a new one never has the old address), the same dtypes, strides and
+    shapes (a ``.data`` that views the same memory otherwise: ``p.data.view(torch.float16)``
+    of a bfloat16 parameter, ``p.data.t()``), no conjugate view among complex parameters
+    (``p.data.conj()``; a real one's negative view, made only by the private
+    ``torch._neg_view`` or as ``z.conj().imag`` of the complex tensor whose imaginary part
+    it was, is not looked for: a pass over the group costs a 1000 x 64 step 5%), the same ``opt.state`` dict,
     state dict and state tensors per parameter, and the same state keys (an option that needs
     more state). Anything else rebuilds it; new grad tensors (a backward after
     ``zero_grad()``) or a grad's new storage, strides or shape only renew the grads' views.
@@ -551,7 +560,8 @@ class _Plan:
                  "counts", "tally", "live_index", "strides", "shapes", "one", "versions",
                  "marks", "gstrides", "keep", "gmark", "gids", "wstarts", "wreach", "alias",
                  "pptrs", "split", "negs", "neg_grads", "scalars", "scalar_versions", "vshapes",
-                 "inference", "shared_steps", "clip_shared", "adopt", "reseeded")
+                 "inference", "shared_steps", "clip_shared", "adopt", "reseeded", "dtypes",
+                 "cplx")
 
 
 _FORMAT = "_format"     # a column of a group with 16-bit parameters: None, or whether bfloat16
@@ -696,10 +706,10 @@ def _merge_spans(spans):
 
 
 def _mark(p):
-    """Where and how a tensor's elements lie: its data pointer, strides and shape (None for
-    a tensor without them, such as a sparse one)."""
+    """Where and how a tensor's elements lie and are read: its data pointer, strides, shape
+    and dtype (None for a tensor without them, such as a sparse one)."""
     try:
-        return p.data_ptr(), p.stride(), p.shape
+        return p.data_ptr(), p.stride(), p.shape, p.dtype
     except (RuntimeError, TypeError):
         return None
 
@@ -1298,9 +1308,15 @@ class _FastOptimizer(_Mixin):
                 # a .data of the same storage with another shape or strides (p.data.t());
                 # one parameter (``one``): its own calls cost less than building the lists
                 or (plan.one.stride() != plan.strides[0] or plan.one.shape != plan.shapes[0]
+                    or plan.one.dtype is not plan.dtypes[0]
                     if plan.one is not None else
                     [*map(_stride, plan.params)] != plan.strides
-                    or [*map(_shape, plan.params)] != plan.shapes)
+                    or [*map(_shape, plan.params)] != plan.shapes
+                    or [*map(_dtype_of, plan.params)] != plan.dtypes)
+                # a .data of the same memory as another dtype of the same size
+                # (p.data.view(torch.float16) of a bfloat16 one, float64 as complex64), or
+                # (complex parameters) as a conjugate view, p.data.conj()
+                or (plan.cplx and any(map(_lazy, plan.params)))
                 # a 16-bit parameter written outside the step: its master is checked
                 or (plan.versions is not None
                     and _versions(params) != plan.versions)
@@ -1416,6 +1432,7 @@ class _FastOptimizer(_Mixin):
         if len(set(map(id, live))) != len(live):
             self._refuse_duplicates(group, params)
         plan.strides, plan.shapes = list(map(_stride, live)), list(map(_shape, live))
+        plan.dtypes = list(map(_dtype_of, live))
         plan.one = live[0] if len(live) == 1 else None
         plan.inference = [k for k, p in enumerate(live) if p.is_inference()]
         plan.versions = plan.marks = None
@@ -1496,7 +1513,7 @@ class _FastOptimizer(_Mixin):
         if plan.negs:
             plan.strides = [None] * len(live)
         half = any(f is not None for f in plan.formats)
-        cplx = any(p.is_complex() for p in live)
+        cplx = plan.cplx = any(p.is_complex() for p in live)
         # the grads' dtypes _view_grads expects: their views' (float parameters), or the
         # parameters' own (if all are 16-bit, or none is and some are complex; a group
         # mixing 16-bit parameters with others checks each grad)
@@ -1780,8 +1797,9 @@ class _FastOptimizer(_Mixin):
     def _watch_masters(self, plan, params, old):
         """A group with 16-bit parameters: record their version counters and storage (data
         pointer, strides, shape), and verify the master copy of each 16-bit parameter that
-        may have been written since the last step (its counter or storage changed since
-        ``old`` recorded them: written in place, ``.data`` reassigned, ``set_``), or that
+        may have been written since the last step (its counter, storage or dtype changed
+        since ``old`` recorded them: written in place, ``.data`` reassigned, ``set_``, the
+        same memory viewed as the other 16-bit dtype), or that
         ``old`` did not record (no plan since a ``load_state_dict``, or ever): a master the
         parameter is the rounding of is kept (a checkpoint of this optimizer, loaded before
         or after the model's, resumes bit-identically); any other is re-seeded from the

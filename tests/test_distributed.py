@@ -367,7 +367,11 @@ def test_one_rank_matches_the_plain_optimizer_and_checks_grads():
     with pytest.raises(ValueError, match="rank 0 of 1: grad for parameter 'b' has shape"):
         opt.step({"W": np.zeros((3, 4)), "b": np.zeros(4)})
     with pytest.raises(TypeError, match="'W' has dtype float32"):
-        opt.step([np.zeros((3, 4), np.float32), np.zeros(3)])
+        opt.step({"W": np.zeros((3, 4), np.float32), "b": np.zeros(3)})
+    # grads in order for parameters given by name, as the plain optimizer: refused (two of
+    # the same shape in another order than the dict's were swapped silently; q62)
+    with pytest.raises(ValueError, match="params were given by name"):
+        opt.step([np.zeros((3, 4)), np.zeros(3)])
     with pytest.raises(ValueError, match="no entry for parameter 'b'"):
         opt.step({"W": np.zeros((3, 4))})
     np.testing.assert_array_equal(arena.flat_params, before)
@@ -562,7 +566,7 @@ def test_one_rank_a_none_grad_is_refused_saying_why():
     # numpy.ndarray, got NoneType", as if None were a mistake of type
     arena, opt = _adam_after_a_step()
     before = (arena.flat_params.copy(), arena.flat_grads.copy())
-    for grads in ([np.ones((3, 4)), None], {"W": np.ones((3, 4)), "db": None}):
+    for grads in ({"W": np.ones((3, 4)), "b": None}, {"W": np.ones((3, 4)), "db": None}):
         with pytest.raises(TypeError, match=r"^rank 0 of 1: grad for parameter 'b' is None: "
                                             "a ShardedOptimizer steps every parameter"):
             opt.step(grads)

@@ -44,7 +44,8 @@ except ImportError as exc:       # pragma: no cover - depends on the environment
 from . import _validate
 from ._layout import like_lines
 from .arena import ParameterArena, orphaned
-from .optim import Grads, Optimizer, Params, _by_name, _first_readonly, _group_params
+from .optim import (NAMED_GRADS_SEQUENCE, Grads, Optimizer, Params, _by_name, _first_readonly,
+                    _group_params)
 
 CACHE_LINE = 64       # bytes; shard boundaries fall on multiples of it
 _MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.float64): MPI.DOUBLE}
@@ -610,6 +611,8 @@ class ShardedOptimizer:
             # parameter named dW, and raised TypeError for int names)
             matched = _by_name(grads, self._names)
         elif isinstance(grads, (list, tuple)):
+            if self._names is not None:     # (as the plain optimizer: q62)
+                raise ValueError(NAMED_GRADS_SEQUENCE)
             if len(grads) != len(self._views):
                 raise ValueError(f"grads has {len(grads)} entries, expected "
                                  f"{len(self._views)} (one per parameter, in order)")

@@ -46,6 +46,12 @@ _FLAT = object()   # a group's grads are its arena stretch's own (Optimizer._spl
 _ALL = slice(None)   # a _Batch of every parameter of its group
 
 
+# (grads in parameter order for parameters given by name: same-shaped ones swapped
+# silently where the order differs from the dict's)
+NAMED_GRADS_SEQUENCE = ("params were given by name (a dict): pass grads as a dict keyed by "
+                        "name or 'd' + name, not a sequence")
+
+
 def _stray_keys(grads, names):
     """Keys of the dict ``grads`` naming no parameter of ``names`` but shaped like one's key:
     the same stem (the name without its digits) as a parameter, e.g. ``dW3`` or ``W3`` beside
@@ -893,8 +899,7 @@ class Optimizer:
                                  "sequence of grads in parameter order")
             return _by_name(grads, [n for g in self.param_groups for n in g["param_names"]])
         if isinstance(grads, (list, tuple)) and self._named:
-            raise ValueError("params were given by name (a dict): pass grads as a dict keyed "
-                             "by name or 'd' + name, not a sequence")
+            raise ValueError(NAMED_GRADS_SEQUENCE)
         if isinstance(grads, (list, tuple)):
             if len(grads) != self._count:
                 raise ValueError(f"grads has {len(grads)} entries, expected {self._count} "

@@ -100,8 +100,8 @@ def step_both(arena, opt, ref, ref_opt, seed, dtype=np.float64):
 
 
 def check_equivalence():
-    """Every optimizer, float32 and float64: 20 steps, grads given in all three forms; then
-    the gathered state dict equals the single-process one."""
+    """Every optimizer, float32 and float64: 20 steps, grads in the arena, by "d" + name and
+    by name; then the gathered state dict equals the single-process one."""
     for name, (cls, hyper) in CASES.items():
         for dtype in (np.float32, np.float64):
             arena, ref = model(dtype), model(dtype)
@@ -111,13 +111,15 @@ def check_equivalence():
             for t in range(STEPS):
                 gs = local_grads(t, dtype, arena.size)
                 arena.flat_grads[...] = gs[RANK]
-                form = t % 3            # in the arena; a dict by "d" + name; a list of copies
+                # in the arena; a dict of copies by "d" + name; by name (a list: the param
+                # groups' check, whose parameters are not named)
+                form = t % 3
                 if form == 0:
                     opt.step(arena.grads)
                 elif form == 1:
                     opt.step({"d" + k: arena.grads[k].copy() for k in names})
                 else:
-                    opt.step([arena.grads[k].copy() for k in names])
+                    opt.step({k: arena.grads[k].copy() for k in names})
                 ref.flat_grads[...] = averaged(gs)
                 ref_opt.step(ref.grads)
             ok = same(arena.flat_params, ref.flat_params)
@@ -482,7 +484,7 @@ def check_refused_shard_step():
                        and key in str(exc) and _unchanged(arena, opt, before), str(exc))
         opt.param_groups[0][key] = good
     gs = local_grads(1, np.float64, arena.size)
-    opt.step(list(gs[RANK].reshape(2, 20)))
+    opt.step(dict(zip("uv", gs[RANK].reshape(2, 20))))
     ref.flat_grads[...] = averaged(gs)
     ref_opt.step(ref.grads)
     report("good step after refused steps", same(arena.flat_params, ref.flat_params))
@@ -889,7 +891,9 @@ def check_own_grad_views():
                         ("same views", lambda a: {"du": a.grads["u"][...], "v": a.grads["v"]}),
                         ("list", lambda a: [a.grads["v"][::-1], a.grads["u"]])]:
         arena, ref = _small(), _small()
-        opt = ShardedOptimizer(fo.SGD, arena, lr=1.0)
+        # (grads in order for the parameters given in order: by name, a list is refused)
+        opt = ShardedOptimizer(fo.SGD, list(arena.params.values()) if label == "list" else arena,
+                               lr=1.0)
         ref_opt = fo.SGD(list(ref.params.values()), lr=1.0)
         for a in (arena, ref):
             a.flat_grads[...] = np.arange(40.0)      # the same on every rank

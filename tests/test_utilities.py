@@ -332,6 +332,35 @@ FAR = [(_S.exponential_decay(0.1, 1.5), 2000, math.inf),        # 1.5**2000 ~ 1e
        (_S.inverse_sqrt_decay(1e200, 1e200), math.inf, 0.0)]
 
 
+# (schedule, epoch, the value) where a step of the formula leaves the float range but the value
+# does not, each worked out here (q66: they were inf or 0.0)
+WITHIN = [(_S.exponential_decay(1e-300, 1e10), 40, 1e100),
+          (_S.exponential_decay(1e300, 1e-10), 40, 1e-100),
+          (_S.exponential_decay(2.0**-1074, 2.0), 1100, 2.0**26),
+          (_S.exponential_decay(2.0**-1074, 2.0), 1100.0, 2.0**26),
+          (_S.exponential_decay(2.0**1000, 0.5), 2000, 2.0**-1000),
+          (_S.staircase(1e300, 1e-10, 1), 40, 1e-100),
+          (_S.staircase(2.0**-1074, 2.0, 2), 2201, 2.0**26),
+          (_S.inverse_sqrt_decay(1e10, k=1e300), 1e20, 1e300),
+          (_S.inverse_time_decay(0.1, 10.0), 1e308, 1e-310),
+          (_S.inverse_time_decay(1e300, 1e300), 1e300, 1e-300)]
+
+
+@pytest.mark.parametrize("fn,epoch,want", WITHIN,
+                         ids=[f"{f!r}({e!r})"[:60] for f, e, _ in WITHIN])
+def test_schedules_give_a_value_in_range_where_a_step_of_the_formula_is_not(fn, epoch, want):
+    """``lr0 * base**epoch`` with ``base**epoch`` past the float range, ``k * lr0`` past it,
+    ``decay_rate * epoch`` past it: the value itself is within the range (torch's
+    ExponentialLR, multiplying step by step, gives 1e100 for the first), and is returned to
+    a few ulps (exactly for powers of two), not inf or 0.0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = fn(epoch)
+    assert got == pytest.approx(want, rel=1e-13, abs=0)
+    if math.log2(want).is_integer() and want >= 2.0**-1022:
+        assert got == want
+
+
 @pytest.mark.parametrize("fn,epoch,want", FAR, ids=[f"{f!r}({e!r})"[:60] for f, e, _ in FAR])
 def test_schedules_give_a_float_for_any_epoch_without_raising(fn, epoch, want):
     """exponential_decay(0.1, 1.5)(2000) raised OverflowError (Python's float **), as did

@@ -61,10 +61,26 @@ def _power(base, n):
         return math.inf if base > 1.0 else 1.0 if base == 1.0 else 0.0
 
 
-def _scaled(lr0, power):
-    """``lr0 * power`` for a :func:`_power`: 0.0 for ``lr0`` 0, whose power's inf was an
-    overflow (its true value is finite), not NaN."""
-    return lr0 * power if lr0 else 0.0
+def _scaled_power(lr0, base, n):
+    """``lr0 * base**n`` (``lr0`` and ``base`` floats >= 0, ``n`` as :func:`_power` takes it):
+    0.0 for ``lr0`` 0 (whose power's inf was an overflow, not NaN). Where the power alone
+    leaves the float range but the product need not (``lr0`` 1e-300, ``base`` 1e10, ``n``
+    40: 1e100), the power is taken in three parts multiplied into ``lr0`` one by one: a
+    finite nonzero product is within 2**2098 of ``lr0``, so each part (a third of that at
+    most) and each partial product (between ``lr0`` and the product) is within the range
+    (q66). An int ``n`` past the float range keeps its limit."""
+    if not lr0:
+        return 0.0
+    power = _power(base, n)
+    if 0.0 < power < math.inf or base == 0.0 or n == math.inf:
+        return lr0 * power
+    try:            # (whole parts of a whole n: exact for a power of two)
+        third = n // 3 if n == int(n) else n / 3
+    except OverflowError:
+        return lr0 * power
+    for part in (third, third, n - 2 * third):
+        lr0 *= _power(base, part)
+    return lr0
 
 
 class _Schedule:
@@ -132,9 +148,14 @@ class _InverseTimeDecay(_Schedule):
         if not self.decay_rate:
             return self.lr0             # (0 * inf is NaN at epoch inf)
         try:
-            return self._divided(self.lr0, 1.0 + self.decay_rate * epoch)
+            denominator = 1.0 + self.decay_rate * epoch
         except OverflowError:           # an int epoch past the float range: the limit
             return 0.0
+        if denominator == math.inf and epoch != math.inf:
+            # decay_rate * epoch past the float range, the quotient perhaps not (0.1 / (10 *
+            # 1e308) is 1e-310; q66): the 1 is below its rounding there
+            return self.lr0 / self.decay_rate / epoch
+        return self._divided(self.lr0, denominator)
 
     @staticmethod
     def _divided(lr0, denominator):
@@ -158,7 +179,7 @@ class _ExponentialDecay(_Schedule):
     _name, _fields = "exponential_decay", ("lr0", "base")
 
     def _lr(self, epoch):
-        return _scaled(self.lr0, _power(self.base, epoch))
+        return _scaled_power(self.lr0, self.base, epoch)
 
 
 class _InverseSqrtDecay(_Schedule):
@@ -184,9 +205,12 @@ class _InverseSqrtDecay(_Schedule):
         if epoch == math.inf:
             return 0.0                  # the limit (k * lr0 / inf, which is NaN for inf / inf)
         try:
-            return self.k * self.lr0 / math.sqrt(epoch)
+            root = math.sqrt(epoch)
         except OverflowError:           # an int epoch past the float range: the limit
             return 0.0
+        scaled = self.k * self.lr0
+        # (k * lr0 past the float range, the quotient perhaps not: 1e300 * 1e10 / 1e10; q66)
+        return scaled / root if scaled != math.inf else self.k * (self.lr0 / root)
 
 
 class _Staircase(_Schedule):
@@ -199,7 +223,7 @@ class _Staircase(_Schedule):
             stairs = epoch // self.every if epoch != math.inf else math.inf
         except OverflowError:           # an int epoch past the float range: the limit
             stairs = math.inf
-        return _scaled(self.lr0, _power(self.factor, stairs))
+        return _scaled_power(self.lr0, self.factor, stairs)
 
 
 def inverse_time_decay(lr0: float, decay_rate: float) -> Schedule:

@@ -3,6 +3,7 @@ course's numbers and formulas written out here."""
 import copy
 import math
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -854,10 +855,13 @@ def test_minibatches_bad_seed_errors_name_the_seed():
     """numpy's own messages ('expected non-negative integer', 'SeedSequence expects int or
     sequence of ints ...') did not say which argument was wrong."""
     X, Y = np.arange(6.0)[:, None], np.arange(6)
-    for bad, error in ((-1, ValueError), (1.5, TypeError), ("a", TypeError)):
-        with pytest.raises(error, match=f"Invalid seed: {bad!r}"):
+    # (a bool: numpy seeds from True as from 1, where every other argument refuses bools; q66)
+    for bad, error in ((-1, ValueError), (1.5, TypeError), ("a", TypeError), (True, TypeError),
+                       (np.bool_(False), TypeError)):
+        match = f"Invalid seed: {re.escape(repr(bad))}"
+        with pytest.raises(error, match=match):
             list(fo.minibatches(X, Y, seed=bad))
-        with pytest.raises(error, match=f"Invalid seed: {bad!r}"):   # (had been unchecked)
+        with pytest.raises(error, match=match):       # (had been unchecked)
             fo.minibatches(X, Y, shuffle=False, seed=bad)
     rng = np.random.default_rng(5)                  # a Generator is used as it is
     first = [y.tolist() for _, y in fo.minibatches(X, Y, batch_size=6, seed=rng)]

@@ -40,9 +40,9 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
     ------
     TypeError
         A ``batch_size`` or an ``axis`` that is not an int, a ``shuffle`` that is not True
-        or False, a ``seed`` numpy cannot seed from, or an ``X`` or ``Y`` that is None,
-        masked (its mask would be dropped) or an array-like that refuses conversion (a torch
-        tensor that requires grad).
+        or False, a ``seed`` that is a bool or that numpy cannot seed from, or an ``X`` or
+        ``Y`` that is None, masked (its mask would be dropped) or an array-like that refuses
+        conversion (a torch tensor that requires grad).
     ValueError
         A ``batch_size`` below 1, a ragged or 0-d ``X`` or ``Y``, an ``axis`` that ``X`` (or
         a ``Y`` of 2 or more dimensions) does not have, ``X`` and ``Y`` with different
@@ -79,6 +79,10 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
                          "along the same axis of X and Y, or along a 1-D Y)")
     if Y.shape[y_axis] != m:
         raise ValueError(f"X has {m} examples along axis {axis} but Y has {Y.shape[y_axis]}")
+    # (numpy seeds from a bool as from 0 or 1: refused, as every bool argument but shuffle)
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"Invalid seed: {seed!r} (must be an int, a numpy Generator or None, "
+                        "not a bool)")
     try:        # (checked without shuffle too, as the docstring says every argument is)
         rng = np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:

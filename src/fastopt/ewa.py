@@ -52,7 +52,11 @@ def ewa_series(x: ArrayLike, beta: float, bias_correction: bool = False) -> np.n
     Returns
     -------
     ndarray
-        ``v_1 .. v_n``: float32 for float32 input, else float64.
+        ``v_1 .. v_n``: float32 for float32 input, else float64. In float32, ``beta`` and
+        ``1 - beta`` are rounded to float32 apart and each step's update is a few float32
+        ulps of ``v``, as in torch's ``mul_``/``add_`` form: with ``beta`` near 1 a long
+        series drifts off its value (``beta`` 0.999999, a series of ones: 1.0033 after 1e6
+        steps with the correction, 0.971 after 1e7); pass float64 for such a ``beta``.
 
     Raises
     ------

@@ -344,7 +344,11 @@ WITHIN = [(_S.exponential_decay(1e-300, 1e10), 40, 1e100),
           (_S.staircase(2.0**-1074, 2.0, 2), 2201, 2.0**26),
           (_S.inverse_sqrt_decay(1e10, k=1e300), 1e20, 1e300),
           (_S.inverse_time_decay(0.1, 10.0), 1e308, 1e-310),
-          (_S.inverse_time_decay(1e300, 1e300), 1e300, 1e-300)]
+          (_S.inverse_time_decay(1e300, 1e300), 1e300, 1e-300),
+          # base**epoch subnormal, its digits lost (4.9e-324 for 3.2e-324; q67)
+          (_S.exponential_decay(1e300, 0.1), 323.5, 10.0**-23.5),
+          (_S.exponential_decay(2.0**1000, 0.5), 1070, 2.0**-70),
+          (_S.staircase(1e300, 0.1, 2), 646, 1e-23)]
 
 
 @pytest.mark.parametrize("fn,epoch,want", WITHIN,

@@ -64,15 +64,16 @@ def _power(base, n):
 def _scaled_power(lr0, base, n):
     """``lr0 * base**n`` (``lr0`` and ``base`` floats >= 0, ``n`` as :func:`_power` takes it):
     0.0 for ``lr0`` 0 (whose power's inf was an overflow, not NaN). Where the power alone
-    leaves the float range but the product need not (``lr0`` 1e-300, ``base`` 1e10, ``n``
-    40: 1e100), the power is taken in three parts multiplied into ``lr0`` one by one: a
-    finite nonzero product is within 2**2098 of ``lr0``, so each part (a third of that at
-    most) and each partial product (between ``lr0`` and the product) is within the range
-    (q66). An int ``n`` past the float range keeps its limit."""
+    leaves the range of normal floats but the product need not (``lr0`` 1e-300, ``base``
+    1e10, ``n`` 40: 1e100), the power is taken in three parts multiplied into ``lr0`` one by
+    one: a finite nonzero product is within 2**2098 of ``lr0``, so each part (a third of
+    that at most) and each partial product (between ``lr0`` and the product) is within the
+    range (q66). An int ``n`` past the float range keeps its limit."""
     if not lr0:
         return 0.0
     power = _power(base, n)
-    if 0.0 < power < math.inf or base == 0.0 or n == math.inf:
+    # (a subnormal power has lost digits: 0.1**323.5 reads 4.9e-324 for 3.2e-324; q67)
+    if sys.float_info.min <= power < math.inf or base == 0.0 or n == math.inf:
         return lr0 * power
     try:            # (whole parts of a whole n: exact for a power of two)
         third = n // 3 if n == int(n) else n / 3

@@ -2914,6 +2914,37 @@ def test_a_complex_data_replaced_by_its_conjugate_view_is_picked_up(params):
         assert torch.equal(a, b)
 
 
+def test_a_kept_grad_whose_data_is_read_another_way_is_viewed_anew():
+    """A grad kept from step to step (written in place) whose ``.data`` becomes the same
+    memory read as its conjugate (complex) or as the other 16-bit dtype: the conjugate is
+    stepped as torch.optim steps it, and a grad of a dtype other than its parameter's is
+    refused as one assigned so is, nothing changed; the kept grad's check had compared its
+    pointer, strides and shape only and stepped the old reading (q67)."""
+    results = []
+    for lib in (ft, torch.optim):
+        p = torch.nn.Parameter(torch.full((3,), 0.5 + 0.25j))
+        opt = lib.SGD([p], lr=0.1, momentum=0.5)
+        p.grad = torch.full((3,), 1 + 0.5j)
+        opt.step()
+        opt.step()
+        p.grad.data = p.grad.data.conj()
+        opt.step()
+        results.append(p.detach().resolve_conj().clone())
+    assert torch.equal(*results)
+    p = torch.nn.Parameter(torch.full((4,), 0.5, dtype=torch.bfloat16))
+    opt = ft.SGD([p], lr=0.1)
+    p.grad = torch.ones(4, dtype=torch.bfloat16)
+    opt.step()
+    opt.step()
+    p.grad.data = p.grad.data.view(torch.float16)
+    before = (p.detach().clone(), opt.state[p]["master_param"].clone())
+    with pytest.raises(TypeError, match="grad of parameter 0 of param group 0 has dtype "
+                                        "torch.float16, expected torch.bfloat16"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0])
+    assert torch.equal(opt.state[p]["master_param"], before[1])
+
+
 def _grad_t_(p):
     p.grad.t_()
 

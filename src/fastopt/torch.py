@@ -307,7 +307,8 @@ def _number(value, name):
             raise TypeError(f"Invalid {name}: {value!r} (must be a real number, got a bool "
                             "tensor)")
         if value.numel() != 1:
-            # (item()'s RuntimeError named nothing; torch's step raises a TypeError)
+            # (item()'s RuntimeError named nothing; torch's step raises a TypeError for an
+            # lr, a RuntimeError for some others, and broadcasts an eps)
             raise TypeError(f"Invalid {name}: a tensor of shape {tuple(value.shape)} (must "
                             "be a real number or a one-element tensor)")
         value = value.item()
@@ -537,10 +538,11 @@ class _Plan:
     of a bfloat16 parameter, ``p.data.t()``), no conjugate view among complex parameters
     (``p.data.conj()``; a real one's negative view, made only by the private
     ``torch._neg_view`` or as ``z.conj().imag`` of the complex tensor whose imaginary part
-    it was, is not looked for: a pass over the group costs a 1000 x 64 step 5%), the same ``opt.state`` dict,
-    state dict and state tensors per parameter, and the same state keys (an option that needs
-    more state). Anything else rebuilds it; new grad tensors (a backward after
-    ``zero_grad()``) or a grad's new storage, strides or shape only renew the grads' views.
+    it was, is not looked for: a pass over the group costs a 1000 x 64 step 5%), the same
+    ``opt.state`` dict, state dict and state tensors per parameter, and the same state keys
+    (an option that needs more state). Anything else rebuilds it; new grad tensors (a
+    backward after ``zero_grad()``) or a grad's new storage, strides, shape or dtype (or
+    conjugation) only renew the grads' views.
     Grads new to a step are not held after it (``keep`` false; ``gmark`` and ``gids`` know
     them again), so that ``zero_grad()`` frees them; the same ones at the next step are held
     from then on.
@@ -1338,7 +1340,11 @@ class _FastOptimizer(_Mixin):
             # the same grads, kept: their storage, and their strides and shape (``p.grad.t_()``)
             if (list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all
                     and list(map(_stride, plan.live_grads)) == plan.gstrides
-                    and list(map(_shape, plan.live_grads)) == plan.shapes):
+                    and list(map(_shape, plan.live_grads)) == plan.shapes
+                    # a grad's .data of the same memory as another dtype, or (complex
+                    # parameters) as its conjugate view: viewed anew (q67)
+                    and list(map(_dtype_of, plan.live_grads)) == plan.dtypes
+                    and not (plan.cplx and any(map(_lazy, plan.live_grads)))):
                 return True
             if list(map(_data_ptr, plan.watched)) != plan.ptrs:
                 return False

@@ -81,8 +81,8 @@ def minibatches(X: ArrayLike, Y: ArrayLike, batch_size: int = 64, axis: int = 0,
         raise ValueError(f"X has {m} examples along axis {axis} but Y has {Y.shape[y_axis]}")
     # (numpy seeds from a bool as from 0 or 1: refused, as every bool argument but shuffle)
     if isinstance(seed, (bool, np.bool_)):
-        raise TypeError(f"Invalid seed: {seed!r} (must be an int, a numpy Generator or None, "
-                        "not a bool)")
+        raise TypeError(f"Invalid seed: {seed!r} (a bool; give an int, a numpy Generator "
+                        "or None)")
     try:        # (checked without shuffle too, as the docstring says every argument is)
         rng = np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:

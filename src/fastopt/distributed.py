@@ -452,13 +452,15 @@ class ShardedOptimizer:
         grads : None, dict or sequence of ndarray, optional
             This rank's local grads: None or the arena's ``grads`` (already in the grad
             buffer: nothing is copied), or a dict (names or ``"d" + name``) or sequence of
-            arrays as for the optimizer, which are checked and then copied into the arena's
-            grad buffer. Every parameter steps: a grad may not be None.
+            arrays as for the optimizer (a sequence only for parameters not given by name),
+            which are checked and then copied into the arena's grad buffer. Every parameter
+            steps: a grad may not be None.
 
         Raises
         ------
         TypeError, ValueError
-            A grad of the wrong type, dtype or shape, a parameter made read-only, or a step
+            A grad of the wrong type, dtype or shape, grads as a sequence for parameters
+            given by name, a parameter made read-only, or a step
             the shard optimizer refuses (an invalid hyper-parameter or state, e.g. after an
             edit of ``param_groups``) on any rank: raised on every rank, naming the first
             failing rank, before anything is written; nothing changes on any rank. Also

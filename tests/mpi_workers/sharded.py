@@ -181,7 +181,9 @@ def check_groups():
     for t in range(STEPS):
         gs = local_grads(t, dtype, arena.size)
         arena.flat_grads[...] = gs[RANK]
-        opt.step([arena.grads[k] for k in SHAPES])
+        # (copies: the arena's own views are skipped, and a list of copies is stepped on
+        # every rank here only, the other checks' parameters being named)
+        opt.step([arena.grads[k].copy() for k in SHAPES])
         ref.flat_grads[...] = averaged(gs)
         ref_opt.step([ref.grads[k] for k in SHAPES])
         if t == 9:

@@ -1798,6 +1798,7 @@ def _on_lines_plus_one(n, rng):
 @pytest.mark.skipif("numba" not in GRID_BACKENDS, reason="the numba backend's launch")
 @pytest.mark.parametrize("where", ["at each point a later array's launch calls out",
                                    "as a line head's call returns",
+                                   "as a line head's call returns, a Python handler",
                                    "once the head stepped, before the rest's call"])
 def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(where,
                                                                               monkeypatch):
@@ -1809,7 +1810,9 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
     after, it left the array torn (4-12 elements stepped). Now each array is stepped whole
     or not at all, and a step that stepped any is counted (with the others, as README says
     of the list loops). Simulated by raising KeyboardInterrupt from what launch calls; as
-    the head's call returns, by a real SIGINT sent from inside that compiled call."""
+    the head's call returns, by a real SIGINT sent from inside that compiled call, to
+    Python's own handler or to one written in Python (a timeout's, whose frame follows
+    launch's: taken for Numba compiling the call, it left the array torn; q65)."""
     from fastopt._numba import _common, optim as numba_optim
     if not where.startswith("at each point") and _common.ALIGN_MIN is None:
         pytest.skip("Numba does not compile for AVX-512 here: no line head")
@@ -1832,9 +1835,13 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
             if calls[0] == point:
                 raise KeyboardInterrupt
         return interrupt
+    def handler_in_python(signum, frame):
+        raise KeyboardInterrupt
+
     # Python's SIGINT handler, which a job a shell starts in the background goes without
     # (SIGINT ignored, as CI's runs are)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGINT, handler_in_python if where.endswith("handler")
+                             else signal.default_int_handler)
     with fo.use_backend("numba"), contextlib.ExitStack() as restore:
         restore.callback(signal.signal, signal.SIGINT, previous)
         twin, ref = fresh()

@@ -467,6 +467,15 @@ def chunked(kernel, iterations, *args):
             numba.set_parallel_chunksize(previous)
 
 
+def _in_numba_call(exc):
+    """Whether ``exc``, raised by a call in the frame that caught it, came from Numba's
+    dispatch of that call (typing, loading, compiling: nothing written), whose frames follow
+    the catching one; not from that frame itself, or from a Python signal handler run there
+    as the call returned (a timeout's handler: its frame follows; q65)."""
+    below = exc.__traceback__.tb_next
+    return below is not None and below.tb_frame.f_globals.get("__name__", "").startswith("numba.")
+
+
 def launch(serial, parallel, views, scalars, nbytes=None):
     """Run a kernel over flat ``views``, serially or in one share per thread (from the
     param's first line start on, the elements before it a serial call of their own, in steps
@@ -527,11 +536,11 @@ def launch(serial, parallel, views, scalars, nbytes=None):
             kernel(*views, scalars)
     except BaseException as exc:
         # raised once the head was stepped (an interrupt, Ctrl-C: after its call returned, or
-        # as it returned, in this frame; not in the call's own frames, compiling it), before
-        # the rest's call began: the rest is stepped too before it is raised, so that a
-        # parameter is stepped whole or not at all
+        # as it returned, in this frame or a Python signal handler's run there; not in the
+        # call's own frames, Numba compiling it), before the rest's call began: the rest is
+        # stepped too before it is raised, so that a parameter is stepped whole or not at all
         if (head_views is not None and not rest
-                and (head_done or exc.__traceback__.tb_next is None)):
+                and (head_done or not _in_numba_call(exc))):
             serial(*views, scalars)
         raise
     if nbytes >= STEP_PARALLEL_BYTES:

@@ -1451,6 +1451,29 @@ def test_threadpoolctl_limits_the_numba_backend_chosen_in_the_environment():
     assert run.stdout.split() == ["numba", "1", "1", "2"]
 
 
+NUMPY_CHOSEN_IN_THE_ENVIRONMENT = """
+import sys, threadpoolctl, fastopt as fo
+with threadpoolctl.threadpool_limits(1, user_api="fastopt"):
+    print(fo.get_backend(), "fastopt._kernels" in sys.modules)
+with threadpoolctl.threadpool_limits(1, user_api="fastopt"):
+    fo.backends()                   # (loads the extension, if there is one, in the block)
+print(fo.get_num_threads())
+"""
+
+
+def test_threadpoolctl_knows_user_api_fastopt_on_the_numpy_reference():
+    """With FASTOPT_BACKEND=numpy nothing loads the compiled extension, whose loading had made
+    threadpoolctl know user_api="fastopt": code that limits fastopt's threads raised
+    ValueError on the reference (and would on a machine without the extension; q65). Now it
+    limits nothing there, and the count is fastopt's afterwards."""
+    pytest.importorskip("threadpoolctl")
+    env = dict(os.environ, FASTOPT_BACKEND="numpy")
+    run = subprocess.run([sys.executable, "-c", NUMPY_CHOSEN_IN_THE_ENVIRONMENT], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["numpy", "False", str(fo.get_num_threads())]
+
+
 @pytest.mark.parametrize("backend", ["numpy"] + COMPILED)
 def test_add_param_group_waits_for_a_step_in_another_thread(backend):
     """add_param_group takes the lock a step holds, as deepcopy and state_dict do. It had

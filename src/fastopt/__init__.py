@@ -16,6 +16,13 @@ from .layers import (BatchNorm, batchnorm_backward, batchnorm_forward,  # noqa: 
 from .optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Momentum,  # noqa: F401
                     NAdam, Optimizer, RAdam, RMSprop)
 
+from . import _threads
+
+# (here, not where the compiled extension loads: threadpoolctl's user_api="fastopt" is known on
+# every backend, the NumPy reference's and a machine without the extension included, where it
+# limits nothing; it raised ValueError there, q65)
+_threads.register_threadpoolctl()
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -11,7 +11,7 @@ import importlib.util
 import os
 import sys
 
-from .. import _cpu, _threads
+from .. import _cpu
 
 try:  # written by setup.py next to the extension: its flags, or why it was not built
     from . import _build_info
@@ -68,7 +68,6 @@ _layers = _load("layers")
 # the kernels fastopt._backend serves, checked against the registry (fastopt/_registry.py)
 KERNEL_MODULES = (_optim, _layers)
 
-_threads.register_threadpoolctl()
 BUILD_FLAGS = _optim.BUILD_FLAGS
 first_readonly = _optim.first_readonly
 first_unlike = _optim.first_unlike

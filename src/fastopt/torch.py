@@ -533,12 +533,14 @@ class _Plan:
     but for Tensor.__hash__ where opt.state changed or holds at most 16 parameters): the
     same parameters in the group and the same ``p.grad`` objects, the same data pointers
     (a ``.data`` reassigned, ``set_``, a dtype or device change: the views keep the old
-    storage alive, so a new one never has the old address), the same dtypes, strides and
-    shapes (a ``.data`` that views the same memory otherwise: ``p.data.view(torch.float16)``
-    of a bfloat16 parameter, ``p.data.t()``), no conjugate view among complex parameters
-    (``p.data.conj()``; a real one's negative view, made only by the private
-    ``torch._neg_view`` or as ``z.conj().imag`` of the complex tensor whose imaginary part
-    it was, is not looked for: a pass over the group costs a 1000 x 64 step 5%), the same
+    storage alive, so a new one never has the old address), the same strides and shapes (a
+    ``.data`` that views the same memory otherwise: ``p.data.t()``), in groups of 16-bit or
+    complex parameters the same dtypes of parameters and kept grads and no conjugate view
+    among them (``p.data.view(torch.float16)`` of a bfloat16 parameter, ``p.data.conj()``;
+    not looked for elsewhere, where each pass cost a 1000 x 64 float32 step 3-4%: a float
+    parameter's ``.data`` viewed as an int or complex dtype of its size, or a real one's
+    negative view, made only by the private ``torch._neg_view`` or as ``z.conj().imag`` of
+    the complex tensor whose imaginary part it was), the same
     ``opt.state`` dict, state dict and state tensors per parameter, and the same state keys
     (an option that needs more state). Anything else rebuilds it; new grad tensors (a
     backward after ``zero_grad()``) or a grad's new storage, strides, shape or dtype (or
@@ -1310,15 +1312,15 @@ class _FastOptimizer(_Mixin):
                 # a .data of the same storage with another shape or strides (p.data.t());
                 # one parameter (``one``): its own calls cost less than building the lists
                 or (plan.one.stride() != plan.strides[0] or plan.one.shape != plan.shapes[0]
-                    or plan.one.dtype is not plan.dtypes[0]
                     if plan.one is not None else
                     [*map(_stride, plan.params)] != plan.strides
-                    or [*map(_shape, plan.params)] != plan.shapes
-                    or [*map(_dtype_of, plan.params)] != plan.dtypes)
-                # a .data of the same memory as another dtype of the same size
-                # (p.data.view(torch.float16) of a bfloat16 one, float64 as complex64), or
-                # (complex parameters) as a conjugate view, p.data.conj()
-                or (plan.cplx and any(map(_lazy, plan.params)))
+                    or [*map(_shape, plan.params)] != plan.shapes)
+                # 16-bit or complex parameters: a .data of the same memory as another dtype
+                # of the same size (p.data.view(torch.float16) of a bfloat16 one), or as a
+                # conjugate view, p.data.conj()
+                or (plan.gdtypes is None
+                    and ([*map(_dtype_of, plan.params)] != plan.dtypes
+                         or plan.cplx and any(map(_lazy, plan.params))))
                 # a 16-bit parameter written outside the step: its master is checked
                 or (plan.versions is not None
                     and _versions(params) != plan.versions)
@@ -1341,10 +1343,11 @@ class _FastOptimizer(_Mixin):
             if (list(map(_data_ptr, plan.watched_all)) == plan.ptrs_all
                     and list(map(_stride, plan.live_grads)) == plan.gstrides
                     and list(map(_shape, plan.live_grads)) == plan.shapes
-                    # a grad's .data of the same memory as another dtype, or (complex
-                    # parameters) as its conjugate view: viewed anew (q67)
-                    and list(map(_dtype_of, plan.live_grads)) == plan.dtypes
-                    and not (plan.cplx and any(map(_lazy, plan.live_grads)))):
+                    # 16-bit or complex parameters: a grad's .data of the same memory as
+                    # another dtype, or as its conjugate view, viewed anew (q67)
+                    and (plan.gdtypes is not None
+                         or list(map(_dtype_of, plan.live_grads)) == plan.dtypes
+                         and not (plan.cplx and any(map(_lazy, plan.live_grads))))):
                 return True
             if list(map(_data_ptr, plan.watched)) != plan.ptrs:
                 return False

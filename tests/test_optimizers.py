@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from fractions import Fraction
 
 import numpy as np
@@ -1799,7 +1800,8 @@ def _on_lines_plus_one(n, rng):
 @pytest.mark.parametrize("where", ["at each point a later array's launch calls out",
                                    "as a line head's call returns",
                                    "as a line head's call returns, a Python handler",
-                                   "once the head stepped, before the rest's call"])
+                                   "once the head stepped, before the rest's call",
+                                   "in Numba's dispatch of the rest's call"])
 def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(where,
                                                                               monkeypatch):
     """The numba backend steps a list an array at a time, an array of 64 Ki elements or more
@@ -1812,7 +1814,10 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
     of the list loops). Simulated by raising KeyboardInterrupt from what launch calls; as
     the head's call returns, by a real SIGINT sent from inside that compiled call, to
     Python's own handler or to one written in Python (a timeout's, whose frame follows
-    launch's: taken for Numba compiling the call, it left the array torn; q65)."""
+    launch's: taken for Numba compiling the call, it left the array torn; q65); and in
+    Numba's dispatch of the rest's parallel call (loading or compiling it, ~8 ms at a
+    process's first large step), which wrote nothing of the rest, the head stepped and the
+    count not advanced (q68)."""
     from fastopt._numba import _common, optim as numba_optim
     if not where.startswith("at each point") and _common.ALIGN_MIN is None:
         pytest.skip("Numba does not compile for AVX-512 here: no line head")
@@ -1873,6 +1878,22 @@ def test_an_interrupt_in_a_numba_step_leaves_each_parameter_whole_and_counted(wh
                     numba_optim._pack_adam))
                 if point > 1:
                     monkeypatch.undo()
+            elif where.startswith("in Numba's dispatch"):
+                def dispatch(*args):    # (raising in a frame of Numba's, as its dispatcher)
+                    calls[0] += 1
+                    if calls[0] == point:
+                        raise KeyboardInterrupt
+                    return numba_optim._adam_parallel(*args)
+                in_numba = types.FunctionType(
+                    dispatch.__code__, {"__name__": "numba.core.dispatcher",
+                                        "__builtins__": __builtins__, "numba_optim": numba_optim,
+                                        "KeyboardInterrupt": KeyboardInterrupt},
+                    "dispatch", None, dispatch.__closure__)
+                monkeypatch.setattr(_common, "STEP_PARALLEL_COLD_BYTES", 0)
+                monkeypatch.setattr(_common, "get_num_threads", lambda: 2)
+                monkeypatch.setattr(fo._backend.active, "adam_multi", _common.list_form(
+                    numba_optim.adam, numba_optim._adam_span, in_numba,
+                    numba_optim._pack_adam))
             else:       # the parallel call's set-up, at any size
                 monkeypatch.setattr(_common, "STEP_PARALLEL_COLD_BYTES", 0)
                 monkeypatch.setattr(_common, "get_num_threads", lambda: 2)

@@ -543,8 +543,8 @@ class _Plan:
     the complex tensor whose imaginary part it was), the same
     ``opt.state`` dict, state dict and state tensors per parameter, and the same state keys
     (an option that needs more state). Anything else rebuilds it; new grad tensors (a
-    backward after ``zero_grad()``) or a grad's new storage, strides, shape or dtype (or
-    conjugation) only renew the grads' views.
+    backward after ``zero_grad()``) or a grad's new storage, strides or shape (or, in those
+    groups, dtype or conjugation) only renew the grads' views.
     Grads new to a step are not held after it (``keep`` false; ``gmark`` and ``gids`` know
     them again), so that ``zero_grad()`` frees them; the same ones at the next step are held
     from then on.

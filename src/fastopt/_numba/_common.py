@@ -471,9 +471,13 @@ def _in_numba_call(exc):
     """Whether ``exc``, raised by a call in the frame that caught it, came from Numba's
     dispatch of that call (typing, loading, compiling: nothing written), whose frames follow
     the catching one; not from that frame itself, or from a Python signal handler run there
-    as the call returned (a timeout's handler: its frame follows; q65)."""
-    below = exc.__traceback__.tb_next
-    return below is not None and below.tb_frame.f_globals.get("__name__", "").startswith("numba.")
+    as the call returned (a timeout's handler: its frames follow, none of Numba's; q65)."""
+    tb = exc.__traceback__.tb_next
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith("numba."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def launch(serial, parallel, views, scalars, nbytes=None):
@@ -537,11 +541,16 @@ def launch(serial, parallel, views, scalars, nbytes=None):
     except BaseException as exc:
         # raised once the head was stepped (an interrupt, Ctrl-C: after its call returned, or
         # as it returned, in this frame or a Python signal handler's run there; not in the
-        # call's own frames, Numba compiling it), before the rest's call began: the rest is
-        # stepped too before it is raised, so that a parameter is stepped whole or not at all
-        if (head_views is not None and not rest
-                and (head_done or not _in_numba_call(exc))):
-            serial(*views, scalars)
+        # call's own frames, Numba compiling it), before the rest's call wrote (before it
+        # began, or in Numba's dispatch of it: loading or compiling the parallel kernel, ~8
+        # ms at a process's first large step; q68): the rest is stepped too, by the serial
+        # kernel the head's call dispatched, before it is raised, so that a parameter is
+        # stepped whole or not at all, and counted as stepped (_calls.returned)
+        if head_views is not None:
+            in_dispatch = _in_numba_call(exc)
+            if (head_done or not rest and not in_dispatch) and (not rest or in_dispatch):
+                serial(*views, scalars)
+                _calls.returned = True
         raise
     if nbytes >= STEP_PARALLEL_BYTES:
         _last_step_end[0] = time.perf_counter()

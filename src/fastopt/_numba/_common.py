@@ -517,7 +517,8 @@ def launch(serial, parallel, views, scalars, nbytes=None):
     if nthreads > 1 and not _pool_started[0] and not _start_pool():
         nthreads = 1
     # (``kernel`` bound just before each call: fastopt.ops._kernel_began)
-    head_done = rest = False    # whether the head's call returned; the rest's began
+    # whether the head's call returned; the rest's began; the rest's returned
+    head_done = rest = rest_done = False
     try:
         if head_views is not None:
             kernel = serial
@@ -532,6 +533,7 @@ def launch(serial, parallel, views, scalars, nbytes=None):
                 with _launch_guard[0]:
                     kernel, rest = parallel, True
                     kernel(-(-n // share), share, *views, scalars)
+                    rest_done = True
             finally:
                 if previous != nthreads:
                     _set_threads(previous)
@@ -546,7 +548,7 @@ def launch(serial, parallel, views, scalars, nbytes=None):
         # ms at a process's first large step; q68): the rest is stepped too, by the serial
         # kernel the head's call dispatched, before it is raised, so that a parameter is
         # stepped whole or not at all, and counted as stepped (_calls.returned)
-        if head_views is not None:
+        if head_views is not None and not rest_done:     # (not one raised in _set_threads)
             in_dispatch = _in_numba_call(exc)
             if (head_done or not rest and not in_dispatch) and (not rest or in_dispatch):
                 serial(*views, scalars)

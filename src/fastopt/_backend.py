@@ -381,7 +381,9 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        Threads, 1 to 256.
+        Threads, 1 to 256; the numba backend uses at most Numba's ``NUMBA_NUM_THREADS``
+        (the CPU count unless set before numba is imported), which :func:`get_num_threads`
+        then shows.
 
     Raises
     ------

@@ -79,7 +79,8 @@ def shard_bounds(n: int, size: int, itemsize: int) -> list[int]:
     Returns
     -------
     list of int
-        ``size + 1`` increasing boundaries from 0 to ``n``.
+        ``size + 1`` non-decreasing boundaries from 0 to ``n`` (a shard is empty where there
+        are fewer cache lines than ranks).
 
     Raises
     ------

@@ -1100,8 +1100,9 @@ class _FastOptimizer(_Mixin):
 
         Returns
         -------
-        float or None
-            The closure's loss (None without a closure).
+        object or None
+            What ``closure`` returned, as it returned it (the loss, usually a Tensor; torch's
+            annotation says float); None without a closure.
         """
         if _compiling() or _compile_hook():
             # under torch.compile (tracing, or running a compiled function's frames): the

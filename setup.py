@@ -50,7 +50,9 @@ BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math
               # keep each kernel's loop in its own function: inlined into the big Python
               # wrapper, GCC left the serial SGD loop scalar (10x slower); `cdef inline`
               # helpers are still inlined
-              "-fno-inline-functions"]
+              "-fno-inline-functions",
+              # no debug info (Python's CFLAGS ask for it): the installed kernels took 19 MB
+              "-g0"]
 
 
 PROBE = "#include <math.h>\nint main(void){double x=2.0; return (int)sqrt(x) - 1;}\n"
@@ -81,7 +83,12 @@ def _compiles(compiler_cmd, flags, src=PROBE, run=False):
 def _isa_flags(cc):
     march = os.environ.get("FASTOPT_MARCH")
     if march:
-        return [f"-march={march}"] if _compiles(cc, [f"-march={march}"]) else []
+        if _compiles(cc, [f"-march={march}"]):
+            return [f"-march={march}"]
+        # (pip shows a build's warnings only with -v; python -m fastopt prints the flags)
+        warnings.warn(f"fastopt: the C compiler refuses -march={march} (FASTOPT_MARCH); "
+                      "building for the compiler's default ISA, without the AVX-512 variants")
+        return []
     if platform.machine().lower() in ("x86_64", "amd64"):
         # v3 = AVX2 + FMA; prefer 256-bit vectors on AVX-512 machines too (no clock penalty).
         # Only where this CPU runs it: the portable build is imported unconditionally.
@@ -109,6 +116,11 @@ def _digest(*parts):
     return h.hexdigest()
 
 
+# what an install without the kernels tells its user to do: pip keeps the wheel it built without
+# them in its cache and installs that one again unless told not to (q69)
+REINSTALL = ("reinstall with a C compiler for the fast backend (pip install --force-reinstall "
+             "--no-cache-dir fastopt)")
+
 BUILD_INFO = '''"""Written by setup.py when building the Cython kernels: how, or why not."""
 ERROR = {error!r}
 MARCH = {march!r}
@@ -130,8 +142,7 @@ class BuildExt(build_ext):
         cc = _compiler_command(self.compiler)
         if not _compiles(cc, []):
             self._fail(f"no working C compiler when fastopt was installed ({' '.join(cc)} "
-                       "cannot build a C program); reinstall with a C compiler for the fast "
-                       "backend")
+                       f"cannot build a C program); {REINSTALL}")
             return
         flags = [f for f in BASE_FLAGS if _compiles(cc, [f])] + _isa_flags(cc)
         openmp = (os.environ.get("FASTOPT_NO_OPENMP", "0") in ("", "0")
@@ -160,8 +171,7 @@ class BuildExt(build_ext):
         try:
             super().build_extensions()
         except Exception as exc:  # missing headers, a compiler error, ...: numba/numpy serve
-            self._fail(f"the C build failed when fastopt was installed ({exc}); reinstall "
-                       "with a working C compiler for the fast backend")
+            self._fail(f"the C build failed when fastopt was installed ({exc}); {REINSTALL}")
             return
         march = [f.split("=", 1)[1] for f in compile_args if f.startswith("-march=")]
         self._write_info(error=None, march=march[-1] if march else None,
@@ -230,8 +240,7 @@ class BuildExt(build_ext):
             super().run()
         except Exception as exc:
             if not self._failed:    # else: the failure was reported, the copy to src/ failed
-                self._fail(f"the C build failed when fastopt was installed ({exc}); reinstall "
-                           "with a working C compiler for the fast backend")
+                self._fail(f"the C build failed when fastopt was installed ({exc}); {REINSTALL}")
         if inplace:   # setuptools builds in build_lib, then copies only the extensions to src/
             package = self.get_finalized_command("build_py").get_package_dir("fastopt._kernels")
             shutil.copyfile(self._info, os.path.join(package, "_build_info.py"))

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -18,7 +19,8 @@ import fastopt as fo
 from fastopt import _cpu
 
 NO_COMPILER = ("no working C compiler when fastopt was installed (cc cannot build a C program); "
-               "reinstall with a C compiler for the fast backend")
+               "reinstall with a C compiler for the fast backend (pip install --force-reinstall "
+               "--no-cache-dir fastopt)")
 PROBE = """
 import json, sys, fastopt as fo
 try:
@@ -219,3 +221,27 @@ def test_the_quick_start_adds_the_extras_without_a_second_build():
     for name, deps in extras.items():
         said = re.search(rf"`{name}` is ([^;(]*)", " ".join(text.split())).group(1)
         assert sorted(said.replace(",", " ").replace(" and ", " ").split()) == deps, name
+
+
+def setup_functions():
+    """setup.py's names but its ``setup()`` call (that would build), or a skip where the tests
+    run without the checkout's setup.py or a C compiler."""
+    path = os.path.join(os.path.dirname(__file__), "..", "setup.py")
+    if not os.path.exists(path) or shutil.which("gcc") is None:
+        pytest.skip("needs the checkout's setup.py and gcc")
+    with open(path) as f:
+        code = f.read()
+    names = {"__name__": "fastopt_setup_probe"}
+    exec(compile(code[:code.rindex("setup(ext_modules")], path, "exec"), names)
+    return names
+
+
+def test_a_fastopt_march_the_compiler_refuses_is_said_not_dropped_silently(monkeypatch):
+    setup = setup_functions()
+    monkeypatch.setenv("FASTOPT_MARCH", "skylake-avx51")        # a typo
+    with pytest.warns(UserWarning, match=r"refuses -march=skylake-avx51 \(FASTOPT_MARCH\)"):
+        assert setup["_isa_flags"](["gcc"]) == []
+    monkeypatch.setenv("FASTOPT_MARCH", "x86-64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert setup["_isa_flags"](["gcc"]) == ["-march=x86-64"]

@@ -935,6 +935,18 @@ def test_out_may_be_an_input(backend, dtype):
         assert got[0] is dy2
         for a, e in zip(got, grads):
             np.testing.assert_array_equal(a, e)
+        # the course's (features, m) layout as a transpose, Fortran-ordered: the copy the
+        # in-place forward keeps keeps that layout, so the kernels sum in the same order (a
+        # C-ordered copy took the other layout's path: 1-2 ulp apart in float64, q70)
+        xf = np.asfortranarray(rng.standard_normal((9, 70)).astype(dtype))
+        gf, bf = rng.standard_normal(9).astype(dtype), rng.standard_normal(9).astype(dtype)
+        y, cache = fo.batchnorm_forward(xf, gf, bf, axis=1)
+        inplace = xf.copy(order="F")
+        y2, cache2 = fo.batchnorm_forward(inplace, gf, bf, axis=1, out=inplace)
+        np.testing.assert_array_equal(y2, y)
+        dyf = np.asfortranarray(rng.standard_normal((9, 70)).astype(dtype))
+        for a, e in zip(fo.batchnorm_backward(dyf, cache2), fo.batchnorm_backward(dyf, cache)):
+            np.testing.assert_array_equal(a, e)
 
 
 def _bad_arguments():

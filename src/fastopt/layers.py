@@ -83,9 +83,10 @@ def _write_back(y, yc, scratch, transposed=False):
 
 def _unshared(out: np.ndarray | None, a: _MaybeArray) -> _MaybeArray:
     """``a``, or a copy of it when it may share memory with ``out`` (the kernels read their
-    inputs while writing the output)."""
+    inputs while writing the output), in ``a``'s layout: the kernels sum a C-ordered and a
+    Fortran-ordered batch in other orders."""
     if out is not None and a is not None and np.may_share_memory(out, a):
-        return a.copy()
+        return a.copy(order="K")
     return a
 
 
@@ -921,7 +922,8 @@ class BatchNorm:
 def _as_float_array(name: str, z: Any) -> tuple[np.ndarray, np.dtype]:
     """(``z`` as a native float32/float64 ndarray, the dtype of the results): array-likes and
     integer or boolean arrays become float64, as NumPy's ufuncs do; float16 is computed in
-    float32 and its results rounded to float16, as torch's CPU softmax of half tensors; other
+    float32 and its results rounded once to float16 (torch's CPU half softmax over the last
+    dim gives the same bits; its half log_softmax does not, off by an ulp here and there); other
     dtypes raise TypeError naming ``name``."""
     if not isinstance(z, np.ndarray):
         given, z = z, as_array(name, z)

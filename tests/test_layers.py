@@ -173,6 +173,21 @@ def test_batchnorm_of_a_constant_feature_is_beta(backend, axis, dtype, value):
             fo.set_num_threads(before)
 
 
+@pytest.mark.parametrize("backend", GRID_BACKENDS)
+def test_batchnorm_without_eps_of_a_variance_below_the_float_range_is_infinite_not_nan(backend):
+    """eps = 0 and a float64 spread of ~1e-306, whose variance underflows to 0: y = (x -
+    mean) * inf, -inf below the mean and +inf above it, on every backend. The reference
+    added the error of its rounded mean times that infinite scale (an infinite bias) and
+    made every x below the mean NaN, where the Cython backend, whose mean rounded exactly,
+    gave -inf (q70)."""
+    x = np.random.default_rng(0).standard_normal((9, 4)) * np.finfo(np.float64).tiny * 64
+    with fo.use_backend(backend):
+        y, cache = fo.batchnorm_forward(x, np.ones(4), np.zeros(4), eps=0.0)
+    np.testing.assert_array_equal(cache.var, 0.0)
+    expected = np.where(x < cache.mean, -np.inf, np.where(x > cache.mean, np.inf, np.nan))
+    np.testing.assert_array_equal(y, expected)
+
+
 def _bn_loss(x, gamma, beta, w, axis):
     with fo.use_backend("numpy"):
         y, _ = fo.batchnorm_forward(x, gamma, beta, axis=axis)

@@ -253,7 +253,7 @@ cdef inline void dx_coefficients(double gamma, double inv_std, double db, double
 # x is centred about the exact mean (the reference's batchnorm_stats): mean_error, what rounding
 # the mean to float64 moved it by, is added back per feature (these three, as the reference's)
 cdef inline double exact_bias(double beta, double scale, double mean_error) noexcept nogil:
-    return beta + mean_error * scale if mean_error != 0 else beta
+    return beta + mean_error * scale if mean_error != 0 and isfinite(scale) else beta
 
 
 cdef inline double exact_centred_sum(double dgc, double db, double mean_error) noexcept nogil:

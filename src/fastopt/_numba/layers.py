@@ -260,7 +260,7 @@ def _block_moments(x, shift, part):
 # the mean to float64 moved it by, is added back per feature (these three, as the reference's)
 @numba.njit(inline="always", **JIT)
 def _exact_bias(beta, scale, mean_error):
-    return beta + mean_error * scale if mean_error != 0 else beta
+    return beta + mean_error * scale if mean_error != 0 and math.isfinite(scale) else beta
 
 
 @numba.njit(inline="always", **JIT)

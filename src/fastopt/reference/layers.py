@@ -63,10 +63,12 @@ def batch_variance(x, axis, mean):
 def exact_bias(beta, scale, mean_error):
     """``beta + mean_error * scale``: the bias that makes ``(x - mean) * scale + bias`` the
     normalization about the exact mean (x - exact = x - mean + mean_error); beta itself
-    where the error is 0 (so an infinite scale, eps = 0 with a constant feature, gives NaN
-    only through x - mean, as before)."""
+    where the error is 0 or the scale is not finite (eps = 0 with a variance of 0: x - mean
+    gives the infinities, NaN only where x is the mean, however the backend's mean rounded;
+    an infinite bias had made every x below the mean NaN, q70)."""
     with np.errstate(all="ignore"):
-        return np.where(mean_error != 0, beta + mean_error * scale, beta)
+        return np.where((mean_error != 0) & np.isfinite(scale), beta + mean_error * scale,
+                        beta)
 
 
 def exact_centred_sum(dgc, db, mean_error):

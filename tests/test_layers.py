@@ -604,8 +604,11 @@ def test_cross_entropy_errors():
         fo.softmax_cross_entropy(z, np.array([0, -1, 1]))
     with pytest.raises(ValueError, match="labels has shape"):
         fo.softmax_cross_entropy(z, np.array([0, 1]))
-    with pytest.raises(TypeError, match="logits"):
+    with pytest.raises(TypeError, match="logits must have dtype float16, float32 or float64 "
+                       r"\(or an integer or bool dtype, taken as float64\), got complex128"):
         fo.softmax_cross_entropy(np.zeros((3, 4), np.complex128), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match=r"z must have dtype float16, .*got <U1"):
+        fo.softmax(np.array(["a"]))
     with pytest.raises(TypeError, match="z must have dtype float16, float32 or float64"):
         fo.softmax(np.zeros(4, np.longdouble))
     with pytest.raises(ValueError, match="axis"):

@@ -930,6 +930,9 @@ def _as_float_array(name: str, z: Any) -> tuple[np.ndarray, np.dtype]:
         if z.dtype.kind not in "iubf":
             raise TypeError(f"{name} must be an array of numbers, got {type(given).__name__}")
     kind = z.dtype.kind
+    if kind not in "iubf":      # (complex, strings, objects, dates: the error lists all taken)
+        raise TypeError(f"{name} must have dtype float16, float32 or float64 (or an integer "
+                        f"or bool dtype, taken as float64), got {z.dtype}")
     if kind in "iub" and not has_own_arithmetic(z):
         z = z.astype(np.float64)
     elif kind == "f" and z.dtype.itemsize not in (4, 8):

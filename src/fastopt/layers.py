@@ -81,12 +81,11 @@ def _write_back(y, yc, scratch, transposed=False):
             y[...] = yc.T if transposed else yc
 
 
-def _unshared(out: np.ndarray | None, a: _MaybeArray) -> _MaybeArray:
-    """``a``, or a copy of it when it may share memory with ``out`` (the kernels read their
-    inputs while writing the output), in ``a``'s layout: the kernels sum a C-ordered and a
-    Fortran-ordered batch in other orders."""
+def _unshared(out: np.ndarray | None, a: _MaybeArray, order: str = "C") -> _MaybeArray:
+    """``a``, or a copy of it in ``order`` when it may share memory with ``out`` (the kernels
+    read their inputs while writing the output)."""
     if out is not None and a is not None and np.may_share_memory(out, a):
-        return a.copy(order="K")
+        return a.copy(order=order)
     return a
 
 
@@ -113,7 +112,11 @@ def _bn_layout(x, axis, out):
     """(C-contiguous 2-D array, its batch axis, whether it is ``x.T``) for ``x`` with batch
     axis ``axis``. A Fortran-ordered x (e.g. the transpose of a C array) is used as its
     transpose, without a copy; x is copied when it may share memory with ``out``."""
-    x = _unshared(out, _float_array("x", x))
+    x = _float_array("x", x)
+    flags = x.flags
+    # a Fortran-ordered x copied for out= stays so, taken as its transpose as x itself is:
+    # the kernels sum the two layouts in other orders (q70, q72)
+    x = _unshared(out, x, "F" if flags.f_contiguous and not flags.c_contiguous else "C")
     axis = _check_axis(axis)
     if axis not in (0, 1, -1, -2):
         raise ValueError(f"Invalid axis: {axis!r} (0 or 1 for a 2-D x)")
@@ -922,8 +925,8 @@ class BatchNorm:
 def _as_float_array(name: str, z: Any) -> tuple[np.ndarray, np.dtype]:
     """(``z`` as a native float32/float64 ndarray, the dtype of the results): array-likes and
     integer or boolean arrays become float64, as NumPy's ufuncs do; float16 is computed in
-    float32 and its results rounded once to float16 (torch's CPU half softmax over the last
-    dim gives the same bits; its half log_softmax does not, off by an ulp here and there); other
+    float32 and its results rounded once to float16 (as torch's CPU half softmax over the
+    last dim; its half log_softmax over the last dim and softmax over another dim differ); other
     dtypes raise TypeError naming ``name``."""
     if not isinstance(z, np.ndarray):
         given, z = z, as_array(name, z)
@@ -980,7 +983,8 @@ def softmax(z: ArrayLike, axis: int = -1, out: np.ndarray | None = None) -> np.n
     ----------
     z : array_like
         A float array (float16 is computed in float32 and the result rounded to float16, as
-        torch's CPU softmax of half tensors; lists and integer arrays are taken as float64);
+        torch's CPU half softmax over the last dim; lists and integer arrays are taken as
+        float64);
         0-d is one class.
     axis : int, default -1
         The classes' axis; ``axis=0`` serves the course's ``(classes, m)`` layout.

@@ -402,7 +402,8 @@ def batchnorm_forward(x, axis, gamma, beta, eps, mean, mean_error, inv_std, var,
                     inv_std, var, y)
         else:
             _stats_cols(x, eps, mean, mean_error, inv_std, var)
-            scale = g64 * inv_std
+            with np.errstate(over="ignore", invalid="ignore"):   # (inf and NaN: IEEE's)
+                scale = g64 * inv_std
             chunked(_apply, _pairs(x.shape[0]), x, axis, _exact_biases(b64, scale, mean_error),
                     mean, scale, y)
 

@@ -50,9 +50,9 @@ BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-fno-trapping-math
               # keep each kernel's loop in its own function: inlined into the big Python
               # wrapper, GCC left the serial SGD loop scalar (10x slower); `cdef inline`
               # helpers are still inlined
-              "-fno-inline-functions",
-              # no debug info (Python's CFLAGS ask for it): the installed kernels took 19 MB
-              "-g0"]
+              "-fno-inline-functions"]
+# no debug info, unless CFLAGS ask for it: Python's own CFLAGS' -g made the kernels 19 MB
+NO_DEBUG_INFO = "-g0"
 
 
 PROBE = "#include <math.h>\nint main(void){double x=2.0; return (int)sqrt(x) - 1;}\n"
@@ -118,8 +118,9 @@ def _digest(*parts):
 
 # what an install without the kernels tells its user to do: pip keeps the wheel it built without
 # them in its cache and installs that one again unless told not to (q69)
-REINSTALL = ("reinstall with a C compiler for the fast backend (pip install --force-reinstall "
-             "--no-cache-dir fastopt)")
+REINSTALL = ("reinstall with a working C compiler for the fast backend, past pip's cache (pip "
+             "install --no-cache-dir --force-reinstall --no-deps fastopt, or the path or file "
+             "you installed from)")
 
 BUILD_INFO = '''"""Written by setup.py when building the Cython kernels: how, or why not."""
 ERROR = {error!r}
@@ -144,7 +145,9 @@ class BuildExt(build_ext):
             self._fail(f"no working C compiler when fastopt was installed ({' '.join(cc)} "
                        f"cannot build a C program); {REINSTALL}")
             return
-        flags = [f for f in BASE_FLAGS if _compiles(cc, [f])] + _isa_flags(cc)
+        asked = [f for f in os.environ.get("CFLAGS", "").split() if f.startswith("-g")]
+        base = BASE_FLAGS + ([] if asked else [NO_DEBUG_INFO])
+        flags = [f for f in base if _compiles(cc, [f])] + _isa_flags(cc)
         openmp = (os.environ.get("FASTOPT_NO_OPENMP", "0") in ("", "0")
                   and _compiles(cc, ["-fopenmp"]))
         if not openmp:

@@ -7,6 +7,7 @@ Building the package itself takes minutes: those tests are in test_packaging.py.
 import importlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -19,8 +20,9 @@ import fastopt as fo
 from fastopt import _cpu
 
 NO_COMPILER = ("no working C compiler when fastopt was installed (cc cannot build a C program); "
-               "reinstall with a C compiler for the fast backend (pip install --force-reinstall "
-               "--no-cache-dir fastopt)")
+               "reinstall with a working C compiler for the fast backend, past pip's cache (pip "
+               "install --no-cache-dir --force-reinstall --no-deps fastopt, or the path or file "
+               "you installed from)")
 PROBE = """
 import json, sys, fastopt as fo
 try:
@@ -229,6 +231,7 @@ def setup_functions():
     path = os.path.join(os.path.dirname(__file__), "..", "setup.py")
     if not os.path.exists(path) or shutil.which("gcc") is None:
         pytest.skip("needs the checkout's setup.py and gcc")
+    pytest.importorskip("setuptools")       # (not in a CPython 3.12+ venv by default)
     with open(path) as f:
         code = f.read()
     names = {"__name__": "fastopt_setup_probe"}
@@ -236,6 +239,8 @@ def setup_functions():
     return names
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="x86-64 -march names")
 def test_a_fastopt_march_the_compiler_refuses_is_said_not_dropped_silently(monkeypatch):
     setup = setup_functions()
     monkeypatch.setenv("FASTOPT_MARCH", "skylake-avx51")        # a typo

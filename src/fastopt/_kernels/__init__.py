@@ -28,15 +28,16 @@ def _refuse_unusable_build():
     if importlib.util.find_spec(f"{__name__}.stream") is None:
         raise _cpu.UnusableBuild("not built: the compiled extension is not in this install (built "
                           "without Cython, or removed); reinstall fastopt with Cython and a C "
-                          "compiler for the fast backend (pip install --force-reinstall "
-                          "--no-cache-dir fastopt)")
+                          "compiler for the fast backend (pip install --no-cache-dir "
+                          "--force-reinstall --no-deps fastopt, or the path you installed "
+                          "from)")
     march = getattr(_build_info, "MARCH", None)
     missing = _cpu.missing_features(march)
     if missing:
         raise _cpu.UnusableBuild(f"built for {march}, which this CPU does not run (it lacks "
                           f"{', '.join(missing)}); reinstall fastopt from source on this "
-                          "machine for a build it runs (pip install --force-reinstall "
-                          "--no-cache-dir --no-binary fastopt fastopt)")
+                          "machine for a build it runs (pip install --no-cache-dir "
+                          "--force-reinstall --no-deps --no-binary fastopt fastopt)")
 
 
 _refuse_unusable_build()

@@ -63,9 +63,10 @@ def batch_variance(x, axis, mean):
 def exact_bias(beta, scale, mean_error):
     """``beta + mean_error * scale``: the bias that makes ``(x - mean) * scale + bias`` the
     normalization about the exact mean (x - exact = x - mean + mean_error); beta itself
-    where the error is 0 or the scale is not finite (eps = 0 with a variance of 0: x - mean
-    gives the infinities, NaN only where x is the mean, however the backend's mean rounded;
-    an infinite bias had made every x below the mean NaN, q70)."""
+    where the error is 0 or the scale is not finite (gamma * inv_std past the float range,
+    or eps = 0 with a variance of 0: x - mean gives the infinities, NaN only where x is the
+    mean, however the backend's mean rounded; an infinite bias had made every x on one side
+    of the mean NaN, q70, q72)."""
     with np.errstate(all="ignore"):
         return np.where((mean_error != 0) & np.isfinite(scale), beta + mean_error * scale,
                         beta)

@@ -959,11 +959,10 @@ def test_out_may_be_an_input(backend, dtype):
         assert got[0] is dy2
         for a, e in zip(got, grads):
             np.testing.assert_array_equal(a, e)
-        # the course's (features, m) layout as a transpose, Fortran-ordered: the copy the
-        # in-place forward keeps keeps that layout, so the kernels sum in the same order (a
-        # C-ordered copy took the other layout's path: 1-2 ulp apart in float64, q70)
-        # (and a Fortran-like view that is not contiguous is copied as x itself is read: in
-        # C order; copied as it lay, it had taken the other path, review q72)
+        # the course's (features, m) layout, Fortran-ordered: the in-place forward's copy of
+        # x is read in the order x is (Fortran-contiguous: as is; a Fortran-like view that is
+        # not contiguous: in C order), so the kernels sum in the same order (1-2 ulp apart in
+        # float64 otherwise: q70 for the first, review q72 for the others)
         base = rng.standard_normal((18, 140)).astype(dtype)
         gf, bf = rng.standard_normal(9).astype(dtype), rng.standard_normal(9).astype(dtype)
         dyf = np.asfortranarray(rng.standard_normal((9, 70)).astype(dtype))
